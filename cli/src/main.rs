@@ -1,0 +1,95 @@
+//! `cloudkon`: run many-task workloads on this machine, or (later) in the cloud.
+
+mod bench;
+mod cmd_run;
+mod cmd_workload;
+mod memory;
+mod progress;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// CloudKon runs huge batches of small tasks: parameter sweeps, media jobs,
+/// many-task science.
+///
+/// Start here, with no cloud and no cluster:
+///
+///   cloudkon workload sleep --ms 0 --count 100000 -o sleep0.txt
+///   cloudkon run sleep0.txt
+///
+/// A workload is a text file with one task a line: `sleep MS`, `run PROGRAM
+/// [ARGS...]` (split like a shell would, but no shell runs), `animoto URL...`, or
+/// a JSON object such as {"kind":"run","program":"echo","args":["hi"],"timeout_ms":5000}.
+/// Blank lines and lines starting with # are ignored.
+#[derive(Debug, Parser)]
+#[command(name = "cloudkon", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// Log format on stderr (logs are filtered by RUST_LOG, default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CLOUDKON_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a workload on this machine with the embedded engine (in-memory queue and
+    /// a pool of worker slots).
+    Run(cmd_run::RunArgs),
+    /// Generate or check workload files.
+    #[command(subcommand)]
+    Workload(cmd_workload::WorkloadCommand),
+    /// Measure this machine: throughput, spawn cost against xargs, efficiency, memory.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run(args) => cmd_run::run(args),
+        Command::Workload(cmd) => cmd_workload::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Exit codes, documented in `cloudkon run --help`.
+mod exit {
+    /// Some task failed or timed out.
+    pub const TASKS_FAILED: u8 = 1;
+    /// Bad usage or a bad workload: nothing ran.
+    pub const USAGE: u8 = 2;
+    /// The run could not go on (results could not be written, ...).
+    pub const ERROR: u8 = 3;
+    /// Interrupted (Ctrl-C or SIGTERM).
+    pub const INTERRUPTED: u8 = 130;
+}

@@ -1,0 +1,14 @@
+//! CloudKon's core: the task model, workload files, bundling, batch statistics,
+//! and the queue abstraction with its backends. Nothing here knows Kubernetes.
+
+pub mod bundle;
+pub mod queue;
+pub mod summary;
+pub mod task;
+pub mod workload;
+
+pub use bundle::{Bundle, BundlePlan, Bundler};
+pub use summary::{Stats, Summary};
+pub use task::{
+    AnimotoSpec, BatchId, Outcome, Task, TaskId, TaskKind, TaskResult, TaskSpec, Timestamp,
+};

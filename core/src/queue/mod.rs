@@ -1,0 +1,49 @@
+//! The task queue: where bundles wait for a worker.
+
+mod memory;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use memory::MemoryQueue;
+
+use crate::bundle::Bundle;
+
+/// Identifies one delivery of a bundle, to acknowledge it once its results are out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt(pub String);
+
+/// A bundle as a worker received it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub bundle: Bundle,
+    /// `None` where the queue needs no acknowledgement (in memory).
+    pub receipt: Option<Receipt>,
+    /// How many times this bundle has been delivered, this one included.
+    pub receive_count: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue is closed")]
+    Closed,
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// A queue of bundles: in memory for the embedded engine, SQS for the cloud.
+pub trait TaskQueue: Send + Sync + 'static {
+    /// Enqueues bundles.
+    fn send(&self, bundles: Vec<Bundle>) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Receives up to `max` bundles, waiting up to `wait` for the first one.
+    /// `Ok(None)` means the queue is finite, closed and drained: no more will come.
+    fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Option<Vec<Delivery>>, QueueError>> + Send;
+
+    /// Acknowledges deliveries whose results are out, so they are not delivered again.
+    fn ack(&self, receipts: Vec<Receipt>) -> impl Future<Output = Result<(), QueueError>> + Send;
+}

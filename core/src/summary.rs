@@ -1,0 +1,285 @@
+//! Batch statistics: counts, throughput, efficiency and latency percentiles,
+//! aggregated from results in constant memory.
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::task::{Outcome, TaskResult, TaskSpec};
+
+/// A task's ideal time: its nominal duration (a sleep's length) or, where none is
+/// known before running it, the time it actually ran. Whoever still holds the task
+/// when its result is made computes this; results do not carry their task.
+pub fn ideal_time(spec: &TaskSpec, result: &TaskResult) -> Duration {
+    spec.nominal_duration().unwrap_or_else(|| result.run_time())
+}
+
+/// Accumulates results as they arrive.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    /// Sum of the tasks' [`ideal_time`]s.
+    ideal: Duration,
+    queue_wait_us: Histogram<u64>,
+    end_to_end_us: Histogram<u64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        // Three significant digits over 1 µs .. 1 year: a few tens of KiB each.
+        let histogram =
+            || Histogram::new_with_bounds(1, 365 * 24 * 3600 * 1_000_000, 3).expect("valid bounds");
+        Self {
+            succeeded: 0,
+            failed: 0,
+            timed_out: 0,
+            ideal: Duration::ZERO,
+            queue_wait_us: histogram(),
+            end_to_end_us: histogram(),
+        }
+    }
+
+    /// Records one result.
+    pub fn record(&mut self, result: &TaskResult) {
+        match result.outcome {
+            Outcome::Succeeded => self.succeeded += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+            Outcome::TimedOut => self.timed_out += 1,
+        }
+        self.queue_wait_us
+            .saturating_record(micros(result.queue_wait()));
+        self.end_to_end_us
+            .saturating_record(micros(result.end_to_end()));
+    }
+
+    /// Adds to the ideal time: see [`ideal_time`].
+    pub fn add_ideal(&mut self, ideal: Duration) {
+        self.ideal += ideal;
+    }
+
+    pub fn done(&self) -> u64 {
+        self.succeeded + self.failed + self.timed_out
+    }
+
+    /// The summary of a run of `total` tasks on `slots` slots that took `wall`.
+    pub fn summary(&self, total: u64, slots: usize, wall: Duration, interrupted: bool) -> Summary {
+        let done = self.done();
+        let secs = wall.as_secs_f64();
+        let ideal = self.ideal.as_secs_f64() / slots.max(1) as f64;
+        Summary {
+            tasks: total,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            timed_out: self.timed_out,
+            not_run: total.saturating_sub(done),
+            interrupted,
+            slots,
+            wall_seconds: secs,
+            throughput: if secs > 0.0 { done as f64 / secs } else { 0.0 },
+            efficiency: if secs > 0.0 {
+                (ideal / secs).min(1.0)
+            } else {
+                0.0
+            },
+            queue_wait: Latency::of(&self.queue_wait_us),
+            end_to_end: Latency::of(&self.end_to_end_us),
+            peak_rss_bytes: None,
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// What `cloudkon run` and `cloudkon submit` print at the end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub tasks: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    /// Tasks that never ran (the run was interrupted).
+    pub not_run: u64,
+    pub interrupted: bool,
+    pub slots: usize,
+    pub wall_seconds: f64,
+    /// Finished tasks per second of wall time.
+    pub throughput: f64,
+    /// Ideal time / actual time, the seed papers' measure: ideal is the sum of the
+    /// tasks' durations spread perfectly over the slots.
+    pub efficiency: f64,
+    pub queue_wait: Latency,
+    pub end_to_end: Latency,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl Summary {
+    /// Every task ran and succeeded.
+    pub fn all_succeeded(&self) -> bool {
+        self.succeeded == self.tasks
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let head = if self.interrupted {
+            "interrupted"
+        } else {
+            "done"
+        };
+        writeln!(
+            f,
+            "{head}: {} tasks, {} succeeded, {} failed, {} timed out, {} not run",
+            self.tasks, self.succeeded, self.failed, self.timed_out, self.not_run
+        )?;
+        writeln!(
+            f,
+            "wall time {:.3} s on {} slots, throughput {:.0} tasks/s, efficiency {:.1}%",
+            self.wall_seconds,
+            self.slots,
+            self.throughput,
+            self.efficiency * 100.0
+        )?;
+        writeln!(
+            f,
+            "latency (ms)  queue wait p50 {:.3} p99 {:.3} max {:.3} | end-to-end p50 {:.3} p99 {:.3} max {:.3}",
+            self.queue_wait.p50_ms,
+            self.queue_wait.p99_ms,
+            self.queue_wait.max_ms,
+            self.end_to_end.p50_ms,
+            self.end_to_end.p99_ms,
+            self.end_to_end.max_ms
+        )?;
+        if let Some(rss) = self.peak_rss_bytes {
+            writeln!(f, "peak memory {:.1} MiB", rss as f64 / (1024.0 * 1024.0))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{BatchId, Timestamp};
+
+    fn result(outcome: Outcome, submitted: u64, started: u64, finished: u64) -> TaskResult {
+        TaskResult {
+            batch: BatchId::new("b"),
+            id: 0,
+            attempt: 1,
+            outcome,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            artifact: None,
+            worker: "w".into(),
+            submitted: Timestamp(submitted),
+            started: Timestamp(started),
+            finished: Timestamp(finished),
+        }
+    }
+
+    #[test]
+    fn counts_and_efficiency_follow_the_seed_definition() {
+        let mut stats = Stats::new();
+        // Four 100 ms sleeps on 2 slots: ideal 200 ms.
+        for i in 0..4 {
+            // Ran 101 ms, but the ideal is the nominal 100 ms.
+            let r = result(Outcome::Succeeded, 0, i * 1000, i * 1000 + 101_000);
+            stats.record(&r);
+            stats.add_ideal(ideal_time(&TaskSpec::Sleep { ms: 100 }, &r));
+        }
+        stats.record(&result(Outcome::Failed { reason: "x".into() }, 0, 0, 0));
+        let s = stats.summary(6, 2, Duration::from_millis(250), false);
+        assert_eq!(
+            (s.succeeded, s.failed, s.timed_out, s.not_run),
+            (4, 1, 0, 1)
+        );
+        assert!((s.efficiency - 0.8).abs() < 1e-9, "{}", s.efficiency);
+        assert!((s.throughput - 20.0).abs() < 1e-9);
+        assert!(!s.all_succeeded());
+    }
+
+    #[test]
+    fn ideal_time_falls_back_to_measured_run_time() {
+        let mut stats = Stats::new();
+        let r = result(Outcome::Succeeded, 0, 0, 500_000);
+        stats.record(&r);
+        stats.add_ideal(ideal_time(
+            &TaskSpec::Run {
+                program: "x".into(),
+                args: vec![],
+            },
+            &r,
+        ));
+        let s = stats.summary(1, 1, Duration::from_secs(1), false);
+        assert!((s.efficiency - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn percentiles_in_milliseconds() {
+        let mut stats = Stats::new();
+        for i in 1..=100u64 {
+            stats.record(&result(Outcome::Succeeded, 0, i * 1000, i * 1000));
+        }
+        let s = stats.summary(100, 1, Duration::from_secs(1), false);
+        assert!(
+            (s.queue_wait.p50_ms - 50.0).abs() < 0.1,
+            "{:?}",
+            s.queue_wait
+        );
+        assert!(
+            (s.queue_wait.p99_ms - 99.0).abs() < 0.1,
+            "{:?}",
+            s.queue_wait
+        );
+        assert!(
+            (s.queue_wait.max_ms - 100.0).abs() < 0.1,
+            "{:?}",
+            s.queue_wait
+        );
+    }
+
+    #[test]
+    fn empty_run_has_zero_figures() {
+        let s = Stats::new().summary(0, 4, Duration::ZERO, true);
+        assert_eq!(s.throughput, 0.0);
+        assert_eq!(s.queue_wait, Latency::default());
+        assert!(s.to_string().starts_with("interrupted: 0 tasks"));
+    }
+}

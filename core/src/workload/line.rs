@@ -1,0 +1,304 @@
+//! Parsing of one workload line.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::task::{AnimotoSpec, TaskSpec};
+
+/// URL schemes an Animoto input may use.
+const IMAGE_SCHEMES: [&str; 4] = ["http://", "https://", "s3://", "file://"];
+
+/// Parses one line: `Ok(None)` for a blank or comment line, else the task and its
+/// optional timeout; the error says what is wrong (the caller adds file and line).
+pub fn parse_line(line: &str) -> Result<Option<(TaskSpec, Option<Duration>)>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    if line.starts_with('{') {
+        return parse_json(line).map(Some);
+    }
+    let (verb, rest) = line
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .map_or((line, ""), |(v, r)| (v, r.trim_start()));
+    let spec = match verb {
+        "sleep" => parse_sleep(rest)?,
+        "run" => parse_run(rest)?,
+        "animoto" => parse_animoto(rest)?,
+        other => {
+            return Err(format!(
+                "unknown task kind `{other}` (expected `sleep`, `run`, `animoto` or a JSON object)"
+            ));
+        }
+    };
+    Ok(Some((spec, None)))
+}
+
+fn parse_sleep(rest: &str) -> Result<TaskSpec, String> {
+    let mut words = rest.split_ascii_whitespace();
+    let (Some(ms), None) = (words.next(), words.next()) else {
+        return Err(if rest.is_empty() {
+            "sleep needs a duration in milliseconds, e.g. `sleep 100`".to_string()
+        } else {
+            format!("sleep takes one argument (milliseconds), got `{rest}`")
+        });
+    };
+    let ms = ms
+        .parse::<u64>()
+        .map_err(|_| format!("sleep takes a whole number of milliseconds, got `{ms}`"))?;
+    Ok(TaskSpec::Sleep { ms })
+}
+
+fn parse_run(rest: &str) -> Result<TaskSpec, String> {
+    let mut words =
+        shell_words::split(rest).map_err(|e| format!("run: cannot split the command line: {e}"))?;
+    if words.is_empty() {
+        return Err("run needs a program, e.g. `run echo hello`".to_string());
+    }
+    let program = words.remove(0);
+    run_spec(program, words)
+}
+
+fn run_spec(program: String, args: Vec<String>) -> Result<TaskSpec, String> {
+    if program.is_empty() {
+        return Err("run: the program name is empty".to_string());
+    }
+    if program.contains('\0') || args.iter().any(|a| a.contains('\0')) {
+        return Err("run: arguments cannot contain NUL bytes".to_string());
+    }
+    Ok(TaskSpec::Run { program, args })
+}
+
+fn parse_animoto(rest: &str) -> Result<TaskSpec, String> {
+    let urls: Vec<String> = rest.split_ascii_whitespace().map(str::to_owned).collect();
+    animoto_spec(AnimotoSpec {
+        urls,
+        seconds_per_image: None,
+        resolution: None,
+        frame_rate: None,
+        output: None,
+    })
+}
+
+fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
+    if spec.urls.is_empty() {
+        return Err("animoto needs at least one image URL".to_string());
+    }
+    if let Some(bad) = spec.urls.iter().find(|u| {
+        !IMAGE_SCHEMES
+            .iter()
+            .any(|s| u.starts_with(s) && u.len() > s.len())
+    }) {
+        return Err(format!(
+            "animoto: unsupported image URL `{bad}` (use http://, https://, s3:// or file://)"
+        ));
+    }
+    if spec.seconds_per_image == Some(0) {
+        return Err("animoto: seconds_per_image must be at least 1".to_string());
+    }
+    if spec.frame_rate == Some(0) {
+        return Err("animoto: frame_rate must be at least 1".to_string());
+    }
+    if let Some(res) = &spec.resolution {
+        let valid = res
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+            .is_some_and(|(w, h)| w >= 2 && h >= 2 && w % 2 == 0 && h % 2 == 0);
+        if !valid {
+            return Err(format!(
+                "animoto: resolution must be WIDTHxHEIGHT with even numbers, e.g. 1920x1080, got `{res}`"
+            ));
+        }
+    }
+    Ok(TaskSpec::Animoto(spec))
+}
+
+/// A JSON Lines task: `{"kind": ..., <kind's fields>, "timeout_ms": N}`.
+fn parse_json(line: &str) -> Result<(TaskSpec, Option<Duration>), String> {
+    let mut object: Map<String, Value> =
+        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let timeout = match object.remove("timeout_ms") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms > 0) => {
+            n.as_u64().map(Duration::from_millis)
+        }
+        Some(other) => {
+            return Err(format!(
+                "timeout_ms must be a positive whole number, got {other}"
+            ));
+        }
+    };
+    if !object.contains_key("kind") {
+        return Err("a JSON task needs a `kind` (`sleep`, `run` or `animoto`)".to_string());
+    }
+    let spec: TaskSpec =
+        serde_json::from_value(Value::Object(object)).map_err(|e| format!("invalid task: {e}"))?;
+    // The same checks as the text form: one set of rules whatever the syntax.
+    let spec = match spec {
+        TaskSpec::Run { program, args } => run_spec(program, args)?,
+        TaskSpec::Animoto(a) => animoto_spec(a)?,
+        sleep @ TaskSpec::Sleep { .. } => sleep,
+    };
+    Ok((spec, timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(line: &str) -> TaskSpec {
+        parse_line(line).unwrap().unwrap().0
+    }
+
+    fn err(line: &str) -> String {
+        parse_line(line).unwrap_err()
+    }
+
+    fn run(program: &str, args: &[&str]) -> TaskSpec {
+        TaskSpec::Run {
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn blank_and_comment_lines_are_skipped() {
+        for line in ["", "   ", "\t\r", "# x", "   #sleep 5"] {
+            assert_eq!(parse_line(line), Ok(None), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn sleep_lines() {
+        assert_eq!(ok("sleep 0"), TaskSpec::Sleep { ms: 0 });
+        assert_eq!(ok("  sleep\t8000  \r"), TaskSpec::Sleep { ms: 8000 });
+    }
+
+    #[test]
+    fn sleep_errors() {
+        assert_eq!(
+            err("sleep"),
+            "sleep needs a duration in milliseconds, e.g. `sleep 100`"
+        );
+        assert_eq!(
+            err("sleep -1"),
+            "sleep takes a whole number of milliseconds, got `-1`"
+        );
+        assert_eq!(
+            err("sleep 1.5"),
+            "sleep takes a whole number of milliseconds, got `1.5`"
+        );
+        assert_eq!(
+            err("sleep 1 2"),
+            "sleep takes one argument (milliseconds), got `1 2`"
+        );
+        assert_eq!(
+            err("sleep 99999999999999999999"),
+            "sleep takes a whole number of milliseconds, got `99999999999999999999`"
+        );
+    }
+
+    #[test]
+    fn run_lines_split_like_a_shell_without_one() {
+        assert_eq!(ok("run true"), run("true", &[]));
+        assert_eq!(
+            ok(r#"run convert "in put.png" 'a b' c\ d $HOME"#),
+            run("convert", &["in put.png", "a b", "c d", "$HOME"])
+        );
+        assert_eq!(ok("run echo ''"), run("echo", &[""]));
+    }
+
+    #[test]
+    fn run_errors() {
+        assert_eq!(err("run"), "run needs a program, e.g. `run echo hello`");
+        assert_eq!(err("run   "), "run needs a program, e.g. `run echo hello`");
+        assert!(
+            err(r#"run echo "unterminated"#).starts_with("run: cannot split the command line:")
+        );
+        assert_eq!(err("run '' x"), "run: the program name is empty");
+    }
+
+    #[test]
+    fn animoto_lines() {
+        let TaskSpec::Animoto(spec) = ok("animoto https://h/a.jpg s3://b/k.png file:///tmp/c.png")
+        else {
+            panic!("not animoto");
+        };
+        assert_eq!(spec.urls.len(), 3);
+        assert_eq!(spec.resolution, None);
+    }
+
+    #[test]
+    fn animoto_errors() {
+        assert_eq!(err("animoto"), "animoto needs at least one image URL");
+        assert_eq!(
+            err("animoto https://h/a.jpg ftp://h/b.jpg"),
+            "animoto: unsupported image URL `ftp://h/b.jpg` (use http://, https://, s3:// or file://)"
+        );
+        assert!(err("animoto http://").contains("unsupported image URL `http://`"));
+    }
+
+    #[test]
+    fn unknown_kind() {
+        assert_eq!(
+            err("slep 10"),
+            "unknown task kind `slep` (expected `sleep`, `run`, `animoto` or a JSON object)"
+        );
+    }
+
+    #[test]
+    fn json_lines() {
+        assert_eq!(
+            parse_line(r#"{"kind":"sleep","ms":5}"#),
+            Ok(Some((TaskSpec::Sleep { ms: 5 }, None)))
+        );
+        assert_eq!(
+            parse_line(r#" {"kind":"run","program":"echo","args":["a b"],"timeout_ms":1500} "#),
+            Ok(Some((
+                run("echo", &["a b"]),
+                Some(Duration::from_millis(1500))
+            )))
+        );
+        let TaskSpec::Animoto(spec) = ok(
+            r#"{"kind":"animoto","urls":["https://h/1.jpg"],"seconds_per_image":2,"resolution":"1280x720"}"#,
+        ) else {
+            panic!("not animoto");
+        };
+        assert_eq!(spec.seconds_per_image, Some(2));
+    }
+
+    #[test]
+    fn json_errors() {
+        assert!(err(r#"{"kind":"sleep","ms":5"#).starts_with("invalid JSON:"));
+        assert_eq!(
+            err(r#"{"ms":5}"#),
+            "a JSON task needs a `kind` (`sleep`, `run` or `animoto`)"
+        );
+        assert!(err(r#"{"kind":"nap","ms":5}"#).contains("unknown variant `nap`"));
+        assert!(err(r#"{"kind":"sleep","ms":-5}"#).starts_with("invalid task:"));
+        assert!(err(r#"{"kind":"sleep"}"#).contains("missing field `ms`"));
+        assert!(err(r#"{"kind":"sleep","ms":5,"extra":1}"#).contains("unknown field `extra`"));
+        assert_eq!(
+            err(r#"{"kind":"sleep","ms":5,"timeout_ms":0}"#),
+            "timeout_ms must be a positive whole number, got 0"
+        );
+        assert_eq!(
+            err(r#"{"kind":"run","program":""}"#),
+            "run: the program name is empty"
+        );
+        assert_eq!(
+            err(r#"{"kind":"animoto","urls":[]}"#),
+            "animoto needs at least one image URL"
+        );
+        assert!(
+            err(r#"{"kind":"animoto","urls":["https://h/a"],"resolution":"1921x1080"}"#)
+                .contains("even numbers")
+        );
+        assert_eq!(
+            err(r#"{"kind":"animoto","urls":["https://h/a"],"frame_rate":0}"#),
+            "animoto: frame_rate must be at least 1"
+        );
+        assert!(err("[1,2]").starts_with("unknown task kind"));
+    }
+}

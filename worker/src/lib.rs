@@ -1,0 +1,10 @@
+//! CloudKon's workers: the executors, the slot pool that runs tasks through them,
+//! and the embedded engine (in-memory queue + pool) behind `cloudkon run`.
+
+pub mod embedded;
+pub mod exec;
+pub mod pool;
+
+pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
+pub use exec::{ExecLimits, ExecOutput, Executor, Registry};
+pub use pool::{PoolConfig, ResultBatch, Shutdown, WorkUnit, run_pool};

@@ -152,10 +152,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         eprintln!("error: cannot write results: {e}");
         return Ok(ExitCode::from(exit::ERROR));
     }
-    if let Some(path) = &args.output {
-        if !args.json {
-            println!("results in {}", path.display());
-        }
+    if let Some(path) = &args.output
+        && !args.json
+    {
+        println!("results in {}", path.display());
     }
     Ok(ExitCode::from(exit_code(&summary)))
 }

@@ -172,16 +172,17 @@ where
             timeout: def.timeout,
             spec: def.spec,
         };
-        if let Some(bundle) = bundler.push(task) {
-            if queue.send_blocking(bundle).is_err() {
-                break; // Closed: the run is stopping.
-            }
+        if let Some(bundle) = bundler.push(task)
+            && queue.send_blocking(bundle).is_err()
+        {
+            break; // Closed: the run is stopping.
         }
     }
-    if outcome.is_ok() && !stop.is_cancelled() {
-        if let Some(bundle) = bundler.finish() {
-            let _ = queue.send_blocking(bundle);
-        }
+    if outcome.is_ok()
+        && !stop.is_cancelled()
+        && let Some(bundle) = bundler.finish()
+    {
+        let _ = queue.send_blocking(bundle);
     }
     queue.close();
     outcome
@@ -230,11 +231,11 @@ where
         for result in &batch.results {
             stats.record(result);
             failed += u64::from(!result.outcome.is_success());
-            if write_error.is_none() {
-                if let Err(e) = on_result(result) {
-                    write_error = Some(e);
-                    stop.cancel();
-                }
+            if write_error.is_none()
+                && let Err(e) = on_result(result)
+            {
+                write_error = Some(e);
+                stop.cancel();
             }
         }
         stats.add_ideal(batch.ideal);

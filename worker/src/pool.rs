@@ -101,10 +101,10 @@ async fn run_slot(
             },
         };
         let batch = run_unit(&worker, &config, &registry, unit, &shutdown).await;
-        if !batch.results.is_empty() || batch.receipt.is_some() {
-            if results.send(batch).await.is_err() {
-                return; // Nobody collects results any more.
-            }
+        if (!batch.results.is_empty() || batch.receipt.is_some())
+            && results.send(batch).await.is_err()
+        {
+            return; // Nobody collects results any more.
         }
         if shutdown.stop.is_cancelled() {
             return;

@@ -3,6 +3,7 @@
 mod output;
 mod run;
 mod sleep;
+mod timer;
 
 use std::future::Future;
 use std::pin::Pin;

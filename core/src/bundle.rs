@@ -12,6 +12,8 @@ pub struct Bundle {
     /// When the bundle was handed to the queue: the start of every task's queue wait.
     pub submitted: Timestamp,
     pub tasks: Vec<Task>,
+    /// Where the results go in the distributed mode: the batch's response queue.
+    pub reply_to: Option<String>,
 }
 
 /// How many tasks of each kind may share a bundle.
@@ -98,6 +100,7 @@ impl Bundler {
         Some(Bundle {
             submitted: Timestamp::now(),
             tasks,
+            reply_to: None,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! and the queue abstraction with its backends. Nothing here knows Kubernetes.
 
 pub mod bundle;
+pub mod ledger;
 pub mod queue;
 pub mod summary;
 pub mod task;

@@ -94,6 +94,7 @@ mod tests {
         Bundle {
             submitted: Timestamp::now(),
             tasks: Vec::with_capacity(n),
+            reply_to: None,
         }
     }
 

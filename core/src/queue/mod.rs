@@ -46,4 +46,18 @@ pub trait TaskQueue: Send + Sync + 'static {
 
     /// Acknowledges deliveries whose results are out, so they are not delivered again.
     fn ack(&self, receipts: Vec<Receipt>) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Keeps a delivery from other workers for `timeout` more (a long task).
+    fn extend(
+        &self,
+        _receipt: &Receipt,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Makes a delivery visible to other workers at once (work given back).
+    fn release(&self, _receipt: &Receipt) -> impl Future<Output = Result<(), QueueError>> + Send {
+        async { Ok(()) }
+    }
 }

@@ -1,0 +1,166 @@
+//! An in-process ledger, for tests and single-process use.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Claim, DedupLedger, LedgerError};
+
+#[derive(Debug)]
+enum Entry {
+    Running {
+        owner: String,
+        until: Instant,
+        attempt: u32,
+    },
+    Done {
+        results: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl MemoryLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl DedupLedger for MemoryLedger {
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("ledger lock");
+        let attempt = match entries.get(key) {
+            None => 1,
+            Some(Entry::Done { results }) => {
+                return Ok(Claim::Done {
+                    results: results.clone(),
+                });
+            }
+            Some(Entry::Running { until, .. }) if *until > now => {
+                return Ok(Claim::Held {
+                    remaining: *until - now,
+                });
+            }
+            Some(Entry::Running { attempt, .. }) => attempt + 1,
+        };
+        entries.insert(
+            key.to_string(),
+            Entry::Running {
+                owner: owner.to_string(),
+                until: now + lease,
+                attempt,
+            },
+        );
+        Ok(Claim::Granted { attempt })
+    }
+
+    async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, LedgerError> {
+        let mut entries = self.entries.lock().expect("ledger lock");
+        match entries.get_mut(key) {
+            Some(Entry::Running {
+                owner: o, until, ..
+            }) if o == owner => {
+                *until = Instant::now() + lease;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        results: Vec<u8>,
+    ) -> Result<bool, LedgerError> {
+        let mut entries = self.entries.lock().expect("ledger lock");
+        match entries.get(key) {
+            Some(Entry::Running { owner: o, .. }) if o == owner => {
+                entries.insert(key.to_string(), Entry::Done { results });
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<(), LedgerError> {
+        let mut entries = self.entries.lock().expect("ledger lock");
+        if let Some(Entry::Running {
+            owner: o, until, ..
+        }) = entries.get_mut(key)
+            && o == owner
+        {
+            // Expired now: the next claim takes it over (attempt + 1).
+            *until = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn first_claim_wins_and_others_see_it_held() {
+        let l = MemoryLedger::new();
+        assert_eq!(
+            l.claim("k", "a", LEASE).await.unwrap(),
+            Claim::Granted { attempt: 1 }
+        );
+        assert!(matches!(
+            l.claim("k", "b", LEASE).await.unwrap(),
+            Claim::Held { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_with_the_next_attempt() {
+        let l = MemoryLedger::new();
+        l.claim("k", "a", Duration::ZERO).await.unwrap();
+        assert_eq!(
+            l.claim("k", "b", LEASE).await.unwrap(),
+            Claim::Granted { attempt: 2 }
+        );
+        // The old holder lost it: it can neither renew nor complete.
+        assert!(!l.renew("k", "a", LEASE).await.unwrap());
+        assert!(!l.complete("k", "a", b"late".to_vec()).await.unwrap());
+        assert!(l.complete("k", "b", b"r".to_vec()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn done_returns_the_stored_results() {
+        let l = MemoryLedger::new();
+        l.claim("k", "a", LEASE).await.unwrap();
+        assert!(l.renew("k", "a", LEASE).await.unwrap());
+        assert!(l.complete("k", "a", b"results".to_vec()).await.unwrap());
+        assert_eq!(
+            l.claim("k", "b", LEASE).await.unwrap(),
+            Claim::Done {
+                results: b"results".to_vec()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn release_lets_the_next_claim_in_at_once() {
+        let l = MemoryLedger::new();
+        l.claim("k", "a", LEASE).await.unwrap();
+        l.release("k", "b").await.unwrap(); // not the owner: no effect
+        assert!(matches!(
+            l.claim("k", "c", LEASE).await.unwrap(),
+            Claim::Held { .. }
+        ));
+        l.release("k", "a").await.unwrap();
+        assert_eq!(
+            l.claim("k", "c", LEASE).await.unwrap(),
+            Claim::Granted { attempt: 2 }
+        );
+    }
+}

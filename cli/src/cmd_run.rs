@@ -40,6 +40,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
 
+    /// Executions of a failing task, the first included (1: no retry).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Wait before the first retry of a failed task; doubled for each further one.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+
     /// Bytes of stdout and of stderr kept per task (the last ones).
     #[arg(long, value_name = "BYTES", default_value_t = 4096)]
     pub output_bytes: usize,
@@ -108,15 +116,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             Ok(())
         }
     };
-    let config = EmbeddedConfig::new(
-        PoolConfig {
-            slots,
-            worker_id: "local".into(),
-            default_timeout: args.timeout,
-            output_bytes: args.output_bytes,
-        },
-        BatchId::new(batch),
-    );
+    let mut pool = PoolConfig::new(slots, "local");
+    pool.default_timeout = args.timeout;
+    pool.output_bytes = args.output_bytes;
+    pool.max_attempts = args.max_attempts;
+    pool.retry_backoff = args.retry_backoff;
+    let config = EmbeddedConfig::new(pool, BatchId::new(batch));
 
     let (mut summary, failure) = runtime.block_on(async {
         let shutdown = Shutdown::new();

@@ -204,7 +204,7 @@ async fn feed(queue: MemoryQueue, units: async_channel::Sender<WorkUnit>, shutdo
             let unit = WorkUnit {
                 submitted: delivery.bundle.submitted,
                 tasks: delivery.bundle.tasks,
-                receipt: delivery.receipt,
+                ticket: None,
             };
             if units.send(unit).await.is_err() {
                 break;
@@ -257,15 +257,7 @@ mod tests {
     use cloudkon_core::{Outcome, TaskSpec};
 
     fn config(slots: usize) -> EmbeddedConfig {
-        EmbeddedConfig::new(
-            PoolConfig {
-                slots,
-                worker_id: "test".into(),
-                default_timeout: None,
-                output_bytes: 1024,
-            },
-            BatchId::new("batch-1"),
-        )
+        EmbeddedConfig::new(PoolConfig::new(slots, "test"), BatchId::new("batch-1"))
     }
 
     type Collected = Arc<Mutex<Vec<TaskResult>>>;

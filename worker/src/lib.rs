@@ -7,4 +7,4 @@ pub mod pool;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
 pub use exec::{ExecLimits, ExecOutput, Executor, Registry};
-pub use pool::{PoolConfig, ResultBatch, Shutdown, WorkUnit, run_pool};
+pub use pool::{PoolConfig, ResultBatch, Shutdown, Ticket, WorkUnit, run_pool};

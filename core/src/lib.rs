@@ -6,6 +6,7 @@ pub mod ledger;
 pub mod queue;
 pub mod summary;
 pub mod task;
+pub mod wire;
 pub mod workload;
 
 pub use bundle::{Bundle, BundlePlan, Bundler};

@@ -4,6 +4,7 @@
 pub mod embedded;
 pub mod exec;
 pub mod pool;
+pub mod remote;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
 pub use exec::{ExecLimits, ExecOutput, Executor, Registry};

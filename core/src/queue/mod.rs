@@ -61,3 +61,13 @@ pub trait TaskQueue: Send + Sync + 'static {
         async { Ok(()) }
     }
 }
+
+/// Carries encoded results messages back to the submitter: to the response
+/// queue a bundle names in its `reply_to`.
+pub trait ResultRouter: Send + Sync + 'static {
+    fn send_results(
+        &self,
+        reply_to: &str,
+        bodies: Vec<String>,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}

@@ -1,0 +1,168 @@
+//! The distributed worker: bundles from a shared queue (SQS), exactly-once
+//! claims in a ledger (DynamoDB), results to each batch's response queue.
+//!
+//! ```text
+//! fetch ──claim──▶ units ──▶ pool slots ──▶ result batches ──▶ complete: store in ledger,
+//!   ▲  (ledger)                                                 send to reply_to, delete message
+//!   └── room: at most slots + prefetch bundles held at once
+//! renew: every lease/3, extend the lease and the message's visibility of each bundle held
+//! ```
+//! A bundle's results are stored in the ledger before they are sent and before
+//! the message is deleted, so a crash at any point either re-runs a bundle whose
+//! lease expired (its worker died mid-run) or re-sends stored results: a task
+//! never runs twice on live workers, and no result is lost.
+
+mod complete;
+mod fetch;
+mod inflight;
+mod retry;
+mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudkon_core::ledger::DedupLedger;
+use cloudkon_core::queue::{ResultRouter, TaskQueue};
+use tokio::sync::Semaphore;
+
+pub use stats::WorkerStats;
+
+use crate::exec::Registry;
+use crate::pool::{PoolConfig, Shutdown, run_pool};
+use inflight::InFlight;
+
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    pub pool: PoolConfig,
+    /// Claims are held this long without a heartbeat; a dead worker's bundles are
+    /// taken over after it.
+    pub lease: Duration,
+    /// How long a received message stays hidden from other workers per extension.
+    pub visibility: Duration,
+    /// Long-poll wait of one receive.
+    pub receive_wait: Duration,
+    /// Bundles held beyond one per slot, so that a slot finds work at once.
+    pub prefetch: usize,
+    /// Results of bundles finishing within this time travel together.
+    pub linger: Duration,
+    /// Exit after this long with nothing received and nothing running.
+    pub idle_timeout: Option<Duration>,
+    /// On shutdown, how long running bundles may take before they are abandoned
+    /// (and given back).
+    pub grace: Duration,
+    /// A bundle claimed this many times (its workers kept dying) is reported
+    /// failed instead of run again.
+    pub max_claims: u32,
+}
+
+impl RemoteConfig {
+    pub fn new(pool: PoolConfig) -> Self {
+        Self {
+            pool,
+            lease: Duration::from_secs(60),
+            visibility: Duration::from_secs(60),
+            receive_wait: Duration::from_secs(10),
+            prefetch: 2,
+            linger: Duration::from_millis(20),
+            idle_timeout: None,
+            grace: Duration::from_secs(25),
+            max_claims: 3,
+        }
+    }
+}
+
+/// Why the worker stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Told to (SIGTERM).
+    Shutdown,
+    /// Nothing to do for `idle_timeout`.
+    Idle,
+    /// The queue is finite and drained (in-memory queues in tests).
+    Drained,
+}
+
+/// The parts every stage shares.
+struct Ctx<Q, L, R> {
+    queue: Arc<Q>,
+    /// `None`: dedup off (`--no-dedup`), as the paper measured: at-least-once.
+    ledger: Option<Arc<L>>,
+    router: Arc<R>,
+    config: RemoteConfig,
+    owner: String,
+    stats: Arc<WorkerStats>,
+    inflight: InFlight,
+    /// Permits for bundles this worker may hold.
+    room: Arc<Semaphore>,
+}
+
+/// Runs a worker until it is told to stop, idles out, or its queue is drained.
+pub async fn run_remote<Q, L, R>(
+    queue: Arc<Q>,
+    ledger: Option<Arc<L>>,
+    router: Arc<R>,
+    registry: Arc<Registry>,
+    config: RemoteConfig,
+    shutdown: Shutdown,
+    stats: Arc<WorkerStats>,
+) -> StopReason
+where
+    Q: TaskQueue,
+    L: DedupLedger,
+    R: ResultRouter,
+{
+    let slots = config.pool.slots.max(1);
+    let ctx = Arc::new(Ctx {
+        queue,
+        ledger,
+        router,
+        owner: config.pool.worker_id.clone(),
+        room: Arc::new(Semaphore::new(slots + config.prefetch)),
+        config,
+        stats,
+        inflight: InFlight::default(),
+    });
+    let (units_tx, units_rx) = async_channel::bounded(slots + ctx.config.prefetch);
+    let (results_tx, results_rx) = async_channel::bounded(slots * 4);
+
+    let pool = tokio::spawn(run_pool(
+        ctx.config.pool.clone(),
+        registry,
+        units_rx.clone(),
+        results_tx.clone(),
+        shutdown.clone(),
+    ));
+    let completer = tokio::spawn(complete::run(
+        ctx.clone(),
+        results_rx,
+        shutdown.abort.clone(),
+    ));
+    let renewer_done = tokio_util::sync::CancellationToken::new();
+    let renewer = tokio::spawn(complete::renew_leases(ctx.clone(), renewer_done.clone()));
+
+    let reason = fetch::run(&ctx, &units_tx, &results_tx, &shutdown).await;
+    drop(units_tx);
+    drop(results_tx);
+    if reason == StopReason::Shutdown {
+        let abort = shutdown.abort.clone();
+        let grace = ctx.config.grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            abort.cancel();
+        });
+    }
+    let _ = pool.await;
+    // Units received but never started: give them back at once.
+    while let Ok(unit) = units_rx.try_recv() {
+        if let Some(ticket) = unit.ticket {
+            complete::give_back(&ctx, ticket).await;
+        }
+    }
+    let _ = completer.await;
+    renewer_done.cancel();
+    let _ = renewer.await;
+    reason
+}
+
+#[cfg(test)]
+mod tests;

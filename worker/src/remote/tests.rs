@@ -1,0 +1,295 @@
+//! The worker's protocol against the in-memory backends. (The same flows run
+//! against SQS and DynamoDB Local in the integration tests.)
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use cloudkon_core::ledger::{Claim, MemoryLedger, claim_key};
+use cloudkon_core::queue::{MemoryQueue, QueueError};
+use cloudkon_core::wire::decode_results;
+use cloudkon_core::{BatchId, Bundle, Outcome, Task, TaskResult, TaskSpec, Timestamp};
+
+use super::*;
+
+#[derive(Default)]
+struct MemoryRouter {
+    sent: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl ResultRouter for MemoryRouter {
+    async fn send_results(&self, reply_to: &str, bodies: Vec<String>) -> Result<(), QueueError> {
+        self.sent
+            .lock()
+            .unwrap()
+            .entry(reply_to.to_string())
+            .or_default()
+            .extend(bodies);
+        Ok(())
+    }
+}
+
+impl MemoryRouter {
+    fn bodies(&self, reply_to: &str) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .get(reply_to)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn results(&self, reply_to: &str) -> Vec<TaskResult> {
+        self.bodies(reply_to)
+            .iter()
+            .flat_map(|b| decode_results(b).unwrap().results)
+            .collect()
+    }
+}
+
+fn bundle(first: u64, specs: Vec<TaskSpec>) -> Bundle {
+    Bundle {
+        submitted: Timestamp::now(),
+        tasks: specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| Task {
+                batch: BatchId::new("b"),
+                id: first + i as u64,
+                attempt: 1,
+                timeout: None,
+                spec,
+            })
+            .collect(),
+        reply_to: Some("resp".into()),
+    }
+}
+
+fn config() -> RemoteConfig {
+    let mut config = RemoteConfig::new(PoolConfig::new(2, "w1"));
+    config.receive_wait = Duration::from_millis(50);
+    config.linger = Duration::from_millis(1);
+    config
+}
+
+struct Run {
+    reason: StopReason,
+    router: Arc<MemoryRouter>,
+    stats: Arc<WorkerStats>,
+}
+
+async fn run(bundles: Vec<Bundle>, ledger: Option<Arc<MemoryLedger>>, config: RemoteConfig) -> Run {
+    let queue = Arc::new(MemoryQueue::bounded(bundles.len().max(1)));
+    queue.send(bundles).await.unwrap();
+    queue.close();
+    let router = Arc::new(MemoryRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let reason = run_remote(
+        queue,
+        ledger,
+        router.clone(),
+        Arc::new(Registry::new()),
+        config,
+        Shutdown::new(),
+        stats.clone(),
+    )
+    .await;
+    Run {
+        reason,
+        router,
+        stats,
+    }
+}
+
+fn sleeps(n: usize) -> Vec<TaskSpec> {
+    vec![TaskSpec::Sleep { ms: 0 }; n]
+}
+
+#[tokio::test]
+async fn every_bundle_runs_once_and_is_recorded_done() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let bundles = vec![
+        bundle(0, sleeps(100)),
+        bundle(100, sleeps(100)),
+        bundle(200, sleeps(5)),
+    ];
+    let keys: Vec<String> = bundles.iter().map(claim_key).collect();
+    let run = run(bundles, Some(ledger.clone()), config()).await;
+    assert_eq!(run.reason, StopReason::Drained);
+    let mut ids: Vec<u64> = run.router.results("resp").iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..205).collect::<Vec<_>>());
+    for key in keys {
+        assert!(matches!(
+            ledger.claim(&key, "other", LEASE).await.unwrap(),
+            Claim::Done { .. }
+        ));
+    }
+    assert_eq!(WorkerStats::get(&run.stats.tasks_succeeded), 205);
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_done_bundle_is_not_run_again_and_its_stored_results_are_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let b = bundle(
+        0,
+        vec![TaskSpec::Run {
+            program: "touch".into(),
+            args: vec![marker.display().to_string()],
+        }],
+    );
+    let ledger = Arc::new(MemoryLedger::new());
+    let key = claim_key(&b);
+    ledger.claim(&key, "first-worker", LEASE).await.unwrap();
+    ledger
+        .complete(&key, "first-worker", b"stored results".to_vec())
+        .await
+        .unwrap();
+    let run = run(vec![b], Some(ledger), config()).await;
+    assert!(!marker.exists(), "a done bundle ran again");
+    assert_eq!(
+        run.router.bodies("resp"),
+        vec!["stored results".to_string()]
+    );
+    assert_eq!(WorkerStats::get(&run.stats.resent), 1);
+}
+
+#[tokio::test]
+async fn a_bundle_held_by_a_live_worker_is_skipped() {
+    let b = bundle(0, sleeps(3));
+    let ledger = Arc::new(MemoryLedger::new());
+    ledger
+        .claim(&claim_key(&b), "busy-worker", LEASE)
+        .await
+        .unwrap();
+    let run = run(vec![b], Some(ledger), config()).await;
+    assert!(run.router.bodies("resp").is_empty());
+    assert_eq!(WorkerStats::get(&run.stats.duplicates), 1);
+}
+
+#[tokio::test]
+async fn a_dead_workers_bundle_is_taken_over_with_the_next_attempt() {
+    let b = bundle(0, sleeps(3));
+    let ledger = Arc::new(MemoryLedger::new());
+    ledger
+        .claim(&claim_key(&b), "dead-worker", Duration::ZERO)
+        .await
+        .unwrap();
+    let run = run(vec![b], Some(ledger), config()).await;
+    let results = run.router.results("resp");
+    assert_eq!(results.len(), 3);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.attempt == 2 && r.outcome.is_success())
+    );
+    assert_eq!(WorkerStats::get(&run.stats.taken_over), 1);
+}
+
+#[tokio::test]
+async fn a_bundle_whose_workers_keep_dying_is_reported_failed() {
+    let b = bundle(0, sleeps(2));
+    let ledger = Arc::new(MemoryLedger::new());
+    let key = claim_key(&b);
+    ledger.claim(&key, "dead-1", Duration::ZERO).await.unwrap();
+    ledger.claim(&key, "dead-2", Duration::ZERO).await.unwrap();
+    let mut config = config();
+    config.max_claims = 2;
+    let run = run(vec![b], Some(ledger), config).await;
+    let results = run.router.results("resp");
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        let Outcome::Failed { reason } = &r.outcome else {
+            panic!("{r:?}")
+        };
+        assert!(reason.starts_with("gave up: claimed 3 times"), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn without_dedup_every_delivery_runs() {
+    let run = run(vec![bundle(0, sleeps(4))], None, config()).await;
+    assert_eq!(run.router.results("resp").len(), 4);
+}
+
+#[tokio::test]
+async fn a_bundle_without_a_response_queue_is_dropped_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let mut b = bundle(
+        0,
+        vec![TaskSpec::Run {
+            program: "touch".into(),
+            args: vec![marker.display().to_string()],
+        }],
+    );
+    b.reply_to = None;
+    let run = run(vec![b], Some(Arc::new(MemoryLedger::new())), config()).await;
+    assert_eq!(run.reason, StopReason::Drained);
+    assert!(!marker.exists());
+}
+
+#[tokio::test]
+async fn shutdown_finishes_running_bundles_and_gives_the_rest_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let task = |i: u64| TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("touch {}-{i}; sleep 0.3", started.display()),
+        ],
+    };
+    let bundles: Vec<Bundle> = (0..6).map(|i| bundle(i, vec![task(i)])).collect();
+    let keys: Vec<String> = bundles.iter().map(claim_key).collect();
+    let queue = Arc::new(MemoryQueue::bounded(8));
+    queue.send(bundles).await.unwrap();
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(MemoryRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let shutdown = Shutdown::new();
+    let mut config = config();
+    config.pool.slots = 1;
+    config.prefetch = 2;
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(ledger.clone()),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config,
+        shutdown.clone(),
+        stats.clone(),
+    ));
+    // Once the first task runs (and the prefetched ones are claimed), stop.
+    let first = dir.path().join("started-0");
+    for _ in 0..1000 {
+        if first.exists() && WorkerStats::get(&stats.bundles) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.stop.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
+    // The running bundle finished and reported; the prefetched ones were given back.
+    let results = router.results("resp");
+    assert_eq!(results.iter().map(|r| r.id).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(WorkerStats::get(&stats.released), 2);
+    assert!(matches!(
+        ledger.claim(&keys[0], "next", LEASE).await.unwrap(),
+        Claim::Done { .. }
+    ));
+    for key in &keys[1..3] {
+        assert_eq!(
+            ledger.claim(key, "next", LEASE).await.unwrap(),
+            Claim::Granted { attempt: 2 }
+        );
+    }
+    for i in 1..6 {
+        assert!(
+            !dir.path().join(format!("started-{i}")).exists(),
+            "bundle {i} started after the stop"
+        );
+    }
+}

@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod exec;
 pub mod pool;
 pub mod remote;
+pub mod serve;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
 pub use exec::{ExecLimits, ExecOutput, Executor, Registry};

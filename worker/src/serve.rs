@@ -1,0 +1,253 @@
+//! `/metrics` (Prometheus text format) and `/healthz` on one port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::remote::WorkerStats;
+
+/// Counts by label, read on each scrape (AWS requests by operation, for one).
+pub type LabelledCounts = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+
+/// The worker's metrics, read from its counters on each scrape.
+pub struct WorkerCollector {
+    pub stats: Arc<WorkerStats>,
+    pub slots: usize,
+    /// AWS requests by `SERVICE.Operation`, counted by the program itself.
+    pub requests: Option<LabelledCounts>,
+}
+
+impl std::fmt::Debug for WorkerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCollector")
+            .field("slots", &self.slots)
+            .finish()
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: &AtomicU64,
+) -> std::fmt::Result {
+    let c = ConstCounter::new(WorkerStats::get(value));
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for WorkerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let s = &self.stats;
+        let e = &mut encoder;
+        counter(
+            e,
+            "cloudkon_worker_bundles",
+            "Bundles claimed and run.",
+            &s.bundles,
+        )?;
+        let tasks = ConstCounter::new(0u64);
+        let mut family = e.encode_descriptor(
+            "cloudkon_worker_tasks",
+            "Tasks finished, by outcome.",
+            None,
+            tasks.metric_type(),
+        )?;
+        for (outcome, value) in [
+            ("succeeded", &s.tasks_succeeded),
+            ("failed", &s.tasks_failed),
+        ] {
+            ConstCounter::new(WorkerStats::get(value))
+                .encode(family.encode_family(&[("outcome", outcome)])?)?;
+        }
+        counter(
+            e,
+            "cloudkon_worker_duplicates",
+            "Deliveries skipped: the bundle was held or done elsewhere.",
+            &s.duplicates,
+        )?;
+        counter(
+            e,
+            "cloudkon_worker_results_resent",
+            "Stored results sent again.",
+            &s.resent,
+        )?;
+        counter(
+            e,
+            "cloudkon_worker_taken_over",
+            "Bundles taken over from a worker whose lease expired.",
+            &s.taken_over,
+        )?;
+        counter(
+            e,
+            "cloudkon_worker_released",
+            "Bundles given back unfinished (shutdown).",
+            &s.released,
+        )?;
+        counter(
+            e,
+            "cloudkon_worker_given_up",
+            "Bundles reported failed after too many claims.",
+            &s.given_up,
+        )?;
+        counter(
+            e,
+            "cloudkon_worker_backend_errors",
+            "Failed queue or ledger calls (retried).",
+            &s.backend_errors,
+        )?;
+        let slots = ConstGauge::new(self.slots as i64);
+        slots.encode(e.encode_descriptor(
+            "cloudkon_worker_slots",
+            "Concurrent task slots.",
+            None,
+            slots.metric_type(),
+        )?)?;
+        if let Some(requests) = &self.requests {
+            let kind = ConstCounter::new(0u64);
+            let mut family = e.encode_descriptor(
+                "cloudkon_aws_requests",
+                "AWS requests sent, retries included, by SERVICE.Operation.",
+                None,
+                kind.metric_type(),
+            )?;
+            for (operation, value) in requests() {
+                ConstCounter::new(value)
+                    .encode(family.encode_family(&[("operation", operation.as_str())])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Served {
+    registry: Registry,
+    healthy: CancellationToken,
+}
+
+/// Serves until `done` fires. `/healthz` answers 200 until `unhealthy` fires.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    unhealthy: CancellationToken,
+    done: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    let state = Arc::new(Served {
+        registry,
+        healthy: unhealthy,
+    });
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { done.cancelled().await })
+        .await
+}
+
+async fn metrics(State(state): State<Arc<Served>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        ),
+    }
+}
+
+async fn healthz(State(state): State<Arc<Served>>) -> impl IntoResponse {
+    if state.healthy.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_counters_and_request_counts() {
+        let stats = Arc::new(WorkerStats::default());
+        WorkerStats::add(&stats.tasks_succeeded, 5);
+        WorkerStats::add(&stats.duplicates, 2);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(WorkerCollector {
+            stats,
+            slots: 4,
+            requests: Some(Arc::new(|| vec![("SQS.ReceiveMessage".to_string(), 7)])),
+        }));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "cloudkon_worker_tasks_total{outcome=\"succeeded\"} 5",
+            "cloudkon_worker_duplicates_total 2",
+            "cloudkon_worker_slots 4",
+            "cloudkon_aws_requests_total{operation=\"SQS.ReceiveMessage\"} 7",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_turns_unavailable_when_stopping() {
+        let unhealthy = CancellationToken::new();
+        let done = CancellationToken::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let server = tokio::spawn(serve(
+            addr,
+            Registry::default(),
+            unhealthy.clone(),
+            done.clone(),
+        ));
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            for _ in 0..200 {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                    s.write_all(
+                        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).await.unwrap();
+                    return out;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("server never listened");
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        unhealthy.cancel();
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 503"));
+        assert!(get("/metrics").await.starts_with("HTTP/1.1 200"));
+        done.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

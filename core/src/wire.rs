@@ -17,8 +17,10 @@ pub struct ResultsMessage {
 #[error("{0}")]
 pub struct WireError(String);
 
-pub fn encode_results(m: &ResultsMessage) -> String {
-    serde_json::to_string(m).unwrap()
+pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;
+
+pub fn encode_results(m: &ResultsMessage, _max: usize) -> Result<String, WireError> {
+    serde_json::to_string(m).map_err(|e| WireError(e.to_string()))
 }
 
 pub fn decode_results(s: &str) -> Result<ResultsMessage, WireError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cloudkon_core::ledger::DedupLedger;
 use cloudkon_core::queue::{ResultRouter, TaskQueue};
-use cloudkon_core::wire::{ResultsMessage, encode_results};
+use cloudkon_core::wire::{ResultsMessage, SQS_MAX_MESSAGE_BYTES, encode_results};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::until_ok;
@@ -65,11 +65,21 @@ where
             .filter(|r| !r.outcome.is_success())
             .count() as u64;
         let total = batch.results.len() as u64;
-        let body = encode_results(&ResultsMessage {
+        let message = ResultsMessage {
             key: key.clone(),
             ideal: batch.ideal,
             results: batch.results,
-        });
+        };
+        let body = match encode_results(&message, SQS_MAX_MESSAGE_BYTES) {
+            Ok(body) => body,
+            Err(e) => {
+                // Cannot happen for well-formed results (tails are shortened to
+                // fit); if it does, the bundle is given back rather than lost.
+                tracing::error!(key, error = %e, "cannot encode results");
+                give_back(ctx, ticket).await;
+                continue;
+            }
+        };
         if let Some(ledger) = &ctx.ledger {
             let recorded = until_ok("recording a completion", abort, errors, || {
                 ledger.complete(&key, &ctx.owner, body.clone().into_bytes())

@@ -107,6 +107,13 @@ impl Collector for WorkerCollector {
             "Failed queue or ledger calls (retried).",
             &s.backend_errors,
         )?;
+        let held = ConstGauge::new(WorkerStats::get(&s.held) as i64);
+        held.encode(e.encode_descriptor(
+            "cloudkon_worker_bundles_held",
+            "Bundles held now (running or prefetched).",
+            None,
+            held.metric_type(),
+        )?)?;
         let slots = ConstGauge::new(self.slots as i64);
         slots.encode(e.encode_descriptor(
             "cloudkon_worker_slots",

@@ -1,25 +1,37 @@
-//! The bundles a worker holds, for heartbeats and the idle check.
+//! The bundles a worker holds, for heartbeats, the idle check and the busy gauge.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use cloudkon_core::queue::Receipt;
 
-#[derive(Debug, Default)]
+use super::WorkerStats;
+
+#[derive(Debug)]
 pub struct InFlight {
     held: Mutex<HashMap<String, Option<Receipt>>>,
+    stats: Arc<WorkerStats>,
 }
 
 impl InFlight {
+    pub fn new(stats: Arc<WorkerStats>) -> Self {
+        Self {
+            held: Mutex::default(),
+            stats,
+        }
+    }
+
     pub fn insert(&self, key: String, receipt: Option<Receipt>) {
-        self.held
-            .lock()
-            .expect("inflight lock")
-            .insert(key, receipt);
+        let mut held = self.held.lock().expect("inflight lock");
+        held.insert(key, receipt);
+        self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
     pub fn remove(&self, key: &str) {
-        self.held.lock().expect("inflight lock").remove(key);
+        let mut held = self.held.lock().expect("inflight lock");
+        held.remove(key);
+        self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
     pub fn len(&self) -> usize {

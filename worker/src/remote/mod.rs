@@ -119,8 +119,8 @@ where
         owner: config.pool.worker_id.clone(),
         room: Arc::new(Semaphore::new(slots + config.prefetch)),
         config,
+        inflight: InFlight::new(stats.clone()),
         stats,
-        inflight: InFlight::default(),
     });
     let (units_tx, units_rx) = async_channel::bounded(slots + ctx.config.prefetch);
     let (results_tx, results_rx) = async_channel::bounded(slots * 4);

@@ -20,6 +20,8 @@ pub struct WorkerStats {
     pub given_up: AtomicU64,
     /// Calls to the queue or ledger that failed and were retried.
     pub backend_errors: AtomicU64,
+    /// Bundles held now (running or about to): a gauge.
+    pub held: AtomicU64,
 }
 
 impl WorkerStats {

@@ -1,6 +1,5 @@
 //! `/metrics` (Prometheus text format) and `/healthz` on one port.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -144,13 +143,13 @@ struct Served {
 }
 
 /// Serves until `done` fires. `/healthz` answers 200 until `unhealthy` fires.
+/// Takes a bound listener so that a taken port is an error at start-up.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     registry: Registry,
     unhealthy: CancellationToken,
     done: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
     let state = Arc::new(Served {
         registry,

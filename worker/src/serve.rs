@@ -222,11 +222,10 @@ mod tests {
     async fn healthz_turns_unavailable_when_stopping() {
         let unhealthy = CancellationToken::new();
         let done = CancellationToken::new();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        drop(listener);
         let server = tokio::spawn(serve(
-            addr,
+            listener,
             Registry::default(),
             unhealthy.clone(),
             done.clone(),

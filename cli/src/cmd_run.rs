@@ -1,18 +1,16 @@
 //! `cloudkon run`: a workload on this machine, with the embedded engine.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cloudkon_core::workload::{self, WorkloadReader};
-use cloudkon_core::{BatchId, Summary};
+use cloudkon_core::BatchId;
+use cloudkon_core::workload::WorkloadReader;
 use cloudkon_worker::{EmbeddedConfig, PoolConfig, Progress, Registry, Shutdown, run_embedded};
 
-use crate::{exit, memory, progress, signals};
+use crate::{exit, memory, progress, signals, workload_file};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -58,33 +56,11 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let stats = match workload::validate_file(&args.workload) {
+    let stats = match workload_file::validate(&args.workload) {
         Ok(stats) => stats,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            if errors.len() >= workload::MAX_REPORTED_ERRORS {
-                eprintln!("(stopped after {} errors)", errors.len());
-            }
-            eprintln!("nothing was run: fix the workload and try again");
-            return Ok(ExitCode::from(exit::USAGE));
-        }
+        Err(code) => return Ok(code),
     };
-    if stats.tasks == 0 {
-        eprintln!(
-            "error: {}: no tasks in this workload",
-            args.workload.display()
-        );
-        return Ok(ExitCode::from(exit::USAGE));
-    }
-    let results_file = match &args.output {
-        Some(path) => Some(
-            File::create(path)
-                .with_context(|| format!("cannot create results file {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let writer = workload_file::create_results(args.output.as_deref())?;
     let slots = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n as usize,
@@ -92,7 +68,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let batch = args
         .batch
         .clone()
-        .unwrap_or_else(|| default_batch_name(&args.workload));
+        .unwrap_or_else(|| workload_file::default_batch_name(&args.workload));
     let registry = Registry::new();
     if let Err(e) = registry.check() {
         anyhow::bail!("cannot start the executors: {e}");
@@ -104,16 +80,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let reader = WorkloadReader::open(&args.workload)?;
-    let writer = results_file.map(|f| Arc::new(Mutex::new(BufWriter::with_capacity(1 << 20, f))));
     let on_result = {
-        let writer = writer.clone();
+        let mut writer = writer.clone();
         move |result: &cloudkon_core::TaskResult| -> std::io::Result<()> {
-            if let Some(w) = &writer {
-                let mut w = w.lock().expect("results writer lock");
-                serde_json::to_writer(&mut *w, result)?;
-                w.write_all(b"\n")?;
+            match writer.as_mut() {
+                Some(w) => w.write(result),
+                None => Ok(()),
             }
-            Ok(())
         }
     };
     let mut pool = PoolConfig::new(slots, "local");
@@ -142,13 +115,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         signals.abort();
         anyhow::Ok((run.summary, run.failure))
     })?;
-    // Flushing can fail too (a full disk): that is a failed run, not a footnote.
-    let flushed = match &writer {
-        Some(w) => w.lock().expect("results writer lock").flush(),
-        None => Ok(()),
-    };
+    let flushed = workload_file::flush_results(writer.as_ref());
     summary.peak_rss_bytes = memory::peak_rss_bytes();
-    print_summary(&summary, args.json)?;
+    workload_file::print_summary(&summary, args.json)?;
     if let Some(failure) = failure {
         eprintln!("error: {failure}");
         return Ok(ExitCode::from(exit::ERROR));
@@ -162,36 +131,5 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     {
         println!("results in {}", path.display());
     }
-    Ok(ExitCode::from(exit_code(&summary)))
-}
-
-fn exit_code(summary: &Summary) -> u8 {
-    if summary.interrupted {
-        exit::INTERRUPTED
-    } else if summary.failed + summary.timed_out > 0 {
-        exit::TASKS_FAILED
-    } else {
-        0
-    }
-}
-
-fn print_summary(summary: &Summary, json: bool) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, summary)?;
-        writeln!(out)?;
-    } else {
-        write!(out, "{summary}")?;
-    }
-    Ok(())
-}
-
-fn default_batch_name(workload: &std::path::Path) -> String {
-    let stem = workload
-        .file_stem()
-        .map_or("batch".into(), |s| s.to_string_lossy().into_owned());
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("{stem}-{secs}")
+    Ok(ExitCode::from(workload_file::exit_code(&summary)))
 }

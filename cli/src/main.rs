@@ -6,6 +6,7 @@ mod cmd_workload;
 mod memory;
 mod progress;
 mod signals;
+mod workload_file;
 
 use std::process::ExitCode;
 

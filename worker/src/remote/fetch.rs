@@ -12,6 +12,9 @@ use crate::pool::{ResultBatch, Shutdown, Ticket, WorkUnit};
 
 /// SQS returns at most 10 messages per receive.
 const MAX_RECEIVE: usize = 10;
+/// When a claim fails (the ledger is unreachable), the message is hidden this
+/// long before it is delivered again.
+const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 pub async fn run<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
@@ -137,9 +140,13 @@ where
     if let Some(ledger) = &ctx.ledger {
         match ledger.claim(&key, &ctx.owner, ctx.config.lease).await {
             Err(e) => {
-                // Left alone, the message comes back after its visibility timeout.
+                // Not claimed, so not run: let the message come back soon rather
+                // than after a whole visibility timeout.
                 WorkerStats::add(&ctx.stats.backend_errors, 1);
-                tracing::warn!(key, error = %e, "claim failed");
+                tracing::warn!(key, error = %e, "claim failed; the bundle comes back shortly");
+                if let Some(receipt) = &receipt {
+                    let _ = ctx.queue.extend(receipt, CLAIM_RETRY_DELAY).await;
+                }
                 return Admitted::Skip;
             }
             Ok(Claim::Held { remaining }) => {

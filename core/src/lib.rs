@@ -1,11 +1,13 @@
 //! CloudKon's core: the task model, workload files, bundling, batch statistics,
 //! and the queue abstraction with its backends. Nothing here knows Kubernetes.
 
+pub mod aws;
 pub mod bundle;
 pub mod ledger;
 pub mod queue;
 pub mod summary;
 pub mod task;
+pub mod wire;
 pub mod workload;
 
 pub use bundle::{Bundle, BundlePlan, Bundler};

@@ -33,6 +33,15 @@ impl BundlePlan {
         max_bundle_time: Duration::from_millis(1),
     };
 
+    /// For SQS: every request costs money and ~10 ms, so bundles are bigger; but a
+    /// bundle's tasks run one after another on one slot, so a bundle of long tasks
+    /// stays short (1 s) lest one slot serialise what others could share.
+    /// 4096 `sleep 0`s encode to ~40 KB, well under the 256 KiB message limit.
+    pub const SQS: BundlePlan = BundlePlan {
+        max_tasks: 4096,
+        max_bundle_time: Duration::from_secs(1),
+    };
+
     /// How many tasks like this one may share a bundle.
     pub fn tasks_per_bundle(&self, spec: &TaskSpec) -> usize {
         match spec.nominal_duration() {
@@ -148,6 +157,28 @@ mod tests {
         for (spec, want) in cases {
             assert_eq!(plan.tasks_per_bundle(&spec), want, "{spec:?}");
         }
+    }
+
+    #[test]
+    fn sqs_plan_bundles_more_but_keeps_bundles_short() {
+        let cases = [
+            (sleep(0), 4096),
+            (sleep(1), 1000),
+            (sleep(100), 10),
+            (sleep(400), 2),
+            (sleep(1000), 1),
+            (sleep(60_000), 1),
+            (run(), 1),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(BundlePlan::SQS.tasks_per_bundle(&spec), want, "{spec:?}");
+        }
+        let specs: Vec<_> = (0..10_000).map(|_| sleep(0)).collect();
+        let sizes: Vec<usize> = bundle_sizes(BundlePlan::SQS, specs)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![4096, 4096, 1808]);
     }
 
     fn bundle_sizes(plan: BundlePlan, specs: Vec<TaskSpec>) -> Vec<Vec<u64>> {

@@ -1,6 +1,7 @@
 //! CloudKon's core: the task model, workload files, bundling, batch statistics,
 //! and the queue abstraction with its backends. Nothing here knows Kubernetes.
 
+pub mod aws;
 pub mod bundle;
 pub mod ledger;
 pub mod queue;

@@ -1,28 +1,871 @@
-//! TEMPORARY stand-in (JSON) until the compact encoding lands.
+//! The compact encoding of what travels in SQS messages: bundles to the workers,
+//! results back to the client.
+//!
+//! A message body is base64 (SQS bodies must be text) of two header bytes — the
+//! format version and the message kind — followed by postcard of a private wire
+//! struct. The wire structs are plain (postcard cannot do serde's `flatten` or
+//! internally tagged enums) and squeeze out what repeats: batch ids, worker ids and
+//! program names are stored once per message in a table and referenced by index,
+//! task ids as deltas from the previous one, timestamps as deltas.
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
-use crate::task::TaskResult;
+use crate::bundle::Bundle;
+use crate::task::{AnimotoSpec, BatchId, Outcome, Task, TaskResult, TaskSpec, Timestamp};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The largest SQS message body, in bytes.
+pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;
+
+/// Bumped on any change of the wire structs: an old worker then rejects a new
+/// message with [`WireError::UnknownVersion`] instead of misreading it.
+const FORMAT_VERSION: u8 = 1;
+
+/// What a message holds (the second header byte), so that a results message sent
+/// to a task queue by mistake is named as such.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    Bundle,
+    Results,
+}
+
+impl MessageKind {
+    fn byte(self) -> u8 {
+        match self {
+            MessageKind::Bundle => 1,
+            MessageKind::Results => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(MessageKind::Bundle),
+            2 => Some(MessageKind::Results),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("truncated message: {len} bytes, shorter than the 2-byte header")]
+    NoHeader { len: usize },
+    #[error("unknown wire format version {found} (this program reads version {FORMAT_VERSION})")]
+    UnknownVersion { found: u8 },
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("expected a {expected:?} message, got a {found:?} message")]
+    WrongKind {
+        expected: MessageKind,
+        found: MessageKind,
+    },
+    #[error("truncated {kind:?} message: it ends in the middle of a value")]
+    Truncated { kind: MessageKind },
+    #[error("malformed {kind:?} message: {source}")]
+    Malformed {
+        kind: MessageKind,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("malformed {kind:?} message: {extra} bytes after the end")]
+    TrailingBytes { kind: MessageKind, extra: usize },
+    #[error("malformed {kind:?} message: {table} index {index} out of range ({len} entries)")]
+    BadIndex {
+        kind: MessageKind,
+        table: &'static str,
+        index: u32,
+        len: usize,
+    },
+    #[error("{what} takes {bytes} bytes encoded, more than the {max}-byte limit")]
+    TooLarge {
+        what: String,
+        bytes: usize,
+        max: usize,
+    },
+}
+
+/// The results of one bundle, sent to the bundle's `reply_to` queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResultsMessage {
+    /// The bundle's claim key (see [`crate::ledger::claim_key`]): lets the client
+    /// count a bundle's results once even if they arrive twice.
     pub key: String,
+    /// Sum of the tasks' ideal times (see [`crate::summary::ideal_time`]): the
+    /// results do not carry their tasks, so the worker computes it.
     pub ideal: Duration,
     pub results: Vec<TaskResult>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct WireError(String);
+// ------------------------------------------------------------ wire structs --
 
-pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;
-
-pub fn encode_results(m: &ResultsMessage, _max: usize) -> Result<String, WireError> {
-    serde_json::to_string(m).map_err(|e| WireError(e.to_string()))
+#[derive(Serialize, Deserialize)]
+struct WireBundle {
+    submitted: u64,
+    reply_to: Option<String>,
+    batches: Vec<String>,
+    programs: Vec<String>,
+    tasks: Vec<WireTask>,
 }
 
-pub fn decode_results(s: &str) -> Result<ResultsMessage, WireError> {
-    serde_json::from_str(s).map_err(|e| WireError(e.to_string()))
+#[derive(Serialize, Deserialize)]
+struct WireTask {
+    batch: u32,
+    /// Difference from the previous task's id (the first: from 0), zigzag-encoded
+    /// by postcard: consecutive ids take one byte.
+    id_delta: i64,
+    attempt: u32,
+    timeout_ms: Option<u64>,
+    spec: WireSpec,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireSpec {
+    Sleep {
+        ms: u64,
+    },
+    Run {
+        program: u32,
+        args: Vec<String>,
+    },
+    Animoto {
+        urls: Vec<String>,
+        seconds_per_image: Option<u32>,
+        resolution: Option<String>,
+        frame_rate: Option<u32>,
+        output: Option<String>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireResults {
+    key: String,
+    ideal: Duration,
+    batches: Vec<String>,
+    workers: Vec<String>,
+    results: Vec<WireResult>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireResult {
+    batch: u32,
+    id_delta: i64,
+    attempt: u32,
+    outcome: WireOutcome,
+    exit_code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    truncated: bool,
+    artifact: Option<String>,
+    worker: u32,
+    /// Microseconds; from the previous result's `submitted` (they are usually equal).
+    submitted_delta: i64,
+    /// Microseconds after `submitted`, then after `started`: small numbers.
+    started_after: u64,
+    finished_after: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireOutcome {
+    Succeeded,
+    Failed(String),
+    TimedOut,
+}
+
+/// A table of strings that repeat within a message, referenced by index.
+#[derive(Default)]
+struct Interner {
+    strings: Vec<String>,
+}
+
+impl Interner {
+    fn index(&mut self, s: &str) -> u32 {
+        // Tables hold a handful of entries (one batch, a few workers): a linear
+        // scan beats hashing.
+        let at = match self.strings.iter().position(|x| x == s) {
+            Some(at) => at,
+            None => {
+                self.strings.push(s.to_string());
+                self.strings.len() - 1
+            }
+        };
+        u32::try_from(at).expect("fewer than 2^32 distinct strings in one message")
+    }
+}
+
+fn lookup<'a>(
+    kind: MessageKind,
+    table: &'static str,
+    strings: &'a [String],
+    index: u32,
+) -> Result<&'a str, WireError> {
+    strings
+        .get(index as usize)
+        .map(String::as_str)
+        .ok_or(WireError::BadIndex {
+            kind,
+            table,
+            index,
+            len: strings.len(),
+        })
+}
+
+fn delta(value: u64, previous: u64) -> i64 {
+    value.wrapping_sub(previous) as i64
+}
+
+fn undelta(delta: i64, previous: u64) -> u64 {
+    previous.wrapping_add(delta as u64)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------- framing --
+
+fn frame<T: Serialize>(kind: MessageKind, value: &T) -> String {
+    let bytes = postcard::to_extend(value, vec![FORMAT_VERSION, kind.byte()])
+        .expect("serialising to a Vec cannot fail");
+    BASE64.encode(bytes)
+}
+
+fn unframe<T: for<'de> Deserialize<'de>>(
+    expected: MessageKind,
+    body: &str,
+) -> Result<T, WireError> {
+    let bytes = BASE64.decode(body.trim())?;
+    let [version, kind, rest @ ..] = bytes.as_slice() else {
+        return Err(WireError::NoHeader { len: bytes.len() });
+    };
+    if *version != FORMAT_VERSION {
+        return Err(WireError::UnknownVersion { found: *version });
+    }
+    let found = MessageKind::from_byte(*kind).ok_or(WireError::UnknownKind(*kind))?;
+    if found != expected {
+        return Err(WireError::WrongKind { expected, found });
+    }
+    let (value, extra) = postcard::take_from_bytes::<T>(rest).map_err(|source| match source {
+        postcard::Error::DeserializeUnexpectedEnd => WireError::Truncated { kind: expected },
+        source => WireError::Malformed {
+            kind: expected,
+            source,
+        },
+    })?;
+    if !extra.is_empty() {
+        return Err(WireError::TrailingBytes {
+            kind: expected,
+            extra: extra.len(),
+        });
+    }
+    Ok(value)
+}
+
+/// The kind of an encoded message, without decoding the rest.
+pub fn message_kind(body: &str) -> Result<MessageKind, WireError> {
+    // Four base64 characters are three bytes: enough for the header.
+    let head = body.trim().get(..4).unwrap_or(body);
+    let bytes = BASE64.decode(head)?;
+    match bytes.as_slice() {
+        [FORMAT_VERSION, kind, ..] => {
+            MessageKind::from_byte(*kind).ok_or(WireError::UnknownKind(*kind))
+        }
+        [version, _, ..] => Err(WireError::UnknownVersion { found: *version }),
+        _ => Err(WireError::NoHeader { len: bytes.len() }),
+    }
+}
+
+// ---------------------------------------------------------------- bundles --
+
+/// A bundle as an SQS message body.
+pub fn encode_bundle(bundle: &Bundle) -> String {
+    let mut batches = Interner::default();
+    let mut programs = Interner::default();
+    let mut previous = 0;
+    let tasks = bundle
+        .tasks
+        .iter()
+        .map(|task| {
+            let id_delta = delta(task.id, previous);
+            previous = task.id;
+            WireTask {
+                batch: batches.index(task.batch.as_str()),
+                id_delta,
+                attempt: task.attempt,
+                timeout_ms: task.timeout.map(duration_ms),
+                spec: match &task.spec {
+                    TaskSpec::Sleep { ms } => WireSpec::Sleep { ms: *ms },
+                    TaskSpec::Run { program, args } => WireSpec::Run {
+                        program: programs.index(program),
+                        args: args.clone(),
+                    },
+                    TaskSpec::Animoto(a) => WireSpec::Animoto {
+                        urls: a.urls.clone(),
+                        seconds_per_image: a.seconds_per_image,
+                        resolution: a.resolution.clone(),
+                        frame_rate: a.frame_rate,
+                        output: a.output.clone(),
+                    },
+                },
+            }
+        })
+        .collect();
+    frame(
+        MessageKind::Bundle,
+        &WireBundle {
+            submitted: bundle.submitted.0,
+            reply_to: bundle.reply_to.clone(),
+            batches: batches.strings,
+            programs: programs.strings,
+            tasks,
+        },
+    )
+}
+
+/// A bundle from an SQS message body.
+pub fn decode_bundle(body: &str) -> Result<Bundle, WireError> {
+    const KIND: MessageKind = MessageKind::Bundle;
+    let wire: WireBundle = unframe(KIND, body)?;
+    let batches: Vec<BatchId> = wire.batches.into_iter().map(BatchId::new).collect();
+    let mut previous = 0;
+    let mut tasks = Vec::with_capacity(wire.tasks.len());
+    for t in wire.tasks {
+        let id = undelta(t.id_delta, previous);
+        previous = id;
+        let batch = batches
+            .get(t.batch as usize)
+            .ok_or(WireError::BadIndex {
+                kind: KIND,
+                table: "batch",
+                index: t.batch,
+                len: batches.len(),
+            })?
+            .clone();
+        let spec = match t.spec {
+            WireSpec::Sleep { ms } => TaskSpec::Sleep { ms },
+            WireSpec::Run { program, args } => TaskSpec::Run {
+                program: lookup(KIND, "program", &wire.programs, program)?.to_string(),
+                args,
+            },
+            WireSpec::Animoto {
+                urls,
+                seconds_per_image,
+                resolution,
+                frame_rate,
+                output,
+            } => TaskSpec::Animoto(AnimotoSpec {
+                urls,
+                seconds_per_image,
+                resolution,
+                frame_rate,
+                output,
+            }),
+        };
+        tasks.push(Task {
+            batch,
+            id,
+            attempt: t.attempt,
+            timeout: t.timeout_ms.map(Duration::from_millis),
+            spec,
+        });
+    }
+    Ok(Bundle {
+        submitted: Timestamp(wire.submitted),
+        tasks,
+        reply_to: wire.reply_to,
+    })
+}
+
+/// A bundle as one or more message bodies of at most `max_bytes` each: a bundle
+/// too large for one message is split into smaller bundles (halves, recursively),
+/// each with the same `submitted` and `reply_to`. Fails only if a single task does
+/// not fit.
+pub fn encode_bundle_within(bundle: &Bundle, max_bytes: usize) -> Result<Vec<String>, WireError> {
+    let mut out = Vec::new();
+    split_into(bundle, max_bytes, &mut out)?;
+    Ok(out)
+}
+
+fn split_into(bundle: &Bundle, max_bytes: usize, out: &mut Vec<String>) -> Result<(), WireError> {
+    let body = encode_bundle(bundle);
+    if body.len() <= max_bytes {
+        out.push(body);
+        return Ok(());
+    }
+    if bundle.tasks.len() <= 1 {
+        let what = match bundle.tasks.first() {
+            Some(t) => format!("task {} of batch {}", t.id, t.batch),
+            None => "an empty bundle".to_string(),
+        };
+        return Err(WireError::TooLarge {
+            what,
+            bytes: body.len(),
+            max: max_bytes,
+        });
+    }
+    let half = bundle.tasks.len() / 2;
+    for tasks in [&bundle.tasks[..half], &bundle.tasks[half..]] {
+        let part = Bundle {
+            submitted: bundle.submitted,
+            tasks: tasks.to_vec(),
+            reply_to: bundle.reply_to.clone(),
+        };
+        split_into(&part, max_bytes, out)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- results --
+
+fn wire_results(msg: &ResultsMessage, output_cap: Option<usize>) -> WireResults {
+    let mut batches = Interner::default();
+    let mut workers = Interner::default();
+    let (mut previous_id, mut previous_submitted) = (0, 0);
+    let results = msg
+        .results
+        .iter()
+        .map(|r| {
+            let (stdout, cut_out) = tail(&r.stdout, output_cap);
+            let (stderr, cut_err) = tail(&r.stderr, output_cap);
+            let w = WireResult {
+                batch: batches.index(r.batch.as_str()),
+                id_delta: delta(r.id, previous_id),
+                attempt: r.attempt,
+                outcome: match &r.outcome {
+                    Outcome::Succeeded => WireOutcome::Succeeded,
+                    Outcome::Failed { reason } => WireOutcome::Failed(reason.clone()),
+                    Outcome::TimedOut => WireOutcome::TimedOut,
+                },
+                exit_code: r.exit_code,
+                stdout: stdout.to_string(),
+                stderr: stderr.to_string(),
+                truncated: r.truncated || cut_out || cut_err,
+                artifact: r.artifact.clone(),
+                worker: workers.index(&r.worker),
+                submitted_delta: delta(r.submitted.0, previous_submitted),
+                started_after: r.started.0.wrapping_sub(r.submitted.0),
+                finished_after: r.finished.0.wrapping_sub(r.started.0),
+            };
+            previous_id = r.id;
+            previous_submitted = r.submitted.0;
+            w
+        })
+        .collect();
+    WireResults {
+        key: msg.key.clone(),
+        ideal: msg.ideal,
+        batches: batches.strings,
+        workers: workers.strings,
+        results,
+    }
+}
+
+/// The last at most `cap` bytes of `s`, on a character boundary; and whether
+/// anything was cut.
+fn tail(s: &str, cap: Option<usize>) -> (&str, bool) {
+    match cap {
+        Some(cap) if s.len() > cap => {
+            let mut start = s.len() - cap;
+            while !s.is_char_boundary(start) {
+                start += 1;
+            }
+            (&s[start..], true)
+        }
+        _ => (s, false),
+    }
+}
+
+/// A results message as one message body of at most `max_bytes`. Output that
+/// does not fit is cut to its last bytes (each result's stdout and stderr to the
+/// same, largest cap that fits) and the result marked `truncated`; fails only if
+/// the results do not fit even with no output at all.
+pub fn encode_results(msg: &ResultsMessage, max_bytes: usize) -> Result<String, WireError> {
+    let body = frame(MessageKind::Results, &wire_results(msg, None));
+    if body.len() <= max_bytes {
+        return Ok(body);
+    }
+    let fits = |cap: usize| {
+        let body = frame(MessageKind::Results, &wire_results(msg, Some(cap)));
+        (body.len() <= max_bytes).then_some(body)
+    };
+    let Some(mut best) = fits(0) else {
+        return Err(WireError::TooLarge {
+            what: format!("the results of bundle {} without output", msg.key),
+            bytes: frame(MessageKind::Results, &wire_results(msg, Some(0))).len(),
+            max: max_bytes,
+        });
+    };
+    // Binary search for the largest cap that fits: cap 0 fits, `longest` does not.
+    let longest = msg
+        .results
+        .iter()
+        .map(|r| r.stdout.len().max(r.stderr.len()))
+        .max()
+        .unwrap_or(0);
+    let (mut lo, mut hi) = (0, longest);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match fits(mid) {
+            Some(body) => {
+                best = body;
+                lo = mid;
+            }
+            None => hi = mid,
+        }
+    }
+    tracing::debug!(key = %msg.key, cap = lo, "results output cut to fit one message");
+    Ok(best)
+}
+
+/// A results message from a message body.
+pub fn decode_results(body: &str) -> Result<ResultsMessage, WireError> {
+    const KIND: MessageKind = MessageKind::Results;
+    let wire: WireResults = unframe(KIND, body)?;
+    let batches: Vec<BatchId> = wire.batches.into_iter().map(BatchId::new).collect();
+    let workers: Vec<std::sync::Arc<str>> = wire.workers.into_iter().map(Into::into).collect();
+    let (mut previous_id, mut previous_submitted) = (0, 0);
+    let mut results = Vec::with_capacity(wire.results.len());
+    for r in wire.results {
+        let id = undelta(r.id_delta, previous_id);
+        let submitted = undelta(r.submitted_delta, previous_submitted);
+        previous_id = id;
+        previous_submitted = submitted;
+        let bad = |table, index, len| WireError::BadIndex {
+            kind: KIND,
+            table,
+            index,
+            len,
+        };
+        let started = submitted.wrapping_add(r.started_after);
+        results.push(TaskResult {
+            batch: batches
+                .get(r.batch as usize)
+                .ok_or_else(|| bad("batch", r.batch, batches.len()))?
+                .clone(),
+            id,
+            attempt: r.attempt,
+            outcome: match r.outcome {
+                WireOutcome::Succeeded => Outcome::Succeeded,
+                WireOutcome::Failed(reason) => Outcome::Failed { reason },
+                WireOutcome::TimedOut => Outcome::TimedOut,
+            },
+            exit_code: r.exit_code,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            truncated: r.truncated,
+            artifact: r.artifact,
+            worker: workers
+                .get(r.worker as usize)
+                .ok_or_else(|| bad("worker", r.worker, workers.len()))?
+                .clone(),
+            submitted: Timestamp(submitted),
+            started: Timestamp(started),
+            finished: Timestamp(started.wrapping_add(r.finished_after)),
+        });
+    }
+    Ok(ResultsMessage {
+        key: wire.key,
+        ideal: wire.ideal,
+        results,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> BatchId {
+        BatchId::new("sweep-2026-05-01T10:00:00Z-7f3a")
+    }
+
+    fn task(id: u64, spec: TaskSpec) -> Task {
+        Task {
+            batch: batch(),
+            id,
+            attempt: 1,
+            timeout: None,
+            spec,
+        }
+    }
+
+    fn bundle(tasks: Vec<Task>) -> Bundle {
+        Bundle {
+            submitted: Timestamp(1_777_000_000_123_456),
+            tasks,
+            reply_to: Some(
+                "https://sqs.us-east-1.amazonaws.com/123456789012/cloudkon-results-7f3a".into(),
+            ),
+        }
+    }
+
+    fn sleep0_bundle(n: u64) -> Bundle {
+        bundle((0..n).map(|i| task(i, TaskSpec::Sleep { ms: 0 })).collect())
+    }
+
+    fn run_bundle(n: u64) -> Bundle {
+        bundle(
+            (0..n)
+                .map(|i| {
+                    task(
+                        10_000 + i,
+                        TaskSpec::Run {
+                            program: "./simulate".into(),
+                            args: vec![
+                                "--seed".into(),
+                                format!("{i}"),
+                                "--config".into(),
+                                "params/ocean-2deg.toml".into(),
+                                "--out".into(),
+                                format!("out/run-{i:05}.nc"),
+                            ],
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn result(id: u64, stdout: &str) -> TaskResult {
+        TaskResult {
+            batch: batch(),
+            id,
+            attempt: 1,
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+            truncated: false,
+            artifact: None,
+            worker: "i-0abc123def4567890/3".into(),
+            submitted: Timestamp(1_777_000_000_123_456),
+            started: Timestamp(1_777_000_000_223_456 + id),
+            finished: Timestamp(1_777_000_000_224_000 + 2 * id),
+        }
+    }
+
+    #[test]
+    fn bundles_round_trip_every_field() {
+        let mut b = run_bundle(3);
+        b.tasks[1].attempt = 4;
+        b.tasks[1].timeout = Some(Duration::from_millis(2500));
+        b.tasks.push(Task {
+            batch: BatchId::new("other-batch"),
+            id: 3,
+            attempt: 2,
+            timeout: None,
+            spec: TaskSpec::Animoto(AnimotoSpec {
+                urls: vec!["s3://in/a.png".into(), "https://x/b.jpg".into()],
+                seconds_per_image: Some(2),
+                resolution: Some("1280x720".into()),
+                frame_rate: None,
+                output: Some("s3://out/videos".into()),
+            }),
+        });
+        b.tasks.push(task(u64::MAX, TaskSpec::Sleep { ms: 100 }));
+        assert_eq!(decode_bundle(&encode_bundle(&b)).unwrap(), b);
+        let mut b = sleep0_bundle(0);
+        b.reply_to = None;
+        assert_eq!(decode_bundle(&encode_bundle(&b)).unwrap(), b);
+    }
+
+    #[test]
+    fn results_round_trip_every_field() {
+        let mut results = vec![result(5, "hello\n"), result(6, ""), result(2, "")];
+        results[1].outcome = Outcome::Failed {
+            reason: "exit status 3".into(),
+        };
+        results[1].exit_code = Some(3);
+        results[1].stderr = "boom".into();
+        results[1].truncated = true;
+        results[1].worker = "another-worker".into();
+        results[2].outcome = Outcome::TimedOut;
+        results[2].exit_code = None;
+        results[2].artifact = Some("s3://out/videos/2.mp4".into());
+        results[2].submitted = Timestamp(5); // clocks far apart: deltas wrap
+        let msg = ResultsMessage {
+            key: "b#5".into(),
+            ideal: Duration::new(3, 141_592_653),
+            results,
+        };
+        let body = encode_results(&msg, SQS_MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!(decode_results(&body).unwrap(), msg);
+    }
+
+    #[test]
+    fn damaged_messages_are_named_errors() {
+        let body = encode_bundle(&run_bundle(2));
+        let bytes = BASE64.decode(&body).unwrap();
+        let reencode = |b: &[u8]| BASE64.encode(b);
+
+        assert!(matches!(
+            decode_bundle("{\"not\":\"ours\"}"),
+            Err(WireError::Base64(_))
+        ));
+        assert!(matches!(
+            decode_bundle(""),
+            Err(WireError::NoHeader { len: 0 })
+        ));
+        let mut future = bytes.clone();
+        future[0] = 9;
+        let err = decode_bundle(&reencode(&future)).unwrap_err();
+        assert!(matches!(err, WireError::UnknownVersion { found: 9 }));
+        assert!(err.to_string().contains("version 9"), "{err}");
+        let err = decode_bundle(&reencode(&bytes[..bytes.len() - 3])).unwrap_err();
+        assert!(matches!(err, WireError::Truncated { .. }), "{err}");
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode_bundle(&reencode(&longer)),
+            Err(WireError::TrailingBytes { extra: 1, .. })
+        ));
+        let results = encode_results(
+            &ResultsMessage {
+                key: "k".into(),
+                ideal: Duration::ZERO,
+                results: vec![],
+            },
+            1000,
+        )
+        .unwrap();
+        assert!(matches!(
+            decode_bundle(&results),
+            Err(WireError::WrongKind {
+                expected: MessageKind::Bundle,
+                found: MessageKind::Results
+            })
+        ));
+        assert_eq!(message_kind(&results).unwrap(), MessageKind::Results);
+        assert_eq!(message_kind(&body).unwrap(), MessageKind::Bundle);
+    }
+
+    #[test]
+    fn a_bad_table_index_is_an_error_not_a_panic() {
+        let wire = WireBundle {
+            submitted: 0,
+            reply_to: None,
+            batches: vec!["b".into()],
+            programs: vec![],
+            tasks: vec![WireTask {
+                batch: 0,
+                id_delta: 0,
+                attempt: 1,
+                timeout_ms: None,
+                spec: WireSpec::Run {
+                    program: 7,
+                    args: vec![],
+                },
+            }],
+        };
+        let err = decode_bundle(&frame(MessageKind::Bundle, &wire)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::BadIndex {
+                    table: "program",
+                    index: 7,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn big_bundles_split_within_the_limit_keeping_every_task_once() {
+        let b = run_bundle(3000);
+        let whole = encode_bundle(&b).len();
+        let max = 20_000;
+        assert!(whole > 4 * max, "test needs a bundle well over the limit");
+        let bodies = encode_bundle_within(&b, max).unwrap();
+        assert!(bodies.len() >= whole.div_ceil(max), "{}", bodies.len());
+        let mut ids = Vec::new();
+        for body in &bodies {
+            assert!(body.len() <= max, "{} > {max}", body.len());
+            let part = decode_bundle(body).unwrap();
+            assert_eq!(part.submitted, b.submitted);
+            assert_eq!(part.reply_to, b.reply_to);
+            ids.extend(part.tasks.iter().map(|t| t.id));
+        }
+        assert_eq!(ids, b.tasks.iter().map(|t| t.id).collect::<Vec<_>>());
+        // Small enough: one message, the plain encoding.
+        assert_eq!(
+            encode_bundle_within(&b, whole).unwrap(),
+            vec![encode_bundle(&b)]
+        );
+        // A single task over the limit cannot be split.
+        let err = encode_bundle_within(&run_bundle(1), 50).unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("task 10000"), "{err}");
+    }
+
+    #[test]
+    fn results_over_the_limit_lose_the_start_of_their_output() {
+        let big = format!("{}é{}", "x".repeat(150_000), "the end\n".repeat(10_000));
+        let msg = ResultsMessage {
+            key: "b#0".into(),
+            ideal: Duration::from_secs(1),
+            results: vec![result(0, &big), result(1, "short"), {
+                let mut r = result(2, "");
+                r.stderr = big.clone();
+                r
+            }],
+        };
+        let body = encode_results(&msg, SQS_MAX_MESSAGE_BYTES).unwrap();
+        assert!(body.len() <= SQS_MAX_MESSAGE_BYTES);
+        // Close to the limit: the cap was searched, not just dropped to zero.
+        assert!(body.len() > SQS_MAX_MESSAGE_BYTES - 100, "{}", body.len());
+        let back = decode_results(&body).unwrap();
+        assert!(back.results[0].truncated && back.results[2].truncated);
+        assert!(back.results[0].stdout.ends_with("the end\n"));
+        assert!(big.ends_with(&back.results[2].stderr));
+        assert!(!back.results[1].truncated);
+        assert_eq!(back.results[1].stdout, "short");
+
+        // Too many results to fit even without output: an error, not a panic.
+        let many = ResultsMessage {
+            key: "b#0".into(),
+            ideal: Duration::ZERO,
+            results: (0..2000).map(|i| result(i, "")).collect(),
+        };
+        assert!(matches!(
+            encode_results(&many, 1000),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    /// The paper found protobuf 44% smaller than JSON; this prints our figure.
+    #[test]
+    fn wire_size_against_plain_json() {
+        let cases = [
+            ("1,000 x sleep 0", sleep0_bundle(1000)),
+            ("100 x run ./simulate", run_bundle(100)),
+        ];
+        for (name, b) in cases {
+            let wire = encode_bundle(&b).len();
+            let json = serde_json::to_string(&b.tasks).unwrap().len();
+            let ratio = wire as f64 / json as f64;
+            println!(
+                "{name}: wire {wire} B (base64), JSON {json} B: {:.0}% of JSON, {:.0}% smaller",
+                ratio * 100.0,
+                (1.0 - ratio) * 100.0
+            );
+            assert!(ratio < 0.56, "{name}: wire is {ratio:.2} of JSON");
+        }
+        let msg = ResultsMessage {
+            key: "b#0".into(),
+            ideal: Duration::ZERO,
+            results: (0..1000).map(|i| result(i, "")).collect(),
+        };
+        let wire = encode_results(&msg, SQS_MAX_MESSAGE_BYTES).unwrap().len();
+        let json = serde_json::to_string(&msg.results).unwrap().len();
+        println!(
+            "1,000 sleep 0 results: wire {wire} B, JSON {json} B: {:.0}% of JSON",
+            wire as f64 / json as f64 * 100.0
+        );
+        assert!(wire * 4 < json);
+    }
 }

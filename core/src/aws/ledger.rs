@@ -1,0 +1,578 @@
+//! The dedup ledger in DynamoDB (see [`crate::ledger`] for the protocol), and the
+//! workers' heartbeat rows.
+//!
+//! Table `<table>`, one item per claimed bundle:
+//!
+//! | attribute | type | |
+//! |---|---|---|
+//! | `pk` | S | the claim key (hash key) |
+//! | `state` | S | `running` or `done` |
+//! | `owner` | S | who claimed it last |
+//! | `lease_until` | N | epoch milliseconds (the workers' clocks must roughly agree) |
+//! | `attempt` | N | 1, then one more per take-over |
+//! | `results` | B | the encoded results, once done |
+//! | `expires_at` | N | epoch seconds: DynamoDB's TTL deletes the item after it |
+//!
+//! Table `<table>-workers`, one item per worker, written by its heartbeat:
+//! `pk` (worker id), `host`, `slots`, `busy`, `tasks_done`, `started_at` and
+//! `last_seen` (epoch µs), `expires_at`. A table of its own, so that listing
+//! the workers scans a handful of rows rather than every claim.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement, KeyType,
+    ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+};
+
+use super::error::{AwsError, ErrorKind};
+use super::stats::RequestStats;
+use crate::ledger::{Claim, DedupLedger, LedgerError};
+use crate::task::Timestamp;
+
+const SERVICE: &str = "DynamoDB";
+/// How long a finished bundle's item (and its results) is kept.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A worker that stopped beating disappears from the list after this.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(3600);
+/// Table creation on a real account takes seconds; give it a bound.
+const TABLE_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The dedup ledger on DynamoDB. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DynamoLedger {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    workers_table: String,
+    stats: RequestStats,
+    result_ttl: Duration,
+}
+
+/// A worker's latest heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerHeartbeat {
+    pub id: String,
+    pub host: String,
+    pub slots: u32,
+    pub busy: u32,
+    pub tasks_done: u64,
+    pub started_at: Timestamp,
+    /// Set by [`DynamoLedger::put_worker_heartbeat`] to the time of the write.
+    pub last_seen: Timestamp,
+}
+
+fn now_ms() -> u64 {
+    Timestamp::now().0 / 1000
+}
+
+fn epoch_secs_after(d: Duration) -> u64 {
+    (SystemTime::now() + d)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// An item's size as DynamoDB bills it, about: attribute names plus values.
+fn item_size(item: &Item) -> usize {
+    fn value_size(v: &AttributeValue) -> usize {
+        match v {
+            AttributeValue::S(s) | AttributeValue::N(s) => s.len(),
+            AttributeValue::B(b) => b.as_ref().len(),
+            AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+            AttributeValue::L(l) => 3 + l.iter().map(value_size).sum::<usize>(),
+            AttributeValue::M(m) => {
+                3 + m
+                    .iter()
+                    .map(|(k, v)| k.len() + value_size(v))
+                    .sum::<usize>()
+            }
+            _ => 8,
+        }
+    }
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+/// Write units of one write of an item this big: 1 per started KiB.
+fn write_units_for(size: usize) -> f64 {
+    size.div_ceil(1024).max(1) as f64
+}
+
+impl DynamoLedger {
+    pub(crate) fn new(
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+        stats: RequestStats,
+    ) -> Self {
+        Self {
+            client,
+            workers_table: format!("{table}-workers"),
+            table,
+            stats,
+            result_ttl: DEFAULT_RESULT_TTL,
+        }
+    }
+
+    /// How long items are kept after their last write (default 7 days).
+    pub fn with_result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
+        self
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn workers_table(&self) -> &str {
+        &self.workers_table
+    }
+
+    /// Counts the write units of a write: as reported, else computed from the
+    /// item (DynamoDB Local reports them; a failed conditional write reports
+    /// nothing and costs at least one).
+    fn record_units(&self, reported: Option<&ConsumedCapacity>, size: usize) {
+        match reported.and_then(ConsumedCapacity::capacity_units) {
+            Some(units) => self.stats.record_write_units(units, false),
+            None => self.stats.record_write_units(write_units_for(size), true),
+        }
+    }
+
+    /// Creates both tables if missing (hash key `pk`, on-demand billing), waits
+    /// until they are active, and enables TTL on `expires_at`. Safe to call from
+    /// many workers at once.
+    pub async fn ensure_table(&self) -> Result<(), AwsError> {
+        for table in [&self.table, &self.workers_table] {
+            self.ensure_one_table(table).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_one_table(&self, table: &str) -> Result<(), AwsError> {
+        let err = |op, e| AwsError::sdk(SERVICE, op, table, e);
+        let described = self.client.describe_table().table_name(table).send().await;
+        match described {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                let created = self
+                    .client
+                    .create_table()
+                    .table_name(table)
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name("pk")
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()
+                            .expect("name and type are set"),
+                    )
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name("pk")
+                            .key_type(KeyType::Hash)
+                            .build()
+                            .expect("name and type are set"),
+                    )
+                    .billing_mode(BillingMode::PayPerRequest)
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => tracing::info!(table, "ledger table created"),
+                    // Another worker created it meanwhile.
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+                    Err(e) => return Err(AwsError::sdk(SERVICE, "CreateTable", table, e)),
+                }
+            }
+            Err(e) => return Err(err("DescribeTable", e)),
+        }
+        // Poll until active, with a bound: a new table is unusable until then.
+        let deadline = tokio::time::Instant::now() + TABLE_READY_TIMEOUT;
+        loop {
+            let out = self
+                .client
+                .describe_table()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk(SERVICE, "DescribeTable", table, e))?;
+            let status = out.table.and_then(|t| t.table_status);
+            if status == Some(TableStatus::Active) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AwsError::new(
+                    SERVICE,
+                    "DescribeTable",
+                    table,
+                    ErrorKind::Transient,
+                    format!("not active after {TABLE_READY_TIMEOUT:?} (status {status:?})"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let ttl = self
+            .client
+            .describe_time_to_live()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk(SERVICE, "DescribeTimeToLive", table, e))?;
+        let status = ttl
+            .time_to_live_description
+            .and_then(|d| d.time_to_live_status);
+        if !matches!(
+            status,
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        ) {
+            self.client
+                .update_time_to_live()
+                .table_name(table)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .enabled(true)
+                        .attribute_name("expires_at")
+                        .build()
+                        .expect("fields are set"),
+                )
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk(SERVICE, "UpdateTimeToLive", table, e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes both tables (tests, teardown).
+    pub async fn delete_tables(&self) -> Result<(), AwsError> {
+        for table in [&self.table, &self.workers_table] {
+            match self.client.delete_table().table_name(table).send().await {
+                Ok(_) => {}
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found_exception()) => {}
+                Err(e) => return Err(AwsError::sdk(SERVICE, "DeleteTable", table, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// One conditional UpdateItem on `key`. `Ok(Err(old))`: the condition
+    /// failed and this is the item as it was (ALL_OLD, same request).
+    async fn conditional_update(
+        &self,
+        operation: &'static str,
+        key: &str,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+        return_new: bool,
+    ) -> Result<Result<UpdateItemOutput, Item>, AwsError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#lease", "lease_until")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        let mut size = key.len() + 2;
+        for (name, value) in values {
+            size += name.len() + item_size(&HashMap::from([(String::new(), value.clone())]));
+            request = request.expression_attribute_values(name, value);
+        }
+        if return_new {
+            request = request.return_values(ReturnValue::AllNew);
+        }
+        // Only the attribute names used by the expressions may be declared.
+        for (placeholder, name) in [
+            ("#attempt", "attempt"),
+            ("#results", "results"),
+            ("#expires", "expires_at"),
+        ] {
+            if update.contains(placeholder) || condition.contains(placeholder) {
+                request = request.expression_attribute_names(placeholder, name);
+            }
+        }
+        match request.send().await {
+            Ok(out) => {
+                let size = out.attributes.as_ref().map_or(size, item_size);
+                self.record_units(out.consumed_capacity.as_ref(), size);
+                Ok(Ok(out))
+            }
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
+                    let old = failed.item.clone().unwrap_or_default();
+                    self.record_units(None, item_size(&old));
+                    Ok(Err(old))
+                }
+                _ => Err(AwsError::sdk(
+                    SERVICE,
+                    operation,
+                    format!("{}/{key}", self.table),
+                    e,
+                )),
+            },
+        }
+    }
+
+    /// Records a worker's heartbeat (an unconditional write of its row).
+    pub async fn put_worker_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), AwsError> {
+        let item: Item = HashMap::from([
+            ("pk".to_string(), s(&heartbeat.id)),
+            ("host".to_string(), s(&heartbeat.host)),
+            ("slots".to_string(), n(heartbeat.slots)),
+            ("busy".to_string(), n(heartbeat.busy)),
+            ("tasks_done".to_string(), n(heartbeat.tasks_done)),
+            ("started_at".to_string(), n(heartbeat.started_at.0)),
+            ("last_seen".to_string(), n(Timestamp::now().0)),
+            ("expires_at".to_string(), n(epoch_secs_after(HEARTBEAT_TTL))),
+        ]);
+        let size = item_size(&item);
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.workers_table)
+            .set_item(Some(item))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk(SERVICE, "PutItem", &self.workers_table, e))?;
+        self.record_units(out.consumed_capacity.as_ref(), size);
+        Ok(())
+    }
+
+    /// Every worker that beat within the last hour, by id.
+    pub async fn list_workers(&self) -> Result<Vec<WorkerHeartbeat>, AwsError> {
+        let mut workers = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.workers_table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk(SERVICE, "Scan", &self.workers_table, e))?;
+            for item in out.items.unwrap_or_default() {
+                let Some(id) = get_s(&item, "pk") else {
+                    continue;
+                };
+                workers.push(WorkerHeartbeat {
+                    id: id.to_string(),
+                    host: get_s(&item, "host").unwrap_or_default().to_string(),
+                    slots: get_n(&item, "slots").unwrap_or(0),
+                    busy: get_n(&item, "busy").unwrap_or(0),
+                    tasks_done: get_n(&item, "tasks_done").unwrap_or(0),
+                    started_at: Timestamp(get_n(&item, "started_at").unwrap_or(0)),
+                    last_seen: Timestamp(get_n(&item, "last_seen").unwrap_or(0)),
+                });
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(workers)
+    }
+}
+
+fn ledger_error(e: AwsError) -> LedgerError {
+    if e.is_retryable() {
+        LedgerError::Unavailable(e.to_string())
+    } else {
+        LedgerError::Backend(e.to_string())
+    }
+}
+
+fn unexpected(key: &str, what: &str) -> LedgerError {
+    LedgerError::Backend(format!("ledger item {key}: {what}"))
+}
+
+impl DedupLedger for DynamoLedger {
+    /// One conditional UpdateItem: granted if the item is new or its lease ran
+    /// out; otherwise the old item, returned by the failed write itself, tells
+    /// done (with results) from held.
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        let now = now_ms();
+        let until = now + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX / 2);
+        let answer = self
+            .conditional_update(
+                "UpdateItem(claim)",
+                key,
+                "SET #state = :running, #owner = :owner, #lease = :until, #expires = :expires \
+                 ADD #attempt :one",
+                "attribute_not_exists(pk) OR (#state = :running AND #lease < :now)",
+                vec![
+                    (":running", s("running")),
+                    (":owner", s(owner)),
+                    (":until", n(until)),
+                    (":now", n(now)),
+                    (":expires", n(epoch_secs_after(self.result_ttl))),
+                    (":one", n(1)),
+                ],
+                true,
+            )
+            .await
+            .map_err(ledger_error)?;
+        let old = match answer {
+            Ok(out) => {
+                let attempt = out
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| get_n(a, "attempt"))
+                    .ok_or_else(|| unexpected(key, "no attempt after a granted claim"))?;
+                return Ok(Claim::Granted { attempt });
+            }
+            Err(old) => old,
+        };
+        match get_s(&old, "state") {
+            Some("done") => {
+                let results = match old.get("results") {
+                    Some(AttributeValue::B(b)) => b.clone().into_inner(),
+                    _ => return Err(unexpected(key, "done without results")),
+                };
+                Ok(Claim::Done { results })
+            }
+            Some("running") if get_s(&old, "owner") == Some(owner) => {
+                // Our own claim, written by an attempt whose answer was lost
+                // (timeout, then the SDK's retry): it is ours.
+                let attempt =
+                    get_n(&old, "attempt").ok_or_else(|| unexpected(key, "no attempt"))?;
+                tracing::debug!(key, owner, "claim already held by this owner");
+                Ok(Claim::Granted { attempt })
+            }
+            Some("running") => {
+                let until: u64 = get_n(&old, "lease_until").unwrap_or(0);
+                Ok(Claim::Held {
+                    remaining: Duration::from_millis(until.saturating_sub(now_ms())),
+                })
+            }
+            other => Err(unexpected(key, &format!("unknown state {other:?}"))),
+        }
+    }
+
+    async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, LedgerError> {
+        let until = now_ms() + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX / 2);
+        let answer = self
+            .conditional_update(
+                "UpdateItem(renew)",
+                key,
+                "SET #lease = :until",
+                "#owner = :owner AND #state = :running",
+                vec![
+                    (":owner", s(owner)),
+                    (":running", s("running")),
+                    (":until", n(until)),
+                ],
+                false,
+            )
+            .await
+            .map_err(ledger_error)?;
+        Ok(answer.is_ok())
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        results: Vec<u8>,
+    ) -> Result<bool, LedgerError> {
+        let answer = self
+            .conditional_update(
+                "UpdateItem(complete)",
+                key,
+                "SET #state = :done, #results = :results, #expires = :expires REMOVE #lease",
+                "#owner = :owner AND #state = :running",
+                vec![
+                    (":owner", s(owner)),
+                    (":running", s("running")),
+                    (":done", s("done")),
+                    (":results", AttributeValue::B(Blob::new(results))),
+                    (":expires", n(epoch_secs_after(self.result_ttl))),
+                ],
+                false,
+            )
+            .await
+            .map_err(ledger_error)?;
+        Ok(match answer {
+            Ok(_) => true,
+            // Done by us already: a retried request whose first attempt landed.
+            Err(old) => get_s(&old, "state") == Some("done") && get_s(&old, "owner") == Some(owner),
+        })
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<(), LedgerError> {
+        // Lease ending at 0: the next claim takes it over (attempt + 1). Not
+        // ours (any more): nothing to give back.
+        let _released_or_not_ours = self
+            .conditional_update(
+                "UpdateItem(release)",
+                key,
+                "SET #lease = :zero",
+                "#owner = :owner AND #state = :running",
+                vec![
+                    (":owner", s(owner)),
+                    (":running", s("running")),
+                    (":zero", n(0)),
+                ],
+                false,
+            )
+            .await
+            .map_err(ledger_error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_units_are_billed_per_started_kib() {
+        assert_eq!(write_units_for(0), 1.0);
+        assert_eq!(write_units_for(1024), 1.0);
+        assert_eq!(write_units_for(1025), 2.0);
+        let item = HashMap::from([
+            ("pk".to_string(), s("b#0")),
+            (
+                "results".to_string(),
+                AttributeValue::B(Blob::new(vec![0; 3000])),
+            ),
+        ]);
+        assert_eq!(item_size(&item), 2 + 3 + 7 + 3000);
+        assert_eq!(write_units_for(item_size(&item)), 3.0);
+    }
+}

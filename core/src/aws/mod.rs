@@ -1,0 +1,20 @@
+//! The cloud backends: SQS task queues, the DynamoDB dedup ledger, S3 storage.
+//!
+//! [`Aws::load`] reads the SDK configuration from the standard chain (environment,
+//! profile, web identity for IRSA, IMDS; `AWS_ENDPOINT_URL_<SERVICE>` points a
+//! service elsewhere) and hands out clients that share one [`RequestStats`], so
+//! the program itself counts what it asks of AWS, request by request.
+
+mod config;
+mod error;
+mod ledger;
+mod s3;
+mod sqs;
+mod stats;
+
+pub use config::{Aws, AwsSettings};
+pub use error::{AwsError, ErrorKind};
+pub use ledger::{DEFAULT_RESULT_TTL, DynamoLedger, WorkerHeartbeat};
+pub use s3::{S3Store, S3Uri, S3UriError};
+pub use sqs::{QueueOptions, QueueStats, RawMessage, SqsClient, SqsQueue};
+pub use stats::{Prices, RequestStats, StatsSnapshot};

@@ -1,0 +1,432 @@
+//! S3: task inputs and artifacts (Animoto images and videos, large outputs).
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
+};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+
+use super::error::{AwsError, ErrorKind};
+
+const SERVICE: &str = "S3";
+/// Files above this go up in parts: a failed part is retried alone, and parts
+/// go up in parallel.
+pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+pub const PART_SIZE: u64 = 8 * 1024 * 1024;
+const CONCURRENT_PARTS: usize = 4;
+
+/// `s3://bucket/key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Uri {
+    pub bucket: String,
+    /// May be empty (a whole bucket, as a prefix).
+    pub key: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum S3UriError {
+    #[error("`{0}` is not an S3 URI: it must start with s3://")]
+    NotS3(String),
+    #[error("`{0}` has no bucket name: expected s3://BUCKET/KEY")]
+    NoBucket(String),
+    #[error("`{0}` names no object: expected s3://BUCKET/KEY")]
+    NoKey(String),
+}
+
+impl S3Uri {
+    /// `s3://bucket`, `s3://bucket/` or `s3://bucket/prefix/key`.
+    pub fn parse(uri: &str) -> Result<Self, S3UriError> {
+        let rest = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| S3UriError::NotS3(uri.to_string()))?;
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(S3UriError::NoBucket(uri.to_string()));
+        }
+        Ok(Self {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        })
+    }
+
+    /// Like [`S3Uri::parse`], but the key must name an object.
+    pub fn object(uri: &str) -> Result<Self, S3UriError> {
+        let parsed = Self::parse(uri)?;
+        if parsed.key.is_empty() || parsed.key.ends_with('/') {
+            return Err(S3UriError::NoKey(uri.to_string()));
+        }
+        Ok(parsed)
+    }
+}
+
+impl FromStr for S3Uri {
+    type Err = S3UriError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for S3Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// S3 with the program's settings and request counting. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+}
+
+fn uri(bucket: &str, key: &str) -> String {
+    format!("s3://{bucket}/{key}")
+}
+
+fn err<E, R>(
+    operation: &'static str,
+    resource: String,
+    e: aws_sdk_s3::error::SdkError<E, R>,
+) -> AwsError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let mut e = AwsError::sdk(SERVICE, operation, resource, e);
+    if e.kind == ErrorKind::NotFound {
+        e.message = format!("{} does not exist ({})", e.resource, e.message);
+    }
+    e
+}
+
+fn io_error(operation: &'static str, resource: String, what: String) -> AwsError {
+    AwsError::new(SERVICE, operation, resource, ErrorKind::Permanent, what)
+}
+
+impl S3Store {
+    pub(crate) fn new(client: aws_sdk_s3::Client) -> Self {
+        Self { client }
+    }
+
+    /// Creates the bucket if this account does not have it yet.
+    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), AwsError> {
+        let mut request = self.client.create_bucket().bucket(bucket);
+        // us-east-1 is the default and must not be named.
+        if let Some(region) = self
+            .client
+            .config()
+            .region()
+            .map(|r| r.as_ref().to_string())
+            && region != "us-east-1"
+        {
+            request = request.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
+            );
+        }
+        match request.send().await {
+            Ok(_) => {
+                tracing::info!(bucket, "bucket created");
+                Ok(())
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_bucket_already_owned_by_you()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(err("CreateBucket", uri(bucket, ""), e)),
+        }
+    }
+
+    pub async fn put_bytes(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), AwsError> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| err("PutObject", uri(bucket, key), e))?;
+        Ok(())
+    }
+
+    /// Uploads a file: one PutObject up to [`MULTIPART_THRESHOLD`], else a
+    /// multipart upload of [`PART_SIZE`] parts (aborted if a part fails, so no
+    /// orphan parts are billed).
+    pub async fn put_file(&self, bucket: &str, key: &str, path: &Path) -> Result<(), AwsError> {
+        let resource = uri(bucket, key);
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| {
+                io_error(
+                    "PutObject",
+                    resource.clone(),
+                    format!("{}: {e}", path.display()),
+                )
+            })?
+            .len();
+        if size <= MULTIPART_THRESHOLD {
+            let body = ByteStream::from_path(path).await.map_err(|e| {
+                io_error(
+                    "PutObject",
+                    resource.clone(),
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            self.client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| err("PutObject", resource, e))?;
+            return Ok(());
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| err("CreateMultipartUpload", resource.clone(), e))?;
+        let upload_id = upload.upload_id.ok_or_else(|| {
+            io_error(
+                "CreateMultipartUpload",
+                resource.clone(),
+                "no upload id in the answer".into(),
+            )
+        })?;
+        match self.put_parts(bucket, key, path, size, &upload_id).await {
+            Ok(parts) => {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| err("CompleteMultipartUpload", resource, e))?;
+                Ok(())
+            }
+            Err(e) => {
+                let aborted = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                if let Err(abort) = aborted {
+                    tracing::warn!(
+                        %resource, upload_id,
+                        error = %err("AbortMultipartUpload", resource.clone(), abort),
+                        "could not abort a failed multipart upload"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn put_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        size: u64,
+        upload_id: &str,
+    ) -> Result<Vec<CompletedPart>, AwsError> {
+        let resource = uri(bucket, key);
+        let count = size.div_ceil(PART_SIZE);
+        let parts = (0..count).map(|i| {
+            let resource = resource.clone();
+            async move {
+                let offset = i * PART_SIZE;
+                let length = PART_SIZE.min(size - offset);
+                let number = i32::try_from(i + 1).expect("at most 10,000 parts");
+                // Read from the file per attempt, not into memory: a retry re-reads.
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(Length::Exact(length))
+                    .build()
+                    .await
+                    .map_err(|e| {
+                        io_error(
+                            "UploadPart",
+                            resource.clone(),
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?;
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| err("UploadPart", resource, e))?;
+                Ok::<_, AwsError>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag)
+                        .build(),
+                )
+            }
+        });
+        // `buffered` keeps the parts in order, as CompleteMultipartUpload wants.
+        futures_util::stream::iter(parts)
+            .buffered(CONCURRENT_PARTS)
+            .try_collect()
+            .await
+    }
+
+    pub async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, AwsError> {
+        let resource = uri(bucket, key);
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| err("GetObject", resource.clone(), e))?;
+        let body = out.body.collect().await.map_err(|e| {
+            AwsError::new(
+                SERVICE,
+                "GetObject",
+                resource,
+                ErrorKind::Transient,
+                format!("reading the body: {e}"),
+            )
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    /// Downloads an object to a file, streaming (no whole copy in memory).
+    /// Returns the number of bytes written.
+    pub async fn download_to(&self, bucket: &str, key: &str, path: &Path) -> Result<u64, AwsError> {
+        let resource = uri(bucket, key);
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| err("GetObject", resource.clone(), e))?;
+        let mut file = tokio::fs::File::create(path).await.map_err(|e| {
+            io_error(
+                "GetObject",
+                resource.clone(),
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        let mut body = out.body.into_async_read();
+        let n = tokio::io::copy(&mut body, &mut file).await.map_err(|e| {
+            io_error(
+                "GetObject",
+                resource.clone(),
+                format!("writing {}: {e}", path.display()),
+            )
+        })?;
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| {
+                io_error(
+                    "GetObject",
+                    resource,
+                    format!("writing {}: {e}", path.display()),
+                )
+            })?;
+        Ok(n)
+    }
+
+    /// A URL that lets anyone GET the object until `expiry` (at most 7 days):
+    /// https on AWS. Computed locally: no request is made.
+    pub async fn presign_get(
+        &self,
+        bucket: &str,
+        key: &str,
+        expiry: Duration,
+    ) -> Result<String, AwsError> {
+        let resource = uri(bucket, key);
+        let config = PresigningConfig::expires_in(expiry)
+            .map_err(|e| io_error("GetObject(presign)", resource.clone(), e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| err("GetObject(presign)", resource, e))?;
+        Ok(request.uri().to_string())
+    }
+
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), AwsError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| err("DeleteObject", uri(bucket, key), e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_uris_parse_with_clear_errors() {
+        assert_eq!(
+            S3Uri::parse("s3://b/dir/k.png").unwrap(),
+            S3Uri {
+                bucket: "b".into(),
+                key: "dir/k.png".into()
+            }
+        );
+        assert_eq!(S3Uri::parse("s3://b").unwrap().key, "");
+        assert_eq!(S3Uri::parse("s3://b/").unwrap().key, "");
+        assert_eq!(
+            S3Uri::parse("https://b/k"),
+            Err(S3UriError::NotS3("https://b/k".into()))
+        );
+        assert_eq!(
+            S3Uri::parse("s3:///k"),
+            Err(S3UriError::NoBucket("s3:///k".into()))
+        );
+        assert_eq!(
+            S3Uri::object("s3://b/"),
+            Err(S3UriError::NoKey("s3://b/".into()))
+        );
+        assert_eq!(
+            S3Uri::object("s3://b/dir/"),
+            Err(S3UriError::NoKey("s3://b/dir/".into()))
+        );
+        assert_eq!(S3Uri::object("s3://b/k").unwrap().to_string(), "s3://b/k");
+        let e = S3Uri::object("s3://b").unwrap_err().to_string();
+        assert!(e.contains("s3://BUCKET/KEY"), "{e}");
+    }
+}

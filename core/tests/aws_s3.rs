@@ -1,0 +1,132 @@
+//! S3Store against a real S3 server (fauxqs, started by scripts/test).
+
+mod common;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use cloudkon_core::aws::{ErrorKind, S3Store};
+use common::{aws, unique};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn store() -> (S3Store, String) {
+    let s3 = aws().await.s3();
+    let bucket = unique("ck-bucket");
+    s3.ensure_bucket(&bucket).await.unwrap();
+    s3.ensure_bucket(&bucket).await.unwrap(); // idempotent
+    (s3, bucket)
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn small_objects_round_trip() {
+    let (s3, bucket) = store().await;
+    s3.put_bytes(&bucket, "dir/a.txt", b"hello".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(s3.get_bytes(&bucket, "dir/a.txt").await.unwrap(), b"hello");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.txt");
+    assert_eq!(
+        s3.download_to(&bucket, "dir/a.txt", &path).await.unwrap(),
+        5
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+    s3.delete_object(&bucket, "dir/a.txt").await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_20_mib_file_goes_up_in_parts() {
+    let aws = aws().await;
+    let s3 = aws.s3();
+    let bucket = unique("ck-bucket");
+    s3.ensure_bucket(&bucket).await.unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    file.write_all(&data).unwrap();
+    file.flush().unwrap();
+
+    let before = aws.stats().snapshot();
+    s3.put_file(&bucket, "big.bin", file.path()).await.unwrap();
+    let used = aws.stats().snapshot().since(&before);
+    assert_eq!(used.get("S3.CreateMultipartUpload"), 1, "{used}");
+    assert_eq!(used.get("S3.UploadPart"), 3, "{used}"); // 8 + 8 + 4 MiB
+    assert_eq!(used.get("S3.CompleteMultipartUpload"), 1, "{used}");
+    assert!(
+        s3.get_bytes(&bucket, "big.bin").await.unwrap() == data,
+        "content differs"
+    );
+
+    // A small file: one PutObject.
+    let mut small = tempfile::NamedTempFile::new().unwrap();
+    small.write_all(b"small").unwrap();
+    let before = aws.stats().snapshot();
+    s3.put_file(&bucket, "small.bin", small.path())
+        .await
+        .unwrap();
+    assert_eq!(aws.stats().snapshot().since(&before).get("S3.PutObject"), 1);
+    assert_eq!(s3.get_bytes(&bucket, "small.bin").await.unwrap(), b"small");
+}
+
+/// A plain HTTP/1.1 GET, as a browser or curl would fetch a presigned URL.
+async fn http_get(url: &str) -> (String, Vec<u8>) {
+    let rest = url
+        .strip_prefix("http://")
+        .expect("the test server speaks http");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the server answered")
+        .unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    (head, response[split + 4..].to_vec())
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_presigned_url_is_fetchable_without_credentials() {
+    let (s3, bucket) = store().await;
+    s3.put_bytes(&bucket, "video.mp4", b"not really a video".to_vec())
+        .await
+        .unwrap();
+    let url = s3
+        .presign_get(&bucket, "video.mp4", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let (head, body) = http_get(&url).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert_eq!(body, b"not really a video");
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_missing_key_is_a_clear_error() {
+    let (s3, bucket) = store().await;
+    let err = s3.get_bytes(&bucket, "nope/missing.png").await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("s3://{bucket}/nope/missing.png")),
+        "{text}"
+    );
+    assert!(text.contains("does not exist"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let err = s3
+        .download_to(&bucket, "missing", &dir.path().join("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+}

@@ -1,0 +1,409 @@
+//! SqsQueue against a real SQS server (fauxqs, started by scripts/test).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cloudkon_core::aws::{ErrorKind, QueueOptions, SqsQueue};
+use cloudkon_core::queue::{Delivery, TaskQueue};
+use cloudkon_core::wire;
+use common::{aws, eventually, sleep0_bundle, unique};
+
+const WAIT: Duration = Duration::from_secs(1);
+
+fn options(visibility_secs: u64) -> QueueOptions {
+    QueueOptions {
+        visibility_timeout: Duration::from_secs(visibility_secs),
+        ..QueueOptions::default()
+    }
+}
+
+/// Receives until `n` deliveries arrived (bounded), without acknowledging.
+async fn receive_n(q: &SqsQueue, n: usize) -> Vec<Delivery> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "got {} of {n}",
+            got.len()
+        );
+        got.extend(q.receive(10, WAIT).await.unwrap().unwrap());
+    }
+    got
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn twenty_five_bundles_cost_three_send_batches_and_come_back_whole() {
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-send25"), &options(30))
+        .await
+        .unwrap();
+    let bundles: Vec<_> = (0..25)
+        .map(|i| sleep0_bundle("b25", i * 100, 100))
+        .collect();
+    let before = aws.stats().snapshot();
+    q.send(bundles.clone()).await.unwrap();
+    let sent = aws.stats().snapshot().since(&before);
+    assert_eq!(sent.get("SQS.SendMessageBatch"), 3, "{sent}");
+    assert_eq!(sent.total(), 3, "{sent}");
+
+    // Every task once, every delivery a first delivery.
+    let all = receive_n(&q, 25).await;
+    assert_eq!(all.len(), 25);
+    let ids: BTreeSet<u64> = all
+        .iter()
+        .flat_map(|d| d.bundle.tasks.iter().map(|t| t.id))
+        .collect();
+    assert_eq!(ids, (0..2500).collect());
+    assert!(all.iter().all(|d| d.receive_count == 1));
+    let first = all.iter().find(|d| d.bundle.tasks[0].id == 0).unwrap();
+    assert_eq!(first.bundle, bundles[0]);
+
+    // Acknowledged: gone. 25 receipts are 3 DeleteMessageBatch requests.
+    let before = aws.stats().snapshot();
+    q.ack(all.into_iter().map(|d| d.receipt.unwrap()).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        aws.stats()
+            .snapshot()
+            .since(&before)
+            .get("SQS.DeleteMessageBatch"),
+        3
+    );
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 0), "{stats:?}");
+    q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn batches_stay_under_256_kib() {
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-big"), &options(30))
+        .await
+        .unwrap();
+    // 10 bodies of 60 KiB: 600 KiB in all; 4 fit in one 256 KiB request.
+    let bodies: Vec<String> = (0..10)
+        .map(|i| format!("{i:02}{}", "x".repeat(60 * 1024)))
+        .collect();
+    let before = aws.stats().snapshot();
+    q.send_bodies(bodies.clone()).await.unwrap();
+    assert_eq!(
+        aws.stats()
+            .snapshot()
+            .since(&before)
+            .get("SQS.SendMessageBatch"),
+        3
+    );
+    let mut got = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 10 {
+        assert!(tokio::time::Instant::now() < deadline);
+        for m in q.receive_raw(10, WAIT).await.unwrap() {
+            got.insert(m.body);
+        }
+    }
+    assert_eq!(got, bodies.into_iter().collect());
+
+    // A bundle too big for one message is split, and still sent whole.
+    let huge = sleep0_bundle("huge", 0, 60_000);
+    assert!(wire::encode_bundle(&huge).len() > wire::SQS_MAX_MESSAGE_BYTES);
+    q.purge().await.unwrap();
+    q.send(vec![huge]).await.unwrap();
+    let mut ids = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ids.len() < 60_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 60000 tasks",
+            ids.len()
+        );
+        for d in q.receive(10, WAIT).await.unwrap().unwrap() {
+            ids.extend(d.bundle.tasks.iter().map(|t| t.id));
+        }
+    }
+    assert_eq!(ids, (0..60_000).collect());
+    q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn an_unacknowledged_bundle_comes_back_with_receive_count_two() {
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-redeliver"), &options(1))
+        .await
+        .unwrap();
+    q.send(vec![sleep0_bundle("r", 0, 3)]).await.unwrap();
+    let first = receive_n(&q, 1).await;
+    assert_eq!(first[0].receive_count, 1);
+    let again = eventually(Duration::from_secs(15), "the redelivery", || {
+        let q = q.clone();
+        async move { q.receive(10, WAIT).await.unwrap().unwrap().pop() }
+    })
+    .await;
+    assert_eq!(again.receive_count, 2);
+    assert_eq!(again.bundle, first[0].bundle);
+    q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn extend_keeps_a_bundle_hidden_and_release_shows_it_at_once() {
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-visibility"), &options(1))
+        .await
+        .unwrap();
+    q.send(vec![sleep0_bundle("v", 0, 1)]).await.unwrap();
+    let d = receive_n(&q, 1).await.pop().unwrap();
+    let receipt = d.receipt.clone().unwrap();
+    q.extend(&receipt, Duration::from_secs(60)).await.unwrap();
+    // Without the extension it would be back after 1 s: watch for 3 s.
+    let watch = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < watch {
+        let got = q.receive(10, WAIT).await.unwrap().unwrap();
+        assert!(got.is_empty(), "an extended delivery came back");
+    }
+    assert_eq!(q.stats().await.unwrap().in_flight, 1);
+
+    q.release(&receipt).await.unwrap();
+    // Released: visible at once, though it has 57 s of hiding left.
+    let started = tokio::time::Instant::now();
+    let back = q
+        .receive(10, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.len(), 1, "released delivery not visible");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(back[0].receive_count, 2);
+
+    // The batched variant does the same.
+    let receipt = back[0].receipt.clone().unwrap();
+    q.change_visibility_batch(vec![(receipt, Duration::ZERO)])
+        .await
+        .unwrap();
+    let back = q
+        .receive(10, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].receive_count, 3);
+    q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_malformed_message_goes_to_the_dead_letter_queue_never_to_a_worker() {
+    let aws = aws().await;
+    let sqs = aws.sqs();
+    let name = unique("ck-malformed");
+    let q = sqs
+        .create_queue(
+            &name,
+            &QueueOptions {
+                max_receives: Some(5),
+                ..options(30)
+            },
+        )
+        .await
+        .unwrap();
+    let dlq_url = q
+        .dead_letter_url()
+        .expect("a dead-letter queue")
+        .to_string();
+    assert!(dlq_url.ends_with(&format!("{name}-dlq")), "{dlq_url}");
+    q.send_bodies(vec!["{\"not\": \"a cloudkon bundle\"}".into()])
+        .await
+        .unwrap();
+    q.send(vec![sleep0_bundle("m", 0, 2)]).await.unwrap();
+
+    // The worker-facing receive returns the bundle, and never the stranger.
+    let mut bundles = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for d in q.receive(10, WAIT).await.unwrap().unwrap() {
+            assert_eq!(d.bundle.tasks.len(), 2);
+            bundles += 1;
+            q.ack(vec![d.receipt.unwrap()]).await.unwrap();
+        }
+        let stats = q.stats().await.unwrap();
+        if bundles == 1 && stats.visible == 0 && stats.in_flight == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{bundles} bundles, {stats:?}"
+        );
+    }
+    let dlq = q.sibling(&dlq_url);
+    let dead = eventually(Duration::from_secs(10), "the dead letter", || {
+        let dlq = dlq.clone();
+        async move { dlq.receive_raw(10, WAIT).await.unwrap().pop() }
+    })
+    .await;
+    assert_eq!(dead.body, "{\"not\": \"a cloudkon bundle\"}");
+
+    // Opened by name, the queue knows its dead-letter queue.
+    let opened = sqs.open(&name).await.unwrap();
+    assert_eq!(opened.url(), q.url());
+    assert_eq!(opened.dead_letter_url(), Some(dlq_url.as_str()));
+    q.delete().await.unwrap();
+    dlq.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn without_a_dead_letter_queue_a_malformed_message_is_deleted() {
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-nodlq"), &options(30))
+        .await
+        .unwrap();
+    assert!(q.dead_letter_url().is_none());
+    // Valid base64, but a results message: not a bundle either.
+    let results = wire::encode_results(
+        &wire::ResultsMessage {
+            key: "k".into(),
+            ideal: Duration::ZERO,
+            results: vec![],
+        },
+        1000,
+    )
+    .unwrap();
+    q.send_bodies(vec!["garbage".into(), results])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = q.receive(10, WAIT).await.unwrap().unwrap();
+        assert!(got.is_empty(), "a malformed message was returned");
+        let stats = q.stats().await.unwrap();
+        if stats.visible == 0 && stats.in_flight == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+    }
+    q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn queue_stats_count_waiting_and_in_flight() {
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-stats"), &options(30))
+        .await
+        .unwrap();
+    q.send((0..3).map(|i| sleep0_bundle("s", i, 1)).collect())
+        .await
+        .unwrap();
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight, stats.delayed), (3, 0, 0));
+    let got = q.receive_raw(1, WAIT).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (2, 1));
+    q.purge().await.unwrap();
+    let stats = q.stats().await.unwrap();
+    assert_eq!(stats.visible, 0, "{stats:?}");
+    q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn create_is_idempotent_and_a_missing_queue_is_a_clear_error() {
+    let aws = aws().await;
+    let sqs = aws.sqs();
+    let name = unique("ck-create");
+    let a = sqs.create_queue(&name, &options(30)).await.unwrap();
+    let b = sqs.create_queue(&name, &options(30)).await.unwrap();
+    assert_eq!(a.url(), b.url());
+    assert_eq!(sqs.open(&name).await.unwrap().url(), a.url());
+    assert_eq!(sqs.open(a.url()).await.unwrap().url(), a.url());
+
+    let missing = unique("ck-missing");
+    let err = sqs.open(&missing).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains(&missing), "{err}");
+    assert!(!err.is_retryable());
+
+    a.delete().await.unwrap();
+    let err = sqs.open(&name).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn results_travel_to_the_reply_queue() {
+    let aws = aws().await;
+    let sqs = aws.sqs();
+    let replies = sqs
+        .create_queue(&unique("ck-replies"), &options(30))
+        .await
+        .unwrap();
+    let msg = wire::ResultsMessage {
+        key: "b#0".into(),
+        ideal: Duration::from_millis(5),
+        results: vec![],
+    };
+    // A worker knows only the URL, from the bundle's reply_to.
+    sqs.at(replies.url()).send_results(&msg).await.unwrap();
+    let (got, receipt) = eventually(Duration::from_secs(10), "the results", || {
+        let replies = replies.clone();
+        async move { replies.receive_results(10, WAIT).await.unwrap().pop() }
+    })
+    .await;
+    assert_eq!(got, msg);
+    replies.delete_batch(vec![receipt]).await.unwrap();
+    replies.delete().await.unwrap();
+}
+
+/// Not an assertion: a figure for the report. Bundles of 100 `sleep 0`s.
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn throughput_of_send_and_receive_plus_delete() {
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-speed"), &options(60))
+        .await
+        .unwrap();
+    let n = 2000;
+    let bundles: Vec<_> = (0..n).map(|i| sleep0_bundle("t", i * 100, 100)).collect();
+    let t = std::time::Instant::now();
+    q.send(bundles).await.unwrap();
+    let send = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut got = 0;
+    while got < n as usize {
+        assert!(t.elapsed() < Duration::from_secs(60), "{got} of {n}");
+        let ds = q.receive(10, WAIT).await.unwrap().unwrap();
+        got += ds.len();
+        q.ack(ds.into_iter().map(|d| d.receipt.unwrap()).collect())
+            .await
+            .unwrap();
+    }
+    let recv = t.elapsed();
+    println!(
+        "SQS throughput: send {:.0} msgs/s ({:.0} tasks/s); receive+ack (one consumer) {:.0} msgs/s",
+        n as f64 / send.as_secs_f64(),
+        (n * 100) as f64 / send.as_secs_f64(),
+        n as f64 / recv.as_secs_f64()
+    );
+    q.delete().await.unwrap();
+}

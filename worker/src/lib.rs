@@ -3,8 +3,9 @@
 
 pub mod embedded;
 pub mod exec;
+pub mod loopback_http;
 pub mod pool;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
-pub use exec::{ExecLimits, ExecOutput, Executor, Registry};
+pub use exec::{AnimotoConfig, AnimotoExecutor, ExecLimits, ExecOutput, Executor, Registry};
 pub use pool::{PoolConfig, ResultBatch, Shutdown, WorkUnit, run_pool};

@@ -14,6 +14,7 @@ mod magic;
 
 use std::future::Future;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -218,6 +219,8 @@ impl AnimotoExecutor {
                 let partial = tempfile::Builder::new()
                     .prefix(&format!(".{file_name}."))
                     .suffix(".partial")
+                    // A video is for sharing: not the temp file's private 0600.
+                    .permissions(std::fs::Permissions::from_mode(0o644))
                     .tempfile_in(&dir)
                     .map_err(|source| AnimotoError::OutputDir {
                         path: dir.clone(),

@@ -136,7 +136,10 @@ fn build_client() -> Result<HttpsClient, String> {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         }
     };
-    let connector = builder.https_or_http().enable_http1().build();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false); // https URLs pass through to the TLS layer
+    http.set_nodelay(true);
+    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 

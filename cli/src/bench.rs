@@ -16,6 +16,25 @@ pub enum BenchCommand {
     /// The embedded engine: `sleep 0` throughput and memory, `run true` against
     /// `xargs -P`, and efficiency of 100 ms tasks.
     Local(LocalArgs),
+    /// The Animoto task: one 60-image 1080p video against bare ffmpeg making the
+    /// same video from the same files, then 16 such tasks on 2 slots.
+    Animoto(AnimotoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AnimotoArgs {
+    /// Images per video (one second each).
+    #[arg(long, default_value_t = 60)]
+    images: u32,
+    /// Tasks in the throughput run.
+    #[arg(long, default_value_t = 16)]
+    tasks: u32,
+    /// Slots for the throughput run.
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
+    /// Repetitions of the single-video comparison; the best of each side is kept.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +56,7 @@ pub struct LocalArgs {
 pub fn run(command: BenchCommand) -> Result<ExitCode> {
     match command {
         BenchCommand::Local(args) => local(&args).map(|()| ExitCode::SUCCESS),
+        BenchCommand::Animoto(args) => animoto(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -128,7 +148,153 @@ fn local(args: &LocalArgs) -> Result<()> {
         summary.efficiency >= 0.99,
     ));
 
-    print_rows(&rows);
+    print_rows("local", &rows);
+    Ok(())
+}
+
+/// One Animoto task against bare ffmpeg with the executor's own settings (the
+/// same filter graph and encoder options, from the same local files), with the
+/// images downloaded from a loopback HTTP server and then as file:// URLs; then
+/// a batch on a few slots against the ideal of bare ffmpeg times spread over them.
+fn animoto(args: &AnimotoArgs) -> Result<()> {
+    use cloudkon_worker::exec::animoto::{DEFAULT_HEIGHT, DEFAULT_WIDTH, EncodePlan, check_ffmpeg};
+    use cloudkon_worker::loopback_http::LoopbackServer;
+
+    check_ffmpeg(Path::new("ffmpeg")).map_err(anyhow::Error::msg)?;
+    let dir = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images)?;
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "testsrc2=size={DEFAULT_WIDTH}x{DEFAULT_HEIGHT}:rate=1"
+        ))
+        .args(["-frames:v", &args.images.to_string()])
+        .arg(images.join("img-%03d.jpg"))
+        .status()
+        .context("cannot run ffmpeg to make the images")?;
+    ensure!(
+        status.success(),
+        "ffmpeg could not make the images: {status}"
+    );
+    let names: Vec<String> = (1..=args.images)
+        .map(|i| format!("img-{i:03}.jpg"))
+        .collect();
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let server = runtime.block_on(LoopbackServer::serve_dir(images.clone()))?;
+    let line = |url: &dyn Fn(&str) -> String| {
+        let urls: Vec<String> = names.iter().map(|n| url(n)).collect();
+        format!("animoto {}\n", urls.join(" "))
+    };
+    let http_line = line(&|n| server.url(n));
+    let file_line = line(&|n| format!("file://{}", images.join(n).display()));
+    let (http, file, batch) = (
+        dir.path().join("http.txt"),
+        dir.path().join("file.txt"),
+        dir.path().join("batch.txt"),
+    );
+    std::fs::write(&http, &http_line)?;
+    std::fs::write(&file, &file_line)?;
+    std::fs::write(&batch, http_line.repeat(args.tasks as usize))?;
+
+    // Bare ffmpeg: the executor's command, run directly in the images' directory.
+    let plan = EncodePlan {
+        width: DEFAULT_WIDTH,
+        height: DEFAULT_HEIGHT,
+        seconds_per_image: 1,
+        frame_rate: cloudkon_worker::AnimotoConfig::default().frame_rate,
+    };
+    let graph = dir.path().join("graph.txt");
+    std::fs::write(&graph, plan.filter_graph(&names))?;
+    let bare_video = dir.path().join("bare.mp4");
+    let bare = || -> Result<Duration> {
+        let start = Instant::now();
+        let status = Command::new("ffmpeg")
+            .args(plan.ffmpeg_args(names.len(), &graph, &bare_video))
+            .current_dir(&images)
+            .status()
+            .context("cannot run ffmpeg")?;
+        ensure!(status.success(), "bare ffmpeg failed: {status}");
+        Ok(start.elapsed())
+    };
+    let out = dir.path().join("videos");
+    let task_time = |workload: &Path| -> Result<Duration> {
+        let results = dir.path().join("results.jsonl");
+        let (summary, _) = cloudkon_run(
+            workload,
+            &[
+                "--workers",
+                "1",
+                "--animoto-out",
+                &out.to_string_lossy(),
+                "--output",
+                &results.to_string_lossy(),
+            ],
+        )?;
+        ensure!(
+            summary.succeeded == 1,
+            "the animoto task failed: {summary:?}"
+        );
+        let text = std::fs::read_to_string(&results)?;
+        let result: cloudkon_core::TaskResult =
+            serde_json::from_str(text.lines().next().context("no result")?)?;
+        Ok(result.run_time())
+    };
+
+    let (mut best_bare, mut best_http, mut best_file) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..args.rounds.max(1) {
+        best_bare = best_bare.min(bare()?);
+        best_http = best_http.min(task_time(&http)?);
+        best_file = best_file.min(task_time(&file)?);
+    }
+    let overhead = |t: Duration| (t.as_secs_f64() / best_bare.as_secs_f64() - 1.0) * 100.0;
+    let video = format!("{} images -> {} s 1080p", args.images, args.images);
+    let mut rows = vec![Row::info(
+        format!("bare ffmpeg, {video}"),
+        format!("{:.3} s", best_bare.as_secs_f64()),
+    )];
+    rows.push(Row::new(
+        "one task, images over loopback HTTP".to_string(),
+        format!(
+            "{:.3} s ({:+.1}% over bare ffmpeg)",
+            best_http.as_secs_f64(),
+            overhead(best_http)
+        ),
+        "<= +10%",
+        overhead(best_http) <= 10.0,
+    ));
+    rows.push(Row::info(
+        "one task, file:// images".to_string(),
+        format!(
+            "{:.3} s ({:+.1}% over bare ffmpeg)",
+            best_file.as_secs_f64(),
+            overhead(best_file)
+        ),
+    ));
+
+    let slots = args.slots.to_string();
+    let (summary, _) = cloudkon_run(
+        &batch,
+        &["--workers", &slots, "--animoto-out", &out.to_string_lossy()],
+    )?;
+    ensure!(
+        summary.succeeded == u64::from(args.tasks),
+        "the animoto batch lost tasks: {summary:?}"
+    );
+    let ideal = best_bare.as_secs_f64() * f64::from(args.tasks) / f64::from(args.slots.max(1));
+    rows.push(Row::info(
+        format!("{} tasks on {slots} slots (HTTP)", args.tasks),
+        format!(
+            "{:.3} s, efficiency {:.1}% (ideal {ideal:.3} s = {} x bare / {slots} slots)",
+            summary.wall_seconds,
+            ideal / summary.wall_seconds * 100.0,
+            args.tasks
+        ),
+    ));
+    drop(server);
+    print_rows("animoto", &rows);
     Ok(())
 }
 
@@ -217,10 +383,10 @@ impl Row {
     }
 }
 
-fn print_rows(rows: &[Row]) {
+fn print_rows(bench: &str, rows: &[Row]) {
     let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
     println!(
-        "cloudkon bench local ({} CPUs)",
+        "cloudkon bench {bench} ({} CPUs)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for row in rows {

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cloudkon_core::BatchId;
 use cloudkon_core::workload::WorkloadReader;
-use cloudkon_worker::{EmbeddedConfig, PoolConfig, Progress, Registry, Shutdown, run_embedded};
+use cloudkon_worker::{
+    AnimotoConfig, AnimotoExecutor, EmbeddedConfig, PoolConfig, Progress, Registry, Shutdown,
+    run_embedded,
+};
 
 use crate::{exit, memory, progress, signals, workload_file};
 
@@ -53,6 +56,11 @@ pub struct RunArgs {
     /// The batch's name in results [default: the workload's file name and the time].
     #[arg(long, value_name = "NAME")]
     pub batch: Option<String>,
+
+    /// Where `animoto` tasks put their videos (`<batch>-<id>.mp4`), unless a task
+    /// names its own `output`.
+    #[arg(long, value_name = "DIR", default_value = "animoto-out")]
+    pub animoto_out: PathBuf,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -60,6 +68,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(stats) => stats,
         Err(code) => return Ok(code),
     };
+    let registry = Registry::new().with_animoto(Arc::new(AnimotoExecutor::new(AnimotoConfig {
+        output_dir: args.animoto_out.clone(),
+        ..AnimotoConfig::default()
+    })));
+    // Only what the workload uses is checked: no ffmpeg is needed for sleep and run.
+    if stats.animoto > 0
+        && let Err(e) = registry.check()
+    {
+        anyhow::bail!("cannot run animoto tasks: {e}");
+    }
     let writer = workload_file::create_results(args.output.as_deref())?;
     let slots = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -69,10 +87,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .batch
         .clone()
         .unwrap_or_else(|| workload_file::default_batch_name(&args.workload));
-    let registry = Registry::new();
-    if let Err(e) = registry.check() {
-        anyhow::bail!("cannot start the executors: {e}");
-    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

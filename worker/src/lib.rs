@@ -3,10 +3,11 @@
 
 pub mod embedded;
 pub mod exec;
+pub mod loopback_http;
 pub mod pool;
 pub mod remote;
 pub mod serve;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
-pub use exec::{ExecLimits, ExecOutput, Executor, Registry};
+pub use exec::{AnimotoConfig, AnimotoExecutor, ExecLimits, ExecOutput, Executor, Registry};
 pub use pool::{PoolConfig, ResultBatch, Shutdown, Ticket, WorkUnit, run_pool};

@@ -1,5 +1,6 @@
 //! Executors: what running a task means for each kind, shared by every mode.
 
+pub mod animoto;
 mod output;
 mod run;
 mod sleep;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use cloudkon_core::{Outcome, Task, TaskSpec};
 
+pub use animoto::{AnimotoConfig, AnimotoExecutor};
 pub use output::OutputTail;
 
 /// What one execution produced, before the pool stamps ids and times on it.

@@ -18,8 +18,19 @@ const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 pub async fn run(program: &str, args: &[String], limits: ExecLimits) -> ExecOutput {
     let mut command = Command::new(program);
+    command.args(args);
+    run_command(command, program, limits).await
+}
+
+/// Runs a prepared command (program, arguments, working directory) the way `run`
+/// tasks run: own process group, bounded output, timeout. Other executors that
+/// drive a program (ffmpeg for Animoto) reuse it. `program` names it in errors.
+pub(crate) async fn run_command(
+    mut command: Command,
+    program: &str,
+    limits: ExecLimits,
+) -> ExecOutput {
     command
-        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

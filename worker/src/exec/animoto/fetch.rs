@@ -1,0 +1,534 @@
+//! Getting a task's images into its scratch directory: `http(s)://` downloads
+//! (bounded concurrency, per-image timeout, size cap, retries of transient errors
+//! only), `file://` links, and `s3://` through the pluggable object store.
+//! Every image is checked to be one by its first bytes.
+
+use std::error::Error as StdError;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode, Uri, header};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::ObjectStore;
+use super::magic::{ImageKind, SNIFF_LEN, describe_head};
+
+/// Redirects followed per image (image hosts and CDNs redirect; loops must end).
+const MAX_REDIRECTS: u32 = 5;
+
+/// How images are fetched.
+#[derive(Clone, Debug)]
+pub struct FetchLimits {
+    /// Images of one task downloaded at the same time.
+    pub concurrency: usize,
+    /// One attempt at one image, from connecting to the last byte.
+    pub timeout: Duration,
+    pub max_bytes: u64,
+    /// Extra attempts after a transient failure (connect error, 429, 5xx).
+    pub retries: u32,
+    /// The first retry's delay; it doubles for each further one.
+    pub retry_delay: Duration,
+}
+
+/// One image, ready for ffmpeg: `name` is relative to the scratch directory.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub name: String,
+    pub kind: ImageKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: StatusCode },
+    #[error("{url}: cannot connect: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{url}: request failed: {reason}")]
+    Request { url: String, reason: String },
+    #[error("{url}: no complete answer within {timeout:?}")]
+    TimedOut { url: String, timeout: Duration },
+    #[error("{url}: larger than the {limit}-byte limit per image")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url}: not an image ({what})")]
+    NotAnImage { url: String, what: String },
+    #[error("{url}: more than {MAX_REDIRECTS} redirects, or a redirect without a usable Location")]
+    Redirects { url: String },
+    #[error("{url}: invalid URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("{url}: {source}")]
+    LocalFile {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{url}: s3:// needs the S3 backend (this worker has no object store configured)")]
+    NeedsS3 { url: String },
+    #[error("{url}: {reason}")]
+    Store { url: String, reason: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("https is unavailable: {reason}")]
+    Tls { reason: String },
+}
+
+impl FetchError {
+    /// Worth another attempt: the server or the network may recover. A 404 or a
+    /// 403 will not, and a timeout is not retried so that a slow host costs at
+    /// most one timeout per image.
+    fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Connect { .. } => true,
+            FetchError::Status { status, .. } => {
+                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+            }
+            _ => false,
+        }
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The HTTP(S) client, built on first use: reading the system's CA certificates
+/// costs milliseconds that workloads without downloads should not pay.
+#[derive(Default)]
+pub struct HttpClient(OnceLock<Result<HttpsClient, String>>);
+
+impl HttpClient {
+    fn get(&self) -> Result<&HttpsClient, FetchError> {
+        self.0
+            .get_or_init(build_client)
+            .as_ref()
+            .map_err(|reason| FetchError::Tls {
+                reason: reason.clone(),
+            })
+    }
+}
+
+fn build_client() -> Result<HttpsClient, String> {
+    // An explicit provider: with both ring and aws-lc-rs compiled in (the AWS SDK
+    // brings the latter), rustls has no default and would panic.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match builder.with_provider_and_native_roots(provider.clone()) {
+        Ok(builder) => builder,
+        Err(e) => {
+            // Plain http and file:// still work; https fails per image, clearly.
+            tracing::warn!(error = %e, "no CA certificates found (install ca-certificates): https downloads will fail");
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+        }
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false); // https URLs pass through to the TLS layer
+    http.set_nodelay(true);
+    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Fetches one task's images into `dir` as `i00000.jpg`, `i00001.png`, ...
+pub struct Fetcher<'a> {
+    pub http: &'a HttpClient,
+    pub store: Option<&'a dyn ObjectStore>,
+    pub limits: &'a FetchLimits,
+    pub dir: &'a Path,
+}
+
+impl Fetcher<'_> {
+    /// All images, in order; the first failure stops the others (they are
+    /// dropped, which closes their connections).
+    pub async fn fetch_all(&self, urls: &[String]) -> Result<Vec<Fetched>, FetchError> {
+        // Indices, not borrowed items, flow through the stream: a closure taking
+        // `&String` makes the future not provably `Send` (a rustc limitation).
+        let mut fetched: Vec<(usize, Fetched)> = stream::iter(0..urls.len())
+            .map(|index| async move { Ok((index, self.fetch(index, &urls[index]).await?)) })
+            .buffer_unordered(self.limits.concurrency.max(1))
+            .try_collect()
+            .await?;
+        fetched.sort_unstable_by_key(|(index, _)| *index);
+        Ok(fetched.into_iter().map(|(_, f)| f).collect())
+    }
+
+    async fn fetch(&self, index: usize, url: &str) -> Result<Fetched, FetchError> {
+        let stem = format!("i{index:05}");
+        let fetched = if url.starts_with("http://") || url.starts_with("https://") {
+            self.download(url, &stem).await?
+        } else if let Some(rest) = url.strip_prefix("file://") {
+            self.link_local(url, rest, &stem)?
+        } else if url.starts_with("s3://") {
+            self.get_from_store(url, &stem).await?
+        } else {
+            return Err(FetchError::BadUrl {
+                url: url.to_string(),
+                reason: "use http://, https://, s3:// or file://".into(),
+            });
+        };
+        tracing::debug!(url, file = %fetched.name, kind = ?fetched.kind, "image fetched");
+        Ok(fetched)
+    }
+
+    /// Downloads with retries of transient failures, each attempt under the timeout.
+    async fn download(&self, url: &str, stem: &str) -> Result<Fetched, FetchError> {
+        let client = self.http.get()?;
+        let mut attempt = 0;
+        loop {
+            let once =
+                tokio::time::timeout(self.limits.timeout, self.download_once(client, url, stem));
+            let error = match once.await {
+                Ok(Ok(fetched)) => return Ok(fetched),
+                Ok(Err(e)) => e,
+                Err(_elapsed) => {
+                    return Err(FetchError::TimedOut {
+                        url: url.to_string(),
+                        timeout: self.limits.timeout,
+                    });
+                }
+            };
+            if !error.is_transient() || attempt >= self.limits.retries {
+                return Err(error);
+            }
+            let delay = self.limits.retry_delay.saturating_mul(1 << attempt.min(16));
+            tracing::debug!(url, %error, ?delay, "transient download failure, retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn download_once(
+        &self,
+        client: &HttpsClient,
+        url: &str,
+        stem: &str,
+    ) -> Result<Fetched, FetchError> {
+        let mut uri: Uri =
+            url.parse()
+                .map_err(|e: hyper::http::uri::InvalidUri| FetchError::BadUrl {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let mut redirects = 0;
+        let response = loop {
+            let request = Request::get(uri.clone())
+                .header(
+                    header::USER_AGENT,
+                    concat!("cloudkon/", env!("CARGO_PKG_VERSION")),
+                )
+                .body(Empty::new())
+                .map_err(|e| FetchError::BadUrl {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let response = client.request(request).await.map_err(|e| {
+                let reason = error_chain(&e);
+                if e.is_connect() {
+                    FetchError::Connect {
+                        url: url.to_string(),
+                        reason,
+                    }
+                } else {
+                    FetchError::Request {
+                        url: url.to_string(),
+                        reason,
+                    }
+                }
+            })?;
+            if !response.status().is_redirection() {
+                break response;
+            }
+            redirects += 1;
+            uri = match redirect_target(&uri, response.headers().get(header::LOCATION)) {
+                Some(next) if redirects <= MAX_REDIRECTS => next,
+                _ => {
+                    return Err(FetchError::Redirects {
+                        url: url.to_string(),
+                    });
+                }
+            };
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status,
+            });
+        }
+        let too_large = || FetchError::TooLarge {
+            url: url.to_string(),
+            limit: self.limits.max_bytes,
+        };
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_bytes) {
+            return Err(too_large());
+        }
+
+        // Stream to disk: the first bytes decide the format (and the file name)
+        // before anything is written; the cap is enforced as bytes arrive.
+        let mut body = response.into_body();
+        let mut head = Vec::with_capacity(SNIFF_LEN);
+        let mut file: Option<(File, Fetched)> = None;
+        let mut received = 0u64;
+        loop {
+            let data = match body.frame().await {
+                None => break,
+                Some(Err(e)) => {
+                    return Err(FetchError::Request {
+                        url: url.to_string(),
+                        reason: format!("reading the body: {}", error_chain(&e)),
+                    });
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_trailers) => continue,
+                },
+            };
+            received += data.len() as u64;
+            if received > self.limits.max_bytes {
+                return Err(too_large());
+            }
+            match &mut file {
+                Some((f, fetched)) => self.write(f, &fetched.name, &data)?,
+                None => {
+                    head.extend_from_slice(&data);
+                    if head.len() >= SNIFF_LEN {
+                        file = Some(self.create(url, stem, &head)?);
+                    }
+                }
+            }
+        }
+        let (mut f, fetched) = match file {
+            Some(open) => open,
+            None => self.create(url, stem, &head)?,
+        };
+        f.flush()
+            .map_err(|source| self.write_error(&fetched.name, source))?;
+        Ok(fetched)
+    }
+
+    /// Creates the image's file from its first bytes, if they are an image's.
+    fn create(&self, url: &str, stem: &str, head: &[u8]) -> Result<(File, Fetched), FetchError> {
+        let kind = ImageKind::sniff(head).ok_or_else(|| FetchError::NotAnImage {
+            url: url.to_string(),
+            what: describe_head(head),
+        })?;
+        let name = format!("{stem}.{}", kind.extension());
+        let mut f =
+            File::create(self.dir.join(&name)).map_err(|source| self.write_error(&name, source))?;
+        self.write(&mut f, &name, head)?;
+        Ok((f, Fetched { name, kind }))
+    }
+
+    // Blocking writes on purpose: chunks are small and land in the page cache, and
+    // a synchronous write cannot outlive the task's scratch directory when the
+    // task is abandoned (a write on tokio's blocking pool could).
+    fn write(&self, f: &mut File, name: &str, bytes: &[u8]) -> Result<(), FetchError> {
+        f.write_all(bytes)
+            .map_err(|source| self.write_error(name, source))
+    }
+
+    fn write_error(&self, name: &str, source: io::Error) -> FetchError {
+        FetchError::Write {
+            path: self.dir.join(name),
+            source,
+        }
+    }
+
+    /// A `file://` image is linked, not copied; it is still checked.
+    fn link_local(&self, url: &str, rest: &str, stem: &str) -> Result<Fetched, FetchError> {
+        let path = file_url_path(rest).map_err(|reason| FetchError::BadUrl {
+            url: url.to_string(),
+            reason,
+        })?;
+        let local = |source| FetchError::LocalFile {
+            url: url.to_string(),
+            source,
+        };
+        let path = std::path::absolute(&path).map_err(local)?;
+        let mut file = File::open(&path).map_err(local)?;
+        let size = file.metadata().map_err(local)?.len();
+        if size > self.limits.max_bytes {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                limit: self.limits.max_bytes,
+            });
+        }
+        let mut head = Vec::with_capacity(SNIFF_LEN);
+        (&mut file)
+            .take(SNIFF_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(local)?;
+        let kind = ImageKind::sniff(&head).ok_or_else(|| FetchError::NotAnImage {
+            url: url.to_string(),
+            what: describe_head(&head),
+        })?;
+        let name = format!("{stem}.{}", kind.extension());
+        std::os::unix::fs::symlink(&path, self.dir.join(&name))
+            .map_err(|source| self.write_error(&name, source))?;
+        Ok(Fetched { name, kind })
+    }
+
+    async fn get_from_store(&self, url: &str, stem: &str) -> Result<Fetched, FetchError> {
+        let Some(store) = self.store else {
+            return Err(FetchError::NeedsS3 {
+                url: url.to_string(),
+            });
+        };
+        let partial = self.dir.join(format!("{stem}.download"));
+        store
+            .get(url, &partial, self.limits.max_bytes)
+            .await
+            .map_err(|e| FetchError::Store {
+                url: url.to_string(),
+                reason: error_chain(e.as_ref()),
+            })?;
+        let mut head = Vec::with_capacity(SNIFF_LEN);
+        File::open(&partial)
+            .and_then(|f| f.take(SNIFF_LEN as u64).read_to_end(&mut head))
+            .map_err(|source| self.write_error(&format!("{stem}.download"), source))?;
+        let kind = ImageKind::sniff(&head).ok_or_else(|| FetchError::NotAnImage {
+            url: url.to_string(),
+            what: describe_head(&head),
+        })?;
+        let name = format!("{stem}.{}", kind.extension());
+        std::fs::rename(&partial, self.dir.join(&name))
+            .map_err(|source| self.write_error(&name, source))?;
+        Ok(Fetched { name, kind })
+    }
+}
+
+/// The next URI of a redirect: absolute, or a path on the same origin.
+fn redirect_target(current: &Uri, location: Option<&header::HeaderValue>) -> Option<Uri> {
+    let location = location?.to_str().ok()?;
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.parse().ok();
+    }
+    if location.starts_with('/') {
+        let mut parts = current.clone().into_parts();
+        parts.path_and_query = Some(location.parse().ok()?);
+        return Uri::from_parts(parts).ok();
+    }
+    None
+}
+
+/// The local path of a `file://` URL's remainder: `/abs/path` or
+/// `localhost/abs/path`, percent-decoded.
+fn file_url_path(rest: &str) -> Result<PathBuf, String> {
+    let path = if rest.starts_with('/') {
+        rest
+    } else if rest.starts_with("localhost/") {
+        &rest["localhost".len()..]
+    } else {
+        return Err("a file:// URL names a local absolute path: file:///dir/image.jpg".into());
+    };
+    let bytes = percent_decode(path.as_bytes())
+        .ok_or_else(|| "bad percent-encoding in the path".to_string())?;
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' {
+            let hex = input.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// An error and its causes, `outer: inner: root`: hyper's own messages are
+/// terse ("client error (Connect)") and the cause is the useful part.
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_map_to_paths() {
+        assert_eq!(file_url_path("/tmp/a.png"), Ok(PathBuf::from("/tmp/a.png")));
+        assert_eq!(
+            file_url_path("localhost/tmp/a%20b.png"),
+            Ok(PathBuf::from("/tmp/a b.png"))
+        );
+        assert!(file_url_path("host/tmp/a.png").is_err());
+        assert!(file_url_path("/tmp/%zz").is_err());
+    }
+
+    #[test]
+    fn only_connect_errors_429_and_5xx_are_transient() {
+        let status = |code| FetchError::Status {
+            url: "u".into(),
+            status: StatusCode::from_u16(code).unwrap(),
+        };
+        assert!(status(503).is_transient());
+        assert!(status(500).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!status(403).is_transient());
+        assert!(
+            FetchError::Connect {
+                url: "u".into(),
+                reason: "refused".into()
+            }
+            .is_transient()
+        );
+        assert!(
+            !FetchError::TimedOut {
+                url: "u".into(),
+                timeout: Duration::from_secs(1)
+            }
+            .is_transient()
+        );
+    }
+
+    #[test]
+    fn redirects_resolve_absolute_and_same_origin_locations() {
+        let here: Uri = "http://h:8/a/b.jpg".parse().unwrap();
+        let to = |l: &str| redirect_target(&here, Some(&header::HeaderValue::from_str(l).unwrap()));
+        assert_eq!(to("/c.jpg").unwrap().to_string(), "http://h:8/c.jpg");
+        assert_eq!(
+            to("https://x/y.png").unwrap().to_string(),
+            "https://x/y.png"
+        );
+        assert_eq!(to("relative.jpg"), None);
+        assert_eq!(redirect_target(&here, None), None);
+    }
+}

@@ -1,0 +1,447 @@
+//! The Animoto task: fetch a list of images, make a slideshow video of them
+//! (one image every `seconds_per_image`, letterboxed to the resolution) with
+//! ffmpeg, and leave it where the task says.
+//!
+//! ```text
+//! URLs ──fetch (≤ N at once, checked images)──▶ scratch dir ──ffmpeg──▶ <out>/<batch>-<id>.mp4
+//! ```
+//! The scratch directory is a `TempDir`: removed on success, failure, timeout,
+//! and when the task is abandoned (its future dropped, ffmpeg's group killed).
+
+mod encode;
+mod fetch;
+mod magic;
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudkon_core::{AnimotoSpec, Task, TaskSpec};
+
+pub use encode::{EncodeError, EncodePlan};
+pub use fetch::{FetchError, FetchLimits};
+pub use magic::ImageKind;
+
+use super::{ExecFuture, ExecLimits, ExecOutput, Executor};
+use fetch::{Fetcher, HttpClient, error_chain};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
+
+/// Where `s3://` images come from and where `s3://` videos go. The S3 backend
+/// implements it; without one, `s3://` inputs and outputs fail their task clearly.
+pub trait ObjectStore: Send + Sync {
+    /// Downloads the object `url` (`s3://bucket/key`) to the file `dest`,
+    /// failing if it is larger than `max_bytes`.
+    fn get<'a>(&'a self, url: &'a str, dest: &'a Path, max_bytes: u64) -> StoreFuture<'a, ()>;
+
+    /// Uploads the file `file` as the object `url`; returns the object's URL.
+    fn put<'a>(&'a self, file: &'a Path, url: &'a str) -> StoreFuture<'a, String>;
+}
+
+/// The executor's settings; a task's own options win where it has them.
+#[derive(Clone, Debug)]
+pub struct AnimotoConfig {
+    /// Where videos go when a task names no output.
+    pub output_dir: PathBuf,
+    /// Where scratch directories are made [default: the system's temp dir].
+    pub work_dir: Option<PathBuf>,
+    /// The ffmpeg program (a name on PATH or a path).
+    pub ffmpeg: PathBuf,
+    pub fetch: FetchLimits,
+    /// Images one task may have (ffmpeg holds about 7 MiB per 1080p image).
+    pub max_images: usize,
+    /// Frame rate when a task names none. 5 fps: the picture changes once per
+    /// `seconds_per_image`, so more frames only cost encoding time (25 fps took
+    /// 2.3x as long as 5 fps for 60 images at 1080p), while very low rates
+    /// (1 fps and below) are mishandled by some players; 5 divides every whole
+    /// second, so durations stay exact.
+    pub frame_rate: u32,
+    /// ffmpeg's time limit per video (a task's own timeout also applies).
+    pub encode_timeout: Duration,
+}
+
+impl Default for AnimotoConfig {
+    fn default() -> Self {
+        Self {
+            output_dir: PathBuf::from("animoto-out"),
+            work_dir: None,
+            ffmpeg: PathBuf::from("ffmpeg"),
+            fetch: FetchLimits {
+                concurrency: 8,
+                timeout: Duration::from_secs(30),
+                max_bytes: 50 << 20,
+                retries: 3,
+                retry_delay: Duration::from_millis(250),
+            },
+            max_images: 500,
+            frame_rate: 5,
+            encode_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+pub const DEFAULT_WIDTH: u32 = 1920;
+pub const DEFAULT_HEIGHT: u32 = 1080;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnimotoError {
+    #[error("animoto needs at least one image URL")]
+    NoImages,
+    #[error("{count} images is more than this worker's limit of {limit} per task")]
+    TooManyImages { count: usize, limit: usize },
+    #[error("resolution must be WIDTHxHEIGHT with even numbers, e.g. 1920x1080, got `{0}`")]
+    BadResolution(String),
+    #[error("seconds_per_image and frame_rate must be at least 1")]
+    ZeroRate,
+    #[error("output {0}: s3:// needs the S3 backend (this worker has no object store configured)")]
+    NeedsS3Output(String),
+    #[error("cannot create the output directory {}: {source}", path.display())]
+    OutputDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create a scratch directory: {0}")]
+    Scratch(#[source] io::Error),
+    #[error("image {0}")]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error("cannot move the video to {}: {source}", path.display())]
+    Persist {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot upload the video to {url}: {reason}")]
+    Upload { url: String, reason: String },
+}
+
+/// Makes Animoto videos. Cheap to share: one per worker.
+pub struct AnimotoExecutor {
+    config: AnimotoConfig,
+    http: HttpClient,
+    store: Option<Arc<dyn ObjectStore>>,
+}
+
+impl AnimotoExecutor {
+    pub fn new(config: AnimotoConfig) -> Self {
+        Self {
+            config,
+            http: HttpClient::default(),
+            store: None,
+        }
+    }
+
+    /// Plugs in the object store that serves `s3://` inputs and outputs.
+    pub fn with_object_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn config(&self) -> &AnimotoConfig {
+        &self.config
+    }
+
+    /// Makes the task's video; returns where it is (a path or an object URL).
+    pub async fn make_video(
+        &self,
+        task: &Task,
+        spec: &AnimotoSpec,
+    ) -> Result<String, AnimotoError> {
+        let plan = self.plan(spec)?;
+        let output = spec.output.as_deref().map_or_else(
+            || self.config.output_dir.to_string_lossy().into_owned(),
+            str::to_owned,
+        );
+        let file_name = video_name(task);
+        let remote = output.starts_with("s3://");
+        if remote && self.store.is_none() {
+            return Err(AnimotoError::NeedsS3Output(output));
+        }
+        // Locally, the video is written next to its final name and renamed at the
+        // end, so that a failed or killed encode never leaves a partial video.
+        let out_dir = if remote {
+            None
+        } else {
+            let dir = std::path::absolute(&output)
+                .and_then(|d| std::fs::create_dir_all(&d).map(|()| d))
+                .map_err(|source| AnimotoError::OutputDir {
+                    path: PathBuf::from(&output),
+                    source,
+                })?;
+            Some(dir)
+        };
+
+        let scratch = match &self.config.work_dir {
+            Some(dir) => tempfile::Builder::new()
+                .prefix("cloudkon-animoto-")
+                .tempdir_in(dir),
+            None => tempfile::Builder::new()
+                .prefix("cloudkon-animoto-")
+                .tempdir(),
+        }
+        .map_err(AnimotoError::Scratch)?;
+
+        let started = Instant::now();
+        let fetcher = Fetcher {
+            http: &self.http,
+            store: self.store.as_deref(),
+            limits: &self.config.fetch,
+            dir: scratch.path(),
+        };
+        let images = fetcher.fetch_all(&spec.urls).await?;
+        let fetched_in = started.elapsed();
+        let names: Vec<String> = images.into_iter().map(|f| f.name).collect();
+
+        let encode = |target: PathBuf| {
+            let names = &names;
+            let scratch = scratch.path();
+            async move {
+                encode::encode(
+                    &self.config.ffmpeg,
+                    &plan,
+                    scratch,
+                    names,
+                    &target,
+                    self.config.encode_timeout,
+                )
+                .await
+            }
+        };
+        let artifact = match out_dir {
+            Some(dir) => {
+                let partial = tempfile::Builder::new()
+                    .prefix(&format!(".{file_name}."))
+                    .suffix(".partial")
+                    // A video is for sharing: not the temp file's private 0600.
+                    .permissions(std::fs::Permissions::from_mode(0o644))
+                    .tempfile_in(&dir)
+                    .map_err(|source| AnimotoError::OutputDir {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                encode(partial.path().to_path_buf()).await?;
+                let path = dir.join(&file_name);
+                partial.persist(&path).map_err(|e| AnimotoError::Persist {
+                    path: path.clone(),
+                    source: e.error,
+                })?;
+                path.to_string_lossy().into_owned()
+            }
+            None => {
+                let video = scratch.path().join(&file_name);
+                encode(video.clone()).await?;
+                let url = format!("{}/{file_name}", output.trim_end_matches('/'));
+                let store = self.store.as_deref().expect("checked above");
+                store
+                    .put(&video, &url)
+                    .await
+                    .map_err(|e| AnimotoError::Upload {
+                        url: url.clone(),
+                        reason: error_chain(e.as_ref()),
+                    })?
+            }
+        };
+        tracing::info!(
+            batch = %task.batch,
+            id = task.id,
+            images = names.len(),
+            fetch_ms = fetched_in.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            artifact,
+            "animoto video made"
+        );
+        Ok(artifact)
+    }
+
+    fn plan(&self, spec: &AnimotoSpec) -> Result<EncodePlan, AnimotoError> {
+        if spec.urls.is_empty() {
+            return Err(AnimotoError::NoImages);
+        }
+        if spec.urls.len() > self.config.max_images {
+            return Err(AnimotoError::TooManyImages {
+                count: spec.urls.len(),
+                limit: self.config.max_images,
+            });
+        }
+        let (width, height) = match &spec.resolution {
+            None => (DEFAULT_WIDTH, DEFAULT_HEIGHT),
+            Some(text) => {
+                parse_resolution(text).ok_or_else(|| AnimotoError::BadResolution(text.clone()))?
+            }
+        };
+        let plan = EncodePlan {
+            width,
+            height,
+            seconds_per_image: spec.seconds_per_image.unwrap_or(1),
+            frame_rate: spec.frame_rate.unwrap_or(self.config.frame_rate),
+        };
+        if plan.seconds_per_image == 0 || plan.frame_rate == 0 {
+            return Err(AnimotoError::ZeroRate);
+        }
+        Ok(plan)
+    }
+}
+
+impl Executor for AnimotoExecutor {
+    fn check(&self) -> Result<(), String> {
+        check_ffmpeg(&self.config.ffmpeg)
+    }
+
+    fn execute<'a>(&'a self, task: &'a Task, limits: ExecLimits) -> ExecFuture<'a> {
+        Box::pin(async move {
+            let TaskSpec::Animoto(spec) = &task.spec else {
+                return ExecOutput::failed(format!(
+                    "the animoto executor got a {} task",
+                    task.spec.kind()
+                ));
+            };
+            let made = match limits.timeout {
+                Some(limit) => match tokio::time::timeout(limit, self.make_video(task, spec)).await
+                {
+                    Ok(made) => made,
+                    // Dropping the future killed ffmpeg and removed the scratch dir.
+                    Err(_elapsed) => return ExecOutput::timed_out(),
+                },
+                None => self.make_video(task, spec).await,
+            };
+            match made {
+                Ok(artifact) => {
+                    let mut out = ExecOutput::succeeded();
+                    out.artifact = Some(artifact);
+                    out
+                }
+                Err(e) => {
+                    tracing::debug!(batch = %task.batch, id = task.id, error = %e, "animoto task failed");
+                    ExecOutput::failed(e.to_string())
+                }
+            }
+        })
+    }
+}
+
+/// Checks that `ffmpeg` runs and has the H.264 encoder, once at start-up.
+pub fn check_ffmpeg(ffmpeg: &Path) -> Result<(), String> {
+    let output = std::process::Command::new(ffmpeg)
+        .args(["-hide_banner", "-encoders"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let shown = ffmpeg.display();
+    match output {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+            "ffmpeg not found on PATH (looked for `{shown}`): install it (apt-get install ffmpeg) to run animoto tasks"
+        )),
+        Err(e) => Err(format!("cannot run ffmpeg `{shown}`: {e}")),
+        Ok(out) if !out.status.success() => Err(format!(
+            "ffmpeg `{shown}` does not run ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(out) if !String::from_utf8_lossy(&out.stdout).contains("libx264") => Err(format!(
+            "ffmpeg `{shown}` has no libx264 encoder: install a full build (apt-get install ffmpeg)"
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn parse_resolution(text: &str) -> Option<(u32, u32)> {
+    let (w, h) = text.split_once('x')?;
+    let (w, h) = (w.parse::<u32>().ok()?, h.parse::<u32>().ok()?);
+    (w >= 2 && h >= 2 && w % 2 == 0 && h % 2 == 0).then_some((w, h))
+}
+
+/// `<batch>-<id>.mp4`, unique per task; characters that do not belong in a file
+/// name (the batch name is free-form) become `_`.
+fn video_name(task: &Task) -> String {
+    let batch: String = task
+        .batch
+        .as_str()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let batch = batch.trim_start_matches('.');
+    format!("{batch}-{}.mp4", task.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudkon_core::BatchId;
+
+    fn task(batch: &str, id: u64) -> Task {
+        Task {
+            batch: BatchId::new(batch),
+            id,
+            attempt: 1,
+            timeout: None,
+            spec: TaskSpec::Sleep { ms: 0 },
+        }
+    }
+
+    #[test]
+    fn video_names_are_unique_per_task_and_safe() {
+        assert_eq!(video_name(&task("mixed-17", 3)), "mixed-17-3.mp4");
+        assert_eq!(video_name(&task("../a b/c", 0)), "_a_b_c-0.mp4");
+    }
+
+    #[test]
+    fn resolutions_are_even_pairs() {
+        assert_eq!(parse_resolution("1280x720"), Some((1280, 720)));
+        assert_eq!(parse_resolution("1281x720"), None);
+        assert_eq!(parse_resolution("1280"), None);
+        assert_eq!(parse_resolution("0x0"), None);
+    }
+
+    #[test]
+    fn plan_applies_defaults_and_limits() {
+        let executor = AnimotoExecutor::new(AnimotoConfig {
+            max_images: 2,
+            ..AnimotoConfig::default()
+        });
+        let spec = |n: usize| AnimotoSpec {
+            urls: vec!["file:///x.png".into(); n],
+            seconds_per_image: None,
+            resolution: None,
+            frame_rate: None,
+            output: None,
+        };
+        assert_eq!(
+            executor.plan(&spec(1)).unwrap(),
+            EncodePlan {
+                width: 1920,
+                height: 1080,
+                seconds_per_image: 1,
+                frame_rate: 5
+            }
+        );
+        assert_eq!(
+            executor.plan(&spec(3)).unwrap_err().to_string(),
+            "3 images is more than this worker's limit of 2 per task"
+        );
+        assert_eq!(
+            executor.plan(&spec(0)).unwrap_err().to_string(),
+            "animoto needs at least one image URL"
+        );
+    }
+
+    #[test]
+    fn a_missing_ffmpeg_is_one_clear_message() {
+        let err = check_ffmpeg(Path::new("/nonexistent/ffmpeg")).unwrap_err();
+        assert!(
+            err.starts_with("ffmpeg not found on PATH (looked for `/nonexistent/ffmpeg`): install it (apt-get install ffmpeg)"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,566 @@
+//! The Animoto executor end to end: real ffmpeg, real images made by ffmpeg, a
+//! real HTTP server on loopback, videos checked with ffprobe.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cloudkon_core::{AnimotoSpec, BatchId, Outcome, Task, TaskSpec};
+use cloudkon_worker::exec::animoto::{AnimotoConfig, AnimotoExecutor};
+use cloudkon_worker::loopback_http::{LoopbackServer, Reply};
+use cloudkon_worker::{ExecLimits, ExecOutput, Executor};
+use tempfile::TempDir;
+
+/// Test images, made once per test by ffmpeg: mixed formats, sizes and shapes.
+struct Images {
+    dir: TempDir,
+}
+
+const IMAGES: [(&str, &str); 3] = [
+    ("wide.jpg", "1920x1080"),
+    ("small.png", "640x480"),
+    ("portrait.jpg", "480x800"),
+];
+
+impl Images {
+    fn make() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, size) in IMAGES {
+            let status = Command::new("ffmpeg")
+                .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
+                .arg(format!("testsrc=size={size}:rate=1"))
+                .args(["-frames:v", "1"])
+                .arg(dir.path().join(name))
+                .status()
+                .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
+            assert!(status.success(), "ffmpeg could not make {name}");
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap()
+    }
+
+    fn file_url(&self, name: &str) -> String {
+        format!("file://{}", self.path(name).display())
+    }
+}
+
+/// Request counters per scripted route.
+#[derive(Default)]
+struct Hits {
+    flaky: AtomicU32,
+    missing: AtomicU32,
+    forbidden: AtomicU32,
+}
+
+/// A server with the test images and every misbehaviour the tests need.
+async fn server(images: &Images, hits: Arc<Hits>) -> LoopbackServer {
+    let files: Vec<(String, Vec<u8>)> = IMAGES
+        .iter()
+        .map(|(name, _)| (format!("/{name}"), images.bytes(name)))
+        .collect();
+    let png = images.bytes("small.png");
+    LoopbackServer::start(move |path| {
+        if let Some((_, body)) = files.iter().find(|(p, _)| p == path) {
+            return Reply::ok("image/jpeg", body.clone());
+        }
+        match path {
+            "/missing.jpg" => {
+                hits.missing.fetch_add(1, Ordering::SeqCst);
+                Reply::status(404)
+            }
+            "/forbidden.jpg" => {
+                hits.forbidden.fetch_add(1, Ordering::SeqCst);
+                Reply::status(403)
+            }
+            // Two 503s, then the image: a transient failure that retries cure.
+            "/flaky.png" => match hits.flaky.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Reply::status(503),
+                _ => Reply::ok("image/png", png.clone()),
+            },
+            "/moved.png" => Reply::redirect(302, "/small.png"),
+            "/page.jpg" => Reply::ok(
+                "text/html",
+                b"<!DOCTYPE html><html><body>Not an image</body></html>".to_vec(),
+            ),
+            // JPEG magic, then garbage: passes the sniffing, fails in ffmpeg.
+            "/corrupt.jpg" => {
+                let mut body = b"\xFF\xD8\xFF\xE0".to_vec();
+                body.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+                Reply::ok("image/jpeg", body)
+            }
+            "/huge.jpg" => {
+                let mut body = b"\xFF\xD8\xFF\xE0".to_vec();
+                body.resize(3 << 20, 0);
+                Reply::ok("image/jpeg", body)
+            }
+            "/slow.jpg" => Reply::ok("image/jpeg", png.clone()).delayed(Duration::from_secs(60)),
+            _ => Reply::status(404),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// An executor whose outputs and scratch directories are in fresh directories.
+struct Setup {
+    executor: AnimotoExecutor,
+    out: TempDir,
+    work: TempDir,
+}
+
+fn setup(tune: impl FnOnce(&mut AnimotoConfig)) -> Setup {
+    let (out, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut config = AnimotoConfig {
+        output_dir: out.path().to_path_buf(),
+        work_dir: Some(work.path().to_path_buf()),
+        ..AnimotoConfig::default()
+    };
+    config.fetch.retry_delay = Duration::from_millis(20);
+    tune(&mut config);
+    Setup {
+        executor: AnimotoExecutor::new(config),
+        out,
+        work,
+    }
+}
+
+impl Setup {
+    /// Everything temporary is gone, and only finished videos are in the output.
+    fn assert_clean(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.work.path()).unwrap().collect();
+        assert!(left.is_empty(), "scratch left behind: {left:?}");
+        for entry in std::fs::read_dir(self.out.path()).unwrap() {
+            let name = entry.unwrap().file_name();
+            assert!(
+                !name.to_string_lossy().ends_with(".partial"),
+                "partial video left: {name:?}"
+            );
+        }
+    }
+
+    fn outputs(&self) -> usize {
+        std::fs::read_dir(self.out.path()).unwrap().count()
+    }
+}
+
+fn spec(urls: Vec<String>) -> AnimotoSpec {
+    AnimotoSpec {
+        urls,
+        seconds_per_image: None,
+        // Small videos keep the suite fast; the default (1080p) has its own test.
+        resolution: Some("640x360".into()),
+        frame_rate: None,
+        output: None,
+    }
+}
+
+fn task(id: u64, spec: AnimotoSpec) -> Task {
+    Task {
+        batch: BatchId::new("vids"),
+        id,
+        attempt: 1,
+        timeout: None,
+        spec: TaskSpec::Animoto(spec),
+    }
+}
+
+const LIMITS: ExecLimits = ExecLimits {
+    timeout: Some(Duration::from_secs(120)),
+    output_bytes: 4096,
+};
+
+fn reason(out: &ExecOutput) -> &str {
+    match &out.outcome {
+        Outcome::Failed { reason } => reason,
+        other => panic!("expected a failure, got {other:?} ({out:?})"),
+    }
+}
+
+/// What ffprobe says of a video (and it decodes every frame to count them).
+#[derive(Debug)]
+struct Probe {
+    codec: String,
+    pix_fmt: String,
+    width: u32,
+    height: u32,
+    frames_read: u64,
+    duration: f64,
+}
+
+fn probe(path: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,pix_fmt,width,height,nb_read_frames:format=duration",
+            "-of",
+            "default=noprint_wrappers=1",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_string()
+    };
+    Probe {
+        codec: field("codec_name"),
+        pix_fmt: field("pix_fmt"),
+        width: field("width").parse().unwrap(),
+        height: field("height").parse().unwrap(),
+        frames_read: field("nb_read_frames").parse().unwrap(),
+        duration: field("duration").parse().unwrap(),
+    }
+}
+
+/// A playable H.264 video of `seconds` (within one frame) at the size and rate.
+fn assert_video(path: &Path, seconds: u32, (width, height): (u32, u32), fps: u32) {
+    let p = probe(path);
+    assert_eq!(
+        (p.codec.as_str(), p.pix_fmt.as_str()),
+        ("h264", "yuv420p"),
+        "{p:?}"
+    );
+    assert_eq!((p.width, p.height), (width, height), "{p:?}");
+    assert!(
+        (p.duration - f64::from(seconds)).abs() <= 1.0 / f64::from(fps),
+        "duration {} for {seconds} s: {p:?}",
+        p.duration
+    );
+    assert_eq!(p.frames_read, u64::from(seconds * fps), "{p:?}");
+}
+
+#[tokio::test]
+async fn mixed_http_images_make_a_video_of_the_exact_length() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let s = setup(|_| {});
+    let mut spec = spec(vec![
+        server.url("wide.jpg"),
+        server.url("small.png"),
+        server.url("portrait.jpg"),
+        server.url("moved.png"),
+    ]);
+    spec.seconds_per_image = Some(2);
+    let out = s.executor.execute(&task(7, spec), LIMITS).await;
+    assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+    let artifact = PathBuf::from(out.artifact.unwrap());
+    assert!(artifact.is_absolute());
+    assert_eq!(artifact, s.out.path().join("vids-7.mp4"));
+    assert_video(&artifact, 8, (640, 360), 5);
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn file_urls_and_defaults_make_a_1080p_video() {
+    let images = Images::make();
+    let s = setup(|_| {});
+    let mut spec = spec(IMAGES.iter().map(|(n, _)| images.file_url(n)).collect());
+    spec.resolution = None;
+    spec.frame_rate = Some(2);
+    let out = s.executor.execute(&task(1, spec), LIMITS).await;
+    assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+    assert_video(Path::new(&out.artifact.unwrap()), 3, (1920, 1080), 2);
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn the_task_output_directory_wins_over_the_default() {
+    let images = Images::make();
+    let s = setup(|_| {});
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("made/here");
+    let mut spec = spec(vec![images.file_url("small.png")]);
+    spec.output = Some(target.to_string_lossy().into_owned());
+    let out = s.executor.execute(&task(2, spec), LIMITS).await;
+    assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+    assert_eq!(
+        out.artifact.unwrap(),
+        target.join("vids-2.mp4").to_string_lossy()
+    );
+    assert_eq!(s.outputs(), 0);
+}
+
+#[tokio::test]
+async fn transient_503s_are_retried_until_the_image_comes() {
+    let images = Images::make();
+    let hits = Arc::new(Hits::default());
+    let server = server(&images, hits.clone()).await;
+    let s = setup(|c| c.fetch.retries = 3);
+    let out = s
+        .executor
+        .execute(&task(3, spec(vec![server.url("flaky.png")])), LIMITS)
+        .await;
+    assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+    assert_eq!(hits.flaky.load(Ordering::SeqCst), 3);
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn retries_are_bounded() {
+    let images = Images::make();
+    let hits = Arc::new(Hits::default());
+    let server = server(&images, hits.clone()).await;
+    let s = setup(|c| c.fetch.retries = 1);
+    let out = s
+        .executor
+        .execute(&task(3, spec(vec![server.url("flaky.png")])), LIMITS)
+        .await;
+    let url = server.url("flaky.png");
+    assert_eq!(
+        reason(&out),
+        format!("image {url}: HTTP 503 Service Unavailable")
+    );
+    assert_eq!(hits.flaky.load(Ordering::SeqCst), 2);
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn not_found_and_forbidden_fail_without_retries() {
+    let images = Images::make();
+    let hits = Arc::new(Hits::default());
+    let server = server(&images, hits.clone()).await;
+    let s = setup(|c| c.fetch.retries = 3);
+    for (name, status) in [
+        ("missing.jpg", "404 Not Found"),
+        ("forbidden.jpg", "403 Forbidden"),
+    ] {
+        let url = server.url(name);
+        let urls = vec![server.url("wide.jpg"), url.clone()];
+        let out = s.executor.execute(&task(4, spec(urls)), LIMITS).await;
+        assert_eq!(reason(&out), format!("image {url}: HTTP {status}"));
+    }
+    assert_eq!(hits.missing.load(Ordering::SeqCst), 1);
+    assert_eq!(hits.forbidden.load(Ordering::SeqCst), 1);
+    assert_eq!(s.outputs(), 0);
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn a_web_page_is_not_an_image() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let s = setup(|_| {});
+    let url = server.url("page.jpg");
+    let out = s
+        .executor
+        .execute(&task(5, spec(vec![url.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!(
+            r#"image {url}: not an image (a body starting with "<!DOCTYPE html><html><body>Not a")"#
+        )
+    );
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn a_local_text_file_is_not_an_image() {
+    let s = setup(|_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.png");
+    std::fs::write(&path, "hello\n").unwrap();
+    let url = format!("file://{}", path.display());
+    let out = s
+        .executor
+        .execute(&task(5, spec(vec![url.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!(r#"image {url}: not an image (a body starting with "hello")"#)
+    );
+    let missing = format!("file://{}/nope.png", dir.path().display());
+    let out = s
+        .executor
+        .execute(&task(5, spec(vec![missing.clone()])), LIMITS)
+        .await;
+    assert!(
+        reason(&out).starts_with(&format!("image {missing}: No such file or directory")),
+        "{out:?}"
+    );
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn a_corrupt_image_fails_with_ffmpegs_words() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let s = setup(|_| {});
+    let urls = vec![server.url("small.png"), server.url("corrupt.jpg")];
+    let start = Instant::now();
+    let out = s.executor.execute(&task(6, spec(urls)), LIMITS).await;
+    let reason = reason(&out);
+    assert!(
+        reason.starts_with("ffmpeg failed (exit status "),
+        "{reason}"
+    );
+    // The tail of ffmpeg's stderr says what went wrong.
+    assert!(reason.contains("): "), "{reason}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+    assert_eq!(s.outputs(), 0, "no video may be left for a failed task");
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn a_slow_server_times_out_per_image() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let s = setup(|c| c.fetch.timeout = Duration::from_millis(300));
+    let url = server.url("slow.jpg");
+    let start = Instant::now();
+    let out = s
+        .executor
+        .execute(&task(8, spec(vec![url.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!("image {url}: no complete answer within 300ms")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn an_unreachable_host_fails_after_bounded_retries() {
+    // A port that was just free: nothing listens there, connecting is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = setup(|c| c.fetch.retries = 2);
+    let url = format!("http://127.0.0.1:{port}/a.jpg");
+    let out = s
+        .executor
+        .execute(&task(9, spec(vec![url.clone()])), LIMITS)
+        .await;
+    let reason = reason(&out);
+    assert!(
+        reason.starts_with(&format!("image {url}: cannot connect: ")),
+        "{reason}"
+    );
+    assert!(reason.contains("Connection refused"), "{reason}");
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn too_large_images_are_refused() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let s = setup(|c| c.fetch.max_bytes = 1 << 20);
+    let url = server.url("huge.jpg");
+    let out = s
+        .executor
+        .execute(&task(10, spec(vec![url.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!("image {url}: larger than the 1048576-byte limit per image")
+    );
+
+    // Also for local files, before ffmpeg reads them.
+    let s = setup(|c| c.fetch.max_bytes = 1000);
+    let url = images.file_url("wide.jpg");
+    let out = s
+        .executor
+        .execute(&task(10, spec(vec![url.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!("image {url}: larger than the 1000-byte limit per image")
+    );
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn an_empty_image_list_fails_clearly() {
+    let s = setup(|_| {});
+    let out = s.executor.execute(&task(11, spec(vec![])), LIMITS).await;
+    assert_eq!(reason(&out), "animoto needs at least one image URL");
+}
+
+#[tokio::test]
+async fn s3_needs_the_s3_backend() {
+    let images = Images::make();
+    let s = setup(|_| {});
+    let out = s
+        .executor
+        .execute(&task(12, spec(vec!["s3://bucket/a.jpg".into()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        "image s3://bucket/a.jpg: s3:// needs the S3 backend (this worker has no object store configured)"
+    );
+    let mut to_s3 = spec(vec![images.file_url("small.png")]);
+    to_s3.output = Some("s3://bucket/videos".into());
+    let out = s.executor.execute(&task(12, to_s3), LIMITS).await;
+    assert_eq!(
+        reason(&out),
+        "output s3://bucket/videos: s3:// needs the S3 backend (this worker has no object store configured)"
+    );
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn a_missing_ffmpeg_is_reported_at_check_and_per_task() {
+    let images = Images::make();
+    let s = setup(|c| c.ffmpeg = "/nonexistent/ffmpeg".into());
+    let check = s.executor.check().unwrap_err();
+    assert!(check.starts_with("ffmpeg not found on PATH"), "{check}");
+    let out = s
+        .executor
+        .execute(&task(13, spec(vec![images.file_url("small.png")])), LIMITS)
+        .await;
+    assert!(
+        reason(&out).starts_with("ffmpeg failed (cannot start `/nonexistent/ffmpeg`: No such file"),
+        "{out:?}"
+    );
+    s.assert_clean();
+    assert!(setup(|_| {}).executor.check().is_ok());
+}
+
+#[tokio::test]
+async fn a_task_timeout_kills_the_encode_and_cleans_up() {
+    let images = Images::make();
+    let s = setup(|_| {});
+    // Far more work than the time allowed: 40 images at 1080p, 25 fps.
+    let mut spec = spec(vec![images.file_url("wide.jpg"); 40]);
+    spec.resolution = None;
+    spec.frame_rate = Some(25);
+    let limits = ExecLimits {
+        timeout: Some(Duration::from_millis(500)),
+        output_bytes: 4096,
+    };
+    let start = Instant::now();
+    let out = s.executor.execute(&task(14, spec), limits).await;
+    assert_eq!(out.outcome, Outcome::TimedOut, "{out:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(s.outputs(), 0);
+    s.assert_clean();
+}

@@ -19,6 +19,10 @@ pub enum BenchCommand {
     /// The Animoto task: one 60-image 1080p video against bare ffmpeg making the
     /// same video from the same files, then 16 such tasks on 2 slots.
     Animoto(AnimotoArgs),
+    /// The distributed path: `sleep 0` tasks through SQS and DynamoDB with
+    /// `cloudkon-worker` processes, dedup on and off: throughput, AWS requests
+    /// per task by API, cost per million tasks.
+    Sqs(crate::bench_sqs::SqsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +61,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
     match command {
         BenchCommand::Local(args) => local(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Animoto(args) => animoto(&args).map(|()| ExitCode::SUCCESS),
+        BenchCommand::Sqs(args) => crate::bench_sqs::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -1,7 +1,10 @@
 //! `cloudkon`: run many-task workloads on this machine, or (later) in the cloud.
 
 mod bench;
+mod bench_sqs;
+mod cmd_queue;
 mod cmd_run;
+mod cmd_submit;
 mod cmd_workload;
 mod memory;
 mod progress;
@@ -46,6 +49,14 @@ enum Command {
     /// Run a workload on this machine with the embedded engine (in-memory queue and
     /// a pool of worker slots).
     Run(cmd_run::RunArgs),
+    /// Send a workload to remote workers through an SQS queue and wait for its
+    /// results (the distributed path: see `cloudkon-worker --help`).
+    Submit(cmd_submit::SubmitArgs),
+    /// Create, inspect, purge or delete request queues.
+    #[command(subcommand)]
+    Queue(cmd_queue::QueueCommand),
+    /// List the workers by their heartbeat rows in the ledger.
+    Workers(cmd_queue::WorkersArgs),
     /// Generate or check workload files.
     #[command(subcommand)]
     Workload(cmd_workload::WorkloadCommand),
@@ -59,6 +70,9 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => cmd_run::run(args),
+        Command::Submit(args) => cmd_submit::run(args),
+        Command::Queue(cmd) => cmd_queue::run(cmd),
+        Command::Workers(args) => cmd_queue::workers(args),
         Command::Workload(cmd) => cmd_workload::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };

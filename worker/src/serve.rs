@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use cloudkon_core::aws::StatsSnapshot;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -17,15 +18,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::remote::WorkerStats;
 
-/// Counts by label, read on each scrape (AWS requests by operation, for one).
-pub type LabelledCounts = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+/// The AWS request counters, read on each scrape.
+pub type RequestCounts = Arc<dyn Fn() -> StatsSnapshot + Send + Sync>;
 
 /// The worker's metrics, read from its counters on each scrape.
 pub struct WorkerCollector {
     pub stats: Arc<WorkerStats>,
     pub slots: usize,
     /// AWS requests by `SERVICE.Operation`, counted by the program itself.
-    pub requests: Option<LabelledCounts>,
+    pub requests: Option<RequestCounts>,
 }
 
 impl std::fmt::Debug for WorkerCollector {
@@ -121,6 +122,7 @@ impl Collector for WorkerCollector {
             slots.metric_type(),
         )?)?;
         if let Some(requests) = &self.requests {
+            let snapshot = requests();
             let kind = ConstCounter::new(0u64);
             let mut family = e.encode_descriptor(
                 "cloudkon_aws_requests",
@@ -128,10 +130,17 @@ impl Collector for WorkerCollector {
                 None,
                 kind.metric_type(),
             )?;
-            for (operation, value) in requests() {
-                ConstCounter::new(value)
+            for (operation, value) in &snapshot.requests {
+                ConstCounter::new(*value)
                     .encode(family.encode_family(&[("operation", operation.as_str())])?)?;
             }
+            let units = ConstCounter::new(snapshot.write_units);
+            units.encode(e.encode_descriptor(
+                "cloudkon_aws_dynamodb_write_units",
+                "DynamoDB write capacity units consumed (estimated from item sizes where the server does not report them).",
+                None,
+                units.metric_type(),
+            )?)?;
         }
         Ok(())
     }
@@ -204,7 +213,11 @@ mod tests {
         registry.register_collector(Box::new(WorkerCollector {
             stats,
             slots: 4,
-            requests: Some(Arc::new(|| vec![("SQS.ReceiveMessage".to_string(), 7)])),
+            requests: Some(Arc::new(|| StatsSnapshot {
+                requests: [("SQS.ReceiveMessage".to_string(), 7)].into(),
+                write_units: 2.5,
+                estimated_writes: 0,
+            })),
         }));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -213,6 +226,7 @@ mod tests {
             "cloudkon_worker_duplicates_total 2",
             "cloudkon_worker_slots 4",
             "cloudkon_aws_requests_total{operation=\"SQS.ReceiveMessage\"} 7",
+            "cloudkon_aws_dynamodb_write_units_total 2.5",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

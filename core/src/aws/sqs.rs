@@ -16,7 +16,7 @@ use super::config::AwsSettings;
 use super::error::{AwsError, ErrorKind};
 use super::stats::RequestStats;
 use crate::bundle::Bundle;
-use crate::queue::{Delivery, QueueError, Receipt, TaskQueue};
+use crate::queue::{Delivery, QueueError, Receipt, ResultRouter, TaskQueue};
 use crate::wire::{self, SQS_MAX_MESSAGE_BYTES};
 
 const SERVICE: &str = "SQS";
@@ -768,6 +768,17 @@ impl TaskQueue for SqsQueue {
 
     async fn release(&self, receipt: &Receipt) -> Result<(), QueueError> {
         self.change_visibility(receipt, Duration::ZERO)
+            .await
+            .map_err(queue_error)
+    }
+}
+
+/// Results go to the response queue each bundle names: any queue URL, through
+/// the same client.
+impl ResultRouter for SqsClient {
+    async fn send_results(&self, reply_to: &str, bodies: Vec<String>) -> Result<(), QueueError> {
+        self.at(reply_to)
+            .send_bodies(bodies)
             .await
             .map_err(queue_error)
     }

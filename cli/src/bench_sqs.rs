@@ -1,0 +1,264 @@
+//! `cloudkon bench sqs`: `sleep 0` tasks through SQS and DynamoDB with remote
+//! worker processes, with and without dedup: throughput, AWS requests per task
+//! by API (counted by the programs themselves), and cost per million tasks.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cloudkon_core::aws::{Aws, Prices, QueueOptions, StatsSnapshot};
+use cloudkon_core::{BatchId, workload};
+use cloudkon_worker::{Progress, Shutdown};
+
+use crate::cmd_submit::{Submission, submit};
+
+#[derive(Debug, clap::Args)]
+pub struct SqsArgs {
+    /// `sleep 0` tasks per run.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: u64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+}
+
+struct Measured {
+    mode: &'static str,
+    wall: Duration,
+    requests: StatsSnapshot,
+}
+
+pub fn run(args: &SqsArgs) -> Result<()> {
+    if std::env::var_os("AWS_ENDPOINT_URL_SQS").is_none()
+        && std::env::var_os("AWS_ENDPOINT_URL").is_none()
+    {
+        eprintln!(
+            "note: no AWS_ENDPOINT_URL_SQS: this runs against real AWS in your default region, \
+             and costs money. For local servers: source \"$(scripts/aws-servers up)\""
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("sleep0.txt");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    workload::write_sleep_workload(&mut out, 0, args.tasks)?;
+    out.flush()?;
+    drop(out);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for (mode, dedup) in [("dedup on", true), ("--no-dedup", false)] {
+        rows.push(runtime.block_on(measure(args, &path, mode, dedup))?);
+    }
+    print(args, &rows);
+    Ok(())
+}
+
+async fn measure(args: &SqsArgs, path: &Path, mode: &'static str, dedup: bool) -> Result<Measured> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let aws = Aws::load().await;
+    let sqs = aws.sqs();
+    let name = format!(
+        "cloudkon-bench-{}-{stamp}",
+        if dedup { "dedup" } else { "nodedup" }
+    );
+    let options = QueueOptions {
+        visibility_timeout: Duration::from_secs(60),
+        ..QueueOptions::default()
+    };
+    let queue = sqs
+        .create_queue(&name, &options)
+        .await
+        .context("cannot create the bench queue")?;
+    let table = format!("cloudkon-bench-ledger-{stamp}");
+    let mut workers = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..args.workers {
+        let addr = free_addr()?;
+        let mut cmd = Command::new(sibling("cloudkon-worker")?);
+        cmd.args(["--queue", queue.url(), "--ledger-table", &table])
+            .args([
+                "--threads",
+                &args.threads.to_string(),
+                "--receive-wait",
+                "2s",
+            ])
+            .args([
+                "--metrics-addr",
+                &addr.to_string(),
+                "--worker-id",
+                &format!("bench-{i}"),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        if !dedup {
+            cmd.arg("--no-dedup");
+        }
+        workers.push(Guard(cmd.spawn().context("cannot start cloudkon-worker")?));
+        addrs.push(addr);
+    }
+    for addr in &addrs {
+        wait_healthy(*addr)?;
+    }
+    let before = aws.stats().snapshot();
+    let start = Instant::now();
+    let (summary, _) = submit(
+        &sqs,
+        &queue,
+        Submission {
+            workload: path.to_owned(),
+            total: args.tasks,
+            batch: BatchId::new(format!("bench-{stamp}")),
+            timeout: None,
+        },
+        None,
+        Arc::new(Progress::default()),
+        &Shutdown::new(),
+    )
+    .await?;
+    let wall = start.elapsed();
+    ensure!(summary.succeeded == args.tasks, "lost tasks: {summary:?}");
+    let mut requests = aws.stats().snapshot().since(&before);
+    for addr in &addrs {
+        add(&mut requests, &scrape(*addr)?);
+    }
+    drop(workers);
+    let _ = queue.delete().await;
+    let ledger = aws.ledger(table);
+    let _ = ledger.delete_tables().await;
+    Ok(Measured {
+        mode,
+        wall,
+        requests,
+    })
+}
+
+fn add(total: &mut StatsSnapshot, more: &StatsSnapshot) {
+    for (k, n) in &more.requests {
+        *total.requests.entry(k.clone()).or_default() += n;
+    }
+    total.write_units += more.write_units;
+    total.estimated_writes += more.estimated_writes;
+}
+
+/// The AWS request counters a worker exposes on `/metrics`.
+fn scrape(addr: SocketAddr) -> Result<StatsSnapshot> {
+    let body = http_get(addr, "/metrics")?;
+    let mut snapshot = StatsSnapshot::default();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("cloudkon_aws_requests_total{operation=\"") {
+            let (op, value) = rest.split_once("\"} ").context("unexpected metrics line")?;
+            snapshot
+                .requests
+                .insert(op.to_string(), value.trim().parse()?);
+        } else if let Some(value) = line.strip_prefix("cloudkon_aws_dynamodb_write_units_total ") {
+            snapshot.write_units = value.trim().parse()?;
+        }
+    }
+    Ok(snapshot)
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or("")
+    );
+    Ok(body.to_string())
+}
+
+fn wait_healthy(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if http_get(addr, "/healthz").is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("a worker never became healthy on {addr}")
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn sibling(name: &str) -> Result<std::path::PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    ensure!(
+        path.exists(),
+        "{} not found: build it with `cargo build --release --workspace`",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Stops a worker (SIGTERM, then waits) when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+fn print(args: &SqsArgs, rows: &[Measured]) {
+    println!(
+        "cloudkon bench sqs: {} sleep 0 tasks, {} workers x {} slots",
+        args.tasks, args.workers, args.threads
+    );
+    let tasks = args.tasks as f64;
+    for m in rows {
+        let r = &m.requests;
+        println!("\n[{}]", m.mode);
+        println!(
+            "  throughput            {:.0} tasks/s (wall {:.2} s)",
+            tasks / m.wall.as_secs_f64(),
+            m.wall.as_secs_f64()
+        );
+        println!(
+            "  AWS requests per task {:.5}  [target <= 0.05 with dedup on]",
+            r.total() as f64 / tasks
+        );
+        let per_api: BTreeMap<_, _> = r.requests.iter().collect();
+        for (api, n) in per_api {
+            println!("    {api:<32} {n:>8}  {:.5}/task", *n as f64 / tasks);
+        }
+        let estimated = if r.estimated_writes > 0 {
+            " (estimated from item sizes)"
+        } else {
+            ""
+        };
+        println!(
+            "  DynamoDB write units  {:.0}{estimated}, {:.5}/task",
+            r.write_units,
+            r.write_units / tasks
+        );
+        println!(
+            "  cost per million tasks ${:.4} (SQS $0.40/M requests, DynamoDB $0.625/M write units)",
+            r.cost_usd(&Prices::LIST) / tasks * 1e6
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! `cloudkon submit`: a workload through SQS to remote workers, results back
+//! through a response queue made for the batch.
+
+use std::collections::HashSet;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cloudkon_core::aws::{Aws, QueueOptions, SqsClient, SqsQueue};
+use cloudkon_core::queue::TaskQueue;
+use cloudkon_core::workload::WorkloadReader;
+use cloudkon_core::{BatchId, Bundle, BundlePlan, Bundler, Stats, Summary, Task};
+use cloudkon_worker::{Progress, Shutdown};
+
+use crate::{exit, memory, progress, signals, workload_file};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit status: as for `cloudkon run`.")]
+pub struct SubmitArgs {
+    /// The workload file.
+    pub workload: PathBuf,
+
+    /// The request queue the workers read: its URL or name.
+    #[arg(long, env = "CLOUDKON_QUEUE")]
+    pub queue: String,
+
+    /// Write every task's result to this file, one JSON object a line.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Print the summary as JSON on stdout (and no progress display).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Per-task timeout, e.g. `30s`; a task's own `timeout_ms` wins.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// The batch's name [default: the workload's file name and the time].
+    #[arg(long, value_name = "NAME")]
+    pub batch: Option<String>,
+}
+
+pub fn run(args: SubmitArgs) -> Result<ExitCode> {
+    let stats = match workload_file::validate(&args.workload) {
+        Ok(stats) => stats,
+        Err(code) => return Ok(code),
+    };
+    let writer = workload_file::create_results(args.output.as_deref())?;
+    let batch = args
+        .batch
+        .clone()
+        .unwrap_or_else(|| workload_file::default_batch_name(&args.workload));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (mut summary, response_url) = runtime.block_on(async {
+        let aws = Aws::load().await;
+        let sqs = aws.sqs();
+        let request = sqs
+            .open(&args.queue)
+            .await
+            .with_context(|| format!("cannot open the request queue `{}`", args.queue))?;
+        let shutdown = Shutdown::new();
+        let signals = signals::spawn_handler(shutdown.clone()).context("cannot handle signals")?;
+        let progress = Arc::new(Progress::default());
+        let display = progress::Display::start(stats.tasks, progress.clone(), args.json);
+        let outcome = submit(
+            &sqs,
+            &request,
+            Submission {
+                workload: args.workload.clone(),
+                total: stats.tasks,
+                batch: BatchId::new(batch),
+                timeout: args.timeout,
+            },
+            writer.clone(),
+            progress,
+            &shutdown,
+        )
+        .await;
+        display.finish().await;
+        signals.abort();
+        outcome
+    })?;
+    let flushed = workload_file::flush_results(writer.as_ref());
+    summary.peak_rss_bytes = memory::peak_rss_bytes();
+    workload_file::print_summary(&summary, args.json)?;
+    if summary.interrupted {
+        eprintln!(
+            "the batch's remaining tasks stay queued; their results go to {response_url} \
+             (delete it with `cloudkon queue delete {response_url}`)"
+        );
+    }
+    if let Err(e) = flushed {
+        eprintln!("error: cannot write results: {e}");
+        return Ok(ExitCode::from(exit::ERROR));
+    }
+    Ok(ExitCode::from(workload_file::exit_code(&summary)))
+}
+
+/// What to submit.
+pub struct Submission {
+    pub workload: PathBuf,
+    pub total: u64,
+    pub batch: BatchId,
+    pub timeout: Option<Duration>,
+}
+
+/// Bundles sent per call (the queue splits them into requests of ten).
+const SEND_GROUP: usize = 100;
+
+/// Sends a workload and waits for all its results. Returns the summary and the
+/// response queue's URL (deleted unless the wait was interrupted).
+pub async fn submit(
+    sqs: &SqsClient,
+    request: &SqsQueue,
+    submission: Submission,
+    results_file: Option<workload_file::ResultsWriter>,
+    progress: Arc<Progress>,
+    shutdown: &Shutdown,
+) -> Result<(Summary, String)> {
+    let name = response_queue_name(submission.batch.as_str());
+    let response = sqs
+        .create_queue(&name, &QueueOptions::default())
+        .await
+        .with_context(|| format!("cannot create the response queue `{name}`"))?;
+    let reply_to = response.url().to_string();
+    let start = Instant::now();
+
+    // Parse and bundle on a thread; send from here, a group at a time.
+    let (bundles_tx, bundles_rx) = async_channel::bounded::<Bundle>(SEND_GROUP * 2);
+    let producer = {
+        let (path, batch, timeout, reply_to) = (
+            submission.workload.clone(),
+            submission.batch.clone(),
+            submission.timeout,
+            reply_to.clone(),
+        );
+        std::thread::spawn(move || -> Result<()> {
+            let mut bundler = Bundler::new(BundlePlan::SQS);
+            let send = |mut bundle: Bundle| {
+                bundle.reply_to = Some(reply_to.clone());
+                bundles_tx.send_blocking(bundle).is_ok()
+            };
+            for def in WorkloadReader::open(&path)? {
+                let def = def.context("the workload changed while it was sent")?;
+                let task = Task {
+                    batch: batch.clone(),
+                    id: def.id,
+                    attempt: 1,
+                    timeout: def.timeout.or(timeout),
+                    spec: def.spec,
+                };
+                if let Some(bundle) = bundler.push(task)
+                    && !send(bundle)
+                {
+                    return Ok(());
+                }
+            }
+            if let Some(bundle) = bundler.finish() {
+                send(bundle);
+            }
+            Ok(())
+        })
+    };
+    let sender = {
+        let request = request.clone();
+        let stop = shutdown.stop.clone();
+        tokio::spawn(async move {
+            while let Ok(first) = bundles_rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < SEND_GROUP {
+                    match bundles_rx.try_recv() {
+                        Ok(bundle) => group.push(bundle),
+                        Err(_) => break,
+                    }
+                }
+                // Retried until sent: a gap here would leave tasks nobody runs.
+                let mut backoff = Duration::from_millis(100);
+                while let Err(e) = request.send(group.clone()).await {
+                    tracing::warn!(error = %e, "sending tasks failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        })
+    };
+
+    let collected = collect(
+        &response,
+        submission.total,
+        results_file,
+        &progress,
+        shutdown,
+    )
+    .await;
+    sender.abort();
+    let _ = sender.await;
+    let produced = tokio::task::spawn_blocking(move || producer.join()).await;
+    let (stats, slots) = collected?;
+    if let Ok(Ok(Err(e))) = produced {
+        return Err(e);
+    }
+    let interrupted = shutdown.stop.is_cancelled();
+    if !interrupted && let Err(e) = response.delete().await {
+        tracing::warn!(error = %e, "could not delete the response queue");
+    }
+    let summary = stats.summary(submission.total, slots.max(1), start.elapsed(), interrupted);
+    Ok((summary, reply_to))
+}
+
+/// Receives results until every task has one, counting each task once however
+/// often its results arrive.
+async fn collect(
+    response: &SqsQueue,
+    total: u64,
+    mut results_file: Option<workload_file::ResultsWriter>,
+    progress: &Progress,
+    shutdown: &Shutdown,
+) -> Result<(Stats, usize)> {
+    let mut stats = Stats::new();
+    let mut seen = vec![0u64; total.div_ceil(64) as usize];
+    let mut done = 0u64;
+    let mut slots: HashSet<Arc<str>> = HashSet::new();
+    while done < total {
+        let received = tokio::select! {
+            _ = shutdown.stop.cancelled() => break,
+            received = response.receive_results(10, Duration::from_secs(5)) => received,
+        };
+        let messages = match received {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(error = %e, "receiving results failed; retrying");
+                tokio::select! {
+                    _ = shutdown.stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut receipts = Vec::with_capacity(messages.len());
+        for (message, receipt) in messages {
+            receipts.push(receipt);
+            let mut new = 0;
+            for result in &message.results {
+                let (word, bit) = ((result.id / 64) as usize, result.id % 64);
+                if result.id >= total || seen[word] & (1 << bit) != 0 {
+                    continue; // A duplicate (re-sent results), or not of this batch.
+                }
+                seen[word] |= 1 << bit;
+                new += 1;
+                stats.record(result);
+                slots.insert(result.worker.clone());
+                if !result.outcome.is_success() {
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(writer) = results_file.as_mut() {
+                    writer.write(result).context("cannot write results")?;
+                }
+            }
+            if new > 0 {
+                stats.add_ideal(message.ideal);
+            }
+            done += new;
+            progress.done.fetch_add(new, Ordering::Relaxed);
+        }
+        if !receipts.is_empty()
+            && let Err(e) = response.delete_batch(receipts).await
+        {
+            // Counted already; a redelivery is skipped as a duplicate.
+            tracing::warn!(error = %e, "could not delete result messages");
+        }
+    }
+    Ok((stats, slots.len()))
+}
+
+/// SQS queue names: up to 80 letters, digits, `-` and `_`.
+pub fn response_queue_name(batch: &str) -> String {
+    let clean: String = batch
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut name = format!("cloudkon-resp-{clean}");
+    name.truncate(80);
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_queue_names_are_valid_sqs_names() {
+        assert_eq!(response_queue_name("sweep-17"), "cloudkon-resp-sweep-17");
+        assert_eq!(response_queue_name("a b/c.d"), "cloudkon-resp-a-b-c-d");
+        assert_eq!(response_queue_name(&"x".repeat(200)).len(), 80);
+    }
+}

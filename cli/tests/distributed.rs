@@ -1,0 +1,442 @@
+//! The distributed path end to end, against the real AWS-compatible servers
+//! that `scripts/test` starts (fauxqs for SQS, DynamoDB Local): `cloudkon
+//! submit` and `cloudkon-worker` processes, workers killed, servers paused.
+//!
+//! Ignored by a plain `cargo test`; `scripts/test` runs them with the servers up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cloudkon_core::aws::{Aws, QueueOptions, SqsQueue};
+use cloudkon_core::queue::TaskQueue;
+use cloudkon_core::{BatchId, Bundle, Summary, Task, TaskResult, TaskSpec, Timestamp};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn require_servers() {
+    for var in ["AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is not set: run these tests with scripts/test, or after `source \"$(scripts/aws-servers up)\"`"
+        );
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn bin(name: &str) -> PathBuf {
+    let cloudkon = PathBuf::from(env!("CARGO_BIN_EXE_cloudkon"));
+    let path = cloudkon.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn create_queue(name: &str, visibility: Duration, max_receives: Option<u32>) -> SqsQueue {
+    runtime().block_on(async {
+        let options = QueueOptions {
+            visibility_timeout: visibility,
+            max_receives,
+            ..QueueOptions::default()
+        };
+        Aws::load()
+            .await
+            .sqs()
+            .create_queue(name, &options)
+            .await
+            .unwrap()
+    })
+}
+
+/// A worker process with short leases, so that a killed worker's bundles come
+/// back within seconds.
+fn worker(queue: &str, table: &str, id: &str, extra: &[&str]) -> Child {
+    Command::new(bin("cloudkon-worker"))
+        .args(["--queue", queue, "--ledger-table", table, "--worker-id", id])
+        .args([
+            "--threads",
+            "2",
+            "--lease",
+            "3s",
+            "--receive-wait",
+            "1s",
+            "--metrics-addr",
+            "off",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn submit(workload: &Path, queue: &str, results: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cloudkon"))
+        .arg("submit")
+        .arg(workload)
+        .args(["--queue", queue, "--json", "--output"])
+        .arg(results)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child, within: Duration) -> Output {
+    let pid = child.id();
+    let deadline = Instant::now() + within;
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        if Instant::now() > deadline {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let out = waiter.join().unwrap();
+            panic!(
+                "did not finish within {within:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    waiter.join().unwrap()
+}
+
+fn stop(mut child: Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = child.wait();
+}
+
+fn read_results(path: &Path) -> Vec<TaskResult> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Lines of a log file that tasks append their id to: executions per id.
+fn executions(log: &Path) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        *counts
+            .entry(line.trim().parse::<u64>().unwrap())
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Waits (bounded) until the tasks' execution log has at least `n` lines.
+fn wait_for_executions(log: &Path, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let lines = std::fs::read_to_string(log).map_or(0, |t| t.lines().count());
+        if lines >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {lines} of {n} tasks ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A workload of `count` tasks that each log their id, then sleep `secs`.
+fn logging_workload(dir: &Path, count: u64, secs: &str) -> (PathBuf, PathBuf) {
+    let log = dir.join("executions.log");
+    let workload = dir.join("w.txt");
+    let lines: String = (0..count)
+        .map(|i| {
+            format!(
+                "run sh -c 'echo {i} >> \"$0\"; sleep {secs}' {}\n",
+                log.display()
+            )
+        })
+        .collect();
+    std::fs::write(&workload, lines).unwrap();
+    (workload, log)
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn killed_workers_lose_nothing_and_rerun_only_their_bundles() {
+    require_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = create_queue(&unique("kill"), Duration::from_secs(3), None);
+    let table = unique("ledger-kill");
+    let (workload, log) = logging_workload(dir.path(), 2000, "0.01");
+    let results = dir.path().join("results.jsonl");
+    let mut workers: Vec<Child> = (0..3)
+        .map(|i| worker(queue.url(), &table, &format!("w{i}"), &[]))
+        .collect();
+    let client = submit(&workload, queue.url(), &results);
+
+    // Kill one worker with SIGKILL after 300 results, start a replacement, and
+    // kill another after 1000: their held bundles must come back.
+    wait_for_executions(&log, 300, Duration::from_secs(120));
+    let mut victim = workers.remove(0);
+    kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL).unwrap();
+    victim.wait().unwrap();
+    workers.push(worker(queue.url(), &table, "w3", &[]));
+    wait_for_executions(&log, 1000, Duration::from_secs(120));
+    let mut victim = workers.remove(0);
+    kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL).unwrap();
+    victim.wait().unwrap();
+
+    let out = finish(client, Duration::from_secs(300));
+    for w in workers {
+        stop(w);
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Summary = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary.tasks, summary.succeeded, summary.not_run),
+        (2000, 2000, 0)
+    );
+
+    // Exactly one result per task.
+    let mut per_task = vec![0u32; 2000];
+    for r in read_results(&results) {
+        per_task[r.id as usize] += 1;
+    }
+    assert!(
+        per_task.iter().all(|&n| n == 1),
+        "a task has no result or several"
+    );
+
+    // Every task ran; the only re-runs are bundles a killed worker held: each
+    // worker holds at most threads + prefetch = 4 one-task bundles.
+    let runs = executions(&log);
+    assert_eq!(runs.len(), 2000, "a task never ran");
+    let reruns: usize = runs.values().map(|&n| n - 1).sum();
+    eprintln!("re-executed tasks after two kill -9: {reruns}");
+    assert!(
+        reruns <= 2 * 4,
+        "{reruns} re-executions: more than the killed workers held"
+    );
+    queue_cleanup(&queue);
+}
+
+fn queue_cleanup(queue: &SqsQueue) {
+    runtime().block_on(async {
+        let _ = queue.delete().await;
+    });
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_message_delivered_twice_runs_once() {
+    require_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("executions.log");
+    // Redelivered after 1 s while its first run (3 s) is still going: the lease
+    // (6 s, renewed every 2 s) must keep the second delivery from running it.
+    let queue = create_queue(&unique("dup"), Duration::from_secs(1), None);
+    let table = unique("ledger-dup");
+    let response = create_queue(&unique("dup-resp"), Duration::from_secs(30), None);
+    let task = |id: u64, secs: &str| Task {
+        batch: BatchId::new("dup"),
+        id,
+        attempt: 1,
+        timeout: None,
+        spec: TaskSpec::Run {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("echo {id} >> '{}'; sleep {secs}", log.display()),
+            ],
+        },
+    };
+    let bundle = |t: Task| Bundle {
+        submitted: Timestamp::now(),
+        tasks: vec![t],
+        reply_to: Some(response.url().to_string()),
+    };
+    let rt = runtime();
+    // Task 0: sent twice. Task 1: runs 3 s, its message reappears after 1 s.
+    rt.block_on(queue.send(vec![
+        bundle(task(0, "0")),
+        bundle(task(0, "0")),
+        bundle(task(1, "3")),
+    ]))
+    .unwrap();
+    let workers = vec![
+        worker(queue.url(), &table, "d1", &["--lease", "6s"]),
+        worker(queue.url(), &table, "d2", &["--lease", "6s"]),
+    ];
+    // Wait until both tasks reported, then until the queue is empty (every
+    // delivery handled), then check executions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reported = std::collections::HashSet::new();
+    while reported.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "results never came: {reported:?}"
+        );
+        for (message, receipt) in rt
+            .block_on(response.receive_results(10, Duration::from_secs(1)))
+            .unwrap()
+        {
+            reported.extend(message.results.iter().map(|r| r.id));
+            rt.block_on(response.delete_batch(vec![receipt])).unwrap();
+        }
+    }
+    loop {
+        let s = rt.block_on(queue.stats()).unwrap();
+        if s.visible + s.in_flight + s.delayed == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue never emptied: {s:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for w in workers {
+        stop(w);
+    }
+    let runs = executions(&log);
+    assert_eq!(
+        runs.get(&0),
+        Some(&1),
+        "task 0 ran {:?} times",
+        runs.get(&0)
+    );
+    assert_eq!(
+        runs.get(&1),
+        Some(&1),
+        "task 1 ran {:?} times",
+        runs.get(&1)
+    );
+    rt.block_on(async {
+        let _ = queue.delete().await;
+        let _ = response.delete().await;
+    });
+}
+
+/// Pauses a server process (SIGSTOP) for `pause`, then resumes it.
+fn pause_server(pid_var: &str, pause: Duration) {
+    let pid: i32 = std::env::var(pid_var)
+        .unwrap_or_else(|_| panic!("{pid_var} is not set (scripts/aws-servers exports it)"))
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    std::thread::sleep(pause);
+    kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+}
+
+fn survives_a_paused(pid_var: &str) {
+    require_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = create_queue(&unique("pause"), Duration::from_secs(10), None);
+    let table = unique("ledger-pause");
+    let (workload, log) = logging_workload(dir.path(), 300, "0.02");
+    let results = dir.path().join("results.jsonl");
+    let workers: Vec<Child> = (0..2)
+        .map(|i| worker(queue.url(), &table, &format!("p{i}"), &["--lease", "20s"]))
+        .collect();
+    let client = submit(&workload, queue.url(), &results);
+    wait_for_executions(&log, 50, Duration::from_secs(60));
+    pause_server(pid_var, Duration::from_secs(5));
+    let out = finish(client, Duration::from_secs(180));
+    for w in workers {
+        stop(w);
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Summary = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary.succeeded, summary.not_run), (300, 0));
+    let runs = executions(&log);
+    assert_eq!(runs.len(), 300, "a task never ran");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "a task ran twice: nothing died, so nothing may re-run"
+    );
+    queue_cleanup(&queue);
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_paused_sqs_server_delays_but_loses_nothing() {
+    survives_a_paused("CLOUDKON_SQS_PID");
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_paused_dynamodb_server_delays_but_loses_nothing() {
+    survives_a_paused("CLOUDKON_DYNAMODB_PID");
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_malformed_message_is_moved_aside_and_work_goes_on() {
+    require_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = create_queue(&unique("junk"), Duration::from_secs(5), Some(3));
+    let table = unique("ledger-junk");
+    let rt = runtime();
+    rt.block_on(queue.send_bodies(vec![
+        "not a cloudkon message".into(),
+        "{\"json\": true}".into(),
+    ]))
+    .unwrap();
+    let w = worker(queue.url(), &table, "j1", &[]);
+    let (workload, _log) = logging_workload(dir.path(), 5, "0");
+    let results = dir.path().join("results.jsonl");
+    let out = finish(
+        submit(&workload, queue.url(), &results),
+        Duration::from_secs(60),
+    );
+    stop(w);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both junk messages sit in the dead-letter queue, not in the work queue.
+    let dlq = rt
+        .block_on(Aws::load())
+        .sqs()
+        .at(queue.dead_letter_url().expect("a DLQ"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut moved = Vec::new();
+    while moved.len() < 2 {
+        assert!(Instant::now() < deadline, "junk not moved aside: {moved:?}");
+        for m in rt
+            .block_on(dlq.receive_raw(10, Duration::from_secs(1)))
+            .unwrap()
+        {
+            moved.push(m.body);
+        }
+    }
+    moved.sort();
+    assert_eq!(
+        moved,
+        vec![
+            "not a cloudkon message".to_string(),
+            "{\"json\": true}".to_string()
+        ]
+    );
+    let s = rt.block_on(queue.stats()).unwrap();
+    assert_eq!(s.visible + s.in_flight, 0, "{s:?}");
+    queue_cleanup(&queue);
+}

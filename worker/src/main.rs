@@ -1,0 +1,309 @@
+//! `cloudkon-worker`: a remote back-end worker. Pulls bundles from an SQS queue,
+//! runs each exactly once (DynamoDB leases), and sends the results to each
+//! batch's response queue.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cloudkon_core::Timestamp;
+use cloudkon_core::aws::{Aws, DynamoLedger, WorkerHeartbeat};
+use cloudkon_worker::remote::{RemoteConfig, StopReason, WorkerStats, run_remote};
+use cloudkon_worker::serve::{WorkerCollector, serve};
+use cloudkon_worker::{PoolConfig, Registry, Shutdown};
+use tokio_util::sync::CancellationToken;
+
+/// Runs CloudKon tasks from an SQS queue. Every flag can also be set with the
+/// environment variable shown, which is how the Helm chart configures it.
+///
+/// Exactly once: each bundle is claimed in DynamoDB with a lease before it runs;
+/// a worker that dies loses its lease and another takes the bundle over.
+/// SIGTERM: stop receiving, finish running bundles within --grace, give the
+/// rest back at once; a second SIGTERM (or Ctrl-C) abandons running bundles.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloudkon-worker",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
+struct Args {
+    /// The request queue: its URL, or its name in this account and region.
+    #[arg(long, env = "CLOUDKON_QUEUE")]
+    queue: String,
+
+    /// Concurrent task slots [default: the number of CPUs].
+    #[arg(long, env = "CLOUDKON_THREADS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    threads: Option<u32>,
+
+    /// The DynamoDB table of the dedup ledger (created if missing); worker
+    /// heartbeats go to `<table>-workers`.
+    #[arg(long, env = "CLOUDKON_LEDGER_TABLE", default_value = "cloudkon-ledger")]
+    ledger_table: String,
+
+    /// Run every delivery without claiming it (at-least-once), to measure what
+    /// dedup costs, as the CloudKon paper did.
+    #[arg(long, env = "CLOUDKON_NO_DEDUP")]
+    no_dedup: bool,
+
+    /// A claim's lease; renewed every third of it while the bundle runs.
+    #[arg(long, env = "CLOUDKON_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+
+    /// Long-poll wait of each receive (at most 20s).
+    #[arg(long, env = "CLOUDKON_RECEIVE_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    receive_wait: Duration,
+
+    /// Exit after this long with no work (for dynamic provisioning).
+    #[arg(long, env = "CLOUDKON_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// On SIGTERM, how long running bundles may take before they are given back.
+    #[arg(long, env = "CLOUDKON_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+
+    /// Default per-task timeout (a task's own timeout wins).
+    #[arg(long, env = "CLOUDKON_TASK_TIMEOUT", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+
+    /// Executions of a failing task, the first included.
+    #[arg(long, env = "CLOUDKON_MAX_ATTEMPTS", default_value_t = 1)]
+    max_attempts: u32,
+
+    /// Wait before the first retry of a failed task; doubled for each further one.
+    #[arg(long, env = "CLOUDKON_RETRY_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
+    retry_backoff: Duration,
+
+    /// Claims of one bundle (its workers kept dying) before its tasks are reported failed.
+    #[arg(long, env = "CLOUDKON_MAX_CLAIMS", default_value_t = 3)]
+    max_claims: u32,
+
+    /// Bytes of stdout and of stderr kept per task.
+    #[arg(long, env = "CLOUDKON_OUTPUT_BYTES", default_value_t = 4096)]
+    output_bytes: usize,
+
+    /// Where `/metrics` and `/healthz` are served; `off` for nowhere.
+    #[arg(long, env = "CLOUDKON_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: String,
+
+    /// This worker's name in results and heartbeats [default: host name and PID].
+    #[arg(long, env = "CLOUDKON_WORKER_ID")]
+    worker_id: Option<String>,
+
+    /// Log format on stderr (filtered by RUST_LOG, default `info`).
+    #[arg(long, env = "CLOUDKON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How often the worker's heartbeat row is written.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(reason) => {
+            tracing::info!(?reason, "worker stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(args: Args) -> Result<StopReason> {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    let worker_id = args
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    let slots = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let metrics_addr: Option<SocketAddr> = match args.metrics_addr.as_str() {
+        "off" | "" => None,
+        addr => Some(
+            addr.parse()
+                .with_context(|| format!("--metrics-addr: `{addr}` is not HOST:PORT or `off`"))?,
+        ),
+    };
+    let registry = Registry::new();
+    registry
+        .check()
+        .map_err(anyhow::Error::msg)
+        .context("cannot start the executors")?;
+
+    let aws = Aws::load().await;
+    let sqs = aws.sqs();
+    let queue = sqs
+        .open(&args.queue)
+        .await
+        .with_context(|| format!("cannot open the request queue `{}`", args.queue))?;
+    let ledger = if args.no_dedup {
+        tracing::warn!("dedup is off: a redelivered bundle runs again (at-least-once)");
+        None
+    } else {
+        let ledger = aws.ledger(args.ledger_table.clone());
+        ledger
+            .ensure_table()
+            .await
+            .with_context(|| format!("cannot use the ledger table `{}`", args.ledger_table))?;
+        Some(Arc::new(ledger))
+    };
+
+    let mut pool = PoolConfig::new(slots, worker_id.clone());
+    pool.default_timeout = args.timeout;
+    pool.output_bytes = args.output_bytes;
+    pool.max_attempts = args.max_attempts.max(1);
+    pool.retry_backoff = args.retry_backoff;
+    let mut config = RemoteConfig::new(pool);
+    config.lease = args.lease;
+    config.visibility = args.lease;
+    config.receive_wait = args.receive_wait.min(Duration::from_secs(20));
+    config.idle_timeout = args.idle_timeout;
+    config.grace = args.grace;
+    config.max_claims = args.max_claims.max(1);
+
+    let shutdown = Shutdown::new();
+    spawn_signal_handler(shutdown.clone())?;
+    let stats = Arc::new(WorkerStats::default());
+    let done = CancellationToken::new();
+    if let Some(addr) = metrics_addr {
+        let mut metrics = prometheus_client::registry::Registry::default();
+        let requests = aws.stats().clone();
+        metrics.register_collector(Box::new(WorkerCollector {
+            stats: stats.clone(),
+            slots,
+            requests: Some(Arc::new(move || requests.snapshot())),
+        }));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tokio::spawn(serve(
+            listener,
+            metrics,
+            shutdown.stop.clone(),
+            done.clone(),
+        ));
+    }
+    let heartbeats = ledger.clone().map(|ledger| {
+        tokio::spawn(heartbeat_rows(
+            ledger,
+            WorkerHeartbeat {
+                id: worker_id.clone(),
+                host,
+                slots: slots as u32,
+                busy: 0,
+                tasks_done: 0,
+                started_at: Timestamp::now(),
+                last_seen: Timestamp::now(),
+            },
+            stats.clone(),
+            done.clone(),
+        ))
+    });
+
+    tracing::info!(worker = %worker_id, slots, queue = %queue.url(), dedup = !args.no_dedup, "worker started");
+    let reason = run_remote(
+        Arc::new(queue),
+        ledger,
+        Arc::new(sqs),
+        Arc::new(registry),
+        config,
+        shutdown,
+        stats,
+    )
+    .await;
+    done.cancel();
+    if let Some(task) = heartbeats {
+        let _ = task.await;
+    }
+    Ok(reason)
+}
+
+/// The paper's monitoring: a row per worker with what it is doing.
+async fn heartbeat_rows(
+    ledger: Arc<DynamoLedger>,
+    mut row: WorkerHeartbeat,
+    stats: Arc<WorkerStats>,
+    done: CancellationToken,
+) {
+    loop {
+        row.busy = WorkerStats::get(&stats.held).min(u64::from(row.slots)) as u32;
+        row.tasks_done =
+            WorkerStats::get(&stats.tasks_succeeded) + WorkerStats::get(&stats.tasks_failed);
+        if let Err(e) = ledger.put_worker_heartbeat(&row).await {
+            tracing::warn!(error = %e, "could not write the heartbeat row");
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {},
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C: stop receiving; the second one abandons running work.
+fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            seen += 1;
+            if seen == 1 {
+                tracing::info!(
+                    "stopping: no new work; finishing running bundles, giving the rest back"
+                );
+                shutdown.stop.cancel();
+            } else {
+                tracing::warn!("abandoning running bundles");
+                shutdown.abort.cancel();
+                return;
+            }
+        }
+    });
+    Ok(())
+}

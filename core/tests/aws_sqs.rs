@@ -407,3 +407,39 @@ async fn throughput_of_send_and_receive_plus_delete() {
     );
     q.delete().await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_long_poll_longer_than_the_attempt_timeout_is_not_cut_short() {
+    let aws = common::aws_with(cloudkon_core::aws::AwsSettings {
+        attempt_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-longpoll"), &options(30))
+        .await
+        .unwrap();
+    // The receive waits 4 s on the server, twice the attempt timeout: its own
+    // timeouts stretch by the wait.
+    let started = tokio::time::Instant::now();
+    let got = q
+        .receive(10, Duration::from_secs(4))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        aws.stats().snapshot().get("SQS.ReceiveMessage"),
+        1,
+        "no retries"
+    );
+    q.delete().await.unwrap();
+}

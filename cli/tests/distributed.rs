@@ -66,22 +66,13 @@ fn create_queue(name: &str, visibility: Duration, max_receives: Option<u32>) -> 
     })
 }
 
-/// A worker process with short leases, so that a killed worker's bundles come
-/// back within seconds.
-fn worker(queue: &str, table: &str, id: &str, extra: &[&str]) -> Child {
+/// A worker process; tests use short leases, so that a killed worker's bundles
+/// come back within seconds.
+fn worker(queue: &str, table: &str, id: &str, lease: &str) -> Child {
     Command::new(bin("cloudkon-worker"))
         .args(["--queue", queue, "--ledger-table", table, "--worker-id", id])
-        .args([
-            "--threads",
-            "2",
-            "--lease",
-            "3s",
-            "--receive-wait",
-            "1s",
-            "--metrics-addr",
-            "off",
-        ])
-        .args(extra)
+        .args(["--threads", "2", "--lease", lease, "--receive-wait", "1s"])
+        .args(["--metrics-addr", "off"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -182,7 +173,7 @@ fn killed_workers_lose_nothing_and_rerun_only_their_bundles() {
     let (workload, log) = logging_workload(dir.path(), 2000, "0.01");
     let results = dir.path().join("results.jsonl");
     let mut workers: Vec<Child> = (0..3)
-        .map(|i| worker(queue.url(), &table, &format!("w{i}"), &[]))
+        .map(|i| worker(queue.url(), &table, &format!("w{i}"), "3s"))
         .collect();
     let client = submit(&workload, queue.url(), &results);
 
@@ -192,7 +183,7 @@ fn killed_workers_lose_nothing_and_rerun_only_their_bundles() {
     let mut victim = workers.remove(0);
     kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL).unwrap();
     victim.wait().unwrap();
-    workers.push(worker(queue.url(), &table, "w3", &[]));
+    workers.push(worker(queue.url(), &table, "w3", "3s"));
     wait_for_executions(&log, 1000, Duration::from_secs(120));
     let mut victim = workers.remove(0);
     kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL).unwrap();
@@ -280,8 +271,8 @@ fn a_message_delivered_twice_runs_once() {
     ]))
     .unwrap();
     let workers = vec![
-        worker(queue.url(), &table, "d1", &["--lease", "6s"]),
-        worker(queue.url(), &table, "d2", &["--lease", "6s"]),
+        worker(queue.url(), &table, "d1", "6s"),
+        worker(queue.url(), &table, "d2", "6s"),
     ];
     // Wait until both tasks reported, then until the queue is empty (every
     // delivery handled), then check executions.
@@ -349,7 +340,7 @@ fn survives_a_paused(pid_var: &str) {
     let (workload, log) = logging_workload(dir.path(), 300, "0.02");
     let results = dir.path().join("results.jsonl");
     let workers: Vec<Child> = (0..2)
-        .map(|i| worker(queue.url(), &table, &format!("p{i}"), &["--lease", "20s"]))
+        .map(|i| worker(queue.url(), &table, &format!("p{i}"), "20s"))
         .collect();
     let client = submit(&workload, queue.url(), &results);
     wait_for_executions(&log, 50, Duration::from_secs(60));
@@ -399,7 +390,7 @@ fn a_malformed_message_is_moved_aside_and_work_goes_on() {
         "{\"json\": true}".into(),
     ]))
     .unwrap();
-    let w = worker(queue.url(), &table, "j1", &[]);
+    let w = worker(queue.url(), &table, "j1", "3s");
     let (workload, _log) = logging_workload(dir.path(), 5, "0");
     let results = dir.path().join("results.jsonl");
     let out = finish(

@@ -28,6 +28,10 @@ pub struct WorkUnit {
 pub struct Ticket {
     pub receipt: Option<Receipt>,
     pub claim_key: Option<String>,
+    /// The owner token the claim was made with: unique per claim, so that a
+    /// second delivery of the same bundle to the same worker is not taken for
+    /// its own earlier claim.
+    pub claim_owner: Option<String>,
     pub reply_to: Option<String>,
 }
 

@@ -73,12 +73,19 @@ impl AwsError {
             SdkError::ServiceError(_) => classify(code.as_deref()),
             _ => ErrorKind::Permanent,
         };
+        // A service's answer is its code and message; the raw response would
+        // only bury them. Transport failures need their chain of causes.
+        let message = match (&err, code.as_deref(), err.message()) {
+            (SdkError::ServiceError(_), Some(code), Some(message)) => format!("{code}: {message}"),
+            (SdkError::ServiceError(_), Some(code), None) => code.to_string(),
+            _ => DisplayErrorContext(&err).to_string(),
+        };
         Self {
             service,
             operation,
             resource: resource.into(),
             kind,
-            message: DisplayErrorContext(&err).to_string(),
+            message,
             code,
         }
     }

@@ -252,7 +252,8 @@ impl DynamoLedger {
             status,
             Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
         ) {
-            self.client
+            let enabled = self
+                .client
                 .update_time_to_live()
                 .table_name(table)
                 .time_to_live_specification(
@@ -263,8 +264,16 @@ impl DynamoLedger {
                         .expect("fields are set"),
                 )
                 .send()
-                .await
-                .map_err(|e| AwsError::sdk(SERVICE, "UpdateTimeToLive", table, e))?;
+                .await;
+            match enabled {
+                Ok(_) => {}
+                // Another worker enabled it between our look and our write.
+                Err(e)
+                    if e.as_service_error()
+                        .and_then(|e| e.meta().message())
+                        .is_some_and(|m| m.contains("already enabled")) => {}
+                Err(e) => return Err(AwsError::sdk(SERVICE, "UpdateTimeToLive", table, e)),
+            }
         }
         Ok(())
     }

@@ -51,8 +51,11 @@ where
     let mut done = Vec::new();
     for batch in batches {
         let Some(ticket) = batch.ticket else { continue };
-        let (Some(key), Some(reply_to)) = (ticket.claim_key.clone(), ticket.reply_to.clone())
-        else {
+        let (Some(key), Some(owner), Some(reply_to)) = (
+            ticket.claim_key.clone(),
+            ticket.claim_owner.clone(),
+            ticket.reply_to.clone(),
+        ) else {
             continue;
         };
         if !batch.complete {
@@ -82,7 +85,7 @@ where
         };
         if let Some(ledger) = &ctx.ledger {
             let recorded = until_ok("recording a completion", abort, errors, || {
-                ledger.complete(&key, &ctx.owner, body.clone().into_bytes())
+                ledger.complete(&key, &owner, body.clone().into_bytes())
             })
             .await;
             if recorded != Some(true) {
@@ -128,9 +131,11 @@ where
     L: DedupLedger,
     R: ResultRouter,
 {
-    let Some(key) = ticket.claim_key else { return };
+    let (Some(key), Some(owner)) = (ticket.claim_key, ticket.claim_owner) else {
+        return;
+    };
     if let Some(ledger) = &ctx.ledger
-        && let Err(e) = ledger.release(&key, &ctx.owner).await
+        && let Err(e) = ledger.release(&key, &owner).await
     {
         tracing::warn!(key, error = %e, "could not release the claim; it expires with its lease");
     }
@@ -158,10 +163,12 @@ where
             _ = done.cancelled() => return,
             _ = tokio::time::sleep(every) => {},
         }
-        for (key, receipt) in ctx.inflight.snapshot() {
+        for (key, receipt, owner) in ctx.inflight.snapshot() {
             if let Some(ledger) = &ctx.ledger {
-                match ledger.renew(&key, &ctx.owner, ctx.config.lease).await {
+                match ledger.renew(&key, &owner, ctx.config.lease).await {
                     Ok(true) => {}
+                    // Finished meanwhile (the snapshot is older than the completion).
+                    Ok(false) if !ctx.inflight.contains(&key) => {}
                     Ok(false) => {
                         tracing::warn!(key, "lease lost: another worker took this bundle over")
                     }
@@ -173,6 +180,7 @@ where
             }
             if let Some(receipt) = &receipt
                 && let Err(e) = ctx.queue.extend(receipt, ctx.config.visibility).await
+                && ctx.inflight.contains(&key)
             {
                 tracing::warn!(key, error = %e, "visibility extension failed");
             }

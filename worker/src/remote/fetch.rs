@@ -137,8 +137,9 @@ where
         return Admitted::Skip;
     };
     let mut attempt = 1;
+    let owner = ctx.claim_owner();
     if let Some(ledger) = &ctx.ledger {
-        match ledger.claim(&key, &ctx.owner, ctx.config.lease).await {
+        match ledger.claim(&key, &owner, ctx.config.lease).await {
             Err(e) => {
                 // Not claimed, so not run: let the message come back soon rather
                 // than after a whole visibility timeout.
@@ -183,10 +184,12 @@ where
     for task in &mut bundle.tasks {
         task.attempt = task.attempt.max(attempt);
     }
-    ctx.inflight.insert(key.clone(), receipt.clone());
+    ctx.inflight
+        .insert(key.clone(), receipt.clone(), owner.clone());
     let ticket = Ticket {
         receipt,
         claim_key: Some(key),
+        claim_owner: Some(owner),
         reply_to: Some(reply_to),
     };
     if attempt > ctx.config.max_claims {

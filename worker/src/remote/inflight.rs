@@ -10,7 +10,8 @@ use super::WorkerStats;
 
 #[derive(Debug)]
 pub struct InFlight {
-    held: Mutex<HashMap<String, Option<Receipt>>>,
+    /// Claim key → the delivery's receipt and the claim's owner token.
+    held: Mutex<HashMap<String, (Option<Receipt>, String)>>,
     stats: Arc<WorkerStats>,
 }
 
@@ -22,9 +23,9 @@ impl InFlight {
         }
     }
 
-    pub fn insert(&self, key: String, receipt: Option<Receipt>) {
+    pub fn insert(&self, key: String, receipt: Option<Receipt>, owner: String) {
         let mut held = self.held.lock().expect("inflight lock");
-        held.insert(key, receipt);
+        held.insert(key, (receipt, owner));
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
@@ -34,12 +35,18 @@ impl InFlight {
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
+    pub fn contains(&self, key: &str) -> bool {
+        self.held.lock().expect("inflight lock").contains_key(key)
+    }
+
     pub fn len(&self) -> usize {
         self.held.lock().expect("inflight lock").len()
     }
 
-    pub fn snapshot(&self) -> Vec<(String, Option<Receipt>)> {
+    pub fn snapshot(&self) -> Vec<(String, Option<Receipt>, String)> {
         let held = self.held.lock().expect("inflight lock");
-        held.iter().map(|(k, r)| (k.clone(), r.clone())).collect()
+        held.iter()
+            .map(|(k, (r, o))| (k.clone(), r.clone(), o.clone()))
+            .collect()
     }
 }

@@ -89,11 +89,23 @@ struct Ctx<Q, L, R> {
     ledger: Option<Arc<L>>,
     router: Arc<R>,
     config: RemoteConfig,
+    /// The worker's id; each claim's owner token is this plus a sequence number.
     owner: String,
+    claims: std::sync::atomic::AtomicU64,
     stats: Arc<WorkerStats>,
     inflight: InFlight,
     /// Permits for bundles this worker may hold.
     room: Arc<Semaphore>,
+}
+
+impl<Q, L, R> Ctx<Q, L, R> {
+    /// A fresh owner token for one claim.
+    fn claim_owner(&self) -> String {
+        let n = self
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}#{n}", self.owner)
+    }
 }
 
 /// Runs a worker until it is told to stop, idles out, or its queue is drained.
@@ -117,6 +129,7 @@ where
         ledger,
         router,
         owner: config.pool.worker_id.clone(),
+        claims: std::sync::atomic::AtomicU64::new(0),
         room: Arc::new(Semaphore::new(slots + config.prefetch)),
         config,
         inflight: InFlight::new(stats.clone()),

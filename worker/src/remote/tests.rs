@@ -209,6 +209,30 @@ async fn a_bundle_whose_workers_keep_dying_is_reported_failed() {
 }
 
 #[tokio::test]
+async fn a_second_delivery_to_the_same_worker_while_running_is_held() {
+    // Two deliveries of one bundle, one worker: the second claim must not be
+    // taken for the first (claims carry a token unique per claim).
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let spec = TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("echo x >> {}; sleep 0.3", log.display()),
+        ],
+    };
+    let b = bundle(0, vec![spec]);
+    let ledger = Arc::new(MemoryLedger::new());
+    let run = run(vec![b.clone(), b], Some(ledger), config()).await;
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().lines().count(),
+        1,
+        "ran twice"
+    );
+    assert_eq!(WorkerStats::get(&run.stats.duplicates), 1);
+}
+
+#[tokio::test]
 async fn without_dedup_every_delivery_runs() {
     let run = run(vec![bundle(0, sleeps(4))], None, config()).await;
     assert_eq!(run.router.results("resp").len(), 4);

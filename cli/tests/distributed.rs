@@ -431,3 +431,167 @@ fn a_malformed_message_is_moved_aside_and_work_goes_on() {
     assert_eq!(s.visible + s.in_flight, 0, "{s:?}");
     queue_cleanup(&queue);
 }
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn sigterm_drains_a_worker_without_losing_or_rerunning_anything() {
+    require_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = create_queue(&unique("term"), Duration::from_secs(30), None);
+    let table = unique("ledger-term");
+    let (workload, log) = logging_workload(dir.path(), 200, "0.05");
+    let results = dir.path().join("results.jsonl");
+    let mut draining = worker(queue.url(), &table, "t1", "30s");
+    let client = submit(&workload, queue.url(), &results);
+    wait_for_executions(&log, 20, Duration::from_secs(60));
+    // SIGTERM: stop receiving, finish running bundles, give prefetched ones back
+    // at once (not after the 30 s visibility timeout or lease).
+    let stopped_at = Instant::now();
+    kill(Pid::from_raw(draining.id() as i32), Signal::SIGTERM).unwrap();
+    let status = draining.wait().unwrap();
+    assert!(
+        status.success(),
+        "the worker did not exit cleanly: {status}"
+    );
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(20),
+        "drain took {:?}",
+        stopped_at.elapsed()
+    );
+    let replacement = worker(queue.url(), &table, "t2", "30s");
+    let out = finish(client, Duration::from_secs(120));
+    stop(replacement);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Summary = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary.succeeded, summary.not_run), (200, 0));
+    let runs = executions(&log);
+    assert_eq!(runs.len(), 200, "a task never ran");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "a drained worker's task ran twice"
+    );
+    queue_cleanup(&queue);
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
+    require_servers();
+    let queue = create_queue(&unique("idle"), Duration::from_secs(30), None);
+    let table = unique("ledger-idle");
+    let started = Instant::now();
+    let idle = Command::new(bin("cloudkon-worker"))
+        .args([
+            "--queue",
+            queue.url(),
+            "--ledger-table",
+            &table,
+            "--worker-id",
+            "idler",
+        ])
+        .args([
+            "--receive-wait",
+            "1s",
+            "--idle-timeout",
+            "2s",
+            "--metrics-addr",
+            "off",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        idle.status.success(),
+        "{}",
+        String::from_utf8_lossy(&idle.stderr)
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    let workers = Command::new(env!("CARGO_BIN_EXE_cloudkon"))
+        .args(["workers", "--ledger-table", &table])
+        .output()
+        .unwrap();
+    assert!(
+        workers.status.success(),
+        "{}",
+        String::from_utf8_lossy(&workers.stderr)
+    );
+    let listing = String::from_utf8_lossy(&workers.stdout);
+    assert!(
+        listing.lines().any(|l| l.starts_with("idler ")),
+        "{listing}"
+    );
+    queue_cleanup(&queue);
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn queue_commands_create_inspect_and_delete() {
+    require_servers();
+    let name = unique("cli-queue");
+    let cloudkon = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cloudkon"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let url = cloudkon(&["queue", "create", &name, "--max-receives", "4"]);
+    assert!(url.trim().ends_with(&name), "{url}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&cloudkon(&["queue", "stats", &name, "--json"])).unwrap();
+    assert_eq!(stats["visible"], 0);
+    cloudkon(&["queue", "delete", &name]);
+    let missing = Command::new(env!("CARGO_BIN_EXE_cloudkon"))
+        .args(["queue", "stats", &name])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains(&format!("cannot open queue `{name}`")),
+        "{err}"
+    );
+}
+
+#[test]
+fn submit_to_an_unreachable_queue_server_fails_clearly() {
+    // No servers needed: the endpoint points at a closed port.
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("w.txt");
+    std::fs::write(&workload, "sleep 0\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudkon"))
+        .arg("submit")
+        .arg(&workload)
+        .args(["--queue", "nowhere"])
+        .env("AWS_ENDPOINT_URL_SQS", format!("http://127.0.0.1:{port}"))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open the request queue `nowhere`"),
+        "{err}"
+    );
+}

@@ -17,7 +17,8 @@ use cloudkon_core::aws::{Aws, S3Store, S3Uri};
 use cloudkon_core::{Outcome, Summary, TaskResult};
 use cloudkon_worker::loopback_http::LoopbackServer;
 use common::{
-    create_queue, finish, read_results, require_servers, runtime, stop, submit, unique, worker_with,
+    create_queue, finish, read_results, require_servers, runtime, stop, submit, unique,
+    worker_command, worker_with,
 };
 
 fn stderr(o: &Output) -> String {
@@ -323,6 +324,59 @@ fn a_worker_puts_videos_in_s3_through_sqs() {
             .exists()
     );
     rt.block_on(async {
+        let _ = queue.delete().await;
+    });
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_worker_without_ffmpeg_runs_other_tasks_and_fails_animoto_clearly() {
+    require_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let empty_path = dir.path().join("bin");
+    std::fs::create_dir(&empty_path).unwrap();
+    let queue = create_queue(&unique("noffmpeg"), Duration::from_secs(30), None);
+    let table = unique("ledger-noffmpeg");
+    let log = dir.path().join("worker.log");
+    let w = worker_command(queue.url(), &table, "noff", "20s")
+        .env("PATH", &empty_path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let workload = dir.path().join("w.txt");
+    std::fs::write(
+        &workload,
+        "sleep 10
+animoto file:///nowhere/a.png
+",
+    )
+    .unwrap();
+    let results = dir.path().join("r.jsonl");
+    let out = finish(
+        submit(&workload, queue.url(), &results),
+        Duration::from_secs(60),
+    );
+    stop(w);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let results = sorted_results(&results);
+    assert_eq!(results[0].outcome, Outcome::Succeeded, "{:?}", results[0]);
+    let Outcome::Failed { reason } = &results[1].outcome else {
+        panic!("{:?}", results[1]);
+    };
+    assert!(
+        reason.starts_with("ffmpeg not found on PATH") && reason.contains("apt-get install ffmpeg"),
+        "{reason}"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("animoto tasks will fail on this worker: ffmpeg not found"),
+        "{log}"
+    );
+    rt_delete(queue);
+}
+
+fn rt_delete(queue: cloudkon_core::aws::SqsQueue) {
+    runtime().block_on(async {
         let _ = queue.delete().await;
     });
 }

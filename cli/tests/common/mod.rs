@@ -74,15 +74,22 @@ pub fn worker(queue: &str, table: &str, id: &str, lease: &str) -> Child {
 
 /// [`worker`] with more flags.
 pub fn worker_with(queue: &str, table: &str, id: &str, lease: &str, extra: &[&str]) -> Child {
-    Command::new(bin("cloudkon-worker"))
-        .args(["--queue", queue, "--ledger-table", table, "--worker-id", id])
+    worker_command(queue, table, id, lease)
         .args(extra)
+        .spawn()
+        .unwrap()
+}
+
+/// The command of a [`worker`], to add flags or environment to.
+pub fn worker_command(queue: &str, table: &str, id: &str, lease: &str) -> Command {
+    let mut command = Command::new(bin("cloudkon-worker"));
+    command
+        .args(["--queue", queue, "--ledger-table", table, "--worker-id", id])
         .args(["--threads", "2", "--lease", lease, "--receive-wait", "1s"])
         .args(["--metrics-addr", "off"])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stdout(Stdio::null());
+    command
 }
 
 pub fn submit(workload: &Path, queue: &str, results: &Path) -> Child {

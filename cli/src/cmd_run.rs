@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cloudkon_core::BatchId;
 use cloudkon_core::workload::WorkloadReader;
+use cloudkon_worker::exec::animoto::{S3ObjectStore, check_output, parse_presign_expiry};
 use cloudkon_worker::{
     AnimotoConfig, AnimotoExecutor, EmbeddedConfig, PoolConfig, Progress, Registry, Shutdown,
     run_embedded,
@@ -58,9 +59,14 @@ pub struct RunArgs {
     pub batch: Option<String>,
 
     /// Where `animoto` tasks put their videos (`<batch>-<id>.mp4`), unless a task
-    /// names its own `output`.
-    #[arg(long, value_name = "DIR", default_value = "animoto-out")]
-    pub animoto_out: PathBuf,
+    /// names its own `output`: a local directory or `s3://bucket/prefix`.
+    #[arg(long, value_name = "DIR|S3URI", default_value = "animoto-out")]
+    pub animoto_out: String,
+
+    /// How long the presigned HTTPS URLs of videos put in S3 work (results'
+    /// `artifact_url`); at most 7 days, S3's limit.
+    #[arg(long, value_name = "DURATION", env = "CLOUDKON_PRESIGN_EXPIRY", default_value = "7d", value_parser = parse_presign_expiry)]
+    pub presign_expiry: Duration,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -68,10 +74,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(stats) => stats,
         Err(code) => return Ok(code),
     };
-    let registry = Registry::new().with_animoto(Arc::new(AnimotoExecutor::new(AnimotoConfig {
-        output_dir: args.animoto_out.clone(),
+    if let Err(e) = check_output(&args.animoto_out) {
+        eprintln!("error: --animoto-out: {e}");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    // The S3 client is made when the first s3:// URL comes: runs that never
+    // touch S3 need no AWS configuration.
+    let animoto = AnimotoExecutor::new(AnimotoConfig {
+        output: args.animoto_out.clone(),
         ..AnimotoConfig::default()
-    })));
+    })
+    .with_object_store(Arc::new(S3ObjectStore::lazy(args.presign_expiry)));
+    let registry = Registry::new().with_animoto(Arc::new(animoto));
     // Only what the workload uses is checked: no ffmpeg is needed for sleep and run.
     if stats.animoto > 0
         && let Err(e) = registry.check()

@@ -207,6 +207,7 @@ mod tests {
             stderr: String::new(),
             truncated: false,
             artifact: None,
+            artifact_url: None,
             worker: "w".into(),
             submitted: Timestamp(submitted),
             started: Timestamp(started),

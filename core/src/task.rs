@@ -155,6 +155,10 @@ pub struct TaskResult {
     /// A file or URL the task produced (the Animoto video, for instance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
+    /// A URL that fetches the artifact without credentials, when it is in an
+    /// object store (a presigned HTTPS GET of the `s3://` artifact; it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_url: Option<String>,
     pub worker: Arc<str>,
     pub submitted: Timestamp,
     pub started: Timestamp,
@@ -275,7 +279,8 @@ mod tests {
             stdout: String::new(),
             stderr: "boom".into(),
             truncated: false,
-            artifact: None,
+            artifact: Some("s3://b/v/b-1.mp4".into()),
+            artifact_url: Some("https://b.s3.amazonaws.com/v/b-1.mp4?X-Amz-Expires=604800".into()),
             worker: "w1".into(),
             submitted: Timestamp(1_700_000_000_000_001),
             started: Timestamp(1_700_000_000_000_500),

@@ -2,8 +2,8 @@
 //! results back to the client.
 //!
 //! A message body is base64 (SQS bodies must be text) of two header bytes — the
-//! format version and the message kind — followed by postcard of a private wire
-//! struct. The wire structs are plain (postcard cannot do serde's `flatten` or
+//! format version of its kind and the message kind — followed by postcard of a
+//! private wire struct. The wire structs are plain (postcard cannot do serde's `flatten` or
 //! internally tagged enums) and squeeze out what repeats: batch ids, worker ids and
 //! program names are stored once per message in a table and referenced by index,
 //! task ids as deltas from the previous one, timestamps as deltas.
@@ -20,9 +20,14 @@ use crate::task::{AnimotoSpec, BatchId, Outcome, Task, TaskResult, TaskSpec, Tim
 /// The largest SQS message body, in bytes.
 pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;
 
-/// Bumped on any change of the wire structs: an old worker then rejects a new
-/// message with [`WireError::UnknownVersion`] instead of misreading it.
-const FORMAT_VERSION: u8 = 1;
+/// The format version of bundles. Each kind has its own, bumped on any change
+/// of its wire structs: an old program then rejects a new message with
+/// [`WireError::UnknownVersion`] instead of misreading it, and a change of one
+/// kind leaves the other readable by old programs.
+const BUNDLE_VERSION: u8 = 1;
+/// The format version of results. 2: results carry `artifact_url`. Version 1
+/// is still read (stored results in the ledger, results of older workers).
+const RESULTS_VERSION: u8 = 2;
 
 /// What a message holds (the second header byte), so that a results message sent
 /// to a task queue by mistake is named as such.
@@ -37,6 +42,22 @@ impl MessageKind {
         match self {
             MessageKind::Bundle => 1,
             MessageKind::Results => 2,
+        }
+    }
+
+    /// The version this program writes.
+    fn version(self) -> u8 {
+        match self {
+            MessageKind::Bundle => BUNDLE_VERSION,
+            MessageKind::Results => RESULTS_VERSION,
+        }
+    }
+
+    /// The versions this program reads.
+    fn readable(self) -> &'static [u8] {
+        match self {
+            MessageKind::Bundle => &[1],
+            MessageKind::Results => &[1, 2],
         }
     }
 
@@ -55,8 +76,11 @@ pub enum WireError {
     Base64(#[from] base64::DecodeError),
     #[error("truncated message: {len} bytes, shorter than the 2-byte header")]
     NoHeader { len: usize },
-    #[error("unknown wire format version {found} (this program reads version {FORMAT_VERSION})")]
-    UnknownVersion { found: u8 },
+    #[error(
+        "unknown wire format version {found} of {kind:?} messages (this program reads versions {:?})",
+        kind.readable()
+    )]
+    UnknownVersion { kind: MessageKind, found: u8 },
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
     #[error("expected a {expected:?} message, got a {found:?} message")]
@@ -141,17 +165,27 @@ enum WireSpec {
     },
 }
 
+/// Results; `R` is [`WireResult`], or [`WireResultV1`] in version 1.
 #[derive(Serialize, Deserialize)]
-struct WireResults {
+struct WireResults<R> {
     key: String,
     ideal: Duration,
     batches: Vec<String>,
     workers: Vec<String>,
-    results: Vec<WireResult>,
+    results: Vec<R>,
 }
 
+/// A result in version 2: version 1's fields, then the new ones (postcard
+/// writes a nested struct's fields in place, as if they were this struct's).
 #[derive(Serialize, Deserialize)]
 struct WireResult {
+    v1: WireResultV1,
+    artifact_url: Option<String>,
+}
+
+/// A result in version 1.
+#[derive(Serialize, Deserialize)]
+struct WireResultV1 {
     batch: u32,
     id_delta: i64,
     attempt: u32,
@@ -229,33 +263,48 @@ fn duration_ms(d: Duration) -> u64 {
 // ---------------------------------------------------------------- framing --
 
 fn frame<T: Serialize>(kind: MessageKind, value: &T) -> String {
-    let bytes = postcard::to_extend(value, vec![FORMAT_VERSION, kind.byte()])
+    frame_version(kind, kind.version(), value)
+}
+
+fn frame_version<T: Serialize>(kind: MessageKind, version: u8, value: &T) -> String {
+    let bytes = postcard::to_extend(value, vec![version, kind.byte()])
         .expect("serialising to a Vec cannot fail");
     BASE64.encode(bytes)
 }
 
-fn unframe<T: for<'de> Deserialize<'de>>(
-    expected: MessageKind,
-    body: &str,
-) -> Result<T, WireError> {
-    let bytes = BASE64.decode(body.trim())?;
-    let [version, kind, rest @ ..] = bytes.as_slice() else {
+/// The header of a message (its kind and version checked), and its payload.
+fn unframe(expected: MessageKind, body: &str) -> Result<(u8, Vec<u8>), WireError> {
+    let mut bytes = BASE64.decode(body.trim())?;
+    let [version, kind, ..] = bytes[..] else {
         return Err(WireError::NoHeader { len: bytes.len() });
     };
-    if *version != FORMAT_VERSION {
-        return Err(WireError::UnknownVersion { found: *version });
-    }
-    let found = MessageKind::from_byte(*kind).ok_or(WireError::UnknownKind(*kind))?;
+    let found = MessageKind::from_byte(kind).ok_or(WireError::UnknownKind(kind))?;
     if found != expected {
         return Err(WireError::WrongKind { expected, found });
     }
-    let (value, extra) = postcard::take_from_bytes::<T>(rest).map_err(|source| match source {
-        postcard::Error::DeserializeUnexpectedEnd => WireError::Truncated { kind: expected },
-        source => WireError::Malformed {
+    if !expected.readable().contains(&version) {
+        return Err(WireError::UnknownVersion {
             kind: expected,
-            source,
-        },
-    })?;
+            found: version,
+        });
+    }
+    bytes.drain(..2);
+    Ok((version, bytes))
+}
+
+/// The payload of a message of kind `expected` as a `T`, all of it.
+fn parse<T: for<'de> Deserialize<'de>>(
+    expected: MessageKind,
+    payload: &[u8],
+) -> Result<T, WireError> {
+    let (value, extra) =
+        postcard::take_from_bytes::<T>(payload).map_err(|source| match source {
+            postcard::Error::DeserializeUnexpectedEnd => WireError::Truncated { kind: expected },
+            source => WireError::Malformed {
+                kind: expected,
+                source,
+            },
+        })?;
     if !extra.is_empty() {
         return Err(WireError::TrailingBytes {
             kind: expected,
@@ -270,13 +319,17 @@ pub fn message_kind(body: &str) -> Result<MessageKind, WireError> {
     // Four base64 characters are three bytes: enough for the header.
     let head = body.trim().get(..4).unwrap_or(body);
     let bytes = BASE64.decode(head)?;
-    match bytes.as_slice() {
-        [FORMAT_VERSION, kind, ..] => {
-            MessageKind::from_byte(*kind).ok_or(WireError::UnknownKind(*kind))
-        }
-        [version, _, ..] => Err(WireError::UnknownVersion { found: *version }),
-        _ => Err(WireError::NoHeader { len: bytes.len() }),
+    let [version, kind, ..] = bytes[..] else {
+        return Err(WireError::NoHeader { len: bytes.len() });
+    };
+    let kind = MessageKind::from_byte(kind).ok_or(WireError::UnknownKind(kind))?;
+    if !kind.readable().contains(&version) {
+        return Err(WireError::UnknownVersion {
+            kind,
+            found: version,
+        });
     }
+    Ok(kind)
 }
 
 // ---------------------------------------------------------------- bundles --
@@ -329,7 +382,8 @@ pub fn encode_bundle(bundle: &Bundle) -> String {
 /// A bundle from an SQS message body.
 pub fn decode_bundle(body: &str) -> Result<Bundle, WireError> {
     const KIND: MessageKind = MessageKind::Bundle;
-    let wire: WireBundle = unframe(KIND, body)?;
+    let (_version, payload) = unframe(KIND, body)?;
+    let wire: WireBundle = parse(KIND, &payload)?;
     let batches: Vec<BatchId> = wire.batches.into_iter().map(BatchId::new).collect();
     let mut previous = 0;
     let mut tasks = Vec::with_capacity(wire.tasks.len());
@@ -421,7 +475,7 @@ fn split_into(bundle: &Bundle, max_bytes: usize, out: &mut Vec<String>) -> Resul
 
 // ---------------------------------------------------------------- results --
 
-fn wire_results(msg: &ResultsMessage, output_cap: Option<usize>) -> WireResults {
+fn wire_results(msg: &ResultsMessage, output_cap: Option<usize>) -> WireResults<WireResult> {
     let mut batches = Interner::default();
     let mut workers = Interner::default();
     let (mut previous_id, mut previous_submitted) = (0, 0);
@@ -431,7 +485,7 @@ fn wire_results(msg: &ResultsMessage, output_cap: Option<usize>) -> WireResults 
         .map(|r| {
             let (stdout, cut_out) = tail(&r.stdout, output_cap);
             let (stderr, cut_err) = tail(&r.stderr, output_cap);
-            let w = WireResult {
+            let v1 = WireResultV1 {
                 batch: batches.index(r.batch.as_str()),
                 id_delta: delta(r.id, previous_id),
                 attempt: r.attempt,
@@ -452,7 +506,10 @@ fn wire_results(msg: &ResultsMessage, output_cap: Option<usize>) -> WireResults 
             };
             previous_id = r.id;
             previous_submitted = r.submitted.0;
-            w
+            WireResult {
+                v1,
+                artifact_url: r.artifact_url.clone(),
+            }
         })
         .collect();
     WireResults {
@@ -524,12 +581,35 @@ pub fn encode_results(msg: &ResultsMessage, max_bytes: usize) -> Result<String, 
 /// A results message from a message body.
 pub fn decode_results(body: &str) -> Result<ResultsMessage, WireError> {
     const KIND: MessageKind = MessageKind::Results;
-    let wire: WireResults = unframe(KIND, body)?;
+    let (version, payload) = unframe(KIND, body)?;
+    let wire: WireResults<WireResult> = if version == 1 {
+        let old: WireResults<WireResultV1> = parse(KIND, &payload)?;
+        WireResults {
+            key: old.key,
+            ideal: old.ideal,
+            batches: old.batches,
+            workers: old.workers,
+            results: old
+                .results
+                .into_iter()
+                .map(|v1| WireResult {
+                    v1,
+                    artifact_url: None,
+                })
+                .collect(),
+        }
+    } else {
+        parse(KIND, &payload)?
+    };
     let batches: Vec<BatchId> = wire.batches.into_iter().map(BatchId::new).collect();
     let workers: Vec<std::sync::Arc<str>> = wire.workers.into_iter().map(Into::into).collect();
     let (mut previous_id, mut previous_submitted) = (0, 0);
     let mut results = Vec::with_capacity(wire.results.len());
-    for r in wire.results {
+    for WireResult {
+        v1: r,
+        artifact_url,
+    } in wire.results
+    {
         let id = undelta(r.id_delta, previous_id);
         let submitted = undelta(r.submitted_delta, previous_submitted);
         previous_id = id;
@@ -558,6 +638,7 @@ pub fn decode_results(body: &str) -> Result<ResultsMessage, WireError> {
             stderr: r.stderr,
             truncated: r.truncated,
             artifact: r.artifact,
+            artifact_url,
             worker: workers
                 .get(r.worker as usize)
                 .ok_or_else(|| bad("worker", r.worker, workers.len()))?
@@ -640,6 +721,7 @@ mod tests {
             stderr: String::new(),
             truncated: false,
             artifact: None,
+            artifact_url: None,
             worker: "i-0abc123def4567890/3".into(),
             submitted: Timestamp(1_777_000_000_123_456),
             started: Timestamp(1_777_000_000_223_456 + id),
@@ -685,6 +767,9 @@ mod tests {
         results[2].outcome = Outcome::TimedOut;
         results[2].exit_code = None;
         results[2].artifact = Some("s3://out/videos/2.mp4".into());
+        results[2].artifact_url = Some(
+            "https://out.s3.us-east-1.amazonaws.com/videos/2.mp4?X-Amz-Expires=604800&X-Amz-Signature=abc".into(),
+        );
         results[2].submitted = Timestamp(5); // clocks far apart: deltas wrap
         let msg = ResultsMessage {
             key: "b#5".into(),
@@ -693,6 +778,55 @@ mod tests {
         };
         let body = encode_results(&msg, SQS_MAX_MESSAGE_BYTES).unwrap();
         assert_eq!(decode_results(&body).unwrap(), msg);
+    }
+
+    #[test]
+    fn results_of_version_1_still_decode_without_artifact_url() {
+        // A results message as a version-1 worker (or ledger item) has it.
+        let mut r = result(4, "out");
+        r.artifact = Some("s3://out/videos/4.mp4".into());
+        let msg = ResultsMessage {
+            key: "b#4".into(),
+            ideal: Duration::from_millis(7),
+            results: vec![r, result(9, "")],
+        };
+        let v2 = wire_results(&msg, None);
+        let v1 = WireResults {
+            key: v2.key,
+            ideal: v2.ideal,
+            batches: v2.batches,
+            workers: v2.workers,
+            results: v2.results.into_iter().map(|r| r.v1).collect(),
+        };
+        let body = frame_version(MessageKind::Results, 1, &v1);
+        assert_eq!(BASE64.decode(&body).unwrap()[0], 1);
+        assert_eq!(message_kind(&body).unwrap(), MessageKind::Results);
+        assert_eq!(decode_results(&body).unwrap(), msg);
+    }
+
+    #[test]
+    fn each_kind_has_its_own_version() {
+        let bundle = BASE64.decode(encode_bundle(&sleep0_bundle(1))).unwrap();
+        let results = ResultsMessage {
+            key: "k".into(),
+            ideal: Duration::ZERO,
+            results: vec![],
+        };
+        let results = BASE64
+            .decode(encode_results(&results, 1000).unwrap())
+            .unwrap();
+        // Bundles did not change: workers of version 1 still read them.
+        assert_eq!(bundle[..2], [1, 1]);
+        assert_eq!(results[..2], [2, 2]);
+        // A version-2 bundle does not exist yet: refused, naming the kind.
+        let mut future = bundle.clone();
+        future[0] = 2;
+        let err = decode_bundle(&BASE64.encode(&future)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("version 2 of Bundle messages (this program reads versions [1])"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -712,7 +846,7 @@ mod tests {
         let mut future = bytes.clone();
         future[0] = 9;
         let err = decode_bundle(&reencode(&future)).unwrap_err();
-        assert!(matches!(err, WireError::UnknownVersion { found: 9 }));
+        assert!(matches!(err, WireError::UnknownVersion { found: 9, .. }));
         assert!(err.to_string().contains("version 9"), "{err}");
         let err = decode_bundle(&reencode(&bytes[..bytes.len() - 3])).unwrap_err();
         assert!(matches!(err, WireError::Truncated { .. }), "{err}");

@@ -11,9 +11,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cloudkon_core::Timestamp;
 use cloudkon_core::aws::{Aws, DynamoLedger, WorkerHeartbeat};
+use cloudkon_worker::exec::animoto::{S3ObjectStore, check_output, parse_presign_expiry};
 use cloudkon_worker::remote::{RemoteConfig, StopReason, WorkerStats, run_remote};
 use cloudkon_worker::serve::{WorkerCollector, serve};
-use cloudkon_worker::{PoolConfig, Registry, Shutdown};
+use cloudkon_worker::{AnimotoConfig, AnimotoExecutor, PoolConfig, Registry, Shutdown};
 use tokio_util::sync::CancellationToken;
 
 /// Runs CloudKon tasks from an SQS queue. Every flag can also be set with the
@@ -90,6 +91,22 @@ struct Args {
     #[arg(long, env = "CLOUDKON_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: String,
 
+    /// Where animoto tasks put their videos unless a task names its own
+    /// `output`: `s3://bucket/prefix` (use this: videos on a worker's disk are
+    /// out of the client's reach, and gone with the pod) or a local directory.
+    #[arg(
+        long,
+        value_name = "DIR|S3URI",
+        env = "CLOUDKON_ANIMOTO_OUT",
+        default_value = "/tmp/cloudkon-animoto"
+    )]
+    animoto_out: String,
+
+    /// How long the presigned HTTPS URLs of videos put in S3 work (results'
+    /// `artifact_url`); at most 7 days, S3's limit.
+    #[arg(long, value_name = "DURATION", env = "CLOUDKON_PRESIGN_EXPIRY", default_value = "7d", value_parser = parse_presign_expiry)]
+    presign_expiry: Duration,
+
     /// This worker's name in results and heartbeats [default: host name and PID].
     #[arg(long, env = "CLOUDKON_WORKER_ID")]
     worker_id: Option<String>,
@@ -165,13 +182,25 @@ async fn run(args: Args) -> Result<StopReason> {
                 .with_context(|| format!("--metrics-addr: `{addr}` is not HOST:PORT or `off`"))?,
         ),
     };
-    let registry = Registry::new();
-    registry
-        .check()
-        .map_err(anyhow::Error::msg)
-        .context("cannot start the executors")?;
-
+    check_output(&args.animoto_out).context("--animoto-out")?;
     let aws = Aws::load().await;
+    let animoto = AnimotoExecutor::new(AnimotoConfig {
+        output: args.animoto_out.clone(),
+        ..AnimotoConfig::default()
+    })
+    .with_object_store(Arc::new(S3ObjectStore::new(aws.s3(), args.presign_expiry)));
+    let registry = Registry::new().with_animoto(Arc::new(animoto));
+    // A worker cannot know whether animoto tasks will come: without ffmpeg it
+    // still runs the other kinds, and each animoto task fails saying why.
+    if let Err(e) = registry.check() {
+        tracing::warn!("animoto tasks will fail on this worker: {e}");
+    }
+    if !args.animoto_out.starts_with("s3://") {
+        tracing::info!(
+            dir = %args.animoto_out,
+            "animoto videos stay on this worker's disk unless a task names an s3:// output (set --animoto-out s3://BUCKET/PREFIX)"
+        );
+    }
     let sqs = aws.sqs();
     let queue = sqs
         .open(&args.queue)

@@ -213,6 +213,7 @@ async fn run_task(
             stderr: output.stderr,
             truncated: output.truncated,
             artifact: output.artifact,
+            artifact_url: output.artifact_url,
             worker: worker.clone(),
             submitted,
             started,

@@ -120,7 +120,7 @@ struct Setup {
 fn setup(tune: impl FnOnce(&mut AnimotoConfig)) -> Setup {
     let (out, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut config = AnimotoConfig {
-        output_dir: out.path().to_path_buf(),
+        output: out.path().to_string_lossy().into_owned(),
         work_dir: Some(work.path().to_path_buf()),
         ..AnimotoConfig::default()
     };
@@ -534,9 +534,10 @@ async fn a_missing_ffmpeg_is_reported_at_check_and_per_task() {
         .execute(&task(13, spec(vec![images.file_url("small.png")])), LIMITS)
         .await;
     assert!(
-        reason(&out).starts_with("ffmpeg failed (cannot start `/nonexistent/ffmpeg`: No such file"),
+        reason(&out).starts_with("ffmpeg not found on PATH (looked for `/nonexistent/ffmpeg`)"),
         "{out:?}"
     );
+    assert!(reason(&out).contains("apt-get install ffmpeg"), "{out:?}");
     s.assert_clean();
     assert!(setup(|_| {}).executor.check().is_ok());
 }

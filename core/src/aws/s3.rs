@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
 };
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use tokio::io::AsyncBufRead;
 
 use super::error::{AwsError, ErrorKind};
 
@@ -75,6 +77,21 @@ impl FromStr for S3Uri {
 impl fmt::Display for S3Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// An object being read (see [`S3Store::open`]).
+pub struct ObjectReader {
+    /// The object's size in bytes, as the server declares it.
+    pub size: Option<u64>,
+    pub body: Pin<Box<dyn AsyncBufRead + Send>>,
+}
+
+impl fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -321,10 +338,9 @@ impl S3Store {
         Ok(body.into_bytes().to_vec())
     }
 
-    /// Downloads an object to a file, streaming (no whole copy in memory).
-    /// Returns the number of bytes written.
-    pub async fn download_to(&self, bucket: &str, key: &str, path: &Path) -> Result<u64, AwsError> {
-        let resource = uri(bucket, key);
+    /// Starts reading an object: its size as the server declares it (so that a
+    /// caller with a limit can refuse it before reading), and its bytes.
+    pub async fn open(&self, bucket: &str, key: &str) -> Result<ObjectReader, AwsError> {
         let out = self
             .client
             .get_object()
@@ -332,7 +348,18 @@ impl S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| err("GetObject", resource.clone(), e))?;
+            .map_err(|e| err("GetObject", uri(bucket, key), e))?;
+        Ok(ObjectReader {
+            size: out.content_length.and_then(|n| u64::try_from(n).ok()),
+            body: Box::pin(out.body.into_async_read()),
+        })
+    }
+
+    /// Downloads an object to a file, streaming (no whole copy in memory).
+    /// Returns the number of bytes written.
+    pub async fn download_to(&self, bucket: &str, key: &str, path: &Path) -> Result<u64, AwsError> {
+        let resource = uri(bucket, key);
+        let mut body = self.open(bucket, key).await?.body;
         let mut file = tokio::fs::File::create(path).await.map_err(|e| {
             io_error(
                 "GetObject",
@@ -340,7 +367,6 @@ impl S3Store {
                 format!("{}: {e}", path.display()),
             )
         })?;
-        let mut body = out.body.into_async_read();
         let n = tokio::io::copy(&mut body, &mut file).await.map_err(|e| {
             io_error(
                 "GetObject",

@@ -25,6 +25,8 @@ pub struct ExecOutput {
     pub stderr: String,
     pub truncated: bool,
     pub artifact: Option<String>,
+    /// A credential-free URL of the artifact (a presigned S3 GET).
+    pub artifact_url: Option<String>,
 }
 
 impl ExecOutput {
@@ -50,6 +52,7 @@ impl ExecOutput {
             stderr: String::new(),
             truncated: false,
             artifact: None,
+            artifact_url: None,
         }
     }
 }

@@ -236,6 +236,7 @@ fn give_up(
             stderr: String::new(),
             truncated: false,
             artifact: None,
+            artifact_url: None,
             worker: worker.clone(),
             submitted,
             started: now,

@@ -11,6 +11,7 @@
 mod encode;
 mod fetch;
 mod magic;
+mod s3;
 
 use std::future::Future;
 use std::io;
@@ -25,6 +26,10 @@ use cloudkon_core::{AnimotoSpec, Task, TaskSpec};
 pub use encode::{EncodeError, EncodePlan};
 pub use fetch::{FetchError, FetchLimits};
 pub use magic::ImageKind;
+pub use s3::{
+    DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, S3ObjectStore, S3StoreError, check_output,
+    parse_presign_expiry,
+};
 
 use super::{ExecFuture, ExecLimits, ExecOutput, Executor};
 use fetch::{Fetcher, HttpClient, error_chain};
@@ -39,15 +44,34 @@ pub trait ObjectStore: Send + Sync {
     /// failing if it is larger than `max_bytes`.
     fn get<'a>(&'a self, url: &'a str, dest: &'a Path, max_bytes: u64) -> StoreFuture<'a, ()>;
 
-    /// Uploads the file `file` as the object `url`; returns the object's URL.
-    fn put<'a>(&'a self, file: &'a Path, url: &'a str) -> StoreFuture<'a, String>;
+    /// Uploads the file `file` as the object `url` (`s3://bucket/key`).
+    fn put<'a>(&'a self, file: &'a Path, url: &'a str) -> StoreFuture<'a, StoredObject>;
+}
+
+/// An object an [`ObjectStore`] holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    /// `s3://bucket/key`.
+    pub uri: String,
+    /// A URL that fetches it without credentials (presigned), if the store makes one.
+    pub url: Option<String>,
+}
+
+/// Where a task's video went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Video {
+    /// Its absolute path, or its `s3://` URI.
+    pub artifact: String,
+    /// A credential-free URL of a video in an object store.
+    pub url: Option<String>,
 }
 
 /// The executor's settings; a task's own options win where it has them.
 #[derive(Clone, Debug)]
 pub struct AnimotoConfig {
-    /// Where videos go when a task names no output.
-    pub output_dir: PathBuf,
+    /// Where videos go when a task names no output: a local directory, or
+    /// `s3://bucket/prefix` (which needs an object store).
+    pub output: String,
     /// Where scratch directories are made [default: the system's temp dir].
     pub work_dir: Option<PathBuf>,
     /// The ffmpeg program (a name on PATH or a path).
@@ -68,7 +92,7 @@ pub struct AnimotoConfig {
 impl Default for AnimotoConfig {
     fn default() -> Self {
         Self {
-            output_dir: PathBuf::from("animoto-out"),
+            output: "animoto-out".into(),
             work_dir: None,
             ffmpeg: PathBuf::from("ffmpeg"),
             fetch: FetchLimits {
@@ -98,6 +122,8 @@ pub enum AnimotoError {
     BadResolution(String),
     #[error("seconds_per_image and frame_rate must be at least 1")]
     ZeroRate,
+    #[error("{0}")]
+    NoFfmpeg(String),
     #[error("output {0}: s3:// needs the S3 backend (this worker has no object store configured)")]
     NeedsS3Output(String),
     #[error("cannot create the output directory {}: {source}", path.display())]
@@ -127,6 +153,9 @@ pub struct AnimotoExecutor {
     config: AnimotoConfig,
     http: HttpClient,
     store: Option<Arc<dyn ObjectStore>>,
+    /// Set once ffmpeg has passed [`check_ffmpeg`]; a failed check is tried
+    /// again by the next task (ffmpeg may have been installed since).
+    ffmpeg_ok: tokio::sync::OnceCell<()>,
 }
 
 impl AnimotoExecutor {
@@ -135,6 +164,7 @@ impl AnimotoExecutor {
             config,
             http: HttpClient::default(),
             store: None,
+            ffmpeg_ok: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -148,17 +178,14 @@ impl AnimotoExecutor {
         &self.config
     }
 
-    /// Makes the task's video; returns where it is (a path or an object URL).
-    pub async fn make_video(
-        &self,
-        task: &Task,
-        spec: &AnimotoSpec,
-    ) -> Result<String, AnimotoError> {
+    /// Makes the task's video; returns where it is.
+    pub async fn make_video(&self, task: &Task, spec: &AnimotoSpec) -> Result<Video, AnimotoError> {
         let plan = self.plan(spec)?;
-        let output = spec.output.as_deref().map_or_else(
-            || self.config.output_dir.to_string_lossy().into_owned(),
-            str::to_owned,
-        );
+        self.ffmpeg_ready().await?;
+        let output = spec
+            .output
+            .clone()
+            .unwrap_or_else(|| self.config.output.clone());
         let file_name = video_name(task);
         let remote = output.starts_with("s3://");
         if remote && self.store.is_none() {
@@ -214,7 +241,7 @@ impl AnimotoExecutor {
                 .await
             }
         };
-        let artifact = match out_dir {
+        let video = match out_dir {
             Some(dir) => {
                 let partial = tempfile::Builder::new()
                     .prefix(&format!(".{file_name}."))
@@ -232,20 +259,27 @@ impl AnimotoExecutor {
                     path: path.clone(),
                     source: e.error,
                 })?;
-                path.to_string_lossy().into_owned()
+                Video {
+                    artifact: path.to_string_lossy().into_owned(),
+                    url: None,
+                }
             }
             None => {
                 let video = scratch.path().join(&file_name);
                 encode(video.clone()).await?;
                 let url = format!("{}/{file_name}", output.trim_end_matches('/'));
                 let store = self.store.as_deref().expect("checked above");
-                store
+                let stored = store
                     .put(&video, &url)
                     .await
                     .map_err(|e| AnimotoError::Upload {
                         url: url.clone(),
                         reason: error_chain(e.as_ref()),
-                    })?
+                    })?;
+                Video {
+                    artifact: stored.uri,
+                    url: stored.url,
+                }
             }
         };
         tracing::info!(
@@ -254,10 +288,24 @@ impl AnimotoExecutor {
             images = names.len(),
             fetch_ms = fetched_in.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
-            artifact,
+            artifact = video.artifact,
             "animoto video made"
         );
-        Ok(artifact)
+        Ok(video)
+    }
+
+    /// Fails the task at once, before any download, when ffmpeg cannot run.
+    async fn ffmpeg_ready(&self) -> Result<(), AnimotoError> {
+        self.ffmpeg_ok
+            .get_or_try_init(|| async {
+                let ffmpeg = self.config.ffmpeg.clone();
+                tokio::task::spawn_blocking(move || check_ffmpeg(&ffmpeg))
+                    .await
+                    .map_err(|e| format!("cannot check ffmpeg: {e}"))?
+            })
+            .await
+            .map(|_| ())
+            .map_err(AnimotoError::NoFfmpeg)
     }
 
     fn plan(&self, spec: &AnimotoSpec) -> Result<EncodePlan, AnimotoError> {
@@ -312,9 +360,10 @@ impl Executor for AnimotoExecutor {
                 None => self.make_video(task, spec).await,
             };
             match made {
-                Ok(artifact) => {
+                Ok(video) => {
                     let mut out = ExecOutput::succeeded();
-                    out.artifact = Some(artifact);
+                    out.artifact = Some(video.artifact);
+                    out.artifact_url = video.url;
                     out
                 }
                 Err(e) => {

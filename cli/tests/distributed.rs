@@ -64,13 +64,14 @@ fn logging_workload(dir: &Path, count: u64, secs: &str) -> (PathBuf, PathBuf) {
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn killed_workers_lose_nothing_and_rerun_only_their_bundles() {
     require_servers();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
-    let queue = create_queue(&unique("kill"), Duration::from_secs(3), None);
+    let queue = create_queue(&unique("kill"), Duration::from_secs(5), None);
     let table = unique("ledger-kill");
     let (workload, log) = logging_workload(dir.path(), 2000, "0.01");
     let results = dir.path().join("results.jsonl");
     let mut workers: Vec<Child> = (0..3)
-        .map(|i| worker(queue.url(), &table, &format!("w{i}"), "3s"))
+        .map(|i| worker(queue.url(), &table, &format!("w{i}"), "5s"))
         .collect();
     let client = submit(&workload, queue.url(), &results);
 
@@ -80,7 +81,7 @@ fn killed_workers_lose_nothing_and_rerun_only_their_bundles() {
     let mut victim = workers.remove(0);
     kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL).unwrap();
     victim.wait().unwrap();
-    workers.push(worker(queue.url(), &table, "w3", "3s"));
+    workers.push(worker(queue.url(), &table, "w3", "5s"));
     wait_for_executions(&log, 1000, Duration::from_secs(120));
     let mut victim = workers.remove(0);
     kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL).unwrap();
@@ -134,10 +135,11 @@ fn queue_cleanup(queue: &SqsQueue) {
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn a_message_delivered_twice_runs_once() {
     require_servers();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("executions.log");
     // Redelivered after 1 s while its first run (3 s) is still going: the lease
-    // (6 s, renewed every 2 s) must keep the second delivery from running it.
+    // (10 s, renewed every 3.3 s) must keep the second delivery from running it.
     let queue = create_queue(&unique("dup"), Duration::from_secs(1), None);
     let table = unique("ledger-dup");
     let response = create_queue(&unique("dup-resp"), Duration::from_secs(30), None);
@@ -168,8 +170,8 @@ fn a_message_delivered_twice_runs_once() {
     ]))
     .unwrap();
     let workers = vec![
-        worker(queue.url(), &table, "d1", "6s"),
-        worker(queue.url(), &table, "d2", "6s"),
+        worker(queue.url(), &table, "d1", "10s"),
+        worker(queue.url(), &table, "d2", "10s"),
     ];
     // Wait until both tasks reported, then until the queue is empty (every
     // delivery handled), then check executions.
@@ -231,6 +233,7 @@ fn pause_server(pid_var: &str, pause: Duration) {
 
 fn survives_a_paused(pid_var: &str) {
     require_servers();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let queue = create_queue(&unique("pause"), Duration::from_secs(10), None);
     let table = unique("ledger-pause");
@@ -278,6 +281,7 @@ fn a_paused_dynamodb_server_delays_but_loses_nothing() {
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn a_malformed_message_is_moved_aside_and_work_goes_on() {
     require_servers();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let queue = create_queue(&unique("junk"), Duration::from_secs(5), Some(3));
     let table = unique("ledger-junk");
@@ -333,6 +337,7 @@ fn a_malformed_message_is_moved_aside_and_work_goes_on() {
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn sigterm_drains_a_worker_without_losing_or_rerunning_anything() {
     require_servers();
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let queue = create_queue(&unique("term"), Duration::from_secs(30), None);
     let table = unique("ledger-term");
@@ -378,6 +383,7 @@ fn sigterm_drains_a_worker_without_losing_or_rerunning_anything() {
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
     require_servers();
+    let _serial = common::serial();
     let queue = create_queue(&unique("idle"), Duration::from_secs(30), None);
     let table = unique("ledger-idle");
     let started = Instant::now();
@@ -432,6 +438,7 @@ fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn queue_commands_create_inspect_and_delete() {
     require_servers();
+    let _serial = common::serial();
     let name = unique("cli-queue");
     let cloudkon = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_cloudkon"))

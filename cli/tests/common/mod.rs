@@ -135,3 +135,11 @@ pub fn read_results(path: &Path) -> Vec<TaskResult> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Serialises the tests of one binary that run worker fleets: leases are short
+/// in tests, and two fleets at once on two cores can starve a worker's lease
+/// renewals, which is a take-over (a re-run) the test would then blame on the code.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -8,14 +8,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::{Aws, SqsQueue};
 use cloudkon_core::queue::TaskQueue;
 use cloudkon_core::{BatchId, Bundle, Summary, Task, TaskSpec, Timestamp};
 use common::{
-    create_queue, finish, read_results, require_servers, runtime, stop, submit, unique, worker,
+    bin, create_queue, finish, read_results, require_servers, runtime, stop, submit, unique, worker,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -145,7 +145,6 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -5,7 +5,6 @@ use std::error::Error as StdError;
 use std::fmt::Debug;
 
 use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// What kind of failure, for the caller's decision.
@@ -78,7 +77,7 @@ impl AwsError {
         let message = match (&err, code.as_deref(), err.message()) {
             (SdkError::ServiceError(_), Some(code), Some(message)) => format!("{code}: {message}"),
             (SdkError::ServiceError(_), Some(code), None) => code.to_string(),
-            _ => DisplayErrorContext(&err).to_string(),
+            _ => cause_chain(&err),
         };
         Self {
             service,
@@ -89,6 +88,21 @@ impl AwsError {
             code,
         }
     }
+}
+
+/// "outer: cause: root cause", without the debug dump the SDK's own rendering
+/// appends, and without a cause that repeats its parent's text.
+fn cause_chain(err: &dyn StdError) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut next = err.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 fn classify(code: Option<&str>) -> ErrorKind {

@@ -26,21 +26,12 @@ pub struct RunArgs {
     /// The workload file (see `cloudkon --help` for its format).
     pub workload: PathBuf,
 
+    #[command(flatten)]
+    pub common: workload_file::BatchArgs,
+
     /// Concurrent worker slots [default: the number of CPUs].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub workers: Option<u32>,
-
-    /// Write every task's result to this file, one JSON object a line.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-
-    /// Print the summary as JSON on stdout (and no progress display).
-    #[arg(long)]
-    pub json: bool,
-
-    /// Per-task timeout, e.g. `30s` or `500ms`; a task's own `timeout_ms` wins.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub timeout: Option<Duration>,
 
     /// Executions of a failing task, the first included (1: no retry).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -53,10 +44,6 @@ pub struct RunArgs {
     /// Bytes of stdout and of stderr kept per task (the last ones).
     #[arg(long, value_name = "BYTES", default_value_t = 4096)]
     pub output_bytes: usize,
-
-    /// The batch's name in results [default: the workload's file name and the time].
-    #[arg(long, value_name = "NAME")]
-    pub batch: Option<String>,
 
     /// Where `animoto` tasks put their videos (`<batch>-<id>.mp4`), unless a task
     /// names its own `output`: a local directory or `s3://bucket/prefix`.
@@ -92,12 +79,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     {
         anyhow::bail!("cannot run animoto tasks: {e}");
     }
-    let writer = workload_file::create_results(args.output.as_deref())?;
+    let writer = workload_file::create_results(args.common.output.as_deref())?;
     let slots = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n as usize,
     );
     let batch = args
+        .common
         .batch
         .clone()
         .unwrap_or_else(|| workload_file::default_batch_name(&args.workload));
@@ -118,7 +106,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
     };
     let mut pool = PoolConfig::new(slots, "local");
-    pool.default_timeout = args.timeout;
+    pool.default_timeout = args.common.timeout;
     pool.output_bytes = args.output_bytes;
     pool.max_attempts = args.max_attempts;
     pool.retry_backoff = args.retry_backoff;
@@ -128,7 +116,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         let shutdown = Shutdown::new();
         let signals = signals::spawn_handler(shutdown.clone()).context("cannot handle signals")?;
         let progress = Arc::new(Progress::default());
-        let display = progress::Display::start(stats.tasks, progress.clone(), args.json);
+        let display = progress::Display::start(stats.tasks, progress.clone(), args.common.json);
         let run = run_embedded(
             reader,
             stats.tasks,
@@ -145,7 +133,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     })?;
     let flushed = workload_file::flush_results(writer.as_ref());
     summary.peak_rss_bytes = memory::peak_rss_bytes();
-    workload_file::print_summary(&summary, args.json)?;
+    workload_file::print_summary(&summary, args.common.json)?;
     if let Some(failure) = failure {
         eprintln!("error: {failure}");
         return Ok(ExitCode::from(exit::ERROR));
@@ -154,8 +142,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         eprintln!("error: cannot write results: {e}");
         return Ok(ExitCode::from(exit::ERROR));
     }
-    if let Some(path) = &args.output
-        && !args.json
+    if let Some(path) = &args.common.output
+        && !args.common.json
     {
         println!("results in {}", path.display());
     }

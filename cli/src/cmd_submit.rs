@@ -28,21 +28,8 @@ pub struct SubmitArgs {
     #[arg(long, env = "CLOUDKON_QUEUE")]
     pub queue: String,
 
-    /// Write every task's result to this file, one JSON object a line.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-
-    /// Print the summary as JSON on stdout (and no progress display).
-    #[arg(long)]
-    pub json: bool,
-
-    /// Per-task timeout, e.g. `30s`; a task's own `timeout_ms` wins.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub timeout: Option<Duration>,
-
-    /// The batch's name [default: the workload's file name and the time].
-    #[arg(long, value_name = "NAME")]
-    pub batch: Option<String>,
+    #[command(flatten)]
+    pub common: workload_file::BatchArgs,
 }
 
 pub fn run(args: SubmitArgs) -> Result<ExitCode> {
@@ -50,8 +37,9 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         Ok(stats) => stats,
         Err(code) => return Ok(code),
     };
-    let writer = workload_file::create_results(args.output.as_deref())?;
+    let writer = workload_file::create_results(args.common.output.as_deref())?;
     let batch = args
+        .common
         .batch
         .clone()
         .unwrap_or_else(|| workload_file::default_batch_name(&args.workload));
@@ -69,7 +57,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         let shutdown = Shutdown::new();
         let signals = signals::spawn_handler(shutdown.clone()).context("cannot handle signals")?;
         let progress = Arc::new(Progress::default());
-        let display = progress::Display::start(stats.tasks, progress.clone(), args.json);
+        let display = progress::Display::start(stats.tasks, progress.clone(), args.common.json);
         let outcome = submit(
             &sqs,
             &request,
@@ -77,7 +65,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
                 workload: args.workload.clone(),
                 total: stats.tasks,
                 batch: BatchId::new(batch),
-                timeout: args.timeout,
+                timeout: args.common.timeout,
             },
             writer.clone(),
             progress,
@@ -90,7 +78,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
     })?;
     let flushed = workload_file::flush_results(writer.as_ref());
     summary.peak_rss_bytes = memory::peak_rss_bytes();
-    workload_file::print_summary(&summary, args.json)?;
+    workload_file::print_summary(&summary, args.common.json)?;
     if summary.interrupted {
         eprintln!(
             "the batch's remaining tasks stay queued; their results go to {response_url} \

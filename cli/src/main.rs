@@ -14,6 +14,7 @@ mod workload_file;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cloudkon_worker::logging::LogFormat;
 
 /// CloudKon runs huge batches of small tasks: parameter sweeps, media jobs,
 /// many-task science.
@@ -36,12 +37,6 @@ struct Cli {
 
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,7 +62,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    cloudkon_worker::logging::init(cli.log_format, "warn");
     let result = match cli.command {
         Command::Run(args) => cmd_run::run(args),
         Command::Submit(args) => cmd_submit::run(args),
@@ -82,18 +77,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(exit::ERROR)
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

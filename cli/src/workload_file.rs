@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,6 +13,26 @@ use cloudkon_core::workload::{self, WorkloadStats};
 use cloudkon_core::{Summary, TaskResult};
 
 use crate::exit;
+
+/// The flags `run` and `submit` share: where results go, and the batch.
+#[derive(Debug, clap::Args)]
+pub struct BatchArgs {
+    /// Write every task's result to this file, one JSON object a line.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Print the summary as JSON on stdout (and no progress display).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Per-task timeout, e.g. `30s` or `500ms`; a task's own `timeout_ms` wins.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// The batch's name in results [default: the workload's file name and the time].
+    #[arg(long, value_name = "NAME")]
+    pub batch: Option<String>,
+}
 
 /// Reads the whole workload; on any malformed line, reports them all and
 /// returns the exit code to stop with (nothing has run).

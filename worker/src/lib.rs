@@ -3,6 +3,7 @@
 
 pub mod embedded;
 pub mod exec;
+pub mod logging;
 pub mod loopback_http;
 pub mod pool;
 pub mod remote;

@@ -12,6 +12,7 @@ use clap::Parser;
 use cloudkon_core::Timestamp;
 use cloudkon_core::aws::{Aws, DynamoLedger, WorkerHeartbeat};
 use cloudkon_worker::exec::animoto::{S3ObjectStore, check_output, parse_presign_expiry};
+use cloudkon_worker::logging::LogFormat;
 use cloudkon_worker::remote::{RemoteConfig, StopReason, WorkerStats, run_remote};
 use cloudkon_worker::serve::{WorkerCollector, serve};
 use cloudkon_worker::{AnimotoConfig, AnimotoExecutor, PoolConfig, Registry, Shutdown};
@@ -116,18 +117,12 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 /// How often the worker's heartbeat row is written.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    cloudkon_worker::logging::init(args.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,18 +142,6 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# CloudKon images. Build one target at a time:
+#   docker build --target worker -t cloudkon-worker .    # cloudkon-worker + ffmpeg (Animoto)
+#   docker build --target cli    -t cloudkon .           # the cloudkon command
+# (Not built in this project's CI: its machines have no Docker engine.)
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p cloudkon-cli -p cloudkon-worker \
+    && install -D target/release/cloudkon target/release/cloudkon-worker -t /out/
+
+# The worker runs `run` tasks (the user's programs) and Animoto (ffmpeg): a full
+# Debian userland, not distroless, so that tasks find a shell and common tools.
+FROM debian:bookworm-slim AS worker
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates ffmpeg \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --create-home cloudkon
+COPY --from=build /out/cloudkon-worker /usr/local/bin/
+USER 10001
+ENV CLOUDKON_LOG_FORMAT=json CLOUDKON_METRICS_ADDR=0.0.0.0:9090
+EXPOSE 9090
+ENTRYPOINT ["/usr/local/bin/cloudkon-worker"]
+
+FROM debian:bookworm-slim AS cli
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --create-home cloudkon
+COPY --from=build /out/cloudkon /usr/local/bin/
+USER 10001
+ENTRYPOINT ["/usr/local/bin/cloudkon"]

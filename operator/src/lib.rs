@@ -7,3 +7,4 @@
 //! into core's task model.
 
 pub mod crd;
+pub mod validate;

@@ -7,4 +7,5 @@
 //! into core's task model.
 
 pub mod crd;
+pub mod scale;
 pub mod validate;

@@ -8,4 +8,5 @@
 
 pub mod crd;
 pub mod scale;
+pub mod status;
 pub mod validate;

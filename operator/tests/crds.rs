@@ -1,10 +1,11 @@
-//! The committed CRD manifests are what the code generates, and the schemas are
-//! ones the API server accepts and documents.
+//! The committed CRD manifests are what the code generates, the schemas are
+//! ones the API server accepts and documents, and the examples are valid.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use cloudkon_operator::crd::{self, TaskBatch, WorkerPool};
+use cloudkon_operator::validate;
 use serde_json::Value;
 
 const REGENERATE: &str = "cargo run -p cloudkon-operator -- crd --out-dir crds";
@@ -190,5 +191,24 @@ fn names_subresources_and_printer_columns() {
                 "column {name}: {path} is not in the schema"
             );
         }
+    }
+}
+
+fn example(name: &str) -> String {
+    fs::read_to_string(repo().join("examples").join(name)).unwrap()
+}
+
+#[test]
+fn the_examples_parse_and_are_valid() {
+    let pool: WorkerPool = serde_yaml::from_str(&example("workerpool.yaml")).unwrap();
+    assert_eq!(validate::workerpool(&pool.spec), Ok(()));
+    for name in ["taskbatch.yaml", "taskbatch-animoto.yaml"] {
+        let batch: TaskBatch = serde_yaml::from_str(&example(name)).unwrap();
+        assert_eq!(validate::taskbatch(&batch.spec), Ok(()), "{name}");
+        assert_eq!(
+            batch.spec.worker_pool,
+            pool.metadata.name.clone().unwrap(),
+            "{name} runs on the example pool"
+        );
     }
 }

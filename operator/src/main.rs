@@ -1,6 +1,7 @@
 //! `cloudkon-operator`: CloudKon's Kubernetes operator. For now it prints its
 //! CustomResourceDefinitions; the reconcilers (`run`) come next.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -60,8 +61,15 @@ fn print_crds(out_dir: Option<PathBuf>) -> Result<()> {
     let crds = crd::crds();
     match out_dir {
         None => {
-            for c in &crds {
-                print!("{}", crd::to_yaml(c));
+            let all: String = crds.iter().map(crd::to_yaml).collect();
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(all.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                // `cloudkon-operator crd | head`: not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.context("cannot write to standard output")?,
             }
         }
         Some(dir) => {

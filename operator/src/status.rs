@@ -1,7 +1,7 @@
-//! Status computation, pure: a TaskBatch's phase from its counts, its
-//! conditions, the `kubectl get` columns; and condition bookkeeping by the
-//! Kubernetes API conventions (`lastTransitionTime` changes only when a
-//! condition's `status` does).
+//! Status computation, pure: a TaskBatch's phase from its counts, the
+//! conditions of both resources, the `kubectl get` columns; and condition
+//! bookkeeping by the Kubernetes API conventions (`lastTransitionTime`
+//! changes only when a condition's `status` does).
 
 use std::time::Duration;
 
@@ -256,6 +256,89 @@ pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate
         _ => ConditionUpdate::new(FAILED, false, "NoFailure", ""),
     };
     vec![accepted, suspended, complete, failed]
+}
+
+/// Condition types of a WorkerPool.
+pub mod pool_condition {
+    /// The spec is valid.
+    pub const ACCEPTED: &str = "Accepted";
+    /// The queue and its dead-letter queue exist.
+    pub const QUEUE_READY: &str = "QueueReady";
+    /// At least `workers.min` workers (and at least one, when there is a
+    /// backlog) are ready.
+    pub const AVAILABLE: &str = "Available";
+    /// The desired worker count was held back from the backlog's
+    /// recommendation (by min, max, a rate policy, stabilization, the
+    /// cooldown, or an outside controller).
+    pub const SCALING_LIMITED: &str = "ScalingLimited";
+}
+
+/// What a WorkerPool's conditions should say.
+#[derive(Clone, Debug)]
+pub struct PoolConditionsInput<'a> {
+    /// The result of [`crate::validate::workerpool`].
+    pub validation: &'a Result<(), Vec<Invalid>>,
+    /// `None` when the queues exist, else why not.
+    pub queue_problem: Option<&'a str>,
+    pub ready: i32,
+    pub min: i32,
+    /// Messages visible plus in flight.
+    pub backlog: i64,
+    /// The scaler's latest decision.
+    pub decision: &'a crate::scale::Decision,
+}
+
+/// The four conditions of a WorkerPool, to pass to [`set_condition`].
+pub fn pool_conditions(input: &PoolConditionsInput<'_>) -> Vec<ConditionUpdate> {
+    use pool_condition::*;
+    let accepted = match input.validation {
+        Err(problems) => ConditionUpdate::new(ACCEPTED, false, "InvalidSpec", summary(problems)),
+        Ok(()) => ConditionUpdate::new(ACCEPTED, true, "Valid", "the spec is valid"),
+    };
+    let queue = match input.queue_problem {
+        Some(problem) => ConditionUpdate::new(QUEUE_READY, false, "QueueUnavailable", problem),
+        None => ConditionUpdate::new(
+            QUEUE_READY,
+            true,
+            "QueueReady",
+            "the queue and its dead-letter queue exist",
+        ),
+    };
+    let needed = if input.backlog > 0 {
+        input.min.max(1)
+    } else {
+        input.min
+    };
+    let available = if input.ready >= needed {
+        ConditionUpdate::new(
+            AVAILABLE,
+            true,
+            "EnoughWorkers",
+            format!("{} ready, {needed} needed", input.ready),
+        )
+    } else {
+        ConditionUpdate::new(
+            AVAILABLE,
+            false,
+            "TooFewReadyWorkers",
+            format!("{} ready, {needed} needed", input.ready),
+        )
+    };
+    let limited = match input.decision.constraint {
+        Some(constraint) => ConditionUpdate::new(
+            SCALING_LIMITED,
+            true,
+            constraint.reason(),
+            input.decision.reason.clone(),
+        ),
+        None => ConditionUpdate::new(
+            SCALING_LIMITED,
+            false,
+            "DesiredWithinRange",
+            input.decision.reason.clone(),
+        ),
+    };
+    vec![accepted, queue, available, limited]
 }
 
 #[cfg(test)]
@@ -611,5 +694,106 @@ mod tests {
             messages[3].message,
             "3 of 10 tasks failed after all their attempts"
         );
+    }
+
+    #[test]
+    fn pool_conditions_table() {
+        use crate::scale::{Constraint, Decision};
+        let valid: Result<(), Vec<Invalid>> = Ok(());
+        let spec: crate::crd::WorkerPoolSpec = serde_json::from_value(serde_json::json!({
+            "workers": {"min": 3, "max": 1}, "template": {"image": "x"},
+        }))
+        .unwrap();
+        let invalid = validate::workerpool(&spec);
+        let free = Decision {
+            replicas: 2,
+            recommendation: 2,
+            constraint: None,
+            reason: "backlog 20".into(),
+        };
+        let capped = Decision {
+            constraint: Some(Constraint::Max),
+            ..free.clone()
+        };
+        let input =
+            |validation, queue_problem, ready, min, backlog, decision| PoolConditionsInput {
+                validation,
+                queue_problem,
+                ready,
+                min,
+                backlog,
+                decision,
+            };
+        // (name, input, want: [(type, status, reason)])
+        let cases = [
+            (
+                "all well",
+                input(&valid, None, 2, 0, 20, &free),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("QueueReady", true, "QueueReady"),
+                    ("Available", true, "EnoughWorkers"),
+                    ("ScalingLimited", false, "DesiredWithinRange"),
+                ],
+            ),
+            (
+                "an idle pool at zero is available",
+                input(&valid, None, 0, 0, 0, &free),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("QueueReady", true, "QueueReady"),
+                    ("Available", true, "EnoughWorkers"),
+                    ("ScalingLimited", false, "DesiredWithinRange"),
+                ],
+            ),
+            (
+                "a backlog and no ready worker",
+                input(&valid, None, 0, 0, 5, &free),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("QueueReady", true, "QueueReady"),
+                    ("Available", false, "TooFewReadyWorkers"),
+                    ("ScalingLimited", false, "DesiredWithinRange"),
+                ],
+            ),
+            (
+                "below min",
+                input(&valid, None, 1, 2, 0, &free),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("QueueReady", true, "QueueReady"),
+                    ("Available", false, "TooFewReadyWorkers"),
+                    ("ScalingLimited", false, "DesiredWithinRange"),
+                ],
+            ),
+            (
+                "invalid, no queue, capped",
+                input(
+                    &invalid,
+                    Some("AccessDenied on CreateQueue"),
+                    1,
+                    1,
+                    9,
+                    &capped,
+                ),
+                [
+                    ("Accepted", false, "InvalidSpec"),
+                    ("QueueReady", false, "QueueUnavailable"),
+                    ("Available", true, "EnoughWorkers"),
+                    ("ScalingLimited", true, "TooManyReplicas"),
+                ],
+            ),
+        ];
+        for (name, input, want) in cases {
+            let got: Vec<_> = pool_conditions(&input)
+                .into_iter()
+                .map(|c| (c.type_, c.status, c.reason))
+                .collect();
+            let want: Vec<_> = want
+                .into_iter()
+                .map(|(t, s, r)| (t, s, r.to_string()))
+                .collect();
+            assert_eq!(got, want, "{name}");
+        }
     }
 }

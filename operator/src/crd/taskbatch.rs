@@ -1,0 +1,450 @@
+//! `TaskBatch`: a batch of tasks to run on a `WorkerPool`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions_schema;
+
+/// The desired batch: its tasks, the WorkerPool that runs them, and how.
+///
+/// The tasks come from exactly one source: an inline list (small batches), a
+/// workload file in a ConfigMap or an S3 object (one task a line, the format
+/// of `cloudkon run`), or a generator (a task template repeated over a range,
+/// for sweeps of millions of tasks that could never fit in etcd). The status
+/// holds counts and statistics, never per-task state: results go to S3.
+// The kube attribute repeats keys (printcolumn(name = ..., type_ = ...)).
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "cloudkon.io",
+    version = "v1alpha1",
+    kind = "TaskBatch",
+    plural = "taskbatches",
+    shortname = "tb",
+    category = "cloudkon",
+    namespaced,
+    status = "TaskBatchStatus",
+    doc = "A batch of many small tasks, run once each on a WorkerPool's workers (`kubectl explain taskbatch.spec`).",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Enqueuing, Running, Succeeded, Failed or Cancelled"
+    ),
+    printcolumn(
+        name = "Done",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "Finished tasks (succeeded or failed) / total"
+    ),
+    printcolumn(
+        name = "Failed",
+        type_ = "integer",
+        json_path = ".status.counts.failed",
+        description = "Tasks that failed after all their attempts"
+    ),
+    printcolumn(
+        name = "Rate",
+        type_ = "number",
+        json_path = ".status.throughput",
+        description = "Finished tasks per second since the batch started"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskBatchSpec {
+    /// Where the tasks come from: set exactly one of `inline`, `configMap`,
+    /// `s3` or `generator`.
+    pub tasks: TaskSource,
+
+    /// The WorkerPool (in this namespace) whose workers run the tasks; its
+    /// queue receives them.
+    pub worker_pool: String,
+
+    /// Per-task timeout in seconds; a task's own `timeoutSeconds` wins.
+    /// Unset: the pool's default (none unless the pool sets one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub task_timeout_seconds: Option<i64>,
+
+    /// Retries of failed tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+
+    /// Exactly-once execution through the DynamoDB ledger (default true).
+    /// `false` runs at-least-once, as the CloudKon paper's runs without the
+    /// ledger did: cheaper, but a redelivered bundle runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<bool>,
+
+    /// Stop enqueuing (default false). Tasks already in the queue still run;
+    /// setting it back to false resumes where enqueuing stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+
+    /// Cancel the batch (default false): nothing more is enqueued, workers
+    /// skip the batch's remaining bundles, and the phase becomes Cancelled.
+    /// Cannot be undone; a finished batch is not affected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
+
+    /// Delete the TaskBatch this many seconds after it finished (Succeeded,
+    /// Failed or Cancelled). Unset: keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+
+    /// Where the results go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<ResultsSpec>,
+}
+
+/// The tasks of a batch. Set exactly one source.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSource {
+    /// The tasks themselves, for small batches (at most 10,000: a TaskBatch
+    /// lives in etcd; use `configMap`, `s3` or `generator` for more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<Vec<InlineTask>>,
+
+    /// A workload file (one task a line, as `cloudkon run` reads) in a key of
+    /// a ConfigMap in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapWorkload>,
+
+    /// A workload file (one task a line) in S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Workload>,
+
+    /// A task template repeated `count` times or over a `range` of values:
+    /// parameter sweeps of any size, with nothing stored per task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<Generator>,
+}
+
+/// One task, in the fields of a workload file's JSON form. `kind` says which
+/// other fields apply: `sleep` takes `ms`; `run` takes `program` and `args`;
+/// `animoto` takes `urls`, `secondsPerImage`, `resolution`, `frameRate` and
+/// `output`.
+///
+/// (A flat object rather than core's tagged enum: a `oneOf` per kind would not
+/// be a structural schema, which the API server requires.)
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InlineTask {
+    /// Which executor runs the task.
+    pub kind: TaskKind,
+
+    /// `sleep`: how long, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ms: Option<i64>,
+
+    /// `run`: the program (looked up on the worker's PATH; no shell runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+
+    /// `run`: the program's arguments, passed as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+
+    /// `animoto`: the images, as `http(s)://`, `s3://` or `file://` URLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+
+    /// `animoto`: seconds each image is shown (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub seconds_per_image: Option<i32>,
+
+    /// `animoto`: `WIDTHxHEIGHT`, even numbers (default 1920x1080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+
+    /// `animoto`: frames per second of the video (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub frame_rate: Option<i32>,
+
+    /// `animoto`: where the video goes, `s3://bucket/prefix` (default: the
+    /// worker's `--animoto-out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+
+    /// This task's timeout in seconds (default: the batch's
+    /// `taskTimeoutSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i64>,
+}
+
+/// Which executor runs a task.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Sleep `ms` milliseconds: the seed systems' benchmark task.
+    Sleep,
+    /// Run `program` with `args`.
+    Run,
+    /// Make a video from `urls` (images).
+    Animoto,
+}
+
+/// A workload file in a ConfigMap.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapWorkload {
+    /// The ConfigMap's name (same namespace as the TaskBatch).
+    pub name: String,
+    /// The key holding the workload file.
+    pub key: String,
+}
+
+/// A workload file in S3.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Workload {
+    /// The object, as `s3://bucket/key`.
+    pub uri: String,
+}
+
+/// A task template and how many times to instantiate it: set `count` or
+/// `range`. `{i}` in the template's `program`, `args`, `urls` and `output` is
+/// replaced by the task's value (its ordinal for `count`, the range's value
+/// for `range`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Generator {
+    /// The task to repeat.
+    pub template: InlineTask,
+
+    /// Make this many tasks, `{i}` = 0, 1, ..., count - 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub count: Option<i64>,
+
+    /// Make one task per value of a range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<ParameterRange>,
+}
+
+/// Values `start`, `start + step`, ... below `end`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParameterRange {
+    /// The first value.
+    pub start: i64,
+    /// The end of the range, excluded.
+    pub end: i64,
+    /// The distance between values (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub step: Option<i64>,
+}
+
+/// Retries of a failed task (one that exited non-zero or timed out).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Executions of a failing task, the first included (default 1: no retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: Option<i32>,
+
+    /// Seconds before the first retry, doubled for each further one
+    /// (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub backoff_seconds: Option<i32>,
+}
+
+/// Where a batch's results go.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultsSpec {
+    /// An `s3://bucket/prefix`: the results, as JSON Lines (one object per
+    /// task: id, attempt, status, exit code, output tails, timestamps,
+    /// artifact), go under `<prefix>/<namespace>/<name>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_prefix: Option<String>,
+}
+
+/// What the operator observed of a batch. Counts and statistics only: a batch
+/// of millions of tasks keeps a status of constant size.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskBatchStatus {
+    /// Where the batch is in its life: Pending, Enqueuing, Running, Succeeded,
+    /// Failed or Cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Task counts.
+    #[serde(default)]
+    pub counts: TaskCounts,
+
+    /// `finished/total`, for `kubectl get` (finished = succeeded + failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
+    /// When the first task was enqueued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When the batch finished (Succeeded, Failed or Cancelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// Finished tasks per second since `startTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<f64>,
+
+    /// End-to-end latency of the finished tasks (enqueued to finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+
+    /// Where the results are: `s3://bucket/prefix/<namespace>/<name>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<String>,
+
+    /// The latest observations of the batch's state, by type: `Accepted`
+    /// (the spec is valid and its WorkerPool exists), `Suspended`, `Complete`,
+    /// `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Where a batch is in its life: Pending (nothing enqueued), Enqueuing,
+/// Running (every task enqueued), Succeeded, Failed (finished, some tasks
+/// failed) or Cancelled.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted or not yet looked at; nothing enqueued.
+    Pending,
+    /// Tasks are being put in the queue (some may already run).
+    Enqueuing,
+    /// Every task is in the queue; some have not finished.
+    Running,
+    /// Every task succeeded.
+    Succeeded,
+    /// Every task finished, and some failed after all their attempts.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl Phase {
+    /// Succeeded, Failed and Cancelled are final: a batch never leaves them.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
+    }
+}
+
+/// How many tasks are where. `succeeded + failed` never exceeds `total`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCounts {
+    /// Tasks in the batch (known once the source has been read through).
+    #[serde(default)]
+    pub total: i64,
+    /// Tasks put in the queue.
+    #[serde(default)]
+    pub enqueued: i64,
+    /// Tasks being executed now.
+    #[serde(default)]
+    pub running: i64,
+    /// Tasks that succeeded.
+    #[serde(default)]
+    pub succeeded: i64,
+    /// Tasks that failed after all their attempts (or timed out).
+    #[serde(default)]
+    pub failed: i64,
+    /// Retries so far (executions after a task's first).
+    #[serde(default)]
+    pub retried: i64,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    /// Median.
+    pub p50_millis: i64,
+    /// 99th percentile.
+    pub p99_millis: i64,
+}
+
+impl InlineTask {
+    /// The task in core's model, and its own timeout, checked by the same
+    /// rules as a workload file's line. `{i}` in `program`, `args`, `urls` and
+    /// `output` becomes `param` when given (a generator's value). Fields that
+    /// do not apply to the kind are ignored here ([`crate::validate`] reports
+    /// them).
+    pub fn to_task_spec(
+        &self,
+        param: Option<&str>,
+    ) -> Result<(cloudkon_core::TaskSpec, Option<std::time::Duration>), String> {
+        use serde_json::{Value, json};
+        let fill = |s: &str| match param {
+            Some(p) => s.replace("{i}", p),
+            None => s.to_owned(),
+        };
+        let mut object = match self.kind {
+            TaskKind::Sleep => {
+                let ms = self.ms.ok_or("sleep needs `ms`")?;
+                let ms =
+                    u64::try_from(ms).map_err(|_| format!("ms must not be negative, got {ms}"))?;
+                json!({"kind": "sleep", "ms": ms})
+            }
+            TaskKind::Run => json!({
+                "kind": "run",
+                "program": fill(self.program.as_deref().unwrap_or_default()),
+                "args": self.args.iter().map(|a| fill(a)).collect::<Vec<_>>(),
+            }),
+            TaskKind::Animoto => {
+                let mut o = json!({
+                    "kind": "animoto",
+                    "urls": self.urls.iter().map(|u| fill(u)).collect::<Vec<_>>(),
+                });
+                let fields = [
+                    ("seconds_per_image", self.seconds_per_image.map(Value::from)),
+                    ("resolution", self.resolution.clone().map(Value::from)),
+                    ("frame_rate", self.frame_rate.map(Value::from)),
+                    (
+                        "output",
+                        self.output.as_deref().map(|s| Value::from(fill(s))),
+                    ),
+                ];
+                for (key, value) in fields {
+                    if let Some(value) = value {
+                        o[key] = value;
+                    }
+                }
+                o
+            }
+        };
+        if let Some(secs) = self.timeout_seconds {
+            let ms = u64::try_from(secs)
+                .ok()
+                .and_then(|s| s.checked_mul(1000))
+                .ok_or_else(|| format!("timeoutSeconds must be positive, got {secs}"))?;
+            object["timeout_ms"] = Value::from(ms);
+        }
+        match cloudkon_core::workload::parse_line(&object.to_string())? {
+            Some(task) => Ok(task),
+            None => Err("not a task".to_string()),
+        }
+    }
+}

@@ -1,0 +1,799 @@
+//! Status computation, pure: a TaskBatch's phase from its counts, the
+//! conditions of both resources, the `kubectl get` columns; and condition
+//! bookkeeping by the Kubernetes API conventions (`lastTransitionTime`
+//! changes only when a condition's `status` does).
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::taskbatch::{Phase, TaskCounts};
+use crate::validate::{Invalid, summary};
+
+/// What a batch's phase depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PhaseInput {
+    /// The phase in the status now (`None` for a new batch).
+    pub previous: Option<Phase>,
+    /// The spec is valid and its WorkerPool exists.
+    pub accepted: bool,
+    /// `spec.cancel`.
+    pub cancel: bool,
+    /// The source has been read through and every task is in the queue, so
+    /// `counts.total` is final.
+    pub enqueue_finished: bool,
+    pub counts: TaskCounts,
+}
+
+/// A batch's phase:
+///
+/// - a finished phase (Succeeded, Failed, Cancelled) never changes;
+/// - `spec.cancel` → Cancelled;
+/// - not accepted (invalid spec, missing pool) → the phase stays as it is
+///   (Pending for a new batch): tasks already queued still run, and fixing
+///   the spec goes on from there;
+/// - every task enqueued and finished → Failed if any failed, else Succeeded
+///   (an empty batch succeeds);
+/// - every task enqueued → Running;
+/// - some enqueued → Enqueuing; none → Pending.
+pub fn phase_of(input: &PhaseInput) -> Phase {
+    if let Some(previous) = input.previous.filter(|p| p.is_finished()) {
+        return previous;
+    }
+    if input.cancel {
+        return Phase::Cancelled;
+    }
+    if !input.accepted {
+        return input.previous.unwrap_or(Phase::Pending);
+    }
+    let c = &input.counts;
+    if input.enqueue_finished {
+        if c.succeeded + c.failed >= c.total {
+            return if c.failed > 0 {
+                Phase::Failed
+            } else {
+                Phase::Succeeded
+            };
+        }
+        return Phase::Running;
+    }
+    if c.enqueued > 0 {
+        Phase::Enqueuing
+    } else {
+        Phase::Pending
+    }
+}
+
+/// `finished/total` for `kubectl get`; while enqueuing, the total so far
+/// with a `+`.
+pub fn progress(counts: &TaskCounts, enqueue_finished: bool) -> String {
+    let finished = counts.succeeded + counts.failed;
+    if enqueue_finished {
+        format!("{finished}/{}", counts.total)
+    } else {
+        format!("{finished}/{}+", counts.enqueued)
+    }
+}
+
+/// Finished tasks per second over `elapsed`, to 0.1 task/s (so that the
+/// status does not change on every look); `None` before any time passed.
+pub fn throughput(finished: i64, elapsed: Duration) -> Option<f64> {
+    let secs = elapsed.as_secs_f64();
+    (secs > 0.0).then(|| (finished as f64 / secs * 10.0).round() / 10.0)
+}
+
+/// A WorkerPool's `workers` column: `ready/desired`.
+pub fn workers_column(ready: i32, desired: i32) -> String {
+    format!("{ready}/{desired}")
+}
+
+/// Backlog per worker, to 0.1 (the backlog itself when there is no worker).
+pub fn density(backlog: i64, workers: i32) -> f64 {
+    let per = backlog as f64 / f64::from(workers.max(1));
+    (per * 10.0).round() / 10.0
+}
+
+/// A condition to set: everything but the transition time, which
+/// [`set_condition`] manages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionUpdate {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl ConditionUpdate {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        ConditionUpdate {
+            type_,
+            status,
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+fn status_word(status: bool) -> &'static str {
+    if status { "True" } else { "False" }
+}
+
+/// Sets one condition in `conditions`, keyed by type: `lastTransitionTime`
+/// becomes `now` when the condition is new or its status changes, and stays
+/// otherwise (reason, message and observedGeneration are updated in place).
+/// Returns whether anything changed, so that an unchanged status is not
+/// written again.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    update: &ConditionUpdate,
+    observed_generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let status = status_word(update.status);
+    let fresh = || Condition {
+        type_: update.type_.to_string(),
+        status: status.to_string(),
+        reason: update.reason.clone(),
+        message: update.message.clone(),
+        observed_generation,
+        last_transition_time: now.clone(),
+    };
+    match conditions.iter_mut().find(|c| c.type_ == update.type_) {
+        None => {
+            conditions.push(fresh());
+            true
+        }
+        Some(existing) if existing.status != status => {
+            *existing = fresh();
+            true
+        }
+        Some(existing) => {
+            let changed = existing.reason != update.reason
+                || existing.message != update.message
+                || existing.observed_generation != observed_generation;
+            existing.reason.clone_from(&update.reason);
+            existing.message.clone_from(&update.message);
+            existing.observed_generation = observed_generation;
+            changed
+        }
+    }
+}
+
+/// The condition of that type, if any.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Condition types of a TaskBatch.
+pub mod batch_condition {
+    /// The spec is valid and its WorkerPool exists.
+    pub const ACCEPTED: &str = "Accepted";
+    /// `spec.suspend` is in effect.
+    pub const SUSPENDED: &str = "Suspended";
+    /// Every task succeeded.
+    pub const COMPLETE: &str = "Complete";
+    /// The batch finished with failed tasks, or was cancelled.
+    pub const FAILED: &str = "Failed";
+}
+
+/// What a TaskBatch's conditions should say.
+#[derive(Clone, Debug)]
+pub struct BatchConditionsInput<'a> {
+    pub phase: Phase,
+    /// The result of [`crate::validate::taskbatch`].
+    pub validation: &'a Result<(), Vec<Invalid>>,
+    /// The WorkerPool's name when it does not exist.
+    pub missing_pool: Option<&'a str>,
+    pub suspend: bool,
+    pub counts: TaskCounts,
+}
+
+/// The four conditions of a TaskBatch, to pass to [`set_condition`].
+pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate> {
+    use batch_condition::*;
+    let accepted = match (input.validation, input.missing_pool) {
+        (Err(problems), _) => {
+            ConditionUpdate::new(ACCEPTED, false, "InvalidSpec", summary(problems))
+        }
+        (Ok(()), Some(pool)) => ConditionUpdate::new(
+            ACCEPTED,
+            false,
+            "WorkerPoolNotFound",
+            format!("WorkerPool {pool:?} does not exist in this namespace"),
+        ),
+        (Ok(()), None) => ConditionUpdate::new(
+            ACCEPTED,
+            true,
+            "Valid",
+            "the spec is valid and its WorkerPool exists",
+        ),
+    };
+    let suspended = if input.suspend && !input.phase.is_finished() {
+        ConditionUpdate::new(
+            SUSPENDED,
+            true,
+            "Suspended",
+            "spec.suspend is set: nothing more is enqueued",
+        )
+    } else {
+        ConditionUpdate::new(SUSPENDED, false, "NotSuspended", "")
+    };
+    let c = &input.counts;
+    let complete = match input.phase {
+        Phase::Succeeded => ConditionUpdate::new(
+            COMPLETE,
+            true,
+            "AllTasksSucceeded",
+            format!("{} of {} tasks succeeded", c.succeeded, c.total),
+        ),
+        _ => ConditionUpdate::new(COMPLETE, false, "NotFinished", ""),
+    };
+    let failed = match input.phase {
+        Phase::Failed => ConditionUpdate::new(
+            FAILED,
+            true,
+            "TasksFailed",
+            format!(
+                "{} of {} tasks failed after all their attempts",
+                c.failed, c.total
+            ),
+        ),
+        Phase::Cancelled => ConditionUpdate::new(
+            FAILED,
+            true,
+            "Cancelled",
+            format!(
+                "cancelled (spec.cancel) with {} of {} tasks finished",
+                c.succeeded + c.failed,
+                c.total.max(c.enqueued)
+            ),
+        ),
+        _ => ConditionUpdate::new(FAILED, false, "NoFailure", ""),
+    };
+    vec![accepted, suspended, complete, failed]
+}
+
+/// Condition types of a WorkerPool.
+pub mod pool_condition {
+    /// The spec is valid.
+    pub const ACCEPTED: &str = "Accepted";
+    /// The queue and its dead-letter queue exist.
+    pub const QUEUE_READY: &str = "QueueReady";
+    /// At least `workers.min` workers (and at least one, when there is a
+    /// backlog) are ready.
+    pub const AVAILABLE: &str = "Available";
+    /// The desired worker count was held back from the backlog's
+    /// recommendation (by min, max, a rate policy, stabilization, the
+    /// cooldown, or an outside controller).
+    pub const SCALING_LIMITED: &str = "ScalingLimited";
+}
+
+/// What a WorkerPool's conditions should say.
+#[derive(Clone, Debug)]
+pub struct PoolConditionsInput<'a> {
+    /// The result of [`crate::validate::workerpool`].
+    pub validation: &'a Result<(), Vec<Invalid>>,
+    /// `None` when the queues exist, else why not.
+    pub queue_problem: Option<&'a str>,
+    pub ready: i32,
+    pub min: i32,
+    /// Messages visible plus in flight.
+    pub backlog: i64,
+    /// The scaler's latest decision.
+    pub decision: &'a crate::scale::Decision,
+}
+
+/// The four conditions of a WorkerPool, to pass to [`set_condition`].
+pub fn pool_conditions(input: &PoolConditionsInput<'_>) -> Vec<ConditionUpdate> {
+    use pool_condition::*;
+    let accepted = match input.validation {
+        Err(problems) => ConditionUpdate::new(ACCEPTED, false, "InvalidSpec", summary(problems)),
+        Ok(()) => ConditionUpdate::new(ACCEPTED, true, "Valid", "the spec is valid"),
+    };
+    let queue = match input.queue_problem {
+        Some(problem) => ConditionUpdate::new(QUEUE_READY, false, "QueueUnavailable", problem),
+        None => ConditionUpdate::new(
+            QUEUE_READY,
+            true,
+            "QueueReady",
+            "the queue and its dead-letter queue exist",
+        ),
+    };
+    let needed = if input.backlog > 0 {
+        input.min.max(1)
+    } else {
+        input.min
+    };
+    let available = if input.ready >= needed {
+        ConditionUpdate::new(
+            AVAILABLE,
+            true,
+            "EnoughWorkers",
+            format!("{} ready, {needed} needed", input.ready),
+        )
+    } else {
+        ConditionUpdate::new(
+            AVAILABLE,
+            false,
+            "TooFewReadyWorkers",
+            format!("{} ready, {needed} needed", input.ready),
+        )
+    };
+    let limited = match input.decision.constraint {
+        Some(constraint) => ConditionUpdate::new(
+            SCALING_LIMITED,
+            true,
+            constraint.reason(),
+            input.decision.reason.clone(),
+        ),
+        None => ConditionUpdate::new(
+            SCALING_LIMITED,
+            false,
+            "DesiredWithinRange",
+            input.decision.reason.clone(),
+        ),
+    };
+    vec![accepted, queue, available, limited]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate;
+
+    fn counts(total: i64, enqueued: i64, succeeded: i64, failed: i64) -> TaskCounts {
+        TaskCounts {
+            total,
+            enqueued,
+            succeeded,
+            failed,
+            ..TaskCounts::default()
+        }
+    }
+
+    #[test]
+    fn phase_table() {
+        use Phase::*;
+        // (name, previous, accepted, cancel, enqueue finished, counts, want)
+        let cases = [
+            (
+                "new and not accepted",
+                None,
+                false,
+                false,
+                false,
+                counts(0, 0, 0, 0),
+                Pending,
+            ),
+            (
+                "accepted, nothing enqueued yet",
+                None,
+                true,
+                false,
+                false,
+                counts(0, 0, 0, 0),
+                Pending,
+            ),
+            (
+                "enqueuing",
+                Some(Pending),
+                true,
+                false,
+                false,
+                counts(0, 500, 10, 0),
+                Enqueuing,
+            ),
+            (
+                "all enqueued",
+                Some(Enqueuing),
+                true,
+                false,
+                true,
+                counts(1000, 1000, 10, 0),
+                Running,
+            ),
+            (
+                "all succeeded",
+                Some(Running),
+                true,
+                false,
+                true,
+                counts(1000, 1000, 1000, 0),
+                Succeeded,
+            ),
+            (
+                "all finished, some failed",
+                Some(Running),
+                true,
+                false,
+                true,
+                counts(1000, 1000, 997, 3),
+                Failed,
+            ),
+            (
+                "an empty batch succeeds at once",
+                None,
+                true,
+                false,
+                true,
+                counts(0, 0, 0, 0),
+                Succeeded,
+            ),
+            (
+                "finished tasks while enqueuing are not the end",
+                Some(Enqueuing),
+                true,
+                false,
+                false,
+                counts(0, 10, 10, 0),
+                Enqueuing,
+            ),
+            (
+                "cancelled while running",
+                Some(Running),
+                true,
+                true,
+                true,
+                counts(1000, 1000, 10, 0),
+                Cancelled,
+            ),
+            (
+                "cancelled before being accepted",
+                None,
+                false,
+                true,
+                false,
+                counts(0, 0, 0, 0),
+                Cancelled,
+            ),
+            (
+                "cancel after success changes nothing",
+                Some(Succeeded),
+                true,
+                true,
+                true,
+                counts(5, 5, 5, 0),
+                Succeeded,
+            ),
+            (
+                "a failed batch stays failed",
+                Some(Failed),
+                true,
+                false,
+                true,
+                counts(5, 5, 5, 0),
+                Failed,
+            ),
+            (
+                "a cancelled batch stays cancelled",
+                Some(Cancelled),
+                true,
+                false,
+                true,
+                counts(5, 5, 5, 0),
+                Cancelled,
+            ),
+            (
+                "spec made invalid while running: keep running",
+                Some(Running),
+                false,
+                false,
+                true,
+                counts(5, 5, 5, 0),
+                Running,
+            ),
+        ];
+        for (name, previous, accepted, cancel, enqueue_finished, counts, want) in cases {
+            let input = PhaseInput {
+                previous,
+                accepted,
+                cancel,
+                enqueue_finished,
+                counts,
+            };
+            assert_eq!(phase_of(&input), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn columns() {
+        assert_eq!(progress(&counts(1000, 1000, 990, 3), true), "993/1000");
+        assert_eq!(progress(&counts(0, 4096, 10, 0), false), "10/4096+");
+        assert_eq!(throughput(1000, Duration::from_secs(3)), Some(333.3));
+        assert_eq!(throughput(5, Duration::ZERO), None);
+        assert_eq!(workers_column(2, 5), "2/5");
+        assert_eq!(density(35, 4), 8.8);
+        assert_eq!(density(35, 0), 35.0);
+    }
+
+    fn time(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap())
+    }
+
+    #[test]
+    fn last_transition_time_changes_only_with_the_status() {
+        let mut conditions = Vec::new();
+        let ready = |status, reason: &str| ConditionUpdate::new("Ready", status, reason, reason);
+
+        // (step, update, generation, now, want changed, want status, want lastTransitionTime)
+        let steps = [
+            (
+                "new condition",
+                ready(false, "Starting"),
+                1,
+                0,
+                true,
+                "False",
+                0,
+            ),
+            (
+                "same again: nothing to write",
+                ready(false, "Starting"),
+                1,
+                10,
+                false,
+                "False",
+                0,
+            ),
+            (
+                "new reason, same status: time kept",
+                ready(false, "Waiting"),
+                1,
+                20,
+                true,
+                "False",
+                0,
+            ),
+            (
+                "new generation only: time kept",
+                ready(false, "Waiting"),
+                2,
+                30,
+                true,
+                "False",
+                0,
+            ),
+            (
+                "status flips: time moves",
+                ready(true, "Ready"),
+                2,
+                40,
+                true,
+                "True",
+                40,
+            ),
+            ("flips back", ready(false, "Lost"), 2, 50, true, "False", 50),
+        ];
+        for (step, update, generation, now, want_changed, want_status, want_time) in steps {
+            let changed = set_condition(&mut conditions, &update, Some(generation), &time(now));
+            assert_eq!(changed, want_changed, "{step}");
+            assert_eq!(conditions.len(), 1, "{step}");
+            let c = condition(&conditions, "Ready").unwrap();
+            assert_eq!(c.status, want_status, "{step}");
+            assert_eq!(c.last_transition_time, time(want_time), "{step}");
+            assert_eq!(c.reason, update.reason, "{step}");
+            assert_eq!(c.observed_generation, Some(generation), "{step}");
+        }
+
+        // Another type is another condition.
+        set_condition(
+            &mut conditions,
+            &ConditionUpdate::new("Other", true, "X", ""),
+            None,
+            &time(60),
+        );
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(
+            condition(&conditions, "Ready")
+                .unwrap()
+                .last_transition_time,
+            time(50)
+        );
+    }
+
+    #[test]
+    fn batch_conditions_table() {
+        let valid: Result<(), Vec<Invalid>> = Ok(());
+        let spec: crate::crd::TaskBatchSpec = serde_json::from_value(serde_json::json!({
+            "tasks": {}, "workerPool": "",
+        }))
+        .unwrap();
+        let invalid = validate::taskbatch(&spec);
+        let input = |phase, validation, missing_pool, suspend| BatchConditionsInput {
+            phase,
+            validation,
+            missing_pool,
+            suspend,
+            counts: counts(10, 10, 7, 3),
+        };
+        // (name, input, want: [(type, status, reason)])
+        let cases = [
+            (
+                "invalid spec",
+                input(Phase::Pending, &invalid, None, false),
+                [
+                    ("Accepted", false, "InvalidSpec"),
+                    ("Suspended", false, "NotSuspended"),
+                    ("Complete", false, "NotFinished"),
+                    ("Failed", false, "NoFailure"),
+                ],
+            ),
+            (
+                "missing pool",
+                input(Phase::Pending, &valid, Some("pool-a"), false),
+                [
+                    ("Accepted", false, "WorkerPoolNotFound"),
+                    ("Suspended", false, "NotSuspended"),
+                    ("Complete", false, "NotFinished"),
+                    ("Failed", false, "NoFailure"),
+                ],
+            ),
+            (
+                "suspended while enqueuing",
+                input(Phase::Enqueuing, &valid, None, true),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("Suspended", true, "Suspended"),
+                    ("Complete", false, "NotFinished"),
+                    ("Failed", false, "NoFailure"),
+                ],
+            ),
+            (
+                "succeeded",
+                input(Phase::Succeeded, &valid, None, false),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("Suspended", false, "NotSuspended"),
+                    ("Complete", true, "AllTasksSucceeded"),
+                    ("Failed", false, "NoFailure"),
+                ],
+            ),
+            (
+                "failed; suspend no longer matters",
+                input(Phase::Failed, &valid, None, true),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("Suspended", false, "NotSuspended"),
+                    ("Complete", false, "NotFinished"),
+                    ("Failed", true, "TasksFailed"),
+                ],
+            ),
+            (
+                "cancelled",
+                input(Phase::Cancelled, &valid, None, false),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("Suspended", false, "NotSuspended"),
+                    ("Complete", false, "NotFinished"),
+                    ("Failed", true, "Cancelled"),
+                ],
+            ),
+        ];
+        for (name, input, want) in cases {
+            let got: Vec<_> = batch_conditions(&input)
+                .into_iter()
+                .map(|c| (c.type_, c.status, c.reason))
+                .collect();
+            let want: Vec<_> = want
+                .into_iter()
+                .map(|(t, s, r)| (t, s, r.to_string()))
+                .collect();
+            assert_eq!(got, want, "{name}");
+        }
+        let messages = batch_conditions(&input(Phase::Failed, &invalid, None, false));
+        assert_eq!(
+            messages[0].message,
+            "spec.tasks has no source: set one of inline, configMap, s3 or generator; spec.workerPool is required"
+        );
+        assert_eq!(
+            messages[3].message,
+            "3 of 10 tasks failed after all their attempts"
+        );
+    }
+
+    #[test]
+    fn pool_conditions_table() {
+        use crate::scale::{Constraint, Decision};
+        let valid: Result<(), Vec<Invalid>> = Ok(());
+        let spec: crate::crd::WorkerPoolSpec = serde_json::from_value(serde_json::json!({
+            "workers": {"min": 3, "max": 1}, "template": {"image": "x"},
+        }))
+        .unwrap();
+        let invalid = validate::workerpool(&spec);
+        let free = Decision {
+            replicas: 2,
+            recommendation: 2,
+            constraint: None,
+            reason: "backlog 20".into(),
+        };
+        let capped = Decision {
+            constraint: Some(Constraint::Max),
+            ..free.clone()
+        };
+        let input =
+            |validation, queue_problem, ready, min, backlog, decision| PoolConditionsInput {
+                validation,
+                queue_problem,
+                ready,
+                min,
+                backlog,
+                decision,
+            };
+        // (name, input, want: [(type, status, reason)])
+        let cases = [
+            (
+                "all well",
+                input(&valid, None, 2, 0, 20, &free),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("QueueReady", true, "QueueReady"),
+                    ("Available", true, "EnoughWorkers"),
+                    ("ScalingLimited", false, "DesiredWithinRange"),
+                ],
+            ),
+            (
+                "an idle pool at zero is available",
+                input(&valid, None, 0, 0, 0, &free),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("QueueReady", true, "QueueReady"),
+                    ("Available", true, "EnoughWorkers"),
+                    ("ScalingLimited", false, "DesiredWithinRange"),
+                ],
+            ),
+            (
+                "a backlog and no ready worker",
+                input(&valid, None, 0, 0, 5, &free),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("QueueReady", true, "QueueReady"),
+                    ("Available", false, "TooFewReadyWorkers"),
+                    ("ScalingLimited", false, "DesiredWithinRange"),
+                ],
+            ),
+            (
+                "below min",
+                input(&valid, None, 1, 2, 0, &free),
+                [
+                    ("Accepted", true, "Valid"),
+                    ("QueueReady", true, "QueueReady"),
+                    ("Available", false, "TooFewReadyWorkers"),
+                    ("ScalingLimited", false, "DesiredWithinRange"),
+                ],
+            ),
+            (
+                "invalid, no queue, capped",
+                input(
+                    &invalid,
+                    Some("AccessDenied on CreateQueue"),
+                    1,
+                    1,
+                    9,
+                    &capped,
+                ),
+                [
+                    ("Accepted", false, "InvalidSpec"),
+                    ("QueueReady", false, "QueueUnavailable"),
+                    ("Available", true, "EnoughWorkers"),
+                    ("ScalingLimited", true, "TooManyReplicas"),
+                ],
+            ),
+        ];
+        for (name, input, want) in cases {
+            let got: Vec<_> = pool_conditions(&input)
+                .into_iter()
+                .map(|c| (c.type_, c.status, c.reason))
+                .collect();
+            let want: Vec<_> = want
+                .into_iter()
+                .map(|(t, s, r)| (t, s, r.to_string()))
+                .collect();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,971 @@
+//! Spec validation: every rule the API server cannot enforce (and those it
+//! enforces only through CEL, which Kubernetes 1.20 drops), as pure functions.
+//! The reconciler reports the result in an `Accepted` condition and an Event;
+//! each message names the field, e.g. `spec.workers.min (5) is greater than
+//! spec.workers.max (2)`.
+
+use std::fmt;
+
+use crate::crd::taskbatch::{InlineTask, TaskBatchSpec, TaskKind};
+use crate::crd::workerpool::{ProviderType, QueueSpec, ScalingRules, WorkerPoolSpec};
+
+/// Inline tasks a TaskBatch may hold: it lives in etcd, whose objects are
+/// limited to 1.5 MiB.
+pub const MAX_INLINE_TASKS: usize = 10_000;
+
+/// One thing wrong with a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// The field's path, e.g. `spec.workers.min`.
+    pub field: String,
+    /// What is wrong, as a sentence that starts with the field's path.
+    pub message: String,
+}
+
+impl Invalid {
+    /// `detail` follows the field's path: `Invalid::new("spec.x", "is required")`.
+    fn new(field: impl Into<String>, detail: impl fmt::Display) -> Self {
+        let field = field.into();
+        let message = format!("{field} {detail}");
+        Invalid { field, message }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// All the problems in one line, for a condition's message or an Event.
+pub fn summary(problems: &[Invalid]) -> String {
+    problems
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Collects problems; `finish` turns them into the result.
+#[derive(Default)]
+struct Problems(Vec<Invalid>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, detail: impl fmt::Display) {
+        self.0.push(Invalid::new(field, detail));
+    }
+
+    /// `value` must be within `min..=max` (either bound optional).
+    fn range(&mut self, field: &str, value: Option<i64>, min: Option<i64>, max: Option<i64>) {
+        let Some(value) = value else { return };
+        if let Some(min) = min.filter(|&min| value < min) {
+            self.add(field, format_args!("({value}) must be at least {min}"));
+        } else if let Some(max) = max.filter(|&max| value > max) {
+            self.add(field, format_args!("({value}) must be at most {max}"));
+        }
+    }
+
+    fn required_text(&mut self, field: &str, value: Option<&str>) -> bool {
+        match value {
+            Some(v) if !v.trim().is_empty() => true,
+            _ => {
+                self.add(field, "is required");
+                false
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), Vec<Invalid>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+/// Checks a TaskBatch's spec.
+pub fn taskbatch(spec: &TaskBatchSpec) -> Result<(), Vec<Invalid>> {
+    let mut p = Problems::default();
+
+    let tasks = &spec.tasks;
+    let sources: Vec<&str> = [
+        ("inline", tasks.inline.is_some()),
+        ("configMap", tasks.config_map.is_some()),
+        ("s3", tasks.s3.is_some()),
+        ("generator", tasks.generator.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    match sources.len() {
+        0 => p.add(
+            "spec.tasks",
+            "has no source: set one of inline, configMap, s3 or generator",
+        ),
+        1 => {}
+        _ => p.add(
+            "spec.tasks",
+            format_args!(
+                "sets {}: set only one of inline, configMap, s3 or generator",
+                sources.join(" and ")
+            ),
+        ),
+    }
+
+    if let Some(inline) = &tasks.inline {
+        if inline.is_empty() {
+            p.add("spec.tasks.inline", "is empty");
+        } else if inline.len() > MAX_INLINE_TASKS {
+            p.add(
+                "spec.tasks.inline",
+                format_args!(
+                    "has {} tasks, more than {MAX_INLINE_TASKS}: put them in a configMap or s3 workload file, or use a generator",
+                    inline.len()
+                ),
+            );
+        } else {
+            for (i, task) in inline.iter().enumerate() {
+                inline_task(&mut p, &format!("spec.tasks.inline[{i}]"), task, None);
+            }
+        }
+    }
+
+    if let Some(cm) = &tasks.config_map {
+        if p.required_text("spec.tasks.configMap.name", Some(cm.name.as_str()))
+            && !is_dns_subdomain(&cm.name)
+        {
+            p.add(
+                "spec.tasks.configMap.name",
+                format_args!("({:?}) is not a valid ConfigMap name (a DNS subdomain: lowercase letters, digits, '-' and '.')", cm.name),
+            );
+        }
+        let key_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if p.required_text("spec.tasks.configMap.key", Some(cm.key.as_str()))
+            && (cm.key.len() > 253 || !cm.key.chars().all(key_ok))
+        {
+            p.add(
+                "spec.tasks.configMap.key",
+                format_args!(
+                    "({:?}) is not a valid ConfigMap key (letters, digits, '-', '_' and '.')",
+                    cm.key
+                ),
+            );
+        }
+    }
+
+    if let Some(s3) = &tasks.s3 {
+        match parse_s3_uri(&s3.uri) {
+            Some((_, key)) if !key.is_empty() && !key.ends_with('/') => {}
+            _ => p.add(
+                "spec.tasks.s3.uri",
+                format_args!("({:?}) must be an object's URI: s3://bucket/key", s3.uri),
+            ),
+        }
+    }
+
+    if let Some(generator) = &tasks.generator {
+        inline_task(
+            &mut p,
+            "spec.tasks.generator.template",
+            &generator.template,
+            Some("0"),
+        );
+        match (&generator.count, &generator.range) {
+            (None, None) => p.add(
+                "spec.tasks.generator",
+                "has neither count nor range: set one",
+            ),
+            (Some(_), Some(_)) => p.add(
+                "spec.tasks.generator",
+                "sets both count and range: set only one",
+            ),
+            (Some(count), None) => {
+                p.range("spec.tasks.generator.count", Some(*count), Some(1), None);
+            }
+            (None, Some(range)) => {
+                p.range("spec.tasks.generator.range.step", range.step, Some(1), None);
+                if range.end <= range.start {
+                    p.add(
+                        "spec.tasks.generator.range.end",
+                        format_args!(
+                            "({}) must be greater than spec.tasks.generator.range.start ({})",
+                            range.end, range.start
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    if p.required_text("spec.workerPool", Some(spec.worker_pool.as_str()))
+        && !is_dns_subdomain(&spec.worker_pool)
+    {
+        p.add(
+            "spec.workerPool",
+            format_args!("({:?}) is not a valid WorkerPool name", spec.worker_pool),
+        );
+    }
+    p.range(
+        "spec.taskTimeoutSeconds",
+        spec.task_timeout_seconds,
+        Some(1),
+        None,
+    );
+    if let Some(retry) = &spec.retry {
+        p.range(
+            "spec.retry.maxAttempts",
+            retry.max_attempts.map(i64::from),
+            Some(1),
+            Some(100),
+        );
+        p.range(
+            "spec.retry.backoffSeconds",
+            retry.backoff_seconds.map(i64::from),
+            Some(0),
+            Some(3600),
+        );
+    }
+    p.range(
+        "spec.ttlSecondsAfterFinished",
+        spec.ttl_seconds_after_finished.map(i64::from),
+        Some(0),
+        None,
+    );
+    if let Some(prefix) = spec.results.as_ref().and_then(|r| r.s3_prefix.as_ref())
+        && parse_s3_uri(prefix).is_none()
+    {
+        p.add(
+            "spec.results.s3Prefix",
+            format_args!("({prefix:?}) must be s3://bucket or s3://bucket/prefix"),
+        );
+    }
+    p.finish()
+}
+
+/// The fields of an inline task (or a generator's template): the ones its
+/// kind needs are there, the others are not, and core accepts the task.
+fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&str>) {
+    let before = p.0.len();
+    let kind = match task.kind {
+        TaskKind::Sleep => "sleep",
+        TaskKind::Run => "run",
+        TaskKind::Animoto => "animoto",
+    };
+    let set = [
+        ("ms", task.ms.is_some()),
+        ("program", task.program.is_some()),
+        ("args", !task.args.is_empty()),
+        ("urls", !task.urls.is_empty()),
+        ("secondsPerImage", task.seconds_per_image.is_some()),
+        ("resolution", task.resolution.is_some()),
+        ("frameRate", task.frame_rate.is_some()),
+        ("output", task.output.is_some()),
+    ];
+    let applies: &[&str] = match task.kind {
+        TaskKind::Sleep => &["ms"],
+        TaskKind::Run => &["program", "args"],
+        TaskKind::Animoto => &[
+            "urls",
+            "secondsPerImage",
+            "resolution",
+            "frameRate",
+            "output",
+        ],
+    };
+    for (field, is_set) in set {
+        if is_set && !applies.contains(&field) {
+            p.add(
+                format!("{path}.{field}"),
+                format_args!("does not apply to kind {kind}"),
+            );
+        }
+    }
+    match task.kind {
+        TaskKind::Sleep => {
+            if task.ms.is_none() {
+                p.add(format!("{path}.ms"), "is required for kind sleep");
+            }
+            p.range(&format!("{path}.ms"), task.ms, Some(0), None);
+        }
+        TaskKind::Run => {
+            p.required_text(&format!("{path}.program"), task.program.as_deref());
+        }
+        TaskKind::Animoto => {
+            if task.urls.is_empty() {
+                p.add(
+                    format!("{path}.urls"),
+                    "is required for kind animoto (at least one image URL)",
+                );
+            }
+        }
+    }
+    p.range(
+        &format!("{path}.timeoutSeconds"),
+        task.timeout_seconds,
+        Some(1),
+        None,
+    );
+    // The rules of the task model itself (URL schemes, resolutions...): core's.
+    if p.0.len() == before
+        && let Err(e) = task.to_task_spec(param)
+    {
+        p.add(path.to_string(), format_args!("is not a valid task: {e}"));
+    }
+}
+
+/// Checks a WorkerPool's spec.
+pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
+    let mut p = Problems::default();
+
+    let w = &spec.workers;
+    p.range("spec.workers.max", Some(i64::from(w.max)), Some(1), None);
+    p.range("spec.workers.min", w.min.map(i64::from), Some(0), None);
+    if let Some(min) = w.min
+        && min > w.max
+        && w.max >= 1
+    {
+        p.add(
+            "spec.workers.min",
+            format_args!("({min}) is greater than spec.workers.max ({})", w.max),
+        );
+    }
+    p.range(
+        "spec.workers.targetBacklogPerWorker",
+        w.target_backlog_per_worker.map(i64::from),
+        Some(1),
+        None,
+    );
+    p.range("spec.replicas", spec.replicas.map(i64::from), Some(0), None);
+
+    let no_queue_spec = QueueSpec::default();
+    let queue = spec.queue.as_ref().unwrap_or(&no_queue_spec);
+    if let Some(name) = &queue.name {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
+        if name.is_empty() || name.len() > 76 || !name.chars().all(ok) {
+            p.add(
+                "spec.queue.name",
+                format_args!(
+                    "({name:?}) must be 1 to 76 letters, digits, '-' or '_' (the dead-letter queue adds \"-dlq\" within SQS's 80)"
+                ),
+            );
+        }
+    }
+    p.range(
+        "spec.queue.maxReceives",
+        queue.max_receives.map(i64::from),
+        Some(1),
+        Some(1000),
+    );
+
+    let provider = spec
+        .provider
+        .as_ref()
+        .map_or(ProviderType::Deployment, |p| p.type_);
+    let t = &spec.template;
+    if provider == ProviderType::Deployment {
+        p.required_text("spec.template.image", t.image.as_deref());
+    }
+    if let Some(policy) = &t.image_pull_policy
+        && !matches!(policy.as_str(), "Always" | "IfNotPresent" | "Never")
+    {
+        p.add(
+            "spec.template.imagePullPolicy",
+            format_args!("({policy:?}) must be Always, IfNotPresent or Never"),
+        );
+    }
+    p.range(
+        "spec.template.threads",
+        t.threads.map(i64::from),
+        Some(1),
+        Some(10_000),
+    );
+    if let Some(sa) = &t.service_account_name
+        && !is_dns_subdomain(sa)
+    {
+        p.add(
+            "spec.template.serviceAccountName",
+            format_args!("({sa:?}) is not a valid ServiceAccount name"),
+        );
+    }
+    if let Some(table) = &t.ledger_table {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        // The workers' heartbeat table is `<table>-workers`: 8 more characters.
+        if table.len() < 3 || table.len() > 247 || !table.chars().all(ok) {
+            p.add(
+                "spec.template.ledgerTable",
+                format_args!(
+                    "({table:?}) must be 3 to 247 letters, digits, '-', '_' or '.' (a DynamoDB table name, with room for \"-workers\")"
+                ),
+            );
+        }
+    }
+
+    if let Some(pr) = &spec.provider {
+        let members = [
+            ("instances", ProviderType::Instances, pr.instances.is_some()),
+            (
+                "autoScalingGroup",
+                ProviderType::AutoScalingGroup,
+                pr.auto_scaling_group.is_some(),
+            ),
+            (
+                "eksNodegroup",
+                ProviderType::EksNodegroup,
+                pr.eks_nodegroup.is_some(),
+            ),
+        ];
+        for (name, ty, is_set) in members {
+            if ty == pr.type_ && !is_set {
+                p.add(
+                    format!("spec.provider.{name}"),
+                    format_args!("is required with type {ty:?}"),
+                );
+            } else if ty != pr.type_ && is_set {
+                p.add(
+                    format!("spec.provider.{name}"),
+                    format_args!("does not apply to type {:?}", pr.type_),
+                );
+            }
+        }
+        if let Some(i) = &pr.instances {
+            p.required_text(
+                "spec.provider.instances.launchTemplate",
+                Some(i.launch_template.as_str()),
+            );
+        }
+        if let Some(asg) = &pr.auto_scaling_group {
+            p.required_text(
+                "spec.provider.autoScalingGroup.name",
+                Some(asg.name.as_str()),
+            );
+        }
+        if let Some(eks) = &pr.eks_nodegroup {
+            p.required_text(
+                "spec.provider.eksNodegroup.cluster",
+                Some(eks.cluster.as_str()),
+            );
+            p.required_text(
+                "spec.provider.eksNodegroup.nodegroup",
+                Some(eks.nodegroup.as_str()),
+            );
+        }
+    }
+
+    if let Some(b) = &spec.behavior {
+        for (name, rules) in [("scaleUp", &b.scale_up), ("scaleDown", &b.scale_down)] {
+            if let Some(rules) = rules {
+                scaling_rules(&mut p, &format!("spec.behavior.{name}"), rules);
+            }
+        }
+        p.range(
+            "spec.behavior.scaleToZeroCooldownSeconds",
+            b.scale_to_zero_cooldown_seconds.map(i64::from),
+            Some(0),
+            None,
+        );
+    }
+    p.finish()
+}
+
+fn scaling_rules(p: &mut Problems, path: &str, rules: &ScalingRules) {
+    p.range(
+        &format!("{path}.stabilizationWindowSeconds"),
+        rules.stabilization_window_seconds.map(i64::from),
+        Some(0),
+        Some(3600),
+    );
+    for (i, policy) in rules.policies.iter().enumerate() {
+        p.range(
+            &format!("{path}.policies[{i}].value"),
+            Some(i64::from(policy.value)),
+            Some(1),
+            None,
+        );
+        p.range(
+            &format!("{path}.policies[{i}].periodSeconds"),
+            Some(i64::from(policy.period_seconds)),
+            Some(1),
+            Some(1800),
+        );
+    }
+}
+
+/// `s3://bucket[/key]` → (bucket, key); `None` unless it is one.
+fn parse_s3_uri(uri: &str) -> Option<(&str, &str)> {
+    let rest = uri.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'));
+    bucket_ok.then_some((bucket, key))
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn is_dns_subdomain(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// `base` with `patch` merged in (JSON merge patch: null removes).
+    fn merged(base: &Value, patch: &Value) -> Value {
+        let mut out = base.clone();
+        merge(&mut out, patch);
+        out
+    }
+
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    fn check_table<S: serde::de::DeserializeOwned>(
+        base: Value,
+        validate: fn(&S) -> Result<(), Vec<Invalid>>,
+        cases: &[(&str, Value, &[&str])],
+    ) {
+        let spec: S = serde_json::from_value(base.clone()).expect("the base spec parses");
+        assert_eq!(validate(&spec), Ok(()), "the base spec is valid");
+        for (name, patch, want) in cases {
+            let value = merged(&base, patch);
+            let spec: S = serde_json::from_value(value)
+                .unwrap_or_else(|e| panic!("{name}: the spec does not parse: {e}"));
+            let got: Vec<String> = match validate(&spec) {
+                Ok(()) => vec![],
+                Err(problems) => problems.into_iter().map(|p| p.message).collect(),
+            };
+            assert_eq!(got, *want, "{name}");
+        }
+    }
+
+    fn pool() -> Value {
+        json!({
+            "workers": {"max": 10},
+            "template": {"image": "cloudkon/worker:0.1"},
+        })
+    }
+
+    #[test]
+    fn workerpool_table() {
+        let long_name = "q".repeat(77);
+        let too_long = format!(
+            "spec.queue.name ({long_name:?}) must be 1 to 76 letters, digits, '-' or '_' (the dead-letter queue adds \"-dlq\" within SQS's 80)"
+        );
+        let cases: &[(&str, Value, &[&str])] = &[
+            (
+                "a full valid spec",
+                json!({
+                    "queue": {"name": "sweep_q-1", "maxReceives": 3, "deletionPolicy": "Retain"},
+                    "workers": {"min": 1, "max": 10, "targetBacklogPerWorker": 4},
+                    "template": {"imagePullPolicy": "IfNotPresent", "threads": 8,
+                                 "serviceAccountName": "cloudkon-worker", "ledgerTable": "cloudkon-ledger"},
+                    "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
+                                             "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}]},
+                                 "scaleToZeroCooldownSeconds": 60},
+                    "replicas": 3,
+                }),
+                &[],
+            ),
+            (
+                "min above max",
+                json!({"workers": {"min": 5, "max": 2}}),
+                &["spec.workers.min (5) is greater than spec.workers.max (2)"],
+            ),
+            (
+                "max zero",
+                json!({"workers": {"max": 0}}),
+                &["spec.workers.max (0) must be at least 1"],
+            ),
+            (
+                "negative min",
+                json!({"workers": {"min": -1}}),
+                &["spec.workers.min (-1) must be at least 0"],
+            ),
+            (
+                "zero target",
+                json!({"workers": {"targetBacklogPerWorker": 0}}),
+                &["spec.workers.targetBacklogPerWorker (0) must be at least 1"],
+            ),
+            (
+                "negative replicas",
+                json!({"replicas": -2}),
+                &["spec.replicas (-2) must be at least 0"],
+            ),
+            (
+                "no image for a Deployment",
+                json!({"template": {"image": null}}),
+                &["spec.template.image is required"],
+            ),
+            (
+                "blank image",
+                json!({"template": {"image": "  "}}),
+                &["spec.template.image is required"],
+            ),
+            (
+                "bad pull policy",
+                json!({"template": {"imagePullPolicy": "always"}}),
+                &[
+                    "spec.template.imagePullPolicy (\"always\") must be Always, IfNotPresent or Never",
+                ],
+            ),
+            (
+                "zero threads",
+                json!({"template": {"threads": 0}}),
+                &["spec.template.threads (0) must be at least 1"],
+            ),
+            (
+                "bad service account",
+                json!({"template": {"serviceAccountName": "Worker_SA"}}),
+                &[
+                    "spec.template.serviceAccountName (\"Worker_SA\") is not a valid ServiceAccount name",
+                ],
+            ),
+            (
+                "bad ledger table",
+                json!({"template": {"ledgerTable": "t"}}),
+                &[
+                    "spec.template.ledgerTable (\"t\") must be 3 to 247 letters, digits, '-', '_' or '.' (a DynamoDB table name, with room for \"-workers\")",
+                ],
+            ),
+            (
+                "queue name with a dot",
+                json!({"queue": {"name": "my.queue"}}),
+                &[
+                    "spec.queue.name (\"my.queue\") must be 1 to 76 letters, digits, '-' or '_' (the dead-letter queue adds \"-dlq\" within SQS's 80)",
+                ],
+            ),
+            (
+                "queue name too long",
+                json!({"queue": {"name": long_name}}),
+                &[too_long.as_str()],
+            ),
+            (
+                "maxReceives out of range",
+                json!({"queue": {"maxReceives": 0}}),
+                &["spec.queue.maxReceives (0) must be at least 1"],
+            ),
+            (
+                "instances without their member",
+                json!({"provider": {"type": "Instances"}}),
+                &["spec.provider.instances is required with type Instances"],
+            ),
+            (
+                "EC2 instances need no image",
+                json!({
+                "provider": {"type": "Instances", "instances": {"launchTemplate": "lt-0abc"}},
+                "template": {"image": null}}),
+                &[],
+            ),
+            (
+                "a member of another type",
+                json!({"provider": {"type": "Deployment",
+                "eksNodegroup": {"cluster": "c", "nodegroup": "n"}}}),
+                &["spec.provider.eksNodegroup does not apply to type Deployment"],
+            ),
+            (
+                "an empty group name",
+                json!({"provider": {"type": "AutoScalingGroup",
+                "autoScalingGroup": {"name": ""}}}),
+                &["spec.provider.autoScalingGroup.name is required"],
+            ),
+            (
+                "eks fields",
+                json!({"provider": {"type": "EksNodegroup",
+                "eksNodegroup": {"cluster": "", "nodegroup": "workers"}}}),
+                &["spec.provider.eksNodegroup.cluster is required"],
+            ),
+            (
+                "stabilization window too long",
+                json!({"behavior": {"scaleDown": {"stabilizationWindowSeconds": 3601}}}),
+                &["spec.behavior.scaleDown.stabilizationWindowSeconds (3601) must be at most 3600"],
+            ),
+            (
+                "bad policies",
+                json!({"behavior": {"scaleUp": {"policies": [
+                {"type": "Percent", "value": 0, "periodSeconds": 15},
+                {"type": "Pods", "value": 1, "periodSeconds": 1801}]}}}),
+                &[
+                    "spec.behavior.scaleUp.policies[0].value (0) must be at least 1",
+                    "spec.behavior.scaleUp.policies[1].periodSeconds (1801) must be at most 1800",
+                ],
+            ),
+            (
+                "negative cooldown",
+                json!({"behavior": {"scaleToZeroCooldownSeconds": -1}}),
+                &["spec.behavior.scaleToZeroCooldownSeconds (-1) must be at least 0"],
+            ),
+            (
+                "several problems at once",
+                json!({"workers": {"min": 3, "max": 1}, "template": {"image": null, "threads": 0}}),
+                &[
+                    "spec.workers.min (3) is greater than spec.workers.max (1)",
+                    "spec.template.image is required",
+                    "spec.template.threads (0) must be at least 1",
+                ],
+            ),
+        ];
+        check_table(pool(), workerpool, cases);
+    }
+
+    fn batch() -> Value {
+        json!({
+            "tasks": {"inline": [{"kind": "sleep", "ms": 100}]},
+            "workerPool": "pool-a",
+        })
+    }
+
+    #[test]
+    fn taskbatch_table() {
+        let cm = json!({"inline": null, "configMap": {"name": "sweep", "key": "tasks.txt"}});
+        let cases: &[(&str, Value, &[&str])] = &[
+            (
+                "a full valid spec",
+                json!({
+                    "tasks": {"inline": [
+                        {"kind": "sleep", "ms": 0},
+                        {"kind": "run", "program": "echo", "args": ["hi"], "timeoutSeconds": 5},
+                        {"kind": "animoto", "urls": ["s3://b/1.jpg", "https://x/2.png"], "resolution": "1280x720",
+                         "frameRate": 5, "secondsPerImage": 2, "output": "s3://b/videos"}]},
+                    "taskTimeoutSeconds": 30, "retry": {"maxAttempts": 3, "backoffSeconds": 2},
+                    "dedup": false, "suspend": true, "cancel": false, "ttlSecondsAfterFinished": 3600,
+                    "results": {"s3Prefix": "s3://my-bucket/results"},
+                }),
+                &[],
+            ),
+            ("a configMap source", json!({"tasks": cm}), &[]),
+            (
+                "an s3 source",
+                json!({"tasks": {"inline": null, "s3": {"uri": "s3://my-bucket/w/sweep.txt"}}}),
+                &[],
+            ),
+            (
+                "a generator with a count",
+                json!({"tasks": {"inline": null, "generator": {
+                "template": {"kind": "run", "program": "./simulate", "args": ["--seed", "{i}"]}, "count": 1000000}}}),
+                &[],
+            ),
+            (
+                "a generator with a range",
+                json!({"tasks": {"inline": null, "generator": {
+                "template": {"kind": "sleep", "ms": 10}, "range": {"start": 10, "end": 20, "step": 2}}}}),
+                &[],
+            ),
+            (
+                "no source",
+                json!({"tasks": {"inline": null}}),
+                &["spec.tasks has no source: set one of inline, configMap, s3 or generator"],
+            ),
+            (
+                "two sources",
+                json!({"tasks": {"s3": {"uri": "s3://my-bucket/w.txt"}}}),
+                &[
+                    "spec.tasks sets inline and s3: set only one of inline, configMap, s3 or generator",
+                ],
+            ),
+            (
+                "empty inline list",
+                json!({"tasks": {"inline": []}}),
+                &["spec.tasks.inline is empty"],
+            ),
+            (
+                "too many inline tasks",
+                json!({"tasks": {"inline": vec![json!({"kind": "sleep", "ms": 0}); MAX_INLINE_TASKS + 1]}}),
+                &[
+                    "spec.tasks.inline has 10001 tasks, more than 10000: put them in a configMap or s3 workload file, or use a generator",
+                ],
+            ),
+            (
+                "sleep without ms",
+                json!({"tasks": {"inline": [{"kind": "sleep"}]}}),
+                &["spec.tasks.inline[0].ms is required for kind sleep"],
+            ),
+            (
+                "negative ms",
+                json!({"tasks": {"inline": [{"kind": "sleep", "ms": -5}]}}),
+                &["spec.tasks.inline[0].ms (-5) must be at least 0"],
+            ),
+            (
+                "fields of another kind",
+                json!({"tasks": {"inline": [{"kind": "sleep", "ms": 1}, {"kind": "sleep", "ms": 1, "program": "x", "urls": ["s3://b/k"]}]}}),
+                &[
+                    "spec.tasks.inline[1].program does not apply to kind sleep",
+                    "spec.tasks.inline[1].urls does not apply to kind sleep",
+                ],
+            ),
+            (
+                "run without a program",
+                json!({"tasks": {"inline": [{"kind": "run", "args": ["x"]}]}}),
+                &["spec.tasks.inline[0].program is required"],
+            ),
+            (
+                "animoto without images",
+                json!({"tasks": {"inline": [{"kind": "animoto"}]}}),
+                &[
+                    "spec.tasks.inline[0].urls is required for kind animoto (at least one image URL)",
+                ],
+            ),
+            (
+                "core's rules: an image URL scheme",
+                json!({"tasks": {"inline": [{"kind": "animoto", "urls": ["ftp://x/1.jpg"]}]}}),
+                &[
+                    "spec.tasks.inline[0] is not a valid task: animoto: unsupported image URL `ftp://x/1.jpg` (use http://, https://, s3:// or file://)",
+                ],
+            ),
+            (
+                "core's rules: an odd resolution",
+                json!({"tasks": {"inline": [{"kind": "animoto", "urls": ["s3://b/1.jpg"], "resolution": "641x480"}]}}),
+                &[
+                    "spec.tasks.inline[0] is not a valid task: animoto: resolution must be WIDTHxHEIGHT with even numbers, e.g. 1920x1080, got `641x480`",
+                ],
+            ),
+            (
+                "zero task timeout",
+                json!({"tasks": {"inline": [{"kind": "sleep", "ms": 1, "timeoutSeconds": 0}]}}),
+                &["spec.tasks.inline[0].timeoutSeconds (0) must be at least 1"],
+            ),
+            (
+                "configMap name and key",
+                json!({"tasks": {"inline": null, "configMap": {"name": "Sweep", "key": "a/b"}}}),
+                &[
+                    "spec.tasks.configMap.name (\"Sweep\") is not a valid ConfigMap name (a DNS subdomain: lowercase letters, digits, '-' and '.')",
+                    "spec.tasks.configMap.key (\"a/b\") is not a valid ConfigMap key (letters, digits, '-', '_' and '.')",
+                ],
+            ),
+            (
+                "configMap without a key",
+                json!({"tasks": {"inline": null, "configMap": {"name": "sweep", "key": ""}}}),
+                &["spec.tasks.configMap.key is required"],
+            ),
+            (
+                "s3 without a key",
+                json!({"tasks": {"inline": null, "s3": {"uri": "s3://my-bucket/"}}}),
+                &[
+                    "spec.tasks.s3.uri (\"s3://my-bucket/\") must be an object's URI: s3://bucket/key",
+                ],
+            ),
+            (
+                "s3 with another scheme",
+                json!({"tasks": {"inline": null, "s3": {"uri": "https://my-bucket/w.txt"}}}),
+                &[
+                    "spec.tasks.s3.uri (\"https://my-bucket/w.txt\") must be an object's URI: s3://bucket/key",
+                ],
+            ),
+            (
+                "generator without count or range",
+                json!({"tasks": {"inline": null, "generator": {"template": {"kind": "sleep", "ms": 0}}}}),
+                &["spec.tasks.generator has neither count nor range: set one"],
+            ),
+            (
+                "generator with both",
+                json!({"tasks": {"inline": null, "generator": {"template": {"kind": "sleep", "ms": 0}, "count": 3, "range": {"start": 0, "end": 3}}}}),
+                &["spec.tasks.generator sets both count and range: set only one"],
+            ),
+            (
+                "generator count zero",
+                json!({"tasks": {"inline": null, "generator": {"template": {"kind": "sleep", "ms": 0}, "count": 0}}}),
+                &["spec.tasks.generator.count (0) must be at least 1"],
+            ),
+            (
+                "empty range",
+                json!({"tasks": {"inline": null, "generator": {"template": {"kind": "sleep", "ms": 0}, "range": {"start": 10, "end": 5, "step": 0}}}}),
+                &[
+                    "spec.tasks.generator.range.step (0) must be at least 1",
+                    "spec.tasks.generator.range.end (5) must be greater than spec.tasks.generator.range.start (10)",
+                ],
+            ),
+            (
+                "a bad template",
+                json!({"tasks": {"inline": null, "generator": {"template": {"kind": "run", "program": ""}, "count": 5}}}),
+                &["spec.tasks.generator.template.program is required"],
+            ),
+            (
+                "no worker pool",
+                json!({"workerPool": ""}),
+                &["spec.workerPool is required"],
+            ),
+            (
+                "a bad worker pool name",
+                json!({"workerPool": "Pool A"}),
+                &["spec.workerPool (\"Pool A\") is not a valid WorkerPool name"],
+            ),
+            (
+                "zero timeout",
+                json!({"taskTimeoutSeconds": 0}),
+                &["spec.taskTimeoutSeconds (0) must be at least 1"],
+            ),
+            (
+                "retry out of range",
+                json!({"retry": {"maxAttempts": 0, "backoffSeconds": 7200}}),
+                &[
+                    "spec.retry.maxAttempts (0) must be at least 1",
+                    "spec.retry.backoffSeconds (7200) must be at most 3600",
+                ],
+            ),
+            (
+                "negative ttl",
+                json!({"ttlSecondsAfterFinished": -1}),
+                &["spec.ttlSecondsAfterFinished (-1) must be at least 0"],
+            ),
+            (
+                "results not in S3",
+                json!({"results": {"s3Prefix": "/tmp/results"}}),
+                &[
+                    "spec.results.s3Prefix (\"/tmp/results\") must be s3://bucket or s3://bucket/prefix",
+                ],
+            ),
+        ];
+        check_table(batch(), taskbatch, cases);
+    }
+
+    #[test]
+    fn summary_joins_the_messages() {
+        let spec: WorkerPoolSpec = serde_json::from_value(json!({
+            "workers": {"min": 5, "max": 2}, "template": {}
+        }))
+        .unwrap();
+        let problems = workerpool(&spec).unwrap_err();
+        assert_eq!(problems[0].field, "spec.workers.min");
+        assert_eq!(
+            summary(&problems),
+            "spec.workers.min (5) is greater than spec.workers.max (2); spec.template.image is required"
+        );
+    }
+
+    #[test]
+    fn generator_templates_fill_in_the_parameter() {
+        let task: InlineTask = serde_json::from_value(json!({
+            "kind": "run", "program": "./sim-{i}", "args": ["--seed", "{i}"], "timeoutSeconds": 2
+        }))
+        .unwrap();
+        let (spec, timeout) = task.to_task_spec(Some("42")).unwrap();
+        assert_eq!(
+            spec,
+            cloudkon_core::TaskSpec::Run {
+                program: "./sim-42".into(),
+                args: vec!["--seed".into(), "42".into()]
+            }
+        );
+        assert_eq!(timeout, Some(std::time::Duration::from_secs(2)));
+    }
+}

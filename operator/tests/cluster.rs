@@ -1,0 +1,203 @@
+//! The CRDs and examples against a real API server: the local control plane
+//! of `scripts/control-plane` (Kubernetes 1.20), driven with kubectl.
+//!
+//! Run with:
+//!
+//! ```sh
+//! source "$(scripts/control-plane up)"
+//! cargo test -p cloudkon-operator --test cluster -- --include-ignored
+//! ```
+//!
+//! It refuses any other cluster: KUBECONFIG must be the one the control plane
+//! wrote. Without it the test says so and passes (scripts/test does not start
+//! a control plane).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The control plane's kubectl, when KUBECONFIG is the control plane's.
+fn local_control_plane() -> Option<String> {
+    let state = std::env::var_os("CLOUDKON_KUBE_STATE_DIR")?;
+    let kubeconfig = std::env::var_os("KUBECONFIG")?;
+    if Path::new(&kubeconfig) != Path::new(&state).join("kubeconfig") {
+        return None;
+    }
+    Some(std::env::var("CLOUDKON_KUBECTL").unwrap_or_else(|_| "kubectl".to_string()))
+}
+
+struct Kubectl(String);
+
+impl Kubectl {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.0)
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.0))
+    }
+
+    /// Runs and returns stdout; panics with stderr on failure.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// Deletes the test namespace however the test ends.
+struct Namespace<'a>(&'a Kubectl, String);
+
+impl Drop for Namespace<'_> {
+    fn drop(&mut self) {
+        self.0
+            .run(&["delete", "namespace", &self.1, "--wait=false"]);
+    }
+}
+
+#[test]
+#[ignore = "needs the local control plane: source \"$(scripts/control-plane up)\""]
+fn crds_and_examples_on_a_real_api_server() {
+    let Some(kubectl) = local_control_plane() else {
+        eprintln!(
+            "skipped: KUBECONFIG is not the local control plane's (source \"$(scripts/control-plane up)\")"
+        );
+        return;
+    };
+    let k = Kubectl(kubectl);
+
+    // The CRDs install (for real: objects need their CRD) and are established.
+    k.ok(&["apply", "-f", "crds/"]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/taskbatches.cloudkon.io",
+        "crd/workerpools.cloudkon.io",
+    ]);
+
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let ns = format!("cloudkon-crd-test-{}-{nanos}", std::process::id());
+    k.ok(&["create", "namespace", &ns]);
+    let _cleanup = Namespace(&k, ns.clone());
+
+    // The examples pass the server's validation (schema and pruning).
+    let examples = [
+        "examples/workerpool.yaml",
+        "examples/taskbatch.yaml",
+        "examples/taskbatch-animoto.yaml",
+    ];
+    for file in examples {
+        k.ok(&["apply", "--dry-run=server", "-n", &ns, "-f", file]);
+    }
+    // ... and are kept whole: nothing pruned as unknown.
+    for file in examples {
+        k.ok(&["apply", "-n", &ns, "-f", file]);
+    }
+    let stored = k.ok(&["get", "-n", &ns, "workerpool", "sweep-pool", "-o", "json"]);
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    let local: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join(examples[0])).unwrap()).unwrap();
+    assert_eq!(
+        stored["spec"], local["spec"],
+        "the server pruned or changed the spec"
+    );
+
+    // A spec the schema rejects is rejected.
+    let bad = k.run(&[
+        "patch",
+        "-n",
+        &ns,
+        "workerpool",
+        "sweep-pool",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"workers":{"max":0}}}"#,
+    ]);
+    assert!(!bad.status.success(), "max 0 was accepted");
+
+    // Status through the status subresource, shown in the printer columns.
+    k.ok(&[
+        "patch", "-n", &ns, "taskbatch", "sweep", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"phase":"Running","progress":"250/1000000","counts":{"total":1000000,"enqueued":1000000,"succeeded":240,"failed":10},"throughput":125.5}}"#,
+    ]);
+    let table = k.ok(&["get", "-n", &ns, "taskbatches", "sweep"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "DONE", "FAILED", "RATE", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..5],
+        ["sweep", "Running", "250/1000000", "10", "125.5"],
+        "{table}"
+    );
+    // The short name works.
+    k.ok(&["get", "-n", &ns, "tb", "animoto"]);
+
+    k.ok(&[
+        "patch", "-n", &ns, "workerpool", "sweep-pool", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"replicas":3,"readyReplicas":2,"desiredReplicas":4,"workers":"2/4","backlog":35,"backlogVisible":30,"backlogInFlight":5,"density":11.7,"selector":"cloudkon.io/pool=sweep-pool"}}"#,
+    ]);
+    let table = k.ok(&["get", "-n", &ns, "wp"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "WORKERS", "BACKLOG", "DENSITY", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..4], ["sweep-pool", "2/4", "35", "11.7"], "{table}");
+
+    // The /scale subresource writes spec.replicas (what `kubectl scale`, an
+    // HPA or KEDA does) and reads status.replicas and the selector. (A GET of
+    // /scale fails while spec.replicas is unset: the API server needs the
+    // field; a PATCH, as kubectl scale sends, works.)
+    k.ok(&[
+        "scale",
+        "-n",
+        &ns,
+        "workerpool",
+        "sweep-pool",
+        "--replicas=5",
+    ]);
+    let replicas = k.ok(&[
+        "get",
+        "-n",
+        &ns,
+        "wp",
+        "sweep-pool",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert_eq!(replicas, "5");
+    let scale = k.ok(&[
+        "get",
+        "--raw",
+        &format!("/apis/cloudkon.io/v1alpha1/namespaces/{ns}/workerpools/sweep-pool/scale"),
+    ]);
+    let scale: serde_json::Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!(scale["spec"]["replicas"], 5, "{scale}");
+    assert_eq!(scale["status"]["replicas"], 3, "{scale}");
+    assert_eq!(
+        scale["status"]["selector"], "cloudkon.io/pool=sweep-pool",
+        "{scale}"
+    );
+}

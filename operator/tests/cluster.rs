@@ -9,8 +9,7 @@
 //! ```
 //!
 //! It refuses any other cluster: KUBECONFIG must be the one the control plane
-//! wrote. Without it the test says so and passes (scripts/test does not start
-//! a control plane).
+//! wrote; otherwise it fails saying so (`scripts/test` starts the control plane).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -70,12 +69,10 @@ impl Drop for Namespace<'_> {
 #[test]
 #[ignore = "needs the local control plane: source \"$(scripts/control-plane up)\""]
 fn crds_and_examples_on_a_real_api_server() {
-    let Some(kubectl) = local_control_plane() else {
-        eprintln!(
-            "skipped: KUBECONFIG is not the local control plane's (source \"$(scripts/control-plane up)\")"
-        );
-        return;
-    };
+    let kubectl = local_control_plane().expect(
+        "KUBECONFIG is not the local control plane's: run scripts/test, or \
+         source \"$(scripts/control-plane up)\" first",
+    );
     let k = Kubectl(kubectl);
 
     // The CRDs install (for real: objects need their CRD) and are established.

@@ -12,7 +12,7 @@ use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
 };
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use tokio::io::AsyncBufRead;
+use tokio::io::{AsyncBufRead, AsyncReadExt as _};
 
 use super::error::{AwsError, ErrorKind};
 
@@ -317,25 +317,18 @@ impl S3Store {
     }
 
     pub async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, AwsError> {
-        let resource = uri(bucket, key);
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| err("GetObject", resource.clone(), e))?;
-        let body = out.body.collect().await.map_err(|e| {
+        let mut object = self.open(bucket, key).await?;
+        let mut bytes = Vec::with_capacity(object.size.map_or(0, |n| n.min(1 << 30) as usize));
+        object.body.read_to_end(&mut bytes).await.map_err(|e| {
             AwsError::new(
                 SERVICE,
                 "GetObject",
-                resource,
+                uri(bucket, key),
                 ErrorKind::Transient,
                 format!("reading the body: {e}"),
             )
         })?;
-        Ok(body.into_bytes().to_vec())
+        Ok(bytes)
     }
 
     /// Starts reading an object: its size as the server declares it (so that a

@@ -1,11 +1,12 @@
 //! CloudKon's Kubernetes operator: the `TaskBatch` and `WorkerPool` custom
 //! resources ([`crd`]), and the decisions the reconcilers make, as pure
-//! functions with no I/O: how many workers a pool wants ([`scale`]), whether a
+//! functions with no I/O: the objects a spec wants ([`build`]), how many workers a pool wants ([`scale`]), whether a
 //! spec is valid ([`validate`]), and what the status says ([`status`]).
 //!
 //! `cloudkon-core` stays free of Kubernetes: this crate converts its resources
 //! into core's task model.
 
+pub mod build;
 pub mod crd;
 pub mod scale;
 pub mod status;

@@ -1,0 +1,356 @@
+//! The *build* step: the Kubernetes objects a valid spec wants, as a pure
+//! function of the spec (no client, no I/O). The reconciler applies what this
+//! returns with server-side apply.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::WorkerPool;
+
+/// The worker image when a pool names none: the one this operator was built with.
+pub const DEFAULT_WORKER_IMAGE: &str = concat!("cloudkon-worker:", env!("CARGO_PKG_VERSION"));
+/// The label that ties a pool's pods to it (also the `/scale` selector).
+pub const POOL_LABEL: &str = "cloudkon.io/workerpool";
+/// Where workers serve `/metrics` and `/healthz`.
+pub const METRICS_PORT: i32 = 9090;
+/// The workers' SIGTERM grace (`--grace`); the pod gets a little more, so that a
+/// draining worker gives its unfinished bundles back before it is killed.
+pub const WORKER_GRACE_SECONDS: i64 = 25;
+/// The non-root user of the worker image (see the Dockerfile).
+const WORKER_UID: i64 = 10001;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("the WorkerPool has no {0} (it was not read from the API server?)")]
+    Missing(&'static str),
+}
+
+/// The name of a pool's worker Deployment.
+pub fn deployment_name(pool: &str) -> String {
+    format!("{pool}-workers")
+}
+
+/// The labels of a pool's Deployment and pods.
+pub fn worker_labels(pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "cloudkon-worker".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), pool.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "cloudkon-operator".to_string(),
+        ),
+        (POOL_LABEL.to_string(), pool.to_string()),
+    ])
+}
+
+/// The worker Deployment of a pool whose queue is at `queue_url`, at `replicas`.
+pub fn worker_deployment(
+    pool: &WorkerPool,
+    queue_url: &str,
+    replicas: i32,
+) -> Result<Deployment, BuildError> {
+    let name = pool
+        .metadata
+        .name
+        .clone()
+        .ok_or(BuildError::Missing("name"))?;
+    let namespace = pool.namespace().ok_or(BuildError::Missing("namespace"))?;
+    let owner = pool
+        .controller_owner_ref(&())
+        .ok_or(BuildError::Missing("uid"))?;
+    let template = &pool.spec.template;
+    let labels = worker_labels(&name);
+
+    let mut env = vec![
+        env_value("CLOUDKON_QUEUE", queue_url),
+        // The pod's name: results and heartbeat rows say which pod ran what.
+        EnvVar {
+            name: "CLOUDKON_WORKER_ID".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        env_value("CLOUDKON_LOG_FORMAT", "json"),
+        env_value("CLOUDKON_METRICS_ADDR", &format!("0.0.0.0:{METRICS_PORT}")),
+        env_value("CLOUDKON_GRACE", &format!("{WORKER_GRACE_SECONDS}s")),
+    ];
+    if let Some(threads) = template.threads {
+        env.push(env_value("CLOUDKON_THREADS", &threads.to_string()));
+    }
+    if let Some(table) = &template.ledger_table {
+        env.push(env_value("CLOUDKON_LEDGER_TABLE", table));
+    }
+    // The user's variables come last: for a repeated name the last one wins.
+    env.extend(template.env.iter().cloned());
+
+    let container = Container {
+        name: "worker".into(),
+        image: Some(
+            template
+                .image
+                .clone()
+                .unwrap_or_else(|| DEFAULT_WORKER_IMAGE.into()),
+        ),
+        image_pull_policy: template.image_pull_policy.clone(),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: METRICS_PORT,
+            ..ContainerPort::default()
+        }]),
+        // Readiness only: /healthz turns 503 while a worker drains, which must
+        // take it out of service, not restart it mid-drain.
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".into()),
+                port: IntOrString::Int(METRICS_PORT),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(5),
+            ..Probe::default()
+        }),
+        resources: template.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        // Tasks and the Animoto scratch files need a writable /tmp.
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        service_account_name: template.service_account_name.clone(),
+        node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
+        termination_grace_period_seconds: Some(WORKER_GRACE_SECONDS + 5),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(WORKER_UID),
+            ..PodSecurityContext::default()
+        }),
+        volumes: Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(deployment_name(&name)),
+            namespace: Some(namespace),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas.max(0)),
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(POOL_LABEL.to_string(), name.clone())])),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(yaml: &str) -> WorkerPool {
+        let mut pool: WorkerPool = serde_yaml::from_str(yaml).unwrap();
+        pool.metadata.namespace = Some("batch".into());
+        pool.metadata.uid = Some("0a1b".into());
+        pool
+    }
+
+    fn example() -> WorkerPool {
+        pool(include_str!("../../examples/workerpool.yaml"))
+    }
+
+    const MINIMAL: &str = "apiVersion: cloudkon.io/v1alpha1\nkind: WorkerPool\nmetadata: {name: p}\nspec:\n  workers: {max: 3}\n  template: {}\n";
+
+    fn env(d: &Deployment) -> Vec<(String, String)> {
+        let c = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        c.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let value = e.value.clone().unwrap_or_else(|| {
+                    let field = e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+                    format!("fieldRef:{}", field.field_path)
+                });
+                (e.name.clone(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_example_pool_gets_a_deployment_owned_by_it() {
+        let d = worker_deployment(&example(), "https://sqs/q", 4).unwrap();
+        assert_eq!(d.metadata.name.as_deref(), Some("sweep-pool-workers"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("batch"));
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("WorkerPool", "sweep-pool", "0a1b")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(4));
+        // The selector picks exactly the template's pods.
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        let pod_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+        assert_eq!(
+            selector.get(POOL_LABEL).map(String::as_str),
+            Some("sweep-pool")
+        );
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("cloudkon-worker"));
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("cloudkon/worker:0.1.0")
+        );
+        assert!(pod.containers[0].resources.is_some());
+    }
+
+    #[test]
+    fn workers_are_configured_through_their_environment() {
+        let d = worker_deployment(&example(), "https://sqs/q", 1).unwrap();
+        let env = env(&d);
+        let get = |name: &str| {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("CLOUDKON_QUEUE"), Some("https://sqs/q"));
+        assert_eq!(get("CLOUDKON_WORKER_ID"), Some("fieldRef:metadata.name"));
+        assert_eq!(get("CLOUDKON_THREADS"), Some("8"));
+        assert_eq!(get("CLOUDKON_LOG_FORMAT"), Some("json"));
+        assert_eq!(
+            get("CLOUDKON_ANIMOTO_OUT"),
+            Some("s3://my-cloudkon-bucket/videos")
+        );
+        // The user's variables come after ours, so that they win.
+        let ours = env.iter().position(|(n, _)| n == "CLOUDKON_QUEUE").unwrap();
+        let theirs = env
+            .iter()
+            .position(|(n, _)| n == "CLOUDKON_ANIMOTO_OUT")
+            .unwrap();
+        assert!(ours < theirs);
+    }
+
+    #[test]
+    fn pods_are_locked_down_and_drain_before_they_are_killed() {
+        let d = worker_deployment(&pool(MINIMAL), "q", 0).unwrap();
+        let pod = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some(DEFAULT_WORKER_IMAGE));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+        // A writable /tmp despite the read-only root.
+        assert_eq!(c.volume_mounts.as_ref().unwrap()[0].mount_path, "/tmp");
+        assert!(pod.volumes.as_ref().unwrap()[0].empty_dir.is_some());
+        // Readiness on /healthz, no liveness probe to kill a draining worker.
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/healthz"));
+        assert!(c.liveness_probe.is_none());
+        assert!(pod.termination_grace_period_seconds.unwrap() > WORKER_GRACE_SECONDS);
+        assert_eq!(
+            env(&d)
+                .iter()
+                .filter(|(n, _)| n == "CLOUDKON_THREADS")
+                .count(),
+            0
+        );
+        assert!(pod.node_selector.is_none());
+    }
+
+    #[test]
+    fn negative_replicas_become_zero_and_a_pool_not_from_the_api_is_refused() {
+        let d = worker_deployment(&pool(MINIMAL), "q", -2).unwrap();
+        assert_eq!(d.spec.unwrap().replicas, Some(0));
+        let mut bare = pool(MINIMAL);
+        bare.metadata.uid = None;
+        assert_eq!(
+            worker_deployment(&bare, "q", 1).unwrap_err(),
+            BuildError::Missing("uid")
+        );
+    }
+}

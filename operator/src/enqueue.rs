@@ -1,0 +1,231 @@
+//! What a TaskBatch enqueues, as pure functions: its tasks in a fixed order,
+//! packed into bundles the same way every time, so that an operator restarted
+//! mid-enqueue resumes from its checkpoint (the tasks enqueued so far, recorded
+//! in status after each send) and neither skips nor repeats a task.
+//!
+//! Workload files (`configMap`, `s3`) are read by the reconciler with core's
+//! `WorkloadReader`, which numbers tasks the same way on every read.
+
+use cloudkon_core::workload::TaskDef;
+use cloudkon_core::{BatchId, Bundle, BundlePlan, Bundler, Task};
+
+use crate::crd::taskbatch::{Generator, InlineTask, TaskSource};
+
+/// The tasks of an inline or generated source, in order, numbered from 0;
+/// `None` for workload-file sources (see the module doc).
+pub fn source_tasks(
+    source: &TaskSource,
+) -> Option<Box<dyn Iterator<Item = Result<TaskDef, String>> + '_>> {
+    if let Some(inline) = &source.inline {
+        return Some(Box::new(
+            inline
+                .iter()
+                .enumerate()
+                .map(|(i, task)| task_def(i as u64, task, None)),
+        ));
+    }
+    let generator = source.generator.as_ref()?;
+    Some(Box::new(parameters(generator).enumerate().map(
+        |(i, param)| task_def(i as u64, &generator.template, Some(&param.to_string())),
+    )))
+}
+
+/// The values `{i}` takes: `0..count`, or `start..end` by `step`.
+pub fn parameters(generator: &Generator) -> Box<dyn Iterator<Item = i64> + '_> {
+    match (&generator.count, &generator.range) {
+        (Some(count), _) => Box::new(0..(*count).max(0)),
+        (None, Some(range)) => {
+            let step = usize::try_from(range.step.unwrap_or(1).max(1)).unwrap_or(usize::MAX);
+            Box::new((range.start..range.end).step_by(step))
+        }
+        (None, None) => Box::new(std::iter::empty()),
+    }
+}
+
+fn task_def(id: u64, task: &InlineTask, param: Option<&str>) -> Result<TaskDef, String> {
+    let (spec, timeout) = task
+        .to_task_spec(param)
+        .map_err(|e| format!("task {id}: {e}"))?;
+    Ok(TaskDef { id, timeout, spec })
+}
+
+/// The bundles of a batch, in order, leaving out those wholly enqueued before
+/// `checkpoint` (tasks enqueued so far). Bundling is deterministic, so the
+/// bundles after a restart are the ones the first run would have sent.
+pub fn bundles_from<I>(
+    tasks: I,
+    batch: BatchId,
+    plan: BundlePlan,
+    checkpoint: u64,
+) -> impl Iterator<Item = Result<Bundle, String>>
+where
+    I: Iterator<Item = Result<TaskDef, String>>,
+{
+    let mut bundler = Some(Bundler::new(plan));
+    let mut tasks = tasks;
+    std::iter::from_fn(move || {
+        loop {
+            let b = bundler.as_mut()?;
+            let next = match tasks.next() {
+                Some(Ok(def)) => b.push(Task {
+                    batch: batch.clone(),
+                    id: def.id,
+                    attempt: 1,
+                    timeout: def.timeout,
+                    spec: def.spec,
+                }),
+                Some(Err(e)) => {
+                    bundler = None;
+                    return Some(Err(e));
+                }
+                None => bundler.take()?.finish(),
+            };
+            match next {
+                // Sent before the restart: its last task is below the checkpoint.
+                Some(bundle) if bundle.tasks.last().is_some_and(|t| t.id < checkpoint) => {}
+                Some(bundle) => return Some(Ok(bundle)),
+                None if bundler.is_none() => return None,
+                None => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::taskbatch::{ParameterRange, TaskKind};
+    use cloudkon_core::TaskSpec;
+
+    fn template(kind: TaskKind) -> InlineTask {
+        serde_json::from_value(serde_json::json!({
+            "kind": match kind { TaskKind::Sleep => "sleep", TaskKind::Run => "run", TaskKind::Animoto => "animoto" },
+            "ms": 0,
+            "program": "./simulate",
+            "args": ["--seed", "{i}"],
+        }))
+        .unwrap()
+    }
+
+    fn generator(count: Option<i64>, range: Option<ParameterRange>, kind: TaskKind) -> TaskSource {
+        TaskSource {
+            generator: Some(Generator {
+                template: template(kind),
+                count,
+                range,
+            }),
+            ..TaskSource::default()
+        }
+    }
+
+    fn ids(bundles: &[Bundle]) -> Vec<u64> {
+        bundles
+            .iter()
+            .flat_map(|b| b.tasks.iter().map(|t| t.id))
+            .collect()
+    }
+
+    #[test]
+    fn parameters_of_counts_and_ranges() {
+        // (count, range as (start, end, step), the values `{i}` takes)
+        type Case = (Option<i64>, Option<(i64, i64, Option<i64>)>, Vec<i64>);
+        let cases: [Case; 4] = [
+            (Some(3), None, vec![0, 1, 2]),
+            (None, Some((10, 13, None)), vec![10, 11, 12]),
+            (None, Some((-4, 5, Some(4))), vec![-4, 0, 4]),
+            (None, Some((5, 5, None)), vec![]),
+        ];
+        for (count, range, want) in cases {
+            let range = range.map(|(start, end, step)| ParameterRange { start, end, step });
+            let g = Generator {
+                template: template(TaskKind::Sleep),
+                count,
+                range,
+            };
+            assert_eq!(parameters(&g).collect::<Vec<_>>(), want, "{count:?}");
+        }
+    }
+
+    #[test]
+    fn a_generator_fills_in_its_parameter_in_order() {
+        let source = generator(
+            None,
+            Some(ParameterRange {
+                start: 100,
+                end: 103,
+                step: None,
+            }),
+            TaskKind::Run,
+        );
+        let defs: Vec<TaskDef> = source_tasks(&source).unwrap().map(Result::unwrap).collect();
+        assert_eq!(defs.iter().map(|d| d.id).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            defs[2].spec,
+            TaskSpec::Run {
+                program: "./simulate".into(),
+                args: vec!["--seed".into(), "102".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn workload_file_sources_are_left_to_the_reader() {
+        assert!(source_tasks(&TaskSource::default()).is_none());
+    }
+
+    #[test]
+    fn a_restart_at_any_checkpoint_neither_skips_nor_repeats() {
+        let plan = BundlePlan {
+            max_tasks: 7,
+            max_bundle_time: std::time::Duration::from_millis(1),
+        };
+        let source = generator(Some(50), None, TaskKind::Sleep);
+        let all: Vec<Bundle> =
+            bundles_from(source_tasks(&source).unwrap(), BatchId::new("b"), plan, 0)
+                .map(Result::unwrap)
+                .collect();
+        assert_eq!(ids(&all), (0..50).collect::<Vec<_>>());
+        // Checkpoints are recorded after whole bundles were sent.
+        let mut sent = 0;
+        for (n, bundle) in all.iter().enumerate() {
+            sent += bundle.tasks.len() as u64;
+            let resumed: Vec<Bundle> = bundles_from(
+                source_tasks(&source).unwrap(),
+                BatchId::new("b"),
+                plan,
+                sent,
+            )
+            .map(Result::unwrap)
+            .collect();
+            assert_eq!(
+                ids(&resumed),
+                (sent..50).collect::<Vec<_>>(),
+                "after bundle {n}"
+            );
+            // The same bundles (claim keys) as the first run would have sent.
+            let firsts: Vec<u64> = resumed.iter().map(|b| b.tasks[0].id).collect();
+            let expected: Vec<u64> = all[n + 1..].iter().map(|b| b.tasks[0].id).collect();
+            assert_eq!(firsts, expected);
+        }
+    }
+
+    #[test]
+    fn a_bad_task_stops_the_stream_with_its_number() {
+        let mut bad = template(TaskKind::Run);
+        bad.program = Some(String::new());
+        let source = TaskSource {
+            inline: Some(vec![template(TaskKind::Sleep), bad]),
+            ..TaskSource::default()
+        };
+        let out: Vec<_> = bundles_from(
+            source_tasks(&source).unwrap(),
+            BatchId::new("b"),
+            BundlePlan::SQS,
+            0,
+        )
+        .collect();
+        assert_eq!(out.len(), 1);
+        let err = out[0].as_ref().unwrap_err();
+        assert!(err.starts_with("task 1: "), "{err}");
+    }
+}

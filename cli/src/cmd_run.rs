@@ -84,11 +84,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n as usize,
     );
-    let batch = args
-        .common
-        .batch
-        .clone()
-        .unwrap_or_else(|| workload_file::default_batch_name(&args.workload));
+    let batch = args.common.batch_name(&args.workload);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -38,11 +38,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let writer = workload_file::create_results(args.common.output.as_deref())?;
-    let batch = args
-        .common
-        .batch
-        .clone()
-        .unwrap_or_else(|| workload_file::default_batch_name(&args.workload));
+    let batch = args.common.batch_name(&args.workload);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

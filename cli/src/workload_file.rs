@@ -34,6 +34,15 @@ pub struct BatchArgs {
     pub batch: Option<String>,
 }
 
+impl BatchArgs {
+    /// `--batch`, or a name made from the workload's file name and the time.
+    pub fn batch_name(&self, workload: &Path) -> String {
+        self.batch
+            .clone()
+            .unwrap_or_else(|| default_batch_name(workload))
+    }
+}
+
 /// Reads the whole workload; on any malformed line, reports them all and
 /// returns the exit code to stop with (nothing has run).
 pub fn validate(path: &Path) -> std::result::Result<WorkloadStats, ExitCode> {
@@ -110,7 +119,7 @@ pub fn exit_code(summary: &Summary) -> u8 {
     }
 }
 
-pub fn default_batch_name(workload: &Path) -> String {
+fn default_batch_name(workload: &Path) -> String {
     let stem = workload
         .file_stem()
         .map_or("batch".into(), |s| s.to_string_lossy().into_owned());

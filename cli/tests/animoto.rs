@@ -1,31 +1,19 @@
 //! `cloudkon run` on Animoto workloads, as a user runs it: images over HTTP and
 //! from files, videos checked with ffprobe; and no ffmpeg needed for other kinds.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use cloudkon_core::{Outcome, TaskResult};
 use cloudkon_worker::loopback_http::LoopbackServer;
+use common::{make_image, stderr};
 
 fn cloudkon() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudkon"));
     cmd.env_remove("RUST_LOG");
     cmd
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn make_image(path: &Path, size: &str) {
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size={size}:rate=1"))
-        .args(["-frames:v", "1"])
-        .arg(path)
-        .status()
-        .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
-    assert!(status.success());
 }
 
 /// Duration in seconds and `WIDTHxHEIGHT` of a video.

@@ -10,31 +10,16 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use cloudkon_core::aws::{Aws, S3Store, S3Uri};
 use cloudkon_core::{Outcome, Summary, TaskResult};
 use cloudkon_worker::loopback_http::LoopbackServer;
 use common::{
-    create_queue, finish, read_results, require_servers, runtime, stop, submit, unique,
-    worker_command, worker_with,
+    create_queue, finish, make_image, read_results, require_servers, runtime, stderr, stop, submit,
+    unique, worker_command, worker_with,
 };
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn make_image(path: &Path, size: &str) {
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size={size}:rate=1"))
-        .args(["-frames:v", "1"])
-        .arg(path)
-        .status()
-        .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
-    assert!(status.success(), "ffmpeg could not make {}", path.display());
-}
 
 /// Test images in a directory, served over loopback HTTP, and a bucket with
 /// copies of some of them (and an object that is not an image).

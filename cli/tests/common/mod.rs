@@ -1,5 +1,5 @@
 //! Helpers shared by the tests that run `cloudkon` and `cloudkon-worker`
-//! processes against the AWS test servers (`scripts/test` starts them).
+//! processes (some against the AWS test servers `scripts/test` starts).
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::{Path, PathBuf};
@@ -142,4 +142,21 @@ pub fn read_results(path: &Path) -> Vec<TaskResult> {
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A test image of `size` (`WIDTHxHEIGHT`) made by ffmpeg, in the format the
+/// extension of `path` names.
+pub fn make_image(path: &Path, size: &str) {
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size={size}:rate=1"))
+        .args(["-frames:v", "1"])
+        .arg(path)
+        .status()
+        .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
+    assert!(status.success(), "ffmpeg could not make {}", path.display());
 }

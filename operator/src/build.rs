@@ -196,6 +196,48 @@ fn env_value(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// The longest queue name we make: SQS allows 80 and the dead-letter queue
+/// adds `-dlq`.
+pub const MAX_QUEUE_NAME: usize = 76;
+
+/// A pool's request queue: `spec.queue.name`, or `cloudkon-<namespace>-<pool>`
+/// (cut, with a hash of the whole name, when too long; characters SQS refuses
+/// become `-`).
+pub fn queue_name(namespace: &str, pool: &str, explicit: Option<&str>) -> String {
+    if let Some(name) = explicit {
+        return name.to_string();
+    }
+    bounded_name(&format!("cloudkon-{namespace}-{pool}"), MAX_QUEUE_NAME)
+}
+
+/// A batch's response queue, derived from its uid, so that a restarted
+/// operator finds the same queue.
+pub fn response_queue_name(batch_uid: &str) -> String {
+    bounded_name(&format!("cloudkon-tb-{batch_uid}"), MAX_QUEUE_NAME)
+}
+
+fn bounded_name(name: &str, max: usize) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let suffix = format!("-{:08x}", hash as u32);
+    format!("{}{suffix}", &clean[..max - suffix.len()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +393,27 @@ mod tests {
         assert_eq!(
             worker_deployment(&bare, "q", 1).unwrap_err(),
             BuildError::Missing("uid")
+        );
+    }
+
+    #[test]
+    fn queue_names_fit_sqs() {
+        assert_eq!(
+            queue_name("default", "sweep", None),
+            "cloudkon-default-sweep"
+        );
+        assert_eq!(queue_name("default", "sweep", Some("mine")), "mine");
+        assert_eq!(queue_name("a.b", "p", None), "cloudkon-a-b-p");
+        let long = "p".repeat(200);
+        let a = queue_name("default", &long, None);
+        let b = queue_name("default", &format!("{long}x"), None);
+        assert_eq!(a.len(), MAX_QUEUE_NAME);
+        assert_ne!(a, b, "a hash keeps long names apart");
+        assert_eq!(a, queue_name("default", &long, None), "stable");
+        let uid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        assert_eq!(
+            response_queue_name(uid),
+            "cloudkon-tb-0f8fad5b-d9cb-469f-a165-70867728950e"
         );
     }
 }

@@ -15,7 +15,7 @@ use crate::crd::taskbatch::{Generator, InlineTask, TaskSource};
 /// `None` for workload-file sources (see the module doc).
 pub fn source_tasks(
     source: &TaskSource,
-) -> Option<Box<dyn Iterator<Item = Result<TaskDef, String>> + '_>> {
+) -> Option<Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + '_>> {
     if let Some(inline) = &source.inline {
         return Some(Box::new(
             inline
@@ -31,7 +31,7 @@ pub fn source_tasks(
 }
 
 /// The values `{i}` takes: `0..count`, or `start..end` by `step`.
-pub fn parameters(generator: &Generator) -> Box<dyn Iterator<Item = i64> + '_> {
+pub fn parameters(generator: &Generator) -> Box<dyn Iterator<Item = i64> + Send + '_> {
     match (&generator.count, &generator.range) {
         (Some(count), _) => Box::new(0..(*count).max(0)),
         (None, Some(range)) => {

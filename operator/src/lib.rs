@@ -4,12 +4,24 @@
 //! where a restart resumes ([`enqueue`]), how many workers a pool wants ([`scale`]), whether a
 //! spec is valid ([`validate`]), and what the status says ([`status`]).
 //!
+//! The I/O around them: [`operator::run`] starts the two controllers
+//! ([`pool_reconciler`], [`batch_reconciler`] with its [`batch_runner`]) under
+//! [`leader`] election, with [`metrics`].
+//!
 //! `cloudkon-core` stays free of Kubernetes: this crate converts its resources
 //! into core's task model.
 
+pub mod batch_reconciler;
+pub mod batch_runner;
 pub mod build;
+pub mod collected;
+pub mod context;
 pub mod crd;
 pub mod enqueue;
+pub mod leader;
+pub mod metrics;
+pub mod operator;
+pub mod pool_reconciler;
 pub mod scale;
 pub mod status;
 pub mod validate;

@@ -1,13 +1,18 @@
-//! `cloudkon-operator`: CloudKon's Kubernetes operator. For now it prints its
-//! CustomResourceDefinitions; the reconcilers (`run`) come next.
+//! `cloudkon-operator`: CloudKon's Kubernetes operator. `run` reconciles
+//! TaskBatches and WorkerPools; `crd` prints the CustomResourceDefinitions.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use cloudkon_operator::crd;
+use cloudkon_operator::context::Settings;
+use cloudkon_operator::leader::LeaseConfig;
+use cloudkon_operator::{crd, operator};
+use cloudkon_worker::logging::{self, LogFormat};
 
 /// CloudKon's Kubernetes operator: TaskBatch (a batch of tasks) and WorkerPool
 /// (a queue and the workers that drain it, scaled on its backlog).
@@ -15,6 +20,10 @@ use cloudkon_operator::crd;
 /// Install the CRDs:
 ///
 ///   cloudkon-operator crd | kubectl apply -f -
+///
+/// Run it (in the cluster, or anywhere with a kubeconfig and AWS access):
+///
+///   cloudkon-operator run
 #[derive(Debug, Parser)]
 #[command(
     name = "cloudkon-operator",
@@ -41,12 +50,63 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+    /// Reconcile TaskBatches and WorkerPools until SIGTERM. The cluster is
+    /// found as kubectl finds it (KUBECONFIG, ~/.kube/config, or the pod's
+    /// service account); AWS through the SDK's standard chain
+    /// (AWS_REGION, IRSA, AWS_ENDPOINT_URL_SQS, ...).
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "CLOUDKON_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+
+    /// Elect a leader through a Lease, so that several replicas can run and
+    /// only one acts.
+    #[arg(long, env = "CLOUDKON_LEADER_ELECT")]
+    leader_elect: bool,
+
+    /// The Lease's namespace (default: the pod's, from POD_NAMESPACE, else
+    /// `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+
+    #[arg(long, env = "CLOUDKON_LEASE_NAME", default_value = "cloudkon-operator")]
+    lease_name: String,
+
+    /// How long a leader's Lease lasts without renewal.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+
+    /// This replica's identity in the Lease and in Events (default: the
+    /// pod's name from POD_NAME, else the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Serve /metrics and /healthz here ("" to disable).
+    #[arg(long, env = "CLOUDKON_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: String,
+
+    /// How often a pool's queue is looked at between events.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll: Duration,
+
+    /// Results of batches that set no `results.s3Prefix` go under this
+    /// `s3://bucket/prefix` (default: such results are only counted).
+    #[arg(long, env = "CLOUDKON_RESULTS_PREFIX")]
+    results_prefix: Option<String>,
+
+    #[arg(long, env = "CLOUDKON_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd { out_dir } => print_crds(out_dir),
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,4 +144,71 @@ fn print_crds(out_dir: Option<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    logging::init(args.log_format, "info,kube_runtime=warn");
+    if let Some(prefix) = &args.results_prefix {
+        cloudkon_core::aws::S3Uri::parse(prefix)
+            .with_context(|| format!("--results-prefix {prefix:?}"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot find the cluster (KUBECONFIG, ~/.kube/config or in-cluster config)")?;
+        // Fail now, with a clear message, when the CRDs are missing or the
+        // API server is unreachable, rather than retrying forever in a watch.
+        let probe: kube::Api<crd::TaskBatch> = kube::Api::all(client.clone());
+        probe
+            .list(&kube::api::ListParams::default().limit(1))
+            .await
+            .context("cannot list TaskBatches: is the API server up, and are the CRDs installed (`cloudkon-operator crd | kubectl apply -f -`)?")?;
+        let aws = cloudkon_core::aws::Aws::load().await;
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "operator".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let metrics_listener = if args.metrics_addr.is_empty() {
+            None
+        } else {
+            Some(
+                tokio::net::TcpListener::bind(&args.metrics_addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.metrics_addr))?,
+            )
+        };
+        if let Some(l) = &metrics_listener {
+            tracing::info!(addr = %l.local_addr()?, "serving /metrics and /healthz");
+        }
+        let lease = args.leader_elect.then(|| LeaseConfig {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: args.lease_duration,
+            renew_every: args.lease_duration / 5,
+        });
+        operator::run(
+            client,
+            aws,
+            operator::Options {
+                namespace: args.namespace,
+                lease,
+                metrics_listener,
+                settings: Settings {
+                    poll: args.poll,
+                    default_results_prefix: args.results_prefix,
+                    ..Settings::default()
+                },
+                identity,
+            },
+        )
+        .await
+    })
 }

@@ -135,11 +135,19 @@ pub fn set_condition(
     now: &Time,
 ) -> bool {
     let status = status_word(update.status);
+    // An empty message is refused: a JSON merge patch of the status (on
+    // Kubernetes 1.20 at least) turns "" into null, and the schema wants a
+    // string. The reason says it as well.
+    let message = if update.message.is_empty() {
+        update.reason.clone()
+    } else {
+        update.message.clone()
+    };
     let fresh = || Condition {
         type_: update.type_.to_string(),
         status: status.to_string(),
         reason: update.reason.clone(),
-        message: update.message.clone(),
+        message: message.clone(),
         observed_generation,
         last_transition_time: now.clone(),
     };
@@ -154,10 +162,10 @@ pub fn set_condition(
         }
         Some(existing) => {
             let changed = existing.reason != update.reason
-                || existing.message != update.message
+                || existing.message != message
                 || existing.observed_generation != observed_generation;
             existing.reason.clone_from(&update.reason);
-            existing.message.clone_from(&update.message);
+            existing.message = message;
             existing.observed_generation = observed_generation;
             changed
         }

@@ -97,6 +97,7 @@ where
                 continue;
             }
         }
+        ctx.inflight.completed(&key);
         WorkerStats::add(&ctx.stats.tasks_succeeded, total - failed);
         WorkerStats::add(&ctx.stats.tasks_failed, failed);
         sends.entry(reply_to).or_default().push(body);
@@ -167,8 +168,8 @@ where
             if let Some(ledger) = &ctx.ledger {
                 match ledger.renew(&key, &owner, ctx.config.lease).await {
                     Ok(true) => {}
-                    // Finished meanwhile (the snapshot is older than the completion).
-                    Ok(false) if !ctx.inflight.contains(&key) => {}
+                    // Completed meanwhile (the snapshot is older than the completion).
+                    Ok(false) if !ctx.inflight.needs_heartbeat(&key) => {}
                     Ok(false) => {
                         tracing::warn!(key, "lease lost: another worker took this bundle over")
                     }
@@ -180,7 +181,7 @@ where
             }
             if let Some(receipt) = &receipt
                 && let Err(e) = ctx.queue.extend(receipt, ctx.config.visibility).await
-                && ctx.inflight.contains(&key)
+                && ctx.inflight.needs_heartbeat(&key)
             {
                 tracing::warn!(key, error = %e, "visibility extension failed");
             }

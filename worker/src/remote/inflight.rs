@@ -8,10 +8,15 @@ use cloudkon_core::queue::Receipt;
 
 use super::WorkerStats;
 
+/// A held bundle: its receipt, owner token, and whether it completed.
+type Held = (Option<Receipt>, String, bool);
+
 #[derive(Debug)]
 pub struct InFlight {
-    /// Claim key → the delivery's receipt and the claim's owner token.
-    held: Mutex<HashMap<String, (Option<Receipt>, String)>>,
+    /// Claim key → the delivery's receipt, the claim's owner token, and
+    /// whether its completion is recorded (no more heartbeats: the ledger row
+    /// is done, and a renewal would fail as if the lease were lost).
+    held: Mutex<HashMap<String, Held>>,
     stats: Arc<WorkerStats>,
 }
 
@@ -25,7 +30,7 @@ impl InFlight {
 
     pub fn insert(&self, key: String, receipt: Option<Receipt>, owner: String) {
         let mut held = self.held.lock().expect("inflight lock");
-        held.insert(key, (receipt, owner));
+        held.insert(key, (receipt, owner, false));
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
@@ -35,18 +40,32 @@ impl InFlight {
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
-    pub fn contains(&self, key: &str) -> bool {
-        self.held.lock().expect("inflight lock").contains_key(key)
+    /// The bundle's completion is recorded: heartbeats stop for it.
+    pub fn completed(&self, key: &str) {
+        if let Some(entry) = self.held.lock().expect("inflight lock").get_mut(key) {
+            entry.2 = true;
+        }
+    }
+
+    /// Held and not completed: its lease must be kept.
+    pub fn needs_heartbeat(&self, key: &str) -> bool {
+        self.held
+            .lock()
+            .expect("inflight lock")
+            .get(key)
+            .is_some_and(|e| !e.2)
     }
 
     pub fn len(&self) -> usize {
         self.held.lock().expect("inflight lock").len()
     }
 
+    /// The bundles whose leases need renewing.
     pub fn snapshot(&self) -> Vec<(String, Option<Receipt>, String)> {
         let held = self.held.lock().expect("inflight lock");
         held.iter()
-            .map(|(k, (r, o))| (k.clone(), r.clone(), o.clone()))
+            .filter(|(_, (_, _, completed))| !completed)
+            .map(|(k, (r, o, _))| (k.clone(), r.clone(), o.clone()))
             .collect()
     }
 }

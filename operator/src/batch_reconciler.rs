@@ -1,0 +1,400 @@
+//! The TaskBatch reconciler: validate the spec and its pool, start the batch's
+//! runner ([`crate::batch_runner`]) and keep it going, report conditions and
+//! Events as the phase moves, cancel, and delete finished batches after their
+//! TTL. The finalizer deletes the batch's response queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudkon_core::aws::{ErrorKind, S3Uri};
+use cloudkon_core::workload::{self, WorkloadReader};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::batch_runner::{self, RunnerArgs, Source};
+use crate::build;
+use crate::context::{Context, Error, FINALIZER};
+use crate::crd::taskbatch::{Phase, TaskBatchStatus};
+use crate::crd::{TaskBatch, WorkerPool};
+use crate::status::{self, BatchConditionsInput, set_condition};
+use crate::validate::{self, Invalid};
+
+pub async fn reconcile(batch: Arc<TaskBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = batch.namespace().unwrap_or_default();
+    let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, batch, |event| async {
+        match event {
+            Finalizer::Apply(b) => apply(b, &ctx).await,
+            Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Other(format!("TaskBatch {ns}: {e}")))
+}
+
+fn uid(batch: &TaskBatch) -> String {
+    batch.uid().unwrap_or_default()
+}
+
+async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let ns = batch.namespace().unwrap_or_default();
+    let name = batch.name_any();
+    let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Time(Timestamp::now());
+    let generation = batch.metadata.generation;
+    let old = batch.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    st.observed_generation = generation;
+    let spec = &batch.spec;
+    let cancel = spec.cancel == Some(true);
+
+    // A finished batch: conditions, the Event, then the TTL.
+    if let Some(phase) = old.phase.filter(|p| p.is_finished()) {
+        stop_runner(ctx, &uid(&batch)).await;
+        set_conditions(ctx, &batch, &mut st, phase, &Ok(()), None, &now).await;
+        write_conditions(&api, &name, &old, &st).await?;
+        return ttl(ctx, &batch, &api, &st).await;
+    }
+
+    let mut validation = validate::taskbatch(spec);
+    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let pool = pools
+        .get_opt(&spec.worker_pool)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read WorkerPool {ns}/{}",
+            spec.worker_pool
+        )))?;
+    let missing_pool = pool.is_none().then_some(spec.worker_pool.as_str());
+
+    if cancel {
+        stop_runner(ctx, &uid(&batch)).await;
+        st.phase = Some(Phase::Cancelled);
+        st.completion_time = Some(now.clone());
+        set_conditions(
+            ctx,
+            &batch,
+            &mut st,
+            Phase::Cancelled,
+            &validation,
+            missing_pool,
+            &now,
+        )
+        .await;
+        write_full(&api, &name, &old, &st).await?;
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+
+    // A workload file is read and checked whole before anything is enqueued.
+    let enqueue_done = matches!(old.phase, Some(Phase::Running));
+    let mut source = Source::Spec;
+    if validation.is_ok() && !enqueue_done && !runner_alive(ctx, &uid(&batch)) {
+        match read_workload(ctx, &batch).await {
+            Ok(Some(s)) => source = s,
+            Ok(None) => {}
+            Err(problems) => validation = Err(problems),
+        }
+    }
+
+    let phase = old.phase.unwrap_or(Phase::Pending);
+    st.phase = Some(phase);
+    set_conditions(ctx, &batch, &mut st, phase, &validation, missing_pool, &now).await;
+    let queue_url = pool
+        .as_ref()
+        .and_then(|p| p.status.as_ref()?.queue_url.clone());
+    if validation.is_err() {
+        write_full(&api, &name, &old, &st).await?;
+        return Ok(Action::await_change());
+    }
+    let Some(queue_url) = queue_url else {
+        // The pool is missing, or has no queue yet: look again soon.
+        write_full(&api, &name, &old, &st).await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    };
+    let results = results_location(ctx, &batch);
+    if let Some(r) = &results {
+        st.results = Some(r.to_string());
+    }
+    write_full(&api, &name, &old, &st).await?;
+
+    let key = uid(&batch);
+    let mut runners = ctx.runners.lock().expect("runner lock");
+    match runners.get(&key) {
+        Some(r) if !r.task.is_finished() => {
+            r.spec.send_replace(spec.clone());
+        }
+        _ => {
+            if old.phase.is_none() || old.phase == Some(Phase::Pending) {
+                tracing::info!(batch = %format!("{ns}/{name}"), "starting");
+            }
+            let pool_ref = ObjectRef::<WorkerPool>::new(&spec.worker_pool).within(&ns);
+            let handle = batch_runner::spawn(
+                ctx.clone(),
+                RunnerArgs {
+                    batch: batch.clone(),
+                    pool_queue_url: queue_url,
+                    pool: pool_ref,
+                    source,
+                    results,
+                },
+            );
+            runners.insert(key, handle);
+        }
+    }
+    // The runner drives the batch; a look now and then restarts it if it
+    // stopped on an error.
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+fn runner_alive(ctx: &Context, key: &str) -> bool {
+    ctx.runners
+        .lock()
+        .expect("runner lock")
+        .get(key)
+        .is_some_and(|r| !r.task.is_finished())
+}
+
+async fn stop_runner(ctx: &Context, key: &str) {
+    let handle = ctx.runners.lock().expect("runner lock").remove(key);
+    if let Some(h) = handle {
+        h.task.abort();
+        let _ = h.task.await;
+    }
+}
+
+/// `results.s3Prefix` (or the operator's default) + `<namespace>/<name>/`.
+fn results_location(ctx: &Context, batch: &TaskBatch) -> Option<S3Uri> {
+    let prefix = batch
+        .spec
+        .results
+        .as_ref()
+        .and_then(|r| r.s3_prefix.clone())
+        .or_else(|| ctx.settings.default_results_prefix.clone())?;
+    let mut uri = S3Uri::parse(&prefix).ok()?;
+    if !uri.key.is_empty() && !uri.key.ends_with('/') {
+        uri.key.push('/');
+    }
+    uri.key.push_str(&format!(
+        "{}/{}/",
+        batch.namespace().unwrap_or_default(),
+        batch.name_any()
+    ));
+    Some(uri)
+}
+
+/// Reads a ConfigMap or S3 workload file and checks every line; `None` for
+/// inline and generator sources.
+async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source>, Vec<Invalid>> {
+    let ns = batch.namespace().unwrap_or_default();
+    let tasks = &batch.spec.tasks;
+    let (field, name, bytes) = if let Some(cm) = &tasks.config_map {
+        let field = "spec.tasks.configMap";
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        let map = api
+            .get_opt(&cm.name)
+            .await
+            .map_err(|e| invalid(field, format!("cannot read ConfigMap {:?}: {e}", cm.name)))?
+            .ok_or_else(|| invalid(field, format!("ConfigMap {:?} does not exist", cm.name)))?;
+        let bytes = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&cm.key))
+            .map(|s| s.clone().into_bytes())
+            .or_else(|| {
+                map.binary_data
+                    .as_ref()
+                    .and_then(|d| d.get(&cm.key))
+                    .map(|b| b.0.clone())
+            })
+            .ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("ConfigMap {:?} has no key {:?}", cm.name, cm.key),
+                )
+            })?;
+        (field, format!("configmap/{}/{}", cm.name, cm.key), bytes)
+    } else if let Some(s3) = &tasks.s3 {
+        let field = "spec.tasks.s3.uri";
+        let uri = S3Uri::object(&s3.uri).map_err(|e| invalid(field, e.to_string()))?;
+        let bytes = ctx.s3.get_bytes(&uri.bucket, &uri.key).await.map_err(|e| {
+            let what = if e.kind == ErrorKind::NotFound {
+                format!("{} does not exist", s3.uri)
+            } else {
+                format!("cannot read {}: {e}", s3.uri)
+            };
+            invalid(field, what)
+        })?;
+        (field, s3.uri.clone(), bytes)
+    } else {
+        return Ok(None);
+    };
+    if let Err(errors) = workload::validate(WorkloadReader::new(bytes.as_slice(), name.clone())) {
+        let mut problems: Vec<Invalid> = errors
+            .iter()
+            .map(|e| Invalid {
+                field: field.to_string(),
+                message: e.to_string(),
+            })
+            .collect();
+        problems.truncate(5);
+        return Err(problems);
+    }
+    Ok(Some(Source::File {
+        name,
+        bytes: Arc::new(bytes),
+    }))
+}
+
+fn invalid(field: &str, message: String) -> Vec<Invalid> {
+    vec![Invalid {
+        field: field.to_string(),
+        message,
+    }]
+}
+
+/// Sets the four conditions; an Event for each that changed to a state a
+/// person wants to hear about.
+async fn set_conditions(
+    ctx: &Context,
+    batch: &TaskBatch,
+    st: &mut TaskBatchStatus,
+    phase: Phase,
+    validation: &Result<(), Vec<Invalid>>,
+    missing_pool: Option<&str>,
+    now: &Time,
+) {
+    let updates = status::batch_conditions(&BatchConditionsInput {
+        phase,
+        validation,
+        missing_pool,
+        suspend: batch.spec.suspend == Some(true),
+        counts: st.counts,
+    });
+    for update in updates {
+        if set_condition(&mut st.conditions, &update, batch.metadata.generation, now) {
+            let (warning, reason) = match (update.type_, update.status) {
+                (status::batch_condition::ACCEPTED, false) => (true, update.reason.as_str()),
+                (status::batch_condition::ACCEPTED, true) => (false, "Accepted"),
+                (status::batch_condition::SUSPENDED, true) => (false, "Suspended"),
+                (status::batch_condition::COMPLETE, true) => (false, "Succeeded"),
+                (status::batch_condition::FAILED, true) => (true, update.reason.as_str()),
+                _ => continue,
+            };
+            let note = if update.message.is_empty() {
+                reason.to_string()
+            } else {
+                update.message.clone()
+            };
+            ctx.event(batch, warning, reason, note).await;
+        }
+    }
+}
+
+/// Writes the conditions and observedGeneration only: the runner owns the
+/// rest of a running batch's status.
+async fn write_conditions(
+    api: &Api<TaskBatch>,
+    name: &str,
+    old: &TaskBatchStatus,
+    new: &TaskBatchStatus,
+) -> Result<(), Error> {
+    if old.conditions == new.conditions && old.observed_generation == new.observed_generation {
+        return Ok(());
+    }
+    patch(
+        api,
+        name,
+        json!({ "conditions": new.conditions, "observedGeneration": new.observed_generation }),
+    )
+    .await
+}
+
+/// Writes conditions, observedGeneration, phase, completion time and the
+/// results location (the runner is not running, or not yet).
+async fn write_full(
+    api: &Api<TaskBatch>,
+    name: &str,
+    old: &TaskBatchStatus,
+    new: &TaskBatchStatus,
+) -> Result<(), Error> {
+    if old == new {
+        return Ok(());
+    }
+    let mut p = json!({
+        "conditions": new.conditions,
+        "observedGeneration": new.observed_generation,
+        "phase": new.phase,
+    });
+    if let Some(t) = &new.completion_time {
+        p["completionTime"] = json!(t);
+    }
+    if let Some(r) = &new.results {
+        p["results"] = json!(r);
+    }
+    patch(api, name, p).await
+}
+
+async fn patch(api: &Api<TaskBatch>, name: &str, status: serde_json::Value) -> Result<(), Error> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "cannot write the status of TaskBatch {name}"
+    )))?;
+    Ok(())
+}
+
+/// Deletes a finished batch once `ttlSecondsAfterFinished` has passed.
+async fn ttl(
+    ctx: &Context,
+    batch: &TaskBatch,
+    api: &Api<TaskBatch>,
+    st: &TaskBatchStatus,
+) -> Result<Action, Error> {
+    let (Some(ttl), Some(done)) = (batch.spec.ttl_seconds_after_finished, &st.completion_time)
+    else {
+        return Ok(Action::await_change());
+    };
+    let due = done.0.as_second() + i64::from(ttl);
+    let left = due - Timestamp::now().as_second();
+    if left > 0 {
+        return Ok(Action::requeue(Duration::from_secs(left as u64)));
+    }
+    let name = batch.name_any();
+    tracing::info!(batch = %name, ttl, "deleting the finished batch (ttlSecondsAfterFinished)");
+    ctx.event(
+        batch,
+        false,
+        "Expired",
+        format!("finished {ttl} s ago (ttlSecondsAfterFinished): deleting"),
+    )
+    .await;
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(Error::kube(format!("cannot delete TaskBatch {name}"))(e)),
+    }
+    Ok(Action::await_change())
+}
+
+async fn cleanup(batch: &TaskBatch, ctx: &Context) -> Result<Action, Error> {
+    stop_runner(ctx, &uid(batch)).await;
+    let queue = build::response_queue_name(&uid(batch));
+    match ctx.sqs.open(&queue).await {
+        Ok(q) => q.delete().await?,
+        Err(e) if e.kind == ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    // The collected-ids ConfigMap goes with its owner (garbage collection).
+    Ok(Action::await_change())
+}

@@ -1,0 +1,522 @@
+//! The work of one TaskBatch, as a task of its own: enqueue its bundles into
+//! the pool's queue (with the checkpoint `status.counts.enqueued` written after
+//! each send), and collect the results from the batch's response queue into
+//! the counts, the collected-ids ConfigMap and the results objects in S3.
+//!
+//! Restart safety: every step can be repeated. Bundling is deterministic, so a
+//! runner started again (operator restart, error) resends at most the bundles
+//! after the last checkpoint, and those carry the same claim keys, so the
+//! ledger runs them once. Results are counted by task id against the collected
+//! set, which is stored before the results messages are deleted.
+//!
+//! The runner writes only its part of the status (counts, progress, phase
+//! Enqueuing/Running/Succeeded/Failed, times, throughput, latency); the
+//! reconciler owns the conditions and acts on the phases the runner sets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cloudkon_core::aws::{QueueOptions, S3Uri, SqsQueue};
+use cloudkon_core::queue::Receipt;
+use cloudkon_core::task::Timestamp;
+use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
+use cloudkon_core::workload::{TaskDef, WorkloadReader};
+use cloudkon_core::{BatchId, BundlePlan};
+use hdrhistogram::Histogram;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp as JiffTimestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::build;
+use crate::collected::Collected;
+use crate::context::{Context, Error, MANAGER};
+use crate::crd::taskbatch::{Latency, Phase, TaskBatchSpec, TaskCounts};
+use crate::crd::{TaskBatch, WorkerPool};
+use crate::enqueue;
+use crate::status::{self, PhaseInput};
+
+/// The key of the collected-ids ConfigMap's value.
+const COLLECTED_KEY: &str = "collected";
+/// Bundles per send (one SendMessageBatch when they fit) and per checkpoint.
+const SEND_GROUP: usize = 10;
+/// How often the enqueue checkpoint is written, at most.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// A running batch, as the reconciler holds it.
+pub struct RunnerHandle {
+    pub task: JoinHandle<Result<(), Error>>,
+    /// The batch's latest spec (suspend).
+    pub spec: watch::Sender<TaskBatchSpec>,
+}
+
+/// Where a batch's tasks come from, read by the reconciler (which validates a
+/// workload file before anything is enqueued).
+pub enum Source {
+    /// Inline tasks or a generator: in the spec.
+    Spec,
+    /// A workload file's bytes (ConfigMap or S3), already validated.
+    File { name: String, bytes: Arc<Vec<u8>> },
+}
+
+pub struct RunnerArgs {
+    pub batch: Arc<TaskBatch>,
+    pub pool_queue_url: String,
+    pub pool: ObjectRef<WorkerPool>,
+    pub source: Source,
+    /// `s3://bucket/prefix/<ns>/<name>/`, or `None`: results are counted only.
+    pub results: Option<S3Uri>,
+}
+
+/// The ConfigMap holding a batch's collected ids.
+pub fn collected_configmap_name(batch: &str) -> String {
+    format!("{batch}-cloudkon-collected")
+}
+
+/// The batch id in task messages and ledger keys: the object's uid, so that a
+/// batch deleted and created again under the same name is a new batch.
+pub fn batch_id(batch: &TaskBatch) -> BatchId {
+    BatchId::new(batch.uid().unwrap_or_default())
+}
+
+pub fn spawn(ctx: Arc<Context>, args: RunnerArgs) -> RunnerHandle {
+    let (spec_tx, spec_rx) = watch::channel(args.batch.spec.clone());
+    let task = tokio::spawn(async move {
+        let name = args.batch.name_any();
+        let result = run(&ctx, args, spec_rx).await;
+        if let Err(e) = &result {
+            tracing::warn!(batch = %name, error = %e, "batch runner stopped; it restarts from its checkpoint");
+        }
+        result
+    });
+    RunnerHandle {
+        task,
+        spec: spec_tx,
+    }
+}
+
+/// Shared between the enqueue and collect halves.
+struct Progress {
+    /// Set once every task is in the queue.
+    total: watch::Sender<Option<u64>>,
+    /// Tasks in the queue so far (the checkpoint).
+    enqueued: AtomicU64,
+    /// Results counted so far.
+    finished: AtomicU64,
+}
+
+impl Progress {
+    /// `finished/enqueued+`, the `kubectl get` column while enqueuing.
+    fn column(&self) -> String {
+        format!(
+            "{}/{}+",
+            self.finished.load(Ordering::Relaxed),
+            self.enqueued.load(Ordering::Relaxed)
+        )
+    }
+}
+
+async fn run(
+    ctx: &Context,
+    args: RunnerArgs,
+    spec: watch::Receiver<TaskBatchSpec>,
+) -> Result<(), Error> {
+    let batch = &args.batch;
+    let ns = batch.namespace().unwrap_or_default();
+    let name = batch.name_any();
+    let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
+    let status = batch.status.clone().unwrap_or_default();
+
+    let response = ctx
+        .sqs
+        .create_queue(
+            &build::response_queue_name(&batch.uid().unwrap_or_default()),
+            &QueueOptions::default(),
+        )
+        .await?;
+    let pool_queue = ctx.sqs.at(args.pool_queue_url.clone());
+
+    let enqueue_done = matches!(status.phase, Some(Phase::Running));
+    let (total_tx, _) = watch::channel(enqueue_done.then_some(status.counts.total as u64));
+    let progress = Progress {
+        total: total_tx,
+        enqueued: AtomicU64::new(status.counts.enqueued as u64),
+        finished: AtomicU64::new(0),
+    };
+
+    let start_time = status
+        .start_time
+        .clone()
+        .unwrap_or(Time(JiffTimestamp::now()));
+    let mut first = json!({ "startTime": start_time });
+    if let Some(r) = &args.results {
+        first["results"] = json!(r.to_string());
+    }
+    patch_status(&api, &name, first).await?;
+
+    let enqueue = async {
+        if enqueue_done {
+            return Ok(());
+        }
+        enqueue_all(
+            ctx,
+            &args,
+            &api,
+            &pool_queue,
+            response.url(),
+            status.counts.enqueued as u64,
+            spec,
+            &progress,
+        )
+        .await
+    };
+    let collect = collect(ctx, &args, &api, &response, &start_time, &progress);
+    // Collecting ends the batch; an error of either half ends the runner
+    // (the reconciler starts it again from the checkpoint).
+    tokio::pin!(enqueue);
+    tokio::pin!(collect);
+    tokio::select! {
+        r = &mut enqueue => {
+            r?;
+            collect.await
+        }
+        r = &mut collect => r,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn enqueue_all(
+    ctx: &Context,
+    args: &RunnerArgs,
+    api: &Api<TaskBatch>,
+    queue: &SqsQueue,
+    reply_to: &str,
+    checkpoint: u64,
+    mut spec: watch::Receiver<TaskBatchSpec>,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let batch = &args.batch;
+    let name = batch.name_any();
+    let id = batch_id(batch);
+    let tasks: Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + '_> = match &args.source {
+        Source::Spec => enqueue::source_tasks(&batch.spec.tasks)
+            .ok_or_else(|| Error::Other("the batch has no inline or generator tasks".into()))?,
+        Source::File { name, bytes } => Box::new(
+            WorkloadReader::new(bytes.as_slice(), name.clone())
+                .map(|r| r.map_err(|e| e.to_string())),
+        ),
+    };
+    let mut enqueued = checkpoint;
+    let mut group = Vec::with_capacity(SEND_GROUP);
+    let mut bundles = enqueue::bundles_from(tasks, id, BundlePlan::SQS, checkpoint).peekable();
+    let mut woke_pool = false;
+    let mut last_checkpoint = Instant::now();
+    loop {
+        let next = bundles.next();
+        let last = bundles.peek().is_none();
+        if let Some(bundle) = next {
+            let mut bundle = bundle.map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+            bundle.submitted = Timestamp::now();
+            bundle.reply_to = Some(reply_to.to_string());
+            group.push(bundle);
+        }
+        if group.len() < SEND_GROUP && !last {
+            continue;
+        }
+        // Suspended: wait here, the checkpoint written, until resumed.
+        while spec.borrow().suspend == Some(true) {
+            if spec.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+        if !group.is_empty() {
+            let mut bodies = Vec::with_capacity(group.len());
+            for b in &group {
+                bodies.extend(
+                    wire::encode_bundle_within(b, SQS_MAX_MESSAGE_BYTES)
+                        .map_err(|e| Error::Other(format!("batch {name}: {e}")))?,
+                );
+            }
+            queue.send_bodies(bodies).await?;
+            let sent: u64 = group.iter().map(|b| b.tasks.len() as u64).sum();
+            ctx.metrics.tasks_enqueued.inc_by(sent);
+            enqueued = group
+                .last()
+                .and_then(|b| b.tasks.last())
+                .map_or(enqueued, |t| t.id + 1);
+            group.clear();
+            progress.enqueued.store(enqueued, Ordering::Relaxed);
+            if !woke_pool {
+                // The pool scales on this backlog now, not at its next poll.
+                let _ = ctx.wake_pool.send(args.pool.clone());
+                woke_pool = true;
+            }
+        }
+        if last {
+            break;
+        }
+        // The checkpoint at most every CHECKPOINT_EVERY: a restart resends
+        // what was sent since (the ledger runs it once), and a sweep of a
+        // million one-task bundles does not write its status 100,000 times.
+        if last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+            continue;
+        }
+        last_checkpoint = Instant::now();
+        let counts = json!({ "counts": { "enqueued": enqueued }, "phase": Phase::Enqueuing,
+            "progress": progress.column() });
+        patch_status(api, &name, counts).await?;
+    }
+    // Every task is in the queue: the total is final.
+    patch_status(
+        api,
+        &name,
+        json!({ "counts": { "enqueued": enqueued, "total": enqueued }, "phase": Phase::Running }),
+    )
+    .await?;
+    let _ = ctx.wake_pool.send(args.pool.clone());
+    progress.total.send_replace(Some(enqueued));
+    tracing::info!(batch = %name, tasks = enqueued, "every task enqueued");
+    Ok(())
+}
+
+/// Results received and not yet written out.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    receipts: Vec<Receipt>,
+    succeeded: u64,
+    failed: u64,
+}
+
+async fn collect(
+    ctx: &Context,
+    args: &RunnerArgs,
+    api: &Api<TaskBatch>,
+    response: &SqsQueue,
+    start_time: &Time,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let mut total = progress.total.subscribe();
+    let batch = &args.batch;
+    let ns = batch.namespace().unwrap_or_default();
+    let name = batch.name_any();
+    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let cm_name = collected_configmap_name(&name);
+    let mut collected = match configmaps
+        .get_opt(&cm_name)
+        .await
+        .map_err(Error::kube(format!("cannot read ConfigMap {ns}/{cm_name}")))?
+        .and_then(|cm| cm.data?.remove(COLLECTED_KEY))
+    {
+        Some(text) => Collected::decode(&text)
+            .map_err(|e| Error::Other(format!("ConfigMap {ns}/{cm_name}: {e}")))?,
+        None => Collected::default(),
+    };
+    let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+    let mut pending = Pending::default();
+    let mut last_flush = Instant::now();
+    let started = start_time.0;
+    loop {
+        let messages = response
+            .receive_results(10, Duration::from_millis(500))
+            .await?;
+        for (message, receipt) in messages {
+            for result in &message.results {
+                if !collected.ids.insert(result.id) {
+                    continue;
+                }
+                if result.outcome.is_success() {
+                    collected.succeeded += 1;
+                    pending.succeeded += 1;
+                } else {
+                    collected.failed += 1;
+                    pending.failed += 1;
+                }
+                collected.retried += i64::from(result.attempt.saturating_sub(1));
+                let e2e = result.finished.0.saturating_sub(result.submitted.0) / 1000;
+                let _ = latency.record(e2e.max(1));
+                if args.results.is_some() {
+                    serde_json::to_writer(&mut pending.lines, result)
+                        .expect("a result always serializes");
+                    pending.lines.push(b'\n');
+                }
+            }
+            pending.receipts.push(receipt);
+        }
+        progress
+            .finished
+            .store(collected.finished() as u64, Ordering::Relaxed);
+        let known_total = *total.borrow_and_update();
+        let done = known_total.is_some_and(|t| collected.finished() as u64 >= t);
+        if done || last_flush.elapsed() >= ctx.settings.flush_every || pending.receipts.len() >= 200
+        {
+            flush(
+                ctx,
+                args,
+                api,
+                &configmaps,
+                &cm_name,
+                response,
+                &mut collected,
+                &mut pending,
+                &latency,
+                known_total,
+                started,
+                progress,
+            )
+            .await?;
+            last_flush = Instant::now();
+        }
+        if done {
+            tracing::info!(batch = %name, succeeded = collected.succeeded, failed = collected.failed, "batch finished");
+            return Ok(());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn flush(
+    ctx: &Context,
+    args: &RunnerArgs,
+    api: &Api<TaskBatch>,
+    configmaps: &Api<ConfigMap>,
+    cm_name: &str,
+    response: &SqsQueue,
+    collected: &mut Collected,
+    pending: &mut Pending,
+    latency: &Histogram<u64>,
+    total: Option<u64>,
+    started: JiffTimestamp,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let batch = &args.batch;
+    let name = batch.name_any();
+    let ns = batch.namespace().unwrap_or_default();
+    if pending.receipts.is_empty() && total.is_none_or(|t| collected.finished() as u64 != t) {
+        return Ok(());
+    }
+    // 1. The results object (a failure here leaves everything to redo).
+    if let Some(results) = &args.results
+        && !pending.lines.is_empty()
+    {
+        let key = format!("{}part-{:06}.jsonl", results.key, collected.result_parts);
+        ctx.s3
+            .put_bytes(&results.bucket, &key, std::mem::take(&mut pending.lines))
+            .await?;
+        collected.result_parts += 1;
+    }
+    // 2. The collected ids, before the messages go: a crash after this
+    //    point finds the redelivered results already counted.
+    let owner = batch
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Other(format!("TaskBatch {name} has no uid")))?;
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(cm_name.to_string()),
+            namespace: Some(ns.clone()),
+            owner_references: Some(vec![owner]),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                MANAGER.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            COLLECTED_KEY.to_string(),
+            collected.encode(),
+        )])),
+        ..ConfigMap::default()
+    };
+    configmaps
+        .patch(
+            cm_name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "cannot write ConfigMap {ns}/{cm_name}"
+        )))?;
+    // 3. The messages.
+    response
+        .delete_batch(std::mem::take(&mut pending.receipts))
+        .await?;
+    ctx.metrics
+        .tasks_collected
+        .get_or_create(&crate::metrics::BatchOutcome {
+            outcome: "succeeded",
+        })
+        .inc_by(std::mem::take(&mut pending.succeeded));
+    ctx.metrics
+        .tasks_collected
+        .get_or_create(&crate::metrics::BatchOutcome { outcome: "failed" })
+        .inc_by(std::mem::take(&mut pending.failed));
+    // 4. The status.
+    let mut counts = TaskCounts::default();
+    collected.apply_to(&mut counts);
+    counts.total = total.map_or(0, |t| t as i64);
+    let enqueue_finished = total.is_some();
+    let phase = status::phase_of(&PhaseInput {
+        previous: Some(if enqueue_finished {
+            Phase::Running
+        } else {
+            Phase::Enqueuing
+        }),
+        accepted: true,
+        cancel: false,
+        enqueue_finished,
+        counts: TaskCounts {
+            enqueued: counts.total.max(1),
+            ..counts
+        },
+    });
+    let now = JiffTimestamp::now();
+    let elapsed = Duration::from_millis(
+        u64::try_from(now.as_millisecond() - started.as_millisecond()).unwrap_or(0),
+    );
+    let mut patch = json!({
+        "counts": { "succeeded": counts.succeeded, "failed": counts.failed, "retried": counts.retried },
+        "throughput": status::throughput(collected.finished(), elapsed),
+    });
+    if enqueue_finished {
+        patch["counts"]["total"] = json!(counts.total);
+        patch["progress"] = json!(status::progress(&counts, true));
+        patch["phase"] = json!(phase);
+    } else {
+        patch["progress"] = json!(progress.column());
+    }
+    if !latency.is_empty() {
+        patch["latency"] = json!(Latency {
+            p50_millis: latency.value_at_quantile(0.5) as i64,
+            p99_millis: latency.value_at_quantile(0.99) as i64,
+        });
+    }
+    if phase.is_finished() {
+        patch["completionTime"] = json!(Time(now));
+    }
+    patch_status(api, &name, patch).await
+}
+
+async fn patch_status(
+    api: &Api<TaskBatch>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "cannot write the status of TaskBatch {name}"
+    )))?;
+    Ok(())
+}

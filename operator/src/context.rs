@@ -1,0 +1,115 @@
+//! What every reconciliation shares: the clients, the event recorder, the
+//! metrics, and the operator's memory of each pool and running batch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudkon_core::aws::{Aws, AwsError, S3Store, SqsClient};
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::crd::WorkerPool;
+use crate::metrics::Metrics;
+
+/// The finalizer on both resources: their queues are deleted before they go.
+pub const FINALIZER: &str = "cloudkon.io/cleanup";
+/// The field manager of everything the operator applies.
+pub const MANAGER: &str = "cloudkon-operator";
+
+/// Settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often a pool's queue is looked at when nothing else wakes it.
+    pub poll: Duration,
+    /// Results of batches that name no `results.s3Prefix` go here, if set.
+    pub default_results_prefix: Option<String>,
+    /// How often a batch's collected results are written out.
+    pub flush_every: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            poll: Duration::from_secs(1),
+            default_results_prefix: None,
+            flush_every: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub aws: Aws,
+    pub sqs: SqsClient,
+    pub s3: S3Store,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    /// Per pool (by uid): the scaler's history and the queue.
+    pub pools: Mutex<HashMap<String, crate::pool_reconciler::PoolMemory>>,
+    /// Per batch (by uid): the task that enqueues and collects.
+    pub runners: Mutex<HashMap<String, crate::batch_runner::RunnerHandle>>,
+    /// Wakes a pool's reconciler at once (a batch just enqueued tasks).
+    pub wake_pool: UnboundedSender<ObjectRef<WorkerPool>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Kube { what, source }
+    }
+}
+
+impl Context {
+    /// Publishes an Event about `obj`; a failure is logged, never fatal.
+    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(truncate(note, 1000)),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(object = %obj.name_any(), %reason, error = %e, "cannot publish an Event");
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

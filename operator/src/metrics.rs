@@ -1,0 +1,204 @@
+//! The operator's Prometheus metrics and the `/metrics` + `/healthz` server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `taskbatch` or `workerpool`.
+    pub controller: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchOutcome {
+    /// `succeeded` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Every metric the operator exports.
+#[derive(Debug)]
+pub struct Metrics {
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_seconds: Family<ControllerLabel, Histogram>,
+    pub backlog: Family<PoolLabels, Gauge>,
+    pub desired_workers: Family<PoolLabels, Gauge>,
+    pub ready_workers: Family<PoolLabels, Gauge>,
+    pub scale_changes: Family<PoolLabels, Counter>,
+    pub tasks_enqueued: Counter,
+    pub tasks_collected: Family<BatchOutcome, Counter>,
+    pub leader: Gauge,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cloudkon_operator");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciliations, by controller and result.",
+            reconciles.clone(),
+        );
+        let reconcile_seconds = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconciliation took.",
+            reconcile_seconds.clone(),
+        );
+        let backlog = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_backlog",
+            "Messages in a pool's queue, visible and in flight.",
+            backlog.clone(),
+        );
+        let desired_workers = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_desired_workers",
+            "Workers the scaler wants for a pool.",
+            desired_workers.clone(),
+        );
+        let ready_workers = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_ready_workers",
+            "Ready workers of a pool.",
+            ready_workers.clone(),
+        );
+        let scale_changes = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "pool_scale_changes",
+            "Changes of a pool's worker count.",
+            scale_changes.clone(),
+        );
+        let tasks_enqueued = Counter::default();
+        registry.register(
+            "tasks_enqueued",
+            "Tasks put in worker queues.",
+            tasks_enqueued.clone(),
+        );
+        let tasks_collected = Family::<BatchOutcome, Counter>::default();
+        registry.register(
+            "tasks_collected",
+            "Task results collected, by outcome.",
+            tasks_collected.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this operator holds the leader Lease (or runs without election).",
+            leader.clone(),
+        );
+        Metrics {
+            reconciles,
+            reconcile_seconds,
+            backlog,
+            desired_workers,
+            ready_workers,
+            scale_changes,
+            tasks_enqueued,
+            tasks_collected,
+            leader,
+            registry,
+        }
+    }
+
+    pub fn reconciled(&self, controller: &'static str, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { controller, result })
+            .inc();
+        self.reconcile_seconds
+            .get_or_create(&ControllerLabel { controller })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Whether the operator is healthy: set false when a controller stopped.
+#[derive(Clone, Debug)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Health {
+    pub fn set(&self, healthy: bool) {
+        self.0.store(healthy, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+type ServerState = (Arc<Metrics>, Health);
+
+/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, health: Health) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz))
+        .with_state((metrics, health));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics server stopped");
+    }
+}
+
+async fn metrics_page(State((metrics, _)): State<ServerState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
+
+async fn healthz(State((_, health)): State<ServerState>) -> impl IntoResponse {
+    if health.get() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "a controller stopped\n")
+    }
+}

@@ -1,0 +1,187 @@
+//! Starting the operator: clients, leader election, the two controllers and
+//! the metrics server; stopping on SIGTERM or when leadership is lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cloudkon_core::aws::Aws;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+use crate::context::{Context, Error, MANAGER, Settings};
+use crate::crd::{TaskBatch, WorkerPool};
+use crate::leader::{Elector, LeaseConfig};
+use crate::metrics::{Health, Metrics};
+use crate::{batch_reconciler, pool_reconciler};
+
+pub struct Options {
+    /// Watch one namespace; `None`: all.
+    pub namespace: Option<String>,
+    /// `None`: no leader election (one replica).
+    pub lease: Option<LeaseConfig>,
+    pub metrics_listener: Option<tokio::net::TcpListener>,
+    pub settings: Settings,
+    /// This operator's name in Events (the pod's name).
+    pub identity: String,
+}
+
+/// Runs until SIGTERM/SIGINT (Ok) or until leadership is lost (Err).
+pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::default();
+    if let Some(listener) = options.metrics_listener {
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            health.clone(),
+        ));
+    }
+
+    let elector = options
+        .lease
+        .clone()
+        .map(|config| Elector::new(client.clone(), config));
+    if let Some(e) = &elector {
+        tokio::select! {
+            () = e.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
+    metrics.leader.set(1);
+
+    let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        sqs: aws.sqs(),
+        s3: aws.s3(),
+        aws,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(options.identity.clone()),
+            },
+        ),
+        metrics: metrics.clone(),
+        settings: options.settings,
+        pools: Mutex::new(HashMap::new()),
+        runners: Mutex::new(HashMap::new()),
+        wake_pool: wake_tx,
+    });
+
+    let (pools, batches, deployments): (Api<WorkerPool>, Api<TaskBatch>, Api<Deployment>) =
+        match &options.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+
+    let pool_controller = Controller::new(pools, watcher::Config::default())
+        .owns(
+            deployments,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=cloudkon-operator"),
+        )
+        .reconcile_on(futures_util::stream::unfold(wake_rx, |mut rx| async move {
+            rx.recv().await.map(|r| (r, rx))
+        }))
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            timed("workerpool", pool_reconciler::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "workerpool reconcile");
+            }
+        });
+    let batch_controller = Controller::new(batches, watcher::Config::default())
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            timed("taskbatch", batch_reconciler::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "taskbatch reconcile");
+            }
+        });
+    tracing::info!(namespace = ?options.namespace, "controllers started");
+
+    let lost = async {
+        match &elector {
+            Some(e) => Some(e.keep().await),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ((), ()) = async { tokio::join!(pool_controller, batch_controller) } => {
+            health.set(false);
+            tracing::info!("controllers stopped");
+            Ok(())
+        }
+        Some(e) = lost => {
+            health.set(false);
+            metrics.leader.set(0);
+            Err(anyhow::Error::new(e).context("stopping: another operator may lead now"))
+        }
+    }
+}
+
+/// Wraps a reconciler to count it and time it.
+fn timed<K, F, Fut>(
+    controller: &'static str,
+    reconcile: F,
+) -> impl FnMut(Arc<K>, Arc<Context>) -> futures_util::future::BoxFuture<'static, Result<Action, Error>>
+where
+    K: Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        Box::pin(async move {
+            let start = Instant::now();
+            let metrics = ctx.metrics.clone();
+            let result = reconcile(obj, ctx).await;
+            metrics.reconciled(controller, result.is_ok(), start.elapsed());
+            result
+        })
+    }
+}
+
+fn error_policy<K>(obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
+where
+    K: kube::ResourceExt,
+{
+    tracing::warn!(object = %obj.name_any(), %error, "reconcile failed; retrying in 2 s");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,425 @@
+//! The WorkerPool reconciler: the pool's queue (with its dead-letter queue),
+//! its workers (a Deployment, or an EC2 fleet), and the scaler that sizes them
+//! on the queue's backlog, every `poll` (1 s) and at once when a batch enqueues.
+//! Decisions are [`crate::scale::desired_workers`]; this module reads and
+//! writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cloudkon_core::aws::{QueueOptions, SqsQueue};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::build::{self, POOL_LABEL};
+use crate::context::{Context, Error, FINALIZER, MANAGER};
+use crate::crd::WorkerPool;
+use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
+use crate::scale::{self, Recommendation, ScaleConfig, ScaleEvent, ScaleInput};
+use crate::status::{self, PoolConditionsInput, set_condition};
+use crate::validate;
+
+/// Receives before SQS moves a message to the dead-letter queue, by default.
+const DEFAULT_MAX_RECEIVES: i32 = 5;
+/// The annotation the ReplicaSet controller reads to pick which pods go
+/// first on scale-down (lowest cost first).
+const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// What the operator remembers of a pool between reconciliations.
+#[derive(Default)]
+pub struct PoolMemory {
+    queue: Option<SqsQueue>,
+    history: Vec<Recommendation>,
+    events: Vec<ScaleEvent>,
+    /// The generation whose Deployment was last applied.
+    applied_generation: Option<i64>,
+}
+
+pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, pool, |event| async {
+        match event {
+            Finalizer::Apply(pool) => apply(&pool, &ctx).await,
+            Finalizer::Cleanup(pool) => cleanup(&pool, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Other(format!("WorkerPool {ns}: {e}")))
+}
+
+fn uid(pool: &WorkerPool) -> String {
+    pool.uid().unwrap_or_default()
+}
+
+async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Timestamp::now();
+    let now_time = Time(now);
+    let generation = pool.metadata.generation;
+    let old = pool.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    st.observed_generation = generation;
+
+    let validation = validate::workerpool(&pool.spec);
+    if let Err(problems) = &validation {
+        let message = validate::summary(problems);
+        let update = status::ConditionUpdate::new(
+            status::pool_condition::ACCEPTED,
+            false,
+            "InvalidSpec",
+            message.clone(),
+        );
+        if set_condition(&mut st.conditions, &update, generation, &now_time) {
+            ctx.event(pool, true, "InvalidSpec", message).await;
+        }
+        write_status(&api, &name, &old, &st).await?;
+        return Ok(Action::await_change());
+    }
+
+    // The queue: created once per operator run, then remembered.
+    let queue = match ensure_queue(pool, ctx).await {
+        Ok(q) => q,
+        Err(e) => {
+            let message = format!("cannot create the queue: {e}");
+            let update = status::ConditionUpdate::new(
+                status::pool_condition::QUEUE_READY,
+                false,
+                "QueueUnavailable",
+                message.clone(),
+            );
+            if set_condition(&mut st.conditions, &update, generation, &now_time) {
+                ctx.event(pool, true, "QueueUnavailable", message).await;
+            }
+            write_status(&api, &name, &old, &st).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+    };
+    st.queue_url = Some(queue.url().to_string());
+    st.dead_letter_queue_url = queue.dead_letter_url().map(str::to_string);
+    let stats = queue.stats().await?;
+
+    let workers = observe_deployment(ctx, &ns, &name).await?;
+
+    let config = ScaleConfig::from_spec(&pool.spec);
+    let system_now = SystemTime::now();
+    let backlog = stats.visible + stats.in_flight + stats.delayed;
+    let last_active = if backlog > 0 {
+        st.last_active_time = Some(now_time.clone());
+        Some(system_now)
+    } else {
+        st.last_active_time.as_ref().map(to_system_time)
+    };
+    let decision = {
+        let mut pools = ctx.pools.lock().expect("pool memory lock");
+        let memory = pools.entry(uid(pool)).or_default();
+        if memory.history.is_empty() {
+            // A (re)started operator has no history: take the workers there
+            // are as the recent recommendation, so that a restart does not
+            // skip the scale-down stabilization window.
+            memory.history.push(Recommendation {
+                at: system_now,
+                replicas: workers.current,
+            });
+        }
+        let decision = scale::desired_workers(&ScaleInput {
+            config: &config,
+            backlog_visible: stats.visible + stats.delayed,
+            backlog_in_flight: stats.in_flight,
+            current: workers.current,
+            ready: workers.ready,
+            history: &memory.history,
+            events: &memory.events,
+            now: system_now,
+            last_active,
+        });
+        memory.history.push(Recommendation {
+            at: system_now,
+            replicas: decision.recommendation,
+        });
+        let keep = config.behavior.history_needed() + Duration::from_secs(1);
+        memory
+            .history
+            .retain(|r| system_now.duration_since(r.at).unwrap_or_default() <= keep);
+        memory
+            .events
+            .retain(|e| system_now.duration_since(e.at).unwrap_or_default() <= keep);
+        decision
+    };
+
+    let change = decision.replicas - workers.current;
+    {
+        {
+            if change < 0 {
+                mark_idle_pods(pool, ctx, &ns, &name).await;
+            }
+            let applied = ctx
+                .pools
+                .lock()
+                .expect("pool memory lock")
+                .get(&uid(pool))
+                .and_then(|m| m.applied_generation);
+            if change != 0 || applied != generation || workers.missing {
+                let deployment = build::worker_deployment(pool, queue.url(), decision.replicas)?;
+                let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+                deployments
+                    .patch(
+                        &build::deployment_name(&name),
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&deployment),
+                    )
+                    .await
+                    .map_err(Error::kube(format!(
+                        "cannot apply Deployment {ns}/{}",
+                        build::deployment_name(&name)
+                    )))?;
+                if let Some(m) = ctx
+                    .pools
+                    .lock()
+                    .expect("pool memory lock")
+                    .get_mut(&uid(pool))
+                {
+                    m.applied_generation = generation;
+                }
+            }
+        }
+    }
+    if change != 0 {
+        if let Some(m) = ctx
+            .pools
+            .lock()
+            .expect("pool memory lock")
+            .get_mut(&uid(pool))
+        {
+            m.events.push(ScaleEvent {
+                at: system_now,
+                change,
+            });
+        }
+        st.last_scale_time = Some(now_time.clone());
+        st.last_scale_reason = Some(decision.reason.clone());
+        let labels = pool_labels(&ns, &name);
+        ctx.metrics.scale_changes.get_or_create(&labels).inc();
+        tracing::info!(pool = %format!("{ns}/{name}"), from = workers.current, to = decision.replicas, reason = %decision.reason, "scaled");
+        ctx.event(
+            pool,
+            false,
+            if change > 0 { "ScaledUp" } else { "ScaledDown" },
+            format!(
+                "workers {} -> {}: {}",
+                workers.current, decision.replicas, decision.reason
+            ),
+        )
+        .await;
+    }
+
+    let backlog = i64::try_from(backlog).unwrap_or(i64::MAX);
+    st.replicas = workers.current;
+    st.ready_replicas = workers.ready;
+    st.desired_replicas = decision.replicas;
+    st.workers = Some(status::workers_column(workers.ready, decision.replicas));
+    st.selector = Some(format!("{POOL_LABEL}={name}"));
+    st.backlog = backlog;
+    st.backlog_visible = i64::try_from(stats.visible + stats.delayed).unwrap_or(i64::MAX);
+    st.backlog_in_flight = i64::try_from(stats.in_flight).unwrap_or(i64::MAX);
+    st.density = Some(status::density(backlog, workers.ready));
+    let conditions = status::pool_conditions(&PoolConditionsInput {
+        validation: &validation,
+        queue_problem: None,
+        ready: workers.ready,
+        min: config.min,
+        backlog,
+        decision: &decision,
+    });
+    for update in &conditions {
+        set_condition(&mut st.conditions, update, generation, &now_time);
+    }
+    let labels = pool_labels(&ns, &name);
+    ctx.metrics.backlog.get_or_create(&labels).set(backlog);
+    ctx.metrics
+        .desired_workers
+        .get_or_create(&labels)
+        .set(i64::from(decision.replicas));
+    ctx.metrics
+        .ready_workers
+        .get_or_create(&labels)
+        .set(i64::from(workers.ready));
+    write_status(&api, &name, &old, &st).await?;
+    Ok(Action::requeue(ctx.settings.poll))
+}
+
+fn pool_labels(ns: &str, name: &str) -> crate::metrics::PoolLabels {
+    crate::metrics::PoolLabels {
+        namespace: ns.to_string(),
+        pool: name.to_string(),
+    }
+}
+
+fn to_system_time(t: &Time) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0))
+}
+
+async fn ensure_queue(pool: &WorkerPool, ctx: &Context) -> Result<SqsQueue, Error> {
+    let key = uid(pool);
+    if let Some(q) = ctx
+        .pools
+        .lock()
+        .expect("pool memory lock")
+        .get(&key)
+        .and_then(|m| m.queue.clone())
+    {
+        return Ok(q);
+    }
+    let ns = pool.namespace().unwrap_or_default();
+    let spec = pool.spec.queue.clone().unwrap_or_default();
+    let name = build::queue_name(&ns, &pool.name_any(), spec.name.as_deref());
+    let options = QueueOptions {
+        max_receives: Some(
+            u32::try_from(spec.max_receives.unwrap_or(DEFAULT_MAX_RECEIVES)).unwrap_or(5),
+        ),
+        ..QueueOptions::default()
+    };
+    let queue = ctx.sqs.create_queue(&name, &options).await?;
+    ctx.pools
+        .lock()
+        .expect("pool memory lock")
+        .entry(key)
+        .or_default()
+        .queue = Some(queue.clone());
+    Ok(queue)
+}
+
+struct ObservedWorkers {
+    current: i32,
+    ready: i32,
+    missing: bool,
+}
+
+async fn observe_deployment(ctx: &Context, ns: &str, pool: &str) -> Result<ObservedWorkers, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let name = build::deployment_name(pool);
+    let Some(d) = deployments
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("cannot read Deployment {ns}/{name}")))?
+    else {
+        return Ok(ObservedWorkers {
+            current: 0,
+            ready: 0,
+            missing: true,
+        });
+    };
+    // The replicas asked for: pods being created count as capacity already
+    // provided (see scale.rs), and the status lags the spec by a moment.
+    let asked = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let status = d.status.unwrap_or_default();
+    Ok(ObservedWorkers {
+        current: asked,
+        ready: status.ready_replicas.unwrap_or(0),
+        missing: false,
+    })
+}
+
+/// Before a scale-down: gives each worker pod a deletion cost equal to the
+/// tasks it is running (from its heartbeat), so that the ReplicaSet removes
+/// idle workers first. Best effort: a failure only loses the preference.
+async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context, ns: &str, name: &str) {
+    let table = pool
+        .spec
+        .template
+        .ledger_table
+        .clone()
+        .unwrap_or_else(|| "cloudkon-ledger".to_string());
+    let busy: BTreeMap<String, u32> = match ctx.aws.ledger(table).list_workers().await {
+        Ok(rows) => rows.into_iter().map(|h| (h.id, h.busy)).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "no worker heartbeats; scale-down picks pods by age");
+            return;
+        }
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = match pods
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}={name}")))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list worker pods");
+            return;
+        }
+    };
+    for pod in list {
+        let pod_name = pod.name_any();
+        let cost = busy.get(&pod_name).copied().unwrap_or(0).to_string();
+        if pod.annotations().get(DELETION_COST) == Some(&cost) {
+            continue;
+        }
+        let patch = json!({"metadata": {"annotations": {DELETION_COST: cost}}});
+        if let Err(e) = pods
+            .patch(&pod_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(pod = %pod_name, error = %e, "cannot set the pod deletion cost");
+        }
+    }
+}
+
+async fn write_status(
+    api: &Api<WorkerPool>,
+    name: &str,
+    old: &WorkerPoolStatus,
+    new: &WorkerPoolStatus,
+) -> Result<(), Error> {
+    if old == new {
+        return Ok(());
+    }
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "cannot write the status of WorkerPool {name}"
+    )))?;
+    Ok(())
+}
+
+async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    ctx.pools
+        .lock()
+        .expect("pool memory lock")
+        .remove(&uid(pool));
+    let spec = pool.spec.queue.clone().unwrap_or_default();
+    if spec.deletion_policy != Some(DeletionPolicy::Retain) {
+        let queue_name = build::queue_name(&ns, &name, spec.name.as_deref());
+        for q in [format!("{queue_name}-dlq"), queue_name] {
+            match ctx.sqs.open(&q).await {
+                Ok(queue) => queue.delete().await?,
+                Err(e) if e.kind == cloudkon_core::aws::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        ctx.event(
+            pool,
+            false,
+            "QueuesDeleted",
+            "the queue and its dead-letter queue are deleted".into(),
+        )
+        .await;
+    }
+    // The Deployment goes with its owner (garbage collection).
+    Ok(Action::await_change())
+}

@@ -1,0 +1,624 @@
+//! The operator end to end: a real API server (the local control plane of
+//! `scripts/control-plane`), the local AWS servers (`scripts/aws-servers`),
+//! the `cloudkon-operator` binary, and `cloudkon-worker` processes on the host
+//! draining the pool's queue (there is no kubelet here: the worker Deployment's
+//! pods are created but never run; `scripts/e2e-cluster` runs real pods).
+//!
+//! `scripts/test` starts both and runs these; by hand:
+//!
+//! ```sh
+//! source "$(scripts/control-plane up)"; source "$(scripts/aws-servers up)"
+//! cargo build --workspace && cargo test -p cloudkon-operator --test e2e -- --include-ignored --nocapture
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cloudkon_core::aws::{Aws, ErrorKind};
+use cloudkon_operator::crd::taskbatch::Phase;
+use cloudkon_operator::crd::{TaskBatch, WorkerPool};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// One test at a time: each runs an operator and workers, and the machine has
+/// two cores; in parallel they would starve each other's leases.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn require_servers() -> String {
+    let state = std::env::var_os("CLOUDKON_KUBE_STATE_DIR");
+    let kubeconfig = std::env::var_os("KUBECONFIG");
+    assert!(
+        state.is_some()
+            && kubeconfig.is_some()
+            && Path::new(kubeconfig.as_ref().unwrap())
+                == Path::new(state.as_ref().unwrap()).join("kubeconfig"),
+        "KUBECONFIG is not the local control plane's: run scripts/test, or \
+         source \"$(scripts/control-plane up)\" first"
+    );
+    for var in [
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is not set: run scripts/test, or source \"$(scripts/aws-servers up)\" first"
+        );
+    }
+    std::env::var("CLOUDKON_KUBECTL").unwrap_or_else(|_| "kubectl".to_string())
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id() % 10_000,
+        nanos % 100_000
+    )
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_cloudkon-operator")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// kubectl in one namespace, which is deleted when the test ends.
+struct Cluster {
+    kubectl: String,
+    ns: String,
+    client: kube::Client,
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl Cluster {
+    fn new(prefix: &str) -> Cluster {
+        let kubectl = require_servers();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(kube::Client::try_default()).unwrap();
+        let c = Cluster {
+            kubectl,
+            ns: unique(prefix),
+            client,
+            rt,
+            dir: tempfile::tempdir().unwrap(),
+            children: Vec::new(),
+        };
+        c.ok(&["apply", "-f", "crds/"]);
+        c.ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/taskbatches.cloudkon.io",
+            "crd/workerpools.cloudkon.io",
+        ]);
+        c.ok(&["create", "namespace", &c.ns]);
+        c
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.args(["-n", &self.ns])
+            .args(args)
+            .current_dir(repo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl");
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            if let Some(text) = stdin {
+                input.write_all(text.as_bytes()).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let out = self.run(&["apply", "-f", "-"], Some(yaml));
+        assert!(out.status.success(), "kubectl apply: {}", stderr(&out));
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Starts `cloudkon-operator run` on this namespace; its log goes to
+    /// `<dir>/<log>`.
+    fn operator(&mut self, log: &str, extra: &[&str]) -> usize {
+        let file = std::fs::File::create(self.dir.path().join(log)).unwrap();
+        let child = Command::new(bin("cloudkon-operator"))
+            .args(["run", "--namespace", &self.ns, "--metrics-addr", ""])
+            .args(["--poll", "500ms"])
+            .args(extra)
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    fn kill(&mut self, index: usize) {
+        let child = &mut self.children[index];
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).ok();
+        child.wait().ok();
+    }
+
+    fn workers(&mut self, queue: &str, table: &str, count: usize) {
+        for i in 0..count {
+            let child = Command::new(bin("cloudkon-worker"))
+                .args(["--queue", queue, "--ledger-table", table])
+                .args(["--worker-id", &format!("{}-w{i}", self.ns)])
+                .args(["--threads", "4", "--lease", "10s", "--receive-wait", "1s"])
+                .args(["--metrics-addr", "off"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            self.children.push(child);
+        }
+    }
+
+    /// Polls `f` every 50 ms until it returns `Some`, for at most `within`.
+    fn wait_for<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut f: impl FnMut(&Cluster) -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < within,
+                "timed out after {within:?} waiting for {what}\n--- operator logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out += &format!(
+                "== {}\n{}\n",
+                entry.file_name().to_string_lossy(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        out
+    }
+
+    fn batch(&self, name: &str) -> TaskBatch {
+        self.rt.block_on(self.api::<TaskBatch>().get(name)).unwrap()
+    }
+
+    fn pool(&self, name: &str) -> WorkerPool {
+        self.rt
+            .block_on(self.api::<WorkerPool>().get(name))
+            .unwrap()
+    }
+
+    fn queue_url(&self, pool: &str) -> String {
+        self.wait_for("the pool's queue", Duration::from_secs(30), |c| {
+            c.pool(pool).status?.queue_url
+        })
+    }
+
+    fn replicas(&self, deployment: &str) -> Option<i32> {
+        self.rt
+            .block_on(self.api::<Deployment>().get_opt(deployment))
+            .unwrap()
+            .and_then(|d| d.spec?.replicas)
+    }
+
+    fn wait_finished(&self, name: &str, within: Duration) -> TaskBatch {
+        self.wait_for(&format!("TaskBatch {name} to finish"), within, |c| {
+            let b = c.batch(name);
+            b.status
+                .as_ref()?
+                .phase
+                .filter(|p| p.is_finished())
+                .map(|_| b.clone())
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).ok();
+            child.wait().ok();
+        }
+        let _ = Command::new(&self.kubectl)
+            .args(["delete", "namespace", &self.ns, "--wait=false"])
+            .output();
+    }
+}
+
+fn aws() -> Aws {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(Aws::load())
+}
+
+/// The results objects of a batch, parsed: task id → how many lines.
+fn results_in_s3(rt: &tokio::runtime::Runtime, bucket: &str, prefix: &str) -> BTreeMap<u64, u32> {
+    let s3 = rt.block_on(Aws::load()).s3();
+    let mut ids = BTreeMap::new();
+    for part in 0.. {
+        let key = format!("{prefix}part-{part:06}.jsonl");
+        match rt.block_on(s3.get_bytes(bucket, &key)) {
+            Ok(bytes) => {
+                for line in String::from_utf8(bytes).unwrap().lines() {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    *ids.entry(v["id"].as_u64().unwrap()).or_default() += 1;
+                }
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    ids
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn the_examples_run_to_succeeded_with_host_workers() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-examples");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(aws().s3().ensure_bucket("cloudkon-results"))
+        .unwrap();
+    c.operator("operator.log", &[]);
+    c.ok(&["apply", "-f", "examples/workerpool.yaml"]);
+    let queue = c.queue_url("sweep-pool");
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 2);
+    let started = Instant::now();
+    c.ok(&["apply", "-f", "examples/taskbatch.yaml"]);
+    let batch = c.wait_finished("sweep", Duration::from_secs(120));
+    let took = started.elapsed();
+    let status = batch.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    assert_eq!(status.counts.total, 2000);
+    assert_eq!(status.counts.enqueued, 2000);
+    assert_eq!(status.counts.succeeded, 2000);
+    assert_eq!(status.counts.failed, 0);
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    assert!(status.latency.is_some() && status.throughput.unwrap_or(0.0) > 0.0);
+    println!(
+        "examples: 2,000 tasks Succeeded in {:.1} s (status throughput {:?} tasks/s, latency {:?})",
+        took.as_secs_f64(),
+        status.throughput,
+        status.latency
+    );
+
+    // What a user sees.
+    let table_out = c.ok(&["get", "taskbatches"]);
+    println!("{table_out}");
+    let row = table_out.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with("sweep") && row.contains("Succeeded") && row.contains("2000/2000"),
+        "{table_out}"
+    );
+    let pools = c.ok(&["get", "workerpools"]);
+    println!("{pools}");
+    assert!(pools.lines().next().unwrap().contains("BACKLOG"), "{pools}");
+    // Conditions by the API conventions, and Events.
+    let complete = status
+        .conditions
+        .iter()
+        .find(|x| x.type_ == "Complete")
+        .unwrap();
+    assert_eq!(complete.status, "True");
+    let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+    for reason in ["Accepted", "Succeeded", "ScaledUp"] {
+        assert!(events.contains(reason), "no {reason} Event in:\n{events}");
+    }
+
+    // The results: one line per task, in S3.
+    let location = status.results.unwrap();
+    let prefix = format!("batches/{}/sweep/", c.ns);
+    assert_eq!(location, format!("s3://cloudkon-results/{prefix}"));
+    let ids = results_in_s3(&rt, "cloudkon-results", &prefix);
+    assert_eq!(ids.len(), 2000, "tasks with a result line");
+    assert!(
+        ids.values().all(|&n| n == 1),
+        "a task with two result lines"
+    );
+
+    // Deleting the batch deletes its response queue (the finalizer), and
+    // deleting the pool deletes its queues.
+    let uid = batch.metadata.uid.unwrap();
+    c.ok(&["delete", "taskbatch", "sweep", "--timeout=30s"]);
+    let sqs = rt.block_on(Aws::load()).sqs();
+    let gone = rt.block_on(sqs.open(&format!("cloudkon-tb-{uid}")));
+    assert!(
+        matches!(&gone, Err(e) if e.kind == ErrorKind::NotFound),
+        "response queue still there: {gone:?}"
+    );
+    c.ok(&["delete", "workerpool", "sweep-pool", "--timeout=30s"]);
+    let gone = rt.block_on(sqs.open("cloudkon-sweep"));
+    assert!(
+        matches!(&gone, Err(e) if e.kind == ErrorKind::NotFound),
+        "pool queue still there: {gone:?}"
+    );
+}
+
+fn scaling_pool(name: &str, max: i32, cooldown: i32) -> String {
+    format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: WorkerPool
+metadata: {{name: {name}}}
+spec:
+  workers: {{min: 0, max: {max}, targetBacklogPerWorker: 5}}
+  template: {{image: cloudkon/worker:test}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 0}}
+    scaleToZeroCooldownSeconds: {cooldown}
+"#
+    )
+}
+
+fn run_batch(name: &str, pool: &str, count: u32, command: &str) -> String {
+    format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: {name}}}
+spec:
+  workerPool: {pool}
+  tasks:
+    generator:
+      template: {{kind: run, program: sh, args: ["-c", {command:?}]}}
+      count: {count}
+"#
+    )
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn deployment_follows_the_backlog_within_two_seconds_and_goes_back_to_zero() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-scale");
+    c.operator("operator.log", &[]);
+    c.apply(&scaling_pool("burst", 4, 3));
+    let queue = c.queue_url("burst");
+    assert_eq!(
+        c.replicas("burst-workers"),
+        Some(0),
+        "an idle pool has no workers"
+    );
+
+    // 20 one-task bundles, backlog 20, 5 per worker: 4 workers.
+    c.apply(&run_batch("b1", "burst", 20, "true"));
+    let enqueued_at = c.wait_for("the first enqueue", Duration::from_secs(30), |c| {
+        let n = c.batch("b1").status?.counts.enqueued;
+        (n > 0).then(Instant::now)
+    });
+    let scaled_at = c.wait_for("replicas > 0", Duration::from_secs(10), |c| {
+        (c.replicas("burst-workers")? > 0).then(Instant::now)
+    });
+    let reaction = scaled_at.saturating_duration_since(enqueued_at);
+    let top = c.wait_for("4 replicas", Duration::from_secs(10), |c| {
+        (c.replicas("burst-workers")? == 4).then_some(4)
+    });
+    println!(
+        "scale-up: backlog seen -> Deployment replicas raised in {} ms (to {top})",
+        reaction.as_millis()
+    );
+    assert!(
+        reaction <= Duration::from_secs(2),
+        "took {reaction:?} to react to the backlog"
+    );
+    let pool = c.pool("burst").status.unwrap();
+    assert_eq!(pool.desired_replicas, 4);
+    assert!(pool.backlog > 0, "{pool:?}");
+
+    // Drain it with a host worker; then the pool goes back to zero after
+    // the cooldown (3 s), not before.
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    let b = c.wait_finished("b1", Duration::from_secs(60));
+    assert_eq!(b.status.unwrap().counts.succeeded, 20);
+    let empty_at = c.wait_for("an empty queue", Duration::from_secs(30), |c| {
+        (c.pool("burst").status?.backlog == 0).then(Instant::now)
+    });
+    let zero_at = c.wait_for("zero replicas", Duration::from_secs(30), |c| {
+        (c.replicas("burst-workers")? == 0).then(Instant::now)
+    });
+    let after = zero_at.saturating_duration_since(empty_at);
+    println!(
+        "scale-to-zero: {} ms after the queue emptied (cooldown 3 s)",
+        after.as_millis()
+    );
+    assert!(
+        after >= Duration::from_millis(2000),
+        "scaled to zero {after:?} after the queue emptied, before the 3 s cooldown"
+    );
+    let pool = c.pool("burst").status.unwrap();
+    assert_eq!(pool.workers.as_deref(), Some("0/0"));
+    assert!(pool.last_scale_reason.is_some());
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-restart");
+    let first = c.operator("operator-1.log", &[]);
+    c.apply(&scaling_pool("p", 2, 300));
+    let queue = c.queue_url("p");
+    let ran = c.dir.path().join("ran");
+    std::fs::File::create(&ran).unwrap();
+    // Each task appends its number to one file: a task run twice shows.
+    let command = format!("echo {{i}} >> {}", ran.display());
+    c.apply(&run_batch("big", "p", 3000, &command));
+    let at = c.wait_for("enqueued >= 300", Duration::from_secs(60), |c| {
+        let s = c.batch("big").status?;
+        (s.counts.enqueued >= 300).then_some(s.counts.enqueued)
+    });
+    c.kill(first);
+    let status = c.batch("big").status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(Phase::Enqueuing),
+        "killed too late to test a restart mid-enqueue: {status:?}"
+    );
+    println!("killed the operator at the checkpoint {at} of 3000 tasks");
+    c.operator("operator-2.log", &[]);
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 2);
+    let b = c.wait_finished("big", Duration::from_secs(180));
+    let s = b.status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Succeeded));
+    assert_eq!(
+        (s.counts.total, s.counts.succeeded, s.counts.failed),
+        (3000, 3000, 0)
+    );
+    let text = std::fs::read_to_string(&ran).unwrap();
+    let mut runs: BTreeMap<u64, u32> = BTreeMap::new();
+    for line in text.lines() {
+        *runs.entry(line.trim().parse().unwrap()).or_default() += 1;
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(runs.len(), 3000, "tasks that ran");
+    assert!(twice.is_empty(), "tasks run more than once: {twice:?}");
+    assert!(
+        c.log("operator-2.log").contains("every task enqueued"),
+        "{}",
+        c.logs()
+    );
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn two_operators_elect_one_leader_and_the_other_takes_over() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-leader");
+    let lease_name = unique("lease");
+    let args = [
+        "--leader-elect",
+        "--lease-namespace",
+        &c.ns.clone(),
+        "--lease-name",
+        &lease_name,
+        "--lease-duration",
+        "3s",
+    ];
+    let a = c.operator("a.log", &[&args[..], &["--identity", "op-a"]].concat());
+    let b = c.operator("b.log", &[&args[..], &["--identity", "op-b"]].concat());
+    let holder = |c: &Cluster| -> Option<String> {
+        c.rt.block_on(c.api::<Lease>().get_opt(&lease_name))
+            .unwrap()?
+            .spec?
+            .holder_identity
+    };
+    let leader = c.wait_for("a leader", Duration::from_secs(20), holder);
+    assert!(leader == "op-a" || leader == "op-b", "{leader}");
+    c.apply(&scaling_pool("p", 2, 300));
+    let queue = c.queue_url("p");
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    c.apply(&run_batch("one", "p", 50, "true"));
+    assert_eq!(
+        c.wait_finished("one", Duration::from_secs(60))
+            .status
+            .unwrap()
+            .counts
+            .succeeded,
+        50
+    );
+    let (leader_log, follower_log) = if leader == "op-a" {
+        ("a.log", "b.log")
+    } else {
+        ("b.log", "a.log")
+    };
+    assert!(c.log(leader_log).contains("controllers started"));
+    assert!(
+        !c.log(follower_log).contains("controllers started"),
+        "the follower reconciles too:\n{}",
+        c.logs()
+    );
+
+    // The leader dies: the other takes the lease once it expires, and runs
+    // the next batch.
+    let killed_at = Instant::now();
+    c.kill(if leader == "op-a" { a } else { b });
+    let next = c.wait_for("a new leader", Duration::from_secs(20), |c| {
+        holder(c).filter(|h| *h != leader)
+    });
+    println!(
+        "leader {leader} killed; {next} leads after {} ms (lease 3 s)",
+        killed_at.elapsed().as_millis()
+    );
+    c.apply(&run_batch("two", "p", 50, "true"));
+    assert_eq!(
+        c.wait_finished("two", Duration::from_secs(60))
+            .status
+            .unwrap()
+            .counts
+            .succeeded,
+        50
+    );
+}

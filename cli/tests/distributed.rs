@@ -160,6 +160,7 @@ fn a_message_delivered_twice_runs_once() {
         submitted: Timestamp::now(),
         tasks: vec![t],
         reply_to: Some(response.url().to_string()),
+        options: Default::default(),
     };
     let rt = runtime();
     // Task 0: sent twice. Task 1: runs 3 s, its message reappears after 1 s.

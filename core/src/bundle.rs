@@ -14,6 +14,20 @@ pub struct Bundle {
     pub tasks: Vec<Task>,
     /// Where the results go in the distributed mode: the batch's response queue.
     pub reply_to: Option<String>,
+    /// The batch's own settings; what is unset, the worker's flags decide.
+    pub options: BundleOptions,
+}
+
+/// How workers treat a bundle's tasks, when its batch says (a TaskBatch's
+/// `retry` and `dedup`); `None`: the worker's own flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BundleOptions {
+    /// Executions of a failing task, the first included.
+    pub max_attempts: Option<u32>,
+    /// Wait before the first retry, doubled for each further one.
+    pub retry_backoff: Option<Duration>,
+    /// `Some(false)`: run without claiming in the ledger (at-least-once).
+    pub dedup: Option<bool>,
 }
 
 /// How many tasks of each kind may share a bundle.
@@ -110,6 +124,7 @@ impl Bundler {
             submitted: Timestamp::now(),
             tasks,
             reply_to: None,
+            options: BundleOptions::default(),
         })
     }
 }

@@ -10,7 +10,7 @@ pub mod task;
 pub mod wire;
 pub mod workload;
 
-pub use bundle::{Bundle, BundlePlan, Bundler};
+pub use bundle::{Bundle, BundleOptions, BundlePlan, Bundler};
 pub use summary::{Stats, Summary};
 pub use task::{
     AnimotoSpec, BatchId, Outcome, Task, TaskId, TaskKind, TaskResult, TaskSpec, Timestamp,

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, BundleOptions};
 use crate::task::{AnimotoSpec, BatchId, Outcome, Task, TaskResult, TaskSpec, Timestamp};
 
 /// The largest SQS message body, in bytes.
@@ -23,8 +23,9 @@ pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;
 /// The format version of bundles. Each kind has its own, bumped on any change
 /// of its wire structs: an old program then rejects a new message with
 /// [`WireError::UnknownVersion`] instead of misreading it, and a change of one
-/// kind leaves the other readable by old programs.
-const BUNDLE_VERSION: u8 = 1;
+/// kind leaves the other readable by old programs. Bundles: 2 adds the
+/// batch's options (retries, dedup); version 1 is still read.
+const BUNDLE_VERSION: u8 = 2;
 /// The format version of results. 2: results carry `artifact_url`. Version 1
 /// is still read (stored results in the ledger, results of older workers).
 const RESULTS_VERSION: u8 = 2;
@@ -56,7 +57,7 @@ impl MessageKind {
     /// The versions this program reads.
     fn readable(self) -> &'static [u8] {
         match self {
-            MessageKind::Bundle => &[1],
+            MessageKind::Bundle => &[1, 2],
             MessageKind::Results => &[1, 2],
         }
     }
@@ -134,6 +135,25 @@ struct WireBundle {
     batches: Vec<String>,
     programs: Vec<String>,
     tasks: Vec<WireTask>,
+    /// Since version 2.
+    options: WireOptions,
+}
+
+/// Version 1 of [`WireBundle`]: no options.
+#[derive(Serialize, Deserialize)]
+struct WireBundleV1 {
+    submitted: u64,
+    reply_to: Option<String>,
+    batches: Vec<String>,
+    programs: Vec<String>,
+    tasks: Vec<WireTask>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct WireOptions {
+    max_attempts: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    dedup: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -375,6 +395,11 @@ pub fn encode_bundle(bundle: &Bundle) -> String {
             batches: batches.strings,
             programs: programs.strings,
             tasks,
+            options: WireOptions {
+                max_attempts: bundle.options.max_attempts,
+                retry_backoff_ms: bundle.options.retry_backoff.map(duration_ms),
+                dedup: bundle.options.dedup,
+            },
         },
     )
 }
@@ -382,8 +407,20 @@ pub fn encode_bundle(bundle: &Bundle) -> String {
 /// A bundle from an SQS message body.
 pub fn decode_bundle(body: &str) -> Result<Bundle, WireError> {
     const KIND: MessageKind = MessageKind::Bundle;
-    let (_version, payload) = unframe(KIND, body)?;
-    let wire: WireBundle = parse(KIND, &payload)?;
+    let (version, payload) = unframe(KIND, body)?;
+    let wire: WireBundle = if version == 1 {
+        let v1: WireBundleV1 = parse(KIND, &payload)?;
+        WireBundle {
+            submitted: v1.submitted,
+            reply_to: v1.reply_to,
+            batches: v1.batches,
+            programs: v1.programs,
+            tasks: v1.tasks,
+            options: WireOptions::default(),
+        }
+    } else {
+        parse(KIND, &payload)?
+    };
     let batches: Vec<BatchId> = wire.batches.into_iter().map(BatchId::new).collect();
     let mut previous = 0;
     let mut tasks = Vec::with_capacity(wire.tasks.len());
@@ -431,6 +468,11 @@ pub fn decode_bundle(body: &str) -> Result<Bundle, WireError> {
         submitted: Timestamp(wire.submitted),
         tasks,
         reply_to: wire.reply_to,
+        options: BundleOptions {
+            max_attempts: wire.options.max_attempts,
+            retry_backoff: wire.options.retry_backoff_ms.map(Duration::from_millis),
+            dedup: wire.options.dedup,
+        },
     })
 }
 
@@ -467,6 +509,7 @@ fn split_into(bundle: &Bundle, max_bytes: usize, out: &mut Vec<String>) -> Resul
             submitted: bundle.submitted,
             tasks: tasks.to_vec(),
             reply_to: bundle.reply_to.clone(),
+            options: bundle.options,
         };
         split_into(&part, max_bytes, out)?;
     }
@@ -680,7 +723,38 @@ mod tests {
             reply_to: Some(
                 "https://sqs.us-east-1.amazonaws.com/123456789012/cloudkon-results-7f3a".into(),
             ),
+            options: BundleOptions::default(),
         }
+    }
+
+    #[test]
+    fn bundle_options_travel_and_version_1_bundles_still_read() {
+        let mut b = sleep0_bundle(3);
+        b.options = BundleOptions {
+            max_attempts: Some(3),
+            retry_backoff: Some(Duration::from_millis(1500)),
+            dedup: Some(false),
+        };
+        assert_eq!(decode_bundle(&encode_bundle(&b)).unwrap(), b);
+
+        // What a version-1 program sent: no options, read as "the worker's".
+        let v1 = WireBundleV1 {
+            submitted: 7,
+            reply_to: None,
+            batches: vec!["b".into()],
+            programs: vec![],
+            tasks: vec![WireTask {
+                batch: 0,
+                id_delta: 5,
+                attempt: 1,
+                timeout_ms: None,
+                spec: WireSpec::Sleep { ms: 2 },
+            }],
+        };
+        let old = decode_bundle(&frame_version(MessageKind::Bundle, 1, &v1)).unwrap();
+        assert_eq!(old.options, BundleOptions::default());
+        assert_eq!(old.tasks[0].id, 5);
+        assert_eq!(old.tasks[0].spec, TaskSpec::Sleep { ms: 2 });
     }
 
     fn sleep0_bundle(n: u64) -> Bundle {
@@ -815,16 +889,16 @@ mod tests {
         let results = BASE64
             .decode(encode_results(&results, 1000).unwrap())
             .unwrap();
-        // Bundles did not change: workers of version 1 still read them.
-        assert_eq!(bundle[..2], [1, 1]);
+        // Bundles are at version 2 (options), results at 2 (artifact URLs).
+        assert_eq!(bundle[..2], [2, 1]);
         assert_eq!(results[..2], [2, 2]);
-        // A version-2 bundle does not exist yet: refused, naming the kind.
+        // A version-3 bundle does not exist yet: refused, naming the kind.
         let mut future = bundle.clone();
-        future[0] = 2;
+        future[0] = 3;
         let err = decode_bundle(&BASE64.encode(&future)).unwrap_err();
         assert!(
             err.to_string()
-                .contains("version 2 of Bundle messages (this program reads versions [1])"),
+                .contains("version 3 of Bundle messages (this program reads versions [1, 2])"),
             "{err}"
         );
     }
@@ -893,6 +967,7 @@ mod tests {
                     args: vec![],
                 },
             }],
+            options: WireOptions::default(),
         };
         let err = decode_bundle(&frame(MessageKind::Bundle, &wire)).unwrap_err();
         assert!(

@@ -23,7 +23,7 @@ use cloudkon_core::queue::Receipt;
 use cloudkon_core::task::Timestamp;
 use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
 use cloudkon_core::workload::{TaskDef, WorkloadReader};
-use cloudkon_core::{BatchId, BundlePlan};
+use cloudkon_core::{BatchId, BundleOptions, BundlePlan};
 use hdrhistogram::Histogram;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -213,6 +213,19 @@ async fn enqueue_all(
                 .map(|r| r.map_err(|e| e.to_string())),
         ),
     };
+    // The batch's timeout for tasks that set none.
+    let timeout = batch
+        .spec
+        .task_timeout_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs);
+    let tasks = tasks.map(move |def| {
+        def.map(|mut d| {
+            d.timeout = d.timeout.or(timeout);
+            d
+        })
+    });
+    let options = bundle_options(&batch.spec);
     let mut enqueued = checkpoint;
     let mut group = Vec::with_capacity(SEND_GROUP);
     let mut bundles = enqueue::bundles_from(tasks, id, BundlePlan::SQS, checkpoint).peekable();
@@ -225,6 +238,7 @@ async fn enqueue_all(
             let mut bundle = bundle.map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
             bundle.submitted = Timestamp::now();
             bundle.reply_to = Some(reply_to.to_string());
+            bundle.options = options;
             group.push(bundle);
         }
         if group.len() < SEND_GROUP && !last {
@@ -284,6 +298,19 @@ async fn enqueue_all(
     progress.total.send_replace(Some(enqueued));
     tracing::info!(batch = %name, tasks = enqueued, "every task enqueued");
     Ok(())
+}
+
+/// What the workers need to know of the batch: its retries and dedup.
+pub fn bundle_options(spec: &TaskBatchSpec) -> BundleOptions {
+    let retry = spec.retry.clone().unwrap_or_default();
+    BundleOptions {
+        max_attempts: retry.max_attempts.and_then(|n| u32::try_from(n).ok()),
+        retry_backoff: retry
+            .backoff_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs),
+        dedup: spec.dedup,
+    }
 }
 
 /// Results received and not yet written out.

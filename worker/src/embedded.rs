@@ -203,6 +203,7 @@ async fn feed(queue: MemoryQueue, units: async_channel::Sender<WorkUnit>, shutdo
         for delivery in deliveries {
             let unit = WorkUnit {
                 submitted: delivery.bundle.submitted,
+                options: delivery.bundle.options,
                 tasks: delivery.bundle.tasks,
                 ticket: None,
             };

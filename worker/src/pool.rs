@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cloudkon_core::queue::Receipt;
 use cloudkon_core::summary::ideal_time;
-use cloudkon_core::{Task, TaskResult, Timestamp};
+use cloudkon_core::{BundleOptions, Task, TaskResult, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::{ExecLimits, Registry};
@@ -17,6 +17,8 @@ use crate::exec::{ExecLimits, Registry};
 pub struct WorkUnit {
     pub submitted: Timestamp,
     pub tasks: Vec<Task>,
+    /// The batch's retry settings, over the pool's.
+    pub options: BundleOptions,
     /// What the distributed worker needs back to finish the bundle; the pool
     /// only carries it through.
     pub ticket: Option<Ticket>,
@@ -30,7 +32,8 @@ pub struct Ticket {
     pub claim_key: Option<String>,
     /// The owner token the claim was made with: unique per claim, so that a
     /// second delivery of the same bundle to the same worker is not taken for
-    /// its own earlier claim.
+    /// its own earlier claim. `None`: not claimed (no ledger, or the batch
+    /// runs without dedup).
     pub claim_owner: Option<String>,
     pub reply_to: Option<String>,
 }
@@ -152,8 +155,16 @@ async fn run_unit(
     let mut ideal = Duration::ZERO;
     let total = unit.tasks.len();
     for mut task in unit.tasks {
-        let Some(result) =
-            run_task(worker, config, registry, &mut task, unit.submitted, abort).await
+        let Some(result) = run_task(
+            worker,
+            config,
+            &unit.options,
+            registry,
+            &mut task,
+            unit.submitted,
+            abort,
+        )
+        .await
         else {
             break;
         };
@@ -172,12 +183,14 @@ async fn run_unit(
 async fn run_task(
     worker: &Arc<str>,
     config: &PoolConfig,
+    options: &BundleOptions,
     registry: &Registry,
     task: &mut Task,
     submitted: Timestamp,
     abort: &CancellationToken,
 ) -> Option<TaskResult> {
-    let mut backoff = config.retry_backoff;
+    let mut backoff = options.retry_backoff.unwrap_or(config.retry_backoff);
+    let max_attempts = options.max_attempts.unwrap_or(config.max_attempts);
     loop {
         let started = Timestamp::now();
         let output = match registry.execute_now(task) {
@@ -193,7 +206,7 @@ async fn run_task(
                 }
             }
         };
-        if !output.outcome.is_success() && task.attempt < config.max_attempts {
+        if !output.outcome.is_success() && task.attempt < max_attempts {
             tracing::debug!(task = task.id, attempt = task.attempt, outcome = ?output.outcome, "retrying");
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
@@ -230,6 +243,7 @@ mod tests {
     fn unit(specs: Vec<TaskSpec>) -> WorkUnit {
         WorkUnit {
             submitted: Timestamp::now(),
+            options: BundleOptions::default(),
             tasks: specs
                 .into_iter()
                 .enumerate()

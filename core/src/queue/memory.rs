@@ -95,6 +95,7 @@ mod tests {
             submitted: Timestamp::now(),
             tasks: Vec::with_capacity(n),
             reply_to: None,
+            options: Default::default(),
         }
     }
 

@@ -59,6 +59,7 @@ pub fn sleep0_bundle(batch: &str, first: u64, n: u64) -> Bundle {
             })
             .collect(),
         reply_to: None,
+        options: Default::default(),
     }
 }
 

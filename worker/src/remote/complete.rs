@@ -51,13 +51,11 @@ where
     let mut done = Vec::new();
     for batch in batches {
         let Some(ticket) = batch.ticket else { continue };
-        let (Some(key), Some(owner), Some(reply_to)) = (
-            ticket.claim_key.clone(),
-            ticket.claim_owner.clone(),
-            ticket.reply_to.clone(),
-        ) else {
+        let (Some(key), Some(reply_to)) = (ticket.claim_key.clone(), ticket.reply_to.clone())
+        else {
             continue;
         };
+        let owner = ticket.claim_owner.clone();
         if !batch.complete {
             give_back(ctx, ticket).await;
             continue;
@@ -83,9 +81,9 @@ where
                 continue;
             }
         };
-        if let Some(ledger) = &ctx.ledger {
+        if let (Some(ledger), Some(owner)) = (&ctx.ledger, &owner) {
             let recorded = until_ok("recording a completion", abort, errors, || {
-                ledger.complete(&key, &owner, body.clone().into_bytes())
+                ledger.complete(&key, owner, body.clone().into_bytes())
             })
             .await;
             if recorded != Some(true) {
@@ -132,11 +130,11 @@ where
     L: DedupLedger,
     R: ResultRouter,
 {
-    let (Some(key), Some(owner)) = (ticket.claim_key, ticket.claim_owner) else {
+    let Some(key) = ticket.claim_key else {
         return;
     };
-    if let Some(ledger) = &ctx.ledger
-        && let Err(e) = ledger.release(&key, &owner).await
+    if let (Some(ledger), Some(owner)) = (&ctx.ledger, &ticket.claim_owner)
+        && let Err(e) = ledger.release(&key, owner).await
     {
         tracing::warn!(key, error = %e, "could not release the claim; it expires with its lease");
     }
@@ -165,8 +163,8 @@ where
             _ = tokio::time::sleep(every) => {},
         }
         for (key, receipt, owner) in ctx.inflight.snapshot() {
-            if let Some(ledger) = &ctx.ledger {
-                match ledger.renew(&key, &owner, ctx.config.lease).await {
+            if let (Some(ledger), Some(owner)) = (&ctx.ledger, &owner) {
+                match ledger.renew(&key, owner, ctx.config.lease).await {
                     Ok(true) => {}
                     // Completed meanwhile (the snapshot is older than the completion).
                     Ok(false) if !ctx.inflight.needs_heartbeat(&key) => {}

@@ -138,7 +138,12 @@ where
     };
     let mut attempt = 1;
     let owner = ctx.claim_owner();
-    if let Some(ledger) = &ctx.ledger {
+    // A batch that asked for at-least-once (`dedup: false`) skips the ledger.
+    let ledger = ctx
+        .ledger
+        .as_ref()
+        .filter(|_| bundle.options.dedup != Some(false));
+    if let Some(ledger) = ledger {
         match ledger.claim(&key, &owner, ctx.config.lease).await {
             Err(e) => {
                 // Not claimed, so not run: let the message come back soon rather
@@ -184,12 +189,13 @@ where
     for task in &mut bundle.tasks {
         task.attempt = task.attempt.max(attempt);
     }
+    let claim_owner = ledger.map(|_| owner);
     ctx.inflight
-        .insert(key.clone(), receipt.clone(), owner.clone());
+        .insert(key.clone(), receipt.clone(), claim_owner.clone());
     let ticket = Ticket {
         receipt,
         claim_key: Some(key),
-        claim_owner: Some(owner),
+        claim_owner,
         reply_to: Some(reply_to),
     };
     if attempt > ctx.config.max_claims {
@@ -204,6 +210,7 @@ where
     }
     Admitted::Run(WorkUnit {
         submitted: bundle.submitted,
+        options: bundle.options,
         tasks: bundle.tasks,
         ticket: Some(ticket),
     })

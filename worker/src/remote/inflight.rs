@@ -8,8 +8,9 @@ use cloudkon_core::queue::Receipt;
 
 use super::WorkerStats;
 
-/// A held bundle: its receipt, owner token, and whether it completed.
-type Held = (Option<Receipt>, String, bool);
+/// A held bundle: its receipt, claim owner token (`None`: not claimed), and
+/// whether it completed.
+type Held = (Option<Receipt>, Option<String>, bool);
 
 #[derive(Debug)]
 pub struct InFlight {
@@ -28,7 +29,7 @@ impl InFlight {
         }
     }
 
-    pub fn insert(&self, key: String, receipt: Option<Receipt>, owner: String) {
+    pub fn insert(&self, key: String, receipt: Option<Receipt>, owner: Option<String>) {
         let mut held = self.held.lock().expect("inflight lock");
         held.insert(key, (receipt, owner, false));
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
@@ -61,7 +62,7 @@ impl InFlight {
     }
 
     /// The bundles whose leases need renewing.
-    pub fn snapshot(&self) -> Vec<(String, Option<Receipt>, String)> {
+    pub fn snapshot(&self) -> Vec<(String, Option<Receipt>, Option<String>)> {
         let held = self.held.lock().expect("inflight lock");
         held.iter()
             .filter(|(_, (_, _, completed))| !completed)

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use cloudkon_core::ledger::{Claim, MemoryLedger, claim_key};
 use cloudkon_core::queue::{MemoryQueue, QueueError};
 use cloudkon_core::wire::decode_results;
-use cloudkon_core::{BatchId, Bundle, Outcome, Task, TaskResult, TaskSpec, Timestamp};
+use cloudkon_core::{
+    BatchId, Bundle, BundleOptions, Outcome, Task, TaskResult, TaskSpec, Timestamp,
+};
 
 use super::*;
 
@@ -61,6 +63,7 @@ fn bundle(first: u64, specs: Vec<TaskSpec>) -> Bundle {
             })
             .collect(),
         reply_to: Some("resp".into()),
+        options: Default::default(),
     }
 }
 
@@ -316,4 +319,35 @@ async fn shutdown_finishes_running_bundles_and_gives_the_rest_back() {
             "bundle {i} started after the stop"
         );
     }
+}
+
+#[tokio::test]
+async fn a_batch_without_dedup_skips_the_ledger_and_its_retries_win() {
+    let ledger = Arc::new(MemoryLedger::new());
+    // A batch that asked for at-least-once and 3 attempts, on a worker with
+    // a ledger and no retries: `false` fails every time.
+    let mut b = bundle(
+        0,
+        vec![TaskSpec::Run {
+            program: "false".into(),
+            args: vec![],
+        }],
+    );
+    b.options = BundleOptions {
+        max_attempts: Some(3),
+        retry_backoff: Some(Duration::from_millis(1)),
+        dedup: Some(false),
+    };
+    let key = claim_key(&b);
+    let run = run(vec![b.clone(), b], Some(ledger.clone()), config()).await;
+    let results = run.router.results("resp");
+    assert_eq!(results.len(), 2, "both deliveries ran: no claim");
+    assert!(results.iter().all(|r| r.attempt == 3), "{results:?}");
+    assert!(
+        matches!(
+            ledger.claim(&key, "other", LEASE).await.unwrap(),
+            Claim::Granted { .. }
+        ),
+        "nothing was written to the ledger"
+    );
 }

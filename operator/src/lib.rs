@@ -10,6 +10,7 @@
 pub mod build;
 pub mod crd;
 pub mod enqueue;
+pub mod provider;
 pub mod scale;
 pub mod status;
 pub mod validate;

@@ -22,6 +22,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod pool_reconciler;
+pub mod provider;
 pub mod scale;
 pub mod status;
 pub mod validate;

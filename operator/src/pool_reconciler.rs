@@ -23,6 +23,7 @@ use crate::build::{self, POOL_LABEL};
 use crate::context::{Context, Error, FINALIZER, MANAGER};
 use crate::crd::WorkerPool;
 use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
+use crate::provider::Ec2Provider;
 use crate::scale::{self, Recommendation, ScaleConfig, ScaleEvent, ScaleInput};
 use crate::status::{self, PoolConditionsInput, set_condition};
 use crate::validate;
@@ -41,6 +42,8 @@ pub struct PoolMemory {
     events: Vec<ScaleEvent>,
     /// The generation whose Deployment was last applied.
     applied_generation: Option<i64>,
+    /// The EC2 fleet, for pools whose provider is not a Deployment.
+    ec2: Option<Arc<Ec2Provider>>,
 }
 
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -109,7 +112,21 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     st.dead_letter_queue_url = queue.dead_letter_url().map(str::to_string);
     let stats = queue.stats().await?;
 
-    let workers = observe_deployment(ctx, &ns, &name).await?;
+    let ec2 = ec2_fleet(pool, ctx, queue.url())?;
+    let workers = match &ec2 {
+        Some(fleet) => {
+            let count = fleet
+                .observe()
+                .await
+                .map_err(|e| Error::Other(format!("WorkerPool {ns}/{name}: {e}")))?;
+            ObservedWorkers {
+                current: count.current,
+                ready: count.ready,
+                missing: false,
+            }
+        }
+        None => observe_deployment(ctx, &ns, &name).await?,
+    };
 
     let config = ScaleConfig::from_spec(&pool.spec);
     let system_now = SystemTime::now();
@@ -158,40 +175,20 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     };
 
     let change = decision.replicas - workers.current;
-    {
-        {
+    match &ec2 {
+        Some(fleet) => {
+            if change != 0 {
+                fleet
+                    .scale_to(decision.replicas)
+                    .await
+                    .map_err(|e| Error::Other(format!("WorkerPool {ns}/{name}: {e}")))?;
+            }
+        }
+        None => {
             if change < 0 {
                 mark_idle_pods(pool, ctx, &ns, &name).await;
             }
-            let applied = ctx
-                .pools
-                .lock()
-                .expect("pool memory lock")
-                .get(&uid(pool))
-                .and_then(|m| m.applied_generation);
-            if change != 0 || applied != generation || workers.missing {
-                let deployment = build::worker_deployment(pool, queue.url(), decision.replicas)?;
-                let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-                deployments
-                    .patch(
-                        &build::deployment_name(&name),
-                        &PatchParams::apply(MANAGER).force(),
-                        &Patch::Apply(&deployment),
-                    )
-                    .await
-                    .map_err(Error::kube(format!(
-                        "cannot apply Deployment {ns}/{}",
-                        build::deployment_name(&name)
-                    )))?;
-                if let Some(m) = ctx
-                    .pools
-                    .lock()
-                    .expect("pool memory lock")
-                    .get_mut(&uid(pool))
-                {
-                    m.applied_generation = generation;
-                }
-            }
+            apply_deployment(pool, ctx, queue.url(), decision.replicas, change, &workers).await?;
         }
     }
     if change != 0 {
@@ -267,6 +264,81 @@ fn pool_labels(ns: &str, name: &str) -> crate::metrics::PoolLabels {
 
 fn to_system_time(t: &Time) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0))
+}
+
+/// Applies the worker Deployment when the replicas or the spec changed (or it
+/// is missing).
+async fn apply_deployment(
+    pool: &WorkerPool,
+    ctx: &Context,
+    queue_url: &str,
+    replicas: i32,
+    change: i32,
+    workers: &ObservedWorkers,
+) -> Result<(), Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = build::deployment_name(&pool.name_any());
+    let generation = pool.metadata.generation;
+    let applied = ctx
+        .pools
+        .lock()
+        .expect("pool memory lock")
+        .get(&uid(pool))
+        .and_then(|m| m.applied_generation);
+    if change == 0 && applied == generation && !workers.missing {
+        return Ok(());
+    }
+    let deployment = build::worker_deployment(pool, queue_url, replicas)?;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    deployments
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .map_err(Error::kube(format!("cannot apply Deployment {ns}/{name}")))?;
+    if let Some(m) = ctx
+        .pools
+        .lock()
+        .expect("pool memory lock")
+        .get_mut(&uid(pool))
+    {
+        m.applied_generation = generation;
+    }
+    Ok(())
+}
+
+/// The pool's EC2 fleet, when its provider is not a Deployment (made once
+/// per operator run).
+fn ec2_fleet(
+    pool: &WorkerPool,
+    ctx: &Context,
+    queue_url: &str,
+) -> Result<Option<Arc<Ec2Provider>>, Error> {
+    let mut pools = ctx.pools.lock().expect("pool memory lock");
+    let memory = pools.entry(uid(pool)).or_default();
+    if memory.ec2.is_none() {
+        // Plain values only: an instance has no pod to resolve `valueFrom`.
+        let env: Vec<(String, String)> = pool
+            .spec
+            .template
+            .env
+            .iter()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect();
+        memory.ec2 = Ec2Provider::from_spec(
+            pool.spec.provider.as_ref(),
+            &pool.namespace().unwrap_or_default(),
+            &pool.name_any(),
+            queue_url,
+            &env,
+            ctx.aws.sdk_config(),
+        )
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map(Arc::new);
+    }
+    Ok(memory.ec2.clone())
 }
 
 async fn ensure_queue(pool: &WorkerPool, ctx: &Context) -> Result<SqsQueue, Error> {
@@ -398,10 +470,34 @@ async fn write_status(
 async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
-    ctx.pools
+    let memory = ctx
+        .pools
         .lock()
         .expect("pool memory lock")
         .remove(&uid(pool));
+    // The fleet as this run knew it, or as the spec says (after a restart).
+    let spec_queue = pool.spec.queue.clone().unwrap_or_default();
+    let queue_name = build::queue_name(&ns, &name, spec_queue.name.as_deref());
+    let fleet = match memory.and_then(|m| m.ec2) {
+        Some(fleet) => Some(fleet),
+        None => Ec2Provider::from_spec(
+            pool.spec.provider.as_ref(),
+            &ns,
+            &name,
+            &queue_name,
+            &[],
+            ctx.aws.sdk_config(),
+        )
+        .ok()
+        .flatten()
+        .map(Arc::new),
+    };
+    if let Some(fleet) = fleet {
+        fleet
+            .delete_all()
+            .await
+            .map_err(|e| Error::Other(format!("WorkerPool {ns}/{name}: {e}")))?;
+    }
     let spec = pool.spec.queue.clone().unwrap_or_default();
     if spec.deletion_policy != Some(DeletionPolicy::Retain) {
         let queue_name = build::queue_name(&ns, &name, spec.name.as_deref());

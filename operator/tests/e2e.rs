@@ -622,3 +622,98 @@ fn two_operators_elect_one_leader_and_the_other_takes_over() {
         50
     );
 }
+
+/// The pool's running and pending instances in moto.
+fn pool_instances(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, tag: &str) -> usize {
+    use aws_sdk_ec2::types::Filter;
+    let out = rt
+        .block_on(
+            ec2.describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{}", cloudkon_operator::provider::POOL_TAG))
+                        .values(tag)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name("instance-state-name")
+                        .values("pending")
+                        .values("running")
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    out.reservations().iter().map(|r| r.instances().len()).sum()
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn an_ec2_instances_pool_launches_and_terminates_instances_in_moto() {
+    let _serial = serial();
+    assert!(
+        std::env::var_os("AWS_ENDPOINT_URL_EC2").is_some(),
+        "AWS_ENDPOINT_URL_EC2 is not set: run scripts/test"
+    );
+    let mut c = Cluster::new("e2e-ec2");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let aws = rt.block_on(Aws::load());
+    let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
+    let template = unique("cloudkon-worker-tmpl");
+    rt.block_on(
+        ec2.create_launch_template()
+            .launch_template_name(&template)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id("ami-03cf127a")
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    c.operator("operator.log", &[]);
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: WorkerPool
+metadata: {{name: fleet}}
+spec:
+  workers: {{min: 0, max: 3, targetBacklogPerWorker: 5}}
+  template: {{threads: 4}}
+  provider:
+    type: Instances
+    instances: {{launchTemplate: {template}, instanceType: c5.large}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 0}}
+    scaleToZeroCooldownSeconds: 2
+"#
+    ));
+    let queue = c.queue_url("fleet");
+    let tag = format!("{}/fleet", c.ns);
+    assert_eq!(pool_instances(&rt, &ec2, &tag), 0);
+    c.apply(&run_batch("b", "fleet", 15, "true"));
+    // 15 bundles, 5 per worker: 3 instances.
+    let launched = c.wait_for("3 instances", Duration::from_secs(15), |_| {
+        let n = pool_instances(&rt, &ec2, &tag);
+        (n == 3).then_some(n)
+    });
+    println!("instances launched in moto: {launched}");
+    assert!(c.pool("fleet").status.unwrap().replicas <= 3);
+    // The instances are not real machines: a host worker drains the queue.
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    assert_eq!(
+        c.wait_finished("b", Duration::from_secs(60))
+            .status
+            .unwrap()
+            .counts
+            .succeeded,
+        15
+    );
+    c.wait_for("every instance terminated", Duration::from_secs(30), |_| {
+        (pool_instances(&rt, &ec2, &tag) == 0).then_some(())
+    });
+    let events = c.ok(&["get", "events.events.k8s.io"]);
+    assert!(events.contains("ScaledDown"), "{events}");
+}

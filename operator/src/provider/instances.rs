@@ -1,0 +1,625 @@
+//! `provider.type: Instances`: EC2 instances the pool launches from a launch
+//! template and terminates itself. The pool's instances are the ones with the
+//! tag `cloudkon.io/workerpool=<namespace>/<name>`: no state of our own, the
+//! tag is the inventory.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_ec2::primitives::DateTime;
+use aws_sdk_ec2::types::{
+    Filter, InstanceStateName, InstanceType, LaunchTemplateSpecification, ResourceType, Tag,
+    TagSpecification,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::{ProviderError, WorkerCount, aws_error};
+use crate::crd::workerpool::Ec2Instances;
+
+/// The tag that marks an instance as a worker of a pool: `<namespace>/<name>`.
+pub const POOL_TAG: &str = "cloudkon.io/workerpool";
+/// EC2 refuses user data over 16 KiB (before base64).
+pub const USER_DATA_MAX_BYTES: usize = 16 * 1024;
+const SERVICE: &str = "EC2";
+/// DescribeInstances page size (EC2's maximum).
+const PAGE_SIZE: i32 = 1000;
+/// TerminateInstances takes at most this many ids per call.
+const TERMINATE_BATCH: usize = 1000;
+/// See [`client_token`].
+const TOKEN_WINDOW_SECS: u64 = 300;
+
+/// One instance of the pool, as DescribeInstances shows it.
+#[derive(Clone, Debug, PartialEq)]
+struct Instance {
+    id: String,
+    state: InstanceStateName,
+    launch_time: Option<DateTime>,
+    subnet_id: Option<String>,
+}
+
+impl Instance {
+    /// A worker, booting or running. Stopping, stopped, shutting-down and
+    /// terminated instances are not: they will not take tasks again.
+    fn is_live(&self) -> bool {
+        matches!(
+            self.state,
+            InstanceStateName::Pending | InstanceStateName::Running
+        )
+    }
+}
+
+/// Instances launched and terminated by the pool itself.
+#[derive(Clone, Debug)]
+pub struct InstancesProvider {
+    client: aws_sdk_ec2::Client,
+    /// `<namespace>/<name>`: the tag value, and the pool in messages.
+    pool: String,
+    pool_name: String,
+    launch_template: LaunchTemplateSpecification,
+    launch_template_label: String,
+    instance_type: Option<InstanceType>,
+    subnet_ids: Vec<String>,
+    /// Base64, as RunInstances wants it.
+    user_data: String,
+    page_size: i32,
+}
+
+impl InstancesProvider {
+    /// Fails when the worker environment cannot be written into a shell
+    /// script, or the script is too large for EC2.
+    pub fn new(
+        client: aws_sdk_ec2::Client,
+        spec: &Ec2Instances,
+        pool_namespace: &str,
+        pool_name: &str,
+        queue_url: &str,
+        worker_env: &[(String, String)],
+    ) -> Result<Self, ProviderError> {
+        let pool = format!("{pool_namespace}/{pool_name}");
+        let script = worker_script(queue_url, worker_env)?;
+        if script.len() > USER_DATA_MAX_BYTES {
+            return Err(ProviderError::UserDataTooLarge {
+                pool,
+                size: script.len(),
+            });
+        }
+        let lt = &spec.launch_template;
+        let launch_template = if is_launch_template_id(lt) {
+            LaunchTemplateSpecification::builder().launch_template_id(lt)
+        } else {
+            LaunchTemplateSpecification::builder().launch_template_name(lt)
+        }
+        .build();
+        Ok(Self {
+            client,
+            launch_template_label: format!("launch template {lt} (WorkerPool {pool})"),
+            pool,
+            pool_name: pool_name.to_string(),
+            launch_template,
+            instance_type: spec.instance_type.as_deref().map(InstanceType::from),
+            subnet_ids: spec.subnet_ids.clone(),
+            user_data: BASE64.encode(script),
+            page_size: PAGE_SIZE,
+        })
+    }
+
+    /// Read the fleet `n` instances per DescribeInstances page (5 to 1000)
+    /// instead of 1000: for tests of the pagination.
+    pub fn with_page_size(mut self, n: i32) -> Self {
+        self.page_size = n.clamp(5, PAGE_SIZE);
+        self
+    }
+
+    /// Pending and running instances; ready = running (the instance is up;
+    /// whether `cloudkon-worker` started on it, only its heartbeat tells).
+    pub async fn observe(&self) -> Result<WorkerCount, ProviderError> {
+        let fleet = self
+            .list(&[InstanceStateName::Pending, InstanceStateName::Running])
+            .await?;
+        let ready = fleet
+            .iter()
+            .filter(|i| i.state == InstanceStateName::Running)
+            .count();
+        Ok(WorkerCount {
+            current: count(fleet.len()),
+            ready: count(ready),
+        })
+    }
+
+    /// Launches the missing workers or terminates the surplus, newest first.
+    /// Stopped instances (someone stopped them by hand) are neither workers
+    /// nor surplus: they are left as they are, until [`Self::delete_all`].
+    pub async fn scale_to(&self, desired: i32) -> Result<(), ProviderError> {
+        let desired = usize::try_from(desired).unwrap_or(0);
+        // Every state: the terminated instances still listed go into the
+        // client token (see `client_token`).
+        let fleet = self.list(&[]).await?;
+        let live: Vec<&Instance> = fleet.iter().filter(|i| i.is_live()).collect();
+        if live.len() > desired {
+            let surplus = surplus_newest_first(&live, live.len() - desired);
+            tracing::info!(pool = %self.pool, desired, live = live.len(), instances = ?surplus, "terminating surplus workers");
+            return self.terminate(&surplus).await;
+        }
+        if live.len() == desired {
+            return Ok(());
+        }
+        let missing = desired - live.len();
+        let fleet_ids: Vec<&str> = fleet.iter().map(|i| i.id.as_str()).collect();
+        let window = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            / TOKEN_WINDOW_SECS;
+        if self.subnet_ids.is_empty() {
+            let token = client_token(&self.pool, None, missing, &fleet_ids, window);
+            return self.launch(None, missing, token).await;
+        }
+        let in_subnet: Vec<usize> = self
+            .subnet_ids
+            .iter()
+            .map(|s| {
+                live.iter()
+                    .filter(|i| i.subnet_id.as_deref() == Some(s.as_str()))
+                    .count()
+            })
+            .collect();
+        let spread = spread_over_subnets(&in_subnet, missing);
+        for (subnet, n) in self.subnet_ids.iter().zip(spread) {
+            if n > 0 {
+                let token = client_token(&self.pool, Some(subnet), n, &fleet_ids, window);
+                self.launch(Some(subnet), n, token).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Terminates every instance of the pool that is not already going.
+    pub async fn delete_all(&self) -> Result<(), ProviderError> {
+        let ids: Vec<String> = self
+            .list(&[
+                InstanceStateName::Pending,
+                InstanceStateName::Running,
+                InstanceStateName::Stopping,
+                InstanceStateName::Stopped,
+            ])
+            .await?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        if !ids.is_empty() {
+            tracing::info!(pool = %self.pool, instances = ?ids, "terminating every worker");
+        }
+        self.terminate(&ids).await
+    }
+
+    /// The pool's instances in `states` (every state when empty), every page.
+    async fn list(&self, states: &[InstanceStateName]) -> Result<Vec<Instance>, ProviderError> {
+        let mut filters = vec![
+            Filter::builder()
+                .name(format!("tag:{POOL_TAG}"))
+                .values(&self.pool)
+                .build(),
+        ];
+        if !states.is_empty() {
+            filters.push(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(states.iter().map(|s| s.as_str().into()).collect()))
+                    .build(),
+            );
+        }
+        let mut fleet = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = self
+                .client
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .max_results(self.page_size)
+                .set_next_token(next_token)
+                .send()
+                .await
+                .map_err(|e| {
+                    aws_error(
+                        SERVICE,
+                        "DescribeInstances",
+                        format!("instances of WorkerPool {}", self.pool),
+                        e,
+                    )
+                })?;
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
+                else {
+                    continue;
+                };
+                fleet.push(Instance {
+                    id: id.to_string(),
+                    state: state.clone(),
+                    launch_time: i.launch_time().copied(),
+                    subnet_id: i.subnet_id().map(str::to_string),
+                });
+            }
+            // An empty token is the end too (some servers send "").
+            next_token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if next_token.is_none() {
+                return Ok(fleet);
+            }
+        }
+    }
+
+    async fn launch(
+        &self,
+        subnet: Option<&String>,
+        n: usize,
+        token: String,
+    ) -> Result<(), ProviderError> {
+        let n = count(n);
+        tracing::info!(pool = %self.pool, count = n, subnet = ?subnet, token, "launching workers");
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(Tag::builder().key(POOL_TAG).value(&self.pool).build())
+            .tags(
+                Tag::builder()
+                    .key("Name")
+                    .value(format!("cloudkon-worker-{}", self.pool_name))
+                    .build(),
+            )
+            .build();
+        self.client
+            .run_instances()
+            .launch_template(self.launch_template.clone())
+            .set_instance_type(self.instance_type.clone())
+            .set_subnet_id(subnet.cloned())
+            .min_count(n)
+            .max_count(n)
+            .user_data(&self.user_data)
+            .tag_specifications(tags)
+            .client_token(token)
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "RunInstances", &self.launch_template_label, e))?;
+        Ok(())
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+        for batch in ids.chunks(TERMINATE_BATCH) {
+            self.client
+                .terminate_instances()
+                .set_instance_ids(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| {
+                    aws_error(
+                        SERVICE,
+                        "TerminateInstances",
+                        format!("{} (WorkerPool {})", id_list(batch), self.pool),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// `lt-` and hex digits, as EC2 makes ids (`lt-0abc...`): a launch template
+/// id. Anything else is a name, `lt-workers` included: a name may start with
+/// `lt-` too.
+fn is_launch_template_id(s: &str) -> bool {
+    s.strip_prefix("lt-").is_some_and(|hex| {
+        hex.len() >= 8
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// A few ids for a message: a batch can hold a thousand.
+fn id_list(ids: &[String]) -> String {
+    match ids {
+        [a, b, c, rest @ ..] if !rest.is_empty() => {
+            format!("{a},{b},{c} and {} more", rest.len())
+        }
+        _ => ids.join(","),
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The user data of a worker instance: a shell script that sets the worker's
+/// environment and becomes `cloudkon-worker` (on the AMI's PATH). The queue
+/// comes first and `worker_env` after it, so that, as in the Deployment, the
+/// user's value wins for a repeated name.
+pub fn worker_script(
+    queue_url: &str,
+    worker_env: &[(String, String)],
+) -> Result<String, ProviderError> {
+    let mut script = String::from("#!/bin/sh\n");
+    let vars = std::iter::once(("CLOUDKON_QUEUE", queue_url))
+        .chain(worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    for (name, value) in vars {
+        check_env(name, value)?;
+        script.push_str(&format!("export {name}={}\n", shell_quote(value)));
+    }
+    script.push_str("exec cloudkon-worker\n");
+    Ok(script)
+}
+
+/// A name the shell takes as a variable (anything else would be a syntax
+/// error, or worse, a command), and a value a shell can hold.
+fn check_env(name: &str, value: &str) -> Result<(), ProviderError> {
+    let invalid = |reason| ProviderError::InvalidEnv {
+        name: name.to_string(),
+        reason,
+    };
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(invalid(
+            "a shell variable name is letters, digits and '_', not starting with a digit",
+        ));
+    }
+    if value.contains('\0') {
+        return Err(invalid("its value holds a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Single quotes keep every byte as is but the quote itself, written `'\''`.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The ids of the `n` newest instances (latest launch time first; an
+/// instance with no launch time yet counts as the newest; ties by id, for a
+/// stable choice): they have done the least work, and the pending ones among
+/// them none at all.
+fn surplus_newest_first(live: &[&Instance], n: usize) -> Vec<String> {
+    let mut by_age: Vec<&Instance> = live.to_vec();
+    by_age.sort_by(|a, b| {
+        let key = |i: &Instance| {
+            i.launch_time
+                .map_or((i64::MAX, u32::MAX), |t| (t.secs(), t.subsec_nanos()))
+        };
+        key(b).cmp(&key(a)).then_with(|| b.id.cmp(&a.id))
+    });
+    by_age.into_iter().take(n).map(|i| i.id.clone()).collect()
+}
+
+/// How many of `missing` new instances go to each subnet: one at a time to
+/// the subnet with the fewest live workers so far (ties: the spec's order),
+/// so that the fleet stays spread over the zones as it grows and shrinks.
+fn spread_over_subnets(live_in_subnet: &[usize], missing: usize) -> Vec<usize> {
+    let mut total = live_in_subnet.to_vec();
+    let mut new = vec![0; total.len()];
+    for _ in 0..missing {
+        let Some((i, _)) = total.iter().enumerate().min_by_key(|&(i, n)| (*n, i)) else {
+            break;
+        };
+        total[i] += 1;
+        new[i] += 1;
+    }
+    new
+}
+
+/// The ClientToken of one RunInstances call: a hash of the pool, the subnet,
+/// the count, every instance id the pool had when the decision was made
+/// (terminated ones included, while EC2 still lists them), and a 5-minute
+/// window.
+///
+/// The same decision repeated gives the same token, so EC2 answers with the
+/// first launch instead of launching again: the SDK's own retry after a
+/// timeout, and a reconcile that retries while DescribeInstances does not
+/// show the new instances yet (EC2 is eventually consistent). Once they
+/// show, the fleet differs, and so does any later token. The window keeps a
+/// token from coming back on a later day, when an emptied pool looks the
+/// same again and EC2 (which keeps tokens for a while after the instances
+/// are gone) would answer with the old, terminated launch. The price: a retry
+/// that straddles a window edge while the new instances are still invisible
+/// launches twice, and the next scale_to terminates the surplus.
+fn client_token(
+    pool: &str,
+    subnet: Option<&str>,
+    count: usize,
+    fleet_ids: &[&str],
+    window: u64,
+) -> String {
+    let mut ids = fleet_ids.to_vec();
+    ids.sort_unstable();
+    let mut h = Fnv64::new();
+    h.write(pool.as_bytes());
+    h.write(&[0]);
+    h.write(subnet.unwrap_or("").as_bytes());
+    h.write(&[0]);
+    h.write(&(count as u64).to_le_bytes());
+    for id in ids {
+        h.write(id.as_bytes());
+        h.write(&[0]);
+    }
+    h.write(&window.to_le_bytes());
+    // At most 64 ASCII characters.
+    format!("cloudkon-{:016x}", h.0)
+}
+
+/// FNV-1a: a stable hash (std's hashers may change between Rust releases,
+/// and a token must survive an operator upgrade between two retries).
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// What `sh` makes of the script: the exported variables, read back by
+    /// running it with `cloudkon-worker` replaced by `env`.
+    fn run_script(script: &str) -> String {
+        let script = script.replace("exec cloudkon-worker", "exec env");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env_clear()
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success(), "{script}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn the_script_exports_the_queue_then_the_users_env_and_execs_the_worker() {
+        let script = worker_script(
+            "https://sqs.us-east-1.amazonaws.com/1/q",
+            &env(&[("CLOUDKON_THREADS", "8"), ("CLOUDKON_QUEUE", "mine")]),
+        )
+        .unwrap();
+        assert_eq!(
+            script,
+            "#!/bin/sh\n\
+             export CLOUDKON_QUEUE='https://sqs.us-east-1.amazonaws.com/1/q'\n\
+             export CLOUDKON_THREADS='8'\n\
+             export CLOUDKON_QUEUE='mine'\n\
+             exec cloudkon-worker\n"
+        );
+        // The user's value wins, as in the Deployment.
+        assert!(run_script(&script).contains("CLOUDKON_QUEUE=mine\n"));
+    }
+
+    #[test]
+    fn values_reach_the_worker_byte_for_byte() {
+        let nasty = "it's $HOME `id` $(id) \"q\" \\ ; rm -rf / #\nline two '' end";
+        let script = worker_script("q", &env(&[("X", nasty), ("EMPTY", "")])).unwrap();
+        let seen = run_script(&script);
+        assert!(seen.contains(&format!("X={nasty}\n")), "{seen}");
+        assert!(seen.contains("EMPTY=\n"), "{seen}");
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+
+    #[test]
+    fn names_that_are_not_shell_variables_are_refused() {
+        for bad in ["", "1X", "A-B", "A B", "X;rm", "$X", "É"] {
+            let err = worker_script("q", &env(&[(bad, "v")])).unwrap_err();
+            assert!(
+                matches!(&err, ProviderError::InvalidEnv { name, .. } if name == bad),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(worker_script("q", &env(&[("_a1", "v"), ("A_B", "v")])).is_ok());
+        assert!(matches!(
+            worker_script("q", &env(&[("X", "a\0b")])),
+            Err(ProviderError::InvalidEnv { .. })
+        ));
+    }
+
+    #[test]
+    fn long_id_lists_are_cut_in_messages() {
+        let ids: Vec<String> = (1..=5).map(|n| format!("i-{n}")).collect();
+        assert_eq!(id_list(&ids[..3]), "i-1,i-2,i-3");
+        assert_eq!(id_list(&ids), "i-1,i-2,i-3 and 2 more");
+    }
+
+    #[test]
+    fn launch_template_ids_are_told_from_names() {
+        assert!(is_launch_template_id("lt-0abcdef1234567890"));
+        assert!(is_launch_template_id("lt-12345678"));
+        assert!(!is_launch_template_id("lt-workers"));
+        assert!(!is_launch_template_id("lt-up-1234-5678"));
+        assert!(!is_launch_template_id("lt-0ABCDEF12"));
+        assert!(!is_launch_template_id("lt-abc"));
+        assert!(!is_launch_template_id("workers"));
+    }
+
+    fn instance(id: &str, launched: Option<i64>) -> Instance {
+        Instance {
+            id: id.into(),
+            state: InstanceStateName::Running,
+            launch_time: launched.map(DateTime::from_secs),
+            subnet_id: None,
+        }
+    }
+
+    #[test]
+    fn the_surplus_is_the_newest() {
+        let fleet = [
+            instance("i-old", Some(100)),
+            instance("i-new", Some(300)),
+            instance("i-mid", Some(200)),
+            instance("i-booting", None),
+        ];
+        let live: Vec<&Instance> = fleet.iter().collect();
+        assert_eq!(surplus_newest_first(&live, 0), Vec::<String>::new());
+        assert_eq!(surplus_newest_first(&live, 1), ["i-booting"]);
+        assert_eq!(
+            surplus_newest_first(&live, 3),
+            ["i-booting", "i-new", "i-mid"]
+        );
+        assert_eq!(surplus_newest_first(&live, 9).len(), 4);
+    }
+
+    #[test]
+    fn ties_in_launch_time_break_by_id() {
+        let fleet = [
+            instance("i-a", Some(100)),
+            instance("i-c", Some(100)),
+            instance("i-b", Some(100)),
+        ];
+        let live: Vec<&Instance> = fleet.iter().collect();
+        assert_eq!(surplus_newest_first(&live, 2), ["i-c", "i-b"]);
+    }
+
+    #[test]
+    fn new_instances_fill_the_emptiest_subnets_first() {
+        assert_eq!(spread_over_subnets(&[0, 0, 0], 3), [1, 1, 1]);
+        assert_eq!(spread_over_subnets(&[0, 0, 0], 4), [2, 1, 1]);
+        assert_eq!(spread_over_subnets(&[2, 0, 1], 3), [0, 2, 1]);
+        assert_eq!(spread_over_subnets(&[5, 0], 2), [0, 2]);
+        assert_eq!(spread_over_subnets(&[], 2), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn the_client_token_names_one_decision() {
+        let t = client_token("ns/p", Some("subnet-1"), 3, &["i-2", "i-1"], 7);
+        assert!(t.len() <= 64 && t.is_ascii());
+        // The same decision, the ids in any order: the same token.
+        assert_eq!(
+            t,
+            client_token("ns/p", Some("subnet-1"), 3, &["i-1", "i-2"], 7)
+        );
+        // Anything else: another.
+        for other in [
+            client_token("ns/q", Some("subnet-1"), 3, &["i-1", "i-2"], 7),
+            client_token("ns/p", Some("subnet-2"), 3, &["i-1", "i-2"], 7),
+            client_token("ns/p", None, 3, &["i-1", "i-2"], 7),
+            client_token("ns/p", Some("subnet-1"), 4, &["i-1", "i-2"], 7),
+            client_token("ns/p", Some("subnet-1"), 3, &["i-1", "i-2", "i-3"], 7),
+            client_token("ns/p", Some("subnet-1"), 3, &["i-1", "i-2"], 8),
+        ] {
+            assert_ne!(t, other);
+        }
+    }
+}

@@ -174,9 +174,12 @@ impl Cluster {
     /// `<dir>/<log>`.
     fn operator(&mut self, log: &str, extra: &[&str]) -> usize {
         let file = std::fs::File::create(self.dir.path().join(log)).unwrap();
-        let child = Command::new(bin("cloudkon-operator"))
-            .args(["run", "--namespace", &self.ns, "--metrics-addr", ""])
-            .args(["--poll", "500ms"])
+        let mut command = Command::new(bin("cloudkon-operator"));
+        command.args(["run", "--namespace", &self.ns, "--poll", "500ms"]);
+        if !extra.contains(&"--metrics-addr") {
+            command.args(["--metrics-addr", ""]);
+        }
+        let child = command
             .args(extra)
             .env("RUST_LOG", "info,kube_runtime=warn")
             .stdout(Stdio::null())
@@ -716,4 +719,306 @@ spec:
     });
     let events = c.ok(&["get", "events.events.k8s.io"]);
     assert!(events.contains("ScaledDown"), "{events}");
+}
+
+fn condition(b: &TaskBatch, type_: &str) -> Option<(String, String, String)> {
+    let c = b
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn bad_specs_are_reported_and_fixed_specs_run_suspend_cancel_and_metrics() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-bad");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    c.operator("operator.log", &["--metrics-addr", &addr]);
+
+    // Two sources: rejected with a condition and a Warning Event naming the field.
+    c.apply(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {name: two-sources}
+spec:
+  workerPool: p
+  tasks:
+    inline: [{kind: sleep, ms: 1}]
+    generator: {template: {kind: sleep, ms: 1}, count: 3}
+"#,
+    );
+    let (status, reason, message) = c.wait_for("Accepted=False", Duration::from_secs(20), |c| {
+        condition(&c.batch("two-sources"), "Accepted").filter(|x| x.0 == "False")
+    });
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(
+        message.contains("spec.tasks") && message.contains("inline and generator"),
+        "{message}"
+    );
+
+    // A pool that does not exist yet: not accepted; created: the batch runs.
+    c.apply(&run_batch("early", "p", 5, "true"));
+    let (_, reason, _) = c.wait_for("WorkerPoolNotFound", Duration::from_secs(20), |c| {
+        condition(&c.batch("early"), "Accepted").filter(|x| x.0 == "False")
+    });
+    assert_eq!(reason, "WorkerPoolNotFound");
+
+    // A malformed workload file in a ConfigMap: nothing is enqueued, and the
+    // message says which line.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: work}
+data:
+  bad.txt: |
+    sleep 1
+    run true
+    sleep soon
+  good.txt: |
+    # a comment
+    sleep 0
+    run echo hello
+    {"kind": "sleep", "ms": 2}
+---
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {name: from-bad-file}
+spec:
+  workerPool: p
+  tasks: {configMap: {name: work, key: bad.txt}}
+"#,
+    );
+    c.apply(&scaling_pool("p", 2, 300));
+    let queue = c.queue_url("p");
+    let (_, reason, message) = c.wait_for("the bad file refused", Duration::from_secs(20), |c| {
+        condition(&c.batch("from-bad-file"), "Accepted").filter(|x| x.0 == "False")
+    });
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.contains("configmap/work/bad.txt:3"),
+        "the message names the line: {message}"
+    );
+    assert_eq!(
+        c.batch("from-bad-file").status.unwrap().counts.enqueued,
+        0,
+        "nothing enqueued from a bad file"
+    );
+
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    let early = c.wait_finished("early", Duration::from_secs(60));
+    assert_eq!(early.status.unwrap().counts.succeeded, 5);
+
+    // The good file runs.
+    c.apply(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {name: from-file}
+spec:
+  workerPool: p
+  tasks: {configMap: {name: work, key: good.txt}}
+"#,
+    );
+    let s = c
+        .wait_finished("from-file", Duration::from_secs(60))
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.counts.total, s.counts.succeeded),
+        (Some(Phase::Succeeded), 3, 3)
+    );
+
+    // Suspended: nothing enqueued; resumed: it runs.
+    c.apply(&format!(
+        "{}  suspend: true\n",
+        run_batch("later", "p", 4, "true")
+    ));
+    let (status, ..) = c.wait_for("Suspended=True", Duration::from_secs(20), |c| {
+        condition(&c.batch("later"), "Suspended").filter(|x| x.0 == "True")
+    });
+    assert_eq!(status, "True");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.batch("later").status.unwrap().counts.enqueued, 0);
+    c.ok(&[
+        "patch",
+        "taskbatch",
+        "later",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    let s = c
+        .wait_finished("later", Duration::from_secs(60))
+        .status
+        .unwrap();
+    assert_eq!(s.counts.succeeded, 4);
+
+    // Cancelled while suspended: Cancelled, with a Failed condition that says so.
+    c.apply(&format!(
+        "{}  suspend: true\n",
+        run_batch("never", "p", 4, "true")
+    ));
+    c.wait_for("Suspended=True", Duration::from_secs(20), |c| {
+        condition(&c.batch("never"), "Suspended").filter(|x| x.0 == "True")
+    });
+    c.ok(&[
+        "patch",
+        "taskbatch",
+        "never",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"cancel":true}}"#,
+    ]);
+    let s = c.wait_finished("never", Duration::from_secs(20));
+    assert_eq!(s.status.as_ref().unwrap().phase, Some(Phase::Cancelled));
+    assert_eq!(condition(&s, "Failed").unwrap().1, "Cancelled");
+
+    // The metrics an operator of the operator watches.
+    let body = http_get(&addr, "/metrics");
+    for metric in [
+        "cloudkon_operator_reconciles_total{",
+        "cloudkon_operator_pool_backlog{",
+        "cloudkon_operator_pool_desired_workers{",
+        "cloudkon_operator_tasks_enqueued_total",
+        "cloudkon_operator_leader 1",
+    ] {
+        assert!(body.contains(metric), "no {metric} in:\n{body}");
+    }
+    assert!(http_get(&addr, "/healthz").contains("ok"));
+}
+
+/// A plain HTTP/1.0 GET on loopback.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    out
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn an_animoto_taskbatch_makes_videos_in_s3() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-animoto");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = rt.block_on(Aws::load()).s3();
+    let bucket = "cloudkon-animoto-e2e";
+    rt.block_on(s3.ensure_bucket(bucket)).unwrap();
+    // Images made here with ffmpeg, of mixed sizes, put in the local S3.
+    for (i, size) in ["640x480", "300x500", "1280x720"].iter().enumerate() {
+        let path = c.dir.path().join(format!("img{i}.png"));
+        let status = Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc=size={size}:rate=1"))
+            .args(["-frames:v", "1"])
+            .arg(&path)
+            .status()
+            .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
+        assert!(status.success());
+        rt.block_on(s3.put_bytes(
+            bucket,
+            &format!("in/img{i}.png"),
+            std::fs::read(&path).unwrap(),
+        ))
+        .unwrap();
+    }
+    c.operator("operator.log", &[]);
+    c.apply(&scaling_pool("media", 2, 300));
+    let queue = c.queue_url("media");
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: slideshows}}
+spec:
+  workerPool: media
+  results: {{s3Prefix: "s3://{bucket}/results"}}
+  tasks:
+    generator:
+      count: 2
+      template:
+        kind: animoto
+        urls: ["s3://{bucket}/in/img0.png", "s3://{bucket}/in/img1.png", "s3://{bucket}/in/img2.png"]
+        secondsPerImage: 2
+        resolution: 640x360
+        output: "s3://{bucket}/videos/show-{{i}}"
+"#
+    ));
+    let s = c
+        .wait_finished("slideshows", Duration::from_secs(180))
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.counts.succeeded),
+        (Some(Phase::Succeeded), 2),
+        "{s:?}\n{}",
+        c.logs()
+    );
+    // Each result names its video in S3; the video is 3 images x 2 s at 640x360.
+    let prefix = format!("results/{}/slideshows/", c.ns);
+    let body = rt
+        .block_on(s3.get_bytes(bucket, &format!("{prefix}part-000000.jsonl")))
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    let mut artifacts = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        artifacts.push(v["artifact"].as_str().unwrap().to_string());
+        assert!(v["artifact_url"].as_str().unwrap().starts_with("http"));
+    }
+    assert_eq!(artifacts.len(), 2, "{text}");
+    for artifact in artifacts {
+        let uri = cloudkon_core::aws::S3Uri::object(&artifact).unwrap();
+        let video = c.dir.path().join("video.mp4");
+        std::fs::write(
+            &video,
+            rt.block_on(s3.get_bytes(&uri.bucket, &uri.key)).unwrap(),
+        )
+        .unwrap();
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+            .args([
+                "stream=codec_name,width,height:format=duration",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&video)
+            .output()
+            .unwrap();
+        let probe = String::from_utf8_lossy(&out.stdout).replace('\n', ",");
+        assert!(probe.starts_with("h264,640,360,"), "{artifact}: {probe}");
+        let duration: f64 = probe
+            .trim_end_matches(',')
+            .rsplit(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((duration - 6.0).abs() < 0.3, "{artifact}: {duration} s");
+        println!("{artifact}: {probe}");
+    }
 }

@@ -1,0 +1,295 @@
+//! The Helm chart (`charts/cloudkon`): lint, render with default and other
+//! values, validate the manifests on a real API server (`--dry-run=server`),
+//! install it, and check the operator's RBAC with `kubectl auth can-i`: what it
+//! needs, and a few things it must not do.
+//!
+//! Needs the local control plane (`scripts/test` starts it), which also
+//! provides helm and kubectl.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn tools() -> (String, String) {
+    let state = std::env::var_os("CLOUDKON_KUBE_STATE_DIR");
+    let kubeconfig = std::env::var_os("KUBECONFIG");
+    assert!(
+        state.is_some()
+            && kubeconfig.is_some()
+            && Path::new(kubeconfig.as_ref().unwrap())
+                == Path::new(state.as_ref().unwrap()).join("kubeconfig"),
+        "KUBECONFIG is not the local control plane's: run scripts/test, or \
+         source \"$(scripts/control-plane up)\" first"
+    );
+    (
+        std::env::var("CLOUDKON_HELM").unwrap_or_else(|_| "helm".into()),
+        std::env::var("CLOUDKON_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
+    )
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let out = run(program, args, stdin);
+    assert!(
+        out.status.success(),
+        "{program} {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The chart ships the CRDs generated from the Rust types, unchanged.
+#[test]
+fn the_chart_crds_are_the_generated_ones() {
+    for name in ["taskbatch.yaml", "workerpool.yaml"] {
+        let generated = std::fs::read_to_string(repo().join("crds").join(name)).unwrap();
+        let shipped =
+            std::fs::read_to_string(repo().join("charts/cloudkon/crds").join(name)).unwrap();
+        assert!(
+            generated == shipped,
+            "charts/cloudkon/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/cloudkon/crds/"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the local control plane (helm, kubectl): run scripts/test"]
+fn the_chart_lints_renders_installs_and_grants_least_privilege() {
+    let (helm, kubectl) = tools();
+    ok(&helm, &["lint", "--strict", "charts/cloudkon"], None);
+
+    // Defaults: every pod hardened, no cluster-admin, no wildcard.
+    let defaults = ok(
+        &helm,
+        &["template", "cloudkon", "charts/cloudkon", "--include-crds"],
+        None,
+    );
+    for needle in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "drop: [\"ALL\"]",
+        "--leader-elect",
+        "kind: ClusterRole\n",
+        "limits:",
+    ] {
+        assert!(
+            defaults.contains(needle),
+            "no {needle:?} in the default render"
+        );
+    }
+    assert!(!defaults.contains("cluster-admin") && !defaults.contains("\"*\""));
+
+    // Other values: one namespace (a Role, not a ClusterRole), IRSA, the
+    // optional objects.
+    let other = ok(
+        &helm,
+        &[
+            "template",
+            "cloudkon",
+            "charts/cloudkon",
+            "--set",
+            "watchNamespace=team-a",
+            "--set",
+            "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/ck",
+            "--set",
+            "defaultWorkerPool.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "replicas=2",
+            "--set",
+            "aws.endpointUrl=http://localstack:4566",
+        ],
+        None,
+    );
+    for needle in [
+        "kind: Role\n",
+        "namespace: team-a",
+        "eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/ck",
+        "kind: WorkerPool",
+        "kind: NetworkPolicy",
+        "kind: ServiceMonitor",
+        "replicas: 2",
+        "--namespace=team-a",
+        "http://localstack:4566",
+    ] {
+        assert!(other.contains(needle), "no {needle:?} in:\n{other}");
+    }
+    assert!(!other.contains("kind: ClusterRole\n"));
+
+    // The API server accepts every rendered object.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let ns = format!("chart-{nanos}");
+    // A release name of its own: its ClusterRole is cluster-wide.
+    let release = format!("ck-{nanos}");
+    ok(&kubectl, &["create", "namespace", &ns], None);
+    let _cleanup = Cleanup {
+        helm: helm.clone(),
+        kubectl: kubectl.clone(),
+        ns: ns.clone(),
+        release: release.clone(),
+    };
+    ok(&kubectl, &["apply", "-f", "crds/"], None);
+    ok(
+        &kubectl,
+        &["apply", "-n", &ns, "--dry-run=server", "-f", "-"],
+        Some(&defaults),
+    );
+    let with_pool = ok(
+        &helm,
+        &[
+            "template",
+            "cloudkon",
+            "charts/cloudkon",
+            "--set",
+            "defaultWorkerPool.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+        ],
+        None,
+    );
+    ok(
+        &kubectl,
+        &["apply", "-n", &ns, "--dry-run=server", "-f", "-"],
+        Some(&with_pool),
+    );
+
+    // Installed for real.
+    ok(
+        &helm,
+        &[
+            "install",
+            &release,
+            "charts/cloudkon",
+            "-n",
+            &ns,
+            "--set",
+            "defaultWorkerPool.enabled=true",
+        ],
+        None,
+    );
+    let objects = ok(
+        &kubectl,
+        &[
+            "get",
+            "-n",
+            &ns,
+            "deployment,serviceaccount,workerpool,role",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    for object in [
+        format!("deployment.apps/{release}-cloudkon"),
+        format!("serviceaccount/{release}-cloudkon"),
+        "workerpool.cloudkon.io/default".to_string(),
+        format!("role.rbac.authorization.k8s.io/{release}-cloudkon-leader"),
+    ] {
+        assert!(objects.contains(&object), "no {object} in:\n{objects}");
+    }
+
+    // What the operator's service account may and may not do.
+    let sa = format!("system:serviceaccount:{ns}:{release}-cloudkon");
+    let can = |verb: &str, resource: &str, namespace: &str| -> bool {
+        let out = run(
+            &kubectl,
+            &[
+                "auth", "can-i", verb, resource, "-n", namespace, "--as", &sa,
+            ],
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let allowed = [
+        ("watch", "taskbatches.cloudkon.io", "default"),
+        ("patch", "taskbatches.cloudkon.io/status", "default"),
+        ("patch", "workerpools.cloudkon.io/status", "default"),
+        ("delete", "taskbatches.cloudkon.io", "default"),
+        ("patch", "deployments.apps", "default"),
+        ("create", "deployments.apps", "default"),
+        ("patch", "pods", "default"),
+        ("get", "configmaps", "default"),
+        ("create", "events.events.k8s.io", "default"),
+        ("update", "leases.coordination.k8s.io", &ns),
+    ];
+    for (verb, resource, namespace) in allowed {
+        assert!(
+            can(verb, resource, namespace),
+            "cannot {verb} {resource} in {namespace}"
+        );
+    }
+    let denied = [
+        ("get", "secrets", "default"),
+        ("delete", "deployments.apps", "default"),
+        ("create", "pods", "default"),
+        ("delete", "workerpools.cloudkon.io", "default"),
+        ("delete", "configmaps", "default"),
+        ("get", "nodes", "default"),
+        (
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            "default",
+        ),
+        ("update", "leases.coordination.k8s.io", "kube-system"),
+        ("*", "*", "default"),
+    ];
+    for (verb, resource, namespace) in denied {
+        assert!(
+            !can(verb, resource, namespace),
+            "may {verb} {resource} in {namespace}"
+        );
+    }
+}
+
+/// Uninstalls the release and deletes the namespace however the test ends.
+struct Cleanup {
+    helm: String,
+    kubectl: String,
+    ns: String,
+    release: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.helm)
+            .args(["uninstall", &self.release, "-n", &self.ns])
+            .output();
+        let _ = Command::new(&self.kubectl)
+            .args(["delete", "namespace", &self.ns, "--wait=false"])
+            .output();
+    }
+}

@@ -495,8 +495,11 @@ fn deployment_follows_the_backlog_within_two_seconds_and_goes_back_to_zero() {
         "scale-to-zero: {} ms after the queue emptied (cooldown 3 s)",
         after.as_millis()
     );
+    // The operator counts the cooldown from the last poll that saw a backlog;
+    // this test sees the empty queue in the status up to one poll (0.5 s) and
+    // a few status writes later.
     assert!(
-        after >= Duration::from_millis(2000),
+        after >= Duration::from_millis(1500),
         "scaled to zero {after:?} after the queue emptied, before the 3 s cooldown"
     );
     let pool = c.pool("burst").status.unwrap();

@@ -192,3 +192,22 @@ async fn worker_heartbeats_are_listed() {
     );
     l.delete_tables().await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs DynamoDB Local: run through scripts/test"]
+async fn a_cancel_mark_is_seen_and_is_no_claim() {
+    let l = ledger().await;
+    let batch = unique("cancelled");
+    assert!(!l.is_cancelled(&batch).await.unwrap());
+    l.cancel_batch(&batch).await.unwrap();
+    assert!(l.is_cancelled(&batch).await.unwrap());
+    assert!(!l.is_cancelled(&format!("{batch}-other")).await.unwrap());
+    // The batch's bundles are still claimed as usual (workers check the mark
+    // before they claim).
+    assert!(matches!(
+        l.claim(&format!("{batch}#0"), "a", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Claim::Granted { attempt: 1 }
+    ));
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudkon_core::aws::{ErrorKind, S3Uri};
+use cloudkon_core::ledger::DedupLedger;
 use cloudkon_core::workload::{self, WorkloadReader};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -25,6 +26,9 @@ use crate::crd::taskbatch::{Phase, TaskBatchStatus};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::status::{self, BatchConditionsInput, set_condition};
 use crate::validate::{self, Invalid};
+
+/// The workers' ledger table when a pool names none (`cloudkon-worker`'s default).
+pub const DEFAULT_LEDGER_TABLE: &str = "cloudkon-ledger";
 
 pub async fn reconcile(batch: Arc<TaskBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = batch.namespace().unwrap_or_default();
@@ -76,6 +80,25 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
 
     if cancel {
         stop_runner(ctx, &uid(&batch)).await;
+        // Workers skip (and delete) the batch's bundles still in the queue:
+        // the pool's queue is shared, so it cannot be purged for one batch.
+        if let Some(pool) = &pool {
+            let table = pool
+                .spec
+                .template
+                .ledger_table
+                .clone()
+                .unwrap_or_else(|| DEFAULT_LEDGER_TABLE.to_string());
+            let id = batch_runner::batch_id(&batch);
+            let ledger = ctx.aws.ledger(table.clone());
+            // The table exists once a worker ran; before that, make it, so
+            // that the first worker already sees the mark.
+            ledger.ensure_table().await?;
+            ledger
+                .cancel_batch(id.as_str())
+                .await
+                .map_err(|e| Error::Other(format!("cannot cancel in ledger table {table}: {e}")))?;
+        }
         st.phase = Some(Phase::Cancelled);
         st.completion_time = Some(now.clone());
         set_conditions(

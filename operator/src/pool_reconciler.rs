@@ -411,7 +411,7 @@ async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context, ns: &str, name: &str) 
         .template
         .ledger_table
         .clone()
-        .unwrap_or_else(|| "cloudkon-ledger".to_string());
+        .unwrap_or_else(|| crate::batch_reconciler::DEFAULT_LEDGER_TABLE.to_string());
     let busy: BTreeMap<String, u32> = match ctx.aws.ledger(table).list_workers().await {
         Ok(rows) => rows.into_iter().map(|h| (h.id, h.busy)).collect(),
         Err(e) => {

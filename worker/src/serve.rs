@@ -79,6 +79,12 @@ impl Collector for WorkerCollector {
         )?;
         counter(
             e,
+            "cloudkon_worker_cancelled_bundles",
+            "Bundles of cancelled batches deleted without running.",
+            &s.cancelled,
+        )?;
+        counter(
+            e,
             "cloudkon_worker_results_resent",
             "Stored results sent again.",
             &s.resent,

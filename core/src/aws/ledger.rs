@@ -431,6 +431,43 @@ fn unexpected(key: &str, what: &str) -> LedgerError {
 }
 
 impl DedupLedger for DynamoLedger {
+    /// An unconditional PutItem of the batch's cancel mark (kept as long as
+    /// stored results).
+    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
+        let key = crate::ledger::cancel_key(batch);
+        let item: Item = HashMap::from([
+            ("pk".to_string(), s(&key)),
+            ("state".to_string(), s("cancelled")),
+            (
+                "expires_at".to_string(),
+                n(epoch_secs_after(self.result_ttl)),
+            ),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| ledger_error(AwsError::sdk(SERVICE, "PutItem", &self.table, e)))?;
+        Ok(())
+    }
+
+    /// One consistent GetItem (workers cache the answer for a few seconds).
+    async fn is_cancelled(&self, batch: &str) -> Result<bool, LedgerError> {
+        let key = crate::ledger::cancel_key(batch);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| ledger_error(AwsError::sdk(SERVICE, "GetItem", &self.table, e)))?;
+        Ok(out.item.is_some())
+    }
+
     /// One conditional UpdateItem: granted if the item is new or its lease ran
     /// out; otherwise the old item, returned by the failed write itself, tells
     /// done (with results) from held.

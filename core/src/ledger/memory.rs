@@ -30,6 +30,22 @@ impl MemoryLedger {
 }
 
 impl DedupLedger for MemoryLedger {
+    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
+        let key = super::cancel_key(batch);
+        self.entries.lock().expect("ledger lock").insert(
+            key,
+            Entry::Done {
+                results: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn is_cancelled(&self, batch: &str) -> Result<bool, LedgerError> {
+        let key = super::cancel_key(batch);
+        Ok(self.entries.lock().expect("ledger lock").contains_key(&key))
+    }
+
     async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("ledger lock");

@@ -44,7 +44,20 @@ pub fn claim_key(bundle: &Bundle) -> String {
     format!("{batch}#{first}")
 }
 
+/// The ledger key that marks a batch cancelled. Claim keys end with a task
+/// number, so a key ending with `#` is never one.
+pub fn cancel_key(batch: &str) -> String {
+    format!("#cancel#{batch}#")
+}
+
 pub trait DedupLedger: Send + Sync + 'static {
+    /// Marks `batch` cancelled: workers skip (and delete) its bundles that
+    /// have not started.
+    fn cancel_batch(&self, batch: &str) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Whether `batch` was cancelled.
+    fn is_cancelled(&self, batch: &str) -> impl Future<Output = Result<bool, LedgerError>> + Send;
+
     /// Claims `key` for `owner` for `lease`.
     fn claim(
         &self,

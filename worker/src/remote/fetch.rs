@@ -136,6 +136,17 @@ where
         }
         return Admitted::Skip;
     };
+    if let (Some(ledger), Some(batch)) =
+        (&ctx.ledger, bundle.tasks.first().map(|t| t.batch.clone()))
+        && is_cancelled(ctx, ledger.as_ref(), batch.as_str()).await
+    {
+        tracing::info!(key, batch = %batch, "batch cancelled: bundle deleted without running");
+        WorkerStats::add(&ctx.stats.cancelled, 1);
+        if let Some(receipt) = receipt {
+            let _ = ctx.queue.ack(vec![receipt]).await;
+        }
+        return Admitted::Skip;
+    }
     let mut attempt = 1;
     let owner = ctx.claim_owner();
     // A batch that asked for at-least-once (`dedup: false`) skips the ledger.
@@ -214,6 +225,33 @@ where
         tasks: bundle.tasks,
         ticket: Some(ticket),
     })
+}
+
+/// Whether a batch was cancelled, from the cache or the ledger. A ledger
+/// error counts as "not cancelled": running a cancelled task is the lesser harm.
+async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> bool
+where
+    L: DedupLedger,
+{
+    if let Some((cancelled, at)) = ctx.cancelled.lock().expect("cancel cache").get(batch)
+        && (*cancelled || at.elapsed() < super::CANCEL_CHECK_EVERY)
+    {
+        return *cancelled;
+    }
+    let cancelled = match ledger.is_cancelled(batch).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(batch, error = %e, "cannot check for cancellation");
+            false
+        }
+    };
+    let mut cache = ctx.cancelled.lock().expect("cancel cache");
+    // Bounded: batches come and go over a worker's life.
+    if cache.len() > 10_000 {
+        cache.clear();
+    }
+    cache.insert(batch.to_string(), (cancelled, std::time::Instant::now()));
+    cancelled
 }
 
 fn give_up(

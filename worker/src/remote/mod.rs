@@ -96,7 +96,13 @@ struct Ctx<Q, L, R> {
     inflight: InFlight,
     /// Permits for bundles this worker may hold.
     room: Arc<Semaphore>,
+    /// Batch → (cancelled, when looked up): the ledger is asked at most every
+    /// [`CANCEL_CHECK_EVERY`] per batch.
+    cancelled: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
 }
+
+/// How long a batch's "not cancelled" answer is trusted.
+const CANCEL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl<Q, L, R> Ctx<Q, L, R> {
     /// A fresh owner token for one claim.
@@ -134,6 +140,7 @@ where
         config,
         inflight: InFlight::new(stats.clone()),
         stats,
+        cancelled: Default::default(),
     });
     let (units_tx, units_rx) = async_channel::bounded(slots + ctx.config.prefetch);
     let (results_tx, results_rx) = async_channel::bounded(slots * 4);

@@ -16,6 +16,8 @@ pub struct WorkerStats {
     pub taken_over: AtomicU64,
     /// Bundles given back unfinished (shutdown).
     pub released: AtomicU64,
+    /// Bundles of cancelled batches deleted without running.
+    pub cancelled: AtomicU64,
     /// Bundles reported failed after too many claims.
     pub given_up: AtomicU64,
     /// Calls to the queue or ledger that failed and were retried.

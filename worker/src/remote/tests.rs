@@ -351,3 +351,19 @@ async fn a_batch_without_dedup_skips_the_ledger_and_its_retries_win() {
         "nothing was written to the ledger"
     );
 }
+
+#[tokio::test]
+async fn bundles_of_a_cancelled_batch_are_deleted_without_running() {
+    let ledger = Arc::new(MemoryLedger::new());
+    ledger.cancel_batch("b").await.unwrap();
+    let run = run(
+        vec![bundle(0, sleeps(3)), bundle(3, sleeps(3))],
+        Some(ledger.clone()),
+        config(),
+    )
+    .await;
+    assert_eq!(run.reason, StopReason::Drained);
+    assert!(run.router.results("resp").is_empty(), "nothing ran");
+    assert_eq!(WorkerStats::get(&run.stats.cancelled), 2);
+    assert!(!ledger.is_cancelled("other").await.unwrap());
+}

@@ -2,6 +2,7 @@
 # CloudKon images. Build one target at a time:
 #   docker build --target worker -t cloudkon-worker .    # cloudkon-worker + ffmpeg (Animoto)
 #   docker build --target cli    -t cloudkon .           # the cloudkon command
+#   docker build --target operator -t cloudkon/operator .  # cloudkon-operator (Helm chart's image)
 # (Not built in this project's CI: its machines have no Docker engine.)
 
 FROM rust:1.95-bookworm AS build
@@ -9,8 +10,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p cloudkon-cli -p cloudkon-worker \
-    && install -D target/release/cloudkon target/release/cloudkon-worker -t /out/
+    cargo build --release --locked -p cloudkon-cli -p cloudkon-worker -p cloudkon-operator \
+    && install -D target/release/cloudkon target/release/cloudkon-worker \
+       target/release/cloudkon-operator -t /out/
 
 # The worker runs `run` tasks (the user's programs) and Animoto (ffmpeg): a full
 # Debian userland, not distroless, so that tasks find a shell and common tools.
@@ -33,3 +35,13 @@ RUN apt-get update \
 COPY --from=build /out/cloudkon /usr/local/bin/
 USER 10001
 ENTRYPOINT ["/usr/local/bin/cloudkon"]
+
+# The operator talks only to the API server and AWS over TLS: a small image
+# with CA certificates, non-root (the chart also sets a read-only root
+# filesystem).
+FROM gcr.io/distroless/cc-debian12:nonroot AS operator
+COPY --from=build /out/cloudkon-operator /usr/local/bin/
+USER 10001
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/cloudkon-operator"]
+CMD ["run"]

@@ -113,6 +113,13 @@ struct Progress {
 }
 
 impl Progress {
+    /// Enqueued and not finished.
+    fn running(&self) -> u64 {
+        self.enqueued
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.finished.load(Ordering::Relaxed))
+    }
+
     /// `finished/enqueued+`, the `kubectl get` column while enqueuing.
     fn column(&self) -> String {
         format!(
@@ -283,7 +290,8 @@ async fn enqueue_all(
             continue;
         }
         last_checkpoint = Instant::now();
-        let counts = json!({ "counts": { "enqueued": enqueued }, "phase": Phase::Enqueuing,
+        let counts = json!({ "counts": { "enqueued": enqueued, "running": progress.running() },
+            "phase": Phase::Enqueuing,
             "progress": progress.column() });
         patch_status(api, &name, counts).await?;
     }
@@ -291,7 +299,8 @@ async fn enqueue_all(
     patch_status(
         api,
         &name,
-        json!({ "counts": { "enqueued": enqueued, "total": enqueued }, "phase": Phase::Running }),
+        json!({ "counts": { "enqueued": enqueued, "total": enqueued, "running": progress.running() },
+            "phase": Phase::Running }),
     )
     .await?;
     let _ = ctx.wake_pool.send(args.pool.clone());
@@ -509,7 +518,8 @@ async fn flush(
         u64::try_from(now.as_millisecond() - started.as_millisecond()).unwrap_or(0),
     );
     let mut patch = json!({
-        "counts": { "succeeded": counts.succeeded, "failed": counts.failed, "retried": counts.retried },
+        "counts": { "succeeded": counts.succeeded, "failed": counts.failed, "retried": counts.retried,
+            "running": progress.running() },
         "throughput": status::throughput(collected.finished(), elapsed),
     });
     if enqueue_finished {

@@ -14,14 +14,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cloudkon_core::aws::WorkerHeartbeat;
 use cloudkon_core::aws::{Aws, ErrorKind};
 use cloudkon_operator::crd::taskbatch::Phase;
 use cloudkon_operator::crd::{TaskBatch, WorkerPool};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -348,6 +350,7 @@ fn the_examples_run_to_succeeded_with_host_workers() {
     assert_eq!(status.counts.enqueued, 2000);
     assert_eq!(status.counts.succeeded, 2000);
     assert_eq!(status.counts.failed, 0);
+    assert_eq!(status.counts.running, 0);
     assert!(status.completion_time.is_some() && status.start_time.is_some());
     assert!(status.latency.is_some() && status.throughput.unwrap_or(0.0) > 0.0);
     println!(
@@ -479,6 +482,58 @@ fn deployment_follows_the_backlog_within_two_seconds_and_goes_back_to_zero() {
     let pool = c.pool("burst").status.unwrap();
     assert_eq!(pool.desired_replicas, 4);
     assert!(pool.backlog > 0, "{pool:?}");
+    c.wait_for("20 tasks not finished", Duration::from_secs(5), |c| {
+        (c.batch("b1").status?.counts.running == 20).then_some(())
+    });
+
+    // The worker pods exist (Pending: no kubelet here). One of them reports
+    // 2 busy slots in its heartbeat: before the scale-down the operator gives
+    // it a higher deletion cost than the idle ones.
+    let pods = c.wait_for("4 worker pods", Duration::from_secs(20), |c| {
+        let params = kube::api::ListParams::default().labels("cloudkon.io/workerpool=burst");
+        let list = c.rt.block_on(c.api::<Pod>().list(&params)).unwrap();
+        (list.items.len() == 4).then(|| {
+            list.items
+                .into_iter()
+                .map(|p| p.metadata.name.unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    let busy_pod = pods[0].clone();
+    let ledger = c.rt.block_on(Aws::load()).ledger("cloudkon-ledger");
+    c.rt.block_on(ledger.ensure_table()).unwrap();
+    c.rt.block_on(ledger.put_worker_heartbeat(&WorkerHeartbeat {
+        id: busy_pod.clone(),
+        host: "test".into(),
+        slots: 4,
+        busy: 2,
+        tasks_done: 0,
+        started_at: cloudkon_core::Timestamp::now(),
+        last_seen: cloudkon_core::Timestamp::now(),
+    }))
+    .unwrap();
+    let costs: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let seen = costs.clone();
+    let pods_api = c.api::<Pod>();
+    let watch = c.rt.spawn(async move {
+        use futures_util::StreamExt;
+        let config =
+            kube::runtime::watcher::Config::default().labels("cloudkon.io/workerpool=burst");
+        let mut stream = kube::runtime::watcher(pods_api, config).boxed();
+        while let Some(Ok(event)) = stream.next().await {
+            if let kube::runtime::watcher::Event::Apply(pod) = event
+                && let Some(cost) = pod
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
+            {
+                seen.lock()
+                    .unwrap()
+                    .insert(pod.metadata.name.clone().unwrap(), cost.clone());
+            }
+        }
+    });
 
     // Drain it with a host worker; then the pool goes back to zero after
     // the cooldown (3 s), not before.
@@ -504,9 +559,27 @@ fn deployment_follows_the_backlog_within_two_seconds_and_goes_back_to_zero() {
         after >= Duration::from_millis(1500),
         "scaled to zero {after:?} after the queue emptied, before the 3 s cooldown"
     );
-    let pool = c.pool("burst").status.unwrap();
-    assert_eq!(pool.workers.as_deref(), Some("0/0"));
+    // The status is written just after the Deployment, in the same pass.
+    let pool = c.wait_for("status workers 0/0", Duration::from_secs(5), |c| {
+        let s = c.pool("burst").status?;
+        (s.workers.as_deref() == Some("0/0")).then_some(s)
+    });
     assert!(pool.last_scale_reason.is_some());
+    assert_eq!(c.batch("b1").status.unwrap().counts.running, 0);
+    watch.abort();
+    let costs = costs.lock().unwrap().clone();
+    println!("pod deletion costs before the scale-down: {costs:?}");
+    assert_eq!(
+        costs.get(&busy_pod).map(String::as_str),
+        Some("2"),
+        "{costs:?}"
+    );
+    assert!(
+        pods[1..]
+            .iter()
+            .any(|p| costs.get(p).map(String::as_str) == Some("0")),
+        "{costs:?}"
+    );
 }
 
 #[test]
@@ -838,6 +911,7 @@ metadata: {name: from-file}
 spec:
   workerPool: p
   tasks: {configMap: {name: work, key: good.txt}}
+  ttlSecondsAfterFinished: 2
 "#,
     );
     let s = c
@@ -847,6 +921,18 @@ spec:
     assert_eq!(
         (s.phase, s.counts.total, s.counts.succeeded),
         (Some(Phase::Succeeded), 3, 3)
+    );
+    // Deleted 2 s after it finished (ttlSecondsAfterFinished).
+    let finished_at = Instant::now();
+    c.wait_for("the finished batch deleted", Duration::from_secs(20), |c| {
+        c.rt.block_on(c.api::<TaskBatch>().get_opt("from-file"))
+            .unwrap()
+            .is_none()
+            .then_some(())
+    });
+    println!(
+        "ttl: deleted {} ms after it was seen finished",
+        finished_at.elapsed().as_millis()
     );
 
     // Suspended: nothing enqueued; resumed: it runs.

@@ -362,7 +362,9 @@ pub struct TaskCounts {
     /// Tasks put in the queue.
     #[serde(default)]
     pub enqueued: i64,
-    /// Tasks being executed now.
+    /// Tasks enqueued and not finished: waiting in the queue or being
+    /// executed (a pool's queue is shared by its batches, so the two are not
+    /// told apart per batch).
     #[serde(default)]
     pub running: i64,
     /// Tasks that succeeded.

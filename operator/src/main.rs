@@ -49,6 +49,10 @@ enum Command {
         /// this directory instead of printing.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+        /// Print the field reference (Markdown tables) instead, as README.md
+        /// holds it between its `reference` markers.
+        #[arg(long, conflicts_with = "out_dir")]
+        reference: bool,
     },
     /// Reconcile TaskBatches and WorkerPools until SIGTERM. The cluster is
     /// found as kubectl finds it (KUBECONFIG, ~/.kube/config, or the pod's
@@ -105,7 +109,13 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crd { out_dir } => print_crds(out_dir),
+        Command::Crd {
+            reference: true, ..
+        } => {
+            print!("{}", crd::reference::markdown());
+            Ok(())
+        }
+        Command::Crd { out_dir, .. } => print_crds(out_dir),
         Command::Run(args) => run(args),
     };
     match result {

@@ -212,3 +212,22 @@ fn the_examples_parse_and_are_valid() {
         );
     }
 }
+
+/// README's field reference is the one generated from the CRD schemas.
+#[test]
+fn readme_reference_is_generated_from_the_crds() {
+    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+    let (begin, end) = ("<!-- reference:begin -->\n", "<!-- reference:end -->");
+    let start = readme
+        .find(begin)
+        .expect("README.md has a reference:begin marker")
+        + begin.len();
+    let stop = readme
+        .find(end)
+        .expect("README.md has a reference:end marker");
+    assert!(
+        readme[start..stop] == crd::reference::markdown(),
+        "README.md's field reference differs from the CRDs: replace the text between its \
+         reference markers with the output of `cargo run -p cloudkon-operator -- crd --reference`"
+    );
+}

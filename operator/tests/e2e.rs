@@ -372,12 +372,10 @@ fn the_examples_run_to_succeeded_with_host_workers() {
     println!("{pools}");
     assert!(pools.lines().next().unwrap().contains("BACKLOG"), "{pools}");
     // Conditions by the API conventions, and Events.
-    let complete = status
-        .conditions
-        .iter()
-        .find(|x| x.type_ == "Complete")
-        .unwrap();
-    assert_eq!(complete.status, "True");
+    // (The runner writes the phase; the reconciler then the conditions.)
+    c.wait_for("Complete=True", Duration::from_secs(10), |c| {
+        condition(&c.batch("sweep"), "Complete").filter(|x| x.0 == "True")
+    });
     let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
     for reason in ["Accepted", "Succeeded", "ScaledUp"] {
         assert!(events.contains(reason), "no {reason} Event in:\n{events}");

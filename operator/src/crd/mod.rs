@@ -5,6 +5,7 @@
 //! (`cloudkon-operator crd`), never edited by hand; a test fails when they
 //! differ.
 
+pub mod reference;
 pub mod taskbatch;
 pub mod workerpool;
 

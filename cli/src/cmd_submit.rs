@@ -268,16 +268,7 @@ async fn collect(
 
 /// SQS queue names: up to 80 letters, digits, `-` and `_`.
 pub fn response_queue_name(batch: &str) -> String {
-    let clean: String = batch
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let clean = cloudkon_core::aws::queue_name_chars(batch);
     let mut name = format!("cloudkon-resp-{clean}");
     name.truncate(80);
     name

@@ -12,7 +12,7 @@ use cloudkon_core::workload::{self, WorkloadReader};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -331,7 +331,7 @@ async fn write_conditions(
     if old.conditions == new.conditions && old.observed_generation == new.observed_generation {
         return Ok(());
     }
-    patch(
+    batch_runner::patch_status(
         api,
         name,
         json!({ "conditions": new.conditions, "observedGeneration": new.observed_generation }),
@@ -361,20 +361,7 @@ async fn write_full(
     if let Some(r) = &new.results {
         p["results"] = json!(r);
     }
-    patch(api, name, p).await
-}
-
-async fn patch(api: &Api<TaskBatch>, name: &str, status: serde_json::Value) -> Result<(), Error> {
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "cannot write the status of TaskBatch {name}"
-    )))?;
-    Ok(())
+    batch_runner::patch_status(api, name, p).await
 }
 
 /// Deletes a finished batch once `ttlSecondsAfterFinished` has passed.

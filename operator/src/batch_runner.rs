@@ -541,7 +541,9 @@ async fn flush(
     patch_status(api, &name, patch).await
 }
 
-async fn patch_status(
+/// A JSON merge patch of the batch's status: only the fields given change, so
+/// the runner and the reconciler each write their own.
+pub(crate) async fn patch_status(
     api: &Api<TaskBatch>,
     name: &str,
     status: serde_json::Value,

@@ -217,16 +217,7 @@ pub fn response_queue_name(batch_uid: &str) -> String {
 }
 
 fn bounded_name(name: &str, max: usize) -> String {
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let clean = cloudkon_core::aws::queue_name_chars(name);
     if clean.len() <= max {
         return clean;
     }

@@ -6,6 +6,8 @@
 //! Needs the local control plane (`scripts/test` starts it), which also
 //! provides helm and kubectl.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,23 +17,6 @@ fn repo() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn tools() -> (String, String) {
-    let state = std::env::var_os("CLOUDKON_KUBE_STATE_DIR");
-    let kubeconfig = std::env::var_os("KUBECONFIG");
-    assert!(
-        state.is_some()
-            && kubeconfig.is_some()
-            && Path::new(kubeconfig.as_ref().unwrap())
-                == Path::new(state.as_ref().unwrap()).join("kubeconfig"),
-        "KUBECONFIG is not the local control plane's: run scripts/test, or \
-         source \"$(scripts/control-plane up)\" first"
-    );
-    (
-        std::env::var("CLOUDKON_HELM").unwrap_or_else(|_| "helm".into()),
-        std::env::var("CLOUDKON_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
-    )
 }
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
@@ -82,7 +67,7 @@ fn the_chart_crds_are_the_generated_ones() {
 #[test]
 #[ignore = "needs the local control plane (helm, kubectl): run scripts/test"]
 fn the_chart_lints_renders_installs_and_grants_least_privilege() {
-    let (helm, kubectl) = tools();
+    let (kubectl, helm) = common::require_control_plane();
     ok(&helm, &["lint", "--strict", "charts/cloudkon"], None);
 
     // Defaults: every pod hardened, no cluster-admin, no wildcard.

@@ -11,6 +11,8 @@
 //! It refuses any other cluster: KUBECONFIG must be the one the control plane
 //! wrote; otherwise it fails saying so (`scripts/test` starts the control plane).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,16 +22,6 @@ fn repo() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-/// The control plane's kubectl, when KUBECONFIG is the control plane's.
-fn local_control_plane() -> Option<String> {
-    let state = std::env::var_os("CLOUDKON_KUBE_STATE_DIR")?;
-    let kubeconfig = std::env::var_os("KUBECONFIG")?;
-    if Path::new(&kubeconfig) != Path::new(&state).join("kubeconfig") {
-        return None;
-    }
-    Some(std::env::var("CLOUDKON_KUBECTL").unwrap_or_else(|_| "kubectl".to_string()))
 }
 
 struct Kubectl(String);
@@ -69,10 +61,7 @@ impl Drop for Namespace<'_> {
 #[test]
 #[ignore = "needs the local control plane: source \"$(scripts/control-plane up)\""]
 fn crds_and_examples_on_a_real_api_server() {
-    let kubectl = local_control_plane().expect(
-        "KUBECONFIG is not the local control plane's: run scripts/test, or \
-         source \"$(scripts/control-plane up)\" first",
-    );
+    let (kubectl, _helm) = common::require_control_plane();
     let k = Kubectl(kubectl);
 
     // The CRDs install (for real: objects need their CRD) and are established.

@@ -11,6 +11,8 @@
 //! cargo build --workspace && cargo test -p cloudkon-operator --test e2e -- --include-ignored --nocapture
 //! ```
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -43,16 +45,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn require_servers() -> String {
-    let state = std::env::var_os("CLOUDKON_KUBE_STATE_DIR");
-    let kubeconfig = std::env::var_os("KUBECONFIG");
-    assert!(
-        state.is_some()
-            && kubeconfig.is_some()
-            && Path::new(kubeconfig.as_ref().unwrap())
-                == Path::new(state.as_ref().unwrap()).join("kubeconfig"),
-        "KUBECONFIG is not the local control plane's: run scripts/test, or \
-         source \"$(scripts/control-plane up)\" first"
-    );
+    let (kubectl, _helm) = common::require_control_plane();
     for var in [
         "AWS_ENDPOINT_URL_SQS",
         "AWS_ENDPOINT_URL_DYNAMODB",
@@ -63,7 +56,7 @@ fn require_servers() -> String {
             "{var} is not set: run scripts/test, or source \"$(scripts/aws-servers up)\" first"
         );
     }
-    std::env::var("CLOUDKON_KUBECTL").unwrap_or_else(|_| "kubectl".to_string())
+    kubectl
 }
 
 fn unique(prefix: &str) -> String {

@@ -54,8 +54,10 @@ impl AwsError {
         }
     }
 
-    /// From an SDK error, rendered with its whole chain of causes.
-    pub(crate) fn sdk<E, R>(
+    /// From an SDK error: a service's answer as its code and message, a
+    /// transport failure with its whole chain of causes. Public so that the
+    /// operator's EC2 clients render their errors the same way.
+    pub fn sdk<E, R>(
         service: &'static str,
         operation: &'static str,
         resource: impl Into<String>,

@@ -63,6 +63,20 @@ impl Default for QueueOptions {
     }
 }
 
+/// `name` with every character SQS refuses in a queue name (it takes letters,
+/// digits, `-` and `_`) replaced by `-`. The length is the caller's to bound.
+pub fn queue_name_chars(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// One SQS queue.
 #[derive(Clone, Debug)]
 pub struct SqsQueue {

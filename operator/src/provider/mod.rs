@@ -169,9 +169,10 @@ pub(crate) fn clamp(desired: i32, min: i32, max: i32) -> (i32, bool) {
     (clamped, clamped != desired)
 }
 
-/// The AWS error of one call, in cloudkon-core's shape, so the reconciler
-/// treats it like a queue's or table's: the service's code and message for
-/// an answer, the chain of causes for a transport failure.
+/// The AWS error of one call, in cloudkon-core's shape and rendering
+/// ([`AwsError::sdk`]), so the reconciler treats it like a queue's or table's;
+/// only the classification is EC2's own (its per-resource "not found" codes,
+/// and a 5xx without a code counts as transient).
 pub(crate) fn aws_error<E>(
     service: &'static str,
     operation: &'static str,
@@ -194,19 +195,9 @@ where
         SdkError::ServiceError(_) => classify(code.as_deref()),
         _ => ErrorKind::Permanent,
     };
-    let message = match (&err, code.as_deref(), err.message()) {
-        (SdkError::ServiceError(_), Some(code), Some(message)) => format!("{code}: {message}"),
-        (SdkError::ServiceError(_), Some(code), None) => code.to_string(),
-        _ => cause_chain(&err),
-    };
-    ProviderError::Aws(AwsError {
-        service,
-        operation,
-        resource: resource.into(),
-        code,
-        kind,
-        message,
-    })
+    let mut error = AwsError::sdk(service, operation, resource, err);
+    error.kind = kind;
+    ProviderError::Aws(error)
 }
 
 fn classify(code: Option<&str>) -> ErrorKind {
@@ -232,20 +223,6 @@ fn classify(code: Option<&str>) -> ErrorKind {
         | "ScalingActivityInProgress" => ErrorKind::Transient,
         _ => ErrorKind::Permanent,
     }
-}
-
-/// "outer: cause: root cause", without causes that repeat their parent.
-fn cause_chain(err: &dyn StdError) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut next = err.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !parts.last().is_some_and(|last| last.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

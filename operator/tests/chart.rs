@@ -8,16 +8,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::repo;
 use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;

@@ -13,16 +13,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::repo;
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 struct Kubectl(String);
 

@@ -1,21 +1,16 @@
 //! The committed CRD manifests are what the code generates, the schemas are
 //! ones the API server accepts and documents, and the examples are valid.
 
+mod common;
+
+use common::repo;
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use cloudkon_operator::crd::{self, TaskBatch, WorkerPool};
 use cloudkon_operator::validate;
 use serde_json::Value;
 
 const REGENERATE: &str = "cargo run -p cloudkon-operator -- crd --out-dir crds";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the operator crate is in the workspace")
-        .to_path_buf()
-}
 
 #[test]
 fn committed_crds_are_what_the_code_generates() {

@@ -13,6 +13,7 @@
 
 mod common;
 
+use common::repo;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -29,13 +30,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// One test at a time: each runs an operator and workers, and the machine has
 /// two cores; in parallel they would starve each other's leases.

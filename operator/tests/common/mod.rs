@@ -1,7 +1,15 @@
 //! What the operator's tests against the local control plane share.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the examples, charts and README are read from it).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the operator crate is in the workspace")
+        .to_path_buf()
+}
 
 /// The control plane's kubectl and helm, when KUBECONFIG is the one
 /// `scripts/control-plane` wrote; otherwise fails saying how to start it (a

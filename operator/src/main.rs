@@ -172,7 +172,12 @@ fn run(args: RunArgs) -> Result<()> {
             .context("cannot find the cluster (KUBECONFIG, ~/.kube/config or in-cluster config)")?;
         // Fail now, with a clear message, when the CRDs are missing or the
         // API server is unreachable, rather than retrying forever in a watch.
-        let probe: kube::Api<crd::TaskBatch> = kube::Api::all(client.clone());
+        // In the watched namespace only: there the chart grants a Role, not
+        // a ClusterRole.
+        let probe: kube::Api<crd::TaskBatch> = match &args.namespace {
+            Some(ns) => kube::Api::namespaced(client.clone(), ns),
+            None => kube::Api::all(client.clone()),
+        };
         probe
             .list(&kube::api::ListParams::default().limit(1))
             .await

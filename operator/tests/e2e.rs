@@ -294,26 +294,6 @@ fn aws() -> Aws {
         .block_on(Aws::load())
 }
 
-/// The results objects of a batch, parsed: task id → how many lines.
-fn results_in_s3(rt: &tokio::runtime::Runtime, bucket: &str, prefix: &str) -> BTreeMap<u64, u32> {
-    let s3 = rt.block_on(Aws::load()).s3();
-    let mut ids = BTreeMap::new();
-    for part in 0.. {
-        let key = format!("{prefix}part-{part:06}.jsonl");
-        match rt.block_on(s3.get_bytes(bucket, &key)) {
-            Ok(bytes) => {
-                for line in String::from_utf8(bytes).unwrap().lines() {
-                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                    *ids.entry(v["id"].as_u64().unwrap()).or_default() += 1;
-                }
-            }
-            Err(e) if e.kind == ErrorKind::NotFound => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    ids
-}
-
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn the_examples_run_to_succeeded_with_host_workers() {
@@ -372,7 +352,7 @@ fn the_examples_run_to_succeeded_with_host_workers() {
     let location = status.results.unwrap();
     let prefix = format!("batches/{}/sweep/", c.ns);
     assert_eq!(location, format!("s3://cloudkon-results/{prefix}"));
-    let ids = results_in_s3(&rt, "cloudkon-results", &prefix);
+    let ids = common::results_in_s3(&rt, "cloudkon-results", &prefix);
     assert_eq!(ids.len(), 2000, "tasks with a result line");
     assert!(
         ids.values().all(|&n| n == 1),
@@ -1005,14 +985,7 @@ fn an_animoto_taskbatch_makes_videos_in_s3() {
     // Images made here with ffmpeg, of mixed sizes, put in the local S3.
     for (i, size) in ["640x480", "300x500", "1280x720"].iter().enumerate() {
         let path = c.dir.path().join(format!("img{i}.png"));
-        let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
-            .arg(format!("testsrc=size={size}:rate=1"))
-            .args(["-frames:v", "1"])
-            .arg(&path)
-            .status()
-            .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
-        assert!(status.success());
+        common::make_png(&path, size);
         rt.block_on(s3.put_bytes(
             bucket,
             &format!("in/img{i}.png"),
@@ -1075,25 +1048,9 @@ spec:
             rt.block_on(s3.get_bytes(&uri.bucket, &uri.key)).unwrap(),
         )
         .unwrap();
-        let out = Command::new("ffprobe")
-            .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
-            .args([
-                "stream=codec_name,width,height:format=duration",
-                "-of",
-                "csv=p=0",
-            ])
-            .arg(&video)
-            .output()
-            .unwrap();
-        let probe = String::from_utf8_lossy(&out.stdout).replace('\n', ",");
+        let probe = common::probe_video(&video);
         assert!(probe.starts_with("h264,640,360,"), "{artifact}: {probe}");
-        let duration: f64 = probe
-            .trim_end_matches(',')
-            .rsplit(',')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let duration = common::probed_duration(&probe);
         assert!((duration - 6.0).abs() < 0.3, "{artifact}: {duration} s");
         println!("{artifact}: {probe}");
     }

@@ -1,0 +1,770 @@
+//! Real pods (issue 7): the operator installed with the Helm chart as a pod,
+//! its WorkerPool's worker pods started by a real kubelet and containerd, the
+//! AWS servers reached over the cluster's network. Needs the one-node cluster
+//! of `scripts/e2e-cluster` and is not part of the fast suite (`test = false`):
+//!
+//! ```sh
+//! cargo build --workspace && scripts/e2e-images build --out /tmp/ck-images
+//! scripts/e2e-cluster up --images /tmp/ck-images
+//! scripts/e2e-cluster exec -- cargo test --offline -p cloudkon-operator --test pods -- --nocapture
+//! scripts/e2e-cluster down
+//! ```
+//!
+//! `scripts/test --pods` does all of that.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cloudkon_core::aws::Aws;
+use cloudkon_operator::crd::taskbatch::Phase;
+use cloudkon_operator::crd::{TaskBatch, WorkerPool};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+
+/// One test at a time: one node with two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What `scripts/e2e-cluster` exports.
+struct ClusterEnv {
+    kubectl: String,
+    helm: String,
+    node_ip: String,
+    api_port: String,
+    sqs_port: String,
+    dynamodb_port: String,
+    operator_image: String,
+    worker_image: String,
+    region: String,
+}
+
+fn require_cluster() -> ClusterEnv {
+    let (kubectl, helm) = common::require_control_plane();
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: these tests need the one-node cluster of scripts/e2e-cluster \
+                 (scripts/e2e-cluster up; scripts/e2e-cluster exec -- cargo test --offline \
+                 -p cloudkon-operator --test pods), or run scripts/test --pods"
+            )
+        })
+    };
+    ClusterEnv {
+        kubectl,
+        helm,
+        node_ip: var("CLOUDKON_E2E_NODE_IP"),
+        api_port: var("CLOUDKON_E2E_APISERVER_PORT"),
+        sqs_port: var("CLOUDKON_E2E_SQS_PORT"),
+        dynamodb_port: var("CLOUDKON_E2E_DYNAMODB_PORT"),
+        operator_image: var("CLOUDKON_E2E_IMAGE_OPERATOR"),
+        worker_image: var("CLOUDKON_E2E_IMAGE_WORKER"),
+        region: var("AWS_REGION"),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}", nanos % 1_000_000)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Seconds since `t0`, for the timelines.
+fn secs(t0: Instant, t: Instant) -> f64 {
+    t.saturating_duration_since(t0).as_secs_f64()
+}
+
+/// A namespace with the chart installed in it (the operator as a pod,
+/// watching that namespace); uninstalled and deleted when dropped.
+struct Install {
+    env: ClusterEnv,
+    ns: String,
+    release: String,
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Install {
+    fn new(prefix: &str) -> Install {
+        let env = require_cluster();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(kube::Client::try_default()).unwrap();
+        let ns = unique(prefix);
+        let i = Install {
+            release: "ck".into(),
+            env,
+            ns,
+            rt,
+            client,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        i.kubectl(&["create", "namespace", &i.ns], None);
+        let (repository, tag) = i.env.operator_image.rsplit_once(':').unwrap();
+        // No kube-proxy in this cluster: the operator reaches the API server
+        // by the node's address, not the kubernetes Service.
+        // (AWS_REGION is the chart's aws.region.)
+        let mut extra = i.aws_env();
+        extra.retain(|(k, _)| *k != "AWS_REGION");
+        extra.push(("KUBERNETES_SERVICE_HOST", i.env.node_ip.clone()));
+        extra.push(("KUBERNETES_SERVICE_PORT", i.env.api_port.clone()));
+        extra.push(("RUST_LOG", "info,kube_runtime=warn".into()));
+        let values = serde_json::json!({
+            "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+            "watchNamespace": i.ns,
+            "logFormat": "text",
+            "aws": {"region": i.env.region},
+            "extraEnv": extra.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v}))
+                .collect::<Vec<_>>(),
+        });
+        let values_file = i.dir.path().join("values.yaml");
+        std::fs::write(&values_file, serde_json::to_string(&values).unwrap()).unwrap();
+        let started = Instant::now();
+        i.helm(&[
+            "install",
+            &i.release,
+            "charts/cloudkon",
+            "-n",
+            &i.ns,
+            "-f",
+            values_file.to_str().unwrap(),
+        ]);
+        i.wait_for("the operator pod Ready", Duration::from_secs(120), |i| {
+            let pods = i.pods("app.kubernetes.io/name=cloudkon-operator");
+            pods.iter().any(ready).then_some(())
+        });
+        println!(
+            "[{}] operator pod Ready {:.1} s after helm install",
+            i.ns,
+            started.elapsed().as_secs_f64()
+        );
+        i
+    }
+
+    /// The environment pods need to reach the AWS servers in the cluster's netns.
+    fn aws_env(&self) -> Vec<(&'static str, String)> {
+        let e = &self.env;
+        let sqs = format!("http://{}:{}", e.node_ip, e.sqs_port);
+        vec![
+            ("AWS_ENDPOINT_URL_SQS", sqs.clone()),
+            ("AWS_ENDPOINT_URL_S3", sqs),
+            (
+                "AWS_ENDPOINT_URL_DYNAMODB",
+                format!("http://{}:{}", e.node_ip, e.dynamodb_port),
+            ),
+            ("AWS_REGION", e.region.clone()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    /// A WorkerPool of real pods: the e2e worker image, small requests,
+    /// quick to scale both ways.
+    fn pool(&self, name: &str, max: i32, per_worker: i32, cooldown: i32) -> String {
+        let env: Vec<_> = self
+            .aws_env()
+            .into_iter()
+            .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
+            .collect();
+        let pool = serde_json::json!({
+            "apiVersion": "cloudkon.io/v1alpha1",
+            "kind": "WorkerPool",
+            "metadata": {"name": name},
+            "spec": {
+                "queue": {"name": format!("{}-{name}", self.ns)},
+                "workers": {"min": 0, "max": max, "targetBacklogPerWorker": per_worker},
+                "template": {
+                    "image": self.env.worker_image,
+                    "imagePullPolicy": "Never",
+                    "threads": 4,
+                    "resources": {"requests": {"cpu": "50m", "memory": "32Mi"},
+                                  "limits": {"memory": "512Mi"}},
+                    "env": env,
+                },
+                "behavior": {
+                    "scaleDown": {"stabilizationWindowSeconds": 0},
+                    "scaleToZeroCooldownSeconds": cooldown,
+                },
+            },
+        });
+        serde_json::to_string(&pool).unwrap()
+    }
+
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(common::repo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut all = vec!["-n", &self.ns];
+        all.extend_from_slice(args);
+        let out = self.run(&self.env.kubectl, &all, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn helm(&self, args: &[&str]) -> String {
+        let out = self.run(&self.env.helm, args, None);
+        assert!(
+            out.status.success(),
+            "helm {}: {}",
+            args.join(" "),
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.kubectl(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn pods(&self, selector: &str) -> Vec<Pod> {
+        self.rt
+            .block_on(
+                self.api::<Pod>()
+                    .list(&ListParams::default().labels(selector)),
+            )
+            .unwrap()
+            .items
+    }
+
+    fn workers(&self, pool: &str) -> Vec<Pod> {
+        self.pods(&format!("cloudkon.io/workerpool={pool}"))
+    }
+
+    fn batch(&self, name: &str) -> TaskBatch {
+        self.rt.block_on(self.api::<TaskBatch>().get(name)).unwrap()
+    }
+
+    fn pool_status(&self, name: &str) -> Option<cloudkon_operator::crd::WorkerPoolStatus> {
+        self.rt
+            .block_on(self.api::<WorkerPool>().get(name))
+            .unwrap()
+            .status
+    }
+
+    fn replicas(&self, deployment: &str) -> Option<i32> {
+        self.rt
+            .block_on(self.api::<Deployment>().get_opt(deployment))
+            .unwrap()
+            .and_then(|d| d.spec?.replicas)
+    }
+
+    /// Polls `f` every 100 ms until it returns `Some`, for at most `within`;
+    /// on a timeout, fails with what the cluster shows.
+    fn wait_for<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut f: impl FnMut(&Self) -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < within,
+                "timed out after {within:?} waiting for {what}\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Pods, events and the operator's log, for failure messages.
+    fn diagnostics(&self) -> String {
+        let show = |args: &[&str]| {
+            let mut all = vec!["-n", self.ns.as_str()];
+            all.extend_from_slice(args);
+            let out = self.run(&self.env.kubectl, &all, None);
+            format!(
+                "$ kubectl {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                stderr(&out)
+            )
+        };
+        [
+            show(&[
+                "get",
+                "pods,deployments,workerpools,taskbatches",
+                "-o",
+                "wide",
+            ]),
+            show(&["get", "events", "--sort-by=.lastTimestamp"]),
+            show(&["logs", "-l", "app.kubernetes.io/name=cloudkon-operator", "--tail=60"]),
+            show(&[
+                "logs",
+                "-l",
+                "app.kubernetes.io/name=cloudkon-operator",
+                "--tail=20",
+                "--previous",
+            ]),
+        ]
+        .join("\n")
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        // The TaskBatches and WorkerPools first, while the operator still runs
+        // and can remove its finalizers (and delete its queues).
+        for kind in ["taskbatches", "workerpools"] {
+            let _ = Command::new(&self.env.kubectl)
+                .args(["-n", &self.ns, "delete", kind, "--all", "--timeout=60s"])
+                .output();
+        }
+        let _ = Command::new(&self.env.helm)
+            .args(["uninstall", &self.release, "-n", &self.ns, "--wait"])
+            .output();
+        let _ = Command::new(&self.env.kubectl)
+            .args(["delete", "namespace", &self.ns, "--timeout=120s"])
+            .output();
+    }
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// 2,000 tasks of four kinds, as a workload file in a ConfigMap.
+fn mixed_workload(count: u32) -> String {
+    let mut lines = String::from("# 2,000 mixed tasks for the real-pods test\n");
+    for i in 0..count {
+        lines += &match i % 4 {
+            0 => "sleep 0\n".to_string(),
+            1 => "sleep 100\n".to_string(),
+            2 => format!("run echo task {i}\n"),
+            _ => format!("run sh -c 'echo seed={i} square=$(({i} * {i}))'\n"),
+        };
+    }
+    lines
+}
+
+#[test]
+fn a_2000_task_batch_scales_worker_pods_from_zero_and_back() {
+    let _serial = serial();
+    let c = Install::new("pods-sweep");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bucket = "cloudkon-results";
+    rt.block_on(rt.block_on(Aws::load()).s3().ensure_bucket(bucket))
+        .unwrap();
+    let pool = "sweep-pool";
+    c.apply(&c.pool(pool, 4, 10, 5));
+    c.wait_for("the pool's queue", Duration::from_secs(60), |c| {
+        c.pool_status(pool)?.queue_url
+    });
+    assert_eq!(c.replicas(&format!("{pool}-workers")), Some(0));
+    assert!(c.workers(pool).is_empty(), "an idle pool has no pods");
+
+    let count = 2000;
+    let workload = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "sweep-tasks"},
+        "data": {"tasks.txt": mixed_workload(count)},
+    });
+    c.apply(&workload.to_string());
+    let batch = format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: sweep}}
+spec:
+  workerPool: {pool}
+  tasks:
+    configMap: {{name: sweep-tasks, key: tasks.txt}}
+  taskTimeoutSeconds: 60
+  retry: {{maxAttempts: 3, backoffSeconds: 1}}
+  results: {{s3Prefix: "s3://{bucket}/pods"}}
+"#
+    );
+    let t0 = Instant::now();
+    c.apply(&batch);
+
+    // The timeline, polled every 100 ms.
+    let mut marks: BTreeMap<&str, Instant> = BTreeMap::new();
+    let mut max_pods = 0;
+    let within = Duration::from_secs(600);
+    loop {
+        let now = Instant::now();
+        let status = c.pool_status(pool).unwrap_or_default();
+        if status.backlog > 0 {
+            marks.entry("1 backlog seen").or_insert(now);
+        }
+        if c.replicas(&format!("{pool}-workers")).unwrap_or(0) > 0 {
+            marks.entry("2 replicas patched").or_insert(now);
+        }
+        let pods = c.workers(pool);
+        max_pods = max_pods.max(pods.iter().filter(|p| running(p)).count());
+        if pods.iter().any(running) {
+            marks.entry("3 first pod Running").or_insert(now);
+        }
+        let b = c.batch("sweep").status.unwrap_or_default();
+        if b.counts.succeeded > 0 {
+            marks.entry("4 first task done").or_insert(now);
+        }
+        if b.phase.is_some_and(|p| p.is_finished()) {
+            marks.entry("5 last task (batch finished)").or_insert(now);
+        }
+        if marks.contains_key("5 last task (batch finished)") && pods.is_empty() {
+            marks.insert("6 zero pods", now);
+            break;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "the batch did not finish and scale to zero within {within:?}: {marks:?}\n{}",
+            c.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("timeline of {count} mixed tasks on real pods (s after kubectl apply):");
+    for (mark, at) in &marks {
+        println!("  {mark:<32} {:>7.1}", secs(t0, *at));
+    }
+    println!("  at most {max_pods} worker pods Running at once (max 4)");
+
+    let s = c.batch("sweep").status.unwrap();
+    assert_eq!(
+        (s.phase, s.counts.total, s.counts.succeeded, s.counts.failed),
+        (Some(Phase::Succeeded), count as i64, count as i64, 0),
+        "{s:?}\n{}",
+        c.diagnostics()
+    );
+    let table = c.kubectl(&["get", "taskbatches"], None);
+    println!("{table}");
+    let row = table.lines().find(|l| l.starts_with("sweep ")).unwrap();
+    assert!(
+        row.contains("Succeeded") && row.contains(&format!("{count}/{count}")),
+        "{table}"
+    );
+    assert!(
+        max_pods >= 2,
+        "the backlog should have asked for several pods"
+    );
+    // Every task's result, once.
+    let ids = common::results_in_s3(&rt, bucket, &format!("pods/{}/sweep/", c.ns));
+    assert_eq!(ids.len(), count as usize, "distinct results");
+    assert!(ids.values().all(|&n| n == 1), "a task reported twice");
+    // The scale-down waited for the cooldown (5 s) after the batch finished.
+    let finished = marks["5 last task (batch finished)"];
+    assert!(
+        marks["6 zero pods"].saturating_duration_since(finished) >= Duration::from_secs(3),
+        "pods went away before the cooldown: {marks:?}"
+    );
+}
+
+/// What the tasks of the drain test report: "start|end TASK POD" lines.
+#[derive(Default)]
+struct Reports {
+    events: Vec<(String, u64, String)>,
+}
+
+/// A TCP server on the node IP that the tasks tell when they start and end
+/// (bash's /dev/tcp: no HTTP client needed in the image).
+fn report_server(ip: &str) -> (u16, Arc<Mutex<Reports>>) {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reports: Arc<Mutex<Reports>> = Arc::default();
+    let seen = reports.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut parts = line.split_whitespace();
+                    if let (Some(what), Some(task), Some(pod)) =
+                        (parts.next(), parts.next(), parts.next())
+                        && let Ok(task) = task.parse()
+                    {
+                        seen.lock()
+                            .unwrap()
+                            .events
+                            .push((what.to_string(), task, pod.to_string()));
+                    }
+                }
+            });
+        }
+    });
+    (port, reports)
+}
+
+#[test]
+fn deleting_a_busy_worker_pod_drains_it_and_loses_nothing() {
+    let _serial = serial();
+    let c = Install::new("pods-drain");
+    let (port, reports) = report_server(&c.env.node_ip);
+    let pool = "drain-pool";
+    c.apply(&c.pool(pool, 3, 4, 5));
+    c.wait_for("the pool's queue", Duration::from_secs(60), |c| {
+        c.pool_status(pool)?.queue_url
+    });
+    let count = 150u64;
+    let script = format!(
+        "echo start $0 $HOSTNAME >/dev/tcp/{ip}/{port} && sleep 1.5 && echo end $0 $HOSTNAME >/dev/tcp/{ip}/{port}",
+        ip = c.env.node_ip
+    );
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: drain}}
+spec:
+  workerPool: {pool}
+  tasks:
+    generator:
+      template: {{kind: run, program: bash, args: ["-c", {script:?}, "{{i}}"]}}
+      count: {count}
+  taskTimeoutSeconds: 60
+"#
+    ));
+
+    // Wait until some pod runs tasks and a quarter of the batch is done,
+    // then delete the pod with the most tasks in flight.
+    let in_flight = |r: &Reports| -> BTreeMap<String, BTreeSet<u64>> {
+        let mut open: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for (what, task, pod) in &r.events {
+            let set = open.entry(pod.clone()).or_default();
+            if what == "start" {
+                set.insert(*task);
+            } else {
+                set.remove(task);
+            }
+        }
+        open
+    };
+    let (victim, busy) = c.wait_for("a busy worker pod", Duration::from_secs(300), |_| {
+        let r = reports.lock().unwrap();
+        let ends = r.events.iter().filter(|e| e.0 == "end").count() as u64;
+        if ends < count / 4 {
+            return None;
+        }
+        in_flight(&r)
+            .into_iter()
+            .filter(|(_, tasks)| tasks.len() >= 2)
+            .max_by_key(|(_, tasks)| tasks.len())
+    });
+    let deleted_at = Instant::now();
+    c.kubectl(&["delete", "pod", &victim, "--wait=false"], None);
+    println!(
+        "deleted pod {victim} with {} tasks in flight: {busy:?}",
+        busy.len()
+    );
+    let gone = c.wait_for("the deleted pod to be gone", Duration::from_secs(60), |c| {
+        c.rt.block_on(c.api::<Pod>().get_opt(&victim))
+            .unwrap()
+            .is_none()
+            .then(Instant::now)
+    });
+    let drained_in = gone.saturating_duration_since(deleted_at);
+    println!(
+        "the pod was gone {:.1} s after the delete",
+        drained_in.as_secs_f64()
+    );
+    assert!(
+        drained_in < Duration::from_secs(30),
+        "past its grace period (30 s): {drained_in:?}"
+    );
+
+    let s = c.wait_for("the batch to finish", Duration::from_secs(300), |c| {
+        c.batch("drain")
+            .status
+            .filter(|s| s.phase.is_some_and(|p| p.is_finished()))
+    });
+    assert_eq!(
+        (s.phase, s.counts.succeeded, s.counts.failed),
+        (Some(Phase::Succeeded), count as i64, 0),
+        "{s:?}\n{}",
+        c.diagnostics()
+    );
+    let r = reports.lock().unwrap();
+    // The victim's tasks in flight finished there (graceful drain).
+    for task in &busy {
+        assert!(
+            r.events
+                .iter()
+                .any(|(w, t, p)| w == "end" && t == task && *p == victim),
+            "task {task} was cut off in {victim}"
+        );
+    }
+    let mut starts: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut ends: BTreeSet<u64> = BTreeSet::new();
+    for (what, task, _) in &r.events {
+        if what == "start" {
+            *starts.entry(*task).or_default() += 1;
+        } else {
+            ends.insert(*task);
+        }
+    }
+    let missing: Vec<u64> = (0..count).filter(|t| !ends.contains(t)).collect();
+    assert!(missing.is_empty(), "tasks that never finished: {missing:?}");
+    let twice: Vec<u64> = starts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(t, _)| *t)
+        .collect();
+    println!(
+        "{count} tasks: all finished; {} ran more than once {twice:?} ({} were in flight in the deleted pod)",
+        twice.len(),
+        busy.len()
+    );
+    assert!(
+        twice.iter().all(|t| busy.contains(t)),
+        "tasks ran twice that were not in flight in the deleted pod: {twice:?} (in flight: {busy:?})"
+    );
+}
+
+/// Serves the files of a directory over HTTP/1.0 on the node IP.
+fn file_server(ip: &str, dir: std::path::PathBuf) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 2048];
+            let n = stream.read(&mut request).unwrap_or(0);
+            let request = String::from_utf8_lossy(&request[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let file = dir.join(path.trim_start_matches('/'));
+            let _ = match std::fs::read(&file) {
+                Ok(body) if !path.contains("..") => stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.0 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|_| stream.write_all(&body)),
+                _ => stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            };
+        }
+    });
+    port
+}
+
+#[test]
+fn an_animoto_batch_on_worker_pods_makes_videos_in_s3() {
+    let _serial = serial();
+    let c = Install::new("pods-animoto");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = rt.block_on(Aws::load()).s3();
+    let bucket = "cloudkon-animoto-pods";
+    rt.block_on(s3.ensure_bucket(bucket)).unwrap();
+    let images = c.dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for (i, size) in ["640x480", "300x500", "1280x720"].iter().enumerate() {
+        common::make_png(&images.join(format!("img{i}.png")), size);
+    }
+    let port = file_server(&c.env.node_ip, images);
+    let url = |i: u32| format!("http://{}:{port}/img{i}.png", c.env.node_ip);
+    c.apply(&c.pool("media", 2, 1, 5));
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: slideshows}}
+spec:
+  workerPool: media
+  results: {{s3Prefix: "s3://{bucket}/results"}}
+  tasks:
+    generator:
+      count: 2
+      template:
+        kind: animoto
+        urls: ["{}", "{}", "{}"]
+        secondsPerImage: 2
+        resolution: 640x360
+        output: "s3://{bucket}/videos/show-{{i}}"
+"#,
+        url(0),
+        url(1),
+        url(2)
+    ));
+    let s = c.wait_for("the batch to finish", Duration::from_secs(300), |c| {
+        c.batch("slideshows")
+            .status
+            .filter(|s| s.phase.is_some_and(|p| p.is_finished()))
+    });
+    assert_eq!(
+        (s.phase, s.counts.succeeded),
+        (Some(Phase::Succeeded), 2),
+        "{s:?}\n{}",
+        c.diagnostics()
+    );
+    let prefix = format!("results/{}/slideshows/", c.ns);
+    let text = String::from_utf8(
+        rt.block_on(s3.get_bytes(bucket, &format!("{prefix}part-000000.jsonl")))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut videos = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let artifact = v["artifact"].as_str().unwrap();
+        let uri = cloudkon_core::aws::S3Uri::object(artifact).unwrap();
+        let video = c.dir.path().join("video.mp4");
+        std::fs::write(
+            &video,
+            rt.block_on(s3.get_bytes(&uri.bucket, &uri.key)).unwrap(),
+        )
+        .unwrap();
+        let probe = common::probe_video(&video);
+        assert!(probe.starts_with("h264,640,360,"), "{artifact}: {probe}");
+        let duration = common::probed_duration(&probe);
+        assert!((duration - 6.0).abs() < 0.3, "{artifact}: {duration} s");
+        println!("{artifact}: {probe}");
+        videos += 1;
+    }
+    assert_eq!(videos, 2, "{text}");
+}

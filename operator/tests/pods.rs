@@ -49,7 +49,6 @@ struct ClusterEnv {
 }
 
 fn require_cluster() -> ClusterEnv {
-    let (kubectl, helm) = common::require_control_plane();
     let var = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| {
             panic!(
@@ -59,10 +58,13 @@ fn require_cluster() -> ClusterEnv {
             )
         })
     };
+    // This cluster's variables first: a plain control plane is not enough.
+    let node_ip = var("CLOUDKON_E2E_NODE_IP");
+    let (kubectl, helm) = common::require_control_plane();
     ClusterEnv {
         kubectl,
         helm,
-        node_ip: var("CLOUDKON_E2E_NODE_IP"),
+        node_ip,
         api_port: var("CLOUDKON_E2E_APISERVER_PORT"),
         sqs_port: var("CLOUDKON_E2E_SQS_PORT"),
         dynamodb_port: var("CLOUDKON_E2E_DYNAMODB_PORT"),
@@ -337,7 +339,12 @@ impl Install {
                 "wide",
             ]),
             show(&["get", "events", "--sort-by=.lastTimestamp"]),
-            show(&["logs", "-l", "app.kubernetes.io/name=cloudkon-operator", "--tail=60"]),
+            show(&[
+                "logs",
+                "-l",
+                "app.kubernetes.io/name=cloudkon-operator",
+                "--tail=60",
+            ]),
             show(&[
                 "logs",
                 "-l",

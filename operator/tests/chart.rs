@@ -8,40 +8,9 @@
 
 mod common;
 
-use common::repo;
-use std::process::{Command, Output, Stdio};
+use common::{ok, repo, run};
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn ok(program: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let out = run(program, args, stdin);
-    assert!(
-        out.status.success(),
-        "{program} {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The chart ships the CRDs generated from the Rust types, unchanged.
 #[test]
@@ -107,6 +76,10 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
             "replicas=2",
             "--set",
             "aws.endpointUrl=http://localstack:4566",
+            "--set",
+            "extraEnv[0].name=AWS_ENDPOINT_URL_SQS",
+            "--set",
+            "extraEnv[0].value=http://sqs.local:9324",
         ],
         None,
     );
@@ -120,6 +93,7 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         "replicas: 2",
         "--namespace=team-a",
         "http://localstack:4566",
+        "- name: AWS_ENDPOINT_URL_SQS\n              value: http://sqs.local:9324",
     ] {
         assert!(other.contains(needle), "no {needle:?} in:\n{other}");
     }

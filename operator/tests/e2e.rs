@@ -13,10 +13,9 @@
 
 mod common;
 
-use common::repo;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,10 +23,8 @@ use cloudkon_core::aws::WorkerHeartbeat;
 use cloudkon_core::aws::{Aws, ErrorKind};
 use cloudkon_operator::crd::taskbatch::Phase;
 use cloudkon_operator::crd::{TaskBatch, WorkerPool};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -75,33 +72,24 @@ fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// kubectl in one namespace, which is deleted when the test ends.
 struct Cluster {
-    kubectl: String,
-    ns: String,
-    client: kube::Client,
-    rt: tokio::runtime::Runtime,
+    kube: common::Kube,
     dir: tempfile::TempDir,
     children: Vec<Child>,
 }
 
+impl std::ops::Deref for Cluster {
+    type Target = common::Kube;
+    fn deref(&self) -> &common::Kube {
+        &self.kube
+    }
+}
+
 impl Cluster {
     fn new(prefix: &str) -> Cluster {
-        let kubectl = require_servers();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = rt.block_on(kube::Client::try_default()).unwrap();
         let c = Cluster {
-            kubectl,
-            ns: unique(prefix),
-            client,
-            rt,
+            kube: common::Kube::new(require_servers(), unique(prefix)),
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
         };
@@ -114,49 +102,6 @@ impl Cluster {
         ]);
         c.ok(&["create", "namespace", &c.ns]);
         c
-    }
-
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(&self.kubectl);
-        cmd.args(["-n", &self.ns])
-            .args(args)
-            .current_dir(repo())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl");
-        {
-            use std::io::Write;
-            let mut input = child.stdin.take().unwrap();
-            if let Some(text) = stdin {
-                input.write_all(text.as_bytes()).unwrap();
-            }
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, None);
-        assert!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            stderr(&out)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn apply(&self, yaml: &str) {
-        let out = self.run(&["apply", "-f", "-"], Some(yaml));
-        assert!(out.status.success(), "kubectl apply: {}", stderr(&out));
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     /// Starts `cloudkon-operator run` on this namespace; its log goes to
@@ -211,18 +156,13 @@ impl Cluster {
         within: Duration,
         mut f: impl FnMut(&Cluster) -> Option<T>,
     ) -> T {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = f(self) {
-                return v;
-            }
-            assert!(
-                start.elapsed() < within,
-                "timed out after {within:?} waiting for {what}\n--- operator logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::poll(
+            what,
+            within,
+            Duration::from_millis(50),
+            || f(self),
+            || format!("--- operator logs:\n{}", self.logs()),
+        )
     }
 
     fn logs(&self) -> String {
@@ -239,10 +179,6 @@ impl Cluster {
         out
     }
 
-    fn batch(&self, name: &str) -> TaskBatch {
-        self.rt.block_on(self.api::<TaskBatch>().get(name)).unwrap()
-    }
-
     fn pool(&self, name: &str) -> WorkerPool {
         self.rt
             .block_on(self.api::<WorkerPool>().get(name))
@@ -253,13 +189,6 @@ impl Cluster {
         self.wait_for("the pool's queue", Duration::from_secs(30), |c| {
             c.pool(pool).status?.queue_url
         })
-    }
-
-    fn replicas(&self, deployment: &str) -> Option<i32> {
-        self.rt
-            .block_on(self.api::<Deployment>().get_opt(deployment))
-            .unwrap()
-            .and_then(|d| d.spec?.replicas)
     }
 
     fn wait_finished(&self, name: &str, within: Duration) -> TaskBatch {
@@ -998,25 +927,8 @@ fn an_animoto_taskbatch_makes_videos_in_s3() {
     let queue = c.queue_url("media");
     let table = unique("e2e-ledger");
     c.workers(&queue, &table, 1);
-    c.apply(&format!(
-        r#"
-apiVersion: cloudkon.io/v1alpha1
-kind: TaskBatch
-metadata: {{name: slideshows}}
-spec:
-  workerPool: media
-  results: {{s3Prefix: "s3://{bucket}/results"}}
-  tasks:
-    generator:
-      count: 2
-      template:
-        kind: animoto
-        urls: ["s3://{bucket}/in/img0.png", "s3://{bucket}/in/img1.png", "s3://{bucket}/in/img2.png"]
-        secondsPerImage: 2
-        resolution: 640x360
-        output: "s3://{bucket}/videos/show-{{i}}"
-"#
-    ));
+    let urls = [0, 1, 2].map(|i| format!("s3://{bucket}/in/img{i}.png"));
+    c.apply(&common::slideshows_batch("media", bucket, &urls));
     let s = c
         .wait_finished("slideshows", Duration::from_secs(180))
         .status
@@ -1027,33 +939,7 @@ spec:
         "{s:?}\n{}",
         c.logs()
     );
-    // Each result names its video in S3; the video is 3 images x 2 s at 640x360.
-    let prefix = format!("results/{}/slideshows/", c.ns);
-    let body = rt
-        .block_on(s3.get_bytes(bucket, &format!("{prefix}part-000000.jsonl")))
-        .unwrap();
-    let text = String::from_utf8(body).unwrap();
-    let mut artifacts = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        artifacts.push(v["artifact"].as_str().unwrap().to_string());
-        assert!(v["artifact_url"].as_str().unwrap().starts_with("http"));
-    }
-    assert_eq!(artifacts.len(), 2, "{text}");
-    for artifact in artifacts {
-        let uri = cloudkon_core::aws::S3Uri::object(&artifact).unwrap();
-        let video = c.dir.path().join("video.mp4");
-        std::fs::write(
-            &video,
-            rt.block_on(s3.get_bytes(&uri.bucket, &uri.key)).unwrap(),
-        )
-        .unwrap();
-        let probe = common::probe_video(&video);
-        assert!(probe.starts_with("h264,640,360,"), "{artifact}: {probe}");
-        let duration = common::probed_duration(&probe);
-        assert!((duration - 6.0).abs() < 0.3, "{artifact}: {duration} s");
-        println!("{artifact}: {probe}");
-    }
+    common::check_slideshows(&rt, bucket, &c.ns, c.dir.path());
 }
 
 #[test]

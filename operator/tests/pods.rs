@@ -17,16 +17,14 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudkon_core::aws::Aws;
+use cloudkon_operator::crd::WorkerPool;
 use cloudkon_operator::crd::taskbatch::Phase;
-use cloudkon_operator::crd::{TaskBatch, WorkerPool};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::api::ListParams;
 
 /// One test at a time: one node with two cores.
@@ -94,32 +92,29 @@ fn secs(t0: Instant, t: Instant) -> f64 {
 /// A namespace with the chart installed in it (the operator as a pod,
 /// watching that namespace); uninstalled and deleted when dropped.
 struct Install {
+    kube: common::Kube,
     env: ClusterEnv,
-    ns: String,
     release: String,
-    rt: tokio::runtime::Runtime,
-    client: kube::Client,
     dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Install {
+    type Target = common::Kube;
+    fn deref(&self) -> &common::Kube {
+        &self.kube
+    }
 }
 
 impl Install {
     fn new(prefix: &str) -> Install {
         let env = require_cluster();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = rt.block_on(kube::Client::try_default()).unwrap();
-        let ns = unique(prefix);
         let i = Install {
+            kube: common::Kube::new(env.kubectl.clone(), unique(prefix)),
             release: "ck".into(),
             env,
-            ns,
-            rt,
-            client,
             dir: tempfile::tempdir().unwrap(),
         };
-        i.kubectl(&["create", "namespace", &i.ns], None);
+        i.ok(&["create", "namespace", &i.ns]);
         let (repository, tag) = i.env.operator_image.rsplit_once(':').unwrap();
         // No kube-proxy in this cluster: the operator reaches the API server
         // by the node's address, not the kubernetes Service.
@@ -211,57 +206,8 @@ impl Install {
         serde_json::to_string(&pool).unwrap()
     }
 
-    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(program)
-            .args(args)
-            .current_dir(common::repo())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-        drop(input);
-        child.wait_with_output().unwrap()
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut all = vec!["-n", &self.ns];
-        all.extend_from_slice(args);
-        let out = self.run(&self.env.kubectl, &all, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            stderr(&out)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     fn helm(&self, args: &[&str]) -> String {
-        let out = self.run(&self.env.helm, args, None);
-        assert!(
-            out.status.success(),
-            "helm {}: {}",
-            args.join(" "),
-            stderr(&out)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn apply(&self, yaml: &str) {
-        self.kubectl(&["apply", "-f", "-"], Some(yaml));
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
+        common::ok(&self.env.helm, args, None)
     }
 
     fn pods(&self, selector: &str) -> Vec<Pod> {
@@ -278,22 +224,11 @@ impl Install {
         self.pods(&format!("cloudkon.io/workerpool={pool}"))
     }
 
-    fn batch(&self, name: &str) -> TaskBatch {
-        self.rt.block_on(self.api::<TaskBatch>().get(name)).unwrap()
-    }
-
     fn pool_status(&self, name: &str) -> Option<cloudkon_operator::crd::WorkerPoolStatus> {
         self.rt
             .block_on(self.api::<WorkerPool>().get(name))
             .unwrap()
             .status
-    }
-
-    fn replicas(&self, deployment: &str) -> Option<i32> {
-        self.rt
-            .block_on(self.api::<Deployment>().get_opt(deployment))
-            .unwrap()
-            .and_then(|d| d.spec?.replicas)
     }
 
     /// Polls `f` every 100 ms until it returns `Some`, for at most `within`;
@@ -304,26 +239,14 @@ impl Install {
         within: Duration,
         mut f: impl FnMut(&Self) -> Option<T>,
     ) -> T {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = f(self) {
-                return v;
-            }
-            assert!(
-                start.elapsed() < within,
-                "timed out after {within:?} waiting for {what}\n{}",
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let every = Duration::from_millis(100);
+        common::poll(what, within, every, || f(self), || self.diagnostics())
     }
 
     /// Pods, events and the operator's log, for failure messages.
     fn diagnostics(&self) -> String {
         let show = |args: &[&str]| {
-            let mut all = vec!["-n", self.ns.as_str()];
-            all.extend_from_slice(args);
-            let out = self.run(&self.env.kubectl, &all, None);
+            let out = self.run(args, None);
             format!(
                 "$ kubectl {}\n{}{}",
                 args.join(" "),
@@ -489,7 +412,7 @@ spec:
         "{s:?}\n{}",
         c.diagnostics()
     );
-    let table = c.kubectl(&["get", "taskbatches"], None);
+    let table = c.ok(&["get", "taskbatches"]);
     println!("{table}");
     let row = table.lines().find(|l| l.starts_with("sweep ")).unwrap();
     assert!(
@@ -603,7 +526,7 @@ spec:
             .max_by_key(|(_, tasks)| tasks.len())
     });
     let deleted_at = Instant::now();
-    c.kubectl(&["delete", "pod", &victim, "--wait=false"], None);
+    c.ok(&["delete", "pod", &victim, "--wait=false"]);
     println!(
         "deleted pod {victim} with {} tasks in flight: {busy:?}",
         busy.len()
@@ -714,30 +637,9 @@ fn an_animoto_batch_on_worker_pods_makes_videos_in_s3() {
         common::make_png(&images.join(format!("img{i}.png")), size);
     }
     let port = file_server(&c.env.node_ip, images);
-    let url = |i: u32| format!("http://{}:{port}/img{i}.png", c.env.node_ip);
+    let urls = [0, 1, 2].map(|i| format!("http://{}:{port}/img{i}.png", c.env.node_ip));
     c.apply(&c.pool("media", 2, 1, 5));
-    c.apply(&format!(
-        r#"
-apiVersion: cloudkon.io/v1alpha1
-kind: TaskBatch
-metadata: {{name: slideshows}}
-spec:
-  workerPool: media
-  results: {{s3Prefix: "s3://{bucket}/results"}}
-  tasks:
-    generator:
-      count: 2
-      template:
-        kind: animoto
-        urls: ["{}", "{}", "{}"]
-        secondsPerImage: 2
-        resolution: 640x360
-        output: "s3://{bucket}/videos/show-{{i}}"
-"#,
-        url(0),
-        url(1),
-        url(2)
-    ));
+    c.apply(&common::slideshows_batch("media", bucket, &urls));
     let s = c.wait_for("the batch to finish", Duration::from_secs(300), |c| {
         c.batch("slideshows")
             .status
@@ -749,29 +651,5 @@ spec:
         "{s:?}\n{}",
         c.diagnostics()
     );
-    let prefix = format!("results/{}/slideshows/", c.ns);
-    let text = String::from_utf8(
-        rt.block_on(s3.get_bytes(bucket, &format!("{prefix}part-000000.jsonl")))
-            .unwrap(),
-    )
-    .unwrap();
-    let mut videos = 0;
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let artifact = v["artifact"].as_str().unwrap();
-        let uri = cloudkon_core::aws::S3Uri::object(artifact).unwrap();
-        let video = c.dir.path().join("video.mp4");
-        std::fs::write(
-            &video,
-            rt.block_on(s3.get_bytes(&uri.bucket, &uri.key)).unwrap(),
-        )
-        .unwrap();
-        let probe = common::probe_video(&video);
-        assert!(probe.starts_with("h264,640,360,"), "{artifact}: {probe}");
-        let duration = common::probed_duration(&probe);
-        assert!((duration - 6.0).abs() < 0.3, "{artifact}: {duration} s");
-        println!("{artifact}: {probe}");
-        videos += 1;
-    }
-    assert_eq!(videos, 2, "{text}");
+    common::check_slideshows(&rt, bucket, &c.ns, c.dir.path());
 }

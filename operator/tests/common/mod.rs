@@ -2,10 +2,15 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::{Aws, ErrorKind};
+use cloudkon_operator::crd::TaskBatch;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
 
 /// The workspace root (the examples, charts and README are read from it).
 pub fn repo() -> PathBuf {
@@ -97,4 +102,176 @@ pub fn make_png(path: &Path, size: &str) {
         .status()
         .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
     assert!(status.success(), "ffmpeg could not make {}", path.display());
+}
+
+/// Runs `program` in the workspace root, feeding it `stdin`.
+pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Like `run`, and returns stdout; fails with the output when `program` does.
+pub fn ok(program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let out = run(program, args, stdin);
+    assert!(
+        out.status.success(),
+        "{program} {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Calls `f` every `every` until it returns `Some`, for at most `within`; on
+/// a timeout, fails saying what it waited for, followed by `context()`.
+pub fn poll<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(every);
+    }
+}
+
+/// kubectl and a kube client for one namespace of the test cluster.
+pub struct Kube {
+    pub kubectl: String,
+    pub ns: String,
+    pub client: kube::Client,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Kube {
+    /// For namespace `ns` (not created here).
+    pub fn new(kubectl: String, ns: String) -> Kube {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(kube::Client::try_default()).unwrap();
+        Kube {
+            kubectl,
+            ns,
+            client,
+            rt,
+        }
+    }
+
+    /// `kubectl -n <ns> args...`
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut all = vec!["-n", self.ns.as_str()];
+        all.extend_from_slice(args);
+        run(&self.kubectl, &all, stdin)
+    }
+
+    /// `kubectl -n <ns> args...`, stdout; fails when kubectl does.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.ns.as_str()];
+        all.extend_from_slice(args);
+        ok(&self.kubectl, &all, None)
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let mut all = vec!["-n", self.ns.as_str()];
+        all.extend_from_slice(&["apply", "-f", "-"]);
+        ok(&self.kubectl, &all, Some(yaml));
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn batch(&self, name: &str) -> TaskBatch {
+        self.rt.block_on(self.api::<TaskBatch>().get(name)).unwrap()
+    }
+
+    /// A Deployment's spec.replicas; None while it does not exist.
+    pub fn replicas(&self, deployment: &str) -> Option<i32> {
+        self.rt
+            .block_on(self.api::<Deployment>().get_opt(deployment))
+            .unwrap()
+            .and_then(|d| d.spec?.replicas)
+    }
+}
+
+/// A TaskBatch of 2 Animoto tasks on `pool`: 3 images (`urls`) × 2 s at
+/// 640x360 each, results under `s3://<bucket>/results`.
+pub fn slideshows_batch(pool: &str, bucket: &str, urls: &[String; 3]) -> String {
+    let urls = serde_json::to_string(urls).unwrap();
+    format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: slideshows}}
+spec:
+  workerPool: {pool}
+  results: {{s3Prefix: "s3://{bucket}/results"}}
+  tasks:
+    generator:
+      count: 2
+      template:
+        kind: animoto
+        urls: {urls}
+        secondsPerImage: 2
+        resolution: 640x360
+        output: "s3://{bucket}/videos/show-{{i}}"
+"#
+    )
+}
+
+/// Checks the 2 videos of `slideshows_batch` in namespace `ns`: each result
+/// names a video in S3 and a presigned URL; each video is h264, 640x360, 6 s.
+pub fn check_slideshows(rt: &tokio::runtime::Runtime, bucket: &str, ns: &str, dir: &Path) {
+    let s3 = rt.block_on(Aws::load()).s3();
+    let key = format!("results/{ns}/slideshows/part-000000.jsonl");
+    let text = String::from_utf8(rt.block_on(s3.get_bytes(bucket, &key)).unwrap()).unwrap();
+    let mut videos = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["artifact_url"].as_str().unwrap().starts_with("http"));
+        let artifact = v["artifact"].as_str().unwrap();
+        let uri = cloudkon_core::aws::S3Uri::object(artifact).unwrap();
+        let video = dir.join("video.mp4");
+        std::fs::write(
+            &video,
+            rt.block_on(s3.get_bytes(&uri.bucket, &uri.key)).unwrap(),
+        )
+        .unwrap();
+        let probe = probe_video(&video);
+        assert!(probe.starts_with("h264,640,360,"), "{artifact}: {probe}");
+        let duration = probed_duration(&probe);
+        assert!((duration - 6.0).abs() < 0.3, "{artifact}: {duration} s");
+        println!("{artifact}: {probe}");
+        videos += 1;
+    }
+    assert_eq!(videos, 2, "{text}");
 }

@@ -373,7 +373,8 @@ spec:
         if status.backlog > 0 {
             marks.entry("1 backlog seen").or_insert(now);
         }
-        if c.replicas(&format!("{pool}-workers")).unwrap_or(0) > 0 {
+        let replicas = c.replicas(&format!("{pool}-workers")).unwrap_or(0);
+        if replicas > 0 {
             marks.entry("2 replicas patched").or_insert(now);
         }
         let pods = c.workers(pool);
@@ -388,8 +389,12 @@ spec:
         if b.phase.is_some_and(|p| p.is_finished()) {
             marks.entry("5 last task (batch finished)").or_insert(now);
         }
-        if marks.contains_key("5 last task (batch finished)") && pods.is_empty() {
-            marks.insert("6 zero pods", now);
+        let finished = marks.contains_key("5 last task (batch finished)");
+        if finished && replicas == 0 {
+            marks.entry("6 replicas back to 0").or_insert(now);
+        }
+        if finished && pods.is_empty() {
+            marks.insert("7 zero pods", now);
             break;
         }
         assert!(
@@ -430,8 +435,8 @@ spec:
     // The scale-down waited for the cooldown (5 s) after the batch finished.
     let finished = marks["5 last task (batch finished)"];
     assert!(
-        marks["6 zero pods"].saturating_duration_since(finished) >= Duration::from_secs(3),
-        "pods went away before the cooldown: {marks:?}"
+        marks["6 replicas back to 0"].saturating_duration_since(finished) >= Duration::from_secs(3),
+        "scaled to zero before the cooldown: {marks:?}"
     );
 }
 

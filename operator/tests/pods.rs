@@ -366,6 +366,7 @@ spec:
     // The timeline, polled every 100 ms.
     let mut marks: BTreeMap<&str, Instant> = BTreeMap::new();
     let mut max_pods = 0;
+    let mut zero_at = None; // wall clock, to compare with the status's times
     let within = Duration::from_secs(600);
     loop {
         let now = Instant::now();
@@ -392,6 +393,7 @@ spec:
         let finished = marks.contains_key("5 last task (batch finished)");
         if finished && replicas == 0 {
             marks.entry("6 replicas back to 0").or_insert(now);
+            zero_at.get_or_insert_with(SystemTime::now);
         }
         if finished && pods.is_empty() {
             marks.insert("7 zero pods", now);
@@ -432,11 +434,21 @@ spec:
     let ids = common::results_in_s3(&rt, bucket, &format!("pods/{}/sweep/", c.ns));
     assert_eq!(ids.len(), count as usize, "distinct results");
     assert!(ids.values().all(|&n| n == 1), "a task reported twice");
-    // The scale-down waited for the cooldown (5 s) after the batch finished.
-    let finished = marks["5 last task (batch finished)"];
+    // The last worker stayed for the cooldown (5 s) after the operator last
+    // saw a backlog (its status says when, to the second).
+    let active = c
+        .pool_status(pool)
+        .and_then(|s| s.last_active_time)
+        .expect("the pool's status has lastActiveTime");
+    let active = UNIX_EPOCH + Duration::from_secs(active.0.as_second().try_into().unwrap());
+    let idle = zero_at.unwrap().duration_since(active).unwrap_or_default();
+    println!(
+        "  replicas at 0 {:.1} s after the backlog was last seen (cooldown 5 s)",
+        idle.as_secs_f64()
+    );
     assert!(
-        marks["6 replicas back to 0"].saturating_duration_since(finished) >= Duration::from_secs(3),
-        "scaled to zero before the cooldown: {marks:?}"
+        idle >= Duration::from_secs(4),
+        "scaled to zero {idle:?} after the backlog was last seen: before the 5 s cooldown"
     );
 }
 

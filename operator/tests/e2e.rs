@@ -13,27 +13,22 @@
 
 mod common;
 
+use common::{serial, unique};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::WorkerHeartbeat;
 use cloudkon_core::aws::{Aws, ErrorKind};
+use cloudkon_operator::crd::TaskBatch;
 use cloudkon_operator::crd::taskbatch::Phase;
-use cloudkon_operator::crd::{TaskBatch, WorkerPool};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// One test at a time: each runs an operator and workers, and the machine has
-/// two cores; in parallel they would starve each other's leases.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn require_servers() -> String {
     let (kubectl, _helm) = common::require_control_plane();
@@ -48,18 +43,6 @@ fn require_servers() -> String {
         );
     }
     kubectl
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id() % 10_000,
-        nanos % 100_000
-    )
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -177,12 +160,6 @@ impl Cluster {
             );
         }
         out
-    }
-
-    fn pool(&self, name: &str) -> WorkerPool {
-        self.rt
-            .block_on(self.api::<WorkerPool>().get(name))
-            .unwrap()
     }
 
     fn queue_url(&self, pool: &str) -> String {

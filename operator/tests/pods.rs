@@ -14,24 +14,19 @@
 
 mod common;
 
+use common::{serial, unique};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudkon_core::aws::Aws;
-use cloudkon_operator::crd::WorkerPool;
 use cloudkon_operator::crd::taskbatch::Phase;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
-
-/// One test at a time: one node with two cores.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What `scripts/e2e-cluster` exports.
 struct ClusterEnv {
@@ -70,18 +65,6 @@ fn require_cluster() -> ClusterEnv {
         worker_image: var("CLOUDKON_E2E_IMAGE_WORKER"),
         region: var("AWS_REGION"),
     }
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}", nanos % 1_000_000)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Seconds since `t0`, for the timelines.
@@ -129,8 +112,7 @@ impl Install {
             "watchNamespace": i.ns,
             "logFormat": "text",
             "aws": {"region": i.env.region},
-            "extraEnv": extra.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v}))
-                .collect::<Vec<_>>(),
+            "extraEnv": env_list(&extra),
         });
         let values_file = i.dir.path().join("values.yaml");
         std::fs::write(&values_file, serde_json::to_string(&values).unwrap()).unwrap();
@@ -176,12 +158,7 @@ impl Install {
 
     /// A WorkerPool of real pods: the e2e worker image, small requests,
     /// quick to scale both ways.
-    fn pool(&self, name: &str, max: i32, per_worker: i32, cooldown: i32) -> String {
-        let env: Vec<_> = self
-            .aws_env()
-            .into_iter()
-            .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
-            .collect();
+    fn pool_yaml(&self, name: &str, max: i32, per_worker: i32, cooldown: i32) -> String {
         let pool = serde_json::json!({
             "apiVersion": "cloudkon.io/v1alpha1",
             "kind": "WorkerPool",
@@ -195,7 +172,7 @@ impl Install {
                     "threads": 4,
                     "resources": {"requests": {"cpu": "50m", "memory": "32Mi"},
                                   "limits": {"memory": "512Mi"}},
-                    "env": env,
+                    "env": env_list(&self.aws_env()),
                 },
                 "behavior": {
                     "scaleDown": {"stabilizationWindowSeconds": 0},
@@ -224,13 +201,6 @@ impl Install {
         self.pods(&format!("cloudkon.io/workerpool={pool}"))
     }
 
-    fn pool_status(&self, name: &str) -> Option<cloudkon_operator::crd::WorkerPoolStatus> {
-        self.rt
-            .block_on(self.api::<WorkerPool>().get(name))
-            .unwrap()
-            .status
-    }
-
     /// Polls `f` every 100 ms until it returns `Some`, for at most `within`;
     /// on a timeout, fails with what the cluster shows.
     fn wait_for<T>(
@@ -251,7 +221,7 @@ impl Install {
                 "$ kubectl {}\n{}{}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stdout),
-                stderr(&out)
+                String::from_utf8_lossy(&out.stderr)
             )
         };
         [
@@ -298,6 +268,13 @@ impl Drop for Install {
     }
 }
 
+/// Name/value pairs as a container's `env` list.
+fn env_list(vars: &[(&str, String)]) -> serde_json::Value {
+    vars.iter()
+        .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
+        .collect()
+}
+
 fn ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -327,14 +304,13 @@ fn mixed_workload(count: u32) -> String {
 fn a_2000_task_batch_scales_worker_pods_from_zero_and_back() {
     let _serial = serial();
     let c = Install::new("pods-sweep");
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let bucket = "cloudkon-results";
-    rt.block_on(rt.block_on(Aws::load()).s3().ensure_bucket(bucket))
+    c.rt.block_on(async { Aws::load().await.s3().ensure_bucket(bucket).await })
         .unwrap();
     let pool = "sweep-pool";
-    c.apply(&c.pool(pool, 4, 10, 5));
+    c.apply(&c.pool_yaml(pool, 4, 10, 5));
     c.wait_for("the pool's queue", Duration::from_secs(60), |c| {
-        c.pool_status(pool)?.queue_url
+        c.pool(pool).status?.queue_url
     });
     assert_eq!(c.replicas(&format!("{pool}-workers")), Some(0));
     assert!(c.workers(pool).is_empty(), "an idle pool has no pods");
@@ -370,7 +346,7 @@ spec:
     let within = Duration::from_secs(600);
     loop {
         let now = Instant::now();
-        let status = c.pool_status(pool).unwrap_or_default();
+        let status = c.pool(pool).status.unwrap_or_default();
         if status.backlog > 0 {
             marks.entry("1 backlog seen").or_insert(now);
         }
@@ -431,13 +407,14 @@ spec:
         "the backlog should have asked for several pods"
     );
     // Every task's result, once.
-    let ids = common::results_in_s3(&rt, bucket, &format!("pods/{}/sweep/", c.ns));
+    let ids = common::results_in_s3(&c.rt, bucket, &format!("pods/{}/sweep/", c.ns));
     assert_eq!(ids.len(), count as usize, "distinct results");
     assert!(ids.values().all(|&n| n == 1), "a task reported twice");
     // The last worker stayed for the cooldown (5 s) after the operator last
     // saw a backlog (its status says when, to the second).
     let active = c
-        .pool_status(pool)
+        .pool(pool)
+        .status
         .and_then(|s| s.last_active_time)
         .expect("the pool's status has lastActiveTime");
     let active = UNIX_EPOCH + Duration::from_secs(active.0.as_second().try_into().unwrap());
@@ -493,9 +470,9 @@ fn deleting_a_busy_worker_pod_drains_it_and_loses_nothing() {
     let c = Install::new("pods-drain");
     let (port, reports) = report_server(&c.env.node_ip);
     let pool = "drain-pool";
-    c.apply(&c.pool(pool, 3, 4, 5));
+    c.apply(&c.pool_yaml(pool, 3, 4, 5));
     c.wait_for("the pool's queue", Duration::from_secs(60), |c| {
-        c.pool_status(pool)?.queue_url
+        c.pool(pool).status?.queue_url
     });
     let count = 150u64;
     let script = format!(
@@ -644,10 +621,9 @@ fn file_server(ip: &str, dir: std::path::PathBuf) -> u16 {
 fn an_animoto_batch_on_worker_pods_makes_videos_in_s3() {
     let _serial = serial();
     let c = Install::new("pods-animoto");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let s3 = rt.block_on(Aws::load()).s3();
     let bucket = "cloudkon-animoto-pods";
-    rt.block_on(s3.ensure_bucket(bucket)).unwrap();
+    c.rt.block_on(async { Aws::load().await.s3().ensure_bucket(bucket).await })
+        .unwrap();
     let images = c.dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
     for (i, size) in ["640x480", "300x500", "1280x720"].iter().enumerate() {
@@ -655,7 +631,7 @@ fn an_animoto_batch_on_worker_pods_makes_videos_in_s3() {
     }
     let port = file_server(&c.env.node_ip, images);
     let urls = [0, 1, 2].map(|i| format!("http://{}:{port}/img{i}.png", c.env.node_ip));
-    c.apply(&c.pool("media", 2, 1, 5));
+    c.apply(&c.pool_yaml("media", 2, 1, 5));
     c.apply(&common::slideshows_batch("media", bucket, &urls));
     let s = c.wait_for("the batch to finish", Duration::from_secs(300), |c| {
         c.batch("slideshows")
@@ -668,5 +644,5 @@ fn an_animoto_batch_on_worker_pods_makes_videos_in_s3() {
         "{s:?}\n{}",
         c.diagnostics()
     );
-    common::check_slideshows(&rt, bucket, &c.ns, c.dir.path());
+    common::check_slideshows(&c.rt, bucket, &c.ns, c.dir.path());
 }

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudkon_core::aws::{Aws, ErrorKind};
-use cloudkon_operator::crd::TaskBatch;
+use cloudkon_operator::crd::{TaskBatch, WorkerPool};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 
@@ -18,6 +19,26 @@ pub fn repo() -> PathBuf {
         .parent()
         .expect("the operator crate is in the workspace")
         .to_path_buf()
+}
+
+/// One test at a time: the tests that run an operator and workers would
+/// starve each other (and their leases) on the machine's two cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A name no other test run uses (namespaces, tables, leases).
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id() % 10_000,
+        nanos % 100_000
+    )
 }
 
 /// The control plane's kubectl and helm, when KUBECONFIG is the one
@@ -182,24 +203,27 @@ impl Kube {
         }
     }
 
+    /// kubectl's arguments, in this namespace.
+    fn in_ns<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        [&["-n", self.ns.as_str()], args].concat()
+    }
+
     /// `kubectl -n <ns> args...`
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut all = vec!["-n", self.ns.as_str()];
-        all.extend_from_slice(args);
-        run(&self.kubectl, &all, stdin)
+        run(&self.kubectl, &self.in_ns(args), stdin)
     }
 
     /// `kubectl -n <ns> args...`, stdout; fails when kubectl does.
     pub fn ok(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.ns.as_str()];
-        all.extend_from_slice(args);
-        ok(&self.kubectl, &all, None)
+        ok(&self.kubectl, &self.in_ns(args), None)
     }
 
     pub fn apply(&self, yaml: &str) {
-        let mut all = vec!["-n", self.ns.as_str()];
-        all.extend_from_slice(&["apply", "-f", "-"]);
-        ok(&self.kubectl, &all, Some(yaml));
+        ok(
+            &self.kubectl,
+            &self.in_ns(&["apply", "-f", "-"]),
+            Some(yaml),
+        );
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -208,6 +232,12 @@ impl Kube {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn pool(&self, name: &str) -> WorkerPool {
+        self.rt
+            .block_on(self.api::<WorkerPool>().get(name))
+            .unwrap()
     }
 
     pub fn batch(&self, name: &str) -> TaskBatch {

@@ -621,6 +621,39 @@ pub fn encode_results(msg: &ResultsMessage, max_bytes: usize) -> Result<String, 
     Ok(best)
 }
 
+/// Results as as many message bodies of at most `max_bytes` as they need:
+/// split between results rather than cut, so that output is cut only where
+/// one result alone does not fit (see [`encode_results`]). The ideal time goes
+/// with the first part, so that it is counted once.
+pub fn encode_results_split(
+    msg: &ResultsMessage,
+    max_bytes: usize,
+) -> Result<Vec<String>, WireError> {
+    let body = frame(MessageKind::Results, &wire_results(msg, None));
+    if body.len() <= max_bytes {
+        return Ok(vec![body]);
+    }
+    if msg.results.len() <= 1 {
+        return encode_results(msg, max_bytes).map(|body| vec![body]);
+    }
+    // Halves by count: results of one bundle are alike in size, so a few
+    // levels suffice.
+    let mid = msg.results.len() / 2;
+    let first = ResultsMessage {
+        key: msg.key.clone(),
+        ideal: msg.ideal,
+        results: msg.results[..mid].to_vec(),
+    };
+    let second = ResultsMessage {
+        key: msg.key.clone(),
+        ideal: Duration::ZERO,
+        results: msg.results[mid..].to_vec(),
+    };
+    let mut bodies = encode_results_split(&first, max_bytes)?;
+    bodies.extend(encode_results_split(&second, max_bytes)?);
+    Ok(bodies)
+}
+
 /// A results message from a message body.
 pub fn decode_results(body: &str) -> Result<ResultsMessage, WireError> {
     const KIND: MessageKind = MessageKind::Results;
@@ -1076,5 +1109,41 @@ mod tests {
             wire as f64 / json as f64 * 100.0
         );
         assert!(wire * 4 < json);
+    }
+
+    #[test]
+    fn results_too_large_for_one_message_split_without_cutting_output() {
+        let results: Vec<TaskResult> = (0..40).map(|id| result(id, &"x".repeat(10_000))).collect();
+        let msg = ResultsMessage {
+            key: "b#0".into(),
+            ideal: Duration::from_secs(4),
+            results,
+        };
+        let bodies = encode_results_split(&msg, 100_000).unwrap();
+        assert!(bodies.len() >= 4, "{} parts", bodies.len());
+        let mut ids = Vec::new();
+        let mut ideal = Duration::ZERO;
+        for body in &bodies {
+            assert!(body.len() <= 100_000);
+            let part = decode_results(body).unwrap();
+            assert_eq!(part.key, "b#0");
+            ideal += part.ideal;
+            for r in part.results {
+                assert_eq!(r.stdout.len(), 10_000, "output was cut");
+                assert!(!r.truncated);
+                ids.push(r.id);
+            }
+        }
+        assert_eq!(ids, (0..40).collect::<Vec<_>>());
+        assert_eq!(ideal, Duration::from_secs(4), "the ideal time counted once");
+        // One result alone too large: cut to fit, as encode_results does.
+        let one = ResultsMessage {
+            key: "b#0".into(),
+            ideal: Duration::ZERO,
+            results: vec![msg.results[0].clone()],
+        };
+        let bodies = encode_results_split(&one, 5_000).unwrap();
+        assert_eq!(bodies.len(), 1);
+        assert!(decode_results(&bodies[0]).unwrap().results[0].truncated);
     }
 }

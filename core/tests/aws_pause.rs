@@ -63,7 +63,7 @@ async fn a_claim_during_a_pause_of_dynamodb_returns() {
         started.elapsed()
     );
     match answer {
-        Ok(Claim::Granted { attempt: 1 }) => {}
+        Ok(Claim::Granted { attempt: 1, .. }) => {}
         Err(LedgerError::Unavailable(e)) => println!("retryable: {e}"),
         other => panic!("neither granted nor retryable: {other:?}"),
     }
@@ -71,7 +71,10 @@ async fn a_claim_during_a_pause_of_dynamodb_returns() {
     // owner holds it (its first attempt may have landed), others do not.
     assert_eq!(
         l.claim("k", "a", Duration::from_secs(30)).await.unwrap(),
-        Claim::Granted { attempt: 1 }
+        Claim::Granted {
+            attempt: 1,
+            done: Default::default()
+        }
     );
     assert!(matches!(
         l.claim("k", "b", Duration::from_secs(30)).await.unwrap(),

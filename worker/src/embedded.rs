@@ -18,7 +18,7 @@ use cloudkon_core::workload::{TaskDef, WorkloadError};
 use cloudkon_core::{BatchId, BundlePlan, Bundler, Stats, Summary, Task, TaskResult};
 
 use crate::exec::Registry;
-use crate::pool::{PoolConfig, ResultBatch, Shutdown, WorkUnit, run_pool};
+use crate::pool::{PoolConfig, PoolEvent, Shutdown, WorkUnit, run_pool};
 
 #[derive(Clone, Debug)]
 pub struct EmbeddedConfig {
@@ -217,7 +217,7 @@ async fn feed(queue: MemoryQueue, units: async_channel::Sender<WorkUnit>, shutdo
 }
 
 fn collect<F>(
-    results: async_channel::Receiver<ResultBatch>,
+    events: async_channel::Receiver<PoolEvent>,
     mut on_result: F,
     progress: &Progress,
     stop: &tokio_util::sync::CancellationToken,
@@ -227,9 +227,12 @@ where
 {
     let mut stats = Stats::new();
     let mut write_error = None;
-    while let Ok(batch) = results.recv_blocking() {
+    while let Ok(event) = events.recv_blocking() {
+        let PoolEvent::Results { results, ideal, .. } = event else {
+            continue;
+        };
         let mut failed = 0;
-        for result in &batch.results {
+        for (_, result) in &results {
             stats.record(result);
             failed += u64::from(!result.outcome.is_success());
             if write_error.is_none()
@@ -239,10 +242,10 @@ where
                 stop.cancel();
             }
         }
-        stats.add_ideal(batch.ideal);
+        stats.add_ideal(ideal);
         progress
             .done
-            .fetch_add(batch.results.len() as u64, Ordering::Relaxed);
+            .fetch_add(results.len() as u64, Ordering::Relaxed);
         progress.failed.fetch_add(failed, Ordering::Relaxed);
     }
     (stats, write_error)

@@ -11,4 +11,4 @@ pub mod serve;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
 pub use exec::{AnimotoConfig, AnimotoExecutor, ExecLimits, ExecOutput, Executor, Registry};
-pub use pool::{PoolConfig, ResultBatch, Shutdown, Ticket, WorkUnit, run_pool};
+pub use pool::{PoolConfig, PoolEvent, Shutdown, Ticket, UnitRun, WorkUnit, run_pool};

@@ -1,8 +1,11 @@
-//! The slot pool: N concurrent slots that take work units from a local channel,
-//! execute their tasks, and hand results on in batches. The embedded engine and
-//! the remote worker both run tasks through it.
+//! The slot pool: N concurrent slots that run tasks from work units handed
+//! over a local channel. A unit (a bundle) is the unit of claim and
+//! acknowledgement, not of serial execution: its tasks go to whichever slots
+//! are free, and each task's result leaves as soon as it is done. The embedded
+//! engine and the remote worker both run tasks through it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cloudkon_core::queue::Receipt;
@@ -12,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec::{ExecLimits, Registry};
 
-/// Tasks a slot runs one after the other: a bundle.
+/// A bundle's tasks, handed to the pool.
 #[derive(Debug)]
 pub struct WorkUnit {
     pub submitted: Timestamp,
@@ -36,18 +39,95 @@ pub struct Ticket {
     /// runs without dedup).
     pub claim_owner: Option<String>,
     pub reply_to: Option<String>,
+    /// Each unit task's position in the bundle as enqueued (tasks an earlier
+    /// holder finished are left out of the unit); empty: the same positions.
+    pub positions: Vec<u32>,
+    /// Tasks in the bundle as enqueued.
+    pub bundle_len: usize,
 }
 
-/// The results of one work unit.
+impl Ticket {
+    /// The bundle position of the unit's task `index`.
+    pub fn position(&self, index: usize) -> usize {
+        self.positions.get(index).map_or(index, |&p| p as usize)
+    }
+}
+
+/// A unit being run: shared by the slots that run its tasks.
 #[derive(Debug)]
-pub struct ResultBatch {
-    pub results: Vec<TaskResult>,
-    /// Sum of the tasks' ideal times (see [`ideal_time`]), for efficiency.
-    pub ideal: Duration,
+pub struct UnitRun {
+    pub submitted: Timestamp,
+    pub options: BundleOptions,
     pub ticket: Option<Ticket>,
-    /// False when the unit was abandoned part-way (abort): it must not be
-    /// acknowledged, but given back so that its queue delivers it again.
-    pub complete: bool,
+    /// Tasks in the unit.
+    pub total: usize,
+    /// Tasks that finished, were abandoned, or will never start.
+    ended: AtomicUsize,
+    abandoned: AtomicBool,
+}
+
+impl UnitRun {
+    pub fn new(unit: &WorkUnit) -> Arc<Self> {
+        Arc::new(Self {
+            submitted: unit.submitted,
+            options: unit.options,
+            ticket: unit.ticket.clone(),
+            total: unit.tasks.len(),
+            ended: AtomicUsize::new(0),
+            abandoned: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts `n` tasks as ended (`ran`: all of them ran); when they were the
+    /// unit's last, tells whether every task ran (`Some(true)`) or some did not.
+    fn end_tasks(&self, n: usize, ran: bool) -> Option<bool> {
+        if !ran {
+            self.abandoned.store(true, Ordering::SeqCst);
+        }
+        let before = self.ended.fetch_add(n, Ordering::SeqCst);
+        (before < self.total && before + n >= self.total)
+            .then(|| !self.abandoned.load(Ordering::SeqCst))
+    }
+}
+
+/// What the pool reports, in order for each unit: its tasks' results as they
+/// finish, then its end.
+#[derive(Debug)]
+pub enum PoolEvent {
+    /// Some of the unit's tasks finished (after their retries), each with its
+    /// index in the unit.
+    Results {
+        unit: Arc<UnitRun>,
+        results: Vec<(usize, TaskResult)>,
+        /// The tasks' summed ideal time (see [`ideal_time`]), for efficiency.
+        ideal: Duration,
+    },
+    /// Every task of the unit ended. `complete` is false when some were
+    /// abandoned (abort) or never started (stop): the unit must not be
+    /// acknowledged, but given back so that the rest runs elsewhere.
+    UnitEnd { unit: Arc<UnitRun>, complete: bool },
+}
+
+impl PoolEvent {
+    /// Reports a unit's results without running it (e.g. given up on).
+    pub async fn report(
+        unit: Arc<UnitRun>,
+        results: Vec<TaskResult>,
+        events: &async_channel::Sender<PoolEvent>,
+    ) -> Result<(), async_channel::SendError<PoolEvent>> {
+        let event = PoolEvent::Results {
+            unit: unit.clone(),
+            results: results.into_iter().enumerate().collect(),
+            ideal: Duration::ZERO,
+        };
+        events.send(event).await?;
+        events
+            .send(PoolEvent::UnitEnd {
+                unit,
+                complete: true,
+            })
+            .await
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -79,9 +159,9 @@ impl PoolConfig {
 /// How the pool is told to stop.
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
-    /// Stop taking work; finish the units running. A unit is one expensive task
-    /// or at most about a millisecond of cheap ones (see `BundlePlan`), and a unit
-    /// left half-done would have to run again whole, so slots stop between units.
+    /// Stop taking work; finish the tasks running. The units they belong to
+    /// end incomplete, and their results so far stand: only the tasks that
+    /// never started run again.
     pub stop: CancellationToken,
     /// Abandon the ones running too.
     pub abort: CancellationToken,
@@ -93,14 +173,58 @@ impl Shutdown {
     }
 }
 
+/// Tasks of a unit that one slot runs in turn: one task of unknown or
+/// noticeable length, or up to [`CHEAP_JOB`] of known-cheap ones (a `sleep 0`
+/// must not pay a channel hand-off of its own).
+struct Job {
+    unit: Arc<UnitRun>,
+    /// Each with its index in the unit.
+    tasks: Vec<(usize, Task)>,
+}
+
+/// Known-cheap tasks share a job up to this much declared work.
+const CHEAP_JOB: Duration = Duration::from_millis(1);
+/// And up to this many tasks.
+const CHEAP_JOB_TASKS: usize = 1024;
+
+/// The next job from a unit's remaining tasks.
+fn next_job<I>(tasks: &mut std::iter::Peekable<I>) -> Vec<(usize, Task)>
+where
+    I: Iterator<Item = (usize, Task)>,
+{
+    let cheap = |task: &Task| task.spec.nominal_duration().is_some_and(|d| d <= CHEAP_JOB);
+    let Some(first) = tasks.next() else {
+        return Vec::new();
+    };
+    let mut work = first.1.spec.nominal_duration().unwrap_or_default();
+    let mut job = vec![first];
+    if !cheap(&job[0].1) {
+        return job;
+    }
+    while job.len() < CHEAP_JOB_TASKS {
+        let Some((_, next)) = tasks.peek() else { break };
+        let d = next.spec.nominal_duration();
+        match d {
+            Some(d) if cheap(next) && work + d <= CHEAP_JOB => work += d,
+            _ => break,
+        }
+        job.extend(tasks.next());
+    }
+    job
+}
+
 /// Runs the pool until `units` is closed and drained, or until told to stop.
 pub async fn run_pool(
     config: PoolConfig,
     registry: Arc<Registry>,
     units: async_channel::Receiver<WorkUnit>,
-    results: async_channel::Sender<ResultBatch>,
+    events: async_channel::Sender<PoolEvent>,
     shutdown: Shutdown,
 ) {
+    // One job in hand at most: a unit is taken from `units` only when a slot is
+    // about to be free, so that units not yet started stay with whoever
+    // holds them (the worker gives them back on shutdown).
+    let (jobs_tx, jobs_rx) = async_channel::bounded::<Job>(1);
     let mut slots = tokio::task::JoinSet::new();
     for slot in 0..config.slots.max(1) {
         let worker: Arc<str> = format!("{}/{slot}", config.worker_id).into();
@@ -108,15 +232,85 @@ pub async fn run_pool(
             worker,
             config.clone(),
             registry.clone(),
-            units.clone(),
-            results.clone(),
+            jobs_rx.clone(),
+            events.clone(),
             shutdown.clone(),
         ));
     }
+    dispatch(&units, &jobs_tx, &events, &shutdown.stop).await;
+    drop(jobs_tx);
     while let Some(joined) = slots.join_next().await {
         if let Err(e) = joined {
             tracing::error!(error = %e, "a worker slot panicked");
         }
+    }
+    // Handed over but never started (the pool stopped).
+    while let Ok(job) = jobs_rx.try_recv() {
+        end_unstarted(&job.unit, job.tasks.len(), &events).await;
+    }
+}
+
+/// Splits units into jobs for the slots, until `units` closes or `stop`.
+async fn dispatch(
+    units: &async_channel::Receiver<WorkUnit>,
+    jobs: &async_channel::Sender<Job>,
+    events: &async_channel::Sender<PoolEvent>,
+    stop: &CancellationToken,
+) {
+    loop {
+        let unit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            unit = units.recv() => match unit {
+                Ok(unit) => unit,
+                Err(_closed) => return,
+            },
+        };
+        let run = UnitRun::new(&unit);
+        if run.total == 0 {
+            // Every task done by an earlier holder: nothing to run.
+            let _ = events
+                .send(PoolEvent::UnitEnd {
+                    unit: run,
+                    complete: true,
+                })
+                .await;
+            continue;
+        }
+        let mut tasks = unit.tasks.into_iter().enumerate().peekable();
+        loop {
+            let job = next_job(&mut tasks);
+            if job.is_empty() {
+                break;
+            }
+            let n = job.len();
+            let job = Job {
+                unit: run.clone(),
+                tasks: job,
+            };
+            let sent = tokio::select! {
+                biased;
+                _ = stop.cancelled() => false,
+                sent = jobs.send(job) => sent.is_ok(),
+            };
+            if !sent {
+                end_unstarted(&run, n + tasks.len(), events).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Counts `n` tasks of `unit` as never started, and reports its end if that
+/// was the last of them.
+async fn end_unstarted(unit: &Arc<UnitRun>, n: usize, events: &async_channel::Sender<PoolEvent>) {
+    if let Some(complete) = unit.end_tasks(n, false) {
+        let _ = events
+            .send(PoolEvent::UnitEnd {
+                unit: unit.clone(),
+                complete,
+            })
+            .await;
     }
 }
 
@@ -124,58 +318,58 @@ async fn run_slot(
     worker: Arc<str>,
     config: PoolConfig,
     registry: Arc<Registry>,
-    units: async_channel::Receiver<WorkUnit>,
-    results: async_channel::Sender<ResultBatch>,
+    jobs: async_channel::Receiver<Job>,
+    events: async_channel::Sender<PoolEvent>,
     shutdown: Shutdown,
 ) {
     loop {
-        let unit = tokio::select! {
+        let Job { unit, tasks } = tokio::select! {
             biased;
             _ = shutdown.stop.cancelled() => return,
-            unit = units.recv() => match unit {
-                Ok(unit) => unit,
+            job = jobs.recv() => match job {
+                Ok(job) => job,
                 Err(_closed) => return,
             },
         };
-        let batch = run_unit(&worker, &config, &registry, unit, &shutdown.abort).await;
-        if results.send(batch).await.is_err() {
-            return; // Nobody collects results any more.
+        let n = tasks.len();
+        let mut results = Vec::with_capacity(n);
+        let mut ideal = Duration::ZERO;
+        for (index, mut task) in tasks {
+            let Some(result) = run_task(
+                &worker,
+                &config,
+                &unit.options,
+                &registry,
+                &mut task,
+                unit.submitted,
+                &shutdown.abort,
+            )
+            .await
+            else {
+                break;
+            };
+            ideal += ideal_time(&task.spec, &result);
+            results.push((index, result));
         }
-    }
-}
-
-async fn run_unit(
-    worker: &Arc<str>,
-    config: &PoolConfig,
-    registry: &Registry,
-    unit: WorkUnit,
-    abort: &CancellationToken,
-) -> ResultBatch {
-    let mut results = Vec::with_capacity(unit.tasks.len());
-    let mut ideal = Duration::ZERO;
-    let total = unit.tasks.len();
-    for mut task in unit.tasks {
-        let Some(result) = run_task(
-            worker,
-            config,
-            &unit.options,
-            registry,
-            &mut task,
-            unit.submitted,
-            abort,
-        )
-        .await
-        else {
-            break;
-        };
-        ideal += ideal_time(&task.spec, &result);
-        results.push(result);
-    }
-    ResultBatch {
-        complete: results.len() == total,
-        results,
-        ideal,
-        ticket: unit.ticket,
+        let ran = results.len() == n;
+        if !results.is_empty() {
+            let event = PoolEvent::Results {
+                unit: unit.clone(),
+                results,
+                ideal,
+            };
+            if events.send(event).await.is_err() {
+                return; // Nobody collects results any more.
+            }
+        }
+        if let Some(complete) = unit.end_tasks(n, ran)
+            && events
+                .send(PoolEvent::UnitEnd { unit, complete })
+                .await
+                .is_err()
+        {
+            return;
+        }
     }
 }
 
@@ -269,6 +463,49 @@ mod tests {
         }
     }
 
+    /// Runs `units` through a pool and returns what it reported, in order.
+    async fn run(config: PoolConfig, units: Vec<WorkUnit>, shutdown: Shutdown) -> Vec<PoolEvent> {
+        let (units_tx, units_rx) = async_channel::unbounded();
+        for unit in units {
+            units_tx.send(unit).await.unwrap();
+        }
+        drop(units_tx);
+        let (events_tx, events_rx) = async_channel::unbounded();
+        run_pool(
+            config,
+            Arc::new(Registry::new()),
+            units_rx,
+            events_tx,
+            shutdown,
+        )
+        .await;
+        let mut events = Vec::new();
+        while let Ok(event) = events_rx.try_recv() {
+            events.push(event);
+        }
+        events
+    }
+
+    fn results(events: &[PoolEvent]) -> Vec<&TaskResult> {
+        events
+            .iter()
+            .flat_map(|e| match e {
+                PoolEvent::Results { results, .. } => results.iter().map(|(_, r)| r).collect(),
+                PoolEvent::UnitEnd { .. } => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn ends(events: &[PoolEvent]) -> Vec<bool> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                PoolEvent::UnitEnd { complete, .. } => Some(*complete),
+                PoolEvent::Results { .. } => None,
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_failing_task_is_retried_up_to_max_attempts() {
         let dir = tempfile::tempdir().unwrap();
@@ -278,20 +515,17 @@ mod tests {
         let mut config = PoolConfig::new(1, "w");
         config.retry_backoff = Duration::from_millis(1);
         config.max_attempts = 3;
-        let worker: Arc<str> = "w/0".into();
-        let batch = run_unit(
-            &worker,
-            &config,
-            &Registry::new(),
-            unit(vec![sh(&script)]),
-            &CancellationToken::new(),
-        )
-        .await;
-        assert!(batch.complete);
-        assert_eq!(batch.results[0].outcome, Outcome::Succeeded);
-        assert_eq!(batch.results[0].attempt, 3);
+        let events = run(config, vec![unit(vec![sh(&script)])], Shutdown::new()).await;
+        assert_eq!(ends(&events), vec![true]);
+        let results = results(&events);
+        assert_eq!(results[0].outcome, Outcome::Succeeded);
+        assert_eq!(results[0].attempt, 3);
         assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 3);
-        assert_eq!(batch.ticket.unwrap().claim_key.as_deref(), Some("b#0"));
+        let PoolEvent::UnitEnd { unit, .. } = events.last().unwrap() else {
+            panic!("the unit's end comes last");
+        };
+        let ticket = unit.ticket.as_ref().unwrap();
+        assert_eq!(ticket.claim_key.as_deref(), Some("b#0"));
     }
 
     #[tokio::test]
@@ -299,45 +533,151 @@ mod tests {
         let mut config = PoolConfig::new(1, "w");
         config.retry_backoff = Duration::from_millis(1);
         config.max_attempts = 2;
-        let worker: Arc<str> = "w/0".into();
-        let batch = run_unit(
-            &worker,
-            &config,
-            &Registry::new(),
-            unit(vec![sh("exit 4")]),
-            &CancellationToken::new(),
-        )
-        .await;
-        assert_eq!(batch.results[0].attempt, 2);
-        assert_eq!(batch.results[0].exit_code, Some(4));
+        let events = run(config, vec![unit(vec![sh("exit 4")])], Shutdown::new()).await;
+        let results = results(&events);
+        assert_eq!(results[0].attempt, 2);
+        assert_eq!(results[0].exit_code, Some(4));
     }
 
     #[tokio::test]
-    async fn an_aborted_unit_is_incomplete_with_what_ran() {
-        let abort = CancellationToken::new();
-        let worker: Arc<str> = "w/0".into();
-        let config = PoolConfig::new(1, "w");
-        let registry = Registry::new();
-        let fut = run_unit(
-            &worker,
-            &config,
-            &registry,
-            unit(vec![
+    async fn one_units_tasks_run_side_by_side_on_free_slots() {
+        // Each task waits until all four have started: run in turn, the first
+        // would wait for ever (and time out).
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(
+            "touch {0}/$$; while [ $(ls {0} | wc -l) -lt 4 ]; do sleep 0.01; done",
+            dir.path().display()
+        );
+        let mut work = unit(vec![sh(&script); 4]);
+        for task in &mut work.tasks {
+            task.timeout = Some(Duration::from_secs(20));
+        }
+        let events = run(PoolConfig::new(4, "w"), vec![work], Shutdown::new()).await;
+        let results = results(&events);
+        assert_eq!(results.len(), 4);
+        for r in &results {
+            assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+        }
+        let mut slots: Vec<&str> = results.iter().map(|r| &*r.worker).collect();
+        slots.sort();
+        slots.dedup();
+        assert_eq!(slots.len(), 4, "each task on its own slot: {slots:?}");
+        assert_eq!(ends(&events), vec![true]);
+        assert!(
+            matches!(events.last(), Some(PoolEvent::UnitEnd { .. })),
+            "the end comes after every result"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_aborted_unit_ends_incomplete_with_what_ran() {
+        let shutdown = Shutdown::new();
+        let abort = shutdown.abort.clone();
+        let (units_tx, units_rx) = async_channel::unbounded();
+        units_tx
+            .send(unit(vec![
                 TaskSpec::Sleep { ms: 0 },
                 TaskSpec::Sleep { ms: 60_000 },
-            ]),
-            &abort,
-        );
-        let canceller = async {
-            tokio::task::yield_now().await;
-            abort.cancel();
+            ]))
+            .await
+            .unwrap();
+        drop(units_tx);
+        let (events_tx, events_rx) = async_channel::unbounded();
+        let pool = tokio::spawn(run_pool(
+            PoolConfig::new(1, "w"),
+            Arc::new(Registry::new()),
+            units_rx,
+            events_tx,
+            shutdown,
+        ));
+        // The first result, then abort the long second task.
+        let first = events_rx.recv().await.unwrap();
+        let PoolEvent::Results { results, .. } = first else {
+            panic!("expected results, got {first:?}");
         };
-        let (batch, ()) = tokio::join!(fut, canceller);
-        assert!(!batch.complete);
-        assert_eq!(batch.results.len(), 1);
+        assert_eq!(results.len(), 1);
+        abort.cancel();
+        pool.await.unwrap();
+        let end = events_rx.recv().await.unwrap();
+        let PoolEvent::UnitEnd { unit, complete } = end else {
+            panic!("expected the unit's end, got {end:?}");
+        };
+        assert!(!complete);
         assert!(
-            batch.ticket.is_some(),
+            unit.ticket.is_some(),
             "the ticket comes back so the bundle can be given back"
         );
+        assert!(events_rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stop_finishes_running_tasks_and_ends_the_unit_incomplete() {
+        let shutdown = Shutdown::new();
+        let stop = shutdown.stop.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!("touch {}/$$; sleep 0.3", dir.path().display());
+        let (units_tx, units_rx) = async_channel::unbounded();
+        units_tx.send(unit(vec![sh(&script); 6])).await.unwrap();
+        let (events_tx, events_rx) = async_channel::unbounded();
+        let pool = tokio::spawn(run_pool(
+            PoolConfig::new(2, "w"),
+            Arc::new(Registry::new()),
+            units_rx,
+            events_tx,
+            shutdown,
+        ));
+        // Stop once both slots are busy.
+        while std::fs::read_dir(dir.path()).unwrap().count() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        pool.await.unwrap();
+        drop(units_tx);
+        let mut events = Vec::new();
+        while let Ok(event) = events_rx.try_recv() {
+            events.push(event);
+        }
+        // The two running tasks finished; the four others never started.
+        assert_eq!(results(&events).len(), 2);
+        assert_eq!(ends(&events), vec![false]);
+    }
+
+    #[test]
+    fn cheap_tasks_share_a_job_and_others_go_alone() {
+        let specs = [
+            TaskSpec::Sleep { ms: 0 },
+            TaskSpec::Sleep { ms: 0 },
+            TaskSpec::Sleep { ms: 1 },
+            TaskSpec::Sleep { ms: 1 },
+            sh("true"),
+            TaskSpec::Sleep { ms: 0 },
+            TaskSpec::Sleep { ms: 50 },
+        ];
+        let mut tasks = unit(specs.to_vec())
+            .tasks
+            .into_iter()
+            .enumerate()
+            .peekable();
+        let mut jobs = Vec::new();
+        loop {
+            let job: Vec<usize> = next_job(&mut tasks).into_iter().map(|(i, _)| i).collect();
+            if job.is_empty() {
+                break;
+            }
+            jobs.push(job);
+        }
+        assert_eq!(
+            jobs,
+            vec![vec![0, 1, 2], vec![3], vec![4], vec![5], vec![6]]
+        );
+        let many = unit(vec![TaskSpec::Sleep { ms: 0 }; 3000]);
+        let mut tasks = many.tasks.into_iter().enumerate().peekable();
+        assert_eq!(next_job(&mut tasks).len(), CHEAP_JOB_TASKS);
+    }
+
+    #[tokio::test]
+    async fn an_empty_unit_ends_complete_at_once() {
+        let events = run(PoolConfig::new(2, "w"), vec![unit(vec![])], Shutdown::new()).await;
+        assert_eq!(ends(&events), vec![true]);
     }
 }

@@ -98,7 +98,7 @@ impl Collector for WorkerCollector {
         counter(
             e,
             "cloudkon_worker_released",
-            "Bundles given back unfinished (shutdown).",
+            "Bundles given back unfinished (shutdown, scale-down), with their progress.",
             &s.released,
         )?;
         counter(
@@ -106,6 +106,18 @@ impl Collector for WorkerCollector {
             "cloudkon_worker_given_up",
             "Bundles reported failed after too many claims.",
             &s.given_up,
+        )?;
+        counter(
+            e,
+            "cloudkon_worker_tasks_skipped",
+            "Tasks of taken-over bundles not run again: their earlier holder had reported them.",
+            &s.tasks_skipped,
+        )?;
+        counter(
+            e,
+            "cloudkon_worker_results_dropped",
+            "Results dropped because their response queue was deleted (its batch is gone).",
+            &s.results_dropped,
         )?;
         counter(
             e,

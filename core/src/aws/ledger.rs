@@ -9,8 +9,9 @@
 //! | `state` | S | `running` or `done` |
 //! | `owner` | S | who claimed it last |
 //! | `lease_until` | N | epoch milliseconds (the workers' clocks must roughly agree) |
-//! | `attempt` | N | 1, then one more per take-over |
-//! | `results` | B | the encoded results, once done |
+//! | `attempt` | N | 1, then one more per take-over (a give-back takes one off) |
+//! | `done` | B | the bundle's progress: positions of the tasks run and reported ([`BundleProgress`]) |
+//! | `results` | B | the encoded results to send again, once done (absent: sent already) |
 //! | `expires_at` | N | epoch seconds: DynamoDB's TTL deletes the item after it |
 //!
 //! Table `<table>-workers`, one item per worker, written by its heartbeat:
@@ -31,7 +32,7 @@ use aws_sdk_dynamodb::types::{
 
 use super::error::{AwsError, ErrorKind};
 use super::stats::RequestStats;
-use crate::ledger::{Claim, DedupLedger, LedgerError};
+use crate::ledger::{BundleProgress, Claim, DedupLedger, LedgerError};
 use crate::task::Timestamp;
 
 const SERVICE: &str = "DynamoDB";
@@ -326,6 +327,7 @@ impl DynamoLedger {
         // Only the attribute names used by the expressions may be declared.
         for (placeholder, name) in [
             ("#attempt", "attempt"),
+            ("#done", "done"),
             ("#results", "results"),
             ("#expires", "expires_at"),
         ] {
@@ -418,6 +420,14 @@ impl DynamoLedger {
     }
 }
 
+/// A claim item's progress (none stored: nothing done).
+fn progress_of(item: &Item) -> BundleProgress {
+    match item.get("done") {
+        Some(AttributeValue::B(b)) => BundleProgress::from_bytes(b.as_ref()),
+        _ => BundleProgress::new(),
+    }
+}
+
 fn ledger_error(e: AwsError) -> LedgerError {
     if e.is_retryable() {
         LedgerError::Unavailable(e.to_string())
@@ -495,12 +505,13 @@ impl DedupLedger for DynamoLedger {
             .map_err(ledger_error)?;
         let old = match answer {
             Ok(out) => {
-                let attempt = out
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| get_n(a, "attempt"))
+                let attributes = out.attributes.unwrap_or_default();
+                let attempt = get_n(&attributes, "attempt")
                     .ok_or_else(|| unexpected(key, "no attempt after a granted claim"))?;
-                return Ok(Claim::Granted { attempt });
+                return Ok(Claim::Granted {
+                    attempt,
+                    done: progress_of(&attributes),
+                });
             }
             Err(old) => old,
         };
@@ -508,7 +519,8 @@ impl DedupLedger for DynamoLedger {
             Some("done") => {
                 let results = match old.get("results") {
                     Some(AttributeValue::B(b)) => b.clone().into_inner(),
-                    _ => return Err(unexpected(key, "done without results")),
+                    // Sent before completion: nothing to send again.
+                    _ => Vec::new(),
                 };
                 Ok(Claim::Done { results })
             }
@@ -518,7 +530,10 @@ impl DedupLedger for DynamoLedger {
                 let attempt =
                     get_n(&old, "attempt").ok_or_else(|| unexpected(key, "no attempt"))?;
                 tracing::debug!(key, owner, "claim already held by this owner");
-                Ok(Claim::Granted { attempt })
+                Ok(Claim::Granted {
+                    attempt,
+                    done: progress_of(&old),
+                })
             }
             Some("running") => {
                 let until: u64 = get_n(&old, "lease_until").unwrap_or(0);
@@ -530,19 +545,34 @@ impl DedupLedger for DynamoLedger {
         }
     }
 
-    async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, LedgerError> {
+    /// One conditional UpdateItem; the progress rides along (the holder's own
+    /// set only grows, so it replaces the stored one).
+    async fn renew(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        done: &BundleProgress,
+    ) -> Result<bool, LedgerError> {
         let until = now_ms() + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX / 2);
+        let mut values = vec![
+            (":owner", s(owner)),
+            (":running", s("running")),
+            (":until", n(until)),
+        ];
+        let update = if done.is_empty() {
+            "SET #lease = :until"
+        } else {
+            values.push((":done", AttributeValue::B(Blob::new(done.as_bytes()))));
+            "SET #lease = :until, #done = :done"
+        };
         let answer = self
             .conditional_update(
                 "UpdateItem(renew)",
                 key,
-                "SET #lease = :until",
+                update,
                 "#owner = :owner AND #state = :running",
-                vec![
-                    (":owner", s(owner)),
-                    (":running", s("running")),
-                    (":until", n(until)),
-                ],
+                values,
                 false,
             )
             .await
@@ -556,19 +586,27 @@ impl DedupLedger for DynamoLedger {
         owner: &str,
         results: Vec<u8>,
     ) -> Result<bool, LedgerError> {
+        let mut values = vec![
+            (":owner", s(owner)),
+            (":running", s("running")),
+            (":done", s("done")),
+            (":expires", n(epoch_secs_after(self.result_ttl))),
+        ];
+        // No progress kept once done; results only when there is something to
+        // send again (DynamoDB Local refuses empty binary values).
+        let update = if results.is_empty() {
+            "SET #state = :done, #expires = :expires REMOVE #lease, #done"
+        } else {
+            values.push((":results", AttributeValue::B(Blob::new(results))));
+            "SET #state = :done, #results = :results, #expires = :expires REMOVE #lease, #done"
+        };
         let answer = self
             .conditional_update(
                 "UpdateItem(complete)",
                 key,
-                "SET #state = :done, #results = :results, #expires = :expires REMOVE #lease",
+                update,
                 "#owner = :owner AND #state = :running",
-                vec![
-                    (":owner", s(owner)),
-                    (":running", s("running")),
-                    (":done", s("done")),
-                    (":results", AttributeValue::B(Blob::new(results))),
-                    (":expires", n(epoch_secs_after(self.result_ttl))),
-                ],
+                values,
                 false,
             )
             .await
@@ -580,20 +618,34 @@ impl DedupLedger for DynamoLedger {
         })
     }
 
-    async fn release(&self, key: &str, owner: &str) -> Result<(), LedgerError> {
-        // Lease ending at 0: the next claim takes it over (attempt + 1). Not
-        // ours (any more): nothing to give back.
+    async fn release(
+        &self,
+        key: &str,
+        owner: &str,
+        done: &BundleProgress,
+    ) -> Result<(), LedgerError> {
+        // Lease ending at 0 and one attempt off: the next claim takes it over
+        // at once as the same attempt (a give-back is not a failure). Not ours
+        // (any more): nothing to give back.
+        let mut values = vec![
+            (":owner", s(owner)),
+            (":running", s("running")),
+            (":zero", n(0)),
+            (":minus", n(-1)),
+        ];
+        let update = if done.is_empty() {
+            "SET #lease = :zero ADD #attempt :minus"
+        } else {
+            values.push((":done", AttributeValue::B(Blob::new(done.as_bytes()))));
+            "SET #lease = :zero, #done = :done ADD #attempt :minus"
+        };
         let _released_or_not_ours = self
             .conditional_update(
                 "UpdateItem(release)",
                 key,
-                "SET #lease = :zero",
+                update,
                 "#owner = :owner AND #state = :running",
-                vec![
-                    (":owner", s(owner)),
-                    (":running", s("running")),
-                    (":zero", n(0)),
-                ],
+                values,
                 false,
             )
             .await

@@ -735,7 +735,10 @@ fn visibility_secs(timeout: Duration) -> i32 {
 }
 
 fn queue_error(e: AwsError) -> QueueError {
-    QueueError::Backend(e.to_string())
+    match e.kind {
+        ErrorKind::NotFound => QueueError::NotFound(e.to_string()),
+        _ => QueueError::Backend(e.to_string()),
+    }
 }
 
 impl TaskQueue for SqsQueue {

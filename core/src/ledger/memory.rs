@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Claim, DedupLedger, LedgerError};
+use super::{BundleProgress, Claim, DedupLedger, LedgerError};
 
 #[derive(Debug)]
 enum Entry {
@@ -12,6 +12,7 @@ enum Entry {
         owner: String,
         until: Instant,
         attempt: u32,
+        done: BundleProgress,
     },
     Done {
         results: Vec<u8>,
@@ -49,8 +50,8 @@ impl DedupLedger for MemoryLedger {
     async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("ledger lock");
-        let attempt = match entries.get(key) {
-            None => 1,
+        let (attempt, done) = match entries.get(key) {
+            None => (1, BundleProgress::new()),
             Some(Entry::Done { results }) => {
                 return Ok(Claim::Done {
                     results: results.clone(),
@@ -61,7 +62,7 @@ impl DedupLedger for MemoryLedger {
                     remaining: *until - now,
                 });
             }
-            Some(Entry::Running { attempt, .. }) => attempt + 1,
+            Some(Entry::Running { attempt, done, .. }) => (attempt + 1, done.clone()),
         };
         entries.insert(
             key.to_string(),
@@ -69,18 +70,29 @@ impl DedupLedger for MemoryLedger {
                 owner: owner.to_string(),
                 until: now + lease,
                 attempt,
+                done: done.clone(),
             },
         );
-        Ok(Claim::Granted { attempt })
+        Ok(Claim::Granted { attempt, done })
     }
 
-    async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, LedgerError> {
+    async fn renew(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        progress: &BundleProgress,
+    ) -> Result<bool, LedgerError> {
         let mut entries = self.entries.lock().expect("ledger lock");
         match entries.get_mut(key) {
             Some(Entry::Running {
-                owner: o, until, ..
+                owner: o,
+                until,
+                done,
+                ..
             }) if o == owner => {
                 *until = Instant::now() + lease;
+                done.union(progress);
                 Ok(true)
             }
             _ => Ok(false),
@@ -103,15 +115,26 @@ impl DedupLedger for MemoryLedger {
         }
     }
 
-    async fn release(&self, key: &str, owner: &str) -> Result<(), LedgerError> {
+    async fn release(
+        &self,
+        key: &str,
+        owner: &str,
+        progress: &BundleProgress,
+    ) -> Result<(), LedgerError> {
         let mut entries = self.entries.lock().expect("ledger lock");
         if let Some(Entry::Running {
-            owner: o, until, ..
+            owner: o,
+            until,
+            attempt,
+            done,
         }) = entries.get_mut(key)
             && o == owner
         {
-            // Expired now: the next claim takes it over (attempt + 1).
+            // Expired now, one attempt back: the next claim takes it over at
+            // once as the same attempt (a give-back is not a failure).
             *until = Instant::now();
+            *attempt = attempt.saturating_sub(1);
+            done.union(progress);
         }
         Ok(())
     }
@@ -128,7 +151,10 @@ mod tests {
         let l = MemoryLedger::new();
         assert_eq!(
             l.claim("k", "a", LEASE).await.unwrap(),
-            Claim::Granted { attempt: 1 }
+            Claim::Granted {
+                attempt: 1,
+                done: BundleProgress::new()
+            }
         );
         assert!(matches!(
             l.claim("k", "b", LEASE).await.unwrap(),
@@ -142,10 +168,17 @@ mod tests {
         l.claim("k", "a", Duration::ZERO).await.unwrap();
         assert_eq!(
             l.claim("k", "b", LEASE).await.unwrap(),
-            Claim::Granted { attempt: 2 }
+            Claim::Granted {
+                attempt: 2,
+                done: BundleProgress::new()
+            }
         );
         // The old holder lost it: it can neither renew nor complete.
-        assert!(!l.renew("k", "a", LEASE).await.unwrap());
+        assert!(
+            !l.renew("k", "a", LEASE, &BundleProgress::new())
+                .await
+                .unwrap()
+        );
         assert!(!l.complete("k", "a", b"late".to_vec()).await.unwrap());
         assert!(l.complete("k", "b", b"r".to_vec()).await.unwrap());
     }
@@ -154,7 +187,11 @@ mod tests {
     async fn done_returns_the_stored_results() {
         let l = MemoryLedger::new();
         l.claim("k", "a", LEASE).await.unwrap();
-        assert!(l.renew("k", "a", LEASE).await.unwrap());
+        assert!(
+            l.renew("k", "a", LEASE, &BundleProgress::new())
+                .await
+                .unwrap()
+        );
         assert!(l.complete("k", "a", b"results".to_vec()).await.unwrap());
         assert_eq!(
             l.claim("k", "b", LEASE).await.unwrap(),
@@ -164,19 +201,65 @@ mod tests {
         );
     }
 
+    fn progress(positions: &[usize]) -> BundleProgress {
+        let mut p = BundleProgress::new();
+        for &i in positions {
+            p.insert(i);
+        }
+        p
+    }
+
     #[tokio::test]
-    async fn release_lets_the_next_claim_in_at_once() {
+    async fn release_lets_the_next_claim_in_at_once_as_the_same_attempt() {
         let l = MemoryLedger::new();
         l.claim("k", "a", LEASE).await.unwrap();
-        l.release("k", "b").await.unwrap(); // not the owner: no effect
+        l.release("k", "b", &progress(&[9])).await.unwrap(); // not the owner: no effect
         assert!(matches!(
             l.claim("k", "c", LEASE).await.unwrap(),
             Claim::Held { .. }
         ));
-        l.release("k", "a").await.unwrap();
+        l.release("k", "a", &progress(&[0, 2])).await.unwrap();
         assert_eq!(
             l.claim("k", "c", LEASE).await.unwrap(),
-            Claim::Granted { attempt: 2 }
+            Claim::Granted {
+                attempt: 1,
+                done: progress(&[0, 2])
+            }
+        );
+        // Give-backs (scale-downs, rolling updates) never use up attempts.
+        let mut holder = "c".to_string();
+        for n in 0..3 {
+            l.release("k", &holder, &BundleProgress::new())
+                .await
+                .unwrap();
+            holder = format!("w{n}");
+            assert!(matches!(
+                l.claim("k", &holder, LEASE).await.unwrap(),
+                Claim::Granted { attempt: 1, .. }
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_take_over_finds_the_progress_of_the_last_renewal() {
+        let l = MemoryLedger::new();
+        l.claim("k", "a", Duration::ZERO).await.unwrap();
+        assert!(
+            l.renew("k", "a", Duration::ZERO, &progress(&[1]))
+                .await
+                .unwrap()
+        );
+        assert!(
+            l.renew("k", "a", Duration::ZERO, &progress(&[3]))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            l.claim("k", "b", LEASE).await.unwrap(),
+            Claim::Granted {
+                attempt: 2,
+                done: progress(&[1, 3])
+            }
         );
     }
 }

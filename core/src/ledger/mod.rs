@@ -8,11 +8,13 @@
 //! reached the response queue.
 
 mod memory;
+mod progress;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use memory::MemoryLedger;
+pub use progress::BundleProgress;
 
 use crate::bundle::Bundle;
 
@@ -20,8 +22,10 @@ use crate::bundle::Bundle;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// The caller holds the bundle now. `attempt` is 1 the first time, and one
-    /// more on each take-over of an expired lease.
-    Granted { attempt: u32 },
+    /// more on each take-over of an expired lease (a give-back does not count:
+    /// nothing failed). `done`: the tasks earlier holders ran and reported, by
+    /// their last renewal or give-back; only the rest need to run.
+    Granted { attempt: u32, done: BundleProgress },
     /// The bundle ran already; these are its stored (encoded) results.
     Done { results: Vec<u8> },
     /// Another worker holds a live lease for about this long.
@@ -66,17 +70,20 @@ pub trait DedupLedger: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Claim, LedgerError>> + Send;
 
-    /// Extends `owner`'s lease on `key`; `Ok(false)`: the lease was lost (it
+    /// Extends `owner`'s lease on `key` and records the bundle's progress (the
+    /// tasks whose results are sent); `Ok(false)`: the lease was lost (it
     /// expired and another worker took the bundle over).
     fn renew(
         &self,
         key: &str,
         owner: &str,
         lease: Duration,
+        done: &BundleProgress,
     ) -> impl Future<Output = Result<bool, LedgerError>> + Send;
 
-    /// Marks `key` done with its encoded results; `Ok(false)`: the lease was lost
-    /// and the results must be dropped (the new holder reports its own).
+    /// Marks `key` done, with its encoded results when they are to be sent again
+    /// on a redelivery (empty: they were sent already); `Ok(false)`: the lease
+    /// was lost (the new holder reports).
     fn complete(
         &self,
         key: &str,
@@ -84,11 +91,14 @@ pub trait DedupLedger: Send + Sync + 'static {
         results: Vec<u8>,
     ) -> impl Future<Output = Result<bool, LedgerError>> + Send;
 
-    /// Gives an unfinished claim back at once (graceful shutdown), so that the
-    /// next delivery is granted without waiting for the lease to run out.
+    /// Gives an unfinished claim back at once (graceful shutdown, scale-down),
+    /// with its progress, so that the next delivery is granted without waiting
+    /// for the lease to run out, runs only the rest, and is not counted as a
+    /// new attempt.
     fn release(
         &self,
         key: &str,
         owner: &str,
+        done: &BundleProgress,
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 }

@@ -27,6 +27,9 @@ pub struct Delivery {
 pub enum QueueError {
     #[error("the queue is closed")]
     Closed,
+    /// The queue does not exist (deleted with its batch): retrying is pointless.
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Backend(String),
 }

@@ -1,140 +1,287 @@
-//! Finishing bundles: results stored in the ledger, sent to their response
-//! queue, then the message deleted — in that order, so that no crash loses them.
-//! Also the heartbeats that keep held bundles' leases and messages alive.
+//! Finishing bundles. Results leave as tasks finish, batched for a linger:
+//! sent to their response queue, then counted in the bundle's progress (which
+//! the heartbeats write to the ledger). When a bundle's last result is sent,
+//! its claim is completed and only then its message deleted — so a message is
+//! never deleted with results unsent, and a worker that dies re-runs only what
+//! it had not reported by its last heartbeat. Also the heartbeats themselves.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use cloudkon_core::TaskResult;
 use cloudkon_core::ledger::DedupLedger;
-use cloudkon_core::queue::{ResultRouter, TaskQueue};
-use cloudkon_core::wire::{ResultsMessage, SQS_MAX_MESSAGE_BYTES, encode_results};
+use cloudkon_core::queue::{QueueError, ResultRouter, TaskQueue};
+use cloudkon_core::wire::{ResultsMessage, SQS_MAX_MESSAGE_BYTES, encode_results_split};
 use tokio_util::sync::CancellationToken;
 
-use super::retry::until_ok;
+use super::retry::{Backoff, until_ok};
 use super::{Ctx, WorkerStats};
-use crate::pool::{ResultBatch, Ticket};
+use crate::pool::{PoolEvent, Ticket, UnitRun};
 
-/// Most result messages sent (and messages deleted) per request.
-const MAX_BATCH: usize = 10;
+/// Results gathered before a send at most; with the linger, they bound how
+/// long a finished task's result waits.
+const MAX_RESULTS_PER_FLUSH: usize = 2_000;
+
+/// A held bundle's results not yet sent, and how it ended.
+struct Pending {
+    unit: Arc<UnitRun>,
+    unsent: Vec<(usize, TaskResult)>,
+    ideal: Duration,
+    /// `Some(complete)` once every task ended.
+    end: Option<bool>,
+    /// Results received for it so far.
+    seen: usize,
+}
 
 pub async fn run<Q, L, R>(
-    ctx: std::sync::Arc<Ctx<Q, L, R>>,
-    results: async_channel::Receiver<ResultBatch>,
+    ctx: Arc<Ctx<Q, L, R>>,
+    events: async_channel::Receiver<PoolEvent>,
     abort: CancellationToken,
 ) where
     Q: TaskQueue,
     L: DedupLedger,
     R: ResultRouter,
 {
-    while let Ok(first) = results.recv().await {
-        let mut batches = vec![first];
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    while let Ok(first) = events.recv().await {
+        let mut gathered = absorb(&ctx, &mut pending, first);
         let deadline = tokio::time::Instant::now() + ctx.config.linger;
-        while batches.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, results.recv()).await {
-                Ok(Ok(batch)) => batches.push(batch),
+        while gathered < MAX_RESULTS_PER_FLUSH {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(event)) => gathered += absorb(&ctx, &mut pending, event),
                 _ => break,
             }
         }
-        finish(&ctx, batches, &abort).await;
+        flush(&ctx, &mut pending, &abort).await;
+    }
+    // The pool has stopped: what is left could not be sent (abort). Never
+    // delete those messages; give the bundles back with what was reported.
+    for (_, p) in pending.drain() {
+        if let Some(ticket) = &p.unit.ticket {
+            give_back(&ctx, ticket).await;
+        }
     }
 }
 
-async fn finish<Q, L, R>(ctx: &Ctx<Q, L, R>, batches: Vec<ResultBatch>, abort: &CancellationToken)
-where
+/// Takes an event into `pending`; returns how many results it brought.
+fn absorb<Q, L, R>(
+    ctx: &Ctx<Q, L, R>,
+    pending: &mut HashMap<String, Pending>,
+    event: PoolEvent,
+) -> usize {
+    let (unit, results, ideal, end) = match event {
+        PoolEvent::Results {
+            unit,
+            results,
+            ideal,
+        } => (unit, results, ideal, None),
+        PoolEvent::UnitEnd { unit, complete } => (unit, Vec::new(), Duration::ZERO, Some(complete)),
+    };
+    let Some(key) = unit.ticket.as_ref().and_then(|t| t.claim_key.clone()) else {
+        return 0;
+    };
+    let n = results.len();
+    let entry = pending.entry(key).or_insert_with(|| Pending {
+        unit,
+        unsent: Vec::new(),
+        ideal: Duration::ZERO,
+        end: None,
+        seen: 0,
+    });
+    entry.unsent.extend(results);
+    entry.ideal += ideal;
+    entry.seen += n;
+    ctx.inflight.finish_tasks(n);
+    if let Some(complete) = end {
+        entry.end = Some(complete);
+        // Abandoned or never started: no longer held either.
+        ctx.inflight
+            .finish_tasks(entry.unit.total.saturating_sub(entry.seen));
+    }
+    ctx.tasks_done.notify_one();
+    n
+}
+
+async fn flush<Q, L, R>(
+    ctx: &Ctx<Q, L, R>,
+    pending: &mut HashMap<String, Pending>,
+    abort: &CancellationToken,
+) where
     Q: TaskQueue,
     L: DedupLedger,
     R: ResultRouter,
 {
-    let errors = &ctx.stats.backend_errors;
-    let mut sends: HashMap<String, Vec<String>> = HashMap::new();
-    let mut receipts = Vec::new();
-    let mut done = Vec::new();
-    for batch in batches {
-        let Some(ticket) = batch.ticket else { continue };
-        let (Some(key), Some(reply_to)) = (ticket.claim_key.clone(), ticket.reply_to.clone())
-        else {
+    // One send per response queue, each bundle's results in as few messages
+    // as fit.
+    let mut sends: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+    for (key, p) in pending.iter_mut() {
+        if p.unsent.is_empty() {
+            continue;
+        }
+        let Some(reply_to) = p.unit.ticket.as_ref().and_then(|t| t.reply_to.clone()) else {
             continue;
         };
-        let owner = ticket.claim_owner.clone();
-        if !batch.complete {
+        let message = ResultsMessage {
+            key: key.clone(),
+            ideal: std::mem::take(&mut p.ideal),
+            results: p.unsent.iter().map(|(_, r)| r.clone()).collect(),
+        };
+        match encode_results_split(&message, SQS_MAX_MESSAGE_BYTES) {
+            Ok(bodies) => {
+                let (all, keys) = sends.entry(reply_to).or_default();
+                all.extend(bodies);
+                keys.push(key.clone());
+            }
+            Err(e) => {
+                // Cannot happen (a result alone is cut to fit); if it does, the
+                // results stay unsent and the bundle is given back, not lost.
+                tracing::error!(key, error = %e, "cannot encode results");
+                p.end = Some(false);
+            }
+        }
+    }
+    for (reply_to, (bodies, keys)) in sends {
+        match send(ctx, &reply_to, bodies, abort).await {
+            Sent::Yes | Sent::QueueGone => {
+                for key in keys {
+                    let Some(p) = pending.get_mut(&key) else {
+                        continue;
+                    };
+                    let ticket = p.unit.ticket.as_ref().expect("pending units have tickets");
+                    let failed = p
+                        .unsent
+                        .iter()
+                        .filter(|(_, r)| !r.outcome.is_success())
+                        .count();
+                    WorkerStats::add(&ctx.stats.tasks_succeeded, (p.unsent.len() - failed) as u64);
+                    WorkerStats::add(&ctx.stats.tasks_failed, failed as u64);
+                    ctx.inflight
+                        .sent(&key, p.unsent.drain(..).map(|(i, _)| ticket.position(i)));
+                }
+            }
+            Sent::No => {} // Aborted: stays unsent; given back at the end.
+        }
+    }
+    // Bundles whose every task ended and whose results are all out.
+    let ended: Vec<String> = pending
+        .iter()
+        .filter(|(_, p)| p.end.is_some() && p.unsent.is_empty())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut receipts = Vec::new();
+    let mut finished = Vec::new();
+    for key in ended {
+        let p = pending.remove(&key).expect("listed above");
+        let ticket = p.unit.ticket.as_ref().expect("pending units have tickets");
+        if p.end != Some(true) {
             give_back(ctx, ticket).await;
             continue;
         }
-        let failed = batch
-            .results
-            .iter()
-            .filter(|r| !r.outcome.is_success())
-            .count() as u64;
-        let total = batch.results.len() as u64;
-        let message = ResultsMessage {
-            key: key.clone(),
-            ideal: batch.ideal,
-            results: batch.results,
-        };
-        let body = match encode_results(&message, SQS_MAX_MESSAGE_BYTES) {
-            Ok(body) => body,
-            Err(e) => {
-                // Cannot happen for well-formed results (tails are shortened to
-                // fit); if it does, the bundle is given back rather than lost.
-                tracing::error!(key, error = %e, "cannot encode results");
-                give_back(ctx, ticket).await;
-                continue;
-            }
-        };
-        if let (Some(ledger), Some(owner)) = (&ctx.ledger, &owner) {
-            let recorded = until_ok("recording a completion", abort, errors, || {
-                ledger.complete(&key, owner, body.clone().into_bytes())
-            })
+        if let (Some(ledger), Some(owner)) = (&ctx.ledger, &ticket.claim_owner) {
+            let recorded = until_ok(
+                "recording a completion",
+                abort,
+                &ctx.stats.backend_errors,
+                || ledger.complete(&key, owner, Vec::new()),
+            )
             .await;
-            if recorded != Some(true) {
-                // Lost the lease (a slow heartbeat): the new holder reports. Or
-                // aborted: the message comes back and the bundle runs again.
-                tracing::warn!(key, "completion not recorded; dropping these results");
-                ctx.inflight.remove(&key);
-                ctx.room.add_permits(1);
-                continue;
+            match recorded {
+                Some(true) => {}
+                Some(false) => {
+                    // Lost the lease (a slow heartbeat): the new holder
+                    // finishes it; our results were sent and count once.
+                    tracing::warn!(
+                        key,
+                        "completion not recorded: another worker holds the bundle"
+                    );
+                    ctx.inflight.remove(&key);
+                    ctx.room.add_permits(1);
+                    continue;
+                }
+                None => {
+                    give_back(ctx, ticket).await;
+                    continue;
+                }
             }
         }
         ctx.inflight.completed(&key);
-        WorkerStats::add(&ctx.stats.tasks_succeeded, total - failed);
-        WorkerStats::add(&ctx.stats.tasks_failed, failed);
-        sends.entry(reply_to).or_default().push(body);
-        receipts.extend(ticket.receipt);
-        done.push(key);
-    }
-    for (reply_to, bodies) in sends {
-        // Stored in the ledger already: if this never succeeds, the next delivery
-        // of the message re-sends them.
-        until_ok("sending results", abort, errors, || {
-            ctx.router.send_results(&reply_to, bodies.clone())
-        })
-        .await;
+        receipts.extend(ticket.receipt.clone());
+        finished.push(key);
     }
     if !receipts.is_empty() {
-        until_ok("deleting finished messages", abort, errors, || {
-            ctx.queue.ack(receipts.clone())
-        })
+        // Completed in the ledger already: if this never succeeds, the next
+        // delivery finds the bundle done and deletes it then.
+        until_ok(
+            "deleting finished messages",
+            abort,
+            &ctx.stats.backend_errors,
+            || ctx.queue.ack(receipts.clone()),
+        )
         .await;
     }
-    for key in &done {
+    for key in &finished {
         ctx.inflight.remove(key);
     }
-    ctx.room.add_permits(done.len());
+    ctx.room.add_permits(finished.len());
 }
 
-/// Gives an unfinished bundle back: the claim released and the message visible
-/// again, so that another worker takes it at once.
-pub async fn give_back<Q, L, R>(ctx: &Ctx<Q, L, R>, ticket: Ticket)
+enum Sent {
+    Yes,
+    /// The response queue no longer exists (its batch was deleted): nobody
+    /// will read these results, so they are dropped rather than retried for
+    /// ever while every other batch's bundles wait behind them.
+    QueueGone,
+    /// Aborted before the send succeeded.
+    No,
+}
+
+async fn send<Q, L, R>(
+    ctx: &Ctx<Q, L, R>,
+    reply_to: &str,
+    bodies: Vec<String>,
+    abort: &CancellationToken,
+) -> Sent
 where
     Q: TaskQueue,
     L: DedupLedger,
     R: ResultRouter,
 {
-    let Some(key) = ticket.claim_key else {
+    let mut backoff = Backoff::new();
+    loop {
+        match ctx.router.send_results(reply_to, bodies.clone()).await {
+            Ok(()) => return Sent::Yes,
+            Err(QueueError::NotFound(e)) => {
+                WorkerStats::add(&ctx.stats.results_dropped, bodies.len() as u64);
+                tracing::warn!(reply_to, error = %e, "response queue gone (batch deleted?): results dropped");
+                return Sent::QueueGone;
+            }
+            Err(e) => {
+                WorkerStats::add(&ctx.stats.backend_errors, 1);
+                tracing::warn!(reply_to, error = %e, "sending results failed; retrying");
+                if !backoff.wait(abort).await {
+                    return Sent::No;
+                }
+            }
+        }
+    }
+}
+
+/// Gives an unfinished bundle back with its progress: the claim released and
+/// the message visible again, so that another worker takes it at once and runs
+/// only what was not reported here.
+pub async fn give_back<Q, L, R>(ctx: &Ctx<Q, L, R>, ticket: &Ticket)
+where
+    Q: TaskQueue,
+    L: DedupLedger,
+    R: ResultRouter,
+{
+    let Some(key) = &ticket.claim_key else {
         return;
     };
+    let progress = ctx.inflight.progress(key);
     if let (Some(ledger), Some(owner)) = (&ctx.ledger, &ticket.claim_owner)
-        && let Err(e) = ledger.release(&key, owner).await
+        && let Err(e) = ledger.release(key, owner, &progress).await
     {
         tracing::warn!(key, error = %e, "could not release the claim; it expires with its lease");
     }
@@ -144,13 +291,13 @@ where
         tracing::warn!(key, error = %e, "could not release the message; it returns after its visibility timeout");
     }
     WorkerStats::add(&ctx.stats.released, 1);
-    ctx.inflight.remove(&key);
+    ctx.inflight.remove(key);
     ctx.room.add_permits(1);
 }
 
-/// Heartbeats: every third of a lease, extends the lease and the message
-/// visibility of each bundle held.
-pub async fn renew_leases<Q, L, R>(ctx: std::sync::Arc<Ctx<Q, L, R>>, done: CancellationToken)
+/// Heartbeats: every third of a lease, extends the lease (recording each
+/// bundle's progress) and the message visibility of each bundle held.
+pub async fn renew_leases<Q, L, R>(ctx: Arc<Ctx<Q, L, R>>, done: CancellationToken)
 where
     Q: TaskQueue,
     L: DedupLedger,
@@ -162,12 +309,16 @@ where
             _ = done.cancelled() => return,
             _ = tokio::time::sleep(every) => {},
         }
-        for (key, receipt, owner) in ctx.inflight.snapshot() {
-            if let (Some(ledger), Some(owner)) = (&ctx.ledger, &owner) {
-                match ledger.renew(&key, owner, ctx.config.lease).await {
+        for held in ctx.inflight.snapshot() {
+            let key = &held.key;
+            if let (Some(ledger), Some(owner)) = (&ctx.ledger, &held.owner) {
+                match ledger
+                    .renew(key, owner, ctx.config.lease, &held.progress)
+                    .await
+                {
                     Ok(true) => {}
                     // Completed meanwhile (the snapshot is older than the completion).
-                    Ok(false) if !ctx.inflight.needs_heartbeat(&key) => {}
+                    Ok(false) if !ctx.inflight.needs_heartbeat(key) => {}
                     Ok(false) => {
                         tracing::warn!(key, "lease lost: another worker took this bundle over")
                     }
@@ -177,9 +328,9 @@ where
                     }
                 }
             }
-            if let Some(receipt) = &receipt
+            if let Some(receipt) = &held.receipt
                 && let Err(e) = ctx.queue.extend(receipt, ctx.config.visibility).await
-                && ctx.inflight.needs_heartbeat(&key)
+                && ctx.inflight.needs_heartbeat(key)
             {
                 tracing::warn!(key, error = %e, "visibility extension failed");
             }

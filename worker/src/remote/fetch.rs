@@ -1,25 +1,50 @@
 //! Receiving bundles and claiming them.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudkon_core::ledger::{Claim, DedupLedger, claim_key};
+use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger, claim_key};
 use cloudkon_core::queue::{Delivery, ResultRouter, TaskQueue};
 use cloudkon_core::{Outcome, TaskResult, Timestamp};
 
 use super::retry::Backoff;
 use super::{Ctx, StopReason, WorkerStats};
-use crate::pool::{ResultBatch, Shutdown, Ticket, WorkUnit};
+use crate::pool::{PoolEvent, Shutdown, Ticket, UnitRun, WorkUnit};
 
 /// SQS returns at most 10 messages per receive.
 const MAX_RECEIVE: usize = 10;
 /// When a claim fails (the ledger is unreachable), the message is hidden this
-/// long before it is delivered again.
+/// long before it is delivered again, times 3 for each earlier delivery: a
+/// ledger outage of minutes must not use up the queue's `maxReceives` and send
+/// bundles to the dead-letter queue.
 const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(2);
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How long a message whose claim failed stays hidden, by its receive count.
+pub fn claim_retry_delay(receive_count: u32) -> Duration {
+    let factor = 3u32.saturating_pow(receive_count.saturating_sub(1).min(10));
+    CLAIM_RETRY_DELAY
+        .saturating_mul(factor)
+        .min(CLAIM_RETRY_MAX)
+}
+
+/// How many bundles to ask for: enough that the slots have about two tasks
+/// each in hand, judged by the size of bundles so far, and at least one.
+pub fn bundles_wanted(
+    slots: usize,
+    tasks_held: usize,
+    avg_bundle_tasks: f64,
+    room: usize,
+) -> usize {
+    let wanted_tasks = (2 * slots).saturating_sub(tasks_held) as f64;
+    let bundles = (wanted_tasks / avg_bundle_tasks.max(1.0)).ceil() as usize;
+    bundles.clamp(1, room.clamp(1, MAX_RECEIVE))
+}
 
 pub async fn run<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     units: &async_channel::Sender<WorkUnit>,
-    results: &async_channel::Sender<ResultBatch>,
+    results: &async_channel::Sender<PoolEvent>,
     shutdown: &Shutdown,
 ) -> StopReason
 where
@@ -29,16 +54,32 @@ where
 {
     let mut idle_since = Instant::now();
     let mut backoff = Backoff::new();
+    let slots = ctx.config.pool.slots.max(1);
+    // Tasks per bundle received, smoothed: bundles vary from one task to
+    // thousands, and how many to ask for depends on it.
+    let mut avg_bundle_tasks = 1.0_f64;
     loop {
-        // Hold no more bundles than the slots can start soon: a message held here
+        // Hold no more tasks than the slots can start soon: a message held here
         // is invisible to idle workers elsewhere.
+        while ctx.inflight.tasks() >= 2 * slots {
+            tokio::select! {
+                _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
+                _ = ctx.tasks_done.notified() => {},
+            }
+        }
         let first = tokio::select! {
             _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
             permit = ctx.room.acquire() => permit.expect("room semaphore open"),
         };
         first.forget();
         let mut room = 1;
-        while room < MAX_RECEIVE {
+        let want = bundles_wanted(
+            slots,
+            ctx.inflight.tasks(),
+            avg_bundle_tasks,
+            1 + ctx.room.available_permits(),
+        );
+        while room < want {
             match ctx.room.try_acquire() {
                 Ok(permit) => {
                     permit.forget();
@@ -74,6 +115,10 @@ where
             }
         };
         ctx.room.add_permits(room - deliveries.len().min(room));
+        for delivery in &deliveries {
+            let n = delivery.bundle.tasks.len() as f64;
+            avg_bundle_tasks = 0.7 * avg_bundle_tasks + 0.3 * n;
+        }
         if ctx.inflight.len() > 0 || !deliveries.is_empty() {
             idle_since = Instant::now();
         } else if ctx
@@ -98,8 +143,8 @@ where
                         return StopReason::Shutdown;
                     }
                 }
-                Admitted::GiveUp(batch) => {
-                    if results.send(batch).await.is_err() {
+                Admitted::GiveUp(unit, failed) => {
+                    if PoolEvent::report(unit, failed, results).await.is_err() {
                         return StopReason::Shutdown;
                     }
                 }
@@ -112,7 +157,7 @@ where
 enum Admitted {
     Run(WorkUnit),
     /// Claimed too often: report the tasks failed without running them.
-    GiveUp(ResultBatch),
+    GiveUp(Arc<UnitRun>, Vec<TaskResult>),
     Skip,
 }
 
@@ -125,7 +170,7 @@ where
     let Delivery {
         mut bundle,
         receipt,
-        ..
+        receive_count,
     } = delivery;
     let key = claim_key(&bundle);
     let Some(reply_to) = bundle.reply_to.clone() else {
@@ -148,6 +193,7 @@ where
         return Admitted::Skip;
     }
     let mut attempt = 1;
+    let mut done = BundleProgress::new();
     let owner = ctx.claim_owner();
     // A batch that asked for at-least-once (`dedup: false`) skips the ledger.
     let ledger = ctx
@@ -160,9 +206,10 @@ where
                 // Not claimed, so not run: let the message come back soon rather
                 // than after a whole visibility timeout.
                 WorkerStats::add(&ctx.stats.backend_errors, 1);
-                tracing::warn!(key, error = %e, "claim failed; the bundle comes back shortly");
+                let delay = claim_retry_delay(receive_count);
+                tracing::warn!(key, error = %e, retry_in = ?delay, "claim failed; the bundle comes back later");
                 if let Some(receipt) = &receipt {
-                    let _ = ctx.queue.extend(receipt, CLAIM_RETRY_DELAY).await;
+                    let _ = ctx.queue.extend(receipt, delay).await;
                 }
                 return Admitted::Skip;
             }
@@ -176,16 +223,28 @@ where
             }
             Ok(Claim::Done { results }) => {
                 WorkerStats::add(&ctx.stats.duplicates, 1);
-                let body = String::from_utf8_lossy(&results).into_owned();
-                if ctx.router.send_results(&reply_to, vec![body]).await.is_ok() {
-                    WorkerStats::add(&ctx.stats.resent, 1);
-                    if let Some(receipt) = receipt {
-                        let _ = ctx.queue.ack(vec![receipt]).await;
-                    }
+                // Results are sent before completion; older workers stored
+                // them in the ledger instead, to be sent again here.
+                let resent = if results.is_empty() {
+                    true
+                } else {
+                    let body = String::from_utf8_lossy(&results).into_owned();
+                    let sent = ctx.router.send_results(&reply_to, vec![body]).await;
+                    WorkerStats::add(&ctx.stats.resent, u64::from(sent.is_ok()));
+                    sent.is_ok()
+                };
+                if resent && let Some(receipt) = receipt {
+                    let _ = ctx.queue.ack(vec![receipt]).await;
                 }
                 return Admitted::Skip;
             }
-            Ok(Claim::Granted { attempt: a }) => attempt = a,
+            Ok(Claim::Granted {
+                attempt: a,
+                done: d,
+            }) => {
+                attempt = a;
+                done = d;
+            }
         }
     }
     WorkerStats::add(&ctx.stats.bundles, 1);
@@ -200,31 +259,50 @@ where
     for task in &mut bundle.tasks {
         task.attempt = task.attempt.max(attempt);
     }
+    // Only what earlier holders did not finish and report.
+    let bundle_len = bundle.tasks.len();
+    let mut positions = Vec::new();
+    if !done.is_empty() {
+        let all = std::mem::take(&mut bundle.tasks);
+        for (position, task) in all.into_iter().enumerate() {
+            if !done.contains(position) {
+                positions.push(position as u32);
+                bundle.tasks.push(task);
+            }
+        }
+        let skipped = bundle_len - bundle.tasks.len();
+        WorkerStats::add(&ctx.stats.tasks_skipped, skipped as u64);
+        tracing::info!(
+            key,
+            skipped,
+            left = bundle.tasks.len(),
+            "resuming a bundle from its last recorded progress"
+        );
+    }
     let claim_owner = ledger.map(|_| owner);
     ctx.inflight
-        .insert(key.clone(), receipt.clone(), claim_owner.clone());
+        .insert(key.clone(), receipt.clone(), claim_owner.clone(), done);
+    ctx.inflight.add_tasks(bundle.tasks.len());
     let ticket = Ticket {
         receipt,
         claim_key: Some(key),
         claim_owner,
         reply_to: Some(reply_to),
+        positions,
+        bundle_len,
     };
-    if attempt > ctx.config.max_claims {
-        WorkerStats::add(&ctx.stats.given_up, 1);
-        return Admitted::GiveUp(give_up(
-            bundle.tasks,
-            bundle.submitted,
-            attempt,
-            &ctx.owner,
-            ticket,
-        ));
-    }
-    Admitted::Run(WorkUnit {
+    let unit = WorkUnit {
         submitted: bundle.submitted,
         options: bundle.options,
         tasks: bundle.tasks,
         ticket: Some(ticket),
-    })
+    };
+    if attempt > ctx.config.max_claims {
+        WorkerStats::add(&ctx.stats.given_up, 1);
+        let failed = give_up(&unit.tasks, unit.submitted, attempt, &ctx.owner);
+        return Admitted::GiveUp(UnitRun::new(&unit), failed);
+    }
+    Admitted::Run(unit)
 }
 
 /// Whether a batch was cancelled, from the cache or the ledger. A ledger
@@ -255,22 +333,21 @@ where
 }
 
 fn give_up(
-    tasks: Vec<cloudkon_core::Task>,
+    tasks: &[cloudkon_core::Task],
     submitted: Timestamp,
     attempt: u32,
     owner: &str,
-    ticket: Ticket,
-) -> ResultBatch {
+) -> Vec<TaskResult> {
     let now = Timestamp::now();
     let worker: std::sync::Arc<str> = owner.into();
     let reason = format!(
         "gave up: claimed {attempt} times, and the previous {} workers stopped before finishing it",
         attempt - 1
     );
-    let results = tasks
-        .into_iter()
+    tasks
+        .iter()
         .map(|task| TaskResult {
-            batch: task.batch,
+            batch: task.batch.clone(),
             id: task.id,
             attempt,
             outcome: Outcome::Failed {
@@ -287,11 +364,44 @@ fn give_up(
             started: now,
             finished: now,
         })
-        .collect();
-    ResultBatch {
-        results,
-        ideal: Duration::ZERO,
-        ticket: Some(ticket),
-        complete: true,
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_claims_back_off_past_a_minute_long_outage() {
+        let delays: Vec<u64> = (1..=6).map(|n| claim_retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![2, 6, 18, 54, 162, 300]);
+        // Four failed claims (the fifth receive is the last before the DLQ at
+        // maxReceives 5) span 80 s of outage.
+        assert_eq!(delays[..4].iter().sum::<u64>(), 80);
+        assert_eq!(claim_retry_delay(0).as_secs(), 2);
+        assert_eq!(claim_retry_delay(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn bundles_wanted_keeps_about_two_tasks_per_slot_in_hand() {
+        // (slots, tasks held, average bundle, room) -> bundles.
+        let cases = [
+            ((4, 0, 1.0, 12), 8),
+            ((4, 0, 1.0, 5), 5),
+            ((4, 0, 1.0, 40), 8),
+            ((8, 0, 1.0, 40), 10),
+            ((4, 6, 1.0, 12), 2),
+            ((4, 0, 100.0, 12), 1),
+            ((4, 8, 1.0, 12), 1),
+            ((4, 0, 3.0, 12), 3),
+            ((4, 0, 0.0, 12), 8),
+        ];
+        for ((slots, held, avg, room), want) in cases {
+            assert_eq!(
+                bundles_wanted(slots, held, avg, room),
+                want,
+                "{slots} slots, {held} held, {avg} per bundle, room {room}"
+            );
+        }
     }
 }

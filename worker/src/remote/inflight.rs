@@ -1,23 +1,44 @@
-//! The bundles a worker holds, for heartbeats, the idle check and the busy gauge.
+//! The bundles a worker holds, for heartbeats, the idle check, the busy gauge
+//! and how much to fetch next.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use cloudkon_core::ledger::BundleProgress;
 use cloudkon_core::queue::Receipt;
 
 use super::WorkerStats;
 
-/// A held bundle: its receipt, claim owner token (`None`: not claimed), and
-/// whether it completed.
-type Held = (Option<Receipt>, Option<String>, bool);
+/// A held bundle.
+#[derive(Debug)]
+struct Held {
+    receipt: Option<Receipt>,
+    /// The claim's owner token; `None`: not claimed.
+    owner: Option<String>,
+    /// Its completion is recorded: no more heartbeats (the ledger row is done,
+    /// and a renewal would fail as if the lease were lost).
+    completed: bool,
+    /// Positions whose results are sent (or were, by an earlier holder):
+    /// written to the ledger at each renewal.
+    progress: BundleProgress,
+}
+
+/// What a heartbeat renews.
+pub struct Renewal {
+    pub key: String,
+    pub receipt: Option<Receipt>,
+    pub owner: Option<String>,
+    pub progress: BundleProgress,
+}
 
 #[derive(Debug)]
 pub struct InFlight {
-    /// Claim key → the delivery's receipt, the claim's owner token, and
-    /// whether its completion is recorded (no more heartbeats: the ledger row
-    /// is done, and a renewal would fail as if the lease were lost).
     held: Mutex<HashMap<String, Held>>,
+    /// Tasks held and not finished: the fetcher receives more only when the
+    /// slots are about to run out of them.
+    tasks: AtomicUsize,
     stats: Arc<WorkerStats>,
 }
 
@@ -25,13 +46,28 @@ impl InFlight {
     pub fn new(stats: Arc<WorkerStats>) -> Self {
         Self {
             held: Mutex::default(),
+            tasks: AtomicUsize::new(0),
             stats,
         }
     }
 
-    pub fn insert(&self, key: String, receipt: Option<Receipt>, owner: Option<String>) {
+    pub fn insert(
+        &self,
+        key: String,
+        receipt: Option<Receipt>,
+        owner: Option<String>,
+        progress: BundleProgress,
+    ) {
         let mut held = self.held.lock().expect("inflight lock");
-        held.insert(key, (receipt, owner, false));
+        held.insert(
+            key,
+            Held {
+                receipt,
+                owner,
+                completed: false,
+                progress,
+            },
+        );
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
@@ -44,8 +80,27 @@ impl InFlight {
     /// The bundle's completion is recorded: heartbeats stop for it.
     pub fn completed(&self, key: &str) {
         if let Some(entry) = self.held.lock().expect("inflight lock").get_mut(key) {
-            entry.2 = true;
+            entry.completed = true;
         }
+    }
+
+    /// Records positions whose results are sent.
+    pub fn sent(&self, key: &str, positions: impl IntoIterator<Item = usize>) {
+        if let Some(entry) = self.held.lock().expect("inflight lock").get_mut(key) {
+            for p in positions {
+                entry.progress.insert(p);
+            }
+        }
+    }
+
+    /// The bundle's progress so far.
+    pub fn progress(&self, key: &str) -> BundleProgress {
+        self.held
+            .lock()
+            .expect("inflight lock")
+            .get(key)
+            .map(|e| e.progress.clone())
+            .unwrap_or_default()
     }
 
     /// Held and not completed: its lease must be kept.
@@ -54,7 +109,7 @@ impl InFlight {
             .lock()
             .expect("inflight lock")
             .get(key)
-            .is_some_and(|e| !e.2)
+            .is_some_and(|e| !e.completed)
     }
 
     pub fn len(&self) -> usize {
@@ -62,11 +117,34 @@ impl InFlight {
     }
 
     /// The bundles whose leases need renewing.
-    pub fn snapshot(&self) -> Vec<(String, Option<Receipt>, Option<String>)> {
+    pub fn snapshot(&self) -> Vec<Renewal> {
         let held = self.held.lock().expect("inflight lock");
         held.iter()
-            .filter(|(_, (_, _, completed))| !completed)
-            .map(|(k, (r, o, _))| (k.clone(), r.clone(), o.clone()))
+            .filter(|(_, e)| !e.completed)
+            .map(|(key, e)| Renewal {
+                key: key.clone(),
+                receipt: e.receipt.clone(),
+                owner: e.owner.clone(),
+                progress: e.progress.clone(),
+            })
             .collect()
+    }
+
+    /// Tasks held and not yet finished.
+    pub fn tasks(&self) -> usize {
+        self.tasks.load(Ordering::Relaxed)
+    }
+
+    pub fn add_tasks(&self, n: usize) {
+        self.tasks.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn finish_tasks(&self, n: usize) {
+        // Saturating: a give-back counts what never started.
+        let _ = self
+            .tasks
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(n))
+            });
     }
 }

@@ -2,15 +2,23 @@
 //! claims in a ledger (DynamoDB), results to each batch's response queue.
 //!
 //! ```text
-//! fetch ──claim──▶ units ──▶ pool slots ──▶ result batches ──▶ complete: store in ledger,
-//!   ▲  (ledger)                                                 send to reply_to, delete message
-//!   └── room: at most slots + prefetch bundles held at once
-//! renew: every lease/3, extend the lease and the message's visibility of each bundle held
+//! fetch ──claim──▶ units ──▶ pool: a unit's tasks ──▶ results as tasks finish ──▶ complete:
+//!   ▲  (ledger)               on any free slot        (batched per linger)      send to reply_to,
+//!   │                                                                           mark progress; at a
+//!   │                                                                           bundle's end: ledger
+//!   │                                                                           done, delete message
+//!   └── about two tasks per slot in hand, and at most slots + prefetch bundles
+//! renew: every lease/3, extend the lease (writing each bundle's progress) and
+//! the message's visibility of each bundle held
 //! ```
-//! A bundle's results are stored in the ledger before they are sent and before
-//! the message is deleted, so a crash at any point either re-runs a bundle whose
-//! lease expired (its worker died mid-run) or re-sends stored results: a task
-//! never runs twice on live workers, and no result is lost.
+//! A task's results are sent before they count in its bundle's progress, and a
+//! message is deleted only after every result of its bundle was sent and the
+//! claim completed. A worker that dies leaves the bundle to whoever claims it
+//! after the lease: that worker runs only the tasks not in the progress of the
+//! last renewal, so at most the tasks finished within one renewal period (a
+//! third of the lease) plus those running run twice (their second results
+//! count once: the collectors keep each task id once). On live workers a task
+//! never runs twice, and no result is lost.
 
 mod complete;
 mod fetch;
@@ -96,6 +104,8 @@ struct Ctx<Q, L, R> {
     inflight: InFlight,
     /// Permits for bundles this worker may hold.
     room: Arc<Semaphore>,
+    /// Tasks finished or ended: the fetcher waits on it when it holds enough.
+    tasks_done: tokio::sync::Notify,
     /// Batch → (cancelled, when looked up): the ledger is asked at most every
     /// [`CANCEL_CHECK_EVERY`] per batch.
     cancelled: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
@@ -139,6 +149,7 @@ where
         room: Arc::new(Semaphore::new(slots + config.prefetch)),
         config,
         inflight: InFlight::new(stats.clone()),
+        tasks_done: tokio::sync::Notify::new(),
         stats,
         cancelled: Default::default(),
     });
@@ -174,7 +185,8 @@ where
     let _ = pool.await;
     // Units received but never started: give them back at once.
     while let Ok(unit) = units_rx.try_recv() {
-        if let Some(ticket) = unit.ticket {
+        ctx.inflight.finish_tasks(unit.tasks.len());
+        if let Some(ticket) = &unit.ticket {
             complete::give_back(&ctx, ticket).await;
         }
     }

@@ -22,6 +22,12 @@ pub struct WorkerStats {
     pub given_up: AtomicU64,
     /// Calls to the queue or ledger that failed and were retried.
     pub backend_errors: AtomicU64,
+    /// Tasks an earlier holder of a taken-over bundle had finished and
+    /// reported: not run again.
+    pub tasks_skipped: AtomicU64,
+    /// Results dropped because their response queue no longer exists (the
+    /// batch was deleted).
+    pub results_dropped: AtomicU64,
     /// Bundles held now (running or about to): a gauge.
     pub held: AtomicU64,
 }

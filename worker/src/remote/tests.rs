@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cloudkon_core::ledger::{Claim, MemoryLedger, claim_key};
+use cloudkon_core::ledger::{BundleProgress, Claim, MemoryLedger, claim_key};
 use cloudkon_core::queue::{MemoryQueue, QueueError};
 use cloudkon_core::wire::decode_results;
 use cloudkon_core::{
@@ -289,30 +289,35 @@ async fn shutdown_finishes_running_bundles_and_gives_the_rest_back() {
         shutdown.clone(),
         stats.clone(),
     ));
-    // Once the first task runs (and the prefetched ones are claimed), stop.
+    // Once the first task runs (and the next bundle is claimed: two tasks in
+    // hand per slot), stop.
     let first = dir.path().join("started-0");
-    for _ in 0..1000 {
-        if first.exists() && WorkerStats::get(&stats.bundles) >= 3 {
-            break;
-        }
+    while !(first.exists() && WorkerStats::get(&stats.bundles) >= 2) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     shutdown.stop.cancel();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
-    // The running bundle finished and reported; the prefetched ones were given back.
+    // The running bundle finished and reported; the prefetched one was given
+    // back, and its next claim is still the first attempt.
     let results = router.results("resp");
     assert_eq!(results.iter().map(|r| r.id).collect::<Vec<_>>(), vec![0]);
-    assert_eq!(WorkerStats::get(&stats.released), 2);
+    assert_eq!(
+        WorkerStats::get(&stats.bundles),
+        2,
+        "held no more than two tasks"
+    );
+    assert_eq!(WorkerStats::get(&stats.released), 1);
     assert!(matches!(
         ledger.claim(&keys[0], "next", LEASE).await.unwrap(),
         Claim::Done { .. }
     ));
-    for key in &keys[1..3] {
-        assert_eq!(
-            ledger.claim(key, "next", LEASE).await.unwrap(),
-            Claim::Granted { attempt: 2 }
-        );
-    }
+    assert_eq!(
+        ledger.claim(&keys[1], "next", LEASE).await.unwrap(),
+        Claim::Granted {
+            attempt: 1,
+            done: BundleProgress::new()
+        }
+    );
     for i in 1..6 {
         assert!(
             !dir.path().join(format!("started-{i}")).exists(),
@@ -366,4 +371,174 @@ async fn bundles_of_a_cancelled_batch_are_deleted_without_running() {
     assert!(run.router.results("resp").is_empty(), "nothing ran");
     assert_eq!(WorkerStats::get(&run.stats.cancelled), 2);
     assert!(!ledger.is_cancelled("other").await.unwrap());
+}
+
+#[tokio::test]
+async fn a_taken_over_bundle_runs_only_what_its_dead_holder_had_not_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let specs: Vec<TaskSpec> = (0..5)
+        .map(|i| TaskSpec::Run {
+            program: "sh".into(),
+            args: vec!["-c".into(), format!("echo {i} >> {}", log.display())],
+        })
+        .collect();
+    let b = bundle(10, specs);
+    let ledger = Arc::new(MemoryLedger::new());
+    let key = claim_key(&b);
+    // The dead holder had reported tasks 0 and 2 by its last renewal.
+    ledger.claim(&key, "dead", Duration::ZERO).await.unwrap();
+    let mut reported = BundleProgress::new();
+    reported.insert(0);
+    reported.insert(2);
+    ledger
+        .renew(&key, "dead", Duration::ZERO, &reported)
+        .await
+        .unwrap();
+    let run = run(vec![b], Some(ledger.clone()), config()).await;
+    let mut ran: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    ran.sort_unstable();
+    assert_eq!(ran, vec![1, 3, 4], "ran again what was reported");
+    let mut ids: Vec<u64> = run.router.results("resp").iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![11, 13, 14]);
+    assert_eq!(WorkerStats::get(&run.stats.tasks_skipped), 2);
+    assert!(matches!(
+        ledger.claim(&key, "other", LEASE).await.unwrap(),
+        Claim::Done { .. }
+    ));
+}
+
+/// A router whose "gone" queue was deleted and whose "down" queue fails.
+#[derive(Default)]
+struct FlakyRouter {
+    inner: MemoryRouter,
+}
+
+impl ResultRouter for FlakyRouter {
+    async fn send_results(&self, reply_to: &str, bodies: Vec<String>) -> Result<(), QueueError> {
+        match reply_to {
+            "gone" => Err(QueueError::NotFound(format!(
+                "queue {reply_to} does not exist"
+            ))),
+            "down" => Err(QueueError::Backend("connection refused".into())),
+            _ => self.inner.send_results(reply_to, bodies).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn results_for_a_deleted_batch_are_dropped_and_other_batches_go_on() {
+    let mut deleted = bundle(0, sleeps(3));
+    deleted.reply_to = Some("gone".into());
+    let live = bundle(100, sleeps(2));
+    let keys = [claim_key(&deleted), claim_key(&live)];
+    let queue = Arc::new(MemoryQueue::bounded(4));
+    queue.send(vec![deleted, live]).await.unwrap();
+    queue.close();
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(FlakyRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let reason = run_remote(
+        queue,
+        Some(ledger.clone()),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config(),
+        Shutdown::new(),
+        stats.clone(),
+    )
+    .await;
+    assert_eq!(reason, StopReason::Drained);
+    let ids: Vec<u64> = router.inner.results("resp").iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![100, 101]);
+    assert!(WorkerStats::get(&stats.results_dropped) >= 1);
+    assert_eq!(
+        WorkerStats::get(&stats.backend_errors),
+        0,
+        "no retries of a final error"
+    );
+    for key in &keys {
+        assert!(matches!(
+            ledger.claim(key, "other", LEASE).await.unwrap(),
+            Claim::Done { .. }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_bundle_whose_results_cannot_be_sent_is_given_back_not_deleted() {
+    let mut b = bundle(0, sleeps(3));
+    b.reply_to = Some("down".into());
+    let key = claim_key(&b);
+    let queue = Arc::new(MemoryQueue::bounded(2));
+    queue.send(vec![b]).await.unwrap();
+    queue.close();
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(FlakyRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let shutdown = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        queue,
+        Some(ledger.clone()),
+        router,
+        Arc::new(Registry::new()),
+        config(),
+        shutdown.clone(),
+        stats.clone(),
+    ));
+    // The sends keep failing (and are retried); then the worker is aborted.
+    while WorkerStats::get(&stats.backend_errors) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.stop.cancel();
+    shutdown.abort.cancel();
+    worker.await.unwrap();
+    // Not completed, not counted as done: given back with nothing reported, so
+    // the next claim runs every task, as the same attempt.
+    assert_eq!(WorkerStats::get(&stats.released), 1);
+    assert_eq!(WorkerStats::get(&stats.tasks_succeeded), 0);
+    assert_eq!(
+        ledger.claim(&key, "next", LEASE).await.unwrap(),
+        Claim::Granted {
+            attempt: 1,
+            done: BundleProgress::new()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_bundles_tasks_run_on_all_the_slots_and_results_leave_as_they_finish() {
+    // One bundle, four slots: each task waits until all four have started.
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "touch {0}/$$; while [ $(ls {0} | wc -l) -lt 4 ]; do sleep 0.01; done",
+        dir.path().display()
+    );
+    let mut b = bundle(
+        0,
+        vec![
+            TaskSpec::Run {
+                program: "sh".into(),
+                args: vec!["-c".into(), script],
+            };
+            4
+        ],
+    );
+    for t in &mut b.tasks {
+        t.timeout = Some(Duration::from_secs(20));
+    }
+    let mut config = config();
+    config.pool.slots = 4;
+    let run = run(vec![b], Some(Arc::new(MemoryLedger::new())), config).await;
+    let results = run.router.results("resp");
+    assert_eq!(results.len(), 4);
+    assert!(
+        results.iter().all(|r| r.outcome.is_success()),
+        "{results:?}"
+    );
 }

@@ -120,6 +120,7 @@ async fn measure(args: &SqsArgs, path: &Path, mode: &'static str, dedup: bool) -
             total: args.tasks,
             batch: BatchId::new(format!("bench-{stamp}")),
             timeout: None,
+            slots: u64::from(args.workers * args.threads),
         },
         None,
         Arc::new(Progress::default()),

@@ -28,6 +28,12 @@ pub struct SubmitArgs {
     #[arg(long, env = "CLOUDKON_QUEUE")]
     pub queue: String,
 
+    /// Task slots of the workers that will run the batch, all together: bundles
+    /// hold about the remaining tasks over twice this, so they shrink towards
+    /// the end and the last ones leave no slot idle for long.
+    #[arg(long, env = "CLOUDKON_SLOTS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub slots: u64,
+
     #[command(flatten)]
     pub common: workload_file::BatchArgs,
 }
@@ -62,6 +68,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
                 total: stats.tasks,
                 batch: BatchId::new(batch),
                 timeout: args.common.timeout,
+                slots: args.slots,
             },
             writer.clone(),
             progress,
@@ -94,6 +101,8 @@ pub struct Submission {
     pub total: u64,
     pub batch: BatchId,
     pub timeout: Option<Duration>,
+    /// The workers' slots, all together (see `SubmitArgs::slots`).
+    pub slots: u64,
 }
 
 /// Bundles sent per call (the queue splits them into requests of ten).
@@ -126,8 +135,9 @@ pub async fn submit(
             submission.timeout,
             reply_to.clone(),
         );
+        let plan = BundlePlan::SQS.spread(submission.total, submission.slots);
         std::thread::spawn(move || -> Result<()> {
-            let mut bundler = Bundler::new(BundlePlan::SQS);
+            let mut bundler = Bundler::new(plan);
             let send = |mut bundle: Bundle| {
                 bundle.reply_to = Some(reply_to.clone());
                 bundles_tx.send_blocking(bundle).is_ok()

@@ -1,6 +1,10 @@
-//! Bundling: several cheap tasks travel (and are claimed) as one unit, so that a
-//! `sleep 0` does not pay a queue round trip of its own, while an expensive task
-//! travels alone so that idle slots can pick up its neighbours.
+//! Bundling: tasks travel (and are claimed) in bundles, so that a task does not
+//! pay a queue round trip, a claim and a completion of its own. A worker spreads
+//! a bundle's tasks over its free slots, so tasks of any length bundle; what
+//! bounds a bundle is the batch's tail: with `spread`, bundle sizes follow
+//! factoring (Hummel, Schonberg & Flynn): about the remaining tasks over twice
+//! the pool's slots, so bundles shrink as the batch nears its end and the last
+//! ones leave no slot idle for long.
 
 use std::time::Duration;
 
@@ -35,9 +39,20 @@ pub struct BundleOptions {
 pub struct BundlePlan {
     /// Hard cap on tasks in one bundle.
     pub max_tasks: usize,
-    /// A bundle's expected run time stays under this, so that one slot does not
-    /// serialise work that other slots could share.
+    /// A bundle's declared run time (summed) stays under this.
     pub max_bundle_time: Duration,
+    /// Tasks of unknown length per bundle at most (`None`: they travel alone).
+    pub max_unknown_tasks: Option<usize>,
+    /// Spread a batch of `total` tasks over `slots` slots: bundles of about
+    /// the remaining tasks over twice the slots (see the module doc).
+    pub spread: Option<Spread>,
+}
+
+/// A batch's size and the slots it is planned for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spread {
+    pub total: u64,
+    pub slots: u64,
 }
 
 impl BundlePlan {
@@ -45,22 +60,37 @@ impl BundlePlan {
     pub const EMBEDDED: BundlePlan = BundlePlan {
         max_tasks: 1024,
         max_bundle_time: Duration::from_millis(1),
+        max_unknown_tasks: None,
+        spread: None,
     };
 
-    /// For SQS: every request costs money and ~10 ms, so bundles are bigger; but a
-    /// bundle's tasks run one after another on one slot, so a bundle of long tasks
-    /// stays short (1 s) lest one slot serialise what others could share.
-    /// 4096 `sleep 0`s encode to ~40 KB, well under the 256 KiB message limit.
+    /// For SQS: every request costs money and ~10 ms, so bundles are big: up to
+    /// a minute of declared work, or 256 tasks of unknown length (a `run`), cut
+    /// smaller towards the batch's end by `spread`. 4096 `sleep 0`s encode to
+    /// ~40 KB, well under the 256 KiB message limit (larger bundles are split
+    /// to fit by the encoder).
     pub const SQS: BundlePlan = BundlePlan {
         max_tasks: 4096,
-        max_bundle_time: Duration::from_secs(1),
+        max_bundle_time: Duration::from_secs(60),
+        max_unknown_tasks: Some(256),
+        spread: None,
     };
 
-    /// How many tasks like this one may share a bundle.
+    /// This plan, spread over a pool (see [`Spread`]).
+    pub fn spread(self, total: u64, slots: u64) -> Self {
+        Self {
+            spread: Some(Spread {
+                total,
+                slots: slots.max(1),
+            }),
+            ..self
+        }
+    }
+
+    /// How many tasks like this one may share a bundle, whatever the tail.
     pub fn tasks_per_bundle(&self, spec: &TaskSpec) -> usize {
         match spec.nominal_duration() {
-            // Unknown run time (programs, videos): assume expensive.
-            None => 1,
+            None => self.max_unknown_tasks.unwrap_or(1).clamp(1, self.max_tasks),
             Some(d) if d.is_zero() => self.max_tasks,
             Some(d) => {
                 let fit = self.max_bundle_time.as_nanos() / d.as_nanos();
@@ -70,6 +100,22 @@ impl BundlePlan {
             }
         }
     }
+
+    /// How many tasks like this one may share the bundle that starts with
+    /// task number `index` (counted from 0 in the batch's order).
+    pub fn tasks_per_bundle_at(&self, spec: &TaskSpec, index: u64) -> usize {
+        let limit = self.tasks_per_bundle(spec);
+        match self.spread {
+            Some(s) => limit.min(spread_size(s.total.saturating_sub(index), s.slots)),
+            None => limit,
+        }
+    }
+}
+
+/// Factoring's chunk: the remaining tasks over twice the slots, at least one.
+pub fn spread_size(remaining: u64, slots: u64) -> usize {
+    let size = remaining.div_ceil(2 * slots.max(1)).max(1);
+    usize::try_from(size).unwrap_or(usize::MAX)
 }
 
 /// Packs a stream of tasks into bundles following a plan.
@@ -77,6 +123,8 @@ pub struct Bundler {
     plan: BundlePlan,
     tasks: Vec<Task>,
     limit: usize,
+    /// Tasks pushed so far: where the batch is, for `spread`.
+    pushed: u64,
 }
 
 impl Bundler {
@@ -85,6 +133,7 @@ impl Bundler {
             plan,
             tasks: Vec::new(),
             limit: plan.max_tasks,
+            pushed: 0,
         }
     }
 
@@ -92,10 +141,16 @@ impl Bundler {
     /// (A full bundle is handed out on the next push or on `finish`, so that one
     /// push never has two bundles to return.)
     pub fn push(&mut self, task: Task) -> Option<Bundle> {
-        let limit = self.plan.tasks_per_bundle(&task.spec);
+        // Sized by where its bundle starts: the same cut on every run, so that
+        // a restarted producer sends the bundles (and claim keys) it sent before.
+        let index = self.pushed;
+        self.pushed += 1;
+        let start = index - self.tasks.len() as u64;
+        let limit = self.plan.tasks_per_bundle_at(&task.spec, start);
         let shared_limit = self.limit.min(limit);
         let closed = if !self.tasks.is_empty() && self.tasks.len() >= shared_limit {
-            self.limit = limit;
+            // This task opens the next bundle.
+            self.limit = self.plan.tasks_per_bundle_at(&task.spec, index);
             self.take()
         } else {
             self.limit = if self.tasks.is_empty() {
@@ -160,6 +215,8 @@ mod tests {
         let plan = BundlePlan {
             max_tasks: 100,
             max_bundle_time: Duration::from_millis(10),
+            max_unknown_tasks: None,
+            spread: None,
         };
         let cases = [
             (sleep(0), 100),
@@ -175,15 +232,15 @@ mod tests {
     }
 
     #[test]
-    fn sqs_plan_bundles_more_but_keeps_bundles_short() {
+    fn sqs_plan_bundles_every_kind_up_to_a_minute_of_declared_work() {
         let cases = [
             (sleep(0), 4096),
-            (sleep(1), 1000),
-            (sleep(100), 10),
-            (sleep(400), 2),
-            (sleep(1000), 1),
+            (sleep(1), 4096),
+            (sleep(100), 600),
+            (sleep(1000), 60),
             (sleep(60_000), 1),
-            (run(), 1),
+            (sleep(600_000), 1),
+            (run(), 256),
         ];
         for (spec, want) in cases {
             assert_eq!(BundlePlan::SQS.tasks_per_bundle(&spec), want, "{spec:?}");
@@ -213,6 +270,8 @@ mod tests {
         let plan = BundlePlan {
             max_tasks: 3,
             max_bundle_time: Duration::from_millis(1),
+            max_unknown_tasks: None,
+            spread: None,
         };
         let specs = vec![
             sleep(0),
@@ -237,6 +296,58 @@ mod tests {
             .collect();
         let ids: Vec<u64> = bundle_sizes(BundlePlan::EMBEDDED, specs).concat();
         assert_eq!(ids, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn spread_sizes_follow_factoring_and_shrink_to_one_at_the_tail() {
+        // (remaining, slots) -> size
+        let cases = [
+            (10_000, 8, 625),
+            (1_000_000, 8, 62_500),
+            (16, 8, 1),
+            (17, 8, 2),
+            (1, 8, 1),
+            (0, 8, 1),
+            (100, 0, 50),
+        ];
+        for (remaining, slots, want) in cases {
+            assert_eq!(
+                spread_size(remaining, slots),
+                want,
+                "{remaining} over {slots}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_spread_batch_of_unknown_tasks_bundles_big_first_and_single_at_the_end() {
+        let plan = BundlePlan::SQS.spread(2_000, 8);
+        let specs: Vec<_> = (0..2_000).map(|_| run()).collect();
+        let bundles = bundle_sizes(plan, specs);
+        let sizes: Vec<usize> = bundles.iter().map(Vec::len).collect();
+        // Capped at 256 unknown tasks, then factoring's shrinking sizes.
+        assert_eq!(sizes[0], 125, "{sizes:?}");
+        assert!(
+            sizes.windows(2).all(|w| w[0] >= w[1]),
+            "never grows: {sizes:?}"
+        );
+        assert_eq!(
+            &sizes[sizes.len() - 16..],
+            &[1; 16],
+            "the tail is single tasks"
+        );
+        // The tail's bound: no bundle holds more than the remaining over 2 × slots.
+        let mut remaining = 2_000;
+        for size in &sizes {
+            assert!(*size <= spread_size(remaining, 8));
+            remaining -= *size as u64;
+        }
+        assert_eq!(bundles.concat(), (0..2_000).collect::<Vec<_>>());
+        // Far fewer messages than one per task.
+        assert!(sizes.len() < 150, "{} bundles", sizes.len());
+        // Deterministic: the same cut every time.
+        let again = bundle_sizes(plan, (0..2_000).map(|_| run()).collect());
+        assert_eq!(again, bundles);
     }
 
     #[test]

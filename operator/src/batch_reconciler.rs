@@ -158,12 +158,14 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
                 tracing::info!(batch = %format!("{ns}/{name}"), "starting");
             }
             let pool_ref = ObjectRef::<WorkerPool>::new(&spec.worker_pool).within(&ns);
+            let pool_slots = pool.as_ref().map_or(1, batch_runner::pool_slots);
             let handle = batch_runner::spawn(
                 ctx.clone(),
                 RunnerArgs {
                     batch: batch.clone(),
                     pool_queue_url: queue_url,
                     pool: pool_ref,
+                    pool_slots,
                     source,
                     results,
                 },

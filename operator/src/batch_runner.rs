@@ -70,9 +70,28 @@ pub struct RunnerArgs {
     pub batch: Arc<TaskBatch>,
     pub pool_queue_url: String,
     pub pool: ObjectRef<WorkerPool>,
+    /// The pool's task slots at its largest (see [`pool_slots`]).
+    pub pool_slots: u64,
     pub source: Source,
     /// `s3://bucket/prefix/<ns>/<name>/`, or `None`: results are counted only.
     pub results: Option<S3Uri>,
+}
+
+/// Slots per worker assumed when a pool's template sets no `threads` (the
+/// worker then takes its CPUs).
+const DEFAULT_WORKER_SLOTS: u64 = 2;
+
+/// A pool's task slots at its largest: what bundle sizes are cut for.
+pub fn pool_slots(pool: &WorkerPool) -> u64 {
+    let workers = u64::try_from(pool.spec.workers.max.max(1)).unwrap_or(1);
+    let threads = pool
+        .spec
+        .template
+        .threads
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(DEFAULT_WORKER_SLOTS);
+    workers.saturating_mul(threads)
 }
 
 /// The ConfigMap holding a batch's collected ids.
@@ -162,7 +181,14 @@ async fn run(
         .start_time
         .clone()
         .unwrap_or(Time(JiffTimestamp::now()));
-    let mut first = json!({ "startTime": start_time });
+    // Fixed before the first bundle is sent, so that a restarted runner cuts
+    // the same bundles (the same claim keys) however the pool changed since.
+    let planned_slots = status
+        .planned_slots
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(args.pool_slots.max(1));
+    let mut first = json!({ "startTime": start_time, "plannedSlots": planned_slots });
     if let Some(r) = &args.results {
         first["results"] = json!(r.to_string());
     }
@@ -179,6 +205,7 @@ async fn run(
             &pool_queue,
             response.url(),
             status.counts.enqueued as u64,
+            planned_slots,
             spec,
             &progress,
         )
@@ -206,6 +233,7 @@ async fn enqueue_all(
     queue: &SqsQueue,
     reply_to: &str,
     checkpoint: u64,
+    planned_slots: u64,
     mut spec: watch::Receiver<TaskBatchSpec>,
     progress: &Progress,
 ) -> Result<(), Error> {
@@ -235,7 +263,14 @@ async fn enqueue_all(
     let options = bundle_options(&batch.spec);
     let mut enqueued = checkpoint;
     let mut group = Vec::with_capacity(SEND_GROUP);
-    let mut bundles = enqueue::bundles_from(tasks, id, BundlePlan::SQS, checkpoint).peekable();
+    let total = match &args.source {
+        Source::Spec => enqueue::source_len(&batch.spec.tasks).unwrap_or(0),
+        Source::File { name, bytes } => {
+            WorkloadReader::new(bytes.as_slice(), name.clone()).count() as u64
+        }
+    };
+    let plan = BundlePlan::SQS.spread(total, planned_slots);
+    let mut bundles = enqueue::bundles_from(tasks, id, plan, checkpoint).peekable();
     let mut woke_pool = false;
     let mut last_checkpoint = Instant::now();
     loop {

@@ -30,6 +30,24 @@ pub fn source_tasks(
     )))
 }
 
+/// How many tasks an inline or generated source holds, without making them;
+/// `None` for workload-file sources.
+pub fn source_len(source: &TaskSource) -> Option<u64> {
+    if let Some(inline) = &source.inline {
+        return Some(inline.len() as u64);
+    }
+    let generator = source.generator.as_ref()?;
+    Some(match (&generator.count, &generator.range) {
+        (Some(count), _) => u64::try_from(*count).unwrap_or(0),
+        (None, Some(range)) => {
+            let step = u64::try_from(range.step.unwrap_or(1).max(1)).unwrap_or(1);
+            let span = u64::try_from(range.end.saturating_sub(range.start)).unwrap_or(0);
+            span.div_ceil(step)
+        }
+        (None, None) => 0,
+    })
+}
+
 /// The values `{i}` takes: `0..count`, or `start..end` by `step`.
 pub fn parameters(generator: &Generator) -> Box<dyn Iterator<Item = i64> + Send + '_> {
     match (&generator.count, &generator.range) {
@@ -175,38 +193,80 @@ mod tests {
 
     #[test]
     fn a_restart_at_any_checkpoint_neither_skips_nor_repeats() {
-        let plan = BundlePlan {
+        let fixed = BundlePlan {
             max_tasks: 7,
             max_bundle_time: std::time::Duration::from_millis(1),
+            max_unknown_tasks: None,
+            spread: None,
         };
-        let source = generator(Some(50), None, TaskKind::Sleep);
-        let all: Vec<Bundle> =
-            bundles_from(source_tasks(&source).unwrap(), BatchId::new("b"), plan, 0)
+        // Unknown-length tasks spread over 4 slots: shrinking bundles.
+        let spread = BundlePlan::SQS.spread(50, 4);
+        for (plan, kind) in [(fixed, TaskKind::Sleep), (spread, TaskKind::Run)] {
+            let source = generator(Some(50), None, kind);
+            let all: Vec<Bundle> =
+                bundles_from(source_tasks(&source).unwrap(), BatchId::new("b"), plan, 0)
+                    .map(Result::unwrap)
+                    .collect();
+            assert_eq!(ids(&all), (0..50).collect::<Vec<_>>());
+            assert!(all.len() > 5, "{plan:?}: {} bundles", all.len());
+            // Checkpoints are recorded after whole bundles were sent.
+            let mut sent = 0;
+            for (n, bundle) in all.iter().enumerate() {
+                sent += bundle.tasks.len() as u64;
+                let resumed: Vec<Bundle> = bundles_from(
+                    source_tasks(&source).unwrap(),
+                    BatchId::new("b"),
+                    plan,
+                    sent,
+                )
                 .map(Result::unwrap)
                 .collect();
-        assert_eq!(ids(&all), (0..50).collect::<Vec<_>>());
-        // Checkpoints are recorded after whole bundles were sent.
-        let mut sent = 0;
-        for (n, bundle) in all.iter().enumerate() {
-            sent += bundle.tasks.len() as u64;
-            let resumed: Vec<Bundle> = bundles_from(
-                source_tasks(&source).unwrap(),
-                BatchId::new("b"),
-                plan,
-                sent,
-            )
-            .map(Result::unwrap)
-            .collect();
-            assert_eq!(
-                ids(&resumed),
-                (sent..50).collect::<Vec<_>>(),
-                "after bundle {n}"
-            );
-            // The same bundles (claim keys) as the first run would have sent.
-            let firsts: Vec<u64> = resumed.iter().map(|b| b.tasks[0].id).collect();
-            let expected: Vec<u64> = all[n + 1..].iter().map(|b| b.tasks[0].id).collect();
-            assert_eq!(firsts, expected);
+                assert_eq!(
+                    ids(&resumed),
+                    (sent..50).collect::<Vec<_>>(),
+                    "after bundle {n}"
+                );
+                // The same bundles (claim keys) as the first run would have sent.
+                let firsts: Vec<u64> = resumed.iter().map(|b| b.tasks[0].id).collect();
+                let expected: Vec<u64> = all[n + 1..].iter().map(|b| b.tasks[0].id).collect();
+                assert_eq!(firsts, expected);
+            }
         }
+    }
+
+    #[test]
+    fn source_len_counts_what_source_tasks_makes() {
+        let sources = [
+            generator(Some(7), None, TaskKind::Sleep),
+            generator(Some(0), None, TaskKind::Sleep),
+            generator(
+                None,
+                Some(ParameterRange {
+                    start: -4,
+                    end: 5,
+                    step: Some(4),
+                }),
+                TaskKind::Sleep,
+            ),
+            generator(
+                None,
+                Some(ParameterRange {
+                    start: 10,
+                    end: 13,
+                    step: None,
+                }),
+                TaskKind::Sleep,
+            ),
+            TaskSource {
+                inline: Some(vec![template(TaskKind::Sleep); 3]),
+                ..TaskSource::default()
+            },
+        ];
+        for source in &sources {
+            let made = source_tasks(source).unwrap().count() as u64;
+            assert_eq!(source_len(source), Some(made), "{source:?}");
+        }
+        assert_eq!(source_len(&TaskSource::default()), None);
     }
 
     #[test]

@@ -93,11 +93,17 @@ pub fn worker_command(queue: &str, table: &str, id: &str, lease: &str) -> Comman
 }
 
 pub fn submit(workload: &Path, queue: &str, results: &Path) -> Child {
+    submit_with(workload, queue, results, &[])
+}
+
+/// [`submit`] with more flags.
+pub fn submit_with(workload: &Path, queue: &str, results: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cloudkon"))
         .arg("submit")
         .arg(workload)
         .args(["--queue", queue, "--json", "--output"])
         .arg(results)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -318,6 +318,12 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<String>,
 
+    /// The pool's task slots the bundles are cut for, fixed when the batch
+    /// first enqueues: bundles hold about the remaining tasks over twice this,
+    /// so they shrink towards the end, and a restarted operator cuts the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_slots: Option<i64>,
+
     /// The latest observations of the batch's state, by type: `Accepted`
     /// (the spec is valid and its WorkerPool exists), `Suspended`, `Complete`,
     /// `Failed`.

@@ -319,7 +319,7 @@ fn write_workload(
 }
 
 /// Runs `cloudkon run FILE --json ARGS` and returns its summary and wall time.
-fn cloudkon_run(workload: &Path, extra: &[&str]) -> Result<(Summary, Duration)> {
+pub(crate) fn cloudkon_run(workload: &Path, extra: &[&str]) -> Result<(Summary, Duration)> {
     let exe = std::env::current_exe().context("cannot find the cloudkon executable")?;
     let start = Instant::now();
     let output = Command::new(exe)

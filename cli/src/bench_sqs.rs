@@ -1,6 +1,8 @@
-//! `cloudkon bench sqs`: `sleep 0` tasks through SQS and DynamoDB with remote
-//! worker processes, with and without dedup: throughput, AWS requests per task
-//! by API (counted by the programs themselves), and cost per million tasks.
+//! `cloudkon bench sqs`: tasks (`sleep 0` by default, or any workload line such
+//! as `run true`) through SQS and DynamoDB with remote worker processes, with
+//! and without dedup: throughput against `cloudkon run` of the same tasks on
+//! as many slots (in the same run), AWS requests per task by API (counted by
+//! the programs themselves), and cost per million tasks.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -19,9 +21,12 @@ use crate::cmd_submit::{Submission, submit};
 
 #[derive(Debug, clap::Args)]
 pub struct SqsArgs {
-    /// `sleep 0` tasks per run.
+    /// Tasks per run.
     #[arg(long, default_value_t = 100_000)]
     tasks: u64,
+    /// The task, as a workload line: every task of the run is this one.
+    #[arg(long, default_value = "sleep 0")]
+    task: String,
     /// Worker processes.
     #[arg(long, default_value_t = 2)]
     workers: u32,
@@ -45,12 +50,22 @@ pub fn run(args: &SqsArgs) -> Result<()> {
              and costs money. For local servers: source \"$(scripts/aws-servers up)\""
         );
     }
+    match workload::parse_line(&args.task) {
+        Ok(Some(_)) => {}
+        Ok(None) => bail!("--task {:?} is empty or a comment, not a task", args.task),
+        Err(e) => bail!("--task {:?} is not a workload line: {e}", args.task),
+    }
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("sleep0.txt");
+    let path = dir.path().join("bench.txt");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
-    workload::write_sleep_workload(&mut out, 0, args.tasks)?;
+    for _ in 0..args.tasks {
+        writeln!(out, "{}", args.task)?;
+    }
     out.flush()?;
     drop(out);
+    // The embedded engine on the same slots, for the ratio.
+    let slots = (args.workers * args.threads).to_string();
+    let (_, embedded) = crate::bench::cloudkon_run(&path, &["--workers", &slots])?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -58,7 +73,7 @@ pub fn run(args: &SqsArgs) -> Result<()> {
     for (mode, dedup) in [("dedup on", true), ("--no-dedup", false)] {
         rows.push(runtime.block_on(measure(args, &path, mode, dedup))?);
     }
-    print(args, &rows);
+    print(args, &rows, embedded);
     Ok(())
 }
 
@@ -225,19 +240,26 @@ impl Drop for Guard {
     }
 }
 
-fn print(args: &SqsArgs, rows: &[Measured]) {
+fn print(args: &SqsArgs, rows: &[Measured], embedded: Duration) {
     println!(
-        "cloudkon bench sqs: {} sleep 0 tasks, {} workers x {} slots",
-        args.tasks, args.workers, args.threads
+        "cloudkon bench sqs: {} `{}` tasks, {} workers x {} slots",
+        args.tasks, args.task, args.workers, args.threads
     );
     let tasks = args.tasks as f64;
+    let embedded_rate = tasks / embedded.as_secs_f64();
+    println!(
+        "\n[cloudkon run, {} slots]\n  throughput            {embedded_rate:.0} tasks/s (wall {:.2} s)",
+        args.workers * args.threads,
+        embedded.as_secs_f64()
+    );
     for m in rows {
         let r = &m.requests;
         println!("\n[{}]", m.mode);
+        let rate = tasks / m.wall.as_secs_f64();
         println!(
-            "  throughput            {:.0} tasks/s (wall {:.2} s)",
-            tasks / m.wall.as_secs_f64(),
-            m.wall.as_secs_f64()
+            "  throughput            {rate:.0} tasks/s (wall {:.2} s), {:.2}x cloudkon run",
+            m.wall.as_secs_f64(),
+            rate / embedded_rate
         );
         println!(
             "  AWS requests per task {:.5}  [target <= 0.05 with dedup on]",

@@ -361,9 +361,61 @@ pub fn bundle_options(spec: &TaskBatchSpec) -> BundleOptions {
 #[derive(Default)]
 struct Pending {
     lines: Vec<u8>,
+    /// Result lines in `lines`.
+    results: usize,
     receipts: Vec<Receipt>,
     succeeded: u64,
     failed: u64,
+}
+
+/// Results per part at most (with `Settings::results_part_bytes`).
+const PART_MAX_RESULTS: usize = 100_000;
+
+/// JSON Lines cut into parts of at most `max_bytes` and `max_lines` each, at
+/// line ends (a line longer than `max_bytes` makes a part of its own).
+pub fn split_parts(lines: &[u8], max_bytes: usize, max_lines: usize) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut end = 0;
+    let mut count = 0;
+    while end < lines.len() {
+        let next = lines[end..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(lines.len(), |i| end + i + 1);
+        if end > start && (next - start > max_bytes || count >= max_lines) {
+            parts.push(&lines[start..end]);
+            start = end;
+            count = 0;
+        }
+        end = next;
+        count += 1;
+    }
+    if end > start {
+        parts.push(&lines[start..end]);
+    }
+    parts
+}
+
+/// Retries `op` with backoff (0.5 s doubling to 30 s) until it succeeds: a
+/// write the batch cannot go on without, failing for a while (S3 or the API
+/// server restarting), must not restart the runner and redo its work.
+async fn retrying<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 async fn collect(
@@ -417,6 +469,7 @@ async fn collect(
                     serde_json::to_writer(&mut pending.lines, result)
                         .expect("a result always serializes");
                     pending.lines.push(b'\n');
+                    pending.results += 1;
                 }
             }
             pending.receipts.push(receipt);
@@ -426,7 +479,14 @@ async fn collect(
             .store(collected.finished() as u64, Ordering::Relaxed);
         let known_total = *total.borrow_and_update();
         let done = known_total.is_some_and(|t| collected.finished() as u64 >= t);
-        if done || last_flush.elapsed() >= ctx.settings.flush_every || pending.receipts.len() >= 200
+        // Written out at least every part's worth, so that memory and parts
+        // stay bounded whatever the batch's size.
+        let full = pending.lines.len() >= ctx.settings.results_part_bytes
+            || pending.results >= PART_MAX_RESULTS;
+        if done
+            || full
+            || last_flush.elapsed() >= ctx.settings.flush_every
+            || pending.receipts.len() >= 200
         {
             flush(
                 ctx,
@@ -473,15 +533,27 @@ async fn flush(
     if pending.receipts.is_empty() && total.is_none_or(|t| collected.finished() as u64 != t) {
         return Ok(());
     }
-    // 1. The results object (a failure here leaves everything to redo).
+    // 1. The results objects, each bounded (a crash before step 2 writes
+    //    the same part numbers again).
     if let Some(results) = &args.results
         && !pending.lines.is_empty()
     {
-        let key = format!("{}part-{:06}.jsonl", results.key, collected.result_parts);
-        ctx.s3
-            .put_bytes(&results.bucket, &key, std::mem::take(&mut pending.lines))
-            .await?;
-        collected.result_parts += 1;
+        let lines = std::mem::take(&mut pending.lines);
+        pending.results = 0;
+        for part in split_parts(&lines, ctx.settings.results_part_bytes, PART_MAX_RESULTS) {
+            let key = format!("{}part-{:06}.jsonl", results.key, collected.result_parts);
+            retrying(
+                &format!("writing s3://{}/{key}", results.bucket),
+                || async {
+                    ctx.s3
+                        .put_bytes(&results.bucket, &key, part.to_vec())
+                        .await
+                        .map_err(Error::from)
+                },
+            )
+            .await;
+            collected.result_parts += 1;
+        }
     }
     // 2. The collected ids, before the messages go: a crash after this
     //    point finds the redelivered results already counted.
@@ -593,4 +665,36 @@ pub(crate) async fn patch_status(
         "cannot write the status of TaskBatch {name}"
     )))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_parts_are_cut_at_line_ends_within_both_bounds() {
+        let lines: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("{{\"id\":{i}}}\n").into_bytes())
+            .collect();
+        for (max_bytes, max_lines) in [(100, 1000), (4096, 50), (1 << 20, 1000), (10, 3)] {
+            let parts = split_parts(&lines, max_bytes, max_lines);
+            assert_eq!(parts.concat(), lines, "nothing lost or reordered");
+            for part in &parts {
+                assert!(part.ends_with(b"\n"), "cut mid-line");
+                let n = part.iter().filter(|&&b| b == b'\n').count();
+                assert!(n <= max_lines, "{n} lines > {max_lines}");
+                // Only a single line longer than the bound may exceed it.
+                assert!(
+                    part.len() <= max_bytes || n == 1,
+                    "{} bytes > {max_bytes}",
+                    part.len()
+                );
+            }
+        }
+        assert_eq!(split_parts(&lines, 1 << 20, 1000).len(), 1);
+        assert_eq!(split_parts(&lines, 1 << 20, 100).len(), 10);
+        assert!(split_parts(b"", 10, 10).is_empty());
+        // A last line without its newline is kept.
+        assert_eq!(split_parts(b"a\nb", 2, 10), vec![&b"a\n"[..], &b"b"[..]]);
+    }
 }

@@ -29,6 +29,8 @@ pub struct Settings {
     pub default_results_prefix: Option<String>,
     /// How often a batch's collected results are written out.
     pub flush_every: Duration,
+    /// Largest results part (bytes); see `cloudkon-operator run --help`.
+    pub results_part_bytes: usize,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
             poll: Duration::from_secs(1),
             default_results_prefix: None,
             flush_every: Duration::from_secs(1),
+            results_part_bytes: 8 << 20,
         }
     }
 }

@@ -102,6 +102,13 @@ struct RunArgs {
     #[arg(long, env = "CLOUDKON_RESULTS_PREFIX")]
     results_prefix: Option<String>,
 
+    /// Largest results part written to S3, in bytes (parts also hold at most
+    /// 100,000 results). Under S3's single-PUT limit and local S3 servers' body
+    /// limits (10 MiB), whatever the batch's size.
+    #[arg(long, env = "CLOUDKON_RESULTS_PART_BYTES", default_value_t = 8 << 20,
+          value_parser = clap::value_parser!(u64).range(4096..=(5u64 << 30)))]
+    results_part_bytes: u64,
+
     #[arg(long, env = "CLOUDKON_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -219,6 +226,8 @@ fn run(args: RunArgs) -> Result<()> {
                 settings: Settings {
                     poll: args.poll,
                     default_results_prefix: args.results_prefix,
+                    results_part_bytes: usize::try_from(args.results_part_bytes)
+                        .unwrap_or(usize::MAX),
                     ..Settings::default()
                 },
                 identity,

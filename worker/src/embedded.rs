@@ -206,6 +206,7 @@ async fn feed(queue: MemoryQueue, units: async_channel::Sender<WorkUnit>, shutdo
                 options: delivery.bundle.options,
                 tasks: delivery.bundle.tasks,
                 ticket: None,
+                stop: Default::default(),
             };
             if units.send(unit).await.is_err() {
                 break;

@@ -25,6 +25,9 @@ pub struct WorkUnit {
     /// What the distributed worker needs back to finish the bundle; the pool
     /// only carries it through.
     pub ticket: Option<Ticket>,
+    /// Set to leave the unit's tasks that have not started (its batch was
+    /// cancelled): the unit then ends incomplete.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// A delivered bundle's handles: to acknowledge it, complete its claim, and
@@ -59,6 +62,8 @@ pub struct UnitRun {
     pub submitted: Timestamp,
     pub options: BundleOptions,
     pub ticket: Option<Ticket>,
+    /// See [`WorkUnit::stop`].
+    pub stop: Arc<AtomicBool>,
     /// Tasks in the unit.
     pub total: usize,
     /// Tasks that finished, were abandoned, or will never start.
@@ -72,6 +77,7 @@ impl UnitRun {
             submitted: unit.submitted,
             options: unit.options,
             ticket: unit.ticket.clone(),
+            stop: unit.stop.clone(),
             total: unit.tasks.len(),
             ended: AtomicUsize::new(0),
             abandoned: AtomicBool::new(false),
@@ -335,6 +341,9 @@ async fn run_slot(
         let mut results = Vec::with_capacity(n);
         let mut ideal = Duration::ZERO;
         for (index, mut task) in tasks {
+            if unit.stop.load(Ordering::Relaxed) {
+                break;
+            }
             let Some(result) = run_task(
                 &worker,
                 &config,
@@ -453,6 +462,7 @@ mod tests {
                 claim_key: Some("b#0".into()),
                 ..Ticket::default()
             }),
+            stop: Arc::default(),
         }
     }
 
@@ -673,6 +683,15 @@ mod tests {
         let many = unit(vec![TaskSpec::Sleep { ms: 0 }; 3000]);
         let mut tasks = many.tasks.into_iter().enumerate().peekable();
         assert_eq!(next_job(&mut tasks).len(), CHEAP_JOB_TASKS);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_unit_leaves_its_unstarted_tasks() {
+        let work = unit(vec![TaskSpec::Sleep { ms: 0 }; 3]);
+        work.stop.store(true, Ordering::Relaxed);
+        let events = run(PoolConfig::new(1, "w"), vec![work], Shutdown::new()).await;
+        assert!(results(&events).is_empty());
+        assert_eq!(ends(&events), vec![false]);
     }
 
     #[tokio::test]

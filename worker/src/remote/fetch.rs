@@ -280,8 +280,14 @@ where
         );
     }
     let claim_owner = ledger.map(|_| owner);
-    ctx.inflight
-        .insert(key.clone(), receipt.clone(), claim_owner.clone(), done);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    ctx.inflight.insert(
+        key.clone(),
+        receipt.clone(),
+        claim_owner.clone(),
+        done,
+        stop.clone(),
+    );
     ctx.inflight.add_tasks(bundle.tasks.len());
     let ticket = Ticket {
         receipt,
@@ -296,6 +302,7 @@ where
         options: bundle.options,
         tasks: bundle.tasks,
         ticket: Some(ticket),
+        stop,
     };
     if attempt > ctx.config.max_claims {
         WorkerStats::add(&ctx.stats.given_up, 1);
@@ -307,7 +314,7 @@ where
 
 /// Whether a batch was cancelled, from the cache or the ledger. A ledger
 /// error counts as "not cancelled": running a cancelled task is the lesser harm.
-async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> bool
+pub async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> bool
 where
     L: DedupLedger,
 {

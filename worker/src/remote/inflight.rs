@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use cloudkon_core::ledger::BundleProgress;
 use cloudkon_core::queue::Receipt;
@@ -23,6 +23,8 @@ struct Held {
     /// Positions whose results are sent (or were, by an earlier holder):
     /// written to the ledger at each renewal.
     progress: BundleProgress,
+    /// Set when its batch is cancelled: the tasks not started are left.
+    stop: Arc<AtomicBool>,
 }
 
 /// What a heartbeat renews.
@@ -57,6 +59,7 @@ impl InFlight {
         receipt: Option<Receipt>,
         owner: Option<String>,
         progress: BundleProgress,
+        stop: Arc<AtomicBool>,
     ) {
         let mut held = self.held.lock().expect("inflight lock");
         held.insert(
@@ -66,6 +69,7 @@ impl InFlight {
                 owner,
                 completed: false,
                 progress,
+                stop,
             },
         );
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
@@ -128,6 +132,33 @@ impl InFlight {
                 progress: e.progress.clone(),
             })
             .collect()
+    }
+
+    /// The batches of the bundles held (from their claim keys, `batch#first`).
+    pub fn batches(&self) -> Vec<String> {
+        let held = self.held.lock().expect("inflight lock");
+        let mut batches: Vec<String> = held
+            .keys()
+            .filter_map(|k| k.rsplit_once('#').map(|(b, _)| b.to_string()))
+            .collect();
+        batches.sort();
+        batches.dedup();
+        batches
+    }
+
+    /// Leaves the unstarted tasks of `batch`'s bundles (it was cancelled);
+    /// returns how many bundles were stopped.
+    pub fn stop_batch(&self, batch: &str) -> usize {
+        let held = self.held.lock().expect("inflight lock");
+        let mut stopped = 0;
+        for (key, entry) in held.iter() {
+            if key.rsplit_once('#').is_some_and(|(b, _)| b == batch)
+                && !entry.stop.swap(true, Ordering::Relaxed)
+            {
+                stopped += 1;
+            }
+        }
+        stopped
     }
 
     /// Tasks held and not yet finished.

@@ -170,6 +170,7 @@ where
     ));
     let renewer_done = tokio_util::sync::CancellationToken::new();
     let renewer = tokio::spawn(complete::renew_leases(ctx.clone(), renewer_done.clone()));
+    let canceller = tokio::spawn(watch_cancels(ctx.clone(), renewer_done.clone()));
 
     let reason = fetch::run(&ctx, &units_tx, &results_tx, &shutdown).await;
     drop(units_tx);
@@ -193,7 +194,42 @@ where
     let _ = completer.await;
     renewer_done.cancel();
     let _ = renewer.await;
+    let _ = canceller.await;
     reason
+}
+
+/// Every [`CANCEL_CHECK_EVERY`], asks whether the batches of the bundles held
+/// were cancelled, and leaves their tasks that have not started: a bundle
+/// holds many tasks, and a cancel must not wait for all of them. (The bundle
+/// is then given back, and the next worker to receive it deletes it.)
+async fn watch_cancels<Q, L, R>(ctx: Arc<Ctx<Q, L, R>>, done: tokio_util::sync::CancellationToken)
+where
+    Q: TaskQueue,
+    L: DedupLedger,
+    R: ResultRouter,
+{
+    let Some(ledger) = ctx.ledger.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(CANCEL_CHECK_EVERY) => {},
+        }
+        for batch in ctx.inflight.batches() {
+            if fetch::is_cancelled(&ctx, ledger.as_ref(), &batch).await {
+                let stopped = ctx.inflight.stop_batch(&batch);
+                if stopped > 0 {
+                    tracing::info!(
+                        batch,
+                        bundles = stopped,
+                        "batch cancelled: leaving its tasks not started"
+                    );
+                    WorkerStats::add(&ctx.stats.cancelled, stopped as u64);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -542,3 +542,48 @@ async fn a_bundles_tasks_run_on_all_the_slots_and_results_leave_as_they_finish()
         "{results:?}"
     );
 }
+
+#[tokio::test]
+async fn a_cancel_leaves_the_unstarted_tasks_of_a_bundle_already_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let specs: Vec<TaskSpec> = (0..40)
+        .map(|i| TaskSpec::Run {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("echo {i} >> {}; sleep 0.2", log.display()),
+            ],
+        })
+        .collect();
+    let ledger = Arc::new(MemoryLedger::new());
+    let queue = Arc::new(MemoryQueue::bounded(2));
+    queue.send(vec![bundle(0, specs)]).await.unwrap();
+    queue.close();
+    let stats = Arc::new(WorkerStats::default());
+    let mut config = config();
+    config.pool.slots = 1;
+    let worker = tokio::spawn(run_remote(
+        queue,
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config,
+        Shutdown::new(),
+        stats.clone(),
+    ));
+    while !log.exists() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ledger.cancel_batch("b").await.unwrap();
+    worker.await.unwrap();
+    let ran = std::fs::read_to_string(&log).unwrap().lines().count();
+    // 40 tasks of 0.2 s on one slot take 8 s; the cancel is seen within
+    // CANCEL_CHECK_EVERY (3 s) plus the task running then.
+    let bound = (CANCEL_CHECK_EVERY.as_secs_f64() / 0.2) as usize + 2;
+    assert!(
+        ran <= bound,
+        "{ran} of 40 ran after the cancel (bound {bound})"
+    );
+    assert!(WorkerStats::get(&stats.cancelled) >= 1);
+}

@@ -159,6 +159,9 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
             }
             let pool_ref = ObjectRef::<WorkerPool>::new(&spec.worker_pool).within(&ns);
             let pool_slots = pool.as_ref().map_or(1, batch_runner::pool_slots);
+            let pool_workers = pool
+                .as_ref()
+                .map_or(1, |p| u64::try_from(p.spec.workers.max.max(1)).unwrap_or(1));
             let handle = batch_runner::spawn(
                 ctx.clone(),
                 RunnerArgs {
@@ -166,6 +169,7 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
                     pool_queue_url: queue_url,
                     pool: pool_ref,
                     pool_slots,
+                    pool_workers,
                     source,
                     results,
                 },

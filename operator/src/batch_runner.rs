@@ -23,7 +23,7 @@ use cloudkon_core::queue::Receipt;
 use cloudkon_core::task::Timestamp;
 use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
 use cloudkon_core::workload::{TaskDef, WorkloadReader};
-use cloudkon_core::{BatchId, BundleOptions, BundlePlan};
+use cloudkon_core::{BatchId, Bundle, BundleOptions, BundlePlan};
 use hdrhistogram::Histogram;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -32,7 +32,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
+use std::sync::Mutex;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::build;
@@ -41,7 +42,9 @@ use crate::context::{Context, Error, MANAGER};
 use crate::crd::taskbatch::{Latency, Phase, TaskBatchSpec, TaskCounts};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
+use crate::shares::ShareGuard;
 use crate::status::{self, PhaseInput};
+use crate::window::{self, Estimate, WindowInput};
 
 /// The key of the collected-ids ConfigMap's value.
 const COLLECTED_KEY: &str = "collected";
@@ -72,6 +75,8 @@ pub struct RunnerArgs {
     pub pool: ObjectRef<WorkerPool>,
     /// The pool's task slots at its largest (see [`pool_slots`]).
     pub pool_slots: u64,
+    /// The pool's workers at its largest.
+    pub pool_workers: u64,
     pub source: Source,
     /// `s3://bucket/prefix/<ns>/<name>/`, or `None`: results are counted only.
     pub results: Option<S3Uri>,
@@ -79,7 +84,7 @@ pub struct RunnerArgs {
 
 /// Slots per worker assumed when a pool's template sets no `threads` (the
 /// worker then takes its CPUs).
-const DEFAULT_WORKER_SLOTS: u64 = 2;
+pub const DEFAULT_WORKER_SLOTS: u64 = 2;
 
 /// A pool's task slots at its largest: what bundle sizes are cut for.
 pub fn pool_slots(pool: &WorkerPool) -> u64 {
@@ -129,6 +134,10 @@ struct Progress {
     enqueued: AtomicU64,
     /// Results counted so far.
     finished: AtomicU64,
+    /// Told when results are counted: the meter may let more in.
+    collected: Notify,
+    /// The batch's task length, from its results (or declared).
+    estimate: Mutex<Estimate>,
 }
 
 impl Progress {
@@ -137,6 +146,18 @@ impl Progress {
         self.enqueued
             .load(Ordering::Relaxed)
             .saturating_sub(self.finished.load(Ordering::Relaxed))
+    }
+
+    fn estimate(&self) -> Option<Duration> {
+        self.estimate.lock().expect("estimate lock").get()
+    }
+
+    /// Takes a declared task length until results tell.
+    fn seed_estimate(&self, declared: Option<Duration>) {
+        let mut estimate = self.estimate.lock().expect("estimate lock");
+        if estimate.get().is_none() && declared.is_some() {
+            *estimate = Estimate::seeded(declared);
+        }
     }
 
     /// `finished/enqueued+`, the `kubectl get` column while enqueuing.
@@ -169,12 +190,29 @@ async fn run(
         .await?;
     let pool_queue = ctx.sqs.at(args.pool_queue_url.clone());
 
+    // The batch's place among its pool's batches, while it runs.
+    let pool_key = format!(
+        "{}/{}",
+        args.pool.namespace.clone().unwrap_or_default(),
+        args.pool.name
+    );
+    let weight = batch
+        .spec
+        .weight
+        .and_then(|w| u64::try_from(w).ok())
+        .unwrap_or(1);
+    let share = ctx
+        .shares
+        .join(&pool_key, &batch.uid().unwrap_or_default(), weight);
+
     let enqueue_done = matches!(status.phase, Some(Phase::Running));
     let (total_tx, _) = watch::channel(enqueue_done.then_some(status.counts.total as u64));
     let progress = Progress {
         total: total_tx,
         enqueued: AtomicU64::new(status.counts.enqueued as u64),
         finished: AtomicU64::new(0),
+        collected: Notify::new(),
+        estimate: Mutex::new(Estimate::default()),
     };
 
     let start_time = status
@@ -208,10 +246,11 @@ async fn run(
             planned_slots,
             spec,
             &progress,
+            &share,
         )
         .await
     };
-    let collect = collect(ctx, &args, &api, &response, &start_time, &progress);
+    let collect = collect(ctx, &args, &api, &response, &start_time, &progress, &share);
     // Collecting ends the batch; an error of either half ends the runner
     // (the reconciler starts it again from the checkpoint).
     tokio::pin!(enqueue);
@@ -236,6 +275,7 @@ async fn enqueue_all(
     planned_slots: u64,
     mut spec: watch::Receiver<TaskBatchSpec>,
     progress: &Progress,
+    share: &ShareGuard,
 ) -> Result<(), Error> {
     let batch = &args.batch;
     let name = batch.name_any();
@@ -262,7 +302,7 @@ async fn enqueue_all(
     });
     let options = bundle_options(&batch.spec);
     let mut enqueued = checkpoint;
-    let mut group = Vec::with_capacity(SEND_GROUP);
+    let mut group: Vec<Bundle> = Vec::with_capacity(SEND_GROUP);
     let total = match &args.source {
         Source::Spec => enqueue::source_len(&batch.spec.tasks).unwrap_or(0),
         Source::File { name, bytes } => {
@@ -274,18 +314,52 @@ async fn enqueue_all(
     let mut woke_pool = false;
     let mut last_checkpoint = Instant::now();
     loop {
-        let next = bundles.next();
-        let last = bundles.peek().is_none();
-        if let Some(bundle) = next {
+        // The meter: wait until the batch's enqueued, unfinished tasks are
+        // under its window (see `window`), writing the checkpoint meanwhile.
+        let next = match bundles.peek() {
+            Some(Ok(b)) => b.tasks.len() as u64,
+            Some(Err(_)) | None => 1,
+        };
+        if let Some(Ok(b)) = bundles.peek() {
+            progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.nominal_duration()));
+        }
+        let room = loop {
+            let window = window::window_tasks(&WindowInput {
+                pool_slots: planned_slots,
+                pool_workers: args.pool_workers,
+                weight: share.weight(),
+                total_weight: ctx.shares.total_weight(share.pool()),
+                estimate: progress.estimate(),
+                next_bundle: next,
+            });
+            share.update(progress.running(), progress.estimate());
+            let running = progress.running();
+            if running < window {
+                break window - running;
+            }
+            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                last_checkpoint = Instant::now();
+                write_checkpoint(api, &name, enqueued, progress).await?;
+            }
+            tokio::select! {
+                _ = progress.collected.notified() => {}
+                changed = spec.changed() => if changed.is_err() {
+                    return Ok(()); // The runner is being stopped.
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        let mut group_tasks = 0;
+        while group.len() < SEND_GROUP && group_tasks < room {
+            let Some(bundle) = bundles.next() else { break };
             let mut bundle = bundle.map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
             bundle.submitted = Timestamp::now();
             bundle.reply_to = Some(reply_to.to_string());
             bundle.options = options;
+            group_tasks += bundle.tasks.len() as u64;
             group.push(bundle);
         }
-        if group.len() < SEND_GROUP && !last {
-            continue;
-        }
+        let last = bundles.peek().is_none();
         // Suspended: wait here, the checkpoint written, until resumed.
         while spec.borrow().suspend == Some(true) {
             if spec.changed().await.is_err() {
@@ -309,6 +383,7 @@ async fn enqueue_all(
                 .map_or(enqueued, |t| t.id + 1);
             group.clear();
             progress.enqueued.store(enqueued, Ordering::Relaxed);
+            share.update(progress.running(), progress.estimate());
             if !woke_pool {
                 // The pool scales on this backlog now, not at its next poll.
                 let _ = ctx.wake_pool.send(args.pool.clone());
@@ -319,16 +394,13 @@ async fn enqueue_all(
             break;
         }
         // The checkpoint at most every CHECKPOINT_EVERY: a restart resends
-        // what was sent since (the ledger runs it once), and a sweep of a
-        // million one-task bundles does not write its status 100,000 times.
-        if last_checkpoint.elapsed() < CHECKPOINT_EVERY {
-            continue;
+        // what was sent since (the ledger runs it once: the bundles are cut
+        // the same), and a sweep of a million bundles does not write its
+        // status 100,000 times.
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            last_checkpoint = Instant::now();
+            write_checkpoint(api, &name, enqueued, progress).await?;
         }
-        last_checkpoint = Instant::now();
-        let counts = json!({ "counts": { "enqueued": enqueued, "running": progress.running() },
-            "phase": Phase::Enqueuing,
-            "progress": progress.column() });
-        patch_status(api, &name, counts).await?;
     }
     // Every task is in the queue: the total is final.
     patch_status(
@@ -342,6 +414,20 @@ async fn enqueue_all(
     progress.total.send_replace(Some(enqueued));
     tracing::info!(batch = %name, tasks = enqueued, "every task enqueued");
     Ok(())
+}
+
+/// The enqueue checkpoint: the tasks in the queue so far (a restart resumes
+/// after them).
+async fn write_checkpoint(
+    api: &Api<TaskBatch>,
+    name: &str,
+    enqueued: u64,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let counts = json!({ "counts": { "enqueued": enqueued, "running": progress.running() },
+        "phase": Phase::Enqueuing,
+        "progress": progress.column() });
+    patch_status(api, name, counts).await
 }
 
 /// What the workers need to know of the batch: its retries and dedup.
@@ -425,6 +511,7 @@ async fn collect(
     response: &SqsQueue,
     start_time: &Time,
     progress: &Progress,
+    share: &ShareGuard,
 ) -> Result<(), Error> {
     let mut total = progress.total.subscribe();
     let batch = &args.batch;
@@ -463,6 +550,12 @@ async fn collect(
                     pending.failed += 1;
                 }
                 collected.retried += i64::from(result.attempt.saturating_sub(1));
+                let took = result.finished.0.saturating_sub(result.started.0);
+                progress
+                    .estimate
+                    .lock()
+                    .expect("estimate lock")
+                    .observe(Duration::from_micros(took));
                 let e2e = result.finished.0.saturating_sub(result.submitted.0) / 1000;
                 let _ = latency.record(e2e.max(1));
                 if args.results.is_some() {
@@ -477,6 +570,8 @@ async fn collect(
         progress
             .finished
             .store(collected.finished() as u64, Ordering::Relaxed);
+        progress.collected.notify_one();
+        share.update(progress.running(), progress.estimate());
         let known_total = *total.borrow_and_update();
         let done = known_total.is_some_and(|t| collected.finished() as u64 >= t);
         // Written out at least every part's worth, so that memory and parts

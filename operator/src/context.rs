@@ -56,6 +56,8 @@ pub struct Context {
     pub pools: Mutex<HashMap<String, crate::pool_reconciler::PoolMemory>>,
     /// Per batch (by uid): the task that enqueues and collects.
     pub runners: Mutex<HashMap<String, crate::batch_runner::RunnerHandle>>,
+    /// Per pool: its batches' weights and work (enqueue windows, scaling).
+    pub shares: Arc<crate::shares::Shares>,
     /// Wakes a pool's reconciler at once (a batch just enqueued tasks).
     pub wake_pool: UnboundedSender<ObjectRef<WorkerPool>>,
 }

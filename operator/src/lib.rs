@@ -24,5 +24,7 @@ pub mod operator;
 pub mod pool_reconciler;
 pub mod provider;
 pub mod scale;
+pub mod shares;
 pub mod status;
 pub mod validate;
+pub mod window;

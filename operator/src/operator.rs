@@ -71,6 +71,7 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
         settings: options.settings,
         pools: Mutex::new(HashMap::new()),
         runners: Mutex::new(HashMap::new()),
+        shares: Default::default(),
         wake_pool: wake_tx,
     });
 

@@ -149,10 +149,13 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
                 replicas: workers.current,
             });
         }
+        let work = ctx.shares.work(&format!("{ns}/{name}"));
         let decision = scale::desired_workers(&ScaleInput {
             config: &config,
             backlog_visible: stats.visible + stats.delayed,
             backlog_in_flight: stats.in_flight,
+            work_tasks: work.tasks,
+            work_task_seconds: work.task_seconds,
             current: workers.current,
             ready: workers.ready,
             history: &memory.history,

@@ -42,6 +42,10 @@ pub struct ScaleConfig {
     pub min: i32,
     pub max: i32,
     pub target_backlog_per_worker: i32,
+    /// Work in the queue or running should drain within this.
+    pub target_drain: Duration,
+    /// Task slots per worker.
+    pub slots_per_worker: u64,
     pub behavior: Behavior,
     /// `spec.replicas`: an outside controller decides.
     pub external_replicas: Option<i32>,
@@ -57,10 +61,34 @@ impl ScaleConfig {
                 .workers
                 .target_backlog_per_worker
                 .unwrap_or(DEFAULT_TARGET_BACKLOG_PER_WORKER),
+            target_drain: Duration::from_secs(
+                spec.workers
+                    .target_drain_seconds
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(DEFAULT_TARGET_DRAIN_SECONDS),
+            ),
+            slots_per_worker: spec
+                .template
+                .threads
+                .and_then(|t| u64::try_from(t).ok())
+                .filter(|&t| t > 0)
+                .unwrap_or(crate::batch_runner::DEFAULT_WORKER_SLOTS),
             behavior: Behavior::from_spec(spec.behavior.as_ref()),
             external_replicas: spec.replicas,
         }
     }
+}
+
+/// `workers.targetDrainSeconds` when unset.
+pub const DEFAULT_TARGET_DRAIN_SECONDS: u64 = 60;
+
+/// Workers to drain `work` (tasks, task-seconds) within the target: no more
+/// than the tasks can keep busy.
+pub fn workers_for_work(tasks: u64, task_seconds: f64, config: &ScaleConfig) -> u64 {
+    let slots = config.slots_per_worker.max(1);
+    let drain = config.target_drain.as_secs_f64().max(1.0);
+    let by_time = (task_seconds / drain / slots as f64).ceil() as u64;
+    by_time.min(tasks.div_ceil(slots))
 }
 
 /// Scaling rules in both directions, with the HPA's defaults.
@@ -220,6 +248,10 @@ pub struct ScaleInput<'a> {
     pub backlog_visible: u64,
     /// Messages received and not yet deleted: bundles being worked on.
     pub backlog_in_flight: u64,
+    /// The pool's batches' tasks in the queue or running, and their
+    /// task-seconds (see [`crate::shares`]).
+    pub work_tasks: u64,
+    pub work_task_seconds: f64,
     /// Workers that exist, ready or not.
     pub current: i32,
     /// Of those, the ready ones.
@@ -314,13 +346,29 @@ pub fn desired_workers(input: &ScaleInput<'_>) -> Decision {
         .backlog_visible
         .saturating_add(input.backlog_in_flight);
     let target = u64::try_from(cfg.target_backlog_per_worker.max(1)).unwrap_or(1);
-    let recommendation = i32::try_from(backlog.div_ceil(target)).unwrap_or(i32::MAX);
+    let by_backlog = i32::try_from(backlog.div_ceil(target)).unwrap_or(i32::MAX);
+    let by_work = i32::try_from(workers_for_work(
+        input.work_tasks,
+        input.work_task_seconds,
+        cfg,
+    ))
+    .unwrap_or(i32::MAX);
+    let recommendation = by_backlog.max(by_work);
     let mut reason = format!(
-        "backlog {backlog} ({} visible, {} in flight) at {target} per worker: {recommendation} {}",
+        "backlog {backlog} ({} visible, {} in flight) at {target} per worker: {by_backlog} {}",
         input.backlog_visible,
         input.backlog_in_flight,
-        workers(recommendation)
+        workers(by_backlog)
     );
+    if by_work > by_backlog {
+        reason = format!(
+            "work {:.0} task-seconds in {} tasks to drain in {}s: {by_work} {}",
+            input.work_task_seconds,
+            input.work_tasks,
+            cfg.target_drain.as_secs(),
+            workers(by_work)
+        );
+    }
     let not_ready = current - input.ready.clamp(0, current);
     if not_ready > 0 {
         reason += &format!(" (of the {current} there are, {not_ready} not ready yet)");
@@ -515,6 +563,8 @@ mod tests {
             min,
             max,
             target_backlog_per_worker: target,
+            target_drain: Duration::from_secs(DEFAULT_TARGET_DRAIN_SECONDS),
+            slots_per_worker: 4,
             behavior: Behavior::default(),
             external_replicas: None,
         }
@@ -581,6 +631,8 @@ mod tests {
             config: &case.config,
             backlog_visible: case.visible,
             backlog_in_flight: case.in_flight,
+            work_tasks: 0,
+            work_task_seconds: 0.0,
             current: case.current,
             ready: case.ready,
             history: &history,
@@ -588,6 +640,48 @@ mod tests {
             now,
             last_active: case.last_active.map(|ago| now - Duration::from_secs(ago)),
         })
+    }
+
+    #[test]
+    fn workers_for_work_table() {
+        let c = config(0, 100, 10); // 4 slots per worker, drain in 60 s
+        // (tasks, task-seconds) -> workers
+        let cases = [
+            ((0, 0.0), 0),
+            ((1, 1.0), 1),
+            ((256, 256.0), 2),         // 256 s of work: 2 workers drain it in 60 s
+            ((256, 0.5), 1),           // cheap: one worker
+            ((10_000, 24_000.0), 100), // 100 workers x 4 slots x 60 s
+            ((8, 10_000.0), 2),        // long, but 8 tasks keep only 2 workers busy
+        ];
+        for ((tasks, secs), want) in cases {
+            assert_eq!(
+                workers_for_work(tasks, secs, &c),
+                want,
+                "{tasks} tasks, {secs} s"
+            );
+        }
+        // A single bundle (one message) of long tasks scales out on its work.
+        let now = SystemTime::now();
+        let d = desired_workers(&ScaleInput {
+            config: &c,
+            backlog_visible: 1,
+            backlog_in_flight: 0,
+            work_tasks: 256,
+            work_task_seconds: 2_560.0,
+            current: 0,
+            ready: 0,
+            history: &[],
+            events: &[],
+            now,
+            last_active: Some(now),
+        });
+        assert_eq!(d.recommendation, 11, "{d:?}");
+        assert!(
+            d.reason.starts_with("work 2560 task-seconds in 256 tasks"),
+            "{}",
+            d.reason
+        );
     }
 
     fn behavior(f: impl FnOnce(&mut Behavior)) -> ScaleConfig {

@@ -939,12 +939,12 @@ spec:
     let queue = c.queue_url("p");
     let ran = c.dir.path().join("ran");
     std::fs::File::create(&ran).unwrap();
-    // 120 tasks of 0.5 s on 4 threads: 15 s of work; workers look for a
-    // cancel at most every 3 s per batch.
+    // 120 tasks of 0.5 s on 4 threads: 15 s of work, enqueued a window at a
+    // time; workers look for a cancel every 3 s, also in bundles they run.
     let command = format!("sleep 0.5; echo {{i}} >> {}", ran.display());
     c.apply(&run_batch("long", "p", 120, &command));
-    c.wait_for("every task enqueued", Duration::from_secs(30), |c| {
-        (c.batch("long").status?.counts.enqueued == 120).then_some(())
+    c.wait_for("the first tasks enqueued", Duration::from_secs(30), |c| {
+        (c.batch("long").status?.counts.enqueued > 0).then_some(())
     });
     c.workers(&queue, &table, 1);
     let lines = |p: &Path| {
@@ -975,9 +975,9 @@ spec:
     std::thread::sleep(Duration::from_secs(1));
     let total = lines(&ran);
     println!("cancel: {at_cancel} tasks had run at the cancel, {total} in all, of 120");
-    // What the worker held when the cancel came (4 threads + prefetch) and
-    // what it admitted before it saw the cancel (its check is cached up to
-    // 3 s: 4 threads x 3 s / 0.5 s) may still run; the rest never does.
-    assert!(total <= at_cancel + 4 + 8 + 24, "{total} ran");
+    // What ran until the worker saw the cancel (it asks every 3 s: 4 threads
+    // x 3 s / 0.5 s) and the tasks running then may still finish; no other
+    // task of the batch starts.
+    assert!(total <= at_cancel + 4 + 24, "{total} ran\n{}", c.logs());
     assert!(total < 120);
 }

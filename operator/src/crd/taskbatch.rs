@@ -83,6 +83,14 @@ pub struct TaskBatchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<bool>,
 
+    /// The batch's share of its WorkerPool while other batches run on it: the
+    /// pool's batches keep work enqueued in proportion to their weights, in
+    /// task-seconds (default 1). A batch applied beside a running one starts
+    /// at once either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: Option<i32>,
+
     /// Stop enqueuing (default false). Tasks already in the queue still run;
     /// setting it back to false resumes where enqueuing stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]

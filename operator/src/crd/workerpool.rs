@@ -148,6 +148,14 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_backlog_per_worker: Option<i32>,
+
+    /// How long the queued and running work of the pool's batches (tasks ×
+    /// their observed lengths) should take to drain: the pool asks for enough
+    /// workers to do it in this time, as well as for the backlog rule above
+    /// (default 60). A bundle holds many tasks, so messages alone undercount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_drain_seconds: Option<i32>,
 }
 
 /// The worker process and its pod.

@@ -314,7 +314,7 @@ where
 
 /// Whether a batch was cancelled, from the cache or the ledger. A ledger
 /// error counts as "not cancelled": running a cancelled task is the lesser harm.
-pub async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> bool
+async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> bool
 where
     L: DedupLedger,
 {

@@ -217,7 +217,14 @@ where
             _ = tokio::time::sleep(CANCEL_CHECK_EVERY) => {},
         }
         for batch in ctx.inflight.batches() {
-            if fetch::is_cancelled(&ctx, ledger.as_ref(), &batch).await {
+            // Asked afresh (not from the admission cache): a cancel is seen
+            // within one period.
+            let cancelled = ledger.is_cancelled(&batch).await.unwrap_or(false);
+            if cancelled {
+                ctx.cancelled
+                    .lock()
+                    .expect("cancel cache")
+                    .insert(batch.clone(), (true, std::time::Instant::now()));
                 let stopped = ctx.inflight.stop_batch(&batch);
                 if stopped > 0 {
                     tracing::info!(

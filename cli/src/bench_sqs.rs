@@ -33,6 +33,53 @@ pub struct SqsArgs {
     /// Slots per worker.
     #[arg(long, default_value_t = 2)]
     threads: u32,
+    /// Milliseconds added each way to every SQS and DynamoDB call, by a
+    /// delaying proxy of the bench's own in front of the local servers (a
+    /// cloud region's round trip is about 5 ms each way).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Which modes to run.
+    #[arg(long, value_enum, default_value_t = Modes::Both)]
+    modes: Modes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Modes {
+    Both,
+    Dedup,
+    NoDedup,
+}
+
+/// Set in the bench's own child process, which runs behind the proxy.
+const PROXIED_ENV: &str = "CLOUDKON_BENCH_PROXIED_DELAY_MS";
+
+/// Starts the delaying proxies and runs the bench again behind them, as a
+/// child whose AWS endpoints (and its workers') are the proxies.
+fn run_behind_proxy(args: &SqsArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let delay = Duration::from_millis(args.delay_ms);
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(std::env::args_os().skip(1)).env(PROXIED_ENV, args.delay_ms.to_string());
+    for var in ["AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"] {
+        let url = std::env::var(var)
+            .with_context(|| format!("--delay-ms needs {var} (the local servers: scripts/aws-servers up)"))?;
+        let authority = url
+            .strip_prefix("http://")
+            .with_context(|| format!("{var}={url}: the bench proxies plain http:// endpoints"))?
+            .trim_end_matches('/');
+        let upstream: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+            .with_context(|| format!("{var}={url}: not host:port"))?
+            .find(|a| a.ip().is_loopback())
+            .with_context(|| format!("{var}={url}: the bench proxies loopback servers only"))?;
+        let proxy = runtime.block_on(crate::bench_proxy::start(upstream, delay))?;
+        command.env(var, format!("http://{proxy}"));
+    }
+    let status = command.status().context("cannot run the bench behind the proxy")?;
+    ensure!(status.success(), "the bench behind the proxy failed: {status}");
+    Ok(())
 }
 
 struct Measured {
@@ -42,6 +89,9 @@ struct Measured {
 }
 
 pub fn run(args: &SqsArgs) -> Result<()> {
+    if args.delay_ms > 0 && std::env::var_os(PROXIED_ENV).is_none() {
+        return run_behind_proxy(args);
+    }
     if std::env::var_os("AWS_ENDPOINT_URL_SQS").is_none()
         && std::env::var_os("AWS_ENDPOINT_URL").is_none()
     {
@@ -71,7 +121,14 @@ pub fn run(args: &SqsArgs) -> Result<()> {
         .build()?;
     let mut rows = Vec::new();
     for (mode, dedup) in [("dedup on", true), ("--no-dedup", false)] {
-        rows.push(runtime.block_on(measure(args, &path, mode, dedup))?);
+        let wanted = match args.modes {
+            Modes::Both => true,
+            Modes::Dedup => dedup,
+            Modes::NoDedup => !dedup,
+        };
+        if wanted {
+            rows.push(runtime.block_on(measure(args, &path, mode, dedup))?);
+        }
     }
     print(args, &rows, embedded);
     Ok(())
@@ -241,8 +298,9 @@ impl Drop for Guard {
 }
 
 fn print(args: &SqsArgs, rows: &[Measured], embedded: Duration) {
+    let delay = std::env::var(PROXIED_ENV).unwrap_or_else(|_| "0".into());
     println!(
-        "cloudkon bench sqs: {} `{}` tasks, {} workers x {} slots",
+        "cloudkon bench sqs: {} `{}` tasks, {} workers x {} slots, {delay} ms added each way to AWS calls",
         args.tasks, args.task, args.workers, args.threads
     );
     let tasks = args.tasks as f64;

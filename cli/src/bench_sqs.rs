@@ -38,6 +38,10 @@ pub struct SqsArgs {
     /// cloud region's round trip is about 5 ms each way).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// The task's length in milliseconds, when known (e.g. 100 for `run sleep
+    /// 0.1`): prints each path's efficiency, tasks × length / slots / wall.
+    #[arg(long)]
+    task_ms: Option<u64>,
     /// Which modes to run.
     #[arg(long, value_enum, default_value_t = Modes::Both)]
     modes: Modes,
@@ -62,10 +66,13 @@ fn run_behind_proxy(args: &SqsArgs) -> Result<()> {
         .build()?;
     let delay = Duration::from_millis(args.delay_ms);
     let mut command = Command::new(std::env::current_exe()?);
-    command.args(std::env::args_os().skip(1)).env(PROXIED_ENV, args.delay_ms.to_string());
+    command
+        .args(std::env::args_os().skip(1))
+        .env(PROXIED_ENV, args.delay_ms.to_string());
     for var in ["AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB"] {
-        let url = std::env::var(var)
-            .with_context(|| format!("--delay-ms needs {var} (the local servers: scripts/aws-servers up)"))?;
+        let url = std::env::var(var).with_context(|| {
+            format!("--delay-ms needs {var} (the local servers: scripts/aws-servers up)")
+        })?;
         let authority = url
             .strip_prefix("http://")
             .with_context(|| format!("{var}={url}: the bench proxies plain http:// endpoints"))?
@@ -77,8 +84,13 @@ fn run_behind_proxy(args: &SqsArgs) -> Result<()> {
         let proxy = runtime.block_on(crate::bench_proxy::start(upstream, delay))?;
         command.env(var, format!("http://{proxy}"));
     }
-    let status = command.status().context("cannot run the bench behind the proxy")?;
-    ensure!(status.success(), "the bench behind the proxy failed: {status}");
+    let status = command
+        .status()
+        .context("cannot run the bench behind the proxy")?;
+    ensure!(
+        status.success(),
+        "the bench behind the proxy failed: {status}"
+    );
     Ok(())
 }
 
@@ -305,19 +317,30 @@ fn print(args: &SqsArgs, rows: &[Measured], embedded: Duration) {
     );
     let tasks = args.tasks as f64;
     let embedded_rate = tasks / embedded.as_secs_f64();
+    let slots = f64::from(args.workers * args.threads);
+    let efficiency = |wall: Duration| {
+        args.task_ms.map_or(String::new(), |ms| {
+            format!(
+                ", efficiency {:.1} %",
+                100.0 * tasks * ms as f64 / 1000.0 / slots / wall.as_secs_f64()
+            )
+        })
+    };
     println!(
-        "\n[cloudkon run, {} slots]\n  throughput            {embedded_rate:.0} tasks/s (wall {:.2} s)",
+        "\n[cloudkon run, {} slots]\n  throughput            {embedded_rate:.0} tasks/s (wall {:.2} s){}",
         args.workers * args.threads,
-        embedded.as_secs_f64()
+        embedded.as_secs_f64(),
+        efficiency(embedded)
     );
     for m in rows {
         let r = &m.requests;
         println!("\n[{}]", m.mode);
         let rate = tasks / m.wall.as_secs_f64();
         println!(
-            "  throughput            {rate:.0} tasks/s (wall {:.2} s), {:.2}x cloudkon run",
+            "  throughput            {rate:.0} tasks/s (wall {:.2} s), {:.2}x cloudkon run{}",
             m.wall.as_secs_f64(),
-            rate / embedded_rate
+            rate / embedded_rate,
+            efficiency(m.wall)
         );
         println!(
             "  AWS requests per task {:.5}  [target <= 0.05 with dedup on]",

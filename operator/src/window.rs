@@ -32,9 +32,9 @@ pub struct WindowInput {
 }
 
 /// Tasks of the batch that may be enqueued and not finished: its weighted
-/// share of [`WINDOW`] of the pool's work, and never less than a bundle for
-/// each of its share of the workers plus one (so that no worker waits on the
-/// meter).
+/// share of [`WINDOW`] of the pool's work, and never less than its share of
+/// a bundle for every worker and one more (so that, all batches together, no
+/// worker waits on the meter), at least one bundle.
 pub fn window_tasks(input: &WindowInput) -> u64 {
     // Integer arithmetic: the same inputs give the same window everywhere.
     let weight = u128::from(input.weight.max(1));
@@ -46,8 +46,8 @@ pub fn window_tasks(input: &WindowInput) -> u64 {
         .as_nanos();
     let work = u128::from(input.pool_slots.max(1)) * WINDOW.as_nanos() * weight;
     let by_work = work.div_ceil(total_weight * cost);
-    let workers = (u128::from(input.pool_workers.max(1)) * weight).div_ceil(total_weight);
-    let by_bundles = u128::from(input.next_bundle.max(1)) * (workers + 1);
+    let bundles = ((u128::from(input.pool_workers.max(1)) + 1) * weight).div_ceil(total_weight);
+    let by_bundles = u128::from(input.next_bundle.max(1)) * bundles;
     u64::try_from(by_work.max(by_bundles)).unwrap_or(u64::MAX)
 }
 
@@ -117,8 +117,9 @@ mod tests {
             // Weights 1 and 3: a quarter and three quarters of the work.
             ((1, 4, Some(ms(10)), 1), 1_000),
             ((3, 4, Some(ms(10)), 1), 3_000),
-            // The bundle floor follows the share of the workers too.
-            ((1, 4, Some(ms(10)), 900), 1_800),
+            // The bundle floor follows the share too: 3 bundles in all.
+            ((1, 4, Some(ms(10)), 2_000), 2_000),
+            ((3, 4, Some(ms(10)), 2_000), 6_000),
             // A total below the weight (not registered yet) counts as alone.
             ((2, 0, Some(ms(10)), 1), 4_000),
         ];

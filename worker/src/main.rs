@@ -56,6 +56,12 @@ struct Args {
     #[arg(long, env = "CLOUDKON_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
     lease: Duration,
 
+    /// Results of tasks finishing within this time leave in one send (per
+    /// response queue): longer means fewer SQS requests per task, results
+    /// a little later.
+    #[arg(long, env = "CLOUDKON_RESULTS_LINGER", default_value = "200ms", value_parser = humantime::parse_duration)]
+    results_linger: Duration,
+
     /// Long-poll wait of each receive (at most 20s).
     #[arg(long, env = "CLOUDKON_RECEIVE_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     receive_wait: Duration,
@@ -209,6 +215,7 @@ async fn run(args: Args) -> Result<StopReason> {
     config.lease = args.lease;
     config.visibility = args.lease;
     config.receive_wait = args.receive_wait.min(Duration::from_secs(20));
+    config.linger = args.results_linger.min(Duration::from_secs(10));
     config.idle_timeout = args.idle_timeout;
     config.grace = args.grace;
     config.max_claims = args.max_claims.max(1);

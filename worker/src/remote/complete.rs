@@ -253,7 +253,15 @@ where
             Ok(()) => return Sent::Yes,
             Err(QueueError::NotFound(e)) => {
                 WorkerStats::add(&ctx.stats.results_dropped, bodies.len() as u64);
-                tracing::warn!(reply_to, error = %e, "response queue gone (batch deleted?): results dropped");
+                // Once per queue: its batch's remaining bundles all end here.
+                if ctx
+                    .gone
+                    .lock()
+                    .expect("gone lock")
+                    .insert(reply_to.to_string())
+                {
+                    tracing::warn!(reply_to, error = %e, "response queue gone (batch deleted?): its results are dropped");
+                }
                 return Sent::QueueGone;
             }
             Err(e) => {

@@ -51,7 +51,7 @@ pub struct RemoteConfig {
     pub receive_wait: Duration,
     /// Bundles held beyond one per slot, so that a slot finds work at once.
     pub prefetch: usize,
-    /// Results of bundles finishing within this time travel together.
+    /// Results of tasks finishing within this time travel together.
     pub linger: Duration,
     /// Exit after this long with nothing received and nothing running.
     pub idle_timeout: Option<Duration>,
@@ -71,7 +71,7 @@ impl RemoteConfig {
             visibility: Duration::from_secs(60),
             receive_wait: Duration::from_secs(10),
             prefetch: 2,
-            linger: Duration::from_millis(20),
+            linger: Duration::from_millis(200),
             idle_timeout: None,
             grace: Duration::from_secs(25),
             max_claims: 3,
@@ -106,6 +106,8 @@ struct Ctx<Q, L, R> {
     room: Arc<Semaphore>,
     /// Tasks finished or ended: the fetcher waits on it when it holds enough.
     tasks_done: tokio::sync::Notify,
+    /// Response queues found deleted (logged once each).
+    gone: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Batch → (cancelled, when looked up): the ledger is asked at most every
     /// [`CANCEL_CHECK_EVERY`] per batch.
     cancelled: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
@@ -150,6 +152,7 @@ where
         config,
         inflight: InFlight::new(stats.clone()),
         tasks_done: tokio::sync::Notify::new(),
+        gone: Default::default(),
         stats,
         cancelled: Default::default(),
     });

@@ -136,6 +136,8 @@ struct Progress {
     finished: AtomicU64,
     /// Told when results are counted: the meter may let more in.
     collected: Notify,
+    /// The batch's size, once the enqueue half has counted it.
+    planned: AtomicU64,
     /// The batch's task length, from its results (or declared).
     estimate: Mutex<Estimate>,
 }
@@ -212,6 +214,11 @@ async fn run(
         enqueued: AtomicU64::new(status.counts.enqueued as u64),
         finished: AtomicU64::new(0),
         collected: Notify::new(),
+        planned: AtomicU64::new(if enqueue_done {
+            status.counts.total as u64
+        } else {
+            0
+        }),
         estimate: Mutex::new(Estimate::default()),
     };
 
@@ -309,6 +316,7 @@ async fn enqueue_all(
             WorkloadReader::new(bytes.as_slice(), name.clone()).count() as u64
         }
     };
+    progress.planned.store(total, Ordering::Relaxed);
     let plan = BundlePlan::SQS.spread(total, planned_slots);
     let mut bundles = enqueue::bundles_from(tasks, id, plan, checkpoint).peekable();
     let mut woke_pool = false;
@@ -736,6 +744,18 @@ async fn flush(
             p50_millis: latency.value_at_quantile(0.5) as i64,
             p99_millis: latency.value_at_quantile(0.99) as i64,
         });
+    }
+    let planned = total.unwrap_or(progress.planned.load(Ordering::Relaxed));
+    match status::time_to_finish(collected.finished() as u64, planned, elapsed) {
+        Some(left) if !phase.is_finished() => {
+            let eta = now
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                    left.as_secs() as i64
+                ))
+                .unwrap_or(now);
+            patch["estimatedCompletionTime"] = json!(Time(eta));
+        }
+        _ => patch["estimatedCompletionTime"] = serde_json::Value::Null,
     }
     if phase.is_finished() {
         patch["completionTime"] = json!(Time(now));

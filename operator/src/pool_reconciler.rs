@@ -137,6 +137,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     } else {
         st.last_active_time.as_ref().map(to_system_time)
     };
+    let work = ctx.shares.work(&format!("{ns}/{name}"));
     let decision = {
         let mut pools = ctx.pools.lock().expect("pool memory lock");
         let memory = pools.entry(uid(pool)).or_default();
@@ -149,7 +150,6 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
                 replicas: workers.current,
             });
         }
-        let work = ctx.shares.work(&format!("{ns}/{name}"));
         let decision = scale::desired_workers(&ScaleInput {
             config: &config,
             backlog_visible: stats.visible + stats.delayed,
@@ -233,6 +233,12 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     st.backlog_visible = i64::try_from(stats.visible + stats.delayed).unwrap_or(i64::MAX);
     st.backlog_in_flight = i64::try_from(stats.in_flight).unwrap_or(i64::MAX);
     st.density = Some(status::density(backlog, workers.ready));
+    st.work_tasks = i64::try_from(work.tasks).unwrap_or(i64::MAX);
+    st.work_seconds = (work.tasks > 0).then(|| status::round(work.task_seconds));
+    st.estimated_drain_seconds = (work.tasks > 0 && workers.ready > 0).then(|| {
+        let slots = workers.ready as f64 * config.slots_per_worker.max(1) as f64;
+        status::round(work.task_seconds / slots)
+    });
     let conditions = status::pool_conditions(&PoolConditionsInput {
         validation: &validation,
         queue_problem: None,

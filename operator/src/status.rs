@@ -82,6 +82,23 @@ pub fn throughput(finished: i64, elapsed: Duration) -> Option<f64> {
     (secs > 0.0).then(|| (finished as f64 / secs * 10.0).round() / 10.0)
 }
 
+/// To one decimal, as status shows figures.
+pub fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// How long until a batch finishes, at the rate it has finished tasks so far
+/// (`None` before the first result, or when it is done).
+pub fn time_to_finish(finished: u64, total: u64, elapsed: Duration) -> Option<Duration> {
+    if finished == 0 || finished >= total || elapsed.is_zero() {
+        return None;
+    }
+    let per_task = elapsed.as_secs_f64() / finished as f64;
+    Some(Duration::from_secs_f64(
+        per_task * (total - finished) as f64,
+    ))
+}
+
 /// A WorkerPool's `workers` column: `ready/desired`.
 pub fn workers_column(ready: i32, desired: i32) -> String {
     format!("{ready}/{desired}")
@@ -506,6 +523,17 @@ mod tests {
             };
             assert_eq!(phase_of(&input), want, "{name}");
         }
+    }
+
+    #[test]
+    fn time_to_finish_at_the_rate_so_far() {
+        let s = Duration::from_secs;
+        assert_eq!(time_to_finish(100, 1000, s(10)), Some(s(90)));
+        assert_eq!(time_to_finish(999, 1000, s(999)), Some(s(1)));
+        assert_eq!(time_to_finish(0, 1000, s(10)), None);
+        assert_eq!(time_to_finish(1000, 1000, s(10)), None);
+        assert_eq!(time_to_finish(10, 1000, Duration::ZERO), None);
+        assert_eq!(round(2.345), 2.3);
     }
 
     #[test]

@@ -1093,6 +1093,20 @@ spec:
         let (l, h) = (done(c, "light"), done(c, "heavy"));
         (l + h >= 5_000).then_some((l, h))
     });
+    // Mid-run, each batch tells when it should finish and the pool how much
+    // work its batches hold.
+    let heavy = c.batch("heavy").status.unwrap();
+    let eta = heavy.estimated_completion_time.expect("an ETA mid-run");
+    assert!(eta.0 > heavy.start_time.unwrap().0, "{eta:?}");
+    let pool = c.pool("p").status.unwrap();
+    assert!(
+        pool.work_tasks > 0 && pool.work_seconds.is_some(),
+        "{pool:?}"
+    );
+    println!(
+        "share: pool work {} tasks, {:?} task-seconds, drains in {:?} s",
+        pool.work_tasks, pool.work_seconds, pool.estimated_drain_seconds
+    );
     let (dl, dh) = ((l1 - l0) as f64, (h1 - h0) as f64);
     let heavy_share = dh / (dl + dh);
     println!(

@@ -314,6 +314,11 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
+    /// When the batch should finish, at the rate its tasks have finished so
+    /// far (set once results arrive, until it finishes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_completion_time: Option<Time>,
+
     /// Finished tasks per second since `startTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput: Option<f64>,

@@ -397,6 +397,21 @@ pub struct WorkerPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub density: Option<f64>,
 
+    /// Tasks of the pool's batches enqueued and not finished (a message holds
+    /// a bundle of many).
+    #[serde(default)]
+    pub work_tasks: i64,
+
+    /// Those tasks' work in task-seconds, from each batch's observed task
+    /// length (unknown lengths count as 1 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_seconds: Option<f64>,
+
+    /// Seconds the ready workers need for that work at full use of their
+    /// slots; none without ready workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_drain_seconds: Option<f64>,
+
     /// The request queue's URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_url: Option<String>,

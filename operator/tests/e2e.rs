@@ -1119,3 +1119,142 @@ spec:
         100.0 * heavy_share
     );
 }
+
+/// Peak resident memory of a process, from /proc (KiB → MiB).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Issue 13's figures for the main path, side by side in one run (not part of
+/// `scripts/test`, which skips `benchmark_`): run it with release binaries,
+///   cargo test --release -p cloudkon-operator --test e2e -- --ignored --nocapture benchmark_
+/// with the servers up (`source "$(scripts/aws-servers up)"`, `source
+/// "$(scripts/control-plane up)"`). CLOUDKON_BENCH_TASKS sets the size of the
+/// `sleep 0` batch (default 1,000,000), CLOUDKON_BENCH_HUGE the generator
+/// batch that is only enqueued (default 10,000,000).
+#[test]
+#[ignore = "a benchmark of minutes: cargo test --release -p cloudkon-operator --test e2e -- --ignored --nocapture benchmark_"]
+fn benchmark_taskbatch_against_submit_and_run() {
+    let tasks: u32 =
+        std::env::var("CLOUDKON_BENCH_TASKS").map_or(1_000_000, |v| v.parse().unwrap());
+    let huge: u64 = std::env::var("CLOUDKON_BENCH_HUGE").map_or(10_000_000, |v| v.parse().unwrap());
+    let _serial = serial();
+    let mut c = Cluster::new("bench");
+    let op = c.operator("operator.log", &[]);
+    let op_pid = c.children[op].id();
+    let table = unique("bench-ledger");
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: WorkerPool
+metadata: {{name: p}}
+spec:
+  workers: {{min: 0, max: 2}}
+  template: {{image: cloudkon/worker:test, threads: 4, ledgerTable: {table}}}
+"#
+    ));
+    let queue = c.queue_url("p");
+    c.workers(&queue, &table, 2);
+
+    // 1. The TaskBatch.
+    let started = Instant::now();
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: zero}}
+spec:
+  workerPool: p
+  tasks:
+    generator:
+      template: {{kind: sleep, ms: 0}}
+      count: {tasks}
+"#
+    ));
+    let b = c.wait_finished("zero", Duration::from_secs(3600));
+    let tb_wall = started.elapsed();
+    let s = b.status.unwrap();
+    assert_eq!(s.counts.succeeded, i64::from(tasks), "{s:?}");
+    let restarts = c
+        .log("operator.log")
+        .matches("batch runner stopped")
+        .count();
+
+    // 2. `cloudkon submit` of the same tasks on the same workers.
+    let workload = c.dir.path().join("zero.txt");
+    std::fs::write(&workload, "sleep 0\n".repeat(tasks as usize)).unwrap();
+    let started = Instant::now();
+    let out = Command::new(bin("cloudkon"))
+        .arg("submit")
+        .arg(&workload)
+        .args(["--queue", &queue, "--slots", "8", "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cloudkon submit failed");
+    let submit_wall = started.elapsed();
+
+    // 3. `cloudkon run` on 8 slots.
+    let run_wall = embedded_wall(c.dir.path(), "sleep 0", tasks as usize, 8);
+    let rate = |wall: Duration| f64::from(tasks) / wall.as_secs_f64();
+    println!(
+        "benchmark: {tasks} `sleep 0`, 2 host workers x 4 threads\n  \
+         TaskBatch          {:>8.1} s {:>9.0} tasks/s ({:.2}x submit, {:.3}x run); runner restarts {restarts}; \
+         operator peak RSS {:.0} MiB\n  \
+         cloudkon submit    {:>8.1} s {:>9.0} tasks/s\n  \
+         cloudkon run (8)   {:>8.1} s {:>9.0} tasks/s",
+        tb_wall.as_secs_f64(),
+        rate(tb_wall),
+        rate(tb_wall) / rate(submit_wall),
+        rate(tb_wall) / rate(run_wall),
+        peak_rss_mib(op_pid),
+        submit_wall.as_secs_f64(),
+        rate(submit_wall),
+        run_wall.as_secs_f64(),
+        rate(run_wall),
+    );
+
+    // 4. A huge generator batch with no worker taking it: the meter keeps
+    //    the queue to the window, the status stays small.
+    for child in c.children.iter_mut().skip(1) {
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).ok();
+        child.wait().ok();
+    }
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: huge}}
+spec:
+  workerPool: p
+  tasks:
+    generator:
+      template: {{kind: sleep, ms: 0}}
+      count: {huge}
+"#
+    ));
+    c.wait_for("the huge batch enqueuing", Duration::from_secs(60), |c| {
+        (c.batch("huge").status?.counts.enqueued > 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(20));
+    let status_bytes = c.ok(&["get", "taskbatch", "huge", "-o", "json"]).len();
+    let enqueued = c.batch("huge").status.unwrap().counts.enqueued;
+    let pool = c.pool("p").status.unwrap();
+    println!(
+        "benchmark: {huge}-task generator batch after 20 s with no worker: {enqueued} enqueued \
+         ({} messages in the queue), object with status {:.1} KiB, operator peak RSS {:.0} MiB",
+        pool.backlog,
+        status_bytes as f64 / 1024.0,
+        peak_rss_mib(op_pid)
+    );
+    assert!(
+        (enqueued as u64) < huge / 100,
+        "the meter let {enqueued} in"
+    );
+    assert_eq!(restarts, 0, "{}", c.logs());
+}

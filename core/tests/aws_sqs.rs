@@ -443,3 +443,39 @@ async fn a_long_poll_longer_than_the_attempt_timeout_is_not_cut_short() {
     );
     q.delete().await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_sub_second_wait_still_long_polls_an_idle_queue() {
+    // The operator's collector waits 500 ms per receive: sent as
+    // WaitTimeSeconds=0 it would spin on an idle response queue.
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-idle"), &options(30))
+        .await
+        .unwrap();
+    let before = aws.stats().snapshot();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert!(
+            q.receive_results(10, Duration::from_millis(500))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let elapsed = started.elapsed();
+    let calls = aws
+        .stats()
+        .snapshot()
+        .since(&before)
+        .get("SQS.ReceiveMessage");
+    assert_eq!(calls, 3);
+    // Each receive waited (rounded up to a whole second): at most one call a second.
+    assert!(
+        elapsed >= Duration::from_millis(2_900),
+        "3 idle receives in {elapsed:?}"
+    );
+    q.delete().await.unwrap();
+}

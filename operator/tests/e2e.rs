@@ -1116,8 +1116,10 @@ fn batches_sharing_a_pool_get_work_in_proportion_to_their_weights() {
     );
 }
 
-/// A generator batch of `count` `sleep 0` tasks on pool `p`.
-fn sleep0_batch(name: &str, count: u64) -> String {
+/// A generator batch of `count` `sleep 0` tasks on pool `p`, its results
+/// under `results` (an `s3://` prefix) if given.
+fn sleep0_batch(name: &str, count: u64, results: Option<&str>) -> String {
+    let results = results.map_or(String::new(), |r| format!("  results: {{s3Prefix: {r}}}\n"));
     format!(
         r#"
 apiVersion: cloudkon.io/v1alpha1
@@ -1129,7 +1131,7 @@ spec:
     generator:
       template: {{kind: sleep, ms: 0}}
       count: {count}
-"#
+{results}"#
     )
 }
 
@@ -1167,7 +1169,14 @@ fn benchmark_taskbatch_against_submit_and_run() {
 
     // 1. The TaskBatch.
     let started = Instant::now();
-    c.apply(&sleep0_batch("zero", u64::from(tasks)));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(aws().s3().ensure_bucket("cloudkon-bench"))
+        .unwrap();
+    c.apply(&sleep0_batch(
+        "zero",
+        u64::from(tasks),
+        Some("s3://cloudkon-bench/r"),
+    ));
     let b = c.wait_finished("zero", Duration::from_secs(3600));
     let tb_wall = started.elapsed();
     let s = b.status.unwrap();
@@ -1176,6 +1185,31 @@ fn benchmark_taskbatch_against_submit_and_run() {
         .log("operator.log")
         .matches("batch runner stopped")
         .count();
+    // The results: every task once, in parts under the local S3's 10 MiB.
+    let s3 = rt.block_on(Aws::load()).s3();
+    let prefix = format!("r/{}/zero/", c.ns);
+    let (mut parts, mut largest, mut lines) = (0, 0, 0usize);
+    let mut seen = vec![false; tasks as usize];
+    for part in 0.. {
+        let key = format!("{prefix}part-{part:06}.jsonl");
+        match rt.block_on(s3.get_bytes("cloudkon-bench", &key)) {
+            Ok(bytes) => {
+                parts += 1;
+                largest = largest.max(bytes.len());
+                for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+                    let id = v["id"].as_u64().unwrap() as usize;
+                    assert!(!seen[id], "task {id} has two result lines");
+                    seen[id] = true;
+                    lines += 1;
+                }
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(lines, tasks as usize, "result lines");
+    assert!(largest < 10 << 20, "a part of {largest} bytes");
 
     // 2. `cloudkon submit` of the same tasks on the same workers.
     let workload = c.dir.path().join("zero.txt");
@@ -1197,7 +1231,7 @@ fn benchmark_taskbatch_against_submit_and_run() {
     println!(
         "benchmark: {tasks} `sleep 0`, 2 host workers x 4 threads\n  \
          TaskBatch          {:>8.1} s {:>9.0} tasks/s ({:.2}x submit, {:.3}x run); runner restarts {restarts}; \
-         operator peak RSS {:.0} MiB\n  \
+         operator peak RSS {:.0} MiB; results in {parts} parts of at most {:.1} MiB\n  \
          cloudkon submit    {:>8.1} s {:>9.0} tasks/s\n  \
          cloudkon run (8)   {:>8.1} s {:>9.0} tasks/s",
         tb_wall.as_secs_f64(),
@@ -1205,6 +1239,7 @@ fn benchmark_taskbatch_against_submit_and_run() {
         rate(tb_wall) / rate(submit_wall),
         rate(tb_wall) / rate(run_wall),
         peak_rss_mib(op_pid),
+        largest as f64 / f64::from(1 << 20),
         submit_wall.as_secs_f64(),
         rate(submit_wall),
         run_wall.as_secs_f64(),
@@ -1217,7 +1252,7 @@ fn benchmark_taskbatch_against_submit_and_run() {
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).ok();
         child.wait().ok();
     }
-    c.apply(&sleep0_batch("huge", huge));
+    c.apply(&sleep0_batch("huge", huge, None));
     c.wait_for("the huge batch enqueuing", Duration::from_secs(60), |c| {
         (c.batch("huge").status?.counts.enqueued > 0).then_some(())
     });

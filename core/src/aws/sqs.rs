@@ -532,7 +532,9 @@ impl SqsQueue {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<RawMessage>, AwsError> {
-        let wait = wait.min(MAX_WAIT);
+        // Whole seconds, rounded up: a 500 ms wait sent as WaitTimeSeconds=0
+        // would be a short poll, and a loop over it would spin on an idle queue.
+        let wait = wait_secs(wait);
         let override_timeouts = aws_sdk_sqs::config::Builder::default()
             .timeout_config(self.sqs.settings.timeouts(wait));
         let out = self
@@ -728,6 +730,12 @@ impl SqsQueue {
     }
 }
 
+/// A long poll's wait as SQS takes it: whole seconds, rounded up, at most 20.
+fn wait_secs(wait: Duration) -> Duration {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Duration::from_secs(secs).min(MAX_WAIT)
+}
+
 fn visibility_secs(timeout: Duration) -> i32 {
     // SQS takes whole seconds up to 12 hours; round up so "at least" holds.
     let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
@@ -818,6 +826,16 @@ mod tests {
             plan_batches(&[50, 50, 150, 1], 10, 100),
             vec![0..2, 2..3, 3..4]
         );
+    }
+
+    #[test]
+    fn long_poll_waits_round_up_to_whole_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(wait_secs(Duration::ZERO), Duration::ZERO);
+        assert_eq!(wait_secs(ms(1)), ms(1000));
+        assert_eq!(wait_secs(ms(500)), ms(1000));
+        assert_eq!(wait_secs(ms(2000)), ms(2000));
+        assert_eq!(wait_secs(ms(60_000)), ms(20_000));
     }
 
     #[test]

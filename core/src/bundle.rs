@@ -41,6 +41,10 @@ pub struct BundlePlan {
     pub max_tasks: usize,
     /// A bundle's declared run time (summed) stays under this.
     pub max_bundle_time: Duration,
+    /// With `spread`, the tail's bundles still hold this much declared work
+    /// (cheap tasks cannot unbalance the tail: a bundle of `sleep 0`s is not
+    /// cut to one task).
+    pub min_bundle_time: Duration,
     /// Tasks of unknown length per bundle at most (`None`: they travel alone).
     pub max_unknown_tasks: Option<usize>,
     /// Spread a batch of `total` tasks over `slots` slots: bundles of about
@@ -60,6 +64,7 @@ impl BundlePlan {
     pub const EMBEDDED: BundlePlan = BundlePlan {
         max_tasks: 1024,
         max_bundle_time: Duration::from_millis(1),
+        min_bundle_time: Duration::ZERO,
         max_unknown_tasks: None,
         spread: None,
     };
@@ -72,6 +77,7 @@ impl BundlePlan {
     pub const SQS: BundlePlan = BundlePlan {
         max_tasks: 4096,
         max_bundle_time: Duration::from_secs(60),
+        min_bundle_time: Duration::from_secs(1),
         max_unknown_tasks: Some(256),
         spread: None,
     };
@@ -105,10 +111,17 @@ impl BundlePlan {
     /// task number `index` (counted from 0 in the batch's order).
     pub fn tasks_per_bundle_at(&self, spec: &TaskSpec, index: u64) -> usize {
         let limit = self.tasks_per_bundle(spec);
-        match self.spread {
-            Some(s) => limit.min(spread_size(s.total.saturating_sub(index), s.slots)),
-            None => limit,
-        }
+        let Some(s) = self.spread else {
+            return limit;
+        };
+        let floor = match spec.nominal_duration() {
+            None => 1,
+            Some(d) if d.is_zero() => limit,
+            Some(d) => usize::try_from(self.min_bundle_time.as_nanos() / d.as_nanos())
+                .unwrap_or(usize::MAX)
+                .max(1),
+        };
+        limit.min(spread_size(s.total.saturating_sub(index), s.slots).max(floor))
     }
 }
 
@@ -215,6 +228,7 @@ mod tests {
         let plan = BundlePlan {
             max_tasks: 100,
             max_bundle_time: Duration::from_millis(10),
+            min_bundle_time: Duration::ZERO,
             max_unknown_tasks: None,
             spread: None,
         };
@@ -270,6 +284,7 @@ mod tests {
         let plan = BundlePlan {
             max_tasks: 3,
             max_bundle_time: Duration::from_millis(1),
+            min_bundle_time: Duration::ZERO,
             max_unknown_tasks: None,
             spread: None,
         };
@@ -348,6 +363,29 @@ mod tests {
         // Deterministic: the same cut every time.
         let again = bundle_sizes(plan, (0..2_000).map(|_| run()).collect());
         assert_eq!(again, bundles);
+    }
+
+    #[test]
+    fn the_tail_keeps_a_second_of_declared_work_per_bundle() {
+        // (spec, remaining) -> tasks per bundle, spread over 8 slots
+        let plan = BundlePlan::SQS.spread(100_000, 8);
+        let at = |remaining: u64| 100_000 - remaining;
+        let cases = [
+            (sleep(0), 10, 4096),
+            (sleep(0), 100_000, 4096),
+            (sleep(10), 50, 100),
+            (sleep(10), 100_000, 4096),
+            (sleep(2000), 50, 4),
+            (sleep(2000), 10, 1),
+            (run(), 10, 1),
+        ];
+        for (spec, remaining, want) in cases {
+            assert_eq!(
+                plan.tasks_per_bundle_at(&spec, at(remaining)),
+                want,
+                "{spec:?} with {remaining} left"
+            );
+        }
     }
 
     #[test]

@@ -196,6 +196,7 @@ mod tests {
         let fixed = BundlePlan {
             max_tasks: 7,
             max_bundle_time: std::time::Duration::from_millis(1),
+            min_bundle_time: std::time::Duration::ZERO,
             max_unknown_tasks: None,
             spread: None,
         };

@@ -59,7 +59,7 @@ pub async fn run<Q, L, R>(
     // delete those messages; give the bundles back with what was reported.
     for (_, p) in pending.drain() {
         if let Some(ticket) = &p.unit.ticket {
-            give_back(&ctx, ticket).await;
+            give_back(&ctx, ticket, false).await;
         }
     }
 }
@@ -98,6 +98,10 @@ fn absorb<Q, L, R>(
         // Abandoned or never started: no longer held either.
         ctx.inflight
             .finish_tasks(entry.unit.total.saturating_sub(entry.seen));
+        // Its tasks are over: room for another bundle now, not after its
+        // results' linger and deletion (a tail of one-task bundles would
+        // otherwise go at a few per linger).
+        ctx.room.add_permits(1);
     }
     ctx.tasks_done.notify_one();
     n
@@ -175,7 +179,7 @@ async fn flush<Q, L, R>(
         let p = pending.remove(&key).expect("listed above");
         let ticket = p.unit.ticket.as_ref().expect("pending units have tickets");
         if p.end != Some(true) {
-            give_back(ctx, ticket).await;
+            give_back(ctx, ticket, false).await;
             continue;
         }
         if let (Some(ledger), Some(owner)) = (&ctx.ledger, &ticket.claim_owner) {
@@ -196,11 +200,10 @@ async fn flush<Q, L, R>(
                         "completion not recorded: another worker holds the bundle"
                     );
                     ctx.inflight.remove(&key);
-                    ctx.room.add_permits(1);
                     continue;
                 }
                 None => {
-                    give_back(ctx, ticket).await;
+                    give_back(ctx, ticket, false).await;
                     continue;
                 }
             }
@@ -223,7 +226,6 @@ async fn flush<Q, L, R>(
     for key in &finished {
         ctx.inflight.remove(key);
     }
-    ctx.room.add_permits(finished.len());
 }
 
 enum Sent {
@@ -277,8 +279,9 @@ where
 
 /// Gives an unfinished bundle back with its progress: the claim released and
 /// the message visible again, so that another worker takes it at once and runs
-/// only what was not reported here.
-pub async fn give_back<Q, L, R>(ctx: &Ctx<Q, L, R>, ticket: &Ticket)
+/// only what was not reported here. `return_room`: the bundle never reached
+/// the pool (whose end of a unit returns its room otherwise).
+pub async fn give_back<Q, L, R>(ctx: &Ctx<Q, L, R>, ticket: &Ticket, return_room: bool)
 where
     Q: TaskQueue,
     L: DedupLedger,
@@ -300,7 +303,9 @@ where
     }
     WorkerStats::add(&ctx.stats.released, 1);
     ctx.inflight.remove(key);
-    ctx.room.add_permits(1);
+    if return_room {
+        ctx.room.add_permits(1);
+    }
 }
 
 /// Heartbeats: every third of a lease, extends the lease (recording each

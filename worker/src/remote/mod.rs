@@ -191,7 +191,7 @@ where
     while let Ok(unit) = units_rx.try_recv() {
         ctx.inflight.finish_tasks(unit.tasks.len());
         if let Some(ticket) = &unit.ticket {
-            complete::give_back(&ctx, ticket).await;
+            complete::give_back(&ctx, ticket, true).await;
         }
     }
     let _ = completer.await;

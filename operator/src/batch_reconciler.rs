@@ -83,21 +83,7 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
         // Workers skip (and delete) the batch's bundles still in the queue:
         // the pool's queue is shared, so it cannot be purged for one batch.
         if let Some(pool) = &pool {
-            let table = pool
-                .spec
-                .template
-                .ledger_table
-                .clone()
-                .unwrap_or_else(|| DEFAULT_LEDGER_TABLE.to_string());
-            let id = batch_runner::batch_id(&batch);
-            let ledger = ctx.aws.ledger(table.clone());
-            // The table exists once a worker ran; before that, make it, so
-            // that the first worker already sees the mark.
-            ledger.ensure_table().await?;
-            ledger
-                .cancel_batch(id.as_str())
-                .await
-                .map_err(|e| Error::Other(format!("cannot cancel in ledger table {table}: {e}")))?;
+            write_cancel_mark(ctx, pool, &batch).await?;
         }
         st.phase = Some(Phase::Cancelled);
         st.completion_time = Some(now.clone());
@@ -403,8 +389,54 @@ async fn ttl(
     Ok(Action::await_change())
 }
 
+/// Marks the batch cancelled in its pool's ledger: workers delete its queued
+/// bundles unrun and leave the unstarted tasks of those they run.
+async fn write_cancel_mark(
+    ctx: &Context,
+    pool: &WorkerPool,
+    batch: &TaskBatch,
+) -> Result<(), Error> {
+    let table = pool
+        .spec
+        .template
+        .ledger_table
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LEDGER_TABLE.to_string());
+    let id = batch_runner::batch_id(batch);
+    let ledger = ctx.aws.ledger(table.clone());
+    // The table exists once a worker ran; before that, make it, so that the
+    // first worker already sees the mark.
+    ledger.ensure_table().await?;
+    ledger
+        .cancel_batch(id.as_str())
+        .await
+        .map_err(|e| Error::Other(format!("cannot cancel in ledger table {table}: {e}")))
+}
+
 async fn cleanup(batch: &TaskBatch, ctx: &Context) -> Result<Action, Error> {
     stop_runner(ctx, &uid(batch)).await;
+    // Deleted before it finished: its tasks still in the pool's queue, or in
+    // bundles workers run, must not run for nobody (their results would be
+    // dropped: the response queue goes next).
+    let finished = batch
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_finished());
+    if !finished {
+        let ns = batch.namespace().unwrap_or_default();
+        let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+        let pool = pools
+            .get_opt(&batch.spec.worker_pool)
+            .await
+            .map_err(Error::kube(format!(
+                "cannot read WorkerPool {ns}/{}",
+                batch.spec.worker_pool
+            )))?;
+        if let Some(pool) = &pool {
+            write_cancel_mark(ctx, pool, batch).await?;
+        }
+    }
     let queue = build::response_queue_name(&uid(batch));
     match ctx.sqs.open(&queue).await {
         Ok(q) => q.delete().await?,

@@ -922,6 +922,23 @@ fn an_animoto_taskbatch_makes_videos_in_s3() {
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn a_cancelled_batch_stops_and_its_queued_tasks_never_run() {
+    stop_a_running_batch(StopBy::Cancel);
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_batch_deleted_while_it_runs_stops_its_tasks_too() {
+    stop_a_running_batch(StopBy::Delete);
+}
+
+enum StopBy {
+    Cancel,
+    Delete,
+}
+
+/// 120 tasks of 0.5 s on one worker of 4 threads, stopped after 5 ran: no
+/// task of the batch starts once the worker has seen the stop.
+fn stop_a_running_batch(how: StopBy) {
     let _serial = serial();
     let mut c = Cluster::new("e2e-cancel");
     let table = unique("e2e-ledger");
@@ -939,8 +956,8 @@ spec:
     let queue = c.queue_url("p");
     let ran = c.dir.path().join("ran");
     std::fs::File::create(&ran).unwrap();
-    // 120 tasks of 0.5 s on 4 threads: 15 s of work, enqueued a window at a
-    // time; workers look for a cancel every 3 s, also in bundles they run.
+    // 15 s of work, enqueued a window at a time; workers look for a cancel
+    // every 3 s, also in bundles they run.
     let command = format!("sleep 0.5; echo {{i}} >> {}", ran.display());
     c.apply(&run_batch("long", "p", 120, &command));
     c.wait_for("the first tasks enqueued", Duration::from_secs(30), |c| {
@@ -956,17 +973,33 @@ spec:
     c.wait_for("5 tasks run", Duration::from_secs(30), |_| {
         (lines(&ran) >= 5).then_some(())
     });
-    c.ok(&[
-        "patch",
-        "taskbatch",
-        "long",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"cancel":true}}"#,
-    ]);
-    let at_cancel = lines(&ran);
-    let b = c.wait_finished("long", Duration::from_secs(20));
-    assert_eq!(b.status.unwrap().phase, Some(Phase::Cancelled));
+    let at_stop = match how {
+        StopBy::Cancel => {
+            c.ok(&[
+                "patch",
+                "taskbatch",
+                "long",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"cancel":true}}"#,
+            ]);
+            let at_stop = lines(&ran);
+            let b = c.wait_finished("long", Duration::from_secs(20));
+            assert_eq!(b.status.unwrap().phase, Some(Phase::Cancelled));
+            at_stop
+        }
+        StopBy::Delete => {
+            c.ok(&["delete", "taskbatch", "long", "--wait=false"]);
+            let at_stop = lines(&ran);
+            c.wait_for("the batch gone", Duration::from_secs(30), |c| {
+                c.rt.block_on(c.api::<TaskBatch>().get_opt("long"))
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            });
+            at_stop
+        }
+    };
     // The worker deletes the batch's remaining bundles without running them.
     c.wait_for("an empty queue", Duration::from_secs(30), |c| {
         let s = c.pool("p").status?;
@@ -974,11 +1007,11 @@ spec:
     });
     std::thread::sleep(Duration::from_secs(1));
     let total = lines(&ran);
-    println!("cancel: {at_cancel} tasks had run at the cancel, {total} in all, of 120");
-    // What ran until the worker saw the cancel (it asks every 3 s: 4 threads
+    println!("stop: {at_stop} tasks had run at the stop, {total} in all, of 120");
+    // What ran until the worker saw the stop (it asks every 3 s: 4 threads
     // x 3 s / 0.5 s) and the tasks running then may still finish; no other
     // task of the batch starts.
-    assert!(total <= at_cancel + 4 + 24, "{total} ran\n{}", c.logs());
+    assert!(total <= at_stop + 4 + 24, "{total} ran\n{}", c.logs());
     assert!(total < 120);
 }
 

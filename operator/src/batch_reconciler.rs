@@ -144,10 +144,8 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
                 tracing::info!(batch = %format!("{ns}/{name}"), "starting");
             }
             let pool_ref = ObjectRef::<WorkerPool>::new(&spec.worker_pool).within(&ns);
-            let pool_slots = pool.as_ref().map_or(1, batch_runner::pool_slots);
-            let pool_workers = pool
-                .as_ref()
-                .map_or(1, |p| u64::try_from(p.spec.workers.max.max(1)).unwrap_or(1));
+            let pool_slots = pool.as_ref().map_or(1, |p| p.spec.max_slots());
+            let pool_workers = pool.as_ref().map_or(1, |p| p.spec.max_workers());
             let handle = batch_runner::spawn(
                 ctx.clone(),
                 RunnerArgs {

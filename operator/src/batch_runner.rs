@@ -42,7 +42,7 @@ use crate::context::{Context, Error, MANAGER};
 use crate::crd::taskbatch::{Latency, Phase, TaskBatchSpec, TaskCounts};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
-use crate::shares::ShareGuard;
+use crate::shares::{self, ShareGuard};
 use crate::status::{self, PhaseInput};
 use crate::window::{self, Estimate, WindowInput};
 
@@ -73,30 +73,13 @@ pub struct RunnerArgs {
     pub batch: Arc<TaskBatch>,
     pub pool_queue_url: String,
     pub pool: ObjectRef<WorkerPool>,
-    /// The pool's task slots at its largest (see [`pool_slots`]).
+    /// The pool's task slots at its largest (`WorkerPoolSpec::max_slots`).
     pub pool_slots: u64,
     /// The pool's workers at its largest.
     pub pool_workers: u64,
     pub source: Source,
     /// `s3://bucket/prefix/<ns>/<name>/`, or `None`: results are counted only.
     pub results: Option<S3Uri>,
-}
-
-/// Slots per worker assumed when a pool's template sets no `threads` (the
-/// worker then takes its CPUs).
-pub const DEFAULT_WORKER_SLOTS: u64 = 2;
-
-/// A pool's task slots at its largest: what bundle sizes are cut for.
-pub fn pool_slots(pool: &WorkerPool) -> u64 {
-    let workers = u64::try_from(pool.spec.workers.max.max(1)).unwrap_or(1);
-    let threads = pool
-        .spec
-        .template
-        .threads
-        .and_then(|t| u64::try_from(t).ok())
-        .filter(|&t| t > 0)
-        .unwrap_or(DEFAULT_WORKER_SLOTS);
-    workers.saturating_mul(threads)
 }
 
 /// The ConfigMap holding a batch's collected ids.
@@ -193,10 +176,9 @@ async fn run(
     let pool_queue = ctx.sqs.at(args.pool_queue_url.clone());
 
     // The batch's place among its pool's batches, while it runs.
-    let pool_key = format!(
-        "{}/{}",
-        args.pool.namespace.clone().unwrap_or_default(),
-        args.pool.name
+    let pool_key = shares::pool_key(
+        args.pool.namespace.as_deref().unwrap_or_default(),
+        &args.pool.name,
     );
     let weight = batch
         .spec

@@ -137,7 +137,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     } else {
         st.last_active_time.as_ref().map(to_system_time)
     };
-    let work = ctx.shares.work(&format!("{ns}/{name}"));
+    let work = ctx.shares.work(&crate::shares::pool_key(&ns, &name));
     let decision = {
         let mut pools = ctx.pools.lock().expect("pool memory lock");
         let memory = pools.entry(uid(pool)).or_default();

@@ -67,12 +67,7 @@ impl ScaleConfig {
                     .and_then(|s| u64::try_from(s).ok())
                     .unwrap_or(DEFAULT_TARGET_DRAIN_SECONDS),
             ),
-            slots_per_worker: spec
-                .template
-                .threads
-                .and_then(|t| u64::try_from(t).ok())
-                .filter(|&t| t > 0)
-                .unwrap_or(crate::batch_runner::DEFAULT_WORKER_SLOTS),
+            slots_per_worker: spec.slots_per_worker(),
             behavior: Behavior::from_spec(spec.behavior.as_ref()),
             external_replicas: spec.replicas,
         }

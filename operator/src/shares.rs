@@ -26,6 +26,12 @@ pub struct PoolWork {
     pub task_seconds: f64,
 }
 
+/// The key a pool's batches register under: the one the runners and the
+/// pool's reconciler both use.
+pub fn pool_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
 #[derive(Debug, Default)]
 pub struct Shares {
     /// Pool (`namespace/name`) → batch uid → its share.
@@ -51,6 +57,7 @@ impl Shares {
             shares: self.clone(),
             pool: pool.to_string(),
             batch: batch.to_string(),
+            weight: weight.max(1),
         }
     }
 
@@ -84,6 +91,7 @@ pub struct ShareGuard {
     shares: Arc<Shares>,
     pool: String,
     batch: String,
+    weight: u64,
 }
 
 impl ShareGuard {
@@ -92,13 +100,7 @@ impl ShareGuard {
     }
 
     pub fn weight(&self) -> u64 {
-        self.shares
-            .pools
-            .lock()
-            .expect("shares lock")
-            .get(&self.pool)
-            .and_then(|b| b.get(&self.batch))
-            .map_or(1, |s| s.weight)
+        self.weight
     }
 
     pub fn update(&self, in_flight: u64, estimate: Option<Duration>) {

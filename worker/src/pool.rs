@@ -45,8 +45,6 @@ pub struct Ticket {
     /// Each unit task's position in the bundle as enqueued (tasks an earlier
     /// holder finished are left out of the unit); empty: the same positions.
     pub positions: Vec<u32>,
-    /// Tasks in the bundle as enqueued.
-    pub bundle_len: usize,
 }
 
 impl Ticket {

@@ -99,6 +99,32 @@ pub struct WorkerPoolSpec {
     pub replicas: Option<i32>,
 }
 
+/// Slots per worker assumed when the template sets no `threads` (the worker
+/// then takes its CPUs, which the operator cannot see).
+pub const DEFAULT_WORKER_SLOTS: u64 = 2;
+
+impl WorkerPoolSpec {
+    /// The most workers, at least one.
+    pub fn max_workers(&self) -> u64 {
+        u64::try_from(self.workers.max.max(1)).unwrap_or(1)
+    }
+
+    /// Task slots per worker (`template.threads`, else
+    /// [`DEFAULT_WORKER_SLOTS`]).
+    pub fn slots_per_worker(&self) -> u64 {
+        self.template
+            .threads
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(DEFAULT_WORKER_SLOTS)
+    }
+
+    /// The pool's task slots at its largest: what bundle sizes are cut for.
+    pub fn max_slots(&self) -> u64 {
+        self.max_workers().saturating_mul(self.slots_per_worker())
+    }
+}
+
 /// The request queue (SQS) and its dead-letter queue.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

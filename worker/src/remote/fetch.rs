@@ -295,7 +295,6 @@ where
         claim_owner,
         reply_to: Some(reply_to),
         positions,
-        bundle_len,
     };
     let unit = WorkUnit {
         submitted: bundle.submitted,
@@ -330,13 +329,19 @@ where
             false
         }
     };
+    remember_cancelled(ctx, batch, cancelled);
+    cancelled
+}
+
+/// Caches a batch's cancel answer for [`super::CANCEL_CHECK_EVERY`] (a cancel
+/// for good).
+pub fn remember_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, cancelled: bool) {
     let mut cache = ctx.cancelled.lock().expect("cancel cache");
     // Bounded: batches come and go over a worker's life.
     if cache.len() > 10_000 {
         cache.clear();
     }
     cache.insert(batch.to_string(), (cancelled, std::time::Instant::now()));
-    cancelled
 }
 
 fn give_up(

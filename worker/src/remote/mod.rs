@@ -224,10 +224,7 @@ where
             // within one period.
             let cancelled = ledger.is_cancelled(&batch).await.unwrap_or(false);
             if cancelled {
-                ctx.cancelled
-                    .lock()
-                    .expect("cancel cache")
-                    .insert(batch.clone(), (true, std::time::Instant::now()));
+                fetch::remember_cancelled(&ctx, &batch, true);
                 let stopped = ctx.inflight.stop_batch(&batch);
                 if stopped > 0 {
                     tracing::info!(

@@ -45,8 +45,12 @@ pub struct BundlePlan {
     /// (cheap tasks cannot unbalance the tail: a bundle of `sleep 0`s is not
     /// cut to one task).
     pub min_bundle_time: Duration,
-    /// Tasks of unknown length per bundle at most (`None`: they travel alone).
+    /// Tasks of unknown length per bundle at most (`None`: they travel alone),
+    /// until a length is learned.
     pub max_unknown_tasks: Option<usize>,
+    /// What a task of unknown length is taken to cost, learned from the
+    /// batch's results: such tasks are then cut as if they declared it.
+    pub learned: Option<Duration>,
     /// Spread a batch of `total` tasks over `slots` slots: bundles of about
     /// the remaining tasks over twice the slots (see the module doc).
     pub spread: Option<Spread>,
@@ -66,6 +70,7 @@ impl BundlePlan {
         max_bundle_time: Duration::from_millis(1),
         min_bundle_time: Duration::ZERO,
         max_unknown_tasks: None,
+        learned: None,
         spread: None,
     };
 
@@ -79,8 +84,14 @@ impl BundlePlan {
         max_bundle_time: Duration::from_secs(60),
         min_bundle_time: Duration::from_secs(1),
         max_unknown_tasks: Some(256),
+        learned: None,
         spread: None,
     };
+
+    /// Tasks of unknown length in a bundle before their length is learned,
+    /// when it will be (a TaskBatch): small, so that a batch of long tasks
+    /// does not start with a worker holding hundreds of them.
+    pub const FIRST_UNKNOWN_TASKS: usize = 16;
 
     /// This plan, spread over a pool (see [`Spread`]).
     pub fn spread(self, total: u64, slots: u64) -> Self {
@@ -93,9 +104,23 @@ impl BundlePlan {
         }
     }
 
+    /// This plan, cutting tasks of unknown length as if they took `task`
+    /// (`None`: in bundles of `max_unknown_tasks`).
+    pub fn learned(self, task: Option<Duration>) -> Self {
+        Self {
+            learned: task,
+            ..self
+        }
+    }
+
+    /// What a task like this one is taken to cost: declared, else learned.
+    fn cost(&self, spec: &TaskSpec) -> Option<Duration> {
+        spec.nominal_duration().or(self.learned)
+    }
+
     /// How many tasks like this one may share a bundle, whatever the tail.
     pub fn tasks_per_bundle(&self, spec: &TaskSpec) -> usize {
-        match spec.nominal_duration() {
+        match self.cost(spec) {
             None => self.max_unknown_tasks.unwrap_or(1).clamp(1, self.max_tasks),
             Some(d) if d.is_zero() => self.max_tasks,
             Some(d) => {
@@ -114,7 +139,7 @@ impl BundlePlan {
         let Some(s) = self.spread else {
             return limit;
         };
-        let floor = match spec.nominal_duration() {
+        let floor = match self.cost(spec) {
             None => 1,
             Some(d) if d.is_zero() => limit,
             Some(d) => usize::try_from(self.min_bundle_time.as_nanos() / d.as_nanos())
@@ -142,11 +167,18 @@ pub struct Bundler {
 
 impl Bundler {
     pub fn new(plan: BundlePlan) -> Self {
+        Self::starting_at(plan, 0)
+    }
+
+    /// A bundler whose first task is the batch's task number `index`: the cut
+    /// is the one a bundler given every task from 0 would make from a bundle
+    /// that starts at `index` on.
+    pub fn starting_at(plan: BundlePlan, index: u64) -> Self {
         Self {
             plan,
             tasks: Vec::new(),
             limit: plan.max_tasks,
-            pushed: 0,
+            pushed: index,
         }
     }
 
@@ -230,6 +262,7 @@ mod tests {
             max_bundle_time: Duration::from_millis(10),
             min_bundle_time: Duration::ZERO,
             max_unknown_tasks: None,
+            learned: None,
             spread: None,
         };
         let cases = [
@@ -286,6 +319,7 @@ mod tests {
             max_bundle_time: Duration::from_millis(1),
             min_bundle_time: Duration::ZERO,
             max_unknown_tasks: None,
+            learned: None,
             spread: None,
         };
         let specs = vec![

@@ -23,7 +23,7 @@ use cloudkon_core::queue::Receipt;
 use cloudkon_core::task::Timestamp;
 use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
 use cloudkon_core::workload::{TaskDef, WorkloadReader};
-use cloudkon_core::{BatchId, Bundle, BundleOptions, BundlePlan};
+use cloudkon_core::{BatchId, Bundle, BundleOptions};
 use hdrhistogram::Histogram;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -39,10 +39,11 @@ use tokio::task::JoinHandle;
 use crate::build;
 use crate::collected::Collected;
 use crate::context::{Context, Error, MANAGER};
-use crate::crd::taskbatch::{Latency, Phase, TaskBatchSpec, TaskCounts};
+use crate::crd::taskbatch::{BundleSizing, Latency, Phase, TaskBatchSpec, TaskCounts};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
 use crate::shares::{self, ShareGuard};
+use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};
 use crate::window::{self, Estimate, WindowInput};
 
@@ -135,6 +136,12 @@ impl Progress {
 
     fn estimate(&self) -> Option<Duration> {
         self.estimate.lock().expect("estimate lock").get()
+    }
+
+    /// The estimate and how many results it has seen.
+    fn estimate_observed(&self) -> (Option<Duration>, u64) {
+        let e = self.estimate.lock().expect("estimate lock");
+        (e.get(), e.observed())
     }
 
     /// Takes a declared task length until results tell.
@@ -232,6 +239,7 @@ async fn run(
             &pool_queue,
             response.url(),
             status.counts.enqueued as u64,
+            status.bundle_sizing.clone(),
             planned_slots,
             spec,
             &progress,
@@ -261,6 +269,7 @@ async fn enqueue_all(
     queue: &SqsQueue,
     reply_to: &str,
     checkpoint: u64,
+    sized: Option<BundleSizing>,
     planned_slots: u64,
     mut spec: watch::Receiver<TaskBatchSpec>,
     progress: &Progress,
@@ -269,26 +278,6 @@ async fn enqueue_all(
     let batch = &args.batch;
     let name = batch.name_any();
     let id = batch_id(batch);
-    let tasks: Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + '_> = match &args.source {
-        Source::Spec => enqueue::source_tasks(&batch.spec.tasks)
-            .ok_or_else(|| Error::Other("the batch has no inline or generator tasks".into()))?,
-        Source::File { name, bytes } => Box::new(
-            WorkloadReader::new(bytes.as_slice(), name.clone())
-                .map(|r| r.map_err(|e| e.to_string())),
-        ),
-    };
-    // The batch's timeout for tasks that set none.
-    let timeout = batch
-        .spec
-        .task_timeout_seconds
-        .and_then(|s| u64::try_from(s).ok())
-        .map(Duration::from_secs);
-    let tasks = tasks.map(move |def| {
-        def.map(|mut d| {
-            d.timeout = d.timeout.or(timeout);
-            d
-        })
-    });
     let options = bundle_options(&batch.spec);
     let mut enqueued = checkpoint;
     let mut group: Vec<Bundle> = Vec::with_capacity(SEND_GROUP);
@@ -299,11 +288,57 @@ async fn enqueue_all(
         }
     };
     progress.planned.store(total, Ordering::Relaxed);
-    let plan = BundlePlan::SQS.spread(total, planned_slots);
-    let mut bundles = enqueue::bundles_from(tasks, id, plan, checkpoint).peekable();
+    // Cut from the sizing the status recorded (see `sizing`), from its first
+    // task on: the bundles sent since the checkpoint come again the same.
+    let (from, mut learned) = match &sized {
+        Some(s) => (
+            u64::try_from(s.from).unwrap_or(0).min(checkpoint),
+            u64::try_from(s.task_microseconds)
+                .ok()
+                .map(Duration::from_micros),
+        ),
+        None => (0, None),
+    };
+    let mut bundles = enqueue::bundles_from(
+        tasks_from(args, from)?,
+        id.clone(),
+        sizing::plan(total, planned_slots, learned),
+        from,
+        checkpoint,
+    )
+    .peekable();
+    let mut observed_at_change = 0;
     let mut woke_pool = false;
     let mut last_checkpoint = Instant::now();
     loop {
+        // Tasks of unknown length: cut for what their results tell, the new
+        // sizing written ahead with the checkpoint where it starts.
+        let unknown = matches!(bundles.peek(), Some(Ok(b))
+            if b.tasks.first().is_some_and(|t| t.spec.nominal_duration().is_none()));
+        if unknown {
+            let (estimate, observed) = progress.estimate_observed();
+            let input = SizingInput {
+                current: learned,
+                estimate,
+                fresh: observed.saturating_sub(observed_at_change),
+                slots: planned_slots,
+            };
+            if let Some(next) = sizing::next_cost(&input) {
+                write_sizing(api, &name, enqueued, next, progress).await?;
+                last_checkpoint = Instant::now();
+                tracing::debug!(batch = %name, from = enqueued, task = ?next, "bundles cut for a learned task length");
+                learned = Some(next);
+                observed_at_change = observed;
+                bundles = enqueue::bundles_from(
+                    tasks_from(args, enqueued)?,
+                    id.clone(),
+                    sizing::plan(total, planned_slots, learned),
+                    enqueued,
+                    enqueued,
+                )
+                .peekable();
+            }
+        }
         // The meter: wait until the batch's enqueued, unfinished tasks are
         // under its window (see `window`), writing the checkpoint meanwhile.
         let next = match bundles.peek() {
@@ -404,6 +439,56 @@ async fn enqueue_all(
     progress.total.send_replace(Some(enqueued));
     tracing::info!(batch = %name, tasks = enqueued, "every task enqueued");
     Ok(())
+}
+
+/// The tasks of the batch from task number `from` on, with the batch's task
+/// timeout where a task sets none.
+fn tasks_from(
+    args: &RunnerArgs,
+    from: u64,
+) -> Result<Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + '_>, Error> {
+    let batch = &args.batch;
+    let skip = usize::try_from(from).unwrap_or(usize::MAX);
+    let tasks: Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + '_> = match &args.source {
+        Source::Spec => enqueue::source_tasks(&batch.spec.tasks, from)
+            .ok_or_else(|| Error::Other("the batch has no inline or generator tasks".into()))?,
+        Source::File { name, bytes } => Box::new(
+            WorkloadReader::new(bytes.as_slice(), name.clone())
+                .skip(skip)
+                .map(|r| r.map_err(|e| e.to_string())),
+        ),
+    };
+    let timeout = batch
+        .spec
+        .task_timeout_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs);
+    Ok(Box::new(tasks.map(move |def| {
+        def.map(|mut d| {
+            d.timeout = d.timeout.or(timeout);
+            d
+        })
+    })))
+}
+
+/// A new bundle sizing from task `from` (tasks enqueued so far) on, with
+/// the checkpoint there: written before any bundle cut by it is sent.
+async fn write_sizing(
+    api: &Api<TaskBatch>,
+    name: &str,
+    from: u64,
+    task: Duration,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let sizing = BundleSizing {
+        from: i64::try_from(from).unwrap_or(i64::MAX),
+        task_microseconds: i64::try_from(task.as_micros()).unwrap_or(i64::MAX),
+    };
+    let patch = json!({ "counts": { "enqueued": from, "running": progress.running() },
+        "phase": Phase::Enqueuing,
+        "progress": progress.column(),
+        "bundleSizing": sizing });
+    patch_status(api, name, patch).await
 }
 
 /// The enqueue checkpoint: the tasks in the queue so far (a restart resumes

@@ -11,21 +11,25 @@ use cloudkon_core::{BatchId, Bundle, BundlePlan, Bundler, Task};
 
 use crate::crd::taskbatch::{Generator, InlineTask, TaskSource};
 
-/// The tasks of an inline or generated source, in order, numbered from 0;
+/// The tasks of an inline or generated source, in order, numbered from 0,
+/// from task number `from` on (those before are skipped without being made);
 /// `None` for workload-file sources (see the module doc).
 pub fn source_tasks(
     source: &TaskSource,
+    from: u64,
 ) -> Option<Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + '_>> {
+    let skip = usize::try_from(from).unwrap_or(usize::MAX);
     if let Some(inline) = &source.inline {
         return Some(Box::new(
             inline
                 .iter()
                 .enumerate()
+                .skip(skip)
                 .map(|(i, task)| task_def(i as u64, task, None)),
         ));
     }
     let generator = source.generator.as_ref()?;
-    Some(Box::new(parameters(generator).enumerate().map(
+    Some(Box::new(parameters(generator).enumerate().skip(skip).map(
         |(i, param)| task_def(i as u64, &generator.template, Some(&param.to_string())),
     )))
 }
@@ -67,19 +71,22 @@ fn task_def(id: u64, task: &InlineTask, param: Option<&str>) -> Result<TaskDef, 
     Ok(TaskDef { id, timeout, spec })
 }
 
-/// The bundles of a batch, in order, leaving out those wholly enqueued before
-/// `checkpoint` (tasks enqueued so far). Bundling is deterministic, so the
-/// bundles after a restart are the ones the first run would have sent.
+/// The bundles of a batch cut with `plan` from task number `start` on (`tasks`
+/// starts there: a bundle boundary), in order, leaving out those wholly
+/// enqueued before `checkpoint` (tasks enqueued so far). Bundling is
+/// deterministic, so the bundles after a restart are the ones the first run
+/// would have sent.
 pub fn bundles_from<I>(
     tasks: I,
     batch: BatchId,
     plan: BundlePlan,
+    start: u64,
     checkpoint: u64,
 ) -> impl Iterator<Item = Result<Bundle, String>>
 where
     I: Iterator<Item = Result<TaskDef, String>>,
 {
-    let mut bundler = Some(Bundler::new(plan));
+    let mut bundler = Some(Bundler::starting_at(plan, start));
     let mut tasks = tasks;
     std::iter::from_fn(move || {
         loop {
@@ -175,7 +182,10 @@ mod tests {
             }),
             TaskKind::Run,
         );
-        let defs: Vec<TaskDef> = source_tasks(&source).unwrap().map(Result::unwrap).collect();
+        let defs: Vec<TaskDef> = source_tasks(&source, 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(defs.iter().map(|d| d.id).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(
             defs[2].spec,
@@ -188,7 +198,7 @@ mod tests {
 
     #[test]
     fn workload_file_sources_are_left_to_the_reader() {
-        assert!(source_tasks(&TaskSource::default()).is_none());
+        assert!(source_tasks(&TaskSource::default(), 0).is_none());
     }
 
     #[test]
@@ -198,16 +208,22 @@ mod tests {
             max_bundle_time: std::time::Duration::from_millis(1),
             min_bundle_time: std::time::Duration::ZERO,
             max_unknown_tasks: None,
+            learned: None,
             spread: None,
         };
         // Unknown-length tasks spread over 4 slots: shrinking bundles.
         let spread = BundlePlan::SQS.spread(50, 4);
         for (plan, kind) in [(fixed, TaskKind::Sleep), (spread, TaskKind::Run)] {
             let source = generator(Some(50), None, kind);
-            let all: Vec<Bundle> =
-                bundles_from(source_tasks(&source).unwrap(), BatchId::new("b"), plan, 0)
-                    .map(Result::unwrap)
-                    .collect();
+            let all: Vec<Bundle> = bundles_from(
+                source_tasks(&source, 0).unwrap(),
+                BatchId::new("b"),
+                plan,
+                0,
+                0,
+            )
+            .map(Result::unwrap)
+            .collect();
             assert_eq!(ids(&all), (0..50).collect::<Vec<_>>());
             assert!(all.len() > 5, "{plan:?}: {} bundles", all.len());
             // Checkpoints are recorded after whole bundles were sent.
@@ -215,9 +231,10 @@ mod tests {
             for (n, bundle) in all.iter().enumerate() {
                 sent += bundle.tasks.len() as u64;
                 let resumed: Vec<Bundle> = bundles_from(
-                    source_tasks(&source).unwrap(),
+                    source_tasks(&source, 0).unwrap(),
                     BatchId::new("b"),
                     plan,
+                    0,
                     sent,
                 )
                 .map(Result::unwrap)
@@ -233,6 +250,77 @@ mod tests {
                 assert_eq!(firsts, expected);
             }
         }
+    }
+
+    #[test]
+    fn a_restart_after_learned_sizes_cuts_what_was_sent() {
+        use crate::sizing;
+        use std::time::Duration;
+        let (total, slots) = (3_000, 4);
+        let source = generator(Some(total as i64), None, TaskKind::Run);
+        let cut = |learned, start, checkpoint| -> Vec<Bundle> {
+            let tasks = source_tasks(&source, start).unwrap();
+            let plan = sizing::plan(total, slots, learned);
+            bundles_from(tasks, BatchId::new("b"), plan, start, checkpoint)
+                .map(Result::unwrap)
+                .collect()
+        };
+        // A runner that learns twice: (bundles sent, then the next length).
+        let steps = [
+            (3, Some(Duration::from_millis(1875))),
+            (2, Some(Duration::from_millis(20))),
+            (usize::MAX, None),
+        ];
+        let (mut sent, mut learned, mut start) = (Vec::new(), None, 0);
+        let mut segments = vec![(0, None)];
+        for (bundles, next) in steps {
+            let mut segment = cut(learned, start, start);
+            segment.truncate(bundles);
+            start += segment.iter().map(|b| b.tasks.len() as u64).sum::<u64>();
+            sent.extend(segment);
+            learned = next;
+            // Written ahead, with the checkpoint at `start`.
+            segments.push((start, next));
+        }
+        assert_eq!(ids(&sent), (0..total).collect::<Vec<_>>());
+        let sizes: Vec<usize> = sent.iter().map(|b| b.tasks.len()).collect();
+        assert!(sizes[3] > sizes[2] && sizes[5] > sizes[4], "{sizes:?}");
+        // A restart at each checkpoint, with the sizing the status may hold
+        // then (at a segment's start: the one before or this one), cuts what
+        // was sent under that sizing, up to where the next one began.
+        let each = |b: &[Bundle]| {
+            b.iter()
+                .map(|b| ids(std::slice::from_ref(b)))
+                .collect::<Vec<_>>()
+        };
+        let mut checkpoint = 0;
+        let mut checked = 0;
+        for bundle in &sent {
+            checkpoint += bundle.tasks.len() as u64;
+            for (k, &(from, learned)) in segments.iter().enumerate() {
+                let until = segments.get(k + 1).map_or(total, |s| s.0);
+                if from > checkpoint || until < checkpoint {
+                    continue;
+                }
+                let expected: Vec<Bundle> = sent
+                    .iter()
+                    .filter(|b| (checkpoint..until).contains(&b.tasks[0].id))
+                    .cloned()
+                    .collect();
+                let mut resumed = cut(learned, from, checkpoint);
+                resumed.truncate(expected.len());
+                assert_eq!(each(&resumed), each(&expected), "at {checkpoint}");
+                checked += 1;
+            }
+        }
+        assert!(checked > sent.len(), "{checked} restarts checked");
+    }
+
+    #[test]
+    fn source_tasks_skip_to_a_task_without_making_those_before() {
+        let source = generator(Some(i64::MAX), None, TaskKind::Sleep);
+        let first = source_tasks(&source, u64::MAX / 4).unwrap().next();
+        assert_eq!(first.unwrap().unwrap().id, u64::MAX / 4);
     }
 
     #[test]
@@ -264,7 +352,7 @@ mod tests {
             },
         ];
         for source in &sources {
-            let made = source_tasks(source).unwrap().count() as u64;
+            let made = source_tasks(source, 0).unwrap().count() as u64;
             assert_eq!(source_len(source), Some(made), "{source:?}");
         }
         assert_eq!(source_len(&TaskSource::default()), None);
@@ -279,9 +367,10 @@ mod tests {
             ..TaskSource::default()
         };
         let out: Vec<_> = bundles_from(
-            source_tasks(&source).unwrap(),
+            source_tasks(&source, 0).unwrap(),
             BatchId::new("b"),
             BundlePlan::SQS,
+            0,
             0,
         )
         .collect();

@@ -1,7 +1,8 @@
 //! CloudKon's Kubernetes operator: the `TaskBatch` and `WorkerPool` custom
 //! resources ([`crd`]), and the decisions the reconcilers make, as pure
 //! functions with no I/O: the objects a spec wants ([`build`]), what a batch enqueues and
-//! where a restart resumes ([`enqueue`]), how many workers a pool wants ([`scale`]), whether a
+//! where a restart resumes ([`enqueue`]), bundle sizes from observed cost ([`sizing`]),
+//! how many workers a pool wants ([`scale`]), whether a
 //! spec is valid ([`validate`]), and what the status says ([`status`]).
 //!
 //! The I/O around them: [`operator::run`] starts the two controllers
@@ -25,6 +26,7 @@ pub mod pool_reconciler;
 pub mod provider;
 pub mod scale;
 pub mod shares;
+pub mod sizing;
 pub mod status;
 pub mod validate;
 pub mod window;

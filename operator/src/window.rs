@@ -56,6 +56,8 @@ pub fn window_tasks(input: &WindowInput) -> u64 {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Estimate {
     nanos: Option<f64>,
+    /// Observations so far (the declared seed is none).
+    observed: u64,
 }
 
 impl Estimate {
@@ -65,15 +67,22 @@ impl Estimate {
     pub fn seeded(declared: Option<Duration>) -> Self {
         Self {
             nanos: declared.map(|d| d.as_nanos() as f64),
+            observed: 0,
         }
     }
 
     pub fn observe(&mut self, took: Duration) {
         let x = took.as_nanos() as f64;
+        self.observed += 1;
         self.nanos = Some(match self.nanos {
             None => x,
             Some(m) => m + Self::ALPHA * (x - m),
         });
+    }
+
+    /// Observations so far.
+    pub fn observed(&self) -> u64 {
+        self.observed
     }
 
     pub fn get(&self) -> Option<Duration> {

@@ -464,11 +464,15 @@ fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
     let ran = c.dir.path().join("ran");
     std::fs::File::create(&ran).unwrap();
     // Each task appends its number to one file: a task run twice shows.
-    let command = format!("echo {{i}} >> {}", ran.display());
+    // Tasks of unknown length, 50 ms each: the second operator learns it
+    // and cuts bigger bundles (a sizing written ahead) before it is killed too.
+    let command = format!("echo {{i}} >> {}; sleep 0.05", ran.display());
     c.apply(&run_batch("big", "p", 3000, &command));
-    let at = c.wait_for("enqueued >= 300", Duration::from_secs(60), |c| {
+    // With no worker, the meter lets in the first window (small bundles of
+    // tasks of unknown length) and no more.
+    let at = c.wait_for("a first window enqueued", Duration::from_secs(60), |c| {
         let s = c.batch("big").status?;
-        (s.counts.enqueued >= 300).then_some(s.counts.enqueued)
+        (s.counts.enqueued > 0).then_some(s.counts.enqueued)
     });
     c.kill(first);
     let status = c.batch("big").status.unwrap();
@@ -478,9 +482,27 @@ fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
         "killed too late to test a restart mid-enqueue: {status:?}"
     );
     println!("killed the operator at the checkpoint {at} of 3000 tasks");
-    c.operator("operator-2.log", &[]);
+    let second = c.operator("operator-2.log", &[]);
     let table = unique("e2e-ledger");
     c.workers(&queue, &table, 2);
+    // Killed with bundles cut by a learned sizing sent after its checkpoint.
+    let sized = c.wait_for("a learned bundle sizing", Duration::from_secs(60), |c| {
+        let s = c.batch("big").status?;
+        let sizing = s.bundle_sizing?;
+        (sizing.task_microseconds < 1_000_000 && s.counts.enqueued > sizing.from).then_some(sizing)
+    });
+    c.kill(second);
+    let status = c.batch("big").status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(Phase::Enqueuing),
+        "killed too late to test a restart after a learned sizing: {status:?}"
+    );
+    println!(
+        "killed the second operator at the checkpoint {} of 3000 tasks, bundles cut for {} us tasks from task {}",
+        status.counts.enqueued, sized.task_microseconds, sized.from
+    );
+    c.operator("operator-3.log", &[]);
     let b = c.wait_finished("big", Duration::from_secs(180));
     let s = b.status.unwrap();
     assert_eq!(s.phase, Some(Phase::Succeeded));
@@ -497,7 +519,7 @@ fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
     assert_eq!(runs.len(), 3000, "tasks that ran");
     assert!(twice.is_empty(), "tasks run more than once: {twice:?}");
     assert!(
-        c.log("operator-2.log").contains("every task enqueued"),
+        c.log("operator-3.log").contains("every task enqueued"),
         "{}",
         c.logs()
     );

@@ -284,6 +284,16 @@ pub struct ResultsSpec {
     pub s3_prefix: Option<String>,
 }
 
+/// Bundles cut for a learned task length from a task on (`status.bundleSizing`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleSizing {
+    /// The first task (counted from 0) cut for this length.
+    pub from: i64,
+    /// The learned task length, in microseconds.
+    pub task_microseconds: i64,
+}
+
 /// What the operator observed of a batch. Counts and statistics only: a batch
 /// of millions of tasks keeps a status of constant size.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -336,6 +346,12 @@ pub struct TaskBatchStatus {
     /// so they shrink towards the end, and a restarted operator cuts the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_slots: Option<i64>,
+
+    /// The task length bundles of tasks of unknown length are cut for, from
+    /// task `from` on, learned from the results: written before any such
+    /// bundle is sent, so that a restarted operator cuts the same bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_sizing: Option<BundleSizing>,
 
     /// The latest observations of the batch's state, by type: `Accepted`
     /// (the spec is valid and its WorkerPool exists), `Suspended`, `Complete`,

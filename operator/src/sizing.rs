@@ -1,0 +1,150 @@
+//! Bundle sizes from observed cost. A batch whose tasks do not declare their
+//! length starts with small bundles ([`BundlePlan::FIRST_UNKNOWN_TASKS`]);
+//! as results tell how long its tasks take, its bundles are cut for that
+//! length: they grow, at most doubling at each step (the first results are
+//! the short tasks), up to a bundle's worth of work, while factoring's
+//! `spread` shrinks them towards the batch's end. Longer tasks than thought
+//! shrink them at once.
+//!
+//! A change is written ahead: `status.bundleSizing` records the task from
+//! which bundles are cut for a learned length, in the same status write as
+//! the enqueue checkpoint at that task, before any such bundle is sent. A
+//! restarted runner cuts again from there with the same length, so it sends
+//! the bundles (the claim keys) it sent before.
+
+use std::time::Duration;
+
+use cloudkon_core::BundlePlan;
+
+use crate::window::MIN_TASK_COST;
+
+/// The plan a TaskBatch cuts its bundles with, over `slots` slots, for tasks
+/// of unknown length taken to cost `learned` (`None`: not learned yet).
+pub fn plan(total: u64, slots: u64, learned: Option<Duration>) -> BundlePlan {
+    BundlePlan {
+        max_unknown_tasks: Some(BundlePlan::FIRST_UNKNOWN_TASKS),
+        ..BundlePlan::SQS
+    }
+    .spread(total, slots)
+    .learned(learned)
+}
+
+/// What the first bundles of unknown tasks amount to: a bundle's work over
+/// their size.
+fn first_cost() -> Duration {
+    BundlePlan::SQS.max_bundle_time / BundlePlan::FIRST_UNKNOWN_TASKS as u32
+}
+
+/// What the sizing decision looks at.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SizingInput {
+    /// The task length bundles are cut for now (`None`: not learned yet).
+    pub current: Option<Duration>,
+    /// The batch's observed task length.
+    pub estimate: Option<Duration>,
+    /// Results observed since `current` was set.
+    pub fresh: u64,
+    /// The pool's slots the batch is planned for.
+    pub slots: u64,
+}
+
+/// The task length to cut the next bundles for, when it should change:
+/// `None` keeps the current one. A step needs a result per slot since the
+/// last, and a change of more than half (not every wobble of the average
+/// re-cuts the batch); growth is at most twice the size per step. Whole
+/// microseconds, as `status.bundleSizing` records it.
+pub fn next_cost(input: &SizingInput) -> Option<Duration> {
+    let estimate = input.estimate?.max(MIN_TASK_COST);
+    if input.fresh < input.slots.max(1) {
+        return None;
+    }
+    let current = input.current.unwrap_or_else(first_cost);
+    let next = if estimate < current {
+        estimate.max(current / 2)
+    } else {
+        estimate
+    };
+    let next = Duration::from_micros(u64::try_from(next.as_micros()).unwrap_or(u64::MAX));
+    let (n, c) = (next.as_nanos(), current.as_nanos());
+    (3 * n < 2 * c || 2 * n > 3 * c).then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudkon_core::TaskSpec;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn input(current: Option<Duration>, estimate: Option<Duration>, fresh: u64) -> SizingInput {
+        SizingInput {
+            current,
+            estimate,
+            fresh,
+            slots: 8,
+        }
+    }
+
+    #[test]
+    fn sizing_table() {
+        // (current, estimate, fresh results) -> the next length, if any
+        let cases = [
+            // Nothing observed, or too little: keep.
+            ((None, None, 100), None),
+            ((None, Some(MS(2)), 7), None),
+            // Short tasks: the first step halves the first length (3.75 s).
+            ((None, Some(MS(2)), 8), Some(MS(1875))),
+            // ... and each step halves again, down to the estimate.
+            (
+                (Some(MS(1875)), Some(MS(2)), 8),
+                Some(Duration::from_micros(937_500)),
+            ),
+            ((Some(MS(4)), Some(MS(2)), 8), Some(MS(2))),
+            // Within half of it: keep.
+            ((Some(MS(2)), Some(MS(2)), 1000), None),
+            ((Some(MS(2)), Some(MS(1) + MS(1) / 2), 1000), None),
+            ((Some(MS(2)), Some(MS(3)), 1000), None),
+            // Longer than thought: at once.
+            ((Some(MS(2)), Some(MS(500)), 8), Some(MS(500))),
+            (
+                (None, Some(Duration::from_secs(60)), 8),
+                Some(Duration::from_secs(60)),
+            ),
+            // `sleep 0`-like tasks count as 1 ms.
+            ((Some(MS(1)), Some(Duration::ZERO), 1000), None),
+        ];
+        for ((current, estimate, fresh), want) in cases {
+            assert_eq!(
+                next_cost(&input(current, estimate, fresh)),
+                want,
+                "{current:?} {estimate:?} {fresh}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_tasks_start_small_and_grow_to_a_bundle_of_work() {
+        let run = TaskSpec::Run {
+            program: "true".into(),
+            args: vec![],
+        };
+        let sizes = |learned| plan(1_000_000, 8, learned).tasks_per_bundle_at(&run, 0);
+        assert_eq!(sizes(None), BundlePlan::FIRST_UNKNOWN_TASKS);
+        // Following the steps of 2 ms tasks, each bundle at most twice the last.
+        let mut current = None;
+        let mut last = sizes(None);
+        let mut steps = 0;
+        while let Some(next) = next_cost(&input(current, Some(MS(2)), 8)) {
+            current = Some(next);
+            let size = sizes(current);
+            assert!(size <= 2 * last, "{last} then {size}");
+            last = size;
+            steps += 1;
+        }
+        assert_eq!(current, Some(MS(2)));
+        assert_eq!(last, BundlePlan::SQS.max_tasks);
+        assert!(steps <= 12, "{steps} steps");
+        // 1 s tasks: a minute's work per bundle.
+        assert_eq!(sizes(Some(Duration::from_secs(1))), 60);
+    }
+}

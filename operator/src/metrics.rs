@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use cloudkon_worker::serve::{AwsRequestsCollector, RequestCounts};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,7 +65,17 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("cloudkon_operator");
+        Self::with_aws_requests(None)
+    }
+
+    /// The operator's metrics, and the AWS requests it sends when given
+    /// their counters (`cloudkon_aws_requests_total`, as workers export them).
+    pub fn with_aws_requests(requests: Option<RequestCounts>) -> Self {
+        let mut root = Registry::default();
+        if let Some(requests) = requests {
+            root.register_collector(Box::new(AwsRequestsCollector(requests)));
+        }
+        let registry = root.sub_registry_with_prefix("cloudkon_operator");
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
             "reconciles",
@@ -131,7 +142,7 @@ impl Metrics {
             tasks_enqueued,
             tasks_collected,
             leader,
-            registry,
+            registry: root,
         }
     }
 

@@ -32,7 +32,10 @@ pub struct Options {
 
 /// Runs until SIGTERM/SIGINT (Ok) or until leadership is lost (Err).
 pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let stats = aws.stats().clone();
+    let metrics = Arc::new(Metrics::with_aws_requests(Some(Arc::new(move || {
+        stats.snapshot()
+    }))));
     let health = Health::default();
     if let Some(listener) = options.metrics_listener {
         tokio::spawn(crate::metrics::serve(

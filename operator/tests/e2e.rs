@@ -881,6 +881,9 @@ spec:
         "cloudkon_operator_pool_desired_workers{",
         "cloudkon_operator_tasks_enqueued_total",
         "cloudkon_operator_leader 1",
+        // What it costs: its own AWS requests, as the workers count theirs.
+        "cloudkon_aws_requests_total{operation=\"SQS.SendMessageBatch\"}",
+        "cloudkon_aws_requests_total{operation=\"SQS.ReceiveMessage\"}",
     ] {
         assert!(body.contains(metric), "no {metric} in:\n{body}");
     }

@@ -140,28 +140,46 @@ impl Collector for WorkerCollector {
             slots.metric_type(),
         )?)?;
         if let Some(requests) = &self.requests {
-            let snapshot = requests();
-            let kind = ConstCounter::new(0u64);
-            let mut family = e.encode_descriptor(
-                "cloudkon_aws_requests",
-                "AWS requests sent, retries included, by SERVICE.Operation.",
-                None,
-                kind.metric_type(),
-            )?;
-            for (operation, value) in &snapshot.requests {
-                ConstCounter::new(*value)
-                    .encode(family.encode_family(&[("operation", operation.as_str())])?)?;
-            }
-            let units = ConstCounter::new(snapshot.write_units);
-            units.encode(e.encode_descriptor(
-                "cloudkon_aws_dynamodb_write_units",
-                "DynamoDB write capacity units consumed (estimated from item sizes where the server does not report them).",
-                None,
-                units.metric_type(),
-            )?)?;
+            encode_aws_requests(e, &requests())?;
         }
         Ok(())
     }
+}
+
+/// The AWS request counters of a program (the operator's too), read on each
+/// scrape: `cloudkon_aws_requests_total{operation}` and write units.
+pub struct AwsRequestsCollector(pub RequestCounts);
+
+impl std::fmt::Debug for AwsRequestsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AwsRequestsCollector")
+    }
+}
+
+impl Collector for AwsRequestsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        encode_aws_requests(&mut encoder, &(self.0)())
+    }
+}
+
+fn encode_aws_requests(e: &mut DescriptorEncoder<'_>, snapshot: &StatsSnapshot) -> std::fmt::Result {
+    let kind = ConstCounter::new(0u64);
+    let mut family = e.encode_descriptor(
+        "cloudkon_aws_requests",
+        "AWS requests sent, retries included, by SERVICE.Operation.",
+        None,
+        kind.metric_type(),
+    )?;
+    for (operation, value) in &snapshot.requests {
+        ConstCounter::new(*value).encode(family.encode_family(&[("operation", operation.as_str())])?)?;
+    }
+    let units = ConstCounter::new(snapshot.write_units);
+    units.encode(e.encode_descriptor(
+        "cloudkon_aws_dynamodb_write_units",
+        "DynamoDB write capacity units consumed (estimated from item sizes where the server does not report them).",
+        None,
+        units.metric_type(),
+    )?)
 }
 
 struct Served {

@@ -349,12 +349,17 @@ async fn enqueue_all(
             progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.nominal_duration()));
         }
         let room = loop {
+            let estimate = if unknown {
+                Some(sizing::window_cost(learned, progress.estimate()))
+            } else {
+                progress.estimate()
+            };
             let window = window::window_tasks(&WindowInput {
                 pool_slots: planned_slots,
                 pool_workers: args.pool_workers,
                 weight: share.weight(),
                 total_weight: ctx.shares.total_weight(share.pool()),
-                estimate: progress.estimate(),
+                estimate,
                 next_bundle: next,
             });
             share.update(progress.running(), progress.estimate());

@@ -1,10 +1,13 @@
 //! Bundle sizes from observed cost. A batch whose tasks do not declare their
 //! length starts with small bundles ([`BundlePlan::FIRST_UNKNOWN_TASKS`]);
 //! as results tell how long its tasks take, its bundles are cut for that
-//! length: they grow, at most doubling at each step (the first results are
-//! the short tasks), up to a bundle's worth of work, while factoring's
-//! `spread` shrinks them towards the batch's end. Longer tasks than thought
-//! shrink them at once.
+//! length: they grow, at most [`GROWTH`] times at each step (the first
+//! results are the short tasks), up to a bundle's worth of work, while
+//! factoring's `spread` shrinks them towards the batch's end. Longer tasks
+//! than thought shrink them at once. Until the sizing has caught up with the
+//! estimate, the meter counts tasks at the sizing's length ([`window_cost`]):
+//! the batch waits for the results that let its bundles grow, rather than
+//! sending the whole batch in small ones.
 //!
 //! A change is written ahead: `status.bundleSizing` records the task from
 //! which bundles are cut for a learned length, in the same status write as
@@ -29,6 +32,9 @@ pub fn plan(total: u64, slots: u64, learned: Option<Duration>) -> BundlePlan {
     .learned(learned)
 }
 
+/// The most bundles grow in one step.
+pub const GROWTH: u32 = 4;
+
 /// What the first bundles of unknown tasks amount to: a bundle's work over
 /// their size.
 fn first_cost() -> Duration {
@@ -51,7 +57,7 @@ pub struct SizingInput {
 /// The task length to cut the next bundles for, when it should change:
 /// `None` keeps the current one. A step needs a result per slot since the
 /// last, and a change of more than half (not every wobble of the average
-/// re-cuts the batch); growth is at most twice the size per step. Whole
+/// re-cuts the batch); growth is at most [`GROWTH`] times per step. Whole
 /// microseconds, as `status.bundleSizing` records it.
 pub fn next_cost(input: &SizingInput) -> Option<Duration> {
     let estimate = input.estimate?.max(MIN_TASK_COST);
@@ -60,13 +66,20 @@ pub fn next_cost(input: &SizingInput) -> Option<Duration> {
     }
     let current = input.current.unwrap_or_else(first_cost);
     let next = if estimate < current {
-        estimate.max(current / 2)
+        estimate.max(current / GROWTH)
     } else {
         estimate
     };
     let next = Duration::from_micros(u64::try_from(next.as_micros()).unwrap_or(u64::MAX));
     let (n, c) = (next.as_nanos(), current.as_nanos());
     (3 * n < 2 * c || 2 * n > 3 * c).then_some(next)
+}
+
+/// The task length the meter counts a batch of unknown tasks at: the
+/// estimate, or the length its bundles are still cut for when longer.
+pub fn window_cost(current: Option<Duration>, estimate: Option<Duration>) -> Duration {
+    let sized = current.unwrap_or_else(first_cost);
+    estimate.map_or(sized, |e| e.max(sized))
 }
 
 #[cfg(test)]
@@ -92,14 +105,15 @@ mod tests {
             // Nothing observed, or too little: keep.
             ((None, None, 100), None),
             ((None, Some(MS(2)), 7), None),
-            // Short tasks: the first step halves the first length (3.75 s).
-            ((None, Some(MS(2)), 8), Some(MS(1875))),
-            // ... and each step halves again, down to the estimate.
+            // Short tasks: the first step quarters the first length (3.75 s).
+            ((None, Some(MS(2)), 8), Some(Duration::from_micros(937_500))),
+            // ... and each step again, down to the estimate.
             (
                 (Some(MS(1875)), Some(MS(2)), 8),
-                Some(Duration::from_micros(937_500)),
+                Some(Duration::from_micros(468_750)),
             ),
             ((Some(MS(4)), Some(MS(2)), 8), Some(MS(2))),
+            ((Some(MS(12)), Some(MS(2)), 8), Some(MS(3))),
             // Within half of it: keep.
             ((Some(MS(2)), Some(MS(2)), 1000), None),
             ((Some(MS(2)), Some(MS(1) + MS(1) / 2), 1000), None),
@@ -130,21 +144,41 @@ mod tests {
         };
         let sizes = |learned| plan(1_000_000, 8, learned).tasks_per_bundle_at(&run, 0);
         assert_eq!(sizes(None), BundlePlan::FIRST_UNKNOWN_TASKS);
-        // Following the steps of 2 ms tasks, each bundle at most twice the last.
+        // Following the steps of 2 ms tasks, each bundle at most 4x the last.
         let mut current = None;
         let mut last = sizes(None);
         let mut steps = 0;
         while let Some(next) = next_cost(&input(current, Some(MS(2)), 8)) {
             current = Some(next);
             let size = sizes(current);
-            assert!(size <= 2 * last, "{last} then {size}");
+            assert!(size <= GROWTH as usize * last, "{last} then {size}");
             last = size;
             steps += 1;
         }
         assert_eq!(current, Some(MS(2)));
         assert_eq!(last, BundlePlan::SQS.max_tasks);
-        assert!(steps <= 12, "{steps} steps");
+        assert!(steps <= 6, "{steps} steps");
         // 1 s tasks: a minute's work per bundle.
         assert_eq!(sizes(Some(Duration::from_secs(1))), 60);
+    }
+
+    #[test]
+    fn the_meter_counts_tasks_at_the_sizing_until_it_catches_up() {
+        let s = Duration::from_secs;
+        // (sizing, estimate) -> the length the window counts
+        let cases = [
+            ((None, None), first_cost()),
+            ((None, Some(MS(2))), first_cost()),
+            ((Some(MS(500)), Some(MS(2))), MS(500)),
+            ((Some(MS(2)), Some(MS(2))), MS(2)),
+            ((Some(MS(2)), Some(s(5))), s(5)),
+        ];
+        for ((current, estimate), want) in cases {
+            assert_eq!(
+                window_cost(current, estimate),
+                want,
+                "{current:?} {estimate:?}"
+            );
+        }
     }
 }

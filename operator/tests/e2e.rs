@@ -60,6 +60,11 @@ struct Cluster {
     kube: common::Kube,
     dir: tempfile::TempDir,
     children: Vec<Child>,
+    /// Set on the operator and workers started from now on (e.g. AWS
+    /// endpoints behind a delaying proxy).
+    env: Vec<(String, String)>,
+    /// The workers' metrics addresses, when started with `metered_workers`.
+    worker_metrics: Vec<String>,
 }
 
 impl std::ops::Deref for Cluster {
@@ -75,6 +80,8 @@ impl Cluster {
             kube: common::Kube::new(require_servers(), unique(prefix)),
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
+            env: Vec::new(),
+            worker_metrics: Vec::new(),
         };
         c.ok(&["apply", "-f", "crds/"]);
         c.ok(&[
@@ -98,6 +105,7 @@ impl Cluster {
         }
         let child = command
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,kube_runtime=warn")
             .stdout(Stdio::null())
             .stderr(file)
@@ -118,12 +126,29 @@ impl Cluster {
     }
 
     fn workers(&mut self, queue: &str, table: &str, count: usize) {
+        self.start_workers(queue, table, count, false);
+    }
+
+    /// Workers that serve their metrics (their AWS requests) on loopback.
+    fn metered_workers(&mut self, queue: &str, table: &str, count: usize) {
+        self.start_workers(queue, table, count, true);
+    }
+
+    fn start_workers(&mut self, queue: &str, table: &str, count: usize, metered: bool) {
         for i in 0..count {
+            let metrics = if metered {
+                let addr = format!("127.0.0.1:{}", free_port());
+                self.worker_metrics.push(addr.clone());
+                addr
+            } else {
+                "off".to_string()
+            };
             let child = Command::new(bin("cloudkon-worker"))
                 .args(["--queue", queue, "--ledger-table", table])
                 .args(["--worker-id", &format!("{}-w{i}", self.ns)])
                 .args(["--threads", "4", "--lease", "10s", "--receive-wait", "1s"])
-                .args(["--metrics-addr", "off"])
+                .args(["--metrics-addr", &metrics])
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .spawn()
@@ -1330,4 +1355,232 @@ fn benchmark_taskbatch_against_submit_and_run() {
         "the meter let {enqueued} in"
     );
     assert_eq!(restarts, 0, "{}", c.logs());
+}
+
+/// The bench's delaying proxy (a cloud region's round trip in front of the
+/// local servers), the same code `cloudkon bench sqs --delay-ms` runs.
+#[path = "../../cli/src/bench_proxy.rs"]
+mod bench_proxy;
+
+/// The AWS requests sent so far by the programs serving these metrics, by
+/// operation.
+fn aws_requests(addrs: &[String]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for a in addrs {
+        for line in http_get(a, "/metrics").lines() {
+            let Some(rest) = line.strip_prefix("cloudkon_aws_requests_total{operation=\"") else {
+                continue;
+            };
+            let (operation, value) = rest.split_once("\"} ").unwrap();
+            *out.entry(operation.to_string()).or_default() += value.parse::<u64>().unwrap();
+        }
+    }
+    out
+}
+
+/// Requests in `after` not in `before`, by operation, and their sum.
+fn requests_since(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> (u64, String) {
+    let by_op: Vec<(String, u64)> = after
+        .iter()
+        .map(|(op, n)| (op.clone(), n - before.get(op).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let text = by_op
+        .iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (by_op.iter().map(|(_, n)| n).sum(), text)
+}
+
+/// AWS endpoints behind delaying proxies (`delay` each way), served on `rt`.
+fn delayed_aws_env(rt: &tokio::runtime::Runtime, delay: Duration) -> Vec<(String, String)> {
+    [
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_DYNAMODB",
+    ]
+    .into_iter()
+    .map(|var| {
+        let url = std::env::var(var).unwrap();
+        let upstream = url
+            .strip_prefix("http://")
+            .and_then(|a| a.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("{var}={url}: not http://host:port"));
+        let proxy = rt.block_on(bench_proxy::start(upstream, delay)).unwrap();
+        (var.to_string(), format!("http://{proxy}"))
+    })
+    .collect()
+}
+
+/// A namespace with an operator and 2 host workers x 4 threads, all serving
+/// their metrics; returns the operator's metrics address too.
+fn bench_cluster(prefix: &str, env: Vec<(String, String)>) -> (Cluster, String) {
+    let mut c = Cluster::new(prefix);
+    c.env = env;
+    let addr = format!("127.0.0.1:{}", free_port());
+    c.operator("operator.log", &["--metrics-addr", &addr]);
+    let table = unique("bench-ledger");
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    c.metered_workers(&queue, &table, 2);
+    let all: Vec<String> = std::iter::once(addr.clone())
+        .chain(c.worker_metrics.iter().cloned())
+        .collect();
+    for a in &all {
+        c.wait_for(&format!("metrics on {a}"), Duration::from_secs(30), |_| {
+            std::net::TcpStream::connect(a).ok()
+        });
+    }
+    (c, addr)
+}
+
+fn template_batch(name: &str, count: u64, template: &str) -> String {
+    format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: {name}}}
+spec:
+  workerPool: p
+  tasks:
+    generator:
+      template: {template}
+      count: {count}
+"#
+    )
+}
+
+/// A TaskBatch run to the end: wall time from apply to Succeeded as a user
+/// polling it sees, and the AWS requests the operator and workers sent
+/// meanwhile (all, and by operation).
+fn batch_figure(
+    c: &Cluster,
+    operator: &str,
+    name: &str,
+    count: u64,
+    template: &str,
+) -> (Duration, (u64, String)) {
+    let addrs: Vec<String> = std::iter::once(operator.to_string())
+        .chain(c.worker_metrics.iter().cloned())
+        .collect();
+    let before = aws_requests(&addrs);
+    let started = Instant::now();
+    c.apply(&template_batch(name, count, template));
+    let b = c.wait_finished(name, Duration::from_secs(3600));
+    let wall = started.elapsed();
+    let s = b.status.unwrap();
+    assert_eq!(s.counts.succeeded, count as i64, "{s:?}");
+    (wall, requests_since(&before, &aws_requests(&addrs)))
+}
+
+/// Issue 13's figures for tasks of unknown length on the main path, side by
+/// side in one run (not part of `scripts/test`): `run true` against `cloudkon
+/// run` on as many slots, with and without a region's latency, AWS requests
+/// per task, efficiency, and a small batch beside a huge one. Run as the
+/// benchmark above; CLOUDKON_BENCH_RUN_TASKS sets the `run true` batch (default
+/// 10,000), CLOUDKON_BENCH_DELAY_MS the latency each way (default 5),
+/// CLOUDKON_BENCH_TASKS the huge batch (default 1,000,000).
+#[test]
+#[ignore = "a benchmark of minutes: cargo test --release -p cloudkon-operator --test e2e -- --ignored --nocapture benchmark_"]
+fn benchmark_tasks_of_unknown_length_on_the_main_path() {
+    let env = |var: &str, default: u64| std::env::var(var).map_or(default, |v| v.parse().unwrap());
+    let n = env("CLOUDKON_BENCH_RUN_TASKS", 10_000);
+    let delay = Duration::from_millis(env("CLOUDKON_BENCH_DELAY_MS", 5));
+    let huge = env("CLOUDKON_BENCH_TASKS", 1_000_000);
+    let _serial = serial();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = Vec::new();
+    let run_true = r#"{kind: run, program: "true"}"#;
+
+    // 1. `run true`, as it is and behind the proxy, against `cloudkon run`.
+    let embedded = embedded_wall(dir.path(), "run true", n as usize, 8);
+    let rate = |wall: Duration| n as f64 / wall.as_secs_f64();
+    for (label, proxied) in [("", false), (" +latency", true)] {
+        let env = if proxied {
+            delayed_aws_env(&rt, delay)
+        } else {
+            Vec::new()
+        };
+        let (c, op) = bench_cluster("bench-run", env);
+        let (wall, (requests, by_op)) = batch_figure(&c, &op, "run", n, run_true);
+        let sizing = c.batch("run").status.unwrap().bundle_sizing;
+        report.push(format!(
+            "TaskBatch {n} `run true`{label}: {:.1} s = {:.0} tasks/s = {:.2}x `cloudkon run` on 8 slots ({:.0} tasks/s); \
+             {:.4} AWS requests per task ({by_op}); bundles cut for {:?} us tasks",
+            wall.as_secs_f64(),
+            rate(wall),
+            rate(wall) / rate(embedded),
+            rate(embedded),
+            requests as f64 / n as f64,
+            sizing.map(|s| s.task_microseconds),
+        ));
+        println!("{}", report.last().unwrap());
+    }
+
+    // 2. Efficiency on 8 slots: tasks x length / slots / wall.
+    let (c, op) = bench_cluster("bench-eff", Vec::new());
+    let cases = [
+        (
+            "s1",
+            320,
+            r#"{kind: run, program: sleep, args: ["1"]}"#,
+            1.0,
+            "run sleep 1",
+        ),
+        (
+            "s01",
+            3200,
+            r#"{kind: run, program: sleep, args: ["0.1"]}"#,
+            0.1,
+            "run sleep 0.1",
+        ),
+        (
+            "s001",
+            16_000,
+            r#"{kind: run, program: sleep, args: ["0.01"]}"#,
+            0.01,
+            "run sleep 0.01",
+        ),
+        (
+            "d1",
+            320,
+            "{kind: sleep, ms: 1000}",
+            1.0,
+            "sleep 1000 (declared)",
+        ),
+    ];
+    for (name, count, template, secs, label) in cases {
+        let (wall, (requests, _)) = batch_figure(&c, &op, name, count, template);
+        report.push(format!(
+            "efficiency {label} x {count}: {:.1} s, {:.1} % ({:.4} AWS requests per task)",
+            wall.as_secs_f64(),
+            100.0 * count as f64 * secs / 8.0 / wall.as_secs_f64(),
+            requests as f64 / count as f64,
+        ));
+        println!("{}", report.last().unwrap());
+    }
+
+    // 3. A 200-task batch alone, then applied while a huge one runs.
+    let small = r#"{kind: run, program: sleep, args: ["0.1"]}"#;
+    let (alone, _) = batch_figure(&c, &op, "small-alone", 200, small);
+    c.apply(&sleep0_batch("huge", huge, None));
+    c.wait_for("the huge batch running", Duration::from_secs(60), |c| {
+        (c.batch("huge").status?.counts.succeeded > 0).then_some(())
+    });
+    let (beside, _) = batch_figure(&c, &op, "small-beside", 200, small);
+    let huge_status = c.batch("huge").status.unwrap();
+    report.push(format!(
+        "200 `run sleep 0.1`: alone {:.1} s, beside a {huge}-task batch {:.1} s = {:.2}x (huge batch {:?} with {} finished then)",
+        alone.as_secs_f64(),
+        beside.as_secs_f64(),
+        beside.as_secs_f64() / alone.as_secs_f64(),
+        huge_status.phase,
+        huge_status.counts.succeeded,
+    ));
+    println!(
+        "\nbenchmark, tasks of unknown length:\n  {}",
+        report.join("\n  ")
+    );
 }

@@ -162,7 +162,10 @@ impl Collector for AwsRequestsCollector {
     }
 }
 
-fn encode_aws_requests(e: &mut DescriptorEncoder<'_>, snapshot: &StatsSnapshot) -> std::fmt::Result {
+fn encode_aws_requests(
+    e: &mut DescriptorEncoder<'_>,
+    snapshot: &StatsSnapshot,
+) -> std::fmt::Result {
     let kind = ConstCounter::new(0u64);
     let mut family = e.encode_descriptor(
         "cloudkon_aws_requests",
@@ -171,7 +174,8 @@ fn encode_aws_requests(e: &mut DescriptorEncoder<'_>, snapshot: &StatsSnapshot) 
         kind.metric_type(),
     )?;
     for (operation, value) in &snapshot.requests {
-        ConstCounter::new(*value).encode(family.encode_family(&[("operation", operation.as_str())])?)?;
+        ConstCounter::new(*value)
+            .encode(family.encode_family(&[("operation", operation.as_str())])?)?;
     }
     let units = ConstCounter::new(snapshot.write_units);
     units.encode(e.encode_descriptor(

@@ -5,6 +5,10 @@
 //! spec.workers.max (2)`.
 
 use std::fmt;
+use std::time::Duration;
+
+use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
+use cloudkon_core::{BatchId, Bundle, BundleOptions, Task, TaskSpec, Timestamp};
 
 use crate::crd::taskbatch::{InlineTask, TaskBatchSpec, TaskKind};
 use crate::crd::workerpool::{ProviderType, QueueSpec, ScalingRules, WorkerPoolSpec};
@@ -307,10 +311,59 @@ fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&s
         None,
     );
     // The rules of the task model itself (URL schemes, resolutions...): core's.
-    if p.0.len() == before
-        && let Err(e) = task.to_task_spec(param)
-    {
-        p.add(path.to_string(), format_args!("is not a valid task: {e}"));
+    if p.0.len() == before {
+        match task.to_task_spec(param) {
+            Err(e) => p.add(path.to_string(), format_args!("is not a valid task: {e}")),
+            Ok(_) => {
+                // A generator's size is measured with its widest parameter.
+                let widest = param.map(|_| WIDEST_PARAM);
+                if let Ok((spec, _)) = task.to_task_spec(widest)
+                    && let Err(bytes) = fits_one_message(spec)
+                {
+                    p.add(
+                        path.to_string(),
+                        format_args!(
+                            "is too large: it takes {bytes} bytes as a queue message, more than SQS's {SQS_MAX_MESSAGE_BYTES} (put large data in S3 and pass its URI)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The longest text `{i}` can become (`i64::MIN`).
+const WIDEST_PARAM: &str = "-9223372036854775808";
+
+/// Room kept for the response queue's URL that a bundle carries (an SQS URL
+/// with an 80-character queue name is about 130 bytes).
+const REPLY_TO_ROOM: usize = 256;
+
+/// The task travels in a message of its own, at worst: the largest ids,
+/// attempts and options, a batch uid and a long response queue URL. A task
+/// that does not fit would be sent, refused by SQS and sent again for ever.
+fn fits_one_message(spec: TaskSpec) -> Result<(), usize> {
+    let bundle = Bundle {
+        submitted: Timestamp(u64::MAX),
+        tasks: vec![Task {
+            batch: BatchId::new("00000000-0000-0000-0000-000000000000"),
+            id: u64::MAX,
+            attempt: u32::MAX,
+            timeout: Some(Duration::from_millis(u64::MAX)),
+            spec,
+        }],
+        reply_to: Some("x".repeat(REPLY_TO_ROOM)),
+        options: BundleOptions {
+            max_attempts: Some(u32::MAX),
+            retry_backoff: Some(Duration::from_millis(u64::MAX)),
+            dedup: Some(true),
+        },
+    };
+    let bytes = wire::encode_bundle(&bundle).len();
+    if bytes <= SQS_MAX_MESSAGE_BYTES {
+        Ok(())
+    } else {
+        Err(bytes)
     }
 }
 
@@ -936,6 +989,64 @@ mod tests {
             ),
         ];
         check_table(batch(), taskbatch, cases);
+    }
+
+    #[test]
+    fn a_task_larger_than_a_message_is_refused_with_its_path() {
+        let spec_with = |tasks: Value| -> TaskBatchSpec {
+            serde_json::from_value(merged(&batch(), &json!({"tasks": tasks}))).unwrap()
+        };
+        let problems = |spec: &TaskBatchSpec| -> Vec<String> {
+            taskbatch(spec)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.message)
+                .collect()
+        };
+        let fits = "a".repeat(SQS_MAX_MESSAGE_BYTES / 2);
+        let too_large = "a".repeat(SQS_MAX_MESSAGE_BYTES);
+        let inline = spec_with(json!({"inline": [
+            {"kind": "sleep", "ms": 1},
+            {"kind": "run", "program": "echo", "args": [fits]},
+            {"kind": "sleep", "ms": 2},
+            {"kind": "run", "program": "echo", "args": [too_large]},
+        ]}));
+        let got = problems(&inline);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("spec.tasks.inline[3] is too large: it takes ")
+                && got[0].contains("more than SQS's 262144"),
+            "{}",
+            got[0]
+        );
+
+        // Base64 makes 3 bytes 4: an animoto task's URLs near the limit.
+        let urls: Vec<String> = (0..100)
+            .map(|i| format!("https://x/{i}/{}", "u".repeat(2000)))
+            .collect();
+        let animoto = spec_with(json!({"inline": null, "generator": {
+            "template": {"kind": "animoto", "urls": urls}, "count": 5}}));
+        let got = problems(&animoto);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("spec.tasks.generator.template is too large"),
+            "{}",
+            got[0]
+        );
+
+        // `{i}` is measured at its widest: a template just under the limit
+        // with "0" is over it once each `{i}` may hold 20 characters.
+        let at_zero = SQS_MAX_MESSAGE_BYTES * 3 / 4 - 2_000;
+        let arg = format!("{}{}", "b".repeat(at_zero - 1_000 * 3), "{i}".repeat(1_000));
+        let generator = spec_with(json!({"inline": null, "generator": {
+            "template": {"kind": "run", "program": "echo", "args": [arg]}, "count": 5}}));
+        let template = &generator.tasks.generator.as_ref().unwrap().template;
+        let (at_0, _) = template.to_task_spec(Some("0")).unwrap();
+        assert_eq!(fits_one_message(at_0), Ok(()));
+        let got = problems(&generator);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("spec.tasks.generator.template is too large"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -25,6 +26,9 @@ pub const METRICS_PORT: i32 = 9090;
 /// The workers' SIGTERM grace (`--grace`); the pod gets a little more, so that a
 /// draining worker gives its unfinished bundles back before it is killed.
 pub const WORKER_GRACE_SECONDS: i64 = 25;
+/// The size limit of a worker pod's `/tmp` when the pool sets none: room for
+/// an Animoto task's images and video, while one task cannot fill the node.
+pub const DEFAULT_TMP_SIZE_LIMIT: &str = "1Gi";
 /// The non-root user of the worker image (see the Dockerfile).
 const WORKER_UID: i64 = 10001;
 
@@ -156,7 +160,15 @@ pub fn worker_deployment(
         }),
         volumes: Some(vec![Volume {
             name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(
+                    template
+                        .tmp_size_limit
+                        .clone()
+                        .unwrap_or_else(|| Quantity(DEFAULT_TMP_SIZE_LIMIT.into())),
+                ),
+                ..EmptyDirVolumeSource::default()
+            }),
             ..Volume::default()
         }]),
         ..PodSpec::default()
@@ -351,9 +363,15 @@ mod tests {
             pod.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)
         );
-        // A writable /tmp despite the read-only root.
+        // A writable /tmp despite the read-only root, of bounded size.
         assert_eq!(c.volume_mounts.as_ref().unwrap()[0].mount_path, "/tmp");
-        assert!(pod.volumes.as_ref().unwrap()[0].empty_dir.is_some());
+        assert_eq!(c.volume_mounts.as_ref().unwrap()[0].name, "tmp");
+        let tmp = &pod.volumes.as_ref().unwrap()[0];
+        assert_eq!(tmp.name, "tmp");
+        assert_eq!(
+            tmp.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("1Gi".into()))
+        );
         // Readiness on /healthz, no liveness probe to kill a draining worker.
         let probe = c
             .readiness_probe
@@ -373,6 +391,18 @@ mod tests {
             0
         );
         assert!(pod.node_selector.is_none());
+    }
+
+    #[test]
+    fn the_tmp_size_limit_is_the_pools_when_set() {
+        let mut p = pool(MINIMAL);
+        p.spec.template.tmp_size_limit = Some(Quantity("5Gi".into()));
+        let d = worker_deployment(&p, "q", 1).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.volumes.unwrap()[0].empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("5Gi".into()))
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -223,6 +224,13 @@ pub struct WorkerTemplate {
     /// The DynamoDB table of the dedup ledger (default `cloudkon-ledger`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_table: Option<String>,
+
+    /// The size limit of the worker pod's `/tmp` (an emptyDir, where tasks
+    /// and Animoto scratch files write), as a Kubernetes quantity (default
+    /// `1Gi`): a task that fills it gets its pod evicted instead of filling
+    /// the node's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_size_limit: Option<Quantity>,
 }
 
 /// Where the workers run. A union: `type` names the member that is set

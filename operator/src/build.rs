@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::WorkerPool;
+use crate::crd::workerpool::WorkerTemplate;
 
 /// The worker image when a pool names none: the one this operator was built with.
 pub const DEFAULT_WORKER_IMAGE: &str = concat!("cloudkon-worker:", env!("CARGO_PKG_VERSION"));
@@ -100,6 +101,9 @@ pub fn worker_deployment(
     }
     if let Some(table) = &template.ledger_table {
         env.push(env_value("CLOUDKON_LEDGER_TABLE", table));
+    }
+    if let Some((name, value)) = download_env(template) {
+        env.push(env_value(name, &value));
     }
     // The user's variables come last: for a repeated name the last one wins.
     env.extend(template.env.iter().cloned());
@@ -197,6 +201,17 @@ pub fn worker_deployment(
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    })
+}
+
+/// The worker's download allowance (`template.allowDownloadsFrom`), for the
+/// pods' environment and the instances' user data alike.
+pub fn download_env(template: &WorkerTemplate) -> Option<(&'static str, String)> {
+    (!template.allow_downloads_from.is_empty()).then(|| {
+        (
+            "CLOUDKON_ALLOW_DOWNLOADS_FROM",
+            template.allow_downloads_from.join(","),
+        )
     })
 }
 
@@ -394,13 +409,35 @@ mod tests {
     }
 
     #[test]
+    fn workers_refuse_private_downloads_unless_the_pool_allows_networks() {
+        let d = worker_deployment(&pool(MINIMAL), "q", 1).unwrap();
+        assert!(
+            !env(&d)
+                .iter()
+                .any(|(n, _)| n.starts_with("CLOUDKON_ALLOW_")),
+            "the worker's default (public addresses only) stays"
+        );
+        let mut p = pool(MINIMAL);
+        p.spec.template.allow_downloads_from = vec!["10.20.0.0/16".into(), "fd12::/64".into()];
+        let d = worker_deployment(&p, "q", 1).unwrap();
+        assert!(env(&d).contains(&(
+            "CLOUDKON_ALLOW_DOWNLOADS_FROM".into(),
+            "10.20.0.0/16,fd12::/64".into()
+        )));
+    }
+
+    #[test]
     fn the_tmp_size_limit_is_the_pools_when_set() {
         let mut p = pool(MINIMAL);
         p.spec.template.tmp_size_limit = Some(Quantity("5Gi".into()));
         let d = worker_deployment(&p, "q", 1).unwrap();
         let pod = d.spec.unwrap().template.spec.unwrap();
         assert_eq!(
-            pod.volumes.unwrap()[0].empty_dir.as_ref().unwrap().size_limit,
+            pod.volumes.unwrap()[0]
+                .empty_dir
+                .as_ref()
+                .unwrap()
+                .size_limit,
             Some(Quantity("5Gi".into()))
         );
     }

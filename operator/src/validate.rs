@@ -441,6 +441,14 @@ pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
             format_args!("({sa:?}) is not a valid ServiceAccount name"),
         );
     }
+    for (i, network) in t.allow_downloads_from.iter().enumerate() {
+        if network.parse::<ipnet::IpNet>().is_err() {
+            p.add(
+                format!("spec.template.allowDownloadsFrom[{i}]"),
+                format_args!("({network:?}) is not a network in CIDR form, e.g. 10.20.0.0/16"),
+            );
+        }
+    }
     if let Some(table) = &t.ledger_table {
         let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         // The workers' heartbeat table is `<table>-workers`: 8 more characters.
@@ -674,6 +682,14 @@ mod tests {
                 "blank image",
                 json!({"template": {"image": "  "}}),
                 &["spec.template.image is required"],
+            ),
+            (
+                "download networks that are not CIDRs",
+                json!({"template": {"allowDownloadsFrom": ["10.20.0.0/16", "fd00:ec2::254/128", "10.0.0.1", "intranet"]}}),
+                &[
+                    "spec.template.allowDownloadsFrom[2] (\"10.0.0.1\") is not a network in CIDR form, e.g. 10.20.0.0/16",
+                    "spec.template.allowDownloadsFrom[3] (\"intranet\") is not a network in CIDR form, e.g. 10.20.0.0/16",
+                ],
             ),
             (
                 "bad pull policy",

@@ -173,6 +173,9 @@ impl Install {
                     "resources": {"requests": {"cpu": "50m", "memory": "32Mi"},
                                   "limits": {"memory": "512Mi"}},
                     "env": env_list(&self.aws_env()),
+                    // The Animoto test serves its images from the node's
+                    // address, which workers refuse unless allowed.
+                    "allowDownloadsFrom": [format!("{}/32", self.env.node_ip)],
                 },
                 "behavior": {
                     "scaleDown": {"stabilizationWindowSeconds": 0},

@@ -225,6 +225,15 @@ pub struct WorkerTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_table: Option<String>,
 
+    /// Networks besides the public internet that Animoto images may be
+    /// downloaded from, as CIDRs (an on-premises image server:
+    /// `10.20.0.0/16`). Workers refuse loopback, link-local (the instance
+    /// metadata service), private and other non-public addresses by default;
+    /// `0.0.0.0/0` and `::/0` allow them all, for a pool that serves no other
+    /// tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_downloads_from: Vec<String>,
+
     /// The size limit of the worker pod's `/tmp` (an emptyDir, where tasks
     /// and Animoto scratch files write), as a Kubernetes quantity (default
     /// `1Gi`): a task that fills it gets its pod evicted instead of filling

@@ -227,14 +227,42 @@ fn env_value(name: &str, value: &str) -> EnvVar {
 /// adds `-dlq`.
 pub const MAX_QUEUE_NAME: usize = 76;
 
-/// A pool's request queue: `spec.queue.name`, or `cloudkon-<namespace>-<pool>`
-/// (cut, with a hash of the whole name, when too long; characters SQS refuses
-/// become `-`).
+/// A pool's request queue: `spec.queue.name`, or [`derived_queue_name`].
 pub fn queue_name(namespace: &str, pool: &str, explicit: Option<&str>) -> String {
-    if let Some(name) = explicit {
-        return name.to_string();
+    match explicit {
+        Some(name) => name.to_string(),
+        None => derived_queue_name(namespace, pool),
     }
-    bounded_name(&format!("cloudkon-{namespace}-{pool}"), MAX_QUEUE_NAME)
+}
+
+/// `cloudkon-<namespace>_<pool>`, one name per pool: a namespace has no `_`
+/// or `.`, so the first `_` ends it, and the pool name's dots become `_` (it
+/// has no `_` of its own). A name that would end in `-dlq` gets a final `_`,
+/// so that it is never another pool's dead-letter queue (`<name>-dlq`). Over
+/// SQS's length it becomes `cloudkon_<start>_<SHA-256 of the whole, 16 hex>`:
+/// the `cloudkon_` start keeps those apart from the short form.
+pub fn derived_queue_name(namespace: &str, pool: &str) -> String {
+    let mut name = format!("cloudkon-{namespace}_{}", pool.replace('.', "_"));
+    if name.ends_with("-dlq") {
+        name.push('_');
+    }
+    if name.len() <= MAX_QUEUE_NAME && name.chars().all(is_queue_name_char) {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let start: String = name["cloudkon-".len()..]
+        .chars()
+        .map(|c| if is_queue_name_char(c) { c } else { '-' })
+        .take(MAX_QUEUE_NAME - "cloudkon_".len() - 1 - hash.len())
+        .collect();
+    format!("cloudkon_{start}_{hash}")
+}
+
+/// Letters, digits, `-` and `_`: what SQS takes in a queue name.
+pub fn is_queue_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
 /// A batch's response queue, derived from its uid, so that a restarted
@@ -455,19 +483,63 @@ mod tests {
     }
 
     #[test]
+    fn derived_queue_names_never_collide() {
+        // (namespace, pool) pairs whose old names (`cloudkon-<ns>-<pool>`,
+        // dots as `-`) were the same, and pools whose queue was another's
+        // dead-letter queue.
+        let pairs = [
+            ("t", "a-p"),
+            ("t-a", "p"),
+            ("t", "a.p"),
+            ("t-a", "p-dlq"),
+            ("t", "a-p-dlq"),
+            ("t", "a.p-dlq"),
+            ("t", "a-p.dlq"),
+            ("x", "y"),
+            ("x-y", "z"),
+        ];
+        let mut seen = std::collections::BTreeMap::new();
+        for (ns, pool) in pairs {
+            let name = derived_queue_name(ns, pool);
+            assert!(name.len() <= MAX_QUEUE_NAME && name.chars().all(is_queue_name_char));
+            for taken in [name.clone(), format!("{name}-dlq")] {
+                if let Some(other) = seen.insert(taken.clone(), (ns, pool)) {
+                    panic!("{ns}/{pool} and {other:?} both use {taken}");
+                }
+            }
+        }
+        assert_eq!(derived_queue_name("t", "a-p"), "cloudkon-t_a-p");
+        assert_eq!(derived_queue_name("t-a", "p"), "cloudkon-t-a_p");
+        assert_eq!(derived_queue_name("t-a", "p-dlq"), "cloudkon-t-a_p-dlq_");
+        // Long names: different namespaces sharing a long start stay apart.
+        let (ns1, ns2) = ("n".repeat(62) + "1", "n".repeat(62) + "2");
+        assert_ne!(
+            derived_queue_name(&ns1, "pool"),
+            derived_queue_name(&ns2, "pool")
+        );
+    }
+
+    #[test]
     fn queue_names_fit_sqs() {
         assert_eq!(
             queue_name("default", "sweep", None),
-            "cloudkon-default-sweep"
+            "cloudkon-default_sweep"
         );
         assert_eq!(queue_name("default", "sweep", Some("mine")), "mine");
-        assert_eq!(queue_name("a.b", "p", None), "cloudkon-a-b-p");
+        assert_eq!(queue_name("b", "p.q", None), "cloudkon-b_p_q");
         let long = "p".repeat(200);
         let a = queue_name("default", &long, None);
         let b = queue_name("default", &format!("{long}x"), None);
         assert_eq!(a.len(), MAX_QUEUE_NAME);
+        assert!(a.starts_with("cloudkon_default_ppp"), "{a}");
+        assert!(a.chars().all(is_queue_name_char), "{a}");
         assert_ne!(a, b, "a hash keeps long names apart");
         assert_eq!(a, queue_name("default", &long, None), "stable");
+        let ns63 = "n".repeat(63);
+        assert_eq!(
+            derived_queue_name(&ns63, &"p".repeat(253)).len(),
+            MAX_QUEUE_NAME
+        );
         let uid = "0f8fad5b-d9cb-469f-a165-70867728950e";
         assert_eq!(
             response_queue_name(uid),

@@ -74,7 +74,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let mut st = old.clone();
     st.observed_generation = generation;
 
-    let validation = validate::workerpool(&pool.spec);
+    let validation = validate::workerpool(&pool.spec, &ns, &ctx.settings.allowed_names);
     if let Err(problems) = &validation {
         let message = validate::summary(problems);
         let update = status::ConditionUpdate::new(

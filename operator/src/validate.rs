@@ -10,6 +10,8 @@ use std::time::Duration;
 use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
 use cloudkon_core::{BatchId, Bundle, BundleOptions, Task, TaskSpec, Timestamp};
 
+use crate::allowed_names::{self, AllowedNames};
+use crate::build::is_queue_name_char;
 use crate::crd::taskbatch::{InlineTask, TaskBatchSpec, TaskKind};
 use crate::crd::workerpool::{ProviderType, QueueSpec, ScalingRules, WorkerPoolSpec};
 
@@ -367,8 +369,13 @@ fn fits_one_message(spec: TaskSpec) -> Result<(), usize> {
     }
 }
 
-/// Checks a WorkerPool's spec.
-pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
+/// Checks a WorkerPool's spec, for a pool in `namespace`: the names it gives
+/// its queue and fleet must be ones the operator allows.
+pub fn workerpool(
+    spec: &WorkerPoolSpec,
+    namespace: &str,
+    allowed: &AllowedNames,
+) -> Result<(), Vec<Invalid>> {
     let mut p = Problems::default();
 
     let w = &spec.workers;
@@ -394,13 +401,19 @@ pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
     let no_queue_spec = QueueSpec::default();
     let queue = spec.queue.as_ref().unwrap_or(&no_queue_spec);
     if let Some(name) = &queue.name {
-        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
-        if name.is_empty() || name.len() > 76 || !name.chars().all(ok) {
+        if name.is_empty() || name.len() > 76 || !name.chars().all(is_queue_name_char) {
             p.add(
                 "spec.queue.name",
                 format_args!(
                     "({name:?}) must be 1 to 76 letters, digits, '-' or '_' (the dead-letter queue adds \"-dlq\" within SQS's 80)"
                 ),
+            );
+        } else if let Some(why) = reserved_queue_name(name, namespace) {
+            p.add("spec.queue.name", format_args!("({name:?}) {why}"));
+        } else if !allowed_names::allowed(&allowed.queues, namespace, name) {
+            p.add(
+                "spec.queue.name",
+                not_allowed(name, namespace, &allowed.queues, "--allowed-queue-names"),
             );
         }
     }
@@ -489,6 +502,52 @@ pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
                 );
             }
         }
+        let mut fleet = |field: &str, name: &str, patterns: &[String], flag: &str| {
+            if !allowed_names::allowed(patterns, namespace, name) {
+                p.add(field, not_allowed(name, namespace, patterns, flag));
+            }
+        };
+        // The names of the member the type uses (another type's is refused above).
+        if let Some(i) = pr
+            .instances
+            .as_ref()
+            .filter(|_| pr.type_ == ProviderType::Instances)
+            && !i.launch_template.trim().is_empty()
+        {
+            fleet(
+                "spec.provider.instances.launchTemplate",
+                &i.launch_template,
+                &allowed.launch_templates,
+                "--allowed-launch-templates",
+            );
+        }
+        if let Some(asg) = pr
+            .auto_scaling_group
+            .as_ref()
+            .filter(|_| pr.type_ == ProviderType::AutoScalingGroup)
+            && !asg.name.trim().is_empty()
+        {
+            fleet(
+                "spec.provider.autoScalingGroup.name",
+                &asg.name,
+                &allowed.auto_scaling_groups,
+                "--allowed-auto-scaling-groups",
+            );
+        }
+        if let Some(eks) = pr
+            .eks_nodegroup
+            .as_ref()
+            .filter(|_| pr.type_ == ProviderType::EksNodegroup)
+            && !eks.cluster.trim().is_empty()
+            && !eks.nodegroup.trim().is_empty()
+        {
+            fleet(
+                "spec.provider.eksNodegroup",
+                &format!("{}/{}", eks.cluster, eks.nodegroup),
+                &allowed.eks_nodegroups,
+                "--allowed-eks-nodegroups",
+            );
+        }
         if let Some(i) = &pr.instances {
             p.required_text(
                 "spec.provider.instances.launchTemplate",
@@ -527,6 +586,43 @@ pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
         );
     }
     p.finish()
+}
+
+/// Why an explicit queue name may be no pool's, whatever the allowlist: the
+/// names the operator derives for other namespaces' pools, for batches'
+/// response queues and for dead-letter queues.
+fn reserved_queue_name(name: &str, namespace: &str) -> Option<&'static str> {
+    if name.starts_with("cloudkon_") {
+        Some("is reserved: cloudkon_* are the operator's names for pools with long names")
+    } else if name.starts_with("cloudkon-tb-") {
+        Some("is reserved: cloudkon-tb-* are batches' response queues")
+    } else if name.ends_with("-dlq") {
+        Some("ends in -dlq: that is the name of a dead-letter queue (the pool's own is <name>-dlq)")
+    } else if name.starts_with("cloudkon-")
+        && name.contains('_')
+        && !name.starts_with(&format!("cloudkon-{namespace}_"))
+    {
+        Some(
+            "is reserved: cloudkon-<namespace>_* are the queues of that namespace's pools (this pool's namespace may use its own)",
+        )
+    } else {
+        None
+    }
+}
+
+fn not_allowed(name: &str, namespace: &str, patterns: &[String], flag: &str) -> String {
+    let shown: Vec<String> = patterns
+        .iter()
+        .map(|p| p.replace("{namespace}", namespace))
+        .collect();
+    format!(
+        "({name:?}) is not allowed: this operator lets WorkerPools in namespace {namespace} name only {} ({flag})",
+        if shown.is_empty() {
+            "none".to_string()
+        } else {
+            shown.join(", ")
+        }
+    )
 }
 
 fn scaling_rules(p: &mut Problems, path: &str, rules: &ScalingRules) {
@@ -637,7 +733,7 @@ mod tests {
             (
                 "a full valid spec",
                 json!({
-                    "queue": {"name": "sweep_q-1", "maxReceives": 3, "deletionPolicy": "Retain"},
+                    "queue": {"name": "cloudkon-sweep-q1", "maxReceives": 3, "deletionPolicy": "Retain"},
                     "workers": {"min": 1, "max": 10, "targetBacklogPerWorker": 4},
                     "template": {"imagePullPolicy": "IfNotPresent", "threads": 8,
                                  "serviceAccountName": "cloudkon-worker", "ledgerTable": "cloudkon-ledger"},
@@ -742,9 +838,70 @@ mod tests {
             (
                 "EC2 instances need no image",
                 json!({
-                "provider": {"type": "Instances", "instances": {"launchTemplate": "lt-0abc"}},
+                "provider": {"type": "Instances", "instances": {"launchTemplate": "cloudkon-workers"}},
                 "template": {"image": null}}),
                 &[],
+            ),
+            (
+                "a queue name outside the allowed ones",
+                json!({"queue": {"name": "team-b-sweep"}}),
+                &[
+                    "spec.queue.name (\"team-b-sweep\") is not allowed: this operator lets WorkerPools in namespace batch name only cloudkon-* (--allowed-queue-names)",
+                ],
+            ),
+            (
+                "another namespace's derived queue",
+                json!({"queue": {"name": "cloudkon-other_sweep"}}),
+                &[
+                    "spec.queue.name (\"cloudkon-other_sweep\") is reserved: cloudkon-<namespace>_* are the queues of that namespace's pools (this pool's namespace may use its own)",
+                ],
+            ),
+            (
+                "its own namespace's derived form",
+                json!({"queue": {"name": "cloudkon-batch_sweep"}}),
+                &[],
+            ),
+            (
+                "a batch's response queue",
+                json!({"queue": {"name": "cloudkon-tb-0f8fad5b-d9cb-469f-a165-70867728950e"}}),
+                &[
+                    "spec.queue.name (\"cloudkon-tb-0f8fad5b-d9cb-469f-a165-70867728950e\") is reserved: cloudkon-tb-* are batches' response queues",
+                ],
+            ),
+            (
+                "a long derived name",
+                json!({"queue": {"name": "cloudkon_other_0123456789abcdef"}}),
+                &[
+                    "spec.queue.name (\"cloudkon_other_0123456789abcdef\") is reserved: cloudkon_* are the operator's names for pools with long names",
+                ],
+            ),
+            (
+                "another pool's dead-letter queue",
+                json!({"queue": {"name": "cloudkon-sweep-dlq"}}),
+                &[
+                    "spec.queue.name (\"cloudkon-sweep-dlq\") ends in -dlq: that is the name of a dead-letter queue (the pool's own is <name>-dlq)",
+                ],
+            ),
+            (
+                "a launch template outside the allowed ones",
+                json!({"provider": {"type": "Instances", "instances": {"launchTemplate": "lt-0abc"}}}),
+                &[
+                    "spec.provider.instances.launchTemplate (\"lt-0abc\") is not allowed: this operator lets WorkerPools in namespace batch name only cloudkon-* (--allowed-launch-templates)",
+                ],
+            ),
+            (
+                "an auto scaling group outside the allowed ones",
+                json!({"provider": {"type": "AutoScalingGroup", "autoScalingGroup": {"name": "prod-web"}}}),
+                &[
+                    "spec.provider.autoScalingGroup.name (\"prod-web\") is not allowed: this operator lets WorkerPools in namespace batch name only cloudkon-* (--allowed-auto-scaling-groups)",
+                ],
+            ),
+            (
+                "an EKS node group outside the allowed ones",
+                json!({"provider": {"type": "EksNodegroup", "eksNodegroup": {"cluster": "prod", "nodegroup": "system"}}}),
+                &[
+                    "spec.provider.eksNodegroup (\"prod/system\") is not allowed: this operator lets WorkerPools in namespace batch name only */cloudkon-* (--allowed-eks-nodegroups)",
+                ],
             ),
             (
                 "a member of another type",
@@ -794,7 +951,7 @@ mod tests {
                 ],
             ),
         ];
-        check_table(pool(), workerpool, cases);
+        check_table(pool(), default_names, cases);
     }
 
     fn batch() -> Value {
@@ -1065,13 +1222,68 @@ mod tests {
         assert!(got[0].starts_with("spec.tasks.generator.template is too large"));
     }
 
+    /// [`workerpool`] for a pool in namespace `batch`, with the operator's
+    /// default allowlists.
+    fn default_names(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
+        workerpool(spec, "batch", &AllowedNames::default())
+    }
+
+    #[test]
+    fn per_namespace_allowlists_keep_tenants_to_their_own_names() {
+        let allowed = AllowedNames {
+            queues: vec!["cloudkon-{namespace}_*".into()],
+            launch_templates: vec!["lt-0abc".into()],
+            auto_scaling_groups: vec![],
+            eks_nodegroups: vec!["prod/{namespace}-*".into()],
+        };
+        let check = |namespace: &str, patch: Value| {
+            let spec: WorkerPoolSpec = serde_json::from_value(merged(&pool(), &patch)).unwrap();
+            match workerpool(&spec, namespace, &allowed) {
+                Ok(()) => vec![],
+                Err(problems) => problems.into_iter().map(|p| p.field).collect::<Vec<_>>(),
+            }
+        };
+        let queue = |name: &str| json!({"queue": {"name": name}});
+        assert!(check("team-a", queue("cloudkon-team-a_sweep")).is_empty());
+        assert_eq!(
+            check("team-b", queue("cloudkon-team-a_sweep")),
+            ["spec.queue.name"]
+        );
+        // A namespace that starts like another reaches none of its names.
+        assert_eq!(
+            check("team", queue("cloudkon-team-a_sweep")),
+            ["spec.queue.name"]
+        );
+        assert_eq!(
+            check("team-a", queue("cloudkon-sweep")),
+            ["spec.queue.name"]
+        );
+        let lt = |name: &str| json!({"provider": {"type": "Instances", "instances": {"launchTemplate": name}}});
+        assert!(check("team-a", lt("lt-0abc")).is_empty());
+        assert_eq!(
+            check("team-a", lt("lt-0abd")),
+            ["spec.provider.instances.launchTemplate"]
+        );
+        let asg = json!({"provider": {"type": "AutoScalingGroup", "autoScalingGroup": {"name": "cloudkon-x"}}});
+        assert_eq!(
+            check("team-a", asg),
+            ["spec.provider.autoScalingGroup.name"]
+        );
+        let eks = |ng: &str| json!({"provider": {"type": "EksNodegroup", "eksNodegroup": {"cluster": "prod", "nodegroup": ng}}});
+        assert!(check("team-a", eks("team-a-gpu")).is_empty());
+        assert_eq!(
+            check("team-b", eks("team-a-gpu")),
+            ["spec.provider.eksNodegroup"]
+        );
+    }
+
     #[test]
     fn summary_joins_the_messages() {
         let spec: WorkerPoolSpec = serde_json::from_value(json!({
             "workers": {"min": 5, "max": 2}, "template": {}
         }))
         .unwrap();
-        let problems = workerpool(&spec).unwrap_err();
+        let problems = default_names(&spec).unwrap_err();
         assert_eq!(problems[0].field, "spec.workers.min");
         assert_eq!(
             summary(&problems),

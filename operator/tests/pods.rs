@@ -164,7 +164,8 @@ impl Install {
             "kind": "WorkerPool",
             "metadata": {"name": name},
             "spec": {
-                "queue": {"name": format!("{}-{name}", self.ns)},
+                // Under the operator's default allowed names (cloudkon-*).
+                "queue": {"name": format!("cloudkon-{}-{name}", self.ns)},
                 "workers": {"min": 0, "max": max, "targetBacklogPerWorker": per_worker},
                 "template": {
                     "image": self.env.worker_image,

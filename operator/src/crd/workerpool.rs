@@ -130,9 +130,11 @@ impl WorkerPoolSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {
-    /// The queue's name (default `cloudkon-<namespace>-<pool name>`); the
-    /// dead-letter queue is `<name>-dlq`. At most 76 characters: letters,
-    /// digits, `-` and `_`.
+    /// The queue's name (default `cloudkon-<namespace>_<pool name>`, dots as
+    /// `_`); the dead-letter queue is `<name>-dlq`. At most 76 characters:
+    /// letters, digits, `-` and `_`, matching the operator's allowed names
+    /// (default `cloudkon-*`), and none the operator derives for other
+    /// pools and batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cloudkon_core::BatchId;
 use cloudkon_core::workload::WorkloadReader;
-use cloudkon_worker::exec::animoto::{S3ObjectStore, check_output, parse_presign_expiry};
+use cloudkon_worker::exec::animoto::{
+    AddressPolicy, S3ObjectStore, check_output, parse_presign_expiry,
+};
 use cloudkon_worker::{
     AnimotoConfig, AnimotoExecutor, EmbeddedConfig, PoolConfig, Progress, Registry, Shutdown,
     run_embedded,
@@ -69,6 +71,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // touch S3 need no AWS configuration.
     let animoto = AnimotoExecutor::new(AnimotoConfig {
         output: args.animoto_out.clone(),
+        // One's own machine and one's own tasks: images may come from
+        // anywhere it reaches, loopback and the private network included.
+        addresses: AddressPolicy::allow_all(),
         ..AnimotoConfig::default()
     })
     .with_object_store(Arc::new(S3ObjectStore::lazy(args.presign_expiry)));

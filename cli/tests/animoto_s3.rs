@@ -18,7 +18,7 @@ use cloudkon_core::{Outcome, Summary, TaskResult};
 use cloudkon_worker::loopback_http::LoopbackServer;
 use common::{
     create_queue, finish, make_image, read_results, require_servers, runtime, stderr, stop, submit,
-    unique, worker_command, worker_with,
+    unique, worker, worker_command, worker_with,
 };
 
 /// Test images in a directory, served over loopback HTTP, and a bucket with
@@ -285,7 +285,14 @@ fn a_worker_puts_videos_in_s3_through_sqs() {
         &table,
         "anim1",
         "20s",
-        &["--animoto-out", local_out.to_str().unwrap()],
+        &[
+            "--animoto-out",
+            local_out.to_str().unwrap(),
+            // The image server is on loopback, which a worker refuses by
+            // default: allow that one address, nothing wider.
+            "--allow-downloads-from",
+            "127.0.0.1/32",
+        ],
     );
     let results = inputs.dir.path().join("r.jsonl");
     let workload = inputs.workload(Some(&inputs.s3_url("from-workers")));
@@ -311,6 +318,57 @@ fn a_worker_puts_videos_in_s3_through_sqs() {
     rt.block_on(async {
         let _ = queue.delete().await;
     });
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_worker_refuses_loopback_images_by_default_before_connecting() {
+    require_servers();
+    // A loopback port nobody accepts on: a connection would wait in its
+    // backlog, so "none waiting" at the end means none was made.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let port = target.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = create_queue(&unique("ssrf"), Duration::from_secs(30), None);
+    let table = unique("ledger-ssrf");
+    let w = worker(queue.url(), &table, "ssrf1", "20s");
+    let workload = dir.path().join("w.txt");
+    std::fs::write(
+        &workload,
+        format!(
+            "animoto http://127.0.0.1:{port}/a.png\n\
+             animoto http://localhost:{port}/a.png\n\
+             animoto http://[::ffff:127.0.0.1]:{port}/a.png\n"
+        ),
+    )
+    .unwrap();
+    let results = dir.path().join("r.jsonl");
+    let out = finish(
+        submit(&workload, queue.url(), &results),
+        Duration::from_secs(60),
+    );
+    stop(w);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let results = sorted_results(&results);
+    assert_eq!(results.len(), 3, "{results:?}");
+    for r in &results {
+        let Outcome::Failed { reason } = &r.outcome else {
+            panic!("{r:?}");
+        };
+        assert!(
+            reason.contains(": refused to connect to ")
+                && reason.contains(
+                    "a loopback address (this worker downloads images from public addresses only)"
+                ),
+            "{reason}"
+        );
+    }
+    match target.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the worker connected to the loopback port: {other:?}"),
+    }
+    rt_delete(queue);
 }
 
 #[test]

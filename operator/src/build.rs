@@ -10,11 +10,13 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::WorkerPool;
+use crate::crd::workerpool::WorkerTemplate;
 
 /// The worker image when a pool names none: the one this operator was built with.
 pub const DEFAULT_WORKER_IMAGE: &str = concat!("cloudkon-worker:", env!("CARGO_PKG_VERSION"));
@@ -25,6 +27,9 @@ pub const METRICS_PORT: i32 = 9090;
 /// The workers' SIGTERM grace (`--grace`); the pod gets a little more, so that a
 /// draining worker gives its unfinished bundles back before it is killed.
 pub const WORKER_GRACE_SECONDS: i64 = 25;
+/// The size limit of a worker pod's `/tmp` when the pool sets none: room for
+/// an Animoto task's images and video, while one task cannot fill the node.
+pub const DEFAULT_TMP_SIZE_LIMIT: &str = "1Gi";
 /// The non-root user of the worker image (see the Dockerfile).
 const WORKER_UID: i64 = 10001;
 
@@ -97,6 +102,9 @@ pub fn worker_deployment(
     if let Some(table) = &template.ledger_table {
         env.push(env_value("CLOUDKON_LEDGER_TABLE", table));
     }
+    if let Some((name, value)) = download_env(template) {
+        env.push(env_value(name, &value));
+    }
     // The user's variables come last: for a repeated name the last one wins.
     env.extend(template.env.iter().cloned());
 
@@ -156,7 +164,15 @@ pub fn worker_deployment(
         }),
         volumes: Some(vec![Volume {
             name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(
+                    template
+                        .tmp_size_limit
+                        .clone()
+                        .unwrap_or_else(|| Quantity(DEFAULT_TMP_SIZE_LIMIT.into())),
+                ),
+                ..EmptyDirVolumeSource::default()
+            }),
             ..Volume::default()
         }]),
         ..PodSpec::default()
@@ -188,6 +204,17 @@ pub fn worker_deployment(
     })
 }
 
+/// The worker's download allowance (`template.allowDownloadsFrom`), for the
+/// pods' environment and the instances' user data alike.
+pub fn download_env(template: &WorkerTemplate) -> Option<(&'static str, String)> {
+    (!template.allow_downloads_from.is_empty()).then(|| {
+        (
+            "CLOUDKON_ALLOW_DOWNLOADS_FROM",
+            template.allow_downloads_from.join(","),
+        )
+    })
+}
+
 fn env_value(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -200,14 +227,42 @@ fn env_value(name: &str, value: &str) -> EnvVar {
 /// adds `-dlq`.
 pub const MAX_QUEUE_NAME: usize = 76;
 
-/// A pool's request queue: `spec.queue.name`, or `cloudkon-<namespace>-<pool>`
-/// (cut, with a hash of the whole name, when too long; characters SQS refuses
-/// become `-`).
+/// A pool's request queue: `spec.queue.name`, or [`derived_queue_name`].
 pub fn queue_name(namespace: &str, pool: &str, explicit: Option<&str>) -> String {
-    if let Some(name) = explicit {
-        return name.to_string();
+    match explicit {
+        Some(name) => name.to_string(),
+        None => derived_queue_name(namespace, pool),
     }
-    bounded_name(&format!("cloudkon-{namespace}-{pool}"), MAX_QUEUE_NAME)
+}
+
+/// `cloudkon-<namespace>_<pool>`, one name per pool: a namespace has no `_`
+/// or `.`, so the first `_` ends it, and the pool name's dots become `_` (it
+/// has no `_` of its own). A name that would end in `-dlq` gets a final `_`,
+/// so that it is never another pool's dead-letter queue (`<name>-dlq`). Over
+/// SQS's length it becomes `cloudkon_<start>_<SHA-256 of the whole, 16 hex>`:
+/// the `cloudkon_` start keeps those apart from the short form.
+pub fn derived_queue_name(namespace: &str, pool: &str) -> String {
+    let mut name = format!("cloudkon-{namespace}_{}", pool.replace('.', "_"));
+    if name.ends_with("-dlq") {
+        name.push('_');
+    }
+    if name.len() <= MAX_QUEUE_NAME && name.chars().all(is_queue_name_char) {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let start: String = name["cloudkon-".len()..]
+        .chars()
+        .map(|c| if is_queue_name_char(c) { c } else { '-' })
+        .take(MAX_QUEUE_NAME - "cloudkon_".len() - 1 - hash.len())
+        .collect();
+    format!("cloudkon_{start}_{hash}")
+}
+
+/// Letters, digits, `-` and `_`: what SQS takes in a queue name.
+pub fn is_queue_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
 /// A batch's response queue, derived from its uid, so that a restarted
@@ -351,9 +406,15 @@ mod tests {
             pod.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)
         );
-        // A writable /tmp despite the read-only root.
+        // A writable /tmp despite the read-only root, of bounded size.
         assert_eq!(c.volume_mounts.as_ref().unwrap()[0].mount_path, "/tmp");
-        assert!(pod.volumes.as_ref().unwrap()[0].empty_dir.is_some());
+        assert_eq!(c.volume_mounts.as_ref().unwrap()[0].name, "tmp");
+        let tmp = &pod.volumes.as_ref().unwrap()[0];
+        assert_eq!(tmp.name, "tmp");
+        assert_eq!(
+            tmp.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("1Gi".into()))
+        );
         // Readiness on /healthz, no liveness probe to kill a draining worker.
         let probe = c
             .readiness_probe
@@ -376,6 +437,40 @@ mod tests {
     }
 
     #[test]
+    fn workers_refuse_private_downloads_unless_the_pool_allows_networks() {
+        let d = worker_deployment(&pool(MINIMAL), "q", 1).unwrap();
+        assert!(
+            !env(&d)
+                .iter()
+                .any(|(n, _)| n.starts_with("CLOUDKON_ALLOW_")),
+            "the worker's default (public addresses only) stays"
+        );
+        let mut p = pool(MINIMAL);
+        p.spec.template.allow_downloads_from = vec!["10.20.0.0/16".into(), "fd12::/64".into()];
+        let d = worker_deployment(&p, "q", 1).unwrap();
+        assert!(env(&d).contains(&(
+            "CLOUDKON_ALLOW_DOWNLOADS_FROM".into(),
+            "10.20.0.0/16,fd12::/64".into()
+        )));
+    }
+
+    #[test]
+    fn the_tmp_size_limit_is_the_pools_when_set() {
+        let mut p = pool(MINIMAL);
+        p.spec.template.tmp_size_limit = Some(Quantity("5Gi".into()));
+        let d = worker_deployment(&p, "q", 1).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.volumes.unwrap()[0]
+                .empty_dir
+                .as_ref()
+                .unwrap()
+                .size_limit,
+            Some(Quantity("5Gi".into()))
+        );
+    }
+
+    #[test]
     fn negative_replicas_become_zero_and_a_pool_not_from_the_api_is_refused() {
         let d = worker_deployment(&pool(MINIMAL), "q", -2).unwrap();
         assert_eq!(d.spec.unwrap().replicas, Some(0));
@@ -388,19 +483,63 @@ mod tests {
     }
 
     #[test]
+    fn derived_queue_names_never_collide() {
+        // (namespace, pool) pairs whose old names (`cloudkon-<ns>-<pool>`,
+        // dots as `-`) were the same, and pools whose queue was another's
+        // dead-letter queue.
+        let pairs = [
+            ("t", "a-p"),
+            ("t-a", "p"),
+            ("t", "a.p"),
+            ("t-a", "p-dlq"),
+            ("t", "a-p-dlq"),
+            ("t", "a.p-dlq"),
+            ("t", "a-p.dlq"),
+            ("x", "y"),
+            ("x-y", "z"),
+        ];
+        let mut seen = std::collections::BTreeMap::new();
+        for (ns, pool) in pairs {
+            let name = derived_queue_name(ns, pool);
+            assert!(name.len() <= MAX_QUEUE_NAME && name.chars().all(is_queue_name_char));
+            for taken in [name.clone(), format!("{name}-dlq")] {
+                if let Some(other) = seen.insert(taken.clone(), (ns, pool)) {
+                    panic!("{ns}/{pool} and {other:?} both use {taken}");
+                }
+            }
+        }
+        assert_eq!(derived_queue_name("t", "a-p"), "cloudkon-t_a-p");
+        assert_eq!(derived_queue_name("t-a", "p"), "cloudkon-t-a_p");
+        assert_eq!(derived_queue_name("t-a", "p-dlq"), "cloudkon-t-a_p-dlq_");
+        // Long names: different namespaces sharing a long start stay apart.
+        let (ns1, ns2) = ("n".repeat(62) + "1", "n".repeat(62) + "2");
+        assert_ne!(
+            derived_queue_name(&ns1, "pool"),
+            derived_queue_name(&ns2, "pool")
+        );
+    }
+
+    #[test]
     fn queue_names_fit_sqs() {
         assert_eq!(
             queue_name("default", "sweep", None),
-            "cloudkon-default-sweep"
+            "cloudkon-default_sweep"
         );
         assert_eq!(queue_name("default", "sweep", Some("mine")), "mine");
-        assert_eq!(queue_name("a.b", "p", None), "cloudkon-a-b-p");
+        assert_eq!(queue_name("b", "p.q", None), "cloudkon-b_p_q");
         let long = "p".repeat(200);
         let a = queue_name("default", &long, None);
         let b = queue_name("default", &format!("{long}x"), None);
         assert_eq!(a.len(), MAX_QUEUE_NAME);
+        assert!(a.starts_with("cloudkon_default_ppp"), "{a}");
+        assert!(a.chars().all(is_queue_name_char), "{a}");
         assert_ne!(a, b, "a hash keeps long names apart");
         assert_eq!(a, queue_name("default", &long, None), "stable");
+        let ns63 = "n".repeat(63);
+        assert_eq!(
+            derived_queue_name(&ns63, &"p".repeat(253)).len(),
+            MAX_QUEUE_NAME
+        );
         let uid = "0f8fad5b-d9cb-469f-a165-70867728950e";
         assert_eq!(
             response_queue_name(uid),

@@ -31,6 +31,8 @@ pub struct Settings {
     pub flush_every: Duration,
     /// Largest results part (bytes); see `cloudkon-operator run --help`.
     pub results_part_bytes: usize,
+    /// What WorkerPools may name: queues and fleets.
+    pub allowed_names: crate::allowed_names::AllowedNames,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             default_results_prefix: None,
             flush_every: Duration::from_secs(1),
             results_part_bytes: 8 << 20,
+            allowed_names: crate::allowed_names::AllowedNames::default(),
         }
     }
 }

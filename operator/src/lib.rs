@@ -12,6 +12,7 @@
 //! `cloudkon-core` stays free of Kubernetes: this crate converts its resources
 //! into core's task model.
 
+pub mod allowed_names;
 pub mod batch_reconciler;
 pub mod batch_runner;
 pub mod build;

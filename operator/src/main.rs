@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use cloudkon_operator::allowed_names::{self, AllowedNames};
 use cloudkon_operator::context::Settings;
 use cloudkon_operator::leader::LeaseConfig;
 use cloudkon_operator::{crd, operator};
@@ -58,7 +59,7 @@ enum Command {
     /// found as kubectl finds it (KUBECONFIG, ~/.kube/config, or the pod's
     /// service account); AWS through the SDK's standard chain
     /// (AWS_REGION, IRSA, AWS_ENDPOINT_URL_SQS, ...).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +110,29 @@ struct RunArgs {
           value_parser = clap::value_parser!(u64).range(4096..=(5u64 << 30)))]
     results_part_bytes: u64,
 
+    /// Queue names a WorkerPool's `spec.queue.name` may take, as patterns
+    /// (`*` any text, `{namespace}` the pool's namespace), comma-separated.
+    /// With one namespace per tenant, `cloudkon-{namespace}_*` keeps each in
+    /// its own names (pools without a name get `cloudkon-<namespace>_<pool>`).
+    #[arg(long, value_name = "PATTERN,...", env = "CLOUDKON_ALLOWED_QUEUE_NAMES",
+          value_delimiter = ',', default_value = allowed_names::DEFAULT_PATTERN)]
+    allowed_queue_names: Vec<String>,
+
+    /// Launch templates (names or ids) a WorkerPool's `Instances` provider may use.
+    #[arg(long, value_name = "PATTERN,...", env = "CLOUDKON_ALLOWED_LAUNCH_TEMPLATES",
+          value_delimiter = ',', default_value = allowed_names::DEFAULT_PATTERN)]
+    allowed_launch_templates: Vec<String>,
+
+    /// Auto Scaling groups a WorkerPool may scale.
+    #[arg(long, value_name = "PATTERN,...", env = "CLOUDKON_ALLOWED_AUTO_SCALING_GROUPS",
+          value_delimiter = ',', default_value = allowed_names::DEFAULT_PATTERN)]
+    allowed_auto_scaling_groups: Vec<String>,
+
+    /// EKS node groups a WorkerPool may scale, as `<cluster>/<nodegroup>` patterns.
+    #[arg(long, value_name = "PATTERN,...", env = "CLOUDKON_ALLOWED_EKS_NODEGROUPS",
+          value_delimiter = ',', default_value = allowed_names::DEFAULT_EKS_PATTERN)]
+    allowed_eks_nodegroups: Vec<String>,
+
     #[arg(long, env = "CLOUDKON_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -123,7 +147,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crd { out_dir, .. } => print_crds(out_dir),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -228,6 +252,12 @@ fn run(args: RunArgs) -> Result<()> {
                     default_results_prefix: args.results_prefix,
                     results_part_bytes: usize::try_from(args.results_part_bytes)
                         .unwrap_or(usize::MAX),
+                    allowed_names: AllowedNames {
+                        queues: args.allowed_queue_names,
+                        launch_templates: args.allowed_launch_templates,
+                        auto_scaling_groups: args.allowed_auto_scaling_groups,
+                        eks_nodegroups: args.allowed_eks_nodegroups,
+                    },
                     ..Settings::default()
                 },
                 identity,

@@ -74,7 +74,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let mut st = old.clone();
     st.observed_generation = generation;
 
-    let validation = validate::workerpool(&pool.spec);
+    let validation = validate::workerpool(&pool.spec, &ns, &ctx.settings.allowed_names);
     if let Err(problems) = &validation {
         let message = validate::summary(problems);
         let update = status::ConditionUpdate::new(
@@ -329,12 +329,16 @@ fn ec2_fleet(
     let memory = pools.entry(uid(pool)).or_default();
     if memory.ec2.is_none() {
         // Plain values only: an instance has no pod to resolve `valueFrom`.
-        let env: Vec<(String, String)> = pool
-            .spec
-            .template
-            .env
-            .iter()
-            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        let template = &pool.spec.template;
+        let env: Vec<(String, String)> = build::download_env(template)
+            .map(|(name, value)| (name.to_string(), value))
+            .into_iter()
+            .chain(
+                template
+                    .env
+                    .iter()
+                    .filter_map(|e| Some((e.name.clone(), e.value.clone()?))),
+            )
             .collect();
         memory.ec2 = Ec2Provider::from_spec(
             pool.spec.provider.as_ref(),

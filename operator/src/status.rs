@@ -740,7 +740,7 @@ mod tests {
             "workers": {"min": 3, "max": 1}, "template": {"image": "x"},
         }))
         .unwrap();
-        let invalid = validate::workerpool(&spec);
+        let invalid = validate::workerpool(&spec, "ns", &Default::default());
         let free = Decision {
             replicas: 2,
             recommendation: 2,

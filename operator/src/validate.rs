@@ -5,7 +5,13 @@
 //! spec.workers.max (2)`.
 
 use std::fmt;
+use std::time::Duration;
 
+use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
+use cloudkon_core::{BatchId, Bundle, BundleOptions, Task, TaskSpec, Timestamp};
+
+use crate::allowed_names::{self, AllowedNames};
+use crate::build::is_queue_name_char;
 use crate::crd::taskbatch::{InlineTask, TaskBatchSpec, TaskKind};
 use crate::crd::workerpool::{ProviderType, QueueSpec, ScalingRules, WorkerPoolSpec};
 
@@ -307,15 +313,69 @@ fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&s
         None,
     );
     // The rules of the task model itself (URL schemes, resolutions...): core's.
-    if p.0.len() == before
-        && let Err(e) = task.to_task_spec(param)
-    {
-        p.add(path.to_string(), format_args!("is not a valid task: {e}"));
+    if p.0.len() == before {
+        match task.to_task_spec(param) {
+            Err(e) => p.add(path.to_string(), format_args!("is not a valid task: {e}")),
+            Ok(_) => {
+                // A generator's size is measured with its widest parameter.
+                let widest = param.map(|_| WIDEST_PARAM);
+                if let Ok((spec, _)) = task.to_task_spec(widest)
+                    && let Err(bytes) = fits_one_message(spec)
+                {
+                    p.add(
+                        path.to_string(),
+                        format_args!(
+                            "is too large: it takes {bytes} bytes as a queue message, more than SQS's {SQS_MAX_MESSAGE_BYTES} (put large data in S3 and pass its URI)"
+                        ),
+                    );
+                }
+            }
+        }
     }
 }
 
-/// Checks a WorkerPool's spec.
-pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
+/// The longest text `{i}` can become (`i64::MIN`).
+const WIDEST_PARAM: &str = "-9223372036854775808";
+
+/// Room kept for the response queue's URL that a bundle carries (an SQS URL
+/// with an 80-character queue name is about 130 bytes).
+const REPLY_TO_ROOM: usize = 256;
+
+/// The task travels in a message of its own, at worst: the largest ids,
+/// attempts and options, a batch uid and a long response queue URL. A task
+/// that does not fit would be sent, refused by SQS and sent again for ever.
+fn fits_one_message(spec: TaskSpec) -> Result<(), usize> {
+    let bundle = Bundle {
+        submitted: Timestamp(u64::MAX),
+        tasks: vec![Task {
+            batch: BatchId::new("00000000-0000-0000-0000-000000000000"),
+            id: u64::MAX,
+            attempt: u32::MAX,
+            timeout: Some(Duration::from_millis(u64::MAX)),
+            spec,
+        }],
+        reply_to: Some("x".repeat(REPLY_TO_ROOM)),
+        options: BundleOptions {
+            max_attempts: Some(u32::MAX),
+            retry_backoff: Some(Duration::from_millis(u64::MAX)),
+            dedup: Some(true),
+        },
+    };
+    let bytes = wire::encode_bundle(&bundle).len();
+    if bytes <= SQS_MAX_MESSAGE_BYTES {
+        Ok(())
+    } else {
+        Err(bytes)
+    }
+}
+
+/// Checks a WorkerPool's spec, for a pool in `namespace`: the names it gives
+/// its queue and fleet must be ones the operator allows.
+pub fn workerpool(
+    spec: &WorkerPoolSpec,
+    namespace: &str,
+    allowed: &AllowedNames,
+) -> Result<(), Vec<Invalid>> {
     let mut p = Problems::default();
 
     let w = &spec.workers;
@@ -341,13 +401,19 @@ pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
     let no_queue_spec = QueueSpec::default();
     let queue = spec.queue.as_ref().unwrap_or(&no_queue_spec);
     if let Some(name) = &queue.name {
-        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
-        if name.is_empty() || name.len() > 76 || !name.chars().all(ok) {
+        if name.is_empty() || name.len() > 76 || !name.chars().all(is_queue_name_char) {
             p.add(
                 "spec.queue.name",
                 format_args!(
                     "({name:?}) must be 1 to 76 letters, digits, '-' or '_' (the dead-letter queue adds \"-dlq\" within SQS's 80)"
                 ),
+            );
+        } else if let Some(why) = reserved_queue_name(name, namespace) {
+            p.add("spec.queue.name", format_args!("({name:?}) {why}"));
+        } else if !allowed_names::allowed(&allowed.queues, namespace, name) {
+            p.add(
+                "spec.queue.name",
+                not_allowed(name, namespace, &allowed.queues, "--allowed-queue-names"),
             );
         }
     }
@@ -387,6 +453,14 @@ pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
             "spec.template.serviceAccountName",
             format_args!("({sa:?}) is not a valid ServiceAccount name"),
         );
+    }
+    for (i, network) in t.allow_downloads_from.iter().enumerate() {
+        if network.parse::<ipnet::IpNet>().is_err() {
+            p.add(
+                format!("spec.template.allowDownloadsFrom[{i}]"),
+                format_args!("({network:?}) is not a network in CIDR form, e.g. 10.20.0.0/16"),
+            );
+        }
     }
     if let Some(table) = &t.ledger_table {
         let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
@@ -428,6 +502,52 @@ pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
                 );
             }
         }
+        let mut fleet = |field: &str, name: &str, patterns: &[String], flag: &str| {
+            if !allowed_names::allowed(patterns, namespace, name) {
+                p.add(field, not_allowed(name, namespace, patterns, flag));
+            }
+        };
+        // The names of the member the type uses (another type's is refused above).
+        if let Some(i) = pr
+            .instances
+            .as_ref()
+            .filter(|_| pr.type_ == ProviderType::Instances)
+            && !i.launch_template.trim().is_empty()
+        {
+            fleet(
+                "spec.provider.instances.launchTemplate",
+                &i.launch_template,
+                &allowed.launch_templates,
+                "--allowed-launch-templates",
+            );
+        }
+        if let Some(asg) = pr
+            .auto_scaling_group
+            .as_ref()
+            .filter(|_| pr.type_ == ProviderType::AutoScalingGroup)
+            && !asg.name.trim().is_empty()
+        {
+            fleet(
+                "spec.provider.autoScalingGroup.name",
+                &asg.name,
+                &allowed.auto_scaling_groups,
+                "--allowed-auto-scaling-groups",
+            );
+        }
+        if let Some(eks) = pr
+            .eks_nodegroup
+            .as_ref()
+            .filter(|_| pr.type_ == ProviderType::EksNodegroup)
+            && !eks.cluster.trim().is_empty()
+            && !eks.nodegroup.trim().is_empty()
+        {
+            fleet(
+                "spec.provider.eksNodegroup",
+                &format!("{}/{}", eks.cluster, eks.nodegroup),
+                &allowed.eks_nodegroups,
+                "--allowed-eks-nodegroups",
+            );
+        }
         if let Some(i) = &pr.instances {
             p.required_text(
                 "spec.provider.instances.launchTemplate",
@@ -466,6 +586,43 @@ pub fn workerpool(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
         );
     }
     p.finish()
+}
+
+/// Why an explicit queue name may be no pool's, whatever the allowlist: the
+/// names the operator derives for other namespaces' pools, for batches'
+/// response queues and for dead-letter queues.
+fn reserved_queue_name(name: &str, namespace: &str) -> Option<&'static str> {
+    if name.starts_with("cloudkon_") {
+        Some("is reserved: cloudkon_* are the operator's names for pools with long names")
+    } else if name.starts_with("cloudkon-tb-") {
+        Some("is reserved: cloudkon-tb-* are batches' response queues")
+    } else if name.ends_with("-dlq") {
+        Some("ends in -dlq: that is the name of a dead-letter queue (the pool's own is <name>-dlq)")
+    } else if name.starts_with("cloudkon-")
+        && name.contains('_')
+        && !name.starts_with(&format!("cloudkon-{namespace}_"))
+    {
+        Some(
+            "is reserved: cloudkon-<namespace>_* are the queues of that namespace's pools (this pool's namespace may use its own)",
+        )
+    } else {
+        None
+    }
+}
+
+fn not_allowed(name: &str, namespace: &str, patterns: &[String], flag: &str) -> String {
+    let shown: Vec<String> = patterns
+        .iter()
+        .map(|p| p.replace("{namespace}", namespace))
+        .collect();
+    format!(
+        "({name:?}) is not allowed: this operator lets WorkerPools in namespace {namespace} name only {} ({flag})",
+        if shown.is_empty() {
+            "none".to_string()
+        } else {
+            shown.join(", ")
+        }
+    )
 }
 
 fn scaling_rules(p: &mut Problems, path: &str, rules: &ScalingRules) {
@@ -576,7 +733,7 @@ mod tests {
             (
                 "a full valid spec",
                 json!({
-                    "queue": {"name": "sweep_q-1", "maxReceives": 3, "deletionPolicy": "Retain"},
+                    "queue": {"name": "cloudkon-sweep-q1", "maxReceives": 3, "deletionPolicy": "Retain"},
                     "workers": {"min": 1, "max": 10, "targetBacklogPerWorker": 4},
                     "template": {"imagePullPolicy": "IfNotPresent", "threads": 8,
                                  "serviceAccountName": "cloudkon-worker", "ledgerTable": "cloudkon-ledger"},
@@ -621,6 +778,14 @@ mod tests {
                 "blank image",
                 json!({"template": {"image": "  "}}),
                 &["spec.template.image is required"],
+            ),
+            (
+                "download networks that are not CIDRs",
+                json!({"template": {"allowDownloadsFrom": ["10.20.0.0/16", "fd00:ec2::254/128", "10.0.0.1", "intranet"]}}),
+                &[
+                    "spec.template.allowDownloadsFrom[2] (\"10.0.0.1\") is not a network in CIDR form, e.g. 10.20.0.0/16",
+                    "spec.template.allowDownloadsFrom[3] (\"intranet\") is not a network in CIDR form, e.g. 10.20.0.0/16",
+                ],
             ),
             (
                 "bad pull policy",
@@ -673,9 +838,70 @@ mod tests {
             (
                 "EC2 instances need no image",
                 json!({
-                "provider": {"type": "Instances", "instances": {"launchTemplate": "lt-0abc"}},
+                "provider": {"type": "Instances", "instances": {"launchTemplate": "cloudkon-workers"}},
                 "template": {"image": null}}),
                 &[],
+            ),
+            (
+                "a queue name outside the allowed ones",
+                json!({"queue": {"name": "team-b-sweep"}}),
+                &[
+                    "spec.queue.name (\"team-b-sweep\") is not allowed: this operator lets WorkerPools in namespace batch name only cloudkon-* (--allowed-queue-names)",
+                ],
+            ),
+            (
+                "another namespace's derived queue",
+                json!({"queue": {"name": "cloudkon-other_sweep"}}),
+                &[
+                    "spec.queue.name (\"cloudkon-other_sweep\") is reserved: cloudkon-<namespace>_* are the queues of that namespace's pools (this pool's namespace may use its own)",
+                ],
+            ),
+            (
+                "its own namespace's derived form",
+                json!({"queue": {"name": "cloudkon-batch_sweep"}}),
+                &[],
+            ),
+            (
+                "a batch's response queue",
+                json!({"queue": {"name": "cloudkon-tb-0f8fad5b-d9cb-469f-a165-70867728950e"}}),
+                &[
+                    "spec.queue.name (\"cloudkon-tb-0f8fad5b-d9cb-469f-a165-70867728950e\") is reserved: cloudkon-tb-* are batches' response queues",
+                ],
+            ),
+            (
+                "a long derived name",
+                json!({"queue": {"name": "cloudkon_other_0123456789abcdef"}}),
+                &[
+                    "spec.queue.name (\"cloudkon_other_0123456789abcdef\") is reserved: cloudkon_* are the operator's names for pools with long names",
+                ],
+            ),
+            (
+                "another pool's dead-letter queue",
+                json!({"queue": {"name": "cloudkon-sweep-dlq"}}),
+                &[
+                    "spec.queue.name (\"cloudkon-sweep-dlq\") ends in -dlq: that is the name of a dead-letter queue (the pool's own is <name>-dlq)",
+                ],
+            ),
+            (
+                "a launch template outside the allowed ones",
+                json!({"provider": {"type": "Instances", "instances": {"launchTemplate": "lt-0abc"}}}),
+                &[
+                    "spec.provider.instances.launchTemplate (\"lt-0abc\") is not allowed: this operator lets WorkerPools in namespace batch name only cloudkon-* (--allowed-launch-templates)",
+                ],
+            ),
+            (
+                "an auto scaling group outside the allowed ones",
+                json!({"provider": {"type": "AutoScalingGroup", "autoScalingGroup": {"name": "prod-web"}}}),
+                &[
+                    "spec.provider.autoScalingGroup.name (\"prod-web\") is not allowed: this operator lets WorkerPools in namespace batch name only cloudkon-* (--allowed-auto-scaling-groups)",
+                ],
+            ),
+            (
+                "an EKS node group outside the allowed ones",
+                json!({"provider": {"type": "EksNodegroup", "eksNodegroup": {"cluster": "prod", "nodegroup": "system"}}}),
+                &[
+                    "spec.provider.eksNodegroup (\"prod/system\") is not allowed: this operator lets WorkerPools in namespace batch name only */cloudkon-* (--allowed-eks-nodegroups)",
+                ],
             ),
             (
                 "a member of another type",
@@ -725,7 +951,7 @@ mod tests {
                 ],
             ),
         ];
-        check_table(pool(), workerpool, cases);
+        check_table(pool(), default_names, cases);
     }
 
     fn batch() -> Value {
@@ -939,12 +1165,125 @@ mod tests {
     }
 
     #[test]
+    fn a_task_larger_than_a_message_is_refused_with_its_path() {
+        let spec_with = |tasks: Value| -> TaskBatchSpec {
+            serde_json::from_value(merged(&batch(), &json!({"tasks": tasks}))).unwrap()
+        };
+        let problems = |spec: &TaskBatchSpec| -> Vec<String> {
+            taskbatch(spec)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.message)
+                .collect()
+        };
+        let fits = "a".repeat(SQS_MAX_MESSAGE_BYTES / 2);
+        let too_large = "a".repeat(SQS_MAX_MESSAGE_BYTES);
+        let inline = spec_with(json!({"inline": [
+            {"kind": "sleep", "ms": 1},
+            {"kind": "run", "program": "echo", "args": [fits]},
+            {"kind": "sleep", "ms": 2},
+            {"kind": "run", "program": "echo", "args": [too_large]},
+        ]}));
+        let got = problems(&inline);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("spec.tasks.inline[3] is too large: it takes ")
+                && got[0].contains("more than SQS's 262144"),
+            "{}",
+            got[0]
+        );
+
+        // Base64 makes 3 bytes 4: an animoto task's URLs near the limit.
+        let urls: Vec<String> = (0..100)
+            .map(|i| format!("https://x/{i}/{}", "u".repeat(2000)))
+            .collect();
+        let animoto = spec_with(json!({"inline": null, "generator": {
+            "template": {"kind": "animoto", "urls": urls}, "count": 5}}));
+        let got = problems(&animoto);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("spec.tasks.generator.template is too large"),
+            "{}",
+            got[0]
+        );
+
+        // `{i}` is measured at its widest: a template just under the limit
+        // with "0" is over it once each `{i}` may hold 20 characters.
+        let at_zero = SQS_MAX_MESSAGE_BYTES * 3 / 4 - 2_000;
+        let arg = format!("{}{}", "b".repeat(at_zero - 1_000 * 3), "{i}".repeat(1_000));
+        let generator = spec_with(json!({"inline": null, "generator": {
+            "template": {"kind": "run", "program": "echo", "args": [arg]}, "count": 5}}));
+        let template = &generator.tasks.generator.as_ref().unwrap().template;
+        let (at_0, _) = template.to_task_spec(Some("0")).unwrap();
+        assert_eq!(fits_one_message(at_0), Ok(()));
+        let got = problems(&generator);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("spec.tasks.generator.template is too large"));
+    }
+
+    /// [`workerpool`] for a pool in namespace `batch`, with the operator's
+    /// default allowlists.
+    fn default_names(spec: &WorkerPoolSpec) -> Result<(), Vec<Invalid>> {
+        workerpool(spec, "batch", &AllowedNames::default())
+    }
+
+    #[test]
+    fn per_namespace_allowlists_keep_tenants_to_their_own_names() {
+        let allowed = AllowedNames {
+            queues: vec!["cloudkon-{namespace}_*".into()],
+            launch_templates: vec!["lt-0abc".into()],
+            auto_scaling_groups: vec![],
+            eks_nodegroups: vec!["prod/{namespace}-*".into()],
+        };
+        let check = |namespace: &str, patch: Value| {
+            let spec: WorkerPoolSpec = serde_json::from_value(merged(&pool(), &patch)).unwrap();
+            match workerpool(&spec, namespace, &allowed) {
+                Ok(()) => vec![],
+                Err(problems) => problems.into_iter().map(|p| p.field).collect::<Vec<_>>(),
+            }
+        };
+        let queue = |name: &str| json!({"queue": {"name": name}});
+        assert!(check("team-a", queue("cloudkon-team-a_sweep")).is_empty());
+        assert_eq!(
+            check("team-b", queue("cloudkon-team-a_sweep")),
+            ["spec.queue.name"]
+        );
+        // A namespace that starts like another reaches none of its names.
+        assert_eq!(
+            check("team", queue("cloudkon-team-a_sweep")),
+            ["spec.queue.name"]
+        );
+        assert_eq!(
+            check("team-a", queue("cloudkon-sweep")),
+            ["spec.queue.name"]
+        );
+        let lt = |name: &str| json!({"provider": {"type": "Instances", "instances": {"launchTemplate": name}}});
+        assert!(check("team-a", lt("lt-0abc")).is_empty());
+        assert_eq!(
+            check("team-a", lt("lt-0abd")),
+            ["spec.provider.instances.launchTemplate"]
+        );
+        let asg = json!({"provider": {"type": "AutoScalingGroup", "autoScalingGroup": {"name": "cloudkon-x"}}});
+        assert_eq!(
+            check("team-a", asg),
+            ["spec.provider.autoScalingGroup.name"]
+        );
+        let eks = |ng: &str| json!({"provider": {"type": "EksNodegroup", "eksNodegroup": {"cluster": "prod", "nodegroup": ng}}});
+        assert!(check("team-a", eks("team-a-gpu")).is_empty());
+        assert_eq!(
+            check("team-b", eks("team-a-gpu")),
+            ["spec.provider.eksNodegroup"]
+        );
+    }
+
+    #[test]
     fn summary_joins_the_messages() {
         let spec: WorkerPoolSpec = serde_json::from_value(json!({
             "workers": {"min": 5, "max": 2}, "template": {}
         }))
         .unwrap();
-        let problems = workerpool(&spec).unwrap_err();
+        let problems = default_names(&spec).unwrap_err();
         assert_eq!(problems[0].field, "spec.workers.min");
         assert_eq!(
             summary(&problems),

@@ -196,7 +196,10 @@ fn example(name: &str) -> String {
 #[test]
 fn the_examples_parse_and_are_valid() {
     let pool: WorkerPool = serde_yaml::from_str(&example("workerpool.yaml")).unwrap();
-    assert_eq!(validate::workerpool(&pool.spec), Ok(()));
+    assert_eq!(
+        validate::workerpool(&pool.spec, "batch", &Default::default()),
+        Ok(())
+    );
     for name in ["taskbatch.yaml", "taskbatch-animoto.yaml"] {
         let batch: TaskBatch = serde_yaml::from_str(&example(name)).unwrap();
         assert_eq!(validate::taskbatch(&batch.spec), Ok(()), "{name}");

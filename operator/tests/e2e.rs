@@ -148,6 +148,9 @@ impl Cluster {
                 .args(["--worker-id", &format!("{}-w{i}", self.ns)])
                 .args(["--threads", "4", "--lease", "10s", "--receive-wait", "1s"])
                 .args(["--metrics-addr", &metrics])
+                // The Animoto test's image server is on loopback, which a
+                // worker refuses by default: allow that address only.
+                .args(["--allow-downloads-from", "127.0.0.1/32"])
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())

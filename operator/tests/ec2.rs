@@ -207,7 +207,8 @@ async fn instances_launch_tagged_workers_that_start_on_the_queue() {
         assert!(script.contains(&format!("export CLOUDKON_QUEUE='{QUEUE}'\n")));
         assert!(script.contains("export CLOUDKON_THREADS='4'\n"));
         assert!(script.contains(r"export GREETING='it'\''s $HOME'"));
-        assert!(script.ends_with("exec cloudkon-worker\n"));
+        assert!(script.contains("exec setpriv --reuid=cloudkon-worker "));
+        assert!(script.ends_with(" cloudkon-worker\n"));
         assert_eq!(script, worker_script(QUEUE, &worker_env).unwrap());
     }
     assert_eq!(

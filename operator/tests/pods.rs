@@ -164,7 +164,8 @@ impl Install {
             "kind": "WorkerPool",
             "metadata": {"name": name},
             "spec": {
-                "queue": {"name": format!("{}-{name}", self.ns)},
+                // Under the operator's default allowed names (cloudkon-*).
+                "queue": {"name": format!("cloudkon-{}-{name}", self.ns)},
                 "workers": {"min": 0, "max": max, "targetBacklogPerWorker": per_worker},
                 "template": {
                     "image": self.env.worker_image,
@@ -173,6 +174,9 @@ impl Install {
                     "resources": {"requests": {"cpu": "50m", "memory": "32Mi"},
                                   "limits": {"memory": "512Mi"}},
                     "env": env_list(&self.aws_env()),
+                    // The Animoto test serves its images from the node's
+                    // address, which workers refuse unless allowed.
+                    "allowDownloadsFrom": [format!("{}/32", self.env.node_ip)],
                 },
                 "behavior": {
                     "scaleDown": {"stabilizationWindowSeconds": 0},

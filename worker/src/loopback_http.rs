@@ -4,7 +4,7 @@
 //! One request per connection (`Connection: close`); GET only. Not for production.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +74,17 @@ impl LoopbackServer {
     pub async fn start(
         handler: impl Fn(&str) -> Reply + Send + Sync + 'static,
     ) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(Ipv4Addr::LOCALHOST, handler).await
+    }
+
+    /// As [`Self::start`], on another loopback address (`127.0.0.2`...): a
+    /// test can then allow one server's address and not another's.
+    pub async fn start_on(
+        ip: Ipv4Addr,
+        handler: impl Fn(&str) -> Reply + Send + Sync + 'static,
+    ) -> io::Result<Self> {
+        assert!(ip.is_loopback(), "the test server stays on loopback");
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let handler: Arc<Handler> = Arc::new(handler);
         let accept = tokio::spawn(async move {
@@ -114,7 +124,7 @@ impl LoopbackServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT/` followed by `path` (without its leading slash).
+    /// `http://ADDRESS:PORT/` followed by `path` (without its leading slash).
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
     }

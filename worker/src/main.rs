@@ -11,7 +11,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cloudkon_core::Timestamp;
 use cloudkon_core::aws::{Aws, DynamoLedger, WorkerHeartbeat};
-use cloudkon_worker::exec::animoto::{S3ObjectStore, check_output, parse_presign_expiry};
+use cloudkon_worker::exec::animoto::{
+    AddressPolicy, S3ObjectStore, check_output, parse_presign_expiry,
+};
 use cloudkon_worker::logging::LogFormat;
 use cloudkon_worker::remote::{RemoteConfig, StopReason, WorkerStats, run_remote};
 use cloudkon_worker::serve::{WorkerCollector, serve};
@@ -114,6 +116,24 @@ struct Args {
     #[arg(long, value_name = "DURATION", env = "CLOUDKON_PRESIGN_EXPIRY", default_value = "7d", value_parser = parse_presign_expiry)]
     presign_expiry: Duration,
 
+    /// Let animoto tasks download images from any address. By default only
+    /// public addresses are reached: not loopback, link-local (the instance
+    /// metadata service), private, shared-NAT, multicast or reserved ones,
+    /// checked on the resolved address of every redirect hop, as a worker
+    /// shared by tenants needs. For a worker of one's own, on premises.
+    #[arg(long, env = "CLOUDKON_ALLOW_PRIVATE_DOWNLOADS")]
+    allow_private_downloads: bool,
+
+    /// Networks besides the public ones that animoto images may come from,
+    /// comma-separated CIDRs (an on-premises image server: `10.20.0.0/16`).
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        env = "CLOUDKON_ALLOW_DOWNLOADS_FROM",
+        value_delimiter = ','
+    )]
+    allow_downloads_from: Vec<ipnet::IpNet>,
+
     /// This worker's name in results and heartbeats [default: host name and PID].
     #[arg(long, env = "CLOUDKON_WORKER_ID")]
     worker_id: Option<String>,
@@ -172,8 +192,17 @@ async fn run(args: Args) -> Result<StopReason> {
     };
     check_output(&args.animoto_out).context("--animoto-out")?;
     let aws = Aws::load().await;
+    let addresses = if args.allow_private_downloads {
+        tracing::warn!(
+            "animoto downloads may reach any address, private and metadata ones included (--allow-private-downloads)"
+        );
+        AddressPolicy::allow_all()
+    } else {
+        AddressPolicy::allowing(args.allow_downloads_from.clone())
+    };
     let animoto = AnimotoExecutor::new(AnimotoConfig {
         output: args.animoto_out.clone(),
+        addresses,
         ..AnimotoConfig::default()
     })
     .with_object_store(Arc::new(S3ObjectStore::new(aws.s3(), args.presign_expiry)));

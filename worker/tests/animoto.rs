@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cloudkon_core::{AnimotoSpec, BatchId, Outcome, Task, TaskSpec};
-use cloudkon_worker::exec::animoto::{AnimotoConfig, AnimotoExecutor};
+use cloudkon_worker::exec::animoto::{AddressPolicy, AnimotoConfig, AnimotoExecutor};
 use cloudkon_worker::loopback_http::{LoopbackServer, Reply};
 use cloudkon_worker::{ExecLimits, ExecOutput, Executor};
 use tempfile::TempDir;
@@ -122,6 +122,8 @@ fn setup(tune: impl FnOnce(&mut AnimotoConfig)) -> Setup {
     let mut config = AnimotoConfig {
         output: out.path().to_string_lossy().into_owned(),
         work_dir: Some(work.path().to_path_buf()),
+        // The test servers are on 127.0.0.1, which a worker refuses by default.
+        addresses: AddressPolicy::allowing(vec!["127.0.0.1/32".parse().unwrap()]),
         ..AnimotoConfig::default()
     };
     config.fetch.retry_delay = Duration::from_millis(20);
@@ -363,10 +365,12 @@ async fn a_web_page_is_not_an_image() {
         .executor
         .execute(&task(5, spec(vec![url.clone()])), LIMITS)
         .await;
+    // The status and the content type, never the body: it may be a private
+    // page's, and the reason goes back to whoever submitted the task.
     assert_eq!(
         reason(&out),
         format!(
-            r#"image {url}: not an image (a body starting with "<!DOCTYPE html><html><body>Not a")"#
+            "image {url}: not an image (HTTP 200, Content-Type text/html, no known image format in its first bytes)"
         )
     );
     s.assert_clean();
@@ -385,7 +389,7 @@ async fn a_local_text_file_is_not_an_image() {
         .await;
     assert_eq!(
         reason(&out),
-        format!(r#"image {url}: not an image (a body starting with "hello")"#)
+        format!("image {url}: not an image (no known image format in its first bytes)")
     );
     let missing = format!("file://{}/nope.png", dir.path().display());
     let out = s
@@ -563,5 +567,101 @@ async fn a_task_timeout_kills_the_encode_and_cleans_up() {
         start.elapsed()
     );
     assert_eq!(s.outputs(), 0);
+    s.assert_clean();
+}
+
+/// A loopback port that counts as "never connected to" when, at the end, it
+/// has no connection waiting: the kernel queues completed handshakes whether
+/// or not anyone accepts, so nothing here depends on timing.
+struct Untouched(std::net::TcpListener);
+
+impl Untouched {
+    fn bind() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Self(listener)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+
+    fn assert_never_connected(&self) {
+        match self.0.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("something connected to the forbidden port: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn by_default_loopback_urls_are_refused_before_connecting() {
+    let target = Untouched::bind();
+    let port = target.port();
+    let s = setup(|c| c.addresses = AddressPolicy::default());
+    for url in [
+        format!("http://127.0.0.1:{port}/a.jpg"),
+        format!("http://[::ffff:127.0.0.1]:{port}/a.jpg"),
+        // Names are checked on what they resolve to: localhost, and the
+        // decimal form of 127.0.0.1 that the resolver understands.
+        format!("http://localhost:{port}/a.jpg"),
+        format!("http://2130706433:{port}/a.jpg"),
+        format!("https://127.0.0.1:{port}/a.jpg"),
+    ] {
+        let started = Instant::now();
+        let out = s
+            .executor
+            .execute(&task(20, spec(vec![url.clone()])), LIMITS)
+            .await;
+        let reason = reason(&out);
+        assert!(
+            reason.starts_with(&format!("image {url}: refused to connect to ")),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(
+                ": a loopback address (this worker downloads images from public addresses only)"
+            ),
+            "{reason}"
+        );
+        // Final at once: a refusal is not retried like a connect error.
+        assert!(started.elapsed() < Duration::from_secs(5), "{url}");
+    }
+    target.assert_never_connected();
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_forbidden_address_is_refused() {
+    let target = Untouched::bind();
+    let forbidden = format!("http://127.0.0.1:{}/a.jpg", target.port());
+    let hits = Arc::new(AtomicU32::new(0));
+    let seen = hits.clone();
+    let location = forbidden.clone();
+    // The allowed server is on 127.0.0.2; only that address is allowed.
+    let allowed = LoopbackServer::start_on(std::net::Ipv4Addr::new(127, 0, 0, 2), move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Reply::redirect(302, location.clone())
+    })
+    .await
+    .unwrap();
+    let s = setup(|c| c.addresses = AddressPolicy::allowing(vec!["127.0.0.2/32".parse().unwrap()]));
+    let url = allowed.url("r.jpg");
+    let out = s
+        .executor
+        .execute(&task(21, spec(vec![url.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!(
+            "image {url} (redirected to {forbidden}): refused to connect to 127.0.0.1: a loopback address (this worker downloads images from public addresses only)"
+        )
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the allowed server was asked once"
+    );
+    target.assert_never_connected();
     s.assert_clean();
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -129,9 +130,11 @@ impl WorkerPoolSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {
-    /// The queue's name (default `cloudkon-<namespace>-<pool name>`); the
-    /// dead-letter queue is `<name>-dlq`. At most 76 characters: letters,
-    /// digits, `-` and `_`.
+    /// The queue's name (default `cloudkon-<namespace>_<pool name>`, dots as
+    /// `_`); the dead-letter queue is `<name>-dlq`. At most 76 characters:
+    /// letters, digits, `-` and `_`, matching the operator's allowed names
+    /// (default `cloudkon-*`), and none the operator derives for other
+    /// pools and batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 
@@ -223,6 +226,22 @@ pub struct WorkerTemplate {
     /// The DynamoDB table of the dedup ledger (default `cloudkon-ledger`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_table: Option<String>,
+
+    /// Networks besides the public internet that Animoto images may be
+    /// downloaded from, as CIDRs (an on-premises image server:
+    /// `10.20.0.0/16`). Workers refuse loopback, link-local (the instance
+    /// metadata service), private and other non-public addresses by default;
+    /// `0.0.0.0/0` and `::/0` allow them all, for a pool that serves no other
+    /// tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_downloads_from: Vec<String>,
+
+    /// The size limit of the worker pod's `/tmp` (an emptyDir, where tasks
+    /// and Animoto scratch files write), as a Kubernetes quantity (default
+    /// `1Gi`): a task that fills it gets its pod evicted instead of filling
+    /// the node's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_size_limit: Option<Quantity>,
 }
 
 /// Where the workers run. A union: `type` names the member that is set

@@ -330,22 +330,38 @@ fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// The user data of a worker instance: a shell script that sets the worker's
-/// environment and becomes `cloudkon-worker` (on the AMI's PATH). The queue
-/// comes first and `worker_env` after it, so that, as in the Deployment, the
-/// user's value wins for a repeated name.
+/// Makes the unprivileged user `cloudkon-worker` unless the AMI has it: user
+/// data runs as root, and tasks (any program, on tenants' behalf) must not.
+/// `set -e` before it: if the user cannot be made, nothing runs (never the
+/// worker as root).
+const USER_SETUP: &str = "set -e\n\
+id -u cloudkon-worker >/dev/null 2>&1 || useradd --system --user-group --create-home \
+--home-dir /var/lib/cloudkon-worker --shell /usr/sbin/nologin cloudkon-worker\n";
+
+/// Becomes the worker as that user, with no way back to root: no
+/// capabilities, no setuid gains (`setpriv` is util-linux's, on every
+/// mainstream AMI; a missing one fails the script).
+const START_WORKER: &str = "exec setpriv --reuid=cloudkon-worker --regid=cloudkon-worker \
+--init-groups --no-new-privs --inh-caps=-all --bounding-set=-all \
+env HOME=/var/lib/cloudkon-worker cloudkon-worker\n";
+
+/// The user data of a worker instance: a shell script that makes the
+/// worker's user, sets the worker's environment and becomes `cloudkon-worker`
+/// (on the AMI's PATH) as that user. The queue comes first and `worker_env`
+/// after it, so that, as in the Deployment, the user's value wins for a
+/// repeated name.
 pub fn worker_script(
     queue_url: &str,
     worker_env: &[(String, String)],
 ) -> Result<String, ProviderError> {
-    let mut script = String::from("#!/bin/sh\n");
+    let mut script = format!("#!/bin/sh\n{USER_SETUP}");
     let vars = std::iter::once(("CLOUDKON_QUEUE", queue_url))
         .chain(worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     for (name, value) in vars {
         check_env(name, value)?;
         script.push_str(&format!("export {name}={}\n", shell_quote(value)));
     }
-    script.push_str("exec cloudkon-worker\n");
+    script.push_str(START_WORKER);
     Ok(script)
 }
 
@@ -478,13 +494,25 @@ mod tests {
     }
 
     /// What `sh` makes of the script: the exported variables, read back by
-    /// running it with `cloudkon-worker` replaced by `env`.
+    /// running it with stand-ins on its PATH: `id` says the user exists (so
+    /// no user is made on this machine), `setpriv` prints its arguments and
+    /// runs `env` instead of the worker.
     fn run_script(script: &str) -> String {
-        let script = script.replace("exec cloudkon-worker", "exec env");
-        let out = Command::new("sh")
+        let stubs = tempfile::tempdir().unwrap();
+        let stub = |name: &str, body: &str| {
+            let path = stubs.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        stub("id", "exit 0");
+        stub("useradd", "echo useradd ran; exit 1");
+        stub("setpriv", "echo \"setpriv $*\"; exec /usr/bin/env");
+        let out = Command::new("/bin/sh")
             .arg("-c")
-            .arg(&script)
+            .arg(script)
             .env_clear()
+            .env("PATH", stubs.path())
             .output()
             .expect("sh runs");
         assert!(out.status.success(), "{script}");
@@ -500,14 +528,56 @@ mod tests {
         .unwrap();
         assert_eq!(
             script,
-            "#!/bin/sh\n\
-             export CLOUDKON_QUEUE='https://sqs.us-east-1.amazonaws.com/1/q'\n\
-             export CLOUDKON_THREADS='8'\n\
-             export CLOUDKON_QUEUE='mine'\n\
-             exec cloudkon-worker\n"
+            format!(
+                "#!/bin/sh\n{USER_SETUP}\
+                 export CLOUDKON_QUEUE='https://sqs.us-east-1.amazonaws.com/1/q'\n\
+                 export CLOUDKON_THREADS='8'\n\
+                 export CLOUDKON_QUEUE='mine'\n\
+                 {START_WORKER}"
+            )
         );
         // The user's value wins, as in the Deployment.
         assert!(run_script(&script).contains("CLOUDKON_QUEUE=mine\n"));
+    }
+
+    #[test]
+    fn the_worker_runs_as_its_own_user_not_root() {
+        let script = worker_script("q", &[]).unwrap();
+        let seen = run_script(&script);
+        // The worker is exec'd through setpriv as the dedicated user, with
+        // no capabilities and no privilege gains, whatever the AMI.
+        let setpriv = seen.lines().next().unwrap();
+        for arg in [
+            "--reuid=cloudkon-worker",
+            "--regid=cloudkon-worker",
+            "--init-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ] {
+            assert!(setpriv.contains(arg), "{setpriv}");
+        }
+        assert!(
+            setpriv.ends_with("env HOME=/var/lib/cloudkon-worker cloudkon-worker"),
+            "{setpriv}"
+        );
+        assert!(!seen.contains("useradd ran"), "{seen}");
+        assert!(
+            script.ends_with(START_WORKER) && script.matches("exec ").count() == 1,
+            "nothing else starts the worker: {script}"
+        );
+
+        // A user that cannot be made stops the script before the worker.
+        let no_user = script.replace("id -u cloudkon-worker", "false");
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&no_user)
+            .env_clear()
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("setpriv"));
     }
 
     #[test]

@@ -17,10 +17,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode, Uri, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::ObjectStore;
+use super::address::{AddressPolicy, CheckedConnector, Refused, refusal};
 use super::magic::{ImageKind, SNIFF_LEN, describe_head};
 
 /// Redirects followed per image (image hosts and CDNs redirect; loops must end).
@@ -53,6 +53,9 @@ pub enum FetchError {
     Status { url: String, status: StatusCode },
     #[error("{url}: cannot connect: {reason}")]
     Connect { url: String, reason: String },
+    /// Refused before connecting: the address is not one downloads may reach.
+    #[error("{url}: {refused}")]
+    Refused { url: String, refused: Refused },
     #[error("{url}: request failed: {reason}")]
     Request { url: String, reason: String },
     #[error("{url}: no complete answer within {timeout:?}")]
@@ -100,17 +103,27 @@ impl FetchError {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = Client<HttpsConnector<CheckedConnector>, Empty<Bytes>>;
 
 /// The HTTP(S) client, built on first use: reading the system's CA certificates
-/// costs milliseconds that workloads without downloads should not pay.
-#[derive(Default)]
-pub struct HttpClient(OnceLock<Result<HttpsClient, String>>);
+/// costs milliseconds that workloads without downloads should not pay. It
+/// connects only where `policy` allows.
+pub struct HttpClient {
+    policy: AddressPolicy,
+    client: OnceLock<Result<HttpsClient, String>>,
+}
 
 impl HttpClient {
+    pub fn new(policy: AddressPolicy) -> Self {
+        Self {
+            policy,
+            client: OnceLock::new(),
+        }
+    }
+
     fn get(&self) -> Result<&HttpsClient, FetchError> {
-        self.0
-            .get_or_init(build_client)
+        self.client
+            .get_or_init(|| build_client(self.policy.clone()))
             .as_ref()
             .map_err(|reason| FetchError::Tls {
                 reason: reason.clone(),
@@ -118,7 +131,7 @@ impl HttpClient {
     }
 }
 
-fn build_client() -> Result<HttpsClient, String> {
+fn build_client(policy: AddressPolicy) -> Result<HttpsClient, String> {
     // An explicit provider: with both ring and aws-lc-rs compiled in (the AWS SDK
     // brings the latter), rustls has no default and would panic.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -136,10 +149,10 @@ fn build_client() -> Result<HttpsClient, String> {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         }
     };
-    let mut http = HttpConnector::new();
-    http.enforce_http(false); // https URLs pass through to the TLS layer
-    http.set_nodelay(true);
-    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+    let connector = builder
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(CheckedConnector::new(policy));
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
@@ -236,6 +249,14 @@ impl Fetcher<'_> {
                     reason: e.to_string(),
                 })?;
             let response = client.request(request).await.map_err(|e| {
+                // Refused at connect time, on this hop (the first URL or a
+                // redirect's target): final, not worth a retry.
+                if let Some(refused) = refusal(&e) {
+                    return FetchError::Refused {
+                        url: hop_name(url, &uri),
+                        refused,
+                    };
+                }
                 let reason = error_chain(&e);
                 if e.is_connect() {
                     FetchError::Connect {
@@ -273,6 +294,18 @@ impl Fetcher<'_> {
             url: url.to_string(),
             limit: self.limits.max_bytes,
         };
+        // Named in a "not an image" reason; the body never is.
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.chars()
+                    .filter(|c| !c.is_control())
+                    .take(100)
+                    .collect::<String>()
+            });
+        let content_type = content_type.as_deref();
         let declared = response
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -310,14 +343,14 @@ impl Fetcher<'_> {
                 None => {
                     head.extend_from_slice(&data);
                     if head.len() >= SNIFF_LEN {
-                        file = Some(self.create(url, stem, &head)?);
+                        file = Some(self.create(url, stem, &head, content_type)?);
                     }
                 }
             }
         }
         let (mut f, fetched) = match file {
             Some(open) => open,
-            None => self.create(url, stem, &head)?,
+            None => self.create(url, stem, &head, content_type)?,
         };
         f.flush()
             .map_err(|source| self.write_error(&fetched.name, source))?;
@@ -325,10 +358,20 @@ impl Fetcher<'_> {
     }
 
     /// Creates the image's file from its first bytes, if they are an image's.
-    fn create(&self, url: &str, stem: &str, head: &[u8]) -> Result<(File, Fetched), FetchError> {
+    fn create(
+        &self,
+        url: &str,
+        stem: &str,
+        head: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<(File, Fetched), FetchError> {
         let kind = ImageKind::sniff(head).ok_or_else(|| FetchError::NotAnImage {
             url: url.to_string(),
-            what: describe_head(head),
+            what: format!(
+                "HTTP 200, Content-Type {}, {}",
+                content_type.unwrap_or("not given"),
+                describe_head(head)
+            ),
         })?;
         let name = format!("{stem}.{}", kind.extension());
         let mut f =
@@ -412,6 +455,17 @@ impl Fetcher<'_> {
         std::fs::rename(&partial, self.dir.join(&name))
             .map_err(|source| self.write_error(&name, source))?;
         Ok(Fetched { name, kind })
+    }
+}
+
+/// How a failed hop is named: the task's URL, and the redirect's target
+/// when the failure is there.
+fn hop_name(url: &str, hop: &Uri) -> String {
+    let hop = hop.to_string();
+    if hop == url {
+        url.to_string()
+    } else {
+        format!("{url} (redirected to {hop})")
     }
 }
 

@@ -8,6 +8,7 @@
 //! The scratch directory is a `TempDir`: removed on success, failure, timeout,
 //! and when the task is abandoned (its future dropped, ffmpeg's group killed).
 
+mod address;
 mod encode;
 mod fetch;
 mod magic;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use cloudkon_core::{AnimotoSpec, Task, TaskSpec};
 
+pub use address::{AddressClass, AddressPolicy, Refused, classify};
 pub use encode::{EncodeError, EncodePlan};
 pub use fetch::{FetchError, FetchLimits};
 pub use magic::ImageKind;
@@ -87,6 +89,9 @@ pub struct AnimotoConfig {
     pub frame_rate: u32,
     /// ffmpeg's time limit per video (a task's own timeout also applies).
     pub encode_timeout: Duration,
+    /// Where `http(s)://` images may come from (default: public addresses
+    /// only, as a worker shared by tenants needs; `cloudkon run` allows all).
+    pub addresses: AddressPolicy,
 }
 
 impl Default for AnimotoConfig {
@@ -105,6 +110,7 @@ impl Default for AnimotoConfig {
             max_images: 500,
             frame_rate: 5,
             encode_timeout: Duration::from_secs(600),
+            addresses: AddressPolicy::public_only(),
         }
     }
 }
@@ -161,8 +167,8 @@ pub struct AnimotoExecutor {
 impl AnimotoExecutor {
     pub fn new(config: AnimotoConfig) -> Self {
         Self {
+            http: HttpClient::new(config.addresses.clone()),
             config,
-            http: HttpClient::default(),
             store: None,
             ffmpeg_ok: tokio::sync::OnceCell::new(),
         }

@@ -259,6 +259,9 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
         problems.truncate(5);
         return Err(problems);
     }
+    // A task larger than a message would be refused by SQS and sent again
+    // for ever: refused here, with its number.
+    validate::workload_tasks_fit(field, &name, &bytes)?;
     Ok(Some(Source::File {
         name,
         bytes: Arc::new(bytes),

@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
+use cloudkon_core::workload::WorkloadReader;
 use cloudkon_core::{BatchId, Bundle, BundleOptions, Task, TaskSpec, Timestamp};
 
 use crate::allowed_names::{self, AllowedNames};
@@ -366,6 +367,38 @@ fn fits_one_message(spec: TaskSpec) -> Result<(), usize> {
         Ok(())
     } else {
         Err(bytes)
+    }
+}
+
+/// Workload lines no longer than this always fit in a message: a byte takes
+/// at most 6 in the encoding (`\u00XX`), and the rest of a bundle is small.
+const ALWAYS_FITS_LINE: usize = 16 << 10;
+
+/// The tasks of a workload file (`configMap`, `s3`) too large for a queue
+/// message, at most five, named by task number. Only a file with a long line
+/// is read again to encode its tasks.
+pub fn workload_tasks_fit(field: &str, name: &str, bytes: &[u8]) -> Result<(), Vec<Invalid>> {
+    if !bytes.split(|&b| b == b'\n').any(|l| l.len() > ALWAYS_FITS_LINE) {
+        return Ok(());
+    }
+    let too_large: Vec<Invalid> = WorkloadReader::new(bytes, name.to_string())
+        .filter_map(Result::ok)
+        .filter_map(|def| {
+            let size = fits_one_message(def.spec).err()?;
+            Some(Invalid::new(
+                field,
+                format_args!(
+                    "({name}) task {} is too large: it takes {size} bytes as a queue message, more than SQS's {SQS_MAX_MESSAGE_BYTES} (put large data in S3 and pass its URI)",
+                    def.id
+                ),
+            ))
+        })
+        .take(5)
+        .collect();
+    if too_large.is_empty() {
+        Ok(())
+    } else {
+        Err(too_large)
     }
 }
 
@@ -1306,5 +1339,24 @@ mod tests {
             }
         );
         assert_eq!(timeout, Some(std::time::Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_workload_task_larger_than_a_message_is_named_by_its_number() {
+        let big = format!("run echo {}\n", "x".repeat(300 << 10));
+        let long_but_fits = format!("run echo {}\n", "y".repeat(20 << 10));
+        let text = format!("sleep 1\n{long_but_fits}# a comment\n{big}sleep 2\n");
+        let got = workload_tasks_fit("spec.tasks.configMap", "w.txt", text.as_bytes()).unwrap_err();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0]
+                .message
+                .starts_with("spec.tasks.configMap (w.txt) task 2 is too large: it takes "),
+            "{}",
+            got[0].message
+        );
+        let fine = format!("sleep 1\n{long_but_fits}");
+        assert!(workload_tasks_fit("f", "w.txt", fine.as_bytes()).is_ok());
+        assert!(workload_tasks_fit("f", "w.txt", b"sleep 1\nrun true\n").is_ok());
     }
 }

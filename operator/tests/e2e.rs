@@ -1527,7 +1527,7 @@ fn benchmark_tasks_of_unknown_length_on_the_main_path() {
     let cases = [
         (
             "s1",
-            320,
+            640,
             r#"{kind: run, program: sleep, args: ["1"]}"#,
             1.0,
             "run sleep 1",
@@ -1548,7 +1548,7 @@ fn benchmark_tasks_of_unknown_length_on_the_main_path() {
         ),
         (
             "d1",
-            320,
+            640,
             "{kind: sleep, ms: 1000}",
             1.0,
             "sleep 1000 (declared)",

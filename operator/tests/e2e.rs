@@ -1205,20 +1205,11 @@ fn batches_sharing_a_pool_get_work_in_proportion_to_their_weights() {
 /// A generator batch of `count` `sleep 0` tasks on pool `p`, its results
 /// under `results` (an `s3://` prefix) if given.
 fn sleep0_batch(name: &str, count: u64, results: Option<&str>) -> String {
-    let results = results.map_or(String::new(), |r| format!("  results: {{s3Prefix: {r}}}\n"));
-    format!(
-        r#"
-apiVersion: cloudkon.io/v1alpha1
-kind: TaskBatch
-metadata: {{name: {name}}}
-spec:
-  workerPool: p
-  tasks:
-    generator:
-      template: {{kind: sleep, ms: 0}}
-      count: {count}
-{results}"#
-    )
+    let mut yaml = template_batch(name, count, "{kind: sleep, ms: 0}");
+    if let Some(r) = results {
+        yaml.push_str(&format!("  results: {{s3Prefix: {r}}}\n"));
+    }
+    yaml
 }
 
 /// Peak resident memory of a process, from /proc (KiB → MiB).

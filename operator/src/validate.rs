@@ -378,7 +378,10 @@ const ALWAYS_FITS_LINE: usize = 16 << 10;
 /// message, at most five, named by task number. Only a file with a long line
 /// is read again to encode its tasks.
 pub fn workload_tasks_fit(field: &str, name: &str, bytes: &[u8]) -> Result<(), Vec<Invalid>> {
-    if !bytes.split(|&b| b == b'\n').any(|l| l.len() > ALWAYS_FITS_LINE) {
+    if !bytes
+        .split(|&b| b == b'\n')
+        .any(|l| l.len() > ALWAYS_FITS_LINE)
+    {
         return Ok(());
     }
     let too_large: Vec<Invalid> = WorkloadReader::new(bytes, name.to_string())

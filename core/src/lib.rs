@@ -5,6 +5,7 @@ pub mod aws;
 pub mod bundle;
 pub mod ledger;
 pub mod queue;
+pub mod store;
 pub mod summary;
 pub mod task;
 pub mod wire;

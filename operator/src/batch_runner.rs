@@ -12,43 +12,47 @@
 //! The runner writes only its part of the status (counts, progress, phase
 //! Enqueuing/Running/Succeeded/Failed, times, throughput, latency); the
 //! reconciler owns the conditions and acts on the phases the runner sets.
+//!
+//! It works through traits ([`Runner`]): core's task queue, results inbox and
+//! object store, and a [`BatchRecord`]; SQS, S3 and the API server in the
+//! operator, memory in the tests below.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cloudkon_core::aws::{QueueOptions, S3Uri, SqsQueue};
-use cloudkon_core::queue::Receipt;
+use cloudkon_core::aws::{QueueOptions, S3Store, S3Uri, SqsQueue};
+use cloudkon_core::queue::{Receipt, ResultsInbox, TaskQueue};
+use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
-use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
 use cloudkon_core::workload::{TaskDef, WorkloadReader};
 use cloudkon_core::{BatchId, Bundle, BundleOptions};
 use hdrhistogram::Histogram;
-use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp as JiffTimestamp;
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Mutex;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+pub use crate::batch_record::collected_configmap_name;
+pub(crate) use crate::batch_record::patch_status;
+use crate::batch_record::{BatchRecord, KubeRecord};
 use crate::build;
 use crate::collected::Collected;
-use crate::context::{Context, Error, MANAGER};
+use crate::context::{Context, Error, Settings};
 use crate::crd::taskbatch::{BundleSizing, Latency, Phase, TaskBatchSpec, TaskCounts};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
-use crate::shares::{self, ShareGuard};
+use crate::metrics::Metrics;
+use crate::shares::{self, ShareGuard, Shares};
 use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};
 use crate::window::{self, Estimate, WindowInput};
 
-/// The key of the collected-ids ConfigMap's value.
-const COLLECTED_KEY: &str = "collected";
 /// Bundles per send (one SendMessageBatch when they fit) and per checkpoint.
 const SEND_GROUP: usize = 10;
 /// How often the enqueue checkpoint is written, at most.
@@ -83,22 +87,64 @@ pub struct RunnerArgs {
     pub results: Option<S3Uri>,
 }
 
-/// The ConfigMap holding a batch's collected ids.
-pub fn collected_configmap_name(batch: &str) -> String {
-    format!("{batch}-cloudkon-collected")
-}
-
 /// The batch id in task messages and ledger keys: the object's uid, so that a
 /// batch deleted and created again under the same name is a new batch.
 pub fn batch_id(batch: &TaskBatch) -> BatchId {
     BatchId::new(batch.uid().unwrap_or_default())
 }
 
+/// What a runner works through: the pool's queue, the batch's results inbox
+/// (its response queue, whose address the bundles carry), the results' object
+/// store and the batch's record, with the operator's shared parts.
+pub struct Runner<Q, I, S, B> {
+    pub pool_queue: Q,
+    pub inbox: I,
+    /// Where workers send results: the inbox's address.
+    pub reply_to: String,
+    pub store: S,
+    pub record: B,
+    pub shares: Arc<Shares>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    /// Wakes the pool's reconciler (the batch has tasks in the queue).
+    pub wake_pool: UnboundedSender<ObjectRef<WorkerPool>>,
+}
+
+/// The operator's runner: SQS, S3 and the API server. Makes the batch's
+/// response queue.
+async fn kube_runner(
+    ctx: &Context,
+    args: &RunnerArgs,
+) -> Result<Runner<SqsQueue, SqsQueue, S3Store, KubeRecord>, Error> {
+    let batch = &args.batch;
+    let response = ctx
+        .sqs
+        .create_queue(
+            &build::response_queue_name(&batch.uid().unwrap_or_default()),
+            &QueueOptions::default(),
+        )
+        .await?;
+    Ok(Runner {
+        pool_queue: ctx.sqs.at(args.pool_queue_url.clone()),
+        reply_to: response.url().to_string(),
+        inbox: response,
+        store: ctx.s3.clone(),
+        record: KubeRecord::new(ctx.client.clone(), batch)?,
+        shares: ctx.shares.clone(),
+        metrics: ctx.metrics.clone(),
+        settings: ctx.settings.clone(),
+        wake_pool: ctx.wake_pool.clone(),
+    })
+}
+
 pub fn spawn(ctx: Arc<Context>, args: RunnerArgs) -> RunnerHandle {
     let (spec_tx, spec_rx) = watch::channel(args.batch.spec.clone());
     let task = tokio::spawn(async move {
         let name = args.batch.name_any();
-        let result = run(&ctx, args, spec_rx).await;
+        let result = match kube_runner(&ctx, &args).await {
+            Ok(runner) => run(&runner, args, spec_rx).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             tracing::warn!(batch = %name, error = %e, "batch runner stopped; it restarts from its checkpoint");
         }
@@ -162,25 +208,20 @@ impl Progress {
     }
 }
 
-async fn run(
-    ctx: &Context,
+/// Runs a batch to its end from where its status says it is.
+pub async fn run<Q, I, S, B>(
+    r: &Runner<Q, I, S, B>,
     args: RunnerArgs,
     spec: watch::Receiver<TaskBatchSpec>,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    Q: TaskQueue,
+    I: ResultsInbox,
+    S: ObjectStore,
+    B: BatchRecord,
+{
     let batch = &args.batch;
-    let ns = batch.namespace().unwrap_or_default();
-    let name = batch.name_any();
-    let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
     let status = batch.status.clone().unwrap_or_default();
-
-    let response = ctx
-        .sqs
-        .create_queue(
-            &build::response_queue_name(&batch.uid().unwrap_or_default()),
-            &QueueOptions::default(),
-        )
-        .await?;
-    let pool_queue = ctx.sqs.at(args.pool_queue_url.clone());
 
     // The batch's place among its pool's batches, while it runs.
     let pool_key = shares::pool_key(
@@ -192,7 +233,7 @@ async fn run(
         .weight
         .and_then(|w| u64::try_from(w).ok())
         .unwrap_or(1);
-    let share = ctx
+    let share = r
         .shares
         .join(&pool_key, &batch.uid().unwrap_or_default(), weight);
 
@@ -226,20 +267,21 @@ async fn run(
     if let Some(r) = &args.results {
         first["results"] = json!(r.to_string());
     }
-    patch_status(&api, &name, first).await?;
+    r.record.patch_status(first).await?;
 
     let enqueue = async {
         if enqueue_done {
             return Ok(());
         }
         enqueue_all(
-            ctx,
+            r,
             &args,
-            &api,
-            &pool_queue,
-            response.url(),
             status.counts.enqueued as u64,
             status.bundle_sizing.clone(),
+            status
+                .enqueue_horizon
+                .and_then(|h| u64::try_from(h).ok())
+                .unwrap_or(0),
             planned_slots,
             spec,
             &progress,
@@ -247,7 +289,7 @@ async fn run(
         )
         .await
     };
-    let collect = collect(ctx, &args, &api, &response, &start_time, &progress, &share);
+    let collect = collect(r, &args, &start_time, &progress, &share);
     // Collecting ends the batch; an error of either half ends the runner
     // (the reconciler starts it again from the checkpoint).
     tokio::pin!(enqueue);
@@ -262,19 +304,23 @@ async fn run(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn enqueue_all(
-    ctx: &Context,
+async fn enqueue_all<Q, I, S, B>(
+    r: &Runner<Q, I, S, B>,
     args: &RunnerArgs,
-    api: &Api<TaskBatch>,
-    queue: &SqsQueue,
-    reply_to: &str,
     checkpoint: u64,
     sized: Option<BundleSizing>,
+    last_horizon: u64,
     planned_slots: u64,
     mut spec: watch::Receiver<TaskBatchSpec>,
     progress: &Progress,
     share: &ShareGuard,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    Q: TaskQueue,
+    I: ResultsInbox,
+    S: ObjectStore,
+    B: BatchRecord,
+{
     let batch = &args.batch;
     let name = batch.name_any();
     let id = batch_id(batch);
@@ -308,6 +354,10 @@ async fn enqueue_all(
     )
     .peekable();
     let mut observed_at_change = 0;
+    // What the last runner may have sent: cut again as it was (see
+    // `write_checkpoint`), so no new sizing before it. Reserved anew as we go.
+    let resize_from = last_horizon.max(checkpoint);
+    let mut horizon = resize_from;
     let mut woke_pool = false;
     let mut last_checkpoint = Instant::now();
     loop {
@@ -315,7 +365,7 @@ async fn enqueue_all(
         // sizing written ahead with the checkpoint where it starts.
         let unknown = matches!(bundles.peek(), Some(Ok(b))
             if b.tasks.first().is_some_and(|t| t.spec.nominal_duration().is_none()));
-        if unknown {
+        if unknown && enqueued >= resize_from {
             let (estimate, observed) = progress.estimate_observed();
             let input = SizingInput {
                 current: learned,
@@ -324,7 +374,7 @@ async fn enqueue_all(
                 slots: planned_slots,
             };
             if let Some(next) = sizing::next_cost(&input) {
-                write_sizing(api, &name, enqueued, next, progress).await?;
+                write_sizing(&r.record, enqueued, horizon, next, progress).await?;
                 last_checkpoint = Instant::now();
                 tracing::debug!(batch = %name, from = enqueued, task = ?next, "bundles cut for a learned task length");
                 learned = Some(next);
@@ -350,7 +400,7 @@ async fn enqueue_all(
         }
         let room = loop {
             let estimate = if unknown {
-                Some(sizing::window_cost(learned, progress.estimate()))
+                sizing::window_cost(learned, progress.estimate())
             } else {
                 progress.estimate()
             };
@@ -358,7 +408,7 @@ async fn enqueue_all(
                 pool_slots: planned_slots,
                 pool_workers: args.pool_workers,
                 weight: share.weight(),
-                total_weight: ctx.shares.total_weight(share.pool()),
+                total_weight: r.shares.total_weight(share.pool()),
                 estimate,
                 next_bundle: next,
             });
@@ -369,7 +419,7 @@ async fn enqueue_all(
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 last_checkpoint = Instant::now();
-                write_checkpoint(api, &name, enqueued, progress).await?;
+                write_checkpoint(&r.record, enqueued, horizon, progress).await?;
             }
             tokio::select! {
                 _ = progress.collected.notified() => {}
@@ -384,7 +434,7 @@ async fn enqueue_all(
             let Some(bundle) = bundles.next() else { break };
             let mut bundle = bundle.map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
             bundle.submitted = Timestamp::now();
-            bundle.reply_to = Some(reply_to.to_string());
+            bundle.reply_to = Some(r.reply_to.clone());
             bundle.options = options;
             group_tasks += bundle.tasks.len() as u64;
             group.push(bundle);
@@ -397,26 +447,29 @@ async fn enqueue_all(
             }
         }
         if !group.is_empty() {
-            let mut bodies = Vec::with_capacity(group.len());
-            for b in &group {
-                bodies.extend(
-                    wire::encode_bundle_within(b, SQS_MAX_MESSAGE_BYTES)
-                        .map_err(|e| Error::Other(format!("batch {name}: {e}")))?,
-                );
-            }
-            queue.send_bodies(bodies).await?;
             let sent: u64 = group.iter().map(|b| b.tasks.len() as u64).sum();
-            ctx.metrics.tasks_enqueued.inc_by(sent);
-            enqueued = group
+            let next = group
                 .last()
                 .and_then(|b| b.tasks.last())
                 .map_or(enqueued, |t| t.id + 1);
-            group.clear();
+            if next > horizon {
+                // Reserved before it is sent, a room's worth ahead, so that
+                // a restart knows how far these bundles may go.
+                horizon = next + sent.max(room);
+                write_checkpoint(&r.record, enqueued, horizon, progress).await?;
+                last_checkpoint = Instant::now();
+            }
+            r.pool_queue
+                .send(std::mem::take(&mut group))
+                .await
+                .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+            r.metrics.tasks_enqueued.inc_by(sent);
+            enqueued = next;
             progress.enqueued.store(enqueued, Ordering::Relaxed);
             share.update(progress.running(), progress.estimate());
             if !woke_pool {
                 // The pool scales on this backlog now, not at its next poll.
-                let _ = ctx.wake_pool.send(args.pool.clone());
+                let _ = r.wake_pool.send(args.pool.clone());
                 woke_pool = true;
             }
         }
@@ -429,18 +482,17 @@ async fn enqueue_all(
         // status 100,000 times.
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
-            write_checkpoint(api, &name, enqueued, progress).await?;
+            write_checkpoint(&r.record, enqueued, horizon, progress).await?;
         }
     }
     // Every task is in the queue: the total is final.
-    patch_status(
-        api,
-        &name,
-        json!({ "counts": { "enqueued": enqueued, "total": enqueued, "running": progress.running() },
-            "phase": Phase::Running }),
-    )
-    .await?;
-    let _ = ctx.wake_pool.send(args.pool.clone());
+    r.record
+        .patch_status(
+            json!({ "counts": { "enqueued": enqueued, "total": enqueued, "running": progress.running() },
+                "phase": Phase::Running }),
+        )
+        .await?;
+    let _ = r.wake_pool.send(args.pool.clone());
     progress.total.send_replace(Some(enqueued));
     tracing::info!(batch = %name, tasks = enqueued, "every task enqueued");
     Ok(())
@@ -479,9 +531,9 @@ fn tasks_from(
 /// A new bundle sizing from task `from` (tasks enqueued so far) on, with
 /// the checkpoint there: written before any bundle cut by it is sent.
 async fn write_sizing(
-    api: &Api<TaskBatch>,
-    name: &str,
+    record: &impl BatchRecord,
     from: u64,
+    horizon: u64,
     task: Duration,
     progress: &Progress,
 ) -> Result<(), Error> {
@@ -492,22 +544,26 @@ async fn write_sizing(
     let patch = json!({ "counts": { "enqueued": from, "running": progress.running() },
         "phase": Phase::Enqueuing,
         "progress": progress.column(),
+        "enqueueHorizon": horizon,
         "bundleSizing": sizing });
-    patch_status(api, name, patch).await
+    record.patch_status(patch).await
 }
 
 /// The enqueue checkpoint: the tasks in the queue so far (a restart resumes
-/// after them).
+/// after them), and the horizon: the tasks before it may be in the queue too
+/// (reserved before they are sent), so a restarted runner that resends them
+/// keeps cutting them as they were cut.
 async fn write_checkpoint(
-    api: &Api<TaskBatch>,
-    name: &str,
+    record: &impl BatchRecord,
     enqueued: u64,
+    horizon: u64,
     progress: &Progress,
 ) -> Result<(), Error> {
     let counts = json!({ "counts": { "enqueued": enqueued, "running": progress.running() },
+        "enqueueHorizon": horizon,
         "phase": Phase::Enqueuing,
         "progress": progress.column() });
-    patch_status(api, name, counts).await
+    record.patch_status(counts).await
 }
 
 /// What the workers need to know of the batch: its retries and dedup.
@@ -584,29 +640,25 @@ where
     }
 }
 
-async fn collect(
-    ctx: &Context,
+async fn collect<Q, I, S, B>(
+    r: &Runner<Q, I, S, B>,
     args: &RunnerArgs,
-    api: &Api<TaskBatch>,
-    response: &SqsQueue,
     start_time: &Time,
     progress: &Progress,
     share: &ShareGuard,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    Q: TaskQueue,
+    I: ResultsInbox,
+    S: ObjectStore,
+    B: BatchRecord,
+{
     let mut total = progress.total.subscribe();
     let batch = &args.batch;
-    let ns = batch.namespace().unwrap_or_default();
     let name = batch.name_any();
-    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let cm_name = collected_configmap_name(&name);
-    let mut collected = match configmaps
-        .get_opt(&cm_name)
-        .await
-        .map_err(Error::kube(format!("cannot read ConfigMap {ns}/{cm_name}")))?
-        .and_then(|cm| cm.data?.remove(COLLECTED_KEY))
-    {
+    let mut collected = match r.record.load_collected().await? {
         Some(text) => Collected::decode(&text)
-            .map_err(|e| Error::Other(format!("ConfigMap {ns}/{cm_name}: {e}")))?,
+            .map_err(|e| Error::Other(format!("the collected ids of TaskBatch {name}: {e}")))?,
         None => Collected::default(),
     };
     let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is valid");
@@ -614,9 +666,11 @@ async fn collect(
     let mut last_flush = Instant::now();
     let started = start_time.0;
     loop {
-        let messages = response
+        let messages = r
+            .inbox
             .receive_results(10, Duration::from_millis(500))
-            .await?;
+            .await
+            .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
         for (message, receipt) in messages {
             for result in &message.results {
                 if !collected.ids.insert(result.id) {
@@ -656,20 +710,16 @@ async fn collect(
         let done = known_total.is_some_and(|t| collected.finished() as u64 >= t);
         // Written out at least every part's worth, so that memory and parts
         // stay bounded whatever the batch's size.
-        let full = pending.lines.len() >= ctx.settings.results_part_bytes
+        let full = pending.lines.len() >= r.settings.results_part_bytes
             || pending.results >= PART_MAX_RESULTS;
         if done
             || full
-            || last_flush.elapsed() >= ctx.settings.flush_every
+            || last_flush.elapsed() >= r.settings.flush_every
             || pending.receipts.len() >= 200
         {
             flush(
-                ctx,
+                r,
                 args,
-                api,
-                &configmaps,
-                &cm_name,
-                response,
                 &mut collected,
                 &mut pending,
                 &latency,
@@ -688,23 +738,23 @@ async fn collect(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn flush(
-    ctx: &Context,
+async fn flush<Q, I, S, B>(
+    r: &Runner<Q, I, S, B>,
     args: &RunnerArgs,
-    api: &Api<TaskBatch>,
-    configmaps: &Api<ConfigMap>,
-    cm_name: &str,
-    response: &SqsQueue,
     collected: &mut Collected,
     pending: &mut Pending,
     latency: &Histogram<u64>,
     total: Option<u64>,
     started: JiffTimestamp,
     progress: &Progress,
-) -> Result<(), Error> {
-    let batch = &args.batch;
-    let name = batch.name_any();
-    let ns = batch.namespace().unwrap_or_default();
+) -> Result<(), Error>
+where
+    Q: TaskQueue,
+    I: ResultsInbox,
+    S: ObjectStore,
+    B: BatchRecord,
+{
+    let name = args.batch.name_any();
     if pending.receipts.is_empty() && total.is_none_or(|t| collected.finished() as u64 != t) {
         return Ok(());
     }
@@ -715,15 +765,15 @@ async fn flush(
     {
         let lines = std::mem::take(&mut pending.lines);
         pending.results = 0;
-        for part in split_parts(&lines, ctx.settings.results_part_bytes, PART_MAX_RESULTS) {
+        for part in split_parts(&lines, r.settings.results_part_bytes, PART_MAX_RESULTS) {
             let key = format!("{}part-{:06}.jsonl", results.key, collected.result_parts);
             retrying(
                 &format!("writing s3://{}/{key}", results.bucket),
                 || async {
-                    ctx.s3
-                        .put_bytes(&results.bucket, &key, part.to_vec())
+                    r.store
+                        .put(&results.bucket, &key, part.to_vec())
                         .await
-                        .map_err(Error::from)
+                        .map_err(|e| Error::Other(e.to_string()))
                 },
             )
             .await;
@@ -732,47 +782,19 @@ async fn flush(
     }
     // 2. The collected ids, before the messages go: a crash after this
     //    point finds the redelivered results already counted.
-    let owner = batch
-        .controller_owner_ref(&())
-        .ok_or_else(|| Error::Other(format!("TaskBatch {name} has no uid")))?;
-    let cm = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(cm_name.to_string()),
-            namespace: Some(ns.clone()),
-            owner_references: Some(vec![owner]),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_string(),
-                MANAGER.to_string(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            COLLECTED_KEY.to_string(),
-            collected.encode(),
-        )])),
-        ..ConfigMap::default()
-    };
-    configmaps
-        .patch(
-            cm_name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&cm),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "cannot write ConfigMap {ns}/{cm_name}"
-        )))?;
+    r.record.store_collected(collected.encode()).await?;
     // 3. The messages.
-    response
-        .delete_batch(std::mem::take(&mut pending.receipts))
-        .await?;
-    ctx.metrics
+    r.inbox
+        .ack_results(std::mem::take(&mut pending.receipts))
+        .await
+        .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+    r.metrics
         .tasks_collected
         .get_or_create(&crate::metrics::BatchOutcome {
             outcome: "succeeded",
         })
         .inc_by(std::mem::take(&mut pending.succeeded));
-    ctx.metrics
+    r.metrics
         .tasks_collected
         .get_or_create(&crate::metrics::BatchOutcome { outcome: "failed" })
         .inc_by(std::mem::take(&mut pending.failed));
@@ -832,31 +854,349 @@ async fn flush(
     if phase.is_finished() {
         patch["completionTime"] = json!(Time(now));
     }
-    patch_status(api, &name, patch).await
-}
-
-/// A JSON merge patch of the batch's status: only the fields given change, so
-/// the runner and the reconciler each write their own.
-pub(crate) async fn patch_status(
-    api: &Api<TaskBatch>,
-    name: &str,
-    status: serde_json::Value,
-) -> Result<(), Error> {
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "cannot write the status of TaskBatch {name}"
-    )))?;
-    Ok(())
+    r.record.patch_status(patch).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch_record::MemoryRecord;
+    use crate::crd::taskbatch::TaskBatchStatus;
+    use cloudkon_core::ledger::MemoryLedger;
+    use cloudkon_core::queue::{MemoryInbox, MemoryQueue, MemoryResponses, ResultRouter};
+    use cloudkon_core::store::MemoryStore;
+    use cloudkon_core::{Outcome, TaskResult};
+    use cloudkon_worker::remote::{RemoteConfig, WorkerStats, run_remote};
+    use cloudkon_worker::{PoolConfig, Registry, Shutdown};
+    use std::collections::BTreeSet;
+
+    type MemoryRunner = Runner<MemoryQueue, MemoryInbox, MemoryStore, MemoryRecord>;
+
+    const REPLY_TO: &str = "responses";
+
+    /// A TaskBatch as the API server hands it to the reconciler.
+    fn batch(spec: serde_json::Value, status: Option<TaskBatchStatus>) -> Arc<TaskBatch> {
+        let mut b = TaskBatch::new("b", serde_json::from_value(spec).unwrap());
+        b.metadata.namespace = Some("ns".into());
+        b.metadata.uid = Some("00000000-0000-0000-0000-00000000000b".into());
+        b.status = status;
+        Arc::new(b)
+    }
+
+    fn generator(template: serde_json::Value, count: u64) -> serde_json::Value {
+        json!({ "workerPool": "p", "tasks": { "generator": { "template": template, "count": count } } })
+    }
+
+    fn args(batch: Arc<TaskBatch>, results: bool) -> RunnerArgs {
+        RunnerArgs {
+            batch,
+            pool_queue_url: "memory".into(),
+            pool: ObjectRef::new("p").within("ns"),
+            pool_slots: 4,
+            pool_workers: 2,
+            source: Source::Spec,
+            results: results.then(|| S3Uri {
+                bucket: "results".into(),
+                key: "ns/b/".into(),
+            }),
+        }
+    }
+
+    fn runner(
+        queue: &MemoryQueue,
+        responses: &Arc<MemoryResponses>,
+        record: MemoryRecord,
+    ) -> MemoryRunner {
+        Runner {
+            pool_queue: queue.clone(),
+            inbox: responses.inbox(REPLY_TO),
+            reply_to: REPLY_TO.into(),
+            store: MemoryStore::default(),
+            record,
+            shares: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
+            settings: Settings {
+                flush_every: Duration::from_millis(20),
+                // Small parts: a 20,000-task batch writes several.
+                results_part_bytes: 256 << 10,
+                ..Settings::default()
+            },
+            wake_pool: tokio::sync::mpsc::unbounded_channel().0,
+        }
+    }
+
+    /// `cloudkon-worker`'s loop on the same memory queue, ledger and
+    /// response queues, until `stop`.
+    fn worker(
+        queue: &MemoryQueue,
+        ledger: &Arc<MemoryLedger>,
+        responses: &Arc<MemoryResponses>,
+        id: &str,
+        stop: &Shutdown,
+    ) -> JoinHandle<cloudkon_worker::remote::StopReason> {
+        let mut config = RemoteConfig::new(PoolConfig::new(2, id));
+        config.receive_wait = Duration::from_millis(20);
+        config.linger = Duration::from_millis(5);
+        tokio::spawn(run_remote(
+            Arc::new(queue.clone()),
+            Some(ledger.clone()),
+            responses.clone(),
+            Arc::new(Registry::new()),
+            config,
+            stop.clone(),
+            Arc::new(WorkerStats::default()),
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_runs_to_succeeded_through_memory_backends() {
+        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
+        let ledger = Arc::new(MemoryLedger::new());
+        let stop = Shutdown::new();
+        let workers = [
+            worker(&queue, &ledger, &responses, "w1", &stop),
+            worker(&queue, &ledger, &responses, "w2", &stop),
+        ];
+        let n = 20_000;
+        let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
+        let r = runner(&queue, &responses, MemoryRecord::default());
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        tokio::time::timeout(Duration::from_secs(60), run(&r, args(b, true), spec))
+            .await
+            .expect("the batch finishes")
+            .unwrap();
+        stop.stop.cancel();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let status = r.record.status();
+        assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+        assert_eq!(
+            (
+                status.counts.total,
+                status.counts.succeeded,
+                status.counts.failed
+            ),
+            (n as i64, n as i64, 0)
+        );
+        assert_eq!(status.planned_slots, Some(4));
+        // Every task once in the results, in parts within the bound.
+        let parts = r.store.list("results", "ns/b/");
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let mut ids = BTreeSet::new();
+        for (key, bytes) in &parts {
+            assert!(key.starts_with("ns/b/part-"), "{key}");
+            assert!(bytes.len() <= 256 << 10, "{key}: {} bytes", bytes.len());
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let result: TaskResult = serde_json::from_slice(line).unwrap();
+                assert_eq!(result.outcome, Outcome::Succeeded);
+                assert!(ids.insert(result.id), "task {} twice", result.id);
+            }
+        }
+        assert_eq!(ids.len() as u64, n);
+        // Every results message was counted and deleted.
+        assert_eq!(responses.len(REPLY_TO), 0);
+    }
+
+    /// A store whose first writes fail, as S3 restarting would.
+    #[derive(Default)]
+    struct FlakyStore {
+        failures_left: std::sync::atomic::AtomicU32,
+        inner: MemoryStore,
+    }
+
+    impl ObjectStore for FlakyStore {
+        async fn put(
+            &self,
+            bucket: &str,
+            key: &str,
+            bytes: Vec<u8>,
+        ) -> Result<(), cloudkon_core::store::StoreError> {
+            let left = self.failures_left.load(Ordering::Relaxed);
+            if left > 0 {
+                self.failures_left.store(left - 1, Ordering::Relaxed);
+                return Err(cloudkon_core::store::StoreError(format!(
+                    "{bucket}/{key}: 503"
+                )));
+            }
+            self.inner.put(bucket, key, bytes).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_results_write_is_retried_without_losing_or_repeating_results() {
+        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
+        let ledger = Arc::new(MemoryLedger::new());
+        let stop = Shutdown::new();
+        let w = worker(&queue, &ledger, &responses, "w1", &stop);
+        let n = 2_000;
+        let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
+        let plain = runner(&queue, &responses, MemoryRecord::default());
+        let r = Runner {
+            store: FlakyStore {
+                failures_left: 2.into(),
+                inner: MemoryStore::default(),
+            },
+            pool_queue: plain.pool_queue,
+            inbox: plain.inbox,
+            reply_to: plain.reply_to,
+            record: plain.record,
+            shares: plain.shares,
+            metrics: plain.metrics,
+            settings: plain.settings,
+            wake_pool: plain.wake_pool,
+        };
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        tokio::time::timeout(Duration::from_secs(60), run(&r, args(b, true), spec))
+            .await
+            .expect("the batch finishes")
+            .expect("the runner rides out the failed writes");
+        stop.stop.cancel();
+        w.await.unwrap();
+        assert_eq!(r.store.failures_left.load(Ordering::Relaxed), 0);
+        assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
+        let mut ids = BTreeSet::new();
+        for (_, bytes) in r.store.inner.list("results", "ns/b/") {
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let result: TaskResult = serde_json::from_slice(line).unwrap();
+                assert!(ids.insert(result.id), "task {} twice", result.id);
+            }
+        }
+        assert_eq!(ids.len() as u64, n);
+    }
+
+    /// What the pool's queue holds now, as (first task, tasks) per bundle.
+    async fn drain(queue: &MemoryQueue) -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        while !queue.is_empty() {
+            let rx = queue.receive(100, Duration::ZERO).await;
+            for d in rx.unwrap().unwrap_or_default() {
+                out.push((d.bundle.tasks[0].id, d.bundle.tasks.len()));
+            }
+        }
+        out
+    }
+
+    /// Results for bundles as a worker would send them: each task took `took`.
+    async fn answer(responses: &MemoryResponses, bundles: &[(u64, usize)], took: Duration) {
+        for &(first, len) in bundles {
+            let results = (first..first + len as u64)
+                .map(|id| TaskResult {
+                    batch: BatchId::new("b"),
+                    id,
+                    attempt: 1,
+                    outcome: Outcome::Succeeded,
+                    exit_code: Some(0),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    truncated: false,
+                    artifact: None,
+                    artifact_url: None,
+                    worker: "w".into(),
+                    submitted: Timestamp(0),
+                    started: Timestamp(0),
+                    finished: Timestamp(took.as_micros() as u64),
+                })
+                .collect();
+            let message = cloudkon_core::wire::ResultsMessage {
+                key: format!("k{first}"),
+                ideal: Duration::ZERO,
+                results,
+            };
+            let body = cloudkon_core::wire::encode_results(&message, usize::MAX).unwrap();
+            responses.send_results(REPLY_TO, vec![body]).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_runner_sends_the_bundles_it_sent_before_after_learning_sizes() {
+        // Tasks of unknown length: small bundles first, then cut for the
+        // length their results tell (2 ms), with the sizing written ahead.
+        let n = 50_000;
+        let spec = generator(json!({"kind": "run", "program": "true"}), n);
+        let (queue, responses) = (MemoryQueue::bounded(100_000), MemoryResponses::new());
+        let first = runner(&queue, &responses, MemoryRecord::default());
+        let b = batch(spec.clone(), None);
+        let (_tx, rx) = watch::channel(b.spec.clone());
+        let mut sent = Vec::new();
+        let mut running = Box::pin(run(&first, args(b, false), rx));
+        // Answer what comes until the sizing has grown twice, then stop the
+        // runner (an operator killed) at a moment of its own.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                r = &mut running => panic!("the batch ended first: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let bundles = drain(&queue).await;
+            answer(&responses, &bundles, Duration::from_millis(2)).await;
+            sent.extend(bundles);
+            // Stopped with bundles sent since its checkpoint, by a grown sizing.
+            let status = first.record.status();
+            let sent_tasks: u64 = sent.iter().map(|b| b.1 as u64).sum();
+            if status
+                .bundle_sizing
+                .is_some_and(|s| s.task_microseconds < 300_000 && (s.from as u64) < sent_tasks)
+                && (status.counts.enqueued as u64) < sent_tasks
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no learned sizing: {:?}",
+                first.record.status()
+            );
+        }
+        drop(running);
+        sent.extend(drain(&queue).await);
+        let status = first.record.status();
+        let sizing = status.bundle_sizing.clone().unwrap();
+        let checkpoint = status.counts.enqueued as u64;
+        assert!(sizing.from as u64 <= checkpoint, "{status:?}");
+        let sizes: Vec<usize> = sent.iter().map(|b| b.1).collect();
+        assert_eq!(
+            sizes[0],
+            cloudkon_core::BundlePlan::FIRST_UNKNOWN_TASKS,
+            "starts small: {sizes:?}"
+        );
+        assert!(
+            sizes.iter().max() > Some(&(4 * cloudkon_core::BundlePlan::FIRST_UNKNOWN_TASKS)),
+            "grows: {sizes:?}"
+        );
+        // The restart: a new runner from the status (and collected set) left;
+        // the results the first had received and not deleted come back.
+        let record = first.record;
+        responses.redeliver(REPLY_TO);
+        let second = runner(&queue, &responses, record);
+        let b = batch(spec, Some(status));
+        let (_tx, rx) = watch::channel(b.spec.clone());
+        let mut again = Box::pin(run(&second, args(b, false), rx));
+        // Nothing below the checkpoint again, and what was sent after it
+        // comes again cut the same (the same claim keys).
+        let after: Vec<(u64, usize)> = sent.iter().copied().filter(|b| b.0 >= checkpoint).collect();
+        let wanted: usize = after.iter().map(|b| b.1).sum();
+        let mut resent: Vec<(u64, usize)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while resent.iter().map(|b| b.1).sum::<usize>() < wanted {
+            tokio::select! {
+                r = &mut again => panic!("the batch ended first: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let bundles = drain(&queue).await;
+            answer(&responses, &bundles, Duration::from_millis(2)).await;
+            resent.extend(bundles);
+            assert!(
+                Instant::now() < deadline,
+                "resent {resent:?}, wanted {after:?}"
+            );
+        }
+        assert!(
+            !after.is_empty(),
+            "killed right at a checkpoint: nothing to compare"
+        );
+        assert_eq!(resent[..after.len()], after[..], "checkpoint {checkpoint}");
+        assert!(resent.iter().all(|b| b.0 >= checkpoint));
+    }
 
     #[test]
     fn results_parts_are_cut_at_line_ends_within_both_bounds() {

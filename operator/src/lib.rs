@@ -14,6 +14,7 @@
 
 pub mod allowed_names;
 pub mod batch_reconciler;
+pub mod batch_record;
 pub mod batch_runner;
 pub mod build;
 pub mod collected;

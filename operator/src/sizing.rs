@@ -75,11 +75,12 @@ pub fn next_cost(input: &SizingInput) -> Option<Duration> {
     (3 * n < 2 * c || 2 * n > 3 * c).then_some(next)
 }
 
-/// The task length the meter counts a batch of unknown tasks at: the
-/// estimate, or the length its bundles are still cut for when longer.
-pub fn window_cost(current: Option<Duration>, estimate: Option<Duration>) -> Duration {
-    let sized = current.unwrap_or_else(first_cost);
-    estimate.map_or(sized, |e| e.max(sized))
+/// The task length the meter counts a batch of unknown tasks at, once
+/// results tell: the estimate, or the length its bundles are still cut for
+/// when longer. (Before any result, the meter's own guess for unknown tasks,
+/// so that a pool scaled to zero still sees a backlog worth its workers.)
+pub fn window_cost(current: Option<Duration>, estimate: Option<Duration>) -> Option<Duration> {
+    estimate.map(|e| e.max(current.unwrap_or_else(first_cost)))
 }
 
 #[cfg(test)]
@@ -167,11 +168,12 @@ mod tests {
         let s = Duration::from_secs;
         // (sizing, estimate) -> the length the window counts
         let cases = [
-            ((None, None), first_cost()),
-            ((None, Some(MS(2))), first_cost()),
-            ((Some(MS(500)), Some(MS(2))), MS(500)),
-            ((Some(MS(2)), Some(MS(2))), MS(2)),
-            ((Some(MS(2)), Some(s(5))), s(5)),
+            ((None, None), None),
+            ((Some(MS(500)), None), None),
+            ((None, Some(MS(2))), Some(first_cost())),
+            ((Some(MS(500)), Some(MS(2))), Some(MS(500))),
+            ((Some(MS(2)), Some(MS(2))), Some(MS(2))),
+            ((Some(MS(2)), Some(s(5))), Some(s(5))),
         ];
         for ((current, estimate), want) in cases {
             assert_eq!(

@@ -378,8 +378,10 @@ fn deployment_follows_the_backlog_within_two_seconds_and_goes_back_to_zero() {
         reaction <= Duration::from_secs(2),
         "took {reaction:?} to react to the backlog"
     );
-    let pool = c.pool("burst").status.unwrap();
-    assert_eq!(pool.desired_replicas, 4);
+    // The pool's status is written after the Deployment, in the same pass.
+    let pool = c.wait_for("the pool's status at 4", Duration::from_secs(5), |c| {
+        c.pool("burst").status.filter(|s| s.desired_replicas == 4)
+    });
     assert!(pool.backlog > 0, "{pool:?}");
     c.wait_for("20 tasks not finished", Duration::from_secs(5), |c| {
         (c.batch("b1").status?.counts.running == 20).then_some(())

@@ -125,6 +125,19 @@ fn io_error(operation: &'static str, resource: String, what: String) -> AwsError
     AwsError::new(SERVICE, operation, resource, ErrorKind::Permanent, what)
 }
 
+impl crate::store::ObjectStore for S3Store {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), crate::store::StoreError> {
+        self.put_bytes(bucket, key, bytes)
+            .await
+            .map_err(|e| crate::store::StoreError(e.to_string()))
+    }
+}
+
 impl S3Store {
     pub(crate) fn new(client: aws_sdk_s3::Client) -> Self {
         Self { client }

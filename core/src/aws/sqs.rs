@@ -16,7 +16,7 @@ use super::config::AwsSettings;
 use super::error::{AwsError, ErrorKind};
 use super::stats::RequestStats;
 use crate::bundle::Bundle;
-use crate::queue::{Delivery, QueueError, Receipt, ResultRouter, TaskQueue};
+use crate::queue::{Delivery, QueueError, Receipt, ResultRouter, ResultsInbox, TaskQueue};
 use crate::wire::{self, SQS_MAX_MESSAGE_BYTES};
 
 const SERVICE: &str = "SQS";
@@ -806,6 +806,23 @@ impl ResultRouter for SqsClient {
             .send_bodies(bodies)
             .await
             .map_err(queue_error)
+    }
+}
+
+/// A response queue, for the side that counts its results.
+impl ResultsInbox for SqsQueue {
+    async fn receive_results(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(wire::ResultsMessage, Receipt)>, QueueError> {
+        SqsQueue::receive_results(self, max, wait)
+            .await
+            .map_err(queue_error)
+    }
+
+    async fn ack_results(&self, receipts: Vec<Receipt>) -> Result<(), QueueError> {
+        self.delete_batch(receipts).await.map_err(queue_error)
     }
 }
 

@@ -1,13 +1,16 @@
 //! The task queue: where bundles wait for a worker.
 
 mod memory;
+mod responses;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use memory::MemoryQueue;
+pub use responses::{MemoryInbox, MemoryResponses};
 
 use crate::bundle::Bundle;
+use crate::wire::ResultsMessage;
 
 /// Identifies one delivery of a bundle, to acknowledge it once its results are out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,5 +75,23 @@ pub trait ResultRouter: Send + Sync + 'static {
         &self,
         reply_to: &str,
         bodies: Vec<String>,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// Where a batch's results arrive (its response queue), for the side that
+/// counts them: messages with receipts, deleted once counted, so that what a
+/// crash leaves undeleted comes back and is found counted already.
+pub trait ResultsInbox: Send + Sync + 'static {
+    /// Up to `max` results messages, waiting up to `wait` for the first.
+    fn receive_results(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<(ResultsMessage, Receipt)>, QueueError>> + Send;
+
+    /// Deletes counted messages.
+    fn ack_results(
+        &self,
+        receipts: Vec<Receipt>,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }

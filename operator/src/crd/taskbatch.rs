@@ -353,6 +353,12 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sizing: Option<BundleSizing>,
 
+    /// Tasks before this may be in the queue already: the runner reserves
+    /// ahead of each send. A restarted runner cuts them with `bundleSizing`
+    /// as recorded, whatever it learns meanwhile, so it resends what was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueue_horizon: Option<i64>,
+
     /// The latest observations of the batch's state, by type: `Accepted`
     /// (the spec is valid and its WorkerPool exists), `Suspended`, `Complete`,
     /// `Failed`.

@@ -23,6 +23,19 @@ pub enum BenchCommand {
     /// `cloudkon-worker` processes, dedup on and off: throughput, AWS requests
     /// per task by API, cost per million tasks.
     Sqs(crate::bench_sqs::SqsArgs),
+    /// The main path, `kubectl apply` of TaskBatches through the operator to
+    /// `cloudkon-worker`s, against `cloudkon submit` and `cloudkon run` of the
+    /// same tasks: runs `cloudkon-operator bench` (next to this binary) with
+    /// these arguments (`cloudkon bench taskbatch --help` shows them). Needs
+    /// a cluster and the AWS servers, e.g.
+    ///
+    ///   source "$(scripts/control-plane up)"; source "$(scripts/aws-servers up)"
+    ///   cloudkon bench taskbatch --only run,efficiency
+    #[command(disable_help_flag = true, verbatim_doc_comment)]
+    Taskbatch {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,7 +75,27 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Local(args) => local(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Animoto(args) => animoto(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Sqs(args) => crate::bench_sqs::run(&args).map(|()| ExitCode::SUCCESS),
+        BenchCommand::Taskbatch { args } => taskbatch(&args),
     }
+}
+
+fn taskbatch(args: &[std::ffi::OsString]) -> Result<ExitCode> {
+    let operator = std::env::current_exe()?.with_file_name("cloudkon-operator");
+    ensure!(
+        operator.exists(),
+        "{} not found: build it (cargo build --release -p cloudkon-operator)",
+        operator.display()
+    );
+    let status = Command::new(&operator)
+        .arg("bench")
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {}", operator.display()))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn local(args: &LocalArgs) -> Result<()> {

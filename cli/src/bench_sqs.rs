@@ -81,7 +81,7 @@ fn run_behind_proxy(args: &SqsArgs) -> Result<()> {
             .with_context(|| format!("{var}={url}: not host:port"))?
             .find(|a| a.ip().is_loopback())
             .with_context(|| format!("{var}={url}: the bench proxies loopback servers only"))?;
-        let proxy = runtime.block_on(crate::bench_proxy::start(upstream, delay))?;
+        let proxy = runtime.block_on(cloudkon_worker::delay_proxy::start(upstream, delay))?;
         command.env(var, format!("http://{proxy}"));
     }
     let status = command

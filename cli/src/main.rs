@@ -1,7 +1,6 @@
 //! `cloudkon`: run many-task workloads on this machine, or (later) in the cloud.
 
 mod bench;
-mod bench_proxy;
 mod bench_sqs;
 mod cmd_queue;
 mod cmd_run;

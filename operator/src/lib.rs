@@ -16,6 +16,7 @@ pub mod allowed_names;
 pub mod batch_reconciler;
 pub mod batch_record;
 pub mod batch_runner;
+pub mod bench;
 pub mod build;
 pub mod collected;
 pub mod context;

@@ -55,6 +55,16 @@ enum Command {
         #[arg(long, conflicts_with = "out_dir")]
         reference: bool,
     },
+    /// The main path's figures on this machine, side by side in one run
+    /// (what `cloudkon bench taskbatch` runs): TaskBatches through this
+    /// operator and `cloudkon-worker` processes on the host, against `cloudkon
+    /// submit` and `cloudkon run` of the same tasks. Needs a cluster and the
+    /// AWS servers:
+    ///
+    ///   source "$(scripts/control-plane up)"; source "$(scripts/aws-servers up)"
+    ///   cloudkon-operator bench --only run,efficiency
+    #[command(verbatim_doc_comment)]
+    Bench(Box<cloudkon_operator::bench::BenchArgs>),
     /// Reconcile TaskBatches and WorkerPools until SIGTERM. The cluster is
     /// found as kubectl finds it (KUBECONFIG, ~/.kube/config, or the pod's
     /// service account); AWS through the SDK's standard chain
@@ -148,6 +158,7 @@ fn main() -> ExitCode {
         }
         Command::Crd { out_dir, .. } => print_crds(out_dir),
         Command::Run(args) => run(*args),
+        Command::Bench(args) => cloudkon_operator::bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! CloudKon's workers: the executors, the slot pool that runs tasks through them,
 //! and the embedded engine (in-memory queue + pool) behind `cloudkon run`.
 
+pub mod delay_proxy;
 pub mod embedded;
 pub mod exec;
 pub mod logging;

@@ -1,4 +1,5 @@
-//! A delaying TCP proxy for benches: a cloud region's round trip in front of
+//! A delaying TCP proxy for benches (`cloudkon bench sqs`, `cloudkon bench
+//! taskbatch`): a cloud region's round trip in front of
 //! the local AWS servers (the kernel here has no netem). Every byte is held
 //! `delay` in each direction, without serialising what follows: each chunk is
 //! stamped when read and written when its time comes.

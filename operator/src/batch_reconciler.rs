@@ -182,7 +182,8 @@ async fn stop_runner(ctx: &Context, key: &str) {
     }
 }
 
-/// `results.s3Prefix` (or the operator's default) + `<namespace>/<name>/`.
+/// `results.s3Prefix` (or the operator's default) + `<namespace>/<name>/<uid>/`:
+/// a batch created again under the same name writes apart from the old one.
 fn results_location(ctx: &Context, batch: &TaskBatch) -> Option<S3Uri> {
     let prefix = batch
         .spec
@@ -195,9 +196,10 @@ fn results_location(ctx: &Context, batch: &TaskBatch) -> Option<S3Uri> {
         uri.key.push('/');
     }
     uri.key.push_str(&format!(
-        "{}/{}/",
+        "{}/{}/{}/",
         batch.namespace().unwrap_or_default(),
-        batch.name_any()
+        batch.name_any(),
+        batch.uid().unwrap_or_default()
     ));
     Some(uri)
 }

@@ -75,7 +75,7 @@ impl BatchRecord for KubeRecord {
 
     async fn load_collected(&self) -> Result<Option<String>, Error> {
         let cm_name = self.configmap_name();
-        Ok(self
+        let Some(cm) = self
             .configmaps
             .get_opt(&cm_name)
             .await
@@ -83,7 +83,23 @@ impl BatchRecord for KubeRecord {
                 "cannot read ConfigMap {}/{cm_name}",
                 self.namespace
             )))?
-            .and_then(|cm| cm.data?.remove(COLLECTED_KEY)))
+        else {
+            return Ok(None);
+        };
+        // Left by an earlier batch of the same name (deleted without its
+        // dependents): not this batch's results. Overwritten at the first flush.
+        let ours = cm
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == self.owner.uid);
+        if !ours {
+            tracing::info!(configmap = %cm_name, namespace = %self.namespace,
+                "collected ids of an earlier batch of this name: ignored");
+            return Ok(None);
+        }
+        Ok(cm.data.and_then(|mut d| d.remove(COLLECTED_KEY)))
     }
 
     async fn store_collected(&self, encoded: String) -> Result<(), Error> {

@@ -438,7 +438,13 @@ fn sleep0(rt: &tokio::runtime::Runtime, client: &Client, tasks: u64) -> Result<V
         json!({"results": {"s3Prefix": "s3://cloudkon-bench/r"}}),
     )?;
     // The results: every task once, in parts under the local S3's 10 MiB.
-    let prefix = format!("r/{}/zero/", stage.ns);
+    let location = stage
+        .get::<TaskBatch>("zero")?
+        .status
+        .unwrap_or_default()
+        .results;
+    let location = cloudkon_core::aws::S3Uri::parse(&location.context("no results location")?)?;
+    let prefix = location.key;
     let (mut parts, mut largest) = (0, 0);
     let mut seen = vec![false; tasks as usize];
     for part in 0.. {

@@ -259,7 +259,8 @@ fn the_examples_run_to_succeeded_with_host_workers() {
 
     // The results: one line per task, in S3.
     let location = status.results.unwrap();
-    let prefix = format!("batches/{}/sweep/", c.ns);
+    let uid = batch.metadata.uid.clone().unwrap();
+    let prefix = format!("batches/{}/sweep/{uid}/", c.ns);
     assert_eq!(location, format!("s3://cloudkon-results/{prefix}"));
     let ids = common::results_in_s3(&rt, "cloudkon-results", &prefix);
     assert_eq!(ids.len(), 2000, "tasks with a result line");
@@ -947,6 +948,50 @@ fn an_animoto_taskbatch_makes_videos_in_s3() {
         c.logs()
     );
     common::check_slideshows(&rt, bucket, &c.ns, c.dir.path());
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_batch_created_again_under_its_name_starts_afresh() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-again");
+    c.operator("operator.log", &[]);
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    c.workers(&queue, &table, 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(aws().s3().ensure_bucket("cloudkon-results"))
+        .unwrap();
+    let batch = |count: u32| {
+        format!(
+            "{}  results: {{s3Prefix: s3://cloudkon-results/again}}\n",
+            run_batch("again", "p", count, "true")
+        )
+    };
+    c.apply(&batch(50));
+    let first = c.wait_finished("again", Duration::from_secs(120));
+    // Deleted without its dependents: its collected-ids ConfigMap stays.
+    c.ok(&[
+        "delete",
+        "taskbatch",
+        "again",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ]);
+    c.ok(&["get", "configmap", "again-cloudkon-collected"]);
+    c.apply(&batch(80));
+    let second = c.wait_finished("again", Duration::from_secs(120));
+    let (a, b) = (first.status.unwrap(), second.status.unwrap());
+    assert_eq!(b.phase, Some(Phase::Succeeded), "{b:?}");
+    assert_eq!((b.counts.total, b.counts.succeeded), (80, 80), "{b:?}");
+    // Apart from the first one's results, every task of its own once.
+    let (first_at, second_at) = (a.results.unwrap(), b.results.unwrap());
+    assert_ne!(first_at, second_at);
+    let prefix = second_at.trim_start_matches("s3://cloudkon-results/");
+    let ids = common::results_in_s3(&rt, "cloudkon-results", prefix);
+    assert_eq!(ids.len(), 80, "{ids:?}");
+    assert!(ids.values().all(|&n| n == 1), "{ids:?}");
 }
 
 #[test]

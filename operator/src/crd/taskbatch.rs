@@ -279,7 +279,7 @@ pub struct RetryPolicy {
 pub struct ResultsSpec {
     /// An `s3://bucket/prefix`: the results, as JSON Lines (one object per
     /// task: id, attempt, status, exit code, output tails, timestamps,
-    /// artifact), go under `<prefix>/<namespace>/<name>/`.
+    /// artifact), go under `<prefix>/<namespace>/<name>/<uid>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3_prefix: Option<String>,
 }
@@ -337,7 +337,7 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
 
-    /// Where the results are: `s3://bucket/prefix/<namespace>/<name>/`.
+    /// Where the results are: `s3://bucket/prefix/<namespace>/<name>/<uid>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<String>,
 

@@ -49,9 +49,10 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
         .lease
         .clone()
         .map(|config| Elector::new(client.clone(), config));
+    let mut renewed = None;
     if let Some(e) = &elector {
         tokio::select! {
-            () = e.acquire() => {}
+            at = e.acquire() => renewed = Some(at),
             () = shutdown_signal() => return Ok(()),
         }
     }
@@ -126,9 +127,9 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
     tracing::info!(namespace = ?options.namespace, "controllers started");
 
     let lost = async {
-        match &elector {
-            Some(e) => Some(e.keep().await),
-            None => std::future::pending().await,
+        match (&elector, renewed) {
+            (Some(e), Some(at)) => Some(e.keep(at).await),
+            _ => std::future::pending().await,
         }
     };
     tokio::select! {
@@ -138,10 +139,22 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
             Ok(())
         }
         Some(e) = lost => {
+            // The controllers are dropped with this select; the batch runners
+            // are tasks of their own and must stop writing too, now.
+            stop_runners(&ctx);
             health.set(false);
             metrics.leader.set(0);
+            tracing::error!(error = %e, "lost leadership: standing down");
             Err(anyhow::Error::new(e).context("stopping: another operator may lead now"))
         }
+    }
+}
+
+/// Aborts every batch runner (they restart from their checkpoints under the
+/// next leader).
+fn stop_runners(ctx: &Context) {
+    for (_, runner) in ctx.runners.lock().expect("runner lock").drain() {
+        runner.task.abort();
     }
 }
 

@@ -625,6 +625,155 @@ fn two_operators_elect_one_leader_and_the_other_takes_over() {
     );
 }
 
+/// A TCP proxy on loopback that forwards bytes until told to stall; then it
+/// holds whatever arrives, both ways and on every connection (new ones too),
+/// like an API server that stops answering while its connections stay open.
+struct StallingProxy {
+    addr: std::net::SocketAddr,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl StallingProxy {
+    fn start(rt: &tokio::runtime::Runtime, upstream: std::net::SocketAddr) -> StallingProxy {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stalled, rx) = tokio::sync::watch::channel(false);
+        rt.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, rx.clone()),
+                        pump(server_read, client_write, rx)
+                    );
+                });
+            }
+        });
+        StallingProxy { addr, stalled }
+    }
+
+    fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        // Held, never forwarded, once stalled.
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_leader_whose_api_server_stalls_stands_down_before_another_takes_over() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-fence");
+    // Replica A reaches the API server through the proxy (the serving
+    // certificate is for 127.0.0.1, whatever the port); B directly.
+    let server = std::env::var("CLOUDKON_KUBE_SERVER").unwrap();
+    let upstream = server.trim_start_matches("https://").parse().unwrap();
+    let proxy = StallingProxy::start(&c.rt, upstream);
+    let kubeconfig = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap())
+        .unwrap()
+        .replace(&server, &format!("https://{}", proxy.addr));
+    let proxied = c.dir.path().join("kubeconfig-proxied");
+    std::fs::write(&proxied, kubeconfig).unwrap();
+
+    let lease_name = unique("lease");
+    let ns = c.ns.clone();
+    let args = [
+        "--leader-elect",
+        "--lease-namespace",
+        &ns,
+        "--lease-name",
+        &lease_name,
+        "--lease-duration",
+        "5s",
+    ];
+    let holder = |c: &Cluster| -> Option<String> {
+        c.rt.block_on(c.api::<Lease>().get_opt(&lease_name))
+            .unwrap()?
+            .spec?
+            .holder_identity
+    };
+    c.env
+        .push(("KUBECONFIG".into(), proxied.display().to_string()));
+    let a = c.operator("a.log", &[&args[..], &["--identity", "op-a"]].concat());
+    c.env.clear();
+    c.wait_for("op-a to lead", Duration::from_secs(20), |c| {
+        holder(c).filter(|h| h == "op-a")
+    });
+    c.operator("b.log", &[&args[..], &["--identity", "op-b"]].concat());
+    c.wait_for("op-b to follow", Duration::from_secs(20), |c| {
+        c.log("b.log")
+            .contains("another operator leads")
+            .then_some(())
+    });
+    // A acts: its pool gets a queue and a status.
+    c.apply(&scaling_pool("p", 1, 300));
+    c.queue_url("p");
+
+    // A's API server stops answering: A must stop before B can take over.
+    let stalled_at = Instant::now();
+    proxy.stall();
+    let mut a_stopped = None;
+    let mut b_leads = None;
+    while b_leads.is_none() || a_stopped.is_none() {
+        assert!(
+            stalled_at.elapsed() < Duration::from_secs(30),
+            "A stopped after {a_stopped:?}, B leads after {b_leads:?}\n{}",
+            c.logs()
+        );
+        if a_stopped.is_none() && c.children[a].try_wait().unwrap().is_some() {
+            a_stopped = Some(stalled_at.elapsed());
+        }
+        if b_leads.is_none() && holder(&c).as_deref() == Some("op-b") {
+            b_leads = Some(stalled_at.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (a_stopped, b_leads) = (a_stopped.unwrap(), b_leads.unwrap());
+    println!(
+        "lease 5 s: op-a stood down {} ms after its API server stalled, op-b led after {} ms ({} ms later)",
+        a_stopped.as_millis(),
+        b_leads.as_millis(),
+        b_leads.as_millis() as i128 - a_stopped.as_millis() as i128
+    );
+    assert!(
+        a_stopped < b_leads,
+        "two leaders at once: op-b leads {b_leads:?} after the stall, op-a ran until {a_stopped:?}\n{}",
+        c.logs()
+    );
+    assert!(c.log("a.log").contains("lost leadership"), "{}", c.logs());
+    // B now acts on the pool A left.
+    c.wait_for("op-b to reconcile", Duration::from_secs(20), |c| {
+        c.log("b.log").contains("controllers started").then_some(())
+    });
+}
+
 /// The pool's running and pending instances in moto.
 fn pool_instances(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, tag: &str) -> usize {
     use aws_sdk_ec2::types::Filter;

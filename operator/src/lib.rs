@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod operator;
 pub mod pool_reconciler;
 pub mod provider;
+pub mod retry_delays;
 pub mod scale;
 pub mod shares;
 pub mod sizing;

@@ -77,6 +77,7 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
         runners: Mutex::new(HashMap::new()),
         shares: Default::default(),
         wake_pool: wake_tx,
+        cleanup_retries: Default::default(),
     });
 
     let (pools, batches, deployments): (Api<WorkerPool>, Api<TaskBatch>, Api<Deployment>) =
@@ -183,6 +184,10 @@ fn error_policy<K>(obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
 where
     K: kube::ResourceExt,
 {
+    if let Error::CleanupFailed { retry_in, .. } = error {
+        tracing::warn!(object = %obj.name_any(), %error, "cleanup failed");
+        return Action::requeue(*retry_in);
+    }
     tracing::warn!(object = %obj.name_any(), %error, "reconcile failed; retrying in 2 s");
     Action::requeue(Duration::from_secs(2))
 }

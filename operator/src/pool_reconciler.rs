@@ -56,7 +56,7 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .await
-    .map_err(|e| Error::Other(format!("WorkerPool {ns}: {e}")))
+    .map_err(|e| Error::from_finalizer(&format!("WorkerPool {ns}"), e))
 }
 
 fn uid(pool: &WorkerPool) -> String {
@@ -480,7 +480,49 @@ async fn write_status(
     Ok(())
 }
 
+/// The finalizer: releases the fleet and deletes the queues. What is already
+/// gone (a group, node group or queue deleted behind the pool's back) counts
+/// as done; any other failure keeps the finalizer, is reported in the
+/// `CleanupFailed` condition and an Event, and is retried with growing delays.
 async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
+    let key = uid(pool);
+    match release(pool, ctx).await {
+        Ok(()) => {
+            ctx.cleanup_retries.succeeded(&key);
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            let retry_in = ctx.cleanup_retries.failed(&key);
+            let message = e.to_string();
+            report_cleanup_failure(pool, ctx, &message).await;
+            Err(Error::CleanupFailed { message, retry_in })
+        }
+    }
+}
+
+async fn report_cleanup_failure(pool: &WorkerPool, ctx: &Context, message: &str) {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = pool.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let update = status::ConditionUpdate::new(
+        status::pool_condition::CLEANUP_FAILED,
+        true,
+        "CleanupFailed",
+        message.to_string(),
+    );
+    let now = Time(Timestamp::now());
+    if set_condition(&mut st.conditions, &update, pool.metadata.generation, &now) {
+        ctx.event(pool, true, "CleanupFailed", message.to_string())
+            .await;
+    }
+    if let Err(e) = write_status(&api, &name, &old, &st).await {
+        tracing::warn!(pool = %format!("{ns}/{name}"), error = %e, "cannot report the failed cleanup");
+    }
+}
+
+async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let memory = ctx
@@ -506,19 +548,25 @@ async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .map(Arc::new),
     };
     if let Some(fleet) = fleet {
-        fleet
-            .delete_all()
-            .await
-            .map_err(|e| Error::Other(format!("WorkerPool {ns}/{name}: {e}")))?;
+        match fleet.delete_all().await {
+            Ok(()) => {}
+            // Nothing left to scale down.
+            Err(e) if e.is_not_found() => {
+                tracing::info!(pool = %format!("{ns}/{name}"), error = %e, "the fleet is already gone");
+            }
+            Err(e) => return Err(Error::Other(format!("cannot release the workers: {e}"))),
+        }
     }
-    let spec = pool.spec.queue.clone().unwrap_or_default();
-    if spec.deletion_policy != Some(DeletionPolicy::Retain) {
-        let queue_name = build::queue_name(&ns, &name, spec.name.as_deref());
+    if spec_queue.deletion_policy != Some(DeletionPolicy::Retain) {
         for q in [format!("{queue_name}-dlq"), queue_name] {
-            match ctx.sqs.open(&q).await {
-                Ok(queue) => queue.delete().await?,
+            let deleted = match ctx.sqs.open(&q).await {
+                Ok(queue) => queue.delete().await,
+                Err(e) => Err(e),
+            };
+            match deleted {
+                Ok(()) => {}
                 Err(e) if e.kind == cloudkon_core::aws::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Error::Other(format!("cannot delete queue {q}: {e}"))),
             }
         }
         ctx.event(
@@ -530,5 +578,5 @@ async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     // The Deployment goes with its owner (garbage collection).
-    Ok(Action::await_change())
+    Ok(())
 }

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::WorkerHeartbeat;
 use cloudkon_core::aws::{Aws, ErrorKind};
-use cloudkon_operator::crd::TaskBatch;
 use cloudkon_operator::crd::taskbatch::Phase;
+use cloudkon_operator::crd::{TaskBatch, WorkerPool};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use nix::sys::signal::{Signal, kill};
@@ -625,23 +625,37 @@ fn two_operators_elect_one_leader_and_the_other_takes_over() {
     );
 }
 
-/// A TCP proxy on loopback that forwards bytes until told to stall; then it
-/// holds whatever arrives, both ways and on every connection (new ones too),
-/// like an API server that stops answering while its connections stay open.
-struct StallingProxy {
-    addr: std::net::SocketAddr,
-    stalled: tokio::sync::watch::Sender<bool>,
+/// What a [`Proxy`] does with the bytes it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProxyMode {
+    Forward,
+    /// Holds whatever arrives, both ways and on every connection (new ones
+    /// too): a server that stops answering while its connections stay open.
+    Stall,
+    /// Closes every connection as soon as it is opened or used: a server
+    /// that is down.
+    Refuse,
 }
 
-impl StallingProxy {
-    fn start(rt: &tokio::runtime::Runtime, upstream: std::net::SocketAddr) -> StallingProxy {
+/// A TCP proxy on loopback in front of one server, switched between
+/// [`ProxyMode`]s by the test.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    mode: tokio::sync::watch::Sender<ProxyMode>,
+}
+
+impl Proxy {
+    fn start(rt: &tokio::runtime::Runtime, upstream: std::net::SocketAddr) -> Proxy {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stalled, rx) = tokio::sync::watch::channel(false);
+        let (mode, rx) = tokio::sync::watch::channel(ProxyMode::Forward);
         rt.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if *rx.borrow() == ProxyMode::Refuse {
+                    continue;
+                }
                 let rx = rx.clone();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
@@ -656,18 +670,26 @@ impl StallingProxy {
                 });
             }
         });
-        StallingProxy { addr, stalled }
+        Proxy { addr, mode }
     }
 
-    fn stall(&self) {
-        self.stalled.send_replace(true);
+    /// `url` (`scheme://host:port`) with this proxy's address instead.
+    fn in_front_of(rt: &tokio::runtime::Runtime, url: &str) -> (Proxy, String) {
+        let (scheme, upstream) = url.trim_end_matches('/').split_once("://").unwrap();
+        let proxy = Proxy::start(rt, upstream.parse().unwrap());
+        let proxied = format!("{scheme}://{}", proxy.addr);
+        (proxy, proxied)
+    }
+
+    fn set(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
     }
 }
 
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut stalled: tokio::sync::watch::Receiver<bool>,
+    mut mode: tokio::sync::watch::Receiver<ProxyMode>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -679,8 +701,11 @@ async fn pump(
             }
             Ok(n) => n,
         };
-        // Held, never forwarded, once stalled.
-        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+        // Held, never forwarded, while stalled; dropped when refusing.
+        let Ok(now) = mode.wait_for(|m| *m != ProxyMode::Stall).await.map(|m| *m) else {
+            return;
+        };
+        if now == ProxyMode::Refuse || to.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
@@ -694,11 +719,10 @@ fn a_leader_whose_api_server_stalls_stands_down_before_another_takes_over() {
     // Replica A reaches the API server through the proxy (the serving
     // certificate is for 127.0.0.1, whatever the port); B directly.
     let server = std::env::var("CLOUDKON_KUBE_SERVER").unwrap();
-    let upstream = server.trim_start_matches("https://").parse().unwrap();
-    let proxy = StallingProxy::start(&c.rt, upstream);
+    let (proxy, proxied_server) = Proxy::in_front_of(&c.rt, &server);
     let kubeconfig = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap())
         .unwrap()
-        .replace(&server, &format!("https://{}", proxy.addr));
+        .replace(&server, &proxied_server);
     let proxied = c.dir.path().join("kubeconfig-proxied");
     std::fs::write(&proxied, kubeconfig).unwrap();
 
@@ -738,7 +762,7 @@ fn a_leader_whose_api_server_stalls_stands_down_before_another_takes_over() {
 
     // A's API server stops answering: A must stop before B can take over.
     let stalled_at = Instant::now();
-    proxy.stall();
+    proxy.set(ProxyMode::Stall);
     let mut a_stopped = None;
     let mut b_leads = None;
     while b_leads.is_none() || a_stopped.is_none() {
@@ -867,6 +891,159 @@ spec:
     });
     let events = c.ok(&["get", "events.events.k8s.io"]);
     assert!(events.contains("ScaledDown"), "{events}");
+}
+
+/// A pool's condition of that type: (status, reason, message).
+fn pool_condition(c: &Cluster, pool: &str, type_: &str) -> Option<(String, String, String)> {
+    let p =
+        c.rt.block_on(c.api::<WorkerPool>().get_opt(pool))
+            .unwrap()?;
+    let x = p
+        .status?
+        .conditions
+        .into_iter()
+        .find(|x| x.type_ == type_)?;
+    Some((x.status, x.reason, x.message))
+}
+
+fn pool_gone(c: &Cluster, pool: &str) -> Option<()> {
+    c.rt.block_on(c.api::<WorkerPool>().get_opt(pool))
+        .unwrap()
+        .is_none()
+        .then_some(())
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn workerpools_are_deleted_when_their_fleet_is_gone_and_a_failing_cleanup_is_reported() {
+    let _serial = serial();
+    assert!(
+        std::env::var_os("AWS_ENDPOINT_URL_AUTO_SCALING").is_some(),
+        "AWS_ENDPOINT_URL_AUTO_SCALING is not set: run scripts/test"
+    );
+    let mut c = Cluster::new("e2e-cleanup");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let aws = rt.block_on(Aws::load());
+    let sdk = aws.sdk_config().clone();
+    // The operator reaches SQS through a proxy the test can turn off.
+    let (sqs, sqs_url) = Proxy::in_front_of(&c.rt, &std::env::var("AWS_ENDPOINT_URL_SQS").unwrap());
+    c.env.push(("AWS_ENDPOINT_URL_SQS".into(), sqs_url));
+    c.operator("operator.log", &[]);
+
+    // An Auto Scaling group deleted behind the pool's back.
+    let group = unique("cloudkon-asg");
+    let template = format!("{group}-lt");
+    rt.block_on(
+        aws_sdk_ec2::Client::new(&sdk)
+            .create_launch_template()
+            .launch_template_name(&template)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id("ami-03cf127a")
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    let autoscaling = aws_sdk_autoscaling::Client::new(&sdk);
+    rt.block_on(
+        autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(&group)
+            .launch_template(
+                aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                    .launch_template_name(&template)
+                    .build(),
+            )
+            .min_size(0)
+            .max_size(2)
+            .desired_capacity(0)
+            .availability_zones("us-east-1a")
+            .send(),
+    )
+    .unwrap();
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: WorkerPool
+metadata: {{name: asg}}
+spec:
+  workers: {{min: 0, max: 2}}
+  template: {{threads: 1}}
+  provider: {{type: AutoScalingGroup, autoScalingGroup: {{name: {group}}}}}
+"#
+    ));
+    c.queue_url("asg");
+    rt.block_on(
+        autoscaling
+            .delete_auto_scaling_group()
+            .auto_scaling_group_name(&group)
+            .force_delete(true)
+            .send(),
+    )
+    .unwrap();
+    // And an EKS node group that never existed.
+    c.apply(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: WorkerPool
+metadata: {name: eks}
+spec:
+  workers: {min: 0, max: 2}
+  template: {threads: 1}
+  provider: {type: EksNodegroup, eksNodegroup: {cluster: nowhere, nodegroup: cloudkon-none}}
+"#,
+    );
+    // Its reconciles fail (no such node group), but it has a finalizer and a queue.
+    c.wait_for("the eks pool's finalizer", Duration::from_secs(30), |c| {
+        let p = c.pool("eks");
+        p.metadata.finalizers.filter(|f| !f.is_empty())
+    });
+    c.wait_for("the eks pool's queue", Duration::from_secs(30), |c| {
+        c.log("operator.log")
+            .contains("DescribeNodegroup")
+            .then_some(())
+    });
+    let started = Instant::now();
+    c.ok(&["delete", "workerpool", "asg", "eks", "--wait=false"]);
+    c.wait_for("both pools gone", Duration::from_secs(30), |c| {
+        pool_gone(c, "asg").and(pool_gone(c, "eks"))
+    });
+    println!(
+        "pools whose group is gone: deleted in {} ms",
+        started.elapsed().as_millis()
+    );
+    let sqs_client = aws.sqs();
+    for q in ["asg", "eks"] {
+        let name = format!("cloudkon-{}_{q}", c.ns);
+        let gone = rt.block_on(sqs_client.open(&name));
+        assert!(
+            matches!(&gone, Err(e) if e.kind == ErrorKind::NotFound),
+            "{name} still there: {gone:?}"
+        );
+    }
+
+    // SQS down while a pool is deleted: the failure is in a condition and an
+    // Event, retried with growing delays; once SQS is back the pool goes.
+    c.apply(&scaling_pool("q", 1, 300));
+    c.queue_url("q");
+    sqs.set(ProxyMode::Refuse);
+    c.ok(&["delete", "workerpool", "q", "--wait=false"]);
+    let (_, reason, message) = c.wait_for("CleanupFailed=True", Duration::from_secs(30), |c| {
+        pool_condition(c, "q", "CleanupFailed").filter(|x| x.0 == "True")
+    });
+    println!("while SQS is down: CleanupFailed {reason}: {message}");
+    assert!(message.contains("cannot delete queue"), "{message}");
+    let events = c.ok(&["get", "events.events.k8s.io"]);
+    assert!(events.contains("CleanupFailed"), "{events}");
+    sqs.set(ProxyMode::Forward);
+    c.wait_for(
+        "pool q gone once SQS is back",
+        Duration::from_secs(30),
+        |c| pool_gone(c, "q"),
+    );
+    let log = c.log("operator.log");
+    assert!(log.contains("retrying in"), "{log}");
 }
 
 fn condition(b: &TaskBatch, type_: &str) -> Option<(String, String, String)> {

@@ -30,5 +30,6 @@ pub mod scale;
 pub mod shares;
 pub mod sizing;
 pub mod status;
+pub mod triggers;
 pub mod validate;
 pub mod window;

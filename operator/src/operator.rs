@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 
 use crate::context::{Context, Error, MANAGER, Settings};
@@ -94,7 +94,21 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
             ),
         };
 
-    let pool_controller = Controller::new(pools, watcher::Config::default())
+    // Status-only changes wake no reconciler (see triggers.rs).
+    let (pool_store, pool_writer) = reflector::store();
+    let pool_events = watcher(pools, watcher::Config::default())
+        .default_backoff()
+        .reflect(pool_writer)
+        .applied_objects()
+        .predicate_filter(crate::triggers::workerpool, Default::default());
+    let (batch_store, batch_writer) = reflector::store();
+    let batch_events = watcher(batches, watcher::Config::default())
+        .default_backoff()
+        .reflect(batch_writer)
+        .applied_objects()
+        .predicate_filter(crate::triggers::taskbatch, Default::default());
+
+    let pool_controller = Controller::for_stream(pool_events, pool_store)
         .owns(
             deployments,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=cloudkon-operator"),
@@ -113,7 +127,7 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
                 tracing::debug!(error = %e, "workerpool reconcile");
             }
         });
-    let batch_controller = Controller::new(batches, watcher::Config::default())
+    let batch_controller = Controller::for_stream(batch_events, batch_store)
         .graceful_shutdown_on(shutdown_signal())
         .run(
             timed("taskbatch", batch_reconciler::reconcile),

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use cloudkon_core::aws::{QueueOptions, SqsQueue};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -44,6 +44,32 @@ pub struct PoolMemory {
     applied_generation: Option<i64>,
     /// The EC2 fleet, for pools whose provider is not a Deployment.
     ec2: Option<Arc<Ec2Provider>>,
+    /// When the status was last written (see [`status_due`]).
+    status_written: Option<Instant>,
+}
+
+/// A pool's figures (backlog, workers, work) are written at most this often;
+/// a change of conditions, generation or queue at once.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether `new` is worth a write now: something a reader acts on changed, or
+/// the figures changed and the last write is `STATUS_EVERY` old.
+fn status_due(
+    old: &WorkerPoolStatus,
+    new: &WorkerPoolStatus,
+    written: Option<Instant>,
+    now: Instant,
+) -> bool {
+    if old == new {
+        return false;
+    }
+    let significant = old.conditions != new.conditions
+        || old.observed_generation != new.observed_generation
+        || old.queue_url != new.queue_url
+        || old.dead_letter_queue_url != new.dead_letter_queue_url
+        || old.selector != new.selector
+        || old.desired_replicas != new.desired_replicas;
+    significant || written.is_none_or(|t| now.duration_since(t) >= STATUS_EVERY)
 }
 
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -260,7 +286,26 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .ready_workers
         .get_or_create(&labels)
         .set(i64::from(workers.ready));
-    write_status(&api, &name, &old, &st).await?;
+    // Figures only: at most one write a second (the next poll writes what is
+    // held back now).
+    let written = ctx
+        .pools
+        .lock()
+        .expect("pool memory lock")
+        .get(&uid(pool))
+        .and_then(|m| m.status_written);
+    let now = Instant::now();
+    if status_due(&old, &st, written, now) {
+        write_status(&api, &name, &old, &st).await?;
+        if let Some(m) = ctx
+            .pools
+            .lock()
+            .expect("pool memory lock")
+            .get_mut(&uid(pool))
+        {
+            m.status_written = Some(now);
+        }
+    }
     Ok(Action::requeue(ctx.settings.poll))
 }
 
@@ -579,4 +624,32 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
     }
     // The Deployment goes with its owner (garbage collection).
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_written_at_most_once_a_second_and_conditions_at_once() {
+        let t0 = Instant::now();
+        let old = WorkerPoolStatus::default();
+        let mut figures = old.clone();
+        figures.backlog = 7;
+        assert!(!status_due(&old, &old, None, t0), "nothing changed");
+        assert!(status_due(&old, &figures, None, t0), "never written");
+        assert!(!status_due(
+            &old,
+            &figures,
+            Some(t0),
+            t0 + Duration::from_millis(400)
+        ));
+        assert!(status_due(&old, &figures, Some(t0), t0 + STATUS_EVERY));
+        let mut generation = figures.clone();
+        generation.observed_generation = Some(2);
+        assert!(status_due(&old, &generation, Some(t0), t0));
+        let mut desired = old.clone();
+        desired.desired_replicas = 3;
+        assert!(status_due(&old, &desired, Some(t0), t0));
+    }
 }

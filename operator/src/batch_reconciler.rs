@@ -40,7 +40,7 @@ pub async fn reconcile(batch: Arc<TaskBatch>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .await
-    .map_err(|e| Error::Other(format!("TaskBatch {ns}: {e}")))
+    .map_err(|e| Error::from_finalizer(&format!("TaskBatch {ns}"), e))
 }
 
 fn uid(batch: &TaskBatch) -> String {
@@ -416,7 +416,49 @@ async fn write_cancel_mark(
         .map_err(|e| Error::Other(format!("cannot cancel in ledger table {table}: {e}")))
 }
 
+/// The finalizer: stops the runner, marks an unfinished batch cancelled,
+/// deletes the response queue. A queue already gone counts as done; any other
+/// failure keeps the finalizer, is reported in the `CleanupFailed` condition
+/// and an Event, and is retried with growing delays.
 async fn cleanup(batch: &TaskBatch, ctx: &Context) -> Result<Action, Error> {
+    let key = uid(batch);
+    match release(batch, ctx).await {
+        Ok(()) => {
+            ctx.cleanup_retries.succeeded(&key);
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            let retry_in = ctx.cleanup_retries.failed(&key);
+            let message = e.to_string();
+            report_cleanup_failure(batch, ctx, &message).await;
+            Err(Error::CleanupFailed { message, retry_in })
+        }
+    }
+}
+
+async fn report_cleanup_failure(batch: &TaskBatch, ctx: &Context, message: &str) {
+    let ns = batch.namespace().unwrap_or_default();
+    let name = batch.name_any();
+    let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = batch.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let update = status::ConditionUpdate::new(
+        status::batch_condition::CLEANUP_FAILED,
+        true,
+        "CleanupFailed",
+        message.to_string(),
+    );
+    let now = Time(Timestamp::now());
+    if set_condition(&mut st.conditions, &update, batch.metadata.generation, &now) {
+        ctx.event(batch, true, "CleanupFailed", message.to_string())
+            .await;
+    }
+    if let Err(e) = write_conditions(&api, &name, &old, &st).await {
+        tracing::warn!(batch = %format!("{ns}/{name}"), error = %e, "cannot report the failed cleanup");
+    }
+}
+
+async fn release(batch: &TaskBatch, ctx: &Context) -> Result<(), Error> {
     stop_runner(ctx, &uid(batch)).await;
     // Deleted before it finished: its tasks still in the pool's queue, or in
     // bundles workers run, must not run for nobody (their results would be
@@ -441,11 +483,15 @@ async fn cleanup(batch: &TaskBatch, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let queue = build::response_queue_name(&uid(batch));
-    match ctx.sqs.open(&queue).await {
-        Ok(q) => q.delete().await?,
+    let deleted = match ctx.sqs.open(&queue).await {
+        Ok(q) => q.delete().await,
+        Err(e) => Err(e),
+    };
+    match deleted {
+        Ok(()) => {}
         Err(e) if e.kind == ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Error::Other(format!("cannot delete queue {queue}: {e}"))),
     }
     // The collected-ids ConfigMap goes with its owner (garbage collection).
-    Ok(Action::await_change())
+    Ok(())
 }

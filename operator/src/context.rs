@@ -63,6 +63,8 @@ pub struct Context {
     pub shares: Arc<crate::shares::Shares>,
     /// Wakes a pool's reconciler at once (a batch just enqueued tasks).
     pub wake_pool: UnboundedSender<ObjectRef<WorkerPool>>,
+    /// Per object (by uid): failed cleanups in a row, for growing retries.
+    pub cleanup_retries: crate::retry_delays::RetryDelays,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,21 @@ pub enum Error {
     Build(#[from] crate::build::BuildError),
     #[error("{0}")]
     Other(String),
+    /// A finalizer's cleanup failed (reported in the object's
+    /// `CleanupFailed` condition); retried after `retry_in`.
+    #[error("cleanup failed (retrying in {retry_in:?}): {message}")]
+    CleanupFailed { message: String, retry_in: Duration },
+}
+
+impl Error {
+    /// Unwraps a finalizer's error: a failed cleanup keeps its retry delay;
+    /// anything else becomes `Other`, prefixed with `what`.
+    pub fn from_finalizer(what: &str, e: kube::runtime::finalizer::Error<Error>) -> Error {
+        match e {
+            kube::runtime::finalizer::Error::CleanupFailed(e @ Error::CleanupFailed { .. }) => e,
+            e => Error::Other(format!("{what}: {e}")),
+        }
+    }
 }
 
 impl Error {

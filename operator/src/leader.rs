@@ -1,13 +1,19 @@
 //! Leader election with a `coordination.k8s.io` Lease, as client-go does it:
 //! the holder renews the lease every `renew_every`; another candidate takes it
-//! over once it has not been renewed for `lease_duration`. Every write is a
-//! replace conditional on the `resourceVersion` read, so two candidates can
-//! never both believe they won the same term.
+//! over once it has seen the same lease record, unrenewed, for
+//! `lease_duration` by its own clock. Every write is a replace conditional on
+//! the `resourceVersion` read, so two candidates can never both believe they
+//! won the same term.
 //!
-//! Only the leader runs the reconcilers. A leader that cannot renew in time
-//! stops (the process exits and is restarted as a candidate) rather than risk
-//! two operators enqueuing the same batch.
+//! Only the leader runs the reconcilers, and it must stop before anyone else
+//! can start: [`Elector::keep`] gives up `margin` (one renewal period) before
+//! `lease_duration` has passed since the *start* of its last successful
+//! renewal, measured on the local monotonic clock, and every renewal is cut
+//! off at that point, so an API server that stops answering cannot hold the
+//! leader in a pending request past its lease. Wall clocks are never
+//! compared: a candidate counts the lease's age from when it saw the record.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -15,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use tokio::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
@@ -24,6 +31,15 @@ pub struct LeaseConfig {
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_every: Duration,
+}
+
+impl LeaseConfig {
+    /// How long after the start of its last successful renewal a leader
+    /// stops: the lease duration less one renewal period, the margin that
+    /// covers stopping itself and clocks that run at slightly different rates.
+    pub fn hold_for(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.renew_every)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +71,31 @@ pub enum Attempt {
     Following { holder: String },
 }
 
+/// Another holder's lease record as this candidate saw it: the record (its
+/// resourceVersion) and when it was first seen, on the local monotonic clock.
+#[derive(Debug, Default)]
+struct Observed {
+    record: Option<(String, Instant)>,
+}
+
+impl Observed {
+    /// Whether the record has stayed the same for `duration` since this
+    /// candidate first saw it. A new record starts the count again.
+    fn expired(&mut self, record: &str, duration: Duration, now: Instant) -> bool {
+        match &self.record {
+            Some((seen, since)) if seen == record => now.duration_since(*since) >= duration,
+            _ => {
+                self.record = Some((record.to_string(), now));
+                false
+            }
+        }
+    }
+}
+
 pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
+    observed: Mutex<Observed>,
 }
 
 impl Elector {
@@ -65,6 +103,7 @@ impl Elector {
         Elector {
             api: Api::namespaced(client, &config.namespace),
             config,
+            observed: Mutex::new(Observed::default()),
         }
     }
 
@@ -73,6 +112,15 @@ impl Elector {
             namespace: self.config.namespace.clone(),
             name: self.config.name.clone(),
             source,
+        }
+    }
+
+    fn lost(&self, since: Duration, last: String) -> LeaderError {
+        LeaderError::Lost {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+            since,
+            last,
         }
     }
 
@@ -108,11 +156,24 @@ impl Elector {
                 Err(e) => Err(self.err(e)),
             };
         };
+        let record = lease.metadata.resource_version.clone().unwrap_or_default();
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let ours = holder == self.config.identity;
-        if !ours && !holder.is_empty() && !expired(spec, now) {
-            return Ok(Attempt::Following { holder });
+        if !ours && !holder.is_empty() {
+            // The holder's own duration, as it promised to keep to it.
+            let duration = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(self.config.lease_duration, Duration::from_secs);
+            let expired = self.observed.lock().expect("observed lease lock").expired(
+                &record,
+                duration,
+                Instant::now(),
+            );
+            if !expired {
+                return Ok(Attempt::Following { holder });
+            }
         }
         if !ours {
             spec.holder_identity = Some(self.config.identity.clone());
@@ -149,93 +210,104 @@ impl Elector {
         Ok(Attempt::Following { holder })
     }
 
-    /// Waits until this candidate leads.
-    pub async fn acquire(&self) {
+    /// Waits until this candidate leads; returns when the winning attempt
+    /// started, which is where [`Elector::keep`] counts the lease from.
+    pub async fn acquire(&self) -> Instant {
         let mut last_holder = None;
         loop {
-            match self.try_acquire().await {
-                Ok(Attempt::Leading) => {
+            let started = Instant::now();
+            // An attempt that hangs must not make a leader of us long after
+            // the lease it wrote began: it is cut off, and the lease counted
+            // from its start.
+            match tokio::time::timeout(self.config.hold_for(), self.try_acquire()).await {
+                Ok(Ok(Attempt::Leading)) => {
                     tracing::info!(identity = %self.config.identity, lease = %self.config.name, "leading");
-                    return;
+                    return started;
                 }
-                Ok(Attempt::Following { holder }) => {
+                Ok(Ok(Attempt::Following { holder })) => {
                     if last_holder.as_ref() != Some(&holder) {
                         tracing::info!(%holder, "another operator leads; waiting");
                         last_holder = Some(holder);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "leader election"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election"),
+                Err(_) => tracing::warn!("leader election: the API server did not answer in time"),
             }
             tokio::time::sleep(self.config.renew_every).await;
         }
     }
 
-    /// Renews the lease until it cannot: returns the reason leadership was
-    /// lost (someone else holds it, or no renewal succeeded within the lease
-    /// duration minus one renewal period, which leaves the next leader a
-    /// clean hand-over).
-    pub async fn keep(&self) -> LeaderError {
-        let mut last_ok = tokio::time::Instant::now();
-        let deadline = self
-            .config
-            .lease_duration
-            .saturating_sub(self.config.renew_every);
+    /// Renews the lease (held since `renewed`, the start of the attempt that
+    /// won it) until it cannot, and returns why: someone else holds it, or no
+    /// renewal succeeded within [`LeaseConfig::hold_for`] of the start of the
+    /// last successful one. Returns by that deadline even when the API server
+    /// does not answer at all: a pending renewal is abandoned, so the caller
+    /// stops acting before another candidate can take the lease.
+    pub async fn keep(&self, mut renewed: Instant) -> LeaderError {
+        let renew_every = self.config.renew_every;
+        let retry_every = (renew_every / 2).max(Duration::from_millis(100));
+        let mut next = renewed + renew_every;
+        let mut last = "none".to_string();
         loop {
-            tokio::time::sleep(self.config.renew_every).await;
-            let last = match self.try_acquire().await {
-                Ok(Attempt::Leading) => {
-                    last_ok = tokio::time::Instant::now();
-                    continue;
-                }
-                Ok(Attempt::Following { holder }) => format!("{holder:?} holds the lease"),
-                Err(e) => e.to_string(),
-            };
-            let since = last_ok.elapsed();
-            if since >= deadline || last.contains("holds the lease") {
-                return LeaderError::Lost {
-                    namespace: self.config.namespace.clone(),
-                    name: self.config.name.clone(),
-                    since,
-                    last,
-                };
+            let deadline = renewed + self.config.hold_for();
+            tokio::time::sleep_until(next.min(deadline)).await;
+            if Instant::now() >= deadline {
+                return self.lost(renewed.elapsed(), last);
             }
-            tracing::warn!(error = %last, "could not renew the lease; retrying");
+            let started = Instant::now();
+            match tokio::time::timeout_at(deadline, self.try_acquire()).await {
+                Ok(Ok(Attempt::Leading)) => {
+                    renewed = started;
+                    next = started + renew_every;
+                }
+                Ok(Ok(Attempt::Following { holder })) => {
+                    return self.lost(renewed.elapsed(), format!("{holder:?} holds the lease"));
+                }
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    tracing::warn!(error = %last, "could not renew the lease; retrying");
+                    next = Instant::now() + retry_every;
+                }
+                Err(_) => {
+                    let since = renewed.elapsed();
+                    return self.lost(
+                        since,
+                        format!("a renewal was still unanswered {since:?} after the last success"),
+                    );
+                }
+            }
         }
     }
-}
-
-/// Whether a lease has not been renewed within its duration.
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let Some(renewed) = spec.renew_time.as_ref() else {
-        return true;
-    };
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    let age = now.as_second() - renewed.0.as_second();
-    age >= duration
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec(renewed_secs_ago: i64, duration: i32) -> LeaseSpec {
-        let now = Timestamp::now().as_second();
-        LeaseSpec {
-            renew_time: Some(MicroTime(
-                Timestamp::from_second(now - renewed_secs_ago).unwrap(),
-            )),
-            lease_duration_seconds: Some(duration),
-            ..LeaseSpec::default()
-        }
+    #[test]
+    fn a_lease_expires_once_its_record_went_unchanged_for_its_duration() {
+        let t0 = Instant::now();
+        let d = Duration::from_secs(15);
+        let mut seen = Observed::default();
+        // However old its renewTime, a record first seen now is counted from now.
+        assert!(!seen.expired("1", d, t0));
+        assert!(!seen.expired("1", d, t0 + Duration::from_secs(14)));
+        assert!(seen.expired("1", d, t0 + d));
+        // A renewal (a new resourceVersion) starts the count again.
+        assert!(!seen.expired("2", d, t0 + Duration::from_secs(20)));
+        assert!(!seen.expired("2", d, t0 + Duration::from_secs(34)));
+        assert!(seen.expired("2", d, t0 + Duration::from_secs(35)));
     }
 
     #[test]
-    fn a_lease_expires_after_its_duration() {
-        let now = Timestamp::now();
-        assert!(!expired(&spec(0, 15), now));
-        assert!(!expired(&spec(14, 15), now));
-        assert!(expired(&spec(15, 15), now));
-        assert!(expired(&spec(100, 15), now));
-        assert!(expired(&LeaseSpec::default(), now), "never renewed");
+    fn a_leader_stops_one_renewal_period_before_its_lease_ends() {
+        let config = LeaseConfig {
+            namespace: "ns".into(),
+            name: "lease".into(),
+            identity: "me".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(3),
+        };
+        assert_eq!(config.hold_for(), Duration::from_secs(12));
     }
 }

@@ -208,7 +208,7 @@ fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let client = kube::Client::try_default()
             .await
             .context("cannot find the cluster (KUBECONFIG, ~/.kube/config or in-cluster config)")?;
@@ -275,5 +275,9 @@ fn run(args: RunArgs) -> Result<()> {
             },
         )
         .await
-    })
+    });
+    // Out at once, e.g. after losing the leadership: no task left behind
+    // (a request stuck on an unanswering API server) may delay the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }

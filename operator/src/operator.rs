@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 
 use crate::context::{Context, Error, MANAGER, Settings};
@@ -49,9 +49,10 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
         .lease
         .clone()
         .map(|config| Elector::new(client.clone(), config));
+    let mut renewed = None;
     if let Some(e) = &elector {
         tokio::select! {
-            () = e.acquire() => {}
+            at = e.acquire() => renewed = Some(at),
             () = shutdown_signal() => return Ok(()),
         }
     }
@@ -76,6 +77,7 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
         runners: Mutex::new(HashMap::new()),
         shares: Default::default(),
         wake_pool: wake_tx,
+        cleanup_retries: Default::default(),
     });
 
     let (pools, batches, deployments): (Api<WorkerPool>, Api<TaskBatch>, Api<Deployment>) =
@@ -92,7 +94,21 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
             ),
         };
 
-    let pool_controller = Controller::new(pools, watcher::Config::default())
+    // Status-only changes wake no reconciler (see triggers.rs).
+    let (pool_store, pool_writer) = reflector::store();
+    let pool_events = watcher(pools, watcher::Config::default())
+        .default_backoff()
+        .reflect(pool_writer)
+        .applied_objects()
+        .predicate_filter(crate::triggers::workerpool, Default::default());
+    let (batch_store, batch_writer) = reflector::store();
+    let batch_events = watcher(batches, watcher::Config::default())
+        .default_backoff()
+        .reflect(batch_writer)
+        .applied_objects()
+        .predicate_filter(crate::triggers::taskbatch, Default::default());
+
+    let pool_controller = Controller::for_stream(pool_events, pool_store)
         .owns(
             deployments,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=cloudkon-operator"),
@@ -111,7 +127,7 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
                 tracing::debug!(error = %e, "workerpool reconcile");
             }
         });
-    let batch_controller = Controller::new(batches, watcher::Config::default())
+    let batch_controller = Controller::for_stream(batch_events, batch_store)
         .graceful_shutdown_on(shutdown_signal())
         .run(
             timed("taskbatch", batch_reconciler::reconcile),
@@ -126,9 +142,9 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
     tracing::info!(namespace = ?options.namespace, "controllers started");
 
     let lost = async {
-        match &elector {
-            Some(e) => Some(e.keep().await),
-            None => std::future::pending().await,
+        match (&elector, renewed) {
+            (Some(e), Some(at)) => Some(e.keep(at).await),
+            _ => std::future::pending().await,
         }
     };
     tokio::select! {
@@ -138,10 +154,22 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
             Ok(())
         }
         Some(e) = lost => {
+            // The controllers are dropped with this select; the batch runners
+            // are tasks of their own and must stop writing too, now.
+            stop_runners(&ctx);
             health.set(false);
             metrics.leader.set(0);
+            tracing::error!(error = %e, "lost leadership: standing down");
             Err(anyhow::Error::new(e).context("stopping: another operator may lead now"))
         }
+    }
+}
+
+/// Aborts every batch runner (they restart from their checkpoints under the
+/// next leader).
+fn stop_runners(ctx: &Context) {
+    for (_, runner) in ctx.runners.lock().expect("runner lock").drain() {
+        runner.task.abort();
     }
 }
 
@@ -170,6 +198,10 @@ fn error_policy<K>(obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
 where
     K: kube::ResourceExt,
 {
+    if let Error::CleanupFailed { retry_in, .. } = error {
+        tracing::warn!(object = %obj.name_any(), %error, "cleanup failed");
+        return Action::requeue(*retry_in);
+    }
     tracing::warn!(object = %obj.name_any(), %error, "reconcile failed; retrying in 2 s");
     Action::requeue(Duration::from_secs(2))
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use cloudkon_core::aws::{QueueOptions, SqsQueue};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -44,6 +44,32 @@ pub struct PoolMemory {
     applied_generation: Option<i64>,
     /// The EC2 fleet, for pools whose provider is not a Deployment.
     ec2: Option<Arc<Ec2Provider>>,
+    /// When the status was last written (see [`status_due`]).
+    status_written: Option<Instant>,
+}
+
+/// A pool's figures (backlog, workers, work) are written at most this often;
+/// a change of conditions, generation or queue at once.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether `new` is worth a write now: something a reader acts on changed, or
+/// the figures changed and the last write is `STATUS_EVERY` old.
+fn status_due(
+    old: &WorkerPoolStatus,
+    new: &WorkerPoolStatus,
+    written: Option<Instant>,
+    now: Instant,
+) -> bool {
+    if old == new {
+        return false;
+    }
+    let significant = old.conditions != new.conditions
+        || old.observed_generation != new.observed_generation
+        || old.queue_url != new.queue_url
+        || old.dead_letter_queue_url != new.dead_letter_queue_url
+        || old.selector != new.selector
+        || old.desired_replicas != new.desired_replicas;
+    significant || written.is_none_or(|t| now.duration_since(t) >= STATUS_EVERY)
 }
 
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -56,7 +82,7 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .await
-    .map_err(|e| Error::Other(format!("WorkerPool {ns}: {e}")))
+    .map_err(|e| Error::from_finalizer(&format!("WorkerPool {ns}"), e))
 }
 
 fn uid(pool: &WorkerPool) -> String {
@@ -260,7 +286,26 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .ready_workers
         .get_or_create(&labels)
         .set(i64::from(workers.ready));
-    write_status(&api, &name, &old, &st).await?;
+    // Figures only: at most one write a second (the next poll writes what is
+    // held back now).
+    let written = ctx
+        .pools
+        .lock()
+        .expect("pool memory lock")
+        .get(&uid(pool))
+        .and_then(|m| m.status_written);
+    let now = Instant::now();
+    if status_due(&old, &st, written, now) {
+        write_status(&api, &name, &old, &st).await?;
+        if let Some(m) = ctx
+            .pools
+            .lock()
+            .expect("pool memory lock")
+            .get_mut(&uid(pool))
+        {
+            m.status_written = Some(now);
+        }
+    }
     Ok(Action::requeue(ctx.settings.poll))
 }
 
@@ -480,7 +525,49 @@ async fn write_status(
     Ok(())
 }
 
+/// The finalizer: releases the fleet and deletes the queues. What is already
+/// gone (a group, node group or queue deleted behind the pool's back) counts
+/// as done; any other failure keeps the finalizer, is reported in the
+/// `CleanupFailed` condition and an Event, and is retried with growing delays.
 async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
+    let key = uid(pool);
+    match release(pool, ctx).await {
+        Ok(()) => {
+            ctx.cleanup_retries.succeeded(&key);
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            let retry_in = ctx.cleanup_retries.failed(&key);
+            let message = e.to_string();
+            report_cleanup_failure(pool, ctx, &message).await;
+            Err(Error::CleanupFailed { message, retry_in })
+        }
+    }
+}
+
+async fn report_cleanup_failure(pool: &WorkerPool, ctx: &Context, message: &str) {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = pool.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let update = status::ConditionUpdate::new(
+        status::pool_condition::CLEANUP_FAILED,
+        true,
+        "CleanupFailed",
+        message.to_string(),
+    );
+    let now = Time(Timestamp::now());
+    if set_condition(&mut st.conditions, &update, pool.metadata.generation, &now) {
+        ctx.event(pool, true, "CleanupFailed", message.to_string())
+            .await;
+    }
+    if let Err(e) = write_status(&api, &name, &old, &st).await {
+        tracing::warn!(pool = %format!("{ns}/{name}"), error = %e, "cannot report the failed cleanup");
+    }
+}
+
+async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let memory = ctx
@@ -506,19 +593,25 @@ async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .map(Arc::new),
     };
     if let Some(fleet) = fleet {
-        fleet
-            .delete_all()
-            .await
-            .map_err(|e| Error::Other(format!("WorkerPool {ns}/{name}: {e}")))?;
+        match fleet.delete_all().await {
+            Ok(()) => {}
+            // Nothing left to scale down.
+            Err(e) if e.is_not_found() => {
+                tracing::info!(pool = %format!("{ns}/{name}"), error = %e, "the fleet is already gone");
+            }
+            Err(e) => return Err(Error::Other(format!("cannot release the workers: {e}"))),
+        }
     }
-    let spec = pool.spec.queue.clone().unwrap_or_default();
-    if spec.deletion_policy != Some(DeletionPolicy::Retain) {
-        let queue_name = build::queue_name(&ns, &name, spec.name.as_deref());
+    if spec_queue.deletion_policy != Some(DeletionPolicy::Retain) {
         for q in [format!("{queue_name}-dlq"), queue_name] {
-            match ctx.sqs.open(&q).await {
-                Ok(queue) => queue.delete().await?,
+            let deleted = match ctx.sqs.open(&q).await {
+                Ok(queue) => queue.delete().await,
+                Err(e) => Err(e),
+            };
+            match deleted {
+                Ok(()) => {}
                 Err(e) if e.kind == cloudkon_core::aws::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Error::Other(format!("cannot delete queue {q}: {e}"))),
             }
         }
         ctx.event(
@@ -530,5 +623,33 @@ async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     // The Deployment goes with its owner (garbage collection).
-    Ok(Action::await_change())
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_written_at_most_once_a_second_and_conditions_at_once() {
+        let t0 = Instant::now();
+        let old = WorkerPoolStatus::default();
+        let mut figures = old.clone();
+        figures.backlog = 7;
+        assert!(!status_due(&old, &old, None, t0), "nothing changed");
+        assert!(status_due(&old, &figures, None, t0), "never written");
+        assert!(!status_due(
+            &old,
+            &figures,
+            Some(t0),
+            t0 + Duration::from_millis(400)
+        ));
+        assert!(status_due(&old, &figures, Some(t0), t0 + STATUS_EVERY));
+        let mut generation = figures.clone();
+        generation.observed_generation = Some(2);
+        assert!(status_due(&old, &generation, Some(t0), t0));
+        let mut desired = old.clone();
+        desired.desired_replicas = 3;
+        assert!(status_due(&old, &desired, Some(t0), t0));
+    }
 }

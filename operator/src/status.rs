@@ -204,6 +204,9 @@ pub mod batch_condition {
     pub const COMPLETE: &str = "Complete";
     /// The batch finished with failed tasks, or was cancelled.
     pub const FAILED: &str = "Failed";
+    /// Set while the batch is being deleted and its response queue or cancel
+    /// mark could not be dealt with yet (retried with growing delays).
+    pub const CLEANUP_FAILED: &str = "CleanupFailed";
 }
 
 /// What a TaskBatch's conditions should say.
@@ -296,6 +299,9 @@ pub mod pool_condition {
     /// recommendation (by min, max, a rate policy, stabilization, the
     /// cooldown, or an outside controller).
     pub const SCALING_LIMITED: &str = "ScalingLimited";
+    /// Set while the pool is being deleted and its queues or fleet could not
+    /// be released yet (the message says why; retried with growing delays).
+    pub const CLEANUP_FAILED: &str = "CleanupFailed";
 }
 
 /// What a WorkerPool's conditions should say.

@@ -361,7 +361,8 @@ pub struct TaskBatchStatus {
 
     /// The latest observations of the batch's state, by type: `Accepted`
     /// (the spec is valid and its WorkerPool exists), `Suspended`, `Complete`,
-    /// `Failed`.
+    /// `Failed`, and `CleanupFailed` (being deleted, the response queue could
+    /// not be deleted yet: why, retried with growing delays).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -481,7 +481,8 @@ pub struct WorkerPoolStatus {
     /// The latest observations of the pool's state, by type: `Accepted` (the
     /// spec is valid), `QueueReady`, `Available` (at least `workers.min`
     /// ready workers), `ScalingLimited` (the desired count was cut by min,
-    /// max or a rate policy).
+    /// max or a rate policy), and `CleanupFailed` (being deleted, the queues or
+    /// the fleet could not be released yet: why, retried with growing delays).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -67,6 +67,15 @@ impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProviderError::Aws(e) if e.is_retryable())
     }
+
+    /// Whether the group, node group or template does not exist (any more).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            ProviderError::NotFound { .. } => true,
+            ProviderError::Aws(e) => e.kind == ErrorKind::NotFound,
+            _ => false,
+        }
+    }
 }
 
 /// An EC2-backed worker fleet of one WorkerPool.

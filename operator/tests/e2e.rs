@@ -60,6 +60,9 @@ struct Cluster {
     kube: common::Kube,
     dir: tempfile::TempDir,
     children: Vec<Child>,
+    /// Set on the operator and workers started from now on (e.g. endpoints
+    /// behind a test's proxy).
+    env: Vec<(String, String)>,
 }
 
 impl std::ops::Deref for Cluster {
@@ -75,6 +78,7 @@ impl Cluster {
             kube: common::Kube::new(require_servers(), unique(prefix)),
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
+            env: Vec::new(),
         };
         c.ok(&["apply", "-f", "crds/"]);
         c.ok(&[
@@ -98,6 +102,7 @@ impl Cluster {
         }
         let child = command
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,kube_runtime=warn")
             .stdout(Stdio::null())
             .stderr(file)
@@ -127,6 +132,7 @@ impl Cluster {
                 // The Animoto test's image server is on loopback, which a
                 // worker refuses by default: allow that address only.
                 .args(["--allow-downloads-from", "127.0.0.1/32"])
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .spawn()
@@ -299,6 +305,23 @@ spec:
   behavior:
     scaleDown: {{stabilizationWindowSeconds: 0}}
     scaleToZeroCooldownSeconds: {cooldown}
+"#
+    )
+}
+
+/// A generator batch of `count` tasks like `template` (YAML flow) on pool `p`.
+fn template_batch(name: &str, count: u64, template: &str) -> String {
+    format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: TaskBatch
+metadata: {{name: {name}}}
+spec:
+  workerPool: p
+  tasks:
+    generator:
+      template: {template}
+      count: {count}
 "#
     )
 }

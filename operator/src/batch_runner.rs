@@ -452,9 +452,13 @@ where
                 .last()
                 .and_then(|b| b.tasks.last())
                 .map_or(enqueued, |t| t.id + 1);
-            if next > horizon {
-                // Reserved before it is sent, a room's worth ahead, so that
-                // a restart knows how far these bundles may go.
+            // Bundles with tasks of unknown length (whose cut a sizing
+            // changes) are reserved before they are sent, a room's worth
+            // ahead, so that a restart knows how far they may go.
+            let sized = group
+                .iter()
+                .any(|b| b.tasks.iter().any(|t| t.spec.nominal_duration().is_none()));
+            if sized && next > horizon {
                 horizon = next + sent.max(room);
                 write_checkpoint(&r.record, enqueued, horizon, progress).await?;
                 last_checkpoint = Instant::now();

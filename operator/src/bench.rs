@@ -381,14 +381,23 @@ impl<'a> Stage<'a> {
 
 impl Drop for Stage<'_> {
     fn drop(&mut self) {
+        // The namespace first, while the operator still runs: its finalizers
+        // delete the queues, and the namespace does not hang in Terminating.
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = self.rt.block_on(async {
+            namespaces
+                .delete(&self.ns, &DeleteParams::default())
+                .await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && namespaces.get_opt(&self.ns).await?.is_some() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok::<_, kube::Error>(())
+        });
         for w in &mut self.workers {
             stop(w);
         }
         stop(&mut self.operator);
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = self
-            .rt
-            .block_on(namespaces.delete(&self.ns, &DeleteParams::default()));
     }
 }
 

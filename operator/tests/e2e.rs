@@ -1308,7 +1308,9 @@ fn a_hundred_concurrent_batches_keep_the_api_server_write_rate_bounded() {
     let reconciles = || -> u64 {
         http_get(&addr, "/metrics")
             .lines()
+            // The batches' reconciles: the pool's come on a timer as well.
             .filter(|l| l.starts_with("cloudkon_operator_reconciles_total{"))
+            .filter(|l| l.contains("controller=\"taskbatch\""))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum::<f64>() as u64
     };
@@ -1323,6 +1325,23 @@ fn a_hundred_concurrent_batches_keep_the_api_server_write_rate_bounded() {
             )
         })
         .collect();
+    // The API server counts every client's writes: let the namespaces of the
+    // tests before this one finish going (their objects' deletes) first. (One
+    // stuck for good makes no writes: after a minute, go on.)
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(c.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let list = c.rt.block_on(namespaces.list(&Default::default())).unwrap();
+        if list
+            .items
+            .iter()
+            .all(|n| n.metadata.deletion_timestamp.is_none())
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let before = apiserver_requests(&c);
     let reconciles_before = reconciles();
     let started = Instant::now();
@@ -1358,16 +1377,17 @@ fn a_hundred_concurrent_batches_keep_the_api_server_write_rate_bounded() {
         took.as_secs_f64(),
         total as f64 / 100.0
     );
-    // Measured before status-only events were filtered out: 953 writes (9.5
-    // a batch) and 749 reconciles; after: 944 and 559. The writes are the
-    // batch's own (finalizer, 5 status patches, 2 Events, the collected-ids
-    // ConfigMap); the status patches cost reconciles, not more writes.
+    // The writes are the batch's own (finalizer, 5 status patches, 2 Events,
+    // the collected-ids ConfigMap) and the pool's status, at most once a
+    // second: measured 9.4-9.8 a batch. The batches' reconciles: 5 a batch
+    // (creation, finalizer, phases) now that status-only changes do not wake
+    // them; without the filter, 695 (7 a batch: status patches woke them).
     assert!(
-        total <= 10 * 100,
+        total <= 11 * 100,
         "{total} writes for 100 batches: {writes:?}"
     );
     assert!(
-        reconciled <= 650,
+        reconciled <= 6 * 100,
         "{reconciled} reconciles for 100 batches: status-only changes wake the reconcilers"
     );
 }
@@ -1423,7 +1443,8 @@ fn an_animoto_taskbatch_makes_videos_in_s3() {
         "{s:?}\n{}",
         c.logs()
     );
-    common::check_slideshows(&rt, bucket, &c.ns, c.dir.path());
+    let results = s.results.clone().expect("a results location");
+    common::check_slideshows(&rt, bucket, &results, c.dir.path());
 }
 
 #[test]

@@ -411,7 +411,9 @@ spec:
         "the backlog should have asked for several pods"
     );
     // Every task's result, once.
-    let ids = common::results_in_s3(&c.rt, bucket, &format!("pods/{}/sweep/", c.ns));
+    let results = s.results.clone().expect("a results location");
+    let prefix = results.trim_start_matches(&format!("s3://{bucket}/"));
+    let ids = common::results_in_s3(&c.rt, bucket, prefix);
     assert_eq!(ids.len(), count as usize, "distinct results");
     assert!(ids.values().all(|&n| n == 1), "a task reported twice");
     // The last worker stayed for the cooldown (5 s) after the operator last
@@ -648,5 +650,6 @@ fn an_animoto_batch_on_worker_pods_makes_videos_in_s3() {
         "{s:?}\n{}",
         c.diagnostics()
     );
-    common::check_slideshows(&c.rt, bucket, &c.ns, c.dir.path());
+    let results = s.results.clone().expect("a results location");
+    common::check_slideshows(&c.rt, bucket, &results, c.dir.path());
 }

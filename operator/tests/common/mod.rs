@@ -292,11 +292,15 @@ spec:
     )
 }
 
-/// Checks the 2 videos of `slideshows_batch` in namespace `ns`: each result
+/// Checks the 2 videos of `slideshows_batch`: each result
 /// names a video in S3 and a presigned URL; each video is h264, 640x360, 6 s.
-pub fn check_slideshows(rt: &tokio::runtime::Runtime, bucket: &str, ns: &str, dir: &Path) {
+/// `results`: where the batch's status says its results are.
+pub fn check_slideshows(rt: &tokio::runtime::Runtime, bucket: &str, results: &str, dir: &Path) {
     let s3 = rt.block_on(Aws::load()).s3();
-    let results = result_lines(rt, bucket, &format!("results/{ns}/slideshows/"));
+    let prefix = results
+        .strip_prefix(&format!("s3://{bucket}/"))
+        .unwrap_or_else(|| panic!("results at {results}, not in {bucket}"));
+    let results = result_lines(rt, bucket, prefix);
     assert_eq!(results.len(), 2, "{results:?}");
     for v in &results {
         assert!(v["artifact_url"].as_str().unwrap().starts_with("http"));

@@ -475,6 +475,7 @@ fn sleep0(rt: &tokio::runtime::Runtime, client: &Client, tasks: u64) -> Result<V
         }
     }
     ensure!(seen.iter().all(|&s| s), "tasks without a result");
+    ensure!(largest < 10 << 20, "a results part of {largest} bytes");
     let rss = peak_rss_mib(stage.operator.id());
     let restarts = stage.restarts();
 

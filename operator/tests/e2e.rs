@@ -1449,6 +1449,73 @@ fn an_animoto_taskbatch_makes_videos_in_s3() {
 
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_million_results_go_to_s3_in_parts_below_the_local_s3_limit() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-million");
+    c.operator("operator.log", &[]);
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    c.workers(&queue, &table, 2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = rt.block_on(Aws::load()).s3();
+    rt.block_on(s3.ensure_bucket("cloudkon-results")).unwrap();
+    let n: u64 = 1_000_000;
+    c.apply(&format!(
+        "{}  results: {{s3Prefix: s3://cloudkon-results/million}}\n",
+        template_batch("million", n, "{kind: sleep, ms: 0}")
+    ));
+    let s = c
+        .wait_finished("million", Duration::from_secs(900))
+        .status
+        .unwrap();
+    assert_eq!(s.counts.succeeded, n as i64, "{s:?}");
+    // Every task once, in parts the local S3 takes (its body limit is 10
+    // MiB), written without the runner ever restarting.
+    let results = s.results.unwrap();
+    let prefix = results.trim_start_matches("s3://cloudkon-results/");
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    let mut seen = vec![false; n as usize];
+    let (mut parts, mut largest) = (0, 0);
+    for part in 0.. {
+        let key = format!("{prefix}part-{part:06}.jsonl");
+        let bytes = match rt.block_on(s3.get_bytes("cloudkon-results", &key)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind == ErrorKind::NotFound => break,
+            Err(e) => panic!("{e}"),
+        };
+        parts += 1;
+        largest = largest.max(bytes.len());
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Id { id } = serde_json::from_slice(line).unwrap();
+            assert!(
+                !std::mem::replace(&mut seen[id as usize], true),
+                "task {id} twice"
+            );
+        }
+    }
+    assert!(seen.iter().all(|&s| s), "tasks without a result");
+    assert!(largest < 10 << 20, "a part of {largest} bytes");
+    assert!(parts > 1, "{parts} part");
+    assert_eq!(
+        c.log("operator.log")
+            .matches("batch runner stopped")
+            .count(),
+        0,
+        "{}",
+        c.logs()
+    );
+    println!(
+        "a million results: {parts} parts of at most {:.1} MiB",
+        largest as f64 / f64::from(1 << 20)
+    );
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn a_batch_created_again_under_its_name_starts_afresh() {
     let _serial = serial();
     let mut c = Cluster::new("e2e-again");
@@ -1639,6 +1706,48 @@ fn a_taskbatch_of_unknown_length_tasks_runs_beside_the_embedded_engine() {
     assert_eq!(s.phase, Some(Phase::Succeeded), "{s:?}");
     assert_eq!((s.counts.succeeded, s.counts.failed), (i64::from(n), 0));
     assert_eq!(s.planned_slots, Some(8));
+    // The tail: where the workers claimed bundles (the ledger's keys), no
+    // bundle cut by the last sizing is larger than its rule allows there.
+    let sizing = s.bundle_sizing.clone().expect("a learned sizing");
+    let learned = Duration::from_micros(sizing.task_microseconds as u64);
+    let uid = b.metadata.uid.clone().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let firsts = rt
+        .block_on(
+            rt.block_on(Aws::load())
+                .ledger(&table)
+                .claimed_bundles(&uid),
+        )
+        .unwrap();
+    assert_eq!(firsts.first(), Some(&0), "{firsts:?}");
+    let plan = cloudkon_operator::sizing::plan(u64::from(n), 8, Some(learned));
+    let spec = cloudkon_core::TaskSpec::Run {
+        program: "sh".into(),
+        args: vec!["-c".into(), "true".into()],
+    };
+    let ends = firsts.iter().skip(1).copied().chain([u64::from(n)]);
+    let mut tail = Vec::new();
+    for (start, end) in firsts.iter().copied().zip(ends) {
+        if start >= sizing.from as u64 {
+            let allowed = plan.tasks_per_bundle_at(&spec, start) as u64;
+            assert!(
+                end - start <= allowed,
+                "bundle at {start}: {} tasks, the rule allows {allowed}",
+                end - start
+            );
+            tail.push(end - start);
+        }
+    }
+    assert!(
+        !tail.is_empty(),
+        "no bundle cut by the last sizing: {sizing:?}"
+    );
+    println!(
+        "tail: {} bundles cut for {} us tasks from task {}: {tail:?}",
+        tail.len(),
+        sizing.task_microseconds,
+        sizing.from
+    );
     let embedded = embedded_wall(c.dir.path(), "run sh -c true", n as usize, 8);
     let (tb, run) = (
         f64::from(n) / took.as_secs_f64(),

@@ -383,6 +383,42 @@ impl DynamoLedger {
         Ok(())
     }
 
+    /// The first task of every bundle of `batch` claimed so far, in order:
+    /// where its bundles were cut (a Scan, for tests and inspection; not on
+    /// the data path).
+    pub async fn claimed_bundles(&self, batch: &str) -> Result<Vec<u64>, AwsError> {
+        let prefix = format!("{batch}#");
+        let mut firsts = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(pk, :p)")
+                .expression_attribute_values(":p", AttributeValue::S(prefix.clone()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk(SERVICE, "Scan", &self.table, e))?;
+            for item in out.items.unwrap_or_default() {
+                // The cancel mark (`<batch>#`) has no task number.
+                if let Some(first) = get_s(&item, "pk")
+                    .and_then(|pk| pk.strip_prefix(&prefix))
+                    .and_then(|n| n.parse().ok())
+                {
+                    firsts.push(first);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        firsts.sort_unstable();
+        Ok(firsts)
+    }
+
     /// Every worker that beat within the last hour, by id.
     pub async fn list_workers(&self) -> Result<Vec<WorkerHeartbeat>, AwsError> {
         let mut workers = Vec::new();

@@ -421,19 +421,10 @@ async fn write_cancel_mark(
 /// failure keeps the finalizer, is reported in the `CleanupFailed` condition
 /// and an Event, and is retried with growing delays.
 async fn cleanup(batch: &TaskBatch, ctx: &Context) -> Result<Action, Error> {
-    let key = uid(batch);
-    match release(batch, ctx).await {
-        Ok(()) => {
-            ctx.cleanup_retries.succeeded(&key);
-            Ok(Action::await_change())
-        }
-        Err(e) => {
-            let retry_in = ctx.cleanup_retries.failed(&key);
-            let message = e.to_string();
-            report_cleanup_failure(batch, ctx, &message).await;
-            Err(Error::CleanupFailed { message, retry_in })
-        }
-    }
+    ctx.finalize(&uid(batch), release(batch, ctx), |message| async move {
+        report_cleanup_failure(batch, ctx, &message).await
+    })
+    .await
 }
 
 async fn report_cleanup_failure(batch: &TaskBatch, ctx: &Context, message: &str) {

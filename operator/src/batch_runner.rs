@@ -142,7 +142,7 @@ pub fn spawn(ctx: Arc<Context>, args: RunnerArgs) -> RunnerHandle {
     let task = tokio::spawn(async move {
         let name = args.batch.name_any();
         let result = match kube_runner(&ctx, &args).await {
-            Ok(runner) => run(&runner, args, spec_rx).await,
+            Ok(runner) => runner.run(args, spec_rx).await,
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -208,298 +208,289 @@ impl Progress {
     }
 }
 
-/// Runs a batch to its end from where its status says it is.
-pub async fn run<Q, I, S, B>(
-    r: &Runner<Q, I, S, B>,
-    args: RunnerArgs,
-    spec: watch::Receiver<TaskBatchSpec>,
-) -> Result<(), Error>
-where
-    Q: TaskQueue,
-    I: ResultsInbox,
-    S: ObjectStore,
-    B: BatchRecord,
-{
-    let batch = &args.batch;
-    let status = batch.status.clone().unwrap_or_default();
+impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
+    /// Runs a batch to its end from where its status says it is.
+    pub async fn run(
+        &self,
+        args: RunnerArgs,
+        spec: watch::Receiver<TaskBatchSpec>,
+    ) -> Result<(), Error> {
+        let batch = &args.batch;
+        let status = batch.status.clone().unwrap_or_default();
 
-    // The batch's place among its pool's batches, while it runs.
-    let pool_key = shares::pool_key(
-        args.pool.namespace.as_deref().unwrap_or_default(),
-        &args.pool.name,
-    );
-    let weight = batch
-        .spec
-        .weight
-        .and_then(|w| u64::try_from(w).ok())
-        .unwrap_or(1);
-    let share = r
-        .shares
-        .join(&pool_key, &batch.uid().unwrap_or_default(), weight);
+        // The batch's place among its pool's batches, while it runs.
+        let pool_key = shares::pool_key(
+            args.pool.namespace.as_deref().unwrap_or_default(),
+            &args.pool.name,
+        );
+        let weight = batch
+            .spec
+            .weight
+            .and_then(|w| u64::try_from(w).ok())
+            .unwrap_or(1);
+        let share = self
+            .shares
+            .join(&pool_key, &batch.uid().unwrap_or_default(), weight);
 
-    let enqueue_done = matches!(status.phase, Some(Phase::Running));
-    let (total_tx, _) = watch::channel(enqueue_done.then_some(status.counts.total as u64));
-    let progress = Progress {
-        total: total_tx,
-        enqueued: AtomicU64::new(status.counts.enqueued as u64),
-        finished: AtomicU64::new(0),
-        collected: Notify::new(),
-        planned: AtomicU64::new(if enqueue_done {
-            status.counts.total as u64
-        } else {
-            0
-        }),
-        estimate: Mutex::new(Estimate::default()),
-    };
+        let enqueue_done = matches!(status.phase, Some(Phase::Running));
+        let (total_tx, _) = watch::channel(enqueue_done.then_some(status.counts.total as u64));
+        let progress = Progress {
+            total: total_tx,
+            enqueued: AtomicU64::new(status.counts.enqueued as u64),
+            finished: AtomicU64::new(0),
+            collected: Notify::new(),
+            planned: AtomicU64::new(if enqueue_done {
+                status.counts.total as u64
+            } else {
+                0
+            }),
+            estimate: Mutex::new(Estimate::default()),
+        };
 
-    let start_time = status
-        .start_time
-        .clone()
-        .unwrap_or(Time(JiffTimestamp::now()));
-    // Fixed before the first bundle is sent, so that a restarted runner cuts
-    // the same bundles (the same claim keys) however the pool changed since.
-    let planned_slots = status
-        .planned_slots
-        .and_then(|s| u64::try_from(s).ok())
-        .filter(|&s| s > 0)
-        .unwrap_or(args.pool_slots.max(1));
-    let mut first = json!({ "startTime": start_time, "plannedSlots": planned_slots });
-    if let Some(r) = &args.results {
-        first["results"] = json!(r.to_string());
-    }
-    r.record.patch_status(first).await?;
-
-    let enqueue = async {
-        if enqueue_done {
-            return Ok(());
+        let start_time = status
+            .start_time
+            .clone()
+            .unwrap_or(Time(JiffTimestamp::now()));
+        // Fixed before the first bundle is sent, so that a restarted runner cuts
+        // the same bundles (the same claim keys) however the pool changed since.
+        let planned_slots = status
+            .planned_slots
+            .and_then(|s| u64::try_from(s).ok())
+            .filter(|&s| s > 0)
+            .unwrap_or(args.pool_slots.max(1));
+        let mut first = json!({ "startTime": start_time, "plannedSlots": planned_slots });
+        if let Some(r) = &args.results {
+            first["results"] = json!(r.to_string());
         }
-        enqueue_all(
-            r,
-            &args,
-            status.counts.enqueued as u64,
-            status.bundle_sizing.clone(),
-            status
-                .enqueue_horizon
-                .and_then(|h| u64::try_from(h).ok())
-                .unwrap_or(0),
-            planned_slots,
-            spec,
-            &progress,
-            &share,
-        )
-        .await
-    };
-    let collect = collect(r, &args, &start_time, &progress, &share);
-    // Collecting ends the batch; an error of either half ends the runner
-    // (the reconciler starts it again from the checkpoint).
-    tokio::pin!(enqueue);
-    tokio::pin!(collect);
-    tokio::select! {
-        r = &mut enqueue => {
-            r?;
-            collect.await
+        self.record.patch_status(first).await?;
+
+        let enqueue = async {
+            if enqueue_done {
+                return Ok(());
+            }
+            self.enqueue_all(
+                &args,
+                status.counts.enqueued as u64,
+                status.bundle_sizing.clone(),
+                status
+                    .enqueue_horizon
+                    .and_then(|h| u64::try_from(h).ok())
+                    .unwrap_or(0),
+                planned_slots,
+                spec,
+                &progress,
+                &share,
+            )
+            .await
+        };
+        let collect = self.collect(&args, &start_time, &progress, &share);
+        // Collecting ends the batch; an error of either half ends the runner
+        // (the reconciler starts it again from the checkpoint).
+        tokio::pin!(enqueue);
+        tokio::pin!(collect);
+        tokio::select! {
+            r = &mut enqueue => {
+                r?;
+                collect.await
+            }
+            r = &mut collect => r,
         }
-        r = &mut collect => r,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn enqueue_all<Q, I, S, B>(
-    r: &Runner<Q, I, S, B>,
-    args: &RunnerArgs,
-    checkpoint: u64,
-    sized: Option<BundleSizing>,
-    last_horizon: u64,
-    planned_slots: u64,
-    mut spec: watch::Receiver<TaskBatchSpec>,
-    progress: &Progress,
-    share: &ShareGuard,
-) -> Result<(), Error>
-where
-    Q: TaskQueue,
-    I: ResultsInbox,
-    S: ObjectStore,
-    B: BatchRecord,
-{
-    let batch = &args.batch;
-    let name = batch.name_any();
-    let id = batch_id(batch);
-    let options = bundle_options(&batch.spec);
-    let mut enqueued = checkpoint;
-    let mut group: Vec<Bundle> = Vec::with_capacity(SEND_GROUP);
-    let total = match &args.source {
-        Source::Spec => enqueue::source_len(&batch.spec.tasks).unwrap_or(0),
-        Source::File { name, bytes } => {
-            WorkloadReader::new(bytes.as_slice(), name.clone()).count() as u64
-        }
-    };
-    progress.planned.store(total, Ordering::Relaxed);
-    // Cut from the sizing the status recorded (see `sizing`), from its first
-    // task on: the bundles sent since the checkpoint come again the same.
-    let (from, mut learned) = match &sized {
-        Some(s) => (
-            u64::try_from(s.from).unwrap_or(0).min(checkpoint),
-            u64::try_from(s.task_microseconds)
-                .ok()
-                .map(Duration::from_micros),
-        ),
-        None => (0, None),
-    };
-    let mut bundles = enqueue::bundles_from(
-        tasks_from(args, from)?,
-        id.clone(),
-        sizing::plan(total, planned_slots, learned),
-        from,
-        checkpoint,
-    )
-    .peekable();
-    let mut observed_at_change = 0;
-    // What the last runner may have sent: cut again as it was (see
-    // `write_checkpoint`), so no new sizing before it. Reserved anew as we go.
-    let resize_from = last_horizon.max(checkpoint);
-    let mut horizon = resize_from;
-    let mut woke_pool = false;
-    let mut last_checkpoint = Instant::now();
-    loop {
-        // Tasks of unknown length: cut for what their results tell, the new
-        // sizing written ahead with the checkpoint where it starts.
-        let unknown = matches!(bundles.peek(), Some(Ok(b))
-            if b.tasks.first().is_some_and(|t| t.spec.nominal_duration().is_none()));
-        if unknown && enqueued >= resize_from {
-            let (estimate, observed) = progress.estimate_observed();
-            let input = SizingInput {
-                current: learned,
-                estimate,
-                fresh: observed.saturating_sub(observed_at_change),
-                slots: planned_slots,
-            };
-            if let Some(next) = sizing::next_cost(&input) {
-                write_sizing(&r.record, enqueued, horizon, next, progress).await?;
-                last_checkpoint = Instant::now();
-                tracing::debug!(batch = %name, from = enqueued, task = ?next, "bundles cut for a learned task length");
-                learned = Some(next);
-                observed_at_change = observed;
-                bundles = enqueue::bundles_from(
-                    tasks_from(args, enqueued)?,
-                    id.clone(),
-                    sizing::plan(total, planned_slots, learned),
-                    enqueued,
-                    enqueued,
-                )
-                .peekable();
+impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
+    #[allow(clippy::too_many_arguments)]
+    async fn enqueue_all(
+        &self,
+        args: &RunnerArgs,
+        checkpoint: u64,
+        sized: Option<BundleSizing>,
+        last_horizon: u64,
+        planned_slots: u64,
+        mut spec: watch::Receiver<TaskBatchSpec>,
+        progress: &Progress,
+        share: &ShareGuard,
+    ) -> Result<(), Error> {
+        let batch = &args.batch;
+        let name = batch.name_any();
+        let id = batch_id(batch);
+        let options = bundle_options(&batch.spec);
+        let mut enqueued = checkpoint;
+        let mut group: Vec<Bundle> = Vec::with_capacity(SEND_GROUP);
+        let total = match &args.source {
+            Source::Spec => enqueue::source_len(&batch.spec.tasks).unwrap_or(0),
+            Source::File { name, bytes } => {
+                WorkloadReader::new(bytes.as_slice(), name.clone()).count() as u64
             }
-        }
-        // The meter: wait until the batch's enqueued, unfinished tasks are
-        // under its window (see `window`), writing the checkpoint meanwhile.
-        let next = match bundles.peek() {
-            Some(Ok(b)) => b.tasks.len() as u64,
-            Some(Err(_)) | None => 1,
         };
-        if let Some(Ok(b)) = bundles.peek() {
-            progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.nominal_duration()));
-        }
-        let room = loop {
-            let estimate = if unknown {
-                sizing::window_cost(learned, progress.estimate())
-            } else {
-                progress.estimate()
-            };
-            let window = window::window_tasks(&WindowInput {
-                pool_slots: planned_slots,
-                pool_workers: args.pool_workers,
-                weight: share.weight(),
-                total_weight: r.shares.total_weight(share.pool()),
-                estimate,
-                next_bundle: next,
-            });
-            share.update(progress.running(), progress.estimate());
-            let running = progress.running();
-            if running < window {
-                break window - running;
+        progress.planned.store(total, Ordering::Relaxed);
+        // Cut from the sizing the status recorded (see `sizing`), from its first
+        // task on: the bundles sent since the checkpoint come again the same.
+        let (from, mut learned) = match &sized {
+            Some(s) => (
+                u64::try_from(s.from).unwrap_or(0).min(checkpoint),
+                u64::try_from(s.task_microseconds)
+                    .ok()
+                    .map(Duration::from_micros),
+            ),
+            None => (0, None),
+        };
+        let mut bundles = enqueue::bundles_from(
+            tasks_from(args, from)?,
+            id.clone(),
+            sizing::plan(total, planned_slots, learned),
+            from,
+            checkpoint,
+        )
+        .peekable();
+        let mut observed_at_change = 0;
+        // What the last runner may have sent: cut again as it was (see
+        // `write_checkpoint`), so no new sizing before it. Reserved anew as we go.
+        let resize_from = last_horizon.max(checkpoint);
+        let mut horizon = resize_from;
+        let mut woke_pool = false;
+        let mut last_checkpoint = Instant::now();
+        loop {
+            // Tasks of unknown length: cut for what their results tell, the new
+            // sizing written ahead with the checkpoint where it starts.
+            let unknown = matches!(bundles.peek(), Some(Ok(b))
+                if b.tasks.first().is_some_and(|t| t.spec.nominal_duration().is_none()));
+            if unknown && enqueued >= resize_from {
+                let (estimate, observed) = progress.estimate_observed();
+                let input = SizingInput {
+                    current: learned,
+                    estimate,
+                    fresh: observed.saturating_sub(observed_at_change),
+                    slots: planned_slots,
+                };
+                if let Some(next) = sizing::next_cost(&input) {
+                    write_sizing(&self.record, enqueued, horizon, next, progress).await?;
+                    last_checkpoint = Instant::now();
+                    tracing::debug!(batch = %name, from = enqueued, task = ?next, "bundles cut for a learned task length");
+                    learned = Some(next);
+                    observed_at_change = observed;
+                    bundles = enqueue::bundles_from(
+                        tasks_from(args, enqueued)?,
+                        id.clone(),
+                        sizing::plan(total, planned_slots, learned),
+                        enqueued,
+                        enqueued,
+                    )
+                    .peekable();
+                }
             }
+            // The meter: wait until the batch's enqueued, unfinished tasks are
+            // under its window (see `window`), writing the checkpoint meanwhile.
+            let next = match bundles.peek() {
+                Some(Ok(b)) => b.tasks.len() as u64,
+                Some(Err(_)) | None => 1,
+            };
+            if let Some(Ok(b)) = bundles.peek() {
+                progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.nominal_duration()));
+            }
+            let room = loop {
+                let estimate = if unknown {
+                    sizing::window_cost(learned, progress.estimate())
+                } else {
+                    progress.estimate()
+                };
+                let window = window::window_tasks(&WindowInput {
+                    pool_slots: planned_slots,
+                    pool_workers: args.pool_workers,
+                    weight: share.weight(),
+                    total_weight: self.shares.total_weight(share.pool()),
+                    estimate,
+                    next_bundle: next,
+                });
+                share.update(progress.running(), progress.estimate());
+                let running = progress.running();
+                if running < window {
+                    break window - running;
+                }
+                if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                    last_checkpoint = Instant::now();
+                    write_checkpoint(&self.record, enqueued, horizon, progress).await?;
+                }
+                tokio::select! {
+                    _ = progress.collected.notified() => {}
+                    changed = spec.changed() => if changed.is_err() {
+                        return Ok(()); // The runner is being stopped.
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            };
+            let mut group_tasks = 0;
+            while group.len() < SEND_GROUP && group_tasks < room {
+                let Some(bundle) = bundles.next() else { break };
+                let mut bundle = bundle.map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+                bundle.submitted = Timestamp::now();
+                bundle.reply_to = Some(self.reply_to.clone());
+                bundle.options = options;
+                group_tasks += bundle.tasks.len() as u64;
+                group.push(bundle);
+            }
+            let last = bundles.peek().is_none();
+            // Suspended: wait here, the checkpoint written, until resumed.
+            while spec.borrow().suspend == Some(true) {
+                if spec.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+            if !group.is_empty() {
+                let sent: u64 = group.iter().map(|b| b.tasks.len() as u64).sum();
+                let next = group
+                    .last()
+                    .and_then(|b| b.tasks.last())
+                    .map_or(enqueued, |t| t.id + 1);
+                // Bundles with tasks of unknown length (whose cut a sizing
+                // changes) are reserved before they are sent, a room's worth
+                // ahead, so that a restart knows how far they may go.
+                let sized = group
+                    .iter()
+                    .any(|b| b.tasks.iter().any(|t| t.spec.nominal_duration().is_none()));
+                if sized && next > horizon {
+                    horizon = next + sent.max(room);
+                    write_checkpoint(&self.record, enqueued, horizon, progress).await?;
+                    last_checkpoint = Instant::now();
+                }
+                self.pool_queue
+                    .send(std::mem::take(&mut group))
+                    .await
+                    .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+                self.metrics.tasks_enqueued.inc_by(sent);
+                enqueued = next;
+                progress.enqueued.store(enqueued, Ordering::Relaxed);
+                share.update(progress.running(), progress.estimate());
+                if !woke_pool {
+                    // The pool scales on this backlog now, not at its next poll.
+                    let _ = self.wake_pool.send(args.pool.clone());
+                    woke_pool = true;
+                }
+            }
+            if last {
+                break;
+            }
+            // The checkpoint at most every CHECKPOINT_EVERY: a restart resends
+            // what was sent since (the ledger runs it once: the bundles are cut
+            // the same), and a sweep of a million bundles does not write its
+            // status 100,000 times.
             if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 last_checkpoint = Instant::now();
-                write_checkpoint(&r.record, enqueued, horizon, progress).await?;
-            }
-            tokio::select! {
-                _ = progress.collected.notified() => {}
-                changed = spec.changed() => if changed.is_err() {
-                    return Ok(()); // The runner is being stopped.
-                },
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        };
-        let mut group_tasks = 0;
-        while group.len() < SEND_GROUP && group_tasks < room {
-            let Some(bundle) = bundles.next() else { break };
-            let mut bundle = bundle.map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
-            bundle.submitted = Timestamp::now();
-            bundle.reply_to = Some(r.reply_to.clone());
-            bundle.options = options;
-            group_tasks += bundle.tasks.len() as u64;
-            group.push(bundle);
-        }
-        let last = bundles.peek().is_none();
-        // Suspended: wait here, the checkpoint written, until resumed.
-        while spec.borrow().suspend == Some(true) {
-            if spec.changed().await.is_err() {
-                return Ok(());
+                write_checkpoint(&self.record, enqueued, horizon, progress).await?;
             }
         }
-        if !group.is_empty() {
-            let sent: u64 = group.iter().map(|b| b.tasks.len() as u64).sum();
-            let next = group
-                .last()
-                .and_then(|b| b.tasks.last())
-                .map_or(enqueued, |t| t.id + 1);
-            // Bundles with tasks of unknown length (whose cut a sizing
-            // changes) are reserved before they are sent, a room's worth
-            // ahead, so that a restart knows how far they may go.
-            let sized = group
-                .iter()
-                .any(|b| b.tasks.iter().any(|t| t.spec.nominal_duration().is_none()));
-            if sized && next > horizon {
-                horizon = next + sent.max(room);
-                write_checkpoint(&r.record, enqueued, horizon, progress).await?;
-                last_checkpoint = Instant::now();
-            }
-            r.pool_queue
-                .send(std::mem::take(&mut group))
-                .await
-                .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
-            r.metrics.tasks_enqueued.inc_by(sent);
-            enqueued = next;
-            progress.enqueued.store(enqueued, Ordering::Relaxed);
-            share.update(progress.running(), progress.estimate());
-            if !woke_pool {
-                // The pool scales on this backlog now, not at its next poll.
-                let _ = r.wake_pool.send(args.pool.clone());
-                woke_pool = true;
-            }
-        }
-        if last {
-            break;
-        }
-        // The checkpoint at most every CHECKPOINT_EVERY: a restart resends
-        // what was sent since (the ledger runs it once: the bundles are cut
-        // the same), and a sweep of a million bundles does not write its
-        // status 100,000 times.
-        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            last_checkpoint = Instant::now();
-            write_checkpoint(&r.record, enqueued, horizon, progress).await?;
-        }
+        // Every task is in the queue: the total is final.
+        self.record
+            .patch_status(
+                json!({ "counts": { "enqueued": enqueued, "total": enqueued, "running": progress.running() },
+                    "phase": Phase::Running }),
+            )
+            .await?;
+        let _ = self.wake_pool.send(args.pool.clone());
+        progress.total.send_replace(Some(enqueued));
+        tracing::info!(batch = %name, tasks = enqueued, "every task enqueued");
+        Ok(())
     }
-    // Every task is in the queue: the total is final.
-    r.record
-        .patch_status(
-            json!({ "counts": { "enqueued": enqueued, "total": enqueued, "running": progress.running() },
-                "phase": Phase::Running }),
-        )
-        .await?;
-    let _ = r.wake_pool.send(args.pool.clone());
-    progress.total.send_replace(Some(enqueued));
-    tracing::info!(batch = %name, tasks = enqueued, "every task enqueued");
-    Ok(())
 }
 
 /// The tasks of the batch from task number `from` on, with the batch's task
@@ -644,221 +635,212 @@ where
     }
 }
 
-async fn collect<Q, I, S, B>(
-    r: &Runner<Q, I, S, B>,
-    args: &RunnerArgs,
-    start_time: &Time,
-    progress: &Progress,
-    share: &ShareGuard,
-) -> Result<(), Error>
-where
-    Q: TaskQueue,
-    I: ResultsInbox,
-    S: ObjectStore,
-    B: BatchRecord,
-{
-    let mut total = progress.total.subscribe();
-    let batch = &args.batch;
-    let name = batch.name_any();
-    let mut collected = match r.record.load_collected().await? {
-        Some(text) => Collected::decode(&text)
-            .map_err(|e| Error::Other(format!("the collected ids of TaskBatch {name}: {e}")))?,
-        None => Collected::default(),
-    };
-    let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is valid");
-    let mut pending = Pending::default();
-    let mut last_flush = Instant::now();
-    let started = start_time.0;
-    loop {
-        let messages = r
-            .inbox
-            .receive_results(10, Duration::from_millis(500))
-            .await
-            .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
-        for (message, receipt) in messages {
-            for result in &message.results {
-                if !collected.ids.insert(result.id) {
-                    continue;
+impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
+    async fn collect(
+        &self,
+        args: &RunnerArgs,
+        start_time: &Time,
+        progress: &Progress,
+        share: &ShareGuard,
+    ) -> Result<(), Error> {
+        let mut total = progress.total.subscribe();
+        let batch = &args.batch;
+        let name = batch.name_any();
+        let mut collected = match self.record.load_collected().await? {
+            Some(text) => Collected::decode(&text)
+                .map_err(|e| Error::Other(format!("the collected ids of TaskBatch {name}: {e}")))?,
+            None => Collected::default(),
+        };
+        let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+        let mut pending = Pending::default();
+        let mut last_flush = Instant::now();
+        let started = start_time.0;
+        loop {
+            let messages = self
+                .inbox
+                .receive_results(10, Duration::from_millis(500))
+                .await
+                .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+            for (message, receipt) in messages {
+                for result in &message.results {
+                    if !collected.ids.insert(result.id) {
+                        continue;
+                    }
+                    if result.outcome.is_success() {
+                        collected.succeeded += 1;
+                        pending.succeeded += 1;
+                    } else {
+                        collected.failed += 1;
+                        pending.failed += 1;
+                    }
+                    collected.retried += i64::from(result.attempt.saturating_sub(1));
+                    let took = result.finished.0.saturating_sub(result.started.0);
+                    progress
+                        .estimate
+                        .lock()
+                        .expect("estimate lock")
+                        .observe(Duration::from_micros(took));
+                    let e2e = result.finished.0.saturating_sub(result.submitted.0) / 1000;
+                    let _ = latency.record(e2e.max(1));
+                    if args.results.is_some() {
+                        serde_json::to_writer(&mut pending.lines, result)
+                            .expect("a result always serializes");
+                        pending.lines.push(b'\n');
+                        pending.results += 1;
+                    }
                 }
-                if result.outcome.is_success() {
-                    collected.succeeded += 1;
-                    pending.succeeded += 1;
-                } else {
-                    collected.failed += 1;
-                    pending.failed += 1;
-                }
-                collected.retried += i64::from(result.attempt.saturating_sub(1));
-                let took = result.finished.0.saturating_sub(result.started.0);
-                progress
-                    .estimate
-                    .lock()
-                    .expect("estimate lock")
-                    .observe(Duration::from_micros(took));
-                let e2e = result.finished.0.saturating_sub(result.submitted.0) / 1000;
-                let _ = latency.record(e2e.max(1));
-                if args.results.is_some() {
-                    serde_json::to_writer(&mut pending.lines, result)
-                        .expect("a result always serializes");
-                    pending.lines.push(b'\n');
-                    pending.results += 1;
-                }
+                pending.receipts.push(receipt);
             }
-            pending.receipts.push(receipt);
-        }
-        progress
-            .finished
-            .store(collected.finished() as u64, Ordering::Relaxed);
-        progress.collected.notify_one();
-        share.update(progress.running(), progress.estimate());
-        let known_total = *total.borrow_and_update();
-        let done = known_total.is_some_and(|t| collected.finished() as u64 >= t);
-        // Written out at least every part's worth, so that memory and parts
-        // stay bounded whatever the batch's size.
-        let full = pending.lines.len() >= r.settings.results_part_bytes
-            || pending.results >= PART_MAX_RESULTS;
-        if done
-            || full
-            || last_flush.elapsed() >= r.settings.flush_every
-            || pending.receipts.len() >= 200
-        {
-            flush(
-                r,
-                args,
-                &mut collected,
-                &mut pending,
-                &latency,
-                known_total,
-                started,
-                progress,
-            )
-            .await?;
-            last_flush = Instant::now();
-        }
-        if done {
-            tracing::info!(batch = %name, succeeded = collected.succeeded, failed = collected.failed, "batch finished");
-            return Ok(());
+            progress
+                .finished
+                .store(collected.finished() as u64, Ordering::Relaxed);
+            progress.collected.notify_one();
+            share.update(progress.running(), progress.estimate());
+            let known_total = *total.borrow_and_update();
+            let done = known_total.is_some_and(|t| collected.finished() as u64 >= t);
+            // Written out at least every part's worth, so that memory and parts
+            // stay bounded whatever the batch's size.
+            let full = pending.lines.len() >= self.settings.results_part_bytes
+                || pending.results >= PART_MAX_RESULTS;
+            if done
+                || full
+                || last_flush.elapsed() >= self.settings.flush_every
+                || pending.receipts.len() >= 200
+            {
+                self.flush(
+                    args,
+                    &mut collected,
+                    &mut pending,
+                    &latency,
+                    known_total,
+                    started,
+                    progress,
+                )
+                .await?;
+                last_flush = Instant::now();
+            }
+            if done {
+                tracing::info!(batch = %name, succeeded = collected.succeeded, failed = collected.failed, "batch finished");
+                return Ok(());
+            }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn flush<Q, I, S, B>(
-    r: &Runner<Q, I, S, B>,
-    args: &RunnerArgs,
-    collected: &mut Collected,
-    pending: &mut Pending,
-    latency: &Histogram<u64>,
-    total: Option<u64>,
-    started: JiffTimestamp,
-    progress: &Progress,
-) -> Result<(), Error>
-where
-    Q: TaskQueue,
-    I: ResultsInbox,
-    S: ObjectStore,
-    B: BatchRecord,
-{
-    let name = args.batch.name_any();
-    if pending.receipts.is_empty() && total.is_none_or(|t| collected.finished() as u64 != t) {
-        return Ok(());
-    }
-    // 1. The results objects, each bounded (a crash before step 2 writes
-    //    the same part numbers again).
-    if let Some(results) = &args.results
-        && !pending.lines.is_empty()
-    {
-        let lines = std::mem::take(&mut pending.lines);
-        pending.results = 0;
-        for part in split_parts(&lines, r.settings.results_part_bytes, PART_MAX_RESULTS) {
-            let key = format!("{}part-{:06}.jsonl", results.key, collected.result_parts);
-            retrying(
-                &format!("writing s3://{}/{key}", results.bucket),
-                || async {
-                    r.store
-                        .put(&results.bucket, &key, part.to_vec())
-                        .await
-                        .map_err(|e| Error::Other(e.to_string()))
-                },
-            )
-            .await;
-            collected.result_parts += 1;
+impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
+    #[allow(clippy::too_many_arguments)]
+    async fn flush(
+        &self,
+        args: &RunnerArgs,
+        collected: &mut Collected,
+        pending: &mut Pending,
+        latency: &Histogram<u64>,
+        total: Option<u64>,
+        started: JiffTimestamp,
+        progress: &Progress,
+    ) -> Result<(), Error> {
+        let name = args.batch.name_any();
+        if pending.receipts.is_empty() && total.is_none_or(|t| collected.finished() as u64 != t) {
+            return Ok(());
         }
-    }
-    // 2. The collected ids, before the messages go: a crash after this
-    //    point finds the redelivered results already counted.
-    r.record.store_collected(collected.encode()).await?;
-    // 3. The messages.
-    r.inbox
-        .ack_results(std::mem::take(&mut pending.receipts))
-        .await
-        .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
-    r.metrics
-        .tasks_collected
-        .get_or_create(&crate::metrics::BatchOutcome {
-            outcome: "succeeded",
-        })
-        .inc_by(std::mem::take(&mut pending.succeeded));
-    r.metrics
-        .tasks_collected
-        .get_or_create(&crate::metrics::BatchOutcome { outcome: "failed" })
-        .inc_by(std::mem::take(&mut pending.failed));
-    // 4. The status.
-    let mut counts = TaskCounts::default();
-    collected.apply_to(&mut counts);
-    counts.total = total.map_or(0, |t| t as i64);
-    let enqueue_finished = total.is_some();
-    let phase = status::phase_of(&PhaseInput {
-        previous: Some(if enqueue_finished {
-            Phase::Running
-        } else {
-            Phase::Enqueuing
-        }),
-        accepted: true,
-        cancel: false,
-        enqueue_finished,
-        counts: TaskCounts {
-            enqueued: counts.total.max(1),
-            ..counts
-        },
-    });
-    let now = JiffTimestamp::now();
-    let elapsed = Duration::from_millis(
-        u64::try_from(now.as_millisecond() - started.as_millisecond()).unwrap_or(0),
-    );
-    let mut patch = json!({
-        "counts": { "succeeded": counts.succeeded, "failed": counts.failed, "retried": counts.retried,
-            "running": progress.running() },
-        "throughput": status::throughput(collected.finished(), elapsed),
-    });
-    if enqueue_finished {
-        patch["counts"]["total"] = json!(counts.total);
-        patch["progress"] = json!(status::progress(&counts, true));
-        patch["phase"] = json!(phase);
-    } else {
-        patch["progress"] = json!(progress.column());
-    }
-    if !latency.is_empty() {
-        patch["latency"] = json!(Latency {
-            p50_millis: latency.value_at_quantile(0.5) as i64,
-            p99_millis: latency.value_at_quantile(0.99) as i64,
+        // 1. The results objects, each bounded (a crash before step 2 writes
+        //    the same part numbers again).
+        if let Some(results) = &args.results
+            && !pending.lines.is_empty()
+        {
+            let lines = std::mem::take(&mut pending.lines);
+            pending.results = 0;
+            for part in split_parts(&lines, self.settings.results_part_bytes, PART_MAX_RESULTS) {
+                let key = format!("{}part-{:06}.jsonl", results.key, collected.result_parts);
+                retrying(
+                    &format!("writing s3://{}/{key}", results.bucket),
+                    || async {
+                        self.store
+                            .put(&results.bucket, &key, part.to_vec())
+                            .await
+                            .map_err(|e| Error::Other(e.to_string()))
+                    },
+                )
+                .await;
+                collected.result_parts += 1;
+            }
+        }
+        // 2. The collected ids, before the messages go: a crash after this
+        //    point finds the redelivered results already counted.
+        self.record.store_collected(collected.encode()).await?;
+        // 3. The messages.
+        self.inbox
+            .ack_results(std::mem::take(&mut pending.receipts))
+            .await
+            .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+        self.metrics
+            .tasks_collected
+            .get_or_create(&crate::metrics::BatchOutcome {
+                outcome: "succeeded",
+            })
+            .inc_by(std::mem::take(&mut pending.succeeded));
+        self.metrics
+            .tasks_collected
+            .get_or_create(&crate::metrics::BatchOutcome { outcome: "failed" })
+            .inc_by(std::mem::take(&mut pending.failed));
+        // 4. The status.
+        let mut counts = TaskCounts::default();
+        collected.apply_to(&mut counts);
+        counts.total = total.map_or(0, |t| t as i64);
+        let enqueue_finished = total.is_some();
+        let phase = status::phase_of(&PhaseInput {
+            previous: Some(if enqueue_finished {
+                Phase::Running
+            } else {
+                Phase::Enqueuing
+            }),
+            accepted: true,
+            cancel: false,
+            enqueue_finished,
+            counts: TaskCounts {
+                enqueued: counts.total.max(1),
+                ..counts
+            },
         });
-    }
-    let planned = total.unwrap_or(progress.planned.load(Ordering::Relaxed));
-    match status::time_to_finish(collected.finished() as u64, planned, elapsed) {
-        Some(left) if !phase.is_finished() => {
-            let eta = now
-                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
-                    left.as_secs() as i64
-                ))
-                .unwrap_or(now);
-            patch["estimatedCompletionTime"] = json!(Time(eta));
+        let now = JiffTimestamp::now();
+        let elapsed = Duration::from_millis(
+            u64::try_from(now.as_millisecond() - started.as_millisecond()).unwrap_or(0),
+        );
+        let mut patch = json!({
+            "counts": { "succeeded": counts.succeeded, "failed": counts.failed, "retried": counts.retried,
+                "running": progress.running() },
+            "throughput": status::throughput(collected.finished(), elapsed),
+        });
+        if enqueue_finished {
+            patch["counts"]["total"] = json!(counts.total);
+            patch["progress"] = json!(status::progress(&counts, true));
+            patch["phase"] = json!(phase);
+        } else {
+            patch["progress"] = json!(progress.column());
         }
-        _ => patch["estimatedCompletionTime"] = serde_json::Value::Null,
+        if !latency.is_empty() {
+            patch["latency"] = json!(Latency {
+                p50_millis: latency.value_at_quantile(0.5) as i64,
+                p99_millis: latency.value_at_quantile(0.99) as i64,
+            });
+        }
+        let planned = total.unwrap_or(progress.planned.load(Ordering::Relaxed));
+        match status::time_to_finish(collected.finished() as u64, planned, elapsed) {
+            Some(left) if !phase.is_finished() => {
+                let eta = now
+                    .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                        left.as_secs() as i64
+                    ))
+                    .unwrap_or(now);
+                patch["estimatedCompletionTime"] = json!(Time(eta));
+            }
+            _ => patch["estimatedCompletionTime"] = serde_json::Value::Null,
+        }
+        if phase.is_finished() {
+            patch["completionTime"] = json!(Time(now));
+        }
+        self.record.patch_status(patch).await
     }
-    if phase.is_finished() {
-        patch["completionTime"] = json!(Time(now));
-    }
-    r.record.patch_status(patch).await
 }
 
 #[cfg(test)]
@@ -965,7 +947,7 @@ mod tests {
         let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
         let r = runner(&queue, &responses, MemoryRecord::default());
         let (_tx, spec) = watch::channel(b.spec.clone());
-        tokio::time::timeout(Duration::from_secs(60), run(&r, args(b, true), spec))
+        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
             .await
             .expect("the batch finishes")
             .unwrap();
@@ -1051,7 +1033,7 @@ mod tests {
             wake_pool: plain.wake_pool,
         };
         let (_tx, spec) = watch::channel(b.spec.clone());
-        tokio::time::timeout(Duration::from_secs(60), run(&r, args(b, true), spec))
+        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
             .await
             .expect("the batch finishes")
             .expect("the runner rides out the failed writes");
@@ -1123,7 +1105,7 @@ mod tests {
         let b = batch(spec.clone(), None);
         let (_tx, rx) = watch::channel(b.spec.clone());
         let mut sent = Vec::new();
-        let mut running = Box::pin(run(&first, args(b, false), rx));
+        let mut running = Box::pin(first.run(args(b, false), rx));
         // Answer what comes until the sizing has grown twice, then stop the
         // runner (an operator killed) at a moment of its own.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1174,7 +1156,7 @@ mod tests {
         let second = runner(&queue, &responses, record);
         let b = batch(spec, Some(status));
         let (_tx, rx) = watch::channel(b.spec.clone());
-        let mut again = Box::pin(run(&second, args(b, false), rx));
+        let mut again = Box::pin(second.run(args(b, false), rx));
         // Nothing below the checkpoint again, and what was sent after it
         // comes again cut the same (the same claim keys).
         let after: Vec<(u64, usize)> = sent.iter().copied().filter(|b| b.0 >= checkpoint).collect();

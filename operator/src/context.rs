@@ -106,6 +106,33 @@ impl Error {
 }
 
 impl Context {
+    /// A finalizer's cleanup of the object `key` (its uid): done once
+    /// `release` succeeds; a failure is reported (`report`, with the message)
+    /// and retried with growing delays.
+    pub async fn finalize<R, F>(
+        &self,
+        key: &str,
+        release: R,
+        report: impl FnOnce(String) -> F,
+    ) -> Result<kube::runtime::controller::Action, Error>
+    where
+        R: std::future::Future<Output = Result<(), Error>>,
+        F: std::future::Future<Output = ()>,
+    {
+        match release.await {
+            Ok(()) => {
+                self.cleanup_retries.succeeded(key);
+                Ok(kube::runtime::controller::Action::await_change())
+            }
+            Err(e) => {
+                let retry_in = self.cleanup_retries.failed(key);
+                let message = e.to_string();
+                report(message.clone()).await;
+                Err(Error::CleanupFailed { message, retry_in })
+            }
+        }
+    }
+
     /// Publishes an Event about `obj`; a failure is logged, never fatal.
     pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
     where

@@ -530,19 +530,10 @@ async fn write_status(
 /// as done; any other failure keeps the finalizer, is reported in the
 /// `CleanupFailed` condition and an Event, and is retried with growing delays.
 async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
-    let key = uid(pool);
-    match release(pool, ctx).await {
-        Ok(()) => {
-            ctx.cleanup_retries.succeeded(&key);
-            Ok(Action::await_change())
-        }
-        Err(e) => {
-            let retry_in = ctx.cleanup_retries.failed(&key);
-            let message = e.to_string();
-            report_cleanup_failure(pool, ctx, &message).await;
-            Err(Error::CleanupFailed { message, retry_in })
-        }
-    }
+    ctx.finalize(&uid(pool), release(pool, ctx), |message| async move {
+        report_cleanup_failure(pool, ctx, &message).await
+    })
+    .await
 }
 
 async fn report_cleanup_failure(pool: &WorkerPool, ctx: &Context, message: &str) {

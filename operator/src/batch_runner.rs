@@ -536,11 +536,8 @@ async fn write_sizing(
         from: i64::try_from(from).unwrap_or(i64::MAX),
         task_microseconds: i64::try_from(task.as_micros()).unwrap_or(i64::MAX),
     };
-    let patch = json!({ "counts": { "enqueued": from, "running": progress.running() },
-        "phase": Phase::Enqueuing,
-        "progress": progress.column(),
-        "enqueueHorizon": horizon,
-        "bundleSizing": sizing });
+    let mut patch = checkpoint(from, horizon, progress);
+    patch["bundleSizing"] = json!(sizing);
     record.patch_status(patch).await
 }
 
@@ -554,11 +551,16 @@ async fn write_checkpoint(
     horizon: u64,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let counts = json!({ "counts": { "enqueued": enqueued, "running": progress.running() },
+    record
+        .patch_status(checkpoint(enqueued, horizon, progress))
+        .await
+}
+
+fn checkpoint(enqueued: u64, horizon: u64, progress: &Progress) -> serde_json::Value {
+    json!({ "counts": { "enqueued": enqueued, "running": progress.running() },
         "enqueueHorizon": horizon,
         "phase": Phase::Enqueuing,
-        "progress": progress.column() });
-    record.patch_status(counts).await
+        "progress": progress.column() })
 }
 
 /// What the workers need to know of the batch: its retries and dedup.

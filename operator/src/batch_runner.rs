@@ -48,7 +48,7 @@ use crate::crd::taskbatch::{BundleSizing, Latency, Phase, TaskBatchSpec, TaskCou
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
 use crate::metrics::Metrics;
-use crate::shares::{self, ShareGuard, Shares};
+use crate::shares::{self, ShareGuard, Shares, TaskCost};
 use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};
 use crate::window::{self, Estimate, WindowInput};
@@ -350,6 +350,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut horizon = resize_from;
         let mut woke_pool = false;
         let mut last_checkpoint = Instant::now();
+        let mut turns = self.shares.subscribe();
         loop {
             // Tasks of unknown length: cut for what their results tell, the new
             // sizing written ahead with the checkpoint where it starts.
@@ -379,33 +380,48 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     .peekable();
                 }
             }
-            // The meter: wait until the batch's enqueued, unfinished tasks are
-            // under its window (see `window`), writing the checkpoint meanwhile.
-            let next = match bundles.peek() {
-                Some(Ok(b)) => b.tasks.len() as u64,
+            // Suspended: wait here, sending nothing and holding no one back.
+            if spec.borrow().suspend == Some(true) {
+                share.set_backlogged(false);
+                while spec.borrow().suspend == Some(true) {
+                    if spec.changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+                share.set_backlogged(true);
+            }
+            // The meter: wait for the batch's turn in its pool's window (see
+            // `window` and `shares`), writing the checkpoint meanwhile.
+            let peeked = |bundles: &mut std::iter::Peekable<_>| match bundles.peek() {
+                Some(Ok(b)) => {
+                    let b: &Bundle = b;
+                    b.tasks.len() as u64
+                }
                 Some(Err(_)) | None => 1,
             };
+            let next = peeked(&mut bundles);
             if let Some(Ok(b)) = bundles.peek() {
                 progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.nominal_duration()));
             }
-            let room = loop {
+            let (cost, window) = loop {
                 let estimate = if unknown {
                     sizing::window_cost(learned, progress.estimate())
                 } else {
                     progress.estimate()
                 };
-                let window = window::window_tasks(&WindowInput {
+                let cost = TaskCost {
+                    window: window::task_cost(estimate),
+                    share: window::task_cost(progress.estimate()),
+                };
+                let window = window::window_work(&WindowInput {
                     pool_slots: planned_slots,
                     pool_workers: args.pool_workers,
-                    weight: share.weight(),
-                    total_weight: self.shares.total_weight(share.pool()),
-                    estimate,
+                    cost: cost.window,
                     next_bundle: next,
                 });
                 share.update(progress.running(), progress.estimate());
-                let running = progress.running();
-                if running < window {
-                    break window - running;
+                if share.take(next, cost, window) {
+                    break (cost, window);
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                     last_checkpoint = Instant::now();
@@ -413,29 +429,28 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 }
                 tokio::select! {
                     _ = progress.collected.notified() => {}
+                    _ = turns.changed() => {}
                     changed = spec.changed() => if changed.is_err() {
                         return Ok(()); // The runner is being stopped.
                     },
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             };
-            let mut group_tasks = 0;
-            while group.len() < SEND_GROUP && group_tasks < room {
-                let Some(bundle) = bundles.next() else { break };
+            // The granted bundle, and the next ones while the turn stays ours.
+            while let Some(bundle) = bundles.next() {
                 let mut bundle = bundle.map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
                 bundle.submitted = Timestamp::now();
                 bundle.reply_to = Some(self.reply_to.clone());
                 bundle.options = options;
-                group_tasks += bundle.tasks.len() as u64;
                 group.push(bundle);
-            }
-            let last = bundles.peek().is_none();
-            // Suspended: wait here, the checkpoint written, until resumed.
-            while spec.borrow().suspend == Some(true) {
-                if spec.changed().await.is_err() {
-                    return Ok(());
+                if group.len() >= SEND_GROUP
+                    || bundles.peek().is_none()
+                    || !share.take(peeked(&mut bundles), cost, window)
+                {
+                    break;
                 }
             }
+            let last = bundles.peek().is_none();
             if !group.is_empty() {
                 let sent: u64 = group.iter().map(|b| b.tasks.len() as u64).sum();
                 let next = group
@@ -449,7 +464,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     .iter()
                     .any(|b| b.tasks.iter().any(|t| t.spec.nominal_duration().is_none()));
                 if sized && next > horizon {
-                    horizon = next + sent.max(room);
+                    let window_tasks = window.as_nanos() / cost.window.as_nanos().max(1);
+                    horizon = next + sent.max(u64::try_from(window_tasks).unwrap_or(u64::MAX));
                     write_checkpoint(&self.record, enqueued, horizon, progress).await?;
                     last_checkpoint = Instant::now();
                 }
@@ -460,13 +476,13 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 self.metrics.tasks_enqueued.inc_by(sent);
                 enqueued = next;
                 progress.enqueued.store(enqueued, Ordering::Relaxed);
-                share.update(progress.running(), progress.estimate());
                 if !woke_pool {
                     // The pool scales on this backlog now, not at its next poll.
                     let _ = self.wake_pool.send(args.pool.clone());
                     woke_pool = true;
                 }
             }
+            share.sent(progress.running());
             if last {
                 break;
             }
@@ -480,6 +496,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             }
         }
         // Every task is in the queue: the total is final.
+        share.set_backlogged(false);
         self.record
             .patch_status(
                 json!({ "counts": { "enqueued": enqueued, "total": enqueued, "running": progress.running() },

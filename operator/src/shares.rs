@@ -1,20 +1,45 @@
-//! What the batch runners of each pool tell each other and the pool's scaler:
-//! their weights (for the enqueue windows) and the work they have in the queue
-//! or running (for scaling on work). In memory: a restarted operator's runners
-//! register again as they start.
+//! Fair share between the batches of a pool, and what they tell the pool's
+//! scaler. The batches of a pool keep one window of work enqueued together
+//! (see `window`); when it has room, the batch that has sent the least work
+//! for its weight sends next (start-time fair queuing, in task-seconds). So
+//! over any stretch where batches of weights 1 and 3 both have tasks to send,
+//! they send — and so finish — work in the ratio 1:3, whatever their windows
+//! hold, however slow their results come back, and at the granularity of a
+//! bundle. In memory: a restarted operator's runners register again as they
+//! start.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A batch that has not asked for a turn for this long (its runner is
+/// writing its status, or stuck) does not hold the others back.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// One batch, as its runner last said.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct BatchShare {
-    pub weight: u64,
+#[derive(Clone, Copy, Debug)]
+struct BatchShare {
     /// Tasks enqueued and not finished.
-    pub in_flight: u64,
-    /// Its task length estimate; `None`: unknown.
-    pub estimate: Option<Duration>,
+    in_flight: u64,
+    /// Tasks granted a turn and being sent.
+    reserved: u64,
+    /// Its task length estimate, for the scaler; `None`: unknown.
+    estimate: Option<Duration>,
+    /// What one of its tasks counts for in the pool's window.
+    cost: Duration,
+    /// Work sent over weight, in task-seconds: the batch's virtual time.
+    sent: f64,
+    /// Has tasks left to send and is not suspended.
+    backlogged: bool,
+    /// When its runner last asked for a turn or sent.
+    seen: Instant,
+}
+
+impl BatchShare {
+    fn work(&self) -> f64 {
+        (self.in_flight + self.reserved) as f64 * self.cost.as_secs_f64()
+    }
 }
 
 /// A pool's work, summed over its batches.
@@ -32,42 +57,54 @@ pub fn pool_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shares {
     /// Pool (`namespace/name`) → batch uid → its share.
     pools: Mutex<HashMap<String, HashMap<String, BatchShare>>>,
+    /// Bumped whenever room may have been made or a turn may have passed:
+    /// runners waiting for a turn look again.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Self {
+            pools: Mutex::default(),
+            changed: watch::channel(0).0,
+        }
+    }
 }
 
 impl Shares {
-    /// Registers a batch on a pool until the guard drops.
+    /// Registers a batch on a pool until the guard drops. It starts at the
+    /// virtual time of the batches already sending, so it neither waits for
+    /// them nor catches up on what they sent before it came.
     pub fn join(self: &Arc<Self>, pool: &str, batch: &str, weight: u64) -> ShareGuard {
-        self.pools
-            .lock()
-            .expect("shares lock")
-            .entry(pool.to_string())
-            .or_default()
-            .insert(
+        let weight = weight.max(1);
+        {
+            let mut pools = self.pools.lock().expect("shares lock");
+            let batches = pools.entry(pool.to_string()).or_default();
+            let sent = least_sent(batches, batch, Instant::now()).unwrap_or(0.0);
+            batches.insert(
                 batch.to_string(),
                 BatchShare {
-                    weight: weight.max(1),
-                    ..BatchShare::default()
+                    in_flight: 0,
+                    reserved: 0,
+                    estimate: None,
+                    cost: crate::window::UNKNOWN_TASK,
+                    sent,
+                    backlogged: true,
+                    seen: Instant::now(),
                 },
             );
+        }
+        self.bump();
         ShareGuard {
             shares: self.clone(),
             pool: pool.to_string(),
             batch: batch.to_string(),
-            weight: weight.max(1),
+            weight,
         }
-    }
-
-    /// The sum of the weights of the pool's batches.
-    pub fn total_weight(&self, pool: &str) -> u64 {
-        self.pools
-            .lock()
-            .expect("shares lock")
-            .get(pool)
-            .map_or(0, |b| b.values().map(|s| s.weight).sum())
     }
 
     /// The pool's work in the queue or running.
@@ -83,6 +120,50 @@ impl Shares {
             work.task_seconds += share.in_flight as f64 * cost.as_secs_f64();
         }
         work
+    }
+
+    /// Told when a turn may be free: see [`ShareGuard::take`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn with<T>(&self, pool: &str, batch: &str, f: impl FnOnce(&mut BatchShare) -> T) -> Option<T> {
+        let mut pools = self.pools.lock().expect("shares lock");
+        pools.get_mut(pool).and_then(|b| b.get_mut(batch)).map(f)
+    }
+}
+
+/// The least virtual time among the batches other than `batch` that are
+/// sending now.
+fn least_sent(batches: &HashMap<String, BatchShare>, batch: &str, now: Instant) -> Option<f64> {
+    batches
+        .iter()
+        .filter(|(k, s)| k.as_str() != batch && s.backlogged && now.duration_since(s.seen) < QUIET)
+        .map(|(_, s)| s.sent)
+        .min_by(f64::total_cmp)
+}
+
+/// What one of a batch's tasks counts for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TaskCost {
+    /// In the pool's window: the length its bundles are metered at.
+    pub window: Duration,
+    /// In its fair share: the length its tasks are expected to take. Not the
+    /// metered one, which stays long while bundles are cut for longer tasks
+    /// than the results show and would charge the batch for work not done.
+    pub share: Duration,
+}
+
+impl TaskCost {
+    pub fn same(length: Duration) -> Self {
+        Self {
+            window: length,
+            share: length,
+        }
     }
 }
 
@@ -103,15 +184,82 @@ impl ShareGuard {
         self.weight
     }
 
+    /// Its tasks enqueued and not finished, and their length (observed, else
+    /// declared) for the scaler.
     pub fn update(&self, in_flight: u64, estimate: Option<Duration>) {
-        let mut pools = self.shares.pools.lock().expect("shares lock");
-        if let Some(share) = pools
-            .get_mut(&self.pool)
-            .and_then(|b| b.get_mut(&self.batch))
-        {
-            share.in_flight = in_flight;
-            share.estimate = estimate;
+        let freed = self
+            .shares
+            .with(&self.pool, &self.batch, |s| {
+                let freed = in_flight < s.in_flight;
+                s.in_flight = in_flight;
+                s.estimate = estimate;
+                freed
+            })
+            .unwrap_or(false);
+        if freed {
+            self.shares.bump();
         }
+    }
+
+    /// Whether the batch still has tasks to send (not while suspended).
+    /// Coming back, it starts at the others' virtual time.
+    pub fn set_backlogged(&self, backlogged: bool) {
+        let mut pools = self.shares.pools.lock().expect("shares lock");
+        let Some(batches) = pools.get_mut(&self.pool) else {
+            return;
+        };
+        let least = least_sent(batches, &self.batch, Instant::now());
+        if let Some(s) = batches.get_mut(&self.batch) {
+            if backlogged && !s.backlogged {
+                s.sent = s.sent.max(least.unwrap_or(s.sent));
+                s.seen = Instant::now();
+            }
+            s.backlogged = backlogged;
+        }
+        drop(pools);
+        self.shares.bump();
+    }
+
+    /// Asks for the turn to send `tasks` more, each costing `cost.window` of
+    /// the pool's window of `window` (seconds of work: see `window`) and
+    /// charged `cost.share` of the batch's fair share. Granted when
+    /// the pool's batches hold less than the window and no other batch sending
+    /// now has sent less for its weight; a granted turn is reserved until
+    /// [`ShareGuard::sent`]. A batch alone on its pool always has the turn
+    /// when there is room, and any batch with nothing in flight has room.
+    pub fn take(&self, tasks: u64, cost: TaskCost, window: Duration) -> bool {
+        let now = Instant::now();
+        let mut pools = self.shares.pools.lock().expect("shares lock");
+        let Some(batches) = pools.get_mut(&self.pool) else {
+            return true;
+        };
+        let held: f64 = batches.values().map(BatchShare::work).sum();
+        let least = least_sent(batches, &self.batch, now);
+        let Some(me) = batches.get_mut(&self.batch) else {
+            return true;
+        };
+        me.seen = now;
+        me.cost = cost.window;
+        // A batch with nothing in flight may send a bundle over a full window:
+        // a batch applied beside others starts at once, and none is held to
+        // nothing by what the others sent before it came.
+        let room = held < window.as_secs_f64() || me.in_flight + me.reserved == 0;
+        if !room || least.is_some_and(|l| l < me.sent) {
+            return false;
+        }
+        me.reserved += tasks;
+        me.sent += tasks as f64 * cost.share.as_secs_f64() / self.weight as f64;
+        true
+    }
+
+    /// The reserved tasks are sent: they count in `in_flight` now.
+    pub fn sent(&self, in_flight: u64) {
+        self.shares.with(&self.pool, &self.batch, |s| {
+            s.reserved = 0;
+            s.in_flight = in_flight;
+            s.seen = Instant::now();
+        });
+        self.shares.bump();
     }
 }
 
@@ -124,30 +272,208 @@ impl Drop for ShareGuard {
                 pools.remove(&self.pool);
             }
         }
+        drop(pools);
+        self.shares.bump();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+
+    const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn batches_join_and_leave_their_pools_shares() {
+    fn batches_join_and_leave_their_pools_work() {
         let shares = Arc::new(Shares::default());
         let a = shares.join("ns/p", "a", 1);
         let b = shares.join("ns/p", "b", 3);
         let _other = shares.join("ns/q", "c", 5);
-        assert_eq!(shares.total_weight("ns/p"), 4);
-        a.update(100, Some(Duration::from_millis(10)));
+        a.update(100, Some(10 * MS));
         b.update(10, None);
         let work = shares.work("ns/p");
         assert_eq!(work.tasks, 110);
         assert!((work.task_seconds - (1.0 + 10.0)).abs() < 1e-9, "{work:?}");
         drop(b);
-        assert_eq!(shares.total_weight("ns/p"), 1);
+        assert_eq!(shares.work("ns/p").tasks, 100);
         drop(a);
-        assert_eq!(shares.total_weight("ns/p"), 0);
         assert_eq!(shares.work("ns/p"), PoolWork::default());
-        assert_eq!(shares.total_weight("ns/q"), 5);
+        assert_eq!(shares.work("ns/q").tasks, 0);
+    }
+
+    /// A pool that runs its queue in order, `rate` task-seconds a step, and
+    /// batches that send a bundle whenever they get the turn.
+    fn run_pool(
+        batches: &[(&ShareGuard, Duration, u64)],
+        window: Duration,
+        steps: usize,
+    ) -> Vec<f64> {
+        let mut queue: VecDeque<(usize, u64)> = VecDeque::new();
+        let mut in_flight = vec![0u64; batches.len()];
+        let mut done_work = vec![0.0; batches.len()];
+        for _ in 0..steps {
+            for (i, (share, cost, bundle)) in batches.iter().enumerate() {
+                while share.take(*bundle, TaskCost::same(*cost), window) {
+                    queue.push_back((i, *bundle));
+                    in_flight[i] += bundle;
+                    share.sent(in_flight[i]);
+                }
+            }
+            // One bundle's worth of the pool's time a step.
+            if let Some((i, n)) = queue.pop_front() {
+                in_flight[i] -= n;
+                done_work[i] += n as f64 * batches[i].1.as_secs_f64();
+                batches[i].0.update(in_flight[i], Some(batches[i].1));
+            }
+        }
+        let all: f64 = done_work.iter().sum();
+        done_work.iter().map(|w| w / all).collect()
+    }
+
+    #[test]
+    fn weighted_batches_send_work_in_proportion_to_their_weights() {
+        let shares = Arc::new(Shares::default());
+        let light = shares.join("ns/p", "light", 1);
+        let heavy = shares.join("ns/p", "heavy", 3);
+        // Bundles as large as a third of the window: a window per batch would
+        // hold one or two of them whatever the weights.
+        let parts = run_pool(
+            &[(&light, 20 * MS, 300), (&heavy, 20 * MS, 300)],
+            Duration::from_secs(18),
+            4_000,
+        );
+        assert!((parts[1] - 0.75).abs() < 0.01, "{parts:?}");
+    }
+
+    #[test]
+    fn the_share_is_in_work_not_tasks() {
+        let shares = Arc::new(Shares::default());
+        let short = shares.join("ns/p", "short", 1);
+        let long = shares.join("ns/p", "long", 1);
+        let parts = run_pool(
+            &[(&short, 10 * MS, 100), (&long, 100 * MS, 10)],
+            Duration::from_secs(5),
+            4_000,
+        );
+        assert!((parts[0] - 0.5).abs() < 0.01, "{parts:?}");
+    }
+
+    #[test]
+    fn the_share_is_charged_at_the_expected_length_not_the_metered_one() {
+        let shares = Arc::new(Shares::default());
+        let a = shares.join("ns/p", "a", 1);
+        let b = shares.join("ns/p", "b", 1);
+        let window = Duration::from_secs(1000);
+        // Both run 20 ms tasks; a's bundles are still metered at 80 ms.
+        let metered = TaskCost {
+            window: 80 * MS,
+            share: 20 * MS,
+        };
+        let mut sent = [0, 0];
+        for _ in 0..100 {
+            if a.take(10, metered, window) {
+                sent[0] += 10;
+            }
+            if b.take(10, TaskCost::same(20 * MS), window) {
+                sent[1] += 10;
+            }
+        }
+        assert_eq!(sent[0], sent[1]);
+    }
+
+    #[test]
+    fn a_batch_alone_fills_the_window_and_stops_there() {
+        let shares = Arc::new(Shares::default());
+        let a = shares.join("ns/p", "a", 1);
+        let window = Duration::from_secs(1);
+        let mut granted = 0;
+        while a.take(10, TaskCost::same(10 * MS), window) {
+            granted += 10;
+        }
+        // 100 tasks of 10 ms fill one second; none more until some finish.
+        assert_eq!(granted, 100);
+        a.sent(100);
+        assert!(!a.take(10, TaskCost::same(10 * MS), window));
+        a.update(90, Some(10 * MS));
+        assert!(a.take(10, TaskCost::same(10 * MS), window));
+    }
+
+    #[test]
+    fn a_batch_with_nothing_in_flight_sends_a_bundle_over_a_full_window() {
+        let shares = Arc::new(Shares::default());
+        let old = shares.join("ns/p", "old", 1);
+        let window = Duration::from_secs(1);
+        assert!(old.take(200, TaskCost::same(10 * MS), window));
+        old.sent(200);
+        let new = shares.join("ns/p", "new", 1);
+        assert!(new.take(50, TaskCost::same(10 * MS), window));
+        // One bundle, not more, until room is made.
+        assert!(!new.take(50, TaskCost::same(10 * MS), window));
+        new.sent(50);
+        assert!(!new.take(50, TaskCost::same(10 * MS), window));
+        assert!(!old.take(50, TaskCost::same(10 * MS), window));
+    }
+
+    #[test]
+    fn a_late_batch_starts_at_the_others_virtual_time() {
+        let shares = Arc::new(Shares::default());
+        let old = shares.join("ns/p", "old", 1);
+        let window = Duration::from_secs(1000);
+        for _ in 0..100 {
+            assert!(old.take(10, TaskCost::same(10 * MS), window));
+        }
+        old.sent(1000);
+        // The newcomer does not get 100 bundles in a row to catch up: they
+        // alternate from the start.
+        let new = shares.join("ns/p", "new", 1);
+        let mut order = String::new();
+        for _ in 0..3 {
+            for (name, s) in [("n", &new), ("o", &old)] {
+                if s.take(10, TaskCost::same(10 * MS), window) {
+                    order.push_str(name);
+                }
+            }
+        }
+        assert_eq!(order, "nonono");
+    }
+
+    #[test]
+    fn a_batch_not_sending_holds_no_one_back() {
+        let shares = Arc::new(Shares::default());
+        let a = shares.join("ns/p", "a", 1);
+        let b = shares.join("ns/p", "b", 1);
+        let window = Duration::from_secs(1000);
+        assert!(a.take(10, TaskCost::same(10 * MS), window));
+        // a has sent more than b: b's turn, unless b has nothing to send.
+        assert!(!a.take(10, TaskCost::same(10 * MS), window));
+        b.set_backlogged(false);
+        assert!(a.take(10, TaskCost::same(10 * MS), window));
+        assert!(a.take(10, TaskCost::same(10 * MS), window));
+        // Back, b starts where a is: no burst of three turns.
+        b.set_backlogged(true);
+        assert!(b.take(10, TaskCost::same(10 * MS), window));
+        assert!(!b.take(10, TaskCost::same(10 * MS), window));
+        assert!(a.take(10, TaskCost::same(10 * MS), window));
+        // Gone, b holds no one back.
+        drop(b);
+        assert!(a.take(10, TaskCost::same(10 * MS), window));
+        assert!(a.take(10, TaskCost::same(10 * MS), window));
+    }
+
+    #[tokio::test]
+    async fn waiting_runners_are_told_when_room_is_made() {
+        let shares = Arc::new(Shares::default());
+        let a = shares.join("ns/p", "a", 1);
+        let mut changed = shares.subscribe();
+        changed.mark_unchanged();
+        assert!(a.take(100, TaskCost::same(10 * MS), Duration::from_secs(1)));
+        a.sent(100);
+        assert!(!a.take(1, TaskCost::same(10 * MS), Duration::from_secs(1)));
+        a.update(50, None);
+        tokio::time::timeout(Duration::from_secs(1), changed.changed())
+            .await
+            .expect("told")
+            .unwrap();
     }
 }

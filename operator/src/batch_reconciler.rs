@@ -314,6 +314,8 @@ async fn set_conditions(
                 (status::batch_condition::SUSPENDED, true) => (false, "Suspended"),
                 (status::batch_condition::COMPLETE, true) => (false, "Succeeded"),
                 (status::batch_condition::FAILED, true) => (true, update.reason.as_str()),
+                // Again whenever the count changes (the message says it).
+                (status::batch_condition::DEAD_LETTERED, true) => (true, "DeadLettered"),
                 _ => continue,
             };
             let note = if update.message.is_empty() {

@@ -1914,6 +1914,12 @@ enum Expect {
     Fails(i64),
 }
 
+/// The pool's dead-letter queue's messages (visible, in flight, delayed).
+fn dead_letters(rt: &tokio::runtime::Runtime, dlq: &str) -> u64 {
+    let s = rt.block_on(aws().sqs().at(dlq).stats()).unwrap();
+    s.visible + s.in_flight + s.delayed
+}
+
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn a_corpus_of_bad_input_gets_clear_reports_and_disturbs_nothing() {
@@ -2174,4 +2180,163 @@ data:
         .unwrap_or_default()
         .to_string();
     println!("corpus: junk on a response queue: {line}");
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn bundles_in_the_dead_letter_queue_are_reported_failed_and_their_batch_finishes() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-dlq");
+    c.operator("operator.log", &[]);
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue_url = c.queue_url("p");
+    let dlq_url = c.pool("p").status.unwrap().dead_letter_queue_url.unwrap();
+    let n = 40;
+    c.apply(&run_batch("dead", "p", n, "true"));
+    // (The window may hold the rest back until results come.)
+    c.wait_for("tasks enqueued", Duration::from_secs(60), |c| {
+        (c.batch("dead").status?.counts.enqueued > 0).then_some(())
+    });
+    // One bundle moves to the dead-letter queue as SQS's redrive would move
+    // it (no worker runs yet: nothing else touches the queue).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sqs = aws().sqs();
+    let queue = sqs.at(queue_url.as_str());
+    let dead_tasks = rt.block_on(async {
+        let messages = queue.receive_raw(10, Duration::from_secs(5)).await.unwrap();
+        let (first, rest) = messages.split_first().expect("bundles in the queue");
+        let bundle = cloudkon_core::wire::decode_bundle(&first.body).unwrap();
+        sqs.at(dlq_url.as_str())
+            .send_bodies(vec![first.body.clone()])
+            .await
+            .unwrap();
+        queue
+            .delete_batch(vec![first.receipt.clone()])
+            .await
+            .unwrap();
+        for m in rest {
+            queue
+                .change_visibility(&m.receipt, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        bundle.tasks.len() as i64
+    });
+    assert!(dead_tasks > 0);
+    c.workers(&queue_url, &table, 2);
+    let s = c
+        .wait_finished("dead", Duration::from_secs(120))
+        .status
+        .unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed), "{s:?}");
+    assert_eq!(
+        (s.counts.succeeded, s.counts.failed, s.counts.dead_lettered),
+        (i64::from(n) - dead_tasks, dead_tasks, dead_tasks),
+        "{s:?}"
+    );
+    let want = format!("{dead_tasks} tasks reached the dead-letter queue");
+    let b = c.wait_for("the DeadLettered condition", Duration::from_secs(30), |c| {
+        let b = c.batch("dead");
+        condition(&b, "DeadLettered").map(|_| b)
+    });
+    let (status, reason, message) = condition(&b, "DeadLettered").unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "TasksDeadLettered")
+    );
+    assert!(message.contains(&want), "{message}");
+    let events = c.wait_for("the DeadLettered Event", Duration::from_secs(30), |c| {
+        let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+        (events.contains("DeadLettered") && events.contains(&want)).then_some(events)
+    });
+    println!("dead-letter e2e: {dead_tasks} of {n} tasks dead-lettered; events:\n{events}");
+    assert_eq!(
+        dead_letters(&rt, &dlq_url),
+        0,
+        "the dead-letter queue is empty"
+    );
+}
+
+/// SIGSTOPs DynamoDB Local; SIGCONT on drop, so that a failing test does not
+/// leave it stopped for the others.
+struct PausedDynamo(Pid);
+
+impl PausedDynamo {
+    fn new() -> Self {
+        let pid: i32 = std::env::var("CLOUDKON_DYNAMODB_PID")
+            .expect("CLOUDKON_DYNAMODB_PID (scripts/aws-servers exports it)")
+            .parse()
+            .unwrap();
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        PausedDynamo(Pid::from_raw(pid))
+    }
+}
+
+impl Drop for PausedDynamo {
+    fn drop(&mut self) {
+        kill(self.0, Signal::SIGCONT).ok();
+    }
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_40_s_dynamodb_outage_mid_batch_loses_nothing_and_dead_letters_nothing() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-ddbpause");
+    c.operator("operator.log", &[]);
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    let dlq_url = c.pool("p").status.unwrap().dead_letter_queue_url.unwrap();
+    c.workers(&queue, &table, 2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(aws().s3().ensure_bucket("cloudkon-results"))
+        .unwrap();
+    let ran = c.dir.path().join("ran");
+    std::fs::File::create(&ran).unwrap();
+    // 400 tasks of 0.5 s on 8 slots: ~25 s of work, most of it queued when
+    // DynamoDB stops.
+    let n = 400;
+    let command = format!("echo {{i}} >> {}; sleep 0.5", ran.display());
+    let started = Instant::now();
+    c.apply(&format!(
+        "{}  results: {{s3Prefix: s3://cloudkon-results/ddbpause}}\n",
+        run_batch("paused", "p", n, &command)
+    ));
+    c.wait_for("40 tasks started", Duration::from_secs(120), |_| {
+        let lines = std::fs::read_to_string(&ran).ok()?.lines().count();
+        (lines >= 40).then_some(())
+    });
+    let before = std::fs::read_to_string(&ran).unwrap().lines().count();
+    {
+        let _paused = PausedDynamo::new();
+        // The outage itself: a fixed length, not a wait for a condition.
+        std::thread::sleep(Duration::from_secs(40));
+    }
+    let at_resume = std::fs::read_to_string(&ran).unwrap().lines().count();
+    let s = c
+        .wait_finished("paused", Duration::from_secs(600))
+        .status
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(s.phase, Some(Phase::Succeeded), "{s:?}\n{}", c.logs());
+    assert_eq!(
+        (s.counts.succeeded, s.counts.failed, s.counts.dead_lettered),
+        (i64::from(n), 0, 0)
+    );
+    let results = s.results.unwrap();
+    let prefix = results.trim_start_matches("s3://cloudkon-results/");
+    let ids = common::results_in_s3(&rt, "cloudkon-results", prefix);
+    assert_eq!(ids.len(), n as usize, "tasks with a result");
+    assert!(ids.values().all(|&k| k == 1), "a task reported twice");
+    let runs = std::fs::read_to_string(&ran).unwrap().lines().count();
+    let dead = dead_letters(&rt, &dlq_url);
+    println!(
+        "DynamoDB paused 40 s mid-batch: {n} tasks in {:.1} s, {before} started before the pause, {at_resume} by its end, {} runs ({} re-runs), {dead} in the dead-letter queue",
+        took.as_secs_f64(),
+        runs,
+        runs - n as usize
+    );
+    assert_eq!(dead, 0, "bundles reached the dead-letter queue");
 }

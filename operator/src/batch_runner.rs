@@ -1121,7 +1121,9 @@ mod tests {
         let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
         let ledger = MemoryLedger::new();
         let n = 30;
-        let b = batch(generator(json!({"kind": "sleep", "ms": 1}), n), None);
+        // Declared 1 s: bundles of a few tasks (1 ms tasks would all go in one,
+        // the bundle floor being 1 s of work); the test answers for workers.
+        let b = batch(generator(json!({"kind": "sleep", "ms": 1000}), n), None);
         let r = Arc::new(runner(&queue, &responses, MemoryRecord::default()));
         let (_tx, spec) = watch::channel(b.spec.clone());
         let run = {

@@ -649,7 +649,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let batch = &args.batch;
         let name = batch.name_any();
         let mut collected = match self.record.load_collected().await? {
-            Some(text) => Collected::decode(&text)
+            Some(stored) => Collected::decode(&stored)
                 .map_err(|e| Error::Other(format!("the collected ids of TaskBatch {name}: {e}")))?,
             None => Collected::default(),
         };

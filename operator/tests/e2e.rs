@@ -1887,3 +1887,68 @@ fn batches_sharing_a_pool_get_work_in_proportion_to_their_weights() {
         100.0 * heavy_share
     );
 }
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn ten_million_collected_ids_in_the_worst_order_are_stored_and_read_back() {
+    use cloudkon_operator::batch_record::{BatchRecord, KubeRecord, collected_piece_name};
+    use cloudkon_operator::collected::Collected;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let _serial = serial();
+    // No operator: the record alone, on a TaskBatch that owns its ConfigMaps.
+    let c = Cluster::new("e2e-ids");
+    c.apply(&run_batch("big", "p", 10_000_000, "true"));
+    let batch = c.batch("big");
+    let record = KubeRecord::new(c.client.clone(), &batch).unwrap();
+    let pieces = |c: &Cluster| -> Vec<String> {
+        let list =
+            c.rt.block_on(c.api::<ConfigMap>().list(&Default::default()))
+                .unwrap();
+        let mut names: Vec<String> = list
+            .items
+            .into_iter()
+            .filter_map(|cm| cm.metadata.name)
+            .filter(|n| n.starts_with("big-cloudkon-collected-"))
+            .collect();
+        names.sort();
+        names
+    };
+    // Every other task of 10 M done: 5 M holes, which the first encoding
+    // (2 bytes a hole) could not store in a ConfigMap.
+    let mut collected = Collected::default();
+    for id in (0..10_000_000).step_by(2) {
+        collected.ids.insert(id);
+    }
+    collected.succeeded = 5_000_000;
+    collected.result_parts = 7;
+    let stored = collected.encode();
+    eprintln!(
+        "stored: head {} bytes, {} pieces, {} bytes in all",
+        stored.head.len(),
+        stored.pieces.len(),
+        stored.size()
+    );
+    let kept = collected_piece_name("big", &stored.pieces[1].digest);
+    c.rt.block_on(record.store_collected(stored)).unwrap();
+    let first = pieces(&c);
+    assert_eq!(first.len(), 2, "{first:?}");
+    // A new record (a restarted operator) reads the same set back.
+    let again = KubeRecord::new(c.client.clone(), &batch).unwrap();
+    let loaded = c.rt.block_on(again.load_collected()).unwrap().unwrap();
+    assert_eq!(Collected::decode(&loaded).unwrap(), collected);
+    // The odd ids of the first 4 M come in: the first piece becomes one run,
+    // inline in the head (its ConfigMap deleted after the head is written);
+    // the second stays as it was, not written again.
+    for id in (1..4_194_304).step_by(2) {
+        collected.ids.insert(id);
+    }
+    collected.succeeded += 2_097_152;
+    c.rt.block_on(again.store_collected(collected.encode()))
+        .unwrap();
+    let second = pieces(&c);
+    assert_eq!(second, vec![kept], "{first:?} then {second:?}");
+    let third = KubeRecord::new(c.client.clone(), &batch).unwrap();
+    let loaded = c.rt.block_on(third.load_collected()).unwrap().unwrap();
+    assert_eq!(Collected::decode(&loaded).unwrap(), collected);
+}

@@ -52,12 +52,16 @@ pub fn collected_configmap_name(batch: &str) -> String {
 }
 
 /// A collected set's large piece's ConfigMap: named by its content, so a
-/// piece is written once and a head names only whole pieces.
-pub fn collected_piece_name(batch: &str, digest: &str) -> String {
-    let name = format!("{}-{digest}", collected_configmap_name(batch));
-    // Object names have at most 253 characters; the digest is what matters.
+/// piece is written once and a head names only whole pieces; and by its
+/// batch's uid, so that no two batches share one (a batch created again
+/// under its name while the garbage collector still deletes the old one's
+/// pieces, or two batches whose names are too long to prefix).
+pub fn collected_piece_name(batch: &str, uid: &str, digest: &str) -> String {
+    let short: String = uid.chars().take(8).collect();
+    let name = format!("{}-{short}-{digest}", collected_configmap_name(batch));
+    // Object names have at most 253 characters.
     if name.len() > 253 {
-        return format!("cloudkon-collected-{digest}");
+        return format!("cloudkon-collected-{uid}-{digest}");
     }
     name
 }
@@ -132,7 +136,7 @@ impl KubeRecord {
     }
 
     async fn load_piece(&self, digest: &str) -> Result<Piece, Error> {
-        let name = collected_piece_name(&self.name, digest);
+        let name = collected_piece_name(&self.name, &self.owner.uid, digest);
         let what = format!(
             "ConfigMap {}/{name} (a piece of TaskBatch {}'s collected ids)",
             self.namespace, self.name
@@ -225,7 +229,7 @@ impl BatchRecord for KubeRecord {
                 continue;
             }
             let cm = self.configmap(
-                collected_piece_name(&self.name, &piece.digest),
+                collected_piece_name(&self.name, &self.owner.uid, &piece.digest),
                 ConfigMap {
                     binary_data: Some(BTreeMap::from([(
                         PIECE_KEY.to_string(),
@@ -259,7 +263,7 @@ impl BatchRecord for KubeRecord {
         // 3. The pieces no head names now. Left behind on an error: they go
         //    with the TaskBatch.
         for digest in stored.difference(&digests) {
-            let name = collected_piece_name(&self.name, digest);
+            let name = collected_piece_name(&self.name, &self.owner.uid, digest);
             match self.configmaps.delete(&name, &Default::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -387,6 +391,23 @@ mod tests {
             pieces: vec![],
         };
         assert!(record.store_collected(too_big).await.is_err());
+    }
+
+    #[test]
+    fn piece_names_are_valid_and_never_shared_between_batches() {
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let other = "0f1e2d3c-ffff-6978-8796-a5b4c3d2e1f0";
+        let digest = "00112233445566778899aabbccddeeff";
+        assert_eq!(
+            collected_piece_name("big", uid, digest),
+            format!("big-cloudkon-collected-0f1e2d3c-{digest}")
+        );
+        // Names too long to prefix fall back to the whole uid: still distinct.
+        let long = "b".repeat(240);
+        let a = collected_piece_name(&long, uid, digest);
+        let b = collected_piece_name(&long, other, digest);
+        assert!(a.len() <= 253 && b.len() <= 253, "{a} {b}");
+        assert_ne!(a, b);
     }
 
     #[test]

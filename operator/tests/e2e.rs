@@ -1929,7 +1929,8 @@ fn ten_million_collected_ids_in_the_worst_order_are_stored_and_read_back() {
         stored.pieces.len(),
         stored.size()
     );
-    let kept = collected_piece_name("big", &stored.pieces[1].digest);
+    let uid = batch.metadata.uid.clone().unwrap();
+    let kept = collected_piece_name("big", &uid, &stored.pieces[1].digest);
     c.rt.block_on(record.store_collected(stored)).unwrap();
     let first = pieces(&c);
     assert_eq!(first.len(), 2, "{first:?}");
@@ -1951,4 +1952,34 @@ fn ten_million_collected_ids_in_the_worst_order_are_stored_and_read_back() {
     let third = KubeRecord::new(c.client.clone(), &batch).unwrap();
     let loaded = c.rt.block_on(third.load_collected()).unwrap().unwrap();
     assert_eq!(Collected::decode(&loaded).unwrap(), collected);
+    // Head and pieces are owned by the TaskBatch, and go with it.
+    let owned = |c: &Cluster| -> usize {
+        let list =
+            c.rt.block_on(c.api::<ConfigMap>().list(&Default::default()))
+                .unwrap();
+        list.items
+            .iter()
+            .filter(|cm| {
+                cm.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("big-cloudkon-collected"))
+            })
+            .inspect(|cm| {
+                let owners = cm.metadata.owner_references.as_deref().unwrap_or_default();
+                assert!(
+                    owners.iter().any(|o| o.uid == uid && o.kind == "TaskBatch"),
+                    "{:?} is not owned by the TaskBatch: {owners:?}",
+                    cm.metadata.name
+                );
+            })
+            .count()
+    };
+    assert_eq!(owned(&c), 2, "the head and one piece");
+    c.ok(&["delete", "taskbatch", "big", "--wait=true"]);
+    c.wait_for(
+        "the garbage collector to delete the collected ids' ConfigMaps",
+        Duration::from_secs(60),
+        |c| (owned(c) == 0).then_some(()),
+    );
 }

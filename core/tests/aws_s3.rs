@@ -130,3 +130,57 @@ async fn a_missing_key_is_a_clear_error() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
 }
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn an_object_over_a_limit_is_refused_before_its_body_is_read() {
+    use cloudkon_core::aws::Limited;
+
+    let (s3, bucket) = store().await;
+    let limit: u64 = 1 << 20;
+    let at_limit: Vec<u8> = (0..limit).map(|i| (i % 251) as u8).collect();
+    s3.put_bytes(&bucket, "at-limit", at_limit.clone())
+        .await
+        .unwrap();
+    // 20 MiB (in parts: local servers take 10 MiB a request): what a user
+    // could name to fill the operator's memory.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(&vec![7u8; 20 << 20]).unwrap();
+    file.flush().unwrap();
+    s3.put_file(&bucket, "over", file.path()).await.unwrap();
+
+    // The declared size (Content-Length) refuses it: `declared` means the
+    // body was not read.
+    assert_eq!(
+        s3.get_bytes_at_most(&bucket, "over", limit).await.unwrap(),
+        Limited::TooLarge {
+            size: 20 << 20,
+            declared: true
+        }
+    );
+    // One byte over: refused too.
+    assert_eq!(
+        s3.get_bytes_at_most(&bucket, "at-limit", limit - 1)
+            .await
+            .unwrap(),
+        Limited::TooLarge {
+            size: limit,
+            declared: true
+        }
+    );
+    // At the limit: read whole.
+    match s3
+        .get_bytes_at_most(&bucket, "at-limit", limit)
+        .await
+        .unwrap()
+    {
+        Limited::Bytes(bytes) => assert!(bytes == at_limit, "content differs"),
+        other => panic!("refused at the limit: {other:?}"),
+    }
+    // A missing key is still a NotFound error, not a size.
+    let err = s3
+        .get_bytes_at_most(&bucket, "missing", limit)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudkon_core::aws::{ErrorKind, S3Uri};
+use cloudkon_core::aws::{ErrorKind, Limited, S3Uri};
 use cloudkon_core::ledger::DedupLedger;
 use cloudkon_core::workload::{self, WorkloadReader};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -26,6 +26,7 @@ use crate::crd::taskbatch::{Phase, TaskBatchStatus};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::status::{self, BatchConditionsInput, set_condition};
 use crate::validate::{self, Invalid};
+use crate::workload_memory::Workload;
 
 /// The workers' ledger table when a pool names none (`cloudkon-worker`'s default).
 pub const DEFAULT_LEDGER_TABLE: &str = "cloudkon-ledger";
@@ -108,7 +109,15 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
         match read_workload(ctx, &batch).await {
             Ok(Some(s)) => source = s,
             Ok(None) => {}
-            Err(problems) => validation = Err(problems),
+            Err(Unread::Invalid(problems)) => validation = Err(problems),
+            Err(Unread::NoMemory(message)) => {
+                tracing::info!(batch = %name, namespace = %ns, "{message}");
+                ctx.event(batch.as_ref(), false, "WaitingForMemory", message)
+                    .await;
+                st.phase = Some(old.phase.unwrap_or(Phase::Pending));
+                write_full(&api, &name, &old, &st).await?;
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
         }
     }
 
@@ -204,12 +213,34 @@ fn results_location(ctx: &Context, batch: &TaskBatch) -> Option<S3Uri> {
     Some(uri)
 }
 
+/// Why a workload file was not taken.
+enum Unread {
+    Invalid(Vec<Invalid>),
+    /// It would not fit in what other batches' files leave of
+    /// `--workload-memory-bytes`: look again later.
+    NoMemory(String),
+}
+
+impl From<Vec<Invalid>> for Unread {
+    fn from(problems: Vec<Invalid>) -> Self {
+        Unread::Invalid(problems)
+    }
+}
+
 /// Reads a ConfigMap or S3 workload file and checks every line; `None` for
 /// inline and generator sources.
-async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source>, Vec<Invalid>> {
+async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source>, Unread> {
     let ns = batch.namespace().unwrap_or_default();
+    let memory = &ctx.workload_memory;
+    let no_memory = |size: String| {
+        Unread::NoMemory(format!(
+            "waiting for memory for the workload file ({size}): the workload files of running batches hold {} of the operator's {} bytes (--workload-memory-bytes)",
+            memory.held(),
+            memory.limit()
+        ))
+    };
     let tasks = &batch.spec.tasks;
-    let (field, name, bytes) = if let Some(cm) = &tasks.config_map {
+    let (field, name, bytes, held) = if let Some(cm) = &tasks.config_map {
         let field = "spec.tasks.configMap";
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
         let map = api
@@ -234,19 +265,69 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
                     format!("ConfigMap {:?} has no key {:?}", cm.name, cm.key),
                 )
             })?;
-        (field, format!("configmap/{}/{}", cm.name, cm.key), bytes)
+        // The API server keeps a ConfigMap under 1 MiB; the operator's
+        // limit may be lower.
+        let limit = ctx.settings.max_workload_bytes;
+        let size = bytes.len() as u64;
+        if size > limit {
+            let what = format!("ConfigMap {:?} key {:?}", cm.name, cm.key);
+            let size = format!("{size} bytes");
+            return Err(invalid(field, too_large(&what, &size, limit)).into());
+        }
+        let held = memory
+            .take_up_to(size)
+            .filter(|h| h.bytes() == size)
+            .ok_or_else(|| no_memory(format!("{size} bytes")))?;
+        (
+            field,
+            format!("configmap/{}/{}", cm.name, cm.key),
+            bytes,
+            held,
+        )
     } else if let Some(s3) = &tasks.s3 {
         let field = "spec.tasks.s3.uri";
         let uri = S3Uri::object(&s3.uri).map_err(|e| invalid(field, e.to_string()))?;
-        let bytes = ctx.s3.get_bytes(&uri.bucket, &uri.key).await.map_err(|e| {
-            let what = if e.kind == ErrorKind::NotFound {
-                format!("{} does not exist", s3.uri)
-            } else {
-                format!("cannot read {}: {e}", s3.uri)
-            };
-            invalid(field, what)
-        })?;
-        (field, s3.uri.clone(), bytes)
+        let limit = ctx.settings.max_workload_bytes;
+        // The size is known only from the read: hold what is free, up to the
+        // limit, and read no more than that.
+        let held = memory
+            .take_up_to(limit)
+            .ok_or_else(|| no_memory("its size is known once read".into()))?;
+        let read = ctx
+            .s3
+            .get_bytes_at_most(&uri.bucket, &uri.key, held.bytes())
+            .await
+            .map_err(|e| {
+                let what = if e.kind == ErrorKind::NotFound {
+                    format!("{} does not exist", s3.uri)
+                } else {
+                    format!("cannot read {}: {e}", s3.uri)
+                };
+                invalid(field, what)
+            })?;
+        let bytes = match read {
+            Limited::Bytes(bytes) => bytes,
+            // Over what was free but maybe not over the limit: wait.
+            Limited::TooLarge { size, declared }
+                if held.bytes() < limit && (!declared || size <= limit) =>
+            {
+                let size = if declared {
+                    format!("{size} bytes")
+                } else {
+                    format!("more than {} bytes", held.bytes())
+                };
+                return Err(no_memory(size));
+            }
+            Limited::TooLarge { size, declared } => {
+                let size = if declared {
+                    format!("{size} bytes")
+                } else {
+                    format!("more than {limit} bytes")
+                };
+                return Err(invalid(field, too_large(&s3.uri, &size, limit)).into());
+            }
+        };
+        (field, s3.uri.clone(), bytes, held)
     } else {
         return Ok(None);
     };
@@ -259,7 +340,7 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
             })
             .collect();
         problems.truncate(5);
-        return Err(problems);
+        return Err(problems.into());
     }
     // An empty file is a mistake (the wrong key or object), as an empty
     // inline list is: not a batch that succeeds with nothing done.
@@ -270,15 +351,25 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
         return Err(invalid(
             field,
             format!("{name} has no tasks: only blank lines and comments"),
-        ));
+        )
+        .into());
     }
     // A task larger than a message would be refused by SQS and sent again
     // for ever: refused here, with its number.
     validate::workload_tasks_fit(field, &name, &bytes)?;
     Ok(Some(Source::File {
         name,
-        bytes: Arc::new(bytes),
+        bytes: Arc::new(Workload::new(bytes, held)),
     }))
+}
+
+/// Why a workload file is refused for its size: what to do about it.
+fn too_large(what: &str, size: &str, limit: u64) -> String {
+    format!(
+        "{what} is {size}, over the operator's limit of {limit} bytes for a workload file \
+         (cloudkon-operator --max-workload-bytes): split it into several TaskBatches, \
+         use a generator, or raise the limit with the operator's memory"
+    )
 }
 
 fn invalid(field: &str, message: String) -> Vec<Invalid> {

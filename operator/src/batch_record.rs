@@ -1,24 +1,36 @@
 //! Where a batch runner keeps what must survive it: the batch's status (JSON
 //! merge patches of the fields the runner owns) and its collected-ids set.
 //! On the API server in production ([`KubeRecord`]: the TaskBatch's status
-//! subresource and a ConfigMap it owns); in memory in tests ([`MemoryRecord`]).
+//! subresource and ConfigMaps it owns); in memory in tests ([`MemoryRecord`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Mutex;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::collected::{Encoded, Piece};
 use crate::context::{Error, MANAGER};
 use crate::crd::TaskBatch;
 use crate::crd::taskbatch::TaskBatchStatus;
 
-/// The key of the collected-ids ConfigMap's value.
-const COLLECTED_KEY: &str = "collected";
+/// The first encoding's key (base64 text): still read.
+const LEGACY_KEY: &str = "collected";
+/// The head of the collected set (binary).
+const HEAD_KEY: &str = "head";
+/// The digests of the pieces the head names, one a line.
+const PIECES_KEY: &str = "pieces";
+/// A piece's ConfigMap's key (binary).
+const PIECE_KEY: &str = "ids";
+/// What the API server takes in one ConfigMap (data and binaryData).
+pub const CONFIGMAP_MAX: usize = 1 << 20;
 
 /// A batch's durable record, as its runner writes it.
 pub trait BatchRecord: Send + Sync + 'static {
@@ -27,10 +39,11 @@ pub trait BatchRecord: Send + Sync + 'static {
     fn patch_status(&self, status: Value) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// The collected-ids set as last stored (encoded), if any.
-    fn load_collected(&self) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+    fn load_collected(&self) -> impl Future<Output = Result<Option<Encoded>, Error>> + Send;
 
-    /// Stores the collected-ids set (encoded), replacing the last one.
-    fn store_collected(&self, encoded: String) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Stores the collected-ids set (encoded), replacing the last one at
+    /// once: a crash on the way leaves the last one whole.
+    fn store_collected(&self, encoded: Encoded) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// The ConfigMap holding a batch's collected ids.
@@ -38,13 +51,35 @@ pub fn collected_configmap_name(batch: &str) -> String {
     format!("{batch}-cloudkon-collected")
 }
 
-/// A TaskBatch's status subresource and its collected-ids ConfigMap.
+/// A collected set's large piece's ConfigMap: named by its content, so a
+/// piece is written once and a head names only whole pieces; and by its
+/// batch's uid, so that no two batches share one (a batch created again
+/// under its name while the garbage collector still deletes the old one's
+/// pieces, or two batches whose names are too long to prefix).
+pub fn collected_piece_name(batch: &str, uid: &str, digest: &str) -> String {
+    let short: String = uid.chars().take(8).collect();
+    let name = format!("{}-{short}-{digest}", collected_configmap_name(batch));
+    // Object names have at most 253 characters.
+    if name.len() > 253 {
+        return format!("cloudkon-collected-{uid}-{digest}");
+    }
+    name
+}
+
+/// A TaskBatch's status subresource and its collected-ids ConfigMaps: the
+/// head (counts, small pieces, the names of the large ones) in
+/// `<batch>-cloudkon-collected`, each large piece in a ConfigMap of its own
+/// written before the head that names it. The head's write is the switch;
+/// pieces no head names any more are deleted after it (a crash leaves at
+/// most a flush's worth, owned by the TaskBatch and deleted with it).
 pub struct KubeRecord {
     batches: Api<TaskBatch>,
     configmaps: Api<ConfigMap>,
     name: String,
     namespace: String,
     owner: OwnerReference,
+    /// The pieces the last head named (read or written).
+    pieces: Mutex<BTreeSet<String>>,
 }
 
 impl KubeRecord {
@@ -60,11 +95,66 @@ impl KubeRecord {
             name,
             namespace,
             owner,
+            pieces: Mutex::default(),
         })
     }
 
     fn configmap_name(&self) -> String {
         collected_configmap_name(&self.name)
+    }
+
+    fn configmap(&self, name: String, data: ConfigMap) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(self.namespace.clone()),
+                owner_references: Some(vec![self.owner.clone()]),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    MANAGER.to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            ..data
+        }
+    }
+
+    async fn apply(&self, cm: &ConfigMap) -> Result<(), Error> {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        self.configmaps
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(cm),
+            )
+            .await
+            .map_err(Error::kube(format!(
+                "cannot write ConfigMap {}/{name}",
+                self.namespace
+            )))?;
+        Ok(())
+    }
+
+    async fn load_piece(&self, digest: &str) -> Result<Piece, Error> {
+        let name = collected_piece_name(&self.name, &self.owner.uid, digest);
+        let what = format!(
+            "ConfigMap {}/{name} (a piece of TaskBatch {}'s collected ids)",
+            self.namespace, self.name
+        );
+        let cm = self
+            .configmaps
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("cannot read {what}")))?
+            .ok_or_else(|| Error::Other(format!("{what} is missing")))?;
+        let bytes = cm
+            .binary_data
+            .and_then(|mut d| d.remove(PIECE_KEY))
+            .ok_or_else(|| Error::Other(format!("{what} has no {PIECE_KEY}")))?;
+        Ok(Piece {
+            digest: digest.to_string(),
+            bytes: bytes.0,
+        })
     }
 }
 
@@ -73,7 +163,7 @@ impl BatchRecord for KubeRecord {
         patch_status(&self.batches, &self.name, status).await
     }
 
-    async fn load_collected(&self) -> Result<Option<String>, Error> {
+    async fn load_collected(&self) -> Result<Option<Encoded>, Error> {
         let cm_name = self.configmap_name();
         let Some(cm) = self
             .configmaps
@@ -99,36 +189,88 @@ impl BatchRecord for KubeRecord {
                 "collected ids of an earlier batch of this name: ignored");
             return Ok(None);
         }
-        Ok(cm.data.and_then(|mut d| d.remove(COLLECTED_KEY)))
+        let mut data = cm.data.unwrap_or_default();
+        if let Some(head) = cm.binary_data.and_then(|mut d| d.remove(HEAD_KEY)) {
+            let digests: Vec<String> = data
+                .get(PIECES_KEY)
+                .map(|s| s.lines().map(str::to_string).collect())
+                .unwrap_or_default();
+            let mut pieces = Vec::with_capacity(digests.len());
+            for digest in &digests {
+                pieces.push(self.load_piece(digest).await?);
+            }
+            *self.pieces.lock().expect("pieces lock") = digests.into_iter().collect();
+            return Ok(Some(Encoded {
+                head: head.0,
+                pieces,
+            }));
+        }
+        // The first encoding: base64 text, no pieces.
+        let Some(text) = data.remove(LEGACY_KEY) else {
+            return Ok(None);
+        };
+        let head = BASE64.decode(text.trim()).map_err(|e| {
+            Error::Other(format!(
+                "ConfigMap {}/{cm_name}: the collected ids are not base64: {e}",
+                self.namespace
+            ))
+        })?;
+        Ok(Some(Encoded {
+            head,
+            pieces: Vec::new(),
+        }))
     }
 
-    async fn store_collected(&self, encoded: String) -> Result<(), Error> {
-        let cm_name = self.configmap_name();
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(cm_name.clone()),
-                namespace: Some(self.namespace.clone()),
-                owner_references: Some(vec![self.owner.clone()]),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    MANAGER.to_string(),
+    async fn store_collected(&self, encoded: Encoded) -> Result<(), Error> {
+        let stored = self.pieces.lock().expect("pieces lock").clone();
+        // 1. The pieces not stored yet (a piece's name is its content).
+        for piece in &encoded.pieces {
+            if stored.contains(&piece.digest) {
+                continue;
+            }
+            let cm = self.configmap(
+                collected_piece_name(&self.name, &self.owner.uid, &piece.digest),
+                ConfigMap {
+                    binary_data: Some(BTreeMap::from([(
+                        PIECE_KEY.to_string(),
+                        ByteString(piece.bytes.clone()),
+                    )])),
+                    ..ConfigMap::default()
+                },
+            );
+            self.apply(&cm).await?;
+        }
+        // 2. The head: the switch to the new set. Applying it without the
+        //    first encoding's key removes that key.
+        let digests: BTreeSet<String> = encoded.pieces.iter().map(|p| p.digest.clone()).collect();
+        let manifest: Vec<&str> = encoded.pieces.iter().map(|p| p.digest.as_str()).collect();
+        let head = self.configmap(
+            self.configmap_name(),
+            ConfigMap {
+                data: Some(BTreeMap::from([(
+                    PIECES_KEY.to_string(),
+                    manifest.join("\n"),
                 )])),
-                ..ObjectMeta::default()
+                binary_data: Some(BTreeMap::from([(
+                    HEAD_KEY.to_string(),
+                    ByteString(encoded.head),
+                )])),
+                ..ConfigMap::default()
             },
-            data: Some(BTreeMap::from([(COLLECTED_KEY.to_string(), encoded)])),
-            ..ConfigMap::default()
-        };
-        self.configmaps
-            .patch(
-                &cm_name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&cm),
-            )
-            .await
-            .map_err(Error::kube(format!(
-                "cannot write ConfigMap {}/{cm_name}",
-                self.namespace
-            )))?;
+        );
+        self.apply(&head).await?;
+        *self.pieces.lock().expect("pieces lock") = digests.clone();
+        // 3. The pieces no head names now. Left behind on an error: they go
+        //    with the TaskBatch.
+        for digest in stored.difference(&digests) {
+            let name = collected_piece_name(&self.name, &self.owner.uid, digest);
+            match self.configmaps.delete(&name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => tracing::warn!(configmap = %name, namespace = %self.namespace,
+                    error = %e, "cannot delete an old piece of collected ids; it goes with its TaskBatch"),
+            }
+        }
         Ok(())
     }
 }
@@ -151,11 +293,12 @@ pub(crate) async fn patch_status(
     Ok(())
 }
 
-/// A batch's record in memory: the status as the merge patches leave it.
+/// A batch's record in memory: the status as the merge patches leave it,
+/// and the collected set, held to the API server's size limits.
 #[derive(Debug, Default)]
 pub struct MemoryRecord {
     status: Mutex<Value>,
-    collected: Mutex<Option<String>>,
+    collected: Mutex<Option<Encoded>>,
     writes: Mutex<u64>,
 }
 
@@ -182,11 +325,24 @@ impl BatchRecord for MemoryRecord {
         Ok(())
     }
 
-    async fn load_collected(&self) -> Result<Option<String>, Error> {
+    async fn load_collected(&self) -> Result<Option<Encoded>, Error> {
         Ok(self.collected.lock().expect("record lock").clone())
     }
 
-    async fn store_collected(&self, encoded: String) -> Result<(), Error> {
+    async fn store_collected(&self, encoded: Encoded) -> Result<(), Error> {
+        // What the API server would refuse (with room for names and labels).
+        let largest = encoded
+            .pieces
+            .iter()
+            .map(|p| p.bytes.len())
+            .max()
+            .unwrap_or(0);
+        if encoded.head.len().max(largest) + 4096 > CONFIGMAP_MAX {
+            return Err(Error::Other(format!(
+                "a collected-ids ConfigMap of {} bytes is over the limit",
+                encoded.head.len().max(largest)
+            )));
+        }
         *self.collected.lock().expect("record lock") = Some(encoded);
         *self.writes.lock().expect("record lock") += 1;
         Ok(())
@@ -215,6 +371,44 @@ fn merge(target: &mut Value, patch: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collected::Collected;
+
+    #[tokio::test]
+    async fn ten_million_ids_every_other_go_through_a_memory_record_within_its_limits() {
+        let record = MemoryRecord::default();
+        assert_eq!(record.load_collected().await.unwrap(), None);
+        let mut collected = Collected::default();
+        for id in (0..10_000_000).step_by(2) {
+            collected.ids.insert(id);
+        }
+        collected.succeeded = 5_000_000;
+        record.store_collected(collected.encode()).await.unwrap();
+        let loaded = record.load_collected().await.unwrap().unwrap();
+        assert_eq!(Collected::decode(&loaded).unwrap(), collected);
+        // What the API server would refuse, the memory record refuses too.
+        let too_big = Encoded {
+            head: vec![2; CONFIGMAP_MAX],
+            pieces: vec![],
+        };
+        assert!(record.store_collected(too_big).await.is_err());
+    }
+
+    #[test]
+    fn piece_names_are_valid_and_never_shared_between_batches() {
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let other = "0f1e2d3c-ffff-6978-8796-a5b4c3d2e1f0";
+        let digest = "00112233445566778899aabbccddeeff";
+        assert_eq!(
+            collected_piece_name("big", uid, digest),
+            format!("big-cloudkon-collected-0f1e2d3c-{digest}")
+        );
+        // Names too long to prefix fall back to the whole uid: still distinct.
+        let long = "b".repeat(240);
+        let a = collected_piece_name(&long, uid, digest);
+        let b = collected_piece_name(&long, other, digest);
+        assert!(a.len() <= 253 && b.len() <= 253, "{a} {b}");
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn merge_patches_replace_add_and_remove_fields() {

@@ -71,7 +71,10 @@ pub enum Source {
     /// Inline tasks or a generator: in the spec.
     Spec,
     /// A workload file's bytes (ConfigMap or S3), already validated.
-    File { name: String, bytes: Arc<Vec<u8>> },
+    File {
+        name: String,
+        bytes: Arc<crate::workload_memory::Workload>,
+    },
 }
 
 pub struct RunnerArgs {
@@ -666,7 +669,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let batch = &args.batch;
         let name = batch.name_any();
         let mut collected = match self.record.load_collected().await? {
-            Some(text) => Collected::decode(&text)
+            Some(stored) => Collected::decode(&stored)
                 .map_err(|e| Error::Other(format!("the collected ids of TaskBatch {name}: {e}")))?,
             None => Collected::default(),
         };

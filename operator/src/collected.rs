@@ -1,24 +1,45 @@
 //! Which results of a batch have been collected, in a form that survives an
-//! operator restart: a set of task ids kept as ranges (tasks finish roughly in
-//! queue order, so a batch of millions is a handful of ranges), with the counts
-//! derived from it. The reconciler stores it, encoded, in a ConfigMap owned by
-//! the TaskBatch (never in the status: it grows with the batch) *before* it
+//! operator restart: a set of task ids with the counts derived from it. The
+//! reconciler stores it (see `batch_record`) in ConfigMaps owned by the
+//! TaskBatch (never in the status: it grows with the batch) *before* it
 //! deletes the results messages it counted. A message delivered again after a
 //! restart then finds its tasks in the set and is not counted twice.
+//!
+//! The set is a compressed bitmap (roaring), cut into pieces of 2^22 ids.
+//! Tasks mostly finish in queue order, and then a piece is a run per 65,536
+//! ids (10 M ids: 2.2 KB stored, under 1 KB in memory); in the worst order (every other id, or a random half) a piece is
+//! 64 plain bitmaps of 8 KiB: 513 KiB, under half of a ConfigMap's 1 MiB. So
+//! 10 M ids in any order are at most 3 pieces (1.26 MB), where the ranges of
+//! the first encoding took 2 bytes per hole (every other task of 10 M: 10 MB,
+//! and ~200 MB of memory). Small pieces travel inline in the head; large
+//! ones are stored on their own, named by their digest, so a flush rewrites
+//! only the pieces that changed, and the head, written last, is the one
+//! atomic switch from the old set to the new (see `KubeRecord`). Pieces in
+//! S3 next to the results were the other choice; but a batch without a
+//! results location has no bucket, and two stores would have two ways to fail.
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::crd::taskbatch::TaskCounts;
 
-/// A set of task ids as disjoint, non-adjacent ranges `start..end`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Ids per piece: 2^22, so that a piece's worst case (64 bitmap containers)
+/// stays under half of a ConfigMap.
+const PIECE_BITS: u32 = 22;
+const PIECE_MASK: u64 = (1 << PIECE_BITS) - 1;
+
+/// Bytes of pieces kept inline in the head at most; larger pieces are stored
+/// on their own. With the piece list this keeps the head well under 1 MiB.
+pub const INLINE_MAX: usize = 512 << 10;
+
+/// A set of task ids: one roaring bitmap per 2^22 ids.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct IdSet {
-    /// start → end (exclusive).
-    ranges: BTreeMap<u64, u64>,
+    /// id >> PIECE_BITS → the low bits of its ids.
+    pieces: BTreeMap<u64, RoaringBitmap>,
     len: u64,
 }
 
@@ -29,31 +50,32 @@ impl IdSet {
 
     /// Adds `id`; false when it was there already.
     pub fn insert(&mut self, id: u64) -> bool {
-        if self.contains(id) {
-            return false;
+        let added = self
+            .pieces
+            .entry(id >> PIECE_BITS)
+            .or_default()
+            .insert((id & PIECE_MASK) as u32);
+        self.len += u64::from(added);
+        added
+    }
+
+    /// Adds `start..end` (the first encoding's ranges).
+    fn insert_range(&mut self, start: u64, end: u64) {
+        let mut at = start;
+        while at < end {
+            let key = at >> PIECE_BITS;
+            let piece_end = end.min((key + 1) << PIECE_BITS);
+            let low = (at & PIECE_MASK) as u32;
+            let high = low + (piece_end - at) as u32;
+            self.len += self.pieces.entry(key).or_default().insert_range(low..high);
+            at = piece_end;
         }
-        let mut start = id;
-        let mut end = id + 1;
-        // Merge with the range ending at `id` and the one starting at `id + 1`.
-        if let Some((&s, &e)) = self.ranges.range(..=id).next_back()
-            && e == id
-        {
-            start = s;
-            self.ranges.remove(&s);
-        }
-        if let Some(e) = self.ranges.remove(&end) {
-            end = e;
-        }
-        self.ranges.insert(start, end);
-        self.len += 1;
-        true
     }
 
     pub fn contains(&self, id: u64) -> bool {
-        self.ranges
-            .range(..=id)
-            .next_back()
-            .is_some_and(|(_, &end)| id < end)
+        self.pieces
+            .get(&(id >> PIECE_BITS))
+            .is_some_and(|b| b.contains((id & PIECE_MASK) as u32))
     }
 
     /// Ids in the set.
@@ -65,13 +87,33 @@ impl IdSet {
         self.len == 0
     }
 
-    /// How many ranges: what the encoded size grows with.
-    pub fn ranges(&self) -> usize {
-        self.ranges.len()
+    /// Turns runs of ids into run containers where that is smaller (ids in
+    /// order then take a few bytes, in memory too).
+    fn optimize(&mut self) {
+        for b in self.pieces.values_mut() {
+            b.optimize();
+        }
+    }
+
+    /// Bytes the containers' data take in memory (their headers and the
+    /// map's nodes aside).
+    pub fn memory_bytes(&self) -> u64 {
+        self.pieces
+            .values()
+            .map(|b| {
+                let s = b.statistics();
+                // roaring 0.12's byte counts are off (a bitmap's counted in
+                // bits, array elements as u32): a bitmap is 8 KiB, an array
+                // element 2 bytes.
+                u64::from(s.n_bitset_containers) * 8192
+                    + s.n_bytes_array_containers / 2
+                    + s.n_bytes_run_containers
+            })
+            .sum()
     }
 }
 
-/// What the ConfigMap holds: the collected ids, the counts, and how many
+/// What the record holds: the collected ids, the counts, and how many
 /// results objects were written (the next one's number).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Collected {
@@ -85,23 +127,47 @@ pub struct Collected {
     pub dead_lettered: i64,
 }
 
-/// The stored form: ranges as (gap from the previous end, length), which
-/// postcard writes as small varints.
+/// The stored form: a head (which a record stores last, in one write) and
+/// the large pieces it names by digest (stored before it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Encoded {
+    pub head: Vec<u8>,
+    pub pieces: Vec<Piece>,
+}
+
+/// A piece stored on its own: a serialized roaring bitmap.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Piece {
+    /// Hex of the first 16 bytes of the SHA-256 of `bytes`: its name.
+    pub digest: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Encoded {
+    /// Head and pieces, in bytes.
+    pub fn size(&self) -> usize {
+        self.head.len() + self.pieces.iter().map(|p| p.bytes.len()).sum::<usize>()
+    }
+}
+
+/// The first encodings (versions 1 and 2, base64 text in the ConfigMap):
+/// ranges as (gap from the previous end, length). Still read: batches in
+/// flight during an upgrade.
 #[derive(Serialize, Deserialize)]
-struct Stored {
+struct StoredRanges {
     version: u8,
     succeeded: i64,
     failed: i64,
     retried: i64,
     result_parts: u64,
     ranges: Vec<(u64, u64)>,
-    /// Since version 2 (absent in 1).
+    /// Since version 2.
     dead_lettered: i64,
 }
 
-/// Version 1: [`Stored`] without `dead_lettered` (postcard has no optional
-/// trailing fields, so the old layout is read as it was).
-#[derive(Deserialize)]
+/// Version 1: [`StoredRanges`] without `dead_lettered` (postcard has no
+/// optional trailing fields, so the old layout is read as it was).
+#[derive(Serialize, Deserialize)]
 struct StoredV1 {
     version: u8,
     succeeded: i64,
@@ -111,78 +177,155 @@ struct StoredV1 {
     ranges: Vec<(u64, u64)>,
 }
 
-const VERSION: u8 = 2;
+impl From<StoredV1> for StoredRanges {
+    fn from(v1: StoredV1) -> Self {
+        StoredRanges {
+            version: v1.version,
+            succeeded: v1.succeeded,
+            failed: v1.failed,
+            retried: v1.retried,
+            result_parts: v1.result_parts,
+            ranges: v1.ranges,
+            dead_lettered: 0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    version: u8,
+    succeeded: i64,
+    failed: i64,
+    retried: i64,
+    result_parts: u64,
+    dead_lettered: i64,
+    /// By increasing key.
+    pieces: Vec<PieceRef>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PieceRef {
+    /// The piece's ids are `key << PIECE_BITS` plus the bitmap's values.
+    key: u64,
+    data: PieceData,
+}
+
+#[derive(Serialize, Deserialize)]
+enum PieceData {
+    Inline(Vec<u8>),
+    /// Stored on its own, by this digest.
+    Stored([u8; 16]),
+}
+
+/// Ranges.
+const V1: u8 = 1;
+/// Ranges and `dead_lettered`.
+const V2: u8 = 2;
+/// A head with roaring pieces.
+const V3: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("not base64: {0}")]
-    Base64(#[from] base64::DecodeError),
     #[error("malformed: {0}")]
     Postcard(#[from] postcard::Error),
     #[error("unknown version {0}")]
     Version(u8),
+    #[error("empty")]
+    Empty,
     #[error("ranges overlap or are out of order")]
     Ranges,
+    #[error("pieces out of order")]
+    Order,
+    #[error("piece {0} is missing")]
+    MissingPiece(String),
+    #[error("piece {0} does not match its digest")]
+    Digest(String),
+    #[error("piece {key} is not a bitmap: {error}")]
+    Bitmap { key: u64, error: std::io::Error },
+}
+
+fn digest(bytes: &[u8]) -> [u8; 16] {
+    let full = Sha256::digest(bytes);
+    let mut d = [0; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
+fn hex(d: &[u8; 16]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Collected {
-    pub fn encode(&self) -> String {
-        let mut previous_end = 0;
-        let ranges = self
-            .ids
-            .ranges
-            .iter()
-            .map(|(&start, &end)| {
-                let gap = start - previous_end;
-                previous_end = end;
-                (gap, end - start)
-            })
-            .collect();
-        let stored = Stored {
-            version: VERSION,
+    /// The stored form. Optimizes the set's containers first (hence `&mut`).
+    pub fn encode(&mut self) -> Encoded {
+        self.ids.optimize();
+        let mut pieces = Vec::new();
+        let mut refs = Vec::with_capacity(self.ids.pieces.len());
+        let mut inline = 0;
+        for (&key, bitmap) in &self.ids.pieces {
+            if bitmap.is_empty() {
+                continue;
+            }
+            let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+            bitmap
+                .serialize_into(&mut bytes)
+                .expect("writing to a Vec cannot fail");
+            let data = if inline + bytes.len() <= INLINE_MAX {
+                inline += bytes.len();
+                PieceData::Inline(bytes)
+            } else {
+                let d = digest(&bytes);
+                pieces.push(Piece {
+                    digest: hex(&d),
+                    bytes,
+                });
+                PieceData::Stored(d)
+            };
+            refs.push(PieceRef { key, data });
+        }
+        let head = Head {
+            version: V3,
             succeeded: self.succeeded,
             failed: self.failed,
             retried: self.retried,
             result_parts: self.result_parts,
-            ranges,
             dead_lettered: self.dead_lettered,
+            pieces: refs,
         };
-        BASE64.encode(postcard::to_stdvec(&stored).expect("plain data always serializes"))
+        Encoded {
+            head: postcard::to_stdvec(&head).expect("plain data always serializes"),
+            pieces,
+        }
     }
 
-    pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        let bytes = BASE64.decode(text.trim())?;
-        // The version is the first byte (a u8 is written as itself).
-        let stored: Stored = match bytes.first() {
-            Some(1) => {
-                let v1: StoredV1 = postcard::from_bytes(&bytes)?;
-                Stored {
-                    version: v1.version,
-                    succeeded: v1.succeeded,
-                    failed: v1.failed,
-                    retried: v1.retried,
-                    result_parts: v1.result_parts,
-                    ranges: v1.ranges,
-                    dead_lettered: 0,
-                }
-            }
-            _ => postcard::from_bytes(&bytes)?,
-        };
-        if stored.version != 1 && stored.version != VERSION {
-            return Err(DecodeError::Version(stored.version));
+    /// Reads either encoding: its first byte is its version.
+    pub fn decode(stored: &Encoded) -> Result<Self, DecodeError> {
+        match stored.head.first() {
+            None => Err(DecodeError::Empty),
+            Some(&V1 | &V2) => Self::decode_ranges(&stored.head),
+            Some(&V3) => Self::decode_pieces(stored),
+            Some(&v) => Err(DecodeError::Version(v)),
         }
+    }
+
+    fn decode_ranges(bytes: &[u8]) -> Result<Self, DecodeError> {
+        // Version 1 lacks the trailing field: read it without, as written.
+        let stored: StoredRanges = if bytes.first() == Some(&V1) {
+            postcard::from_bytes::<StoredV1>(bytes)?.into()
+        } else {
+            postcard::from_bytes(bytes)?
+        };
         let mut ids = IdSet::new();
         let mut previous_end: u64 = 0;
-        for (gap, len) in stored.ranges {
+        for (i, (gap, len)) in stored.ranges.into_iter().enumerate() {
             let start = previous_end.checked_add(gap).ok_or(DecodeError::Ranges)?;
             let end = start.checked_add(len).ok_or(DecodeError::Ranges)?;
             // Ranges are stored merged: a zero gap (after the first) or an
             // empty range means a corrupt value.
-            if len == 0 || (gap == 0 && !ids.ranges.is_empty()) {
+            if len == 0 || (gap == 0 && i > 0) {
                 return Err(DecodeError::Ranges);
             }
-            ids.ranges.insert(start, end);
-            ids.len += len;
+            ids.insert_range(start, end);
             previous_end = end;
         }
         Ok(Collected {
@@ -192,6 +335,56 @@ impl Collected {
             retried: stored.retried,
             result_parts: stored.result_parts,
             dead_lettered: stored.dead_lettered,
+        })
+    }
+
+    fn decode_pieces(stored: &Encoded) -> Result<Self, DecodeError> {
+        let head: Head = postcard::from_bytes(&stored.head)?;
+        let mut ids = IdSet::new();
+        for piece in head.pieces {
+            let bytes = match &piece.data {
+                PieceData::Inline(bytes) => bytes.as_slice(),
+                PieceData::Stored(d) => {
+                    let name = hex(d);
+                    let found = stored
+                        .pieces
+                        .iter()
+                        .find(|p| p.digest == name)
+                        .ok_or_else(|| DecodeError::MissingPiece(name.clone()))?;
+                    if digest(&found.bytes) != *d {
+                        return Err(DecodeError::Digest(name));
+                    }
+                    found.bytes.as_slice()
+                }
+            };
+            let bitmap =
+                RoaringBitmap::deserialize_from(bytes).map_err(|error| DecodeError::Bitmap {
+                    key: piece.key,
+                    error,
+                })?;
+            if bitmap.max().is_some_and(|m| u64::from(m) > PIECE_MASK) {
+                return Err(DecodeError::Bitmap {
+                    key: piece.key,
+                    error: std::io::Error::other("ids beyond the piece"),
+                });
+            }
+            if ids
+                .pieces
+                .last_key_value()
+                .is_some_and(|(&k, _)| k >= piece.key)
+            {
+                return Err(DecodeError::Order);
+            }
+            ids.len += bitmap.len();
+            ids.pieces.insert(piece.key, bitmap);
+        }
+        Ok(Collected {
+            ids,
+            succeeded: head.succeeded,
+            failed: head.failed,
+            retried: head.retried,
+            result_parts: head.result_parts,
+            dead_lettered: head.dead_lettered,
         })
     }
 
@@ -212,41 +405,144 @@ impl Collected {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
 
-    #[test]
-    fn insert_merges_neighbours_and_refuses_repeats() {
-        let mut set = IdSet::new();
-        for id in [5, 7, 6, 0, 2, 1, 100] {
-            assert!(set.insert(id), "{id} is new");
+    /// What one ConfigMap takes (data and binaryData together).
+    const CONFIGMAP_MAX: usize = 1 << 20;
+    /// A piece's worst case: 64 bitmap containers and their headers.
+    const PIECE_WORST: usize = 64 * 8192 + 64 * 8 + 8;
+
+    fn round_trip(c: &mut Collected) -> Encoded {
+        let stored = c.encode();
+        let back = Collected::decode(&stored).unwrap();
+        assert_eq!(&back, c);
+        stored
+    }
+
+    /// Every bound a record relies on, for a set of ids below `n`.
+    fn assert_bounded(stored: &Encoded, n: u64) {
+        let pieces = n.div_ceil(1 << PIECE_BITS) as usize;
+        assert!(
+            stored.head.len() <= INLINE_MAX + 4096,
+            "head {}",
+            stored.head.len()
+        );
+        for p in &stored.pieces {
+            assert!(p.bytes.len() <= PIECE_WORST, "piece {}", p.bytes.len());
         }
-        assert!(!set.insert(6));
-        assert!(!set.insert(0));
-        assert_eq!(set.len(), 7);
-        // 0..3, 5..8, 100..101
-        assert_eq!(set.ranges(), 3);
-        for id in [0, 1, 2, 5, 6, 7, 100] {
-            assert!(set.contains(id), "{id}");
-        }
-        for id in [3, 4, 8, 99, 101, u64::MAX - 1] {
-            assert!(!set.contains(id), "{id}");
-        }
-        assert!(set.insert(3) && set.insert(4));
-        assert_eq!(set.ranges(), 2, "3 and 4 joined 0..3 and 5..8");
+        assert!(stored.pieces.len() <= pieces);
+        assert!(
+            stored.size() <= pieces * PIECE_WORST + 4096,
+            "{}",
+            stored.size()
+        );
+        // Each fits a ConfigMap with room for its name and labels.
+        assert!(stored.head.len() < CONFIGMAP_MAX / 2 + 8192);
+        assert!(
+            stored
+                .pieces
+                .iter()
+                .all(|p| p.bytes.len() < CONFIGMAP_MAX / 2 + 8192)
+        );
     }
 
     #[test]
-    fn a_million_ids_in_order_are_one_range_and_a_few_bytes() {
+    fn insert_refuses_repeats_across_pieces() {
+        let mut set = IdSet::new();
+        let far = (1 << PIECE_BITS) + 3;
+        for id in [5, 7, 6, 0, far, 100, u64::MAX - 1] {
+            assert!(set.insert(id), "{id} is new");
+        }
+        assert!(!set.insert(6));
+        assert!(!set.insert(far));
+        assert_eq!(set.len(), 7);
+        for id in [0, 5, 6, 7, 100, far, u64::MAX - 1] {
+            assert!(set.contains(id), "{id}");
+        }
+        for id in [3, 4, 8, 99, 101, far - 1, 3 + (2 << PIECE_BITS), u64::MAX] {
+            assert!(!set.contains(id), "{id}");
+        }
+        let mut c = Collected {
+            ids: set,
+            ..Collected::default()
+        };
+        round_trip(&mut c);
+    }
+
+    #[test]
+    fn ten_million_ids_in_order_are_a_few_kilobytes() {
         let mut c = Collected::default();
-        for id in 0..1_000_000 {
+        for id in 0..10_000_000 {
             c.ids.insert(id);
         }
-        c.succeeded = 999_990;
+        c.succeeded = 9_999_990;
         c.failed = 10;
         c.dead_lettered = 4;
         c.result_parts = 42;
-        let text = c.encode();
-        assert!(text.len() < 40, "{} bytes", text.len());
-        assert_eq!(Collected::decode(&text).unwrap(), c);
+        let stored = round_trip(&mut c);
+        assert!(stored.pieces.is_empty(), "all inline");
+        // A run and its container's headers per 65,536 ids.
+        assert!(stored.head.len() < 4096, "{} bytes", stored.head.len());
+        // Run containers in memory too.
+        assert!(c.ids.memory_bytes() < 4096, "{}", c.ids.memory_bytes());
+        eprintln!(
+            "10 M in order: head {} bytes; {} bytes in memory",
+            stored.head.len(),
+            c.ids.memory_bytes()
+        );
+    }
+
+    #[test]
+    fn ten_million_every_other_id_stays_bounded() {
+        let n = 10_000_000;
+        let mut c = Collected::default();
+        for id in (0..n).step_by(2) {
+            c.ids.insert(id);
+        }
+        c.succeeded = (n / 2) as i64;
+        let stored = round_trip(&mut c);
+        assert_bounded(&stored, n);
+        // 2 pieces of 513 KiB on their own; the last 1.6 M ids inline.
+        assert_eq!(stored.pieces.len(), 2);
+        let size = stored.size();
+        assert!(size < 1_300_000, "{size} bytes");
+        // One bit per id below the highest, in memory as stored.
+        let memory = c.ids.memory_bytes();
+        assert!(memory <= n / 8 + 65536, "{memory} bytes in memory");
+        eprintln!(
+            "10 M every other: {size} bytes stored in {} pieces + head {}; {memory} bytes in memory",
+            stored.pieces.len(),
+            stored.head.len()
+        );
+    }
+
+    #[test]
+    fn a_random_half_of_ten_million_in_random_order_stays_bounded() {
+        let n: u64 = 10_000_000;
+        let mut c = Collected::default();
+        // A full-period LCG over 2^24 visits every id below 2^24 once, in a
+        // scrambled order; the first half of those below n is a random half.
+        let mut x: u64 = 1;
+        let mut seen = 0;
+        while c.ids.len() < n / 2 {
+            x = (x.wrapping_mul(1_103_515_245).wrapping_add(12_345)) & ((1 << 24) - 1);
+            seen += 1;
+            assert!(seen <= 1 << 24, "the LCG cycled");
+            if x < n {
+                assert!(c.ids.insert(x));
+            }
+        }
+        let stored = round_trip(&mut c);
+        assert_bounded(&stored, n);
+        let size = stored.size();
+        assert!(size < 1_300_000, "{size} bytes");
+        eprintln!(
+            "10 M random half: {size} bytes stored in {} pieces + head {}; {} bytes in memory",
+            stored.pieces.len(),
+            stored.head.len(),
+            c.ids.memory_bytes()
+        );
     }
 
     #[test]
@@ -268,65 +564,109 @@ mod tests {
         }
     }
 
+    /// The first encoding, as the operator before this one wrote it.
+    fn v1_text(ranges: Vec<(u64, u64)>) -> String {
+        let stored = StoredV1 {
+            version: V1,
+            succeeded: 7,
+            failed: 1,
+            retried: 2,
+            result_parts: 3,
+            ranges,
+        };
+        BASE64.encode(postcard::to_stdvec(&stored).unwrap())
+    }
+
     #[test]
-    fn version_1_values_still_decode() {
-        #[derive(Serialize)]
-        struct V1 {
-            version: u8,
-            succeeded: i64,
-            failed: i64,
-            retried: i64,
-            result_parts: u64,
-            ranges: Vec<(u64, u64)>,
+    fn the_first_encoding_is_still_read() {
+        // 0..3, 5..8, and edge-2..edge+18 across a piece boundary (gaps
+        // count from the previous range's end).
+        let edge = 1 << PIECE_BITS;
+        let text = v1_text(vec![(0, 3), (2, 3), (edge - 10, 20)]);
+        let head = BASE64.decode(&text).unwrap();
+        let c = Collected::decode(&Encoded {
+            head,
+            pieces: vec![],
+        })
+        .unwrap();
+        assert_eq!(
+            (c.succeeded, c.failed, c.retried, c.result_parts),
+            (7, 1, 2, 3)
+        );
+        assert_eq!(c.ids.len(), 26);
+        for id in (0..3).chain(5..8).chain(edge - 2..edge + 18) {
+            assert!(c.ids.contains(id), "{id}");
         }
-        let old = V1 {
-            version: 1,
+        for id in [3, 4, 8, edge - 3, edge + 18] {
+            assert!(!c.ids.contains(id), "{id}");
+        }
+        let overlapping = BASE64.decode(v1_text(vec![(0, 5), (0, 3)])).unwrap();
+        assert!(matches!(
+            Collected::decode(&Encoded {
+                head: overlapping,
+                pieces: vec![]
+            }),
+            Err(DecodeError::Ranges)
+        ));
+    }
+
+    #[test]
+    fn the_second_encoding_is_still_read() {
+        let stored = StoredRanges {
+            version: V2,
             succeeded: 7,
             failed: 3,
             retried: 2,
             result_parts: 1,
             ranges: vec![(0, 10)],
+            dead_lettered: 3,
         };
-        let back = Collected::decode(&BASE64.encode(postcard::to_stdvec(&old).unwrap())).unwrap();
-        assert_eq!((back.succeeded, back.failed, back.retried), (7, 3, 2));
-        assert_eq!((back.result_parts, back.dead_lettered), (1, 0));
-        assert_eq!(back.ids.len(), 10);
+        let c = Collected::decode(&Encoded {
+            head: postcard::to_stdvec(&stored).unwrap(),
+            pieces: vec![],
+        })
+        .unwrap();
+        assert_eq!((c.succeeded, c.failed, c.retried), (7, 3, 2));
+        assert_eq!((c.result_parts, c.dead_lettered), (1, 3));
+        assert_eq!(c.ids.len(), 10);
+        // And what version 1 lacked reads as none.
+        let v1 = Collected::decode(&Encoded {
+            head: BASE64.decode(v1_text(vec![(0, 1)])).unwrap(),
+            pieces: vec![],
+        })
+        .unwrap();
+        assert_eq!(v1.dead_lettered, 0);
     }
 
     #[test]
-    fn corrupt_values_are_errors() {
+    fn corrupt_or_torn_values_are_errors() {
+        let decode =
+            |head: Vec<u8>, pieces: Vec<Piece>| Collected::decode(&Encoded { head, pieces });
+        assert!(matches!(decode(vec![], vec![]), Err(DecodeError::Empty)));
         assert!(matches!(
-            Collected::decode("***"),
-            Err(DecodeError::Base64(_))
-        ));
-        let future = Stored {
-            version: 9,
-            succeeded: 0,
-            failed: 0,
-            retried: 0,
-            result_parts: 0,
-            ranges: vec![],
-            dead_lettered: 0,
-        };
-        let text = BASE64.encode(postcard::to_stdvec(&future).unwrap());
-        assert!(matches!(
-            Collected::decode(&text),
+            decode(vec![9], vec![]),
             Err(DecodeError::Version(9))
         ));
         assert!(matches!(
-            Collected::decode(&BASE64.encode([1u8])),
+            decode(vec![V3], vec![]),
             Err(DecodeError::Postcard(_))
         ));
-        let overlapping = Stored {
-            version: VERSION,
-            succeeded: 0,
-            failed: 0,
-            retried: 0,
-            result_parts: 0,
-            ranges: vec![(0, 5), (0, 3)],
-            dead_lettered: 0,
-        };
-        let text = BASE64.encode(postcard::to_stdvec(&overlapping).unwrap());
-        assert!(matches!(Collected::decode(&text), Err(DecodeError::Ranges)));
+        // A head whose stored piece is missing or was changed.
+        let mut c = Collected::default();
+        for id in (0..6_000_000).step_by(2) {
+            c.ids.insert(id);
+        }
+        let stored = c.encode();
+        assert_eq!(stored.pieces.len(), 1);
+        assert!(matches!(
+            decode(stored.head.clone(), vec![]),
+            Err(DecodeError::MissingPiece(_))
+        ));
+        let mut changed = stored.pieces.clone();
+        changed[0].bytes[100] ^= 1;
+        assert!(matches!(
+            decode(stored.head.clone(), changed),
+            Err(DecodeError::Digest(_))
+        ));
     }
 }

@@ -20,6 +20,12 @@ pub const FINALIZER: &str = "cloudkon.io/cleanup";
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "cloudkon-operator";
 
+/// `--max-workload-bytes` by default.
+pub const DEFAULT_MAX_WORKLOAD_BYTES: u64 = 32 << 20;
+/// `--workload-memory-bytes` by default: three files at the largest, with
+/// the results parts in flight, stay well within the chart's 256 MiB.
+pub const DEFAULT_WORKLOAD_MEMORY_BYTES: u64 = 96 << 20;
+
 /// Settings from the command line.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -31,6 +37,12 @@ pub struct Settings {
     pub flush_every: Duration,
     /// Largest results part (bytes); see `cloudkon-operator run --help`.
     pub results_part_bytes: usize,
+    /// Largest workload file (ConfigMap or S3) a batch may name, in bytes:
+    /// it is read whole and held while the batch enqueues.
+    pub max_workload_bytes: u64,
+    /// What all batches' workload files may hold together, in bytes; a
+    /// batch whose file does not fit waits.
+    pub workload_memory_bytes: u64,
     /// What WorkerPools may name: queues and fleets.
     pub allowed_names: crate::allowed_names::AllowedNames,
 }
@@ -42,6 +54,8 @@ impl Default for Settings {
             default_results_prefix: None,
             flush_every: Duration::from_secs(1),
             results_part_bytes: 8 << 20,
+            max_workload_bytes: DEFAULT_MAX_WORKLOAD_BYTES,
+            workload_memory_bytes: DEFAULT_WORKLOAD_MEMORY_BYTES,
             allowed_names: crate::allowed_names::AllowedNames::default(),
         }
     }
@@ -55,6 +69,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// What the workload files of live runners hold, of
+    /// `Settings::workload_memory_bytes`.
+    pub workload_memory: Arc<crate::workload_memory::WorkloadMemory>,
     /// Per pool (by uid): the scaler's history and the queue.
     pub pools: Mutex<HashMap<String, crate::pool_reconciler::PoolMemory>>,
     /// Per batch (by uid): the task that enqueues and collects.

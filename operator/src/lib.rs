@@ -36,3 +36,4 @@ pub mod status;
 pub mod triggers;
 pub mod validate;
 pub mod window;
+pub mod workload_memory;

@@ -120,6 +120,24 @@ struct RunArgs {
           value_parser = clap::value_parser!(u64).range(4096..=(5u64 << 30)))]
     results_part_bytes: u64,
 
+    /// Largest workload file (`spec.tasks.s3` or `spec.tasks.configMap`) a
+    /// TaskBatch may name, in bytes. The operator reads it whole and holds it
+    /// while the batch enqueues: a larger one is refused (Accepted=False,
+    /// InvalidSpec) before its body is read. Mind the operator's memory limit
+    /// when raising it.
+    #[arg(long, env = "CLOUDKON_MAX_WORKLOAD_BYTES",
+          default_value_t = cloudkon_operator::context::DEFAULT_MAX_WORKLOAD_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=(4u64 << 30)))]
+    max_workload_bytes: u64,
+
+    /// What the workload files of all running TaskBatches may hold together,
+    /// in bytes (at least --max-workload-bytes). A batch whose file does not
+    /// fit stays Pending, with a WaitingForMemory Event, until others finish.
+    #[arg(long, env = "CLOUDKON_WORKLOAD_MEMORY_BYTES",
+          default_value_t = cloudkon_operator::context::DEFAULT_WORKLOAD_MEMORY_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=(16u64 << 30)))]
+    workload_memory_bytes: u64,
+
     /// Queue names a WorkerPool's `spec.queue.name` may take, as patterns
     /// (`*` any text, `{namespace}` the pool's namespace), comma-separated.
     /// With one namespace per tenant, `cloudkon-{namespace}_*` keeps each in
@@ -200,6 +218,13 @@ fn print_crds(out_dir: Option<PathBuf>) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     logging::init(args.log_format, "info,kube_runtime=warn");
+    if args.workload_memory_bytes < args.max_workload_bytes {
+        anyhow::bail!(
+            "--workload-memory-bytes {} is below --max-workload-bytes {}: no workload file of the largest size would ever fit",
+            args.workload_memory_bytes,
+            args.max_workload_bytes
+        );
+    }
     if let Some(prefix) = &args.results_prefix {
         cloudkon_core::aws::S3Uri::parse(prefix)
             .with_context(|| format!("--results-prefix {prefix:?}"))?;
@@ -263,6 +288,8 @@ fn run(args: RunArgs) -> Result<()> {
                     default_results_prefix: args.results_prefix,
                     results_part_bytes: usize::try_from(args.results_part_bytes)
                         .unwrap_or(usize::MAX),
+                    max_workload_bytes: args.max_workload_bytes,
+                    workload_memory_bytes: args.workload_memory_bytes,
                     allowed_names: AllowedNames {
                         queues: args.allowed_queue_names,
                         launch_templates: args.allowed_launch_templates,

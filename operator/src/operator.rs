@@ -72,6 +72,9 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
             },
         ),
         metrics: metrics.clone(),
+        workload_memory: crate::workload_memory::WorkloadMemory::new(
+            options.settings.workload_memory_bytes,
+        ),
         settings: options.settings,
         pools: Mutex::new(HashMap::new()),
         runners: Mutex::new(HashMap::new()),

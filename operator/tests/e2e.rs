@@ -2340,3 +2340,249 @@ fn a_40_s_dynamodb_outage_mid_batch_loses_nothing_and_dead_letters_nothing() {
     );
     assert_eq!(dead, 0, "bundles reached the dead-letter queue");
 }
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn ten_million_collected_ids_in_the_worst_order_are_stored_and_read_back() {
+    use cloudkon_operator::batch_record::{BatchRecord, KubeRecord, collected_piece_name};
+    use cloudkon_operator::collected::Collected;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let _serial = serial();
+    // No operator: the record alone, on a TaskBatch that owns its ConfigMaps.
+    let c = Cluster::new("e2e-ids");
+    c.apply(&run_batch("big", "p", 10_000_000, "true"));
+    let batch = c.batch("big");
+    let record = KubeRecord::new(c.client.clone(), &batch).unwrap();
+    let pieces = |c: &Cluster| -> Vec<String> {
+        let list =
+            c.rt.block_on(c.api::<ConfigMap>().list(&Default::default()))
+                .unwrap();
+        let mut names: Vec<String> = list
+            .items
+            .into_iter()
+            .filter_map(|cm| cm.metadata.name)
+            .filter(|n| n.starts_with("big-cloudkon-collected-"))
+            .collect();
+        names.sort();
+        names
+    };
+    // Every other task of 10 M done: 5 M holes, which the first encoding
+    // (2 bytes a hole) could not store in a ConfigMap.
+    let mut collected = Collected::default();
+    for id in (0..10_000_000).step_by(2) {
+        collected.ids.insert(id);
+    }
+    // Pieces are named by their content, and the first two would be the same
+    // (2^22 is even): one odd id makes the second differ.
+    collected.ids.insert((1 << 22) + 1);
+    collected.succeeded = 5_000_001;
+    collected.result_parts = 7;
+    let stored = collected.encode();
+    eprintln!(
+        "stored: head {} bytes, {} pieces, {} bytes in all",
+        stored.head.len(),
+        stored.pieces.len(),
+        stored.size()
+    );
+    let uid = batch.metadata.uid.clone().unwrap();
+    let kept = collected_piece_name("big", &uid, &stored.pieces[1].digest);
+    c.rt.block_on(record.store_collected(stored)).unwrap();
+    let first = pieces(&c);
+    assert_eq!(first.len(), 2, "{first:?}");
+    // A new record (a restarted operator) reads the same set back.
+    let again = KubeRecord::new(c.client.clone(), &batch).unwrap();
+    let loaded = c.rt.block_on(again.load_collected()).unwrap().unwrap();
+    assert_eq!(Collected::decode(&loaded).unwrap(), collected);
+    // The odd ids of the first 4 M come in: the first piece becomes one run,
+    // inline in the head (its ConfigMap deleted after the head is written);
+    // the second stays as it was, not written again.
+    for id in (1..4_194_304).step_by(2) {
+        collected.ids.insert(id);
+    }
+    collected.succeeded += 2_097_152;
+    c.rt.block_on(again.store_collected(collected.encode()))
+        .unwrap();
+    let second = pieces(&c);
+    assert_eq!(second, vec![kept], "{first:?} then {second:?}");
+    let third = KubeRecord::new(c.client.clone(), &batch).unwrap();
+    let loaded = c.rt.block_on(third.load_collected()).unwrap().unwrap();
+    assert_eq!(Collected::decode(&loaded).unwrap(), collected);
+    // Head and pieces are owned by the TaskBatch, and go with it.
+    let owned = |c: &Cluster| -> usize {
+        let list =
+            c.rt.block_on(c.api::<ConfigMap>().list(&Default::default()))
+                .unwrap();
+        list.items
+            .iter()
+            .filter(|cm| {
+                cm.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("big-cloudkon-collected"))
+            })
+            .inspect(|cm| {
+                let owners = cm.metadata.owner_references.as_deref().unwrap_or_default();
+                assert!(
+                    owners.iter().any(|o| o.uid == uid && o.kind == "TaskBatch"),
+                    "{:?} is not owned by the TaskBatch: {owners:?}",
+                    cm.metadata.name
+                );
+            })
+            .count()
+    };
+    assert_eq!(owned(&c), 2, "the head and one piece");
+    c.ok(&["delete", "taskbatch", "big", "--wait=true"]);
+    c.wait_for(
+        "the garbage collector to delete the collected ids' ConfigMaps",
+        Duration::from_secs(60),
+        |c| (owned(c) == 0).then_some(()),
+    );
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_workload_file_over_the_operators_limit_is_refused_and_one_at_the_limit_runs() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-limit");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = aws().s3();
+    let bucket = "cloudkon-workloads-e2e";
+    rt.block_on(s3.ensure_bucket(bucket)).unwrap();
+    // "sleep 0\n" is 8 bytes: 512 lines are the limit, 513 one line over.
+    let limit = 4096;
+    let at_limit = "sleep 0\n".repeat(512);
+    let over = "sleep 0\n".repeat(513);
+    let prefix = c.ns.clone();
+    for (key, text) in [("at-limit.txt", &at_limit), ("over.txt", &over)] {
+        rt.block_on(s3.put_bytes(
+            bucket,
+            &format!("{prefix}/{key}"),
+            text.clone().into_bytes(),
+        ))
+        .unwrap();
+    }
+    // One namespace per tenant, as README's trust model has it.
+    let operator = c.operator(
+        "operator.log",
+        &[
+            "--max-workload-bytes",
+            &limit.to_string(),
+            "--workload-memory-bytes",
+            &limit.to_string(),
+            "--allowed-queue-names",
+            "cloudkon-{namespace}_*",
+        ],
+    );
+    // A pool naming a queue outside the allowlist, or another namespace's
+    // pool queue, is refused, and that queue never made; a pool without a
+    // name gets one within the allowlist.
+    let ns = c.ns.clone();
+    for (pool, queue, expected) in [
+        (
+            "thief",
+            "team-b-sweep",
+            format!(
+                "spec.queue.name (\"team-b-sweep\") is not allowed: this operator lets WorkerPools in namespace {ns} name only cloudkon-{ns}_* (--allowed-queue-names)"
+            ),
+        ),
+        (
+            "squatter",
+            "cloudkon-other_sweep",
+            "spec.queue.name (\"cloudkon-other_sweep\") is reserved: cloudkon-<namespace>_* are the queues of that namespace's pools".to_string(),
+        ),
+    ] {
+        c.apply(&format!(
+            "apiVersion: cloudkon.io/v1alpha1\nkind: WorkerPool\nmetadata: {{name: {pool}}}\n\
+             spec:\n  workers: {{min: 0, max: 1}}\n  queue: {{name: {queue}}}\n  template: {{image: cloudkon/worker:test}}\n"
+        ));
+        let (_, reason, message) = c.wait_for(&format!("{pool} refused"), Duration::from_secs(30), |c| {
+            pool_condition(c, pool, "Accepted").filter(|x| x.0 == "False")
+        });
+        assert_eq!(reason, "InvalidSpec", "{message}");
+        assert!(message.contains(&expected), "{message}");
+        assert_eq!(c.pool(pool).status.unwrap().queue_url, None);
+        assert!(
+            rt.block_on(aws().sqs().open(queue)).is_err(),
+            "{pool}: queue {queue} was made"
+        );
+        println!("{pool}: {message}");
+    }
+    c.apply(&scaling_pool("p", 2, 300));
+    let batch = |name: &str, tasks: &str| {
+        format!(
+            "apiVersion: cloudkon.io/v1alpha1\nkind: TaskBatch\nmetadata: {{name: {name}}}\n\
+             spec:\n  workerPool: p\n  tasks: {tasks}\n"
+        )
+    };
+    c.apply(&batch(
+        "over",
+        &format!("{{s3: {{uri: \"s3://{bucket}/{prefix}/over.txt\"}}}}"),
+    ));
+    // A ConfigMap's workload is held to the same limit.
+    c.apply(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: work}}\ndata:\n  over.txt: |\n{}",
+        over.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    ));
+    c.apply(&batch(
+        "over-cm",
+        "{configMap: {name: work, key: over.txt}}",
+    ));
+    for name in ["over", "over-cm"] {
+        let (_, reason, message) =
+            c.wait_for(&format!("{name} refused"), Duration::from_secs(30), |c| {
+                condition(&c.batch(name), "Accepted").filter(|x| x.0 == "False")
+            });
+        assert_eq!(reason, "InvalidSpec", "{name}: {message}");
+        for part in ["4104 bytes", "limit of 4096 bytes", "--max-workload-bytes"] {
+            assert!(message.contains(part), "{name}: {part:?} not in {message}");
+        }
+        assert_eq!(c.batch(name).status.unwrap().counts.enqueued, 0, "{name}");
+        println!("{name}: {message}");
+    }
+    // At the limit: accepted, and it holds the whole workload memory while
+    // it runs (no workers yet): a second such batch waits its turn, Pending
+    // with a WaitingForMemory Event, and runs once the first is done.
+    let at_limit_uri = format!("{{s3: {{uri: \"s3://{bucket}/{prefix}/at-limit.txt\"}}}}");
+    c.apply(&batch("at-limit", &at_limit_uri));
+    c.wait_for("at-limit enqueuing", Duration::from_secs(30), |c| {
+        (c.batch("at-limit").status?.counts.enqueued > 0).then_some(())
+    });
+    c.apply(&batch("second", &at_limit_uri));
+    let waiting = c.wait_for("second waiting for memory", Duration::from_secs(30), |c| {
+        let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+        events
+            .lines()
+            .find(|l| l.contains("WaitingForMemory") && l.contains("second"))
+            .map(str::to_string)
+    });
+    assert!(
+        waiting.contains("hold 4096 of the operator's 4096 bytes (--workload-memory-bytes)"),
+        "{waiting}"
+    );
+    let second = c.batch("second").status.unwrap_or_default();
+    assert_eq!(second.counts.enqueued, 0, "{second:?}");
+    assert_ne!(second.phase, Some(Phase::Running), "{second:?}");
+    println!("second: {waiting}");
+    let queue = c.queue_url("p");
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    for name in ["at-limit", "second"] {
+        let s = c
+            .wait_finished(name, Duration::from_secs(120))
+            .status
+            .unwrap();
+        assert_eq!(
+            (s.phase, s.counts.succeeded),
+            (Some(Phase::Succeeded), 512),
+            "{name}: {s:?}"
+        );
+    }
+    assert!(
+        c.children[operator].try_wait().unwrap().is_none(),
+        "the operator exited:\n{}",
+        c.logs()
+    );
+}

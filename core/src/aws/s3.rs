@@ -12,7 +12,7 @@ use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
 };
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use tokio::io::{AsyncBufRead, AsyncReadExt as _};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _};
 
 use super::error::{AwsError, ErrorKind};
 
@@ -85,6 +85,60 @@ pub struct ObjectReader {
     /// The object's size in bytes, as the server declares it.
     pub size: Option<u64>,
     pub body: Pin<Box<dyn AsyncBufRead + Send>>,
+}
+
+/// An object read whole under a caller's limit, or why not.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Limited {
+    Bytes(Vec<u8>),
+    /// Over the limit. `declared`: the server said so and nothing was read;
+    /// otherwise `size` is what was read when the body went past the limit
+    /// (`limit + 1`: the body may be longer).
+    TooLarge {
+        size: u64,
+        declared: bool,
+    },
+}
+
+impl ObjectReader {
+    /// Reads the body whole if it is at most `limit` bytes: refused before
+    /// reading when the declared size is over it, and after `limit + 1`
+    /// bytes when the body runs past it (a wrong or missing Content-Length
+    /// cannot make it read or hold more). Never holds more than `limit`
+    /// bytes, nor allocates more: one user's workload must not take the
+    /// operator's memory.
+    pub async fn read_at_most(self, limit: u64) -> std::io::Result<Limited> {
+        if let Some(size) = self.size.filter(|&n| n > limit) {
+            return Ok(Limited::TooLarge {
+                size,
+                declared: true,
+            });
+        }
+        let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+        // The declared size, if any, up front (it is within the limit here).
+        let mut bytes = Vec::with_capacity(self.size.map_or(0, |n| n as usize).min(cap));
+        let mut body = self.body.take(limit.saturating_add(1));
+        loop {
+            let chunk = body.fill_buf().await?;
+            if chunk.is_empty() {
+                return Ok(Limited::Bytes(bytes));
+            }
+            let n = chunk.len();
+            if bytes.len() + n > cap {
+                return Ok(Limited::TooLarge {
+                    size: (bytes.len() + n) as u64,
+                    declared: false,
+                });
+            }
+            if bytes.capacity() - bytes.len() < n {
+                // Doubling, as a Vec would, but never past the limit.
+                let want = (bytes.capacity() * 2).max(bytes.len() + n).min(cap);
+                bytes.reserve_exact(want - bytes.len());
+            }
+            bytes.extend_from_slice(chunk);
+            body.consume(n);
+        }
+    }
 }
 
 impl fmt::Debug for ObjectReader {
@@ -344,6 +398,27 @@ impl S3Store {
         Ok(bytes)
     }
 
+    /// Reads an object whole if it is at most `limit` bytes (see
+    /// [`ObjectReader::read_at_most`]): for objects a user names, which
+    /// may be of any size.
+    pub async fn get_bytes_at_most(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: u64,
+    ) -> Result<Limited, AwsError> {
+        let object = self.open(bucket, key).await?;
+        object.read_at_most(limit).await.map_err(|e| {
+            AwsError::new(
+                SERVICE,
+                "GetObject",
+                uri(bucket, key),
+                ErrorKind::Transient,
+                format!("reading the body: {e}"),
+            )
+        })
+    }
+
     /// Starts reading an object: its size as the server declares it (so that a
     /// caller with a limit can refuse it before reading), and its bytes.
     pub async fn open(&self, bucket: &str, key: &str) -> Result<ObjectReader, AwsError> {
@@ -429,6 +504,90 @@ impl S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::task::{Context, Poll};
+
+    /// A body that must not be read.
+    struct Untouchable;
+
+    impl tokio::io::AsyncRead for Untouchable {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            panic!("the body was read")
+        }
+    }
+
+    impl AsyncBufRead for Untouchable {
+        fn poll_fill_buf(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<&[u8]>> {
+            panic!("the body was read")
+        }
+        fn consume(self: Pin<&mut Self>, _: usize) {}
+    }
+
+    /// A body of `len` bytes handed over in chunks of `chunk`, as a
+    /// network body would be.
+    fn body(len: usize, chunk: usize, size: Option<u64>) -> ObjectReader {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        ObjectReader {
+            size,
+            body: Box::pin(tokio::io::BufReader::with_capacity(
+                chunk,
+                std::io::Cursor::new(data),
+            )),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_at_most_the_limit_whatever_the_declared_size() {
+        let limit = 10_000;
+        // Declared over the limit: refused unread.
+        let declared = ObjectReader {
+            size: Some(limit + 1),
+            body: Box::pin(Untouchable),
+        };
+        assert_eq!(
+            declared.read_at_most(limit).await.unwrap(),
+            Limited::TooLarge {
+                size: limit + 1,
+                declared: true
+            }
+        );
+        // At the limit, declared or not: read whole, within the limit.
+        for size in [Some(limit), None] {
+            let Limited::Bytes(bytes) = body(limit as usize, 3000, size)
+                .read_at_most(limit)
+                .await
+                .unwrap()
+            else {
+                panic!("{size:?}: refused at the limit");
+            };
+            assert_eq!(bytes.len(), limit as usize);
+            assert!(bytes.capacity() <= limit as usize, "{}", bytes.capacity());
+            assert_eq!(bytes[7777], (7777 % 251) as u8);
+        }
+        // Longer than declared (a lying Content-Length), or undeclared:
+        // stopped one byte past the limit.
+        for size in [Some(10), Some(limit), None] {
+            assert_eq!(
+                body(50_000, 3000, size).read_at_most(limit).await.unwrap(),
+                Limited::TooLarge {
+                    size: limit + 1,
+                    declared: false
+                },
+                "{size:?}"
+            );
+        }
+        assert_eq!(
+            body(0, 10, Some(0)).read_at_most(0).await.unwrap(),
+            Limited::Bytes(vec![])
+        );
+    }
 
     #[test]
     fn s3_uris_parse_with_clear_errors() {

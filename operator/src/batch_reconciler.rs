@@ -63,6 +63,27 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
     // A finished batch: conditions, the Event, then the TTL.
     if let Some(phase) = old.phase.filter(|p| p.is_finished()) {
         stop_runner(ctx, &uid(&batch)).await;
+        // Given up by its failure policy (the runner ended it): its bundles
+        // still queued are skipped, once, before the condition says so.
+        let gave_up = phase == Phase::Failed
+            && status::failure_policy_verdict(spec.failure_policy.as_ref(), &old.counts).is_some();
+        let said = old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == status::batch_condition::FAILED && c.reason == "FailurePolicy");
+        if gave_up && !said {
+            let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+            let pool = pools
+                .get_opt(&spec.worker_pool)
+                .await
+                .map_err(Error::kube(format!(
+                    "cannot read WorkerPool {ns}/{}",
+                    spec.worker_pool
+                )))?;
+            if let Some(pool) = &pool {
+                write_cancel_mark(ctx, pool, &batch).await?;
+            }
+        }
         set_conditions(ctx, &batch, &mut st, phase, &Ok(()), None, &now).await;
         write_conditions(&api, &name, &old, &st).await?;
         return ttl(ctx, &batch, &api, &st).await;
@@ -396,6 +417,9 @@ async fn set_conditions(
         missing_pool,
         suspend: batch.spec.suspend == Some(true),
         counts: st.counts,
+        gave_up: (phase == Phase::Failed)
+            .then(|| status::failure_policy_verdict(batch.spec.failure_policy.as_ref(), &st.counts))
+            .flatten(),
     });
     for update in updates {
         if set_condition(&mut st.conditions, &update, batch.metadata.generation, now) {

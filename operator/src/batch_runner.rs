@@ -173,6 +173,8 @@ struct Progress {
     planned: AtomicU64,
     /// The batch's task length, from its results (or declared).
     estimate: Mutex<Estimate>,
+    /// Finished tasks over time, for `estimatedCompletionTime`.
+    eta: Mutex<crate::eta::Eta>,
 }
 
 impl Progress {
@@ -248,6 +250,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 0
             }),
             estimate: Mutex::new(Estimate::default()),
+            eta: Mutex::default(),
         };
 
         let start_time = status
@@ -723,11 +726,19 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             share.update(progress.running(), progress.estimate());
             let known_total = *total.borrow_and_update();
             let done = known_total.is_some_and(|t| collected.finished() as u64 >= t);
+            // Past its failure policy the batch ends here: the enqueue half
+            // stops with the runner, and the reconciler has the workers skip
+            // what is still queued.
+            let gave_up = status::failure_policy_verdict(
+                batch.spec.failure_policy.as_ref(),
+                &counts_of(&collected, known_total),
+            );
             // Written out at least every part's worth, so that memory and parts
             // stay bounded whatever the batch's size.
             let full = pending.lines.len() >= self.settings.results_part_bytes
                 || pending.results >= PART_MAX_RESULTS;
             if done
+                || gave_up.is_some()
                 || full
                 || last_flush.elapsed() >= self.settings.flush_every
                 || pending.receipts.len() >= 200
@@ -748,8 +759,20 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 tracing::info!(batch = %name, succeeded = collected.succeeded, failed = collected.failed, "batch finished");
                 return Ok(());
             }
+            if let Some(why) = gave_up {
+                tracing::warn!(batch = %name, succeeded = collected.succeeded, failed = collected.failed, "batch given up: {why}");
+                return Ok(());
+            }
         }
     }
+}
+
+/// The counts the status shows for `collected`, with the total once known.
+fn counts_of(collected: &Collected, total: Option<u64>) -> TaskCounts {
+    let mut counts = TaskCounts::default();
+    collected.apply_to(&mut counts);
+    counts.total = total.map_or(0, |t| t as i64);
+    counts
 }
 
 impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
@@ -765,7 +788,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         progress: &Progress,
     ) -> Result<(), Error> {
         let name = args.batch.name_any();
-        if pending.receipts.is_empty() && total.is_none_or(|t| collected.finished() as u64 != t) {
+        let counts = counts_of(collected, total);
+        let gave_up =
+            status::failure_policy_verdict(args.batch.spec.failure_policy.as_ref(), &counts)
+                .is_some();
+        let ending = total.is_some_and(|t| collected.finished() as u64 == t) || gave_up;
+        if pending.receipts.is_empty() && !ending {
             return Ok(());
         }
         // 1. The results objects, each bounded (a crash before step 2 writes
@@ -809,9 +837,6 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .get_or_create(&crate::metrics::BatchOutcome { outcome: "failed" })
             .inc_by(std::mem::take(&mut pending.failed));
         // 4. The status.
-        let mut counts = TaskCounts::default();
-        collected.apply_to(&mut counts);
-        counts.total = total.map_or(0, |t| t as i64);
         let enqueue_finished = total.is_some();
         let phase = status::phase_of(&PhaseInput {
             previous: Some(if enqueue_finished {
@@ -826,6 +851,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 enqueued: counts.total.max(1),
                 ..counts
             },
+            gave_up,
         });
         let now = JiffTimestamp::now();
         let elapsed = Duration::from_millis(
@@ -842,6 +868,10 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             patch["phase"] = json!(phase);
         } else {
             patch["progress"] = json!(progress.column());
+            if phase.is_finished() {
+                // Given up mid-enqueue (the failure policy).
+                patch["phase"] = json!(phase);
+            }
         }
         if !latency.is_empty() {
             patch["latency"] = json!(Latency {
@@ -850,7 +880,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             });
         }
         let planned = total.unwrap_or(progress.planned.load(Ordering::Relaxed));
-        match status::time_to_finish(collected.finished() as u64, planned, elapsed) {
+        let left = {
+            let mut eta = progress.eta.lock().expect("eta lock");
+            eta.observe(elapsed, collected.finished() as u64);
+            eta.time_left(planned)
+        };
+        match left {
             Some(left) if !phase.is_finished() => {
                 let eta = now
                     .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
@@ -858,8 +893,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     ))
                     .unwrap_or(now);
                 patch["estimatedCompletionTime"] = json!(Time(eta));
+                patch["eta"] = json!(status::eta_column(left));
             }
-            _ => patch["estimatedCompletionTime"] = serde_json::Value::Null,
+            _ => {
+                patch["estimatedCompletionTime"] = serde_json::Value::Null;
+                patch["eta"] = serde_json::Value::Null;
+            }
         }
         if phase.is_finished() {
             patch["completionTime"] = json!(Time(now));
@@ -1090,13 +1129,22 @@ mod tests {
 
     /// Results for bundles as a worker would send them: each task took `took`.
     async fn answer(responses: &MemoryResponses, bundles: &[(u64, usize)], took: Duration) {
+        answer_with(responses, bundles, took, Outcome::Succeeded).await;
+    }
+
+    async fn answer_with(
+        responses: &MemoryResponses,
+        bundles: &[(u64, usize)],
+        took: Duration,
+        outcome: Outcome,
+    ) {
         for &(first, len) in bundles {
             let results = (first..first + len as u64)
                 .map(|id| TaskResult {
                     batch: BatchId::new("b"),
                     id,
                     attempt: 1,
-                    outcome: Outcome::Succeeded,
+                    outcome: outcome.clone(),
                     exit_code: Some(0),
                     stdout: String::new(),
                     stderr: String::new(),
@@ -1117,6 +1165,55 @@ mod tests {
             let body = cloudkon_core::wire::encode_results(&message, usize::MAX).unwrap();
             responses.send_results(REPLY_TO, vec![body]).await.unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_past_its_failure_policy_ends_failed_and_stops_enqueuing() {
+        let (queue, responses) = (MemoryQueue::bounded(1 << 20), MemoryResponses::new());
+        let n = 1_000_000;
+        let mut spec = generator(json!({"kind": "sleep", "ms": 1000}), n);
+        spec["failurePolicy"] = json!({"maxFailedPercent": 10, "minTasksBeforeJudging": 50});
+        let b = batch(spec, None);
+        let r = Arc::new(runner(&queue, &responses, MemoryRecord::default()));
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        let run = {
+            let r = r.clone();
+            tokio::spawn(async move { r.run(args(b, false), spec).await })
+        };
+        // Every task fails, as workers would report.
+        let mut sent = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !run.is_finished() {
+            assert!(Instant::now() < deadline, "the runner did not give up");
+            let received = queue.receive(100, Duration::from_millis(50)).await;
+            for d in received.unwrap().unwrap_or_default() {
+                sent += d.bundle.tasks.len();
+                let failed = Outcome::Failed {
+                    reason: "exit 1".into(),
+                };
+                answer_with(
+                    &responses,
+                    &[(d.bundle.tasks[0].id, d.bundle.tasks.len())],
+                    Duration::from_millis(1),
+                    failed,
+                )
+                .await;
+            }
+        }
+        run.await.unwrap().unwrap();
+        let status = r.record.status();
+        assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+        assert!(status.completion_time.is_some(), "{status:?}");
+        let finished = status.counts.succeeded + status.counts.failed;
+        assert!(finished >= 50, "judged after {finished}");
+        // What was queued when it gave up is all that was ever sent: the
+        // metered window, far from the million.
+        sent += drain(&queue).await.iter().map(|b| b.1).sum::<usize>();
+        assert!(sent < 10_000, "{sent} tasks sent");
+        // Given up mid-enqueue: no total, and the progress column says so.
+        assert_eq!(status.counts.total, 0, "{status:?}");
+        assert_eq!(status.counts.failed, finished);
+        assert!(status.progress.unwrap().ends_with('+'));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

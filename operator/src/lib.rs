@@ -23,6 +23,7 @@ pub mod context;
 pub mod crd;
 pub mod dead_letters;
 pub mod enqueue;
+pub mod eta;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::taskbatch::{Phase, TaskCounts};
+use crate::crd::taskbatch::{FailurePolicy, Phase, TaskCounts};
 use crate::validate::{Invalid, summary};
 
 /// What a batch's phase depends on.
@@ -23,6 +23,8 @@ pub struct PhaseInput {
     /// `counts.total` is final.
     pub enqueue_finished: bool,
     pub counts: TaskCounts,
+    /// `spec.failurePolicy` gave up on the batch ([`failure_policy_verdict`]).
+    pub gave_up: bool,
 }
 
 /// A batch's phase:
@@ -32,6 +34,7 @@ pub struct PhaseInput {
 /// - not accepted (invalid spec, missing pool) → the phase stays as it is
 ///   (Pending for a new batch): tasks already queued still run, and fixing
 ///   the spec goes on from there;
+/// - past its failure policy → Failed;
 /// - every task enqueued and finished → Failed if any failed, else Succeeded
 ///   (an empty batch succeeds);
 /// - every task enqueued → Running;
@@ -45,6 +48,9 @@ pub fn phase_of(input: &PhaseInput) -> Phase {
     }
     if !input.accepted {
         return input.previous.unwrap_or(Phase::Pending);
+    }
+    if input.gave_up {
+        return Phase::Failed;
     }
     let c = &input.counts;
     if input.enqueue_finished {
@@ -62,6 +68,37 @@ pub fn phase_of(input: &PhaseInput) -> Phase {
     } else {
         Phase::Pending
     }
+}
+
+/// `spec.failurePolicy.minTasksBeforeJudging` by default.
+pub const MIN_TASKS_BEFORE_JUDGING: i64 = 100;
+
+/// Why the failure policy gives up on a batch, or `None`: more than
+/// `maxFailedPercent` of its finished tasks failed, with at least
+/// `minTasksBeforeJudging` finished. A batch whose every task finished
+/// (`counts.total` known and reached) ended by itself and is not judged.
+pub fn failure_policy_verdict(
+    policy: Option<&FailurePolicy>,
+    counts: &TaskCounts,
+) -> Option<String> {
+    let policy = policy?;
+    let finished = counts.succeeded + counts.failed;
+    let min = policy
+        .min_tasks_before_judging
+        .unwrap_or(MIN_TASKS_BEFORE_JUDGING)
+        .max(1);
+    if finished < min || (counts.total > 0 && finished >= counts.total) {
+        return None;
+    }
+    // failed / finished > max / 100, in integers.
+    let max = i64::from(policy.max_failed_percent.clamp(0, 100));
+    (counts.failed * 100 > max * finished).then(|| {
+        format!(
+            "{} of {finished} finished tasks failed ({:.1} %), over spec.failurePolicy.maxFailedPercent ({max} %): nothing more is enqueued and the batch's remaining tasks are skipped",
+            counts.failed,
+            100.0 * counts.failed as f64 / finished as f64
+        )
+    })
 }
 
 /// `finished/total` for `kubectl get`; while enqueuing, the total so far
@@ -87,16 +124,16 @@ pub fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// How long until a batch finishes, at the rate it has finished tasks so far
-/// (`None` before the first result, or when it is done).
-pub fn time_to_finish(finished: u64, total: u64, elapsed: Duration) -> Option<Duration> {
-    if finished == 0 || finished >= total || elapsed.is_zero() {
-        return None;
+/// The `ETA` column: time left, coarse enough that the status does not
+/// change every second (`45s`, `12m`, `3h5m`, `2d4h`).
+pub fn eta_column(left: Duration) -> String {
+    let s = left.as_secs();
+    match s {
+        0..60 => format!("{}s", (s / 5) * 5),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
     }
-    let per_task = elapsed.as_secs_f64() / finished as f64;
-    Some(Duration::from_secs_f64(
-        per_task * (total - finished) as f64,
-    ))
 }
 
 /// A WorkerPool's `workers` column: `ready/desired`.
@@ -222,6 +259,8 @@ pub struct BatchConditionsInput<'a> {
     pub missing_pool: Option<&'a str>,
     pub suspend: bool,
     pub counts: TaskCounts,
+    /// [`failure_policy_verdict`], when the policy gave up on the batch.
+    pub gave_up: Option<String>,
 }
 
 /// The four conditions of a TaskBatch, to pass to [`set_condition`].
@@ -264,8 +303,11 @@ pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate
         ),
         _ => ConditionUpdate::new(COMPLETE, false, "NotFinished", ""),
     };
-    let failed = match input.phase {
-        Phase::Failed => ConditionUpdate::new(
+    let failed = match (input.phase, &input.gave_up) {
+        (Phase::Failed, Some(why)) => {
+            ConditionUpdate::new(FAILED, true, "FailurePolicy", why.clone())
+        }
+        (Phase::Failed, None) => ConditionUpdate::new(
             FAILED,
             true,
             "TasksFailed",
@@ -274,7 +316,7 @@ pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate
                 c.failed, c.total
             ),
         ),
-        Phase::Cancelled => ConditionUpdate::new(
+        (Phase::Cancelled, _) => ConditionUpdate::new(
             FAILED,
             true,
             "Cancelled",
@@ -541,19 +583,67 @@ mod tests {
                 cancel,
                 enqueue_finished,
                 counts,
+                gave_up: false,
             };
             assert_eq!(phase_of(&input), want, "{name}");
         }
+        // The failure policy ends a batch Failed mid-way, unless cancelled
+        // first or not accepted; a finished batch stays as it is.
+        let gave_up = |previous, accepted, cancel| {
+            phase_of(&PhaseInput {
+                previous,
+                accepted,
+                cancel,
+                enqueue_finished: false,
+                counts: counts(0, 500, 10, 90),
+                gave_up: true,
+            })
+        };
+        assert_eq!(gave_up(Some(Enqueuing), true, false), Failed);
+        assert_eq!(gave_up(Some(Enqueuing), true, true), Cancelled);
+        assert_eq!(gave_up(Some(Enqueuing), false, false), Enqueuing);
+        assert_eq!(gave_up(Some(Succeeded), true, false), Succeeded);
     }
 
     #[test]
-    fn time_to_finish_at_the_rate_so_far() {
+    fn the_failure_policy_judges_after_enough_tasks_and_not_a_finished_batch() {
+        let policy = |max, min| FailurePolicy {
+            max_failed_percent: max,
+            min_tasks_before_judging: min,
+        };
+        let judge = |p: Option<&FailurePolicy>, total, succeeded, failed| {
+            failure_policy_verdict(p, &counts(total, total, succeeded, failed))
+        };
+        let ten = policy(10, None);
+        // No policy, or too few finished (100 by default): not judged.
+        assert_eq!(judge(None, 1000, 0, 500), None);
+        assert_eq!(judge(Some(&ten), 1000, 0, 99), None);
+        // At the percentage: still fine; one over: given up.
+        assert_eq!(judge(Some(&ten), 1000, 90, 10), None);
+        let why = judge(Some(&ten), 1000, 89, 11).unwrap();
+        assert_eq!(
+            why,
+            "11 of 100 finished tasks failed (11.0 %), over spec.failurePolicy.maxFailedPercent (10 %): nothing more is enqueued and the batch's remaining tasks are skipped"
+        );
+        // The total unknown yet (still enqueuing): judged.
+        assert!(judge(Some(&ten), 0, 50, 50).is_some());
+        // Every task finished: it ended by itself.
+        assert_eq!(judge(Some(&ten), 100, 50, 50), None);
+        // 0 %: the first failure, once enough have finished.
+        let zero = policy(0, Some(1));
+        assert!(judge(Some(&zero), 1000, 0, 1).is_some());
+        assert_eq!(judge(Some(&zero), 1000, 5, 0), None);
+        // 100 %: never.
+        assert_eq!(judge(Some(&policy(100, Some(1))), 1000, 0, 999), None);
+    }
+
+    #[test]
+    fn the_eta_column_is_coarse() {
         let s = Duration::from_secs;
-        assert_eq!(time_to_finish(100, 1000, s(10)), Some(s(90)));
-        assert_eq!(time_to_finish(999, 1000, s(999)), Some(s(1)));
-        assert_eq!(time_to_finish(0, 1000, s(10)), None);
-        assert_eq!(time_to_finish(1000, 1000, s(10)), None);
-        assert_eq!(time_to_finish(10, 1000, Duration::ZERO), None);
+        assert_eq!(eta_column(s(44)), "40s");
+        assert_eq!(eta_column(s(61)), "1m");
+        assert_eq!(eta_column(s(3600 * 3 + 5 * 60 + 59)), "3h5m");
+        assert_eq!(eta_column(s(86400 * 2 + 3600 * 4)), "2d4h");
         assert_eq!(round(2.345), 2.3);
     }
 
@@ -667,6 +757,7 @@ mod tests {
             missing_pool,
             suspend,
             counts: counts(10, 10, 7, 3),
+            gave_up: None,
         };
         // (name, input, want: [(type, status, reason)])
         let cases = [
@@ -773,6 +864,19 @@ mod tests {
             last.message,
             "2 tasks reached the dead-letter queue and were reported failed"
         );
+        let gave_up = batch_conditions(&BatchConditionsInput {
+            gave_up: Some("too many failed".into()),
+            ..input(Phase::Failed, &valid, None, false)
+        });
+        assert_eq!(
+            (
+                gave_up[3].type_,
+                gave_up[3].status,
+                gave_up[3].reason.as_str()
+            ),
+            (batch_condition::FAILED, true, "FailurePolicy")
+        );
+        assert_eq!(gave_up[3].message, "too many failed");
     }
 
     #[test]

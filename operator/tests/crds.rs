@@ -145,6 +145,7 @@ fn names_subresources_and_printer_columns() {
         ("Done", ".status.progress"),
         ("Failed", ".status.counts.failed"),
         ("Rate", ".status.throughput"),
+        ("ETA", ".status.eta"),
         ("Age", ".metadata.creationTimestamp"),
     ]
     .iter()

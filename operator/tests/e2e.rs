@@ -2586,3 +2586,57 @@ fn a_workload_file_over_the_operators_limit_is_refused_and_one_at_the_limit_runs
         c.logs()
     );
 }
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_batch_past_its_failure_policy_ends_failed_and_its_queued_tasks_never_run() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-policy");
+    let table = unique("e2e-ledger");
+    c.operator("operator.log", &[]);
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    let ran = c.dir.path().join("ran");
+    std::fs::File::create(&ran).unwrap();
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    // Every task fails: 5,000 of them would take ~35 s on 8 slots.
+    let n = 5_000;
+    let command = format!("echo {{i}} >> {}; sleep 0.05; exit 3", ran.display());
+    let mut batch = run_batch("doomed", "p", n, &command);
+    batch.push_str("  failurePolicy: {maxFailedPercent: 20, minTasksBeforeJudging: 40}\n");
+    c.apply(&batch);
+    c.workers(&queue, &table, 2);
+    let b = c.wait_finished("doomed", Duration::from_secs(60));
+    let s = b.status.clone().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed), "{s:?}");
+    // The reconciler says why once the runner has ended it.
+    let (reason, message) = c.wait_for("the Failed condition", Duration::from_secs(30), |c| {
+        condition(&c.batch("doomed"), "Failed")
+            .filter(|x| x.0 == "True")
+            .map(|x| (x.1, x.2))
+    });
+    assert_eq!(reason, "FailurePolicy", "{message}");
+    assert!(
+        message.contains("over spec.failurePolicy.maxFailedPercent (20 %)"),
+        "{message}"
+    );
+    let finished = s.counts.succeeded + s.counts.failed;
+    assert!(finished >= 40, "judged after {finished}");
+    let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+    assert!(events.contains("FailurePolicy"), "{events}");
+    // The workers skip the batch's bundles still queued.
+    c.wait_for("an empty queue", Duration::from_secs(60), |c| {
+        let s = c.pool("p").status?;
+        (s.backlog == 0).then_some(())
+    });
+    let total = lines(&ran);
+    println!(
+        "failure policy: judged after {finished} finished ({message}); {total} of {n} tasks ran"
+    );
+    assert!(total < n as usize / 2, "{total} of {n} ran\n{}", c.logs());
+}

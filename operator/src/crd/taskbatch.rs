@@ -52,6 +52,12 @@ use super::conditions_schema;
         description = "Finished tasks per second since the batch started"
     ),
     printcolumn(
+        name = "ETA",
+        type_ = "string",
+        json_path = ".status.eta",
+        description = "Time left at the rate of the last minute"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -111,6 +117,27 @@ pub struct TaskBatchSpec {
     /// Where the results go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<ResultsSpec>,
+
+    /// Give up on a batch whose tasks keep failing: past the policy nothing
+    /// more is enqueued, workers skip its remaining bundles, and it ends
+    /// Failed with a condition saying why. Unset: every task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+}
+
+/// When a batch is judged failed before its end.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// Fail the batch once more than this percentage of its finished tasks
+    /// failed (0: at the first failure).
+    #[schemars(range(min = 0, max = 100))]
+    pub max_failed_percent: i32,
+
+    /// Judge only once this many tasks have finished (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_tasks_before_judging: Option<i64>,
 }
 
 /// The tasks of a batch. Set exactly one source.
@@ -324,10 +351,15 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
-    /// When the batch should finish, at the rate its tasks have finished so
-    /// far (set once results arrive, until it finishes).
+    /// When the batch should finish, at the rate its tasks finished over
+    /// the last minute (set once results arrive, until it finishes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_completion_time: Option<Time>,
+
+    /// Time left until `estimatedCompletionTime`, coarse (`45s`, `12m`,
+    /// `3h5m`): the `ETA` column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<String>,
 
     /// Finished tasks per second since `startTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -166,6 +166,35 @@ pub struct TaskResult {
 }
 
 impl TaskResult {
+    /// A task reported failed without running (this time): given up after
+    /// too many claims, or out of the dead-letter queue. `at` is both its
+    /// start and its end.
+    pub fn not_run(
+        task: &Task,
+        attempt: u32,
+        reason: String,
+        worker: Arc<str>,
+        submitted: Timestamp,
+        at: Timestamp,
+    ) -> Self {
+        TaskResult {
+            batch: task.batch.clone(),
+            id: task.id,
+            attempt,
+            outcome: Outcome::Failed { reason },
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            artifact: None,
+            artifact_url: None,
+            worker,
+            submitted,
+            started: at,
+            finished: at,
+        }
+    }
+
     pub fn queue_wait(&self) -> Duration {
         self.started.since(self.submitted)
     }

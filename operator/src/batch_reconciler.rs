@@ -28,9 +28,6 @@ use crate::status::{self, BatchConditionsInput, set_condition};
 use crate::validate::{self, Invalid};
 use crate::workload_memory::Workload;
 
-/// The workers' ledger table when a pool names none (`cloudkon-worker`'s default).
-pub const DEFAULT_LEDGER_TABLE: &str = "cloudkon-ledger";
-
 pub async fn reconcile(batch: Arc<TaskBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = batch.namespace().unwrap_or_default();
     let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
@@ -527,12 +524,7 @@ async fn write_cancel_mark(
     pool: &WorkerPool,
     batch: &TaskBatch,
 ) -> Result<(), Error> {
-    let table = pool
-        .spec
-        .template
-        .ledger_table
-        .clone()
-        .unwrap_or_else(|| DEFAULT_LEDGER_TABLE.to_string());
+    let table = pool.spec.ledger_table();
     let id = batch_runner::batch_id(batch);
     let ledger = ctx.aws.ledger(table.clone());
     // The table exists once a worker ran; before that, make it, so that the

@@ -21,7 +21,7 @@ use cloudkon_core::aws::{DynamoLedger, ErrorKind, SqsClient, SqsQueue};
 use cloudkon_core::ledger::{Claim, DedupLedger, LedgerError, claim_key};
 use cloudkon_core::queue::{QueueError, ResultRouter};
 use cloudkon_core::wire::{self, ResultsMessage, SQS_MAX_MESSAGE_BYTES};
-use cloudkon_core::{Bundle, Outcome, TaskResult, Timestamp};
+use cloudkon_core::{Bundle, TaskResult, Timestamp};
 
 /// The `worker` of the results the operator makes for dead-lettered tasks:
 /// how the collector tells them from a worker's own failures.
@@ -101,15 +101,8 @@ where
                 // Older workers stored results instead of sending them first.
                 if !results.is_empty() {
                     let body = String::from_utf8_lossy(&results).into_owned();
-                    match router.send_results(reply_to, vec![body]).await {
-                        Ok(()) => {}
-                        Err(QueueError::NotFound(_)) => return Ok(Settled::NoReader),
-                        Err(source) => {
-                            return Err(SettleError::Send {
-                                reply_to: reply_to.clone(),
-                                source,
-                            });
-                        }
+                    if !send_to_batch(router, reply_to, vec![body]).await? {
+                        return Ok(Settled::NoReader);
                     }
                 }
                 return Ok(Settled::Finished);
@@ -127,23 +120,16 @@ where
         .iter()
         .enumerate()
         .filter(|(position, _)| !done.contains(*position))
-        .map(|(_, task)| TaskResult {
-            batch: task.batch.clone(),
-            id: task.id,
-            attempt: attempt.max(task.attempt),
-            outcome: Outcome::Failed {
-                reason: reason.clone(),
-            },
-            exit_code: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            truncated: false,
-            artifact: None,
-            artifact_url: None,
-            worker: worker.clone(),
-            submitted: bundle.submitted,
-            started: now,
-            finished: now,
+        .map(|(_, task)| {
+            let attempt = attempt.max(task.attempt);
+            TaskResult::not_run(
+                task,
+                attempt,
+                reason.clone(),
+                worker.clone(),
+                bundle.submitted,
+                now,
+            )
         })
         .collect();
     let reported = results.len();
@@ -154,15 +140,8 @@ where
             results,
         };
         let bodies = wire::encode_results_split(&message, SQS_MAX_MESSAGE_BYTES)?;
-        match router.send_results(reply_to, bodies).await {
-            Ok(()) => {}
-            Err(QueueError::NotFound(_)) => return Ok(Settled::NoReader),
-            Err(source) => {
-                return Err(SettleError::Send {
-                    reply_to: reply_to.clone(),
-                    source,
-                });
-            }
+        if !send_to_batch(router, reply_to, bodies).await? {
+            return Ok(Settled::NoReader);
         }
     }
     if let Some(ledger) = ledger {
@@ -175,6 +154,23 @@ where
         }
     }
     Ok(Settled::Reported(reported))
+}
+
+/// Sends results to a batch's response queue; `false` when the queue is
+/// gone (the batch was deleted: nobody reads them).
+async fn send_to_batch<R: ResultRouter>(
+    router: &R,
+    reply_to: &str,
+    bodies: Vec<String>,
+) -> Result<bool, SettleError> {
+    match router.send_results(reply_to, bodies).await {
+        Ok(()) => Ok(true),
+        Err(QueueError::NotFound(_)) => Ok(false),
+        Err(source) => Err(SettleError::Send {
+            reply_to: reply_to.to_string(),
+            source,
+        }),
+    }
 }
 
 /// Reads one pool's dead-letter queue until the queue is deleted (or the task
@@ -307,6 +303,7 @@ impl Drop for Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cloudkon_core::Outcome;
     use cloudkon_core::ledger::{BundleProgress, MemoryLedger};
     use cloudkon_core::task::{Task, TaskSpec};
     use cloudkon_core::{BatchId, BundleOptions};

@@ -425,12 +425,7 @@ async fn ensure_queue(pool: &WorkerPool, ctx: &Context) -> Result<SqsQueue, Erro
     // Read for as long as the operator remembers the pool: its dead bundles'
     // batches would otherwise never finish.
     let reader = queue.dead_letter_url().map(|dlq| {
-        let table = pool
-            .spec
-            .template
-            .ledger_table
-            .clone()
-            .unwrap_or_else(|| crate::batch_reconciler::DEFAULT_LEDGER_TABLE.to_string());
+        let table = pool.spec.ledger_table();
         crate::dead_letters::Reader(tokio::spawn(crate::dead_letters::watch(
             format!("{ns}/{}", pool.name_any()),
             queue.sibling(dlq),
@@ -481,12 +476,7 @@ async fn observe_deployment(ctx: &Context, ns: &str, pool: &str) -> Result<Obser
 /// tasks it is running (from its heartbeat), so that the ReplicaSet removes
 /// idle workers first. Best effort: a failure only loses the preference.
 async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context, ns: &str, name: &str) {
-    let table = pool
-        .spec
-        .template
-        .ledger_table
-        .clone()
-        .unwrap_or_else(|| crate::batch_reconciler::DEFAULT_LEDGER_TABLE.to_string());
+    let table = pool.spec.ledger_table();
     let busy: BTreeMap<String, u32> = match ctx.aws.ledger(table).list_workers().await {
         Ok(rows) => rows.into_iter().map(|h| (h.id, h.busy)).collect(),
         Err(e) => {

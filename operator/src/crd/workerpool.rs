@@ -104,7 +104,18 @@ pub struct WorkerPoolSpec {
 /// then takes its CPUs, which the operator cannot see).
 pub const DEFAULT_WORKER_SLOTS: u64 = 2;
 
+/// The workers' ledger table when a pool names none (`cloudkon-worker`'s default).
+pub const DEFAULT_LEDGER_TABLE: &str = "cloudkon-ledger";
+
 impl WorkerPoolSpec {
+    /// The DynamoDB table the pool's workers claim in.
+    pub fn ledger_table(&self) -> String {
+        self.template
+            .ledger_table
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LEDGER_TABLE.to_string())
+    }
+
     /// The most workers, at least one.
     pub fn max_workers(&self) -> u64 {
         u64::try_from(self.workers.max.max(1)).unwrap_or(1)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger, claim_key};
 use cloudkon_core::queue::{Delivery, Receipt, ResultRouter, TaskQueue};
-use cloudkon_core::{Outcome, TaskResult, Timestamp};
+use cloudkon_core::{TaskResult, Timestamp};
 
 use super::retry::Backoff;
 use super::{Ctx, StopReason, WorkerStats};
@@ -439,23 +439,15 @@ fn give_up(
     );
     tasks
         .iter()
-        .map(|task| TaskResult {
-            batch: task.batch.clone(),
-            id: task.id,
-            attempt,
-            outcome: Outcome::Failed {
-                reason: reason.clone(),
-            },
-            exit_code: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            truncated: false,
-            artifact: None,
-            artifact_url: None,
-            worker: worker.clone(),
-            submitted,
-            started: now,
-            finished: now,
+        .map(|task| {
+            TaskResult::not_run(
+                task,
+                attempt,
+                reason.clone(),
+                worker.clone(),
+                submitted,
+                now,
+            )
         })
         .collect()
 }

@@ -75,27 +75,8 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Local(args) => local(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Animoto(args) => animoto(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Sqs(args) => crate::bench_sqs::run(&args).map(|()| ExitCode::SUCCESS),
-        BenchCommand::Taskbatch { args } => taskbatch(&args),
+        BenchCommand::Taskbatch { args } => crate::operator_exec::run("bench", &args),
     }
-}
-
-fn taskbatch(args: &[std::ffi::OsString]) -> Result<ExitCode> {
-    let operator = std::env::current_exe()?.with_file_name("cloudkon-operator");
-    ensure!(
-        operator.exists(),
-        "{} not found: build it (cargo build --release -p cloudkon-operator)",
-        operator.display()
-    );
-    let status = Command::new(&operator)
-        .arg("bench")
-        .args(args)
-        .status()
-        .with_context(|| format!("cannot run {}", operator.display()))?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 fn local(args: &LocalArgs) -> Result<()> {

@@ -7,6 +7,7 @@ mod cmd_run;
 mod cmd_submit;
 mod cmd_workload;
 mod memory;
+mod operator_exec;
 mod progress;
 mod signals;
 mod workload_file;
@@ -58,6 +59,18 @@ enum Command {
     /// Measure this machine: throughput, spawn cost against xargs, efficiency, memory.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// TaskBatches on a Kubernetes cluster, found as kubectl finds it: submit
+    /// a workload file, watch a batch, merge its results, cancel, list. Runs
+    /// `cloudkon-operator batch` (next to this binary); `cloudkon batch
+    /// --help` lists its commands.
+    ///
+    ///   cloudkon batch submit sweep.txt --pool default --watch
+    ///   cloudkon batch results sweep -o sweep.jsonl
+    #[command(disable_help_flag = true, verbatim_doc_comment)]
+    Batch {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +83,7 @@ fn main() -> ExitCode {
         Command::Workers(args) => cmd_queue::workers(args),
         Command::Workload(cmd) => cmd_workload::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Batch { args } => operator_exec::run("batch", &args),
     };
     match result {
         Ok(code) => code,

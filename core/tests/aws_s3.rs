@@ -184,3 +184,36 @@ async fn an_object_over_a_limit_is_refused_before_its_body_is_read() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
 }
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn keys_are_listed_across_pages_under_their_prefix_only() {
+    use futures_util::StreamExt as _;
+
+    let (s3, bucket) = store().await;
+    // One more page than the server's 1,000 keys a page.
+    let n = 1_003;
+    futures_util::stream::iter(0..n)
+        .for_each_concurrent(32, |i| {
+            let s3 = s3.clone();
+            let bucket = bucket.clone();
+            async move {
+                s3.put_bytes(
+                    &bucket,
+                    &format!("parts/part-{i:06}.jsonl"),
+                    b"{}\n".to_vec(),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+    s3.put_bytes(&bucket, "other/x", b"x".to_vec())
+        .await
+        .unwrap();
+    let keys = s3.list_keys(&bucket, "parts/").await.unwrap();
+    assert_eq!(keys.len(), n);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert_eq!(keys[0], "parts/part-000000.jsonl");
+    assert!(s3.list_keys(&bucket, "none/").await.unwrap().is_empty());
+}

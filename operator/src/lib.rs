@@ -13,6 +13,7 @@
 //! into core's task model.
 
 pub mod allowed_names;
+pub mod batch_cli;
 pub mod batch_reconciler;
 pub mod batch_record;
 pub mod batch_runner;

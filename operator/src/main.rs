@@ -70,6 +70,11 @@ enum Command {
     /// service account); AWS through the SDK's standard chain
     /// (AWS_REGION, IRSA, AWS_ENDPOINT_URL_SQS, ...).
     Run(Box<RunArgs>),
+    /// TaskBatches from the command line (what `cloudkon batch` runs):
+    /// submit a workload file, watch, merge results, cancel, list. Exit
+    /// status: 0 done, 1 a watched batch Failed or was Cancelled, 2 an error.
+    #[command(subcommand)]
+    Batch(cloudkon_operator::batch_cli::BatchCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +173,15 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Batch(command) => {
+            return match cloudkon_operator::batch_cli::run(command) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Crd {
             reference: true, ..
         } => {

@@ -2640,3 +2640,121 @@ fn a_batch_past_its_failure_policy_ends_failed_and_its_queued_tasks_never_run() 
     );
     assert!(total < n as usize / 2, "{total} of {n} ran\n{}", c.logs());
 }
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn cloudkon_batch_submits_watches_merges_results_cancels_and_lists() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-cli");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bucket = "cloudkon-cli-e2e";
+    rt.block_on(aws().s3().ensure_bucket(bucket)).unwrap();
+    c.operator(
+        "operator.log",
+        &["--results-prefix", &format!("s3://{bucket}/results")],
+    );
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    c.workers(&queue, &table, 2);
+    let ns = c.ns.clone();
+    // `cloudkon batch ...` as a user types it, in the test's namespace.
+    let batch = |args: &[&str]| {
+        let out = Command::new(bin("cloudkon"))
+            .arg("batch")
+            .args(args)
+            .args(["-n", &ns])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = c.dir.path().to_path_buf();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let no_batches = |c: &Cluster| c.ok(&["get", "taskbatches,configmaps", "-o", "name"]);
+    let before = no_batches(&c);
+
+    // Bad input: nothing is created, and the error says where.
+    let bad = write("bad.txt", "sleep 1\nsleep x\n");
+    let (code, _, err) = batch(&["submit", &bad, "--pool", "p"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("bad.txt:2"), "{err}");
+    let good = write("Sweep 1.txt", &"sleep 1\n".repeat(300));
+    let (code, _, err) = batch(&["submit", &good, "--pool", "nope"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("WorkerPool nope does not exist"), "{err}");
+    assert_eq!(no_batches(&c), before, "something was created");
+
+    // Submit and watch to the end; the name comes from the file's.
+    let (code, out, err) = batch(&["submit", &good, "--pool", "p", "--watch"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("taskbatch/sweep-1 created"), "{out}");
+    assert!(
+        out.contains("sweep-1: Succeeded, 300 succeeded, 0 failed of 300"),
+        "{out}"
+    );
+    let owners = c.ok(&[
+        "get",
+        "configmap",
+        "sweep-1-workload",
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owners, "TaskBatch/sweep-1");
+    let (code, _, err) = batch(&["submit", &good, "--pool", "p"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("TaskBatch sweep-1 already exists"), "{err}");
+
+    // Its results, merged from the parts in S3.
+    let merged = dir.join("merged.jsonl");
+    let (code, out, err) = batch(&["results", "sweep-1", "-o", &merged.display().to_string()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let text = std::fs::read_to_string(&merged).unwrap();
+    let ids: std::collections::BTreeSet<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(text.lines().count(), 300, "{out}");
+    assert_eq!(ids, (0..300).collect(), "every task once");
+    println!("cloudkon batch results: {}", out.trim());
+
+    // A long batch, cancelled; watching it then says so.
+    let long = write("long.txt", &"sleep 2000\n".repeat(400));
+    let (code, _, err) = batch(&["submit", &long, "--pool", "p", "--name", "long"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = batch(&["cancel", "long"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("taskbatch/long cancelled"), "{out}");
+    let (code, out, _) = batch(&["watch", "long"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("long: Cancelled"), "{out}");
+    let (code, out, _) = batch(&["list"]);
+    assert_eq!(code, Some(0));
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("NAME"), "{out}");
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("long") && r.contains("Cancelled")),
+        "{out}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("sweep-1") && r.contains("300/300")),
+        "{out}"
+    );
+    println!("cloudkon batch list:\n{out}");
+    let (code, _, err) = batch(&["watch", "missing"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("TaskBatch missing does not exist"), "{err}");
+}

@@ -489,6 +489,32 @@ impl S3Store {
         Ok(request.uri().to_string())
     }
 
+    /// The keys under `prefix`, in the server's (lexical) order, every page.
+    pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, AwsError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| err("ListObjectsV2", uri(bucket, prefix), e))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            match out.next_continuation_token() {
+                Some(next) if out.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
     pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), AwsError> {
         self.client
             .delete_object()

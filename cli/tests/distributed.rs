@@ -517,3 +517,106 @@ fn submit_to_an_unreachable_queue_server_fails_clearly() {
         "{err}"
     );
 }
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_spot_notice_drains_a_worker_and_reruns_only_what_could_not_finish() {
+    use cloudkon_worker::loopback_http::{LoopbackServer, Reply};
+    use std::sync::{Arc, Mutex};
+
+    require_servers();
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = create_queue(&unique("spot"), Duration::from_secs(30), None);
+    let table = unique("ledger-spot");
+    // Task 0 takes 8 s, more than the worker has left after the notice;
+    // tasks 1..=100 take 0.05 s.
+    let log = dir.path().join("executions.log");
+    let workload = dir.path().join("w.txt");
+    let line = |i: u64, secs: &str| {
+        format!(
+            "run sh -c 'echo {i} >> \"$0\"; sleep {secs}' {}\n",
+            log.display()
+        )
+    };
+    let text: String = std::iter::once(line(0, "8"))
+        .chain((1..=100).map(|i| line(i, "0.05")))
+        .collect();
+    std::fs::write(&workload, text).unwrap();
+    // The instance metadata service (IMDSv2, on loopback): a token, then no
+    // notice until the test gives one.
+    let rt = runtime();
+    let notice: Arc<Mutex<Option<String>>> = Arc::default();
+    let shown = notice.clone();
+    let metadata = rt
+        .block_on(LoopbackServer::start(move |path| match path {
+            "/latest/api/token" => Reply::ok("text/plain", b"token".to_vec()),
+            "/latest/meta-data/spot/instance-action" => match shown.lock().unwrap().clone() {
+                Some(body) => Reply::ok("application/json", body.into_bytes()),
+                None => Reply {
+                    status: 404,
+                    ..Reply::ok("text/plain", Vec::new())
+                },
+            },
+            _ => Reply {
+                status: 404,
+                ..Reply::ok("text/plain", Vec::new())
+            },
+        }))
+        .unwrap();
+    let results = dir.path().join("results.jsonl");
+    let endpoint = metadata.url("");
+    let mut spot = common::worker_with(
+        queue.url(),
+        &table,
+        "spot1",
+        "30s",
+        &[
+            "--spot-metadata",
+            endpoint.trim_end_matches('/'),
+            "--spot-poll",
+            "200ms",
+            "--spot-margin",
+            "1s",
+        ],
+    );
+    let client = submit(&workload, queue.url(), &results);
+    wait_for_executions(&log, 20, Duration::from_secs(60));
+    assert!(executions(&log).contains_key(&0), "the long task runs");
+    // Two minutes' notice, scaled down: the instance goes in 4 s.
+    let at = std::time::SystemTime::now() + Duration::from_secs(4);
+    *notice.lock().unwrap() = Some(format!(
+        r#"{{"action": "terminate", "time": "{}"}}"#,
+        humantime::format_rfc3339(at)
+    ));
+    let status = spot.wait().unwrap();
+    assert!(
+        status.success(),
+        "the worker did not exit cleanly: {status}"
+    );
+    assert!(
+        std::time::SystemTime::now() < at,
+        "the worker was still at work when the instance went"
+    );
+    let replacement = worker(queue.url(), &table, "spot2", "30s");
+    let out = finish(client, Duration::from_secs(120));
+    stop(replacement);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Summary = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary.succeeded, summary.not_run), (101, 0));
+    // Nothing lost; only the task that could not finish ran again.
+    let runs = executions(&log);
+    assert_eq!(runs.len(), 101, "a task never ran");
+    let again: Vec<u64> = runs
+        .iter()
+        .filter(|&(_, &n)| n > 1)
+        .map(|(&i, _)| i)
+        .collect();
+    assert_eq!(again, vec![0], "re-run: {again:?}");
+    assert_eq!(runs[&0], 2);
+    queue_cleanup(&queue);
+}

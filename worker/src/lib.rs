@@ -9,6 +9,7 @@ pub mod loopback_http;
 pub mod pool;
 pub mod remote;
 pub mod serve;
+pub mod spot;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
 pub use exec::{AnimotoConfig, AnimotoExecutor, ExecLimits, ExecOutput, Executor, Registry};

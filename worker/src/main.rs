@@ -100,6 +100,26 @@ struct Args {
     #[arg(long, env = "CLOUDKON_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: String,
 
+    /// On an EC2 spot instance: the instance metadata service to watch for
+    /// an interruption notice (IMDSv2), `http://169.254.169.254` on EC2
+    /// (the operator's `Instances` pools set it). On notice the worker drains
+    /// as on SIGTERM, abandoning what still runs --spot-margin before the
+    /// interruption. Off when unset or empty.
+    #[arg(long, env = "CLOUDKON_SPOT_METADATA", value_name = "URL")]
+    spot_metadata: Option<String>,
+
+    /// How often the metadata service is asked.
+    #[arg(long, env = "CLOUDKON_SPOT_POLL", default_value = "5s", value_parser = humantime::parse_duration)]
+    spot_poll: Duration,
+
+    /// Running bundles are given back this long before a spot interruption.
+    #[arg(long, env = "CLOUDKON_SPOT_MARGIN", default_value = "15s", value_parser = humantime::parse_duration)]
+    spot_margin: Duration,
+
+    /// Drain on a rebalance recommendation too, not only on an interruption notice.
+    #[arg(long, env = "CLOUDKON_SPOT_DRAIN_ON_REBALANCE")]
+    spot_drain_on_rebalance: bool,
+
     /// Where animoto tasks put their videos unless a task names its own
     /// `output`: `s3://bucket/prefix` (use this: videos on a worker's disk are
     /// out of the client's reach, and gone with the pod) or a local directory.
@@ -251,6 +271,17 @@ async fn run(args: Args) -> Result<StopReason> {
 
     let shutdown = Shutdown::new();
     spawn_signal_handler(shutdown.clone())?;
+    if let Some(endpoint) = args.spot_metadata.as_deref().filter(|e| !e.is_empty()) {
+        tokio::spawn(cloudkon_worker::spot::watch(
+            cloudkon_worker::spot::SpotConfig {
+                endpoint: endpoint.to_string(),
+                poll: args.spot_poll,
+                margin: args.spot_margin,
+                on_rebalance: args.spot_drain_on_rebalance,
+            },
+            shutdown.clone(),
+        ));
+    }
     let stats = Arc::new(WorkerStats::default());
     let done = CancellationToken::new();
     if let Some(addr) = metrics_addr {

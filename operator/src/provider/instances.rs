@@ -350,13 +350,23 @@ env HOME=/var/lib/cloudkon-worker cloudkon-worker\n";
 /// (on the AMI's PATH) as that user. The queue comes first and `worker_env`
 /// after it, so that, as in the Deployment, the user's value wins for a
 /// repeated name.
+/// The instance metadata service, as EC2 serves it to an instance.
+const INSTANCE_METADATA: &str = "http://169.254.169.254";
+
 pub fn worker_script(
     queue_url: &str,
     worker_env: &[(String, String)],
 ) -> Result<String, ProviderError> {
     let mut script = format!("#!/bin/sh\n{USER_SETUP}");
-    let vars = std::iter::once(("CLOUDKON_QUEUE", queue_url))
-        .chain(worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // Spot instances announce their interruption through the metadata
+    // service: the worker drains on notice (`--spot-metadata`; a user's
+    // empty value turns it off).
+    let vars = [
+        ("CLOUDKON_QUEUE", queue_url),
+        ("CLOUDKON_SPOT_METADATA", INSTANCE_METADATA),
+    ]
+    .into_iter()
+    .chain(worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     for (name, value) in vars {
         check_env(name, value)?;
         script.push_str(&format!("export {name}={}\n", shell_quote(value)));
@@ -531,6 +541,7 @@ mod tests {
             format!(
                 "#!/bin/sh\n{USER_SETUP}\
                  export CLOUDKON_QUEUE='https://sqs.us-east-1.amazonaws.com/1/q'\n\
+                 export CLOUDKON_SPOT_METADATA='http://169.254.169.254'\n\
                  export CLOUDKON_THREADS='8'\n\
                  export CLOUDKON_QUEUE='mine'\n\
                  {START_WORKER}"

@@ -178,6 +178,11 @@ where
     let reason = fetch::run(&ctx, &units_tx, &results_tx, &shutdown).await;
     drop(units_tx);
     drop(results_tx);
+    // Units received but never started: give them back at once, not after
+    // the running ones (a spot instance may have two minutes left).
+    if reason == StopReason::Shutdown {
+        give_back_unstarted(&ctx, &units_rx).await;
+    }
     if reason == StopReason::Shutdown {
         let abort = shutdown.abort.clone();
         let grace = ctx.config.grace;
@@ -187,18 +192,29 @@ where
         });
     }
     let _ = pool.await;
-    // Units received but never started: give them back at once.
-    while let Ok(unit) = units_rx.try_recv() {
-        ctx.inflight.finish_tasks(unit.tasks.len());
-        if let Some(ticket) = &unit.ticket {
-            complete::give_back(&ctx, ticket, true).await;
-        }
-    }
+    give_back_unstarted(&ctx, &units_rx).await;
     let _ = completer.await;
     renewer_done.cancel();
     let _ = renewer.await;
     let _ = canceller.await;
     reason
+}
+
+/// Gives back the units waiting for a slot: another worker runs them.
+async fn give_back_unstarted<Q, L, R>(
+    ctx: &Ctx<Q, L, R>,
+    units: &async_channel::Receiver<crate::WorkUnit>,
+) where
+    Q: TaskQueue,
+    L: DedupLedger,
+    R: ResultRouter,
+{
+    while let Ok(unit) = units.try_recv() {
+        ctx.inflight.finish_tasks(unit.tasks.len());
+        if let Some(ticket) = &unit.ticket {
+            complete::give_back(ctx, ticket, true).await;
+        }
+    }
 }
 
 /// Every [`CANCEL_CHECK_EVERY`], asks whether the batches of the bundles held

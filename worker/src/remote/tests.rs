@@ -587,3 +587,144 @@ async fn a_cancel_leaves_the_unstarted_tasks_of_a_bundle_already_running() {
     );
     assert!(WorkerStats::get(&stats.cancelled) >= 1);
 }
+
+/// The instance metadata service as far as spot notices go, on loopback:
+/// IMDSv2 tokens, and `notice`'s body once it is set.
+async fn metadata_stub() -> (String, Arc<Mutex<Option<String>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, put};
+
+    let notice = Arc::new(Mutex::new(None::<String>));
+    let shown = notice.clone();
+    let app = axum::Router::new()
+        .route(
+            "/latest/api/token",
+            put(|headers: HeaderMap| async move {
+                match headers.get("x-aws-ec2-metadata-token-ttl-seconds") {
+                    Some(_) => (StatusCode::OK, "token-1".to_string()),
+                    None => (StatusCode::BAD_REQUEST, String::new()),
+                }
+            }),
+        )
+        .route(
+            "/latest/meta-data/spot/instance-action",
+            get(move |headers: HeaderMap| {
+                let shown = shown.clone();
+                async move {
+                    if headers
+                        .get("x-aws-ec2-metadata-token")
+                        .is_none_or(|t| t != "token-1")
+                    {
+                        return (StatusCode::UNAUTHORIZED, String::new());
+                    }
+                    match shown.lock().unwrap().clone() {
+                        Some(body) => (StatusCode::OK, body),
+                        None => (StatusCode::NOT_FOUND, String::new()),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/latest/meta-data/events/recommendations/rebalance",
+            get(|| async { StatusCode::NOT_FOUND }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), notice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_drains_the_worker_and_only_what_cannot_finish_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    // Bundle 1 takes 30 s and cannot finish before the interruption; the
+    // others take 0.3 s. Each run appends to its `runs-<i>` file.
+    let task = |i: u64| {
+        let seconds = if i == 1 { 30.0 } else { 0.3 };
+        TaskSpec::Run {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("echo run >> {0}/runs-{i}; sleep {seconds}", path.display()),
+            ],
+        }
+    };
+    let n = 8;
+    let bundles: Vec<Bundle> = (0..n).map(|i| bundle(i, vec![task(i)])).collect();
+    let keys: Vec<String> = bundles.iter().map(claim_key).collect();
+    let queue = Arc::new(MemoryQueue::bounded(16));
+    queue.send(bundles).await.unwrap();
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(MemoryRouter::default());
+    let (endpoint, notice) = metadata_stub().await;
+    let shutdown = Shutdown::new();
+    let spot = tokio::spawn(crate::spot::watch(
+        crate::spot::SpotConfig {
+            endpoint,
+            poll: Duration::from_millis(100),
+            margin: Duration::from_millis(1500),
+            on_rebalance: false,
+        },
+        shutdown.clone(),
+    ));
+    let mut config = config();
+    config.pool.slots = 2;
+    config.prefetch = 2;
+    let first = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(ledger.clone()),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config.clone(),
+        shutdown.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    let runs = |i: u64| {
+        std::fs::read_to_string(dir.path().join(format!("runs-{i}")))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    while runs(1) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Two minutes' notice, scaled down: the instance goes in 4 s.
+    let at = std::time::SystemTime::now() + Duration::from_secs(4);
+    *notice.lock().unwrap() = Some(format!(
+        r#"{{"action": "terminate", "time": "{}"}}"#,
+        humantime::format_rfc3339(at)
+    ));
+    assert_eq!(first.await.unwrap(), StopReason::Shutdown);
+    assert!(
+        std::time::SystemTime::now() < at,
+        "the worker was still at work when the instance went"
+    );
+    spot.await.unwrap();
+    // Nothing lost: each bundle is either reported done, or free for the
+    // next worker as its first attempt (given back; a give-back is no failed
+    // attempt). Only what could not finish ran without its result: the long
+    // task. (The in-memory queue does not deliver again; SQS does, tested
+    // against fauxqs.)
+    let reported: Vec<u64> = router.results("resp").iter().map(|r| r.id).collect();
+    assert!(!reported.contains(&1), "the long task cannot have finished");
+    assert!(reported.contains(&0), "{reported:?}");
+    for (i, key) in keys.iter().enumerate() {
+        let i = i as u64;
+        let claim = ledger.claim(key, "next", LEASE).await.unwrap();
+        if reported.contains(&i) {
+            assert!(matches!(claim, Claim::Done { .. }), "{i}: {claim:?}");
+            assert_eq!(runs(i), 1, "{i}");
+        } else {
+            assert_eq!(
+                claim,
+                Claim::Granted {
+                    attempt: 1,
+                    done: BundleProgress::new()
+                },
+                "bundle {i} was not given back"
+            );
+            let want = usize::from(i == 1);
+            assert_eq!(runs(i), want, "bundle {i} ran {} times", runs(i));
+        }
+    }
+}

@@ -336,13 +336,14 @@ pub enum Timeline {
         tasks: Vec<(u32, u64, u64, u8, u64)>,
     },
     /// A grid: per row, per time bin, the percentage of the time its slots
-    /// were busy; and the cells where tasks failed, `[row, bin, failures]`.
+    /// were busy; and the cells where tasks failed, `[row, bin, failed,
+    /// finished]` (of the tasks that finished in that cell).
     Grid {
         rows: Vec<String>,
         span_us: u64,
         bin_us: f64,
         busy: Vec<Vec<u8>>,
-        failed: Vec<(u32, u32, u32)>,
+        failed: Vec<(u32, u32, u32, u32)>,
         tasks: u64,
     },
 }
@@ -379,6 +380,7 @@ fn timeline(spans: &[Span], lanes: &[String], start: u64, span_us: u64) -> Timel
     let bins = TIMELINE_BINS;
     let bin_us = span_us as f64 / bins as f64;
     let mut busy_us = vec![vec![0f64; bins]; rows.len()];
+    let mut finished = vec![vec![0u32; bins]; rows.len()];
     let mut failed: HashMap<(u32, u32), u32> = HashMap::new();
     for s in spans {
         let row = s.lane as usize / per_row;
@@ -390,6 +392,7 @@ fn timeline(spans: &[Span], lanes: &[String], start: u64, span_us: u64) -> Timel
             let hi = lo + bin_us;
             *cell += (b.min(hi) - a.max(lo)).max(0.0);
         }
+        finished[row][last] += 1;
         if s.status != Status::Succeeded {
             *failed.entry((row as u32, last as u32)).or_default() += 1;
         }
@@ -408,8 +411,10 @@ fn timeline(spans: &[Span], lanes: &[String], start: u64, span_us: u64) -> Timel
                 .collect()
         })
         .collect();
-    let mut failed: Vec<(u32, u32, u32)> =
-        failed.into_iter().map(|((r, b), n)| (r, b, n)).collect();
+    let mut failed: Vec<(u32, u32, u32, u32)> = failed
+        .into_iter()
+        .map(|((r, b), n)| (r, b, n, finished[r as usize][b as usize]))
+        .collect();
     failed.sort_unstable();
     Timeline::Grid {
         rows,
@@ -659,7 +664,9 @@ mod tests {
         // (20,000 is not a multiple of 300): nearly every cell is full.
         let full = busy.iter().flatten().filter(|&&b| b >= 99).count();
         assert!(full > rows.len() * TIMELINE_BINS * 9 / 10, "{full}");
-        assert_eq!(failed.iter().map(|f| f.2).sum::<u32>(), 1);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].2, 1);
+        assert!(failed[0].3 >= 1, "{failed:?}");
         assert!(
             (data.utilization - 0.99).abs() < 0.02,
             "{}",

@@ -613,6 +613,20 @@ fn malformed_lines_are_named_and_nothing_is_written() {
     let out = cloudkon().arg("report").arg(&results).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("nothing to write"));
+    let nowhere = dir.path().join("no-such-dir/report.html");
+    let out = cloudkon()
+        .arg("report")
+        .arg(&results)
+        .arg("-o")
+        .arg(&nowhere)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("cannot create"),
+        "{}",
+        text(&out.stderr)
+    );
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "\n").unwrap();
     let out = cloudkon()

@@ -73,7 +73,9 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let file =
         File::open(&args.results).with_context(|| format!("cannot open results file {source}"))?;
     // Each output is written beside its final name and renamed when the
-    // whole file has been read: a malformed line leaves nothing behind.
+    // whole file has been read: a malformed line leaves nothing behind. Both
+    // are created first, so that a bad path costs no reading.
+    let page_file = args.output.as_deref().map(temp_beside).transpose()?;
     let mut trace = match &args.trace {
         Some(path) => Some(trace::TraceWriter::new(BufWriter::with_capacity(
             1 << 20,
@@ -84,7 +86,8 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let mut collector = model::Collector::new();
     let mut errors = Vec::new();
     let mut error_count = 0u64;
-    read_results(BufReader::with_capacity(1 << 20, file), |line, parsed| {
+    let reader = BufReader::with_capacity(1 << 20, file);
+    read_results(reader, &source, |line, parsed| {
         match parsed {
             Ok(result) => {
                 collector.add(&result);
@@ -102,8 +105,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
             }
         }
         Ok(())
-    })
-    .with_context(|| format!("cannot read results file {source}"))?;
+    })?;
 
     if error_count > 0 {
         for e in &errors {
@@ -115,7 +117,8 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
                 error_count - errors.len() as u64
             );
         }
-        eprintln!("nothing was written: {error_count} malformed lines in {source}");
+        let lines = if error_count == 1 { "line" } else { "lines" };
+        eprintln!("nothing was written: {error_count} malformed {lines} in {source}");
         return Ok(ExitCode::from(exit::USAGE));
     }
     if collector.tasks() == 0 {
@@ -131,7 +134,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         persist(temp, path)?;
         println!("trace in {} ({tasks} tasks)", path.display());
     }
-    if let Some(path) = &args.output {
+    if let (Some(path), Some(mut temp)) = (&args.output, page_file) {
         let title = args.title.clone().unwrap_or_else(|| {
             let name = args
                 .results
@@ -140,7 +143,6 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
             format!("CloudKon report: {name}")
         });
         let page = html::render(&collector.finish(&source), &title)?;
-        let mut temp = temp_beside(path)?;
         temp.write_all(page.as_bytes())
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
         persist(temp, path)?;
@@ -158,13 +160,17 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
 /// or why it is not one.
 fn read_results(
     mut reader: impl BufRead,
+    source: &str,
     mut each: impl FnMut(u64, std::result::Result<TaskResult, String>) -> Result<()>,
 ) -> Result<()> {
     let mut line = Vec::new();
     let mut number = 0u64;
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {source} after line {number}"))?;
+        if read == 0 {
             return Ok(());
         }
         number += 1;
@@ -218,7 +224,7 @@ mod tests {
 
     fn lines(text: &str) -> Vec<(u64, std::result::Result<u64, String>)> {
         let mut out = Vec::new();
-        read_results(text.as_bytes(), |n, r| {
+        read_results(text.as_bytes(), "r.jsonl", |n, r| {
             out.push((n, r.map(|r| r.id)));
             Ok(())
         })

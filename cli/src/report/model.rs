@@ -28,6 +28,8 @@ pub const REASONS_MAX: usize = 1_000;
 pub const REASONS_SHOWN: usize = 20;
 /// Characters of a failed task's stderr shown (its end).
 const STDERR_SHOWN: usize = 300;
+/// Characters of a failure reason shown (its beginning).
+const REASON_SHOWN: usize = 300;
 /// Bins of a latency histogram per power of ten.
 const BINS_PER_DECADE: f64 = 5.0;
 
@@ -205,7 +207,8 @@ impl Collector {
                 Outcome::Failed { reason } => reason.as_str(),
                 _ => "timed out",
             };
-            if let Some(n) = self.reasons.get_mut(reason) {
+            let reason = head(reason, REASON_SHOWN);
+            if let Some(n) = self.reasons.get_mut(reason.as_ref()) {
                 *n += 1;
             } else if self.reasons.len() < REASONS_MAX {
                 self.reasons.insert(reason.to_string(), 1);
@@ -219,7 +222,7 @@ impl Collector {
                     worker: result.worker.to_string(),
                     status,
                     exit_code: result.exit_code,
-                    reason: reason.to_string(),
+                    reason: reason.into_owned(),
                     stderr: tail(&result.stderr, STDERR_SHOWN).to_string(),
                 });
             }
@@ -286,6 +289,14 @@ impl Collector {
                 other_reasons: self.other_reasons,
             },
         }
+    }
+}
+
+/// The first `chars` characters of `text`, with `…` when cut.
+fn head(text: &str, chars: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(chars) {
+        Some((i, _)) => format!("{}…", &text[..i]).into(),
+        None => text.into(),
     }
 }
 
@@ -675,6 +686,45 @@ mod tests {
     }
 
     #[test]
+    fn the_data_is_bounded_whatever_fails() {
+        // Every cell of the grid holds failures, every reason is long and
+        // different, stderr too: the page's data stays under 2 MiB.
+        let mut c = Collector::new();
+        let slots = 256;
+        for i in 0..(slots * 320) {
+            let mut r = result(
+                i,
+                &format!("worker-{}/{}", i % slots / 8, i % slots % 8),
+                (i / slots) * 10,
+                10,
+                Outcome::Failed {
+                    reason: format!("{i} {}", "x".repeat(1_000)),
+                },
+            );
+            r.stderr = "e".repeat(1_000);
+            c.add(&r);
+        }
+        let data = c.finish("r.jsonl");
+        let Timeline::Grid { failed, .. } = &data.timeline else {
+            panic!("a grid");
+        };
+        assert!(
+            failed.len() >= TIMELINE_ROWS_MAX * TIMELINE_BINS * 9 / 10,
+            "{}",
+            failed.len()
+        );
+        let json = serde_json::to_string(&data).unwrap();
+        eprintln!("the data of the worst case: {} bytes", json.len());
+        assert!(json.len() < 2 << 20, "{} bytes", json.len());
+        assert_eq!(data.failures.rows.len(), FAILURES_SHOWN);
+        assert_eq!(data.failures.reasons.len(), REASONS_SHOWN);
+        assert_eq!(
+            data.failures.other_reasons,
+            slots * 320 - REASONS_MAX as u64
+        );
+    }
+
+    #[test]
     fn bins_are_round_and_bounded() {
         assert_eq!(round_bin(1_000_000, 150), 10_000);
         assert_eq!(round_bin(150, 150), 1);
@@ -684,6 +734,8 @@ mod tests {
         assert_eq!(tail("ab", 3), "ab");
         assert_eq!(tail("héllo", 4), "éllo");
         assert_eq!(tail("x", 0), "");
+        assert_eq!(head("abcdef", 3), "abc…");
+        assert_eq!(head("abc", 3), "abc");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cmd_workload;
 mod memory;
 mod operator_exec;
 mod progress;
+mod report;
 mod signals;
 mod workload_file;
 
@@ -56,6 +57,9 @@ enum Command {
     /// Generate or check workload files.
     #[command(subcommand)]
     Workload(cmd_workload::WorkloadCommand),
+    /// Make a results file into one HTML page (timeline per slot, throughput,
+    /// latency histograms, failures) and a Chrome trace for Perfetto.
+    Report(report::ReportArgs),
     /// Measure this machine: throughput, spawn cost against xargs, efficiency, memory.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Queue(cmd) => cmd_queue::run(cmd),
         Command::Workers(args) => cmd_queue::workers(args),
         Command::Workload(cmd) => cmd_workload::run(cmd),
+        Command::Report(args) => report::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Batch { args } => operator_exec::run("batch", &args),
     };

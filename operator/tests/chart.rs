@@ -9,6 +9,7 @@
 mod common;
 
 use common::{ok, repo, run};
+use serde::Deserialize;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,6 +54,8 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         );
     }
     assert!(!defaults.contains("cluster-admin") && !defaults.contains("\"*\""));
+    // The dashboard and the workers' PodMonitor are off by default.
+    assert!(!defaults.contains("grafana_dashboard") && !defaults.contains("kind: PodMonitor"));
 
     // Other values: one namespace (a Role, not a ClusterRole), IRSA, the
     // optional objects.
@@ -73,6 +76,12 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
             "--set",
             "metrics.serviceMonitor.enabled=true",
             "--set",
+            "metrics.workerPodMonitor.enabled=true",
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            "grafanaDashboard.annotations.grafana_folder=CloudKon",
+            "--set",
             "replicas=2",
             "--set",
             "aws.endpointUrl=http://localstack:4566",
@@ -90,6 +99,12 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         "kind: WorkerPool",
         "kind: NetworkPolicy",
         "kind: ServiceMonitor",
+        "honorLabels: true",
+        "kind: PodMonitor",
+        "matchNames: [\"team-a\"]",
+        "targetLabel: pool",
+        "grafana_dashboard: \"1\"",
+        "grafana_folder: CloudKon",
         "replicas: 2",
         "--namespace=team-a",
         "http://localstack:4566",
@@ -98,6 +113,19 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         assert!(other.contains(needle), "no {needle:?} in:\n{other}");
     }
     assert!(!other.contains("kind: ClusterRole\n"));
+    // The dashboard's ConfigMap holds the chart's dashboard file, unchanged.
+    let shipped = serde_yaml::Deserializer::from_str(&other)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .find(|doc| {
+            doc["kind"] == "ConfigMap"
+                && doc["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-dashboard"))
+        })
+        .expect("the dashboard's ConfigMap");
+    let json: serde_json::Value =
+        serde_json::from_str(shipped["data"]["cloudkon.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json, common::dashboard::dashboard());
 
     // The API server accepts every rendered object.
     let nanos = SystemTime::now()
@@ -130,9 +158,12 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
             "defaultWorkerPool.enabled=true",
             "--set",
             "networkPolicy.enabled=true",
+            "--set",
+            "grafanaDashboard.enabled=true",
         ],
         None,
     );
+    assert!(with_pool.contains("grafana_dashboard"));
     ok(
         &kubectl,
         &["apply", "-n", &ns, "--dry-run=server", "-f", "-"],

@@ -123,15 +123,27 @@ impl Cluster {
     }
 
     fn workers(&mut self, queue: &str, table: &str, count: usize) {
-        self.start_workers(queue, table, count, false);
+        self.start_workers(queue, table, count, false, None);
+    }
+
+    /// One worker serving `/metrics` on `addr`.
+    fn worker_serving_metrics(&mut self, queue: &str, table: &str, addr: &str) {
+        self.start_workers(queue, table, 1, false, Some(addr));
     }
 
     /// Workers whose warnings go to `<dir>/worker-<i>.log`.
     fn workers_logged(&mut self, queue: &str, table: &str, count: usize) {
-        self.start_workers(queue, table, count, true);
+        self.start_workers(queue, table, count, true, None);
     }
 
-    fn start_workers(&mut self, queue: &str, table: &str, count: usize, logged: bool) {
+    fn start_workers(
+        &mut self,
+        queue: &str,
+        table: &str,
+        count: usize,
+        logged: bool,
+        metrics: Option<&str>,
+    ) {
         for i in 0..count {
             let stderr = if logged {
                 Stdio::from(
@@ -144,7 +156,7 @@ impl Cluster {
                 .args(["--queue", queue, "--ledger-table", table])
                 .args(["--worker-id", &format!("{}-w{i}", self.ns)])
                 .args(["--threads", "4", "--lease", "10s", "--receive-wait", "1s"])
-                .args(["--metrics-addr", "off"])
+                .args(["--metrics-addr", metrics.unwrap_or("off")])
                 // The Animoto test's image server is on loopback, which a
                 // worker refuses by default: allow that address only.
                 .args(["--allow-downloads-from", "127.0.0.1/32"])
@@ -1164,7 +1176,9 @@ spec:
     );
 
     let table = unique("e2e-ledger");
-    c.workers(&queue, &table, 1);
+    // This worker serves /metrics: the dashboard's metrics are checked on it below.
+    let worker_addr = format!("127.0.0.1:{}", free_port());
+    c.worker_serving_metrics(&queue, &table, &worker_addr);
     let early = c.wait_finished("early", Duration::from_secs(60));
     assert_eq!(early.status.unwrap().counts.succeeded, 5);
 
@@ -1261,6 +1275,22 @@ spec:
         assert!(body.contains(metric), "no {metric} in:\n{body}");
     }
     assert!(http_get(&addr, "/healthz").contains("ok"));
+
+    // Every metric the chart's Grafana dashboard queries is on the real
+    // pages of this operator or of the worker that ran the batches.
+    let worker_body = http_get(&worker_addr, "/metrics");
+    let mut exported = common::dashboard::exposition_names(&body);
+    exported.extend(common::dashboard::exposition_names(&worker_body));
+    let unknown: Vec<String> = common::dashboard::dashboard_metrics()
+        .into_iter()
+        .filter(|(name, _)| !exported.contains(name))
+        .map(|(name, panels)| format!("{name} (in {})", panels.join(", ")))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics the running operator and worker do not export: {unknown:?}\n\
+         operator:\n{body}\nworker:\n{worker_body}"
+    );
 }
 
 /// The API server's request counts since it started, by "VERB group/resource[/subresource]"

@@ -13,6 +13,8 @@ use cloudkon_operator::crd::{TaskBatch, WorkerPool};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 
+pub mod dashboard;
+
 /// The workspace root (the examples, charts and README are read from it).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,252 @@
+//! `cloudkon report`: a results file (JSON Lines, as `cloudkon run --output`
+//! and `cloudkon submit -o` write it) as one self-contained HTML page, and as a
+//! Chrome trace.
+
+mod html;
+mod model;
+mod trace;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cloudkon_core::TaskResult;
+use tempfile::NamedTempFile;
+
+use crate::exit;
+
+/// Malformed lines printed before the count of the rest.
+const ERRORS_SHOWN: usize = 20;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    verbatim_doc_comment,
+    after_help = "Examples:
+  cloudkon run sweep.txt -o results.jsonl
+  cloudkon report results.jsonl -o report.html                  # open it in any browser
+  cloudkon report results.jsonl -o report.html --trace trace.json
+  # trace.json opens in https://ui.perfetto.dev (Open trace file) or chrome://tracing
+
+The page: counts, a timeline of the tasks per worker slot, throughput over
+time, histograms of run time, queue wait and end-to-end latency, and the
+failures (by reason, and the first 1,000 one by one). It needs no network: its
+styles, script and charts are inside it. Up to 10,000 tasks the timeline draws
+each task; past that it draws how busy each slot was in 300 time steps (and
+more than 128 slots share rows), so the page stays small for any number of
+results: at most about 1.4 MB, when everything fails with long reasons.
+
+A malformed line stops the report: each one is named as FILE:LINE (the first
+20 and a count of the rest), nothing is written, and the exit status is 2.
+Blank lines are skipped."
+)]
+pub struct ReportArgs {
+    /// The results file: JSON Lines, one task's result a line.
+    pub results: PathBuf,
+
+    /// Write the HTML report to this file.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Write the tasks as a Chrome trace (JSON) to this file: one event per
+    /// task, a process per worker, a thread per slot.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+
+    /// The page's title [default: the results file's name].
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+pub fn run(args: ReportArgs) -> Result<ExitCode> {
+    if args.output.is_none() && args.trace.is_none() {
+        eprintln!(
+            "error: nothing to write: give -o report.html, --trace trace.json, or both \
+             (see `cloudkon report --help`)"
+        );
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    let began = Instant::now();
+    let source = args.results.display().to_string();
+    let file =
+        File::open(&args.results).with_context(|| format!("cannot open results file {source}"))?;
+    // Each output is written beside its final name and renamed when the
+    // whole file has been read: a malformed line leaves nothing behind. Both
+    // are created first, so that a bad path costs no reading.
+    let page_file = args.output.as_deref().map(temp_beside).transpose()?;
+    let mut trace = match &args.trace {
+        Some(path) => Some(trace::TraceWriter::new(BufWriter::with_capacity(
+            1 << 20,
+            temp_beside(path)?,
+        ))?),
+        None => None,
+    };
+    let mut collector = model::Collector::new();
+    let mut errors = Vec::new();
+    let mut error_count = 0u64;
+    let reader = BufReader::with_capacity(1 << 20, file);
+    read_results(reader, &source, |line, parsed| {
+        match parsed {
+            Ok(result) => {
+                collector.add(&result);
+                if let Some(trace) = &mut trace {
+                    trace.add(&result).with_context(|| {
+                        format!("cannot write the trace to {}", display(&args.trace))
+                    })?;
+                }
+            }
+            Err(e) => {
+                error_count += 1;
+                if errors.len() < ERRORS_SHOWN {
+                    errors.push(format!("{source}:{line}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    })?;
+
+    if error_count > 0 {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        if error_count > errors.len() as u64 {
+            eprintln!(
+                "error: and {} more malformed lines",
+                error_count - errors.len() as u64
+            );
+        }
+        let lines = if error_count == 1 { "line" } else { "lines" };
+        eprintln!("nothing was written: {error_count} malformed {lines} in {source}");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    if collector.tasks() == 0 {
+        eprintln!("error: {source}: no results in this file");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    let tasks = collector.tasks();
+    if let (Some(path), Some(trace)) = (&args.trace, trace) {
+        let temp = trace
+            .finish()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .with_context(|| format!("cannot write the trace to {}", path.display()))?;
+        persist(temp, path)?;
+        println!("trace in {} ({tasks} tasks)", path.display());
+    }
+    if let (Some(path), Some(mut temp)) = (&args.output, page_file) {
+        let title = args.title.clone().unwrap_or_else(|| {
+            let name = args
+                .results
+                .file_name()
+                .map_or(source.clone(), |n| n.to_string_lossy().into_owned());
+            format!("CloudKon report: {name}")
+        });
+        let page = html::render(&collector.finish(&source), &title)?;
+        temp.write_all(page.as_bytes())
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+        persist(temp, path)?;
+        println!(
+            "report in {} ({tasks} tasks, {} KiB)",
+            path.display(),
+            page.len().div_ceil(1024)
+        );
+    }
+    tracing::info!(tasks, took = ?began.elapsed(), "report written");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Calls `each` with every non-blank line's number (1-based) and its result,
+/// or why it is not one.
+fn read_results(
+    mut reader: impl BufRead,
+    source: &str,
+    mut each: impl FnMut(u64, std::result::Result<TaskResult, String>) -> Result<()>,
+) -> Result<()> {
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {source} after line {number}"))?;
+        if read == 0 {
+            return Ok(());
+        }
+        number += 1;
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        each(
+            number,
+            serde_json::from_slice(text).map_err(|e| describe(&e)),
+        )?;
+    }
+}
+
+/// serde's message without its "at line 1 column N" (a line is one JSON
+/// value: the column is what helps).
+fn describe(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(m, _)| m);
+    format!("column {}: {message}", e.column())
+}
+
+fn display(path: &Option<PathBuf>) -> String {
+    path.as_deref()
+        .map_or(String::new(), |p| p.display().to_string())
+}
+
+fn temp_beside(path: &Path) -> Result<NamedTempFile> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // Readable as any new file would be (the umask applies), not 0600.
+    tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+fn persist(temp: NamedTempFile, path: &Path) -> Result<()> {
+    temp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<(u64, std::result::Result<u64, String>)> {
+        let mut out = Vec::new();
+        read_results(text.as_bytes(), "r.jsonl", |n, r| {
+            out.push((n, r.map(|r| r.id)));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn lines_are_numbered_blank_ones_skipped_and_errors_say_where() {
+        let good = r#"{"batch":"b","id":7,"attempt":1,"status":"succeeded","worker":"local/0","submitted":"2026-11-30T12:42:38.590310Z","started":"2026-11-30T12:42:38.591044Z","finished":"2026-11-30T12:42:38.601329Z"}"#;
+        let text = format!("{good}\n\n{{\"id\":1}}\r\nnot json\n{good}");
+        let got = lines(&text);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0], (1, Ok(7)));
+        assert_eq!(got[1].0, 3);
+        let e = got[1].1.as_ref().unwrap_err();
+        assert!(
+            e.starts_with("column ") && e.contains("missing field"),
+            "{e}"
+        );
+        assert!(!e.contains("at line"), "{e}");
+        assert_eq!(got[2].0, 4);
+        assert_eq!(got[3], (5, Ok(7)));
+    }
+}

@@ -319,6 +319,14 @@ fn describe(st: &TaskBatchStatus) -> String {
     parts.join(", ")
 }
 
+async fn get_batch(batches: &Api<TaskBatch>, ns: &str, name: &str) -> Result<TaskBatch> {
+    batches
+        .get_opt(name)
+        .await
+        .with_context(|| format!("cannot read TaskBatch {ns}/{name}"))?
+        .with_context(|| format!("TaskBatch {name} does not exist in namespace {ns}"))
+}
+
 async fn watch(client: &Client, ns: &str, name: &str) -> Result<ExitCode> {
     let batches: Api<TaskBatch> = Api::namespaced(client.clone(), ns);
     let bar = ProgressBar::new(0);
@@ -329,11 +337,7 @@ async fn watch(client: &Client, ns: &str, name: &str) -> Result<ExitCode> {
     );
     bar.set_prefix(name.to_string());
     loop {
-        let batch = batches
-            .get_opt(name)
-            .await
-            .with_context(|| format!("cannot read TaskBatch {ns}/{name}"))?
-            .with_context(|| format!("TaskBatch {name} does not exist in namespace {ns}"))?;
+        let batch = get_batch(&batches, ns, name).await?;
         let st = batch.status.unwrap_or_default();
         let c = st.counts;
         bar.set_length(c.total.max(c.enqueued).max(0) as u64);
@@ -366,11 +370,7 @@ async fn results(args: ResultsArgs) -> Result<ExitCode> {
     let (client, ns) = connect(&args.batch.ns).await?;
     let name = &args.batch.name;
     let batches: Api<TaskBatch> = Api::namespaced(client, &ns);
-    let batch = batches
-        .get_opt(name)
-        .await
-        .with_context(|| format!("cannot read TaskBatch {ns}/{name}"))?
-        .with_context(|| format!("TaskBatch {name} does not exist in namespace {ns}"))?;
+    let batch = get_batch(&batches, &ns, name).await?;
     let st = batch.status.unwrap_or_default();
     let Some(location) = st.results.clone() else {
         bail!(

@@ -68,18 +68,11 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
             .conditions
             .iter()
             .any(|c| c.type_ == status::batch_condition::FAILED && c.reason == "FailurePolicy");
-        if gave_up && !said {
-            let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
-            let pool = pools
-                .get_opt(&spec.worker_pool)
-                .await
-                .map_err(Error::kube(format!(
-                    "cannot read WorkerPool {ns}/{}",
-                    spec.worker_pool
-                )))?;
-            if let Some(pool) = &pool {
-                write_cancel_mark(ctx, pool, &batch).await?;
-            }
+        if gave_up
+            && !said
+            && let Some(pool) = &batch_pool(ctx, &ns, spec).await?
+        {
+            write_cancel_mark(ctx, pool, &batch).await?;
         }
         set_conditions(ctx, &batch, &mut st, phase, &Ok(()), None, &now).await;
         write_conditions(&api, &name, &old, &st).await?;
@@ -87,14 +80,7 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
     }
 
     let mut validation = validate::taskbatch(spec);
-    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
-    let pool = pools
-        .get_opt(&spec.worker_pool)
-        .await
-        .map_err(Error::kube(format!(
-            "cannot read WorkerPool {ns}/{}",
-            spec.worker_pool
-        )))?;
+    let pool = batch_pool(ctx, &ns, spec).await?;
     let missing_pool = pool.is_none().then_some(spec.worker_pool.as_str());
 
     if cancel {
@@ -191,6 +177,22 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
     // The runner drives the batch; a look now and then restarts it if it
     // stopped on an error.
     Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// The batch's WorkerPool, `None` when it does not exist.
+async fn batch_pool(
+    ctx: &Context,
+    ns: &str,
+    spec: &crate::crd::TaskBatchSpec,
+) -> Result<Option<WorkerPool>, Error> {
+    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), ns);
+    pools
+        .get_opt(&spec.worker_pool)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read WorkerPool {ns}/{}",
+            spec.worker_pool
+        )))
 }
 
 fn runner_alive(ctx: &Context, key: &str) -> bool {

@@ -386,15 +386,11 @@ impl S3Store {
     pub async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, AwsError> {
         let mut object = self.open(bucket, key).await?;
         let mut bytes = Vec::with_capacity(object.size.map_or(0, |n| n.min(1 << 30) as usize));
-        object.body.read_to_end(&mut bytes).await.map_err(|e| {
-            AwsError::new(
-                SERVICE,
-                "GetObject",
-                uri(bucket, key),
-                ErrorKind::Transient,
-                format!("reading the body: {e}"),
-            )
-        })?;
+        object
+            .body
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| body_error(bucket, key, &e))?;
         Ok(bytes)
     }
 
@@ -408,15 +404,10 @@ impl S3Store {
         limit: u64,
     ) -> Result<Limited, AwsError> {
         let object = self.open(bucket, key).await?;
-        object.read_at_most(limit).await.map_err(|e| {
-            AwsError::new(
-                SERVICE,
-                "GetObject",
-                uri(bucket, key),
-                ErrorKind::Transient,
-                format!("reading the body: {e}"),
-            )
-        })
+        object
+            .read_at_most(limit)
+            .await
+            .map_err(|e| body_error(bucket, key, &e))
     }
 
     /// Starts reading an object: its size as the server declares it (so that a
@@ -525,6 +516,17 @@ impl S3Store {
             .map_err(|e| err("DeleteObject", uri(bucket, key), e))?;
         Ok(())
     }
+}
+
+/// A GetObject whose body broke off while being read.
+fn body_error(bucket: &str, key: &str, e: &std::io::Error) -> AwsError {
+    AwsError::new(
+        SERVICE,
+        "GetObject",
+        uri(bucket, key),
+        ErrorKind::Transient,
+        format!("reading the body: {e}"),
+    )
 }
 
 #[cfg(test)]

@@ -178,11 +178,6 @@ where
     let reason = fetch::run(&ctx, &units_tx, &results_tx, &shutdown).await;
     drop(units_tx);
     drop(results_tx);
-    // Units received but never started: give them back at once, not after
-    // the running ones (a spot instance may have two minutes left).
-    if reason == StopReason::Shutdown {
-        give_back_unstarted(&ctx, &units_rx).await;
-    }
     if reason == StopReason::Shutdown {
         let abort = shutdown.abort.clone();
         let grace = ctx.config.grace;
@@ -192,6 +187,7 @@ where
         });
     }
     let _ = pool.await;
+    // Units received but never started: give them back at once.
     give_back_unstarted(&ctx, &units_rx).await;
     let _ = completer.await;
     renewer_done.cancel();

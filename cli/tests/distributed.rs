@@ -351,6 +351,20 @@ fn a_malformed_message_is_moved_aside_and_work_goes_on() {
     queue_cleanup(&queue);
 }
 
+/// After a worker drained: a replacement worker `id` finishes the client's
+/// run, which must succeed; its summary.
+fn finish_on_a_replacement(client: Child, queue: &str, table: &str, id: &str) -> Summary {
+    let replacement = worker(queue, table, id, "30s");
+    let out = finish(client, Duration::from_secs(120));
+    stop(replacement);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn sigterm_drains_a_worker_without_losing_or_rerunning_anything() {
@@ -378,15 +392,7 @@ fn sigterm_drains_a_worker_without_losing_or_rerunning_anything() {
         "drain took {:?}",
         stopped_at.elapsed()
     );
-    let replacement = worker(queue.url(), &table, "t2", "30s");
-    let out = finish(client, Duration::from_secs(120));
-    stop(replacement);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Summary = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = finish_on_a_replacement(client, queue.url(), &table, "t2");
     assert_eq!((summary.succeeded, summary.not_run), (200, 0));
     let runs = executions(&log);
     assert_eq!(runs.len(), 200, "a task never ran");
@@ -598,15 +604,7 @@ fn a_spot_notice_drains_a_worker_and_reruns_only_what_could_not_finish() {
         std::time::SystemTime::now() < at,
         "the worker was still at work when the instance went"
     );
-    let replacement = worker(queue.url(), &table, "spot2", "30s");
-    let out = finish(client, Duration::from_secs(120));
-    stop(replacement);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Summary = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = finish_on_a_replacement(client, queue.url(), &table, "spot2");
     assert_eq!((summary.succeeded, summary.not_run), (101, 0));
     // Nothing lost; only the task that could not finish ran again.
     let runs = executions(&log);

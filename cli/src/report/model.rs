@@ -535,7 +535,7 @@ pub struct Failures {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use cloudkon_core::{BatchId, Timestamp};
 

@@ -172,7 +172,6 @@ impl<W: Write> TraceWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloudkon_core::{BatchId, Timestamp};
 
     #[test]
     fn a_trace_is_json_with_an_event_per_task_and_named_threads() {
@@ -188,22 +187,9 @@ mod tests {
             ),
             (2, "host-b", Outcome::TimedOut),
         ] {
-            w.add(&TaskResult {
-                batch: BatchId::new("b"),
-                id,
-                attempt: 1,
-                outcome,
-                exit_code: None,
-                stdout: String::new(),
-                stderr: String::new(),
-                truncated: false,
-                artifact: None,
-                artifact_url: None,
-                worker: worker.into(),
-                submitted: Timestamp(1_000),
-                started: Timestamp(2_000),
-                finished: Timestamp(5_000),
-            })
+            w.add(&crate::report::model::tests::result(
+                id, worker, 1, 3, outcome,
+            ))
             .unwrap();
         }
         let json: serde_json::Value = serde_json::from_slice(&w.finish().unwrap()).unwrap();

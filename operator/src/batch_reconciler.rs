@@ -64,10 +64,10 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
         // still queued are skipped, once, before the condition says so.
         let gave_up = phase == Phase::Failed
             && status::failure_policy_verdict(spec.failure_policy.as_ref(), &old.counts).is_some();
-        let said = old
-            .conditions
-            .iter()
-            .any(|c| c.type_ == status::batch_condition::FAILED && c.reason == "FailurePolicy");
+        let said = old.conditions.iter().any(|c| {
+            c.type_ == status::batch_condition::FAILED
+                && c.reason == status::batch_condition::FAILURE_POLICY_REASON
+        });
         if gave_up
             && !said
             && let Some(pool) = &batch_pool(ctx, &ns, spec).await?

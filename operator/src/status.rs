@@ -244,6 +244,8 @@ pub mod batch_condition {
     /// Some of its tasks reached the pool's dead-letter queue (and were
     /// reported failed): present only then, with how many.
     pub const DEAD_LETTERED: &str = "DeadLettered";
+    /// The `Failed` condition's reason when the failure policy ended the batch.
+    pub const FAILURE_POLICY_REASON: &str = "FailurePolicy";
     /// Set while the batch is being deleted and its response queue or cancel
     /// mark could not be dealt with yet (retried with growing delays).
     pub const CLEANUP_FAILED: &str = "CleanupFailed";
@@ -305,7 +307,7 @@ pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate
     };
     let failed = match (input.phase, &input.gave_up) {
         (Phase::Failed, Some(why)) => {
-            ConditionUpdate::new(FAILED, true, "FailurePolicy", why.clone())
+            ConditionUpdate::new(FAILED, true, FAILURE_POLICY_REASON, why.clone())
         }
         (Phase::Failed, None) => ConditionUpdate::new(
             FAILED,

@@ -75,11 +75,13 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Local(args) => local(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Animoto(args) => animoto(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Sqs(args) => crate::bench_sqs::run(&args).map(|()| ExitCode::SUCCESS),
-        BenchCommand::Taskbatch { args } => taskbatch(&args),
+        BenchCommand::Taskbatch { args } => operator("bench", &args),
     }
 }
 
-fn taskbatch(args: &[std::ffi::OsString]) -> Result<ExitCode> {
+/// Runs `cloudkon-operator COMMAND ARGS...` (next to this binary): the
+/// commands that need the operator's code, which the CLI does not link.
+pub fn operator(command: &str, args: &[std::ffi::OsString]) -> Result<ExitCode> {
     let operator = std::env::current_exe()?.with_file_name("cloudkon-operator");
     ensure!(
         operator.exists(),
@@ -87,7 +89,7 @@ fn taskbatch(args: &[std::ffi::OsString]) -> Result<ExitCode> {
         operator.display()
     );
     let status = Command::new(&operator)
-        .arg("bench")
+        .arg(command)
         .args(args)
         .status()
         .with_context(|| format!("cannot run {}", operator.display()))?;

@@ -58,6 +58,17 @@ enum Command {
     /// Measure this machine: throughput, spawn cost against xargs, efficiency, memory.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Simulate a pool and its batches in time-warped time with the
+    /// operator's own decision code: runs `cloudkon-operator simulate` (next
+    /// to this binary) with these arguments (`cloudkon simulate --help`
+    /// shows them), e.g.
+    ///
+    ///   cloudkon simulate examples/simulations/shares-1-2-5.yaml --svg /tmp/sim
+    #[command(disable_help_flag = true, verbatim_doc_comment)]
+    Simulate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +81,7 @@ fn main() -> ExitCode {
         Command::Workers(args) => cmd_queue::workers(args),
         Command::Workload(cmd) => cmd_workload::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Simulate { args } => bench::operator("simulate", &args),
     };
     match result {
         Ok(code) => code,

@@ -48,13 +48,13 @@ use crate::crd::taskbatch::{BundleSizing, Latency, Phase, TaskBatchSpec, TaskCou
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
 use crate::metrics::Metrics;
-use crate::shares::{self, ShareGuard, Shares, TaskCost};
+use crate::shares::{self, ShareGuard, Shares};
 use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};
-use crate::window::{self, Estimate, WindowInput};
+use crate::window::{self, Estimate, MeterInput};
 
 /// Bundles per send (one SendMessageBatch when they fit) and per checkpoint.
-const SEND_GROUP: usize = 10;
+pub(crate) const SEND_GROUP: usize = 10;
 /// How often the enqueue checkpoint is written, at most.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
@@ -404,19 +404,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.nominal_duration()));
             }
             let (cost, window) = loop {
-                let estimate = if unknown {
-                    sizing::window_cost(learned, progress.estimate())
-                } else {
-                    progress.estimate()
-                };
-                let cost = TaskCost {
-                    window: window::task_cost(estimate),
-                    share: window::task_cost(progress.estimate()),
-                };
-                let window = window::window_work(&WindowInput {
+                let (cost, window) = window::meter(&MeterInput {
+                    unknown,
+                    learned,
+                    estimate: progress.estimate(),
                     pool_slots: planned_slots,
                     pool_workers: args.pool_workers,
-                    cost: cost.window,
                     next_bundle: next,
                 });
                 share.update(progress.running(), progress.estimate());

@@ -24,7 +24,7 @@ use crate::context::{Context, Error, FINALIZER, MANAGER};
 use crate::crd::WorkerPool;
 use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
 use crate::provider::Ec2Provider;
-use crate::scale::{self, Recommendation, ScaleConfig, ScaleEvent, ScaleInput};
+use crate::scale::{Observed, ScaleConfig, ScaleMemory};
 use crate::status::{self, PoolConditionsInput, set_condition};
 use crate::validate;
 
@@ -38,8 +38,7 @@ const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 #[derive(Default)]
 pub struct PoolMemory {
     queue: Option<SqsQueue>,
-    history: Vec<Recommendation>,
-    events: Vec<ScaleEvent>,
+    scale: ScaleMemory,
     /// The generation whose Deployment was last applied.
     applied_generation: Option<i64>,
     /// The EC2 fleet, for pools whose provider is not a Deployment.
@@ -167,40 +166,19 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let decision = {
         let mut pools = ctx.pools.lock().expect("pool memory lock");
         let memory = pools.entry(uid(pool)).or_default();
-        if memory.history.is_empty() {
-            // A (re)started operator has no history: take the workers there
-            // are as the recent recommendation, so that a restart does not
-            // skip the scale-down stabilization window.
-            memory.history.push(Recommendation {
-                at: system_now,
-                replicas: workers.current,
-            });
-        }
-        let decision = scale::desired_workers(&ScaleInput {
-            config: &config,
-            backlog_visible: stats.visible + stats.delayed,
-            backlog_in_flight: stats.in_flight,
-            work_tasks: work.tasks,
-            work_task_seconds: work.task_seconds,
-            current: workers.current,
-            ready: workers.ready,
-            history: &memory.history,
-            events: &memory.events,
-            now: system_now,
-            last_active,
-        });
-        memory.history.push(Recommendation {
-            at: system_now,
-            replicas: decision.recommendation,
-        });
-        let keep = config.behavior.history_needed() + Duration::from_secs(1);
-        memory
-            .history
-            .retain(|r| system_now.duration_since(r.at).unwrap_or_default() <= keep);
-        memory
-            .events
-            .retain(|e| system_now.duration_since(e.at).unwrap_or_default() <= keep);
-        decision
+        memory.scale.decide(
+            &config,
+            &Observed {
+                backlog_visible: stats.visible + stats.delayed,
+                backlog_in_flight: stats.in_flight,
+                work_tasks: work.tasks,
+                work_task_seconds: work.task_seconds,
+                current: workers.current,
+                ready: workers.ready,
+                last_active,
+            },
+            system_now,
+        )
     };
 
     let change = decision.replicas - workers.current;
@@ -227,10 +205,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             .expect("pool memory lock")
             .get_mut(&uid(pool))
         {
-            m.events.push(ScaleEvent {
-                at: system_now,
-                change,
-            });
+            m.scale.scaled(system_now, change);
         }
         st.last_scale_time = Some(now_time.clone());
         st.last_scale_reason = Some(decision.reason.clone());

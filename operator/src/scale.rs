@@ -261,6 +261,74 @@ pub struct ScaleInput<'a> {
     pub last_active: Option<SystemTime>,
 }
 
+/// What a pool's scaler sees of its queue, work and workers (the parts of
+/// [`ScaleInput`] that are not history).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub backlog_visible: u64,
+    pub backlog_in_flight: u64,
+    pub work_tasks: u64,
+    pub work_task_seconds: f64,
+    pub current: i32,
+    pub ready: i32,
+    pub last_active: Option<SystemTime>,
+}
+
+/// What the scaler remembers of a pool between decisions: its recent
+/// recommendations (stabilization) and changes (rate policies). The pool
+/// reconciler and the simulator keep one per pool.
+#[derive(Clone, Debug, Default)]
+pub struct ScaleMemory {
+    history: Vec<Recommendation>,
+    events: Vec<ScaleEvent>,
+}
+
+impl ScaleMemory {
+    /// Decides at `now`, records the recommendation, and forgets what no
+    /// rule looks at any more.
+    pub fn decide(&mut self, config: &ScaleConfig, seen: &Observed, now: SystemTime) -> Decision {
+        if self.history.is_empty() {
+            // A (re)started operator has no history: take the workers there
+            // are as the recent recommendation, so that a restart does not
+            // skip the scale-down stabilization window.
+            self.history.push(Recommendation {
+                at: now,
+                replicas: seen.current,
+            });
+        }
+        let decision = desired_workers(&ScaleInput {
+            config,
+            backlog_visible: seen.backlog_visible,
+            backlog_in_flight: seen.backlog_in_flight,
+            work_tasks: seen.work_tasks,
+            work_task_seconds: seen.work_task_seconds,
+            current: seen.current,
+            ready: seen.ready,
+            history: &self.history,
+            events: &self.events,
+            now,
+            last_active: seen.last_active,
+        });
+        self.history.push(Recommendation {
+            at: now,
+            replicas: decision.recommendation,
+        });
+        let keep = config.behavior.history_needed() + Duration::from_secs(1);
+        self.history
+            .retain(|r| now.duration_since(r.at).unwrap_or_default() <= keep);
+        self.events
+            .retain(|e| now.duration_since(e.at).unwrap_or_default() <= keep);
+        decision
+    }
+
+    /// The worker count changed by `change` at `now` (for the rate policies).
+    pub fn scaled(&mut self, now: SystemTime, change: i32) {
+        if change != 0 {
+            self.events.push(ScaleEvent { at: now, change });
+        }
+    }
+}
+
 /// The scaler's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -1061,5 +1129,22 @@ mod tests {
             Behavior::default().history_needed(),
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn the_memory_holds_a_restarted_pool_for_the_scale_down_window() {
+        let cfg = config(0, 10, 10);
+        let mut memory = ScaleMemory::default();
+        let idle = Observed {
+            current: 5,
+            ready: 5,
+            ..Observed::default()
+        };
+        // A restarted operator takes the workers there are as the recent
+        // recommendation: the empty queue does not drop them at once.
+        assert_eq!(memory.decide(&cfg, &idle, at(0)).replicas, 5);
+        assert_eq!(memory.decide(&cfg, &idle, at(299)).replicas, 5);
+        // After the 300 s window, down to the recommendation.
+        assert_eq!(memory.decide(&cfg, &idle, at(301)).replicas, 0);
     }
 }

@@ -80,11 +80,22 @@ impl Shares {
     /// virtual time of the batches already sending, so it neither waits for
     /// them nor catches up on what they sent before it came.
     pub fn join(self: &Arc<Self>, pool: &str, batch: &str, weight: u64) -> ShareGuard {
+        self.join_at(pool, batch, weight, Instant::now())
+    }
+
+    /// [`Shares::join`] at `now` (the simulator's clock).
+    pub fn join_at(
+        self: &Arc<Self>,
+        pool: &str,
+        batch: &str,
+        weight: u64,
+        now: Instant,
+    ) -> ShareGuard {
         let weight = weight.max(1);
         {
             let mut pools = self.pools.lock().expect("shares lock");
             let batches = pools.entry(pool.to_string()).or_default();
-            let sent = least_sent(batches, batch, Instant::now()).unwrap_or(0.0);
+            let sent = least_sent(batches, batch, now).unwrap_or(0.0);
             batches.insert(
                 batch.to_string(),
                 BatchShare {
@@ -94,7 +105,7 @@ impl Shares {
                     cost: crate::window::UNKNOWN_TASK,
                     sent,
                     backlogged: true,
-                    seen: Instant::now(),
+                    seen: now,
                 },
             );
         }
@@ -204,15 +215,20 @@ impl ShareGuard {
     /// Whether the batch still has tasks to send (not while suspended).
     /// Coming back, it starts at the others' virtual time.
     pub fn set_backlogged(&self, backlogged: bool) {
+        self.set_backlogged_at(backlogged, Instant::now());
+    }
+
+    /// [`ShareGuard::set_backlogged`] at `now`.
+    pub fn set_backlogged_at(&self, backlogged: bool, now: Instant) {
         let mut pools = self.shares.pools.lock().expect("shares lock");
         let Some(batches) = pools.get_mut(&self.pool) else {
             return;
         };
-        let least = least_sent(batches, &self.batch, Instant::now());
+        let least = least_sent(batches, &self.batch, now);
         if let Some(s) = batches.get_mut(&self.batch) {
             if backlogged && !s.backlogged {
                 s.sent = s.sent.max(least.unwrap_or(s.sent));
-                s.seen = Instant::now();
+                s.seen = now;
             }
             s.backlogged = backlogged;
         }
@@ -228,7 +244,11 @@ impl ShareGuard {
     /// [`ShareGuard::sent`]. A batch alone on its pool always has the turn
     /// when there is room, and any batch with nothing in flight has room.
     pub fn take(&self, tasks: u64, cost: TaskCost, window: Duration) -> bool {
-        let now = Instant::now();
+        self.take_at(tasks, cost, window, Instant::now())
+    }
+
+    /// [`ShareGuard::take`] at `now`.
+    pub fn take_at(&self, tasks: u64, cost: TaskCost, window: Duration, now: Instant) -> bool {
         let mut pools = self.shares.pools.lock().expect("shares lock");
         let Some(batches) = pools.get_mut(&self.pool) else {
             return true;
@@ -254,10 +274,15 @@ impl ShareGuard {
 
     /// The reserved tasks are sent: they count in `in_flight` now.
     pub fn sent(&self, in_flight: u64) {
+        self.sent_at(in_flight, Instant::now());
+    }
+
+    /// [`ShareGuard::sent`] at `now`.
+    pub fn sent_at(&self, in_flight: u64, now: Instant) {
         self.shares.with(&self.pool, &self.batch, |s| {
             s.reserved = 0;
             s.in_flight = in_flight;
-            s.seen = Instant::now();
+            s.seen = now;
         });
         self.shares.bump();
     }

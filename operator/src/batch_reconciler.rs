@@ -261,6 +261,17 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
         problems.truncate(5);
         return Err(problems);
     }
+    // An empty file is a mistake (the wrong key or object), as an empty
+    // inline list is: not a batch that succeeds with nothing done.
+    if WorkloadReader::new(bytes.as_slice(), name.clone())
+        .next()
+        .is_none()
+    {
+        return Err(invalid(
+            field,
+            format!("{name} has no tasks: only blank lines and comments"),
+        ));
+    }
     // A task larger than a message would be refused by SQS and sent again
     // for ever: refused here, with its number.
     validate::workload_tasks_fit(field, &name, &bytes)?;
@@ -303,6 +314,8 @@ async fn set_conditions(
                 (status::batch_condition::SUSPENDED, true) => (false, "Suspended"),
                 (status::batch_condition::COMPLETE, true) => (false, "Succeeded"),
                 (status::batch_condition::FAILED, true) => (true, update.reason.as_str()),
+                // Again whenever the count changes (the message says it).
+                (status::batch_condition::DEAD_LETTERED, true) => (true, "DeadLettered"),
                 _ => continue,
             };
             let note = if update.message.is_empty() {

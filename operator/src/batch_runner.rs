@@ -684,6 +684,9 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     } else {
                         collected.failed += 1;
                         pending.failed += 1;
+                        if crate::dead_letters::is_dead_letter(result) {
+                            collected.dead_lettered += 1;
+                        }
                     }
                     collected.retried += i64::from(result.attempt.saturating_sub(1));
                     let took = result.finished.0.saturating_sub(result.started.0);
@@ -820,7 +823,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         );
         let mut patch = json!({
             "counts": { "succeeded": counts.succeeded, "failed": counts.failed, "retried": counts.retried,
-                "running": progress.running() },
+                "deadLettered": counts.dead_lettered, "running": progress.running() },
             "throughput": status::throughput(collected.finished(), elapsed),
         });
         if enqueue_finished {
@@ -1104,6 +1107,69 @@ mod tests {
             let body = cloudkon_core::wire::encode_results(&message, usize::MAX).unwrap();
             responses.send_results(REPLY_TO, vec![body]).await.unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_lettered_tasks_count_as_failed_once_and_the_batch_finishes() {
+        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
+        let ledger = MemoryLedger::new();
+        let n = 30;
+        // Declared 1 s: bundles of a few tasks (1 ms tasks would all go in one,
+        // the bundle floor being 1 s of work); the test answers for workers.
+        let b = batch(generator(json!({"kind": "sleep", "ms": 1000}), n), None);
+        let r = Arc::new(runner(&queue, &responses, MemoryRecord::default()));
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        let run = {
+            let r = r.clone();
+            tokio::spawn(async move { r.run(args(b, false), spec).await })
+        };
+        // The first bundle dies (reported by the dead-letter reader), the
+        // rest succeed; a late success of a dead task counts nothing.
+        let mut dead: Option<Bundle> = None;
+        let mut late_sent = false;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !run.is_finished() {
+            assert!(Instant::now() < deadline, "the batch did not finish");
+            let received = queue.receive(100, Duration::from_millis(50)).await;
+            for d in received.unwrap().unwrap_or_default() {
+                if dead.is_none() {
+                    let settled = crate::dead_letters::settle(
+                        &d.bundle,
+                        Some(&ledger),
+                        responses.as_ref(),
+                        5,
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(
+                        settled,
+                        crate::dead_letters::Settled::Reported(d.bundle.tasks.len())
+                    );
+                    dead = Some(d.bundle);
+                } else {
+                    let mut bundles = vec![(d.bundle.tasks[0].id, d.bundle.tasks.len())];
+                    if !late_sent && let Some(dead) = &dead {
+                        bundles.push((dead.tasks[0].id, dead.tasks.len()));
+                        late_sent = true;
+                    }
+                    answer(&responses, &bundles, Duration::from_millis(1)).await;
+                }
+            }
+        }
+        run.await.unwrap().unwrap();
+        let dead = dead.expect("a bundle");
+        assert!(late_sent, "the late successes were sent");
+        let status = r.record.status();
+        let k = dead.tasks.len() as i64;
+        assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+        assert_eq!(
+            (
+                status.counts.succeeded,
+                status.counts.failed,
+                status.counts.dead_lettered
+            ),
+            (n as i64 - k, k, k)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -598,7 +598,9 @@ fn share(rt: &tokio::runtime::Runtime, client: &Client) -> Result<Vec<String>> {
     let stage = Stage::new(rt, client, "share", None)?;
     let template = json!({"kind": "run", "program": "sleep", "args": ["0.02"]});
     stage.create_batch("light", 5000, template.clone(), json!({"weight": 1}))?;
-    stage.create_batch("heavy", 5000, template, json!({"weight": 3}))?;
+    // The heavy one larger: it must still have tasks to send at the end of
+    // the measure (about 4,800 sent by then), or the light one gets the pool.
+    stage.create_batch("heavy", 8000, template, json!({"weight": 3}))?;
     let done = |s: &Stage| -> Option<(i64, i64)> {
         let count = |name| {
             let c = s.get::<TaskBatch>(name).ok()?.status?.counts;
@@ -615,12 +617,12 @@ fn share(rt: &tokio::runtime::Runtime, client: &Client) -> Result<Vec<String>> {
         done(s).filter(|(l, h)| l + h >= 5000)
     })?;
     ensure!(
-        l1 < 5000 && h1 < 5000,
+        l1 < 5000 && h1 < 8000,
         "a batch finished within the measure"
     );
     let heavy = (h1 - h0) as f64 / ((l1 - l0) + (h1 - h0)) as f64;
     Ok(vec![format!(
-        "weights 1 and 3, 5,000 x `run sleep 0.02` each: {} and {} tasks done while both ran: the weight-3 batch {:.1} % (ideal 75 %)",
+        "weights 1 and 3, 5,000 and 8,000 x `run sleep 0.02`: {} and {} tasks done while both ran: the weight-3 batch {:.1} % (ideal 75 %)",
         l1 - l0,
         h1 - h0,
         100.0 * heavy

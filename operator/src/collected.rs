@@ -80,6 +80,9 @@ pub struct Collected {
     pub failed: i64,
     pub retried: i64,
     pub result_parts: u64,
+    /// Of `failed`: tasks reported failed because their bundle reached the
+    /// pool's dead-letter queue.
+    pub dead_lettered: i64,
 }
 
 /// The stored form: ranges as (gap from the previous end, length), which
@@ -92,9 +95,23 @@ struct Stored {
     retried: i64,
     result_parts: u64,
     ranges: Vec<(u64, u64)>,
+    /// Since version 2 (absent in 1).
+    dead_lettered: i64,
 }
 
-const VERSION: u8 = 1;
+/// Version 1: [`Stored`] without `dead_lettered` (postcard has no optional
+/// trailing fields, so the old layout is read as it was).
+#[derive(Deserialize)]
+struct StoredV1 {
+    version: u8,
+    succeeded: i64,
+    failed: i64,
+    retried: i64,
+    result_parts: u64,
+    ranges: Vec<(u64, u64)>,
+}
+
+const VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -128,14 +145,30 @@ impl Collected {
             retried: self.retried,
             result_parts: self.result_parts,
             ranges,
+            dead_lettered: self.dead_lettered,
         };
         BASE64.encode(postcard::to_stdvec(&stored).expect("plain data always serializes"))
     }
 
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         let bytes = BASE64.decode(text.trim())?;
-        let stored: Stored = postcard::from_bytes(&bytes)?;
-        if stored.version != VERSION {
+        // The version is the first byte (a u8 is written as itself).
+        let stored: Stored = match bytes.first() {
+            Some(1) => {
+                let v1: StoredV1 = postcard::from_bytes(&bytes)?;
+                Stored {
+                    version: v1.version,
+                    succeeded: v1.succeeded,
+                    failed: v1.failed,
+                    retried: v1.retried,
+                    result_parts: v1.result_parts,
+                    ranges: v1.ranges,
+                    dead_lettered: 0,
+                }
+            }
+            _ => postcard::from_bytes(&bytes)?,
+        };
+        if stored.version != 1 && stored.version != VERSION {
             return Err(DecodeError::Version(stored.version));
         }
         let mut ids = IdSet::new();
@@ -158,6 +191,7 @@ impl Collected {
             failed: stored.failed,
             retried: stored.retried,
             result_parts: stored.result_parts,
+            dead_lettered: stored.dead_lettered,
         })
     }
 
@@ -167,6 +201,7 @@ impl Collected {
         counts.succeeded = self.succeeded;
         counts.failed = self.failed;
         counts.retried = self.retried;
+        counts.dead_lettered = self.dead_lettered;
     }
 
     pub fn finished(&self) -> i64 {
@@ -207,6 +242,7 @@ mod tests {
         }
         c.succeeded = 999_990;
         c.failed = 10;
+        c.dead_lettered = 4;
         c.result_parts = 42;
         let text = c.encode();
         assert!(text.len() < 40, "{} bytes", text.len());
@@ -233,6 +269,31 @@ mod tests {
     }
 
     #[test]
+    fn version_1_values_still_decode() {
+        #[derive(Serialize)]
+        struct V1 {
+            version: u8,
+            succeeded: i64,
+            failed: i64,
+            retried: i64,
+            result_parts: u64,
+            ranges: Vec<(u64, u64)>,
+        }
+        let old = V1 {
+            version: 1,
+            succeeded: 7,
+            failed: 3,
+            retried: 2,
+            result_parts: 1,
+            ranges: vec![(0, 10)],
+        };
+        let back = Collected::decode(&BASE64.encode(postcard::to_stdvec(&old).unwrap())).unwrap();
+        assert_eq!((back.succeeded, back.failed, back.retried), (7, 3, 2));
+        assert_eq!((back.result_parts, back.dead_lettered), (1, 0));
+        assert_eq!(back.ids.len(), 10);
+    }
+
+    #[test]
     fn corrupt_values_are_errors() {
         assert!(matches!(
             Collected::decode("***"),
@@ -245,6 +306,7 @@ mod tests {
             retried: 0,
             result_parts: 0,
             ranges: vec![],
+            dead_lettered: 0,
         };
         let text = BASE64.encode(postcard::to_stdvec(&future).unwrap());
         assert!(matches!(
@@ -262,6 +324,7 @@ mod tests {
             retried: 0,
             result_parts: 0,
             ranges: vec![(0, 5), (0, 3)],
+            dead_lettered: 0,
         };
         let text = BASE64.encode(postcard::to_stdvec(&overlapping).unwrap());
         assert!(matches!(Collected::decode(&text), Err(DecodeError::Ranges)));

@@ -21,6 +21,7 @@ pub mod build;
 pub mod collected;
 pub mod context;
 pub mod crd;
+pub mod dead_letters;
 pub mod enqueue;
 pub mod leader;
 pub mod metrics;

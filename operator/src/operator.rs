@@ -166,11 +166,13 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
 }
 
 /// Aborts every batch runner (they restart from their checkpoints under the
-/// next leader).
+/// next leader) and dead-letter reader.
 fn stop_runners(ctx: &Context) {
     for (_, runner) in ctx.runners.lock().expect("runner lock").drain() {
         runner.task.abort();
     }
+    // With them the pools' dead-letter readers (see `dead_letters::Reader`).
+    ctx.pools.lock().expect("pool memory lock").clear();
 }
 
 /// Wraps a reconciler to count it and time it.

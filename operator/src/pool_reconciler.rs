@@ -45,6 +45,8 @@ pub struct PoolMemory {
     ec2: Option<Arc<Ec2Provider>>,
     /// When the status was last written (see [`status_due`]).
     status_written: Option<Instant>,
+    /// The task reading the pool's dead-letter queue (aborted when dropped).
+    dead_letters: Option<crate::dead_letters::Reader>,
 }
 
 /// A pool's figures (backlog, workers, work) are written at most this often;
@@ -395,12 +397,27 @@ async fn ensure_queue(pool: &WorkerPool, ctx: &Context) -> Result<SqsQueue, Erro
         ..QueueOptions::default()
     };
     let queue = ctx.sqs.create_queue(&name, &options).await?;
-    ctx.pools
-        .lock()
-        .expect("pool memory lock")
-        .entry(key)
-        .or_default()
-        .queue = Some(queue.clone());
+    // Read for as long as the operator remembers the pool: its dead bundles'
+    // batches would otherwise never finish.
+    let reader = queue.dead_letter_url().map(|dlq| {
+        let table = pool
+            .spec
+            .template
+            .ledger_table
+            .clone()
+            .unwrap_or_else(|| crate::batch_reconciler::DEFAULT_LEDGER_TABLE.to_string());
+        crate::dead_letters::Reader(tokio::spawn(crate::dead_letters::watch(
+            format!("{ns}/{}", pool.name_any()),
+            queue.sibling(dlq),
+            Some(ctx.aws.ledger(table)),
+            ctx.sqs.clone(),
+            options.max_receives.unwrap_or(5),
+        )))
+    });
+    let mut pools = ctx.pools.lock().expect("pool memory lock");
+    let memory = pools.entry(key).or_default();
+    memory.queue = Some(queue.clone());
+    memory.dead_letters = reader;
     Ok(queue)
 }
 

@@ -204,6 +204,9 @@ pub mod batch_condition {
     pub const COMPLETE: &str = "Complete";
     /// The batch finished with failed tasks, or was cancelled.
     pub const FAILED: &str = "Failed";
+    /// Some of its tasks reached the pool's dead-letter queue (and were
+    /// reported failed): present only then, with how many.
+    pub const DEAD_LETTERED: &str = "DeadLettered";
     /// Set while the batch is being deleted and its response queue or cancel
     /// mark could not be dealt with yet (retried with growing delays).
     pub const CLEANUP_FAILED: &str = "CleanupFailed";
@@ -283,7 +286,19 @@ pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate
         ),
         _ => ConditionUpdate::new(FAILED, false, "NoFailure", ""),
     };
-    vec![accepted, suspended, complete, failed]
+    let mut updates = vec![accepted, suspended, complete, failed];
+    if c.dead_lettered > 0 {
+        updates.push(ConditionUpdate::new(
+            DEAD_LETTERED,
+            true,
+            "TasksDeadLettered",
+            format!(
+                "{} tasks reached the dead-letter queue and were reported failed",
+                c.dead_lettered
+            ),
+        ));
+    }
+    updates
 }
 
 /// Condition types of a WorkerPool.
@@ -735,6 +750,28 @@ mod tests {
         assert_eq!(
             messages[3].message,
             "3 of 10 tasks failed after all their attempts"
+        );
+        assert!(
+            messages
+                .iter()
+                .all(|c| c.type_ != batch_condition::DEAD_LETTERED),
+            "no DeadLettered condition without dead-lettered tasks"
+        );
+        let dead = batch_conditions(&BatchConditionsInput {
+            counts: TaskCounts {
+                dead_lettered: 2,
+                ..counts(10, 10, 7, 3)
+            },
+            ..input(Phase::Failed, &valid, None, false)
+        });
+        let last = dead.last().unwrap();
+        assert_eq!(
+            (last.type_, last.status, last.reason.as_str()),
+            (batch_condition::DEAD_LETTERED, true, "TasksDeadLettered")
+        );
+        assert_eq!(
+            last.message,
+            "2 tasks reached the dead-letter queue and were reported failed"
         );
     }
 

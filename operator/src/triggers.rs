@@ -12,7 +12,8 @@
 //!   that change to run the Apply step (adding one leaves the generation);
 //! - `deletionTimestamp`, in case a server does not bump the generation;
 //! - for a TaskBatch, `status.phase`: its runner finishing (Succeeded,
-//!   Failed) is what sets the conditions, sends the Event and starts the TTL.
+//!   Failed) is what sets the conditions, sends the Event and starts the TTL;
+//!   and `status.counts.deadLettered` (its condition and Event).
 //!
 //! Everything else a reconciler needs it gets from its own requeue (a pool
 //! every `--poll`, a running batch every 5 s).
@@ -50,7 +51,10 @@ pub fn taskbatch(batch: &TaskBatch) -> Option<u64> {
         .as_ref()
         .and_then(|s| s.phase)
         .map(|p| format!("{p:?}"));
-    Some(hash((metadata(batch), phase)))
+    // Dead-lettered tasks get a condition and an Event at once, not at the
+    // next requeue.
+    let dead_lettered = batch.status.as_ref().map_or(0, |s| s.counts.dead_lettered);
+    Some(hash((metadata(batch), phase, dead_lettered)))
 }
 
 #[cfg(test)]

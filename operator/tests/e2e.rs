@@ -123,7 +123,23 @@ impl Cluster {
     }
 
     fn workers(&mut self, queue: &str, table: &str, count: usize) {
+        self.start_workers(queue, table, count, false);
+    }
+
+    /// Workers whose warnings go to `<dir>/worker-<i>.log`.
+    fn workers_logged(&mut self, queue: &str, table: &str, count: usize) {
+        self.start_workers(queue, table, count, true);
+    }
+
+    fn start_workers(&mut self, queue: &str, table: &str, count: usize, logged: bool) {
         for i in 0..count {
+            let stderr = if logged {
+                Stdio::from(
+                    std::fs::File::create(self.dir.path().join(format!("worker-{i}.log"))).unwrap(),
+                )
+            } else {
+                Stdio::inherit()
+            };
             let child = Command::new(bin("cloudkon-worker"))
                 .args(["--queue", queue, "--ledger-table", table])
                 .args(["--worker-id", &format!("{}-w{i}", self.ns)])
@@ -135,6 +151,7 @@ impl Cluster {
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .unwrap();
             self.children.push(child);
@@ -1825,15 +1842,16 @@ fn batches_sharing_a_pool_get_work_in_proportion_to_their_weights() {
     c.apply(&host_pool(&table));
     let queue = c.queue_url("p");
     // Two batches of 0.02 s tasks, weights 1 and 3, both larger than what
-    // runs while they overlap; then the tasks each got done in the same time.
-    let weighted = |name: &str, weight: u32| {
+    // runs while they overlap (the heavy one sends about 4,800 by then); then
+    // the tasks each got done in the same time.
+    let weighted = |name: &str, tasks: u32, weight: u32| {
         format!(
             "{}  weight: {weight}\n",
-            run_batch(name, "p", 5_000, "sleep 0.02")
+            run_batch(name, "p", tasks, "sleep 0.02")
         )
     };
-    c.apply(&weighted("light", 1));
-    c.apply(&weighted("heavy", 3));
+    c.apply(&weighted("light", 5_000, 1));
+    c.apply(&weighted("heavy", 8_000, 3));
     c.wait_for("both enqueuing", Duration::from_secs(30), |c| {
         let l = c.batch("light").status?.counts.enqueued;
         let h = c.batch("heavy").status?.counts.enqueued;
@@ -1876,14 +1894,449 @@ fn batches_sharing_a_pool_get_work_in_proportion_to_their_weights() {
         "share: weights 1 and 3 got {dl} and {dh} tasks while both ran: heavy {:.1} % (ideal 75 %)",
         100.0 * heavy_share
     );
-    // The target (75 % +- 10) is the release benchmark's (`cloudkon bench
-    // taskbatch --only share`: 72.7-80.9 %). Here, debug builds on a shared
-    // machine, and bundles of ~300 tasks against windows of ~450 and ~1,360
-    // (a bundle may overshoot its batch's window) measured 64-78 %: this
-    // catches a share that is not weighted at all (50 %), not the last points.
+    // Fair queuing sends work 1:3 whatever the windows hold (see `shares`);
+    // the done counts follow the sends, give or take what is in flight at
+    // either end. Measured 78.8-81.4 % in debug builds.
     assert!(
-        (0.60..=0.90).contains(&heavy_share),
+        (0.65..=0.85).contains(&heavy_share),
         "the weight-3 batch got {:.1} % of the work",
         100.0 * heavy_share
     );
+}
+
+/// What a bad TaskBatch is expected to get: refused by the API server (the
+/// CRD's schema) with a message naming the field, or accepted by it and
+/// refused by the operator with an `Accepted=False` condition naming it.
+enum Expect {
+    Refused(&'static str),
+    Condition(&'static str),
+    /// Accepted, and every task fails (there are this many).
+    Fails(i64),
+}
+
+/// The pool's dead-letter queue's messages (visible, in flight, delayed).
+fn dead_letters(rt: &tokio::runtime::Runtime, dlq: &str) -> u64 {
+    let s = rt.block_on(aws().sqs().at(dlq).stats()).unwrap();
+    s.visible + s.in_flight + s.delayed
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_corpus_of_bad_input_gets_clear_reports_and_disturbs_nothing() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-corpus");
+    c.operator("operator.log", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let aws = rt.block_on(Aws::load());
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    c.workers_logged(&queue, &table, 2);
+    // A batch that must run as if nothing else happened.
+    c.apply(&run_batch("control", "p", 3_000, "sleep 0.02"));
+    c.wait_for("control enqueuing", Duration::from_secs(30), |c| {
+        (c.batch("control").status?.counts.enqueued > 0).then_some(())
+    });
+
+    // Foreign and truncated messages on the pool's queue and on the control
+    // batch's response queue.
+    let control_uid = c.batch("control").metadata.uid.unwrap();
+    let pool_queue = rt.block_on(aws.sqs().open(&queue)).unwrap();
+    let responses = rt
+        .block_on(aws.sqs().open(&format!("cloudkon-tb-{control_uid}")))
+        .unwrap();
+    let junk = vec![
+        "hello".to_string(),
+        "{}".to_string(),
+        r#"{"batch": {"namespace": "x", "name": "y", "uid": "z"}, "key": "k", "tasks": [{"id": 1, "#.to_string(),
+        "[1, 2, 3]".to_string(),
+    ];
+    rt.block_on(pool_queue.send_bodies(junk.clone())).unwrap();
+    rt.block_on(responses.send_bodies(junk)).unwrap();
+
+    // TaskBatches with extreme values, unknown kinds and odd parameters.
+    let mega = "x".repeat(1 << 20);
+    let bucket = "cloudkon-corpus";
+    rt.block_on(aws.s3().ensure_bucket(bucket)).unwrap();
+    rt.block_on(aws.s3().put_bytes(
+        bucket,
+        "bad.txt",
+        b"sleep 1\n{\"kind\": \"sleep\", \"ms\": \n".to_vec(),
+    ))
+    .unwrap();
+    c.apply(
+        r##"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: empty}
+data:
+  w.txt: "# only a comment\n"
+"##,
+    );
+    let cases: Vec<(&str, String, Expect)> = vec![
+        (
+            "negative-timeout",
+            "tasks: {inline: [{kind: sleep, ms: 1}]}\n  taskTimeoutSeconds: -1".into(),
+            Expect::Refused("spec.taskTimeoutSeconds"),
+        ),
+        (
+            "negative-ttl",
+            "tasks: {inline: [{kind: sleep, ms: 1}]}\n  ttlSecondsAfterFinished: -5".into(),
+            Expect::Refused("spec.ttlSecondsAfterFinished"),
+        ),
+        (
+            "zero-weight",
+            "tasks: {inline: [{kind: sleep, ms: 1}]}\n  weight: 0".into(),
+            Expect::Refused("spec.weight"),
+        ),
+        (
+            "unknown-kind",
+            "tasks: {inline: [{kind: teleport}]}".into(),
+            Expect::Refused("kind"),
+        ),
+        (
+            "zero-count",
+            "tasks: {generator: {template: {kind: sleep, ms: 1}, count: 0}}".into(),
+            Expect::Refused("spec.tasks.generator.count"),
+        ),
+        (
+            "negative-sleep",
+            "tasks: {inline: [{kind: sleep, ms: -5}]}".into(),
+            Expect::Refused("spec.tasks.inline.ms"),
+        ),
+        (
+            "zero-attempts",
+            "tasks: {inline: [{kind: sleep, ms: 1}]}\n  retry: {maxAttempts: 0}".into(),
+            Expect::Refused("spec.retry.maxAttempts"),
+        ),
+        (
+            "mega-string",
+            format!("tasks: {{inline: [{{kind: run, program: echo, args: [{mega}]}}]}}"),
+            Expect::Condition("spec.tasks.inline[0]"),
+        ),
+        (
+            "param-in-kind",
+            "tasks: {generator: {template: {kind: sleep, ms: \"{i}\"}, count: 3}}".into(),
+            Expect::Refused("ms"),
+        ),
+        (
+            // Taken as written (braces are common in commands): each task
+            // fails on its own, saying why.
+            "param-in-program",
+            "tasks: {generator: {template: {kind: run, program: \"cmd-{i}\"}, count: 3}}".into(),
+            Expect::Fails(3),
+        ),
+        (
+            "count-and-range",
+            "tasks: {generator: {template: {kind: sleep, ms: 1}, range: {start: 0, end: 3}, count: 3}}".into(),
+            Expect::Condition("spec.tasks.generator"),
+        ),
+        (
+            "no-configmap",
+            "tasks: {configMap: {name: nope, key: w.txt}}".into(),
+            Expect::Condition("nope"),
+        ),
+        (
+            "empty-configmap",
+            "tasks: {configMap: {name: empty, key: w.txt}}".into(),
+            Expect::Condition("configmap/empty/w.txt has no tasks"),
+        ),
+        (
+            "no-bucket",
+            "tasks: {s3: {uri: \"s3://no-such-bucket-corpus/w.txt\"}}".into(),
+            Expect::Condition("s3://no-such-bucket-corpus/w.txt"),
+        ),
+        (
+            "bad-s3-line",
+            format!("tasks: {{s3: {{uri: \"s3://{bucket}/bad.txt\"}}}}"),
+            Expect::Condition("bad.txt:2"),
+        ),
+        (
+            "no-pool",
+            "tasks: {inline: [{kind: sleep, ms: 1}]}\n  workerPool: nope".into(),
+            Expect::Condition("nope"),
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (name, spec, _) in &cases {
+        let pool = if spec.contains("workerPool:") {
+            ""
+        } else {
+            "  workerPool: p\n"
+        };
+        let yaml = format!(
+            "apiVersion: cloudkon.io/v1alpha1\nkind: TaskBatch\nmetadata: {{name: {name}}}\nspec:\n{pool}  {spec}\n"
+        );
+        // `create`, not `apply`: apply's last-applied annotation would double
+        // the megabyte string past etcd's object limit.
+        let out = c.run(&["create", "-f", "-"], Some(&yaml));
+        outcomes.push((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    // Every case first, then what went otherwise, all at once.
+    let mut wrong = Vec::new();
+    for ((name, _, expect), (created, stderr)) in cases.iter().zip(&outcomes) {
+        match expect {
+            Expect::Refused(field) => {
+                if *created || !stderr.contains(field) {
+                    wrong.push(format!(
+                        "{name}: created {created}, expected refused naming {field}: {stderr}"
+                    ));
+                } else {
+                    println!("corpus: {name}: refused: {}", stderr.trim());
+                }
+            }
+            Expect::Fails(n) => {
+                let done =
+                    common::poll_opt(Duration::from_secs(60), Duration::from_millis(100), || {
+                        c.batch(name)
+                            .status
+                            .filter(|s| s.phase.is_some_and(|p| p.is_finished()))
+                    });
+                match done {
+                    Some(s) if s.phase == Some(Phase::Failed) && s.counts.failed == *n => {
+                        println!("corpus: {name}: Failed, {} tasks failed", s.counts.failed);
+                    }
+                    other => wrong.push(format!("{name}: expected {n} failed: {other:?}")),
+                }
+            }
+            Expect::Condition(what) => {
+                if !created {
+                    wrong.push(format!("{name}: refused by the API server: {stderr}"));
+                    continue;
+                }
+                let found =
+                    common::poll_opt(Duration::from_secs(30), Duration::from_millis(100), || {
+                        condition(&c.batch(name), "Accepted").filter(|x| x.0 == "False")
+                    });
+                let Some((_, reason, message)) = found else {
+                    let b = c.batch(name);
+                    wrong.push(format!("{name}: no Accepted=False: {:?}", b.status));
+                    continue;
+                };
+                let enqueued = c.batch(name).status.unwrap().counts.enqueued;
+                let shown: String = message.chars().take(200).collect();
+                if !message.contains(what) || enqueued != 0 {
+                    wrong.push(format!(
+                        "{name}: {reason}: {shown} (enqueued {enqueued}), expected {what}"
+                    ));
+                } else {
+                    println!("corpus: {name}: {reason}: {shown}");
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // A batch of 10^12 tasks: taken, and metered: a window in the queue.
+    c.apply(&template_batch(
+        "trillion",
+        1_000_000_000_000,
+        "{kind: sleep, ms: 0}",
+    ));
+    c.wait_for("the trillion enqueuing", Duration::from_secs(30), |c| {
+        (c.batch("trillion").status?.counts.succeeded > 1_000).then_some(())
+    });
+    let s = c.batch("trillion").status.unwrap();
+    assert!(
+        s.counts.enqueued - s.counts.succeeded < 200_000,
+        "the trillion is metered: {:?}",
+        s.counts
+    );
+    println!(
+        "corpus: trillion: {} enqueued, {} done",
+        s.counts.enqueued, s.counts.succeeded
+    );
+
+    c.ok(&["delete", "taskbatch", "trillion", "--timeout=60s"]);
+    let control = c.wait_finished("control", Duration::from_secs(180));
+    let s = control.status.unwrap();
+    assert_eq!(
+        (s.phase, s.counts.succeeded, s.counts.failed),
+        (Some(Phase::Succeeded), 3_000, 0),
+        "the control batch"
+    );
+    // Each foreign message is reported where it was found, and nobody fell over.
+    c.wait_for("the junk reported", Duration::from_secs(30), |c| {
+        let workers = c.log("worker-0.log") + &c.log("worker-1.log");
+        let operator = c.log("operator.log");
+        (workers.matches("undecodable").count() >= 4
+            && operator.matches("undecodable").count() >= 4)
+            .then_some(())
+    });
+    for child in &mut c.children {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a process exited: {:?}",
+            child.try_wait()
+        );
+    }
+    let line = c
+        .log("operator.log")
+        .lines()
+        .find(|l| l.contains("undecodable"))
+        .unwrap_or_default()
+        .to_string();
+    println!("corpus: junk on a response queue: {line}");
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn bundles_in_the_dead_letter_queue_are_reported_failed_and_their_batch_finishes() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-dlq");
+    c.operator("operator.log", &[]);
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue_url = c.queue_url("p");
+    let dlq_url = c.pool("p").status.unwrap().dead_letter_queue_url.unwrap();
+    let n = 40;
+    c.apply(&run_batch("dead", "p", n, "true"));
+    // (The window may hold the rest back until results come.)
+    c.wait_for("tasks enqueued", Duration::from_secs(60), |c| {
+        (c.batch("dead").status?.counts.enqueued > 0).then_some(())
+    });
+    // One bundle moves to the dead-letter queue as SQS's redrive would move
+    // it (no worker runs yet: nothing else touches the queue).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sqs = aws().sqs();
+    let queue = sqs.at(queue_url.as_str());
+    let dead_tasks = rt.block_on(async {
+        let messages = queue.receive_raw(10, Duration::from_secs(5)).await.unwrap();
+        let (first, rest) = messages.split_first().expect("bundles in the queue");
+        let bundle = cloudkon_core::wire::decode_bundle(&first.body).unwrap();
+        sqs.at(dlq_url.as_str())
+            .send_bodies(vec![first.body.clone()])
+            .await
+            .unwrap();
+        queue
+            .delete_batch(vec![first.receipt.clone()])
+            .await
+            .unwrap();
+        for m in rest {
+            queue
+                .change_visibility(&m.receipt, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        bundle.tasks.len() as i64
+    });
+    assert!(dead_tasks > 0);
+    c.workers(&queue_url, &table, 2);
+    let s = c
+        .wait_finished("dead", Duration::from_secs(120))
+        .status
+        .unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed), "{s:?}");
+    assert_eq!(
+        (s.counts.succeeded, s.counts.failed, s.counts.dead_lettered),
+        (i64::from(n) - dead_tasks, dead_tasks, dead_tasks),
+        "{s:?}"
+    );
+    let want = format!("{dead_tasks} tasks reached the dead-letter queue");
+    let b = c.wait_for("the DeadLettered condition", Duration::from_secs(30), |c| {
+        let b = c.batch("dead");
+        condition(&b, "DeadLettered").map(|_| b)
+    });
+    let (status, reason, message) = condition(&b, "DeadLettered").unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "TasksDeadLettered")
+    );
+    assert!(message.contains(&want), "{message}");
+    let events = c.wait_for("the DeadLettered Event", Duration::from_secs(30), |c| {
+        let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+        (events.contains("DeadLettered") && events.contains(&want)).then_some(events)
+    });
+    println!("dead-letter e2e: {dead_tasks} of {n} tasks dead-lettered; events:\n{events}");
+    assert_eq!(
+        dead_letters(&rt, &dlq_url),
+        0,
+        "the dead-letter queue is empty"
+    );
+}
+
+/// SIGSTOPs DynamoDB Local; SIGCONT on drop, so that a failing test does not
+/// leave it stopped for the others.
+struct PausedDynamo(Pid);
+
+impl PausedDynamo {
+    fn new() -> Self {
+        let pid: i32 = std::env::var("CLOUDKON_DYNAMODB_PID")
+            .expect("CLOUDKON_DYNAMODB_PID (scripts/aws-servers exports it)")
+            .parse()
+            .unwrap();
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        PausedDynamo(Pid::from_raw(pid))
+    }
+}
+
+impl Drop for PausedDynamo {
+    fn drop(&mut self) {
+        kill(self.0, Signal::SIGCONT).ok();
+    }
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_40_s_dynamodb_outage_mid_batch_loses_nothing_and_dead_letters_nothing() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-ddbpause");
+    c.operator("operator.log", &[]);
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    let dlq_url = c.pool("p").status.unwrap().dead_letter_queue_url.unwrap();
+    c.workers(&queue, &table, 2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(aws().s3().ensure_bucket("cloudkon-results"))
+        .unwrap();
+    let ran = c.dir.path().join("ran");
+    std::fs::File::create(&ran).unwrap();
+    // 400 tasks of 0.5 s on 8 slots: ~25 s of work, most of it queued when
+    // DynamoDB stops.
+    let n = 400;
+    let command = format!("echo {{i}} >> {}; sleep 0.5", ran.display());
+    let started = Instant::now();
+    c.apply(&format!(
+        "{}  results: {{s3Prefix: s3://cloudkon-results/ddbpause}}\n",
+        run_batch("paused", "p", n, &command)
+    ));
+    c.wait_for("40 tasks started", Duration::from_secs(120), |_| {
+        let lines = std::fs::read_to_string(&ran).ok()?.lines().count();
+        (lines >= 40).then_some(())
+    });
+    let before = std::fs::read_to_string(&ran).unwrap().lines().count();
+    {
+        let _paused = PausedDynamo::new();
+        // The outage itself: a fixed length, not a wait for a condition.
+        std::thread::sleep(Duration::from_secs(40));
+    }
+    let at_resume = std::fs::read_to_string(&ran).unwrap().lines().count();
+    let s = c
+        .wait_finished("paused", Duration::from_secs(600))
+        .status
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(s.phase, Some(Phase::Succeeded), "{s:?}\n{}", c.logs());
+    assert_eq!(
+        (s.counts.succeeded, s.counts.failed, s.counts.dead_lettered),
+        (i64::from(n), 0, 0)
+    );
+    let results = s.results.unwrap();
+    let prefix = results.trim_start_matches("s3://cloudkon-results/");
+    let ids = common::results_in_s3(&rt, "cloudkon-results", prefix);
+    assert_eq!(ids.len(), n as usize, "tasks with a result");
+    assert!(ids.values().all(|&k| k == 1), "a task reported twice");
+    let runs = std::fs::read_to_string(&ran).unwrap().lines().count();
+    let dead = dead_letters(&rt, &dlq_url);
+    println!(
+        "DynamoDB paused 40 s mid-batch: {n} tasks in {:.1} s, {before} started before the pause, {at_resume} by its end, {} runs ({} re-runs), {dead} in the dead-letter queue",
+        took.as_secs_f64(),
+        runs,
+        runs - n as usize
+    );
+    assert_eq!(dead, 0, "bundles reached the dead-letter queue");
 }

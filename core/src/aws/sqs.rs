@@ -663,7 +663,7 @@ impl SqsQueue {
             message_id = %message.message_id,
             dead_letter = ?self.dead_letter_url,
             %reason,
-            "undecodable message moved out of the task queue"
+            "undecodable message taken out of the queue"
         );
         if let Some(dlq) = &self.dead_letter_url {
             let sent = self

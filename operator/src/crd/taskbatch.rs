@@ -418,6 +418,14 @@ pub struct TaskCounts {
     /// Retries so far (executions after a task's first).
     #[serde(default)]
     pub retried: i64,
+    /// Tasks whose bundle reached the pool's dead-letter queue: counted in
+    /// `failed` too (the operator reports them failed, with the reason).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dead_lettered: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// Latency percentiles, in milliseconds.

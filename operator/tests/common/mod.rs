@@ -172,6 +172,24 @@ pub fn ok(program: &str, args: &[&str], stdin: Option<&str>) -> String {
 
 /// Calls `f` every `every` until it returns `Some`, for at most `within`; on
 /// a timeout, fails saying what it waited for, followed by `context()`.
+/// Calls `f` every `every` until it returns `Some`, for at most `within`.
+pub fn poll_opt<T>(
+    within: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() >= within {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
 pub fn poll<T>(
     what: &str,
     within: Duration,

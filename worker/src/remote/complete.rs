@@ -308,8 +308,13 @@ where
     }
 }
 
-/// Heartbeats: every third of a lease, extends the lease (recording each
-/// bundle's progress) and the message visibility of each bundle held.
+/// Heartbeats: every third of a lease, extends the message visibility of
+/// each bundle held, then its lease (recording its progress). The
+/// visibilities go first and all at once: a ledger that does not answer
+/// (each call then takes the SDK's timeouts and retries) must not let a
+/// held message become visible, be received elsewhere and use up a receive
+/// of its `maxReceives`; after one failed renewal, the rest of the round's
+/// wait for the next.
 pub async fn renew_leases<Q, L, R>(ctx: Arc<Ctx<Q, L, R>>, done: CancellationToken)
 where
     Q: TaskQueue,
@@ -317,14 +322,35 @@ where
     R: ResultRouter,
 {
     let every = (ctx.config.lease.min(ctx.config.visibility) / 3).max(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = tokio::time::sleep(every) => {},
+    let (visibility_done, ledger_done) = (done.clone(), done);
+    let visibility = async {
+        loop {
+            tokio::select! {
+                _ = visibility_done.cancelled() => return,
+                _ = tokio::time::sleep(every) => {},
+            }
+            for held in ctx.inflight.snapshot() {
+                if let Some(receipt) = &held.receipt
+                    && let Err(e) = ctx.queue.extend(receipt, ctx.config.visibility).await
+                    && ctx.inflight.needs_heartbeat(&held.key)
+                {
+                    tracing::warn!(key = %held.key, error = %e, "visibility extension failed");
+                }
+            }
         }
-        for held in ctx.inflight.snapshot() {
-            let key = &held.key;
-            if let (Some(ledger), Some(owner)) = (&ctx.ledger, &held.owner) {
+    };
+    let leases = async {
+        let Some(ledger) = &ctx.ledger else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = ledger_done.cancelled() => return,
+                _ = tokio::time::sleep(every) => {},
+            }
+            for held in ctx.inflight.snapshot() {
+                let key = &held.key;
+                let Some(owner) = &held.owner else { continue };
                 match ledger
                     .renew(key, owner, ctx.config.lease, &held.progress)
                     .await
@@ -337,16 +363,12 @@ where
                     }
                     Err(e) => {
                         WorkerStats::add(&ctx.stats.backend_errors, 1);
-                        tracing::warn!(key, error = %e, "lease renewal failed");
+                        tracing::warn!(key, error = %e, "lease renewal failed; the others wait for the next round");
+                        break;
                     }
                 }
             }
-            if let Some(receipt) = &held.receipt
-                && let Err(e) = ctx.queue.extend(receipt, ctx.config.visibility).await
-                && ctx.inflight.needs_heartbeat(key)
-            {
-                tracing::warn!(key, error = %e, "visibility extension failed");
-            }
         }
-    }
+    };
+    tokio::join!(visibility, leases);
 }

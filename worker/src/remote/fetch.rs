@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger, claim_key};
-use cloudkon_core::queue::{Delivery, ResultRouter, TaskQueue};
+use cloudkon_core::queue::{Delivery, Receipt, ResultRouter, TaskQueue};
 use cloudkon_core::{Outcome, TaskResult, Timestamp};
 
 use super::retry::Backoff;
@@ -19,6 +19,16 @@ const MAX_RECEIVE: usize = 10;
 /// bundles to the dead-letter queue.
 const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(2);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(300);
+/// A ledger call before a bundle is admitted gives up after this (the SDK
+/// alone retries for ~25 s on a paused server): the other messages of the same
+/// receive wait meanwhile, and must be hidden again before the queue's
+/// visibility timeout (30 s) hands them to another worker, a receive burnt.
+const ADMIT_LEDGER_LIMIT: Duration = Duration::from_secs(10);
+/// After a failed claim the fetcher stops receiving for this long, doubling
+/// up to `LEDGER_PAUSE_MAX` while claims keep failing: every receive of a
+/// bundle that cannot be claimed counts towards the dead-letter queue.
+const LEDGER_PAUSE: Duration = Duration::from_secs(1);
+const LEDGER_PAUSE_MAX: Duration = Duration::from_secs(16);
 
 /// How long a message whose claim failed stays hidden, by its receive count.
 pub fn claim_retry_delay(receive_count: u32) -> Duration {
@@ -58,6 +68,8 @@ where
     // Tasks per bundle received, smoothed: bundles vary from one task to
     // thousands, and how many to ask for depends on it.
     let mut avg_bundle_tasks = 1.0_f64;
+    // Set while the ledger fails: no receiving until then.
+    let mut ledger_pause = LEDGER_PAUSE;
     loop {
         // Hold no more tasks than the slots can start soon: a message held here
         // is invisible to idle workers elsewhere.
@@ -128,6 +140,7 @@ where
         {
             return StopReason::Idle;
         }
+        let mut ledger_down = false;
         for delivery in deliveries {
             if shutdown.stop.is_cancelled() {
                 // Received after the stop: straight back to the queue.
@@ -135,6 +148,13 @@ where
                 if let Some(receipt) = &delivery.receipt {
                     let _ = ctx.queue.release(receipt).await;
                 }
+                continue;
+            }
+            if ledger_down {
+                // Its claim would fail as the last one did, after as long a
+                // wait: hidden at once, to come back later.
+                ctx.room.add_permits(1);
+                hide_unclaimed(ctx, delivery.receipt.as_ref(), delivery.receive_count).await;
                 continue;
             }
             match admit(ctx, delivery).await {
@@ -149,8 +169,38 @@ where
                     }
                 }
                 Admitted::Skip => ctx.room.add_permits(1),
+                Admitted::LedgerDown => {
+                    ctx.room.add_permits(1);
+                    ledger_down = true;
+                }
             }
         }
+        if ledger_down {
+            tracing::warn!(pause = ?ledger_pause, "the ledger is unreachable: receiving again after a pause");
+            tokio::select! {
+                _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
+                _ = tokio::time::sleep(ledger_pause) => {},
+            }
+            ledger_pause = (ledger_pause * 2).min(LEDGER_PAUSE_MAX);
+        } else {
+            ledger_pause = LEDGER_PAUSE;
+        }
+    }
+}
+
+/// Hides a message whose bundle could not be claimed (the ledger is
+/// unreachable) for longer the more often it was received, so that an outage
+/// of minutes does not use up the queue's `maxReceives`.
+async fn hide_unclaimed<Q, L, R>(ctx: &Ctx<Q, L, R>, receipt: Option<&Receipt>, receive_count: u32)
+where
+    Q: TaskQueue,
+{
+    WorkerStats::add(&ctx.stats.backend_errors, 1);
+    if let Some(receipt) = receipt {
+        let _ = ctx
+            .queue
+            .extend(receipt, claim_retry_delay(receive_count))
+            .await;
     }
 }
 
@@ -159,6 +209,9 @@ enum Admitted {
     /// Claimed too often: report the tasks failed without running them.
     GiveUp(Arc<UnitRun>, Vec<TaskResult>),
     Skip,
+    /// The ledger did not answer: the message is hidden for a while, and the
+    /// rest of this receive too, without trying.
+    LedgerDown,
 }
 
 async fn admit<Q, L, R>(ctx: &Ctx<Q, L, R>, delivery: Delivery) -> Admitted
@@ -172,6 +225,7 @@ where
         receipt,
         receive_count,
     } = delivery;
+
     let key = claim_key(&bundle);
     let Some(reply_to) = bundle.reply_to.clone() else {
         // Nowhere to report results: running it would be work nobody sees.
@@ -181,11 +235,24 @@ where
         }
         return Admitted::Skip;
     };
-    if let (Some(ledger), Some(batch)) =
-        (&ctx.ledger, bundle.tasks.first().map(|t| t.batch.clone()))
-        && is_cancelled(ctx, ledger.as_ref(), batch.as_str()).await
-    {
-        tracing::info!(key, batch = %batch, "batch cancelled: bundle deleted without running");
+    let cancelled = match (&ctx.ledger, bundle.tasks.first().map(|t| t.batch.clone())) {
+        (Some(ledger), Some(batch)) => {
+            match is_cancelled(ctx, ledger.as_ref(), batch.as_str()).await {
+                Some(c) => c,
+                None if bundle.options.dedup != Some(false) => {
+                    // The claim would fail too.
+                    tracing::warn!(key, "ledger unreachable; the bundle comes back later");
+                    hide_unclaimed(ctx, receipt.as_ref(), receive_count).await;
+                    return Admitted::LedgerDown;
+                }
+                // Running a cancelled task is the lesser harm.
+                None => false,
+            }
+        }
+        _ => false,
+    };
+    if cancelled {
+        tracing::info!(key, "batch cancelled: bundle deleted without running");
         WorkerStats::add(&ctx.stats.cancelled, 1);
         if let Some(receipt) = receipt {
             let _ = ctx.queue.ack(vec![receipt]).await;
@@ -201,17 +268,26 @@ where
         .as_ref()
         .filter(|_| bundle.options.dedup != Some(false));
     if let Some(ledger) = ledger {
-        match ledger.claim(&key, &owner, ctx.config.lease).await {
+        // A claim cut short may have been written: its lease (under an owner
+        // token never used again) then makes the next one `Held` until it ends.
+        let claimed = tokio::time::timeout(
+            ADMIT_LEDGER_LIMIT,
+            ledger.claim(&key, &owner, ctx.config.lease),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(cloudkon_core::ledger::LedgerError::Unavailable(format!(
+                "no answer within {ADMIT_LEDGER_LIMIT:?}"
+            )))
+        });
+        match claimed {
             Err(e) => {
                 // Not claimed, so not run: let the message come back soon rather
                 // than after a whole visibility timeout.
-                WorkerStats::add(&ctx.stats.backend_errors, 1);
                 let delay = claim_retry_delay(receive_count);
                 tracing::warn!(key, error = %e, retry_in = ?delay, "claim failed; the bundle comes back later");
-                if let Some(receipt) = &receipt {
-                    let _ = ctx.queue.extend(receipt, delay).await;
-                }
-                return Admitted::Skip;
+                hide_unclaimed(ctx, receipt.as_ref(), receive_count).await;
+                return Admitted::LedgerDown;
             }
             Ok(Claim::Held { remaining }) => {
                 WorkerStats::add(&ctx.stats.duplicates, 1);
@@ -311,26 +387,31 @@ where
     Admitted::Run(unit)
 }
 
-/// Whether a batch was cancelled, from the cache or the ledger. A ledger
-/// error counts as "not cancelled": running a cancelled task is the lesser harm.
-async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> bool
+/// Whether a batch was cancelled, from the cache or the ledger; `None`: the
+/// ledger did not answer (within [`ADMIT_LEDGER_LIMIT`]).
+async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> Option<bool>
 where
     L: DedupLedger,
 {
     if let Some((cancelled, at)) = ctx.cancelled.lock().expect("cancel cache").get(batch)
         && (*cancelled || at.elapsed() < super::CANCEL_CHECK_EVERY)
     {
-        return *cancelled;
+        return Some(*cancelled);
     }
-    let cancelled = match ledger.is_cancelled(batch).await {
-        Ok(c) => c,
-        Err(e) => {
+    let cancelled = match tokio::time::timeout(ADMIT_LEDGER_LIMIT, ledger.is_cancelled(batch)).await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::debug!(batch, error = %e, "cannot check for cancellation");
-            false
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(batch, "no answer from the ledger on cancellation");
+            return None;
         }
     };
     remember_cancelled(ctx, batch, cancelled);
-    cancelled
+    Some(cancelled)
 }
 
 /// Caches a batch's cancel answer for [`super::CANCEL_CHECK_EVERY`] (a cancel

@@ -212,12 +212,15 @@ pub struct Sim<'c> {
     pub replicas: i32,
     pub live: u64,
     pub busy_slots: u64,
+    /// Slots running each batch's tasks, and the slot-µs they ran so far.
+    pub busy_by_batch: Vec<u64>,
+    pub slot_time_by_batch: Vec<u128>,
     pub req: Requests,
     db_free: T,
     pub samples: Vec<Sample>,
     pub counters: Counters,
-    /// Done work per batch when the last one arrived and when the first had
-    /// sent everything: the stretch where all ran.
+    /// Slot-seconds each batch's tasks ran, when the last one arrived and
+    /// when the first had sent everything: the stretch where all ran.
     pub share_from: Option<(T, Vec<f64>)>,
     pub share_to: Option<(T, Vec<f64>)>,
     // Settings in microseconds.
@@ -266,6 +269,8 @@ impl<'c> Sim<'c> {
             replicas: 0,
             live: 0,
             busy_slots: 0,
+            busy_by_batch: vec![0; cfg.batches.len()],
+            slot_time_by_batch: vec![0; cfg.batches.len()],
             req: Requests::default(),
             db_free: 0,
             samples: Vec::new(),
@@ -345,6 +350,9 @@ impl<'c> Sim<'c> {
         let dt = u128::from(to.saturating_sub(self.now));
         self.counters.paid += u128::from(self.live) * dt;
         self.counters.busy += u128::from(self.busy_slots) * dt;
+        for (time, &busy) in self.slot_time_by_batch.iter_mut().zip(&self.busy_by_batch) {
+            *time += u128::from(busy) * dt;
+        }
         self.now = to.max(self.now);
     }
 
@@ -538,6 +546,13 @@ impl<'c> Sim<'c> {
         if !self.finished() {
             self.at(self.now + us(self.cfg.sample_seconds), Ev::Sample);
         }
+    }
+
+    /// `n` slots of batch `b` start (positive) or stop running tasks.
+    pub fn busy(&mut self, b: usize, n: i64) {
+        let add = |x: u64| x.checked_add_signed(n).expect("busy slots stay >= 0");
+        self.busy_slots = add(self.busy_slots);
+        self.busy_by_batch[b] = add(self.busy_by_batch[b]);
     }
 
     fn schedule_disruptions(&mut self) {

@@ -18,7 +18,8 @@ pub struct BatchReport {
     pub resizes: u64,
     pub arrived: f64,
     pub done: Option<f64>,
-    /// Its part of the work done while all batches ran, and its weight's part.
+    /// Its part of the slot-time the pool ran tasks while all batches sent
+    /// (the slots its tasks held), and its weight's part.
     pub share: Option<f64>,
     pub share_target: f64,
 }
@@ -342,7 +343,7 @@ impl Report {
         for b in &self.batches {
             let share = match (b.share, b.share_error()) {
                 (Some(p), Some(e)) => format!(
-                    "; share {:.1} % of the work for {:.1} % ({:+.1} %)",
+                    "; share {:.1} % of the slot-time for {:.1} % ({:+.1} %)",
                     100.0 * p,
                     100.0 * b.share_target,
                     100.0 * e

@@ -236,8 +236,12 @@ impl Sim<'_> {
         self.notice_turns();
     }
 
+    /// Slot-seconds each batch's tasks ran so far.
     fn done_work(&self) -> Vec<f64> {
-        self.batches.iter().map(|b| b.done_work).collect()
+        self.slot_time_by_batch
+            .iter()
+            .map(|&t| t as f64 / SECOND as f64)
+            .collect()
     }
 
     /// One pass of the runner's enqueue loop: re-cut for a learned length,

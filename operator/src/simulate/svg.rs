@@ -12,12 +12,11 @@ const BOTTOM: f64 = 40.0;
 const TOP: f64 = 30.0;
 const RIGHT: f64 = 20.0;
 
-/// A line chart of `series` (name, colour, value per sample) over the samples' time.
-pub fn chart(
-    title: &str,
-    samples: &[Sample],
-    series: &[(&str, &str, fn(&Sample) -> f64)],
-) -> String {
+/// One line of a chart: its name, colour, and value per sample.
+pub type Series<'a> = (&'a str, &'a str, fn(&Sample) -> f64);
+
+/// A line chart of `series` over the samples' time.
+pub fn chart(title: &str, samples: &[Sample], series: &[Series<'_>]) -> String {
     let t_max = samples.last().map_or(1.0, |s| s.t).max(1e-9);
     let y_max = series
         .iter()

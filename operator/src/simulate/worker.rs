@@ -319,7 +319,7 @@ impl Sim<'_> {
                 attempt += 1;
             };
             self.counters.task_starts += 1;
-            self.busy_slots += 1;
+            self.busy(batch, 1);
             let result = ResultItem { id, took, ok };
             self.at(
                 self.now + ran,
@@ -338,7 +338,7 @@ impl Sim<'_> {
         if self.workers[w].state == WState::Gone {
             return;
         }
-        self.busy_slots -= 1;
+        self.busy(self.queue.messages[msg].batch, -1);
         let worker = &mut self.workers[w];
         worker.free += 1;
         worker.tasks_held -= 1;
@@ -521,7 +521,7 @@ impl Sim<'_> {
         let held = std::mem::take(&mut self.workers[w].held);
         for h in held {
             self.counters.abandoned += u64::from(h.running);
-            self.busy_slots -= u64::from(h.running);
+            self.busy(self.queue.messages[h.msg].batch, -i64::from(h.running));
             if h.claimed {
                 self.give_back(h.msg, h.sent);
             }
@@ -542,14 +542,11 @@ impl Sim<'_> {
 
     /// Killed outright: what it held waits for the lease and visibility.
     pub fn kill(&mut self, w: usize) {
-        let running: u64 = self.workers[w]
-            .held
-            .iter()
-            .map(|h| u64::from(h.running))
-            .sum();
-        self.counters.abandoned += running;
-        self.busy_slots -= running;
-        self.workers[w].held.clear();
+        let held = std::mem::take(&mut self.workers[w].held);
+        for h in held {
+            self.counters.abandoned += u64::from(h.running);
+            self.busy(self.queue.messages[h.msg].batch, -i64::from(h.running));
+        }
         self.gone(w);
     }
 

@@ -413,6 +413,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     next_bundle: next,
                 });
                 share.update(progress.running(), progress.estimate());
+                share.set_waiting(total.saturating_sub(enqueued));
                 if share.take(next, cost, window) {
                     break (cost, window);
                 }

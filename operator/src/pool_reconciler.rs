@@ -165,6 +165,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         st.last_active_time.as_ref().map(to_system_time)
     };
     let work = ctx.shares.work(&crate::shares::pool_key(&ns, &name));
+    let (work_tasks, work_task_seconds) = work.to_run();
     let decision = {
         let mut pools = ctx.pools.lock().expect("pool memory lock");
         let memory = pools.entry(uid(pool)).or_default();
@@ -173,8 +174,8 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             &Observed {
                 backlog_visible: stats.visible + stats.delayed,
                 backlog_in_flight: stats.in_flight,
-                work_tasks: work.tasks,
-                work_task_seconds: work.task_seconds,
+                work_tasks,
+                work_task_seconds,
                 current: workers.current,
                 ready: workers.ready,
                 last_active,

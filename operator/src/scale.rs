@@ -243,8 +243,9 @@ pub struct ScaleInput<'a> {
     pub backlog_visible: u64,
     /// Messages received and not yet deleted: bundles being worked on.
     pub backlog_in_flight: u64,
-    /// The pool's batches' tasks in the queue or running, and their
-    /// task-seconds (see [`crate::shares`]).
+    /// The pool's batches' tasks not finished — in the queue, running, or
+    /// not sent yet — and their task-seconds (see
+    /// [`crate::shares::PoolWork::to_run`]).
     pub work_tasks: u64,
     pub work_task_seconds: f64,
     /// Workers that exist, ready or not.

@@ -24,6 +24,8 @@ struct BatchShare {
     in_flight: u64,
     /// Tasks granted a turn and being sent.
     reserved: u64,
+    /// Tasks not sent yet (counted while backlogged).
+    waiting: u64,
     /// Its task length estimate, for the scaler; `None`: unknown.
     estimate: Option<Duration>,
     /// What one of its tasks counts for in the pool's window.
@@ -45,10 +47,28 @@ impl BatchShare {
 /// A pool's work, summed over its batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PoolWork {
+    /// Tasks enqueued and not finished.
     pub tasks: u64,
     /// Tasks × their batch's estimate (unknown lengths as
     /// [`crate::window::UNKNOWN_TASK`]).
     pub task_seconds: f64,
+    /// Tasks the batches have not sent yet (the meter holds them back), and
+    /// their task-seconds, the same way (suspended batches not counted).
+    pub waiting_tasks: u64,
+    pub waiting_task_seconds: f64,
+}
+
+impl PoolWork {
+    /// What the pool's scaler sizes the pool for: every task not finished,
+    /// sent or not (tasks, task-seconds). The meter keeps only a few
+    /// seconds of the pool's work in its queue, so the work enqueued alone
+    /// would ask for a fraction of the workers a large batch needs.
+    pub fn to_run(&self) -> (u64, f64) {
+        (
+            self.tasks.saturating_add(self.waiting_tasks),
+            self.task_seconds + self.waiting_task_seconds,
+        )
+    }
 }
 
 /// The key a pool's batches register under: the one the runners and the
@@ -101,6 +121,7 @@ impl Shares {
                 BatchShare {
                     in_flight: 0,
                     reserved: 0,
+                    waiting: 0,
                     estimate: None,
                     cost: crate::window::UNKNOWN_TASK,
                     sent,
@@ -129,6 +150,10 @@ impl Shares {
                 .max(crate::window::MIN_TASK_COST);
             work.tasks += share.in_flight;
             work.task_seconds += share.in_flight as f64 * cost.as_secs_f64();
+            if share.backlogged {
+                work.waiting_tasks += share.waiting;
+                work.waiting_task_seconds += share.waiting as f64 * cost.as_secs_f64();
+            }
         }
         work
     }
@@ -210,6 +235,12 @@ impl ShareGuard {
         if freed {
             self.shares.bump();
         }
+    }
+
+    /// Tasks it has not sent yet, for the scaler (see [`PoolWork::to_run`]).
+    pub fn set_waiting(&self, tasks: u64) {
+        self.shares
+            .with(&self.pool, &self.batch, |s| s.waiting = tasks);
     }
 
     /// Whether the batch still has tasks to send (not while suspended).
@@ -325,6 +356,23 @@ mod tests {
         drop(a);
         assert_eq!(shares.work("ns/p"), PoolWork::default());
         assert_eq!(shares.work("ns/q").tasks, 0);
+    }
+
+    #[test]
+    fn tasks_not_sent_yet_count_for_the_scaler_while_their_batch_sends() {
+        let shares = Arc::new(Shares::default());
+        let a = shares.join("ns/p", "a", 1);
+        a.update(100, Some(10 * MS));
+        a.set_waiting(1_000_000);
+        let work = shares.work("ns/p");
+        // The pool's status counts what is enqueued; the scaler all of it.
+        assert_eq!(work.tasks, 100);
+        let (tasks, seconds) = work.to_run();
+        assert_eq!(tasks, 1_000_100);
+        assert!((seconds - 10_001.0).abs() < 1e-6, "{work:?}");
+        // Suspended (or all sent): its waiting tasks ask for no workers.
+        a.set_backlogged(false);
+        assert_eq!(shares.work("ns/p").to_run().0, 100);
     }
 
     /// A pool that runs its queue in order, `rate` task-seconds a step, and

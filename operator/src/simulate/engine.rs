@@ -455,7 +455,7 @@ impl<'c> Sim<'c> {
         if backlog > 0 {
             self.last_active = Some(self.now);
         }
-        let work = self.shares.work(&self.pool_key);
+        let (work_tasks, work_task_seconds) = self.shares.work(&self.pool_key).to_run();
         let ready = self
             .workers
             .iter()
@@ -464,8 +464,8 @@ impl<'c> Sim<'c> {
         let seen = Observed {
             backlog_visible: self.queue.visible(),
             backlog_in_flight: self.queue.in_flight,
-            work_tasks: work.tasks,
-            work_task_seconds: work.task_seconds,
+            work_tasks,
+            work_task_seconds,
             current: self.replicas,
             ready: i32::try_from(ready).unwrap_or(i32::MAX),
             last_active: self

@@ -296,6 +296,7 @@ impl Sim<'_> {
         });
         let share = batch.share.take().expect("a running batch has its share");
         share.update(batch.running(), batch.estimate.get());
+        share.set_waiting(batch.total.saturating_sub(batch.enqueued));
         if !share.take_at(next, cost, window, instant) {
             batch.share = Some(share);
             batch.waiting = true;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::config::SimConfig;
 use super::dist::Rng;
-use super::queue::{Queue, T};
+use super::queue::{Claim, Queue, T};
 use super::runner::{BatchSim, ResultItem};
 use super::worker::{WState, WorkerSim};
 use crate::scale::{Observed, ScaleConfig, ScaleMemory};
@@ -90,6 +90,8 @@ pub enum Ev {
     Crash,
     NodeGone(usize),
     GraceEnds(usize),
+    /// The operator reads a bundle back from the dead-letter queue.
+    DeadLetter(usize),
 }
 
 struct Entry {
@@ -137,6 +139,8 @@ pub struct Requests {
     pub ledger_throttled: u64,
     /// DynamoDB GetItem: the cancel check.
     pub ledger_reads: u64,
+    /// The operator's receives of dead-lettered bundles.
+    pub dead_letter_receives: u64,
 }
 
 impl Requests {
@@ -148,6 +152,7 @@ impl Requests {
             + self.results_sends
             + self.results_receives
             + self.results_deletes
+            + self.dead_letter_receives
     }
 
     pub fn total(&self) -> u64 {
@@ -177,6 +182,8 @@ pub struct Counters {
     pub taken_over: u64,
     pub spot: u64,
     pub crashes: u64,
+    /// Tasks reported failed from the dead-letter queue.
+    pub dead_letter_failed: u64,
     pub workers_started: u64,
     /// Worker-microseconds paid (asked for to gone) and slot-microseconds busy.
     pub paid: u128,
@@ -339,6 +346,10 @@ impl<'c> Sim<'c> {
             self.advance(at);
             self.events += 1;
             self.handle(ev);
+            for msg in std::mem::take(&mut self.queue.newly_dead) {
+                // The operator's long poll on the dead-letter queue.
+                self.at(self.now + self.lat_sqs, Ev::DeadLetter(msg));
+            }
             if self.finished() {
                 break;
             }
@@ -414,6 +425,41 @@ impl<'c> Sim<'c> {
                 }
             }
             Ev::GraceEnds(w) => self.grace_ends(w),
+            Ev::DeadLetter(msg) => self.dead_letter(msg),
+        }
+    }
+
+    /// A bundle read back from the dead-letter queue, as `dead_letters` does:
+    /// the operator claims it in the ledger — finished, dropped; held by a
+    /// live lease, looked at again after it; otherwise its tasks without a
+    /// result in the progress are reported failed to their batch.
+    fn dead_letter(&mut self, msg: usize) {
+        self.req.dead_letter_receives += 1;
+        let until = match self.queue.messages[msg].claim {
+            Claim::Done => return,
+            Claim::Held { until, .. } => until,
+            Claim::Free => 0,
+        };
+        if until > self.now {
+            self.at(until, Ev::DeadLetter(msg));
+            return;
+        }
+        self.ledger_write();
+        let m = &mut self.queue.messages[msg];
+        m.claim = Claim::Done;
+        let (b, first) = (m.batch, m.first);
+        let results: Vec<ResultItem> = (0..m.len)
+            .filter(|&p| !m.progress.get(p as usize).copied().unwrap_or(false))
+            .map(|p| ResultItem {
+                id: first + u64::from(p),
+                took: 0,
+                ok: false,
+            })
+            .collect();
+        self.counters.dead_letter_failed += results.len() as u64;
+        if !results.is_empty() {
+            self.req.results_sends += 1;
+            self.at(self.now + self.lat_sqs, Ev::ResultsArrive { b, results });
         }
     }
 

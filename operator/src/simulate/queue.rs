@@ -47,6 +47,8 @@ pub struct Queue {
     visible: VecDeque<usize>,
     pub in_flight: u64,
     pub dead_lettered: u64,
+    /// Dead-lettered since the engine last looked (the operator reads them back).
+    pub newly_dead: Vec<usize>,
 }
 
 impl Queue {
@@ -82,6 +84,7 @@ impl Queue {
         if max_receives > 0 && m.receives >= max_receives {
             m.state = MsgState::DeadLettered;
             self.dead_lettered += 1;
+            self.newly_dead.push(id);
             return false;
         }
         m.state = MsgState::Visible;

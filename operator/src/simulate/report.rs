@@ -272,13 +272,14 @@ impl Report {
         let lost = self.tasks - self.collected.min(self.tasks);
         let _ = writeln!(
             s,
-            "  tasks collected {} of {} ({} lost, {} failed, {} duplicate results dropped, {} dead-lettered)",
+            "  tasks collected {} of {} ({} lost, {} failed, {} duplicate results dropped, {} in dead-lettered bundles, {} of them reported failed from there)",
             self.collected,
             self.tasks,
             lost,
             self.batches.iter().map(|b| b.failed).sum::<u64>(),
             self.batches.iter().map(|b| b.duplicates).sum::<u64>(),
-            self.dead_lettered_tasks
+            self.dead_lettered_tasks,
+            self.counters.dead_letter_failed
         );
         match self.makespan {
             Some(m) => {

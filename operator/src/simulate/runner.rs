@@ -15,13 +15,11 @@ use super::config::BatchConfig;
 use super::dist::{Durations, task_hash};
 use super::engine::{Ev, SECOND, Sim, us};
 use super::queue::T;
-use crate::batch_runner::SEND_GROUP;
+use crate::batch_runner::{RECEIVE_RESULTS, SEND_GROUP, result_receives};
 use crate::shares::ShareGuard;
 use crate::sizing::{self, SizingInput};
 use crate::window::{self, Estimate, MeterInput};
 
-/// Results of a receive (SQS's most per ReceiveMessage).
-const RECEIVE_RESULTS: usize = 10;
 /// The collector's long poll (`receive_results(10, 500 ms)`).
 const RESULTS_WAIT: T = SECOND / 2;
 /// Result receipts deleted at once at most, and how often (the runner's flush).
@@ -72,6 +70,8 @@ pub struct BatchSim {
     inbox: VecDeque<Vec<ResultItem>>,
     polling: bool,
     poll_seq: u64,
+    /// Results receives made at once (`result_receives`).
+    receives: usize,
     receipts: u64,
     last_flush: T,
     woke_pool: bool,
@@ -120,6 +120,7 @@ impl BatchSim {
             inbox: VecDeque::new(),
             polling: false,
             poll_seq: 0,
+            receives: 1,
             receipts: 0,
             last_flush: 0,
             woke_pool: false,
@@ -366,9 +367,11 @@ impl Sim<'_> {
             self.at(now + RESULTS_WAIT, Ev::CollectorTimeout { b, seq });
             return;
         }
-        let n = batch.inbox.len().min(RECEIVE_RESULTS);
+        // The round's receives go at once and come back together.
+        let n = batch.inbox.len().min(RECEIVE_RESULTS * batch.receives);
         let messages: Vec<_> = batch.inbox.drain(..n).collect();
-        self.req.results_receives += 1;
+        self.req.results_receives += batch.receives as u64;
+        batch.receives = result_receives(batch.receives, n);
         self.at(now + self.lat_sqs, Ev::CollectorGot { b, messages });
     }
 
@@ -376,7 +379,10 @@ impl Sim<'_> {
         let batch = &mut self.batches[b];
         batch.inbox.push_back(results);
         if batch.polling {
-            // The long poll returns with it.
+            // The long poll returns with it (with several receives waiting,
+            // the real round also waits for the others, up to the long
+            // poll's 500 ms: not simulated; they only wait so while the
+            // receives are shrinking back after a busy stretch).
             batch.polling = false;
             batch.poll_seq += 1;
             self.collector_poll(b);
@@ -387,7 +393,8 @@ impl Sim<'_> {
         let batch = &mut self.batches[b];
         if batch.polling && batch.poll_seq == seq {
             batch.polling = false;
-            self.req.results_receives += 1;
+            self.req.results_receives += batch.receives as u64;
+            batch.receives = result_receives(batch.receives, 0);
             self.collector_poll(b);
         }
     }

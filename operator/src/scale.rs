@@ -380,6 +380,23 @@ impl Constraint {
     }
 }
 
+/// A scale-down to `desired` of the `current` workers, `busy` of which run
+/// tasks (their heartbeats say so), while `in_flight` bundles are held: it
+/// stops at the busy ones. The ReplicaSet removes idle pods first (their
+/// deletion cost), but past them it would remove workers whose tasks are
+/// then abandoned at the end of the grace and run again from the start —
+/// at a batch's tail, where the long tasks run, again and again, and each
+/// give-back counts towards the queue's `maxReceives`. Scale-ups and an
+/// empty queue (no bundle held) are not held back.
+pub fn keep_busy(desired: i32, busy: i32, current: i32, in_flight: u64) -> i32 {
+    if desired >= current || in_flight == 0 {
+        return desired;
+    }
+    let holding =
+        i64::from(busy.clamp(0, current)).min(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    desired.max(i32::try_from(holding).unwrap_or(current))
+}
+
 /// How many workers the pool should have now. See the module's docs.
 pub fn desired_workers(input: &ScaleInput<'_>) -> Decision {
     let cfg = input.config;
@@ -1130,6 +1147,28 @@ mod tests {
             Behavior::default().history_needed(),
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn a_scale_down_stops_at_the_workers_running_tasks() {
+        // (desired, busy, current, bundles in flight) -> workers.
+        let cases = [
+            ((2, 5, 10, 40), 5),
+            ((2, 5, 10, 3), 3),
+            ((6, 5, 10, 40), 6),
+            ((2, 20, 10, 40), 10),
+            ((0, 5, 10, 0), 0),
+            ((12, 5, 10, 40), 12),
+            ((2, 0, 10, 40), 2),
+            ((2, -1, 10, 40), 2),
+        ];
+        for ((desired, busy, current, in_flight), want) in cases {
+            assert_eq!(
+                keep_busy(desired, busy, current, in_flight),
+                want,
+                "{desired} desired, {busy} busy of {current}, {in_flight} in flight"
+            );
+        }
     }
 
     #[test]

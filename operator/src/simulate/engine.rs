@@ -518,7 +518,18 @@ impl<'c> Sim<'c> {
                 .last_active
                 .map(|t| self.epoch + Duration::from_micros(t)),
         };
-        let decision = self.scale.decide(&self.scale_config, &seen, now_sys);
+        let mut decision = self.scale.decide(&self.scale_config, &seen, now_sys);
+        if decision.replicas < self.replicas {
+            // The pool reconciler's heartbeats (fresher here: it reads them
+            // up to 10 s old).
+            let busy = self.workers.iter().filter(|w| w.running()).count();
+            decision.replicas = crate::scale::keep_busy(
+                decision.replicas,
+                i32::try_from(busy).unwrap_or(i32::MAX),
+                self.replicas,
+                self.queue.in_flight,
+            );
+        }
         let change = decision.replicas - self.replicas;
         if change != 0 {
             tracing::debug!(t = secs(self.now), from = self.replicas, to = decision.replicas, reason = %decision.reason, "scaled");

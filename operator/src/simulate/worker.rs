@@ -78,6 +78,12 @@ impl WorkerSim {
         }
     }
 
+    /// Runs tasks now (what its heartbeat's `busy` tells), and is not gone.
+    pub fn running(&self) -> bool {
+        matches!(self.state, WState::Ready | WState::Draining)
+            && self.held.iter().any(|h| h.running > 0)
+    }
+
     fn held(&mut self, msg: usize) -> Option<&mut Held> {
         self.held.iter_mut().find(|h| h.msg == msg)
     }

@@ -199,6 +199,8 @@ impl Default for Disruptions {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Targets {
     pub makespan_over_ideal: Option<f64>,
+    /// Makespan over the list-schedule bound (the scheduler's own cost).
+    pub makespan_over_list_bound: Option<f64>,
     pub requests_per_task: Option<f64>,
     pub tail_idle_fraction: Option<f64>,
     pub share_error: Option<f64>,

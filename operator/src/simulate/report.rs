@@ -45,6 +45,10 @@ pub struct Report {
     pub ideal: f64,
     /// Start-up plus the longest task: no schedule beats it either.
     pub longest_bound: f64,
+    /// The tasks in their order (batch after batch) on the first free slot
+    /// of `max` workers from the start-up on, with no overhead of any kind:
+    /// what a scheduler that cannot know task lengths does at best.
+    pub list_bound: f64,
     pub slots: u32,
     pub max_workers: i32,
     pub peak_workers: u64,
@@ -68,6 +72,25 @@ pub struct Report {
     pub batches: Vec<BatchReport>,
     pub share_stretch: Option<(f64, f64)>,
     pub samples: Vec<Sample>,
+}
+
+/// The makespan (seconds, from the start-up) of list scheduling: every task,
+/// in order, on the slot that frees first.
+fn list_schedule(sim: &Sim<'_>, slots: usize, cfg: &SimConfig) -> f64 {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let overhead = super::engine::us(cfg.worker.task_overhead_ms / 1000.0);
+    let mut free: BinaryHeap<Reverse<u64>> = (0..slots.max(1)).map(|_| Reverse(0)).collect();
+    let mut end = 0;
+    for b in &sim.batches {
+        for id in 0..b.total {
+            let Reverse(at) = free.pop().expect("a slot");
+            let done = at + b.task(id, 1).0 + overhead;
+            end = end.max(done);
+            free.push(Reverse(done));
+        }
+    }
+    secs(end)
 }
 
 impl Report {
@@ -147,6 +170,7 @@ impl Report {
             .filter(|m| m.state == super::queue::MsgState::DeadLettered)
             .map(|m| u64::from(m.len))
             .sum();
+        let list_bound = startup + list_schedule(sim, pool_slots as usize, cfg);
         Report {
             name: cfg.name.clone(),
             seed: cfg.seed,
@@ -157,6 +181,7 @@ impl Report {
             makespan,
             ideal: startup + work / pool_slots,
             longest_bound: startup + longest,
+            list_bound,
             slots,
             max_workers: cfg.pool.max,
             peak_workers: sim.samples.iter().map(|s| s.workers).max().unwrap_or(0),
@@ -226,6 +251,16 @@ impl Report {
                 ratio.is_some_and(|r| r <= t),
             ));
         }
+        if let Some(t) = targets.makespan_over_list_bound {
+            let ratio = self.makespan.map(|m| m / self.list_bound);
+            out.push((
+                format!(
+                    "makespan / list-schedule bound {} (target <= {t:.3})",
+                    ratio.map_or("n/a".into(), |r| format!("{r:.3}"))
+                ),
+                ratio.is_some_and(|r| r <= t),
+            ));
+        }
         if let Some(t) = targets.requests_per_task {
             let r = self.requests_per_task();
             out.push((
@@ -290,6 +325,12 @@ impl Report {
                     m / self.ideal,
                     self.longest_bound,
                     100.0 * self.ideal / m
+                );
+                let _ = writeln!(
+                    s,
+                    "  list-schedule bound {:.1} s ({:.3}x; the tasks in order on the first free slot, no overhead): the scheduler's own cost",
+                    self.list_bound,
+                    m / self.list_bound
                 );
             }
             None => {

@@ -27,6 +27,11 @@ batches:
     let makespan = report.makespan.expect("finished");
     assert!((makespan - 12.0).abs() < 1e-6, "{makespan}");
     assert!((report.ideal - 12.0).abs() < 1e-6, "{}", report.ideal);
+    assert!(
+        (report.list_bound - 12.0).abs() < 1e-6,
+        "{}",
+        report.list_bound
+    );
     assert_eq!(report.reruns, 0);
     // Factoring cuts 4 tasks over 2 slots into single-task bundles.
     assert_eq!(report.batches[0].bundles, 4);

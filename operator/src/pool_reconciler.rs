@@ -188,7 +188,13 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     if ec2.is_none() && decision.replicas < workers.current {
         // Idle pods first (their deletion cost); the busy ones stay.
         let busy = mark_idle_pods(pool, ctx, &ns, &name).await;
-        let kept = scale::keep_busy(decision.replicas, busy, workers.current, stats.in_flight);
+        let kept = scale::keep_busy(
+            decision.replicas,
+            busy,
+            workers.current,
+            stats.in_flight,
+            config.max,
+        );
         if kept != decision.replicas {
             decision.reason += &format!("; {kept} kept: {busy} workers run tasks");
             decision.replicas = kept;

@@ -387,14 +387,15 @@ impl Constraint {
 /// then abandoned at the end of the grace and run again from the start —
 /// at a batch's tail, where the long tasks run, again and again, and each
 /// give-back counts towards the queue's `maxReceives`. Scale-ups and an
-/// empty queue (no bundle held) are not held back.
-pub fn keep_busy(desired: i32, busy: i32, current: i32, in_flight: u64) -> i32 {
+/// empty queue (no bundle held) are not held back, and `max` (lowered by a
+/// person) still wins.
+pub fn keep_busy(desired: i32, busy: i32, current: i32, in_flight: u64, max: i32) -> i32 {
     if desired >= current || in_flight == 0 {
         return desired;
     }
     let holding =
         i64::from(busy.clamp(0, current)).min(i64::try_from(in_flight).unwrap_or(i64::MAX));
-    desired.max(i32::try_from(holding).unwrap_or(current))
+    desired.max(i32::try_from(holding).unwrap_or(current).min(max))
 }
 
 /// How many workers the pool should have now. See the module's docs.
@@ -1151,22 +1152,23 @@ mod tests {
 
     #[test]
     fn a_scale_down_stops_at_the_workers_running_tasks() {
-        // (desired, busy, current, bundles in flight) -> workers.
+        // (desired, busy, current, bundles in flight, max) -> workers.
         let cases = [
-            ((2, 5, 10, 40), 5),
-            ((2, 5, 10, 3), 3),
-            ((6, 5, 10, 40), 6),
-            ((2, 20, 10, 40), 10),
-            ((0, 5, 10, 0), 0),
-            ((12, 5, 10, 40), 12),
-            ((2, 0, 10, 40), 2),
-            ((2, -1, 10, 40), 2),
+            ((2, 5, 10, 40, 10), 5),
+            ((2, 5, 10, 3, 10), 3),
+            ((6, 5, 10, 40, 10), 6),
+            ((2, 20, 10, 40, 10), 10),
+            ((0, 5, 10, 0, 10), 0),
+            ((12, 5, 10, 40, 20), 12),
+            ((2, 0, 10, 40, 10), 2),
+            ((2, -1, 10, 40, 10), 2),
+            ((2, 8, 10, 40, 4), 4),
         ];
-        for ((desired, busy, current, in_flight), want) in cases {
+        for ((desired, busy, current, in_flight, max), want) in cases {
             assert_eq!(
-                keep_busy(desired, busy, current, in_flight),
+                keep_busy(desired, busy, current, in_flight, max),
                 want,
-                "{desired} desired, {busy} busy of {current}, {in_flight} in flight"
+                "{desired} desired, {busy} busy of {current}, {in_flight} in flight, max {max}"
             );
         }
     }

@@ -528,6 +528,7 @@ impl<'c> Sim<'c> {
                 i32::try_from(busy).unwrap_or(i32::MAX),
                 self.replicas,
                 self.queue.in_flight,
+                self.scale_config.max,
             );
         }
         let change = decision.replicas - self.replicas;

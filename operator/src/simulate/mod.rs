@@ -2,8 +2,9 @@
 //! simulation of a pool and its batches that drives the operator's and the
 //! worker's own decision code — bundle cuts (`Bundler`, `sizing`), the
 //! metered window (`window::meter`), fair share (`ShareGuard::take`), the
-//! scaler (`ScaleMemory::decide`) and the worker's `bundles_wanted` — against
-//! simulated SQS, DynamoDB and workers. See `engine` for the loop, `runner`
+//! scaler (`ScaleMemory::decide`, `scale::keep_busy`), the collector's
+//! receives (`batch_runner::result_receives`) and the worker's
+//! `bundles_wanted` — against simulated SQS, DynamoDB and workers. See `engine` for the loop, `runner`
 //! and `worker` for the simulated processes, `queue` for SQS and the ledger.
 
 pub mod config;

@@ -53,7 +53,8 @@ pub struct PoolWork {
     /// [`crate::window::UNKNOWN_TASK`]).
     pub task_seconds: f64,
     /// Tasks the batches have not sent yet (the meter holds them back), and
-    /// their task-seconds, the same way (suspended batches not counted).
+    /// their task-seconds, the same way (suspended batches, and batches
+    /// whose task length is not known yet, not counted).
     pub waiting_tasks: u64,
     pub waiting_task_seconds: f64,
 }
@@ -150,7 +151,9 @@ impl Shares {
                 .max(crate::window::MIN_TASK_COST);
             work.tasks += share.in_flight;
             work.task_seconds += share.in_flight as f64 * cost.as_secs_f64();
-            if share.backlogged {
+            // Not sent yet, once their length is known: ten thousand tasks
+            // of unknown length may be `true`s, not a pool's worth of work.
+            if share.backlogged && share.estimate.is_some() {
                 work.waiting_tasks += share.waiting;
                 work.waiting_task_seconds += share.waiting as f64 * cost.as_secs_f64();
             }
@@ -373,6 +376,11 @@ mod tests {
         // Suspended (or all sent): its waiting tasks ask for no workers.
         a.set_backlogged(false);
         assert_eq!(shares.work("ns/p").to_run().0, 100);
+        // Of unknown length, until results tell: only what is enqueued.
+        let b = shares.join("ns/p", "b", 1);
+        b.update(5, None);
+        b.set_waiting(1_000);
+        assert_eq!(shares.work("ns/p").to_run().0, 105);
     }
 
     /// A pool that runs its queue in order, `rate` task-seconds a step, and

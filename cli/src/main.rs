@@ -75,6 +75,17 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Simulate a pool and its batches in time-warped time with the
+    /// operator's own decision code: runs `cloudkon-operator simulate` (next
+    /// to this binary) with these arguments (`cloudkon simulate --help`
+    /// shows them), e.g.
+    ///
+    ///   cloudkon simulate examples/simulations/shares-1-2-5.yaml --svg /tmp/sim
+    #[command(disable_help_flag = true, verbatim_doc_comment)]
+    Simulate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +100,7 @@ fn main() -> ExitCode {
         Command::Report(args) => report::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Batch { args } => operator_exec::run("batch", &args),
+        Command::Simulate { args } => operator_exec::run("simulate", &args),
     };
     match result {
         Ok(code) => code,

@@ -48,15 +48,36 @@ use crate::crd::taskbatch::{BundleSizing, Latency, Phase, TaskBatchSpec, TaskCou
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
 use crate::metrics::Metrics;
-use crate::shares::{self, ShareGuard, Shares, TaskCost};
+use crate::shares::{self, ShareGuard, Shares};
 use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};
-use crate::window::{self, Estimate, WindowInput};
+use crate::window::{self, Estimate, MeterInput};
 
 /// Bundles per send (one SendMessageBatch when they fit) and per checkpoint.
-const SEND_GROUP: usize = 10;
+pub(crate) const SEND_GROUP: usize = 10;
 /// How often the enqueue checkpoint is written, at most.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// Results messages per ReceiveMessage (SQS's most).
+pub(crate) const RECEIVE_RESULTS: usize = 10;
+/// Results receives the collector makes at once, at most.
+pub(crate) const MAX_RESULT_RECEIVES: usize = 16;
+
+/// How many results receives the collector makes at once next, after `got`
+/// messages from `receives`: twice as many while every one came back full
+/// (the response queue holds more), half as many when they did not. A
+/// pool's workers each send a message per linger (1,000 workers at 200 ms:
+/// 5,000 a second), and one receive at a time takes in ten per round trip
+/// (about 1,000 a second at 10 ms): the collector would fall behind, the
+/// batch's tasks would stay counted in flight, and the meter would starve
+/// the pool.
+pub fn result_receives(receives: usize, got: usize) -> usize {
+    let receives = receives.max(1);
+    if got >= RECEIVE_RESULTS * receives {
+        (2 * receives).min(MAX_RESULT_RECEIVES)
+    } else {
+        (receives / 2).max(1)
+    }
+}
 
 /// A running batch, as the reconciler holds it.
 pub struct RunnerHandle {
@@ -410,22 +431,16 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.nominal_duration()));
             }
             let (cost, window) = loop {
-                let estimate = if unknown {
-                    sizing::window_cost(learned, progress.estimate())
-                } else {
-                    progress.estimate()
-                };
-                let cost = TaskCost {
-                    window: window::task_cost(estimate),
-                    share: window::task_cost(progress.estimate()),
-                };
-                let window = window::window_work(&WindowInput {
+                let (cost, window) = window::meter(&MeterInput {
+                    unknown,
+                    learned,
+                    estimate: progress.estimate(),
                     pool_slots: planned_slots,
                     pool_workers: args.pool_workers,
-                    cost: cost.window,
                     next_bundle: next,
                 });
                 share.update(progress.running(), progress.estimate());
+                share.set_waiting(total.saturating_sub(enqueued));
                 if share.take(next, cost, window) {
                     break (cost, window);
                 }
@@ -680,12 +695,16 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut pending = Pending::default();
         let mut last_flush = Instant::now();
         let started = start_time.0;
+        let mut receives = 1;
         loop {
-            let messages = self
-                .inbox
-                .receive_results(10, Duration::from_millis(500))
-                .await
-                .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+            let rounds = futures_util::future::try_join_all((0..receives).map(|_| {
+                self.inbox
+                    .receive_results(RECEIVE_RESULTS, Duration::from_millis(500))
+            }))
+            .await
+            .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+            let messages: Vec<_> = rounds.into_iter().flatten().collect();
+            receives = result_receives(receives, messages.len());
             for (message, receipt) in messages {
                 for result in &message.results {
                     if !collected.ids.insert(result.id) {
@@ -1367,6 +1386,29 @@ mod tests {
         );
         assert_eq!(resent[..after.len()], after[..], "checkpoint {checkpoint}");
         assert!(resent.iter().all(|b| b.0 >= checkpoint));
+    }
+
+    #[test]
+    fn the_collector_doubles_its_receives_while_they_come_back_full() {
+        // (receives, messages got) -> receives next.
+        let cases = [
+            ((1, 0), 1),
+            ((1, 9), 1),
+            ((1, 10), 2),
+            ((2, 20), 4),
+            ((8, 80), 16),
+            ((16, 160), 16),
+            ((16, 159), 8),
+            ((4, 0), 2),
+            ((0, 0), 1),
+        ];
+        for ((receives, got), want) in cases {
+            assert_eq!(
+                result_receives(receives, got),
+                want,
+                "{receives} receives, {got} got"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod provider;
 pub mod retry_delays;
 pub mod scale;
 pub mod shares;
+pub mod simulate;
 pub mod sizing;
 pub mod status;
 pub mod triggers;

@@ -75,6 +75,29 @@ enum Command {
     /// status: 0 done, 1 a watched batch Failed or was Cancelled, 2 an error.
     #[command(subcommand)]
     Batch(cloudkon_operator::batch_cli::BatchCommand),
+    /// Simulate a pool and its batches in time-warped, discrete-event time:
+    /// the operator's own decisions (bundle sizing, the metered window, fair
+    /// share, the scaler) and the worker's, against simulated SQS, DynamoDB
+    /// and workers (start-up delay, task durations, failures, spot
+    /// interruptions). Prints each run's report and its targets; exits 1
+    /// when a target is not met. Configs: examples/simulations/*.yaml.
+    ///
+    ///   cloudkon-operator simulate examples/simulations/shares-1-2-5.yaml --svg /tmp/sim
+    #[command(verbatim_doc_comment)]
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// Simulation configs (YAML), run one after the other.
+    #[arg(required = true, value_name = "CONFIG")]
+    configs: Vec<PathBuf>,
+    /// Write each run's plots (queue depth, workers) as SVG here.
+    #[arg(long, value_name = "DIR")]
+    svg: Option<PathBuf>,
+    /// Seed every run with this instead of its config's seed.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,6 +214,7 @@ fn main() -> ExitCode {
         Command::Crd { out_dir, .. } => print_crds(out_dir),
         Command::Run(args) => run(*args),
         Command::Bench(args) => cloudkon_operator::bench::run(*args),
+        Command::Simulate(args) => return simulate(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,6 +222,47 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs each config; 1 when a run missed a target, 2 when a config is bad.
+fn simulate(args: &SimulateArgs) -> ExitCode {
+    use cloudkon_operator::simulate::{self, SimConfig};
+    logging::init(LogFormat::Text, "warn");
+    let mut all_met = true;
+    for path in &args.configs {
+        let mut config = match SimConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some(seed) = args.seed {
+            config.seed = seed;
+        }
+        let report = simulate::simulate(&config);
+        print!("{}", report.text(&config.targets));
+        all_met &= report.checks(&config.targets).iter().all(|(_, met)| *met);
+        if let Some(dir) = &args.svg {
+            match simulate::write_svgs(&report, dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("  plot: {}", f.display());
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: cannot write the plots in {}: {e}", dir.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        println!();
+    }
+    if all_met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -24,7 +24,7 @@ use crate::context::{Context, Error, FINALIZER, MANAGER};
 use crate::crd::WorkerPool;
 use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
 use crate::provider::Ec2Provider;
-use crate::scale::{self, Recommendation, ScaleConfig, ScaleEvent, ScaleInput};
+use crate::scale::{self, Observed, ScaleConfig, ScaleMemory};
 use crate::status::{self, PoolConditionsInput, set_condition};
 use crate::validate;
 
@@ -38,8 +38,7 @@ const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 #[derive(Default)]
 pub struct PoolMemory {
     queue: Option<SqsQueue>,
-    history: Vec<Recommendation>,
-    events: Vec<ScaleEvent>,
+    scale: ScaleMemory,
     /// The generation whose Deployment was last applied.
     applied_generation: Option<i64>,
     /// The EC2 fleet, for pools whose provider is not a Deployment.
@@ -166,45 +165,41 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         st.last_active_time.as_ref().map(to_system_time)
     };
     let work = ctx.shares.work(&crate::shares::pool_key(&ns, &name));
+    let (work_tasks, work_task_seconds) = work.to_run();
     let decision = {
         let mut pools = ctx.pools.lock().expect("pool memory lock");
         let memory = pools.entry(uid(pool)).or_default();
-        if memory.history.is_empty() {
-            // A (re)started operator has no history: take the workers there
-            // are as the recent recommendation, so that a restart does not
-            // skip the scale-down stabilization window.
-            memory.history.push(Recommendation {
-                at: system_now,
-                replicas: workers.current,
-            });
-        }
-        let decision = scale::desired_workers(&ScaleInput {
-            config: &config,
-            backlog_visible: stats.visible + stats.delayed,
-            backlog_in_flight: stats.in_flight,
-            work_tasks: work.tasks,
-            work_task_seconds: work.task_seconds,
-            current: workers.current,
-            ready: workers.ready,
-            history: &memory.history,
-            events: &memory.events,
-            now: system_now,
-            last_active,
-        });
-        memory.history.push(Recommendation {
-            at: system_now,
-            replicas: decision.recommendation,
-        });
-        let keep = config.behavior.history_needed() + Duration::from_secs(1);
-        memory
-            .history
-            .retain(|r| system_now.duration_since(r.at).unwrap_or_default() <= keep);
-        memory
-            .events
-            .retain(|e| system_now.duration_since(e.at).unwrap_or_default() <= keep);
-        decision
+        memory.scale.decide(
+            &config,
+            &Observed {
+                backlog_visible: stats.visible + stats.delayed,
+                backlog_in_flight: stats.in_flight,
+                work_tasks,
+                work_task_seconds,
+                current: workers.current,
+                ready: workers.ready,
+                last_active,
+            },
+            system_now,
+        )
     };
 
+    let mut decision = decision;
+    if ec2.is_none() && decision.replicas < workers.current {
+        // Idle pods first (their deletion cost); the busy ones stay.
+        let busy = mark_idle_pods(pool, ctx, &ns, &name).await;
+        let kept = scale::keep_busy(
+            decision.replicas,
+            busy,
+            workers.current,
+            stats.in_flight,
+            config.max,
+        );
+        if kept != decision.replicas {
+            decision.reason += &format!("; {kept} kept: {busy} workers run tasks");
+            decision.replicas = kept;
+        }
+    }
     let change = decision.replicas - workers.current;
     match &ec2 {
         Some(fleet) => {
@@ -216,9 +211,6 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             }
         }
         None => {
-            if change < 0 {
-                mark_idle_pods(pool, ctx, &ns, &name).await;
-            }
             apply_deployment(pool, ctx, queue.url(), decision.replicas, change, &workers).await?;
         }
     }
@@ -229,10 +221,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             .expect("pool memory lock")
             .get_mut(&uid(pool))
         {
-            m.events.push(ScaleEvent {
-                at: system_now,
-                change,
-            });
+            m.scale.scaled(system_now, change);
         }
         st.last_scale_time = Some(now_time.clone());
         st.last_scale_reason = Some(decision.reason.clone());
@@ -472,18 +461,33 @@ async fn observe_deployment(ctx: &Context, ns: &str, pool: &str) -> Result<Obser
     })
 }
 
+/// A heartbeat older than this no longer says a worker is busy (they come
+/// every 10 s).
+const HEARTBEAT_FRESH: Duration = Duration::from_secs(30);
+
 /// Before a scale-down: gives each worker pod a deletion cost equal to the
 /// tasks it is running (from its heartbeat), so that the ReplicaSet removes
-/// idle workers first. Best effort: a failure only loses the preference.
-async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context, ns: &str, name: &str) {
+/// idle workers first. Returns how many of the pool's pods run tasks (per a
+/// fresh heartbeat). Best effort: a failure only loses the preference (and
+/// counts no pod busy).
+async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context, ns: &str, name: &str) -> i32 {
     let table = pool.spec.ledger_table();
-    let busy: BTreeMap<String, u32> = match ctx.aws.ledger(table).list_workers().await {
-        Ok(rows) => rows.into_iter().map(|h| (h.id, h.busy)).collect(),
-        Err(e) => {
-            tracing::debug!(error = %e, "no worker heartbeats; scale-down picks pods by age");
-            return;
-        }
-    };
+    let now = cloudkon_core::Timestamp::now().0;
+    let fresh = u64::try_from(HEARTBEAT_FRESH.as_micros()).unwrap_or(u64::MAX);
+    let (busy, recent): (BTreeMap<String, u32>, BTreeMap<String, bool>) =
+        match ctx.aws.ledger(table).list_workers().await {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|h| {
+                    let recent = now.saturating_sub(h.last_seen.0) <= fresh;
+                    ((h.id.clone(), h.busy), (h.id, recent))
+                })
+                .unzip(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no worker heartbeats; scale-down picks pods by age");
+                return 0;
+            }
+        };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let list = match pods
         .list(&ListParams::default().labels(&format!("{POOL_LABEL}={name}")))
@@ -492,12 +496,17 @@ async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context, ns: &str, name: &str) 
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list worker pods");
-            return;
+            return 0;
         }
     };
+    let mut running = 0;
     for pod in list {
         let pod_name = pod.name_any();
-        let cost = busy.get(&pod_name).copied().unwrap_or(0).to_string();
+        let tasks = busy.get(&pod_name).copied().unwrap_or(0);
+        if tasks > 0 && recent.get(&pod_name).copied().unwrap_or(false) {
+            running += 1;
+        }
+        let cost = tasks.to_string();
         if pod.annotations().get(DELETION_COST) == Some(&cost) {
             continue;
         }
@@ -509,6 +518,7 @@ async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context, ns: &str, name: &str) 
             tracing::warn!(pod = %pod_name, error = %e, "cannot set the pod deletion cost");
         }
     }
+    running
 }
 
 async fn write_status(

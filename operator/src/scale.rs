@@ -243,8 +243,9 @@ pub struct ScaleInput<'a> {
     pub backlog_visible: u64,
     /// Messages received and not yet deleted: bundles being worked on.
     pub backlog_in_flight: u64,
-    /// The pool's batches' tasks in the queue or running, and their
-    /// task-seconds (see [`crate::shares`]).
+    /// The pool's batches' tasks not finished — in the queue, running, or
+    /// not sent yet — and their task-seconds (see
+    /// [`crate::shares::PoolWork::to_run`]).
     pub work_tasks: u64,
     pub work_task_seconds: f64,
     /// Workers that exist, ready or not.
@@ -259,6 +260,74 @@ pub struct ScaleInput<'a> {
     pub now: SystemTime,
     /// When the backlog was last non-empty; `None`: never seen so.
     pub last_active: Option<SystemTime>,
+}
+
+/// What a pool's scaler sees of its queue, work and workers (the parts of
+/// [`ScaleInput`] that are not history).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub backlog_visible: u64,
+    pub backlog_in_flight: u64,
+    pub work_tasks: u64,
+    pub work_task_seconds: f64,
+    pub current: i32,
+    pub ready: i32,
+    pub last_active: Option<SystemTime>,
+}
+
+/// What the scaler remembers of a pool between decisions: its recent
+/// recommendations (stabilization) and changes (rate policies). The pool
+/// reconciler and the simulator keep one per pool.
+#[derive(Clone, Debug, Default)]
+pub struct ScaleMemory {
+    history: Vec<Recommendation>,
+    events: Vec<ScaleEvent>,
+}
+
+impl ScaleMemory {
+    /// Decides at `now`, records the recommendation, and forgets what no
+    /// rule looks at any more.
+    pub fn decide(&mut self, config: &ScaleConfig, seen: &Observed, now: SystemTime) -> Decision {
+        if self.history.is_empty() {
+            // A (re)started operator has no history: take the workers there
+            // are as the recent recommendation, so that a restart does not
+            // skip the scale-down stabilization window.
+            self.history.push(Recommendation {
+                at: now,
+                replicas: seen.current,
+            });
+        }
+        let decision = desired_workers(&ScaleInput {
+            config,
+            backlog_visible: seen.backlog_visible,
+            backlog_in_flight: seen.backlog_in_flight,
+            work_tasks: seen.work_tasks,
+            work_task_seconds: seen.work_task_seconds,
+            current: seen.current,
+            ready: seen.ready,
+            history: &self.history,
+            events: &self.events,
+            now,
+            last_active: seen.last_active,
+        });
+        self.history.push(Recommendation {
+            at: now,
+            replicas: decision.recommendation,
+        });
+        let keep = config.behavior.history_needed() + Duration::from_secs(1);
+        self.history
+            .retain(|r| now.duration_since(r.at).unwrap_or_default() <= keep);
+        self.events
+            .retain(|e| now.duration_since(e.at).unwrap_or_default() <= keep);
+        decision
+    }
+
+    /// The worker count changed by `change` at `now` (for the rate policies).
+    pub fn scaled(&mut self, now: SystemTime, change: i32) {
+        if change != 0 {
+            self.events.push(ScaleEvent { at: now, change });
+        }
+    }
 }
 
 /// The scaler's answer.
@@ -309,6 +378,24 @@ impl Constraint {
             Constraint::Cooldown => "ScaleToZeroCooldown",
         }
     }
+}
+
+/// A scale-down to `desired` of the `current` workers, `busy` of which run
+/// tasks (their heartbeats say so), while `in_flight` bundles are held: it
+/// stops at the busy ones. The ReplicaSet removes idle pods first (their
+/// deletion cost), but past them it would remove workers whose tasks are
+/// then abandoned at the end of the grace and run again from the start —
+/// at a batch's tail, where the long tasks run, again and again, and each
+/// give-back counts towards the queue's `maxReceives`. Scale-ups and an
+/// empty queue (no bundle held) are not held back, and `max` (lowered by a
+/// person) still wins.
+pub fn keep_busy(desired: i32, busy: i32, current: i32, in_flight: u64, max: i32) -> i32 {
+    if desired >= current || in_flight == 0 {
+        return desired;
+    }
+    let holding =
+        i64::from(busy.clamp(0, current)).min(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    desired.max(i32::try_from(holding).unwrap_or(current).min(max))
 }
 
 /// How many workers the pool should have now. See the module's docs.
@@ -1061,5 +1148,45 @@ mod tests {
             Behavior::default().history_needed(),
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn a_scale_down_stops_at_the_workers_running_tasks() {
+        // (desired, busy, current, bundles in flight, max) -> workers.
+        let cases = [
+            ((2, 5, 10, 40, 10), 5),
+            ((2, 5, 10, 3, 10), 3),
+            ((6, 5, 10, 40, 10), 6),
+            ((2, 20, 10, 40, 10), 10),
+            ((0, 5, 10, 0, 10), 0),
+            ((12, 5, 10, 40, 20), 12),
+            ((2, 0, 10, 40, 10), 2),
+            ((2, -1, 10, 40, 10), 2),
+            ((2, 8, 10, 40, 4), 4),
+        ];
+        for ((desired, busy, current, in_flight, max), want) in cases {
+            assert_eq!(
+                keep_busy(desired, busy, current, in_flight, max),
+                want,
+                "{desired} desired, {busy} busy of {current}, {in_flight} in flight, max {max}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_memory_holds_a_restarted_pool_for_the_scale_down_window() {
+        let cfg = config(0, 10, 10);
+        let mut memory = ScaleMemory::default();
+        let idle = Observed {
+            current: 5,
+            ready: 5,
+            ..Observed::default()
+        };
+        // A restarted operator takes the workers there are as the recent
+        // recommendation: the empty queue does not drop them at once.
+        assert_eq!(memory.decide(&cfg, &idle, at(0)).replicas, 5);
+        assert_eq!(memory.decide(&cfg, &idle, at(299)).replicas, 5);
+        // After the 300 s window, down to the recommendation.
+        assert_eq!(memory.decide(&cfg, &idle, at(301)).replicas, 0);
     }
 }

@@ -24,6 +24,8 @@ struct BatchShare {
     in_flight: u64,
     /// Tasks granted a turn and being sent.
     reserved: u64,
+    /// Tasks not sent yet (counted while backlogged).
+    waiting: u64,
     /// Its task length estimate, for the scaler; `None`: unknown.
     estimate: Option<Duration>,
     /// What one of its tasks counts for in the pool's window.
@@ -45,10 +47,29 @@ impl BatchShare {
 /// A pool's work, summed over its batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PoolWork {
+    /// Tasks enqueued and not finished.
     pub tasks: u64,
     /// Tasks × their batch's estimate (unknown lengths as
     /// [`crate::window::UNKNOWN_TASK`]).
     pub task_seconds: f64,
+    /// Tasks the batches have not sent yet (the meter holds them back), and
+    /// their task-seconds, the same way (suspended batches, and batches
+    /// whose task length is not known yet, not counted).
+    pub waiting_tasks: u64,
+    pub waiting_task_seconds: f64,
+}
+
+impl PoolWork {
+    /// What the pool's scaler sizes the pool for: every task not finished,
+    /// sent or not (tasks, task-seconds). The meter keeps only a few
+    /// seconds of the pool's work in its queue, so the work enqueued alone
+    /// would ask for a fraction of the workers a large batch needs.
+    pub fn to_run(&self) -> (u64, f64) {
+        (
+            self.tasks.saturating_add(self.waiting_tasks),
+            self.task_seconds + self.waiting_task_seconds,
+        )
+    }
 }
 
 /// The key a pool's batches register under: the one the runners and the
@@ -80,21 +101,33 @@ impl Shares {
     /// virtual time of the batches already sending, so it neither waits for
     /// them nor catches up on what they sent before it came.
     pub fn join(self: &Arc<Self>, pool: &str, batch: &str, weight: u64) -> ShareGuard {
+        self.join_at(pool, batch, weight, Instant::now())
+    }
+
+    /// [`Shares::join`] at `now` (the simulator's clock).
+    pub fn join_at(
+        self: &Arc<Self>,
+        pool: &str,
+        batch: &str,
+        weight: u64,
+        now: Instant,
+    ) -> ShareGuard {
         let weight = weight.max(1);
         {
             let mut pools = self.pools.lock().expect("shares lock");
             let batches = pools.entry(pool.to_string()).or_default();
-            let sent = least_sent(batches, batch, Instant::now()).unwrap_or(0.0);
+            let sent = least_sent(batches, batch, now).unwrap_or(0.0);
             batches.insert(
                 batch.to_string(),
                 BatchShare {
                     in_flight: 0,
                     reserved: 0,
+                    waiting: 0,
                     estimate: None,
                     cost: crate::window::UNKNOWN_TASK,
                     sent,
                     backlogged: true,
-                    seen: Instant::now(),
+                    seen: now,
                 },
             );
         }
@@ -118,6 +151,12 @@ impl Shares {
                 .max(crate::window::MIN_TASK_COST);
             work.tasks += share.in_flight;
             work.task_seconds += share.in_flight as f64 * cost.as_secs_f64();
+            // Not sent yet, once their length is known: ten thousand tasks
+            // of unknown length may be `true`s, not a pool's worth of work.
+            if share.backlogged && share.estimate.is_some() {
+                work.waiting_tasks += share.waiting;
+                work.waiting_task_seconds += share.waiting as f64 * cost.as_secs_f64();
+            }
         }
         work
     }
@@ -201,18 +240,29 @@ impl ShareGuard {
         }
     }
 
+    /// Tasks it has not sent yet, for the scaler (see [`PoolWork::to_run`]).
+    pub fn set_waiting(&self, tasks: u64) {
+        self.shares
+            .with(&self.pool, &self.batch, |s| s.waiting = tasks);
+    }
+
     /// Whether the batch still has tasks to send (not while suspended).
     /// Coming back, it starts at the others' virtual time.
     pub fn set_backlogged(&self, backlogged: bool) {
+        self.set_backlogged_at(backlogged, Instant::now());
+    }
+
+    /// [`ShareGuard::set_backlogged`] at `now`.
+    pub fn set_backlogged_at(&self, backlogged: bool, now: Instant) {
         let mut pools = self.shares.pools.lock().expect("shares lock");
         let Some(batches) = pools.get_mut(&self.pool) else {
             return;
         };
-        let least = least_sent(batches, &self.batch, Instant::now());
+        let least = least_sent(batches, &self.batch, now);
         if let Some(s) = batches.get_mut(&self.batch) {
             if backlogged && !s.backlogged {
                 s.sent = s.sent.max(least.unwrap_or(s.sent));
-                s.seen = Instant::now();
+                s.seen = now;
             }
             s.backlogged = backlogged;
         }
@@ -228,7 +278,11 @@ impl ShareGuard {
     /// [`ShareGuard::sent`]. A batch alone on its pool always has the turn
     /// when there is room, and any batch with nothing in flight has room.
     pub fn take(&self, tasks: u64, cost: TaskCost, window: Duration) -> bool {
-        let now = Instant::now();
+        self.take_at(tasks, cost, window, Instant::now())
+    }
+
+    /// [`ShareGuard::take`] at `now`.
+    pub fn take_at(&self, tasks: u64, cost: TaskCost, window: Duration, now: Instant) -> bool {
         let mut pools = self.shares.pools.lock().expect("shares lock");
         let Some(batches) = pools.get_mut(&self.pool) else {
             return true;
@@ -254,10 +308,15 @@ impl ShareGuard {
 
     /// The reserved tasks are sent: they count in `in_flight` now.
     pub fn sent(&self, in_flight: u64) {
+        self.sent_at(in_flight, Instant::now());
+    }
+
+    /// [`ShareGuard::sent`] at `now`.
+    pub fn sent_at(&self, in_flight: u64, now: Instant) {
         self.shares.with(&self.pool, &self.batch, |s| {
             s.reserved = 0;
             s.in_flight = in_flight;
-            s.seen = Instant::now();
+            s.seen = now;
         });
         self.shares.bump();
     }
@@ -300,6 +359,28 @@ mod tests {
         drop(a);
         assert_eq!(shares.work("ns/p"), PoolWork::default());
         assert_eq!(shares.work("ns/q").tasks, 0);
+    }
+
+    #[test]
+    fn tasks_not_sent_yet_count_for_the_scaler_while_their_batch_sends() {
+        let shares = Arc::new(Shares::default());
+        let a = shares.join("ns/p", "a", 1);
+        a.update(100, Some(10 * MS));
+        a.set_waiting(1_000_000);
+        let work = shares.work("ns/p");
+        // The pool's status counts what is enqueued; the scaler all of it.
+        assert_eq!(work.tasks, 100);
+        let (tasks, seconds) = work.to_run();
+        assert_eq!(tasks, 1_000_100);
+        assert!((seconds - 10_001.0).abs() < 1e-6, "{work:?}");
+        // Suspended (or all sent): its waiting tasks ask for no workers.
+        a.set_backlogged(false);
+        assert_eq!(shares.work("ns/p").to_run().0, 100);
+        // Of unknown length, until results tell: only what is enqueued.
+        let b = shares.join("ns/p", "b", 1);
+        b.update(5, None);
+        b.set_waiting(1_000);
+        assert_eq!(shares.work("ns/p").to_run().0, 105);
     }
 
     /// A pool that runs its queue in order, `rate` task-seconds a step, and

@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+use crate::shares::TaskCost;
+use crate::sizing;
+
 /// Seconds of the whole pool's work a pool's batches keep enqueued together.
 pub const WINDOW: Duration = Duration::from_secs(5);
 /// What a task of unknown length is taken to cost until results tell.
@@ -47,6 +50,45 @@ pub fn window_work(input: &WindowInput) -> Duration {
     let by_bundles =
         bundle.saturating_mul(u32::try_from(input.pool_workers.max(1) + 1).unwrap_or(u32::MAX));
     by_slots.max(by_bundles)
+}
+
+/// What the meter looks at before a batch asks for its turn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MeterInput {
+    /// The next bundle's tasks are of unknown length (cut by a learned sizing).
+    pub unknown: bool,
+    /// The task length bundles are cut for now (see `sizing`).
+    pub learned: Option<Duration>,
+    /// The batch's observed (else declared) task length.
+    pub estimate: Option<Duration>,
+    /// The pool's slots the batch is planned for.
+    pub pool_slots: u64,
+    /// The pool's workers at its largest.
+    pub pool_workers: u64,
+    /// Tasks in the batch's next bundle.
+    pub next_bundle: u64,
+}
+
+/// What the batch's next tasks cost (in the window and in its share) and the
+/// pool's window they are metered against: the runner's and the simulator's
+/// one decision.
+pub fn meter(input: &MeterInput) -> (TaskCost, Duration) {
+    let metered = if input.unknown {
+        sizing::window_cost(input.learned, input.estimate)
+    } else {
+        input.estimate
+    };
+    let cost = TaskCost {
+        window: task_cost(metered),
+        share: task_cost(input.estimate),
+    };
+    let window = window_work(&WindowInput {
+        pool_slots: input.pool_slots,
+        pool_workers: input.pool_workers,
+        cost: cost.window,
+        next_bundle: input.next_bundle,
+    });
+    (cost, window)
 }
 
 /// A smoothed task length from observed ones (exponentially weighted, so it
@@ -121,6 +163,42 @@ mod tests {
         assert_eq!(task_cost(None), s(1));
         assert_eq!(task_cost(Some(Duration::ZERO)), ms(1));
         assert_eq!(task_cost(Some(ms(20))), ms(20));
+    }
+
+    #[test]
+    fn the_meter_counts_unknown_tasks_at_their_sizing_and_shares_at_the_estimate() {
+        let ms = Duration::from_millis;
+        let input = MeterInput {
+            unknown: true,
+            learned: Some(ms(500)),
+            estimate: Some(ms(2)),
+            pool_slots: 8,
+            pool_workers: 2,
+            next_bundle: 10,
+        };
+        let (cost, window) = meter(&input);
+        assert_eq!(
+            cost,
+            TaskCost {
+                window: ms(500),
+                share: ms(2)
+            }
+        );
+        assert_eq!(window, Duration::from_secs(40));
+        // Declared (or known) tasks: the estimate for both.
+        let (cost, _) = meter(&MeterInput {
+            unknown: false,
+            ..input
+        });
+        assert_eq!(cost, TaskCost::same(ms(2)));
+        // Big bundles of long tasks: a bundle per worker and one more.
+        let (_, window) = meter(&MeterInput {
+            unknown: false,
+            estimate: Some(Duration::from_secs(10)),
+            next_bundle: 6,
+            ..input
+        });
+        assert_eq!(window, Duration::from_secs(180));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 mod complete;
 mod fetch;
+pub use fetch::bundles_wanted;
 mod inflight;
 mod retry;
 mod stats;

@@ -1,0 +1,659 @@
+//! The event loop: simulated time jumps from event to event (a binary heap;
+//! no tokio, no sleeping), and the pool's scaler and the fleet (the
+//! Deployment's ReplicaSet: workers asked for start after their start-up
+//! delay, workers removed drain) act on it. The batch runners are in
+//! `runner`, the workers in `worker`.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use super::config::SimConfig;
+use super::dist::Rng;
+use super::queue::{Claim, Queue, T};
+use super::runner::{BatchSim, ResultItem};
+use super::worker::{WState, WorkerSim};
+use crate::scale::{Observed, ScaleConfig, ScaleMemory};
+use crate::shares::Shares;
+
+pub const SECOND: T = 1_000_000;
+
+pub fn us(seconds: f64) -> T {
+    (seconds.max(0.0) * SECOND as f64).round() as T
+}
+
+pub fn secs(t: T) -> f64 {
+    t as f64 / SECOND as f64
+}
+
+/// What happens, and to whom.
+#[derive(Debug)]
+pub enum Ev {
+    BatchArrives(usize),
+    RunnerWake {
+        b: usize,
+        token: u64,
+    },
+    MessagesVisible(Vec<usize>),
+    ResultsArrive {
+        b: usize,
+        results: Vec<ResultItem>,
+    },
+    CollectorTimeout {
+        b: usize,
+        seq: u64,
+    },
+    CollectorGot {
+        b: usize,
+        messages: Vec<Vec<ResultItem>>,
+    },
+    /// The pool reconciler's periodic pass.
+    ScalerTick,
+    /// A pass on a batch's first enqueue (the runner wakes the pool).
+    ScalerWake,
+    Sample,
+    WorkerReady(usize),
+    PollTimeout {
+        w: usize,
+        seq: u64,
+    },
+    Delivered {
+        w: usize,
+        msgs: Vec<usize>,
+    },
+    Claimed {
+        w: usize,
+        msg: usize,
+    },
+    FetcherFree(usize),
+    TaskDone {
+        w: usize,
+        msg: usize,
+        pos: u32,
+        result: ResultItem,
+        ran: T,
+    },
+    Flush(usize),
+    FlushDone {
+        w: usize,
+        items: Vec<(usize, u32)>,
+    },
+    Renew(usize),
+    VisibilityEnds {
+        msg: usize,
+        generation: u32,
+    },
+    Spot,
+    Crash,
+    NodeGone(usize),
+    GraceEnds(usize),
+    /// The operator reads a bundle back from the dead-letter queue.
+    DeadLetter(usize),
+}
+
+struct Entry {
+    at: T,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    // Earliest first (BinaryHeap is a max-heap); ties in the order scheduled.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// AWS requests by kind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Requests {
+    /// SendMessageBatch of bundles (the runner).
+    pub bundle_sends: u64,
+    /// ReceiveMessage by workers, long polls that return empty included.
+    pub bundle_receives: u64,
+    /// DeleteMessage(Batch) by workers.
+    pub bundle_deletes: u64,
+    /// ChangeMessageVisibility: renewals, give-backs, held claims.
+    pub visibility_changes: u64,
+    /// SendMessageBatch of results (workers).
+    pub results_sends: u64,
+    /// ReceiveMessage and DeleteMessageBatch of results (the runner).
+    pub results_receives: u64,
+    pub results_deletes: u64,
+    /// DynamoDB: claims, renewals, completions, releases; retries of throttled ones.
+    pub ledger_writes: u64,
+    pub ledger_throttled: u64,
+    /// DynamoDB GetItem: the cancel check.
+    pub ledger_reads: u64,
+    /// The operator's receives of dead-lettered bundles.
+    pub dead_letter_receives: u64,
+}
+
+impl Requests {
+    pub fn sqs(&self) -> u64 {
+        self.bundle_sends
+            + self.bundle_receives
+            + self.bundle_deletes
+            + self.visibility_changes
+            + self.results_sends
+            + self.results_receives
+            + self.results_deletes
+            + self.dead_letter_receives
+    }
+
+    pub fn total(&self) -> u64 {
+        self.sqs() + self.ledger_writes + self.ledger_throttled + self.ledger_reads
+    }
+}
+
+/// One point of the plots.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub t: f64,
+    pub visible: u64,
+    pub in_flight: u64,
+    /// Workers asked for and not gone (starting, ready or draining).
+    pub workers: u64,
+    pub ready: u64,
+    pub busy_slots: u64,
+}
+
+/// Counts the report needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub task_starts: u64,
+    pub failed_attempts: u64,
+    pub abandoned: u64,
+    pub given_back: u64,
+    pub taken_over: u64,
+    pub spot: u64,
+    pub crashes: u64,
+    /// Tasks reported failed from the dead-letter queue.
+    pub dead_letter_failed: u64,
+    pub workers_started: u64,
+    /// Worker-microseconds paid (asked for to gone) and slot-microseconds busy.
+    pub paid: u128,
+    pub busy: u128,
+    /// The same, when the queue last handed out bundles.
+    pub paid_at_last_receive: u128,
+    pub busy_at_last_receive: u128,
+    pub last_receive: T,
+}
+
+pub struct Sim<'c> {
+    pub cfg: &'c SimConfig,
+    pub now: T,
+    heap: BinaryHeap<Entry>,
+    seq: u64,
+    pub events: u64,
+    pub rng: Rng,
+    base: Instant,
+    epoch: SystemTime,
+    pub shares: Arc<Shares>,
+    pub pool_key: String,
+    /// Told when a turn may be free, as the runners are.
+    turns: watch::Receiver<u64>,
+    pub batches: Vec<BatchSim>,
+    pub queue: Queue,
+    pub workers: Vec<WorkerSim>,
+    /// Workers long-polling an empty queue: (worker, poll, bundles wanted).
+    pub pollers: VecDeque<(usize, u64, usize)>,
+    scale: ScaleMemory,
+    pub scale_config: ScaleConfig,
+    last_active: Option<T>,
+    /// The Deployment's replicas.
+    pub replicas: i32,
+    pub live: u64,
+    pub busy_slots: u64,
+    /// Slots running each batch's tasks, and the slot-µs they ran so far.
+    pub busy_by_batch: Vec<u64>,
+    pub slot_time_by_batch: Vec<u128>,
+    pub req: Requests,
+    db_free: T,
+    pub samples: Vec<Sample>,
+    pub counters: Counters,
+    /// Slot-seconds each batch's tasks ran, when the last one arrived and
+    /// when the first had sent everything: the stretch where all ran.
+    pub share_from: Option<(T, Vec<f64>)>,
+    pub share_to: Option<(T, Vec<f64>)>,
+    // Settings in microseconds.
+    pub lat_sqs: T,
+    pub lat_db: T,
+    pub lease: T,
+    pub linger: T,
+    pub receive_wait: T,
+    pub grace: T,
+    pub slots: u32,
+}
+
+impl<'c> Sim<'c> {
+    pub fn new(cfg: &'c SimConfig) -> Self {
+        let shares = Arc::new(Shares::default());
+        let mut turns = shares.subscribe();
+        turns.mark_unchanged();
+        let pool_key = crate::shares::pool_key("sim", "pool");
+        let pool_slots = u64::from(cfg.pool.threads) * cfg.pool.max as u64;
+        let batches = cfg
+            .batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BatchSim::new(i, b, pool_slots, cfg.seed))
+            .collect();
+        let w = &cfg.worker;
+        Self {
+            cfg,
+            now: 0,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            events: 0,
+            rng: Rng::new(cfg.seed),
+            base: Instant::now(),
+            epoch: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            shares,
+            pool_key,
+            turns,
+            batches,
+            queue: Queue::default(),
+            workers: Vec::new(),
+            pollers: VecDeque::new(),
+            scale: ScaleMemory::default(),
+            scale_config: cfg.scale_config(),
+            last_active: None,
+            replicas: 0,
+            live: 0,
+            busy_slots: 0,
+            busy_by_batch: vec![0; cfg.batches.len()],
+            slot_time_by_batch: vec![0; cfg.batches.len()],
+            req: Requests::default(),
+            db_free: 0,
+            samples: Vec::new(),
+            counters: Counters::default(),
+            share_from: None,
+            share_to: None,
+            lat_sqs: us(cfg.aws.sqs_latency_ms / 1000.0),
+            lat_db: us(cfg.aws.dynamodb_latency_ms / 1000.0),
+            lease: us(w.lease_seconds),
+            linger: us(w.linger_ms / 1000.0),
+            receive_wait: us(w.receive_wait_seconds),
+            grace: us(w.grace_seconds),
+            slots: cfg.pool.threads,
+        }
+    }
+
+    pub fn at(&mut self, at: T, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Entry {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    /// The shares' clock: real `Instant`s, `now` after a fixed base.
+    pub fn instant(&self) -> Instant {
+        self.base + Duration::from_micros(self.now)
+    }
+
+    /// The scaler's clock.
+    fn system_time(&self) -> SystemTime {
+        self.epoch + Duration::from_micros(self.now)
+    }
+
+    /// A DynamoDB write issued now: when it completes, waiting for capacity
+    /// above the write rate (a throttled write is retried: one more request).
+    pub fn ledger_write(&mut self) -> T {
+        self.req.ledger_writes += 1;
+        let rate = self.cfg.aws.dynamodb_writes_per_second;
+        if rate <= 0.0 {
+            return self.now + self.lat_db;
+        }
+        let start = self.db_free.max(self.now);
+        if start > self.now {
+            self.req.ledger_throttled += 1;
+        }
+        self.db_free = start + us(1.0 / rate).max(1);
+        start + self.lat_db
+    }
+
+    /// Runs to the end: every batch done and every worker gone, or the time limit.
+    pub fn run(&mut self) {
+        let cfg = self.cfg;
+        for (i, b) in cfg.batches.iter().enumerate() {
+            self.at(us(b.arrival_seconds), Ev::BatchArrives(i));
+        }
+        self.at(0, Ev::ScalerTick);
+        self.at(0, Ev::Sample);
+        self.schedule_disruptions();
+        let limit = us(self.cfg.max_seconds);
+        while let Some(Entry { at, ev, .. }) = self.heap.pop() {
+            if at > limit {
+                break;
+            }
+            self.advance(at);
+            self.events += 1;
+            self.handle(ev);
+            for msg in std::mem::take(&mut self.queue.newly_dead) {
+                // The operator's long poll on the dead-letter queue.
+                self.at(self.now + self.lat_sqs, Ev::DeadLetter(msg));
+            }
+            if self.finished() {
+                break;
+            }
+        }
+    }
+
+    /// Moves the clock, integrating paid worker-time and busy slot-time.
+    fn advance(&mut self, to: T) {
+        let dt = u128::from(to.saturating_sub(self.now));
+        self.counters.paid += u128::from(self.live) * dt;
+        self.counters.busy += u128::from(self.busy_slots) * dt;
+        for (time, &busy) in self.slot_time_by_batch.iter_mut().zip(&self.busy_by_batch) {
+            *time += u128::from(busy) * dt;
+        }
+        self.now = to.max(self.now);
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::BatchArrives(b) => self.batch_arrives(b),
+            Ev::RunnerWake { b, token } => {
+                if self.batches[b].take_wake(token) {
+                    self.runner_step(b);
+                }
+            }
+            Ev::MessagesVisible(ids) => {
+                for id in ids {
+                    self.queue.make_visible(id, self.cfg.aws.max_receives);
+                }
+                self.serve_pollers();
+            }
+            Ev::ResultsArrive { b, results } => self.results_arrive(b, results),
+            Ev::CollectorTimeout { b, seq } => self.collector_timeout(b, seq),
+            Ev::CollectorGot { b, messages } => self.collector_got(b, messages),
+            Ev::ScalerTick => {
+                self.scale();
+                if !self.finished() {
+                    self.at(self.now + SECOND, Ev::ScalerTick);
+                }
+            }
+            Ev::ScalerWake => self.scale(),
+            Ev::Sample => self.sample(),
+            Ev::WorkerReady(w) => self.worker_ready(w),
+            Ev::PollTimeout { w, seq } => self.poll_timeout(w, seq),
+            Ev::Delivered { w, msgs } => self.delivered(w, msgs),
+            Ev::Claimed { w, msg } => self.claimed(w, msg),
+            Ev::FetcherFree(w) => {
+                self.workers[w].fetching = false;
+                self.maybe_fetch(w);
+            }
+            Ev::TaskDone {
+                w,
+                msg,
+                pos,
+                result,
+                ran,
+            } => self.task_done(w, msg, pos, result, ran),
+            Ev::Flush(w) => self.flush(w),
+            Ev::FlushDone { w, items } => self.flush_done(w, items),
+            Ev::Renew(w) => self.renew(w),
+            Ev::VisibilityEnds { msg, generation } => {
+                if self.queue.messages[msg].visibility == generation
+                    && self.queue.make_visible(msg, self.cfg.aws.max_receives)
+                {
+                    self.serve_pollers();
+                }
+            }
+            Ev::Spot => self.spot(),
+            Ev::Crash => self.crash(),
+            Ev::NodeGone(w) => {
+                if self.workers[w].state != WState::Gone {
+                    self.kill(w);
+                }
+            }
+            Ev::GraceEnds(w) => self.grace_ends(w),
+            Ev::DeadLetter(msg) => self.dead_letter(msg),
+        }
+    }
+
+    /// A bundle read back from the dead-letter queue, as `dead_letters` does:
+    /// the operator claims it in the ledger — finished, dropped; held by a
+    /// live lease, looked at again after it; otherwise its tasks without a
+    /// result in the progress are reported failed to their batch.
+    fn dead_letter(&mut self, msg: usize) {
+        self.req.dead_letter_receives += 1;
+        let until = match self.queue.messages[msg].claim {
+            Claim::Done => return,
+            Claim::Held { until, .. } => until,
+            Claim::Free => 0,
+        };
+        if until > self.now {
+            self.at(until, Ev::DeadLetter(msg));
+            return;
+        }
+        self.ledger_write();
+        let m = &mut self.queue.messages[msg];
+        m.claim = Claim::Done;
+        let (b, first) = (m.batch, m.first);
+        let results: Vec<ResultItem> = (0..m.len)
+            .filter(|&p| !m.progress.get(p as usize).copied().unwrap_or(false))
+            .map(|p| ResultItem {
+                id: first + u64::from(p),
+                took: 0,
+                ok: false,
+            })
+            .collect();
+        self.counters.dead_letter_failed += results.len() as u64;
+        if !results.is_empty() {
+            self.req.results_sends += 1;
+            self.at(self.now + self.lat_sqs, Ev::ResultsArrive { b, results });
+        }
+    }
+
+    /// Every batch has all its results.
+    pub fn batches_done(&self) -> bool {
+        self.batches.iter().all(|b| b.done_at.is_some())
+    }
+
+    /// Nothing left to simulate: batches done, and no worker left beyond
+    /// the pool's minimum.
+    fn finished(&self) -> bool {
+        self.batches_done() && self.live <= u64::try_from(self.cfg.pool.min.max(0)).unwrap_or(0)
+    }
+
+    /// Runners waiting for a turn look again when the shares changed (the
+    /// `turns` channel the real runners wait on).
+    pub fn notice_turns(&mut self) {
+        if self.turns.has_changed().unwrap_or(false) {
+            self.turns.mark_unchanged();
+            for b in 0..self.batches.len() {
+                if self.batches[b].waiting {
+                    self.wake_runner(b, self.now);
+                }
+            }
+        }
+    }
+
+    pub fn wake_runner(&mut self, b: usize, at: T) {
+        if let Some(token) = self.batches[b].wake(at) {
+            self.at(at, Ev::RunnerWake { b, token });
+        }
+    }
+
+    /// Every second, as the pool reconciler: the real scaler decides, the
+    /// Deployment follows.
+    pub fn scale(&mut self) {
+        let now_sys = self.system_time();
+        let backlog = self.queue.visible() + self.queue.in_flight;
+        if backlog > 0 {
+            self.last_active = Some(self.now);
+        }
+        let (work_tasks, work_task_seconds) = self.shares.work(&self.pool_key).to_run();
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.state == WState::Ready)
+            .count();
+        let seen = Observed {
+            backlog_visible: self.queue.visible(),
+            backlog_in_flight: self.queue.in_flight,
+            work_tasks,
+            work_task_seconds,
+            current: self.replicas,
+            ready: i32::try_from(ready).unwrap_or(i32::MAX),
+            last_active: self
+                .last_active
+                .map(|t| self.epoch + Duration::from_micros(t)),
+        };
+        let mut decision = self.scale.decide(&self.scale_config, &seen, now_sys);
+        if decision.replicas < self.replicas {
+            // The pool reconciler's heartbeats (fresher here: it reads them
+            // up to 10 s old).
+            let busy = self.workers.iter().filter(|w| w.running()).count();
+            decision.replicas = crate::scale::keep_busy(
+                decision.replicas,
+                i32::try_from(busy).unwrap_or(i32::MAX),
+                self.replicas,
+                self.queue.in_flight,
+                self.scale_config.max,
+            );
+        }
+        let change = decision.replicas - self.replicas;
+        if change != 0 {
+            tracing::debug!(t = secs(self.now), from = self.replicas, to = decision.replicas, reason = %decision.reason, "scaled");
+            self.replicas = decision.replicas;
+            self.scale.scaled(now_sys, change);
+            self.reconcile_fleet();
+        }
+    }
+
+    /// The ReplicaSet: as many workers starting or ready as the replicas;
+    /// removes those not ready first, then the least busy (the operator
+    /// marks idle pods cheapest to delete).
+    pub fn reconcile_fleet(&mut self) {
+        let live: Vec<usize> = (0..self.workers.len())
+            .filter(|&w| matches!(self.workers[w].state, WState::Starting | WState::Ready))
+            .collect();
+        let want = usize::try_from(self.replicas.max(0)).unwrap_or(0);
+        if live.len() < want {
+            for _ in live.len()..want {
+                self.start_worker();
+            }
+        } else if live.len() > want {
+            let mut order = live;
+            order.sort_by_key(|&w| {
+                let worker = &self.workers[w];
+                (
+                    worker.state == WState::Ready,
+                    worker.tasks_held,
+                    std::cmp::Reverse(w),
+                )
+            });
+            let excess = order.len() - want;
+            for &w in order.iter().take(excess) {
+                self.drain(w);
+            }
+        }
+    }
+
+    fn start_worker(&mut self) {
+        let w = self.workers.len();
+        let startup = us(self.cfg.worker.startup_seconds
+            + self.cfg.worker.startup_jitter_seconds * self.rng.unit());
+        self.workers
+            .push(WorkerSim::new(self.now, self.slots, self.batches.len()));
+        self.live += 1;
+        self.counters.workers_started += 1;
+        self.at(self.now + startup, Ev::WorkerReady(w));
+    }
+
+    fn sample(&mut self) {
+        let mut workers = 0;
+        let mut ready = 0;
+        for w in &self.workers {
+            match w.state {
+                WState::Gone => {}
+                WState::Ready => {
+                    workers += 1;
+                    ready += 1;
+                }
+                _ => workers += 1,
+            }
+        }
+        self.samples.push(Sample {
+            t: secs(self.now),
+            visible: self.queue.visible(),
+            in_flight: self.queue.in_flight,
+            workers,
+            ready,
+            busy_slots: self.busy_slots,
+        });
+        if !self.finished() {
+            self.at(self.now + us(self.cfg.sample_seconds), Ev::Sample);
+        }
+    }
+
+    /// `n` slots of batch `b` start (positive) or stop running tasks.
+    pub fn busy(&mut self, b: usize, n: i64) {
+        let add = |x: u64| x.checked_add_signed(n).expect("busy slots stay >= 0");
+        self.busy_slots = add(self.busy_slots);
+        self.busy_by_batch[b] = add(self.busy_by_batch[b]);
+    }
+
+    fn schedule_disruptions(&mut self) {
+        let cfg = self.cfg;
+        let d = &cfg.disruptions;
+        let max = f64::from(self.cfg.pool.max);
+        let spot = (d.spot_fraction * max).round() as u64;
+        let crash = (d.crash_fraction * max).round() as u64;
+        let (from, to) = (us(d.from_seconds), us(d.to_seconds.max(d.from_seconds)));
+        let spread = |i: u64, n: u64| from + (to - from) * (2 * i + 1) / (2 * n.max(1));
+        for i in 0..spot {
+            self.at(spread(i, spot), Ev::Spot);
+        }
+        for i in 0..crash {
+            self.at(spread(i, crash), Ev::Crash);
+        }
+    }
+
+    /// A ready worker at random, if any.
+    fn victim(&mut self) -> Option<usize> {
+        let ready: Vec<usize> = (0..self.workers.len())
+            .filter(|&w| self.workers[w].state == WState::Ready)
+            .collect();
+        (!ready.is_empty()).then(|| ready[self.rng.below(ready.len())])
+    }
+
+    /// A spot interruption: the notice drains the worker (SIGTERM), its node
+    /// goes after the notice, and the ReplicaSet asks for another at once.
+    fn spot(&mut self) {
+        let Some(w) = self.victim() else { return };
+        self.counters.spot += 1;
+        self.drain(w);
+        let notice = us(self.cfg.disruptions.notice_seconds);
+        self.at(self.now + notice, Ev::NodeGone(w));
+        self.reconcile_fleet();
+    }
+
+    /// A worker killed outright: its claims and messages wait for their
+    /// lease and visibility to run out.
+    fn crash(&mut self) {
+        let Some(w) = self.victim() else { return };
+        self.counters.crashes += 1;
+        self.kill(w);
+        self.reconcile_fleet();
+    }
+}

@@ -1,0 +1,425 @@
+//! What a run measured, and its text form.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::config::SimConfig;
+use super::engine::{Counters, Requests, SECOND, Sample, Sim, secs};
+
+#[derive(Clone, Debug)]
+pub struct BatchReport {
+    pub name: String,
+    pub weight: u64,
+    pub tasks: u64,
+    pub collected: u64,
+    pub failed: u64,
+    pub duplicates: u64,
+    pub bundles: u64,
+    pub resizes: u64,
+    pub arrived: f64,
+    pub done: Option<f64>,
+    /// Its part of the slot-time the pool ran tasks while all batches sent
+    /// (the slots its tasks held), and its weight's part.
+    pub share: Option<f64>,
+    pub share_target: f64,
+}
+
+impl BatchReport {
+    /// Relative error of its share: 0.1 is 10 % over its part.
+    pub fn share_error(&self) -> Option<f64> {
+        self.share.map(|s| s / self.share_target - 1.0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub name: String,
+    pub seed: u64,
+    pub wall: Duration,
+    pub events: u64,
+    pub tasks: u64,
+    pub collected: u64,
+    /// From the first batch's arrival to the last one's last result.
+    pub makespan: Option<f64>,
+    /// Start-up delay plus the tasks' work spread over every slot of the pool.
+    pub ideal: f64,
+    /// Start-up plus the longest task: no schedule beats it either.
+    pub longest_bound: f64,
+    /// The tasks in their order (batch after batch) on the first free slot
+    /// of `max` workers from the start-up on, with no overhead of any kind:
+    /// what a scheduler that cannot know task lengths does at best.
+    pub list_bound: f64,
+    pub slots: u32,
+    pub max_workers: i32,
+    pub peak_workers: u64,
+    pub workers_started: u64,
+    pub worker_seconds: f64,
+    pub busy_slot_seconds: f64,
+    /// Worker-seconds paid after the queue last handed out a bundle, idle.
+    pub tail_idle_worker_seconds: f64,
+    /// When the last worker was gone.
+    pub end: f64,
+    pub requests: Requests,
+    pub request_dollars: f64,
+    pub worker_dollars: f64,
+    pub counters: Counters,
+    pub dead_lettered_tasks: u64,
+    /// Executions beyond one per task (failed attempts not counted).
+    pub reruns: u64,
+    /// What the scheduler promises: per crashed worker slots × (lease/3 ÷
+    /// task length + 2), per drained one the slots running at the grace's end.
+    pub rerun_bound: u64,
+    pub batches: Vec<BatchReport>,
+    pub share_stretch: Option<(f64, f64)>,
+    pub samples: Vec<Sample>,
+}
+
+/// The makespan (seconds, from the start-up) of list scheduling: every task,
+/// in order, on the slot that frees first.
+fn list_schedule(sim: &Sim<'_>, slots: usize, cfg: &SimConfig) -> f64 {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let overhead = super::engine::us(cfg.worker.task_overhead_ms / 1000.0);
+    let mut free: BinaryHeap<Reverse<u64>> = (0..slots.max(1)).map(|_| Reverse(0)).collect();
+    let mut end = 0;
+    for b in &sim.batches {
+        for id in 0..b.total {
+            let Reverse(at) = free.pop().expect("a slot");
+            let done = at + b.task(id, 1).0 + overhead;
+            end = end.max(done);
+            free.push(Reverse(done));
+        }
+    }
+    secs(end)
+}
+
+impl Report {
+    pub fn from_sim(sim: &Sim<'_>, cfg: &SimConfig, wall: Duration) -> Self {
+        let tasks: u64 = sim.batches.iter().map(|b| b.total).sum();
+        let collected: u64 = sim.batches.iter().map(|b| b.finished).sum();
+        let first = sim
+            .batches
+            .iter()
+            .filter_map(|b| b.arrived)
+            .min()
+            .unwrap_or(0);
+        let makespan = sim
+            .batches
+            .iter()
+            .map(|b| b.done_at)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|d| d.into_iter().max())
+            .map(|last| secs(last - first));
+        let slots = cfg.pool.threads;
+        let pool_slots = f64::from(slots) * f64::from(cfg.pool.max);
+        let work: f64 = sim.batches.iter().map(|b| b.done_work).sum::<f64>()
+            + tasks as f64 * cfg.worker.task_overhead_ms / 1000.0;
+        let startup = cfg.worker.startup_seconds;
+        let longest = sim.batches.iter().map(|b| b.longest).fold(0.0, f64::max);
+        let c = sim.counters;
+        let worker_seconds = c.paid as f64 / SECOND as f64;
+        let busy_slot_seconds = c.busy as f64 / SECOND as f64;
+        let tail_paid = (c.paid - c.paid_at_last_receive.min(c.paid)) as f64 / SECOND as f64;
+        let tail_busy = (c.busy - c.busy_at_last_receive.min(c.busy)) as f64 / SECOND as f64;
+        let r = sim.req;
+        let aws = &cfg.aws;
+        let request_dollars = (r.sqs() as f64 * aws.sqs_per_million
+            + (r.ledger_writes + r.ledger_throttled) as f64 * aws.dynamodb_write_per_million
+            + r.ledger_reads as f64 * aws.dynamodb_read_per_million)
+            / 1e6;
+        let weights: u64 = sim.batches.iter().map(|b| b.weight).sum();
+        let share = match (&sim.share_from, &sim.share_to) {
+            (Some((_, from)), Some((_, to))) => {
+                let d: Vec<f64> = from.iter().zip(to).map(|(a, b)| b - a).collect();
+                let all: f64 = d.iter().sum();
+                (all > 0.0).then(|| d.iter().map(|x| x / all).collect::<Vec<_>>())
+            }
+            _ => None,
+        };
+        let batches = sim
+            .batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BatchReport {
+                name: b.name.clone(),
+                weight: b.weight,
+                tasks: b.total,
+                collected: b.finished,
+                failed: b.failed,
+                duplicates: b.duplicates,
+                bundles: b.bundles,
+                resizes: b.resizes,
+                arrived: secs(b.arrived.unwrap_or(0)),
+                done: b.done_at.map(secs),
+                share: share.as_ref().map(|s| s[i]),
+                share_target: b.weight as f64 / weights.max(1) as f64,
+            })
+            .collect();
+        let mean = sim
+            .batches
+            .iter()
+            .map(|b| b.durations.mean() * b.total as f64)
+            .sum::<f64>()
+            / tasks.max(1) as f64;
+        let per_crash = f64::from(slots) * (cfg.worker.lease_seconds / 3.0 / mean.max(1e-6) + 2.0);
+        let rerun_bound = (c.crashes as f64 * per_crash).ceil() as u64 + c.spot * u64::from(slots);
+        let dead_lettered_tasks = sim
+            .queue
+            .messages
+            .iter()
+            .filter(|m| m.state == super::queue::MsgState::DeadLettered)
+            .map(|m| u64::from(m.len))
+            .sum();
+        let list_bound = startup + list_schedule(sim, pool_slots as usize, cfg);
+        Report {
+            name: cfg.name.clone(),
+            seed: cfg.seed,
+            wall,
+            events: sim.events,
+            tasks,
+            collected,
+            makespan,
+            ideal: startup + work / pool_slots,
+            longest_bound: startup + longest,
+            list_bound,
+            slots,
+            max_workers: cfg.pool.max,
+            peak_workers: sim.samples.iter().map(|s| s.workers).max().unwrap_or(0),
+            workers_started: c.workers_started,
+            worker_seconds,
+            busy_slot_seconds,
+            tail_idle_worker_seconds: (tail_paid - tail_busy / f64::from(slots)).max(0.0),
+            end: sim
+                .workers
+                .iter()
+                .filter_map(|w| w.gone_at)
+                .max()
+                .map_or(secs(sim.now), secs),
+            requests: r,
+            request_dollars,
+            worker_dollars: worker_seconds / 3600.0 * aws.worker_per_hour,
+            counters: c,
+            dead_lettered_tasks,
+            reruns: c.task_starts.saturating_sub(collected.min(tasks)),
+            rerun_bound,
+            batches,
+            share_stretch: sim
+                .share_from
+                .as_ref()
+                .zip(sim.share_to.as_ref())
+                .map(|((a, _), (b, _))| (secs(*a), secs(*b))),
+            samples: sim.samples.clone(),
+        }
+    }
+
+    pub fn requests_per_task(&self) -> f64 {
+        self.requests.total() as f64 / self.tasks.max(1) as f64
+    }
+
+    pub fn idle_worker_seconds(&self) -> f64 {
+        (self.worker_seconds - self.busy_slot_seconds / f64::from(self.slots)).max(0.0)
+    }
+
+    pub fn tail_idle_fraction(&self) -> f64 {
+        self.tail_idle_worker_seconds / self.worker_seconds.max(1e-9)
+    }
+
+    /// The ideal over the makespan (the seed papers' efficiency).
+    pub fn efficiency(&self) -> Option<f64> {
+        self.makespan.map(|m| self.ideal / m)
+    }
+
+    /// The largest share error among the batches, when measured.
+    pub fn worst_share_error(&self) -> Option<f64> {
+        self.batches
+            .iter()
+            .filter_map(BatchReport::share_error)
+            .map(f64::abs)
+            .max_by(f64::total_cmp)
+    }
+
+    /// Each target with its figure and whether it is met.
+    pub fn checks(&self, targets: &super::config::Targets) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        if let Some(t) = targets.makespan_over_ideal {
+            let ratio = self.makespan.map(|m| m / self.ideal);
+            out.push((
+                format!(
+                    "makespan / ideal {} (target <= {t:.3})",
+                    ratio.map_or("n/a".into(), |r| format!("{r:.3}"))
+                ),
+                ratio.is_some_and(|r| r <= t),
+            ));
+        }
+        if let Some(t) = targets.makespan_over_list_bound {
+            let ratio = self.makespan.map(|m| m / self.list_bound);
+            out.push((
+                format!(
+                    "makespan / list-schedule bound {} (target <= {t:.3})",
+                    ratio.map_or("n/a".into(), |r| format!("{r:.3}"))
+                ),
+                ratio.is_some_and(|r| r <= t),
+            ));
+        }
+        if let Some(t) = targets.requests_per_task {
+            let r = self.requests_per_task();
+            out.push((
+                format!("AWS requests per task {r:.4} (target <= {t})"),
+                r <= t,
+            ));
+        }
+        if let Some(t) = targets.tail_idle_fraction {
+            let r = self.tail_idle_fraction();
+            out.push((
+                format!(
+                    "idle worker-seconds at the tail {:.2} % (target <= {:.0} %)",
+                    100.0 * r,
+                    100.0 * t
+                ),
+                r <= t,
+            ));
+        }
+        if let Some(t) = targets.share_error {
+            let e = self.worst_share_error();
+            out.push((
+                format!(
+                    "worst fair-share error {} (target <= {:.0} %)",
+                    e.map_or("n/a".into(), |e| format!("{:.1} %", 100.0 * e)),
+                    100.0 * t
+                ),
+                e.is_some_and(|e| e <= t),
+            ));
+        }
+        if let Some(t) = targets.wall_seconds {
+            let w = self.wall.as_secs_f64();
+            out.push((format!("wall time {w:.1} s (target <= {t} s)"), w <= t));
+        }
+        out
+    }
+
+    pub fn text(&self, targets: &super::config::Targets) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "simulation {} (seed {}): {} tasks, {} workers x {} slots at most",
+            self.name, self.seed, self.tasks, self.max_workers, self.slots
+        );
+        let lost = self.tasks - self.collected.min(self.tasks);
+        let _ = writeln!(
+            s,
+            "  tasks collected {} of {} ({} lost, {} failed, {} duplicate results dropped, {} in dead-lettered bundles, {} of them reported failed from there)",
+            self.collected,
+            self.tasks,
+            lost,
+            self.batches.iter().map(|b| b.failed).sum::<u64>(),
+            self.batches.iter().map(|b| b.duplicates).sum::<u64>(),
+            self.dead_lettered_tasks,
+            self.counters.dead_letter_failed
+        );
+        match self.makespan {
+            Some(m) => {
+                let _ = writeln!(
+                    s,
+                    "  makespan {m:.1} s, ideal {:.1} s ({:.3}x; start-up + work / slots), longest task bound {:.1} s; efficiency {:.1} %",
+                    self.ideal,
+                    m / self.ideal,
+                    self.longest_bound,
+                    100.0 * self.ideal / m
+                );
+                let _ = writeln!(
+                    s,
+                    "  list-schedule bound {:.1} s ({:.3}x; the tasks in order on the first free slot, no overhead): the scheduler's own cost",
+                    self.list_bound,
+                    m / self.list_bound
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  NOT FINISHED by the time limit");
+            }
+        }
+        let idle = self.idle_worker_seconds();
+        let _ = writeln!(
+            s,
+            "  workers: {} started, peak {}; {:.0} worker-s paid, {:.0} idle ({:.1} %), {:.0} idle at the tail ({:.2} %); last gone at {:.1} s",
+            self.workers_started,
+            self.peak_workers,
+            self.worker_seconds,
+            idle,
+            100.0 * idle / self.worker_seconds.max(1e-9),
+            self.tail_idle_worker_seconds,
+            100.0 * self.tail_idle_fraction(),
+            self.end
+        );
+        let r = &self.requests;
+        let _ = writeln!(
+            s,
+            "  AWS requests {} = {:.4} per task, ${:.2} (+ ${:.2} of workers): bundles send {} / receive {} / delete {} / visibility {}; results send {} / receive {} / delete {}; DynamoDB writes {} (+{} throttled retries), reads {}",
+            r.total(),
+            self.requests_per_task(),
+            self.request_dollars,
+            self.worker_dollars,
+            r.bundle_sends,
+            r.bundle_receives,
+            r.bundle_deletes,
+            r.visibility_changes,
+            r.results_sends,
+            r.results_receives,
+            r.results_deletes,
+            r.ledger_writes,
+            r.ledger_throttled,
+            r.ledger_reads
+        );
+        let c = &self.counters;
+        let _ = writeln!(
+            s,
+            "  disruptions: {} spot interruptions, {} crashes; re-runs {} (bound {}), {} running tasks abandoned, {} bundles given back, {} taken over; {} failed attempts retried",
+            c.spot,
+            c.crashes,
+            self.reruns,
+            self.rerun_bound,
+            c.abandoned,
+            c.given_back,
+            c.taken_over,
+            c.failed_attempts
+        );
+        for b in &self.batches {
+            let share = match (b.share, b.share_error()) {
+                (Some(p), Some(e)) => format!(
+                    "; share {:.1} % of the slot-time for {:.1} % ({:+.1} %)",
+                    100.0 * p,
+                    100.0 * b.share_target,
+                    100.0 * e
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "  batch {} (weight {}): {}/{} tasks in {} bundles ({} re-cuts), arrived {:.1} s, done {}{share}",
+                b.name,
+                b.weight,
+                b.collected,
+                b.tasks,
+                b.bundles,
+                b.resizes,
+                b.arrived,
+                b.done.map_or("never".into(), |d| format!("{d:.1} s"))
+            );
+        }
+        if let Some((a, b)) = self.share_stretch {
+            let _ = writeln!(
+                s,
+                "  shares measured while all batches sent: {a:.1} s to {b:.1} s"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  simulated {} events in {:.2} s of wall time",
+            self.events,
+            self.wall.as_secs_f64()
+        );
+        for (what, met) in self.checks(targets) {
+            let _ = writeln!(s, "  [{}] {what}", if met { "met" } else { "NOT MET" });
+        }
+        s
+    }
+}

@@ -1,0 +1,442 @@
+//! A TaskBatch's runner in simulated time: the enqueue half (bundles cut by
+//! core's `Bundler` with `sizing::plan`, re-cut by `sizing::next_cost`,
+//! metered by `window::meter` and sent when `ShareGuard::take` grants the
+//! turn, in groups of the runner's `SEND_GROUP`) and the collect half
+//! (results received ten messages at a time, each task counted once, its
+//! length observed by the batch's `Estimate`). Restarts are not simulated,
+//! so neither is the enqueue horizon.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use cloudkon_core::{BatchId, Bundle, Bundler, Task, TaskSpec};
+
+use super::config::BatchConfig;
+use super::dist::{Durations, task_hash};
+use super::engine::{Ev, SECOND, Sim, us};
+use super::queue::T;
+use crate::batch_runner::{RECEIVE_RESULTS, SEND_GROUP, result_receives};
+use crate::shares::ShareGuard;
+use crate::sizing::{self, SizingInput};
+use crate::window::{self, Estimate, MeterInput};
+
+/// The collector's long poll (`receive_results(10, 500 ms)`).
+const RESULTS_WAIT: T = SECOND / 2;
+/// Result receipts deleted at once at most, and how often (the runner's flush).
+const FLUSH_RECEIPTS: u64 = 200;
+const FLUSH_EVERY: T = SECOND;
+/// The runner's meter also wakes every second (`sleep(1 s)` in its select).
+const METER_TICK: T = SECOND;
+
+/// One task's result.
+#[derive(Clone, Copy, Debug)]
+pub struct ResultItem {
+    pub id: u64,
+    /// How long it ran (its last attempt), µs.
+    pub took: T,
+    pub ok: bool,
+}
+
+pub struct BatchSim {
+    pub name: String,
+    pub weight: u64,
+    pub total: u64,
+    pub durations: Durations,
+    pub failure_rate: f64,
+    declared_ms: Option<u64>,
+    hash_seed: u64,
+    index: usize,
+    id: BatchId,
+    pub share: Option<ShareGuard>,
+    planned_slots: u64,
+    pool_workers: u64,
+    pub enqueued: u64,
+    pub finished: u64,
+    pub failed: u64,
+    pub duplicates: u64,
+    pub estimate: Estimate,
+    pub learned: Option<Duration>,
+    observed_at_change: u64,
+    pub resizes: u64,
+    bundler: Option<Bundler>,
+    next_task: u64,
+    peeked: Option<Bundle>,
+    pub bundles: u64,
+    pub all_sent: bool,
+    pub waiting: bool,
+    wake_at: Option<T>,
+    wake_token: u64,
+    collected: Vec<u64>,
+    inbox: VecDeque<Vec<ResultItem>>,
+    polling: bool,
+    poll_seq: u64,
+    /// Results receives made at once (`result_receives`).
+    receives: usize,
+    receipts: u64,
+    last_flush: T,
+    woke_pool: bool,
+    pub arrived: Option<T>,
+    pub sent_all_at: Option<T>,
+    pub done_at: Option<T>,
+    /// Seconds of work of the tasks collected, and the longest.
+    pub done_work: f64,
+    pub longest: f64,
+}
+
+impl BatchSim {
+    pub fn new(index: usize, cfg: &BatchConfig, pool_slots: u64, seed: u64) -> Self {
+        Self {
+            name: cfg.name.clone(),
+            weight: cfg.weight.max(1),
+            total: cfg.tasks,
+            durations: cfg.durations,
+            failure_rate: cfg.failure_rate,
+            declared_ms: cfg
+                .declared
+                .then(|| (cfg.durations.mean() * 1000.0).round() as u64),
+            hash_seed: seed,
+            index,
+            id: BatchId::new(cfg.name.as_str()),
+            share: None,
+            planned_slots: pool_slots.max(1),
+            pool_workers: 0,
+            enqueued: 0,
+            finished: 0,
+            failed: 0,
+            duplicates: 0,
+            estimate: Estimate::default(),
+            learned: None,
+            observed_at_change: 0,
+            resizes: 0,
+            bundler: None,
+            next_task: 0,
+            peeked: None,
+            bundles: 0,
+            all_sent: false,
+            waiting: false,
+            wake_at: None,
+            wake_token: 0,
+            collected: vec![0; cfg.tasks.div_ceil(64) as usize],
+            inbox: VecDeque::new(),
+            polling: false,
+            poll_seq: 0,
+            receives: 1,
+            receipts: 0,
+            last_flush: 0,
+            woke_pool: false,
+            arrived: None,
+            sent_all_at: None,
+            done_at: None,
+            done_work: 0.0,
+            longest: 0.0,
+        }
+    }
+
+    /// Task `id`'s length in µs, and whether its execution `attempt` fails.
+    pub fn task(&self, id: u64, attempt: u32) -> (T, bool) {
+        let h = task_hash(self.hash_seed, self.index, id);
+        let took = us(self.durations.sample(h));
+        let fails = self.failure_rate > 0.0
+            && super::dist::unit(super::dist::mix(h ^ u64::from(attempt))) < self.failure_rate;
+        (took, fails)
+    }
+
+    fn spec(&self) -> TaskSpec {
+        match self.declared_ms {
+            Some(ms) => TaskSpec::Sleep { ms },
+            None => TaskSpec::Run {
+                program: "true".into(),
+                args: vec![],
+            },
+        }
+    }
+
+    /// Enqueued and not finished.
+    pub fn running(&self) -> u64 {
+        self.enqueued.saturating_sub(self.finished)
+    }
+
+    /// Cuts bundles from task `from` on with the current sizing, as the
+    /// runner's `enqueue::bundles_from(tasks_from(from), .., from, from)`.
+    fn recut(&mut self, from: u64) {
+        let plan = sizing::plan(self.total, self.planned_slots, self.learned);
+        self.bundler = Some(Bundler::starting_at(plan, from));
+        self.next_task = from;
+        self.peeked = None;
+    }
+
+    /// The next bundle, cut when first looked at.
+    fn peek(&mut self) -> Option<&Bundle> {
+        while self.peeked.is_none() {
+            if self.next_task >= self.total {
+                self.peeked = self.bundler.take().and_then(Bundler::finish);
+                break;
+            }
+            let task = Task {
+                batch: self.id.clone(),
+                id: self.next_task,
+                attempt: 1,
+                timeout: None,
+                spec: self.spec(),
+            };
+            self.next_task += 1;
+            let bundler = self.bundler.as_mut()?;
+            self.peeked = bundler.push(task);
+        }
+        self.peeked.as_ref()
+    }
+
+    /// Schedules a wake at `at` unless one as early is pending: the token of
+    /// the new wake.
+    pub fn wake(&mut self, at: T) -> Option<u64> {
+        if self.wake_at.is_some_and(|w| w <= at) || self.done_at.is_some() {
+            return None;
+        }
+        self.wake_token += 1;
+        self.wake_at = Some(at);
+        Some(self.wake_token)
+    }
+
+    /// Whether a wake with this token is the current one.
+    pub fn take_wake(&mut self, token: u64) -> bool {
+        if token != self.wake_token {
+            return false;
+        }
+        self.wake_at = None;
+        true
+    }
+
+    /// Counts a task's result once; whether it was new.
+    fn collect(&mut self, id: u64) -> bool {
+        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+        let new = self.collected[word] & bit == 0;
+        self.collected[word] |= bit;
+        new
+    }
+}
+
+impl Sim<'_> {
+    pub fn batch_arrives(&mut self, b: usize) {
+        let now = self.instant();
+        let weight = self.batches[b].weight;
+        let share = self
+            .shares
+            .join_at(&self.pool_key, &self.batches[b].name, weight, now);
+        let pool_workers = self.cfg.pool.max as u64;
+        let batch = &mut self.batches[b];
+        batch.share = Some(share);
+        batch.pool_workers = pool_workers;
+        batch.arrived = Some(self.now);
+        batch.last_flush = self.now;
+        batch.recut(0);
+        if self.batches.iter().all(|b| b.arrived.is_some()) && self.batches.len() > 1 {
+            self.share_from = Some((self.now, self.done_work()));
+        }
+        self.wake_runner(b, self.now);
+        self.collector_poll(b);
+        self.notice_turns();
+    }
+
+    /// Slot-seconds each batch's tasks ran so far.
+    fn done_work(&self) -> Vec<f64> {
+        self.slot_time_by_batch
+            .iter()
+            .map(|&t| t as f64 / SECOND as f64)
+            .collect()
+    }
+
+    /// One pass of the runner's enqueue loop: re-cut for a learned length,
+    /// ask for the turn, send the granted bundles.
+    pub fn runner_step(&mut self, b: usize) {
+        let now = self.now;
+        let instant = self.instant();
+        let lat = self.lat_sqs;
+        let batch = &mut self.batches[b];
+        if batch.all_sent || batch.share.is_none() {
+            return;
+        }
+        batch.waiting = false;
+        let unknown = batch.peek().is_some_and(|x| {
+            x.tasks
+                .first()
+                .is_some_and(|t| t.spec.nominal_duration().is_none())
+        });
+        if unknown {
+            let input = SizingInput {
+                current: batch.learned,
+                estimate: batch.estimate.get(),
+                fresh: batch
+                    .estimate
+                    .observed()
+                    .saturating_sub(batch.observed_at_change),
+                slots: batch.planned_slots,
+            };
+            if let Some(next) = sizing::next_cost(&input) {
+                batch.learned = Some(next);
+                batch.observed_at_change = batch.estimate.observed();
+                batch.resizes += 1;
+                let from = batch.enqueued;
+                batch.recut(from);
+            }
+        }
+        let Some(bundle) = batch.peek() else {
+            return;
+        };
+        let next = bundle.tasks.len() as u64;
+        let declared = bundle.tasks.first().and_then(|t| t.spec.nominal_duration());
+        if batch.estimate.get().is_none() && declared.is_some() {
+            batch.estimate = Estimate::seeded(declared);
+        }
+        let (cost, window) = window::meter(&MeterInput {
+            unknown,
+            learned: batch.learned,
+            estimate: batch.estimate.get(),
+            pool_slots: batch.planned_slots,
+            pool_workers: batch.pool_workers,
+            next_bundle: next,
+        });
+        let share = batch.share.take().expect("a running batch has its share");
+        share.update(batch.running(), batch.estimate.get());
+        share.set_waiting(batch.total.saturating_sub(batch.enqueued));
+        if !share.take_at(next, cost, window, instant) {
+            batch.share = Some(share);
+            batch.waiting = true;
+            self.wake_runner(b, now + METER_TICK);
+            self.notice_turns();
+            return;
+        }
+        let mut group = Vec::with_capacity(SEND_GROUP);
+        while let Some(bundle) = batch.peeked.take() {
+            let first = bundle.tasks.first().map_or(0, |t| t.id);
+            group.push((first, bundle.tasks.len() as u32));
+            if group.len() >= SEND_GROUP {
+                break;
+            }
+            match batch.peek() {
+                Some(n) => {
+                    let n = n.tasks.len() as u64;
+                    if !share.take_at(n, cost, window, instant) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        let (first, len) = *group.last().expect("a granted turn sends a bundle");
+        batch.enqueued = first + u64::from(len);
+        batch.bundles += group.len() as u64;
+        let last = batch.peek().is_none();
+        share.sent_at(batch.running(), instant);
+        if last {
+            batch.all_sent = true;
+            batch.sent_all_at = Some(now);
+            share.set_backlogged_at(false, instant);
+        }
+        batch.share = Some(share);
+        let woke_pool = std::mem::replace(&mut batch.woke_pool, true);
+        self.req.bundle_sends += 1;
+        let ids = group
+            .into_iter()
+            .map(|(first, len)| self.queue.add(b, first, len))
+            .collect();
+        self.at(now + lat, Ev::MessagesVisible(ids));
+        if last && self.share_to.is_none() && self.share_from.is_some() {
+            self.share_to = Some((now, self.done_work()));
+        }
+        if !woke_pool {
+            // The pool scales on this backlog now, not at its next poll.
+            self.at(now + lat, Ev::ScalerWake);
+        }
+        if !last {
+            self.wake_runner(b, now + lat);
+        }
+        self.notice_turns();
+    }
+
+    /// The collector's next receive: results waiting, or a long poll.
+    pub fn collector_poll(&mut self, b: usize) {
+        let now = self.now;
+        let batch = &mut self.batches[b];
+        if batch.done_at.is_some() {
+            return;
+        }
+        if batch.inbox.is_empty() {
+            batch.polling = true;
+            batch.poll_seq += 1;
+            let seq = batch.poll_seq;
+            self.at(now + RESULTS_WAIT, Ev::CollectorTimeout { b, seq });
+            return;
+        }
+        // The round's receives go at once and come back together.
+        let n = batch.inbox.len().min(RECEIVE_RESULTS * batch.receives);
+        let messages: Vec<_> = batch.inbox.drain(..n).collect();
+        self.req.results_receives += batch.receives as u64;
+        batch.receives = result_receives(batch.receives, n);
+        self.at(now + self.lat_sqs, Ev::CollectorGot { b, messages });
+    }
+
+    pub fn results_arrive(&mut self, b: usize, results: Vec<ResultItem>) {
+        let batch = &mut self.batches[b];
+        batch.inbox.push_back(results);
+        if batch.polling {
+            // The long poll returns with it (with several receives waiting,
+            // the real round also waits for the others, up to the long
+            // poll's 500 ms: not simulated; they only wait so while the
+            // receives are shrinking back after a busy stretch).
+            batch.polling = false;
+            batch.poll_seq += 1;
+            self.collector_poll(b);
+        }
+    }
+
+    pub fn collector_timeout(&mut self, b: usize, seq: u64) {
+        let batch = &mut self.batches[b];
+        if batch.polling && batch.poll_seq == seq {
+            batch.polling = false;
+            self.req.results_receives += batch.receives as u64;
+            batch.receives = result_receives(batch.receives, 0);
+            self.collector_poll(b);
+        }
+    }
+
+    pub fn collector_got(&mut self, b: usize, messages: Vec<Vec<ResultItem>>) {
+        let now = self.now;
+        let batch = &mut self.batches[b];
+        for r in messages.iter().flatten() {
+            if !batch.collect(r.id) {
+                batch.duplicates += 1;
+                continue;
+            }
+            batch.finished += 1;
+            if !r.ok {
+                batch.failed += 1;
+            }
+            let took = r.took as f64 / SECOND as f64;
+            batch.done_work += took;
+            batch.longest = batch.longest.max(took);
+            batch.estimate.observe(Duration::from_micros(r.took));
+        }
+        batch.receipts += messages.len() as u64;
+        let done = batch.finished >= batch.total;
+        if done || batch.receipts >= FLUSH_RECEIPTS || now - batch.last_flush >= FLUSH_EVERY {
+            self.req.results_deletes += batch.receipts.div_ceil(10);
+            batch.receipts = 0;
+            batch.last_flush = now;
+        }
+        if let Some(share) = &batch.share {
+            share.update(batch.running(), batch.estimate.get());
+        }
+        if done {
+            batch.done_at = Some(now);
+            // The runner ends: its share leaves the pool.
+            batch.share = None;
+        } else if batch.waiting {
+            // `progress.collected`: the meter may let more in.
+            self.wake_runner(b, now);
+        }
+        self.notice_turns();
+        if !done {
+            self.collector_poll(b);
+        }
+    }
+}

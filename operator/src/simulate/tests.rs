@@ -1,0 +1,153 @@
+use super::*;
+
+fn config(yaml: &str) -> SimConfig {
+    SimConfig::parse(yaml).expect("a valid config")
+}
+
+/// One worker of 2 slots, up 10 s after the start, 4 declared 1 s tasks, no
+/// latencies and no linger: the tasks run two by two from 10 s, so the last
+/// result is in at 12 s exactly.
+#[test]
+fn a_tiny_run_takes_the_time_computed_by_hand() {
+    let cfg = config(
+        r#"
+pool: { min: 1, max: 1, threads: 2 }
+worker: { startupSeconds: 10, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 0,
+          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
+          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
+aws: { sqsLatencyMs: 0, dynamodbLatencyMs: 0, dynamodbWritesPerSecond: 0, maxReceives: 5,
+       sqsPerMillion: 0.4, dynamodbWritePerMillion: 1.25, dynamodbReadPerMillion: 0.25,
+       workerPerHour: 0.1 }
+batches:
+  - { name: a, tasks: 4, declared: true, durations: { kind: fixed, seconds: 1 } }
+"#,
+    );
+    let report = simulate(&cfg);
+    assert_eq!(report.collected, 4);
+    let makespan = report.makespan.expect("finished");
+    assert!((makespan - 12.0).abs() < 1e-6, "{makespan}");
+    assert!((report.ideal - 12.0).abs() < 1e-6, "{}", report.ideal);
+    assert!(
+        (report.list_bound - 12.0).abs() < 1e-6,
+        "{}",
+        report.list_bound
+    );
+    assert_eq!(report.reruns, 0);
+    // Factoring cuts 4 tasks over 2 slots into single-task bundles.
+    assert_eq!(report.batches[0].bundles, 4);
+}
+
+fn disrupted(seed: u64) -> SimConfig {
+    let mut cfg = config(
+        r#"
+pool: { max: 6, threads: 2, behavior: { scaleDown: { stabilizationWindowSeconds: 10 }, scaleToZeroCooldownSeconds: 5 } }
+worker: { startupSeconds: 5, startupJitterSeconds: 2, leaseSeconds: 9, lingerMs: 200,
+          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 3, maxClaims: 10,
+          maxAttempts: 3, retryBackoffSeconds: 0.5, taskOverheadMs: 0 }
+batches:
+  - { name: a, tasks: 3000, durations: { kind: exponential, meanSeconds: 0.3 }, failureRate: 0.01 }
+  - { name: b, tasks: 1000, weight: 3, arrivalSeconds: 20, durations: { kind: lognormal, medianSeconds: 0.2, p99Seconds: 3 } }
+disruptions: { spotFraction: 0.5, noticeSeconds: 120, crashFraction: 0.5, fromSeconds: 15, toSeconds: 60 }
+sampleSeconds: 1
+"#,
+    );
+    cfg.seed = seed;
+    cfg
+}
+
+#[test]
+fn every_task_completes_once_through_interruptions_and_crashes() {
+    for seed in 1..=4 {
+        let report = simulate(&disrupted(seed));
+        assert_eq!(report.counters.spot, 3, "seed {seed}");
+        assert_eq!(report.counters.crashes, 3, "seed {seed}");
+        assert!(report.makespan.is_some(), "seed {seed}: not finished");
+        assert_eq!(report.collected, report.tasks, "seed {seed}");
+        assert_eq!(report.dead_lettered_tasks, 0, "seed {seed}");
+        for b in &report.batches {
+            assert_eq!(b.collected, b.tasks, "seed {seed}: {}", b.name);
+        }
+        // Crashes re-run what was not in the last renewal's progress.
+        assert!(report.counters.taken_over > 0, "seed {seed}");
+        assert!(
+            report.reruns <= report.rerun_bound,
+            "seed {seed}: {} re-runs over the bound {}",
+            report.reruns,
+            report.rerun_bound
+        );
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let a = simulate(&disrupted(7));
+    let b = simulate(&disrupted(7));
+    assert_eq!(a.makespan, b.makespan);
+    assert_eq!(a.events, b.events);
+    assert_eq!(a.requests.total(), b.requests.total());
+    assert_eq!(a.reruns, b.reruns);
+    let c = simulate(&disrupted(8));
+    assert_ne!(a.makespan, c.makespan);
+}
+
+/// Weights 1/2/5 on 40 slots for a minute: each batch's slot-time within
+/// 10 % of its part (measured 5.8 % at worst). With a heavier tail (p99 10x
+/// the median) this small a run measures -10.7 % for w1: a few hundred of
+/// its tasks are too few for their lengths to average out, and the learned
+/// sizing re-cuts the bundles at every swing of the estimate (117 times per
+/// batch); `examples/simulations/shares-1-2-5.yaml` is the issue's run at scale.
+#[test]
+fn weighted_batches_get_their_shares_while_all_run() {
+    let cfg = config(
+        r#"
+pool: { min: 10, max: 10, threads: 4 }
+worker: { startupSeconds: 1, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 200,
+          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
+          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
+batches:
+  - { name: w1, tasks: 20000, weight: 1, durations: { kind: lognormal, medianSeconds: 0.05, p99Seconds: 0.2 } }
+  - { name: w2, tasks: 20000, weight: 2, durations: { kind: lognormal, medianSeconds: 0.05, p99Seconds: 0.2 } }
+  - { name: w5, tasks: 20000, weight: 5, durations: { kind: lognormal, medianSeconds: 0.05, p99Seconds: 0.2 } }
+"#,
+    );
+    let report = simulate(&cfg);
+    assert_eq!(report.collected, report.tasks);
+    let worst = report.worst_share_error().expect("measured");
+    assert!(worst <= 0.10, "{}", report.text(&cfg.targets));
+}
+
+#[test]
+fn a_pool_scales_up_from_zero_and_back_down_after_the_cooldown() {
+    let cfg = config(
+        r#"
+pool: { max: 4, threads: 2, targetDrainSeconds: 1, behavior: { scaleDown: { stabilizationWindowSeconds: 0 }, scaleToZeroCooldownSeconds: 30 } }
+worker: { startupSeconds: 5, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 200,
+          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
+          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
+batches:
+  - { name: a, tasks: 400, durations: { kind: fixed, seconds: 0.5 } }
+sampleSeconds: 1
+"#,
+    );
+    let report = simulate(&cfg);
+    assert_eq!(report.collected, 400);
+    assert_eq!(report.peak_workers, 4);
+    let done = report.makespan.expect("finished");
+    // Gone after the cooldown, not before.
+    assert!(report.end >= done + 29.0, "{} vs {done}", report.end);
+    assert!(report.end <= done + 32.0, "{} vs {done}", report.end);
+}
+
+#[test]
+fn the_shipped_examples_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/simulations");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/simulations") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            SimConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "{n} examples");
+}

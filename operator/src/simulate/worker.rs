@@ -1,0 +1,569 @@
+//! `cloudkon-worker` in simulated time: it holds about two tasks per slot
+//! (`bundles_wanted`, the worker's own rule) and at most slots + prefetch
+//! bundles, claims each bundle in the ledger before running it, runs its
+//! tasks on free slots, sends results per linger, renews its claims and the
+//! messages' visibility every third of the lease (writing the progress),
+//! completes a bundle (ledger, then delete) once its results are sent, and on
+//! SIGTERM stops receiving, lets running tasks finish within the grace and
+//! gives the rest back with its progress.
+
+use std::collections::VecDeque;
+
+use cloudkon_worker::remote::bundles_wanted;
+
+use super::engine::{Ev, SECOND, Sim};
+use super::queue::{Claim, MsgState, T};
+use super::runner::ResultItem;
+
+/// How often a worker asks whether a batch was cancelled (GetItem).
+const CANCEL_CHECK_EVERY: T = 3 * SECOND;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WState {
+    Starting,
+    Ready,
+    Draining,
+    Gone,
+}
+
+/// A bundle the worker holds.
+#[derive(Debug)]
+pub struct Held {
+    msg: usize,
+    /// Claimed: its tasks may run.
+    claimed: bool,
+    /// Positions not started.
+    pending: VecDeque<u32>,
+    running: u32,
+    /// Finished, results not yet sent.
+    unsent: u32,
+    /// Results sent (or sent by an earlier holder).
+    sent: Vec<bool>,
+    sent_count: u32,
+}
+
+#[derive(Debug)]
+pub struct WorkerSim {
+    pub state: WState,
+    pub requested: T,
+    pub gone_at: Option<T>,
+    free: u32,
+    held: Vec<Held>,
+    /// Tasks held and not finished.
+    pub tasks_held: usize,
+    avg_bundle_tasks: f64,
+    /// A receive (or the claims after it) is under way.
+    pub fetching: bool,
+    poll_seq: u64,
+    results: Vec<(usize, u32, ResultItem)>,
+    flushing: bool,
+    cancel_checked: Vec<Option<T>>,
+}
+
+impl WorkerSim {
+    pub fn new(now: T, slots: u32, batches: usize) -> Self {
+        Self {
+            state: WState::Starting,
+            requested: now,
+            gone_at: None,
+            free: slots,
+            held: Vec::new(),
+            tasks_held: 0,
+            avg_bundle_tasks: 1.0,
+            fetching: false,
+            poll_seq: 0,
+            results: Vec::new(),
+            flushing: false,
+            cancel_checked: vec![None; batches],
+        }
+    }
+
+    /// Runs tasks now (what its heartbeat's `busy` tells), and is not gone.
+    pub fn running(&self) -> bool {
+        matches!(self.state, WState::Ready | WState::Draining)
+            && self.held.iter().any(|h| h.running > 0)
+    }
+
+    fn held(&mut self, msg: usize) -> Option<&mut Held> {
+        self.held.iter_mut().find(|h| h.msg == msg)
+    }
+}
+
+impl Sim<'_> {
+    pub fn worker_ready(&mut self, w: usize) {
+        if self.workers[w].state != WState::Starting {
+            return;
+        }
+        self.workers[w].state = WState::Ready;
+        self.at(self.now + self.lease / 3, Ev::Renew(w));
+        self.maybe_fetch(w);
+    }
+
+    /// The fetch loop: receive when the slots are about to run out of tasks
+    /// and there is room for another bundle.
+    pub fn maybe_fetch(&mut self, w: usize) {
+        let slots = self.slots as usize;
+        let prefetch = self.cfg.worker.prefetch;
+        let worker = &mut self.workers[w];
+        if worker.state != WState::Ready || worker.fetching || worker.tasks_held >= 2 * slots {
+            return;
+        }
+        let room = (slots + prefetch).saturating_sub(worker.held.len());
+        if room == 0 {
+            return;
+        }
+        let want = bundles_wanted(slots, worker.tasks_held, worker.avg_bundle_tasks, room);
+        worker.fetching = true;
+        self.req.bundle_receives += 1;
+        let got = self.queue.receive(want);
+        if got.is_empty() {
+            let worker = &mut self.workers[w];
+            worker.poll_seq += 1;
+            let seq = worker.poll_seq;
+            self.pollers.push_back((w, seq, want));
+            self.at(self.now + self.receive_wait, Ev::PollTimeout { w, seq });
+        } else {
+            self.received(w, got);
+        }
+    }
+
+    /// Messages received by `w`: hidden for the visibility timeout, delivered
+    /// after the request's latency.
+    fn received(&mut self, w: usize, msgs: Vec<usize>) {
+        for &m in &msgs {
+            let generation = self.queue.messages[m].visibility;
+            self.at(
+                self.now + self.lease,
+                Ev::VisibilityEnds { msg: m, generation },
+            );
+        }
+        self.counters.last_receive = self.now;
+        self.counters.paid_at_last_receive = self.counters.paid;
+        self.counters.busy_at_last_receive = self.counters.busy;
+        self.at(self.now + self.lat_sqs, Ev::Delivered { w, msgs });
+    }
+
+    /// Long polls waiting on an empty queue return with what became visible.
+    pub fn serve_pollers(&mut self) {
+        while self.queue.visible() > 0 {
+            let Some((w, seq, want)) = self.pollers.pop_front() else {
+                return;
+            };
+            let worker = &mut self.workers[w];
+            if worker.state != WState::Ready || !worker.fetching || worker.poll_seq != seq {
+                continue;
+            }
+            worker.poll_seq += 1;
+            let got = self.queue.receive(want);
+            self.received(w, got);
+        }
+    }
+
+    pub fn poll_timeout(&mut self, w: usize, seq: u64) {
+        let worker = &mut self.workers[w];
+        if worker.fetching && worker.poll_seq == seq {
+            worker.fetching = false;
+            self.maybe_fetch(w);
+        }
+    }
+
+    /// Claims each delivered bundle in turn (`admit`), as the fetch loop does.
+    pub fn delivered(&mut self, w: usize, msgs: Vec<usize>) {
+        match self.workers[w].state {
+            WState::Gone => return,
+            WState::Draining | WState::Starting => {
+                // Received after the stop: straight back to the queue.
+                for m in msgs {
+                    self.req.visibility_changes += 1;
+                    self.queue.make_visible(m, self.cfg.aws.max_receives);
+                }
+                self.workers[w].fetching = false;
+                self.serve_pollers();
+                return;
+            }
+            WState::Ready => {}
+        }
+        let mut free_at = self.now;
+        let max_claims = self.cfg.worker.max_claims;
+        for m in msgs {
+            let (batch, len) = {
+                let msg = &self.queue.messages[m];
+                (msg.batch, msg.len)
+            };
+            let worker = &mut self.workers[w];
+            worker.avg_bundle_tasks = 0.7 * worker.avg_bundle_tasks + 0.3 * f64::from(len);
+            if worker.cancel_checked[batch].is_none_or(|t| self.now - t >= CANCEL_CHECK_EVERY) {
+                worker.cancel_checked[batch] = Some(self.now);
+                self.req.ledger_reads += 1;
+            }
+            // One claim after the other: each waits for the last.
+            let done_at = self.ledger_write() + (free_at - self.now);
+            free_at = done_at;
+            let msg = &mut self.queue.messages[m];
+            match msg.claim {
+                Claim::Done => {
+                    self.req.bundle_deletes += 1;
+                    self.queue.delete(m);
+                    continue;
+                }
+                Claim::Held {
+                    worker: other,
+                    until,
+                } if other != w && until > self.now => {
+                    // Held by a live worker: hide it until its lease would end.
+                    msg.visibility += 1;
+                    let generation = msg.visibility;
+                    self.req.visibility_changes += 1;
+                    self.at(until + SECOND, Ev::VisibilityEnds { msg: m, generation });
+                    continue;
+                }
+                _ => {}
+            }
+            msg.attempt += 1;
+            msg.claim = Claim::Held {
+                worker: w,
+                until: self.now + self.lease,
+            };
+            if msg.attempt > 1 {
+                self.counters.taken_over += 1;
+            }
+            let mut sent = std::mem::take(&mut msg.progress);
+            sent.resize(len as usize, false);
+            let give_up = msg.attempt > max_claims;
+            let first = msg.first;
+            let pending: VecDeque<u32> = (0..len).filter(|&p| !sent[p as usize]).collect();
+            let sent_count = len - pending.len() as u32;
+            let mut held = Held {
+                msg: m,
+                claimed: false,
+                pending,
+                running: 0,
+                unsent: 0,
+                sent,
+                sent_count,
+            };
+            if give_up {
+                // Claimed too often: its tasks are reported failed, not run.
+                let pending = std::mem::take(&mut held.pending);
+                held.unsent = pending.len() as u32;
+                held.claimed = true;
+                let worker = &mut self.workers[w];
+                for p in pending {
+                    let item = ResultItem {
+                        id: first + u64::from(p),
+                        took: 0,
+                        ok: false,
+                    };
+                    worker.results.push((m, p, item));
+                }
+                worker.held.push(held);
+                self.schedule_flush(w);
+                continue;
+            }
+            self.workers[w].held.push(held);
+            self.at(done_at, Ev::Claimed { w, msg: m });
+        }
+        self.at(free_at, Ev::FetcherFree(w));
+    }
+
+    pub fn claimed(&mut self, w: usize, msg: usize) {
+        let state = self.workers[w].state;
+        if state == WState::Gone {
+            return;
+        }
+        let worker = &mut self.workers[w];
+        let Some(held) = worker.held(msg) else { return };
+        held.claimed = true;
+        if state == WState::Draining {
+            held.pending.clear();
+            self.try_finish(w, msg);
+            return;
+        }
+        let n = held.pending.len();
+        worker.tasks_held += n;
+        self.start_tasks(w);
+    }
+
+    /// Free slots take the next tasks of the bundles held, oldest first.
+    fn start_tasks(&mut self, w: usize) {
+        let max_attempts = self.cfg.worker.max_attempts.max(1);
+        let backoff = super::engine::us(self.cfg.worker.retry_backoff_seconds);
+        let overhead = super::engine::us(self.cfg.worker.task_overhead_ms / 1000.0);
+        loop {
+            let worker = &mut self.workers[w];
+            if worker.free == 0 {
+                return;
+            }
+            let Some(held) = worker
+                .held
+                .iter_mut()
+                .find(|h| h.claimed && !h.pending.is_empty())
+            else {
+                return;
+            };
+            let pos = held.pending.pop_front().expect("not empty");
+            held.running += 1;
+            worker.free -= 1;
+            let msg = held.msg;
+            let (batch, first) = {
+                let m = &self.queue.messages[msg];
+                (m.batch, m.first)
+            };
+            let id = first + u64::from(pos);
+            // The worker retries a failing task in place, with backoff.
+            let b = &self.batches[batch];
+            let mut ran = 0;
+            let mut attempt = 1;
+            let (took, ok) = loop {
+                let (took, fails) = b.task(id, attempt);
+                ran += took + overhead;
+                if !fails || attempt >= max_attempts {
+                    break (took, !fails);
+                }
+                self.counters.failed_attempts += 1;
+                ran += backoff << (attempt - 1);
+                attempt += 1;
+            };
+            self.counters.task_starts += 1;
+            self.busy(batch, 1);
+            let result = ResultItem { id, took, ok };
+            self.at(
+                self.now + ran,
+                Ev::TaskDone {
+                    w,
+                    msg,
+                    pos,
+                    result,
+                    ran,
+                },
+            );
+        }
+    }
+
+    pub fn task_done(&mut self, w: usize, msg: usize, pos: u32, result: ResultItem, _ran: T) {
+        if self.workers[w].state == WState::Gone {
+            return;
+        }
+        self.busy(self.queue.messages[msg].batch, -1);
+        let worker = &mut self.workers[w];
+        worker.free += 1;
+        worker.tasks_held -= 1;
+        if let Some(held) = worker.held(msg) {
+            held.running -= 1;
+            held.unsent += 1;
+        }
+        worker.results.push((msg, pos, result));
+        self.schedule_flush(w);
+        self.start_tasks(w);
+        self.maybe_fetch(w);
+    }
+
+    fn schedule_flush(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        if !worker.flushing {
+            worker.flushing = true;
+            self.at(self.now + self.linger, Ev::Flush(w));
+        }
+    }
+
+    /// The linger is over: one send per response queue.
+    pub fn flush(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        worker.flushing = false;
+        if worker.state == WState::Gone {
+            return;
+        }
+        let results = std::mem::take(&mut worker.results);
+        let mut by_batch: Vec<Vec<ResultItem>> = vec![Vec::new(); self.batches.len()];
+        let mut items = Vec::with_capacity(results.len());
+        for (msg, pos, r) in results {
+            by_batch[self.queue.messages[msg].batch].push(r);
+            items.push((msg, pos));
+        }
+        let arrive = self.now + self.lat_sqs;
+        for (b, results) in by_batch.into_iter().enumerate() {
+            if !results.is_empty() {
+                self.req.results_sends += 1;
+                self.at(arrive, Ev::ResultsArrive { b, results });
+            }
+        }
+        self.at(arrive, Ev::FlushDone { w, items });
+    }
+
+    /// The results are sent: they count in the bundles' progress; bundles
+    /// whose every result is sent are completed (ledger, then one delete
+    /// batch).
+    pub fn flush_done(&mut self, w: usize, items: Vec<(usize, u32)>) {
+        if self.workers[w].state == WState::Gone {
+            return;
+        }
+        let mut touched = Vec::new();
+        for (msg, pos) in items {
+            if let Some(held) = self.workers[w].held(msg) {
+                if !held.sent[pos as usize] {
+                    held.sent[pos as usize] = true;
+                    held.sent_count += 1;
+                }
+                held.unsent -= 1;
+                if !touched.contains(&msg) {
+                    touched.push(msg);
+                }
+            }
+        }
+        let mut completed = 0;
+        for msg in touched {
+            completed += u64::from(self.try_finish(w, msg));
+        }
+        self.req.bundle_deletes += completed.div_ceil(10);
+        self.maybe_fetch(w);
+        self.check_drained(w);
+    }
+
+    /// A bundle with nothing left to run or send leaves: completed when every
+    /// result was sent (returns true), else given back with its progress.
+    fn try_finish(&mut self, w: usize, msg: usize) -> bool {
+        let worker = &mut self.workers[w];
+        let Some(i) = worker.held.iter().position(|h| h.msg == msg) else {
+            return false;
+        };
+        let h = &worker.held[i];
+        if !h.claimed || !h.pending.is_empty() || h.running > 0 || h.unsent > 0 {
+            return false;
+        }
+        let held = worker.held.remove(i);
+        let len = self.queue.messages[msg].len;
+        if held.sent_count >= len {
+            self.ledger_write();
+            let m = &mut self.queue.messages[msg];
+            m.claim = Claim::Done;
+            self.queue.delete(msg);
+            true
+        } else {
+            self.give_back(msg, held.sent);
+            false
+        }
+    }
+
+    /// Releases the claim with its progress (not an attempt) and makes the
+    /// message visible at once.
+    fn give_back(&mut self, msg: usize, progress: Vec<bool>) {
+        self.ledger_write();
+        self.counters.given_back += 1;
+        let m = &mut self.queue.messages[msg];
+        m.claim = Claim::Free;
+        m.attempt = m.attempt.saturating_sub(1);
+        m.progress = progress;
+        if m.state == MsgState::InFlight {
+            self.req.visibility_changes += 1;
+            if self.queue.make_visible(msg, self.cfg.aws.max_receives) {
+                self.serve_pollers();
+            }
+        }
+    }
+
+    /// Every third of the lease: each claim renewed with its progress, each
+    /// message's visibility extended.
+    pub fn renew(&mut self, w: usize) {
+        if self.workers[w].state == WState::Gone {
+            return;
+        }
+        let claimed: Vec<(usize, Vec<bool>)> = self.workers[w]
+            .held
+            .iter()
+            .filter(|h| h.claimed)
+            .map(|h| (h.msg, h.sent.clone()))
+            .collect();
+        for (msg, progress) in claimed {
+            self.ledger_write();
+            self.req.visibility_changes += 1;
+            let until = self.now + self.lease;
+            let m = &mut self.queue.messages[msg];
+            m.claim = Claim::Held { worker: w, until };
+            m.progress = progress;
+            m.visibility += 1;
+            let generation = m.visibility;
+            self.at(until, Ev::VisibilityEnds { msg, generation });
+        }
+        self.at(self.now + self.lease / 3, Ev::Renew(w));
+    }
+
+    /// SIGTERM: no more receives, tasks not started given back at once,
+    /// running ones finish within the grace.
+    pub fn drain(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        match worker.state {
+            WState::Gone | WState::Draining => return,
+            WState::Starting => {
+                worker.state = WState::Gone;
+                worker.gone_at = Some(self.now);
+                self.live -= 1;
+                return;
+            }
+            WState::Ready => {}
+        }
+        worker.state = WState::Draining;
+        worker.poll_seq += 1;
+        let mut msgs = Vec::new();
+        for h in &mut worker.held {
+            if h.claimed {
+                worker.tasks_held -= h.pending.len().min(worker.tasks_held);
+            }
+            h.pending.clear();
+            msgs.push(h.msg);
+        }
+        for msg in msgs {
+            self.try_finish(w, msg);
+        }
+        self.at(self.now + self.grace, Ev::GraceEnds(w));
+        self.check_drained(w);
+    }
+
+    /// The grace is over: running tasks are abandoned, their bundles given
+    /// back with what was sent.
+    pub fn grace_ends(&mut self, w: usize) {
+        if self.workers[w].state != WState::Draining {
+            return;
+        }
+        let held = std::mem::take(&mut self.workers[w].held);
+        for h in held {
+            self.counters.abandoned += u64::from(h.running);
+            self.busy(self.queue.messages[h.msg].batch, -i64::from(h.running));
+            if h.claimed {
+                self.give_back(h.msg, h.sent);
+            }
+        }
+        self.gone(w);
+    }
+
+    fn check_drained(&mut self, w: usize) {
+        let worker = &self.workers[w];
+        if worker.state == WState::Draining
+            && worker.held.is_empty()
+            && worker.results.is_empty()
+            && !worker.flushing
+        {
+            self.gone(w);
+        }
+    }
+
+    /// Killed outright: what it held waits for the lease and visibility.
+    pub fn kill(&mut self, w: usize) {
+        let held = std::mem::take(&mut self.workers[w].held);
+        for h in held {
+            self.counters.abandoned += u64::from(h.running);
+            self.busy(self.queue.messages[h.msg].batch, -i64::from(h.running));
+        }
+        self.gone(w);
+    }
+
+    fn gone(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        if worker.state == WState::Gone {
+            return;
+        }
+        worker.state = WState::Gone;
+        worker.gone_at = Some(self.now);
+        worker.results.clear();
+        self.live -= 1;
+    }
+}

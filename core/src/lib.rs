@@ -8,6 +8,7 @@ pub mod queue;
 pub mod store;
 pub mod summary;
 pub mod task;
+pub mod usage;
 pub mod wire;
 pub mod workload;
 
@@ -16,3 +17,4 @@ pub use summary::{Stats, Summary};
 pub use task::{
     AnimotoSpec, BatchId, Outcome, Task, TaskId, TaskKind, TaskResult, TaskSpec, Timestamp,
 };
+pub use usage::{Prices, Usage};

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, BundleOptions};
 use crate::task::{AnimotoSpec, BatchId, Outcome, Task, TaskResult, TaskSpec, Timestamp};
+use crate::usage::Usage;
 
 /// The largest SQS message body, in bytes.
 pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;
@@ -26,9 +27,10 @@ pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;
 /// kind leaves the other readable by old programs. Bundles: 2 adds the
 /// batch's options (retries, dedup); version 1 is still read.
 const BUNDLE_VERSION: u8 = 2;
-/// The format version of results. 2: results carry `artifact_url`. Version 1
-/// is still read (stored results in the ledger, results of older workers).
-const RESULTS_VERSION: u8 = 2;
+/// The format version of results. 2: results carry `artifact_url`; 3: the
+/// message carries the worker's [`Usage`] for it. Versions 1 and 2 are still
+/// read (stored results in the ledger, results of older workers).
+const RESULTS_VERSION: u8 = 3;
 
 /// What a message holds (the second header byte), so that a results message sent
 /// to a task queue by mistake is named as such.
@@ -58,7 +60,7 @@ impl MessageKind {
     fn readable(self) -> &'static [u8] {
         match self {
             MessageKind::Bundle => &[1, 2],
-            MessageKind::Results => &[1, 2],
+            MessageKind::Results => &[1, 2, 3],
         }
     }
 
@@ -115,7 +117,7 @@ pub enum WireError {
 }
 
 /// The results of one bundle, sent to the bundle's `reply_to` queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResultsMessage {
     /// The bundle's claim key (see [`crate::ledger::claim_key`]): lets the client
     /// count a bundle's results once even if they arrive twice.
@@ -124,6 +126,9 @@ pub struct ResultsMessage {
     /// results do not carry their tasks, so the worker computes it.
     pub ideal: Duration,
     pub results: Vec<TaskResult>,
+    /// The worker's requests and time since its previous results, this
+    /// message's share (zero from workers older than results version 3).
+    pub usage: Usage,
 }
 
 // ------------------------------------------------------------ wire structs --
@@ -193,6 +198,13 @@ struct WireResults<R> {
     batches: Vec<String>,
     workers: Vec<String>,
     results: Vec<R>,
+}
+
+/// Results in version 3: version 2's, then the message's usage.
+#[derive(Serialize, Deserialize)]
+struct WireResultsV3 {
+    v2: WireResults<WireResult>,
+    usage: Usage,
 }
 
 /// A result in version 2: version 1's fields, then the new ones (postcard
@@ -518,7 +530,7 @@ fn split_into(bundle: &Bundle, max_bytes: usize, out: &mut Vec<String>) -> Resul
 
 // ---------------------------------------------------------------- results --
 
-fn wire_results(msg: &ResultsMessage, output_cap: Option<usize>) -> WireResults<WireResult> {
+fn wire_results(msg: &ResultsMessage, output_cap: Option<usize>) -> WireResultsV3 {
     let mut batches = Interner::default();
     let mut workers = Interner::default();
     let (mut previous_id, mut previous_submitted) = (0, 0);
@@ -555,12 +567,15 @@ fn wire_results(msg: &ResultsMessage, output_cap: Option<usize>) -> WireResults<
             }
         })
         .collect();
-    WireResults {
-        key: msg.key.clone(),
-        ideal: msg.ideal,
-        batches: batches.strings,
-        workers: workers.strings,
-        results,
+    WireResultsV3 {
+        v2: WireResults {
+            key: msg.key.clone(),
+            ideal: msg.ideal,
+            batches: batches.strings,
+            workers: workers.strings,
+            results,
+        },
+        usage: msg.usage,
     }
 }
 
@@ -624,7 +639,7 @@ pub fn encode_results(msg: &ResultsMessage, max_bytes: usize) -> Result<String, 
 /// Results as as many message bodies of at most `max_bytes` as they need:
 /// split between results rather than cut, so that output is cut only where
 /// one result alone does not fit (see [`encode_results`]). The ideal time goes
-/// with the first part, so that it is counted once.
+/// with the first part, and so does the usage, so that each is counted once.
 pub fn encode_results_split(
     msg: &ResultsMessage,
     max_bytes: usize,
@@ -643,11 +658,13 @@ pub fn encode_results_split(
         key: msg.key.clone(),
         ideal: msg.ideal,
         results: msg.results[..mid].to_vec(),
+        usage: msg.usage,
     };
     let second = ResultsMessage {
         key: msg.key.clone(),
         ideal: Duration::ZERO,
         results: msg.results[mid..].to_vec(),
+        usage: Usage::default(),
     };
     let mut bodies = encode_results_split(&first, max_bytes)?;
     bodies.extend(encode_results_split(&second, max_bytes)?);
@@ -658,9 +675,9 @@ pub fn encode_results_split(
 pub fn decode_results(body: &str) -> Result<ResultsMessage, WireError> {
     const KIND: MessageKind = MessageKind::Results;
     let (version, payload) = unframe(KIND, body)?;
-    let wire: WireResults<WireResult> = if version == 1 {
+    let (wire, usage): (WireResults<WireResult>, Usage) = if version == 1 {
         let old: WireResults<WireResultV1> = parse(KIND, &payload)?;
-        WireResults {
+        let v2 = WireResults {
             key: old.key,
             ideal: old.ideal,
             batches: old.batches,
@@ -673,9 +690,13 @@ pub fn decode_results(body: &str) -> Result<ResultsMessage, WireError> {
                     artifact_url: None,
                 })
                 .collect(),
-        }
+        };
+        (v2, Usage::default())
+    } else if version == 2 {
+        (parse(KIND, &payload)?, Usage::default())
     } else {
-        parse(KIND, &payload)?
+        let v3: WireResultsV3 = parse(KIND, &payload)?;
+        (v3.v2, v3.usage)
     };
     let batches: Vec<BatchId> = wire.batches.into_iter().map(BatchId::new).collect();
     let workers: Vec<std::sync::Arc<str>> = wire.workers.into_iter().map(Into::into).collect();
@@ -728,6 +749,7 @@ pub fn decode_results(body: &str) -> Result<ResultsMessage, WireError> {
         key: wire.key,
         ideal: wire.ideal,
         results,
+        usage,
     })
 }
 
@@ -882,6 +904,7 @@ mod tests {
             key: "b#5".into(),
             ideal: Duration::new(3, 141_592_653),
             results,
+            usage: Default::default(),
         };
         let body = encode_results(&msg, SQS_MAX_MESSAGE_BYTES).unwrap();
         assert_eq!(decode_results(&body).unwrap(), msg);
@@ -896,8 +919,9 @@ mod tests {
             key: "b#4".into(),
             ideal: Duration::from_millis(7),
             results: vec![r, result(9, "")],
+            usage: Default::default(),
         };
-        let v2 = wire_results(&msg, None);
+        let v2 = wire_results(&msg, None).v2;
         let v1 = WireResults {
             key: v2.key,
             ideal: v2.ideal,
@@ -912,19 +936,49 @@ mod tests {
     }
 
     #[test]
+    fn usage_travels_with_the_first_part_and_version_2_reads_as_none() {
+        let usage = Usage {
+            sqs_requests: 2.5,
+            dynamodb_requests: 1.0,
+            dynamodb_write_units: 3.0,
+            s3_reads: 0.0,
+            s3_writes: 0.25,
+            worker_seconds: 1.5,
+        };
+        let big = "x".repeat(40_000);
+        let msg = ResultsMessage {
+            key: "b#1".into(),
+            ideal: Duration::from_millis(3),
+            results: (0..10).map(|i| result(i, &big)).collect(),
+            usage,
+        };
+        let bodies = encode_results_split(&msg, SQS_MAX_MESSAGE_BYTES).unwrap();
+        assert!(bodies.len() > 1);
+        let decoded: Vec<_> = bodies.iter().map(|b| decode_results(b).unwrap()).collect();
+        assert_eq!(decoded[0].usage, usage);
+        assert!(decoded[1..].iter().all(|m| m.usage.is_zero()));
+        // What a worker of results version 2 sends: no usage.
+        let v2 = frame_version(MessageKind::Results, 2, &wire_results(&msg, None).v2);
+        let old = decode_results(&v2).unwrap();
+        assert!(old.usage.is_zero());
+        assert_eq!(old.results, msg.results);
+    }
+
+    #[test]
     fn each_kind_has_its_own_version() {
         let bundle = BASE64.decode(encode_bundle(&sleep0_bundle(1))).unwrap();
         let results = ResultsMessage {
             key: "k".into(),
             ideal: Duration::ZERO,
             results: vec![],
+            usage: Default::default(),
         };
         let results = BASE64
             .decode(encode_results(&results, 1000).unwrap())
             .unwrap();
-        // Bundles are at version 2 (options), results at 2 (artifact URLs).
+        // Bundles are at version 2 (options), results at 3 (usage).
         assert_eq!(bundle[..2], [2, 1]);
-        assert_eq!(results[..2], [2, 2]);
+        assert_eq!(results[..2], [3, 2]);
         // A version-3 bundle does not exist yet: refused, naming the kind.
         let mut future = bundle.clone();
         future[0] = 3;
@@ -968,6 +1022,7 @@ mod tests {
                 key: "k".into(),
                 ideal: Duration::ZERO,
                 results: vec![],
+                usage: Default::default(),
             },
             1000,
         )
@@ -1055,6 +1110,7 @@ mod tests {
                 r.stderr = big.clone();
                 r
             }],
+            usage: Default::default(),
         };
         let body = encode_results(&msg, SQS_MAX_MESSAGE_BYTES).unwrap();
         assert!(body.len() <= SQS_MAX_MESSAGE_BYTES);
@@ -1072,6 +1128,7 @@ mod tests {
             key: "b#0".into(),
             ideal: Duration::ZERO,
             results: (0..2000).map(|i| result(i, "")).collect(),
+            usage: Default::default(),
         };
         assert!(matches!(
             encode_results(&many, 1000),
@@ -1101,6 +1158,7 @@ mod tests {
             key: "b#0".into(),
             ideal: Duration::ZERO,
             results: (0..1000).map(|i| result(i, "")).collect(),
+            usage: Default::default(),
         };
         let wire = encode_results(&msg, SQS_MAX_MESSAGE_BYTES).unwrap().len();
         let json = serde_json::to_string(&msg.results).unwrap().len();
@@ -1118,6 +1176,7 @@ mod tests {
             key: "b#0".into(),
             ideal: Duration::from_secs(4),
             results,
+            usage: Default::default(),
         };
         let bodies = encode_results_split(&msg, 100_000).unwrap();
         assert!(bodies.len() >= 4, "{} parts", bodies.len());
@@ -1141,6 +1200,7 @@ mod tests {
             key: "b#0".into(),
             ideal: Duration::ZERO,
             results: vec![msg.results[0].clone()],
+            usage: Default::default(),
         };
         let bodies = encode_results_split(&one, 5_000).unwrap();
         assert_eq!(bodies.len(), 1);

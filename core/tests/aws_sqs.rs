@@ -280,6 +280,7 @@ async fn without_a_dead_letter_queue_a_malformed_message_is_deleted() {
             key: "k".into(),
             ideal: Duration::ZERO,
             results: vec![],
+            usage: Default::default(),
         },
         1000,
     )
@@ -360,6 +361,7 @@ async fn results_travel_to_the_reply_queue() {
         key: "b#0".into(),
         ideal: Duration::from_millis(5),
         results: vec![],
+        usage: Default::default(),
     };
     // A worker knows only the URL, from the bundle's reply_to.
     sqs.at(replies.url()).send_results(&msg).await.unwrap();

@@ -57,7 +57,8 @@ pub enum BatchCommand {
     ///   cloudkon batch cancel sweep
     #[command(verbatim_doc_comment)]
     Cancel(NameArgs),
-    /// List the namespace's TaskBatches with their phase, progress, rate and ETA.
+    /// List the namespace's TaskBatches with their phase, progress, rate, ETA
+    /// and cost.
     ///
     ///   cloudkon batch list -n team-a
     #[command(verbatim_doc_comment)]
@@ -304,7 +305,8 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `done/total` or `done/enqueued+`, the rate and the ETA, from a status.
+/// `done/total` or `done/enqueued+`, the rate, the ETA and the cost, from a
+/// status.
 fn describe(st: &TaskBatchStatus) -> String {
     let mut parts = vec![st.progress.clone().unwrap_or_else(|| "0/0+".into())];
     if let Some(rate) = st.throughput {
@@ -312,6 +314,9 @@ fn describe(st: &TaskBatchStatus) -> String {
     }
     if let Some(eta) = &st.eta {
         parts.push(format!("ETA {eta}"));
+    }
+    if let Some(cost) = &st.cost {
+        parts.push(format!("cost {}", cost.summary));
     }
     if st.counts.failed > 0 {
         parts.push(format!("{} failed", st.counts.failed));
@@ -453,7 +458,7 @@ async fn list(args: NamespaceArgs) -> Result<ExitCode> {
         .list(&ListParams::default())
         .await
         .with_context(|| format!("cannot list TaskBatches in namespace {ns}"))?;
-    let rows: Vec<[String; 6]> = all
+    let rows: Vec<[String; 7]> = all
         .items
         .iter()
         .map(|b| {
@@ -465,12 +470,16 @@ async fn list(args: NamespaceArgs) -> Result<ExitCode> {
                 st.counts.failed.to_string(),
                 st.throughput.map(|r| format!("{r:.1}")).unwrap_or_default(),
                 st.eta.clone().unwrap_or_default(),
+                st.cost.map(|c| c.summary).unwrap_or_default(),
             ]
         })
         .collect();
     print!(
         "{}",
-        table(&["NAME", "PHASE", "DONE", "FAILED", "RATE", "ETA"], &rows)
+        table(
+            &["NAME", "PHASE", "DONE", "FAILED", "RATE", "ETA", "COST"],
+            &rows
+        )
     );
     if rows.is_empty() {
         eprintln!("no TaskBatches in namespace {ns}");

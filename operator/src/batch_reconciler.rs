@@ -169,6 +169,7 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
                     pool_workers,
                     source,
                     results,
+                    worker_hour_price: pool.as_ref().and_then(|p| p.spec.price_per_worker_hour),
                 },
             );
             runners.insert(key, handle);

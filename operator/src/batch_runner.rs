@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cloudkon_core::aws::{QueueOptions, S3Store, S3Uri, SqsQueue};
+use cloudkon_core::aws::{QueueOptions, RequestStats, S3Store, S3Uri, SqsQueue, StatsSnapshot};
 use cloudkon_core::queue::{Receipt, ResultsInbox, TaskQueue};
 use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
@@ -109,6 +109,8 @@ pub struct RunnerArgs {
     pub source: Source,
     /// `s3://bucket/prefix/<ns>/<name>/`, or `None`: results are counted only.
     pub results: Option<S3Uri>,
+    /// The pool's `pricePerWorkerHour` when the batch started.
+    pub worker_hour_price: Option<f64>,
 }
 
 /// The batch id in task messages and ledger keys: the object's uid, so that a
@@ -132,6 +134,9 @@ pub struct Runner<Q, I, S, B> {
     pub settings: Settings,
     /// Wakes the pool's reconciler (the batch has tasks in the queue).
     pub wake_pool: UnboundedSender<ObjectRef<WorkerPool>>,
+    /// The requests of this runner's clients (and only theirs): the
+    /// operator's part of the batch's cost.
+    pub requests: RequestStats,
 }
 
 /// The operator's runner: SQS, S3 and the API server. Makes the batch's
@@ -141,23 +146,26 @@ async fn kube_runner(
     args: &RunnerArgs,
 ) -> Result<Runner<SqsQueue, SqsQueue, S3Store, KubeRecord>, Error> {
     let batch = &args.batch;
-    let response = ctx
-        .sqs
+    // Clients of the batch's own, counting its requests apart.
+    let aws = ctx.aws.counted_apart();
+    let sqs = aws.sqs();
+    let response = sqs
         .create_queue(
             &build::response_queue_name(&batch.uid().unwrap_or_default()),
             &QueueOptions::default(),
         )
         .await?;
     Ok(Runner {
-        pool_queue: ctx.sqs.at(args.pool_queue_url.clone()),
+        pool_queue: sqs.at(args.pool_queue_url.clone()),
         reply_to: response.url().to_string(),
         inbox: response,
-        store: ctx.s3.clone(),
+        store: aws.s3(),
         record: KubeRecord::new(ctx.client.clone(), batch)?,
         shares: ctx.shares.clone(),
         metrics: ctx.metrics.clone(),
         settings: ctx.settings.clone(),
         wake_pool: ctx.wake_pool.clone(),
+        requests: aws.stats().clone(),
     })
 }
 
@@ -623,6 +631,8 @@ struct Pending {
     receipts: Vec<Receipt>,
     succeeded: u64,
     failed: u64,
+    /// The runner's request counters when last charged to the batch.
+    charged: StatsSnapshot,
 }
 
 /// Results per part at most (with `Settings::results_part_bytes`).
@@ -692,7 +702,10 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             None => Collected::default(),
         };
         let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is valid");
-        let mut pending = Pending::default();
+        let mut pending = Pending {
+            charged: self.requests.snapshot(),
+            ..Pending::default()
+        };
         let mut last_flush = Instant::now();
         let started = start_time.0;
         let mut receives = 1;
@@ -706,10 +719,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             let messages: Vec<_> = rounds.into_iter().flatten().collect();
             receives = result_receives(receives, messages.len());
             for (message, receipt) in messages {
+                let mut new = false;
                 for result in &message.results {
                     if !collected.ids.insert(result.id) {
                         continue;
                     }
+                    new = true;
                     if result.outcome.is_success() {
                         collected.succeeded += 1;
                         pending.succeeded += 1;
@@ -735,6 +750,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                         pending.lines.push(b'\n');
                         pending.results += 1;
                     }
+                }
+                // A message whose results were all counted is a duplicate
+                // (a redelivery, a resend): its usage was charged with them.
+                if new {
+                    collected.usage.add(&message.usage);
+                    collected.worker_usage.add(&message.usage);
                 }
                 pending.receipts.push(receipt);
             }
@@ -838,7 +859,13 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             }
         }
         // 2. The collected ids, before the messages go: a crash after this
-        //    point finds the redelivered results already counted.
+        //    point finds the redelivered results already counted. With them
+        //    the runner's own requests so far.
+        let requests = self.requests.snapshot();
+        collected
+            .usage
+            .add(&requests.since(&pending.charged).usage());
+        pending.charged = requests;
         self.record.store_collected(collected.encode()).await?;
         // 3. The messages.
         self.inbox
@@ -892,6 +919,14 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 patch["phase"] = json!(phase);
             }
         }
+        patch["cost"] = json!(crate::cost::batch_cost(
+            &collected.usage,
+            &collected.worker_usage,
+            &self.settings.prices,
+            args.worker_hour_price,
+            collected.finished() as u64,
+            total,
+        ));
         if !latency.is_empty() {
             patch["latency"] = json!(Latency {
                 p50_millis: latency.value_at_quantile(0.5) as i64,
@@ -968,6 +1003,7 @@ mod tests {
                 bucket: "results".into(),
                 key: "ns/b/".into(),
             }),
+            worker_hour_price: Some(0.5),
         }
     }
 
@@ -991,6 +1027,7 @@ mod tests {
                 ..Settings::default()
             },
             wake_pool: tokio::sync::mpsc::unbounded_channel().0,
+            requests: RequestStats::default(),
         }
     }
 
@@ -1003,6 +1040,17 @@ mod tests {
         id: &str,
         stop: &Shutdown,
     ) -> JoinHandle<cloudkon_worker::remote::StopReason> {
+        worker_with(queue, ledger, responses, id, stop, Arc::default())
+    }
+
+    fn worker_with(
+        queue: &MemoryQueue,
+        ledger: &Arc<MemoryLedger>,
+        responses: &Arc<MemoryResponses>,
+        id: &str,
+        stop: &Shutdown,
+        stats: Arc<WorkerStats>,
+    ) -> JoinHandle<cloudkon_worker::remote::StopReason> {
         let mut config = RemoteConfig::new(PoolConfig::new(2, id));
         config.receive_wait = Duration::from_millis(20);
         config.linger = Duration::from_millis(5);
@@ -1013,8 +1061,56 @@ mod tests {
             Arc::new(Registry::new()),
             config,
             stop.clone(),
-            Arc::new(WorkerStats::default()),
+            stats,
         ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_status_cost_is_what_the_workers_charged_priced_by_the_pool() {
+        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
+        let ledger = Arc::new(MemoryLedger::new());
+        let stop = Shutdown::new();
+        let stats: Vec<Arc<WorkerStats>> = (0..2).map(|_| Arc::default()).collect();
+        let workers: Vec<_> = stats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                worker_with(
+                    &queue,
+                    &ledger,
+                    &responses,
+                    &format!("w{i}"),
+                    &stop,
+                    s.clone(),
+                )
+            })
+            .collect();
+        let b = batch(generator(json!({"kind": "sleep", "ms": 2}), 400), None);
+        let r = runner(&queue, &responses, MemoryRecord::default());
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, false), spec))
+            .await
+            .expect("the batch finishes")
+            .unwrap();
+        stop.stop.cancel();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let cost = r.record.status().cost.expect("a cost");
+        let charged: f64 = stats.iter().map(|s| s.charged().worker_seconds).sum();
+        assert!(charged > 0.0);
+        assert!(
+            (cost.worker_seconds - charged).abs() < 0.02,
+            "{cost:?} vs {charged}"
+        );
+        // No AWS here: the dollars are the worker time at the pool's 0.5/h.
+        assert!(
+            (cost.dollars - cost.worker_seconds / 3600.0 * 0.5).abs() < 1e-4,
+            "{cost:?}"
+        );
+        assert_eq!(cost.projected_dollars, Some(cost.dollars));
+        assert_eq!(cost.worker_requests, 0.0);
+        assert!(cost.summary.starts_with('$'), "{cost:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1114,6 +1210,7 @@ mod tests {
             metrics: plain.metrics,
             settings: plain.settings,
             wake_pool: plain.wake_pool,
+            requests: plain.requests,
         };
         let (_tx, spec) = watch::channel(b.spec.clone());
         tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
@@ -1180,6 +1277,7 @@ mod tests {
                 key: format!("k{first}"),
                 ideal: Duration::ZERO,
                 results,
+                usage: Default::default(),
             };
             let body = cloudkon_core::wire::encode_results(&message, usize::MAX).unwrap();
             responses.send_results(REPLY_TO, vec![body]).await.unwrap();

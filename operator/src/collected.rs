@@ -24,6 +24,8 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use cloudkon_core::Usage;
+
 use crate::crd::taskbatch::TaskCounts;
 
 /// Ids per piece: 2^22, so that a piece's worst case (64 bitmap containers)
@@ -125,6 +127,12 @@ pub struct Collected {
     /// Of `failed`: tasks reported failed because their bundle reached the
     /// pool's dead-letter queue.
     pub dead_lettered: i64,
+    /// What the batch cost so far (the operator's requests and the workers'
+    /// shares): kept with the ids, so that results counted once are charged
+    /// once across restarts.
+    pub usage: Usage,
+    /// Of `usage`, the workers' shares.
+    pub worker_usage: Usage,
 }
 
 /// The stored form: a head (which a record stores last, in one write) and
@@ -217,12 +225,22 @@ enum PieceData {
     Stored([u8; 16]),
 }
 
+/// Version 4: a version-3 head (with `version` 4), then the usage.
+#[derive(Serialize, Deserialize)]
+struct HeadV4 {
+    head: Head,
+    usage: Usage,
+    worker_usage: Usage,
+}
+
 /// Ranges.
 const V1: u8 = 1;
 /// Ranges and `dead_lettered`.
 const V2: u8 = 2;
 /// A head with roaring pieces.
 const V3: u8 = 3;
+/// The head and the batch's usage.
+const V4: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -284,13 +302,18 @@ impl Collected {
             refs.push(PieceRef { key, data });
         }
         let head = Head {
-            version: V3,
+            version: V4,
             succeeded: self.succeeded,
             failed: self.failed,
             retried: self.retried,
             result_parts: self.result_parts,
             dead_lettered: self.dead_lettered,
             pieces: refs,
+        };
+        let head = HeadV4 {
+            head,
+            usage: self.usage,
+            worker_usage: self.worker_usage,
         };
         Encoded {
             head: postcard::to_stdvec(&head).expect("plain data always serializes"),
@@ -303,7 +326,7 @@ impl Collected {
         match stored.head.first() {
             None => Err(DecodeError::Empty),
             Some(&V1 | &V2) => Self::decode_ranges(&stored.head),
-            Some(&V3) => Self::decode_pieces(stored),
+            Some(&V3 | &V4) => Self::decode_pieces(stored),
             Some(&v) => Err(DecodeError::Version(v)),
         }
     }
@@ -335,11 +358,19 @@ impl Collected {
             retried: stored.retried,
             result_parts: stored.result_parts,
             dead_lettered: stored.dead_lettered,
+            usage: Usage::default(),
+            worker_usage: Usage::default(),
         })
     }
 
     fn decode_pieces(stored: &Encoded) -> Result<Self, DecodeError> {
-        let head: Head = postcard::from_bytes(&stored.head)?;
+        let (head, usage, worker_usage) = if stored.head.first() == Some(&V4) {
+            let v4: HeadV4 = postcard::from_bytes(&stored.head)?;
+            (v4.head, v4.usage, v4.worker_usage)
+        } else {
+            let head: Head = postcard::from_bytes(&stored.head)?;
+            (head, Usage::default(), Usage::default())
+        };
         let mut ids = IdSet::new();
         for piece in head.pieces {
             let bytes = match &piece.data {
@@ -384,6 +415,8 @@ impl Collected {
             failed: head.failed,
             retried: head.retried,
             result_parts: head.result_parts,
+            usage,
+            worker_usage,
             dead_lettered: head.dead_lettered,
         })
     }
@@ -480,6 +513,12 @@ mod tests {
         c.failed = 10;
         c.dead_lettered = 4;
         c.result_parts = 42;
+        c.usage = Usage {
+            sqs_requests: 1234.5,
+            worker_seconds: 99.0,
+            ..Usage::default()
+        };
+        c.worker_usage = c.usage.scaled(0.5);
         let stored = round_trip(&mut c);
         assert!(stored.pieces.is_empty(), "all inline");
         // A run and its container's headers per 65,536 ids.
@@ -636,6 +675,28 @@ mod tests {
         })
         .unwrap();
         assert_eq!(v1.dead_lettered, 0);
+    }
+
+    #[test]
+    fn version_3_heads_read_with_no_usage() {
+        let mut c = Collected::default();
+        c.ids.insert_range(0, 1000);
+        c.succeeded = 1000;
+        c.usage.sqs_requests = 7.0;
+        let v4 = c.encode();
+        let head: HeadV4 = postcard::from_bytes(&v4.head).unwrap();
+        let v3 = Head {
+            version: V3,
+            ..head.head
+        };
+        let back = Collected::decode(&Encoded {
+            head: postcard::to_stdvec(&v3).unwrap(),
+            pieces: v4.pieces,
+        })
+        .unwrap();
+        assert_eq!(back.ids, c.ids);
+        assert_eq!(back.succeeded, 1000);
+        assert!(back.usage.is_zero());
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Settings {
     pub workload_memory_bytes: u64,
     /// What WorkerPools may name: queues and fleets.
     pub allowed_names: crate::allowed_names::AllowedNames,
+    /// The price table of batches' `status.cost`.
+    pub prices: cloudkon_core::Prices,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             max_workload_bytes: DEFAULT_MAX_WORKLOAD_BYTES,
             workload_memory_bytes: DEFAULT_WORKLOAD_MEMORY_BYTES,
             allowed_names: crate::allowed_names::AllowedNames::default(),
+            prices: cloudkon_core::Prices::LIST,
         }
     }
 }

@@ -138,6 +138,7 @@ where
             key: key.clone(),
             ideal: Duration::ZERO,
             results,
+            usage: Default::default(),
         };
         let bodies = wire::encode_results_split(&message, SQS_MAX_MESSAGE_BYTES)?;
         if !send_to_batch(router, reply_to, bodies).await? {

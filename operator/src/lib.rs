@@ -21,6 +21,7 @@ pub mod bench;
 pub mod build;
 pub mod collected;
 pub mod context;
+pub mod cost;
 pub mod crd;
 pub mod dead_letters;
 pub mod enqueue;

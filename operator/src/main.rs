@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use cloudkon_core::Prices;
 use cloudkon_operator::allowed_names::{self, AllowedNames};
 use cloudkon_operator::context::Settings;
 use cloudkon_operator::leader::LeaseConfig;
@@ -189,8 +190,43 @@ struct RunArgs {
           value_delimiter = ',', default_value = allowed_names::DEFAULT_EKS_PATTERN)]
     allowed_eks_nodegroups: Vec<String>,
 
+    #[command(flatten)]
+    prices: PriceArgs,
+
     #[arg(long, env = "CLOUDKON_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+/// The price table of each TaskBatch's `status.cost`, in US dollars per
+/// million (AWS list prices, us-east-1, by default). Worker time is priced by
+/// each WorkerPool's `spec.pricePerWorkerHour`.
+#[derive(Debug, clap::Args)]
+struct PriceArgs {
+    /// SQS requests (standard queues), per million.
+    #[arg(long, env = "CLOUDKON_PRICE_SQS_REQUESTS", default_value_t = Prices::LIST.sqs_requests,
+          value_parser = non_negative_price)]
+    price_sqs_requests: f64,
+    /// DynamoDB on-demand write request units, per million.
+    #[arg(long, env = "CLOUDKON_PRICE_DYNAMODB_WRITE_UNITS", default_value_t = Prices::LIST.dynamodb_write_units,
+          value_parser = non_negative_price)]
+    price_dynamodb_write_units: f64,
+    /// S3 PUT, COPY, POST and LIST requests, per million.
+    #[arg(long, env = "CLOUDKON_PRICE_S3_WRITES", default_value_t = Prices::LIST.s3_writes,
+          value_parser = non_negative_price)]
+    price_s3_writes: f64,
+    /// S3 GET and HEAD requests, per million.
+    #[arg(long, env = "CLOUDKON_PRICE_S3_READS", default_value_t = Prices::LIST.s3_reads,
+          value_parser = non_negative_price)]
+    price_s3_reads: f64,
+}
+
+fn non_negative_price(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        _ => Err(format!(
+            "{text:?} is not a price: give dollars per million as a number >= 0, e.g. 0.40"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -369,6 +405,12 @@ fn run(args: RunArgs) -> Result<()> {
                         .unwrap_or(usize::MAX),
                     max_workload_bytes: args.max_workload_bytes,
                     workload_memory_bytes: args.workload_memory_bytes,
+                    prices: Prices {
+                        sqs_requests: args.prices.price_sqs_requests,
+                        dynamodb_write_units: args.prices.price_dynamodb_write_units,
+                        s3_writes: args.prices.price_s3_writes,
+                        s3_reads: args.prices.price_s3_reads,
+                    },
                     allowed_names: AllowedNames {
                         queues: args.allowed_queue_names,
                         launch_templates: args.allowed_launch_templates,

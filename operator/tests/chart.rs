@@ -84,6 +84,8 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
             "--set",
             "replicas=2",
             "--set",
+            "prices.sqsRequests=0.32",
+            "--set",
             "aws.endpointUrl=http://localstack:4566",
             "--set",
             "extraEnv[0].name=AWS_ENDPOINT_URL_SQS",
@@ -109,6 +111,7 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         "--namespace=team-a",
         "http://localstack:4566",
         "- name: AWS_ENDPOINT_URL_SQS\n              value: http://sqs.local:9324",
+        "- name: CLOUDKON_PRICE_SQS_REQUESTS\n              value: \"0.32\"",
     ] {
         assert!(other.contains(needle), "no {needle:?} in:\n{other}");
     }

@@ -146,6 +146,7 @@ fn names_subresources_and_printer_columns() {
         ("Failed", ".status.counts.failed"),
         ("Rate", ".status.throughput"),
         ("ETA", ".status.eta"),
+        ("Cost", ".status.cost.summary"),
         ("Age", ".metadata.creationTimestamp"),
     ]
     .iter()

@@ -2780,9 +2780,10 @@ fn cloudkon_batch_submits_watches_merges_results_cancels_and_lists() {
     );
     assert!(
         rows.iter()
-            .any(|r| r.starts_with("sweep-1") && r.contains("300/300")),
+            .any(|r| r.starts_with("sweep-1") && r.contains("300/300") && r.contains('$')),
         "{out}"
     );
+    assert!(rows[0].ends_with("COST"), "{out}");
     println!("cloudkon batch list:\n{out}");
     let (code, _, err) = batch(&["watch", "missing"]);
     assert_eq!(code, Some(2));
@@ -2881,4 +2882,124 @@ spec:
         "simulated {simulated:.1} s vs real {real:.1} s: {:+.1} %",
         100.0 * error
     );
+}
+
+/// The sum of every sample of `metric` (a counter's `_total` included) on a
+/// Prometheus text page.
+fn metric_sum(page: &str, metric: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 16's cost per batch: `status.cost` against what the programs
+/// themselves counted. The workers' share in the status is what their
+/// results carried (`cloudkon_worker_charged_*` on their /metrics), the
+/// operator's is at most what it counted, and the dollars are the price
+/// table (one price changed on the command line) and the pool's hour.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_batchs_cost_in_status_is_what_the_workers_and_the_operator_counted() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-cost");
+    let addr = format!("127.0.0.1:{}", free_port());
+    c.operator(
+        "operator.log",
+        &["--metrics-addr", &addr, "--price-sqs-requests", "0.50"],
+    );
+    c.apply(&format!(
+        "{}  pricePerWorkerHour: 0.36\n",
+        scaling_pool("p", 2, 300)
+    ));
+    let queue = c.queue_url("p");
+    let table = unique("e2e-ledger");
+    let workers: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    for w in &workers {
+        c.worker_serving_metrics(&queue, &table, w);
+    }
+    c.apply(&run_batch("priced", "p", 600, "true"));
+    // While it runs: a cost so far, and a projection once tasks finished.
+    let running = c.wait_for("a projected cost", Duration::from_secs(60), |c| {
+        let s = c.batch("priced").status?;
+        let cost = s.cost?;
+        (s.counts.total > 0 && cost.projected_dollars.is_some()).then_some(cost)
+    });
+    println!("cost while running: {running:?}");
+    let s = c
+        .wait_finished("priced", Duration::from_secs(120))
+        .status
+        .unwrap();
+    assert_eq!(s.counts.succeeded, 600);
+    let cost = s.cost.expect("status.cost");
+    println!("cost at the end: {cost:?}");
+
+    let pages: Vec<String> = workers.iter().map(|w| http_get(w, "/metrics")).collect();
+    let charged: f64 = pages
+        .iter()
+        .map(|p| metric_sum(p, "cloudkon_worker_charged_aws_requests_total"))
+        .sum();
+    let charged_seconds: f64 = pages
+        .iter()
+        .map(|p| metric_sum(p, "cloudkon_worker_charged_seconds_total"))
+        .sum();
+    let counted: f64 = pages
+        .iter()
+        .map(|p| metric_sum(p, "cloudkon_aws_requests_total"))
+        .sum();
+    let operator_counted = metric_sum(&http_get(&addr, "/metrics"), "cloudkon_aws_requests_total");
+    let total = cost.sqs_requests + cost.dynamodb_requests + cost.s3_reads + cost.s3_writes;
+    println!(
+        "workers counted {counted} requests and charged {charged:.2} ({charged_seconds:.2} s); \
+         the status: {total:.2} requests, {:.2} of them the workers'; the operator counted {operator_counted}",
+        cost.worker_requests
+    );
+    // Each result charged once: the status holds exactly what the workers sent.
+    assert!(
+        (cost.worker_requests - charged).abs() <= 0.1,
+        "status {} vs workers' charged {charged}",
+        cost.worker_requests
+    );
+    assert!(
+        (cost.worker_seconds - charged_seconds).abs() <= 0.1,
+        "status {} s vs workers' charged {charged_seconds} s",
+        cost.worker_seconds
+    );
+    // A worker charges what it counted, but for what follows its last
+    // results (the last deletes, idle receives, heartbeats).
+    assert!(charged <= counted, "{charged} charged of {counted} counted");
+    assert!(
+        charged >= 0.5 * counted,
+        "{charged} charged of {counted} counted"
+    );
+    // The operator's part: its enqueue and results requests, among all it made.
+    let operator_part = total - cost.worker_requests;
+    assert!(
+        operator_part >= 1.0 && operator_part <= operator_counted,
+        "operator part {operator_part} of {operator_counted} counted"
+    );
+    let expected = (cost.sqs_requests * 0.50
+        + cost.dynamodb_write_units * 0.625
+        + cost.s3_writes * 5.0
+        + cost.s3_reads * 0.40)
+        / 1e6
+        + cost.worker_seconds / 3600.0 * 0.36;
+    assert!(
+        (cost.dollars - expected).abs() <= 1e-3 * expected,
+        "{} dollars, expected {expected}",
+        cost.dollars
+    );
+    assert_eq!(cost.projected_dollars, Some(cost.dollars));
+    let table = c.ok(&["get", "taskbatch", "priced"]);
+    assert!(
+        table.lines().next().unwrap().contains("COST") && table.contains(&cost.summary),
+        "{table}"
+    );
+    println!("{table}");
 }

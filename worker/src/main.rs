@@ -282,7 +282,7 @@ async fn run(args: Args) -> Result<StopReason> {
             shutdown.clone(),
         ));
     }
-    let stats = Arc::new(WorkerStats::default());
+    let stats = Arc::new(WorkerStats::with_requests(aws.stats().clone()));
     let done = CancellationToken::new();
     if let Some(addr) = metrics_addr {
         let mut metrics = prometheus_client::registry::Registry::default();

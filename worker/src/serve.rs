@@ -132,6 +132,21 @@ impl Collector for WorkerCollector {
             None,
             held.metric_type(),
         )?)?;
+        let charged = s.charged();
+        let requests = ConstCounter::new(charged.requests());
+        requests.encode(e.encode_descriptor(
+            "cloudkon_worker_charged_aws_requests",
+            "AWS requests charged to batches: the shares the results sent carried (see cloudkon_aws_requests for all).",
+            None,
+            requests.metric_type(),
+        )?)?;
+        let seconds = ConstCounter::new(charged.worker_seconds);
+        seconds.encode(e.encode_descriptor(
+            "cloudkon_worker_charged_seconds",
+            "This worker's time charged to batches with the results it sent.",
+            None,
+            seconds.metric_type(),
+        )?)?;
         let slots = ConstGauge::new(self.slots as i64);
         slots.encode(e.encode_descriptor(
             "cloudkon_worker_slots",
@@ -249,6 +264,12 @@ mod tests {
         let stats = Arc::new(WorkerStats::default());
         WorkerStats::add(&stats.tasks_succeeded, 5);
         WorkerStats::add(&stats.duplicates, 2);
+        stats.charged.lock().unwrap().add(&cloudkon_core::Usage {
+            sqs_requests: 3.5,
+            s3_writes: 1.0,
+            worker_seconds: 12.25,
+            ..Default::default()
+        });
         let mut registry = Registry::default();
         registry.register_collector(Box::new(WorkerCollector {
             stats,
@@ -265,6 +286,8 @@ mod tests {
             "cloudkon_worker_tasks_total{outcome=\"succeeded\"} 5",
             "cloudkon_worker_duplicates_total 2",
             "cloudkon_worker_slots 4",
+            "cloudkon_worker_charged_aws_requests_total 4.5",
+            "cloudkon_worker_charged_seconds_total 12.25",
             "cloudkon_aws_requests_total{operation=\"SQS.ReceiveMessage\"} 7",
             "cloudkon_aws_dynamodb_write_units_total 2.5",
         ] {

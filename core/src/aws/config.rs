@@ -100,6 +100,16 @@ impl Aws {
         &self.stats
     }
 
+    /// The same configuration whose clients count their requests apart
+    /// (and in this value's counters too): one batch's share.
+    pub fn counted_apart(&self) -> Aws {
+        Aws {
+            sdk: self.sdk.clone(),
+            settings: self.settings,
+            stats: self.stats.child(),
+        }
+    }
+
     pub fn settings(&self) -> &AwsSettings {
         &self.settings
     }

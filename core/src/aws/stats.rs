@@ -12,6 +12,8 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
+use crate::usage::{Prices, Usage};
+
 /// Requests per `"Service.Operation"` (e.g. `"SQS.SendMessageBatch"`), every
 /// attempt counted (AWS bills retries too), and DynamoDB write capacity units.
 /// Cheap to clone: clones share the counters.
@@ -28,13 +30,31 @@ struct Inner {
     /// Writes whose units were computed from the item size, because the server
     /// did not report them.
     estimated_writes: AtomicU64,
+    /// Counts everything counted here too (see [`RequestStats::child`]).
+    parent: Option<RequestStats>,
 }
 
 impl RequestStats {
+    /// Counters of their own that also count in `self`: one batch's requests
+    /// among the operator's.
+    pub fn child(&self) -> RequestStats {
+        RequestStats {
+            inner: Arc::new(Inner {
+                parent: Some(self.clone()),
+                ..Inner::default()
+            }),
+        }
+    }
+
     pub fn record_request(&self, service: &str, operation: &str) {
         let key = format!("{service}.{operation}");
-        let mut requests = self.inner.requests.lock().expect("stats lock");
-        *requests.entry(key).or_default() += 1;
+        {
+            let mut requests = self.inner.requests.lock().expect("stats lock");
+            *requests.entry(key).or_default() += 1;
+        }
+        if let Some(parent) = &self.inner.parent {
+            parent.record_request(service, operation);
+        }
     }
 
     /// Adds DynamoDB write capacity units; `estimated`: computed, not reported.
@@ -45,6 +65,9 @@ impl RequestStats {
             .fetch_add(milli, Ordering::Relaxed);
         if estimated {
             self.inner.estimated_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(parent) = &self.inner.parent {
+            parent.record_write_units(units, estimated);
         }
     }
 
@@ -65,24 +88,6 @@ pub struct StatsSnapshot {
     /// How many writes' units were computed from the item size (1 per started
     /// KiB) because the server did not report consumed capacity.
     pub estimated_writes: u64,
-}
-
-/// List prices in US dollars per million (us-east-1, 2026).
-#[derive(Clone, Copy, Debug)]
-pub struct Prices {
-    pub sqs_requests: f64,
-    pub dynamodb_write_units: f64,
-    pub s3_writes: f64,
-    pub s3_reads: f64,
-}
-
-impl Prices {
-    pub const LIST: Prices = Prices {
-        sqs_requests: 0.40,
-        dynamodb_write_units: 0.625,
-        s3_writes: 5.0,
-        s3_reads: 0.40,
-    };
 }
 
 impl StatsSnapshot {
@@ -119,17 +124,22 @@ impl StatsSnapshot {
         }
     }
 
-    /// The bill for these requests, in US dollars. DynamoDB reads and S3
-    /// storage and transfer are left out: the task path does not read tables,
-    /// and storage depends on how long artifacts are kept.
-    pub fn cost_usd(&self, prices: &Prices) -> f64 {
+    /// These requests and write units as a batch's [`Usage`] (no worker time).
+    pub fn usage(&self) -> Usage {
         let s3_reads = self.get("S3.GetObject") + self.get("S3.HeadObject");
-        let s3_writes = self.service_total("S3") - s3_reads;
-        (self.service_total("SQS") as f64 * prices.sqs_requests
-            + self.write_units * prices.dynamodb_write_units
-            + s3_writes as f64 * prices.s3_writes
-            + s3_reads as f64 * prices.s3_reads)
-            / 1e6
+        Usage {
+            sqs_requests: self.service_total("SQS") as f64,
+            dynamodb_requests: self.service_total("DynamoDB") as f64,
+            dynamodb_write_units: self.write_units,
+            s3_reads: s3_reads as f64,
+            s3_writes: (self.service_total("S3") - s3_reads) as f64,
+            worker_seconds: 0.0,
+        }
+    }
+
+    /// The bill for these requests, in US dollars (see [`Usage::dollars`]).
+    pub fn cost_usd(&self, prices: &Prices) -> f64 {
+        self.usage().dollars(prices, 0.0)
     }
 }
 
@@ -198,7 +208,22 @@ mod tests {
         assert_eq!(d.total(), 6);
         assert_eq!(d.write_units, 2.5);
         assert_eq!(d.estimated_writes, 1);
+        let u = d.usage();
+        assert_eq!((u.sqs_requests, u.s3_reads, u.s3_writes), (4.0, 1.0, 1.0));
+        assert_eq!(u.dynamodb_write_units, 2.5);
         let want = (4.0 * 0.40 + 2.5 * 0.625 + 5.0 + 0.40) / 1e6;
         assert!((d.cost_usd(&Prices::LIST) - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_child_counts_its_own_and_in_its_parent() {
+        let parent = RequestStats::default();
+        let child = parent.child();
+        parent.record_request("SQS", "ReceiveMessage");
+        child.record_request("SQS", "SendMessageBatch");
+        child.record_write_units(1.5, false);
+        assert_eq!(child.snapshot().total(), 1);
+        assert_eq!(parent.snapshot().total(), 2);
+        assert_eq!(parent.snapshot().write_units, 1.5);
     }
 }

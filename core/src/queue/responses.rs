@@ -159,6 +159,7 @@ mod tests {
                 started: Timestamp(0),
                 finished: Timestamp(0),
             }],
+            usage: Default::default(),
         };
         wire::encode_results(&m, usize::MAX).unwrap()
     }

@@ -58,6 +58,12 @@ use super::conditions_schema;
         description = "Time left at the rate of the last minute"
     ),
     printcolumn(
+        name = "Cost",
+        type_ = "string",
+        json_path = ".status.cost.summary",
+        description = "Dollars so far, and projected at completion"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -369,6 +375,12 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
 
+    /// What the batch has cost so far: the AWS requests of the operator and
+    /// of the workers for it, DynamoDB write units, worker time, and their
+    /// price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<BatchCost>,
+
     /// Where the results are: `s3://bucket/prefix/<namespace>/<name>/<uid>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<String>,
@@ -398,6 +410,43 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// A batch's cost so far. Requests are the operator's for the batch
+/// (enqueue, results, their S3 parts) and the workers' (receives, claims,
+/// lease renewals, results, deletes): each worker charges what it spent
+/// between two results messages to the batches of the second, in
+/// proportion to their tasks' run time, so a pool shared by batches is
+/// split between them, and a worker's time after its last results is
+/// charged to no batch. Fractional where shared.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BatchCost {
+    /// SQS requests (sends, receives, deletes, visibility changes).
+    pub sqs_requests: f64,
+    /// DynamoDB requests (claims, lease renewals, completions, heartbeats).
+    pub dynamodb_requests: f64,
+    /// DynamoDB write capacity units, as the server reported them (or one
+    /// per started KiB written where it did not).
+    pub dynamodb_write_units: f64,
+    /// S3 GetObject and HeadObject.
+    pub s3_reads: f64,
+    /// Other S3 requests (PutObject, List...), billed as writes.
+    pub s3_writes: f64,
+    /// Of the requests above, those the workers made.
+    pub worker_requests: f64,
+    /// Worker process time (not slots) spent for the batch.
+    pub worker_seconds: f64,
+    /// US dollars so far: the requests at the operator's price table
+    /// (`cloudkon-operator --price-*`, AWS list prices by default) and the
+    /// worker time at the pool's `pricePerWorkerHour` (none: not counted).
+    pub dollars: f64,
+    /// Dollars at completion, at the cost per task so far (set once tasks
+    /// finished and the total is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_dollars: Option<f64>,
+    /// `$0.0123 / $0.0456`: dollars so far and projected, the `Cost` column.
+    pub summary: String,
 }
 
 /// Where a batch is in its life: Pending (nothing enqueued), Enqueuing,

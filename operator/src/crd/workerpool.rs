@@ -98,6 +98,13 @@ pub struct WorkerPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
+
+    /// What one worker costs an hour in US dollars, to price the worker time
+    /// in each batch's `status.cost` (unset: shown, not priced). Its node's
+    /// share: `0.0425` for a spot c6i.large running one worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub price_per_worker_hour: Option<f64>,
 }
 
 /// Slots per worker assumed when the template sets no `threads` (the worker

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudkon_core::TaskResult;
+use cloudkon_core::aws::StatsSnapshot;
 use cloudkon_core::ledger::DedupLedger;
 use cloudkon_core::queue::{QueueError, ResultRouter, TaskQueue};
 use cloudkon_core::wire::{ResultsMessage, SQS_MAX_MESSAGE_BYTES, encode_results_split};
+use cloudkon_core::{TaskResult, Usage};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Backoff, until_ok};
@@ -44,6 +45,7 @@ pub async fn run<Q, L, R>(
     R: ResultRouter,
 {
     let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut meter = Meter::new(&ctx.stats);
     while let Ok(first) = events.recv().await {
         let mut gathered = absorb(&ctx, &mut pending, first);
         let deadline = tokio::time::Instant::now() + ctx.config.linger;
@@ -53,7 +55,7 @@ pub async fn run<Q, L, R>(
                 _ => break,
             }
         }
-        flush(&ctx, &mut pending, &abort).await;
+        flush(&ctx, &mut pending, &mut meter, &abort).await;
     }
     // The pool has stopped: what is left could not be sent (abort). Never
     // delete those messages; give the bundles back with what was reported.
@@ -107,18 +109,67 @@ fn absorb<Q, L, R>(
     n
 }
 
+/// The worker's AWS requests and time since the results last sent: what the
+/// next results carry, split between their bundles by their tasks' run time.
+/// A request serves many batches at once (a receive, a delete of many
+/// messages), and the time between results is the workers' whoever it was
+/// for: charging it to the results that follow keeps the sum over batches
+/// equal to what the worker spent, which a per-call attribution would not.
+struct Meter {
+    last: StatsSnapshot,
+    at: std::time::Instant,
+}
+
+impl Meter {
+    fn new(stats: &WorkerStats) -> Self {
+        Self {
+            last: stats
+                .requests
+                .as_ref()
+                .map(|r| r.snapshot())
+                .unwrap_or_default(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// What was spent since the last call.
+    fn take(&mut self, stats: &WorkerStats) -> Usage {
+        let now = std::time::Instant::now();
+        let mut usage = match &stats.requests {
+            Some(requests) => {
+                let snapshot = requests.snapshot();
+                let usage = snapshot.since(&self.last).usage();
+                self.last = snapshot;
+                usage
+            }
+            None => Usage::default(),
+        };
+        usage.worker_seconds = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        usage
+    }
+}
+
+/// A bundle's weight in the split of a flush's usage: its results' run time
+/// (a millisecond at least each, so that instant tasks still count).
+fn run_seconds(results: &[(usize, TaskResult)]) -> f64 {
+    results
+        .iter()
+        .map(|(_, r)| (r.finished.0.saturating_sub(r.started.0).max(1_000)) as f64 / 1e6)
+        .sum()
+}
+
 async fn flush<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     pending: &mut HashMap<String, Pending>,
+    meter: &mut Meter,
     abort: &CancellationToken,
 ) where
     Q: TaskQueue,
     L: DedupLedger,
     R: ResultRouter,
 {
-    // One send per response queue, each bundle's results in as few messages
-    // as fit.
-    let mut sends: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+    let mut messages: Vec<(String, ResultsMessage)> = Vec::new();
     for (key, p) in pending.iter_mut() {
         if p.unsent.is_empty() {
             continue;
@@ -126,27 +177,54 @@ async fn flush<Q, L, R>(
         let Some(reply_to) = p.unit.ticket.as_ref().and_then(|t| t.reply_to.clone()) else {
             continue;
         };
-        let message = ResultsMessage {
-            key: key.clone(),
-            ideal: std::mem::take(&mut p.ideal),
-            results: p.unsent.iter().map(|(_, r)| r.clone()).collect(),
-        };
+        messages.push((
+            reply_to,
+            ResultsMessage {
+                key: key.clone(),
+                ideal: std::mem::take(&mut p.ideal),
+                results: p.unsent.iter().map(|(_, r)| r.clone()).collect(),
+                usage: Usage::default(),
+            },
+        ));
+    }
+    if !messages.is_empty() {
+        let weights: Vec<f64> = messages
+            .iter()
+            .map(|(_, m)| run_seconds(&pending[&m.key].unsent))
+            .collect();
+        let shares = meter.take(&ctx.stats).split(&weights);
+        for ((_, m), share) in messages.iter_mut().zip(shares) {
+            m.usage = share;
+        }
+    }
+    // One send per response queue, each bundle's results in as few messages
+    // as fit.
+    let mut sends: HashMap<String, (Vec<String>, Vec<String>, Usage)> = HashMap::new();
+    for (reply_to, message) in messages {
+        let key = message.key.clone();
         match encode_results_split(&message, SQS_MAX_MESSAGE_BYTES) {
             Ok(bodies) => {
-                let (all, keys) = sends.entry(reply_to).or_default();
+                let (all, keys, usage) = sends.entry(reply_to).or_default();
                 all.extend(bodies);
-                keys.push(key.clone());
+                keys.push(key);
+                usage.add(&message.usage);
             }
             Err(e) => {
                 // Cannot happen (a result alone is cut to fit); if it does, the
                 // results stay unsent and the bundle is given back, not lost.
                 tracing::error!(key, error = %e, "cannot encode results");
-                p.end = Some(false);
+                if let Some(p) = pending.get_mut(&key) {
+                    p.end = Some(false);
+                }
             }
         }
     }
-    for (reply_to, (bodies, keys)) in sends {
-        match send(ctx, &reply_to, bodies, abort).await {
+    for (reply_to, (bodies, keys, usage)) in sends {
+        let sent = send(ctx, &reply_to, bodies, abort).await;
+        if matches!(sent, Sent::Yes) {
+            ctx.stats.charged.lock().expect("charged lock").add(&usage);
+        }
+        match sent {
             Sent::Yes | Sent::QueueGone => {
                 for key in keys {
                     let Some(p) = pending.get_mut(&key) else {

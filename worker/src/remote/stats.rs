@@ -1,6 +1,10 @@
 //! Counters of one worker, for `/metrics` and its heartbeat row.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use cloudkon_core::Usage;
+use cloudkon_core::aws::RequestStats;
 
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -30,6 +34,13 @@ pub struct WorkerStats {
     pub results_dropped: AtomicU64,
     /// Bundles held now (running or about to): a gauge.
     pub held: AtomicU64,
+    /// The counters of the worker's AWS clients (none with memory backends):
+    /// each results message carries its share of what they counted since
+    /// the previous one.
+    pub requests: Option<RequestStats>,
+    /// What the results sent so far carried: the worker's requests and time
+    /// charged to batches.
+    pub charged: Mutex<Usage>,
 }
 
 impl WorkerStats {
@@ -39,5 +50,17 @@ impl WorkerStats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// With the worker's AWS request counters.
+    pub fn with_requests(requests: RequestStats) -> Self {
+        Self {
+            requests: Some(requests),
+            ..Self::default()
+        }
+    }
+
+    pub fn charged(&self) -> Usage {
+        *self.charged.lock().expect("charged lock")
     }
 }

@@ -728,3 +728,68 @@ async fn a_spot_notice_drains_the_worker_and_only_what_cannot_finish_runs_again(
         }
     }
 }
+
+/// A router that counts its sends as the SDK's interceptor counts requests.
+struct CountingRouter {
+    inner: MemoryRouter,
+    requests: cloudkon_core::aws::RequestStats,
+}
+
+impl ResultRouter for CountingRouter {
+    async fn send_results(&self, reply_to: &str, bodies: Vec<String>) -> Result<(), QueueError> {
+        self.requests.record_request("SQS", "SendMessageBatch");
+        self.inner.send_results(reply_to, bodies).await
+    }
+}
+
+#[tokio::test]
+async fn results_carry_the_workers_requests_and_time_and_their_sum_is_what_it_spent() {
+    let requests = cloudkon_core::aws::RequestStats::default();
+    let router = Arc::new(CountingRouter {
+        inner: MemoryRouter::default(),
+        requests: requests.clone(),
+    });
+    let stats = Arc::new(WorkerStats::with_requests(requests.clone()));
+    let mut other = bundle(100, vec![TaskSpec::Sleep { ms: 20 }; 10]);
+    other.reply_to = Some("resp-2".into());
+    let bundles = vec![bundle(0, vec![TaskSpec::Sleep { ms: 5 }; 30]), other];
+    let queue = Arc::new(MemoryQueue::bounded(2));
+    queue.send(bundles).await.unwrap();
+    queue.close();
+    let started = std::time::Instant::now();
+    run_remote(
+        queue,
+        Some(Arc::new(MemoryLedger::new())),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config(),
+        Shutdown::new(),
+        stats.clone(),
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut carried = cloudkon_core::Usage::default();
+    for reply_to in ["resp", "resp-2"] {
+        let mut batch = cloudkon_core::Usage::default();
+        for body in router.inner.bodies(reply_to) {
+            batch.add(&decode_results(&body).unwrap().usage);
+        }
+        assert!(batch.worker_seconds > 0.0, "{reply_to}: {batch:?}");
+        carried.add(&batch);
+    }
+    let charged = stats.charged();
+    assert!((carried.requests() - charged.requests()).abs() < 1e-9);
+    assert!((carried.worker_seconds - charged.worker_seconds).abs() < 1e-9);
+    // Every send but the last is charged: the last one's share would go
+    // with results that never come.
+    let sent = requests.snapshot().total() as f64;
+    assert!(sent >= 2.0, "{sent}");
+    assert!(
+        (charged.sqs_requests - (sent - 1.0)).abs() < 1e-9,
+        "{charged:?}, {sent} sends"
+    );
+    assert!(
+        charged.worker_seconds <= elapsed,
+        "{charged:?} in {elapsed} s"
+    );
+}

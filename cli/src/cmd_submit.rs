@@ -278,10 +278,7 @@ async fn collect(
 
 /// SQS queue names: up to 80 letters, digits, `-` and `_`.
 pub fn response_queue_name(batch: &str) -> String {
-    let clean = cloudkon_core::aws::queue_name_chars(batch);
-    let mut name = format!("cloudkon-resp-{clean}");
-    name.truncate(80);
-    name
+    cloudkon_core::aws::bounded_queue_name(&format!("cloudkon-resp-{batch}"), 80)
 }
 
 #[cfg(test)]
@@ -291,7 +288,14 @@ mod tests {
     #[test]
     fn response_queue_names_are_valid_sqs_names() {
         assert_eq!(response_queue_name("sweep-17"), "cloudkon-resp-sweep-17");
-        assert_eq!(response_queue_name("a b/c.d"), "cloudkon-resp-a-b-c-d");
-        assert_eq!(response_queue_name(&"x".repeat(200)).len(), 80);
+        // Names SQS would refuse, or too long for it, keep a hash of the
+        // whole name: batches that differ only there get queues of their own.
+        let odd = response_queue_name("a b/c.d");
+        assert!(odd.starts_with("cloudkon-resp-a-b-c-d-"), "{odd}");
+        assert_ne!(odd, response_queue_name("a-b-c-d"));
+        let long = response_queue_name(&"x".repeat(200));
+        assert_eq!(long.len(), 80);
+        assert_ne!(long, response_queue_name(&format!("{}y", "x".repeat(199))));
+        assert!(long.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
     }
 }

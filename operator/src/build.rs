@@ -268,20 +268,7 @@ pub fn is_queue_name_char(c: char) -> bool {
 /// A batch's response queue, derived from its uid, so that a restarted
 /// operator finds the same queue.
 pub fn response_queue_name(batch_uid: &str) -> String {
-    bounded_name(&format!("cloudkon-tb-{batch_uid}"), MAX_QUEUE_NAME)
-}
-
-fn bounded_name(name: &str, max: usize) -> String {
-    let clean = cloudkon_core::aws::queue_name_chars(name);
-    if clean.len() <= max {
-        return clean;
-    }
-    // FNV-1a: stable across versions and platforms, unlike std's hasher.
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let suffix = format!("-{:08x}", hash as u32);
-    format!("{}{suffix}", &clean[..max - suffix.len()])
+    cloudkon_core::aws::bounded_queue_name(&format!("cloudkon-tb-{batch_uid}"), MAX_QUEUE_NAME)
 }
 
 #[cfg(test)]

@@ -17,5 +17,7 @@ pub use config::{Aws, AwsSettings};
 pub use error::{AwsError, ErrorKind};
 pub use ledger::{DEFAULT_RESULT_TTL, DynamoLedger, WorkerHeartbeat};
 pub use s3::{Limited, ObjectReader, S3Store, S3Uri, S3UriError};
-pub use sqs::{QueueOptions, QueueStats, RawMessage, SqsClient, SqsQueue, queue_name_chars};
+pub use sqs::{
+    QueueOptions, QueueStats, RawMessage, SqsClient, SqsQueue, bounded_queue_name, queue_name_chars,
+};
 pub use stats::{RequestStats, StatsSnapshot};

@@ -77,6 +77,24 @@ pub fn queue_name_chars(name: &str) -> String {
         .collect()
 }
 
+/// `name` as an SQS queue name of at most `max` characters: itself when it
+/// is one; else its characters as [`queue_name_chars`] has them, cut to leave
+/// room for a hash of the whole name, so that two names never share a queue
+/// (a cut or a replaced character alone would let them).
+pub fn bounded_queue_name(name: &str, max: usize) -> String {
+    let clean = queue_name_chars(name);
+    if clean == name && name.len() <= max {
+        return clean;
+    }
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let suffix = format!("-{:08x}", hash as u32);
+    let keep = max.saturating_sub(suffix.len()).min(clean.len());
+    format!("{}{suffix}", &clean[..keep])
+}
+
 /// One SQS queue.
 #[derive(Clone, Debug)]
 pub struct SqsQueue {

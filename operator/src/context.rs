@@ -85,6 +85,9 @@ pub struct Context {
     pub wake_pool: UnboundedSender<ObjectRef<WorkerPool>>,
     /// Per object (by uid): failed cleanups in a row, for growing retries.
     pub cleanup_retries: crate::retry_delays::RetryDelays,
+    /// Failed reconciles in a row per object (by controller and uid): the
+    /// next try waits 1 s, 2 s, 4 s... up to 5 minutes.
+    pub reconcile_retries: crate::retry_delays::RetryDelays,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +122,17 @@ impl Error {
 }
 
 impl Error {
+    /// What failed, for metrics: `kube`, `aws`, `build`, `cleanup`, `other`.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::Aws(_) => "aws",
+            Error::Build(_) => "build",
+            Error::CleanupFailed { .. } => "cleanup",
+            Error::Other(_) => "other",
+        }
+    }
+
     pub fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let what = what.into();
         move |source| Error::Kube { what, source }

@@ -26,6 +26,15 @@ pub struct ReconcileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `taskbatch` or `workerpool`.
+    pub controller: &'static str,
+    /// What failed: `kube`, `aws`, `build`, `cleanup` or `other`
+    /// (`context::Error::category`).
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabel {
     pub controller: &'static str,
 }
@@ -46,6 +55,7 @@ pub struct BatchOutcome {
 #[derive(Debug)]
 pub struct Metrics {
     pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_seconds: Family<ControllerLabel, Histogram>,
     pub backlog: Family<PoolLabels, Gauge>,
     pub desired_workers: Family<PoolLabels, Gauge>,
@@ -81,6 +91,12 @@ impl Metrics {
             "reconciles",
             "Reconciliations, by controller and result.",
             reconciles.clone(),
+        );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations, by controller and what failed (each is retried after 1 s, 2 s, 4 s... up to 5 minutes).",
+            reconcile_errors.clone(),
         );
         let reconcile_seconds = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -134,6 +150,7 @@ impl Metrics {
         );
         Metrics {
             reconciles,
+            reconcile_errors,
             reconcile_seconds,
             backlog,
             desired_workers,
@@ -146,11 +163,25 @@ impl Metrics {
         }
     }
 
-    pub fn reconciled(&self, controller: &'static str, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "error" };
+    /// `error`: the failure's category, if it failed.
+    pub fn reconciled(
+        &self,
+        controller: &'static str,
+        error: Option<&'static str>,
+        took: Duration,
+    ) {
+        let result = if error.is_none() { "ok" } else { "error" };
         self.reconciles
             .get_or_create(&ReconcileLabels { controller, result })
             .inc();
+        if let Some(category) = error {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    controller,
+                    category,
+                })
+                .inc();
+        }
         self.reconcile_seconds
             .get_or_create(&ControllerLabel { controller })
             .observe(took.as_secs_f64());
@@ -211,5 +242,27 @@ async fn healthz(State((_, health)): State<ServerState>) -> impl IntoResponse {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "a controller stopped\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_are_counted_by_what_failed() {
+        let m = Metrics::new();
+        m.reconciled("taskbatch", None, Duration::from_millis(1));
+        m.reconciled("workerpool", Some("aws"), Duration::from_millis(1));
+        m.reconciled("workerpool", Some("aws"), Duration::from_millis(1));
+        let text = m.encode();
+        for line in [
+            "cloudkon_operator_reconciles_total{controller=\"taskbatch\",result=\"ok\"} 1",
+            "cloudkon_operator_reconciles_total{controller=\"workerpool\",result=\"error\"} 2",
+            "cloudkon_operator_reconcile_errors_total{controller=\"workerpool\",category=\"aws\"} 2",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("category=\"kube\""));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cloudkon_core::aws::Aws;
 use futures_util::StreamExt;
@@ -81,6 +81,7 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
         shares: Default::default(),
         wake_pool: wake_tx,
         cleanup_retries: Default::default(),
+        reconcile_retries: Default::default(),
     });
 
     let (pools, batches, deployments): (Api<WorkerPool>, Api<TaskBatch>, Api<Deployment>) =
@@ -184,22 +185,26 @@ fn timed<K, F, Fut>(
     reconcile: F,
 ) -> impl FnMut(Arc<K>, Arc<Context>) -> futures_util::future::BoxFuture<'static, Result<Action, Error>>
 where
-    K: Send + Sync + 'static,
+    K: kube::ResourceExt + Send + Sync + 'static,
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
         Box::pin(async move {
             let start = Instant::now();
-            let metrics = ctx.metrics.clone();
-            let result = reconcile(obj, ctx).await;
-            metrics.reconciled(controller, result.is_ok(), start.elapsed());
+            let key = retry_key(obj.as_ref());
+            let result = reconcile(obj, ctx.clone()).await;
+            let error = result.as_ref().err().map(Error::category);
+            ctx.metrics.reconciled(controller, error, start.elapsed());
+            if error.is_none() {
+                ctx.reconcile_retries.succeeded(&key);
+            }
             result
         })
     }
 }
 
-fn error_policy<K>(obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
+fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
     K: kube::ResourceExt,
 {
@@ -207,8 +212,20 @@ where
         tracing::warn!(object = %obj.name_any(), %error, "cleanup failed");
         return Action::requeue(*retry_in);
     }
-    tracing::warn!(object = %obj.name_any(), %error, "reconcile failed; retrying in 2 s");
-    Action::requeue(Duration::from_secs(2))
+    // Growing delays: an object that keeps failing (a denied call, an
+    // outage) neither hammers the API server and AWS nor hides.
+    let retry_in = ctx.reconcile_retries.failed(&retry_key::<K>(&obj));
+    tracing::warn!(object = %obj.name_any(), namespace = ?obj.namespace(), category = error.category(), %error, ?retry_in, "reconcile failed; retrying");
+    Action::requeue(retry_in)
+}
+
+/// One object's key in `reconcile_retries`: its kind and uid.
+fn retry_key<K: kube::ResourceExt>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        std::any::type_name::<K>(),
+        obj.uid().unwrap_or_else(|| obj.name_any())
+    )
 }
 
 /// SIGTERM or Ctrl-C.

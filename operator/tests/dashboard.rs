@@ -28,7 +28,7 @@ fn aws_requests() -> StatsSnapshot {
 /// sample in every labelled family (an empty family is not written at all).
 fn operator_exposition() -> String {
     let metrics = Metrics::with_aws_requests(Some(Arc::new(aws_requests)));
-    metrics.reconciled("taskbatch", false, Duration::from_millis(3));
+    metrics.reconciled("taskbatch", Some("aws"), Duration::from_millis(3));
     let pool = PoolLabels {
         namespace: "team-a".into(),
         pool: "p".into(),

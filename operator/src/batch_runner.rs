@@ -1065,6 +1065,25 @@ mod tests {
         ))
     }
 
+    /// Runs `b` on `r` to its end (a minute at most), then stops the workers.
+    async fn run_to_end(
+        r: &MemoryRunner,
+        b: Arc<TaskBatch>,
+        results: bool,
+        stop: &Shutdown,
+        workers: impl IntoIterator<Item = JoinHandle<cloudkon_worker::remote::StopReason>>,
+    ) {
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, results), spec))
+            .await
+            .expect("the batch finishes")
+            .unwrap();
+        stop.stop.cancel();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_status_cost_is_what_the_workers_charged_priced_by_the_pool() {
         let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
@@ -1087,15 +1106,7 @@ mod tests {
             .collect();
         let b = batch(generator(json!({"kind": "sleep", "ms": 2}), 400), None);
         let r = runner(&queue, &responses, MemoryRecord::default());
-        let (_tx, spec) = watch::channel(b.spec.clone());
-        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, false), spec))
-            .await
-            .expect("the batch finishes")
-            .unwrap();
-        stop.stop.cancel();
-        for w in workers {
-            w.await.unwrap();
-        }
+        run_to_end(&r, b, false, &stop, workers).await;
         let cost = r.record.status().cost.expect("a cost");
         let charged: f64 = stats.iter().map(|s| s.charged().worker_seconds).sum();
         assert!(charged > 0.0);
@@ -1125,15 +1136,7 @@ mod tests {
         let n = 20_000;
         let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
         let r = runner(&queue, &responses, MemoryRecord::default());
-        let (_tx, spec) = watch::channel(b.spec.clone());
-        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
-            .await
-            .expect("the batch finishes")
-            .unwrap();
-        stop.stop.cancel();
-        for w in workers {
-            w.await.unwrap();
-        }
+        run_to_end(&r, b, true, &stop, workers).await;
         let status = r.record.status();
         assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
         assert_eq!(

@@ -112,6 +112,16 @@ impl Cluster {
         self.children.len() - 1
     }
 
+    /// Starts the operator (as [`Cluster::operator`]) serving /metrics;
+    /// returns the address.
+    fn operator_serving_metrics(&mut self, extra: &[&str]) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--metrics-addr", addr.as_str()];
+        args.extend_from_slice(extra);
+        self.operator("operator.log", &args);
+        addr
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
@@ -1100,9 +1110,7 @@ fn free_port() -> u16 {
 fn bad_specs_are_reported_and_fixed_specs_run_suspend_cancel_and_metrics() {
     let _serial = serial();
     let mut c = Cluster::new("e2e-bad");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    c.operator("operator.log", &["--metrics-addr", &addr]);
+    let addr = c.operator_serving_metrics(&[]);
 
     // Two sources: rejected with a condition and a Warning Event naming the field.
     c.apply(
@@ -1351,8 +1359,7 @@ fn a_hundred_concurrent_batches_keep_the_api_server_write_rate_bounded() {
     let _serial = serial();
     let mut c = Cluster::new("e2e-writes");
     let table = unique("e2e-ledger");
-    let addr = format!("127.0.0.1:{}", free_port());
-    c.operator("operator.log", &["--metrics-addr", &addr]);
+    let addr = c.operator_serving_metrics(&[]);
     let reconciles = || -> u64 {
         http_get(&addr, "/metrics")
             .lines()
@@ -2907,11 +2914,7 @@ fn metric_sum(page: &str, metric: &str) -> f64 {
 fn a_batchs_cost_in_status_is_what_the_workers_and_the_operator_counted() {
     let _serial = serial();
     let mut c = Cluster::new("e2e-cost");
-    let addr = format!("127.0.0.1:{}", free_port());
-    c.operator(
-        "operator.log",
-        &["--metrics-addr", &addr, "--price-sqs-requests", "0.50"],
-    );
+    let addr = c.operator_serving_metrics(&["--price-sqs-requests", "0.50"]);
     c.apply(&format!(
         "{}  pricePerWorkerHour: 0.36\n",
         scaling_pool("p", 2, 300)

@@ -81,26 +81,38 @@ struct Run {
 }
 
 async fn run(bundles: Vec<Bundle>, ledger: Option<Arc<MemoryLedger>>, config: RemoteConfig) -> Run {
-    let queue = Arc::new(MemoryQueue::bounded(bundles.len().max(1)));
-    queue.send(bundles).await.unwrap();
-    queue.close();
     let router = Arc::new(MemoryRouter::default());
     let stats = Arc::new(WorkerStats::default());
-    let reason = run_remote(
-        queue,
-        ledger,
-        router.clone(),
-        Arc::new(Registry::new()),
-        config,
-        Shutdown::new(),
-        stats.clone(),
-    )
-    .await;
+    let reason = run_through(bundles, ledger, router.clone(), config, stats.clone()).await;
     Run {
         reason,
         router,
         stats,
     }
+}
+
+/// A worker on a queue of `bundles` (closed: it stops once they are done),
+/// sending results through `router`.
+async fn run_through<R: ResultRouter>(
+    bundles: Vec<Bundle>,
+    ledger: Option<Arc<MemoryLedger>>,
+    router: Arc<R>,
+    config: RemoteConfig,
+    stats: Arc<WorkerStats>,
+) -> StopReason {
+    let queue = Arc::new(MemoryQueue::bounded(bundles.len().max(1)));
+    queue.send(bundles).await.unwrap();
+    queue.close();
+    run_remote(
+        queue,
+        ledger,
+        router,
+        Arc::new(Registry::new()),
+        config,
+        Shutdown::new(),
+        stats,
+    )
+    .await
 }
 
 fn sleeps(n: usize) -> Vec<TaskSpec> {
@@ -437,19 +449,14 @@ async fn results_for_a_deleted_batch_are_dropped_and_other_batches_go_on() {
     deleted.reply_to = Some("gone".into());
     let live = bundle(100, sleeps(2));
     let keys = [claim_key(&deleted), claim_key(&live)];
-    let queue = Arc::new(MemoryQueue::bounded(4));
-    queue.send(vec![deleted, live]).await.unwrap();
-    queue.close();
     let ledger = Arc::new(MemoryLedger::new());
     let router = Arc::new(FlakyRouter::default());
     let stats = Arc::new(WorkerStats::default());
-    let reason = run_remote(
-        queue,
+    let reason = run_through(
+        vec![deleted, live],
         Some(ledger.clone()),
         router.clone(),
-        Arc::new(Registry::new()),
         config(),
-        Shutdown::new(),
         stats.clone(),
     )
     .await;
@@ -753,17 +760,12 @@ async fn results_carry_the_workers_requests_and_time_and_their_sum_is_what_it_sp
     let mut other = bundle(100, vec![TaskSpec::Sleep { ms: 20 }; 10]);
     other.reply_to = Some("resp-2".into());
     let bundles = vec![bundle(0, vec![TaskSpec::Sleep { ms: 5 }; 30]), other];
-    let queue = Arc::new(MemoryQueue::bounded(2));
-    queue.send(bundles).await.unwrap();
-    queue.close();
     let started = std::time::Instant::now();
-    run_remote(
-        queue,
+    run_through(
+        bundles,
         Some(Arc::new(MemoryLedger::new())),
         router.clone(),
-        Arc::new(Registry::new()),
         config(),
-        Shutdown::new(),
         stats.clone(),
     )
     .await;

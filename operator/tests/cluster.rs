@@ -113,7 +113,7 @@ fn crds_and_examples_on_a_real_api_server() {
     // Status through the status subresource, shown in the printer columns.
     k.ok(&[
         "patch", "-n", &ns, "taskbatch", "sweep", "--subresource=status", "--type=merge", "-p",
-        r#"{"status":{"phase":"Running","progress":"250/1000000","counts":{"total":1000000,"enqueued":1000000,"succeeded":240,"failed":10},"throughput":125.5,"eta":"2h12m","cost":{"sqsRequests":1200.5,"dollars":0.0123,"projectedDollars":49.2,"summary":"$0.0123 / $49.20"}}}"#,
+        r#"{"status":{"phase":"Running","progress":"250/1000000","counts":{"total":1000000,"enqueued":1000000,"succeeded":240,"failed":10},"throughput":125.5,"eta":"2h12m","cost":{"sqsRequests":1200.5,"dynamodbRequests":300,"dynamodbWriteUnits":310.5,"s3Reads":0,"s3Writes":2,"workerRequests":1100.25,"workerSeconds":96.5,"dollars":0.0123,"projectedDollars":49.2,"summary":"$0.0123 / $49.20"}}}"#,
     ]);
     let table = k.ok(&["get", "-n", &ns, "taskbatches", "sweep"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();

@@ -420,7 +420,7 @@ pub struct TaskBatchStatus {
 /// split between them, and a worker's time after its last results is
 /// charged to no batch. Fractional where shared.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase")]
 pub struct BatchCost {
     /// SQS requests (sends, receives, deletes, visibility changes).
     pub sqs_requests: f64,

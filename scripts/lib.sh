@@ -1,7 +1,20 @@
-# scripts/lib.sh — what the scripts in scripts/ share: logging, timing and
-# apt. Sourced, not run; the script sets PROG (for messages) and, before
-# apt_install, APT_LOG (where apt's output goes).
+# scripts/lib.sh — what the scripts in scripts/ share: versions, logging,
+# timing and apt. Sourced, not run; the script sets PROG (for messages) and,
+# before apt_install, APT_LOG (where apt's output goes).
 # shellcheck shell=bash
+
+# ---------------------------------------------------------------- versions --
+# The Kubernetes the tests run: built from Debian bookworm's source package by
+# `scripts/control-plane build`, into $KUBE_CACHE_ROOT/$KUBE_VERSION; the
+# real-pods scripts (e2e-cluster, e2e-images) use the same build.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+KUBE_VERSION=1.20.2
+# shellcheck disable=SC2034
+KUBE_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1 # source package `kubernetes`
+# shellcheck disable=SC2034
+KUBE_SRC_DIRNAME=kubernetes-1.20.5+really1.20.2   # what dpkg-source extracts
+# shellcheck disable=SC2034
+KUBE_CACHE_ROOT="${CLOUDKON_CACHE:-$HOME/.cache/cloudkon}/kube"
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }

@@ -36,18 +36,19 @@ use serde_json::json;
 use std::sync::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 
 pub use crate::batch_record::collected_configmap_name;
 pub(crate) use crate::batch_record::patch_status;
 use crate::batch_record::{BatchRecord, KubeRecord};
 use crate::build;
 use crate::collected::Collected;
-use crate::context::{Context, Error, Settings};
+use crate::context::{Context, Settings};
 use crate::crd::taskbatch::{BundleSizing, Latency, Phase, TaskBatchSpec, TaskCounts};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
+use crate::error::Error;
 use crate::metrics::Metrics;
+pub use crate::runner_handle::RunnerHandle;
 use crate::shares::{self, ShareGuard, Shares};
 use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};
@@ -77,13 +78,6 @@ pub fn result_receives(receives: usize, got: usize) -> usize {
     } else {
         (receives / 2).max(1)
     }
-}
-
-/// A running batch, as the reconciler holds it.
-pub struct RunnerHandle {
-    pub task: JoinHandle<Result<(), Error>>,
-    /// The batch's latest spec (suspend).
-    pub spec: watch::Sender<TaskBatchSpec>,
 }
 
 /// Where a batch's tasks come from, read by the reconciler (which validates a
@@ -973,6 +967,7 @@ mod tests {
     use cloudkon_worker::remote::{RemoteConfig, WorkerStats, run_remote};
     use cloudkon_worker::{PoolConfig, Registry, Shutdown};
     use std::collections::BTreeSet;
+    use tokio::task::JoinHandle;
 
     type MemoryRunner = Runner<MemoryQueue, MemoryInbox, MemoryStore, MemoryRecord>;
 

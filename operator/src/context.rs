@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudkon_core::aws::{Aws, AwsError, S3Store, SqsClient};
+use cloudkon_core::aws::{Aws, S3Store, SqsClient};
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -13,7 +13,10 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::crd::WorkerPool;
+pub use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::pool_memory::PoolMemory;
+use crate::runner_handle::RunnerHandle;
 
 /// The finalizer on both resources: their queues are deleted before they go.
 pub const FINALIZER: &str = "cloudkon.io/cleanup";
@@ -76,9 +79,9 @@ pub struct Context {
     /// `Settings::workload_memory_bytes`.
     pub workload_memory: Arc<crate::workload_memory::WorkloadMemory>,
     /// Per pool (by uid): the scaler's history and the queue.
-    pub pools: Mutex<HashMap<String, crate::pool_reconciler::PoolMemory>>,
+    pub pools: Mutex<HashMap<String, PoolMemory>>,
     /// Per batch (by uid): the task that enqueues and collects.
-    pub runners: Mutex<HashMap<String, crate::batch_runner::RunnerHandle>>,
+    pub runners: Mutex<HashMap<String, RunnerHandle>>,
     /// Per pool: its batches' weights and work (enqueue windows, scaling).
     pub shares: Arc<crate::shares::Shares>,
     /// Wakes a pool's reconciler at once (a batch just enqueued tasks).
@@ -88,55 +91,6 @@ pub struct Context {
     /// Failed reconciles in a row per object (by controller and uid): the
     /// next try waits 1 s, 2 s, 4 s... up to 5 minutes.
     pub reconcile_retries: crate::retry_delays::RetryDelays,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Kube {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(transparent)]
-    Aws(#[from] AwsError),
-    #[error(transparent)]
-    Build(#[from] crate::build::BuildError),
-    #[error("{0}")]
-    Other(String),
-    /// A finalizer's cleanup failed (reported in the object's
-    /// `CleanupFailed` condition); retried after `retry_in`.
-    #[error("cleanup failed (retrying in {retry_in:?}): {message}")]
-    CleanupFailed { message: String, retry_in: Duration },
-}
-
-impl Error {
-    /// Unwraps a finalizer's error: a failed cleanup keeps its retry delay;
-    /// anything else becomes `Other`, prefixed with `what`.
-    pub fn from_finalizer(what: &str, e: kube::runtime::finalizer::Error<Error>) -> Error {
-        match e {
-            kube::runtime::finalizer::Error::CleanupFailed(e @ Error::CleanupFailed { .. }) => e,
-            e => Error::Other(format!("{what}: {e}")),
-        }
-    }
-}
-
-impl Error {
-    /// What failed, for metrics: `kube`, `aws`, `build`, `cleanup`, `other`.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube { .. } => "kube",
-            Error::Aws(_) => "aws",
-            Error::Build(_) => "build",
-            Error::CleanupFailed { .. } => "cleanup",
-            Error::Other(_) => "other",
-        }
-    }
-
-    pub fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-        let what = what.into();
-        move |source| Error::Kube { what, source }
-    }
 }
 
 impl Context {

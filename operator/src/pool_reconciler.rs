@@ -20,11 +20,13 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::build::{self, POOL_LABEL};
-use crate::context::{Context, Error, FINALIZER, MANAGER};
+use crate::context::{Context, FINALIZER, MANAGER};
 use crate::crd::WorkerPool;
 use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
+use crate::error::Error;
+pub use crate::pool_memory::PoolMemory;
 use crate::provider::Ec2Provider;
-use crate::scale::{self, Observed, ScaleConfig, ScaleMemory};
+use crate::scale::{self, Observed, ScaleConfig};
 use crate::status::{self, PoolConditionsInput, set_condition};
 use crate::validate;
 
@@ -33,21 +35,6 @@ const DEFAULT_MAX_RECEIVES: i32 = 5;
 /// The annotation the ReplicaSet controller reads to pick which pods go
 /// first on scale-down (lowest cost first).
 const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
-
-/// What the operator remembers of a pool between reconciliations.
-#[derive(Default)]
-pub struct PoolMemory {
-    queue: Option<SqsQueue>,
-    scale: ScaleMemory,
-    /// The generation whose Deployment was last applied.
-    applied_generation: Option<i64>,
-    /// The EC2 fleet, for pools whose provider is not a Deployment.
-    ec2: Option<Arc<Ec2Provider>>,
-    /// When the status was last written (see [`status_due`]).
-    status_written: Option<Instant>,
-    /// The task reading the pool's dead-letter queue (aborted when dropped).
-    dead_letters: Option<crate::dead_letters::Reader>,
-}
 
 /// A pool's figures (backlog, workers, work) are written at most this often;
 /// a change of conditions, generation or queue at once.

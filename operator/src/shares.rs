@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use crate::task_cost::TaskCost;
+
 /// A batch that has not asked for a turn for this long (its runner is
 /// writing its status, or stuck) does not hold the others back.
 const QUIET: Duration = Duration::from_secs(1);
@@ -50,7 +52,7 @@ pub struct PoolWork {
     /// Tasks enqueued and not finished.
     pub tasks: u64,
     /// Tasks × their batch's estimate (unknown lengths as
-    /// [`crate::window::UNKNOWN_TASK`]).
+    /// [`crate::task_cost::UNKNOWN_TASK`]).
     pub task_seconds: f64,
     /// Tasks the batches have not sent yet (the meter holds them back), and
     /// their task-seconds, the same way (suspended batches, and batches
@@ -124,7 +126,7 @@ impl Shares {
                     reserved: 0,
                     waiting: 0,
                     estimate: None,
-                    cost: crate::window::UNKNOWN_TASK,
+                    cost: crate::task_cost::UNKNOWN_TASK,
                     sent,
                     backlogged: true,
                     seen: now,
@@ -147,8 +149,8 @@ impl Shares {
         for share in pools.get(pool).into_iter().flat_map(|b| b.values()) {
             let cost = share
                 .estimate
-                .unwrap_or(crate::window::UNKNOWN_TASK)
-                .max(crate::window::MIN_TASK_COST);
+                .unwrap_or(crate::task_cost::UNKNOWN_TASK)
+                .max(crate::task_cost::MIN_TASK_COST);
             work.tasks += share.in_flight;
             work.task_seconds += share.in_flight as f64 * cost.as_secs_f64();
             // Not sent yet, once their length is known: ten thousand tasks
@@ -184,26 +186,6 @@ fn least_sent(batches: &HashMap<String, BatchShare>, batch: &str, now: Instant) 
         .filter(|(k, s)| k.as_str() != batch && s.backlogged && now.duration_since(s.seen) < QUIET)
         .map(|(_, s)| s.sent)
         .min_by(f64::total_cmp)
-}
-
-/// What one of a batch's tasks counts for.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TaskCost {
-    /// In the pool's window: the length its bundles are metered at.
-    pub window: Duration,
-    /// In its fair share: the length its tasks are expected to take. Not the
-    /// metered one, which stays long while bundles are cut for longer tasks
-    /// than the results show and would charge the batch for work not done.
-    pub share: Duration,
-}
-
-impl TaskCost {
-    pub fn same(length: Duration) -> Self {
-        Self {
-            window: length,
-            share: length,
-        }
-    }
 }
 
 /// A batch's place in its pool's shares; updated by its runner, removed on drop.

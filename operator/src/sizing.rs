@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use cloudkon_core::BundlePlan;
 
-use crate::window::MIN_TASK_COST;
+use crate::task_cost::MIN_TASK_COST;
 
 /// The plan a TaskBatch cuts its bundles with, over `slots` slots, for tasks
 /// of unknown length taken to cost `learned` (`None`: not learned yet).

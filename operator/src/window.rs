@@ -8,15 +8,11 @@
 
 use std::time::Duration;
 
-use crate::shares::TaskCost;
 use crate::sizing;
+use crate::task_cost::{TaskCost, task_cost};
 
 /// Seconds of the whole pool's work a pool's batches keep enqueued together.
 pub const WINDOW: Duration = Duration::from_secs(5);
-/// What a task of unknown length is taken to cost until results tell.
-pub const UNKNOWN_TASK: Duration = Duration::from_secs(1);
-/// The least a task is taken to cost: `sleep 0` still takes a slot a moment.
-pub const MIN_TASK_COST: Duration = Duration::from_millis(1);
 
 /// What a pool's window depends on, as one of its batches sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -29,12 +25,6 @@ pub struct WindowInput {
     pub cost: Duration,
     /// Tasks in the batch's next bundle.
     pub next_bundle: u64,
-}
-
-/// What a task is taken to cost in the window: its length (observed, else
-/// declared), else [`UNKNOWN_TASK`]; at least [`MIN_TASK_COST`].
-pub fn task_cost(estimate: Option<Duration>) -> Duration {
-    estimate.unwrap_or(UNKNOWN_TASK).max(MIN_TASK_COST)
 }
 
 /// The work a pool's batches may hold enqueued and unfinished together:

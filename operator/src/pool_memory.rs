@@ -1,0 +1,25 @@
+//! What the operator remembers of a pool between reconciliations.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cloudkon_core::aws::SqsQueue;
+
+use crate::provider::Ec2Provider;
+use crate::scale::ScaleMemory;
+
+/// What the operator remembers of a pool between reconciliations (the pool
+/// reconciler's).
+#[derive(Default)]
+pub struct PoolMemory {
+    pub queue: Option<SqsQueue>,
+    pub scale: ScaleMemory,
+    /// The generation whose Deployment was last applied.
+    pub applied_generation: Option<i64>,
+    /// The EC2 fleet, for pools whose provider is not a Deployment.
+    pub ec2: Option<Arc<Ec2Provider>>,
+    /// When the status was last written (see `pool_reconciler::status_due`).
+    pub status_written: Option<Instant>,
+    /// The task reading the pool's dead-letter queue (aborted when dropped).
+    pub dead_letters: Option<crate::dead_letters::Reader>,
+}

@@ -1,0 +1,15 @@
+//! What the operator holds of a running batch: its runner's task and the
+//! channel that brings it the batch's latest spec.
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::crd::taskbatch::TaskBatchSpec;
+use crate::error::Error;
+
+/// A running batch, as the reconciler holds it.
+pub struct RunnerHandle {
+    pub task: JoinHandle<Result<(), Error>>,
+    /// The batch's latest spec (suspend).
+    pub spec: watch::Sender<TaskBatchSpec>,
+}

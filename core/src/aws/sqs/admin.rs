@@ -1,0 +1,276 @@
+//! Queue administration: creating queues (with their dead-letter queues),
+//! finding them by name or URL, their counts, deleting and purging.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use super::{QueueStats, SERVICE, SqsClient, SqsQueue};
+use crate::aws::error::{AwsError, ErrorKind};
+
+/// How to create a queue.
+#[derive(Clone, Debug)]
+pub struct QueueOptions {
+    /// How long a received message stays hidden before it is delivered again.
+    pub visibility_timeout: Duration,
+    pub retention: Duration,
+    /// Create `<name>-dlq` and move a message there after this many receives.
+    pub max_receives: Option<u32>,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            visibility_timeout: Duration::from_secs(30),
+            retention: Duration::from_secs(4 * 24 * 3600),
+            max_receives: None,
+        }
+    }
+}
+
+/// `name` with every character SQS refuses in a queue name (it takes letters,
+/// digits, `-` and `_`) replaced by `-`. The length is the caller's to bound.
+pub fn queue_name_chars(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// `name` as an SQS queue name of at most `max` characters: itself when it
+/// is one; else its characters as [`queue_name_chars`] has them, cut to leave
+/// room for a hash of the whole name, so that two names never share a queue
+/// (a cut or a replaced character alone would let them).
+pub fn bounded_queue_name(name: &str, max: usize) -> String {
+    let clean = queue_name_chars(name);
+    if clean == name && name.len() <= max {
+        return clean;
+    }
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let suffix = format!("-{:08x}", hash as u32);
+    let keep = max.saturating_sub(suffix.len()).min(clean.len());
+    format!("{}{suffix}", &clean[..keep])
+}
+
+impl SqsClient {
+    /// if it has the same settings. With different settings SQS refuses:
+    /// `QueueAlreadyExists`.
+    pub async fn create_queue(
+        &self,
+        name: &str,
+        options: &QueueOptions,
+    ) -> Result<SqsQueue, AwsError> {
+        let mut attributes = HashMap::from([
+            (
+                QueueAttributeName::VisibilityTimeout,
+                options.visibility_timeout.as_secs().to_string(),
+            ),
+            (
+                QueueAttributeName::MessageRetentionPeriod,
+                options.retention.as_secs().to_string(),
+            ),
+        ]);
+        let mut dead_letter_url = None;
+        if let Some(max_receives) = options.max_receives {
+            let dlq_name = format!("{name}-dlq");
+            // The longest retention: a dead letter is kept for inspection.
+            let dlq_attributes = HashMap::from([(
+                QueueAttributeName::MessageRetentionPeriod,
+                (14 * 24 * 3600).to_string(),
+            )]);
+            let dlq_url = self.create_raw(&dlq_name, dlq_attributes).await?;
+            let arn = self.queue_arn(&dlq_url).await?;
+            let policy = serde_json::json!({
+                "deadLetterTargetArn": arn,
+                "maxReceiveCount": max_receives,
+            });
+            attributes.insert(QueueAttributeName::RedrivePolicy, policy.to_string());
+            dead_letter_url = Some(dlq_url);
+        }
+        let url = self.create_raw(name, attributes).await?;
+        tracing::info!(%url, dead_letter = ?dead_letter_url, "queue ready");
+        Ok(SqsQueue {
+            sqs: self.clone(),
+            url,
+            dead_letter_url,
+        })
+    }
+
+    async fn create_raw(
+        &self,
+        name: &str,
+        attributes: HashMap<QueueAttributeName, String>,
+    ) -> Result<String, AwsError> {
+        let out = self
+            .client
+            .create_queue()
+            .queue_name(name)
+            .set_attributes(Some(attributes))
+            .send()
+            .await
+            .map_err(|e| Self::err("CreateQueue", name, e))?;
+        out.queue_url.ok_or_else(|| {
+            AwsError::new(
+                SERVICE,
+                "CreateQueue",
+                name,
+                ErrorKind::Permanent,
+                "no queue URL in the answer",
+            )
+        })
+    }
+
+    async fn queue_arn(&self, url: &str) -> Result<String, AwsError> {
+        let mut attributes = self.attributes(url, QueueAttributeName::QueueArn).await?;
+        attributes
+            .remove(&QueueAttributeName::QueueArn)
+            .ok_or_else(|| {
+                AwsError::new(
+                    SERVICE,
+                    "GetQueueAttributes",
+                    url,
+                    ErrorKind::Permanent,
+                    "no QueueArn in the answer",
+                )
+            })
+    }
+
+    async fn attributes(
+        &self,
+        url: &str,
+        name: QueueAttributeName,
+    ) -> Result<HashMap<QueueAttributeName, String>, AwsError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(name)
+            .send()
+            .await
+            .map_err(|e| Self::err("GetQueueAttributes", url, e))?;
+        Ok(out.attributes.unwrap_or_default())
+    }
+
+    /// An existing queue, by URL or by name, with its dead-letter queue if it has
+    /// a redrive policy. A queue that does not exist is a [`ErrorKind::NotFound`]
+    /// error naming it.
+    pub async fn open(&self, url_or_name: &str) -> Result<SqsQueue, AwsError> {
+        let url = if url_or_name.contains("://") {
+            url_or_name.to_string()
+        } else {
+            self.url_of(url_or_name).await?
+        };
+        let mut attributes = self
+            .attributes(&url, QueueAttributeName::RedrivePolicy)
+            .await
+            .map_err(|e| not_found_names_queue(e, url_or_name))?;
+        let dead_letter_url = match attributes.remove(&QueueAttributeName::RedrivePolicy) {
+            None => None,
+            Some(policy) => {
+                let target = serde_json::from_str::<serde_json::Value>(&policy)
+                    .ok()
+                    .and_then(|v| v["deadLetterTargetArn"].as_str().map(str::to_string));
+                match target.as_deref().and_then(|arn| arn.rsplit(':').next()) {
+                    Some(dlq_name) => Some(self.url_of(dlq_name).await?),
+                    None => {
+                        tracing::warn!(%url, %policy, "unreadable redrive policy: no dead-letter queue");
+                        None
+                    }
+                }
+            }
+        };
+        Ok(SqsQueue {
+            sqs: self.clone(),
+            url,
+            dead_letter_url,
+        })
+    }
+
+    async fn url_of(&self, name: &str) -> Result<String, AwsError> {
+        let out = self
+            .client
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| not_found_names_queue(Self::err("GetQueueUrl", name, e), name))?;
+        out.queue_url.ok_or_else(|| {
+            AwsError::new(
+                SERVICE,
+                "GetQueueUrl",
+                name,
+                ErrorKind::Permanent,
+                "no queue URL in the answer",
+            )
+        })
+    }
+}
+
+fn not_found_names_queue(mut e: AwsError, name: &str) -> AwsError {
+    if e.kind == ErrorKind::NotFound
+        || e.code
+            .as_deref()
+            .is_some_and(|c| c.contains("NonExistentQueue") || c == "QueueDoesNotExist")
+    {
+        e.kind = ErrorKind::NotFound;
+        e.message = format!("queue `{name}` does not exist ({})", e.message);
+    }
+    e
+}
+
+impl SqsQueue {
+    pub async fn delete(&self) -> Result<(), AwsError> {
+        self.client()
+            .delete_queue()
+            .queue_url(&self.url)
+            .send()
+            .await
+            .map_err(|e| SqsClient::err("DeleteQueue", &self.url, e))?;
+        Ok(())
+    }
+
+    /// Deletes every message (SQS allows one purge a minute per queue).
+    pub async fn purge(&self) -> Result<(), AwsError> {
+        self.client()
+            .purge_queue()
+            .queue_url(&self.url)
+            .send()
+            .await
+            .map_err(|e| SqsClient::err("PurgeQueue", &self.url, e))?;
+        Ok(())
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, AwsError> {
+        let out = self
+            .client()
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| SqsClient::err("GetQueueAttributes", &self.url, e))?;
+        let attributes = out.attributes.unwrap_or_default();
+        let count = |name: QueueAttributeName| {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(QueueStats {
+            visible: count(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+}

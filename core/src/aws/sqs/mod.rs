@@ -1,0 +1,113 @@
+//! SQS queues: the task queue the workers read, and the response queues the
+//! results come back on. The handles here; creating and looking at queues in
+//! `admin`, the messages themselves in `data`.
+
+mod admin;
+mod data;
+
+pub use admin::{QueueOptions, bounded_queue_name, queue_name_chars};
+
+use super::config::AwsSettings;
+use super::error::AwsError;
+use super::stats::RequestStats;
+use crate::queue::Receipt;
+
+const SERVICE: &str = "SQS";
+
+/// A handle on SQS: the client, its settings and the request counters.
+/// Cheap to clone; hands out [`SqsQueue`]s.
+#[derive(Clone, Debug)]
+pub struct SqsClient {
+    client: aws_sdk_sqs::Client,
+    settings: AwsSettings,
+    stats: RequestStats,
+}
+
+/// One SQS queue.
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    sqs: SqsClient,
+    url: String,
+    /// Where undecodable messages go; `None`: they are deleted.
+    dead_letter_url: Option<String>,
+}
+
+/// A message as SQS delivered it.
+#[derive(Clone, Debug)]
+pub struct RawMessage {
+    pub message_id: String,
+    pub body: String,
+    pub receipt: Receipt,
+    /// Deliveries of this message so far, this one included.
+    pub receive_count: u32,
+}
+
+/// Approximate counts, as SQS reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received and not yet deleted (in flight).
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl SqsClient {
+    pub(crate) fn new(
+        client: aws_sdk_sqs::Client,
+        settings: AwsSettings,
+        stats: RequestStats,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> &RequestStats {
+        &self.stats
+    }
+
+    fn err<E, R>(
+        operation: &'static str,
+        resource: &str,
+        e: aws_sdk_sqs::error::SdkError<E, R>,
+    ) -> AwsError
+    where
+        E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        AwsError::sdk(SERVICE, operation, resource, e)
+    }
+
+    /// Creates a queue (and its dead-letter queue), or returns the existing one
+    /// A queue by URL, without asking SQS anything: for sending to a bundle's
+    /// `reply_to`. It has no dead-letter queue: undecodable messages are deleted.
+    pub fn at(&self, url: impl Into<String>) -> SqsQueue {
+        SqsQueue {
+            sqs: self.clone(),
+            url: url.into(),
+            dead_letter_url: None,
+        }
+    }
+}
+
+impl SqsQueue {
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn dead_letter_url(&self) -> Option<&str> {
+        self.dead_letter_url.as_deref()
+    }
+
+    /// The same client on another queue (e.g. this queue's dead-letter queue).
+    pub fn sibling(&self, url: impl Into<String>) -> SqsQueue {
+        self.sqs.at(url)
+    }
+
+    fn client(&self) -> &aws_sdk_sqs::Client {
+        &self.sqs.client
+    }
+}

@@ -16,7 +16,7 @@ use cloudkon_worker::{
     run_embedded,
 };
 
-use crate::{exit, memory, progress, signals, workload_file};
+use crate::{batch_args, exit, memory, outcome, progress, results_file, signals, workload_file};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -29,7 +29,7 @@ pub struct RunArgs {
     pub workload: PathBuf,
 
     #[command(flatten)]
-    pub common: workload_file::BatchArgs,
+    pub common: batch_args::BatchArgs,
 
     /// Concurrent worker slots [default: the number of CPUs].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -84,7 +84,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     {
         anyhow::bail!("cannot run animoto tasks: {e}");
     }
-    let writer = workload_file::create_results(args.common.output.as_deref())?;
+    let writer = results_file::create_results(args.common.output.as_deref())?;
     let slots = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n as usize,
@@ -132,9 +132,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         signals.abort();
         anyhow::Ok((run.summary, run.failure))
     })?;
-    let flushed = workload_file::flush_results(writer.as_ref());
+    let flushed = results_file::flush_results(writer.as_ref());
     summary.peak_rss_bytes = memory::peak_rss_bytes();
-    workload_file::print_summary(&summary, args.common.json)?;
+    outcome::print_summary(&summary, args.common.json)?;
     if let Some(failure) = failure {
         eprintln!("error: {failure}");
         return Ok(ExitCode::from(exit::ERROR));
@@ -148,5 +148,5 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     {
         println!("results in {}", path.display());
     }
-    Ok(ExitCode::from(workload_file::exit_code(&summary)))
+    Ok(ExitCode::from(outcome::exit_code(&summary)))
 }

@@ -16,7 +16,7 @@ use cloudkon_core::workload::WorkloadReader;
 use cloudkon_core::{BatchId, Bundle, BundlePlan, Bundler, Stats, Summary, Task};
 use cloudkon_worker::{Progress, Shutdown};
 
-use crate::{exit, memory, progress, signals, workload_file};
+use crate::{batch_args, exit, memory, outcome, progress, results_file, signals, workload_file};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Exit status: as for `cloudkon run`.")]
@@ -35,7 +35,7 @@ pub struct SubmitArgs {
     pub slots: u64,
 
     #[command(flatten)]
-    pub common: workload_file::BatchArgs,
+    pub common: batch_args::BatchArgs,
 }
 
 pub fn run(args: SubmitArgs) -> Result<ExitCode> {
@@ -43,7 +43,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         Ok(stats) => stats,
         Err(code) => return Ok(code),
     };
-    let writer = workload_file::create_results(args.common.output.as_deref())?;
+    let writer = results_file::create_results(args.common.output.as_deref())?;
     let batch = args.common.batch_name(&args.workload);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,9 +79,9 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         signals.abort();
         outcome
     })?;
-    let flushed = workload_file::flush_results(writer.as_ref());
+    let flushed = results_file::flush_results(writer.as_ref());
     summary.peak_rss_bytes = memory::peak_rss_bytes();
-    workload_file::print_summary(&summary, args.common.json)?;
+    outcome::print_summary(&summary, args.common.json)?;
     if summary.interrupted {
         eprintln!(
             "the batch's remaining tasks stay queued; their results go to {response_url} \
@@ -92,7 +92,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         eprintln!("error: cannot write results: {e}");
         return Ok(ExitCode::from(exit::ERROR));
     }
-    Ok(ExitCode::from(workload_file::exit_code(&summary)))
+    Ok(ExitCode::from(outcome::exit_code(&summary)))
 }
 
 /// What to submit.
@@ -114,7 +114,7 @@ pub async fn submit(
     sqs: &SqsClient,
     request: &SqsQueue,
     submission: Submission,
-    results_file: Option<workload_file::ResultsWriter>,
+    results_file: Option<results_file::ResultsWriter>,
     progress: Arc<Progress>,
     shutdown: &Shutdown,
 ) -> Result<(Summary, String)> {
@@ -217,7 +217,7 @@ pub async fn submit(
 async fn collect(
     response: &SqsQueue,
     total: u64,
-    mut results_file: Option<workload_file::ResultsWriter>,
+    mut results_file: Option<results_file::ResultsWriter>,
     progress: &Progress,
     shutdown: &Shutdown,
 ) -> Result<(Stats, usize)> {

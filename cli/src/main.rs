@@ -1,5 +1,6 @@
 //! `cloudkon`: run many-task workloads on this machine, or (later) in the cloud.
 
+mod batch_args;
 mod bench;
 mod bench_sqs;
 mod cmd_queue;
@@ -8,8 +9,10 @@ mod cmd_submit;
 mod cmd_workload;
 mod memory;
 mod operator_exec;
+mod outcome;
 mod progress;
 mod report;
+mod results_file;
 mod signals;
 mod workload_file;
 

@@ -245,6 +245,68 @@ fn ctrl_c_stops_taking_tasks_and_prints_the_partial_summary() {
 }
 
 #[test]
+fn a_second_ctrl_c_abandons_the_running_tasks() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    std::fs::create_dir(&started).unwrap();
+    let workload = dir.path().join("w.txt");
+    let lines: String = (0..4)
+        .map(|i| {
+            format!(
+                "run sh -c 'touch \"$1\"; sleep 60' sh {}/{i}\n",
+                started.display()
+            )
+        })
+        .collect();
+    std::fs::write(&workload, lines).unwrap();
+    let log = dir.path().join("stderr.txt");
+    let mut child = cloudkon()
+        .args(["run", "--json", "--workers", "2"])
+        .arg(&workload)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &dyn Fn() -> bool, name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !what() {
+            assert!(Instant::now() < deadline, "{name} never happened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for(
+        &|| std::fs::read_dir(&started).unwrap().count() == 2,
+        "two tasks started",
+    );
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    let said = |text: &str| std::fs::read_to_string(&log).unwrap().contains(text);
+    wait_for(
+        &|| said("stopping: no new tasks"),
+        "the first interrupt's message",
+    );
+    let second = Instant::now();
+    kill(pid, Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(said("abandoning the running tasks"));
+    // Abandoned, not waited for: the tasks had a minute left.
+    assert!(
+        second.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        second.elapsed()
+    );
+    let summary: Summary = serde_json::from_str(&out).unwrap();
+    assert!(summary.interrupted);
+    assert_eq!(summary.succeeded, 0, "{summary:?}");
+}
+
+#[test]
 fn workload_generators_feed_run() {
     let dir = tempfile::tempdir().unwrap();
     let workload = dir.path().join("sweep.txt");

@@ -9,6 +9,7 @@ pub mod loopback_http;
 pub mod pool;
 pub mod remote;
 pub mod serve;
+pub mod signals;
 pub mod spot;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};

@@ -360,28 +360,15 @@ async fn heartbeat_rows(
 
 /// SIGTERM or Ctrl-C: stop receiving; the second one abandons running work.
 fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    tokio::spawn(async move {
-        let mut seen = 0;
-        loop {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-            seen += 1;
-            if seen == 1 {
-                tracing::info!(
-                    "stopping: no new work; finishing running bundles, giving the rest back"
-                );
-                shutdown.stop.cancel();
-            } else {
-                tracing::warn!("abandoning running bundles");
-                shutdown.abort.cancel();
-                return;
-            }
+    use cloudkon_worker::signals::{self, Stage};
+    signals::spawn_handler(shutdown, |stage| match stage {
+        Stage::Stop => {
+            tracing::info!(
+                "stopping: no new work; finishing running bundles, giving the rest back"
+            );
         }
-    });
+        Stage::Abort => tracing::warn!("abandoning running bundles"),
+    })
+    .context("cannot handle SIGTERM and SIGINT")?;
     Ok(())
 }

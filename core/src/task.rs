@@ -35,10 +35,14 @@ pub type TaskId = u64;
 
 /// Which executor runs a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
+    /// Sleep `ms` milliseconds: the seed systems' benchmark task.
     Sleep,
+    /// Run `program` with `args`.
     Run,
+    /// Make a video from `urls` (images).
     Animoto,
 }
 

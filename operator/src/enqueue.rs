@@ -124,7 +124,7 @@ mod tests {
 
     fn template(kind: TaskKind) -> InlineTask {
         serde_json::from_value(serde_json::json!({
-            "kind": match kind { TaskKind::Sleep => "sleep", TaskKind::Run => "run", TaskKind::Animoto => "animoto" },
+            "kind": kind.to_string(),
             "ms": 0,
             "program": "./simulate",
             "args": ["--seed", "{i}"],

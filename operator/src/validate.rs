@@ -254,11 +254,7 @@ pub fn taskbatch(spec: &TaskBatchSpec) -> Result<(), Vec<Invalid>> {
 /// kind needs are there, the others are not, and core accepts the task.
 fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&str>) {
     let before = p.0.len();
-    let kind = match task.kind {
-        TaskKind::Sleep => "sleep",
-        TaskKind::Run => "run",
-        TaskKind::Animoto => "animoto",
-    };
+    let kind = task.kind.to_string();
     let set = [
         ("ms", task.ms.is_some()),
         ("program", task.program.is_some()),
@@ -1342,6 +1338,39 @@ mod tests {
             }
         );
         assert_eq!(timeout, Some(std::time::Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn inline_tasks_follow_the_rules_of_a_workload_line() {
+        let task = |v: serde_json::Value| -> InlineTask { serde_json::from_value(v).unwrap() };
+        let video = task(json!({
+            "kind": "animoto", "urls": ["s3://in/{i}.png"], "secondsPerImage": 2,
+            "frameRate": 5, "output": "s3://out/{i}"
+        }));
+        let (spec, timeout) = video.to_task_spec(Some("7")).unwrap();
+        let line = r#"{"kind":"animoto","urls":["s3://in/7.png"],"seconds_per_image":2,"frame_rate":5,"output":"s3://out/7"}"#;
+        assert_eq!(
+            Some((spec, timeout)),
+            cloudkon_core::workload::parse_line(line).unwrap()
+        );
+        // The same refusals as a line's: core's rules, not a copy.
+        let empty = task(json!({"kind": "run", "program": ""}));
+        assert_eq!(
+            empty.to_task_spec(None).unwrap_err(),
+            cloudkon_core::workload::parse_line(r#"{"kind":"run","program":""}"#).unwrap_err()
+        );
+        let no_urls = task(json!({"kind": "animoto"}));
+        assert!(
+            no_urls
+                .to_task_spec(None)
+                .unwrap_err()
+                .contains("at least one image")
+        );
+        let negative = task(json!({"kind": "animoto", "urls": ["a.png"], "frameRate": -1}));
+        assert_eq!(
+            negative.to_task_spec(None).unwrap_err(),
+            "frameRate must not be negative, got -1"
+        );
     }
 
     #[test]

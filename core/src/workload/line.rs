@@ -134,13 +134,17 @@ fn parse_json(line: &str) -> Result<(TaskSpec, Option<Duration>), String> {
     }
     let spec: TaskSpec =
         serde_json::from_value(Value::Object(object)).map_err(|e| format!("invalid task: {e}"))?;
-    // The same checks as the text form: one set of rules whatever the syntax.
-    let spec = match spec {
-        TaskSpec::Run { program, args } => run_spec(program, args)?,
-        TaskSpec::Animoto(a) => animoto_spec(a)?,
-        sleep @ TaskSpec::Sleep { .. } => sleep,
-    };
-    Ok((spec, timeout))
+    Ok((check_spec(spec)?, timeout))
+}
+
+/// A task built by other means (a TaskBatch's inline task) checked by the
+/// rules of a workload line: one set of rules whatever the syntax.
+pub fn check_spec(spec: TaskSpec) -> Result<TaskSpec, String> {
+    match spec {
+        TaskSpec::Run { program, args } => run_spec(program, args),
+        TaskSpec::Animoto(a) => animoto_spec(a),
+        sleep @ TaskSpec::Sleep { .. } => Ok(sleep),
+    }
 }
 
 #[cfg(test)]

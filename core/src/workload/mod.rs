@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use generate::{write_run_workload, write_sleep_workload};
-pub use line::parse_line;
+pub use line::{check_spec, parse_line};
 
 use crate::task::{TaskId, TaskKind, TaskSpec};
 

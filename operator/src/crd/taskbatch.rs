@@ -226,17 +226,8 @@ pub struct InlineTask {
     pub timeout_seconds: Option<i64>,
 }
 
-/// Which executor runs a task.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskKind {
-    /// Sleep `ms` milliseconds: the seed systems' benchmark task.
-    Sleep,
-    /// Run `program` with `args`.
-    Run,
-    /// Make a video from `urls` (images).
-    Animoto,
-}
+/// Which executor runs a task: core's, whose names the CRD takes.
+pub use cloudkon_core::TaskKind;
 
 /// A workload file in a ConfigMap.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -529,55 +520,45 @@ impl InlineTask {
         &self,
         param: Option<&str>,
     ) -> Result<(cloudkon_core::TaskSpec, Option<std::time::Duration>), String> {
-        use serde_json::{Value, json};
+        use cloudkon_core::{AnimotoSpec, TaskSpec};
         let fill = |s: &str| match param {
             Some(p) => s.replace("{i}", p),
             None => s.to_owned(),
         };
-        let mut object = match self.kind {
+        let positive = |name: &str, n: Option<i32>| {
+            n.map(|n| u32::try_from(n).map_err(|_| format!("{name} must not be negative, got {n}")))
+                .transpose()
+        };
+        let spec = match self.kind {
             TaskKind::Sleep => {
                 let ms = self.ms.ok_or("sleep needs `ms`")?;
                 let ms =
                     u64::try_from(ms).map_err(|_| format!("ms must not be negative, got {ms}"))?;
-                json!({"kind": "sleep", "ms": ms})
+                TaskSpec::Sleep { ms }
             }
-            TaskKind::Run => json!({
-                "kind": "run",
-                "program": fill(self.program.as_deref().unwrap_or_default()),
-                "args": self.args.iter().map(|a| fill(a)).collect::<Vec<_>>(),
+            TaskKind::Run => TaskSpec::Run {
+                program: fill(self.program.as_deref().unwrap_or_default()),
+                args: self.args.iter().map(|a| fill(a)).collect(),
+            },
+            TaskKind::Animoto => TaskSpec::Animoto(AnimotoSpec {
+                urls: self.urls.iter().map(|u| fill(u)).collect(),
+                seconds_per_image: positive("secondsPerImage", self.seconds_per_image)?,
+                resolution: self.resolution.clone(),
+                frame_rate: positive("frameRate", self.frame_rate)?,
+                output: self.output.as_deref().map(fill),
             }),
-            TaskKind::Animoto => {
-                let mut o = json!({
-                    "kind": "animoto",
-                    "urls": self.urls.iter().map(|u| fill(u)).collect::<Vec<_>>(),
-                });
-                let fields = [
-                    ("seconds_per_image", self.seconds_per_image.map(Value::from)),
-                    ("resolution", self.resolution.clone().map(Value::from)),
-                    ("frame_rate", self.frame_rate.map(Value::from)),
-                    (
-                        "output",
-                        self.output.as_deref().map(|s| Value::from(fill(s))),
-                    ),
-                ];
-                for (key, value) in fields {
-                    if let Some(value) = value {
-                        o[key] = value;
-                    }
-                }
-                o
-            }
         };
-        if let Some(secs) = self.timeout_seconds {
-            let ms = u64::try_from(secs)
-                .ok()
-                .and_then(|s| s.checked_mul(1000))
-                .ok_or_else(|| format!("timeoutSeconds must be positive, got {secs}"))?;
-            object["timeout_ms"] = Value::from(ms);
-        }
-        match cloudkon_core::workload::parse_line(&object.to_string())? {
-            Some(task) => Ok(task),
-            None => Err("not a task".to_string()),
-        }
+        let timeout = match self.timeout_seconds {
+            None => None,
+            Some(secs) => Some(
+                u64::try_from(secs)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .and_then(|s| s.checked_mul(1000))
+                    .map(std::time::Duration::from_millis)
+                    .ok_or_else(|| format!("timeoutSeconds must be positive, got {secs}"))?,
+            ),
+        };
+        Ok((cloudkon_core::workload::check_spec(spec)?, timeout))
     }
 }

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use cloudkon_core::aws::S3Uri;
 use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
 use cloudkon_core::workload::WorkloadReader;
 use cloudkon_core::{BatchId, Bundle, BundleOptions, Task, TaskSpec, Timestamp};
@@ -162,8 +163,8 @@ pub fn taskbatch(spec: &TaskBatchSpec) -> Result<(), Vec<Invalid>> {
     }
 
     if let Some(s3) = &tasks.s3 {
-        match parse_s3_uri(&s3.uri) {
-            Some((_, key)) if !key.is_empty() && !key.ends_with('/') => {}
+        match S3Uri::object(&s3.uri) {
+            Ok(uri) if uri.has_valid_bucket_name() => {}
             _ => p.add(
                 "spec.tasks.s3.uri",
                 format_args!("({:?}) must be an object's URI: s3://bucket/key", s3.uri),
@@ -240,7 +241,7 @@ pub fn taskbatch(spec: &TaskBatchSpec) -> Result<(), Vec<Invalid>> {
         None,
     );
     if let Some(prefix) = spec.results.as_ref().and_then(|r| r.s3_prefix.as_ref())
-        && parse_s3_uri(prefix).is_none()
+        && !S3Uri::parse(prefix).is_ok_and(|u| u.has_valid_bucket_name())
     {
         p.add(
             "spec.results.s3Prefix",
@@ -678,17 +679,6 @@ fn scaling_rules(p: &mut Problems, path: &str, rules: &ScalingRules) {
             Some(1800),
         );
     }
-}
-
-/// `s3://bucket[/key]` → (bucket, key); `None` unless it is one.
-fn parse_s3_uri(uri: &str) -> Option<(&str, &str)> {
-    let rest = uri.strip_prefix("s3://")?;
-    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-    let bucket_ok = (3..=63).contains(&bucket.len())
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'));
-    bucket_ok.then_some((bucket, key))
 }
 
 /// A Kubernetes object name (RFC 1123 subdomain).

@@ -57,6 +57,17 @@ impl S3Uri {
         })
     }
 
+    /// Whether the bucket's name is one S3 allows (3 to 63 lowercase letters,
+    /// digits, `-` and `.`): checked where a user's URI is accepted for
+    /// later, not on every use (local servers take other names).
+    pub fn has_valid_bucket_name(&self) -> bool {
+        (3..=63).contains(&self.bucket.len())
+            && self
+                .bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+    }
+
     /// Like [`S3Uri::parse`], but the key must name an object.
     pub fn object(uri: &str) -> Result<Self, S3UriError> {
         let parsed = Self::parse(uri)?;
@@ -627,6 +638,17 @@ mod tests {
             }
         );
         assert_eq!(S3Uri::parse("s3://b").unwrap().key, "");
+        assert!(!S3Uri::parse("s3://b/k").unwrap().has_valid_bucket_name());
+        assert!(
+            !S3Uri::parse("s3://My_Bucket/k")
+                .unwrap()
+                .has_valid_bucket_name()
+        );
+        assert!(
+            S3Uri::parse("s3://my-bucket.v2")
+                .unwrap()
+                .has_valid_bucket_name()
+        );
         assert_eq!(S3Uri::parse("s3://b/").unwrap().key, "");
         assert_eq!(
             S3Uri::parse("https://b/k"),

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use cloudkon_core::aws::{Aws, QueueOptions, SqsClient, SqsQueue};
 use cloudkon_core::queue::TaskQueue;
 use cloudkon_core::workload::WorkloadReader;
-use cloudkon_core::{BatchId, Bundle, BundlePlan, Bundler, Stats, Summary, Task};
+use cloudkon_core::{BatchId, Bundle, BundlePlan, Stats, Summary};
 use cloudkon_worker::{Progress, Shutdown};
 
 use crate::{batch_args, exit, memory, outcome, progress, results_file, signals, workload_file};
@@ -137,28 +137,14 @@ pub async fn submit(
         );
         let plan = BundlePlan::SQS.spread(submission.total, submission.slots);
         std::thread::spawn(move || -> Result<()> {
-            let mut bundler = Bundler::new(plan);
-            let send = |mut bundle: Bundle| {
+            let tasks = WorkloadReader::open(&path)?
+                .map(|def| def.context("the workload changed while it was sent"));
+            for bundle in cloudkon_core::bundle::bundles(tasks, batch, plan, 0, timeout) {
+                let mut bundle = bundle?;
                 bundle.reply_to = Some(reply_to.clone());
-                bundles_tx.send_blocking(bundle).is_ok()
-            };
-            for def in WorkloadReader::open(&path)? {
-                let def = def.context("the workload changed while it was sent")?;
-                let task = Task {
-                    batch: batch.clone(),
-                    id: def.id,
-                    attempt: 1,
-                    timeout: def.timeout.or(timeout),
-                    spec: def.spec,
-                };
-                if let Some(bundle) = bundler.push(task)
-                    && !send(bundle)
-                {
+                if bundles_tx.send_blocking(bundle).is_err() {
                     return Ok(());
                 }
-            }
-            if let Some(bundle) = bundler.finish() {
-                send(bundle);
             }
             Ok(())
         })

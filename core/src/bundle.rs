@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use crate::task::{Task, TaskSpec, Timestamp};
+use crate::task::{BatchId, Task, TaskSpec, Timestamp};
+use crate::workload::TaskDef;
 
 /// Tasks that travel together.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +157,41 @@ pub fn spread_size(remaining: u64, slots: u64) -> usize {
     usize::try_from(size).unwrap_or(usize::MAX)
 }
 
+/// The bundles of a workload's `tasks` (from task number `start` on, a
+/// bundle boundary) cut with `plan`: the first attempts of batch `batch`'s
+/// tasks, with `default_timeout` where a task sets none. What the embedded
+/// engine, `cloudkon submit` and the operator's runner all do. The first
+/// error ends the stream; the partial bundle before it is not handed out.
+pub fn bundles<I, E>(
+    tasks: I,
+    batch: BatchId,
+    plan: BundlePlan,
+    start: u64,
+    default_timeout: Option<Duration>,
+) -> impl Iterator<Item = Result<Bundle, E>>
+where
+    I: Iterator<Item = Result<TaskDef, E>>,
+{
+    let mut bundler = Some(Bundler::starting_at(plan, start));
+    let mut tasks = tasks;
+    std::iter::from_fn(move || {
+        loop {
+            let b = bundler.as_mut()?;
+            let next = match tasks.next() {
+                Some(Ok(def)) => b.push(def.into_task(&batch, default_timeout)),
+                Some(Err(e)) => {
+                    bundler = None;
+                    return Some(Err(e));
+                }
+                None => bundler.take()?.finish(),
+            };
+            if let Some(bundle) = next {
+                return Some(Ok(bundle));
+            }
+        }
+    })
+}
+
 /// Packs a stream of tasks into bundles following a plan.
 pub struct Bundler {
     plan: BundlePlan,
@@ -232,7 +268,6 @@ impl Bundler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::BatchId;
 
     fn task(id: u64, spec: TaskSpec) -> Task {
         Task {
@@ -425,5 +460,53 @@ mod tests {
     #[test]
     fn empty_bundler_finishes_with_nothing() {
         assert!(Bundler::new(BundlePlan::EMBEDDED).finish().is_none());
+    }
+
+    #[test]
+    fn a_workloads_bundles_take_the_default_timeout_and_stop_at_an_error() {
+        let def = |id: u64, timeout: Option<u64>| -> Result<TaskDef, String> {
+            Ok(TaskDef {
+                id,
+                timeout: timeout.map(Duration::from_millis),
+                spec: sleep(0),
+            })
+        };
+        let plan = BundlePlan {
+            max_tasks: 2,
+            ..BundlePlan::EMBEDDED
+        };
+        let default = Some(Duration::from_secs(9));
+        let tasks = vec![def(0, None), def(1, Some(5)), def(2, None)];
+        let out: Vec<Bundle> = bundles(tasks.into_iter(), BatchId::new("b"), plan, 0, default)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let ids: Vec<Vec<u64>> = out
+            .iter()
+            .map(|b| b.tasks.iter().map(|t| t.id).collect())
+            .collect();
+        assert_eq!(ids, [vec![0, 1], vec![2]]);
+        let timeouts: Vec<_> = out
+            .iter()
+            .flat_map(|b| &b.tasks)
+            .map(|t| t.timeout)
+            .collect();
+        assert_eq!(timeouts, [default, Some(Duration::from_millis(5)), default]);
+        assert!(
+            out.iter()
+                .flat_map(|b| &b.tasks)
+                .all(|t| t.attempt == 1 && t.batch.as_str() == "b")
+        );
+        // An error ends the stream: the bundle it interrupted is not handed out.
+        let broken = vec![
+            def(0, None),
+            def(1, None),
+            def(2, None),
+            Err("line 4: bad".to_string()),
+            def(4, None),
+        ];
+        let out: Vec<_> = bundles(broken.into_iter(), BatchId::new("b"), plan, 0, None).collect();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].as_ref().unwrap().tasks.len(), 2);
+        assert_eq!(out[1].as_ref().unwrap_err(), "line 4: bad");
     }
 }

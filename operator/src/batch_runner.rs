@@ -370,6 +370,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             sizing::plan(total, planned_slots, learned),
             from,
             checkpoint,
+            task_timeout(&args.batch.spec),
         )
         .peekable();
         let mut observed_at_change = 0;
@@ -405,6 +406,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                         sizing::plan(total, planned_slots, learned),
                         enqueued,
                         enqueued,
+                        task_timeout(&args.batch.spec),
                     )
                     .peekable();
                 }
@@ -533,8 +535,14 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
     }
 }
 
-/// The tasks of the batch from task number `from` on, with the batch's task
-/// timeout where a task sets none.
+/// The batch's `taskTimeoutSeconds`: for its tasks that set no timeout.
+fn task_timeout(spec: &TaskBatchSpec) -> Option<Duration> {
+    spec.task_timeout_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs)
+}
+
+/// The tasks of the batch from task number `from` on.
 fn tasks_from(
     args: &RunnerArgs,
     from: u64,
@@ -550,17 +558,7 @@ fn tasks_from(
                 .map(|r| r.map_err(|e| e.to_string())),
         ),
     };
-    let timeout = batch
-        .spec
-        .task_timeout_seconds
-        .and_then(|s| u64::try_from(s).ok())
-        .map(Duration::from_secs);
-    Ok(Box::new(tasks.map(move |def| {
-        def.map(|mut d| {
-            d.timeout = d.timeout.or(timeout);
-            d
-        })
-    })))
+    Ok(tasks)
 }
 
 /// A new bundle sizing from task `from` (tasks enqueued so far) on, with

@@ -7,7 +7,7 @@
 //! `WorkloadReader`, which numbers tasks the same way on every read.
 
 use cloudkon_core::workload::TaskDef;
-use cloudkon_core::{BatchId, Bundle, BundlePlan, Bundler, Task};
+use cloudkon_core::{BatchId, Bundle, BundlePlan};
 
 use crate::crd::taskbatch::{Generator, InlineTask, TaskSource};
 
@@ -75,45 +75,22 @@ fn task_def(id: u64, task: &InlineTask, param: Option<&str>) -> Result<TaskDef, 
 /// starts there: a bundle boundary), in order, leaving out those wholly
 /// enqueued before `checkpoint` (tasks enqueued so far). Bundling is
 /// deterministic, so the bundles after a restart are the ones the first run
-/// would have sent.
+/// would have sent. `timeout`: the batch's, for tasks that set none.
 pub fn bundles_from<I>(
     tasks: I,
     batch: BatchId,
     plan: BundlePlan,
     start: u64,
     checkpoint: u64,
+    timeout: Option<std::time::Duration>,
 ) -> impl Iterator<Item = Result<Bundle, String>>
 where
     I: Iterator<Item = Result<TaskDef, String>>,
 {
-    let mut bundler = Some(Bundler::starting_at(plan, start));
-    let mut tasks = tasks;
-    std::iter::from_fn(move || {
-        loop {
-            let b = bundler.as_mut()?;
-            let next = match tasks.next() {
-                Some(Ok(def)) => b.push(Task {
-                    batch: batch.clone(),
-                    id: def.id,
-                    attempt: 1,
-                    timeout: def.timeout,
-                    spec: def.spec,
-                }),
-                Some(Err(e)) => {
-                    bundler = None;
-                    return Some(Err(e));
-                }
-                None => bundler.take()?.finish(),
-            };
-            match next {
-                // Sent before the restart: its last task is below the checkpoint.
-                Some(bundle) if bundle.tasks.last().is_some_and(|t| t.id < checkpoint) => {}
-                Some(bundle) => return Some(Ok(bundle)),
-                None if bundler.is_none() => return None,
-                None => {}
-            }
-        }
-    })
+    // Sent before the restart: its last task is below the checkpoint.
+    cloudkon_core::bundle::bundles(tasks, batch, plan, start, timeout).filter(
+        move |b| !matches!(b, Ok(bundle) if bundle.tasks.last().is_some_and(|t| t.id < checkpoint)),
+    )
 }
 
 #[cfg(test)]
@@ -221,6 +198,7 @@ mod tests {
                 plan,
                 0,
                 0,
+                None,
             )
             .map(Result::unwrap)
             .collect();
@@ -236,6 +214,7 @@ mod tests {
                     plan,
                     0,
                     sent,
+                    None,
                 )
                 .map(Result::unwrap)
                 .collect();
@@ -261,7 +240,7 @@ mod tests {
         let cut = |learned, start, checkpoint| -> Vec<Bundle> {
             let tasks = source_tasks(&source, start).unwrap();
             let plan = sizing::plan(total, slots, learned);
-            bundles_from(tasks, BatchId::new("b"), plan, start, checkpoint)
+            bundles_from(tasks, BatchId::new("b"), plan, start, checkpoint, None)
                 .map(Result::unwrap)
                 .collect()
         };
@@ -372,6 +351,7 @@ mod tests {
             BundlePlan::SQS,
             0,
             0,
+            None,
         )
         .collect();
         assert_eq!(out.len(), 1);

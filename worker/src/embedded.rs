@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cloudkon_core::queue::{MemoryQueue, TaskQueue};
 use cloudkon_core::workload::{TaskDef, WorkloadError};
-use cloudkon_core::{BatchId, BundlePlan, Bundler, Stats, Summary, Task, TaskResult};
+use cloudkon_core::{BatchId, BundlePlan, Stats, Summary, TaskResult};
 
 use crate::exec::Registry;
 use crate::pool::{PoolConfig, PoolEvent, Shutdown, WorkUnit, run_pool};
@@ -151,38 +151,24 @@ fn produce<W>(
 where
     W: Iterator<Item = Result<TaskDef, WorkloadError>>,
 {
-    let mut bundler = Bundler::new(plan);
     let mut outcome = Ok(());
-    for def in tasks {
+    // The engine's default timeout is the pool's: none here.
+    for bundle in cloudkon_core::bundle::bundles(tasks, batch, plan, 0, None) {
         if stop.is_cancelled() {
             break;
         }
-        let def = match def {
-            Ok(def) => def,
+        match bundle {
+            Ok(bundle) => {
+                if queue.send_blocking(bundle).is_err() {
+                    break; // Closed: the run is stopping.
+                }
+            }
             Err(e) => {
                 stop.cancel();
                 outcome = Err(e);
                 break;
             }
-        };
-        let task = Task {
-            batch: batch.clone(),
-            id: def.id,
-            attempt: 1,
-            timeout: def.timeout,
-            spec: def.spec,
-        };
-        if let Some(bundle) = bundler.push(task)
-            && queue.send_blocking(bundle).is_err()
-        {
-            break; // Closed: the run is stopping.
         }
-    }
-    if outcome.is_ok()
-        && !stop.is_cancelled()
-        && let Some(bundle) = bundler.finish()
-    {
-        let _ = queue.send_blocking(bundle);
     }
     queue.close();
     outcome

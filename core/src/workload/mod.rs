@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use generate::{write_run_workload, write_sleep_workload};
 pub use line::{check_spec, parse_line};
 
-use crate::task::{TaskId, TaskKind, TaskSpec};
+use crate::task::{BatchId, Task, TaskId, TaskKind, TaskSpec};
 
 /// A task as a workload describes it: no batch, no attempt yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +31,20 @@ pub struct TaskDef {
     pub id: TaskId,
     pub timeout: Option<Duration>,
     pub spec: TaskSpec,
+}
+
+impl TaskDef {
+    /// Its first attempt in `batch`, timed out after `default_timeout` if it
+    /// sets no timeout of its own.
+    pub fn into_task(self, batch: &BatchId, default_timeout: Option<Duration>) -> Task {
+        Task {
+            batch: batch.clone(),
+            id: self.id,
+            attempt: 1,
+            timeout: self.timeout.or(default_timeout),
+            spec: self.spec,
+        }
+    }
 }
 
 /// What is wrong with a workload, and where.

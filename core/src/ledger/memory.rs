@@ -16,6 +16,9 @@ enum Entry {
     },
     Done {
         results: Vec<u8>,
+        /// Who completed it (none: a cancel mark): its retried completion
+        /// still succeeds.
+        owner: Option<String>,
     },
 }
 
@@ -37,6 +40,7 @@ impl DedupLedger for MemoryLedger {
             key,
             Entry::Done {
                 results: Vec::new(),
+                owner: None,
             },
         );
         Ok(())
@@ -52,11 +56,19 @@ impl DedupLedger for MemoryLedger {
         let mut entries = self.entries.lock().expect("ledger lock");
         let (attempt, done) = match entries.get(key) {
             None => (1, BundleProgress::new()),
-            Some(Entry::Done { results }) => {
+            Some(Entry::Done { results, .. }) => {
                 return Ok(Claim::Done {
                     results: results.clone(),
                 });
             }
+            // Its holder asking again (the answer to its claim was lost):
+            // still its own, the same attempt.
+            Some(Entry::Running {
+                owner: o,
+                attempt,
+                done,
+                ..
+            }) if o == owner => (*attempt, done.clone()),
             Some(Entry::Running { until, .. }) if *until > now => {
                 return Ok(Claim::Held {
                     remaining: *until - now,
@@ -92,7 +104,8 @@ impl DedupLedger for MemoryLedger {
                 ..
             }) if o == owner => {
                 *until = Instant::now() + lease;
-                done.union(progress);
+                // The holder's progress only grows: what it sends is all of it.
+                *done = progress.clone();
                 Ok(true)
             }
             _ => Ok(false),
@@ -108,9 +121,17 @@ impl DedupLedger for MemoryLedger {
         let mut entries = self.entries.lock().expect("ledger lock");
         match entries.get(key) {
             Some(Entry::Running { owner: o, .. }) if o == owner => {
-                entries.insert(key.to_string(), Entry::Done { results });
+                entries.insert(
+                    key.to_string(),
+                    Entry::Done {
+                        results,
+                        owner: Some(owner.to_string()),
+                    },
+                );
                 Ok(true)
             }
+            // A retried completion.
+            Some(Entry::Done { owner: Some(o), .. }) => Ok(o == owner),
             _ => Ok(false),
         }
     }
@@ -134,132 +155,10 @@ impl DedupLedger for MemoryLedger {
             // once as the same attempt (a give-back is not a failure).
             *until = Instant::now();
             *attempt = attempt.saturating_sub(1);
-            done.union(progress);
+            *done = progress.clone();
         }
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LEASE: Duration = Duration::from_secs(30);
-
-    #[tokio::test]
-    async fn first_claim_wins_and_others_see_it_held() {
-        let l = MemoryLedger::new();
-        assert_eq!(
-            l.claim("k", "a", LEASE).await.unwrap(),
-            Claim::Granted {
-                attempt: 1,
-                done: BundleProgress::new()
-            }
-        );
-        assert!(matches!(
-            l.claim("k", "b", LEASE).await.unwrap(),
-            Claim::Held { .. }
-        ));
-    }
-
-    #[tokio::test]
-    async fn an_expired_lease_is_taken_over_with_the_next_attempt() {
-        let l = MemoryLedger::new();
-        l.claim("k", "a", Duration::ZERO).await.unwrap();
-        assert_eq!(
-            l.claim("k", "b", LEASE).await.unwrap(),
-            Claim::Granted {
-                attempt: 2,
-                done: BundleProgress::new()
-            }
-        );
-        // The old holder lost it: it can neither renew nor complete.
-        assert!(
-            !l.renew("k", "a", LEASE, &BundleProgress::new())
-                .await
-                .unwrap()
-        );
-        assert!(!l.complete("k", "a", b"late".to_vec()).await.unwrap());
-        assert!(l.complete("k", "b", b"r".to_vec()).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn done_returns_the_stored_results() {
-        let l = MemoryLedger::new();
-        l.claim("k", "a", LEASE).await.unwrap();
-        assert!(
-            l.renew("k", "a", LEASE, &BundleProgress::new())
-                .await
-                .unwrap()
-        );
-        assert!(l.complete("k", "a", b"results".to_vec()).await.unwrap());
-        assert_eq!(
-            l.claim("k", "b", LEASE).await.unwrap(),
-            Claim::Done {
-                results: b"results".to_vec()
-            }
-        );
-    }
-
-    fn progress(positions: &[usize]) -> BundleProgress {
-        let mut p = BundleProgress::new();
-        for &i in positions {
-            p.insert(i);
-        }
-        p
-    }
-
-    #[tokio::test]
-    async fn release_lets_the_next_claim_in_at_once_as_the_same_attempt() {
-        let l = MemoryLedger::new();
-        l.claim("k", "a", LEASE).await.unwrap();
-        l.release("k", "b", &progress(&[9])).await.unwrap(); // not the owner: no effect
-        assert!(matches!(
-            l.claim("k", "c", LEASE).await.unwrap(),
-            Claim::Held { .. }
-        ));
-        l.release("k", "a", &progress(&[0, 2])).await.unwrap();
-        assert_eq!(
-            l.claim("k", "c", LEASE).await.unwrap(),
-            Claim::Granted {
-                attempt: 1,
-                done: progress(&[0, 2])
-            }
-        );
-        // Give-backs (scale-downs, rolling updates) never use up attempts.
-        let mut holder = "c".to_string();
-        for n in 0..3 {
-            l.release("k", &holder, &BundleProgress::new())
-                .await
-                .unwrap();
-            holder = format!("w{n}");
-            assert!(matches!(
-                l.claim("k", &holder, LEASE).await.unwrap(),
-                Claim::Granted { attempt: 1, .. }
-            ));
-        }
-    }
-
-    #[tokio::test]
-    async fn a_take_over_finds_the_progress_of_the_last_renewal() {
-        let l = MemoryLedger::new();
-        l.claim("k", "a", Duration::ZERO).await.unwrap();
-        assert!(
-            l.renew("k", "a", Duration::ZERO, &progress(&[1]))
-                .await
-                .unwrap()
-        );
-        assert!(
-            l.renew("k", "a", Duration::ZERO, &progress(&[3]))
-                .await
-                .unwrap()
-        );
-        assert_eq!(
-            l.claim("k", "b", LEASE).await.unwrap(),
-            Claim::Granted {
-                attempt: 2,
-                done: progress(&[1, 3])
-            }
-        );
-    }
-}
+// Tested by core/tests/ledger_suite, the cases every ledger passes.

@@ -1,0 +1,206 @@
+//! What every `DedupLedger` does, whatever its backend: run against the
+//! in-memory ledger (`memory_ledger.rs`) and DynamoDB Local (`aws_ledger.rs`),
+//! so that the two cannot drift apart. Each case takes a fresh ledger.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger};
+
+pub const LEASE: Duration = Duration::from_secs(30);
+
+pub fn progress(positions: &[usize]) -> BundleProgress {
+    let mut p = BundleProgress::new();
+    for &i in positions {
+        p.insert(i);
+    }
+    p
+}
+
+pub fn granted(attempt: u32, done: &[usize]) -> Claim {
+    Claim::Granted {
+        attempt,
+        done: progress(done),
+    }
+}
+
+fn none() -> BundleProgress {
+    BundleProgress::new()
+}
+
+/// Lets a lease of `Duration::ZERO` expire: lease times are whole
+/// milliseconds in DynamoDB, so "expired" is strict one millisecond on.
+async fn past_a_zero_lease() {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+pub async fn first_claim_wins_and_others_see_it_held<L: DedupLedger>(l: &L) {
+    assert_eq!(l.claim("k", "a", LEASE).await.unwrap(), granted(1, &[]));
+    match l.claim("k", "b", LEASE).await.unwrap() {
+        Claim::Held { remaining } => assert!(
+            remaining > LEASE - Duration::from_secs(10) && remaining <= LEASE,
+            "{remaining:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The holder claiming again (its earlier answer lost) still holds it.
+    assert_eq!(l.claim("k", "a", LEASE).await.unwrap(), granted(1, &[]));
+}
+
+pub async fn an_expired_lease_is_taken_over_with_the_next_attempt<L: DedupLedger>(l: &L) {
+    l.claim("k", "a", Duration::ZERO).await.unwrap();
+    past_a_zero_lease().await;
+    assert_eq!(l.claim("k", "b", LEASE).await.unwrap(), granted(2, &[]));
+    // The old holder lost it: it can neither renew nor complete.
+    assert!(!l.renew("k", "a", LEASE, &none()).await.unwrap());
+    assert!(!l.complete("k", "a", b"late".to_vec()).await.unwrap());
+    assert!(l.complete("k", "b", b"r".to_vec()).await.unwrap());
+    assert_eq!(
+        l.claim("k", "c", LEASE).await.unwrap(),
+        Claim::Done {
+            results: b"r".to_vec()
+        }
+    );
+}
+
+pub async fn done_returns_the_stored_results<L: DedupLedger>(l: &L) {
+    l.claim("k", "a", LEASE).await.unwrap();
+    assert!(l.renew("k", "a", LEASE, &none()).await.unwrap());
+    let results: Vec<u8> = (0..=255).cycle().take(50_000).collect();
+    assert!(l.complete("k", "a", results.clone()).await.unwrap());
+    // Completing twice (a retried request) still says it is ours and done.
+    assert!(l.complete("k", "a", results.clone()).await.unwrap());
+    assert!(!l.complete("k", "b", results.clone()).await.unwrap());
+    assert_eq!(
+        l.claim("k", "b", LEASE).await.unwrap(),
+        Claim::Done { results }
+    );
+    // Done is final: no renewal.
+    assert!(!l.renew("k", "a", LEASE, &none()).await.unwrap());
+}
+
+pub async fn release_lets_the_next_claim_in_at_once_as_the_same_attempt<L: DedupLedger>(l: &L) {
+    l.claim("k", "a", LEASE).await.unwrap();
+    l.release("k", "b", &progress(&[7])).await.unwrap(); // not the owner: no effect
+    assert!(matches!(
+        l.claim("k", "c", LEASE).await.unwrap(),
+        Claim::Held { .. }
+    ));
+    l.release("k", "a", &progress(&[0, 2])).await.unwrap();
+    assert_eq!(l.claim("k", "c", LEASE).await.unwrap(), granted(1, &[0, 2]));
+    // Give-backs (scale-downs, rolling updates) never use up attempts.
+    let mut holder = "c".to_string();
+    for n in 0..3 {
+        l.release("k", &holder, &progress(&[0, 2, n + 3]))
+            .await
+            .unwrap();
+        holder = format!("w{n}");
+        match l.claim("k", &holder, LEASE).await.unwrap() {
+            Claim::Granted { attempt, done } => {
+                assert_eq!(attempt, 1);
+                assert_eq!(done, progress(&[0, 2, n + 3]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Releasing what one does not hold, or what does not exist, is fine.
+    l.release("k", "a", &none()).await.unwrap();
+    l.release("nothing", "a", &none()).await.unwrap();
+    assert!(!l.renew("nothing", "a", LEASE, &none()).await.unwrap());
+    assert!(!l.complete("nothing", "a", vec![1]).await.unwrap());
+}
+
+pub async fn a_take_over_resumes_from_the_last_renewal<L: DedupLedger>(l: &L) {
+    l.claim("k", "a", LEASE).await.unwrap();
+    assert!(
+        l.renew("k", "a", Duration::ZERO, &progress(&[1]))
+            .await
+            .unwrap()
+    );
+    // The holder's set only grows: the next renewal carries the earlier too.
+    assert!(
+        l.renew("k", "a", Duration::ZERO, &progress(&[1, 4095]))
+            .await
+            .unwrap()
+    );
+    past_a_zero_lease().await;
+    assert_eq!(
+        l.claim("k", "b", LEASE).await.unwrap(),
+        granted(2, &[1, 4095])
+    );
+    // Results sent before completion: nothing stored, nothing to resend.
+    assert!(l.complete("k", "b", Vec::new()).await.unwrap());
+    assert_eq!(
+        l.claim("k", "c", LEASE).await.unwrap(),
+        Claim::Done { results: vec![] }
+    );
+}
+
+pub async fn racing_claimers_exactly_one_is_granted<L: DedupLedger>(l: Arc<L>) {
+    for round in 0..5 {
+        let key = format!("race-{round}");
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let l = l.clone();
+                let key = key.clone();
+                tokio::spawn(async move { l.claim(&key, &format!("w{i}"), LEASE).await.unwrap() })
+            })
+            .collect();
+        let mut granted = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Claim::Granted { attempt, .. } => {
+                    assert_eq!(attempt, 1);
+                    granted += 1;
+                }
+                Claim::Held { .. } => {}
+                Claim::Done { .. } => panic!("nobody completed {key}"),
+            }
+        }
+        assert_eq!(granted, 1, "{key}");
+    }
+}
+
+pub async fn a_cancel_mark_is_seen_and_is_no_claim<L: DedupLedger>(l: &L) {
+    let batch = "cancelled";
+    assert!(!l.is_cancelled(batch).await.unwrap());
+    l.cancel_batch(batch).await.unwrap();
+    assert!(l.is_cancelled(batch).await.unwrap());
+    assert!(!l.is_cancelled("cancelled-other").await.unwrap());
+    // The batch's bundles are still claimed as usual (workers check the mark
+    // before they claim).
+    assert_eq!(
+        l.claim(&format!("{batch}#0"), "a", LEASE).await.unwrap(),
+        granted(1, &[])
+    );
+}
+
+/// Every case above as a test, each on a ledger of its own from `$fresh`,
+/// handed to `$done` at the end (to drop its tables), with `$attr`s.
+#[macro_export]
+macro_rules! ledger_suite {
+    ($fresh:expr, $done:path; $($attr:meta),*) => {
+        ledger_suite!(@case $fresh, $done, [$($attr),*], first_claim_wins_and_others_see_it_held);
+        ledger_suite!(@case $fresh, $done, [$($attr),*], an_expired_lease_is_taken_over_with_the_next_attempt);
+        ledger_suite!(@case $fresh, $done, [$($attr),*], done_returns_the_stored_results);
+        ledger_suite!(@case $fresh, $done, [$($attr),*], release_lets_the_next_claim_in_at_once_as_the_same_attempt);
+        ledger_suite!(@case $fresh, $done, [$($attr),*], a_take_over_resumes_from_the_last_renewal);
+        ledger_suite!(@case $fresh, $done, [$($attr),*], a_cancel_mark_is_seen_and_is_no_claim);
+        #[tokio::test]
+        $(#[$attr])*
+        async fn racing_claimers_exactly_one_is_granted() {
+            let l = std::sync::Arc::new($fresh.await);
+            ledger_suite::racing_claimers_exactly_one_is_granted(l.clone()).await;
+            $done(&l).await;
+        }
+    };
+    (@case $fresh:expr, $done:path, [$($attr:meta),*], $name:ident) => {
+        #[tokio::test]
+        $(#[$attr])*
+        async fn $name() {
+            let l = $fresh.await;
+            ledger_suite::$name(&l).await;
+            $done(&l).await;
+        }
+    };
+}

@@ -18,19 +18,8 @@ fn cloudkon() -> Command {
 
 /// Duration in seconds and `WIDTHxHEIGHT` of a video.
 fn probe(path: &Path) -> (f64, String) {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=width,height:format=duration"])
-        .args(["-of", "csv=p=0:s=x"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines();
-    let size = lines.next().unwrap().to_string();
-    let duration = lines.next().unwrap().parse().unwrap();
-    (duration, size)
+    let p = cloudkon_testkit::probe(path);
+    (p.duration, p.size())
 }
 
 #[test]

@@ -95,45 +95,7 @@ fn sorted_results(path: &Path) -> Vec<TaskResult> {
 }
 
 /// What ffprobe says of a video (it decodes every frame to count them).
-#[derive(Debug)]
-struct Probe {
-    codec: String,
-    pix_fmt: String,
-    width: u32,
-    height: u32,
-    frames_read: u64,
-    duration: f64,
-}
-
-fn probe(path: &Path) -> Probe {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,pix_fmt,width,height,nb_read_frames:format=duration",
-            "-of",
-            "default=noprint_wrappers=1",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ffprobe: {}", stderr(&out));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |key: &str| -> String {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key} in {text}"))
-            .to_string()
-    };
-    Probe {
-        codec: field("codec_name"),
-        pix_fmt: field("pix_fmt"),
-        width: field("width").parse().unwrap(),
-        height: field("height").parse().unwrap(),
-        frames_read: field("nb_read_frames").parse().unwrap(),
-        duration: field("duration").parse().unwrap(),
-    }
-}
+use cloudkon_testkit::probe;
 
 /// A plain HTTP/1.1 GET, as a browser or curl fetches a presigned URL: no
 /// credentials, no SDK.

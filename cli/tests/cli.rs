@@ -1,7 +1,7 @@
 //! The `cloudkon` binary as a user runs it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cloudkon_core::{Summary, TaskResult};
@@ -18,13 +18,7 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use cloudkon_testkit::{stderr, stdout};
 
 fn read_results(path: &Path) -> Vec<TaskResult> {
     std::fs::read_to_string(path)

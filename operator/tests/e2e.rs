@@ -1473,7 +1473,7 @@ fn an_animoto_taskbatch_makes_videos_in_s3() {
     // Images made here with ffmpeg, of mixed sizes, put in the local S3.
     for (i, size) in ["640x480", "300x500", "1280x720"].iter().enumerate() {
         let path = c.dir.path().join(format!("img{i}.png"));
-        common::make_png(&path, size);
+        common::make_image(&path, size);
         rt.block_on(s3.put_bytes(
             bucket,
             &format!("in/img{i}.png"),

@@ -34,6 +34,7 @@ use cloudkon_operator::crd::workerpool::{
 use cloudkon_operator::provider::{
     Ec2Provider, POOL_TAG, ProviderError, WorkerCount, worker_script,
 };
+use cloudkon_testkit::unique;
 
 /// One of the images moto knows without being told.
 const AMI: &str = "ami-03cf127a";
@@ -59,18 +60,6 @@ async fn sdk() -> SdkConfig {
         );
     }
     Aws::load().await.sdk_config().clone()
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -633,7 +633,7 @@ fn an_animoto_batch_on_worker_pods_makes_videos_in_s3() {
     let images = c.dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
     for (i, size) in ["640x480", "300x500", "1280x720"].iter().enumerate() {
-        common::make_png(&images.join(format!("img{i}.png")), size);
+        common::make_image(&images.join(format!("img{i}.png")), size);
     }
     let port = file_server(&c.env.node_ip, images);
     let urls = [0, 1, 2].map(|i| format!("http://{}:{port}/img{i}.png", c.env.node_ip));

@@ -2,7 +2,6 @@
 //! real HTTP server on loopback, videos checked with ffprobe.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -28,14 +27,7 @@ impl Images {
     fn make() -> Self {
         let dir = tempfile::tempdir().unwrap();
         for (name, size) in IMAGES {
-            let status = Command::new("ffmpeg")
-                .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
-                .arg(format!("testsrc=size={size}:rate=1"))
-                .args(["-frames:v", "1"])
-                .arg(dir.path().join(name))
-                .status()
-                .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
-            assert!(status.success(), "ffmpeg could not make {name}");
+            cloudkon_testkit::make_image(&dir.path().join(name), size);
         }
         Self { dir }
     }
@@ -188,49 +180,7 @@ fn reason(out: &ExecOutput) -> &str {
 }
 
 /// What ffprobe says of a video (and it decodes every frame to count them).
-#[derive(Debug)]
-struct Probe {
-    codec: String,
-    pix_fmt: String,
-    width: u32,
-    height: u32,
-    frames_read: u64,
-    duration: f64,
-}
-
-fn probe(path: &Path) -> Probe {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,pix_fmt,width,height,nb_read_frames:format=duration",
-            "-of",
-            "default=noprint_wrappers=1",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffprobe: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |key: &str| -> String {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key} in {text}"))
-            .to_string()
-    };
-    Probe {
-        codec: field("codec_name"),
-        pix_fmt: field("pix_fmt"),
-        width: field("width").parse().unwrap(),
-        height: field("height").parse().unwrap(),
-        frames_read: field("nb_read_frames").parse().unwrap(),
-        duration: field("duration").parse().unwrap(),
-    }
-}
+use cloudkon_testkit::probe;
 
 /// A playable H.264 video of `seconds` (within one frame) at the size and rate.
 fn assert_video(path: &Path, seconds: u32, (width, height): (u32, u32), fps: u32) {

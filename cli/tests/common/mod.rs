@@ -11,26 +11,10 @@ use cloudkon_core::aws::{Aws, QueueOptions, SqsQueue};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-pub fn require_servers() {
-    for var in [
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
-        assert!(
-            std::env::var_os(var).is_some(),
-            "{var} is not set: run these tests with scripts/test, or after `source \"$(scripts/aws-servers up)\"`"
-        );
-    }
-}
-
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+#[allow(unused_imports)] // each test binary uses a different part
+pub use cloudkon_testkit::{
+    make_image, require_aws_servers as require_servers, serial, stderr, stdout, unique,
+};
 
 pub fn bin(name: &str) -> PathBuf {
     let cloudkon = PathBuf::from(env!("CARGO_BIN_EXE_cloudkon"));
@@ -140,29 +124,4 @@ pub fn read_results(path: &Path) -> Vec<TaskResult> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-/// Serialises the tests of one binary that run worker fleets: leases are short
-/// in tests, and two fleets at once on two cores can starve a worker's lease
-/// renewals, which is a take-over (a re-run) the test would then blame on the code.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A test image of `size` (`WIDTHxHEIGHT`) made by ffmpeg, in the format the
-/// extension of `path` names.
-pub fn make_image(path: &Path, size: &str) {
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size={size}:rate=1"))
-        .args(["-frames:v", "1"])
-        .arg(path)
-        .status()
-        .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
-    assert!(status.success(), "ffmpeg could not make {}", path.display());
 }

@@ -2,8 +2,7 @@
 //! (`scripts/aws-servers`; `scripts/test` starts them).
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cloudkon_core::Bundle;
 use cloudkon_core::aws::{Aws, AwsSettings};
@@ -16,35 +15,11 @@ pub async fn aws() -> Aws {
 }
 
 pub async fn aws_with(settings: AwsSettings) -> Aws {
-    for var in [
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
-        assert!(
-            std::env::var_os(var).is_some(),
-            "{var} is not set: run these tests with scripts/test, or after \
-             `source \"$(scripts/aws-servers up)\"`"
-        );
-    }
+    cloudkon_testkit::require_aws_servers();
     Aws::load_with(settings).await
 }
 
-/// A name no other test (or earlier run) uses: lowercase, digits and hyphens,
-/// valid for queues, tables and buckets.
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        % 1_000_000_000_000;
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use cloudkon_testkit::unique;
 
 pub fn sleep0_bundle(batch: &str, first: u64, n: u64) -> Bundle {
     Bundle {

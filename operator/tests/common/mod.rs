@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::{Aws, ErrorKind};
 use cloudkon_operator::crd::{TaskBatch, WorkerPool};
@@ -23,25 +22,8 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// One test at a time: the tests that run an operator and workers would
-/// starve each other (and their leases) on the machine's two cores.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A name no other test run uses (namespaces, tables, leases).
-pub fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id() % 10_000,
-        nanos % 100_000
-    )
-}
+#[allow(unused_imports)] // each test binary uses a different part
+pub use cloudkon_testkit::{make_image, probe, serial, unique};
 
 /// The control plane's kubectl and helm, when KUBECONFIG is the one
 /// `scripts/control-plane` wrote; otherwise fails saying how to start it (a
@@ -102,43 +84,6 @@ pub fn results_in_s3(
         *ids.entry(v["id"].as_u64().unwrap()).or_default() += 1;
     }
     ids
-}
-
-/// ffprobe's view of a video's first stream: "codec,width,height,duration,".
-pub fn probe_video(video: &Path) -> String {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
-        .args([
-            "stream=codec_name,width,height:format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(video)
-        .output()
-        .expect("ffprobe must be installed for these tests (apt-get install ffmpeg)");
-    String::from_utf8_lossy(&out.stdout).replace('\n', ",")
-}
-
-/// The duration (seconds) in what `probe_video` returned.
-pub fn probed_duration(probe: &str) -> f64 {
-    probe
-        .trim_end_matches(',')
-        .rsplit(',')
-        .next()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no duration in ffprobe's output {probe:?}"))
-}
-
-/// A test picture of that size ("640x480"), made with ffmpeg.
-pub fn make_png(path: &Path, size: &str) {
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size={size}:rate=1"))
-        .args(["-frames:v", "1"])
-        .arg(path)
-        .status()
-        .expect("ffmpeg must be installed for these tests (apt-get install ffmpeg)");
-    assert!(status.success(), "ffmpeg could not make {}", path.display());
 }
 
 /// Runs `program` in the workspace root, feeding it `stdin`.
@@ -332,10 +277,17 @@ pub fn check_slideshows(rt: &tokio::runtime::Runtime, bucket: &str, results: &st
             rt.block_on(s3.get_bytes(&uri.bucket, &uri.key)).unwrap(),
         )
         .unwrap();
-        let probe = probe_video(&video);
-        assert!(probe.starts_with("h264,640,360,"), "{artifact}: {probe}");
-        let duration = probed_duration(&probe);
-        assert!((duration - 6.0).abs() < 0.3, "{artifact}: {duration} s");
-        println!("{artifact}: {probe}");
+        let p = probe(&video);
+        assert_eq!(
+            (p.codec.as_str(), p.size().as_str()),
+            ("h264", "640x360"),
+            "{artifact}: {p:?}"
+        );
+        assert!(
+            (p.duration - 6.0).abs() < 0.3,
+            "{artifact}: {} s",
+            p.duration
+        );
+        println!("{artifact}: {} {} {:.1} s", p.codec, p.size(), p.duration);
     }
 }

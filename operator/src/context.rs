@@ -79,7 +79,7 @@ pub struct Context {
     /// `Settings::workload_memory_bytes`.
     pub workload_memory: Arc<crate::workload_memory::WorkloadMemory>,
     /// Per pool (by uid): the scaler's history and the queue.
-    pub pools: Mutex<HashMap<String, PoolMemory>>,
+    pub pools: Mutex<HashMap<String, Arc<tokio::sync::Mutex<PoolMemory>>>>,
     /// Per batch (by uid): the task that enqueues and collects.
     pub runners: Mutex<HashMap<String, RunnerHandle>>,
     /// Per pool: its batches' weights and work (enqueue windows, scaling).
@@ -94,6 +94,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// What this run remembers of the pool `key` (its uid), made on first use.
+    pub fn pool_memory(&self, key: &str) -> Arc<tokio::sync::Mutex<PoolMemory>> {
+        self.pools
+            .lock()
+            .expect("pool memory lock")
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// A finalizer's cleanup of the object `key` (its uid): done once
     /// `release` succeeds; a failure is reported (`report`, with the message)
     /// and retried with growing delays.

@@ -44,4 +44,5 @@ pub mod task_cost;
 pub mod triggers;
 pub mod validate;
 pub mod window;
+pub mod worker_fleet;
 pub mod workload_memory;

@@ -4,23 +4,20 @@
 //! Decisions are [`crate::scale::desired_workers`]; this module reads and
 //! writes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cloudkon_core::aws::{QueueOptions, SqsQueue};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::build::{self, POOL_LABEL};
-use crate::context::{Context, FINALIZER, MANAGER};
+use crate::context::{Context, FINALIZER};
 use crate::crd::WorkerPool;
 use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
 use crate::error::Error;
@@ -29,13 +26,10 @@ use crate::provider::Ec2Provider;
 use crate::scale::{self, Observed, ScaleConfig};
 use crate::status::{self, PoolConditionsInput, set_condition};
 use crate::validate;
+use crate::worker_fleet::WorkerFleet;
 
 /// Receives before SQS moves a message to the dead-letter queue, by default.
 const DEFAULT_MAX_RECEIVES: i32 = 5;
-/// The annotation the ReplicaSet controller reads to pick which pods go
-/// first on scale-down (lowest cost first).
-const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
-
 /// A pool's figures (backlog, workers, work) are written at most this often;
 /// a change of conditions, generation or queue at once.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -104,8 +98,13 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
+    // What this run remembers of the pool, held for the whole reconcile (the
+    // controller runs one reconcile of an object at a time).
+    let memory = ctx.pool_memory(&uid(pool));
+    let mut memory = memory.lock().await;
+
     // The queue: created once per operator run, then remembered.
-    let queue = match ensure_queue(pool, ctx).await {
+    let queue = match ensure_queue(pool, ctx, &mut memory).await {
         Ok(q) => q,
         Err(e) => {
             let message = format!("cannot create the queue: {e}");
@@ -126,21 +125,8 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     st.dead_letter_queue_url = queue.dead_letter_url().map(str::to_string);
     let stats = queue.stats().await?;
 
-    let ec2 = ec2_fleet(pool, ctx, queue.url())?;
-    let workers = match &ec2 {
-        Some(fleet) => {
-            let count = fleet
-                .observe()
-                .await
-                .map_err(|e| Error::Other(format!("WorkerPool {ns}/{name}: {e}")))?;
-            ObservedWorkers {
-                current: count.current,
-                ready: count.ready,
-                missing: false,
-            }
-        }
-        None => observe_deployment(ctx, &ns, &name).await?,
-    };
+    let fleet = WorkerFleet::of(pool, ctx, &mut memory, queue.url())?;
+    let workers = fleet.observe(pool, ctx).await?;
 
     let config = ScaleConfig::from_spec(&pool.spec);
     let system_now = SystemTime::now();
@@ -153,28 +139,23 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     };
     let work = ctx.shares.work(&crate::shares::pool_key(&ns, &name));
     let (work_tasks, work_task_seconds) = work.to_run();
-    let decision = {
-        let mut pools = ctx.pools.lock().expect("pool memory lock");
-        let memory = pools.entry(uid(pool)).or_default();
-        memory.scale.decide(
-            &config,
-            &Observed {
-                backlog_visible: stats.visible + stats.delayed,
-                backlog_in_flight: stats.in_flight,
-                work_tasks,
-                work_task_seconds,
-                current: workers.current,
-                ready: workers.ready,
-                last_active,
-            },
-            system_now,
-        )
-    };
-
-    let mut decision = decision;
-    if ec2.is_none() && decision.replicas < workers.current {
-        // Idle pods first (their deletion cost); the busy ones stay.
-        let busy = mark_idle_pods(pool, ctx, &ns, &name).await;
+    let mut decision = memory.scale.decide(
+        &config,
+        &Observed {
+            backlog_visible: stats.visible + stats.delayed,
+            backlog_in_flight: stats.in_flight,
+            work_tasks,
+            work_task_seconds,
+            current: workers.current,
+            ready: workers.ready,
+            last_active,
+        },
+        system_now,
+    );
+    if decision.replicas < workers.current
+        && let Some(busy) = fleet.busy_before_scale_down(pool, ctx).await
+    {
+        // Idle workers go first; the busy ones stay.
         let kept = scale::keep_busy(
             decision.replicas,
             busy,
@@ -188,28 +169,18 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let change = decision.replicas - workers.current;
-    match &ec2 {
-        Some(fleet) => {
-            if change != 0 {
-                fleet
-                    .scale_to(decision.replicas)
-                    .await
-                    .map_err(|e| Error::Other(format!("WorkerPool {ns}/{name}: {e}")))?;
-            }
-        }
-        None => {
-            apply_deployment(pool, ctx, queue.url(), decision.replicas, change, &workers).await?;
-        }
-    }
+    fleet
+        .scale(
+            pool,
+            ctx,
+            &mut memory,
+            queue.url(),
+            (decision.replicas, change),
+            &workers,
+        )
+        .await?;
     if change != 0 {
-        if let Some(m) = ctx
-            .pools
-            .lock()
-            .expect("pool memory lock")
-            .get_mut(&uid(pool))
-        {
-            m.scale.scaled(system_now, change);
-        }
+        memory.scale.scaled(system_now, change);
         st.last_scale_time = Some(now_time.clone());
         st.last_scale_reason = Some(decision.reason.clone());
         let labels = pool_labels(&ns, &name);
@@ -266,23 +237,10 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .set(i64::from(workers.ready));
     // Figures only: at most one write a second (the next poll writes what is
     // held back now).
-    let written = ctx
-        .pools
-        .lock()
-        .expect("pool memory lock")
-        .get(&uid(pool))
-        .and_then(|m| m.status_written);
     let now = Instant::now();
-    if status_due(&old, &st, written, now) {
+    if status_due(&old, &st, memory.status_written, now) {
         write_status(&api, &name, &old, &st).await?;
-        if let Some(m) = ctx
-            .pools
-            .lock()
-            .expect("pool memory lock")
-            .get_mut(&uid(pool))
-        {
-            m.status_written = Some(now);
-        }
+        memory.status_written = Some(now);
     }
     Ok(Action::requeue(ctx.settings.poll))
 }
@@ -298,95 +256,13 @@ fn to_system_time(t: &Time) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0))
 }
 
-/// Applies the worker Deployment when the replicas or the spec changed (or it
-/// is missing).
-async fn apply_deployment(
+async fn ensure_queue(
     pool: &WorkerPool,
     ctx: &Context,
-    queue_url: &str,
-    replicas: i32,
-    change: i32,
-    workers: &ObservedWorkers,
-) -> Result<(), Error> {
-    let ns = pool.namespace().unwrap_or_default();
-    let name = build::deployment_name(&pool.name_any());
-    let generation = pool.metadata.generation;
-    let applied = ctx
-        .pools
-        .lock()
-        .expect("pool memory lock")
-        .get(&uid(pool))
-        .and_then(|m| m.applied_generation);
-    if change == 0 && applied == generation && !workers.missing {
-        return Ok(());
-    }
-    let deployment = build::worker_deployment(pool, queue_url, replicas)?;
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    deployments
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&deployment),
-        )
-        .await
-        .map_err(Error::kube(format!("cannot apply Deployment {ns}/{name}")))?;
-    if let Some(m) = ctx
-        .pools
-        .lock()
-        .expect("pool memory lock")
-        .get_mut(&uid(pool))
-    {
-        m.applied_generation = generation;
-    }
-    Ok(())
-}
-
-/// The pool's EC2 fleet, when its provider is not a Deployment (made once
-/// per operator run).
-fn ec2_fleet(
-    pool: &WorkerPool,
-    ctx: &Context,
-    queue_url: &str,
-) -> Result<Option<Arc<Ec2Provider>>, Error> {
-    let mut pools = ctx.pools.lock().expect("pool memory lock");
-    let memory = pools.entry(uid(pool)).or_default();
-    if memory.ec2.is_none() {
-        // Plain values only: an instance has no pod to resolve `valueFrom`.
-        let template = &pool.spec.template;
-        let env: Vec<(String, String)> = build::download_env(template)
-            .map(|(name, value)| (name.to_string(), value))
-            .into_iter()
-            .chain(
-                template
-                    .env
-                    .iter()
-                    .filter_map(|e| Some((e.name.clone(), e.value.clone()?))),
-            )
-            .collect();
-        memory.ec2 = Ec2Provider::from_spec(
-            pool.spec.provider.as_ref(),
-            &pool.namespace().unwrap_or_default(),
-            &pool.name_any(),
-            queue_url,
-            &env,
-            ctx.aws.sdk_config(),
-        )
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map(Arc::new);
-    }
-    Ok(memory.ec2.clone())
-}
-
-async fn ensure_queue(pool: &WorkerPool, ctx: &Context) -> Result<SqsQueue, Error> {
-    let key = uid(pool);
-    if let Some(q) = ctx
-        .pools
-        .lock()
-        .expect("pool memory lock")
-        .get(&key)
-        .and_then(|m| m.queue.clone())
-    {
-        return Ok(q);
+    memory: &mut PoolMemory,
+) -> Result<SqsQueue, Error> {
+    if let Some(q) = &memory.queue {
+        return Ok(q.clone());
     }
     let ns = pool.namespace().unwrap_or_default();
     let spec = pool.spec.queue.clone().unwrap_or_default();
@@ -410,102 +286,9 @@ async fn ensure_queue(pool: &WorkerPool, ctx: &Context) -> Result<SqsQueue, Erro
             options.max_receives.unwrap_or(5),
         )))
     });
-    let mut pools = ctx.pools.lock().expect("pool memory lock");
-    let memory = pools.entry(key).or_default();
     memory.queue = Some(queue.clone());
     memory.dead_letters = reader;
     Ok(queue)
-}
-
-struct ObservedWorkers {
-    current: i32,
-    ready: i32,
-    missing: bool,
-}
-
-async fn observe_deployment(ctx: &Context, ns: &str, pool: &str) -> Result<ObservedWorkers, Error> {
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let name = build::deployment_name(pool);
-    let Some(d) = deployments
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube(format!("cannot read Deployment {ns}/{name}")))?
-    else {
-        return Ok(ObservedWorkers {
-            current: 0,
-            ready: 0,
-            missing: true,
-        });
-    };
-    // The replicas asked for: pods being created count as capacity already
-    // provided (see scale.rs), and the status lags the spec by a moment.
-    let asked = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-    let status = d.status.unwrap_or_default();
-    Ok(ObservedWorkers {
-        current: asked,
-        ready: status.ready_replicas.unwrap_or(0),
-        missing: false,
-    })
-}
-
-/// A heartbeat older than this no longer says a worker is busy (they come
-/// every 10 s).
-const HEARTBEAT_FRESH: Duration = Duration::from_secs(30);
-
-/// Before a scale-down: gives each worker pod a deletion cost equal to the
-/// tasks it is running (from its heartbeat), so that the ReplicaSet removes
-/// idle workers first. Returns how many of the pool's pods run tasks (per a
-/// fresh heartbeat). Best effort: a failure only loses the preference (and
-/// counts no pod busy).
-async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context, ns: &str, name: &str) -> i32 {
-    let table = pool.spec.ledger_table();
-    let now = cloudkon_core::Timestamp::now().0;
-    let fresh = u64::try_from(HEARTBEAT_FRESH.as_micros()).unwrap_or(u64::MAX);
-    let (busy, recent): (BTreeMap<String, u32>, BTreeMap<String, bool>) =
-        match ctx.aws.ledger(table).list_workers().await {
-            Ok(rows) => rows
-                .into_iter()
-                .map(|h| {
-                    let recent = now.saturating_sub(h.last_seen.0) <= fresh;
-                    ((h.id.clone(), h.busy), (h.id, recent))
-                })
-                .unzip(),
-            Err(e) => {
-                tracing::debug!(error = %e, "no worker heartbeats; scale-down picks pods by age");
-                return 0;
-            }
-        };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let list = match pods
-        .list(&ListParams::default().labels(&format!("{POOL_LABEL}={name}")))
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list worker pods");
-            return 0;
-        }
-    };
-    let mut running = 0;
-    for pod in list {
-        let pod_name = pod.name_any();
-        let tasks = busy.get(&pod_name).copied().unwrap_or(0);
-        if tasks > 0 && recent.get(&pod_name).copied().unwrap_or(false) {
-            running += 1;
-        }
-        let cost = tasks.to_string();
-        if pod.annotations().get(DELETION_COST) == Some(&cost) {
-            continue;
-        }
-        let patch = json!({"metadata": {"annotations": {DELETION_COST: cost}}});
-        if let Err(e) = pods
-            .patch(&pod_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::warn!(pod = %pod_name, error = %e, "cannot set the pod deletion cost");
-        }
-    }
-    running
 }
 
 async fn write_status(
@@ -570,10 +353,14 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         .lock()
         .expect("pool memory lock")
         .remove(&uid(pool));
+    let known = match memory {
+        Some(m) => m.lock().await.ec2.clone(),
+        None => None,
+    };
     // The fleet as this run knew it, or as the spec says (after a restart).
     let spec_queue = pool.spec.queue.clone().unwrap_or_default();
     let queue_name = build::queue_name(&ns, &name, spec_queue.name.as_deref());
-    let fleet = match memory.and_then(|m| m.ec2) {
+    let fleet = match known {
         Some(fleet) => Some(fleet),
         None => Ec2Provider::from_spec(
             pool.spec.provider.as_ref(),

@@ -1,0 +1,254 @@
+//! Where a pool's workers run, behind one interface: a Deployment in the
+//! pool's namespace, or an EC2 fleet (instances, an Auto Scaling group, an
+//! EKS node group). The pool reconciler observes and scales it without
+//! asking which.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::build::{self, POOL_LABEL};
+use crate::context::{Context, MANAGER};
+use crate::crd::WorkerPool;
+use crate::error::Error;
+use crate::pool_memory::PoolMemory;
+use crate::provider::Ec2Provider;
+
+/// The annotation the ReplicaSet controller reads to pick which pods go
+/// first on scale-down (lowest cost first).
+const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// A heartbeat older than this no longer says a worker is busy (they come
+/// every 10 s).
+const HEARTBEAT_FRESH: Duration = Duration::from_secs(30);
+
+/// A pool's workers.
+pub enum WorkerFleet {
+    /// The pool's worker Deployment.
+    Deployment,
+    /// Instances, an Auto Scaling group or an EKS node group.
+    Ec2(Arc<Ec2Provider>),
+}
+
+/// Workers asked for and ready.
+pub struct ObservedWorkers {
+    pub current: i32,
+    pub ready: i32,
+    /// The Deployment does not exist (yet, or any more).
+    pub missing: bool,
+}
+
+impl WorkerFleet {
+    /// The pool's fleet; an EC2 one is made once per operator run and kept
+    /// in `memory`.
+    pub fn of(
+        pool: &WorkerPool,
+        ctx: &Context,
+        memory: &mut PoolMemory,
+        queue_url: &str,
+    ) -> Result<Self, Error> {
+        if memory.ec2.is_none() {
+            // Plain values only: an instance has no pod to resolve `valueFrom`.
+            let template = &pool.spec.template;
+            let env: Vec<(String, String)> = build::download_env(template)
+                .map(|(name, value)| (name.to_string(), value))
+                .into_iter()
+                .chain(
+                    template
+                        .env
+                        .iter()
+                        .filter_map(|e| Some((e.name.clone(), e.value.clone()?))),
+                )
+                .collect();
+            memory.ec2 = Ec2Provider::from_spec(
+                pool.spec.provider.as_ref(),
+                &pool.namespace().unwrap_or_default(),
+                &pool.name_any(),
+                queue_url,
+                &env,
+                ctx.aws.sdk_config(),
+            )
+            .map_err(|e| Error::Other(e.to_string()))?
+            .map(Arc::new);
+        }
+        Ok(match &memory.ec2 {
+            Some(fleet) => WorkerFleet::Ec2(fleet.clone()),
+            None => WorkerFleet::Deployment,
+        })
+    }
+
+    pub async fn observe(
+        &self,
+        pool: &WorkerPool,
+        ctx: &Context,
+    ) -> Result<ObservedWorkers, Error> {
+        match self {
+            WorkerFleet::Ec2(fleet) => {
+                let count = fleet.observe().await.map_err(|e| fleet_error(pool, e))?;
+                Ok(ObservedWorkers {
+                    current: count.current,
+                    ready: count.ready,
+                    missing: false,
+                })
+            }
+            WorkerFleet::Deployment => observe_deployment(pool, ctx).await,
+        }
+    }
+
+    /// Before a scale-down: how many workers run tasks and should stay, when
+    /// the fleet can tell (`None`: it removes whichever it removes).
+    pub async fn busy_before_scale_down(&self, pool: &WorkerPool, ctx: &Context) -> Option<i32> {
+        match self {
+            WorkerFleet::Deployment => Some(mark_idle_pods(pool, ctx).await),
+            WorkerFleet::Ec2(_) => None,
+        }
+    }
+
+    /// Sizes the fleet to `replicas` (`change` from `workers.current`); a
+    /// Deployment is also applied again when the pool's spec changed or it
+    /// is missing.
+    pub async fn scale(
+        &self,
+        pool: &WorkerPool,
+        ctx: &Context,
+        memory: &mut PoolMemory,
+        queue_url: &str,
+        (replicas, change): (i32, i32),
+        workers: &ObservedWorkers,
+    ) -> Result<(), Error> {
+        match self {
+            WorkerFleet::Ec2(fleet) if change != 0 => fleet
+                .scale_to(replicas)
+                .await
+                .map_err(|e| fleet_error(pool, e)),
+            WorkerFleet::Ec2(_) => Ok(()),
+            WorkerFleet::Deployment => {
+                let generation = pool.metadata.generation;
+                if change == 0 && memory.applied_generation == generation && !workers.missing {
+                    return Ok(());
+                }
+                apply_deployment(pool, ctx, queue_url, replicas).await?;
+                memory.applied_generation = generation;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn fleet_error(pool: &WorkerPool, e: impl std::fmt::Display) -> Error {
+    Error::Other(format!(
+        "WorkerPool {}/{}: {e}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    ))
+}
+
+async fn apply_deployment(
+    pool: &WorkerPool,
+    ctx: &Context,
+    queue_url: &str,
+    replicas: i32,
+) -> Result<(), Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = build::deployment_name(&pool.name_any());
+    let deployment = build::worker_deployment(pool, queue_url, replicas)?;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    deployments
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .map_err(Error::kube(format!("cannot apply Deployment {ns}/{name}")))?;
+    Ok(())
+}
+
+async fn observe_deployment(pool: &WorkerPool, ctx: &Context) -> Result<ObservedWorkers, Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = build::deployment_name(&pool.name_any());
+    let Some(d) = deployments
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("cannot read Deployment {ns}/{name}")))?
+    else {
+        return Ok(ObservedWorkers {
+            current: 0,
+            ready: 0,
+            missing: true,
+        });
+    };
+    // The replicas asked for: pods being created count as capacity already
+    // provided (see scale.rs), and the status lags the spec by a moment.
+    let asked = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let status = d.status.unwrap_or_default();
+    Ok(ObservedWorkers {
+        current: asked,
+        ready: status.ready_replicas.unwrap_or(0),
+        missing: false,
+    })
+}
+
+/// Gives each worker pod a deletion cost equal to the tasks it is running
+/// (from its heartbeat), so that the ReplicaSet removes idle workers first.
+/// Returns how many of the pool's pods run tasks (per a fresh heartbeat).
+/// Best effort: a failure only loses the preference (and counts no pod busy).
+async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context) -> i32 {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let table = pool.spec.ledger_table();
+    let now = cloudkon_core::Timestamp::now().0;
+    let fresh = u64::try_from(HEARTBEAT_FRESH.as_micros()).unwrap_or(u64::MAX);
+    let (busy, recent): (BTreeMap<String, u32>, BTreeMap<String, bool>) =
+        match ctx.aws.ledger(table).list_workers().await {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|h| {
+                    let recent = now.saturating_sub(h.last_seen.0) <= fresh;
+                    ((h.id.clone(), h.busy), (h.id, recent))
+                })
+                .unzip(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no worker heartbeats; scale-down picks pods by age");
+                return 0;
+            }
+        };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let list = match pods
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}={name}")))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(pool = %format!("{ns}/{name}"), error = %e, "cannot list worker pods");
+            return 0;
+        }
+    };
+    let mut running = 0;
+    for pod in list {
+        let pod_name = pod.name_any();
+        let tasks = busy.get(&pod_name).copied().unwrap_or(0);
+        if tasks > 0 && recent.get(&pod_name).copied().unwrap_or(false) {
+            running += 1;
+        }
+        let cost = tasks.to_string();
+        if pod.annotations().get(DELETION_COST) == Some(&cost) {
+            continue;
+        }
+        let patch = json!({"metadata": {"annotations": {DELETION_COST: cost}}});
+        if let Err(e) = pods
+            .patch(&pod_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(pod = %pod_name, error = %e, "cannot set the pod deletion cost");
+        }
+    }
+    running
+}

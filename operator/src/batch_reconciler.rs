@@ -17,7 +17,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use crate::batch_runner::{self, RunnerArgs, Source};
 use crate::build;
@@ -25,6 +24,7 @@ use crate::context::{Context, Error, FINALIZER};
 use crate::crd::taskbatch::{Phase, TaskBatchStatus};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::status::{self, BatchConditionsInput, set_condition};
+use crate::status_patch::StatusPatch;
 use crate::validate::{self, Invalid};
 use crate::workload_memory::Workload;
 
@@ -457,7 +457,11 @@ async fn write_conditions(
     batch_runner::patch_status(
         api,
         name,
-        json!({ "conditions": new.conditions, "observedGeneration": new.observed_generation }),
+        &StatusPatch {
+            conditions: Some(new.conditions.clone()),
+            observed_generation: Some(new.observed_generation),
+            ..StatusPatch::default()
+        },
     )
     .await
 }
@@ -473,18 +477,15 @@ async fn write_full(
     if old == new {
         return Ok(());
     }
-    let mut p = json!({
-        "conditions": new.conditions,
-        "observedGeneration": new.observed_generation,
-        "phase": new.phase,
-    });
-    if let Some(t) = &new.completion_time {
-        p["completionTime"] = json!(t);
-    }
-    if let Some(r) = &new.results {
-        p["results"] = json!(r);
-    }
-    batch_runner::patch_status(api, name, p).await
+    let patch = StatusPatch {
+        conditions: Some(new.conditions.clone()),
+        observed_generation: Some(new.observed_generation),
+        phase: new.phase,
+        completion_time: new.completion_time.clone(),
+        results: new.results.clone(),
+        ..StatusPatch::default()
+    };
+    batch_runner::patch_status(api, name, &patch).await
 }
 
 /// Deletes a finished batch once `ttlSecondsAfterFinished` has passed.

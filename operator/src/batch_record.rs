@@ -20,6 +20,7 @@ use crate::collected::{Encoded, Piece};
 use crate::context::{Error, MANAGER};
 use crate::crd::TaskBatch;
 use crate::crd::taskbatch::TaskBatchStatus;
+use crate::status_patch::StatusPatch;
 
 /// The first encoding's key (base64 text): still read.
 const LEGACY_KEY: &str = "collected";
@@ -36,7 +37,7 @@ pub const CONFIGMAP_MAX: usize = 1 << 20;
 pub trait BatchRecord: Send + Sync + 'static {
     /// Merges `status` into the batch's status (only the fields given change,
     /// so the runner and the reconciler each write their own).
-    fn patch_status(&self, status: Value) -> impl Future<Output = Result<(), Error>> + Send;
+    fn patch_status(&self, status: StatusPatch) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// The collected-ids set as last stored (encoded), if any.
     fn load_collected(&self) -> impl Future<Output = Result<Option<Encoded>, Error>> + Send;
@@ -159,8 +160,8 @@ impl KubeRecord {
 }
 
 impl BatchRecord for KubeRecord {
-    async fn patch_status(&self, status: Value) -> Result<(), Error> {
-        patch_status(&self.batches, &self.name, status).await
+    async fn patch_status(&self, status: StatusPatch) -> Result<(), Error> {
+        patch_status(&self.batches, &self.name, &status).await
     }
 
     async fn load_collected(&self) -> Result<Option<Encoded>, Error> {
@@ -279,7 +280,7 @@ impl BatchRecord for KubeRecord {
 pub(crate) async fn patch_status(
     api: &Api<TaskBatch>,
     name: &str,
-    status: Value,
+    status: &StatusPatch,
 ) -> Result<(), Error> {
     api.patch_status(
         name,
@@ -319,8 +320,11 @@ impl MemoryRecord {
 }
 
 impl BatchRecord for MemoryRecord {
-    async fn patch_status(&self, status: Value) -> Result<(), Error> {
-        merge(&mut self.status.lock().expect("record lock"), status);
+    async fn patch_status(&self, status: StatusPatch) -> Result<(), Error> {
+        merge(
+            &mut self.status.lock().expect("record lock"),
+            status.to_value(),
+        );
         *self.writes.lock().expect("record lock") += 1;
         Ok(())
     }

@@ -32,7 +32,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp as JiffTimestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 use std::sync::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Notify, watch};
@@ -52,6 +51,7 @@ pub use crate::runner_handle::RunnerHandle;
 use crate::shares::{self, ShareGuard, Shares};
 use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};
+use crate::status_patch::{CountsPatch, StatusPatch, count};
 use crate::window::{self, Estimate, MeterInput};
 
 /// Bundles per send (one SendMessageBatch when they fit) and per checkpoint.
@@ -287,11 +287,14 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .and_then(|s| u64::try_from(s).ok())
             .filter(|&s| s > 0)
             .unwrap_or(args.pool_slots.max(1));
-        let mut first = json!({ "startTime": start_time, "plannedSlots": planned_slots });
-        if let Some(r) = &args.results {
-            first["results"] = json!(r.to_string());
-        }
-        self.record.patch_status(first).await?;
+        self.record
+            .patch_status(StatusPatch {
+                start_time: Some(start_time.clone()),
+                planned_slots: Some(i64::try_from(planned_slots).unwrap_or(i64::MAX)),
+                results: args.results.as_ref().map(ToString::to_string),
+                ..StatusPatch::default()
+            })
+            .await?;
 
         let enqueue = async {
             if enqueue_done {
@@ -523,10 +526,16 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         // Every task is in the queue: the total is final.
         share.set_backlogged(false);
         self.record
-            .patch_status(
-                json!({ "counts": { "enqueued": enqueued, "total": enqueued, "running": progress.running() },
-                    "phase": Phase::Running }),
-            )
+            .patch_status(StatusPatch {
+                counts: CountsPatch {
+                    enqueued: count(enqueued),
+                    total: count(enqueued),
+                    running: count(progress.running()),
+                    ..CountsPatch::default()
+                },
+                phase: Some(Phase::Running),
+                ..StatusPatch::default()
+            })
             .await?;
         let _ = self.wake_pool.send(args.pool.clone());
         progress.total.send_replace(Some(enqueued));
@@ -574,9 +583,12 @@ async fn write_sizing(
         from: i64::try_from(from).unwrap_or(i64::MAX),
         task_microseconds: i64::try_from(task.as_micros()).unwrap_or(i64::MAX),
     };
-    let mut patch = checkpoint(from, horizon, progress);
-    patch["bundleSizing"] = json!(sizing);
-    record.patch_status(patch).await
+    record
+        .patch_status(StatusPatch {
+            bundle_sizing: Some(sizing),
+            ..checkpoint(from, horizon, progress)
+        })
+        .await
 }
 
 /// The enqueue checkpoint: the tasks in the queue so far (a restart resumes
@@ -594,11 +606,18 @@ async fn write_checkpoint(
         .await
 }
 
-fn checkpoint(enqueued: u64, horizon: u64, progress: &Progress) -> serde_json::Value {
-    json!({ "counts": { "enqueued": enqueued, "running": progress.running() },
-        "enqueueHorizon": horizon,
-        "phase": Phase::Enqueuing,
-        "progress": progress.column() })
+fn checkpoint(enqueued: u64, horizon: u64, progress: &Progress) -> StatusPatch {
+    StatusPatch {
+        counts: CountsPatch {
+            enqueued: count(enqueued),
+            running: count(progress.running()),
+            ..CountsPatch::default()
+        },
+        enqueue_horizon: count(horizon),
+        phase: Some(Phase::Enqueuing),
+        progress: Some(progress.column()),
+        ..StatusPatch::default()
+    }
 }
 
 /// What the workers need to know of the batch: its retries and dedup.
@@ -895,32 +914,36 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let elapsed = Duration::from_millis(
             u64::try_from(now.as_millisecond() - started.as_millisecond()).unwrap_or(0),
         );
-        let mut patch = json!({
-            "counts": { "succeeded": counts.succeeded, "failed": counts.failed, "retried": counts.retried,
-                "deadLettered": counts.dead_lettered, "running": progress.running() },
-            "throughput": status::throughput(collected.finished(), elapsed),
-        });
-        if enqueue_finished {
-            patch["counts"]["total"] = json!(counts.total);
-            patch["progress"] = json!(status::progress(&counts, true));
-            patch["phase"] = json!(phase);
-        } else {
-            patch["progress"] = json!(progress.column());
-            if phase.is_finished() {
-                // Given up mid-enqueue (the failure policy).
-                patch["phase"] = json!(phase);
-            }
-        }
-        patch["cost"] = json!(crate::cost::batch_cost(
-            &collected.usage,
-            &collected.worker_usage,
-            &self.settings.prices,
-            args.worker_hour_price,
-            collected.finished() as u64,
-            total,
-        ));
+        let mut patch = StatusPatch {
+            counts: CountsPatch {
+                succeeded: Some(counts.succeeded),
+                failed: Some(counts.failed),
+                retried: Some(counts.retried),
+                dead_lettered: Some(counts.dead_lettered),
+                running: count(progress.running()),
+                total: enqueue_finished.then_some(counts.total),
+                ..CountsPatch::default()
+            },
+            throughput: Some(status::throughput(collected.finished(), elapsed)),
+            progress: Some(if enqueue_finished {
+                status::progress(&counts, true)
+            } else {
+                progress.column()
+            }),
+            // Mid-enqueue only when given up (the failure policy).
+            phase: (enqueue_finished || phase.is_finished()).then_some(phase),
+            cost: Some(crate::cost::batch_cost(
+                &collected.usage,
+                &collected.worker_usage,
+                &self.settings.prices,
+                args.worker_hour_price,
+                collected.finished() as u64,
+                total,
+            )),
+            ..StatusPatch::default()
+        };
         if !latency.is_empty() {
-            patch["latency"] = json!(Latency {
+            patch.latency = Some(Latency {
                 p50_millis: latency.value_at_quantile(0.5) as i64,
                 p99_millis: latency.value_at_quantile(0.99) as i64,
             });
@@ -938,16 +961,16 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                         left.as_secs() as i64
                     ))
                     .unwrap_or(now);
-                patch["estimatedCompletionTime"] = json!(Time(eta));
-                patch["eta"] = json!(status::eta_column(left));
+                patch.estimated_completion_time = Some(Some(Time(eta)));
+                patch.eta = Some(Some(status::eta_column(left)));
             }
             _ => {
-                patch["estimatedCompletionTime"] = serde_json::Value::Null;
-                patch["eta"] = serde_json::Value::Null;
+                patch.estimated_completion_time = Some(None);
+                patch.eta = Some(None);
             }
         }
         if phase.is_finished() {
-            patch["completionTime"] = json!(Time(now));
+            patch.completion_time = Some(Time(now));
         }
         self.record.patch_status(patch).await
     }
@@ -964,6 +987,7 @@ mod tests {
     use cloudkon_core::{Outcome, TaskResult};
     use cloudkon_worker::remote::{RemoteConfig, WorkerStats, run_remote};
     use cloudkon_worker::{PoolConfig, Registry, Shutdown};
+    use serde_json::json;
     use std::collections::BTreeSet;
     use tokio::task::JoinHandle;
 

@@ -40,6 +40,7 @@ pub mod shares;
 pub mod simulate;
 pub mod sizing;
 pub mod status;
+pub mod status_patch;
 pub mod task_cost;
 pub mod triggers;
 pub mod validate;

@@ -32,16 +32,7 @@ use nix::unistd::Pid;
 
 fn require_servers() -> String {
     let (kubectl, _helm) = common::require_control_plane();
-    for var in [
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
-        assert!(
-            std::env::var_os(var).is_some(),
-            "{var} is not set: run scripts/test, or source \"$(scripts/aws-servers up)\" first"
-        );
-    }
+    cloudkon_testkit::require_aws_servers();
     kubectl
 }
 

@@ -90,24 +90,23 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
         if let Some(pool) = &pool {
             write_cancel_mark(ctx, pool, &batch).await?;
         }
-        st.phase = Some(Phase::Cancelled);
+        let phase = status::phase_of(&status::PhaseInput {
+            previous: old.phase,
+            accepted: validation.is_ok() && missing_pool.is_none(),
+            cancel,
+            enqueue_finished: enqueue_done_in(&old),
+            counts: old.counts,
+            gave_up: false,
+        });
+        st.phase = Some(phase);
         st.completion_time = Some(now.clone());
-        set_conditions(
-            ctx,
-            &batch,
-            &mut st,
-            Phase::Cancelled,
-            &validation,
-            missing_pool,
-            &now,
-        )
-        .await;
+        set_conditions(ctx, &batch, &mut st, phase, &validation, missing_pool, &now).await;
         write_full(&api, &name, &old, &st).await?;
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
     // A workload file is read and checked whole before anything is enqueued.
-    let enqueue_done = matches!(old.phase, Some(Phase::Running));
+    let enqueue_done = enqueue_done_in(&old);
     let mut source = Source::Spec;
     if validation.is_ok() && !enqueue_done && !runner_alive(ctx, &uid(&batch)) {
         match read_workload(ctx, &batch).await {
@@ -441,6 +440,11 @@ async fn set_conditions(
             ctx.event(batch, warning, reason, note).await;
         }
     }
+}
+
+/// Every task is in the queue (the runner wrote Running).
+fn enqueue_done_in(status: &TaskBatchStatus) -> bool {
+    matches!(status.phase, Some(Phase::Running))
 }
 
 /// Writes the conditions and observedGeneration only: the runner owns the

@@ -523,8 +523,22 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 write_checkpoint(&self.record, enqueued, horizon, progress).await?;
             }
         }
-        // Every task is in the queue: the total is final.
+        // Every task is in the queue: the total is final. (The results, and
+        // so the batch's end, are the collecting half's.)
         share.set_backlogged(false);
+        let all = i64::try_from(enqueued).unwrap_or(i64::MAX);
+        let phase = status::phase_of(&PhaseInput {
+            previous: Some(Phase::Enqueuing),
+            accepted: true,
+            cancel: false,
+            enqueue_finished: true,
+            counts: TaskCounts {
+                total: all,
+                enqueued: all,
+                ..TaskCounts::default()
+            },
+            gave_up: false,
+        });
         self.record
             .patch_status(StatusPatch {
                 counts: CountsPatch {
@@ -533,7 +547,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     running: count(progress.running()),
                     ..CountsPatch::default()
                 },
-                phase: Some(Phase::Running),
+                phase: Some(phase),
                 ..StatusPatch::default()
             })
             .await?;

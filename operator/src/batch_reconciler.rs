@@ -20,9 +20,10 @@ use kube::{Api, ResourceExt};
 
 use crate::batch_runner::{self, RunnerArgs, Source};
 use crate::build;
-use crate::context::{Context, Error, FINALIZER};
+use crate::context::{Context, FINALIZER};
 use crate::crd::taskbatch::{Phase, TaskBatchStatus};
 use crate::crd::{TaskBatch, WorkerPool};
+use crate::error::Error;
 use crate::status::{self, BatchConditionsInput, set_condition};
 use crate::status_patch::StatusPatch;
 use crate::validate::{self, Invalid};

@@ -17,9 +17,10 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::collected::{Encoded, Piece};
-use crate::context::{Error, MANAGER};
+use crate::context::MANAGER;
 use crate::crd::TaskBatch;
 use crate::crd::taskbatch::TaskBatchStatus;
+use crate::error::Error;
 use crate::status_patch::StatusPatch;
 
 /// The first encoding's key (base64 text): still read.

@@ -47,7 +47,7 @@ use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
 use crate::error::Error;
 use crate::metrics::Metrics;
-pub use crate::runner_handle::RunnerHandle;
+use crate::runner_handle::RunnerHandle;
 use crate::shares::{self, ShareGuard, Shares};
 use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::crd::WorkerPool;
-pub use crate::error::Error;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pool_memory::PoolMemory;
 use crate::runner_handle::RunnerHandle;

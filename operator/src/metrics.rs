@@ -30,7 +30,7 @@ pub struct ErrorLabels {
     /// `taskbatch` or `workerpool`.
     pub controller: &'static str,
     /// What failed: `kube`, `aws`, `build`, `cleanup` or `other`
-    /// (`context::Error::category`).
+    /// (`error::Error::category`).
     pub category: &'static str,
 }
 

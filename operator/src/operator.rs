@@ -13,8 +13,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 
-use crate::context::{Context, Error, MANAGER, Settings};
+use crate::context::{Context, MANAGER, Settings};
 use crate::crd::{TaskBatch, WorkerPool};
+use crate::error::Error;
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::{Health, Metrics};
 use crate::{batch_reconciler, pool_reconciler};

@@ -21,7 +21,7 @@ use crate::context::{Context, FINALIZER};
 use crate::crd::WorkerPool;
 use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
 use crate::error::Error;
-pub use crate::pool_memory::PoolMemory;
+use crate::pool_memory::PoolMemory;
 use crate::provider::Ec2Provider;
 use crate::scale::{self, Observed, ScaleConfig};
 use crate::status::{self, PoolConditionsInput, set_condition};
@@ -175,7 +175,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             ctx,
             &mut memory,
             queue.url(),
-            (decision.replicas, change),
+            decision.replicas,
             &workers,
         )
         .await?;

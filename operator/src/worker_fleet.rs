@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::build::{self, POOL_LABEL};
 use crate::context::{Context, MANAGER};
 use crate::crd::WorkerPool;
+use crate::crd::workerpool::ProviderType;
 use crate::error::Error;
 use crate::pool_memory::PoolMemory;
 use crate::provider::Ec2Provider;
@@ -53,7 +54,13 @@ impl WorkerFleet {
         memory: &mut PoolMemory,
         queue_url: &str,
     ) -> Result<Self, Error> {
-        if memory.ec2.is_none() {
+        let deployment = pool
+            .spec
+            .provider
+            .as_ref()
+            .is_none_or(|p| matches!(p.type_, ProviderType::Deployment));
+        // Made once; a Deployment pool (most) needs nothing made, every poll.
+        if memory.ec2.is_none() && !deployment {
             // Plain values only: an instance has no pod to resolve `valueFrom`.
             let template = &pool.spec.template;
             let env: Vec<(String, String)> = build::download_env(template)
@@ -110,27 +117,27 @@ impl WorkerFleet {
         }
     }
 
-    /// Sizes the fleet to `replicas` (`change` from `workers.current`); a
-    /// Deployment is also applied again when the pool's spec changed or it
-    /// is missing.
+    /// Sizes the fleet to `replicas` from `workers` as observed; a Deployment
+    /// is also applied again when the pool's spec changed or it is missing.
     pub async fn scale(
         &self,
         pool: &WorkerPool,
         ctx: &Context,
         memory: &mut PoolMemory,
         queue_url: &str,
-        (replicas, change): (i32, i32),
+        replicas: i32,
         workers: &ObservedWorkers,
     ) -> Result<(), Error> {
+        let change = replicas != workers.current;
         match self {
-            WorkerFleet::Ec2(fleet) if change != 0 => fleet
+            WorkerFleet::Ec2(fleet) if change => fleet
                 .scale_to(replicas)
                 .await
                 .map_err(|e| fleet_error(pool, e)),
             WorkerFleet::Ec2(_) => Ok(()),
             WorkerFleet::Deployment => {
                 let generation = pool.metadata.generation;
-                if change == 0 && memory.applied_generation == generation && !workers.missing {
+                if !change && memory.applied_generation == generation && !workers.missing {
                     return Ok(());
                 }
                 apply_deployment(pool, ctx, queue_url, replicas).await?;

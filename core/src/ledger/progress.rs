@@ -51,16 +51,6 @@ impl BundleProgress {
     pub fn is_empty(&self) -> bool {
         self.bits.is_empty()
     }
-
-    /// Adds every position of `other`.
-    pub fn union(&mut self, other: &BundleProgress) {
-        if self.bits.len() < other.bits.len() {
-            self.bits.resize(other.bits.len(), 0);
-        }
-        for (mine, theirs) in self.bits.iter_mut().zip(&other.bits) {
-            *mine |= theirs;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -91,16 +81,5 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.len(), 2);
         assert!(BundleProgress::from_bytes(&[0, 0]).is_empty());
-    }
-
-    #[test]
-    fn union_keeps_both() {
-        let mut a = BundleProgress::new();
-        a.insert(1);
-        let mut b = BundleProgress::new();
-        b.insert(20);
-        a.union(&b);
-        assert!(a.contains(1) && a.contains(20));
-        assert_eq!(a.len(), 2);
     }
 }

@@ -152,10 +152,10 @@ impl Meter {
 
 /// A bundle's weight in the split of a flush's usage: its results' run time
 /// (a millisecond at least each, so that instant tasks still count).
-fn run_seconds(results: &[(usize, TaskResult)]) -> f64 {
+fn run_seconds(results: &[TaskResult]) -> f64 {
     results
         .iter()
-        .map(|(_, r)| (r.finished.0.saturating_sub(r.started.0).max(1_000)) as f64 / 1e6)
+        .map(|r| (r.finished.0.saturating_sub(r.started.0).max(1_000)) as f64 / 1e6)
         .sum()
 }
 
@@ -190,7 +190,7 @@ async fn flush<Q, L, R>(
     if !messages.is_empty() {
         let weights: Vec<f64> = messages
             .iter()
-            .map(|(_, m)| run_seconds(&pending[&m.key].unsent))
+            .map(|(_, m)| run_seconds(&m.results))
             .collect();
         let shares = meter.take(&ctx.stats).split(&weights);
         for ((_, m), share) in messages.iter_mut().zip(shares) {

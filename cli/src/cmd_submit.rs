@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use cloudkon_core::aws::{Aws, QueueOptions, SqsClient, SqsQueue};
 use cloudkon_core::queue::TaskQueue;
 use cloudkon_core::workload::WorkloadReader;
-use cloudkon_core::{BatchId, Bundle, BundlePlan, Stats, Summary};
+use cloudkon_core::{BatchId, Bundle, BundlePlan, IdSet, Stats, Summary};
 use cloudkon_worker::{Progress, Shutdown};
 
 use crate::{batch_args, exit, memory, outcome, progress, results_file, signals, workload_file};
@@ -208,7 +208,7 @@ async fn collect(
     shutdown: &Shutdown,
 ) -> Result<(Stats, usize)> {
     let mut stats = Stats::new();
-    let mut seen = vec![0u64; total.div_ceil(64) as usize];
+    let mut seen = IdSet::new();
     let mut done = 0u64;
     let mut slots: HashSet<Arc<str>> = HashSet::new();
     while done < total {
@@ -231,11 +231,9 @@ async fn collect(
             receipts.push(receipt);
             let mut new = 0;
             for result in &message.results {
-                let (word, bit) = ((result.id / 64) as usize, result.id % 64);
-                if result.id >= total || seen[word] & (1 << bit) != 0 {
+                if result.id >= total || !seen.insert(result.id) {
                     continue; // A duplicate (re-sent results), or not of this batch.
                 }
-                seen[word] |= 1 << bit;
                 new += 1;
                 stats.record(result);
                 slots.insert(result.worker.clone());

@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod bundle;
+pub mod id_set;
 pub mod ledger;
 pub mod queue;
 pub mod store;
@@ -13,6 +14,7 @@ pub mod wire;
 pub mod workload;
 
 pub use bundle::{Bundle, BundleOptions, BundlePlan, Bundler};
+pub use id_set::IdSet;
 pub use summary::{Stats, Summary};
 pub use task::{
     AnimotoSpec, BatchId, Outcome, Task, TaskId, TaskKind, TaskResult, TaskSpec, Timestamp,

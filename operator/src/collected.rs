@@ -18,102 +18,18 @@
 //! S3 next to the results were the other choice; but a batch without a
 //! results location has no bucket, and two stores would have two ways to fail.
 
-use std::collections::BTreeMap;
-
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use cloudkon_core::Usage;
+use cloudkon_core::id_set::{IdSet, PieceError};
 
 use crate::crd::taskbatch::TaskCounts;
-
-/// Ids per piece: 2^22, so that a piece's worst case (64 bitmap containers)
-/// stays under half of a ConfigMap.
-const PIECE_BITS: u32 = 22;
-const PIECE_MASK: u64 = (1 << PIECE_BITS) - 1;
 
 /// Bytes of pieces kept inline in the head at most; larger pieces are stored
 /// on their own. With the piece list this keeps the head well under 1 MiB.
 pub const INLINE_MAX: usize = 512 << 10;
-
-/// A set of task ids: one roaring bitmap per 2^22 ids.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct IdSet {
-    /// id >> PIECE_BITS → the low bits of its ids.
-    pieces: BTreeMap<u64, RoaringBitmap>,
-    len: u64,
-}
-
-impl IdSet {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `id`; false when it was there already.
-    pub fn insert(&mut self, id: u64) -> bool {
-        let added = self
-            .pieces
-            .entry(id >> PIECE_BITS)
-            .or_default()
-            .insert((id & PIECE_MASK) as u32);
-        self.len += u64::from(added);
-        added
-    }
-
-    /// Adds `start..end` (the first encoding's ranges).
-    fn insert_range(&mut self, start: u64, end: u64) {
-        let mut at = start;
-        while at < end {
-            let key = at >> PIECE_BITS;
-            let piece_end = end.min((key + 1) << PIECE_BITS);
-            let low = (at & PIECE_MASK) as u32;
-            let high = low + (piece_end - at) as u32;
-            self.len += self.pieces.entry(key).or_default().insert_range(low..high);
-            at = piece_end;
-        }
-    }
-
-    pub fn contains(&self, id: u64) -> bool {
-        self.pieces
-            .get(&(id >> PIECE_BITS))
-            .is_some_and(|b| b.contains((id & PIECE_MASK) as u32))
-    }
-
-    /// Ids in the set.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Turns runs of ids into run containers where that is smaller (ids in
-    /// order then take a few bytes, in memory too).
-    fn optimize(&mut self) {
-        for b in self.pieces.values_mut() {
-            b.optimize();
-        }
-    }
-
-    /// Bytes the containers' data take in memory (their headers and the
-    /// map's nodes aside).
-    pub fn memory_bytes(&self) -> u64 {
-        self.pieces
-            .values()
-            .map(|b| {
-                let s = b.statistics();
-                // roaring 0.12's byte counts are off (a bitmap's counted in
-                // bits, array elements as u32): a bitmap is 8 KiB, an array
-                // element 2 bytes.
-                u64::from(s.n_bitset_containers) * 8192
-                    + s.n_bytes_array_containers / 2
-                    + s.n_bytes_run_containers
-            })
-            .sum()
-    }
-}
 
 /// What the record holds: the collected ids, the counts, and how many
 /// results objects were written (the next one's number).
@@ -278,9 +194,9 @@ impl Collected {
     pub fn encode(&mut self) -> Encoded {
         self.ids.optimize();
         let mut pieces = Vec::new();
-        let mut refs = Vec::with_capacity(self.ids.pieces.len());
+        let mut refs = Vec::new();
         let mut inline = 0;
-        for (&key, bitmap) in &self.ids.pieces {
+        for (key, bitmap) in self.ids.pieces() {
             if bitmap.is_empty() {
                 continue;
             }
@@ -393,21 +309,13 @@ impl Collected {
                     key: piece.key,
                     error,
                 })?;
-            if bitmap.max().is_some_and(|m| u64::from(m) > PIECE_MASK) {
-                return Err(DecodeError::Bitmap {
-                    key: piece.key,
+            ids.push_piece(piece.key, bitmap).map_err(|e| match e {
+                PieceError::Order(_) => DecodeError::Order,
+                PieceError::Beyond(key) => DecodeError::Bitmap {
+                    key,
                     error: std::io::Error::other("ids beyond the piece"),
-                });
-            }
-            if ids
-                .pieces
-                .last_key_value()
-                .is_some_and(|(&k, _)| k >= piece.key)
-            {
-                return Err(DecodeError::Order);
-            }
-            ids.len += bitmap.len();
-            ids.pieces.insert(piece.key, bitmap);
+                },
+            })?;
         }
         Ok(Collected {
             ids,
@@ -440,6 +348,7 @@ mod tests {
     use super::*;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
+    use cloudkon_core::id_set::PIECE_BITS;
 
     /// What one ConfigMap takes (data and binaryData together).
     const CONFIGMAP_MAX: usize = 1 << 20;

@@ -18,14 +18,15 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
+use crate::batch_plan::{self, Observed, Runner, Then};
 use crate::batch_runner::{self, RunnerArgs, Source};
 use crate::build;
 use crate::context::{Context, FINALIZER};
-use crate::crd::taskbatch::{Phase, TaskBatchStatus};
+use crate::crd::taskbatch::Phase;
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::error::Error;
-use crate::status::{self, BatchConditionsInput, set_condition};
-use crate::status_patch::StatusPatch;
+use crate::status::{self, set_condition};
+use crate::status_patch::{self, RECONCILER};
 use crate::validate::{self, Invalid};
 use crate::workload_memory::Workload;
 
@@ -46,138 +47,137 @@ fn uid(batch: &TaskBatch) -> String {
     batch.uid().unwrap_or_default()
 }
 
+/// Reads, decides ([`batch_plan::decide`]), carries the plan out: the runner
+/// stopped first, the cancel mark, the status in one write, the Events, then
+/// the runner started and the TTL.
 async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let ns = batch.namespace().unwrap_or_default();
-    let name = batch.name_any();
-    let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
-    let now = Time(Timestamp::now());
-    let generation = batch.metadata.generation;
-    let old = batch.status.clone().unwrap_or_default();
-    let mut st = old.clone();
-    st.observed_generation = generation;
-    let spec = &batch.spec;
-    let cancel = spec.cancel == Some(true);
-
-    // A finished batch: conditions, the Event, then the TTL.
-    if let Some(phase) = old.phase.filter(|p| p.is_finished()) {
-        stop_runner(ctx, &uid(&batch)).await;
-        // Given up by its failure policy (the runner ended it): its bundles
-        // still queued are skipped, once, before the condition says so.
-        let gave_up = phase == Phase::Failed
-            && status::failure_policy_verdict(spec.failure_policy.as_ref(), &old.counts).is_some();
-        let said = old.conditions.iter().any(|c| {
-            c.type_ == status::batch_condition::FAILED
-                && c.reason == status::batch_condition::FAILURE_POLICY_REASON
-        });
-        if gave_up
-            && !said
-            && let Some(pool) = &batch_pool(ctx, &ns, spec).await?
-        {
-            write_cancel_mark(ctx, pool, &batch).await?;
-        }
-        set_conditions(ctx, &batch, &mut st, phase, &Ok(()), None, &now).await;
-        write_conditions(&api, &name, &old, &st).await?;
-        return ttl(ctx, &batch, &api, &st).await;
+    let (read, source) = observe(&batch, ctx).await?;
+    let plan = batch_plan::decide(&read.view(&batch));
+    let pool = read.pool;
+    let key = uid(&batch);
+    if plan.runner == Runner::Stop {
+        stop_runner(ctx, &key).await;
     }
+    if plan.cancel_mark
+        && let Some(pool) = &pool
+    {
+        write_cancel_mark(ctx, pool, &batch).await?;
+    }
+    if let Some(part) = &plan.status {
+        let api: Api<TaskBatch> =
+            Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
+        status_patch::apply(&api, &batch.name_any(), RECONCILER, part).await?;
+    }
+    for note in plan.events {
+        ctx.event(batch.as_ref(), note.warning, &note.reason, note.message)
+            .await;
+    }
+    if let Runner::Run { queue_url } = plan.runner {
+        run(ctx, &batch, pool.as_ref(), queue_url, source, read.results);
+    }
+    match plan.then {
+        Then::Requeue(after) => Ok(Action::requeue(after)),
+        Then::AwaitChange => Ok(Action::await_change()),
+        Then::Expire { at } => expire(ctx, &batch, at).await,
+    }
+}
 
+/// What [`apply`] reads before it decides.
+struct Read {
+    pool: Option<WorkerPool>,
+    validation: Result<(), Vec<Invalid>>,
+    waiting_for_memory: Option<String>,
+    results: Option<S3Uri>,
+    now: Time,
+}
+
+impl Read {
+    fn view<'a>(&self, batch: &'a TaskBatch) -> Observed<'a> {
+        Observed {
+            batch,
+            validation: self.validation.clone(),
+            pool_exists: self.pool.is_some(),
+            queue_url: self
+                .pool
+                .as_ref()
+                .and_then(|p| p.status.as_ref()?.queue_url.clone()),
+            waiting_for_memory: self.waiting_for_memory.clone(),
+            results: self.results.clone(),
+            now: self.now.clone(),
+        }
+    }
+}
+
+/// The pool, the validation and, for a batch whose runner is to start, its
+/// workload file, read and checked whole before anything is enqueued.
+async fn observe(batch: &TaskBatch, ctx: &Context) -> Result<(Read, Source), Error> {
+    let ns = batch.namespace().unwrap_or_default();
+    let spec = &batch.spec;
+    let old = batch.status.clone().unwrap_or_default();
     let mut validation = validate::taskbatch(spec);
     let pool = batch_pool(ctx, &ns, spec).await?;
-    let missing_pool = pool.is_none().then_some(spec.worker_pool.as_str());
-
-    if cancel {
-        stop_runner(ctx, &uid(&batch)).await;
-        // Workers skip (and delete) the batch's bundles still in the queue:
-        // the pool's queue is shared, so it cannot be purged for one batch.
-        if let Some(pool) = &pool {
-            write_cancel_mark(ctx, pool, &batch).await?;
-        }
-        let phase = status::phase_of(&status::PhaseInput {
-            previous: old.phase,
-            accepted: validation.is_ok() && missing_pool.is_none(),
-            cancel,
-            enqueue_finished: enqueue_done_in(&old),
-            counts: old.counts,
-            gave_up: false,
-        });
-        st.phase = Some(phase);
-        st.completion_time = Some(now.clone());
-        set_conditions(ctx, &batch, &mut st, phase, &validation, missing_pool, &now).await;
-        write_full(&api, &name, &old, &st).await?;
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-
-    // A workload file is read and checked whole before anything is enqueued.
-    let enqueue_done = enqueue_done_in(&old);
+    let runner_alive = runner_alive(ctx, &uid(batch));
+    let live = !old.phase.is_some_and(|p| p.is_finished()) && spec.cancel != Some(true);
     let mut source = Source::Spec;
-    if validation.is_ok() && !enqueue_done && !runner_alive(ctx, &uid(&batch)) {
-        match read_workload(ctx, &batch).await {
+    let mut waiting_for_memory = None;
+    if live && validation.is_ok() && !batch_plan::enqueue_done_in(&old) && !runner_alive {
+        match read_workload(ctx, batch).await {
             Ok(Some(s)) => source = s,
             Ok(None) => {}
             Err(Unread::Invalid(problems)) => validation = Err(problems),
             Err(Unread::NoMemory(message)) => {
-                tracing::info!(batch = %name, namespace = %ns, "{message}");
-                ctx.event(batch.as_ref(), false, "WaitingForMemory", message)
-                    .await;
-                st.phase = Some(old.phase.unwrap_or(Phase::Pending));
-                write_full(&api, &name, &old, &st).await?;
-                return Ok(Action::requeue(Duration::from_secs(5)));
+                tracing::info!(batch = %batch.name_any(), namespace = %ns, "{message}");
+                waiting_for_memory = Some(message);
             }
         }
     }
-
-    let phase = old.phase.unwrap_or(Phase::Pending);
-    st.phase = Some(phase);
-    set_conditions(ctx, &batch, &mut st, phase, &validation, missing_pool, &now).await;
-    let queue_url = pool
-        .as_ref()
-        .and_then(|p| p.status.as_ref()?.queue_url.clone());
-    if validation.is_err() {
-        write_full(&api, &name, &old, &st).await?;
-        return Ok(Action::await_change());
-    }
-    let Some(queue_url) = queue_url else {
-        // The pool is missing, or has no queue yet: look again soon.
-        write_full(&api, &name, &old, &st).await?;
-        return Ok(Action::requeue(Duration::from_secs(2)));
+    let read = Read {
+        pool,
+        validation,
+        waiting_for_memory,
+        results: results_location(ctx, batch),
+        now: Time(Timestamp::now()),
     };
-    let results = results_location(ctx, &batch);
-    if let Some(r) = &results {
-        st.results = Some(r.to_string());
-    }
-    write_full(&api, &name, &old, &st).await?;
+    Ok((read, source))
+}
 
-    let key = uid(&batch);
+/// Hands a running runner the spec, or starts one.
+fn run(
+    ctx: &Arc<Context>,
+    batch: &Arc<TaskBatch>,
+    pool: Option<&WorkerPool>,
+    queue_url: String,
+    source: Source,
+    results: Option<S3Uri>,
+) {
+    let spec = &batch.spec;
     let mut runners = ctx.runners.lock().expect("runner lock");
-    match runners.get(&key) {
+    match runners.get(&uid(batch)) {
         Some(r) if !r.task.is_finished() => {
             r.spec.send_replace(spec.clone());
         }
         _ => {
-            if old.phase.is_none() || old.phase == Some(Phase::Pending) {
-                tracing::info!(batch = %format!("{ns}/{name}"), "starting");
+            let ns = batch.namespace().unwrap_or_default();
+            let phase = batch.status.as_ref().and_then(|s| s.phase);
+            if phase.is_none() || phase == Some(Phase::Pending) {
+                tracing::info!(batch = %format!("{ns}/{}", batch.name_any()), "starting");
             }
-            let pool_ref = ObjectRef::<WorkerPool>::new(&spec.worker_pool).within(&ns);
-            let pool_slots = pool.as_ref().map_or(1, |p| p.spec.max_slots());
-            let pool_workers = pool.as_ref().map_or(1, |p| p.spec.max_workers());
             let handle = batch_runner::spawn(
                 ctx.clone(),
                 RunnerArgs {
                     batch: batch.clone(),
                     pool_queue_url: queue_url,
-                    pool: pool_ref,
-                    pool_slots,
-                    pool_workers,
+                    pool: ObjectRef::<WorkerPool>::new(&spec.worker_pool).within(&ns),
+                    pool_slots: pool.map_or(1, |p| p.spec.max_slots()),
+                    pool_workers: pool.map_or(1, |p| p.spec.max_workers()),
                     source,
                     results,
-                    worker_hour_price: pool.as_ref().and_then(|p| p.spec.price_per_worker_hour),
+                    worker_hour_price: pool.and_then(|p| p.spec.price_per_worker_hour),
                 },
             );
-            runners.insert(key, handle);
+            runners.insert(uid(batch), handle);
         }
     }
-    // The runner drives the batch; a look now and then restarts it if it
-    // stopped on an error.
-    Ok(Action::requeue(Duration::from_secs(5)))
 }
 
 /// The batch's WorkerPool, `None` when it does not exist.
@@ -400,117 +400,17 @@ fn invalid(field: &str, message: String) -> Vec<Invalid> {
     }]
 }
 
-/// Sets the four conditions; an Event for each that changed to a state a
-/// person wants to hear about.
-async fn set_conditions(
-    ctx: &Context,
-    batch: &TaskBatch,
-    st: &mut TaskBatchStatus,
-    phase: Phase,
-    validation: &Result<(), Vec<Invalid>>,
-    missing_pool: Option<&str>,
-    now: &Time,
-) {
-    let updates = status::batch_conditions(&BatchConditionsInput {
-        phase,
-        validation,
-        missing_pool,
-        suspend: batch.spec.suspend == Some(true),
-        counts: st.counts,
-        gave_up: (phase == Phase::Failed)
-            .then(|| status::failure_policy_verdict(batch.spec.failure_policy.as_ref(), &st.counts))
-            .flatten(),
-    });
-    for update in updates {
-        if set_condition(&mut st.conditions, &update, batch.metadata.generation, now) {
-            let (warning, reason) = match (update.type_, update.status) {
-                (status::batch_condition::ACCEPTED, false) => (true, update.reason.as_str()),
-                (status::batch_condition::ACCEPTED, true) => (false, "Accepted"),
-                (status::batch_condition::SUSPENDED, true) => (false, "Suspended"),
-                (status::batch_condition::COMPLETE, true) => (false, "Succeeded"),
-                (status::batch_condition::FAILED, true) => (true, update.reason.as_str()),
-                // Again whenever the count changes (the message says it).
-                (status::batch_condition::DEAD_LETTERED, true) => (true, "DeadLettered"),
-                _ => continue,
-            };
-            let note = if update.message.is_empty() {
-                reason.to_string()
-            } else {
-                update.message.clone()
-            };
-            ctx.event(batch, warning, reason, note).await;
-        }
-    }
-}
-
-/// Every task is in the queue (the runner wrote Running).
-fn enqueue_done_in(status: &TaskBatchStatus) -> bool {
-    matches!(status.phase, Some(Phase::Running))
-}
-
-/// Writes the conditions and observedGeneration only: the runner owns the
-/// rest of a running batch's status.
-async fn write_conditions(
-    api: &Api<TaskBatch>,
-    name: &str,
-    old: &TaskBatchStatus,
-    new: &TaskBatchStatus,
-) -> Result<(), Error> {
-    if old.conditions == new.conditions && old.observed_generation == new.observed_generation {
-        return Ok(());
-    }
-    batch_runner::patch_status(
-        api,
-        name,
-        &StatusPatch {
-            conditions: Some(new.conditions.clone()),
-            observed_generation: Some(new.observed_generation),
-            ..StatusPatch::default()
-        },
-    )
-    .await
-}
-
-/// Writes conditions, observedGeneration, phase, completion time and the
-/// results location (the runner is not running, or not yet).
-async fn write_full(
-    api: &Api<TaskBatch>,
-    name: &str,
-    old: &TaskBatchStatus,
-    new: &TaskBatchStatus,
-) -> Result<(), Error> {
-    if old == new {
-        return Ok(());
-    }
-    let patch = StatusPatch {
-        conditions: Some(new.conditions.clone()),
-        observed_generation: Some(new.observed_generation),
-        phase: new.phase,
-        completion_time: new.completion_time.clone(),
-        results: new.results.clone(),
-        ..StatusPatch::default()
-    };
-    batch_runner::patch_status(api, name, &patch).await
-}
-
-/// Deletes a finished batch once `ttlSecondsAfterFinished` has passed.
-async fn ttl(
-    ctx: &Context,
-    batch: &TaskBatch,
-    api: &Api<TaskBatch>,
-    st: &TaskBatchStatus,
-) -> Result<Action, Error> {
-    let (Some(ttl), Some(done)) = (batch.spec.ttl_seconds_after_finished, &st.completion_time)
-    else {
-        return Ok(Action::await_change());
-    };
-    let due = done.0.as_second() + i64::from(ttl);
-    let left = due - Timestamp::now().as_second();
+/// Deletes a finished batch once `ttlSecondsAfterFinished` has passed
+/// (at Unix second `at`).
+async fn expire(ctx: &Context, batch: &TaskBatch, at: i64) -> Result<Action, Error> {
+    let left = at - Timestamp::now().as_second();
     if left > 0 {
         return Ok(Action::requeue(Duration::from_secs(left as u64)));
     }
     let name = batch.name_any();
-    tracing::info!(batch = %name, ttl, "deleting the finished batch (ttlSecondsAfterFinished)");
+    let ns = batch.namespace().unwrap_or_default();
+    let ttl = batch.spec.ttl_seconds_after_finished.unwrap_or_default();
+    tracing::info!(batch = %format!("{ns}/{name}"), ttl, "deleting the finished batch (ttlSecondsAfterFinished)");
     ctx.event(
         batch,
         false,
@@ -518,10 +418,15 @@ async fn ttl(
         format!("finished {ttl} s ago (ttlSecondsAfterFinished): deleting"),
     )
     .await;
+    let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
     match api.delete(&name, &DeleteParams::background()).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(Error::kube(format!("cannot delete TaskBatch {name}"))(e)),
+        Err(e) => {
+            return Err(Error::kube(format!("cannot delete TaskBatch {ns}/{name}"))(
+                e,
+            ));
+        }
     }
     Ok(Action::await_change())
 }
@@ -569,11 +474,13 @@ async fn report_cleanup_failure(batch: &TaskBatch, ctx: &Context, message: &str)
         message.to_string(),
     );
     let now = Time(Timestamp::now());
-    if set_condition(&mut st.conditions, &update, batch.metadata.generation, &now) {
-        ctx.event(batch, true, "CleanupFailed", message.to_string())
-            .await;
+    if !set_condition(&mut st.conditions, &update, batch.metadata.generation, &now) {
+        return;
     }
-    if let Err(e) = write_conditions(&api, &name, &old, &st).await {
+    ctx.event(batch, true, "CleanupFailed", message.to_string())
+        .await;
+    let part = batch_plan::reconciler_part(&st);
+    if let Err(e) = status_patch::apply(&api, &name, RECONCILER, &part).await {
         tracing::warn!(batch = %format!("{ns}/{name}"), error = %e, "cannot report the failed cleanup");
     }
 }

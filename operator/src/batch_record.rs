@@ -1,5 +1,5 @@
-//! Where a batch runner keeps what must survive it: the batch's status (JSON
-//! merge patches of the fields the runner owns) and its collected-ids set.
+//! Where a batch runner keeps what must survive it: the batch's status (the
+//! runner's part of it, [`crate::status_patch`]) and its collected-ids set.
 //! On the API server in production ([`KubeRecord`]: the TaskBatch's status
 //! subresource and ConfigMaps it owns); in memory in tests ([`MemoryRecord`]).
 
@@ -14,14 +14,14 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::collected::{Encoded, Piece};
 use crate::context::MANAGER;
 use crate::crd::TaskBatch;
 use crate::crd::taskbatch::TaskBatchStatus;
 use crate::error::Error;
-use crate::status_patch::StatusPatch;
+use crate::status_patch::{self, RUNNER, StatusPatch};
 
 /// The first encoding's key (base64 text): still read.
 const LEGACY_KEY: &str = "collected";
@@ -36,8 +36,8 @@ pub const CONFIGMAP_MAX: usize = 1 << 20;
 
 /// A batch's durable record, as its runner writes it.
 pub trait BatchRecord: Send + Sync + 'static {
-    /// Merges `status` into the batch's status (only the fields given change,
-    /// so the runner and the reconciler each write their own).
+    /// Writes `status`, a change to the runner's part of the batch's status:
+    /// only the fields given change (the reconciler's part is its own).
     fn patch_status(&self, status: StatusPatch) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// The collected-ids set as last stored (encoded), if any.
@@ -82,6 +82,10 @@ pub struct KubeRecord {
     owner: OwnerReference,
     /// The pieces the last head named (read or written).
     pieces: Mutex<BTreeSet<String>>,
+    /// The runner's part of the status, whole, as last applied: each change
+    /// is merged into it and the whole applied, held across the write so
+    /// that two writes of one runner cannot cross.
+    part: tokio::sync::Mutex<StatusPatch>,
 }
 
 impl KubeRecord {
@@ -98,6 +102,9 @@ impl KubeRecord {
             namespace,
             owner,
             pieces: Mutex::default(),
+            part: tokio::sync::Mutex::new(StatusPatch::runner_part(
+                &batch.status.clone().unwrap_or_default(),
+            )),
         })
     }
 
@@ -162,7 +169,12 @@ impl KubeRecord {
 
 impl BatchRecord for KubeRecord {
     async fn patch_status(&self, status: StatusPatch) -> Result<(), Error> {
-        patch_status(&self.batches, &self.name, &status).await
+        let mut part = self.part.lock().await;
+        let mut next = part.clone();
+        next.merge(status);
+        status_patch::apply(&self.batches, &self.name, RUNNER, &next).await?;
+        *part = next;
+        Ok(())
     }
 
     async fn load_collected(&self) -> Result<Option<Encoded>, Error> {
@@ -277,24 +289,6 @@ impl BatchRecord for KubeRecord {
     }
 }
 
-/// A JSON merge patch of a TaskBatch's status.
-pub(crate) async fn patch_status(
-    api: &Api<TaskBatch>,
-    name: &str,
-    status: &StatusPatch,
-) -> Result<(), Error> {
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "cannot write the status of TaskBatch {name}"
-    )))?;
-    Ok(())
-}
-
 /// A batch's record in memory: the status as the merge patches leave it,
 /// and the collected set, held to the API server's size limits.
 #[derive(Debug, Default)]
@@ -377,6 +371,7 @@ fn merge(target: &mut Value, patch: Value) {
 mod tests {
     use super::*;
     use crate::collected::Collected;
+    use serde_json::json;
 
     #[tokio::test]
     async fn ten_million_ids_every_other_go_through_a_memory_record_within_its_limits() {

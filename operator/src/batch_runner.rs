@@ -37,7 +37,6 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Notify, watch};
 
 pub use crate::batch_record::collected_configmap_name;
-pub(crate) use crate::batch_record::patch_status;
 use crate::batch_record::{BatchRecord, KubeRecord};
 use crate::build;
 use crate::collected::Collected;
@@ -621,6 +620,19 @@ async fn write_checkpoint(
 }
 
 fn checkpoint(enqueued: u64, horizon: u64, progress: &Progress) -> StatusPatch {
+    let counts = TaskCounts {
+        enqueued: count(enqueued).unwrap_or_default(),
+        ..TaskCounts::default()
+    };
+    // Mid-enqueue: Enqueuing once a task is in the queue, Pending before.
+    let phase = status::phase_of(&PhaseInput {
+        previous: None,
+        accepted: true,
+        cancel: false,
+        enqueue_finished: false,
+        counts,
+        gave_up: false,
+    });
     StatusPatch {
         counts: CountsPatch {
             enqueued: count(enqueued),
@@ -628,7 +640,7 @@ fn checkpoint(enqueued: u64, horizon: u64, progress: &Progress) -> StatusPatch {
             ..CountsPatch::default()
         },
         enqueue_horizon: count(horizon),
-        phase: Some(Phase::Enqueuing),
+        phase: Some(phase),
         progress: Some(progress.column()),
         ..StatusPatch::default()
     }

@@ -14,6 +14,7 @@
 
 pub mod allowed_names;
 pub mod batch_cli;
+pub mod batch_plan;
 pub mod batch_reconciler;
 pub mod batch_record;
 pub mod batch_runner;
@@ -31,6 +32,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod pool_memory;
+pub mod pool_plan;
 pub mod pool_reconciler;
 pub mod provider;
 pub mod retry_delays;

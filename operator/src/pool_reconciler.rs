@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use cloudkon_core::aws::{QueueOptions, SqsQueue};
+use cloudkon_core::aws::{QueueOptions, QueueStats, SqsQueue};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -16,17 +16,22 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use crate::build::{self, POOL_LABEL};
+use crate::build;
 use crate::context::{Context, FINALIZER};
 use crate::crd::WorkerPool;
 use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
 use crate::error::Error;
 use crate::pool_memory::PoolMemory;
+use crate::pool_plan::{self, Observed, Plan, Running};
 use crate::provider::Ec2Provider;
-use crate::scale::{self, Observed, ScaleConfig};
-use crate::status::{self, PoolConditionsInput, set_condition};
+use crate::scale::{self, Decision, ScaleConfig};
+use crate::shares::PoolWork;
+use crate::status::{self, set_condition};
 use crate::validate;
-use crate::worker_fleet::WorkerFleet;
+use crate::worker_fleet::{ObservedWorkers, WorkerFleet};
+
+/// The pool reconciler's field manager for the WorkerPool's status.
+pub const POOL_RECONCILER: &str = "cloudkon-pool-reconciler";
 
 /// Receives before SQS moves a message to the dead-letter queue, by default.
 const DEFAULT_MAX_RECEIVES: i32 = 5;
@@ -71,31 +76,17 @@ fn uid(pool: &WorkerPool) -> String {
     pool.uid().unwrap_or_default()
 }
 
+/// Reads (the queue, the workers, the pool's work), asks the scaler, decides
+/// the status ([`pool_plan::decide`]), then scales, records, and writes the
+/// status once.
 async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
-    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
-    let now = Timestamp::now();
-    let now_time = Time(now);
-    let generation = pool.metadata.generation;
-    let old = pool.status.clone().unwrap_or_default();
-    let mut st = old.clone();
-    st.observed_generation = generation;
-
+    let now = Time(Timestamp::now());
     let validation = validate::workerpool(&pool.spec, &ns, &ctx.settings.allowed_names);
     if let Err(problems) = &validation {
-        let message = validate::summary(problems);
-        let update = status::ConditionUpdate::new(
-            status::pool_condition::ACCEPTED,
-            false,
-            "InvalidSpec",
-            message.clone(),
-        );
-        if set_condition(&mut st.conditions, &update, generation, &now_time) {
-            ctx.event(pool, true, "InvalidSpec", message).await;
-        }
-        write_status(&api, &name, &old, &st).await?;
-        return Ok(Action::await_change());
+        let plan = pool_plan::decide(pool, &Observed::Invalid(problems), ctx.settings.poll, &now);
+        return carry_out(pool, ctx, plan, None).await;
     }
 
     // What this run remembers of the pool, held for the whole reconcile (the
@@ -107,41 +98,102 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let queue = match ensure_queue(pool, ctx, &mut memory).await {
         Ok(q) => q,
         Err(e) => {
-            let message = format!("cannot create the queue: {e}");
-            let update = status::ConditionUpdate::new(
-                status::pool_condition::QUEUE_READY,
-                false,
-                "QueueUnavailable",
-                message.clone(),
-            );
-            if set_condition(&mut st.conditions, &update, generation, &now_time) {
-                ctx.event(pool, true, "QueueUnavailable", message).await;
-            }
-            write_status(&api, &name, &old, &st).await?;
-            return Ok(Action::requeue(Duration::from_secs(5)));
+            let observed = Observed::QueueUnavailable(e.to_string());
+            let plan = pool_plan::decide(pool, &observed, ctx.settings.poll, &now);
+            return carry_out(pool, ctx, plan, Some(&mut memory)).await;
         }
     };
-    st.queue_url = Some(queue.url().to_string());
-    st.dead_letter_queue_url = queue.dead_letter_url().map(str::to_string);
     let stats = queue.stats().await?;
-
     let fleet = WorkerFleet::of(pool, ctx, &mut memory, queue.url())?;
     let workers = fleet.observe(pool, ctx).await?;
-
+    let work = ctx.shares.work(&crate::shares::pool_key(&ns, &name));
     let config = ScaleConfig::from_spec(&pool.spec);
+    let decision = scale_decision(
+        pool,
+        ctx,
+        &mut memory,
+        &fleet,
+        &config,
+        &stats,
+        &workers,
+        &work,
+    )
+    .await;
+
+    let observed = Observed::Running(Running {
+        queue_url: queue.url().to_string(),
+        dead_letter_queue_url: queue.dead_letter_url().map(str::to_string),
+        stats,
+        workers,
+        work,
+        decision: &decision,
+        min: config.min,
+        slots_per_worker: config.slots_per_worker,
+    });
+    let plan = pool_plan::decide(pool, &observed, ctx.settings.poll, &now);
+    let Observed::Running(running) = observed else {
+        unreachable!("built as Running above")
+    };
+    fleet
+        .scale(
+            pool,
+            ctx,
+            &mut memory,
+            queue.url(),
+            decision.replicas,
+            &running.workers,
+        )
+        .await?;
+    if plan.change != 0 {
+        memory.scale.scaled(SystemTime::now(), plan.change);
+        ctx.metrics
+            .scale_changes
+            .get_or_create(&pool_labels(&ns, &name))
+            .inc();
+        tracing::info!(pool = %format!("{ns}/{name}"), from = running.workers.current, to = decision.replicas, reason = %decision.reason, "scaled");
+    }
+    let labels = pool_labels(&ns, &name);
+    ctx.metrics
+        .backlog
+        .get_or_create(&labels)
+        .set(plan.status.backlog);
+    ctx.metrics
+        .desired_workers
+        .get_or_create(&labels)
+        .set(i64::from(decision.replicas));
+    ctx.metrics
+        .ready_workers
+        .get_or_create(&labels)
+        .set(i64::from(running.workers.ready));
+    carry_out(pool, ctx, plan, Some(&mut memory)).await
+}
+
+/// The scaler's decision on what was read: idle workers go first on a
+/// scale-down, the busy ones stay.
+#[allow(clippy::too_many_arguments)] // what the scaler reads, named
+async fn scale_decision(
+    pool: &WorkerPool,
+    ctx: &Context,
+    memory: &mut PoolMemory,
+    fleet: &WorkerFleet,
+    config: &ScaleConfig,
+    stats: &QueueStats,
+    workers: &ObservedWorkers,
+    work: &PoolWork,
+) -> Decision {
     let system_now = SystemTime::now();
-    let backlog = stats.visible + stats.in_flight + stats.delayed;
-    let last_active = if backlog > 0 {
-        st.last_active_time = Some(now_time.clone());
+    let last_active = if stats.visible + stats.in_flight + stats.delayed > 0 {
         Some(system_now)
     } else {
-        st.last_active_time.as_ref().map(to_system_time)
+        pool.status
+            .as_ref()
+            .and_then(|s| s.last_active_time.as_ref())
+            .map(to_system_time)
     };
-    let work = ctx.shares.work(&crate::shares::pool_key(&ns, &name));
     let (work_tasks, work_task_seconds) = work.to_run();
     let mut decision = memory.scale.decide(
-        &config,
-        &Observed {
+        config,
+        &scale::Observed {
             backlog_visible: stats.visible + stats.delayed,
             backlog_in_flight: stats.in_flight,
             work_tasks,
@@ -155,7 +207,6 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     if decision.replicas < workers.current
         && let Some(busy) = fleet.busy_before_scale_down(pool, ctx).await
     {
-        // Idle workers go first; the busy ones stay.
         let kept = scale::keep_busy(
             decision.replicas,
             busy,
@@ -168,81 +219,37 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             decision.replicas = kept;
         }
     }
-    let change = decision.replicas - workers.current;
-    fleet
-        .scale(
-            pool,
-            ctx,
-            &mut memory,
-            queue.url(),
-            decision.replicas,
-            &workers,
-        )
-        .await?;
-    if change != 0 {
-        memory.scale.scaled(system_now, change);
-        st.last_scale_time = Some(now_time.clone());
-        st.last_scale_reason = Some(decision.reason.clone());
-        let labels = pool_labels(&ns, &name);
-        ctx.metrics.scale_changes.get_or_create(&labels).inc();
-        tracing::info!(pool = %format!("{ns}/{name}"), from = workers.current, to = decision.replicas, reason = %decision.reason, "scaled");
-        ctx.event(
-            pool,
-            false,
-            if change > 0 { "ScaledUp" } else { "ScaledDown" },
-            format!(
-                "workers {} -> {}: {}",
-                workers.current, decision.replicas, decision.reason
-            ),
-        )
-        .await;
-    }
+    decision
+}
 
-    let backlog = i64::try_from(backlog).unwrap_or(i64::MAX);
-    st.replicas = workers.current;
-    st.ready_replicas = workers.ready;
-    st.desired_replicas = decision.replicas;
-    st.workers = Some(status::workers_column(workers.ready, decision.replicas));
-    st.selector = Some(format!("{POOL_LABEL}={name}"));
-    st.backlog = backlog;
-    st.backlog_visible = i64::try_from(stats.visible + stats.delayed).unwrap_or(i64::MAX);
-    st.backlog_in_flight = i64::try_from(stats.in_flight).unwrap_or(i64::MAX);
-    st.density = Some(status::density(backlog, workers.ready));
-    st.work_tasks = i64::try_from(work.tasks).unwrap_or(i64::MAX);
-    st.work_seconds = (work.tasks > 0).then(|| status::round(work.task_seconds));
-    st.estimated_drain_seconds = (work.tasks > 0 && workers.ready > 0).then(|| {
-        let slots = workers.ready as f64 * config.slots_per_worker.max(1) as f64;
-        status::round(work.task_seconds / slots)
-    });
-    let conditions = status::pool_conditions(&PoolConditionsInput {
-        validation: &validation,
-        queue_problem: None,
-        ready: workers.ready,
-        min: config.min,
-        backlog,
-        decision: &decision,
-    });
-    for update in &conditions {
-        set_condition(&mut st.conditions, update, generation, &now_time);
+/// The plan's Events and its status: written when something a reader acts
+/// on changed, figures at most once a second (the next poll writes what is
+/// held back now).
+async fn carry_out(
+    pool: &WorkerPool,
+    ctx: &Context,
+    plan: Plan,
+    memory: Option<&mut PoolMemory>,
+) -> Result<Action, Error> {
+    for note in plan.events {
+        ctx.event(pool, note.warning, &note.reason, note.message)
+            .await;
     }
-    let labels = pool_labels(&ns, &name);
-    ctx.metrics.backlog.get_or_create(&labels).set(backlog);
-    ctx.metrics
-        .desired_workers
-        .get_or_create(&labels)
-        .set(i64::from(decision.replicas));
-    ctx.metrics
-        .ready_workers
-        .get_or_create(&labels)
-        .set(i64::from(workers.ready));
-    // Figures only: at most one write a second (the next poll writes what is
-    // held back now).
+    let old = pool.status.clone().unwrap_or_default();
     let now = Instant::now();
-    if status_due(&old, &st, memory.status_written, now) {
-        write_status(&api, &name, &old, &st).await?;
-        memory.status_written = Some(now);
+    let written = memory.as_ref().and_then(|m| m.status_written);
+    if status_due(&old, &plan.status, written, now) {
+        let api: Api<WorkerPool> =
+            Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+        write_status(&api, &pool.name_any(), &plan.status).await?;
+        if let Some(m) = memory {
+            m.status_written = Some(now);
+        }
     }
-    Ok(Action::requeue(ctx.settings.poll))
+    Ok(match plan.then {
+        pool_plan::Then::Requeue(after) => Action::requeue(after),
+        pool_plan::Then::AwaitChange => Action::await_change(),
+    })
 }
 
 fn pool_labels(ns: &str, name: &str) -> crate::metrics::PoolLabels {
@@ -291,19 +298,21 @@ async fn ensure_queue(
     Ok(queue)
 }
 
+/// Applies the pool's status, whole: the reconciler is its only writer.
 async fn write_status(
     api: &Api<WorkerPool>,
     name: &str,
-    old: &WorkerPoolStatus,
-    new: &WorkerPoolStatus,
+    status: &WorkerPoolStatus,
 ) -> Result<(), Error> {
-    if old == new {
-        return Ok(());
-    }
+    let body = json!({
+        "apiVersion": "cloudkon.io/v1alpha1",
+        "kind": "WorkerPool",
+        "status": status,
+    });
     api.patch_status(
         name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
+        &PatchParams::apply(POOL_RECONCILER).force(),
+        &Patch::Apply(body),
     )
     .await
     .map_err(Error::kube(format!(
@@ -340,7 +349,10 @@ async fn report_cleanup_failure(pool: &WorkerPool, ctx: &Context, message: &str)
         ctx.event(pool, true, "CleanupFailed", message.to_string())
             .await;
     }
-    if let Err(e) = write_status(&api, &name, &old, &st).await {
+    if old == st {
+        return;
+    }
+    if let Err(e) = write_status(&api, &name, &st).await {
         tracing::warn!(pool = %format!("{ns}/{name}"), error = %e, "cannot report the failed cleanup");
     }
 }

@@ -95,6 +95,16 @@ impl Aws {
         }
     }
 
+    /// A configuration made by the caller (a test's, whose clients must
+    /// not look for credentials or a region on the way).
+    pub fn from_sdk_config(sdk: SdkConfig, settings: AwsSettings) -> Self {
+        Self {
+            sdk,
+            settings,
+            stats: RequestStats::default(),
+        }
+    }
+
     /// Requests made by every client handed out by this value.
     pub fn stats(&self) -> &RequestStats {
         &self.stats

@@ -1,0 +1,455 @@
+//! What one reconcile of a TaskBatch does, decided without I/O: from what
+//! the reconciler read ([`Observed`]) to a [`Plan`] — the reconciler's part
+//! of the status (written once), the Events, the runner to start, keep or
+//! stop, the cancel mark, and when to look again. The reconciler
+//! ([`crate::batch_reconciler`]) reads, calls [`decide`], and carries it out.
+
+use std::time::Duration;
+
+use cloudkon_core::aws::S3Uri;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::crd::TaskBatch;
+use crate::crd::taskbatch::{Phase, TaskBatchStatus};
+use crate::status::{self, BatchConditionsInput, PhaseInput, set_condition};
+use crate::status_patch::StatusPatch;
+use crate::validate::Invalid;
+
+/// What a reconcile of a live batch read.
+pub struct Observed<'a> {
+    pub batch: &'a TaskBatch,
+    /// The spec's validation, with the workload file's when it was read.
+    pub validation: Result<(), Vec<Invalid>>,
+    /// The batch's WorkerPool exists.
+    pub pool_exists: bool,
+    /// The pool's queue, once the pool made it.
+    pub queue_url: Option<String>,
+    /// The workload file waits for operator memory: why.
+    pub waiting_for_memory: Option<String>,
+    /// Where results go.
+    pub results: Option<S3Uri>,
+    pub now: Time,
+}
+
+/// An Event to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The batch's runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Runner {
+    /// Stop it if it runs.
+    Stop,
+    /// Leave it as it is (running or not).
+    Leave,
+    /// Start it on the pool's queue if it is not running; hand a running one
+    /// the spec.
+    Run { queue_url: String },
+}
+
+/// When to look at the batch again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Then {
+    Requeue(Duration),
+    AwaitChange,
+    /// Delete it at this Unix second (`ttlSecondsAfterFinished`).
+    Expire {
+        at: i64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The reconciler's part of the status, whole (as server-side apply
+    /// wants it); `None` when it is what the status holds already.
+    pub status: Option<StatusPatch>,
+    pub events: Vec<Note>,
+    pub runner: Runner,
+    /// Write the batch's cancel mark in its pool's ledger (first).
+    pub cancel_mark: bool,
+    pub then: Then,
+}
+
+/// The status fields the reconciler owns, from a status: conditions,
+/// observedGeneration and the results location always; the phase and
+/// completion time only where the reconciler decides them — Pending before
+/// the runner takes over, and a finished phase (which never changes). While
+/// a runner runs, the phase is the runner's.
+pub fn reconciler_part(st: &TaskBatchStatus) -> StatusPatch {
+    let decided = st.phase.filter(|p| *p == Phase::Pending || p.is_finished());
+    StatusPatch {
+        phase: decided,
+        completion_time: decided
+            .filter(|p| p.is_finished())
+            .and(st.completion_time.clone()),
+        observed_generation: Some(st.observed_generation),
+        conditions: Some(st.conditions.clone()),
+        results: st.results.clone(),
+        ..StatusPatch::default()
+    }
+}
+
+pub fn decide(o: &Observed<'_>) -> Plan {
+    let batch = o.batch;
+    let spec = &batch.spec;
+    let old = batch.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    st.observed_generation = batch.metadata.generation;
+    let mut events = Vec::new();
+    let missing_pool = (!o.pool_exists).then_some(spec.worker_pool.as_str());
+
+    let (runner, cancel_mark, then) = if let Some(phase) = old.phase.filter(|p| p.is_finished()) {
+        // Finished: conditions, the Event, then the TTL. Given up by its
+        // failure policy (the runner ended it): its bundles still queued are
+        // skipped, once, before the condition says so.
+        let gave_up = phase == Phase::Failed
+            && status::failure_policy_verdict(spec.failure_policy.as_ref(), &old.counts).is_some();
+        let said = old.conditions.iter().any(|c| {
+            c.type_ == status::batch_condition::FAILED
+                && c.reason == status::batch_condition::FAILURE_POLICY_REASON
+        });
+        set_conditions(batch, &mut st, phase, &Ok(()), None, &o.now, &mut events);
+        let then = match (spec.ttl_seconds_after_finished, &st.completion_time) {
+            (Some(ttl), Some(done)) => Then::Expire {
+                at: done.0.as_second() + i64::from(ttl),
+            },
+            _ => Then::AwaitChange,
+        };
+        (Runner::Stop, gave_up && !said && o.pool_exists, then)
+    } else if spec.cancel == Some(true) {
+        // Workers skip (and delete) the batch's bundles still in the queue:
+        // the pool's queue is shared, so it cannot be purged for one batch.
+        let phase = status::phase_of(&PhaseInput {
+            previous: old.phase,
+            accepted: o.validation.is_ok() && o.pool_exists,
+            cancel: true,
+            enqueue_finished: enqueue_done_in(&old),
+            counts: old.counts,
+            gave_up: false,
+        });
+        st.phase = Some(phase);
+        st.completion_time = Some(o.now.clone());
+        set_conditions(
+            batch,
+            &mut st,
+            phase,
+            &o.validation,
+            missing_pool,
+            &o.now,
+            &mut events,
+        );
+        (
+            Runner::Stop,
+            o.pool_exists,
+            Then::Requeue(Duration::from_secs(1)),
+        )
+    } else if let Some(message) = &o.waiting_for_memory {
+        events.push(Note {
+            warning: false,
+            reason: "WaitingForMemory".into(),
+            message: message.clone(),
+        });
+        st.phase = Some(old.phase.unwrap_or(Phase::Pending));
+        (Runner::Leave, false, Then::Requeue(Duration::from_secs(5)))
+    } else {
+        // Not finished and not cancelled: the phase is the runner's once it
+        // runs, Pending until then.
+        let phase = old.phase.unwrap_or(Phase::Pending);
+        st.phase = Some(phase);
+        set_conditions(
+            batch,
+            &mut st,
+            phase,
+            &o.validation,
+            missing_pool,
+            &o.now,
+            &mut events,
+        );
+        match (&o.validation, &o.queue_url) {
+            (Err(_), _) => (Runner::Leave, false, Then::AwaitChange),
+            // The pool is missing, or has no queue yet: look again soon.
+            (Ok(()), None) => (Runner::Leave, false, Then::Requeue(Duration::from_secs(2))),
+            (Ok(()), Some(url)) => {
+                if let Some(r) = &o.results {
+                    st.results = Some(r.to_string());
+                }
+                // The runner drives the batch; a look now and then restarts
+                // it if it stopped on an error.
+                (
+                    Runner::Run {
+                        queue_url: url.clone(),
+                    },
+                    false,
+                    Then::Requeue(Duration::from_secs(5)),
+                )
+            }
+        }
+    };
+    let part = reconciler_part(&st);
+    Plan {
+        status: (part != reconciler_part(&old)).then_some(part),
+        events,
+        runner,
+        cancel_mark,
+        then,
+    }
+}
+
+/// Every task is in the queue (the runner wrote Running).
+pub fn enqueue_done_in(status: &TaskBatchStatus) -> bool {
+    matches!(status.phase, Some(Phase::Running))
+}
+
+/// Sets the four conditions; an Event for each that changed to a state a
+/// person wants to hear about.
+fn set_conditions(
+    batch: &TaskBatch,
+    st: &mut TaskBatchStatus,
+    phase: Phase,
+    validation: &Result<(), Vec<Invalid>>,
+    missing_pool: Option<&str>,
+    now: &Time,
+    events: &mut Vec<Note>,
+) {
+    let updates = status::batch_conditions(&BatchConditionsInput {
+        phase,
+        validation,
+        missing_pool,
+        suspend: batch.spec.suspend == Some(true),
+        counts: st.counts,
+        gave_up: (phase == Phase::Failed)
+            .then(|| status::failure_policy_verdict(batch.spec.failure_policy.as_ref(), &st.counts))
+            .flatten(),
+    });
+    for update in updates {
+        if set_condition(&mut st.conditions, &update, batch.metadata.generation, now) {
+            let (warning, reason) = match (update.type_, update.status) {
+                (status::batch_condition::ACCEPTED, false) => (true, update.reason.as_str()),
+                (status::batch_condition::ACCEPTED, true) => (false, "Accepted"),
+                (status::batch_condition::SUSPENDED, true) => (false, "Suspended"),
+                (status::batch_condition::COMPLETE, true) => (false, "Succeeded"),
+                (status::batch_condition::FAILED, true) => (true, update.reason.as_str()),
+                // Again whenever the count changes (the message says it).
+                (status::batch_condition::DEAD_LETTERED, true) => (true, "DeadLettered"),
+                _ => continue,
+            };
+            let message = if update.message.is_empty() {
+                reason.to_string()
+            } else {
+                update.message.clone()
+            };
+            events.push(Note {
+                warning,
+                reason: reason.to_string(),
+                message,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::taskbatch::TaskCounts;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).unwrap())
+    }
+
+    fn batch(extra: serde_json::Value, status: Option<TaskBatchStatus>) -> TaskBatch {
+        let mut spec =
+            json!({"workerPool": "pool", "tasks": {"inline": [{"kind": "sleep", "ms": 1000}]}});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let mut b = TaskBatch::new("b", serde_json::from_value(spec).unwrap());
+        b.metadata.generation = Some(3);
+        b.status = status;
+        b
+    }
+
+    fn observed(batch: &TaskBatch) -> Observed<'_> {
+        Observed {
+            batch,
+            validation: Ok(()),
+            pool_exists: true,
+            queue_url: Some("http://q".into()),
+            waiting_for_memory: None,
+            results: None,
+            now: at(NOW),
+        }
+    }
+
+    fn phase(p: Phase) -> Option<TaskBatchStatus> {
+        Some(TaskBatchStatus {
+            phase: Some(p),
+            ..TaskBatchStatus::default()
+        })
+    }
+
+    fn condition<'a>(part: &'a StatusPatch, type_: &str) -> (&'a str, &'a str) {
+        let c = part
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} in {part:?}"));
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_new_valid_batch_is_pending_accepted_and_its_runner_starts() {
+        let b = batch(json!({}), None);
+        let plan = decide(&observed(&b));
+        assert_eq!(
+            plan.runner,
+            Runner::Run {
+                queue_url: "http://q".into()
+            }
+        );
+        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(5)));
+        assert!(!plan.cancel_mark);
+        let part = plan.status.expect("a first status");
+        assert_eq!(part.phase, Some(Phase::Pending));
+        assert_eq!(part.observed_generation, Some(Some(3)));
+        assert_eq!(condition(&part, "Accepted"), ("True", "Valid"));
+        assert!(
+            plan.events
+                .iter()
+                .any(|e| e.reason == "Accepted" && !e.warning)
+        );
+        // Looked at again with that status: nothing to write, nothing to say.
+        let st = TaskBatchStatus {
+            phase: part.phase,
+            observed_generation: Some(3),
+            conditions: part.conditions.clone().unwrap(),
+            ..TaskBatchStatus::default()
+        };
+        let again = batch(json!({}), Some(st));
+        let plan = decide(&observed(&again));
+        assert_eq!(plan.status, None);
+        assert!(plan.events.is_empty(), "{:?}", plan.events);
+    }
+
+    #[test]
+    fn while_the_runner_runs_the_phase_is_not_the_reconcilers() {
+        let b = batch(json!({}), phase(Phase::Enqueuing));
+        let plan = decide(&observed(&b));
+        let part = plan.status.unwrap();
+        assert_eq!(part.phase, None, "the runner's");
+        assert!(matches!(plan.runner, Runner::Run { .. }));
+    }
+
+    #[test]
+    fn an_invalid_spec_or_a_missing_pool_waits_and_says_why() {
+        let b = batch(json!({}), None);
+        let mut o = observed(&b);
+        o.validation = Err(vec![Invalid {
+            field: "spec.tasks".into(),
+            message: "no tasks".into(),
+        }]);
+        let plan = decide(&o);
+        assert_eq!(plan.runner, Runner::Leave);
+        assert_eq!(plan.then, Then::AwaitChange);
+        let part = plan.status.unwrap();
+        assert_eq!(condition(&part, "Accepted").0, "False");
+        assert!(plan.events.iter().any(|e| e.warning));
+
+        let mut o = observed(&b);
+        o.pool_exists = false;
+        o.queue_url = None;
+        let plan = decide(&o);
+        assert_eq!(plan.runner, Runner::Leave);
+        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(2)));
+        assert_eq!(
+            condition(plan.status.as_ref().unwrap(), "Accepted").0,
+            "False"
+        );
+    }
+
+    #[test]
+    fn cancel_stops_the_runner_marks_the_ledger_and_ends_cancelled() {
+        let b = batch(json!({"cancel": true}), phase(Phase::Running));
+        let plan = decide(&observed(&b));
+        assert_eq!(plan.runner, Runner::Stop);
+        assert!(plan.cancel_mark);
+        let part = plan.status.unwrap();
+        assert_eq!(part.phase, Some(Phase::Cancelled));
+        assert_eq!(part.completion_time, Some(at(NOW)));
+        // No pool, no ledger to mark.
+        let mut o = observed(&b);
+        o.pool_exists = false;
+        assert!(!decide(&o).cancel_mark);
+    }
+
+    #[test]
+    fn a_finished_batch_keeps_its_phase_stops_its_runner_and_expires_after_its_ttl() {
+        let mut st = phase(Phase::Succeeded).unwrap();
+        st.completion_time = Some(at(NOW - 10));
+        st.counts = TaskCounts {
+            total: 1,
+            enqueued: 1,
+            succeeded: 1,
+            ..TaskCounts::default()
+        };
+        let b = batch(
+            json!({"ttlSecondsAfterFinished": 60, "cancel": true}),
+            Some(st),
+        );
+        let plan = decide(&observed(&b));
+        assert_eq!(plan.runner, Runner::Stop);
+        assert!(!plan.cancel_mark, "finished before the cancel");
+        assert_eq!(plan.then, Then::Expire { at: NOW + 50 });
+        let part = plan.status.unwrap();
+        assert_eq!(part.phase, Some(Phase::Succeeded));
+        assert_eq!(part.completion_time, Some(at(NOW - 10)));
+        assert_eq!(condition(&part, "Complete"), ("True", "AllTasksSucceeded"));
+    }
+
+    #[test]
+    fn a_batch_given_up_by_its_failure_policy_is_marked_once() {
+        let mut st = phase(Phase::Failed).unwrap();
+        st.counts = TaskCounts {
+            enqueued: 200,
+            succeeded: 10,
+            failed: 90,
+            ..TaskCounts::default()
+        };
+        let b = batch(
+            json!({"failurePolicy": {"maxFailedPercent": 20}}),
+            Some(st.clone()),
+        );
+        let plan = decide(&observed(&b));
+        assert!(plan.cancel_mark);
+        let part = plan.status.unwrap();
+        assert_eq!(
+            condition(&part, "Failed"),
+            ("True", status::batch_condition::FAILURE_POLICY_REASON)
+        );
+        // Said once: the next look marks nothing.
+        st.conditions = part.conditions.unwrap();
+        let b = batch(json!({"failurePolicy": {"maxFailedPercent": 20}}), Some(st));
+        assert!(!decide(&observed(&b)).cancel_mark);
+    }
+
+    #[test]
+    fn a_workload_waiting_for_memory_says_so_and_looks_again() {
+        let b = batch(json!({}), None);
+        let mut o = observed(&b);
+        o.waiting_for_memory = Some("waiting for memory".into());
+        let plan = decide(&o);
+        assert_eq!(plan.runner, Runner::Leave);
+        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(5)));
+        assert_eq!(plan.events[0].reason, "WaitingForMemory");
+        assert_eq!(plan.status.unwrap().phase, Some(Phase::Pending));
+    }
+}

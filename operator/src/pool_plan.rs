@@ -1,0 +1,304 @@
+//! What one reconcile of a WorkerPool writes, decided without I/O: from
+//! what the reconciler read and the scaler's decision ([`Observed`]) to a
+//! [`Plan`] — the whole status, the Events, and when to look again. The
+//! reconciler ([`crate::pool_reconciler`]) reads, asks the scaler
+//! ([`crate::scale`]), calls [`decide`], then scales and writes once.
+
+use std::time::Duration;
+
+use cloudkon_core::aws::QueueStats;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::batch_plan::Note;
+use crate::build::POOL_LABEL;
+use crate::crd::WorkerPool;
+use crate::crd::workerpool::WorkerPoolStatus;
+use crate::scale::Decision;
+use crate::shares::PoolWork;
+use crate::status::{self, ConditionUpdate, PoolConditionsInput, set_condition};
+use crate::validate::{self, Invalid};
+use crate::worker_fleet::ObservedWorkers;
+
+/// What a reconcile of a pool found.
+pub enum Observed<'a> {
+    /// The spec is refused: nothing else was read.
+    Invalid(&'a [Invalid]),
+    /// The queue could not be made: why.
+    QueueUnavailable(String),
+    /// The queue, the workers, the work, and the scaler's decision.
+    Running(Running<'a>),
+}
+
+pub struct Running<'a> {
+    pub queue_url: String,
+    pub dead_letter_queue_url: Option<String>,
+    pub stats: QueueStats,
+    pub workers: ObservedWorkers,
+    pub work: PoolWork,
+    pub decision: &'a Decision,
+    pub min: i32,
+    pub slots_per_worker: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The pool's status, whole.
+    pub status: WorkerPoolStatus,
+    pub events: Vec<Note>,
+    /// Workers added (+) or removed (−) by the decision.
+    pub change: i32,
+    pub then: Then,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Then {
+    Requeue(Duration),
+    AwaitChange,
+}
+
+pub fn decide(pool: &WorkerPool, o: &Observed<'_>, poll: Duration, now: &Time) -> Plan {
+    let generation = pool.metadata.generation;
+    let old = pool.status.clone().unwrap_or_default();
+    let mut st = old;
+    st.observed_generation = generation;
+    // A condition that went wrong is said in a warning Event too.
+    let failed = |st: &mut WorkerPoolStatus, update: ConditionUpdate| {
+        set_condition(&mut st.conditions, &update, generation, now)
+            .then_some(Note {
+                warning: true,
+                reason: update.reason,
+                message: update.message,
+            })
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let r = match o {
+        Observed::Invalid(problems) => {
+            let update = ConditionUpdate::new(
+                status::pool_condition::ACCEPTED,
+                false,
+                "InvalidSpec",
+                validate::summary(problems),
+            );
+            let events = failed(&mut st, update);
+            return Plan {
+                status: st,
+                events,
+                change: 0,
+                then: Then::AwaitChange,
+            };
+        }
+        Observed::QueueUnavailable(why) => {
+            let update = ConditionUpdate::new(
+                status::pool_condition::QUEUE_READY,
+                false,
+                "QueueUnavailable",
+                format!("cannot create the queue: {why}"),
+            );
+            let events = failed(&mut st, update);
+            return Plan {
+                status: st,
+                events,
+                change: 0,
+                then: Then::Requeue(Duration::from_secs(5)),
+            };
+        }
+        Observed::Running(r) => r,
+    };
+    st.queue_url = Some(r.queue_url.clone());
+    st.dead_letter_queue_url = r.dead_letter_queue_url.clone();
+    let (stats, workers, decision) = (&r.stats, &r.workers, r.decision);
+    let backlog = stats.visible + stats.in_flight + stats.delayed;
+    if backlog > 0 {
+        st.last_active_time = Some(now.clone());
+    }
+    let change = decision.replicas - workers.current;
+    let mut events = Vec::new();
+    if change != 0 {
+        st.last_scale_time = Some(now.clone());
+        st.last_scale_reason = Some(decision.reason.clone());
+        events.push(Note {
+            warning: false,
+            reason: if change > 0 { "ScaledUp" } else { "ScaledDown" }.into(),
+            message: format!(
+                "workers {} -> {}: {}",
+                workers.current, decision.replicas, decision.reason
+            ),
+        });
+    }
+    let backlog = i64::try_from(backlog).unwrap_or(i64::MAX);
+    let work = &r.work;
+    st.replicas = workers.current;
+    st.ready_replicas = workers.ready;
+    st.desired_replicas = decision.replicas;
+    st.workers = Some(status::workers_column(workers.ready, decision.replicas));
+    st.selector = Some(format!(
+        "{POOL_LABEL}={}",
+        pool.metadata.name.as_deref().unwrap_or_default()
+    ));
+    st.backlog = backlog;
+    st.backlog_visible = i64::try_from(stats.visible + stats.delayed).unwrap_or(i64::MAX);
+    st.backlog_in_flight = i64::try_from(stats.in_flight).unwrap_or(i64::MAX);
+    st.density = Some(status::density(backlog, workers.ready));
+    st.work_tasks = i64::try_from(work.tasks).unwrap_or(i64::MAX);
+    st.work_seconds = (work.tasks > 0).then(|| status::round(work.task_seconds));
+    st.estimated_drain_seconds = (work.tasks > 0 && workers.ready > 0).then(|| {
+        let slots = f64::from(workers.ready) * r.slots_per_worker.max(1) as f64;
+        status::round(work.task_seconds / slots)
+    });
+    let conditions = status::pool_conditions(&PoolConditionsInput {
+        validation: &Ok(()),
+        queue_problem: None,
+        ready: workers.ready,
+        min: r.min,
+        backlog,
+        decision,
+    });
+    for update in &conditions {
+        set_condition(&mut st.conditions, update, generation, now);
+    }
+    Plan {
+        status: st,
+        events,
+        change,
+        then: Then::Requeue(poll),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn pool(status: Option<WorkerPoolStatus>) -> WorkerPool {
+        let mut pool: WorkerPool =
+            serde_yaml::from_str(include_str!("../../examples/workerpool.yaml")).unwrap();
+        pool.metadata.namespace = Some("batch".into());
+        pool.metadata.generation = Some(2);
+        pool.status = status;
+        pool
+    }
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn decision(replicas: i32) -> Decision {
+        Decision {
+            replicas,
+            recommendation: replicas,
+            constraint: None,
+            reason: format!("backlog asks for {replicas}"),
+        }
+    }
+
+    fn running(d: &Decision, current: i32, visible: u64) -> Observed<'_> {
+        Observed::Running(Running {
+            queue_url: "http://q".into(),
+            dead_letter_queue_url: Some("http://q-dlq".into()),
+            stats: QueueStats {
+                visible,
+                in_flight: 2,
+                delayed: 0,
+            },
+            workers: ObservedWorkers {
+                current,
+                ready: current,
+                missing: false,
+            },
+            work: PoolWork {
+                tasks: 40,
+                task_seconds: 80.0,
+                ..PoolWork::default()
+            },
+            decision: d,
+            min: 0,
+            slots_per_worker: 4,
+        })
+    }
+
+    fn reason<'a>(st: &'a WorkerPoolStatus, type_: &str) -> (&'a str, &'a str) {
+        let c = st.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    const POLL: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_scale_up_is_written_said_and_figured() {
+        let d = decision(5);
+        let plan = decide(&pool(None), &running(&d, 2, 8), POLL, &now());
+        assert_eq!(plan.change, 3);
+        assert_eq!(plan.then, Then::Requeue(POLL));
+        assert_eq!(plan.events.len(), 1);
+        assert_eq!(plan.events[0].reason, "ScaledUp");
+        assert_eq!(plan.events[0].message, "workers 2 -> 5: backlog asks for 5");
+        let st = &plan.status;
+        assert_eq!(st.observed_generation, Some(2));
+        assert_eq!((st.replicas, st.desired_replicas), (2, 5));
+        assert_eq!(st.backlog, 10);
+        assert_eq!(st.workers.as_deref(), Some("2/5"));
+        assert_eq!(st.last_scale_time, Some(now()));
+        assert_eq!(st.last_active_time, Some(now()));
+        assert_eq!(st.queue_url.as_deref(), Some("http://q"));
+        // 80 task-seconds over 2 ready workers × 4 slots.
+        assert_eq!(st.estimated_drain_seconds, Some(10.0));
+        assert_eq!(reason(st, "Accepted"), ("True", "Valid"));
+    }
+
+    #[test]
+    fn no_change_no_event_and_an_idle_pool_keeps_its_last_active_time() {
+        let d = decision(2);
+        let old = WorkerPoolStatus {
+            last_active_time: Some(Time(Timestamp::from_second(1).unwrap())),
+            ..WorkerPoolStatus::default()
+        };
+        let Observed::Running(mut r) = running(&d, 2, 0) else {
+            unreachable!()
+        };
+        r.stats.in_flight = 0;
+        let plan = decide(
+            &pool(Some(old.clone())),
+            &Observed::Running(r),
+            POLL,
+            &now(),
+        );
+        assert_eq!(plan.change, 0);
+        assert!(plan.events.is_empty());
+        assert_eq!(plan.status.last_active_time, old.last_active_time);
+        assert_eq!(plan.status.last_scale_time, None);
+    }
+
+    #[test]
+    fn a_refused_spec_or_a_missing_queue_says_why_once() {
+        let problems = vec![Invalid {
+            field: "spec.workers.max".into(),
+            message: "must be at least 1".into(),
+        }];
+        let plan = decide(&pool(None), &Observed::Invalid(&problems), POLL, &now());
+        assert_eq!(plan.then, Then::AwaitChange);
+        assert_eq!(reason(&plan.status, "Accepted"), ("False", "InvalidSpec"));
+        assert_eq!(plan.events.len(), 1);
+        assert!(plan.events[0].warning);
+        // Said already: the status holds it, no second Event.
+        let again = decide(
+            &pool(Some(plan.status.clone())),
+            &Observed::Invalid(&problems),
+            POLL,
+            &now(),
+        );
+        assert!(again.events.is_empty());
+        assert_eq!(again.status, plan.status);
+
+        let plan = decide(
+            &pool(None),
+            &Observed::QueueUnavailable("throttled".into()),
+            POLL,
+            &now(),
+        );
+        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(5)));
+        let (status, why) = reason(&plan.status, "QueueReady");
+        assert_eq!((status, why), ("False", "QueueUnavailable"));
+        assert_eq!(plan.events[0].message, "cannot create the queue: throttled");
+    }
+}

@@ -1,0 +1,322 @@
+//! The reconcilers against a scripted API server: kube's client runs over a
+//! tower service that answers each request from a script and keeps it, so a
+//! test says what the API server holds and checks what the reconciler asked
+//! of it — which writes, by which field manager, how many. No AWS request is
+//! made on these paths (the AWS clients point at a closed loopback port).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use cloudkon_core::aws::{Aws, AwsSettings};
+use cloudkon_operator::context::{Context, FINALIZER, Settings};
+use cloudkon_operator::crd::{TaskBatch, WorkerPool};
+use cloudkon_operator::{batch_reconciler, pool_reconciler};
+use http::{Request, Response};
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+
+/// A request the reconciler made.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    /// Path and query.
+    uri: String,
+    body: Value,
+}
+
+impl Seen {
+    fn is_status_write(&self) -> bool {
+        self.method == "PATCH" && self.uri.contains("/status?")
+    }
+
+    fn is_event(&self) -> bool {
+        self.method == "POST" && self.uri.contains("/events")
+    }
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
+/// A client whose API server is `script`: (status code, JSON body) for
+/// each request.
+fn scripted(script: impl Fn(&Seen) -> (u16, Value) + Send + Sync + 'static) -> (Client, Log) {
+    let log: Log = Arc::default();
+    let kept = log.clone();
+    let script = Arc::new(script);
+    let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+        let (kept, script) = (kept.clone(), script.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.expect("a request body");
+            let seen = Seen {
+                method: parts.method.to_string(),
+                uri: parts.uri.to_string(),
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            };
+            let (code, answer) = script(&seen);
+            kept.lock().unwrap().push(seen);
+            let response = Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&answer).unwrap(),
+                ))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    (Client::new(service, "default"), log)
+}
+
+fn context(client: Client) -> Arc<Context> {
+    // A region and an endpoint given, so that nothing looks for them (the
+    // instance metadata service least of all); nothing is sent there.
+    let sdk = SdkConfig::builder()
+        .region(Region::new("us-east-1"))
+        .endpoint_url("http://127.0.0.1:9")
+        .behavior_version(BehaviorVersion::latest())
+        .build();
+    let aws = Aws::from_sdk_config(sdk, AwsSettings::default());
+    let settings = Settings::default();
+    Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "cloudkon-operator".into(),
+                instance: None,
+            },
+        ),
+        client,
+        sqs: aws.sqs(),
+        s3: aws.s3(),
+        aws,
+        metrics: Default::default(),
+        workload_memory: cloudkon_operator::workload_memory::WorkloadMemory::new(
+            settings.workload_memory_bytes,
+        ),
+        settings,
+        pools: Default::default(),
+        runners: Default::default(),
+        shares: Default::default(),
+        wake_pool: tokio::sync::mpsc::unbounded_channel().0,
+        cleanup_retries: Default::default(),
+        reconcile_retries: Default::default(),
+    })
+}
+
+fn batch(spec: Value, status: Option<Value>) -> TaskBatch {
+    let mut object = json!({
+        "apiVersion": "cloudkon.io/v1alpha1",
+        "kind": "TaskBatch",
+        "metadata": {"name": "b", "namespace": "ns", "uid": "u-1", "generation": 1,
+                     "finalizers": [FINALIZER]},
+        "spec": spec,
+    });
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    serde_json::from_value(object).unwrap()
+}
+
+fn sleep_spec(extra: Value) -> Value {
+    let mut spec = json!({"workerPool": "pool",
+                          "tasks": {"inline": [{"kind": "sleep", "ms": 1000}]}});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    spec
+}
+
+/// The API server of a namespace that holds the batch and not its pool:
+/// the pool's read is a 404, a write to the batch answers the batch (as it
+/// was: the reconciler reads nothing of the answer), an Event itself.
+async fn reconcile_batch(b: TaskBatch) -> (Action, Vec<Seen>) {
+    let object = serde_json::to_value(&b).unwrap();
+    let (client, log) = scripted(move |seen| {
+        if seen.method == "GET" && seen.uri.contains("/workerpools/pool") {
+            not_found()
+        } else if seen.uri.contains("/taskbatches/b") {
+            (200, object.clone())
+        } else {
+            (201, seen.body.clone())
+        }
+    });
+    let action = batch_reconciler::reconcile(Arc::new(b), context(client))
+        .await
+        .expect("a reconcile");
+    let seen = log.lock().unwrap().clone();
+    (action, seen)
+}
+
+fn status_writes(seen: &[Seen]) -> Vec<&Seen> {
+    seen.iter().filter(|s| s.is_status_write()).collect()
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+#[tokio::test]
+async fn a_batch_whose_pool_is_missing_is_reported_in_one_status_apply_and_a_warning() {
+    let (action, seen) = reconcile_batch(batch(sleep_spec(json!({})), None)).await;
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(2)),
+        "{seen:#?}"
+    );
+    let writes = status_writes(&seen);
+    assert_eq!(writes.len(), 1, "one status write: {seen:#?}");
+    let write = writes[0];
+    assert!(
+        write.uri.contains("/namespaces/ns/taskbatches/b/status?")
+            && write.uri.contains("fieldManager=cloudkon-reconciler")
+            && write.uri.contains("force=true"),
+        "server-side apply by the reconciler: {}",
+        write.uri
+    );
+    assert_eq!(write.body["kind"], "TaskBatch");
+    let status = &write.body["status"];
+    assert_eq!(status["phase"], "Pending");
+    assert_eq!(status["observedGeneration"], 1);
+    let accepted = condition(status, "Accepted");
+    assert_eq!(
+        (&accepted["status"], &accepted["reason"]),
+        (&json!("False"), &json!("WorkerPoolNotFound"))
+    );
+    // Nothing of the runner's.
+    assert!(status.get("counts").is_none(), "{status}");
+    let events: Vec<_> = seen.iter().filter(|s| s.is_event()).collect();
+    assert_eq!(events.len(), 1, "{seen:#?}");
+    assert_eq!(events[0].body["type"], "Warning");
+    assert_eq!(events[0].body["reason"], "WorkerPoolNotFound");
+}
+
+#[tokio::test]
+async fn a_cancelled_batch_ends_cancelled_by_the_reconcilers_apply() {
+    let running = json!({"phase": "Running", "counts": {"total": 5, "enqueued": 5}});
+    let b = batch(sleep_spec(json!({"cancel": true})), Some(running));
+    let (action, seen) = reconcile_batch(b).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    let writes = status_writes(&seen);
+    assert_eq!(writes.len(), 1, "{seen:#?}");
+    let status = &writes[0].body["status"];
+    assert_eq!(status["phase"], "Cancelled");
+    assert!(status["completionTime"].is_string(), "{status}");
+    assert!(status.get("counts").is_none(), "the runner's: {status}");
+}
+
+#[tokio::test]
+async fn a_finished_batch_seen_again_writes_nothing() {
+    let done = json!({"phase": "Succeeded", "completionTime": "2026-11-30T10:00:00Z",
+                      "counts": {"total": 1, "enqueued": 1, "succeeded": 1}});
+    let (action, seen) = reconcile_batch(batch(sleep_spec(json!({})), Some(done))).await;
+    assert_eq!(action, Action::await_change());
+    let writes = status_writes(&seen);
+    assert_eq!(writes.len(), 1, "the conditions, once: {seen:#?}");
+    let status = &writes[0].body["status"];
+    assert_eq!(status["phase"], "Succeeded");
+    assert_eq!(condition(status, "Complete")["status"], "True");
+    // The status as written, read back: nothing more to write or say.
+    let mut whole = status.clone();
+    whole["counts"] = json!({"total": 1, "enqueued": 1, "succeeded": 1});
+    let (_, again) = reconcile_batch(batch(sleep_spec(json!({})), Some(whole))).await;
+    assert!(
+        again.iter().all(|s| s.method == "GET"),
+        "only reads: {again:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_without_the_finalizer_gets_it_before_anything_else() {
+    let mut b = batch(sleep_spec(json!({})), None);
+    b.metadata.finalizers = None;
+    let (_, seen) = reconcile_batch(b).await;
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].method, "PATCH");
+    assert!(
+        seen[0]
+            .uri
+            .starts_with("/apis/cloudkon.io/v1alpha1/namespaces/ns/taskbatches/b?")
+    );
+    assert!(
+        seen[0].body.to_string().contains(FINALIZER),
+        "{}",
+        seen[0].body
+    );
+}
+
+fn pool(spec: Value, status: Option<Value>) -> WorkerPool {
+    let mut object = json!({
+        "apiVersion": "cloudkon.io/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "pool", "namespace": "ns", "uid": "p-1", "generation": 4,
+                     "finalizers": [FINALIZER]},
+        "spec": spec,
+    });
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    serde_json::from_value(object).unwrap()
+}
+
+#[tokio::test]
+async fn an_invalid_pool_is_said_once_in_its_status_applied_whole() {
+    let invalid = json!({"workers": {"min": 5, "max": 2}, "template": {"image": "w:1"}});
+    let object = serde_json::to_value(pool(invalid.clone(), None)).unwrap();
+    let (client, log) = scripted(move |seen| {
+        if seen.uri.contains("/workerpools/pool") {
+            (200, object.clone())
+        } else {
+            (201, seen.body.clone())
+        }
+    });
+    let action = pool_reconciler::reconcile(Arc::new(pool(invalid.clone(), None)), context(client))
+        .await
+        .expect("a reconcile");
+    assert_eq!(action, Action::await_change());
+    let seen = log.lock().unwrap().clone();
+    let writes = status_writes(&seen);
+    assert_eq!(writes.len(), 1, "{seen:#?}");
+    assert!(
+        writes[0]
+            .uri
+            .contains("/namespaces/ns/workerpools/pool/status?")
+            && writes[0]
+                .uri
+                .contains("fieldManager=cloudkon-pool-reconciler"),
+        "{}",
+        writes[0].uri
+    );
+    let status = writes[0].body["status"].clone();
+    assert_eq!(status["observedGeneration"], 4);
+    let accepted = condition(&status, "Accepted");
+    assert_eq!(accepted["reason"], "InvalidSpec");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.workers"),
+        "{accepted}"
+    );
+    assert_eq!(seen.iter().filter(|s| s.is_event()).count(), 1, "{seen:#?}");
+    // Seen again with that status: nothing to write, nothing to say.
+    let (client, log) = scripted(|seen| (201, seen.body.clone()));
+    pool_reconciler::reconcile(Arc::new(pool(invalid, Some(status))), context(client))
+        .await
+        .expect("a reconcile");
+    let again = log.lock().unwrap().clone();
+    assert!(again.is_empty(), "{again:#?}");
+}

@@ -32,6 +32,7 @@ use crate::workload_memory::Workload;
 
 pub async fn reconcile(batch: Arc<TaskBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = batch.namespace().unwrap_or_default();
+    let what = format!("TaskBatch {ns}/{}", batch.name_any());
     let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, batch, |event| async {
         match event {
@@ -40,7 +41,7 @@ pub async fn reconcile(batch: Arc<TaskBatch>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .await
-    .map_err(|e| Error::from_finalizer(&format!("TaskBatch {ns}"), e))
+    .map_err(|e| Error::from_finalizer(&what, e))
 }
 
 fn uid(batch: &TaskBatch) -> String {

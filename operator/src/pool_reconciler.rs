@@ -61,6 +61,7 @@ fn status_due(
 
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
+    let what = format!("WorkerPool {ns}/{}", pool.name_any());
     let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, pool, |event| async {
         match event {
@@ -69,7 +70,7 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .await
-    .map_err(|e| Error::from_finalizer(&format!("WorkerPool {ns}"), e))
+    .map_err(|e| Error::from_finalizer(&what, e))
 }
 
 fn uid(pool: &WorkerPool) -> String {

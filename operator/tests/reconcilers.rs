@@ -172,11 +172,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 #[tokio::test]
 async fn a_batch_whose_pool_is_missing_is_reported_in_one_status_apply_and_a_warning() {
     let (action, seen) = reconcile_batch(batch(sleep_spec(json!({})), None)).await;
-    assert_eq!(
-        action,
-        Action::requeue(Duration::from_secs(2)),
-        "{seen:#?}"
-    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)), "{seen:#?}");
     let writes = status_writes(&seen);
     assert_eq!(writes.len(), 1, "one status write: {seen:#?}");
     let write = writes[0];
@@ -319,4 +315,26 @@ async fn an_invalid_pool_is_said_once_in_its_status_applied_whole() {
         .expect("a reconcile");
     let again = log.lock().unwrap().clone();
     assert!(again.is_empty(), "{again:#?}");
+}
+
+#[tokio::test]
+async fn a_failed_write_names_the_object_with_its_namespace() {
+    let b = batch(sleep_spec(json!({})), None);
+    let (client, _) = scripted(|seen| {
+        if seen.method == "GET" {
+            not_found()
+        } else {
+            (
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "InternalError", "code": 500, "message": "etcd is down"}),
+            )
+        }
+    });
+    let error = batch_reconciler::reconcile(Arc::new(b), context(client))
+        .await
+        .expect_err("the status write fails");
+    let message = error.to_string();
+    assert!(message.contains("TaskBatch ns/b"), "{message}");
+    assert!(message.contains("etcd is down"), "{message}");
 }

@@ -101,8 +101,18 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     st.observed_generation = batch.metadata.generation;
     let mut events = Vec::new();
     let missing_pool = (!o.pool_exists).then_some(spec.worker_pool.as_str());
+    // The phase as the status and spec say it; the failure policy's verdict
+    // is the runner's to act on (it stops enqueueing first).
+    let phase = status::phase_of(&PhaseInput {
+        previous: old.phase,
+        accepted: o.validation.is_ok() && o.pool_exists,
+        cancel: spec.cancel == Some(true),
+        enqueue_finished: enqueue_done_in(&old),
+        counts: old.counts,
+        gave_up: false,
+    });
 
-    let (runner, cancel_mark, then) = if let Some(phase) = old.phase.filter(|p| p.is_finished()) {
+    let (runner, cancel_mark, then) = if old.phase.is_some_and(|p| p.is_finished()) {
         // Finished: conditions, the Event, then the TTL. Given up by its
         // failure policy (the runner ended it): its bundles still queued are
         // skipped, once, before the condition says so.
@@ -120,17 +130,9 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             _ => Then::AwaitChange,
         };
         (Runner::Stop, gave_up && !said && o.pool_exists, then)
-    } else if spec.cancel == Some(true) {
+    } else if phase == Phase::Cancelled {
         // Workers skip (and delete) the batch's bundles still in the queue:
         // the pool's queue is shared, so it cannot be purged for one batch.
-        let phase = status::phase_of(&PhaseInput {
-            previous: old.phase,
-            accepted: o.validation.is_ok() && o.pool_exists,
-            cancel: true,
-            enqueue_finished: enqueue_done_in(&old),
-            counts: old.counts,
-            gave_up: false,
-        });
         st.phase = Some(phase);
         st.completion_time = Some(o.now.clone());
         set_conditions(
@@ -153,12 +155,11 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             reason: "WaitingForMemory".into(),
             message: message.clone(),
         });
-        st.phase = Some(old.phase.unwrap_or(Phase::Pending));
+        st.phase = Some(phase);
         (Runner::Leave, false, Then::Requeue(Duration::from_secs(5)))
     } else {
         // Not finished and not cancelled: the phase is the runner's once it
-        // runs, Pending until then.
-        let phase = old.phase.unwrap_or(Phase::Pending);
+        // runs (the reconciler applies it only as Pending, or once finished).
         st.phase = Some(phase);
         set_conditions(
             batch,
@@ -347,6 +348,27 @@ mod tests {
         let part = plan.status.unwrap();
         assert_eq!(part.phase, None, "the runner's");
         assert!(matches!(plan.runner, Runner::Run { .. }));
+    }
+
+    #[test]
+    fn the_phase_is_status_phase_of_what_the_status_says() {
+        // Every task enqueued and finished: Succeeded, whoever looks first.
+        let mut st = phase(Phase::Running).unwrap();
+        st.counts = TaskCounts {
+            total: 2,
+            enqueued: 2,
+            succeeded: 2,
+            ..TaskCounts::default()
+        };
+        let b = batch(json!({}), Some(st));
+        let part = decide(&observed(&b)).status.unwrap();
+        assert_eq!(part.phase, Some(Phase::Succeeded));
+        assert_eq!(condition(&part, "Complete").0, "True");
+        // Some enqueued, the runner's Enqueuing: left to the runner.
+        let mut st = phase(Phase::Enqueuing).unwrap();
+        st.counts.enqueued = 5;
+        let b = batch(json!({}), Some(st));
+        assert_eq!(decide(&observed(&b)).status.unwrap().phase, None);
     }
 
     #[test]

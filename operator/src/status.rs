@@ -38,7 +38,7 @@ pub struct PhaseInput {
 /// - every task enqueued and finished → Failed if any failed, else Succeeded
 ///   (an empty batch succeeds);
 /// - every task enqueued → Running;
-/// - some enqueued → Enqueuing; none → Pending.
+/// - some enqueued (or Enqueuing already) → Enqueuing; none → Pending.
 pub fn phase_of(input: &PhaseInput) -> Phase {
     if let Some(previous) = input.previous.filter(|p| p.is_finished()) {
         return previous;
@@ -63,7 +63,9 @@ pub fn phase_of(input: &PhaseInput) -> Phase {
         }
         return Phase::Running;
     }
-    if c.enqueued > 0 {
+    // Never back from Enqueuing (a checkpoint may say so before its first
+    // task is counted).
+    if c.enqueued > 0 || input.previous == Some(Phase::Enqueuing) {
         Phase::Enqueuing
     } else {
         Phase::Pending
@@ -476,6 +478,15 @@ mod tests {
                 false,
                 false,
                 counts(0, 500, 10, 0),
+                Enqueuing,
+            ),
+            (
+                "never back from enqueuing",
+                Some(Enqueuing),
+                true,
+                false,
+                false,
+                counts(0, 0, 0, 0),
                 Enqueuing,
             ),
             (

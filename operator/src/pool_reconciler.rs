@@ -10,11 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use cloudkon_core::aws::{QueueOptions, QueueStats, SqsQueue};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use crate::build;
 use crate::context::{Context, FINALIZER};
@@ -27,6 +25,7 @@ use crate::provider::Ec2Provider;
 use crate::scale::{self, Decision, ScaleConfig};
 use crate::shares::PoolWork;
 use crate::status::{self, set_condition};
+use crate::status_patch;
 use crate::validate;
 use crate::worker_fleet::{ObservedWorkers, WorkerFleet};
 
@@ -305,21 +304,7 @@ async fn write_status(
     name: &str,
     status: &WorkerPoolStatus,
 ) -> Result<(), Error> {
-    let body = json!({
-        "apiVersion": "cloudkon.io/v1alpha1",
-        "kind": "WorkerPool",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(POOL_RECONCILER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "cannot write the status of WorkerPool {name}"
-    )))?;
-    Ok(())
+    status_patch::apply_status(api, name, POOL_RECONCILER, status).await
 }
 
 /// The finalizer: releases the fleet and deletes the queues. What is already

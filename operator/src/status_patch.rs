@@ -5,10 +5,13 @@
 //! change (in memory, or merged into a part), a field left `None` stays as it
 //! is and `Some(None)` (where a field can be cleared) removes it.
 
+use std::fmt::Debug;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::crd::TaskBatch;
@@ -221,10 +224,23 @@ pub async fn apply(
     manager: &str,
     part: &StatusPatch,
 ) -> Result<(), Error> {
+    apply_status(api, name, manager, part.to_apply_value()).await
+}
+
+/// Applies `status` as the status of `K` `name`, owned by `manager`.
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    manager: &str,
+    status: impl Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
     let body = json!({
-        "apiVersion": "cloudkon.io/v1alpha1",
-        "kind": "TaskBatch",
-        "status": part.to_apply_value(),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
     });
     api.patch_status(
         name,
@@ -233,7 +249,8 @@ pub async fn apply(
     )
     .await
     .map_err(Error::kube(format!(
-        "cannot write the status of TaskBatch {name}"
+        "cannot write the status of {} {name}",
+        K::kind(&())
     )))?;
     Ok(())
 }

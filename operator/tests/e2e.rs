@@ -2986,9 +2986,8 @@ fn a_batchs_cost_in_status_is_what_the_workers_and_the_operator_counted() {
         + cost.worker_seconds / 3600.0 * 0.36;
     // The status rounds each count to 0.01 and the dollars to four
     // significant digits: the table applied to its counts agrees within that.
-    let rounding = 0.005 * (0.50 + 0.625 + 5.0 + 0.40) / 1e6
-        + 0.005 / 3600.0 * 0.36
-        + 0.5e-3 * expected;
+    let rounding =
+        0.005 * (0.50 + 0.625 + 5.0 + 0.40) / 1e6 + 0.005 / 3600.0 * 0.36 + 0.5e-3 * expected;
     assert!(
         (cost.dollars - expected).abs() <= rounding,
         "{} dollars, expected {expected} within {rounding}",

@@ -114,18 +114,30 @@ fn context(client: Client) -> Arc<Context> {
     })
 }
 
-fn batch(spec: Value, status: Option<Value>) -> TaskBatch {
+/// An object as the API server holds it, with the operator's finalizer.
+fn object<K: serde::de::DeserializeOwned>(
+    kind: &str,
+    metadata: Value,
+    spec: Value,
+    status: Option<Value>,
+) -> K {
     let mut object = json!({
         "apiVersion": "cloudkon.io/v1alpha1",
-        "kind": "TaskBatch",
-        "metadata": {"name": "b", "namespace": "ns", "uid": "u-1", "generation": 1,
-                     "finalizers": [FINALIZER]},
+        "kind": kind,
+        "metadata": metadata,
         "spec": spec,
     });
+    object["metadata"]["namespace"] = json!("ns");
+    object["metadata"]["finalizers"] = json!([FINALIZER]);
     if let Some(status) = status {
         object["status"] = status;
     }
     serde_json::from_value(object).unwrap()
+}
+
+fn batch(spec: Value, status: Option<Value>) -> TaskBatch {
+    let metadata = json!({"name": "b", "uid": "u-1", "generation": 1});
+    object("TaskBatch", metadata, spec, status)
 }
 
 fn sleep_spec(extra: Value) -> Value {
@@ -255,17 +267,8 @@ async fn a_batch_without_the_finalizer_gets_it_before_anything_else() {
 }
 
 fn pool(spec: Value, status: Option<Value>) -> WorkerPool {
-    let mut object = json!({
-        "apiVersion": "cloudkon.io/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": "pool", "namespace": "ns", "uid": "p-1", "generation": 4,
-                     "finalizers": [FINALIZER]},
-        "spec": spec,
-    });
-    if let Some(status) = status {
-        object["status"] = status;
-    }
-    serde_json::from_value(object).unwrap()
+    let metadata = json!({"name": "pool", "uid": "p-1", "generation": 4});
+    object("WorkerPool", metadata, spec, status)
 }
 
 #[tokio::test]

@@ -20,11 +20,16 @@
 #                               START_TIMEOUT after NAME started
 #   sv_stop NAME...             TERM (and CONT, if a test left it SIGSTOPped)
 #                               the process group of each that runs, all at
-#                               once; KILL what is left after STOP_TIMEOUT;
-#                               wait (3 s at most) until they are reaped, so
-#                               that `ps` right after is clean; remove the pid
-#                               files, of those not running too
+#                               once; wait until they exit, KILL what is left
+#                               after STOP_TIMEOUT; remove the pid files, of
+#                               those not running too
+#   sv_wait_reaped              wait (3 s at most) until every process that
+#                               sv_stop stopped has left the process table, so
+#                               that `ps` right after is clean: an exited
+#                               server whose parent is gone is reaped by PID 1,
+#                               lazily (1 to 2 s on this VM)
 #   sv_pid NAME                 the recorded PID, empty if none
+#   sv_read FILE                its first line, empty if there is none
 #   proc_state PID              R, S, T, Z... or empty if there is no such PID
 # shellcheck shell=bash
 
@@ -33,8 +38,8 @@ set +m # no job control: a background job must not lead its own process group,
 
 SV_LOG_DIR=""             # set by the script after sourcing, if not STATE_DIR
 declare -gA SV_STARTED_MS # NAME -> now_ms at sv_start, for sv_wait's deadline
+SV_STOPPED=()             # "PID STARTTIME" of each process sv_stop stopped
 
-# sv_read FILE: its first line, empty if there is none
 sv_read() {
   local line=""
   { read -r line <"$1"; } 2>/dev/null || true
@@ -126,6 +131,7 @@ sv_stop() {
     sv_signal TERM "$(sv_pid "$name")"
     sv_signal CONT "$(sv_pid "$name")"
     stopping+=("$name")
+    SV_STOPPED+=("$(sv_pid "$name") $(sv_read "$STATE_DIR/$name.starttime")")
   done
   deadline=$(($(now_ms) + STOP_TIMEOUT * 1000))
   while :; do
@@ -139,19 +145,23 @@ sv_stop() {
         log "$(sv_label "$name") (pid $(sv_pid "$name")) ignored TERM for ${STOP_TIMEOUT}s: KILL"
         sv_signal KILL "$(sv_pid "$name")"
       done
+      sleep 0.2
       break
     fi
     sleep 0.1
   done
-  # Exited is not yet gone: a server whose parent has exited is reaped by
-  # PID 1, lazily (about 1 s on this VM), and a KILLed one is still dying.
-  deadline=$(($(now_ms) + 3000))
-  for name in "${stopping[@]+"${stopping[@]}"}"; do
-    while [ -n "$(sv_proc_state "$name")" ] && [ "$(now_ms)" -lt "$deadline" ]; do
-      sleep 0.05
-    done
-  done
   for name in "$@"; do
     rm -f "$STATE_DIR/$name.pid" "$STATE_DIR/$name.starttime"
+  done
+}
+
+sv_wait_reaped() {
+  local entry s deadline
+  deadline=$(($(now_ms) + 3000))
+  for entry in "${SV_STOPPED[@]+"${SV_STOPPED[@]}"}"; do
+    while s="$(proc_stat "${entry%% *}")" && [ -n "$s" ] && [ "${s#* }" = "${entry#* }" ] &&
+      [ "$(now_ms)" -lt "$deadline" ]; do
+      sleep 0.05
+    done
   done
 }

@@ -16,7 +16,7 @@ use cloudkon_core::queue::TaskQueue;
 use cloudkon_core::{BatchId, Bundle, Summary, Task, TaskSpec, Timestamp};
 use common::{
     bin, create_queue, finish, read_results, require_servers, runtime, stop, submit, submit_with,
-    unique, worker,
+    unique, worker, worker_with,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -61,10 +61,11 @@ fn logging_workload(dir: &Path, count: u64, secs: &str) -> (PathBuf, PathBuf) {
     (workload, log)
 }
 
-/// Per worker: its slots, the lease (renewed every third of it), and the
-/// length of the kill test's tasks.
+/// Per worker: its slots, the lease (renewed every third of it), its
+/// results' linger, and the length of the kill test's tasks.
 const KILL_THREADS: u64 = 2;
 const KILL_LEASE_SECS: f64 = 3.0;
+const KILL_LINGER_SECS: f64 = 0.2;
 const KILL_TASK_SECS: f64 = 0.2;
 
 #[test]
@@ -79,9 +80,17 @@ fn killed_workers_lose_nothing_and_rerun_only_what_they_had_not_reported() {
     let (workload, log) = logging_workload(dir.path(), tasks, &KILL_TASK_SECS.to_string());
     let results = dir.path().join("results.jsonl");
     let lease = format!("{KILL_LEASE_SECS}s");
-    let mut workers: Vec<Child> = (0..3)
-        .map(|i| worker(queue.url(), &table, &format!("w{i}"), &lease))
-        .collect();
+    let linger = format!("{KILL_LINGER_SECS}s");
+    let killable = |id: &str| {
+        worker_with(
+            queue.url(),
+            &table,
+            id,
+            &lease,
+            &["--results-linger", &linger],
+        )
+    };
+    let mut workers: Vec<Child> = (0..3).map(|i| killable(&format!("w{i}"))).collect();
     // Bundles cut for the 6 slots: several tasks each, spread over a worker's slots.
     let client = submit_with(&workload, queue.url(), &results, &["--slots", "6"]);
 
@@ -92,7 +101,7 @@ fn killed_workers_lose_nothing_and_rerun_only_what_they_had_not_reported() {
     let mut victim = workers.remove(0);
     kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL).unwrap();
     victim.wait().unwrap();
-    workers.push(worker(queue.url(), &table, "w3", &lease));
+    workers.push(killable("w3"));
     wait_for_executions(&log, 300, Duration::from_secs(120));
     let mut victim = workers.remove(0);
     kill(Pid::from_raw(victim.id() as i32), Signal::SIGKILL).unwrap();
@@ -124,13 +133,15 @@ fn killed_workers_lose_nothing_and_rerun_only_what_they_had_not_reported() {
     );
 
     // Every task ran. The only re-runs: per killed worker, the tasks it
-    // finished since its last renewal (every lease/3) and those running —
-    // slots × (lease/3 ÷ task length + 2), as README states. One-task
-    // bundles would allow fewer, bundles without progress far more.
+    // finished since its last renewal (every lease/3) or whose results were
+    // still lingering, and those running — slots × ((lease/3 + linger) ÷
+    // task length + 2), as README states. One-task bundles would allow
+    // fewer, bundles without progress far more.
     let runs = executions(&log);
     assert_eq!(runs.len(), tasks as usize, "a task never ran");
     let reruns: usize = runs.values().map(|&n| n - 1).sum();
-    let per_kill = KILL_THREADS as f64 * (KILL_LEASE_SECS / 3.0 / KILL_TASK_SECS + 2.0);
+    let unreported = KILL_LEASE_SECS / 3.0 + KILL_LINGER_SECS;
+    let per_kill = KILL_THREADS as f64 * (unreported / KILL_TASK_SECS + 2.0);
     eprintln!(
         "re-executed tasks after two kill -9: {reruns} (bound {})",
         2.0 * per_kill

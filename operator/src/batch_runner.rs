@@ -1470,7 +1470,7 @@ mod tests {
             let sent_tasks: u64 = sent.iter().map(|b| b.1 as u64).sum();
             if status
                 .bundle_sizing
-                .is_some_and(|s| s.task_microseconds < 300_000 && (s.from as u64) < sent_tasks)
+                .is_some_and(|s| s.task_microseconds < 10_000_000 && (s.from as u64) < sent_tasks)
                 && (status.counts.enqueued as u64) < sent_tasks
             {
                 break;

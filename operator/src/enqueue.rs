@@ -246,8 +246,8 @@ mod tests {
         };
         // A runner that learns twice: (bundles sent, then the next length).
         let steps = [
-            (3, Some(Duration::from_millis(1875))),
-            (2, Some(Duration::from_millis(20))),
+            (3, Some(Duration::from_millis(28_125))),
+            (2, Some(Duration::from_millis(7_500))),
             (usize::MAX, None),
         ];
         let (mut sent, mut learned, mut start) = (Vec::new(), None, 0);

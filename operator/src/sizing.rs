@@ -26,11 +26,20 @@ use crate::task_cost::MIN_TASK_COST;
 pub fn plan(total: u64, slots: u64, learned: Option<Duration>) -> BundlePlan {
     BundlePlan {
         max_unknown_tasks: Some(BundlePlan::FIRST_UNKNOWN_TASKS),
+        max_bundle_time: MAX_BUNDLE_TIME,
         ..BundlePlan::SQS
     }
     .spread(total, slots)
     .learned(learned)
 }
+
+/// A bundle's work at most. Factoring (`spread`: the remaining tasks over
+/// twice the pool's slots) is what bounds bundles early in a big batch and
+/// shrinks them at its end; a minute of work (core's SQS plan) cut a 10 M
+/// batch of 3 s tasks into 391,000 bundles, each a receive, a claim, renewals,
+/// a completion and a delete, where factoring alone cuts about 120,000
+/// (simulated). Half an hour is about 4 minutes of a worker of 8 slots.
+pub const MAX_BUNDLE_TIME: Duration = Duration::from_secs(30 * 60);
 
 /// The most bundles grow in one step.
 pub const GROWTH: u32 = 4;
@@ -38,7 +47,7 @@ pub const GROWTH: u32 = 4;
 /// What the first bundles of unknown tasks amount to: a bundle's work over
 /// their size.
 fn first_cost() -> Duration {
-    BundlePlan::SQS.max_bundle_time / BundlePlan::FIRST_UNKNOWN_TASKS as u32
+    MAX_BUNDLE_TIME / BundlePlan::FIRST_UNKNOWN_TASKS as u32
 }
 
 /// What the sizing decision looks at.
@@ -106,8 +115,11 @@ mod tests {
             // Nothing observed, or too little: keep.
             ((None, None, 100), None),
             ((None, Some(MS(2)), 7), None),
-            // Short tasks: the first step quarters the first length (3.75 s).
-            ((None, Some(MS(2)), 8), Some(Duration::from_micros(937_500))),
+            // Short tasks: the first step quarters the first length (112.5 s).
+            (
+                (None, Some(MS(2)), 8),
+                Some(Duration::from_micros(28_125_000)),
+            ),
             // ... and each step again, down to the estimate.
             (
                 (Some(MS(1875)), Some(MS(2)), 8),
@@ -158,9 +170,12 @@ mod tests {
         }
         assert_eq!(current, Some(MS(2)));
         assert_eq!(last, BundlePlan::SQS.max_tasks);
-        assert!(steps <= 6, "{steps} steps");
-        // 1 s tasks: a minute's work per bundle.
-        assert_eq!(sizes(Some(Duration::from_secs(1))), 60);
+        assert!(steps <= 8, "{steps} steps");
+        // 1 s tasks: half an hour's work per bundle, early in a big batch.
+        assert_eq!(sizes(Some(Duration::from_secs(1))), 1_800);
+        // ... and factoring's share of it later: 10,000 left over 8 slots.
+        let late = plan(1_000_000, 8, Some(Duration::from_secs(1)));
+        assert_eq!(late.tasks_per_bundle_at(&run, 990_000), 625);
     }
 
     #[test]

@@ -58,10 +58,11 @@ struct Args {
     #[arg(long, env = "CLOUDKON_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
     lease: Duration,
 
-    /// Results of tasks finishing within this time leave in one send (per
-    /// response queue): longer means fewer SQS requests per task, results
-    /// a little later.
-    #[arg(long, env = "CLOUDKON_RESULTS_LINGER", default_value = "200ms", value_parser = humantime::parse_duration)]
+    /// How long a finished task's result waits for others to leave with it
+    /// (one send per response queue): longer means fewer SQS requests per
+    /// task, results a little later. A bundle's last result leaves at once
+    /// (at most 10s).
+    #[arg(long, env = "CLOUDKON_RESULTS_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
     results_linger: Duration,
 
     /// Long-poll wait of each receive (at most 20s).

@@ -100,7 +100,7 @@ impl Default for WorkerConfig {
             startup_seconds: 60.0,
             startup_jitter_seconds: 0.0,
             lease_seconds: 60.0,
-            linger_ms: 200.0,
+            linger_ms: 5000.0,
             receive_wait_seconds: 10.0,
             prefetch: 2,
             grace_seconds: 25.0,

@@ -38,9 +38,10 @@ pub enum Ev {
         token: u64,
     },
     MessagesVisible(Vec<usize>),
+    /// Results messages (one per bundle) reach a batch's response queue.
     ResultsArrive {
         b: usize,
-        results: Vec<ResultItem>,
+        messages: Vec<Vec<ResultItem>>,
     },
     CollectorTimeout {
         b: usize,
@@ -76,7 +77,11 @@ pub enum Ev {
         result: ResultItem,
         ran: T,
     },
-    Flush(usize),
+    /// The results gathered leave (unless a later gather's: `seq`).
+    Flush {
+        w: usize,
+        seq: u64,
+    },
     FlushDone {
         w: usize,
         items: Vec<(usize, u32)>,
@@ -381,7 +386,7 @@ impl<'c> Sim<'c> {
                 }
                 self.serve_pollers();
             }
-            Ev::ResultsArrive { b, results } => self.results_arrive(b, results),
+            Ev::ResultsArrive { b, messages } => self.results_arrive(b, messages),
             Ev::CollectorTimeout { b, seq } => self.collector_timeout(b, seq),
             Ev::CollectorGot { b, messages } => self.collector_got(b, messages),
             Ev::ScalerTick => {
@@ -407,7 +412,11 @@ impl<'c> Sim<'c> {
                 result,
                 ran,
             } => self.task_done(w, msg, pos, result, ran),
-            Ev::Flush(w) => self.flush(w),
+            Ev::Flush { w, seq } => {
+                if self.workers[w].flush_due(seq) {
+                    self.flush(w);
+                }
+            }
             Ev::FlushDone { w, items } => self.flush_done(w, items),
             Ev::Renew(w) => self.renew(w),
             Ev::VisibilityEnds { msg, generation } => {
@@ -459,7 +468,8 @@ impl<'c> Sim<'c> {
         self.counters.dead_letter_failed += results.len() as u64;
         if !results.is_empty() {
             self.req.results_sends += 1;
-            self.at(self.now + self.lat_sqs, Ev::ResultsArrive { b, results });
+            let messages = vec![results];
+            self.at(self.now + self.lat_sqs, Ev::ResultsArrive { b, messages });
         }
     }
 

@@ -66,8 +66,10 @@ pub struct Report {
     pub dead_lettered_tasks: u64,
     /// Executions beyond one per task (failed attempts not counted).
     pub reruns: u64,
-    /// What the scheduler promises: per crashed worker slots × (lease/3 ÷
-    /// task length + 2), per drained one the slots running at the grace's end.
+    /// What the scheduler promises: per crashed worker slots × ((lease/3 +
+    /// linger) ÷ task length + 2) (what finished since the last renewal, or
+    /// before it with its results still lingering, and what ran), per
+    /// drained one the slots running at the grace's end.
     pub rerun_bound: u64,
     pub batches: Vec<BatchReport>,
     pub share_stretch: Option<(f64, f64)>,
@@ -161,7 +163,8 @@ impl Report {
             .map(|b| b.durations.mean() * b.total as f64)
             .sum::<f64>()
             / tasks.max(1) as f64;
-        let per_crash = f64::from(slots) * (cfg.worker.lease_seconds / 3.0 / mean.max(1e-6) + 2.0);
+        let unreported = cfg.worker.lease_seconds / 3.0 + cfg.worker.linger_ms / 1000.0;
+        let per_crash = f64::from(slots) * (unreported / mean.max(1e-6) + 2.0);
         let rerun_bound = (c.crashes as f64 * per_crash).ceil() as u64 + c.spot * u64::from(slots);
         let dead_lettered_tasks = sim
             .queue

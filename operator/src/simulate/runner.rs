@@ -375,9 +375,9 @@ impl Sim<'_> {
         self.at(now + self.lat_sqs, Ev::CollectorGot { b, messages });
     }
 
-    pub fn results_arrive(&mut self, b: usize, results: Vec<ResultItem>) {
+    pub fn results_arrive(&mut self, b: usize, messages: Vec<Vec<ResultItem>>) {
         let batch = &mut self.batches[b];
-        batch.inbox.push_back(results);
+        batch.inbox.extend(messages);
         if batch.polling {
             // The long poll returns with it (with several receives waiting,
             // the real round also waits for the others, up to the long

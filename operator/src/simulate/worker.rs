@@ -1,7 +1,8 @@
 //! `cloudkon-worker` in simulated time: it holds about two tasks per slot
 //! (`bundles_wanted`, the worker's own rule) and at most slots + prefetch
 //! bundles, claims each bundle in the ledger before running it, runs its
-//! tasks on free slots, sends results per linger, renews its claims and the
+//! tasks on free slots, sends results as `results_wait` says (the worker's
+//! own rule: a bundle's end, a send's worth, or the linger), renews its claims and the
 //! messages' visibility every third of the lease (writing the progress),
 //! completes a bundle (ledger, then delete) once its results are sent, and on
 //! SIGTERM stops receiving, lets running tasks finish within the grace and
@@ -9,7 +10,9 @@
 
 use std::collections::VecDeque;
 
-use cloudkon_worker::remote::bundles_wanted;
+use std::time::Duration;
+
+use cloudkon_worker::remote::{bundles_wanted, results_wait};
 
 use super::engine::{Ev, SECOND, Sim};
 use super::queue::{Claim, MsgState, T};
@@ -56,7 +59,14 @@ pub struct WorkerSim {
     pub fetching: bool,
     poll_seq: u64,
     results: Vec<(usize, u32, ResultItem)>,
+    /// A gather is under way: since when, whether a bundle ended in it, and
+    /// whether its flush is due now.
     flushing: bool,
+    gather_from: T,
+    bundle_ended: bool,
+    due_now: bool,
+    /// The current gather's flush (earlier ones scheduled are stale).
+    flush_seq: u64,
     cancel_checked: Vec<Option<T>>,
 }
 
@@ -74,6 +84,10 @@ impl WorkerSim {
             poll_seq: 0,
             results: Vec::new(),
             flushing: false,
+            gather_from: 0,
+            bundle_ended: false,
+            due_now: false,
+            flush_seq: 0,
             cancel_checked: vec![None; batches],
         }
     }
@@ -82,6 +96,11 @@ impl WorkerSim {
     pub fn running(&self) -> bool {
         matches!(self.state, WState::Ready | WState::Draining)
             && self.held.iter().any(|h| h.running > 0)
+    }
+
+    /// Whether the flush scheduled as `seq` is the current gather's.
+    pub fn flush_due(&self, seq: u64) -> bool {
+        self.flushing && seq == self.flush_seq
     }
 
     fn held(&mut self, msg: usize) -> Option<&mut Held> {
@@ -257,7 +276,7 @@ impl Sim<'_> {
                     worker.results.push((m, p, item));
                 }
                 worker.held.push(held);
-                self.schedule_flush(w);
+                self.schedule_flush(w, true);
                 continue;
             }
             self.workers[w].held.push(held);
@@ -348,43 +367,72 @@ impl Sim<'_> {
         let worker = &mut self.workers[w];
         worker.free += 1;
         worker.tasks_held -= 1;
+        let mut ended = false;
         if let Some(held) = worker.held(msg) {
             held.running -= 1;
             held.unsent += 1;
+            ended = held.running == 0 && held.pending.is_empty();
         }
         worker.results.push((msg, pos, result));
-        self.schedule_flush(w);
+        self.schedule_flush(w, ended);
         self.start_tasks(w);
         self.maybe_fetch(w);
     }
 
-    fn schedule_flush(&mut self, w: usize) {
+    /// A result gathered (`ended`: its bundle's last), as the completer
+    /// takes it in: the flush is scheduled when `results_wait` says.
+    fn schedule_flush(&mut self, w: usize, ended: bool) {
+        let now = self.now;
         let worker = &mut self.workers[w];
-        if !worker.flushing {
+        let first = !worker.flushing;
+        if first {
             worker.flushing = true;
-            self.at(self.now + self.linger, Ev::Flush(w));
+            worker.gather_from = now;
+            worker.bundle_ended = false;
+            worker.due_now = false;
+        }
+        worker.bundle_ended |= ended;
+        let waited = Duration::from_micros(now - worker.gather_from);
+        let linger = Duration::from_micros(self.linger);
+        let wait = results_wait(waited, worker.results.len(), worker.bundle_ended, linger);
+        // Only when the flush moves: at the first result, and when it is due now.
+        if first || (wait.is_zero() && !worker.due_now) {
+            worker.due_now = wait.is_zero();
+            worker.flush_seq += 1;
+            let seq = worker.flush_seq;
+            let at = now + u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+            self.at(at, Ev::Flush { w, seq });
         }
     }
 
-    /// The linger is over: one send per response queue.
+    /// The gather is over: one message per bundle, sent in batches of ten
+    /// per response queue.
     pub fn flush(&mut self, w: usize) {
         let worker = &mut self.workers[w];
         worker.flushing = false;
         if worker.state == WState::Gone {
             return;
         }
-        let results = std::mem::take(&mut worker.results);
-        let mut by_batch: Vec<Vec<ResultItem>> = vec![Vec::new(); self.batches.len()];
+        let mut results = std::mem::take(&mut worker.results);
+        // Grouped by bundle, in the order their first result came.
+        results.sort_by_key(|&(msg, _, _)| msg);
+        let mut by_batch: Vec<Vec<Vec<ResultItem>>> = vec![Vec::new(); self.batches.len()];
         let mut items = Vec::with_capacity(results.len());
+        let mut last = None;
         for (msg, pos, r) in results {
-            by_batch[self.queue.messages[msg].batch].push(r);
+            let messages = &mut by_batch[self.queue.messages[msg].batch];
+            if last != Some(msg) {
+                messages.push(Vec::new());
+                last = Some(msg);
+            }
+            messages.last_mut().expect("pushed").push(r);
             items.push((msg, pos));
         }
         let arrive = self.now + self.lat_sqs;
-        for (b, results) in by_batch.into_iter().enumerate() {
-            if !results.is_empty() {
-                self.req.results_sends += 1;
-                self.at(arrive, Ev::ResultsArrive { b, results });
+        for (b, messages) in by_batch.into_iter().enumerate() {
+            if !messages.is_empty() {
+                self.req.results_sends += messages.len().div_ceil(10) as u64;
+                self.at(arrive, Ev::ResultsArrive { b, messages });
             }
         }
         self.at(arrive, Ev::FlushDone { w, items });

@@ -1,4 +1,5 @@
-//! Finishing bundles. Results leave as tasks finish, batched for a linger:
+//! Finishing bundles. Results leave as tasks finish, batched (see
+//! [`results_wait`]):
 //! sent to their response queue, then counted in the bundle's progress (which
 //! the heartbeats write to the ledger). When a bundle's last result is sent,
 //! its claim is completed and only then its message deleted — so a message is
@@ -20,9 +21,29 @@ use super::retry::{Backoff, until_ok};
 use super::{Ctx, WorkerStats};
 use crate::pool::{PoolEvent, Ticket, UnitRun};
 
-/// Results gathered before a send at most; with the linger, they bound how
-/// long a finished task's result waits.
-const MAX_RESULTS_PER_FLUSH: usize = 2_000;
+/// Results gathered that leave at once, whatever the linger: about a full
+/// SendMessageBatch of short results.
+pub const RESULTS_PER_SEND: usize = 1_000;
+
+/// How much longer the results gathered for `waited` wait for company:
+/// zero when they leave now. Each send is an SQS request (and a message the
+/// operator receives and deletes), so results wait up to the `linger` for
+/// others; but a bundle whose every task ended leaves at once (its
+/// completion, the delete of its message and the room for the next wait on
+/// its results, and the operator counts its tasks in flight until they
+/// arrive), and so does a send's worth ([`RESULTS_PER_SEND`]).
+pub fn results_wait(
+    waited: Duration,
+    gathered: usize,
+    bundle_ended: bool,
+    linger: Duration,
+) -> Duration {
+    if bundle_ended || gathered >= RESULTS_PER_SEND {
+        Duration::ZERO
+    } else {
+        linger.saturating_sub(waited)
+    }
+}
 
 /// A held bundle's results not yet sent, and how it ended.
 struct Pending {
@@ -47,11 +68,19 @@ pub async fn run<Q, L, R>(
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut meter = Meter::new(&ctx.stats);
     while let Ok(first) = events.recv().await {
-        let mut gathered = absorb(&ctx, &mut pending, first);
-        let deadline = tokio::time::Instant::now() + ctx.config.linger;
-        while gathered < MAX_RESULTS_PER_FLUSH {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Ok(event)) => gathered += absorb(&ctx, &mut pending, event),
+        let started = tokio::time::Instant::now();
+        let (mut gathered, mut ended) = absorb(&ctx, &mut pending, first);
+        loop {
+            let wait = results_wait(started.elapsed(), gathered, ended, ctx.config.linger);
+            if wait.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(wait, events.recv()).await {
+                Ok(Ok(event)) => {
+                    let (n, end) = absorb(&ctx, &mut pending, event);
+                    gathered += n;
+                    ended |= end;
+                }
                 _ => break,
             }
         }
@@ -66,12 +95,13 @@ pub async fn run<Q, L, R>(
     }
 }
 
-/// Takes an event into `pending`; returns how many results it brought.
+/// Takes an event into `pending`; returns how many results it brought, and
+/// whether it ended a bundle.
 fn absorb<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     pending: &mut HashMap<String, Pending>,
     event: PoolEvent,
-) -> usize {
+) -> (usize, bool) {
     let (unit, results, ideal, end) = match event {
         PoolEvent::Results {
             unit,
@@ -81,7 +111,7 @@ fn absorb<Q, L, R>(
         PoolEvent::UnitEnd { unit, complete } => (unit, Vec::new(), Duration::ZERO, Some(complete)),
     };
     let Some(key) = unit.ticket.as_ref().and_then(|t| t.claim_key.clone()) else {
-        return 0;
+        return (0, false);
     };
     let n = results.len();
     let entry = pending.entry(key).or_insert_with(|| Pending {
@@ -106,7 +136,7 @@ fn absorb<Q, L, R>(
         ctx.room.add_permits(1);
     }
     ctx.tasks_done.notify_one();
-    n
+    (n, end.is_some())
 }
 
 /// The worker's AWS requests and time since the results last sent: what the
@@ -449,4 +479,35 @@ where
         }
     };
     tokio::join!(visibility, leases);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_wait_for_the_linger_unless_a_bundle_ended_or_a_send_is_full() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (waited, gathered, a bundle ended) -> wait more, with a 5 s linger
+        let cases = [
+            ((ms(0), 1, false), s(5)),
+            ((ms(1_200), 7, false), ms(3_800)),
+            ((s(5), 7, false), ms(0)),
+            ((s(9), 7, false), ms(0)),
+            // A bundle's last result: its completion must not wait.
+            ((ms(0), 1, true), ms(0)),
+            ((s(2), 40, true), ms(0)),
+            // A send's worth.
+            ((ms(10), RESULTS_PER_SEND - 1, false), ms(4_990)),
+            ((ms(10), RESULTS_PER_SEND, false), ms(0)),
+        ];
+        for ((waited, gathered, ended), want) in cases {
+            assert_eq!(
+                results_wait(waited, gathered, ended, s(5)),
+                want,
+                "{waited:?} {gathered} {ended}"
+            );
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! fetch ──claim──▶ units ──▶ pool: a unit's tasks ──▶ results as tasks finish ──▶ complete:
-//!   ▲  (ledger)               on any free slot        (batched per linger)      send to reply_to,
+//!   ▲  (ledger)               on any free slot        (a bundle's end, or up    send to reply_to,
+//!   │                                                  to a linger)
 //!   │                                                                           mark progress; at a
 //!   │                                                                           bundle's end: ledger
 //!   │                                                                           done, delete message
@@ -21,6 +22,7 @@
 //! never runs twice, and no result is lost.
 
 mod complete;
+pub use complete::{RESULTS_PER_SEND, results_wait};
 mod fetch;
 pub use fetch::bundles_wanted;
 mod inflight;
@@ -52,7 +54,9 @@ pub struct RemoteConfig {
     pub receive_wait: Duration,
     /// Bundles held beyond one per slot, so that a slot finds work at once.
     pub prefetch: usize,
-    /// Results of tasks finishing within this time travel together.
+    /// How long a finished task's result waits for others to travel with
+    /// (a bundle's last result and a send's worth leave at once: see
+    /// [`results_wait`]).
     pub linger: Duration,
     /// Exit after this long with nothing received and nothing running.
     pub idle_timeout: Option<Duration>,
@@ -72,7 +76,7 @@ impl RemoteConfig {
             visibility: Duration::from_secs(60),
             receive_wait: Duration::from_secs(10),
             prefetch: 2,
-            linger: Duration::from_millis(200),
+            linger: Duration::from_secs(5),
             idle_timeout: None,
             grace: Duration::from_secs(25),
             max_claims: 3,

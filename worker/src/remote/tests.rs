@@ -551,6 +551,34 @@ async fn a_bundles_tasks_run_on_all_the_slots_and_results_leave_as_they_finish()
 }
 
 #[tokio::test]
+async fn a_bundles_results_leave_together_at_its_end_not_after_the_linger() {
+    let mut config = config();
+    config.linger = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    let run = run(
+        vec![bundle(0, sleeps(5)), bundle(5, sleeps(3))],
+        Some(Arc::new(MemoryLedger::new())),
+        config,
+    )
+    .await;
+    assert_eq!(run.reason, StopReason::Drained);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for the linger: {:?}",
+        started.elapsed()
+    );
+    // One message per bundle, each with every result of it.
+    let mut sizes: Vec<usize> = run
+        .router
+        .bodies("resp")
+        .iter()
+        .map(|b| decode_results(b).unwrap().results.len())
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![3, 5]);
+}
+
+#[tokio::test]
 async fn a_cancel_leaves_the_unstarted_tasks_of_a_bundle_already_running() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");

@@ -19,6 +19,14 @@ pub enum Error {
     Build(#[from] crate::build::BuildError),
     #[error("{0}")]
     Other(String),
+    /// What failed in a reconcile of `object` (`Kind namespace/name`): the
+    /// error keeps its own category.
+    #[error("{object}: {source}")]
+    Of {
+        object: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// A finalizer's cleanup failed (reported in the object's
     /// `CleanupFailed` condition); retried after `retry_in`.
     #[error("cleanup failed (retrying in {retry_in:?}): {message}")]
@@ -27,10 +35,24 @@ pub enum Error {
 
 impl Error {
     /// Unwraps a finalizer's error: a failed cleanup keeps its retry delay;
-    /// anything else becomes `Other`, prefixed with `what`.
+    /// a failed apply or cleanup names `what` (the object) and keeps its
+    /// category; the finalizer's own writes are the API server's.
     pub fn from_finalizer(what: &str, e: kube::runtime::finalizer::Error<Error>) -> Error {
+        use kube::runtime::finalizer::Error as Finalizer;
         match e {
-            kube::runtime::finalizer::Error::CleanupFailed(e @ Error::CleanupFailed { .. }) => e,
+            Finalizer::CleanupFailed(e @ Error::CleanupFailed { .. }) => e,
+            Finalizer::ApplyFailed(e) | Finalizer::CleanupFailed(e) => Error::Of {
+                object: what.to_string(),
+                source: Box::new(e),
+            },
+            Finalizer::AddFinalizer(source) => Error::Kube {
+                what: format!("{what}: cannot add the finalizer"),
+                source,
+            },
+            Finalizer::RemoveFinalizer(source) => Error::Kube {
+                what: format!("{what}: cannot remove the finalizer"),
+                source,
+            },
             e => Error::Other(format!("{what}: {e}")),
         }
     }
@@ -45,6 +67,7 @@ impl Error {
             Error::Build(_) => "build",
             Error::CleanupFailed { .. } => "cleanup",
             Error::Other(_) => "other",
+            Error::Of { source, .. } => source.category(),
         }
     }
 

@@ -321,7 +321,7 @@ async fn an_invalid_pool_is_said_once_in_its_status_applied_whole() {
 }
 
 #[tokio::test]
-async fn a_failed_write_names_the_object_with_its_namespace() {
+async fn a_failed_write_names_the_object_and_keeps_its_category() {
     let b = batch(sleep_spec(json!({})), None);
     let (client, _) = scripted(|seen| {
         if seen.method == "GET" {
@@ -339,5 +339,7 @@ async fn a_failed_write_names_the_object_with_its_namespace() {
         .expect_err("the status write fails");
     let message = error.to_string();
     assert!(message.contains("TaskBatch ns/b"), "{message}");
+    // Counted in metrics as what it is, an API server error.
+    assert_eq!(error.category(), "kube", "{message}");
     assert!(message.contains("etcd is down"), "{message}");
 }

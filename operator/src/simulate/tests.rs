@@ -151,3 +151,28 @@ fn the_shipped_examples_parse() {
     }
     assert!(n >= 3, "{n} examples");
 }
+
+/// One worker holding one batch's bundle for a minute (one 60 s task, a
+/// lease of 9 s: a renewal every 3 s) asks the ledger whether the batch was
+/// cancelled every 3 s, as `watch_cancels` does: about 20 reads, not just
+/// the one at admission.
+#[test]
+fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
+    let cfg = config(
+        r#"
+pool: { min: 1, max: 1, threads: 1 }
+worker: { startupSeconds: 0, startupJitterSeconds: 0, leaseSeconds: 9, lingerMs: 0,
+          receiveWaitSeconds: 10, prefetch: 1, graceSeconds: 25, maxClaims: 3,
+          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
+aws: { sqsLatencyMs: 0, dynamodbLatencyMs: 0, dynamodbWritesPerSecond: 0, maxReceives: 5,
+       sqsPerMillion: 0.4, dynamodbWritePerMillion: 1.25, dynamodbReadPerMillion: 0.25,
+       workerPerHour: 0.1 }
+batches:
+  - { name: a, tasks: 1, declared: true, durations: { kind: fixed, seconds: 60 } }
+"#,
+    );
+    let report = simulate(&cfg);
+    assert_eq!(report.collected, 1);
+    let reads = report.requests.ledger_reads;
+    assert!((19..=22).contains(&reads), "{reads} ledger reads");
+}

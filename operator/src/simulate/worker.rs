@@ -68,6 +68,8 @@ pub struct WorkerSim {
     /// The current gather's flush (earlier ones scheduled are stale).
     flush_seq: u64,
     cancel_checked: Vec<Option<T>>,
+    /// Time since the last cancel poll counted (`watch_cancels`, below).
+    cancel_poll_rest: T,
 }
 
 impl WorkerSim {
@@ -89,6 +91,7 @@ impl WorkerSim {
             due_now: false,
             flush_seq: 0,
             cancel_checked: vec![None; batches],
+            cancel_poll_rest: 0,
         }
     }
 
@@ -521,6 +524,22 @@ impl Sim<'_> {
             .filter(|h| h.claimed)
             .map(|h| (h.msg, h.sent.clone()))
             .collect();
+        // The worker's `watch_cancels` asks the ledger every
+        // CANCEL_CHECK_EVERY whether each batch it holds bundles of was
+        // cancelled: counted here for the period since the last renewal, for
+        // the batches held now (an event every 3 s per worker would add
+        // nothing else).
+        let worker = &mut self.workers[w];
+        let period = self.lease / 3 + worker.cancel_poll_rest;
+        worker.cancel_poll_rest = period % CANCEL_CHECK_EVERY;
+        let mut batches: Vec<usize> = worker
+            .held
+            .iter()
+            .map(|h| self.queue.messages[h.msg].batch)
+            .collect();
+        batches.sort_unstable();
+        batches.dedup();
+        self.req.ledger_reads += (period / CANCEL_CHECK_EVERY) * batches.len() as u64;
         for (msg, progress) in claimed {
             self.ledger_write();
             self.req.visibility_changes += 1;

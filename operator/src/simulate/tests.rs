@@ -4,23 +4,33 @@ fn config(yaml: &str) -> SimConfig {
     SimConfig::parse(yaml).expect("a valid config")
 }
 
+/// A pool of exactly one worker (`pool` and `worker` add to the fields),
+/// no latencies, no linger, one batch.
+fn one_worker(pool: &str, worker: &str, batch: &str) -> SimConfig {
+    config(&format!(
+        r#"
+pool: {{ min: 1, max: 1, {pool} }}
+worker: {{ {worker}, startupJitterSeconds: 0, lingerMs: 0, receiveWaitSeconds: 10,
+          graceSeconds: 25, maxClaims: 3, maxAttempts: 3, retryBackoffSeconds: 1,
+          taskOverheadMs: 0 }}
+aws: {{ sqsLatencyMs: 0, dynamodbLatencyMs: 0, dynamodbWritesPerSecond: 0, maxReceives: 5,
+       sqsPerMillion: 0.4, dynamodbWritePerMillion: 1.25, dynamodbReadPerMillion: 0.25,
+       workerPerHour: 0.1 }}
+batches:
+  - {batch}
+"#
+    ))
+}
+
 /// One worker of 2 slots, up 10 s after the start, 4 declared 1 s tasks, no
 /// latencies and no linger: the tasks run two by two from 10 s, so the last
 /// result is in at 12 s exactly.
 #[test]
 fn a_tiny_run_takes_the_time_computed_by_hand() {
-    let cfg = config(
-        r#"
-pool: { min: 1, max: 1, threads: 2 }
-worker: { startupSeconds: 10, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 0,
-          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
-          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
-aws: { sqsLatencyMs: 0, dynamodbLatencyMs: 0, dynamodbWritesPerSecond: 0, maxReceives: 5,
-       sqsPerMillion: 0.4, dynamodbWritePerMillion: 1.25, dynamodbReadPerMillion: 0.25,
-       workerPerHour: 0.1 }
-batches:
-  - { name: a, tasks: 4, declared: true, durations: { kind: fixed, seconds: 1 } }
-"#,
+    let cfg = one_worker(
+        "threads: 2",
+        "startupSeconds: 10, leaseSeconds: 60, prefetch: 2",
+        "{ name: a, tasks: 4, declared: true, durations: { kind: fixed, seconds: 1 } }",
     );
     let report = simulate(&cfg);
     assert_eq!(report.collected, 4);
@@ -158,18 +168,10 @@ fn the_shipped_examples_parse() {
 /// the one at admission.
 #[test]
 fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
-    let cfg = config(
-        r#"
-pool: { min: 1, max: 1, threads: 1 }
-worker: { startupSeconds: 0, startupJitterSeconds: 0, leaseSeconds: 9, lingerMs: 0,
-          receiveWaitSeconds: 10, prefetch: 1, graceSeconds: 25, maxClaims: 3,
-          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
-aws: { sqsLatencyMs: 0, dynamodbLatencyMs: 0, dynamodbWritesPerSecond: 0, maxReceives: 5,
-       sqsPerMillion: 0.4, dynamodbWritePerMillion: 1.25, dynamodbReadPerMillion: 0.25,
-       workerPerHour: 0.1 }
-batches:
-  - { name: a, tasks: 1, declared: true, durations: { kind: fixed, seconds: 60 } }
-"#,
+    let cfg = one_worker(
+        "threads: 1",
+        "startupSeconds: 0, leaseSeconds: 9, prefetch: 1",
+        "{ name: a, tasks: 1, declared: true, durations: { kind: fixed, seconds: 60 } }",
     );
     let report = simulate(&cfg);
     assert_eq!(report.collected, 1);

@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::Value;
 
 use crate::collected::{Encoded, Piece};
 use crate::context::MANAGER;
@@ -289,11 +288,12 @@ impl BatchRecord for KubeRecord {
     }
 }
 
-/// A batch's record in memory: the status as the merge patches leave it,
-/// and the collected set, held to the API server's size limits.
+/// A batch's record in memory: the status as the runner's applied part
+/// leaves it (each change merged into the part, as [`KubeRecord`] does), and
+/// the collected set, held to the API server's size limits.
 #[derive(Debug, Default)]
 pub struct MemoryRecord {
-    status: Mutex<Value>,
+    part: Mutex<StatusPatch>,
     collected: Mutex<Option<Encoded>>,
     writes: Mutex<u64>,
 }
@@ -301,11 +301,8 @@ pub struct MemoryRecord {
 impl MemoryRecord {
     /// The status so far.
     pub fn status(&self) -> TaskBatchStatus {
-        let status = self.status.lock().expect("record lock").clone();
-        if status.is_null() {
-            return TaskBatchStatus::default();
-        }
-        serde_json::from_value(status).expect("the runner writes a valid status")
+        let applied = self.part.lock().expect("record lock").to_apply_value();
+        serde_json::from_value(applied).expect("the runner writes a valid status")
     }
 
     /// Status patches and collected-set writes so far.
@@ -316,10 +313,7 @@ impl MemoryRecord {
 
 impl BatchRecord for MemoryRecord {
     async fn patch_status(&self, status: StatusPatch) -> Result<(), Error> {
-        merge(
-            &mut self.status.lock().expect("record lock"),
-            status.to_value(),
-        );
+        self.part.lock().expect("record lock").merge(status);
         *self.writes.lock().expect("record lock") += 1;
         Ok(())
     }
@@ -348,30 +342,12 @@ impl BatchRecord for MemoryRecord {
     }
 }
 
-/// RFC 7386 JSON merge patch, as the API server applies `Patch::Merge`.
-fn merge(target: &mut Value, patch: Value) {
-    let Value::Object(fields) = patch else {
-        *target = patch;
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Default::default());
-    }
-    let object = target.as_object_mut().expect("made an object above");
-    for (key, value) in fields {
-        if value.is_null() {
-            object.remove(&key);
-        } else {
-            merge(object.entry(key).or_insert(Value::Null), value);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::collected::Collected;
-    use serde_json::json;
+    use crate::crd::taskbatch::Phase;
+    use crate::status_patch::CountsPatch;
 
     #[tokio::test]
     async fn ten_million_ids_every_other_go_through_a_memory_record_within_its_limits() {
@@ -410,17 +386,40 @@ mod tests {
         assert_ne!(a, b);
     }
 
-    #[test]
-    fn merge_patches_replace_add_and_remove_fields() {
-        let mut status =
-            json!({"counts": {"enqueued": 5, "total": 9}, "phase": "Enqueuing", "eta": "x"});
-        merge(
-            &mut status,
-            json!({"counts": {"enqueued": 7}, "phase": "Running", "eta": null, "throughput": 1.5}),
-        );
-        assert_eq!(
-            status,
-            json!({"counts": {"enqueued": 7, "total": 9}, "phase": "Running", "throughput": 1.5})
-        );
+    #[tokio::test]
+    async fn changes_replace_add_and_remove_fields_of_the_runners_part() {
+        let record = MemoryRecord::default();
+        record
+            .patch_status(StatusPatch {
+                counts: CountsPatch {
+                    enqueued: Some(5),
+                    total: Some(9),
+                    ..CountsPatch::default()
+                },
+                phase: Some(Phase::Enqueuing),
+                eta: Some(Some("x".into())),
+                ..StatusPatch::default()
+            })
+            .await
+            .unwrap();
+        record
+            .patch_status(StatusPatch {
+                counts: CountsPatch {
+                    enqueued: Some(7),
+                    ..CountsPatch::default()
+                },
+                phase: Some(Phase::Running),
+                eta: Some(None),
+                throughput: Some(Some(1.5)),
+                ..StatusPatch::default()
+            })
+            .await
+            .unwrap();
+        // Replaced, kept, removed, added.
+        let status = record.status();
+        assert_eq!((status.counts.enqueued, status.counts.total), (7, 9));
+        assert_eq!(status.phase, Some(Phase::Running));
+        assert_eq!(status.eta, None);
+        assert_eq!(status.throughput, Some(1.5));
     }
 }

@@ -111,6 +111,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         counts: old.counts,
         gave_up: false,
     });
+    st.phase = Some(phase);
 
     let (runner, cancel_mark, then) = if old.phase.is_some_and(|p| p.is_finished()) {
         // Finished: conditions, the Event, then the TTL. Given up by its
@@ -133,7 +134,6 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     } else if phase == Phase::Cancelled {
         // Workers skip (and delete) the batch's bundles still in the queue:
         // the pool's queue is shared, so it cannot be purged for one batch.
-        st.phase = Some(phase);
         st.completion_time = Some(o.now.clone());
         set_conditions(
             batch,
@@ -155,12 +155,10 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             reason: "WaitingForMemory".into(),
             message: message.clone(),
         });
-        st.phase = Some(phase);
         (Runner::Leave, false, Then::Requeue(Duration::from_secs(5)))
     } else {
         // Not finished and not cancelled: the phase is the runner's once it
         // runs (the reconciler applies it only as Pending, or once finished).
-        st.phase = Some(phase);
         set_conditions(
             batch,
             &mut st,

@@ -52,9 +52,8 @@ fn uid(batch: &TaskBatch) -> String {
 /// stopped first, the cancel mark, the status in one write, the Events, then
 /// the runner started and the TTL.
 async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let (read, source) = observe(&batch, ctx).await?;
-    let plan = batch_plan::decide(&read.view(&batch));
-    let pool = read.pool;
+    let (observed, pool, source) = observe(&batch, ctx).await?;
+    let plan = batch_plan::decide(&observed);
     let key = uid(&batch);
     if plan.runner == Runner::Stop {
         stop_runner(ctx, &key).await;
@@ -74,7 +73,14 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
             .await;
     }
     if let Runner::Run { queue_url } = plan.runner {
-        run(ctx, &batch, pool.as_ref(), queue_url, source, read.results);
+        run(
+            ctx,
+            &batch,
+            pool.as_ref(),
+            queue_url,
+            source,
+            observed.results,
+        );
     }
     match plan.then {
         Then::Requeue(after) => Ok(Action::requeue(after)),
@@ -83,35 +89,14 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
     }
 }
 
-/// What [`apply`] reads before it decides.
-struct Read {
-    pool: Option<WorkerPool>,
-    validation: Result<(), Vec<Invalid>>,
-    waiting_for_memory: Option<String>,
-    results: Option<S3Uri>,
-    now: Time,
-}
-
-impl Read {
-    fn view<'a>(&self, batch: &'a TaskBatch) -> Observed<'a> {
-        Observed {
-            batch,
-            validation: self.validation.clone(),
-            pool_exists: self.pool.is_some(),
-            queue_url: self
-                .pool
-                .as_ref()
-                .and_then(|p| p.status.as_ref()?.queue_url.clone()),
-            waiting_for_memory: self.waiting_for_memory.clone(),
-            results: self.results.clone(),
-            now: self.now.clone(),
-        }
-    }
-}
-
-/// The pool, the validation and, for a batch whose runner is to start, its
-/// workload file, read and checked whole before anything is enqueued.
-async fn observe(batch: &TaskBatch, ctx: &Context) -> Result<(Read, Source), Error> {
+/// What [`apply`] decides on, with the pool itself and where the batch's
+/// tasks come from: the pool, the validation and, for a batch whose runner
+/// is to start, its workload file, read and checked whole before anything is
+/// enqueued.
+async fn observe<'a>(
+    batch: &'a TaskBatch,
+    ctx: &Context,
+) -> Result<(Observed<'a>, Option<WorkerPool>, Source), Error> {
     let ns = batch.namespace().unwrap_or_default();
     let spec = &batch.spec;
     let old = batch.status.clone().unwrap_or_default();
@@ -132,14 +117,18 @@ async fn observe(batch: &TaskBatch, ctx: &Context) -> Result<(Read, Source), Err
             }
         }
     }
-    let read = Read {
-        pool,
+    let observed = Observed {
+        batch,
         validation,
+        pool_exists: pool.is_some(),
+        queue_url: pool
+            .as_ref()
+            .and_then(|p| p.status.as_ref()?.queue_url.clone()),
         waiting_for_memory,
         results: results_location(ctx, batch),
         now: Time(Timestamp::now()),
     };
-    Ok((read, source))
+    Ok((observed, pool, source))
 }
 
 /// Hands a running runner the spec, or starts one.

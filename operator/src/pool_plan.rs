@@ -33,8 +33,8 @@ pub struct Running<'a> {
     pub queue_url: String,
     pub dead_letter_queue_url: Option<String>,
     pub stats: QueueStats,
-    pub workers: ObservedWorkers,
-    pub work: PoolWork,
+    pub workers: &'a ObservedWorkers,
+    pub work: &'a PoolWork,
     pub decision: &'a Decision,
     pub min: i32,
     pub slots_per_worker: u64,
@@ -107,7 +107,7 @@ pub fn decide(pool: &WorkerPool, o: &Observed<'_>, poll: Duration, now: &Time) -
     };
     st.queue_url = Some(r.queue_url.clone());
     st.dead_letter_queue_url = r.dead_letter_queue_url.clone();
-    let (stats, workers, decision) = (&r.stats, &r.workers, r.decision);
+    let (stats, workers, decision) = (&r.stats, r.workers, r.decision);
     let backlog = stats.visible + stats.in_flight + stats.delayed;
     if backlog > 0 {
         st.last_active_time = Some(now.clone());
@@ -127,7 +127,7 @@ pub fn decide(pool: &WorkerPool, o: &Observed<'_>, poll: Duration, now: &Time) -
         });
     }
     let backlog = i64::try_from(backlog).unwrap_or(i64::MAX);
-    let work = &r.work;
+    let work = r.work;
     st.replicas = workers.current;
     st.ready_replicas = workers.ready;
     st.desired_replicas = decision.replicas;
@@ -192,25 +192,37 @@ mod tests {
         }
     }
 
-    fn running(d: &Decision, current: i32, visible: u64) -> Observed<'_> {
+    fn workers(current: i32) -> ObservedWorkers {
+        ObservedWorkers {
+            current,
+            ready: current,
+            missing: false,
+        }
+    }
+
+    const WORK: PoolWork = PoolWork {
+        tasks: 40,
+        task_seconds: 80.0,
+        waiting_tasks: 0,
+        waiting_task_seconds: 0.0,
+    };
+
+    fn running<'a>(
+        d: &'a Decision,
+        workers: &'a ObservedWorkers,
+        visible: u64,
+        in_flight: u64,
+    ) -> Observed<'a> {
         Observed::Running(Running {
             queue_url: "http://q".into(),
             dead_letter_queue_url: Some("http://q-dlq".into()),
             stats: QueueStats {
                 visible,
-                in_flight: 2,
+                in_flight,
                 delayed: 0,
             },
-            workers: ObservedWorkers {
-                current,
-                ready: current,
-                missing: false,
-            },
-            work: PoolWork {
-                tasks: 40,
-                task_seconds: 80.0,
-                ..PoolWork::default()
-            },
+            workers,
+            work: &WORK,
             decision: d,
             min: 0,
             slots_per_worker: 4,
@@ -226,8 +238,8 @@ mod tests {
 
     #[test]
     fn a_scale_up_is_written_said_and_figured() {
-        let d = decision(5);
-        let plan = decide(&pool(None), &running(&d, 2, 8), POLL, &now());
+        let (d, w) = (decision(5), workers(2));
+        let plan = decide(&pool(None), &running(&d, &w, 8, 2), POLL, &now());
         assert_eq!(plan.change, 3);
         assert_eq!(plan.then, Then::Requeue(POLL));
         assert_eq!(plan.events.len(), 1);
@@ -253,13 +265,10 @@ mod tests {
             last_active_time: Some(Time(Timestamp::from_second(1).unwrap())),
             ..WorkerPoolStatus::default()
         };
-        let Observed::Running(mut r) = running(&d, 2, 0) else {
-            unreachable!()
-        };
-        r.stats.in_flight = 0;
+        let w = workers(2);
         let plan = decide(
             &pool(Some(old.clone())),
-            &Observed::Running(r),
+            &running(&d, &w, 0, 0),
             POLL,
             &now(),
         );

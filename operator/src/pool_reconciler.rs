@@ -124,16 +124,13 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         queue_url: queue.url().to_string(),
         dead_letter_queue_url: queue.dead_letter_url().map(str::to_string),
         stats,
-        workers,
-        work,
+        workers: &workers,
+        work: &work,
         decision: &decision,
         min: config.min,
         slots_per_worker: config.slots_per_worker,
     });
     let plan = pool_plan::decide(pool, &observed, ctx.settings.poll, &now);
-    let Observed::Running(running) = observed else {
-        unreachable!("built as Running above")
-    };
     fleet
         .scale(
             pool,
@@ -141,18 +138,15 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             &mut memory,
             queue.url(),
             decision.replicas,
-            &running.workers,
+            &workers,
         )
         .await?;
+    let labels = pool_labels(&ns, &name);
     if plan.change != 0 {
         memory.scale.scaled(SystemTime::now(), plan.change);
-        ctx.metrics
-            .scale_changes
-            .get_or_create(&pool_labels(&ns, &name))
-            .inc();
-        tracing::info!(pool = %format!("{ns}/{name}"), from = running.workers.current, to = decision.replicas, reason = %decision.reason, "scaled");
+        ctx.metrics.scale_changes.get_or_create(&labels).inc();
+        tracing::info!(pool = %format!("{ns}/{name}"), from = workers.current, to = decision.replicas, reason = %decision.reason, "scaled");
     }
-    let labels = pool_labels(&ns, &name);
     ctx.metrics
         .backlog
         .get_or_create(&labels)
@@ -164,7 +158,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics
         .ready_workers
         .get_or_create(&labels)
-        .set(i64::from(running.workers.ready));
+        .set(i64::from(workers.ready));
     carry_out(pool, ctx, plan, Some(&mut memory)).await
 }
 

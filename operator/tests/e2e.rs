@@ -1810,6 +1810,7 @@ fn a_taskbatch_of_unknown_length_tasks_runs_beside_the_embedded_engine() {
     assert_eq!(s.phase, Some(Phase::Succeeded), "{s:?}");
     assert_eq!((s.counts.succeeded, s.counts.failed), (i64::from(n), 0));
     assert_eq!(s.planned_slots, Some(8));
+    assert_eq!(s.planned_workers, Some(2));
     // The tail: where the workers claimed bundles (the ledger's keys), no
     // bundle cut by the last sizing is larger than its rule allows there.
     let sizing = s.bundle_sizing.clone().expect("a learned sizing");
@@ -1824,7 +1825,7 @@ fn a_taskbatch_of_unknown_length_tasks_runs_beside_the_embedded_engine() {
         )
         .unwrap();
     assert_eq!(firsts.first(), Some(&0), "{firsts:?}");
-    let plan = cloudkon_operator::sizing::plan(u64::from(n), 8, Some(learned));
+    let plan = cloudkon_operator::sizing::plan(u64::from(n), 2, Some(learned));
     let spec = cloudkon_core::TaskSpec::Run {
         program: "sh".into(),
         args: vec!["-c".into(), "true".into()],

@@ -65,6 +65,13 @@ struct Args {
     #[arg(long, env = "CLOUDKON_RESULTS_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
     results_linger: Duration,
 
+    /// How often the ledger is asked whether a batch whose bundles run here
+    /// was cancelled: a cancel leaves their tasks not started within it.
+    /// Each is a DynamoDB read per batch held: with a big pool of short
+    /// tasks, a longer period saves most of its requests per task.
+    #[arg(long, env = "CLOUDKON_CANCEL_CHECK", default_value = "3s", value_parser = parse_cancel_check)]
+    cancel_check: Duration,
+
     /// Long-poll wait of each receive (at most 20s).
     #[arg(long, env = "CLOUDKON_RECEIVE_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     receive_wait: Duration,
@@ -269,6 +276,7 @@ async fn run(args: Args) -> Result<StopReason> {
     config.idle_timeout = args.idle_timeout;
     config.grace = args.grace;
     config.max_claims = args.max_claims.max(1);
+    config.cancel_check = args.cancel_check;
 
     let shutdown = Shutdown::new();
     spawn_signal_handler(shutdown.clone())?;
@@ -372,4 +380,14 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
     })
     .context("cannot handle SIGTERM and SIGINT")?;
     Ok(())
+}
+
+/// `--cancel-check`: a duration from 100ms to an hour (zero would ask the
+/// ledger without pause).
+fn parse_cancel_check(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{s} is outside 100ms..1h"));
+    }
+    Ok(d)
 }

@@ -83,6 +83,9 @@ pub struct WorkerConfig {
     pub startup_jitter_seconds: f64,
     pub lease_seconds: f64,
     pub linger_ms: f64,
+    /// How often a worker asks whether each batch it holds was cancelled
+    /// (`--cancel-check`).
+    pub cancel_check_seconds: f64,
     pub receive_wait_seconds: f64,
     pub prefetch: usize,
     pub grace_seconds: f64,
@@ -101,6 +104,7 @@ impl Default for WorkerConfig {
             startup_jitter_seconds: 0.0,
             lease_seconds: 60.0,
             linger_ms: 5000.0,
+            cancel_check_seconds: 3.0,
             receive_wait_seconds: 10.0,
             prefetch: 2,
             grace_seconds: 25.0,
@@ -266,6 +270,10 @@ impl SimConfig {
         }
         if self.sample_seconds <= 0.0 {
             return Err("sampleSeconds must be positive".into());
+        }
+        // As `cloudkon-worker --cancel-check` takes it.
+        if !(0.1..=3600.0).contains(&self.worker.cancel_check_seconds) {
+            return Err("worker.cancelCheckSeconds must be in [0.1, 3600]".into());
         }
         for b in &self.batches {
             if b.tasks == 0 {

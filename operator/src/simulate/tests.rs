@@ -43,8 +43,8 @@ fn a_tiny_run_takes_the_time_computed_by_hand() {
         report.list_bound
     );
     assert_eq!(report.reruns, 0);
-    // Factoring cuts 4 tasks over 2 slots into single-task bundles.
-    assert_eq!(report.batches[0].bundles, 4);
+    // Factoring cuts 4 tasks over 1 worker into bundles of 2, 1 and 1.
+    assert_eq!(report.batches[0].bundles, 3);
 }
 
 fn disrupted(seed: u64) -> SimConfig {
@@ -177,4 +177,25 @@ fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
     assert_eq!(report.collected, 1);
     let reads = report.requests.ledger_reads;
     assert!((19..=22).contains(&reads), "{reads} ledger reads");
+}
+
+/// The same worker told to ask every 12 s (`--cancel-check 12s`) reads the
+/// ledger a quarter as often; a period the worker would refuse is refused.
+#[test]
+fn the_cancel_check_period_is_the_workers_setting() {
+    let cfg = one_worker(
+        "threads: 1",
+        "startupSeconds: 0, leaseSeconds: 9, prefetch: 1, cancelCheckSeconds: 12",
+        "{ name: a, tasks: 1, declared: true, durations: { kind: fixed, seconds: 60 } }",
+    );
+    let report = simulate(&cfg);
+    assert_eq!(report.collected, 1);
+    let reads = report.requests.ledger_reads;
+    assert!((4..=7).contains(&reads), "{reads} ledger reads");
+    let bad = SimConfig::parse(
+        "pool: { max: 1, threads: 1 }\nworker: { cancelCheckSeconds: 0 }\n\
+         batches: [{ name: a, tasks: 1, durations: { kind: fixed, seconds: 1 } }]\n",
+    );
+    let message = bad.expect_err("refused").to_string();
+    assert!(message.contains("cancelCheckSeconds"), "{message}");
 }

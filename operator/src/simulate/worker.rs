@@ -18,9 +18,6 @@ use super::engine::{Ev, SECOND, Sim};
 use super::queue::{Claim, MsgState, T};
 use super::runner::ResultItem;
 
-/// How often a worker asks whether a batch was cancelled (GetItem).
-const CANCEL_CHECK_EVERY: T = 3 * SECOND;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WState {
     Starting,
@@ -214,7 +211,7 @@ impl Sim<'_> {
             };
             let worker = &mut self.workers[w];
             worker.avg_bundle_tasks = 0.7 * worker.avg_bundle_tasks + 0.3 * f64::from(len);
-            if worker.cancel_checked[batch].is_none_or(|t| self.now - t >= CANCEL_CHECK_EVERY) {
+            if worker.cancel_checked[batch].is_none_or(|t| self.now - t >= self.cancel_check) {
                 worker.cancel_checked[batch] = Some(self.now);
                 self.req.ledger_reads += 1;
             }
@@ -525,13 +522,13 @@ impl Sim<'_> {
             .map(|h| (h.msg, h.sent.clone()))
             .collect();
         // The worker's `watch_cancels` asks the ledger every
-        // CANCEL_CHECK_EVERY whether each batch it holds bundles of was
+        // `cancel_check` whether each batch it holds bundles of was
         // cancelled: counted here for the period since the last renewal, for
-        // the batches held now (an event every 3 s per worker would add
+        // the batches held now (an event per check and worker would add
         // nothing else).
         let worker = &mut self.workers[w];
         let period = self.lease / 3 + worker.cancel_poll_rest;
-        worker.cancel_poll_rest = period % CANCEL_CHECK_EVERY;
+        worker.cancel_poll_rest = period % self.cancel_check;
         let mut batches: Vec<usize> = worker
             .held
             .iter()
@@ -539,7 +536,7 @@ impl Sim<'_> {
             .collect();
         batches.sort_unstable();
         batches.dedup();
-        self.req.ledger_reads += (period / CANCEL_CHECK_EVERY) * batches.len() as u64;
+        self.req.ledger_reads += (period / self.cancel_check) * batches.len() as u64;
         for (msg, progress) in claimed {
             self.ledger_write();
             self.req.visibility_changes += 1;

@@ -394,7 +394,7 @@ where
     L: DedupLedger,
 {
     if let Some((cancelled, at)) = ctx.cancelled.lock().expect("cancel cache").get(batch)
-        && (*cancelled || at.elapsed() < super::CANCEL_CHECK_EVERY)
+        && (*cancelled || at.elapsed() < ctx.config.cancel_check)
     {
         return Some(*cancelled);
     }
@@ -414,7 +414,7 @@ where
     Some(cancelled)
 }
 
-/// Caches a batch's cancel answer for [`super::CANCEL_CHECK_EVERY`] (a cancel
+/// Caches a batch's cancel answer for `cancel_check` (a cancel
 /// for good).
 pub fn remember_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, cancelled: bool) {
     let mut cache = ctx.cancelled.lock().expect("cancel cache");

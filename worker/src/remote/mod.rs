@@ -66,6 +66,12 @@ pub struct RemoteConfig {
     /// A bundle claimed this many times (its workers kept dying) is reported
     /// failed instead of run again.
     pub max_claims: u32,
+    /// How often the ledger is asked whether each batch held was cancelled
+    /// (a GetItem per batch): how soon a cancel leaves the tasks not started,
+    /// against a read per worker and period, which a pool of 1,000 workers
+    /// finishing a few tasks a second each pays per task (see the README's
+    /// simulation figures).
+    pub cancel_check: Duration,
 }
 
 impl RemoteConfig {
@@ -80,6 +86,7 @@ impl RemoteConfig {
             idle_timeout: None,
             grace: Duration::from_secs(25),
             max_claims: 3,
+            cancel_check: Duration::from_secs(3),
         }
     }
 }
@@ -114,12 +121,9 @@ struct Ctx<Q, L, R> {
     /// Response queues found deleted (logged once each).
     gone: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Batch → (cancelled, when looked up): the ledger is asked at most every
-    /// [`CANCEL_CHECK_EVERY`] per batch.
+    /// `config.cancel_check` per batch.
     cancelled: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
 }
-
-/// How long a batch's "not cancelled" answer is trusted.
-const CANCEL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl<Q, L, R> Ctx<Q, L, R> {
     /// A fresh owner token for one claim.
@@ -218,7 +222,7 @@ async fn give_back_unstarted<Q, L, R>(
     }
 }
 
-/// Every [`CANCEL_CHECK_EVERY`], asks whether the batches of the bundles held
+/// Every `cancel_check`, asks whether the batches of the bundles held
 /// were cancelled, and leaves their tasks that have not started: a bundle
 /// holds many tasks, and a cancel must not wait for all of them. (The bundle
 /// is then given back, and the next worker to receive it deletes it.)
@@ -234,7 +238,7 @@ where
     loop {
         tokio::select! {
             _ = done.cancelled() => return,
-            _ = tokio::time::sleep(CANCEL_CHECK_EVERY) => {},
+            _ = tokio::time::sleep(ctx.config.cancel_check) => {},
         }
         for batch in ctx.inflight.batches() {
             // Asked afresh (not from the admission cache): a cancel is seen

@@ -79,6 +79,27 @@ pub fn result_receives(receives: usize, got: usize) -> usize {
     }
 }
 
+/// How long the collector waits before its next round, after `got`
+/// messages from `receives`: a round that came back neither empty nor full
+/// met a trickle (with a long poll, a receive returns as soon as one message
+/// is there), and the next would take about one message a receive: 1,000
+/// workers sending 124 messages a second cost 345,000 receives for 690,000
+/// messages (simulated). After [`COLLECT_PAUSE`], a round takes ten to a
+/// receive. An empty round has waited its long poll already; a full one
+/// goes on at once.
+pub fn collect_pause(receives: usize, got: usize) -> Duration {
+    if got > 0 && got < RECEIVE_RESULTS * receives.max(1) {
+        COLLECT_PAUSE
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// The collector's wait after a round that was not full: results are
+/// counted up to this much later (a worker's results already wait up to its
+/// 5 s linger).
+pub const COLLECT_PAUSE: Duration = Duration::from_millis(500);
+
 /// Where a batch's tasks come from, read by the reconciler (which validates a
 /// workload file before anything is enqueued).
 pub enum Source {
@@ -766,6 +787,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .await
             .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
             let messages: Vec<_> = rounds.into_iter().flatten().collect();
+            let pause = collect_pause(receives, messages.len());
             receives = result_receives(receives, messages.len());
             for (message, receipt) in messages {
                 let mut new = false;
@@ -851,6 +873,9 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             if let Some(why) = gave_up {
                 tracing::warn!(batch = %name, succeeded = collected.succeeded, failed = collected.failed, "batch given up: {why}");
                 return Ok(());
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -1550,6 +1575,24 @@ mod tests {
         );
         assert_eq!(resent[..after.len()], after[..], "checkpoint {checkpoint}");
         assert!(resent.iter().all(|b| b.0 >= checkpoint));
+    }
+
+    #[test]
+    fn the_collector_pauses_after_a_round_that_met_a_trickle() {
+        // (receives, messages got) -> pause before the next round.
+        let cases = [
+            ((1, 0), Duration::ZERO),
+            ((1, 1), COLLECT_PAUSE),
+            ((1, 9), COLLECT_PAUSE),
+            ((1, 10), Duration::ZERO),
+            ((4, 39), COLLECT_PAUSE),
+            ((4, 40), Duration::ZERO),
+            ((16, 0), Duration::ZERO),
+            ((0, 5), COLLECT_PAUSE),
+        ];
+        for ((receives, got), want) in cases {
+            assert_eq!(collect_pause(receives, got), want, "{receives} {got}");
+        }
     }
 
     #[test]

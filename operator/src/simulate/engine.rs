@@ -49,7 +49,13 @@ pub enum Ev {
     },
     CollectorGot {
         b: usize,
+        /// Receives the round made.
+        made: usize,
         messages: Vec<Vec<ResultItem>>,
+    },
+    /// The collector's next round, after its pause (`collect_pause`).
+    CollectorPoll {
+        b: usize,
     },
     /// The pool reconciler's periodic pass.
     ScalerTick,
@@ -390,7 +396,8 @@ impl<'c> Sim<'c> {
             }
             Ev::ResultsArrive { b, messages } => self.results_arrive(b, messages),
             Ev::CollectorTimeout { b, seq } => self.collector_timeout(b, seq),
-            Ev::CollectorGot { b, messages } => self.collector_got(b, messages),
+            Ev::CollectorGot { b, made, messages } => self.collector_got(b, made, messages),
+            Ev::CollectorPoll { b } => self.collector_poll(b),
             Ev::ScalerTick => {
                 self.scale();
                 if !self.finished() {

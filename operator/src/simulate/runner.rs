@@ -15,7 +15,7 @@ use super::config::BatchConfig;
 use super::dist::{Durations, task_hash};
 use super::engine::{Ev, SECOND, Sim, us};
 use super::queue::T;
-use crate::batch_runner::{RECEIVE_RESULTS, SEND_GROUP, result_receives};
+use crate::batch_runner::{RECEIVE_RESULTS, SEND_GROUP, collect_pause, result_receives};
 use crate::shares::ShareGuard;
 use crate::sizing::{self, SizingInput};
 use crate::window::{self, Estimate, MeterInput};
@@ -371,9 +371,10 @@ impl Sim<'_> {
         // The round's receives go at once and come back together.
         let n = batch.inbox.len().min(RECEIVE_RESULTS * batch.receives);
         let messages: Vec<_> = batch.inbox.drain(..n).collect();
-        self.req.results_receives += batch.receives as u64;
-        batch.receives = result_receives(batch.receives, n);
-        self.at(now + self.lat_sqs, Ev::CollectorGot { b, messages });
+        let made = batch.receives;
+        self.req.results_receives += made as u64;
+        batch.receives = result_receives(made, n);
+        self.at(now + self.lat_sqs, Ev::CollectorGot { b, made, messages });
     }
 
     pub fn results_arrive(&mut self, b: usize, messages: Vec<Vec<ResultItem>>) {
@@ -400,8 +401,9 @@ impl Sim<'_> {
         }
     }
 
-    pub fn collector_got(&mut self, b: usize, messages: Vec<Vec<ResultItem>>) {
+    pub fn collector_got(&mut self, b: usize, made: usize, messages: Vec<Vec<ResultItem>>) {
         let now = self.now;
+        let pause = collect_pause(made, messages.len());
         let batch = &mut self.batches[b];
         for r in messages.iter().flatten() {
             if !batch.collect(r.id) {
@@ -437,7 +439,11 @@ impl Sim<'_> {
         }
         self.notice_turns();
         if !done {
-            self.collector_poll(b);
+            if pause.is_zero() {
+                self.collector_poll(b);
+            } else {
+                self.at(now + us(pause.as_secs_f64()), Ev::CollectorPoll { b });
+            }
         }
     }
 }

@@ -171,9 +171,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-/// How often the worker's heartbeat row is written.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
-
 fn main() -> ExitCode {
     let args = Args::parse();
     cloudkon_worker::logging::init(args.log_format, "info");
@@ -362,7 +359,7 @@ async fn heartbeat_rows(
         }
         tokio::select! {
             _ = done.cancelled() => return,
-            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {},
+            _ = tokio::time::sleep(cloudkon_worker::remote::HEARTBEAT_ROW_EVERY) => {},
         }
     }
 }

@@ -150,6 +150,9 @@ pub struct Requests {
     pub ledger_throttled: u64,
     /// DynamoDB GetItem: the cancel check.
     pub ledger_reads: u64,
+    /// DynamoDB PutItem of each worker's heartbeat row, from its start to
+    /// its end (`HEARTBEAT_ROW_EVERY`).
+    pub heartbeat_rows: u64,
     /// The operator's receives of dead-lettered bundles.
     pub dead_letter_receives: u64,
 }
@@ -167,7 +170,11 @@ impl Requests {
     }
 
     pub fn total(&self) -> u64 {
-        self.sqs() + self.ledger_writes + self.ledger_throttled + self.ledger_reads
+        self.sqs()
+            + self.ledger_writes
+            + self.ledger_throttled
+            + self.ledger_reads
+            + self.heartbeat_rows
     }
 }
 

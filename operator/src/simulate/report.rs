@@ -126,7 +126,8 @@ impl Report {
         let r = sim.req;
         let aws = &cfg.aws;
         let request_dollars = (r.sqs() as f64 * aws.sqs_per_million
-            + (r.ledger_writes + r.ledger_throttled) as f64 * aws.dynamodb_write_per_million
+            + (r.ledger_writes + r.ledger_throttled + r.heartbeat_rows) as f64
+                * aws.dynamodb_write_per_million
             + r.ledger_reads as f64 * aws.dynamodb_read_per_million)
             / 1e6;
         let weights: u64 = sim.batches.iter().map(|b| b.weight).sum();
@@ -356,7 +357,7 @@ impl Report {
         let r = &self.requests;
         let _ = writeln!(
             s,
-            "  AWS requests {} = {:.4} per task, ${:.2} (+ ${:.2} of workers): bundles send {} / receive {} / delete {} / visibility {}; results send {} / receive {} / delete {}; DynamoDB writes {} (+{} throttled retries), reads {}",
+            "  AWS requests {} = {:.4} per task, ${:.2} (+ ${:.2} of workers): bundles send {} / receive {} / delete {} / visibility {}; results send {} / receive {} / delete {}; DynamoDB writes {} (+{} throttled retries), reads {}, workers' heartbeat rows {}",
             r.total(),
             self.requests_per_task(),
             self.request_dollars,
@@ -370,7 +371,8 @@ impl Report {
             r.results_deletes,
             r.ledger_writes,
             r.ledger_throttled,
-            r.ledger_reads
+            r.ledger_reads,
+            r.heartbeat_rows
         );
         let c = &self.counters;
         let _ = writeln!(

@@ -192,6 +192,9 @@ fn the_cancel_check_period_is_the_workers_setting() {
     assert_eq!(report.collected, 1);
     let reads = report.requests.ledger_reads;
     assert!((4..=7).contains(&reads), "{reads} ledger reads");
+    // Its heartbeat row: at the start, then every 10 s of the minute.
+    let rows = report.requests.heartbeat_rows;
+    assert!((6..=8).contains(&rows), "{rows} heartbeat rows");
     let bad = SimConfig::parse(
         "pool: { max: 1, threads: 1 }\nworker: { cancelCheckSeconds: 0 }\n\
          batches: [{ name: a, tasks: 1, durations: { kind: fixed, seconds: 1 } }]\n",

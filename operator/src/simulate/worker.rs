@@ -12,9 +12,9 @@ use std::collections::VecDeque;
 
 use std::time::Duration;
 
-use cloudkon_worker::remote::{bundles_wanted, results_wait};
+use cloudkon_worker::remote::{HEARTBEAT_ROW_EVERY, bundles_wanted, results_wait};
 
-use super::engine::{Ev, SECOND, Sim};
+use super::engine::{Ev, SECOND, Sim, us};
 use super::queue::{Claim, MsgState, T};
 use super::runner::ResultItem;
 
@@ -67,6 +67,8 @@ pub struct WorkerSim {
     cancel_checked: Vec<Option<T>>,
     /// Time since the last cancel poll counted (`watch_cancels`, below).
     cancel_poll_rest: T,
+    /// Time since the last heartbeat row, carried from renewal to renewal.
+    heartbeat_rest: T,
 }
 
 impl WorkerSim {
@@ -89,6 +91,7 @@ impl WorkerSim {
             flush_seq: 0,
             cancel_checked: vec![None; batches],
             cancel_poll_rest: 0,
+            heartbeat_rest: 0,
         }
     }
 
@@ -114,6 +117,8 @@ impl Sim<'_> {
             return;
         }
         self.workers[w].state = WState::Ready;
+        // The first heartbeat row goes as the worker starts.
+        self.req.heartbeat_rows += 1;
         self.at(self.now + self.lease / 3, Ev::Renew(w));
         self.maybe_fetch(w);
     }
@@ -527,6 +532,11 @@ impl Sim<'_> {
         // the batches held now (an event per check and worker would add
         // nothing else).
         let worker = &mut self.workers[w];
+        // Its heartbeat rows, counted the same way for the period.
+        let every = us(HEARTBEAT_ROW_EVERY.as_secs_f64());
+        let beat = self.lease / 3 + worker.heartbeat_rest;
+        worker.heartbeat_rest = beat % every;
+        self.req.heartbeat_rows += beat / every;
         let period = self.lease / 3 + worker.cancel_poll_rest;
         worker.cancel_poll_rest = period % self.cancel_check;
         let mut batches: Vec<usize> = worker

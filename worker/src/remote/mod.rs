@@ -91,6 +91,11 @@ impl RemoteConfig {
     }
 }
 
+/// How often `cloudkon-worker` writes its heartbeat row (`<table>-workers`,
+/// what the pool reconciler reads for pod-deletion costs): a DynamoDB write
+/// per worker and period, which the simulator counts too.
+pub const HEARTBEAT_ROW_EVERY: Duration = Duration::from_secs(10);
+
 /// Why the worker stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {

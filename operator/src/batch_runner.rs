@@ -307,20 +307,10 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .and_then(|s| u64::try_from(s).ok())
             .filter(|&s| s > 0)
             .unwrap_or(args.pool_slots.max(1));
-        let spread_over = sizing::spread_over(
-            status.planned_workers,
-            status.planned_slots,
-            args.pool_workers,
-        );
         self.record
             .patch_status(StatusPatch {
                 start_time: Some(start_time.clone()),
                 planned_slots: Some(i64::try_from(planned_slots).unwrap_or(i64::MAX)),
-                planned_workers: status
-                    .planned_slots
-                    .is_none()
-                    .then(|| i64::try_from(spread_over).unwrap_or(i64::MAX))
-                    .or(status.planned_workers),
                 results: args.results.as_ref().map(ToString::to_string),
                 ..StatusPatch::default()
             })
@@ -339,7 +329,6 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     .and_then(|h| u64::try_from(h).ok())
                     .unwrap_or(0),
                 planned_slots,
-                spread_over,
                 spec,
                 &progress,
                 &share,
@@ -370,7 +359,6 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         sized: Option<BundleSizing>,
         last_horizon: u64,
         planned_slots: u64,
-        spread_over: u64,
         mut spec: watch::Receiver<TaskBatchSpec>,
         progress: &Progress,
         share: &ShareGuard,
@@ -402,7 +390,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut bundles = enqueue::bundles_from(
             tasks_from(args, from)?,
             id.clone(),
-            sizing::plan(total, spread_over, learned),
+            sizing::plan(total, planned_slots, learned),
             from,
             checkpoint,
             task_timeout(&args.batch.spec),
@@ -438,7 +426,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     bundles = enqueue::bundles_from(
                         tasks_from(args, enqueued)?,
                         id.clone(),
-                        sizing::plan(total, spread_over, learned),
+                        sizing::plan(total, planned_slots, learned),
                         enqueued,
                         enqueued,
                         task_timeout(&args.batch.spec),
@@ -1228,7 +1216,6 @@ mod tests {
             (n as i64, n as i64, 0)
         );
         assert_eq!(status.planned_slots, Some(4));
-        assert_eq!(status.planned_workers, Some(2));
         // Every task once in the results, in parts within the bound.
         let parts = r.store.list("results", "ns/b/");
         assert!(parts.len() > 2, "{} parts", parts.len());
@@ -1543,7 +1530,7 @@ mod tests {
         let b = batch(spec, Some(status));
         let (_tx, rx) = watch::channel(b.spec.clone());
         // The pool has grown since: the cut stays the one fixed in the
-        // status (planned slots and workers).
+        // status (the planned slots).
         let grown = RunnerArgs {
             pool_slots: 40,
             pool_workers: 10,

@@ -96,15 +96,11 @@ pub fn worker_deployment(
         env_value("CLOUDKON_METRICS_ADDR", &format!("0.0.0.0:{METRICS_PORT}")),
         env_value("CLOUDKON_GRACE", &format!("{WORKER_GRACE_SECONDS}s")),
     ];
-    if let Some(threads) = template.threads {
-        env.push(env_value("CLOUDKON_THREADS", &threads.to_string()));
-    }
-    if let Some(table) = &template.ledger_table {
-        env.push(env_value("CLOUDKON_LEDGER_TABLE", table));
-    }
-    if let Some((name, value)) = download_env(template) {
-        env.push(env_value(name, &value));
-    }
+    env.extend(
+        template_env(template)
+            .iter()
+            .map(|(name, value)| env_value(name, value)),
+    );
     // The user's variables come last: for a repeated name the last one wins.
     env.extend(template.env.iter().cloned());
 
@@ -206,13 +202,45 @@ pub fn worker_deployment(
 
 /// The worker's download allowance (`template.allowDownloadsFrom`), for the
 /// pods' environment and the instances' user data alike.
-pub fn download_env(template: &WorkerTemplate) -> Option<(&'static str, String)> {
+fn download_env(template: &WorkerTemplate) -> Option<(&'static str, String)> {
     (!template.allow_downloads_from.is_empty()).then(|| {
         (
             "CLOUDKON_ALLOW_DOWNLOADS_FROM",
             template.allow_downloads_from.join(","),
         )
     })
+}
+
+/// The worker settings a pool's template gives, as the worker's variables:
+/// what every fleet's workers get, pods and instances alike (the scaler
+/// counts `threads` slots a worker, and the operator's cancel marks and
+/// claims are in `ledgerTable`).
+pub fn template_env(template: &WorkerTemplate) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if let Some(threads) = template.threads {
+        env.push(("CLOUDKON_THREADS", threads.to_string()));
+    }
+    if let Some(table) = &template.ledger_table {
+        env.push(("CLOUDKON_LEDGER_TABLE", table.clone()));
+    }
+    env.extend(download_env(template));
+    env
+}
+
+/// The variables of an EC2 instance's worker (its user data): the
+/// template's settings, then the user's plain values (an instance has no pod
+/// to resolve a `valueFrom`), last so that they win for a repeated name.
+pub fn instance_env(template: &WorkerTemplate) -> Vec<(String, String)> {
+    template_env(template)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .chain(
+            template
+                .env
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?))),
+        )
+        .collect()
 }
 
 fn env_value(name: &str, value: &str) -> EnvVar {
@@ -304,8 +332,10 @@ mod tests {
             .iter()
             .map(|e| {
                 let value = e.value.clone().unwrap_or_else(|| {
-                    let field = e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
-                    format!("fieldRef:{}", field.field_path)
+                    match e.value_from.as_ref().unwrap().field_ref.as_ref() {
+                        Some(field) => format!("fieldRef:{}", field.field_path),
+                        None => "valueFrom".into(),
+                    }
                 });
                 (e.name.clone(), value)
             })
@@ -374,6 +404,38 @@ mod tests {
             .position(|(n, _)| n == "CLOUDKON_ANIMOTO_OUT")
             .unwrap();
         assert!(ours < theirs);
+    }
+
+    #[test]
+    fn instances_get_the_templates_settings_as_pods_do() {
+        let p = pool(
+            "apiVersion: cloudkon.io/v1alpha1\nkind: WorkerPool\nmetadata: {name: p}\nspec:\n  \
+             workers: {max: 3}\n  template:\n    threads: 6\n    ledgerTable: team-ledger\n    \
+             allowDownloadsFrom: [https://images.example]\n    env:\n    \
+             - {name: CLOUDKON_THREADS, value: '5'}\n    \
+             - {name: FROM_SECRET, valueFrom: {secretKeyRef: {name: s, key: k}}}\n",
+        );
+        let env = instance_env(&p.spec.template);
+        let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "CLOUDKON_THREADS",
+                "CLOUDKON_LEDGER_TABLE",
+                "CLOUDKON_ALLOW_DOWNLOADS_FROM",
+                "CLOUDKON_THREADS",
+            ]
+        );
+        assert_eq!(env[0].1, "6");
+        assert_eq!(env[1].1, "team-ledger");
+        // The user's value comes last (it wins in the script); a valueFrom
+        // has nothing an instance could resolve.
+        assert_eq!(env[3].1, "5");
+        // The pods of the same pool get the same settings.
+        let pods = super::tests::env(&worker_deployment(&p, "q", 1).unwrap());
+        for (name, value) in &env[..3] {
+            assert!(pods.contains(&(name.to_string(), value.clone())), "{name}");
+        }
     }
 
     #[test]

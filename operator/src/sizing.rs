@@ -21,43 +21,20 @@ use cloudkon_core::BundlePlan;
 
 use crate::task_cost::MIN_TASK_COST;
 
-/// The plan a TaskBatch cuts its bundles with, spread over `workers` (see
-/// [`spread_over`]), for tasks of unknown length taken to cost `learned`
-/// (`None`: not learned yet).
-pub fn plan(total: u64, workers: u64, learned: Option<Duration>) -> BundlePlan {
+/// The plan a TaskBatch cuts its bundles with, over `slots` slots, for tasks
+/// of unknown length taken to cost `learned` (`None`: not learned yet).
+pub fn plan(total: u64, slots: u64, learned: Option<Duration>) -> BundlePlan {
     BundlePlan {
         max_unknown_tasks: Some(BundlePlan::FIRST_UNKNOWN_TASKS),
         max_bundle_time: MAX_BUNDLE_TIME,
         ..BundlePlan::SQS
     }
-    .spread(total, workers)
+    .spread(total, slots)
     .learned(learned)
 }
 
-/// What factoring spreads a batch over: the pool's workers, fixed in
-/// `status.plannedWorkers` when the batch first enqueues. A bundle is taken
-/// by a worker, which runs its tasks on all its slots, so a share of the
-/// remaining tasks over twice the workers takes as long as one over twice
-/// the slots did on one slot; over the slots, a pool of 8-slot workers cut
-/// a 10 M batch into 8 times as many bundles as that needs (123,000, each a
-/// receive, a claim, renewals, results, a completion and a delete;
-/// simulated). A batch started by an operator that spread over its slots
-/// (`plannedSlots` set, `plannedWorkers` not) keeps being cut that way.
-pub fn spread_over(
-    planned_workers: Option<i64>,
-    planned_slots: Option<i64>,
-    pool_workers: u64,
-) -> u64 {
-    let fixed = planned_workers.or(planned_slots);
-    fixed
-        .and_then(|n| u64::try_from(n).ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(pool_workers)
-        .max(1)
-}
-
 /// A bundle's work at most. Factoring (`spread`: the remaining tasks over
-/// twice the pool's workers) is what bounds bundles early in a big batch and
+/// twice the pool's slots) is what bounds bundles early in a big batch and
 /// shrinks them at its end; a minute of work (core's SQS plan) cut a 10 M
 /// batch of 3 s tasks into 391,000 bundles, each a receive, a claim, renewals,
 /// a completion and a delete, where factoring alone cuts about 120,000
@@ -196,33 +173,9 @@ mod tests {
         assert!(steps <= 8, "{steps} steps");
         // 1 s tasks: half an hour's work per bundle, early in a big batch.
         assert_eq!(sizes(Some(Duration::from_secs(1))), 1_800);
-        // ... and factoring's share of it later: 10,000 left over 8 workers.
+        // ... and factoring's share of it later: 10,000 left over 8 slots.
         let late = plan(1_000_000, 8, Some(Duration::from_secs(1)));
         assert_eq!(late.tasks_per_bundle_at(&run, 990_000), 625);
-    }
-
-    #[test]
-    fn batches_spread_over_the_workers_fixed_when_they_started() {
-        // A new batch: the pool's workers (then written to the status).
-        assert_eq!(spread_over(None, None, 1_000), 1_000);
-        assert_eq!(spread_over(None, None, 0), 1);
-        // Fixed: the pool has changed since.
-        assert_eq!(spread_over(Some(40), Some(320), 1_000), 40);
-        // Started by an operator that spread over its slots: still cut that
-        // way, so that a restarted runner sends the same bundles.
-        assert_eq!(spread_over(None, Some(320), 1_000), 320);
-        // 10 M tasks over 1,000 workers of 8 slots: bundles 8 times the size
-        // of the slots' spread late in the batch.
-        let run = TaskSpec::Run {
-            program: "true".into(),
-            args: vec![],
-        };
-        let late = |takers| {
-            plan(10_000_000, takers, Some(Duration::from_secs(1)))
-                .tasks_per_bundle_at(&run, 9_000_000)
-        };
-        assert_eq!(late(1_000), 500);
-        assert_eq!(late(8_000), 63);
     }
 
     #[test]

@@ -58,8 +58,6 @@ pub struct StatusPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned_slots: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub planned_workers: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle_sizing: Option<BundleSizing>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enqueue_horizon: Option<i64>,
@@ -155,7 +153,6 @@ impl StatusPatch {
             cost,
             results,
             planned_slots,
-            planned_workers,
             bundle_sizing,
             enqueue_horizon,
         } = newer;
@@ -176,7 +173,6 @@ impl StatusPatch {
         newer_wins(&mut self.cost, cost);
         newer_wins(&mut self.results, results);
         newer_wins(&mut self.planned_slots, planned_slots);
-        newer_wins(&mut self.planned_workers, planned_workers);
         newer_wins(&mut self.bundle_sizing, bundle_sizing);
         newer_wins(&mut self.enqueue_horizon, enqueue_horizon);
     }
@@ -206,7 +202,6 @@ impl StatusPatch {
             latency: st.latency,
             cost: st.cost.clone(),
             planned_slots: st.planned_slots,
-            planned_workers: st.planned_workers,
             bundle_sizing: st.bundle_sizing.clone(),
             enqueue_horizon: st.enqueue_horizon,
             ..StatusPatch::default()

@@ -61,18 +61,7 @@ impl WorkerFleet {
             .is_none_or(|p| matches!(p.type_, ProviderType::Deployment));
         // Made once; a Deployment pool (most) needs nothing made, every poll.
         if memory.ec2.is_none() && !deployment {
-            // Plain values only: an instance has no pod to resolve `valueFrom`.
-            let template = &pool.spec.template;
-            let env: Vec<(String, String)> = build::download_env(template)
-                .map(|(name, value)| (name.to_string(), value))
-                .into_iter()
-                .chain(
-                    template
-                        .env
-                        .iter()
-                        .filter_map(|e| Some((e.name.clone(), e.value.clone()?))),
-                )
-                .collect();
+            let env = build::instance_env(&pool.spec.template);
             memory.ec2 = Ec2Provider::from_spec(
                 pool.spec.provider.as_ref(),
                 &pool.namespace().unwrap_or_default(),

@@ -376,20 +376,11 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<String>,
 
-    /// The pool's task slots when the batch first enqueued: what its first
-    /// bundles of unknown tasks wait on (a result per slot before a new
-    /// sizing) and its window is counted in, fixed so that a restarted
-    /// operator cuts the same bundles.
+    /// The pool's task slots the bundles are cut for, fixed when the batch
+    /// first enqueues: bundles hold about the remaining tasks over twice this,
+    /// so they shrink towards the end, and a restarted operator cuts the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_slots: Option<i64>,
-
-    /// The pool's workers the bundles are spread over, fixed with
-    /// `plannedSlots`: factoring's share is the remaining tasks over twice
-    /// this (a worker runs a bundle's tasks on all its slots). Unset on a
-    /// batch started by an operator that spread over `plannedSlots`, which
-    /// a restarted runner then keeps using.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub planned_workers: Option<i64>,
 
     /// The task length bundles of tasks of unknown length are cut for, from
     /// task `from` on, learned from the results: written before any such

@@ -159,8 +159,7 @@ impl BatchSim {
     /// Cuts bundles from task `from` on with the current sizing, as the
     /// runner's `enqueue::bundles_from(tasks_from(from), .., from, from)`.
     fn recut(&mut self, from: u64) {
-        let workers = sizing::spread_over(None, None, self.pool_workers);
-        let plan = sizing::plan(self.total, workers, self.learned);
+        let plan = sizing::plan(self.total, self.planned_slots, self.learned);
         self.bundler = Some(Bundler::starting_at(plan, from));
         self.next_task = from;
         self.peeked = None;

@@ -43,8 +43,8 @@ fn a_tiny_run_takes_the_time_computed_by_hand() {
         report.list_bound
     );
     assert_eq!(report.reruns, 0);
-    // Factoring cuts 4 tasks over 1 worker into bundles of 2, 1 and 1.
-    assert_eq!(report.batches[0].bundles, 3);
+    // Factoring cuts 4 tasks over 2 slots into single-task bundles.
+    assert_eq!(report.batches[0].bundles, 4);
 }
 
 fn disrupted(seed: u64) -> SimConfig {

@@ -836,7 +836,11 @@ fn a_leader_whose_api_server_stalls_stands_down_before_another_takes_over() {
 }
 
 /// The pool's running and pending instances in moto.
-fn pool_instances(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, tag: &str) -> usize {
+fn pool_instance_list(
+    rt: &tokio::runtime::Runtime,
+    ec2: &aws_sdk_ec2::Client,
+    tag: &str,
+) -> Vec<aws_sdk_ec2::types::Instance> {
     use aws_sdk_ec2::types::Filter;
     let out = rt
         .block_on(
@@ -857,36 +861,27 @@ fn pool_instances(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, tag: 
                 .send(),
         )
         .unwrap();
-    out.reservations().iter().map(|r| r.instances().len()).sum()
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().iter().cloned())
+        .collect()
 }
 
-/// The user data of the pool's instances (pending or running), decoded.
+fn pool_instances(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, tag: &str) -> usize {
+    pool_instance_list(rt, ec2, tag).len()
+}
+
+/// The user data of the pool's running and pending instances, decoded.
 fn pool_user_data(
     rt: &tokio::runtime::Runtime,
     ec2: &aws_sdk_ec2::Client,
     tag: &str,
 ) -> Vec<String> {
-    use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+    use aws_sdk_ec2::types::InstanceAttributeName;
     use base64::Engine;
-    let out = rt
-        .block_on(
-            ec2.describe_instances()
-                .filters(
-                    Filter::builder()
-                        .name(format!("tag:{}", cloudkon_operator::provider::POOL_TAG))
-                        .values(tag)
-                        .build(),
-                )
-                .send(),
-        )
-        .unwrap();
-    let ids: Vec<String> = out
-        .reservations()
+    pool_instance_list(rt, ec2, tag)
         .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(|i| i.instance_id().map(str::to_string))
-        .collect();
-    ids.iter()
+        .filter_map(|i| i.instance_id())
         .map(|id| {
             let attr = rt
                 .block_on(

@@ -165,36 +165,27 @@ fn the_shipped_examples_parse() {
 /// One worker holding one batch's bundle for a minute (one 60 s task, a
 /// lease of 9 s: a renewal every 3 s) asks the ledger whether the batch was
 /// cancelled every 3 s, as `watch_cancels` does: about 20 reads, not just
-/// the one at admission.
+/// the one at admission; told to ask every 12 s (`--cancel-check 12s`), a
+/// quarter as often. Its heartbeat row goes at the start, then every 10 s.
+/// A period the worker would refuse is refused.
 #[test]
 fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
-    let cfg = one_worker(
-        "threads: 1",
-        "startupSeconds: 0, leaseSeconds: 9, prefetch: 1",
-        "{ name: a, tasks: 1, declared: true, durations: { kind: fixed, seconds: 60 } }",
-    );
-    let report = simulate(&cfg);
-    assert_eq!(report.collected, 1);
-    let reads = report.requests.ledger_reads;
-    assert!((19..=22).contains(&reads), "{reads} ledger reads");
-}
-
-/// The same worker told to ask every 12 s (`--cancel-check 12s`) reads the
-/// ledger a quarter as often; a period the worker would refuse is refused.
-#[test]
-fn the_cancel_check_period_is_the_workers_setting() {
-    let cfg = one_worker(
-        "threads: 1",
-        "startupSeconds: 0, leaseSeconds: 9, prefetch: 1, cancelCheckSeconds: 12",
-        "{ name: a, tasks: 1, declared: true, durations: { kind: fixed, seconds: 60 } }",
-    );
-    let report = simulate(&cfg);
-    assert_eq!(report.collected, 1);
-    let reads = report.requests.ledger_reads;
-    assert!((4..=7).contains(&reads), "{reads} ledger reads");
-    // Its heartbeat row: at the start, then every 10 s of the minute.
-    let rows = report.requests.heartbeat_rows;
-    assert!((6..=8).contains(&rows), "{rows} heartbeat rows");
+    for (check, reads_within) in [("", 19..=22), (", cancelCheckSeconds: 12", 4..=7)] {
+        let cfg = one_worker(
+            "threads: 1",
+            &format!("startupSeconds: 0, leaseSeconds: 9, prefetch: 1{check}"),
+            "{ name: a, tasks: 1, declared: true, durations: { kind: fixed, seconds: 60 } }",
+        );
+        let report = simulate(&cfg);
+        assert_eq!(report.collected, 1);
+        let reads = report.requests.ledger_reads;
+        assert!(
+            reads_within.contains(&reads),
+            "{check}: {reads} ledger reads"
+        );
+        let rows = report.requests.heartbeat_rows;
+        assert!((6..=8).contains(&rows), "{check}: {rows} heartbeat rows");
+    }
     let bad = SimConfig::parse(
         "pool: { max: 1, threads: 1 }\nworker: { cancelCheckSeconds: 0 }\n\
          batches: [{ name: a, tasks: 1, durations: { kind: fixed, seconds: 1 } }]\n",

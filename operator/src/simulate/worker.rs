@@ -532,13 +532,14 @@ impl Sim<'_> {
         // the batches held now (an event per check and worker would add
         // nothing else).
         let worker = &mut self.workers[w];
-        // Its heartbeat rows, counted the same way for the period.
-        let every = us(HEARTBEAT_ROW_EVERY.as_secs_f64());
-        let beat = self.lease / 3 + worker.heartbeat_rest;
-        worker.heartbeat_rest = beat % every;
-        self.req.heartbeat_rows += beat / every;
-        let period = self.lease / 3 + worker.cancel_poll_rest;
-        worker.cancel_poll_rest = period % self.cancel_check;
+        let span = self.lease / 3;
+        let polls = ticks(&mut worker.cancel_poll_rest, span, self.cancel_check);
+        // Its heartbeat rows, counted the same way.
+        self.req.heartbeat_rows += ticks(
+            &mut worker.heartbeat_rest,
+            span,
+            us(HEARTBEAT_ROW_EVERY.as_secs_f64()),
+        );
         let mut batches: Vec<usize> = worker
             .held
             .iter()
@@ -546,7 +547,7 @@ impl Sim<'_> {
             .collect();
         batches.sort_unstable();
         batches.dedup();
-        self.req.ledger_reads += (period / self.cancel_check) * batches.len() as u64;
+        self.req.ledger_reads += polls * batches.len() as u64;
         for (msg, progress) in claimed {
             self.ledger_write();
             self.req.visibility_changes += 1;
@@ -640,4 +641,12 @@ impl Sim<'_> {
         worker.results.clear();
         self.live -= 1;
     }
+}
+
+/// How many times something done every `every` falls in `span` more, with
+/// `rest` the time since it last did (carried from call to call).
+fn ticks(rest: &mut T, span: T, every: T) -> u64 {
+    let elapsed = span + *rest;
+    *rest = elapsed % every;
+    elapsed / every
 }

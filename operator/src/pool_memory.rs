@@ -1,7 +1,7 @@
 //! What the operator remembers of a pool between reconciliations.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use cloudkon_core::aws::SqsQueue;
 
@@ -18,6 +18,10 @@ pub struct PoolMemory {
     pub applied_generation: Option<i64>,
     /// The EC2 fleet, for pools whose provider is not a Deployment.
     pub ec2: Option<Arc<Ec2Provider>>,
+    /// When the backlog was last seen non-empty, to the nanosecond: the
+    /// status keeps it to the second and only at most once a second, which
+    /// would cut the cooldown before zero short by up to two seconds.
+    pub last_active: Option<SystemTime>,
     /// When the status was last written (see `pool_reconciler::status_due`).
     pub status_written: Option<Instant>,
     /// The task reading the pool's dead-letter queue (aborted when dropped).

@@ -176,14 +176,16 @@ async fn scale_decision(
     work: &PoolWork,
 ) -> Decision {
     let system_now = SystemTime::now();
-    let last_active = if stats.visible + stats.in_flight + stats.delayed > 0 {
-        Some(system_now)
-    } else {
+    if stats.visible + stats.in_flight + stats.delayed > 0 {
+        memory.last_active = Some(system_now);
+    }
+    // After a restart only the status knows (see `PoolMemory::last_active`).
+    let last_active = memory.last_active.or_else(|| {
         pool.status
             .as_ref()
             .and_then(|s| s.last_active_time.as_ref())
-            .map(to_system_time)
-    };
+            .map(end_of_second)
+    });
     let (work_tasks, work_task_seconds) = work.to_run();
     let mut decision = memory.scale.decide(
         config,
@@ -253,8 +255,10 @@ fn pool_labels(ns: &str, name: &str) -> crate::metrics::PoolLabels {
     }
 }
 
-fn to_system_time(t: &Time) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0))
+/// The latest instant a status `Time` (kept to the second) may stand for:
+/// counting the cooldown from there never cuts it short.
+fn end_of_second(t: &Time) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0) + 1)
 }
 
 async fn ensure_queue(
@@ -403,6 +407,16 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_time_stands_for_the_end_of_its_second() {
+        // Written at 12.9 s, read back as 12 s: the cooldown counts from 13 s.
+        let t = Time(k8s_openapi::jiff::Timestamp::from_second(12).unwrap());
+        assert_eq!(
+            end_of_second(&t),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(13)
+        );
+    }
 
     #[test]
     fn figures_are_written_at_most_once_a_second_and_conditions_at_once() {

@@ -80,15 +80,20 @@ pub fn result_receives(receives: usize, got: usize) -> usize {
 }
 
 /// How long the collector waits before its next round, after `got`
-/// messages from `receives`: a round that came back neither empty nor full
-/// met a trickle (with a long poll, a receive returns as soon as one message
-/// is there), and the next would take about one message a receive: 1,000
-/// workers sending 124 messages a second cost 345,000 receives for 690,000
+/// messages holding `results` from `receives`: a round that came back
+/// neither empty nor full, with less than a send's worth of results, met a
+/// trickle (with a long poll, a receive returns as soon as one message is
+/// there), and the next would take about one message a receive: 1,000
+/// workers sending 135 messages a second cost 356,000 receives for 747,000
 /// messages (simulated). After [`COLLECT_PAUSE`], a round takes ten to a
 /// receive. An empty round has waited its long poll already; a full one
-/// goes on at once.
-pub fn collect_pause(receives: usize, got: usize) -> Duration {
-    if got > 0 && got < RECEIVE_RESULTS * receives.max(1) {
+/// goes on at once, and so does one that brought many results (bundles of
+/// short tasks, each message thousands: the meter waits on their count).
+pub fn collect_pause(receives: usize, got: usize, results: usize) -> Duration {
+    if got > 0
+        && got < RECEIVE_RESULTS * receives.max(1)
+        && results < cloudkon_worker::remote::RESULTS_PER_SEND
+    {
         COLLECT_PAUSE
     } else {
         Duration::ZERO
@@ -767,15 +772,21 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut last_flush = Instant::now();
         let started = start_time.0;
         let mut receives = 1;
+        // The last write-out, still going while the next results come in:
+        // its S3 parts took ~40 % of a 1 M-task batch's collection when the
+        // collector waited for them. The next one starts after it.
+        let mut writing: Option<Writing<'_>> = None;
         loop {
-            let rounds = futures_util::future::try_join_all((0..receives).map(|_| {
+            let round = futures_util::future::try_join_all((0..receives).map(|_| {
                 self.inbox
                     .receive_results(RECEIVE_RESULTS, Duration::from_millis(500))
-            }))
-            .await
-            .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+            }));
+            let rounds = alongside(&mut writing, round)
+                .await?
+                .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
             let messages: Vec<_> = rounds.into_iter().flatten().collect();
-            let pause = collect_pause(receives, messages.len());
+            let results = messages.iter().map(|(m, _)| m.results.len()).sum();
+            let pause = collect_pause(receives, messages.len(), results);
             receives = result_receives(receives, messages.len());
             for (message, receipt) in messages {
                 let mut new = false;
@@ -836,13 +847,17 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             // stay bounded whatever the batch's size.
             let full = pending.lines.len() >= self.settings.results_part_bytes
                 || pending.results >= PART_MAX_RESULTS;
-            if done
-                || gave_up.is_some()
-                || full
+            let must = done || gave_up.is_some() || full;
+            let due = must
                 || last_flush.elapsed() >= self.settings.flush_every
-                || pending.receipts.len() >= 200
-            {
-                self.flush(
+                || pending.receipts.len() >= 200;
+            // While a write-out goes on, the next waits unless it must go now
+            // (memory stays within two parts' worth).
+            if due && (writing.is_none() || must) {
+                if let Some(commit) = writing.take() {
+                    commit.await?;
+                }
+                let flush = self.prepare_flush(
                     args,
                     &mut collected,
                     &mut pending,
@@ -850,8 +865,15 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     known_total,
                     started,
                     progress,
-                )
-                .await?;
+                );
+                if let Some(flush) = flush {
+                    let commit = Box::pin(self.commit(args, flush));
+                    if done || gave_up.is_some() {
+                        commit.await?;
+                    } else {
+                        writing = Some(commit);
+                    }
+                }
                 last_flush = Instant::now();
             }
             if done {
@@ -863,7 +885,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 return Ok(());
             }
             if !pause.is_zero() {
-                tokio::time::sleep(pause).await;
+                alongside(&mut writing, tokio::time::sleep(pause)).await?;
             }
         }
     }
@@ -878,8 +900,11 @@ fn counts_of(collected: &Collected, total: Option<u64>) -> TaskCounts {
 }
 
 impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
+    /// What the next write-out holds, taken from `pending` (and the part
+    /// numbers counted in `collected`): `None` when there is nothing to
+    /// write. Its writes are [`Self::commit`]'s.
     #[allow(clippy::too_many_arguments)]
-    async fn flush(
+    fn prepare_flush(
         &self,
         args: &RunnerArgs,
         collected: &mut Collected,
@@ -888,18 +913,16 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         total: Option<u64>,
         started: JiffTimestamp,
         progress: &Progress,
-    ) -> Result<(), Error> {
-        let name = args.batch.name_any();
+    ) -> Option<Flush> {
         let counts = counts_of(collected, total);
         let gave_up =
             status::failure_policy_verdict(args.batch.spec.failure_policy.as_ref(), &counts)
                 .is_some();
         let ending = total.is_some_and(|t| collected.finished() as u64 == t) || gave_up;
         if pending.receipts.is_empty() && !ending {
-            return Ok(());
+            return None;
         }
-        // 1. The results objects, each bounded (a crash before step 2 writes
-        //    the same part numbers again).
+        let mut parts = Vec::new();
         if let Some(results) = &args.results
             && !pending.lines.is_empty()
         {
@@ -907,44 +930,17 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             pending.results = 0;
             for part in split_parts(&lines, self.settings.results_part_bytes, PART_MAX_RESULTS) {
                 let key = format!("{}part-{:06}.jsonl", results.key, collected.result_parts);
-                retrying(
-                    &format!("writing s3://{}/{key}", results.bucket),
-                    || async {
-                        self.store
-                            .put(&results.bucket, &key, part.to_vec())
-                            .await
-                            .map_err(|e| Error::Other(e.to_string()))
-                    },
-                )
-                .await;
+                parts.push((key, part.to_vec()));
                 collected.result_parts += 1;
             }
         }
-        // 2. The collected ids, before the messages go: a crash after this
-        //    point finds the redelivered results already counted. With them
-        //    the runner's own requests so far.
+        // The runner's own requests so far go with the collected ids.
         let requests = self.requests.snapshot();
         collected
             .usage
             .add(&requests.since(&pending.charged).usage());
         pending.charged = requests;
-        self.record.store_collected(collected.encode()).await?;
-        // 3. The messages.
-        self.inbox
-            .ack_results(std::mem::take(&mut pending.receipts))
-            .await
-            .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
-        self.metrics
-            .tasks_collected
-            .get_or_create(&crate::metrics::BatchOutcome {
-                outcome: "succeeded",
-            })
-            .inc_by(std::mem::take(&mut pending.succeeded));
-        self.metrics
-            .tasks_collected
-            .get_or_create(&crate::metrics::BatchOutcome { outcome: "failed" })
-            .inc_by(std::mem::take(&mut pending.failed));
-        // 4. The status.
+        let collected_ids = collected.encode();
         let enqueue_finished = total.is_some();
         let phase = status::phase_of(&PhaseInput {
             previous: Some(if enqueue_finished {
@@ -1023,8 +1019,90 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         if phase.is_finished() {
             patch.completion_time = Some(Time(now));
         }
-        self.record.patch_status(patch).await
+        Some(Flush {
+            parts,
+            collected_ids,
+            receipts: std::mem::take(&mut pending.receipts),
+            succeeded: std::mem::take(&mut pending.succeeded),
+            failed: std::mem::take(&mut pending.failed),
+            status: patch,
+        })
     }
+
+    /// Writes a flush out, in the order that makes a crash anywhere lose and
+    /// count nothing twice: the results objects (a crash before the next
+    /// step writes the same part numbers again), the collected ids (a crash
+    /// after them finds the redelivered results already counted), the
+    /// messages' deletes, the status.
+    async fn commit(&self, args: &RunnerArgs, flush: Flush) -> Result<(), Error> {
+        if let Some(results) = &args.results {
+            for (key, part) in flush.parts {
+                retrying(
+                    &format!("writing s3://{}/{key}", results.bucket),
+                    || async {
+                        self.store
+                            .put(&results.bucket, &key, part.clone())
+                            .await
+                            .map_err(|e| Error::Other(e.to_string()))
+                    },
+                )
+                .await;
+            }
+        }
+        self.record.store_collected(flush.collected_ids).await?;
+        self.inbox
+            .ack_results(flush.receipts)
+            .await
+            .map_err(|e| Error::Other(format!("batch {}: {e}", args.batch.name_any())))?;
+        self.metrics
+            .tasks_collected
+            .get_or_create(&crate::metrics::BatchOutcome {
+                outcome: "succeeded",
+            })
+            .inc_by(flush.succeeded);
+        self.metrics
+            .tasks_collected
+            .get_or_create(&crate::metrics::BatchOutcome { outcome: "failed" })
+            .inc_by(flush.failed);
+        self.record.patch_status(flush.status).await
+    }
+}
+
+/// A write-out in progress.
+type Writing<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+/// Runs `work` while the write-out in progress (if any) goes on; a
+/// write-out that ends first is done with (its error returned), one that
+/// does not is kept for later.
+async fn alongside<T>(
+    writing: &mut Option<Writing<'_>>,
+    work: impl Future<Output = T>,
+) -> Result<T, Error> {
+    let Some(mut commit) = writing.take() else {
+        return Ok(work.await);
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        written = &mut commit => {
+            written?;
+            Ok(work.await)
+        }
+        out = &mut work => {
+            *writing = Some(commit);
+            Ok(out)
+        }
+    }
+}
+
+/// One write-out of collected results: see [`Runner::commit`].
+struct Flush {
+    /// The results objects: key, bytes.
+    parts: Vec<(String, Vec<u8>)>,
+    collected_ids: crate::collected::Encoded,
+    receipts: Vec<Receipt>,
+    succeeded: u64,
+    failed: u64,
+    status: StatusPatch,
 }
 
 #[cfg(test)]
@@ -1564,21 +1642,133 @@ mod tests {
         assert!(resent.iter().all(|b| b.0 >= checkpoint));
     }
 
+    /// A store whose writes wait until the test opens its gate.
+    #[derive(Default)]
+    struct GatedStore {
+        open: tokio::sync::Notify,
+        is_open: std::sync::atomic::AtomicBool,
+        puts: std::sync::atomic::AtomicUsize,
+        inner: MemoryStore,
+    }
+
+    impl ObjectStore for GatedStore {
+        async fn put(
+            &self,
+            bucket: &str,
+            key: &str,
+            bytes: Vec<u8>,
+        ) -> Result<(), cloudkon_core::store::StoreError> {
+            self.puts.fetch_add(1, Ordering::SeqCst);
+            while !self.is_open.load(Ordering::SeqCst) {
+                let opened = self.open.notified();
+                if self.is_open.load(Ordering::SeqCst) {
+                    break;
+                }
+                opened.await;
+            }
+            self.inner.put(bucket, key, bytes).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_keep_coming_in_while_a_write_out_is_slow() {
+        let n = 2_000;
+        let (queue, responses) = (MemoryQueue::bounded(100_000), MemoryResponses::new());
+        let mut plain = runner(&queue, &responses, MemoryRecord::default());
+        // Parts larger than the batch's results: nothing must be written
+        // while the first write-out waits.
+        plain.settings.results_part_bytes = 8 << 20;
+        let r = Runner {
+            pool_queue: plain.pool_queue,
+            inbox: plain.inbox,
+            reply_to: plain.reply_to,
+            store: GatedStore::default(),
+            record: plain.record,
+            shares: plain.shares,
+            metrics: plain.metrics,
+            settings: plain.settings,
+            wake_pool: plain.wake_pool,
+            requests: plain.requests,
+        };
+        // Tasks of unknown length: small bundles, sent as results come.
+        let b = batch(
+            generator(json!({"kind": "run", "program": "true"}), n),
+            None,
+        );
+        let (_tx, rx) = watch::channel(b.spec.clone());
+        let running = r.run(args(b, true), rx);
+        let check = async {
+            // Answered as sent until a write-out begins: it waits at the gate.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut answered = 0;
+            while r.store.puts.load(Ordering::SeqCst) == 0 {
+                assert!(Instant::now() < deadline, "no write-out began");
+                let sent = drain(&queue).await;
+                answered += sent.iter().map(|b| b.1 as u64).sum::<u64>();
+                answer(&responses, &sent, Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The rest are sent, answered and received while it waits.
+            while answered < n || responses.waiting(REPLY_TO) > 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{answered} of {n} tasks answered, {} results messages not received, \
+                     while a write-out waits",
+                    responses.waiting(REPLY_TO)
+                );
+                let sent = drain(&queue).await;
+                answered += sent.iter().map(|b| b.1 as u64).sum::<u64>();
+                answer(&responses, &sent, Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(
+                r.store.puts.load(Ordering::SeqCst),
+                1,
+                "one write at a time"
+            );
+            r.store.is_open.store(true, Ordering::SeqCst);
+            r.store.open.notify_waiters();
+        };
+        let (ran, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(30), running),
+            check
+        );
+        ran.expect("the batch finishes").unwrap();
+        // Every task once in the parts, in order of their numbers.
+        let mut ids = BTreeSet::new();
+        for (_, bytes) in r.store.inner.list("results", "ns/b/") {
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let result: TaskResult = serde_json::from_slice(line).unwrap();
+                assert!(ids.insert(result.id), "task {} twice", result.id);
+            }
+        }
+        assert_eq!(ids.len() as u64, n);
+        assert_eq!(r.record.status().counts.succeeded, n as i64);
+    }
+
     #[test]
     fn the_collector_pauses_after_a_round_that_met_a_trickle() {
-        // (receives, messages got) -> pause before the next round.
+        // (receives, messages got, results in them) -> pause before the
+        // next round.
         let cases = [
-            ((1, 0), Duration::ZERO),
-            ((1, 1), COLLECT_PAUSE),
-            ((1, 9), COLLECT_PAUSE),
-            ((1, 10), Duration::ZERO),
-            ((4, 39), COLLECT_PAUSE),
-            ((4, 40), Duration::ZERO),
-            ((16, 0), Duration::ZERO),
-            ((0, 5), COLLECT_PAUSE),
+            ((1, 0, 0), Duration::ZERO),
+            ((1, 1, 13), COLLECT_PAUSE),
+            ((1, 9, 120), COLLECT_PAUSE),
+            ((1, 10, 130), Duration::ZERO),
+            ((4, 39, 500), COLLECT_PAUSE),
+            ((4, 40, 500), Duration::ZERO),
+            ((16, 0, 0), Duration::ZERO),
+            ((0, 5, 60), COLLECT_PAUSE),
+            // Two messages of 4,096 `sleep 0` results each.
+            ((1, 2, 8_192), Duration::ZERO),
+            ((1, 2, 999), COLLECT_PAUSE),
         ];
-        for ((receives, got), want) in cases {
-            assert_eq!(collect_pause(receives, got), want, "{receives} {got}");
+        for ((receives, got, results), want) in cases {
+            assert_eq!(
+                collect_pause(receives, got, results),
+                want,
+                "{receives} {got} {results}"
+            );
         }
     }
 

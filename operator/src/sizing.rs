@@ -23,6 +23,12 @@ use crate::task_cost::MIN_TASK_COST;
 
 /// The plan a TaskBatch cuts its bundles with, over `slots` slots, for tasks
 /// of unknown length taken to cost `learned` (`None`: not learned yet).
+///
+/// Over the slots, not the workers, though a worker runs a bundle on all its
+/// slots: spread over the workers, a 10 M batch went in 3.3 times fewer
+/// bundles (simulated), but a small batch in fewer messages got fewer
+/// workers from the backlog, and two batches sharing 2 workers took turns
+/// in bundles of 10 s of a worker (61 % of the work for a weight of 75 %).
 pub fn plan(total: u64, slots: u64, learned: Option<Duration>) -> BundlePlan {
     BundlePlan {
         max_unknown_tasks: Some(BundlePlan::FIRST_UNKNOWN_TASKS),

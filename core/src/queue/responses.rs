@@ -49,6 +49,12 @@ impl MemoryResponses {
         self.arrived.notify_waiters();
     }
 
+    /// Messages of `reply_to` not received yet.
+    pub fn waiting(&self, reply_to: &str) -> usize {
+        let queues = self.queues.lock().expect("responses lock");
+        queues.get(reply_to).map_or(0, |m| m.waiting.len())
+    }
+
     /// Messages waiting or in flight in `reply_to`.
     pub fn len(&self, reply_to: &str) -> usize {
         let queues = self.queues.lock().expect("responses lock");

@@ -402,7 +402,8 @@ impl Sim<'_> {
 
     pub fn collector_got(&mut self, b: usize, made: usize, messages: Vec<Vec<ResultItem>>) {
         let now = self.now;
-        let pause = collect_pause(made, messages.len());
+        let results = messages.iter().map(Vec::len).sum();
+        let pause = collect_pause(made, messages.len(), results);
         let batch = &mut self.batches[b];
         for r in messages.iter().flatten() {
             if !batch.collect(r.id) {

@@ -1312,20 +1312,39 @@ mod tests {
         assert_eq!(responses.len(REPLY_TO), 0);
     }
 
-    /// A store whose first writes fail, as S3 restarting would.
+    /// A store whose first writes fail, as S3 restarting would, and whose
+    /// writes wait while its gate is shut.
     #[derive(Default)]
-    struct FlakyStore {
+    struct TestStore {
         failures_left: std::sync::atomic::AtomicU32,
+        shut: std::sync::atomic::AtomicBool,
+        opened: tokio::sync::Notify,
+        puts: std::sync::atomic::AtomicUsize,
         inner: MemoryStore,
     }
 
-    impl ObjectStore for FlakyStore {
+    impl TestStore {
+        fn open(&self) {
+            self.shut.store(false, Ordering::SeqCst);
+            self.opened.notify_waiters();
+        }
+    }
+
+    impl ObjectStore for TestStore {
         async fn put(
             &self,
             bucket: &str,
             key: &str,
             bytes: Vec<u8>,
         ) -> Result<(), cloudkon_core::store::StoreError> {
+            self.puts.fetch_add(1, Ordering::SeqCst);
+            while self.shut.load(Ordering::SeqCst) {
+                let opened = self.opened.notified();
+                if !self.shut.load(Ordering::SeqCst) {
+                    break;
+                }
+                opened.await;
+            }
             let left = self.failures_left.load(Ordering::Relaxed);
             if left > 0 {
                 self.failures_left.store(left - 1, Ordering::Relaxed);
@@ -1345,22 +1364,13 @@ mod tests {
         let w = worker(&queue, &ledger, &responses, "w1", &stop);
         let n = 2_000;
         let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
-        let plain = runner(&queue, &responses, MemoryRecord::default());
-        let r = Runner {
-            store: FlakyStore {
+        let r = with_store(
+            runner(&queue, &responses, MemoryRecord::default()),
+            TestStore {
                 failures_left: 2.into(),
-                inner: MemoryStore::default(),
+                ..TestStore::default()
             },
-            pool_queue: plain.pool_queue,
-            inbox: plain.inbox,
-            reply_to: plain.reply_to,
-            record: plain.record,
-            shares: plain.shares,
-            metrics: plain.metrics,
-            settings: plain.settings,
-            wake_pool: plain.wake_pool,
-            requests: plain.requests,
-        };
+        );
         let (_tx, spec) = watch::channel(b.spec.clone());
         tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
             .await
@@ -1370,14 +1380,7 @@ mod tests {
         w.await.unwrap();
         assert_eq!(r.store.failures_left.load(Ordering::Relaxed), 0);
         assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
-        let mut ids = BTreeSet::new();
-        for (_, bytes) in r.store.inner.list("results", "ns/b/") {
-            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let result: TaskResult = serde_json::from_slice(line).unwrap();
-                assert!(ids.insert(result.id), "task {} twice", result.id);
-            }
-        }
-        assert_eq!(ids.len() as u64, n);
+        assert_eq!(stored_ids(&r.store.inner).len() as u64, n);
     }
 
     /// What the pool's queue holds now, as (first task, tasks) per bundle.
@@ -1642,32 +1645,36 @@ mod tests {
         assert!(resent.iter().all(|b| b.0 >= checkpoint));
     }
 
-    /// A store whose writes wait until the test opens its gate.
-    #[derive(Default)]
-    struct GatedStore {
-        open: tokio::sync::Notify,
-        is_open: std::sync::atomic::AtomicBool,
-        puts: std::sync::atomic::AtomicUsize,
-        inner: MemoryStore,
+    /// The same runner writing to `store`.
+    fn with_store<S: ObjectStore>(
+        r: MemoryRunner,
+        store: S,
+    ) -> Runner<MemoryQueue, MemoryInbox, S, MemoryRecord> {
+        Runner {
+            pool_queue: r.pool_queue,
+            inbox: r.inbox,
+            reply_to: r.reply_to,
+            store,
+            record: r.record,
+            shares: r.shares,
+            metrics: r.metrics,
+            settings: r.settings,
+            wake_pool: r.wake_pool,
+            requests: r.requests,
+        }
     }
 
-    impl ObjectStore for GatedStore {
-        async fn put(
-            &self,
-            bucket: &str,
-            key: &str,
-            bytes: Vec<u8>,
-        ) -> Result<(), cloudkon_core::store::StoreError> {
-            self.puts.fetch_add(1, Ordering::SeqCst);
-            while !self.is_open.load(Ordering::SeqCst) {
-                let opened = self.open.notified();
-                if self.is_open.load(Ordering::SeqCst) {
-                    break;
-                }
-                opened.await;
+    /// The task ids of the results parts under `ns/b/`, each once (a
+    /// second one fails).
+    fn stored_ids(store: &MemoryStore) -> BTreeSet<u64> {
+        let mut ids = BTreeSet::new();
+        for (_, bytes) in store.list("results", "ns/b/") {
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let result: TaskResult = serde_json::from_slice(line).unwrap();
+                assert!(ids.insert(result.id), "task {} twice", result.id);
             }
-            self.inner.put(bucket, key, bytes).await
         }
+        ids
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1678,18 +1685,13 @@ mod tests {
         // Parts larger than the batch's results: nothing must be written
         // while the first write-out waits.
         plain.settings.results_part_bytes = 8 << 20;
-        let r = Runner {
-            pool_queue: plain.pool_queue,
-            inbox: plain.inbox,
-            reply_to: plain.reply_to,
-            store: GatedStore::default(),
-            record: plain.record,
-            shares: plain.shares,
-            metrics: plain.metrics,
-            settings: plain.settings,
-            wake_pool: plain.wake_pool,
-            requests: plain.requests,
-        };
+        let r = with_store(
+            plain,
+            TestStore {
+                shut: true.into(),
+                ..TestStore::default()
+            },
+        );
         // Tasks of unknown length: small bundles, sent as results come.
         let b = batch(
             generator(json!({"kind": "run", "program": "true"}), n),
@@ -1726,23 +1728,15 @@ mod tests {
                 1,
                 "one write at a time"
             );
-            r.store.is_open.store(true, Ordering::SeqCst);
-            r.store.open.notify_waiters();
+            r.store.open();
         };
         let (ran, ()) = tokio::join!(
             tokio::time::timeout(Duration::from_secs(30), running),
             check
         );
         ran.expect("the batch finishes").unwrap();
-        // Every task once in the parts, in order of their numbers.
-        let mut ids = BTreeSet::new();
-        for (_, bytes) in r.store.inner.list("results", "ns/b/") {
-            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let result: TaskResult = serde_json::from_slice(line).unwrap();
-                assert!(ids.insert(result.id), "task {} twice", result.id);
-            }
-        }
-        assert_eq!(ids.len() as u64, n);
+        // Every task once in the parts.
+        assert_eq!(stored_ids(&r.store.inner).len() as u64, n);
         assert_eq!(r.record.status().counts.succeeded, n as i64);
     }
 

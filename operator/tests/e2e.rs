@@ -1958,7 +1958,9 @@ fn batches_sharing_a_pool_get_work_in_proportion_to_their_weights() {
     c.workers(&queue, &table, 2);
     // Measured over a stretch where both run, once the windows have settled
     // (the first ones are sized before any task length is known): from 2,500
-    // tasks done in all to 5,000 (8 slots x 50 tasks/s: about 6 s).
+    // tasks done in all to 8,000 (8 slots x 50 tasks/s: about 14 s; the
+    // heavy one ends at about 10,700). The done counts move a collected
+    // flush at a time: a long stretch keeps that step small beside it.
     let done = |c: &Cluster, name: &str| {
         c.batch(name)
             .status
@@ -1968,9 +1970,9 @@ fn batches_sharing_a_pool_get_work_in_proportion_to_their_weights() {
         let (l, h) = (done(c, "light"), done(c, "heavy"));
         (l + h >= 2_500).then_some((l, h))
     });
-    let (l1, h1) = c.wait_for("5000 done", Duration::from_secs(180), |c| {
+    let (l1, h1) = c.wait_for("8000 done", Duration::from_secs(180), |c| {
         let (l, h) = (done(c, "light"), done(c, "heavy"));
-        (l + h >= 5_000).then_some((l, h))
+        (l + h >= 8_000).then_some((l, h))
     });
     // Mid-run, each batch tells when it should finish and the pool how much
     // work its batches hold.
@@ -1994,7 +1996,7 @@ fn batches_sharing_a_pool_get_work_in_proportion_to_their_weights() {
     );
     // Fair queuing sends work 1:3 whatever the windows hold (see `shares`);
     // the done counts follow the sends, give or take what is in flight at
-    // either end. Measured 78.8-81.4 % in debug builds.
+    // either end. Measured 70.5-78.0 % in debug builds.
     assert!(
         (0.65..=0.85).contains(&heavy_share),
         "the weight-3 batch got {:.1} % of the work",

@@ -25,9 +25,11 @@ use crate::provider::Ec2Provider;
 /// first on scale-down (lowest cost first).
 const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
-/// A heartbeat older than this no longer says a worker is busy (they come
-/// every 10 s).
-const HEARTBEAT_FRESH: Duration = Duration::from_secs(30);
+/// A heartbeat older than this no longer says a worker is busy: two of the
+/// worker's refresh periods and some slack (a row also goes as soon as the
+/// worker turns idle or busy).
+const HEARTBEAT_FRESH: Duration =
+    Duration::from_secs(2 * cloudkon_worker::remote::HEARTBEAT_ROW_EVERY.as_secs() + 10);
 
 /// A pool's workers.
 pub enum WorkerFleet {

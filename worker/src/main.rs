@@ -343,23 +343,32 @@ async fn run(args: Args) -> Result<StopReason> {
     Ok(reason)
 }
 
-/// The paper's monitoring: a row per worker with what it is doing.
+/// The paper's monitoring: a row per worker with what it is doing, written
+/// when it turns idle or busy, else now and then (`remote::heartbeat_due`).
 async fn heartbeat_rows(
     ledger: Arc<DynamoLedger>,
     mut row: WorkerHeartbeat,
     stats: Arc<WorkerStats>,
     done: CancellationToken,
 ) {
+    use cloudkon_worker::remote::{HEARTBEAT_LOOK_EVERY, heartbeat_due};
+    let mut last: Option<(std::time::Instant, bool)> = None;
     loop {
-        row.busy = WorkerStats::get(&stats.held).min(u64::from(row.slots)) as u32;
-        row.tasks_done =
-            WorkerStats::get(&stats.tasks_succeeded) + WorkerStats::get(&stats.tasks_failed);
-        if let Err(e) = ledger.put_worker_heartbeat(&row).await {
-            tracing::warn!(error = %e, "could not write the heartbeat row");
+        let busy = WorkerStats::get(&stats.held).min(u64::from(row.slots)) as u32;
+        if heartbeat_due(last.map(|(at, was)| (at.elapsed(), was)), busy > 0) {
+            row.busy = busy;
+            row.tasks_done =
+                WorkerStats::get(&stats.tasks_succeeded) + WorkerStats::get(&stats.tasks_failed);
+            // A failed write waits for the period too: no retry storm on
+            // an outage.
+            if let Err(e) = ledger.put_worker_heartbeat(&row).await {
+                tracing::warn!(error = %e, "could not write the heartbeat row");
+            }
+            last = Some((std::time::Instant::now(), busy > 0));
         }
         tokio::select! {
             _ = done.cancelled() => return,
-            _ = tokio::time::sleep(cloudkon_worker::remote::HEARTBEAT_ROW_EVERY) => {},
+            _ = tokio::time::sleep(HEARTBEAT_LOOK_EVERY) => {},
         }
     }
 }

@@ -150,8 +150,8 @@ pub struct Requests {
     pub ledger_throttled: u64,
     /// DynamoDB GetItem: the cancel check.
     pub ledger_reads: u64,
-    /// DynamoDB PutItem of each worker's heartbeat row, from its start to
-    /// its end (`HEARTBEAT_ROW_EVERY`).
+    /// DynamoDB PutItem of each worker's heartbeat row: at its start, when
+    /// it turns busy or idle, and every `HEARTBEAT_ROW_EVERY` while busy.
     pub heartbeat_rows: u64,
     /// The operator's receives of dead-lettered bundles.
     pub dead_letter_receives: u64,

@@ -112,6 +112,17 @@ impl WorkerSim {
 }
 
 impl Sim<'_> {
+    /// A bundle held: a worker that turns busy writes its heartbeat row at
+    /// once (`remote::heartbeat_due`).
+    fn hold(&mut self, w: usize, held: Held) {
+        let worker = &mut self.workers[w];
+        if worker.held.is_empty() {
+            self.req.heartbeat_rows += 1;
+            worker.heartbeat_rest = 0;
+        }
+        worker.held.push(held);
+    }
+
     pub fn worker_ready(&mut self, w: usize) {
         if self.workers[w].state != WState::Starting {
             return;
@@ -280,11 +291,11 @@ impl Sim<'_> {
                     };
                     worker.results.push((m, p, item));
                 }
-                worker.held.push(held);
+                self.hold(w, held);
                 self.schedule_flush(w, true);
                 continue;
             }
-            self.workers[w].held.push(held);
+            self.hold(w, held);
             self.at(done_at, Ev::Claimed { w, msg: m });
         }
         self.at(free_at, Ev::FetcherFree(w));
@@ -484,6 +495,11 @@ impl Sim<'_> {
             return false;
         }
         let held = worker.held.remove(i);
+        if worker.held.is_empty() {
+            // Turned idle: its heartbeat row goes at once.
+            self.req.heartbeat_rows += 1;
+            worker.heartbeat_rest = 0;
+        }
         let len = self.queue.messages[msg].len;
         if held.sent_count >= len {
             self.ledger_write();

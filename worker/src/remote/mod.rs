@@ -25,6 +25,8 @@ mod complete;
 pub use complete::{RESULTS_PER_SEND, results_wait};
 mod fetch;
 pub use fetch::bundles_wanted;
+mod heartbeat;
+pub use heartbeat::{HEARTBEAT_LOOK_EVERY, HEARTBEAT_ROW_EVERY, heartbeat_due};
 mod inflight;
 mod retry;
 mod stats;
@@ -90,11 +92,6 @@ impl RemoteConfig {
         }
     }
 }
-
-/// How often `cloudkon-worker` writes its heartbeat row (`<table>-workers`,
-/// what the pool reconciler reads for pod-deletion costs): a DynamoDB write
-/// per worker and period, which the simulator counts too.
-pub const HEARTBEAT_ROW_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the worker stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

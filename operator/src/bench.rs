@@ -155,6 +155,14 @@ struct Stage<'a> {
 }
 
 impl<'a> Stage<'a> {
+    /// CPU seconds used so far by the operator and by the workers together.
+    fn cpu_seconds(&self) -> (f64, f64) {
+        (
+            cpu_seconds(self.operator.id()),
+            self.workers.iter().map(|w| cpu_seconds(w.id())).sum(),
+        )
+    }
+
     /// A namespace with the operator and `WORKERS` workers; with `delay`,
     /// both reach SQS, S3 and DynamoDB through delaying proxies.
     fn new(
@@ -440,12 +448,17 @@ fn sleep0(rt: &tokio::runtime::Runtime, client: &Client, tasks: u64) -> Result<V
     let stage = Stage::new(rt, client, "sleep0", None)?;
     let s3 = rt.block_on(Aws::load()).s3();
     rt.block_on(s3.ensure_bucket("cloudkon-bench"))?;
+    let cpu_before = stage.cpu_seconds();
     let (wall, _) = stage.batch(
         "zero",
         tasks,
         json!({"kind": "sleep", "ms": 0}),
         json!({"results": {"s3Prefix": "s3://cloudkon-bench/r"}}),
     )?;
+    let (operator_cpu, workers_cpu) = {
+        let after = stage.cpu_seconds();
+        (after.0 - cpu_before.0, after.1 - cpu_before.1)
+    };
     // The results: every task once, in parts under the local S3's 10 MiB.
     let location = stage
         .get::<TaskBatch>("zero")?
@@ -501,7 +514,8 @@ fn sleep0(rt: &tokio::runtime::Runtime, client: &Client, tasks: u64) -> Result<V
     Ok(vec![format!(
         "TaskBatch {tasks} `sleep 0`, results to S3: {:.1} s = {:.0} tasks/s = {:.2}x `cloudkon submit` ({:.0} tasks/s), \
              {:.3}x `cloudkon run` ({:.0} tasks/s); runner restarts {restarts}; operator peak RSS {rss:.0} MiB; \
-             {parts} results parts of at most {:.1} MiB, every task once",
+             {parts} results parts of at most {:.1} MiB, every task once; CPU while it ran: operator {operator_cpu:.1} s, \
+             workers {workers_cpu:.1} s (of {:.1} s on {} cores)",
         wall.as_secs_f64(),
         rate(wall),
         rate(wall) / rate(submit),
@@ -509,7 +523,13 @@ fn sleep0(rt: &tokio::runtime::Runtime, client: &Client, tasks: u64) -> Result<V
         rate(wall) / rate(run),
         rate(run),
         largest as f64 / f64::from(1 << 20),
+        wall.as_secs_f64() * cores() as f64,
+        cores(),
     )])
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn run_true(
@@ -737,6 +757,24 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 /// Peak resident memory of a process, from /proc (KiB → MiB).
+/// User and system CPU seconds a process has used (`/proc/PID/stat`, in
+/// USER_HZ ticks, 100 a second on Linux); 0 once it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: fields count from its closing ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime: fields 14 and 15, 12 and 13 after the name.
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -744,4 +782,28 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_cpu_seconds_grow_as_it_works_and_a_gone_one_has_none() {
+        let me = std::process::id();
+        let start = cpu_seconds(me);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        while cpu_seconds(me) < start + 0.05 && Instant::now() < deadline {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(
+            cpu_seconds(me) >= start + 0.05,
+            "{start} -> {}",
+            cpu_seconds(me)
+        );
+        assert_eq!(cpu_seconds(u32::MAX), 0.0);
+    }
 }

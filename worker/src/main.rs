@@ -269,7 +269,9 @@ async fn run(args: Args) -> Result<StopReason> {
     config.lease = args.lease;
     config.visibility = args.lease;
     config.receive_wait = args.receive_wait.min(Duration::from_secs(20));
-    config.linger = args.results_linger.min(Duration::from_secs(10));
+    config.linger = args
+        .results_linger
+        .min(cloudkon_worker::remote::MAX_RESULTS_LINGER);
     config.idle_timeout = args.idle_timeout;
     config.grace = args.grace;
     config.max_claims = args.max_claims.max(1);

@@ -275,6 +275,15 @@ impl SimConfig {
         if !(0.1..=3600.0).contains(&self.worker.cancel_check_seconds) {
             return Err("worker.cancelCheckSeconds must be in [0.1, 3600]".into());
         }
+        // The worker cuts a longer `--results-linger` to its maximum: a run
+        // past it would show what no worker does.
+        let max_linger = cloudkon_worker::remote::MAX_RESULTS_LINGER.as_secs_f64() * 1000.0;
+        if !(0.0..=max_linger).contains(&self.worker.linger_ms) {
+            return Err(format!(
+                "worker.lingerMs must be in [0, {max_linger}] (cloudkon-worker takes at most {:?})",
+                cloudkon_worker::remote::MAX_RESULTS_LINGER
+            ));
+        }
         for b in &self.batches {
             if b.tasks == 0 {
                 return Err(format!("batch {}: no tasks", b.name));

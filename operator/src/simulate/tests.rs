@@ -193,4 +193,10 @@ fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
     );
     let message = bad.expect_err("refused").to_string();
     assert!(message.contains("cancelCheckSeconds"), "{message}");
+    let long = SimConfig::parse(
+        "pool: { max: 1, threads: 1 }\nworker: { lingerMs: 10001 }\n\
+         batches: [{ name: a, tasks: 1, durations: { kind: fixed, seconds: 1 } }]\n",
+    );
+    let message = long.expect_err("refused").to_string();
+    assert!(message.contains("lingerMs"), "{message}");
 }

@@ -25,6 +25,11 @@ use crate::pool::{PoolEvent, Ticket, UnitRun};
 /// SendMessageBatch of short results.
 pub const RESULTS_PER_SEND: usize = 1_000;
 
+/// The longest `--results-linger` the worker takes (a longer one is cut to
+/// it): results that wait longer are lost with a crashed worker and hold the
+/// batch's meter.
+pub const MAX_RESULTS_LINGER: Duration = Duration::from_secs(10);
+
 /// How much longer the results gathered for `waited` wait for company:
 /// zero when they leave now. Each send is an SQS request (and a message the
 /// operator receives and deletes), so results wait up to the `linger` for

@@ -22,7 +22,7 @@
 //! never runs twice, and no result is lost.
 
 mod complete;
-pub use complete::{RESULTS_PER_SEND, results_wait};
+pub use complete::{MAX_RESULTS_LINGER, RESULTS_PER_SEND, results_wait};
 mod fetch;
 pub use fetch::bundles_wanted;
 mod heartbeat;

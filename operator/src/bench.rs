@@ -756,7 +756,6 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Peak resident memory of a process, from /proc (KiB → MiB).
 /// User and system CPU seconds a process has used (`/proc/PID/stat`, in
 /// USER_HZ ticks, 100 a second on Linux); 0 once it is gone.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -775,6 +774,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     (tick(11) + tick(12)) as f64 / 100.0
 }
 
+/// Peak resident memory of a process, from /proc (KiB → MiB).
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status

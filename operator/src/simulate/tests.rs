@@ -166,8 +166,9 @@ fn the_shipped_examples_parse() {
 /// lease of 9 s: a renewal every 3 s) asks the ledger whether the batch was
 /// cancelled every 3 s, as `watch_cancels` does: about 20 reads, not just
 /// the one at admission; told to ask every 12 s (`--cancel-check 12s`), a
-/// quarter as often. Its heartbeat row goes at the start, then every 10 s.
-/// A period the worker would refuse is refused.
+/// quarter as often. Its heartbeat row goes at the start, as it turns busy
+/// and idle, and every 30 s between. A period or linger the worker would
+/// refuse is refused.
 #[test]
 fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
     for (check, reads_within) in [("", 19..=22), (", cancelCheckSeconds: 12", 4..=7)] {

@@ -525,6 +525,10 @@ spec:
             .filter(|(_, tasks)| tasks.len() >= 2)
             .max_by_key(|(_, tasks)| tasks.len())
     });
+    // Its log from now on, with the container runtime's timestamps: the
+    // worker's last line says when it exited even if the pod is gone
+    // before its container's terminated state is seen.
+    let log = LogFollower::start(&c, &victim, "worker");
     let deleted_at = Instant::now();
     let deleted_wall = k8s_openapi::jiff::Timestamp::now();
     c.ok(&["delete", "pod", &victim, "--wait=false"]);
@@ -533,16 +537,30 @@ spec:
         busy.len()
     );
     // The worker's own exit: its container's terminated state (exit code and
-    // time), or, if the pod is gone before that is seen, the pod's removal,
-    // which comes after it. Not the removal alone: how soon the kubelet
-    // deletes the object after its containers stopped is the node's
-    // housekeeping (seen at 53 s once on this machine, containers gone in 10).
+    // time), or, if the pod is gone before that is seen, the worker's last
+    // log line ("worker stopped", written as it returns success), else the
+    // pod's removal, which comes after it. Not the removal alone: how soon
+    // the kubelet deletes the object after its containers stopped is the
+    // node's housekeeping (seen at 53 s once on this machine, containers
+    // gone in 10).
+    let since_delete = |t: k8s_openapi::jiff::Timestamp| {
+        Duration::try_from(t.duration_since(deleted_wall)).unwrap_or(Duration::ZERO)
+    };
     let (exited_after, exit_code) = c.wait_for(
         "the deleted pod's worker to exit",
         Duration::from_secs(90),
         |c| {
             let Some(pod) = c.rt.block_on(c.api::<Pod>().get_opt(&victim)).unwrap() else {
-                return Some((deleted_at.elapsed(), None));
+                let gone = deleted_at.elapsed();
+                // The stream ends with the container; its last lines may
+                // still be on their way.
+                common::poll_opt(Duration::from_secs(10), Duration::from_millis(100), || {
+                    log.finished().then_some(())
+                });
+                return Some(match log.time_of("worker stopped") {
+                    Some(t) => (since_delete(t), Some(0)),
+                    None => (gone, None),
+                });
             };
             let terminated = pod
                 .status?
@@ -551,10 +569,10 @@ spec:
                 .find(|s| s.name == "worker")?
                 .state?
                 .terminated?;
-            let finished = terminated.finished_at?.0;
-            let after =
-                Duration::try_from(finished.duration_since(deleted_wall)).unwrap_or(Duration::ZERO);
-            Some((after, Some(terminated.exit_code)))
+            Some((
+                since_delete(terminated.finished_at?.0),
+                Some(terminated.exit_code),
+            ))
         },
     );
     println!(
@@ -563,7 +581,8 @@ spec:
     );
     assert!(
         exited_after < Duration::from_secs(30),
-        "past its grace period (30 s): {exited_after:?}"
+        "past its grace period (30 s): {exited_after:?}; its log since the delete:\n{}",
+        log.tail_since(deleted_wall)
     );
     if let Some(code) = exit_code {
         assert_eq!(code, 0, "the worker was killed, not drained");
@@ -625,6 +644,91 @@ spec:
         twice.iter().all(|t| busy.contains(t)),
         "tasks ran twice that were not in flight in the deleted pod: {twice:?} (in flight: {busy:?})"
     );
+}
+
+/// A container's log as `kubectl logs -f --timestamps` streams it, kept
+/// line by line: what a pod said up to its end, even once it is gone.
+struct LogFollower {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LogFollower {
+    /// Starts following and returns once the first line arrived (the log
+    /// so far comes first), so that nothing said from now on is missed.
+    fn start(c: &Install, pod: &str, container: &str) -> LogFollower {
+        let mut child = Command::new(&c.env.kubectl)
+            .args([
+                "-n",
+                &c.ns,
+                "logs",
+                "-f",
+                "--timestamps",
+                pod,
+                "-c",
+                container,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot run kubectl logs");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, f) = (lines.clone(), finished.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let follower = LogFollower {
+            child,
+            lines,
+            finished,
+        };
+        c.wait_for(
+            &format!("the log of {pod}/{container}"),
+            Duration::from_secs(30),
+            |_| (!follower.lines.lock().unwrap().is_empty()).then_some(()),
+        );
+        follower
+    }
+
+    /// The stream ended: the container stopped (or kubectl failed).
+    fn finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The time stamped on the last line that holds `needle`.
+    fn time_of(&self, needle: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+        let lines = self.lines.lock().unwrap();
+        let line = lines.iter().rev().find(|l| l.contains(needle))?;
+        line.split_once(' ')?.0.parse().ok()
+    }
+
+    /// The lines stamped at or after `t`.
+    fn tail_since(&self, t: k8s_openapi::jiff::Timestamp) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| {
+                l.split_once(' ')
+                    .and_then(|(at, _)| at.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                    .is_none_or(|at| at >= t)
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for LogFollower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Serves the files of a directory over HTTP/1.0 on the node IP.

@@ -117,8 +117,6 @@ pub fn ok(program: &str, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Calls `f` every `every` until it returns `Some`, for at most `within`; on
-/// a timeout, fails saying what it waited for, followed by `context()`.
 /// Calls `f` every `every` until it returns `Some`, for at most `within`.
 pub fn poll_opt<T>(
     within: Duration,
@@ -137,6 +135,8 @@ pub fn poll_opt<T>(
     }
 }
 
+/// Calls `f` every `every` until it returns `Some`, for at most `within`; on
+/// a timeout, fails saying what it waited for, followed by `context()`.
 pub fn poll<T>(
     what: &str,
     within: Duration,

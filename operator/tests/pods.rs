@@ -704,8 +704,7 @@ impl LogFollower {
     /// The time stamped on the last line that holds `needle`.
     fn time_of(&self, needle: &str) -> Option<k8s_openapi::jiff::Timestamp> {
         let lines = self.lines.lock().unwrap();
-        let line = lines.iter().rev().find(|l| l.contains(needle))?;
-        line.split_once(' ')?.0.parse().ok()
+        stamp(lines.iter().rev().find(|l| l.contains(needle))?)
     }
 
     /// The lines stamped at or after `t`.
@@ -713,15 +712,16 @@ impl LogFollower {
         let lines = self.lines.lock().unwrap();
         lines
             .iter()
-            .filter(|l| {
-                l.split_once(' ')
-                    .and_then(|(at, _)| at.parse::<k8s_openapi::jiff::Timestamp>().ok())
-                    .is_none_or(|at| at >= t)
-            })
+            .filter(|l| stamp(l).is_none_or(|at| at >= t))
             .cloned()
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The time `kubectl logs --timestamps` put at the start of a line.
+fn stamp(line: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    line.split_once(' ')?.0.parse().ok()
 }
 
 impl Drop for LogFollower {

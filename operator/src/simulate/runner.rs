@@ -151,6 +151,12 @@ impl BatchSim {
         }
     }
 
+    /// The length its tasks declare (what a worker seeds its typical task
+    /// with).
+    pub fn declared(&self) -> Option<Duration> {
+        self.spec().nominal_duration()
+    }
+
     /// Enqueued and not finished.
     pub fn running(&self) -> u64 {
         self.enqueued.saturating_sub(self.finished)

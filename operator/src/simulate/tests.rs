@@ -201,3 +201,32 @@ fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
     let message = long.expect_err("refused").to_string();
     assert!(message.contains("lingerMs"), "{message}");
 }
+
+/// Three waves of declared ten-minute tasks on 100 workers × 8 slots: every
+/// slot runs one from the first wave to the last, so the run takes three
+/// task lengths. Each worker holds a task per slot and none ahead
+/// (`remote::tasks_to_hold`), and the meter's window counts a running task
+/// per slot on top of its 20 s. Holding one ahead per worker, busy workers
+/// held part of the last wave while other slots idled: a fourth wave, 1.33×
+/// (and so with two per slot, as workers once held).
+#[test]
+fn long_declared_tasks_keep_the_whole_pool_busy_to_the_last_wave() {
+    let cfg = config(
+        r#"
+pool: { min: 100, max: 100, threads: 8 }
+worker: { startupSeconds: 10, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 5000,
+          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
+          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
+batches:
+  - { name: long, tasks: 2400, declared: true, durations: { kind: fixed, seconds: 600 } }
+"#,
+    );
+    let report = simulate(&cfg);
+    assert_eq!(report.collected, 2400);
+    let makespan = report.makespan.expect("finished");
+    assert!(
+        makespan < 1.05 * report.ideal,
+        "{}",
+        report.text(&cfg.targets)
+    );
+}

@@ -1,5 +1,6 @@
-//! `cloudkon-worker` in simulated time: it holds about two tasks per slot
-//! (`bundles_wanted`, the worker's own rule) and at most slots + prefetch
+//! `cloudkon-worker` in simulated time: it holds a task per slot and what its
+//! slots free soon (`tasks_to_hold` by its `TypicalTask`, and
+//! `bundles_wanted`: the worker's own rules) and at most slots + prefetch
 //! bundles, claims each bundle in the ledger before running it, runs its
 //! tasks on free slots, sends results as `results_wait` says (the worker's
 //! own rule: a bundle's end, a send's worth, or the linger), renews its claims and the
@@ -12,7 +13,9 @@ use std::collections::VecDeque;
 
 use std::time::Duration;
 
-use cloudkon_worker::remote::{HEARTBEAT_ROW_EVERY, bundles_wanted, results_wait};
+use cloudkon_worker::remote::{
+    HEARTBEAT_ROW_EVERY, TypicalTask, bundles_wanted, heartbeat_due, results_wait, tasks_to_hold,
+};
 
 use super::engine::{Ev, SECOND, Sim, us};
 use super::queue::{Claim, MsgState, T};
@@ -51,7 +54,9 @@ pub struct WorkerSim {
     held: Vec<Held>,
     /// Tasks held and not finished.
     pub tasks_held: usize,
-    avg_bundle_tasks: f64,
+    avg_bundle_tasks: Option<f64>,
+    /// How long its tasks typically take: how far ahead it holds.
+    typical: TypicalTask,
     /// A receive (or the claims after it) is under way.
     pub fetching: bool,
     poll_seq: u64,
@@ -67,8 +72,8 @@ pub struct WorkerSim {
     cancel_checked: Vec<Option<T>>,
     /// Time since the last cancel poll counted (`watch_cancels`, below).
     cancel_poll_rest: T,
-    /// Time since the last heartbeat row, carried from renewal to renewal.
-    heartbeat_rest: T,
+    /// The last heartbeat row: when, and whether it said busy.
+    heartbeat_last: Option<(T, bool)>,
 }
 
 impl WorkerSim {
@@ -80,7 +85,8 @@ impl WorkerSim {
             free: slots,
             held: Vec::new(),
             tasks_held: 0,
-            avg_bundle_tasks: 1.0,
+            avg_bundle_tasks: None,
+            typical: TypicalTask::default(),
             fetching: false,
             poll_seq: 0,
             results: Vec::new(),
@@ -91,7 +97,7 @@ impl WorkerSim {
             flush_seq: 0,
             cancel_checked: vec![None; batches],
             cancel_poll_rest: 0,
-            heartbeat_rest: 0,
+            heartbeat_last: None,
         }
     }
 
@@ -112,15 +118,31 @@ impl WorkerSim {
 }
 
 impl Sim<'_> {
-    /// A bundle held: a worker that turns busy writes its heartbeat row at
-    /// once (`remote::heartbeat_due`).
+    /// A bundle held (a worker that turns busy writes its heartbeat row).
     fn hold(&mut self, w: usize, held: Held) {
+        self.workers[w].held.push(held);
+        self.heartbeat_look(w);
+    }
+
+    /// The heartbeat rows `w` writes up to now, by `remote::heartbeat_due`:
+    /// the worker looks every second, so the rows of the period fall due
+    /// while nothing changes (counted here since the last row), and one goes
+    /// when it turns busy (holds a bundle) or idle.
+    fn heartbeat_look(&mut self, w: usize) {
+        let now = self.now;
         let worker = &mut self.workers[w];
-        if worker.held.is_empty() {
+        let busy = !worker.held.is_empty();
+        let ago = |at: T| Duration::from_micros(now.saturating_sub(at));
+        while let Some((at, was)) = worker.heartbeat_last
+            && heartbeat_due(Some((ago(at), was)), was)
+        {
             self.req.heartbeat_rows += 1;
-            worker.heartbeat_rest = 0;
+            worker.heartbeat_last = Some((at + us(HEARTBEAT_ROW_EVERY.as_secs_f64()), was));
         }
-        worker.held.push(held);
+        if heartbeat_due(worker.heartbeat_last.map(|(at, was)| (ago(at), was)), busy) {
+            self.req.heartbeat_rows += 1;
+            worker.heartbeat_last = Some((now, busy));
+        }
     }
 
     pub fn worker_ready(&mut self, w: usize) {
@@ -129,7 +151,7 @@ impl Sim<'_> {
         }
         self.workers[w].state = WState::Ready;
         // The first heartbeat row goes as the worker starts.
-        self.req.heartbeat_rows += 1;
+        self.heartbeat_look(w);
         self.at(self.now + self.lease / 3, Ev::Renew(w));
         self.maybe_fetch(w);
     }
@@ -140,14 +162,15 @@ impl Sim<'_> {
         let slots = self.slots as usize;
         let prefetch = self.cfg.worker.prefetch;
         let worker = &mut self.workers[w];
-        if worker.state != WState::Ready || worker.fetching || worker.tasks_held >= 2 * slots {
+        let hold = tasks_to_hold(slots, worker.typical.get());
+        if worker.state != WState::Ready || worker.fetching || worker.tasks_held >= hold {
             return;
         }
         let room = (slots + prefetch).saturating_sub(worker.held.len());
         if room == 0 {
             return;
         }
-        let want = bundles_wanted(slots, worker.tasks_held, worker.avg_bundle_tasks, room);
+        let want = bundles_wanted(hold, worker.tasks_held, worker.avg_bundle_tasks, room);
         worker.fetching = true;
         self.req.bundle_receives += 1;
         let got = self.queue.receive(want);
@@ -225,8 +248,14 @@ impl Sim<'_> {
                 let msg = &self.queue.messages[m];
                 (msg.batch, msg.len)
             };
+            let declared = self.batches[batch].declared();
             let worker = &mut self.workers[w];
-            worker.avg_bundle_tasks = 0.7 * worker.avg_bundle_tasks + 0.3 * f64::from(len);
+            let n = f64::from(len);
+            worker.avg_bundle_tasks =
+                Some(worker.avg_bundle_tasks.map_or(n, |avg| 0.7 * avg + 0.3 * n));
+            if let Some(length) = declared {
+                worker.typical.declared(length);
+            }
             if worker.cancel_checked[batch].is_none_or(|t| self.now - t >= self.cancel_check) {
                 worker.cancel_checked[batch] = Some(self.now);
                 self.req.ledger_reads += 1;
@@ -383,6 +412,9 @@ impl Sim<'_> {
         let worker = &mut self.workers[w];
         worker.free += 1;
         worker.tasks_held -= 1;
+        if result.took > 0 {
+            worker.typical.observe(Duration::from_micros(result.took));
+        }
         let mut ended = false;
         if let Some(held) = worker.held(msg) {
             held.running -= 1;
@@ -495,11 +527,8 @@ impl Sim<'_> {
             return false;
         }
         let held = worker.held.remove(i);
-        if worker.held.is_empty() {
-            // Turned idle: its heartbeat row goes at once.
-            self.req.heartbeat_rows += 1;
-            worker.heartbeat_rest = 0;
-        }
+        // Turned idle: its heartbeat row goes at once.
+        self.heartbeat_look(w);
         let len = self.queue.messages[msg].len;
         if held.sent_count >= len {
             self.ledger_write();
@@ -550,12 +579,6 @@ impl Sim<'_> {
         let worker = &mut self.workers[w];
         let span = self.lease / 3;
         let polls = ticks(&mut worker.cancel_poll_rest, span, self.cancel_check);
-        // Its heartbeat rows, counted the same way.
-        self.req.heartbeat_rows += ticks(
-            &mut worker.heartbeat_rest,
-            span,
-            us(HEARTBEAT_ROW_EVERY.as_secs_f64()),
-        );
         let mut batches: Vec<usize> = worker
             .held
             .iter()
@@ -575,6 +598,7 @@ impl Sim<'_> {
             let generation = m.visibility;
             self.at(until, Ev::VisibilityEnds { msg, generation });
         }
+        self.heartbeat_look(w);
         self.at(self.now + self.lease / 3, Ev::Renew(w));
     }
 

@@ -119,6 +119,11 @@ fn absorb<Q, L, R>(
         return (0, false);
     };
     let n = results.len();
+    for (_, result) in &results {
+        if result.finished > result.started {
+            ctx.inflight.observe(result.finished.since(result.started));
+        }
+    }
     let entry = pending.entry(key).or_insert_with(|| Pending {
         unit,
         unsent: Vec::new(),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger, claim_key};
 use cloudkon_core::queue::{Delivery, Receipt, ResultRouter, TaskQueue};
-use cloudkon_core::{TaskResult, Timestamp};
+use cloudkon_core::{TaskResult, TaskSpec, Timestamp};
 
 use super::retry::Backoff;
 use super::{Ctx, StopReason, WorkerStats};
@@ -38,17 +38,32 @@ pub fn claim_retry_delay(receive_count: u32) -> Duration {
         .min(CLAIM_RETRY_MAX)
 }
 
-/// How many bundles to ask for: enough that the slots have about two tasks
-/// each in hand, judged by the size of bundles so far, and at least one.
+/// How many bundles to ask for: enough to bring the tasks held up to `hold`
+/// (see [`super::tasks_to_hold`]), judged by the size of bundles so far, and
+/// at least one. Before any bundle is seen, one: its size is unknown, and a
+/// receive of ten bundles of ten-minute tasks would hide them all here.
 pub fn bundles_wanted(
-    slots: usize,
+    hold: usize,
     tasks_held: usize,
-    avg_bundle_tasks: f64,
+    avg_bundle_tasks: Option<f64>,
     room: usize,
 ) -> usize {
-    let wanted_tasks = (2 * slots).saturating_sub(tasks_held) as f64;
-    let bundles = (wanted_tasks / avg_bundle_tasks.max(1.0)).ceil() as usize;
+    let Some(avg) = avg_bundle_tasks else {
+        return 1;
+    };
+    let wanted_tasks = hold.saturating_sub(tasks_held) as f64;
+    let bundles = (wanted_tasks / avg.max(1.0)).ceil() as usize;
     bundles.clamp(1, room.clamp(1, MAX_RECEIVE))
+}
+
+/// The mean length the tasks declare, if any does.
+fn declared_length<'a>(specs: impl Iterator<Item = &'a TaskSpec>) -> Option<Duration> {
+    let (sum, n) = specs
+        .filter_map(TaskSpec::nominal_duration)
+        .fold((Duration::ZERO, 0u32), |(sum, n), d| {
+            (sum.saturating_add(d), n + 1)
+        });
+    (n > 0).then(|| sum / n)
 }
 
 pub async fn run<Q, L, R>(
@@ -67,13 +82,13 @@ where
     let slots = ctx.config.pool.slots.max(1);
     // Tasks per bundle received, smoothed: bundles vary from one task to
     // thousands, and how many to ask for depends on it.
-    let mut avg_bundle_tasks = 1.0_f64;
+    let mut avg_bundle_tasks: Option<f64> = None;
     // Set while the ledger fails: no receiving until then.
     let mut ledger_pause = LEDGER_PAUSE;
     loop {
         // Hold no more tasks than the slots can start soon: a message held here
         // is invisible to idle workers elsewhere.
-        while ctx.inflight.tasks() >= 2 * slots {
+        while ctx.inflight.tasks() >= ctx.inflight.hold(slots) {
             tokio::select! {
                 _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
                 _ = ctx.tasks_done.notified() => {},
@@ -86,7 +101,7 @@ where
         first.forget();
         let mut room = 1;
         let want = bundles_wanted(
-            slots,
+            ctx.inflight.hold(slots),
             ctx.inflight.tasks(),
             avg_bundle_tasks,
             1 + ctx.room.available_permits(),
@@ -129,7 +144,10 @@ where
         ctx.room.add_permits(room - deliveries.len().min(room));
         for delivery in &deliveries {
             let n = delivery.bundle.tasks.len() as f64;
-            avg_bundle_tasks = 0.7 * avg_bundle_tasks + 0.3 * n;
+            avg_bundle_tasks = Some(avg_bundle_tasks.map_or(n, |avg| 0.7 * avg + 0.3 * n));
+            if let Some(length) = declared_length(delivery.bundle.tasks.iter().map(|t| &t.spec)) {
+                ctx.inflight.declared(length);
+            }
         }
         if ctx.inflight.len() > 0 || !deliveries.is_empty() {
             idle_since = Instant::now();
@@ -468,25 +486,45 @@ mod tests {
     }
 
     #[test]
-    fn bundles_wanted_keeps_about_two_tasks_per_slot_in_hand() {
-        // (slots, tasks held, average bundle, room) -> bundles.
+    fn bundles_wanted_brings_the_tasks_held_up_to_the_hold() {
+        // (hold, tasks held, average bundle, room) -> bundles.
         let cases = [
-            ((4, 0, 1.0, 12), 8),
-            ((4, 0, 1.0, 5), 5),
-            ((4, 0, 1.0, 40), 8),
-            ((8, 0, 1.0, 40), 10),
-            ((4, 6, 1.0, 12), 2),
-            ((4, 0, 100.0, 12), 1),
-            ((4, 8, 1.0, 12), 1),
-            ((4, 0, 3.0, 12), 3),
-            ((4, 0, 0.0, 12), 8),
+            ((8, 0, Some(1.0), 12), 8),
+            ((8, 0, Some(1.0), 5), 5),
+            ((8, 0, Some(1.0), 40), 8),
+            ((16, 0, Some(1.0), 40), 10),
+            ((8, 6, Some(1.0), 12), 2),
+            ((8, 0, Some(100.0), 12), 1),
+            ((8, 8, Some(1.0), 12), 1),
+            ((8, 0, Some(3.0), 12), 3),
+            ((8, 0, Some(0.0), 12), 8),
+            // Nothing seen yet: one, whatever its size turns out to be.
+            ((16, 0, None, 12), 1),
+            // Ten-minute tasks on 8 slots hold 9: one bundle at a time.
+            ((9, 8, Some(1.0), 12), 1),
         ];
-        for ((slots, held, avg, room), want) in cases {
+        for ((hold, held, avg, room), want) in cases {
             assert_eq!(
-                bundles_wanted(slots, held, avg, room),
+                bundles_wanted(hold, held, avg, room),
                 want,
-                "{slots} slots, {held} held, {avg} per bundle, room {room}"
+                "hold {hold}, {held} held, {avg:?} per bundle, room {room}"
             );
         }
+    }
+
+    #[test]
+    fn the_declared_length_of_a_bundle_is_its_tasks_mean() {
+        let sleeps = [TaskSpec::Sleep { ms: 1_000 }, TaskSpec::Sleep { ms: 3_000 }];
+        assert_eq!(declared_length(sleeps.iter()), Some(Duration::from_secs(2)));
+        let run = TaskSpec::Run {
+            program: "true".into(),
+            args: vec![],
+        };
+        assert_eq!(declared_length([run.clone()].iter()), None);
+        let mixed = [run, TaskSpec::Sleep { ms: 500 }];
+        assert_eq!(
+            declared_length(mixed.iter()),
+            Some(Duration::from_millis(500))
+        );
     }
 }

@@ -10,6 +10,7 @@ use cloudkon_core::ledger::BundleProgress;
 use cloudkon_core::queue::Receipt;
 
 use super::WorkerStats;
+use super::hold::{TypicalTask, tasks_to_hold};
 
 /// A held bundle.
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub struct InFlight {
     /// Tasks held and not finished: the fetcher receives more only when the
     /// slots are about to run out of them.
     tasks: AtomicUsize,
+    /// How long this worker's tasks typically take: how far ahead it holds.
+    typical: Mutex<TypicalTask>,
     stats: Arc<WorkerStats>,
 }
 
@@ -49,6 +52,7 @@ impl InFlight {
         Self {
             held: Mutex::default(),
             tasks: AtomicUsize::new(0),
+            typical: Mutex::default(),
             stats,
         }
     }
@@ -177,5 +181,20 @@ impl InFlight {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                 Some(t.saturating_sub(n))
             });
+    }
+
+    /// A task finished after running this long.
+    pub fn observe(&self, took: std::time::Duration) {
+        self.typical.lock().expect("typical lock").observe(took);
+    }
+
+    /// Tasks received declare this length.
+    pub fn declared(&self, length: std::time::Duration) {
+        self.typical.lock().expect("typical lock").declared(length);
+    }
+
+    /// How many tasks to hold with `slots` slots (see [`tasks_to_hold`]).
+    pub fn hold(&self, slots: usize) -> usize {
+        tasks_to_hold(slots, self.typical.lock().expect("typical lock").get())
     }
 }

@@ -8,7 +8,8 @@
 //!   │                                                                           mark progress; at a
 //!   │                                                                           bundle's end: ledger
 //!   │                                                                           done, delete message
-//!   └── about two tasks per slot in hand, and at most slots + prefetch bundles
+//!   └── a task per slot and what the slots free within 10 s in hand (see
+//!       `hold`), and at most slots + prefetch bundles
 //! renew: every lease/3, extend the lease (writing each bundle's progress) and
 //! the message's visibility of each bundle held
 //! ```
@@ -27,6 +28,8 @@ mod fetch;
 pub use fetch::bundles_wanted;
 mod heartbeat;
 pub use heartbeat::{HEARTBEAT_LOOK_EVERY, HEARTBEAT_ROW_EVERY, heartbeat_due};
+mod hold;
+pub use hold::{HOLD_AHEAD, TypicalTask, tasks_to_hold};
 mod inflight;
 mod retry;
 mod stats;

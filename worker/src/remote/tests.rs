@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use cloudkon_core::ledger::{BundleProgress, Claim, MemoryLedger, claim_key};
-use cloudkon_core::queue::{MemoryQueue, QueueError};
+use cloudkon_core::queue::{Delivery, MemoryQueue, QueueError, Receipt};
 use cloudkon_core::wire::decode_results;
 use cloudkon_core::{
     BatchId, Bundle, BundleOptions, Outcome, Task, TaskResult, TaskSpec, Timestamp,
@@ -825,4 +825,111 @@ async fn results_carry_the_workers_requests_and_time_and_their_sum_is_what_it_sp
         charged.worker_seconds <= elapsed,
         "{charged:?} in {elapsed} s"
     );
+}
+
+/// A queue that hands out receipts, as SQS does: a message received is hidden
+/// until it is deleted or given back, so a test can see what a worker holds.
+#[derive(Default)]
+struct ReceiptQueue {
+    /// Each message, and whether it is held (received, not given back).
+    messages: Mutex<Vec<(Bundle, bool)>>,
+    receives: std::sync::atomic::AtomicUsize,
+}
+
+impl ReceiptQueue {
+    fn new(bundles: Vec<Bundle>) -> Self {
+        Self {
+            messages: Mutex::new(bundles.into_iter().map(|b| (b, false)).collect()),
+            receives: Default::default(),
+        }
+    }
+
+    /// (held, visible) messages.
+    fn counts(&self) -> (usize, usize) {
+        let messages = self.messages.lock().unwrap();
+        let held = messages.iter().filter(|(_, h)| *h).count();
+        (held, messages.len() - held)
+    }
+}
+
+impl TaskQueue for ReceiptQueue {
+    async fn send(&self, bundles: Vec<Bundle>) -> Result<(), QueueError> {
+        let mut messages = self.messages.lock().unwrap();
+        messages.extend(bundles.into_iter().map(|b| (b, false)));
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Vec<Delivery>>, QueueError> {
+        self.receives
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let got: Vec<Delivery> = {
+            let mut messages = self.messages.lock().unwrap();
+            messages
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, (_, held))| !*held)
+                .take(max)
+                .map(|(i, (bundle, held))| {
+                    *held = true;
+                    Delivery {
+                        bundle: bundle.clone(),
+                        receipt: Some(Receipt(i.to_string())),
+                        receive_count: 1,
+                    }
+                })
+                .collect()
+        };
+        if got.is_empty() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(Some(got))
+    }
+
+    async fn ack(&self, _receipts: Vec<Receipt>) -> Result<(), QueueError> {
+        unreachable!("nothing finishes in these tests")
+    }
+
+    async fn release(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        let i: usize = receipt.0.parse().unwrap();
+        self.messages.lock().unwrap()[i].1 = false;
+        Ok(())
+    }
+}
+
+// Paused time: the clock moves only when every task of the test waits, so
+// "after a second" means "once the worker has done all it would".
+#[tokio::test(start_paused = true)]
+async fn a_worker_holds_no_long_task_ahead_and_gives_what_it_holds_back_at_once() {
+    // Six bundles of one ten-minute task, two slots: the worker holds a task
+    // per slot (its slots free one within `HOLD_AHEAD` far less than once),
+    // not two per slot, which hid from other workers tasks they could run now.
+    let bundles: Vec<Bundle> = (0..6)
+        .map(|i| bundle(i, vec![TaskSpec::Sleep { ms: 600_000 }]))
+        .collect();
+    let queue = Arc::new(ReceiptQueue::new(bundles));
+    let stats = Arc::new(WorkerStats::default());
+    let shutdown = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(Arc::new(MemoryLedger::new())),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config(),
+        shutdown.clone(),
+        stats.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(queue.counts(), (2, 4), "held, visible");
+    assert_eq!(WorkerStats::get(&stats.held), 2);
+    // The first receive asks for one bundle (its size unknown), the next
+    // for the one the hold still wants; then none.
+    assert_eq!(queue.receives.load(std::sync::atomic::Ordering::Relaxed), 2);
+    shutdown.stop.cancel();
+    shutdown.abort.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
+    assert_eq!(queue.counts(), (0, 6), "all given back");
 }

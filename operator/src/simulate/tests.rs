@@ -202,6 +202,21 @@ fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
     assert!(message.contains("lingerMs"), "{message}");
 }
 
+/// A pool of `pool`, the workers' default settings (up 10 s after they are
+/// asked for), and `batches` (YAML list items after the first `- `).
+fn fixed_pool(pool: &str, batches: &str) -> SimConfig {
+    config(&format!(
+        r#"
+pool: {pool}
+worker: {{ startupSeconds: 10, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 5000,
+          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
+          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }}
+batches:
+  - {batches}
+"#
+    ))
+}
+
 /// Three waves of declared ten-minute tasks on 100 workers × 8 slots: every
 /// slot runs one from the first wave to the last, so the run takes three
 /// task lengths. Each worker holds a task per slot and none ahead
@@ -211,15 +226,9 @@ fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
 /// (and so with two per slot, as workers once held).
 #[test]
 fn long_declared_tasks_keep_the_whole_pool_busy_to_the_last_wave() {
-    let cfg = config(
-        r#"
-pool: { min: 100, max: 100, threads: 8 }
-worker: { startupSeconds: 10, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 5000,
-          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
-          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
-batches:
-  - { name: long, tasks: 2400, declared: true, durations: { kind: fixed, seconds: 600 } }
-"#,
+    let cfg = fixed_pool(
+        "{ min: 100, max: 100, threads: 8 }",
+        "{ name: long, tasks: 2400, declared: true, durations: { kind: fixed, seconds: 600 } }",
     );
     let report = simulate(&cfg);
     assert_eq!(report.collected, 2400);
@@ -240,16 +249,10 @@ batches:
 /// now: 1.07×.
 #[test]
 fn short_and_long_batches_on_one_pool_keep_it_busy() {
-    let cfg = config(
-        r#"
-pool: { min: 10, max: 10, threads: 4 }
-worker: { startupSeconds: 10, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 5000,
-          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
-          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }
-batches:
-  - { name: short, tasks: 40000, durations: { kind: lognormal, medianSeconds: 0.2, p99Seconds: 1 } }
-  - { name: renders, tasks: 200, declared: true, arrivalSeconds: 60, durations: { kind: fixed, seconds: 60 } }
-"#,
+    let cfg = fixed_pool(
+        "{ min: 10, max: 10, threads: 4 }",
+        "{ name: short, tasks: 40000, durations: { kind: lognormal, medianSeconds: 0.2, p99Seconds: 1 } }
+  - { name: renders, tasks: 200, declared: true, arrivalSeconds: 60, durations: { kind: fixed, seconds: 60 } }",
     );
     let report = simulate(&cfg);
     assert_eq!(report.collected, report.tasks);

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use cloudkon_core::{BatchId, Bundle, Bundler, Task, TaskSpec};
+use cloudkon_worker::remote::declared_length;
 
 use super::config::BatchConfig;
 use super::dist::{Durations, task_hash};
@@ -151,10 +152,10 @@ impl BatchSim {
         }
     }
 
-    /// The length its tasks declare (what a worker seeds its typical task
-    /// with).
+    /// The length its tasks declare, as a worker reads it off a bundle
+    /// (`remote::declared_length`; its typical task's length from then on).
     pub fn declared(&self) -> Option<Duration> {
-        self.spec().nominal_duration()
+        declared_length(std::iter::once(&self.spec()))
     }
 
     /// Enqueued and not finished.

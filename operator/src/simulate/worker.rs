@@ -14,7 +14,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use cloudkon_worker::remote::{
-    HEARTBEAT_ROW_EVERY, TypicalTask, bundles_wanted, heartbeat_due, results_wait, tasks_to_hold,
+    HEARTBEAT_ROW_EVERY, TypicalTask, bundle_size_seen, bundles_wanted, heartbeat_due,
+    results_wait, tasks_to_hold,
 };
 
 use super::engine::{Ev, SECOND, Sim, us};
@@ -250,9 +251,7 @@ impl Sim<'_> {
             };
             let declared = self.batches[batch].declared();
             let worker = &mut self.workers[w];
-            let n = f64::from(len);
-            worker.avg_bundle_tasks =
-                Some(worker.avg_bundle_tasks.map_or(n, |avg| 0.7 * avg + 0.3 * n));
+            worker.avg_bundle_tasks = Some(bundle_size_seen(worker.avg_bundle_tasks, len as usize));
             if let Some(length) = declared {
                 worker.typical.declared(length);
             }

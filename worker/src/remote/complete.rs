@@ -119,11 +119,12 @@ fn absorb<Q, L, R>(
         return (0, false);
     };
     let n = results.len();
-    for (_, result) in &results {
-        if result.finished > result.started {
-            ctx.inflight.observe(result.finished.since(result.started));
-        }
-    }
+    ctx.inflight.observe(
+        results
+            .iter()
+            .filter(|(_, r)| r.finished > r.started)
+            .map(|(_, r)| r.finished.since(r.started)),
+    );
     let entry = pending.entry(key).or_insert_with(|| Pending {
         unit,
         unsent: Vec::new(),

@@ -56,8 +56,15 @@ pub fn bundles_wanted(
     bundles.clamp(1, room.clamp(1, MAX_RECEIVE))
 }
 
+/// The bundle size `bundles_wanted` judges by, after a bundle of `tasks`
+/// came: smoothed, as bundles vary from one task to thousands.
+pub fn bundle_size_seen(before: Option<f64>, tasks: usize) -> f64 {
+    let n = tasks as f64;
+    before.map_or(n, |size| 0.7 * size + 0.3 * n)
+}
+
 /// The mean length the tasks declare, if any does.
-fn declared_length<'a>(specs: impl Iterator<Item = &'a TaskSpec>) -> Option<Duration> {
+pub fn declared_length<'a>(specs: impl Iterator<Item = &'a TaskSpec>) -> Option<Duration> {
     let (sum, n) = specs
         .filter_map(TaskSpec::nominal_duration)
         .fold((Duration::ZERO, 0u32), |(sum, n), d| {
@@ -143,8 +150,10 @@ where
         };
         ctx.room.add_permits(room - deliveries.len().min(room));
         for delivery in &deliveries {
-            let n = delivery.bundle.tasks.len() as f64;
-            avg_bundle_tasks = Some(avg_bundle_tasks.map_or(n, |avg| 0.7 * avg + 0.3 * n));
+            avg_bundle_tasks = Some(bundle_size_seen(
+                avg_bundle_tasks,
+                delivery.bundle.tasks.len(),
+            ));
             if let Some(length) = declared_length(delivery.bundle.tasks.iter().map(|t| &t.spec)) {
                 ctx.inflight.declared(length);
             }

@@ -183,9 +183,13 @@ impl InFlight {
             });
     }
 
-    /// A task finished after running this long.
-    pub fn observe(&self, took: std::time::Duration) {
-        self.typical.lock().expect("typical lock").observe(took);
+    /// Tasks finished after running this long (one lock for a results
+    /// event, which may carry thousands).
+    pub fn observe(&self, took: impl IntoIterator<Item = std::time::Duration>) {
+        let mut typical = self.typical.lock().expect("typical lock");
+        for t in took {
+            typical.observe(t);
+        }
     }
 
     /// Tasks received declare this length.

@@ -25,11 +25,11 @@
 mod complete;
 pub use complete::{MAX_RESULTS_LINGER, RESULTS_PER_SEND, results_wait};
 mod fetch;
-pub use fetch::bundles_wanted;
+pub use fetch::{bundle_size_seen, bundles_wanted, declared_length};
 mod heartbeat;
 pub use heartbeat::{HEARTBEAT_LOOK_EVERY, HEARTBEAT_ROW_EVERY, heartbeat_due};
 mod hold;
-pub use hold::{HOLD_AHEAD, TypicalTask, tasks_to_hold};
+pub use hold::{TypicalTask, tasks_to_hold};
 mod inflight;
 mod retry;
 mod stats;

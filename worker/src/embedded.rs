@@ -192,7 +192,7 @@ async fn feed(queue: MemoryQueue, units: async_channel::Sender<WorkUnit>, shutdo
                 options: delivery.bundle.options,
                 tasks: delivery.bundle.tasks,
                 ticket: None,
-                stop: Default::default(),
+                control: Default::default(),
             };
             if units.send(unit).await.is_err() {
                 break;

@@ -67,8 +67,9 @@ struct Args {
 
     /// How often the ledger is asked whether a batch whose bundles run here
     /// was cancelled: a cancel leaves their tasks not started within it.
-    /// Each is a DynamoDB read per batch held: with a big pool of short
-    /// tasks, a longer period saves most of its requests per task.
+    /// Each is a DynamoDB read per batch of which tasks wait here to start
+    /// (none while every task held runs): with a big pool of short tasks, a
+    /// longer period saves most of its requests per task.
     #[arg(long, env = "CLOUDKON_CANCEL_CHECK", default_value = "3s", value_parser = parse_cancel_check)]
     cancel_check: Duration,
 

@@ -25,9 +25,49 @@ pub struct WorkUnit {
     /// What the distributed worker needs back to finish the bundle; the pool
     /// only carries it through.
     pub ticket: Option<Ticket>,
-    /// Set to leave the unit's tasks that have not started (its batch was
-    /// cancelled): the unit then ends incomplete.
-    pub stop: Arc<AtomicBool>,
+    /// Its stop flag and the count of its tasks not started, shared with
+    /// whoever holds the bundle.
+    pub control: Arc<UnitControl>,
+}
+
+/// A unit as its holder sees it while the pool runs it.
+#[derive(Debug, Default)]
+pub struct UnitControl {
+    stop: AtomicBool,
+    waiting: AtomicUsize,
+}
+
+impl UnitControl {
+    /// For a unit of `tasks` tasks, none started.
+    pub fn new(tasks: usize) -> Arc<Self> {
+        Arc::new(Self {
+            stop: AtomicBool::new(false),
+            waiting: AtomicUsize::new(tasks),
+        })
+    }
+
+    /// Leaves the unit's tasks that have not started (its batch was
+    /// cancelled): the unit then ends incomplete. False if it already was.
+    pub fn stop(&self) -> bool {
+        !self.stop.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Tasks not started yet (a stopped unit's never will).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    fn started(&self) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
 }
 
 /// A delivered bundle's handles: to acknowledge it, complete its claim, and
@@ -60,8 +100,8 @@ pub struct UnitRun {
     pub submitted: Timestamp,
     pub options: BundleOptions,
     pub ticket: Option<Ticket>,
-    /// See [`WorkUnit::stop`].
-    pub stop: Arc<AtomicBool>,
+    /// See [`WorkUnit::control`].
+    pub control: Arc<UnitControl>,
     /// Tasks in the unit.
     pub total: usize,
     /// Tasks that finished, were abandoned, or will never start.
@@ -75,7 +115,7 @@ impl UnitRun {
             submitted: unit.submitted,
             options: unit.options,
             ticket: unit.ticket.clone(),
-            stop: unit.stop.clone(),
+            control: unit.control.clone(),
             total: unit.tasks.len(),
             ended: AtomicUsize::new(0),
             abandoned: AtomicBool::new(false),
@@ -339,9 +379,10 @@ async fn run_slot(
         let mut results = Vec::with_capacity(n);
         let mut ideal = Duration::ZERO;
         for (index, mut task) in tasks {
-            if unit.stop.load(Ordering::Relaxed) {
+            if unit.control.stopped() {
                 break;
             }
+            unit.control.started();
             let Some(result) = run_task(
                 &worker,
                 &config,
@@ -442,6 +483,7 @@ mod tests {
     use cloudkon_core::{BatchId, Outcome, TaskSpec};
 
     fn unit(specs: Vec<TaskSpec>) -> WorkUnit {
+        let n = specs.len();
         WorkUnit {
             submitted: Timestamp::now(),
             options: BundleOptions::default(),
@@ -460,7 +502,7 @@ mod tests {
                 claim_key: Some("b#0".into()),
                 ..Ticket::default()
             }),
-            stop: Arc::default(),
+            control: UnitControl::new(n),
         }
     }
 
@@ -686,7 +728,8 @@ mod tests {
     #[tokio::test]
     async fn a_stopped_unit_leaves_its_unstarted_tasks() {
         let work = unit(vec![TaskSpec::Sleep { ms: 0 }; 3]);
-        work.stop.store(true, Ordering::Relaxed);
+        assert!(work.control.stop());
+        assert!(!work.control.stop(), "stopped once");
         let events = run(PoolConfig::new(1, "w"), vec![work], Shutdown::new()).await;
         assert!(results(&events).is_empty());
         assert_eq!(ends(&events), vec![false]);

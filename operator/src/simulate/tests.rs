@@ -162,27 +162,36 @@ fn the_shipped_examples_parse() {
     assert!(n >= 3, "{n} examples");
 }
 
-/// One worker holding one batch's bundle for a minute (one 60 s task, a
-/// lease of 9 s: a renewal every 3 s) asks the ledger whether the batch was
-/// cancelled every 3 s, as `watch_cancels` does: about 20 reads, not just
-/// the one at admission; told to ask every 12 s (`--cancel-check 12s`), a
-/// quarter as often. Its heartbeat row goes at the start, as it turns busy
-/// and idle, and every 30 s between. A period or linger the worker would
-/// refuse is refused.
+/// One worker on one slot, a lease of 9 s (a renewal every 3 s). Running
+/// sixty 1 s tasks, it holds tasks not started for the whole minute, and asks
+/// the ledger whether their batch was cancelled every 3 s, as
+/// `remote::cancels::watch` does (`batches_to_watch`): about 20 reads and
+/// those at admission (a receive each for bundles of 30, 15, 8... tasks);
+/// told to ask every 12 s (`--cancel-check 12s`), a quarter as often. Running one 60 s task, it holds nothing a cancel would
+/// stop, and asks only at admission. Its heartbeat row goes at the start, as
+/// it turns busy and idle, and every 30 s between. A period or linger the
+/// worker would refuse is refused.
 #[test]
 fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
-    for (check, reads_within) in [("", 19..=22), (", cancelCheckSeconds: 12", 4..=7)] {
+    let cases = [
+        ("tasks: 60", 1, "", 19..=27),
+        ("tasks: 60", 1, ", cancelCheckSeconds: 12", 4..=11),
+        ("tasks: 1", 60, "", 1..=1),
+    ];
+    for (tasks, seconds, check, reads_within) in cases {
         let cfg = one_worker(
             "threads: 1",
             &format!("startupSeconds: 0, leaseSeconds: 9, prefetch: 1{check}"),
-            "{ name: a, tasks: 1, declared: true, durations: { kind: fixed, seconds: 60 } }",
+            &format!(
+                "{{ name: a, {tasks}, declared: true, durations: {{ kind: fixed, seconds: {seconds} }} }}"
+            ),
         );
         let report = simulate(&cfg);
-        assert_eq!(report.collected, 1);
+        assert_eq!(report.collected, 60 / seconds);
         let reads = report.requests.ledger_reads;
         assert!(
             reads_within.contains(&reads),
-            "{check}: {reads} ledger reads"
+            "{tasks} of {seconds} s{check}: {reads} ledger reads"
         );
         // At start, on turning busy, every 30 s while busy, on turning idle.
         let rows = report.requests.heartbeat_rows;

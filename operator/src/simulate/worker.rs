@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use cloudkon_worker::remote::{
-    HEARTBEAT_ROW_EVERY, TypicalTask, bundle_size_seen, bundles_wanted, heartbeat_due,
-    results_wait, tasks_to_hold,
+    HEARTBEAT_ROW_EVERY, TypicalTask, batches_to_watch, bundle_size_seen, bundles_wanted,
+    heartbeat_due, results_wait, tasks_to_hold,
 };
 
 use super::engine::{Ev, SECOND, Sim, us};
@@ -570,21 +570,20 @@ impl Sim<'_> {
             .filter(|h| h.claimed)
             .map(|h| (h.msg, h.sent.clone()))
             .collect();
-        // The worker's `watch_cancels` asks the ledger every
-        // `cancel_check` whether each batch it holds bundles of was
+        // The worker's `cancels::watch` asks the ledger every
+        // `cancel_check` whether each batch of `batches_to_watch` was
         // cancelled: counted here for the period since the last renewal, for
-        // the batches held now (an event per check and worker would add
+        // the bundles held now (an event per check and worker would add
         // nothing else).
         let worker = &mut self.workers[w];
         let span = self.lease / 3;
         let polls = ticks(&mut worker.cancel_poll_rest, span, self.cancel_check);
-        let mut batches: Vec<usize> = worker
-            .held
-            .iter()
-            .map(|h| self.queue.messages[h.msg].batch)
-            .collect();
-        batches.sort_unstable();
-        batches.dedup();
+        let batches = batches_to_watch(
+            worker
+                .held
+                .iter()
+                .map(|h| (self.queue.messages[h.msg].batch, h.pending.len())),
+        );
         self.req.ledger_reads += polls * batches.len() as u64;
         for (msg, progress) in claimed {
             self.ledger_write();

@@ -9,7 +9,7 @@ use cloudkon_core::{TaskResult, TaskSpec, Timestamp};
 
 use super::retry::Backoff;
 use super::{Ctx, StopReason, WorkerStats};
-use crate::pool::{PoolEvent, Shutdown, Ticket, UnitRun, WorkUnit};
+use crate::pool::{PoolEvent, Shutdown, Ticket, UnitControl, UnitRun, WorkUnit};
 
 /// SQS returns at most 10 messages per receive.
 const MAX_RECEIVE: usize = 10;
@@ -383,13 +383,13 @@ where
         );
     }
     let claim_owner = ledger.map(|_| owner);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control = UnitControl::new(bundle.tasks.len());
     ctx.inflight.insert(
         key.clone(),
         receipt.clone(),
         claim_owner.clone(),
         done,
-        stop.clone(),
+        control.clone(),
     );
     ctx.inflight.add_tasks(bundle.tasks.len());
     let ticket = Ticket {
@@ -404,7 +404,7 @@ where
         options: bundle.options,
         tasks: bundle.tasks,
         ticket: Some(ticket),
-        stop,
+        control,
     };
     if attempt > ctx.config.max_claims {
         WorkerStats::add(&ctx.stats.given_up, 1);

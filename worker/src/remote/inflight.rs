@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cloudkon_core::ledger::BundleProgress;
 use cloudkon_core::queue::Receipt;
 
 use super::WorkerStats;
+use super::cancels::batches_to_watch;
 use super::hold::{TypicalTask, tasks_to_hold};
+use crate::pool::UnitControl;
 
 /// A held bundle.
 #[derive(Debug)]
@@ -24,8 +26,9 @@ struct Held {
     /// Positions whose results are sent (or were, by an earlier holder):
     /// written to the ledger at each renewal.
     progress: BundleProgress,
-    /// Set when its batch is cancelled: the tasks not started are left.
-    stop: Arc<AtomicBool>,
+    /// Stopped when its batch is cancelled (the tasks not started are
+    /// left); how many have not started.
+    control: Arc<UnitControl>,
 }
 
 /// What a heartbeat renews.
@@ -63,7 +66,7 @@ impl InFlight {
         receipt: Option<Receipt>,
         owner: Option<String>,
         progress: BundleProgress,
-        stop: Arc<AtomicBool>,
+        control: Arc<UnitControl>,
     ) {
         let mut held = self.held.lock().expect("inflight lock");
         held.insert(
@@ -73,7 +76,7 @@ impl InFlight {
                 owner,
                 completed: false,
                 progress,
-                stop,
+                control,
             },
         );
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
@@ -138,16 +141,19 @@ impl InFlight {
             .collect()
     }
 
-    /// The batches of the bundles held (from their claim keys, `batch#first`).
-    pub fn batches(&self) -> Vec<String> {
+    /// The batches whose cancel is worth asking about: see
+    /// [`batches_to_watch`].
+    pub fn batches_to_watch(&self) -> Vec<String> {
         let held = self.held.lock().expect("inflight lock");
-        let mut batches: Vec<String> = held
-            .keys()
-            .filter_map(|k| k.rsplit_once('#').map(|(b, _)| b.to_string()))
-            .collect();
-        batches.sort();
-        batches.dedup();
-        batches
+        batches_to_watch(held.iter().filter_map(|(key, e)| {
+            let batch = key.rsplit_once('#')?.0;
+            let waiting = if e.control.stopped() {
+                0
+            } else {
+                e.control.waiting()
+            };
+            Some((batch.to_string(), waiting))
+        }))
     }
 
     /// Leaves the unstarted tasks of `batch`'s bundles (it was cancelled);
@@ -156,9 +162,7 @@ impl InFlight {
         let held = self.held.lock().expect("inflight lock");
         let mut stopped = 0;
         for (key, entry) in held.iter() {
-            if key.rsplit_once('#').is_some_and(|(b, _)| b == batch)
-                && !entry.stop.swap(true, Ordering::Relaxed)
-            {
+            if key.rsplit_once('#').is_some_and(|(b, _)| b == batch) && entry.control.stop() {
                 stopped += 1;
             }
         }

@@ -22,6 +22,8 @@
 //! count once: the collectors keep each task id once). On live workers a task
 //! never runs twice, and no result is lost.
 
+mod cancels;
+pub use cancels::batches_to_watch;
 mod complete;
 pub use complete::{MAX_RESULTS_LINGER, RESULTS_PER_SEND, results_wait};
 mod fetch;
@@ -187,7 +189,7 @@ where
     ));
     let renewer_done = tokio_util::sync::CancellationToken::new();
     let renewer = tokio::spawn(complete::renew_leases(ctx.clone(), renewer_done.clone()));
-    let canceller = tokio::spawn(watch_cancels(ctx.clone(), renewer_done.clone()));
+    let canceller = tokio::spawn(cancels::watch(ctx.clone(), renewer_done.clone()));
 
     let reason = fetch::run(&ctx, &units_tx, &results_tx, &shutdown).await;
     drop(units_tx);
@@ -223,44 +225,6 @@ async fn give_back_unstarted<Q, L, R>(
         ctx.inflight.finish_tasks(unit.tasks.len());
         if let Some(ticket) = &unit.ticket {
             complete::give_back(ctx, ticket, true).await;
-        }
-    }
-}
-
-/// Every `cancel_check`, asks whether the batches of the bundles held
-/// were cancelled, and leaves their tasks that have not started: a bundle
-/// holds many tasks, and a cancel must not wait for all of them. (The bundle
-/// is then given back, and the next worker to receive it deletes it.)
-async fn watch_cancels<Q, L, R>(ctx: Arc<Ctx<Q, L, R>>, done: tokio_util::sync::CancellationToken)
-where
-    Q: TaskQueue,
-    L: DedupLedger,
-    R: ResultRouter,
-{
-    let Some(ledger) = ctx.ledger.clone() else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = tokio::time::sleep(ctx.config.cancel_check) => {},
-        }
-        for batch in ctx.inflight.batches() {
-            // Asked afresh (not from the admission cache): a cancel is seen
-            // within one period.
-            let cancelled = ledger.is_cancelled(&batch).await.unwrap_or(false);
-            if cancelled {
-                fetch::remember_cancelled(&ctx, &batch, true);
-                let stopped = ctx.inflight.stop_batch(&batch);
-                if stopped > 0 {
-                    tracing::info!(
-                        batch,
-                        bundles = stopped,
-                        "batch cancelled: leaving its tasks not started"
-                    );
-                    WorkerStats::add(&ctx.stats.cancelled, stopped as u64);
-                }
-            }
         }
     }
 }

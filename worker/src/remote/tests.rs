@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cloudkon_core::ledger::{BundleProgress, Claim, MemoryLedger, claim_key};
+use cloudkon_core::ledger::{
+    BundleProgress, Claim, DedupLedger, LedgerError, MemoryLedger, claim_key,
+};
 use cloudkon_core::queue::{Delivery, MemoryQueue, QueueError, Receipt};
 use cloudkon_core::wire::decode_results;
 use cloudkon_core::{
@@ -932,4 +934,128 @@ async fn a_worker_holds_no_long_task_ahead_and_gives_what_it_holds_back_at_once(
     shutdown.abort.cancel();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
     assert_eq!(queue.counts(), (0, 6), "all given back");
+}
+
+/// The in-memory ledger, counting the cancel checks asked of it.
+#[derive(Default)]
+struct CountingLedger {
+    inner: MemoryLedger,
+    cancel_checks: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingLedger {
+    fn cancel_checks(&self) -> usize {
+        self.cancel_checks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl DedupLedger for CountingLedger {
+    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
+        self.inner.cancel_batch(batch).await
+    }
+
+    async fn is_cancelled(&self, batch: &str) -> Result<bool, LedgerError> {
+        self.cancel_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.is_cancelled(batch).await
+    }
+
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        self.inner.claim(key, owner, lease).await
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        done: &BundleProgress,
+    ) -> Result<bool, LedgerError> {
+        self.inner.renew(key, owner, lease, done).await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        results: Vec<u8>,
+    ) -> Result<bool, LedgerError> {
+        self.inner.complete(key, owner, results).await
+    }
+
+    async fn release(
+        &self,
+        key: &str,
+        owner: &str,
+        done: &BundleProgress,
+    ) -> Result<(), LedgerError> {
+        self.inner.release(key, owner, done).await
+    }
+}
+
+#[tokio::test]
+async fn cancels_are_asked_about_only_while_tasks_wait_to_start() {
+    // Two slots, a bundle of three tasks: the third waits for the first to
+    // end, and its batch is asked about every `cancel_check`; once it has
+    // started, a cancel would change nothing, and nothing is asked.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let task = |i: u32, secs: f64| TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("echo {i} >> {}; sleep {secs}", log.display()),
+        ],
+    };
+    let started = |i: u32| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == i.to_string())
+    };
+    let queue = Arc::new(MemoryQueue::bounded(2));
+    queue
+        .send(vec![bundle(
+            0,
+            vec![task(0, 1.0), task(1, 3.0), task(2, 2.5)],
+        )])
+        .await
+        .unwrap();
+    queue.close();
+    let ledger = Arc::new(CountingLedger::default());
+    let mut config = config();
+    config.pool.slots = 2;
+    config.cancel_check = Duration::from_millis(100);
+    let worker = tokio::spawn(run_remote(
+        queue,
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config,
+        Shutdown::new(),
+        Arc::new(WorkerStats::default()),
+    ));
+    while !started(0) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let admitted = ledger.cancel_checks();
+    while ledger.cancel_checks() < admitted + 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!started(2), "checked three times while task 2 waited");
+    while !started(2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A check under way when it started may still land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = ledger.cancel_checks();
+    // Ten periods while every task held runs (task 2 runs until 3.5 s).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        ledger.cancel_checks(),
+        before,
+        "no check while every task held runs"
+    );
+    assert_eq!(worker.await.unwrap(), StopReason::Drained);
 }

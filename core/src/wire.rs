@@ -21,6 +21,10 @@ use crate::usage::Usage;
 /// The largest SQS message body, in bytes.
 pub const SQS_MAX_MESSAGE_BYTES: usize = 262_144;
 
+/// Entries SQS takes in one batch request (sends, deletes, visibility
+/// changes).
+pub const SQS_MAX_BATCH_ENTRIES: usize = 10;
+
 /// The format version of bundles. Each kind has its own, bumped on any change
 /// of its wire structs: an old program then rejects a new message with
 /// [`WireError::UnknownVersion`] instead of misreading it, and a change of one

@@ -206,6 +206,58 @@ async fn extend_keeps_a_bundle_hidden_and_release_shows_it_at_once() {
 
 #[tokio::test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn extend_all_keeps_twelve_bundles_hidden_in_two_requests() {
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-extend-all"), &options(2))
+        .await
+        .unwrap();
+    let bundles: Vec<_> = (0..12).map(|i| sleep0_bundle("x", i, 1)).collect();
+    q.send(bundles).await.unwrap();
+    let got = receive_n(&q, 12).await;
+    let receipts: Vec<_> = got.iter().map(|d| d.receipt.clone().unwrap()).collect();
+    let before = aws.stats().snapshot();
+    q.extend_all(receipts.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let made = aws.stats().snapshot().since(&before);
+    assert_eq!(made.get("SQS.ChangeMessageVisibilityBatch"), 2, "{made}");
+    assert_eq!(made.total(), 2, "{made}");
+    // Without the extension they would be back after 2 s: watch for 4 s.
+    let watch = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < watch {
+        let back = q.receive(10, WAIT).await.unwrap().unwrap();
+        assert!(back.is_empty(), "an extended delivery came back");
+    }
+    assert_eq!(q.stats().await.unwrap().in_flight, 12);
+
+    // One deleted meanwhile (its bundle completed): the call says so, and
+    // the others are changed all the same (to 1 s: they come back).
+    let first_id = |d: &Delivery| d.bundle.tasks[0].id;
+    let gone = got[0].receipt.clone().unwrap();
+    q.ack(vec![gone]).await.unwrap();
+    let err = q
+        .extend_all(receipts, Duration::from_secs(1))
+        .await
+        .expect_err("the deleted message's entry fails");
+    assert!(err.to_string().contains("1 of 12 entries failed"), "{err}");
+    let expected: BTreeSet<u64> = got[1..].iter().map(first_id).collect();
+    let mut back = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while back.len() < expected.len() {
+        assert!(tokio::time::Instant::now() < deadline, "back: {back:?}");
+        for d in q.receive(10, WAIT).await.unwrap().unwrap() {
+            assert_ne!(first_id(&d), first_id(&got[0]), "the deleted one came back");
+            back.insert(first_id(&d));
+        }
+    }
+    assert_eq!(back, expected);
+    q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn a_malformed_message_goes_to_the_dead_letter_queue_never_to_a_worker() {
     let aws = aws().await;
     let sqs = aws.sqs();

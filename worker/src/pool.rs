@@ -421,6 +421,12 @@ async fn run_slot(
     }
 }
 
+/// The wait before a failing task runs again, after its `failed`-th failure
+/// here: `first`, doubled for each further one. The simulator calls this too.
+pub fn retry_delay(first: Duration, failed: u32) -> Duration {
+    first.saturating_mul(2u32.saturating_pow(failed.saturating_sub(1)))
+}
+
 /// Runs a task, retrying a failure up to `max_attempts`; `None` if abandoned.
 async fn run_task(
     worker: &Arc<str>,
@@ -431,8 +437,9 @@ async fn run_task(
     submitted: Timestamp,
     abort: &CancellationToken,
 ) -> Option<TaskResult> {
-    let mut backoff = options.retry_backoff.unwrap_or(config.retry_backoff);
+    let first_delay = options.retry_backoff.unwrap_or(config.retry_backoff);
     let max_attempts = options.max_attempts.unwrap_or(config.max_attempts);
+    let mut failed = 0;
     loop {
         let started = Timestamp::now();
         let output = match registry.execute_now(task) {
@@ -450,11 +457,11 @@ async fn run_task(
         };
         if !output.outcome.is_success() && task.attempt < max_attempts {
             tracing::debug!(task = task.id, attempt = task.attempt, outcome = ?output.outcome, "retrying");
+            failed += 1;
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {},
+                _ = tokio::time::sleep(retry_delay(first_delay, failed)) => {},
                 _ = abort.cancelled() => return None,
             }
-            backoff = backoff.saturating_mul(2);
             task.attempt += 1;
             continue;
         }
@@ -723,6 +730,19 @@ mod tests {
         let many = unit(vec![TaskSpec::Sleep { ms: 0 }; 3000]);
         let mut tasks = many.tasks.into_iter().enumerate().peekable();
         assert_eq!(next_job(&mut tasks).len(), CHEAP_JOB_TASKS);
+    }
+
+    #[test]
+    fn retry_delays_double_from_the_first() {
+        let s = Duration::from_secs;
+        let delays: Vec<Duration> = (1..=4).map(|n| retry_delay(s(1), n)).collect();
+        assert_eq!(delays, vec![s(1), s(2), s(4), s(8)]);
+        assert_eq!(retry_delay(s(1), 0), s(1));
+        assert_eq!(
+            retry_delay(s(1), 200),
+            s(u64::from(u32::MAX)),
+            "no overflow"
+        );
     }
 
     #[tokio::test]

@@ -62,6 +62,26 @@ pub trait TaskQueue: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// [`Self::extend`] for many deliveries, in as few requests as the
+    /// backend allows (SQS: 10 a request). An error says that some were not
+    /// extended, not which: the caller extends those it still needs one by
+    /// one.
+    fn extend_all(
+        &self,
+        receipts: Vec<Receipt>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send {
+        async move {
+            let mut first = None;
+            for receipt in &receipts {
+                if let Err(e) = self.extend(receipt, timeout).await {
+                    first.get_or_insert(e);
+                }
+            }
+            first.map_or(Ok(()), Err)
+        }
+    }
+
     /// Makes a delivery visible to other workers at once (work given back).
     fn release(&self, _receipt: &Receipt) -> impl Future<Output = Result<(), QueueError>> + Send {
         async { Ok(()) }

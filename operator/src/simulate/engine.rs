@@ -11,6 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use cloudkon_worker::remote::renew_every;
+
 use super::config::SimConfig;
 use super::dist::Rng;
 use super::queue::{Claim, Queue, T};
@@ -138,7 +140,8 @@ pub struct Requests {
     pub bundle_receives: u64,
     /// DeleteMessage(Batch) by workers.
     pub bundle_deletes: u64,
-    /// ChangeMessageVisibility: renewals, give-backs, held claims.
+    /// ChangeMessageVisibility(Batch) requests: renewals (a worker's messages
+    /// together, 10 a request), give-backs, held claims.
     pub visibility_changes: u64,
     /// SendMessageBatch of results (workers).
     pub results_sends: u64,
@@ -252,6 +255,9 @@ pub struct Sim<'c> {
     pub lat_sqs: T,
     pub lat_db: T,
     pub lease: T,
+    /// How often a worker renews what it holds (`remote::renew_every`; the
+    /// worker's visibility is its lease).
+    pub renew_every: T,
     pub linger: T,
     pub cancel_check: T,
     pub receive_wait: T,
@@ -306,6 +312,10 @@ impl<'c> Sim<'c> {
             lat_sqs: us(cfg.aws.sqs_latency_ms / 1000.0),
             lat_db: us(cfg.aws.dynamodb_latency_ms / 1000.0),
             lease: us(w.lease_seconds),
+            renew_every: {
+                let lease = Duration::from_secs_f64(w.lease_seconds);
+                us(renew_every(lease, lease).as_secs_f64())
+            },
             linger: us(w.linger_ms / 1000.0),
             cancel_check: us(w.cancel_check_seconds).max(1),
             receive_wait: us(w.receive_wait_seconds),

@@ -164,7 +164,7 @@ impl Report {
             .map(|b| b.durations.mean() * b.total as f64)
             .sum::<f64>()
             / tasks.max(1) as f64;
-        let unreported = cfg.worker.lease_seconds / 3.0 + cfg.worker.linger_ms / 1000.0;
+        let unreported = secs(sim.renew_every) + cfg.worker.linger_ms / 1000.0;
         let per_crash = f64::from(slots) * (unreported / mean.max(1e-6) + 2.0);
         let rerun_bound = (c.crashes as f64 * per_crash).ceil() as u64 + c.spot * u64::from(slots);
         let dead_lettered_tasks = sim

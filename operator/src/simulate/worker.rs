@@ -13,6 +13,8 @@ use std::collections::VecDeque;
 
 use std::time::Duration;
 
+use cloudkon_core::wire::SQS_MAX_BATCH_ENTRIES;
+use cloudkon_worker::pool::retry_delay;
 use cloudkon_worker::remote::{
     HEARTBEAT_ROW_EVERY, TypicalTask, batches_to_watch, bundle_size_seen, bundles_wanted,
     heartbeat_due, results_wait, tasks_to_hold,
@@ -153,7 +155,7 @@ impl Sim<'_> {
         self.workers[w].state = WState::Ready;
         // The first heartbeat row goes as the worker starts.
         self.heartbeat_look(w);
-        self.at(self.now + self.lease / 3, Ev::Renew(w));
+        self.at(self.now + self.renew_every, Ev::Renew(w));
         self.maybe_fetch(w);
     }
 
@@ -350,7 +352,7 @@ impl Sim<'_> {
     /// Free slots take the next tasks of the bundles held, oldest first.
     fn start_tasks(&mut self, w: usize) {
         let max_attempts = self.cfg.worker.max_attempts.max(1);
-        let backoff = super::engine::us(self.cfg.worker.retry_backoff_seconds);
+        let backoff = Duration::from_secs_f64(self.cfg.worker.retry_backoff_seconds);
         let overhead = super::engine::us(self.cfg.worker.task_overhead_ms / 1000.0);
         loop {
             let worker = &mut self.workers[w];
@@ -384,7 +386,7 @@ impl Sim<'_> {
                     break (took, !fails);
                 }
                 self.counters.failed_attempts += 1;
-                ran += backoff << (attempt - 1);
+                ran += us(retry_delay(backoff, attempt).as_secs_f64());
                 attempt += 1;
             };
             self.counters.task_starts += 1;
@@ -576,7 +578,7 @@ impl Sim<'_> {
         // the bundles held now (an event per check and worker would add
         // nothing else).
         let worker = &mut self.workers[w];
-        let span = self.lease / 3;
+        let span = self.renew_every;
         let polls = ticks(&mut worker.cancel_poll_rest, span, self.cancel_check);
         let batches = batches_to_watch(
             worker
@@ -585,9 +587,10 @@ impl Sim<'_> {
                 .map(|h| (self.queue.messages[h.msg].batch, h.pending.len())),
         );
         self.req.ledger_reads += polls * batches.len() as u64;
+        // The visibilities in one go: `TaskQueue::extend_all`, 10 a request.
+        self.req.visibility_changes += claimed.len().div_ceil(SQS_MAX_BATCH_ENTRIES) as u64;
         for (msg, progress) in claimed {
             self.ledger_write();
-            self.req.visibility_changes += 1;
             let until = self.now + self.lease;
             let m = &mut self.queue.messages[msg];
             m.claim = Claim::Held { worker: w, until };
@@ -597,7 +600,7 @@ impl Sim<'_> {
             self.at(until, Ev::VisibilityEnds { msg, generation });
         }
         self.heartbeat_look(w);
-        self.at(self.now + self.lease / 3, Ev::Renew(w));
+        self.at(self.now + self.renew_every, Ev::Renew(w));
     }
 
     /// SIGTERM: no more receives, tasks not started given back at once,

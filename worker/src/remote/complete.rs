@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cloudkon_core::aws::StatsSnapshot;
 use cloudkon_core::ledger::DedupLedger;
-use cloudkon_core::queue::{QueueError, ResultRouter, TaskQueue};
+use cloudkon_core::queue::{QueueError, Receipt, ResultRouter, TaskQueue};
 use cloudkon_core::wire::{ResultsMessage, SQS_MAX_MESSAGE_BYTES, encode_results_split};
 use cloudkon_core::{TaskResult, Usage};
 use tokio_util::sync::CancellationToken;
@@ -427,7 +427,14 @@ where
     }
 }
 
-/// Heartbeats: every third of a lease, extends the message visibility of
+/// How often a worker renews its leases and visibilities: a third of the
+/// shorter (at least 100 ms), so that one late or failed renewal does not
+/// lose a bundle. The simulator calls this too.
+pub fn renew_every(lease: Duration, visibility: Duration) -> Duration {
+    (lease.min(visibility) / 3).max(Duration::from_millis(100))
+}
+
+/// Heartbeats: every [`renew_every`], extends the message visibility of
 /// each bundle held, then its lease (recording its progress). The
 /// visibilities go first and all at once: a ledger that does not answer
 /// (each call then takes the SDK's timeouts and retries) must not let a
@@ -440,7 +447,7 @@ where
     L: DedupLedger,
     R: ResultRouter,
 {
-    let every = (ctx.config.lease.min(ctx.config.visibility) / 3).max(Duration::from_millis(100));
+    let every = renew_every(ctx.config.lease, ctx.config.visibility);
     let (visibility_done, ledger_done) = (done.clone(), done);
     let visibility = async {
         loop {
@@ -448,12 +455,33 @@ where
                 _ = visibility_done.cancelled() => return,
                 _ = tokio::time::sleep(every) => {},
             }
-            for held in ctx.inflight.snapshot() {
-                if let Some(receipt) = &held.receipt
+            let held: Vec<(String, Receipt)> = ctx
+                .inflight
+                .snapshot()
+                .into_iter()
+                .filter_map(|h| Some((h.key, h.receipt?)))
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            // All in one go (SQS: 10 a request). A failure there is usually
+            // a bundle completed meanwhile, its message deleted: the others
+            // are extended again one by one, and only theirs is reported.
+            let receipts = held.iter().map(|(_, r)| r.clone()).collect();
+            if ctx
+                .queue
+                .extend_all(receipts, ctx.config.visibility)
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            for (key, receipt) in &held {
+                if ctx.inflight.needs_heartbeat(key)
                     && let Err(e) = ctx.queue.extend(receipt, ctx.config.visibility).await
-                    && ctx.inflight.needs_heartbeat(&held.key)
+                    && ctx.inflight.needs_heartbeat(key)
                 {
-                    tracing::warn!(key = %held.key, error = %e, "visibility extension failed");
+                    tracing::warn!(key = %key, error = %e, "visibility extension failed");
                 }
             }
         }
@@ -495,6 +523,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewals_come_three_times_per_lease_or_visibility() {
+        let s = Duration::from_secs;
+        assert_eq!(renew_every(s(60), s(60)), s(20));
+        assert_eq!(renew_every(s(60), s(9)), s(3), "the shorter");
+        assert_eq!(renew_every(s(0), s(60)), Duration::from_millis(100));
+    }
 
     #[test]
     fn results_wait_for_the_linger_unless_a_bundle_ended_or_a_send_is_full() {

@@ -25,7 +25,7 @@
 mod cancels;
 pub use cancels::batches_to_watch;
 mod complete;
-pub use complete::{MAX_RESULTS_LINGER, RESULTS_PER_SEND, results_wait};
+pub use complete::{MAX_RESULTS_LINGER, RESULTS_PER_SEND, renew_every, results_wait};
 mod fetch;
 pub use fetch::{bundle_size_seen, bundles_wanted, declared_length};
 mod heartbeat;

@@ -836,6 +836,9 @@ struct ReceiptQueue {
     /// Each message, and whether it is held (received, not given back).
     messages: Mutex<Vec<(Bundle, bool)>>,
     receives: std::sync::atomic::AtomicUsize,
+    /// Visibility requests: one message, many at once.
+    extends: std::sync::atomic::AtomicUsize,
+    extend_alls: std::sync::atomic::AtomicUsize,
 }
 
 impl ReceiptQueue {
@@ -843,6 +846,8 @@ impl ReceiptQueue {
         Self {
             messages: Mutex::new(bundles.into_iter().map(|b| (b, false)).collect()),
             receives: Default::default(),
+            extends: Default::default(),
+            extend_alls: Default::default(),
         }
     }
 
@@ -895,6 +900,23 @@ impl TaskQueue for ReceiptQueue {
         unreachable!("nothing finishes in these tests")
     }
 
+    async fn extend(&self, _receipt: &Receipt, _timeout: Duration) -> Result<(), QueueError> {
+        self.extends
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn extend_all(
+        &self,
+        receipts: Vec<Receipt>,
+        _timeout: Duration,
+    ) -> Result<(), QueueError> {
+        assert!(receipts.len() <= 10, "one request");
+        self.extend_alls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn release(&self, receipt: &Receipt) -> Result<(), QueueError> {
         let i: usize = receipt.0.parse().unwrap();
         self.messages.lock().unwrap()[i].1 = false;
@@ -930,6 +952,12 @@ async fn a_worker_holds_no_long_task_ahead_and_gives_what_it_holds_back_at_once(
     // The first receive asks for one bundle (its size unknown), the next
     // for the one the hold still wants; then none.
     assert_eq!(queue.receives.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Both visibilities are renewed in one request each third of the lease.
+    let lease = config().lease;
+    tokio::time::sleep(lease).await;
+    let count = |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(count(&queue.extend_alls), 3, "renewals in one lease");
+    assert_eq!(count(&queue.extends), 0, "none one by one");
     shutdown.stop.cancel();
     shutdown.abort.cancel();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);

@@ -15,10 +15,10 @@ use super::{RawMessage, SERVICE, SqsClient, SqsQueue};
 use crate::aws::error::{AwsError, ErrorKind};
 use crate::bundle::Bundle;
 use crate::queue::{Delivery, QueueError, Receipt, ResultRouter, ResultsInbox, TaskQueue};
-use crate::wire::{self, SQS_MAX_MESSAGE_BYTES};
+use crate::wire::{self, SQS_MAX_BATCH_ENTRIES, SQS_MAX_MESSAGE_BYTES};
 
 /// SQS takes at most 10 entries per batch request, and 256 KiB in all.
-const MAX_BATCH_ENTRIES: usize = 10;
+const MAX_BATCH_ENTRIES: usize = SQS_MAX_BATCH_ENTRIES;
 const MAX_BATCH_BYTES: usize = SQS_MAX_MESSAGE_BYTES;
 /// Attempts at the failed entries of a partly failed batch (the SDK retries
 /// whole requests, not entries).
@@ -444,6 +444,17 @@ impl TaskQueue for SqsQueue {
 
     async fn extend(&self, receipt: &Receipt, timeout: Duration) -> Result<(), QueueError> {
         self.change_visibility(receipt, timeout)
+            .await
+            .map_err(queue_error)
+    }
+
+    async fn extend_all(
+        &self,
+        receipts: Vec<Receipt>,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        let changes = receipts.into_iter().map(|r| (r, timeout)).collect();
+        self.change_visibility_batch(changes)
             .await
             .map_err(queue_error)
     }

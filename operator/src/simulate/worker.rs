@@ -575,8 +575,8 @@ impl Sim<'_> {
         // The worker's `cancels::watch` asks the ledger every
         // `cancel_check` whether each batch of `batches_to_watch` was
         // cancelled: counted here for the period since the last renewal, for
-        // the bundles held now (an event per check and worker would add
-        // nothing else).
+        // the bundles held now (claimed: what the worker's `InFlight` holds;
+        // an event per check and worker would add nothing else).
         let worker = &mut self.workers[w];
         let span = self.renew_every;
         let polls = ticks(&mut worker.cancel_poll_rest, span, self.cancel_check);
@@ -584,6 +584,7 @@ impl Sim<'_> {
             worker
                 .held
                 .iter()
+                .filter(|h| h.claimed)
                 .map(|h| (self.queue.messages[h.msg].batch, h.pending.len())),
         );
         self.req.ledger_reads += polls * batches.len() as u64;

@@ -10,8 +10,10 @@
 //!   │                                                                           done, delete message
 //!   └── a task per slot and what the slots free within 10 s in hand (see
 //!       `hold`), and at most slots + prefetch bundles
-//! renew: every lease/3, extend the lease (writing each bundle's progress) and
-//! the message's visibility of each bundle held
+//! renew: every lease/3, extend the lease (writing each bundle's progress) of
+//! each bundle held, and the visibilities of their messages in one request
+//! cancels: every `cancel_check`, ask about the batches of which tasks held
+//! have not started (`cancels`)
 //! ```
 //! A task's results are sent before they count in its bundle's progress, and a
 //! message is deleted only after every result of its bundle was sent and the

@@ -56,9 +56,13 @@ impl UnitControl {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Tasks not started yet (a stopped unit's never will).
+    /// Tasks that will still start: none once stopped.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        if self.stopped() {
+            0
+        } else {
+            self.waiting.load(Ordering::Relaxed)
+        }
     }
 
     fn started(&self) {
@@ -748,8 +752,10 @@ mod tests {
     #[tokio::test]
     async fn a_stopped_unit_leaves_its_unstarted_tasks() {
         let work = unit(vec![TaskSpec::Sleep { ms: 0 }; 3]);
+        assert_eq!(work.control.waiting(), 3);
         assert!(work.control.stop());
         assert!(!work.control.stop(), "stopped once");
+        assert_eq!(work.control.waiting(), 0, "none will start");
         let events = run(PoolConfig::new(1, "w"), vec![work], Shutdown::new()).await;
         assert!(results(&events).is_empty());
         assert_eq!(ends(&events), vec![false]);

@@ -167,10 +167,11 @@ fn the_shipped_examples_parse() {
 /// the ledger whether their batch was cancelled every 3 s, as
 /// `remote::cancels::watch` does (`batches_to_watch`): about 20 reads and
 /// those at admission (a receive each for bundles of 30, 15, 8... tasks);
-/// told to ask every 12 s (`--cancel-check 12s`), a quarter as often. Running one 60 s task, it holds nothing a cancel would
-/// stop, and asks only at admission. Its heartbeat row goes at the start, as
-/// it turns busy and idle, and every 30 s between. A period or linger the
-/// worker would refuse is refused.
+/// told to ask every 12 s (`--cancel-check 12s`), a quarter as often.
+/// Running one 60 s task, it holds nothing a cancel would stop, and asks
+/// only at admission. Its heartbeat row goes at the start, as it turns busy
+/// and idle, and every 30 s between. A period or linger the worker would
+/// refuse is refused.
 #[test]
 fn a_held_bundles_batch_is_polled_for_cancels_every_period() {
     let cases = [

@@ -14,6 +14,11 @@ use super::cancels::batches_to_watch;
 use super::hold::{TypicalTask, tasks_to_hold};
 use crate::pool::UnitControl;
 
+/// A bundle's batch, from its claim key (`batch#first`: core's `claim_key`).
+fn batch_of(key: &str) -> Option<&str> {
+    key.rsplit_once('#').map(|(batch, _)| batch)
+}
+
 /// A held bundle.
 #[derive(Debug)]
 struct Held {
@@ -145,15 +150,10 @@ impl InFlight {
     /// [`batches_to_watch`].
     pub fn batches_to_watch(&self) -> Vec<String> {
         let held = self.held.lock().expect("inflight lock");
-        batches_to_watch(held.iter().filter_map(|(key, e)| {
-            let batch = key.rsplit_once('#')?.0;
-            let waiting = if e.control.stopped() {
-                0
-            } else {
-                e.control.waiting()
-            };
-            Some((batch.to_string(), waiting))
-        }))
+        batches_to_watch(
+            held.iter()
+                .filter_map(|(key, e)| Some((batch_of(key)?.to_string(), e.control.waiting()))),
+        )
     }
 
     /// Leaves the unstarted tasks of `batch`'s bundles (it was cancelled);
@@ -162,7 +162,7 @@ impl InFlight {
         let held = self.held.lock().expect("inflight lock");
         let mut stopped = 0;
         for (key, entry) in held.iter() {
-            if key.rsplit_once('#').is_some_and(|(b, _)| b == batch) && entry.control.stop() {
+            if batch_of(key) == Some(batch) && entry.control.stop() {
                 stopped += 1;
             }
         }

@@ -25,7 +25,7 @@ use cloudkon_core::aws::{QueueOptions, RequestStats, S3Store, S3Uri, SqsQueue, S
 use cloudkon_core::queue::{Receipt, ResultsInbox, TaskQueue};
 use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
-use cloudkon_core::workload::{TaskDef, WorkloadReader};
+use cloudkon_core::workload::{SendOrder, TaskDef, WorkloadReader};
 use cloudkon_core::{BatchId, Bundle, BundleOptions};
 use hdrhistogram::Histogram;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -41,7 +41,7 @@ use crate::batch_record::{BatchRecord, KubeRecord};
 use crate::build;
 use crate::collected::Collected;
 use crate::context::{Context, Settings};
-use crate::crd::taskbatch::{BundleSizing, Latency, Phase, TaskBatchSpec, TaskCounts};
+use crate::crd::taskbatch::{BundleSizing, Latency, Phase, TaskBatchSpec, TaskCounts, TaskOrder};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
 use crate::error::Error;
@@ -374,12 +374,10 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let options = bundle_options(&batch.spec);
         let mut enqueued = checkpoint;
         let mut group: Vec<Bundle> = Vec::with_capacity(SEND_GROUP);
-        let total = match &args.source {
-            Source::Spec => enqueue::source_len(&batch.spec.tasks).unwrap_or(0),
-            Source::File { name, bytes } => {
-                WorkloadReader::new(bytes.as_slice(), name.clone()).count() as u64
-            }
-        };
+        let (order, total) = send_order(args);
+        if !order.is_as_given() {
+            tracing::info!(batch = %name, classes = order.passes().len(), "tasks sent longest first");
+        }
         progress.planned.store(total, Ordering::Relaxed);
         // Cut from the sizing the status recorded (see `sizing`), from its first
         // task on: the bundles sent since the checkpoint come again the same.
@@ -393,7 +391,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             None => (0, None),
         };
         let mut bundles = enqueue::bundles_from(
-            tasks_from(args, from)?,
+            tasks_from(args, &order, from)?,
             id.clone(),
             sizing::plan(total, planned_slots, learned),
             from,
@@ -429,7 +427,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     learned = Some(next);
                     observed_at_change = observed;
                     bundles = enqueue::bundles_from(
-                        tasks_from(args, enqueued)?,
+                        tasks_from(args, &order, enqueued)?,
                         id.clone(),
                         sizing::plan(total, planned_slots, learned),
                         enqueued,
@@ -506,10 +504,9 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             let last = bundles.peek().is_none();
             if !group.is_empty() {
                 let sent: u64 = group.iter().map(|b| b.tasks.len() as u64).sum();
-                let next = group
-                    .last()
-                    .and_then(|b| b.tasks.last())
-                    .map_or(enqueued, |t| t.id + 1);
+                // Positions in the send order, not task numbers: bundles
+                // start where the checkpoint ends (see `bundles_from`).
+                let next = enqueued + sent;
                 // Bundles with tasks of unknown length (whose cut a sizing
                 // changes) are reserved before they are sent, a room's worth
                 // ahead, so that a restart knows how far they may go.
@@ -590,23 +587,62 @@ fn task_timeout(spec: &TaskBatchSpec) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// The tasks of the batch from task number `from` on.
-fn tasks_from(
-    args: &RunnerArgs,
+/// The batch's send order (see `spec.order`) and its number of tasks. A
+/// workload file is read once for both; a generator's tasks are all of one
+/// length (its template's), so they go as given without being made.
+fn send_order(args: &RunnerArgs) -> (SendOrder, u64) {
+    let spec = &args.batch.spec;
+    let longest_first = spec.order.unwrap_or_default() == TaskOrder::LongestFirst;
+    match &args.source {
+        Source::Spec => {
+            let total = enqueue::source_len(&spec.tasks).unwrap_or(0);
+            match enqueue::source_tasks(&spec.tasks, 0) {
+                Some(tasks) if longest_first && spec.tasks.generator.is_none() => {
+                    (SendOrder::longest_first(tasks).0, total)
+                }
+                _ => (SendOrder::as_given(), total),
+            }
+        }
+        Source::File { name, bytes } => {
+            let tasks = WorkloadReader::new(bytes.as_slice(), name.clone());
+            if longest_first {
+                SendOrder::longest_first(tasks)
+            } else {
+                (SendOrder::as_given(), tasks.count() as u64)
+            }
+        }
+    }
+}
+
+/// The tasks of the batch from position `from` of its send order on.
+fn tasks_from<'a>(
+    args: &'a RunnerArgs,
+    order: &SendOrder,
     from: u64,
-) -> Result<Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + '_>, Error> {
+) -> Result<Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + 'a>, Error> {
     let batch = &args.batch;
-    let skip = usize::try_from(from).unwrap_or(usize::MAX);
-    let tasks: Box<dyn Iterator<Item = Result<TaskDef, String>> + Send + '_> = match &args.source {
-        Source::Spec => enqueue::source_tasks(&batch.spec.tasks, from)
-            .ok_or_else(|| Error::Other("the batch has no inline or generator tasks".into()))?,
-        Source::File { name, bytes } => Box::new(
-            WorkloadReader::new(bytes.as_slice(), name.clone())
-                .skip(skip)
-                .map(|r| r.map_err(|e| e.to_string())),
-        ),
-    };
-    Ok(tasks)
+    match &args.source {
+        Source::Spec => {
+            if batch.spec.tasks.inline.is_none() && batch.spec.tasks.generator.is_none() {
+                return Err(Error::Other(
+                    "the batch has no inline or generator tasks".into(),
+                ));
+            }
+            let open = move |skip| {
+                enqueue::source_tasks(&batch.spec.tasks, skip)
+                    .unwrap_or_else(|| Box::new(std::iter::empty()))
+            };
+            Ok(order.tasks_from(open, from))
+        }
+        Source::File { name, bytes } => {
+            let open = move |skip| {
+                WorkloadReader::new(bytes.as_slice(), name.clone())
+                    .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+                    .map(|r| r.map_err(|e| e.to_string()))
+            };
+            Ok(order.tasks_from(open, from))
+        }
+    }
 }
 
 /// A new bundle sizing from task `from` (tasks enqueued so far) on, with
@@ -1385,11 +1421,17 @@ mod tests {
 
     /// What the pool's queue holds now, as (first task, tasks) per bundle.
     async fn drain(queue: &MemoryQueue) -> Vec<(u64, usize)> {
+        let bundles = drain_ids(queue).await;
+        bundles.iter().map(|ids| (ids[0], ids.len())).collect()
+    }
+
+    /// What the pool's queue holds now, as the tasks of each bundle.
+    async fn drain_ids(queue: &MemoryQueue) -> Vec<Vec<u64>> {
         let mut out = Vec::new();
         while !queue.is_empty() {
             let rx = queue.receive(100, Duration::ZERO).await;
             for d in rx.unwrap().unwrap_or_default() {
-                out.push((d.bundle.tasks[0].id, d.bundle.tasks.len()));
+                out.push(d.bundle.tasks.iter().map(|t| t.id).collect());
             }
         }
         out
@@ -1406,9 +1448,25 @@ mod tests {
         took: Duration,
         outcome: Outcome,
     ) {
-        for &(first, len) in bundles {
-            let results = (first..first + len as u64)
-                .map(|id| TaskResult {
+        let bundles: Vec<Vec<u64>> = bundles
+            .iter()
+            .map(|&(first, len)| (first..first + len as u64).collect())
+            .collect();
+        answer_ids(responses, &bundles, took, outcome).await;
+    }
+
+    /// Results for bundles of these tasks, each of which took `took`.
+    async fn answer_ids(
+        responses: &MemoryResponses,
+        bundles: &[Vec<u64>],
+        took: Duration,
+        outcome: Outcome,
+    ) {
+        for ids in bundles {
+            let first = ids[0];
+            let results = ids
+                .iter()
+                .map(|&id| TaskResult {
                     batch: BatchId::new("b"),
                     id,
                     attempt: 1,
@@ -1643,6 +1701,96 @@ mod tests {
         );
         assert_eq!(resent[..after.len()], after[..], "checkpoint {checkpoint}");
         assert!(resent.iter().all(|b| b.0 >= checkpoint));
+    }
+
+    /// An inline batch of `n` sleeps of 1 ms to 2 s in a scrambled order,
+    /// sent in `order`; and each task's class in the send order.
+    fn scrambled_sleeps(n: u64, order: &str) -> (serde_json::Value, impl Fn(u64) -> u8) {
+        let ms = |id: u64| 1u64 << ((id * 7) % 12);
+        let inline: Vec<_> = (0..n)
+            .map(|id| json!({"kind": "sleep", "ms": ms(id)}))
+            .collect();
+        let spec = json!({ "workerPool": "p", "order": order, "tasks": { "inline": inline } });
+        let class = move |id| {
+            cloudkon_core::workload::length_class(&cloudkon_core::TaskSpec::Sleep { ms: ms(id) })
+        };
+        (spec, class)
+    }
+
+    /// Runs `spec` on a runner started from `status`, answering every
+    /// bundle as it comes, until `tasks` were sent or the batch ended: the
+    /// bundles sent, as their tasks.
+    async fn send_order_of(
+        spec: &serde_json::Value,
+        status: Option<TaskBatchStatus>,
+        tasks: usize,
+    ) -> Vec<Vec<u64>> {
+        let (queue, responses) = (MemoryQueue::bounded(100_000), MemoryResponses::new());
+        let r = runner(&queue, &responses, MemoryRecord::default());
+        let b = batch(spec.clone(), status);
+        let (_tx, rx) = watch::channel(b.spec.clone());
+        let mut running = Box::pin(r.run(args(b, false), rx));
+        let mut sent: Vec<Vec<u64>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sent.iter().map(Vec::len).sum::<usize>() < tasks {
+            let ended = tokio::select! {
+                r = &mut running => { r.unwrap(); true }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => false,
+            };
+            let bundles = drain_ids(&queue).await;
+            answer_ids(
+                &responses,
+                &bundles,
+                Duration::from_millis(1),
+                Outcome::Succeeded,
+            )
+            .await;
+            sent.extend(bundles);
+            if ended {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{:?}", r.record.status());
+        }
+        sent
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn declared_lengths_go_longest_first_and_a_restart_resumes_in_that_order() {
+        let n = 3_000;
+        let (spec, class) = scrambled_sleeps(n, "longestFirst");
+        let sent = send_order_of(&spec, None, n as usize).await;
+        // Every task once, the longest classes first.
+        let order: Vec<u64> = sent.iter().flatten().copied().collect();
+        let mut ids = order.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..n).collect::<Vec<_>>());
+        let classes: Vec<u8> = order.iter().map(|&id| class(id)).collect();
+        assert!(classes.windows(2).all(|w| w[0] >= w[1]), "{classes:?}");
+        assert_eq!((classes[0], classes[classes.len() - 1]), (12, 1));
+        // An operator killed after its checkpoint at a bundle in the middle:
+        // a new runner sends the same bundles from there (the same claim
+        // keys), and none before.
+        let half = sent.len() / 2;
+        let checkpoint: usize = sent[..half].iter().map(Vec::len).sum();
+        let left = TaskBatchStatus {
+            counts: TaskCounts {
+                enqueued: checkpoint as i64,
+                ..TaskCounts::default()
+            },
+            phase: Some(Phase::Enqueuing),
+            ..TaskBatchStatus::default()
+        };
+        let resent = send_order_of(&spec, Some(left), n as usize - checkpoint).await;
+        assert_eq!(resent, sent[half..], "checkpoint {checkpoint}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn order_as_given_keeps_the_workloads_order() {
+        let n = 300;
+        let (spec, _) = scrambled_sleeps(n, "asGiven");
+        let sent = send_order_of(&spec, None, n as usize).await;
+        let order: Vec<u64> = sent.into_iter().flatten().collect();
+        assert_eq!(order, (0..n).collect::<Vec<_>>());
     }
 
     /// The same runner writing to `store`.

@@ -71,11 +71,12 @@ fn task_def(id: u64, task: &InlineTask, param: Option<&str>) -> Result<TaskDef, 
     Ok(TaskDef { id, timeout, spec })
 }
 
-/// The bundles of a batch cut with `plan` from task number `start` on (`tasks`
-/// starts there: a bundle boundary), in order, leaving out those wholly
-/// enqueued before `checkpoint` (tasks enqueued so far). Bundling is
-/// deterministic, so the bundles after a restart are the ones the first run
-/// would have sent. `timeout`: the batch's, for tasks that set none.
+/// The bundles of a batch cut with `plan` from position `start` of its send
+/// order on (`tasks` starts there: a bundle boundary), leaving out those
+/// wholly enqueued before `checkpoint` (tasks enqueued so far, a position
+/// too). Bundling is deterministic, so the bundles after a restart are the
+/// ones the first run would have sent. `timeout`: the batch's, for tasks
+/// that set none.
 pub fn bundles_from<I>(
     tasks: I,
     batch: BatchId,
@@ -87,10 +88,15 @@ pub fn bundles_from<I>(
 where
     I: Iterator<Item = Result<TaskDef, String>>,
 {
-    // Sent before the restart: its last task is below the checkpoint.
-    cloudkon_core::bundle::bundles(tasks, batch, plan, start, timeout).filter(
-        move |b| !matches!(b, Ok(bundle) if bundle.tasks.last().is_some_and(|t| t.id < checkpoint)),
-    )
+    // Sent before the restart: it ends at or before the checkpoint.
+    let mut end = start;
+    cloudkon_core::bundle::bundles(tasks, batch, plan, start, timeout).filter(move |b| match b {
+        Ok(bundle) => {
+            end += bundle.tasks.len() as u64;
+            end > checkpoint
+        }
+        Err(_) => true,
+    })
 }
 
 #[cfg(test)]

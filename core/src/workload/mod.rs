@@ -14,6 +14,7 @@
 
 mod generate;
 mod line;
+mod order;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use generate::{write_run_workload, write_sleep_workload};
 pub use line::{check_spec, parse_line};
+pub use order::{SendOrder, length_class};
 
 use crate::task::{BatchId, Task, TaskId, TaskKind, TaskSpec};
 

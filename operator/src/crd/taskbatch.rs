@@ -124,11 +124,29 @@ pub struct TaskBatchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<ResultsSpec>,
 
+    /// The order tasks are sent in (see [`TaskOrder`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<TaskOrder>,
+
     /// Give up on a batch whose tasks keep failing: past the policy nothing
     /// more is enqueued, workers skip its remaining bundles, and it ends
     /// Failed with a condition saying why. Unset: every task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_policy: Option<FailurePolicy>,
+}
+
+/// The order tasks are sent in: `longestFirst` (default) sends tasks of
+/// unknown length first, then those that declare one (`sleep`), longest
+/// first by powers of two, so that the batch does not end waiting for a
+/// long task that started last; `asGiven` keeps the workload's order.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TaskOrder {
+    /// Unknown lengths first, then the declared ones, longest first.
+    #[default]
+    LongestFirst,
+    /// The workload's own order.
+    AsGiven,
 }
 
 /// When a batch is judged failed before its end.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::dist::Durations;
+use crate::crd::taskbatch::TaskOrder;
 use crate::crd::workerpool::ScalingBehavior;
 use crate::scale::ScaleConfig;
 use crate::scale::{Behavior, DEFAULT_TARGET_BACKLOG_PER_WORKER, DEFAULT_TARGET_DRAIN_SECONDS};
@@ -163,10 +164,14 @@ pub struct BatchConfig {
     #[serde(default)]
     pub arrival_seconds: f64,
     pub durations: Durations,
-    /// The tasks declare their length (`sleep`: the mean); otherwise they
-    /// are of unknown length (`run`) and the operator learns it.
+    /// Each task declares its length (a `sleep` of it); otherwise they are
+    /// of unknown length (`run`) and the operator learns it.
     #[serde(default)]
     pub declared: bool,
+    /// The TaskBatch's `order` (default `longestFirst`, which only changes
+    /// the order of tasks that declare lengths).
+    #[serde(default)]
+    pub order: TaskOrder,
     /// Probability that an execution of a task fails (retried by the worker).
     #[serde(default)]
     pub failure_rate: f64,

@@ -483,10 +483,11 @@ impl<'c> Sim<'c> {
         let m = &mut self.queue.messages[msg];
         m.claim = Claim::Done;
         let (b, first) = (m.batch, m.first);
+        let batch = &self.batches[b];
         let results: Vec<ResultItem> = (0..m.len)
             .filter(|&p| !m.progress.get(p as usize).copied().unwrap_or(false))
             .map(|p| ResultItem {
-                id: first + u64::from(p),
+                id: batch.id_at(first + u64::from(p)),
                 took: 0,
                 ok: false,
             })

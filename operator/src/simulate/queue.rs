@@ -27,6 +27,7 @@ pub enum Claim {
 #[derive(Clone, Debug)]
 pub struct Message {
     pub batch: usize,
+    /// Its first task's position in the batch's send order (`id_at`).
     pub first: u64,
     pub len: u32,
     pub state: MsgState,

@@ -7,9 +7,11 @@
 //! so neither is the enqueue horizon.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::time::Duration;
 
-use cloudkon_core::{BatchId, Bundle, Bundler, Task, TaskSpec};
+use cloudkon_core::workload::{SendOrder, TaskDef};
+use cloudkon_core::{BatchId, Bundle, Bundler, TaskSpec};
 use cloudkon_worker::remote::declared_length;
 
 use super::config::BatchConfig;
@@ -17,6 +19,7 @@ use super::dist::{Durations, task_hash};
 use super::engine::{Ev, SECOND, Sim, us};
 use super::queue::T;
 use crate::batch_runner::{RECEIVE_RESULTS, SEND_GROUP, collect_pause, result_receives};
+use crate::crd::taskbatch::TaskOrder;
 use crate::shares::ShareGuard;
 use crate::sizing::{self, SizingInput};
 use crate::window::{self, Estimate, MeterInput};
@@ -44,7 +47,7 @@ pub struct BatchSim {
     pub total: u64,
     pub durations: Durations,
     pub failure_rate: f64,
-    declared_ms: Option<u64>,
+    declared: bool,
     hash_seed: u64,
     index: usize,
     id: BatchId,
@@ -60,7 +63,12 @@ pub struct BatchSim {
     observed_at_change: u64,
     pub resizes: u64,
     bundler: Option<Bundler>,
-    next_task: u64,
+    /// The batch's send order (the runner's `send_order`).
+    order: SendOrder,
+    /// The tasks in that order from the bundler's next on.
+    source: Option<Box<dyn Iterator<Item = Result<TaskDef, Infallible>> + Send>>,
+    /// Out of the given order: the task at each position pulled so far.
+    by_position: Vec<u64>,
     peeked: Option<Bundle>,
     pub bundles: u64,
     pub all_sent: bool,
@@ -86,15 +94,13 @@ pub struct BatchSim {
 
 impl BatchSim {
     pub fn new(index: usize, cfg: &BatchConfig, pool_slots: u64, seed: u64) -> Self {
-        Self {
+        let mut batch = Self {
             name: cfg.name.clone(),
             weight: cfg.weight.max(1),
             total: cfg.tasks,
             durations: cfg.durations,
             failure_rate: cfg.failure_rate,
-            declared_ms: cfg
-                .declared
-                .then(|| (cfg.durations.mean() * 1000.0).round() as u64),
+            declared: cfg.declared,
             hash_seed: seed,
             index,
             id: BatchId::new(cfg.name.as_str()),
@@ -110,7 +116,9 @@ impl BatchSim {
             observed_at_change: 0,
             resizes: 0,
             bundler: None,
-            next_task: 0,
+            order: SendOrder::as_given(),
+            source: None,
+            by_position: Vec::new(),
             peeked: None,
             bundles: 0,
             all_sent: false,
@@ -130,7 +138,9 @@ impl BatchSim {
             done_at: None,
             done_work: 0.0,
             longest: 0.0,
-        }
+        };
+        batch.order_tasks(cfg.order);
+        batch
     }
 
     /// Task `id`'s length in µs, and whether its execution `attempt` fails.
@@ -142,20 +152,70 @@ impl BatchSim {
         (took, fails)
     }
 
-    fn spec(&self) -> TaskSpec {
-        match self.declared_ms {
-            Some(ms) => TaskSpec::Sleep { ms },
-            None => TaskSpec::Run {
-                program: "true".into(),
-                args: vec![],
-            },
+    fn source(&self) -> TaskSource {
+        TaskSource {
+            declared: self.declared,
+            hash_seed: self.hash_seed,
+            index: self.index,
+            durations: self.durations,
         }
     }
 
-    /// The length its tasks declare, as a worker reads it off a bundle
-    /// (`remote::declared_length`; its typical task's length from then on).
-    pub fn declared(&self) -> Option<Duration> {
-        declared_length(std::iter::once(&self.spec()))
+    /// Orders the batch's tasks as the runner's `send_order` does (tasks of
+    /// unknown length are all of one class: as given, without a pass).
+    fn order_tasks(&mut self, order: TaskOrder) {
+        let source = self.source();
+        self.order = match order {
+            TaskOrder::LongestFirst if self.declared => {
+                SendOrder::longest_first(
+                    (0..self.total).map(|id| Ok::<_, Infallible>(source.def(id))),
+                )
+                .0
+            }
+            _ => SendOrder::as_given(),
+        };
+    }
+
+    /// The task sent at `position` of the batch's order.
+    pub fn id_at(&self, position: u64) -> u64 {
+        if self.order.is_as_given() {
+            position
+        } else {
+            self.by_position[position as usize]
+        }
+    }
+
+    /// The tasks in the batch's send order from `position` on (the
+    /// runner's `tasks_from`).
+    fn tasks_from(
+        &self,
+        position: u64,
+    ) -> Box<dyn Iterator<Item = Result<TaskDef, Infallible>> + Send> {
+        let source = self.source();
+        let total = self.total;
+        let open = move |skip: u64| (skip..total).map(move |id| Ok(source.def(id)));
+        self.order.tasks_from(open, position)
+    }
+
+    /// Every task's id in the batch's send order.
+    pub fn ids_in_order(&self) -> impl Iterator<Item = u64> + use<> {
+        self.tasks_from(0).map(|t| match t {
+            Ok(t) => t.id,
+        })
+    }
+
+    /// The length the tasks of a bundle declare, as a worker reads it off
+    /// the bundle (`remote::declared_length`; its typical task's length from
+    /// then on).
+    pub fn declared(&self, first: u64, len: u32) -> Option<Duration> {
+        if !self.declared {
+            return None;
+        }
+        let source = self.source();
+        let specs: Vec<TaskSpec> = (first..first + u64::from(len))
+            .map(|p| source.def(self.id_at(p)).spec)
+            .collect();
+        declared_length(specs.iter())
     }
 
     /// Enqueued and not finished.
@@ -163,32 +223,30 @@ impl BatchSim {
         self.enqueued.saturating_sub(self.finished)
     }
 
-    /// Cuts bundles from task `from` on with the current sizing, as the
+    /// Cuts bundles from position `from` on with the current sizing, as the
     /// runner's `enqueue::bundles_from(tasks_from(from), .., from, from)`.
     fn recut(&mut self, from: u64) {
         let plan = sizing::plan(self.total, self.planned_slots, self.learned);
         self.bundler = Some(Bundler::starting_at(plan, from));
-        self.next_task = from;
+        self.source = Some(self.tasks_from(from));
+        if !self.order.is_as_given() {
+            self.by_position.truncate(from as usize);
+        }
         self.peeked = None;
     }
 
     /// The next bundle, cut when first looked at.
     fn peek(&mut self) -> Option<&Bundle> {
         while self.peeked.is_none() {
-            if self.next_task >= self.total {
+            let Some(Ok(def)) = self.source.as_mut()?.next() else {
                 self.peeked = self.bundler.take().and_then(Bundler::finish);
                 break;
-            }
-            let task = Task {
-                batch: self.id.clone(),
-                id: self.next_task,
-                attempt: 1,
-                timeout: None,
-                spec: self.spec(),
             };
-            self.next_task += 1;
+            if !self.order.is_as_given() {
+                self.by_position.push(def.id);
+            }
             let bundler = self.bundler.as_mut()?;
-            self.peeked = bundler.push(task);
+            self.peeked = bundler.push(def.into_task(&self.id, None));
         }
         self.peeked.as_ref()
     }
@@ -219,6 +277,38 @@ impl BatchSim {
         let new = self.collected[word] & bit == 0;
         self.collected[word] |= bit;
         new
+    }
+}
+
+/// What makes a batch's tasks, copied into its source's iterators.
+#[derive(Clone, Copy)]
+struct TaskSource {
+    declared: bool,
+    hash_seed: u64,
+    index: usize,
+    durations: Durations,
+}
+
+impl TaskSource {
+    /// Task `id` as its workload gives it: a `sleep` of its own length when
+    /// the batch declares lengths, else a `run` of unknown length.
+    fn def(&self, id: u64) -> TaskDef {
+        let spec = if self.declared {
+            let h = task_hash(self.hash_seed, self.index, id);
+            TaskSpec::Sleep {
+                ms: (self.durations.sample(h) * 1000.0).round() as u64,
+            }
+        } else {
+            TaskSpec::Run {
+                program: "true".into(),
+                args: vec![],
+            }
+        };
+        TaskDef {
+            id,
+            timeout: None,
+            spec,
+        }
     }
 }
 
@@ -313,9 +403,11 @@ impl Sim<'_> {
             return;
         }
         let mut group = Vec::with_capacity(SEND_GROUP);
+        // Bundles are sent by their position in the batch's order.
+        let mut first = batch.enqueued;
         while let Some(bundle) = batch.peeked.take() {
-            let first = bundle.tasks.first().map_or(0, |t| t.id);
             group.push((first, bundle.tasks.len() as u32));
+            first += bundle.tasks.len() as u64;
             if group.len() >= SEND_GROUP {
                 break;
             }
@@ -329,8 +421,7 @@ impl Sim<'_> {
                 None => break,
             }
         }
-        let (first, len) = *group.last().expect("a granted turn sends a bundle");
-        batch.enqueued = first + u64::from(len);
+        batch.enqueued = first;
         batch.bundles += group.len() as u64;
         let last = batch.peek().is_none();
         share.sent_at(batch.running(), instant);

@@ -251,7 +251,8 @@ impl Sim<'_> {
                 let msg = &self.queue.messages[m];
                 (msg.batch, msg.len)
             };
-            let declared = self.batches[batch].declared();
+            let first = self.queue.messages[m].first;
+            let declared = self.batches[batch].declared(first, len);
             let worker = &mut self.workers[w];
             worker.avg_bundle_tasks = Some(bundle_size_seen(worker.avg_bundle_tasks, len as usize));
             if let Some(length) = declared {
@@ -315,7 +316,7 @@ impl Sim<'_> {
                 let worker = &mut self.workers[w];
                 for p in pending {
                     let item = ResultItem {
-                        id: first + u64::from(p),
+                        id: self.batches[batch].id_at(first + u64::from(p)),
                         took: 0,
                         ok: false,
                     };
@@ -374,7 +375,7 @@ impl Sim<'_> {
                 let m = &self.queue.messages[msg];
                 (m.batch, m.first)
             };
-            let id = first + u64::from(pos);
+            let id = self.batches[batch].id_at(first + u64::from(pos));
             // The worker retries a failing task in place, with backoff.
             let b = &self.batches[batch];
             let mut ran = 0;

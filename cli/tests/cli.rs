@@ -73,18 +73,19 @@ fn json_summary_and_results_file_cover_every_task() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let summary: Summary = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!((summary.tasks, summary.succeeded, summary.slots), (7, 7, 3));
+    assert_eq!((summary.tasks, summary.succeeded, summary.slots), (8, 8, 3));
     assert!(summary.peak_rss_bytes.is_some());
     let mut results = read_results(&results);
     results.sort_by_key(|r| r.id);
     assert_eq!(
         results.iter().map(|r| r.id).collect::<Vec<_>>(),
-        (0..7).collect::<Vec<_>>()
+        (0..8).collect::<Vec<_>>()
     );
     assert!(results.iter().all(|r| r.batch.as_str() == "tour"));
     assert_eq!(results[2].stdout, "hello from CloudKon\n");
     assert_eq!(results[4].stdout, "one\ntwo words\n$HOME\n");
     assert_eq!(results[5].stdout, "parameter=0.25\n");
+    assert_eq!(results[7].stdout, "expected 50 ms\n");
 }
 
 #[test]

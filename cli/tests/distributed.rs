@@ -182,6 +182,7 @@ fn a_message_delivered_twice_runs_once() {
                 "-c".into(),
                 format!("echo {id} >> '{}'; sleep {secs}", log.display()),
             ],
+            expected_ms: None,
         },
     };
     let bundle = |t: Task| Bundle {

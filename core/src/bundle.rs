@@ -116,7 +116,7 @@ impl BundlePlan {
 
     /// What a task like this one is taken to cost: declared, else learned.
     fn cost(&self, spec: &TaskSpec) -> Option<Duration> {
-        spec.nominal_duration().or(self.learned)
+        spec.declared_length().or(self.learned)
     }
 
     /// How many tasks like this one may share a bundle, whatever the tail.
@@ -287,6 +287,7 @@ mod tests {
         TaskSpec::Run {
             program: "true".into(),
             args: vec![],
+            expected_ms: None,
         }
     }
 
@@ -307,6 +308,15 @@ mod tests {
             (sleep(10), 1),
             (sleep(5000), 1),
             (run(), 1),
+            // A run that says how long it takes bundles as a sleep of it.
+            (
+                TaskSpec::Run {
+                    program: "true".into(),
+                    args: vec![],
+                    expected_ms: Some(3),
+                },
+                3,
+            ),
         ];
         for (spec, want) in cases {
             assert_eq!(plan.tasks_per_bundle(&spec), want, "{spec:?}");

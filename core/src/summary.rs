@@ -245,6 +245,7 @@ mod tests {
             &TaskSpec::Run {
                 program: "x".into(),
                 args: vec![],
+                expected_ms: None,
             },
             &r,
         ));

@@ -67,6 +67,11 @@ pub enum TaskSpec {
         program: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Vec<String>,
+        /// How long it is expected to run, in milliseconds, when the
+        /// workload knows: a TaskBatch then bundles and orders it as a
+        /// `sleep` of that length (see [`TaskSpec::declared_length`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_ms: Option<u64>,
     },
     /// Build a video from images (executed by the Animoto executor).
     Animoto(AnimotoSpec),
@@ -87,6 +92,20 @@ impl TaskSpec {
         match self {
             TaskSpec::Sleep { ms } => Some(Duration::from_millis(*ms)),
             _ => None,
+        }
+    }
+
+    /// How long the task is taken to run before it has: a `sleep`'s own
+    /// length, a `run`'s `expected_ms`. What bundles are cut and tasks are
+    /// ordered by; an expectation, so not the ideal efficiency counts
+    /// against (that is [`TaskSpec::nominal_duration`]).
+    pub fn declared_length(&self) -> Option<Duration> {
+        match self {
+            TaskSpec::Run {
+                expected_ms: Some(ms),
+                ..
+            } => Some(Duration::from_millis(*ms)),
+            _ => self.nominal_duration(),
         }
     }
 }
@@ -289,6 +308,7 @@ mod tests {
             spec: TaskSpec::Run {
                 program: "echo".into(),
                 args: vec!["a b".into()],
+                expected_ms: None,
             },
         };
         let json = serde_json::to_string(&task).unwrap();

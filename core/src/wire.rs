@@ -388,7 +388,9 @@ pub fn encode_bundle(bundle: &Bundle) -> String {
                 timeout_ms: task.timeout.map(duration_ms),
                 spec: match &task.spec {
                     TaskSpec::Sleep { ms } => WireSpec::Sleep { ms: *ms },
-                    TaskSpec::Run { program, args } => WireSpec::Run {
+                    // `expected_ms` stays with the operator, which bundles
+                    // and orders by it; workers learn a run's length.
+                    TaskSpec::Run { program, args, .. } => WireSpec::Run {
                         program: programs.index(program),
                         args: args.clone(),
                     },
@@ -457,6 +459,7 @@ pub fn decode_bundle(body: &str) -> Result<Bundle, WireError> {
             WireSpec::Run { program, args } => TaskSpec::Run {
                 program: lookup(KIND, "program", &wire.programs, program)?.to_string(),
                 args,
+                expected_ms: None,
             },
             WireSpec::Animoto {
                 urls,
@@ -836,6 +839,7 @@ mod tests {
                                 "--out".into(),
                                 format!("out/run-{i:05}.nc"),
                             ],
+                            expected_ms: None,
                         },
                     )
                 })
@@ -885,6 +889,16 @@ mod tests {
         let mut b = sleep0_bundle(0);
         b.reply_to = None;
         assert_eq!(decode_bundle(&encode_bundle(&b)).unwrap(), b);
+        // A run's expected length is the operator's: workers get the run.
+        let mut expected = run_bundle(1);
+        let TaskSpec::Run { expected_ms, .. } = &mut expected.tasks[0].spec else {
+            panic!("a run bundle");
+        };
+        *expected_ms = Some(5000);
+        assert_eq!(
+            decode_bundle(&encode_bundle(&expected)).unwrap(),
+            run_bundle(1)
+        );
     }
 
     #[test]

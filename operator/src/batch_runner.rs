@@ -411,7 +411,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             // Tasks of unknown length: cut for what their results tell, the new
             // sizing written ahead with the checkpoint where it starts.
             let unknown = matches!(bundles.peek(), Some(Ok(b))
-                if b.tasks.first().is_some_and(|t| t.spec.nominal_duration().is_none()));
+                if b.tasks.first().is_some_and(|t| t.spec.declared_length().is_none()));
             if unknown && enqueued >= resize_from {
                 let (estimate, observed) = progress.estimate_observed();
                 let input = SizingInput {
@@ -458,7 +458,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             };
             let next = peeked(&mut bundles);
             if let Some(Ok(b)) = bundles.peek() {
-                progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.nominal_duration()));
+                progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.declared_length()));
             }
             let (cost, window) = loop {
                 let (cost, window) = window::meter(&MeterInput {
@@ -512,7 +512,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 // ahead, so that a restart knows how far they may go.
                 let sized = group
                     .iter()
-                    .any(|b| b.tasks.iter().any(|t| t.spec.nominal_duration().is_none()));
+                    .any(|b| b.tasks.iter().any(|t| t.spec.declared_length().is_none()));
                 if sized && next > horizon {
                     let window_tasks = window.as_nanos() / cost.window.as_nanos().max(1);
                     horizon = next + sent.max(u64::try_from(window_tasks).unwrap_or(u64::MAX));

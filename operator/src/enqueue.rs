@@ -174,7 +174,8 @@ mod tests {
             defs[2].spec,
             TaskSpec::Run {
                 program: "./simulate".into(),
-                args: vec!["--seed".into(), "102".into()]
+                args: vec!["--seed".into(), "102".into()],
+                expected_ms: None
             }
         );
     }

@@ -160,6 +160,7 @@ mod tests {
         let run = TaskSpec::Run {
             program: "true".into(),
             args: vec![],
+            expected_ms: None,
         };
         let sizes = |learned| plan(1_000_000, 8, learned).tasks_per_bundle_at(&run, 0);
         assert_eq!(sizes(None), BundlePlan::FIRST_UNKNOWN_TASKS);

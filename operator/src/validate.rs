@@ -260,6 +260,7 @@ fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&s
         ("ms", task.ms.is_some()),
         ("program", task.program.is_some()),
         ("args", !task.args.is_empty()),
+        ("expectedMs", task.expected_ms.is_some()),
         ("urls", !task.urls.is_empty()),
         ("secondsPerImage", task.seconds_per_image.is_some()),
         ("resolution", task.resolution.is_some()),
@@ -268,7 +269,7 @@ fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&s
     ];
     let applies: &[&str] = match task.kind {
         TaskKind::Sleep => &["ms"],
-        TaskKind::Run => &["program", "args"],
+        TaskKind::Run => &["program", "args", "expectedMs"],
         TaskKind::Animoto => &[
             "urls",
             "secondsPerImage",
@@ -294,6 +295,12 @@ fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&s
         }
         TaskKind::Run => {
             p.required_text(&format!("{path}.program"), task.program.as_deref());
+            p.range(
+                &format!("{path}.expectedMs"),
+                task.expected_ms,
+                Some(0),
+                None,
+            );
         }
         TaskKind::Animoto => {
             if task.urls.is_empty() {
@@ -1062,6 +1069,16 @@ mod tests {
                 ],
             ),
             (
+                "negative expected length",
+                json!({"tasks": {"inline": [{"kind": "run", "program": "x", "expectedMs": -1}]}}),
+                &["spec.tasks.inline[0].expectedMs (-1) must be at least 0"],
+            ),
+            (
+                "an expected length on a sleep",
+                json!({"tasks": {"inline": [{"kind": "sleep", "ms": 1, "expectedMs": 5}]}}),
+                &["spec.tasks.inline[0].expectedMs does not apply to kind sleep"],
+            ),
+            (
                 "run without a program",
                 json!({"tasks": {"inline": [{"kind": "run", "args": ["x"]}]}}),
                 &["spec.tasks.inline[0].program is required"],
@@ -1324,7 +1341,8 @@ mod tests {
             spec,
             cloudkon_core::TaskSpec::Run {
                 program: "./sim-42".into(),
-                args: vec!["--seed".into(), "42".into()]
+                args: vec!["--seed".into(), "42".into()],
+                expected_ms: None
             }
         );
         assert_eq!(timeout, Some(std::time::Duration::from_secs(2)));

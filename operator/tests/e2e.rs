@@ -1892,6 +1892,7 @@ fn a_taskbatch_of_unknown_length_tasks_runs_beside_the_embedded_engine() {
     let spec = cloudkon_core::TaskSpec::Run {
         program: "sh".into(),
         args: vec!["-c".into(), "true".into()],
+        expected_ms: None,
     };
     let ends = firsts.iter().skip(1).copied().chain([u64::from(n)]);
     let mut tail = Vec::new();
@@ -2103,6 +2104,28 @@ data:
             "negative-sleep",
             "tasks: {inline: [{kind: sleep, ms: -5}]}".into(),
             Expect::Refused("spec.tasks.inline.ms"),
+        ),
+        (
+            "negative-expected",
+            "tasks: {inline: [{kind: run, program: \"true\", expectedMs: -1}]}".into(),
+            Expect::Refused("spec.tasks.inline.expectedMs"),
+        ),
+        (
+            "expected-on-sleep",
+            "tasks: {inline: [{kind: sleep, ms: 1, expectedMs: 5}]}".into(),
+            Expect::Condition("spec.tasks.inline[0].expectedMs"),
+        ),
+        (
+            "unknown-order",
+            "tasks: {inline: [{kind: sleep, ms: 1}]}\n  order: shortestFirst".into(),
+            Expect::Refused("spec.order"),
+        ),
+        (
+            // Accepted, sent longest first by their expected lengths, and
+            // run by the workers like any other (each fails on its own).
+            "expected-lengths",
+            "tasks: {inline: [{kind: run, program: \"false\", expectedMs: 10}, {kind: run, program: \"false\", expectedMs: 2000}, {kind: run, program: \"false\"}]}".into(),
+            Expect::Fails(3),
         ),
         (
             "zero-attempts",

@@ -521,6 +521,7 @@ mod tests {
         TaskSpec::Run {
             program: "sh".into(),
             args: vec!["-c".into(), script.into()],
+            expected_ms: None,
         }
     }
 

@@ -64,7 +64,7 @@ mod tests {
         let tasks: Vec<_> = WorkloadReader::new(buf.as_slice(), "gen")
             .map(Result::unwrap)
             .collect();
-        let TaskSpec::Run { program, args } = &tasks[1].spec else {
+        let TaskSpec::Run { program, args, .. } = &tasks[1].spec else {
             panic!("not run")
         };
         assert_eq!(program, "sh");

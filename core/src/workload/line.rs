@@ -57,17 +57,25 @@ fn parse_run(rest: &str) -> Result<TaskSpec, String> {
         return Err("run needs a program, e.g. `run echo hello`".to_string());
     }
     let program = words.remove(0);
-    run_spec(program, words)
+    run_spec(program, words, None)
 }
 
-fn run_spec(program: String, args: Vec<String>) -> Result<TaskSpec, String> {
+fn run_spec(
+    program: String,
+    args: Vec<String>,
+    expected_ms: Option<u64>,
+) -> Result<TaskSpec, String> {
     if program.is_empty() {
         return Err("run: the program name is empty".to_string());
     }
     if program.contains('\0') || args.iter().any(|a| a.contains('\0')) {
         return Err("run: arguments cannot contain NUL bytes".to_string());
     }
-    Ok(TaskSpec::Run { program, args })
+    Ok(TaskSpec::Run {
+        program,
+        args,
+        expected_ms,
+    })
 }
 
 fn parse_animoto(rest: &str) -> Result<TaskSpec, String> {
@@ -141,7 +149,11 @@ fn parse_json(line: &str) -> Result<(TaskSpec, Option<Duration>), String> {
 /// rules of a workload line: one set of rules whatever the syntax.
 pub fn check_spec(spec: TaskSpec) -> Result<TaskSpec, String> {
     match spec {
-        TaskSpec::Run { program, args } => run_spec(program, args),
+        TaskSpec::Run {
+            program,
+            args,
+            expected_ms,
+        } => run_spec(program, args, expected_ms),
         TaskSpec::Animoto(a) => animoto_spec(a),
         sleep @ TaskSpec::Sleep { .. } => Ok(sleep),
     }
@@ -163,6 +175,7 @@ mod tests {
         TaskSpec::Run {
             program: program.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            expected_ms: None,
         }
     }
 
@@ -270,6 +283,21 @@ mod tests {
             panic!("not animoto");
         };
         assert_eq!(spec.seconds_per_image, Some(2));
+        let expected = ok(r#"{"kind":"run","program":"render","expected_ms":90000}"#);
+        assert_eq!(
+            expected,
+            TaskSpec::Run {
+                program: "render".into(),
+                args: vec![],
+                expected_ms: Some(90_000),
+            }
+        );
+        assert_eq!(expected.declared_length(), Some(Duration::from_secs(90)));
+        assert_eq!(
+            expected.nominal_duration(),
+            None,
+            "an expectation is no ideal"
+        );
     }
 
     #[test]
@@ -281,6 +309,10 @@ mod tests {
         );
         assert!(err(r#"{"kind":"nap","ms":5}"#).contains("unknown variant `nap`"));
         assert!(err(r#"{"kind":"sleep","ms":-5}"#).starts_with("invalid task:"));
+        assert!(
+            err(r#"{"kind":"run","program":"x","expected_ms":-1}"#).starts_with("invalid task:")
+        );
+        assert!(err(r#"{"kind":"sleep","ms":5,"expected_ms":1}"#).contains("unknown field"));
         assert!(err(r#"{"kind":"sleep"}"#).contains("missing field `ms`"));
         assert!(err(r#"{"kind":"sleep","ms":5,"extra":1}"#).contains("unknown field `extra`"));
         assert_eq!(

@@ -227,7 +227,8 @@ mod tests {
             got[1].as_ref().unwrap().spec,
             TaskSpec::Run {
                 program: "true".into(),
-                args: vec![]
+                args: vec![],
+                expected_ms: None
             }
         );
     }

@@ -1,5 +1,5 @@
 //! The order a batch's tasks are sent in. Tasks that declare their length
-//! go longest first (Graham's LPT rule): a long task that starts late ends
+//! (a `sleep`, a `run` with `expected_ms`) go longest first (Graham's LPT rule): a long task that starts late ends
 //! late, so the last tasks to start should be the shortest. Not a full sort:
 //! tasks are classed by the power of two of their declared length, and a
 //! workload is streamed once per class, in the given order within it. A
@@ -17,7 +17,7 @@ use crate::task::TaskSpec;
 /// of `ms` milliseconds is in class `bits(ms)` (0 for 0 ms, 1 for 1 ms, 2
 /// for 2–3 ms, 3 for 4–7 ms…); an unknown length in the highest.
 pub fn length_class(spec: &TaskSpec) -> u8 {
-    match spec.nominal_duration() {
+    match spec.declared_length() {
         None => u8::MAX,
         Some(d) => {
             let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -131,6 +131,7 @@ impl SendOrder {
 mod tests {
     use super::*;
 
+    /// Task `id`: a sleep of `ms`, else a run of unknown length.
     fn def(id: u64, ms: Option<u64>) -> TaskDef {
         TaskDef {
             id,
@@ -140,6 +141,7 @@ mod tests {
                 None => TaskSpec::Run {
                     program: "true".into(),
                     args: vec![],
+                    expected_ms: None,
                 },
             },
         }
@@ -186,6 +188,12 @@ mod tests {
         for (ms, class) in cases {
             assert_eq!(length_class(&def(0, ms).spec), class, "{ms:?}");
         }
+        let expected = TaskSpec::Run {
+            program: "render".into(),
+            args: vec![],
+            expected_ms: Some(1000),
+        };
+        assert_eq!(length_class(&expected), 10);
     }
 
     #[test]

@@ -136,7 +136,8 @@ pub struct TaskBatchSpec {
 }
 
 /// The order tasks are sent in: `longestFirst` (default) sends tasks of
-/// unknown length first, then those that declare one (`sleep`), longest
+/// unknown length first, then those that declare one (`sleep`, `run` with
+/// `expectedMs`), longest
 /// first by powers of two, so that the batch does not end waiting for a
 /// long task that started last; `asGiven` keeps the workload's order.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -213,6 +214,14 @@ pub struct InlineTask {
     /// `run`: the program's arguments, passed as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+
+    /// `run`: how long the task is expected to run, in milliseconds. The
+    /// batch then bundles it by that length from the start and sends it in
+    /// its place longest first (see `order`), instead of learning lengths
+    /// from the results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub expected_ms: Option<i64>,
 
     /// `animoto`: the images, as `http(s)://`, `s3://` or `file://` URLs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -557,6 +566,13 @@ impl InlineTask {
             TaskKind::Run => TaskSpec::Run {
                 program: fill(self.program.as_deref().unwrap_or_default()),
                 args: self.args.iter().map(|a| fill(a)).collect(),
+                expected_ms: self
+                    .expected_ms
+                    .map(|ms| {
+                        u64::try_from(ms)
+                            .map_err(|_| format!("expectedMs must not be negative, got {ms}"))
+                    })
+                    .transpose()?,
             },
             TaskKind::Animoto => TaskSpec::Animoto(AnimotoSpec {
                 urls: self.urls.iter().map(|u| fill(u)).collect(),

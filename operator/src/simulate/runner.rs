@@ -302,6 +302,7 @@ impl TaskSource {
             TaskSpec::Run {
                 program: "true".into(),
                 args: vec![],
+                expected_ms: None,
             }
         };
         TaskDef {
@@ -356,7 +357,7 @@ impl Sim<'_> {
         let unknown = batch.peek().is_some_and(|x| {
             x.tasks
                 .first()
-                .is_some_and(|t| t.spec.nominal_duration().is_none())
+                .is_some_and(|t| t.spec.declared_length().is_none())
         });
         if unknown {
             let input = SizingInput {
@@ -380,7 +381,7 @@ impl Sim<'_> {
             return;
         };
         let next = bundle.tasks.len() as u64;
-        let declared = bundle.tasks.first().and_then(|t| t.spec.nominal_duration());
+        let declared = bundle.tasks.first().and_then(|t| t.spec.declared_length());
         if batch.estimate.get().is_none() && declared.is_some() {
             batch.estimate = Estimate::seeded(declared);
         }

@@ -114,7 +114,7 @@ impl Registry {
             TaskSpec::Sleep { ms } => {
                 sleep::sleep(Duration::from_millis(*ms), limits.timeout).await
             }
-            TaskSpec::Run { program, args } => run::run(program, args, limits).await,
+            TaskSpec::Run { program, args, .. } => run::run(program, args, limits).await,
             TaskSpec::Animoto(_) => match &self.animoto {
                 Some(executor) => executor.execute(task, limits).await,
                 None => ExecOutput::failed("this worker has no animoto executor"),

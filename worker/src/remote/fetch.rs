@@ -66,7 +66,7 @@ pub fn bundle_size_seen(before: Option<f64>, tasks: usize) -> f64 {
 /// The mean length the tasks declare, if any does.
 pub fn declared_length<'a>(specs: impl Iterator<Item = &'a TaskSpec>) -> Option<Duration> {
     let (sum, n) = specs
-        .filter_map(TaskSpec::nominal_duration)
+        .filter_map(TaskSpec::declared_length)
         .fold((Duration::ZERO, 0u32), |(sum, n), d| {
             (sum.saturating_add(d), n + 1)
         });
@@ -528,6 +528,7 @@ mod tests {
         let run = TaskSpec::Run {
             program: "true".into(),
             args: vec![],
+            expected_ms: None,
         };
         assert_eq!(declared_length([run.clone()].iter()), None);
         let mixed = [run, TaskSpec::Sleep { ms: 500 }];

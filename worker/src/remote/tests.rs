@@ -155,6 +155,7 @@ async fn a_done_bundle_is_not_run_again_and_its_stored_results_are_resent() {
         vec![TaskSpec::Run {
             program: "touch".into(),
             args: vec![marker.display().to_string()],
+            expected_ms: None,
         }],
     );
     let ledger = Arc::new(MemoryLedger::new());
@@ -237,6 +238,7 @@ async fn a_second_delivery_to_the_same_worker_while_running_is_held() {
             "-c".into(),
             format!("echo x >> {}; sleep 0.3", log.display()),
         ],
+        expected_ms: None,
     };
     let b = bundle(0, vec![spec]);
     let ledger = Arc::new(MemoryLedger::new());
@@ -264,6 +266,7 @@ async fn a_bundle_without_a_response_queue_is_dropped_not_run() {
         vec![TaskSpec::Run {
             program: "touch".into(),
             args: vec![marker.display().to_string()],
+            expected_ms: None,
         }],
     );
     b.reply_to = None;
@@ -282,6 +285,7 @@ async fn shutdown_finishes_running_bundles_and_gives_the_rest_back() {
             "-c".into(),
             format!("touch {}-{i}; sleep 0.3", started.display()),
         ],
+        expected_ms: None,
     };
     let bundles: Vec<Bundle> = (0..6).map(|i| bundle(i, vec![task(i)])).collect();
     let keys: Vec<String> = bundles.iter().map(claim_key).collect();
@@ -350,6 +354,7 @@ async fn a_batch_without_dedup_skips_the_ledger_and_its_retries_win() {
         vec![TaskSpec::Run {
             program: "false".into(),
             args: vec![],
+            expected_ms: None,
         }],
     );
     b.options = BundleOptions {
@@ -395,6 +400,7 @@ async fn a_taken_over_bundle_runs_only_what_its_dead_holder_had_not_reported() {
         .map(|i| TaskSpec::Run {
             program: "sh".into(),
             args: vec!["-c".into(), format!("echo {i} >> {}", log.display())],
+            expected_ms: None,
         })
         .collect();
     let b = bundle(10, specs);
@@ -534,6 +540,7 @@ async fn a_bundles_tasks_run_on_all_the_slots_and_results_leave_as_they_finish()
             TaskSpec::Run {
                 program: "sh".into(),
                 args: vec!["-c".into(), script],
+                expected_ms: None
             };
             4
         ],
@@ -591,6 +598,7 @@ async fn a_cancel_leaves_the_unstarted_tasks_of_a_bundle_already_running() {
                 "-c".into(),
                 format!("echo {i} >> {}; sleep 0.2", log.display()),
             ],
+            expected_ms: None,
         })
         .collect();
     let ledger = Arc::new(MemoryLedger::new());
@@ -688,6 +696,7 @@ async fn a_spot_notice_drains_the_worker_and_only_what_cannot_finish_runs_again(
                 "-c".into(),
                 format!("echo run >> {0}/runs-{i}; sleep {seconds}", path.display()),
             ],
+            expected_ms: None,
         }
     };
     let n = 8;
@@ -1035,6 +1044,7 @@ async fn cancels_are_asked_about_only_while_tasks_wait_to_start() {
             "-c".into(),
             format!("echo {i} >> {}; sleep {secs}", log.display()),
         ],
+        expected_ms: None,
     };
     let started = |i: u32| {
         std::fs::read_to_string(&log)

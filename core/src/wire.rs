@@ -29,8 +29,10 @@ pub const SQS_MAX_BATCH_ENTRIES: usize = 10;
 /// of its wire structs: an old program then rejects a new message with
 /// [`WireError::UnknownVersion`] instead of misreading it, and a change of one
 /// kind leaves the other readable by old programs. Bundles: 2 adds the
-/// batch's options (retries, dedup); version 1 is still read.
-const BUNDLE_VERSION: u8 = 2;
+/// batch's options (retries, dedup); 3 the expected lengths of `run` tasks,
+/// and is written only for bundles that have one (the others stay readable
+/// by workers of version 2); versions 1 and 2 are still read.
+const BUNDLE_VERSION: u8 = 3;
 /// The format version of results. 2: results carry `artifact_url`; 3: the
 /// message carries the worker's [`Usage`] for it. Versions 1 and 2 are still
 /// read (stored results in the ledger, results of older workers).
@@ -63,7 +65,7 @@ impl MessageKind {
     /// The versions this program reads.
     fn readable(self) -> &'static [u8] {
         match self {
-            MessageKind::Bundle => &[1, 2],
+            MessageKind::Bundle => &[1, 2, 3],
             MessageKind::Results => &[1, 2, 3],
         }
     }
@@ -146,6 +148,14 @@ struct WireBundle {
     tasks: Vec<WireTask>,
     /// Since version 2.
     options: WireOptions,
+}
+
+/// Version 3 of bundles: version 2's, then the expected lengths of the
+/// tasks that have one, as (index in `tasks`, milliseconds).
+#[derive(Serialize, Deserialize)]
+struct WireBundleV3 {
+    v2: WireBundle,
+    expected_ms: Vec<(u32, u64)>,
 }
 
 /// Version 1 of [`WireBundle`]: no options.
@@ -388,8 +398,7 @@ pub fn encode_bundle(bundle: &Bundle) -> String {
                 timeout_ms: task.timeout.map(duration_ms),
                 spec: match &task.spec {
                     TaskSpec::Sleep { ms } => WireSpec::Sleep { ms: *ms },
-                    // `expected_ms` stays with the operator, which bundles
-                    // and orders by it; workers learn a run's length.
+                    // Its `expected_ms` travels apart (version 3).
                     TaskSpec::Run { program, args, .. } => WireSpec::Run {
                         program: programs.index(program),
                         args: args.clone(),
@@ -405,19 +414,38 @@ pub fn encode_bundle(bundle: &Bundle) -> String {
             }
         })
         .collect();
+    let wire = WireBundle {
+        submitted: bundle.submitted.0,
+        reply_to: bundle.reply_to.clone(),
+        batches: batches.strings,
+        programs: programs.strings,
+        tasks,
+        options: WireOptions {
+            max_attempts: bundle.options.max_attempts,
+            retry_backoff_ms: bundle.options.retry_backoff.map(duration_ms),
+            dedup: bundle.options.dedup,
+        },
+    };
+    let expected_ms: Vec<(u32, u64)> = bundle
+        .tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, task)| match task.spec {
+            TaskSpec::Run {
+                expected_ms: Some(ms),
+                ..
+            } => Some((u32::try_from(i).unwrap_or(u32::MAX), ms)),
+            _ => None,
+        })
+        .collect();
+    if expected_ms.is_empty() {
+        return frame_version(MessageKind::Bundle, 2, &wire);
+    }
     frame(
         MessageKind::Bundle,
-        &WireBundle {
-            submitted: bundle.submitted.0,
-            reply_to: bundle.reply_to.clone(),
-            batches: batches.strings,
-            programs: programs.strings,
-            tasks,
-            options: WireOptions {
-                max_attempts: bundle.options.max_attempts,
-                retry_backoff_ms: bundle.options.retry_backoff.map(duration_ms),
-                dedup: bundle.options.dedup,
-            },
+        &WireBundleV3 {
+            v2: wire,
+            expected_ms,
         },
     )
 }
@@ -426,18 +454,24 @@ pub fn encode_bundle(bundle: &Bundle) -> String {
 pub fn decode_bundle(body: &str) -> Result<Bundle, WireError> {
     const KIND: MessageKind = MessageKind::Bundle;
     let (version, payload) = unframe(KIND, body)?;
-    let wire: WireBundle = if version == 1 {
-        let v1: WireBundleV1 = parse(KIND, &payload)?;
-        WireBundle {
-            submitted: v1.submitted,
-            reply_to: v1.reply_to,
-            batches: v1.batches,
-            programs: v1.programs,
-            tasks: v1.tasks,
-            options: WireOptions::default(),
+    let (wire, expected) = match version {
+        1 => {
+            let v1: WireBundleV1 = parse(KIND, &payload)?;
+            let wire = WireBundle {
+                submitted: v1.submitted,
+                reply_to: v1.reply_to,
+                batches: v1.batches,
+                programs: v1.programs,
+                tasks: v1.tasks,
+                options: WireOptions::default(),
+            };
+            (wire, Vec::new())
         }
-    } else {
-        parse(KIND, &payload)?
+        2 => (parse(KIND, &payload)?, Vec::new()),
+        _ => {
+            let v3: WireBundleV3 = parse(KIND, &payload)?;
+            (v3.v2, v3.expected_ms)
+        }
     };
     let batches: Vec<BatchId> = wire.batches.into_iter().map(BatchId::new).collect();
     let mut previous = 0;
@@ -482,6 +516,22 @@ pub fn decode_bundle(body: &str) -> Result<Bundle, WireError> {
             timeout: t.timeout_ms.map(Duration::from_millis),
             spec,
         });
+    }
+    for (index, ms) in expected {
+        let len = tasks.len();
+        let Some(Task {
+            spec: TaskSpec::Run { expected_ms, .. },
+            ..
+        }) = tasks.get_mut(index as usize)
+        else {
+            return Err(WireError::BadIndex {
+                kind: KIND,
+                table: "run task",
+                index,
+                len,
+            });
+        };
+        *expected_ms = Some(ms);
     }
     Ok(Bundle {
         submitted: Timestamp(wire.submitted),
@@ -889,15 +939,36 @@ mod tests {
         let mut b = sleep0_bundle(0);
         b.reply_to = None;
         assert_eq!(decode_bundle(&encode_bundle(&b)).unwrap(), b);
-        // A run's expected length is the operator's: workers get the run.
-        let mut expected = run_bundle(1);
-        let TaskSpec::Run { expected_ms, .. } = &mut expected.tasks[0].spec else {
-            panic!("a run bundle");
+    }
+
+    #[test]
+    fn expected_lengths_travel_in_version_3_and_bundles_without_stay_version_2() {
+        let mut b = run_bundle(4);
+        b.tasks.push(task(4, TaskSpec::Sleep { ms: 7 }));
+        for (i, ms) in [(1, 5000), (3, 0)] {
+            let TaskSpec::Run { expected_ms, .. } = &mut b.tasks[i].spec else {
+                panic!("a run bundle");
+            };
+            *expected_ms = Some(ms);
+        }
+        let body = encode_bundle(&b);
+        assert_eq!(BASE64.decode(&body).unwrap()[..2], [3, 1]);
+        assert_eq!(decode_bundle(&body).unwrap(), b);
+        // Without one: version 2, as a worker of version 2 reads it.
+        let plain = BASE64.decode(encode_bundle(&run_bundle(4))).unwrap();
+        assert_eq!(plain[..2], [2, 1]);
+        // An index that is no run task is refused, naming it.
+        let mut wire = WireBundleV3 {
+            v2: parse(MessageKind::Bundle, &plain[2..]).unwrap(),
+            expected_ms: vec![(9, 1)],
         };
-        *expected_ms = Some(5000);
+        let err = decode_bundle(&frame_version(MessageKind::Bundle, 3, &wire)).unwrap_err();
+        assert!(err.to_string().contains("run task"), "{err}");
+        wire.expected_ms = vec![(0, 1)];
+        let ok = decode_bundle(&frame_version(MessageKind::Bundle, 3, &wire)).unwrap();
         assert_eq!(
-            decode_bundle(&encode_bundle(&expected)).unwrap(),
-            run_bundle(1)
+            ok.tasks[0].spec.declared_length(),
+            Some(Duration::from_millis(1))
         );
     }
 
@@ -994,16 +1065,17 @@ mod tests {
         let results = BASE64
             .decode(encode_results(&results, 1000).unwrap())
             .unwrap();
-        // Bundles are at version 2 (options), results at 3 (usage).
+        // Bundles without expected lengths at version 2 (options; 3 with
+        // them), results at 3 (usage).
         assert_eq!(bundle[..2], [2, 1]);
         assert_eq!(results[..2], [3, 2]);
-        // A version-3 bundle does not exist yet: refused, naming the kind.
+        // A version-4 bundle does not exist yet: refused, naming the kind.
         let mut future = bundle.clone();
-        future[0] = 3;
+        future[0] = 4;
         let err = decode_bundle(&BASE64.encode(&future)).unwrap_err();
         assert!(
             err.to_string()
-                .contains("version 3 of Bundle messages (this program reads versions [1, 2])"),
+                .contains("version 4 of Bundle messages (this program reads versions [1, 2, 3])"),
             "{err}"
         );
     }
@@ -1075,7 +1147,7 @@ mod tests {
             }],
             options: WireOptions::default(),
         };
-        let err = decode_bundle(&frame(MessageKind::Bundle, &wire)).unwrap_err();
+        let err = decode_bundle(&frame_version(MessageKind::Bundle, 2, &wire)).unwrap_err();
         assert!(
             matches!(
                 err,

@@ -63,7 +63,7 @@ pub fn bundle_size_seen(before: Option<f64>, tasks: usize) -> f64 {
     before.map_or(n, |size| 0.7 * size + 0.3 * n)
 }
 
-/// The mean length the tasks declare, if any does.
+/// The mean length the tasks declare (a sleep's, a run's `expected_ms`), if any does.
 pub fn declared_length<'a>(specs: impl Iterator<Item = &'a TaskSpec>) -> Option<Duration> {
     let (sum, n) = specs
         .filter_map(TaskSpec::declared_length)
@@ -535,6 +535,16 @@ mod tests {
         assert_eq!(
             declared_length(mixed.iter()),
             Some(Duration::from_millis(500))
+        );
+        // A run that says how long it takes counts as a sleep of that.
+        let expected = TaskSpec::Run {
+            program: "render".into(),
+            args: vec![],
+            expected_ms: Some(600_000),
+        };
+        assert_eq!(
+            declared_length([expected, TaskSpec::Sleep { ms: 0 }].iter()),
+            Some(Duration::from_secs(300))
         );
     }
 }

@@ -312,10 +312,18 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .and_then(|s| u64::try_from(s).ok())
             .filter(|&s| s > 0)
             .unwrap_or(args.pool_slots.max(1));
+        // The same for the order: the checkpoint is a position in it. A batch
+        // started by an operator that wrote no order (it wrote the planned
+        // slots) was sent as given.
+        let send_order = status.send_order.unwrap_or(match status.planned_slots {
+            Some(_) => TaskOrder::AsGiven,
+            None => args.batch.spec.order.unwrap_or_default(),
+        });
         self.record
             .patch_status(StatusPatch {
                 start_time: Some(start_time.clone()),
                 planned_slots: Some(i64::try_from(planned_slots).unwrap_or(i64::MAX)),
+                send_order: Some(send_order),
                 results: args.results.as_ref().map(ToString::to_string),
                 ..StatusPatch::default()
             })
@@ -334,6 +342,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     .and_then(|h| u64::try_from(h).ok())
                     .unwrap_or(0),
                 planned_slots,
+                send_order,
                 spec,
                 &progress,
                 &share,
@@ -364,6 +373,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         sized: Option<BundleSizing>,
         last_horizon: u64,
         planned_slots: u64,
+        send_order: TaskOrder,
         mut spec: watch::Receiver<TaskBatchSpec>,
         progress: &Progress,
         share: &ShareGuard,
@@ -374,7 +384,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let options = bundle_options(&batch.spec);
         let mut enqueued = checkpoint;
         let mut group: Vec<Bundle> = Vec::with_capacity(SEND_GROUP);
-        let (order, total) = send_order(args);
+        let (order, total) = order_tasks(args, send_order);
         if !order.is_as_given() {
             tracing::info!(batch = %name, classes = order.passes().len(), "tasks sent longest first");
         }
@@ -587,12 +597,12 @@ fn task_timeout(spec: &TaskBatchSpec) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// The batch's send order (see `spec.order`) and its number of tasks. A
-/// workload file is read once for both; a generator's tasks are all of one
-/// length (its template's), so they go as given without being made.
-fn send_order(args: &RunnerArgs) -> (SendOrder, u64) {
+/// The batch's tasks in `order` (see `spec.order`), and how many they are.
+/// A workload file is read once for both; a generator's tasks are all of
+/// one length (its template's), so they go as given without being made.
+fn order_tasks(args: &RunnerArgs, order: TaskOrder) -> (SendOrder, u64) {
     let spec = &args.batch.spec;
-    let longest_first = spec.order.unwrap_or_default() == TaskOrder::LongestFirst;
+    let longest_first = order == TaskOrder::LongestFirst;
     match &args.source {
         Source::Spec => {
             let total = enqueue::source_len(&spec.tasks).unwrap_or(0);
@@ -1703,12 +1713,16 @@ mod tests {
         assert!(resent.iter().all(|b| b.0 >= checkpoint));
     }
 
-    /// An inline batch of `n` sleeps of 1 ms to 2 s in a scrambled order,
-    /// sent in `order`; and each task's class in the send order.
-    fn scrambled_sleeps(n: u64, order: &str) -> (serde_json::Value, impl Fn(u64) -> u8) {
+    /// An inline batch of `n` tasks of 1 ms to 2 s in a scrambled order,
+    /// sleeps and runs of an expected length in turn, sent in `order`; and
+    /// each task's class in the send order.
+    fn scrambled_lengths(n: u64, order: &str) -> (serde_json::Value, impl Fn(u64) -> u8) {
         let ms = |id: u64| 1u64 << ((id * 7) % 12);
         let inline: Vec<_> = (0..n)
-            .map(|id| json!({"kind": "sleep", "ms": ms(id)}))
+            .map(|id| match id % 2 {
+                0 => json!({"kind": "sleep", "ms": ms(id)}),
+                _ => json!({"kind": "run", "program": "./sim", "expectedMs": ms(id)}),
+            })
             .collect();
         let spec = json!({ "workerPool": "p", "order": order, "tasks": { "inline": inline } });
         let class = move |id| {
@@ -1717,15 +1731,24 @@ mod tests {
         (spec, class)
     }
 
-    /// Runs `spec` on a runner started from `status`, answering every
-    /// bundle as it comes, until `tasks` were sent or the batch ended: the
-    /// bundles sent, as their tasks.
+    /// Runs `spec` on a runner started from `status`, with the results of
+    /// the bundles `done` (sent before) waiting, answering every bundle as
+    /// it comes, until `tasks` were sent or the batch ended: the bundles
+    /// sent, as their tasks.
     async fn send_order_of(
         spec: &serde_json::Value,
         status: Option<TaskBatchStatus>,
+        done: &[Vec<u64>],
         tasks: usize,
     ) -> Vec<Vec<u64>> {
         let (queue, responses) = (MemoryQueue::bounded(100_000), MemoryResponses::new());
+        answer_ids(
+            &responses,
+            done,
+            Duration::from_millis(1),
+            Outcome::Succeeded,
+        )
+        .await;
         let r = runner(&queue, &responses, MemoryRecord::default());
         let b = batch(spec.clone(), status);
         let (_tx, rx) = watch::channel(b.spec.clone());
@@ -1757,8 +1780,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn declared_lengths_go_longest_first_and_a_restart_resumes_in_that_order() {
         let n = 3_000;
-        let (spec, class) = scrambled_sleeps(n, "longestFirst");
-        let sent = send_order_of(&spec, None, n as usize).await;
+        let (spec, class) = scrambled_lengths(n, "longestFirst");
+        let sent = send_order_of(&spec, None, &[], n as usize).await;
         // Every task once, the longest classes first.
         let order: Vec<u64> = sent.iter().flatten().copied().collect();
         let mut ids = order.clone();
@@ -1772,25 +1795,55 @@ mod tests {
         // keys), and none before.
         let half = sent.len() / 2;
         let checkpoint: usize = sent[..half].iter().map(Vec::len).sum();
+        // The order is the one it started with (in status), not the spec's
+        // since: edited to asGiven, the positions would mean other tasks.
         let left = TaskBatchStatus {
             counts: TaskCounts {
                 enqueued: checkpoint as i64,
                 ..TaskCounts::default()
             },
             phase: Some(Phase::Enqueuing),
+            send_order: Some(TaskOrder::LongestFirst),
             ..TaskBatchStatus::default()
         };
-        let resent = send_order_of(&spec, Some(left), n as usize - checkpoint).await;
+        let mut edited = spec.clone();
+        edited["order"] = json!("asGiven");
+        let resent =
+            send_order_of(&edited, Some(left), &sent[..half], n as usize - checkpoint).await;
         assert_eq!(resent, sent[half..], "checkpoint {checkpoint}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn order_as_given_keeps_the_workloads_order() {
         let n = 300;
-        let (spec, _) = scrambled_sleeps(n, "asGiven");
-        let sent = send_order_of(&spec, None, n as usize).await;
-        let order: Vec<u64> = sent.into_iter().flatten().collect();
+        let (spec, _) = scrambled_lengths(n, "asGiven");
+        let sent = send_order_of(&spec, None, &[], n as usize).await;
+        let order: Vec<u64> = sent.iter().flatten().copied().collect();
         assert_eq!(order, (0..n).collect::<Vec<_>>());
+        // A batch an operator of before `spec.order` started (its status
+        // has the planned slots, no order) goes on as given, the default
+        // longestFirst notwithstanding.
+        let half = sent.len() / 2;
+        let checkpoint: usize = sent[..half].iter().map(Vec::len).sum();
+        let older = TaskBatchStatus {
+            counts: TaskCounts {
+                enqueued: checkpoint as i64,
+                ..TaskCounts::default()
+            },
+            phase: Some(Phase::Enqueuing),
+            planned_slots: Some(4),
+            ..TaskBatchStatus::default()
+        };
+        let mut default = spec.clone();
+        default.as_object_mut().unwrap().remove("order");
+        let resent = send_order_of(
+            &default,
+            Some(older),
+            &sent[..half],
+            n as usize - checkpoint,
+        )
+        .await;
+        assert_eq!(resent, sent[half..], "checkpoint {checkpoint}");
     }
 
     /// The same runner writing to `store`.

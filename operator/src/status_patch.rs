@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::crd::TaskBatch;
-use crate::crd::taskbatch::{BatchCost, BundleSizing, Latency, Phase, TaskBatchStatus};
+use crate::crd::taskbatch::{BatchCost, BundleSizing, Latency, Phase, TaskBatchStatus, TaskOrder};
 use crate::error::Error;
 
 /// The reconciler's field manager: conditions, observedGeneration, the
@@ -57,6 +57,8 @@ pub struct StatusPatch {
     pub results: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned_slots: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_order: Option<TaskOrder>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle_sizing: Option<BundleSizing>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,6 +155,7 @@ impl StatusPatch {
             cost,
             results,
             planned_slots,
+            send_order,
             bundle_sizing,
             enqueue_horizon,
         } = newer;
@@ -173,6 +176,7 @@ impl StatusPatch {
         newer_wins(&mut self.cost, cost);
         newer_wins(&mut self.results, results);
         newer_wins(&mut self.planned_slots, planned_slots);
+        newer_wins(&mut self.send_order, send_order);
         newer_wins(&mut self.bundle_sizing, bundle_sizing);
         newer_wins(&mut self.enqueue_horizon, enqueue_horizon);
     }
@@ -202,6 +206,7 @@ impl StatusPatch {
             latency: st.latency,
             cost: st.cost.clone(),
             planned_slots: st.planned_slots,
+            send_order: st.send_order,
             bundle_sizing: st.bundle_sizing.clone(),
             enqueue_horizon: st.enqueue_horizon,
             ..StatusPatch::default()

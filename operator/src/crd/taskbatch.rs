@@ -409,6 +409,12 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_slots: Option<i64>,
 
+    /// The order the tasks are sent in: `spec.order` when the batch first
+    /// enqueued, fixed then, so that a restarted operator resumes at its
+    /// checkpoint in the same order whatever `spec.order` says since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_order: Option<TaskOrder>,
+
     /// The task length bundles of tasks of unknown length are cut for, from
     /// task `from` on, learned from the results: written before any such
     /// bundle is sent, so that a restarted operator cuts the same bundles.

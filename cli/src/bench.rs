@@ -23,6 +23,10 @@ pub enum BenchCommand {
     /// `cloudkon-worker` processes, dedup on and off: throughput, AWS requests
     /// per task by API, cost per million tasks.
     Sqs(crate::bench_sqs::SqsArgs),
+    /// A TaskBatch's longest-first send order over a workload file of tasks
+    /// of many declared lengths: its reads (one to count the classes, one
+    /// per class) against one plain read, in the operator's CPU.
+    Order(OrderArgs),
     /// The main path, `kubectl apply` of TaskBatches through the operator to
     /// `cloudkon-worker`s, against `cloudkon submit` and `cloudkon run` of the
     /// same tasks: runs `cloudkon-operator bench` (next to this binary) with
@@ -36,6 +40,14 @@ pub enum BenchCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OrderArgs {
+    /// Lines of the workload: sleeps and runs with `expected_ms` in turn,
+    /// of lengths spread over 1 ms to half an hour.
+    #[arg(long, default_value_t = 1_000_000)]
+    lines: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,8 +87,67 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Local(args) => local(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Animoto(args) => animoto(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Sqs(args) => crate::bench_sqs::run(&args).map(|()| ExitCode::SUCCESS),
+        BenchCommand::Order(args) => order(&args).map(|()| ExitCode::SUCCESS),
         BenchCommand::Taskbatch { args } => crate::operator_exec::run("bench", &args),
     }
+}
+
+fn order(args: &OrderArgs) -> Result<()> {
+    use workload::{SendOrder, Wanted, WorkloadReader};
+    let mut text = String::new();
+    // A fixed xorshift: the same workload every run.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..args.lines {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let ms = (x % 1_800_000) >> (x % 21);
+        if i % 2 == 0 {
+            text.push_str(&format!(
+                "{{\"kind\":\"run\",\"program\":\"sim\",\"args\":[\"{i}\"],\"expected_ms\":{ms}}}\n"
+            ));
+        } else {
+            text.push_str(&format!("sleep {ms}\n"));
+        }
+    }
+    let bytes = text.as_bytes();
+    let read = || WorkloadReader::new(bytes, "bench");
+    let started = Instant::now();
+    let plain = read().count() as u64;
+    let one = started.elapsed();
+    let started = Instant::now();
+    let (order, items) = SendOrder::longest_first(read());
+    let counted = started.elapsed();
+    let started = Instant::now();
+    let open = |skip: u64, wanted: Option<Wanted>| {
+        match wanted {
+            Some(w) => read().only(move |id| w.contains(id)),
+            None => read(),
+        }
+        .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+    };
+    let mut sent = 0u64;
+    for task in order.tasks_from(open, 0) {
+        task.context("the bench's own workload")?;
+        sent += 1;
+    }
+    let passes = started.elapsed();
+    ensure!(
+        plain == args.lines && items == args.lines && sent == args.lines,
+        "lost tasks: {plain} read, {items} counted, {sent} sent of {}",
+        args.lines
+    );
+    println!(
+        "longest first over {} lines ({:.1} MiB): one plain read {:.2} s; counting the classes {:.2} s; sending every task in {} classes {:.2} s = {:.1} plain reads",
+        args.lines,
+        bytes.len() as f64 / f64::from(1 << 20),
+        one.as_secs_f64(),
+        counted.as_secs_f64(),
+        order.passes().len(),
+        passes.as_secs_f64(),
+        passes.as_secs_f64() / one.as_secs_f64().max(1e-9),
+    );
+    Ok(())
 }
 
 fn local(args: &LocalArgs) -> Result<()> {

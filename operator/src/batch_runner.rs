@@ -25,7 +25,7 @@ use cloudkon_core::aws::{QueueOptions, RequestStats, S3Store, S3Uri, SqsQueue, S
 use cloudkon_core::queue::{Receipt, ResultsInbox, TaskQueue};
 use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
-use cloudkon_core::workload::{SendOrder, TaskDef, WorkloadReader};
+use cloudkon_core::workload::{SendOrder, TaskDef, Wanted, WorkloadReader};
 use cloudkon_core::{BatchId, Bundle, BundleOptions};
 use hdrhistogram::Histogram;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -638,17 +638,22 @@ fn tasks_from<'a>(
                     "the batch has no inline or generator tasks".into(),
                 ));
             }
-            let open = move |skip| {
+            let open = move |skip, _| {
                 enqueue::source_tasks(&batch.spec.tasks, skip)
                     .unwrap_or_else(|| Box::new(std::iter::empty()))
             };
             Ok(order.tasks_from(open, from))
         }
         Source::File { name, bytes } => {
-            let open = move |skip| {
-                WorkloadReader::new(bytes.as_slice(), name.clone())
-                    .skip(usize::try_from(skip).unwrap_or(usize::MAX))
-                    .map(|r| r.map_err(|e| e.to_string()))
+            // A pass parses only its class's lines.
+            let open = move |skip, wanted: Option<Wanted>| {
+                let reader = WorkloadReader::new(bytes.as_slice(), name.clone());
+                match wanted {
+                    Some(w) => reader.only(move |id| w.contains(id)),
+                    None => reader,
+                }
+                .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+                .map(|r| r.map_err(|e| e.to_string()))
             };
             Ok(order.tasks_from(open, from))
         }

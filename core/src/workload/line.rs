@@ -12,10 +12,10 @@ const IMAGE_SCHEMES: [&str; 4] = ["http://", "https://", "s3://", "file://"];
 /// Parses one line: `Ok(None)` for a blank or comment line, else the task and its
 /// optional timeout; the error says what is wrong (the caller adds file and line).
 pub fn parse_line(line: &str) -> Result<Option<(TaskSpec, Option<Duration>)>, String> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
+    if !is_task_line(line) {
         return Ok(None);
     }
+    let line = line.trim();
     if line.starts_with('{') {
         return parse_json(line).map(Some);
     }
@@ -33,6 +33,12 @@ pub fn parse_line(line: &str) -> Result<Option<(TaskSpec, Option<Duration>)>, St
         }
     };
     Ok(Some((spec, None)))
+}
+
+/// Whether a line holds a task (else it is blank or a comment).
+pub fn is_task_line(line: &str) -> bool {
+    let line = line.trim();
+    !(line.is_empty() || line.starts_with('#'))
 }
 
 fn parse_sleep(rest: &str) -> Result<TaskSpec, String> {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use generate::{write_run_workload, write_sleep_workload};
 pub use line::{check_spec, parse_line};
-pub use order::{SendOrder, length_class};
+pub use order::{SendOrder, Wanted, length_class};
 
 use crate::task::{BatchId, Task, TaskId, TaskKind, TaskSpec};
 
@@ -74,6 +74,8 @@ pub struct WorkloadReader<R> {
     next_id: TaskId,
     buf: Vec<u8>,
     failed: bool,
+    /// Which tasks to parse and yield (see [`WorkloadReader::only`]).
+    keep: Option<Box<dyn FnMut(TaskId) -> bool + Send>>,
 }
 
 impl WorkloadReader<BufReader<File>> {
@@ -99,7 +101,18 @@ impl<R: BufRead> WorkloadReader<R> {
             next_id: 0,
             buf: Vec::with_capacity(256),
             failed: false,
+            keep: None,
         }
+    }
+
+    /// Yields only the tasks whose id `keep` accepts; the others are
+    /// numbered but not parsed (a workload read once per class of its send
+    /// order parses each line once, not once per class). For a workload
+    /// already read whole without an error: a line skipped here is not
+    /// checked.
+    pub fn only(mut self, keep: impl FnMut(TaskId) -> bool + Send + 'static) -> Self {
+        self.keep = Some(Box::new(keep));
+        self
     }
 
     fn line_error(&self, message: String) -> WorkloadError {
@@ -133,6 +146,14 @@ impl<R: BufRead> Iterator for WorkloadReader<R> {
                 }
             }
             self.line_no += 1;
+            if let Some(keep) = self.keep.as_mut() {
+                // Numbered as `parse_line` would (a task line, else none).
+                let task = std::str::from_utf8(&self.buf).map_or(true, line::is_task_line);
+                if task && !keep(self.next_id) {
+                    self.next_id += 1;
+                    continue;
+                }
+            }
             let text = match std::str::from_utf8(&self.buf) {
                 Ok(text) => text,
                 Err(e) => {

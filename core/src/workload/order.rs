@@ -10,8 +10,10 @@
 //! Tasks of unknown length go first: one of them may be the longest task of
 //! all, and their results size the batch's bundles.
 
+use std::sync::Arc;
+
 use super::TaskDef;
-use crate::task::TaskSpec;
+use crate::task::{TaskId, TaskSpec};
 
 /// The class of a task in the order: higher goes first. A declared length
 /// of `ms` milliseconds is in class `bits(ms)` (0 for 0 ms, 1 for 1 ms, 2
@@ -31,6 +33,27 @@ pub fn length_class(spec: &TaskSpec) -> u8 {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SendOrder {
     passes: Vec<(u8, u64)>,
+    /// Each task's class, by id (when the ids are 0, 1, 2…): a byte a task,
+    /// so that a pass parses only its own (see [`Wanted`]).
+    classes: Arc<[u8]>,
+}
+
+/// The tasks one read of the workload is for: those of one class. A reader
+/// may leave the others unparsed ([`super::WorkloadReader::only`]).
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    class: u8,
+    classes: Arc<[u8]>,
+}
+
+impl Wanted {
+    /// Whether task `id` is wanted.
+    pub fn contains(&self, id: TaskId) -> bool {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.classes.get(i))
+            .is_some_and(|&c| c == self.class)
+    }
 }
 
 impl SendOrder {
@@ -46,22 +69,35 @@ impl SendOrder {
         let mut counts = [0u64; 256];
         let mut items = 0u64;
         let mut broken = false;
+        let mut classes = Vec::new();
+        let mut dense = true;
         for task in tasks {
             items += 1;
             match task {
-                Ok(t) => counts[usize::from(length_class(&t.spec))] += 1,
+                Ok(t) => {
+                    let class = length_class(&t.spec);
+                    counts[usize::from(class)] += 1;
+                    dense &= t.id == classes.len() as u64;
+                    if dense {
+                        classes.push(class);
+                    }
+                }
                 Err(_) => broken = true,
             }
         }
-        if broken {
-            return (Self::as_given(), items);
-        }
-        let passes = (0..=u8::MAX)
+        let passes: Vec<(u8, u64)> = (0..=u8::MAX)
             .rev()
             .map(|c| (c, counts[usize::from(c)]))
             .filter(|&(_, n)| n > 0)
             .collect();
-        (Self { passes }, items)
+        if broken || passes.len() <= 1 {
+            return (Self::as_given(), items);
+        }
+        if !dense {
+            classes.clear();
+        }
+        let classes = classes.into();
+        (Self { passes, classes }, items)
     }
 
     /// Whether the tasks go in the workload's own order.
@@ -74,8 +110,9 @@ impl SendOrder {
         &self.passes
     }
 
-    /// The tasks in this order from position `from` on. `open(skip)` reads
-    /// the workload in its own order from its `skip`-th item on; it is
+    /// The tasks in this order from position `from` on. `open(skip, wanted)`
+    /// reads the workload in its own order from its `skip`-th item on, and
+    /// may leave out tasks that are not `wanted` (when it is `Some`); it is
     /// called once per class still to send (only once in the given order).
     pub fn tasks_from<'a, F, I, E>(
         &self,
@@ -83,12 +120,12 @@ impl SendOrder {
         from: u64,
     ) -> Box<dyn Iterator<Item = Result<TaskDef, E>> + Send + 'a>
     where
-        F: FnMut(u64) -> I + Send + 'a,
+        F: FnMut(u64, Option<Wanted>) -> I + Send + 'a,
         I: Iterator<Item = Result<TaskDef, E>> + Send + 'a,
         E: 'a,
     {
         if self.is_as_given() {
-            return Box::new(open(from));
+            return Box::new(open(from, None));
         }
         // The class `from` falls in, and its rank there.
         let mut pass = 0;
@@ -98,11 +135,19 @@ impl SendOrder {
             pass += 1;
         }
         let passes = self.passes.clone();
+        let classes = self.classes.clone();
         let mut reading: Option<I> = None;
         Box::new(std::iter::from_fn(move || {
             loop {
                 let &(class, _) = passes.get(pass)?;
-                let item = reading.get_or_insert_with(|| open(0)).next();
+                if reading.is_none() {
+                    let wanted = (!classes.is_empty()).then(|| Wanted {
+                        class,
+                        classes: classes.clone(),
+                    });
+                    reading = Some(open(0, wanted));
+                }
+                let item = reading.as_mut().and_then(Iterator::next);
                 match item {
                     None => {
                         pass += 1;
@@ -159,7 +204,7 @@ mod tests {
         let owned = tasks.to_vec();
         order
             .tasks_from(
-                move |skip| {
+                move |skip, _| {
                     owned
                         .clone()
                         .into_iter()
@@ -260,6 +305,30 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_file_parses_each_task_once_however_many_classes() {
+        let text = "# lengths\nsleep 1\n\nsleep 100\n{\"kind\":\"run\",\"program\":\"x\",\"expected_ms\":9000}\n  # aside\nrun y\nsleep 3\n";
+        let read = || super::super::WorkloadReader::new(text.as_bytes(), "w");
+        let (order, items) = SendOrder::longest_first(read());
+        assert_eq!(items, 5);
+        let parsed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = parsed.clone();
+        let open = move |skip: u64, wanted: Option<Wanted>| {
+            let wanted = wanted.expect("a class per pass");
+            let counter = counter.clone();
+            assert_eq!(skip, 0);
+            read().only(move |id| {
+                let keep = wanted.contains(id);
+                counter.fetch_add(u64::from(keep), std::sync::atomic::Ordering::Relaxed);
+                keep
+            })
+        };
+        let ids: Vec<u64> = order.tasks_from(open, 0).map(|t| t.unwrap().id).collect();
+        // run y (unknown), then 9 s, 100 ms, 3 ms, 1 ms.
+        assert_eq!(ids, vec![3, 2, 1, 4, 0]);
+        assert_eq!(parsed.load(std::sync::atomic::Ordering::Relaxed), 5);
+    }
+
+    #[test]
     fn the_workload_is_read_once_per_class_left_to_send() {
         let tasks = workload(&[Some(1), Some(100), Some(10_000), Some(1)]);
         let (order, _) = SendOrder::longest_first(tasks.iter().cloned().map(Ok::<_, ()>));
@@ -268,7 +337,7 @@ mod tests {
         let owned = tasks.clone();
         let rest: Vec<u64> = order
             .tasks_from(
-                move |skip| {
+                move |skip, _| {
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     owned
                         .clone()

@@ -193,7 +193,7 @@ impl BatchSim {
     ) -> Box<dyn Iterator<Item = Result<TaskDef, Infallible>> + Send> {
         let source = self.source();
         let total = self.total;
-        let open = move |skip: u64| (skip..total).map(move |id| Ok(source.def(id)));
+        let open = move |skip: u64, _| (skip..total).map(move |id| Ok(source.def(id)));
         self.order.tasks_from(open, position)
     }
 

@@ -1,11 +1,13 @@
 //! The order a batch's tasks are sent in. Tasks that declare their length
-//! (a `sleep`, a `run` with `expected_ms`) go longest first (Graham's LPT rule): a long task that starts late ends
-//! late, so the last tasks to start should be the shortest. Not a full sort:
-//! tasks are classed by the power of two of their declared length, and a
-//! workload is streamed once per class, in the given order within it. A
-//! batch of millions is never held, only a count per class, and a position
-//! in the order maps back to (class, rank): a restarted runner resumes at
-//! its checkpoint in the same order.
+//! (a `sleep`, a `run` with `expected_ms`) go longest first (Graham's LPT
+//! rule): a long task that starts late ends late, so the last tasks to start
+//! should be the shortest. Not a full sort: tasks are classed by the power
+//! of two of their declared length, and a workload is streamed once per
+//! class, in the given order within it. A batch of millions is never held,
+//! only a count per class and a byte per task (its class, so that a pass
+//! parses only its own lines), and a position in the order maps back to
+//! (class, rank): a restarted runner resumes at its checkpoint in the same
+//! order.
 //!
 //! Tasks of unknown length go first: one of them may be the longest task of
 //! all, and their results size the batch's bundles.

@@ -1,4 +1,5 @@
-//! A TaskBatch's runner in simulated time: the enqueue half (bundles cut by
+//! A TaskBatch's runner in simulated time: the enqueue half (tasks in core's
+//! `SendOrder`, longest first when they declare lengths; bundles cut by
 //! core's `Bundler` with `sizing::plan`, re-cut by `sizing::next_cost`,
 //! metered by `window::meter` and sent when `ShareGuard::take` grants the
 //! turn, in groups of the runner's `SEND_GROUP`) and the collect half
@@ -63,7 +64,7 @@ pub struct BatchSim {
     observed_at_change: u64,
     pub resizes: u64,
     bundler: Option<Bundler>,
-    /// The batch's send order (the runner's `send_order`).
+    /// The batch's send order (the runner's `order_tasks`).
     order: SendOrder,
     /// The tasks in that order from the bundler's next on.
     source: Option<Box<dyn Iterator<Item = Result<TaskDef, Infallible>> + Send>>,
@@ -161,7 +162,7 @@ impl BatchSim {
         }
     }
 
-    /// Orders the batch's tasks as the runner's `send_order` does (tasks of
+    /// Orders the batch's tasks as the runner's `order_tasks` does (tasks of
     /// unknown length are all of one class: as given, without a pass).
     fn order_tasks(&mut self, order: TaskOrder) {
         let source = self.source();

@@ -27,6 +27,7 @@ use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
 use cloudkon_core::workload::{SendOrder, TaskDef, Wanted, WorkloadReader};
 use cloudkon_core::{BatchId, Bundle, BundleOptions};
+use cloudkon_worker::remote::declared_length;
 use hdrhistogram::Histogram;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp as JiffTimestamp;
@@ -467,6 +468,10 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 Some(Err(_)) | None => 1,
             };
             let next = peeked(&mut bundles);
+            let declared = match bundles.peek() {
+                Some(Ok(b)) => declared_length(b.tasks.iter().map(|t| &t.spec)),
+                _ => None,
+            };
             if let Some(Ok(b)) = bundles.peek() {
                 progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.declared_length()));
             }
@@ -475,6 +480,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     unknown,
                     learned,
                     estimate: progress.estimate(),
+                    declared,
                     pool_slots: planned_slots,
                     pool_workers: args.pool_workers,
                     next_bundle: next,

@@ -60,6 +60,8 @@ pub struct MeterInput {
     pub learned: Option<Duration>,
     /// The batch's observed (else declared) task length.
     pub estimate: Option<Duration>,
+    /// The mean length the next bundle's tasks declare, if they do.
+    pub declared: Option<Duration>,
     /// The pool's slots the batch is planned for.
     pub pool_slots: u64,
     /// The pool's workers at its largest.
@@ -77,14 +79,22 @@ pub struct MeterInput {
 /// worker-seconds idle; simulated). A long task holds one slot whatever its
 /// length; the window still counts every slot's running task.
 pub fn meter(input: &MeterInput) -> (TaskCost, Duration) {
+    // Tasks that declare their length cost that: sent longest first, they
+    // are longer than the results so far, and charged at the estimate a
+    // batch of them took 14.6 % of the slot-time for a weight of 12.5 %
+    // (+16.5 %; 12.3 % sent as given; simulated).
+    let length = match input.unknown {
+        true => input.estimate,
+        false => input.declared.or(input.estimate),
+    };
     let metered = if input.unknown {
         sizing::window_cost(input.learned, input.estimate)
     } else {
-        input.estimate
+        length
     };
     let cost = TaskCost {
         window: task_cost(metered).min(WINDOW),
-        share: task_cost(input.estimate),
+        share: task_cost(length),
     };
     let window = window_work(&WindowInput {
         pool_slots: input.pool_slots,
@@ -190,6 +200,7 @@ mod tests {
             unknown: true,
             learned: Some(ms(500)),
             estimate: Some(ms(2)),
+            declared: None,
             pool_slots: 8,
             pool_workers: 2,
             next_bundle: 10,
@@ -242,6 +253,21 @@ mod tests {
             }
         );
         assert_eq!(window, Duration::from_secs(360));
+        // A bundle whose tasks declare their length costs that, in the share
+        // and in the window, whatever the estimate; tasks of unknown length
+        // are not declared.
+        let declared = MeterInput {
+            unknown: false,
+            estimate: Some(ms(2)),
+            declared: Some(ms(300)),
+            ..input
+        };
+        assert_eq!(meter(&declared).0, TaskCost::same(ms(300)));
+        let (cost, _) = meter(&MeterInput {
+            unknown: true,
+            ..declared
+        });
+        assert_eq!(cost.share, ms(2));
     }
 
     #[test]

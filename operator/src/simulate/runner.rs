@@ -382,6 +382,7 @@ impl Sim<'_> {
             return;
         };
         let next = bundle.tasks.len() as u64;
+        let bundle_length = declared_length(bundle.tasks.iter().map(|t| &t.spec));
         let declared = bundle.tasks.first().and_then(|t| t.spec.declared_length());
         if batch.estimate.get().is_none() && declared.is_some() {
             batch.estimate = Estimate::seeded(declared);
@@ -390,6 +391,7 @@ impl Sim<'_> {
             unknown,
             learned: batch.learned,
             estimate: batch.estimate.get(),
+            declared: bundle_length,
             pool_slots: batch.planned_slots,
             pool_workers: batch.pool_workers,
             next_bundle: next,

@@ -469,12 +469,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             };
             let next = peeked(&mut bundles);
             let declared = match bundles.peek() {
-                Some(Ok(b)) => declared_length(b.tasks.iter().map(|t| &t.spec)),
+                Some(Ok(b)) => {
+                    progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.declared_length()));
+                    declared_length(b.tasks.iter().map(|t| &t.spec))
+                }
                 _ => None,
             };
-            if let Some(Ok(b)) = bundles.peek() {
-                progress.seed_estimate(b.tasks.first().and_then(|t| t.spec.declared_length()));
-            }
             let (cost, window) = loop {
                 let (cost, window) = window::meter(&MeterInput {
                     unknown,
@@ -639,7 +639,7 @@ fn tasks_from<'a>(
     let batch = &args.batch;
     match &args.source {
         Source::Spec => {
-            if batch.spec.tasks.inline.is_none() && batch.spec.tasks.generator.is_none() {
+            if enqueue::source_tasks(&batch.spec.tasks, 0).is_none() {
                 return Err(Error::Other(
                     "the batch has no inline or generator tasks".into(),
                 ));
@@ -1788,6 +1788,22 @@ mod tests {
         sent
     }
 
+    /// An operator killed after its checkpoint at the middle bundle of
+    /// `sent`: how many bundles came before it, and the status it left.
+    fn killed_at_half(sent: &[Vec<u64>]) -> (usize, TaskBatchStatus) {
+        let half = sent.len() / 2;
+        let checkpoint: usize = sent[..half].iter().map(Vec::len).sum();
+        let status = TaskBatchStatus {
+            counts: TaskCounts {
+                enqueued: checkpoint as i64,
+                ..TaskCounts::default()
+            },
+            phase: Some(Phase::Enqueuing),
+            ..TaskBatchStatus::default()
+        };
+        (half, status)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn declared_lengths_go_longest_first_and_a_restart_resumes_in_that_order() {
         let n = 3_000;
@@ -1804,19 +1820,14 @@ mod tests {
         // An operator killed after its checkpoint at a bundle in the middle:
         // a new runner sends the same bundles from there (the same claim
         // keys), and none before.
-        let half = sent.len() / 2;
-        let checkpoint: usize = sent[..half].iter().map(Vec::len).sum();
         // The order is the one it started with (in status), not the spec's
         // since: edited to asGiven, the positions would mean other tasks.
+        let (half, left) = killed_at_half(&sent);
         let left = TaskBatchStatus {
-            counts: TaskCounts {
-                enqueued: checkpoint as i64,
-                ..TaskCounts::default()
-            },
-            phase: Some(Phase::Enqueuing),
             send_order: Some(TaskOrder::LongestFirst),
-            ..TaskBatchStatus::default()
+            ..left
         };
+        let checkpoint = left.counts.enqueued as usize;
         let mut edited = spec.clone();
         edited["order"] = json!("asGiven");
         let resent =
@@ -1834,17 +1845,12 @@ mod tests {
         // A batch an operator of before `spec.order` started (its status
         // has the planned slots, no order) goes on as given, the default
         // longestFirst notwithstanding.
-        let half = sent.len() / 2;
-        let checkpoint: usize = sent[..half].iter().map(Vec::len).sum();
+        let (half, older) = killed_at_half(&sent);
         let older = TaskBatchStatus {
-            counts: TaskCounts {
-                enqueued: checkpoint as i64,
-                ..TaskCounts::default()
-            },
-            phase: Some(Phase::Enqueuing),
             planned_slots: Some(4),
-            ..TaskBatchStatus::default()
+            ..older
         };
+        let checkpoint = older.counts.enqueued as usize;
         let mut default = spec.clone();
         default.as_object_mut().unwrap().remove("order");
         let resent = send_order_of(

@@ -83,14 +83,12 @@ pub fn meter(input: &MeterInput) -> (TaskCost, Duration) {
     // are longer than the results so far, and charged at the estimate a
     // batch of them took 14.6 % of the slot-time for a weight of 12.5 %
     // (+16.5 %; 12.3 % sent as given; simulated).
-    let length = match input.unknown {
-        true => input.estimate,
-        false => input.declared.or(input.estimate),
-    };
-    let metered = if input.unknown {
-        sizing::window_cost(input.learned, input.estimate)
+    let (metered, length) = if input.unknown {
+        let metered = sizing::window_cost(input.learned, input.estimate);
+        (metered, input.estimate)
     } else {
-        length
+        let length = input.declared.or(input.estimate);
+        (length, length)
     };
     let cost = TaskCost {
         window: task_cost(metered).min(WINDOW),

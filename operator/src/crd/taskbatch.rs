@@ -137,9 +137,9 @@ pub struct TaskBatchSpec {
 
 /// The order tasks are sent in: `longestFirst` (default) sends tasks of
 /// unknown length first, then those that declare one (`sleep`, `run` with
-/// `expectedMs`), longest
-/// first by powers of two, so that the batch does not end waiting for a
-/// long task that started last; `asGiven` keeps the workload's order.
+/// `expectedMs`), longest first by powers of two, so that the batch does not
+/// end waiting for a long task that started last; `asGiven` keeps the
+/// workload's order.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum TaskOrder {
@@ -558,33 +558,21 @@ impl InlineTask {
             Some(p) => s.replace("{i}", p),
             None => s.to_owned(),
         };
-        let positive = |name: &str, n: Option<i32>| {
-            n.map(|n| u32::try_from(n).map_err(|_| format!("{name} must not be negative, got {n}")))
-                .transpose()
-        };
         let spec = match self.kind {
             TaskKind::Sleep => {
-                let ms = self.ms.ok_or("sleep needs `ms`")?;
-                let ms =
-                    u64::try_from(ms).map_err(|_| format!("ms must not be negative, got {ms}"))?;
+                let ms = non_negative("ms", self.ms)?.ok_or("sleep needs `ms`")?;
                 TaskSpec::Sleep { ms }
             }
             TaskKind::Run => TaskSpec::Run {
                 program: fill(self.program.as_deref().unwrap_or_default()),
                 args: self.args.iter().map(|a| fill(a)).collect(),
-                expected_ms: self
-                    .expected_ms
-                    .map(|ms| {
-                        u64::try_from(ms)
-                            .map_err(|_| format!("expectedMs must not be negative, got {ms}"))
-                    })
-                    .transpose()?,
+                expected_ms: non_negative("expectedMs", self.expected_ms)?,
             },
             TaskKind::Animoto => TaskSpec::Animoto(AnimotoSpec {
                 urls: self.urls.iter().map(|u| fill(u)).collect(),
-                seconds_per_image: positive("secondsPerImage", self.seconds_per_image)?,
+                seconds_per_image: non_negative("secondsPerImage", self.seconds_per_image)?,
                 resolution: self.resolution.clone(),
-                frame_rate: positive("frameRate", self.frame_rate)?,
+                frame_rate: non_negative("frameRate", self.frame_rate)?,
                 output: self.output.as_deref().map(fill),
             }),
         };
@@ -601,4 +589,14 @@ impl InlineTask {
         };
         Ok((cloudkon_core::workload::check_spec(spec)?, timeout))
     }
+}
+
+/// A field's value as unsigned, or why not.
+fn non_negative<N, U>(name: &str, n: Option<N>) -> Result<Option<U>, String>
+where
+    N: Copy + std::fmt::Display,
+    U: TryFrom<N>,
+{
+    n.map(|n| U::try_from(n).map_err(|_| format!("{name} must not be negative, got {n}")))
+        .transpose()
 }

@@ -117,6 +117,20 @@ async fn observe<'a>(
             }
         }
     }
+    // Resuming over other tasks than those sent would run some twice and
+    // others never: refused until they are put back.
+    if live && validation.is_ok() && !batch_plan::enqueue_done_in(&old) {
+        let now = crate::source_digest::current(&spec.tasks, &source);
+        if let Err(changed) = crate::source_digest::check(
+            old.source_digest.as_deref(),
+            now.as_deref(),
+            &spec.tasks,
+            old.counts.enqueued,
+            old.counts.total,
+        ) {
+            validation = Err(vec![changed]);
+        }
+    }
     let observed = Observed {
         batch,
         validation,
@@ -370,6 +384,7 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
     validate::workload_tasks_fit(field, &name, &bytes)?;
     Ok(Some(Source::File {
         name,
+        digest: crate::source_digest::of_bytes(&bytes),
         bytes: Arc::new(Workload::new(bytes, held)),
     }))
 }

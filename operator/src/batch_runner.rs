@@ -115,6 +115,8 @@ pub enum Source {
     File {
         name: String,
         bytes: Arc<crate::workload_memory::Workload>,
+        /// [`crate::source_digest::of_bytes`] of the bytes, taken as read.
+        digest: String,
     },
 }
 
@@ -320,11 +322,20 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             Some(_) => TaskOrder::AsGiven,
             None => args.batch.spec.order.unwrap_or_default(),
         });
+        // And what the tasks are (the reconciler refuses other ones); an
+        // older operator's batch has none, and gets none.
+        let source_digest = status.source_digest.clone().or_else(|| {
+            status
+                .planned_slots
+                .is_none()
+                .then(|| crate::source_digest::current(&args.batch.spec.tasks, &args.source))?
+        });
         self.record
             .patch_status(StatusPatch {
                 start_time: Some(start_time.clone()),
                 planned_slots: Some(i64::try_from(planned_slots).unwrap_or(i64::MAX)),
                 send_order: Some(send_order),
+                source_digest,
                 results: args.results.as_ref().map(ToString::to_string),
                 ..StatusPatch::default()
             })
@@ -619,7 +630,7 @@ fn order_tasks(args: &RunnerArgs, order: TaskOrder) -> (SendOrder, u64) {
                 _ => (SendOrder::as_given(), total),
             }
         }
-        Source::File { name, bytes } => {
+        Source::File { name, bytes, .. } => {
             let tasks = WorkloadReader::new(bytes.as_slice(), name.clone());
             if longest_first {
                 SendOrder::longest_first(tasks)
@@ -650,7 +661,7 @@ fn tasks_from<'a>(
             };
             Ok(order.tasks_from(open, from))
         }
-        Source::File { name, bytes } => {
+        Source::File { name, bytes, .. } => {
             // A pass parses only its class's lines.
             let open = move |skip, wanted: Option<Wanted>| {
                 let reader = WorkloadReader::new(bytes.as_slice(), name.clone());
@@ -1745,13 +1756,13 @@ mod tests {
     /// Runs `spec` on a runner started from `status`, with the results of
     /// the bundles `done` (sent before) waiting, answering every bundle as
     /// it comes, until `tasks` were sent or the batch ended: the bundles
-    /// sent, as their tasks.
+    /// sent, as their tasks, and the status the runner left.
     async fn send_order_of(
         spec: &serde_json::Value,
         status: Option<TaskBatchStatus>,
         done: &[Vec<u64>],
         tasks: usize,
-    ) -> Vec<Vec<u64>> {
+    ) -> (Vec<Vec<u64>>, TaskBatchStatus) {
         let (queue, responses) = (MemoryQueue::bounded(100_000), MemoryResponses::new());
         answer_ids(
             &responses,
@@ -1785,7 +1796,7 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "{:?}", r.record.status());
         }
-        sent
+        (sent, r.record.status())
     }
 
     /// An operator killed after its checkpoint at the middle bundle of
@@ -1808,7 +1819,7 @@ mod tests {
     async fn declared_lengths_go_longest_first_and_a_restart_resumes_in_that_order() {
         let n = 3_000;
         let (spec, class) = scrambled_lengths(n, "longestFirst");
-        let sent = send_order_of(&spec, None, &[], n as usize).await;
+        let (sent, first) = send_order_of(&spec, None, &[], n as usize).await;
         // Every task once, the longest classes first.
         let order: Vec<u64> = sent.iter().flatten().copied().collect();
         let mut ids = order.clone();
@@ -1830,16 +1841,24 @@ mod tests {
         let checkpoint = left.counts.enqueued as usize;
         let mut edited = spec.clone();
         edited["order"] = json!("asGiven");
-        let resent =
+        let (resent, _) =
             send_order_of(&edited, Some(left), &sent[..half], n as usize - checkpoint).await;
         assert_eq!(resent, sent[half..], "checkpoint {checkpoint}");
+        // What the tasks were is fixed with the first enqueue: the
+        // reconciler refuses other ones (`source_digest`).
+        let b = batch(spec.clone(), None);
+        assert_eq!(
+            first.source_digest,
+            crate::source_digest::current(&b.spec.tasks, &Source::Spec)
+        );
+        assert!(first.source_digest.is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn order_as_given_keeps_the_workloads_order() {
         let n = 300;
         let (spec, _) = scrambled_lengths(n, "asGiven");
-        let sent = send_order_of(&spec, None, &[], n as usize).await;
+        let (sent, _) = send_order_of(&spec, None, &[], n as usize).await;
         let order: Vec<u64> = sent.iter().flatten().copied().collect();
         assert_eq!(order, (0..n).collect::<Vec<_>>());
         // A batch an operator of before `spec.order` started (its status
@@ -1853,7 +1872,7 @@ mod tests {
         let checkpoint = older.counts.enqueued as usize;
         let mut default = spec.clone();
         default.as_object_mut().unwrap().remove("order");
-        let resent = send_order_of(
+        let (resent, left) = send_order_of(
             &default,
             Some(older),
             &sent[..half],
@@ -1861,6 +1880,9 @@ mod tests {
         )
         .await;
         assert_eq!(resent, sent[half..], "checkpoint {checkpoint}");
+        // Nor is a digest of its tasks made up now: they may have been
+        // edited since it started.
+        assert_eq!(left.source_digest, None);
     }
 
     /// The same runner writing to `store`.

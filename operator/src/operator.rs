@@ -37,6 +37,9 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
     let metrics = Arc::new(Metrics::with_aws_requests(Some(Arc::new(move || {
         stats.snapshot()
     }))));
+    // Before anything is written with them: an older schema would refuse
+    // this operator's status writes one by one.
+    crate::crd_check::check(&client, &crate::crd::crds()).await?;
     let health = Health::default();
     if let Some(listener) = options.metrics_listener {
         tokio::spawn(crate::metrics::serve(

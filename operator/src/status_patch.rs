@@ -60,6 +60,8 @@ pub struct StatusPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_order: Option<TaskOrder>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle_sizing: Option<BundleSizing>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enqueue_horizon: Option<i64>,
@@ -156,6 +158,7 @@ impl StatusPatch {
             results,
             planned_slots,
             send_order,
+            source_digest,
             bundle_sizing,
             enqueue_horizon,
         } = newer;
@@ -177,6 +180,7 @@ impl StatusPatch {
         newer_wins(&mut self.results, results);
         newer_wins(&mut self.planned_slots, planned_slots);
         newer_wins(&mut self.send_order, send_order);
+        newer_wins(&mut self.source_digest, source_digest);
         newer_wins(&mut self.bundle_sizing, bundle_sizing);
         newer_wins(&mut self.enqueue_horizon, enqueue_horizon);
     }
@@ -207,6 +211,7 @@ impl StatusPatch {
             cost: st.cost.clone(),
             planned_slots: st.planned_slots,
             send_order: st.send_order,
+            source_digest: st.source_digest.clone(),
             bundle_sizing: st.bundle_sizing.clone(),
             enqueue_horizon: st.enqueue_horizon,
             ..StatusPatch::default()

@@ -115,7 +115,11 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
     ] {
         assert!(other.contains(needle), "no {needle:?} in:\n{other}");
     }
-    assert!(!other.contains("kind: ClusterRole\n"));
+    // Cluster-wide, only the reading of its own two CRDs (checked at start).
+    assert_eq!(other.matches("\nkind: ClusterRole\n").count(), 1, "{other}");
+    assert!(other.contains(
+        "resourceNames: [\"taskbatches.cloudkon.io\", \"workerpools.cloudkon.io\"]\n    verbs: [\"get\"]"
+    ));
     // The dashboard's ConfigMap holds the chart's dashboard file, unchanged.
     let shipped = serde_yaml::Deserializer::from_str(&other)
         .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
@@ -231,6 +235,11 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         ("get", "configmaps", "default"),
         ("create", "events.events.k8s.io", "default"),
         ("update", "leases.coordination.k8s.io", &ns),
+        (
+            "get",
+            "customresourcedefinitions.apiextensions.k8s.io/taskbatches.cloudkon.io",
+            "",
+        ),
     ];
     for (verb, resource, namespace) in allowed {
         assert!(
@@ -251,6 +260,12 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
             "default",
         ),
         ("update", "leases.coordination.k8s.io", "kube-system"),
+        (
+            "get",
+            "customresourcedefinitions.apiextensions.k8s.io/foos.example.com",
+            "",
+        ),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io", ""),
         ("*", "*", "default"),
     ];
     for (verb, resource, namespace) in denied {

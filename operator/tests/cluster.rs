@@ -192,3 +192,75 @@ fn crds_and_examples_on_a_real_api_server() {
         "{scale}"
     );
 }
+
+/// Deletes a cluster-scoped test CRD however the test ends.
+struct TestCrd<'a>(&'a Kubectl, String);
+
+impl Drop for TestCrd<'_> {
+    fn drop(&mut self) {
+        self.0.run(&["delete", "crd", &self.1, "--wait=false"]);
+    }
+}
+
+#[test]
+#[ignore = "needs the local control plane: source \"$(scripts/control-plane up)\""]
+fn an_operator_newer_than_the_crds_installed_says_what_they_lack() {
+    use cloudkon_operator::crd_check;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{Api, CustomResourceExt, ResourceExt};
+
+    let (kubectl, _helm) = common::require_control_plane();
+    let k = Kubectl(kubectl.clone());
+    let kube = common::Kube::new(kubectl, "default".into());
+    // The TaskBatch CRD under a group of the test's own: the cluster's
+    // CloudKon CRDs stay as they are for the other tests.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let group = format!("check{nanos}.cloudkon.io");
+    let mut wanted = cloudkon_operator::crd::TaskBatch::crd();
+    wanted.spec.group = group.clone();
+    wanted.metadata.name = Some(format!("taskbatches.{group}"));
+    let name = wanted.name_any();
+    // As an operator before `status.sourceDigest` made it.
+    let mut older = serde_json::to_value(&wanted).unwrap();
+    older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sourceDigest")
+        .unwrap();
+    let older: CustomResourceDefinition = serde_json::from_value(older).unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(kube.client.clone());
+    let check = |crds: &[CustomResourceDefinition]| {
+        kube.rt
+            .block_on(crd_check::check(&kube.client, crds))
+            .map_err(|e| e.to_string())
+    };
+
+    let missing = check(std::slice::from_ref(&wanted)).unwrap_err();
+    assert!(
+        missing.contains(&format!("{name} is not installed")),
+        "{missing}"
+    );
+    let _cleanup = TestCrd(&k, name.clone());
+    kube.rt
+        .block_on(api.create(&Default::default(), &older))
+        .unwrap();
+    let outdated = check(std::slice::from_ref(&wanted)).unwrap_err();
+    assert!(
+        outdated.contains(&format!(
+            "{name} is older than this operator (it has no status.sourceDigest)"
+        )) && outdated.contains("kubectl apply --server-side -f charts/cloudkon/crds/"),
+        "{outdated}"
+    );
+    // Upgraded as the message says: the operator runs.
+    // (Applied: the API server's own controller writes the CRD's status
+    // meanwhile.)
+    let patch = kube::api::Patch::Apply(&wanted);
+    let params = kube::api::PatchParams::apply("cluster-test").force();
+    kube.rt.block_on(api.patch(&name, &params, &patch)).unwrap();
+    check(std::slice::from_ref(&wanted)).unwrap();
+    // The cluster's own CRDs are this operator's.
+    check(&cloudkon_operator::crd::crds()).unwrap();
+}

@@ -551,7 +551,46 @@ fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
         "killed too late to test a restart mid-enqueue: {status:?}"
     );
     println!("killed the operator at the checkpoint {at} of {TASKS} tasks");
+    // The tasks edited meanwhile: the checkpoint would point into other
+    // tasks, so the next operator refuses to go on, saying why, until they
+    // are put back.
+    let count = |n: u32| format!(r#"{{"spec":{{"tasks":{{"generator":{{"count":{n}}}}}}}}}"#);
+    c.ok(&[
+        "patch",
+        "taskbatch",
+        "big",
+        "--type=merge",
+        "-p",
+        &count(TASKS + 1),
+    ]);
     let second = c.operator("operator-2.log", &[]);
+    let (_, reason, message) =
+        c.wait_for("the edited tasks refused", Duration::from_secs(30), |c| {
+            condition(&c.batch("big"), "Accepted").filter(|x| x.0 == "False")
+        });
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.contains("spec.tasks changed after the batch started sending its tasks")
+            && message.contains(&format!("({} ", status.counts.enqueued))
+            && message.contains("tasks sent)"),
+        "{message}"
+    );
+    assert_eq!(
+        c.batch("big").status.unwrap().counts.enqueued,
+        status.counts.enqueued,
+        "nothing sent while refused"
+    );
+    c.ok(&[
+        "patch",
+        "taskbatch",
+        "big",
+        "--type=merge",
+        "-p",
+        &count(TASKS),
+    ]);
+    c.wait_for("put back, accepted again", Duration::from_secs(30), |c| {
+        condition(&c.batch("big"), "Accepted").filter(|x| x.0 == "True")
+    });
     let table = unique("e2e-ledger");
     c.workers(&queue, &table, 2);
     // Killed with bundles cut by a learned sizing sent after its checkpoint.

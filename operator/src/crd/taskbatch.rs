@@ -415,6 +415,14 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_order: Option<TaskOrder>,
 
+    /// The SHA-256 of the tasks when the batch first enqueued: of
+    /// `spec.tasks` for inline tasks and generators, of the workload file's
+    /// bytes for a ConfigMap or S3 file. The checkpoint is a position in
+    /// these tasks: a runner does not resume over other ones (the batch is
+    /// not accepted until they are put back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<String>,
+
     /// The task length bundles of tasks of unknown length are cut for, from
     /// task `from` on, learned from the results: written before any such
     /// bundle is sent, so that a restarted operator cuts the same bundles.

@@ -511,7 +511,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     changed = spec.changed() => if changed.is_err() {
                         return Ok(()); // The runner is being stopped.
                     },
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(crate::shares::TURN_RETRY) => {}
                 }
             };
             // The granted bundle, and the next ones while the turn stays ours.

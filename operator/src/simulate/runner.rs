@@ -30,8 +30,8 @@ const RESULTS_WAIT: T = SECOND / 2;
 /// Result receipts deleted at once at most, and how often (the runner's flush).
 const FLUSH_RECEIPTS: u64 = 200;
 const FLUSH_EVERY: T = SECOND;
-/// The runner's meter also wakes every second (`sleep(1 s)` in its select).
-const METER_TICK: T = SECOND;
+/// The runner's meter also wakes every `shares::TURN_RETRY` (in its select).
+const METER_TICK: T = crate::shares::TURN_RETRY.as_micros() as T;
 
 /// One task's result.
 #[derive(Clone, Copy, Debug)]

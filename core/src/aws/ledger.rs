@@ -402,7 +402,8 @@ impl DynamoLedger {
                 .await
                 .map_err(|e| AwsError::sdk(SERVICE, "Scan", &self.table, e))?;
             for item in out.items.unwrap_or_default() {
-                // The cancel mark (`<batch>#`) has no task number.
+                // Only claim keys end with a task number (the cancel mark,
+                // `#cancel#<batch>#`, has none).
                 if let Some(first) = get_s(&item, "pk")
                     .and_then(|pk| pk.strip_prefix(&prefix))
                     .and_then(|n| n.parse().ok())

@@ -554,15 +554,11 @@ fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
     // The tasks edited meanwhile: the checkpoint would point into other
     // tasks, so the next operator refuses to go on, saying why, until they
     // are put back.
-    let count = |n: u32| format!(r#"{{"spec":{{"tasks":{{"generator":{{"count":{n}}}}}}}}}"#);
-    c.ok(&[
-        "patch",
-        "taskbatch",
-        "big",
-        "--type=merge",
-        "-p",
-        &count(TASKS + 1),
-    ]);
+    let set_count = |c: &Cluster, n: u32| {
+        let patch = format!(r#"{{"spec":{{"tasks":{{"generator":{{"count":{n}}}}}}}}}"#);
+        c.ok(&["patch", "taskbatch", "big", "--type=merge", "-p", &patch]);
+    };
+    set_count(&c, TASKS + 1);
     let second = c.operator("operator-2.log", &[]);
     let (_, reason, message) =
         c.wait_for("the edited tasks refused", Duration::from_secs(30), |c| {
@@ -580,14 +576,7 @@ fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
         status.counts.enqueued,
         "nothing sent while refused"
     );
-    c.ok(&[
-        "patch",
-        "taskbatch",
-        "big",
-        "--type=merge",
-        "-p",
-        &count(TASKS),
-    ]);
+    set_count(&c, TASKS);
     c.wait_for("put back, accepted again", Duration::from_secs(30), |c| {
         condition(&c.batch("big"), "Accepted").filter(|x| x.0 == "True")
     });

@@ -31,6 +31,10 @@ pub enum Error {
     /// `CleanupFailed` condition); retried after `retry_in`.
     #[error("cleanup failed (retrying in {retry_in:?}): {message}")]
     CleanupFailed { message: String, retry_in: Duration },
+    /// A finalizer waits for something to finish first (a WorkerPool for
+    /// its batches); looked at again after `retry_in`. Not a failure.
+    #[error("deletion waits (looking again in {retry_in:?}): {message}")]
+    DeletionWaits { message: String, retry_in: Duration },
 }
 
 impl Error {
@@ -40,7 +44,9 @@ impl Error {
     pub fn from_finalizer(what: &str, e: kube::runtime::finalizer::Error<Error>) -> Error {
         use kube::runtime::finalizer::Error as Finalizer;
         match e {
-            Finalizer::CleanupFailed(e @ Error::CleanupFailed { .. }) => e,
+            Finalizer::CleanupFailed(
+                e @ (Error::CleanupFailed { .. } | Error::DeletionWaits { .. }),
+            ) => e,
             Finalizer::ApplyFailed(e) | Finalizer::CleanupFailed(e) => Error::Of {
                 object: what.to_string(),
                 source: Box::new(e),
@@ -66,6 +72,7 @@ impl Error {
             Error::Aws(_) => "aws",
             Error::Build(_) => "build",
             Error::CleanupFailed { .. } => "cleanup",
+            Error::DeletionWaits { .. } => "waiting",
             Error::Other(_) => "other",
             Error::Of { source, .. } => source.category(),
         }

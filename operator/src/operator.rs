@@ -198,7 +198,12 @@ where
             let start = Instant::now();
             let key = retry_key(obj.as_ref());
             let result = reconcile(obj, ctx.clone()).await;
-            let error = result.as_ref().err().map(Error::category);
+            // A deletion that waits (a pool for its batches) did not fail.
+            let error = result
+                .as_ref()
+                .err()
+                .filter(|e| !matches!(e, Error::DeletionWaits { .. }))
+                .map(Error::category);
             ctx.metrics.reconciled(controller, error, start.elapsed());
             if error.is_none() {
                 ctx.reconcile_retries.succeeded(&key);
@@ -214,6 +219,10 @@ where
 {
     if let Error::CleanupFailed { retry_in, .. } = error {
         tracing::warn!(object = %obj.name_any(), %error, "cleanup failed");
+        return Action::requeue(*retry_in);
+    }
+    if let Error::DeletionWaits { retry_in, .. } = error {
+        tracing::debug!(object = %obj.name_any(), %error);
         return Action::requeue(*retry_in);
     }
     // Growing delays: an object that keeps failing (a denied call, an

@@ -26,4 +26,7 @@ pub struct PoolMemory {
     pub status_written: Option<Instant>,
     /// The task reading the pool's dead-letter queue (aborted when dropped).
     pub dead_letters: Option<crate::dead_letters::Reader>,
+    /// Being deleted: the batches the deletion waits for, as last told in
+    /// an Event (told again only when they change).
+    pub deletion_waits_for: Vec<String>,
 }

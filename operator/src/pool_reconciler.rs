@@ -305,11 +305,67 @@ async fn write_status(
     status_patch::apply_status(api, name, POOL_RECONCILER, status).await
 }
 
-/// The finalizer: releases the fleet and deletes the queues. What is already
-/// gone (a group, node group or queue deleted behind the pool's back) counts
-/// as done; any other failure keeps the finalizer, is reported in the
-/// `CleanupFailed` condition and an Event, and is retried with growing delays.
+/// How often a pool being deleted looks again at the batches it waits for.
+const DELETION_WAIT_EVERY: Duration = Duration::from_secs(2);
+
+/// The TaskBatches among `batches` that still run on pool `pool`, by name:
+/// those that sent tasks to its queue and are not finished, cancelled or
+/// being deleted. A pool deleted under them would take their queued bundles
+/// with its queue, and they would wait for ever for tasks that no longer
+/// exist anywhere. (One that sent nothing yet loses nothing: it waits for a
+/// pool of that name, as before it started.)
+pub fn batches_in_the_way(pool: &str, batches: &[crate::crd::TaskBatch]) -> Vec<String> {
+    let mut names: Vec<String> = batches
+        .iter()
+        .filter(|b| b.spec.worker_pool == pool)
+        .filter(|b| b.metadata.deletion_timestamp.is_none() && b.spec.cancel != Some(true))
+        .filter(|b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.counts.enqueued > 0 && !s.phase.is_some_and(|p| p.is_finished()))
+        })
+        .map(|b| b.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The finalizer. First, while TaskBatches still run on the pool, it waits:
+/// the pool goes on (its workers serve them, scaled as usual) and an Event
+/// names them. Then it releases the fleet and deletes the queues. What is
+/// already gone (a group, node group or queue deleted behind the pool's
+/// back) counts as done; any other failure keeps the finalizer, is reported
+/// in the `CleanupFailed` condition and an Event, and is retried with
+/// growing delays.
 async fn cleanup(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let batches: Api<crate::crd::TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
+    let listed = batches
+        .list(&Default::default())
+        .await
+        .map_err(Error::kube(format!("cannot list the TaskBatches of {ns}")))?;
+    let waits_for = batches_in_the_way(&pool.name_any(), &listed.items);
+    if !waits_for.is_empty() {
+        let message = format!(
+            "the deletion waits for the TaskBatches that run on this pool: {} (its queue holds \
+             their tasks; they finish first, or cancel or delete them)",
+            waits_for.join(", ")
+        );
+        let memory = ctx.pool_memory(&uid(pool));
+        let told = std::mem::replace(
+            &mut memory.lock().await.deletion_waits_for,
+            waits_for.clone(),
+        );
+        if told != waits_for {
+            ctx.event(pool, false, "DeletionWaits", message.clone())
+                .await;
+        }
+        apply(pool, ctx).await?;
+        return Err(Error::DeletionWaits {
+            message,
+            retry_in: DELETION_WAIT_EVERY,
+        });
+    }
     ctx.finalize(&uid(pool), release(pool, ctx), |message| async move {
         report_cleanup_failure(pool, ctx, &message).await
     })
@@ -407,6 +463,54 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_waits_only_for_the_batches_that_still_run_on_it() {
+        use crate::crd::TaskBatch;
+        use serde_json::json;
+        let batch = |name: &str, pool: &str, extra: serde_json::Value| -> TaskBatch {
+            let mut v = json!({
+                "apiVersion": "cloudkon.io/v1alpha1", "kind": "TaskBatch",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"workerPool": pool, "tasks": {"inline": [{"kind": "sleep", "ms": 1}]}},
+            });
+            for (k, x) in extra.as_object().unwrap() {
+                match k.as_str() {
+                    "cancel" => v["spec"]["cancel"] = x.clone(),
+                    "phase" => v["status"] = json!({"phase": x, "counts": {"enqueued": 5}}),
+                    "nothing sent" => v["status"] = json!({"phase": x}),
+                    "deleting" => v["metadata"]["deletionTimestamp"] = x.clone(),
+                    _ => unreachable!(),
+                }
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let batches = [
+            batch("running", "p", json!({"phase": "Running"})),
+            batch("pending", "p", json!({})),
+            batch("suspended", "p", json!({"nothing sent": "Pending"})),
+            batch("enqueuing", "p", json!({"phase": "Enqueuing"})),
+            batch("other-pool", "q", json!({"phase": "Running"})),
+            batch("done", "p", json!({"phase": "Succeeded"})),
+            batch("failed", "p", json!({"phase": "Failed"})),
+            batch("cancelled", "p", json!({"phase": "Cancelled"})),
+            batch(
+                "cancelling",
+                "p",
+                json!({"phase": "Running", "cancel": true}),
+            ),
+            batch(
+                "deleted",
+                "p",
+                json!({"phase": "Running", "deleting": "2026-12-01T00:00:00Z"}),
+            ),
+        ];
+        assert_eq!(
+            batches_in_the_way("p", &batches),
+            vec!["enqueuing", "running"]
+        );
+        assert!(batches_in_the_way("r", &batches).is_empty());
+    }
 
     #[test]
     fn a_status_time_stands_for_the_end_of_its_second() {

@@ -1022,6 +1022,57 @@ spec:
     assert!(events.contains("ScaledDown"), "{events}");
 }
 
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_pool_deleted_under_a_running_batch_waits_for_it() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-pool-delete");
+    c.operator("operator.log", &[]);
+    c.apply(&scaling_pool("p", 1, 300));
+    let queue = c.queue_url("p");
+    // No worker yet: the batch's first bundles wait in the pool's queue.
+    const TASKS: u32 = 40;
+    c.apply(&run_batch("b", "p", TASKS, "sleep 0.1"));
+    c.wait_for("tasks in the pool's queue", Duration::from_secs(30), |c| {
+        (c.batch("b").status?.counts.enqueued > 0).then_some(())
+    });
+    c.ok(&["delete", "workerpool", "p", "--wait=false"]);
+    // The pool stays, saying why, and keeps its queue with the tasks in it.
+    let events = c.wait_for("the deletion waits", Duration::from_secs(30), |c| {
+        let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+        events.contains("DeletionWaits").then_some(events)
+    });
+    assert!(
+        events.contains("the deletion waits for the TaskBatches that run on this pool: b"),
+        "{events}"
+    );
+    let pool = c.pool("p");
+    assert!(pool.metadata.deletion_timestamp.is_some(), "{pool:?}");
+    // Workers come now: every task runs, then the pool goes, with its queue.
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    let s = c
+        .wait_finished("b", Duration::from_secs(120))
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.counts.succeeded),
+        (Some(Phase::Succeeded), i64::from(TASKS))
+    );
+    c.wait_for(
+        "the pool gone after its batch",
+        Duration::from_secs(30),
+        |c| pool_gone(c, "p"),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sqs = rt.block_on(Aws::load()).sqs();
+    let gone = rt.block_on(sqs.open(&format!("cloudkon-{}_p", c.ns)));
+    assert!(
+        matches!(&gone, Err(e) if e.kind == ErrorKind::NotFound),
+        "pool queue still there: {gone:?}"
+    );
+}
+
 /// A pool's condition of that type: (status, reason, message).
 fn pool_condition(c: &Cluster, pool: &str, type_: &str) -> Option<(String, String, String)> {
     let p =

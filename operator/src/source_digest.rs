@@ -110,6 +110,27 @@ mod tests {
         assert_ne!(of_bytes(b"sleep 1\n"), of_bytes(b"sleep 2\n"));
     }
 
+    /// Pinned: a batch started by one operator is checked by the next, so a
+    /// change to how `spec.tasks` serializes (a new field written when
+    /// unset, a renamed or moved one) would refuse every batch running
+    /// across the upgrade. If this fails, keep the old serialization for the
+    /// digest.
+    #[test]
+    fn the_digest_of_a_spec_does_not_change_across_operators() {
+        let source = tasks(json!({
+            "inline": [
+                {"kind": "sleep", "ms": 5},
+                {"kind": "run", "program": "sh", "args": ["-c", "true"], "expectedMs": 90000, "timeoutSeconds": 60},
+            ],
+            "generator": {"template": {"kind": "run", "program": "echo", "args": ["{i}"]}, "range": {"start": 1, "end": 9, "step": 2}},
+        }));
+        assert_eq!(
+            serde_json::to_string(&source).unwrap(),
+            r#"{"inline":[{"kind":"sleep","ms":5},{"kind":"run","program":"sh","args":["-c","true"],"expectedMs":90000,"timeoutSeconds":60}],"generator":{"template":{"kind":"run","program":"echo","args":["{i}"]},"range":{"start":1,"end":9,"step":2}}}"#
+        );
+        assert_eq!(current(&source, &Source::Spec), Some(of_bytes(br#"{"inline":[{"kind":"sleep","ms":5},{"kind":"run","program":"sh","args":["-c","true"],"expectedMs":90000,"timeoutSeconds":60}],"generator":{"template":{"kind":"run","program":"echo","args":["{i}"]},"range":{"start":1,"end":9,"step":2}}}"#)));
+    }
+
     #[test]
     fn a_change_after_the_first_send_is_refused_by_name() {
         let inline = tasks(json!({"inline": [{"kind": "sleep", "ms": 5}]}));

@@ -261,6 +261,7 @@ fn an_operator_newer_than_the_crds_installed_says_what_they_lack() {
     let params = kube::api::PatchParams::apply("cluster-test").force();
     kube.rt.block_on(api.patch(&name, &params, &patch)).unwrap();
     check(std::slice::from_ref(&wanted)).unwrap();
-    // The cluster's own CRDs are this operator's.
+    // The cluster's own CRDs, applied from crds/, are this operator's.
+    k.ok(&["apply", "-f", "crds/"]);
     check(&cloudkon_operator::crd::crds()).unwrap();
 }

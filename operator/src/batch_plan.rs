@@ -198,6 +198,16 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     }
 }
 
+/// The batch is still to run: not finished and not cancelled.
+pub fn is_live(batch: &TaskBatch) -> bool {
+    let finished = batch
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_finished());
+    !finished && batch.spec.cancel != Some(true)
+}
+
 /// Every task is in the queue (the runner wrote Running).
 pub fn enqueue_done_in(status: &TaskBatchStatus) -> bool {
     matches!(status.phase, Some(Phase::Running))

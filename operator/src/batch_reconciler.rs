@@ -103,10 +103,12 @@ async fn observe<'a>(
     let mut validation = validate::taskbatch(spec);
     let pool = batch_pool(ctx, &ns, spec).await?;
     let runner_alive = runner_alive(ctx, &uid(batch));
-    let live = !old.phase.is_some_and(|p| p.is_finished()) && spec.cancel != Some(true);
+    // Tasks still to send: the workload is read (for a runner to start) and
+    // checked against what was sent.
+    let sending = batch_plan::is_live(batch) && !batch_plan::enqueue_done_in(&old);
     let mut source = Source::Spec;
     let mut waiting_for_memory = None;
-    if live && validation.is_ok() && !batch_plan::enqueue_done_in(&old) && !runner_alive {
+    if sending && validation.is_ok() && !runner_alive {
         match read_workload(ctx, batch).await {
             Ok(Some(s)) => source = s,
             Ok(None) => {}
@@ -119,7 +121,7 @@ async fn observe<'a>(
     }
     // Resuming over other tasks than those sent would run some twice and
     // others never: refused until they are put back.
-    if live && validation.is_ok() && !batch_plan::enqueue_done_in(&old) {
+    if sending && validation.is_ok() {
         let now = crate::source_digest::current(&spec.tasks, &source);
         if let Err(changed) = crate::source_digest::check(
             old.source_digest.as_deref(),

@@ -309,21 +309,17 @@ async fn write_status(
 const DELETION_WAIT_EVERY: Duration = Duration::from_secs(2);
 
 /// The TaskBatches among `batches` that still run on pool `pool`, by name:
-/// those that sent tasks to its queue and are not finished, cancelled or
-/// being deleted. A pool deleted under them would take their queued bundles
+/// those live ([`crate::batch_plan::is_live`]: not finished or cancelled),
+/// not being deleted, that sent tasks to its queue. A pool deleted under them would take their queued bundles
 /// with its queue, and they would wait for ever for tasks that no longer
 /// exist anywhere. (One that sent nothing yet loses nothing: it waits for a
 /// pool of that name, as before it started.)
 pub fn batches_in_the_way(pool: &str, batches: &[crate::crd::TaskBatch]) -> Vec<String> {
     let mut names: Vec<String> = batches
         .iter()
-        .filter(|b| b.spec.worker_pool == pool)
-        .filter(|b| b.metadata.deletion_timestamp.is_none() && b.spec.cancel != Some(true))
-        .filter(|b| {
-            b.status
-                .as_ref()
-                .is_some_and(|s| s.counts.enqueued > 0 && !s.phase.is_some_and(|p| p.is_finished()))
-        })
+        .filter(|b| b.spec.worker_pool == pool && b.metadata.deletion_timestamp.is_none())
+        .filter(|b| crate::batch_plan::is_live(b))
+        .filter(|b| b.status.as_ref().is_some_and(|s| s.counts.enqueued > 0))
         .map(|b| b.name_any())
         .collect();
     names.sort();

@@ -2341,15 +2341,19 @@ data:
     c.wait_for("the trillion enqueuing", Duration::from_secs(30), |c| {
         (c.batch("trillion").status?.counts.succeeded > 1_000).then_some(())
     });
+    // The meter bounds the tasks sent and not yet counted back (`running`):
+    // 20 s of 8 slots at the least cost a task counts for (1 ms, as `sleep 0`
+    // is floored), 160,000, plus a bundle per worker and the one let in last.
+    // `succeeded` lags behind it by the results not yet written to S3.
     let s = c.batch("trillion").status.unwrap();
     assert!(
-        s.counts.enqueued - s.counts.succeeded < 200_000,
+        s.counts.running < 200_000,
         "the trillion is metered: {:?}",
         s.counts
     );
     println!(
-        "corpus: trillion: {} enqueued, {} done",
-        s.counts.enqueued, s.counts.succeeded
+        "corpus: trillion: {} enqueued, {} in flight, {} done",
+        s.counts.enqueued, s.counts.running, s.counts.succeeded
     );
 
     c.ok(&["delete", "taskbatch", "trillion", "--timeout=60s"]);

@@ -10,7 +10,7 @@ use cloudkon_core::aws::{Aws, QueueOptions};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QueueCommand {
-    /// Create a request queue (idempotent) and print its URL.
+    /// Create a request queue, or give the existing one these settings, and print its URL.
     Create {
         name: String,
         /// How long a received bundle stays hidden before it is delivered again;

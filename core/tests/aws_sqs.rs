@@ -402,6 +402,51 @@ async fn create_is_idempotent_and_a_missing_queue_is_a_clear_error() {
 
 #[tokio::test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_queue_made_with_other_settings_is_given_the_new_ones() {
+    let aws = aws().await;
+    let sqs = aws.sqs();
+    let name = unique("ck-resettle");
+    // As an older version made it: SQS's default retention, 5 receives.
+    let old = QueueOptions {
+        visibility_timeout: Duration::from_secs(30),
+        retention: Duration::from_secs(4 * 24 * 3600),
+        max_receives: Some(5),
+    };
+    let a = sqs.create_queue(&name, &old).await.unwrap();
+    let read = a.options().await.unwrap();
+    assert_eq!(
+        (read.visibility_timeout, read.retention, read.max_receives),
+        (old.visibility_timeout, old.retention, Some(5))
+    );
+
+    let new = QueueOptions {
+        visibility_timeout: Duration::from_secs(45),
+        max_receives: Some(2),
+        ..QueueOptions::default()
+    };
+    let b = sqs.create_queue(&name, &new).await.unwrap();
+    assert_eq!(a.url(), b.url());
+    assert_eq!(a.dead_letter_url(), b.dead_letter_url());
+    let read = b.options().await.unwrap();
+    assert_eq!(
+        (read.visibility_timeout, read.retention, read.max_receives),
+        (
+            new.visibility_timeout,
+            Duration::from_secs(14 * 24 * 3600),
+            Some(2)
+        )
+    );
+    // Asked again with the same settings: nothing to change.
+    let c = sqs.create_queue(&name, &new).await.unwrap();
+    assert_eq!(c.url(), a.url());
+    a.delete().await.unwrap();
+    if let Some(dlq) = a.dead_letter_url() {
+        sqs.at(dlq).delete().await.unwrap();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn results_travel_to_the_reply_queue() {
     let aws = aws().await;
     let sqs = aws.sqs();

@@ -12,7 +12,9 @@ use crate::scale::ScaleMemory;
 /// reconciler's).
 #[derive(Default)]
 pub struct PoolMemory {
-    pub queue: Option<SqsQueue>,
+    /// The pool's queue, with the name and receives it was made with: made
+    /// again (given the new settings) when the spec changes them.
+    pub queue: Option<(SqsQueue, QueueMade)>,
     pub scale: ScaleMemory,
     /// The generation whose Deployment was last applied.
     pub applied_generation: Option<i64>,
@@ -29,4 +31,11 @@ pub struct PoolMemory {
     /// Being deleted: the batches the deletion waits for, as last told in
     /// an Event (told again only when they change).
     pub deletion_waits_for: Vec<String>,
+}
+
+/// What a pool's queue was made with, from its spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueMade {
+    pub name: String,
+    pub max_receives: u32,
 }

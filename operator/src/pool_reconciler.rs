@@ -19,7 +19,7 @@ use crate::context::{Context, FINALIZER};
 use crate::crd::WorkerPool;
 use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
 use crate::error::Error;
-use crate::pool_memory::PoolMemory;
+use crate::pool_memory::{PoolMemory, QueueMade};
 use crate::pool_plan::{self, Observed, Plan, Running};
 use crate::provider::Ec2Provider;
 use crate::scale::{self, Decision, ScaleConfig};
@@ -266,19 +266,22 @@ async fn ensure_queue(
     ctx: &Context,
     memory: &mut PoolMemory,
 ) -> Result<SqsQueue, Error> {
-    if let Some(q) = &memory.queue {
-        return Ok(q.clone());
-    }
     let ns = pool.namespace().unwrap_or_default();
     let spec = pool.spec.queue.clone().unwrap_or_default();
-    let name = build::queue_name(&ns, &pool.name_any(), spec.name.as_deref());
+    let made = QueueMade {
+        name: build::queue_name(&ns, &pool.name_any(), spec.name.as_deref()),
+        max_receives: u32::try_from(spec.max_receives.unwrap_or(DEFAULT_MAX_RECEIVES)).unwrap_or(5),
+    };
+    if let Some((q, with)) = &memory.queue
+        && *with == made
+    {
+        return Ok(q.clone());
+    }
     let options = QueueOptions {
-        max_receives: Some(
-            u32::try_from(spec.max_receives.unwrap_or(DEFAULT_MAX_RECEIVES)).unwrap_or(5),
-        ),
+        max_receives: Some(made.max_receives),
         ..QueueOptions::default()
     };
-    let queue = ctx.sqs.create_queue(&name, &options).await?;
+    let queue = ctx.sqs.create_queue(&made.name, &options).await?;
     // Read for as long as the operator remembers the pool: its dead bundles'
     // batches would otherwise never finish.
     let reader = queue.dead_letter_url().map(|dlq| {
@@ -291,7 +294,7 @@ async fn ensure_queue(
             options.max_receives.unwrap_or(5),
         )))
     });
-    memory.queue = Some(queue.clone());
+    memory.queue = Some((queue.clone(), made));
     memory.dead_letters = reader;
     Ok(queue)
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::WorkerHeartbeat;
-use cloudkon_core::aws::{Aws, ErrorKind};
+use cloudkon_core::aws::{Aws, ErrorKind, QueueOptions};
 use cloudkon_operator::crd::taskbatch::Phase;
 use cloudkon_operator::crd::{TaskBatch, WorkerPool};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -1070,6 +1070,58 @@ fn a_pool_deleted_under_a_running_batch_waits_for_it() {
     assert!(
         matches!(&gone, Err(e) if e.kind == ErrorKind::NotFound),
         "pool queue still there: {gone:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_pool_queue_made_with_other_settings_takes_the_pools() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-pool-queue");
+    // The pool's queue as an older version made it: SQS's default retention
+    // (4 days) and 5 receives. CreateQueue with other settings is refused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sqs = rt.block_on(Aws::load()).sqs();
+    let old = QueueOptions {
+        visibility_timeout: Duration::from_secs(30),
+        retention: Duration::from_secs(4 * 24 * 3600),
+        max_receives: Some(5),
+    };
+    let name = format!("cloudkon-{}_p", c.ns);
+    rt.block_on(sqs.create_queue(&name, &old)).unwrap();
+
+    c.operator("operator.log", &[]);
+    c.apply(&scaling_pool("p", 1, 300));
+    let queue = sqs.at(c.queue_url("p"));
+    let read = rt.block_on(queue.options()).unwrap();
+    assert_eq!(
+        (read.retention, read.max_receives),
+        (Duration::from_secs(14 * 24 * 3600), Some(5)),
+        "{read:?}"
+    );
+
+    // A new maxReceives reaches the running pool's queue.
+    c.ok(&[
+        "patch",
+        "workerpool",
+        "p",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"queue":{"maxReceives":2}}}"#,
+    ]);
+    c.wait_for(
+        "the queue's new maxReceives",
+        Duration::from_secs(30),
+        |_| {
+            let read = rt.block_on(queue.options()).unwrap();
+            (read.max_receives == Some(2)).then_some(())
+        },
+    );
+    assert_eq!(
+        pool_condition(&c, "p", "QueueReady").map(|x| x.0),
+        Some("True".to_string()),
+        "{:?}",
+        c.pool("p").status
     );
 }
 

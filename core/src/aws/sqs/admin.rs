@@ -9,11 +9,16 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use super::{QueueStats, SERVICE, SqsClient, SqsQueue};
 use crate::aws::error::{AwsError, ErrorKind};
 
+/// The longest SQS keeps a message.
+pub const MAX_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+
 /// How to create a queue.
 #[derive(Clone, Debug)]
 pub struct QueueOptions {
     /// How long a received message stays hidden before it is delivered again.
     pub visibility_timeout: Duration,
+    /// How long a message is kept: a bundle waits this long for a worker,
+    /// results this long for their collector.
     pub retention: Duration,
     /// Create `<name>-dlq` and move a message there after this many receives.
     pub max_receives: Option<u32>,
@@ -23,7 +28,9 @@ impl Default for QueueOptions {
     fn default() -> Self {
         Self {
             visibility_timeout: Duration::from_secs(30),
-            retention: Duration::from_secs(4 * 24 * 3600),
+            // SQS's longest, not its default 4 days: a batch whose pool has no
+            // room for days must still find its bundles when workers come.
+            retention: MAX_RETENTION,
             max_receives: None,
         }
     }
@@ -62,8 +69,11 @@ pub fn bounded_queue_name(name: &str, max: usize) -> String {
 }
 
 impl SqsClient {
-    /// if it has the same settings. With different settings SQS refuses:
-    /// `QueueAlreadyExists`.
+    /// Creates a queue (and its dead-letter queue), or takes the existing one
+    /// and gives it these settings: SQS refuses a CreateQueue whose settings
+    /// differ from the queue's (`QueueNameExists`), and a queue made by an
+    /// older version, or before its pool's `maxReceives` changed, must not
+    /// stop its pool or batch.
     pub async fn create_queue(
         &self,
         name: &str,
@@ -85,9 +95,9 @@ impl SqsClient {
             // The longest retention: a dead letter is kept for inspection.
             let dlq_attributes = HashMap::from([(
                 QueueAttributeName::MessageRetentionPeriod,
-                (14 * 24 * 3600).to_string(),
+                MAX_RETENTION.as_secs().to_string(),
             )]);
-            let dlq_url = self.create_raw(&dlq_name, dlq_attributes).await?;
+            let dlq_url = self.ensure(&dlq_name, dlq_attributes).await?;
             let arn = self.queue_arn(&dlq_url).await?;
             let policy = serde_json::json!({
                 "deadLetterTargetArn": arn,
@@ -96,7 +106,7 @@ impl SqsClient {
             attributes.insert(QueueAttributeName::RedrivePolicy, policy.to_string());
             dead_letter_url = Some(dlq_url);
         }
-        let url = self.create_raw(name, attributes).await?;
+        let url = self.ensure(name, attributes).await?;
         tracing::info!(%url, dead_letter = ?dead_letter_url, "queue ready");
         Ok(SqsQueue {
             sqs: self.clone(),
@@ -105,19 +115,35 @@ impl SqsClient {
         })
     }
 
-    async fn create_raw(
+    /// The URL of queue `name`, created with `attributes` or set to them.
+    async fn ensure(
         &self,
         name: &str,
         attributes: HashMap<QueueAttributeName, String>,
     ) -> Result<String, AwsError> {
-        let out = self
+        let created = self
             .client
             .create_queue()
             .queue_name(name)
-            .set_attributes(Some(attributes))
+            .set_attributes(Some(attributes.clone()))
             .send()
-            .await
-            .map_err(|e| Self::err("CreateQueue", name, e))?;
+            .await;
+        let out = match created {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(name_exists) => {
+                let url = self.url_of(name).await?;
+                self.client
+                    .set_queue_attributes()
+                    .queue_url(&url)
+                    .set_attributes(Some(attributes))
+                    .send()
+                    .await
+                    .map_err(|e| Self::err("SetQueueAttributes", &url, e))?;
+                tracing::info!(%url, "the queue existed with other settings: it has these now");
+                return Ok(url);
+            }
+            Err(e) => return Err(Self::err("CreateQueue", name, e)),
+        };
         out.queue_url.ok_or_else(|| {
             AwsError::new(
                 SERVICE,
@@ -215,6 +241,16 @@ impl SqsClient {
     }
 }
 
+/// SQS names this error by its query-protocol code
+/// (`AWS.SimpleQueueService.QueueNameExists`), which the SDK does not map to
+/// its own variant; older servers say `QueueAlreadyExists`.
+fn name_exists(e: &aws_sdk_sqs::operation::create_queue::CreateQueueError) -> bool {
+    use aws_sdk_sqs::error::ProvideErrorMetadata as _;
+    e.is_queue_name_exists()
+        || e.code()
+            .is_some_and(|c| c.ends_with("QueueNameExists") || c.ends_with("QueueAlreadyExists"))
+}
+
 fn not_found_names_queue(mut e: AwsError, name: &str) -> AwsError {
     if e.kind == ErrorKind::NotFound
         || e.code
@@ -247,6 +283,45 @@ impl SqsQueue {
             .await
             .map_err(|e| SqsClient::err("PurgeQueue", &self.url, e))?;
         Ok(())
+    }
+
+    /// The queue's settings as SQS has them (what [`SqsClient::create_queue`]
+    /// sets); a number SQS does not give reads as zero, a missing redrive
+    /// policy as no `max_receives`.
+    pub async fn options(&self) -> Result<QueueOptions, AwsError> {
+        let out = self
+            .client()
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| SqsClient::err("GetQueueAttributes", &self.url, e))?;
+        let attributes = out.attributes.unwrap_or_default();
+        let secs = |name: QueueAttributeName| {
+            Duration::from_secs(
+                attributes
+                    .get(&name)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )
+        };
+        let max_receives = attributes
+            .get(&QueueAttributeName::RedrivePolicy)
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .and_then(|v| match &v["maxReceiveCount"] {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
+            .and_then(|n| u32::try_from(n).ok());
+        Ok(QueueOptions {
+            visibility_timeout: secs(QueueAttributeName::VisibilityTimeout),
+            retention: secs(QueueAttributeName::MessageRetentionPeriod),
+            max_receives,
+        })
     }
 
     pub async fn stats(&self) -> Result<QueueStats, AwsError> {

@@ -81,7 +81,6 @@ impl SqsClient {
         AwsError::sdk(SERVICE, operation, resource, e)
     }
 
-    /// Creates a queue (and its dead-letter queue), or returns the existing one
     /// A queue by URL, without asking SQS anything: for sending to a bundle's
     /// `reply_to`. It has no dead-letter queue: undecodable messages are deleted.
     pub fn at(&self, url: impl Into<String>) -> SqsQueue {

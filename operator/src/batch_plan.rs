@@ -244,6 +244,7 @@ fn set_conditions(
                 (status::batch_condition::FAILED, true) => (true, update.reason.as_str()),
                 // Again whenever the count changes (the message says it).
                 (status::batch_condition::DEAD_LETTERED, true) => (true, "DeadLettered"),
+                (status::batch_condition::LOST, true) => (true, "TasksLost"),
                 _ => continue,
             };
             let message = if update.message.is_empty() {

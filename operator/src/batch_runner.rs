@@ -22,11 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::{QueueOptions, RequestStats, S3Store, S3Uri, SqsQueue, StatsSnapshot};
+use cloudkon_core::id_set::IdSet;
 use cloudkon_core::queue::{Receipt, ResultsInbox, TaskQueue};
 use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
 use cloudkon_core::workload::{SendOrder, TaskDef, Wanted, WorkloadReader};
-use cloudkon_core::{BatchId, Bundle, BundleOptions};
+use cloudkon_core::{BatchId, Bundle, BundleOptions, Outcome, TaskResult};
 use cloudkon_worker::remote::declared_length;
 use hdrhistogram::Histogram;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -47,6 +48,7 @@ use crate::crd::{TaskBatch, WorkerPool};
 use crate::enqueue;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::pool_idle::PoolIdle;
 use crate::runner_handle::RunnerHandle;
 use crate::shares::{self, ShareGuard, Shares};
 use crate::sizing::{self, SizingInput};
@@ -152,6 +154,8 @@ pub struct Runner<Q, I, S, B> {
     pub store: S,
     pub record: B,
     pub shares: Arc<Shares>,
+    /// Since when the pool has been idle with tasks outstanding.
+    pub pool_idle: Arc<PoolIdle>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     /// Wakes the pool's reconciler (the batch has tasks in the queue).
@@ -184,6 +188,7 @@ async fn kube_runner(
         store: aws.s3(),
         record: KubeRecord::new(ctx.client.clone(), batch)?,
         shares: ctx.shares.clone(),
+        pool_idle: ctx.pool_idle.clone(),
         metrics: ctx.metrics.clone(),
         settings: ctx.settings.clone(),
         wake_pool: ctx.wake_pool.clone(),
@@ -361,7 +366,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             )
             .await
         };
-        let collect = self.collect(&args, &start_time, &progress, &share);
+        let collect = self.collect(&args, &start_time, send_order, &progress, &share);
         // Collecting ends the batch; an error of either half ends the runner
         // (the reconciler starts it again from the checkpoint).
         tokio::pin!(enqueue);
@@ -821,6 +826,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         &self,
         args: &RunnerArgs,
         start_time: &Time,
+        send_order: TaskOrder,
         progress: &Progress,
         share: &ShareGuard,
     ) -> Result<(), Error> {
@@ -844,6 +850,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         // its S3 parts took ~40 % of a 1 M-task batch's collection when the
         // collector waited for them. The next one starts after it.
         let mut writing: Option<Writing<'_>> = None;
+        // Since when no result was new and no task sent (see `pool_idle`).
+        let mut quiet = Quiet::new(progress.enqueued.load(Ordering::Relaxed));
         loop {
             let round = futures_util::future::try_join_all((0..receives).map(|_| {
                 self.inbox
@@ -863,6 +871,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                         continue;
                     }
                     new = true;
+                    quiet.heard();
                     if result.outcome.is_success() {
                         collected.succeeded += 1;
                         pending.succeeded += 1;
@@ -896,6 +905,30 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     collected.worker_usage.add(&message.usage);
                 }
                 pending.receipts.push(receipt);
+            }
+            let enqueued = progress.enqueued.load(Ordering::Relaxed);
+            let missing_after = self.settings.missing_after;
+            if quiet.for_(enqueued) >= missing_after
+                && enqueued > collected.finished() as u64
+                && self.pool_idle.idle_for(share.pool()) >= missing_after
+            {
+                let lost = lost_results(args, send_order, enqueued, &collected.ids, missing_after);
+                tracing::warn!(batch = %name, lost = lost.len(), "tasks sent and found nowhere: reported failed");
+                for result in &lost {
+                    if !collected.ids.insert(result.id) {
+                        continue;
+                    }
+                    collected.failed += 1;
+                    collected.lost += 1;
+                    pending.failed += 1;
+                    if args.results.is_some() {
+                        serde_json::to_writer(&mut pending.lines, result)
+                            .expect("a result always serializes");
+                        pending.lines.push(b'\n');
+                        pending.results += 1;
+                    }
+                }
+                quiet.heard();
             }
             progress
                 .finished
@@ -957,6 +990,81 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             }
         }
     }
+}
+
+/// The `worker` of the results the operator makes for tasks found nowhere.
+pub const LOST_WORKER: &str = "cloudkon-operator/lost";
+
+/// Since when a collector heard nothing: no new result, no task sent.
+struct Quiet {
+    since: Instant,
+    enqueued: u64,
+}
+
+impl Quiet {
+    fn new(enqueued: u64) -> Self {
+        Self {
+            since: Instant::now(),
+            enqueued,
+        }
+    }
+
+    fn heard(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// How long it has been quiet, with `enqueued` tasks sent now.
+    fn for_(&mut self, enqueued: u64) -> Duration {
+        if enqueued != self.enqueued {
+            self.enqueued = enqueued;
+            self.heard();
+        }
+        self.since.elapsed()
+    }
+}
+
+/// Failed results for the tasks among the first `enqueued` sent (in the
+/// batch's order) that have no result: they are nowhere (see `pool_idle`).
+/// None when the order cannot tell which tasks those are.
+fn lost_results(
+    args: &RunnerArgs,
+    send_order: TaskOrder,
+    enqueued: u64,
+    collected: &IdSet,
+    missing_after: Duration,
+) -> Vec<TaskResult> {
+    let (order, _) = order_tasks(args, send_order);
+    let Some(ids) = order.first_ids(enqueued) else {
+        tracing::warn!(batch = %args.batch.name_any(), "tasks seem lost, but the batch's order cannot tell which");
+        return Vec::new();
+    };
+    let reason = format!(
+        "lost: sent to the pool's queue, then found nowhere: for {} the queue held no message and none of its workers ran a task (the queue was purged or deleted, or its messages expired)",
+        humantime::format_duration(missing_after)
+    );
+    let batch = batch_id(&args.batch);
+    let worker: Arc<str> = LOST_WORKER.into();
+    let now = Timestamp::now();
+    ids.filter(|&id| !collected.contains(id))
+        .map(|id| TaskResult {
+            batch: batch.clone(),
+            id,
+            attempt: 1,
+            outcome: Outcome::Failed {
+                reason: reason.clone(),
+            },
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            artifact: None,
+            artifact_url: None,
+            worker: worker.clone(),
+            submitted: now,
+            started: now,
+            finished: now,
+        })
+        .collect()
 }
 
 /// The counts the status shows for `collected`, with the total once known.
@@ -1035,6 +1143,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 failed: Some(counts.failed),
                 retried: Some(counts.retried),
                 dead_lettered: Some(counts.dead_lettered),
+                // Written only once some are: an older CRD lacks the field.
+                lost: (counts.lost > 0).then_some(counts.lost),
                 running: count(progress.running()),
                 total: enqueue_finished.then_some(counts.total),
                 ..CountsPatch::default()
@@ -1233,6 +1343,7 @@ mod tests {
             store: MemoryStore::default(),
             record,
             shares: Arc::default(),
+            pool_idle: Arc::default(),
             metrics: Arc::new(Metrics::new()),
             settings: Settings {
                 flush_every: Duration::from_millis(20),
@@ -1639,6 +1750,94 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_found_nowhere_are_reported_failed_once_the_pool_is_idle_long_enough() {
+        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
+        let n = 30;
+        let b = batch(generator(json!({"kind": "sleep", "ms": 1000}), n), None);
+        let mut plain = runner(&queue, &responses, MemoryRecord::default());
+        plain.settings.missing_after = Duration::from_millis(300);
+        let r = Arc::new(plain);
+        let key = shares::pool_key("ns", "p");
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        let run = {
+            let r = r.clone();
+            tokio::spawn(async move { r.run(args(b, true), spec).await })
+        };
+        // The first bundle runs; the others are purged from the queue.
+        let mut ran = 0;
+        let mut purged = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ran + purged < n as usize {
+            assert!(
+                Instant::now() < deadline,
+                "the batch's tasks were not all sent"
+            );
+            r.pool_idle.saw(&key, false);
+            for d in queue
+                .receive(100, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .unwrap_or_default()
+            {
+                if ran == 0 {
+                    ran = d.bundle.tasks.len();
+                    answer(
+                        &responses,
+                        &[(d.bundle.tasks[0].id, ran)],
+                        Duration::from_millis(1),
+                    )
+                    .await;
+                } else {
+                    purged += d.bundle.tasks.len();
+                }
+            }
+        }
+        assert!(purged > 0);
+        // While a worker may still run something, nothing is reported, for
+        // longer than --missing-after.
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            r.pool_idle.saw(&key, false);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!run.is_finished(), "reported while the pool was busy");
+        assert_eq!(r.record.status().counts.failed, 0);
+        // The pool idle: the purged tasks are reported failed, once.
+        while !run.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the lost tasks were not reported"
+            );
+            r.pool_idle.saw(&key, true);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        run.await.unwrap().unwrap();
+        let status = r.record.status();
+        assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+        let c = status.counts;
+        let k = purged as i64;
+        assert_eq!(
+            (c.succeeded, c.failed, c.lost, c.dead_lettered),
+            (ran as i64, k, k, 0)
+        );
+        let mut lost = 0;
+        for (_, bytes) in r.store.list("results", "ns/b/") {
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let result: TaskResult = serde_json::from_slice(line).unwrap();
+                if let Outcome::Failed { reason } = &result.outcome {
+                    assert_eq!(&*result.worker, LOST_WORKER);
+                    assert!(
+                        reason.starts_with("lost: sent to the pool's queue"),
+                        "{reason}"
+                    );
+                    lost += 1;
+                }
+            }
+        }
+        assert_eq!(lost, purged);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_runner_sends_the_bundles_it_sent_before_after_learning_sizes() {
         // Tasks of unknown length: small bundles first, then cut for the
         // length their results tell (2 ms), with the sizing written ahead.
@@ -1897,6 +2096,7 @@ mod tests {
             store,
             record: r.record,
             shares: r.shares,
+            pool_idle: r.pool_idle,
             metrics: r.metrics,
             settings: r.settings,
             wake_pool: r.wake_pool,

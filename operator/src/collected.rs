@@ -43,6 +43,9 @@ pub struct Collected {
     /// Of `failed`: tasks reported failed because their bundle reached the
     /// pool's dead-letter queue.
     pub dead_lettered: i64,
+    /// Of `failed`: tasks reported failed because they were nowhere (see
+    /// `pool_idle`).
+    pub lost: i64,
     /// What the batch cost so far (the operator's requests and the workers'
     /// shares): kept with the ids, so that results counted once are charged
     /// once across restarts.
@@ -149,6 +152,14 @@ struct HeadV4 {
     worker_usage: Usage,
 }
 
+/// Version 5: a version-4 head, then the lost tasks. Written only when some
+/// were lost, so that an older operator still reads the others.
+#[derive(Serialize, Deserialize)]
+struct HeadV5 {
+    v4: HeadV4,
+    lost: i64,
+}
+
 /// Ranges.
 const V1: u8 = 1;
 /// Ranges and `dead_lettered`.
@@ -157,6 +168,8 @@ const V2: u8 = 2;
 const V3: u8 = 3;
 /// The head and the batch's usage.
 const V4: u8 = 4;
+/// And the lost tasks.
+const V5: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -218,7 +231,7 @@ impl Collected {
             refs.push(PieceRef { key, data });
         }
         let head = Head {
-            version: V4,
+            version: if self.lost > 0 { V5 } else { V4 },
             succeeded: self.succeeded,
             failed: self.failed,
             retried: self.retried,
@@ -226,13 +239,21 @@ impl Collected {
             dead_lettered: self.dead_lettered,
             pieces: refs,
         };
-        let head = HeadV4 {
+        let v4 = HeadV4 {
             head,
             usage: self.usage,
             worker_usage: self.worker_usage,
         };
+        let head = if self.lost > 0 {
+            postcard::to_stdvec(&HeadV5 {
+                v4,
+                lost: self.lost,
+            })
+        } else {
+            postcard::to_stdvec(&v4)
+        };
         Encoded {
-            head: postcard::to_stdvec(&head).expect("plain data always serializes"),
+            head: head.expect("plain data always serializes"),
             pieces,
         }
     }
@@ -242,7 +263,7 @@ impl Collected {
         match stored.head.first() {
             None => Err(DecodeError::Empty),
             Some(&V1 | &V2) => Self::decode_ranges(&stored.head),
-            Some(&V3 | &V4) => Self::decode_pieces(stored),
+            Some(&V3 | &V4 | &V5) => Self::decode_pieces(stored),
             Some(&v) => Err(DecodeError::Version(v)),
         }
     }
@@ -274,18 +295,26 @@ impl Collected {
             retried: stored.retried,
             result_parts: stored.result_parts,
             dead_lettered: stored.dead_lettered,
+            lost: 0,
             usage: Usage::default(),
             worker_usage: Usage::default(),
         })
     }
 
     fn decode_pieces(stored: &Encoded) -> Result<Self, DecodeError> {
-        let (head, usage, worker_usage) = if stored.head.first() == Some(&V4) {
-            let v4: HeadV4 = postcard::from_bytes(&stored.head)?;
-            (v4.head, v4.usage, v4.worker_usage)
-        } else {
-            let head: Head = postcard::from_bytes(&stored.head)?;
-            (head, Usage::default(), Usage::default())
+        let (head, usage, worker_usage, lost) = match stored.head.first() {
+            Some(&V5) => {
+                let v5: HeadV5 = postcard::from_bytes(&stored.head)?;
+                (v5.v4.head, v5.v4.usage, v5.v4.worker_usage, v5.lost)
+            }
+            Some(&V4) => {
+                let v4: HeadV4 = postcard::from_bytes(&stored.head)?;
+                (v4.head, v4.usage, v4.worker_usage, 0)
+            }
+            _ => {
+                let head: Head = postcard::from_bytes(&stored.head)?;
+                (head, Usage::default(), Usage::default(), 0)
+            }
         };
         let mut ids = IdSet::new();
         for piece in head.pieces {
@@ -326,6 +355,7 @@ impl Collected {
             usage,
             worker_usage,
             dead_lettered: head.dead_lettered,
+            lost,
         })
     }
 
@@ -336,6 +366,7 @@ impl Collected {
         counts.failed = self.failed;
         counts.retried = self.retried;
         counts.dead_lettered = self.dead_lettered;
+        counts.lost = self.lost;
     }
 
     pub fn finished(&self) -> i64 {
@@ -556,6 +587,26 @@ mod tests {
             }),
             Err(DecodeError::Ranges)
         ));
+    }
+
+    #[test]
+    fn lost_tasks_are_kept_and_without_them_the_fourth_encoding_is_written() {
+        let mut c = Collected {
+            succeeded: 3,
+            failed: 2,
+            lost: 2,
+            ..Collected::default()
+        };
+        c.ids.insert_range(0, 5);
+        let stored = round_trip(&mut c);
+        assert_eq!(stored.head[0], V5);
+        assert_eq!(Collected::decode(&stored).unwrap().lost, 2);
+        // None lost: what an older operator reads.
+        c.lost = 0;
+        let stored = round_trip(&mut c);
+        assert_eq!(stored.head[0], V4);
+        let v4: HeadV4 = postcard::from_bytes(&stored.head).unwrap();
+        assert_eq!(v4.head.failed, 2);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Settings {
     pub allowed_names: crate::allowed_names::AllowedNames,
     /// The price table of batches' `status.cost`.
     pub prices: cloudkon_core::Prices,
+    /// How long tasks may be nowhere before they are reported failed (see
+    /// `pool_idle`).
+    pub missing_after: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
             workload_memory_bytes: DEFAULT_WORKLOAD_MEMORY_BYTES,
             allowed_names: crate::allowed_names::AllowedNames::default(),
             prices: cloudkon_core::Prices::LIST,
+            missing_after: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct Context {
     pub runners: Mutex<HashMap<String, RunnerHandle>>,
     /// Per pool: its batches' weights and work (enqueue windows, scaling).
     pub shares: Arc<crate::shares::Shares>,
+    /// Per pool: since when it has been idle with tasks outstanding.
+    pub pool_idle: Arc<crate::pool_idle::PoolIdle>,
     /// Wakes a pool's reconciler at once (a batch just enqueued tasks).
     pub wake_pool: UnboundedSender<ObjectRef<WorkerPool>>,
     /// Per object (by uid): failed cleanups in a row, for growing retries.

@@ -190,6 +190,15 @@ struct RunArgs {
           value_delimiter = ',', default_value = allowed_names::DEFAULT_EKS_PATTERN)]
     allowed_eks_nodegroups: Vec<String>,
 
+    /// How long a batch's tasks may be nowhere before they are reported
+    /// failed: sent, not finished, while the pool's queue holds no message
+    /// and none of its workers runs a task (the queue was purged or deleted,
+    /// or its messages expired). Longer than a bundle's work, so that a worker
+    /// still running a purged bundle reports first.
+    #[arg(long, env = "CLOUDKON_MISSING_AFTER", default_value = "30m",
+          value_parser = humantime::parse_duration)]
+    missing_after: Duration,
+
     #[command(flatten)]
     prices: PriceArgs,
 
@@ -405,6 +414,7 @@ fn run(args: RunArgs) -> Result<()> {
                         .unwrap_or(usize::MAX),
                     max_workload_bytes: args.max_workload_bytes,
                     workload_memory_bytes: args.workload_memory_bytes,
+                    missing_after: args.missing_after,
                     prices: Prices {
                         sqs_requests: args.prices.price_sqs_requests,
                         dynamodb_write_units: args.prices.price_dynamodb_write_units,

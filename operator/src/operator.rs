@@ -83,6 +83,7 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
         pools: Mutex::new(HashMap::new()),
         runners: Mutex::new(HashMap::new()),
         shares: Default::default(),
+        pool_idle: Default::default(),
         wake_pool: wake_tx,
         cleanup_retries: Default::default(),
         reconcile_retries: Default::default(),

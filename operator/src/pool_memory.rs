@@ -28,6 +28,9 @@ pub struct PoolMemory {
     pub status_written: Option<Instant>,
     /// The task reading the pool's dead-letter queue (aborted when dropped).
     pub dead_letters: Option<crate::dead_letters::Reader>,
+    /// The last read of whether a worker runs a task, and when: read again
+    /// at most every `pool_reconciler::BUSY_READ_EVERY`.
+    pub busy_read: Option<(Instant, bool)>,
     /// Being deleted: the batches the deletion waits for, as last told in
     /// an Event (told again only when they change).
     pub deletion_waits_for: Vec<String>,

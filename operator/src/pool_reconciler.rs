@@ -106,7 +106,12 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let stats = queue.stats().await?;
     let fleet = WorkerFleet::of(pool, ctx, &mut memory, queue.url())?;
     let workers = fleet.observe(pool, ctx).await?;
-    let work = ctx.shares.work(&crate::shares::pool_key(&ns, &name));
+    let key = crate::shares::pool_key(&ns, &name);
+    let work = ctx.shares.work(&key);
+    let idle = stats.visible + stats.in_flight + stats.delayed == 0
+        && work.tasks > 0
+        && !busy(pool, ctx, &mut memory).await;
+    ctx.pool_idle.saw(&key, idle);
     let config = ScaleConfig::from_spec(&pool.spec);
     let decision = scale_decision(
         pool,
@@ -160,6 +165,22 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .get_or_create(&labels)
         .set(i64::from(workers.ready));
     carry_out(pool, ctx, plan, Some(&mut memory)).await
+}
+
+/// Heartbeats are read at most this often to tell whether a worker runs a
+/// task (a table scan; only while the queue is empty and tasks outstanding).
+pub const BUSY_READ_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a worker of the pool may run a task, as last read.
+async fn busy(pool: &WorkerPool, ctx: &Context, memory: &mut PoolMemory) -> bool {
+    if let Some((at, busy)) = memory.busy_read
+        && at.elapsed() < BUSY_READ_EVERY
+    {
+        return busy;
+    }
+    let busy = crate::worker_fleet::any_worker_busy(pool, ctx).await;
+    memory.busy_read = Some((Instant::now(), busy));
+    busy
 }
 
 /// The scaler's decision on what was read: idle workers go first on a

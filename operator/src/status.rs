@@ -246,6 +246,9 @@ pub mod batch_condition {
     /// Some of its tasks reached the pool's dead-letter queue (and were
     /// reported failed): present only then, with how many.
     pub const DEAD_LETTERED: &str = "DeadLettered";
+    /// Some of its tasks were nowhere (see `TaskCounts::lost`) and were
+    /// reported failed: present only then, with how many.
+    pub const LOST: &str = "Lost";
     /// The `Failed` condition's reason when the failure policy ended the batch.
     pub const FAILURE_POLICY_REASON: &str = "FailurePolicy";
     /// Set while the batch is being deleted and its response queue or cancel
@@ -341,6 +344,17 @@ pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate
             format!(
                 "{} tasks reached the dead-letter queue and were reported failed",
                 c.dead_lettered
+            ),
+        ));
+    }
+    if c.lost > 0 {
+        updates.push(ConditionUpdate::new(
+            LOST,
+            true,
+            "TasksLost",
+            format!(
+                "{} tasks were sent and then found nowhere: the pool's queue held no message and none of its workers ran a task for the operator's --missing-after (the queue was purged or deleted, or its messages expired); they were reported failed",
+                c.lost
             ),
         ));
     }
@@ -876,6 +890,23 @@ mod tests {
         assert_eq!(
             last.message,
             "2 tasks reached the dead-letter queue and were reported failed"
+        );
+        assert!(dead.iter().all(|c| c.type_ != batch_condition::LOST));
+        let lost = batch_conditions(&BatchConditionsInput {
+            counts: TaskCounts {
+                lost: 4,
+                ..counts(10, 10, 6, 4)
+            },
+            ..input(Phase::Failed, &valid, None, false)
+        });
+        let last = lost.last().unwrap();
+        assert_eq!(
+            (last.type_, last.status, last.reason.as_str()),
+            (batch_condition::LOST, true, "TasksLost")
+        );
+        assert!(
+            last.message
+                .starts_with("4 tasks were sent and then found nowhere")
         );
         let gave_up = batch_conditions(&BatchConditionsInput {
             gave_up: Some("too many failed".into()),

@@ -85,6 +85,8 @@ pub struct CountsPatch {
     pub retried: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_lettered: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<i64>,
 }
 
 impl CountsPatch {
@@ -108,6 +110,7 @@ impl CountsPatch {
             failed,
             retried,
             dead_lettered,
+            lost,
         } = newer;
         newer_wins(&mut self.total, total);
         newer_wins(&mut self.enqueued, enqueued);
@@ -116,6 +119,7 @@ impl CountsPatch {
         newer_wins(&mut self.failed, failed);
         newer_wins(&mut self.retried, retried);
         newer_wins(&mut self.dead_lettered, dead_lettered);
+        newer_wins(&mut self.lost, lost);
     }
 }
 
@@ -200,6 +204,7 @@ impl StatusPatch {
                 failed: Some(c.failed),
                 retried: Some(c.retried),
                 dead_lettered: Some(c.dead_lettered),
+                lost: (c.lost > 0).then_some(c.lost),
             },
             progress: st.progress.clone(),
             start_time: st.start_time.clone(),

@@ -198,6 +198,31 @@ async fn observe_deployment(pool: &WorkerPool, ctx: &Context) -> Result<Observed
 /// (from its heartbeat), so that the ReplicaSet removes idle workers first.
 /// Returns how many of the pool's pods run tasks (per a fresh heartbeat).
 /// Best effort: a failure only loses the preference (and counts no pod busy).
+/// Whether a worker of the pool's ledger table may be running a task: a
+/// recent heartbeat says so, or the heartbeats cannot be read. Workers of
+/// other pools that share the table count too: this only ever delays the
+/// report of tasks that are nowhere (`pool_idle`).
+pub async fn any_worker_busy(pool: &WorkerPool, ctx: &Context) -> bool {
+    let now = cloudkon_core::Timestamp::now().0;
+    let fresh = u64::try_from(HEARTBEAT_FRESH.as_micros()).unwrap_or(u64::MAX);
+    match ctx
+        .aws
+        .ledger(pool.spec.ledger_table())
+        .list_workers()
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .any(|h| h.busy > 0 && now.saturating_sub(h.last_seen.0) <= fresh),
+        // No table: no worker ever ran there.
+        Err(e) if e.kind == cloudkon_core::aws::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "no worker heartbeats: the pool's workers may be busy");
+            true
+        }
+    }
+}
+
 async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context) -> i32 {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();

@@ -1125,6 +1125,61 @@ fn a_pool_queue_made_with_other_settings_takes_the_pools() {
     );
 }
 
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn tasks_purged_from_a_pools_queue_are_reported_lost_not_waited_for() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-lost");
+    c.operator("operator.log", &["--missing-after", "5s"]);
+    c.apply(&scaling_pool("p", 1, 300));
+    let queue = c.queue_url("p");
+    // No worker: every task waits in the pool's queue, then is purged.
+    const TASKS: i64 = 40;
+    c.apply(&run_batch("b", "p", TASKS as u32, "sleep 0.1"));
+    c.wait_for(
+        "every task in the pool's queue",
+        Duration::from_secs(30),
+        |c| {
+            let s = c.batch("b").status?;
+            (s.phase == Some(Phase::Running) && s.counts.enqueued == TASKS).then_some(())
+        },
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sqs = rt.block_on(Aws::load()).sqs();
+    rt.block_on(sqs.at(&queue).purge()).unwrap();
+    let purged = Instant::now();
+
+    let s = c
+        .wait_finished("b", Duration::from_secs(90))
+        .status
+        .unwrap();
+    let waited = purged.elapsed();
+    assert_eq!(s.phase, Some(Phase::Failed), "{s:?}");
+    assert_eq!(
+        (
+            s.counts.succeeded,
+            s.counts.failed,
+            s.counts.lost,
+            s.counts.running
+        ),
+        (0, TASKS, TASKS, 0)
+    );
+    assert!(
+        waited >= Duration::from_secs(5),
+        "reported after {waited:?}"
+    );
+    let (status, reason, message) = c.wait_for("a Lost condition", Duration::from_secs(10), |c| {
+        condition(&c.batch("b"), "Lost")
+    });
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "TasksLost"));
+    assert!(
+        message.starts_with("40 tasks were sent and then found nowhere"),
+        "{message}"
+    );
+    let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+    assert!(events.contains("TasksLost"), "{events}");
+}
+
 /// A pool's condition of that type: (status, reason, message).
 fn pool_condition(c: &Cluster, pool: &str, type_: &str) -> Option<(String, String, String)> {
     let p =

@@ -108,6 +108,7 @@ fn context(client: Client) -> Arc<Context> {
         pools: Default::default(),
         runners: Default::default(),
         shares: Default::default(),
+        pool_idle: Default::default(),
         wake_pool: tokio::sync::mpsc::unbounded_channel().0,
         cleanup_retries: Default::default(),
         reconcile_retries: Default::default(),

@@ -107,6 +107,27 @@ impl SendOrder {
         self.passes.len() <= 1
     }
 
+    /// The ids of the first `n` tasks in this order, without reading the
+    /// workload (ids are 0, 1, 2… in the given order, and a byte per task
+    /// tells its class in this one); `None` when the classes were not kept.
+    pub fn first_ids(&self, n: u64) -> Option<Box<dyn Iterator<Item = TaskId> + Send>> {
+        if self.is_as_given() {
+            return Some(Box::new(0..n));
+        }
+        if self.classes.is_empty() {
+            return None;
+        }
+        let classes = self.classes.clone();
+        let passes: Vec<u8> = self.passes.iter().map(|&(c, _)| c).collect();
+        let ids = passes.into_iter().flat_map(move |class| {
+            let classes = classes.clone();
+            (0..classes.len())
+                .filter(move |&i| classes[i] == class)
+                .map(|i| i as TaskId)
+        });
+        Some(Box::new(ids.take(usize::try_from(n).unwrap_or(usize::MAX))))
+    }
+
     /// The classes, first sent first, with their task counts.
     pub fn passes(&self) -> &[(u8, u64)] {
         &self.passes
@@ -217,6 +238,20 @@ mod tests {
             )
             .map(|t| t.unwrap().id)
             .collect()
+    }
+
+    #[test]
+    fn the_first_ids_are_those_the_order_sends_first() {
+        let tasks = workload(&[Some(1), None, Some(1000), Some(1), Some(30), None]);
+        let (order, _) = SendOrder::longest_first(tasks.iter().cloned().map(Ok::<_, String>));
+        assert!(!order.is_as_given());
+        let sent = ids(&order, &tasks, 0);
+        for n in 0..=tasks.len() {
+            let first: Vec<u64> = order.first_ids(n as u64).unwrap().collect();
+            assert_eq!(first, sent[..n], "{n}");
+        }
+        let given: Vec<u64> = SendOrder::as_given().first_ids(3).unwrap().collect();
+        assert_eq!(given, [0, 1, 2]);
     }
 
     #[test]

@@ -535,6 +535,12 @@ pub struct TaskCounts {
     /// `failed` too (the operator reports them failed, with the reason).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dead_lettered: i64,
+    /// Tasks sent and then found nowhere: the pool's queue held no message
+    /// and none of its workers ran a task for the operator's
+    /// `--missing-after` (the queue was purged or deleted, or its messages
+    /// expired). Counted in `failed` too, with the reason.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: i64,
 }
 
 fn is_zero(n: &i64) -> bool {

@@ -83,7 +83,14 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let now = Time(Timestamp::now());
-    let validation = validate::workerpool(&pool.spec, &ns, &ctx.settings.allowed_names);
+    let queue_url = pool.status.as_ref().and_then(|s| s.queue_url.as_deref());
+    let queue_name = build::queue_name(
+        &ns,
+        &name,
+        pool.spec.queue.as_ref().and_then(|q| q.name.as_deref()),
+    );
+    let validation = validate::workerpool(&pool.spec, &ns, &ctx.settings.allowed_names)
+        .and_then(|()| validate::queue_kept(&queue_name, queue_url).map_err(|e| vec![e]));
     if let Err(problems) = &validation {
         let plan = pool_plan::decide(pool, &Observed::Invalid(problems), ctx.settings.poll, &now);
         return carry_out(pool, ctx, plan, None).await;
@@ -431,7 +438,17 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
     };
     // The fleet as this run knew it, or as the spec says (after a restart).
     let spec_queue = pool.spec.queue.clone().unwrap_or_default();
-    let queue_name = build::queue_name(&ns, &name, spec_queue.name.as_deref());
+    // The queue the pool has (a changed spec.queue.name is refused, and
+    // never names the queue deleted here), else the spec's.
+    let queue_name = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.queue_url.as_deref())
+        .and_then(|u| u.rsplit('/').next())
+        .map_or_else(
+            || build::queue_name(&ns, &name, spec_queue.name.as_deref()),
+            str::to_string,
+        );
     let fleet = match known {
         Some(fleet) => Some(fleet),
         None => Ec2Provider::from_spec(

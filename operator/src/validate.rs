@@ -409,6 +409,24 @@ pub fn workload_tasks_fit(field: &str, name: &str, bytes: &[u8]) -> Result<(), V
     }
 }
 
+/// A pool keeps the queue it was made with (`queue_url`, from its status):
+/// its batches' bundles are there, and a pool moved to another queue would
+/// leave them to no worker. `queue` is the name the spec gives now.
+pub fn queue_kept(queue: &str, queue_url: Option<&str>) -> Result<(), Invalid> {
+    let Some(had) = queue_url.and_then(|u| u.rsplit('/').next()) else {
+        return Ok(());
+    };
+    if had == queue {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        "spec.queue.name",
+        format!(
+            "gives the queue {queue:?}, but the pool's queue is {had:?}, where its batches' bundles are: set spec.queue.name to {had:?} to keep it, or create a new WorkerPool for the other queue"
+        ),
+    ))
+}
+
 /// Checks a WorkerPool's spec, for a pool in `namespace`: the names it gives
 /// its queue and fleet must be ones the operator allows.
 pub fn workerpool(
@@ -743,6 +761,19 @@ mod tests {
             };
             assert_eq!(got, *want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_pool_keeps_its_queue() {
+        let url = "http://127.0.0.1:4566/000000000000/cloudkon-ns_p";
+        assert_eq!(queue_kept("cloudkon-ns_p", Some(url)), Ok(()));
+        assert_eq!(queue_kept("other", None), Ok(()), "no queue yet");
+        let e = queue_kept("other", Some(url)).unwrap_err();
+        assert_eq!(e.field, "spec.queue.name");
+        assert_eq!(
+            e.message,
+            "spec.queue.name gives the queue \"other\", but the pool's queue is \"cloudkon-ns_p\", where its batches' bundles are: set spec.queue.name to \"cloudkon-ns_p\" to keep it, or create a new WorkerPool for the other queue"
+        );
     }
 
     fn pool() -> Value {

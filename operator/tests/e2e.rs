@@ -1075,7 +1075,7 @@ fn a_pool_deleted_under_a_running_batch_waits_for_it() {
 
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
-fn a_pool_queue_made_with_other_settings_takes_the_pools() {
+fn a_pool_queue_takes_the_pools_settings_and_keeps_its_name() {
     let _serial = serial();
     let mut c = Cluster::new("e2e-pool-queue");
     // The pool's queue as an older version made it: SQS's default retention
@@ -1123,6 +1123,43 @@ fn a_pool_queue_made_with_other_settings_takes_the_pools() {
         "{:?}",
         c.pool("p").status
     );
+
+    // Another queue name is refused: the pool's batches' bundles are in
+    // this one. Put back, the pool is accepted again, on the same queue.
+    let other = format!("cloudkon-{}_other", c.ns);
+    c.ok(&[
+        "patch",
+        "workerpool",
+        "p",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"spec":{{"queue":{{"name":"{other}"}}}}}}"#),
+    ]);
+    let (_, reason, message) = c.wait_for("the rename refused", Duration::from_secs(30), |c| {
+        pool_condition(c, "p", "Accepted").filter(|x| x.0 == "False")
+    });
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.contains(&format!("but the pool's queue is \"{name}\"")),
+        "{message}"
+    );
+    let made = rt.block_on(sqs.open(&other));
+    assert!(
+        matches!(&made, Err(e) if e.kind == ErrorKind::NotFound),
+        "{made:?}"
+    );
+    c.ok(&[
+        "patch",
+        "workerpool",
+        "p",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/queue/name"}]"#,
+    ]);
+    c.wait_for("the pool accepted again", Duration::from_secs(30), |c| {
+        pool_condition(c, "p", "Accepted").filter(|x| x.0 == "True")
+    });
+    assert_eq!(c.queue_url("p"), queue.url());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::TaskBatch;
 use crate::crd::taskbatch::{Phase, TaskBatchStatus};
-use crate::status::{self, BatchConditionsInput, PhaseInput, set_condition};
+use crate::status::{self, BatchConditionsInput, Missing, PhaseInput, set_condition};
 use crate::status_patch::StatusPatch;
 use crate::validate::Invalid;
 
@@ -28,6 +28,9 @@ pub struct Observed<'a> {
     pub waiting_for_memory: Option<String>,
     /// Where results go.
     pub results: Option<S3Uri>,
+    /// The results' bucket does not exist: what to say (nothing is sent
+    /// until it does).
+    pub missing_bucket: Option<String>,
     pub now: Time,
 }
 
@@ -100,12 +103,16 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     let mut st = old.clone();
     st.observed_generation = batch.metadata.generation;
     let mut events = Vec::new();
-    let missing_pool = (!o.pool_exists).then_some(spec.worker_pool.as_str());
+    let missing = match (o.pool_exists, &o.missing_bucket) {
+        (false, _) => Some(Missing::Pool(spec.worker_pool.as_str())),
+        (true, Some(message)) => Some(Missing::Bucket(message)),
+        (true, None) => None,
+    };
     // The phase as the status and spec say it; the failure policy's verdict
     // is the runner's to act on (it stops enqueueing first).
     let phase = status::phase_of(&PhaseInput {
         previous: old.phase,
-        accepted: o.validation.is_ok() && o.pool_exists,
+        accepted: o.validation.is_ok() && o.pool_exists && o.missing_bucket.is_none(),
         cancel: spec.cancel == Some(true),
         enqueue_finished: enqueue_done_in(&old),
         counts: old.counts,
@@ -140,7 +147,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             &mut st,
             phase,
             &o.validation,
-            missing_pool,
+            missing,
             &o.now,
             &mut events,
         );
@@ -164,7 +171,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             &mut st,
             phase,
             &o.validation,
-            missing_pool,
+            missing,
             &o.now,
             &mut events,
         );
@@ -172,6 +179,11 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             (Err(_), _) => (Runner::Leave, false, Then::AwaitChange),
             // The pool is missing, or has no queue yet: look again soon.
             (Ok(()), None) => (Runner::Leave, false, Then::Requeue(Duration::from_secs(2))),
+            // Nothing is sent for results that could not be written; the
+            // bucket may be made any time.
+            (Ok(()), Some(_)) if o.missing_bucket.is_some() => {
+                (Runner::Leave, false, Then::Requeue(Duration::from_secs(10)))
+            }
             (Ok(()), Some(url)) => {
                 if let Some(r) = &o.results {
                     st.results = Some(r.to_string());
@@ -220,14 +232,14 @@ fn set_conditions(
     st: &mut TaskBatchStatus,
     phase: Phase,
     validation: &Result<(), Vec<Invalid>>,
-    missing_pool: Option<&str>,
+    missing: Option<Missing<'_>>,
     now: &Time,
     events: &mut Vec<Note>,
 ) {
     let updates = status::batch_conditions(&BatchConditionsInput {
         phase,
         validation,
-        missing_pool,
+        missing,
         suspend: batch.spec.suspend == Some(true),
         counts: st.counts,
         gave_up: (phase == Phase::Failed)
@@ -294,6 +306,7 @@ mod tests {
             queue_url: Some("http://q".into()),
             waiting_for_memory: None,
             results: None,
+            missing_bucket: None,
             now: at(NOW),
         }
     }
@@ -404,6 +417,25 @@ mod tests {
         assert_eq!(
             condition(plan.status.as_ref().unwrap(), "Accepted").0,
             "False"
+        );
+
+        // The results' bucket missing: nothing starts, and it is looked
+        // for again.
+        let mut o = observed(&b);
+        o.missing_bucket = Some("no bucket".into());
+        let plan = decide(&o);
+        assert_eq!(plan.runner, Runner::Leave);
+        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(10)));
+        let part = plan.status.unwrap();
+        assert_eq!(part.phase, Some(Phase::Pending));
+        assert_eq!(
+            condition(&part, "Accepted"),
+            ("False", "ResultsBucketNotFound")
+        );
+        assert!(
+            plan.events.iter().any(|e| e.warning
+                && e.reason == "ResultsBucketNotFound"
+                && e.message == "no bucket")
         );
     }
 

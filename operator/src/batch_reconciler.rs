@@ -133,6 +133,31 @@ async fn observe<'a>(
             validation = Err(vec![changed]);
         }
     }
+    let results = results_location(ctx, batch);
+    // Results that could not be written would hold the batch for ever, its
+    // tasks run: a missing bucket (a typo, most often) is said before
+    // anything is sent, and looked for again until it is made.
+    let mut missing_bucket = None;
+    if let Some(r) = &results
+        && batch_plan::is_live(batch)
+        && validation.is_ok()
+        && !runner_alive
+    {
+        match ctx.s3.bucket_exists(&r.bucket).await {
+            Ok(true) => {}
+            Ok(false) => {
+                missing_bucket = Some(format!(
+                    "the results' bucket {:?} does not exist: create it, or set spec.results.s3Prefix to a bucket that does; nothing is sent until then",
+                    r.bucket
+                ));
+            }
+            // Denied (the operator may write without listing) or failing:
+            // the writes themselves will tell.
+            Err(e) => {
+                tracing::debug!(bucket = %r.bucket, error = %e, "cannot tell whether the results' bucket exists");
+            }
+        }
+    }
     let observed = Observed {
         batch,
         validation,
@@ -141,7 +166,8 @@ async fn observe<'a>(
             .as_ref()
             .and_then(|p| p.status.as_ref()?.queue_url.clone()),
         waiting_for_memory,
-        results: results_location(ctx, batch),
+        results,
+        missing_bucket,
         now: Time(Timestamp::now()),
     };
     Ok((observed, pool, source))

@@ -256,14 +256,23 @@ pub mod batch_condition {
     pub const CLEANUP_FAILED: &str = "CleanupFailed";
 }
 
+/// What a valid batch waits for before it sends anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing<'a> {
+    /// Its WorkerPool, by name.
+    Pool(&'a str),
+    /// Its results' bucket: what to say.
+    Bucket(&'a str),
+}
+
 /// What a TaskBatch's conditions should say.
 #[derive(Clone, Debug)]
 pub struct BatchConditionsInput<'a> {
     pub phase: Phase,
     /// The result of [`crate::validate::taskbatch`].
     pub validation: &'a Result<(), Vec<Invalid>>,
-    /// The WorkerPool's name when it does not exist.
-    pub missing_pool: Option<&'a str>,
+    /// What a valid batch waits for, if anything.
+    pub missing: Option<Missing<'a>>,
     pub suspend: bool,
     pub counts: TaskCounts,
     /// [`failure_policy_verdict`], when the policy gave up on the batch.
@@ -273,16 +282,19 @@ pub struct BatchConditionsInput<'a> {
 /// The four conditions of a TaskBatch, to pass to [`set_condition`].
 pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate> {
     use batch_condition::*;
-    let accepted = match (input.validation, input.missing_pool) {
+    let accepted = match (input.validation, input.missing) {
         (Err(problems), _) => {
             ConditionUpdate::new(ACCEPTED, false, "InvalidSpec", summary(problems))
         }
-        (Ok(()), Some(pool)) => ConditionUpdate::new(
+        (Ok(()), Some(Missing::Pool(pool))) => ConditionUpdate::new(
             ACCEPTED,
             false,
             "WorkerPoolNotFound",
             format!("WorkerPool {pool:?} does not exist in this namespace"),
         ),
+        (Ok(()), Some(Missing::Bucket(message))) => {
+            ConditionUpdate::new(ACCEPTED, false, "ResultsBucketNotFound", message)
+        }
         (Ok(()), None) => ConditionUpdate::new(
             ACCEPTED,
             true,
@@ -778,10 +790,10 @@ mod tests {
         }))
         .unwrap();
         let invalid = validate::taskbatch(&spec);
-        let input = |phase, validation, missing_pool, suspend| BatchConditionsInput {
+        let input = |phase, validation, missing, suspend| BatchConditionsInput {
             phase,
             validation,
-            missing_pool,
+            missing,
             suspend,
             counts: counts(10, 10, 7, 3),
             gave_up: None,
@@ -800,7 +812,7 @@ mod tests {
             ),
             (
                 "missing pool",
-                input(Phase::Pending, &valid, Some("pool-a"), false),
+                input(Phase::Pending, &valid, Some(Missing::Pool("pool-a")), false),
                 [
                     ("Accepted", false, "WorkerPoolNotFound"),
                     ("Suspended", false, "NotSuspended"),

@@ -2247,6 +2247,8 @@ fn dead_letters(rt: &tokio::runtime::Runtime, dlq: &str) -> u64 {
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn a_corpus_of_bad_input_gets_clear_reports_and_disturbs_nothing() {
+    // Its own name each run: made by the test, it exists afterwards.
+    let later_bucket = unique("cloudkon-corpus-later");
     let _serial = serial();
     let mut c = Cluster::new("e2e-corpus");
     c.operator("operator.log", &[]);
@@ -2402,6 +2404,12 @@ data:
             "tasks: {inline: [{kind: sleep, ms: 1}]}\n  workerPool: nope".into(),
             Expect::Condition("nope"),
         ),
+        (
+            // Made below: the batch then runs.
+            "results-bucket-later",
+            format!("tasks: {{inline: [{{kind: sleep, ms: 1}}]}}\n  results: {{s3Prefix: \"s3://{later_bucket}/r\"}}"),
+            Expect::Condition("the results' bucket \"cloudkon-corpus-later"),
+        ),
     ];
     let mut outcomes = Vec::new();
     for (name, spec, _) in &cases {
@@ -2475,6 +2483,16 @@ data:
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // The results' bucket made, the batch that waited for it runs.
+    rt.block_on(aws.s3().ensure_bucket(&later_bucket)).unwrap();
+    let later = c.wait_finished("results-bucket-later", Duration::from_secs(60));
+    let s = later.status.unwrap();
+    assert_eq!((s.phase, s.counts.succeeded), (Some(Phase::Succeeded), 1));
+    let written = rt
+        .block_on(aws.s3().list_keys(&later_bucket, "r/"))
+        .unwrap();
+    assert!(!written.is_empty(), "no results written");
 
     // A batch of 10^12 tasks: taken, and metered: a window in the queue.
     c.apply(&template_batch(

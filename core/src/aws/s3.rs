@@ -240,6 +240,22 @@ impl S3Store {
         }
     }
 
+    /// Whether `bucket` exists (HeadBucket): `Ok(false)` only when S3 says
+    /// it does not; a denied or failed request is an error.
+    pub async fn bucket_exists(&self, bucket: &str) -> Result<bool, AwsError> {
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = err("HeadBucket", uri(bucket, ""), e);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     pub async fn put_bytes(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), AwsError> {
         self.client
             .put_object()

@@ -11,8 +11,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::collected::{Encoded, Piece};
@@ -45,6 +47,10 @@ pub trait BatchRecord: Send + Sync + 'static {
     /// Stores the collected-ids set (encoded), replacing the last one at
     /// once: a crash on the way leaves the last one whole.
     fn store_collected(&self, encoded: Encoded) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Says something wrong about the batch to its readers (a Warning
+    /// Event): what the runner rides out but a person should fix.
+    fn warn(&self, reason: &str, message: String) -> impl Future<Output = ()> + Send;
 }
 
 /// The ConfigMap holding a batch's collected ids.
@@ -85,6 +91,8 @@ pub struct KubeRecord {
     /// is merged into it and the whole applied, held across the write so
     /// that two writes of one runner cannot cross.
     part: tokio::sync::Mutex<StatusPatch>,
+    /// Where [`BatchRecord::warn`] goes, with the batch's reference.
+    events: Option<(Recorder, ObjectReference)>,
 }
 
 impl KubeRecord {
@@ -104,7 +112,14 @@ impl KubeRecord {
             part: tokio::sync::Mutex::new(StatusPatch::runner_part(
                 &batch.status.clone().unwrap_or_default(),
             )),
+            events: None,
         })
+    }
+
+    /// Warnings go to `recorder`, as Events of `batch`.
+    pub fn with_events(mut self, recorder: Recorder, batch: &TaskBatch) -> Self {
+        self.events = Some((recorder, batch.object_ref(&())));
+        self
     }
 
     fn configmap_name(&self) -> String {
@@ -167,6 +182,22 @@ impl KubeRecord {
 }
 
 impl BatchRecord for KubeRecord {
+    async fn warn(&self, reason: &str, message: String) {
+        let Some((recorder, reference)) = &self.events else {
+            return;
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.to_string(),
+            note: Some(crate::context::truncate(message, 1000)),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, reference).await {
+            tracing::warn!(batch = %self.name, %reason, error = %e, "cannot publish an Event");
+        }
+    }
+
     async fn patch_status(&self, status: StatusPatch) -> Result<(), Error> {
         let mut part = self.part.lock().await;
         let mut next = part.clone();
@@ -296,6 +327,7 @@ pub struct MemoryRecord {
     part: Mutex<StatusPatch>,
     collected: Mutex<Option<Encoded>>,
     writes: Mutex<u64>,
+    warnings: Mutex<Vec<(String, String)>>,
 }
 
 impl MemoryRecord {
@@ -309,9 +341,21 @@ impl MemoryRecord {
     pub fn writes(&self) -> u64 {
         *self.writes.lock().expect("record lock")
     }
+
+    /// The warnings so far: (reason, message).
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        self.warnings.lock().expect("record lock").clone()
+    }
 }
 
 impl BatchRecord for MemoryRecord {
+    async fn warn(&self, reason: &str, message: String) {
+        self.warnings
+            .lock()
+            .expect("record lock")
+            .push((reason.to_string(), message));
+    }
+
     async fn patch_status(&self, status: StatusPatch) -> Result<(), Error> {
         self.part.lock().expect("record lock").merge(status);
         *self.writes.lock().expect("record lock") += 1;

@@ -186,7 +186,8 @@ async fn kube_runner(
         reply_to: response.url().to_string(),
         inbox: response,
         store: aws.s3(),
-        record: KubeRecord::new(ctx.client.clone(), batch)?,
+        record: KubeRecord::new(ctx.client.clone(), batch)?
+            .with_events(ctx.recorder.clone(), batch),
         shares: ctx.shares.clone(),
         pool_idle: ctx.pool_idle.clone(),
         metrics: ctx.metrics.clone(),
@@ -803,17 +804,41 @@ pub fn split_parts(lines: &[u8], max_bytes: usize, max_lines: usize) -> Vec<&[u8
 /// Retries `op` with backoff (0.5 s doubling to 30 s) until it succeeds: a
 /// write the batch cannot go on without, failing for a while (S3 or the API
 /// server restarting), must not restart the runner and redo its work.
-async fn retrying<T, F, Fut>(what: &str, mut op: F) -> T
+/// Failures in a row of a results write before the batch says so (an
+/// Event): a passing S3 error is only logged.
+const WRITE_FAILURES_SAID: u32 = 3;
+/// A write still failing is said again this often.
+const WRITE_FAILURE_RESAID: Duration = Duration::from_secs(600);
+
+/// `op` until it succeeds, waiting longer after each failure (up to 30 s);
+/// failures that go on are said on the batch (`record`).
+async fn retrying<T, F, Fut>(record: &impl BatchRecord, what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
     let mut delay = Duration::from_millis(500);
+    let mut failures = 0;
+    let mut said: Option<Instant> = None;
     loop {
         match op().await {
             Ok(v) => return v,
             Err(e) => {
+                failures += 1;
                 tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
+                if failures >= WRITE_FAILURES_SAID
+                    && said.is_none_or(|at| at.elapsed() >= WRITE_FAILURE_RESAID)
+                {
+                    record
+                        .warn(
+                            "ResultsWriteFailing",
+                            format!(
+                                "{what} failed {failures} times in a row, last: {e}; retried every 30 s at most. The results wait in the batch's response queue until it succeeds (nothing is lost): fix the bucket, or the operator's permissions on it"
+                            ),
+                        )
+                        .await;
+                    said = Some(Instant::now());
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -1216,6 +1241,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         if let Some(results) = &args.results {
             for (key, part) in flush.parts {
                 retrying(
+                    &self.record,
                     &format!("writing s3://{}/{key}", results.bucket),
                     || async {
                         self.store
@@ -1560,6 +1586,44 @@ mod tests {
         assert_eq!(r.store.failures_left.load(Ordering::Relaxed), 0);
         assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
         assert_eq!(stored_ids(&r.store.inner).len() as u64, n);
+        // Two failures in a row are only logged.
+        assert_eq!(r.record.warnings(), []);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_writes_that_keep_failing_are_said_on_the_batch() {
+        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
+        let ledger = Arc::new(MemoryLedger::new());
+        let stop = Shutdown::new();
+        let w = worker(&queue, &ledger, &responses, "w1", &stop);
+        let n = 100;
+        let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
+        let r = with_store(
+            runner(&queue, &responses, MemoryRecord::default()),
+            TestStore {
+                failures_left: WRITE_FAILURES_SAID.into(),
+                ..TestStore::default()
+            },
+        );
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
+            .await
+            .expect("the batch finishes")
+            .expect("the runner rides out the failed writes");
+        stop.stop.cancel();
+        w.await.unwrap();
+        assert_eq!(stored_ids(&r.store.inner).len() as u64, n);
+        let warnings = r.record.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let (reason, message) = &warnings[0];
+        assert_eq!(reason, "ResultsWriteFailing");
+        assert!(
+            message.starts_with(
+                "writing s3://results/ns/b/part-000000.jsonl failed 3 times in a row, last: "
+            ) && message.contains("503")
+                && message.contains("nothing is lost"),
+            "{message}"
+        );
     }
 
     /// What the pool's queue holds now, as (first task, tasks) per bundle.

@@ -159,7 +159,7 @@ impl Context {
     }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+pub fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {

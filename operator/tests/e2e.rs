@@ -1217,6 +1217,58 @@ fn tasks_purged_from_a_pools_queue_are_reported_lost_not_waited_for() {
     assert!(events.contains("TasksLost"), "{events}");
 }
 
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn results_writes_that_fail_are_said_on_the_batch_and_lose_nothing() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-results-fail");
+    c.operator("operator.log", &[]);
+    c.apply(&scaling_pool("p", 1, 300));
+    let queue = c.queue_url("p");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = rt.block_on(Aws::load()).s3();
+    let bucket = unique("cloudkon-results-gone");
+    rt.block_on(s3.ensure_bucket(&bucket)).unwrap();
+    const TASKS: i64 = 40;
+    c.apply(&format!(
+        "{}  results: {{s3Prefix: \"s3://{bucket}/r\"}}\n",
+        run_batch("b", "p", TASKS as u32, "true")
+    ));
+    c.wait_for("every task sent", Duration::from_secs(30), |c| {
+        (c.batch("b").status?.counts.enqueued == TASKS).then_some(())
+    });
+    // The bucket goes while the tasks wait; the workers run them.
+    rt.block_on(s3.delete_bucket(&bucket)).unwrap();
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    let events = c.wait_for("the failing writes said", Duration::from_secs(60), |c| {
+        let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+        events.contains("ResultsWriteFailing").then_some(events)
+    });
+    assert!(events.contains("nothing is lost"), "{events}");
+    let s = c.batch("b").status.unwrap();
+    assert!(!s.phase.is_some_and(Phase::is_finished), "{s:?}");
+    // The bucket back: every result is written, once.
+    rt.block_on(s3.ensure_bucket(&bucket)).unwrap();
+    let s = c
+        .wait_finished("b", Duration::from_secs(120))
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.counts.succeeded),
+        (Some(Phase::Succeeded), TASKS)
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    for key in rt.block_on(s3.list_keys(&bucket, "r/")).unwrap() {
+        let bytes = rt.block_on(s3.get_bytes(&bucket, &key)).unwrap();
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            assert!(ids.insert(v["id"].as_u64().unwrap()), "twice: {v}");
+        }
+    }
+    assert_eq!(ids.len() as i64, TASKS);
+}
+
 /// A pool's condition of that type: (status, reason, message).
 fn pool_condition(c: &Cluster, pool: &str, type_: &str) -> Option<(String, String, String)> {
     let p =

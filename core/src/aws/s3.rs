@@ -533,6 +533,17 @@ impl S3Store {
         }
     }
 
+    /// Deletes `bucket`, which must be empty.
+    pub async fn delete_bucket(&self, bucket: &str) -> Result<(), AwsError> {
+        self.client
+            .delete_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| err("DeleteBucket", uri(bucket, ""), e))?;
+        Ok(())
+    }
+
     pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), AwsError> {
         self.client
             .delete_object()

@@ -200,9 +200,23 @@ impl TaskResult {
         submitted: Timestamp,
         at: Timestamp,
     ) -> Self {
+        Self::not_run_id(&task.batch, task.id, attempt, reason, worker, submitted, at)
+    }
+
+    /// [`TaskResult::not_run`] for a task known by its batch and id only
+    /// (the operator's report of tasks found nowhere).
+    pub fn not_run_id(
+        batch: &BatchId,
+        id: TaskId,
+        attempt: u32,
+        reason: String,
+        worker: Arc<str>,
+        submitted: Timestamp,
+        at: Timestamp,
+    ) -> Self {
         TaskResult {
-            batch: task.batch.clone(),
-            id: task.id,
+            batch: batch.clone(),
+            id,
             attempt,
             outcome: Outcome::Failed { reason },
             exit_code: None,

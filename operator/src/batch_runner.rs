@@ -27,7 +27,7 @@ use cloudkon_core::queue::{Receipt, ResultsInbox, TaskQueue};
 use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
 use cloudkon_core::workload::{SendOrder, TaskDef, Wanted, WorkloadReader};
-use cloudkon_core::{BatchId, Bundle, BundleOptions, Outcome, TaskResult};
+use cloudkon_core::{BatchId, Bundle, BundleOptions, TaskResult};
 use cloudkon_worker::remote::declared_length;
 use hdrhistogram::Histogram;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -1071,24 +1071,7 @@ fn lost_results(
     let worker: Arc<str> = LOST_WORKER.into();
     let now = Timestamp::now();
     ids.filter(|&id| !collected.contains(id))
-        .map(|id| TaskResult {
-            batch: batch.clone(),
-            id,
-            attempt: 1,
-            outcome: Outcome::Failed {
-                reason: reason.clone(),
-            },
-            exit_code: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            truncated: false,
-            artifact: None,
-            artifact_url: None,
-            worker: worker.clone(),
-            submitted: now,
-            started: now,
-            finished: now,
-        })
+        .map(|id| TaskResult::not_run_id(&batch, id, 1, reason.clone(), worker.clone(), now, now))
         .collect()
 }
 
@@ -1314,10 +1297,10 @@ mod tests {
     use super::*;
     use crate::batch_record::MemoryRecord;
     use crate::crd::taskbatch::TaskBatchStatus;
+    use cloudkon_core::Outcome;
     use cloudkon_core::ledger::MemoryLedger;
     use cloudkon_core::queue::{MemoryInbox, MemoryQueue, MemoryResponses, ResultRouter};
     use cloudkon_core::store::MemoryStore;
-    use cloudkon_core::{Outcome, TaskResult};
     use cloudkon_worker::remote::{RemoteConfig, WorkerStats, run_remote};
     use cloudkon_worker::{PoolConfig, Registry, Shutdown};
     use serde_json::json;
@@ -1561,18 +1544,21 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_results_write_is_retried_without_losing_or_repeating_results() {
+    /// A batch of `n` `sleep 0` run by a worker, whose results store fails
+    /// its first `failures` writes; the runner once the batch finished.
+    async fn run_with_failing_writes(
+        n: u64,
+        failures: u32,
+    ) -> Runner<MemoryQueue, MemoryInbox, TestStore, MemoryRecord> {
         let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
         let ledger = Arc::new(MemoryLedger::new());
         let stop = Shutdown::new();
         let w = worker(&queue, &ledger, &responses, "w1", &stop);
-        let n = 2_000;
         let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
         let r = with_store(
             runner(&queue, &responses, MemoryRecord::default()),
             TestStore {
-                failures_left: 2.into(),
+                failures_left: failures.into(),
                 ..TestStore::default()
             },
         );
@@ -1586,33 +1572,19 @@ mod tests {
         assert_eq!(r.store.failures_left.load(Ordering::Relaxed), 0);
         assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
         assert_eq!(stored_ids(&r.store.inner).len() as u64, n);
+        r
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_results_write_is_retried_without_losing_or_repeating_results() {
+        let r = run_with_failing_writes(2_000, 2).await;
         // Two failures in a row are only logged.
         assert_eq!(r.record.warnings(), []);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn results_writes_that_keep_failing_are_said_on_the_batch() {
-        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
-        let ledger = Arc::new(MemoryLedger::new());
-        let stop = Shutdown::new();
-        let w = worker(&queue, &ledger, &responses, "w1", &stop);
-        let n = 100;
-        let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
-        let r = with_store(
-            runner(&queue, &responses, MemoryRecord::default()),
-            TestStore {
-                failures_left: WRITE_FAILURES_SAID.into(),
-                ..TestStore::default()
-            },
-        );
-        let (_tx, spec) = watch::channel(b.spec.clone());
-        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
-            .await
-            .expect("the batch finishes")
-            .expect("the runner rides out the failed writes");
-        stop.stop.cancel();
-        w.await.unwrap();
-        assert_eq!(stored_ids(&r.store.inner).len() as u64, n);
+        let r = run_with_failing_writes(100, WRITE_FAILURES_SAID).await;
         let warnings = r.record.warnings();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         let (reason, message) = &warnings[0];

@@ -175,11 +175,19 @@ impl SqsClient {
         url: &str,
         name: QueueAttributeName,
     ) -> Result<HashMap<QueueAttributeName, String>, AwsError> {
+        self.attributes_of(url, vec![name]).await
+    }
+
+    async fn attributes_of(
+        &self,
+        url: &str,
+        names: Vec<QueueAttributeName>,
+    ) -> Result<HashMap<QueueAttributeName, String>, AwsError> {
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(url)
-            .attribute_names(name)
+            .set_attribute_names(Some(names))
             .send()
             .await
             .map_err(|e| Self::err("GetQueueAttributes", url, e))?;
@@ -289,17 +297,17 @@ impl SqsQueue {
     /// sets); a number SQS does not give reads as zero, a missing redrive
     /// policy as no `max_receives`.
     pub async fn options(&self) -> Result<QueueOptions, AwsError> {
-        let out = self
-            .client()
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::VisibilityTimeout)
-            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
-            .attribute_names(QueueAttributeName::RedrivePolicy)
-            .send()
-            .await
-            .map_err(|e| SqsClient::err("GetQueueAttributes", &self.url, e))?;
-        let attributes = out.attributes.unwrap_or_default();
+        let attributes = self
+            .sqs
+            .attributes_of(
+                &self.url,
+                vec![
+                    QueueAttributeName::VisibilityTimeout,
+                    QueueAttributeName::MessageRetentionPeriod,
+                    QueueAttributeName::RedrivePolicy,
+                ],
+            )
+            .await?;
         let secs = |name: QueueAttributeName| {
             Duration::from_secs(
                 attributes
@@ -325,17 +333,17 @@ impl SqsQueue {
     }
 
     pub async fn stats(&self) -> Result<QueueStats, AwsError> {
-        let out = self
-            .client()
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| SqsClient::err("GetQueueAttributes", &self.url, e))?;
-        let attributes = out.attributes.unwrap_or_default();
+        let attributes = self
+            .sqs
+            .attributes_of(
+                &self.url,
+                vec![
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+                ],
+            )
+            .await?;
         let count = |name: QueueAttributeName| {
             attributes
                 .get(&name)

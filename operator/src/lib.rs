@@ -32,6 +32,7 @@ pub mod eta;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod pod_problems;
 pub mod pool_idle;
 pub mod pool_memory;
 pub mod pool_plan;

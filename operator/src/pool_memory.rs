@@ -31,6 +31,9 @@ pub struct PoolMemory {
     /// The last read of whether a worker runs a task, and when: read again
     /// at most every `pool_reconciler::BUSY_READ_EVERY`.
     pub busy_read: Option<(Instant, bool)>,
+    /// The last look at why workers are not ready, and when: looked at
+    /// again at most every `pool_reconciler::PROBLEM_READ_EVERY`.
+    pub worker_problem: Option<(Instant, Option<String>)>,
     /// Being deleted: the batches the deletion waits for, as last told in
     /// an Event (told again only when they change).
     pub deletion_waits_for: Vec<String>,

@@ -38,6 +38,8 @@ pub struct Running<'a> {
     pub decision: &'a Decision,
     pub min: i32,
     pub slots_per_worker: u64,
+    /// Why workers asked for are not ready, when waiting will not fix it.
+    pub worker_problem: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -153,9 +155,24 @@ pub fn decide(pool: &WorkerPool, o: &Observed<'_>, poll: Duration, now: &Time) -
         min: r.min,
         backlog,
         decision,
+        worker_problem: r.worker_problem,
     });
     for update in &conditions {
+        // Said in an Event when it starts (its message changes as pods
+        // back off, and is written, not repeated).
+        let new_problem = update.reason == status::WORKERS_FAILING
+            && !st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == update.type_ && c.reason == update.reason);
         set_condition(&mut st.conditions, update, generation, now);
+        if new_problem {
+            events.push(Note {
+                warning: true,
+                reason: status::WORKERS_FAILING.into(),
+                message: update.message.clone(),
+            });
+        }
     }
     Plan {
         status: st,
@@ -226,6 +243,7 @@ mod tests {
             decision: d,
             min: 0,
             slots_per_worker: 4,
+            worker_problem: None,
         })
     }
 
@@ -276,6 +294,60 @@ mod tests {
         assert!(plan.events.is_empty());
         assert_eq!(plan.status.last_active_time, old.last_active_time);
         assert_eq!(plan.status.last_scale_time, None);
+    }
+
+    #[test]
+    fn workers_that_cannot_start_are_said_once_while_the_message_follows() {
+        let d = decision(2);
+        let w = ObservedWorkers {
+            current: 2,
+            ready: 0,
+            missing: false,
+        };
+        let with = |problem| {
+            let Observed::Running(r) = running(&d, &w, 5, 0) else {
+                unreachable!()
+            };
+            Running {
+                worker_problem: Some(problem),
+                ..r
+            }
+        };
+        let plan = decide(
+            &pool(None),
+            &Observed::Running(with("pod p-1: CrashLoopBackOff: back-off 10s")),
+            POLL,
+            &now(),
+        );
+        assert_eq!(
+            reason(&plan.status, "Available"),
+            ("False", "WorkersFailing")
+        );
+        let said: Vec<_> = plan.events.iter().filter(|e| e.warning).collect();
+        assert_eq!(said.len(), 1);
+        assert_eq!(
+            said[0].message,
+            "0 ready, 1 needed: pod p-1: CrashLoopBackOff: back-off 10s"
+        );
+        // Backing off longer: the message follows, no second Event.
+        let again = decide(
+            &pool(Some(plan.status.clone())),
+            &Observed::Running(with("pod p-1: CrashLoopBackOff: back-off 20s")),
+            POLL,
+            &now(),
+        );
+        assert!(
+            again.events.iter().all(|e| !e.warning),
+            "{:?}",
+            again.events
+        );
+        let available = again
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Available")
+            .unwrap();
+        assert!(available.message.ends_with("back-off 20s"));
     }
 
     #[test]

@@ -113,6 +113,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let stats = queue.stats().await?;
     let fleet = WorkerFleet::of(pool, ctx, &mut memory, queue.url())?;
     let workers = fleet.observe(pool, ctx).await?;
+    let worker_problem = worker_problem(pool, ctx, &mut memory, &fleet, &workers).await;
     let key = crate::shares::pool_key(&ns, &name);
     let work = ctx.shares.work(&key);
     let idle = stats.visible + stats.in_flight + stats.delayed == 0
@@ -141,6 +142,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         decision: &decision,
         min: config.min,
         slots_per_worker: config.slots_per_worker,
+        worker_problem: worker_problem.as_deref(),
     });
     let plan = pool_plan::decide(pool, &observed, ctx.settings.poll, &now);
     fleet
@@ -177,6 +179,32 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
 /// Heartbeats are read at most this often to tell whether a worker runs a
 /// task (a table scan; only while the queue is empty and tasks outstanding).
 pub const BUSY_READ_EVERY: Duration = Duration::from_secs(10);
+
+/// Why workers are not ready is looked at most this often (a list of the
+/// pool's pods, only while some are not ready).
+pub const PROBLEM_READ_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the workers asked for are not all ready, as last looked at.
+async fn worker_problem(
+    pool: &WorkerPool,
+    ctx: &Context,
+    memory: &mut PoolMemory,
+    fleet: &WorkerFleet,
+    workers: &ObservedWorkers,
+) -> Option<String> {
+    if workers.ready >= workers.current {
+        memory.worker_problem = None;
+        return None;
+    }
+    if let Some((at, problem)) = &memory.worker_problem
+        && at.elapsed() < PROBLEM_READ_EVERY
+    {
+        return problem.clone();
+    }
+    let problem = fleet.problem(pool, ctx).await;
+    memory.worker_problem = Some((Instant::now(), problem.clone()));
+    problem
+}
 
 /// Whether a worker of the pool may run a task, as last read.
 async fn busy(pool: &WorkerPool, ctx: &Context, memory: &mut PoolMemory) -> bool {

@@ -404,7 +404,13 @@ pub struct PoolConditionsInput<'a> {
     pub backlog: i64,
     /// The scaler's latest decision.
     pub decision: &'a crate::scale::Decision,
+    /// Why workers asked for are not ready, when waiting will not fix it.
+    pub worker_problem: Option<&'a str>,
 }
+
+/// The `Available` condition's reason when workers cannot start or keep
+/// crashing (the message says which pod and why).
+pub const WORKERS_FAILING: &str = "WorkersFailing";
 
 /// The four conditions of a WorkerPool, to pass to [`set_condition`].
 pub fn pool_conditions(input: &PoolConditionsInput<'_>) -> Vec<ConditionUpdate> {
@@ -433,6 +439,13 @@ pub fn pool_conditions(input: &PoolConditionsInput<'_>) -> Vec<ConditionUpdate> 
             true,
             "EnoughWorkers",
             format!("{} ready, {needed} needed", input.ready),
+        )
+    } else if let Some(problem) = input.worker_problem {
+        ConditionUpdate::new(
+            AVAILABLE,
+            false,
+            WORKERS_FAILING,
+            format!("{} ready, {needed} needed: {problem}", input.ready),
         )
     } else {
         ConditionUpdate::new(
@@ -962,6 +975,7 @@ mod tests {
                 min,
                 backlog,
                 decision,
+                worker_problem: None,
             };
         // (name, input, want: [(type, status, reason)])
         let cases = [
@@ -1034,5 +1048,22 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{name}");
         }
+        // Workers that cannot start: which pod and why.
+        let failing = pool_conditions(&PoolConditionsInput {
+            worker_problem: Some("pod p-1: ImagePullBackOff: no such image"),
+            ..input(&valid, None, 0, 0, 5, &free)
+        });
+        assert_eq!(
+            (
+                failing[2].status,
+                failing[2].reason.as_str(),
+                failing[2].message.as_str()
+            ),
+            (
+                false,
+                WORKERS_FAILING,
+                "0 ready, 1 needed: pod p-1: ImagePullBackOff: no such image"
+            )
+        );
     }
 }

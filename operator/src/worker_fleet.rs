@@ -99,6 +99,26 @@ impl WorkerFleet {
         }
     }
 
+    /// Why workers that were asked for are not ready, when the fleet can
+    /// tell and waiting will not fix it (see `pod_problems`).
+    pub async fn problem(&self, pool: &WorkerPool, ctx: &Context) -> Option<String> {
+        match self {
+            WorkerFleet::Deployment => {
+                let ns = pool.namespace().unwrap_or_default();
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                let selector = format!("{POOL_LABEL}={}", pool.name_any());
+                match pods.list(&ListParams::default().labels(&selector)).await {
+                    Ok(list) => crate::pod_problems::first_problem(&list.items),
+                    Err(e) => {
+                        tracing::debug!(pool = %format!("{ns}/{}", pool.name_any()), error = %e, "cannot list worker pods");
+                        None
+                    }
+                }
+            }
+            WorkerFleet::Ec2(_) => None,
+        }
+    }
+
     /// Before a scale-down: how many workers run tasks and should stay, when
     /// the fleet can tell (`None`: it removes whichever it removes).
     pub async fn busy_before_scale_down(&self, pool: &WorkerPool, ctx: &Context) -> Option<i32> {
@@ -194,10 +214,6 @@ async fn observe_deployment(pool: &WorkerPool, ctx: &Context) -> Result<Observed
     })
 }
 
-/// Gives each worker pod a deletion cost equal to the tasks it is running
-/// (from its heartbeat), so that the ReplicaSet removes idle workers first.
-/// Returns how many of the pool's pods run tasks (per a fresh heartbeat).
-/// Best effort: a failure only loses the preference (and counts no pod busy).
 /// Whether a worker of the pool's ledger table may be running a task: a
 /// recent heartbeat says so, or the heartbeats cannot be read. Workers of
 /// other pools that share the table count too: this only ever delays the
@@ -223,6 +239,10 @@ pub async fn any_worker_busy(pool: &WorkerPool, ctx: &Context) -> bool {
     }
 }
 
+/// Gives each worker pod a deletion cost equal to the tasks it is running
+/// (from its heartbeat), so that the ReplicaSet removes idle workers first.
+/// Returns how many of the pool's pods run tasks (per a fresh heartbeat).
+/// Best effort: a failure only loses the preference (and counts no pod busy).
 async fn mark_idle_pods(pool: &WorkerPool, ctx: &Context) -> i32 {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();

@@ -789,3 +789,74 @@ fn an_animoto_batch_on_worker_pods_makes_videos_in_s3() {
     let results = s.results.clone().expect("a results location");
     common::check_slideshows(&c.rt, bucket, &results, c.dir.path());
 }
+
+/// A pool's `Available` condition: (status, reason, message).
+fn available(c: &Install, pool: &str) -> Option<(String, String, String)> {
+    let x = c
+        .pool(pool)
+        .status?
+        .conditions
+        .into_iter()
+        .find(|x| x.type_ == "Available")?;
+    Some((x.status, x.reason, x.message))
+}
+
+#[test]
+fn workers_that_cannot_start_are_said_on_their_pool() {
+    let _serial = serial();
+    let c = Install::new("pods-failing");
+    // One worker each, wanted at once (min 1): an image the node does not
+    // have (never pulled: no traffic leaves the node), and the real image
+    // with a setting it refuses (it exits at start, again and again).
+    let with = |name: &str, image: &str, env: Option<(&str, &str)>| {
+        let mut pool: serde_json::Value =
+            serde_json::from_str(&c.pool_yaml(name, 1, 10, 5)).unwrap();
+        let spec = &mut pool["spec"];
+        spec["workers"]["min"] = 1.into();
+        spec["template"]["image"] = image.into();
+        if let Some((k, v)) = env {
+            let list = spec["template"]["env"].as_array_mut().unwrap();
+            list.push(serde_json::json!({"name": k, "value": v}));
+        }
+        pool.to_string()
+    };
+    c.apply(&with("no-image", "cloudkon/not-on-this-node:1", None));
+    let worker_image = c.env.worker_image.clone();
+    c.apply(&with(
+        "crashing",
+        &worker_image,
+        Some(("CLOUDKON_LEASE", "a while")),
+    ));
+
+    let t0 = Instant::now();
+    let (_, reason, message) =
+        c.wait_for("the missing image said", Duration::from_secs(120), |c| {
+            available(c, "no-image").filter(|x| x.1 == "WorkersFailing")
+        });
+    println!(
+        "no-image: {reason} after {:.1} s: {message}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        message.starts_with("0 ready, 1 needed: pod no-image-workers-")
+            && message.contains("ErrImageNeverPull")
+            && message.contains("cloudkon/not-on-this-node:1"),
+        "{message}"
+    );
+    let (_, reason, message) = c.wait_for("the crashes said", Duration::from_secs(120), |c| {
+        available(c, "crashing").filter(|x| x.1 == "WorkersFailing")
+    });
+    println!(
+        "crashing: {reason} after {:.1} s: {message}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        message.contains("CrashLoopBackOff") && message.contains("last exit code 2"),
+        "{message}"
+    );
+    let events = c.ok(&["get", "events", "--field-selector", "reason=WorkersFailing"]);
+    assert!(
+        events.contains("no-image") && events.contains("crashing"),
+        "{events}"
+    );
+}

@@ -1205,6 +1205,10 @@ fn tasks_purged_from_a_pools_queue_are_reported_lost_not_waited_for() {
         waited >= Duration::from_secs(5),
         "reported after {waited:?}"
     );
+    println!(
+        "lost: {TASKS} tasks purged, reported failed {:.1} s after the purge (--missing-after 5s)",
+        waited.as_secs_f64()
+    );
     let (status, reason, message) = c.wait_for("a Lost condition", Duration::from_secs(10), |c| {
         condition(&c.batch("b"), "Lost")
     });
@@ -1241,11 +1245,16 @@ fn results_writes_that_fail_are_said_on_the_batch_and_lose_nothing() {
     rt.block_on(s3.delete_bucket(&bucket)).unwrap();
     let table = unique("e2e-ledger");
     c.workers(&queue, &table, 1);
+    let deleted = Instant::now();
     let events = c.wait_for("the failing writes said", Duration::from_secs(60), |c| {
         let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
         events.contains("ResultsWriteFailing").then_some(events)
     });
     assert!(events.contains("nothing is lost"), "{events}");
+    println!(
+        "results: ResultsWriteFailing {:.1} s after the workers started, the bucket gone",
+        deleted.elapsed().as_secs_f64()
+    );
     let s = c.batch("b").status.unwrap();
     assert!(!s.phase.is_some_and(Phase::is_finished), "{s:?}");
     // The bucket back: every result is written, once.

@@ -617,10 +617,10 @@ fn efficiency(rt: &tokio::runtime::Runtime, client: &Client) -> Result<Vec<Strin
 fn share(rt: &tokio::runtime::Runtime, client: &Client) -> Result<Vec<String>> {
     let stage = Stage::new(rt, client, "share", None)?;
     let template = json!({"kind": "run", "program": "sleep", "args": ["0.02"]});
-    stage.create_batch("light", 5000, template.clone(), json!({"weight": 1}))?;
+    stage.create_batch("light", 10_000, template.clone(), json!({"weight": 1}))?;
     // The heavy one larger: it must still have tasks to send at the end of
-    // the measure (about 4,800 sent by then), or the light one gets the pool.
-    stage.create_batch("heavy", 8000, template, json!({"weight": 3}))?;
+    // the measure (about 10,000 sent by then), or the light one gets the pool.
+    stage.create_batch("heavy", 24_000, template, json!({"weight": 3}))?;
     let done = |s: &Stage| -> Option<(i64, i64)> {
         let count = |name| {
             let c = s.get::<TaskBatch>(name).ok()?.status?.counts;
@@ -629,20 +629,22 @@ fn share(rt: &tokio::runtime::Runtime, client: &Client) -> Result<Vec<String>> {
         Some((count("light")?, count("heavy")?))
     };
     // Over a stretch where both run, once the windows have settled (the first
-    // are sized before any task length is known): from 2,500 done to 5,000.
+    // are sized before any task length is known): from 2,500 done to 12,500.
+    // The counts are the statuses', each written about once a second: over
+    // 2,500 tasks (~6 s) that alone moved the share by up to ±15 points.
     let (l0, h0) = stage.wait("2,500 done", Duration::from_secs(600), |s| {
         done(s).filter(|(l, h)| l + h >= 2500)
     })?;
-    let (l1, h1) = stage.wait("5,000 done", Duration::from_secs(600), |s| {
-        done(s).filter(|(l, h)| l + h >= 5000)
+    let (l1, h1) = stage.wait("12,500 done", Duration::from_secs(600), |s| {
+        done(s).filter(|(l, h)| l + h >= 12_500)
     })?;
     ensure!(
-        l1 < 5000 && h1 < 8000,
+        l1 < 10_000 && h1 < 24_000,
         "a batch finished within the measure"
     );
     let heavy = (h1 - h0) as f64 / ((l1 - l0) + (h1 - h0)) as f64;
     Ok(vec![format!(
-        "weights 1 and 3, 5,000 and 8,000 x `run sleep 0.02`: {} and {} tasks done while both ran: the weight-3 batch {:.1} % (ideal 75 %)",
+        "weights 1 and 3, 10,000 and 24,000 x `run sleep 0.02`: {} and {} tasks done while both ran: the weight-3 batch {:.1} % (ideal 75 %)",
         l1 - l0,
         h1 - h0,
         100.0 * heavy

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::collected::{Encoded, Piece};
@@ -183,18 +183,8 @@ impl KubeRecord {
 
 impl BatchRecord for KubeRecord {
     async fn warn(&self, reason: &str, message: String) {
-        let Some((recorder, reference)) = &self.events else {
-            return;
-        };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.to_string(),
-            note: Some(crate::context::truncate(message, 1000)),
-            action: reason.to_string(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, reference).await {
-            tracing::warn!(batch = %self.name, %reason, error = %e, "cannot publish an Event");
+        if let Some((recorder, reference)) = &self.events {
+            crate::context::publish_event(recorder, reference, true, reason, message).await;
         }
     }
 

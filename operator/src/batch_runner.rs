@@ -772,6 +772,15 @@ struct Pending {
     charged: StatsSnapshot,
 }
 
+impl Pending {
+    /// `result` as a line of the next results part.
+    fn keep(&mut self, result: &TaskResult) {
+        serde_json::to_writer(&mut self.lines, result).expect("a result always serializes");
+        self.lines.push(b'\n');
+        self.results += 1;
+    }
+}
+
 /// Results per part at most (with `Settings::results_part_bytes`).
 const PART_MAX_RESULTS: usize = 100_000;
 
@@ -801,17 +810,16 @@ pub fn split_parts(lines: &[u8], max_bytes: usize, max_lines: usize) -> Vec<&[u8
     parts
 }
 
-/// Retries `op` with backoff (0.5 s doubling to 30 s) until it succeeds: a
-/// write the batch cannot go on without, failing for a while (S3 or the API
-/// server restarting), must not restart the runner and redo its work.
 /// Failures in a row of a results write before the batch says so (an
 /// Event): a passing S3 error is only logged.
 const WRITE_FAILURES_SAID: u32 = 3;
 /// A write still failing is said again this often.
 const WRITE_FAILURE_RESAID: Duration = Duration::from_secs(600);
 
-/// `op` until it succeeds, waiting longer after each failure (up to 30 s);
-/// failures that go on are said on the batch (`record`).
+/// Retries `op` with backoff (0.5 s doubling to 30 s) until it succeeds: a
+/// write the batch cannot go on without, failing for a while (S3 or the API
+/// server restarting), must not restart the runner and redo its work.
+/// Failures that go on are said on the batch (`record`).
 async fn retrying<T, F, Fut>(record: &impl BatchRecord, what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
@@ -917,10 +925,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     let e2e = result.finished.0.saturating_sub(result.submitted.0) / 1000;
                     let _ = latency.record(e2e.max(1));
                     if args.results.is_some() {
-                        serde_json::to_writer(&mut pending.lines, result)
-                            .expect("a result always serializes");
-                        pending.lines.push(b'\n');
-                        pending.results += 1;
+                        pending.keep(result);
                     }
                 }
                 // A message whose results were all counted is a duplicate
@@ -947,10 +952,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     collected.lost += 1;
                     pending.failed += 1;
                     if args.results.is_some() {
-                        serde_json::to_writer(&mut pending.lines, result)
-                            .expect("a result always serializes");
-                        pending.lines.push(b'\n');
-                        pending.results += 1;
+                        pending.keep(result);
                     }
                 }
                 quiet.heard();

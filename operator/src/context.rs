@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudkon_core::aws::{Aws, S3Store, SqsClient};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
+use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::crd::WorkerPool;
@@ -142,24 +143,37 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_string(),
-            note: Some(truncate(note, 1000)),
-            action: reason.to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(object = %obj.name_any(), %reason, error = %e, "cannot publish an Event");
-        }
+        publish_event(&self.recorder, &obj.object_ref(&()), warning, reason, note).await;
     }
 }
 
-pub fn truncate(mut s: String, max: usize) -> String {
+/// Publishes an Event about the object `reference` names; a failure is
+/// logged, never fatal.
+pub async fn publish_event(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(truncate(note, 1000)),
+        action: reason.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, reference).await {
+        let object = reference.name.as_deref().unwrap_or_default();
+        tracing::warn!(%object, %reason, error = %e, "cannot publish an Event");
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {

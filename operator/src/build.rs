@@ -255,6 +255,11 @@ fn env_value(name: &str, value: &str) -> EnvVar {
 /// adds `-dlq`.
 pub const MAX_QUEUE_NAME: usize = 76;
 
+/// The name of the queue at `url` (an SQS queue URL ends with it).
+pub fn queue_name_in_url(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
 /// A pool's request queue: `spec.queue.name`, or [`derived_queue_name`].
 pub fn queue_name(namespace: &str, pool: &str, explicit: Option<&str>) -> String {
     match explicit {

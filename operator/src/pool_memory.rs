@@ -1,7 +1,7 @@
 //! What the operator remembers of a pool between reconciliations.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use cloudkon_core::aws::SqsQueue;
 
@@ -30,10 +30,10 @@ pub struct PoolMemory {
     pub dead_letters: Option<crate::dead_letters::Reader>,
     /// The last read of whether a worker runs a task, and when: read again
     /// at most every `pool_reconciler::BUSY_READ_EVERY`.
-    pub busy_read: Option<(Instant, bool)>,
+    pub busy_read: Recent<bool>,
     /// The last look at why workers are not ready, and when: looked at
     /// again at most every `pool_reconciler::PROBLEM_READ_EVERY`.
-    pub worker_problem: Option<(Instant, Option<String>)>,
+    pub worker_problem: Recent<Option<String>>,
     /// Being deleted: the batches the deletion waits for, as last told in
     /// an Event (told again only when they change).
     pub deletion_waits_for: Vec<String>,
@@ -44,4 +44,51 @@ pub struct PoolMemory {
 pub struct QueueMade {
     pub name: String,
     pub max_receives: u32,
+}
+
+/// A value read now and then, with when it was read: read again only once
+/// it is older than the caller's period.
+#[derive(Debug)]
+pub struct Recent<T>(Option<(Instant, T)>);
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T: Clone> Recent<T> {
+    /// The value, if it was read within `every`.
+    pub fn within(&self, every: Duration) -> Option<T> {
+        self.0
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < every)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Keeps `value`, read now, and gives it back.
+    pub fn set(&mut self, value: T) -> T {
+        self.0 = Some((Instant::now(), value.clone()));
+        value
+    }
+
+    pub fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recent_value_is_given_within_its_period_only() {
+        let mut r = Recent::default();
+        assert_eq!(r.within(Duration::from_secs(3600)), None, "never read");
+        assert_eq!(r.set(7), 7);
+        assert_eq!(r.within(Duration::from_secs(3600)), Some(7));
+        assert_eq!(r.within(Duration::ZERO), None, "older than no time");
+        r.forget();
+        assert_eq!(r.within(Duration::from_secs(3600)), None);
+    }
 }

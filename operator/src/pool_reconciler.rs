@@ -101,8 +101,8 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let memory = ctx.pool_memory(&uid(pool));
     let mut memory = memory.lock().await;
 
-    // The queue: created once per operator run, then remembered.
-    let queue = match ensure_queue(pool, ctx, &mut memory).await {
+    // The queue: made once per operator run and spec, then remembered.
+    let queue = match ensure_queue(pool, ctx, &mut memory, queue_name).await {
         Ok(q) => q,
         Err(e) => {
             let observed = Observed::QueueUnavailable(e.to_string());
@@ -193,29 +193,23 @@ async fn worker_problem(
     workers: &ObservedWorkers,
 ) -> Option<String> {
     if workers.ready >= workers.current {
-        memory.worker_problem = None;
+        memory.worker_problem.forget();
         return None;
     }
-    if let Some((at, problem)) = &memory.worker_problem
-        && at.elapsed() < PROBLEM_READ_EVERY
-    {
-        return problem.clone();
+    if let Some(problem) = memory.worker_problem.within(PROBLEM_READ_EVERY) {
+        return problem;
     }
     let problem = fleet.problem(pool, ctx).await;
-    memory.worker_problem = Some((Instant::now(), problem.clone()));
-    problem
+    memory.worker_problem.set(problem)
 }
 
 /// Whether a worker of the pool may run a task, as last read.
 async fn busy(pool: &WorkerPool, ctx: &Context, memory: &mut PoolMemory) -> bool {
-    if let Some((at, busy)) = memory.busy_read
-        && at.elapsed() < BUSY_READ_EVERY
-    {
+    if let Some(busy) = memory.busy_read.within(BUSY_READ_EVERY) {
         return busy;
     }
     let busy = crate::worker_fleet::any_worker_busy(pool, ctx).await;
-    memory.busy_read = Some((Instant::now(), busy));
-    busy
+    memory.busy_read.set(busy)
 }
 
 /// The scaler's decision on what was read: idle workers go first on a
@@ -317,15 +311,18 @@ fn end_of_second(t: &Time) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0) + 1)
 }
 
+/// The pool's queue `name`, made (or given the spec's settings) when this
+/// run has not made it with them yet.
 async fn ensure_queue(
     pool: &WorkerPool,
     ctx: &Context,
     memory: &mut PoolMemory,
+    name: String,
 ) -> Result<SqsQueue, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let spec = pool.spec.queue.clone().unwrap_or_default();
     let made = QueueMade {
-        name: build::queue_name(&ns, &pool.name_any(), spec.name.as_deref()),
+        name,
         max_receives: u32::try_from(spec.max_receives.unwrap_or(DEFAULT_MAX_RECEIVES)).unwrap_or(5),
     };
     if let Some((q, with)) = &memory.queue
@@ -472,7 +469,7 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         .status
         .as_ref()
         .and_then(|s| s.queue_url.as_deref())
-        .and_then(|u| u.rsplit('/').next())
+        .map(build::queue_name_in_url)
         .map_or_else(
             || build::queue_name(&ns, &name, spec_queue.name.as_deref()),
             str::to_string,

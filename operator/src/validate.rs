@@ -413,7 +413,7 @@ pub fn workload_tasks_fit(field: &str, name: &str, bytes: &[u8]) -> Result<(), V
 /// its batches' bundles are there, and a pool moved to another queue would
 /// leave them to no worker. `queue` is the name the spec gives now.
 pub fn queue_kept(queue: &str, queue_url: Option<&str>) -> Result<(), Invalid> {
-    let Some(had) = queue_url.and_then(|u| u.rsplit('/').next()) else {
+    let Some(had) = queue_url.map(crate::build::queue_name_in_url) else {
         return Ok(());
     };
     if had == queue {

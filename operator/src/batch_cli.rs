@@ -324,6 +324,18 @@ fn describe(st: &TaskBatchStatus) -> String {
     parts.join(", ")
 }
 
+/// What holds a batch up, from its conditions: a spec or a pool or bucket
+/// refused or missing (`Accepted` false), or its pool's workers failing.
+fn holding(st: &TaskBatchStatus) -> Option<String> {
+    let said = |type_: &str, status: &str| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| format!("{}: {}", c.reason, c.message))
+    };
+    said("Accepted", "False").or_else(|| said("WorkersFailing", "True"))
+}
+
 async fn get_batch(batches: &Api<TaskBatch>, ns: &str, name: &str) -> Result<TaskBatch> {
     batches
         .get_opt(name)
@@ -341,9 +353,22 @@ async fn watch(client: &Client, ns: &str, name: &str) -> Result<ExitCode> {
             .progress_chars("=> "),
     );
     bar.set_prefix(name.to_string());
+    let mut said = None;
     loop {
         let batch = get_batch(&batches, ns, name).await?;
         let st = batch.status.unwrap_or_default();
+        // What holds the batch up, once each time it changes: a bar that
+        // stands still says nothing of why.
+        let holding = holding(&st);
+        if holding.is_some() && holding != said {
+            bar.suspend(|| {
+                eprintln!(
+                    "{name}: waiting: {}",
+                    holding.as_deref().unwrap_or_default()
+                )
+            });
+        }
+        said = holding;
         let c = st.counts;
         bar.set_length(c.total.max(c.enqueued).max(0) as u64);
         bar.set_position((c.succeeded + c.failed).max(0) as u64);
@@ -525,6 +550,49 @@ mod tests {
         assert_eq!(name("___.txt"), None);
         let long = name(&format!("{}.txt", "a".repeat(80))).unwrap();
         assert_eq!(long.len(), 50);
+    }
+
+    #[test]
+    fn what_holds_a_batch_up_is_read_from_its_conditions() {
+        let st = |conditions: serde_json::Value| -> TaskBatchStatus {
+            serde_json::from_value(serde_json::json!({ "conditions": conditions })).unwrap()
+        };
+        let c = |type_: &str, status: &str, reason: &str, message: &str| {
+            serde_json::json!({"type": type_, "status": status, "reason": reason,
+                "message": message, "lastTransitionTime": "2026-12-02T00:00:00Z"})
+        };
+        let fine = c("Accepted", "True", "Valid", "ok");
+        assert_eq!(holding(&st(serde_json::json!([fine.clone()]))), None);
+        assert_eq!(
+            holding(&st(serde_json::json!([
+                c(
+                    "Accepted",
+                    "False",
+                    "WorkerPoolNotFound",
+                    "WorkerPool \"p\" does not exist"
+                ),
+                c(
+                    "WorkersFailing",
+                    "True",
+                    "WorkersFailing",
+                    "WorkerPool p: ..."
+                ),
+            ])))
+            .as_deref(),
+            Some("WorkerPoolNotFound: WorkerPool \"p\" does not exist")
+        );
+        let failing = c(
+            "WorkersFailing",
+            "True",
+            "WorkersFailing",
+            "WorkerPool p: 0 ready",
+        );
+        assert_eq!(
+            holding(&st(serde_json::json!([fine.clone(), failing]))).as_deref(),
+            Some("WorkersFailing: WorkerPool p: 0 ready")
+        );
+        let fixed = c("WorkersFailing", "False", "NotFailing", "NotFailing");
+        assert_eq!(holding(&st(serde_json::json!([fine, fixed]))), None);
     }
 
     #[test]

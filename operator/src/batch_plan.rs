@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use cloudkon_core::aws::S3Uri;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 
-use crate::crd::TaskBatch;
 use crate::crd::taskbatch::{Phase, TaskBatchStatus};
+use crate::crd::{TaskBatch, WorkerPool};
 use crate::status::{self, BatchConditionsInput, Missing, PhaseInput, set_condition};
 use crate::status_patch::StatusPatch;
 use crate::validate::Invalid;
@@ -31,6 +32,8 @@ pub struct Observed<'a> {
     /// The results' bucket does not exist: what to say (nothing is sent
     /// until it does).
     pub missing_bucket: Option<String>,
+    /// The pool's workers cannot start or keep crashing: what it says.
+    pub workers_failing: Option<String>,
     pub now: Time,
 }
 
@@ -130,7 +133,8 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             c.type_ == status::batch_condition::FAILED
                 && c.reason == status::batch_condition::FAILURE_POLICY_REASON
         });
-        set_conditions(batch, &mut st, phase, &Ok(()), None, &o.now, &mut events);
+        let none = Waits::default();
+        set_conditions(batch, &mut st, phase, &Ok(()), &none, &o.now, &mut events);
         let then = match (spec.ttl_seconds_after_finished, &st.completion_time) {
             (Some(ttl), Some(done)) => Then::Expire {
                 at: done.0.as_second() + i64::from(ttl),
@@ -142,12 +146,16 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         // Workers skip (and delete) the batch's bundles still in the queue:
         // the pool's queue is shared, so it cannot be purged for one batch.
         st.completion_time = Some(o.now.clone());
+        let waits = Waits {
+            missing,
+            workers_failing: None,
+        };
         set_conditions(
             batch,
             &mut st,
             phase,
             &o.validation,
-            missing,
+            &waits,
             &o.now,
             &mut events,
         );
@@ -166,12 +174,16 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     } else {
         // Not finished and not cancelled: the phase is the runner's once it
         // runs (the reconciler applies it only as Pending, or once finished).
+        let waits = Waits {
+            missing,
+            workers_failing: o.workers_failing.as_deref(),
+        };
         set_conditions(
             batch,
             &mut st,
             phase,
             &o.validation,
-            missing,
+            &waits,
             &o.now,
             &mut events,
         );
@@ -210,6 +222,15 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     }
 }
 
+/// What a batch repeats of its pool: that its workers cannot start or keep
+/// crashing (the pool's `Available` condition, reason `WorkersFailing`).
+pub fn workers_failing(pool: &WorkerPool) -> Option<String> {
+    let conditions = &pool.status.as_ref()?.conditions;
+    let available = status::condition(conditions, status::pool_condition::AVAILABLE)?;
+    (available.status == "False" && available.reason == status::WORKERS_FAILING)
+        .then(|| format!("WorkerPool {}: {}", pool.name_any(), available.message))
+}
+
 /// The batch is still to run: not finished and not cancelled.
 pub fn is_live(batch: &TaskBatch) -> bool {
     let finished = batch
@@ -227,28 +248,45 @@ pub fn enqueue_done_in(status: &TaskBatchStatus) -> bool {
 
 /// Sets the four conditions; an Event for each that changed to a state a
 /// person wants to hear about.
+/// What a batch waits on that is not its own doing.
+#[derive(Default)]
+struct Waits<'a> {
+    /// Its pool or its results' bucket.
+    missing: Option<Missing<'a>>,
+    /// Its pool's workers, which cannot start or keep crashing.
+    workers_failing: Option<&'a str>,
+}
+
 fn set_conditions(
     batch: &TaskBatch,
     st: &mut TaskBatchStatus,
     phase: Phase,
     validation: &Result<(), Vec<Invalid>>,
-    missing: Option<Missing<'_>>,
+    waits: &Waits<'_>,
     now: &Time,
     events: &mut Vec<Note>,
 ) {
+    use status::batch_condition::WORKERS_FAILING;
+    let was_failing = status::condition(&st.conditions, WORKERS_FAILING);
+    let workers_failing_said = was_failing.is_some();
+    let was_failing = was_failing.is_some_and(|c| c.status == "True");
     let updates = status::batch_conditions(&BatchConditionsInput {
         phase,
         validation,
-        missing,
+        missing: waits.missing,
         suspend: batch.spec.suspend == Some(true),
         counts: st.counts,
         gave_up: (phase == Phase::Failed)
             .then(|| status::failure_policy_verdict(batch.spec.failure_policy.as_ref(), &st.counts))
             .flatten(),
+        workers_failing: waits.workers_failing,
+        workers_failing_said,
     });
     for update in updates {
         if set_condition(&mut st.conditions, &update, batch.metadata.generation, now) {
             let (warning, reason) = match (update.type_, update.status) {
+                // When it starts; its message follows the pool's quietly.
+                (WORKERS_FAILING, true) if !was_failing => (true, WORKERS_FAILING),
                 (status::batch_condition::ACCEPTED, false) => (true, update.reason.as_str()),
                 (status::batch_condition::ACCEPTED, true) => (false, "Accepted"),
                 (status::batch_condition::SUSPENDED, true) => (false, "Suspended"),
@@ -307,6 +345,7 @@ mod tests {
             waiting_for_memory: None,
             results: None,
             missing_bucket: None,
+            workers_failing: None,
             now: at(NOW),
         }
     }
@@ -361,6 +400,146 @@ mod tests {
         let plan = decide(&observed(&again));
         assert_eq!(plan.status, None);
         assert!(plan.events.is_empty(), "{:?}", plan.events);
+    }
+
+    /// The status a plan leaves, to decide on again: 10 tasks sent, running
+    /// or (for a finished phase) succeeded.
+    fn after(plan: &Plan, phase: Phase) -> TaskBatchStatus {
+        let part = plan.status.as_ref().expect("a status to write");
+        TaskBatchStatus {
+            conditions: part.conditions.clone().unwrap(),
+            ..ten_tasks(phase)
+        }
+    }
+
+    fn ten_tasks(phase: Phase) -> TaskBatchStatus {
+        let done = if phase.is_finished() { 10 } else { 0 };
+        TaskBatchStatus {
+            phase: Some(phase),
+            observed_generation: Some(3),
+            counts: TaskCounts {
+                total: 10,
+                enqueued: 10,
+                running: 10 - done,
+                succeeded: done,
+                ..TaskCounts::default()
+            },
+            ..TaskBatchStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_repeats_that_its_pools_workers_fail_with_one_event() {
+        let b = batch(json!({}), Some(ten_tasks(Phase::Running)));
+        let failing = |b: &TaskBatch, problem: &str| {
+            decide(&Observed {
+                workers_failing: Some(problem.into()),
+                ..observed(b)
+            })
+        };
+        let plan = failing(
+            &b,
+            "WorkerPool pool: 0 ready, 1 needed: pod p: CrashLoopBackOff",
+        );
+        assert_eq!(
+            condition(plan.status.as_ref().unwrap(), "WorkersFailing"),
+            ("True", "WorkersFailing")
+        );
+        let said: Vec<_> = plan
+            .events
+            .iter()
+            .filter(|e| e.reason == "WorkersFailing")
+            .collect();
+        assert_eq!(said.len(), 1, "{:?}", plan.events);
+        assert!(said[0].warning && said[0].message.contains("CrashLoopBackOff"));
+
+        // The pool's message moves on: the condition follows, no new Event.
+        let b = batch(json!({}), Some(after(&plan, Phase::Running)));
+        let plan = failing(
+            &b,
+            "WorkerPool pool: 0 ready, 2 needed: pod q: ErrImagePull",
+        );
+        let part = plan.status.as_ref().unwrap();
+        let c = part
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "WorkersFailing");
+        assert!(c.unwrap().message.ends_with("pod q: ErrImagePull"), "{c:?}");
+        assert!(plan.events.is_empty(), "{:?}", plan.events);
+
+        // Fixed: it turns false and stays, quietly.
+        let b = batch(json!({}), Some(after(&plan, Phase::Running)));
+        let plan = decide(&observed(&b));
+        assert_eq!(
+            condition(plan.status.as_ref().unwrap(), "WorkersFailing"),
+            ("False", "NotFailing")
+        );
+        assert!(plan.events.is_empty(), "{:?}", plan.events);
+
+        // Failing again: said again.
+        let b = batch(json!({}), Some(after(&plan, Phase::Running)));
+        let plan = failing(
+            &b,
+            "WorkerPool pool: 0 ready, 1 needed: pod r: ErrImagePull",
+        );
+        assert_eq!(plan.events.len(), 1, "{:?}", plan.events);
+
+        // A finished or cancelled batch waits on no worker.
+        for (phase, extra) in [
+            (Phase::Succeeded, json!({})),
+            (Phase::Running, json!({"cancel": true})),
+        ] {
+            let b = batch(extra, Some(after(&plan, phase)));
+            let done = failing(
+                &b,
+                "WorkerPool pool: 0 ready, 1 needed: pod r: ErrImagePull",
+            );
+            assert_eq!(
+                condition(done.status.as_ref().unwrap(), "WorkersFailing"),
+                ("False", "NotFailing"),
+                "{phase:?}"
+            );
+        }
+
+        // A batch whose pool never failed has no such condition.
+        let plan = decide(&observed(&batch(json!({}), phase(Phase::Running))));
+        let part = plan.status.unwrap();
+        assert!(
+            !part
+                .conditions
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == "WorkersFailing")
+        );
+    }
+
+    #[test]
+    fn a_pools_workers_failing_is_read_from_its_available_condition() {
+        let pool = |available: serde_json::Value| -> WorkerPool {
+            serde_json::from_value(json!({
+                "apiVersion": "cloudkon.io/v1alpha1", "kind": "WorkerPool",
+                "metadata": {"name": "p"},
+                "spec": {"workers": {"max": 1}, "template": {"image": "w:1"}},
+                "status": {"conditions": [available]},
+            }))
+            .unwrap()
+        };
+        let cond = |status: &str, reason: &str| {
+            json!({"type": "Available", "status": status, "reason": reason,
+                   "message": "0 ready, 1 needed: pod x: ErrImagePull",
+                   "lastTransitionTime": "2026-12-02T00:00:00Z"})
+        };
+        assert_eq!(
+            workers_failing(&pool(cond("False", "WorkersFailing"))).as_deref(),
+            Some("WorkerPool p: 0 ready, 1 needed: pod x: ErrImagePull")
+        );
+        assert_eq!(
+            workers_failing(&pool(cond("False", "TooFewReadyWorkers"))),
+            None
+        );
+        assert_eq!(workers_failing(&pool(cond("True", "WorkersFailing"))), None);
     }
 
     #[test]

@@ -168,6 +168,7 @@ async fn observe<'a>(
         waiting_for_memory,
         results,
         missing_bucket,
+        workers_failing: pool.as_ref().and_then(batch_plan::workers_failing),
         now: Time(Timestamp::now()),
     };
     Ok((observed, pool, source))

@@ -140,6 +140,9 @@ pub fn worker_deployment(
             }),
             ..SecurityContext::default()
         }),
+        // The worker writes a fatal error as its termination message; the
+        // log's tail says the rest (a panic), for the pool's WorkersFailing.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         // Tasks and the Animoto scratch files need a writable /tmp.
         volume_mounts: Some(vec![VolumeMount {
             name: "tmp".into(),
@@ -479,6 +482,11 @@ mod tests {
             .unwrap();
         assert_eq!(probe.path.as_deref(), Some("/healthz"));
         assert!(c.liveness_probe.is_none());
+        // A crash's cause reaches the pod's status (pod_problems reads it).
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
         assert!(pod.termination_grace_period_seconds.unwrap() > WORKER_GRACE_SECONDS);
         assert_eq!(
             env(&d)

@@ -50,8 +50,8 @@ fn problem(pod: &Pod) -> Option<String> {
                     .unwrap_or_default(),
                 t.message
                     .as_deref()
-                    .filter(|m| !m.is_empty())
-                    .map(|m| format!(": {}", m.trim()))
+                    .and_then(last_words)
+                    .map(|m| format!(": {m}"))
                     .unwrap_or_default(),
             );
         }
@@ -67,6 +67,44 @@ fn problem(pod: &Pod) -> Option<String> {
         unschedulable.message.as_deref().unwrap_or_default()
     ))
 }
+
+/// What a termination message says, on one line: the worker's own (one
+/// line), or, from the tail of its log (`FallbackToLogsOnError`), the last
+/// line that says an error or a panic (with a panic's message), else the
+/// last line; cut to
+/// [`MAX_WORDS`] bytes.
+fn last_words(message: &str) -> Option<String> {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let said = |l: &&str| {
+        let l = l.to_ascii_lowercase();
+        l.contains("error") || l.contains("panicked")
+    };
+    let at = lines
+        .iter()
+        .rposition(said)
+        .unwrap_or(lines.len().checked_sub(1)?);
+    // A panic's message is on the line after "panicked at".
+    let line = match lines.get(at + 1) {
+        Some(next) if lines[at].contains("panicked at") => format!("{} {next}", lines[at]),
+        _ => lines[at].to_string(),
+    };
+    let mut end = line.len().min(MAX_WORDS);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(if end < line.len() {
+        format!("{}…", &line[..end])
+    } else {
+        line
+    })
+}
+
+/// The most of a termination message a condition repeats.
+const MAX_WORDS: usize = 400;
 
 #[cfg(test)]
 mod tests {
@@ -140,5 +178,30 @@ mod tests {
             first_problem(&[room]).as_deref(),
             Some("pod p-3: Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.")
         );
+    }
+
+    #[test]
+    fn a_log_tail_gives_its_last_error_line() {
+        assert_eq!(last_words(""), None);
+        assert_eq!(last_words("\n  \n"), None);
+        assert_eq!(
+            last_words("error: --lease: invalid value").as_deref(),
+            Some("error: --lease: invalid value")
+        );
+        let tail = "2026-12-02T00:00:00Z  INFO worker started\n\
+                    thread 'main' panicked at worker/src/main.rs:1:1:\n\
+                    boom\n\
+                    note: run with `RUST_BACKTRACE=1` to display a backtrace\n";
+        assert_eq!(
+            last_words(tail).as_deref(),
+            Some("thread 'main' panicked at worker/src/main.rs:1:1: boom")
+        );
+        assert_eq!(
+            last_words("starting\nstill starting\n").as_deref(),
+            Some("still starting")
+        );
+        let long = format!("error: {}", "é".repeat(MAX_WORDS));
+        let cut = last_words(&long).unwrap();
+        assert!(cut.ends_with('…') && cut.len() <= MAX_WORDS + '…'.len_utf8());
     }
 }

@@ -254,6 +254,10 @@ pub mod batch_condition {
     /// Set while the batch is being deleted and its response queue or cancel
     /// mark could not be dealt with yet (retried with growing delays).
     pub const CLEANUP_FAILED: &str = "CleanupFailed";
+    /// Its pool's workers cannot start or keep crashing (the pool's
+    /// `Available` condition, reason `WorkersFailing`, repeated here while
+    /// the batch runs): present once it was true.
+    pub const WORKERS_FAILING: &str = "WorkersFailing";
 }
 
 /// What a valid batch waits for before it sends anything.
@@ -277,6 +281,10 @@ pub struct BatchConditionsInput<'a> {
     pub counts: TaskCounts,
     /// [`failure_policy_verdict`], when the policy gave up on the batch.
     pub gave_up: Option<String>,
+    /// The batch's pool's workers fail to start or run: what its pool says.
+    pub workers_failing: Option<&'a str>,
+    /// The batch has a `WorkersFailing` condition already (true or false).
+    pub workers_failing_said: bool,
 }
 
 /// The four conditions of a TaskBatch, to pass to [`set_condition`].
@@ -348,6 +356,25 @@ pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate
         _ => ConditionUpdate::new(FAILED, false, "NoFailure", ""),
     };
     let mut updates = vec![accepted, suspended, complete, failed];
+    // A batch waiting on workers that cannot start says so itself: whoever
+    // looks only at the batch learns why nothing moves.
+    match input.workers_failing {
+        Some(problem) if !input.phase.is_finished() => updates.push(ConditionUpdate::new(
+            WORKERS_FAILING,
+            true,
+            WORKERS_FAILING,
+            problem,
+        )),
+        _ if input.workers_failing_said => {
+            updates.push(ConditionUpdate::new(
+                WORKERS_FAILING,
+                false,
+                "NotFailing",
+                "",
+            ));
+        }
+        _ => {}
+    }
     if c.dead_lettered > 0 {
         updates.push(ConditionUpdate::new(
             DEAD_LETTERED,
@@ -810,6 +837,8 @@ mod tests {
             suspend,
             counts: counts(10, 10, 7, 3),
             gave_up: None,
+            workers_failing: None,
+            workers_failing_said: false,
         };
         // (name, input, want: [(type, status, reason)])
         let cases = [

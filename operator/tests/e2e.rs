@@ -3187,6 +3187,49 @@ fn cloudkon_batch_submits_watches_merges_results_cancels_and_lists() {
     let (code, _, err) = batch(&["watch", "missing"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("TaskBatch missing does not exist"), "{err}");
+
+    // Watching a batch that waits says what it waits for, not only a bar
+    // that stands still.
+    c.apply(
+        "apiVersion: cloudkon.io/v1alpha1\nkind: TaskBatch\nmetadata: {name: stuck}\n\
+         spec: {workerPool: absent, tasks: {inline: [{kind: sleep, ms: 1}]}}\n",
+    );
+    let mut watch = Command::new(bin("cloudkon"))
+        .args(["batch", "watch", "stuck", "-n", &ns])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = watch.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Watch never ends on its own while the batch waits: a minute at most.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut said = None;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("waiting:") {
+            said = Some(line.trim().to_string());
+            break;
+        }
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert_eq!(
+        said.as_deref(),
+        Some(
+            "stuck: waiting: WorkerPoolNotFound: WorkerPool \"absent\" does not exist in this namespace"
+        )
+    );
 }
 
 /// Issue 17's calibration: `examples/simulations/small-calibration.yaml`

@@ -850,13 +850,43 @@ fn workers_that_cannot_start_are_said_on_their_pool() {
         "crashing: {reason} after {:.1} s: {message}",
         t0.elapsed().as_secs_f64()
     );
+    // The worker's own words, from its termination message.
     assert!(
-        message.contains("CrashLoopBackOff") && message.contains("last exit code 2"),
+        message.contains("CrashLoopBackOff")
+            && message.contains("last exit code 2")
+            && message.contains("invalid value 'a while' for '--lease"),
         "{message}"
+    );
+
+    // A batch on the crashing pool says it too: whoever looks only at the
+    // batch learns why nothing moves.
+    c.apply(
+        "apiVersion: cloudkon.io/v1alpha1\nkind: TaskBatch\nmetadata: {name: waits}\n\
+         spec: {workerPool: crashing, tasks: {inline: [{kind: sleep, ms: 1}]}}\n",
+    );
+    let t1 = Instant::now();
+    let said = c.wait_for("the batch said", Duration::from_secs(60), |c| {
+        let st = c.batch("waits").status?;
+        let x = st
+            .conditions
+            .into_iter()
+            .find(|x| x.type_ == "WorkersFailing")?;
+        (x.status == "True").then_some(x.message)
+    });
+    println!(
+        "batch waits: WorkersFailing after {:.1} s: {said}",
+        t1.elapsed().as_secs_f64()
+    );
+    assert!(
+        said.starts_with("WorkerPool crashing: 0 ready, 1 needed: pod crashing-workers-")
+            && said.contains("--lease"),
+        "{said}"
     );
     let events = c.ok(&["get", "events", "--field-selector", "reason=WorkersFailing"]);
     assert!(
-        events.contains("no-image") && events.contains("crashing"),
+        events.contains("no-image")
+            && events.contains("crashing")
+            && events.contains("taskbatch/waits"),
         "{events}"
     );
 }

@@ -11,6 +11,7 @@ pub mod remote;
 pub mod serve;
 pub mod signals;
 pub mod spot;
+pub mod termination;
 
 pub use embedded::{EmbeddedConfig, EmbeddedError, Progress, run_embedded};
 pub use exec::{AnimotoConfig, AnimotoExecutor, ExecLimits, ExecOutput, Executor, Registry};

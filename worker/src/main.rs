@@ -17,6 +17,7 @@ use cloudkon_worker::exec::animoto::{
 use cloudkon_worker::logging::LogFormat;
 use cloudkon_worker::remote::{RemoteConfig, StopReason, WorkerStats, run_remote};
 use cloudkon_worker::serve::{WorkerCollector, serve};
+use cloudkon_worker::termination;
 use cloudkon_worker::{AnimotoConfig, AnimotoExecutor, PoolConfig, Registry, Shutdown};
 use tokio_util::sync::CancellationToken;
 
@@ -173,7 +174,18 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            // A bad flag or env value: the pod's status says which (help and
+            // version are not errors).
+            if e.use_stderr() {
+                let text = e.to_string();
+                termination::record(text.lines().next().unwrap_or_default());
+            }
+            e.exit()
+        }
+    };
     cloudkon_worker::logging::init(args.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -182,6 +194,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
+            termination::record(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -192,6 +205,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             tracing::error!("{e:#}");
+            termination::record(&format!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }

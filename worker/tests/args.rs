@@ -22,3 +22,45 @@ fn a_cancel_check_out_of_range_is_refused_with_the_flag_named() {
         assert!(stderr.contains(bad), "{bad}: {stderr}");
     }
 }
+
+/// In a pod, the worker's fatal error is its termination message: the pod's
+/// status, and the pool's WorkersFailing condition, then say why it stopped.
+#[test]
+fn a_fatal_error_is_written_as_the_termination_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        std::fs::write(&log, "").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cloudkon-worker"))
+            .args(["--queue", "q"])
+            .args(args)
+            .env_remove("CLOUDKON_CANCEL_CHECK")
+            .env("CLOUDKON_TERMINATION_LOG", &log)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run cloudkon-worker");
+        (out, std::fs::read_to_string(&log).unwrap())
+    };
+
+    // A bad value, refused by the flag parser: its first line, the flag named.
+    let (out, message) = run(&[("CLOUDKON_LEASE", "a while")], &["--metrics-addr", "off"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        message.starts_with("error: invalid value 'a while' for '--lease"),
+        "{message:?}"
+    );
+    assert!(!message.contains('\n'), "{message:?}");
+
+    // An error once running: the whole chain, on one line.
+    let (out, message) = run(&[], &["--metrics-addr", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        message.starts_with("error: --metrics-addr: `nowhere`"),
+        "{message:?}"
+    );
+
+    // Help is no error: the file is left empty.
+    let (out, message) = run(&[], &["--help"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(message, "");
+}

@@ -336,6 +336,21 @@ fn holding(st: &TaskBatchStatus) -> Option<String> {
     said("Accepted", "False").or_else(|| said("WorkersFailing", "True"))
 }
 
+/// How long `watch` waits for an operator to look at a batch before it
+/// says that none has.
+const UNSEEN: Duration = Duration::from_secs(10);
+
+/// No operator has looked at the batch in the `watched` time: the most
+/// likely reasons, for a status that would otherwise stay empty for ever.
+fn unseen(st: &TaskBatchStatus, watched: Duration, ns: &str) -> Option<String> {
+    (st.observed_generation.is_none() && watched >= UNSEEN).then(|| {
+        format!(
+            "NoOperator: no operator has looked at this TaskBatch in {} s: is cloudkon-operator running (helm install cloudkon charts/cloudkon), and does it watch namespace {ns}?",
+            UNSEEN.as_secs()
+        )
+    })
+}
+
 async fn get_batch(batches: &Api<TaskBatch>, ns: &str, name: &str) -> Result<TaskBatch> {
     batches
         .get_opt(name)
@@ -354,12 +369,13 @@ async fn watch(client: &Client, ns: &str, name: &str) -> Result<ExitCode> {
     );
     bar.set_prefix(name.to_string());
     let mut said = None;
+    let started = std::time::Instant::now();
     loop {
         let batch = get_batch(&batches, ns, name).await?;
         let st = batch.status.unwrap_or_default();
         // What holds the batch up, once each time it changes: a bar that
         // stands still says nothing of why.
-        let holding = holding(&st);
+        let holding = holding(&st).or_else(|| unseen(&st, started.elapsed(), ns));
         if holding.is_some() && holding != said {
             bar.suspend(|| {
                 eprintln!(
@@ -593,6 +609,22 @@ mod tests {
         );
         let fixed = c("WorkersFailing", "False", "NotFailing", "NotFailing");
         assert_eq!(holding(&st(serde_json::json!([fine, fixed]))), None);
+    }
+
+    #[test]
+    fn a_batch_no_operator_looked_at_is_said_after_a_while() {
+        let empty = TaskBatchStatus::default();
+        assert_eq!(unseen(&empty, UNSEEN / 2, "ns"), None);
+        let said = unseen(&empty, UNSEEN, "ns").unwrap();
+        assert!(
+            said.starts_with("NoOperator: ") && said.contains("namespace ns?"),
+            "{said}"
+        );
+        let seen = TaskBatchStatus {
+            observed_generation: Some(1),
+            ..TaskBatchStatus::default()
+        };
+        assert_eq!(unseen(&seen, UNSEEN * 6, "ns"), None);
     }
 
     #[test]

@@ -3190,12 +3190,36 @@ fn cloudkon_batch_submits_watches_merges_results_cancels_and_lists() {
 
     // Watching a batch that waits says what it waits for, not only a bar
     // that stands still.
-    c.apply(
-        "apiVersion: cloudkon.io/v1alpha1\nkind: TaskBatch\nmetadata: {name: stuck}\n\
-         spec: {workerPool: absent, tasks: {inline: [{kind: sleep, ms: 1}]}}\n",
+    let stuck = "apiVersion: cloudkon.io/v1alpha1\nkind: TaskBatch\nmetadata: {name: stuck}\n\
+                 spec: {workerPool: absent, tasks: {inline: [{kind: sleep, ms: 1}]}}\n";
+    c.apply(stuck);
+    let said = waiting_line(&["batch", "watch", "stuck", "-n", &ns]);
+    assert_eq!(
+        said.as_deref(),
+        Some(
+            "stuck: waiting: WorkerPoolNotFound: WorkerPool \"absent\" does not exist in this namespace"
+        )
     );
+    // And a batch that no operator watches (another namespace) says so.
+    let elsewhere = format!("{ns}-unwatched");
+    c.ok(&["create", "namespace", &elsewhere]);
+    c.ok(&["apply", "-n", &elsewhere, "-f", &write("stuck.yaml", stuck)]);
+    let said = waiting_line(&["batch", "watch", "stuck", "-n", &elsewhere]);
+    c.ok(&["delete", "namespace", &elsewhere, "--wait=false"]);
+    let said = said.unwrap_or_default();
+    assert!(
+        said.starts_with("stuck: waiting: NoOperator: no operator has looked at this TaskBatch")
+            && said.ends_with(&format!("namespace {elsewhere}?")),
+        "{said}"
+    );
+}
+
+/// Runs `cloudkon` with `args` and returns the first "waiting:" line it
+/// writes to stderr (within a minute), then stops it: a watch of a batch
+/// that waits never ends on its own.
+fn waiting_line(args: &[&str]) -> Option<String> {
     let mut watch = Command::new(bin("cloudkon"))
-        .args(["batch", "watch", "stuck", "-n", &ns])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -3224,12 +3248,7 @@ fn cloudkon_batch_submits_watches_merges_results_cancels_and_lists() {
     }
     watch.kill().unwrap();
     watch.wait().unwrap();
-    assert_eq!(
-        said.as_deref(),
-        Some(
-            "stuck: waiting: WorkerPoolNotFound: WorkerPool \"absent\" does not exist in this namespace"
-        )
-    );
+    said
 }
 
 /// Issue 17's calibration: `examples/simulations/small-calibration.yaml`

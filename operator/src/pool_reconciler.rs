@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use cloudkon_core::aws::{QueueOptions, QueueStats, SqsQueue};
+use cloudkon_core::aws::{ErrorKind, QueueOptions, QueueStats, SqsQueue};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
@@ -58,6 +58,9 @@ fn status_due(
     significant || written.is_none_or(|t| now.duration_since(t) >= STATUS_EVERY)
 }
 
+/// The Event's reason when the pool's queue was deleted outside the operator.
+pub const QUEUE_RECREATED: &str = "QueueRecreated";
+
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let what = format!("WorkerPool {ns}/{}", pool.name_any());
@@ -102,7 +105,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let mut memory = memory.lock().await;
 
     // The queue: made once per operator run and spec, then remembered.
-    let queue = match ensure_queue(pool, ctx, &mut memory, queue_name).await {
+    let queue = match ensure_queue(pool, ctx, &mut memory, queue_name.clone()).await {
         Ok(q) => q,
         Err(e) => {
             let observed = Observed::QueueUnavailable(e.to_string());
@@ -110,7 +113,29 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             return carry_out(pool, ctx, plan, Some(&mut memory)).await;
         }
     };
-    let stats = queue.stats().await?;
+    let stats = match queue.stats().await {
+        Ok(stats) => stats,
+        // Deleted behind the operator's back (by hand, by a cleanup): made
+        // again at once under its name, so at its URL, where the workers
+        // and runners find it again by themselves. What it held is gone;
+        // the batches report those tasks lost after --missing-after.
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            tracing::warn!(pool = %format!("{ns}/{name}"), queue = %queue_name, "the pool's queue was deleted outside the operator: making it again");
+            memory.queue = None;
+            memory.dead_letters = None;
+            ctx.event(
+                pool,
+                true,
+                QUEUE_RECREATED,
+                format!(
+                    "the pool's queue {queue_name} was deleted outside the operator: it is made again; the bundles it held are gone, and their batches report those tasks lost after the operator's --missing-after"
+                ),
+            )
+            .await;
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let fleet = WorkerFleet::of(pool, ctx, &mut memory, queue.url())?;
     let workers = fleet.observe(pool, ctx).await?;
     let worker_problem = worker_problem(pool, ctx, &mut memory, &fleet, &workers).await;

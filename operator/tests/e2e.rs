@@ -1221,6 +1221,67 @@ fn tasks_purged_from_a_pools_queue_are_reported_lost_not_waited_for() {
     assert!(events.contains("TasksLost"), "{events}");
 }
 
+/// A pool's queue deleted outside the operator (by hand, by a cleanup) is
+/// made again at its URL: its batch reports the tasks that went with it
+/// lost, and the pool runs the next batch as before.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_pools_queue_deleted_under_it_is_made_again_and_its_tasks_reported_lost() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-queue-gone");
+    c.operator("operator.log", &["--missing-after", "5s"]);
+    c.apply(&scaling_pool("p", 1, 300));
+    let queue = c.queue_url("p");
+    // No worker yet: the tasks wait in the queue, which then goes.
+    const TASKS: i64 = 40;
+    c.apply(&run_batch("b", "p", TASKS as u32, "true"));
+    c.wait_for(
+        "every task in the pool's queue",
+        Duration::from_secs(30),
+        |c| (c.batch("b").status?.counts.enqueued == TASKS).then_some(()),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sqs = rt.block_on(Aws::load()).sqs();
+    rt.block_on(sqs.at(&queue).delete()).unwrap();
+    let deleted = Instant::now();
+
+    c.wait_for("the queue made again", Duration::from_secs(30), |_| {
+        rt.block_on(sqs.at(&queue).stats()).ok()
+    });
+    let again = deleted.elapsed();
+    let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+    assert!(events.contains("QueueRecreated"), "{events}");
+    let s = c
+        .wait_finished("b", Duration::from_secs(90))
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.counts.succeeded, s.counts.lost),
+        (Some(Phase::Failed), 0, TASKS),
+        "{s:?}"
+    );
+    println!(
+        "queue deleted: made again after {:.1} s, {TASKS} tasks reported lost after {:.1} s",
+        again.as_secs_f64(),
+        deleted.elapsed().as_secs_f64()
+    );
+
+    // The pool works as before, at the same URL.
+    assert_eq!(c.queue_url("p"), queue);
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    c.apply(&run_batch("b2", "p", 20, "true"));
+    let s = c
+        .wait_finished("b2", Duration::from_secs(90))
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.counts.succeeded),
+        (Some(Phase::Succeeded), 20),
+        "{s:?}"
+    );
+}
+
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn results_writes_that_fail_are_said_on_the_batch_and_lose_nothing() {

@@ -470,6 +470,67 @@ fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
     queue_cleanup(&queue);
 }
 
+/// A worker whose queue goes away stops after `--give-up-after`, saying
+/// why in its termination message (what Kubernetes shows of a pod that
+/// stopped), instead of looking alive and running nothing.
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_worker_that_cannot_receive_gives_up_and_says_why() {
+    require_servers();
+    let _serial = common::serial();
+    let queue = create_queue(&unique("gone"), Duration::from_secs(30), None);
+    let table = unique("ledger-gone");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    std::fs::write(&log, "").unwrap();
+    let mut worker = Command::new(bin("cloudkon-worker"))
+        .args(["--queue", queue.url(), "--ledger-table", &table])
+        .args(["--worker-id", "gives-up", "--metrics-addr", "off"])
+        .args(["--receive-wait", "1s", "--give-up-after", "3s"])
+        .env("CLOUDKON_TERMINATION_LOG", &log)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Running (its heartbeat row is there), then the queue goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers = Command::new(env!("CARGO_BIN_EXE_cloudkon"))
+            .args(["workers", "--ledger-table", &table])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&workers.stdout).contains("gives-up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never wrote its row");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    queue_cleanup(&queue);
+    let deleted = Instant::now();
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        if deleted.elapsed() > Duration::from_secs(60) {
+            worker.kill().ok();
+            panic!("the worker still runs a minute after its queue went");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = deleted.elapsed();
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{message}");
+    assert!(
+        message.starts_with("error: cannot receive from the queue: every receive failed for "),
+        "{message}"
+    );
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    println!(
+        "gave up {:.1} s after its queue was deleted: {message}",
+        took.as_secs_f64()
+    );
+}
+
 #[test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn queue_commands_create_inspect_and_delete() {

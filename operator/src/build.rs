@@ -27,6 +27,11 @@ pub const METRICS_PORT: i32 = 9090;
 /// The workers' SIGTERM grace (`--grace`); the pod gets a little more, so that a
 /// draining worker gives its unfinished bundles back before it is killed.
 pub const WORKER_GRACE_SECONDS: i64 = 25;
+
+/// How long a worker pod's receives may all fail, holding nothing, before
+/// it stops (`--give-up-after`): past SQS's 60 s refusal of a deleted
+/// queue's name, which the pool's queue is made again after.
+pub const WORKER_GIVE_UP_AFTER: &str = "2m";
 /// The size limit of a worker pod's `/tmp` when the pool sets none: room for
 /// an Animoto task's images and video, while one task cannot fill the node.
 pub const DEFAULT_TMP_SIZE_LIMIT: &str = "1Gi";
@@ -95,6 +100,10 @@ pub fn worker_deployment(
         env_value("CLOUDKON_LOG_FORMAT", "json"),
         env_value("CLOUDKON_METRICS_ADDR", &format!("0.0.0.0:{METRICS_PORT}")),
         env_value("CLOUDKON_GRACE", &format!("{WORKER_GRACE_SECONDS}s")),
+        // A pod that cannot reach its queue (IAM, network) stops and says
+        // why, which its pool and batches then repeat, instead of looking
+        // ready and running nothing. Instances have no restart: not there.
+        env_value("CLOUDKON_GIVE_UP_AFTER", WORKER_GIVE_UP_AFTER),
     ];
     env.extend(
         template_env(template)
@@ -401,6 +410,7 @@ mod tests {
         assert_eq!(get("CLOUDKON_WORKER_ID"), Some("fieldRef:metadata.name"));
         assert_eq!(get("CLOUDKON_THREADS"), Some("8"));
         assert_eq!(get("CLOUDKON_LOG_FORMAT"), Some("json"));
+        assert_eq!(get("CLOUDKON_GIVE_UP_AFTER"), Some("2m"));
         assert_eq!(
             get("CLOUDKON_ANIMOTO_OUT"),
             Some("s3://my-cloudkon-bucket/videos")

@@ -74,6 +74,13 @@ struct Args {
     #[arg(long, env = "CLOUDKON_CANCEL_CHECK", default_value = "3s", value_parser = parse_cancel_check)]
     cancel_check: Duration,
 
+    /// Exit with an error when every receive has failed for this long while
+    /// the worker holds no bundle (running ones are finished first): for
+    /// Kubernetes, which restarts it and shows the error as its termination
+    /// message (the operator's Deployments set 2m). Unset: retry for ever.
+    #[arg(long, env = "CLOUDKON_GIVE_UP_AFTER", value_parser = humantime::parse_duration)]
+    give_up_after: Option<Duration>,
+
     /// Long-poll wait of each receive (at most 20s).
     #[arg(long, env = "CLOUDKON_RECEIVE_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     receive_wait: Duration,
@@ -199,6 +206,15 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(args)) {
+        Ok(StopReason::CannotReceive { failing_for, error }) => {
+            let message = format!(
+                "error: cannot receive from the queue: every receive failed for {} s: {error}",
+                failing_for.as_secs()
+            );
+            tracing::error!("{message}");
+            termination::record(&message);
+            ExitCode::FAILURE
+        }
         Ok(reason) => {
             tracing::info!(?reason, "worker stopped");
             ExitCode::SUCCESS
@@ -291,6 +307,7 @@ async fn run(args: Args) -> Result<StopReason> {
     config.grace = args.grace;
     config.max_claims = args.max_claims.max(1);
     config.cancel_check = args.cancel_check;
+    config.give_up_after = args.give_up_after;
 
     let shutdown = Shutdown::new();
     spawn_signal_handler(shutdown.clone())?;

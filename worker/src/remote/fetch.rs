@@ -73,6 +73,13 @@ pub fn declared_length<'a>(specs: impl Iterator<Item = &'a TaskSpec>) -> Option<
     (n > 0).then(|| sum / n)
 }
 
+/// Whether a worker whose receives have failed for `failing_for` stops:
+/// only past its limit, and only while it holds no bundle (running work is
+/// finished and reported first; the receives may come back meanwhile).
+pub fn gives_up(limit: Option<Duration>, failing_for: Duration, held: usize) -> bool {
+    limit.is_some_and(|limit| failing_for >= limit) && held == 0
+}
+
 pub async fn run<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     units: &async_channel::Sender<WorkUnit>,
@@ -92,6 +99,8 @@ where
     let mut avg_bundle_tasks: Option<f64> = None;
     // Set while the ledger fails: no receiving until then.
     let mut ledger_pause = LEDGER_PAUSE;
+    // Since when every receive failed.
+    let mut failing_since: Option<Instant> = None;
     loop {
         // Hold no more tasks than the slots can start soon: a message held here
         // is invisible to idle workers elsewhere.
@@ -132,6 +141,7 @@ where
         let deliveries = match received {
             Ok(Some(deliveries)) => {
                 backoff.reset();
+                failing_since = None;
                 deliveries
             }
             Ok(None) => {
@@ -141,6 +151,13 @@ where
             Err(e) => {
                 ctx.room.add_permits(room);
                 WorkerStats::add(&ctx.stats.backend_errors, 1);
+                let failing_for = failing_since.get_or_insert_with(Instant::now).elapsed();
+                if gives_up(ctx.config.give_up_after, failing_for, ctx.inflight.len()) {
+                    return StopReason::CannotReceive {
+                        failing_for,
+                        error: e.to_string(),
+                    };
+                }
                 tracing::warn!(error = %e, "receive failed; backing off");
                 if !backoff.wait(&shutdown.stop).await {
                     return StopReason::Shutdown;
@@ -482,6 +499,15 @@ fn give_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_gives_up_receiving_only_past_its_limit_and_holding_nothing() {
+        let s = Duration::from_secs;
+        assert!(!gives_up(None, s(3600), 0), "no limit: for ever");
+        assert!(!gives_up(Some(s(120)), s(119), 0));
+        assert!(gives_up(Some(s(120)), s(120), 0));
+        assert!(!gives_up(Some(s(120)), s(600), 1), "its bundles first");
+    }
 
     #[test]
     fn failed_claims_back_off_past_a_minute_long_outage() {

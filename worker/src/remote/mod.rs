@@ -81,6 +81,11 @@ pub struct RemoteConfig {
     /// finishing a few tasks a second each pays per task (see the README's
     /// simulation figures).
     pub cancel_check: Duration,
+    /// Stop ([`StopReason::CannotReceive`]) when receiving has failed for
+    /// this long while nothing is held: an idle worker that cannot reach its
+    /// queue is of no use, and where something restarts it (Kubernetes) the
+    /// stop says why. `None`: retry for ever.
+    pub give_up_after: Option<Duration>,
 }
 
 impl RemoteConfig {
@@ -96,12 +101,13 @@ impl RemoteConfig {
             grace: Duration::from_secs(25),
             max_claims: 3,
             cancel_check: Duration::from_secs(3),
+            give_up_after: None,
         }
     }
 }
 
 /// Why the worker stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// Told to (SIGTERM).
     Shutdown,
@@ -109,6 +115,12 @@ pub enum StopReason {
     Idle,
     /// The queue is finite and drained (in-memory queues in tests).
     Drained,
+    /// Receiving failed for `RemoteConfig::give_up_after` with nothing held.
+    CannotReceive {
+        failing_for: Duration,
+        /// The last receive's error.
+        error: String,
+    },
 }
 
 /// The parts every stage shares.

@@ -47,6 +47,7 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         "--leader-elect",
         "kind: ClusterRole\n",
         "limits:",
+        "terminationMessagePolicy: FallbackToLogsOnError",
     ] {
         assert!(
             defaults.contains(needle),

@@ -18,6 +18,9 @@ pub struct PoolMemory {
     pub scale: ScaleMemory,
     /// The generation whose Deployment was last applied.
     pub applied_generation: Option<i64>,
+    /// The Deployment's own generation after that apply: another one means
+    /// someone else changed its spec since.
+    pub deployment_generation: Option<i64>,
     /// The EC2 fleet, for pools whose provider is not a Deployment.
     pub ec2: Option<Arc<Ec2Provider>>,
     /// When the backlog was last seen non-empty, to the nanosecond: the

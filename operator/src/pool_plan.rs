@@ -214,6 +214,7 @@ mod tests {
             current,
             ready: current,
             missing: false,
+            generation: None,
         }
     }
 
@@ -303,6 +304,7 @@ mod tests {
             current: 2,
             ready: 0,
             missing: false,
+            generation: None,
         };
         let with = |problem| {
             let Observed::Running(r) = running(&d, &w, 5, 0) else {

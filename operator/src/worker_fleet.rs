@@ -45,6 +45,9 @@ pub struct ObservedWorkers {
     pub ready: i32,
     /// The Deployment does not exist (yet, or any more).
     pub missing: bool,
+    /// The Deployment's `metadata.generation`: a spec changed by someone
+    /// else (`kubectl scale`, `set image`, an edit) moves it.
+    pub generation: Option<i64>,
 }
 
 impl WorkerFleet {
@@ -93,6 +96,7 @@ impl WorkerFleet {
                     current: count.current,
                     ready: count.ready,
                     missing: false,
+                    generation: None,
                 })
             }
             WorkerFleet::Deployment => observe_deployment(pool, ctx).await,
@@ -148,11 +152,20 @@ impl WorkerFleet {
             WorkerFleet::Ec2(_) => Ok(()),
             WorkerFleet::Deployment => {
                 let generation = pool.metadata.generation;
-                if !change && memory.applied_generation == generation && !workers.missing {
+                // Applied again when the pool changed, or the Deployment
+                // did under another hand: the pool's spec and scaler own
+                // its replicas and template (server-side apply restores
+                // only the fields the operator set: a `rollout restart`'s
+                // annotation stays).
+                let as_applied = memory.applied_generation == generation
+                    && !workers.missing
+                    && workers.generation == memory.deployment_generation;
+                if !change && as_applied {
                     return Ok(());
                 }
-                apply_deployment(pool, ctx, queue_url, replicas).await?;
+                let applied = apply_deployment(pool, ctx, queue_url, replicas).await?;
                 memory.applied_generation = generation;
+                memory.deployment_generation = applied.metadata.generation;
                 Ok(())
             }
         }
@@ -172,7 +185,7 @@ async fn apply_deployment(
     ctx: &Context,
     queue_url: &str,
     replicas: i32,
-) -> Result<(), Error> {
+) -> Result<Deployment, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = build::deployment_name(&pool.name_any());
     let deployment = build::worker_deployment(pool, queue_url, replicas)?;
@@ -184,8 +197,7 @@ async fn apply_deployment(
             &Patch::Apply(&deployment),
         )
         .await
-        .map_err(Error::kube(format!("cannot apply Deployment {ns}/{name}")))?;
-    Ok(())
+        .map_err(Error::kube(format!("cannot apply Deployment {ns}/{name}")))
 }
 
 async fn observe_deployment(pool: &WorkerPool, ctx: &Context) -> Result<ObservedWorkers, Error> {
@@ -201,6 +213,7 @@ async fn observe_deployment(pool: &WorkerPool, ctx: &Context) -> Result<Observed
             current: 0,
             ready: 0,
             missing: true,
+            generation: None,
         });
     };
     // The replicas asked for: pods being created count as capacity already
@@ -211,6 +224,7 @@ async fn observe_deployment(pool: &WorkerPool, ctx: &Context) -> Result<Observed
         current: asked,
         ready: status.ready_replicas.unwrap_or(0),
         missing: false,
+        generation: d.metadata.generation,
     })
 }
 

@@ -1221,6 +1221,55 @@ fn tasks_purged_from_a_pools_queue_are_reported_lost_not_waited_for() {
     assert!(events.contains("TasksLost"), "{events}");
 }
 
+/// The pool owns its Deployment's replicas and template: a `kubectl scale`
+/// or `set image` by hand is undone at the next look, while a `rollout
+/// restart`'s annotation (no field the operator sets) stays.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_worker_deployment_changed_by_hand_is_put_back() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-drift");
+    c.operator("operator.log", &[]);
+    c.apply(&scaling_pool("p", 3, 300));
+    c.wait_for("the Deployment", Duration::from_secs(30), |c| {
+        c.replicas("p-workers")
+    });
+    let field = |c: &Cluster, path: &str| {
+        c.ok(&[
+            "get",
+            "deployment",
+            "p-workers",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    let image = ".spec.template.spec.containers[0].image";
+    assert_eq!(field(&c, image), "cloudkon/worker:test");
+    assert_eq!(c.replicas("p-workers"), Some(0));
+
+    c.ok(&["rollout", "restart", "deployment/p-workers"]);
+    c.ok(&["scale", "deployment/p-workers", "--replicas=2"]);
+    c.ok(&[
+        "set",
+        "image",
+        "deployment/p-workers",
+        "worker=elsewhere/worker:1",
+    ]);
+    let edited = Instant::now();
+    c.wait_for("the Deployment put back", Duration::from_secs(30), |c| {
+        (c.replicas("p-workers")? == 0 && field(c, image) == "cloudkon/worker:test").then_some(())
+    });
+    println!(
+        "worker Deployment put back {:.1} s after the edits by hand",
+        edited.elapsed().as_secs_f64()
+    );
+    let restarted = field(
+        &c,
+        ".spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt",
+    );
+    assert!(!restarted.is_empty(), "the restart's annotation went");
+}
+
 /// A pool's queue deleted outside the operator (by hand, by a cleanup) is
 /// made again at its URL: its batch reports the tasks that went with it
 /// lost, and the pool runs the next batch as before.

@@ -105,6 +105,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let mut memory = memory.lock().await;
 
     // The queue: made once per operator run and spec, then remembered.
+    let known = memory.queue.is_some();
     let queue = match ensure_queue(pool, ctx, &mut memory, queue_name.clone()).await {
         Ok(q) => q,
         Err(e) => {
@@ -115,6 +116,11 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     };
     let stats = match queue.stats().await {
         Ok(stats) => stats,
+        // Just made: SQS may take a moment to show a new queue.
+        Err(e) if e.kind == ErrorKind::NotFound && !known => {
+            tracing::debug!(queue = %queue_name, error = %e, "a queue just made is not there yet");
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         // Deleted behind the operator's back (by hand, by a cleanup): made
         // again at once under its name, so at its URL, where the workers
         // and runners find it again by themselves. What it held is gone;

@@ -252,13 +252,8 @@ fn a_message_delivered_twice_runs_once() {
 
 /// Pauses a server process (SIGSTOP) for `pause`, then resumes it.
 fn pause_server(pid_var: &str, pause: Duration) {
-    let pid: i32 = std::env::var(pid_var)
-        .unwrap_or_else(|_| panic!("{pid_var} is not set (scripts/aws-servers exports it)"))
-        .parse()
-        .unwrap();
-    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let _stopped = Stopped::server(pid_var);
     std::thread::sleep(pause);
-    kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
 }
 
 fn survives_a_paused(pid_var: &str) {
@@ -470,6 +465,83 @@ fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
     queue_cleanup(&queue);
 }
 
+/// A server process stopped (SIGSTOP) until dropped (SIGCONT), even when
+/// the test fails: the other tests need it.
+struct Stopped(Pid);
+
+impl Stopped {
+    fn server(pid_var: &str) -> Stopped {
+        let pid: i32 = std::env::var(pid_var)
+            .unwrap_or_else(|_| panic!("{pid_var} is not set (scripts/aws-servers exports it)"))
+            .parse()
+            .unwrap();
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        Stopped(Pid::from_raw(pid))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        kill(self.0, Signal::SIGCONT).ok();
+    }
+}
+
+/// Starts a worker on `queue` that gives up after 3 s, its termination
+/// message to `log`, and waits until it runs (its heartbeat row is there).
+fn giving_up_worker(queue: &str, table: &str, id: &str, log: &Path) -> Child {
+    std::fs::write(log, "").unwrap();
+    let mut worker = Command::new(bin("cloudkon-worker"))
+        .args(["--queue", queue, "--ledger-table", table])
+        .args(["--worker-id", id, "--metrics-addr", "off"])
+        .args(["--receive-wait", "1s", "--give-up-after", "3s"])
+        .env("CLOUDKON_TERMINATION_LOG", log)
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(log.with_extension("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row_written = || {
+        let workers = Command::new(env!("CARGO_BIN_EXE_cloudkon"))
+            .args(["workers", "--ledger-table", table])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&workers.stdout).contains(id)
+    };
+    while !row_written() {
+        if Instant::now() > deadline {
+            worker.kill().ok();
+            worker.wait().ok();
+            panic!("the worker never wrote its row");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    worker
+}
+
+/// Waits (a minute at most) for `worker` to exit: its exit code and
+/// termination message, and how long after `since`.
+fn gave_up(mut worker: Child, log: &Path, since: Instant) -> (Option<i32>, String, Duration) {
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        if since.elapsed() > Duration::from_secs(60) {
+            worker.kill().ok();
+            worker.wait().ok();
+            panic!(
+                "the worker still runs a minute later: {}",
+                std::fs::read_to_string(log.with_extension("stderr")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (
+        status.code(),
+        std::fs::read_to_string(log).unwrap(),
+        since.elapsed(),
+    )
+}
+
 /// A worker whose queue goes away stops after `--give-up-after`, saying
 /// why in its termination message (what Kubernetes shows of a pod that
 /// stopped), instead of looking alive and running nothing.
@@ -479,47 +551,12 @@ fn a_worker_that_cannot_receive_gives_up_and_says_why() {
     require_servers();
     let _serial = common::serial();
     let queue = create_queue(&unique("gone"), Duration::from_secs(30), None);
-    let table = unique("ledger-gone");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("termination-log");
-    std::fs::write(&log, "").unwrap();
-    let mut worker = Command::new(bin("cloudkon-worker"))
-        .args(["--queue", queue.url(), "--ledger-table", &table])
-        .args(["--worker-id", "gives-up", "--metrics-addr", "off"])
-        .args(["--receive-wait", "1s", "--give-up-after", "3s"])
-        .env("CLOUDKON_TERMINATION_LOG", &log)
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Running (its heartbeat row is there), then the queue goes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let workers = Command::new(env!("CARGO_BIN_EXE_cloudkon"))
-            .args(["workers", "--ledger-table", &table])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&workers.stdout).contains("gives-up") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the worker never wrote its row");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let worker = giving_up_worker(queue.url(), &unique("ledger-gone"), "gives-up", &log);
     queue_cleanup(&queue);
-    let deleted = Instant::now();
-    let status = loop {
-        if let Some(status) = worker.try_wait().unwrap() {
-            break status;
-        }
-        if deleted.elapsed() > Duration::from_secs(60) {
-            worker.kill().ok();
-            panic!("the worker still runs a minute after its queue went");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let took = deleted.elapsed();
-    let message = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(status.code(), Some(1), "{message}");
+    let (code, message, took) = gave_up(worker, &log, Instant::now());
+    assert_eq!(code, Some(1), "{message}");
     assert!(
         message.starts_with("error: cannot receive from the queue: every receive failed for "),
         "{message}"
@@ -529,6 +566,50 @@ fn a_worker_that_cannot_receive_gives_up_and_says_why() {
         "gave up {:.1} s after its queue was deleted: {message}",
         took.as_secs_f64()
     );
+}
+
+/// The same when the ledger stops answering: bundles come, none can be
+/// claimed, and the worker, holding nothing, stops saying so.
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_worker_that_cannot_claim_gives_up_and_says_why() {
+    require_servers();
+    let _serial = common::serial();
+    let queue = create_queue(&unique("noclaim"), Duration::from_secs(30), None);
+    let response = create_queue(&unique("noclaim-resp"), Duration::from_secs(30), None);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    let worker = giving_up_worker(queue.url(), &unique("ledger-noclaim"), "no-claim", &log);
+    let dynamodb = Stopped::server("CLOUDKON_DYNAMODB_PID");
+    let bundle = Bundle {
+        submitted: Timestamp::now(),
+        tasks: vec![Task {
+            batch: BatchId::new("noclaim"),
+            id: 0,
+            attempt: 1,
+            timeout: None,
+            spec: TaskSpec::Sleep { ms: 0 },
+        }],
+        reply_to: Some(response.url().to_string()),
+        options: Default::default(),
+    };
+    let rt = runtime();
+    rt.block_on(queue.send(vec![bundle])).unwrap();
+    let (code, message, took) = gave_up(worker, &log, Instant::now());
+    drop(dynamodb);
+    assert_eq!(code, Some(1), "{message}");
+    assert!(
+        message.starts_with("error: cannot claim bundles in the ledger: every claim failed for "),
+        "{message}"
+    );
+    println!(
+        "gave up {:.1} s after the ledger stopped answering: {message}",
+        took.as_secs_f64()
+    );
+    rt.block_on(async {
+        let _ = queue.delete().await;
+        let _ = response.delete().await;
+    });
 }
 
 #[test]

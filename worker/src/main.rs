@@ -15,7 +15,7 @@ use cloudkon_worker::exec::animoto::{
     AddressPolicy, S3ObjectStore, check_output, parse_presign_expiry,
 };
 use cloudkon_worker::logging::LogFormat;
-use cloudkon_worker::remote::{RemoteConfig, StopReason, WorkerStats, run_remote};
+use cloudkon_worker::remote::{RemoteConfig, StopReason, Unable, WorkerStats, run_remote};
 use cloudkon_worker::serve::{WorkerCollector, serve};
 use cloudkon_worker::termination;
 use cloudkon_worker::{AnimotoConfig, AnimotoExecutor, PoolConfig, Registry, Shutdown};
@@ -74,8 +74,9 @@ struct Args {
     #[arg(long, env = "CLOUDKON_CANCEL_CHECK", default_value = "3s", value_parser = parse_cancel_check)]
     cancel_check: Duration,
 
-    /// Exit with an error when every receive has failed for this long while
-    /// the worker holds no bundle (running ones are finished first): for
+    /// Exit with an error when every receive (SQS), or every claim (the
+    /// DynamoDB ledger), has failed for this long while the worker holds no
+    /// bundle (running ones are finished first): for
     /// Kubernetes, which restarts it and shows the error as its termination
     /// message (the operator's Deployments set 2m). Unset: retry for ever.
     #[arg(long, env = "CLOUDKON_GIVE_UP_AFTER", value_parser = humantime::parse_duration)]
@@ -206,9 +207,17 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(args)) {
-        Ok(StopReason::CannotReceive { failing_for, error }) => {
+        Ok(StopReason::GaveUp {
+            unable,
+            failing_for,
+            error,
+        }) => {
+            let (what, attempt) = match unable {
+                Unable::Receive => ("receive from the queue", "receive"),
+                Unable::Claim => ("claim bundles in the ledger", "claim"),
+            };
             let message = format!(
-                "error: cannot receive from the queue: every receive failed for {} s: {error}",
+                "error: cannot {what}: every {attempt} failed for {} s: {error}",
                 failing_for.as_secs()
             );
             tracing::error!("{message}");

@@ -8,7 +8,7 @@ use cloudkon_core::queue::{Delivery, Receipt, ResultRouter, TaskQueue};
 use cloudkon_core::{TaskResult, TaskSpec, Timestamp};
 
 use super::retry::Backoff;
-use super::{Ctx, StopReason, WorkerStats};
+use super::{Ctx, StopReason, Unable, WorkerStats};
 use crate::pool::{PoolEvent, Shutdown, Ticket, UnitControl, UnitRun, WorkUnit};
 
 /// SQS returns at most 10 messages per receive.
@@ -99,8 +99,9 @@ where
     let mut avg_bundle_tasks: Option<f64> = None;
     // Set while the ledger fails: no receiving until then.
     let mut ledger_pause = LEDGER_PAUSE;
-    // Since when every receive failed.
+    // Since when every receive failed, and every claim.
     let mut failing_since: Option<Instant> = None;
+    let mut ledger_failing_since: Option<Instant> = None;
     loop {
         // Hold no more tasks than the slots can start soon: a message held here
         // is invisible to idle workers elsewhere.
@@ -137,6 +138,7 @@ where
         }
         // Not cancelled on shutdown: messages received by a cancelled call would
         // stay hidden for a whole visibility timeout; these are given back at once.
+        let asked = Instant::now();
         let received = ctx.queue.receive(room, ctx.config.receive_wait).await;
         let deliveries = match received {
             Ok(Some(deliveries)) => {
@@ -151,9 +153,10 @@ where
             Err(e) => {
                 ctx.room.add_permits(room);
                 WorkerStats::add(&ctx.stats.backend_errors, 1);
-                let failing_for = failing_since.get_or_insert_with(Instant::now).elapsed();
+                let failing_for = failing_since.get_or_insert(asked).elapsed();
                 if gives_up(ctx.config.give_up_after, failing_for, ctx.inflight.len()) {
-                    return StopReason::CannotReceive {
+                    return StopReason::GaveUp {
+                        unable: Unable::Receive,
                         failing_for,
                         error: e.to_string(),
                     };
@@ -184,7 +187,10 @@ where
         {
             return StopReason::Idle;
         }
-        let mut ledger_down = false;
+        // The ledger's error, when a claim (or cancel check) failed.
+        let mut ledger_down: Option<String> = None;
+        let admitting = Instant::now();
+        let delivered = !deliveries.is_empty();
         for delivery in deliveries {
             if shutdown.stop.is_cancelled() {
                 // Received after the stop: straight back to the queue.
@@ -194,7 +200,7 @@ where
                 }
                 continue;
             }
-            if ledger_down {
+            if ledger_down.is_some() {
                 // Its claim would fail as the last one did, after as long a
                 // wait: hidden at once, to come back later.
                 ctx.room.add_permits(1);
@@ -213,13 +219,21 @@ where
                     }
                 }
                 Admitted::Skip => ctx.room.add_permits(1),
-                Admitted::LedgerDown => {
+                Admitted::LedgerDown(error) => {
                     ctx.room.add_permits(1);
-                    ledger_down = true;
+                    ledger_down = Some(error);
                 }
             }
         }
-        if ledger_down {
+        if let Some(error) = ledger_down {
+            let failing_for = ledger_failing_since.get_or_insert(admitting).elapsed();
+            if gives_up(ctx.config.give_up_after, failing_for, ctx.inflight.len()) {
+                return StopReason::GaveUp {
+                    unable: Unable::Claim,
+                    failing_for,
+                    error,
+                };
+            }
             tracing::warn!(pause = ?ledger_pause, "the ledger is unreachable: receiving again after a pause");
             tokio::select! {
                 _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
@@ -228,6 +242,9 @@ where
             ledger_pause = (ledger_pause * 2).min(LEDGER_PAUSE_MAX);
         } else {
             ledger_pause = LEDGER_PAUSE;
+            if delivered {
+                ledger_failing_since = None;
+            }
         }
     }
 }
@@ -253,9 +270,9 @@ enum Admitted {
     /// Claimed too often: report the tasks failed without running them.
     GiveUp(Arc<UnitRun>, Vec<TaskResult>),
     Skip,
-    /// The ledger did not answer: the message is hidden for a while, and the
-    /// rest of this receive too, without trying.
-    LedgerDown,
+    /// The ledger did not answer (its error): the message is hidden for a
+    /// while, and the rest of this receive too, without trying.
+    LedgerDown(String),
 }
 
 async fn admit<Q, L, R>(ctx: &Ctx<Q, L, R>, delivery: Delivery) -> Admitted
@@ -282,15 +299,15 @@ where
     let cancelled = match (&ctx.ledger, bundle.tasks.first().map(|t| t.batch.clone())) {
         (Some(ledger), Some(batch)) => {
             match is_cancelled(ctx, ledger.as_ref(), batch.as_str()).await {
-                Some(c) => c,
-                None if bundle.options.dedup != Some(false) => {
+                Ok(c) => c,
+                Err(e) if bundle.options.dedup != Some(false) => {
                     // The claim would fail too.
                     tracing::warn!(key, "ledger unreachable; the bundle comes back later");
                     hide_unclaimed(ctx, receipt.as_ref(), receive_count).await;
-                    return Admitted::LedgerDown;
+                    return Admitted::LedgerDown(e);
                 }
                 // Running a cancelled task is the lesser harm.
-                None => false,
+                Err(_) => false,
             }
         }
         _ => false,
@@ -331,7 +348,7 @@ where
                 let delay = claim_retry_delay(receive_count);
                 tracing::warn!(key, error = %e, retry_in = ?delay, "claim failed; the bundle comes back later");
                 hide_unclaimed(ctx, receipt.as_ref(), receive_count).await;
-                return Admitted::LedgerDown;
+                return Admitted::LedgerDown(e.to_string());
             }
             Ok(Claim::Held { remaining }) => {
                 WorkerStats::add(&ctx.stats.duplicates, 1);
@@ -431,31 +448,33 @@ where
     Admitted::Run(unit)
 }
 
-/// Whether a batch was cancelled, from the cache or the ledger; `None`: the
-/// ledger did not answer (within [`ADMIT_LEDGER_LIMIT`]).
-async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> Option<bool>
+/// Whether a batch was cancelled, from the cache or the ledger; `Err`: the
+/// ledger did not answer (within [`ADMIT_LEDGER_LIMIT`]), and why.
+async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> Result<bool, String>
 where
     L: DedupLedger,
 {
     if let Some((cancelled, at)) = ctx.cancelled.lock().expect("cancel cache").get(batch)
         && (*cancelled || at.elapsed() < ctx.config.cancel_check)
     {
-        return Some(*cancelled);
+        return Ok(*cancelled);
     }
     let cancelled = match tokio::time::timeout(ADMIT_LEDGER_LIMIT, ledger.is_cancelled(batch)).await
     {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(batch, error = %e, "cannot check for cancellation");
-            return None;
+            return Err(e.to_string());
         }
         Err(_) => {
             tracing::debug!(batch, "no answer from the ledger on cancellation");
-            return None;
+            return Err(format!(
+                "the ledger gave no answer within {ADMIT_LEDGER_LIMIT:?} (cancel check)"
+            ));
         }
     };
     remember_cancelled(ctx, batch, cancelled);
-    Some(cancelled)
+    Ok(cancelled)
 }
 
 /// Caches a batch's cancel answer for `cancel_check` (a cancel

@@ -81,10 +81,10 @@ pub struct RemoteConfig {
     /// finishing a few tasks a second each pays per task (see the README's
     /// simulation figures).
     pub cancel_check: Duration,
-    /// Stop ([`StopReason::CannotReceive`]) when receiving has failed for
-    /// this long while nothing is held: an idle worker that cannot reach its
-    /// queue is of no use, and where something restarts it (Kubernetes) the
-    /// stop says why. `None`: retry for ever.
+    /// Stop ([`StopReason::GaveUp`]) when every receive, or every claim, has
+    /// failed for this long while nothing is held: an idle worker that cannot
+    /// reach its queue or its ledger is of no use, and where something
+    /// restarts it (Kubernetes) the stop says why. `None`: retry for ever.
     pub give_up_after: Option<Duration>,
 }
 
@@ -115,12 +115,23 @@ pub enum StopReason {
     Idle,
     /// The queue is finite and drained (in-memory queues in tests).
     Drained,
-    /// Receiving failed for `RemoteConfig::give_up_after` with nothing held.
-    CannotReceive {
+    /// Every attempt at `unable` failed for `RemoteConfig::give_up_after`
+    /// with nothing held.
+    GaveUp {
+        unable: Unable,
         failing_for: Duration,
-        /// The last receive's error.
+        /// The last attempt's error.
         error: String,
     },
+}
+
+/// What a worker that gave up could not do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unable {
+    /// Receive from its queue (SQS).
+    Receive,
+    /// Claim a bundle, or ask whether its batch was cancelled (the ledger).
+    Claim,
 }
 
 /// The parts every stage shares.

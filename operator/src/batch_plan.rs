@@ -246,8 +246,6 @@ pub fn enqueue_done_in(status: &TaskBatchStatus) -> bool {
     matches!(status.phase, Some(Phase::Running))
 }
 
-/// Sets the four conditions; an Event for each that changed to a state a
-/// person wants to hear about.
 /// What a batch waits on that is not its own doing.
 #[derive(Default)]
 struct Waits<'a> {
@@ -257,6 +255,8 @@ struct Waits<'a> {
     workers_failing: Option<&'a str>,
 }
 
+/// Sets the batch's conditions; an Event for each that changed to a state a
+/// person wants to hear about.
 fn set_conditions(
     batch: &TaskBatch,
     st: &mut TaskBatchStatus,
@@ -504,7 +504,10 @@ mod tests {
         }
 
         // A batch whose pool never failed has no such condition.
-        let plan = decide(&observed(&batch(json!({}), phase(Phase::Running))));
+        let plan = decide(&observed(&batch(
+            json!({}),
+            Some(ten_tasks(Phase::Running)),
+        )));
         let part = plan.status.unwrap();
         assert!(
             !part

@@ -71,8 +71,7 @@ fn problem(pod: &Pod) -> Option<String> {
 /// What a termination message says, on one line: the worker's own (one
 /// line), or, from the tail of its log (`FallbackToLogsOnError`), the last
 /// line that says an error or a panic (with a panic's message), else the
-/// last line; cut to
-/// [`MAX_WORDS`] bytes.
+/// last line; cut to [`MAX_WORDS`] bytes.
 fn last_words(message: &str) -> Option<String> {
     let lines: Vec<&str> = message
         .lines()

@@ -76,9 +76,9 @@ struct Args {
 
     /// Exit with an error when every receive (SQS), or every claim (the
     /// DynamoDB ledger), has failed for this long while the worker holds no
-    /// bundle (running ones are finished first): for
-    /// Kubernetes, which restarts it and shows the error as its termination
-    /// message (the operator's Deployments set 2m). Unset: retry for ever.
+    /// bundle (running ones are finished first): for Kubernetes, which
+    /// restarts it and shows the error as its termination message (the
+    /// operator's Deployments set 2m). Unset: retry for ever.
     #[arg(long, env = "CLOUDKON_GIVE_UP_AFTER", value_parser = humantime::parse_duration)]
     give_up_after: Option<Duration>,
 

@@ -61,6 +61,10 @@ fn status_due(
 /// The Event's reason when the pool's queue was deleted outside the operator.
 pub const QUEUE_RECREATED: &str = "QueueRecreated";
 
+/// The same for its dead-letter queue (a reason of its own: Events of one
+/// reason are counted as one series, under the first one's message).
+pub const DEAD_LETTER_QUEUE_RECREATED: &str = "DeadLetterQueueRecreated";
+
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let what = format!("WorkerPool {ns}/{}", pool.name_any());
@@ -103,6 +107,32 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     // controller runs one reconcile of an object at a time).
     let memory = ctx.pool_memory(&uid(pool));
     let mut memory = memory.lock().await;
+
+    // Its dead-letter queue deleted outside the operator: the reader stopped
+    // on it, and both are made again as for the queue itself (below).
+    if memory
+        .dead_letters
+        .as_ref()
+        .is_some_and(|r| r.0.is_finished())
+    {
+        let dlq = memory
+            .queue
+            .as_ref()
+            .and_then(|(q, _)| q.dead_letter_url())
+            .map(build::queue_name_in_url)
+            .unwrap_or_default()
+            .to_string();
+        tracing::warn!(pool = %format!("{ns}/{name}"), queue = %dlq, "the pool's dead-letter queue was deleted outside the operator: making it again");
+        memory.queue = None;
+        memory.dead_letters = None;
+        ctx.event(
+            pool,
+            true,
+            DEAD_LETTER_QUEUE_RECREATED,
+            format!("the pool's dead-letter queue {dlq} was deleted outside the operator: it is made again, and read again"),
+        )
+        .await;
+    }
 
     // The queue: made once per operator run and spec, then remembered.
     let known = memory.queue.is_some();

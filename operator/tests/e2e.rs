@@ -1329,6 +1329,24 @@ fn a_pools_queue_deleted_under_it_is_made_again_and_its_tasks_reported_lost() {
         (Some(Phase::Succeeded), 20),
         "{s:?}"
     );
+
+    // Its dead-letter queue, deleted too, is made again and read again.
+    let dlq = c.pool("p").status.unwrap().dead_letter_queue_url.unwrap();
+    rt.block_on(sqs.at(&dlq).delete()).unwrap();
+    let deleted = Instant::now();
+    c.wait_for(
+        "the dead-letter queue made again",
+        Duration::from_secs(60),
+        |_| rt.block_on(sqs.at(&dlq).stats()).ok(),
+    );
+    println!(
+        "dead-letter queue deleted: made again after {:.1} s",
+        deleted.elapsed().as_secs_f64()
+    );
+    let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+    assert!(events.contains("DeadLetterQueueRecreated"), "{events}");
+    println!("{events}");
+    assert_eq!(c.pool("p").status.unwrap().dead_letter_queue_url, Some(dlq));
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use cloudkon_core::aws::{Aws, SqsQueue};
 use cloudkon_core::queue::TaskQueue;
 use cloudkon_core::{BatchId, Bundle, Summary, Task, TaskSpec, Timestamp};
+use cloudkon_testkit::StoppedServer;
 use common::{
     bin, create_queue, finish, read_results, require_servers, runtime, stop, submit, submit_with,
     unique, worker, worker_with,
@@ -252,7 +253,7 @@ fn a_message_delivered_twice_runs_once() {
 
 /// Pauses a server process (SIGSTOP) for `pause`, then resumes it.
 fn pause_server(pid_var: &str, pause: Duration) {
-    let _stopped = Stopped::server(pid_var);
+    let _stopped = StoppedServer::stop(pid_var);
     std::thread::sleep(pause);
 }
 
@@ -465,27 +466,6 @@ fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
     queue_cleanup(&queue);
 }
 
-/// A server process stopped (SIGSTOP) until dropped (SIGCONT), even when
-/// the test fails: the other tests need it.
-struct Stopped(Pid);
-
-impl Stopped {
-    fn server(pid_var: &str) -> Stopped {
-        let pid: i32 = std::env::var(pid_var)
-            .unwrap_or_else(|_| panic!("{pid_var} is not set (scripts/aws-servers exports it)"))
-            .parse()
-            .unwrap();
-        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
-        Stopped(Pid::from_raw(pid))
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        kill(self.0, Signal::SIGCONT).ok();
-    }
-}
-
 /// Starts a worker on `queue` that gives up after 3 s, its termination
 /// message to `log`, and waits until it runs (its heartbeat row is there).
 fn giving_up_worker(queue: &str, table: &str, id: &str, log: &Path) -> Child {
@@ -580,7 +560,7 @@ fn a_worker_that_cannot_claim_gives_up_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("termination-log");
     let worker = giving_up_worker(queue.url(), &unique("ledger-noclaim"), "no-claim", &log);
-    let dynamodb = Stopped::server("CLOUDKON_DYNAMODB_PID");
+    let dynamodb = StoppedServer::stop("CLOUDKON_DYNAMODB_PID");
     let bundle = Bundle {
         submitted: Timestamp::now(),
         tasks: vec![Task {

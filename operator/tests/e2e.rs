@@ -25,6 +25,7 @@ use cloudkon_core::aws::WorkerHeartbeat;
 use cloudkon_core::aws::{Aws, ErrorKind, QueueOptions};
 use cloudkon_operator::crd::taskbatch::Phase;
 use cloudkon_operator::crd::{TaskBatch, WorkerPool};
+use cloudkon_testkit::StoppedServer;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use nix::sys::signal::{Signal, kill};
@@ -2815,27 +2816,6 @@ fn bundles_in_the_dead_letter_queue_are_reported_failed_and_their_batch_finishes
     );
 }
 
-/// SIGSTOPs DynamoDB Local; SIGCONT on drop, so that a failing test does not
-/// leave it stopped for the others.
-struct PausedDynamo(Pid);
-
-impl PausedDynamo {
-    fn new() -> Self {
-        let pid: i32 = std::env::var("CLOUDKON_DYNAMODB_PID")
-            .expect("CLOUDKON_DYNAMODB_PID (scripts/aws-servers exports it)")
-            .parse()
-            .unwrap();
-        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
-        PausedDynamo(Pid::from_raw(pid))
-    }
-}
-
-impl Drop for PausedDynamo {
-    fn drop(&mut self) {
-        kill(self.0, Signal::SIGCONT).ok();
-    }
-}
-
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn a_40_s_dynamodb_outage_mid_batch_loses_nothing_and_dead_letters_nothing() {
@@ -2867,7 +2847,7 @@ fn a_40_s_dynamodb_outage_mid_batch_loses_nothing_and_dead_letters_nothing() {
     });
     let before = std::fs::read_to_string(&ran).unwrap().lines().count();
     {
-        let _paused = PausedDynamo::new();
+        let _paused = StoppedServer::stop("CLOUDKON_DYNAMODB_PID");
         // The outage itself: a fixed length, not a wait for a condition.
         std::thread::sleep(Duration::from_secs(40));
     }

@@ -1,8 +1,9 @@
 //! What the workspace's tests share (a dev-dependency only): the check that
 //! the AWS test servers are the ones in use, names no other test takes, one
 //! test at a time where fleets would starve each other, and test images and
-//! videos made and read with ffmpeg. Std only, so that every crate's tests,
-//! core's included, can use it.
+//! videos made and read with ffmpeg, and a test server stopped for a while.
+//! Std and nix only, so that every crate's tests, core's included, can use
+//! it.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -123,6 +124,31 @@ pub fn probe(path: &Path) -> Probe {
         height: field("height").parse().unwrap(),
         frames_read: field("nb_read_frames").parse().unwrap(),
         duration: field("duration").parse().unwrap(),
+    }
+}
+
+/// A test server's process stopped (SIGSTOP) until this is dropped
+/// (SIGCONT), even when the test fails: the other tests need it.
+/// `pid_var` names the variable `scripts/aws-servers` exports its pid in
+/// (`CLOUDKON_DYNAMODB_PID`, `CLOUDKON_SQS_PID`...).
+pub struct StoppedServer(nix::unistd::Pid);
+
+impl StoppedServer {
+    pub fn stop(pid_var: &str) -> StoppedServer {
+        let pid: i32 = std::env::var(pid_var)
+            .unwrap_or_else(|_| panic!("{pid_var} is not set (scripts/aws-servers exports it)"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{pid_var}: {e}"));
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)
+            .unwrap_or_else(|e| panic!("cannot stop {pid_var} ({pid}): {e}"));
+        StoppedServer(pid)
+    }
+}
+
+impl Drop for StoppedServer {
+    fn drop(&mut self) {
+        nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT).ok();
     }
 }
 

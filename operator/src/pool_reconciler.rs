@@ -122,12 +122,10 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             .map(build::queue_name_in_url)
             .unwrap_or_default()
             .to_string();
-        tracing::warn!(pool = %format!("{ns}/{name}"), queue = %dlq, "the pool's dead-letter queue was deleted outside the operator: making it again");
-        memory.queue = None;
-        memory.dead_letters = None;
-        ctx.event(
+        forget_deleted_queue(
             pool,
-            true,
+            ctx,
+            &mut memory,
             DEAD_LETTER_QUEUE_RECREATED,
             format!("the pool's dead-letter queue {dlq} was deleted outside the operator: it is made again, and read again"),
         )
@@ -156,12 +154,10 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         // and runners find it again by themselves. What it held is gone;
         // the batches report those tasks lost after --missing-after.
         Err(e) if e.kind == ErrorKind::NotFound => {
-            tracing::warn!(pool = %format!("{ns}/{name}"), queue = %queue_name, "the pool's queue was deleted outside the operator: making it again");
-            memory.queue = None;
-            memory.dead_letters = None;
-            ctx.event(
+            forget_deleted_queue(
                 pool,
-                true,
+                ctx,
+                &mut memory,
                 QUEUE_RECREATED,
                 format!(
                     "the pool's queue {queue_name} was deleted outside the operator: it is made again; the bundles it held are gone, and their batches report those tasks lost after the operator's --missing-after"
@@ -374,6 +370,28 @@ fn end_of_second(t: &Time) -> SystemTime {
 
 /// The pool's queue `name`, made (or given the spec's settings) when this
 /// run has not made it with them yet.
+/// A queue of the pool (it or its dead-letter queue) was deleted outside
+/// the operator: both are forgotten, with the dead-letter reader, so that
+/// [`ensure_queue`] makes them again; `message` goes to the log and to a
+/// Warning Event of `reason`.
+async fn forget_deleted_queue(
+    pool: &WorkerPool,
+    ctx: &Context,
+    memory: &mut PoolMemory,
+    reason: &str,
+    message: String,
+) {
+    let pool_name = format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    );
+    tracing::warn!(pool = %pool_name, "{message}");
+    memory.queue = None;
+    memory.dead_letters = None;
+    ctx.event(pool, true, reason, message).await;
+}
+
 async fn ensure_queue(
     pool: &WorkerPool,
     ctx: &Context,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cloudkon_core::aws::{Aws, SqsQueue};
 use cloudkon_core::queue::TaskQueue;
 use cloudkon_core::{BatchId, Bundle, Summary, Task, TaskSpec, Timestamp};
-use cloudkon_testkit::StoppedServer;
+use cloudkon_testkit::{RefusingProxy, StoppedServer};
 use common::{
     bin, create_queue, finish, read_results, require_servers, runtime, stop, submit, submit_with,
     unique, worker, worker_with,
@@ -469,8 +469,17 @@ fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
 /// Starts a worker on `queue` that gives up after 3 s, its termination
 /// message to `log`, and waits until it runs (its heartbeat row is there).
 fn giving_up_worker(queue: &str, table: &str, id: &str, log: &Path) -> Child {
+    giving_up_worker_on(queue, table, id, log, None)
+}
+
+/// [`giving_up_worker`], its SQS requests sent to `sqs` when given.
+fn giving_up_worker_on(queue: &str, table: &str, id: &str, log: &Path, sqs: Option<&str>) -> Child {
     std::fs::write(log, "").unwrap();
-    let mut worker = Command::new(bin("cloudkon-worker"))
+    let mut command = Command::new(bin("cloudkon-worker"));
+    if let Some(sqs) = sqs {
+        command.env("AWS_ENDPOINT_URL_SQS", sqs);
+    }
+    let mut worker = command
         .args(["--queue", queue, "--ledger-table", table])
         .args(["--worker-id", id, "--metrics-addr", "off"])
         .args(["--receive-wait", "1s", "--give-up-after", "3s"])
@@ -585,6 +594,92 @@ fn a_worker_that_cannot_claim_gives_up_and_says_why() {
     println!(
         "gave up {:.1} s after the ledger stopped answering: {message}",
         took.as_secs_f64()
+    );
+    rt.block_on(async {
+        let _ = queue.delete().await;
+        let _ = response.delete().await;
+    });
+}
+
+/// IAM without `sqs:SendMessage` on the response queues, which a proxy in
+/// front of the SQS server plays (refusing those sends with AccessDenied):
+/// the worker runs its task, cannot report it, and stops past
+/// `--give-up-after` saying why, giving the bundle back at once rather than
+/// holding it unreported for ever; a worker that can send then reports it.
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_worker_that_cannot_send_results_gives_up_and_gives_its_bundle_back() {
+    require_servers();
+    let _serial = common::serial();
+    // Longer than the test: the bundle comes back only if given back.
+    let queue = create_queue(&unique("nosend"), Duration::from_secs(120), None);
+    let response = create_queue(&unique("nosend-resp"), Duration::from_secs(30), None);
+    let name = response.url().rsplit('/').next().unwrap().to_string();
+    let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap();
+    let proxy = RefusingProxy::start(&sqs, move |r| {
+        r.header("x-amz-target")
+            .is_some_and(|t| t.starts_with("AmazonSQS.SendMessage"))
+            && r.body_contains(&name)
+    });
+    let table = unique("ledger-nosend");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    let refused = giving_up_worker_on(queue.url(), &table, "no-send", &log, Some(&proxy.url()));
+    let bundle = Bundle {
+        submitted: Timestamp::now(),
+        tasks: vec![Task {
+            batch: BatchId::new("nosend"),
+            id: 7,
+            attempt: 1,
+            timeout: None,
+            spec: TaskSpec::Sleep { ms: 0 },
+        }],
+        reply_to: Some(response.url().to_string()),
+        options: Default::default(),
+    };
+    let rt = runtime();
+    rt.block_on(queue.send(vec![bundle])).unwrap();
+    let (code, message, took) = gave_up(refused, &log, Instant::now());
+    assert_eq!(code, Some(1), "{message}");
+    assert!(
+        message.starts_with(
+            "error: cannot send results to a batch's response queue: every send failed for "
+        ),
+        "{message}"
+    );
+    assert!(message.contains("AccessDenied"), "{message}");
+    assert!(proxy.refused() >= 2, "{} sends refused", proxy.refused());
+    println!(
+        "gave up {:.1} s after its bundle was sent, {} sends refused: {message}",
+        took.as_secs_f64(),
+        proxy.refused()
+    );
+    let given_back = Instant::now();
+    let next = worker(queue.url(), &table, "can-send", "10s");
+    let mut reported = Vec::new();
+    while reported.is_empty() {
+        assert!(
+            given_back.elapsed() < Duration::from_secs(60),
+            "the bundle never came back"
+        );
+        for (message, receipt) in rt
+            .block_on(response.receive_results(10, Duration::from_secs(1)))
+            .unwrap()
+        {
+            reported.extend(
+                message
+                    .results
+                    .iter()
+                    .map(|r| (r.id, r.outcome.is_success())),
+            );
+            rt.block_on(response.delete_batch(vec![receipt])).unwrap();
+        }
+    }
+    stop(next);
+    assert_eq!(reported, vec![(7, true)]);
+    println!(
+        "reported by the next worker {:.1} s later",
+        given_back.elapsed().as_secs_f64()
     );
     rt.block_on(async {
         let _ = queue.delete().await;

@@ -29,8 +29,9 @@ pub const METRICS_PORT: i32 = 9090;
 pub const WORKER_GRACE_SECONDS: i64 = 25;
 
 /// How long a worker pod's receives (or claims) may all fail, holding
-/// nothing, before it stops (`--give-up-after`): past SQS's 60 s refusal of
-/// a deleted queue's name, which the pool's queue is made again after.
+/// nothing, or a send of its results fail, before it stops
+/// (`--give-up-after`): past SQS's 60 s refusal of a deleted queue's name,
+/// which the pool's queue is made again after.
 pub const WORKER_GIVE_UP_AFTER: &str = "2m";
 
 /// The size limit of a worker pod's `/tmp` when the pool sets none: room for

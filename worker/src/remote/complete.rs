@@ -18,7 +18,7 @@ use cloudkon_core::{TaskResult, Usage};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Backoff, until_ok};
-use super::{Ctx, WorkerStats};
+use super::{Ctx, StopReason, Unable, WorkerStats};
 use crate::pool::{PoolEvent, Ticket, UnitRun};
 
 /// Results gathered that leave at once, whatever the linger: about a full
@@ -369,7 +369,9 @@ where
     R: ResultRouter,
 {
     let mut backoff = Backoff::new();
+    let mut failing_since = None;
     loop {
+        let asked = tokio::time::Instant::now();
         match ctx.router.send_results(reply_to, bodies.clone()).await {
             Ok(()) => return Sent::Yes,
             Err(QueueError::NotFound(e)) => {
@@ -387,6 +389,19 @@ where
             }
             Err(e) => {
                 WorkerStats::add(&ctx.stats.backend_errors, 1);
+                let failing_for = failing_since.get_or_insert(asked).elapsed();
+                // Held bundles or not: they cannot end without their results.
+                if super::fetch::gives_up(ctx.config.give_up_after, failing_for, 0) {
+                    give_up(
+                        ctx,
+                        StopReason::GaveUp {
+                            unable: Unable::SendResults,
+                            failing_for,
+                            error: e.to_string(),
+                        },
+                    );
+                    return Sent::No;
+                }
                 tracing::warn!(reply_to, error = %e, "sending results failed; retrying");
                 if !backoff.wait(abort).await {
                     return Sent::No;
@@ -394,6 +409,19 @@ where
             }
         }
     }
+}
+
+/// Stops the worker for `reason`: no more receives, running tasks abandoned,
+/// and every held bundle given back with what was reported (the completer's
+/// end), for a worker that can finish it.
+fn give_up<Q, L, R>(ctx: &Ctx<Q, L, R>, reason: StopReason) {
+    tracing::error!(?reason, "giving up: stopping and giving every bundle back");
+    ctx.gave_up
+        .lock()
+        .expect("gave_up lock")
+        .get_or_insert(reason);
+    ctx.shutdown.stop.cancel();
+    ctx.shutdown.abort.cancel();
 }
 
 /// Gives an unfinished bundle back with its progress: the claim released and

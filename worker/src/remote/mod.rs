@@ -84,7 +84,10 @@ pub struct RemoteConfig {
     /// Stop ([`StopReason::GaveUp`]) when every receive, or every claim, has
     /// failed for this long while nothing is held: an idle worker that cannot
     /// reach its queue or its ledger is of no use, and where something
-    /// restarts it (Kubernetes) the stop says why. `None`: retry for ever.
+    /// restarts it (Kubernetes) the stop says why. Also when one send of
+    /// results has failed that long, holding bundles or not: they cannot end
+    /// without their results, so they are given back for a worker that can.
+    /// `None`: retry for ever.
     pub give_up_after: Option<Duration>,
 }
 
@@ -116,7 +119,7 @@ pub enum StopReason {
     /// The queue is finite and drained (in-memory queues in tests).
     Drained,
     /// Every attempt at `unable` failed for `RemoteConfig::give_up_after`
-    /// with nothing held.
+    /// (with nothing held, but for results).
     GaveUp {
         unable: Unable,
         failing_for: Duration,
@@ -132,6 +135,10 @@ pub enum Unable {
     Receive,
     /// Claim a bundle, or ask whether its batch was cancelled (the ledger).
     Claim,
+    /// Send results to a batch's response queue (SQS): IAM without
+    /// `sqs:SendMessage` on `cloudkon-tb-*`, say. The worker gave its bundles
+    /// back, their tasks not reported.
+    SendResults,
 }
 
 /// The parts every stage shares.
@@ -155,6 +162,10 @@ struct Ctx<Q, L, R> {
     /// Batch → (cancelled, when looked up): the ledger is asked at most every
     /// `config.cancel_check` per batch.
     cancelled: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
+    /// Stops the fetcher and aborts the pool when a stage gives up.
+    shutdown: Shutdown,
+    /// Why a stage other than the fetcher gave up, first one only.
+    gave_up: std::sync::Mutex<Option<StopReason>>,
 }
 
 impl<Q, L, R> Ctx<Q, L, R> {
@@ -189,6 +200,8 @@ where
         router,
         owner: config.pool.worker_id.clone(),
         claims: std::sync::atomic::AtomicU64::new(0),
+        shutdown: shutdown.clone(),
+        gave_up: Default::default(),
         room: Arc::new(Semaphore::new(slots + config.prefetch)),
         config,
         inflight: InFlight::new(stats.clone()),
@@ -234,7 +247,8 @@ where
     renewer_done.cancel();
     let _ = renewer.await;
     let _ = canceller.await;
-    reason
+    let gave_up = ctx.gave_up.lock().expect("gave_up lock").take();
+    gave_up.unwrap_or(reason)
 }
 
 /// Gives back the units waiting for a slot: another worker runs them.

@@ -526,6 +526,42 @@ async fn a_bundle_whose_results_cannot_be_sent_is_given_back_not_deleted() {
     );
 }
 
+/// IAM without `sqs:SendMessage` on the response queues: the worker stops by
+/// itself past `give_up_after`, saying so, and gives its bundle back.
+#[tokio::test]
+async fn a_worker_whose_results_cannot_be_sent_gives_up_and_gives_its_bundles_back() {
+    let mut b = bundle(0, sleeps(3));
+    b.reply_to = Some("down".into());
+    let key = claim_key(&b);
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(FlakyRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let mut config = config();
+    config.give_up_after = Some(Duration::from_millis(300));
+    let reason = run_through(vec![b], Some(ledger.clone()), router, config, stats.clone()).await;
+    let StopReason::GaveUp {
+        unable,
+        failing_for,
+        error,
+    } = reason
+    else {
+        panic!("did not give up: {reason:?}");
+    };
+    assert_eq!(unable, Unable::SendResults);
+    assert!(failing_for >= Duration::from_millis(300), "{failing_for:?}");
+    assert!(error.contains("connection refused"), "{error}");
+    assert!(WorkerStats::get(&stats.backend_errors) >= 2);
+    assert_eq!(WorkerStats::get(&stats.released), 1);
+    assert_eq!(WorkerStats::get(&stats.tasks_succeeded), 0);
+    assert_eq!(
+        ledger.claim(&key, "next", LEASE).await.unwrap(),
+        Claim::Granted {
+            attempt: 1,
+            done: BundleProgress::new()
+        }
+    );
+}
+
 #[tokio::test]
 async fn a_bundles_tasks_run_on_all_the_slots_and_results_leave_as_they_finish() {
     // One bundle, four slots: each task waits until all four have started.

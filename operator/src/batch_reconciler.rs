@@ -521,27 +521,23 @@ async fn report_cleanup_failure(batch: &TaskBatch, ctx: &Context, message: &str)
 
 async fn release(batch: &TaskBatch, ctx: &Context) -> Result<(), Error> {
     stop_runner(ctx, &uid(batch)).await;
-    // Deleted before it finished: its tasks still in the pool's queue, or in
-    // bundles workers run, must not run for nobody (their results would be
-    // dropped: the response queue goes next).
-    let finished = batch
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(|p| p.is_finished());
-    if !finished {
-        let ns = batch.namespace().unwrap_or_default();
-        let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
-        let pool = pools
-            .get_opt(&batch.spec.worker_pool)
-            .await
-            .map_err(Error::kube(format!(
-                "cannot read WorkerPool {ns}/{}",
-                batch.spec.worker_pool
-            )))?;
-        if let Some(pool) = &pool {
-            write_cancel_mark(ctx, pool, batch).await?;
-        }
+    // Its tasks still in the pool's queue, or in bundles workers run, must
+    // not run for nobody; and a worker that finds the response queue gone
+    // (it goes next) drops the results of a marked batch at once, where it
+    // would send them again for a while to a queue deleted by hand (see the
+    // worker's `response_queue_return`). Finished batches too: a late
+    // duplicate bundle.
+    let ns = batch.namespace().unwrap_or_default();
+    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let pool = pools
+        .get_opt(&batch.spec.worker_pool)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read WorkerPool {ns}/{}",
+            batch.spec.worker_pool
+        )))?;
+    if let Some(pool) = &pool {
+        write_cancel_mark(ctx, pool, batch).await?;
     }
     let queue = build::response_queue_name(&uid(batch));
     let deleted = match ctx.sqs.open(&queue).await {

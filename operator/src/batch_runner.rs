@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::{QueueOptions, RequestStats, S3Store, S3Uri, SqsQueue, StatsSnapshot};
 use cloudkon_core::id_set::IdSet;
-use cloudkon_core::queue::{Receipt, ResultsInbox, TaskQueue};
+use cloudkon_core::queue::{QueueError, Receipt, ResultsInbox, TaskQueue};
 use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
 use cloudkon_core::workload::{SendOrder, TaskDef, Wanted, WorkloadReader};
@@ -890,9 +890,25 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 self.inbox
                     .receive_results(RECEIVE_RESULTS, Duration::from_millis(500))
             }));
-            let rounds = alongside(&mut writing, round)
-                .await?
-                .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+            let rounds = match alongside(&mut writing, round).await? {
+                Ok(rounds) => rounds,
+                Err(QueueError::NotFound(e)) => {
+                    // Deleted outside the operator: the runner's start makes
+                    // it again, under its name (at its URL), and the workers
+                    // send it the results they hold (see the worker's
+                    // `response_queue_return`).
+                    self.record
+                        .warn(
+                            "ResponseQueueRecreated",
+                            format!("the batch's response queue was deleted outside the operator ({e}): it is made again, and the workers send it the results they hold; the runner restarts from its checkpoint"),
+                        )
+                        .await;
+                    return Err(Error::Other(format!(
+                        "batch {name}: its response queue was deleted: {e}"
+                    )));
+                }
+                Err(e) => return Err(Error::Other(format!("batch {name}: {e}"))),
+            };
             let messages: Vec<_> = rounds.into_iter().flatten().collect();
             let results = messages.iter().map(|(m, _)| m.results.len()).sum();
             let pause = collect_pause(receives, messages.len(), results);

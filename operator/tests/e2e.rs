@@ -1350,6 +1350,58 @@ fn a_pools_queue_deleted_under_it_is_made_again_and_its_tasks_reported_lost() {
     assert_eq!(c.pool("p").status.unwrap().dead_letter_queue_url, Some(dlq));
 }
 
+/// A batch's response queue deleted outside the operator while a worker
+/// runs its tasks: the runner makes it again under its name, the worker
+/// sends it the results it holds (its batch is not cancelled in the ledger)
+/// instead of dropping them, and every task is reported once, none lost.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_batchs_response_queue_deleted_under_it_is_made_again_and_loses_nothing() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-response-gone");
+    // Short, so that results dropped would show as lost within the test.
+    c.operator("operator.log", &["--missing-after", "20s"]);
+    c.apply(&scaling_pool("p", 1, 300));
+    let queue = c.queue_url("p");
+    const TASKS: i64 = 400;
+    c.apply(&run_batch("b", "p", TASKS as u32, "sleep 0.05"));
+    let table = unique("e2e-ledger");
+    c.workers_logged(&queue, &table, 1);
+    c.wait_for("a first result", Duration::from_secs(60), |c| {
+        (c.batch("b").status?.counts.succeeded > 0).then_some(())
+    });
+    let name = format!("cloudkon-tb-{}", c.batch("b").metadata.uid.unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sqs = rt.block_on(Aws::load()).sqs();
+    rt.block_on(async { sqs.open(&name).await?.delete().await })
+        .unwrap();
+    let deleted = Instant::now();
+    let done_then = c.batch("b").status.unwrap().counts.succeeded;
+    c.wait_for(
+        "the response queue made again",
+        Duration::from_secs(60),
+        |_| rt.block_on(sqs.open(&name)).ok(),
+    );
+    let again = deleted.elapsed();
+    let s = c
+        .wait_finished("b", Duration::from_secs(120))
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.counts.succeeded, s.counts.lost),
+        (Some(Phase::Succeeded), TASKS, 0),
+        "{s:?}"
+    );
+    let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+    assert!(events.contains("ResponseQueueRecreated"), "{events}");
+    println!(
+        "response queue deleted with {done_then} of {TASKS} tasks reported: made again after {:.1} s, \
+         every task reported {:.1} s after the deletion, none lost",
+        again.as_secs_f64(),
+        deleted.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn results_writes_that_fail_are_said_on_the_batch_and_lose_nothing() {

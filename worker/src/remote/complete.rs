@@ -261,7 +261,12 @@ async fn flush<Q, L, R>(
         }
     }
     for (reply_to, (bodies, keys, usage)) in sends {
-        let sent = send(ctx, &reply_to, bodies, abort).await;
+        // One response queue per batch: its keys' batch.
+        let batch = keys
+            .first()
+            .and_then(|k| super::inflight::batch_of(k))
+            .map(str::to_string);
+        let sent = send(ctx, &reply_to, batch.as_deref(), bodies, abort).await;
         if matches!(sent, Sent::Yes) {
             ctx.stats.charged.lock().expect("charged lock").add(&usage);
         }
@@ -360,6 +365,7 @@ enum Sent {
 async fn send<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     reply_to: &str,
+    batch: Option<&str>,
     bodies: Vec<String>,
     abort: &CancellationToken,
 ) -> Sent
@@ -370,10 +376,22 @@ where
 {
     let mut backoff = Backoff::new();
     let mut failing_since = None;
+    let mut missing_since = None;
     loop {
         let asked = tokio::time::Instant::now();
         match ctx.router.send_results(reply_to, bodies.clone()).await {
             Ok(()) => return Sent::Yes,
+            Err(QueueError::NotFound(e))
+                if missing_since.get_or_insert(asked).elapsed()
+                    < ctx.config.response_queue_return
+                    && !batch_ended(ctx, batch).await =>
+            {
+                // Deleted under a running batch: its runner makes it again.
+                tracing::warn!(reply_to, error = %e, "response queue not found, its batch not cancelled: sending again until it is made again");
+                if !backoff.wait(abort).await {
+                    return Sent::No;
+                }
+            }
             Err(QueueError::NotFound(e)) => {
                 WorkerStats::add(&ctx.stats.results_dropped, bodies.len() as u64);
                 // Once per queue: its batch's remaining bundles all end here.
@@ -383,7 +401,7 @@ where
                     .expect("gone lock")
                     .insert(reply_to.to_string())
                 {
-                    tracing::warn!(reply_to, error = %e, "response queue gone (batch deleted?): its results are dropped");
+                    tracing::warn!(reply_to, error = %e, "response queue gone, its batch deleted or cancelled (or not made again in time): its results are dropped");
                 }
                 return Sent::QueueGone;
             }
@@ -408,6 +426,28 @@ where
                 }
             }
         }
+    }
+}
+
+/// Whether `batch` was cancelled or deleted (marked in the ledger): its
+/// results have nowhere to go. Asked afresh, not from the admission cache,
+/// which may predate the deletion's mark by `cancel_check`. Without a ledger
+/// (no dedup) or a batch, taken as ended, as a missing response queue always
+/// was; a ledger that does not answer, as not.
+async fn batch_ended<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: Option<&str>) -> bool
+where
+    L: DedupLedger,
+{
+    let (Some(ledger), Some(batch)) = (&ctx.ledger, batch) else {
+        return true;
+    };
+    let asked = tokio::time::timeout(super::fetch::ADMIT_LEDGER_LIMIT, ledger.is_cancelled(batch));
+    match asked.await {
+        Ok(Ok(cancelled)) => {
+            super::fetch::remember_cancelled(ctx, batch, cancelled);
+            cancelled
+        }
+        _ => false,
     }
 }
 

@@ -15,7 +15,7 @@ use super::hold::{TypicalTask, tasks_to_hold};
 use crate::pool::UnitControl;
 
 /// A bundle's batch, from its claim key (`batch#first`: core's `claim_key`).
-fn batch_of(key: &str) -> Option<&str> {
+pub(super) fn batch_of(key: &str) -> Option<&str> {
     key.rsplit_once('#').map(|(batch, _)| batch)
 }
 

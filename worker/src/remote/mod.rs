@@ -89,6 +89,12 @@ pub struct RemoteConfig {
     /// without their results, so they are given back for a worker that can.
     /// `None`: retry for ever.
     pub give_up_after: Option<Duration>,
+    /// How long results whose response queue is not found are sent again
+    /// while their batch is not cancelled in the ledger (a queue deleted by
+    /// hand, which the batch's runner makes again) before they are dropped
+    /// as a deleted batch's. A batch deleted through Kubernetes is marked
+    /// first, so its results are dropped at once.
+    pub response_queue_return: Duration,
 }
 
 impl RemoteConfig {
@@ -105,9 +111,14 @@ impl RemoteConfig {
             max_claims: 3,
             cancel_check: Duration::from_secs(3),
             give_up_after: None,
+            response_queue_return: RESPONSE_QUEUE_RETURN,
         }
     }
 }
+
+/// See [`RemoteConfig::response_queue_return`]: past SQS's 60 s refusal of
+/// a deleted queue's name, with the runner's restart after it.
+pub const RESPONSE_QUEUE_RETURN: Duration = Duration::from_secs(120);
 
 /// Why the worker stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]

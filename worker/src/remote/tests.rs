@@ -460,11 +460,14 @@ async fn results_for_a_deleted_batch_are_dropped_and_other_batches_go_on() {
     let ledger = Arc::new(MemoryLedger::new());
     let router = Arc::new(FlakyRouter::default());
     let stats = Arc::new(WorkerStats::default());
+    // Not cancelled in the ledger: sent again for a while, then dropped.
+    let mut config = config();
+    config.response_queue_return = Duration::from_millis(300);
     let reason = run_through(
         vec![deleted, live],
         Some(ledger.clone()),
         router.clone(),
-        config(),
+        config,
         stats.clone(),
     )
     .await;
@@ -475,7 +478,7 @@ async fn results_for_a_deleted_batch_are_dropped_and_other_batches_go_on() {
     assert_eq!(
         WorkerStats::get(&stats.backend_errors),
         0,
-        "no retries of a final error"
+        "not counted as a failing backend"
     );
     for key in &keys {
         assert!(matches!(
@@ -523,6 +526,89 @@ async fn a_bundle_whose_results_cannot_be_sent_is_given_back_not_deleted() {
             attempt: 1,
             done: BundleProgress::new()
         }
+    );
+}
+
+/// A router whose "gone" queue is not found for its first `missing` sends
+/// (deleted by hand, then made again by the batch's runner), or, with
+/// `cancel`, is not found and its batch cancelled in the ledger first (the
+/// batch deleted through Kubernetes).
+struct ReturningRouter {
+    inner: MemoryRouter,
+    missing: std::sync::atomic::AtomicU32,
+    cancel: Option<Arc<MemoryLedger>>,
+}
+
+impl ResultRouter for ReturningRouter {
+    async fn send_results(&self, reply_to: &str, bodies: Vec<String>) -> Result<(), QueueError> {
+        if let Some(ledger) = &self.cancel {
+            ledger.cancel_batch("b").await.unwrap();
+            return Err(QueueError::NotFound(format!(
+                "queue {reply_to} does not exist"
+            )));
+        }
+        let left = self.missing.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.missing
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(QueueError::NotFound(format!(
+                "queue {reply_to} does not exist"
+            )));
+        }
+        self.inner.send_results(reply_to, bodies).await
+    }
+}
+
+#[tokio::test]
+async fn results_wait_for_a_response_queue_made_again_while_their_batch_runs() {
+    let mut b = bundle(0, sleeps(3));
+    b.reply_to = Some("gone".into());
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(ReturningRouter {
+        inner: MemoryRouter::default(),
+        missing: 3.into(),
+        cancel: None,
+    });
+    let stats = Arc::new(WorkerStats::default());
+    let reason = run_through(
+        vec![b],
+        Some(ledger),
+        router.clone(),
+        config(),
+        stats.clone(),
+    )
+    .await;
+    assert_eq!(reason, StopReason::Drained);
+    let mut ids: Vec<u64> = router.inner.results("gone").iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![0, 1, 2]);
+    assert_eq!(WorkerStats::get(&stats.results_dropped), 0);
+}
+
+#[tokio::test]
+async fn results_of_a_cancelled_batch_whose_response_queue_is_gone_are_dropped_at_once() {
+    let mut b = bundle(0, sleeps(3));
+    b.reply_to = Some("gone".into());
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(ReturningRouter {
+        inner: MemoryRouter::default(),
+        missing: 0.into(),
+        cancel: Some(ledger.clone()),
+    });
+    let stats = Arc::new(WorkerStats::default());
+    let mut config = config();
+    // What the test would wait without the mark; and the admission's answer
+    // (not cancelled) is cached longer than the test.
+    config.response_queue_return = Duration::from_secs(600);
+    config.cancel_check = Duration::from_secs(600);
+    let started = std::time::Instant::now();
+    let reason = run_through(vec![b], Some(ledger), router, config, stats.clone()).await;
+    assert_eq!(reason, StopReason::Drained);
+    assert!(WorkerStats::get(&stats.results_dropped) >= 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
     );
 }
 

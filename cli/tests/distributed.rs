@@ -531,6 +531,22 @@ fn gave_up(mut worker: Child, log: &Path, since: Instant) -> (Option<i32>, Strin
     )
 }
 
+/// A bundle of one `sleep 0`, task `id` of `batch`, its results to `reply_to`.
+fn sleep_bundle(batch: &str, id: u64, reply_to: &str) -> Bundle {
+    Bundle {
+        submitted: Timestamp::now(),
+        tasks: vec![Task {
+            batch: BatchId::new(batch),
+            id,
+            attempt: 1,
+            timeout: None,
+            spec: TaskSpec::Sleep { ms: 0 },
+        }],
+        reply_to: Some(reply_to.to_string()),
+        options: Default::default(),
+    }
+}
+
 /// A worker whose queue goes away stops after `--give-up-after`, saying
 /// why in its termination message (what Kubernetes shows of a pod that
 /// stopped), instead of looking alive and running nothing.
@@ -570,18 +586,7 @@ fn a_worker_that_cannot_claim_gives_up_and_says_why() {
     let log = dir.path().join("termination-log");
     let worker = giving_up_worker(queue.url(), &unique("ledger-noclaim"), "no-claim", &log);
     let dynamodb = StoppedServer::stop("CLOUDKON_DYNAMODB_PID");
-    let bundle = Bundle {
-        submitted: Timestamp::now(),
-        tasks: vec![Task {
-            batch: BatchId::new("noclaim"),
-            id: 0,
-            attempt: 1,
-            timeout: None,
-            spec: TaskSpec::Sleep { ms: 0 },
-        }],
-        reply_to: Some(response.url().to_string()),
-        options: Default::default(),
-    };
+    let bundle = sleep_bundle("noclaim", 0, response.url());
     let rt = runtime();
     rt.block_on(queue.send(vec![bundle])).unwrap();
     let (code, message, took) = gave_up(worker, &log, Instant::now());
@@ -625,18 +630,7 @@ fn a_worker_that_cannot_send_results_gives_up_and_gives_its_bundle_back() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("termination-log");
     let refused = giving_up_worker_on(queue.url(), &table, "no-send", &log, Some(&proxy.url()));
-    let bundle = Bundle {
-        submitted: Timestamp::now(),
-        tasks: vec![Task {
-            batch: BatchId::new("nosend"),
-            id: 7,
-            attempt: 1,
-            timeout: None,
-            spec: TaskSpec::Sleep { ms: 0 },
-        }],
-        reply_to: Some(response.url().to_string()),
-        options: Default::default(),
-    };
+    let bundle = sleep_bundle("nosend", 7, response.url());
     let rt = runtime();
     rt.block_on(queue.send(vec![bundle])).unwrap();
     let (code, message, took) = gave_up(refused, &log, Instant::now());

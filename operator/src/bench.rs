@@ -320,7 +320,7 @@ impl<'a> Stage<'a> {
     }
 
     /// Creates a generator batch and waits for it to finish: wall time from
-    /// the create to Succeeded as a poller sees it, and the AWS requests the
+    /// the create to Succeeded as a watch sees it, and the AWS requests the
     /// operator and workers sent meanwhile, by operation.
     fn batch(
         &self,

@@ -368,8 +368,6 @@ fn end_of_second(t: &Time) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.0.as_second()).unwrap_or(0) + 1)
 }
 
-/// The pool's queue `name`, made (or given the spec's settings) when this
-/// run has not made it with them yet.
 /// A queue of the pool (it or its dead-letter queue) was deleted outside
 /// the operator: both are forgotten, with the dead-letter reader, so that
 /// [`ensure_queue`] makes them again; `message` goes to the log and to a
@@ -392,6 +390,8 @@ async fn forget_deleted_queue(
     ctx.event(pool, true, reason, message).await;
 }
 
+/// The pool's queue `name`, made (or given the spec's settings) when this
+/// run has not made it with them yet.
 async fn ensure_queue(
     pool: &WorkerPool,
     ctx: &Context,

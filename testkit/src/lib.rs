@@ -2,8 +2,8 @@
 //! the AWS test servers are the ones in use, names no other test takes, one
 //! test at a time where fleets would starve each other, and test images and
 //! videos made and read with ffmpeg, a test server stopped for a while, and
-//! a proxy that refuses some of its requests as IAM would. Std and nix only, so that every crate's tests, core's included, can use
-//! it.
+//! a proxy that refuses some of its requests as IAM would. Std and nix only,
+//! so that every crate's tests, core's included, can use it.
 
 mod refusing_proxy;
 pub use refusing_proxy::{RefusingProxy, Request};

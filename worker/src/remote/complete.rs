@@ -441,14 +441,9 @@ where
     let (Some(ledger), Some(batch)) = (&ctx.ledger, batch) else {
         return true;
     };
-    let asked = tokio::time::timeout(super::fetch::ADMIT_LEDGER_LIMIT, ledger.is_cancelled(batch));
-    match asked.await {
-        Ok(Ok(cancelled)) => {
-            super::fetch::remember_cancelled(ctx, batch, cancelled);
-            cancelled
-        }
-        _ => false,
-    }
+    super::fetch::ask_cancelled(ctx, ledger.as_ref(), batch)
+        .await
+        .unwrap_or(false)
 }
 
 /// Stops the worker for `reason`: no more receives, running tasks abandoned,

@@ -23,7 +23,7 @@ const CLAIM_RETRY_MAX: Duration = Duration::from_secs(300);
 /// alone retries for ~25 s on a paused server): the other messages of the same
 /// receive wait meanwhile, and must be hidden again before the queue's
 /// visibility timeout (30 s) hands them to another worker, a receive burnt.
-pub(super) const ADMIT_LEDGER_LIMIT: Duration = Duration::from_secs(10);
+const ADMIT_LEDGER_LIMIT: Duration = Duration::from_secs(10);
 /// After a failed claim the fetcher stops receiving for this long, doubling
 /// up to `LEDGER_PAUSE_MAX` while claims keep failing: every receive of a
 /// bundle that cannot be claimed counts towards the dead-letter queue.
@@ -450,11 +450,7 @@ where
 
 /// Whether a batch was cancelled, from the cache or the ledger; `Err`: the
 /// ledger did not answer (within [`ADMIT_LEDGER_LIMIT`]), and why.
-pub(super) async fn is_cancelled<Q, L, R>(
-    ctx: &Ctx<Q, L, R>,
-    ledger: &L,
-    batch: &str,
-) -> Result<bool, String>
+async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> Result<bool, String>
 where
     L: DedupLedger,
 {
@@ -463,6 +459,19 @@ where
     {
         return Ok(*cancelled);
     }
+    ask_cancelled(ctx, ledger, batch).await
+}
+
+/// Whether a batch was cancelled, asked of the ledger afresh (and cached);
+/// `Err`: it did not answer within [`ADMIT_LEDGER_LIMIT`], and why.
+pub(super) async fn ask_cancelled<Q, L, R>(
+    ctx: &Ctx<Q, L, R>,
+    ledger: &L,
+    batch: &str,
+) -> Result<bool, String>
+where
+    L: DedupLedger,
+{
     let cancelled = match tokio::time::timeout(ADMIT_LEDGER_LIMIT, ledger.is_cancelled(batch)).await
     {
         Ok(Ok(c)) => c,

@@ -25,8 +25,8 @@ use crate::shares::ShareGuard;
 use crate::sizing::{self, SizingInput};
 use crate::window::{self, Estimate, MeterInput};
 
-/// The collector's long poll (`receive_results(10, 500 ms)`).
-const RESULTS_WAIT: T = SECOND / 2;
+/// The collector's long poll (its round's first receive).
+const RESULTS_WAIT: T = crate::batch_runner::RESULTS_WAIT.as_micros() as T;
 /// Result receipts deleted at once at most, and how often (the runner's flush).
 const FLUSH_RECEIPTS: u64 = 200;
 const FLUSH_EVERY: T = SECOND;
@@ -482,10 +482,8 @@ impl Sim<'_> {
         let batch = &mut self.batches[b];
         batch.inbox.extend(messages);
         if batch.polling {
-            // The long poll returns with it (with several receives waiting,
-            // the real round also waits for the others, up to the long
-            // poll's 500 ms: not simulated; they only wait so while the
-            // receives are shrinking back after a busy stretch).
+            // The long poll returns with it (only a round's first receive
+            // waits: `receive_round`).
             batch.polling = false;
             batch.poll_seq += 1;
             self.collector_poll(b);

@@ -18,7 +18,7 @@
 //! operator, memory in the tests below.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::{QueueOptions, RequestStats, S3Store, S3Uri, SqsQueue, StatsSnapshot};
@@ -113,8 +113,13 @@ pub async fn receive_round<I: ResultsInbox>(
 /// receive. An empty round has waited its long poll already; a full one
 /// goes on at once, and so does one that brought many results (bundles of
 /// short tasks, each message thousands: the meter waits on their count).
-pub fn collect_pause(receives: usize, got: usize, results: usize) -> Duration {
-    if got > 0
+/// So does every round while the batch's bundles are `growing`
+/// ([`sizing::growing`]): each step of their growth waits for a round's
+/// results, and 10,000 `run true` took ~3 s of pauses to grow from 16-task
+/// bundles to their size, a third of the batch.
+pub fn collect_pause(receives: usize, got: usize, results: usize, growing: bool) -> Duration {
+    if !growing
+        && got > 0
         && got < RECEIVE_RESULTS * receives.max(1)
         && results < cloudkon_worker::remote::RESULTS_PER_SEND
     {
@@ -251,6 +256,9 @@ struct Progress {
     planned: AtomicU64,
     /// The batch's task length, from its results (or declared).
     estimate: Mutex<Estimate>,
+    /// Its bundles are cut for longer tasks than its results show, and grow
+    /// at the next step ([`sizing::growing`]).
+    growing: AtomicBool,
     /// Finished tasks over time, for `estimatedCompletionTime`.
     eta: Mutex<crate::eta::Eta>,
 }
@@ -328,6 +336,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 0
             }),
             estimate: Mutex::new(Estimate::default()),
+            growing: AtomicBool::new(false),
             eta: Mutex::default(),
         };
 
@@ -461,20 +470,24 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             // sizing written ahead with the checkpoint where it starts.
             let unknown = matches!(bundles.peek(), Some(Ok(b))
                 if b.tasks.first().is_some_and(|t| t.spec.declared_length().is_none()));
-            if unknown && enqueued >= resize_from {
+            let resizable = unknown && enqueued >= resize_from;
+            let sizing_input = |learned, observed_at_change: u64| {
                 let (estimate, observed) = progress.estimate_observed();
-                let input = SizingInput {
+                SizingInput {
                     current: learned,
                     estimate,
                     fresh: observed.saturating_sub(observed_at_change),
                     slots: planned_slots,
-                };
+                }
+            };
+            if resizable {
+                let input = sizing_input(learned, observed_at_change);
                 if let Some(next) = sizing::next_cost(&input) {
                     write_sizing(&self.record, enqueued, horizon, next, progress).await?;
                     last_checkpoint = Instant::now();
                     tracing::debug!(batch = %name, from = enqueued, task = ?next, "bundles cut for a learned task length");
                     learned = Some(next);
-                    observed_at_change = observed;
+                    observed_at_change += input.fresh;
                     bundles = enqueue::bundles_from(
                         tasks_from(args, &order, enqueued)?,
                         id.clone(),
@@ -513,11 +526,18 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 }
                 _ => None,
             };
-            let (cost, window) = loop {
+            let granted = loop {
+                // The collector's cue (see `collect_pause`): before any
+                // result, the first ones may show that the bundles can grow.
+                let estimate = progress.estimate();
+                progress.growing.store(
+                    resizable && estimate.is_none_or(|e| sizing::growing(learned, Some(e))),
+                    Ordering::Relaxed,
+                );
                 let (cost, window) = window::meter(&MeterInput {
                     unknown,
                     learned,
-                    estimate: progress.estimate(),
+                    estimate,
                     declared,
                     pool_slots: planned_slots,
                     pool_workers: args.pool_workers,
@@ -526,7 +546,14 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 share.update(progress.running(), progress.estimate());
                 share.set_waiting(total.saturating_sub(enqueued));
                 if share.take(next, cost, window) {
-                    break (cost, window);
+                    break Some((cost, window));
+                }
+                // Results since may grow the bundles: the window is full at
+                // the length they are cut for, and has room at the new one.
+                if resizable
+                    && sizing::next_cost(&sizing_input(learned, observed_at_change)).is_some()
+                {
+                    break None;
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                     last_checkpoint = Instant::now();
@@ -540,6 +567,9 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     },
                     _ = tokio::time::sleep(crate::shares::TURN_RETRY) => {}
                 }
+            };
+            let Some((cost, window)) = granted else {
+                continue; // Cut anew, at the top.
             };
             // The granted bundle, and the next ones while the turn stays ours.
             while let Some(bundle) = bundles.next() {
@@ -602,6 +632,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         // Every task is in the queue: the total is final. (The results, and
         // so the batch's end, are the collecting half's.)
         share.set_backlogged(false);
+        progress.growing.store(false, Ordering::Relaxed);
         let all = i64::try_from(enqueued).unwrap_or(i64::MAX);
         let phase = status::phase_of(&PhaseInput {
             previous: Some(Phase::Enqueuing),
@@ -928,7 +959,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 Err(e) => return Err(Error::Other(format!("batch {name}: {e}"))),
             };
             let results = messages.iter().map(|(m, _)| m.results.len()).sum();
-            let pause = collect_pause(receives, messages.len(), results);
+            let growing = progress.growing.load(Ordering::Relaxed);
+            let pause = collect_pause(receives, messages.len(), results, growing);
             receives = result_receives(receives, messages.len());
             for (message, receipt) in messages {
                 let mut new = false;
@@ -1908,6 +1940,89 @@ mod tests {
         assert_eq!(lost, purged);
     }
 
+    /// Drains the queue while `running` sends, until it waits on its meter
+    /// with the window full: it writes its checkpoint there every 250 ms,
+    /// sending nothing between. The tasks sent in all, `before` these.
+    async fn until_the_window_is_full<F>(
+        running: &mut F,
+        record: &MemoryRecord,
+        queue: &MemoryQueue,
+        before: usize,
+    ) -> usize
+    where
+        F: Future + Unpin,
+        F::Output: std::fmt::Debug,
+    {
+        let (mut sent, mut writes_then) = (before, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sent == before
+            || record.writes() < writes_then + 2
+            || record.status().counts.enqueued as usize != sent
+        {
+            tokio::select! {
+                r = &mut *running => panic!("the batch ended first: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let more: usize = drain(queue).await.iter().map(|b| b.1).sum();
+            if more > 0 {
+                sent += more;
+                writes_then = record.writes();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sent {sent}: {:?}",
+                record.status()
+            );
+        }
+        sent
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_grow_the_bundles_while_the_window_is_full_at_their_old_size() {
+        // Tasks of unknown length. A result per slot since the last sizing
+        // that tells shorter tasks must cut the bundles anew at once, not once
+        // the window, full at the length they are cut for, has room (10,000
+        // `run true` took ~2 s more to grow to their size).
+        let spec = generator(json!({"kind": "run", "program": "true"}), 1_000_000);
+        let (queue, responses) = (MemoryQueue::bounded(1 << 20), MemoryResponses::new());
+        let r = runner(&queue, &responses, MemoryRecord::default());
+        let b = batch(spec, None);
+        let (_tx, rx) = watch::channel(b.spec.clone());
+        let a = args(b, false);
+        let slots = a.pool_slots as usize;
+        let mut running = Box::pin(r.run(a, rx));
+        let sent = until_the_window_is_full(&mut running, &r.record, &queue, 0).await;
+        // The first results: the bundles grow a first step.
+        answer(&responses, &[(0, slots)], Duration::from_millis(2)).await;
+        let sent = until_the_window_is_full(&mut running, &r.record, &queue, sent).await;
+        let first = r.record.status().bundle_sizing.expect("a first sizing");
+        // A result per slot more, and nothing else: the next step.
+        answer(
+            &responses,
+            &[(slots as u64, slots)],
+            Duration::from_millis(2),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.record.status().bundle_sizing == Some(first.clone()) {
+            tokio::select! {
+                r = &mut running => panic!("the batch ended first: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new sizing while the window stayed full: {:?}",
+                r.record.status()
+            );
+        }
+        let next = r.record.status().bundle_sizing.unwrap();
+        assert_eq!(next.from as usize, sent, "{first:?} then {next:?}");
+        assert!(
+            next.task_microseconds < first.task_microseconds,
+            "{first:?} then {next:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_runner_sends_the_bundles_it_sent_before_after_learning_sizes() {
         // Tasks of unknown length: small bundles first, then cut for the
@@ -2270,8 +2385,14 @@ mod tests {
         ];
         for ((receives, got, results), want) in cases {
             assert_eq!(
-                collect_pause(receives, got, results),
+                collect_pause(receives, got, results, false),
                 want,
+                "{receives} {got} {results}"
+            );
+            // While bundles grow, no round waits.
+            assert_eq!(
+                collect_pause(receives, got, results, true),
+                Duration::ZERO,
                 "{receives} {got} {results}"
             );
         }

@@ -90,6 +90,20 @@ pub fn next_cost(input: &SizingInput) -> Option<Duration> {
     (3 * n < 2 * c || 2 * n > 3 * c).then_some(next)
 }
 
+/// Whether bundles cut for `current` grow at the next step, once enough
+/// results are fresh: the estimate is shorter by more than half. Meanwhile
+/// the batch waits on results (see [`window_cost`]), and its collector
+/// takes them without pausing.
+pub fn growing(current: Option<Duration>, estimate: Option<Duration>) -> bool {
+    let input = SizingInput {
+        current,
+        estimate,
+        fresh: u64::MAX,
+        slots: 1,
+    };
+    next_cost(&input).is_some_and(|next| next < current.unwrap_or_else(first_cost))
+}
+
 /// The task length the meter counts a batch of unknown tasks at, once
 /// results tell: the estimate, or the length its bundles are still cut for
 /// when longer. (Before any result, the meter's own guess for unknown tasks,
@@ -152,6 +166,27 @@ mod tests {
                 want,
                 "{current:?} {estimate:?} {fresh}"
             );
+        }
+    }
+
+    #[test]
+    fn bundles_are_growing_while_the_estimate_is_well_below_their_sizing() {
+        // (sizing, estimate) -> growing
+        let cases = [
+            ((None, None), false),
+            ((Some(MS(500)), None), false),
+            // Before any sizing, bundles are cut for `first_cost`.
+            ((None, Some(MS(2))), true),
+            ((None, Some(Duration::from_secs(200))), false),
+            ((Some(MS(500)), Some(MS(2))), true),
+            ((Some(MS(12)), Some(MS(2))), true),
+            // Within half: no step. Longer than thought: shrinking.
+            ((Some(MS(3)), Some(MS(2))), false),
+            ((Some(MS(2)), Some(MS(2))), false),
+            ((Some(MS(2)), Some(MS(500))), false),
+        ];
+        for ((current, estimate), want) in cases {
+            assert_eq!(growing(current, estimate), want, "{current:?} {estimate:?}");
         }
     }
 

@@ -61,6 +61,8 @@ pub struct BatchSim {
     pub duplicates: u64,
     pub estimate: Estimate,
     pub learned: Option<Duration>,
+    /// Its bundles grow at the next step (the runner's `Progress::growing`).
+    growing: bool,
     observed_at_change: u64,
     pub resizes: u64,
     bundler: Option<Bundler>,
@@ -114,6 +116,7 @@ impl BatchSim {
             duplicates: 0,
             estimate: Estimate::default(),
             learned: None,
+            growing: false,
             observed_at_change: 0,
             resizes: 0,
             bundler: None,
@@ -378,6 +381,11 @@ impl Sim<'_> {
                 batch.recut(from);
             }
         }
+        batch.growing = unknown
+            && batch
+                .estimate
+                .get()
+                .is_none_or(|e| sizing::growing(batch.learned, Some(e)));
         let Some(bundle) = batch.peek() else {
             return;
         };
@@ -431,6 +439,7 @@ impl Sim<'_> {
         share.sent_at(batch.running(), instant);
         if last {
             batch.all_sent = true;
+            batch.growing = false;
             batch.sent_all_at = Some(now);
             share.set_backlogged_at(false, instant);
         }
@@ -503,8 +512,8 @@ impl Sim<'_> {
     pub fn collector_got(&mut self, b: usize, made: usize, messages: Vec<Vec<ResultItem>>) {
         let now = self.now;
         let results = messages.iter().map(Vec::len).sum();
-        let pause = collect_pause(made, messages.len(), results);
         let batch = &mut self.batches[b];
+        let pause = collect_pause(made, messages.len(), results, batch.growing);
         for r in messages.iter().flatten() {
             if !batch.collect(r.id) {
                 batch.duplicates += 1;

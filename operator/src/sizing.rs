@@ -91,7 +91,7 @@ pub fn next_cost(input: &SizingInput) -> Option<Duration> {
 }
 
 /// Whether bundles cut for `current` grow at the next step, once enough
-/// results are fresh: the estimate is shorter by more than half. Meanwhile
+/// results are fresh: the estimate is under two thirds of it. Meanwhile
 /// the batch waits on results (see [`window_cost`]), and its collector
 /// takes them without pausing.
 pub fn growing(current: Option<Duration>, estimate: Option<Duration>) -> bool {

@@ -256,8 +256,8 @@ struct Progress {
     planned: AtomicU64,
     /// The batch's task length, from its results (or declared).
     estimate: Mutex<Estimate>,
-    /// Its bundles are cut for longer tasks than its results show, and grow
-    /// at the next step ([`sizing::growing`]).
+    /// Its bundles may grow at the next step: the collector does not pause
+    /// ([`sizing::collector_cue`]).
     growing: AtomicBool,
     /// Finished tasks over time, for `estimatedCompletionTime`.
     eta: Mutex<crate::eta::Eta>,
@@ -524,11 +524,9 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 _ => None,
             };
             let (cost, window) = loop {
-                // The collector's cue (see `collect_pause`): before any
-                // result, the first ones may show that the bundles can grow.
                 let estimate = progress.estimate();
                 progress.growing.store(
-                    resizable && estimate.is_none_or(|e| sizing::growing(learned, Some(e))),
+                    sizing::collector_cue(resizable, learned, estimate),
                     Ordering::Relaxed,
                 );
                 let (cost, window) = window::meter(&MeterInput {

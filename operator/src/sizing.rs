@@ -104,6 +104,14 @@ pub fn growing(current: Option<Duration>, estimate: Option<Duration>) -> bool {
     next_cost(&input).is_some_and(|next| next < current.unwrap_or_else(first_cost))
 }
 
+/// Whether the collector goes on without its pause (`collect_pause`): the
+/// next bundles are of `unknown` tasks and cut anew by results, and either
+/// no result has come yet (the first may show they can grow) or they are
+/// [`growing`]. The runner's and the simulator's one decision.
+pub fn collector_cue(unknown: bool, current: Option<Duration>, estimate: Option<Duration>) -> bool {
+    unknown && estimate.is_none_or(|e| growing(current, Some(e)))
+}
+
 /// The task length the meter counts a batch of unknown tasks at, once
 /// results tell: the estimate, or the length its bundles are still cut for
 /// when longer. (Before any result, the meter's own guess for unknown tasks,
@@ -187,6 +195,28 @@ mod tests {
         ];
         for ((current, estimate), want) in cases {
             assert_eq!(growing(current, estimate), want, "{current:?} {estimate:?}");
+        }
+    }
+
+    #[test]
+    fn the_collector_goes_on_without_pausing_until_the_bundles_have_grown() {
+        // (unknown, sizing, estimate) -> no pause
+        let cases = [
+            ((true, None, None), true),
+            ((true, Some(MS(500)), None), true),
+            ((true, None, Some(MS(2))), true),
+            ((true, Some(MS(2)), Some(MS(2))), false),
+            ((true, Some(MS(2)), Some(MS(500))), false),
+            // Declared lengths, or bundles the runner may not cut anew.
+            ((false, None, None), false),
+            ((false, None, Some(MS(2))), false),
+        ];
+        for ((unknown, current, estimate), want) in cases {
+            assert_eq!(
+                collector_cue(unknown, current, estimate),
+                want,
+                "{unknown} {current:?} {estimate:?}"
+            );
         }
     }
 

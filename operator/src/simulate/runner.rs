@@ -61,7 +61,7 @@ pub struct BatchSim {
     pub duplicates: u64,
     pub estimate: Estimate,
     pub learned: Option<Duration>,
-    /// Its bundles grow at the next step (the runner's `Progress::growing`).
+    /// Its collector goes on without pausing (`sizing::collector_cue`).
     growing: bool,
     observed_at_change: u64,
     pub resizes: u64,
@@ -381,11 +381,7 @@ impl Sim<'_> {
                 batch.recut(from);
             }
         }
-        batch.growing = unknown
-            && batch
-                .estimate
-                .get()
-                .is_none_or(|e| sizing::growing(batch.learned, Some(e)));
+        batch.growing = sizing::collector_cue(unknown, batch.learned, batch.estimate.get());
         let Some(bundle) = batch.peek() else {
             return;
         };

@@ -681,6 +681,135 @@ fn a_worker_that_cannot_send_results_gives_up_and_gives_its_bundle_back() {
     });
 }
 
+/// A policy on one batch's response queue refuses the worker's sends while
+/// another batch's queue takes them (the proxy refuses `SendMessage*` to
+/// that queue only): the worker goes on reporting the other batch, and past
+/// `--give-up-after` gives the refused batch's bundle back, instead of
+/// stopping, as a worker that can send nowhere does, and dropping both
+/// batches' work; a worker that can send then reports it.
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_worker_refused_by_one_batchs_response_queue_gives_that_batch_back_and_serves_the_others() {
+    require_servers();
+    let _serial = common::serial();
+    // Longer than the test: the bundle comes back only if given back.
+    let queue = create_queue(&unique("onesend"), Duration::from_secs(120), None);
+    let refused = create_queue(&unique("onesend-refused"), Duration::from_secs(30), None);
+    let open = create_queue(&unique("onesend-open"), Duration::from_secs(30), None);
+    let name = refused.url().rsplit('/').next().unwrap().to_string();
+    let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap();
+    let proxy = RefusingProxy::start(&sqs, move |r| {
+        r.header("x-amz-target")
+            .is_some_and(|t| t.starts_with("AmazonSQS.SendMessage"))
+            && r.body_contains(&name)
+    });
+    let table = unique("ledger-onesend");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    let mut refused_worker =
+        giving_up_worker_on(queue.url(), &table, "one-refused", &log, Some(&proxy.url()));
+    let rt = runtime();
+    rt.block_on(queue.send(vec![sleep_bundle("onesend-refused", 7, refused.url())]))
+        .unwrap();
+    // The other batch sends a bundle every 300 ms while the test runs.
+    let started = Instant::now();
+    let (mut sent, mut reported) = (0u64, Vec::new());
+    let mut given_back = None;
+    let mut can_send = None;
+    let mut refused_result = None;
+    while refused_result.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the refused batch's task was never reported; the worker logged:\n{}",
+            std::fs::read_to_string(log.with_extension("stderr")).unwrap_or_default()
+        );
+        if let Some(status) = refused_worker.try_wait().unwrap() {
+            panic!(
+                "the worker stopped ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        rt.block_on(queue.send(vec![sleep_bundle("onesend-open", 100 + sent, open.url())]))
+            .unwrap();
+        sent += 1;
+        for (message, receipt) in rt
+            .block_on(open.receive_results(10, Duration::ZERO))
+            .unwrap()
+        {
+            reported.extend(message.results.iter().map(|r| r.id));
+            rt.block_on(open.delete_batch(vec![receipt])).unwrap();
+        }
+        for (message, receipt) in rt
+            .block_on(refused.receive_results(10, Duration::ZERO))
+            .unwrap()
+        {
+            refused_result = message.results.first().map(|r| {
+                (
+                    r.id,
+                    r.outcome.is_success(),
+                    r.worker.to_string(),
+                    started.elapsed(),
+                )
+            });
+            rt.block_on(refused.delete_batch(vec![receipt])).unwrap();
+        }
+        let logged = std::fs::read_to_string(log.with_extension("stderr")).unwrap_or_default();
+        if given_back.is_none() && logged.contains("giving its batch's ended bundles back") {
+            given_back = Some((started.elapsed(), reported.len()));
+            can_send = Some(worker(queue.url(), &table, "can-send", "10s"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (given_back_at, reported_before) = given_back.expect("reported before it was given back");
+    let (id, succeeded, by, reported_at) = refused_result.unwrap();
+    assert_eq!((id, succeeded), (7, true));
+    assert!(by.starts_with("can-send/"), "reported by {by}");
+    assert!(
+        reported_before >= 1,
+        "the other batch's results waited behind the refused ones"
+    );
+    // Every one of the other batch's tasks reported, none lost.
+    let drain = Instant::now();
+    while reported.len() < sent as usize {
+        assert!(
+            drain.elapsed() < Duration::from_secs(30),
+            "{} of {sent} reported",
+            reported.len()
+        );
+        for (message, receipt) in rt
+            .block_on(open.receive_results(10, Duration::from_secs(1)))
+            .unwrap()
+        {
+            reported.extend(message.results.iter().map(|r| r.id));
+            rt.block_on(open.delete_batch(vec![receipt])).unwrap();
+        }
+    }
+    reported.sort_unstable();
+    reported.dedup();
+    assert_eq!(reported, (100..100 + sent).collect::<Vec<_>>());
+    assert!(
+        refused_worker.try_wait().unwrap().is_none(),
+        "the refused worker stopped: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(proxy.refused() >= 2, "{} sends refused", proxy.refused());
+    println!(
+        "given back {:.1} s in ({} sends refused; {reported_before} of the other batch's results sent by then), reported by {by} {:.1} s later; {sent} of the other batch's reported",
+        given_back_at.as_secs_f64(),
+        proxy.refused(),
+        (reported_at - given_back_at).as_secs_f64(),
+    );
+    stop(refused_worker);
+    if let Some(w) = can_send {
+        stop(w);
+    }
+    rt.block_on(async {
+        let _ = queue.delete().await;
+        let _ = refused.delete().await;
+        let _ = open.delete().await;
+    });
+}
+
 #[test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn queue_commands_create_inspect_and_delete() {

@@ -4,7 +4,10 @@
 //! the heartbeats write to the ledger). When a bundle's last result is sent,
 //! its claim is completed and only then its message deleted — so a message is
 //! never deleted with results unsent, and a worker that dies re-runs only what
-//! it had not reported by its last heartbeat. Also the heartbeats themselves.
+//! it had not reported by its last heartbeat. Each response queue is tried
+//! once per flush and at its own backoff ([`super::outbox`]), so that one
+//! batch's missing or refusing queue never holds back the others' results.
+//! Also the heartbeats themselves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +20,8 @@ use cloudkon_core::wire::{ResultsMessage, SQS_MAX_MESSAGE_BYTES, encode_results_
 use cloudkon_core::{TaskResult, Usage};
 use tokio_util::sync::CancellationToken;
 
-use super::retry::{Backoff, until_ok};
+use super::outbox::{Failing, Outbox};
+use super::retry::until_ok;
 use super::{Ctx, StopReason, Unable, WorkerStats};
 use crate::pool::{PoolEvent, Ticket, UnitRun};
 
@@ -59,6 +63,9 @@ struct Pending {
     end: Option<bool>,
     /// Results received for it so far.
     seen: usize,
+    /// Its share of the worker's usage from sends that failed: it travels
+    /// with its next results.
+    carried: Usage,
 }
 
 pub async fn run<Q, L, R>(
@@ -72,27 +79,51 @@ pub async fn run<Q, L, R>(
 {
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut meter = Meter::new(&ctx.stats);
-    while let Ok(first) = events.recv().await {
-        let started = tokio::time::Instant::now();
-        let (mut gathered, mut ended) = absorb(&ctx, &mut pending, first);
-        loop {
-            let wait = results_wait(started.elapsed(), gathered, ended, ctx.config.linger);
-            if wait.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(wait, events.recv()).await {
-                Ok(Ok(event)) => {
-                    let (n, end) = absorb(&ctx, &mut pending, event);
-                    gathered += n;
-                    ended |= end;
+    let mut outbox = Outbox::default();
+    loop {
+        // Results, or a failing queue's next try, whichever comes first.
+        let first = match outbox.next_retry() {
+            Some(at) => match tokio::time::timeout_at(at, events.recv()).await {
+                Ok(Ok(event)) => Some(event),
+                Ok(Err(_)) => break,
+                Err(_) => None,
+            },
+            None => match events.recv().await {
+                Ok(event) => Some(event),
+                Err(_) => break,
+            },
+        };
+        if let Some(first) = first {
+            let started = tokio::time::Instant::now();
+            let (mut gathered, mut ended) = absorb(&ctx, &mut pending, first);
+            loop {
+                let wait = results_wait(started.elapsed(), gathered, ended, ctx.config.linger);
+                if wait.is_zero() {
+                    break;
                 }
-                _ => break,
+                match tokio::time::timeout(wait, events.recv()).await {
+                    Ok(Ok(event)) => {
+                        let (n, end) = absorb(&ctx, &mut pending, event);
+                        gathered += n;
+                        ended |= end;
+                    }
+                    _ => break,
+                }
             }
         }
-        flush(&ctx, &mut pending, &mut meter, &abort).await;
+        flush(&ctx, &mut pending, &mut meter, &mut outbox, &abort).await;
     }
-    // The pool has stopped: what is left could not be sent (abort). Never
-    // delete those messages; give the bundles back with what was reported.
+    // The pool has stopped. Results still waiting on a failing queue are
+    // tried until sent, dropped or given back, unless aborted.
+    while let Some(at) = outbox.next_retry() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = abort.cancelled() => break,
+        }
+        flush(&ctx, &mut pending, &mut meter, &mut outbox, &abort).await;
+    }
+    // What is left could not be sent (abort). Never delete those messages;
+    // give the bundles back with what was reported.
     for (_, p) in pending.drain() {
         if let Some(ticket) = &p.unit.ticket {
             give_back(&ctx, ticket, false).await;
@@ -131,6 +162,7 @@ fn absorb<Q, L, R>(
         ideal: Duration::ZERO,
         end: None,
         seen: 0,
+        carried: Usage::default(),
     });
     entry.unsent.extend(results);
     entry.ideal += ideal;
@@ -200,16 +232,21 @@ fn run_seconds(results: &[TaskResult]) -> f64 {
         .sum()
 }
 
+/// Sends what each held bundle has unsent (one try per response queue that
+/// is due), then completes the bundles whose every task ended and whose
+/// results are all out, and gives back those whose queue refuses them.
 async fn flush<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     pending: &mut HashMap<String, Pending>,
     meter: &mut Meter,
+    outbox: &mut Outbox,
     abort: &CancellationToken,
 ) where
     Q: TaskQueue,
     L: DedupLedger,
     R: ResultRouter,
 {
+    let now = tokio::time::Instant::now();
     let mut messages: Vec<(String, ResultsMessage)> = Vec::new();
     for (key, p) in pending.iter_mut() {
         if p.unsent.is_empty() {
@@ -218,13 +255,16 @@ async fn flush<Q, L, R>(
         let Some(reply_to) = p.unit.ticket.as_ref().and_then(|t| t.reply_to.clone()) else {
             continue;
         };
+        if !outbox.due(&reply_to, now) {
+            continue;
+        }
         messages.push((
             reply_to,
             ResultsMessage {
                 key: key.clone(),
                 ideal: std::mem::take(&mut p.ideal),
                 results: p.unsent.iter().map(|(_, r)| r.clone()).collect(),
-                usage: Usage::default(),
+                usage: std::mem::take(&mut p.carried),
             },
         ));
     }
@@ -235,20 +275,23 @@ async fn flush<Q, L, R>(
             .collect();
         let shares = meter.take(&ctx.stats).split(&weights);
         for ((_, m), share) in messages.iter_mut().zip(shares) {
-            m.usage = share;
+            m.usage.add(&share);
         }
     }
     // One send per response queue, each bundle's results in as few messages
     // as fit.
-    let mut sends: HashMap<String, (Vec<String>, Vec<String>, Usage)> = HashMap::new();
+    let mut sends: HashMap<String, (Vec<String>, Vec<Taken>)> = HashMap::new();
     for (reply_to, message) in messages {
         let key = message.key.clone();
         match encode_results_split(&message, SQS_MAX_MESSAGE_BYTES) {
             Ok(bodies) => {
-                let (all, keys, usage) = sends.entry(reply_to).or_default();
+                let (all, taken) = sends.entry(reply_to).or_default();
                 all.extend(bodies);
-                keys.push(key);
-                usage.add(&message.usage);
+                taken.push(Taken {
+                    key,
+                    ideal: message.ideal,
+                    usage: message.usage,
+                });
             }
             Err(e) => {
                 // Cannot happen (a result alone is cut to fit); if it does, the
@@ -260,41 +303,103 @@ async fn flush<Q, L, R>(
             }
         }
     }
-    for (reply_to, (bodies, keys, usage)) in sends {
+    // Queues that refuse results while others take them: their ended
+    // bundles go back below.
+    let mut refused = std::collections::HashSet::new();
+    for (reply_to, (bodies, taken)) in sends {
         // One response queue per batch: its keys' batch.
-        let batch = keys
+        let batch = taken
             .first()
-            .and_then(|k| super::inflight::batch_of(k))
+            .and_then(|t| super::inflight::batch_of(&t.key))
             .map(str::to_string);
-        let sent = send(ctx, &reply_to, batch.as_deref(), bodies, abort).await;
-        if matches!(sent, Sent::Yes) {
-            ctx.stats.charged.lock().expect("charged lock").add(&usage);
-        }
-        match sent {
-            Sent::Yes | Sent::QueueGone => {
-                for key in keys {
-                    let Some(p) = pending.get_mut(&key) else {
-                        continue;
-                    };
-                    let ticket = p.unit.ticket.as_ref().expect("pending units have tickets");
-                    let failed = p
-                        .unsent
-                        .iter()
-                        .filter(|(_, r)| !r.outcome.is_success())
-                        .count();
-                    WorkerStats::add(&ctx.stats.tasks_succeeded, (p.unsent.len() - failed) as u64);
-                    WorkerStats::add(&ctx.stats.tasks_failed, failed as u64);
-                    ctx.inflight
-                        .sent(&key, p.unsent.drain(..).map(|(i, _)| ticket.position(i)));
+        let asked = tokio::time::Instant::now();
+        let count = bodies.len();
+        let error = match ctx.router.send_results(&reply_to, bodies).await {
+            Ok(()) => {
+                outbox.sent(&reply_to, tokio::time::Instant::now());
+                let mut usage = Usage::default();
+                for t in &taken {
+                    usage.add(&t.usage);
+                }
+                ctx.stats.charged.lock().expect("charged lock").add(&usage);
+                mark_sent(ctx, pending, &taken);
+                continue;
+            }
+            Err(e) => e,
+        };
+        match error {
+            QueueError::NotFound(e)
+                if outbox.missing(&reply_to, asked, ctx.config.response_queue_return)
+                    && !batch_ended(ctx, batch.as_deref()).await =>
+            {
+                // Deleted under a running batch: its runner makes it again.
+                tracing::warn!(reply_to, error = %e, "response queue not found, its batch not cancelled: sending again until it is made again");
+            }
+            QueueError::NotFound(e) => {
+                // Its batch was deleted or cancelled: nobody will read these
+                // results, so they are dropped.
+                WorkerStats::add(&ctx.stats.results_dropped, count as u64);
+                outbox.forget(&reply_to);
+                // Once per queue: its batch's remaining bundles all end here.
+                if ctx
+                    .gone
+                    .lock()
+                    .expect("gone lock")
+                    .insert(reply_to.to_string())
+                {
+                    tracing::warn!(reply_to, error = %e, "response queue gone, its batch deleted or cancelled (or not made again in time): its results are dropped");
+                }
+                mark_sent(ctx, pending, &taken);
+                continue;
+            }
+            e => {
+                WorkerStats::add(&ctx.stats.backend_errors, 1);
+                match outbox.failed(
+                    &reply_to,
+                    asked,
+                    ctx.config.give_up_after,
+                    super::RESPONSE_QUEUE_RETURN,
+                ) {
+                    Failing::Retry => {
+                        tracing::warn!(reply_to, error = %e, "sending results failed; retrying");
+                    }
+                    Failing::GiveBack => {
+                        tracing::warn!(reply_to, error = %e, "this response queue has refused results for the give-up period while other batches' were sent: giving its batch's ended bundles back");
+                        refused.insert(reply_to.clone());
+                    }
+                    Failing::GiveUp { failing_for } => give_up(
+                        ctx,
+                        StopReason::GaveUp {
+                            unable: Unable::SendResults,
+                            failing_for,
+                            error: e.to_string(),
+                        },
+                    ),
                 }
             }
-            Sent::No => {} // Aborted: stays unsent; given back at the end.
+        }
+        // Not sent: the results stay unsent, with their share of `ideal`
+        // and usage, for the next try.
+        for t in taken {
+            if let Some(p) = pending.get_mut(&t.key) {
+                p.ideal += t.ideal;
+                p.carried.add(&t.usage);
+            }
         }
     }
-    // Bundles whose every task ended and whose results are all out.
+    // Bundles whose every task ended and whose results are all out, or
+    // whose queue refuses them.
     let ended: Vec<String> = pending
         .iter()
-        .filter(|(_, p)| p.end.is_some() && p.unsent.is_empty())
+        .filter(|(_, p)| {
+            p.end.is_some()
+                && (p.unsent.is_empty()
+                    || p.unit
+                        .ticket
+                        .as_ref()
+                        .and_then(|t| t.reply_to.as_ref())
+                        .is_some_and(|q| refused.contains(q)))
+        })
         .map(|(k, _)| k.clone())
         .collect();
     let mut receipts = Vec::new();
@@ -302,7 +407,7 @@ async fn flush<Q, L, R>(
     for key in ended {
         let p = pending.remove(&key).expect("listed above");
         let ticket = p.unit.ticket.as_ref().expect("pending units have tickets");
-        if p.end != Some(true) {
+        if p.end != Some(true) || !p.unsent.is_empty() {
             give_back(ctx, ticket, false).await;
             continue;
         }
@@ -350,82 +455,39 @@ async fn flush<Q, L, R>(
     for key in &finished {
         ctx.inflight.remove(key);
     }
+    // A queue's failures count while results wait on it.
+    let waiting: std::collections::HashSet<&str> = pending
+        .values()
+        .filter(|p| !p.unsent.is_empty())
+        .filter_map(|p| p.unit.ticket.as_ref()?.reply_to.as_deref())
+        .collect();
+    outbox.retain(|q| waiting.contains(q));
 }
 
-enum Sent {
-    Yes,
-    /// The response queue no longer exists (its batch was deleted): nobody
-    /// will read these results, so they are dropped rather than retried for
-    /// ever while every other batch's bundles wait behind them.
-    QueueGone,
-    /// Aborted before the send succeeded.
-    No,
+/// A bundle's part of one send: what goes back to it if the send fails.
+struct Taken {
+    key: String,
+    ideal: Duration,
+    usage: Usage,
 }
 
-async fn send<Q, L, R>(
-    ctx: &Ctx<Q, L, R>,
-    reply_to: &str,
-    batch: Option<&str>,
-    bodies: Vec<String>,
-    abort: &CancellationToken,
-) -> Sent
-where
-    Q: TaskQueue,
-    L: DedupLedger,
-    R: ResultRouter,
-{
-    let mut backoff = Backoff::new();
-    let mut failing_since = None;
-    let mut missing_since = None;
-    loop {
-        let asked = tokio::time::Instant::now();
-        match ctx.router.send_results(reply_to, bodies.clone()).await {
-            Ok(()) => return Sent::Yes,
-            Err(QueueError::NotFound(e))
-                if missing_since.get_or_insert(asked).elapsed()
-                    < ctx.config.response_queue_return
-                    && !batch_ended(ctx, batch).await =>
-            {
-                // Deleted under a running batch: its runner makes it again.
-                tracing::warn!(reply_to, error = %e, "response queue not found, its batch not cancelled: sending again until it is made again");
-                if !backoff.wait(abort).await {
-                    return Sent::No;
-                }
-            }
-            Err(QueueError::NotFound(e)) => {
-                WorkerStats::add(&ctx.stats.results_dropped, bodies.len() as u64);
-                // Once per queue: its batch's remaining bundles all end here.
-                if ctx
-                    .gone
-                    .lock()
-                    .expect("gone lock")
-                    .insert(reply_to.to_string())
-                {
-                    tracing::warn!(reply_to, error = %e, "response queue gone, its batch deleted or cancelled (or not made again in time): its results are dropped");
-                }
-                return Sent::QueueGone;
-            }
-            Err(e) => {
-                WorkerStats::add(&ctx.stats.backend_errors, 1);
-                let failing_for = failing_since.get_or_insert(asked).elapsed();
-                // Held bundles or not: they cannot end without their results.
-                if super::fetch::gives_up(ctx.config.give_up_after, failing_for, 0) {
-                    give_up(
-                        ctx,
-                        StopReason::GaveUp {
-                            unable: Unable::SendResults,
-                            failing_for,
-                            error: e.to_string(),
-                        },
-                    );
-                    return Sent::No;
-                }
-                tracing::warn!(reply_to, error = %e, "sending results failed; retrying");
-                if !backoff.wait(abort).await {
-                    return Sent::No;
-                }
-            }
-        }
+/// The bundles' results went out (or were dropped with their deleted
+/// batch): counted, and recorded in their progress.
+fn mark_sent<Q, L, R>(ctx: &Ctx<Q, L, R>, pending: &mut HashMap<String, Pending>, taken: &[Taken]) {
+    for t in taken {
+        let Some(p) = pending.get_mut(&t.key) else {
+            continue;
+        };
+        let ticket = p.unit.ticket.as_ref().expect("pending units have tickets");
+        let failed = p
+            .unsent
+            .iter()
+            .filter(|(_, r)| !r.outcome.is_success())
+            .count();
+        WorkerStats::add(&ctx.stats.tasks_succeeded, (p.unsent.len() - failed) as u64);
+        WorkerStats::add(&ctx.stats.tasks_failed, failed as u64);
+        ctx.inflight
+            .sent(&t.key, p.unsent.drain(..).map(|(i, _)| ticket.position(i)));
     }
 }
 

@@ -35,6 +35,7 @@ pub use heartbeat::{HEARTBEAT_LOOK_EVERY, HEARTBEAT_ROW_EVERY, heartbeat_due};
 mod hold;
 pub use hold::{TypicalTask, tasks_to_hold};
 mod inflight;
+mod outbox;
 mod retry;
 mod stats;
 
@@ -84,9 +85,12 @@ pub struct RemoteConfig {
     /// Stop ([`StopReason::GaveUp`]) when every receive, or every claim, has
     /// failed for this long while nothing is held: an idle worker that cannot
     /// reach its queue or its ledger is of no use, and where something
-    /// restarts it (Kubernetes) the stop says why. Also when one send of
+    /// restarts it (Kubernetes) the stop says why. Also when every send of
     /// results has failed that long, holding bundles or not: they cannot end
     /// without their results, so they are given back for a worker that can.
+    /// A queue refused that long while another queue took results is the
+    /// queue's own refusal: only its batch's bundles are given back, and the
+    /// worker goes on (after [`RESPONSE_QUEUE_RETURN`] when this is `None`).
     /// `None`: retry for ever.
     pub give_up_after: Option<Duration>,
     /// How long results whose response queue is not found are sent again

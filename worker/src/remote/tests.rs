@@ -648,6 +648,103 @@ async fn a_worker_whose_results_cannot_be_sent_gives_up_and_gives_its_bundles_ba
     );
 }
 
+/// A batch whose response queue is missing ("gone", its batch not
+/// cancelled: sent to again for `response_queue_return`) or failing
+/// ("down", for `give_up_after`) must not hold back another batch's results
+/// on the same worker: each queue is tried once per flush, then at its own
+/// backoff.
+#[tokio::test]
+async fn a_missing_or_failing_response_queue_does_not_hold_back_other_batches_results() {
+    let mut missing = bundle(0, sleeps(3));
+    missing.reply_to = Some("gone".into());
+    let mut failing = bundle(10, sleeps(3));
+    failing.reply_to = Some("down".into());
+    // Ends after both: their results are flushed (and fail) first.
+    let live = bundle(
+        100,
+        vec![TaskSpec::Sleep { ms: 300 }, TaskSpec::Sleep { ms: 300 }],
+    );
+    let queue = Arc::new(MemoryQueue::bounded(3));
+    queue.send(vec![missing, failing, live]).await.unwrap();
+    queue.close();
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(FlakyRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let shutdown = Shutdown::new();
+    let mut config = config();
+    config.pool.slots = 4;
+    // Longer than the test: neither is dropped nor given back meanwhile.
+    config.response_queue_return = Duration::from_secs(600);
+    config.give_up_after = Some(Duration::from_secs(600));
+    let worker = tokio::spawn(run_remote(
+        queue,
+        Some(ledger.clone()),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config,
+        shutdown.clone(),
+        stats.clone(),
+    ));
+    let started = std::time::Instant::now();
+    while router.inner.results("resp").len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the live batch's results wait behind the failing queues"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Sent while the other two were still being tried.
+    assert!(WorkerStats::get(&stats.backend_errors) >= 1);
+    assert_eq!(WorkerStats::get(&stats.results_dropped), 0);
+    assert_eq!(WorkerStats::get(&stats.released), 0);
+    shutdown.stop.cancel();
+    shutdown.abort.cancel();
+    // (Drained, maybe: the queue was, while the completer still tried.)
+    let reason = worker.await.unwrap();
+    assert!(!matches!(reason, StopReason::GaveUp { .. }), "{reason:?}");
+    // Their bundles go back unreported: another worker runs them.
+    assert_eq!(WorkerStats::get(&stats.released), 2);
+    assert_eq!(WorkerStats::get(&stats.tasks_succeeded), 2);
+}
+
+/// A policy on one batch's response queue refuses the worker's sends while
+/// its other batches' go through: past `give_up_after` the worker gives that
+/// batch's bundle back (for a worker that can send, or the dead-letter
+/// queue) and goes on, rather than stopping and dropping every batch's work.
+#[tokio::test]
+async fn a_queue_refused_while_other_batches_results_go_gives_its_bundles_back() {
+    let mut refused = bundle(0, sleeps(3));
+    refused.reply_to = Some("down".into());
+    let key = claim_key(&refused);
+    let mut bundles = vec![refused];
+    bundles.extend((0..6).map(|i| bundle(100 + i, vec![TaskSpec::Sleep { ms: 100 }])));
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(FlakyRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let mut config = config();
+    config.give_up_after = Some(Duration::from_millis(300));
+    let reason = run_through(
+        bundles,
+        Some(ledger.clone()),
+        router.clone(),
+        config,
+        stats.clone(),
+    )
+    .await;
+    assert_eq!(reason, StopReason::Drained);
+    let mut ids: Vec<u64> = router.inner.results("resp").iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (100..106).collect::<Vec<_>>());
+    assert_eq!(WorkerStats::get(&stats.released), 1);
+    assert_eq!(
+        ledger.claim(&key, "next", LEASE).await.unwrap(),
+        Claim::Granted {
+            attempt: 1,
+            done: BundleProgress::new()
+        }
+    );
+}
+
 #[tokio::test]
 async fn a_bundles_tasks_run_on_all_the_slots_and_results_leave_as_they_finish() {
     // One bundle, four slots: each task waits until all four have started.

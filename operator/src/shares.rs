@@ -279,13 +279,16 @@ impl ShareGuard {
         let Some(batches) = pools.get_mut(&self.pool) else {
             return true;
         };
-        let held: f64 = batches.values().map(BatchShare::work).sum();
-        let least = least_sent(batches, &self.batch, now);
         let Some(me) = batches.get_mut(&self.batch) else {
             return true;
         };
         me.seen = now;
+        // Before the sum: the batch's tasks in flight hold the window at
+        // what a task costs now, not at what it cost at its last take.
         me.cost = cost.window;
+        let held: f64 = batches.values().map(BatchShare::work).sum();
+        let least = least_sent(batches, &self.batch, now);
+        let me = batches.get_mut(&self.batch).expect("looked up above");
         // A batch with nothing in flight may send a bundle over a full window:
         // a batch applied beside others starts at once, and none is held to
         // nothing by what the others sent before it came.
@@ -470,6 +473,21 @@ mod tests {
         assert!(!a.take(10, TaskCost::same(10 * MS), window));
         a.update(90, Some(10 * MS));
         assert!(a.take(10, TaskCost::same(10 * MS), window));
+    }
+
+    #[test]
+    fn a_batch_whose_tasks_turn_out_longer_holds_the_window_at_their_new_cost() {
+        let shares = Arc::new(Shares::default());
+        let a = shares.join("ns/p", "a", 1);
+        let window = Duration::from_secs(1);
+        assert!(a.take(50, TaskCost::same(10 * MS), window));
+        a.sent(50);
+        // Results say 100 ms a task: the 50 in flight hold 5 s of the 1 s
+        // window, so nothing more goes until they finish.
+        a.update(50, Some(100 * MS));
+        assert!(!a.take(10, TaskCost::same(100 * MS), window));
+        a.update(5, Some(100 * MS));
+        assert!(a.take(5, TaskCost::same(100 * MS), window));
     }
 
     #[test]

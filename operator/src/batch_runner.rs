@@ -351,6 +351,13 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .and_then(|s| u64::try_from(s).ok())
             .filter(|&s| s > 0)
             .unwrap_or(args.pool_slots.max(1));
+        // And the workers the slots are on, for the size of a bundle; a
+        // batch started by an operator that recorded slots but not workers
+        // keeps its cut.
+        let planned_workers = match status.planned_slots {
+            Some(_) => status.planned_workers.and_then(|w| u64::try_from(w).ok()),
+            None => Some(args.pool_workers.max(1)),
+        };
         // The same for the order: the checkpoint is a position in it. A batch
         // started by an operator that wrote no order (it wrote the planned
         // slots) was sent as given.
@@ -370,6 +377,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .patch_status(StatusPatch {
                 start_time: Some(start_time.clone()),
                 planned_slots: Some(i64::try_from(planned_slots).unwrap_or(i64::MAX)),
+                planned_workers: planned_workers.map(|w| i64::try_from(w).unwrap_or(i64::MAX)),
                 send_order: Some(send_order),
                 source_digest,
                 results: args.results.as_ref().map(ToString::to_string),
@@ -390,6 +398,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     .and_then(|h| u64::try_from(h).ok())
                     .unwrap_or(0),
                 planned_slots,
+                planned_workers,
                 send_order,
                 spec,
                 &progress,
@@ -421,6 +430,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         sized: Option<BundleSizing>,
         last_horizon: u64,
         planned_slots: u64,
+        planned_workers: Option<u64>,
         send_order: TaskOrder,
         mut spec: watch::Receiver<TaskBatchSpec>,
         progress: &Progress,
@@ -451,7 +461,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut bundles = enqueue::bundles_from(
             tasks_from(args, &order, from)?,
             id.clone(),
-            sizing::plan(total, planned_slots, learned),
+            sizing::plan(total, planned_slots, planned_workers, learned),
             from,
             checkpoint,
             task_timeout(&args.batch.spec),
@@ -488,7 +498,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     bundles = enqueue::bundles_from(
                         tasks_from(args, &order, enqueued)?,
                         id.clone(),
-                        sizing::plan(total, planned_slots, learned),
+                        sizing::plan(total, planned_slots, planned_workers, learned),
                         enqueued,
                         enqueued,
                         task_timeout(&args.batch.spec),
@@ -1993,7 +2003,7 @@ mod tests {
             let sent_tasks: u64 = sent.iter().map(|b| b.1 as u64).sum();
             if status
                 .bundle_sizing
-                .is_some_and(|s| s.task_microseconds < 10_000_000 && (s.from as u64) < sent_tasks)
+                .is_some_and(|s| s.task_microseconds < 100_000 && (s.from as u64) < sent_tasks)
                 && (status.counts.enqueued as u64) < sent_tasks
             {
                 break;
@@ -2192,8 +2202,11 @@ mod tests {
         // has the planned slots, no order) goes on as given, the default
         // longestFirst notwithstanding.
         let (half, older) = killed_at_half(&sent);
+        // (Its planned workers as this operator's first half was cut with:
+        // they size the bundles, the order is what is tested here.)
         let older = TaskBatchStatus {
             planned_slots: Some(4),
+            planned_workers: Some(2),
             ..older
         };
         let checkpoint = older.counts.enqueued as usize;

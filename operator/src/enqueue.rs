@@ -246,7 +246,7 @@ mod tests {
         let source = generator(Some(total as i64), None, TaskKind::Run);
         let cut = |learned, start, checkpoint| -> Vec<Bundle> {
             let tasks = source_tasks(&source, start).unwrap();
-            let plan = sizing::plan(total, slots, learned);
+            let plan = sizing::plan(total, slots, None, learned);
             bundles_from(tasks, BatchId::new("b"), plan, start, checkpoint, None)
                 .map(Result::unwrap)
                 .collect()

@@ -21,22 +21,54 @@ use cloudkon_core::BundlePlan;
 
 use crate::task_cost::MIN_TASK_COST;
 
-/// The plan a TaskBatch cuts its bundles with, over `slots` slots, for tasks
-/// of unknown length taken to cost `learned` (`None`: not learned yet).
+/// The plan a TaskBatch cuts its bundles with, over `slots` slots of
+/// `workers` workers, for tasks of unknown length taken to cost `learned`
+/// (`None`: not learned yet).
+///
+/// A bundle holds at most [`bundle_work`] of work: the pool's queue then
+/// holds about the window's 20 s of the pool's work, which is how long a
+/// batch applied beside a big one waits behind it (SQS hands out messages
+/// in about the order they were sent), and how long a bundle given back
+/// waits for its next worker. `workers: None`: a batch started by an
+/// operator that did not record its pool's workers, cut as it was.
 ///
 /// Over the slots, not the workers, though a worker runs a bundle on all its
 /// slots: spread over the workers, a 10 M batch went in 3.3 times fewer
 /// bundles (simulated), but a small batch in fewer messages got fewer
 /// workers from the backlog, and two batches sharing 2 workers took turns
 /// in bundles of 10 s of a worker (61 % of the work for a weight of 75 %).
-pub fn plan(total: u64, slots: u64, learned: Option<Duration>) -> BundlePlan {
+pub fn plan(total: u64, slots: u64, workers: Option<u64>, learned: Option<Duration>) -> BundlePlan {
     BundlePlan {
         max_unknown_tasks: Some(BundlePlan::FIRST_UNKNOWN_TASKS),
-        max_bundle_time: MAX_BUNDLE_TIME,
+        max_bundle_time: workers.map_or(MAX_BUNDLE_TIME, |w| {
+            // Not below what the first bundles of unknown tasks hold: the
+            // length cut for is high while it is learned (each step waits
+            // for results), and bundles of one task would slow the ramp.
+            let learning = learned.map_or(Duration::ZERO, |l| {
+                l.saturating_mul(BundlePlan::FIRST_UNKNOWN_TASKS as u32)
+            });
+            bundle_work(slots, w).max(learning).min(MAX_BUNDLE_TIME)
+        }),
         ..BundlePlan::SQS
     }
     .spread(total, slots)
     .learned(learned)
+}
+
+/// The most work a bundle holds on a pool of `slots` slots and `workers`
+/// workers: [`MAX_BUNDLE_TIME`], and no more than the window's time of the
+/// pool's slots over one more than its workers. The window keeps at least
+/// two bundles per worker and one more enqueued or running (`window`); with
+/// bigger bundles that minimum is the window, the queue holds a bundle per
+/// worker and more, and whatever comes next waits for them: a 100,000-task
+/// batch of 50 ms tasks on 2 workers of 4 slots was cut in bundles of 55 s
+/// of a worker, and a 200-task batch applied beside it took 145 s instead
+/// of 3 s (simulated).
+pub fn bundle_work(slots: u64, workers: u64) -> Duration {
+    let per = u32::try_from(workers.saturating_add(1)).unwrap_or(u32::MAX);
+    let pool =
+        crate::window::WINDOW.saturating_mul(u32::try_from(slots.max(1)).unwrap_or(u32::MAX));
+    (pool / per).min(MAX_BUNDLE_TIME)
 }
 
 /// A bundle's work at most. Factoring (`spread`: the remaining tasks over
@@ -221,13 +253,58 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_holds_at_most_the_windows_time_of_the_pool_over_its_workers_and_one() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            bundle_work(8, 2),
+            Duration::from_millis(53_333) + Duration::from_nanos(333_333)
+        );
+        assert_eq!(bundle_work(4, 1), s(40));
+        assert!(bundle_work(8_000, 1_000) < s(160));
+        assert_eq!(bundle_work(1_000_000, 1), MAX_BUNDLE_TIME);
+        let run = TaskSpec::Run {
+            program: "true".into(),
+            args: vec![],
+            expected_ms: None,
+        };
+        // 100,000 tasks of 50 ms on 2 workers of 4 slots: factoring alone
+        // cuts bundles of 4,096 (205 s of work, 51 s of a worker).
+        let learned = Some(MS(50));
+        assert_eq!(
+            plan(100_000, 8, None, learned).tasks_per_bundle_at(&run, 0),
+            4_096
+        );
+        let capped = plan(100_000, 8, Some(2), learned).tasks_per_bundle_at(&run, 0);
+        assert_eq!(capped, 1_066);
+        // Then the window is its 20 s of the slots, a running task each and
+        // a bundle per worker: the minimum of bundles does not swell it.
+        let bundle = |n: usize| crate::window::WindowInput {
+            pool_slots: 8,
+            pool_workers: 2,
+            cost: MS(50),
+            next_bundle: n as u64,
+        };
+        let by_slots = |n: usize| (crate::window::WINDOW + MS(50)) * 8 + MS(50) * (2 * n as u32);
+        assert_eq!(
+            crate::window::window_work(&bundle(capped)),
+            by_slots(capped)
+        );
+        assert!(crate::window::window_work(&bundle(4_096)) > by_slots(4_096));
+        // While a length is learned, bundles hold what the first ones did.
+        assert_eq!(
+            plan(100_000, 8, Some(2), Some(s(28))).tasks_per_bundle_at(&run, 0),
+            BundlePlan::FIRST_UNKNOWN_TASKS
+        );
+    }
+
+    #[test]
     fn unknown_tasks_start_small_and_grow_to_a_bundle_of_work() {
         let run = TaskSpec::Run {
             program: "true".into(),
             args: vec![],
             expected_ms: None,
         };
-        let sizes = |learned| plan(1_000_000, 8, learned).tasks_per_bundle_at(&run, 0);
+        let sizes = |learned| plan(1_000_000, 8, None, learned).tasks_per_bundle_at(&run, 0);
         assert_eq!(sizes(None), BundlePlan::FIRST_UNKNOWN_TASKS);
         // Following the steps of 2 ms tasks, each bundle at most 4x the last.
         let mut current = None;
@@ -246,7 +323,7 @@ mod tests {
         // 1 s tasks: half an hour's work per bundle, early in a big batch.
         assert_eq!(sizes(Some(Duration::from_secs(1))), 1_800);
         // ... and factoring's share of it later: 10,000 left over 8 slots.
-        let late = plan(1_000_000, 8, Some(Duration::from_secs(1)));
+        let late = plan(1_000_000, 8, None, Some(Duration::from_secs(1)));
         assert_eq!(late.tasks_per_bundle_at(&run, 990_000), 625);
     }
 

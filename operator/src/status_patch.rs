@@ -58,6 +58,8 @@ pub struct StatusPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned_slots: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned_workers: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub send_order: Option<TaskOrder>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_digest: Option<String>,
@@ -161,6 +163,7 @@ impl StatusPatch {
             cost,
             results,
             planned_slots,
+            planned_workers,
             send_order,
             source_digest,
             bundle_sizing,
@@ -183,6 +186,7 @@ impl StatusPatch {
         newer_wins(&mut self.cost, cost);
         newer_wins(&mut self.results, results);
         newer_wins(&mut self.planned_slots, planned_slots);
+        newer_wins(&mut self.planned_workers, planned_workers);
         newer_wins(&mut self.send_order, send_order);
         newer_wins(&mut self.source_digest, source_digest);
         newer_wins(&mut self.bundle_sizing, bundle_sizing);
@@ -215,6 +219,7 @@ impl StatusPatch {
             latency: st.latency,
             cost: st.cost.clone(),
             planned_slots: st.planned_slots,
+            planned_workers: st.planned_workers,
             send_order: st.send_order,
             source_digest: st.source_digest.clone(),
             bundle_sizing: st.bundle_sizing.clone(),

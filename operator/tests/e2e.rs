@@ -125,19 +125,33 @@ impl Cluster {
     }
 
     fn workers(&mut self, queue: &str, table: &str, count: usize) {
-        self.start_workers(queue, table, count, false, None);
+        self.start_workers(queue, table, count, false, None, None, &[]);
     }
 
     /// One worker serving `/metrics` on `addr`.
     fn worker_serving_metrics(&mut self, queue: &str, table: &str, addr: &str) {
-        self.start_workers(queue, table, 1, false, Some(addr));
+        self.start_workers(queue, table, 1, false, Some(addr), None, &[]);
     }
 
     /// Workers whose warnings go to `<dir>/worker-<i>.log`.
     fn workers_logged(&mut self, queue: &str, table: &str, count: usize) {
-        self.start_workers(queue, table, count, true, None);
+        self.start_workers(queue, table, count, true, None, None, &[]);
     }
 
+    /// [`Cluster::workers_logged`] whose SQS is at `sqs` (a proxy), with
+    /// `extra` flags.
+    fn workers_through(
+        &mut self,
+        queue: &str,
+        table: &str,
+        count: usize,
+        sqs: &str,
+        extra: &[&str],
+    ) {
+        self.start_workers(queue, table, count, true, None, Some(sqs), extra);
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn start_workers(
         &mut self,
         queue: &str,
@@ -145,6 +159,8 @@ impl Cluster {
         count: usize,
         logged: bool,
         metrics: Option<&str>,
+        sqs: Option<&str>,
+        extra: &[&str],
     ) {
         for i in 0..count {
             let stderr = if logged {
@@ -162,7 +178,9 @@ impl Cluster {
                 // The Animoto test's image server is on loopback, which a
                 // worker refuses by default: allow that address only.
                 .args(["--allow-downloads-from", "127.0.0.1/32"])
+                .args(extra)
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .envs(sqs.map(|url| ("AWS_ENDPOINT_URL_SQS", url)))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(stderr)
@@ -2338,7 +2356,7 @@ fn a_taskbatch_of_unknown_length_tasks_runs_beside_the_embedded_engine() {
     let s = b.status.unwrap();
     assert_eq!(s.phase, Some(Phase::Succeeded), "{s:?}");
     assert_eq!((s.counts.succeeded, s.counts.failed), (i64::from(n), 0));
-    assert_eq!(s.planned_slots, Some(8));
+    assert_eq!((s.planned_slots, s.planned_workers), (Some(8), Some(2)));
     // The tail: where the workers claimed bundles (the ledger's keys), no
     // bundle cut by the last sizing is larger than its rule allows there.
     let sizing = s.bundle_sizing.clone().expect("a learned sizing");
@@ -2353,7 +2371,7 @@ fn a_taskbatch_of_unknown_length_tasks_runs_beside_the_embedded_engine() {
         )
         .unwrap();
     assert_eq!(firsts.first(), Some(&0), "{firsts:?}");
-    let plan = cloudkon_operator::sizing::plan(u64::from(n), 8, Some(learned));
+    let plan = cloudkon_operator::sizing::plan(u64::from(n), 8, Some(2), Some(learned));
     let spec = cloudkon_core::TaskSpec::Run {
         program: "sh".into(),
         args: vec!["-c".into(), "true".into()],
@@ -2866,6 +2884,89 @@ fn bundles_in_the_dead_letter_queue_are_reported_failed_and_their_batch_finishes
         0,
         "the dead-letter queue is empty"
     );
+}
+
+/// A policy on one batch's response queue refuses the workers' sends (a
+/// proxy in front of SQS refuses `SendMessage*` to it, as IAM would), while
+/// another batch on the same pool runs: the workers keep serving the other
+/// batch, give the refused batch's bundle back after `--give-up-after`,
+/// and past the queue's `maxReceives` it reaches the dead-letter queue,
+/// whose tasks the operator reports failed: the batch finishes, no task is
+/// lost, and no worker stops.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_batch_whose_response_queue_refuses_the_workers_is_dead_lettered_while_the_other_runs_on() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-refused");
+    c.operator("operator.log", &[]);
+    let table = unique("e2e-ledger");
+    c.apply(&format!(
+        "{}  queue: {{maxReceives: 1}}\n",
+        host_pool(&table)
+    ));
+    let queue = c.queue_url("p");
+    // One bundle: given back once, it waits its turn behind the other
+    // batch's bundles (the window's ~20 s) before its next receive.
+    const REFUSED: i64 = 1;
+    c.apply(&run_batch("refused", "p", REFUSED as u32, "true"));
+    let name = format!("cloudkon-tb-{}", c.batch("refused").metadata.uid.unwrap());
+    let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap();
+    let proxy = cloudkon_testkit::RefusingProxy::start(&sqs, move |r| {
+        r.header("x-amz-target")
+            .is_some_and(|t| t.starts_with("AmazonSQS.SendMessage"))
+            && r.body_contains(&name)
+    });
+    // More than the test runs: deleted once the refused batch is done.
+    c.apply(&run_batch("open", "p", 100_000, "sleep 0.05"));
+    let started = Instant::now();
+    c.workers_through(&queue, &table, 2, &proxy.url(), &["--give-up-after", "3s"]);
+    let first_given_back = c.wait_for("a bundle given back", Duration::from_secs(60), |c| {
+        let logs = c.log("worker-0.log") + &c.log("worker-1.log");
+        if !logs.contains("giving its batch's ended bundles back") {
+            return None;
+        }
+        c.batch("open").status.map(|s| s.counts.succeeded)
+    });
+    let refused = c
+        .wait_finished("refused", Duration::from_secs(120))
+        .status
+        .unwrap();
+    let refused_took = started.elapsed();
+    let open = c.batch("open").status.unwrap();
+    for child in &mut c.children {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a process exited: {:?}\n{}",
+            child.try_wait(),
+            c.logs()
+        );
+    }
+    assert_eq!(refused.phase, Some(Phase::Failed), "{refused:?}");
+    assert_eq!(
+        (
+            refused.counts.succeeded,
+            refused.counts.failed,
+            refused.counts.dead_lettered
+        ),
+        (0, REFUSED, REFUSED),
+        "{refused:?}"
+    );
+    assert!(
+        open.counts.succeeded > first_given_back && first_given_back > 0,
+        "the other batch did not go on: {first_given_back} done at the first give-back, {} at the end",
+        open.counts.succeeded
+    );
+    assert!(proxy.refused() >= 2, "{} sends refused", proxy.refused());
+    let logs = c.log("worker-0.log") + &c.log("worker-1.log");
+    println!(
+        "refused batch dead-lettered and reported failed after {:.1} s ({} sends refused, {} give-backs); the other batch meanwhile: {first_given_back} tasks done at the first give-back, {} at the end",
+        refused_took.as_secs_f64(),
+        proxy.refused(),
+        logs.matches("giving its batch's ended bundles back")
+            .count(),
+        open.counts.succeeded,
+    );
+    c.ok(&["delete", "taskbatch", "open", "--timeout=60s"]);
 }
 
 #[test]

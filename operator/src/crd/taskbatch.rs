@@ -409,6 +409,13 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_slots: Option<i64>,
 
+    /// The pool's workers the bundles are cut for, fixed with
+    /// `plannedSlots`: a bundle holds at most 20 s of the pool's slots over
+    /// one more than this, so that the queue holds about 20 s of the pool's
+    /// work and a batch applied beside this one starts within about that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_workers: Option<i64>,
+
     /// The order the tasks are sent in: `spec.order` when the batch first
     /// enqueued, fixed then, so that a restarted operator resumes at its
     /// checkpoint in the same order whatever `spec.order` says since.

@@ -230,7 +230,12 @@ impl BatchSim {
     /// Cuts bundles from position `from` on with the current sizing, as the
     /// runner's `enqueue::bundles_from(tasks_from(from), .., from, from)`.
     fn recut(&mut self, from: u64) {
-        let plan = sizing::plan(self.total, self.planned_slots, self.learned);
+        let plan = sizing::plan(
+            self.total,
+            self.planned_slots,
+            Some(self.pool_workers),
+            self.learned,
+        );
         self.bundler = Some(Bundler::starting_at(plan, from));
         self.source = Some(self.tasks_from(from));
         if !self.order.is_as_given() {

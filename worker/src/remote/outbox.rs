@@ -19,7 +19,8 @@ pub enum Failing {
     /// Try this queue again at its next retry.
     Retry,
     /// This queue has refused every send for the limit while another
-    /// queue's sends succeeded: the refusal is the queue's (a policy on it),
+    /// queue's sends succeeded (or within the limit before): the refusal is
+    /// the queue's (a policy on it),
     /// not the worker's. Its batch's bundles go back, for the workers that
     /// can send, or the dead-letter queue past their receives; the worker
     /// goes on with its other batches.
@@ -101,9 +102,12 @@ impl Outbox {
         q.missing_since = None;
         let since = *q.failing_since.get_or_insert(now);
         let failing_for = now.duration_since(since);
-        let others_sent = last_success.is_some_and(|at| at > since);
+        let limit = give_up_after.unwrap_or(give_back_after);
+        // Another queue took results while this one failed, or shortly
+        // before (its batch may have just ended): the worker can send.
+        let others_sent = last_success.is_some_and(|at| at + limit > since);
         if others_sent {
-            if failing_for >= give_up_after.unwrap_or(give_back_after) {
+            if failing_for >= limit {
                 return Failing::GiveBack;
             }
         } else if give_up_after.is_some_and(|limit| failing_for >= limit) {
@@ -173,12 +177,12 @@ mod tests {
                 failing_for: S(120)
             }
         );
-        // A send that succeeded before the failures began says nothing.
+        // A send that succeeded long before the failures began says nothing.
         let mut out = Outbox::default();
         out.sent("b", t0);
-        out.failed("a", t0 + S(1), limit, S(120));
+        out.failed("a", t0 + S(120), limit, S(120));
         assert_eq!(
-            out.failed("a", t0 + S(121), limit, S(120)),
+            out.failed("a", t0 + S(240), limit, S(120)),
             Failing::GiveUp {
                 failing_for: S(120)
             }
@@ -206,6 +210,14 @@ mod tests {
         // Results of it still waiting go back at their next try.
         assert_eq!(
             out.failed("a", t0 + S(130), Some(S(120)), S(300)),
+            Failing::GiveBack
+        );
+        // Another batch's last results shortly before the failures began.
+        let mut out = Outbox::default();
+        out.sent("b", t0);
+        out.failed("a", t0 + S(119), Some(S(120)), S(300));
+        assert_eq!(
+            out.failed("a", t0 + S(239), Some(S(120)), S(300)),
             Failing::GiveBack
         );
         // Without the worker's limit, after `give_back_after`.

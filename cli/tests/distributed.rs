@@ -620,12 +620,7 @@ fn a_worker_that_cannot_send_results_gives_up_and_gives_its_bundle_back() {
     let queue = create_queue(&unique("nosend"), Duration::from_secs(120), None);
     let response = create_queue(&unique("nosend-resp"), Duration::from_secs(30), None);
     let name = response.url().rsplit('/').next().unwrap().to_string();
-    let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap();
-    let proxy = RefusingProxy::start(&sqs, move |r| {
-        r.header("x-amz-target")
-            .is_some_and(|t| t.starts_with("AmazonSQS.SendMessage"))
-            && r.body_contains(&name)
-    });
+    let proxy = RefusingProxy::refusing_sends_to(&name);
     let table = unique("ledger-nosend");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("termination-log");
@@ -697,12 +692,7 @@ fn a_worker_refused_by_one_batchs_response_queue_gives_that_batch_back_and_serve
     let refused = create_queue(&unique("onesend-refused"), Duration::from_secs(30), None);
     let open = create_queue(&unique("onesend-open"), Duration::from_secs(30), None);
     let name = refused.url().rsplit('/').next().unwrap().to_string();
-    let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap();
-    let proxy = RefusingProxy::start(&sqs, move |r| {
-        r.header("x-amz-target")
-            .is_some_and(|t| t.starts_with("AmazonSQS.SendMessage"))
-            && r.body_contains(&name)
-    });
+    let proxy = RefusingProxy::refusing_sends_to(&name);
     let table = unique("ledger-onesend");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("termination-log");

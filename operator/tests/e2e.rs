@@ -2910,12 +2910,7 @@ fn a_batch_whose_response_queue_refuses_the_workers_is_dead_lettered_while_the_o
     const REFUSED: i64 = 1;
     c.apply(&run_batch("refused", "p", REFUSED as u32, "true"));
     let name = format!("cloudkon-tb-{}", c.batch("refused").metadata.uid.unwrap());
-    let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap();
-    let proxy = cloudkon_testkit::RefusingProxy::start(&sqs, move |r| {
-        r.header("x-amz-target")
-            .is_some_and(|t| t.starts_with("AmazonSQS.SendMessage"))
-            && r.body_contains(&name)
-    });
+    let proxy = cloudkon_testkit::RefusingProxy::refusing_sends_to(&name);
     // More than the test runs: deleted once the refused batch is done.
     c.apply(&run_batch("open", "p", 100_000, "sleep 0.05"));
     let started = Instant::now();

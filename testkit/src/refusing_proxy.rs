@@ -87,6 +87,19 @@ impl RefusingProxy {
         }
     }
 
+    /// In front of the SQS server of `AWS_ENDPOINT_URL_SQS`, refusing every
+    /// `SendMessage*` to the queue named `queue`, as IAM (or a policy on that
+    /// queue) would, and passing everything else on.
+    pub fn refusing_sends_to(queue: &str) -> RefusingProxy {
+        let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").expect("AWS_ENDPOINT_URL_SQS");
+        let queue = queue.to_string();
+        RefusingProxy::start(&sqs, move |r| {
+            r.header("x-amz-target")
+                .is_some_and(|t| t.starts_with("AmazonSQS.SendMessage"))
+                && r.body_contains(&queue)
+        })
+    }
+
     /// The endpoint to give the client (`AWS_ENDPOINT_URL_<SERVICE>`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

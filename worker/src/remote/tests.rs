@@ -146,6 +146,18 @@ async fn every_bundle_runs_once_and_is_recorded_done() {
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// The bundle `key` was given back with nothing reported: the next claim
+/// runs every task, as the same attempt.
+async fn assert_given_back_untouched(ledger: &MemoryLedger, key: &str) {
+    assert_eq!(
+        ledger.claim(key, "next", LEASE).await.unwrap(),
+        Claim::Granted {
+            attempt: 1,
+            done: BundleProgress::new()
+        }
+    );
+}
+
 #[tokio::test]
 async fn a_done_bundle_is_not_run_again_and_its_stored_results_are_resent() {
     let dir = tempfile::tempdir().unwrap();
@@ -329,13 +341,7 @@ async fn shutdown_finishes_running_bundles_and_gives_the_rest_back() {
         ledger.claim(&keys[0], "next", LEASE).await.unwrap(),
         Claim::Done { .. }
     ));
-    assert_eq!(
-        ledger.claim(&keys[1], "next", LEASE).await.unwrap(),
-        Claim::Granted {
-            attempt: 1,
-            done: BundleProgress::new()
-        }
-    );
+    assert_given_back_untouched(&ledger, &keys[1]).await;
     for i in 1..6 {
         assert!(
             !dir.path().join(format!("started-{i}")).exists(),
@@ -520,13 +526,7 @@ async fn a_bundle_whose_results_cannot_be_sent_is_given_back_not_deleted() {
     // the next claim runs every task, as the same attempt.
     assert_eq!(WorkerStats::get(&stats.released), 1);
     assert_eq!(WorkerStats::get(&stats.tasks_succeeded), 0);
-    assert_eq!(
-        ledger.claim(&key, "next", LEASE).await.unwrap(),
-        Claim::Granted {
-            attempt: 1,
-            done: BundleProgress::new()
-        }
-    );
+    assert_given_back_untouched(&ledger, &key).await;
 }
 
 /// A router whose "gone" queue is not found for its first `missing` sends
@@ -639,13 +639,7 @@ async fn a_worker_whose_results_cannot_be_sent_gives_up_and_gives_its_bundles_ba
     assert!(WorkerStats::get(&stats.backend_errors) >= 2);
     assert_eq!(WorkerStats::get(&stats.released), 1);
     assert_eq!(WorkerStats::get(&stats.tasks_succeeded), 0);
-    assert_eq!(
-        ledger.claim(&key, "next", LEASE).await.unwrap(),
-        Claim::Granted {
-            attempt: 1,
-            done: BundleProgress::new()
-        }
-    );
+    assert_given_back_untouched(&ledger, &key).await;
 }
 
 /// A batch whose response queue is missing ("gone", its batch not
@@ -736,13 +730,7 @@ async fn a_queue_refused_while_other_batches_results_go_gives_its_bundles_back()
     ids.sort_unstable();
     assert_eq!(ids, (100..106).collect::<Vec<_>>());
     assert_eq!(WorkerStats::get(&stats.released), 1);
-    assert_eq!(
-        ledger.claim(&key, "next", LEASE).await.unwrap(),
-        Claim::Granted {
-            attempt: 1,
-            done: BundleProgress::new()
-        }
-    );
+    assert_given_back_untouched(&ledger, &key).await;
 }
 
 #[tokio::test]

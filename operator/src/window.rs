@@ -3,8 +3,9 @@
 //! retention, hiding later batches behind it): it is kept to a few seconds of
 //! the pool's work, topped up as results arrive. Batches sharing a pool fill
 //! that window in turn by weight, in task-seconds rather than messages (see
-//! `shares`), so a small batch applied beside a huge one starts at once and
-//! both progress in proportion.
+//! `shares`), so a small batch applied beside a huge one gets its turn at
+//! once, waits behind no more than the window in the queue (see
+//! `sizing::bundle_work`), and both progress in proportion.
 
 use std::time::Duration;
 

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Exponential backoff between tries of one queue.
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+use super::retry::Backoff;
 
 /// What a failed send comes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,10 +18,9 @@ pub enum Failing {
     Retry,
     /// This queue has refused every send for the limit while another
     /// queue's sends succeeded (or within the limit before): the refusal is
-    /// the queue's (a policy on it),
-    /// not the worker's. Its batch's bundles go back, for the workers that
-    /// can send, or the dead-letter queue past their receives; the worker
-    /// goes on with its other batches.
+    /// the queue's (a policy on it), not the worker's. Its batch's bundles
+    /// go back, for the workers that can send, or the dead-letter queue past
+    /// their receives; the worker goes on with its other batches.
     GiveBack,
     /// Every send, to this queue and any other, has failed for
     /// `give_up_after`: the worker cannot send results at all (IAM without
@@ -38,7 +35,8 @@ struct QueueState {
     /// Since when the queue has not been found.
     missing_since: Option<Instant>,
     retry_at: Instant,
-    next_delay: Duration,
+    /// Between tries of this queue, as between any retried calls.
+    backoff: Backoff,
 }
 
 #[derive(Debug, Default)]
@@ -125,10 +123,9 @@ impl Outbox {
                 failing_since: None,
                 missing_since: None,
                 retry_at: now,
-                next_delay: FIRST_RETRY,
+                backoff: Backoff::new(),
             });
-        q.retry_at = now + q.next_delay;
-        q.next_delay = (q.next_delay * 2).min(MAX_RETRY);
+        q.retry_at = now + q.backoff.step();
         q
     }
 }
@@ -158,7 +155,7 @@ mod tests {
             out.failed("a", t, None, S(120));
             t += S(1);
         }
-        assert_eq!(out.next_retry(), Some(t - S(1) + MAX_RETRY), "capped");
+        assert_eq!(out.next_retry(), Some(t - S(1) + Backoff::MAX), "capped");
         out.sent("a", t);
         assert!(out.due("a", t));
         assert_eq!(out.next_retry(), None);

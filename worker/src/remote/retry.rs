@@ -6,13 +6,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Exponential backoff between `FIRST` and `MAX`.
+#[derive(Debug)]
 pub struct Backoff {
     next: Duration,
 }
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
+    pub const MAX: Duration = Duration::from_secs(5);
 
     pub fn new() -> Self {
         Self { next: Self::FIRST }
@@ -22,10 +23,16 @@ impl Backoff {
         self.next = Self::FIRST;
     }
 
-    /// Waits the current delay (false if cancelled first) and doubles it.
-    pub async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+    /// The current delay, doubling the next.
+    pub fn step(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    /// Waits the current delay (false if cancelled first) and doubles it.
+    pub async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        let delay = self.step();
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
             _ = cancel.cancelled() => false,

@@ -258,7 +258,16 @@ impl Sim<'_> {
             if let Some(length) = declared {
                 worker.typical.declared(length);
             }
-            if worker.cancel_checked[batch].is_none_or(|t| self.now - t >= self.cancel_check) {
+            // The cached answer serves: the worker's own (a bundle of this
+            // batch admitted within the period), or its `cancels::watch`'s,
+            // which asks about each batch it holds tasks not started of once
+            // a period (counted in `renew`).
+            let watched = worker.held.iter().any(|h| {
+                h.claimed && !h.pending.is_empty() && self.queue.messages[h.msg].batch == batch
+            });
+            if !watched
+                && worker.cancel_checked[batch].is_none_or(|t| self.now - t >= self.cancel_check)
+            {
                 worker.cancel_checked[batch] = Some(self.now);
                 self.req.ledger_reads += 1;
             }
@@ -589,6 +598,12 @@ impl Sim<'_> {
                 .map(|h| (self.queue.messages[h.msg].batch, h.pending.len())),
         );
         self.req.ledger_reads += polls * batches.len() as u64;
+        if polls > 0 {
+            // Its answers are cached for a bundle's admission too.
+            for &batch in &batches {
+                worker.cancel_checked[batch] = Some(self.now);
+            }
+        }
         // The visibilities in one go: `TaskQueue::extend_all`, 10 a request.
         self.req.visibility_changes += claimed.len().div_ceil(SQS_MAX_BATCH_ENTRIES) as u64;
         for (msg, progress) in claimed {

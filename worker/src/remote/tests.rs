@@ -1304,3 +1304,46 @@ async fn cancels_are_asked_about_only_while_tasks_wait_to_start() {
     );
     assert_eq!(worker.await.unwrap(), StopReason::Drained);
 }
+
+#[tokio::test]
+async fn a_batch_is_asked_about_once_a_period_by_the_watch_and_admissions_together() {
+    // 20 bundles of four 25 ms sleeps on two slots: a bundle admitted about
+    // every 50 ms and tasks waiting to start all along, for about a second.
+    // The watch and the admissions take each other's answers: one ask per
+    // period, where each asking for itself made about two.
+    let period = Duration::from_millis(100);
+    let queue = Arc::new(MemoryQueue::bounded(20));
+    let bundles = (0..20)
+        .map(|i| bundle(4 * i, vec![TaskSpec::Sleep { ms: 25 }; 4]))
+        .collect();
+    queue.send(bundles).await.unwrap();
+    queue.close();
+    let ledger = Arc::new(CountingLedger::default());
+    let mut config = config();
+    config.cancel_check = period;
+    let stats = Arc::new(WorkerStats::default());
+    let started = std::time::Instant::now();
+    let reason = run_remote(
+        queue,
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config,
+        Shutdown::new(),
+        stats.clone(),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(reason, StopReason::Drained);
+    assert_eq!(
+        WorkerStats::get(&stats.tasks_succeeded),
+        80,
+        "every task ran"
+    );
+    let asks = ledger.cancel_checks();
+    let bound = (elapsed.as_secs_f64() / period.as_secs_f64()).ceil() as usize + 1;
+    assert!(
+        asks <= bound,
+        "{asks} asks in {elapsed:?} (at most {bound})"
+    );
+}

@@ -86,7 +86,7 @@ where
         let (due, _) = due_checks(&watched, |b| answer_age(&ctx, &asked, b), period);
         for batch in due {
             // A cancel is for good: once seen, nothing to ask.
-            let cancelled = match answer(&ctx, &batch) {
+            let cancelled = match fetch::cached_cancel(&ctx, &batch) {
                 Some((true, _)) => true,
                 _ => {
                     asked.insert(batch.clone(), Instant::now());
@@ -119,22 +119,13 @@ where
     }
 }
 
-/// The cached answer on `batch`, from the watch or a bundle's admission.
-fn answer<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str) -> Option<(bool, Instant)> {
-    ctx.cancelled
-        .lock()
-        .expect("cancel cache")
-        .get(batch)
-        .copied()
-}
-
 /// How long ago `batch` was last answered on, or asked about by the watch.
 fn answer_age<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     asked: &HashMap<String, Instant>,
     batch: &String,
 ) -> Option<Duration> {
-    let answered = answer(ctx, batch).map(|(_, at)| at.elapsed());
+    let answered = fetch::cached_cancel(ctx, batch).map(|(_, at)| at.elapsed());
     let tried = asked.get(batch).map(Instant::elapsed);
     answered.into_iter().chain(tried).min()
 }

@@ -454,10 +454,10 @@ async fn is_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, batch: &str) -> R
 where
     L: DedupLedger,
 {
-    if let Some((cancelled, at)) = ctx.cancelled.lock().expect("cancel cache").get(batch)
-        && (*cancelled || at.elapsed() < ctx.config.cancel_check)
+    if let Some((cancelled, at)) = cached_cancel(ctx, batch)
+        && (cancelled || at.elapsed() < ctx.config.cancel_check)
     {
-        return Ok(*cancelled);
+        return Ok(cancelled);
     }
     ask_cancelled(ctx, ledger, batch).await
 }
@@ -488,6 +488,16 @@ where
     };
     remember_cancelled(ctx, batch, cancelled);
     Ok(cancelled)
+}
+
+/// The cached cancel answer on `batch` and when it was given, from a
+/// bundle's admission or `cancels::watch`.
+pub fn cached_cancel<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str) -> Option<(bool, Instant)> {
+    ctx.cancelled
+        .lock()
+        .expect("cancel cache")
+        .get(batch)
+        .copied()
 }
 
 /// Caches a batch's cancel answer for `cancel_check` (a cancel

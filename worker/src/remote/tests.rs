@@ -95,9 +95,9 @@ async fn run(bundles: Vec<Bundle>, ledger: Option<Arc<MemoryLedger>>, config: Re
 
 /// A worker on a queue of `bundles` (closed: it stops once they are done),
 /// sending results through `router`.
-async fn run_through<R: ResultRouter>(
+async fn run_through<L: DedupLedger, R: ResultRouter>(
     bundles: Vec<Bundle>,
-    ledger: Option<Arc<MemoryLedger>>,
+    ledger: Option<Arc<L>>,
     router: Arc<R>,
     config: RemoteConfig,
     stats: Arc<WorkerStats>,
@@ -1312,24 +1312,19 @@ async fn a_batch_is_asked_about_once_a_period_by_the_watch_and_admissions_togeth
     // The watch and the admissions take each other's answers: one ask per
     // period, where each asking for itself made about two.
     let period = Duration::from_millis(100);
-    let queue = Arc::new(MemoryQueue::bounded(20));
     let bundles = (0..20)
         .map(|i| bundle(4 * i, vec![TaskSpec::Sleep { ms: 25 }; 4]))
         .collect();
-    queue.send(bundles).await.unwrap();
-    queue.close();
     let ledger = Arc::new(CountingLedger::default());
     let mut config = config();
     config.cancel_check = period;
     let stats = Arc::new(WorkerStats::default());
     let started = std::time::Instant::now();
-    let reason = run_remote(
-        queue,
+    let reason = run_through(
+        bundles,
         Some(ledger.clone()),
         Arc::new(MemoryRouter::default()),
-        Arc::new(Registry::new()),
         config,
-        Shutdown::new(),
         stats.clone(),
     )
     .await;

@@ -191,6 +191,8 @@ pub struct Sample {
     pub workers: u64,
     pub ready: u64,
     pub busy_slots: u64,
+    /// Ledger writes issued so far (claims, renewals, completions, releases).
+    pub ledger_writes: u64,
 }
 
 /// Counts the report needs.
@@ -244,6 +246,8 @@ pub struct Sim<'c> {
     pub busy_by_batch: Vec<u64>,
     pub slot_time_by_batch: Vec<u128>,
     pub req: Requests,
+    /// When the ledger write capacity taken so far is paid back (see
+    /// `ledger_write`).
     db_free: T,
     pub samples: Vec<Sample>,
     pub counters: Counters,
@@ -345,17 +349,22 @@ impl<'c> Sim<'c> {
 
     /// A DynamoDB write issued now: when it completes, waiting for capacity
     /// above the write rate (a throttled write is retried: one more request).
+    /// A second's worth of writes may come at once, as a table's capacity
+    /// is per second (generic cell rate: `db_free` is when the capacity
+    /// taken so far is paid back); past that, writes wait their turn.
     pub fn ledger_write(&mut self) -> T {
         self.req.ledger_writes += 1;
         let rate = self.cfg.aws.dynamodb_writes_per_second;
         if rate <= 0.0 {
             return self.now + self.lat_db;
         }
-        let start = self.db_free.max(self.now);
+        let each = us(1.0 / rate).max(1);
+        let burst = us(1.0).saturating_sub(each);
+        let start = self.db_free.saturating_sub(burst).max(self.now);
         if start > self.now {
             self.req.ledger_throttled += 1;
         }
-        self.db_free = start + us(1.0 / rate).max(1);
+        self.db_free = self.db_free.max(self.now) + each;
         start + self.lat_db
     }
 
@@ -637,6 +646,7 @@ impl<'c> Sim<'c> {
             workers,
             ready,
             busy_slots: self.busy_slots,
+            ledger_writes: self.req.ledger_writes,
         });
         if !self.finished() {
             self.at(self.now + us(self.cfg.sample_seconds), Ev::Sample);

@@ -217,6 +217,21 @@ impl Report {
         }
     }
 
+    /// The most ledger writes a second between two samples: the write
+    /// capacity a provisioned table needs for this run not to be throttled
+    /// (DynamoDB's burst credit aside).
+    /// Returns the rate and when its sample ended.
+    pub fn peak_ledger_writes_per_second(&self) -> (f64, f64) {
+        self.samples
+            .windows(2)
+            .filter(|w| w[1].t > w[0].t)
+            .map(|w| {
+                let rate = (w[1].ledger_writes - w[0].ledger_writes) as f64 / (w[1].t - w[0].t);
+                (rate, w[1].t)
+            })
+            .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a })
+    }
+
     pub fn requests_per_task(&self) -> f64 {
         self.requests.total() as f64 / self.tasks.max(1) as f64
     }
@@ -356,9 +371,10 @@ impl Report {
             self.end
         );
         let r = &self.requests;
+        let peak_writes = self.peak_ledger_writes_per_second();
         let _ = writeln!(
             s,
-            "  AWS requests {} = {:.4} per task, ${:.2} (+ ${:.2} of workers): bundles send {} / receive {} / delete {} / visibility {}; results send {} / receive {} / delete {}; DynamoDB writes {} (+{} throttled retries), reads {}, workers' heartbeat rows {}",
+            "  AWS requests {} = {:.4} per task, ${:.2} (+ ${:.2} of workers): bundles send {} / receive {} / delete {} / visibility {}; results send {} / receive {} / delete {}; DynamoDB writes {} (+{} throttled retries; at most {:.0} asked for a second, over the sample to {:.0} s), reads {}, workers' heartbeat rows {}",
             r.total(),
             self.requests_per_task(),
             self.request_dollars,
@@ -372,6 +388,8 @@ impl Report {
             r.results_deletes,
             r.ledger_writes,
             r.ledger_throttled,
+            peak_writes.0,
+            peak_writes.1,
             r.ledger_reads,
             r.heartbeat_rows
         );

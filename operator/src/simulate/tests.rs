@@ -306,3 +306,57 @@ fn declared_lengths_sent_longest_first_end_near_the_ideal() {
     assert!(longest_first < 1.05 && lpt_bound < 1.01, "{text}");
     assert!(as_given > 1.1 && given_bound > 1.1, "{given_text}");
 }
+
+/// 10 workers × 4 slots, 20,000 tasks of unknown length (lognormal, median
+/// 0.1 s), their ledger allowed `rate` writes a second (0: no limit).
+fn ledger_at(rate: f64) -> SimConfig {
+    config(&format!(
+        r#"
+pool: {{ min: 10, max: 10, threads: 4 }}
+worker: {{ startupSeconds: 10, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 5000,
+          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
+          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }}
+aws: {{ dynamodbWritesPerSecond: {rate} }}
+batches:
+  - {{ name: a, tasks: 20000, durations: {{ kind: lognormal, medianSeconds: 0.1, p99Seconds: 1 }} }}
+sampleSeconds: 1
+"#
+    ))
+}
+
+/// The report's peak of ledger writes a second is the capacity the run
+/// needs: a table that takes that many is never throttled, and one that
+/// takes a fifth of it slows the run (each throttled write one more
+/// request) without losing a task or running one twice while its delays
+/// stay under the lease.
+#[test]
+fn a_ledger_below_the_runs_peak_of_writes_slows_it_and_loses_nothing() {
+    let free = simulate(&ledger_at(0.0));
+    let (peak, _) = free.peak_ledger_writes_per_second();
+    assert_eq!(free.requests.ledger_throttled, 0);
+    assert!(peak >= 10.0, "{peak} writes a second at most");
+    let free_makespan = free.makespan.expect("finished");
+
+    let enough = simulate(&ledger_at(peak.ceil()));
+    assert_eq!(
+        enough.requests.ledger_throttled,
+        0,
+        "{}",
+        enough.text(&Default::default())
+    );
+    assert_eq!(enough.makespan, free.makespan);
+
+    let tight = simulate(&ledger_at((peak / 5.0).floor()));
+    assert_eq!(tight.collected, tight.tasks);
+    assert_eq!(tight.reruns, 0);
+    assert!(tight.requests.ledger_throttled > 0);
+    let makespan = tight.makespan.expect("finished");
+    assert!(
+        makespan > 1.05 * free_makespan,
+        "{makespan} s against {free_makespan} s"
+    );
+    println!(
+        "peak {peak:.0} writes/s; at a fifth of it: {} throttled, {makespan:.1} s against {free_makespan:.1} s",
+        tight.requests.ledger_throttled
+    );
+}

@@ -359,7 +359,7 @@ impl<'c> Sim<'c> {
             return self.now + self.lat_db;
         }
         let each = us(1.0 / rate).max(1);
-        let burst = us(1.0).saturating_sub(each);
+        let burst = SECOND.saturating_sub(each);
         let start = self.db_free.saturating_sub(burst).max(self.now);
         if start > self.now {
             self.req.ledger_throttled += 1;

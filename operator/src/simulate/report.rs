@@ -217,10 +217,9 @@ impl Report {
         }
     }
 
-    /// The most ledger writes a second between two samples: the write
-    /// capacity a provisioned table needs for this run not to be throttled
-    /// (DynamoDB's burst credit aside).
-    /// Returns the rate and when its sample ended.
+    /// The most ledger writes a second between two samples, and when that
+    /// sample ended: the write capacity a provisioned table needs for this
+    /// run not to be throttled (DynamoDB's burst credit aside).
     pub fn peak_ledger_writes_per_second(&self) -> (f64, f64) {
         self.samples
             .windows(2)

@@ -308,20 +308,16 @@ fn declared_lengths_sent_longest_first_end_near_the_ideal() {
 }
 
 /// 10 workers × 4 slots, 20,000 tasks of unknown length (lognormal, median
-/// 0.1 s), their ledger allowed `rate` writes a second (0: no limit).
+/// 0.1 s), their ledger allowed `rate` writes a second (0: no limit),
+/// sampled every second.
 fn ledger_at(rate: f64) -> SimConfig {
-    config(&format!(
-        r#"
-pool: {{ min: 10, max: 10, threads: 4 }}
-worker: {{ startupSeconds: 10, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 5000,
-          receiveWaitSeconds: 10, prefetch: 2, graceSeconds: 25, maxClaims: 3,
-          maxAttempts: 3, retryBackoffSeconds: 1, taskOverheadMs: 0 }}
-aws: {{ dynamodbWritesPerSecond: {rate} }}
-batches:
-  - {{ name: a, tasks: 20000, durations: {{ kind: lognormal, medianSeconds: 0.1, p99Seconds: 1 }} }}
-sampleSeconds: 1
-"#
-    ))
+    let mut cfg = fixed_pool(
+        "{ min: 10, max: 10, threads: 4 }",
+        "{ name: a, tasks: 20000, durations: { kind: lognormal, medianSeconds: 0.1, p99Seconds: 1 } }",
+    );
+    cfg.aws.dynamodb_writes_per_second = rate;
+    cfg.sample_seconds = 1.0;
+    cfg
 }
 
 /// The report's peak of ledger writes a second is the capacity the run

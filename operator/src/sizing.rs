@@ -49,6 +49,7 @@ pub fn plan(total: u64, slots: u64, workers: Option<u64>, learned: Option<Durati
             });
             bundle_work(slots, w).max(learning).min(MAX_BUNDLE_TIME)
         }),
+        min_bundle_time: tail_work(slots),
         ..BundlePlan::SQS
     }
     .spread(total, slots)
@@ -70,6 +71,28 @@ pub fn bundle_work(slots: u64, workers: u64) -> Duration {
         crate::window::WINDOW.saturating_mul(u32::try_from(slots.max(1)).unwrap_or(u32::MAX));
     (pool / per).min(MAX_BUNDLE_TIME)
 }
+
+/// The least work a bundle holds at a batch's end, on a pool of `slots`
+/// slots: enough that the slots, all busy, finish at most
+/// [`TAIL_BUNDLES_PER_SECOND`] bundles a second (the core plan's second, on
+/// a smaller pool). Factoring alone shrinks the last bundles to a task each,
+/// and each bundle is a claim and a completion in the ledger: on 1,000
+/// workers of 8 slots and tasks of ~3 s, the tail asked for 3,855 ledger
+/// writes a second, 22 times the run's average, near the 4,000 a new
+/// on-demand table takes at once (simulated). A floor that grows with the
+/// pool, not with a worker's slots: a small pool's tail keeps its one-task
+/// bundles, which a worker with one slot free starts at once.
+pub fn tail_work(slots: u64) -> Duration {
+    let per_slot = Duration::from_secs(1) / TAIL_BUNDLES_PER_SECOND;
+    per_slot
+        .saturating_mul(u32::try_from(slots).unwrap_or(u32::MAX))
+        .max(BundlePlan::SQS.min_bundle_time)
+}
+
+/// The most bundles a pool's slots finish in a second at a batch's end
+/// ([`tail_work`]): two ledger writes each, a quarter of what a new
+/// on-demand table takes at once.
+pub const TAIL_BUNDLES_PER_SECOND: u32 = 500;
 
 /// A bundle's work at most. Factoring (`spread`: the remaining tasks over
 /// twice the pool's slots) is what bounds bundles early in a big batch and
@@ -295,6 +318,30 @@ mod tests {
             plan(100_000, 8, Some(2), Some(s(28))).tasks_per_bundle_at(&run, 0),
             BundlePlan::FIRST_UNKNOWN_TASKS
         );
+    }
+
+    #[test]
+    fn a_big_pools_last_bundles_hold_enough_work_to_spare_the_ledger() {
+        let run = TaskSpec::Run {
+            program: "true".into(),
+            args: vec![],
+            expected_ms: None,
+        };
+        let s = Duration::from_secs;
+        let last = |slots| {
+            plan(10_000_000, slots, Some(slots / 8), Some(s(3)))
+                .tasks_per_bundle_at(&run, 10_000_000 - 1)
+        };
+        // 8,000 slots, each busy, finish 500 bundles of 16 s a second.
+        assert_eq!(tail_work(8_000), s(16));
+        assert_eq!(last(8_000), 5);
+        // A small pool's tail goes a task at a time, as factoring cuts it.
+        assert_eq!(tail_work(400), BundlePlan::SQS.min_bundle_time);
+        assert_eq!(last(800), 1);
+        assert_eq!(last(8), 1);
+        // Early in the batch factoring's bundles are bigger than the floor.
+        let first = plan(10_000_000, 8_000, Some(1_000), Some(s(3)));
+        assert!(first.tasks_per_bundle_at(&run, 0) > 5);
     }
 
     #[test]

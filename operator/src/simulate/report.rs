@@ -221,9 +221,14 @@ impl Report {
     /// sample ended: the write capacity a provisioned table needs for this
     /// run not to be throttled (DynamoDB's burst credit aside).
     pub fn peak_ledger_writes_per_second(&self) -> (f64, f64) {
+        self.peak_ledger_writes_per_second_from(0.0)
+    }
+
+    /// The same over the samples from `start` s on.
+    pub fn peak_ledger_writes_per_second_from(&self, start: f64) -> (f64, f64) {
         self.samples
             .windows(2)
-            .filter(|w| w[1].t > w[0].t)
+            .filter(|w| w[0].t >= start && w[1].t > w[0].t)
             .map(|w| {
                 let rate = (w[1].ledger_writes - w[0].ledger_writes) as f64 / (w[1].t - w[0].t);
                 (rate, w[1].t)

@@ -49,7 +49,6 @@ pub struct BatchSim {
     pub total: u64,
     pub durations: Durations,
     pub failure_rate: f64,
-    declared: bool,
     /// What each task declares, when the batch declares lengths (`TaskSource`).
     declared_ms: Option<Arc<[u32]>>,
     hash_seed: u64,
@@ -106,7 +105,6 @@ impl BatchSim {
             total: cfg.tasks,
             durations: cfg.durations,
             failure_rate: cfg.failure_rate,
-            declared: cfg.declared,
             declared_ms: cfg.declared.then(|| {
                 (0..cfg.tasks)
                     .map(|id| declared_ms(cfg.durations, task_hash(seed, index, id)))
@@ -175,7 +173,7 @@ impl BatchSim {
     fn order_tasks(&mut self, order: TaskOrder) {
         let source = self.source();
         self.order = match order {
-            TaskOrder::LongestFirst if self.declared => {
+            TaskOrder::LongestFirst if self.declared_ms.is_some() => {
                 SendOrder::longest_first(
                     (0..self.total).map(|id| Ok::<_, Infallible>(source.def(id))),
                 )
@@ -220,9 +218,7 @@ impl BatchSim {
     /// the bundle (`remote::declared_length`; its typical task's length from
     /// then on).
     pub fn declared(&self, first: u64, len: u32) -> Option<Duration> {
-        if !self.declared {
-            return None;
-        }
+        self.declared_ms.as_ref()?;
         let source = self.source();
         let specs: Vec<TaskSpec> = (first..first + u64::from(len))
             .map(|p| source.def(self.id_at(p)).spec)

@@ -377,12 +377,7 @@ fn a_big_pools_tail_asks_the_ledger_for_few_writes() {
     let makespan = report.makespan.expect("finished");
     // Over the second half of the run: past the first bundles, 16 tasks
     // each whatever the pool while the length is learned.
-    let tail_peak = report
-        .samples
-        .windows(2)
-        .filter(|w| w[0].t >= makespan / 2.0 && w[1].t > w[0].t)
-        .map(|w| (w[1].ledger_writes - w[0].ledger_writes) as f64 / (w[1].t - w[0].t))
-        .fold(0.0, f64::max);
+    let (tail_peak, _) = report.peak_ledger_writes_per_second_from(makespan / 2.0);
     let claims_and_completions = 2.0 * f64::from(crate::sizing::TAIL_BUNDLES_PER_SECOND);
     assert!(
         tail_peak <= 2.0 * claims_and_completions,

@@ -300,12 +300,17 @@ impl Progress {
 }
 
 impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
-    /// Runs a batch to its end from where its status says it is.
+    /// Runs a batch to its end from where its status says it is, or until
+    /// `spec`'s sender is dropped (the operator stopping: see
+    /// [`crate::operator::stop_runners_gracefully`]); then it writes the checkpoint of every bundle
+    /// it sent, so that the next operator, of whatever version, sends none
+    /// of them again (see `enqueue::bundles_from`).
     pub async fn run(
         &self,
         args: RunnerArgs,
         spec: watch::Receiver<TaskBatchSpec>,
     ) -> Result<(), Error> {
+        let mut closed = spec.clone();
         let batch = &args.batch;
         let status = batch.status.clone().unwrap_or_default();
 
@@ -387,7 +392,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
 
         let enqueue = async {
             if enqueue_done {
-                return Ok(());
+                return Ok(Enqueued::All);
             }
             self.enqueue_all(
                 &args,
@@ -412,13 +417,31 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         tokio::pin!(enqueue);
         tokio::pin!(collect);
         tokio::select! {
-            r = &mut enqueue => {
-                r?;
-                collect.await
-            }
-            r = &mut collect => r,
+            r = &mut enqueue => match r? {
+                Enqueued::All => {}
+                Enqueued::Stopped => return Ok(()),
+            },
+            r = &mut collect => return r,
+        }
+        tokio::select! {
+            r = collect => r,
+            () = sender_dropped(&mut closed) => Ok(()),
         }
     }
+}
+
+/// How the enqueue half ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Enqueued {
+    /// Every task is in the queue.
+    All,
+    /// The runner was stopped, its checkpoint written.
+    Stopped,
+}
+
+/// Returns once the spec's sender is dropped.
+async fn sender_dropped<T>(rx: &mut watch::Receiver<T>) {
+    while rx.changed().await.is_ok() {}
 }
 
 impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
@@ -435,7 +458,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         mut spec: watch::Receiver<TaskBatchSpec>,
         progress: &Progress,
         share: &ShareGuard,
-    ) -> Result<(), Error> {
+    ) -> Result<Enqueued, Error> {
         let batch = &args.batch;
         let name = batch.name_any();
         let id = batch_id(batch);
@@ -447,22 +470,17 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             tracing::info!(batch = %name, classes = order.passes().len(), "tasks sent longest first");
         }
         progress.planned.store(total, Ordering::Relaxed);
-        // Cut from the sizing the status recorded (see `sizing`), from its first
-        // task on: the bundles sent since the checkpoint come again the same.
-        let (from, mut learned) = match &sized {
-            Some(s) => (
-                u64::try_from(s.from).unwrap_or(0).min(checkpoint),
-                u64::try_from(s.task_microseconds)
-                    .ok()
-                    .map(Duration::from_micros),
-            ),
-            None => (0, None),
-        };
+        // Cut with the sizing the status recorded (see `sizing`; written with
+        // a checkpoint at or before this one), from the checkpoint on: the
+        // bundles sent since come again the same (see `bundles_from`).
+        let mut learned = sized
+            .as_ref()
+            .and_then(|s| u64::try_from(s.task_microseconds).ok())
+            .map(Duration::from_micros);
         let mut bundles = enqueue::bundles_from(
-            tasks_from(args, &order, from)?,
+            tasks_from(args, &order, checkpoint)?,
             id.clone(),
             sizing::plan(total, planned_slots, planned_workers, learned),
-            from,
             checkpoint,
             task_timeout(&args.batch.spec),
         )
@@ -476,6 +494,9 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut last_checkpoint = Instant::now();
         let mut turns = self.shares.subscribe();
         loop {
+            if spec.has_changed().is_err() {
+                return stopped(&self.record, &name, enqueued, horizon, progress).await;
+            }
             // Tasks of unknown length: cut for what their results tell, the new
             // sizing written ahead with the checkpoint where it starts.
             let unknown = matches!(bundles.peek(), Some(Ok(b))
@@ -500,7 +521,6 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                         id.clone(),
                         sizing::plan(total, planned_slots, planned_workers, learned),
                         enqueued,
-                        enqueued,
                         task_timeout(&args.batch.spec),
                     )
                     .peekable();
@@ -511,7 +531,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 share.set_backlogged(false);
                 while spec.borrow().suspend == Some(true) {
                     if spec.changed().await.is_err() {
-                        return Ok(());
+                        return stopped(&self.record, &name, enqueued, horizon, progress).await;
                     }
                 }
                 share.set_backlogged(true);
@@ -561,7 +581,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     _ = progress.collected.notified() => {}
                     _ = turns.changed() => {}
                     changed = spec.changed() => if changed.is_err() {
-                        return Ok(()); // The runner is being stopped.
+                        return stopped(&self.record, &name, enqueued, horizon, progress).await;
                     },
                     _ = tokio::time::sleep(crate::shares::TURN_RETRY) => {}
                 }
@@ -656,7 +676,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let _ = self.wake_pool.send(args.pool.clone());
         progress.total.send_replace(Some(enqueued));
         tracing::info!(batch = %name, tasks = enqueued, "every task enqueued");
-        Ok(())
+        Ok(Enqueued::All)
     }
 }
 
@@ -764,6 +784,24 @@ async fn write_checkpoint(
     record
         .patch_status(checkpoint(enqueued, horizon, progress))
         .await
+}
+
+/// The enqueue half's end when the runner is stopped: the checkpoint of
+/// every bundle sent, so that none is sent again, whatever the next
+/// operator's cut.
+async fn stopped(
+    record: &impl BatchRecord,
+    name: &str,
+    enqueued: u64,
+    horizon: u64,
+    progress: &Progress,
+) -> Result<Enqueued, Error> {
+    write_checkpoint(record, enqueued, horizon, progress).await?;
+    tracing::info!(
+        batch = name,
+        "batch runner stopped at its checkpoint of {enqueued} tasks"
+    );
+    Ok(Enqueued::Stopped)
 }
 
 fn checkpoint(enqueued: u64, horizon: u64, progress: &Progress) -> StatusPatch {
@@ -2070,6 +2108,89 @@ mod tests {
         );
         assert_eq!(resent[..after.len()], after[..], "checkpoint {checkpoint}");
         assert!(resent.iter().all(|b| b.0 >= checkpoint));
+    }
+
+    /// `status` as an operator of another version would cut from it: for 16
+    /// workers of 4 slots, not the 2 of 2 the batch was planned for (a plan
+    /// is code, and code changes across an upgrade).
+    fn planned_otherwise(mut status: TaskBatchStatus) -> TaskBatchStatus {
+        status.planned_slots = Some(64);
+        status.planned_workers = Some(16);
+        status
+    }
+
+    /// Every task of `n` once among `bundles`.
+    fn each_once<'a>(bundles: impl IntoIterator<Item = &'a Vec<u64>>, n: u64) {
+        let mut times = vec![0u32; n as usize];
+        for &id in bundles.into_iter().flatten() {
+            times[id as usize] += 1;
+        }
+        let twice: Vec<usize> = (0..times.len()).filter(|&i| times[i] > 1).collect();
+        let never: Vec<usize> = (0..times.len()).filter(|&i| times[i] == 0).collect();
+        assert!(
+            twice.is_empty() && never.is_empty(),
+            "sent more than once: {twice:?}; never: {never:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_that_cuts_otherwise_sends_nothing_before_its_checkpoint_again() {
+        let n = 3_000;
+        let spec = generator(json!({"kind": "sleep", "ms": 100}), n);
+        let (sent, _) = send_order_of(&spec, None, &[], n as usize).await;
+        let (half, status) = killed_at_half(&sent);
+        let checkpoint: usize = sent[..half].iter().map(Vec::len).sum();
+        let (resent, _) = send_order_of(
+            &spec,
+            Some(planned_otherwise(status)),
+            &sent[..half],
+            n as usize - checkpoint,
+        )
+        .await;
+        let sizes = |b: &[Vec<u64>]| b.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_ne!(sizes(&resent), sizes(&sent[half..]), "not cut otherwise");
+        each_once(sent[..half].iter().chain(&resent), n);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_runner_checkpoints_every_bundle_it_sent() {
+        let n = 3_000;
+        let spec = generator(json!({"kind": "sleep", "ms": 100}), n);
+        let (queue, responses) = (MemoryQueue::bounded(100_000), MemoryResponses::new());
+        let first = runner(&queue, &responses, MemoryRecord::default());
+        let b = batch(spec.clone(), None);
+        let (tx, rx) = watch::channel(b.spec.clone());
+        let mut running = Box::pin(first.run(args(b, false), rx));
+        let mut sent: Vec<Vec<u64>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sent.iter().map(Vec::len).sum::<usize>() < n as usize / 3 {
+            tokio::select! {
+                r = &mut running => panic!("the batch ended first: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let bundles = drain_ids(&queue).await;
+            let took = Duration::from_millis(100);
+            answer_ids(&responses, &bundles, took, Outcome::Succeeded).await;
+            sent.extend(bundles);
+            assert!(Instant::now() < deadline, "{:?}", first.record.status());
+        }
+        // The operator stopping (`stop_runners_gracefully`): the runner ends
+        // at its next step, its checkpoint written for all it sent.
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the runner stops")
+            .unwrap();
+        sent.extend(drain_ids(&queue).await);
+        let status = first.record.status();
+        let sent_tasks: usize = sent.iter().map(Vec::len).sum();
+        assert_eq!(status.counts.enqueued as usize, sent_tasks, "{status:?}");
+        assert!(sent_tasks < n as usize, "all sent: nothing left to cut");
+        // The next operator cuts otherwise, and sends each task not sent, once.
+        let rest = n as usize - sent_tasks;
+        let status = Some(planned_otherwise(status));
+        let (resent, _) = send_order_of(&spec, status, &sent, rest).await;
+        each_once(sent.iter().chain(&resent), n);
     }
 
     /// An inline batch of `n` tasks of 1 ms to 2 s in a scrambled order,

@@ -72,31 +72,25 @@ fn task_def(id: u64, task: &InlineTask, param: Option<&str>) -> Result<TaskDef, 
 }
 
 /// The bundles of a batch cut with `plan` from position `start` of its send
-/// order on (`tasks` starts there: a bundle boundary), leaving out those
-/// wholly enqueued before `checkpoint` (tasks enqueued so far, a position
-/// too). Bundling is deterministic, so the bundles after a restart are the
-/// ones the first run would have sent. `timeout`: the batch's, for tasks
-/// that set none.
+/// order on (`tasks` starts there: a bundle boundary, such as the enqueue
+/// checkpoint). A bundle's size depends only on where it starts, so the
+/// bundles from a checkpoint on are the ones a run from the batch's first
+/// task would have sent after it: a restarted runner sends again, with the
+/// same claim keys, what it sent since. And an operator of another version,
+/// whose plan cuts otherwise, starts its first bundle at the checkpoint: no
+/// task sent before it is sent again. `timeout`: the batch's, for tasks that
+/// set none.
 pub fn bundles_from<I>(
     tasks: I,
     batch: BatchId,
     plan: BundlePlan,
     start: u64,
-    checkpoint: u64,
     timeout: Option<std::time::Duration>,
 ) -> impl Iterator<Item = Result<Bundle, String>>
 where
     I: Iterator<Item = Result<TaskDef, String>>,
 {
-    // Sent before the restart: it ends at or before the checkpoint.
-    let mut end = start;
-    cloudkon_core::bundle::bundles(tasks, batch, plan, start, timeout).filter(move |b| match b {
-        Ok(bundle) => {
-            end += bundle.tasks.len() as u64;
-            end > checkpoint
-        }
-        Err(_) => true,
-    })
+    cloudkon_core::bundle::bundles(tasks, batch, plan, start, timeout)
 }
 
 #[cfg(test)]
@@ -204,22 +198,21 @@ mod tests {
                 BatchId::new("b"),
                 plan,
                 0,
-                0,
                 None,
             )
             .map(Result::unwrap)
             .collect();
             assert_eq!(ids(&all), (0..50).collect::<Vec<_>>());
             assert!(all.len() > 5, "{plan:?}: {} bundles", all.len());
-            // Checkpoints are recorded after whole bundles were sent.
+            // Checkpoints are recorded after whole bundles were sent; a
+            // restart cuts from there.
             let mut sent = 0;
             for (n, bundle) in all.iter().enumerate() {
                 sent += bundle.tasks.len() as u64;
                 let resumed: Vec<Bundle> = bundles_from(
-                    source_tasks(&source, 0).unwrap(),
+                    source_tasks(&source, sent).unwrap(),
                     BatchId::new("b"),
                     plan,
-                    0,
                     sent,
                     None,
                 )
@@ -244,10 +237,10 @@ mod tests {
         use std::time::Duration;
         let (total, slots) = (3_000, 4);
         let source = generator(Some(total as i64), None, TaskKind::Run);
-        let cut = |learned, start, checkpoint| -> Vec<Bundle> {
+        let cut = |learned, start| -> Vec<Bundle> {
             let tasks = source_tasks(&source, start).unwrap();
             let plan = sizing::plan(total, slots, None, learned);
-            bundles_from(tasks, BatchId::new("b"), plan, start, checkpoint, None)
+            bundles_from(tasks, BatchId::new("b"), plan, start, None)
                 .map(Result::unwrap)
                 .collect()
         };
@@ -260,7 +253,7 @@ mod tests {
         let (mut sent, mut learned, mut start) = (Vec::new(), None, 0);
         let mut segments = vec![(0, None)];
         for (bundles, next) in steps {
-            let mut segment = cut(learned, start, start);
+            let mut segment = cut(learned, start);
             segment.truncate(bundles);
             start += segment.iter().map(|b| b.tasks.len() as u64).sum::<u64>();
             sent.extend(segment);
@@ -293,7 +286,7 @@ mod tests {
                     .filter(|b| (checkpoint..until).contains(&b.tasks[0].id))
                     .cloned()
                     .collect();
-                let mut resumed = cut(learned, from, checkpoint);
+                let mut resumed = cut(learned, checkpoint);
                 resumed.truncate(expected.len());
                 assert_eq!(each(&resumed), each(&expected), "at {checkpoint}");
                 checked += 1;
@@ -356,7 +349,6 @@ mod tests {
             source_tasks(&source, 0).unwrap(),
             BatchId::new("b"),
             BundlePlan::SQS,
-            0,
             0,
             None,
         )

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::Aws;
 use futures_util::StreamExt;
@@ -18,6 +18,7 @@ use crate::crd::{TaskBatch, WorkerPool};
 use crate::error::Error;
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::{Health, Metrics};
+use crate::runner_handle::RunnerHandle;
 use crate::{batch_reconciler, pool_reconciler};
 
 pub struct Options {
@@ -156,13 +157,17 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
             _ => std::future::pending().await,
         }
     };
+    tokio::pin!(lost);
     tokio::select! {
         ((), ()) = async { tokio::join!(pool_controller, batch_controller) } => {
             health.set(false);
             tracing::info!("controllers stopped");
+            // Still the leader, as long as the lease is kept: the runners
+            // write where they stopped.
+            stop_runners_gracefully(&ctx, &mut lost).await;
             Ok(())
         }
-        Some(e) = lost => {
+        Some(e) = &mut lost => {
             // The controllers are dropped with this select; the batch runners
             // are tasks of their own and must stop writing too, now.
             stop_runners(&ctx);
@@ -172,6 +177,46 @@ pub async fn run(client: Client, aws: Aws, options: Options) -> anyhow::Result<(
             Err(anyhow::Error::new(e).context("stopping: another operator may lead now"))
         }
     }
+}
+
+/// How long a stopping operator waits for its batch runners to write their
+/// checkpoints, well within a pod's default 30 s of grace.
+const RUNNER_STOP: Duration = Duration::from_secs(10);
+
+/// Stops every batch runner at its next step, each writing the checkpoint
+/// of every bundle it sent (see `Runner::run`), for [`RUNNER_STOP`] at most
+/// and while the leadership lasts (`lost`: resolves when it is lost); one
+/// still going then is aborted. An operator of another version, whose plan
+/// cuts the rest otherwise, then sends none of those bundles again (a runner
+/// aborted between a send and its checkpoint leaves up to 250 ms of
+/// bundles that the next operator cuts anew).
+pub async fn stop_runners_gracefully(ctx: &Context, lost: impl Future) {
+    let runners: Vec<RunnerHandle> = ctx
+        .runners
+        .lock()
+        .expect("runner lock")
+        .drain()
+        .map(|(_, runner)| runner)
+        .collect();
+    let mut stopping: Vec<_> = runners.into_iter().map(RunnerHandle::stop).collect();
+    let all = async {
+        for task in stopping.iter_mut() {
+            let _ = task.await;
+        }
+    };
+    tokio::select! {
+        () = all => {}
+        _ = tokio::time::sleep(RUNNER_STOP) => {
+            tracing::warn!("batch runners did not stop in time: aborted; they restart from their last checkpoints");
+        }
+        _ = lost => {
+            tracing::warn!("leadership lost while batch runners stopped: aborted; they restart from their last checkpoints");
+        }
+    }
+    for task in &stopping {
+        task.abort();
+    }
+    ctx.pools.lock().expect("pool memory lock").clear();
 }
 
 /// Aborts every batch runner (they restart from their checkpoints under the

@@ -13,3 +13,12 @@ pub struct RunnerHandle {
     /// The batch's latest spec (suspend).
     pub spec: watch::Sender<TaskBatchSpec>,
 }
+
+impl RunnerHandle {
+    /// Asks the runner to stop at its next step (it writes its checkpoint
+    /// first: see `Runner::run`); its task ends when it has.
+    pub fn stop(self) -> JoinHandle<Result<(), Error>> {
+        drop(self.spec);
+        self.task
+    }
+}

@@ -124,6 +124,21 @@ impl Cluster {
         child.wait().ok();
     }
 
+    /// Stops a child as Kubernetes stops a pod (SIGTERM), and waits for
+    /// its exit, 30 s at most.
+    fn terminate(&mut self, index: usize) -> std::process::ExitStatus {
+        let child = &mut self.children[index];
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).ok();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit 30 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn workers(&mut self, queue: &str, table: &str, count: usize) {
         self.start_workers(queue, table, count, false, None, None, &[]);
     }
@@ -558,18 +573,30 @@ fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
     c.apply(&run_batch("big", "p", TASKS, &command));
     // With no worker, the meter lets in the first window (small bundles of
     // tasks of unknown length) and no more.
-    let at = c.wait_for("a first window enqueued", Duration::from_secs(60), |c| {
+    c.wait_for("a first window enqueued", Duration::from_secs(60), |c| {
         let s = c.batch("big").status?;
         (s.counts.enqueued > 0).then_some(s.counts.enqueued)
     });
-    c.kill(first);
+    // Stopped as Kubernetes stops its pod (an upgrade): the runner writes
+    // the checkpoint of every bundle it sent before the operator exits, so
+    // that the next one, of whatever version, sends none of them again.
+    let exit = c.terminate(first);
+    assert!(exit.success(), "{exit:?}\n{}", c.logs());
     let status = c.batch("big").status.unwrap();
     assert_eq!(
         status.phase,
         Some(Phase::Enqueuing),
-        "killed too late to test a restart mid-enqueue: {status:?}"
+        "stopped too late to test a restart mid-enqueue: {status:?}"
     );
-    println!("killed the operator at the checkpoint {at} of {TASKS} tasks");
+    let stopped = format!(
+        "batch runner stopped at its checkpoint of {} tasks",
+        status.counts.enqueued
+    );
+    assert!(c.log("operator-1.log").contains(&stopped), "{}", c.logs());
+    println!(
+        "stopped the operator (SIGTERM) at the checkpoint {} of {TASKS} tasks",
+        status.counts.enqueued
+    );
     // The tasks edited meanwhile: the checkpoint would point into other
     // tasks, so the next operator refuses to go on, saying why, until they
     // are put back.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cloudkon_core::aws::{Aws, QueueOptions, SqsClient, SqsQueue};
+use cloudkon_core::ledger::DedupLedger;
 use cloudkon_core::queue::TaskQueue;
 use cloudkon_core::workload::WorkloadReader;
 use cloudkon_core::{BatchId, Bundle, BundlePlan, IdSet, Stats, Summary};
@@ -34,6 +35,12 @@ pub struct SubmitArgs {
     #[arg(long, env = "CLOUDKON_SLOTS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub slots: u64,
 
+    /// The workers' ledger table (their `--ledger-table`): an interrupted
+    /// submit marks its batch cancelled there, so that the workers leave
+    /// its tasks that have not started.
+    #[arg(long, env = "CLOUDKON_LEDGER_TABLE", default_value = "cloudkon-ledger")]
+    pub ledger_table: String,
+
     #[command(flatten)]
     pub common: batch_args::BatchArgs,
 }
@@ -49,7 +56,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (mut summary, response_url) = runtime.block_on(async {
+    let (mut summary, response_url, cancelled) = runtime.block_on(async {
         let aws = Aws::load().await;
         let sqs = aws.sqs();
         let request = sqs
@@ -66,7 +73,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
             Submission {
                 workload: args.workload.clone(),
                 total: stats.tasks,
-                batch: BatchId::new(batch),
+                batch: BatchId::new(batch.clone()),
                 timeout: args.common.timeout,
                 slots: args.slots,
             },
@@ -77,22 +84,62 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         .await;
         display.finish().await;
         signals.abort();
-        outcome
+        let (summary, response_url) = outcome?;
+        let cancelled = if summary.interrupted {
+            Some(cancel(&aws, &args.ledger_table, &batch, &sqs, &response_url).await)
+        } else {
+            None
+        };
+        anyhow::Ok((summary, response_url, cancelled))
     })?;
     let flushed = results_file::flush_results(writer.as_ref());
     summary.peak_rss_bytes = memory::peak_rss_bytes();
     outcome::print_summary(&summary, args.common.json)?;
-    if summary.interrupted {
-        eprintln!(
-            "the batch's remaining tasks stay queued; their results go to {response_url} \
+    match cancelled {
+        Some(Ok(())) => eprintln!(
+            "cancelled: the workers leave the batch's tasks that have not started (its mark is in \
+             the ledger table `{}`), and drop the results of those still running",
+            args.ledger_table
+        ),
+        Some(Err(e)) => eprintln!(
+            "{e:#}: the batch's remaining tasks stay queued; their results go to {response_url} \
              (delete it with `cloudkon queue delete {response_url}`)"
-        );
+        ),
+        None => {}
     }
     if let Err(e) = flushed {
         eprintln!("error: cannot write results: {e}");
         return Ok(ExitCode::from(exit::ERROR));
     }
     Ok(ExitCode::from(outcome::exit_code(&summary)))
+}
+
+/// Marks an interrupted batch cancelled in the workers' ledger, so that they
+/// delete its queued bundles unrun and leave the tasks not started of those
+/// they run, then deletes its response queue: a worker drops the results of
+/// a cancelled batch whose queue is gone, as of a deleted TaskBatch. When
+/// the mark cannot be written the queue is kept, for the results to come.
+async fn cancel(
+    aws: &Aws,
+    table: &str,
+    batch: &str,
+    sqs: &SqsClient,
+    response_url: &str,
+) -> Result<()> {
+    aws.ledger(table)
+        .cancel_batch(batch)
+        .await
+        .with_context(|| {
+            format!("cannot mark the batch cancelled in the ledger table `{table}`")
+        })?;
+    let deleted = match sqs.open(response_url).await {
+        Ok(queue) => queue.delete().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = deleted {
+        tracing::warn!(error = %e, queue = response_url, "could not delete the response queue");
+    }
+    Ok(())
 }
 
 /// What to submit.

@@ -413,6 +413,66 @@ fn sigterm_drains_a_worker_without_losing_or_rerunning_anything() {
 
 #[test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn an_interrupted_submit_cancels_its_batch_on_the_workers() {
+    require_servers();
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = create_queue(&unique("cancel"), Duration::from_secs(30), None);
+    let table = unique("ledger-cancel");
+    // 40 s of work on the worker's 2 slots, in bundles of up to 100 tasks.
+    let tasks = 800;
+    let (workload, log) = logging_workload(dir.path(), tasks, "0.1");
+    let results = dir.path().join("results.jsonl");
+    let w = worker_with(
+        queue.url(),
+        &table,
+        "c1",
+        "30s",
+        &["--cancel-check", "500ms"],
+    );
+    let client = submit_with(
+        &workload,
+        queue.url(),
+        &results,
+        &["--ledger-table", &table, "--slots", "2"],
+    );
+    wait_for_executions(&log, 10, Duration::from_secs(60));
+    kill(Pid::from_raw(client.id() as i32), Signal::SIGINT).unwrap();
+    let out = finish(client, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("cancelled: the workers leave the batch's tasks that have not started"),
+        "{stderr}"
+    );
+    let ran_at_interrupt = executions(&log).len();
+    // The worker deletes the batch's queued bundles unrun, and leaves the
+    // tasks not started of the one it runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = runtime().block_on(queue.stats()).unwrap();
+        if stats.visible + stats.in_flight == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue still holds {stats:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(w);
+    let ran = executions(&log).len();
+    println!(
+        "interrupted submit: {ran_at_interrupt} of {tasks} tasks ran by the interrupt, {ran} in all"
+    );
+    // What ran by the interrupt, what started before its signal was read,
+    // and what the worker's 2 slots started until its next cancel check.
+    assert!(
+        ran <= ran_at_interrupt + 2 * 10,
+        "{ran} of {tasks} tasks ran, {ran_at_interrupt} by the interrupt"
+    );
+    queue_cleanup(&queue);
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
     require_servers();
     let _serial = common::serial();

@@ -64,7 +64,8 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot open the request queue `{}`", args.queue))?;
         let shutdown = Shutdown::new();
-        let signals = signals::spawn_handler(shutdown.clone()).context("cannot handle signals")?;
+        let signals =
+            signals::spawn_submit_handler(shutdown.clone()).context("cannot handle signals")?;
         let progress = Arc::new(Progress::default());
         let display = progress::Display::start(stats.tasks, progress.clone(), args.common.json);
         let outcome = submit(

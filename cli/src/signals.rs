@@ -12,3 +12,12 @@ pub fn spawn_handler(shutdown: Shutdown) -> std::io::Result<tokio::task::JoinHan
         Stage::Abort => eprintln!("\nabandoning the running tasks"),
     })
 }
+
+/// `cloudkon submit`'s: the tasks run on the workers, so the first stops
+/// the batch there (see `cmd_submit::cancel`).
+pub fn spawn_submit_handler(shutdown: Shutdown) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    signals::spawn_handler(shutdown, |stage| match stage {
+        Stage::Stop => eprintln!("\nstopping: cancelling the batch on the workers"),
+        Stage::Abort => {}
+    })
+}

@@ -442,7 +442,9 @@ fn an_interrupted_submit_cancels_its_batch_on_the_workers() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(
-        stderr.contains("cancelled: the workers leave the batch's tasks that have not started"),
+        stderr.contains("stopping: cancelling the batch on the workers")
+            && stderr
+                .contains("cancelled: the workers leave the batch's tasks that have not started"),
         "{stderr}"
     );
     let ran_at_interrupt = executions(&log).len();

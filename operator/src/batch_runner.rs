@@ -302,9 +302,10 @@ impl Progress {
 impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I, S, B> {
     /// Runs a batch to its end from where its status says it is, or until
     /// `spec`'s sender is dropped (the operator stopping: see
-    /// [`crate::operator::stop_runners_gracefully`]); then it writes the checkpoint of every bundle
-    /// it sent, so that the next operator, of whatever version, sends none
-    /// of them again (see `enqueue::bundles_from`).
+    /// [`crate::operator::stop_runners_gracefully`]); then it writes the
+    /// checkpoint of every bundle it sent, so that the next operator, of
+    /// whatever version, sends none of them again (see
+    /// `enqueue::bundles_from`).
     pub async fn run(
         &self,
         args: RunnerArgs,

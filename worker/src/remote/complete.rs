@@ -620,6 +620,7 @@ where
                 _ = ledger_done.cancelled() => return,
                 _ = tokio::time::sleep(every) => {},
             }
+            let mut failed = false;
             for held in ctx.inflight.snapshot() {
                 let key = &held.key;
                 let Some(owner) = &held.owner else { continue };
@@ -635,11 +636,17 @@ where
                     }
                     Err(e) => {
                         WorkerStats::add(&ctx.stats.backend_errors, 1);
-                        tracing::warn!(key, error = %e, "lease renewal failed; the others wait for the next round");
+                        tracing::warn!(key, error = %e, "lease renewal failed; the others wait for the next round, and no new bundle is claimed until a round succeeds");
+                        failed = true;
                         break;
                     }
                 }
             }
+            // Running work first: a throttled ledger's writes go to the
+            // leases held, not to claims of more bundles, whose leases would
+            // then run out as well and be taken over (their tasks run twice).
+            ctx.renewals_failing
+                .send_if_modified(|failing| std::mem::replace(failing, failed) != failed);
         }
     };
     tokio::join!(visibility, leases);

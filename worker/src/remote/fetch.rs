@@ -111,6 +111,13 @@ where
                 _ = ctx.tasks_done.notified() => {},
             }
         }
+        // While lease renewals fail, nothing new is claimed (see
+        // `complete::renew_leases`).
+        let mut renewals = ctx.renewals_failing.subscribe();
+        tokio::select! {
+            _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
+            _ = renewals.wait_for(|failing| !failing) => {},
+        }
         let first = tokio::select! {
             _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
             permit = ctx.room.acquire() => permit.expect("room semaphore open"),

@@ -181,6 +181,9 @@ struct Ctx<Q, L, R> {
     shutdown: Shutdown,
     /// Why a stage other than the fetcher gave up, first one only.
     gave_up: std::sync::Mutex<Option<StopReason>>,
+    /// The last round of lease renewals failed: the fetcher claims nothing
+    /// new until one succeeds (see `complete::renew_leases`).
+    renewals_failing: tokio::sync::watch::Sender<bool>,
 }
 
 impl<Q, L, R> Ctx<Q, L, R> {
@@ -224,6 +227,7 @@ where
         gone: Default::default(),
         stats,
         cancelled: Default::default(),
+        renewals_failing: tokio::sync::watch::channel(false).0,
     });
     let (units_tx, units_rx) = async_channel::bounded(slots + ctx.config.prefetch);
     let (results_tx, results_rx) = async_channel::bounded(slots * 4);

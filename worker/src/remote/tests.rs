@@ -1342,3 +1342,143 @@ async fn a_batch_is_asked_about_once_a_period_by_the_watch_and_admissions_togeth
         "{asks} asks in {elapsed:?} (at most {bound})"
     );
 }
+
+/// What a [`RenewalsFailing`] ledger saw, in order.
+#[derive(Clone, Debug, PartialEq)]
+enum LedgerCall {
+    Claim(String),
+    RenewFailed,
+    Renewed,
+}
+
+/// The in-memory ledger, whose renewals fail while `failing` is set (a
+/// throttled table), recording its calls in order.
+#[derive(Default)]
+struct RenewalsFailing {
+    inner: MemoryLedger,
+    failing: std::sync::atomic::AtomicBool,
+    calls: Mutex<Vec<LedgerCall>>,
+}
+
+impl RenewalsFailing {
+    fn calls(&self) -> Vec<LedgerCall> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl DedupLedger for RenewalsFailing {
+    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
+        self.inner.cancel_batch(batch).await
+    }
+
+    async fn is_cancelled(&self, batch: &str) -> Result<bool, LedgerError> {
+        self.inner.is_cancelled(batch).await
+    }
+
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(LedgerCall::Claim(key.to_string()));
+        self.inner.claim(key, owner, lease).await
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        done: &BundleProgress,
+    ) -> Result<bool, LedgerError> {
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            self.calls.lock().unwrap().push(LedgerCall::RenewFailed);
+            return Err(LedgerError::Unavailable("throttled".into()));
+        }
+        self.calls.lock().unwrap().push(LedgerCall::Renewed);
+        self.inner.renew(key, owner, lease, done).await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        results: Vec<u8>,
+    ) -> Result<bool, LedgerError> {
+        self.inner.complete(key, owner, results).await
+    }
+
+    async fn release(
+        &self,
+        key: &str,
+        owner: &str,
+        done: &BundleProgress,
+    ) -> Result<(), LedgerError> {
+        self.inner.release(key, owner, done).await
+    }
+}
+
+#[tokio::test]
+async fn a_worker_whose_renewals_fail_claims_nothing_new_until_they_succeed() {
+    // One slot, a 2 s task held under a 300 ms lease (renewed every 100 ms)
+    // whose renewals fail; a second bundle comes meanwhile. It is claimed
+    // only after a round of renewals succeeds again.
+    let queue = Arc::new(MemoryQueue::bounded(4));
+    let ledger = Arc::new(RenewalsFailing::default());
+    ledger
+        .failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    queue
+        .send(vec![bundle(0, vec![TaskSpec::Sleep { ms: 2_000 }])])
+        .await
+        .unwrap();
+    let mut config = config();
+    config.pool.slots = 1;
+    config.lease = Duration::from_millis(300);
+    let stop = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config,
+        stop.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ledger.calls().contains(&LedgerCall::RenewFailed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            ledger.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    queue
+        .send(vec![bundle(1, vec![TaskSpec::Sleep { ms: 1 }])])
+        .await
+        .unwrap();
+    // Time for a worker that claims regardless to claim it (a receive takes
+    // a few ms here), over several failed rounds.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ledger
+        .failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let second = LedgerCall::Claim(claim_key(&bundle(1, vec![TaskSpec::Sleep { ms: 1 }])));
+    while !ledger.calls().contains(&second) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            ledger.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let calls = ledger.calls();
+    let claimed = calls.iter().position(|c| *c == second).unwrap();
+    let renewed = calls.iter().position(|c| *c == LedgerCall::Renewed);
+    assert!(
+        renewed.is_some_and(|r| r < claimed),
+        "claimed before a renewal succeeded: {calls:?}"
+    );
+    stop.stop.cancel();
+    worker.await.unwrap();
+}

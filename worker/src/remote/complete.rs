@@ -565,7 +565,8 @@ pub fn renew_every(lease: Duration, visibility: Duration) -> Duration {
 /// (each call then takes the SDK's timeouts and retries) must not let a
 /// held message become visible, be received elsewhere and use up a receive
 /// of its `maxReceives`; after one failed renewal, the rest of the round's
-/// wait for the next.
+/// wait for the next, which comes at a quarter of the period, and the
+/// fetcher claims nothing new until a round succeeds.
 pub async fn renew_leases<Q, L, R>(ctx: Arc<Ctx<Q, L, R>>, done: CancellationToken)
 where
     Q: TaskQueue,
@@ -615,10 +616,11 @@ where
         let Some(ledger) = &ctx.ledger else {
             return;
         };
+        let mut wait = every;
         loop {
             tokio::select! {
                 _ = ledger_done.cancelled() => return,
-                _ = tokio::time::sleep(every) => {},
+                _ = tokio::time::sleep(wait) => {},
             }
             let mut failed = false;
             for held in ctx.inflight.snapshot() {
@@ -647,6 +649,9 @@ where
             // then run out as well and be taken over (their tasks run twice).
             ctx.renewals_failing
                 .send_if_modified(|failing| std::mem::replace(failing, failed) != failed);
+            // Sooner after a failed round: the leases are at stake, and
+            // claims wait for it.
+            wait = if failed { every / 4 } else { every };
         }
     };
     tokio::join!(visibility, leases);

@@ -1180,17 +1180,25 @@ async fn a_worker_holds_no_long_task_ahead_and_gives_what_it_holds_back_at_once(
     assert_eq!(queue.counts(), (0, 6), "all given back");
 }
 
-/// The in-memory ledger, counting the cancel checks asked of it.
+/// The in-memory ledger, counting the cancel checks asked of it and
+/// recording its claims and renewals in order; its renewals fail while
+/// `failing_renewals` is set (a throttled table).
 #[derive(Default)]
 struct CountingLedger {
     inner: MemoryLedger,
     cancel_checks: std::sync::atomic::AtomicUsize,
+    failing_renewals: std::sync::atomic::AtomicBool,
+    calls: Mutex<Vec<LedgerCall>>,
 }
 
 impl CountingLedger {
     fn cancel_checks(&self) -> usize {
         self.cancel_checks
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn calls(&self) -> Vec<LedgerCall> {
+        self.calls.lock().unwrap().clone()
     }
 }
 
@@ -1206,6 +1214,10 @@ impl DedupLedger for CountingLedger {
     }
 
     async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(LedgerCall::Claim(key.to_string()));
         self.inner.claim(key, owner, lease).await
     }
 
@@ -1216,6 +1228,14 @@ impl DedupLedger for CountingLedger {
         lease: Duration,
         done: &BundleProgress,
     ) -> Result<bool, LedgerError> {
+        if self
+            .failing_renewals
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.calls.lock().unwrap().push(LedgerCall::RenewFailed);
+            return Err(LedgerError::Unavailable("throttled".into()));
+        }
+        self.calls.lock().unwrap().push(LedgerCall::Renewed);
         self.inner.renew(key, owner, lease, done).await
     }
 
@@ -1343,78 +1363,12 @@ async fn a_batch_is_asked_about_once_a_period_by_the_watch_and_admissions_togeth
     );
 }
 
-/// What a [`RenewalsFailing`] ledger saw, in order.
+/// What a [`CountingLedger`] saw, in order.
 #[derive(Clone, Debug, PartialEq)]
 enum LedgerCall {
     Claim(String),
     RenewFailed,
     Renewed,
-}
-
-/// The in-memory ledger, whose renewals fail while `failing` is set (a
-/// throttled table), recording its calls in order.
-#[derive(Default)]
-struct RenewalsFailing {
-    inner: MemoryLedger,
-    failing: std::sync::atomic::AtomicBool,
-    calls: Mutex<Vec<LedgerCall>>,
-}
-
-impl RenewalsFailing {
-    fn calls(&self) -> Vec<LedgerCall> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl DedupLedger for RenewalsFailing {
-    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
-        self.inner.cancel_batch(batch).await
-    }
-
-    async fn is_cancelled(&self, batch: &str) -> Result<bool, LedgerError> {
-        self.inner.is_cancelled(batch).await
-    }
-
-    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(LedgerCall::Claim(key.to_string()));
-        self.inner.claim(key, owner, lease).await
-    }
-
-    async fn renew(
-        &self,
-        key: &str,
-        owner: &str,
-        lease: Duration,
-        done: &BundleProgress,
-    ) -> Result<bool, LedgerError> {
-        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
-            self.calls.lock().unwrap().push(LedgerCall::RenewFailed);
-            return Err(LedgerError::Unavailable("throttled".into()));
-        }
-        self.calls.lock().unwrap().push(LedgerCall::Renewed);
-        self.inner.renew(key, owner, lease, done).await
-    }
-
-    async fn complete(
-        &self,
-        key: &str,
-        owner: &str,
-        results: Vec<u8>,
-    ) -> Result<bool, LedgerError> {
-        self.inner.complete(key, owner, results).await
-    }
-
-    async fn release(
-        &self,
-        key: &str,
-        owner: &str,
-        done: &BundleProgress,
-    ) -> Result<(), LedgerError> {
-        self.inner.release(key, owner, done).await
-    }
 }
 
 #[tokio::test]
@@ -1423,9 +1377,9 @@ async fn a_worker_whose_renewals_fail_claims_nothing_new_until_they_succeed() {
     // whose renewals fail; a second bundle comes meanwhile. It is claimed
     // only after a round of renewals succeeds again.
     let queue = Arc::new(MemoryQueue::bounded(4));
-    let ledger = Arc::new(RenewalsFailing::default());
+    let ledger = Arc::new(CountingLedger::default());
     ledger
-        .failing
+        .failing_renewals
         .store(true, std::sync::atomic::Ordering::Relaxed);
     queue
         .send(vec![bundle(0, vec![TaskSpec::Sleep { ms: 2_000 }])])
@@ -1461,7 +1415,7 @@ async fn a_worker_whose_renewals_fail_claims_nothing_new_until_they_succeed() {
     // a few ms here), over several failed rounds.
     tokio::time::sleep(Duration::from_millis(400)).await;
     ledger
-        .failing
+        .failing_renewals
         .store(false, std::sync::atomic::Ordering::Relaxed);
     let second = LedgerCall::Claim(claim_key(&bundle(1, vec![TaskSpec::Sleep { ms: 1 }])));
     while !ledger.calls().contains(&second) {

@@ -304,8 +304,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
     /// `spec`'s sender is dropped (the operator stopping: see
     /// [`crate::operator::stop_runners_gracefully`]); then it writes the
     /// checkpoint of every bundle it sent, so that the next operator, of
-    /// whatever version, sends none of them again (see
-    /// `enqueue::bundles_from`).
+    /// whatever version, sends none of them again (see `enqueue_all`).
     pub async fn run(
         &self,
         args: RunnerArgs,
@@ -472,13 +471,18 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         }
         progress.planned.store(total, Ordering::Relaxed);
         // Cut with the sizing the status recorded (see `sizing`; written with
-        // a checkpoint at or before this one), from the checkpoint on: the
-        // bundles sent since come again the same (see `bundles_from`).
+        // a checkpoint at or before this one), from the checkpoint on. A
+        // bundle's size depends only on where it starts, so the bundles from
+        // the checkpoint are the ones a run from the batch's first task would
+        // have sent after it: the bundles sent since come again with the same
+        // claim keys. And an operator of another version, whose plan cuts
+        // otherwise, starts its first bundle at the checkpoint: no task sent
+        // before it is sent again.
         let mut learned = sized
             .as_ref()
             .and_then(|s| u64::try_from(s.task_microseconds).ok())
             .map(Duration::from_micros);
-        let mut bundles = enqueue::bundles_from(
+        let mut bundles = cloudkon_core::bundle::bundles(
             tasks_from(args, &order, checkpoint)?,
             id.clone(),
             sizing::plan(total, planned_slots, planned_workers, learned),
@@ -517,7 +521,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     tracing::debug!(batch = %name, from = enqueued, task = ?next, "bundles cut for a learned task length");
                     learned = Some(next);
                     observed_at_change = observed;
-                    bundles = enqueue::bundles_from(
+                    bundles = cloudkon_core::bundle::bundles(
                         tasks_from(args, &order, enqueued)?,
                         id.clone(),
                         sizing::plan(total, planned_slots, planned_workers, learned),
@@ -605,7 +609,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             if !group.is_empty() {
                 let sent: u64 = group.iter().map(|b| b.tasks.len() as u64).sum();
                 // Positions in the send order, not task numbers: bundles
-                // start where the checkpoint ends (see `bundles_from`).
+                // start where the checkpoint ends (see `enqueue_all`).
                 let next = enqueued + sent;
                 // Bundles with tasks of unknown length (whose cut a sizing
                 // changes) are reserved before they are sent, a room's worth

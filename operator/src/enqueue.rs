@@ -7,7 +7,6 @@
 //! `WorkloadReader`, which numbers tasks the same way on every read.
 
 use cloudkon_core::workload::TaskDef;
-use cloudkon_core::{BatchId, Bundle, BundlePlan};
 
 use crate::crd::taskbatch::{Generator, InlineTask, TaskSource};
 
@@ -71,33 +70,11 @@ fn task_def(id: u64, task: &InlineTask, param: Option<&str>) -> Result<TaskDef, 
     Ok(TaskDef { id, timeout, spec })
 }
 
-/// The bundles of a batch cut with `plan` from position `start` of its send
-/// order on (`tasks` starts there: a bundle boundary, such as the enqueue
-/// checkpoint). A bundle's size depends only on where it starts, so the
-/// bundles from a checkpoint on are the ones a run from the batch's first
-/// task would have sent after it: a restarted runner sends again, with the
-/// same claim keys, what it sent since. And an operator of another version,
-/// whose plan cuts otherwise, starts its first bundle at the checkpoint: no
-/// task sent before it is sent again. `timeout`: the batch's, for tasks that
-/// set none.
-pub fn bundles_from<I>(
-    tasks: I,
-    batch: BatchId,
-    plan: BundlePlan,
-    start: u64,
-    timeout: Option<std::time::Duration>,
-) -> impl Iterator<Item = Result<Bundle, String>>
-where
-    I: Iterator<Item = Result<TaskDef, String>>,
-{
-    cloudkon_core::bundle::bundles(tasks, batch, plan, start, timeout)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::taskbatch::{ParameterRange, TaskKind};
-    use cloudkon_core::TaskSpec;
+    use cloudkon_core::{BatchId, Bundle, BundlePlan, TaskSpec};
 
     fn template(kind: TaskKind) -> InlineTask {
         serde_json::from_value(serde_json::json!({
@@ -193,7 +170,7 @@ mod tests {
         let spread = BundlePlan::SQS.spread(50, 4);
         for (plan, kind) in [(fixed, TaskKind::Sleep), (spread, TaskKind::Run)] {
             let source = generator(Some(50), None, kind);
-            let all: Vec<Bundle> = bundles_from(
+            let all: Vec<Bundle> = cloudkon_core::bundle::bundles(
                 source_tasks(&source, 0).unwrap(),
                 BatchId::new("b"),
                 plan,
@@ -209,7 +186,7 @@ mod tests {
             let mut sent = 0;
             for (n, bundle) in all.iter().enumerate() {
                 sent += bundle.tasks.len() as u64;
-                let resumed: Vec<Bundle> = bundles_from(
+                let resumed: Vec<Bundle> = cloudkon_core::bundle::bundles(
                     source_tasks(&source, sent).unwrap(),
                     BatchId::new("b"),
                     plan,
@@ -240,7 +217,7 @@ mod tests {
         let cut = |learned, start| -> Vec<Bundle> {
             let tasks = source_tasks(&source, start).unwrap();
             let plan = sizing::plan(total, slots, None, learned);
-            bundles_from(tasks, BatchId::new("b"), plan, start, None)
+            cloudkon_core::bundle::bundles(tasks, BatchId::new("b"), plan, start, None)
                 .map(Result::unwrap)
                 .collect()
         };
@@ -345,7 +322,7 @@ mod tests {
             inline: Some(vec![template(TaskKind::Sleep), bad]),
             ..TaskSource::default()
         };
-        let out: Vec<_> = bundles_from(
+        let out: Vec<_> = cloudkon_core::bundle::bundles(
             source_tasks(&source, 0).unwrap(),
             BatchId::new("b"),
             BundlePlan::SQS,

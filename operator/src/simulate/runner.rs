@@ -232,7 +232,7 @@ impl BatchSim {
     }
 
     /// Cuts bundles from position `from` on with the current sizing, as the
-    /// runner's `enqueue::bundles_from(tasks_from(from), .., from)`.
+    /// runner's `bundle::bundles(tasks_from(from), .., from, ..)`.
     fn recut(&mut self, from: u64) {
         let plan = sizing::plan(
             self.total,

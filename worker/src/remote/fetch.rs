@@ -102,6 +102,7 @@ where
     // Since when every receive failed, and every claim.
     let mut failing_since: Option<Instant> = None;
     let mut ledger_failing_since: Option<Instant> = None;
+    let mut renewals = ctx.renewals_failing.subscribe();
     loop {
         // Hold no more tasks than the slots can start soon: a message held here
         // is invisible to idle workers elsewhere.
@@ -113,7 +114,6 @@ where
         }
         // While lease renewals fail, nothing new is claimed (see
         // `complete::renew_leases`).
-        let mut renewals = ctx.renewals_failing.subscribe();
         tokio::select! {
             _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
             _ = renewals.wait_for(|failing| !failing) => {},

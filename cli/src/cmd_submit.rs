@@ -85,13 +85,13 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         .await;
         display.finish().await;
         signals.abort();
-        let (summary, response_url) = outcome?;
+        let (summary, response) = outcome?;
         let cancelled = if summary.interrupted {
-            Some(cancel(&aws, &args.ledger_table, &batch, &sqs, &response_url).await)
+            Some(cancel(&aws, &args.ledger_table, &batch, &response).await)
         } else {
             None
         };
-        anyhow::Ok((summary, response_url, cancelled))
+        anyhow::Ok((summary, response.url().to_string(), cancelled))
     })?;
     let flushed = results_file::flush_results(writer.as_ref());
     summary.peak_rss_bytes = memory::peak_rss_bytes();
@@ -120,25 +120,15 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
 /// they run, then deletes its response queue: a worker drops the results of
 /// a cancelled batch whose queue is gone, as of a deleted TaskBatch. When
 /// the mark cannot be written the queue is kept, for the results to come.
-async fn cancel(
-    aws: &Aws,
-    table: &str,
-    batch: &str,
-    sqs: &SqsClient,
-    response_url: &str,
-) -> Result<()> {
+async fn cancel(aws: &Aws, table: &str, batch: &str, response: &SqsQueue) -> Result<()> {
     aws.ledger(table)
         .cancel_batch(batch)
         .await
         .with_context(|| {
             format!("cannot mark the batch cancelled in the ledger table `{table}`")
         })?;
-    let deleted = match sqs.open(response_url).await {
-        Ok(queue) => queue.delete().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = deleted {
-        tracing::warn!(error = %e, queue = response_url, "could not delete the response queue");
+    if let Err(e) = response.delete().await {
+        tracing::warn!(error = %e, queue = response.url(), "could not delete the response queue");
     }
     Ok(())
 }
@@ -157,7 +147,7 @@ pub struct Submission {
 const SEND_GROUP: usize = 100;
 
 /// Sends a workload and waits for all its results. Returns the summary and the
-/// response queue's URL (deleted unless the wait was interrupted).
+/// response queue (deleted unless the wait was interrupted).
 pub async fn submit(
     sqs: &SqsClient,
     request: &SqsQueue,
@@ -165,7 +155,7 @@ pub async fn submit(
     results_file: Option<results_file::ResultsWriter>,
     progress: Arc<Progress>,
     shutdown: &Shutdown,
-) -> Result<(Summary, String)> {
+) -> Result<(Summary, SqsQueue)> {
     let name = response_queue_name(submission.batch.as_str());
     let response = sqs
         .create_queue(&name, &QueueOptions::default())
@@ -243,7 +233,7 @@ pub async fn submit(
         tracing::warn!(error = %e, "could not delete the response queue");
     }
     let summary = stats.summary(submission.total, slots.max(1), start.elapsed(), interrupted);
-    Ok((summary, reply_to))
+    Ok((summary, response))
 }
 
 /// Receives results until every task has one, counting each task once however

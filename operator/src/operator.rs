@@ -216,7 +216,8 @@ pub async fn stop_runners_gracefully(ctx: &Context, lost: impl Future) {
     for task in &stopping {
         task.abort();
     }
-    ctx.pools.lock().expect("pool memory lock").clear();
+    // The dead-letter readers, and any runner started meanwhile.
+    stop_runners(ctx);
 }
 
 /// Aborts every batch runner (they restart from their checkpoints under the

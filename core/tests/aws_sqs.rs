@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cloudkon_core::aws::{ErrorKind, QueueOptions, SqsQueue};
-use cloudkon_core::queue::{Delivery, TaskQueue};
+use cloudkon_core::queue::{Delivery, Lanes, TaskQueue};
 use cloudkon_core::wire;
 use common::{aws, eventually, sleep0_bundle, unique};
 
@@ -411,6 +411,7 @@ async fn a_queue_made_with_other_settings_is_given_the_new_ones() {
         visibility_timeout: Duration::from_secs(30),
         retention: Duration::from_secs(4 * 24 * 3600),
         max_receives: Some(5),
+        priority_lane: false,
     };
     let a = sqs.create_queue(&name, &old).await.unwrap();
     let read = a.options().await.unwrap();
@@ -577,4 +578,120 @@ async fn a_sub_second_wait_still_long_polls_an_idle_queue() {
         "3 idle receives in {elapsed:?}"
     );
     q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_worker_takes_the_priority_lane_first_and_answers_each_lane_for_its_own() {
+    let aws = aws().await;
+    let sqs = aws.sqs();
+    let name = unique("ck-lanes");
+    let q = sqs
+        .create_queue(
+            &name,
+            &QueueOptions {
+                max_receives: Some(5),
+                priority_lane: true,
+                ..options(30)
+            },
+        )
+        .await
+        .unwrap();
+    let lane = q.priority_lane();
+    assert_eq!(lane.url(), format!("{}-pri", q.url()));
+    // The lane has the queue's settings and dead-letter queue.
+    let made = sqs.open(lane.url()).await.unwrap();
+    assert_eq!(made.dead_letter_url(), q.dead_letter_url());
+    assert_eq!(made.options().await.unwrap().max_receives, Some(5));
+
+    // Three bundles in the queue first, then one in the lane.
+    q.send((0..3).map(|i| sleep0_bundle("main", i, 1)).collect())
+        .await
+        .unwrap();
+    lane.send(vec![sleep0_bundle("lane", 0, 1)]).await.unwrap();
+    let lanes = Lanes::new(q.clone(), Some(lane.clone()));
+    let before = aws.stats().snapshot();
+    let first = lanes.receive(10, WAIT).await.unwrap().unwrap();
+    let asked = aws.stats().snapshot().since(&before);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].bundle.tasks[0].batch.as_str(), "lane");
+    assert_eq!(asked.get("SQS.ReceiveMessage"), 1, "{asked}");
+    // The lane empty: the queue's, after one more request.
+    let before = aws.stats().snapshot();
+    let mut rest = Vec::new();
+    while rest.len() < 3 {
+        rest.extend(lanes.receive(10, WAIT).await.unwrap().unwrap());
+    }
+    let asked = aws.stats().snapshot().since(&before);
+    assert!(
+        rest.iter()
+            .all(|d| d.bundle.tasks[0].batch.as_str() == "main")
+    );
+    assert!(asked.get("SQS.ReceiveMessage") >= 2, "{asked}");
+
+    // Extensions, releases and acks go to the lane each came from: a
+    // receipt given to the other queue would fail.
+    let lane_receipt = first[0].receipt.clone().unwrap();
+    let main_receipts: Vec<_> = rest.iter().map(|d| d.receipt.clone().unwrap()).collect();
+    let mut all = main_receipts.clone();
+    all.push(lane_receipt.clone());
+    lanes
+        .extend_all(all.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    lanes.release(&lane_receipt).await.unwrap();
+    let again = lanes.receive(10, WAIT).await.unwrap().unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].bundle.tasks[0].batch.as_str(), "lane");
+    assert_eq!(again[0].receive_count, 2);
+    let mut acks = main_receipts;
+    acks.push(again[0].receipt.clone().unwrap());
+    lanes.ack(acks).await.unwrap();
+    for queue in [&q, &lane] {
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.visible, stats.in_flight), (0, 0), "{}", queue.url());
+    }
+
+    // What no worker took from the lane moves to the queue, whole.
+    lane.send((0..12).map(|i| sleep0_bundle("left", i, 1)).collect())
+        .await
+        .unwrap();
+    assert_eq!(lane.move_visible_to(&q, 100).await.unwrap(), 12);
+    assert_eq!(lane.stats().await.unwrap().visible, 0);
+    let moved = receive_n(&q, 12).await;
+    let ids: BTreeSet<u64> = moved.iter().map(|d| d.bundle.tasks[0].id).collect();
+    assert_eq!(ids, (0..12).collect());
+    q.delete_batch(moved.into_iter().map(|d| d.receipt.unwrap()).collect())
+        .await
+        .unwrap();
+
+    // Without its lane (deleted, or a pool made before lanes), the queue
+    // alone serves, and the lane is not asked again for a while.
+    lane.delete().await.unwrap();
+    q.send(vec![sleep0_bundle("main", 9, 1)]).await.unwrap();
+    let lanes = Lanes::new(q.clone(), Some(lane));
+    let got = lanes.receive(10, WAIT).await.unwrap().unwrap();
+    assert_eq!(got.len(), 1);
+    let before = aws.stats().snapshot();
+    lanes
+        .ack(vec![got[0].receipt.clone().unwrap()])
+        .await
+        .unwrap();
+    assert!(
+        lanes
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+    let asked = aws.stats().snapshot().since(&before);
+    assert_eq!(asked.get("SQS.ReceiveMessage"), 1, "{asked}");
+    q.delete().await.unwrap();
+    sqs.open(q.dead_letter_url().unwrap())
+        .await
+        .unwrap()
+        .delete()
+        .await
+        .unwrap();
 }

@@ -174,6 +174,8 @@ pub fn batch_id(batch: &TaskBatch) -> BatchId {
 /// store and the batch's record, with the operator's shared parts.
 pub struct Runner<Q, I, S, B> {
     pub pool_queue: Q,
+    /// The pool's priority lane (see `shares::priority_lane`), if it has one.
+    pub priority_lane: Option<Q>,
     pub inbox: I,
     /// Where workers send results: the inbox's address.
     pub reply_to: String,
@@ -209,6 +211,7 @@ async fn kube_runner(
         .await?;
     Ok(Runner {
         pool_queue: sqs.at(args.pool_queue_url.clone()),
+        priority_lane: Some(sqs.at(args.pool_queue_url.clone()).priority_lane()),
         reply_to: response.url().to_string(),
         inbox: response,
         store: aws.s3(),
@@ -498,6 +501,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut woke_pool = false;
         let mut last_checkpoint = Instant::now();
         let mut turns = self.shares.subscribe();
+        // The pool's priority lane, until a send finds it missing.
+        let mut lane = self.priority_lane.as_ref();
         loop {
             if spec.has_changed().is_err() {
                 return stopped(&self.record, &name, enqueued, horizon, progress).await;
@@ -623,10 +628,26 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     write_checkpoint(&self.record, enqueued, horizon, progress).await?;
                     last_checkpoint = Instant::now();
                 }
-                self.pool_queue
-                    .send(std::mem::take(&mut group))
-                    .await
-                    .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+                let group = std::mem::take(&mut group);
+                let priority = lane.filter(|_| share.priority(window));
+                let unsent = match priority {
+                    Some(p) => match p.send(group.clone()).await {
+                        Ok(()) => None,
+                        Err(QueueError::NotFound(e)) => {
+                            tracing::info!(batch = %name, error = %e, "the pool has no priority lane: its queue only");
+                            lane = None;
+                            Some(group)
+                        }
+                        Err(e) => return Err(Error::Other(format!("batch {name}: {e}"))),
+                    },
+                    None => Some(group),
+                };
+                if let Some(group) = unsent {
+                    self.pool_queue
+                        .send(group)
+                        .await
+                        .map_err(|e| Error::Other(format!("batch {name}: {e}")))?;
+                }
                 self.metrics.tasks_enqueued.inc_by(sent);
                 enqueued = next;
                 progress.enqueued.store(enqueued, Ordering::Relaxed);
@@ -1452,6 +1473,7 @@ mod tests {
     ) -> MemoryRunner {
         Runner {
             pool_queue: queue.clone(),
+            priority_lane: None,
             inbox: responses.inbox(REPLY_TO),
             reply_to: REPLY_TO.into(),
             store: MemoryStore::default(),
@@ -2358,6 +2380,7 @@ mod tests {
     ) -> Runner<MemoryQueue, MemoryInbox, S, MemoryRecord> {
         Runner {
             pool_queue: r.pool_queue,
+            priority_lane: r.priority_lane,
             inbox: r.inbox,
             reply_to: r.reply_to,
             store,

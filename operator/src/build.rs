@@ -266,7 +266,7 @@ fn env_value(name: &str, value: &str) -> EnvVar {
 }
 
 /// The longest queue name we make: SQS allows 80 and the dead-letter queue
-/// adds `-dlq`.
+/// adds `-dlq` (the priority lane `-pri`).
 pub const MAX_QUEUE_NAME: usize = 76;
 
 /// The name of the queue at `url` (an SQS queue URL ends with it).
@@ -284,13 +284,14 @@ pub fn queue_name(namespace: &str, pool: &str, explicit: Option<&str>) -> String
 
 /// `cloudkon-<namespace>_<pool>`, one name per pool: a namespace has no `_`
 /// or `.`, so the first `_` ends it, and the pool name's dots become `_` (it
-/// has no `_` of its own). A name that would end in `-dlq` gets a final `_`,
-/// so that it is never another pool's dead-letter queue (`<name>-dlq`). Over
+/// has no `_` of its own). A name that would end in `-dlq` or `-pri` gets a
+/// final `_`, so that it is never another pool's dead-letter queue
+/// (`<name>-dlq`) or priority lane (`<name>-pri`). Over
 /// SQS's length it becomes `cloudkon_<start>_<SHA-256 of the whole, 16 hex>`:
 /// the `cloudkon_` start keeps those apart from the short form.
 pub fn derived_queue_name(namespace: &str, pool: &str) -> String {
     let mut name = format!("cloudkon-{namespace}_{}", pool.replace('.', "_"));
-    if name.ends_with("-dlq") {
+    if name.ends_with("-dlq") || name.ends_with(cloudkon_core::aws::PRIORITY_LANE_SUFFIX) {
         name.push('_');
     }
     if name.len() <= MAX_QUEUE_NAME && name.chars().all(is_queue_name_char) {
@@ -569,6 +570,8 @@ mod tests {
             ("t", "a-p-dlq"),
             ("t", "a.p-dlq"),
             ("t", "a-p.dlq"),
+            ("t", "a-p-pri"),
+            ("t", "a.p-pri"),
             ("x", "y"),
             ("x-y", "z"),
         ];
@@ -576,7 +579,7 @@ mod tests {
         for (ns, pool) in pairs {
             let name = derived_queue_name(ns, pool);
             assert!(name.len() <= MAX_QUEUE_NAME && name.chars().all(is_queue_name_char));
-            for taken in [name.clone(), format!("{name}-dlq")] {
+            for taken in [name.clone(), format!("{name}-dlq"), format!("{name}-pri")] {
                 if let Some(other) = seen.insert(taken.clone(), (ns, pool)) {
                     panic!("{ns}/{pool} and {other:?} both use {taken}");
                 }
@@ -585,6 +588,7 @@ mod tests {
         assert_eq!(derived_queue_name("t", "a-p"), "cloudkon-t_a-p");
         assert_eq!(derived_queue_name("t-a", "p"), "cloudkon-t-a_p");
         assert_eq!(derived_queue_name("t-a", "p-dlq"), "cloudkon-t-a_p-dlq_");
+        assert_eq!(derived_queue_name("t", "a-p-pri"), "cloudkon-t_a-p-pri_");
         // Long names: different namespaces sharing a long start stay apart.
         let (ns1, ns2) = ("n".repeat(62) + "1", "n".repeat(62) + "2");
         assert_ne!(

@@ -40,6 +40,9 @@ pub struct PoolMemory {
     /// Being deleted: the batches the deletion waits for, as last told in
     /// an Event (told again only when they change).
     pub deletion_waits_for: Vec<String>,
+    /// The priority lane was looked at for bundles no worker read, once in
+    /// this run (see `pool_reconciler::move_lane_leftovers`).
+    pub lane_looked: bool,
 }
 
 /// What a pool's queue was made with, from its spec.

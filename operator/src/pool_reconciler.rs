@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use cloudkon_core::aws::{ErrorKind, QueueOptions, QueueStats, SqsQueue};
+use cloudkon_core::aws::{ErrorKind, PRIORITY_LANE_SUFFIX, QueueOptions, QueueStats, SqsQueue};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
@@ -64,6 +64,20 @@ pub const QUEUE_RECREATED: &str = "QueueRecreated";
 /// The same for its dead-letter queue (a reason of its own: Events of one
 /// reason are counted as one series, under the first one's message).
 pub const DEAD_LETTER_QUEUE_RECREATED: &str = "DeadLetterQueueRecreated";
+
+/// Event reason: bundles no worker read from the priority lane went to the
+/// queue.
+pub const LANE_BUNDLES_MOVED: &str = "LaneBundlesMoved";
+
+/// How long a send to the priority lane is given before its bundles still
+/// there go to the queue: a worker fetches every ~20 s of its slots' work
+/// at most (a bundle holds that), and a lane no worker reads (workers older
+/// than it) must not hold a batch's first bundles for good.
+pub const LANE_WAIT: Duration = Duration::from_secs(30);
+
+/// The most bundles moved from the lane in one reconcile (more are moved at
+/// the next look).
+const LANE_MOVE_MAX: usize = 10_000;
 
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();
@@ -168,11 +182,21 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e.into()),
     };
+    // Bundles left in the priority lane, once in this run (a restart
+    // forgets the sends) and a while after sends to it.
+    let key = crate::shares::pool_key(&ns, &name);
+    if !std::mem::replace(&mut memory.lane_looked, true)
+        || ctx
+            .shares
+            .lane_to_look_at(&key, LANE_WAIT, std::time::Instant::now())
+    {
+        move_lane_leftovers(pool, ctx, &queue).await;
+    }
     let fleet = WorkerFleet::of(pool, ctx, &mut memory, queue.url())?;
     let workers = fleet.observe(pool, ctx).await?;
     let worker_problem = worker_problem(pool, ctx, &mut memory, &fleet, &workers).await;
-    let key = crate::shares::pool_key(&ns, &name);
     let work = ctx.shares.work(&key);
+    ctx.shares.saw_queue(&key, stats.visible);
     let idle = stats.visible + stats.in_flight + stats.delayed == 0
         && work.tasks > 0
         && !busy(pool, ctx, &mut memory).await;
@@ -390,6 +414,37 @@ async fn forget_deleted_queue(
     ctx.event(pool, true, reason, message).await;
 }
 
+/// Moves the bundles waiting in the pool's priority lane to its queue: no
+/// worker read them within [`LANE_WAIT`] (workers older than the lane read
+/// only the queue), or those that would are busy; the queue serves them
+/// either way.
+async fn move_lane_leftovers(pool: &WorkerPool, ctx: &Context, queue: &SqsQueue) {
+    let lane = queue.priority_lane();
+    let name = format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    );
+    match lane.move_visible_to(queue, LANE_MOVE_MAX).await {
+        Ok(0) => {}
+        Ok(n) => {
+            let message = format!(
+                "{n} bundles waited over {}s in the priority lane {}: moved to the queue (do the pool's workers run a version that reads the lane?)",
+                LANE_WAIT.as_secs(),
+                lane.url()
+            );
+            tracing::warn!(pool = %name, "{message}");
+            ctx.event(pool, true, LANE_BUNDLES_MOVED, message).await;
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            tracing::debug!(pool = %name, error = %e, "no priority lane to look at");
+        }
+        Err(e) => {
+            tracing::warn!(pool = %name, error = %e, "cannot move the priority lane's bundles to the queue; trying again after the next send to it");
+        }
+    }
+}
+
 /// The pool's queue `name`, made (or given the spec's settings) when this
 /// run has not made it with them yet.
 async fn ensure_queue(
@@ -411,6 +466,7 @@ async fn ensure_queue(
     }
     let options = QueueOptions {
         max_receives: Some(made.max_receives),
+        priority_lane: true,
         ..QueueOptions::default()
     };
     let queue = ctx.sqs.create_queue(&made.name, &options).await?;
@@ -578,7 +634,8 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         }
     }
     if spec_queue.deletion_policy != Some(DeletionPolicy::Retain) {
-        for q in [format!("{queue_name}-dlq"), queue_name] {
+        let lane = format!("{queue_name}{PRIORITY_LANE_SUFFIX}");
+        for q in [format!("{queue_name}-dlq"), lane, queue_name] {
             let deleted = match ctx.sqs.open(&q).await {
                 Ok(queue) => queue.delete().await,
                 Err(e) => Err(e),
@@ -593,7 +650,7 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
             pool,
             false,
             "QueuesDeleted",
-            "the queue and its dead-letter queue are deleted".into(),
+            "the queue, its priority lane and its dead-letter queue are deleted".into(),
         )
         .await;
     }

@@ -42,17 +42,30 @@ struct BatchShare {
     estimate: Option<Duration>,
     /// What one of its tasks counts for in the pool's window.
     cost: Duration,
+    /// What one of its tasks is charged in its share (its expected length).
+    share_cost: Duration,
     /// Work sent over weight, in task-seconds: the batch's virtual time.
     sent: f64,
     /// Has tasks left to send and is not suspended.
     backlogged: bool,
     /// When its runner last asked for a turn or sent.
     seen: Instant,
+    /// Its weight in the pool.
+    weight: u64,
+    /// Applied beside batches sending: its first bundles may take the
+    /// priority lane, up to its part of the window (set at the first).
+    newcomer: bool,
+    lane_left: Option<f64>,
 }
 
 impl BatchShare {
     fn work(&self) -> f64 {
         (self.in_flight + self.reserved) as f64 * self.cost.as_secs_f64()
+    }
+
+    /// Its tasks in flight at their expected length.
+    fn expected_work(&self) -> f64 {
+        (self.in_flight + self.reserved) as f64 * self.share_cost.as_secs_f64()
     }
 }
 
@@ -94,6 +107,11 @@ pub fn pool_key(namespace: &str, name: &str) -> String {
 pub struct Shares {
     /// Pool (`namespace/name`) → batch uid → its share.
     pools: Mutex<HashMap<String, HashMap<String, BatchShare>>>,
+    /// Pool → bundles visible in its main queue, as its reconciler last saw.
+    queued: Mutex<HashMap<String, u64>>,
+    /// Pool → the first send to its priority lane since its reconciler
+    /// last looked at the lane (see [`Shares::lane_to_look_at`]).
+    lane_sent: Mutex<HashMap<String, Instant>>,
     /// Bumped whenever room may have been made or a turn may have passed:
     /// runners waiting for a turn look again.
     changed: watch::Sender<u64>,
@@ -103,6 +121,8 @@ impl Default for Shares {
     fn default() -> Self {
         Self {
             pools: Mutex::default(),
+            queued: Mutex::default(),
+            lane_sent: Mutex::default(),
             changed: watch::channel(0).0,
         }
     }
@@ -128,7 +148,8 @@ impl Shares {
         {
             let mut pools = self.pools.lock().expect("shares lock");
             let batches = pools.entry(pool.to_string()).or_default();
-            let sent = least_sent(batches, batch, now).unwrap_or(0.0);
+            let others = least_sent(batches, batch, now);
+            let sent = others.unwrap_or(0.0);
             batches.insert(
                 batch.to_string(),
                 BatchShare {
@@ -137,9 +158,13 @@ impl Shares {
                     waiting: 0,
                     estimate: None,
                     cost: crate::task_cost::UNKNOWN_TASK,
+                    share_cost: crate::task_cost::UNKNOWN_TASK,
                     sent,
                     backlogged: true,
                     seen: now,
+                    weight,
+                    newcomer: others.is_some(),
+                    lane_left: None,
                 },
             );
         }
@@ -173,6 +198,49 @@ impl Shares {
         work
     }
 
+    /// The bundles visible in the pool's main queue, as its reconciler (or
+    /// the simulator) just read them: see [`priority_lane`].
+    pub fn saw_queue(&self, pool: &str, visible: u64) {
+        self.queued
+            .lock()
+            .expect("shares lock")
+            .insert(pool.to_string(), visible);
+    }
+
+    fn queued(&self, pool: &str) -> u64 {
+        self.queued
+            .lock()
+            .expect("shares lock")
+            .get(pool)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether the pool's reconciler should look at its priority lane now:
+    /// a send to it is `wait` old. Bundles still there then are read by no
+    /// worker (workers older than the lane, which the operator's upgrade
+    /// does not replace: their image is the pool's), or wait for one busy
+    /// with long tasks: either way the main queue serves them as well.
+    /// Asked again only after the next send.
+    pub fn lane_to_look_at(&self, pool: &str, wait: Duration, now: Instant) -> bool {
+        let mut sent = self.lane_sent.lock().expect("shares lock");
+        match sent.get(pool) {
+            Some(&at) if now.saturating_duration_since(at) >= wait => {
+                sent.remove(pool);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn sent_to_lane(&self, pool: &str, now: Instant) {
+        self.lane_sent
+            .lock()
+            .expect("shares lock")
+            .entry(pool.to_string())
+            .or_insert(now);
+    }
+
     /// Told when a turn may be free: see [`ShareGuard::take`].
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -196,6 +264,40 @@ fn least_sent(batches: &HashMap<String, BatchShare>, batch: &str, now: Instant) 
         .filter(|(k, s)| k.as_str() != batch && s.backlogged && now.duration_since(s.seen) < QUIET)
         .map(|(_, s)| s.sent)
         .min_by(f64::total_cmp)
+}
+
+/// What the lane of a batch's next bundles depends on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LaneInput {
+    /// The batch's tasks in flight (those just granted included), in
+    /// seconds at their expected length.
+    pub mine: f64,
+    /// The other batches' of the pool.
+    pub others: f64,
+    /// The batch's weight, and the sum over the batches sharing the pool.
+    pub weight: u64,
+    pub weights: u64,
+    /// Bundles visible in the pool's main queue, as last seen.
+    pub queued: u64,
+}
+
+/// Whether a batch's next bundles go to the pool's priority lane, which the
+/// workers receive from before the main queue: while the batch holds less
+/// than its weight's part of the pool's work in flight (at the tasks'
+/// expected lengths: the window counts tasks of unknown length at far more
+/// while bundles are cut for them) and the main queue has bundles waiting.
+/// The main queue serves in arrival order, so fair share's turns alone
+/// leave a batch applied beside a big one behind the window's work already
+/// queued (~20 s of the pool's) for each round of its first bundles: 200
+/// tasks of 1 s beside 300,000 on 100 workers × 8 slots took 37.5 s
+/// (simulated). While the main queue is empty, so is the wait: there, the
+/// workers' long poll on it would hold a bundle of the lane back.
+pub fn priority_lane(input: &LaneInput) -> bool {
+    if input.queued == 0 || input.weights == 0 || input.weight >= input.weights {
+        return false;
+    }
+    let held = input.mine + input.others;
+    input.mine * (input.weights as f64) < held * input.weight as f64
 }
 
 /// A batch's place in its pool's shares; updated by its runner, removed on drop.
@@ -286,6 +388,7 @@ impl ShareGuard {
         // Before the sum: the batch's tasks in flight hold the window at
         // what a task costs now, not at what it cost at its last take.
         me.cost = cost.window;
+        me.share_cost = cost.share;
         let held: f64 = batches.values().map(BatchShare::work).sum();
         let least = least_sent(batches, &self.batch, now);
         let me = batches.get_mut(&self.batch).expect("looked up above");
@@ -299,6 +402,60 @@ impl ShareGuard {
         me.reserved += tasks;
         me.sent += tasks as f64 * cost.share.as_secs_f64() / self.weight as f64;
         true
+    }
+
+    /// Whether the tasks just granted go to the pool's priority lane: only
+    /// a batch applied beside others sending, for its first part of the
+    /// `window` (its weight's; counted at the tasks' expected lengths, lane
+    /// or not), and when [`priority_lane`] says so. A batch that used the
+    /// lane whenever it held less than its part took it from a batch of
+    /// ten-minute renders, whose running tasks count for far more than
+    /// their slots' part: the renders got 44.5 % of the slot-time for 50 %,
+    /// the pool 93.7 % efficient against 95.8 % without the lane (simulated).
+    pub fn priority(&self, window: Duration) -> bool {
+        let queued = self.shares.queued(&self.pool);
+        let mut pools = self.shares.pools.lock().expect("shares lock");
+        let Some(batches) = pools.get_mut(&self.pool) else {
+            return false;
+        };
+        let mut input = LaneInput {
+            mine: 0.0,
+            others: 0.0,
+            weight: self.weight,
+            weights: 0,
+            queued,
+        };
+        for (batch, share) in batches.iter() {
+            // Batches that hold work or have some to send share the pool.
+            if share.in_flight + share.reserved == 0 && !share.backlogged {
+                continue;
+            }
+            input.weights += share.weight;
+            if *batch == self.batch {
+                input.mine = share.expected_work();
+            } else {
+                input.others += share.expected_work();
+            }
+        }
+        let Some(me) = batches.get_mut(&self.batch) else {
+            return false;
+        };
+        if !me.newcomer {
+            return false;
+        }
+        let part = window.as_secs_f64() * self.weight as f64 / input.weights.max(1) as f64;
+        let left = me.lane_left.get_or_insert(part);
+        let granted = me.reserved as f64 * me.share_cost.as_secs_f64();
+        let lane = granted <= *left && priority_lane(&input);
+        *left -= granted;
+        if *left <= 0.0 {
+            me.newcomer = false;
+        }
+        drop(pools);
+        if lane {
+            self.shares.sent_to_lane(&self.pool, Instant::now());
+        }
+        lane
     }
 
     /// The reserved tasks are sent: they count in `in_flight` now.
@@ -488,6 +645,89 @@ mod tests {
         assert!(!a.take(10, TaskCost::same(100 * MS), window));
         a.update(5, Some(100 * MS));
         assert!(a.take(5, TaskCost::same(100 * MS), window));
+    }
+
+    #[test]
+    fn a_batch_applied_beside_others_takes_the_priority_lane_for_its_first_part() {
+        let shares = Arc::new(Shares::default());
+        let old = shares.join("ns/p", "old", 1);
+        let window = Duration::from_secs(2);
+        let cost = TaskCost::same(10 * MS);
+        shares.saw_queue("ns/p", 5);
+        // Alone on its pool: the main queue, whatever it holds, then too.
+        assert!(old.take(100, cost, window));
+        assert!(!old.priority(window));
+        old.sent(100);
+        let new = shares.join("ns/p", "new", 1);
+        // All of the old batch is sent: the new one has the turns.
+        old.set_backlogged(false);
+        // 0.2 s of the 1.2 s held, for half; its part of the window 1 s.
+        assert!(new.take(20, cost, window));
+        assert!(new.priority(window));
+        new.sent(20);
+        // Nothing waiting in the main queue: nothing to jump, and a worker
+        // may be waiting on it. The part is spent all the same.
+        shares.saw_queue("ns/p", 0);
+        assert!(new.take(10, cost, window));
+        assert!(!new.priority(window));
+        new.sent(30);
+        shares.saw_queue("ns/p", 5);
+        assert!(new.take(10, cost, window));
+        assert!(new.priority(window));
+        new.sent(40);
+        // 0.6 s of its part left: a bundle of 0.7 s goes to the queue, and
+        // so does every one after.
+        assert!(new.take(70, cost, window));
+        assert!(!new.priority(window));
+        new.sent(110);
+        new.update(0, Some(10 * MS));
+        assert!(new.take(1, cost, window));
+        assert!(!new.priority(window));
+        new.sent(1);
+        // The old batch never was a newcomer.
+        new.update(0, Some(10 * MS));
+        old.update(0, Some(10 * MS));
+        assert!(old.take(100, cost, window));
+        assert!(!old.priority(window));
+        old.sent(100);
+        // A part follows the weights: 3 of 4 is 1.5 s.
+        drop(new);
+        old.set_backlogged(true);
+        let heavy = shares.join("ns/p", "heavy", 3);
+        old.set_backlogged(false);
+        assert!(heavy.take(140, cost, window));
+        assert!(heavy.priority(window));
+        // The lane is looked at once, a wait after the first send since.
+        let wait = Duration::from_secs(30);
+        let now = Instant::now();
+        assert!(!shares.lane_to_look_at("ns/p", wait, now));
+        assert!(shares.lane_to_look_at("ns/p", wait, now + wait));
+        assert!(!shares.lane_to_look_at("ns/p", wait, now + 2 * wait));
+        heavy.sent(140);
+        heavy.update(0, Some(10 * MS));
+        assert!(heavy.take(20, cost, window));
+        assert!(!heavy.priority(window));
+    }
+
+    #[test]
+    fn the_lane_is_for_a_batch_holding_less_than_its_part_of_the_pools_work() {
+        let lane = |mine: f64, others: f64, weight: u64, queued: u64| {
+            priority_lane(&LaneInput {
+                mine,
+                others,
+                weight,
+                weights: 4,
+                queued,
+            })
+        };
+        assert!(lane(1.0, 9.0, 1, 1));
+        assert!(!lane(2.5, 7.5, 1, 1));
+        assert!(lane(7.0, 3.0, 3, 1));
+        assert!(!lane(8.0, 2.0, 3, 1));
+        // Nothing waiting in the main queue.
+        assert!(!lane(1.0, 9.0, 1, 0));
+        // Alone: no one to jump.
+        assert!(!lane(0.0, 0.0, 4, 1));
     }
 
     #[test]

@@ -656,6 +656,8 @@ fn reserved_queue_name(name: &str, namespace: &str) -> Option<&'static str> {
         Some("is reserved: cloudkon-tb-* are batches' response queues")
     } else if name.ends_with("-dlq") {
         Some("ends in -dlq: that is the name of a dead-letter queue (the pool's own is <name>-dlq)")
+    } else if name.ends_with(cloudkon_core::aws::PRIORITY_LANE_SUFFIX) {
+        Some("ends in -pri: that is the name of a priority lane (the pool's own is <name>-pri)")
     } else if name.starts_with("cloudkon-")
         && name.contains('_')
         && !name.starts_with(&format!("cloudkon-{namespace}_"))
@@ -940,6 +942,13 @@ mod tests {
                 json!({"queue": {"name": "cloudkon-sweep-dlq"}}),
                 &[
                     "spec.queue.name (\"cloudkon-sweep-dlq\") ends in -dlq: that is the name of a dead-letter queue (the pool's own is <name>-dlq)",
+                ],
+            ),
+            (
+                "another pool's priority lane",
+                json!({"queue": {"name": "cloudkon-sweep-pri"}}),
+                &[
+                    "spec.queue.name (\"cloudkon-sweep-pri\") ends in -pri: that is the name of a priority lane (the pool's own is <name>-pri)",
                 ],
             ),
             (

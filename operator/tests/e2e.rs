@@ -1132,6 +1132,7 @@ fn a_pool_queue_takes_the_pools_settings_and_keeps_its_name() {
         visibility_timeout: Duration::from_secs(30),
         retention: Duration::from_secs(4 * 24 * 3600),
         max_receives: Some(5),
+        priority_lane: false,
     };
     let name = format!("cloudkon-{}_p", c.ns);
     rt.block_on(sqs.create_queue(&name, &old)).unwrap();
@@ -1145,8 +1146,18 @@ fn a_pool_queue_takes_the_pools_settings_and_keeps_its_name() {
         (Duration::from_secs(14 * 24 * 3600), Some(5)),
         "{read:?}"
     );
+    // Its priority lane, made with it, with the same settings and
+    // dead-letter queue.
+    let lane = rt
+        .block_on(sqs.open(&format!("{}-pri", queue.url())))
+        .unwrap();
+    assert_eq!(lane.dead_letter_url().map(str::to_string), {
+        let main = rt.block_on(sqs.open(queue.url())).unwrap();
+        main.dead_letter_url().map(str::to_string)
+    });
+    assert_eq!(rt.block_on(lane.options()).unwrap().max_receives, Some(5));
 
-    // A new maxReceives reaches the running pool's queue.
+    // A new maxReceives reaches the running pool's queue, and its lane.
     c.ok(&[
         "patch",
         "workerpool",
@@ -1160,7 +1171,8 @@ fn a_pool_queue_takes_the_pools_settings_and_keeps_its_name() {
         Duration::from_secs(30),
         |_| {
             let read = rt.block_on(queue.options()).unwrap();
-            (read.max_receives == Some(2)).then_some(())
+            let lane = rt.block_on(lane.options()).unwrap();
+            (read.max_receives == Some(2) && lane.max_receives == Some(2)).then_some(())
         },
     );
     assert_eq!(
@@ -1206,6 +1218,61 @@ fn a_pool_queue_takes_the_pools_settings_and_keeps_its_name() {
         pool_condition(c, "p", "Accepted").filter(|x| x.0 == "True")
     });
     assert_eq!(c.queue_url("p"), queue.url());
+}
+
+/// Bundles left in a pool's priority lane (sent by a runner for workers
+/// older than the lane, which read only the queue) go to the queue when the
+/// operator looks: at its first reconcile of the pool, and 30 s after a
+/// send to the lane. A batch whose first bundles are there runs to the end
+/// on such workers.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn bundles_no_worker_reads_from_the_priority_lane_go_to_the_queue() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-lane");
+    let first = c.operator("operator-1.log", &[]);
+    c.apply(&scaling_pool("p", 1, 300));
+    let queue = c.queue_url("p");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sqs = aws().sqs();
+    let lane = sqs.at(format!("{queue}-pri"));
+    assert!(c.terminate(first).success(), "{}", c.logs());
+    let bodies = (0..3u64)
+        .map(|i| {
+            let bundle = cloudkon_core::Bundle {
+                submitted: cloudkon_core::Timestamp::now(),
+                tasks: vec![cloudkon_core::Task {
+                    batch: cloudkon_core::BatchId::new("left"),
+                    id: i,
+                    attempt: 1,
+                    timeout: None,
+                    spec: cloudkon_core::TaskSpec::Sleep { ms: 0 },
+                }],
+                reply_to: None,
+                options: Default::default(),
+            };
+            cloudkon_core::wire::encode_bundle(&bundle)
+        })
+        .collect();
+    rt.block_on(lane.send_bodies(bodies)).unwrap();
+    c.operator("operator-2.log", &[]);
+    let main = sqs.at(queue.as_str());
+    c.wait_for(
+        "the lane's bundles in the queue",
+        Duration::from_secs(30),
+        |_| {
+            let s = rt.block_on(main.stats()).ok()?;
+            (s.visible == 3).then_some(())
+        },
+    );
+    assert_eq!(rt.block_on(lane.stats()).unwrap().visible, 0);
+    assert!(
+        c.log("operator-2.log")
+            .contains("3 bundles waited over 30s in the priority lane"),
+        "{}",
+        c.logs()
+    );
+    rt.block_on(main.purge()).unwrap();
 }
 
 #[test]

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cloudkon_core::Timestamp;
 use cloudkon_core::aws::{Aws, DynamoLedger, WorkerHeartbeat};
+use cloudkon_core::queue::Lanes;
 use cloudkon_worker::exec::animoto::{
     AddressPolicy, S3ObjectStore, check_output, parse_presign_expiry,
 };
@@ -371,8 +372,13 @@ async fn run(args: Args) -> Result<StopReason> {
     });
 
     tracing::info!(worker = %worker_id, slots, queue = %queue.url(), dedup = !args.no_dedup, "worker started");
+    // The pool's priority lane first (`<queue>-pri`: the operator sends a
+    // batch's first bundles there while others fill the queue). Always: a
+    // bundle there is run by no other means. A queue without one is asked
+    // again once a minute.
+    let lane = Some(queue.priority_lane());
     let reason = run_remote(
-        Arc::new(queue),
+        Arc::new(Lanes::new(queue, lane)),
         ledger,
         Arc::new(sqs),
         Arc::new(registry),

@@ -18,6 +18,7 @@ pub use error::{AwsError, ErrorKind};
 pub use ledger::{DEFAULT_RESULT_TTL, DynamoLedger, WorkerHeartbeat};
 pub use s3::{Limited, ObjectReader, S3Store, S3Uri, S3UriError};
 pub use sqs::{
-    QueueOptions, QueueStats, RawMessage, SqsClient, SqsQueue, bounded_queue_name, queue_name_chars,
+    PRIORITY_LANE_SUFFIX, QueueOptions, QueueStats, RawMessage, SqsClient, SqsQueue,
+    bounded_queue_name, queue_name_chars,
 };
 pub use stats::{RequestStats, StatsSnapshot};

@@ -46,6 +46,7 @@ impl MemoryQueue {
             bundle,
             receipt: None,
             receive_count: 1,
+            priority: false,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The task queue: where bundles wait for a worker.
 
+mod lanes;
 mod memory;
 mod responses;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use lanes::{LANE_MISSING_RETRY, Lanes};
 pub use memory::MemoryQueue;
 pub use responses::{MemoryInbox, MemoryResponses};
 
@@ -24,6 +26,9 @@ pub struct Delivery {
     pub receipt: Option<Receipt>,
     /// How many times this bundle has been delivered, this one included.
     pub receive_count: u32,
+    /// It came from the pool's priority lane (see [`Lanes`]): its tasks
+    /// start before those of bundles already held.
+    pub priority: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -149,7 +149,8 @@ impl WorkerPoolSpec {
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {
     /// The queue's name (default `cloudkon-<namespace>_<pool name>`, dots as
-    /// `_`); the dead-letter queue is `<name>-dlq`. At most 76 characters:
+    /// `_`); the dead-letter queue is `<name>-dlq`, the priority lane
+    /// `<name>-pri`. At most 76 characters:
     /// letters, digits, `-` and `_`, matching the operator's allowed names
     /// (default `cloudkon-*`), and none the operator derives for other
     /// pools and batches.

@@ -72,6 +72,10 @@ pub struct PoolConfig {
     pub target_drain_seconds: Option<u64>,
     #[serde(default)]
     pub behavior: Option<ScalingBehavior>,
+    /// The pool has a priority lane (default; a pool made before lanes, or
+    /// whose lane was deleted, has not): see `shares::priority_lane`.
+    #[serde(default = "yes")]
+    pub priority_lane: bool,
 }
 
 /// `cloudkon-worker`'s settings and how a worker comes up.
@@ -214,6 +218,10 @@ pub struct Targets {
     pub tail_idle_fraction: Option<f64>,
     pub share_error: Option<f64>,
     pub wall_seconds: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u64 {

@@ -544,6 +544,8 @@ impl<'c> Sim<'c> {
     pub fn scale(&mut self) {
         let now_sys = self.system_time();
         let backlog = self.queue.visible() + self.queue.in_flight;
+        self.shares
+            .saw_queue(&self.pool_key, self.queue.visible_main());
         if backlog > 0 {
             self.last_active = Some(self.now);
         }
@@ -554,7 +556,7 @@ impl<'c> Sim<'c> {
             .filter(|w| w.state == WState::Ready)
             .count();
         let seen = Observed {
-            backlog_visible: self.queue.visible(),
+            backlog_visible: self.queue.visible_main(),
             backlog_in_flight: self.queue.in_flight,
             work_tasks,
             work_task_seconds,

@@ -1,7 +1,8 @@
 //! The simulated SQS queue and DynamoDB ledger rows: one message per bundle,
 //! visible or in flight until a visibility timeout, redelivered at least once,
 //! dead-lettered after `maxReceives`; and the bundle's claim (lease, attempt,
-//! the progress its holder last wrote).
+//! the progress its holder last wrote). Bundles go to the main queue or to
+//! its priority lane, which a receive looks at first (see `queue::Lanes`).
 
 use std::collections::VecDeque;
 
@@ -39,6 +40,8 @@ pub struct Message {
     pub attempt: u32,
     /// Positions whose results were sent, as the holder last wrote them.
     pub progress: Vec<bool>,
+    /// Sent to the priority lane.
+    pub priority: bool,
 }
 
 /// The queue: messages, those visible in arrival order, and a count in flight.
@@ -46,6 +49,8 @@ pub struct Message {
 pub struct Queue {
     pub messages: Vec<Message>,
     visible: VecDeque<usize>,
+    /// The priority lane's visible messages.
+    visible_priority: VecDeque<usize>,
     pub in_flight: u64,
     pub dead_lettered: u64,
     /// Dead-lettered since the engine last looked (the operator reads them back).
@@ -53,7 +58,7 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn add(&mut self, batch: usize, first: u64, len: u32) -> usize {
+    pub fn add(&mut self, batch: usize, first: u64, len: u32, priority: bool) -> usize {
         self.messages.push(Message {
             batch,
             first,
@@ -64,12 +69,19 @@ impl Queue {
             claim: Claim::Free,
             attempt: 0,
             progress: Vec::new(),
+            priority,
         });
         self.in_flight += 1;
         self.messages.len() - 1
     }
 
+    /// Visible in both lanes.
     pub fn visible(&self) -> u64 {
+        (self.visible.len() + self.visible_priority.len()) as u64
+    }
+
+    /// Visible in the main queue: what the pool's reconciler reads.
+    pub fn visible_main(&self) -> u64 {
         self.visible.len() as u64
     }
 
@@ -90,15 +102,40 @@ impl Queue {
         }
         m.state = MsgState::Visible;
         m.visibility += 1;
-        self.visible.push_back(id);
+        if m.priority {
+            self.visible_priority.push_back(id);
+        } else {
+            self.visible.push_back(id);
+        }
         true
     }
 
-    /// Receives up to `n` visible messages: in flight now.
-    pub fn receive(&mut self, n: usize) -> Vec<usize> {
+    /// A worker's receive of up to `n` messages, as `queue::Lanes` makes
+    /// it: from the priority lane if it has any, else from the main queue;
+    /// in flight now. Also the requests it took (an empty priority lane
+    /// costs one, where the pool has one).
+    pub fn receive(&mut self, n: usize, lane: bool) -> (Vec<usize>, u64) {
+        if self.visible_priority.is_empty() {
+            (self.receive_from(n, false), 1 + u64::from(lane))
+        } else {
+            (self.receive_from(n, true), 1)
+        }
+    }
+
+    /// A long poll of the main queue returning with what became visible there.
+    pub fn receive_main(&mut self, n: usize) -> Vec<usize> {
+        self.receive_from(n, false)
+    }
+
+    fn receive_from(&mut self, n: usize, priority: bool) -> Vec<usize> {
         let mut got = Vec::new();
         while got.len() < n {
-            let Some(id) = self.visible.pop_front() else {
+            let lane = if priority {
+                &mut self.visible_priority
+            } else {
+                &mut self.visible
+            };
+            let Some(id) = lane.pop_front() else {
                 break;
             };
             let m = &mut self.messages[id];
@@ -118,6 +155,7 @@ impl Queue {
         }
         if m.state == MsgState::Visible {
             self.visible.retain(|&v| v != id);
+            self.visible_priority.retain(|&v| v != id);
         }
         m.state = MsgState::Deleted;
         m.progress = Vec::new();

@@ -446,6 +446,7 @@ impl Sim<'_> {
         batch.enqueued = first;
         batch.bundles += group.len() as u64;
         let last = batch.peek().is_none();
+        let priority = self.cfg.pool.priority_lane && share.priority(window);
         share.sent_at(batch.running(), instant);
         if last {
             batch.all_sent = true;
@@ -458,7 +459,7 @@ impl Sim<'_> {
         self.req.bundle_sends += 1;
         let ids = group
             .into_iter()
-            .map(|(first, len)| self.queue.add(b, first, len))
+            .map(|(first, len)| self.queue.add(b, first, len, priority))
             .collect();
         self.at(now + lat, Ev::MessagesVisible(ids));
         if last && self.share_to.is_none() && self.share_from.is_some() {

@@ -390,3 +390,36 @@ fn a_big_pools_tail_asks_the_ledger_for_few_writes() {
         report.text(&cfg.targets)
     );
 }
+
+/// 200 tasks of 1 s of unknown length applied at 300 s beside 300,000
+/// lognormal ones (median 1 s, p99 30 s) on 100 workers × 8 slots, with and
+/// without the pool's priority lane. Through the main queue, each round of
+/// the small batch's first bundles waits behind the window's ~20 s of the
+/// big batch's; through the lane, behind the next fetch of any of the 100
+/// workers (each fetches every few seconds) and the tasks already running
+/// there, its bundles dispatched before the bundles held.
+#[test]
+fn a_small_batch_beside_a_big_one_does_not_wait_behind_its_queue() {
+    let beside = |lane: bool| {
+        fixed_pool(
+            &format!("{{ min: 100, max: 100, threads: 8, priorityLane: {lane} }}"),
+            "{ name: big, tasks: 300000, durations: { kind: lognormal, medianSeconds: 1, p99Seconds: 30 } }
+  - { name: small, tasks: 200, arrivalSeconds: 300, durations: { kind: fixed, seconds: 1 } }",
+        )
+    };
+    let took = |lane: bool| {
+        let cfg = beside(lane);
+        let report = simulate(&cfg);
+        assert_eq!(report.collected, report.tasks);
+        let small = report
+            .batches
+            .iter()
+            .find(|b| b.name == "small")
+            .expect("the small batch");
+        (small.done.expect("done") - small.arrived, report, cfg)
+    };
+    let (queue, _, _) = took(false);
+    let (lane, report, cfg) = took(true);
+    println!("the small batch took {queue:.1} s through the queue, {lane:.1} s through the lane");
+    assert!(lane < 0.6 * queue, "{}", report.text(&cfg.targets));
+}

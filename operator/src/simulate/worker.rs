@@ -175,8 +175,8 @@ impl Sim<'_> {
         }
         let want = bundles_wanted(hold, worker.tasks_held, worker.avg_bundle_tasks, room);
         worker.fetching = true;
-        self.req.bundle_receives += 1;
-        let got = self.queue.receive(want);
+        let (got, requests) = self.queue.receive(want, self.cfg.pool.priority_lane);
+        self.req.bundle_receives += requests;
         if got.is_empty() {
             let worker = &mut self.workers[w];
             worker.poll_seq += 1;
@@ -206,7 +206,7 @@ impl Sim<'_> {
 
     /// Long polls waiting on an empty queue return with what became visible.
     pub fn serve_pollers(&mut self) {
-        while self.queue.visible() > 0 {
+        while self.queue.visible_main() > 0 {
             let Some((w, seq, want)) = self.pollers.pop_front() else {
                 return;
             };
@@ -215,7 +215,7 @@ impl Sim<'_> {
                 continue;
             }
             worker.poll_seq += 1;
-            let got = self.queue.receive(want);
+            let got = self.queue.receive_main(want);
             self.received(w, got);
         }
     }
@@ -365,17 +365,27 @@ impl Sim<'_> {
         let backoff = Duration::from_secs_f64(self.cfg.worker.retry_backoff_seconds);
         let overhead = super::engine::us(self.cfg.worker.task_overhead_ms / 1000.0);
         loop {
+            let messages = &self.queue.messages;
             let worker = &mut self.workers[w];
             if worker.free == 0 {
                 return;
             }
-            let Some(held) = worker
+            // A bundle of the priority lane first, as the worker's pool
+            // dispatches them (`pool::dispatch`).
+            let first = worker
                 .held
-                .iter_mut()
-                .find(|h| h.claimed && !h.pending.is_empty())
-            else {
+                .iter()
+                .position(|h| h.claimed && !h.pending.is_empty() && messages[h.msg].priority)
+                .or_else(|| {
+                    worker
+                        .held
+                        .iter()
+                        .position(|h| h.claimed && !h.pending.is_empty())
+                });
+            let Some(i) = first else {
                 return;
             };
+            let held = &mut worker.held[i];
             let pos = held.pending.pop_front().expect("not empty");
             held.running += 1;
             worker.free -= 1;

@@ -83,6 +83,7 @@ pub fn gives_up(limit: Option<Duration>, failing_for: Duration, held: usize) -> 
 pub async fn run<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     units: &async_channel::Sender<WorkUnit>,
+    first_units: &async_channel::Sender<WorkUnit>,
     results: &async_channel::Sender<PoolEvent>,
     shutdown: &Shutdown,
 ) -> StopReason
@@ -214,9 +215,14 @@ where
                 hide_unclaimed(ctx, delivery.receipt.as_ref(), delivery.receive_count).await;
                 continue;
             }
+            let to = if delivery.priority {
+                first_units
+            } else {
+                units
+            };
             match admit(ctx, delivery).await {
                 Admitted::Run(unit) => {
-                    if units.send(unit).await.is_err() {
+                    if to.send(unit).await.is_err() {
                         return StopReason::Shutdown;
                     }
                 }
@@ -292,6 +298,7 @@ where
         mut bundle,
         receipt,
         receive_count,
+        priority: _,
     } = delivery;
 
     let key = claim_key(&bundle);

@@ -49,7 +49,7 @@ use tokio::sync::Semaphore;
 pub use stats::WorkerStats;
 
 use crate::exec::Registry;
-use crate::pool::{PoolConfig, Shutdown, run_pool};
+use crate::pool::{PoolConfig, Shutdown, run_pool_lanes};
 use inflight::InFlight;
 
 #[derive(Clone, Debug)]
@@ -230,12 +230,15 @@ where
         renewals_failing: tokio::sync::watch::channel(false).0,
     });
     let (units_tx, units_rx) = async_channel::bounded(slots + ctx.config.prefetch);
+    // The priority lane's bundles: dispatched before the others held.
+    let (first_tx, first_rx) = async_channel::bounded(slots + ctx.config.prefetch);
     let (results_tx, results_rx) = async_channel::bounded(slots * 4);
 
-    let pool = tokio::spawn(run_pool(
+    let pool = tokio::spawn(run_pool_lanes(
         ctx.config.pool.clone(),
         registry,
         units_rx.clone(),
+        Some(first_rx.clone()),
         results_tx.clone(),
         shutdown.clone(),
     ));
@@ -248,8 +251,9 @@ where
     let renewer = tokio::spawn(complete::renew_leases(ctx.clone(), renewer_done.clone()));
     let canceller = tokio::spawn(cancels::watch(ctx.clone(), renewer_done.clone()));
 
-    let reason = fetch::run(&ctx, &units_tx, &results_tx, &shutdown).await;
+    let reason = fetch::run(&ctx, &units_tx, &first_tx, &results_tx, &shutdown).await;
     drop(units_tx);
+    drop(first_tx);
     drop(results_tx);
     if reason == StopReason::Shutdown {
         let abort = shutdown.abort.clone();
@@ -261,6 +265,7 @@ where
     }
     let _ = pool.await;
     // Units received but never started: give them back at once.
+    give_back_unstarted(&ctx, &first_rx).await;
     give_back_unstarted(&ctx, &units_rx).await;
     let _ = completer.await;
     renewer_done.cancel();

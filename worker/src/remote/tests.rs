@@ -1102,6 +1102,7 @@ impl TaskQueue for ReceiptQueue {
                         bundle: bundle.clone(),
                         receipt: Some(Receipt(i.to_string())),
                         receive_count: 1,
+                        priority: false,
                     }
                 })
                 .collect()

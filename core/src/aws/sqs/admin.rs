@@ -22,6 +22,9 @@ pub struct QueueOptions {
     pub retention: Duration,
     /// Create `<name>-dlq` and move a message there after this many receives.
     pub max_receives: Option<u32>,
+    /// Create `<name>-pri` as well, with the same settings and dead-letter
+    /// queue: the pool's priority lane (see [`crate::queue::Lanes`]).
+    pub priority_lane: bool,
 }
 
 impl Default for QueueOptions {
@@ -32,6 +35,7 @@ impl Default for QueueOptions {
             // room for days must still find its bundles when workers come.
             retention: MAX_RETENTION,
             max_receives: None,
+            priority_lane: false,
         }
     }
 }
@@ -106,8 +110,12 @@ impl SqsClient {
             attributes.insert(QueueAttributeName::RedrivePolicy, policy.to_string());
             dead_letter_url = Some(dlq_url);
         }
+        if options.priority_lane {
+            let lane = format!("{name}{}", super::PRIORITY_LANE_SUFFIX);
+            self.ensure(&lane, attributes.clone()).await?;
+        }
         let url = self.ensure(name, attributes).await?;
-        tracing::info!(%url, dead_letter = ?dead_letter_url, "queue ready");
+        tracing::info!(%url, dead_letter = ?dead_letter_url, priority_lane = options.priority_lane, "queue ready");
         Ok(SqsQueue {
             sqs: self.clone(),
             url,
@@ -329,6 +337,8 @@ impl SqsQueue {
             visibility_timeout: secs(QueueAttributeName::VisibilityTimeout),
             retention: secs(QueueAttributeName::MessageRetentionPeriod),
             max_receives,
+            // Whether it has a priority lane is not an attribute of its own.
+            priority_lane: false,
         })
     }
 

@@ -227,6 +227,29 @@ impl SqsQueue {
             .collect())
     }
 
+    /// Moves up to `max` of this queue's visible messages to `to`, as they
+    /// are (a pool's priority lane that no worker reads, to its queue): each
+    /// is sent there before it is deleted here, so none is lost; one whose
+    /// delete fails comes back here after its visibility timeout, and the
+    /// ledger runs its bundle once. Returns how many moved.
+    pub async fn move_visible_to(&self, to: &SqsQueue, max: usize) -> Result<usize, AwsError> {
+        let mut moved = 0;
+        while moved < max {
+            let got = self
+                .receive_raw((max - moved).min(MAX_BATCH_ENTRIES), Duration::ZERO)
+                .await?;
+            if got.is_empty() {
+                break;
+            }
+            let (bodies, receipts): (Vec<_>, Vec<_>) =
+                got.into_iter().map(|m| (m.body, m.receipt)).unzip();
+            moved += bodies.len();
+            to.send_bodies(bodies).await?;
+            self.delete_batch(receipts).await?;
+        }
+        Ok(moved)
+    }
+
     /// Deletes received messages, 10 a request.
     pub async fn delete_batch(&self, receipts: Vec<Receipt>) -> Result<(), AwsError> {
         self.batched(
@@ -431,6 +454,7 @@ impl TaskQueue for SqsQueue {
                     bundle,
                     receipt: Some(message.receipt),
                     receive_count: message.receive_count,
+                    priority: false,
                 }),
                 Err(e) => self.move_aside(&message, &e.to_string()).await,
             }

@@ -92,6 +92,10 @@ impl SqsClient {
     }
 }
 
+/// What a pool queue's priority lane adds to its name (as long as the
+/// dead-letter queue's `-dlq`).
+pub const PRIORITY_LANE_SUFFIX: &str = "-pri";
+
 impl SqsQueue {
     pub fn url(&self) -> &str {
         &self.url
@@ -99,6 +103,17 @@ impl SqsQueue {
 
     pub fn dead_letter_url(&self) -> Option<&str> {
         self.dead_letter_url.as_deref()
+    }
+
+    /// This queue's priority lane (see [`crate::queue::Lanes`]): the queue
+    /// named as it is with [`PRIORITY_LANE_SUFFIX`], with the same
+    /// dead-letter queue. Whether it exists is SQS's to say.
+    pub fn priority_lane(&self) -> SqsQueue {
+        SqsQueue {
+            sqs: self.sqs.clone(),
+            url: format!("{}{PRIORITY_LANE_SUFFIX}", self.url),
+            dead_letter_url: self.dead_letter_url.clone(),
+        }
     }
 
     /// The same client on another queue (e.g. this queue's dead-letter queue).

@@ -1,0 +1,183 @@
+//! A pool's two lanes, as a worker receives them: the priority lane first,
+//! then the main queue. The main queue holds the pool's window of work in
+//! arrival order, so a batch applied beside a big one would wait behind
+//! that window (~20 s of the pool's work) for each of its first bundles;
+//! its runner sends those to the priority lane instead (see the operator's
+//! `shares::priority_lane`), which every worker looks at before it takes
+//! from the main queue.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Delivery, QueueError, Receipt, TaskQueue};
+use crate::bundle::Bundle;
+
+/// A priority lane that is not there (a pool made by an older operator, or
+/// deleted by hand) is looked for again after this.
+pub const LANE_MISSING_RETRY: Duration = Duration::from_secs(60);
+
+/// The main queue and, where the pool has one, its priority lane.
+pub struct Lanes<Q> {
+    main: Q,
+    priority: Option<Q>,
+    state: Mutex<LaneState>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// Receipts of the deliveries that came from the priority lane: acks,
+    /// extensions and releases go to the lane they came from.
+    from_priority: HashSet<String>,
+    /// The priority lane was missing: not asked again before this.
+    missing_until: Option<Instant>,
+    /// That was said once in the log.
+    missing_told: bool,
+}
+
+impl<Q: TaskQueue> Lanes<Q> {
+    pub fn new(main: Q, priority: Option<Q>) -> Self {
+        Self {
+            main,
+            priority,
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn main(&self) -> &Q {
+        &self.main
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().expect("lanes lock")
+    }
+
+    fn priority_now(&self) -> Option<&Q> {
+        let priority = self.priority.as_ref()?;
+        let mut state = self.lock();
+        match state.missing_until {
+            Some(until) if Instant::now() < until => None,
+            Some(_) => {
+                state.missing_until = None;
+                Some(priority)
+            }
+            None => Some(priority),
+        }
+    }
+
+    /// Splits receipts by the lane they came from (priority, main).
+    fn split(&self, receipts: Vec<Receipt>) -> (Vec<Receipt>, Vec<Receipt>) {
+        let state = self.lock();
+        receipts
+            .into_iter()
+            .partition(|r| state.from_priority.contains(&r.0))
+    }
+
+    fn lane_of(&self, receipt: &Receipt) -> &Q {
+        match &self.priority {
+            Some(p) if self.lock().from_priority.contains(&receipt.0) => p,
+            _ => &self.main,
+        }
+    }
+
+    fn forget(&self, receipts: &[Receipt]) {
+        let mut state = self.lock();
+        for r in receipts {
+            state.from_priority.remove(&r.0);
+        }
+    }
+}
+
+impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
+    /// Into the main queue: the operator's runner picks the lane itself.
+    async fn send(&self, bundles: Vec<Bundle>) -> Result<(), QueueError> {
+        self.main.send(bundles).await
+    }
+
+    /// The priority lane without waiting, then the main queue as asked. A
+    /// lane that fails is passed over: the main queue still serves.
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Vec<Delivery>>, QueueError> {
+        if let Some(priority) = self.priority_now() {
+            match priority.receive(max, Duration::ZERO).await {
+                Ok(Some(mut got)) if !got.is_empty() => {
+                    let mut state = self.lock();
+                    for d in &mut got {
+                        d.priority = true;
+                        if let Some(r) = &d.receipt {
+                            state.from_priority.insert(r.0.clone());
+                        }
+                    }
+                    return Ok(Some(got));
+                }
+                Ok(_) => {}
+                Err(QueueError::NotFound(e)) => {
+                    let mut state = self.lock();
+                    if !std::mem::replace(&mut state.missing_told, true) {
+                        tracing::info!(error = %e, retry_in = ?LANE_MISSING_RETRY, "the queue has no priority lane: receiving from the queue only");
+                    }
+                    state.missing_until = Some(Instant::now() + LANE_MISSING_RETRY);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the priority lane failed: receiving from the queue");
+                }
+            }
+        }
+        self.main.receive(max, wait).await
+    }
+
+    async fn ack(&self, receipts: Vec<Receipt>) -> Result<(), QueueError> {
+        let (priority, main) = self.split(receipts);
+        let mut first = None;
+        if !priority.is_empty()
+            && let Some(p) = &self.priority
+        {
+            match p.ack(priority.clone()).await {
+                Ok(()) => self.forget(&priority),
+                Err(e) => first = Some(e),
+            }
+        }
+        if !main.is_empty()
+            && let Err(e) = self.main.ack(main).await
+        {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    async fn extend(&self, receipt: &Receipt, timeout: Duration) -> Result<(), QueueError> {
+        self.lane_of(receipt).extend(receipt, timeout).await
+    }
+
+    async fn extend_all(
+        &self,
+        receipts: Vec<Receipt>,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        let (priority, main) = self.split(receipts);
+        let mut first = None;
+        if !priority.is_empty()
+            && let Some(p) = &self.priority
+            && let Err(e) = p.extend_all(priority, timeout).await
+        {
+            first = Some(e);
+        }
+        if !main.is_empty()
+            && let Err(e) = self.main.extend_all(main, timeout).await
+        {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    async fn release(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        let released = self.lane_of(receipt).release(receipt).await;
+        if released.is_ok() {
+            self.forget(std::slice::from_ref(receipt));
+        }
+        released
+    }
+}

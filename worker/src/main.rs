@@ -374,8 +374,8 @@ async fn run(args: Args) -> Result<StopReason> {
     tracing::info!(worker = %worker_id, slots, queue = %queue.url(), dedup = !args.no_dedup, "worker started");
     // The pool's priority lane first (`<queue>-pri`: the operator sends a
     // batch's first bundles there while others fill the queue). Always: a
-    // bundle there is run by no other means. A queue without one is asked
-    // again once a minute.
+    // bundle there waits otherwise until the operator moves it to the queue
+    // (30 s). A queue without one is asked again once a minute.
     let lane = Some(queue.priority_lane());
     let reason = run_remote(
         Arc::new(Lanes::new(queue, lane)),

@@ -209,9 +209,10 @@ async fn kube_runner(
             &QueueOptions::default(),
         )
         .await?;
+    let pool_queue = sqs.at(args.pool_queue_url.clone());
     Ok(Runner {
-        pool_queue: sqs.at(args.pool_queue_url.clone()),
-        priority_lane: Some(sqs.at(args.pool_queue_url.clone()).priority_lane()),
+        priority_lane: Some(pool_queue.priority_lane()),
+        pool_queue,
         reply_to: response.url().to_string(),
         inbox: response,
         store: aws.s3(),

@@ -186,11 +186,9 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     // forgets the sends) and a while after sends to it.
     let key = crate::shares::pool_key(&ns, &name);
     if !std::mem::replace(&mut memory.lane_looked, true)
-        || ctx
-            .shares
-            .lane_to_look_at(&key, LANE_WAIT, std::time::Instant::now())
+        || ctx.shares.lane_to_look_at(&key, LANE_WAIT, Instant::now())
     {
-        move_lane_leftovers(pool, ctx, &queue).await;
+        move_lane_leftovers(pool, ctx, &key, &queue).await;
     }
     let fleet = WorkerFleet::of(pool, ctx, &mut memory, queue.url())?;
     let workers = fleet.observe(pool, ctx).await?;
@@ -418,13 +416,8 @@ async fn forget_deleted_queue(
 /// worker read them within [`LANE_WAIT`] (workers older than the lane read
 /// only the queue), or those that would are busy; the queue serves them
 /// either way.
-async fn move_lane_leftovers(pool: &WorkerPool, ctx: &Context, queue: &SqsQueue) {
+async fn move_lane_leftovers(pool: &WorkerPool, ctx: &Context, name: &str, queue: &SqsQueue) {
     let lane = queue.priority_lane();
-    let name = format!(
-        "{}/{}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    );
     match lane.move_visible_to(queue, LANE_MOVE_MAX).await {
         Ok(0) => {}
         Ok(n) => {

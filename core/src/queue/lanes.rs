@@ -15,7 +15,7 @@ use crate::bundle::Bundle;
 
 /// A priority lane that is not there (a pool made by an older operator, or
 /// deleted by hand) is looked for again after this.
-pub const LANE_MISSING_RETRY: Duration = Duration::from_secs(60);
+const LANE_MISSING_RETRY: Duration = Duration::from_secs(60);
 
 /// The main queue and, where the pool has one, its priority lane.
 pub struct Lanes<Q> {
@@ -42,10 +42,6 @@ impl<Q: TaskQueue> Lanes<Q> {
             priority,
             state: Mutex::default(),
         }
-    }
-
-    pub fn main(&self) -> &Q {
-        &self.main
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {

@@ -7,7 +7,7 @@ mod responses;
 use std::future::Future;
 use std::time::Duration;
 
-pub use lanes::{LANE_MISSING_RETRY, Lanes};
+pub use lanes::Lanes;
 pub use memory::MemoryQueue;
 pub use responses::{MemoryInbox, MemoryResponses};
 

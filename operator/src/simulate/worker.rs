@@ -372,16 +372,12 @@ impl Sim<'_> {
             }
             // A bundle of the priority lane first, as the worker's pool
             // dispatches them (`pool::dispatch`).
+            let startable = |h: &Held| h.claimed && !h.pending.is_empty();
             let first = worker
                 .held
                 .iter()
-                .position(|h| h.claimed && !h.pending.is_empty() && messages[h.msg].priority)
-                .or_else(|| {
-                    worker
-                        .held
-                        .iter()
-                        .position(|h| h.claimed && !h.pending.is_empty())
-                });
+                .position(|h| startable(h) && messages[h.msg].priority)
+                .or_else(|| worker.held.iter().position(startable));
             let Some(i) = first else {
                 return;
             };

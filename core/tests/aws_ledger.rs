@@ -75,3 +75,33 @@ async fn worker_heartbeats_are_listed() {
     assert_eq!(l.claim("w1", "x", LEASE).await.unwrap(), granted(1, &[]));
     l.delete_tables().await.unwrap();
 }
+
+/// A worker policy from before lane marks allows GetItem and not
+/// BatchGetItem: the cancel mark is still read (alone, and BatchGetItem is
+/// not asked again), so cancels still reach such workers.
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn without_batch_get_item_the_cancel_mark_is_read_alone() {
+    let aws = aws().await;
+    let table = unique("ck-ledger");
+    let direct = aws.ledger(table.as_str());
+    direct.ensure_table().await.unwrap();
+    direct.cancel_batch("gone").await.unwrap();
+    direct.mark_lane("gone", 1_000).await.unwrap();
+    let dynamodb = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("AWS_ENDPOINT_URL_DYNAMODB");
+    let proxy = cloudkon_testkit::RefusingProxy::start(&dynamodb, |r| {
+        r.header("x-amz-target")
+            .is_some_and(|t| t.ends_with(".BatchGetItem"))
+    });
+    let refused = aws.ledger_at(table.as_str(), &proxy.url());
+    let marks = refused.batch_marks("gone").await.unwrap();
+    assert_eq!((marks.cancelled, marks.lane_at), (true, None));
+    assert!(!refused.batch_marks("other").await.unwrap().cancelled);
+    assert_eq!(proxy.refused(), 1, "BatchGetItem asked once");
+    // Through DynamoDB itself, both marks in one request.
+    assert_eq!(
+        direct.batch_marks("gone").await.unwrap().lane_at,
+        Some(1_000)
+    );
+    direct.delete_tables().await.unwrap();
+}

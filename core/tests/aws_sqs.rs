@@ -652,6 +652,35 @@ async fn a_worker_takes_the_priority_lane_first_and_answers_each_lane_for_its_ow
         assert_eq!((stats.visible, stats.in_flight), (0, 0), "{}", queue.url());
     }
 
+    // A look at the lane alone (a worker told by a lane mark): its bundle,
+    // in one request, the queue's left where they are; then nothing, in one.
+    q.send(vec![sleep0_bundle("main", 7, 1)]).await.unwrap();
+    lane.send(vec![sleep0_bundle("marked", 0, 1)])
+        .await
+        .unwrap();
+    let before = aws.stats().snapshot();
+    let looked = lanes.receive_priority(10).await.unwrap();
+    assert_eq!(looked.len(), 1);
+    assert!(looked[0].priority);
+    assert_eq!(looked[0].bundle.tasks[0].batch.as_str(), "marked");
+    assert!(lanes.receive_priority(10).await.unwrap().is_empty());
+    let asked = aws.stats().snapshot().since(&before);
+    assert_eq!(asked.get("SQS.ReceiveMessage"), 2, "{asked}");
+    assert_eq!(q.stats().await.unwrap().visible, 1);
+    // Its ack goes to the lane.
+    lanes
+        .ack(vec![looked[0].receipt.clone().unwrap()])
+        .await
+        .unwrap();
+    let main_left = receive_n(&q, 1).await;
+    q.delete_batch(main_left.into_iter().map(|d| d.receipt.unwrap()).collect())
+        .await
+        .unwrap();
+    for queue in [&q, &lane] {
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.visible, stats.in_flight), (0, 0), "{}", queue.url());
+    }
+
     // What no worker took from the lane moves to the queue, whole.
     lane.send((0..12).map(|i| sleep0_bundle("left", i, 1)).collect())
         .await

@@ -206,6 +206,10 @@ fn run(
                     source,
                     results,
                     worker_hour_price: pool.and_then(|p| p.spec.price_per_worker_hour),
+                    ledger_table: pool.map_or_else(
+                        || crate::crd::workerpool::DEFAULT_LEDGER_TABLE.to_string(),
+                        |p| p.spec.ledger_table(),
+                    ),
                 },
             );
             runners.insert(uid(batch), handle);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::{QueueOptions, RequestStats, S3Store, S3Uri, SqsQueue, StatsSnapshot};
 use cloudkon_core::id_set::IdSet;
+use cloudkon_core::ledger::DedupLedger;
 use cloudkon_core::queue::{QueueError, Receipt, ResultsInbox, TaskQueue};
 use cloudkon_core::store::ObjectStore;
 use cloudkon_core::task::Timestamp;
@@ -161,7 +162,13 @@ pub struct RunnerArgs {
     pub results: Option<S3Uri>,
     /// The pool's `pricePerWorkerHour` when the batch started.
     pub worker_hour_price: Option<f64>,
+    /// The pool's ledger table, where lane marks go (`mark_lane`).
+    pub ledger_table: String,
 }
+
+/// Writes the lane mark of each batch given (see `BatchMarks::lane_at`),
+/// off the runner's path: a mark lost costs a look at the lane, no work.
+pub type MarkLane = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 /// The batch id in task messages and ledger keys: the object's uid, so that a
 /// batch deleted and created again under the same name is a new batch.
@@ -176,6 +183,10 @@ pub struct Runner<Q, I, S, B> {
     pub pool_queue: Q,
     /// The pool's priority lane (see `shares::priority_lane`), if it has one.
     pub priority_lane: Option<Q>,
+    /// After a send to the lane, marks the pool's other batches in the
+    /// ledger, which workers whose slots they fill read every few seconds:
+    /// those look at the lane then, rather than once a bundle of theirs ends.
+    pub mark_lane: Option<MarkLane>,
     pub inbox: I,
     /// Where workers send results: the inbox's address.
     pub reply_to: String,
@@ -210,8 +221,21 @@ async fn kube_runner(
         )
         .await?;
     let pool_queue = sqs.at(args.pool_queue_url.clone());
+    let ledger = aws.ledger(args.ledger_table.clone());
+    let mark_lane: MarkLane = Arc::new(move |batches: Vec<String>| {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            let at_ms = Timestamp::now().0 / 1000;
+            for batch in batches {
+                if let Err(e) = DedupLedger::mark_lane(&ledger, &batch, at_ms).await {
+                    tracing::debug!(batch, error = %e, "cannot write a lane mark");
+                }
+            }
+        });
+    });
     Ok(Runner {
         priority_lane: Some(pool_queue.priority_lane()),
+        mark_lane: Some(mark_lane),
         pool_queue,
         reply_to: response.url().to_string(),
         inbox: response,
@@ -633,7 +657,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 let priority = lane.filter(|_| share.priority(window));
                 let unsent = match priority {
                     Some(p) => match p.send(group.clone()).await {
-                        Ok(()) => None,
+                        Ok(()) => {
+                            if let Some(mark) = &self.mark_lane {
+                                mark(share.others());
+                            }
+                            None
+                        }
                         Err(QueueError::NotFound(e)) => {
                             tracing::info!(batch = %name, error = %e, "the pool has no priority lane: its queue only");
                             lane = None;
@@ -1464,6 +1493,7 @@ mod tests {
                 key: "ns/b/".into(),
             }),
             worker_hour_price: Some(0.5),
+            ledger_table: "ledger".into(),
         }
     }
 
@@ -1475,6 +1505,7 @@ mod tests {
         Runner {
             pool_queue: queue.clone(),
             priority_lane: None,
+            mark_lane: None,
             inbox: responses.inbox(REPLY_TO),
             reply_to: REPLY_TO.into(),
             store: MemoryStore::default(),
@@ -2382,6 +2413,7 @@ mod tests {
         Runner {
             pool_queue: r.pool_queue,
             priority_lane: r.priority_lane,
+            mark_lane: r.mark_lane,
             inbox: r.inbox,
             reply_to: r.reply_to,
             store,

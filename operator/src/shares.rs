@@ -477,6 +477,21 @@ impl ShareGuard {
         lane
     }
 
+    /// The other batches on the pool that hold work in it or have some to
+    /// send: those whose tasks the pool's workers hold.
+    pub fn others(&self) -> Vec<String> {
+        let pools = self.shares.pools.lock().expect("shares lock");
+        pools
+            .get(&self.pool)
+            .into_iter()
+            .flat_map(|b| b.iter())
+            .filter(|(batch, share)| {
+                **batch != self.batch && (share.in_flight + share.reserved > 0 || share.backlogged)
+            })
+            .map(|(batch, _)| batch.clone())
+            .collect()
+    }
+
     /// The reserved tasks are sent: they count in `in_flight` now.
     pub fn sent(&self, in_flight: u64) {
         self.sent_at(in_flight, Instant::now());
@@ -530,6 +545,28 @@ mod tests {
         drop(a);
         assert_eq!(shares.work("ns/p"), PoolWork::default());
         assert_eq!(shares.work("ns/q").tasks, 0);
+    }
+
+    #[test]
+    fn the_other_batches_are_those_with_work_on_the_pool() {
+        let shares = Arc::new(Shares::default());
+        let a = shares.join("ns/p", "a", 1);
+        let b = shares.join("ns/p", "b", 3);
+        let c = shares.join("ns/p", "c", 1);
+        let _other_pool = shares.join("ns/q", "d", 1);
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(a.others()), ["b", "c"]);
+        // c sent all and holds nothing in flight: no worker holds its tasks.
+        c.set_backlogged(false);
+        assert_eq!(a.others(), ["b"]);
+        // b sent all but some of it is in flight.
+        b.update(5, None);
+        b.set_backlogged(false);
+        assert_eq!(a.others(), ["b"]);
+        assert_eq!(sorted(c.others()), ["a", "b"]);
     }
 
     #[test]

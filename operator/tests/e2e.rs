@@ -1275,6 +1275,81 @@ fn bundles_no_worker_reads_from_the_priority_lane_go_to_the_queue() {
     rt.block_on(main.purge()).unwrap();
 }
 
+/// A batch applied beside one that has filled the pool's worker for the
+/// window's time: its first bundles go to the priority lane, the operator
+/// writes the big batch's lane mark in the ledger, and the worker, every
+/// slot taken by the big batch and holding more of it, reads the mark with
+/// its cancel check and takes the lane's bundles then, not once a bundle of
+/// the big batch ends.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_worker_whose_slots_a_big_batch_fills_takes_a_newcomers_bundles_on_its_lane_mark() {
+    use cloudkon_core::ledger::DedupLedger;
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-mark");
+    c.operator("operator.log", &[]);
+    let table = unique("e2e-ledger");
+    c.apply(&host_pool(&table));
+    let queue = c.queue_url("p");
+    c.apply(&run_batch("big", "p", 40_000, "sleep 0.05"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Cancel checks (and so lane marks read) every 200 ms: the worker's
+    // next receive, a bundle of the big batch later, would take the lane's
+    // bundles too, and this test is about the mark.
+    c.start_workers(
+        &queue,
+        &table,
+        1,
+        true,
+        Some(&addr),
+        None,
+        &["--cancel-check", "200ms"],
+    );
+    c.wait_for("big running", Duration::from_secs(60), |c| {
+        (c.batch("big").status?.counts.succeeded > 0).then_some(())
+    });
+    // A newcomer is a batch applied beside batches sending for the window's
+    // time (20 s: `shares::ESTABLISHED`).
+    let sending = Instant::now();
+    c.wait_for("big sending for 21 s", Duration::from_secs(30), |_| {
+        (sending.elapsed() >= Duration::from_secs(21)).then_some(())
+    });
+    c.apply(&run_batch("small", "p", 40, "sleep 0.05"));
+    let applied = Instant::now();
+    let small = c.wait_finished("small", Duration::from_secs(120));
+    let took = applied.elapsed();
+    assert_eq!(small.status.unwrap().counts.succeeded, 40);
+    let big = c.batch("big");
+    assert!(
+        !big.status.as_ref().unwrap().phase.unwrap().is_finished(),
+        "the big batch ran beside it"
+    );
+    let uid = big.metadata.uid.clone().unwrap();
+    let marks =
+        c.rt.block_on(aws().ledger(table.as_str()).batch_marks(&uid))
+            .unwrap();
+    assert!(
+        marks.lane_at.is_some() && !marks.cancelled,
+        "the big batch's lane mark: {marks:?}\n{}",
+        c.logs()
+    );
+    let metrics = http_get(&addr, "/metrics");
+    let taken: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cloudkon_worker_lane_mark_bundles_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lane mark counter in {metrics}"));
+    assert!(
+        taken > 0,
+        "no bundle taken from the lane on its mark\n{}",
+        c.logs()
+    );
+    println!(
+        "lane mark: the newcomer's 40 tasks done {:.1} s after it was applied; the worker took {taken} of its bundles on the big batch's lane mark",
+        took.as_secs_f64()
+    );
+}
+
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn tasks_purged_from_a_pools_queue_are_reported_lost_not_waited_for() {

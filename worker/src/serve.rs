@@ -103,6 +103,12 @@ impl Collector for WorkerCollector {
         )?;
         counter(
             e,
+            "cloudkon_worker_lane_mark_bundles",
+            "Bundles taken from the priority lane on a lane mark, with every slot taken.",
+            &s.lane_marked,
+        )?;
+        counter(
+            e,
             "cloudkon_worker_given_up",
             "Bundles reported failed after too many claims.",
             &s.given_up,

@@ -151,6 +151,20 @@ impl Aws {
         )
     }
 
+    /// [`Aws::ledger`] whose requests go to `endpoint` (a proxy in front of
+    /// DynamoDB) whatever the environment says.
+    pub fn ledger_at(&self, table: impl Into<String>, endpoint: &str) -> DynamoLedger {
+        let config = aws_sdk_dynamodb::config::Builder::from(&self.sdk)
+            .endpoint_url(endpoint)
+            .interceptor(CountRequests(self.stats.clone()))
+            .build();
+        DynamoLedger::new(
+            aws_sdk_dynamodb::Client::from_conf(config),
+            table.into(),
+            self.stats.clone(),
+        )
+    }
+
     pub fn s3(&self) -> S3Store {
         let config = aws_sdk_s3::config::Builder::from(&self.sdk)
             // Bucket names with dots, and S3-compatible servers, need path style.

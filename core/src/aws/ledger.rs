@@ -26,13 +26,13 @@ use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement, KeyType,
-    ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    KeysAndAttributes, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 
 use super::error::{AwsError, ErrorKind};
 use super::stats::RequestStats;
-use crate::ledger::{BundleProgress, Claim, DedupLedger, LedgerError};
+use crate::ledger::{BatchMarks, BundleProgress, Claim, DedupLedger, LedgerError};
 use crate::task::Timestamp;
 
 const SERVICE: &str = "DynamoDB";
@@ -53,6 +53,9 @@ pub struct DynamoLedger {
     workers_table: String,
     stats: RequestStats,
     result_ttl: Duration,
+    /// BatchGetItem was refused (a worker policy from before lane marks,
+    /// without `dynamodb:BatchGetItem`): the cancel mark is read alone.
+    batch_get_refused: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A worker's latest heartbeat.
@@ -136,7 +139,25 @@ impl DynamoLedger {
             table,
             stats,
             result_ttl: DEFAULT_RESULT_TTL,
+            batch_get_refused: Default::default(),
         }
+    }
+
+    /// The cancel mark alone, by one consistent GetItem.
+    async fn cancel_mark_alone(&self, key: &str) -> Result<BatchMarks, LedgerError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| ledger_error(AwsError::sdk(SERVICE, "GetItem", &self.table, e)))?;
+        Ok(BatchMarks {
+            cancelled: out.item.is_some(),
+            lane_at: None,
+        })
     }
 
     /// How long items are kept after their last write (default 7 days).
@@ -500,19 +521,100 @@ impl DedupLedger for DynamoLedger {
         Ok(())
     }
 
-    /// One consistent GetItem (workers cache the answer for a few seconds).
-    async fn is_cancelled(&self, batch: &str) -> Result<bool, LedgerError> {
-        let key = crate::ledger::cancel_key(batch);
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(&key))
+    /// One consistent BatchGetItem of the cancel mark and the lane mark
+    /// (workers cache the answer for a few seconds).
+    async fn batch_marks(&self, batch: &str) -> Result<BatchMarks, LedgerError> {
+        use std::sync::atomic::Ordering;
+        let cancel = crate::ledger::cancel_key(batch);
+        if self.batch_get_refused.load(Ordering::Relaxed) {
+            return self.cancel_mark_alone(&cancel).await;
+        }
+        let lane = crate::ledger::lane_key(batch);
+        let keys = KeysAndAttributes::builder()
+            .keys(HashMap::from([("pk".to_string(), s(&cancel))]))
+            .keys(HashMap::from([("pk".to_string(), s(&lane))]))
             .consistent_read(true)
+            .build()
+            .map_err(|e| LedgerError::Backend(format!("BatchGetItem on {}: {e}", self.table)))?;
+        let out = match self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, keys)
             .send()
             .await
-            .map_err(|e| ledger_error(AwsError::sdk(SERVICE, "GetItem", &self.table, e)))?;
-        Ok(out.item.is_some())
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = AwsError::sdk(SERVICE, "BatchGetItem", &self.table, e);
+                if e.code
+                    .as_deref()
+                    .is_some_and(|c| c.contains("AccessDenied"))
+                {
+                    // Cancels must still be seen: lane marks are only a
+                    // quicker start for a batch applied beside others.
+                    tracing::warn!(error = %e, "BatchGetItem refused: reading the cancel mark alone, lane marks unread (add dynamodb:BatchGetItem to the worker's policy)");
+                    self.batch_get_refused.store(true, Ordering::Relaxed);
+                    return self.cancel_mark_alone(&cancel).await;
+                }
+                return Err(ledger_error(e));
+            }
+        };
+        // A key left unprocessed (throttling) is not an answer on the cancel
+        // mark; a lane mark left so is only a look at the lane missed.
+        let unprocessed = out
+            .unprocessed_keys
+            .as_ref()
+            .and_then(|u| u.get(&self.table))
+            .is_some_and(|k| {
+                k.keys
+                    .iter()
+                    .any(|k| get_s(k, "pk") == Some(cancel.as_str()))
+            });
+        if unprocessed {
+            return Err(LedgerError::Unavailable(format!(
+                "BatchGetItem on {} left the cancel mark of {batch} unread (throttled)",
+                self.table
+            )));
+        }
+        let mut marks = BatchMarks::default();
+        for item in out
+            .responses
+            .as_ref()
+            .and_then(|r| r.get(&self.table))
+            .into_iter()
+            .flatten()
+        {
+            match get_s(item, "pk") {
+                Some(pk) if pk == cancel => marks.cancelled = true,
+                Some(pk) if pk == lane => {
+                    marks.lane_at = item.get("at").and_then(|v| v.as_n().ok()?.parse().ok());
+                }
+                _ => {}
+            }
+        }
+        Ok(marks)
+    }
+
+    /// An unconditional PutItem of the lane mark, gone with the TTL of a
+    /// day: a mark older than [`crate::ledger::LANE_MARK_FRESH`] is not
+    /// acted on.
+    async fn mark_lane(&self, batch: &str, at_ms: u64) -> Result<(), LedgerError> {
+        let item: Item = HashMap::from([
+            ("pk".to_string(), s(crate::ledger::lane_key(batch))),
+            ("at".to_string(), n(at_ms)),
+            (
+                "expires_at".to_string(),
+                n(epoch_secs_after(Duration::from_secs(24 * 3600))),
+            ),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| ledger_error(AwsError::sdk(SERVICE, "PutItem", &self.table, e)))?;
+        Ok(())
     }
 
     /// One conditional UpdateItem: granted if the item is new or its lease ran

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{BundleProgress, Claim, DedupLedger, LedgerError};
+use super::{BatchMarks, BundleProgress, Claim, DedupLedger, LedgerError};
 
 #[derive(Debug)]
 enum Entry {
@@ -25,6 +25,8 @@ enum Entry {
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Batch → its lane mark.
+    lane_marks: Mutex<HashMap<String, u64>>,
 }
 
 impl MemoryLedger {
@@ -46,9 +48,25 @@ impl DedupLedger for MemoryLedger {
         Ok(())
     }
 
-    async fn is_cancelled(&self, batch: &str) -> Result<bool, LedgerError> {
+    async fn batch_marks(&self, batch: &str) -> Result<BatchMarks, LedgerError> {
         let key = super::cancel_key(batch);
-        Ok(self.entries.lock().expect("ledger lock").contains_key(&key))
+        Ok(BatchMarks {
+            cancelled: self.entries.lock().expect("ledger lock").contains_key(&key),
+            lane_at: self
+                .lane_marks
+                .lock()
+                .expect("ledger lock")
+                .get(batch)
+                .copied(),
+        })
+    }
+
+    async fn mark_lane(&self, batch: &str, at_ms: u64) -> Result<(), LedgerError> {
+        self.lane_marks
+            .lock()
+            .expect("ledger lock")
+            .insert(batch.to_string(), at_ms);
+        Ok(())
     }
 
     async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {

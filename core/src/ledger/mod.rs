@@ -54,13 +54,61 @@ pub fn cancel_key(batch: &str) -> String {
     format!("#cancel#{batch}#")
 }
 
+/// The ledger key of a batch's lane mark: the last time its pool's priority
+/// lane got bundles of another batch (see [`BatchMarks::lane_at`]). Ends
+/// with `#`, as the cancel mark, so never a claim key; a key apart from the
+/// cancel mark, whose mere presence older workers read as a cancel.
+pub fn lane_key(batch: &str) -> String {
+    format!("#lane#{batch}#")
+}
+
+/// A batch's marks in the ledger, read together in one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchMarks {
+    pub cancelled: bool,
+    /// When (ms since the epoch) the operator last sent bundles of another
+    /// batch to the pool's priority lane while this one had work there.
+    /// Workers read these marks every few seconds for each batch of which
+    /// they hold tasks not started, which is when their slots are all taken
+    /// and they would not receive again before a bundle of theirs ends: a
+    /// mark newer than the last they saw has them look at the lane at once
+    /// (`lane_nudged`), at no extra request.
+    pub lane_at: Option<u64>,
+}
+
+/// A lane mark seen more than this after it was written is not acted on: by
+/// then the operator has moved what was left in the lane to the queue.
+pub const LANE_MARK_FRESH: Duration = Duration::from_secs(30);
+
+/// Whether a lane mark read now (`at`, ms since the epoch) calls for a look
+/// at the priority lane, given the last mark seen for the batch (`seen`):
+/// a mark not seen before, written within [`LANE_MARK_FRESH`] of `now_ms`.
+pub fn lane_nudged(seen: Option<u64>, at: Option<u64>, now_ms: u64) -> bool {
+    let fresh_ms = u64::try_from(LANE_MARK_FRESH.as_millis()).unwrap_or(u64::MAX);
+    match at {
+        Some(at) => seen != Some(at) && now_ms.saturating_sub(at) < fresh_ms,
+        None => false,
+    }
+}
+
 pub trait DedupLedger: Send + Sync + 'static {
     /// Marks `batch` cancelled: workers skip (and delete) its bundles that
     /// have not started.
     fn cancel_batch(&self, batch: &str) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
-    /// Whether `batch` was cancelled.
-    fn is_cancelled(&self, batch: &str) -> impl Future<Output = Result<bool, LedgerError>> + Send;
+    /// Whether `batch` was cancelled, and its lane mark: one request.
+    fn batch_marks(
+        &self,
+        batch: &str,
+    ) -> impl Future<Output = Result<BatchMarks, LedgerError>> + Send;
+
+    /// Writes `batch`'s lane mark at `at_ms` (ms since the epoch): its
+    /// pool's priority lane just got bundles of another batch.
+    fn mark_lane(
+        &self,
+        batch: &str,
+        at_ms: u64,
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
     /// Claims `key` for `owner` for `lease`.
     fn claim(
@@ -101,4 +149,24 @@ pub trait DedupLedger: Send + Sync + 'static {
         owner: &str,
         done: &BundleProgress,
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_mark_nudges_once_and_only_while_fresh() {
+        let now = 1_000_000;
+        // Never marked, or the mark already acted on.
+        assert!(!lane_nudged(None, None, now));
+        assert!(!lane_nudged(Some(now - 10), Some(now - 10), now));
+        // A new mark, first seen or after an older one.
+        assert!(lane_nudged(None, Some(now - 10), now));
+        assert!(lane_nudged(Some(now - 5_000), Some(now - 10), now));
+        // Too old: the operator has moved the lane's bundles to the queue.
+        assert!(!lane_nudged(None, Some(now - 30_000), now));
+        // Written ahead of this clock (clocks differ): still acted on.
+        assert!(lane_nudged(None, Some(now + 2_000), now));
+    }
 }

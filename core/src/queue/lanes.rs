@@ -97,32 +97,44 @@ impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
         max: usize,
         wait: Duration,
     ) -> Result<Option<Vec<Delivery>>, QueueError> {
-        if let Some(priority) = self.priority_now() {
-            match priority.receive(max, Duration::ZERO).await {
-                Ok(Some(mut got)) if !got.is_empty() => {
-                    let mut state = self.lock();
-                    for d in &mut got {
-                        d.priority = true;
-                        if let Some(r) = &d.receipt {
-                            state.from_priority.insert(r.0.clone());
-                        }
-                    }
-                    return Ok(Some(got));
-                }
-                Ok(_) => {}
-                Err(QueueError::NotFound(e)) => {
-                    let mut state = self.lock();
-                    if !std::mem::replace(&mut state.missing_told, true) {
-                        tracing::info!(error = %e, retry_in = ?LANE_MISSING_RETRY, "the queue has no priority lane: receiving from the queue only");
-                    }
-                    state.missing_until = Some(Instant::now() + LANE_MISSING_RETRY);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "the priority lane failed: receiving from the queue");
-                }
-            }
+        let got = self.receive_priority(max).await?;
+        if !got.is_empty() {
+            return Ok(Some(got));
         }
         self.main.receive(max, wait).await
+    }
+
+    /// The lane without waiting; a lane missing or failing gives nothing
+    /// (`Ok`): a missing one is not asked again for [`LANE_MISSING_RETRY`].
+    async fn receive_priority(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        let Some(priority) = self.priority_now() else {
+            return Ok(Vec::new());
+        };
+        match priority.receive(max, Duration::ZERO).await {
+            Ok(Some(mut got)) => {
+                let mut state = self.lock();
+                for d in &mut got {
+                    d.priority = true;
+                    if let Some(r) = &d.receipt {
+                        state.from_priority.insert(r.0.clone());
+                    }
+                }
+                Ok(got)
+            }
+            Ok(None) => Ok(Vec::new()),
+            Err(QueueError::NotFound(e)) => {
+                let mut state = self.lock();
+                if !std::mem::replace(&mut state.missing_told, true) {
+                    tracing::info!(error = %e, retry_in = ?LANE_MISSING_RETRY, "the queue has no priority lane: receiving from the queue only");
+                }
+                state.missing_until = Some(Instant::now() + LANE_MISSING_RETRY);
+                Ok(Vec::new())
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the priority lane failed: receiving from the queue");
+                Ok(Vec::new())
+            }
+        }
     }
 
     async fn ack(&self, receipts: Vec<Receipt>) -> Result<(), QueueError> {

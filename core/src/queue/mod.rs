@@ -55,6 +55,16 @@ pub trait TaskQueue: Send + Sync + 'static {
         wait: Duration,
     ) -> impl Future<Output = Result<Option<Vec<Delivery>>, QueueError>> + Send;
 
+    /// Receives up to `max` bundles from the priority lane only, without
+    /// waiting: a worker whose slots are all taken looks there when told
+    /// that the lane just got bundles. A queue without a lane has none.
+    fn receive_priority(
+        &self,
+        _max: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, QueueError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// Acknowledges deliveries whose results are out, so they are not delivered again.
     fn ack(&self, receipts: Vec<Receipt>) -> impl Future<Output = Result<(), QueueError>> + Send;
 

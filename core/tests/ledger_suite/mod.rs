@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger};
+use cloudkon_core::ledger::{BatchMarks, BundleProgress, Claim, DedupLedger};
 
 pub const LEASE: Duration = Duration::from_secs(30);
 
@@ -163,12 +163,40 @@ pub async fn racing_claimers_exactly_one_is_granted<L: DedupLedger>(l: Arc<L>) {
 
 pub async fn a_cancel_mark_is_seen_and_is_no_claim<L: DedupLedger>(l: &L) {
     let batch = "cancelled";
-    assert!(!l.is_cancelled(batch).await.unwrap());
+    assert!(!l.batch_marks(batch).await.unwrap().cancelled);
     l.cancel_batch(batch).await.unwrap();
-    assert!(l.is_cancelled(batch).await.unwrap());
-    assert!(!l.is_cancelled("cancelled-other").await.unwrap());
+    assert!(l.batch_marks(batch).await.unwrap().cancelled);
+    assert!(!l.batch_marks("cancelled-other").await.unwrap().cancelled);
     // The batch's bundles are still claimed as usual (workers check the mark
     // before they claim).
+    assert_eq!(
+        l.claim(&format!("{batch}#0"), "a", LEASE).await.unwrap(),
+        granted(1, &[])
+    );
+}
+
+pub async fn a_lane_mark_is_read_with_the_cancel_mark_and_cancels_nothing<L: DedupLedger>(l: &L) {
+    let batch = "nudged";
+    assert_eq!(l.batch_marks(batch).await.unwrap(), BatchMarks::default());
+    l.mark_lane(batch, 1_000).await.unwrap();
+    l.mark_lane(batch, 2_000).await.unwrap();
+    assert_eq!(
+        l.batch_marks(batch).await.unwrap(),
+        BatchMarks {
+            cancelled: false,
+            lane_at: Some(2_000)
+        }
+    );
+    assert_eq!(l.batch_marks("nudged-other").await.unwrap().lane_at, None);
+    l.cancel_batch(batch).await.unwrap();
+    assert_eq!(
+        l.batch_marks(batch).await.unwrap(),
+        BatchMarks {
+            cancelled: true,
+            lane_at: Some(2_000)
+        }
+    );
+    // No claim key: the batch's bundles are claimed as usual.
     assert_eq!(
         l.claim(&format!("{batch}#0"), "a", LEASE).await.unwrap(),
         granted(1, &[])
@@ -186,6 +214,7 @@ macro_rules! ledger_suite {
         ledger_suite!(@case $fresh, $done, [$($attr),*], release_lets_the_next_claim_in_at_once_as_the_same_attempt);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_take_over_resumes_from_the_last_renewal);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_cancel_mark_is_seen_and_is_no_claim);
+        ledger_suite!(@case $fresh, $done, [$($attr),*], a_lane_mark_is_read_with_the_cancel_mark_and_cancels_nothing);
         #[tokio::test]
         $(#[$attr])*
         async fn racing_claimers_exactly_one_is_granted() {

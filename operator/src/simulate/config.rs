@@ -76,6 +76,13 @@ pub struct PoolConfig {
     /// whose lane was deleted, has not): see `shares::priority_lane`.
     #[serde(default = "yes")]
     pub priority_lane: bool,
+    /// The runner marks the other batches in the ledger after a send to
+    /// the lane, and workers whose slots they fill look at the lane when
+    /// they read the mark (default; `false`: workers and operators from
+    /// before the marks, whose workers look at the lane only as they
+    /// receive).
+    #[serde(default = "yes")]
+    pub lane_marks: bool,
 }
 
 /// `cloudkon-worker`'s settings and how a worker comes up.

@@ -69,6 +69,9 @@ pub enum Ev {
         w: usize,
         seq: u64,
     },
+    /// A worker reads a new lane mark (`fetch::note_lane_mark`) and looks
+    /// at the priority lane.
+    LaneLook(usize),
     Delivered {
         w: usize,
         msgs: Vec<usize>,
@@ -151,7 +154,7 @@ pub struct Requests {
     /// DynamoDB: claims, renewals, completions, releases; retries of throttled ones.
     pub ledger_writes: u64,
     pub ledger_throttled: u64,
-    /// DynamoDB GetItem: the cancel check.
+    /// DynamoDB BatchGetItem: the cancel check (cancel and lane marks).
     pub ledger_reads: u64,
     /// DynamoDB PutItem of each worker's heartbeat row: at its start, when
     /// it turns busy or idle, and every `HEARTBEAT_ROW_EVERY` while busy.
@@ -434,6 +437,7 @@ impl<'c> Sim<'c> {
             Ev::Sample => self.sample(),
             Ev::WorkerReady(w) => self.worker_ready(w),
             Ev::PollTimeout { w, seq } => self.poll_timeout(w, seq),
+            Ev::LaneLook(w) => self.lane_look(w),
             Ev::Delivered { w, msgs } => self.delivered(w, msgs),
             Ev::Claimed { w, msg } => self.claimed(w, msg),
             Ev::FetcherFree(w) => {

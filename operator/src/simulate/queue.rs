@@ -122,6 +122,12 @@ impl Queue {
         }
     }
 
+    /// A look at the priority lane alone (`Lanes::receive_priority`): one
+    /// request.
+    pub fn receive_priority(&mut self, n: usize) -> Vec<usize> {
+        self.receive_from(n, true)
+    }
+
     /// A long poll of the main queue returning with what became visible there.
     pub fn receive_main(&mut self, n: usize) -> Vec<usize> {
         self.receive_from(n, false)

@@ -447,6 +447,12 @@ impl Sim<'_> {
         batch.bundles += group.len() as u64;
         let last = batch.peek().is_none();
         let priority = self.cfg.pool.priority_lane && share.priority(window);
+        // The runner's `mark_lane`: the other batches' lane marks.
+        let others = if priority && self.cfg.pool.lane_marks {
+            share.others()
+        } else {
+            Vec::new()
+        };
         share.sent_at(batch.running(), instant);
         if last {
             batch.all_sent = true;
@@ -462,6 +468,13 @@ impl Sim<'_> {
             .map(|(first, len)| self.queue.add(b, first, len, priority))
             .collect();
         self.at(now + lat, Ev::MessagesVisible(ids));
+        let marked: Vec<usize> = (0..self.batches.len())
+            .filter(|&o| others.contains(&self.batches[o].name))
+            .collect();
+        if !marked.is_empty() {
+            self.req.ledger_writes += marked.len() as u64;
+            self.lane_marked(&marked);
+        }
         if last && self.share_to.is_none() && self.share_from.is_some() {
             self.share_to = Some((now, self.done_work()));
         }

@@ -188,6 +188,58 @@ impl Sim<'_> {
         }
     }
 
+    /// The pool's priority lane just got bundles, and the runner marked the
+    /// other batches (`others`) in the ledger: each worker holding tasks not
+    /// started of one of them reads the mark with its next cancel check
+    /// (`cancel_check` apart, at a phase of its own: drawn here) and looks
+    /// at the lane then.
+    pub fn lane_marked(&mut self, others: &[usize]) {
+        for w in 0..self.workers.len() {
+            let worker = &self.workers[w];
+            if worker.state != WState::Ready {
+                continue;
+            }
+            let watched = batches_to_watch(
+                worker
+                    .held
+                    .iter()
+                    .filter(|h| h.claimed)
+                    .map(|h| (self.queue.messages[h.msg].batch, h.pending.len())),
+            );
+            if watched.iter().any(|b| others.contains(b)) {
+                let next_check = (self.cancel_check as f64 * self.rng.unit()) as T;
+                self.at(
+                    self.now + self.lat_db + next_check + self.lat_db,
+                    Ev::LaneLook(w),
+                );
+            }
+        }
+    }
+
+    /// `fetch::look_at_lane`: the fetch loop, waiting while the worker holds
+    /// enough, receives from the lane alone, as many bundles as it has
+    /// room for.
+    pub fn lane_look(&mut self, w: usize) {
+        let slots = self.slots as usize;
+        let prefetch = self.cfg.worker.prefetch;
+        let worker = &mut self.workers[w];
+        if worker.state != WState::Ready || worker.fetching {
+            return;
+        }
+        let room = (slots + prefetch)
+            .saturating_sub(worker.held.len())
+            .min(SQS_MAX_BATCH_ENTRIES);
+        if room == 0 {
+            return;
+        }
+        self.req.bundle_receives += 1;
+        let got = self.queue.receive_priority(room);
+        if !got.is_empty() {
+            self.workers[w].fetching = true;
+            self.received(w, got);
+        }
+    }
+
     /// Messages received by `w`: hidden for the visibility timeout, delivered
     /// after the request's latency.
     fn received(&mut self, w: usize, msgs: Vec<usize>) {

@@ -1,5 +1,5 @@
 //! Cancels seen by a worker: a cancelled batch's tasks that have not started
-//! are left, and those running finish. The worker asks the ledger (a GetItem
+//! are left, and those running finish. The worker asks the ledger (a read
 //! per batch and `cancel_check`) only for the batches of which it holds tasks
 //! not started: a worker whose slots all run ten-minute tasks has nothing a
 //! cancel would change, and asked every 3 s anyway, 15 of the 65 requests
@@ -90,10 +90,11 @@ where
                 Some((true, _)) => true,
                 _ => {
                     asked.insert(batch.clone(), Instant::now());
-                    match ledger.is_cancelled(&batch).await {
-                        Ok(cancelled) => {
-                            fetch::remember_cancelled(&ctx, &batch, cancelled);
-                            cancelled
+                    match ledger.batch_marks(&batch).await {
+                        Ok(marks) => {
+                            fetch::remember_cancelled(&ctx, &batch, marks.cancelled);
+                            fetch::note_lane_mark(&ctx, &batch, marks.lane_at);
+                            marks.cancelled
                         }
                         Err(e) => {
                             tracing::debug!(batch, error = %e, "cannot check for cancellation");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger, claim_key};
+use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger, claim_key, lane_nudged};
 use cloudkon_core::queue::{Delivery, Receipt, ResultRouter, TaskQueue};
 use cloudkon_core::{TaskResult, TaskSpec, Timestamp};
 
@@ -107,10 +107,19 @@ where
     loop {
         // Hold no more tasks than the slots can start soon: a message held here
         // is invisible to idle workers elsewhere.
+        // Meanwhile a new lane mark has it look at the priority lane: its
+        // bundles go ahead of those held, and would wait for one of them to
+        // end otherwise (on a pool of few workers, each holding a window's
+        // share of a big batch: ~13 s a round, simulated).
         while ctx.inflight.tasks() >= ctx.inflight.hold(slots) {
             tokio::select! {
                 _ = shutdown.stop.cancelled() => return StopReason::Shutdown,
                 _ = ctx.tasks_done.notified() => {},
+                _ = ctx.lane_nudge.notified() => {
+                    if let Some(stop) = look_at_lane(ctx, first_units, results, shutdown).await {
+                        return stop;
+                    }
+                }
             }
         }
         // While lease renewals fail, nothing new is claimed (see
@@ -260,6 +269,69 @@ where
             }
         }
     }
+}
+
+/// One receive from the priority lane alone, for as many bundles as the
+/// worker has room for, each admitted and dispatched ahead of those held;
+/// `Some`: the worker is to stop.
+async fn look_at_lane<Q, L, R>(
+    ctx: &Ctx<Q, L, R>,
+    first_units: &async_channel::Sender<WorkUnit>,
+    results: &async_channel::Sender<PoolEvent>,
+    shutdown: &Shutdown,
+) -> Option<StopReason>
+where
+    Q: TaskQueue,
+    L: DedupLedger,
+    R: ResultRouter,
+{
+    let mut room = 0;
+    while room < MAX_RECEIVE {
+        match ctx.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                room += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    if room == 0 {
+        return None;
+    }
+    let deliveries = match ctx.queue.receive_priority(room).await {
+        Ok(deliveries) => deliveries,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot look at the priority lane");
+            Vec::new()
+        }
+    };
+    ctx.room.add_permits(room - deliveries.len().min(room));
+    WorkerStats::add(&ctx.stats.lane_marked, deliveries.len() as u64);
+    for delivery in deliveries {
+        if shutdown.stop.is_cancelled() {
+            ctx.room.add_permits(1);
+            if let Some(receipt) = &delivery.receipt {
+                let _ = ctx.queue.release(receipt).await;
+            }
+            continue;
+        }
+        match admit(ctx, delivery).await {
+            Admitted::Run(unit) => {
+                if first_units.send(unit).await.is_err() {
+                    return Some(StopReason::Shutdown);
+                }
+            }
+            Admitted::GiveUp(unit, failed) => {
+                if PoolEvent::report(unit, failed, results).await.is_err() {
+                    return Some(StopReason::Shutdown);
+                }
+            }
+            // The ledger down: the bundle is hidden to come back; the main
+            // loop finds out on its next claim.
+            Admitted::Skip | Admitted::LedgerDown(_) => ctx.room.add_permits(1),
+        }
+    }
+    None
 }
 
 /// Hides a message whose bundle could not be claimed (the ledger is
@@ -476,8 +548,9 @@ where
     ask_cancelled(ctx, ledger, batch).await
 }
 
-/// Whether a batch was cancelled, asked of the ledger afresh (and cached);
-/// `Err`: it did not answer within [`ADMIT_LEDGER_LIMIT`], and why.
+/// Whether a batch was cancelled, asked of the ledger afresh (and cached,
+/// its lane mark noted: [`note_lane_mark`]); `Err`: it did not answer
+/// within [`ADMIT_LEDGER_LIMIT`], and why.
 pub(super) async fn ask_cancelled<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
     ledger: &L,
@@ -486,9 +559,8 @@ pub(super) async fn ask_cancelled<Q, L, R>(
 where
     L: DedupLedger,
 {
-    let cancelled = match tokio::time::timeout(ADMIT_LEDGER_LIMIT, ledger.is_cancelled(batch)).await
-    {
-        Ok(Ok(c)) => c,
+    let marks = match tokio::time::timeout(ADMIT_LEDGER_LIMIT, ledger.batch_marks(batch)).await {
+        Ok(Ok(marks)) => marks,
         Ok(Err(e)) => {
             tracing::debug!(batch, error = %e, "cannot check for cancellation");
             return Err(e.to_string());
@@ -500,8 +572,26 @@ where
             ));
         }
     };
-    remember_cancelled(ctx, batch, cancelled);
-    Ok(cancelled)
+    remember_cancelled(ctx, batch, marks.cancelled);
+    note_lane_mark(ctx, batch, marks.lane_at);
+    Ok(marks.cancelled)
+}
+
+/// Wakes the fetcher to look at the priority lane when `batch`'s lane mark
+/// is new (`lane_nudged`).
+pub fn note_lane_mark<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, at: Option<u64>) {
+    let Some(at) = at else { return };
+    let mut seen = ctx.lane_marks.lock().expect("lane marks");
+    let now_ms = cloudkon_core::Timestamp::now().0 / 1000;
+    if lane_nudged(seen.get(batch).copied(), Some(at), now_ms) {
+        tracing::debug!(batch, "the priority lane got bundles: looking at it");
+        ctx.lane_nudge.notify_one();
+    }
+    // Bounded as the cancel cache is.
+    if seen.len() > 10_000 {
+        seen.clear();
+    }
+    seen.insert(batch.to_string(), at);
 }
 
 /// The cached cancel answer on `batch` and when it was given, from a

@@ -77,7 +77,7 @@ pub struct RemoteConfig {
     /// failed instead of run again.
     pub max_claims: u32,
     /// How often the ledger is asked whether each batch held was cancelled
-    /// (a GetItem per batch): how soon a cancel leaves the tasks not started,
+    /// (one read per batch, its lane mark with it): how soon a cancel leaves the tasks not started,
     /// against a read per worker and period, which a pool of 1,000 workers
     /// finishing a few tasks a second each pays per task (see the README's
     /// simulation figures).
@@ -177,6 +177,11 @@ struct Ctx<Q, L, R> {
     /// Batch → (cancelled, when looked up): the ledger is asked at most every
     /// `config.cancel_check` per batch.
     cancelled: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
+    /// Batch → its last lane mark seen (see `BatchMarks::lane_at`).
+    lane_marks: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// A new lane mark was seen: the fetcher looks at the priority lane
+    /// even though it holds enough.
+    lane_nudge: tokio::sync::Notify,
     /// Stops the fetcher and aborts the pool when a stage gives up.
     shutdown: Shutdown,
     /// Why a stage other than the fetcher gave up, first one only.
@@ -227,6 +232,8 @@ where
         gone: Default::default(),
         stats,
         cancelled: Default::default(),
+        lane_marks: Default::default(),
+        lane_nudge: tokio::sync::Notify::new(),
         renewals_failing: tokio::sync::watch::channel(false).0,
     });
     let (units_tx, units_rx) = async_channel::bounded(slots + ctx.config.prefetch);

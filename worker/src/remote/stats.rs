@@ -24,6 +24,9 @@ pub struct WorkerStats {
     pub cancelled: AtomicU64,
     /// Bundles reported failed after too many claims.
     pub given_up: AtomicU64,
+    /// Bundles taken from the priority lane on a lane mark, while the
+    /// worker held enough to receive nothing else.
+    pub lane_marked: AtomicU64,
     /// Calls to the queue or ledger that failed and were retried.
     pub backend_errors: AtomicU64,
     /// Tasks an earlier holder of a taken-over bundle had finished and

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use cloudkon_core::ledger::{
-    BundleProgress, Claim, DedupLedger, LedgerError, MemoryLedger, claim_key,
+    BatchMarks, BundleProgress, Claim, DedupLedger, LedgerError, MemoryLedger, claim_key,
 };
 use cloudkon_core::queue::{Delivery, MemoryQueue, QueueError, Receipt};
 use cloudkon_core::wire::decode_results;
@@ -395,7 +395,7 @@ async fn bundles_of_a_cancelled_batch_are_deleted_without_running() {
     assert_eq!(run.reason, StopReason::Drained);
     assert!(run.router.results("resp").is_empty(), "nothing ran");
     assert_eq!(WorkerStats::get(&run.stats.cancelled), 2);
-    assert!(!ledger.is_cancelled("other").await.unwrap());
+    assert!(!ledger.batch_marks("other").await.unwrap().cancelled);
 }
 
 #[tokio::test]
@@ -1208,10 +1208,14 @@ impl DedupLedger for CountingLedger {
         self.inner.cancel_batch(batch).await
     }
 
-    async fn is_cancelled(&self, batch: &str) -> Result<bool, LedgerError> {
+    async fn batch_marks(&self, batch: &str) -> Result<BatchMarks, LedgerError> {
         self.cancel_checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.is_cancelled(batch).await
+        self.inner.batch_marks(batch).await
+    }
+
+    async fn mark_lane(&self, batch: &str, at_ms: u64) -> Result<(), LedgerError> {
+        self.inner.mark_lane(batch, at_ms).await
     }
 
     async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
@@ -1257,6 +1261,82 @@ impl DedupLedger for CountingLedger {
     ) -> Result<(), LedgerError> {
         self.inner.release(key, owner, done).await
     }
+}
+
+#[tokio::test]
+async fn a_lane_mark_has_a_worker_whose_slots_are_taken_look_at_the_lane() {
+    // One slot and a bundle of ten 0.3 s tasks of batch b: the worker holds
+    // enough, and would receive again only near the bundle's end. Another
+    // batch's bundle comes to the priority lane with a lane mark on b: read
+    // with b's next cancel check (every 100 ms), it has the worker take the
+    // lane's bundle, which runs next, ahead of b's tasks held.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let task = |name: &str, secs: f64| TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("echo {name} >> {}; sleep {secs}", log.display()),
+        ],
+        expected_ms: None,
+    };
+    let started = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let main = MemoryQueue::bounded(4);
+    let lane = MemoryQueue::bounded(4);
+    let b_tasks = (0..10).map(|i| task(&format!("b{i}"), 0.3)).collect();
+    main.send(vec![bundle(0, b_tasks)]).await.unwrap();
+    let ledger = Arc::new(MemoryLedger::new());
+    let mut config = config();
+    config.pool.slots = 1;
+    config.cancel_check = Duration::from_millis(100);
+    let shutdown = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        Arc::new(cloudkon_core::queue::Lanes::new(main, Some(lane.clone()))),
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config,
+        shutdown.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !started().contains(&"b0".to_string()) {
+        assert!(std::time::Instant::now() < deadline, "b0 never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut newcomer = bundle(100, vec![task("n", 0.0)]);
+    newcomer.tasks[0].batch = BatchId::new("n");
+    lane.send(vec![newcomer]).await.unwrap();
+    ledger
+        .mark_lane("b", Timestamp::now().0 / 1000)
+        .await
+        .unwrap();
+    let order = loop {
+        let order = started();
+        if order.contains(&"n".to_string()) {
+            break order;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n never started: {order:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let before = order.iter().take_while(|t| *t != "n").count();
+    // b0 running, b1 (the mark read within 100 ms of the first 0.3 s), and
+    // b2 at worst; without the mark, n waits for b8.
+    assert!(
+        before <= 3,
+        "n started after {before} of b's tasks: {order:?}"
+    );
+    shutdown.stop.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }
 
 #[tokio::test]

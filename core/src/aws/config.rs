@@ -141,21 +141,22 @@ impl Aws {
 
     /// The dedup ledger in `table` (see [`DynamoLedger::ensure_table`]).
     pub fn ledger(&self, table: impl Into<String>) -> DynamoLedger {
-        let config = aws_sdk_dynamodb::config::Builder::from(&self.sdk)
-            .interceptor(CountRequests(self.stats.clone()))
-            .build();
-        DynamoLedger::new(
-            aws_sdk_dynamodb::Client::from_conf(config),
-            table.into(),
-            self.stats.clone(),
-        )
+        self.ledger_with(table, aws_sdk_dynamodb::config::Builder::from(&self.sdk))
     }
 
     /// [`Aws::ledger`] whose requests go to `endpoint` (a proxy in front of
     /// DynamoDB) whatever the environment says.
     pub fn ledger_at(&self, table: impl Into<String>, endpoint: &str) -> DynamoLedger {
-        let config = aws_sdk_dynamodb::config::Builder::from(&self.sdk)
-            .endpoint_url(endpoint)
+        let config = aws_sdk_dynamodb::config::Builder::from(&self.sdk).endpoint_url(endpoint);
+        self.ledger_with(table, config)
+    }
+
+    fn ledger_with(
+        &self,
+        table: impl Into<String>,
+        config: aws_sdk_dynamodb::config::Builder,
+    ) -> DynamoLedger {
+        let config = config
             .interceptor(CountRequests(self.stats.clone()))
             .build();
         DynamoLedger::new(

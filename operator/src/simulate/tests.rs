@@ -407,19 +407,8 @@ fn a_small_batch_beside_a_big_one_does_not_wait_behind_its_queue() {
   - { name: small, tasks: 200, arrivalSeconds: 300, durations: { kind: fixed, seconds: 1 } }",
         )
     };
-    let took = |lane: bool| {
-        let cfg = beside(lane);
-        let report = simulate(&cfg);
-        assert_eq!(report.collected, report.tasks);
-        let small = report
-            .batches
-            .iter()
-            .find(|b| b.name == "small")
-            .expect("the small batch");
-        (small.done.expect("done") - small.arrived, report, cfg)
-    };
-    let (queue, _, _) = took(false);
-    let (lane, report, cfg) = took(true);
+    let (queue, _, _) = small_batch_took(beside(false));
+    let (lane, report, cfg) = small_batch_took(beside(true));
     println!("the small batch took {queue:.1} s through the queue, {lane:.1} s through the lane");
     assert!(lane < 0.6 * queue, "{}", report.text(&cfg.targets));
 }
@@ -431,8 +420,8 @@ fn a_small_batch_beside_a_big_one_does_not_wait_behind_its_queue() {
 /// 3 s) instead.
 #[test]
 fn on_a_small_pool_a_lane_mark_has_busy_workers_take_a_newcomers_bundles() {
-    let took = |marks: bool| {
-        let cfg = config(&format!(
+    let beside = |marks: bool| {
+        config(&format!(
             r#"
 pool: {{ min: 2, max: 2, threads: 4, laneMarks: {marks} }}
 worker: {{ startupSeconds: 1, startupJitterSeconds: 0, leaseSeconds: 10, lingerMs: 5000,
@@ -442,20 +431,25 @@ batches:
   - {{ name: big, tasks: 100000, durations: {{ kind: fixed, seconds: 0.05 }} }}
   - {{ name: small, tasks: 200, arrivalSeconds: 60, durations: {{ kind: fixed, seconds: 0.1 }} }}
 "#
-        ));
-        let report = simulate(&cfg);
-        assert_eq!(report.collected, report.tasks);
-        let small = report
-            .batches
-            .iter()
-            .find(|b| b.name == "small")
-            .expect("the small batch");
-        (small.done.expect("done") - small.arrived, report, cfg)
+        ))
     };
-    let (unmarked, _, _) = took(false);
-    let (marked, report, cfg) = took(true);
+    let (unmarked, _, _) = small_batch_took(beside(false));
+    let (marked, report, cfg) = small_batch_took(beside(true));
     println!("the small batch took {unmarked:.1} s without lane marks, {marked:.1} s with them");
     // Measured 15.8 s against 30.4 s (12.4 s to 18.1 s over seeds 1-6 of
     // `beside-small-pool`).
     assert!(marked < 0.7 * unmarked, "{}", report.text(&cfg.targets));
+}
+
+/// How long the batch named `small` took from applied to done, every task
+/// of the run collected.
+fn small_batch_took(cfg: SimConfig) -> (f64, Report, SimConfig) {
+    let report = simulate(&cfg);
+    assert_eq!(report.collected, report.tasks);
+    let small = report
+        .batches
+        .iter()
+        .find(|b| b.name == "small")
+        .expect("the small batch");
+    (small.done.expect("done") - small.arrived, report, cfg)
 }

@@ -133,22 +133,13 @@ where
             permit = ctx.room.acquire() => permit.expect("room semaphore open"),
         };
         first.forget();
-        let mut room = 1;
         let want = bundles_wanted(
             ctx.inflight.hold(slots),
             ctx.inflight.tasks(),
             avg_bundle_tasks,
             1 + ctx.room.available_permits(),
         );
-        while room < want {
-            match ctx.room.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    room += 1;
-                }
-                Err(_) => break,
-            }
-        }
+        let room = 1 + take_room(ctx, want.saturating_sub(1));
         if shutdown.stop.is_cancelled() {
             ctx.room.add_permits(room);
             return StopReason::Shutdown;
@@ -209,15 +200,7 @@ where
         let admitting = Instant::now();
         let delivered = !deliveries.is_empty();
         for delivery in deliveries {
-            if shutdown.stop.is_cancelled() {
-                // Received after the stop: straight back to the queue.
-                ctx.room.add_permits(1);
-                if let Some(receipt) = &delivery.receipt {
-                    let _ = ctx.queue.release(receipt).await;
-                }
-                continue;
-            }
-            if ledger_down.is_some() {
+            if ledger_down.is_some() && !shutdown.stop.is_cancelled() {
                 // Its claim would fail as the last one did, after as long a
                 // wait: hidden at once, to come back later.
                 ctx.room.add_permits(1);
@@ -229,22 +212,10 @@ where
             } else {
                 units
             };
-            match admit(ctx, delivery).await {
-                Admitted::Run(unit) => {
-                    if to.send(unit).await.is_err() {
-                        return StopReason::Shutdown;
-                    }
-                }
-                Admitted::GiveUp(unit, failed) => {
-                    if PoolEvent::report(unit, failed, results).await.is_err() {
-                        return StopReason::Shutdown;
-                    }
-                }
-                Admitted::Skip => ctx.room.add_permits(1),
-                Admitted::LedgerDown(error) => {
-                    ctx.room.add_permits(1);
-                    ledger_down = Some(error);
-                }
+            match dispatch(ctx, delivery, to, results, shutdown).await {
+                Ok(Some(error)) => ledger_down = Some(error),
+                Ok(None) => {}
+                Err(stop) => return stop,
             }
         }
         if let Some(error) = ledger_down {
@@ -271,6 +242,22 @@ where
     }
 }
 
+/// Takes up to `most` room permits that are free now (each one bundle's
+/// room, given back as the bundle ends); how many.
+fn take_room<Q, L, R>(ctx: &Ctx<Q, L, R>, most: usize) -> usize {
+    let mut room = 0;
+    while room < most {
+        match ctx.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                room += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    room
+}
+
 /// One receive from the priority lane alone, for as many bundles as the
 /// worker has room for, each admitted and dispatched ahead of those held;
 /// `Some`: the worker is to stop.
@@ -285,16 +272,7 @@ where
     L: DedupLedger,
     R: ResultRouter,
 {
-    let mut room = 0;
-    while room < MAX_RECEIVE {
-        match ctx.room.try_acquire() {
-            Ok(permit) => {
-                permit.forget();
-                room += 1;
-            }
-            Err(_) => break,
-        }
-    }
+    let room = take_room(ctx, MAX_RECEIVE);
     if room == 0 {
         return None;
     }
@@ -308,30 +286,50 @@ where
     ctx.room.add_permits(room - deliveries.len().min(room));
     WorkerStats::add(&ctx.stats.lane_marked, deliveries.len() as u64);
     for delivery in deliveries {
-        if shutdown.stop.is_cancelled() {
-            ctx.room.add_permits(1);
-            if let Some(receipt) = &delivery.receipt {
-                let _ = ctx.queue.release(receipt).await;
-            }
-            continue;
-        }
-        match admit(ctx, delivery).await {
-            Admitted::Run(unit) => {
-                if first_units.send(unit).await.is_err() {
-                    return Some(StopReason::Shutdown);
-                }
-            }
-            Admitted::GiveUp(unit, failed) => {
-                if PoolEvent::report(unit, failed, results).await.is_err() {
-                    return Some(StopReason::Shutdown);
-                }
-            }
-            // The ledger down: the bundle is hidden to come back; the main
-            // loop finds out on its next claim.
-            Admitted::Skip | Admitted::LedgerDown(_) => ctx.room.add_permits(1),
+        // The ledger down: the bundle is hidden to come back, and the main
+        // loop finds out on its next claim.
+        if let Err(stop) = dispatch(ctx, delivery, first_units, results, shutdown).await {
+            return Some(stop);
         }
     }
     None
+}
+
+/// Admits a bundle received (one room permit taken for it) and sends it
+/// `to` the slots, or reports it given up; received after the stop, it goes
+/// straight back to the queue. `Ok(Some)`: the ledger's error, the bundle
+/// hidden to come back; `Err`: the worker is to stop.
+async fn dispatch<Q, L, R>(
+    ctx: &Ctx<Q, L, R>,
+    delivery: Delivery,
+    to: &async_channel::Sender<WorkUnit>,
+    results: &async_channel::Sender<PoolEvent>,
+    shutdown: &Shutdown,
+) -> Result<Option<String>, StopReason>
+where
+    Q: TaskQueue,
+    L: DedupLedger,
+    R: ResultRouter,
+{
+    if shutdown.stop.is_cancelled() {
+        ctx.room.add_permits(1);
+        if let Some(receipt) = &delivery.receipt {
+            let _ = ctx.queue.release(receipt).await;
+        }
+        return Ok(None);
+    }
+    match admit(ctx, delivery).await {
+        Admitted::Run(unit) => to.send(unit).await.map_err(|_| StopReason::Shutdown)?,
+        Admitted::GiveUp(unit, failed) => PoolEvent::report(unit, failed, results)
+            .await
+            .map_err(|_| StopReason::Shutdown)?,
+        Admitted::Skip => ctx.room.add_permits(1),
+        Admitted::LedgerDown(error) => {
+            ctx.room.add_permits(1);
+            return Ok(Some(error));
+        }
+    }
+    Ok(None)
 }
 
 /// Hides a message whose bundle could not be claimed (the ledger is
@@ -582,7 +580,7 @@ where
 pub fn note_lane_mark<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, at: Option<u64>) {
     let Some(at) = at else { return };
     let mut seen = ctx.lane_marks.lock().expect("lane marks");
-    let now_ms = cloudkon_core::Timestamp::now().0 / 1000;
+    let now_ms = Timestamp::now().0 / 1000;
     if lane_nudged(seen.get(batch).copied(), Some(at), now_ms) {
         tracing::debug!(batch, "the priority lane got bundles: looking at it");
         ctx.lane_nudge.notify_one();

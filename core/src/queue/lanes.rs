@@ -6,7 +6,6 @@
 //! `shares::priority_lane`), which every worker looks at before it takes
 //! from the main queue.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,11 +23,15 @@ pub struct Lanes<Q> {
     state: Mutex<LaneState>,
 }
 
+/// Starts the receipts of the deliveries that came from the priority lane:
+/// acks, extensions and releases go to the lane they came from, with the
+/// lane's own receipt. Not in SQS's receipt handles (base64). In the receipt
+/// rather than in a set of receipts kept here, which kept those of bundles
+/// hidden after a failed claim and taken by another worker for good.
+const LANE_RECEIPT: &str = "!pri!";
+
 #[derive(Default)]
 struct LaneState {
-    /// Receipts of the deliveries that came from the priority lane: acks,
-    /// extensions and releases go to the lane they came from.
-    from_priority: HashSet<String>,
     /// The priority lane was missing: not asked again before this.
     missing_until: Option<Instant>,
     /// That was said once in the log.
@@ -61,27 +64,36 @@ impl<Q: TaskQueue> Lanes<Q> {
         }
     }
 
-    /// Splits receipts by the lane they came from (priority, main).
-    fn split(&self, receipts: Vec<Receipt>) -> (Vec<Receipt>, Vec<Receipt>) {
-        let state = self.lock();
-        receipts
-            .into_iter()
-            .partition(|r| state.from_priority.contains(&r.0))
-    }
-
-    fn lane_of(&self, receipt: &Receipt) -> &Q {
-        match &self.priority {
-            Some(p) if self.lock().from_priority.contains(&receipt.0) => p,
-            _ => &self.main,
-        }
-    }
-
-    fn forget(&self, receipts: &[Receipt]) {
-        let mut state = self.lock();
+    /// Splits receipts by the lane they came from (priority, main), each
+    /// as its lane gave it.
+    fn split(receipts: Vec<Receipt>) -> (Vec<Receipt>, Vec<Receipt>) {
+        let mut priority = Vec::new();
+        let mut main = Vec::new();
         for r in receipts {
-            state.from_priority.remove(&r.0);
+            match lane_receipt(&r) {
+                Some(lane) => priority.push(lane),
+                None => main.push(r),
+            }
+        }
+        (priority, main)
+    }
+
+    /// The lane a receipt came from, and the receipt as that lane gave it.
+    fn lane_of(&self, receipt: &Receipt) -> (&Q, Receipt) {
+        match (&self.priority, lane_receipt(receipt)) {
+            (Some(p), Some(lane)) => (p, lane),
+            _ => (&self.main, receipt.clone()),
         }
     }
+}
+
+/// A receipt of the priority lane, as the lane gave it; `None`: the main
+/// queue's.
+fn lane_receipt(receipt: &Receipt) -> Option<Receipt> {
+    receipt
+        .0
+        .strip_prefix(LANE_RECEIPT)
+        .map(|r| Receipt(r.to_string()))
 }
 
 impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
@@ -112,11 +124,10 @@ impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
         };
         match priority.receive(max, Duration::ZERO).await {
             Ok(Some(mut got)) => {
-                let mut state = self.lock();
                 for d in &mut got {
                     d.priority = true;
-                    if let Some(r) = &d.receipt {
-                        state.from_priority.insert(r.0.clone());
+                    if let Some(r) = &mut d.receipt {
+                        r.0.insert_str(0, LANE_RECEIPT);
                     }
                 }
                 Ok(got)
@@ -138,15 +149,13 @@ impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
     }
 
     async fn ack(&self, receipts: Vec<Receipt>) -> Result<(), QueueError> {
-        let (priority, main) = self.split(receipts);
+        let (priority, main) = Self::split(receipts);
         let mut first = None;
         if !priority.is_empty()
             && let Some(p) = &self.priority
+            && let Err(e) = p.ack(priority).await
         {
-            match p.ack(priority.clone()).await {
-                Ok(()) => self.forget(&priority),
-                Err(e) => first = Some(e),
-            }
+            first = Some(e);
         }
         if !main.is_empty()
             && let Err(e) = self.main.ack(main).await
@@ -157,7 +166,8 @@ impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
     }
 
     async fn extend(&self, receipt: &Receipt, timeout: Duration) -> Result<(), QueueError> {
-        self.lane_of(receipt).extend(receipt, timeout).await
+        let (lane, receipt) = self.lane_of(receipt);
+        lane.extend(&receipt, timeout).await
     }
 
     async fn extend_all(
@@ -165,7 +175,7 @@ impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
         receipts: Vec<Receipt>,
         timeout: Duration,
     ) -> Result<(), QueueError> {
-        let (priority, main) = self.split(receipts);
+        let (priority, main) = Self::split(receipts);
         let mut first = None;
         if !priority.is_empty()
             && let Some(p) = &self.priority
@@ -182,10 +192,29 @@ impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
     }
 
     async fn release(&self, receipt: &Receipt) -> Result<(), QueueError> {
-        let released = self.lane_of(receipt).release(receipt).await;
-        if released.is_ok() {
-            self.forget(std::slice::from_ref(receipt));
-        }
-        released
+        let (lane, receipt) = self.lane_of(receipt);
+        lane.release(&receipt).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_names_its_lane_and_goes_back_as_that_lane_gave_it() {
+        let from_lane = |r: &str| Receipt(format!("{LANE_RECEIPT}{r}"));
+        let (priority, main) = Lanes::<crate::queue::MemoryQueue>::split(vec![
+            Receipt("AQEBm1".into()),
+            from_lane("AQEBp1"),
+            Receipt("AQEBm2".into()),
+            from_lane("AQEBp2"),
+        ]);
+        assert_eq!(
+            priority,
+            [Receipt("AQEBp1".into()), Receipt("AQEBp2".into())]
+        );
+        assert_eq!(main, [Receipt("AQEBm1".into()), Receipt("AQEBm2".into())]);
+        assert_eq!(lane_receipt(&Receipt("AQEBm1".into())), None);
     }
 }

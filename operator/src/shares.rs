@@ -80,6 +80,11 @@ impl BatchShare {
     fn expected_work(&self) -> f64 {
         (self.in_flight + self.reserved) as f64 * self.share_cost.as_secs_f64()
     }
+
+    /// It holds work in the pool or has some to send: it shares the pool.
+    fn has_work(&self) -> bool {
+        self.in_flight + self.reserved > 0 || self.backlogged
+    }
 }
 
 /// A pool's work, summed over its batches.
@@ -446,7 +451,7 @@ impl ShareGuard {
         };
         for (batch, share) in batches.iter() {
             // Batches that hold work or have some to send share the pool.
-            if share.in_flight + share.reserved == 0 && !share.backlogged {
+            if !share.has_work() {
                 continue;
             }
             input.weights += share.weight;
@@ -485,9 +490,7 @@ impl ShareGuard {
             .get(&self.pool)
             .into_iter()
             .flat_map(|b| b.iter())
-            .filter(|(batch, share)| {
-                **batch != self.batch && (share.in_flight + share.reserved > 0 || share.backlogged)
-            })
+            .filter(|(batch, share)| **batch != self.batch && share.has_work())
             .map(|(batch, _)| batch.clone())
             .collect()
     }

@@ -195,18 +195,10 @@ impl Sim<'_> {
     /// at the lane then.
     pub fn lane_marked(&mut self, others: &[usize]) {
         for w in 0..self.workers.len() {
-            let worker = &self.workers[w];
-            if worker.state != WState::Ready {
+            if self.workers[w].state != WState::Ready {
                 continue;
             }
-            let watched = batches_to_watch(
-                worker
-                    .held
-                    .iter()
-                    .filter(|h| h.claimed)
-                    .map(|h| (self.queue.messages[h.msg].batch, h.pending.len())),
-            );
-            if watched.iter().any(|b| others.contains(b)) {
+            if self.watched(w).iter().any(|b| others.contains(b)) {
                 let next_check = (self.cancel_check as f64 * self.rng.unit()) as T;
                 self.at(
                     self.now + self.lat_db + next_check + self.lat_db,
@@ -214,6 +206,18 @@ impl Sim<'_> {
                 );
             }
         }
+    }
+
+    /// The batches worker `w` asks the ledger about every `cancel_check`
+    /// (`batches_to_watch` over the bundles it has claimed).
+    fn watched(&self, w: usize) -> Vec<usize> {
+        batches_to_watch(
+            self.workers[w]
+                .held
+                .iter()
+                .filter(|h| h.claimed)
+                .map(|h| (self.queue.messages[h.msg].batch, h.pending.len())),
+        )
     }
 
     /// `fetch::look_at_lane`: the fetch loop, waiting while the worker holds
@@ -645,16 +649,10 @@ impl Sim<'_> {
         // cancelled: counted here for the period since the last renewal, for
         // the bundles held now (claimed: what the worker's `InFlight` holds;
         // an event per check and worker would add nothing else).
+        let batches = self.watched(w);
         let worker = &mut self.workers[w];
         let span = self.renew_every;
         let polls = ticks(&mut worker.cancel_poll_rest, span, self.cancel_check);
-        let batches = batches_to_watch(
-            worker
-                .held
-                .iter()
-                .filter(|h| h.claimed)
-                .map(|h| (self.queue.messages[h.msg].batch, h.pending.len())),
-        );
         self.req.ledger_reads += polls * batches.len() as u64;
         if polls > 0 {
             // Its answers are cached for a bundle's admission too.

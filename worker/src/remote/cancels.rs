@@ -91,11 +91,7 @@ where
                 _ => {
                     asked.insert(batch.clone(), Instant::now());
                     match ledger.batch_marks(&batch).await {
-                        Ok(marks) => {
-                            fetch::remember_cancelled(&ctx, &batch, marks.cancelled);
-                            fetch::note_lane_mark(&ctx, &batch, marks.lane_at);
-                            marks.cancelled
-                        }
+                        Ok(marks) => fetch::remember_marks(&ctx, &batch, marks),
                         Err(e) => {
                             tracing::debug!(batch, error = %e, "cannot check for cancellation");
                             false

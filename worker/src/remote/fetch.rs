@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudkon_core::ledger::{BundleProgress, Claim, DedupLedger, claim_key, lane_nudged};
+use cloudkon_core::ledger::{
+    BatchMarks, BundleProgress, Claim, DedupLedger, claim_key, lane_nudged,
+};
 use cloudkon_core::queue::{Delivery, Receipt, ResultRouter, TaskQueue};
 use cloudkon_core::{TaskResult, TaskSpec, Timestamp};
 
@@ -570,14 +572,20 @@ where
             ));
         }
     };
+    Ok(remember_marks(ctx, batch, marks))
+}
+
+/// Caches a fresh answer on `batch`'s marks, from a bundle's admission or
+/// `cancels::watch`, and notes its lane mark; whether it was cancelled.
+pub fn remember_marks<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, marks: BatchMarks) -> bool {
     remember_cancelled(ctx, batch, marks.cancelled);
     note_lane_mark(ctx, batch, marks.lane_at);
-    Ok(marks.cancelled)
+    marks.cancelled
 }
 
 /// Wakes the fetcher to look at the priority lane when `batch`'s lane mark
 /// is new (`lane_nudged`).
-pub fn note_lane_mark<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, at: Option<u64>) {
+fn note_lane_mark<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, at: Option<u64>) {
     let Some(at) = at else { return };
     let mut seen = ctx.lane_marks.lock().expect("lane marks");
     let now_ms = Timestamp::now().0 / 1000;
@@ -604,7 +612,7 @@ pub fn cached_cancel<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str) -> Option<(bool, 
 
 /// Caches a batch's cancel answer for `cancel_check` (a cancel
 /// for good).
-pub fn remember_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, cancelled: bool) {
+fn remember_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, cancelled: bool) {
     let mut cache = ctx.cancelled.lock().expect("cancel cache");
     // Bounded: batches come and go over a worker's life.
     if cache.len() > 10_000 {

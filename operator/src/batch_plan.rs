@@ -16,6 +16,9 @@ use crate::status::{self, BatchConditionsInput, Missing, PhaseInput, set_conditi
 use crate::status_patch::StatusPatch;
 use crate::validate::Invalid;
 
+/// How often a batch whose workload file was found invalid reads it again.
+pub const FILE_RECHECK: Duration = Duration::from_secs(30);
+
 /// What a reconcile of a live batch read.
 pub struct Observed<'a> {
     pub batch: &'a TaskBatch,
@@ -32,6 +35,12 @@ pub struct Observed<'a> {
     /// The results' bucket does not exist: what to say (nothing is sent
     /// until it does).
     pub missing_bucket: Option<String>,
+    /// The workload file could not be read (missing, or the read failed):
+    /// what to say. Read again until it is.
+    pub workload_unreadable: Option<String>,
+    /// The validation's problems are the workload file's (a ConfigMap or S3
+    /// object): read again, as its fix changes no TaskBatch.
+    pub file_invalid: bool,
     /// The pool's workers cannot start or keep crashing: what it says.
     pub workers_failing: Option<String>,
     pub now: Time,
@@ -106,16 +115,17 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     let mut st = old.clone();
     st.observed_generation = batch.metadata.generation;
     let mut events = Vec::new();
-    let missing = match (o.pool_exists, &o.missing_bucket) {
-        (false, _) => Some(Missing::Pool(spec.worker_pool.as_str())),
-        (true, Some(message)) => Some(Missing::Bucket(message)),
-        (true, None) => None,
+    let missing = match (o.pool_exists, &o.workload_unreadable, &o.missing_bucket) {
+        (false, _, _) => Some(Missing::Pool(spec.worker_pool.as_str())),
+        (true, Some(message), _) => Some(Missing::Workload(message)),
+        (true, None, Some(message)) => Some(Missing::Bucket(message)),
+        (true, None, None) => None,
     };
     // The phase as the status and spec say it; the failure policy's verdict
     // is the runner's to act on (it stops enqueueing first).
     let phase = status::phase_of(&PhaseInput {
         previous: old.phase,
-        accepted: o.validation.is_ok() && o.pool_exists && o.missing_bucket.is_none(),
+        accepted: o.validation.is_ok() && o.pool_exists && missing.is_none(),
         cancel: spec.cancel == Some(true),
         enqueue_finished: enqueue_done_in(&old),
         counts: old.counts,
@@ -188,7 +198,14 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             &mut events,
         );
         match (&o.validation, &o.queue_url) {
+            // A workload file is fixed (or put back) outside the spec.
+            (Err(_), _) if o.file_invalid => (Runner::Leave, false, Then::Requeue(FILE_RECHECK)),
             (Err(_), _) => (Runner::Leave, false, Then::AwaitChange),
+            // Read again: a ConfigMap or object made later, or a read that
+            // failed (S3 throttling, credentials not ready yet).
+            (Ok(()), _) if o.workload_unreadable.is_some() => {
+                (Runner::Leave, false, Then::Requeue(Duration::from_secs(10)))
+            }
             // The pool is missing, or has no queue yet: look again soon.
             (Ok(()), None) => (Runner::Leave, false, Then::Requeue(Duration::from_secs(2))),
             // Nothing is sent for results that could not be written; the
@@ -345,6 +362,8 @@ mod tests {
             waiting_for_memory: None,
             results: None,
             missing_bucket: None,
+            workload_unreadable: None,
+            file_invalid: false,
             workers_failing: None,
             now: at(NOW),
         }
@@ -619,6 +638,32 @@ mod tests {
                 && e.reason == "ResultsBucketNotFound"
                 && e.message == "no bucket")
         );
+
+        // The workload file missing or its read failed: read again soon,
+        // said as such; found invalid: read again now and then (a file is
+        // fixed outside the spec), where a spec waits for its change.
+        let mut o = observed(&b);
+        o.workload_unreadable = Some("ConfigMap \"w\" does not exist".into());
+        let plan = decide(&o);
+        assert_eq!(plan.runner, Runner::Leave);
+        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(10)));
+        let part = plan.status.unwrap();
+        assert_eq!(part.phase, Some(Phase::Pending));
+        assert_eq!(
+            condition(&part, "Accepted"),
+            ("False", "WorkloadUnreadable")
+        );
+        let problem = || {
+            Err(vec![Invalid {
+                field: "spec.tasks.configMap".into(),
+                message: "w.txt:2: not a task".into(),
+            }])
+        };
+        let mut o = observed(&b);
+        (o.validation, o.file_invalid) = (problem(), true);
+        assert_eq!(decide(&o).then, Then::Requeue(FILE_RECHECK));
+        o.file_invalid = false;
+        assert_eq!(decide(&o).then, Then::AwaitChange);
     }
 
     #[test]

@@ -108,11 +108,20 @@ async fn observe<'a>(
     let sending = batch_plan::is_live(batch) && !batch_plan::enqueue_done_in(&old);
     let mut source = Source::Spec;
     let mut waiting_for_memory = None;
+    let mut workload_unreadable = None;
+    let mut file_invalid = false;
     if sending && validation.is_ok() && !runner_alive {
         match read_workload(ctx, batch).await {
             Ok(Some(s)) => source = s,
             Ok(None) => {}
-            Err(Unread::Invalid(problems)) => validation = Err(problems),
+            Err(Unread::Invalid(problems)) => {
+                validation = Err(problems);
+                file_invalid = true;
+            }
+            Err(Unread::Unreadable(message)) => {
+                tracing::info!(batch = %batch.name_any(), namespace = %ns, "{message}");
+                workload_unreadable = Some(message);
+            }
             Err(Unread::NoMemory(message)) => {
                 tracing::info!(batch = %batch.name_any(), namespace = %ns, "{message}");
                 waiting_for_memory = Some(message);
@@ -131,6 +140,7 @@ async fn observe<'a>(
             old.counts.total,
         ) {
             validation = Err(vec![changed]);
+            file_invalid = matches!(source, Source::File { .. });
         }
     }
     let results = results_location(ctx, batch);
@@ -168,6 +178,8 @@ async fn observe<'a>(
         waiting_for_memory,
         results,
         missing_bucket,
+        workload_unreadable,
+        file_invalid,
         workers_failing: pool.as_ref().and_then(batch_plan::workers_failing),
         now: Time(Timestamp::now()),
     };
@@ -277,6 +289,8 @@ enum Unread {
     /// It would not fit in what other batches' files leave of
     /// `--workload-memory-bytes`: look again later.
     NoMemory(String),
+    /// It is not there (yet), or its read failed: read again later.
+    Unreadable(String),
 }
 
 impl From<Vec<Invalid>> for Unread {
@@ -304,8 +318,12 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
         let map = api
             .get_opt(&cm.name)
             .await
-            .map_err(|e| invalid(field, format!("cannot read ConfigMap {:?}: {e}", cm.name)))?
-            .ok_or_else(|| invalid(field, format!("ConfigMap {:?} does not exist", cm.name)))?;
+            .map_err(|e| {
+                Unread::Unreadable(format!("{field}: cannot read ConfigMap {:?}: {e}", cm.name))
+            })?
+            .ok_or_else(|| {
+                Unread::Unreadable(format!("{field}: ConfigMap {:?} does not exist", cm.name))
+            })?;
         let bytes = map
             .data
             .as_ref()
@@ -356,12 +374,11 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
             .get_bytes_at_most(&uri.bucket, &uri.key, held.bytes())
             .await
             .map_err(|e| {
-                let what = if e.kind == ErrorKind::NotFound {
-                    format!("{} does not exist", s3.uri)
+                Unread::Unreadable(if e.kind == ErrorKind::NotFound {
+                    format!("{field}: {} does not exist", s3.uri)
                 } else {
-                    format!("cannot read {}: {e}", s3.uri)
-                };
-                invalid(field, what)
+                    format!("{field}: cannot read {}: {e}", s3.uri)
+                })
             })?;
         let bytes = match read {
             Limited::Bytes(bytes) => bytes,

@@ -53,9 +53,16 @@ pub trait BatchRecord: Send + Sync + 'static {
     fn warn(&self, reason: &str, message: String) -> impl Future<Output = ()> + Send;
 }
 
-/// The ConfigMap holding a batch's collected ids.
-pub fn collected_configmap_name(batch: &str) -> String {
-    format!("{batch}-cloudkon-collected")
+/// The ConfigMap holding a batch's collected ids (its head). Object names
+/// have at most 253 characters: a batch named longer than 234 gets one
+/// from its uid, where the head's write failed at each flush and the batch
+/// never counted a result.
+pub fn collected_configmap_name(batch: &str, uid: &str) -> String {
+    let name = format!("{batch}-cloudkon-collected");
+    if name.len() > 253 {
+        return format!("cloudkon-collected-{uid}");
+    }
+    name
 }
 
 /// A collected set's large piece's ConfigMap: named by its content, so a
@@ -65,7 +72,7 @@ pub fn collected_configmap_name(batch: &str) -> String {
 /// pieces, or two batches whose names are too long to prefix).
 pub fn collected_piece_name(batch: &str, uid: &str, digest: &str) -> String {
     let short: String = uid.chars().take(8).collect();
-    let name = format!("{}-{short}-{digest}", collected_configmap_name(batch));
+    let name = format!("{batch}-cloudkon-collected-{short}-{digest}");
     // Object names have at most 253 characters.
     if name.len() > 253 {
         return format!("cloudkon-collected-{uid}-{digest}");
@@ -123,7 +130,7 @@ impl KubeRecord {
     }
 
     fn configmap_name(&self) -> String {
-        collected_configmap_name(&self.name)
+        collected_configmap_name(&self.name, self.owner.uid.as_str())
     }
 
     fn configmap(&self, name: String, data: ConfigMap) -> ConfigMap {
@@ -418,6 +425,25 @@ mod tests {
         let b = collected_piece_name(&long, other, digest);
         assert!(a.len() <= 253 && b.len() <= 253, "{a} {b}");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_head_name_is_valid_whatever_the_batch_is_named() {
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        assert_eq!(
+            collected_configmap_name("big", uid),
+            "big-cloudkon-collected"
+        );
+        let longest = "b".repeat(234);
+        assert_eq!(
+            collected_configmap_name(&longest, uid),
+            format!("{longest}-cloudkon-collected")
+        );
+        // Object names have at most 253 characters, batch names too.
+        let head = collected_configmap_name(&"b".repeat(253), uid);
+        assert_eq!(head, format!("cloudkon-collected-{uid}"));
+        let piece = collected_piece_name(&"b".repeat(253), uid, "00ff");
+        assert!(piece.len() <= 253, "{piece}");
     }
 
     #[tokio::test]

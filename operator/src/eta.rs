@@ -41,7 +41,9 @@ impl Eta {
             return None;
         }
         let rate = (f1 - f0) as f64 / (t1 - t0).as_secs_f64();
-        Some(Duration::from_secs_f64((total - f1) as f64 / rate))
+        // Past what a Duration holds (a generator of 10^19 tasks): no
+        // estimate, where `from_secs_f64` panicked the runner at each flush.
+        Duration::try_from_secs_f64((total - f1) as f64 / rate).ok()
     }
 }
 
@@ -122,5 +124,15 @@ mod tests {
         assert_eq!(eta.time_left(10), Some(s(3.0)));
         eta.observe(s(5.0), 10);
         assert_eq!(eta.time_left(10), None, "done");
+    }
+
+    #[test]
+    fn no_estimate_past_what_a_duration_holds() {
+        let mut eta = Eta::default();
+        eta.observe(s(0.0), 1);
+        eta.observe(s(1000.0), 2);
+        assert_eq!(eta.time_left(u64::MAX), None);
+        let left = eta.time_left(1002).unwrap().as_secs_f64();
+        assert!((left - 1_000_000.0).abs() < 1.0, "{left}");
     }
 }

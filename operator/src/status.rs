@@ -267,6 +267,9 @@ pub enum Missing<'a> {
     Pool(&'a str),
     /// Its results' bucket: what to say.
     Bucket(&'a str),
+    /// Its workload file could not be read (missing, or the read failed):
+    /// what to say.
+    Workload(&'a str),
 }
 
 /// What a TaskBatch's conditions should say.
@@ -302,6 +305,9 @@ pub fn batch_conditions(input: &BatchConditionsInput<'_>) -> Vec<ConditionUpdate
         ),
         (Ok(()), Some(Missing::Bucket(message))) => {
             ConditionUpdate::new(ACCEPTED, false, "ResultsBucketNotFound", message)
+        }
+        (Ok(()), Some(Missing::Workload(message))) => {
+            ConditionUpdate::new(ACCEPTED, false, "WorkloadUnreadable", message)
         }
         (Ok(()), None) => ConditionUpdate::new(
             ACCEPTED,

@@ -2923,6 +2923,35 @@ data:
         .unwrap();
     assert!(!written.is_empty(), "no results written");
 
+    // A workload ConfigMap made later, and one fixed: their batches, which
+    // no TaskBatch change wakes, read them again and run.
+    c.apply(
+        r##"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: nope}
+data:
+  w.txt: "sleep 1\n"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: empty}
+data:
+  w.txt: "sleep 1\nsleep 2\n"
+"##,
+    );
+    for (name, tasks) in [("no-configmap", 1), ("empty-configmap", 2)] {
+        let s = c
+            .wait_finished(name, Duration::from_secs(90))
+            .status
+            .unwrap();
+        assert_eq!(
+            (s.phase, s.counts.succeeded),
+            (Some(Phase::Succeeded), tasks)
+        );
+        println!("corpus: {name}: ran once its ConfigMap was right");
+    }
+
     // A batch of 10^12 tasks: taken, and metered: a window in the queue.
     c.apply(&template_batch(
         "trillion",

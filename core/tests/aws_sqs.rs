@@ -158,6 +158,34 @@ async fn an_unacknowledged_bundle_comes_back_with_receive_count_two() {
 
 #[tokio::test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_worker_queue_hides_what_it_receives_for_its_lease_not_the_queues_timeout() {
+    // The queue's own timeout is 1 s; a worker with a 4 s lease receives.
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(&unique("ck-hidden"), &options(1))
+        .await
+        .unwrap();
+    let worker = q.clone().hidden_on_receive(Duration::from_secs(4));
+    q.send(vec![sleep0_bundle("h", 0, 1)]).await.unwrap();
+    let got = receive_n(&worker, 1).await;
+    // Twice the queue's timeout later: still hidden, where the queue's
+    // timeout showed it again before the worker's first extension.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = q.receive_raw(10, Duration::ZERO).await.unwrap();
+    assert!(seen.is_empty(), "shown again: {seen:?}");
+    // Then it shows again, as a worker that crashed leaves it.
+    let again = eventually(Duration::from_secs(15), "the redelivery", || {
+        let q = q.clone();
+        async move { q.receive(10, WAIT).await.unwrap().unwrap().pop() }
+    })
+    .await;
+    assert_eq!(again.bundle, got[0].bundle);
+    q.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn extend_keeps_a_bundle_hidden_and_release_shows_it_at_once() {
     let aws = aws().await;
     let q = aws
@@ -312,8 +340,14 @@ async fn a_malformed_message_goes_to_the_dead_letter_queue_never_to_a_worker() {
     let opened = sqs.open(&name).await.unwrap();
     assert_eq!(opened.url(), q.url());
     assert_eq!(opened.dead_letter_url(), Some(dlq_url.as_str()));
-    q.delete().await.unwrap();
+
+    // Its dead-letter queue deleted first (a pool's deletion did so): the
+    // queue still opens, without one, and is not taken for gone.
     dlq.delete().await.unwrap();
+    let opened = sqs.open(&name).await.unwrap();
+    assert_eq!(opened.url(), q.url());
+    assert_eq!(opened.dead_letter_url(), None);
+    q.delete().await.unwrap();
 }
 
 #[tokio::test]

@@ -628,7 +628,8 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
     }
     if spec_queue.deletion_policy != Some(DeletionPolicy::Retain) {
         let lane = format!("{queue_name}{PRIORITY_LANE_SUFFIX}");
-        for q in [format!("{queue_name}-dlq"), lane, queue_name] {
+        // The dead-letter queue last: while it lasts, the others open.
+        for q in [queue_name.clone(), lane, format!("{queue_name}-dlq")] {
             let deleted = match ctx.sqs.open(&q).await {
                 Ok(queue) => queue.delete().await,
                 Err(e) => Err(e),

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudkon_core::aws::WorkerHeartbeat;
-use cloudkon_core::aws::{Aws, ErrorKind, QueueOptions};
+use cloudkon_core::aws::{Aws, ErrorKind, QueueOptions, SqsClient};
 use cloudkon_operator::crd::taskbatch::Phase;
 use cloudkon_operator::crd::{TaskBatch, WorkerPool};
 use cloudkon_testkit::StoppedServer;
@@ -1112,11 +1112,24 @@ fn a_pool_deleted_under_a_running_batch_waits_for_it() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sqs = rt.block_on(Aws::load()).sqs();
-    let gone = rt.block_on(sqs.open(&format!("cloudkon-{}_p", c.ns)));
-    assert!(
-        matches!(&gone, Err(e) if e.kind == ErrorKind::NotFound),
-        "pool queue still there: {gone:?}"
-    );
+    assert_queues_gone(&rt, &sqs, &format!("cloudkon-{}_p", c.ns));
+}
+
+/// The pool queue `name`, its priority lane and its dead-letter queue are
+/// gone. Each opened alone: a queue opens while its dead-letter queue is
+/// gone too.
+fn assert_queues_gone(rt: &tokio::runtime::Runtime, sqs: &SqsClient, name: &str) {
+    for q in [
+        name.to_string(),
+        format!("{name}-pri"),
+        format!("{name}-dlq"),
+    ] {
+        let gone = rt.block_on(sqs.open(&q));
+        assert!(
+            matches!(&gone, Err(e) if e.kind == ErrorKind::NotFound),
+            "{q} still there: {gone:?}"
+        );
+    }
 }
 
 #[test]
@@ -1768,12 +1781,7 @@ spec:
     );
     let sqs_client = aws.sqs();
     for q in ["asg", "eks"] {
-        let name = format!("cloudkon-{}_{q}", c.ns);
-        let gone = rt.block_on(sqs_client.open(&name));
-        assert!(
-            matches!(&gone, Err(e) if e.kind == ErrorKind::NotFound),
-            "{name} still there: {gone:?}"
-        );
+        assert_queues_gone(&rt, &sqs_client, &format!("cloudkon-{}_{q}", c.ns));
     }
 
     // SQS down while a pool is deleted: the failure is in a condition and an

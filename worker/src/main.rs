@@ -287,10 +287,13 @@ async fn run(args: Args) -> Result<StopReason> {
         );
     }
     let sqs = aws.sqs();
+    // Hidden for a lease from the receive: the first extension comes up to
+    // a third of a lease later.
     let queue = sqs
         .open(&args.queue)
         .await
-        .with_context(|| format!("cannot open the request queue `{}`", args.queue))?;
+        .with_context(|| format!("cannot open the request queue `{}`", args.queue))?
+        .hidden_on_receive(args.lease);
     let ledger = if args.no_dedup {
         tracing::warn!("dedup is off: a redelivered bundle runs again (at-least-once)");
         None

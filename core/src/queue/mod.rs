@@ -40,6 +40,10 @@ pub enum QueueError {
     NotFound(String),
     #[error("{0}")]
     Backend(String),
+    /// Refused for good (a receipt the queue does not know, access denied):
+    /// asking again gets the same answer.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A queue of bundles: in memory for the embedded engine, SQS for the cloud.

@@ -443,12 +443,22 @@ async fn flush<Q, L, R>(
     }
     if !receipts.is_empty() {
         // Completed in the ledger already: if this never succeeds, the next
-        // delivery finds the bundle done and deletes it then.
+        // delivery finds the bundle done and deletes it then. So a queue
+        // gone or a receipt refused for good is not asked again: retried,
+        // it held this loop, and with it every result and room, for good.
         until_ok(
             "deleting finished messages",
             abort,
             &ctx.stats.backend_errors,
-            || ctx.queue.ack(receipts.clone()),
+            || async {
+                match ctx.queue.ack(receipts.clone()).await {
+                    Err(QueueError::NotFound(e) | QueueError::Refused(e)) => {
+                        tracing::warn!(error = %e, "finished messages not deleted: their next delivery finds them done");
+                        Ok(())
+                    }
+                    other => other,
+                }
+            },
         )
         .await;
     }

@@ -1055,6 +1055,9 @@ struct ReceiptQueue {
     /// Visibility requests: one message, many at once.
     extends: std::sync::atomic::AtomicUsize,
     extend_alls: std::sync::atomic::AtomicUsize,
+    /// Deletes asked for, each refused for good (a receipt SQS no longer
+    /// takes); the other tests finish nothing.
+    refused_acks: std::sync::atomic::AtomicUsize,
 }
 
 impl ReceiptQueue {
@@ -1064,6 +1067,7 @@ impl ReceiptQueue {
             receives: Default::default(),
             extends: Default::default(),
             extend_alls: Default::default(),
+            refused_acks: Default::default(),
         }
     }
 
@@ -1114,7 +1118,11 @@ impl TaskQueue for ReceiptQueue {
     }
 
     async fn ack(&self, _receipts: Vec<Receipt>) -> Result<(), QueueError> {
-        unreachable!("nothing finishes in these tests")
+        self.refused_acks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(QueueError::Refused(
+            "ReceiptHandleIsInvalid: the receipt handle has expired".into(),
+        ))
     }
 
     async fn extend(&self, _receipt: &Receipt, _timeout: Duration) -> Result<(), QueueError> {
@@ -1179,6 +1187,61 @@ async fn a_worker_holds_no_long_task_ahead_and_gives_what_it_holds_back_at_once(
     shutdown.abort.cancel();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
     assert_eq!(queue.counts(), (0, 6), "all given back");
+}
+
+#[tokio::test]
+async fn a_delete_refused_for_good_does_not_hold_the_next_results() {
+    // One slot, three bundles of a 100 ms task, every delete refused: each
+    // bundle is completed in the ledger (its next delivery is deleted
+    // then), and the next bundles' results still go out. Retried, the
+    // first refusal held the results loop for good.
+    let task = || TaskSpec::Run {
+        program: "sleep".into(),
+        args: vec!["0.1".into()],
+        expected_ms: None,
+    };
+    let bundles: Vec<Bundle> = (0..3).map(|i| bundle(i, vec![task()])).collect();
+    let queue = Arc::new(ReceiptQueue::new(bundles));
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(MemoryRouter::default());
+    let mut config = config();
+    config.pool.slots = 1;
+    let shutdown = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(ledger.clone()),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config,
+        shutdown.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while router.results("resp").len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "results of {} bundles out, {} deletes refused",
+            router.results("resp").len(),
+            queue
+                .refused_acks
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused = queue
+        .refused_acks
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=3).contains(&refused), "{refused} deletes asked");
+    for id in 0..3 {
+        let key = claim_key(&bundle(id, vec![task()]));
+        let claim = ledger.claim(&key, "another", Duration::from_secs(60)).await;
+        assert!(
+            matches!(claim, Ok(Claim::Done { .. })),
+            "bundle {id}: {claim:?}"
+        );
+    }
+    shutdown.stop.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }
 
 /// The in-memory ledger, counting the cancel checks asked of it and

@@ -120,6 +120,7 @@ impl SqsClient {
             sqs: self.clone(),
             url,
             dead_letter_url,
+            receive_visibility: None,
         })
     }
 
@@ -222,7 +223,17 @@ impl SqsClient {
                     .ok()
                     .and_then(|v| v["deadLetterTargetArn"].as_str().map(str::to_string));
                 match target.as_deref().and_then(|arn| arn.rsplit(':').next()) {
-                    Some(dlq_name) => Some(self.url_of(dlq_name).await?),
+                    // A dead-letter queue deleted first (by hand, or by a
+                    // pool's deletion) leaves the queue usable: reported
+                    // missing, the queue was taken for deleted and kept.
+                    Some(dlq_name) => match self.url_of(dlq_name).await {
+                        Ok(dlq) => Some(dlq),
+                        Err(e) if e.kind == ErrorKind::NotFound => {
+                            tracing::warn!(%url, dead_letter_queue = dlq_name, "the queue's dead-letter queue is gone: opened without it");
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    },
                     None => {
                         tracing::warn!(%url, %policy, "unreadable redrive policy: no dead-letter queue");
                         None
@@ -234,6 +245,7 @@ impl SqsClient {
             sqs: self.clone(),
             url,
             dead_letter_url,
+            receive_visibility: None,
         })
     }
 

@@ -200,6 +200,7 @@ impl SqsQueue {
             .queue_url(&self.url)
             .max_number_of_messages(max.clamp(1, MAX_BATCH_ENTRIES) as i32)
             .wait_time_seconds(wait.as_secs() as i32)
+            .set_visibility_timeout(self.receive_visibility.map(visibility_secs))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .customize()
             .config_override(override_timeouts)
@@ -425,6 +426,7 @@ fn visibility_secs(timeout: Duration) -> i32 {
 fn queue_error(e: AwsError) -> QueueError {
     match e.kind {
         ErrorKind::NotFound => QueueError::NotFound(e.to_string()),
+        ErrorKind::Permanent => QueueError::Refused(e.to_string()),
         _ => QueueError::Backend(e.to_string()),
     }
 }

@@ -11,6 +11,7 @@ use super::config::AwsSettings;
 use super::error::AwsError;
 use super::stats::RequestStats;
 use crate::queue::Receipt;
+use std::time::Duration;
 
 const SERVICE: &str = "SQS";
 
@@ -30,6 +31,9 @@ pub struct SqsQueue {
     url: String,
     /// Where undecodable messages go; `None`: they are deleted.
     dead_letter_url: Option<String>,
+    /// How long a receive hides what it gets; `None`: the queue's own
+    /// visibility timeout (see [`SqsQueue::hidden_on_receive`]).
+    receive_visibility: Option<Duration>,
 }
 
 /// A message as SQS delivered it.
@@ -88,6 +92,7 @@ impl SqsClient {
             sqs: self.clone(),
             url: url.into(),
             dead_letter_url: None,
+            receive_visibility: None,
         }
     }
 }
@@ -113,6 +118,21 @@ impl SqsQueue {
             sqs: self.sqs.clone(),
             url: format!("{}{PRIORITY_LANE_SUFFIX}", self.url),
             dead_letter_url: self.dead_letter_url.clone(),
+            receive_visibility: self.receive_visibility,
+        }
+    }
+
+    /// This queue, its receives hiding what they get for `visibility`
+    /// rather than the queue's own timeout (a pool queue's is 30 s). A
+    /// worker's first extension of a bundle comes a third of its lease
+    /// after some receive, not after this one: with a lease of 90 s or
+    /// more, its bundles showed again before it, were received by other
+    /// workers (a receive of their `maxReceives` each, up to the
+    /// dead-letter queue) and its receipts went stale.
+    pub fn hidden_on_receive(self, visibility: Duration) -> Self {
+        Self {
+            receive_visibility: Some(visibility),
+            ..self
         }
     }
 

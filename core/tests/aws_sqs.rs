@@ -706,8 +706,28 @@ async fn a_worker_takes_the_priority_lane_first_and_answers_each_lane_for_its_ow
         .ack(vec![looked[0].receipt.clone().unwrap()])
         .await
         .unwrap();
-    let main_left = receive_n(&q, 1).await;
-    q.delete_batch(main_left.into_iter().map(|d| d.receipt.unwrap()).collect())
+
+    // The main queue alone (a worker its lane marks tell): the queue's
+    // bundle in one request, the lane's left in the lane.
+    lane.send(vec![sleep0_bundle("passed", 0, 1)])
+        .await
+        .unwrap();
+    let before = aws.stats().snapshot();
+    let main_left = lanes.receive_main(10, WAIT).await.unwrap().unwrap();
+    let asked = aws.stats().snapshot().since(&before);
+    assert_eq!(asked.get("SQS.ReceiveMessage"), 1, "{asked}");
+    assert_eq!(main_left.len(), 1);
+    assert!(!main_left[0].priority);
+    assert_eq!(main_left[0].bundle.tasks[0].batch.as_str(), "main");
+    assert_eq!(lane.stats().await.unwrap().visible, 1);
+    lanes
+        .ack(main_left.into_iter().map(|d| d.receipt.unwrap()).collect())
+        .await
+        .unwrap();
+    let passed = lanes.receive_priority(10).await.unwrap();
+    assert_eq!(passed[0].bundle.tasks[0].batch.as_str(), "passed");
+    lanes
+        .ack(vec![passed[0].receipt.clone().unwrap()])
         .await
         .unwrap();
     for queue in [&q, &lane] {

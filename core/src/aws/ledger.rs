@@ -499,6 +499,13 @@ fn unexpected(key: &str, what: &str) -> LedgerError {
 }
 
 impl DedupLedger for DynamoLedger {
+    /// Not once BatchGetItem was refused: the cancel mark is then read alone.
+    fn reads_lane_marks(&self) -> bool {
+        !self
+            .batch_get_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// An unconditional PutItem of the batch's cancel mark (kept as long as
     /// stored results).
     async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {

@@ -84,14 +84,59 @@ pub const LANE_MARK_FRESH: Duration = Duration::from_secs(30);
 /// at the priority lane, given the last mark seen for the batch (`seen`):
 /// a mark not seen before, written within [`LANE_MARK_FRESH`] of `now_ms`.
 pub fn lane_nudged(seen: Option<u64>, at: Option<u64>, now_ms: u64) -> bool {
-    let fresh_ms = u64::try_from(LANE_MARK_FRESH.as_millis()).unwrap_or(u64::MAX);
     match at {
-        Some(at) => seen != Some(at) && now_ms.saturating_sub(at) < fresh_ms,
+        Some(at) => seen != Some(at) && lane_mark_fresh(at, now_ms),
         None => false,
     }
 }
 
+/// A worker that asks the ledger about its batches at least this often is
+/// told by their lane marks when the priority lane gets bundles
+/// ([`lane_look_due`]).
+pub const LANE_MARK_READ_MAX: Duration = Duration::from_secs(5);
+
+/// What decides whether a worker's receive looks at the priority lane first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneSight {
+    /// Its ledger answers lane marks (no ledger, or one whose IAM policy
+    /// refuses BatchGetItem, reads none).
+    pub marks_read: bool,
+    /// How often it asks the ledger about the batches it watches.
+    pub check_every: Duration,
+    /// It holds tasks not started, so it watches their batches.
+    pub watching: bool,
+    /// It saw a lane mark written within [`LANE_MARK_FRESH`].
+    pub fresh_mark: bool,
+}
+
+/// Whether a receive looks at the pool's priority lane before the main
+/// queue: a request each time, mostly of an empty lane (0.022 of the 0.42
+/// requests a task of `big-lognormal`, simulated), and a round trip before
+/// every receive. A worker that watches its batches every
+/// [`LANE_MARK_READ_MAX`] or sooner, in a ledger that answers lane marks,
+/// is told when the lane gets bundles (the runner marks the batches that
+/// share the pool) and looks then; it looks before each receive only while
+/// a mark it saw is fresh, as more may come. Any other worker reads no
+/// marks (a pool of long tasks, where none is held), and looks each time.
+pub fn lane_look_due(sight: LaneSight) -> bool {
+    let told = sight.marks_read && sight.watching && sight.check_every <= LANE_MARK_READ_MAX;
+    !told || sight.fresh_mark
+}
+
+/// Whether a lane mark written at `at` (ms since the epoch) is fresh at
+/// `now_ms`: within [`LANE_MARK_FRESH`], or ahead of this clock.
+pub fn lane_mark_fresh(at: u64, now_ms: u64) -> bool {
+    let fresh_ms = u64::try_from(LANE_MARK_FRESH.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_sub(at) < fresh_ms
+}
+
 pub trait DedupLedger: Send + Sync + 'static {
+    /// Whether [`Self::batch_marks`] answers lane marks (else `lane_at` is
+    /// always `None`).
+    fn reads_lane_marks(&self) -> bool {
+        true
+    }
+
     /// Marks `batch` cancelled: workers skip (and delete) its bundles that
     /// have not started.
     fn cancel_batch(&self, batch: &str) -> impl Future<Output = Result<(), LedgerError>> + Send;
@@ -168,5 +213,41 @@ mod tests {
         assert!(!lane_nudged(None, Some(now - 30_000), now));
         // Written ahead of this clock (clocks differ): still acted on.
         assert!(lane_nudged(None, Some(now + 2_000), now));
+    }
+
+    #[test]
+    fn a_worker_told_by_lane_marks_looks_at_the_lane_only_while_one_is_fresh() {
+        let told = LaneSight {
+            marks_read: true,
+            check_every: Duration::from_secs(3),
+            watching: true,
+            fresh_mark: false,
+        };
+        assert!(!lane_look_due(told));
+        assert!(lane_look_due(LaneSight {
+            fresh_mark: true,
+            ..told
+        }));
+        // Not told: it looks each time.
+        for not_told in [
+            LaneSight {
+                marks_read: false,
+                ..told
+            },
+            LaneSight {
+                watching: false,
+                ..told
+            },
+            LaneSight {
+                check_every: Duration::from_secs(60),
+                ..told
+            },
+        ] {
+            assert!(lane_look_due(not_told), "{not_told:?}");
+        }
+        assert!(!lane_look_due(LaneSight {
+            check_every: LANE_MARK_READ_MAX,
+            ..told
+        }));
     }
 }

@@ -116,6 +116,14 @@ impl<Q: TaskQueue> TaskQueue for Lanes<Q> {
         self.main.receive(max, wait).await
     }
 
+    async fn receive_main(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Vec<Delivery>>, QueueError> {
+        self.main.receive(max, wait).await
+    }
+
     /// The lane without waiting; a lane missing or failing gives nothing
     /// (`Ok`): a missing one is not asked again for [`LANE_MISSING_RETRY`].
     async fn receive_priority(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {

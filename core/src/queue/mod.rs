@@ -69,6 +69,17 @@ pub trait TaskQueue: Send + Sync + 'static {
         async { Ok(Vec::new()) }
     }
 
+    /// [`Self::receive`] from the main queue alone, where the queue has a
+    /// priority lane: the worker knows there is no need to look at the lane
+    /// (see `ledger::lane_look_due`).
+    fn receive_main(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Option<Vec<Delivery>>, QueueError>> + Send {
+        self.receive(max, wait)
+    }
+
     /// Acknowledges deliveries whose results are out, so they are not delivered again.
     fn ack(&self, receipts: Vec<Receipt>) -> impl Future<Output = Result<(), QueueError>> + Send;
 

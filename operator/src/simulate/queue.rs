@@ -111,12 +111,14 @@ impl Queue {
     }
 
     /// A worker's receive of up to `n` messages, as `queue::Lanes` makes
-    /// it: from the priority lane if it has any, else from the main queue;
-    /// in flight now. Also the requests it took (an empty priority lane
-    /// costs one, where the pool has one).
-    pub fn receive(&mut self, n: usize, lane: bool) -> (Vec<usize>, u64) {
-        if self.visible_priority.is_empty() {
-            (self.receive_from(n, false), 1 + u64::from(lane))
+    /// it: when it `look`s at the priority lane, from there if it has any,
+    /// else from the main queue (`Lanes::receive_main`); in flight now.
+    /// Also the requests it took (an empty lane looked at costs one).
+    pub fn receive(&mut self, n: usize, look: bool) -> (Vec<usize>, u64) {
+        if !look {
+            (self.receive_from(n, false), 1)
+        } else if self.visible_priority.is_empty() {
+            (self.receive_from(n, false), 2)
         } else {
             (self.receive_from(n, true), 1)
         }

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 
 use std::time::Duration;
 
+use cloudkon_core::ledger::{LANE_MARK_FRESH, LaneSight, lane_look_due};
 use cloudkon_core::wire::SQS_MAX_BATCH_ENTRIES;
 use cloudkon_worker::pool::retry_delay;
 use cloudkon_worker::remote::{
@@ -77,6 +78,8 @@ pub struct WorkerSim {
     cancel_poll_rest: T,
     /// The last heartbeat row: when, and whether it said busy.
     heartbeat_last: Option<(T, bool)>,
+    /// When it last read a lane mark (and looked at the lane).
+    mark_seen: Option<T>,
 }
 
 impl WorkerSim {
@@ -101,6 +104,7 @@ impl WorkerSim {
             cancel_checked: vec![None; batches],
             cancel_poll_rest: 0,
             heartbeat_last: None,
+            mark_seen: None,
         }
     }
 
@@ -174,8 +178,17 @@ impl Sim<'_> {
             return;
         }
         let want = bundles_wanted(hold, worker.tasks_held, worker.avg_bundle_tasks, room);
+        let mark_seen = worker.mark_seen;
         worker.fetching = true;
-        let (got, requests) = self.queue.receive(want, self.cfg.pool.priority_lane);
+        let fresh = us(LANE_MARK_FRESH.as_secs_f64());
+        let sight = LaneSight {
+            marks_read: self.cfg.pool.lane_marks,
+            check_every: Duration::from_micros(self.cancel_check),
+            watching: !self.watched(w).is_empty(),
+            fresh_mark: mark_seen.is_some_and(|at| self.now < at + fresh),
+        };
+        let look = self.cfg.pool.priority_lane && lane_look_due(sight);
+        let (got, requests) = self.queue.receive(want, look);
         self.req.bundle_receives += requests;
         if got.is_empty() {
             let worker = &mut self.workers[w];
@@ -237,6 +250,7 @@ impl Sim<'_> {
             return;
         }
         self.req.bundle_receives += 1;
+        self.workers[w].mark_seen = Some(self.now);
         let got = self.queue.receive_priority(room);
         if !got.is_empty() {
             self.workers[w].fetching = true;

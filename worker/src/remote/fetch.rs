@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudkon_core::ledger::{
-    BatchMarks, BundleProgress, Claim, DedupLedger, claim_key, lane_nudged,
+    BatchMarks, BundleProgress, Claim, DedupLedger, LaneSight, claim_key, lane_look_due,
+    lane_mark_fresh, lane_nudged,
 };
 use cloudkon_core::queue::{Delivery, Receipt, ResultRouter, TaskQueue};
 use cloudkon_core::{TaskResult, TaskSpec, Timestamp};
@@ -149,7 +150,11 @@ where
         // Not cancelled on shutdown: messages received by a cancelled call would
         // stay hidden for a whole visibility timeout; these are given back at once.
         let asked = Instant::now();
-        let received = ctx.queue.receive(room, ctx.config.receive_wait).await;
+        let received = if lane_look_due(lane_sight(ctx)) {
+            ctx.queue.receive(room, ctx.config.receive_wait).await
+        } else {
+            ctx.queue.receive_main(room, ctx.config.receive_wait).await
+        };
         let deliveries = match received {
             Ok(Some(deliveries)) => {
                 backoff.reset();
@@ -581,6 +586,25 @@ pub fn remember_marks<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, marks: BatchMark
     remember_cancelled(ctx, batch, marks.cancelled);
     note_lane_mark(ctx, batch, marks.lane_at);
     marks.cancelled
+}
+
+/// What tells whether this receive looks at the priority lane first.
+fn lane_sight<Q, L, R>(ctx: &Ctx<Q, L, R>) -> LaneSight
+where
+    L: DedupLedger,
+{
+    let now_ms = Timestamp::now().0 / 1000;
+    LaneSight {
+        marks_read: ctx.ledger.as_ref().is_some_and(|l| l.reads_lane_marks()),
+        check_every: ctx.config.cancel_check,
+        watching: !ctx.inflight.batches_to_watch().is_empty(),
+        fresh_mark: ctx
+            .lane_marks
+            .lock()
+            .expect("lane marks")
+            .values()
+            .any(|&at| lane_mark_fresh(at, now_ms)),
+    }
 }
 
 /// Wakes the fetcher to look at the priority lane when `batch`'s lane mark

@@ -1402,6 +1402,116 @@ async fn a_lane_mark_has_a_worker_whose_slots_are_taken_look_at_the_lane() {
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }
 
+/// A queue that counts its receives.
+#[derive(Clone)]
+struct CountingQueue {
+    inner: MemoryQueue,
+    receives: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingQueue {
+    fn new(inner: MemoryQueue) -> Self {
+        Self {
+            inner,
+            receives: Default::default(),
+        }
+    }
+
+    fn receives(&self) -> usize {
+        self.receives.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl TaskQueue for CountingQueue {
+    async fn send(&self, bundles: Vec<Bundle>) -> Result<(), QueueError> {
+        self.inner.send(bundles).await
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Vec<Delivery>>, QueueError> {
+        self.receives
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.receive(max, wait).await
+    }
+
+    async fn ack(&self, receipts: Vec<Receipt>) -> Result<(), QueueError> {
+        self.inner.ack(receipts).await
+    }
+}
+
+#[tokio::test]
+async fn a_worker_told_by_lane_marks_receives_without_looking_at_the_lane() {
+    // Two slots and bundles of four 50 ms tasks: the worker receives again
+    // while it holds tasks not started, so it watches their batch, and its
+    // lane marks would tell it of the lane's bundles; those receives ask
+    // the main queue alone. Then a mark has it look at the lane.
+    let main = CountingQueue::new(MemoryQueue::bounded(64));
+    let lane = CountingQueue::new(MemoryQueue::bounded(4));
+    let sleep = || TaskSpec::Run {
+        program: "sleep".into(),
+        args: vec!["0.05".into()],
+        expected_ms: None,
+    };
+    let bundles: Vec<Bundle> = (0..12)
+        .map(|i| bundle(i * 4, (0..4).map(|_| sleep()).collect()))
+        .collect();
+    main.send(bundles).await.unwrap();
+    let ledger = Arc::new(MemoryLedger::new());
+    let router = Arc::new(MemoryRouter::default());
+    let mut config = config();
+    config.cancel_check = Duration::from_millis(100);
+    let shutdown = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        Arc::new(cloudkon_core::queue::Lanes::new(
+            main.clone(),
+            Some(lane.clone()),
+        )),
+        Some(ledger.clone()),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config,
+        shutdown.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while router.results("resp").len() < 48 {
+        assert!(std::time::Instant::now() < deadline, "b never finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (main_receives, lane_receives) = (main.receives(), lane.receives());
+    // Each receive looked at the lane before: as many lane receives.
+    assert!(main_receives >= 6, "{main_receives} receives");
+    assert!(
+        lane_receives * 2 < main_receives,
+        "{lane_receives} looks at the lane for {main_receives} receives"
+    );
+
+    // A bundle of another batch in the lane and b's mark: taken.
+    let mut newcomer = bundle(1000, vec![sleep()]);
+    newcomer.tasks[0].batch = BatchId::new("n");
+    lane.send(vec![newcomer]).await.unwrap();
+    main.send(vec![bundle(100, (0..40).map(|_| sleep()).collect())])
+        .await
+        .unwrap();
+    ledger
+        .mark_lane("b", Timestamp::now().0 / 1000)
+        .await
+        .unwrap();
+    while !router
+        .results("resp")
+        .iter()
+        .any(|r| r.batch.as_str() == "n")
+    {
+        assert!(std::time::Instant::now() < deadline, "n never ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.stop.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
+}
+
 #[tokio::test]
 async fn cancels_are_asked_about_only_while_tasks_wait_to_start() {
     // Two slots, a bundle of three tasks: the third waits for the first to

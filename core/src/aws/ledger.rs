@@ -773,17 +773,20 @@ impl DedupLedger for DynamoLedger {
         // Lease ending at 0 and one attempt off: the next claim takes it over
         // at once as the same attempt (a give-back is not a failure). Not ours
         // (any more): nothing to give back.
+        // Its owner is no one's: a renewal of this holder that lands after
+        // (its round began before the release) finds it not its own.
         let mut values = vec![
             (":owner", s(owner)),
             (":running", s("running")),
             (":zero", n(0)),
             (":minus", n(-1)),
+            (":released", s(crate::ledger::RELEASED_OWNER)),
         ];
         let update = if done.is_empty() {
-            "SET #lease = :zero ADD #attempt :minus"
+            "SET #lease = :zero, #owner = :released ADD #attempt :minus"
         } else {
             values.push((":done", AttributeValue::B(Blob::new(done.as_bytes()))));
-            "SET #lease = :zero, #done = :done ADD #attempt :minus"
+            "SET #lease = :zero, #done = :done, #owner = :released ADD #attempt :minus"
         };
         let _released_or_not_ours = self
             .conditional_update(

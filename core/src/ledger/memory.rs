@@ -174,6 +174,7 @@ impl DedupLedger for MemoryLedger {
             *until = Instant::now();
             *attempt = attempt.saturating_sub(1);
             *done = progress.clone();
+            *o = super::RELEASED_OWNER.to_string();
         }
         Ok(())
     }

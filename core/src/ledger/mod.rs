@@ -90,6 +90,10 @@ pub fn lane_nudged(seen: Option<u64>, at: Option<u64>, now_ms: u64) -> bool {
     }
 }
 
+/// The owner a released claim is left with: no holder's renewal, late
+/// after the release, matches it (and takes the bundle back for a lease).
+pub const RELEASED_OWNER: &str = "#released";
+
 /// A worker that asks the ledger about its batches at least this often is
 /// told by their lane marks when the priority lane gets bundles
 /// ([`lane_look_due`]).

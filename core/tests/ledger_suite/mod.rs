@@ -110,6 +110,15 @@ pub async fn release_lets_the_next_claim_in_at_once_as_the_same_attempt<L: Dedup
     assert!(!l.complete("nothing", "a", vec![1]).await.unwrap());
 }
 
+pub async fn a_renewal_after_a_release_takes_nothing_back<L: DedupLedger>(l: &L) {
+    // A worker's renewal round, snapshot taken before it gave the bundle
+    // back, lands after: the bundle stays given back, with its progress.
+    l.claim("k", "a", LEASE).await.unwrap();
+    l.release("k", "a", &progress(&[0, 2])).await.unwrap();
+    assert!(!l.renew("k", "a", LEASE, &progress(&[0])).await.unwrap());
+    assert_eq!(l.claim("k", "c", LEASE).await.unwrap(), granted(1, &[0, 2]));
+}
+
 pub async fn a_take_over_resumes_from_the_last_renewal<L: DedupLedger>(l: &L) {
     l.claim("k", "a", LEASE).await.unwrap();
     assert!(
@@ -212,6 +221,7 @@ macro_rules! ledger_suite {
         ledger_suite!(@case $fresh, $done, [$($attr),*], an_expired_lease_is_taken_over_with_the_next_attempt);
         ledger_suite!(@case $fresh, $done, [$($attr),*], done_returns_the_stored_results);
         ledger_suite!(@case $fresh, $done, [$($attr),*], release_lets_the_next_claim_in_at_once_as_the_same_attempt);
+        ledger_suite!(@case $fresh, $done, [$($attr),*], a_renewal_after_a_release_takes_nothing_back);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_take_over_resumes_from_the_last_renewal);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_cancel_mark_is_seen_and_is_no_claim);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_lane_mark_is_read_with_the_cancel_mark_and_cancels_nothing);

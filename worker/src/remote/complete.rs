@@ -545,6 +545,8 @@ where
         return;
     };
     let progress = ctx.inflight.progress(key);
+    // No renewal of it from here on (a round under way passes over it).
+    ctx.inflight.completed(key);
     if let (Some(ledger), Some(owner)) = (&ctx.ledger, &ticket.claim_owner)
         && let Err(e) = ledger.release(key, owner, &progress).await
     {
@@ -636,6 +638,11 @@ where
             for held in ctx.inflight.snapshot() {
                 let key = &held.key;
                 let Some(owner) = &held.owner else { continue };
+                // Given back or completed since the snapshot: a renewal now
+                // would take it back for a lease.
+                if !ctx.inflight.needs_heartbeat(key) {
+                    continue;
+                }
                 match ledger
                     .renew(key, owner, ctx.config.lease, &held.progress)
                     .await

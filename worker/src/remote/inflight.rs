@@ -93,7 +93,8 @@ impl InFlight {
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
-    /// The bundle's completion is recorded: heartbeats stop for it.
+    /// The bundle's completion is recorded, or it is being given back:
+    /// heartbeats stop for it.
     pub fn completed(&self, key: &str) {
         if let Some(entry) = self.held.lock().expect("inflight lock").get_mut(key) {
             entry.completed = true;

@@ -143,6 +143,13 @@ async fn observe<'a>(
             file_invalid = matches!(source, Source::File { .. });
         }
     }
+    if batch_plan::is_live(batch)
+        && validation.is_ok()
+        && let Err(moved) =
+            crate::validate::pool_kept(&spec.worker_pool, old.worker_pool.as_deref())
+    {
+        validation = Err(vec![moved]);
+    }
     let results = results_location(ctx, batch);
     // Results that could not be written would hold the batch for ever, its
     // tasks run: a missing bucket (a typo, most often) is said before

@@ -406,9 +406,17 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 .is_none()
                 .then(|| crate::source_digest::current(&args.batch.spec.tasks, &args.source))?
         });
+        // And the pool (its queue and ledger), as the digest.
+        let worker_pool = status.worker_pool.clone().or_else(|| {
+            status
+                .planned_slots
+                .is_none()
+                .then(|| args.batch.spec.worker_pool.clone())
+        });
         self.record
             .patch_status(StatusPatch {
                 start_time: Some(start_time.clone()),
+                worker_pool,
                 planned_slots: Some(i64::try_from(planned_slots).unwrap_or(i64::MAX)),
                 planned_workers: planned_workers.map(|w| i64::try_from(w).unwrap_or(i64::MAX)),
                 send_order: Some(send_order),

@@ -501,7 +501,11 @@ const DELETION_WAIT_EVERY: Duration = Duration::from_secs(2);
 pub fn batches_in_the_way(pool: &str, batches: &[crate::crd::TaskBatch]) -> Vec<String> {
     let mut names: Vec<String> = batches
         .iter()
-        .filter(|b| b.spec.worker_pool == pool && b.metadata.deletion_timestamp.is_none())
+        .filter(|b| {
+            let first = b.status.as_ref().and_then(|s| s.worker_pool.as_deref());
+            (b.spec.worker_pool == pool || first == Some(pool))
+                && b.metadata.deletion_timestamp.is_none()
+        })
         .filter(|b| crate::batch_plan::is_live(b))
         .filter(|b| b.status.as_ref().is_some_and(|s| s.counts.enqueued > 0))
         .map(|b| b.name_any())
@@ -672,6 +676,10 @@ mod tests {
                     "phase" => v["status"] = json!({"phase": x, "counts": {"enqueued": 5}}),
                     "nothing sent" => v["status"] = json!({"phase": x}),
                     "deleting" => v["metadata"]["deletionTimestamp"] = x.clone(),
+                    "moved from" => {
+                        v["status"] =
+                            json!({"phase": "Running", "counts": {"enqueued": 5}, "workerPool": x})
+                    }
                     _ => unreachable!(),
                 }
             }
@@ -683,6 +691,8 @@ mod tests {
             batch("suspended", "p", json!({"nothing sent": "Pending"})),
             batch("enqueuing", "p", json!({"phase": "Enqueuing"})),
             batch("other-pool", "q", json!({"phase": "Running"})),
+            // Its spec moved to q after it sent to p: p's queue holds its tasks.
+            batch("moved", "q", json!({"moved from": "p"})),
             batch("done", "p", json!({"phase": "Succeeded"})),
             batch("failed", "p", json!({"phase": "Failed"})),
             batch("cancelled", "p", json!({"phase": "Cancelled"})),
@@ -699,7 +709,7 @@ mod tests {
         ];
         assert_eq!(
             batches_in_the_way("p", &batches),
-            vec!["enqueuing", "running"]
+            vec!["enqueuing", "moved", "running"]
         );
         assert!(batches_in_the_way("r", &batches).is_empty());
     }

@@ -60,6 +60,8 @@ pub struct StatusPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned_workers: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_pool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub send_order: Option<TaskOrder>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_digest: Option<String>,
@@ -164,6 +166,7 @@ impl StatusPatch {
             results,
             planned_slots,
             planned_workers,
+            worker_pool,
             send_order,
             source_digest,
             bundle_sizing,
@@ -187,6 +190,7 @@ impl StatusPatch {
         newer_wins(&mut self.results, results);
         newer_wins(&mut self.planned_slots, planned_slots);
         newer_wins(&mut self.planned_workers, planned_workers);
+        newer_wins(&mut self.worker_pool, worker_pool);
         newer_wins(&mut self.send_order, send_order);
         newer_wins(&mut self.source_digest, source_digest);
         newer_wins(&mut self.bundle_sizing, bundle_sizing);
@@ -220,6 +224,7 @@ impl StatusPatch {
             cost: st.cost.clone(),
             planned_slots: st.planned_slots,
             planned_workers: st.planned_workers,
+            worker_pool: st.worker_pool.clone(),
             send_order: st.send_order,
             source_digest: st.source_digest.clone(),
             bundle_sizing: st.bundle_sizing.clone(),

@@ -427,6 +427,23 @@ pub fn queue_kept(queue: &str, queue_url: Option<&str>) -> Result<(), Invalid> {
     ))
 }
 
+/// A batch keeps the pool it first enqueued on (`first`, from its status):
+/// its bundles are in that pool's queue and claimed in its ledger table, so
+/// its runner on another pool would resend from its checkpoint what was
+/// sent (run twice where the ledgers differ) and leave the rest of the old
+/// queue to a pool that could be deleted under it.
+pub fn pool_kept(pool: &str, first: Option<&str>) -> Result<(), Invalid> {
+    match first {
+        Some(had) if had != pool => Err(Invalid::new(
+            "spec.workerPool",
+            format!(
+                "changed from {had:?} to {pool:?} after the batch started sending its tasks to {had:?}, whose queue holds them: set it back to {had:?} to go on, or create a new TaskBatch for {pool:?}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a WorkerPool's spec, for a pool in `namespace`: the names it gives
 /// its queue and fleet must be ones the operator allows.
 pub fn workerpool(
@@ -775,6 +792,20 @@ mod tests {
         assert_eq!(
             e.message,
             "spec.queue.name gives the queue \"other\", but the pool's queue is \"cloudkon-ns_p\", where its batches' bundles are: set spec.queue.name to \"cloudkon-ns_p\" to keep it, or create a new WorkerPool for the other queue"
+        );
+    }
+
+    #[test]
+    fn a_batch_keeps_the_pool_it_first_enqueued_on() {
+        assert_eq!(pool_kept("a", Some("a")), Ok(()));
+        assert_eq!(pool_kept("b", None), Ok(()), "nothing sent yet");
+        let e = pool_kept("b", Some("a")).unwrap_err();
+        assert_eq!(e.field, "spec.workerPool");
+        assert!(
+            e.message
+                .starts_with("spec.workerPool changed from \"a\" to \"b\" after the batch"),
+            "{}",
+            e.message
         );
     }
 

@@ -626,6 +626,30 @@ fn an_operator_killed_mid_enqueue_loses_and_repeats_nothing() {
     c.wait_for("put back, accepted again", Duration::from_secs(30), |c| {
         condition(&c.batch("big"), "Accepted").filter(|x| x.0 == "True")
     });
+    // Moved to another pool: its bundles are in p's queue, so refused too
+    // until it is put back (and p's deletion would wait for it).
+    let set_pool = |c: &Cluster, pool: &str| {
+        let patch = format!(r#"{{"spec":{{"workerPool":"{pool}"}}}}"#);
+        c.ok(&["patch", "taskbatch", "big", "--type=merge", "-p", &patch]);
+    };
+    assert_eq!(
+        c.batch("big").status.unwrap().worker_pool.as_deref(),
+        Some("p")
+    );
+    set_pool(&c, "q");
+    let (_, _, message) = c.wait_for("the moved pool refused", Duration::from_secs(30), |c| {
+        condition(&c.batch("big"), "Accepted").filter(|x| x.0 == "False")
+    });
+    assert!(
+        message.contains("spec.workerPool changed from \"p\" to \"q\""),
+        "{message}"
+    );
+    set_pool(&c, "p");
+    c.wait_for(
+        "its pool put back, accepted again",
+        Duration::from_secs(30),
+        |c| condition(&c.batch("big"), "Accepted").filter(|x| x.0 == "True"),
+    );
     let table = unique("e2e-ledger");
     c.workers(&queue, &table, 2);
     // Killed with bundles cut by a learned sizing sent after its checkpoint.

@@ -416,6 +416,13 @@ pub struct TaskBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_workers: Option<i64>,
 
+    /// The WorkerPool the batch first enqueued on: its bundles are in that
+    /// pool's queue and claimed in its ledger table, so a batch whose
+    /// `spec.workerPool` changed since is not accepted until it is put back,
+    /// and that pool's deletion waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_pool: Option<String>,
+
     /// The order the tasks are sent in: `spec.order` when the batch first
     /// enqueued, fixed then, so that a restarted operator resumes at its
     /// checkpoint in the same order whatever `spec.order` says since.

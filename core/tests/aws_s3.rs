@@ -37,6 +37,31 @@ async fn small_objects_round_trip() {
 
 #[tokio::test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn an_upload_is_given_the_time_its_body_takes() {
+    // Timeouts far shorter than sending 8 MiB takes here (a slow uplink's
+    // stand-in): an upload's grow with its size, where with the timeouts
+    // of other calls every attempt failed. (A part of a file's multipart
+    // upload is given its time the same way.)
+    let (s3, bucket) = store().await;
+    let ms = Duration::from_millis;
+    let tight = common::aws_with(cloudkon_core::aws::AwsSettings {
+        attempt_timeout: ms(20),
+        read_timeout: ms(20),
+        ..Default::default()
+    })
+    .await
+    .s3();
+    let body: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    tight
+        .put_bytes(&bucket, "big.bin", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(s3.get_bytes(&bucket, "big.bin").await.unwrap(), body);
+    s3.delete_object(&bucket, "big.bin").await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn a_20_mib_file_goes_up_in_parts() {
     let aws = aws().await;
     let s3 = aws.s3();

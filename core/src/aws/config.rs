@@ -172,6 +172,6 @@ impl Aws {
             .force_path_style(true)
             .interceptor(CountRequests(self.stats.clone()))
             .build();
-        S3Store::new(aws_sdk_s3::Client::from_conf(config))
+        S3Store::new(aws_sdk_s3::Client::from_conf(config), self.settings)
     }
 }

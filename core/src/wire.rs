@@ -62,7 +62,7 @@ impl MessageKind {
         }
     }
 
-    /// The versions this program reads.
+    /// The versions this program reads (oldest first).
     fn readable(self) -> &'static [u8] {
         match self {
             MessageKind::Bundle => &[1, 2, 3],
@@ -120,6 +120,19 @@ pub enum WireError {
         bytes: usize,
         max: usize,
     },
+}
+
+impl WireError {
+    /// A message of a version newer than this program reads: written by a
+    /// newer release (a rolling upgrade under way), for a newer reader.
+    pub fn is_newer(&self) -> bool {
+        match self {
+            WireError::UnknownVersion { kind, found } => {
+                kind.readable().last().is_some_and(|newest| found > newest)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The results of one bundle, sent to the bundle's `reply_to` queue.
@@ -1099,6 +1112,12 @@ mod tests {
         let err = decode_bundle(&reencode(&future)).unwrap_err();
         assert!(matches!(err, WireError::UnknownVersion { found: 9, .. }));
         assert!(err.to_string().contains("version 9"), "{err}");
+        assert!(err.is_newer());
+        let mut old = bytes.clone();
+        old[0] = 0;
+        let err = decode_bundle(&reencode(&old)).unwrap_err();
+        assert!(matches!(err, WireError::UnknownVersion { found: 0, .. }));
+        assert!(!err.is_newer(), "older than any release: not ours");
         let err = decode_bundle(&reencode(&bytes[..bytes.len() - 3])).unwrap_err();
         assert!(matches!(err, WireError::Truncated { .. }), "{err}");
         let mut longer = bytes.clone();

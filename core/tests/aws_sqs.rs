@@ -389,6 +389,48 @@ async fn without_a_dead_letter_queue_a_malformed_message_is_deleted() {
 
 #[tokio::test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_message_of_a_newer_release_is_left_for_a_newer_reader() {
+    // A rolling upgrade: a newer operator's bundle meets this worker. It is
+    // neither run, nor moved to the dead-letter queue (whose reader would
+    // report its tasks failed), nor deleted: hidden, and left in place.
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let aws = aws().await;
+    let q = aws
+        .sqs()
+        .create_queue(
+            &unique("ck-newer"),
+            &QueueOptions {
+                max_receives: Some(5),
+                ..options(30)
+            },
+        )
+        .await
+        .unwrap();
+    let mut bytes = engine
+        .decode(cloudkon_core::wire::encode_bundle(&sleep0_bundle(
+            "n", 0, 1,
+        )))
+        .unwrap();
+    bytes[0] = 200;
+    q.send_bodies(vec![engine.encode(&bytes)]).await.unwrap();
+    let got = q.receive(10, WAIT).await.unwrap().unwrap();
+    assert!(got.is_empty(), "{got:?}");
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 1));
+    let dlq = q.sibling(q.dead_letter_url().unwrap());
+    assert!(
+        dlq.receive_raw(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    q.delete().await.unwrap();
+    dlq.delete().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn queue_stats_count_waiting_and_in_flight() {
     let aws = aws().await;
     let q = aws

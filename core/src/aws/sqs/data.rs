@@ -336,6 +336,29 @@ impl SqsQueue {
         .await
     }
 
+    /// A message that does not decode: one of a newer release is hidden for
+    /// [`NEWER_VERSION_WAIT`] and left for a newer reader (a rolling
+    /// upgrade: moved aside, newer results were deleted, newer bundles
+    /// reported failed from the dead-letter queue); anything else is moved
+    /// aside.
+    async fn undecodable(&self, message: &RawMessage, error: &wire::WireError) {
+        if !error.is_newer() {
+            return self.move_aside(message, &error.to_string()).await;
+        }
+        tracing::warn!(
+            queue = %self.url,
+            message_id = %message.message_id,
+            %error,
+            "a message of a newer release: left for a newer reader (is an upgrade under way?)"
+        );
+        if let Err(e) = self
+            .change_visibility(&message.receipt, NEWER_VERSION_WAIT)
+            .await
+        {
+            tracing::debug!(message_id = %message.message_id, error = %e, "could not hide the newer message; it shows again after the queue's visibility timeout");
+        }
+    }
+
     /// Takes a message that is not ours out of the way: to the dead-letter queue
     /// if there is one (with the reason as a message attribute), else deleted.
     async fn move_aside(&self, message: &RawMessage, reason: &str) {
@@ -404,12 +427,15 @@ impl SqsQueue {
         for message in self.receive_raw(max, wait).await? {
             match wire::decode_results(&message.body) {
                 Ok(results) => out.push((results, message.receipt)),
-                Err(e) => self.move_aside(&message, &e.to_string()).await,
+                Err(e) => self.undecodable(&message, &e).await,
             }
         }
         Ok(out)
     }
 }
+
+/// How long a message of a newer release is hidden from this one's readers.
+const NEWER_VERSION_WAIT: Duration = Duration::from_secs(60);
 
 /// A long poll's wait as SQS takes it: whole seconds, rounded up, at most 20.
 fn wait_secs(wait: Duration) -> Duration {
@@ -458,7 +484,7 @@ impl TaskQueue for SqsQueue {
                     receive_count: message.receive_count,
                     priority: false,
                 }),
-                Err(e) => self.move_aside(&message, &e.to_string()).await,
+                Err(e) => self.undecodable(&message, &e).await,
             }
         }
         Ok(Some(out))

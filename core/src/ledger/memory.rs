@@ -173,7 +173,10 @@ impl DedupLedger for MemoryLedger {
             // once as the same attempt (a give-back is not a failure).
             *until = Instant::now();
             *attempt = attempt.saturating_sub(1);
-            *done = progress.clone();
+            // As DynamoDB's: no progress given, the stored one stays.
+            if !progress.is_empty() {
+                *done = progress.clone();
+            }
             *o = super::RELEASED_OWNER.to_string();
         }
         Ok(())

@@ -249,6 +249,42 @@ where
     }
 }
 
+/// Claims `key`, waiting at most [`ADMIT_LEDGER_LIMIT`] for the answer. A
+/// claim not answered in time goes on: granted after all, it is given back
+/// at once (an owner token never used again held it for a whole lease, the
+/// next claim `Held`, then taken over as one attempt more).
+async fn claim_within<L: DedupLedger>(
+    ledger: &Arc<L>,
+    key: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<Claim, cloudkon_core::ledger::LedgerError> {
+    let mut claim = tokio::spawn({
+        let (ledger, key, owner) = (ledger.clone(), key.to_string(), owner.to_string());
+        async move { ledger.claim(&key, &owner, lease).await }
+    });
+    match tokio::time::timeout(ADMIT_LEDGER_LIMIT, &mut claim).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => Err(cloudkon_core::ledger::LedgerError::Unavailable(format!(
+            "the claim stopped: {e}"
+        ))),
+        Err(_) => {
+            let (ledger, key, owner) = (ledger.clone(), key.to_string(), owner.to_string());
+            tokio::spawn(async move {
+                if let Ok(Ok(Claim::Granted { .. })) = claim.await {
+                    tracing::debug!(key, "a claim answered late: given back");
+                    if let Err(e) = ledger.release(&key, &owner, &BundleProgress::new()).await {
+                        tracing::debug!(key, error = %e, "could not give back a claim answered late; it expires with its lease");
+                    }
+                }
+            });
+            Err(cloudkon_core::ledger::LedgerError::Unavailable(format!(
+                "no answer within {ADMIT_LEDGER_LIMIT:?}"
+            )))
+        }
+    }
+}
+
 /// Takes up to `most` room permits that are free now (each one bundle's
 /// room, given back as the bundle ends); how many.
 fn take_room<Q, L, R>(ctx: &Ctx<Q, L, R>, most: usize) -> usize {
@@ -420,18 +456,7 @@ where
         .as_ref()
         .filter(|_| bundle.options.dedup != Some(false));
     if let Some(ledger) = ledger {
-        // A claim cut short may have been written: its lease (under an owner
-        // token never used again) then makes the next one `Held` until it ends.
-        let claimed = tokio::time::timeout(
-            ADMIT_LEDGER_LIMIT,
-            ledger.claim(&key, &owner, ctx.config.lease),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(cloudkon_core::ledger::LedgerError::Unavailable(format!(
-                "no answer within {ADMIT_LEDGER_LIMIT:?}"
-            )))
-        });
+        let claimed = claim_within(ledger, &key, &owner, ctx.config.lease).await;
         match claimed {
             Err(e) => {
                 // Not claimed, so not run: let the message come back soon rather

@@ -1244,6 +1244,44 @@ async fn a_delete_refused_for_good_does_not_hold_the_next_results() {
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }
 
+// Paused time: the ledger's stall takes no wall time.
+#[tokio::test(start_paused = true)]
+async fn a_claim_answered_after_the_worker_stopped_waiting_is_given_back() {
+    // The claim lands 15 s after it was asked, past the 10 s the worker
+    // waits: granted to an owner token never used again, it held the
+    // bundle for a lease (the next claim `Held`), then went to a take-over
+    // as one attempt more. Given back as it lands, the next claim gets it
+    // at once, as the first attempt.
+    let b = bundle(0, vec![TaskSpec::Sleep { ms: 1000 }]);
+    let key = claim_key(&b);
+    let queue = Arc::new(ReceiptQueue::new(vec![b]));
+    let ledger = Arc::new(CountingLedger::default());
+    *ledger.slow_claim.lock().unwrap() = Some(Duration::from_secs(15));
+    let shutdown = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config(),
+        shutdown.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let claim = ledger
+        .inner
+        .claim(&key, "another", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        matches!(claim, Claim::Granted { attempt: 1, .. }),
+        "{claim:?}"
+    );
+    shutdown.stop.cancel();
+    shutdown.abort.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
+}
+
 /// The in-memory ledger, counting the cancel checks asked of it and
 /// recording its claims and renewals in order; its renewals fail while
 /// `failing_renewals` is set (a throttled table).
@@ -1253,6 +1291,8 @@ struct CountingLedger {
     cancel_checks: std::sync::atomic::AtomicUsize,
     failing_renewals: std::sync::atomic::AtomicBool,
     calls: Mutex<Vec<LedgerCall>>,
+    /// The next claim answers after this long (a ledger that stalls).
+    slow_claim: Mutex<Option<Duration>>,
 }
 
 impl CountingLedger {
@@ -1286,6 +1326,10 @@ impl DedupLedger for CountingLedger {
             .lock()
             .unwrap()
             .push(LedgerCall::Claim(key.to_string()));
+        let slow = self.slow_claim.lock().unwrap().take();
+        if let Some(slow) = slow {
+            tokio::time::sleep(slow).await;
+        }
         self.inner.claim(key, owner, lease).await
     }
 

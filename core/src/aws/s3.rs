@@ -22,6 +22,17 @@ const SERVICE: &str = "S3";
 pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
 pub const PART_SIZE: u64 = 8 * 1024 * 1024;
 const CONCURRENT_PARTS: usize = 4;
+/// S3's limits on a multipart upload.
+const MAX_PARTS: u64 = 10_000;
+const MAX_OBJECT: u64 = 5 << 40;
+
+/// The part size for a file of `size` bytes: [`PART_SIZE`], or bigger (whole
+/// MiB) for a file that would need more than S3's 10,000 parts (over 78
+/// GiB), which S3 refused at part 10,001, after 80 GB sent.
+fn part_size(size: u64) -> u64 {
+    let mib = 1 << 20;
+    PART_SIZE.max(size.div_ceil(MAX_PARTS).div_ceil(mib) * mib)
+}
 
 /// `s3://bucket/key`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,6 +310,16 @@ impl S3Store {
                 )
             })?
             .len();
+        if size > MAX_OBJECT {
+            return Err(io_error(
+                "CreateMultipartUpload",
+                resource,
+                format!(
+                    "{}: {size} bytes, over S3's largest object (5 TiB)",
+                    path.display()
+                ),
+            ));
+        }
         if size <= MULTIPART_THRESHOLD {
             let body = ByteStream::from_path(path).await.map_err(|e| {
                 io_error(
@@ -381,12 +402,13 @@ impl S3Store {
         upload_id: &str,
     ) -> Result<Vec<CompletedPart>, AwsError> {
         let resource = uri(bucket, key);
-        let count = size.div_ceil(PART_SIZE);
+        let part = part_size(size);
+        let count = size.div_ceil(part);
         let parts = (0..count).map(|i| {
             let resource = resource.clone();
             async move {
-                let offset = i * PART_SIZE;
-                let length = PART_SIZE.min(size - offset);
+                let offset = i * part;
+                let length = part.min(size - offset);
                 let number = i32::try_from(i + 1).expect("at most 10,000 parts");
                 // Read from the file per attempt, not into memory: a retry re-reads.
                 let body = ByteStream::read_from()
@@ -590,6 +612,20 @@ fn body_error(bucket: &str, key: &str, e: &std::io::Error) -> AwsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_of_any_size_fits_in_s3s_10000_parts() {
+        let gib = 1u64 << 30;
+        assert_eq!(part_size(20 << 20), PART_SIZE);
+        assert_eq!(part_size(78 * gib), PART_SIZE);
+        for size in [79 * gib, 500 * gib, MAX_OBJECT] {
+            let part = part_size(size);
+            assert!(size.div_ceil(part) <= MAX_PARTS, "{size}: {part}");
+            assert_eq!(part % (1 << 20), 0);
+        }
+        // S3's largest part is 5 GiB.
+        assert!(part_size(MAX_OBJECT) <= 5 * gib);
+    }
 
     use std::task::{Context, Poll};
 

@@ -240,16 +240,33 @@ pub fn taskbatch(spec: &TaskBatchSpec) -> Result<(), Vec<Invalid>> {
         Some(0),
         None,
     );
-    if let Some(prefix) = spec.results.as_ref().and_then(|r| r.s3_prefix.as_ref())
-        && !S3Uri::parse(prefix).is_ok_and(|u| u.has_valid_bucket_name())
-    {
-        p.add(
-            "spec.results.s3Prefix",
-            format_args!("({prefix:?}) must be s3://bucket or s3://bucket/prefix"),
-        );
+    if let Some(prefix) = spec.results.as_ref().and_then(|r| r.s3_prefix.as_ref()) {
+        match S3Uri::parse(prefix) {
+            Ok(u) if u.has_valid_bucket_name() => {
+                // The parts' keys add the namespace, name, uid and part name
+                // to it (up to 380 bytes): past S3's 1,024 every write was
+                // refused and retried for good.
+                if u.key.len() > MAX_RESULTS_KEY_PREFIX {
+                    p.add(
+                        "spec.results.s3Prefix",
+                        format_args!(
+                            "has a key of {} bytes: at most {MAX_RESULTS_KEY_PREFIX} (S3 keys have at most 1,024, and the results' add up to 380)",
+                            u.key.len()
+                        ),
+                    );
+                }
+            }
+            _ => p.add(
+                "spec.results.s3Prefix",
+                format_args!("({prefix:?}) must be s3://bucket or s3://bucket/prefix"),
+            ),
+        }
     }
     p.finish()
 }
+
+/// The longest key `spec.results.s3Prefix` may give its results' parts.
+const MAX_RESULTS_KEY_PREFIX: usize = 600;
 
 /// The fields of an inline task (or a generator's template): the ones its
 /// kind needs are there, the others are not, and core accepts the task.
@@ -1268,6 +1285,13 @@ mod tests {
                 json!({"results": {"s3Prefix": "/tmp/results"}}),
                 &[
                     "spec.results.s3Prefix (\"/tmp/results\") must be s3://bucket or s3://bucket/prefix",
+                ],
+            ),
+            (
+                "results' keys too long",
+                json!({"results": {"s3Prefix": format!("s3://my-bucket/{}", "k".repeat(601))}}),
+                &[
+                    "spec.results.s3Prefix has a key of 601 bytes: at most 600 (S3 keys have at most 1,024, and the results' add up to 380)",
                 ],
             ),
         ];

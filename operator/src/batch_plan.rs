@@ -622,37 +622,33 @@ mod tests {
 
         // The results' bucket missing: nothing starts, and it is looked
         // for again.
+        // Nothing starts, looked at again in 10 s, Accepted=False for
+        // `reason` with a Warning saying `message`.
+        let waits = |o: &Observed<'_>, reason: &str, message: &str| {
+            let plan = decide(o);
+            assert_eq!(plan.runner, Runner::Leave);
+            assert_eq!(plan.then, Then::Requeue(Duration::from_secs(10)));
+            let part = plan.status.unwrap();
+            assert_eq!(part.phase, Some(Phase::Pending));
+            assert_eq!(condition(&part, "Accepted"), ("False", reason));
+            assert!(
+                plan.events
+                    .iter()
+                    .any(|e| e.warning && e.reason == reason && e.message == message),
+                "{:?}",
+                plan.events
+            );
+        };
         let mut o = observed(&b);
         o.missing_bucket = Some("no bucket".into());
-        let plan = decide(&o);
-        assert_eq!(plan.runner, Runner::Leave);
-        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(10)));
-        let part = plan.status.unwrap();
-        assert_eq!(part.phase, Some(Phase::Pending));
-        assert_eq!(
-            condition(&part, "Accepted"),
-            ("False", "ResultsBucketNotFound")
-        );
-        assert!(
-            plan.events.iter().any(|e| e.warning
-                && e.reason == "ResultsBucketNotFound"
-                && e.message == "no bucket")
-        );
+        waits(&o, "ResultsBucketNotFound", "no bucket");
 
         // The workload file missing or its read failed: read again soon,
         // said as such; found invalid: read again now and then (a file is
         // fixed outside the spec), where a spec waits for its change.
         let mut o = observed(&b);
         o.workload_unreadable = Some("ConfigMap \"w\" does not exist".into());
-        let plan = decide(&o);
-        assert_eq!(plan.runner, Runner::Leave);
-        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(10)));
-        let part = plan.status.unwrap();
-        assert_eq!(part.phase, Some(Phase::Pending));
-        assert_eq!(
-            condition(&part, "Accepted"),
-            ("False", "WorkloadUnreadable")
-        );
+        waits(&o, "WorkloadUnreadable", "ConfigMap \"w\" does not exist");
         let problem = || {
             Err(vec![Invalid {
                 field: "spec.tasks.configMap".into(),

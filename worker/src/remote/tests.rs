@@ -117,6 +117,26 @@ async fn run_through<L: DedupLedger, R: ResultRouter>(
     .await
 }
 
+/// A worker on `queue` until the `Shutdown` returned stops it.
+fn start<Q: TaskQueue, L: DedupLedger, R: ResultRouter>(
+    queue: Arc<Q>,
+    ledger: Option<Arc<L>>,
+    router: Arc<R>,
+    config: RemoteConfig,
+) -> (tokio::task::JoinHandle<StopReason>, Shutdown) {
+    let shutdown = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        queue,
+        ledger,
+        router,
+        Arc::new(Registry::new()),
+        config,
+        shutdown.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    (worker, shutdown)
+}
+
 fn sleeps(n: usize) -> Vec<TaskSpec> {
     vec![TaskSpec::Sleep { ms: 0 }; n]
 }
@@ -1206,16 +1226,7 @@ async fn a_delete_refused_for_good_does_not_hold_the_next_results() {
     let router = Arc::new(MemoryRouter::default());
     let mut config = config();
     config.pool.slots = 1;
-    let shutdown = Shutdown::new();
-    let worker = tokio::spawn(run_remote(
-        queue.clone(),
-        Some(ledger.clone()),
-        router.clone(),
-        Arc::new(Registry::new()),
-        config,
-        shutdown.clone(),
-        Arc::new(WorkerStats::default()),
-    ));
+    let (worker, shutdown) = start(queue.clone(), Some(ledger.clone()), router.clone(), config);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while router.results("resp").len() < 3 {
         assert!(
@@ -1257,16 +1268,12 @@ async fn a_claim_answered_after_the_worker_stopped_waiting_is_given_back() {
     let queue = Arc::new(ReceiptQueue::new(vec![b]));
     let ledger = Arc::new(CountingLedger::default());
     *ledger.slow_claim.lock().unwrap() = Some(Duration::from_secs(15));
-    let shutdown = Shutdown::new();
-    let worker = tokio::spawn(run_remote(
+    let (worker, shutdown) = start(
         queue.clone(),
         Some(ledger.clone()),
         Arc::new(MemoryRouter::default()),
-        Arc::new(Registry::new()),
         config(),
-        shutdown.clone(),
-        Arc::new(WorkerStats::default()),
-    ));
+    );
     tokio::time::sleep(Duration::from_secs(16)).await;
     let claim = ledger
         .inner
@@ -1402,16 +1409,12 @@ async fn a_lane_mark_has_a_worker_whose_slots_are_taken_look_at_the_lane() {
     let mut config = config();
     config.pool.slots = 1;
     config.cancel_check = Duration::from_millis(100);
-    let shutdown = Shutdown::new();
-    let worker = tokio::spawn(run_remote(
+    let (worker, shutdown) = start(
         Arc::new(cloudkon_core::queue::Lanes::new(main, Some(lane.clone()))),
         Some(ledger.clone()),
         Arc::new(MemoryRouter::default()),
-        Arc::new(Registry::new()),
         config,
-        shutdown.clone(),
-        Arc::new(WorkerStats::default()),
-    ));
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !started().contains(&"b0".to_string()) {
         assert!(std::time::Instant::now() < deadline, "b0 never started");
@@ -1507,19 +1510,15 @@ async fn a_worker_told_by_lane_marks_receives_without_looking_at_the_lane() {
     let router = Arc::new(MemoryRouter::default());
     let mut config = config();
     config.cancel_check = Duration::from_millis(100);
-    let shutdown = Shutdown::new();
-    let worker = tokio::spawn(run_remote(
+    let (worker, shutdown) = start(
         Arc::new(cloudkon_core::queue::Lanes::new(
             main.clone(),
             Some(lane.clone()),
         )),
         Some(ledger.clone()),
         router.clone(),
-        Arc::new(Registry::new()),
         config,
-        shutdown.clone(),
-        Arc::new(WorkerStats::default()),
-    ));
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while router.results("resp").len() < 48 {
         assert!(std::time::Instant::now() < deadline, "b never finished");

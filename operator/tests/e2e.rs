@@ -1021,17 +1021,7 @@ fn an_ec2_instances_pool_launches_and_terminates_instances_in_moto() {
     let aws = rt.block_on(Aws::load());
     let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
     let template = unique("cloudkon-worker-tmpl");
-    rt.block_on(
-        ec2.create_launch_template()
-            .launch_template_name(&template)
-            .launch_template_data(
-                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
-                    .image_id("ami-03cf127a")
-                    .build(),
-            )
-            .send(),
-    )
-    .unwrap();
+    make_launch_template(&rt, &ec2, &template);
     c.operator("operator.log", &[]);
     let table = unique("e2e-ledger");
     c.apply(&format!(
@@ -1137,6 +1127,30 @@ fn a_pool_deleted_under_a_running_batch_waits_for_it() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sqs = rt.block_on(Aws::load()).sqs();
     assert_queues_gone(&rt, &sqs, &format!("cloudkon-{}_p", c.ns));
+}
+
+/// Makes the launch template `name` (unique to the test) in moto. One
+/// that exists already is this test's own: an attempt that timed out on a
+/// busy machine was made, and the SDK's retry found it.
+fn make_launch_template(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, name: &str) {
+    let made = rt.block_on(
+        ec2.create_launch_template()
+            .launch_template_name(name)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id("ami-03cf127a")
+                    .build(),
+            )
+            .send(),
+    );
+    if let Err(e) = made {
+        let code = e.as_service_error().and_then(|e| e.meta().code());
+        assert_eq!(
+            code,
+            Some("InvalidLaunchTemplateName.AlreadyExistsException"),
+            "{e:?}"
+        );
+    }
 }
 
 /// The pool queue `name`, its priority lane and its dead-letter queue are
@@ -1294,9 +1308,10 @@ fn bundles_no_worker_reads_from_the_priority_lane_go_to_the_queue() {
     rt.block_on(lane.send_bodies(bodies)).unwrap();
     c.operator("operator-2.log", &[]);
     let main = sqs.at(queue.as_str());
+    // Within a second here; 60 s for a machine busy with other tests.
     c.wait_for(
         "the lane's bundles in the queue",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         |_| {
             let s = rt.block_on(main.stats()).ok()?;
             (s.visible == 3).then_some(())
@@ -1723,18 +1738,7 @@ fn workerpools_are_deleted_when_their_fleet_is_gone_and_a_failing_cleanup_is_rep
     // An Auto Scaling group deleted behind the pool's back.
     let group = unique("cloudkon-asg");
     let template = format!("{group}-lt");
-    rt.block_on(
-        aws_sdk_ec2::Client::new(&sdk)
-            .create_launch_template()
-            .launch_template_name(&template)
-            .launch_template_data(
-                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
-                    .image_id("ami-03cf127a")
-                    .build(),
-            )
-            .send(),
-    )
-    .unwrap();
+    make_launch_template(&rt, &aws_sdk_ec2::Client::new(&sdk), &template);
     let autoscaling = aws_sdk_autoscaling::Client::new(&sdk);
     rt.block_on(
         autoscaling

@@ -53,16 +53,13 @@ pub trait BatchRecord: Send + Sync + 'static {
     fn warn(&self, reason: &str, message: String) -> impl Future<Output = ()> + Send;
 }
 
-/// The ConfigMap holding a batch's collected ids (its head). Object names
-/// have at most 253 characters: a batch named longer than 234 gets one
-/// from its uid, where the head's write failed at each flush and the batch
-/// never counted a result.
+/// The ConfigMap holding a batch's collected ids (its head): a batch named
+/// longer than 234 characters gets one from its uid, where the head's write
+/// failed at each flush and the batch never counted a result.
 pub fn collected_configmap_name(batch: &str, uid: &str) -> String {
-    let name = format!("{batch}-cloudkon-collected");
-    if name.len() > 253 {
-        return format!("cloudkon-collected-{uid}");
-    }
-    name
+    within_object_name(format!("{batch}-cloudkon-collected"), || {
+        format!("cloudkon-collected-{uid}")
+    })
 }
 
 /// A collected set's large piece's ConfigMap: named by its content, so a
@@ -72,12 +69,16 @@ pub fn collected_configmap_name(batch: &str, uid: &str) -> String {
 /// pieces, or two batches whose names are too long to prefix).
 pub fn collected_piece_name(batch: &str, uid: &str, digest: &str) -> String {
     let short: String = uid.chars().take(8).collect();
-    let name = format!("{batch}-cloudkon-collected-{short}-{digest}");
-    // Object names have at most 253 characters.
-    if name.len() > 253 {
-        return format!("cloudkon-collected-{uid}-{digest}");
-    }
-    name
+    within_object_name(
+        format!("{batch}-cloudkon-collected-{short}-{digest}"),
+        || format!("cloudkon-collected-{uid}-{digest}"),
+    )
+}
+
+/// `name`, or `shorter()` where `name` is over the 253 characters of an
+/// object's name.
+fn within_object_name(name: String, shorter: impl FnOnce() -> String) -> String {
+    if name.len() > 253 { shorter() } else { name }
 }
 
 /// A TaskBatch's status subresource and its collected-ids ConfigMaps: the

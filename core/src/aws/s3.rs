@@ -613,20 +613,6 @@ fn body_error(bucket: &str, key: &str, e: &std::io::Error) -> AwsError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_file_of_any_size_fits_in_s3s_10000_parts() {
-        let gib = 1u64 << 30;
-        assert_eq!(part_size(20 << 20), PART_SIZE);
-        assert_eq!(part_size(78 * gib), PART_SIZE);
-        for size in [79 * gib, 500 * gib, MAX_OBJECT] {
-            let part = part_size(size);
-            assert!(size.div_ceil(part) <= MAX_PARTS, "{size}: {part}");
-            assert_eq!(part % (1 << 20), 0);
-        }
-        // S3's largest part is 5 GiB.
-        assert!(part_size(MAX_OBJECT) <= 5 * gib);
-    }
-
     use std::task::{Context, Poll};
 
     /// A body that must not be read.
@@ -752,5 +738,19 @@ mod tests {
         assert_eq!(S3Uri::object("s3://b/k").unwrap().to_string(), "s3://b/k");
         let e = S3Uri::object("s3://b").unwrap_err().to_string();
         assert!(e.contains("s3://BUCKET/KEY"), "{e}");
+    }
+
+    #[test]
+    fn a_file_of_any_size_fits_in_s3s_10000_parts() {
+        let gib = 1u64 << 30;
+        assert_eq!(part_size(20 << 20), PART_SIZE);
+        assert_eq!(part_size(78 * gib), PART_SIZE);
+        for size in [79 * gib, 500 * gib, MAX_OBJECT] {
+            let part = part_size(size);
+            assert!(size.div_ceil(part) <= MAX_PARTS, "{size}: {part}");
+            assert_eq!(part % (1 << 20), 0);
+        }
+        // S3's largest part is 5 GiB.
+        assert!(part_size(MAX_OBJECT) <= 5 * gib);
     }
 }

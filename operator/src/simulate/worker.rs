@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 use std::time::Duration;
 
-use cloudkon_core::ledger::{LANE_MARK_FRESH, LaneSight, lane_look_due};
+use cloudkon_core::ledger::{LaneSight, lane_look_due, lane_mark_fresh};
 use cloudkon_core::wire::SQS_MAX_BATCH_ENTRIES;
 use cloudkon_worker::pool::retry_delay;
 use cloudkon_worker::remote::{
@@ -180,12 +180,13 @@ impl Sim<'_> {
         let want = bundles_wanted(hold, worker.tasks_held, worker.avg_bundle_tasks, room);
         let mark_seen = worker.mark_seen;
         worker.fetching = true;
-        let fresh = us(LANE_MARK_FRESH.as_secs_f64());
+        // The mark taken as written when read (a cancel check later at
+        // most): the worker's own test, in ms.
         let sight = LaneSight {
             marks_read: self.cfg.pool.lane_marks,
             check_every: Duration::from_micros(self.cancel_check),
             watching: !self.watched(w).is_empty(),
-            fresh_mark: mark_seen.is_some_and(|at| self.now < at + fresh),
+            fresh_mark: mark_seen.is_some_and(|at| lane_mark_fresh(at / 1000, self.now / 1000)),
         };
         let look = self.cfg.pool.priority_lane && lane_look_due(sight);
         let (got, requests) = self.queue.receive(want, look);

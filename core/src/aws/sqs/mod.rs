@@ -7,11 +7,12 @@ mod data;
 
 pub use admin::{QueueOptions, bounded_queue_name, queue_name_chars};
 
+use std::time::Duration;
+
 use super::config::AwsSettings;
 use super::error::AwsError;
 use super::stats::RequestStats;
 use crate::queue::Receipt;
-use std::time::Duration;
 
 const SERVICE: &str = "SQS";
 

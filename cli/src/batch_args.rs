@@ -2,7 +2,7 @@
 //! default name.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The flags `run` and `submit` share: where results go, and the batch.
 #[derive(Debug, clap::Args)]
@@ -16,8 +16,8 @@ pub struct BatchArgs {
     pub json: bool,
 
     /// Per-task timeout, e.g. `30s` or `500ms`; a task's own `timeout_ms` wins.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub timeout: Option<std::time::Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
 
     /// The batch's name in results [default: the workload's file name and the time].
     #[arg(long, value_name = "NAME")]
@@ -33,6 +33,16 @@ impl BatchArgs {
     }
 }
 
+/// A timeout of zero would time every task out at once: a workload line
+/// refuses `timeout_ms` 0 too.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout.is_zero() {
+        return Err("must be more than zero (omit --timeout for no limit)".to_string());
+    }
+    Ok(timeout)
+}
+
 fn default_batch_name(workload: &Path) -> String {
     let stem = workload
         .file_stem()
@@ -41,4 +51,19 @@ fn default_batch_name(workload: &Path) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!("{stem}-{secs}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_timeout_is_refused() {
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        for zero in ["0", "0s", "0ms"] {
+            let err = parse_timeout(zero).unwrap_err();
+            assert!(err.contains("omit --timeout for no limit"), "{zero}: {err}");
+        }
+        assert!(parse_timeout("soon").is_err());
+    }
 }

@@ -22,7 +22,7 @@ use crate::{batch_args, exit, memory, outcome, progress, results_file, signals, 
 #[command(
     after_help = "Exit status: 0 all tasks succeeded, 1 some task failed or timed out, \
 2 bad usage or a malformed workload (nothing ran), 3 the run could not go on, \
-130 interrupted (Ctrl-C or SIGTERM: the first stops taking tasks, the second abandons running ones)."
+130 interrupted (Ctrl-C, SIGTERM or SIGHUP: the first stops taking tasks, the second abandons running ones)."
 )]
 pub struct RunArgs {
     /// The workload file (see `cloudkon --help` for its format).
@@ -59,7 +59,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let stats = match workload_file::validate(&args.workload) {
+    let stats = match workload_file::validate(&args.workload, args.common.output.as_deref()) {
         Ok(stats) => stats,
         Err(code) => return Ok(code),
     };
@@ -148,5 +148,5 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     {
         println!("results in {}", path.display());
     }
-    Ok(ExitCode::from(outcome::exit_code(&summary)))
+    Ok(outcome::finish(&summary))
 }

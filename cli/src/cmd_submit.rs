@@ -46,7 +46,7 @@ pub struct SubmitArgs {
 }
 
 pub fn run(args: SubmitArgs) -> Result<ExitCode> {
-    let stats = match workload_file::validate(&args.workload) {
+    let stats = match workload_file::validate(&args.workload, args.common.output.as_deref()) {
         Ok(stats) => stats,
         Err(code) => return Ok(code),
     };
@@ -112,7 +112,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         eprintln!("error: cannot write results: {e}");
         return Ok(ExitCode::from(exit::ERROR));
     }
-    Ok(ExitCode::from(outcome::exit_code(&summary)))
+    Ok(outcome::finish(&summary))
 }
 
 /// Marks an interrupted batch cancelled in the workers' ledger, so that they
@@ -166,6 +166,8 @@ pub async fn submit(
 
     // Parse and bundle on a thread; send from here, a group at a time.
     let (bundles_tx, bundles_rx) = async_channel::bounded::<Bundle>(SEND_GROUP * 2);
+    // How the reading ended: collect waits for no results of tasks never sent.
+    let (produced_tx, produced_rx) = std::sync::mpsc::sync_channel::<Result<u64>>(1);
     let producer = {
         let (path, batch, timeout, reply_to) = (
             submission.workload.clone(),
@@ -174,17 +176,24 @@ pub async fn submit(
             reply_to.clone(),
         );
         let plan = BundlePlan::SQS.spread(submission.total, submission.slots);
-        std::thread::spawn(move || -> Result<()> {
-            let tasks = WorkloadReader::open(&path)?
-                .map(|def| def.context("the workload changed while it was sent"));
-            for bundle in cloudkon_core::bundle::bundles(tasks, batch, plan, 0, timeout) {
-                let mut bundle = bundle?;
-                bundle.reply_to = Some(reply_to.clone());
-                if bundles_tx.send_blocking(bundle).is_err() {
-                    return Ok(());
+        std::thread::spawn(move || {
+            let read = || -> Result<Option<u64>> {
+                let tasks = WorkloadReader::open(&path)?
+                    .map(|def| def.context("the workload changed while it was sent"));
+                let mut sent = 0;
+                for bundle in cloudkon_core::bundle::bundles(tasks, batch, plan, 0, timeout) {
+                    let mut bundle = bundle?;
+                    bundle.reply_to = Some(reply_to.clone());
+                    sent += bundle.tasks.len() as u64;
+                    if bundles_tx.send_blocking(bundle).is_err() {
+                        return Ok(None); // The sending stopped: nothing to say.
+                    }
                 }
+                Ok(Some(sent))
+            };
+            if let Some(outcome) = read().transpose() {
+                let _ = produced_tx.send(outcome);
             }
-            Ok(())
         })
     };
     let sender = {
@@ -216,6 +225,7 @@ pub async fn submit(
     let collected = collect(
         &response,
         submission.total,
+        &produced_rx,
         results_file,
         &progress,
         shutdown,
@@ -223,10 +233,10 @@ pub async fn submit(
     .await;
     sender.abort();
     let _ = sender.await;
-    let produced = tokio::task::spawn_blocking(move || producer.join()).await;
+    let _ = tokio::task::spawn_blocking(move || producer.join()).await;
     let (stats, slots) = collected?;
-    if let Ok(Ok(Err(e))) = produced {
-        return Err(e);
+    if let Ok(outcome) = produced_rx.try_recv() {
+        all_sent(outcome, submission.total)?;
     }
     let interrupted = shutdown.stop.is_cancelled();
     if !interrupted && let Err(e) = response.delete().await {
@@ -236,11 +246,24 @@ pub async fn submit(
     Ok((summary, response))
 }
 
+/// Whether the reading for the send gave every task the check counted: else
+/// some never went, and their results would be waited for for ever.
+fn all_sent(produced: Result<u64>, total: u64) -> Result<()> {
+    let sent = produced?;
+    anyhow::ensure!(
+        sent == total,
+        "the workload changed while it was sent: {sent} tasks read, {total} when it was checked"
+    );
+    Ok(())
+}
+
 /// Receives results until every task has one, counting each task once however
-/// often its results arrive.
+/// often its results arrive; ends with an error when the reading for the send
+/// failed or came short (`produced`).
 async fn collect(
     response: &SqsQueue,
     total: u64,
+    produced: &std::sync::mpsc::Receiver<Result<u64>>,
     mut results_file: Option<results_file::ResultsWriter>,
     progress: &Progress,
     shutdown: &Shutdown,
@@ -249,7 +272,20 @@ async fn collect(
     let mut seen = IdSet::new();
     let mut done = 0u64;
     let mut slots: HashSet<Arc<str>> = HashSet::new();
+    // Looked at between receives, at most a long poll late: a receive cut
+    // short could hide its messages for the queue's visibility timeout.
+    let mut reading = true;
     while done < total {
+        if reading {
+            match produced.try_recv() {
+                Ok(outcome) => {
+                    reading = false;
+                    all_sent(outcome, total)?;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => reading = false,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+        }
         let received = tokio::select! {
             _ = shutdown.stop.cancelled() => break,
             received = response.receive_results(10, Duration::from_secs(5)) => received,
@@ -306,6 +342,18 @@ pub fn response_queue_name(batch: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reading_that_failed_or_came_short_is_an_error() {
+        assert!(all_sent(Ok(3), 3).is_ok());
+        let short = all_sent(Ok(2), 3).unwrap_err().to_string();
+        assert!(
+            short.contains("2 tasks read, 3 when it was checked"),
+            "{short}"
+        );
+        let failed = all_sent(Err(anyhow::anyhow!("cannot read")), 3).unwrap_err();
+        assert_eq!(failed.to_string(), "cannot read");
+    }
 
     #[test]
     fn response_queue_names_are_valid_sqs_names() {

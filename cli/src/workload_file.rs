@@ -1,6 +1,7 @@
 //! Checking a workload file whole before anything runs (`cloudkon run` and
 //! `cloudkon submit`).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -9,8 +10,17 @@ use cloudkon_core::workload::{self, WorkloadStats};
 use crate::exit;
 
 /// Reads the whole workload; on any malformed line, reports them all and
-/// returns the exit code to stop with (nothing has run).
-pub fn validate(path: &Path) -> std::result::Result<WorkloadStats, ExitCode> {
+/// returns the exit code to stop with (nothing has run). `output`, the
+/// results file, is checked first: it must not be the workload itself.
+pub fn validate(
+    path: &Path,
+    output: Option<&Path>,
+) -> std::result::Result<WorkloadStats, ExitCode> {
+    if let Err(message) = check_readable_twice(path, output) {
+        eprintln!("error: {message}");
+        eprintln!("nothing was run");
+        return Err(ExitCode::from(exit::USAGE));
+    }
     match workload::validate_file(path) {
         Ok(stats) if stats.tasks == 0 => {
             eprintln!("error: {}: no tasks in this workload", path.display());
@@ -27,5 +37,68 @@ pub fn validate(path: &Path) -> std::result::Result<WorkloadStats, ExitCode> {
             eprintln!("nothing was run: fix the workload and try again");
             Err(ExitCode::from(exit::USAGE))
         }
+    }
+}
+
+/// The workload is read twice, whole to check it and then to run it: a pipe
+/// would be drained by the check (and a named one block), and a results file
+/// that is the workload would empty it before the second read.
+fn check_readable_twice(path: &Path, output: Option<&Path>) -> Result<(), String> {
+    // A missing or unreadable workload is left to the check, which says why.
+    let Ok(workload) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if !workload.is_file() {
+        return Err(format!(
+            "{}: not a regular file (a pipe, a device or a directory): the workload is read \
+             twice, to check it whole and then to run it; save it to a file first \
+             (e.g. `... > workload.txt`) and give that",
+            path.display()
+        ));
+    }
+    if let Some(output) = output
+        && let Ok(out) = std::fs::metadata(output)
+        && (out.dev(), out.ino()) == (workload.dev(), workload.ino())
+    {
+        return Err(format!(
+            "-o {}: that is the workload {} itself, which the results would overwrite; \
+             write them to another file",
+            output.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_results_file_that_is_the_workload_is_refused_by_any_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let workload = dir.path().join("w.txt");
+        std::fs::write(&workload, "sleep 0\n").unwrap();
+        let link = dir.path().join("link.txt");
+        std::fs::hard_link(&workload, &link).unwrap();
+        for output in [&workload, &link] {
+            let err = check_readable_twice(&workload, Some(output)).unwrap_err();
+            assert!(err.contains("that is the workload"), "{err}");
+        }
+        let other = dir.path().join("r.jsonl");
+        assert_eq!(check_readable_twice(&workload, Some(&other)), Ok(()));
+        std::fs::write(&other, "").unwrap();
+        assert_eq!(check_readable_twice(&workload, Some(&other)), Ok(()));
+        assert_eq!(check_readable_twice(&workload, None), Ok(()));
+    }
+
+    #[test]
+    fn a_workload_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_readable_twice(dir.path(), None).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(err.contains("save it to a file first"), "{err}");
+        // Missing: the check that follows says so.
+        assert_eq!(check_readable_twice(&dir.path().join("none"), None), Ok(()));
     }
 }

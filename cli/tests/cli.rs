@@ -301,6 +301,238 @@ fn a_second_ctrl_c_abandons_the_running_tasks() {
     assert_eq!(summary.succeeded, 0, "{summary:?}");
 }
 
+/// Waits for `what` for up to 20 s.
+fn wait_for(what: &dyn Fn() -> bool, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !what() {
+        assert!(Instant::now() < deadline, "{name} never happened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process runs (a zombie does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn a_workload_read_once_only_is_refused_before_anything_runs() {
+    use std::io::Write;
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let results = dir.path().join("r.jsonl");
+    let task = format!("run touch {}\n", marker.display());
+    let refused = |out: &std::process::Output, name: &str| {
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(out));
+        assert!(stderr(out).contains(name), "{}", stderr(out));
+        assert!(!marker.exists(), "{name}: a task ran");
+        assert!(!results.exists(), "{name}: a results file was made");
+    };
+
+    // A pipe: the check would drain it, leaving nothing to run.
+    for command in [&["run"][..], &["submit", "--queue", "q"]] {
+        let mut child = cloudkon()
+            .args(command)
+            .args(["/dev/stdin", "-o"])
+            .arg(&results)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // It may be refused before it reads: a closed pipe is no failure here.
+        let _ = stdin.write_all(task.as_bytes());
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        refused(&out, "/dev/stdin: not a regular file");
+        assert!(stderr(&out).contains("save it to a file first"));
+    }
+
+    // A named pipe: the check would wait for a writer for ever.
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = cloudkon().arg("run").arg(&fifo).output().unwrap();
+    refused(&out, "not a regular file");
+
+    // The workload as its own results file, by its name or another.
+    let workload = dir.path().join("w.txt");
+    std::fs::write(&workload, &task).unwrap();
+    let link = dir.path().join("link.txt");
+    std::fs::hard_link(&workload, &link).unwrap();
+    for output in [&workload, &link] {
+        let out = cloudkon()
+            .arg("run")
+            .arg(&workload)
+            .arg("-o")
+            .arg(output)
+            .output()
+            .unwrap();
+        refused(&out, "that is the workload");
+        assert_eq!(std::fs::read_to_string(&workload).unwrap(), task);
+    }
+}
+
+#[test]
+fn a_zero_timeout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("w.txt");
+    std::fs::write(&workload, "run true\n").unwrap();
+    let out = cloudkon()
+        .args(["run", "--timeout", "0s"])
+        .arg(&workload)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("omit --timeout for no limit"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty(), "it ran: {}", stdout(&out));
+}
+
+#[test]
+fn results_reach_the_file_while_the_run_goes_on() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let workload = dir.path().join("w.txt");
+    std::fs::write(
+        &workload,
+        format!(
+            "run true\nrun sh -c 'echo $$ > \"$1\"; exec sleep 60' sh {}\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    let results = dir.path().join("r.jsonl");
+    /// Kills the run, and its long task once started, however the test ends.
+    struct Run<'a>(std::process::Child, &'a Path);
+    impl Drop for Run<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            if let Some(task) = std::fs::read_to_string(self.1)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                let _ = kill(Pid::from_raw(-task), Signal::SIGKILL);
+            }
+        }
+    }
+    let mut run = Run(
+        cloudkon()
+            .args(["run", "--workers", "1", "-o"])
+            .arg(&results)
+            .arg(&workload)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        &pid_file,
+    );
+    wait_for(
+        &|| std::fs::read_to_string(&results).is_ok_and(|text| text.ends_with('\n')),
+        "the first result in the file",
+    );
+    assert!(run.0.try_wait().unwrap().is_none(), "the run ended");
+    wait_for(
+        &|| std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n')),
+        "the second task's start",
+    );
+    // As a kill -9 or the OOM killer would: what was written stays.
+    drop(run);
+    let written = read_results(&results);
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].id, 0);
+}
+
+#[test]
+fn a_hangup_stops_the_run_as_sigterm_does_and_leaves_no_task_behind() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let workload = dir.path().join("w.txt");
+    std::fs::write(
+        &workload,
+        format!(
+            "run sh -c 'echo $$ > \"$1\"; exec sleep 3' sh {}\nrun true\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    let child = cloudkon()
+        .args(["run", "--json", "--workers", "1"])
+        .arg(&workload)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        &|| std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n')),
+        "the task's start",
+    );
+    let task: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let still_running = running(task);
+    if still_running {
+        let _ = kill(Pid::from_raw(-task), Signal::SIGKILL);
+    }
+    assert!(!still_running, "the task outlived cloudkon");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    // The running task finished; the other never started.
+    let summary: Summary = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((summary.succeeded, summary.not_run), (1, 1), "{summary:?}");
+}
+
+#[test]
+fn many_workers_are_not_held_back_by_the_soft_open_files_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("w.txt");
+    std::fs::write(&workload, "run sleep 0.5\n".repeat(100)).unwrap();
+    // 100 tasks at once hold 200 pipes: far past a soft limit of 64.
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -Sn 64 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_cloudkon"))
+        .args(["run", "--json", "--workers", "100"])
+        .arg(&workload)
+        .env("RUST_LOG", "cloudkon=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Summary = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(summary.succeeded, 100, "{summary:?}");
+    assert!(
+        stderr(&out).contains("open files limit raised"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn workload_generators_feed_run() {
     let dir = tempfile::tempdir().unwrap();

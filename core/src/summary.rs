@@ -10,10 +10,17 @@ use serde::{Deserialize, Serialize};
 use crate::task::{Outcome, TaskResult, TaskSpec};
 
 /// A task's ideal time: its nominal duration (a sleep's length) or, where none is
-/// known before running it, the time it actually ran. Whoever still holds the task
-/// when its result is made computes this; results do not carry their task.
+/// known before running it, the time it actually ran. A task that did not
+/// succeed counts at most the time it ran: a sleep timed out early did not do
+/// its length's work. Whoever still holds the task when its result is made
+/// computes this; results do not carry their task.
 pub fn ideal_time(spec: &TaskSpec, result: &TaskResult) -> Duration {
-    spec.nominal_duration().unwrap_or_else(|| result.run_time())
+    let ran = result.run_time();
+    match spec.nominal_duration() {
+        Some(nominal) if result.outcome.is_success() => nominal,
+        Some(nominal) => nominal.min(ran),
+        None => ran,
+    }
 }
 
 /// Accumulates results as they arrive.
@@ -234,6 +241,24 @@ mod tests {
         assert!((s.efficiency - 0.8).abs() < 1e-9, "{}", s.efficiency);
         assert!((s.throughput - 20.0).abs() < 1e-9);
         assert!(!s.all_succeeded());
+    }
+
+    #[test]
+    fn a_task_that_did_not_succeed_counts_at_most_the_time_it_ran() {
+        let sleep = TaskSpec::Sleep { ms: 10_000 };
+        let mut stats = Stats::new();
+        // Two 10 s sleeps timed out after 100 ms, on 2 slots, in 100 ms.
+        for _ in 0..2 {
+            let r = result(Outcome::TimedOut, 0, 0, 100_000);
+            stats.record(&r);
+            assert_eq!(ideal_time(&sleep, &r), Duration::from_millis(100));
+            stats.add_ideal(ideal_time(&sleep, &r));
+        }
+        let s = stats.summary(2, 2, Duration::from_millis(200), false);
+        assert!((s.efficiency - 0.5).abs() < 1e-9, "{}", s.efficiency);
+        // A failure after longer than its length still counts the length.
+        let failed = result(Outcome::Failed { reason: "x".into() }, 0, 0, 20_000_000);
+        assert_eq!(ideal_time(&sleep, &failed), Duration::from_secs(10));
     }
 
     #[test]

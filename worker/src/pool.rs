@@ -448,7 +448,7 @@ async fn run_slot(
                 &registry,
                 &mut task,
                 unit.submitted,
-                &shutdown.abort,
+                &shutdown,
             )
             .await
             else {
@@ -486,6 +486,8 @@ pub fn retry_delay(first: Duration, failed: u32) -> Duration {
 }
 
 /// Runs a task, retrying a failure up to `max_attempts`; `None` if abandoned.
+/// Once the pool stops taking work, a failed attempt is the task's result:
+/// a retry is new work.
 async fn run_task(
     worker: &Arc<str>,
     config: &PoolConfig,
@@ -493,8 +495,9 @@ async fn run_task(
     registry: &Registry,
     task: &mut Task,
     submitted: Timestamp,
-    abort: &CancellationToken,
+    shutdown: &Shutdown,
 ) -> Option<TaskResult> {
+    let Shutdown { stop, abort } = shutdown;
     let first_delay = options.retry_backoff.unwrap_or(config.retry_backoff);
     let max_attempts = options.max_attempts.unwrap_or(config.max_attempts);
     let mut failed = 0;
@@ -513,15 +516,20 @@ async fn run_task(
                 }
             }
         };
-        if !output.outcome.is_success() && task.attempt < max_attempts {
+        let finished = Timestamp::now();
+        if !output.outcome.is_success() && task.attempt < max_attempts && !stop.is_cancelled() {
             tracing::debug!(task = task.id, attempt = task.attempt, outcome = ?output.outcome, "retrying");
             failed += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(retry_delay(first_delay, failed)) => {},
+            let retry = tokio::select! {
+                biased;
                 _ = abort.cancelled() => return None,
+                _ = stop.cancelled() => false,
+                _ = tokio::time::sleep(retry_delay(first_delay, failed)) => true,
+            };
+            if retry {
+                task.attempt += 1;
+                continue;
             }
-            task.attempt += 1;
-            continue;
         }
         return Some(TaskResult {
             batch: task.batch.clone(),
@@ -537,13 +545,15 @@ async fn run_task(
             worker: worker.clone(),
             submitted,
             started,
-            finished: Timestamp::now(),
+            finished,
         });
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
     use cloudkon_core::{BatchId, Outcome, TaskSpec};
 
@@ -642,6 +652,53 @@ mod tests {
         };
         let ticket = unit.ticket.as_ref().unwrap();
         assert_eq!(ticket.claim_key.as_deref(), Some("b#0"));
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_retries_with_the_failed_attempt_as_the_result() {
+        let shutdown = Shutdown::new();
+        let stop = shutdown.stop.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let script = format!("echo x >> {}; exit 4", count.display());
+        let mut config = PoolConfig::new(1, "w");
+        config.retry_backoff = Duration::from_secs(1);
+        config.max_attempts = 3;
+        let (units_tx, units_rx) = async_channel::unbounded();
+        units_tx.send(unit(vec![sh(&script)])).await.unwrap();
+        drop(units_tx);
+        let (events_tx, events_rx) = async_channel::unbounded();
+        let pool = tokio::spawn(run_pool(
+            config,
+            Arc::new(Registry::new()),
+            units_rx,
+            events_tx,
+            shutdown,
+        ));
+        // Stop once the first attempt has failed, in its backoff.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&count)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "the task never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stopped = Instant::now();
+        stop.cancel();
+        // Without the stop, the retries would take 3 s of backoff.
+        tokio::time::timeout(Duration::from_millis(900), pool)
+            .await
+            .unwrap_or_else(|_| panic!("still retrying {:?} after the stop", stopped.elapsed()))
+            .unwrap();
+        let mut events = Vec::new();
+        while let Ok(event) = events_rx.try_recv() {
+            events.push(event);
+        }
+        let results = results(&events);
+        assert_eq!(results.len(), 1);
+        assert_eq!((results[0].attempt, results[0].exit_code), (1, Some(4)));
+        assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1);
     }
 
     #[tokio::test]

@@ -2,6 +2,8 @@
 
 use std::io::{self, Write};
 
+use crate::task::TaskSpec;
+
 /// Writes `count` lines of `sleep ms`.
 pub fn write_sleep_workload(
     out: &mut (impl Write + ?Sized),
@@ -23,12 +25,12 @@ pub fn write_run_workload(
     count: u64,
 ) -> io::Result<()> {
     let templated = argv.iter().any(|a| a.contains("{i}"));
-    let fixed = format!("run {}\n", shell_words::join(argv));
+    let fixed = run_line(argv)?;
     for i in 0..count {
         if templated {
             let i = i.to_string();
             let args: Vec<String> = argv.iter().map(|a| a.replace("{i}", &i)).collect();
-            writeln!(out, "run {}", shell_words::join(&args))?;
+            out.write_all(run_line(&args)?.as_bytes())?;
         } else {
             out.write_all(fixed.as_bytes())?;
         }
@@ -36,10 +38,29 @@ pub fn write_run_workload(
     Ok(())
 }
 
+/// One task's line: `run <argv>`, or its JSON form when an argument holds a
+/// control character, which quoting leaves as it is (a newline would end the
+/// line).
+fn run_line(argv: &[String]) -> io::Result<String> {
+    if !argv.iter().any(|a| a.contains(char::is_control)) {
+        return Ok(format!("run {}\n", shell_words::join(argv)));
+    }
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "run needs a program"))?;
+    let spec = TaskSpec::Run {
+        program: program.clone(),
+        args: args.to_vec(),
+        expected_ms: None,
+    };
+    let mut line = serde_json::to_string(&spec).map_err(io::Error::other)?;
+    line.push('\n');
+    Ok(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::TaskSpec;
     use crate::workload::WorkloadReader;
 
     #[test]
@@ -69,5 +90,26 @@ mod tests {
         };
         assert_eq!(program, "sh");
         assert_eq!(args, &["-c", "echo \"$1\" 'x y'", "--", "item-1"]);
+
+        // Control characters, a newline first, templated or not.
+        for argv in [
+            vec!["printf", "a\nb"],
+            vec!["printf", "{i}\r\n\t\u{7}", "#x", "{y}"],
+            vec!["a\nprogram"],
+        ] {
+            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            let mut buf = Vec::new();
+            write_run_workload(&mut buf, &argv, 2).unwrap();
+            let tasks: Vec<_> = WorkloadReader::new(buf.as_slice(), "gen")
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(tasks.len(), 2, "{}", String::from_utf8_lossy(&buf));
+            let TaskSpec::Run { program, args, .. } = &tasks[1].spec else {
+                panic!("not run")
+            };
+            let expected: Vec<String> = argv.iter().map(|a| a.replace("{i}", "1")).collect();
+            assert_eq!(program, &expected[0]);
+            assert_eq!(args, &expected[1..]);
+        }
     }
 }

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use crate::crd::taskbatch::{Phase, TaskBatchStatus};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::status::{self, BatchConditionsInput, Missing, PhaseInput, set_condition};
-use crate::status_patch::StatusPatch;
+use crate::status_patch::{CountsPatch, StatusPatch};
 use crate::validate::Invalid;
 
 /// How often a batch whose workload file was found invalid reads it again.
@@ -30,7 +30,7 @@ pub struct Observed<'a> {
     pub queue_url: Option<String>,
     /// The workload file waits for operator memory: why.
     pub waiting_for_memory: Option<String>,
-    /// Where results go.
+    /// Where results go: kept once the batch started ([`results_location`]).
     pub results: Option<S3Uri>,
     /// The results' bucket does not exist: what to say (nothing is sent
     /// until it does).
@@ -82,6 +82,10 @@ pub struct Plan {
     /// The reconciler's part of the status, whole (as server-side apply
     /// wants it); `None` when it is what the status holds already.
     pub status: Option<StatusPatch>,
+    /// The runner's part of the status, to apply under the runner's field
+    /// manager once it is stopped (before [`Plan::status`]): a cancelled
+    /// batch's estimate and running count, which only their owner removes.
+    pub runner_status: Option<StatusPatch>,
     pub events: Vec<Note>,
     pub runner: Runner,
     /// Write the batch's cancel mark in its pool's ledger (first).
@@ -108,6 +112,32 @@ pub fn reconciler_part(st: &TaskBatchStatus) -> StatusPatch {
     }
 }
 
+/// The runner's part of a cancelled batch's status, its runner stopped:
+/// as it left it, but with no estimate and nothing running, since nothing
+/// runs for the batch now. `None` when there is nothing to clear. The runner
+/// clears these itself only for the phases it ends a batch in; the fields
+/// are its field manager's, so only an apply under that manager that leaves
+/// them out removes them. Its phase is left as the runner wrote it, so that
+/// the reconciler's part, applied next, takes it over.
+fn stopped_runner_part(st: &TaskBatchStatus) -> Option<StatusPatch> {
+    if st.eta.is_none() && st.estimated_completion_time.is_none() && st.counts.running == 0 {
+        return None;
+    }
+    let mut part = StatusPatch::runner_part(st);
+    part.merge(StatusPatch {
+        eta: Some(None),
+        estimated_completion_time: Some(None),
+        counts: CountsPatch {
+            running: Some(0),
+            ..CountsPatch::default()
+        },
+        // The runner wrote it at the start; kept, whoever else owns it.
+        results: st.results.clone(),
+        ..StatusPatch::default()
+    });
+    Some(part)
+}
+
 pub fn decide(o: &Observed<'_>) -> Plan {
     let batch = o.batch;
     let spec = &batch.spec;
@@ -116,7 +146,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     st.observed_generation = batch.metadata.generation;
     let mut events = Vec::new();
     let missing = match (o.pool_exists, &o.workload_unreadable, &o.missing_bucket) {
-        (false, _, _) => Some(Missing::Pool(spec.worker_pool.as_str())),
+        (false, _, _) => Some(Missing::Pool(pool_of(batch))),
         (true, Some(message), _) => Some(Missing::Workload(message)),
         (true, None, Some(message)) => Some(Missing::Bucket(message)),
         (true, None, None) => None,
@@ -133,6 +163,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     });
     st.phase = Some(phase);
 
+    let mut runner_status = None;
     let (runner, cancel_mark, then) = if old.phase.is_some_and(|p| p.is_finished()) {
         // Finished: conditions, the Event, then the TTL. Given up by its
         // failure policy (the runner ended it): its bundles still queued are
@@ -145,6 +176,11 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         });
         let none = Waits::default();
         set_conditions(batch, &mut st, phase, &Ok(()), &none, &o.now, &mut events);
+        // Cancelled by an older operator, or a runner's write that landed
+        // after it was stopped: cleared now.
+        if phase == Phase::Cancelled {
+            runner_status = stopped_runner_part(&old);
+        }
         let then = match (spec.ttl_seconds_after_finished, &st.completion_time) {
             (Some(ttl), Some(done)) => Then::Expire {
                 at: done.0.as_second() + i64::from(ttl),
@@ -156,6 +192,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         // Workers skip (and delete) the batch's bundles still in the queue:
         // the pool's queue is shared, so it cannot be purged for one batch.
         st.completion_time = Some(o.now.clone());
+        runner_status = stopped_runner_part(&old);
         let waits = Waits {
             missing,
             workers_failing: None,
@@ -232,10 +269,40 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     let part = reconciler_part(&st);
     Plan {
         status: (part != reconciler_part(&old)).then_some(part),
+        runner_status,
         events,
         runner,
         cancel_mark,
         then,
+    }
+}
+
+/// The WorkerPool a batch is on: the one it first enqueued on (its status
+/// says, and a changed `spec.workerPool` is refused), else its spec's. Its
+/// bundles are in that pool's queue and claimed in its ledger table, so the
+/// cancel mark goes there.
+pub fn pool_of(batch: &TaskBatch) -> &str {
+    batch
+        .status
+        .as_ref()
+        .and_then(|s| s.worker_pool.as_deref())
+        .unwrap_or(&batch.spec.worker_pool)
+}
+
+/// Where a batch's results go: once it started, where they went then (its
+/// `status.results`, which its runner wrote at its start), so that its parts
+/// stay under one prefix, the one `cloudkon batch results` reads; before,
+/// where its spec or the operator's default puts them (`configured`).
+pub fn results_location(old: &TaskBatchStatus, configured: Option<S3Uri>) -> Option<S3Uri> {
+    if old.start_time.is_none() {
+        return configured;
+    }
+    match old.results.as_deref().map(S3Uri::parse) {
+        Some(Ok(kept)) => Some(kept),
+        // Not one the operator wrote (edited by hand): the spec's.
+        Some(Err(_)) => configured,
+        // Started without one: its results were counted only, and stay so.
+        None => None,
     }
 }
 
@@ -675,6 +742,105 @@ mod tests {
         let mut o = observed(&b);
         o.pool_exists = false;
         assert!(!decide(&o).cancel_mark);
+    }
+
+    #[test]
+    fn a_cancelled_batch_is_marked_in_the_pool_it_sent_to() {
+        // spec.workerPool changed after the start (refused), then cancelled:
+        // the bundles are in the first pool's queue and ledger.
+        let mut st = phase(Phase::Running).unwrap();
+        st.worker_pool = Some("first".into());
+        let b = batch(json!({"workerPool": "other", "cancel": true}), Some(st));
+        assert_eq!(pool_of(&b), "first");
+        let fresh = batch(json!({"workerPool": "other"}), None);
+        assert_eq!(pool_of(&fresh), "other", "nothing sent yet");
+        assert!(decide(&observed(&b)).cancel_mark);
+        // That pool gone: said by its name.
+        let mut o = observed(&b);
+        (o.pool_exists, o.queue_url) = (false, None);
+        let plan = decide(&o);
+        assert!(!plan.cancel_mark);
+        let accepted = plan.status.unwrap().conditions.unwrap();
+        let accepted = accepted.iter().find(|c| c.type_ == "Accepted").unwrap();
+        assert!(accepted.message.contains("\"first\""), "{accepted:?}");
+    }
+
+    #[test]
+    fn a_cancelled_batch_keeps_no_estimate_and_nothing_running() {
+        let mut st = ten_tasks(Phase::Running);
+        st.eta = Some("2m".into());
+        st.estimated_completion_time = Some(at(NOW + 120));
+        st.results = Some("s3://bkt/ns/b/u/".into());
+        st.counts.succeeded = 4;
+        let b = batch(json!({"cancel": true}), Some(st));
+        let plan = decide(&observed(&b));
+        let runner = plan.runner_status.expect("the runner's part, cleared");
+        let applied = runner.to_apply_value();
+        // Left out: removed, as the runner's field manager owned them.
+        assert!(applied.get("eta").is_none(), "{applied}");
+        assert!(
+            applied.get("estimatedCompletionTime").is_none(),
+            "{applied}"
+        );
+        assert_eq!(applied["counts"]["running"], 0, "{applied}");
+        // The rest as the runner left it.
+        assert_eq!(applied["counts"]["succeeded"], 4, "{applied}");
+        assert_eq!(applied["counts"]["enqueued"], 10, "{applied}");
+        assert_eq!(applied["results"], "s3://bkt/ns/b/u/", "{applied}");
+        assert_eq!(
+            applied["phase"], "Running",
+            "the reconciler's part takes it over"
+        );
+        assert_eq!(plan.status.unwrap().phase, Some(Phase::Cancelled));
+
+        // Cancelled with them left behind: cleared then.
+        let mut st = ten_tasks(Phase::Cancelled);
+        st.eta = Some("2m".into());
+        let b = batch(json!({"cancel": true}), Some(st));
+        let applied = decide(&observed(&b))
+            .runner_status
+            .unwrap()
+            .to_apply_value();
+        assert!(applied.get("eta").is_none(), "{applied}");
+        assert_eq!(applied["counts"]["running"], 0, "{applied}");
+        assert_eq!(applied["phase"], "Cancelled", "{applied}");
+        // Cancelled before anything ran: nothing to clear.
+        let b = batch(json!({"cancel": true}), phase(Phase::Pending));
+        assert_eq!(decide(&observed(&b)).runner_status, None);
+        // Not cancelled: the runner's part is the runner's.
+        let b = batch(json!({}), Some(ten_tasks(Phase::Running)));
+        assert_eq!(decide(&observed(&b)).runner_status, None);
+    }
+
+    #[test]
+    fn a_started_batch_keeps_its_results_location() {
+        let uri = |s: &str| S3Uri::parse(s).unwrap();
+        let spec = || Some(uri("s3://new/p/ns/b/u/"));
+        // Not started: where the spec (or the default) says now.
+        let mut st = phase(Phase::Pending).unwrap();
+        st.results = Some("s3://old/p/ns/b/u/".into());
+        assert_eq!(results_location(&st, spec()), spec());
+        // Started: where its parts are.
+        st.start_time = Some(at(NOW));
+        assert_eq!(
+            results_location(&st, spec()),
+            Some(uri("s3://old/p/ns/b/u/"))
+        );
+        // Started without one: none, however the default changed.
+        st.results = None;
+        assert_eq!(results_location(&st, spec()), None);
+
+        // And the plan writes that, not the spec's.
+        let mut st = ten_tasks(Phase::Running);
+        st.results = Some("s3://old/p/ns/b/u/".into());
+        st.start_time = Some(at(NOW));
+        let b = batch(json!({}), Some(st.clone()));
+        let o = Observed {
+            results: results_location(&st, spec()),
+            ..observed(&b)
+        };
+        let part = decide(&o).status.unwrap();
+        assert_eq!(part.results.as_deref(), Some("s3://old/p/ns/b/u/"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::crd::taskbatch::Phase;
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::error::Error;
 use crate::status::{self, set_condition};
-use crate::status_patch::{self, RECONCILER};
+use crate::status_patch::{self, RECONCILER, RUNNER};
 use crate::validate::{self, Invalid};
 use crate::workload_memory::Workload;
 
@@ -49,8 +49,9 @@ fn uid(batch: &TaskBatch) -> String {
 }
 
 /// Reads, decides ([`batch_plan::decide`]), carries the plan out: the runner
-/// stopped first, the cancel mark, the status in one write, the Events, then
-/// the runner started and the TTL.
+/// stopped first, the cancel mark, the stopped runner's part of the status,
+/// the reconciler's in one write, the Events, then the runner started and
+/// the TTL.
 async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let (observed, pool, source) = observe(&batch, ctx).await?;
     let plan = batch_plan::decide(&observed);
@@ -63,9 +64,12 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
     {
         write_cancel_mark(ctx, pool, &batch).await?;
     }
+    let api: Api<TaskBatch> =
+        Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
+    if let Some(part) = &plan.runner_status {
+        status_patch::apply(&api, &batch.name_any(), RUNNER, part).await?;
+    }
     if let Some(part) = &plan.status {
-        let api: Api<TaskBatch> =
-            Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
         status_patch::apply(&api, &batch.name_any(), RECONCILER, part).await?;
     }
     for note in plan.events {
@@ -101,7 +105,7 @@ async fn observe<'a>(
     let spec = &batch.spec;
     let old = batch.status.clone().unwrap_or_default();
     let mut validation = validate::taskbatch(spec);
-    let pool = batch_pool(ctx, &ns, spec).await?;
+    let pool = batch_pool(ctx, &ns, batch_plan::pool_of(batch)).await?;
     let runner_alive = runner_alive(ctx, &uid(batch));
     // Tasks still to send: the workload is read (for a runner to start) and
     // checked against what was sent.
@@ -150,7 +154,30 @@ async fn observe<'a>(
     {
         validation = Err(vec![moved]);
     }
-    let results = results_location(ctx, batch);
+    if validation.is_ok()
+        && let Some(p) = &pool
+        && let Err(unrunnable) = crate::validate::pool_runs(&p.name_any(), &p.spec)
+    {
+        validation = Err(vec![unrunnable]);
+    }
+    // Once started, the results stay where they went: a prefix changed in
+    // the spec since is refused, one of the operator's default is not used.
+    if batch_plan::is_live(batch) && validation.is_ok() && old.start_time.is_some() {
+        let from_spec = spec
+            .results
+            .as_ref()
+            .and_then(|r| r.s3_prefix.as_deref())
+            .and_then(|prefix| results_under(prefix, batch))
+            .map(|uri| uri.to_string());
+        if let Err(moved) = crate::validate::results_kept(
+            from_spec.as_deref(),
+            old.results.as_deref(),
+            &results_suffix(batch),
+        ) {
+            validation = Err(vec![moved]);
+        }
+    }
+    let results = batch_plan::results_location(&old, results_location(ctx, batch));
     // Results that could not be written would hold the batch for ever, its
     // tasks run: a missing bucket (a typo, most often) is said before
     // anything is sent, and looked for again until it is made.
@@ -162,6 +189,13 @@ async fn observe<'a>(
     {
         match ctx.s3.bucket_exists(&r.bucket).await {
             Ok(true) => {}
+            // Started: its results stay there, so only making it helps.
+            Ok(false) if old.start_time.is_some() => {
+                missing_bucket = Some(format!(
+                    "the results' bucket {:?}, where the batch's results so far are, does not exist: create it again; nothing is sent until then",
+                    r.bucket
+                ));
+            }
             Ok(false) => {
                 missing_bucket = Some(format!(
                     "the results' bucket {:?} does not exist: create it, or set spec.results.s3Prefix to a bucket that does; nothing is sent until then",
@@ -219,7 +253,7 @@ fn run(
                 RunnerArgs {
                     batch: batch.clone(),
                     pool_queue_url: queue_url,
-                    pool: ObjectRef::<WorkerPool>::new(&spec.worker_pool).within(&ns),
+                    pool: ObjectRef::<WorkerPool>::new(batch_plan::pool_of(batch)).within(&ns),
                     pool_slots: pool.map_or(1, |p| p.spec.max_slots()),
                     pool_workers: pool.map_or(1, |p| p.spec.max_workers()),
                     source,
@@ -236,20 +270,14 @@ fn run(
     }
 }
 
-/// The batch's WorkerPool, `None` when it does not exist.
-async fn batch_pool(
-    ctx: &Context,
-    ns: &str,
-    spec: &crate::crd::TaskBatchSpec,
-) -> Result<Option<WorkerPool>, Error> {
+/// The batch's WorkerPool ([`batch_plan::pool_of`]), `None` when it does
+/// not exist.
+async fn batch_pool(ctx: &Context, ns: &str, name: &str) -> Result<Option<WorkerPool>, Error> {
     let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), ns);
     pools
-        .get_opt(&spec.worker_pool)
+        .get_opt(name)
         .await
-        .map_err(Error::kube(format!(
-            "cannot read WorkerPool {ns}/{}",
-            spec.worker_pool
-        )))
+        .map_err(Error::kube(format!("cannot read WorkerPool {ns}/{name}")))
 }
 
 fn runner_alive(ctx: &Context, key: &str) -> bool {
@@ -268,8 +296,8 @@ async fn stop_runner(ctx: &Context, key: &str) {
     }
 }
 
-/// `results.s3Prefix` (or the operator's default) + `<namespace>/<name>/<uid>/`:
-/// a batch created again under the same name writes apart from the old one.
+/// Where the spec's `results.s3Prefix` (or the operator's default) puts the
+/// batch's results: see [`results_under`].
 fn results_location(ctx: &Context, batch: &TaskBatch) -> Option<S3Uri> {
     let prefix = batch
         .spec
@@ -277,17 +305,27 @@ fn results_location(ctx: &Context, batch: &TaskBatch) -> Option<S3Uri> {
         .as_ref()
         .and_then(|r| r.s3_prefix.clone())
         .or_else(|| ctx.settings.default_results_prefix.clone())?;
-    let mut uri = S3Uri::parse(&prefix).ok()?;
+    results_under(&prefix, batch)
+}
+
+/// `prefix` + `<namespace>/<name>/<uid>/`: a batch created again under the
+/// same name writes apart from the old one.
+fn results_under(prefix: &str, batch: &TaskBatch) -> Option<S3Uri> {
+    let mut uri = S3Uri::parse(prefix).ok()?;
     if !uri.key.is_empty() && !uri.key.ends_with('/') {
         uri.key.push('/');
     }
-    uri.key.push_str(&format!(
+    uri.key.push_str(&results_suffix(batch));
+    Some(uri)
+}
+
+fn results_suffix(batch: &TaskBatch) -> String {
+    format!(
         "{}/{}/{}/",
         batch.namespace().unwrap_or_default(),
         batch.name_any(),
         batch.uid().unwrap_or_default()
-    ));
-    Some(uri)
+    )
 }
 
 /// Why a workload file was not taken.
@@ -555,15 +593,9 @@ async fn release(batch: &TaskBatch, ctx: &Context) -> Result<(), Error> {
     // would send them again for a while to a queue deleted by hand (see the
     // worker's `response_queue_return`). Finished batches too: a late
     // duplicate bundle.
+    // The pool it sent to, which a changed spec.workerPool may not name.
     let ns = batch.namespace().unwrap_or_default();
-    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
-    let pool = pools
-        .get_opt(&batch.spec.worker_pool)
-        .await
-        .map_err(Error::kube(format!(
-            "cannot read WorkerPool {ns}/{}",
-            batch.spec.worker_pool
-        )))?;
+    let pool = batch_pool(ctx, &ns, batch_plan::pool_of(batch)).await?;
     if let Some(pool) = &pool {
         write_cancel_mark(ctx, pool, batch).await?;
     }

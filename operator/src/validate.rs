@@ -461,6 +461,71 @@ pub fn pool_kept(pool: &str, first: Option<&str>) -> Result<(), Invalid> {
     }
 }
 
+/// The longest name a WorkerPool of Deployment workers may have: its name is
+/// a label value of its Deployment and pods (see [`crate::build::worker_labels`]).
+pub const MAX_LABELLED_POOL_NAME: usize = 63;
+
+/// Checks a WorkerPool's name for its provider: a pool of Deployment workers
+/// longer than a label value would have every apply of its Deployment
+/// refused, and its batches would wait on it for ever.
+pub fn workerpool_name(name: &str, spec: &WorkerPoolSpec) -> Result<(), Invalid> {
+    let deployment = spec
+        .provider
+        .as_ref()
+        .is_none_or(|p| p.type_ == ProviderType::Deployment);
+    if deployment && name.len() > MAX_LABELLED_POOL_NAME {
+        return Err(Invalid::new(
+            "metadata.name",
+            format!(
+                "({name:?}) has {} characters: a WorkerPool of Deployment workers is named in its workers' labels, which hold at most {MAX_LABELLED_POOL_NAME}; create it again under a shorter name",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A batch's pool ([`workerpool_name`]): one that cannot run refuses the
+/// batch, which would otherwise wait on it for ever.
+pub fn pool_runs(name: &str, spec: &WorkerPoolSpec) -> Result<(), Invalid> {
+    workerpool_name(name, spec).map_err(|e| {
+        Invalid::new(
+            "spec.workerPool",
+            format!("names WorkerPool {name:?}, which cannot run: its {e}"),
+        )
+    })
+}
+
+/// A started batch keeps its results location (`first`, its `status.results`
+/// since it started; `None` when it started without one): its parts so far
+/// are there, a restarted runner numbers on from them, and `cloudkon batch
+/// results` reads only there. `now` is where `spec.results.s3Prefix` puts
+/// them, `None` when the spec sets no prefix: the batch then keeps its
+/// location whatever the operator's default is since (a helm upgrade is no
+/// change of the batch's). `suffix` is the `<namespace>/<name>/<uid>/` every
+/// location ends with.
+pub fn results_kept(now: Option<&str>, first: Option<&str>, suffix: &str) -> Result<(), Invalid> {
+    let Some(now) = now else {
+        return Ok(());
+    };
+    match first {
+        Some(had) if had == now => Ok(()),
+        Some(had) => {
+            let prefix = had.strip_suffix(suffix).unwrap_or(had);
+            Err(Invalid::new(
+                "spec.results.s3Prefix",
+                format!(
+                    "changed after the batch started writing its results to {had}, where its parts so far are: set it back to {prefix:?} to go on, or create a new TaskBatch for the new prefix"
+                ),
+            ))
+        }
+        None => Err(Invalid::new(
+            "spec.results.s3Prefix",
+            "was set after the batch started without a results location (its results so far were counted, not written): remove it to go on, or create a new TaskBatch to have them all written",
+        )),
+    }
+}
+
 /// Checks a WorkerPool's spec, for a pool in `namespace`: the names it gives
 /// its queue and fleet must be ones the operator allows.
 pub fn workerpool(
@@ -824,6 +889,68 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn a_started_batch_keeps_its_results_location() {
+        let suffix = "ns/b/u1/";
+        let had = "s3://bkt/res/ns/b/u1/";
+        assert_eq!(results_kept(Some(had), Some(had), suffix), Ok(()));
+        // No prefix in the spec: the kept one stays, whatever the default.
+        assert_eq!(results_kept(None, Some(had), suffix), Ok(()));
+        assert_eq!(results_kept(None, None, suffix), Ok(()));
+        let e = results_kept(Some("s3://bkt/other/ns/b/u1/"), Some(had), suffix).unwrap_err();
+        assert_eq!(e.field, "spec.results.s3Prefix");
+        assert_eq!(
+            e.message,
+            "spec.results.s3Prefix changed after the batch started writing its results to s3://bkt/res/ns/b/u1/, where its parts so far are: set it back to \"s3://bkt/res/\" to go on, or create a new TaskBatch for the new prefix"
+        );
+        let e = results_kept(Some(had), None, suffix).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("spec.results.s3Prefix was set after the batch started without"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_deployment_pools_name_fits_in_a_label() {
+        let spec = |provider: Value| -> WorkerPoolSpec {
+            let mut v = pool();
+            if !provider.is_null() {
+                v["provider"] = provider;
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let deployment = spec(Value::Null);
+        let longest = "p".repeat(63);
+        let long = "p".repeat(64);
+        assert_eq!(workerpool_name(&longest, &deployment), Ok(()));
+        let e = workerpool_name(&long, &deployment).unwrap_err();
+        assert_eq!(e.field, "metadata.name");
+        assert_eq!(
+            e.message,
+            format!(
+                "metadata.name ({long:?}) has 64 characters: a WorkerPool of Deployment workers is named in its workers' labels, which hold at most 63; create it again under a shorter name"
+            )
+        );
+        // Its batches are refused, saying why.
+        let e = pool_runs(&long, &deployment).unwrap_err();
+        assert_eq!(e.field, "spec.workerPool");
+        assert!(
+            e.message.starts_with(&format!(
+                "spec.workerPool names WorkerPool {long:?}, which cannot run: its metadata.name"
+            )),
+            "{}",
+            e.message
+        );
+        assert_eq!(pool_runs(&longest, &deployment), Ok(()));
+        // EC2 instances are tagged, not labelled.
+        let instances = spec(
+            json!({"type": "Instances", "instances": {"launchTemplate": "lt-0123456789abcdef0"}}),
+        );
+        assert_eq!(workerpool_name(&long, &instances), Ok(()));
     }
 
     fn pool() -> Value {

@@ -234,6 +234,7 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         ("create", "deployments.apps", "default"),
         ("patch", "pods", "default"),
         ("get", "configmaps", "default"),
+        ("delete", "configmaps", "default"),
         ("create", "events.events.k8s.io", "default"),
         ("update", "leases.coordination.k8s.io", &ns),
         (
@@ -253,7 +254,7 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         ("delete", "deployments.apps", "default"),
         ("create", "pods", "default"),
         ("delete", "workerpools.cloudkon.io", "default"),
-        ("delete", "configmaps", "default"),
+        ("list", "configmaps", "default"),
         ("get", "nodes", "default"),
         (
             "create",

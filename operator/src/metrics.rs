@@ -187,6 +187,15 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// A deleted pool's series go: dashboards would show its last workers
+    /// and backlog until the operator restarts.
+    pub fn forget_pool(&self, pool: &PoolLabels) {
+        self.backlog.remove(pool);
+        self.desired_workers.remove(pool);
+        self.ready_workers.remove(pool);
+        self.scale_changes.remove(pool);
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -264,5 +273,24 @@ mod tests {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("category=\"kube\""));
+    }
+
+    #[test]
+    fn a_forgotten_pool_leaves_no_series() {
+        let m = Metrics::new();
+        let label = |pool: &str| PoolLabels {
+            namespace: "ns".into(),
+            pool: pool.into(),
+        };
+        for pool in ["gone", "kept"] {
+            m.backlog.get_or_create(&label(pool)).set(3);
+            m.desired_workers.get_or_create(&label(pool)).set(2);
+            m.ready_workers.get_or_create(&label(pool)).set(1);
+            m.scale_changes.get_or_create(&label(pool)).inc();
+        }
+        m.forget_pool(&label("gone"));
+        let text = m.encode();
+        assert!(!text.contains("pool=\"gone\""), "{text}");
+        assert_eq!(text.matches("pool=\"kept\"").count(), 4, "{text}");
     }
 }

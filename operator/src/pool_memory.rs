@@ -23,6 +23,10 @@ pub struct PoolMemory {
     pub deployment_generation: Option<i64>,
     /// The EC2 fleet, for pools whose provider is not a Deployment.
     pub ec2: Option<Arc<Ec2Provider>>,
+    /// What the fleet was made from (the provider, the workers' settings and
+    /// the queue): made again when they change, so that new workers get
+    /// the new launch template, instance type or settings.
+    pub fleet_made: Option<String>,
     /// When the backlog was last seen non-empty, to the nanosecond: the
     /// status keeps it to the second and only at most once a second, which
     /// would cut the cooldown before zero short by up to two seconds.

@@ -25,11 +25,16 @@ pub enum Observed<'a> {
     Invalid(&'a [Invalid]),
     /// The queue could not be made: why.
     QueueUnavailable(String),
+    /// The workers could not be read or scaled (a Deployment refused, EC2
+    /// out of capacity or refusing the operator's role): why.
+    FleetUnavailable(String),
     /// The queue, the workers, the work, and the scaler's decision.
     Running(Running<'a>),
 }
 
 pub struct Running<'a> {
+    /// The fleet scaled (see `provider::fleet_identity`).
+    pub fleet: String,
     pub queue_url: String,
     pub dead_letter_queue_url: Option<String>,
     pub stats: QueueStats,
@@ -41,6 +46,10 @@ pub struct Running<'a> {
     /// Why workers asked for are not ready, when waiting will not fix it.
     pub worker_problem: Option<&'a str>,
 }
+
+/// The reason of `Available=False` when the fleet could not be read or
+/// scaled.
+pub const FLEET_ERROR: &str = "FleetError";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -105,9 +114,25 @@ pub fn decide(pool: &WorkerPool, o: &Observed<'_>, poll: Duration, now: &Time) -
                 then: Then::Requeue(Duration::from_secs(5)),
             };
         }
+        Observed::FleetUnavailable(why) => {
+            let update = ConditionUpdate::new(
+                status::pool_condition::AVAILABLE,
+                false,
+                FLEET_ERROR,
+                why.clone(),
+            );
+            let events = failed(&mut st, update);
+            return Plan {
+                status: st,
+                events,
+                change: 0,
+                then: Then::Requeue(Duration::from_secs(5)),
+            };
+        }
         Observed::Running(r) => r,
     };
     st.queue_url = Some(r.queue_url.clone());
+    st.fleet = Some(r.fleet.clone());
     st.dead_letter_queue_url = r.dead_letter_queue_url.clone();
     let (stats, workers, decision) = (&r.stats, r.workers, r.decision);
     let backlog = stats.visible + stats.in_flight + stats.delayed;
@@ -215,6 +240,7 @@ mod tests {
             ready: current,
             missing: false,
             generation: None,
+            bounds: None,
         }
     }
 
@@ -232,6 +258,7 @@ mod tests {
         in_flight: u64,
     ) -> Observed<'a> {
         Observed::Running(Running {
+            fleet: "Deployment".into(),
             queue_url: "http://q".into(),
             dead_letter_queue_url: Some("http://q-dlq".into()),
             stats: QueueStats {
@@ -305,6 +332,7 @@ mod tests {
             ready: 0,
             missing: false,
             generation: None,
+            bounds: None,
         };
         let with = |problem| {
             let Observed::Running(r) = running(&d, &w, 5, 0) else {
@@ -383,5 +411,27 @@ mod tests {
         let (status, why) = reason(&plan.status, "QueueReady");
         assert_eq!((status, why), ("False", "QueueUnavailable"));
         assert_eq!(plan.events[0].message, "cannot create the queue: throttled");
+    }
+
+    #[test]
+    fn a_fleet_that_cannot_scale_is_said_and_scales_nothing() {
+        // Was running 2 workers, scaled up to 5 by the last decision.
+        let (d, w) = (decision(5), workers(2));
+        let before = decide(&pool(None), &running(&d, &w, 8, 2), POLL, &now()).status;
+        let why = "cannot make the workers 8 (now 5): InsufficientInstanceCapacity";
+        let plan = decide(
+            &pool(Some(before.clone())),
+            &Observed::FleetUnavailable(why.into()),
+            POLL,
+            &now(),
+        );
+        assert_eq!(plan.change, 0, "no scale recorded for a scale not made");
+        assert_eq!(reason(&plan.status, "Available"), ("False", FLEET_ERROR));
+        assert_eq!(plan.events.len(), 1);
+        assert!(plan.events[0].warning);
+        assert_eq!(plan.events[0].message, why);
+        // The last observation stands otherwise.
+        assert_eq!(plan.status.desired_replicas, before.desired_replicas);
+        assert_eq!(plan.status.last_scale_time, before.last_scale_time);
     }
 }

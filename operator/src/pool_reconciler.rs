@@ -21,7 +21,7 @@ use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
 use crate::error::Error;
 use crate::pool_memory::{PoolMemory, QueueMade};
 use crate::pool_plan::{self, Observed, Plan, Running};
-use crate::provider::Ec2Provider;
+use crate::provider::{Ec2Provider, fleet_identity};
 use crate::scale::{self, Decision, ScaleConfig};
 use crate::shares::PoolWork;
 use crate::status::{self, set_condition};
@@ -111,7 +111,17 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         pool.spec.queue.as_ref().and_then(|q| q.name.as_deref()),
     );
     let validation = validate::workerpool(&pool.spec, &ns, &ctx.settings.allowed_names)
-        .and_then(|()| validate::queue_kept(&queue_name, queue_url).map_err(|e| vec![e]));
+        .and_then(|()| validate::workerpool_name(&name, &pool.spec).map_err(|e| vec![e]))
+        .and_then(|()| validate::queue_kept(&queue_name, queue_url).map_err(|e| vec![e]))
+        .and_then(|()| {
+            let st = pool.status.as_ref();
+            validate::fleet_kept(
+                &fleet_identity(pool.spec.provider.as_ref()),
+                st.and_then(|s| s.fleet.as_deref()),
+                st.map_or(0, |s| s.replicas.max(s.desired_replicas)),
+            )
+            .map_err(|e| vec![e])
+        });
     if let Err(problems) = &validation {
         let plan = pool_plan::decide(pool, &Observed::Invalid(problems), ctx.settings.poll, &now);
         return carry_out(pool, ctx, plan, None).await;
@@ -148,6 +158,16 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
 
     // The queue: made once per operator run and spec, then remembered.
     let known = memory.queue.is_some();
+    if !known {
+        let fleet = fleet_identity(pool.spec.provider.as_ref());
+        let taken = sharing(pool, ctx, &queue_name, &fleet, true).await?;
+        if !taken.is_empty() {
+            let problems = [validate::shared(&queue_name, &taken)];
+            let plan =
+                pool_plan::decide(pool, &Observed::Invalid(&problems), ctx.settings.poll, &now);
+            return carry_out(pool, ctx, plan, None).await;
+        }
+    }
     let queue = match ensure_queue(pool, ctx, &mut memory, queue_name.clone()).await {
         Ok(q) => q,
         Err(e) => {
@@ -191,7 +211,19 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         move_lane_leftovers(pool, ctx, &key, &queue).await;
     }
     let fleet = WorkerFleet::of(pool, ctx, &mut memory, queue.url())?;
-    let workers = fleet.observe(pool, ctx).await?;
+    let workers = match fleet.observe(pool, ctx).await {
+        Ok(workers) => workers,
+        Err(e) => {
+            return fleet_failed(
+                pool,
+                ctx,
+                &mut memory,
+                format!("cannot read the workers: {e}"),
+                e,
+            )
+            .await;
+        }
+    };
     let worker_problem = worker_problem(pool, ctx, &mut memory, &fleet, &workers).await;
     let work = ctx.shares.work(&key);
     ctx.shares.saw_queue(&key, stats.visible);
@@ -211,8 +243,10 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         &work,
     )
     .await;
+    let decision = crate::scale::within_bounds(decision, workers.bounds);
 
     let observed = Observed::Running(Running {
+        fleet: fleet_identity(pool.spec.provider.as_ref()),
         queue_url: queue.url().to_string(),
         dead_letter_queue_url: queue.dead_letter_url().map(str::to_string),
         stats,
@@ -224,7 +258,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         worker_problem: worker_problem.as_deref(),
     });
     let plan = pool_plan::decide(pool, &observed, ctx.settings.poll, &now);
-    fleet
+    if let Err(e) = fleet
         .scale(
             pool,
             ctx,
@@ -233,7 +267,14 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             decision.replicas,
             &workers,
         )
-        .await?;
+        .await
+    {
+        let why = format!(
+            "cannot make the workers {} (now {}): {e}",
+            decision.replicas, workers.current
+        );
+        return fleet_failed(pool, ctx, &mut memory, why, e).await;
+    }
     let labels = pool_labels(&ns, &name);
     if plan.change != 0 {
         memory.scale.scaled(SystemTime::now(), plan.change);
@@ -253,6 +294,28 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         .get_or_create(&labels)
         .set(i64::from(workers.ready));
     carry_out(pool, ctx, plan, Some(&mut memory)).await
+}
+
+/// The fleet could not be read or scaled: said in the status
+/// (`Available=False`, `FleetError`) and a warning Event, where it was only
+/// in the operator's log, and the error returned, so that the reconcile is
+/// retried with growing delays (EC2 out of capacity is not asked every poll).
+async fn fleet_failed(
+    pool: &WorkerPool,
+    ctx: &Context,
+    memory: &mut PoolMemory,
+    why: String,
+    e: Error,
+) -> Result<Action, Error> {
+    let now = Time(Timestamp::now());
+    let plan = pool_plan::decide(
+        pool,
+        &Observed::FleetUnavailable(why),
+        ctx.settings.poll,
+        &now,
+    );
+    carry_out(pool, ctx, plan, Some(memory)).await?;
+    Err(e)
 }
 
 /// Heartbeats are read at most this often to tell whether a worker runs a
@@ -581,6 +644,63 @@ async fn report_cleanup_failure(pool: &WorkerPool, ctx: &Context, message: &str)
     }
 }
 
+/// The other WorkerPools (`ns/name`, not being deleted) whose queue is
+/// `queue` or whose workers are the group `fleet` (an Auto Scaling group or
+/// node group: instances and Deployments are each pool's own); with
+/// `older`, only those made before this one, which keep what they hold.
+/// Two pools on one queue each scale a fleet for the same backlog, and the
+/// deletion of one deleted the other's queue, lane and dead-letter queue.
+async fn sharing(
+    pool: &WorkerPool,
+    ctx: &Context,
+    queue: &str,
+    fleet: &str,
+    older: bool,
+) -> Result<Vec<String>, Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    // All namespaces (explicit queue names may meet across them), or the
+    // operator's own where it may list only that one.
+    let listed = match Api::<WorkerPool>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => list,
+        Err(_) => Api::<WorkerPool>::namespaced(ctx.client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .map_err(Error::kube(format!("cannot list the WorkerPools of {ns}")))?,
+    };
+    let group = fleet.starts_with("AutoScalingGroup/") || fleet.starts_with("EksNodegroup/");
+    let made = |p: &WorkerPool| {
+        (
+            p.metadata.creation_timestamp.clone().map(|t| t.0),
+            p.namespace().unwrap_or_default(),
+            p.name_any(),
+        )
+    };
+    Ok(listed
+        .items
+        .iter()
+        .filter(|other| other.uid() != pool.uid() && other.metadata.deletion_timestamp.is_none())
+        .filter(|other| !older || made(other) < made(pool))
+        .filter(|other| {
+            let st = other.status.as_ref();
+            let same_queue = st
+                .and_then(|s| s.queue_url.as_deref())
+                .is_some_and(|url| build::queue_name_in_url(url) == queue);
+            let same_group = group && st.and_then(|s| s.fleet.as_deref()) == Some(fleet);
+            same_queue || same_group
+        })
+        .map(|other| {
+            format!(
+                "{}/{}",
+                other.namespace().unwrap_or_default(),
+                other.name_any()
+            )
+        })
+        .collect())
+}
+
 async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
@@ -620,6 +740,26 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         .flatten()
         .map(Arc::new),
     };
+    let identity = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.fleet.clone())
+        .unwrap_or_else(|| fleet_identity(pool.spec.provider.as_ref()));
+    let sharers = sharing(pool, ctx, &queue_name, &identity, false).await?;
+    if !sharers.is_empty() {
+        ctx.event(
+            pool,
+            true,
+            "SharedKept",
+            format!(
+                "the queue {queue_name} and the workers are kept: WorkerPool {} uses them too",
+                sharers.join(", ")
+            ),
+        )
+        .await;
+        ctx.metrics.forget_pool(&pool_labels(&ns, &name));
+        return Ok(());
+    }
     if let Some(fleet) = fleet {
         match fleet.delete_all().await {
             Ok(()) => {}
@@ -652,6 +792,7 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         )
         .await;
     }
+    ctx.metrics.forget_pool(&pool_labels(&ns, &name));
     // The Deployment goes with its owner (garbage collection).
     Ok(())
 }

@@ -362,6 +362,9 @@ pub enum Constraint {
     Disabled,
     /// The last worker stays until the cooldown has passed.
     Cooldown,
+    /// The fleet's own bounds (an Auto Scaling group's or node group's min
+    /// and max, its owner's to change).
+    FleetBounds,
 }
 
 impl Constraint {
@@ -376,7 +379,31 @@ impl Constraint {
             Constraint::ScaleDownLimit => "ScaleDownLimit",
             Constraint::Disabled => "ScalingDisabled",
             Constraint::Cooldown => "ScaleToZeroCooldown",
+            Constraint::FleetBounds => "FleetBounds",
         }
+    }
+}
+
+/// The decision moved into the fleet's own `bounds` (min, max), which the
+/// fleet applies anyway: the count the pool will have. Recorded as decided,
+/// a pool at its node group's minimum of 1 said "ScaledDown 1 -> 0" each
+/// poll for a scale that never happened.
+pub fn within_bounds(d: Decision, bounds: Option<(i32, i32)>) -> Decision {
+    let Some((min, max)) = bounds else {
+        return d;
+    };
+    let replicas = d.replicas.clamp(min, max.max(min));
+    if replicas == d.replicas {
+        return d;
+    }
+    Decision {
+        reason: format!(
+            "{}; the fleet's own bounds [{min}, {max}] make it {replicas}",
+            d.reason
+        ),
+        replicas,
+        constraint: Some(Constraint::FleetBounds),
+        ..d
     }
 }
 
@@ -1188,5 +1215,28 @@ mod tests {
         assert_eq!(memory.decide(&cfg, &idle, at(299)).replicas, 5);
         // After the 300 s window, down to the recommendation.
         assert_eq!(memory.decide(&cfg, &idle, at(301)).replicas, 0);
+    }
+
+    #[test]
+    fn a_decision_outside_the_fleets_own_bounds_is_what_the_fleet_keeps() {
+        let d = |replicas| Decision {
+            replicas,
+            recommendation: replicas,
+            constraint: None,
+            reason: "backlog".into(),
+        };
+        // A node group of minSize 1: a pool at its minimum scales nothing.
+        let kept = within_bounds(d(0), Some((1, 10)));
+        assert_eq!(kept.replicas, 1);
+        assert_eq!(kept.recommendation, 0);
+        assert_eq!(kept.constraint, Some(Constraint::FleetBounds));
+        assert!(
+            kept.reason.contains("bounds [1, 10] make it 1"),
+            "{}",
+            kept.reason
+        );
+        assert_eq!(within_bounds(d(12), Some((1, 10))).replicas, 10);
+        assert_eq!(within_bounds(d(4), Some((1, 10))), d(4));
+        assert_eq!(within_bounds(d(0), None), d(0));
     }
 }

@@ -444,6 +444,36 @@ pub fn queue_kept(queue: &str, queue_url: Option<&str>) -> Result<(), Invalid> {
     ))
 }
 
+/// A pool keeps the fleet its workers run in (`had`, from its status) while
+/// it has workers (`workers`: existing or wanted, as last written): a
+/// provider moved elsewhere would leave them running, scaled by nobody and
+/// never released, the instances of an `Instances` fleet for good. A pool
+/// at zero workers may move.
+pub fn fleet_kept(fleet: &str, had: Option<&str>, workers: i32) -> Result<(), Invalid> {
+    match had {
+        Some(had) if had != fleet && workers > 0 => Err(Invalid::new(
+            "spec.provider",
+            format!(
+                "moves the workers from {had} to {fleet}, but {workers} workers are in {had}: set spec.provider back, or move it once the pool has scaled to zero (its batches done, spec.workers.min: 0)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A pool's queue, or its group of instances, that `taken` (other pools,
+/// `ns/name`) have: a pool's queue and group are its own, its deletion
+/// deletes the queue.
+pub fn shared(queue: &str, taken: &[String]) -> Invalid {
+    Invalid::new(
+        "spec",
+        format!(
+            "names the queue {queue:?} or the group of instances of WorkerPool {}, made before this one: give this pool its own spec.queue.name and spec.provider",
+            taken.join(", ")
+        ),
+    )
+}
+
 /// A batch keeps the pool it first enqueued on (`first`, from its status):
 /// its bundles are in that pool's queue and claimed in its ledger table, so
 /// its runner on another pool would resend from its checkpoint what was
@@ -868,6 +898,15 @@ mod tests {
     fn a_pool_keeps_its_queue() {
         let url = "http://127.0.0.1:4566/000000000000/cloudkon-ns_p";
         assert_eq!(queue_kept("cloudkon-ns_p", Some(url)), Ok(()));
+        assert_eq!(fleet_kept("Instances", None, 3), Ok(()), "no fleet yet");
+        assert_eq!(fleet_kept("Instances", Some("Instances"), 3), Ok(()));
+        assert_eq!(
+            fleet_kept("Deployment", Some("Instances"), 0),
+            Ok(()),
+            "nothing left behind"
+        );
+        let e = fleet_kept("Deployment", Some("Instances"), 3).unwrap_err();
+        assert!(e.to_string().contains("3 workers are in Instances"), "{e}");
         assert_eq!(queue_kept("other", None), Ok(()), "no queue yet");
         let e = queue_kept("other", Some(url)).unwrap_err();
         assert_eq!(e.field, "spec.queue.name");

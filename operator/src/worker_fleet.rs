@@ -31,6 +31,12 @@ const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 const HEARTBEAT_FRESH: Duration =
     Duration::from_secs(2 * cloudkon_worker::remote::HEARTBEAT_ROW_EVERY.as_secs() + 10);
 
+/// What a pool's EC2 fleet is made from: the provider's spec, the workers'
+/// settings it puts in their user data, and the queue they read.
+fn fleet_made(pool: &WorkerPool, env: &[(String, String)], queue_url: &str) -> String {
+    serde_json::json!([pool.spec.provider, env, queue_url]).to_string()
+}
+
 /// A pool's workers.
 pub enum WorkerFleet {
     /// The pool's worker Deployment.
@@ -48,11 +54,13 @@ pub struct ObservedWorkers {
     /// The Deployment's `metadata.generation`: a spec changed by someone
     /// else (`kubectl scale`, `set image`, an edit) moves it.
     pub generation: Option<i64>,
+    /// The fleet's own min and max (a group's), which it keeps to.
+    pub bounds: Option<(i32, i32)>,
 }
 
 impl WorkerFleet {
-    /// The pool's fleet; an EC2 one is made once per operator run and kept
-    /// in `memory`.
+    /// The pool's fleet; an EC2 one is made once per operator run and spec,
+    /// and kept in `memory`.
     pub fn of(
         pool: &WorkerPool,
         ctx: &Context,
@@ -64,9 +72,13 @@ impl WorkerFleet {
             .provider
             .as_ref()
             .is_none_or(|p| matches!(p.type_, ProviderType::Deployment));
+        let env = build::instance_env(&pool.spec.template);
+        let made = fleet_made(pool, &env, queue_url);
+        if memory.fleet_made.as_ref() != Some(&made) {
+            memory.ec2 = None;
+        }
         // Made once; a Deployment pool (most) needs nothing made, every poll.
         if memory.ec2.is_none() && !deployment {
-            let env = build::instance_env(&pool.spec.template);
             memory.ec2 = Ec2Provider::from_spec(
                 pool.spec.provider.as_ref(),
                 &pool.namespace().unwrap_or_default(),
@@ -78,6 +90,7 @@ impl WorkerFleet {
             .map_err(|e| Error::Other(e.to_string()))?
             .map(Arc::new);
         }
+        memory.fleet_made = Some(made);
         Ok(match &memory.ec2 {
             Some(fleet) => WorkerFleet::Ec2(fleet.clone()),
             None => WorkerFleet::Deployment,
@@ -97,6 +110,7 @@ impl WorkerFleet {
                     ready: count.ready,
                     missing: false,
                     generation: None,
+                    bounds: count.bounds,
                 })
             }
             WorkerFleet::Deployment => observe_deployment(pool, ctx).await,
@@ -214,6 +228,7 @@ async fn observe_deployment(pool: &WorkerPool, ctx: &Context) -> Result<Observed
             ready: 0,
             missing: true,
             generation: None,
+            bounds: None,
         });
     };
     // The replicas asked for: pods being created count as capacity already
@@ -225,6 +240,7 @@ async fn observe_deployment(pool: &WorkerPool, ctx: &Context) -> Result<Observed
         ready: status.ready_replicas.unwrap_or(0),
         missing: false,
         generation: d.metadata.generation,
+        bounds: None,
     })
 }
 

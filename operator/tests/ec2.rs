@@ -204,7 +204,8 @@ async fn instances_launch_tagged_workers_that_start_on_the_queue() {
         p.observe().await.unwrap(),
         WorkerCount {
             current: 3,
-            ready: 3
+            ready: 3,
+            bounds: None,
         }
     );
 }
@@ -251,7 +252,8 @@ async fn instances_scale_down_terminates_the_newest() {
         p.observe().await.unwrap(),
         WorkerCount {
             current: 1,
-            ready: 1
+            ready: 1,
+            bounds: None,
         }
     );
     // Scaling to what there is changes nothing.
@@ -358,7 +360,8 @@ async fn instances_observe_reads_every_page() {
         p.observe().await.unwrap(),
         WorkerCount {
             current: 7,
-            ready: 7
+            ready: 7,
+            bounds: None,
         }
     );
     // The listing scale_to reads is paged too: nothing more to launch.
@@ -433,14 +436,21 @@ async fn asg_scales_within_the_groups_bounds() {
     create_asg(&sdk, &group).await;
     let p = provider(&asg_spec(&group), &unique("asg-pool"), &[], &sdk);
 
-    assert_eq!(p.observe().await.unwrap(), WorkerCount::default());
+    assert_eq!(
+        p.observe().await.unwrap(),
+        WorkerCount {
+            bounds: Some((0, 5)),
+            ..WorkerCount::default()
+        }
+    );
     p.scale_to(4).await.unwrap();
     assert_eq!(asg_desired(&sdk, &group).await, 4);
     assert_eq!(
         p.observe().await.unwrap(),
         WorkerCount {
             current: 4,
-            ready: 4
+            ready: 4,
+            bounds: Some((0, 5)),
         }
     );
     // Over MaxSize: clamped to it.
@@ -453,7 +463,7 @@ async fn asg_scales_within_the_groups_bounds() {
     // Down to MinSize (0); the group stays.
     p.delete_all().await.unwrap();
     assert_eq!(asg_desired(&sdk, &group).await, 0);
-    assert_eq!(p.observe().await.unwrap(), WorkerCount::default());
+    assert_eq!(p.observe().await.unwrap().current, 0);
 }
 
 #[tokio::test]
@@ -558,7 +568,8 @@ async fn eks_sets_the_desired_size_within_bounds() {
         p.observe().await.unwrap(),
         WorkerCount {
             current: 1,
-            ready: 1
+            ready: 1,
+            bounds: Some((0, 5)),
         }
     );
     p.scale_to(3).await.unwrap();
@@ -571,7 +582,8 @@ async fn eks_sets_the_desired_size_within_bounds() {
         p.observe().await.unwrap(),
         WorkerCount {
             current: 3,
-            ready: 3
+            ready: 3,
+            bounds: Some((0, 5)),
         }
     );
     assert_eq!(eks.updates_sent(), 1);

@@ -322,6 +322,92 @@ async fn an_invalid_pool_is_said_once_in_its_status_applied_whole() {
 }
 
 #[tokio::test]
+async fn a_pool_whose_provider_moves_off_its_running_workers_is_refused() {
+    // Its workers are 3 instances; the spec now asks for a Deployment.
+    let spec = json!({"workers": {"min": 0, "max": 5}, "template": {"image": "w:1"}});
+    let status = json!({"fleet": "Instances", "replicas": 3, "desiredReplicas": 3,
+                        "queueUrl": "http://127.0.0.1:9/000000000000/cloudkon-ns_pool"});
+    let object = serde_json::to_value(pool(spec.clone(), Some(status.clone()))).unwrap();
+    let (client, log) = scripted(move |seen| {
+        if seen.uri.contains("/workerpools/pool") {
+            (200, object.clone())
+        } else {
+            (201, seen.body.clone())
+        }
+    });
+    let action = pool_reconciler::reconcile(Arc::new(pool(spec, Some(status))), context(client))
+        .await
+        .expect("a reconcile");
+    assert_eq!(action, Action::await_change());
+    let seen = log.lock().unwrap().clone();
+    let writes = status_writes(&seen);
+    assert_eq!(writes.len(), 1, "{seen:#?}");
+    let status = &writes[0].body["status"];
+    let accepted = condition(status, "Accepted");
+    assert_eq!(accepted["reason"], "InvalidSpec");
+    let message = accepted["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.provider moves the workers from Instances to Deployment"),
+        "{message}"
+    );
+    // Nothing applied: no Deployment made beside the instances.
+    assert!(
+        !seen.iter().any(|s| s.uri.contains("/deployments")),
+        "{seen:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_deleted_keeps_the_queue_another_pool_uses() {
+    // Pool "pool" is deleted; pool "a" (made first) has the same queue.
+    let queue = "http://127.0.0.1:9/000000000000/cloudkon-shared";
+    let spec = json!({"workers": {"min": 0, "max": 5}, "template": {"image": "w:1"},
+                      "queue": {"name": "cloudkon-shared"}});
+    let status = json!({"queueUrl": queue, "fleet": "Deployment"});
+    let mut deleted = serde_json::to_value(pool(spec.clone(), Some(status.clone()))).unwrap();
+    deleted["metadata"]["deletionTimestamp"] = json!("2026-12-03T10:00:00Z");
+    let mut other = serde_json::to_value(pool(spec, Some(status))).unwrap();
+    other["metadata"]["name"] = json!("a");
+    other["metadata"]["uid"] = json!("a-1");
+    let pools = json!({"apiVersion": "cloudkon.io/v1alpha1", "kind": "WorkerPoolList",
+                       "metadata": {}, "items": [other, deleted.clone()]});
+    let answer = deleted.clone();
+    let (client, log) = scripted(move |seen| {
+        if seen
+            .uri
+            .starts_with("/apis/cloudkon.io/v1alpha1/workerpools")
+        {
+            (200, pools.clone())
+        } else if seen.uri.contains("/taskbatches") {
+            (
+                200,
+                json!({"apiVersion": "cloudkon.io/v1alpha1", "kind": "TaskBatchList",
+                         "metadata": {}, "items": []}),
+            )
+        } else if seen.uri.contains("/workerpools/pool") {
+            (200, answer.clone())
+        } else {
+            (201, seen.body.clone())
+        }
+    });
+    let pool: WorkerPool = serde_json::from_value(deleted).unwrap();
+    // Deleting the queues would go to a closed port and fail the cleanup.
+    pool_reconciler::reconcile(Arc::new(pool), context(client))
+        .await
+        .expect("the cleanup ends without deleting the shared queue");
+    let seen = log.lock().unwrap().clone();
+    let kept = seen
+        .iter()
+        .filter(|s| s.is_event())
+        .any(|s| s.body.to_string().contains("WorkerPool ns/a uses them too"));
+    assert!(kept, "{seen:#?}");
+    let finalizer_removed = seen
+        .iter()
+        .any(|s| s.method == "PATCH" && s.uri.contains("/workerpools/pool?"));
+    assert!(finalizer_removed, "{seen:#?}");
+}
+
+#[tokio::test]
 async fn a_failed_write_names_the_object_and_keeps_its_category() {
     let b = batch(sleep_spec(json!({})), None);
     let (client, _) = scripted(|seen| {

@@ -484,6 +484,13 @@ pub struct WorkerPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_queue_url: Option<String>,
 
+    /// Where the workers run: `Deployment`, `Instances`,
+    /// `AutoScalingGroup/<name>` or `EksNodegroup/<cluster>/<nodegroup>`.
+    /// A `spec.provider` naming another fleet is refused while this one has
+    /// workers: they would be left running, scaled by nobody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
+
     /// When the worker count last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,

@@ -91,7 +91,10 @@ impl AsgProvider {
 }
 
 fn count_workers(group: &AutoScalingGroup) -> WorkerCount {
-    let mut count = WorkerCount::default();
+    let mut count = WorkerCount {
+        bounds: Some((group.min_size().unwrap_or(0), group.max_size().unwrap_or(0))),
+        ..WorkerCount::default()
+    };
     for state in group.instances().iter().filter_map(|i| i.lifecycle_state()) {
         if is_leaving(state) {
             continue;
@@ -149,7 +152,8 @@ mod tests {
             count_workers(&group.build()),
             WorkerCount {
                 current: 5,
-                ready: 2
+                ready: 2,
+                bounds: Some((0, 0)),
             }
         );
     }

@@ -50,7 +50,16 @@ impl EksProvider {
         } else {
             0
         };
-        Ok(WorkerCount { current, ready })
+        let config = group.scaling_config();
+        let bounds = Some((
+            config.and_then(|s| s.min_size()).unwrap_or(0),
+            config.and_then(|s| s.max_size()).unwrap_or(0),
+        ));
+        Ok(WorkerCount {
+            current,
+            ready,
+            bounds,
+        })
     }
 
     /// Sets the desired size, moved into the group's [minSize, maxSize]

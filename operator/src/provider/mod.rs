@@ -36,6 +36,8 @@ use crate::crd::workerpool::{Provider, ProviderType};
 pub struct WorkerCount {
     pub current: i32,
     pub ready: i32,
+    /// The fleet's own min and max, where it has them (a group's).
+    pub bounds: Option<(i32, i32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,29 @@ impl ProviderError {
             ProviderError::Aws(e) => e.kind == ErrorKind::NotFound,
             _ => false,
         }
+    }
+}
+
+/// Which fleet a pool's workers run in, as `status.fleet` records it: two
+/// specs that name the same one may differ in how it launches workers (a
+/// launch template, an instance type), never in where the workers are.
+pub fn fleet_identity(provider: Option<&Provider>) -> String {
+    let Some(p) = provider else {
+        return "Deployment".into();
+    };
+    match p.type_ {
+        ProviderType::Deployment => "Deployment".into(),
+        ProviderType::Instances => "Instances".into(),
+        ProviderType::AutoScalingGroup => format!(
+            "AutoScalingGroup/{}",
+            p.auto_scaling_group
+                .as_ref()
+                .map_or("", |g| g.name.as_str())
+        ),
+        ProviderType::EksNodegroup => p.eks_nodegroup.as_ref().map_or_else(
+            || "EksNodegroup/".into(),
+            |g| format!("EksNodegroup/{}/{}", g.cluster, g.nodegroup),
+        ),
     }
 }
 
@@ -257,6 +282,34 @@ mod tests {
 
     fn from_spec(p: Option<&Provider>) -> Result<Option<Ec2Provider>, ProviderError> {
         Ec2Provider::from_spec(p, "ns", "pool", "http://q", &[], &sdk())
+    }
+
+    #[test]
+    fn a_fleet_is_told_apart_by_where_its_workers_are() {
+        let mut asg = provider(ProviderType::AutoScalingGroup);
+        asg.auto_scaling_group = Some(AutoScalingGroup { name: "g".into() });
+        let mut eks = provider(ProviderType::EksNodegroup);
+        eks.eks_nodegroup = Some(EksNodegroup {
+            cluster: "c".into(),
+            nodegroup: "n".into(),
+        });
+        let ids = [
+            fleet_identity(None),
+            fleet_identity(Some(&provider(ProviderType::Deployment))),
+            fleet_identity(Some(&provider(ProviderType::Instances))),
+            fleet_identity(Some(&asg)),
+            fleet_identity(Some(&eks)),
+        ];
+        assert_eq!(
+            ids,
+            [
+                "Deployment",
+                "Deployment",
+                "Instances",
+                "AutoScalingGroup/g",
+                "EksNodegroup/c/n"
+            ]
+        );
     }
 
     #[test]

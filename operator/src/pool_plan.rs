@@ -67,6 +67,17 @@ pub enum Then {
     AwaitChange,
 }
 
+/// A pool whose queue or fleet could not be had: its last observation
+/// stands, with why; tried again shortly.
+fn unavailable(status: WorkerPoolStatus, events: Vec<Note>) -> Plan {
+    Plan {
+        status,
+        events,
+        change: 0,
+        then: Then::Requeue(Duration::from_secs(5)),
+    }
+}
+
 pub fn decide(pool: &WorkerPool, o: &Observed<'_>, poll: Duration, now: &Time) -> Plan {
     let generation = pool.metadata.generation;
     let old = pool.status.clone().unwrap_or_default();
@@ -107,12 +118,7 @@ pub fn decide(pool: &WorkerPool, o: &Observed<'_>, poll: Duration, now: &Time) -
                 format!("cannot create the queue: {why}"),
             );
             let events = failed(&mut st, update);
-            return Plan {
-                status: st,
-                events,
-                change: 0,
-                then: Then::Requeue(Duration::from_secs(5)),
-            };
+            return unavailable(st, events);
         }
         Observed::FleetUnavailable(why) => {
             let update = ConditionUpdate::new(
@@ -122,12 +128,7 @@ pub fn decide(pool: &WorkerPool, o: &Observed<'_>, poll: Duration, now: &Time) -
                 why.clone(),
             );
             let events = failed(&mut st, update);
-            return Plan {
-                status: st,
-                events,
-                change: 0,
-                then: Then::Requeue(Duration::from_secs(5)),
-            };
+            return unavailable(st, events);
         }
         Observed::Running(r) => r,
     };

@@ -272,10 +272,11 @@ fn pool(spec: Value, status: Option<Value>) -> WorkerPool {
     object("WorkerPool", metadata, spec, status)
 }
 
-#[tokio::test]
-async fn an_invalid_pool_is_said_once_in_its_status_applied_whole() {
-    let invalid = json!({"workers": {"min": 5, "max": 2}, "template": {"image": "w:1"}});
-    let object = serde_json::to_value(pool(invalid.clone(), None)).unwrap();
+/// Reconciles `refused`, a pool whose spec is refused, against an API
+/// server that holds it: it awaits a change after one status write. What
+/// the reconciler asked.
+async fn refused(refused: WorkerPool) -> Vec<Seen> {
+    let object = serde_json::to_value(&refused).unwrap();
     let (client, log) = scripted(move |seen| {
         if seen.uri.contains("/workerpools/pool") {
             (200, object.clone())
@@ -283,13 +284,20 @@ async fn an_invalid_pool_is_said_once_in_its_status_applied_whole() {
             (201, seen.body.clone())
         }
     });
-    let action = pool_reconciler::reconcile(Arc::new(pool(invalid.clone(), None)), context(client))
+    let action = pool_reconciler::reconcile(Arc::new(refused), context(client))
         .await
         .expect("a reconcile");
     assert_eq!(action, Action::await_change());
     let seen = log.lock().unwrap().clone();
+    assert_eq!(status_writes(&seen).len(), 1, "{seen:#?}");
+    seen
+}
+
+#[tokio::test]
+async fn an_invalid_pool_is_said_once_in_its_status_applied_whole() {
+    let invalid = json!({"workers": {"min": 5, "max": 2}, "template": {"image": "w:1"}});
+    let seen = refused(pool(invalid.clone(), None)).await;
     let writes = status_writes(&seen);
-    assert_eq!(writes.len(), 1, "{seen:#?}");
     assert!(
         writes[0]
             .uri
@@ -327,21 +335,8 @@ async fn a_pool_whose_provider_moves_off_its_running_workers_is_refused() {
     let spec = json!({"workers": {"min": 0, "max": 5}, "template": {"image": "w:1"}});
     let status = json!({"fleet": "Instances", "replicas": 3, "desiredReplicas": 3,
                         "queueUrl": "http://127.0.0.1:9/000000000000/cloudkon-ns_pool"});
-    let object = serde_json::to_value(pool(spec.clone(), Some(status.clone()))).unwrap();
-    let (client, log) = scripted(move |seen| {
-        if seen.uri.contains("/workerpools/pool") {
-            (200, object.clone())
-        } else {
-            (201, seen.body.clone())
-        }
-    });
-    let action = pool_reconciler::reconcile(Arc::new(pool(spec, Some(status))), context(client))
-        .await
-        .expect("a reconcile");
-    assert_eq!(action, Action::await_change());
-    let seen = log.lock().unwrap().clone();
+    let seen = refused(pool(spec, Some(status))).await;
     let writes = status_writes(&seen);
-    assert_eq!(writes.len(), 1, "{seen:#?}");
     let status = &writes[0].body["status"];
     let accepted = condition(status, "Accepted");
     assert_eq!(accepted["reason"], "InvalidSpec");

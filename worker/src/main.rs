@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 /// a worker that dies loses its lease and another takes the bundle over.
 /// SIGTERM: stop receiving, finish running bundles within --grace, give the
 /// rest back at once; a second SIGTERM (or Ctrl-C) abandons running bundles.
+/// SIGHUP counts as SIGTERM.
 #[derive(Debug, Parser)]
 #[command(
     name = "cloudkon-worker",
@@ -427,7 +428,7 @@ async fn heartbeat_rows(
     }
 }
 
-/// SIGTERM or Ctrl-C: stop receiving; the second one abandons running work.
+/// SIGTERM, SIGHUP or Ctrl-C: stop receiving; the second one abandons running work.
 fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
     use cloudkon_worker::signals::{self, Stage};
     signals::spawn_handler(shutdown, |stage| match stage {
@@ -438,7 +439,7 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
         }
         Stage::Abort => tracing::warn!("abandoning running bundles"),
     })
-    .context("cannot handle SIGTERM and SIGINT")?;
+    .context("cannot handle SIGTERM, SIGHUP and SIGINT")?;
     Ok(())
 }
 

@@ -274,10 +274,7 @@ impl InstancesProvider {
             .launch_template(self.launch_template.clone())
             .set_instance_type(self.instance_type.clone())
             .set_subnet_id(subnet.cloned())
-            // At least one: with fewer than `n` free in the zone, EC2 launches
-            // what it has (the next poll asks for the rest) where
-            // `min_count(n)` launched none, poll after poll.
-            .min_count(1)
+            .min_count(n)
             .max_count(n)
             .user_data(&self.user_data)
             .tag_specifications(tags)

@@ -52,6 +52,11 @@ pub fn run(command: WorkloadCommand) -> Result<ExitCode> {
             command,
         } => write_to(output, |w| workload::write_run_workload(w, &command, count)),
         WorkloadCommand::Check { workload: path } => match workload::validate_file(&path) {
+            // What `run` and `submit` refuse is not a valid workload either.
+            Ok(stats) if stats.tasks == 0 => {
+                eprintln!("error: {}: no tasks in this workload", path.display());
+                Ok(ExitCode::from(exit::USAGE))
+            }
             Ok(stats) => {
                 println!(
                     "{}: {} tasks ({} sleep, {} run, {} animoto)",

@@ -534,6 +534,22 @@ fn many_workers_are_not_held_back_by_the_soft_open_files_limit() {
 }
 
 #[test]
+fn a_workload_without_tasks_fails_its_check_as_it_fails_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("empty.txt");
+    std::fs::write(&workload, "# nothing yet\n\n").unwrap();
+    for args in [&["workload", "check"][..], &["run"][..]] {
+        let out = cloudkon().args(args).arg(&workload).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no tasks in this workload"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn workload_generators_feed_run() {
     let dir = tempfile::tempdir().unwrap();
     let workload = dir.path().join("sweep.txt");

@@ -92,6 +92,8 @@ impl WorkloadReader<BufReader<File>> {
     }
 }
 
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 impl<R: BufRead> WorkloadReader<R> {
     pub fn new(input: R, source_name: impl Into<String>) -> Self {
         Self {
@@ -146,6 +148,11 @@ impl<R: BufRead> Iterator for WorkloadReader<R> {
                 }
             }
             self.line_no += 1;
+            // A byte-order mark (Windows editors write one) is no part of the
+            // first task: it made `sleep` an unknown kind, invisibly.
+            if self.line_no == 1 && self.buf.starts_with(UTF8_BOM) {
+                self.buf.drain(..UTF8_BOM.len());
+            }
             if let Some(keep) = self.keep.as_mut() {
                 // Numbered as `parse_line` would (a task line, else none).
                 let task = std::str::from_utf8(&self.buf).map_or(true, line::is_task_line);
@@ -237,6 +244,21 @@ mod tests {
         WorkloadReader::new(text.as_bytes(), "w.txt")
             .map(|r| r.map_err(|e| e.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_no_part_of_it() {
+        let got = read("\u{FEFF}sleep 5\nsleep 6\n");
+        let specs: Vec<_> = got
+            .iter()
+            .map(|r| r.as_ref().unwrap().spec.clone())
+            .collect();
+        assert_eq!(
+            specs,
+            vec![TaskSpec::Sleep { ms: 5 }, TaskSpec::Sleep { ms: 6 }]
+        );
+        // Anywhere else it is the line's, and said.
+        assert!(read("sleep 5\n\u{FEFF}sleep 6\n")[1].is_err());
     }
 
     #[test]

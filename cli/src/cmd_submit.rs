@@ -85,7 +85,23 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         .await;
         display.finish().await;
         signals.abort();
-        let (summary, response) = outcome?;
+        let (summary, response) = match outcome {
+            Ok(done) => done,
+            // Stopped on an error (results that cannot be written, a workload
+            // that changed): what was sent would run for nobody, its results
+            // piling up in a queue nobody reads. Cancelled as on Ctrl-C.
+            Err(e) => {
+                if let Ok(response) = sqs.open(&response_queue_name(&batch)).await {
+                    match cancel(&aws, &args.ledger_table, &batch, &response).await {
+                        Ok(()) => eprintln!(
+                            "cancelled: the workers leave the batch's tasks that have not started"
+                        ),
+                        Err(c) => eprintln!("{c:#}: the batch's remaining tasks stay queued"),
+                    }
+                }
+                return Err(e);
+            }
+        };
         let cancelled = if summary.interrupted {
             Some(cancel(&aws, &args.ledger_table, &batch, &response).await)
         } else {

@@ -475,6 +475,55 @@ fn an_interrupted_submit_cancels_its_batch_on_the_workers() {
 
 #[test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
+fn a_submit_that_cannot_write_its_results_cancels_its_batch() {
+    require_servers();
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = create_queue(&unique("full"), Duration::from_secs(30), None);
+    let table = unique("ledger-full");
+    // 40 s of work on the worker's 2 slots; the results file is a full disk.
+    let tasks = 800;
+    let (workload, log) = logging_workload(dir.path(), tasks, "0.1");
+    let w = worker_with(
+        queue.url(),
+        &table,
+        "f1",
+        "30s",
+        &["--cancel-check", "500ms"],
+    );
+    let client = submit_with(
+        &workload,
+        queue.url(),
+        Path::new("/dev/full"),
+        &["--ledger-table", &table, "--slots", "2"],
+    );
+    let out = finish(client, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot write results")
+            && stderr
+                .contains("cancelled: the workers leave the batch's tasks that have not started"),
+        "{stderr}"
+    );
+    // The worker deletes the batch's queued bundles unrun.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = runtime().block_on(queue.stats()).unwrap();
+        if stats.visible + stats.in_flight == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue still holds {stats:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(w);
+    let ran = executions(&log).len();
+    assert!(ran < tasks as usize / 2, "{ran} of {tasks} tasks ran");
+    queue_cleanup(&queue);
+}
+
+#[test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
     require_servers();
     let _serial = common::serial();

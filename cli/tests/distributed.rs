@@ -411,6 +411,19 @@ fn sigterm_drains_a_worker_without_losing_or_rerunning_anything() {
     queue_cleanup(&queue);
 }
 
+/// Waits until `queue` holds nothing, visible or in flight, `within`.
+fn wait_for_empty_queue(queue: &SqsQueue, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let stats = runtime().block_on(queue.stats()).unwrap();
+        if stats.visible + stats.in_flight == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the queue still holds {stats:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 fn an_interrupted_submit_cancels_its_batch_on_the_workers() {
@@ -450,15 +463,7 @@ fn an_interrupted_submit_cancels_its_batch_on_the_workers() {
     let ran_at_interrupt = executions(&log).len();
     // The worker deletes the batch's queued bundles unrun, and leaves the
     // tasks not started of the one it runs.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = runtime().block_on(queue.stats()).unwrap();
-        if stats.visible + stats.in_flight == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the queue still holds {stats:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_empty_queue(&queue, Duration::from_secs(60));
     stop(w);
     let ran = executions(&log).len();
     println!(
@@ -507,15 +512,7 @@ fn a_submit_that_cannot_write_its_results_cancels_its_batch() {
         "{stderr}"
     );
     // The worker deletes the batch's queued bundles unrun.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = runtime().block_on(queue.stats()).unwrap();
-        if stats.visible + stats.in_flight == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the queue still holds {stats:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_empty_queue(&queue, Duration::from_secs(60));
     stop(w);
     let ran = executions(&log).len();
     assert!(ran < tasks as usize / 2, "{ran} of {tasks} tasks ran");

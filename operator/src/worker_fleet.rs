@@ -72,13 +72,16 @@ impl WorkerFleet {
             .provider
             .as_ref()
             .is_none_or(|p| matches!(p.type_, ProviderType::Deployment));
+        // A Deployment pool (most) needs nothing made, every poll.
+        if deployment {
+            memory.ec2 = None;
+            memory.fleet_made = None;
+            return Ok(WorkerFleet::Deployment);
+        }
         let env = build::instance_env(&pool.spec.template);
         let made = fleet_made(pool, &env, queue_url);
-        if memory.fleet_made.as_ref() != Some(&made) {
-            memory.ec2 = None;
-        }
-        // Made once; a Deployment pool (most) needs nothing made, every poll.
-        if memory.ec2.is_none() && !deployment {
+        // Made once per operator run and spec.
+        if memory.ec2.is_none() || memory.fleet_made.as_ref() != Some(&made) {
             memory.ec2 = Ec2Provider::from_spec(
                 pool.spec.provider.as_ref(),
                 &pool.namespace().unwrap_or_default(),
@@ -89,8 +92,8 @@ impl WorkerFleet {
             )
             .map_err(|e| Error::Other(e.to_string()))?
             .map(Arc::new);
+            memory.fleet_made = Some(made);
         }
-        memory.fleet_made = Some(made);
         Ok(match &memory.ec2 {
             Some(fleet) => WorkerFleet::Ec2(fleet.clone()),
             None => WorkerFleet::Deployment,

@@ -25,7 +25,8 @@ pub struct BatchArgs {
 }
 
 impl BatchArgs {
-    /// `--batch`, or a name made from the workload's file name and the time.
+    /// `--batch`, or a name made from the workload's file name, the time and
+    /// this process's id.
     pub fn batch_name(&self, workload: &Path) -> String {
         self.batch
             .clone()
@@ -34,11 +35,17 @@ impl BatchArgs {
 }
 
 /// A timeout of zero would time every task out at once: a workload line
-/// refuses `timeout_ms` 0 too.
+/// refuses `timeout_ms` 0 too. Under a millisecond is refused as well: tasks
+/// travel to workers in whole milliseconds, and it would become zero there.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if timeout.is_zero() {
         return Err("must be more than zero (omit --timeout for no limit)".to_string());
+    }
+    if timeout < Duration::from_millis(1) {
+        return Err(format!(
+            "{text} is under the 1ms a timeout is counted in (omit --timeout for no limit)"
+        ));
     }
     Ok(timeout)
 }
@@ -50,7 +57,9 @@ fn default_batch_name(workload: &Path) -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    format!("{stem}-{secs}")
+    // The process id tells apart two runs of one file in the same second:
+    // the name is the response queue's and the videos' names.
+    format!("{stem}-{secs}-{}", std::process::id())
 }
 
 #[cfg(test)]
@@ -65,5 +74,8 @@ mod tests {
             assert!(err.contains("omit --timeout for no limit"), "{zero}: {err}");
         }
         assert!(parse_timeout("soon").is_err());
+        let err = parse_timeout("500us").unwrap_err();
+        assert!(err.contains("under the 1ms"), "{err}");
+        assert_eq!(parse_timeout("1ms"), Ok(Duration::from_millis(1)));
     }
 }

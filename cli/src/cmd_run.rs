@@ -59,7 +59,11 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let stats = match workload_file::validate(&args.workload, args.common.output.as_deref()) {
+    let stats = match workload_file::validate(
+        &args.workload,
+        args.common.output.as_deref(),
+        workload_file::Destination::Memory,
+    ) {
         Ok(stats) => stats,
         Err(code) => return Ok(code),
     };

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cloudkon_core::aws::{Aws, QueueOptions, SqsClient, SqsQueue};
 use cloudkon_core::ledger::DedupLedger;
-use cloudkon_core::queue::TaskQueue;
+use cloudkon_core::queue::{QueueError, TaskQueue};
 use cloudkon_core::workload::WorkloadReader;
 use cloudkon_core::{BatchId, Bundle, BundlePlan, IdSet, Stats, Summary};
 use cloudkon_worker::{Progress, Shutdown};
@@ -46,7 +46,11 @@ pub struct SubmitArgs {
 }
 
 pub fn run(args: SubmitArgs) -> Result<ExitCode> {
-    let stats = match workload_file::validate(&args.workload, args.common.output.as_deref()) {
+    let stats = match workload_file::validate(
+        &args.workload,
+        args.common.output.as_deref(),
+        workload_file::Destination::Queue,
+    ) {
         Ok(stats) => stats,
         Err(code) => return Ok(code),
     };
@@ -183,7 +187,9 @@ pub async fn submit(
     // Parse and bundle on a thread; send from here, a group at a time.
     let (bundles_tx, bundles_rx) = async_channel::bounded::<Bundle>(SEND_GROUP * 2);
     // How the reading ended: collect waits for no results of tasks never sent.
-    let (produced_tx, produced_rx) = std::sync::mpsc::sync_channel::<Result<u64>>(1);
+    // The reading's outcome, and the sending's if a send is refused for good.
+    let (produced_tx, produced_rx) = std::sync::mpsc::channel::<Result<u64>>();
+    let refused_tx = produced_tx.clone();
     let producer = {
         let (path, batch, timeout, reply_to) = (
             submission.workload.clone(),
@@ -227,6 +233,11 @@ pub async fn submit(
                 // Retried until sent: a gap here would leave tasks nobody runs.
                 let mut backoff = Duration::from_millis(100);
                 while let Err(e) = request.send(group.clone()).await {
+                    if let QueueError::Refused(_) = e {
+                        // Asking again gets the same answer: the run ends.
+                        let _ = refused_tx.send(Err(anyhow::anyhow!("sending tasks: {e}")));
+                        return;
+                    }
                     tracing::warn!(error = %e, "sending tasks failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {},
@@ -240,6 +251,7 @@ pub async fn submit(
 
     let collected = collect(
         &response,
+        &submission.batch,
         submission.total,
         &produced_rx,
         results_file,
@@ -275,9 +287,10 @@ fn all_sent(produced: Result<u64>, total: u64) -> Result<()> {
 
 /// Receives results until every task has one, counting each task once however
 /// often its results arrive; ends with an error when the reading for the send
-/// failed or came short (`produced`).
+/// failed or came short, or a send was refused for good (`produced`).
 async fn collect(
     response: &SqsQueue,
+    batch: &BatchId,
     total: u64,
     produced: &std::sync::mpsc::Receiver<Result<u64>>,
     mut results_file: Option<results_file::ResultsWriter>,
@@ -294,10 +307,8 @@ async fn collect(
     while done < total {
         if reading {
             match produced.try_recv() {
-                Ok(outcome) => {
-                    reading = false;
-                    all_sent(outcome, total)?;
-                }
+                // Read until both the reading and the sending are done.
+                Ok(outcome) => all_sent(outcome, total)?,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => reading = false,
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
             }
@@ -321,7 +332,7 @@ async fn collect(
             receipts.push(receipt);
             let mut new = 0;
             for result in &message.results {
-                if result.id >= total || !seen.insert(result.id) {
+                if result.batch != *batch || result.id >= total || !seen.insert(result.id) {
                     continue; // A duplicate (re-sent results), or not of this batch.
                 }
                 new += 1;

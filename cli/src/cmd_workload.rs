@@ -72,6 +72,9 @@ pub fn run(command: WorkloadCommand) -> Result<ExitCode> {
                 for e in &errors {
                     eprintln!("error: {e}");
                 }
+                if errors.len() >= workload::MAX_REPORTED_ERRORS {
+                    eprintln!("(stopped after {} errors)", errors.len());
+                }
                 Ok(ExitCode::from(exit::USAGE))
             }
         },

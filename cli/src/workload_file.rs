@@ -9,12 +9,22 @@ use cloudkon_core::workload::{self, WorkloadStats};
 
 use crate::exit;
 
+/// Where the checked workload's tasks go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Run here, from memory: a task of any size.
+    Memory,
+    /// Sent to a queue: each task must fit in a message.
+    Queue,
+}
+
 /// Reads the whole workload; on any malformed line, reports them all and
 /// returns the exit code to stop with (nothing has run). `output`, the
 /// results file, is checked first: it must not be the workload itself.
 pub fn validate(
     path: &Path,
     output: Option<&Path>,
+    to: Destination,
 ) -> std::result::Result<WorkloadStats, ExitCode> {
     if let Err(message) = check_readable_twice(path, output) {
         eprintln!("error: {message}");
@@ -26,7 +36,10 @@ pub fn validate(
             eprintln!("error: {}: no tasks in this workload", path.display());
             Err(ExitCode::from(exit::USAGE))
         }
-        Ok(stats) => Ok(stats),
+        Ok(stats) => match to {
+            Destination::Queue => fits_messages(path).map(|()| stats),
+            Destination::Memory => Ok(stats),
+        },
         Err(errors) => {
             for e in &errors {
                 eprintln!("error: {e}");
@@ -38,6 +51,39 @@ pub fn validate(
             Err(ExitCode::from(exit::USAGE))
         }
     }
+}
+
+/// Every task fits in a queue message: one that does not would be refused by
+/// SQS at each send, and its bundle's tasks never run.
+fn fits_messages(path: &Path) -> std::result::Result<(), ExitCode> {
+    let refuse = |message: String| {
+        eprintln!("error: {message}");
+        eprintln!("nothing was sent");
+        Err(ExitCode::from(exit::USAGE))
+    };
+    let long = std::fs::File::open(path)
+        .map(std::io::BufReader::new)
+        .and_then(workload::has_long_line);
+    match long {
+        Ok(false) => return Ok(()),
+        Ok(true) => {}
+        Err(e) => return refuse(format!("cannot read {}: {e}", path.display())),
+    }
+    let reader = match workload::WorkloadReader::open(path) {
+        Ok(reader) => reader,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let too_large = workload::too_large_tasks(reader, 5);
+    if too_large.is_empty() {
+        return Ok(());
+    }
+    for t in &too_large {
+        eprintln!("error: {}: {}", path.display(), t.message());
+    }
+    refuse(format!(
+        "{}: tasks too large for a queue message (`cloudkon run` runs them here)",
+        path.display()
+    ))
 }
 
 /// The workload is read twice, whole to check it and then to run it: a pipe
@@ -100,5 +146,28 @@ mod tests {
         assert!(err.contains("save it to a file first"), "{err}");
         // Missing: the check that follows says so.
         assert_eq!(check_readable_twice(&dir.path().join("none"), None), Ok(()));
+    }
+
+    #[test]
+    fn a_task_too_large_for_a_message_is_refused_for_a_queue_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let workload = dir.path().join("w.txt");
+        let big = "x".repeat(cloudkon_core::wire::SQS_MAX_MESSAGE_BYTES);
+        std::fs::write(&workload, format!("sleep 1\nrun echo {big}\n")).unwrap();
+        assert_eq!(
+            validate(&workload, None, Destination::Queue).unwrap_err(),
+            ExitCode::from(exit::USAGE)
+        );
+        assert_eq!(
+            validate(&workload, None, Destination::Memory)
+                .unwrap()
+                .tasks,
+            2
+        );
+        std::fs::write(&workload, "sleep 1\nrun echo hi\n").unwrap();
+        assert_eq!(
+            validate(&workload, None, Destination::Queue).unwrap().tasks,
+            2
+        );
     }
 }

@@ -131,6 +131,27 @@ async fn batches_stay_under_256_kib() {
         }
     }
     assert_eq!(ids, (0..60_000).collect());
+
+    // One task too large for a message: refused for good, nothing sent.
+    let mut alone = sleep0_bundle("alone", 0, 1);
+    alone.tasks[0].spec = cloudkon_core::TaskSpec::Run {
+        program: "echo".into(),
+        args: vec!["x".repeat(wire::SQS_MAX_MESSAGE_BYTES)],
+        expected_ms: None,
+    };
+    let before = aws.stats().snapshot();
+    let err = q.send(vec![alone]).await.unwrap_err();
+    assert!(
+        matches!(&err, cloudkon_core::queue::QueueError::Refused(m) if m.contains("task 0 of batch alone")),
+        "{err:?}"
+    );
+    assert_eq!(
+        aws.stats()
+            .snapshot()
+            .since(&before)
+            .get("SQS.SendMessageBatch"),
+        0
+    );
     q.delete().await.unwrap();
 }
 

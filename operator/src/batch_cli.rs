@@ -184,6 +184,13 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         stats.tasks > 0,
         "{label} has no tasks: only blank lines and comments"
     );
+    crate::validate::workload_tasks_fit("workload", &label, &bytes).map_err(|too_large| {
+        let lines: Vec<String> = too_large.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "{label} cannot be sent to a queue:\n  {}",
+            lines.join("\n  ")
+        )
+    })?;
     let name = match &args.name {
         Some(n) => n.clone(),
         None => name_from_path(path)

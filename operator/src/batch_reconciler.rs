@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cloudkon_core::aws::{ErrorKind, Limited, S3Uri};
 use cloudkon_core::ledger::DedupLedger;
-use cloudkon_core::workload::{self, WorkloadReader};
+use cloudkon_core::workload::{self, WorkloadError, WorkloadReader};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -344,6 +344,35 @@ impl From<Vec<Invalid>> for Unread {
     }
 }
 
+/// A malformed workload's first five lines said, and that there are more.
+fn workload_problems(field: &str, name: &str, errors: &[WorkloadError]) -> Vec<Invalid> {
+    const SAID: usize = 5;
+    let mut problems: Vec<Invalid> = errors
+        .iter()
+        .take(SAID)
+        .map(|e| Invalid {
+            field: field.to_string(),
+            message: e.to_string(),
+        })
+        .collect();
+    if errors.len() > SAID {
+        // The check stops at MAX_REPORTED_ERRORS: there may be more still.
+        let or_more = if errors.len() >= workload::MAX_REPORTED_ERRORS {
+            " or more"
+        } else {
+            ""
+        };
+        problems.push(Invalid {
+            field: field.to_string(),
+            message: format!(
+                "{name}: and {}{or_more} more malformed lines (`cloudkon workload check` lists them)",
+                errors.len() - SAID
+            ),
+        });
+    }
+    problems
+}
+
 /// Reads a ConfigMap or S3 workload file and checks every line; `None` for
 /// inline and generator sources.
 async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source>, Unread> {
@@ -452,14 +481,7 @@ async fn read_workload(ctx: &Context, batch: &TaskBatch) -> Result<Option<Source
         return Ok(None);
     };
     if let Err(errors) = workload::validate(WorkloadReader::new(bytes.as_slice(), name.clone())) {
-        let mut problems: Vec<Invalid> = errors
-            .iter()
-            .map(|e| Invalid {
-                field: field.to_string(),
-                message: e.to_string(),
-            })
-            .collect();
-        problems.truncate(5);
+        let problems = workload_problems(field, &name, &errors);
         return Err(problems.into());
     }
     // An empty file is a mistake (the wrong key or object), as an empty
@@ -611,4 +633,36 @@ async fn release(batch: &TaskBatch, ctx: &Context) -> Result<(), Error> {
     }
     // The collected-ids ConfigMap goes with its owner (garbage collection).
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workload_with_many_bad_lines_says_five_and_that_there_are_more() {
+        let errors = |n: usize| {
+            let text = "sleep x\n".repeat(n);
+            workload::validate(WorkloadReader::new(text.as_bytes(), "w.txt")).unwrap_err()
+        };
+        let said = workload_problems("spec.tasks.configMap", "w.txt", &errors(3));
+        assert_eq!(said.len(), 3);
+        let said = workload_problems("spec.tasks.configMap", "w.txt", &errors(7));
+        assert_eq!(said.len(), 6);
+        assert!(
+            said[4].message.starts_with("w.txt:5:"),
+            "{}",
+            said[4].message
+        );
+        assert_eq!(
+            said[5].message,
+            "w.txt: and 2 more malformed lines (`cloudkon workload check` lists them)"
+        );
+        let said = workload_problems("spec.tasks.configMap", "w.txt", &errors(100));
+        assert!(
+            said[5].message.contains("and 15 or more"),
+            "{}",
+            said[5].message
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cloudkon_core::aws::S3Uri;
 use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
-use cloudkon_core::workload::WorkloadReader;
+use cloudkon_core::workload::{self, WorkloadReader};
 use cloudkon_core::{BatchId, Bundle, BundleOptions, Task, TaskSpec, Timestamp};
 
 use crate::allowed_names::{self, AllowedNames};
@@ -342,7 +342,7 @@ fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&s
                 // A generator's size is measured with its widest parameter.
                 let widest = param.map(|_| WIDEST_PARAM);
                 if let Ok((spec, _)) = task.to_task_spec(widest)
-                    && let Err(bytes) = fits_one_message(spec)
+                    && let Err(bytes) = workload::task_fits_one_message(spec)
                 {
                     p.add(
                         path.to_string(),
@@ -359,66 +359,18 @@ fn inline_task(p: &mut Problems, path: &str, task: &InlineTask, param: Option<&s
 /// The longest text `{i}` can become (`i64::MIN`).
 const WIDEST_PARAM: &str = "-9223372036854775808";
 
-/// Room kept for the response queue's URL that a bundle carries (an SQS URL
-/// with an 80-character queue name is about 130 bytes).
-const REPLY_TO_ROOM: usize = 256;
-
-/// The task travels in a message of its own, at worst: the largest ids,
-/// attempts and options, a batch uid and a long response queue URL. A task
-/// that does not fit would be sent, refused by SQS and sent again for ever.
-fn fits_one_message(spec: TaskSpec) -> Result<(), usize> {
-    let bundle = Bundle {
-        submitted: Timestamp(u64::MAX),
-        tasks: vec![Task {
-            batch: BatchId::new("00000000-0000-0000-0000-000000000000"),
-            id: u64::MAX,
-            attempt: u32::MAX,
-            timeout: Some(Duration::from_millis(u64::MAX)),
-            spec,
-        }],
-        reply_to: Some("x".repeat(REPLY_TO_ROOM)),
-        options: BundleOptions {
-            max_attempts: Some(u32::MAX),
-            retry_backoff: Some(Duration::from_millis(u64::MAX)),
-            dedup: Some(true),
-        },
-    };
-    let bytes = wire::encode_bundle(&bundle).len();
-    if bytes <= SQS_MAX_MESSAGE_BYTES {
-        Ok(())
-    } else {
-        Err(bytes)
-    }
-}
-
-/// Workload lines no longer than this always fit in a message: a byte takes
-/// at most 6 in the encoding (`\u00XX`), and the rest of a bundle is small.
-const ALWAYS_FITS_LINE: usize = 16 << 10;
-
 /// The tasks of a workload file (`configMap`, `s3`) too large for a queue
 /// message, at most five, named by task number. Only a file with a long line
 /// is read again to encode its tasks.
 pub fn workload_tasks_fit(field: &str, name: &str, bytes: &[u8]) -> Result<(), Vec<Invalid>> {
-    if !bytes
-        .split(|&b| b == b'\n')
-        .any(|l| l.len() > ALWAYS_FITS_LINE)
-    {
+    if !workload::has_long_line(bytes).unwrap_or(true) {
         return Ok(());
     }
-    let too_large: Vec<Invalid> = WorkloadReader::new(bytes, name.to_string())
-        .filter_map(Result::ok)
-        .filter_map(|def| {
-            let size = fits_one_message(def.spec).err()?;
-            Some(Invalid::new(
-                field,
-                format_args!(
-                    "({name}) task {} is too large: it takes {size} bytes as a queue message, more than SQS's {SQS_MAX_MESSAGE_BYTES} (put large data in S3 and pass its URI)",
-                    def.id
-                ),
-            ))
-        })
-        .take(5)
-        .collect();
+    let too_large: Vec<Invalid> =
+        workload::too_large_tasks(WorkloadReader::new(bytes, name.to_string()), 5)
+            .iter()
+            .map(|t| Invalid::new(field, format_args!("({name}) {}", t.message())))
+            .collect();
     if too_large.is_empty() {
         Ok(())
     } else {
@@ -1516,7 +1468,7 @@ mod tests {
             "template": {"kind": "run", "program": "echo", "args": [arg]}, "count": 5}}));
         let template = &generator.tasks.generator.as_ref().unwrap().template;
         let (at_0, _) = template.to_task_spec(Some("0")).unwrap();
-        assert_eq!(fits_one_message(at_0), Ok(()));
+        assert_eq!(workload::task_fits_one_message(at_0), Ok(()));
         let got = problems(&generator);
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(got[0].starts_with("spec.tasks.generator.template is too large"));

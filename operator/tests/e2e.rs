@@ -279,7 +279,8 @@ fn the_examples_run_to_succeeded_with_host_workers() {
     let _serial = serial();
     let mut c = Cluster::new("e2e-examples");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(aws().s3().ensure_bucket("cloudkon-results"))
+    // The bucket examples/taskbatch.yaml writes to.
+    rt.block_on(aws().s3().ensure_bucket("my-cloudkon-bucket"))
         .unwrap();
     c.operator("operator.log", &[]);
     c.ok(&["apply", "-f", "examples/workerpool.yaml"]);
@@ -331,8 +332,8 @@ fn the_examples_run_to_succeeded_with_host_workers() {
     let location = status.results.unwrap();
     let uid = batch.metadata.uid.clone().unwrap();
     let prefix = format!("batches/{}/sweep/{uid}/", c.ns);
-    assert_eq!(location, format!("s3://cloudkon-results/{prefix}"));
-    let ids = common::results_in_s3(&rt, "cloudkon-results", &prefix);
+    assert_eq!(location, format!("s3://my-cloudkon-bucket/{prefix}"));
+    let ids = common::results_in_s3(&rt, "my-cloudkon-bucket", &prefix);
     assert_eq!(ids.len(), 2000, "tasks with a result line");
     assert!(
         ids.values().all(|&n| n == 1),
@@ -3604,6 +3605,13 @@ fn cloudkon_batch_submits_watches_merges_results_cancels_and_lists() {
     let (code, _, err) = batch(&["submit", &bad, "--pool", "p"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("bad.txt:2"), "{err}");
+    let huge = write(
+        "huge.txt",
+        &format!("sleep 1\nrun echo {}\n", "x".repeat(300_000)),
+    );
+    let (code, _, err) = batch(&["submit", &huge, "--pool", "p"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("task 1 is too large"), "{err}");
     let good = write("Sweep 1.txt", &"sleep 1\n".repeat(300));
     let (code, _, err) = batch(&["submit", &good, "--pool", "nope"]);
     assert_eq!(code, Some(2), "{err}");

@@ -62,6 +62,10 @@ pub enum EmbeddedError {
     /// The workload stopped parsing mid-run (it was validated first, so it changed).
     #[error("the workload changed while it ran: {0}")]
     Workload(#[source] WorkloadError),
+    /// Tasks past the checked count: lines added after the check, never
+    /// checked and not counted in the summary.
+    #[error("the workload changed while it ran: it holds more than the {0} tasks checked")]
+    Grew(u64),
     #[error("cannot write results: {0}")]
     Results(#[source] io::Error),
 }
@@ -99,7 +103,7 @@ where
         let (batch, plan) = (config.batch.clone(), config.plan);
         std::thread::Builder::new()
             .name("cloudkon-producer".into())
-            .spawn(move || produce(tasks, batch, plan, &queue, &stop))
+            .spawn(move || produce(tasks, total, batch, plan, &queue, &stop))
             .expect("spawn producer thread")
     };
     let collector = {
@@ -129,7 +133,7 @@ where
     let wall = start.elapsed();
 
     let failure = match (produced, write_error) {
-        (Err(e), _) => Some(EmbeddedError::Workload(e)),
+        (Err(e), _) => Some(e),
         (Ok(()), Some(e)) => Some(EmbeddedError::Results(e)),
         (Ok(()), None) => None,
     };
@@ -140,14 +144,16 @@ where
     }
 }
 
-/// Parses and bundles the workload into the queue; closes the queue at the end.
+/// Parses and bundles the first `total` tasks of the workload into the
+/// queue; closes the queue at the end.
 fn produce<W>(
     tasks: W,
+    total: u64,
     batch: BatchId,
     plan: BundlePlan,
     queue: &MemoryQueue,
     stop: &tokio_util::sync::CancellationToken,
-) -> Result<(), WorkloadError>
+) -> Result<(), EmbeddedError>
 where
     W: Iterator<Item = Result<TaskDef, WorkloadError>>,
 {
@@ -158,14 +164,21 @@ where
             break;
         }
         match bundle {
-            Ok(bundle) => {
-                if queue.send_blocking(bundle).is_err() {
+            Ok(mut bundle) => {
+                let grew = bundle.tasks.iter().any(|t| t.id >= total);
+                bundle.tasks.retain(|t| t.id < total);
+                if !bundle.tasks.is_empty() && queue.send_blocking(bundle).is_err() {
                     break; // Closed: the run is stopping.
+                }
+                if grew {
+                    // The checked tasks still run; the rest are refused.
+                    outcome = Err(EmbeddedError::Grew(total));
+                    break;
                 }
             }
             Err(e) => {
                 stop.cancel();
-                outcome = Err(e);
+                outcome = Err(EmbeddedError::Workload(e));
                 break;
             }
         }
@@ -419,6 +432,35 @@ mod tests {
         .await;
         let failure = run.failure.expect("a failure").to_string();
         assert!(failure.contains("w.txt:2:"), "{failure}");
+    }
+
+    #[tokio::test]
+    async fn tasks_past_the_checked_count_are_not_run_and_reported() {
+        let reader = WorkloadReader::new(
+            io::Cursor::new("sleep 0\nsleep 0\nsleep 0\n".to_string()),
+            "w.txt",
+        );
+        let ran = Arc::new(AtomicU64::new(0));
+        let counted = ran.clone();
+        let run = run_embedded(
+            reader,
+            2,
+            config(1),
+            Arc::new(Registry::new()),
+            move |_| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            },
+            Arc::default(),
+            Shutdown::new(),
+        )
+        .await;
+        let failure = run.failure.expect("a failure").to_string();
+        assert!(
+            failure.contains("more than the 2 tasks checked"),
+            "{failure}"
+        );
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -38,21 +38,25 @@ pub fn write_run_workload(
     Ok(())
 }
 
-/// One task's line: `run <argv>`, or its JSON form when an argument holds a
-/// control character, which quoting leaves as it is (a newline would end the
-/// line).
+/// One task's line: `run <argv>`, or its JSON form when the parser would not
+/// give `argv` back from it (a control character, which quoting leaves as it
+/// is; Unicode whitespace, which it leaves unquoted and the parser trims).
 fn run_line(argv: &[String]) -> io::Result<String> {
-    if !argv.iter().any(|a| a.contains(char::is_control)) {
-        return Ok(format!("run {}\n", shell_words::join(argv)));
-    }
     let (program, args) = argv
         .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "run needs a program"))?;
+        .filter(|(program, _)| !program.is_empty())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "run needs a program name"))?;
     let spec = TaskSpec::Run {
         program: program.clone(),
         args: args.to_vec(),
         expected_ms: None,
     };
+    let text = format!("run {}\n", shell_words::join(argv));
+    if !argv.iter().any(|a| a.contains(char::is_control))
+        && matches!(super::parse_line(&text), Ok(Some((ref parsed, None))) if *parsed == spec)
+    {
+        return Ok(text);
+    }
     let mut line = serde_json::to_string(&spec).map_err(io::Error::other)?;
     line.push('\n');
     Ok(line)
@@ -96,6 +100,9 @@ mod tests {
             vec!["printf", "a\nb"],
             vec!["printf", "{i}\r\n\t\u{7}", "#x", "{y}"],
             vec!["a\nprogram"],
+            // Unicode whitespace: shell quoting leaves it bare, the parser trims it.
+            vec!["printf", "[%s]", "x\u{a0}"],
+            vec!["\u{2003}", "y"],
         ] {
             let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
             let mut buf = Vec::new();
@@ -110,6 +117,16 @@ mod tests {
             let expected: Vec<String> = argv.iter().map(|a| a.replace("{i}", "1")).collect();
             assert_eq!(program, &expected[0]);
             assert_eq!(args, &expected[1..]);
+        }
+    }
+
+    #[test]
+    fn a_run_without_a_program_is_refused_not_written() {
+        for argv in [vec![], vec![String::new(), "x".to_string()]] {
+            let mut buf = Vec::new();
+            let err = write_run_workload(&mut buf, &argv, 1).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(buf.is_empty());
         }
     }
 }

@@ -28,11 +28,27 @@ pub fn parse_line(line: &str) -> Result<Option<(TaskSpec, Option<Duration>)>, St
         "animoto" => parse_animoto(rest)?,
         other => {
             return Err(format!(
-                "unknown task kind `{other}` (expected `sleep`, `run`, `animoto` or a JSON object)"
+                "unknown task kind `{}` (expected `sleep`, `run`, `animoto` or a JSON object)",
+                shown(other)
             ));
         }
     };
     Ok(Some((spec, None)))
+}
+
+/// Input quoted in a message, with what a terminal would not show (a
+/// byte-order mark, a control character, Unicode whitespace) escaped.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = c != ' ' && (c.is_whitespace() || c.escape_debug().next() == Some('\\'));
+        if hidden && c != '\\' && c != '"' && c != '\'' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether a line holds a task (else it is blank or a comment).
@@ -47,12 +63,18 @@ fn parse_sleep(rest: &str) -> Result<TaskSpec, String> {
         return Err(if rest.is_empty() {
             "sleep needs a duration in milliseconds, e.g. `sleep 100`".to_string()
         } else {
-            format!("sleep takes one argument (milliseconds), got `{rest}`")
+            format!(
+                "sleep takes one argument (milliseconds), got `{}`",
+                shown(rest)
+            )
         });
     };
-    let ms = ms
-        .parse::<u64>()
-        .map_err(|_| format!("sleep takes a whole number of milliseconds, got `{ms}`"))?;
+    let ms = ms.parse::<u64>().map_err(|_| {
+        format!(
+            "sleep takes a whole number of milliseconds, got `{}`",
+            shown(ms)
+        )
+    })?;
     Ok(TaskSpec::Sleep { ms })
 }
 
@@ -105,7 +127,8 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
             .any(|s| u.starts_with(s) && u.len() > s.len())
     }) {
         return Err(format!(
-            "animoto: unsupported image URL `{bad}` (use http://, https://, s3:// or file://)"
+            "animoto: unsupported image URL `{}` (use http://, https://, s3:// or file://)",
+            shown(bad)
         ));
     }
     if spec.seconds_per_image == Some(0) {
@@ -121,7 +144,8 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
             .is_some_and(|(w, h)| w >= 2 && h >= 2 && w % 2 == 0 && h % 2 == 0);
         if !valid {
             return Err(format!(
-                "animoto: resolution must be WIDTHxHEIGHT with even numbers, e.g. 1920x1080, got `{res}`"
+                "animoto: resolution must be WIDTHxHEIGHT with even numbers, e.g. 1920x1080, got `{}`",
+                shown(res)
             ));
         }
     }
@@ -130,8 +154,7 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
 
 /// A JSON Lines task: `{"kind": ..., <kind's fields>, "timeout_ms": N}`.
 fn parse_json(line: &str) -> Result<(TaskSpec, Option<Duration>), String> {
-    let mut object: Map<String, Value> =
-        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let UniqueKeys(mut object) = serde_json::from_str(line).map_err(json_error)?;
     let timeout = match object.remove("timeout_ms") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms > 0) => {
@@ -149,6 +172,51 @@ fn parse_json(line: &str) -> Result<(TaskSpec, Option<Duration>), String> {
     let spec: TaskSpec =
         serde_json::from_value(Value::Object(object)).map_err(|e| format!("invalid task: {e}"))?;
     Ok((check_spec(spec)?, timeout))
+}
+
+/// serde_json's words, with the column: its "line 1" is the task line's,
+/// not the file's, which the caller names.
+fn json_error(e: serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let words = text.strip_suffix(&suffix).unwrap_or(&text);
+    if e.line() == 1 && e.column() > 0 {
+        format!("invalid JSON at column {}: {words}", e.column())
+    } else {
+        format!("invalid JSON: {words}")
+    }
+}
+
+/// A JSON object whose keys each appear once: a `Map` keeps the last of
+/// two, and `{"ms":1,"ms":2}` would be read silently as 2.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut map = Map::new();
+                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "`{key}` is given twice"
+                        )));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(UniqueKeys(map))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// A task built by other means (a TaskBatch's inline task) checked by the
@@ -307,8 +375,36 @@ mod tests {
     }
 
     #[test]
+    fn what_a_terminal_would_not_show_is_escaped_in_messages() {
+        assert_eq!(
+            err("\u{feff}sleep 5"),
+            "unknown task kind `\\u{feff}sleep` (expected `sleep`, `run`, `animoto` or a JSON object)"
+        );
+        assert_eq!(
+            err("sleep 5\u{2003}x"),
+            "sleep takes a whole number of milliseconds, got `5\\u{2003}x`"
+        );
+        assert_eq!(
+            err("slep 5"),
+            "unknown task kind `slep` (expected `sleep`, `run`, `animoto` or a JSON object)"
+        );
+        assert_eq!(shown("é \"a\\b\" 'c'"), "é \"a\\b\" 'c'");
+    }
+
+    #[test]
     fn json_errors() {
-        assert!(err(r#"{"kind":"sleep","ms":5"#).starts_with("invalid JSON:"));
+        assert_eq!(
+            err(r#"{"kind":"sleep","ms":5"#),
+            "invalid JSON at column 22: EOF while parsing an object"
+        );
+        assert_eq!(
+            err(r#"{"kind":"sleep","ms":1,"ms":2}"#),
+            "invalid JSON at column 30: `ms` is given twice"
+        );
+        assert!(
+            err(r#"{"kind":"sleep","ms":1,"timeout_ms":5,"timeout_ms":9}"#)
+                .contains("`timeout_ms` is given twice")
+        );
         assert_eq!(
             err(r#"{"ms":5}"#),
             "a JSON task needs a `kind` (`sleep`, `run` or `animoto`)"

@@ -12,6 +12,7 @@
 //! time. [`validate`] reads a whole file first so that nothing runs unless every
 //! line parses.
 
+mod fits;
 mod generate;
 mod line;
 mod order;
@@ -21,6 +22,7 @@ use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 use std::time::Duration;
 
+pub use fits::{ALWAYS_FITS_LINE, TooLarge, has_long_line, task_fits_one_message, too_large_tasks};
 pub use generate::{write_run_workload, write_sleep_workload};
 pub use line::{check_spec, parse_line};
 pub use order::{SendOrder, Wanted, length_class};

@@ -461,8 +461,9 @@ impl TaskQueue for SqsQueue {
     async fn send(&self, bundles: Vec<Bundle>) -> Result<(), QueueError> {
         let mut bodies = Vec::with_capacity(bundles.len());
         for bundle in &bundles {
+            // A task too large for a message is refused at every send.
             let parts = wire::encode_bundle_within(bundle, SQS_MAX_MESSAGE_BYTES)
-                .map_err(|e| QueueError::Backend(format!("cannot send to {}: {e}", self.url)))?;
+                .map_err(|e| QueueError::Refused(format!("cannot send to {}: {e}", self.url)))?;
             bodies.extend(parts);
         }
         self.send_bodies(bodies).await.map_err(queue_error)

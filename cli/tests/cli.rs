@@ -602,3 +602,33 @@ fn help_teaches_the_format_and_exit_codes() {
     let out = cloudkon().args(["run", "--help"]).output().unwrap();
     assert!(stdout(&out).contains("130 interrupted"));
 }
+
+/// A task too large for an SQS message is refused by `submit` before any
+/// cloud call (sent, it would be refused at every retry and its bundle never
+/// run); `run` runs it here.
+#[test]
+fn a_task_too_large_for_a_message_is_refused_by_submit_and_run_by_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("w.txt");
+    // Three arguments of 100 kB: one over 128 KiB is more than exec takes.
+    let big = "x".repeat(100_000);
+    std::fs::write(&workload, format!("run true\nrun true {big} {big} {big}\n")).unwrap();
+    let out = cloudkon()
+        .args(["submit", "--queue", "q"])
+        .arg(&workload)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("w.txt: task 1 is too large"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("nothing was sent"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cloudkon().arg("run").arg(&workload).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -5,12 +5,10 @@
 //! spec.workers.max (2)`.
 
 use std::fmt;
-use std::time::Duration;
 
 use cloudkon_core::aws::S3Uri;
-use cloudkon_core::wire::{self, SQS_MAX_MESSAGE_BYTES};
+use cloudkon_core::wire::SQS_MAX_MESSAGE_BYTES;
 use cloudkon_core::workload::{self, WorkloadReader};
-use cloudkon_core::{BatchId, Bundle, BundleOptions, Task, TaskSpec, Timestamp};
 
 use crate::allowed_names::{self, AllowedNames};
 use crate::build::is_queue_name_char;

@@ -60,6 +60,13 @@ async fn server(images: &Images, hits: Arc<Hits>) -> LoopbackServer {
         .map(|(name, _)| (format!("/{name}"), images.bytes(name)))
         .collect();
     let png = images.bytes("small.png");
+    // Its first half: a valid header, the image data cut short.
+    let truncated = png[..png.len() / 2].to_vec();
+    // Its header claims 10000x10000 (100 megapixels, which ffmpeg would
+    // allocate), as a decompression bomb's does (its checksum is now wrong:
+    // nothing reads that far).
+    let mut bomb = png.clone();
+    bomb[16..24].copy_from_slice(&[0, 0, 0x27, 0x10, 0, 0, 0x27, 0x10]);
     LoopbackServer::start(move |path| {
         if let Some((_, body)) = files.iter().find(|(p, _)| p == path) {
             return Reply::ok("image/jpeg", body.clone());
@@ -79,11 +86,23 @@ async fn server(images: &Images, hits: Arc<Hits>) -> LoopbackServer {
                 _ => Reply::ok("image/png", png.clone()),
             },
             "/moved.png" => Reply::redirect(302, "/small.png"),
+            // Relative to the redirecting URL, as RFC 3986 resolves them.
+            "/relative.png" => Reply::redirect(302, "small.png"),
+            "/a/b/up.png" => Reply::redirect(301, "../../small.png"),
+            "/truncated.png" => Reply::ok("image/png", truncated.clone()),
+            "/bomb.png" => Reply::ok("image/png", bomb.clone()),
+            "/headless.png" => Reply::ok("image/png", png[..20].to_vec()),
+            // A readable size, and a colour type (7) no PNG has: ffmpeg fails.
+            "/corrupt.png" => {
+                let mut body = png.clone();
+                body[25] = 7;
+                Reply::ok("image/png", body)
+            }
             "/page.jpg" => Reply::ok(
                 "text/html",
                 b"<!DOCTYPE html><html><body>Not an image</body></html>".to_vec(),
             ),
-            // JPEG magic, then garbage: passes the sniffing, fails in ffmpeg.
+            // JPEG magic, then garbage: passes the sniffing, has no readable size.
             "/corrupt.jpg" => {
                 let mut body = b"\xFF\xD8\xFF\xE0".to_vec();
                 body.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
@@ -358,18 +377,36 @@ async fn a_corrupt_image_fails_with_ffmpegs_words() {
     let images = Images::make();
     let server = server(&images, Arc::default()).await;
     let s = setup(|_| {});
-    let urls = vec![server.url("small.png"), server.url("corrupt.jpg")];
+    let corrupt = server.url("corrupt.png");
+    let urls = vec![server.url("small.png"), corrupt.clone()];
     let start = Instant::now();
     let out = s.executor.execute(&task(6, spec(urls)), LIMITS).await;
-    let reason = reason(&out);
+    let failed = reason(&out);
     assert!(
-        reason.starts_with("ffmpeg failed (exit status "),
-        "{reason}"
+        failed.starts_with("ffmpeg failed (exit status "),
+        "{failed}"
     );
-    // The tail of ffmpeg's stderr says what went wrong.
-    assert!(reason.contains("): "), "{reason}");
+    // The image at fault, found by decoding each alone, in ffmpeg's words
+    // (the graph's own stderr names no file).
+    let named = format!("): image 2 ({corrupt}): ");
+    let words = failed.split_once(&named).map(|(_, words)| words);
+    assert!(words.is_some_and(|w| !w.is_empty()), "{failed}");
     assert!(start.elapsed() < Duration::from_secs(60));
     assert_eq!(s.outputs(), 0, "no video may be left for a failed task");
+
+    // Garbage after JPEG's first bytes: its size cannot be read, so ffmpeg
+    // is not asked to guess.
+    let garbage = server.url("corrupt.jpg");
+    let out = s
+        .executor
+        .execute(&task(6, spec(vec![garbage.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!(
+            "image 1 ({garbage}): cannot read its width and height from its JPEG header (cut short or corrupt)"
+        )
+    );
     s.assert_clean();
 }
 
@@ -614,4 +651,239 @@ async fn a_redirect_to_a_forbidden_address_is_refused() {
     );
     target.assert_never_connected();
     s.assert_clean();
+}
+
+/// ffmpeg 5.1 exits 0 when an image's data is cut short (its header is fine),
+/// with an MP4 of no frames: the frames it reports are counted.
+#[tokio::test]
+async fn a_truncated_image_fails_its_task_and_is_named() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let s = setup(|_| {});
+    let truncated = server.url("truncated.png");
+    let urls = vec![server.url("small.png"), truncated.clone()];
+    let out = s.executor.execute(&task(30, spec(urls)), LIMITS).await;
+    let reason = reason(&out);
+    assert!(reason.starts_with("ffmpeg wrote "), "{reason}");
+    assert!(
+        reason.contains(&format!(" of 10 frames: image 2 ({truncated}): [png @ ")),
+        "{reason}"
+    );
+    assert!(reason.contains("chunk too big"), "{reason}");
+    assert_eq!(s.outputs(), 0, "no video may be left for a failed task");
+    s.assert_clean();
+}
+
+/// An ffmpeg that logs its arguments, one run a line, then runs the real one.
+fn logged_ffmpeg(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let (script, log) = (dir.join("ffmpeg"), dir.join("runs.log"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec ffmpeg \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+#[tokio::test]
+async fn images_too_large_to_decode_are_refused_before_ffmpeg() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let bin = tempfile::tempdir().unwrap();
+    let (ffmpeg, log) = logged_ffmpeg(bin.path());
+    let s = setup(|c| c.ffmpeg = ffmpeg);
+
+    // A header claiming 100 megapixels, against the default limit per image.
+    let bomb = server.url("bomb.png");
+    let urls = vec![server.url("small.png"), bomb.clone()];
+    let out = s.executor.execute(&task(31, spec(urls)), LIMITS).await;
+    assert_eq!(
+        reason(&out),
+        format!(
+            "image 2 ({bomb}): 10000x10000 is 100 megapixels, more than this worker's limit of 50 per image (a decompression bomb?)"
+        )
+    );
+
+    // A header that says no size.
+    let headless = server.url("headless.png");
+    let out = s
+        .executor
+        .execute(&task(31, spec(vec![headless.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!(
+            "image 1 ({headless}): cannot read its width and height from its PNG header (cut short or corrupt)"
+        )
+    );
+
+    // Images each under the limit, too many pixels together.
+    let s2 = setup(|c| {
+        c.ffmpeg = s.executor.config().ffmpeg.clone();
+        c.max_total_pixels = 2_000_000;
+    });
+    let urls = vec![server.url("wide.jpg"), images.file_url("small.png")];
+    let out = s2.executor.execute(&task(31, spec(urls)), LIMITS).await;
+    assert_eq!(
+        reason(&out),
+        "the 2 images have 2.4 megapixels in all, more than this worker's limit of 2 per task (ffmpeg holds them all decoded at once): use fewer or smaller images"
+    );
+
+    // ffmpeg was only asked for its encoders, never given an image.
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        runs.lines().all(|run| run == "-hide_banner -encoders"),
+        "{runs}"
+    );
+    s.assert_clean();
+    s2.assert_clean();
+}
+
+#[tokio::test]
+async fn relative_and_protocol_relative_redirects_are_followed() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    // Another server (port), redirecting to the first with `//host:port/path`.
+    let location = format!("//{}/small.png", server.addr());
+    let other = LoopbackServer::start(move |_| Reply::redirect(302, location.clone()))
+        .await
+        .unwrap();
+    let s = setup(|_| {});
+    let urls = vec![
+        other.url("anything.png"),
+        server.url("relative.png"),
+        server.url("a/b/up.png"),
+    ];
+    let out = s.executor.execute(&task(32, spec(urls)), LIMITS).await;
+    assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+    assert_video(Path::new(&out.artifact.unwrap()), 3, (640, 360), 5);
+    s.assert_clean();
+}
+
+/// A server that answers every request with the whole header (Content-Length
+/// included) and, for the first `cut` requests, half the body before it
+/// closes the connection. Counts the requests.
+struct CuttingServer {
+    addr: std::net::SocketAddr,
+    hits: Arc<AtomicU32>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingServer {
+    async fn start(body: Vec<u8>, cut: u32) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU32::new(0));
+        let seen = hits.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let hit = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                let sent = if hit <= cut {
+                    body.len() / 2
+                } else {
+                    body.len()
+                };
+                let mut reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                reply.extend_from_slice(&body[..sent]);
+                let _ = stream.write_all(&reply).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        Self { addr, hits, accept }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/cut.png", self.addr)
+    }
+
+    fn hits(&self) -> u32 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CuttingServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_retried() {
+    let images = Images::make();
+    let s = setup(|c| c.fetch.retries = 2);
+
+    // Cut once: the retry gets the whole image.
+    let server = CuttingServer::start(images.bytes("small.png"), 1).await;
+    let out = s
+        .executor
+        .execute(&task(33, spec(vec![server.url()])), LIMITS)
+        .await;
+    assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+    assert_eq!(server.hits(), 2);
+
+    // Always cut: the retries are bounded, and the URL is named.
+    let server = CuttingServer::start(images.bytes("small.png"), u32::MAX).await;
+    let url = server.url();
+    let out = s
+        .executor
+        .execute(&task(33, spec(vec![url.clone()])), LIMITS)
+        .await;
+    let reason = reason(&out);
+    assert!(
+        reason.starts_with(&format!("image {url}: connection lost: ")),
+        "{reason}"
+    );
+    assert_eq!(server.hits(), 3);
+    s.assert_clean();
+}
+
+#[tokio::test]
+async fn a_bad_output_is_refused_before_any_download() {
+    use cloudkon_worker::exec::animoto::{DEFAULT_PRESIGN_EXPIRY, S3ObjectStore};
+    let target = Untouched::bind();
+    let url = format!("http://127.0.0.1:{}/a.jpg", target.port());
+    // An object store (never used: no AWS configuration is loaded), so that
+    // `s3://` outputs get as far as the output check.
+    let s = setup(|c| c.fetch.timeout = Duration::from_millis(300));
+    let executor = AnimotoExecutor::new(s.executor.config().clone())
+        .with_object_store(Arc::new(S3ObjectStore::lazy(DEFAULT_PRESIGN_EXPIRY)));
+    for (output, expected) in [
+        (
+            "S3://bucket/videos",
+            "output: `S3://bucket/videos` is not a place for videos: give a local directory or s3://BUCKET/PREFIX (s3:// in lowercase)",
+        ),
+        (
+            "s3://",
+            "output: `s3://` has no bucket name: expected s3://BUCKET/KEY",
+        ),
+    ] {
+        let mut spec = spec(vec![url.clone()]);
+        spec.output = Some(output.into());
+        let out = executor.execute(&task(34, spec), LIMITS).await;
+        assert_eq!(reason(&out), expected);
+    }
+    target.assert_never_connected();
+    s.assert_clean();
+    assert_eq!(s.outputs(), 0);
 }

@@ -12,10 +12,16 @@
 //!   frames: the duration is exact.
 //! - x264 `ultrafast` with `-tune stillimage`: `veryfast` took 2.8x longer for
 //!   no visible gain on stills.
+//! - ffmpeg's exit status is not enough: an image whose header is fine but whose
+//!   data is cut short makes ffmpeg 5.1 print "Error while filtering" and exit 0
+//!   with an MP4 of no frames. `-progress pipe:1` makes it report the frames it
+//!   wrote; a video with fewer than planned is a failure.
+//! - On a failure, each image is decoded alone to name the one at fault: the
+//!   graph's stderr says only `[png @ 0x..] chunk too big`.
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cloudkon_core::Outcome;
 use tokio::process::Command;
@@ -25,6 +31,12 @@ use crate::exec::run::run_command;
 
 /// Lines of ffmpeg's stderr quoted in a failure reason.
 const STDERR_LINES: usize = 4;
+
+/// The search for the image at fault after a failed encode: all of it, and
+/// one image (decoding one still takes well under a second; one that takes
+/// this long is itself the problem).
+const DIAGNOSE_BUDGET: Duration = Duration::from_secs(60);
+const DIAGNOSE_PER_IMAGE: Duration = Duration::from_secs(20);
 
 /// The video to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +108,12 @@ impl EncodePlan {
             "+faststart",
             "-f",
             "mp4",
+            // The frames written, on stdout: a final block `frame=N ...
+            // progress=end` (a long period: no blocks in between).
+            "-progress",
+            "pipe:1",
+            "-stats_period",
+            "100000",
         ] {
             args.push(arg.into());
         }
@@ -112,29 +130,58 @@ pub enum EncodeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("ffmpeg failed ({reason}){}", stderr_suffix(.stderr))]
-    Failed { reason: String, stderr: String },
+    #[error("ffmpeg failed ({reason}){}", detail(.culprit, .stderr))]
+    Failed {
+        reason: String,
+        stderr: String,
+        culprit: Option<Culprit>,
+    },
+    /// ffmpeg exited 0 but wrote fewer frames than planned (an image it could
+    /// not decode contributed none).
+    #[error("ffmpeg wrote {wrote} of {planned} frames{}", detail(.culprit, .stderr))]
+    ShortVideo {
+        wrote: u64,
+        planned: u64,
+        stderr: String,
+        culprit: Option<Culprit>,
+    },
     #[error("ffmpeg did not finish within {0:?} (killed)")]
     TimedOut(Duration),
 }
 
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
-        String::new()
-    } else {
-        format!(": {stderr}")
+/// The image ffmpeg cannot decode, found by decoding each alone.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("image {number} ({url}): {words}")]
+pub struct Culprit {
+    /// 1 for the task's first image.
+    pub number: usize,
+    pub url: String,
+    /// The tail of ffmpeg's stderr for that image alone.
+    pub words: String,
+}
+
+/// The image at fault when there is one (it says more than the graph's
+/// stderr), else the graph's stderr.
+fn detail(culprit: &Option<Culprit>, stderr: &str) -> String {
+    match culprit {
+        Some(culprit) => format!(": {culprit}"),
+        None if stderr.is_empty() => String::new(),
+        None => format!(": {stderr}"),
     }
 }
 
-/// Encodes the images `names` (in `dir`, ffmpeg's working directory) to `output`.
+/// Encodes the images `names` (in `dir`, ffmpeg's working directory) to
+/// `output`. `urls[i]` is where `names[i]` came from, named in errors.
 pub async fn encode(
     ffmpeg: &Path,
     plan: &EncodePlan,
     dir: &Path,
     names: &[String],
+    urls: &[String],
     output: &Path,
     timeout: Duration,
 ) -> Result<(), EncodeError> {
+    debug_assert_eq!(names.len(), urls.len());
     let graph = dir.join("graph.txt");
     std::fs::write(&graph, plan.filter_graph(names)).map_err(|source| EncodeError::Graph {
         path: graph.clone(),
@@ -149,14 +196,84 @@ pub async fn encode(
         output_bytes: 4096,
     };
     let out = run_command(command, &ffmpeg.to_string_lossy(), limits).await;
+    let planned = plan.frames(names.len());
     match out.outcome {
-        Outcome::Succeeded => Ok(()),
+        Outcome::Succeeded => {
+            // No report counts as no frames: a video is only vouched for by it.
+            let wrote = frames_written(&out.stdout).unwrap_or(0);
+            if wrote == planned {
+                return Ok(());
+            }
+            Err(EncodeError::ShortVideo {
+                wrote,
+                planned,
+                stderr: stderr_tail(&out.stderr),
+                culprit: diagnose(ffmpeg, dir, names, urls).await,
+            })
+        }
         Outcome::TimedOut => Err(EncodeError::TimedOut(timeout)),
         Outcome::Failed { reason } => Err(EncodeError::Failed {
             reason,
             stderr: stderr_tail(&out.stderr),
+            culprit: diagnose(ffmpeg, dir, names, urls).await,
         }),
     }
+}
+
+/// The frame count of ffmpeg's last `-progress` block.
+fn frames_written(progress: &str) -> Option<u64> {
+    progress
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("frame="))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// The first image that ffmpeg cannot decode alone, one after the other (a
+/// failed encode is rare; this keeps it to one ffmpeg at a time), within
+/// [`DIAGNOSE_BUDGET`]. Only a failed decode names an image: one that decodes
+/// with complaints may not be why the video failed.
+async fn diagnose(ffmpeg: &Path, dir: &Path, names: &[String], urls: &[String]) -> Option<Culprit> {
+    let deadline = Instant::now() + DIAGNOSE_BUDGET;
+    for (i, (name, url)) in names.iter().zip(urls).enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::debug!(
+                images = names.len(),
+                checked = i,
+                "no time left to find the bad image"
+            );
+            return None;
+        }
+        let mut command = Command::new(ffmpeg);
+        command
+            .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
+            .arg(name)
+            .args(["-frames:v", "1", "-f", "null", "-"])
+            .current_dir(dir);
+        let timeout = left.min(DIAGNOSE_PER_IMAGE);
+        let limits = ExecLimits {
+            timeout: Some(timeout),
+            output_bytes: 4096,
+        };
+        let out = run_command(command, &ffmpeg.to_string_lossy(), limits).await;
+        let words = match out.outcome {
+            Outcome::Succeeded => continue,
+            // Out of the whole budget: this image is not known to be at fault.
+            Outcome::TimedOut if timeout < DIAGNOSE_PER_IMAGE => return None,
+            Outcome::TimedOut => format!("ffmpeg could not decode it within {timeout:?}"),
+            Outcome::Failed { reason } => match stderr_tail(&out.stderr) {
+                tail if tail.is_empty() => format!("ffmpeg cannot decode it ({reason})"),
+                tail => tail,
+            },
+        };
+        return Some(Culprit {
+            number: i + 1,
+            url: url.clone(),
+            words,
+        });
+    }
+    None
 }
 
 /// The last lines of ffmpeg's stderr, on one line.
@@ -206,6 +323,39 @@ mod tests {
         assert_eq!(args[at + 1], "30");
         assert_eq!(args.last().unwrap(), "/o/v.mp4");
         assert!(args.windows(2).any(|w| w == ["-movflags", "+faststart"]));
+        assert!(args.windows(2).any(|w| w == ["-progress", "pipe:1"]));
+    }
+
+    #[test]
+    fn frames_written_is_the_last_progress_blocks() {
+        let progress =
+            "frame=1\nfps=0.00\nprogress=continue\nframe=10\nspeed=68.1x\nprogress=end\n";
+        assert_eq!(frames_written(progress), Some(10));
+        assert_eq!(frames_written("frame=0\nprogress=end\n"), Some(0));
+        assert_eq!(frames_written(""), None);
+    }
+
+    #[test]
+    fn a_culprit_replaces_the_graphs_stderr() {
+        let culprit = Culprit {
+            number: 2,
+            url: "http://h/b.png".into(),
+            words: "[png @ 0x1] chunk too big".into(),
+        };
+        let short = |culprit| EncodeError::ShortVideo {
+            wrote: 0,
+            planned: 10,
+            stderr: "Error while filtering".into(),
+            culprit,
+        };
+        assert_eq!(
+            short(Some(culprit)).to_string(),
+            "ffmpeg wrote 0 of 10 frames: image 2 (http://h/b.png): [png @ 0x1] chunk too big"
+        );
+        assert_eq!(
+            short(None).to_string(),
+            "ffmpeg wrote 0 of 10 frames: Error while filtering"
+        );
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub struct FetchLimits {
     /// One attempt at one image, from connecting to the last byte.
     pub timeout: Duration,
     pub max_bytes: u64,
-    /// Extra attempts after a transient failure (connect error, 429, 5xx).
+    /// Extra attempts after a transient failure (connect error, connection
+    /// lost, 429, 5xx).
     pub retries: u32,
     /// The first retry's delay; it doubles for each further one.
     pub retry_delay: Duration,
@@ -58,6 +59,9 @@ pub enum FetchError {
     Refused { url: String, refused: Refused },
     #[error("{url}: request failed: {reason}")]
     Request { url: String, reason: String },
+    /// The connection broke off (reset, or closed before the whole answer).
+    #[error("{url}: connection lost: {reason}")]
+    ConnectionLost { url: String, reason: String },
     #[error("{url}: no complete answer within {timeout:?}")]
     TimedOut { url: String, timeout: Duration },
     #[error("{url}: larger than the {limit}-byte limit per image")]
@@ -94,7 +98,7 @@ impl FetchError {
     /// most one timeout per image.
     fn is_transient(&self) -> bool {
         match self {
-            FetchError::Connect { .. } => true,
+            FetchError::Connect { .. } | FetchError::ConnectionLost { .. } => true,
             FetchError::Status { status, .. } => {
                 *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
             }
@@ -263,6 +267,11 @@ impl Fetcher<'_> {
                         url: url.to_string(),
                         reason,
                     }
+                } else if connection_lost(&e) {
+                    FetchError::ConnectionLost {
+                        url: url.to_string(),
+                        reason,
+                    }
                 } else {
                     FetchError::Request {
                         url: url.to_string(),
@@ -324,9 +333,12 @@ impl Fetcher<'_> {
             let data = match body.frame().await {
                 None => break,
                 Some(Err(e)) => {
-                    return Err(FetchError::Request {
-                        url: url.to_string(),
-                        reason: format!("reading the body: {}", error_chain(&e)),
+                    let reason = format!("reading the body: {}", error_chain(&e));
+                    let url = url.to_string();
+                    return Err(if connection_lost(&e) {
+                        FetchError::ConnectionLost { url, reason }
+                    } else {
+                        FetchError::Request { url, reason }
                     });
                 }
                 Some(Ok(frame)) => match frame.into_data() {
@@ -469,18 +481,111 @@ fn hop_name(url: &str, hop: &Uri) -> String {
     }
 }
 
-/// The next URI of a redirect: absolute, or a path on the same origin.
+/// Whether `error` (or a cause) is the connection breaking off: reset,
+/// aborted, or closed before the answer was complete (a body shorter than its
+/// Content-Length). The next attempt may well get through.
+fn connection_lost(error: &(dyn StdError + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(e) = e.downcast_ref::<hyper::Error>()
+            && e.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(e) = e.downcast_ref::<io::Error>()
+            && matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The next URI of a redirect: its `Location` resolved against the current
+/// URI as RFC 3986 (5.2) says (`//host/p`, `/p`, `p`, `../p`, `?q`), and only
+/// to http(s). The target's address is checked when it is connected to.
 fn redirect_target(current: &Uri, location: Option<&header::HeaderValue>) -> Option<Uri> {
     let location = location?.to_str().ok()?;
-    if location.starts_with("http://") || location.starts_with("https://") {
-        return location.parse().ok();
+    // A fragment is for the client, never sent.
+    let location = location.split_once('#').map_or(location, |(l, _)| l);
+    let scheme = current.scheme_str()?;
+    let authority = current.authority()?.as_str();
+    if let Some((name, _)) = location.split_once(':')
+        && is_scheme(name)
+    {
+        return ["http", "https"]
+            .iter()
+            .any(|s| name.eq_ignore_ascii_case(s))
+            .then(|| location.parse().ok())
+            .flatten();
     }
-    if location.starts_with('/') {
-        let mut parts = current.clone().into_parts();
-        parts.path_and_query = Some(location.parse().ok()?);
-        return Uri::from_parts(parts).ok();
+    let target = if location.starts_with("//") {
+        format!("{scheme}:{location}")
+    } else {
+        let (path, query) = match location.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (location, None),
+        };
+        let path = if path.is_empty() {
+            current.path().to_string()
+        } else if path.starts_with('/') {
+            remove_dot_segments(path)
+        } else {
+            // Relative to the current path's directory.
+            let base = current.path();
+            let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+            remove_dot_segments(&format!("/{}{path}", dir.trim_start_matches('/')))
+        };
+        let query = match (query, location.is_empty()) {
+            (Some(query), _) => Some(query),
+            // An empty reference is the current URI itself.
+            (None, true) => current.query(),
+            (None, false) => None,
+        };
+        match query {
+            Some(query) => format!("{scheme}://{authority}{path}?{query}"),
+            None => format!("{scheme}://{authority}{path}"),
+        }
+    };
+    target.parse().ok()
+}
+
+/// RFC 3986's `scheme`: a letter, then letters, digits, `+`, `-` and `.`.
+fn is_scheme(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// An absolute path without its `.` and `..` segments (RFC 3986, 5.2.4).
+fn remove_dot_segments(path: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        match segment {
+            "." => {}
+            ".." => {
+                kept.pop();
+            }
+            segment => {
+                kept.push(segment);
+                continue;
+            }
+        }
+        // `a/.` and `a/..` name a directory: the path keeps its last slash.
+        if last {
+            kept.push("");
+        }
     }
-    None
+    format!("/{}", kept.join("/"))
 }
 
 /// The local path of a `file://` URL's remainder: `/abs/path` or
@@ -582,7 +687,86 @@ mod tests {
             to("https://x/y.png").unwrap().to_string(),
             "https://x/y.png"
         );
-        assert_eq!(to("relative.jpg"), None);
+        assert_eq!(
+            to("relative.jpg").unwrap().to_string(),
+            "http://h:8/a/relative.jpg"
+        );
+        assert_eq!(to("//x:9/y.png").unwrap().to_string(), "http://x:9/y.png");
+        assert_eq!(to("ftp://x/y.png"), None);
+        assert_eq!(to("file:///etc/passwd"), None);
         assert_eq!(redirect_target(&here, None), None);
+    }
+
+    /// RFC 3986's own examples (5.4.1 and 5.4.2), less those with a
+    /// non-http scheme.
+    #[test]
+    fn redirects_resolve_as_rfc_3986_says() {
+        let base: Uri = "http://a/b/c/d;p?q".parse().unwrap();
+        for (location, target) in [
+            ("g", "http://a/b/c/g"),
+            ("./g", "http://a/b/c/g"),
+            ("g/", "http://a/b/c/g/"),
+            ("/g", "http://a/g"),
+            ("//g", "http://g/"),
+            ("?y", "http://a/b/c/d;p?y"),
+            ("g?y", "http://a/b/c/g?y"),
+            ("#s", "http://a/b/c/d;p?q"),
+            ("g#s", "http://a/b/c/g"),
+            ("g?y#s", "http://a/b/c/g?y"),
+            (";x", "http://a/b/c/;x"),
+            ("g;x?y#s", "http://a/b/c/g;x?y"),
+            ("", "http://a/b/c/d;p?q"),
+            (".", "http://a/b/c/"),
+            ("./", "http://a/b/c/"),
+            ("..", "http://a/b/"),
+            ("../", "http://a/b/"),
+            ("../g", "http://a/b/g"),
+            ("../..", "http://a/"),
+            ("../../", "http://a/"),
+            ("../../g", "http://a/g"),
+            ("../../../g", "http://a/g"),
+            ("../../../../g", "http://a/g"),
+            ("/./g", "http://a/g"),
+            ("/../g", "http://a/g"),
+            ("g.", "http://a/b/c/g."),
+            (".g", "http://a/b/c/.g"),
+            ("g..", "http://a/b/c/g.."),
+            ("..g", "http://a/b/c/..g"),
+            ("./../g", "http://a/b/g"),
+            ("./g/.", "http://a/b/c/g/"),
+            ("g/./h", "http://a/b/c/g/h"),
+            ("g/../h", "http://a/b/c/h"),
+            ("g;x=1/./y", "http://a/b/c/g;x=1/y"),
+            ("g;x=1/../y", "http://a/b/c/y"),
+            ("g?y/./x", "http://a/b/c/g?y/./x"),
+            ("g#s/../x", "http://a/b/c/g"),
+            ("HTTPS://x/y", "https://x/y"),
+        ] {
+            let value = header::HeaderValue::from_str(location).unwrap();
+            let got = redirect_target(&base, Some(&value));
+            assert_eq!(
+                got.map(|u| u.to_string()).as_deref(),
+                Some(target),
+                "{location}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_connection_is_transient() {
+        let lost = io::Error::new(io::ErrorKind::UnexpectedEof, "cut short");
+        assert!(connection_lost(&lost));
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(connection_lost(&reset));
+        assert!(!connection_lost(&io::Error::from(
+            io::ErrorKind::InvalidData
+        )));
+        assert!(
+            FetchError::ConnectionLost {
+                url: "u".into(),
+                reason: "reset".into()
+            }
+            .is_transient()
+        );
     }
 }

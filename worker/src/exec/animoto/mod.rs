@@ -3,8 +3,10 @@
 //! ffmpeg, and leave it where the task says.
 //!
 //! ```text
-//! URLs ──fetch (≤ N at once, checked images)──▶ scratch dir ──ffmpeg──▶ <out>/<batch>-<id>.mp4
+//! URLs ──fetch (≤ N at once, checked images)──▶ scratch dir ──measured──▶ ffmpeg ──▶ <out>/<batch>-<id>.mp4
 //! ```
+//! ffmpeg holds every image decoded at once (one filter graph), so the images'
+//! pixels are counted from their headers and capped before it starts.
 //! The scratch directory is a `TempDir`: removed on success, failure, timeout,
 //! and when the task is abandoned (its future dropped, ffmpeg's group killed).
 
@@ -25,12 +27,12 @@ use std::time::{Duration, Instant};
 use cloudkon_core::{AnimotoSpec, Task, TaskSpec};
 
 pub use address::{AddressClass, AddressPolicy, Refused, classify};
-pub use encode::{EncodeError, EncodePlan};
+pub use encode::{Culprit, EncodeError, EncodePlan};
 pub use fetch::{FetchError, FetchLimits};
 pub use magic::ImageKind;
 pub use s3::{
-    DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, S3ObjectStore, S3StoreError, check_output,
-    parse_presign_expiry,
+    DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, OutputError, S3ObjectStore, S3StoreError,
+    check_output, parse_presign_expiry,
 };
 
 use super::{ExecFuture, ExecLimits, ExecOutput, Executor};
@@ -81,6 +83,15 @@ pub struct AnimotoConfig {
     pub fetch: FetchLimits,
     /// Images one task may have (ffmpeg holds about 7 MiB per 1080p image).
     pub max_images: usize,
+    /// Pixels one image may have (width × height, from its header)
+    /// [default: 50 million]: more is refused as a likely decompression bomb
+    /// (a small file that decodes to gigabytes).
+    pub max_image_pixels: u64,
+    /// Pixels all of one task's images may have together [default: 1.2
+    /// billion]: ffmpeg holds every image decoded at once, about 3.5 bytes a
+    /// pixel (40 JPEGs of 4000x3000, 480 million pixels, took 1.75 GB), so the
+    /// default bounds a task at about 4 GB.
+    pub max_total_pixels: u64,
     /// Frame rate when a task names none. 5 fps: the picture changes once per
     /// `seconds_per_image`, so more frames only cost encoding time (25 fps took
     /// 2.3x as long as 5 fps for 60 images at 1080p), while very low rates
@@ -108,6 +119,8 @@ impl Default for AnimotoConfig {
                 retry_delay: Duration::from_millis(250),
             },
             max_images: 500,
+            max_image_pixels: 50_000_000,
+            max_total_pixels: 1_200_000_000,
             frame_rate: 5,
             encode_timeout: Duration::from_secs(600),
             addresses: AddressPolicy::public_only(),
@@ -130,6 +143,8 @@ pub enum AnimotoError {
     ZeroRate,
     #[error("{0}")]
     NoFfmpeg(String),
+    #[error("output: {0}")]
+    BadOutput(#[from] OutputError),
     #[error("output {0}: s3:// needs the S3 backend (this worker has no object store configured)")]
     NeedsS3Output(String),
     #[error("cannot create the output directory {}: {source}", path.display())]
@@ -142,6 +157,36 @@ pub enum AnimotoError {
     Scratch(#[source] io::Error),
     #[error("image {0}")]
     Fetch(#[from] FetchError),
+    #[error(
+        "image {number} ({url}): cannot read its width and height from its {format} header (cut short or corrupt)"
+    )]
+    NoDimensions {
+        number: usize,
+        url: String,
+        format: &'static str,
+    },
+    #[error(
+        "image {number} ({url}): {width}x{height} is {} megapixels, more than this worker's limit of {} per image (a decompression bomb?)",
+        megapixels(u64::from(*.width) * u64::from(*.height)),
+        megapixels(*.limit)
+    )]
+    ImageTooLarge {
+        number: usize,
+        url: String,
+        width: u32,
+        height: u32,
+        limit: u64,
+    },
+    #[error(
+        "the {images} images have {} megapixels in all, more than this worker's limit of {} per task (ffmpeg holds them all decoded at once): use fewer or smaller images",
+        megapixels(*.total),
+        megapixels(*.limit)
+    )]
+    TooManyPixels {
+        images: usize,
+        total: u64,
+        limit: u64,
+    },
     #[error(transparent)]
     Encode(#[from] EncodeError),
     #[error("cannot move the video to {}: {source}", path.display())]
@@ -187,11 +232,13 @@ impl AnimotoExecutor {
     /// Makes the task's video; returns where it is.
     pub async fn make_video(&self, task: &Task, spec: &AnimotoSpec) -> Result<Video, AnimotoError> {
         let plan = self.plan(spec)?;
-        self.ffmpeg_ready().await?;
         let output = spec
             .output
             .clone()
             .unwrap_or_else(|| self.config.output.clone());
+        // A typo (`S3://b`, `s3://`) fails now, not after every download.
+        check_output(&output)?;
+        self.ffmpeg_ready().await?;
         let file_name = video_name(task);
         let remote = output.starts_with("s3://");
         if remote && self.store.is_none() {
@@ -230,10 +277,13 @@ impl AnimotoExecutor {
         };
         let images = fetcher.fetch_all(&spec.urls).await?;
         let fetched_in = started.elapsed();
-        let names: Vec<String> = images.into_iter().map(|f| f.name).collect();
+        let (kinds, names): (Vec<ImageKind>, Vec<String>) =
+            images.into_iter().map(|f| (f.kind, f.name)).unzip();
+        self.measure(scratch.path(), &kinds, &names, &spec.urls)?;
 
         let encode = |target: PathBuf| {
             let names = &names;
+            let urls = &spec.urls;
             let scratch = scratch.path();
             async move {
                 encode::encode(
@@ -241,6 +291,7 @@ impl AnimotoExecutor {
                     &plan,
                     scratch,
                     names,
+                    urls,
                     &target,
                     self.config.encode_timeout,
                 )
@@ -312,6 +363,57 @@ impl AnimotoExecutor {
             .await
             .map(|_| ())
             .map_err(AnimotoError::NoFfmpeg)
+    }
+
+    /// Refuses images whose decoded size ffmpeg should not hold: each against
+    /// the per-image limit, all together against the per-task one. Reads only
+    /// headers (a few KiB each; a JPEG's segments are skipped, not read).
+    fn measure(
+        &self,
+        dir: &Path,
+        kinds: &[ImageKind],
+        names: &[String],
+        urls: &[String],
+    ) -> Result<(), AnimotoError> {
+        let mut total = 0u64;
+        for (i, ((kind, name), url)) in kinds.iter().zip(names).zip(urls).enumerate() {
+            let (number, url) = (i + 1, url.clone());
+            let path = dir.join(name);
+            let size = std::fs::File::open(&path)
+                .and_then(|f| magic::dimensions(*kind, f))
+                .map_err(|source| {
+                    AnimotoError::Fetch(FetchError::LocalFile {
+                        url: url.clone(),
+                        source,
+                    })
+                })?;
+            let Some((width, height)) = size else {
+                return Err(AnimotoError::NoDimensions {
+                    number,
+                    url,
+                    format: kind.name(),
+                });
+            };
+            let pixels = u64::from(width) * u64::from(height);
+            if pixels > self.config.max_image_pixels {
+                return Err(AnimotoError::ImageTooLarge {
+                    number,
+                    url,
+                    width,
+                    height,
+                    limit: self.config.max_image_pixels,
+                });
+            }
+            total += pixels;
+        }
+        if total > self.config.max_total_pixels {
+            return Err(AnimotoError::TooManyPixels {
+                images: names.len(),
+                total,
+                limit: self.config.max_total_pixels,
+            });
+        }
+        Ok(())
     }
 
     fn plan(&self, spec: &AnimotoSpec) -> Result<EncodePlan, AnimotoError> {
@@ -405,6 +507,12 @@ pub fn check_ffmpeg(ffmpeg: &Path) -> Result<(), String> {
     }
 }
 
+/// `12.3`: pixels in millions, for messages (a limit shows as `50`, not `50.0`).
+fn megapixels(pixels: u64) -> String {
+    let text = format!("{:.1}", pixels as f64 / 1e6);
+    text.strip_suffix(".0").map_or(text.clone(), str::to_string)
+}
+
 fn parse_resolution(text: &str) -> Option<(u32, u32)> {
     let (w, h) = text.split_once('x')?;
     let (w, h) = (w.parse::<u32>().ok()?, h.parse::<u32>().ok()?);
@@ -449,6 +557,14 @@ mod tests {
     fn video_names_are_unique_per_task_and_safe() {
         assert_eq!(video_name(&task("mixed-17", 3)), "mixed-17-3.mp4");
         assert_eq!(video_name(&task("../a b/c", 0)), "_a_b_c-0.mp4");
+    }
+
+    #[test]
+    fn megapixels_are_shown_to_a_tenth() {
+        assert_eq!(megapixels(50_000_000), "50");
+        assert_eq!(megapixels(256_000_000), "256");
+        assert_eq!(megapixels(307_200), "0.3");
+        assert_eq!(megapixels(1_234_567_890), "1234.6");
     }
 
     #[test]

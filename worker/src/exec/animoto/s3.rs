@@ -34,11 +34,29 @@ pub fn parse_presign_expiry(text: &str) -> Result<Duration, String> {
     Ok(expiry)
 }
 
-/// Checks an output location at start-up: a local directory is anything,
-/// `s3://` must name a bucket.
-pub fn check_output(output: &str) -> Result<(), S3UriError> {
+/// An output location that is neither a directory nor an S3 URI.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OutputError {
+    #[error(transparent)]
+    S3(#[from] S3UriError),
+    #[error("`{0}` is not a place for videos: give a local directory or s3://BUCKET/PREFIX{hint}",
+        hint = if .0.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("s3://")) {
+            " (s3:// in lowercase)"
+        } else {
+            ""
+        })]
+    Scheme(String),
+}
+
+/// Checks an output location (at start-up, and each task's before its
+/// downloads): `s3://` must name a bucket, and anything else with a `://` is a
+/// typo or an unsupported scheme, not a directory to create (`S3://b` made
+/// `./S3:/b`).
+pub fn check_output(output: &str) -> Result<(), OutputError> {
     if output.starts_with("s3://") {
         S3Uri::parse(output)?;
+    } else if output.contains("://") {
+        return Err(OutputError::Scheme(output.to_string()));
     }
     Ok(())
 }
@@ -203,6 +221,25 @@ mod tests {
         assert!(e.contains("at most 7 days"), "{e}");
         assert!(parse_presign_expiry("0s").is_err());
         assert!(parse_presign_expiry("soon").is_err());
+    }
+
+    #[test]
+    fn outputs_are_directories_or_s3_uris_with_a_bucket() {
+        assert_eq!(check_output("videos/out"), Ok(()));
+        assert_eq!(check_output("/srv/videos"), Ok(()));
+        assert_eq!(check_output("s3://b/videos"), Ok(()));
+        assert_eq!(
+            check_output("s3://").unwrap_err().to_string(),
+            "`s3://` has no bucket name: expected s3://BUCKET/KEY"
+        );
+        assert_eq!(
+            check_output("S3://b").unwrap_err().to_string(),
+            "`S3://b` is not a place for videos: give a local directory or s3://BUCKET/PREFIX (s3:// in lowercase)"
+        );
+        assert_eq!(
+            check_output("https://b/x").unwrap_err().to_string(),
+            "`https://b/x` is not a place for videos: give a local directory or s3://BUCKET/PREFIX"
+        );
     }
 
     #[test]

@@ -722,18 +722,8 @@ async fn images_too_large_to_decode_are_refused_before_ffmpeg() {
         )
     );
 
-    // Images each under the limit, too many pixels together.
-    let s2 = setup(|c| {
-        c.ffmpeg = s.executor.config().ffmpeg.clone();
-        c.max_total_pixels = 2_000_000;
-    });
-    let urls = vec![server.url("wide.jpg"), images.file_url("small.png")];
-    let out = s2.executor.execute(&task(31, spec(urls)), LIMITS).await;
-    assert_eq!(
-        reason(&out),
-        "the 2 images have 2.4 megapixels in all, more than this worker's limit of 2 per task (ffmpeg holds them all decoded at once): use fewer or smaller images"
-    );
-
+    // Images over the graph's pixels are fitted alone first (below).
+    let _ = &images;
     // ffmpeg was only asked for its encoders, never given an image.
     let runs = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -741,7 +731,46 @@ async fn images_too_large_to_decode_are_refused_before_ffmpeg() {
         "{runs}"
     );
     s.assert_clean();
-    s2.assert_clean();
+}
+
+/// Over `graph_pixels`, each image is fitted to the frame alone, and the
+/// video made from those one at a time: the same exact video from mixed
+/// formats and shapes; a bad image is named.
+#[tokio::test]
+async fn images_over_the_graphs_pixels_are_fitted_one_at_a_time() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let bin = tempfile::tempdir().unwrap();
+    let (ffmpeg, log) = logged_ffmpeg(bin.path());
+    let s = setup(|c| {
+        c.ffmpeg = ffmpeg;
+        c.graph_pixels = 0;
+    });
+    let mut spec3 = spec(vec![
+        server.url("wide.jpg"),
+        images.file_url("small.png"),
+        server.url("portrait.jpg"),
+    ]);
+    spec3.seconds_per_image = Some(2);
+    let out = s.executor.execute(&task(33, spec3), LIMITS).await;
+    assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+    assert_video(Path::new(&out.artifact.unwrap()), 6, (640, 360), 5);
+    let runs = std::fs::read_to_string(&log).unwrap();
+    let fits = runs.lines().filter(|r| r.contains("f00002.jpg")).count();
+    assert_eq!(fits, 1, "{runs}");
+    assert!(runs.contains("-i f%05d.jpg"), "{runs}");
+    assert!(!runs.contains("-filter_complex_script"), "{runs}");
+
+    let truncated = server.url("truncated.png");
+    let urls = vec![server.url("small.png"), truncated.clone()];
+    let out = s.executor.execute(&task(34, spec(urls)), LIMITS).await;
+    let reason = reason(&out);
+    assert!(
+        reason.starts_with("ffmpeg failed (")
+            && reason.contains(&format!("image 2 ({truncated}): ")),
+        "{reason}"
+    );
+    s.assert_clean();
 }
 
 #[tokio::test]

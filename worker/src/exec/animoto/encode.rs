@@ -91,9 +91,66 @@ impl EncodePlan {
         .map(OsString::from)
         .into();
         args.push(graph.into());
+        args.extend(["-map", "[out]"].map(OsString::from));
+        self.push_output_args(&mut args, images, output);
+        args
+    }
+
+    /// ffmpeg's arguments for images already fitted to the frame, named
+    /// `f00000.jpg`, `f00001.jpg`...: the image2 demuxer reads and decodes
+    /// them one at a time, each shown for `seconds_per_image`.
+    pub fn fitted_args(&self, images: usize, output: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = [
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-framerate",
+            &format!("1/{}", self.seconds_per_image),
+            "-start_number",
+            "0",
+            "-i",
+            FITTED_PATTERN,
+            "-vf",
+            &format!("fps={},format=yuv420p", self.frame_rate),
+        ]
+        .map(OsString::from)
+        .into();
+        self.push_output_args(&mut args, images, output);
+        args
+    }
+
+    /// ffmpeg's arguments that fit image `name` alone to the frame and write
+    /// it as `fitted` (a high-quality JPEG: a few hundred KB at 1080p).
+    pub fn fit_args(&self, name: &str, fitted: &str) -> Vec<OsString> {
+        let (w, h) = (self.width, self.height);
+        [
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            name,
+            "-vf",
+            &format!(
+                "scale={w}:{h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+                 pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1"
+            ),
+            // An animated GIF contributes its first frame, like any still.
+            "-frames:v",
+            "1",
+            "-q:v",
+            "2",
+            fitted,
+        ]
+        .map(OsString::from)
+        .into()
+    }
+
+    fn push_output_args(&self, args: &mut Vec<OsString>, images: usize, output: &Path) {
         for arg in [
-            "-map",
-            "[out]",
             "-frames:v",
             &self.frames(images).to_string(),
             "-c:v",
@@ -118,8 +175,26 @@ impl EncodePlan {
             args.push(arg.into());
         }
         args.push(output.into());
-        args
     }
+}
+
+/// The fitted images' names, for the image2 demuxer.
+const FITTED_PATTERN: &str = "f%05d.jpg";
+
+fn fitted_name(i: usize) -> String {
+    format!("f{i:05}.jpg")
+}
+
+/// How a task's images become frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Staging {
+    /// One filter graph over every image: the fastest, but ffmpeg holds every
+    /// image decoded at once.
+    Graph,
+    /// Each image fitted to the frame alone first (`concurrency` ffmpegs at
+    /// once), then the video made from those one at a time: memory bounded
+    /// by the largest image, for more time (one ffmpeg start per image).
+    Fitted { concurrency: usize },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +246,9 @@ fn detail(culprit: &Option<Culprit>, stderr: &str) -> String {
 }
 
 /// Encodes the images `names` (in `dir`, ffmpeg's working directory) to
-/// `output`. `urls[i]` is where `names[i]` came from, named in errors.
+/// `output`, within `timeout` in all. `urls[i]` is where `names[i]` came
+/// from, named in errors.
+#[allow(clippy::too_many_arguments)] // Each says a different thing; a struct would only rename them.
 pub async fn encode(
     ffmpeg: &Path,
     plan: &EncodePlan,
@@ -180,23 +257,51 @@ pub async fn encode(
     urls: &[String],
     output: &Path,
     timeout: Duration,
+    staging: Staging,
 ) -> Result<(), EncodeError> {
     debug_assert_eq!(names.len(), urls.len());
-    let graph = dir.join("graph.txt");
-    std::fs::write(&graph, plan.filter_graph(names)).map_err(|source| EncodeError::Graph {
-        path: graph.clone(),
-        source,
-    })?;
+    let deadline = Instant::now() + timeout;
+    let args = match staging {
+        Staging::Graph => {
+            let graph = dir.join("graph.txt");
+            std::fs::write(&graph, plan.filter_graph(names)).map_err(|source| {
+                EncodeError::Graph {
+                    path: graph.clone(),
+                    source,
+                }
+            })?;
+            plan.ffmpeg_args(names.len(), &graph, output)
+        }
+        Staging::Fitted { concurrency } => {
+            fit_each(
+                ffmpeg,
+                plan,
+                dir,
+                names,
+                urls,
+                deadline,
+                timeout,
+                concurrency,
+            )
+            .await?;
+            plan.fitted_args(names.len(), output)
+        }
+    };
     let mut command = Command::new(ffmpeg);
-    command
-        .args(plan.ffmpeg_args(names.len(), &graph, output))
-        .current_dir(dir);
+    command.args(args).current_dir(dir);
     let limits = ExecLimits {
-        timeout: Some(timeout),
+        timeout: Some(deadline.saturating_duration_since(Instant::now())),
         output_bytes: 4096,
     };
     let out = run_command(command, &ffmpeg.to_string_lossy(), limits).await;
     let planned = plan.frames(names.len());
+    // Fitted images are this worker's own JPEGs: each was decoded once.
+    let diagnose = || async {
+        match staging {
+            Staging::Graph => diagnose(ffmpeg, dir, names, urls).await,
+            Staging::Fitted { .. } => None,
+        }
+    };
     match out.outcome {
         Outcome::Succeeded => {
             // No report counts as no frames: a video is only vouched for by it.
@@ -208,16 +313,68 @@ pub async fn encode(
                 wrote,
                 planned,
                 stderr: stderr_tail(&out.stderr),
-                culprit: diagnose(ffmpeg, dir, names, urls).await,
+                culprit: diagnose().await,
             })
         }
         Outcome::TimedOut => Err(EncodeError::TimedOut(timeout)),
         Outcome::Failed { reason } => Err(EncodeError::Failed {
             reason,
             stderr: stderr_tail(&out.stderr),
-            culprit: diagnose(ffmpeg, dir, names, urls).await,
+            culprit: diagnose().await,
         }),
     }
+}
+
+/// Fits each image to the frame alone ([`Staging::Fitted`]), `concurrency`
+/// at once, removing each original once fitted (scratch space); the first
+/// image that fails stops the rest and is named.
+#[allow(clippy::too_many_arguments)]
+async fn fit_each(
+    ffmpeg: &Path,
+    plan: &EncodePlan,
+    dir: &Path,
+    names: &[String],
+    urls: &[String],
+    deadline: Instant,
+    timeout: Duration,
+    concurrency: usize,
+) -> Result<(), EncodeError> {
+    use futures_util::TryStreamExt;
+    futures_util::stream::iter(names.iter().zip(urls).enumerate().map(Ok))
+        .try_for_each_concurrent(concurrency.max(1), |(i, (name, url))| async move {
+            let mut command = Command::new(ffmpeg);
+            command
+                .args(plan.fit_args(name, &fitted_name(i)))
+                .current_dir(dir);
+            let limits = ExecLimits {
+                timeout: Some(deadline.saturating_duration_since(Instant::now())),
+                output_bytes: 4096,
+            };
+            let out = run_command(command, &ffmpeg.to_string_lossy(), limits).await;
+            match out.outcome {
+                Outcome::Succeeded => {
+                    let _ = std::fs::remove_file(dir.join(name));
+                    Ok(())
+                }
+                Outcome::TimedOut => Err(EncodeError::TimedOut(timeout)),
+                Outcome::Failed { reason } => {
+                    let words = match stderr_tail(&out.stderr) {
+                        tail if tail.is_empty() => format!("ffmpeg cannot decode it ({reason})"),
+                        tail => tail,
+                    };
+                    Err(EncodeError::Failed {
+                        reason,
+                        stderr: String::new(),
+                        culprit: Some(Culprit {
+                            number: i + 1,
+                            url: url.clone(),
+                            words,
+                        }),
+                    })
+                }
+            }
+        })
+        .await
 }
 
 /// The frame count of ffmpeg's last `-progress` block.

@@ -5,8 +5,11 @@
 //! ```text
 //! URLs ──fetch (≤ N at once, checked images)──▶ scratch dir ──measured──▶ ffmpeg ──▶ <out>/<batch>-<id>.mp4
 //! ```
-//! ffmpeg holds every image decoded at once (one filter graph), so the images'
-//! pixels are counted from their headers and capped before it starts.
+//! One filter graph over every image is fastest, but ffmpeg then holds every
+//! image decoded at once: the images' pixels are counted from their headers
+//! first, each is capped, and a task over [`AnimotoConfig::graph_pixels`] has
+//! each image fitted to the frame alone before the video is made from those
+//! one at a time (see [`encode::Staging`]).
 //! The scratch directory is a `TempDir`: removed on success, failure, timeout,
 //! and when the task is abandoned (its future dropped, ffmpeg's group killed).
 
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use cloudkon_core::{AnimotoSpec, Task, TaskSpec};
 
 pub use address::{AddressClass, AddressPolicy, Refused, classify};
-pub use encode::{Culprit, EncodeError, EncodePlan};
+pub use encode::{Culprit, EncodeError, EncodePlan, Staging};
 pub use fetch::{FetchError, FetchLimits};
 pub use magic::ImageKind;
 pub use s3::{
@@ -87,11 +90,12 @@ pub struct AnimotoConfig {
     /// [default: 50 million]: more is refused as a likely decompression bomb
     /// (a small file that decodes to gigabytes).
     pub max_image_pixels: u64,
-    /// Pixels all of one task's images may have together [default: 1.2
-    /// billion]: ffmpeg holds every image decoded at once, about 3.5 bytes a
-    /// pixel (40 JPEGs of 4000x3000, 480 million pixels, took 1.75 GB), so the
-    /// default bounds a task at about 4 GB.
-    pub max_total_pixels: u64,
+    /// Pixels of a task's images up to which one filter graph makes its
+    /// video [default: 300 million]: ffmpeg holds every image decoded at once
+    /// there, about 3.5 bytes a pixel (40 JPEGs of 4000x3000, 480 million
+    /// pixels, took 1.75 GB), so the default bounds it at about 1 GB. Above,
+    /// each image is fitted alone first (about 130 MB for the same 40).
+    pub graph_pixels: u64,
     /// Frame rate when a task names none. 5 fps: the picture changes once per
     /// `seconds_per_image`, so more frames only cost encoding time (25 fps took
     /// 2.3x as long as 5 fps for 60 images at 1080p), while very low rates
@@ -120,7 +124,7 @@ impl Default for AnimotoConfig {
             },
             max_images: 500,
             max_image_pixels: 50_000_000,
-            max_total_pixels: 1_200_000_000,
+            graph_pixels: 300_000_000,
             frame_rate: 5,
             encode_timeout: Duration::from_secs(600),
             addresses: AddressPolicy::public_only(),
@@ -175,16 +179,6 @@ pub enum AnimotoError {
         url: String,
         width: u32,
         height: u32,
-        limit: u64,
-    },
-    #[error(
-        "the {images} images have {} megapixels in all, more than this worker's limit of {} per task (ffmpeg holds them all decoded at once): use fewer or smaller images",
-        megapixels(*.total),
-        megapixels(*.limit)
-    )]
-    TooManyPixels {
-        images: usize,
-        total: u64,
         limit: u64,
     },
     #[error(transparent)]
@@ -279,7 +273,15 @@ impl AnimotoExecutor {
         let fetched_in = started.elapsed();
         let (kinds, names): (Vec<ImageKind>, Vec<String>) =
             images.into_iter().map(|f| (f.kind, f.name)).unzip();
-        self.measure(scratch.path(), &kinds, &names, &spec.urls)?;
+        let pixels = self.measure(scratch.path(), &kinds, &names, &spec.urls)?;
+        let staging = if pixels > self.config.graph_pixels {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Staging::Fitted {
+                concurrency: cpus.min(4),
+            }
+        } else {
+            Staging::Graph
+        };
 
         let encode = |target: PathBuf| {
             let names = &names;
@@ -294,6 +296,7 @@ impl AnimotoExecutor {
                     urls,
                     &target,
                     self.config.encode_timeout,
+                    staging,
                 )
                 .await
             }
@@ -365,16 +368,16 @@ impl AnimotoExecutor {
             .map_err(AnimotoError::NoFfmpeg)
     }
 
-    /// Refuses images whose decoded size ffmpeg should not hold: each against
-    /// the per-image limit, all together against the per-task one. Reads only
-    /// headers (a few KiB each; a JPEG's segments are skipped, not read).
+    /// Refuses an image whose decoded size ffmpeg should not hold (the limit
+    /// per image); returns the pixels of all. Reads only headers (a few KiB
+    /// each; a JPEG's segments are skipped, not read).
     fn measure(
         &self,
         dir: &Path,
         kinds: &[ImageKind],
         names: &[String],
         urls: &[String],
-    ) -> Result<(), AnimotoError> {
+    ) -> Result<u64, AnimotoError> {
         let mut total = 0u64;
         for (i, ((kind, name), url)) in kinds.iter().zip(names).zip(urls).enumerate() {
             let (number, url) = (i + 1, url.clone());
@@ -406,14 +409,7 @@ impl AnimotoExecutor {
             }
             total += pixels;
         }
-        if total > self.config.max_total_pixels {
-            return Err(AnimotoError::TooManyPixels {
-                images: names.len(),
-                total,
-                limit: self.config.max_total_pixels,
-            });
-        }
-        Ok(())
+        Ok(total)
     }
 
     fn plan(&self, spec: &AnimotoSpec) -> Result<EncodePlan, AnimotoError> {

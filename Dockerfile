@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # CloudKon images. Build one target at a time:
-#   docker build --target worker -t cloudkon-worker .    # cloudkon-worker + ffmpeg (Animoto)
+#   docker build --target worker -t cloudkon-worker:0.1.0 .      # cloudkon-worker + ffmpeg (Animoto): the image a pool runs by default
 #   docker build --target cli    -t cloudkon .           # the cloudkon command
-#   docker build --target operator -t cloudkon/operator .  # cloudkon-operator (Helm chart's image)
+#   docker build --target operator -t cloudkon/operator:0.1.0 .  # cloudkon-operator (the Helm chart's image)
 # (Not built in this project's CI: its machines have no Docker engine.)
 
 FROM rust:1.95-bookworm AS build

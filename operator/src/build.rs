@@ -8,15 +8,15 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::WorkerPool;
 use crate::crd::workerpool::WorkerTemplate;
+use crate::crd::{WorkerPool, WorkerPoolSpec};
 
 /// The worker image when a pool names none: the one this operator was built with.
 pub const DEFAULT_WORKER_IMAGE: &str = concat!("cloudkon-worker:", env!("CARGO_PKG_VERSION"));
@@ -108,7 +108,7 @@ pub fn worker_deployment(
         env_value("CLOUDKON_GIVE_UP_AFTER", WORKER_GIVE_UP_AFTER),
     ];
     env.extend(
-        template_env(template)
+        template_env(&pool.spec)
             .iter()
             .map(|(name, value)| env_value(name, value)),
     );
@@ -167,9 +167,16 @@ pub fn worker_deployment(
         service_account_name: template.service_account_name.clone(),
         node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
         termination_grace_period_seconds: Some(WORKER_GRACE_SECONDS + 5),
+        // What Pod Security's `restricted` level asks, with the container's
+        // (no privilege escalation, every capability dropped): a namespace
+        // that enforces it admits the workers.
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(WORKER_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
             ..PodSecurityContext::default()
         }),
         volumes: Some(vec![Volume {
@@ -226,14 +233,14 @@ fn download_env(template: &WorkerTemplate) -> Option<(&'static str, String)> {
 }
 
 /// The worker settings a pool's template gives, as the worker's variables:
-/// what every fleet's workers get, pods and instances alike (the scaler
-/// counts `threads` slots a worker, and the operator's cancel marks and
-/// claims are in `ledgerTable`).
-pub fn template_env(template: &WorkerTemplate) -> Vec<(&'static str, String)> {
-    let mut env = Vec::new();
-    if let Some(threads) = template.threads {
-        env.push(("CLOUDKON_THREADS", threads.to_string()));
-    }
+/// what every fleet's workers get, pods and instances alike (the operator's
+/// cancel marks and claims are in `ledgerTable`). `CLOUDKON_THREADS` is
+/// always set, to the slots the operator plans a worker for
+/// ([`WorkerPoolSpec::slots_per_worker`]: `threads`, else 2): left unset, a
+/// worker would take all its CPUs, which the operator cannot see.
+pub fn template_env(spec: &WorkerPoolSpec) -> Vec<(&'static str, String)> {
+    let template = &spec.template;
+    let mut env = vec![("CLOUDKON_THREADS", spec.slots_per_worker().to_string())];
     if let Some(table) = &template.ledger_table {
         env.push(("CLOUDKON_LEDGER_TABLE", table.clone()));
     }
@@ -244,12 +251,12 @@ pub fn template_env(template: &WorkerTemplate) -> Vec<(&'static str, String)> {
 /// The variables of an EC2 instance's worker (its user data): the
 /// template's settings, then the user's plain values (an instance has no pod
 /// to resolve a `valueFrom`), last so that they win for a repeated name.
-pub fn instance_env(template: &WorkerTemplate) -> Vec<(String, String)> {
-    template_env(template)
+pub fn instance_env(spec: &WorkerPoolSpec) -> Vec<(String, String)> {
+    template_env(spec)
         .into_iter()
         .map(|(name, value)| (name.to_string(), value))
         .chain(
-            template
+            spec.template
                 .env
                 .iter()
                 .filter_map(|e| Some((e.name.clone(), e.value.clone()?))),
@@ -394,7 +401,7 @@ mod tests {
         assert_eq!(pod.service_account_name.as_deref(), Some("cloudkon-worker"));
         assert_eq!(
             pod.containers[0].image.as_deref(),
-            Some("cloudkon/worker:0.1.0")
+            Some(DEFAULT_WORKER_IMAGE)
         );
         assert!(pod.containers[0].resources.is_some());
     }
@@ -436,7 +443,7 @@ mod tests {
              - {name: CLOUDKON_THREADS, value: '5'}\n    \
              - {name: FROM_SECRET, valueFrom: {secretKeyRef: {name: s, key: k}}}\n",
         );
-        let env = instance_env(&p.spec.template);
+        let env = instance_env(&p.spec);
         let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -501,14 +508,93 @@ mod tests {
             Some("FallbackToLogsOnError")
         );
         assert!(pod.termination_grace_period_seconds.unwrap() > WORKER_GRACE_SECONDS);
-        assert_eq!(
-            env(&d)
-                .iter()
-                .filter(|(n, _)| n == "CLOUDKON_THREADS")
-                .count(),
-            0
-        );
         assert!(pod.node_selector.is_none());
+    }
+
+    /// Pod Security's `restricted` level: what a namespace enforcing it
+    /// checks of a pod (no host namespaces or ports, volumes of the allowed
+    /// kinds, non-root, no privilege escalation, every capability dropped,
+    /// a seccomp profile).
+    #[test]
+    fn worker_pods_pass_pod_security_restricted() {
+        for p in [pool(MINIMAL), example()] {
+            let d = worker_deployment(&p, "q", 1).unwrap();
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            let psc = pod.security_context.as_ref().unwrap();
+            assert_eq!(psc.run_as_non_root, Some(true));
+            assert_ne!(psc.run_as_user, Some(0));
+            assert_eq!(
+                psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+                Some("RuntimeDefault")
+            );
+            assert!(pod.host_network.is_none() && pod.host_pid.is_none() && pod.host_ipc.is_none());
+            assert!(
+                pod.volumes
+                    .iter()
+                    .flatten()
+                    .all(|v| v.empty_dir.is_some() && v.host_path.is_none())
+            );
+            for c in &pod.containers {
+                let sc = c.security_context.as_ref().unwrap();
+                assert_eq!(sc.allow_privilege_escalation, Some(false));
+                assert_ne!(sc.privileged, Some(true));
+                let caps = sc.capabilities.as_ref().unwrap();
+                assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+                assert!(caps.add.is_none());
+                // Its own seccomp profile, if any, would override the pod's.
+                assert!(sc.seccomp_profile.is_none() && sc.run_as_user != Some(0));
+                assert!(c.ports.iter().flatten().all(|p| p.host_port.is_none()));
+            }
+        }
+    }
+
+    /// A pool without `threads` is planned for [`DEFAULT_WORKER_SLOTS`]
+    /// slots a worker: its workers run that many, not all their CPUs.
+    #[test]
+    fn workers_run_the_slots_the_operator_plans() {
+        use crate::crd::workerpool::DEFAULT_WORKER_SLOTS;
+        let threads = |p: &WorkerPool| {
+            env(&worker_deployment(p, "q", 1).unwrap())
+                .into_iter()
+                .filter(|(n, _)| n == "CLOUDKON_THREADS")
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+        };
+        let minimal = pool(MINIMAL);
+        assert_eq!(minimal.spec.slots_per_worker(), DEFAULT_WORKER_SLOTS);
+        assert_eq!(threads(&minimal), [DEFAULT_WORKER_SLOTS.to_string()]);
+        assert!(
+            instance_env(&minimal.spec)
+                .contains(&("CLOUDKON_THREADS".into(), DEFAULT_WORKER_SLOTS.to_string()))
+        );
+        let example = example();
+        assert_eq!(example.spec.slots_per_worker(), 8);
+        assert_eq!(threads(&example), ["8"]);
+    }
+
+    /// The worker image the examples and the chart's default pool name is
+    /// the one the operator defaults to, which `docker build --target
+    /// worker -t cloudkon-worker:<version>` makes (README, "Install on kind
+    /// or EKS").
+    #[test]
+    fn the_examples_and_the_charts_pool_name_the_default_worker_image() {
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../charts/cloudkon/values.yaml")).unwrap();
+        let chart: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../charts/cloudkon/Chart.yaml")).unwrap();
+        assert_eq!(
+            values["defaultWorkerPool"]["spec"]["template"]["image"].as_str(),
+            Some(DEFAULT_WORKER_IMAGE)
+        );
+        assert_eq!(
+            chart["appVersion"].as_str(),
+            Some(env!("CARGO_PKG_VERSION")),
+            "the chart's operator image is tagged with its appVersion"
+        );
+        assert_eq!(
+            example().spec.template.image.as_deref(),
+            Some(DEFAULT_WORKER_IMAGE)
+        );
     }
 
     #[test]

@@ -11,18 +11,23 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::{Api, Client};
 
+/// The command that installs the CRDs of this release. `--force-conflicts`:
+/// CRDs that `helm install` made are owned by its field manager, which a
+/// plain server-side apply conflicts with.
+const INSTALL_CRDS: &str = "kubectl apply --server-side --force-conflicts -f charts/cloudkon/crds/";
+
 /// Why the operator cannot run on the CRDs it found.
 #[derive(Debug, thiserror::Error)]
 pub enum CrdCheckError {
     #[error(
         "the CustomResourceDefinition {name} is not installed: install the CRDs of this release \
-         (kubectl apply --server-side -f charts/cloudkon/crds/)"
+         ({INSTALL_CRDS})"
     )]
     Missing { name: String },
     #[error(
         "the CustomResourceDefinition {name} is older than this operator ({what}): the API server \
          would refuse what the operator writes. Install the CRDs of this release \
-         (kubectl apply --server-side -f charts/cloudkon/crds/; helm upgrade leaves CRDs as they were)"
+         ({INSTALL_CRDS}; helm upgrade leaves CRDs as they were)"
     )]
     Outdated { name: String, what: String },
 }
@@ -151,5 +156,20 @@ mod tests {
             shortfall(&other_version, &batch).as_deref(),
             Some("it does not serve version v1alpha1")
         );
+    }
+
+    /// The command the errors give works on CRDs that `helm install` made
+    /// (field manager `helm`): a plain server-side apply conflicts with it.
+    #[test]
+    fn the_errors_give_a_command_that_takes_the_crds_from_helm() {
+        let command = "kubectl apply --server-side --force-conflicts -f charts/cloudkon/crds/";
+        let missing = CrdCheckError::Missing { name: "x".into() }.to_string();
+        let outdated = CrdCheckError::Outdated {
+            name: "x".into(),
+            what: "it has no y".into(),
+        }
+        .to_string();
+        assert!(missing.contains(command), "{missing}");
+        assert!(outdated.contains(command), "{outdated}");
     }
 }

@@ -78,7 +78,7 @@ impl WorkerFleet {
             memory.fleet_made = None;
             return Ok(WorkerFleet::Deployment);
         }
-        let env = build::instance_env(&pool.spec.template);
+        let env = build::instance_env(&pool.spec);
         let made = fleet_made(pool, &env, queue_url);
         // Made once per operator run and spec.
         if memory.ec2.is_none() || memory.fleet_made.as_ref() != Some(&made) {

@@ -116,6 +116,12 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
     ] {
         assert!(other.contains(needle), "no {needle:?} in:\n{other}");
     }
+    // The default pool is where the operator looks: in the watched namespace.
+    assert_eq!(
+        pool_namespace(&other),
+        Some("team-a".to_string()),
+        "{other}"
+    );
     // Cluster-wide, only the reading of its own two CRDs (checked at start).
     assert_eq!(other.matches("\nkind: ClusterRole\n").count(), 1, "{other}");
     assert!(other.contains(
@@ -172,6 +178,8 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
         None,
     );
     assert!(with_pool.contains("grafana_dashboard"));
+    // All namespaces watched: the default pool goes in the release's.
+    assert_eq!(pool_namespace(&with_pool), None, "{with_pool}");
     ok(
         &kubectl,
         &["apply", "-n", &ns, "--dry-run=server", "-f", "-"],
@@ -276,6 +284,15 @@ fn the_chart_lints_renders_installs_and_grants_least_privilege() {
             "may {verb} {resource} in {namespace}"
         );
     }
+}
+
+/// The namespace the rendered default WorkerPool names, if any.
+fn pool_namespace(rendered: &str) -> Option<String> {
+    let pool = serde_yaml::Deserializer::from_str(rendered)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "WorkerPool")
+        .expect("a WorkerPool in the render");
+    pool["metadata"]["namespace"].as_str().map(str::to_string)
 }
 
 /// Uninstalls the release and deletes the namespace however the test ends.

@@ -251,7 +251,8 @@ fn an_operator_newer_than_the_crds_installed_says_what_they_lack() {
     assert!(
         outdated.contains(&format!(
             "{name} is older than this operator (it has no status.sourceDigest)"
-        )) && outdated.contains("kubectl apply --server-side -f charts/cloudkon/crds/"),
+        )) && outdated
+            .contains("kubectl apply --server-side --force-conflicts -f charts/cloudkon/crds/"),
         "{outdated}"
     );
     // Upgraded as the message says: the operator runs.

@@ -107,8 +107,9 @@ pub struct WorkerPoolSpec {
     pub price_per_worker_hour: Option<f64>,
 }
 
-/// Slots per worker assumed when the template sets no `threads` (the worker
-/// then takes its CPUs, which the operator cannot see).
+/// Slots per worker when the template sets no `threads`: the operator plans
+/// for them and gives them to the worker (`CLOUDKON_THREADS`), whose own
+/// default, its CPUs, the operator cannot see.
 pub const DEFAULT_WORKER_SLOTS: u64 = 2;
 
 /// The workers' ledger table when a pool names none (`cloudkon-worker`'s default).
@@ -219,7 +220,8 @@ pub struct WorkerTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
 
-    /// Concurrent task slots per worker (default: the CPUs the worker sees).
+    /// Concurrent task slots per worker (default 2). The operator sizes
+    /// bundles and scales for these slots and gives the worker the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub threads: Option<i32>,

@@ -2,6 +2,7 @@
 //! ready" over a mistyped image or a crashing worker otherwise says only
 //! that, and its batches wait with nothing to tell why.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
@@ -68,6 +69,25 @@ fn problem(pod: &Pod) -> Option<String> {
     ))
 }
 
+/// Why a worker Deployment makes no pods, when it says so: its
+/// `ReplicaFailure` condition (a missing service account, a quota, a pod
+/// Pod Security refuses). There are then no pods to read a problem from.
+pub fn deployment_problem(deployment: &Deployment) -> Option<String> {
+    let failure = deployment
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")?;
+    Some(format!(
+        "deployment {}: {}: {}",
+        deployment.name_any(),
+        failure.reason.as_deref().unwrap_or("ReplicaFailure"),
+        failure.message.as_deref().unwrap_or_default()
+    ))
+}
+
 /// What a termination message says, on one line: the worker's own (one
 /// line), or, from the tail of its log (`FallbackToLogsOnError`), the last
 /// line that says an error or a panic (with a panic's message), else the
@@ -123,6 +143,33 @@ mod tests {
             "name": "worker", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"waiting": {"reason": reason, "message": message}},
         }]})
+    }
+
+    #[test]
+    fn a_deployment_that_cannot_make_pods_says_why() {
+        let deployment = |conditions: serde_json::Value| -> Deployment {
+            serde_json::from_value(json!({
+                "metadata": {"name": "cloudkon-worker-p"},
+                "status": {"conditions": conditions},
+            }))
+            .unwrap()
+        };
+        let failing = deployment(json!([
+            {"type": "Available", "status": "False"},
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": "pods \"cloudkon-worker-p-1\" is forbidden: error looking up service account batch/cloudkon-worker: serviceaccount \"cloudkon-worker\" not found"},
+        ]));
+        assert_eq!(
+            deployment_problem(&failing).as_deref(),
+            Some(
+                "deployment cloudkon-worker-p: FailedCreate: pods \"cloudkon-worker-p-1\" is forbidden: error looking up service account batch/cloudkon-worker: serviceaccount \"cloudkon-worker\" not found"
+            )
+        );
+        let recovered = deployment(json!([
+            {"type": "ReplicaFailure", "status": "False", "reason": "FailedCreate"},
+        ]));
+        assert_eq!(deployment_problem(&recovered), None);
+        assert_eq!(deployment_problem(&deployment(json!([]))), None);
     }
 
     #[test]

@@ -128,10 +128,23 @@ impl WorkerFleet {
                 let ns = pool.namespace().unwrap_or_default();
                 let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
                 let selector = format!("{POOL_LABEL}={}", pool.name_any());
-                match pods.list(&ListParams::default().labels(&selector)).await {
+                let from_pods = match pods.list(&ListParams::default().labels(&selector)).await {
                     Ok(list) => crate::pod_problems::first_problem(&list.items),
                     Err(e) => {
                         tracing::debug!(pool = %format!("{ns}/{}", pool.name_any()), error = %e, "cannot list worker pods");
+                        None
+                    }
+                };
+                if from_pods.is_some() {
+                    return from_pods;
+                }
+                // No pod to say it: pods the Deployment cannot make.
+                let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+                let name = build::deployment_name(&pool.name_any());
+                match deployments.get_opt(&name).await {
+                    Ok(d) => d.as_ref().and_then(crate::pod_problems::deployment_problem),
+                    Err(e) => {
+                        tracing::debug!(pool = %format!("{ns}/{name}"), error = %e, "cannot read the worker Deployment");
                         None
                     }
                 }

@@ -3961,3 +3961,38 @@ fn a_batchs_cost_in_status_is_what_the_workers_and_the_operator_counted() {
     );
     println!("{table}");
 }
+
+/// A worker Deployment that cannot make its pods (here: a namespace's quota
+/// of no pods; a missing service account or Pod Security do the same) has no
+/// pod to say why; its `ReplicaFailure` condition is said on the pool.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn workers_a_deployment_cannot_make_are_said_on_their_pool() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-quota");
+    c.operator("operator.log", &[]);
+    c.apply(
+        r#"
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: no-pods}
+spec: {hard: {pods: "0"}}
+---
+apiVersion: cloudkon.io/v1alpha1
+kind: WorkerPool
+metadata: {name: p}
+spec:
+  workers: {min: 1, max: 2}
+  template: {image: cloudkon/worker:test}
+"#,
+    );
+    let (status, _, message) = c.wait_for("the quota said", Duration::from_secs(60), |c| {
+        pool_condition(c, "p", "Available").filter(|x| x.1 == "WorkersFailing")
+    });
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("deployment p-workers: FailedCreate")
+            && message.contains("exceeded quota: no-pods"),
+        "{message}"
+    );
+}

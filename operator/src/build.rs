@@ -107,6 +107,20 @@ pub fn worker_deployment(
         // ready and running nothing. Instances have no restart: not there.
         env_value("CLOUDKON_GIVE_UP_AFTER", WORKER_GIVE_UP_AFTER),
     ];
+    // Each slot's animoto images get half its share of the pod's `/tmp`
+    // (the rest: videos being made, fitted copies): a task that would fill
+    // it fails alone instead of getting the pod evicted with every task.
+    let tmp = template
+        .tmp_size_limit
+        .clone()
+        .unwrap_or_else(|| Quantity(DEFAULT_TMP_SIZE_LIMIT.into()));
+    if let Some(bytes) = quantity_bytes(&tmp.0) {
+        let per_task = bytes / 2 / pool.spec.slots_per_worker().max(1);
+        env.push(env_value(
+            "CLOUDKON_ANIMOTO_TASK_BYTES",
+            &per_task.to_string(),
+        ));
+    }
     env.extend(
         template_env(&pool.spec)
             .iter()
@@ -230,6 +244,36 @@ fn download_env(template: &WorkerTemplate) -> Option<(&'static str, String)> {
             template.allow_downloads_from.join(","),
         )
     })
+}
+
+/// The bytes a Kubernetes quantity stands for (`1Gi`, `500M`, `1e9`,
+/// `1.5Gi`), rounded down; `None` for what is not one.
+fn quantity_bytes(text: &str) -> Option<u64> {
+    const SUFFIXES: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let text = text.trim();
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, scale)| Some((text.strip_suffix(suffix)?, *scale)))
+        .unwrap_or((text, 1.0));
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)?;
+    let bytes = value * scale;
+    (bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// The worker settings a pool's template gives, as the worker's variables:
@@ -613,6 +657,38 @@ mod tests {
             "CLOUDKON_ALLOW_DOWNLOADS_FROM".into(),
             "10.20.0.0/16,fd12::/64".into()
         )));
+    }
+
+    #[test]
+    fn quantities_are_read_as_bytes() {
+        for (text, bytes) in [
+            ("1Gi", Some(1 << 30)),
+            ("512Mi", Some(512 << 20)),
+            ("1.5Gi", Some(3 << 29)),
+            ("500M", Some(500_000_000)),
+            ("1e9", Some(1_000_000_000)),
+            ("2048", Some(2048)),
+            ("lots", None),
+            ("-1Gi", None),
+        ] {
+            assert_eq!(quantity_bytes(text), bytes, "{text}");
+        }
+    }
+
+    #[test]
+    fn each_slot_gets_half_its_share_of_tmp_for_animoto_images() {
+        let task_bytes = |p: &WorkerPool| {
+            env(&worker_deployment(p, "q", 1).unwrap())
+                .into_iter()
+                .find(|(k, _)| k == "CLOUDKON_ANIMOTO_TASK_BYTES")
+                .map(|(_, v)| v)
+        };
+        let mut p = pool(MINIMAL);
+        // 1Gi, 2 slots.
+        assert_eq!(task_bytes(&p).as_deref(), Some("268435456"));
+        p.spec.template.tmp_size_limit = Some(Quantity("8Gi".into()));
+        p.spec.template.threads = Some(8);
+        assert_eq!(task_bytes(&p).as_deref(), Some("536870912"));
     }
 
     #[test]

@@ -1305,7 +1305,7 @@ mod tests {
                 "core's rules: an odd resolution",
                 json!({"tasks": {"inline": [{"kind": "animoto", "urls": ["s3://b/1.jpg"], "resolution": "641x480"}]}}),
                 &[
-                    "spec.tasks.inline[0] is not a valid task: animoto: resolution must be WIDTHxHEIGHT with even numbers, e.g. 1920x1080, got `641x480`",
+                    "spec.tasks.inline[0] is not a valid task: animoto: resolution must be WIDTHxHEIGHT with even numbers up to 8192, e.g. 1920x1080, got `641x480`",
                 ],
             ),
             (

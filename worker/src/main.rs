@@ -13,7 +13,7 @@ use cloudkon_core::Timestamp;
 use cloudkon_core::aws::{Aws, DynamoLedger, WorkerHeartbeat};
 use cloudkon_core::queue::Lanes;
 use cloudkon_worker::exec::animoto::{
-    AddressPolicy, S3ObjectStore, check_output, parse_presign_expiry,
+    AddressPolicy, FetchLimits, S3ObjectStore, check_output, parse_presign_expiry,
 };
 use cloudkon_worker::logging::LogFormat;
 use cloudkon_worker::remote::{RemoteConfig, StopReason, Unable, WorkerStats, run_remote};
@@ -152,6 +152,13 @@ struct Args {
     )]
     animoto_out: String,
 
+    /// Bytes all of one animoto task's images may take in the scratch space
+    /// [default: no limit but the disk's]. A worker pod's `/tmp` is small and
+    /// shared by its tasks, and filling it evicts the pod with all of them:
+    /// the operator sets this to the pod's `tmpSizeLimit` / 2 / its slots.
+    #[arg(long, value_name = "BYTES", env = "CLOUDKON_ANIMOTO_TASK_BYTES")]
+    animoto_task_bytes: Option<u64>,
+
     /// How long the presigned HTTPS URLs of videos put in S3 work (results'
     /// `artifact_url`); at most 7 days, S3's limit.
     #[arg(long, value_name = "DURATION", env = "CLOUDKON_PRESIGN_EXPIRY", default_value = "7d", value_parser = parse_presign_expiry)]
@@ -269,10 +276,15 @@ async fn run(args: Args) -> Result<StopReason> {
     } else {
         AddressPolicy::allowing(args.allow_downloads_from.clone())
     };
+    let defaults = AnimotoConfig::default();
     let animoto = AnimotoExecutor::new(AnimotoConfig {
         output: args.animoto_out.clone(),
         addresses,
-        ..AnimotoConfig::default()
+        fetch: FetchLimits {
+            task_bytes: args.animoto_task_bytes,
+            ..defaults.fetch.clone()
+        },
+        ..defaults
     })
     .with_object_store(Arc::new(S3ObjectStore::new(aws.s3(), args.presign_expiry)));
     let registry = Registry::new().with_animoto(Arc::new(animoto));

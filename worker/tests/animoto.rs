@@ -916,3 +916,35 @@ async fn a_bad_output_is_refused_before_any_download() {
     s.assert_clean();
     assert_eq!(s.outputs(), 0);
 }
+
+/// A task whose downloads pass the worker's bytes per task fails alone,
+/// naming the image that passed it, before ffmpeg and before the scratch
+/// space (a pod's small `/tmp`) fills.
+#[tokio::test]
+async fn images_past_the_bytes_per_task_fail_the_task() {
+    let images = Images::make();
+    let server = server(&images, Arc::default()).await;
+    let wide = images.bytes("wide.jpg").len() as u64;
+    let small = images.bytes("small.png").len() as u64;
+    let s = setup(|c| {
+        c.fetch.task_bytes = Some(wide + small - 1);
+        // One at a time: the image that passes the limit is the second.
+        c.fetch.concurrency = 1;
+    });
+    let second = server.url("small.png");
+    let urls = vec![server.url("wide.jpg"), second.clone()];
+    let out = s.executor.execute(&task(35, spec(urls)), LIMITS).await;
+    assert_eq!(
+        reason(&out),
+        format!(
+            "image {second}: the task's images pass this worker's {}-byte limit per task (its scratch space, --animoto-task-bytes): use fewer or smaller images",
+            wide + small - 1
+        )
+    );
+    // Within the limit, the same task makes its video.
+    let s = setup(|c| c.fetch.task_bytes = Some(wide + small));
+    let urls = vec![server.url("wide.jpg"), server.url("small.png")];
+    let out = s.executor.execute(&task(36, spec(urls)), LIMITS).await;
+    assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+    s.assert_clean();
+}

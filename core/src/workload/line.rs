@@ -6,6 +6,11 @@ use serde_json::{Map, Value};
 
 use crate::task::{AnimotoSpec, TaskSpec};
 
+/// An Animoto video's bounds: a side (8K), frames a second, seconds an image.
+const MAX_SIDE: u32 = 8192;
+const MAX_FRAME_RATE: u32 = 120;
+const MAX_SECONDS_PER_IMAGE: u32 = 3600;
+
 /// URL schemes an Animoto input may use.
 const IMAGE_SCHEMES: [&str; 4] = ["http://", "https://", "s3://", "file://"];
 
@@ -131,20 +136,34 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
             shown(bad)
         ));
     }
-    if spec.seconds_per_image == Some(0) {
-        return Err("animoto: seconds_per_image must be at least 1".to_string());
+    // Bounds that fail here, not after every image is downloaded.
+    if let Some(secs) = spec.seconds_per_image
+        && !(1..=MAX_SECONDS_PER_IMAGE).contains(&secs)
+    {
+        return Err(format!(
+            "animoto: seconds_per_image must be 1 to {MAX_SECONDS_PER_IMAGE}, got {secs}"
+        ));
     }
-    if spec.frame_rate == Some(0) {
-        return Err("animoto: frame_rate must be at least 1".to_string());
+    if let Some(rate) = spec.frame_rate
+        && !(1..=MAX_FRAME_RATE).contains(&rate)
+    {
+        return Err(format!(
+            "animoto: frame_rate must be 1 to {MAX_FRAME_RATE}, got {rate}"
+        ));
     }
     if let Some(res) = &spec.resolution {
         let valid = res
             .split_once('x')
             .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-            .is_some_and(|(w, h)| w >= 2 && h >= 2 && w % 2 == 0 && h % 2 == 0);
+            .is_some_and(|(w, h)| {
+                (2..=MAX_SIDE).contains(&w)
+                    && (2..=MAX_SIDE).contains(&h)
+                    && w % 2 == 0
+                    && h % 2 == 0
+            });
         if !valid {
             return Err(format!(
-                "animoto: resolution must be WIDTHxHEIGHT with even numbers, e.g. 1920x1080, got `{}`",
+                "animoto: resolution must be WIDTHxHEIGHT with even numbers up to {MAX_SIDE}, e.g. 1920x1080, got `{}`",
                 shown(res)
             ));
         }
@@ -328,6 +347,26 @@ mod tests {
             "animoto: unsupported image URL `ftp://h/b.jpg` (use http://, https://, s3:// or file://)"
         );
         assert!(err("animoto http://").contains("unsupported image URL `http://`"));
+        let json = |fields: &str| {
+            err(&format!(
+                r#"{{"kind":"animoto","urls":["s3://b/k.png"],{fields}}}"#
+            ))
+        };
+        assert!(json(r#""resolution":"40000x40000""#).contains("up to 8192"));
+        assert!(json(r#""resolution":"1920x1081""#).contains("even numbers"));
+        assert_eq!(
+            json(r#""frame_rate":0"#),
+            "animoto: frame_rate must be 1 to 120, got 0"
+        );
+        assert_eq!(
+            json(r#""frame_rate":1000"#),
+            "animoto: frame_rate must be 1 to 120, got 1000"
+        );
+        assert_eq!(
+            json(r#""seconds_per_image":86400"#),
+            "animoto: seconds_per_image must be 1 to 3600, got 86400"
+        );
+        assert!(parse_line(r#"{"kind":"animoto","urls":["s3://b/k.png"],"resolution":"8192x4320","frame_rate":120,"seconds_per_image":3600}"#).is_ok());
     }
 
     #[test]
@@ -435,7 +474,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"kind":"animoto","urls":["https://h/a"],"frame_rate":0}"#),
-            "animoto: frame_rate must be at least 1"
+            "animoto: frame_rate must be 1 to 120, got 0"
         );
         assert!(err("[1,2]").starts_with("unknown task kind"));
     }

@@ -38,6 +38,11 @@ const STDERR_LINES: usize = 4;
 const DIAGNOSE_BUDGET: Duration = Duration::from_secs(60);
 const DIAGNOSE_PER_IMAGE: Duration = Duration::from_secs(20);
 
+/// Pixels a second an encode is allowed at the least: x264 `ultrafast`
+/// wrote about 200 frames a second of 1080p (415 million pixels) on 2 cores
+/// here; a tenth of that, for a busy or small machine.
+const SLOW_PIXEL_RATE: f64 = 40e6;
+
 /// The video to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EncodePlan {
@@ -51,6 +56,14 @@ impl EncodePlan {
     /// Frames in the video: exactly images × seconds per image × frame rate.
     pub fn frames(&self, images: usize) -> u64 {
         images as u64 * u64::from(self.seconds_per_image) * u64::from(self.frame_rate)
+    }
+
+    /// The time a slow machine takes to encode the video: its pixels at
+    /// [`SLOW_PIXEL_RATE`]. A long video gets this where it is more than the
+    /// executor's `encode_timeout`.
+    pub fn slow_encode_time(&self, images: usize) -> Duration {
+        let pixels = self.frames(images) as f64 * f64::from(self.width) * f64::from(self.height);
+        Duration::from_secs_f64(pixels / SLOW_PIXEL_RATE)
     }
 
     /// The filter graph over `names`, image files relative to ffmpeg's working
@@ -457,6 +470,20 @@ mod tests {
     #[test]
     fn frames_are_images_times_seconds_times_rate() {
         assert_eq!(PLAN.frames(3), 30);
+    }
+
+    #[test]
+    fn a_long_video_is_allowed_the_time_a_slow_machine_takes() {
+        // 500 images x 10 s x 30 fps at 1080p: 150,000 frames.
+        let long = EncodePlan {
+            width: 1920,
+            height: 1080,
+            seconds_per_image: 10,
+            frame_rate: 30,
+        };
+        assert_eq!(long.slow_encode_time(500).as_secs(), 7776);
+        // 30 frames of 720p: well under any timeout.
+        assert!(PLAN.slow_encode_time(3) < Duration::from_secs(1));
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct FetchLimits {
     /// One attempt at one image, from connecting to the last byte.
     pub timeout: Duration,
     pub max_bytes: u64,
+    /// Bytes all of one task's downloaded images may take in the scratch
+    /// space (`None`: no limit but the disk's).
+    pub task_bytes: Option<u64>,
     /// Extra attempts after a transient failure (connect error, connection
     /// lost, 429, 5xx).
     pub retries: u32,
@@ -66,6 +69,10 @@ pub enum FetchError {
     TimedOut { url: String, timeout: Duration },
     #[error("{url}: larger than the {limit}-byte limit per image")]
     TooLarge { url: String, limit: u64 },
+    #[error(
+        "{url}: the task's images pass this worker's {limit}-byte limit per task (its scratch space, --animoto-task-bytes): use fewer or smaller images"
+    )]
+    OverTaskBytes { url: String, limit: u64 },
     #[error("{url}: not an image ({what})")]
     NotAnImage { url: String, what: String },
     #[error("{url}: more than {MAX_REDIRECTS} redirects, or a redirect without a usable Location")]
@@ -174,11 +181,26 @@ impl Fetcher<'_> {
     pub async fn fetch_all(&self, urls: &[String]) -> Result<Vec<Fetched>, FetchError> {
         // Indices, not borrowed items, flow through the stream: a closure taking
         // `&String` makes the future not provably `Send` (a rustc limitation).
-        let mut fetched: Vec<(usize, Fetched)> = stream::iter(0..urls.len())
+        let mut images = stream::iter(0..urls.len())
             .map(|index| async move { Ok((index, self.fetch(index, &urls[index]).await?)) })
-            .buffer_unordered(self.limits.concurrency.max(1))
-            .try_collect()
-            .await?;
+            .buffer_unordered(self.limits.concurrency.max(1));
+        let mut fetched: Vec<(usize, Fetched)> = Vec::with_capacity(urls.len());
+        let mut stored = 0u64;
+        while let Some((index, image)) = images.try_next().await? {
+            // Bytes in the scratch space (a `file://` image is a link): a
+            // pod's is small and shared, and filling it evicts the pod with
+            // every task it runs.
+            stored += std::fs::symlink_metadata(self.dir.join(&image.name)).map_or(0, |m| m.len());
+            if let Some(limit) = self.limits.task_bytes
+                && stored > limit
+            {
+                return Err(FetchError::OverTaskBytes {
+                    url: urls[index].clone(),
+                    limit,
+                });
+            }
+            fetched.push((index, image));
+        }
         fetched.sort_unstable_by_key(|(index, _)| *index);
         Ok(fetched.into_iter().map(|(_, f)| f).collect())
     }

@@ -102,7 +102,9 @@ pub struct AnimotoConfig {
     /// (1 fps and below) are mishandled by some players; 5 divides every whole
     /// second, so durations stay exact.
     pub frame_rate: u32,
-    /// ffmpeg's time limit per video (a task's own timeout also applies).
+    /// ffmpeg's time limit per video, at the least: a long video gets the
+    /// time a slow machine takes to encode it (see
+    /// [`EncodePlan::slow_encode_time`]). A task's own timeout also applies.
     pub encode_timeout: Duration,
     /// Where `http(s)://` images may come from (default: public addresses
     /// only, as a worker shared by tenants needs; `cloudkon run` allows all).
@@ -119,6 +121,7 @@ impl Default for AnimotoConfig {
                 concurrency: 8,
                 timeout: Duration::from_secs(30),
                 max_bytes: 50 << 20,
+                task_bytes: None,
                 retries: 3,
                 retry_delay: Duration::from_millis(250),
             },
@@ -295,7 +298,9 @@ impl AnimotoExecutor {
                     names,
                     urls,
                     &target,
-                    self.config.encode_timeout,
+                    self.config
+                        .encode_timeout
+                        .max(plan.slow_encode_time(names.len())),
                     staging,
                 )
                 .await

@@ -645,6 +645,103 @@ fn malformed_lines_are_named_and_nothing_is_written() {
 }
 
 #[test]
+fn an_output_that_is_the_results_file_by_any_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("r.jsonl");
+    synthetic(&results, 3, 2, 10, 100);
+    let before = std::fs::read(&results).unwrap();
+    let hard = dir.path().join("hard.jsonl");
+    std::fs::hard_link(&results, &hard).unwrap();
+    let soft = dir.path().join("soft.html");
+    std::os::unix::fs::symlink(&results, &soft).unwrap();
+    let dotted = dir.path().join(".").join("r.jsonl");
+    for (flag, output) in [
+        ("-o", &results),
+        ("-o", &hard),
+        ("-o", &soft),
+        ("--trace", &dotted),
+    ] {
+        let out = cloudkon()
+            .arg("report")
+            .arg(&results)
+            .arg(flag)
+            .arg(output)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {output:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{flag} {}: that is the results file",
+                output.display()
+            )),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&results).unwrap(),
+            before,
+            "{flag} {output:?}"
+        );
+        assert!(std::fs::symlink_metadata(&soft).unwrap().is_symlink());
+    }
+    let left = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(left, 3, "no temporary file is left behind");
+    // The page with the trace over the results: refused too, nothing written.
+    let page = dir.path().join("report.html");
+    let out = cloudkon()
+        .arg("report")
+        .arg(&results)
+        .arg("-o")
+        .arg(&page)
+        .arg("--trace")
+        .arg(&hard)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(!page.exists());
+    assert_eq!(std::fs::read(&results).unwrap(), before);
+}
+
+#[test]
+fn a_last_line_cut_short_is_skipped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("r.jsonl");
+    synthetic(&results, 2, 2, 10, 100);
+    // A run killed (or still writing) mid-line: no newline after it.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&results)
+        .unwrap();
+    file.write_all(br#"{"batch":"b","id":"#).unwrap();
+    drop(file);
+    let page = dir.path().join("report.html");
+    let out = ok(
+        cloudkon()
+            .arg("report")
+            .arg(&results)
+            .arg("-o")
+            .arg(&page)
+            .output()
+            .unwrap(),
+        "a report of the whole lines",
+    );
+    assert!(
+        text(&out.stdout).contains("(2 tasks"),
+        "{}",
+        text(&out.stdout)
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "warning: {}:3: skipped: the last line is cut short",
+            results.display()
+        )),
+        "{err}"
+    );
+    assert!(page.exists());
+}
+
+#[test]
 fn help_has_an_example() {
     let out = ok(
         cloudkon().args(["report", "--help"]).output().unwrap(),

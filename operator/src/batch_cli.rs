@@ -40,7 +40,8 @@ pub enum BatchCommand {
     Submit(SubmitArgs),
     /// Follow a TaskBatch until it finishes: a progress bar with the rate,
     /// ETA and failures from its status. Exit status 0 when it Succeeded, 1
-    /// when it Failed or was Cancelled.
+    /// when it Failed or was Cancelled. Reads that fail for a moment (the API
+    /// server restarting) are tried again, for up to 5 minutes.
     ///
     ///   cloudkon batch watch sweep
     #[command(verbatim_doc_comment)]
@@ -52,7 +53,7 @@ pub enum BatchCommand {
     #[command(verbatim_doc_comment)]
     Results(ResultsArgs),
     /// Cancel a TaskBatch (spec.cancel): nothing more is enqueued and the
-    /// workers skip its queued tasks.
+    /// workers skip its queued tasks. One already finished is left as it is.
     ///
     ///   cloudkon batch cancel sweep
     #[command(verbatim_doc_comment)]
@@ -197,6 +198,43 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot make a TaskBatch name from {label}: give --name"))?,
     };
     let (client, ns) = connect(&args.ns).await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let cm_name = format!("{name}-workload");
+    // Where the workload will be, so that the TaskBatch is made, and
+    // checked, before anything is created.
+    let (tasks, held_in, upload) = match &args.upload {
+        Some(prefix) => {
+            let uri = S3Uri::parse(prefix).with_context(|| format!("--upload {prefix}"))?;
+            let key = format!(
+                "{}{ns}/{name}.txt",
+                if uri.key.is_empty() || uri.key.ends_with('/') {
+                    uri.key.clone()
+                } else {
+                    format!("{}/", uri.key)
+                }
+            );
+            let object = format!("s3://{}/{key}", uri.bucket);
+            (
+                json!({ "s3": { "uri": object } }),
+                object,
+                Some((uri.bucket, key)),
+            )
+        }
+        None => {
+            ensure!(
+                bytes.len() <= CONFIGMAP_WORKLOAD_MAX,
+                "{label} is {} bytes, more than a ConfigMap holds ({CONFIGMAP_WORKLOAD_MAX}): \
+                 give --upload s3://bucket/prefix",
+                bytes.len()
+            );
+            (
+                json!({ "configMap": { "name": cm_name, "key": WORKLOAD_KEY } }),
+                format!("configmap/{cm_name}"),
+                None,
+            )
+        }
+    };
+    let batch = new_batch(&args, &name, &ns, tasks)?;
     let pools: Api<WorkerPool> = Api::namespaced(client.clone(), &ns);
     pools
         .get_opt(&args.pool)
@@ -209,35 +247,16 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         "TaskBatch {name} already exists in namespace {ns}: give another --name"
     );
 
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm_name = format!("{name}-workload");
-    let (tasks, held_in) = match &args.upload {
-        Some(prefix) => {
-            let uri = S3Uri::parse(prefix).with_context(|| format!("--upload {prefix}"))?;
-            let key = format!(
-                "{}{ns}/{name}.txt",
-                if uri.key.is_empty() || uri.key.ends_with('/') {
-                    uri.key.clone()
-                } else {
-                    format!("{}/", uri.key)
-                }
-            );
+    match upload {
+        Some((bucket, key)) => {
             Aws::load()
                 .await
                 .s3()
-                .put_bytes(&uri.bucket, &key, bytes)
+                .put_bytes(&bucket, &key, bytes)
                 .await
                 .with_context(|| format!("cannot upload {label}"))?;
-            let object = format!("s3://{}/{key}", uri.bucket);
-            (json!({ "s3": { "uri": object } }), object)
         }
         None => {
-            ensure!(
-                bytes.len() <= CONFIGMAP_WORKLOAD_MAX,
-                "{label} is {} bytes, more than a ConfigMap holds ({CONFIGMAP_WORKLOAD_MAX}): \
-                 give --upload s3://bucket/prefix",
-                bytes.len()
-            );
             let text =
                 String::from_utf8(bytes).with_context(|| format!("{label} is not UTF-8 text"))?;
             let cm = ConfigMap {
@@ -252,29 +271,8 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
                 .create(&PostParams::default(), &cm)
                 .await
                 .with_context(|| format!("cannot create ConfigMap {ns}/{cm_name}"))?;
-            (
-                json!({ "configMap": { "name": cm_name, "key": WORKLOAD_KEY } }),
-                format!("configmap/{cm_name}"),
-            )
         }
-    };
-    let mut spec = json!({ "workerPool": args.pool, "tasks": tasks });
-    if let Some(w) = args.weight {
-        spec["weight"] = json!(w);
     }
-    if let Some(r) = &args.results {
-        spec["results"] = json!({ "s3Prefix": r });
-    }
-    if let Some(p) = args.max_failed_percent {
-        spec["failurePolicy"] = json!({ "maxFailedPercent": p });
-    }
-    let batch: TaskBatch = serde_json::from_value(json!({
-        "apiVersion": "cloudkon.io/v1alpha1",
-        "kind": "TaskBatch",
-        "metadata": { "name": name, "namespace": ns },
-        "spec": spec,
-    }))
-    .context("the TaskBatch")?;
     let created = match batches.create(&PostParams::default(), &batch).await {
         Ok(b) => b,
         Err(e) => {
@@ -310,6 +308,44 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         return watch(&client, &ns, &name).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The TaskBatch `submit` creates, checked as the operator will check it:
+/// a spec it would refuse is refused here, before anything is created.
+fn new_batch(
+    args: &SubmitArgs,
+    name: &str,
+    ns: &str,
+    tasks: serde_json::Value,
+) -> Result<TaskBatch> {
+    let mut spec = json!({ "workerPool": args.pool, "tasks": tasks });
+    if let Some(w) = args.weight {
+        spec["weight"] = json!(w);
+    }
+    if let Some(r) = &args.results {
+        spec["results"] = json!({ "s3Prefix": r });
+    }
+    if let Some(p) = args.max_failed_percent {
+        spec["failurePolicy"] = json!({ "maxFailedPercent": p });
+    }
+    let batch: TaskBatch = serde_json::from_value(json!({
+        "apiVersion": "cloudkon.io/v1alpha1",
+        "kind": "TaskBatch",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": spec,
+    }))
+    .context("the TaskBatch")?;
+    if let Err(problems) = crate::validate::taskbatch(&batch.spec) {
+        // The spec's fields by the options that set them.
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        bail!(
+            "TaskBatch {name} would be refused (nothing was created):\n  {}\n\
+             (--results sets spec.results.s3Prefix, --weight spec.weight, \
+             --max-failed-percent spec.failurePolicy.maxFailedPercent)",
+            lines.join("\n  ")
+        );
+    }
+    Ok(batch)
 }
 
 /// `done/total` or `done/enqueued+`, the rate, the ETA and the cost, from a
@@ -366,8 +402,108 @@ async fn get_batch(batches: &Api<TaskBatch>, ns: &str, name: &str) -> Result<Tas
         .with_context(|| format!("TaskBatch {name} does not exist in namespace {ns}"))
 }
 
+/// How `watch` paces its reads of the batch.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    /// Between two reads.
+    poll: Duration,
+    /// The wait after a read that failed, doubled after each one that
+    /// follows, up to `retry_max`.
+    retry_first: Duration,
+    retry_max: Duration,
+    /// Reads failing this long in a row end the watch.
+    give_up: Duration,
+}
+
+const PACE: Pace = Pace {
+    poll: Duration::from_secs(1),
+    retry_first: Duration::from_secs(1),
+    retry_max: Duration::from_secs(15),
+    give_up: Duration::from_secs(300),
+};
+
+/// A read of the batch that failed.
+#[derive(Debug)]
+enum ReadError {
+    /// Worth another try: the API server restarting, a connection dropped,
+    /// throttling.
+    Transient(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+/// Whether a failed request to the API server may succeed if made again.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        // No answer: refused, reset, timed out.
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// The batch's status, `None` when it does not exist.
+async fn read_status(
+    batches: &Api<TaskBatch>,
+    ns: &str,
+    name: &str,
+) -> Result<Option<TaskBatchStatus>, ReadError> {
+    match batches.get_opt(name).await {
+        Ok(batch) => Ok(batch.map(|b| b.status.unwrap_or_default())),
+        Err(e) => {
+            let retry = transient(&e);
+            let e = anyhow::Error::new(e).context(format!("cannot read TaskBatch {ns}/{name}"));
+            Err(if retry {
+                ReadError::Transient(e)
+            } else {
+                ReadError::Fatal(e)
+            })
+        }
+    }
+}
+
+/// 0 for a batch that Succeeded, 1 for one that Failed or was Cancelled.
+fn exit_code(phase: Phase) -> ExitCode {
+    if phase == Phase::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 async fn watch(client: &Client, ns: &str, name: &str) -> Result<ExitCode> {
     let batches: Api<TaskBatch> = Api::namespaced(client.clone(), ns);
+    let phase = follow(ns, name, PACE, || read_status(&batches, ns, name)).await?;
+    Ok(exit_code(phase))
+}
+
+/// The line that ends a watch: its phase and counts, and why it failed.
+fn outcome_line(name: &str, phase: Phase, st: &TaskBatchStatus) -> String {
+    let c = st.counts;
+    let why = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .map(|c| format!(" ({})", c.message))
+        .unwrap_or_default();
+    // The total is known only once every task was enqueued: a batch
+    // cancelled or given up before that has its enqueued ones.
+    format!(
+        "{name}: {phase:?}, {} succeeded, {} failed of {}{why}",
+        c.succeeded,
+        c.failed,
+        c.total.max(c.enqueued)
+    )
+}
+
+/// Reads the batch with `read` until it finishes, showing its progress;
+/// returns its phase then. A read that fails for a while (the API server
+/// restarting, a connection dropped) is tried again, waiting longer each
+/// time, for up to `pace.give_up`.
+async fn follow<F, Fut>(ns: &str, name: &str, pace: Pace, mut read: F) -> Result<Phase>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<TaskBatchStatus>, ReadError>>,
+{
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {msg}")
@@ -377,9 +513,46 @@ async fn watch(client: &Client, ns: &str, name: &str) -> Result<ExitCode> {
     bar.set_prefix(name.to_string());
     let mut said = None;
     let started = std::time::Instant::now();
+    let mut last_seen: Option<Phase> = None;
+    let mut failing_since = None;
+    let mut retry = pace.retry_first;
     loop {
-        let batch = get_batch(&batches, ns, name).await?;
-        let st = batch.status.unwrap_or_default();
+        let st = match read().await {
+            Ok(Some(st)) => {
+                (failing_since, retry) = (None, pace.retry_first);
+                st
+            }
+            Ok(None) => match last_seen {
+                None => bail!("TaskBatch {name} does not exist in namespace {ns}"),
+                // Finished and deleted (ttlSecondsAfterFinished) between two
+                // reads: its outcome went with it.
+                Some(phase) => bail!(
+                    "TaskBatch {name} was deleted from namespace {ns} after it was last seen \
+                     {phase:?} (a ttlSecondsAfterFinished of 0 deletes a batch as soon as it \
+                     finishes): its Events may say how it ended: kubectl get events -n {ns} \
+                     --field-selector involvedObject.name={name}"
+                ),
+            },
+            Err(ReadError::Fatal(e)) => return Err(e),
+            Err(ReadError::Transient(e)) => {
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= pace.give_up {
+                    return Err(e.context(format!(
+                        "gave up watching TaskBatch {ns}/{name}: it could not be read for {} s",
+                        pace.give_up.as_secs()
+                    )));
+                }
+                bar.suspend(|| {
+                    eprintln!(
+                        "{name}: cannot read the batch, trying again in {} s: {e:#}",
+                        retry.as_secs_f64()
+                    )
+                });
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(pace.retry_max);
+                continue;
+            }
+        };
         // What holds the batch up, once each time it changes: a bar that
         // stands still says nothing of why.
         let holding = holding(&st).or_else(|| unseen(&st, started.elapsed(), ns));
@@ -399,23 +572,11 @@ async fn watch(client: &Client, ns: &str, name: &str) -> Result<ExitCode> {
         bar.set_message(format!("{phase:?}: {}", describe(&st)));
         if phase.is_finished() {
             bar.finish();
-            let why = st
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Failed" && c.status == "True")
-                .map(|c| format!(" ({})", c.message))
-                .unwrap_or_default();
-            println!(
-                "{name}: {phase:?}, {} succeeded, {} failed of {}{why}",
-                c.succeeded, c.failed, c.total
-            );
-            return Ok(if phase == Phase::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+            println!("{}", outcome_line(name, phase, &st));
+            return Ok(phase);
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        last_seen = Some(phase);
+        tokio::time::sleep(pace.poll).await;
     }
 }
 
@@ -426,9 +587,7 @@ async fn results(args: ResultsArgs) -> Result<ExitCode> {
     let batch = get_batch(&batches, &ns, name).await?;
     let st = batch.status.unwrap_or_default();
     let Some(location) = st.results.clone() else {
-        bail!(
-            "TaskBatch {name} has no results location: set spec.results.s3Prefix, or run the operator with --results-prefix"
-        );
+        bail!("{}", no_results(name, &st));
     };
     let uri = S3Uri::parse(&location).with_context(|| format!("status.results {location}"))?;
     let s3 = Aws::load().await.s3();
@@ -437,7 +596,7 @@ async fn results(args: ResultsArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot list {location}"))?;
     keys.retain(|k| k.ends_with(".jsonl"));
-    keys.sort();
+    sort_parts(&mut keys);
     let output = &args.output;
     let partial = output.with_extension("partial");
     let mut file = std::io::BufWriter::new(
@@ -478,11 +637,75 @@ async fn results(args: ResultsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `cancel` says of a batch it found already finished (nothing to
+/// cancel), `None` for one it cancels.
+fn already_finished(name: &str, st: &TaskBatchStatus) -> Option<String> {
+    let phase = st.phase.filter(|p| p.is_finished())?;
+    Some(format!(
+        "taskbatch/{name} had already finished ({phase:?}): nothing to cancel"
+    ))
+}
+
+/// Why a batch has no results location in its status.
+fn no_results(name: &str, st: &TaskBatchStatus) -> String {
+    let phase = st.phase.unwrap_or(Phase::Pending);
+    // The location is written when the batch starts.
+    if st.start_time.is_none() {
+        if phase.is_finished() {
+            return format!(
+                "TaskBatch {name} ended ({phase:?}) before it started: it has no results"
+            );
+        }
+        let waiting = holding(st)
+            .map(|h| format!(", waiting: {h}"))
+            .unwrap_or_default();
+        return format!(
+            "TaskBatch {name} has not started yet ({phase:?}{waiting}): its results are written \
+             once it runs; try again then (`cloudkon batch watch {name}` follows it)"
+        );
+    }
+    format!(
+        "TaskBatch {name} has no results location: it started without one (its results were \
+         counted, not written); set spec.results.s3Prefix, or run the operator with \
+         --results-prefix, for the next batches"
+    )
+}
+
+/// A results part's number, from its key (`.../part-000042.jsonl`).
+fn part_number(key: &str) -> Option<u64> {
+    key.rsplit('/')
+        .next()?
+        .strip_prefix("part-")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
+}
+
+/// Parts in the order they were written: by number, which outgrows its
+/// six digits past part 999999 (as text, `part-1000000` would come before
+/// `part-100001`); any other file after them, by name.
+fn sort_parts(keys: &mut [String]) {
+    keys.sort_by_cached_key(|k| {
+        let n = part_number(k);
+        (n.is_none(), n, k.clone())
+    });
+}
+
 async fn cancel(args: NameArgs) -> Result<ExitCode> {
     let (client, ns) = connect(&args.ns).await?;
     let batches: Api<TaskBatch> = Api::namespaced(client, &ns);
     let name = &args.name;
-    batches
+    // A finished batch is left as it is: a cancel mark on it would say it
+    // was cancelled.
+    let st = get_batch(&batches, &ns, name)
+        .await?
+        .status
+        .unwrap_or_default();
+    if let Some(said) = already_finished(name, &st) {
+        println!("{said}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let patched = batches
         .patch(
             name,
             &PatchParams::default(),
@@ -495,7 +718,11 @@ async fn cancel(args: NameArgs) -> Result<ExitCode> {
             }
             e => anyhow::Error::new(e).context(format!("cannot cancel TaskBatch {ns}/{name}")),
         })?;
-    println!("taskbatch/{name} cancelled");
+    // Finished between the read and the patch: the mark changes nothing.
+    match already_finished(name, &patched.status.unwrap_or_default()) {
+        Some(said) => println!("{said}"),
+        None => println!("taskbatch/{name} cancelled"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -632,6 +859,211 @@ mod tests {
             ..TaskBatchStatus::default()
         };
         assert_eq!(unseen(&seen, UNSEEN * 6, "ns"), None);
+    }
+
+    const FAST: Pace = Pace {
+        poll: Duration::from_millis(1),
+        retry_first: Duration::from_millis(1),
+        retry_max: Duration::from_millis(4),
+        give_up: Duration::from_millis(50),
+    };
+
+    fn status(phase: Phase) -> Option<TaskBatchStatus> {
+        Some(TaskBatchStatus {
+            phase: Some(phase),
+            ..TaskBatchStatus::default()
+        })
+    }
+
+    /// `follow` on these reads, in order (the last one again once they run out).
+    async fn follow_reads(
+        reads: Vec<Result<Option<TaskBatchStatus>, ReadError>>,
+    ) -> (Result<Phase>, usize) {
+        let mut reads = std::collections::VecDeque::from(reads);
+        let mut made = 0;
+        let got = follow("ns", "b", FAST, || {
+            made += 1;
+            let read = if reads.len() > 1 {
+                reads.pop_front().unwrap()
+            } else {
+                match reads.front().unwrap() {
+                    Ok(st) => Ok(st.clone()),
+                    Err(ReadError::Transient(e)) => {
+                        Err(ReadError::Transient(anyhow::anyhow!("{e}")))
+                    }
+                    Err(ReadError::Fatal(e)) => Err(ReadError::Fatal(anyhow::anyhow!("{e}"))),
+                }
+            };
+            std::future::ready(read)
+        })
+        .await;
+        (got, made)
+    }
+
+    #[tokio::test]
+    async fn a_watch_outlasts_a_failed_read() {
+        let dropped = || ReadError::Transient(anyhow::anyhow!("connection reset"));
+        let (got, made) = follow_reads(vec![
+            Ok(status(Phase::Running)),
+            Err(dropped()),
+            Err(dropped()),
+            Ok(status(Phase::Succeeded)),
+        ])
+        .await;
+        assert_eq!(got.unwrap(), Phase::Succeeded);
+        assert_eq!(made, 4);
+        assert_eq!(exit_code(Phase::Succeeded), ExitCode::SUCCESS);
+        assert_eq!(exit_code(Phase::Cancelled), ExitCode::from(1));
+        // Failing for ever: given up, saying why.
+        let (got, _) = follow_reads(vec![Err(dropped())]).await;
+        let e = format!("{:#}", got.unwrap_err());
+        assert!(
+            e.contains("gave up watching TaskBatch ns/b") && e.contains("connection reset"),
+            "{e}"
+        );
+        // Refused (e.g. forbidden): at once.
+        let (got, made) =
+            follow_reads(vec![Err(ReadError::Fatal(anyhow::anyhow!("forbidden")))]).await;
+        assert_eq!(
+            (got.unwrap_err().to_string(), made),
+            ("forbidden".into(), 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_gone_is_said_as_never_there_or_deleted_since() {
+        let (got, _) = follow_reads(vec![Ok(None)]).await;
+        let e = got.unwrap_err().to_string();
+        assert_eq!(e, "TaskBatch b does not exist in namespace ns");
+        let (got, _) = follow_reads(vec![Ok(status(Phase::Running)), Ok(None)]).await;
+        let e = got.unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "TaskBatch b was deleted from namespace ns after it was last seen Running"
+            ),
+            "{e}"
+        );
+        // Seen finished (a batch deleted at once keeps its status until its
+        // finalizer is done): its outcome, not a read of it gone.
+        let (got, made) = follow_reads(vec![Ok(status(Phase::Failed)), Ok(None)]).await;
+        assert_eq!((got.unwrap(), made), (Phase::Failed, 1));
+    }
+
+    #[test]
+    fn transient_errors_are_the_servers_and_the_connections() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..kube::core::Status::default()
+            }))
+        };
+        assert!(transient(&api(503)));
+        assert!(transient(&api(429)));
+        assert!(!transient(&api(403)));
+        assert!(!transient(&api(401)));
+    }
+
+    #[test]
+    fn the_last_line_counts_what_was_enqueued_when_the_total_is_unknown() {
+        let mut st = status(Phase::Cancelled).unwrap();
+        st.counts.enqueued = 7;
+        st.counts.succeeded = 5;
+        assert_eq!(
+            outcome_line("b", Phase::Cancelled, &st),
+            "b: Cancelled, 5 succeeded, 0 failed of 7"
+        );
+        st.counts.total = 10;
+        st.counts.enqueued = 10;
+        assert_eq!(
+            outcome_line("b", Phase::Cancelled, &st),
+            "b: Cancelled, 5 succeeded, 0 failed of 10"
+        );
+    }
+
+    #[test]
+    fn cancelling_a_finished_batch_says_it_had_finished() {
+        let said = already_finished("b", &status(Phase::Succeeded).unwrap());
+        assert_eq!(
+            said.as_deref(),
+            Some("taskbatch/b had already finished (Succeeded): nothing to cancel")
+        );
+        assert_eq!(
+            already_finished("b", &status(Phase::Running).unwrap()),
+            None
+        );
+        assert_eq!(already_finished("b", &TaskBatchStatus::default()), None);
+    }
+
+    #[test]
+    fn results_of_a_batch_not_started_say_so() {
+        let e = no_results("b", &status(Phase::Pending).unwrap());
+        assert!(
+            e.starts_with("TaskBatch b has not started yet (Pending)") && !e.contains("s3Prefix"),
+            "{e}"
+        );
+        let e = no_results("b", &TaskBatchStatus::default());
+        assert!(e.contains("has not started yet (Pending)"), "{e}");
+        let e = no_results("b", &status(Phase::Cancelled).unwrap());
+        assert_eq!(
+            e,
+            "TaskBatch b ended (Cancelled) before it started: it has no results"
+        );
+        let mut started = status(Phase::Running).unwrap();
+        started.start_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        ));
+        let e = no_results("b", &started);
+        assert!(e.contains("set spec.results.s3Prefix"), "{e}");
+    }
+
+    #[test]
+    fn parts_are_merged_in_the_order_of_their_numbers() {
+        let mut keys: Vec<String> = [
+            "r/part-1000000.jsonl",
+            "r/part-100001.jsonl",
+            "r/other.jsonl",
+            "r/part-000002.jsonl",
+            "r/part-999999.jsonl",
+        ]
+        .map(String::from)
+        .to_vec();
+        sort_parts(&mut keys);
+        assert_eq!(
+            keys,
+            [
+                "r/part-000002.jsonl",
+                "r/part-100001.jsonl",
+                "r/part-999999.jsonl",
+                "r/part-1000000.jsonl",
+                "r/other.jsonl",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_spec_the_operator_would_refuse_is_refused_before_anything_is_made() {
+        let args = |results: Option<&str>| SubmitArgs {
+            workload: "w.txt".into(),
+            pool: "default".into(),
+            name: None,
+            ns: NamespaceArgs { namespace: None },
+            upload: None,
+            weight: None,
+            results: results.map(String::from),
+            max_failed_percent: None,
+            watch: false,
+        };
+        let tasks = json!({ "configMap": { "name": "w-workload", "key": WORKLOAD_KEY } });
+        let e = new_batch(&args(Some("my-bucket/out")), "w", "ns", tasks.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("TaskBatch w would be refused (nothing was created):")
+                && e.contains("spec.results.s3Prefix (\"my-bucket/out\") must be s3://bucket"),
+            "{e}"
+        );
+        let b = new_batch(&args(Some("s3://my-bucket/out")), "w", "ns", tasks).unwrap();
+        assert_eq!(b.spec.worker_pool, "default");
     }
 
     #[test]

@@ -113,14 +113,20 @@ pub fn reconciler_part(st: &TaskBatchStatus) -> StatusPatch {
 }
 
 /// The runner's part of a cancelled batch's status, its runner stopped:
-/// as it left it, but with no estimate and nothing running, since nothing
-/// runs for the batch now. `None` when there is nothing to clear. The runner
+/// as it left it, but with no estimate, nothing running and its cost as
+/// spent (no projection), since nothing runs for the batch now. `None` when
+/// there is nothing to clear. The runner
 /// clears these itself only for the phases it ends a batch in; the fields
 /// are its field manager's, so only an apply under that manager that leaves
 /// them out removes them. Its phase is left as the runner wrote it, so that
 /// the reconciler's part, applied next, takes it over.
 fn stopped_runner_part(st: &TaskBatchStatus) -> Option<StatusPatch> {
-    if st.eta.is_none() && st.estimated_completion_time.is_none() && st.counts.running == 0 {
+    let cost = st.cost.clone().map(crate::cost::ended);
+    if st.eta.is_none()
+        && st.estimated_completion_time.is_none()
+        && st.counts.running == 0
+        && cost == st.cost
+    {
         return None;
     }
     let mut part = StatusPatch::runner_part(st);
@@ -133,6 +139,7 @@ fn stopped_runner_part(st: &TaskBatchStatus) -> Option<StatusPatch> {
         },
         // The runner wrote it at the start; kept, whoever else owns it.
         results: st.results.clone(),
+        cost,
         ..StatusPatch::default()
     });
     Some(part)
@@ -809,6 +816,38 @@ mod tests {
         assert_eq!(decide(&observed(&b)).runner_status, None);
         // Not cancelled: the runner's part is the runner's.
         let b = batch(json!({}), Some(ten_tasks(Phase::Running)));
+        assert_eq!(decide(&observed(&b)).runner_status, None);
+    }
+
+    #[test]
+    fn a_cancelled_batch_keeps_its_cost_as_spent_not_projected() {
+        let projected = crate::cost::batch_cost(
+            &cloudkon_core::Usage {
+                worker_seconds: 1_800.0,
+                ..cloudkon_core::Usage::default()
+            },
+            &cloudkon_core::Usage::default(),
+            &cloudkon_core::Prices::LIST,
+            Some(0.10),
+            1,
+            Some(10),
+        );
+        assert_eq!(projected.summary, "$0.0500 / $0.500");
+        // Nothing else to clear: the runner had written its last figures.
+        let mut st = ten_tasks(Phase::Cancelled);
+        st.counts.running = 0;
+        st.counts.succeeded = 1;
+        st.cost = Some(projected);
+        let b = batch(json!({"cancel": true}), Some(st.clone()));
+        let applied = decide(&observed(&b))
+            .runner_status
+            .expect("the runner's part, its cost as spent")
+            .to_apply_value();
+        assert_eq!(applied["cost"]["summary"], "$0.0500", "{applied}");
+        assert_eq!(applied["cost"]["projectedDollars"], 0.05, "{applied}");
+        // Written so: nothing more to clear.
+        st.cost = Some(serde_json::from_value(applied["cost"].clone()).unwrap());
+        let b = batch(json!({"cancel": true}), Some(st));
         assert_eq!(decide(&observed(&b)).runner_status, None);
     }
 

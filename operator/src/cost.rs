@@ -42,6 +42,17 @@ pub fn batch_cost(
     }
 }
 
+/// An ended batch's cost (finished, given up by its failure policy,
+/// cancelled): what it spent, with nothing projected to a completion it will
+/// not reach; its projection is its dollars, as a completed batch's is.
+pub fn ended(cost: BatchCost) -> BatchCost {
+    BatchCost {
+        projected_dollars: Some(cost.dollars),
+        summary: money(cost.dollars),
+        ..cost
+    }
+}
+
 /// Shares of shared requests are fractions: two decimals are plenty.
 fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -118,6 +129,26 @@ mod tests {
         assert_eq!(c.projected_dollars, None);
         let c = batch_cost(&usage(), &of_workers, &Prices::LIST, None, 5, None);
         assert_eq!(c.projected_dollars, None);
+    }
+
+    #[test]
+    fn an_ended_batch_costs_what_it_spent() {
+        // Given up (or cancelled) at 100 of 1,000 tasks.
+        let c = batch_cost(
+            &usage(),
+            &Usage::default(),
+            &Prices::LIST,
+            Some(0.10),
+            100,
+            Some(1000),
+        );
+        assert_eq!(c.summary, "$0.102 / $1.02");
+        let c = ended(c);
+        assert_eq!(c.summary, "$0.102");
+        assert_eq!(c.projected_dollars, Some(c.dollars));
+        // Ended before anything finished: no projection to drop.
+        let c = batch_cost(&usage(), &Usage::default(), &Prices::LIST, None, 0, None);
+        assert_eq!(ended(c.clone()).summary, c.summary);
     }
 
     #[test]

@@ -134,8 +134,15 @@ fn newer_wins<T>(field: &mut Option<T>, newer: Option<T>) {
 }
 
 impl StatusPatch {
-    /// As a JSON merge patch: cleared fields are null.
+    /// As a JSON merge patch: cleared fields are null. A patch that ends the
+    /// batch writes its cost as spent: the runner's figures when it gives up
+    /// still project to a completion that will not come.
     pub fn to_value(&self) -> Value {
+        if self.phase.is_some_and(Phase::is_finished) && self.cost.is_some() {
+            let mut ended = self.clone();
+            ended.cost = ended.cost.map(crate::cost::ended);
+            return serde_json::to_value(ended).expect("a status patch always serializes");
+        }
         serde_json::to_value(self).expect("a status patch always serializes")
     }
 
@@ -311,6 +318,37 @@ mod tests {
             json!({"phase": "Running", "counts": {"enqueued": 5, "running": 2},
                    "enqueueHorizon": 9})
         );
+    }
+
+    #[test]
+    fn a_patch_that_ends_the_batch_writes_its_cost_as_spent() {
+        let cost = crate::cost::batch_cost(
+            &cloudkon_core::Usage {
+                worker_seconds: 1_800.0,
+                ..cloudkon_core::Usage::default()
+            },
+            &cloudkon_core::Usage::default(),
+            &cloudkon_core::Prices::LIST,
+            Some(0.10),
+            10,
+            Some(100),
+        );
+        assert_eq!(cost.summary, "$0.0500 / $0.500");
+        let mut patch = StatusPatch {
+            phase: Some(Phase::Running),
+            cost: Some(cost),
+            ..StatusPatch::default()
+        };
+        assert_eq!(patch.to_value()["cost"]["summary"], "$0.0500 / $0.500");
+        // Given up by its failure policy at 10 of 100 tasks.
+        patch.merge(StatusPatch {
+            phase: Some(Phase::Failed),
+            ..StatusPatch::default()
+        });
+        let applied = patch.to_apply_value();
+        assert_eq!(applied["cost"]["summary"], "$0.0500", "{applied}");
+        assert_eq!(applied["cost"]["projectedDollars"], 0.05, "{applied}");
+        assert_eq!(applied["cost"]["dollars"], 0.05, "{applied}");
     }
 
     #[test]

@@ -40,7 +40,9 @@ results: at most about 1.4 MB, when everything fails with long reasons.
 
 A malformed line stops the report: each one is named as FILE:LINE (the first
 20 and a count of the rest), nothing is written, and the exit status is 2.
-Blank lines are skipped."
+Blank lines are skipped, and so is a last line cut short (no newline at its
+end, as a run stopped or still running leaves it), with a warning. The
+outputs cannot be the results file itself."
 )]
 pub struct ReportArgs {
     /// The results file: JSON Lines, one task's result a line.
@@ -72,6 +74,13 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let source = args.results.display().to_string();
     let file =
         File::open(&args.results).with_context(|| format!("cannot open results file {source}"))?;
+    let input = file
+        .metadata()
+        .with_context(|| format!("cannot read results file {source}"))?;
+    if let Some(message) = output_is_input(&input, &args) {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
     // Each output is written beside its final name and renamed when the
     // whole file has been read: a malformed line leaves nothing behind. Both
     // are created first, so that a bad path costs no reading.
@@ -87,7 +96,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let mut errors = Vec::new();
     let mut error_count = 0u64;
     let reader = BufReader::with_capacity(1 << 20, file);
-    read_results(reader, &source, |line, parsed| {
+    let cut_short = read_results(reader, &source, |line, parsed| {
         match parsed {
             Ok(result) => {
                 collector.add(&result);
@@ -106,6 +115,12 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         }
         Ok(())
     })?;
+    if let Some((line, e)) = cut_short {
+        eprintln!(
+            "warning: {source}:{line}: skipped: the last line is cut short (no newline at \
+             its end, as a run stopped or still writing leaves it): {e}"
+        );
+    }
 
     if error_count > 0 {
         for e in &errors {
@@ -156,13 +171,36 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An output (`-o`, `--trace`) that is the results file by any name (the
+/// same file, a hard or symbolic link): the report would be renamed over the
+/// results it is made from.
+fn output_is_input(input: &std::fs::Metadata, args: &ReportArgs) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    [("-o", &args.output), ("--trace", &args.trace)]
+        .into_iter()
+        .find_map(|(flag, path)| {
+            let path = path.as_deref()?;
+            let out = std::fs::metadata(path).ok()?;
+            ((out.dev(), out.ino()) == (input.dev(), input.ino())).then(|| {
+                format!(
+                    "{flag} {}: that is the results file {} itself, which it would \
+                     replace; write to another file",
+                    path.display(),
+                    args.results.display()
+                )
+            })
+        })
+}
+
 /// Calls `each` with every non-blank line's number (1-based) and its result,
-/// or why it is not one.
+/// or why it is not one. A last line with no newline that does not parse is
+/// not passed on but returned, with why: a run stopped or still writing
+/// leaves its last result half written, and the results before it are good.
 fn read_results(
     mut reader: impl BufRead,
     source: &str,
     mut each: impl FnMut(u64, std::result::Result<TaskResult, String>) -> Result<()>,
-) -> Result<()> {
+) -> Result<Option<(u64, String)>> {
     let mut line = Vec::new();
     let mut number = 0u64;
     loop {
@@ -171,17 +209,20 @@ fn read_results(
             .read_until(b'\n', &mut line)
             .with_context(|| format!("cannot read {source} after line {number}"))?;
         if read == 0 {
-            return Ok(());
+            return Ok(None);
         }
         number += 1;
         let text = line.trim_ascii();
         if text.is_empty() {
             continue;
         }
-        each(
-            number,
-            serde_json::from_slice(text).map_err(|e| describe(&e)),
-        )?;
+        let parsed = serde_json::from_slice(text).map_err(|e| describe(&e));
+        if let Err(e) = &parsed
+            && line.last() != Some(&b'\n')
+        {
+            return Ok(Some((number, e.clone())));
+        }
+        each(number, parsed)?;
     }
 }
 
@@ -222,19 +263,47 @@ fn persist(temp: NamedTempFile, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn lines(text: &str) -> Vec<(u64, std::result::Result<u64, String>)> {
+    const GOOD: &str = r#"{"batch":"b","id":7,"attempt":1,"status":"succeeded","worker":"local/0","submitted":"2026-11-30T12:42:38.590310Z","started":"2026-11-30T12:42:38.591044Z","finished":"2026-11-30T12:42:38.601329Z"}"#;
+
+    type Lines = Vec<(u64, std::result::Result<u64, String>)>;
+
+    fn read(text: &str) -> (Lines, Option<(u64, String)>) {
         let mut out = Vec::new();
-        read_results(text.as_bytes(), "r.jsonl", |n, r| {
+        let cut = read_results(text.as_bytes(), "r.jsonl", |n, r| {
             out.push((n, r.map(|r| r.id)));
             Ok(())
         })
         .unwrap();
+        (out, cut)
+    }
+
+    fn lines(text: &str) -> Lines {
+        let (out, cut) = read(text);
+        assert_eq!(cut, None);
         out
     }
 
     #[test]
+    fn a_last_line_cut_short_is_returned_apart_and_only_the_last() {
+        let (got, cut) = read(&format!("{GOOD}\n{GOOD}\n{{\"batch\":\"b\",\"id\":"));
+        assert_eq!(got, [(1, Ok(7)), (2, Ok(7))]);
+        let (line, e) = cut.expect("the cut line, apart");
+        assert_eq!(line, 3);
+        assert!(e.contains("EOF"), "{e}");
+        // With its newline, it was written whole: malformed, as any other.
+        let (got, cut) = read(&format!("{GOOD}\n{{\"batch\":\"b\",\"id\":\n"));
+        assert_eq!(cut, None);
+        assert_eq!(got.len(), 2);
+        assert!(got[1].1.is_err());
+        // A good last line with no newline is a result; a bad line before it is malformed.
+        let (got, cut) = read(&format!("not json\n{GOOD}"));
+        assert_eq!((got.len(), cut), (2, None));
+        assert!(got[0].1.is_err());
+    }
+
+    #[test]
     fn lines_are_numbered_blank_ones_skipped_and_errors_say_where() {
-        let good = r#"{"batch":"b","id":7,"attempt":1,"status":"succeeded","worker":"local/0","submitted":"2026-11-30T12:42:38.590310Z","started":"2026-11-30T12:42:38.591044Z","finished":"2026-11-30T12:42:38.601329Z"}"#;
+        let good = GOOD;
         let text = format!("{good}\n\n{{\"id\":1}}\r\nnot json\n{good}");
         let got = lines(&text);
         assert_eq!(got.len(), 4);

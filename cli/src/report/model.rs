@@ -58,7 +58,8 @@ struct Span {
     id: u64,
     started: u64,
     finished: u64,
-    lane: u32,
+    /// None for a result that ran on no slot.
+    lane: Option<u32>,
     status: Status,
 }
 
@@ -91,8 +92,7 @@ impl<'a> Lane<'a> {
     }
 }
 
-/// Natural order of lanes: by worker, then slot number (slot 10 after slot 9),
-/// the worker's slot-less results first.
+/// Natural order of lanes: by worker, then slot number (slot 10 after slot 9).
 fn lane_order(a: &str, b: &str) -> Ordering {
     let (a, b) = (Lane::parse(a), Lane::parse(b));
     a.worker.cmp(b.worker).then(a.slot.cmp(&b.slot))
@@ -117,7 +117,9 @@ pub struct FailureRow {
 #[derive(Debug)]
 pub struct Collector {
     spans: Vec<Span>,
+    /// Worker slots (`WORKER/SLOT`) → lane.
     lanes: HashMap<Arc<str>, u32>,
+    no_slot: u64,
     batches: Vec<String>,
     first_submitted: u64,
     last_finished: u64,
@@ -150,6 +152,7 @@ impl Collector {
         Self {
             spans: Vec::new(),
             lanes: HashMap::new(),
+            no_slot: 0,
             batches: Vec::new(),
             first_submitted: u64::MAX,
             last_finished: 0,
@@ -180,15 +183,25 @@ impl Collector {
         if !self.batches.iter().any(|b| b == result.batch.as_str()) && self.batches.len() < 20 {
             self.batches.push(result.batch.to_string());
         }
-        let next = u32::try_from(self.lanes.len()).unwrap_or(u32::MAX);
-        let lane = *self.lanes.entry(result.worker.clone()).or_insert(next);
+        // Only a slot is a lane. A result the operator wrote for a task
+        // that ran nowhere (lost, dead-lettered, its bundle given up) names
+        // no slot: a lane for it would add an idle slot to the timeline and
+        // lower the slots' busy share.
+        let lane = Lane::parse(&result.worker).slot.map(|_| {
+            let next = u32::try_from(self.lanes.len()).unwrap_or(u32::MAX);
+            *self.lanes.entry(result.worker.clone()).or_insert(next)
+        });
         // Clocks of different machines may disagree: a task never ends
         // before it starts, nor starts before it was submitted, here.
         let started = result.started.0.max(result.submitted.0);
         let finished = result.finished.0.max(started);
         self.first_submitted = self.first_submitted.min(result.submitted.0);
         self.last_finished = self.last_finished.max(finished);
-        self.busy_us += u128::from(finished - started);
+        if lane.is_some() {
+            self.busy_us += u128::from(finished - started);
+        } else {
+            self.no_slot += 1;
+        }
         self.spans.push(Span {
             id: result.id,
             started,
@@ -247,7 +260,7 @@ impl Collector {
             rank[self.lanes[name] as usize] = i as u32;
         }
         for s in &mut self.spans {
-            s.lane = rank[s.lane as usize];
+            s.lane = s.lane.map(|l| rank[l as usize]);
         }
         let mut workers: Vec<&str> = names.iter().map(|n| Lane::parse(n).worker).collect();
         workers.dedup();
@@ -271,6 +284,7 @@ impl Collector {
             retried: self.retried,
             workers: workers.len(),
             slots: lanes.len(),
+            no_slot: self.no_slot,
             start_us: start,
             wall_s,
             throughput_per_s: tasks as f64 / wall_s,
@@ -323,6 +337,9 @@ pub struct ReportData {
     pub retried: u64,
     pub workers: usize,
     pub slots: usize,
+    /// Results that name no slot (lost, dead-lettered, given up): counted,
+    /// but not on the timeline nor in the slots' busy time.
+    pub no_slot: u64,
     /// The first submission, µs since the epoch: the charts' time zero.
     pub start_us: u64,
     /// From the first submission to the last finish.
@@ -355,20 +372,23 @@ pub enum Timeline {
         bin_us: f64,
         busy: Vec<Vec<u8>>,
         failed: Vec<(u32, u32, u32, u32)>,
+        /// The tasks drawn: those that ran on a slot.
         tasks: u64,
     },
 }
 
 fn timeline(spans: &[Span], lanes: &[String], start: u64, span_us: u64) -> Timeline {
-    if spans.len() <= TIMELINE_TASKS_MAX {
+    // The tasks that ran on a slot, with their lane.
+    let placed = || spans.iter().filter_map(|s| Some((s, s.lane?)));
+    let drawn = placed().count();
+    if drawn <= TIMELINE_TASKS_MAX {
         return Timeline::Tasks {
             rows: lanes.to_vec(),
             span_us,
-            tasks: spans
-                .iter()
-                .map(|s| {
+            tasks: placed()
+                .map(|(s, lane)| {
                     (
-                        s.lane,
+                        lane,
                         s.started - start,
                         s.finished - s.started,
                         s.status as u8,
@@ -393,8 +413,8 @@ fn timeline(spans: &[Span], lanes: &[String], start: u64, span_us: u64) -> Timel
     let mut busy_us = vec![vec![0f64; bins]; rows.len()];
     let mut finished = vec![vec![0u32; bins]; rows.len()];
     let mut failed: HashMap<(u32, u32), u32> = HashMap::new();
-    for s in spans {
-        let row = s.lane as usize / per_row;
+    for (s, lane) in placed() {
+        let row = lane as usize / per_row;
         let (a, b) = ((s.started - start) as f64, (s.finished - start) as f64);
         let first = ((a / bin_us) as usize).min(bins - 1);
         let last = ((b / bin_us) as usize).min(bins - 1);
@@ -433,7 +453,7 @@ fn timeline(spans: &[Span], lanes: &[String], start: u64, span_us: u64) -> Timel
         bin_us,
         busy,
         failed,
-        tasks: spans.len() as u64,
+        tasks: drawn as u64,
     }
 }
 
@@ -635,6 +655,50 @@ pub(crate) mod tests {
             "{}",
             data.utilization
         );
+    }
+
+    #[test]
+    fn results_that_ran_on_no_slot_are_counted_but_make_no_lane() {
+        let mut c = Collector::new();
+        for slot in 0..4 {
+            c.add(&result(
+                slot,
+                &format!("w/{slot}"),
+                0,
+                100,
+                Outcome::Succeeded,
+            ));
+        }
+        // Written by the operator for tasks that ran nowhere.
+        for (id, worker) in [
+            (4, "cloudkon-operator/lost"),
+            (5, "cloudkon-operator/dead-letter-queue"),
+        ] {
+            c.add(&result(
+                id,
+                worker,
+                100,
+                0,
+                Outcome::Failed {
+                    reason: "lost".into(),
+                },
+            ));
+        }
+        let data = c.finish("r.jsonl");
+        assert_eq!((data.tasks, data.failed, data.failures.total), (6, 2, 2));
+        assert_eq!((data.workers, data.slots, data.no_slot), (1, 4, 2));
+        assert!(
+            (data.utilization - 1.0).abs() < 1e-9,
+            "every slot busy all the time: {}",
+            data.utilization
+        );
+        let Timeline::Tasks { rows, tasks, .. } = &data.timeline else {
+            panic!("a few tasks are drawn one by one");
+        };
+        assert_eq!(rows, &["w/0", "w/1", "w/2", "w/3"]);
+        assert_eq!(tasks.len(), 4);
+        let finished: u64 = data.throughput.failed.iter().sum();
+        assert_eq!(finished, 2, "in the throughput all the same");
     }
 
     #[test]

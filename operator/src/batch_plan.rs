@@ -821,17 +821,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_batch_keeps_its_cost_as_spent_not_projected() {
-        let projected = crate::cost::batch_cost(
-            &cloudkon_core::Usage {
-                worker_seconds: 1_800.0,
-                ..cloudkon_core::Usage::default()
-            },
-            &cloudkon_core::Usage::default(),
-            &cloudkon_core::Prices::LIST,
-            Some(0.10),
-            1,
-            Some(10),
-        );
+        let projected = crate::cost::a_tenth_done();
         assert_eq!(projected.summary, "$0.0500 / $0.500");
         // Nothing else to clear: the runner had written its last figures.
         let mut st = ten_tasks(Phase::Cancelled);

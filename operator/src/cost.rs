@@ -80,6 +80,23 @@ fn money(x: f64) -> String {
     }
 }
 
+/// Half an hour of a $0.10-an-hour worker with a tenth of the batch done:
+/// $0.05 spent, $0.50 projected (`$0.0500 / $0.500`).
+#[cfg(test)]
+pub fn a_tenth_done() -> BatchCost {
+    batch_cost(
+        &Usage {
+            worker_seconds: 1_800.0,
+            ..Usage::default()
+        },
+        &Usage::default(),
+        &Prices::LIST,
+        Some(0.10),
+        1,
+        Some(10),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

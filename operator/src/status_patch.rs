@@ -322,17 +322,7 @@ mod tests {
 
     #[test]
     fn a_patch_that_ends_the_batch_writes_its_cost_as_spent() {
-        let cost = crate::cost::batch_cost(
-            &cloudkon_core::Usage {
-                worker_seconds: 1_800.0,
-                ..cloudkon_core::Usage::default()
-            },
-            &cloudkon_core::Usage::default(),
-            &cloudkon_core::Prices::LIST,
-            Some(0.10),
-            10,
-            Some(100),
-        );
+        let cost = crate::cost::a_tenth_done();
         assert_eq!(cost.summary, "$0.0500 / $0.500");
         let mut patch = StatusPatch {
             phase: Some(Phase::Running),
@@ -340,7 +330,7 @@ mod tests {
             ..StatusPatch::default()
         };
         assert_eq!(patch.to_value()["cost"]["summary"], "$0.0500 / $0.500");
-        // Given up by its failure policy at 10 of 100 tasks.
+        // Given up by its failure policy at a tenth of the tasks.
         patch.merge(StatusPatch {
             phase: Some(Phase::Failed),
             ..StatusPatch::default()

@@ -93,16 +93,8 @@ impl EncodePlan {
     /// ffmpeg's arguments: the graph is read from the file `graph` (a long list
     /// of images would overflow one command-line argument), the MP4 goes to `output`.
     pub fn ffmpeg_args(&self, images: usize, graph: &Path, output: &Path) -> Vec<OsString> {
-        let mut args: Vec<OsString> = [
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-filter_complex_script",
-        ]
-        .map(OsString::from)
-        .into();
+        let mut args: Vec<OsString> = QUIET.map(OsString::from).into();
+        args.push("-filter_complex_script".into());
         args.push(graph.into());
         args.extend(["-map", "[out]"].map(OsString::from));
         self.push_output_args(&mut args, images, output);
@@ -113,23 +105,20 @@ impl EncodePlan {
     /// `f00000.jpg`, `f00001.jpg`...: the image2 demuxer reads and decodes
     /// them one at a time, each shown for `seconds_per_image`.
     pub fn fitted_args(&self, images: usize, output: &Path) -> Vec<OsString> {
-        let mut args: Vec<OsString> = [
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-framerate",
-            &format!("1/{}", self.seconds_per_image),
-            "-start_number",
-            "0",
-            "-i",
-            FITTED_PATTERN,
-            "-vf",
-            &format!("fps={},format=yuv420p", self.frame_rate),
-        ]
-        .map(OsString::from)
-        .into();
+        let mut args: Vec<OsString> = QUIET.map(OsString::from).into();
+        args.extend(
+            [
+                "-framerate",
+                &format!("1/{}", self.seconds_per_image),
+                "-start_number",
+                "0",
+                "-i",
+                FITTED_PATTERN,
+                "-vf",
+                &format!("fps={},format=yuv420p", self.frame_rate),
+            ]
+            .map(OsString::from),
+        );
         self.push_output_args(&mut args, images, output);
         args
     }
@@ -138,28 +127,26 @@ impl EncodePlan {
     /// it as `fitted` (a high-quality JPEG: a few hundred KB at 1080p).
     pub fn fit_args(&self, name: &str, fitted: &str) -> Vec<OsString> {
         let (w, h) = (self.width, self.height);
-        [
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-i",
-            name,
-            "-vf",
-            &format!(
-                "scale={w}:{h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+        let mut args: Vec<OsString> = QUIET.map(OsString::from).into();
+        args.extend(
+            [
+                "-i",
+                name,
+                "-vf",
+                &format!(
+                    "scale={w}:{h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
                  pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1"
-            ),
-            // An animated GIF contributes its first frame, like any still.
-            "-frames:v",
-            "1",
-            "-q:v",
-            "2",
-            fitted,
-        ]
-        .map(OsString::from)
-        .into()
+                ),
+                // An animated GIF contributes its first frame, like any still.
+                "-frames:v",
+                "1",
+                "-q:v",
+                "2",
+                fitted,
+            ]
+            .map(OsString::from),
+        );
+        args
     }
 
     fn push_output_args(&self, args: &mut Vec<OsString>, images: usize, output: &Path) {
@@ -190,6 +177,10 @@ impl EncodePlan {
         args.push(output.into());
     }
 }
+
+/// What every ffmpeg run here starts with: no banner, no stdin, errors only,
+/// overwrite (the output is a temporary file of this task's).
+const QUIET: [&str; 5] = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"];
 
 /// The fitted images' names, for the image2 demuxer.
 const FITTED_PATTERN: &str = "f%05d.jpg";

@@ -3,15 +3,37 @@
 //! CRDs; `examples/simulations/` has examples).
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::dist::Durations;
+use crate::allowed_names::AllowedNames;
 use crate::crd::taskbatch::TaskOrder;
-use crate::crd::workerpool::ScalingBehavior;
+use crate::crd::workerpool::{
+    QueueSpec, ScalingBehavior, WorkerPoolSpec, WorkerTemplate, WorkersSpec,
+};
 use crate::scale::ScaleConfig;
-use crate::scale::{Behavior, DEFAULT_TARGET_BACKLOG_PER_WORKER, DEFAULT_TARGET_DRAIN_SECONDS};
+
+/// The most tasks a config may hold, over all its batches: the simulator
+/// keeps a few bits per task (collected, started) and, for tasks that
+/// declare their lengths, 4 bytes of length and 8 of send order; 100 M
+/// declared tasks take ~1.3 GB.
+pub const MAX_TASKS: u64 = 100_000_000;
+/// The most workers a pool may have here (each is simulated).
+pub const MAX_WORKERS: i32 = 100_000;
+/// The most task slots (`max` × `threads`): the list-schedule bound keeps
+/// one entry per slot.
+pub const MAX_SLOTS: u64 = 10_000_000;
+/// The most samples of the plots a run may take (`maxSeconds` over
+/// `sampleSeconds`).
+pub const MAX_SAMPLES: f64 = 10_000_000.0;
+/// The longest simulated run, in seconds (about three years).
+pub const MAX_RUN_SECONDS: f64 = 100_000_000.0;
+/// SQS's longest visibility timeout (12 hours): a worker's lease is its
+/// messages' visibility.
+pub const MAX_LEASE_SECONDS: f64 = 43_200.0;
+/// SQS's longest long poll.
+pub const MAX_RECEIVE_WAIT_SECONDS: f64 = 20.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,7 +91,9 @@ pub struct PoolConfig {
     #[serde(default)]
     pub target_backlog_per_worker: Option<i32>,
     #[serde(default)]
-    pub target_drain_seconds: Option<u64>,
+    pub target_drain_seconds: Option<i32>,
+    /// As the CRD's (a type shared with it, so unknown fields in it are
+    /// ignored, as the API server would prune them).
     #[serde(default)]
     pub behavior: Option<ScalingBehavior>,
     /// The pool has a priority lane (default; a pool made before lanes, or
@@ -138,11 +162,14 @@ pub struct AwsConfig {
     /// Writes per second before DynamoDB throttles (0: no limit); a throttled
     /// write waits for capacity and costs one more request (the SDK's retry).
     pub dynamodb_writes_per_second: f64,
-    /// Receives of a message before SQS moves it to the dead-letter queue.
+    /// Receives of a message before SQS moves it to the dead-letter queue
+    /// (the pool's `queue.maxReceives`: 1 to 1,000).
     pub max_receives: u32,
     /// Dollars per million SQS requests.
     pub sqs_per_million: f64,
-    /// Dollars per million DynamoDB write / read requests (on demand).
+    /// Dollars per million DynamoDB write / read requests (on demand, a
+    /// request of up to 1 KB written or 4 KB read; throttled requests are
+    /// not billed).
     pub dynamodb_write_per_million: f64,
     pub dynamodb_read_per_million: f64,
     /// Dollars per worker-hour, from being asked for to gone.
@@ -157,8 +184,10 @@ impl Default for AwsConfig {
             dynamodb_writes_per_second: 0.0,
             max_receives: 5,
             sqs_per_million: 0.40,
-            dynamodb_write_per_million: 1.25,
-            dynamodb_read_per_million: 0.25,
+            // On-demand throughput in us-east-1 since AWS halved it in
+            // November 2024 (from $1.25 and $0.25).
+            dynamodb_write_per_million: 0.625,
+            dynamodb_read_per_million: 0.125,
             worker_per_hour: 0.10,
         }
     }
@@ -194,6 +223,9 @@ pub struct BatchConfig {
 pub struct Disruptions {
     /// Spot interruptions, as a fraction of `pool.max`: a notice, the worker
     /// drains (SIGTERM, grace), and the node is gone `noticeSeconds` later.
+    /// This assumes the cluster drains a node on the notice (the AWS Node
+    /// Termination Handler, or Karpenter), as EKS clusters with spot nodes
+    /// do; without one the notice is a crash (`crashFraction`).
     pub spot_fraction: f64,
     pub notice_seconds: f64,
     /// Workers killed outright (kill -9, a node failing), as a fraction of `pool.max`.
@@ -281,56 +313,345 @@ impl SimConfig {
         Ok(config)
     }
 
+    /// Every field within what can be simulated (each problem names its
+    /// field and the range it must be in), and the pool as the operator
+    /// would take it (`validate::workerpool` on the spec it makes).
     fn check(&self) -> Result<(), String> {
-        if self.pool.max < 1 || self.pool.threads < 1 {
-            return Err("pool.max and pool.threads must be at least 1".into());
+        let mut p = Vec::new();
+        let w = &self.worker;
+        let a = &self.aws;
+        let d = &self.disruptions;
+
+        let run_ok = within(&mut p, "maxSeconds", self.max_seconds, 1.0, MAX_RUN_SECONDS);
+        // A sample reschedules itself `sampleSeconds` on: at 0 µs, for ever.
+        let min_sample = if run_ok {
+            (self.max_seconds / MAX_SAMPLES).max(0.001)
+        } else {
+            0.001
+        };
+        if !(self.sample_seconds.is_finite()
+            && (min_sample..=MAX_RUN_SECONDS).contains(&self.sample_seconds))
+        {
+            p.push(format!(
+                "sampleSeconds ({}) must be from {} to {}: at least 1 ms, and maxSeconds / {} (the plots keep at most that many samples)",
+                shown(self.sample_seconds),
+                shown(min_sample),
+                shown(MAX_RUN_SECONDS),
+                shown(MAX_SAMPLES)
+            ));
         }
-        if self.batches.is_empty() {
-            return Err("no batches".into());
+
+        // Below 1, and the rest of the pool's fields, as the operator checks
+        // them (below).
+        if self.pool.max > MAX_WORKERS {
+            p.push(format!(
+                "pool.max ({}) must be from 1 to {MAX_WORKERS}",
+                self.pool.max
+            ));
         }
-        if self.sample_seconds <= 0.0 {
-            return Err("sampleSeconds must be positive".into());
+        // The CRD's schema (the operator takes an invalid one as unset).
+        if let Some(s) = self.pool.target_drain_seconds
+            && s < 1
+        {
+            p.push(format!("pool.targetDrainSeconds ({s}) must be at least 1"));
         }
-        // As `cloudkon-worker --cancel-check` takes it.
-        if !(0.1..=3600.0).contains(&self.worker.cancel_check_seconds) {
-            return Err("worker.cancelCheckSeconds must be in [0.1, 3600]".into());
+        let slots = u64::from(self.pool.threads).saturating_mul(self.pool.max.max(0) as u64);
+        if self.pool.max <= MAX_WORKERS && slots > MAX_SLOTS {
+            p.push(format!(
+                "pool.max ({}) times pool.threads ({}) must be at most {MAX_SLOTS} task slots",
+                self.pool.max, self.pool.threads
+            ));
         }
+        if let Err(problems) =
+            crate::validate::workerpool(&self.pool_spec(), "simulated", &AllowedNames::default())
+        {
+            p.extend(problems.iter().map(|i| simulator_field(&i.message)));
+        }
+
+        within(
+            &mut p,
+            "worker.startupSeconds",
+            w.startup_seconds,
+            0.0,
+            86_400.0,
+        );
+        within(
+            &mut p,
+            "worker.startupJitterSeconds",
+            w.startup_jitter_seconds,
+            0.0,
+            86_400.0,
+        );
+        // SQS's visibility timeout, in whole seconds: a lease under a second
+        // is renewed every 100 ms, more often than a third of it.
+        within(
+            &mut p,
+            "worker.leaseSeconds",
+            w.lease_seconds,
+            1.0,
+            MAX_LEASE_SECONDS,
+        );
         // The worker cuts a longer `--results-linger` to its maximum: a run
         // past it would show what no worker does.
         let max_linger = cloudkon_worker::remote::MAX_RESULTS_LINGER.as_secs_f64() * 1000.0;
-        if !(0.0..=max_linger).contains(&self.worker.linger_ms) {
-            return Err(format!(
-                "worker.lingerMs must be in [0, {max_linger}] (cloudkon-worker takes at most {:?})",
-                cloudkon_worker::remote::MAX_RESULTS_LINGER
+        within(&mut p, "worker.lingerMs", w.linger_ms, 0.0, max_linger);
+        // As `cloudkon-worker --cancel-check` takes it.
+        within(
+            &mut p,
+            "worker.cancelCheckSeconds",
+            w.cancel_check_seconds,
+            0.1,
+            3600.0,
+        );
+        within(
+            &mut p,
+            "worker.receiveWaitSeconds",
+            w.receive_wait_seconds,
+            0.0,
+            MAX_RECEIVE_WAIT_SECONDS,
+        );
+        if w.prefetch > 1000 {
+            p.push(format!(
+                "worker.prefetch ({}) must be from 0 to 1000",
+                w.prefetch
             ));
         }
-        for b in &self.batches {
-            if b.tasks == 0 {
-                return Err(format!("batch {}: no tasks", b.name));
+        within(
+            &mut p,
+            "worker.graceSeconds",
+            w.grace_seconds,
+            0.0,
+            86_400.0,
+        );
+        // The worker takes 0 as 1; here a bundle would be given up at its
+        // first claim.
+        if !(1..=1000).contains(&w.max_claims) {
+            p.push(format!(
+                "worker.maxClaims ({}) must be from 1 to 1000",
+                w.max_claims
+            ));
+        }
+        // The worker takes 0 as 1; past 20 the doubling backoff overflows.
+        if !(1..=20).contains(&w.max_attempts) {
+            p.push(format!(
+                "worker.maxAttempts ({}) must be from 1 to 20",
+                w.max_attempts
+            ));
+        }
+        within(
+            &mut p,
+            "worker.retryBackoffSeconds",
+            w.retry_backoff_seconds,
+            0.0,
+            3600.0,
+        );
+        within(
+            &mut p,
+            "worker.taskOverheadMs",
+            w.task_overhead_ms,
+            0.0,
+            3_600_000.0,
+        );
+
+        within(&mut p, "aws.sqsLatencyMs", a.sqs_latency_ms, 0.0, 60_000.0);
+        within(
+            &mut p,
+            "aws.dynamodbLatencyMs",
+            a.dynamodb_latency_ms,
+            0.0,
+            60_000.0,
+        );
+        let rate = a.dynamodb_writes_per_second;
+        if !(rate == 0.0 || (rate.is_finite() && (1.0..=1_000_000.0).contains(&rate))) {
+            p.push(format!(
+                "aws.dynamodbWritesPerSecond ({}) must be 0 (no limit) or from 1 to 1000000",
+                shown(rate)
+            ));
+        }
+        for (field, price) in [
+            ("aws.sqsPerMillion", a.sqs_per_million),
+            ("aws.dynamodbWritePerMillion", a.dynamodb_write_per_million),
+            ("aws.dynamodbReadPerMillion", a.dynamodb_read_per_million),
+            ("aws.workerPerHour", a.worker_per_hour),
+        ] {
+            within(&mut p, field, price, 0.0, 1_000_000.0);
+        }
+
+        if self.batches.is_empty() {
+            p.push("batches: there is none".into());
+        }
+        let mut total: u64 = 0;
+        for (i, b) in self.batches.iter().enumerate() {
+            let at = format!("batches[{i}] ({})", b.name);
+            if b.name.is_empty() {
+                p.push(format!("batches[{i}].name must not be empty"));
+            } else if self.batches[..i].iter().any(|o| o.name == b.name) {
+                // Fair share knows a batch by its name.
+                p.push(format!("{at}.name: another batch has that name"));
             }
+            if !(1..=MAX_TASKS).contains(&b.tasks) {
+                p.push(format!(
+                    "{at}.tasks ({}) must be from 1 to {MAX_TASKS}",
+                    b.tasks
+                ));
+            }
+            total = total.saturating_add(b.tasks);
+            // As the TaskBatch's `weight`.
+            if !(1..=1000).contains(&b.weight) {
+                p.push(format!("{at}.weight ({}) must be from 1 to 1000", b.weight));
+            }
+            within(
+                &mut p,
+                &format!("{at}.arrivalSeconds"),
+                b.arrival_seconds,
+                0.0,
+                MAX_RUN_SECONDS,
+            );
             if !(0.0..1.0).contains(&b.failure_rate) {
-                return Err(format!("batch {}: failureRate must be in [0, 1)", b.name));
+                p.push(format!(
+                    "{at}.failureRate ({}) must be from 0 to less than 1",
+                    shown(b.failure_rate)
+                ));
+            }
+            if let Err(e) = b.durations.check(&format!("{at}.durations")) {
+                p.push(e);
             }
         }
-        Ok(())
+        if self.batches.len() > 1 && total > MAX_TASKS {
+            p.push(format!(
+                "batches: {total} tasks in all, more than the {MAX_TASKS} the simulator takes"
+            ));
+        }
+
+        within(
+            &mut p,
+            "disruptions.spotFraction",
+            d.spot_fraction,
+            0.0,
+            1.0,
+        );
+        within(
+            &mut p,
+            "disruptions.crashFraction",
+            d.crash_fraction,
+            0.0,
+            1.0,
+        );
+        within(
+            &mut p,
+            "disruptions.noticeSeconds",
+            d.notice_seconds,
+            0.0,
+            3600.0,
+        );
+        within(
+            &mut p,
+            "disruptions.fromSeconds",
+            d.from_seconds,
+            0.0,
+            MAX_RUN_SECONDS,
+        );
+        if d.from_seconds.is_finite() {
+            within(
+                &mut p,
+                "disruptions.toSeconds",
+                d.to_seconds,
+                d.from_seconds.max(0.0),
+                MAX_RUN_SECONDS,
+            );
+        }
+
+        let t = &self.targets;
+        for (field, target) in [
+            ("targets.makespanOverIdeal", t.makespan_over_ideal),
+            ("targets.makespanOverListBound", t.makespan_over_list_bound),
+            ("targets.requestsPerTask", t.requests_per_task),
+            ("targets.tailIdleFraction", t.tail_idle_fraction),
+            ("targets.shareError", t.share_error),
+            ("targets.wallSeconds", t.wall_seconds),
+        ] {
+            if let Some(target) = target {
+                within(&mut p, field, target, 0.0, f64::MAX);
+            }
+        }
+        if t.share_error.is_some() && self.batches.len() < 2 {
+            p.push(
+                "targets.shareError: a share is measured while two batches or more run at once, and this config has one batch".into(),
+            );
+        }
+
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p.join("; "))
+        }
     }
 
-    /// The pool's scaler settings, as `ScaleConfig::from_spec` makes them.
-    pub fn scale_config(&self) -> ScaleConfig {
+    /// The WorkerPool's spec the simulated pool stands for: its workers,
+    /// threads, behavior and dead-letter setting (an image the Deployment
+    /// provider requires; no queue name, so none the allowlists check).
+    pub fn pool_spec(&self) -> WorkerPoolSpec {
         let p = &self.pool;
-        ScaleConfig {
-            min: p.min,
-            max: p.max,
-            target_backlog_per_worker: p
-                .target_backlog_per_worker
-                .unwrap_or(DEFAULT_TARGET_BACKLOG_PER_WORKER),
-            target_drain: Duration::from_secs(
-                p.target_drain_seconds
-                    .unwrap_or(DEFAULT_TARGET_DRAIN_SECONDS),
-            ),
-            slots_per_worker: u64::from(p.threads),
-            behavior: Behavior::from_spec(p.behavior.as_ref()),
-            external_replicas: None,
+        WorkerPoolSpec {
+            queue: Some(QueueSpec {
+                max_receives: Some(i32::try_from(self.aws.max_receives).unwrap_or(i32::MAX)),
+                ..QueueSpec::default()
+            }),
+            workers: WorkersSpec {
+                min: Some(p.min),
+                max: p.max,
+                target_backlog_per_worker: p.target_backlog_per_worker,
+                target_drain_seconds: p.target_drain_seconds,
+            },
+            template: WorkerTemplate {
+                image: Some("cloudkon/worker:simulated".into()),
+                threads: Some(i32::try_from(p.threads).unwrap_or(i32::MAX)),
+                ..WorkerTemplate::default()
+            },
+            provider: None,
+            behavior: p.behavior.clone(),
+            replicas: None,
+            price_per_worker_hour: Some(self.aws.worker_per_hour),
         }
     }
+
+    /// The pool's scaler settings: the operator's `ScaleConfig::from_spec`
+    /// on [`SimConfig::pool_spec`].
+    pub fn scale_config(&self) -> ScaleConfig {
+        ScaleConfig::from_spec(&self.pool_spec())
+    }
+}
+
+/// Whether `value` is finite and within `min..=max`; if not, a problem
+/// saying so.
+fn within(problems: &mut Vec<String>, field: &str, value: f64, min: f64, max: f64) -> bool {
+    let ok = value.is_finite() && (min..=max).contains(&value);
+    if !ok {
+        let range = if max == f64::MAX {
+            format!("a number of at least {}", shown(min))
+        } else {
+            format!("from {} to {}", shown(min), shown(max))
+        };
+        problems.push(format!("{field} ({}) must be {range}", shown(value)));
+    }
+    ok
+}
+
+/// A number as a config would write it: `1e-9` and `1e300`, not their
+/// hundreds of digits.
+pub fn shown(value: f64) -> String {
+    if value != 0.0 && value.is_finite() && !(1e-3..1e9).contains(&value.abs()) {
+        format!("{value:e}")
+    } else {
+        format!("{value}")
+    }
+}
+
+/// A problem with the pool's spec, in the config's field names.
+fn simulator_field(message: &str) -> String {
+    message
+        .replace("spec.template.threads", "pool.threads")
+        .replace("spec.queue.maxReceives", "aws.maxReceives")
+        .replace("spec.workers.", "pool.")
+        .replace("spec.behavior.", "pool.behavior.")
 }

@@ -18,10 +18,17 @@ use super::dist::Rng;
 use super::queue::{Claim, Queue, T};
 use super::runner::{BatchSim, ResultItem};
 use super::worker::{WState, WorkerSim};
+use crate::pool_reconciler::{BUSY_READ_EVERY, LANE_WAIT};
 use crate::scale::{Observed, ScaleConfig, ScaleMemory};
 use crate::shares::Shares;
 
 pub const SECOND: T = 1_000_000;
+
+/// The dead-letter reader's long poll (`dead_letters::POLL_WAIT`).
+const DEAD_LETTER_POLL: T = 20 * SECOND;
+/// The most bundles the pool reconciler moves from the lane in one look
+/// (`pool_reconciler::LANE_MOVE_MAX`).
+const LANE_MOVE_MAX: usize = 10_000;
 
 pub fn us(seconds: f64) -> T {
     (seconds.max(0.0) * SECOND as f64).round() as T
@@ -159,8 +166,20 @@ pub struct Requests {
     /// DynamoDB PutItem of each worker's heartbeat row: at its start, when
     /// it turns busy or idle, and every `HEARTBEAT_ROW_EVERY` while busy.
     pub heartbeat_rows: u64,
-    /// The operator's receives of dead-lettered bundles.
+    /// The operator's receives of its dead-letter queue: a long poll of
+    /// 20 s at a time while it is empty, and one per dead-lettered bundle.
     pub dead_letter_receives: u64,
+    /// The pool reconciler's GetQueueAttributes of the queue, every pass.
+    pub queue_attributes: u64,
+    /// The pool reconciler's looks at the priority lane (once, then a while
+    /// after sends to it): receives, and the bundles left there moved to
+    /// the queue (sends, deletes).
+    pub lane_looks: u64,
+    /// DynamoDB Scans of the workers' heartbeat rows by the pool reconciler:
+    /// before each scale-down (which pods run tasks) and, every 10 s at
+    /// most, while the queue is empty and tasks are outstanding (whether a
+    /// worker may still run one). A scan is counted as one request.
+    pub heartbeat_scans: u64,
 }
 
 impl Requests {
@@ -173,14 +192,30 @@ impl Requests {
             + self.results_receives
             + self.results_deletes
             + self.dead_letter_receives
+            + self.queue_attributes
+            + self.lane_looks
     }
 
+    /// Every request made, the throttled ones included (billed or not).
     pub fn total(&self) -> u64 {
         self.sqs()
             + self.ledger_writes
             + self.ledger_throttled
             + self.ledger_reads
             + self.heartbeat_rows
+            + self.heartbeat_scans
+    }
+
+    /// What they cost at `aws`'s prices. DynamoDB does not bill a throttled
+    /// request. Each read is billed as one read request unit: a Scan of the
+    /// heartbeat rows is billed by the size it reads (a unit per 8 KB,
+    /// eventually consistent), a few units on a pool of hundreds of workers,
+    /// one here.
+    pub fn dollars(&self, aws: &super::config::AwsConfig) -> f64 {
+        (self.sqs() as f64 * aws.sqs_per_million
+            + (self.ledger_writes + self.heartbeat_rows) as f64 * aws.dynamodb_write_per_million
+            + (self.ledger_reads + self.heartbeat_scans) as f64 * aws.dynamodb_read_per_million)
+            / 1e6
     }
 }
 
@@ -202,6 +237,9 @@ pub struct Sample {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counters {
     pub task_starts: u64,
+    /// Starts of a task that had started before (its first start not
+    /// counted; tasks reported failed without running not either).
+    pub reruns: u64,
     pub failed_attempts: u64,
     pub abandoned: u64,
     pub given_back: u64,
@@ -258,6 +296,19 @@ pub struct Sim<'c> {
     /// when the first had sent everything: the stretch where all ran.
     pub share_from: Option<(T, Vec<f64>)>,
     pub share_to: Option<(T, Vec<f64>)>,
+    /// A batch had sent everything when the last one arrived: there was no
+    /// stretch where all sent.
+    pub shares_never_together: bool,
+    /// The first send to the priority lane since the pool reconciler last
+    /// looked at it (`Shares::lane_to_look_at`, on the simulated clock), and
+    /// whether it looked once (it does at its first pass).
+    pub lane_sent: Option<T>,
+    lane_looked: bool,
+    /// When the pool reconciler last read the heartbeats to tell whether a
+    /// worker is busy (`pool_reconciler::busy`).
+    busy_read: Option<T>,
+    /// When the operator's dead-letter reader's next long poll begins.
+    dead_letter_poll: T,
     // Settings in microseconds.
     pub lat_sqs: T,
     pub lat_db: T,
@@ -316,10 +367,16 @@ impl<'c> Sim<'c> {
             counters: Counters::default(),
             share_from: None,
             share_to: None,
+            shares_never_together: false,
+            lane_sent: None,
+            lane_looked: false,
+            busy_read: None,
+            dead_letter_poll: 0,
             lat_sqs: us(cfg.aws.sqs_latency_ms / 1000.0),
             lat_db: us(cfg.aws.dynamodb_latency_ms / 1000.0),
             lease: us(w.lease_seconds),
             renew_every: {
+                // Checked: finite, 1 s to 12 hours.
                 let lease = Duration::from_secs_f64(w.lease_seconds);
                 us(renew_every(lease, lease).as_secs_f64())
             },
@@ -369,6 +426,17 @@ impl<'c> Sim<'c> {
         }
         self.db_free = self.db_free.max(self.now) + each;
         start + self.lat_db
+    }
+
+    /// The runner's `mark_lane`: a ledger write for each of the batches
+    /// `marked` (throttled as any write), then the workers holding their
+    /// tasks read the marks (`lane_marked`).
+    pub fn write_lane_marks(&mut self, marked: &[usize]) {
+        let mut written = self.now;
+        for _ in marked {
+            written = written.max(self.ledger_write());
+        }
+        self.lane_marked(marked, written);
     }
 
     /// Runs to the end: every batch done and every worker gone, or the time limit.
@@ -543,17 +611,34 @@ impl<'c> Sim<'c> {
         }
     }
 
-    /// Every second, as the pool reconciler: the real scaler decides, the
-    /// Deployment follows.
+    /// Every second, as the pool reconciler (`pool_reconciler::apply`):
+    /// reads the queue's figures (a GetQueueAttributes), looks at the
+    /// priority lane when due, reads the heartbeats when the queue is empty
+    /// and tasks are outstanding; the real scaler decides, the heartbeats
+    /// are read again before a scale-down, and the Deployment follows. The
+    /// operator's dead-letter reader's long polls are counted here too.
     pub fn scale(&mut self) {
         let now_sys = self.system_time();
+        self.req.queue_attributes += 1;
+        self.dead_letter_polls();
+        self.look_at_lane();
         let backlog = self.queue.visible() + self.queue.in_flight;
         self.shares
             .saw_queue(&self.pool_key, self.queue.visible_main());
         if backlog > 0 {
             self.last_active = Some(self.now);
         }
-        let (work_tasks, work_task_seconds) = self.shares.work(&self.pool_key).to_run();
+        let work = self.shares.work(&self.pool_key);
+        if self.queue.visible_main() + self.queue.in_flight == 0
+            && work.tasks > 0
+            && self
+                .busy_read
+                .is_none_or(|at| self.now - at >= us(BUSY_READ_EVERY.as_secs_f64()))
+        {
+            self.busy_read = Some(self.now);
+            self.req.heartbeat_scans += 1;
+        }
+        let (work_tasks, work_task_seconds) = work.to_run();
         let ready = self
             .workers
             .iter()
@@ -572,8 +657,9 @@ impl<'c> Sim<'c> {
         };
         let mut decision = self.scale.decide(&self.scale_config, &seen, now_sys);
         if decision.replicas < self.replicas {
-            // The pool reconciler's heartbeats (fresher here: it reads them
-            // up to 10 s old).
+            // The pool reconciler's heartbeats, a Scan (fresher here: it
+            // reads rows up to 10 s old).
+            self.req.heartbeat_scans += 1;
             let busy = self.workers.iter().filter(|w| w.running()).count();
             decision.replicas = crate::scale::keep_busy(
                 decision.replicas,
@@ -589,6 +675,39 @@ impl<'c> Sim<'c> {
             self.replicas = decision.replicas;
             self.scale.scaled(now_sys, change);
             self.reconcile_fleet();
+        }
+    }
+
+    /// The dead-letter reader's long polls of an empty queue since the last
+    /// pass (`dead_letters::POLL_WAIT`, 20 s, each).
+    fn dead_letter_polls(&mut self) {
+        while self.dead_letter_poll <= self.now {
+            self.req.dead_letter_receives += 1;
+            self.dead_letter_poll += DEAD_LETTER_POLL;
+        }
+    }
+
+    /// `pool_reconciler::move_lane_leftovers`: at the first pass, and once
+    /// a send to the lane is `LANE_WAIT` old, the bundles still visible in
+    /// the lane go to the queue (received ten at a time until the lane is
+    /// empty, sent to the queue, deleted from the lane).
+    fn look_at_lane(&mut self) {
+        if std::mem::replace(&mut self.lane_looked, true) {
+            let due = self
+                .lane_sent
+                .is_some_and(|at| self.now - at >= us(LANE_WAIT.as_secs_f64()));
+            if !due {
+                return;
+            }
+            self.lane_sent = None;
+        }
+        let moved = self.queue.move_lane_to_main(LANE_MOVE_MAX) as u64;
+        let rounds = moved.div_ceil(10);
+        // The receive that finds the lane empty ends it.
+        let empty = u64::from((moved as usize) < LANE_MOVE_MAX);
+        self.req.lane_looks += rounds + empty + 2 * rounds;
+        if moved > 0 {
+            self.serve_pollers();
         }
     }
 
@@ -690,8 +809,10 @@ impl<'c> Sim<'c> {
         (!ready.is_empty()).then(|| ready[self.rng.below(ready.len())])
     }
 
-    /// A spot interruption: the notice drains the worker (SIGTERM), its node
-    /// goes after the notice, and the ReplicaSet asks for another at once.
+    /// A spot interruption: the notice drains the worker (SIGTERM: the
+    /// cluster's Node Termination Handler or Karpenter drains the node), its
+    /// node goes after the notice, and the ReplicaSet asks for another at
+    /// once.
     fn spot(&mut self) {
         let Some(w) = self.victim() else { return };
         self.counters.spot += 1;

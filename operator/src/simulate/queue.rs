@@ -156,6 +156,25 @@ impl Queue {
         got
     }
 
+    /// Up to `max` bundles visible in the priority lane go to the back of
+    /// the main queue (the pool reconciler's `move_visible_to`: each a new
+    /// message there, received by none yet); how many.
+    pub fn move_lane_to_main(&mut self, max: usize) -> usize {
+        let mut moved = 0;
+        while moved < max {
+            let Some(id) = self.visible_priority.pop_front() else {
+                break;
+            };
+            let m = &mut self.messages[id];
+            m.priority = false;
+            m.receives = 0;
+            m.visibility += 1;
+            self.visible.push_back(id);
+            moved += 1;
+        }
+        moved
+    }
+
     pub fn delete(&mut self, id: usize) {
         let m = &mut self.messages[id];
         if m.state == MsgState::InFlight {

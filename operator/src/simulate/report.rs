@@ -64,7 +64,8 @@ pub struct Report {
     pub worker_dollars: f64,
     pub counters: Counters,
     pub dead_lettered_tasks: u64,
-    /// Executions beyond one per task (failed attempts not counted).
+    /// Starts of a task beyond its first (failed attempts retried in place
+    /// not counted).
     pub reruns: u64,
     /// What the scheduler promises: per crashed worker slots × ((lease/3 +
     /// linger) ÷ task length + 2) (what finished since the last renewal, or
@@ -73,6 +74,8 @@ pub struct Report {
     pub rerun_bound: u64,
     pub batches: Vec<BatchReport>,
     pub share_stretch: Option<(f64, f64)>,
+    /// Why the shares were not measured, when they were not.
+    pub share_unmeasured: Option<&'static str>,
     pub samples: Vec<Sample>,
 }
 
@@ -126,11 +129,7 @@ impl Report {
         let tail_busy = (c.busy - c.busy_at_last_receive.min(c.busy)) as f64 / SECOND as f64;
         let r = sim.req;
         let aws = &cfg.aws;
-        let request_dollars = (r.sqs() as f64 * aws.sqs_per_million
-            + (r.ledger_writes + r.ledger_throttled + r.heartbeat_rows) as f64
-                * aws.dynamodb_write_per_million
-            + r.ledger_reads as f64 * aws.dynamodb_read_per_million)
-            / 1e6;
+        let request_dollars = r.dollars(aws);
         let weights: u64 = sim.batches.iter().map(|b| b.weight).sum();
         let share = match (&sim.share_from, &sim.share_to) {
             (Some((_, from)), Some((_, to))) => {
@@ -139,6 +138,19 @@ impl Report {
                 (all > 0.0).then(|| d.iter().map(|x| x / all).collect::<Vec<_>>())
             }
             _ => None,
+        };
+        let share_unmeasured = if share.is_some() {
+            None
+        } else if sim.batches.len() < 2 {
+            Some("a single batch: no share to measure")
+        } else if sim.shares_never_together {
+            Some("batches never all ran at once")
+        } else if sim.share_from.is_none() {
+            Some("the batches had not all arrived by the time limit")
+        } else if sim.share_to.is_none() {
+            Some("no batch had sent all its tasks by the time limit")
+        } else {
+            Some("no task ran while all batches sent")
         };
         let batches = sim
             .batches
@@ -205,7 +217,7 @@ impl Report {
             worker_dollars: worker_seconds / 3600.0 * aws.worker_per_hour,
             counters: c,
             dead_lettered_tasks,
-            reruns: c.task_starts.saturating_sub(collected.min(tasks)),
+            reruns: c.reruns,
             rerun_bound,
             batches,
             share_stretch: sim
@@ -213,6 +225,7 @@ impl Report {
                 .as_ref()
                 .zip(sim.share_to.as_ref())
                 .map(|((a, _), (b, _))| (secs(*a), secs(*b))),
+            share_unmeasured,
             samples: sim.samples.clone(),
         }
     }
@@ -308,7 +321,10 @@ impl Report {
             out.push((
                 format!(
                     "worst fair-share error {} (target <= {:.0} %)",
-                    e.map_or("n/a".into(), |e| format!("{:.1} %", 100.0 * e)),
+                    e.map_or_else(
+                        || format!("n/a ({})", self.share_unmeasured.unwrap_or("not measured")),
+                        |e| format!("{:.1} %", 100.0 * e)
+                    ),
                     100.0 * t
                 ),
                 e.is_some_and(|e| e <= t),
@@ -378,7 +394,7 @@ impl Report {
         let peak_writes = self.peak_ledger_writes_per_second();
         let _ = writeln!(
             s,
-            "  AWS requests {} = {:.4} per task, ${:.2} (+ ${:.2} of workers): bundles send {} / receive {} / delete {} / visibility {}; results send {} / receive {} / delete {}; DynamoDB writes {} (+{} throttled retries; at most {:.0} asked for a second, over the sample to {:.0} s), reads {}, workers' heartbeat rows {}",
+            "  AWS requests {} = {:.4} per task, ${:.2} (+ ${:.2} of workers): bundles send {} / receive {} / delete {} / visibility {}; results send {} / receive {} / delete {}; DynamoDB writes {} (+{} throttled retries, not billed; at most {:.0} asked for a second, over the sample to {:.0} s), reads {}, workers' heartbeat rows {}; the operator's queue attributes {}, dead-letter receives {}, lane looks {}, heartbeat scans {}",
             r.total(),
             self.requests_per_task(),
             self.request_dollars,
@@ -395,7 +411,11 @@ impl Report {
             peak_writes.0,
             peak_writes.1,
             r.ledger_reads,
-            r.heartbeat_rows
+            r.heartbeat_rows,
+            r.queue_attributes,
+            r.dead_letter_receives,
+            r.lane_looks,
+            r.heartbeat_scans
         );
         let c = &self.counters;
         let _ = writeln!(
@@ -433,11 +453,17 @@ impl Report {
                 b.done.map_or("never".into(), |d| format!("{d:.1} s"))
             );
         }
-        if let Some((a, b)) = self.share_stretch {
-            let _ = writeln!(
-                s,
-                "  shares measured while all batches sent: {a:.1} s to {b:.1} s"
-            );
+        match (self.share_stretch, self.share_unmeasured) {
+            (Some((a, b)), None) => {
+                let _ = writeln!(
+                    s,
+                    "  shares measured while all batches sent: {a:.1} s to {b:.1} s"
+                );
+            }
+            (_, Some(why)) if self.batches.len() > 1 => {
+                let _ = writeln!(s, "  shares not measured: {why}");
+            }
+            _ => {}
         }
         let _ = writeln!(
             s,

@@ -81,6 +81,8 @@ pub struct BatchSim {
     wake_at: Option<T>,
     wake_token: u64,
     collected: Vec<u64>,
+    /// The tasks started at least once (a bit each).
+    started: Vec<u64>,
     inbox: VecDeque<Vec<ResultItem>>,
     polling: bool,
     poll_seq: u64,
@@ -101,7 +103,7 @@ impl BatchSim {
     pub fn new(index: usize, cfg: &BatchConfig, pool_slots: u64, seed: u64) -> Self {
         let mut batch = Self {
             name: cfg.name.clone(),
-            weight: cfg.weight.max(1),
+            weight: cfg.weight,
             total: cfg.tasks,
             durations: cfg.durations,
             failure_rate: cfg.failure_rate,
@@ -136,6 +138,7 @@ impl BatchSim {
             wake_at: None,
             wake_token: 0,
             collected: vec![0; cfg.tasks.div_ceil(64) as usize],
+            started: vec![0; cfg.tasks.div_ceil(64) as usize],
             inbox: VecDeque::new(),
             polling: false,
             poll_seq: 0,
@@ -286,11 +289,21 @@ impl BatchSim {
 
     /// Counts a task's result once; whether it was new.
     fn collect(&mut self, id: u64) -> bool {
-        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
-        let new = self.collected[word] & bit == 0;
-        self.collected[word] |= bit;
-        new
+        first_mark(&mut self.collected, id)
     }
+
+    /// Task `id` starts: whether for the first time.
+    pub fn first_start(&mut self, id: u64) -> bool {
+        first_mark(&mut self.started, id)
+    }
+}
+
+/// Sets bit `id`; whether it was clear.
+fn first_mark(bits: &mut [u64], id: u64) -> bool {
+    let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+    let new = bits[word] & bit == 0;
+    bits[word] |= bit;
+    new
 }
 
 /// What a task of hash `h` declares: its length in whole ms.
@@ -346,7 +359,13 @@ impl Sim<'_> {
         batch.last_flush = self.now;
         batch.recut(0);
         if self.batches.iter().all(|b| b.arrived.is_some()) && self.batches.len() > 1 {
-            self.share_from = Some((self.now, self.done_work()));
+            if self.batches.iter().any(|b| b.all_sent) {
+                // A batch had sent its last bundle: they never all sent at
+                // once, and no stretch measures their shares.
+                self.shares_never_together = true;
+            } else {
+                self.share_from = Some((self.now, self.done_work()));
+            }
         }
         self.wake_runner(b, self.now);
         self.collector_poll(b);
@@ -447,6 +466,10 @@ impl Sim<'_> {
         batch.bundles += group.len() as u64;
         let last = batch.peek().is_none();
         let priority = self.cfg.pool.priority_lane && share.priority(window);
+        if priority {
+            // The pool reconciler looks at the lane `LANE_WAIT` after.
+            self.lane_sent.get_or_insert(now);
+        }
         // The runner's `mark_lane`: the other batches' lane marks.
         let others = if priority && self.cfg.pool.lane_marks {
             share.others()
@@ -472,8 +495,7 @@ impl Sim<'_> {
             .filter(|&o| others.contains(&self.batches[o].name))
             .collect();
         if !marked.is_empty() {
-            self.req.ledger_writes += marked.len() as u64;
-            self.lane_marked(&marked);
+            self.write_lane_marks(&marked);
         }
         if last && self.share_to.is_none() && self.share_from.is_some() {
             self.share_to = Some((now, self.done_work()));

@@ -14,7 +14,7 @@ worker: {{ {worker}, startupJitterSeconds: 0, lingerMs: 0, receiveWaitSeconds: 1
           graceSeconds: 25, maxClaims: 3, maxAttempts: 3, retryBackoffSeconds: 1,
           taskOverheadMs: 0 }}
 aws: {{ sqsLatencyMs: 0, dynamodbLatencyMs: 0, dynamodbWritesPerSecond: 0, maxReceives: 5,
-       sqsPerMillion: 0.4, dynamodbWritePerMillion: 1.25, dynamodbReadPerMillion: 0.25,
+       sqsPerMillion: 0.4, dynamodbWritePerMillion: 0.625, dynamodbReadPerMillion: 0.125,
        workerPerHour: 0.1 }}
 batches:
   - {batch}
@@ -452,4 +452,436 @@ fn small_batch_took(cfg: SimConfig) -> (f64, Report, SimConfig) {
         .find(|b| b.name == "small")
         .expect("the small batch");
     (small.done.expect("done") - small.arrived, report, cfg)
+}
+
+/// A config of one pool of at most 2 workers of 1 slot and one batch of a
+/// task, with `pool`, `worker` and `batch` added to their fields (a batch's
+/// `durations` replaces the fixed 1 s) and `rest` after them.
+fn small(pool: &str, worker: &str, batch: &str, rest: &str) -> String {
+    let durations = if batch.contains("durations") {
+        ""
+    } else {
+        ", durations: { kind: fixed, seconds: 1 }"
+    };
+    format!(
+        "pool: {{ max: 2, threads: 1{pool} }}\nworker: {{ startupSeconds: 1{worker} }}\n\
+         batches:\n  - {{ name: a, tasks: 1{batch}{durations} }}\n{rest}"
+    )
+}
+
+/// Each config the simulator cannot run (it hung, panicked, allocated
+/// terabytes, looped near for ever, or simulated something else than asked
+/// for) is refused with a message naming the field.
+#[test]
+fn configs_that_cannot_be_simulated_are_refused_naming_the_field() {
+    assert!(SimConfig::parse(&small("", "", "", "")).is_ok());
+    let cases = [
+        // Sampled at 0 µs: a sample rescheduled at the same instant for ever.
+        (small("", "", "", "sampleSeconds: 1e-9"), "sampleSeconds"),
+        (small("", "", "", "sampleSeconds: .nan"), "sampleSeconds"),
+        (small("", "", "", "maxSeconds: -1"), "maxSeconds"),
+        (small("", "", "", "maxSeconds: .inf"), "maxSeconds"),
+        // Duration::from_secs_f64 panics; at 0 everything is dead-lettered.
+        (
+            small("", ", leaseSeconds: -1", "", ""),
+            "worker.leaseSeconds",
+        ),
+        (
+            small("", ", leaseSeconds: .nan", "", ""),
+            "worker.leaseSeconds",
+        ),
+        (
+            small("", ", leaseSeconds: 1e300", "", ""),
+            "worker.leaseSeconds",
+        ),
+        (
+            small("", ", leaseSeconds: 0", "", ""),
+            "worker.leaseSeconds",
+        ),
+        (
+            small("", ", retryBackoffSeconds: -1", "", ""),
+            "worker.retryBackoffSeconds",
+        ),
+        (
+            small("", ", retryBackoffSeconds: .inf", "", ""),
+            "worker.retryBackoffSeconds",
+        ),
+        (
+            small("", ", startupSeconds: -1", "", "").replace("startupSeconds: 1, ", ""),
+            "worker.startupSeconds",
+        ),
+        (
+            small("", ", startupJitterSeconds: .nan", "", ""),
+            "worker.startupJitterSeconds",
+        ),
+        (
+            small("", ", graceSeconds: .nan", "", ""),
+            "worker.graceSeconds",
+        ),
+        (
+            small("", ", taskOverheadMs: -1", "", ""),
+            "worker.taskOverheadMs",
+        ),
+        (
+            small("", ", receiveWaitSeconds: 21", "", ""),
+            "worker.receiveWaitSeconds",
+        ),
+        (small("", ", prefetch: 1000000", "", ""), "worker.prefetch"),
+        // The real worker takes 0 as 1; the simulator gave every bundle up.
+        (small("", ", maxClaims: 0", "", ""), "worker.maxClaims"),
+        (small("", ", maxAttempts: 0", "", ""), "worker.maxAttempts"),
+        (
+            small("", ", cancelCheckSeconds: .nan", "", ""),
+            "worker.cancelCheckSeconds",
+        ),
+        // ~1.25 TB of bitmaps.
+        (
+            small("", "", ", tasks: 10000000000000", "").replace("tasks: 1, tasks", "tasks"),
+            "batches[0] (a).tasks",
+        ),
+        // Silently taken as 1.
+        (small("", "", ", weight: 0", ""), "batches[0] (a).weight"),
+        (small("", "", ", arrivalSeconds: -1", ""), "arrivalSeconds"),
+        (small("", "", ", failureRate: .nan", ""), "failureRate"),
+        (
+            small(
+                "",
+                "",
+                "",
+                "  - { name: a, tasks: 1, durations: { kind: fixed, seconds: 1 } }",
+            ),
+            "batches[1] (a).name",
+        ),
+        // Loops over every worker and interruption.
+        (
+            small(", max: 1000000000", "", "", "").replace("max: 2, ", ""),
+            "pool.max",
+        ),
+        (
+            small(", threads: 20000", "", "", "").replace("threads: 1, ", ""),
+            "pool.threads",
+        ),
+        (
+            small(", threads: 0", "", "", "").replace("threads: 1, ", ""),
+            "pool.threads",
+        ),
+        (small(", min: 3", "", "", ""), "pool.min"),
+        (
+            small(", targetBacklogPerWorker: 0", "", "", ""),
+            "pool.targetBacklogPerWorker",
+        ),
+        (
+            small(", targetDrainSeconds: 0", "", "", ""),
+            "pool.targetDrainSeconds",
+        ),
+        (
+            small(
+                ", behavior: { scaleDown: { stabilizationWindowSeconds: 3601 } }",
+                "",
+                "",
+                "",
+            ),
+            "pool.behavior.scaleDown.stabilizationWindowSeconds",
+        ),
+        (
+            small("", "", "", "aws: { maxReceives: 0 }"),
+            "aws.maxReceives",
+        ),
+        (
+            small("", "", "", "aws: { sqsLatencyMs: -1 }"),
+            "aws.sqsLatencyMs",
+        ),
+        (
+            small("", "", "", "aws: { dynamodbWritesPerSecond: 1e-9 }"),
+            "aws.dynamodbWritesPerSecond",
+        ),
+        (
+            small("", "", "", "aws: { workerPerHour: .nan }"),
+            "aws.workerPerHour",
+        ),
+        (
+            small("", "", "", "disruptions: { spotFraction: 1e9 }"),
+            "disruptions.spotFraction",
+        ),
+        (
+            small("", "", "", "disruptions: { crashFraction: -0.1 }"),
+            "disruptions.crashFraction",
+        ),
+        (
+            small("", "", "", "disruptions: { noticeSeconds: -1 }"),
+            "disruptions.noticeSeconds",
+        ),
+        (
+            small(
+                "",
+                "",
+                "",
+                "disruptions: { fromSeconds: 60, toSeconds: 30 }",
+            ),
+            "disruptions.toSeconds",
+        ),
+        (
+            small("", "", "", "targets: { makespanOverIdeal: -1 }"),
+            "targets.makespanOverIdeal",
+        ),
+        (
+            small("", "", "", "targets: { shareError: 0.1 }"),
+            "targets.shareError",
+        ),
+        // A negative sigma (a mirrored distribution), an infinite one.
+        (
+            small(
+                "",
+                "",
+                ", durations: { kind: lognormal, medianSeconds: 10, p99Seconds: 1 }",
+                "",
+            ),
+            "batches[0] (a).durations.p99Seconds",
+        ),
+        (
+            small(
+                "",
+                "",
+                ", durations: { kind: lognormal, medianSeconds: 0, p99Seconds: 1 }",
+                "",
+            ),
+            "batches[0] (a).durations.medianSeconds",
+        ),
+        (
+            small("", "", ", durations: { kind: fixed, seconds: -1 }", ""),
+            "batches[0] (a).durations.seconds",
+        ),
+        (
+            small(
+                "",
+                "",
+                ", durations: { kind: exponential, meanSeconds: -1 }",
+                "",
+            ),
+            "batches[0] (a).durations.meanSeconds",
+        ),
+        (
+            small(
+                "",
+                "",
+                ", durations: { kind: uniform, minSeconds: 2, maxSeconds: 1 }",
+                "",
+            ),
+            "batches[0] (a).durations.minSeconds",
+        ),
+        (
+            small("", "", ", durations: { kind: fixed, seconds: 1e300 }", ""),
+            "batches[0] (a).durations.seconds",
+        ),
+        // Unknown fields: a misspelt one was ignored.
+        (
+            small(
+                "",
+                "",
+                ", durations: { kind: fixed, seconds: 1, meanSeconds: 2 }",
+                "",
+            ),
+            "unknown field `meanSeconds`",
+        ),
+    ];
+    for (yaml, field) in cases {
+        match SimConfig::parse(&yaml) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(e) => {
+                let message = e.to_string();
+                println!("{message}");
+                assert!(message.contains(field), "{field}: {message}\n{yaml}");
+            }
+        }
+    }
+}
+
+/// The simulated pool's scaler settings are what the operator makes of the
+/// WorkerPool spec the simulator builds (`ScaleConfig::from_spec`), and that
+/// spec is one the operator takes.
+#[test]
+fn the_simulated_pool_is_a_workerpool_spec_the_operator_takes() {
+    let cfg = config(&small(
+        ", min: 1, targetBacklogPerWorker: 4, targetDrainSeconds: 30, behavior: { scaleToZeroCooldownSeconds: 7 }",
+        "",
+        "",
+        "aws: { maxReceives: 9 }",
+    ));
+    let spec = cfg.pool_spec();
+    crate::validate::workerpool(&spec, "simulated", &Default::default()).expect("valid");
+    let scale = cfg.scale_config();
+    assert_eq!(scale, crate::scale::ScaleConfig::from_spec(&spec));
+    assert_eq!((scale.min, scale.max), (1, 2));
+    assert_eq!(scale.slots_per_worker, 1);
+    assert_eq!(scale.target_backlog_per_worker, 4);
+    assert_eq!(scale.target_drain, std::time::Duration::from_secs(30));
+    assert_eq!(
+        scale.behavior.scale_to_zero_cooldown,
+        std::time::Duration::from_secs(7)
+    );
+    assert_eq!(scale.external_replicas, None);
+    assert_eq!(spec.queue.and_then(|q| q.max_receives), Some(9));
+}
+
+/// One worker of one slot (one at a time: the pool's min and max), three
+/// 10 s tasks of unknown length in two bundles (of two and one), a lease of
+/// 9 s (renewed every 3 s), one claim of a bundle at most. The first worker
+/// crashes at 5 s running the first bundle's first task. The second runs
+/// the other bundle's task and is interrupted at 10 s: the bundle is given
+/// back after the 1 s grace (not a claim), and the third runs that task
+/// again (a re-run), then claims the first bundle a second time and gives
+/// it up: its tasks are reported failed, the second never having run. One
+/// re-run: `task_starts − collected` (3 − 3) made it none.
+#[test]
+fn tasks_reported_failed_without_running_do_not_hide_reruns() {
+    let cfg = config(
+        r#"
+pool: { min: 1, max: 1, threads: 1 }
+worker: { startupSeconds: 0, startupJitterSeconds: 0, leaseSeconds: 9, lingerMs: 0,
+          receiveWaitSeconds: 1, prefetch: 0, graceSeconds: 1, maxClaims: 1,
+          maxAttempts: 1, retryBackoffSeconds: 1, taskOverheadMs: 0 }
+aws: { sqsLatencyMs: 0, dynamodbLatencyMs: 0 }
+batches:
+  - { name: a, tasks: 3, durations: { kind: fixed, seconds: 10 } }
+"#,
+    );
+    let mut sim = engine::Sim::new(&cfg);
+    sim.at(5 * engine::SECOND, engine::Ev::Crash);
+    sim.at(10 * engine::SECOND, engine::Ev::Spot);
+    sim.run();
+    let report = Report::from_sim(&sim, &cfg);
+    let text = report.text(&cfg.targets);
+    assert_eq!(
+        (report.counters.spot, report.counters.crashes),
+        (1, 1),
+        "{text}"
+    );
+    assert_eq!(report.batches[0].bundles, 2, "{text}");
+    assert_eq!(report.collected, 3, "{text}");
+    assert_eq!(report.batches[0].failed, 2, "{text}");
+    assert_eq!(report.counters.task_starts, 3, "{text}");
+    assert_eq!(report.reruns, 1, "{text}");
+}
+
+/// The operator's own requests count: the pool reconciler's
+/// GetQueueAttributes every pass (every second, and when a batch first
+/// sends), its look at the priority lane, the dead-letter reader's long
+/// polls (20 s each), and the heartbeat Scans before a scale-down.
+#[test]
+fn the_operators_own_requests_are_counted() {
+    let cfg = one_worker(
+        "threads: 2",
+        "startupSeconds: 10, leaseSeconds: 60, prefetch: 2",
+        "{ name: a, tasks: 4, declared: true, durations: { kind: fixed, seconds: 1 } }",
+    );
+    let report = simulate(&cfg);
+    let r = report.requests;
+    let text = report.text(&cfg.targets);
+    // Passes at 0, 1, ... 12 s, and one on the first send.
+    assert_eq!(r.queue_attributes, 14, "{text}");
+    assert_eq!(r.dead_letter_receives, 1, "{text}");
+    assert_eq!(r.lane_looks, 1, "{text}");
+    let kinds = r.bundle_sends
+        + r.bundle_receives
+        + r.bundle_deletes
+        + r.visibility_changes
+        + r.results_sends
+        + r.results_receives
+        + r.results_deletes
+        + r.ledger_writes
+        + r.ledger_throttled
+        + r.ledger_reads
+        + r.heartbeat_rows
+        + r.dead_letter_receives
+        + r.queue_attributes
+        + r.lane_looks
+        + r.heartbeat_scans;
+    assert_eq!(r.total(), kinds);
+
+    // Scaled up and down: a Scan of the heartbeats at each pass that
+    // would scale down.
+    let cfg = config(
+        r#"
+pool: { max: 4, threads: 2, targetDrainSeconds: 1, behavior: { scaleDown: { stabilizationWindowSeconds: 0 }, scaleToZeroCooldownSeconds: 30 } }
+worker: { startupSeconds: 5, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 200 }
+batches:
+  - { name: a, tasks: 400, durations: { kind: fixed, seconds: 0.5 } }
+"#,
+    );
+    let report = simulate(&cfg);
+    let text = report.text(&cfg.targets);
+    assert!(report.requests.heartbeat_scans > 0, "{text}");
+    assert!(report.requests.dead_letter_receives >= 4, "{text}");
+}
+
+/// The runner's lane marks are ledger writes like any other: on a ledger
+/// that takes a write a second, the marks written after a write wait for
+/// capacity, each a throttled retry.
+#[test]
+fn lane_marks_are_throttled_like_any_ledger_write() {
+    let mut cfg = config(&small("", "", "", ""));
+    cfg.aws.dynamodb_writes_per_second = 1.0;
+    let mut sim = engine::Sim::new(&cfg);
+    sim.ledger_write();
+    assert_eq!(sim.req.ledger_throttled, 0);
+    sim.write_lane_marks(&[0, 0, 0]);
+    assert_eq!(sim.req.ledger_writes, 4);
+    assert_eq!(sim.req.ledger_throttled, 3);
+}
+
+/// DynamoDB's on-demand prices since November 2024 ($0.625 and $0.125 per
+/// million writes and reads in us-east-1), and throttled requests not
+/// billed.
+#[test]
+fn requests_are_priced_at_on_demand_rates_without_the_throttled_ones() {
+    let aws = config::AwsConfig::default();
+    assert_eq!(aws.dynamodb_write_per_million, 0.625);
+    assert_eq!(aws.dynamodb_read_per_million, 0.125);
+    let million = engine::Requests {
+        ledger_writes: 1_000_000,
+        ..Default::default()
+    };
+    let throttled = engine::Requests {
+        ledger_throttled: 1_000_000,
+        ..million
+    };
+    assert_eq!(million.dollars(&aws), 0.625);
+    assert_eq!(throttled.dollars(&aws), 0.625);
+    assert_eq!(throttled.total(), 2_000_000);
+}
+
+/// A batch that sent everything before the other arrived: they never sent
+/// at once, and no share is measured (the stretch from the second's arrival
+/// to its last send, where the first had nothing, showed an error of
+/// 100 %). A single batch has no share either: its target is refused at
+/// load, and said so when set by hand.
+#[test]
+fn shares_are_not_measured_when_the_batches_never_ran_at_once() {
+    let cfg = fixed_pool(
+        "{ min: 2, max: 2, threads: 2 }",
+        "{ name: first, tasks: 8, durations: { kind: fixed, seconds: 1 } }
+  - { name: later, tasks: 2000, arrivalSeconds: 100, durations: { kind: fixed, seconds: 0.1 } }",
+    );
+    let report = simulate(&cfg);
+    assert_eq!(report.collected, report.tasks);
+    let text = report.text(&cfg.targets);
+    assert_eq!(report.worst_share_error(), None, "{text}");
+    assert!(text.contains("batches never all ran at once"), "{text}");
+    let targets = config::Targets {
+        share_error: Some(0.1),
+        ..Default::default()
+    };
+    let checks = report.checks(&targets);
+    assert!(
+        checks[0].0.contains("n/a (batches never all ran at once)"),
+        "{checks:?}"
+    );
+
+    let single = one_worker(
+        "threads: 2",
+        "startupSeconds: 1, leaseSeconds: 60, prefetch: 2",
+        "{ name: a, tasks: 4, durations: { kind: fixed, seconds: 1 } }",
+    );
+    let checks = simulate(&single).checks(&targets);
+    assert!(checks[0].0.contains("a single batch"), "{checks:?}");
 }

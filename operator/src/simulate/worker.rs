@@ -203,21 +203,18 @@ impl Sim<'_> {
     }
 
     /// The pool's priority lane just got bundles, and the runner marked the
-    /// other batches (`others`) in the ledger: each worker holding tasks not
-    /// started of one of them reads the mark with its next cancel check
-    /// (`cancel_check` apart, at a phase of its own: drawn here) and looks
-    /// at the lane then.
-    pub fn lane_marked(&mut self, others: &[usize]) {
+    /// other batches (`others`) in the ledger, written at `written`: each
+    /// worker holding tasks not started of one of them reads the mark with
+    /// its next cancel check after that (`cancel_check` apart, at a phase of
+    /// its own: drawn here) and looks at the lane then.
+    pub fn lane_marked(&mut self, others: &[usize], written: T) {
         for w in 0..self.workers.len() {
             if self.workers[w].state != WState::Ready {
                 continue;
             }
             if self.watched(w).iter().any(|b| others.contains(b)) {
                 let next_check = (self.cancel_check as f64 * self.rng.unit()) as T;
-                self.at(
-                    self.now + self.lat_db + next_check + self.lat_db,
-                    Ev::LaneLook(w),
-                );
+                self.at(written + next_check + self.lat_db, Ev::LaneLook(w));
             }
         }
     }
@@ -433,6 +430,7 @@ impl Sim<'_> {
     /// Free slots take the next tasks of the bundles held, oldest first.
     fn start_tasks(&mut self, w: usize) {
         let max_attempts = self.cfg.worker.max_attempts.max(1);
+        // Checked: finite, 0 to an hour.
         let backoff = Duration::from_secs_f64(self.cfg.worker.retry_backoff_seconds);
         let overhead = super::engine::us(self.cfg.worker.task_overhead_ms / 1000.0);
         loop {
@@ -462,6 +460,9 @@ impl Sim<'_> {
                 (m.batch, m.first)
             };
             let id = self.batches[batch].id_at(first + u64::from(pos));
+            if !self.batches[batch].first_start(id) {
+                self.counters.reruns += 1;
+            }
             // The worker retries a failing task in place, with backoff.
             let b = &self.batches[batch];
             let mut ran = 0;

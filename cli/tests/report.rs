@@ -700,6 +700,26 @@ fn an_output_that_is_the_results_file_by_any_name_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(!page.exists());
     assert_eq!(std::fs::read(&results).unwrap(), before);
+    // The page and the trace in one file, by one name or two: refused.
+    let trace = dir.path().join("trace.json");
+    std::fs::write(&trace, "kept").unwrap();
+    let linked = dir.path().join("linked.json");
+    std::fs::hard_link(&trace, &linked).unwrap();
+    for page in [&trace, &linked] {
+        let out = cloudkon()
+            .arg("report")
+            .arg(&results)
+            .arg("-o")
+            .arg(page)
+            .arg("--trace")
+            .arg(&trace)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("-o and --trace both name"), "{err}");
+        assert_eq!(std::fs::read_to_string(&trace).unwrap(), "kept");
+    }
 }
 
 #[test]

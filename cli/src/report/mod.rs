@@ -77,7 +77,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let input = file
         .metadata()
         .with_context(|| format!("cannot read results file {source}"))?;
-    if let Some(message) = output_is_input(&input, &args) {
+    if let Some(message) = output_is_input(&input, &args).or_else(|| page_is_trace(&args)) {
         eprintln!("error: {message}");
         return Ok(ExitCode::from(exit::USAGE));
     }
@@ -190,6 +190,24 @@ fn output_is_input(input: &std::fs::Metadata, args: &ReportArgs) -> Option<Strin
                 )
             })
         })
+}
+
+/// `-o` and `--trace` naming one file (by name, or as links to one file):
+/// the page would be renamed over the trace.
+fn page_is_trace(args: &ReportArgs) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (page, trace) = (args.output.as_deref()?, args.trace.as_deref()?);
+    let same_name = std::path::absolute(page).ok()? == std::path::absolute(trace).ok()?;
+    let same_file = match (std::fs::metadata(page), std::fs::metadata(trace)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    };
+    (same_name || same_file).then(|| {
+        format!(
+            "-o and --trace both name {}: the page would replace the trace; give each its own file",
+            page.display()
+        )
+    })
 }
 
 /// Calls `each` with every non-blank line's number (1-based) and its result,

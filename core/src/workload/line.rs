@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::task::{AnimotoSpec, TaskSpec};
 
 /// An Animoto video's bounds: a side (8K), frames a second, seconds an image.
-const MAX_SIDE: u32 = 8192;
+pub const MAX_RESOLUTION_SIDE: u32 = 8192;
 const MAX_FRAME_RATE: u32 = 120;
 const MAX_SECONDS_PER_IMAGE: u32 = 3600;
 
@@ -152,23 +152,24 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
         ));
     }
     if let Some(res) = &spec.resolution {
-        let valid = res
-            .split_once('x')
-            .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-            .is_some_and(|(w, h)| {
-                (2..=MAX_SIDE).contains(&w)
-                    && (2..=MAX_SIDE).contains(&h)
-                    && w % 2 == 0
-                    && h % 2 == 0
-            });
-        if !valid {
+        if parse_resolution(res).is_none() {
             return Err(format!(
-                "animoto: resolution must be WIDTHxHEIGHT with even numbers up to {MAX_SIDE}, e.g. 1920x1080, got `{}`",
+                "animoto: resolution must be WIDTHxHEIGHT with even numbers up to {MAX_RESOLUTION_SIDE}, e.g. 1920x1080, got `{}`",
                 shown(res)
             ));
         }
     }
     Ok(TaskSpec::Animoto(spec))
+}
+
+/// An Animoto resolution, `WIDTHxHEIGHT`: even numbers (H.264's 4:2:0
+/// halves both) from 2 to [`MAX_RESOLUTION_SIDE`]. The workload's check and the
+/// executor's plan both read it here.
+pub fn parse_resolution(text: &str) -> Option<(u32, u32)> {
+    let (w, h) = text.split_once('x')?;
+    let (w, h) = (w.parse::<u32>().ok()?, h.parse::<u32>().ok()?);
+    let side = |n: u32| (2..=MAX_RESOLUTION_SIDE).contains(&n) && n % 2 == 0;
+    (side(w) && side(h)).then_some((w, h))
 }
 
 /// A JSON Lines task: `{"kind": ..., <kind's fields>, "timeout_ms": N}`.
@@ -411,6 +412,16 @@ mod tests {
             None,
             "an expectation is no ideal"
         );
+    }
+
+    #[test]
+    fn resolutions_are_even_pairs_up_to_8k() {
+        assert_eq!(parse_resolution("1280x720"), Some((1280, 720)));
+        assert_eq!(parse_resolution("1281x720"), None);
+        assert_eq!(parse_resolution("1280"), None);
+        assert_eq!(parse_resolution("0x0"), None);
+        assert_eq!(parse_resolution("8192x8192"), Some((8192, 8192)));
+        assert_eq!(parse_resolution("8194x720"), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use fits::{ALWAYS_FITS_LINE, TooLarge, has_long_line, task_fits_one_message, too_large_tasks};
 pub use generate::{write_run_workload, write_sleep_workload};
-pub use line::{check_spec, parse_line};
+pub use line::{MAX_RESOLUTION_SIDE, check_spec, parse_line, parse_resolution};
 pub use order::{SendOrder, Wanted, length_class};
 
 use crate::task::{BatchId, Task, TaskId, TaskKind, TaskSpec};

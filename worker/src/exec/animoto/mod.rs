@@ -144,7 +144,10 @@ pub enum AnimotoError {
     NoImages,
     #[error("{count} images is more than this worker's limit of {limit} per task")]
     TooManyImages { count: usize, limit: usize },
-    #[error("resolution must be WIDTHxHEIGHT with even numbers, e.g. 1920x1080, got `{0}`")]
+    #[error(
+        "resolution must be WIDTHxHEIGHT with even numbers up to {max}, e.g. 1920x1080, got `{0}`",
+        max = cloudkon_core::workload::MAX_RESOLUTION_SIDE
+    )]
     BadResolution(String),
     #[error("seconds_per_image and frame_rate must be at least 1")]
     ZeroRate,
@@ -429,9 +432,8 @@ impl AnimotoExecutor {
         }
         let (width, height) = match &spec.resolution {
             None => (DEFAULT_WIDTH, DEFAULT_HEIGHT),
-            Some(text) => {
-                parse_resolution(text).ok_or_else(|| AnimotoError::BadResolution(text.clone()))?
-            }
+            Some(text) => cloudkon_core::workload::parse_resolution(text)
+                .ok_or_else(|| AnimotoError::BadResolution(text.clone()))?,
         };
         let plan = EncodePlan {
             width,
@@ -514,12 +516,6 @@ fn megapixels(pixels: u64) -> String {
     text.strip_suffix(".0").map_or(text.clone(), str::to_string)
 }
 
-fn parse_resolution(text: &str) -> Option<(u32, u32)> {
-    let (w, h) = text.split_once('x')?;
-    let (w, h) = (w.parse::<u32>().ok()?, h.parse::<u32>().ok()?);
-    (w >= 2 && h >= 2 && w % 2 == 0 && h % 2 == 0).then_some((w, h))
-}
-
 /// `<batch>-<id>.mp4`, unique per task; characters that do not belong in a file
 /// name (the batch name is free-form) become `_`.
 fn video_name(task: &Task) -> String {
@@ -569,14 +565,6 @@ mod tests {
     }
 
     #[test]
-    fn resolutions_are_even_pairs() {
-        assert_eq!(parse_resolution("1280x720"), Some((1280, 720)));
-        assert_eq!(parse_resolution("1281x720"), None);
-        assert_eq!(parse_resolution("1280"), None);
-        assert_eq!(parse_resolution("0x0"), None);
-    }
-
-    #[test]
     fn plan_applies_defaults_and_limits() {
         let executor = AnimotoExecutor::new(AnimotoConfig {
             max_images: 2,
@@ -605,6 +593,15 @@ mod tests {
         assert_eq!(
             executor.plan(&spec(0)).unwrap_err().to_string(),
             "animoto needs at least one image URL"
+        );
+        // The workload's rule (core's), for a task that came another way.
+        let wide = AnimotoSpec {
+            resolution: Some("8194x720".into()),
+            ..spec(1)
+        };
+        assert_eq!(
+            executor.plan(&wide).unwrap_err().to_string(),
+            "resolution must be WIDTHxHEIGHT with even numbers up to 8192, e.g. 1920x1080, got `8194x720`"
         );
     }
 

@@ -151,13 +151,13 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
             "animoto: frame_rate must be 1 to {MAX_FRAME_RATE}, got {rate}"
         ));
     }
-    if let Some(res) = &spec.resolution {
-        if parse_resolution(res).is_none() {
-            return Err(format!(
-                "animoto: resolution must be WIDTHxHEIGHT with even numbers up to {MAX_RESOLUTION_SIDE}, e.g. 1920x1080, got `{}`",
-                shown(res)
-            ));
-        }
+    if let Some(res) = &spec.resolution
+        && parse_resolution(res).is_none()
+    {
+        return Err(format!(
+            "animoto: resolution must be WIDTHxHEIGHT with even numbers up to {MAX_RESOLUTION_SIDE}, e.g. 1920x1080, got `{}`",
+            shown(res)
+        ));
     }
     Ok(TaskSpec::Animoto(spec))
 }
@@ -168,7 +168,7 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
 pub fn parse_resolution(text: &str) -> Option<(u32, u32)> {
     let (w, h) = text.split_once('x')?;
     let (w, h) = (w.parse::<u32>().ok()?, h.parse::<u32>().ok()?);
-    let side = |n: u32| (2..=MAX_RESOLUTION_SIDE).contains(&n) && n % 2 == 0;
+    let side = |n: u32| (2..=MAX_RESOLUTION_SIDE).contains(&n) && n.is_multiple_of(2);
     (side(w) && side(h)).then_some((w, h))
 }
 

@@ -13,6 +13,7 @@ mod outcome;
 mod progress;
 mod report;
 mod results_file;
+mod same_file;
 mod signals;
 mod workload_file;
 

@@ -1,7 +1,7 @@
 //! Checking a workload file whole before anything runs (`cloudkon run` and
 //! `cloudkon submit`).
 
-use std::os::unix::fs::MetadataExt;
+use crate::same_file::same_file;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -104,7 +104,7 @@ fn check_readable_twice(path: &Path, output: Option<&Path>) -> Result<(), String
     }
     if let Some(output) = output
         && let Ok(out) = std::fs::metadata(output)
-        && (out.dev(), out.ino()) == (workload.dev(), workload.ino())
+        && same_file(&out, &workload)
     {
         return Err(format!(
             "-o {}: that is the workload {} itself, which the results would overwrite; \

@@ -17,6 +17,7 @@ use cloudkon_core::TaskResult;
 use tempfile::NamedTempFile;
 
 use crate::exit;
+use crate::same_file::same_file;
 
 /// Malformed lines printed before the count of the rest.
 const ERRORS_SHOWN: usize = 20;
@@ -175,13 +176,12 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
 /// same file, a hard or symbolic link): the report would be renamed over the
 /// results it is made from.
 fn output_is_input(input: &std::fs::Metadata, args: &ReportArgs) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     [("-o", &args.output), ("--trace", &args.trace)]
         .into_iter()
         .find_map(|(flag, path)| {
             let path = path.as_deref()?;
             let out = std::fs::metadata(path).ok()?;
-            ((out.dev(), out.ino()) == (input.dev(), input.ino())).then(|| {
+            same_file(&out, input).then(|| {
                 format!(
                     "{flag} {}: that is the results file {} itself, which it would \
                      replace; write to another file",
@@ -195,11 +195,10 @@ fn output_is_input(input: &std::fs::Metadata, args: &ReportArgs) -> Option<Strin
 /// `-o` and `--trace` naming one file (by name, or as links to one file):
 /// the page would be renamed over the trace.
 fn page_is_trace(args: &ReportArgs) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     let (page, trace) = (args.output.as_deref()?, args.trace.as_deref()?);
     let same_name = std::path::absolute(page).ok()? == std::path::absolute(trace).ok()?;
     let same_file = match (std::fs::metadata(page), std::fs::metadata(trace)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        (Ok(a), Ok(b)) => same_file(&a, &b),
         _ => false,
     };
     (same_name || same_file).then(|| {

@@ -291,13 +291,13 @@ pub async fn encode(
             plan.fitted_args(names.len(), output)
         }
     };
-    let mut command = Command::new(ffmpeg);
-    command.args(args).current_dir(dir);
-    let limits = ExecLimits {
-        timeout: Some(deadline.saturating_duration_since(Instant::now())),
-        output_bytes: 4096,
-    };
-    let out = run_command(command, &ffmpeg.to_string_lossy(), limits).await;
+    let out = run_ffmpeg(
+        ffmpeg,
+        dir,
+        args,
+        deadline.saturating_duration_since(Instant::now()),
+    )
+    .await;
     let planned = plan.frames(names.len());
     // Fitted images are this worker's own JPEGs: each was decoded once.
     let diagnose = || async {
@@ -346,15 +346,9 @@ async fn fit_each(
     use futures_util::TryStreamExt;
     futures_util::stream::iter(names.iter().zip(urls).enumerate().map(Ok))
         .try_for_each_concurrent(concurrency.max(1), |(i, (name, url))| async move {
-            let mut command = Command::new(ffmpeg);
-            command
-                .args(plan.fit_args(name, &fitted_name(i)))
-                .current_dir(dir);
-            let limits = ExecLimits {
-                timeout: Some(deadline.saturating_duration_since(Instant::now())),
-                output_bytes: 4096,
-            };
-            let out = run_command(command, &ffmpeg.to_string_lossy(), limits).await;
+            let args = plan.fit_args(name, &fitted_name(i));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let out = run_ffmpeg(ffmpeg, dir, args, left).await;
             match out.outcome {
                 Outcome::Succeeded => {
                     let _ = std::fs::remove_file(dir.join(name));
@@ -362,10 +356,7 @@ async fn fit_each(
                 }
                 Outcome::TimedOut => Err(EncodeError::TimedOut(timeout)),
                 Outcome::Failed { reason } => {
-                    let words = match stderr_tail(&out.stderr) {
-                        tail if tail.is_empty() => format!("ffmpeg cannot decode it ({reason})"),
-                        tail => tail,
-                    };
+                    let words = failure_words(&reason, &out.stderr);
                     Err(EncodeError::Failed {
                         reason,
                         stderr: String::new(),
@@ -406,27 +397,16 @@ async fn diagnose(ffmpeg: &Path, dir: &Path, names: &[String], urls: &[String]) 
             );
             return None;
         }
-        let mut command = Command::new(ffmpeg);
-        command
-            .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
-            .arg(name)
-            .args(["-frames:v", "1", "-f", "null", "-"])
-            .current_dir(dir);
+        let mut args: Vec<OsString> = QUIET.map(OsString::from).into();
+        args.extend(["-i", name, "-frames:v", "1", "-f", "null", "-"].map(OsString::from));
         let timeout = left.min(DIAGNOSE_PER_IMAGE);
-        let limits = ExecLimits {
-            timeout: Some(timeout),
-            output_bytes: 4096,
-        };
-        let out = run_command(command, &ffmpeg.to_string_lossy(), limits).await;
+        let out = run_ffmpeg(ffmpeg, dir, args, timeout).await;
         let words = match out.outcome {
             Outcome::Succeeded => continue,
             // Out of the whole budget: this image is not known to be at fault.
             Outcome::TimedOut if timeout < DIAGNOSE_PER_IMAGE => return None,
             Outcome::TimedOut => format!("ffmpeg could not decode it within {timeout:?}"),
-            Outcome::Failed { reason } => match stderr_tail(&out.stderr) {
-                tail if tail.is_empty() => format!("ffmpeg cannot decode it ({reason})"),
-                tail => tail,
-            },
+            Outcome::Failed { reason } => failure_words(&reason, &out.stderr),
         };
         return Some(Culprit {
             number: i + 1,
@@ -435,6 +415,32 @@ async fn diagnose(ffmpeg: &Path, dir: &Path, names: &[String], urls: &[String]) 
         });
     }
     None
+}
+
+/// Runs ffmpeg in `dir` (where the images are) as a `run` task runs: its
+/// own process group, `timeout`, the tail of its output kept.
+async fn run_ffmpeg(
+    ffmpeg: &Path,
+    dir: &Path,
+    args: Vec<OsString>,
+    timeout: Duration,
+) -> crate::exec::ExecOutput {
+    let mut command = Command::new(ffmpeg);
+    command.args(args).current_dir(dir);
+    let limits = ExecLimits {
+        timeout: Some(timeout),
+        output_bytes: 4096,
+    };
+    run_command(command, &ffmpeg.to_string_lossy(), limits).await
+}
+
+/// Why ffmpeg could not decode an image: its stderr's last lines, else how
+/// it ended.
+fn failure_words(reason: &str, stderr: &str) -> String {
+    match stderr_tail(stderr) {
+        tail if tail.is_empty() => format!("ffmpeg cannot decode it ({reason})"),
+        tail => tail,
+    }
 }
 
 /// The last lines of ffmpeg's stderr, on one line.

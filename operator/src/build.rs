@@ -196,12 +196,7 @@ pub fn worker_deployment(
         volumes: Some(vec![Volume {
             name: "tmp".into(),
             empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(
-                    template
-                        .tmp_size_limit
-                        .clone()
-                        .unwrap_or_else(|| Quantity(DEFAULT_TMP_SIZE_LIMIT.into())),
-                ),
+                size_limit: Some(tmp),
                 ..EmptyDirVolumeSource::default()
             }),
             ..Volume::default()

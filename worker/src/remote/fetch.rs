@@ -340,7 +340,8 @@ where
 
 /// Admits a bundle received (one room permit taken for it) and sends it
 /// `to` the slots, or reports it given up; received after the stop, it goes
-/// straight back to the queue. `Ok(Some)`: the ledger's error, the bundle
+/// straight back to the queue (one received while lease renewals fail, see
+/// within). `Ok(Some)`: the ledger's error, the bundle
 /// hidden to come back; `Err`: the worker is to stop.
 async fn dispatch<Q, L, R>(
     ctx: &Ctx<Q, L, R>,
@@ -354,6 +355,22 @@ where
     L: DedupLedger,
     R: ResultRouter,
 {
+    // Lease renewals began to fail while this receive waited (past the
+    // fetcher's check of them): no claim until a round succeeds. A message
+    // with a receipt goes back at once, for a worker that can hold its
+    // lease; one from an in-process queue has nowhere else to go, and waits.
+    if *ctx.renewals_failing.borrow() && !shutdown.stop.is_cancelled() {
+        if let Some(receipt) = &delivery.receipt {
+            ctx.room.add_permits(1);
+            let _ = ctx.queue.release(receipt).await;
+            return Ok(None);
+        }
+        let mut renewals = ctx.renewals_failing.subscribe();
+        tokio::select! {
+            _ = shutdown.stop.cancelled() => {},
+            _ = renewals.wait_for(|failing| !failing) => {},
+        }
+    }
     if shutdown.stop.is_cancelled() {
         ctx.room.add_permits(1);
         if let Some(receipt) = &delivery.receipt {

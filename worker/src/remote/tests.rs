@@ -1078,6 +1078,10 @@ struct ReceiptQueue {
     /// Deletes asked for, each refused for good (a receipt SQS no longer
     /// takes); the other tests finish nothing.
     refused_acks: std::sync::atomic::AtomicUsize,
+    /// Messages given back.
+    releases: std::sync::atomic::AtomicUsize,
+    /// A send wakes a receive waiting on an empty queue, as a long poll.
+    sent: tokio::sync::Notify,
 }
 
 impl ReceiptQueue {
@@ -1088,6 +1092,8 @@ impl ReceiptQueue {
             extends: Default::default(),
             extend_alls: Default::default(),
             refused_acks: Default::default(),
+            releases: Default::default(),
+            sent: Default::default(),
         }
     }
 
@@ -1097,12 +1103,35 @@ impl ReceiptQueue {
         let held = messages.iter().filter(|(_, h)| *h).count();
         (held, messages.len() - held)
     }
+
+    /// Hides and hands out up to `max` visible messages.
+    fn take(&self, max: usize) -> Vec<Delivery> {
+        let mut messages = self.messages.lock().unwrap();
+        messages
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, (_, held))| !*held)
+            .take(max)
+            .map(|(i, (bundle, held))| {
+                *held = true;
+                Delivery {
+                    bundle: bundle.clone(),
+                    receipt: Some(Receipt(i.to_string())),
+                    receive_count: 1,
+                    priority: false,
+                }
+            })
+            .collect()
+    }
 }
 
 impl TaskQueue for ReceiptQueue {
     async fn send(&self, bundles: Vec<Bundle>) -> Result<(), QueueError> {
-        let mut messages = self.messages.lock().unwrap();
-        messages.extend(bundles.into_iter().map(|b| (b, false)));
+        self.messages
+            .lock()
+            .unwrap()
+            .extend(bundles.into_iter().map(|b| (b, false)));
+        self.sent.notify_waiters();
         Ok(())
     }
 
@@ -1113,28 +1142,15 @@ impl TaskQueue for ReceiptQueue {
     ) -> Result<Option<Vec<Delivery>>, QueueError> {
         self.receives
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let got: Vec<Delivery> = {
-            let mut messages = self.messages.lock().unwrap();
-            messages
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, (_, held))| !*held)
-                .take(max)
-                .map(|(i, (bundle, held))| {
-                    *held = true;
-                    Delivery {
-                        bundle: bundle.clone(),
-                        receipt: Some(Receipt(i.to_string())),
-                        receive_count: 1,
-                        priority: false,
-                    }
-                })
-                .collect()
-        };
-        if got.is_empty() {
-            tokio::time::sleep(wait).await;
+        let sent = self.sent.notified();
+        let got = self.take(max);
+        if !got.is_empty() {
+            return Ok(Some(got));
         }
-        Ok(Some(got))
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(Some(Vec::new())),
+            _ = sent => Ok(Some(self.take(max))),
+        }
     }
 
     async fn ack(&self, _receipts: Vec<Receipt>) -> Result<(), QueueError> {
@@ -1163,6 +1179,8 @@ impl TaskQueue for ReceiptQueue {
     }
 
     async fn release(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        self.releases
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let i: usize = receipt.0.parse().unwrap();
         self.messages.lock().unwrap()[i].1 = false;
         Ok(())
@@ -1670,10 +1688,24 @@ enum LedgerCall {
 
 #[tokio::test]
 async fn a_worker_whose_renewals_fail_claims_nothing_new_until_they_succeed() {
-    // One slot, a 2 s task held under a 300 ms lease (renewed every 100 ms)
-    // whose renewals fail; a second bundle comes meanwhile. It is claimed
-    // only after a round of renewals succeeds again.
-    let queue = Arc::new(MemoryQueue::bounded(4));
+    renewals_fail_while_a_bundle_comes(Arc::new(MemoryQueue::bounded(4))).await;
+}
+
+#[tokio::test]
+async fn a_bundle_received_while_renewals_fail_goes_back_to_the_queue() {
+    let queue = Arc::new(ReceiptQueue::default());
+    renewals_fail_while_a_bundle_comes(queue.clone()).await;
+    assert!(
+        queue.releases.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "received during the failures, it was given back, not held"
+    );
+}
+
+/// One slot, a 2 s task held under a 300 ms lease (renewed every 100 ms)
+/// whose renewals fail; a second bundle comes meanwhile, ending a receive
+/// that was waiting. It is claimed only after a round of renewals succeeds
+/// again.
+async fn renewals_fail_while_a_bundle_comes<Q: TaskQueue + 'static>(queue: Arc<Q>) {
     let ledger = Arc::new(CountingLedger::default());
     ledger
         .failing_renewals
@@ -1685,6 +1717,9 @@ async fn a_worker_whose_renewals_fail_claims_nothing_new_until_they_succeed() {
     let mut config = config();
     config.pool.slots = 1;
     config.lease = Duration::from_millis(300);
+    // A long poll: the fetcher is waiting in a receive when the renewals
+    // start to fail, past its check of them, and the second bundle ends it.
+    config.receive_wait = Duration::from_secs(5);
     let stop = Shutdown::new();
     let worker = tokio::spawn(run_remote(
         queue.clone(),

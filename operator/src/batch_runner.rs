@@ -1026,6 +1026,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             ..Pending::default()
         };
         let mut last_flush = Instant::now();
+        // The last status written, by a flush or while the batch stalls.
+        let mut last_status = Instant::now();
         let started = start_time.0;
         let mut receives = 1;
         // The last write-out, still going while the next results come in:
@@ -1163,6 +1165,14 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     } else {
                         writing = Some(commit);
                     }
+                    last_status = Instant::now();
+                } else if last_status.elapsed() >= self.settings.status_refresh {
+                    // Nothing new: the pace still changes (the RATE falls, the
+                    // ETA grows, then goes), and the running count with it.
+                    let patch =
+                        stalled_status(collected.finished(), known_total, started, progress);
+                    self.record.patch_status(patch).await?;
+                    last_status = Instant::now();
                 }
                 last_flush = Instant::now();
             }
@@ -1321,7 +1331,6 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 total: enqueue_finished.then_some(counts.total),
                 ..CountsPatch::default()
             },
-            throughput: Some(status::throughput(collected.finished(), elapsed)),
             progress: Some(if enqueue_finished {
                 status::progress(&counts, true)
             } else {
@@ -1345,27 +1354,14 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 p99_millis: latency.value_at_quantile(0.99) as i64,
             });
         }
-        let planned = total.unwrap_or(progress.planned.load(Ordering::Relaxed));
-        let left = {
-            let mut eta = progress.eta.lock().expect("eta lock");
-            eta.observe(elapsed, collected.finished() as u64);
-            eta.time_left(planned)
-        };
-        match left {
-            Some(left) if !phase.is_finished() => {
-                let eta = now
-                    .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
-                        left.as_secs() as i64
-                    ))
-                    .unwrap_or(now);
-                patch.estimated_completion_time = Some(Some(Time(eta)));
-                patch.eta = Some(Some(status::eta_column(left)));
-            }
-            _ => {
-                patch.estimated_completion_time = Some(None);
-                patch.eta = Some(None);
-            }
-        }
+        pace(
+            &mut patch,
+            collected.finished(),
+            total,
+            (now, elapsed),
+            progress,
+            phase.is_finished(),
+        );
         if phase.is_finished() {
             patch.completion_time = Some(Time(now));
         }
@@ -1417,6 +1413,65 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .inc_by(flush.failed);
         self.record.patch_status(flush.status).await
     }
+}
+
+/// Sets the batch's pace in `patch`: its RATE (finished tasks a second
+/// since it started) and, while it runs, its ETA at the last minute's rate
+/// (see [`crate::eta`]); `at` is now and the time since it started.
+fn pace(
+    patch: &mut StatusPatch,
+    finished: i64,
+    total: Option<u64>,
+    (now, elapsed): (JiffTimestamp, Duration),
+    progress: &Progress,
+    ended: bool,
+) {
+    patch.throughput = Some(status::throughput(finished, elapsed));
+    let planned = total.unwrap_or(progress.planned.load(Ordering::Relaxed));
+    let left = {
+        let mut eta = progress.eta.lock().expect("eta lock");
+        eta.observe(elapsed, finished as u64);
+        eta.time_left(planned)
+    };
+    match left {
+        Some(left) if !ended => {
+            let eta = now
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                    left.as_secs() as i64
+                ))
+                .unwrap_or(now);
+            patch.estimated_completion_time = Some(Some(Time(eta)));
+            patch.eta = Some(Some(status::eta_column(left)));
+        }
+        _ => {
+            patch.estimated_completion_time = Some(None);
+            patch.eta = Some(None);
+        }
+    }
+}
+
+/// The status of a batch from which no result came since its last write:
+/// its pace ([`pace`]) and its running tasks, which the workers' claims
+/// change meanwhile.
+fn stalled_status(
+    finished: i64,
+    total: Option<u64>,
+    started: JiffTimestamp,
+    progress: &Progress,
+) -> StatusPatch {
+    let now = JiffTimestamp::now();
+    let elapsed = Duration::from_millis(
+        u64::try_from(now.as_millisecond() - started.as_millisecond()).unwrap_or(0),
+    );
+    let mut patch = StatusPatch {
+        counts: CountsPatch {
+            running: count(progress.running()),
+            ..CountsPatch::default()
+        },
+        ..StatusPatch::default()
+    };
+    pace(&mut patch, finished, total, (now, elapsed), progress, false);
+    patch
 }
 
 /// A write-out in progress.
@@ -1887,6 +1942,81 @@ mod tests {
         assert_eq!(status.counts.total, 0, "{status:?}");
         assert_eq!(status.counts.failed, finished);
         assert!(status.progress.unwrap().ends_with('+'));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_batchs_rate_falls_and_its_eta_moves_without_new_results() {
+        let (queue, responses) = (MemoryQueue::bounded(1 << 10), MemoryResponses::new());
+        let b = batch(generator(json!({"kind": "sleep", "ms": 1000}), 100), None);
+        let mut r = runner(&queue, &responses, MemoryRecord::default());
+        r.settings.status_refresh = Duration::from_millis(200);
+        let r = Arc::new(r);
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        let run = {
+            let r = r.clone();
+            tokio::spawn(async move { r.run(args(b, false), spec).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status_until = |what: &str, ok: &dyn Fn(&TaskBatchStatus) -> bool| {
+            let status = r.record.status();
+            assert!(Instant::now() < deadline, "{what}: {status:?}");
+            ok(&status)
+        };
+        // The tasks sent so far, at least `n` (the meter sends more as
+        // results come).
+        let mut tasks = Vec::new();
+        let mut sent = async |n: usize| {
+            while tasks.len() < n {
+                assert!(!run.is_finished() && Instant::now() < deadline, "{tasks:?}");
+                tasks.extend(drain_ids(&queue).await.into_iter().flatten());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tasks.clone()
+        };
+        // Two rounds of results, so that there is a rate over the window,
+        // then none.
+        let one_each = |ids: &[u64]| ids.iter().map(|&id| vec![id]).collect::<Vec<_>>();
+        let took = Duration::from_millis(1);
+        let first = sent(50).await;
+        answer_ids(
+            &responses,
+            &one_each(&first[..50]),
+            took,
+            Outcome::Succeeded,
+        )
+        .await;
+        while !status_until("the first round", &|s| s.counts.succeeded == 50) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let second = sent(75).await;
+        answer_ids(
+            &responses,
+            &one_each(&second[50..75]),
+            took,
+            Outcome::Succeeded,
+        )
+        .await;
+        while !status_until("the second round", &|s| {
+            s.counts.succeeded == 75 && s.estimated_completion_time.is_some()
+        }) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = r.record.status();
+        let (rate, eta) = (
+            before.throughput.unwrap(),
+            before.estimated_completion_time.clone().unwrap().0,
+        );
+        // Nothing more comes: the rate is written lower, and the end later.
+        while !status_until("the stall", &|s| {
+            s.throughput.is_some_and(|t| t < rate / 2.0)
+                && s.estimated_completion_time
+                    .as_ref()
+                    .is_some_and(|e| e.0.duration_since(eta).as_secs() >= 1)
+        }) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(r.record.status().counts.succeeded, 75);
+        run.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

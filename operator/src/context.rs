@@ -39,6 +39,9 @@ pub struct Settings {
     pub default_results_prefix: Option<String>,
     /// How often a batch's collected results are written out.
     pub flush_every: Duration,
+    /// How often a batch's RATE and ETA are written while no result comes
+    /// (else they keep the last values for as long as it stalls).
+    pub status_refresh: Duration,
     /// Largest results part (bytes); see `cloudkon-operator run --help`.
     pub results_part_bytes: usize,
     /// Largest workload file (ConfigMap or S3) a batch may name, in bytes:
@@ -62,6 +65,7 @@ impl Default for Settings {
             poll: Duration::from_secs(1),
             default_results_prefix: None,
             flush_every: Duration::from_secs(1),
+            status_refresh: Duration::from_secs(10),
             results_part_bytes: 8 << 20,
             max_workload_bytes: DEFAULT_MAX_WORKLOAD_BYTES,
             workload_memory_bytes: DEFAULT_WORKLOAD_MEMORY_BYTES,

@@ -875,13 +875,16 @@ mod tests {
         })
     }
 
-    /// `follow` on these reads, in order (the last one again once they run out).
+    /// `follow` on these reads, in order (the last one again once they run
+    /// out), giving up after `give_up` of failed reads.
     async fn follow_reads(
         reads: Vec<Result<Option<TaskBatchStatus>, ReadError>>,
+        give_up: Duration,
     ) -> (Result<Phase>, usize) {
         let mut reads = std::collections::VecDeque::from(reads);
         let mut made = 0;
-        let got = follow("ns", "b", FAST, || {
+        let pace = Pace { give_up, ..FAST };
+        let got = follow("ns", "b", pace, || {
             made += 1;
             let read = if reads.len() > 1 {
                 reads.pop_front().unwrap()
@@ -903,27 +906,34 @@ mod tests {
     #[tokio::test]
     async fn a_watch_outlasts_a_failed_read() {
         let dropped = || ReadError::Transient(anyhow::anyhow!("connection reset"));
-        let (got, made) = follow_reads(vec![
-            Ok(status(Phase::Running)),
-            Err(dropped()),
-            Err(dropped()),
-            Ok(status(Phase::Succeeded)),
-        ])
+        let (got, made) = follow_reads(
+            vec![
+                Ok(status(Phase::Running)),
+                Err(dropped()),
+                Err(dropped()),
+                Ok(status(Phase::Succeeded)),
+            ],
+            // Far more than two retries take, however busy the machine.
+            Duration::from_secs(60),
+        )
         .await;
         assert_eq!(got.unwrap(), Phase::Succeeded);
         assert_eq!(made, 4);
         assert_eq!(exit_code(Phase::Succeeded), ExitCode::SUCCESS);
         assert_eq!(exit_code(Phase::Cancelled), ExitCode::from(1));
         // Failing for ever: given up, saying why.
-        let (got, _) = follow_reads(vec![Err(dropped())]).await;
+        let (got, _) = follow_reads(vec![Err(dropped())], FAST.give_up).await;
         let e = format!("{:#}", got.unwrap_err());
         assert!(
             e.contains("gave up watching TaskBatch ns/b") && e.contains("connection reset"),
             "{e}"
         );
         // Refused (e.g. forbidden): at once.
-        let (got, made) =
-            follow_reads(vec![Err(ReadError::Fatal(anyhow::anyhow!("forbidden")))]).await;
+        let (got, made) = follow_reads(
+            vec![Err(ReadError::Fatal(anyhow::anyhow!("forbidden")))],
+            FAST.give_up,
+        )
+        .await;
         assert_eq!(
             (got.unwrap_err().to_string(), made),
             ("forbidden".into(), 1)
@@ -932,10 +942,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_gone_is_said_as_never_there_or_deleted_since() {
-        let (got, _) = follow_reads(vec![Ok(None)]).await;
+        let (got, _) = follow_reads(vec![Ok(None)], FAST.give_up).await;
         let e = got.unwrap_err().to_string();
         assert_eq!(e, "TaskBatch b does not exist in namespace ns");
-        let (got, _) = follow_reads(vec![Ok(status(Phase::Running)), Ok(None)]).await;
+        let (got, _) = follow_reads(vec![Ok(status(Phase::Running)), Ok(None)], FAST.give_up).await;
         let e = got.unwrap_err().to_string();
         assert!(
             e.starts_with(
@@ -945,7 +955,8 @@ mod tests {
         );
         // Seen finished (a batch deleted at once keeps its status until its
         // finalizer is done): its outcome, not a read of it gone.
-        let (got, made) = follow_reads(vec![Ok(status(Phase::Failed)), Ok(None)]).await;
+        let (got, made) =
+            follow_reads(vec![Ok(status(Phase::Failed)), Ok(None)], FAST.give_up).await;
         assert_eq!((got.unwrap(), made), (Phase::Failed, 1));
     }
 

@@ -1026,8 +1026,10 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             ..Pending::default()
         };
         let mut last_flush = Instant::now();
-        // The last status written, by a flush or while the batch stalls.
+        // The last status written, by a flush or while the batch stalls, and
+        // what it showed of the pace.
         let mut last_status = Instant::now();
+        let mut shown: Option<Shown> = None;
         let started = start_time.0;
         let mut receives = 1;
         // The last write-out, still going while the next results come in:
@@ -1159,6 +1161,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     progress,
                 );
                 if let Some(flush) = flush {
+                    shown = Some(Shown::of(&flush.status));
                     let commit = Box::pin(self.commit(args, flush));
                     if done || gave_up.is_some() {
                         commit.await?;
@@ -1169,9 +1172,15 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 } else if last_status.elapsed() >= self.settings.status_refresh {
                     // Nothing new: the pace still changes (the RATE falls, the
                     // ETA grows, then goes), and the running count with it.
+                    // Written only when a column moves: a batch that waits
+                    // for its turn, nothing done yet, writes nothing.
                     let patch =
                         stalled_status(collected.finished(), known_total, started, progress);
-                    self.record.patch_status(patch).await?;
+                    let now_shown = Shown::of(&patch);
+                    if shown.as_ref() != Some(&now_shown) {
+                        self.record.patch_status(patch).await?;
+                        shown = Some(now_shown);
+                    }
                     last_status = Instant::now();
                 }
                 last_flush = Instant::now();
@@ -1472,6 +1481,24 @@ fn stalled_status(
     };
     pace(&mut patch, finished, total, (now, elapsed), progress, false);
     patch
+}
+
+/// What `kubectl get taskbatches` shows of a batch's pace.
+#[derive(Debug, PartialEq)]
+struct Shown {
+    rate: Option<Option<f64>>,
+    eta: Option<Option<String>>,
+    running: Option<i64>,
+}
+
+impl Shown {
+    fn of(patch: &StatusPatch) -> Self {
+        Shown {
+            rate: patch.throughput,
+            eta: patch.eta.clone(),
+            running: patch.counts.running,
+        }
+    }
 }
 
 /// A write-out in progress.

@@ -78,6 +78,7 @@ async fn a_20_mib_file_goes_up_in_parts() {
     assert_eq!(used.get("S3.CreateMultipartUpload"), 1, "{used}");
     assert_eq!(used.get("S3.UploadPart"), 3, "{used}"); // 8 + 8 + 4 MiB
     assert_eq!(used.get("S3.CompleteMultipartUpload"), 1, "{used}");
+    assert_eq!(used.get("S3.AbortMultipartUpload"), 0, "{used}");
     assert!(
         s3.get_bytes(&bucket, "big.bin").await.unwrap() == data,
         "content differs"
@@ -92,6 +93,44 @@ async fn a_20_mib_file_goes_up_in_parts() {
         .unwrap();
     assert_eq!(aws.stats().snapshot().since(&before).get("S3.PutObject"), 1);
     assert_eq!(s3.get_bytes(&bucket, "small.bin").await.unwrap(), b"small");
+}
+
+#[tokio::test]
+#[ignore = "needs the AWS test servers: scripts/test starts them"]
+async fn a_multipart_upload_dropped_midway_is_aborted() {
+    // A task that times out drops its upload: the parts sent so far would be
+    // billed until a lifecycle rule removed them.
+    let aws = aws().await;
+    let s3 = aws.s3();
+    let bucket = unique("ck-bucket");
+    s3.ensure_bucket(&bucket).await.unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    file.write_all(&data).unwrap();
+    file.flush().unwrap();
+
+    let before = aws.stats().snapshot();
+    let used = || aws.stats().snapshot().since(&before);
+    let mut upload = Box::pin(s3.put_file(&bucket, "cut.bin", file.path()));
+    // Cut once its parts go up (the upload's id known to it).
+    let parts_going = async {
+        while used().get("S3.UploadPart") == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::select! {
+        done = &mut upload => panic!("8 parts went up before the test could cut them: {done:?}"),
+        () = parts_going => {}
+    }
+    drop(upload);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while used().get("S3.AbortMultipartUpload") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", used());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(used().get("S3.CompleteMultipartUpload"), 0, "{}", used());
+    let e = s3.get_bytes(&bucket, "cut.bin").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 }
 
 /// A plain HTTP/1.1 GET, as a browser or curl would fetch a presigned URL.

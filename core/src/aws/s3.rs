@@ -178,6 +178,58 @@ pub struct S3Store {
     settings: super::config::AwsSettings,
 }
 
+/// A multipart upload under way: aborted if it fails, and if it is dropped
+/// unfinished (its task timed out or was cancelled), so that no orphan parts
+/// are billed (S3 keeps them until the upload is aborted or a lifecycle
+/// rule removes them).
+struct OpenUpload {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    /// `None` once completed or aborted.
+    upload_id: Option<String>,
+}
+
+impl OpenUpload {
+    fn request(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let upload_id = self.upload_id.take()?;
+        let request = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&upload_id);
+        let resource = uri(&self.bucket, &self.key);
+        Some(async move {
+            if let Err(e) = request.send().await {
+                tracing::warn!(
+                    %resource, upload_id,
+                    error = %err("AbortMultipartUpload", resource.clone(), e),
+                    "could not abort an unfinished multipart upload: its parts are billed until a lifecycle rule removes them"
+                );
+            }
+        })
+    }
+
+    async fn abort(&mut self) {
+        if let Some(abort) = self.request() {
+            abort.await;
+        }
+    }
+}
+
+impl Drop for OpenUpload {
+    fn drop(&mut self) {
+        // Dropped mid-upload: the abort goes on in the background (outside a
+        // runtime, as at a process's exit, there is none to run it on).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let Some(abort) = self.request()
+        {
+            runtime.spawn(abort);
+        }
+    }
+}
+
 /// The slowest upload taken for a live one: a request's timeouts grow by
 /// its body's time at this rate. The timeouts of other calls (5 s) held
 /// the sending of the body too: an 8 MiB part needed 1.6 MB/s, four at
@@ -355,42 +407,35 @@ impl S3Store {
                 "no upload id in the answer".into(),
             )
         })?;
-        match self.put_parts(bucket, key, path, size, &upload_id).await {
-            Ok(parts) => {
-                self.client
-                    .complete_multipart_upload()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| err("CompleteMultipartUpload", resource, e))?;
-                Ok(())
-            }
-            Err(e) => {
-                let aborted = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                if let Err(abort) = aborted {
-                    tracing::warn!(
-                        %resource, upload_id,
-                        error = %err("AbortMultipartUpload", resource.clone(), abort),
-                        "could not abort a failed multipart upload"
-                    );
-                }
-                Err(e)
-            }
+        let mut open = OpenUpload {
+            client: self.client.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            upload_id: Some(upload_id.clone()),
+        };
+        let done = match self.put_parts(bucket, key, path, size, &upload_id).await {
+            Ok(parts) => self
+                .client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| err("CompleteMultipartUpload", resource, e)),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => open.upload_id = None,
+            Err(_) => open.abort().await,
         }
+        done
     }
 
     async fn put_parts(

@@ -948,3 +948,104 @@ async fn images_past_the_bytes_per_task_fail_the_task() {
     assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
     s.assert_clean();
 }
+
+/// A 64x32 JPEG, red on the left half and blue on the right, with an EXIF
+/// `Orientation` of `orientation` (an APP1 segment put after its start, as
+/// cameras write it).
+fn red_blue_jpeg(path: &Path, orientation: u16) {
+    let plain = path.with_extension("plain.jpg");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
+        .arg("color=red:s=32x32[a];color=blue:s=32x32[b];[a][b]hstack")
+        .args(["-frames:v", "1", "-q:v", "2"])
+        .arg(&plain)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let jpeg = std::fs::read(&plain).unwrap();
+    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+    tiff.extend(1u16.to_be_bytes());
+    tiff.extend(0x0112u16.to_be_bytes()); // Orientation, a SHORT
+    tiff.extend(3u16.to_be_bytes());
+    tiff.extend(1u32.to_be_bytes());
+    tiff.extend(orientation.to_be_bytes());
+    tiff.extend([0, 0]);
+    tiff.extend(0u32.to_be_bytes());
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend(tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend([0xFF, 0xE1]);
+    out.extend(u16::try_from(app1.len() + 2).unwrap().to_be_bytes());
+    out.extend(app1);
+    out.extend(&jpeg[2..]);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Where the red and the blue are in a video's first frame: `"red above"`,
+/// `"red left"`...
+fn where_red_is(video: &Path) -> &'static str {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(video)
+        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let p = probe(video);
+    let (w, h) = (p.width as usize, p.height as usize);
+    // Red, blue, or neither (the line between the halves, the letterbox).
+    let red_at = |x: usize, y: usize| {
+        let i = (y * w + x) * 3;
+        let (r, b) = (out.stdout[i], out.stdout[i + 2]);
+        (r.abs_diff(b) > 100).then_some(r > b)
+    };
+    // The image is fitted into a square frame: its middle is the image,
+    // split across or down the middle.
+    let (cx, cy, q) = (w / 2, h / 2, w.min(h) / 8);
+    let across = (red_at(cx - q, cy), red_at(cx + q, cy));
+    let down = (red_at(cx, cy - q), red_at(cx, cy + q));
+    match (across, down) {
+        ((Some(true), Some(false)), _) => "red left",
+        ((Some(false), Some(true)), _) => "red right",
+        (_, (Some(true), Some(false))) => "red above",
+        (_, (Some(false), Some(true))) => "red below",
+        other => panic!("no red half: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn photos_are_turned_upright_by_their_exif_orientation_on_both_paths() {
+    // Phones store the sensor's pixels and an orientation tag. ffmpeg 5.1
+    // turns an `-i` input by it but not a `movie=` source: a video showed
+    // the same photo upright or on its side depending on its size.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (1, "red left"),
+        (3, "red right"),
+        (6, "red above"),
+        (8, "red below"),
+    ];
+    for (orientation, _) in cases {
+        red_blue_jpeg(&dir.path().join(format!("o{orientation}.jpg")), orientation);
+    }
+    for graph_pixels in [u64::MAX, 0] {
+        let s = setup(|c| c.graph_pixels = graph_pixels);
+        for (orientation, expected) in cases {
+            let url = format!("file://{}/o{orientation}.jpg", dir.path().display());
+            let mut spec = spec(vec![url]);
+            spec.resolution = Some("256x256".into());
+            let out = s
+                .executor
+                .execute(&task(u64::from(orientation), spec), LIMITS)
+                .await;
+            assert_eq!(out.outcome, Outcome::Succeeded, "{out:?}");
+            let video = PathBuf::from(out.artifact.unwrap());
+            assert_eq!(
+                where_red_is(&video),
+                expected,
+                "orientation {orientation}, graph pixels {graph_pixels}"
+            );
+        }
+        s.assert_clean();
+    }
+}

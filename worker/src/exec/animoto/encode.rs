@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use cloudkon_core::Outcome;
 use tokio::process::Command;
 
+use super::orientation::Orientation;
 use crate::exec::ExecLimits;
 use crate::exec::run::run_command;
 
@@ -67,14 +68,16 @@ impl EncodePlan {
     }
 
     /// The filter graph over `names`, image files relative to ffmpeg's working
-    /// directory (so that no path needs filter-graph escaping).
-    pub fn filter_graph(&self, names: &[String]) -> String {
+    /// directory (so that no path needs filter-graph escaping), each turned
+    /// upright by its `orientations`.
+    pub fn filter_graph(&self, names: &[String], orientations: &[Orientation]) -> String {
         let (w, h) = (self.width, self.height);
         let mut graph = String::with_capacity(names.len() * 200 + 200);
-        for (i, name) in names.iter().enumerate() {
+        for (i, (name, orientation)) in names.iter().zip(orientations).enumerate() {
             // trim: an animated GIF contributes its first frame, like any still.
+            let turn = orientation.filters();
             graph.push_str(&format!(
-                "movie={name},trim=end_frame=1,\
+                "movie={name},trim=end_frame=1,{turn}\
                  scale={w}:{h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
                  pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1,format=yuv420p[v{i}];\n"
             ));
@@ -123,18 +126,22 @@ impl EncodePlan {
         args
     }
 
-    /// ffmpeg's arguments that fit image `name` alone to the frame and write
-    /// it as `fitted` (a high-quality JPEG: a few hundred KB at 1080p).
-    pub fn fit_args(&self, name: &str, fitted: &str) -> Vec<OsString> {
+    /// ffmpeg's arguments that fit image `name` alone to the frame, turned
+    /// upright by its `orientation` (ffmpeg's own turn off: it does not make
+    /// it in a `movie=` source), and write it as `fitted` (a high-quality
+    /// JPEG: a few hundred KB at 1080p).
+    pub fn fit_args(&self, name: &str, orientation: Orientation, fitted: &str) -> Vec<OsString> {
         let (w, h) = (self.width, self.height);
         let mut args: Vec<OsString> = QUIET.map(OsString::from).into();
+        let turn = orientation.filters();
         args.extend(
             [
+                "-noautorotate",
                 "-i",
                 name,
                 "-vf",
                 &format!(
-                    "scale={w}:{h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+                    "{turn}scale={w}:{h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
                  pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1"
                 ),
                 // An animated GIF contributes its first frame, like any still.
@@ -249,26 +256,37 @@ fn detail(culprit: &Option<Culprit>, stderr: &str) -> String {
     }
 }
 
-/// Encodes the images `names` (in `dir`, ffmpeg's working directory) to
-/// `output`, within `timeout` in all. `urls[i]` is where `names[i]` came
-/// from, named in errors.
-#[allow(clippy::too_many_arguments)] // Each says a different thing; a struct would only rename them.
+/// A task's images, in its scratch directory (ffmpeg's working directory):
+/// image `i` is the file `names[i]`, goes the way up `orientations[i]` says,
+/// and came from `urls[i]` (named in errors).
+#[derive(Clone, Copy, Debug)]
+pub struct Images<'a> {
+    pub names: &'a [String],
+    pub orientations: &'a [Orientation],
+    pub urls: &'a [String],
+}
+
+/// Encodes `images` (in `dir`) to `output`, within `timeout` in all.
 pub async fn encode(
     ffmpeg: &Path,
     plan: &EncodePlan,
     dir: &Path,
-    names: &[String],
-    urls: &[String],
+    images: Images<'_>,
     output: &Path,
     timeout: Duration,
     staging: Staging,
 ) -> Result<(), EncodeError> {
-    debug_assert_eq!(names.len(), urls.len());
+    let Images {
+        names,
+        orientations,
+        urls,
+    } = images;
+    debug_assert!(names.len() == urls.len() && names.len() == orientations.len());
     let deadline = Instant::now() + timeout;
     let args = match staging {
         Staging::Graph => {
             let graph = dir.join("graph.txt");
-            std::fs::write(&graph, plan.filter_graph(names)).map_err(|source| {
+            std::fs::write(&graph, plan.filter_graph(names, orientations)).map_err(|source| {
                 EncodeError::Graph {
                     path: graph.clone(),
                     source,
@@ -277,17 +295,7 @@ pub async fn encode(
             plan.ffmpeg_args(names.len(), &graph, output)
         }
         Staging::Fitted { concurrency } => {
-            fit_each(
-                ffmpeg,
-                plan,
-                dir,
-                names,
-                urls,
-                deadline,
-                timeout,
-                concurrency,
-            )
-            .await?;
+            fit_each(ffmpeg, plan, dir, images, deadline, timeout, concurrency).await?;
             plan.fitted_args(names.len(), output)
         }
     };
@@ -332,43 +340,49 @@ pub async fn encode(
 /// Fits each image to the frame alone ([`Staging::Fitted`]), `concurrency`
 /// at once, removing each original once fitted (scratch space); the first
 /// image that fails stops the rest and is named.
-#[allow(clippy::too_many_arguments)]
 async fn fit_each(
     ffmpeg: &Path,
     plan: &EncodePlan,
     dir: &Path,
-    names: &[String],
-    urls: &[String],
+    images: Images<'_>,
     deadline: Instant,
     timeout: Duration,
     concurrency: usize,
 ) -> Result<(), EncodeError> {
     use futures_util::TryStreamExt;
-    futures_util::stream::iter(names.iter().zip(urls).enumerate().map(Ok))
-        .try_for_each_concurrent(concurrency.max(1), |(i, (name, url))| async move {
-            let args = plan.fit_args(name, &fitted_name(i));
-            let left = deadline.saturating_duration_since(Instant::now());
-            let out = run_ffmpeg(ffmpeg, dir, args, left).await;
-            match out.outcome {
-                Outcome::Succeeded => {
-                    let _ = std::fs::remove_file(dir.join(name));
-                    Ok(())
+    let each = images
+        .names
+        .iter()
+        .zip(images.orientations)
+        .zip(images.urls);
+    futures_util::stream::iter(each.enumerate().map(Ok))
+        .try_for_each_concurrent(
+            concurrency.max(1),
+            |(i, ((name, orientation), url))| async move {
+                let args = plan.fit_args(name, *orientation, &fitted_name(i));
+                let left = deadline.saturating_duration_since(Instant::now());
+                let out = run_ffmpeg(ffmpeg, dir, args, left).await;
+                match out.outcome {
+                    Outcome::Succeeded => {
+                        let _ = std::fs::remove_file(dir.join(name));
+                        Ok(())
+                    }
+                    Outcome::TimedOut => Err(EncodeError::TimedOut(timeout)),
+                    Outcome::Failed { reason } => {
+                        let words = failure_words(&reason, &out.stderr);
+                        Err(EncodeError::Failed {
+                            reason,
+                            stderr: String::new(),
+                            culprit: Some(Culprit {
+                                number: i + 1,
+                                url: url.clone(),
+                                words,
+                            }),
+                        })
+                    }
                 }
-                Outcome::TimedOut => Err(EncodeError::TimedOut(timeout)),
-                Outcome::Failed { reason } => {
-                    let words = failure_words(&reason, &out.stderr);
-                    Err(EncodeError::Failed {
-                        reason,
-                        stderr: String::new(),
-                        culprit: Some(Culprit {
-                            number: i + 1,
-                            url: url.clone(),
-                            words,
-                        }),
-                    })
-                }
-            }
-        })
+            },
+        )
         .await
 }
 
@@ -485,7 +499,8 @@ mod tests {
 
     #[test]
     fn graph_letterboxes_each_image_and_holds_the_last() {
-        let graph = PLAN.filter_graph(&["i00000.jpg".into(), "i00001.png".into()]);
+        let upright = [Orientation::UPRIGHT; 2];
+        let graph = PLAN.filter_graph(&["i00000.jpg".into(), "i00001.png".into()], &upright);
         assert!(graph.starts_with("movie=i00000.jpg,trim=end_frame=1,scale=1280:720:force_original_aspect_ratio=decrease"), "{graph}");
         assert!(graph.contains("pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,format=yuv420p[v1];"));
         assert!(graph.ends_with(

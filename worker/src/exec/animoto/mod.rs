@@ -17,6 +17,7 @@ mod address;
 mod encode;
 mod fetch;
 mod magic;
+mod orientation;
 mod s3;
 
 use std::future::Future;
@@ -33,6 +34,7 @@ pub use address::{AddressClass, AddressPolicy, Refused, classify};
 pub use encode::{Culprit, EncodeError, EncodePlan, Staging};
 pub use fetch::{FetchError, FetchLimits};
 pub use magic::ImageKind;
+use orientation::Orientation;
 pub use s3::{
     DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, OutputError, S3ObjectStore, S3StoreError,
     check_output, parse_presign_expiry,
@@ -279,7 +281,7 @@ impl AnimotoExecutor {
         let fetched_in = started.elapsed();
         let (kinds, names): (Vec<ImageKind>, Vec<String>) =
             images.into_iter().map(|f| (f.kind, f.name)).unzip();
-        let pixels = self.measure(scratch.path(), &kinds, &names, &spec.urls)?;
+        let (pixels, orientations) = self.measure(scratch.path(), &kinds, &names, &spec.urls)?;
         let staging = if pixels > self.config.graph_pixels {
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
             Staging::Fitted {
@@ -291,6 +293,7 @@ impl AnimotoExecutor {
 
         let encode = |target: PathBuf| {
             let names = &names;
+            let orientations = &orientations;
             let urls = &spec.urls;
             let scratch = scratch.path();
             async move {
@@ -298,8 +301,11 @@ impl AnimotoExecutor {
                     &self.config.ffmpeg,
                     &plan,
                     scratch,
-                    names,
-                    urls,
+                    encode::Images {
+                        names,
+                        orientations,
+                        urls,
+                    },
                     &target,
                     self.config
                         .encode_timeout
@@ -377,16 +383,18 @@ impl AnimotoExecutor {
     }
 
     /// Refuses an image whose decoded size ffmpeg should not hold (the limit
-    /// per image); returns the pixels of all. Reads only headers (a few KiB
-    /// each; a JPEG's segments are skipped, not read).
+    /// per image); returns the pixels of all, and which way up each goes.
+    /// Reads only headers (a few KiB each; a JPEG's segments are skipped,
+    /// not read) and EXIF data.
     fn measure(
         &self,
         dir: &Path,
         kinds: &[ImageKind],
         names: &[String],
         urls: &[String],
-    ) -> Result<u64, AnimotoError> {
+    ) -> Result<(u64, Vec<Orientation>), AnimotoError> {
         let mut total = 0u64;
+        let mut orientations = Vec::with_capacity(names.len());
         for (i, ((kind, name), url)) in kinds.iter().zip(names).zip(urls).enumerate() {
             let (number, url) = (i + 1, url.clone());
             let path = dir.join(name);
@@ -416,8 +424,12 @@ impl AnimotoExecutor {
                 });
             }
             total += pixels;
+            orientations.push(
+                std::fs::File::open(&path)
+                    .map_or(Orientation::UPRIGHT, |f| Orientation::of(*kind, f)),
+            );
         }
-        Ok(total)
+        Ok((total, orientations))
     }
 
     fn plan(&self, spec: &AnimotoSpec) -> Result<EncodePlan, AnimotoError> {

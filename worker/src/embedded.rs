@@ -336,30 +336,37 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stop_finishes_running_tasks_and_leaves_the_rest() {
-        // 2 slots, 10 tasks that each announce their start and then take 500 ms:
-        // stop once two are running.
+        // 2 slots, 10 tasks that each announce their start and then run until
+        // `release`: stop once two are running, then release them.
         let dir = tempfile::tempdir().unwrap();
+        let started = dir.path().join("started");
+        std::fs::create_dir(&started).unwrap();
+        let release = dir.path().join("release");
         let text: String = (0..10)
             .map(|i| {
                 format!(
-                    "run sh -c 'touch \"$1\"; sleep 0.5' sh {}/{i}\n",
-                    dir.path().display()
+                    "run sh -c 'touch \"$1\"; while [ ! -e \"$2\" ]; do sleep 0.01; done' sh {}/{i} {}\n",
+                    started.display(),
+                    release.display()
                 )
             })
             .collect();
         let shutdown = Shutdown::new();
         let stopper = {
             let shutdown = shutdown.clone();
-            let dir = dir.path().to_owned();
+            let (started, release) = (started.clone(), release.clone());
             tokio::spawn(async move {
-                for _ in 0..2000 {
-                    if std::fs::read_dir(&dir).unwrap().count() >= 2 {
-                        shutdown.stop.cancel();
-                        return;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while std::fs::read_dir(&started).unwrap().count() < 2 {
+                    if Instant::now() > deadline {
+                        // Let the run end, to fail below.
+                        std::fs::write(&release, "").unwrap();
+                        panic!("two tasks never started");
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                panic!("two tasks never started");
+                shutdown.stop.cancel();
+                std::fs::write(&release, "").unwrap();
             })
         };
         let (run, collected) = run_text(&text, 2, shutdown).await;
@@ -370,7 +377,7 @@ mod tests {
         assert_eq!(s.not_run, 8);
         assert_eq!(collected.lock().unwrap().len(), 2);
         assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
+            std::fs::read_dir(&started).unwrap().count(),
             2,
             "a task started after stop"
         );

@@ -589,6 +589,11 @@ mod tests {
         }
     }
 
+    /// Shell words that wait until the file `gate` exists.
+    fn wait_for(gate: &std::path::Path) -> String {
+        format!("while [ ! -e {} ]; do sleep 0.01; done", gate.display())
+    }
+
     /// Runs `units` through a pool and returns what it reported, in order.
     async fn run(config: PoolConfig, units: Vec<WorkUnit>, shutdown: Shutdown) -> Vec<PoolEvent> {
         let (units_tx, units_rx) = async_channel::unbounded();
@@ -662,7 +667,7 @@ mod tests {
         let count = dir.path().join("count");
         let script = format!("echo x >> {}; exit 4", count.display());
         let mut config = PoolConfig::new(1, "w");
-        config.retry_backoff = Duration::from_secs(1);
+        config.retry_backoff = Duration::from_secs(60);
         config.max_attempts = 3;
         let (units_tx, units_rx) = async_channel::unbounded();
         units_tx.send(unit(vec![sh(&script)])).await.unwrap();
@@ -686,8 +691,8 @@ mod tests {
         }
         let stopped = Instant::now();
         stop.cancel();
-        // Without the stop, the retries would take 3 s of backoff.
-        tokio::time::timeout(Duration::from_millis(900), pool)
+        // Without the stop, the next retry would wait a minute.
+        tokio::time::timeout(Duration::from_secs(20), pool)
             .await
             .unwrap_or_else(|_| panic!("still retrying {:?} after the stop", stopped.elapsed()))
             .unwrap();
@@ -787,7 +792,9 @@ mod tests {
     async fn a_unit_of_the_priority_lane_starts_before_the_rest_of_the_unit_under_way() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let held = format!("echo held >> {}; sleep 0.05", log.display());
+        let release = dir.path().join("release");
+        // The held tasks wait for `release`, made once the lane's unit came.
+        let held = format!("echo held >> {}; {}", log.display(), wait_for(&release));
         let (units_tx, units_rx) = async_channel::unbounded();
         units_tx.send(unit(vec![sh(&held); 20])).await.unwrap();
         let (first_tx, first_rx) = async_channel::unbounded();
@@ -800,11 +807,14 @@ mod tests {
             events_tx,
             Shutdown::new(),
         ));
+        let deadline = Instant::now() + Duration::from_secs(20);
         while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+            assert!(Instant::now() < deadline, "the unit never started");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let lane = format!("echo lane >> {}", log.display());
         first_tx.send(unit(vec![sh(&lane)])).await.unwrap();
+        std::fs::write(&release, "").unwrap();
         drop((units_tx, first_tx));
         pool.await.unwrap();
         let lines: Vec<String> = std::fs::read_to_string(&log)
@@ -828,7 +838,11 @@ mod tests {
         let shutdown = Shutdown::new();
         let stop = shutdown.stop.clone();
         let dir = tempfile::tempdir().unwrap();
-        let script = format!("touch {}/$$; sleep 0.3", dir.path().display());
+        let started = dir.path().join("started");
+        std::fs::create_dir(&started).unwrap();
+        let release = dir.path().join("release");
+        // Each task runs until `release`, made after the stop.
+        let script = format!("touch {}/$$; {}", started.display(), wait_for(&release));
         let (units_tx, units_rx) = async_channel::unbounded();
         units_tx.send(unit(vec![sh(&script); 6])).await.unwrap();
         let (events_tx, events_rx) = async_channel::unbounded();
@@ -840,10 +854,13 @@ mod tests {
             shutdown,
         ));
         // Stop once both slots are busy.
-        while std::fs::read_dir(dir.path()).unwrap().count() < 2 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_dir(&started).unwrap().count() < 2 {
+            assert!(Instant::now() < deadline, "two tasks never started");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         stop.cancel();
+        std::fs::write(&release, "").unwrap();
         pool.await.unwrap();
         drop(units_tx);
         let mut events = Vec::new();
@@ -853,6 +870,7 @@ mod tests {
         // The two running tasks finished; the four others never started.
         assert_eq!(results(&events).len(), 2);
         assert_eq!(ends(&events), vec![false]);
+        assert_eq!(std::fs::read_dir(&started).unwrap().count(), 2);
     }
 
     #[test]

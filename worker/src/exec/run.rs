@@ -260,20 +260,31 @@ mod tests {
     async fn timeout_kills_the_whole_group_and_keeps_partial_output() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("grandchild.pid");
+        // The pidfile appears (whole) once the output and the grandchild are
+        // there. A machine too busy to get that far before the timeout gets
+        // a longer one.
         let script = format!(
-            "echo started; sleep 30 & echo $! > {}; wait",
+            "echo started; sleep 120 & echo $! > {0}.tmp; mv {0}.tmp {0}; wait",
             pidfile.display()
         );
-        let start = Instant::now();
-        let out = run("sh", &sh(&script), limits(Some(300), 1024)).await;
-        assert_eq!(out.outcome, Outcome::TimedOut);
-        assert_eq!(out.exit_code, None);
-        assert_eq!(out.stdout, "started\n");
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            start.elapsed()
-        );
+        let mut timeout_ms = 1000;
+        while !pidfile.exists() {
+            assert!(timeout_ms <= 16_000, "the script never got going");
+            let start = Instant::now();
+            let out = run("sh", &sh(&script), limits(Some(timeout_ms), 1024)).await;
+            assert_eq!(out.outcome, Outcome::TimedOut);
+            assert_eq!(out.exit_code, None);
+            if pidfile.exists() {
+                assert_eq!(out.stdout, "started\n");
+            }
+            // Not waiting for the grandchild's 120 s: the group was killed.
+            assert!(
+                start.elapsed() < Duration::from_millis(timeout_ms + 30_000),
+                "{:?}",
+                start.elapsed()
+            );
+            timeout_ms *= 4;
+        }
         assert!(
             dies(read_pid(&pidfile)).await,
             "a process of the timed-out task survived"

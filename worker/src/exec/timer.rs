@@ -124,37 +124,52 @@ mod tests {
 
     #[tokio::test]
     async fn never_wakes_early_and_in_deadline_order() {
-        let start = Instant::now();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for ms in [30u64, 10, 20, 0] {
-            let order = order.clone();
-            tasks.push(tokio::spawn(async move {
-                let deadline = start + Duration::from_millis(ms);
-                sleep_until(deadline).await;
-                assert!(Instant::now() >= deadline, "woke early");
-                order.lock().unwrap().push(ms);
-            }));
+        // Sleepers registered latest deadline first, the earliest last. A
+        // round counts only if all four were registered before the earliest
+        // deadline: a busy machine that got there first decides the order.
+        for _ in 0..50 {
+            let first = Instant::now() + Duration::from_millis(50);
+            let woke = Arc::new(Mutex::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for ms in [300u64, 100, 200, 0] {
+                let woke = woke.clone();
+                tasks.push(tokio::spawn(async move {
+                    let deadline = first + Duration::from_millis(ms);
+                    let mut sleep = std::pin::pin!(sleep_until(deadline));
+                    // The first poll registers it, or finds its deadline past.
+                    let past = tokio::time::timeout(Duration::ZERO, &mut sleep)
+                        .await
+                        .is_ok();
+                    let registered = Instant::now();
+                    if !past {
+                        sleep.await;
+                    }
+                    assert!(Instant::now() >= deadline, "woke early");
+                    woke.lock().unwrap().push(ms);
+                    registered
+                }));
+            }
+            let mut in_time = true;
+            for t in tasks {
+                in_time &= t.await.unwrap() < first;
+            }
+            if in_time {
+                assert_eq!(*woke.lock().unwrap(), vec![0, 100, 200, 300]);
+                return;
+            }
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(*order.lock().unwrap(), vec![0, 10, 20, 30]);
+        panic!("never registered four sleepers before the first deadline");
     }
 
     #[tokio::test]
     async fn a_dropped_sleeper_does_not_stop_the_others() {
         // A sleeper registered, then dropped before its deadline (its task
         // timed out); again if a busy machine got to its deadline first.
-        let dropped = loop {
-            let at = Instant::now() + Duration::from_millis(5);
-            if tokio::time::timeout(Duration::ZERO, sleep_until(at))
-                .await
-                .is_err()
-            {
-                break at;
-            }
-        };
+        // (Bounded: a sleeper that never waits would loop here for ever.)
+        let dropped = (0..50)
+            .map(|_| Instant::now() + Duration::from_millis(5))
+            .find(|&at| futures_util::FutureExt::now_or_never(sleep_until(at)).is_none())
+            .expect("a sleeper 5 ms out waits");
         let live = dropped + Duration::from_millis(15);
         sleep_until(live).await;
         assert!(Instant::now() >= live);

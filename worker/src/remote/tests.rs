@@ -141,6 +141,20 @@ fn sleeps(n: usize) -> Vec<TaskSpec> {
     vec![TaskSpec::Sleep { ms: 0 }; n]
 }
 
+/// Shell words that wait until the file `gate` exists.
+fn wait_for(gate: &std::path::Path) -> String {
+    format!("while [ ! -e {} ]; do sleep 0.01; done", gate.display())
+}
+
+/// Waits until `done` holds; fails after 20 s, saying `what` never came.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn every_bundle_runs_once_and_is_recorded_done() {
     let ledger = Arc::new(MemoryLedger::new());
@@ -261,26 +275,43 @@ async fn a_bundle_whose_workers_keep_dying_is_reported_failed() {
 #[tokio::test]
 async fn a_second_delivery_to_the_same_worker_while_running_is_held() {
     // Two deliveries of one bundle, one worker: the second claim must not be
-    // taken for the first (claims carry a token unique per claim).
+    // taken for the first (claims carry a token unique per claim). The task
+    // runs until `release`, made once the second delivery was decided on.
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
+    let release = dir.path().join("release");
     let spec = TaskSpec::Run {
         program: "sh".into(),
         args: vec![
             "-c".into(),
-            format!("echo x >> {}; sleep 0.3", log.display()),
+            format!("echo x >> {}; {}", log.display(), wait_for(&release)),
         ],
         expected_ms: None,
     };
     let b = bundle(0, vec![spec]);
     let ledger = Arc::new(MemoryLedger::new());
-    let run = run(vec![b.clone(), b], Some(ledger), config()).await;
+    let router = Arc::new(MemoryRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let worker = tokio::spawn(run_through(
+        vec![b.clone(), b],
+        Some(ledger),
+        router,
+        config(),
+        stats.clone(),
+    ));
+    // Held (a duplicate) or claimed again (a second bundle).
+    until("the second delivery was never claimed", || {
+        WorkerStats::get(&stats.duplicates) + WorkerStats::get(&stats.bundles) >= 2
+    })
+    .await;
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(worker.await.unwrap(), StopReason::Drained);
     assert_eq!(
         std::fs::read_to_string(&log).unwrap().lines().count(),
         1,
         "ran twice"
     );
-    assert_eq!(WorkerStats::get(&run.stats.duplicates), 1);
+    assert_eq!(WorkerStats::get(&stats.duplicates), 1);
 }
 
 #[tokio::test]
@@ -311,11 +342,13 @@ async fn a_bundle_without_a_response_queue_is_dropped_not_run() {
 async fn shutdown_finishes_running_bundles_and_gives_the_rest_back() {
     let dir = tempfile::tempdir().unwrap();
     let started = dir.path().join("started");
+    let release = dir.path().join("release");
+    // Each task runs until `release`, made after the stop.
     let task = |i: u64| TaskSpec::Run {
         program: "sh".into(),
         args: vec![
             "-c".into(),
-            format!("touch {}-{i}; sleep 0.3", started.display()),
+            format!("touch {}-{i}; {}", started.display(), wait_for(&release)),
         ],
         expected_ms: None,
     };
@@ -342,10 +375,13 @@ async fn shutdown_finishes_running_bundles_and_gives_the_rest_back() {
     // Once the first task runs (and the next bundle is claimed: two tasks in
     // hand per slot), stop.
     let first = dir.path().join("started-0");
-    while !(first.exists() && WorkerStats::get(&stats.bundles) >= 2) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        "the first task never ran with the next bundle claimed",
+        || first.exists() && WorkerStats::get(&stats.bundles) >= 2,
+    )
+    .await;
     shutdown.stop.cancel();
+    std::fs::write(&release, "").unwrap();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
     // The running bundle finished and reported; the prefetched one was given
     // back, and its next claim is still the first attempt.
@@ -1397,18 +1433,20 @@ impl DedupLedger for CountingLedger {
 
 #[tokio::test]
 async fn a_lane_mark_has_a_worker_whose_slots_are_taken_look_at_the_lane() {
-    // One slot and a bundle of ten 0.3 s tasks of batch b: the worker holds
-    // enough, and would receive again only near the bundle's end. Another
+    // One slot and a bundle of ten tasks of batch b: the worker holds
+    // enough, and would receive again only as b's tasks end. Another
     // batch's bundle comes to the priority lane with a lane mark on b: read
     // with b's next cancel check (every 100 ms), it has the worker take the
-    // lane's bundle, which runs next, ahead of b's tasks held.
+    // lane's bundle, which runs next, ahead of b's tasks held. b's tasks
+    // run until `release`, made once the lane's bundle was taken.
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let task = |name: &str, secs: f64| TaskSpec::Run {
+    let release = dir.path().join("release");
+    let task = |name: &str| TaskSpec::Run {
         program: "sh".into(),
         args: vec![
             "-c".into(),
-            format!("echo {name} >> {}; sleep {secs}", log.display()),
+            format!("echo {name} >> {}; {}", log.display(), wait_for(&release)),
         ],
         expected_ms: None,
     };
@@ -1421,44 +1459,49 @@ async fn a_lane_mark_has_a_worker_whose_slots_are_taken_look_at_the_lane() {
     };
     let main = MemoryQueue::bounded(4);
     let lane = MemoryQueue::bounded(4);
-    let b_tasks = (0..10).map(|i| task(&format!("b{i}"), 0.3)).collect();
+    let b_tasks = (0..10).map(|i| task(&format!("b{i}"))).collect();
     main.send(vec![bundle(0, b_tasks)]).await.unwrap();
     let ledger = Arc::new(MemoryLedger::new());
+    let stats = Arc::new(WorkerStats::default());
+    let shutdown = Shutdown::new();
     let mut config = config();
     config.pool.slots = 1;
     config.cancel_check = Duration::from_millis(100);
-    let (worker, shutdown) = start(
+    let worker = tokio::spawn(run_remote(
         Arc::new(cloudkon_core::queue::Lanes::new(main, Some(lane.clone()))),
         Some(ledger.clone()),
         Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
         config,
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !started().contains(&"b0".to_string()) {
-        assert!(std::time::Instant::now() < deadline, "b0 never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut newcomer = bundle(100, vec![task("n", 0.0)]);
+        shutdown.clone(),
+        stats.clone(),
+    ));
+    until("b0 never started", || started().contains(&"b0".to_string())).await;
+    let mut newcomer = bundle(100, vec![task("n")]);
     newcomer.tasks[0].batch = BatchId::new("n");
     lane.send(vec![newcomer]).await.unwrap();
     ledger
         .mark_lane("b", Timestamp::now().0 / 1000)
         .await
         .unwrap();
-    let order = loop {
-        let order = started();
-        if order.contains(&"n".to_string()) {
-            break order;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "n never started: {order:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    // Counted as claimed, and handed to the pool in the same poll (this
+    // runtime has one thread): it waits in the pool's lane when released.
+    until("the lane's bundle was never taken", || {
+        WorkerStats::get(&stats.bundles) >= 2
+    })
+    .await;
+    assert_eq!(
+        WorkerStats::get(&stats.lane_marked),
+        1,
+        "taken for the mark"
+    );
+    std::fs::write(&release, "").unwrap();
+    until("n never started", || started().contains(&"n".to_string())).await;
+    let order = started();
     let before = order.iter().take_while(|t| *t != "n").count();
-    // b0 running, b1 (the mark read within 100 ms of the first 0.3 s), and
-    // b2 at worst; without the mark, n waits for b8.
+    // b0 running, b1 in hand, and b2 at worst (already on its way to the
+    // slot when n came); without the mark, n is not taken while b's tasks
+    // run.
     assert!(
         before <= 3,
         "n started after {before} of b's tasks: {order:?}"

@@ -247,7 +247,9 @@ fn local(args: &LocalArgs) -> Result<()> {
 /// images downloaded from a loopback HTTP server and then as file:// URLs; then
 /// a batch on a few slots against the ideal of bare ffmpeg times spread over them.
 fn animoto(args: &AnimotoArgs) -> Result<()> {
-    use cloudkon_worker::exec::animoto::{DEFAULT_HEIGHT, DEFAULT_WIDTH, EncodePlan, check_ffmpeg};
+    use cloudkon_worker::exec::animoto::{
+        DEFAULT_HEIGHT, DEFAULT_WIDTH, EncodePlan, Orientation, check_ffmpeg,
+    };
     use cloudkon_worker::loopback_http::LoopbackServer;
 
     check_ffmpeg(Path::new("ffmpeg")).map_err(anyhow::Error::msg)?;
@@ -296,7 +298,9 @@ fn animoto(args: &AnimotoArgs) -> Result<()> {
         frame_rate: cloudkon_worker::AnimotoConfig::default().frame_rate,
     };
     let graph = dir.path().join("graph.txt");
-    std::fs::write(&graph, plan.filter_graph(&names))?;
+    // The generated images carry no EXIF orientation.
+    let upright = vec![Orientation::UPRIGHT; names.len()];
+    std::fs::write(&graph, plan.filter_graph(&names, &upright))?;
     let bare_video = dir.path().join("bare.mp4");
     let bare = || -> Result<Duration> {
         let start = Instant::now();

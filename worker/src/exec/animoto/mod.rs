@@ -34,7 +34,7 @@ pub use address::{AddressClass, AddressPolicy, Refused, classify};
 pub use encode::{Culprit, EncodeError, EncodePlan, Staging};
 pub use fetch::{FetchError, FetchLimits};
 pub use magic::ImageKind;
-use orientation::Orientation;
+pub use orientation::Orientation;
 pub use s3::{
     DEFAULT_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY, OutputError, S3ObjectStore, S3StoreError,
     check_output, parse_presign_expiry,

@@ -162,7 +162,18 @@ fn missing_and_empty_workloads_are_clear_errors() {
 fn failed_and_timed_out_tasks_make_a_non_zero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let workload = dir.path().join("w.txt");
-    std::fs::write(&workload, "run true\nrun false\nsleep 5000\n").unwrap();
+    // Only the sleep gets --timeout's 100 ms: `true` and `false` set a
+    // timeout of their own, or a slow spawn would time them out too.
+    std::fs::write(
+        &workload,
+        concat!(
+            r#"{"kind":"run","program":"true","timeout_ms":60000}"#,
+            "\n",
+            r#"{"kind":"run","program":"false","timeout_ms":60000}"#,
+            "\nsleep 5000\n",
+        ),
+    )
+    .unwrap();
     let out = cloudkon()
         .args(["run", "--json", "--timeout", "100ms"])
         .arg(&workload)

@@ -577,11 +577,19 @@ fn an_idle_worker_exits_by_itself_and_leaves_a_heartbeat_row() {
 /// Starts a worker on `queue` that gives up after 3 s, its termination
 /// message to `log`, and waits until it runs (its heartbeat row is there).
 fn giving_up_worker(queue: &str, table: &str, id: &str, log: &Path) -> Child {
-    giving_up_worker_on(queue, table, id, log, None)
+    giving_up_worker_on(queue, table, id, log, None, "3s")
 }
 
-/// [`giving_up_worker`], its SQS requests sent to `sqs` when given.
-fn giving_up_worker_on(queue: &str, table: &str, id: &str, log: &Path, sqs: Option<&str>) -> Child {
+/// [`giving_up_worker`], its SQS requests sent to `sqs` when given, giving
+/// up after `give_up_after`.
+fn giving_up_worker_on(
+    queue: &str,
+    table: &str,
+    id: &str,
+    log: &Path,
+    sqs: Option<&str>,
+    give_up_after: &str,
+) -> Child {
     std::fs::write(log, "").unwrap();
     let mut command = Command::new(bin("cloudkon-worker"));
     if let Some(sqs) = sqs {
@@ -590,7 +598,7 @@ fn giving_up_worker_on(queue: &str, table: &str, id: &str, log: &Path, sqs: Opti
     let mut worker = command
         .args(["--queue", queue, "--ledger-table", table])
         .args(["--worker-id", id, "--metrics-addr", "off"])
-        .args(["--receive-wait", "1s", "--give-up-after", "3s"])
+        .args(["--receive-wait", "1s", "--give-up-after", give_up_after])
         .env("CLOUDKON_TERMINATION_LOG", log)
         .env("RUST_LOG", "warn")
         .stderr(std::fs::File::create(log.with_extension("stderr")).unwrap())
@@ -732,7 +740,14 @@ fn a_worker_that_cannot_send_results_gives_up_and_gives_its_bundle_back() {
     let table = unique("ledger-nosend");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("termination-log");
-    let refused = giving_up_worker_on(queue.url(), &table, "no-send", &log, Some(&proxy.url()));
+    let refused = giving_up_worker_on(
+        queue.url(),
+        &table,
+        "no-send",
+        &log,
+        Some(&proxy.url()),
+        "3s",
+    );
     let bundle = sleep_bundle("nosend", 7, response.url());
     let rt = runtime();
     rt.block_on(queue.send(vec![bundle])).unwrap();
@@ -804,8 +819,16 @@ fn a_worker_refused_by_one_batchs_response_queue_gives_that_batch_back_and_serve
     let table = unique("ledger-onesend");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("termination-log");
-    let mut refused_worker =
-        giving_up_worker_on(queue.url(), &table, "one-refused", &log, Some(&proxy.url()));
+    // 10 s before giving up: time enough on a slow machine for some of the
+    // other batch's results to reach the test before then.
+    let mut refused_worker = giving_up_worker_on(
+        queue.url(),
+        &table,
+        "one-refused",
+        &log,
+        Some(&proxy.url()),
+        "10s",
+    );
     let rt = runtime();
     rt.block_on(queue.send(vec![sleep_bundle("onesend-refused", 7, refused.url())]))
         .unwrap();
@@ -816,8 +839,10 @@ fn a_worker_refused_by_one_batchs_response_queue_gives_that_batch_back_and_serve
     let mut can_send = None;
     let mut refused_result = None;
     while refused_result.is_none() {
+        // The refused worker may take the given-back bundle again (a round
+        // of --give-up-after each) before the other worker gets it.
         assert!(
-            started.elapsed() < Duration::from_secs(90),
+            started.elapsed() < Duration::from_secs(180),
             "the refused batch's task was never reported; the worker logged:\n{}",
             std::fs::read_to_string(log.with_extension("stderr")).unwrap_or_default()
         );
@@ -985,8 +1010,9 @@ fn a_spot_notice_drains_a_worker_and_reruns_only_what_could_not_finish() {
     let dir = tempfile::tempdir().unwrap();
     let queue = create_queue(&unique("spot"), Duration::from_secs(30), None);
     let table = unique("ledger-spot");
-    // Task 0 takes 8 s, more than the worker has left after the notice;
-    // tasks 1..=100 take 0.05 s.
+    // Task 0 takes 60 s the first time, far more than the worker has left
+    // after the notice (so a worker that does not abandon it in time is seen),
+    // and no time when run again; tasks 1..=100 take 0.05 s.
     let log = dir.path().join("executions.log");
     let workload = dir.path().join("w.txt");
     let line = |i: u64, secs: &str| {
@@ -995,7 +1021,11 @@ fn a_spot_notice_drains_a_worker_and_reruns_only_what_could_not_finish() {
             log.display()
         )
     };
-    let text: String = std::iter::once(line(0, "8"))
+    let long = format!(
+        "run sh -c 'echo 0 >> \"$0\"; [ \"$(grep -cx 0 \"$0\")\" -gt 1 ] || sleep 60' {}\n",
+        log.display()
+    );
+    let text: String = std::iter::once(long)
         .chain((1..=100).map(|i| line(i, "0.05")))
         .collect();
     std::fs::write(&workload, text).unwrap();
@@ -1033,14 +1063,17 @@ fn a_spot_notice_drains_a_worker_and_reruns_only_what_could_not_finish() {
             "--spot-poll",
             "200ms",
             "--spot-margin",
-            "1s",
+            "8s",
         ],
     );
     let client = submit(&workload, queue.url(), &results);
     wait_for_executions(&log, 20, Duration::from_secs(60));
     assert!(executions(&log).contains_key(&0), "the long task runs");
-    // Two minutes' notice, scaled down: the instance goes in 4 s.
-    let at = std::time::SystemTime::now() + Duration::from_secs(4);
+    // Two minutes' notice, scaled down: the instance goes in 15 s. Running
+    // tasks are abandoned 8 s before (about 7 s from now, while task 0 still
+    // runs), which leaves a slow machine 8 s to give task 0 back and exit; a
+    // worker that ignored the margin would still be at work at `at`.
+    let at = std::time::SystemTime::now() + Duration::from_secs(15);
     *notice.lock().unwrap() = Some(format!(
         r#"{{"action": "terminate", "time": "{}"}}"#,
         humantime::format_rfc3339(at)

@@ -180,14 +180,15 @@ async fn an_unacknowledged_bundle_comes_back_with_receive_count_two() {
 #[tokio::test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn a_worker_queue_hides_what_it_receives_for_its_lease_not_the_queues_timeout() {
-    // The queue's own timeout is 1 s; a worker with a 4 s lease receives.
+    // The queue's own timeout is 1 s; a worker with a 10 s lease receives
+    // (8 s more than the check below needs: a slow machine may stall).
     let aws = aws().await;
     let q = aws
         .sqs()
         .create_queue(&unique("ck-hidden"), &options(1))
         .await
         .unwrap();
-    let worker = q.clone().hidden_on_receive(Duration::from_secs(4));
+    let worker = q.clone().hidden_on_receive(Duration::from_secs(10));
     q.send(vec![sleep0_bundle("h", 0, 1)]).await.unwrap();
     let got = receive_n(&worker, 1).await;
     // Twice the queue's timeout later: still hidden, where the queue's
@@ -196,7 +197,7 @@ async fn a_worker_queue_hides_what_it_receives_for_its_lease_not_the_queues_time
     let seen = q.receive_raw(10, Duration::ZERO).await.unwrap();
     assert!(seen.is_empty(), "shown again: {seen:?}");
     // Then it shows again, as a worker that crashed leaves it.
-    let again = eventually(Duration::from_secs(15), "the redelivery", || {
+    let again = eventually(Duration::from_secs(40), "the redelivery", || {
         let q = q.clone();
         async move { q.receive(10, WAIT).await.unwrap().unwrap().pop() }
     })
@@ -208,18 +209,21 @@ async fn a_worker_queue_hides_what_it_receives_for_its_lease_not_the_queues_time
 #[tokio::test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn extend_keeps_a_bundle_hidden_and_release_shows_it_at_once() {
+    // The queue's timeout leaves a slow machine 5 s between receive and extend.
     let aws = aws().await;
     let q = aws
         .sqs()
-        .create_queue(&unique("ck-visibility"), &options(1))
+        .create_queue(&unique("ck-visibility"), &options(5))
         .await
         .unwrap();
     q.send(vec![sleep0_bundle("v", 0, 1)]).await.unwrap();
     let d = receive_n(&q, 1).await.pop().unwrap();
+    let received = tokio::time::Instant::now();
     let receipt = d.receipt.clone().unwrap();
     q.extend(&receipt, Duration::from_secs(60)).await.unwrap();
-    // Without the extension it would be back after 1 s: watch for 3 s.
-    let watch = tokio::time::Instant::now() + Duration::from_secs(3);
+    // Without the extension it would be back 5 s after the receive: watch
+    // until 2 s past that.
+    let watch = received + Duration::from_secs(7);
     while tokio::time::Instant::now() < watch {
         let got = q.receive(10, WAIT).await.unwrap().unwrap();
         assert!(got.is_empty(), "an extended delivery came back");
@@ -227,15 +231,14 @@ async fn extend_keeps_a_bundle_hidden_and_release_shows_it_at_once() {
     assert_eq!(q.stats().await.unwrap().in_flight, 1);
 
     q.release(&receipt).await.unwrap();
-    // Released: visible at once, though it has 57 s of hiding left.
-    let started = tokio::time::Instant::now();
+    // Released: visible at once, though most of its 60 s of hiding is left
+    // (the 5 s long poll would end empty otherwise).
     let back = q
         .receive(10, Duration::from_secs(5))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(back.len(), 1, "released delivery not visible");
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(back[0].receive_count, 2);
 
     // The batched variant does the same.
@@ -256,15 +259,18 @@ async fn extend_keeps_a_bundle_hidden_and_release_shows_it_at_once() {
 #[tokio::test]
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn extend_all_keeps_twelve_bundles_hidden_in_two_requests() {
+    // The queue's timeout leaves a slow machine 8 s between the first
+    // receive and the extension.
     let aws = aws().await;
     let q = aws
         .sqs()
-        .create_queue(&unique("ck-extend-all"), &options(2))
+        .create_queue(&unique("ck-extend-all"), &options(8))
         .await
         .unwrap();
     let bundles: Vec<_> = (0..12).map(|i| sleep0_bundle("x", i, 1)).collect();
     q.send(bundles).await.unwrap();
     let got = receive_n(&q, 12).await;
+    let received = tokio::time::Instant::now();
     let receipts: Vec<_> = got.iter().map(|d| d.receipt.clone().unwrap()).collect();
     let before = aws.stats().snapshot();
     q.extend_all(receipts.clone(), Duration::from_secs(60))
@@ -273,8 +279,9 @@ async fn extend_all_keeps_twelve_bundles_hidden_in_two_requests() {
     let made = aws.stats().snapshot().since(&before);
     assert_eq!(made.get("SQS.ChangeMessageVisibilityBatch"), 2, "{made}");
     assert_eq!(made.total(), 2, "{made}");
-    // Without the extension they would be back after 2 s: watch for 4 s.
-    let watch = tokio::time::Instant::now() + Duration::from_secs(4);
+    // Without the extension they would be back within 8 s of the last
+    // receive: watch until 2 s past that.
+    let watch = received + Duration::from_secs(10);
     while tokio::time::Instant::now() < watch {
         let back = q.receive(10, WAIT).await.unwrap().unwrap();
         assert!(back.is_empty(), "an extended delivery came back");
@@ -609,8 +616,8 @@ async fn throughput_of_send_and_receive_plus_delete() {
 #[ignore = "needs the AWS test servers: scripts/test starts them"]
 async fn a_long_poll_longer_than_the_attempt_timeout_is_not_cut_short() {
     let aws = common::aws_with(cloudkon_core::aws::AwsSettings {
-        attempt_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(5),
         ..Default::default()
     })
     .await;
@@ -619,17 +626,17 @@ async fn a_long_poll_longer_than_the_attempt_timeout_is_not_cut_short() {
         .create_queue(&unique("ck-longpoll"), &options(30))
         .await
         .unwrap();
-    // The receive waits 4 s on the server, twice the attempt timeout: its own
-    // timeouts stretch by the wait.
+    // The receive waits 12 s on the server, over twice the attempt timeout:
+    // its own timeouts stretch by the wait (5 s to spare for a slow server).
     let started = tokio::time::Instant::now();
     let got = q
-        .receive(10, Duration::from_secs(4))
+        .receive(10, Duration::from_secs(12))
         .await
         .unwrap()
         .unwrap();
     assert!(got.is_empty());
     assert!(
-        started.elapsed() >= Duration::from_millis(3500),
+        started.elapsed() >= Duration::from_millis(11_500),
         "{:?}",
         started.elapsed()
     );

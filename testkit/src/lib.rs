@@ -76,6 +76,27 @@ pub fn make_image(path: &Path, size: &str) {
     assert!(status.success(), "ffmpeg could not make {}", path.display());
 }
 
+/// `jpeg` (a whole JPEG, from its start-of-image marker) with an EXIF
+/// APP1 segment that gives `orientation` inserted after that marker, as a
+/// phone writes it: a big-endian TIFF header and one IFD entry,
+/// Orientation (0x0112), a SHORT.
+pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    assert!(jpeg.starts_with(&[0xFF, 0xD8]), "not a JPEG");
+    let mut app1 = b"Exif\0\0MM\0\x2a\0\0\0\x08".to_vec();
+    app1.extend(1u16.to_be_bytes()); // one entry
+    app1.extend(0x0112u16.to_be_bytes());
+    app1.extend(3u16.to_be_bytes()); // SHORT
+    app1.extend(1u32.to_be_bytes()); // one value
+    app1.extend(orientation.to_be_bytes());
+    app1.extend([0, 0]); // the value's padding to 4 bytes
+    app1.extend(0u32.to_be_bytes()); // no next IFD
+    let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
+    out.extend(u16::try_from(app1.len() + 2).unwrap().to_be_bytes());
+    out.extend(app1);
+    out.extend(&jpeg[2..]);
+    out
+}
+
 /// A video's first stream, as ffprobe reads it (every frame decoded).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {

@@ -963,21 +963,7 @@ fn red_blue_jpeg(path: &Path, orientation: u16) {
         .unwrap();
     assert!(status.success());
     let jpeg = std::fs::read(&plain).unwrap();
-    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
-    tiff.extend(1u16.to_be_bytes());
-    tiff.extend(0x0112u16.to_be_bytes()); // Orientation, a SHORT
-    tiff.extend(3u16.to_be_bytes());
-    tiff.extend(1u32.to_be_bytes());
-    tiff.extend(orientation.to_be_bytes());
-    tiff.extend([0, 0]);
-    tiff.extend(0u32.to_be_bytes());
-    let mut app1 = b"Exif\0\0".to_vec();
-    app1.extend(tiff);
-    let mut out = jpeg[..2].to_vec();
-    out.extend([0xFF, 0xE1]);
-    out.extend(u16::try_from(app1.len() + 2).unwrap().to_be_bytes());
-    out.extend(app1);
-    out.extend(&jpeg[2..]);
+    let out = cloudkon_testkit::with_exif_orientation(&jpeg, orientation);
     std::fs::write(path, out).unwrap();
 }
 

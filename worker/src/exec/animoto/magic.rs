@@ -2,6 +2,9 @@
 //! HTML error page or a text body is rejected with a reason, before ffmpeg sees it.
 //! Their pixel dimensions, read from their headers: ffmpeg holds every image
 //! decoded at once, so a task's images are measured before it starts.
+//! Not the `imagesize` crate: its JPEG reader gives up at bytes that are no
+//! marker where libjpeg (ffmpeg's decoder) skips them with a warning, so
+//! photos ffmpeg shows would be refused as unreadable.
 
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 

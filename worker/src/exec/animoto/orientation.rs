@@ -63,24 +63,10 @@ impl Orientation {
 mod tests {
     use super::*;
 
-    /// A JPEG start, an APP1 segment of EXIF data with `orientation`, then
-    /// the end of an image (enough for the EXIF reader).
+    /// The smallest JPEG (start and end of image) with `orientation` in
+    /// its EXIF data: enough for the EXIF reader.
     fn jpeg_with(orientation: u16) -> Vec<u8> {
-        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
-        tiff.extend(1u16.to_be_bytes());
-        tiff.extend(0x0112u16.to_be_bytes()); // Orientation
-        tiff.extend(3u16.to_be_bytes()); // SHORT
-        tiff.extend(1u32.to_be_bytes());
-        tiff.extend(orientation.to_be_bytes());
-        tiff.extend([0, 0]);
-        tiff.extend(0u32.to_be_bytes());
-        let mut app1 = b"Exif\0\0".to_vec();
-        app1.extend(tiff);
-        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1];
-        jpeg.extend(u16::try_from(app1.len() + 2).unwrap().to_be_bytes());
-        jpeg.extend(app1);
-        jpeg.extend([0xFF, 0xD9]);
-        jpeg
+        cloudkon_testkit::with_exif_orientation(&[0xFF, 0xD8, 0xFF, 0xD9], orientation)
     }
 
     #[test]

@@ -392,20 +392,10 @@ async fn scale_decision(
         },
         system_now,
     );
-    if decision.replicas < workers.current
+    if decision.scales_down(workers.current)
         && let Some(busy) = fleet.busy_before_scale_down(pool, ctx).await
     {
-        let kept = scale::keep_busy(
-            decision.replicas,
-            busy,
-            workers.current,
-            stats.in_flight,
-            config.max,
-        );
-        if kept != decision.replicas {
-            decision.reason += &format!("; {kept} kept: {busy} workers run tasks");
-            decision.replicas = kept;
-        }
+        decision.keep_busy(busy, workers.current, stats.in_flight, config.max);
     }
     decision
 }

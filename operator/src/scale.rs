@@ -343,6 +343,24 @@ pub struct Decision {
     pub reason: String,
 }
 
+impl Decision {
+    /// Whether it removes some of the `current` workers: which of them run
+    /// tasks is then read, for [`Decision::keep_busy`].
+    pub fn scales_down(&self, current: i32) -> bool {
+        self.replicas < current
+    }
+
+    /// [`keep_busy`] applied to this decision, the reason saying so when it
+    /// holds the scale-down back.
+    pub fn keep_busy(&mut self, busy: i32, current: i32, in_flight: u64, max: i32) {
+        let kept = keep_busy(self.replicas, busy, current, in_flight, max);
+        if kept != self.replicas {
+            self.reason += &format!("; {kept} kept: {busy} workers run tasks");
+            self.replicas = kept;
+        }
+    }
+}
+
 /// What kept the worker count from following the backlog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Constraint {
@@ -1175,6 +1193,26 @@ mod tests {
             Behavior::default().history_needed(),
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn a_decision_held_back_by_busy_workers_says_so() {
+        let decision = |replicas| Decision {
+            replicas,
+            recommendation: replicas,
+            constraint: None,
+            reason: "the backlog".into(),
+        };
+        let mut down = decision(2);
+        assert!(down.scales_down(10));
+        down.keep_busy(5, 10, 40, 10);
+        assert_eq!(down.replicas, 5);
+        assert_eq!(down.reason, "the backlog; 5 kept: 5 workers run tasks");
+        // Nothing held back: the reason stays as it was.
+        let mut idle = decision(2);
+        idle.keep_busy(0, 10, 40, 10);
+        assert_eq!((idle.replicas, idle.reason.as_str()), (2, "the backlog"));
+        assert!(!decision(12).scales_down(10));
     }
 
     #[test]

@@ -656,13 +656,12 @@ impl<'c> Sim<'c> {
                 .map(|t| self.epoch + Duration::from_micros(t)),
         };
         let mut decision = self.scale.decide(&self.scale_config, &seen, now_sys);
-        if decision.replicas < self.replicas {
+        if decision.scales_down(self.replicas) {
             // The pool reconciler's heartbeats, a Scan (fresher here: it
             // reads rows up to 10 s old).
             self.req.heartbeat_scans += 1;
             let busy = self.workers.iter().filter(|w| w.running()).count();
-            decision.replicas = crate::scale::keep_busy(
-                decision.replicas,
+            decision.keep_busy(
                 i32::try_from(busy).unwrap_or(i32::MAX),
                 self.replicas,
                 self.queue.in_flight,

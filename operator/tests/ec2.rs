@@ -15,7 +15,9 @@
 //! Where moto differs from AWS (found in moto 5.2.5's source): RunInstances
 //! stores the ClientToken but never answers a repeated one with the first
 //! launch (so the token's dedup cannot be tested here, only that scale_to
-//! itself launches once); instances are `running` at once and `terminated` at
+//! itself launches once); it launches MinCount instances whatever MaxCount
+//! says (one a call, since a launch asks for at least one, as EC2 short of
+//! capacity may); instances are `running` at once and `terminated` at
 //! once; an EKS node group is ACTIVE at once and UpdateNodegroupConfig
 //! accepts a no-op update, which real EKS refuses.
 
@@ -282,14 +284,12 @@ async fn instances_scale_to_twice_launches_once() {
     assert_eq!(p.observe().await.unwrap().current, 3);
 }
 
-#[tokio::test]
-#[ignore = "needs moto: run through scripts/test"]
-async fn instances_spread_over_the_subnets() {
-    let sdk = sdk().await;
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+/// A new VPC `10.{octet}.0.0/16` with a subnet in each of two zones: their ids.
+async fn two_subnets(sdk: &SdkConfig, octet: u8) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(sdk);
     let vpc = ec2
         .create_vpc()
-        .cidr_block("10.77.0.0/16")
+        .cidr_block(format!("10.{octet}.0.0/16"))
         .send()
         .await
         .unwrap()
@@ -298,14 +298,11 @@ async fn instances_spread_over_the_subnets() {
         .unwrap()
         .to_string();
     let mut subnets = vec![];
-    for (cidr, zone) in [
-        ("10.77.1.0/24", "us-east-1a"),
-        ("10.77.2.0/24", "us-east-1b"),
-    ] {
+    for (third, zone) in [(1, "us-east-1a"), (2, "us-east-1b")] {
         let subnet = ec2
             .create_subnet()
             .vpc_id(&vpc)
-            .cidr_block(cidr)
+            .cidr_block(format!("10.{octet}.{third}.0/24"))
             .availability_zone(zone)
             .send()
             .await
@@ -318,6 +315,90 @@ async fn instances_spread_over_the_subnets() {
                 .to_string(),
         );
     }
+    subnets
+}
+
+/// `sdk` whose EC2 requests go through a proxy in front of moto that
+/// refuses the RunInstances calls `refuse` picks (given their body), as EC2
+/// short of capacity would: the proxy, and the configuration.
+async fn refusing_launches(
+    sdk: &SdkConfig,
+    refuse: impl Fn(&cloudkon_testkit::Request) -> bool + Send + Sync + 'static,
+) -> (cloudkon_testkit::RefusingProxy, SdkConfig) {
+    let ec2 = std::env::var("AWS_ENDPOINT_URL_EC2").unwrap();
+    let proxy = cloudkon_testkit::RefusingProxy::start(&ec2, move |r| {
+        r.body_contains("Action=RunInstances") && refuse(r)
+    });
+    // A programmatic endpoint wins over AWS_ENDPOINT_URL_EC2.
+    let proxied = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(sdk.http_client().unwrap())
+        .endpoint_url(proxy.url())
+        .load()
+        .await;
+    (proxy, proxied)
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run through scripts/test"]
+async fn instances_keep_what_ec2_launched_before_a_call_failed() {
+    // EC2 short of capacity launches fewer than MaxCount; moto launches
+    // MinCount, so here each call launches one. The third call is refused:
+    // the two launched stay, the error is said, and the next scale_to
+    // launches the rest. (With MinCount = MaxCount = 4, one call launched
+    // all four, and EC2 short of one launched none.)
+    let sdk = sdk().await;
+    let lt = unique("lt-short");
+    create_launch_template(&sdk, &lt).await;
+    let pool = unique("short");
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = calls.clone();
+    let (proxy, proxied) = refusing_launches(&sdk, move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    let p = provider(&instances_spec(&lt, vec![]), &pool, &[], &proxied);
+
+    let err = p.scale_to(4).await.unwrap_err();
+    assert!(err.to_string().contains("RunInstances"), "{err}");
+    assert_eq!(proxy.refused(), 1);
+    let running =
+        |fleet: &[aws_sdk_ec2::types::Instance]| ids_in(fleet, InstanceStateName::Running).len();
+    assert_eq!(running(&pool_instances(&sdk, &pool).await), 2);
+    p.scale_to(4).await.unwrap();
+    assert_eq!(running(&pool_instances(&sdk, &pool).await), 4);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run through scripts/test"]
+async fn instances_in_one_subnet_short_of_capacity_do_not_hold_back_the_other() {
+    let sdk = sdk().await;
+    let subnets = two_subnets(&sdk, 78).await;
+    let lt = unique("lt-zone");
+    create_launch_template(&sdk, &lt).await;
+    let pool = unique("zone");
+    let short = subnets[0].clone();
+    let (proxy, proxied) = refusing_launches(&sdk, move |r| r.body_contains(&short)).await;
+    let p = provider(&instances_spec(&lt, subnets.clone()), &pool, &[], &proxied);
+
+    let err = p.scale_to(4).await.unwrap_err();
+    assert!(err.to_string().contains("RunInstances"), "{err}");
+    assert!(proxy.refused() >= 1);
+    let fleet = pool_instances(&sdk, &pool).await;
+    let running: Vec<_> = fleet
+        .iter()
+        .filter(|i| state(i) == InstanceStateName::Running)
+        .map(|i| i.subnet_id().unwrap_or_default())
+        .collect();
+    // The second subnet got its two; the first, short, none.
+    assert_eq!(running, [subnets[1].as_str(); 2]);
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run through scripts/test"]
+async fn instances_spread_over_the_subnets() {
+    let sdk = sdk().await;
+    let subnets = two_subnets(&sdk, 77).await;
     let lt = unique("tmpl-subnets");
     create_launch_template(&sdk, &lt).await;
     let pool = unique("subnets");

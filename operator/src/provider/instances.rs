@@ -165,13 +165,18 @@ impl InstancesProvider {
             })
             .collect();
         let spread = spread_over_subnets(&in_subnet, missing);
+        // A subnet (an Availability Zone) short of capacity does not keep the
+        // others from getting theirs: the first error is said after them all.
+        let mut first_error = None;
         for (subnet, n) in self.subnet_ids.iter().zip(spread) {
             if n > 0 {
                 let token = client_token(&self.pool, Some(subnet), n, &fleet_ids, window);
-                self.launch(Some(subnet), n, token).await?;
+                if let Err(e) = self.launch(Some(subnet), n, token).await {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Terminates every instance of the pool that is not already going.
@@ -251,12 +256,43 @@ impl InstancesProvider {
         }
     }
 
+    /// Launches `n` workers, as many as EC2 has room for: each call asks for
+    /// at least one (MinCount 1) and at most what is left, and another call
+    /// asks for the rest while the last one gave some. With MinCount n, EC2
+    /// short of capacity (a spot pool, a busy zone) launched none at all,
+    /// and the next poll asked for the same n again. A call that fails ends
+    /// the launch; the next poll asks for what is still missing, under a new
+    /// token (the fleet then holds the instances launched).
     async fn launch(
         &self,
         subnet: Option<&String>,
         n: usize,
         token: String,
     ) -> Result<(), ProviderError> {
+        let mut left = n;
+        for call in 0.. {
+            // Each call a token of its own, the same for the same decision.
+            let token = if call == 0 {
+                token.clone()
+            } else {
+                format!("{token}-{call}")
+            };
+            let launched = self.launch_once(subnet, left, token).await?;
+            if launched == 0 || launched >= left {
+                break;
+            }
+            left -= launched;
+        }
+        Ok(())
+    }
+
+    /// One RunInstances call for 1 to `n` workers: how many it launched.
+    async fn launch_once(
+        &self,
+        subnet: Option<&String>,
+        n: usize,
+        token: String,
+    ) -> Result<usize, ProviderError> {
         let n = count(n);
         tracing::info!(pool = %self.pool, count = n, subnet = ?subnet, token, "launching workers");
         let tags = TagSpecification::builder()
@@ -269,12 +305,13 @@ impl InstancesProvider {
                     .build(),
             )
             .build();
-        self.client
+        let out = self
+            .client
             .run_instances()
             .launch_template(self.launch_template.clone())
             .set_instance_type(self.instance_type.clone())
             .set_subnet_id(subnet.cloned())
-            .min_count(n)
+            .min_count(1)
             .max_count(n)
             .user_data(&self.user_data)
             .tag_specifications(tags)
@@ -282,7 +319,7 @@ impl InstancesProvider {
             .send()
             .await
             .map_err(|e| aws_error(SERVICE, "RunInstances", &self.launch_template_label, e))?;
-        Ok(())
+        Ok(out.instances().len())
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {

@@ -81,7 +81,9 @@ enum Command {
     /// share, the scaler) and the worker's, against simulated SQS, DynamoDB
     /// and workers (start-up delay, task durations, failures, spot
     /// interruptions). Prints each run's report and its targets; exits 1
-    /// when a target is not met. Configs: examples/simulations/*.yaml.
+    /// when a target is not met, 2 for a bad config or a plots' directory
+    /// that cannot be written (nothing runs), 3 when a plot could not be
+    /// written. Configs: examples/simulations/*.yaml.
     ///
     ///   cloudkon-operator simulate examples/simulations/shares-1-2-5.yaml --svg /tmp/sim
     #[command(verbatim_doc_comment)]
@@ -270,41 +272,58 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs each config; 1 when a run missed a target, 2 when a config is bad.
+/// Runs each config; 1 when a run missed a target, 2 when a config is bad
+/// or the plots' directory cannot be written (both found before any run),
+/// 3 when a plot could not be written after its run.
 fn simulate(args: &SimulateArgs) -> ExitCode {
     use cloudkon_operator::simulate::{self, SimConfig};
     logging::init(LogFormat::Text, "warn");
-    let mut all_met = true;
+    let mut configs = Vec::with_capacity(args.configs.len());
     for path in &args.configs {
-        let mut config = match SimConfig::load(path) {
-            Ok(c) => c,
+        match SimConfig::load(path) {
+            Ok(mut config) => {
+                if let Some(seed) = args.seed {
+                    config.seed = seed;
+                }
+                configs.push(config);
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
-        };
-        if let Some(seed) = args.seed {
-            config.seed = seed;
         }
-        let report = simulate::simulate(&config);
+    }
+    if let Some(dir) = &args.svg
+        && let Err(e) = simulate::check_svg_dir(dir)
+    {
+        eprintln!("error: cannot write the plots in {}: {e}", dir.display());
+        return ExitCode::from(2);
+    }
+    let stems = simulate::plot_stems(configs.iter().map(|c| c.name.as_str()));
+    let (mut all_met, mut plots_written) = (true, true);
+    for (config, stem) in configs.iter().zip(&stems) {
+        let report = simulate::simulate(config);
         print!("{}", report.text(&config.targets));
         all_met &= report.checks(&config.targets).iter().all(|(_, met)| *met);
         if let Some(dir) = &args.svg {
-            match simulate::write_svgs(&report, dir) {
+            match simulate::write_svgs(&report, dir, stem) {
                 Ok(files) => {
                     for f in files {
                         println!("  plot: {}", f.display());
                     }
                 }
+                // The other runs still go on: their plots may be written.
                 Err(e) => {
                     eprintln!("error: cannot write the plots in {}: {e}", dir.display());
-                    return ExitCode::FAILURE;
+                    plots_written = false;
                 }
             }
         }
         println!();
     }
-    if all_met {
+    if !plots_written {
+        ExitCode::from(3)
+    } else if all_met {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

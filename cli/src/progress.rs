@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cloudkon_core::summary::format_rate;
 use cloudkon_worker::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
@@ -77,8 +78,9 @@ async fn plain(total: u64, progress: Arc<Progress>, done: CancellationToken) {
             100.0
         };
         eprintln!(
-            "progress: {n}/{total} ({pct:.1}%), {} failed, {rate:.0} tasks/s",
-            progress.failed()
+            "progress: {n}/{total} ({pct:.1}%), {} failed, {} tasks/s",
+            progress.failed(),
+            format_rate(rate)
         );
     }
 }

@@ -175,10 +175,10 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "wall time {:.3} s on {} slots, throughput {:.0} tasks/s, efficiency {:.1}%",
+            "wall time {:.3} s on {} slots, throughput {} tasks/s, efficiency {:.1}%",
             self.wall_seconds,
             self.slots,
-            self.throughput,
+            format_rate(self.throughput),
             self.efficiency * 100.0
         )?;
         writeln!(
@@ -196,6 +196,25 @@ impl fmt::Display for Summary {
         }
         Ok(())
     }
+}
+
+/// A rate (tasks per second) for people: three significant digits below 100
+/// (0.250, 2.50, 25.0), so that a slow run does not read as 0; whole numbers
+/// from 100 up.
+pub fn format_rate(rate: f64) -> String {
+    if !rate.is_finite() || rate <= 0.0 {
+        return format!("{rate:.0}");
+    }
+    // The exponent of the rate rounded to three significant digits ("2.50e-1"):
+    // 99.96 rounds to 1.00e2, a whole number.
+    let scientific = format!("{rate:.2e}");
+    let exponent: i32 = scientific
+        .split_once('e')
+        .and_then(|(_, e)| e.parse().ok())
+        .unwrap_or(0);
+    // At most 9 digits after the point: a vanishing rate prints as 0.000000000.
+    let decimals = (2 - exponent).clamp(0, 9) as usize;
+    format!("{rate:.decimals$}")
 }
 
 #[cfg(test)]
@@ -300,6 +319,46 @@ mod tests {
             "{:?}",
             s.queue_wait
         );
+    }
+
+    #[test]
+    fn a_slow_run_shows_its_throughput_not_zero() {
+        // 16 tasks of 8 s on 2 slots: 64 s, 0.25 tasks/s.
+        let mut stats = Stats::new();
+        for i in 0..16 {
+            let started = i / 2 * 8_000_000;
+            let r = result(Outcome::Succeeded, 0, started, started + 8_000_000);
+            stats.record(&r);
+            stats.add_ideal(ideal_time(&TaskSpec::Sleep { ms: 8000 }, &r));
+        }
+        let s = stats.summary(16, 2, Duration::from_secs(64), false);
+        let text = s.to_string();
+        assert!(
+            text.contains("on 2 slots, throughput 0.250 tasks/s, efficiency 100.0%"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rates_have_three_significant_digits_below_100() {
+        let cases = [
+            (0.25, "0.250"),
+            (2.5, "2.50"),
+            (25.0, "25.0"),
+            (0.0123, "0.0123"),
+            (1.0 / 3.0, "0.333"),
+            (99.94, "99.9"),
+            // Rounding that reaches the next power of ten keeps three digits.
+            (9.996, "10.0"),
+            (99.96, "100"),
+            (100.0, "100"),
+            (1234.4, "1234"),
+            (12_345.6, "12346"),
+            (0.0, "0"),
+        ];
+        for (rate, text) in cases {
+            assert_eq!(format_rate(rate), text, "{rate}");
+        }
     }
 
     #[test]

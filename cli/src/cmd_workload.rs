@@ -1,14 +1,14 @@
 //! `cloudkon workload`: generate the seed experiments' workloads, check a file.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use cloudkon_core::workload;
 
-use crate::exit;
+use crate::{exit, report};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum WorkloadCommand {
@@ -81,27 +81,68 @@ pub fn run(command: WorkloadCommand) -> Result<ExitCode> {
     }
 }
 
+/// Writes the generated workload to `output` or stdout. A file is written
+/// beside its name and renamed over it once whole: a refused input (`run` with
+/// no program) or a failure midway (a full disk) leaves an existing file as it
+/// was, not emptied or cut short to fewer tasks.
 fn write_to(
     output: Option<PathBuf>,
-    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<ExitCode> {
-    match output {
-        Some(path) => {
-            let file =
-                File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-            let mut out = BufWriter::new(file);
-            write(&mut out)
-                .and_then(|()| out.flush())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        None => {
-            let mut out = BufWriter::new(std::io::stdout().lock());
-            match write(&mut out).and_then(|()| out.flush()) {
-                // `cloudkon workload ... | head` is fine.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                other => other.context("cannot write the workload to stdout")?,
+    let Some(path) = output else {
+        let mut out = BufWriter::new(io::stdout().lock());
+        return match write(&mut out).and_then(|()| out.flush()) {
+            // `cloudkon workload ... | head` is fine.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => refused(&e, None),
+            other => {
+                other.context("cannot write the workload to stdout")?;
+                Ok(ExitCode::SUCCESS)
             }
+        };
+    };
+    match std::fs::metadata(&path) {
+        // A device or a pipe (`-o /dev/stdout`, a FIFO): nothing in it to keep,
+        // and nothing to rename over it.
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let mut out = BufWriter::new(file);
+            return match write(&mut out).and_then(|()| out.flush()) {
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => refused(&e, None),
+                other => {
+                    other.with_context(|| format!("cannot write {}", path.display()))?;
+                    Ok(ExitCode::SUCCESS)
+                }
+            };
+        }
+        _ => {}
+    }
+    if let Some(message) = report::not_a_file("-o", &path) {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    let mut out = BufWriter::new(report::temp_beside(&path)?);
+    let written = write(&mut out).and_then(|()| out.into_inner().map_err(|e| e.into_error()));
+    match written {
+        Ok(temp) => report::persist(temp, &path)?,
+        // The temporary file goes with `out`.
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return refused(&e, Some(&path)),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot write {} (left as it was)", path.display()));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A workload the generator refuses to write (`run` with no program): bad usage.
+fn refused(e: &io::Error, path: Option<&Path>) -> Result<ExitCode> {
+    match path {
+        Some(path) => eprintln!("error: {e}: nothing written to {}", path.display()),
+        None => eprintln!("error: {e}"),
+    }
+    Ok(ExitCode::from(exit::USAGE))
 }

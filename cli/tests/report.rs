@@ -722,6 +722,69 @@ fn an_output_that_is_the_results_file_by_any_name_is_refused() {
     }
 }
 
+/// An output that is a directory is refused before the results are read
+/// (they are malformed here: read, they would be the error), and the other
+/// output is left as it was: both are written, or neither.
+#[test]
+fn an_output_that_is_a_directory_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("r.jsonl");
+    synthetic(&results, 3, 2, 10, 100);
+    let malformed = dir.path().join("bad.jsonl");
+    std::fs::write(&malformed, "not json\n").unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let trace = dir.path().join("t.json");
+    let page = dir.path().join("report.html");
+    for results in [&results, &malformed] {
+        std::fs::write(&trace, "kept").unwrap();
+        let out = cloudkon()
+            .arg("report")
+            .arg(results)
+            .arg("-o")
+            .arg(&out_dir)
+            .arg("--trace")
+            .arg(&trace)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(
+            std::fs::read_to_string(&trace).unwrap(),
+            "kept",
+            "{results:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(2), "{results:?}: {err}");
+        assert!(
+            err.contains(&format!("-o {}: that is a directory", out_dir.display())),
+            "{err}"
+        );
+        assert!(!err.contains("malformed"), "read before refusing: {err}");
+    }
+    std::fs::write(&page, "kept").unwrap();
+    let out = cloudkon()
+        .arg("report")
+        .arg(&malformed)
+        .arg("-o")
+        .arg(&page)
+        .arg("--trace")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--trace {}: that is a directory",
+            out_dir.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&page).unwrap(), "kept");
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0);
+    let left = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(left, 5, "no temporary file is left behind");
+}
+
 #[test]
 fn a_last_line_cut_short_is_skipped_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();

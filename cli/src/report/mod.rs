@@ -71,6 +71,15 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(exit::USAGE));
     }
+    // Before any reading: an output that cannot be renamed into place would
+    // fail only once the whole results file has been read.
+    let not_files = [("-o", &args.output), ("--trace", &args.trace)]
+        .into_iter()
+        .find_map(|(flag, path)| not_a_file(flag, path.as_deref()?));
+    if let Some(message) = not_files {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
     let began = Instant::now();
     let source = args.results.display().to_string();
     let file =
@@ -83,8 +92,9 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(exit::USAGE));
     }
     // Each output is written beside its final name and renamed when the
-    // whole file has been read: a malformed line leaves nothing behind. Both
-    // are created first, so that a bad path costs no reading.
+    // whole file has been read and both are written: a malformed line, or an
+    // output that cannot be written, leaves neither behind. Both are created
+    // first, so that a bad path costs no reading.
     let page_file = args.output.as_deref().map(temp_beside).transpose()?;
     let mut trace = match &args.trace {
         Some(path) => Some(trace::TraceWriter::new(BufWriter::with_capacity(
@@ -142,30 +152,48 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(exit::USAGE));
     }
     let tasks = collector.tasks();
-    if let (Some(path), Some(trace)) = (&args.trace, trace) {
-        let temp = trace
-            .finish()
-            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-            .with_context(|| format!("cannot write the trace to {}", path.display()))?;
+    let trace = match (&args.trace, trace) {
+        (Some(path), Some(trace)) => Some(
+            trace
+                .finish()
+                .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+                .with_context(|| format!("cannot write the trace to {}", path.display()))?,
+        ),
+        _ => None,
+    };
+    let page = match (&args.output, page_file) {
+        (Some(path), Some(mut temp)) => {
+            let title = args.title.clone().unwrap_or_else(|| {
+                let name = args
+                    .results
+                    .file_name()
+                    .map_or(source.clone(), |n| n.to_string_lossy().into_owned());
+                format!("CloudKon report: {name}")
+            });
+            let page = html::render(&collector.finish(&source), &title)?;
+            temp.write_all(page.as_bytes())
+                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            Some((temp, page.len()))
+        }
+        _ => None,
+    };
+    // Both written: now both renamed into place.
+    let page_len = match (&args.output, page) {
+        (Some(path), Some((temp, len))) => {
+            persist(temp, path)?;
+            Some((path, len))
+        }
+        _ => None,
+    };
+    if let (Some(path), Some(temp)) = (&args.trace, trace) {
         persist(temp, path)?;
         println!("trace in {} ({tasks} tasks)", path.display());
     }
-    if let (Some(path), Some(mut temp)) = (&args.output, page_file) {
-        let title = args.title.clone().unwrap_or_else(|| {
-            let name = args
-                .results
-                .file_name()
-                .map_or(source.clone(), |n| n.to_string_lossy().into_owned());
-            format!("CloudKon report: {name}")
-        });
-        let page = html::render(&collector.finish(&source), &title)?;
-        temp.write_all(page.as_bytes())
-            .with_context(|| format!("cannot write the report to {}", path.display()))?;
-        persist(temp, path)?;
+    if let Some((path, len)) = page_len {
         println!(
             "report in {} ({tasks} tasks, {} KiB)",
             path.display(),
-            page.len().div_ceil(1024)
+            len.div_ceil(1024)
         );
     }
     tracing::info!(tasks, took = ?began.elapsed(), "report written");
@@ -258,8 +286,42 @@ fn display(path: &Option<PathBuf>) -> String {
         .map_or(String::new(), |p| p.display().to_string())
 }
 
-fn temp_beside(path: &Path) -> Result<NamedTempFile> {
-    let dir = match path.parent() {
+// ---------------------------------------------- Outputs replaced whole --
+// Also `cloudkon workload -o`'s: an output is written beside its final name
+// and renamed over it once whole, so that a failure leaves the file as it was.
+
+/// Why `path`, given as `flag`, cannot be an output replaced whole: it names a
+/// directory, or an existing thing that is not a regular file (a device, a
+/// pipe), which a finished output must not be renamed over.
+pub(crate) fn not_a_file(flag: &str, path: &Path) -> Option<String> {
+    let why = match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => "that is a directory",
+        Ok(meta) if !meta.is_file() => "that is not a regular file",
+        Ok(_) => return None,
+        // `out/` that does not exist yet is a directory's name too.
+        Err(_) if path.as_os_str().as_encoded_bytes().ends_with(b"/") => "that names a directory",
+        Err(_) => return None,
+    };
+    Some(format!(
+        "{flag} {}: {why}; give the path of a file to write",
+        path.display()
+    ))
+}
+
+/// The file an output replaces: through a symbolic link, the file it names
+/// (as opening it for writing would), not the link.
+fn replaced(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_symlink() => std::fs::canonicalize(path).unwrap_or(path.into()),
+        _ => path.into(),
+    }
+}
+
+/// A new file in the directory of the file `path` replaces, to write the
+/// output in and [`persist`] it as `path` once whole.
+pub(crate) fn temp_beside(path: &Path) -> Result<NamedTempFile> {
+    let target = replaced(path);
+    let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
@@ -270,8 +332,16 @@ fn temp_beside(path: &Path) -> Result<NamedTempFile> {
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
-fn persist(temp: NamedTempFile, path: &Path) -> Result<()> {
-    temp.persist(path)
+/// Renames `temp`, written whole, over `path` (the file it names, if a link),
+/// with the permissions of the file it replaces.
+pub(crate) fn persist(temp: NamedTempFile, path: &Path) -> Result<()> {
+    let target = replaced(path);
+    if let Ok(meta) = std::fs::metadata(&target) {
+        temp.as_file()
+            .set_permissions(meta.permissions())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    temp.persist(&target)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -14,8 +14,9 @@ pub enum QueueCommand {
     Create {
         name: String,
         /// How long a received bundle stays hidden before it is delivered again;
-        /// keep it at least the workers' --lease.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        /// keep it at least the workers' --lease. SQS counts whole seconds:
+        /// a fraction is rounded up (500ms is 1s). At most 12h.
+        #[arg(long, default_value = "60s", value_parser = parse_visibility)]
         visibility: Duration,
         /// Also create `<name>-dlq` and move a bundle there after this many receives.
         #[arg(long, value_name = "N")]
@@ -32,6 +33,19 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// SQS's longest visibility timeout.
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+
+/// A visibility timeout: a duration of at most SQS's 12 hours (more would
+/// be refused by SQS, or cut to 12 hours by a receive).
+fn parse_visibility(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout > MAX_VISIBILITY {
+        return Err("SQS hides a message at most 12h".into());
+    }
+    Ok(timeout)
 }
 
 pub fn run(command: QueueCommand) -> Result<ExitCode> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
+use super::data::visibility_secs;
 use super::{QueueStats, SERVICE, SqsClient, SqsQueue};
 use crate::aws::error::{AwsError, ErrorKind};
 
@@ -72,6 +73,22 @@ pub fn bounded_queue_name(name: &str, max: usize) -> String {
     format!("{}{suffix}", &clean[..keep])
 }
 
+/// A queue's own attributes for `options` (its redrive policy apart). The
+/// visibility timeout is rounded up to whole seconds, as receives round theirs:
+/// a message is hidden at least as long as asked (500 ms is 1 s, not 0).
+fn queue_attributes(options: &QueueOptions) -> HashMap<QueueAttributeName, String> {
+    HashMap::from([
+        (
+            QueueAttributeName::VisibilityTimeout,
+            visibility_secs(options.visibility_timeout).to_string(),
+        ),
+        (
+            QueueAttributeName::MessageRetentionPeriod,
+            options.retention.as_secs().to_string(),
+        ),
+    ])
+}
+
 impl SqsClient {
     /// Creates a queue (and its dead-letter queue), or takes the existing one
     /// and gives it these settings: SQS refuses a CreateQueue whose settings
@@ -83,16 +100,7 @@ impl SqsClient {
         name: &str,
         options: &QueueOptions,
     ) -> Result<SqsQueue, AwsError> {
-        let mut attributes = HashMap::from([
-            (
-                QueueAttributeName::VisibilityTimeout,
-                options.visibility_timeout.as_secs().to_string(),
-            ),
-            (
-                QueueAttributeName::MessageRetentionPeriod,
-                options.retention.as_secs().to_string(),
-            ),
-        ]);
+        let mut attributes = queue_attributes(options);
         let mut dead_letter_url = None;
         if let Some(max_receives) = options.max_receives {
             let dlq_name = format!("{name}-dlq");
@@ -377,5 +385,34 @@ impl SqsQueue {
             in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
             delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visibility(timeout: Duration) -> String {
+        let options = QueueOptions {
+            visibility_timeout: timeout,
+            ..QueueOptions::default()
+        };
+        queue_attributes(&options)[&QueueAttributeName::VisibilityTimeout].clone()
+    }
+
+    #[test]
+    fn a_queue_hides_a_message_at_least_its_visibility_timeout() {
+        let ms = Duration::from_millis;
+        assert_eq!(visibility(ms(500)), "1");
+        assert_eq!(visibility(ms(1500)), "2");
+        assert_eq!(visibility(ms(30_000)), "30");
+        assert_eq!(visibility(Duration::ZERO), "0");
+        // As a receive's own visibility: SQS's 12 hours at most.
+        assert_eq!(visibility(Duration::from_secs(13 * 3600)), "43200");
+        let options = QueueOptions::default();
+        assert_eq!(
+            queue_attributes(&options)[&QueueAttributeName::MessageRetentionPeriod],
+            MAX_RETENTION.as_secs().to_string()
+        );
     }
 }

@@ -443,7 +443,7 @@ fn wait_secs(wait: Duration) -> Duration {
     Duration::from_secs(secs).min(MAX_WAIT)
 }
 
-fn visibility_secs(timeout: Duration) -> i32 {
+pub(crate) fn visibility_secs(timeout: Duration) -> i32 {
     // SQS takes whole seconds up to 12 hours; round up so "at least" holds.
     let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
     secs.min(12 * 3600) as i32

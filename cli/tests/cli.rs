@@ -6,9 +6,21 @@ use std::time::{Duration, Instant};
 
 use cloudkon_core::{Summary, TaskResult};
 
+/// `cloudkon` whose AWS calls, were any made, could only reach a closed
+/// loopback port with static credentials (no instance metadata lookup):
+/// these tests check what is refused before any call, and a regression must
+/// not send one out of this machine.
 fn cloudkon() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudkon"));
-    cmd.env_remove("RUST_LOG");
+    cmd.env_remove("RUST_LOG")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for service in ["SQS", "DYNAMODB", "S3"] {
+        cmd.env_remove(format!("AWS_ENDPOINT_URL_{service}"));
+    }
     cmd
 }
 
@@ -604,6 +616,69 @@ fn workload_generators_feed_run() {
         .output()
         .unwrap();
     assert_eq!(stdout(&out), "sleep 7\nsleep 7\nsleep 7\n");
+}
+
+/// A refused generation leaves the file it would have replaced as it was:
+/// not emptied (a later run would find no tasks), not cut short.
+#[test]
+fn a_refused_workload_leaves_an_existing_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("sweep.txt");
+    let before = "run echo 0\nrun echo 1\n";
+    std::fs::write(&workload, before).unwrap();
+    let out = cloudkon()
+        .args(["workload", "run", "--count", "1000", "-o"])
+        .arg(&workload)
+        .args(["--", ""])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(std::fs::read_to_string(&workload).unwrap(), before, "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: run needs a program name: nothing written to {}",
+            workload.display()
+        )),
+        "{err}"
+    );
+    let left = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(left, 1, "no temporary file is left behind");
+
+    // A directory is refused before anything is generated.
+    let out = cloudkon()
+        .args(["workload", "sleep", "--ms", "1", "--count", "3", "-o"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("that is a directory"), "{err}");
+
+    // Generated whole, it replaces the file.
+    let out = cloudkon()
+        .args(["workload", "sleep", "--ms", "1", "--count", "3", "-o"])
+        .arg(&workload)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&workload).unwrap(),
+        "sleep 1\nsleep 1\nsleep 1\n"
+    );
+}
+
+/// More than SQS's 12 hours of visibility is refused as the arguments are
+/// read, not cut to 12 hours (nothing reaches a queue).
+#[test]
+fn a_visibility_beyond_sqs_limit_is_refused() {
+    let out = cloudkon()
+        .args(["queue", "create", "q", "--visibility", "13h"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("SQS hides a message at most 12h"), "{err}");
 }
 
 #[test]

@@ -34,6 +34,10 @@ pub const MAX_RUN_SECONDS: f64 = 100_000_000.0;
 pub const MAX_LEASE_SECONDS: f64 = 43_200.0;
 /// SQS's longest long poll.
 pub const MAX_RECEIVE_WAIT_SECONDS: f64 = 20.0;
+/// The shortest SQS round trip with short polls (`receiveWaitSeconds: 0`):
+/// an idle simulated worker polls once per round trip, a thousand events a
+/// simulated second at this.
+pub const MIN_SHORT_POLL_LATENCY_MS: f64 = 1.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -122,6 +126,10 @@ pub struct WorkerConfig {
     /// How often a worker asks whether each batch it holds was cancelled
     /// (`--cancel-check`).
     pub cancel_check_seconds: f64,
+    /// A receive's long poll (`--receive-wait`): whole seconds, as SQS
+    /// takes it (the worker rounds a fraction up); 0 is a short poll, which
+    /// comes back at once, empty on an empty queue, and is made again (a
+    /// request each `aws.sqsLatencyMs` while a worker waits for work).
     pub receive_wait_seconds: f64,
     pub prefetch: usize,
     pub grace_seconds: f64,
@@ -410,6 +418,17 @@ impl SimConfig {
             0.0,
             MAX_RECEIVE_WAIT_SECONDS,
         );
+        // Short polls, made one after the other: a simulated worker waiting
+        // for work asks every `sqsLatencyMs`, at 0 for ever at one instant.
+        if w.receive_wait_seconds == 0.0
+            && a.sqs_latency_ms.is_finite()
+            && a.sqs_latency_ms < MIN_SHORT_POLL_LATENCY_MS
+        {
+            p.push(format!(
+                "aws.sqsLatencyMs ({}) must be at least {MIN_SHORT_POLL_LATENCY_MS} when worker.receiveWaitSeconds is 0: each short poll takes a round trip, and an idle worker makes them one after the other",
+                shown(a.sqs_latency_ms)
+            ));
+        }
         if w.prefetch > 1000 {
             p.push(format!(
                 "worker.prefetch ({}) must be from 0 to 1000",

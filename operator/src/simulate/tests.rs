@@ -475,6 +475,8 @@ fn small(pool: &str, worker: &str, batch: &str, rest: &str) -> String {
 #[test]
 fn configs_that_cannot_be_simulated_are_refused_naming_the_field() {
     assert!(SimConfig::parse(&small("", "", "", "")).is_ok());
+    // Short polls, as `--receive-wait 0s`, each a round trip of SQS's.
+    assert!(SimConfig::parse(&small("", ", receiveWaitSeconds: 0", "", "")).is_ok());
     let cases = [
         // Sampled at 0 µs: a sample rescheduled at the same instant for ever.
         (small("", "", "", "sampleSeconds: 1e-9"), "sampleSeconds"),
@@ -525,6 +527,16 @@ fn configs_that_cannot_be_simulated_are_refused_naming_the_field() {
         (
             small("", ", receiveWaitSeconds: 21", "", ""),
             "worker.receiveWaitSeconds",
+        ),
+        // Short polls of no round trip: the clock stayed at one instant.
+        (
+            small(
+                "",
+                ", receiveWaitSeconds: 0",
+                "",
+                "aws: { sqsLatencyMs: 0 }",
+            ),
+            "aws.sqsLatencyMs",
         ),
         (small("", ", prefetch: 1000000", "", ""), "worker.prefetch"),
         // The real worker takes 0 as 1; the simulator gave every bundle up.
@@ -884,4 +896,200 @@ fn shares_are_not_measured_when_the_batches_never_ran_at_once() {
     );
     let checks = simulate(&single).checks(&targets);
     assert!(checks[0].0.contains("a single batch"), "{checks:?}");
+}
+
+/// A worker with `receiveWaitSeconds: 0` makes short polls, as
+/// `cloudkon-worker --receive-wait 0s` does: each comes back after the
+/// SQS round trip (here 20 ms), empty while the queue is, and it asks
+/// again. Its first receive is at 1 s and the batch arrives at 5 s: 200
+/// round trips at least, each a receive or two (the lane looked at first).
+/// The simulated clock moves with each, and no short poll waits among the
+/// long polls served when messages come. The run used to stay at 1 s for
+/// ever, its pollers growing: the watchdog fails it (aborting the tests,
+/// as the simulation's thread cannot be stopped) instead of hanging.
+#[test]
+fn short_polls_take_a_round_trip_each_and_the_run_finishes() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let cfg = config(
+            r#"
+pool: { min: 1, max: 1, threads: 2 }
+worker: { startupSeconds: 1, startupJitterSeconds: 0, leaseSeconds: 60, lingerMs: 0,
+          receiveWaitSeconds: 0, prefetch: 2 }
+aws: { sqsLatencyMs: 20, dynamodbLatencyMs: 5 }
+batches:
+  - { name: a, tasks: 20, arrivalSeconds: 5, durations: { kind: fixed, seconds: 1 } }
+"#,
+        );
+        let mut sim = engine::Sim::new(&cfg);
+        sim.run();
+        let pollers = sim.pollers.len();
+        let report = Report::from_sim(&sim, &cfg);
+        let _ = tx.send((report.text(&cfg.targets), report, pollers));
+    });
+    let Ok((text, report, pollers)) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+        // Past the harness's capture, which an abort loses.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"receiveWaitSeconds 0: the simulation did not end within 60 s\n",
+        );
+        std::process::abort();
+    };
+    assert_eq!(report.collected, report.tasks, "{text}");
+    let makespan = report.makespan.expect("finished");
+    assert!(makespan > 5.0, "{text}");
+    let idle_round_trips = ((5.0 - 1.0) / 0.020) as u64;
+    assert!(
+        report.requests.bundle_receives >= idle_round_trips,
+        "{} receives: {text}",
+        report.requests.bundle_receives
+    );
+    assert_eq!(pollers, 0, "a short poll waits for nothing");
+}
+
+/// A long poll that times out leaves the pollers (only a served one did):
+/// a worker waiting 1 s at a time on an empty queue from 1 s to the 50 s
+/// limit (its batch arrives later) is at most one of them, not one a poll.
+#[test]
+fn long_polls_that_time_out_leave_the_pollers() {
+    let cfg = config(
+        r#"
+pool: { min: 1, max: 1, threads: 1 }
+worker: { startupSeconds: 1, startupJitterSeconds: 0, receiveWaitSeconds: 1 }
+batches:
+  - { name: a, tasks: 1, arrivalSeconds: 100, durations: { kind: fixed, seconds: 1 } }
+maxSeconds: 50
+"#,
+    );
+    let mut sim = engine::Sim::new(&cfg);
+    sim.run();
+    // A receive a poll, the lane looked at first: two requests.
+    assert!(sim.req.bundle_receives >= 2 * 45, "{:?}", sim.req);
+    assert!(sim.pollers.len() <= 1, "{} pollers", sim.pollers.len());
+}
+
+/// A config of one worker of one slot at a time (its start-up 0 s), a lease
+/// of 9 s (renewed every 3 s), no linger or latency, and one batch that
+/// arrives after the run's end: the tests put its bundles in the queue.
+fn hand_fed(max_claims: u32) -> SimConfig {
+    config(&format!(
+        r#"
+pool: {{ min: 1, max: 1, threads: 1 }}
+worker: {{ startupSeconds: 0, startupJitterSeconds: 0, leaseSeconds: 9, lingerMs: 0,
+          receiveWaitSeconds: 1, prefetch: 0, graceSeconds: 1, maxClaims: {max_claims},
+          maxAttempts: 1 }}
+aws: {{ sqsLatencyMs: 0, dynamodbLatencyMs: 0 }}
+batches:
+  - {{ name: a, tasks: 100, arrivalSeconds: 1000, durations: {{ kind: fixed, seconds: 0.11 }} }}
+maxSeconds: 60
+"#
+    ))
+}
+
+/// One bundle of 100 tasks of 0.11 s, queued by hand. Worker A takes it at
+/// 0 s, renews at 3 and 6 s (54 tasks recorded: the 54th ended at 5.94 s)
+/// and crashes at 6.5 s, running its 60th. Worker B, ready at 6.5 s
+/// (renewing at 9.5, 12.5, 15.5 s), gets the bundle when A's lease and
+/// visibility end at 15 s and runs from the 55th on; it crashes at 15.3 s,
+/// running its third task, before its first renewal. Worker C gets it at
+/// 24 s, with the progress A recorded (B recorded none), as the ledger's
+/// claim gives it, and runs the 46 others: re-runs of tasks 55 to 60 by B
+/// (three) and C (six), nine. The claim used to take the progress out of
+/// the row: C ran all 100 again, 63 re-runs.
+#[test]
+fn a_claimant_that_dies_before_renewing_leaves_the_recorded_progress() {
+    let cfg = hand_fed(10);
+    let mut sim = engine::Sim::new(&cfg);
+    let m = sim.queue.add(0, 0, 100, false);
+    assert!(sim.queue.make_visible(m, cfg.aws.max_receives));
+    sim.at(6_500_000, engine::Ev::Crash);
+    sim.at(15_300_000, engine::Ev::Crash);
+    sim.run();
+    let c = sim.counters;
+    assert_eq!(c.crashes, 2, "{c:?}");
+    assert_eq!(c.taken_over, 2, "{c:?}");
+    assert_eq!(sim.queue.messages[m].state, queue::MsgState::Deleted);
+    // A 60, B 3, C 46.
+    assert_eq!(c.task_starts, 60 + 3 + 46, "{c:?}");
+    assert_eq!(c.reruns, 9, "{c:?}");
+}
+
+/// Worker 0 holds a bundle of one task (queued by hand; the workers made
+/// by hand too) and stalls past its lease, its renewals late (as a
+/// throttled ledger's can be); worker 1 receives the bundle again and takes
+/// it over. The simulation, and the bundle.
+fn taken_over(cfg: &SimConfig) -> (engine::Sim<'_>, usize) {
+    let mut sim = engine::Sim::new(cfg);
+    let m = sim.queue.add(0, 0, 1, false);
+    assert!(sim.queue.make_visible(m, cfg.aws.max_receives));
+    for _ in 0..2 {
+        sim.workers.push(worker::WorkerSim::new(0, 1, 1));
+        sim.live += 1;
+    }
+    // Worker 0 receives the bundle (the queue's only one) and claims it.
+    sim.worker_ready(0);
+    assert_eq!(sim.queue.messages[m].state, queue::MsgState::InFlight);
+    sim.delivered(0, vec![m]);
+    sim.claimed(0, m);
+    assert!(sim.workers[0].running());
+    sim.now = sim.lease + 1;
+    sim.worker_ready(1);
+    sim.delivered(1, vec![m]);
+    sim.claimed(1, m);
+    assert!(held_by_1(&sim, m), "{:?}", sim.queue.messages[m].claim);
+    assert_eq!(sim.queue.messages[m].attempt, 2);
+    (sim, m)
+}
+
+/// Worker 1 holds `m`'s claim, until the lease it took at `lease + 1`.
+fn held_by_1(sim: &engine::Sim<'_>, m: usize) -> bool {
+    matches!(
+        sim.queue.messages[m].claim,
+        queue::Claim::Held { worker: 1, until } if until == 2 * sim.lease + 1
+    )
+}
+
+/// A worker whose bundle was taken over renews, completes and gives back
+/// only a claim it owns, as the real ledger's conditional writes do: its
+/// late renewal, its completion once its task's result is sent, and its
+/// give-back at the end of a stop's grace leave worker 1's claim as it
+/// was, and the message in flight (neither deleted nor made visible).
+#[test]
+fn a_stale_holder_does_not_renew_complete_or_release_a_claim_taken_over() {
+    let cfg = hand_fed(10);
+    let (mut sim, m) = taken_over(&cfg);
+    sim.now += 1;
+    sim.renew(0);
+    assert!(
+        held_by_1(&sim, m),
+        "renewed: {:?}",
+        sim.queue.messages[m].claim
+    );
+    let result = runner::ResultItem {
+        id: 0,
+        took: 110_000,
+        ok: true,
+    };
+    sim.task_done(0, m, 0, result, 110_000);
+    sim.flush(0);
+    sim.flush_done(0, vec![(m, 0)]);
+    assert_eq!(sim.queue.messages[m].state, queue::MsgState::InFlight);
+    assert!(
+        held_by_1(&sim, m),
+        "completed: {:?}",
+        sim.queue.messages[m].claim
+    );
+
+    let (mut sim, m) = taken_over(&cfg);
+    // Stopped, its task outlasting the grace: the bundle is given back then.
+    sim.drain(0);
+    sim.grace_ends(0);
+    assert_eq!(sim.workers[0].state, worker::WState::Gone);
+    assert_eq!(sim.counters.given_back, 0);
+    assert_eq!(sim.queue.messages[m].state, queue::MsgState::InFlight);
+    assert!(
+        held_by_1(&sim, m),
+        "released: {:?}",
+        sim.queue.messages[m].claim
+    );
 }

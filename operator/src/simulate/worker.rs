@@ -195,8 +195,15 @@ impl Sim<'_> {
             let worker = &mut self.workers[w];
             worker.poll_seq += 1;
             let seq = worker.poll_seq;
-            self.pollers.push_back((w, seq, want));
-            self.at(self.now + self.receive_wait, Ev::PollTimeout { w, seq });
+            let wait = self.receive_wait();
+            // A long poll waits for messages (`serve_pollers`); a short one
+            // (a wait of 0) is answered at once, empty, and the worker asks
+            // again: each answer, empty or not, comes a round trip later.
+            if wait > 0 {
+                self.pollers.push_back((w, seq, want));
+            }
+            let answered = wait.max(self.lat_sqs).max(1);
+            self.at(self.now + answered, Ev::PollTimeout { w, seq });
         } else {
             self.received(w, got);
         }
@@ -288,7 +295,25 @@ impl Sim<'_> {
         }
     }
 
+    /// The receive's wait, as `SqsQueue::receive_raw` sends it: whole
+    /// seconds, a fraction rounded up (0: a short poll).
+    fn receive_wait(&self) -> T {
+        us(self.cfg.worker.receive_wait_seconds.ceil())
+    }
+
+    /// A receive came back empty: its poll leaves the pollers, and the
+    /// worker asks again.
     pub fn poll_timeout(&mut self, w: usize, seq: u64) {
+        // Every long poll waits as long, and each ends once (served, which
+        // takes the front of the pollers, or here): a poll ending here is
+        // the front one, unless it was served.
+        if self
+            .pollers
+            .front()
+            .is_some_and(|&(pw, ps, _)| (pw, ps) == (w, seq))
+        {
+            self.pollers.pop_front();
+        }
         let worker = &mut self.workers[w];
         if worker.fetching && worker.poll_seq == seq {
             worker.fetching = false;
@@ -370,7 +395,11 @@ impl Sim<'_> {
             if msg.attempt > 1 {
                 self.counters.taken_over += 1;
             }
-            let mut sent = std::mem::take(&mut msg.progress);
+            // The ledger's `Claim::Granted { done }`: the progress earlier
+            // holders recorded stays in the row (a claimant that dies before
+            // its first renewal leaves it for the next), and this holder
+            // starts from it, running only the rest.
+            let mut sent = msg.progress.clone();
             sent.resize(len as usize, false);
             let give_up = msg.attempt > max_claims;
             let first = msg.first;
@@ -620,21 +649,40 @@ impl Sim<'_> {
         self.heartbeat_look(w);
         let len = self.queue.messages[msg].len;
         if held.sent_count >= len {
+            // The ledger's `complete`, on the holder's claim only: one that
+            // lost it (another worker took the bundle over) leaves the
+            // bundle to the new holder and deletes nothing.
             self.ledger_write();
+            if !self.holds_claim(w, msg) {
+                return false;
+            }
             let m = &mut self.queue.messages[msg];
             m.claim = Claim::Done;
             self.queue.delete(msg);
             true
         } else {
-            self.give_back(msg, held.sent);
+            self.give_back(w, msg, held.sent);
             false
         }
     }
 
-    /// Releases the claim with its progress (not an attempt) and makes the
-    /// message visible at once.
-    fn give_back(&mut self, msg: usize, progress: Vec<bool>) {
+    /// Whether `w` holds `msg`'s claim in the ledger: the condition of the
+    /// ledger's `renew`, `complete` and `release` (its owner, running; the
+    /// lease may have run out, as long as no one took the bundle over).
+    fn holds_claim(&self, w: usize, msg: usize) -> bool {
+        matches!(self.queue.messages[msg].claim, Claim::Held { worker, .. } if worker == w)
+    }
+
+    /// Releases `w`'s claim with its progress (not an attempt) and makes the
+    /// message visible at once. A claim taken over since is not `w`'s to
+    /// release (the ledger's conditional write fails), and its receipt,
+    /// older than the new holder's receive, changes nothing either.
+    fn give_back(&mut self, w: usize, msg: usize, progress: Vec<bool>) {
         self.ledger_write();
+        if !self.holds_claim(w, msg) {
+            self.req.visibility_changes += 1;
+            return;
+        }
         self.counters.given_back += 1;
         let m = &mut self.queue.messages[msg];
         m.claim = Claim::Free;
@@ -680,6 +728,13 @@ impl Sim<'_> {
         self.req.visibility_changes += claimed.len().div_ceil(SQS_MAX_BATCH_ENTRIES) as u64;
         for (msg, progress) in claimed {
             self.ledger_write();
+            // The ledger's renewal is on its holder's claim only; one taken
+            // over is the new holder's (this one runs on and finds it out at
+            // the completion), and this worker's receipt no longer extends
+            // the message.
+            if !self.holds_claim(w, msg) {
+                continue;
+            }
             let until = self.now + self.lease;
             let m = &mut self.queue.messages[msg];
             m.claim = Claim::Held { worker: w, until };
@@ -734,7 +789,7 @@ impl Sim<'_> {
             self.counters.abandoned += u64::from(h.running);
             self.busy(self.queue.messages[h.msg].batch, -i64::from(h.running));
             if h.claimed {
-                self.give_back(h.msg, h.sent);
+                self.give_back(w, h.msg, h.sent);
             }
         }
         self.gone(w);

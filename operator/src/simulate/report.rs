@@ -538,21 +538,26 @@ impl Report {
 mod bound_tests {
     use super::super::{SimConfig, simulate};
 
+    /// One worker of 2 slots, there from the start and up 10 s after it,
+    /// running `batches` (YAML list items).
+    fn one_worker_of_two_slots(batches: &str) -> SimConfig {
+        SimConfig::parse(&format!(
+            "pool: {{ min: 1, max: 1, threads: 2 }}\n\
+             worker: {{ startupSeconds: 10, startupJitterSeconds: 0, taskOverheadMs: 0 }}\n\
+             batches:\n{batches}"
+        ))
+        .unwrap()
+    }
+
     /// One worker of 2 slots, up 10 s after the start; batch `a` (4 tasks
     /// of 1 s) arrives at once and `b` (the same) 100 s later: nothing ends
     /// before b's 4 s of work on 2 slots from its arrival, 102 s.
     #[test]
     fn the_bounds_of_batches_arriving_apart_start_at_each_arrival() {
-        let cfg = SimConfig::parse(
-            r#"
-pool: { min: 1, max: 1, threads: 2 }
-worker: { startupSeconds: 10, startupJitterSeconds: 0, taskOverheadMs: 0 }
-batches:
-  - { name: a, tasks: 4, declared: true, durations: { kind: fixed, seconds: 1 } }
-  - { name: b, tasks: 4, declared: true, arrivalSeconds: 100, durations: { kind: fixed, seconds: 1 } }
-"#,
-        )
-        .unwrap();
+        let cfg = one_worker_of_two_slots(
+            "  - { name: a, tasks: 4, declared: true, durations: { kind: fixed, seconds: 1 } }
+  - { name: b, tasks: 4, declared: true, arrivalSeconds: 100, durations: { kind: fixed, seconds: 1 } }",
+        );
         let report = simulate(&cfg);
         assert_eq!(report.collected, 8);
         let close = |x: f64, want: f64| (x - want).abs() < 1e-6;
@@ -582,15 +587,9 @@ batches:
     /// owes no start-up from it.
     #[test]
     fn workers_up_before_the_first_arrival_owe_no_start_up() {
-        let cfg = SimConfig::parse(
-            r#"
-pool: { min: 1, max: 1, threads: 2 }
-worker: { startupSeconds: 10, startupJitterSeconds: 0, taskOverheadMs: 0 }
-batches:
-  - { name: a, tasks: 4, declared: true, arrivalSeconds: 300, durations: { kind: fixed, seconds: 1 } }
-"#,
-        )
-        .unwrap();
+        let cfg = one_worker_of_two_slots(
+            "  - { name: a, tasks: 4, declared: true, arrivalSeconds: 300, durations: { kind: fixed, seconds: 1 } }",
+        );
         let report = simulate(&cfg);
         assert!((report.ideal - 2.0).abs() < 1e-6, "ideal {}", report.ideal);
         assert!(report.makespan.unwrap() >= report.ideal - 1e-6);

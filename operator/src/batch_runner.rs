@@ -135,6 +135,22 @@ pub fn collect_pause(receives: usize, got: usize, results: usize, growing: bool)
 /// 5 s linger).
 pub const COLLECT_PAUSE: Duration = Duration::from_millis(500);
 
+/// Result receipts the collector holds at most before a flush deletes them.
+pub(crate) const FLUSH_RECEIPTS: usize = 200;
+
+/// Whether the collector flushes now (writes its results out, deletes the
+/// receipts): when it `must`, when `since_flush` is `flush_every`
+/// (`Settings::flush_every`) or more, or when it holds `receipts` of
+/// [`FLUSH_RECEIPTS`] or more.
+pub(crate) fn flush_due(
+    must: bool,
+    since_flush: Duration,
+    flush_every: Duration,
+    receipts: usize,
+) -> bool {
+    must || since_flush >= flush_every || receipts >= FLUSH_RECEIPTS
+}
+
 /// Where a batch's tasks come from, read by the reconciler (which validates a
 /// workload file before anything is enqueued).
 pub enum Source {
@@ -1142,9 +1158,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             let full = pending.lines.len() >= self.settings.results_part_bytes
                 || pending.results >= PART_MAX_RESULTS;
             let must = done || gave_up.is_some() || full;
-            let due = must
-                || last_flush.elapsed() >= self.settings.flush_every
-                || pending.receipts.len() >= 200;
+            let due = flush_due(
+                must,
+                last_flush.elapsed(),
+                self.settings.flush_every,
+                pending.receipts.len(),
+            );
             // While a write-out goes on, the next waits unless it must go now
             // (memory stays within two parts' worth).
             if due && (writing.is_none() || must) {

@@ -31,7 +31,7 @@ const OWNER: &str = "cloudkon-operator/dead-letter-queue";
 /// How long the operator holds such a claim: it sends a few messages.
 const LEASE: Duration = Duration::from_secs(60);
 /// SQS's longest long poll: an idle dead-letter queue costs a request per 20 s.
-const POLL_WAIT: Duration = Duration::from_secs(20);
+pub(crate) const POLL_WAIT: Duration = Duration::from_secs(20);
 /// A message that cannot be dealt with now (ledger or response queue failing)
 /// comes back after this.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -72,6 +72,12 @@ pub enum SettleError {
     Encode(#[from] wire::WireError),
 }
 
+/// When to look again at a dead bundle whose claim a worker holds for
+/// `remaining` more: just after its lease runs out.
+pub(crate) fn look_again_after(remaining: Duration) -> Duration {
+    remaining + Duration::from_secs(1)
+}
+
 /// Reports a dead bundle's unfinished tasks failed (see the module's
 /// comment). `ledger`: `None` when the pool's workers have none, and ignored
 /// for a batch without dedup (its workers never claim). `max_receives`: the
@@ -95,7 +101,7 @@ where
         None => (1, Default::default()),
         Some(ledger) => match ledger.claim(&key, OWNER, LEASE).await? {
             Claim::Held { remaining } => {
-                return Ok(Settled::Later(remaining + Duration::from_secs(1)));
+                return Ok(Settled::Later(look_again_after(remaining)));
             }
             Claim::Done { results } => {
                 // Older workers stored results instead of sending them first.

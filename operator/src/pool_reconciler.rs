@@ -77,7 +77,7 @@ pub const LANE_WAIT: Duration = Duration::from_secs(30);
 
 /// The most bundles moved from the lane in one reconcile (more are moved at
 /// the next look).
-const LANE_MOVE_MAX: usize = 10_000;
+pub(crate) const LANE_MOVE_MAX: usize = 10_000;
 
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pool.namespace().unwrap_or_default();

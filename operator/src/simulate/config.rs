@@ -579,6 +579,16 @@ impl SimConfig {
                 MAX_RUN_SECONDS,
             );
         }
+        // Without a span every loss falls at one instant, at 0 before any
+        // worker is up: not what a fraction of the pool lost during the
+        // run means.
+        if (d.spot_fraction > 0.0 || d.crash_fraction > 0.0) && d.to_seconds <= d.from_seconds {
+            p.push(
+                "disruptions: spotFraction and crashFraction need toSeconds after fromSeconds \
+                 (the span the losses are spread over)"
+                    .to_string(),
+            );
+        }
 
         let t = &self.targets;
         for (field, target) in [

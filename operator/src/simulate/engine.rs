@@ -18,17 +18,16 @@ use super::dist::Rng;
 use super::queue::{Claim, Queue, T};
 use super::runner::{BatchSim, ResultItem};
 use super::worker::{WState, WorkerSim};
-use crate::pool_reconciler::{BUSY_READ_EVERY, LANE_WAIT};
+use crate::context::Settings;
+use crate::dead_letters::{POLL_WAIT, look_again_after};
+use crate::pool_reconciler::{BUSY_READ_EVERY, LANE_MOVE_MAX, LANE_WAIT};
 use crate::scale::{Observed, ScaleConfig, ScaleMemory};
 use crate::shares::Shares;
 
 pub const SECOND: T = 1_000_000;
 
 /// The dead-letter reader's long poll (`dead_letters::POLL_WAIT`).
-const DEAD_LETTER_POLL: T = 20 * SECOND;
-/// The most bundles the pool reconciler moves from the lane in one look
-/// (`pool_reconciler::LANE_MOVE_MAX`).
-const LANE_MOVE_MAX: usize = 10_000;
+const DEAD_LETTER_POLL: T = POLL_WAIT.as_micros() as T;
 
 pub fn us(seconds: f64) -> T {
     (seconds.max(0.0) * SECOND as f64).round() as T
@@ -248,6 +247,12 @@ pub struct Counters {
     pub crashes: u64,
     /// Tasks reported failed from the dead-letter queue.
     pub dead_letter_failed: u64,
+    /// Spot interruptions and crashes that fell due while no worker was
+    /// ready: each was carried out when one next became ready.
+    pub disruptions_deferred: u64,
+    /// Of those, the ones still waiting when the run ended (no worker
+    /// became ready again): not carried out.
+    pub disruptions_missed: u64,
     pub workers_started: u64,
     /// Worker-microseconds paid (asked for to gone) and slot-microseconds busy.
     pub paid: u128,
@@ -299,11 +304,12 @@ pub struct Sim<'c> {
     /// A batch had sent everything when the last one arrived: there was no
     /// stretch where all sent.
     pub shares_never_together: bool,
-    /// The first send to the priority lane since the pool reconciler last
-    /// looked at it (`Shares::lane_to_look_at`, on the simulated clock), and
-    /// whether it looked once (it does at its first pass).
-    pub lane_sent: Option<T>,
+    /// Whether the pool reconciler looked at the priority lane once (it
+    /// does at its first pass; then `Shares::lane_to_look_at` says when).
     lane_looked: bool,
+    /// Interruptions due while no worker was ready, in the order they fell
+    /// due: carried out as workers become ready.
+    waiting_disruptions: VecDeque<Disruption>,
     /// When the pool reconciler last read the heartbeats to tell whether a
     /// worker is busy (`pool_reconciler::busy`).
     busy_read: Option<T>,
@@ -317,6 +323,8 @@ pub struct Sim<'c> {
     /// worker's visibility is its lease).
     pub renew_every: T,
     pub linger: T,
+    /// How often a batch's collector flushes (`Settings::flush_every`).
+    pub flush_every: Duration,
     pub cancel_check: T,
     pub receive_wait: T,
     pub grace: T,
@@ -368,8 +376,8 @@ impl<'c> Sim<'c> {
             share_from: None,
             share_to: None,
             shares_never_together: false,
-            lane_sent: None,
             lane_looked: false,
+            waiting_disruptions: VecDeque::new(),
             busy_read: None,
             dead_letter_poll: 0,
             lat_sqs: us(cfg.aws.sqs_latency_ms / 1000.0),
@@ -381,6 +389,7 @@ impl<'c> Sim<'c> {
                 us(renew_every(lease, lease).as_secs_f64())
             },
             linger: us(w.linger_ms / 1000.0),
+            flush_every: Settings::default().flush_every,
             cancel_check: us(w.cancel_check_seconds).max(1),
             receive_wait: us(w.receive_wait_seconds),
             grace: us(w.grace_seconds),
@@ -464,6 +473,7 @@ impl<'c> Sim<'c> {
                 break;
             }
         }
+        self.counters.disruptions_missed = self.waiting_disruptions.len() as u64;
     }
 
     /// Moves the clock, integrating paid worker-time and busy slot-time.
@@ -503,7 +513,10 @@ impl<'c> Sim<'c> {
             }
             Ev::ScalerWake => self.scale(),
             Ev::Sample => self.sample(),
-            Ev::WorkerReady(w) => self.worker_ready(w),
+            Ev::WorkerReady(w) => {
+                self.worker_ready(w);
+                self.disrupt_waiting();
+            }
             Ev::PollTimeout { w, seq } => self.poll_timeout(w, seq),
             Ev::LaneLook(w) => self.lane_look(w),
             Ev::Delivered { w, msgs } => self.delivered(w, msgs),
@@ -557,7 +570,10 @@ impl<'c> Sim<'c> {
             Claim::Free => 0,
         };
         if until > self.now {
-            self.at(until, Ev::DeadLetter(msg));
+            // `dead_letters::settle`'s `Settled::Later`: the message is
+            // hidden that long.
+            let after = look_again_after(Duration::from_micros(until - self.now));
+            self.at(self.now + us(after.as_secs_f64()), Ev::DeadLetter(msg));
             return;
         }
         self.ledger_write();
@@ -691,14 +707,11 @@ impl<'c> Sim<'c> {
     /// the lane go to the queue (received ten at a time until the lane is
     /// empty, sent to the queue, deleted from the lane).
     fn look_at_lane(&mut self) {
-        if std::mem::replace(&mut self.lane_looked, true) {
-            let due = self
-                .lane_sent
-                .is_some_and(|at| self.now - at >= us(LANE_WAIT.as_secs_f64()));
-            if !due {
-                return;
-            }
-            self.lane_sent = None;
+        let now = self.instant();
+        if std::mem::replace(&mut self.lane_looked, true)
+            && !self.shares.lane_to_look_at(&self.pool_key, LANE_WAIT, now)
+        {
+            return;
         }
         let moved = self.queue.move_lane_to_main(LANE_MOVE_MAX) as u64;
         let rounds = moved.div_ceil(10);
@@ -791,13 +804,34 @@ impl<'c> Sim<'c> {
         let spot = (d.spot_fraction * max).round() as u64;
         let crash = (d.crash_fraction * max).round() as u64;
         let (from, to) = (us(d.from_seconds), us(d.to_seconds.max(d.from_seconds)));
-        let spread = |i: u64, n: u64| from + (to - from) * (2 * i + 1) / (2 * n.max(1));
         for i in 0..spot {
-            self.at(spread(i, spot), Ev::Spot);
+            self.at(spread(from, to, i, spot), Ev::Spot);
         }
         for i in 0..crash {
-            self.at(spread(i, crash), Ev::Crash);
+            self.at(spread(from, to, i, crash), Ev::Crash);
         }
+    }
+
+    /// Carries out the interruptions that found no ready worker, while
+    /// there is one.
+    fn disrupt_waiting(&mut self) {
+        while !self.waiting_disruptions.is_empty()
+            && self.workers.iter().any(|w| w.state == WState::Ready)
+        {
+            match self.waiting_disruptions.pop_front() {
+                Some(Disruption::Spot) => self.spot(),
+                Some(Disruption::Crash) => self.crash(),
+                None => {}
+            }
+        }
+    }
+
+    /// An interruption due now that finds no ready worker (all starting,
+    /// draining or gone: at the start, before the first is up) waits for
+    /// the next to be ready.
+    fn defer(&mut self, what: Disruption) {
+        self.counters.disruptions_deferred += 1;
+        self.waiting_disruptions.push_back(what);
     }
 
     /// A ready worker at random, if any.
@@ -813,7 +847,9 @@ impl<'c> Sim<'c> {
     /// node goes after the notice, and the ReplicaSet asks for another at
     /// once.
     fn spot(&mut self) {
-        let Some(w) = self.victim() else { return };
+        let Some(w) = self.victim() else {
+            return self.defer(Disruption::Spot);
+        };
         self.counters.spot += 1;
         self.drain(w);
         let notice = us(self.cfg.disruptions.notice_seconds);
@@ -824,9 +860,88 @@ impl<'c> Sim<'c> {
     /// A worker killed outright: its claims and messages wait for their
     /// lease and visibility to run out.
     fn crash(&mut self) {
-        let Some(w) = self.victim() else { return };
+        let Some(w) = self.victim() else {
+            return self.defer(Disruption::Crash);
+        };
         self.counters.crashes += 1;
         self.kill(w);
         self.reconcile_fleet();
+    }
+}
+
+/// An interruption waiting for a ready worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Disruption {
+    Spot,
+    Crash,
+}
+
+/// The `i`th of `n` times spread evenly over `from..to` (the middles of
+/// `n` equal parts). In u128: a span of 10^8 s in µs times the 2 × 10^5
+/// parts of 10^5 interruptions is past u64.
+fn spread(from: T, to: T, i: u64, n: u64) -> T {
+    let n = n.max(1);
+    let offset = u128::from(to.saturating_sub(from)) * u128::from(2 * i + 1) / (2 * u128::from(n));
+    from + T::try_from(offset).expect("within the span")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::config::{MAX_RUN_SECONDS, MAX_WORKERS};
+
+    /// Disruptions without `fromSeconds`/`toSeconds` all fall at 0 s, when
+    /// no worker is up yet (5 s start-up): each is carried out as a worker
+    /// becomes ready, not dropped. With a run that ends before any worker
+    /// is up, they are counted missed.
+    #[test]
+    fn interruptions_that_find_no_ready_worker_wait_for_one() {
+        let yaml = |max_seconds: u32| {
+            format!(
+                r#"
+pool: {{ max: 4, threads: 2 }}
+worker: {{ startupSeconds: 5, startupJitterSeconds: 0, graceSeconds: 3, leaseSeconds: 9 }}
+batches:
+  - {{ name: a, tasks: 400, durations: {{ kind: fixed, seconds: 1 }} }}
+disruptions: {{ spotFraction: 0.5, noticeSeconds: 10, crashFraction: 0.25, fromSeconds: 0, toSeconds: 1 }}
+maxSeconds: {max_seconds}
+"#
+            )
+        };
+        let cfg = SimConfig::parse(&yaml(100_000)).expect("a valid config");
+        let mut sim = Sim::new(&cfg);
+        sim.run();
+        let c = sim.counters;
+        assert_eq!((c.spot, c.crashes), (2, 1), "{c:?}");
+        assert_eq!(
+            (c.disruptions_deferred, c.disruptions_missed),
+            (3, 0),
+            "{c:?}"
+        );
+        assert!(sim.batches_done(), "{c:?}");
+        assert_eq!(sim.batches[0].finished, 400);
+
+        let cfg = SimConfig::parse(&yaml(3)).expect("a valid config");
+        let mut sim = Sim::new(&cfg);
+        sim.run();
+        let c = sim.counters;
+        assert_eq!((c.spot, c.crashes), (0, 0), "{c:?}");
+        assert_eq!(
+            (c.disruptions_deferred, c.disruptions_missed),
+            (3, 3),
+            "{c:?}"
+        );
+    }
+
+    /// The longest span over the most interruptions.
+    #[test]
+    fn interruptions_spread_over_the_longest_span_on_the_biggest_pool() {
+        let (from, to) = (SECOND, us(MAX_RUN_SECONDS));
+        let n = MAX_WORKERS as u64;
+        let step = (to - from) / n;
+        assert_eq!(spread(from, to, 0, n), from + step / 2);
+        let last = spread(from, to, n - 1, n);
+        assert_eq!(last, to - step / 2);
+        assert_eq!(spread(from, from, 3, n), from);
     }
 }

@@ -486,6 +486,13 @@ impl Report {
             c.taken_over,
             c.failed_attempts
         );
+        if c.disruptions_deferred > 0 {
+            let _ = writeln!(
+                s,
+                "  {} disruptions found no ready worker and waited for one; {} were still waiting at the end (not carried out)",
+                c.disruptions_deferred, c.disruptions_missed
+            );
+        }
         for b in &self.batches {
             let share = match (b.share, b.share_error()) {
                 (Some(p), Some(e)) => format!(

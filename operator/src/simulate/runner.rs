@@ -20,7 +20,7 @@ use super::config::BatchConfig;
 use super::dist::{Durations, task_hash};
 use super::engine::{Ev, SECOND, Sim, us};
 use super::queue::T;
-use crate::batch_runner::{RECEIVE_RESULTS, SEND_GROUP, collect_pause, result_receives};
+use crate::batch_runner::{RECEIVE_RESULTS, SEND_GROUP, collect_pause, flush_due, result_receives};
 use crate::crd::taskbatch::TaskOrder;
 use crate::shares::ShareGuard;
 use crate::sizing::{self, SizingInput};
@@ -28,9 +28,6 @@ use crate::window::{self, Estimate, MeterInput};
 
 /// The collector's long poll (its round's first receive).
 const RESULTS_WAIT: T = crate::batch_runner::RESULTS_WAIT.as_micros() as T;
-/// Result receipts deleted at once at most, and how often (the runner's flush).
-const FLUSH_RECEIPTS: u64 = 200;
-const FLUSH_EVERY: T = SECOND;
 /// The runner's meter also wakes every `shares::TURN_RETRY` (in its select).
 const METER_TICK: T = crate::shares::TURN_RETRY.as_micros() as T;
 
@@ -88,7 +85,8 @@ pub struct BatchSim {
     poll_seq: u64,
     /// Results receives made at once (`result_receives`).
     receives: usize,
-    receipts: u64,
+    /// Result receipts not deleted yet (the collector's flush deletes them).
+    receipts: usize,
     last_flush: T,
     woke_pool: bool,
     pub arrived: Option<T>,
@@ -465,11 +463,9 @@ impl Sim<'_> {
         batch.enqueued = first;
         batch.bundles += group.len() as u64;
         let last = batch.peek().is_none();
-        let priority = self.cfg.pool.priority_lane && share.priority(window);
-        if priority {
-            // The pool reconciler looks at the lane `LANE_WAIT` after.
-            self.lane_sent.get_or_insert(now);
-        }
+        // A send to the lane is stamped on the simulated clock: the pool
+        // reconciler looks at the lane `LANE_WAIT` after.
+        let priority = self.cfg.pool.priority_lane && share.priority_at(window, instant);
         // The runner's `mark_lane`: the other batches' lane marks.
         let others = if priority && self.cfg.pool.lane_marks {
             share.others()
@@ -574,10 +570,11 @@ impl Sim<'_> {
             batch.longest = batch.longest.max(took);
             batch.estimate.observe(Duration::from_micros(r.took));
         }
-        batch.receipts += messages.len() as u64;
+        batch.receipts += messages.len();
         let done = batch.finished >= batch.total;
-        if done || batch.receipts >= FLUSH_RECEIPTS || now - batch.last_flush >= FLUSH_EVERY {
-            self.req.results_deletes += batch.receipts.div_ceil(10);
+        let since_flush = Duration::from_micros(now - batch.last_flush);
+        if flush_due(done, since_flush, self.flush_every, batch.receipts) {
+            self.req.results_deletes += batch.receipts.div_ceil(10) as u64;
             batch.receipts = 0;
             batch.last_flush = now;
         }

@@ -632,6 +632,11 @@ fn configs_that_cannot_be_simulated_are_refused_naming_the_field() {
             ),
             "disruptions.toSeconds",
         ),
+        // Every loss at t = 0, before any worker is up.
+        (
+            small("", "", "", "disruptions: { spotFraction: 0.1 }"),
+            "spotFraction and crashFraction need toSeconds after fromSeconds",
+        ),
         (
             small("", "", "", "targets: { makespanOverIdeal: -1 }"),
             "targets.makespanOverIdeal",

@@ -90,35 +90,17 @@ fn write_to(
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<ExitCode> {
     let Some(path) = output else {
-        let mut out = BufWriter::new(io::stdout().lock());
-        return match write(&mut out).and_then(|()| out.flush()) {
-            // `cloudkon workload ... | head` is fine.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => refused(&e, None),
-            other => {
-                other.context("cannot write the workload to stdout")?;
-                Ok(ExitCode::SUCCESS)
-            }
-        };
+        // `cloudkon workload ... | head` is fine.
+        return write_straight(io::stdout().lock(), write, "the workload to stdout", true);
     };
-    match std::fs::metadata(&path) {
+    if std::fs::metadata(&path).is_ok_and(|meta| !meta.is_file() && !meta.is_dir()) {
         // A device or a pipe (`-o /dev/stdout`, a FIFO): nothing in it to keep,
         // and nothing to rename over it.
-        Ok(meta) if !meta.is_file() && !meta.is_dir() => {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let mut out = BufWriter::new(file);
-            return match write(&mut out).and_then(|()| out.flush()) {
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => refused(&e, None),
-                other => {
-                    other.with_context(|| format!("cannot write {}", path.display()))?;
-                    Ok(ExitCode::SUCCESS)
-                }
-            };
-        }
-        _ => {}
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        return write_straight(file, write, &path.display().to_string(), false);
     }
     if let Some(message) = report::not_a_file("-o", &path) {
         eprintln!("error: {message}");
@@ -136,6 +118,27 @@ fn write_to(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the workload straight into `out`, named `what` in an error; a
+/// reader gone (`BrokenPipe`) is no error when `reader_may_leave`.
+fn write_straight(
+    out: impl Write,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    what: &str,
+    reader_may_leave: bool,
+) -> Result<ExitCode> {
+    let mut out = BufWriter::new(out);
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if reader_may_leave && e.kind() == io::ErrorKind::BrokenPipe => {
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => refused(&e, None),
+        other => {
+            other.with_context(|| format!("cannot write {what}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// A workload the generator refuses to write (`run` with no program): bad usage.

@@ -326,6 +326,8 @@ pub struct Sim<'c> {
     /// How often a batch's collector flushes (`Settings::flush_every`).
     pub flush_every: Duration,
     pub cancel_check: T,
+    /// The receive's wait, as `SqsQueue::receive_raw` sends it: whole
+    /// seconds, a fraction rounded up (0: a short poll).
     pub receive_wait: T,
     pub grace: T,
     pub slots: u32,
@@ -391,7 +393,7 @@ impl<'c> Sim<'c> {
             linger: us(w.linger_ms / 1000.0),
             flush_every: Settings::default().flush_every,
             cancel_check: us(w.cancel_check_seconds).max(1),
-            receive_wait: us(w.receive_wait_seconds),
+            receive_wait: us(w.receive_wait_seconds.ceil()),
             grace: us(w.grace_seconds),
             slots: cfg.pool.threads,
         }
@@ -815,13 +817,12 @@ impl<'c> Sim<'c> {
     /// Carries out the interruptions that found no ready worker, while
     /// there is one.
     fn disrupt_waiting(&mut self) {
-        while !self.waiting_disruptions.is_empty()
-            && self.workers.iter().any(|w| w.state == WState::Ready)
+        while self.workers.iter().any(|w| w.state == WState::Ready)
+            && let Some(what) = self.waiting_disruptions.pop_front()
         {
-            match self.waiting_disruptions.pop_front() {
-                Some(Disruption::Spot) => self.spot(),
-                Some(Disruption::Crash) => self.crash(),
-                None => {}
+            match what {
+                Disruption::Spot => self.spot(),
+                Disruption::Crash => self.crash(),
             }
         }
     }
@@ -890,9 +891,9 @@ mod tests {
     use super::*;
     use crate::simulate::config::{MAX_RUN_SECONDS, MAX_WORKERS};
 
-    /// Disruptions without `fromSeconds`/`toSeconds` all fall at 0 s, when
-    /// no worker is up yet (5 s start-up): each is carried out as a worker
-    /// becomes ready, not dropped. With a run that ends before any worker
+    /// Disruptions spread over the first second all fall before any worker
+    /// is up (5 s start-up): each is carried out as a worker becomes
+    /// ready, not dropped. With a run that ends before any worker
     /// is up, they are counted missed.
     #[test]
     fn interruptions_that_find_no_ready_worker_wait_for_one() {

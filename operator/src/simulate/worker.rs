@@ -195,7 +195,7 @@ impl Sim<'_> {
             let worker = &mut self.workers[w];
             worker.poll_seq += 1;
             let seq = worker.poll_seq;
-            let wait = self.receive_wait();
+            let wait = self.receive_wait;
             // A long poll waits for messages (`serve_pollers`); a short one
             // (a wait of 0) is answered at once, empty, and the worker asks
             // again: each answer, empty or not, comes a round trip later.
@@ -293,12 +293,6 @@ impl Sim<'_> {
             let got = self.queue.receive_main(want);
             self.received(w, got);
         }
-    }
-
-    /// The receive's wait, as `SqsQueue::receive_raw` sends it: whole
-    /// seconds, a fraction rounded up (0: a short poll).
-    fn receive_wait(&self) -> T {
-        us(self.cfg.worker.receive_wait_seconds.ceil())
     }
 
     /// A receive came back empty: its poll leaves the pollers, and the

@@ -19,6 +19,7 @@ pub enum QueueCommand {
         #[arg(long, default_value = "60s", value_parser = parse_visibility)]
         visibility: Duration,
         /// Also create `<name>-dlq` and move a bundle there after this many receives.
+        /// Without it, an existing queue keeps the dead-letter queue it has.
         #[arg(long, value_name = "N")]
         max_receives: Option<u32>,
     },
@@ -69,6 +70,12 @@ pub fn run(command: QueueCommand) -> Result<ExitCode> {
                 println!("{}", queue.url());
                 if let Some(dlq) = queue.dead_letter_url() {
                     eprintln!("dead-letter queue: {dlq}");
+                } else if let Some(dlq) = kept_dead_letter_queue(&sqs, queue.url()).await? {
+                    // SetQueueAttributes leaves a redrive policy it is not
+                    // given: say so, or the user believes there is none.
+                    eprintln!(
+                        "dead-letter queue: {dlq} (kept from before: give --max-receives to change how many receives move a bundle there)"
+                    );
                 }
             }
             QueueCommand::Delete { queue } => {
@@ -96,6 +103,19 @@ pub fn run(command: QueueCommand) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The dead-letter queue an existing queue already had, which a create
+/// without `--max-receives` leaves in place.
+async fn kept_dead_letter_queue(
+    sqs: &cloudkon_core::aws::SqsClient,
+    url: &str,
+) -> Result<Option<String>> {
+    let queue = sqs
+        .open(url)
+        .await
+        .with_context(|| format!("cannot read the settings of queue `{url}`"))?;
+    Ok(queue.dead_letter_url().map(str::to_owned))
 }
 
 #[derive(Debug, clap::Args)]

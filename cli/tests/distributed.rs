@@ -953,6 +953,18 @@ fn queue_commands_create_inspect_and_delete() {
     };
     let url = cloudkon(&["queue", "create", &name, "--max-receives", "4"]);
     assert!(url.trim().ends_with(&name), "{url}");
+    // Created again without --max-receives, the queue keeps its dead-letter
+    // queue: the command must say so rather than print nothing about it.
+    let again = Command::new(env!("CARGO_BIN_EXE_cloudkon"))
+        .args(["queue", "create", &name])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains(&format!("{name}-dlq")) && said.contains("kept from before"),
+        "{said}"
+    );
     let stats: serde_json::Value =
         serde_json::from_str(&cloudkon(&["queue", "stats", &name, "--json"])).unwrap();
     assert_eq!(stats["visible"], 0);

@@ -1,7 +1,8 @@
 //! What a report shows, aggregated from results as they are read: counts, a
 //! timeline per worker slot, throughput over time, latency histograms and the
 //! failures. Its size is bounded whatever the number of results: past
-//! [`TIMELINE_TASKS_MAX`] tasks the timeline is a grid of busy fractions, and
+//! [`TIMELINE_TASKS_MAX`] tasks, or on more than [`TIMELINE_ROWS_MAX`]
+//! slots, the timeline is a grid of busy fractions, and
 //! the failures table keeps the first [`FAILURES_SHOWN`] failures.
 
 use std::cmp::Ordering;
@@ -12,7 +13,8 @@ use cloudkon_core::{Outcome, TaskResult};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Up to this many tasks, the timeline draws each task; past it, a grid.
+/// Up to this many tasks (on at most [`TIMELINE_ROWS_MAX`] slots), the
+/// timeline draws each task; past it, a grid.
 pub const TIMELINE_TASKS_MAX: usize = 10_000;
 /// Columns of the timeline grid (time bins).
 pub const TIMELINE_BINS: usize = 300;
@@ -381,7 +383,9 @@ fn timeline(spans: &[Span], lanes: &[String], start: u64, span_us: u64) -> Timel
     // The tasks that ran on a slot, with their lane.
     let placed = || spans.iter().filter_map(|s| Some((s, s.lane?)));
     let drawn = placed().count();
-    if drawn <= TIMELINE_TASKS_MAX {
+    // More slots than rows would draw a row of a pixel or two per slot:
+    // they share rows in the grid, however few the tasks.
+    if drawn <= TIMELINE_TASKS_MAX && lanes.len() <= TIMELINE_ROWS_MAX {
         return Timeline::Tasks {
             rows: lanes.to_vec(),
             span_us,
@@ -747,6 +751,31 @@ pub(crate) mod tests {
             "{}",
             data.utilization
         );
+    }
+
+    #[test]
+    fn few_tasks_on_many_slots_share_rows() {
+        // 2,000 slots, 5,000 tasks: drawn one by one, each slot would be a
+        // row of two pixels.
+        let mut c = Collector::new();
+        for i in 0..5_000u64 {
+            let slot = i % 2_000;
+            let worker = format!("w{}/{}", slot / 8, slot % 8);
+            c.add(&result(
+                i,
+                &worker,
+                (i / 2_000) * 10,
+                10,
+                Outcome::Succeeded,
+            ));
+        }
+        let data = c.finish("r.jsonl");
+        assert_eq!(data.slots, 2_000);
+        let Timeline::Grid { rows, tasks, .. } = &data.timeline else {
+            panic!("2,000 slots share rows");
+        };
+        assert!(rows.len() <= TIMELINE_ROWS_MAX, "{}", rows.len());
+        assert_eq!(*tasks, 5_000);
     }
 
     #[test]

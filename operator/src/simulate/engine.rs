@@ -147,10 +147,11 @@ pub struct Requests {
     pub bundle_sends: u64,
     /// ReceiveMessage by workers, long polls that return empty included.
     pub bundle_receives: u64,
-    /// DeleteMessage(Batch) by workers.
+    /// DeleteMessage(Batch) by workers, and of settled dead letters.
     pub bundle_deletes: u64,
     /// ChangeMessageVisibility(Batch) requests: renewals (a worker's messages
-    /// together, 10 a request), give-backs, held claims.
+    /// together, 10 a request), give-backs, held claims, dead letters hidden
+    /// until their holder's lease ends.
     pub visibility_changes: u64,
     /// SendMessageBatch of results (workers).
     pub results_sends: u64,
@@ -489,7 +490,7 @@ impl<'c> Sim<'c> {
         self.now = to.max(self.now);
     }
 
-    fn handle(&mut self, ev: Ev) {
+    pub(super) fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::BatchArrives(b) => self.batch_arrives(b),
             Ev::RunnerWake { b, token } => {
@@ -566,19 +567,28 @@ impl<'c> Sim<'c> {
     /// result in the progress are reported failed to their batch.
     fn dead_letter(&mut self, msg: usize) {
         self.req.dead_letter_receives += 1;
+        // `settle` claims the bundle whatever the ledger then answers.
+        self.ledger_write();
         let until = match self.queue.messages[msg].claim {
-            Claim::Done => return,
+            Claim::Done => {
+                // `Settled::Finished`: the message is deleted.
+                self.req.bundle_deletes += 1;
+                return;
+            }
             Claim::Held { until, .. } => until,
             Claim::Free => 0,
         };
         if until > self.now {
             // `dead_letters::settle`'s `Settled::Later`: the message is
-            // hidden that long.
+            // hidden that long (a ChangeMessageVisibility).
+            self.req.visibility_changes += 1;
             let after = look_again_after(Duration::from_micros(until - self.now));
             self.at(self.now + us(after.as_secs_f64()), Ev::DeadLetter(msg));
             return;
         }
+        // `Settled::Reported`: the claim is completed and the message deleted.
         self.ledger_write();
+        self.req.bundle_deletes += 1;
         let m = &mut self.queue.messages[msg];
         m.claim = Claim::Done;
         let (b, first) = (m.batch, m.first);

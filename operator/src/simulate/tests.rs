@@ -1098,3 +1098,56 @@ fn a_stale_holder_does_not_renew_complete_or_release_a_claim_taken_over() {
         sim.queue.messages[m].claim
     );
 }
+
+/// The dead-letter reader's requests are `dead_letters::watch`'s: each look
+/// at a dead bundle claims it in the ledger; one still held is hidden until
+/// its lease ends (a ChangeMessageVisibility); one reported failed is
+/// completed and deleted; one already done is deleted.
+#[test]
+fn each_look_at_a_dead_bundle_costs_what_settling_it_does() {
+    let cfg = one_worker(
+        "threads: 1",
+        "startupSeconds: 10, leaseSeconds: 60, prefetch: 0",
+        "{ name: a, tasks: 3, durations: { kind: fixed, seconds: 1 } }",
+    );
+    let mut sim = engine::Sim::new(&cfg);
+    let dead = |claim| queue::Message {
+        batch: 0,
+        first: 0,
+        len: 3,
+        state: queue::MsgState::DeadLettered,
+        receives: 5,
+        visibility: 5,
+        claim,
+        attempt: 1,
+        progress: vec![true, false, false],
+        priority: false,
+    };
+    let held = queue::Claim::Held {
+        worker: 0,
+        until: 5 * engine::SECOND,
+    };
+    for claim in [held, queue::Claim::Free, queue::Claim::Done] {
+        sim.queue.messages.push(dead(claim));
+    }
+    let looks = |sim: &mut engine::Sim, msg| {
+        let before = sim.req;
+        sim.handle(engine::Ev::DeadLetter(msg));
+        let after = sim.req;
+        (
+            after.dead_letter_receives - before.dead_letter_receives,
+            after.ledger_writes - before.ledger_writes,
+            after.visibility_changes - before.visibility_changes,
+            after.bundle_deletes - before.bundle_deletes,
+            after.results_sends - before.results_sends,
+        )
+    };
+    // Held: claimed (refused) and hidden.
+    assert_eq!(looks(&mut sim, 0), (1, 1, 1, 0, 0));
+    // Lease over: claimed, its two tasks without a result reported, the
+    // claim completed, the message deleted.
+    assert_eq!(looks(&mut sim, 1), (1, 2, 0, 1, 1));
+    assert_eq!(sim.counters.dead_letter_failed, 2);
+    // Done: claimed (refused) and deleted.
+    assert_eq!(looks(&mut sim, 2), (1, 1, 0, 1, 0));
+}

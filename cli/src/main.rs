@@ -95,7 +95,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cloudkon_worker::logging::init(cli.log_format, "warn");
-    raise_open_files_limit();
+    cloudkon_worker::open_files::raise_limit();
     let result = match cli.command {
         Command::Run(args) => cmd_run::run(args),
         Command::Submit(args) => cmd_submit::run(args),
@@ -113,17 +113,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(exit::ERROR)
         }
-    }
-}
-
-/// Raises the soft limit of open files to the hard one: each running task
-/// holds descriptors (its output pipes), and the usual soft limit of 1,024
-/// failed tasks with "Too many open files" past a few hundred `--workers`.
-fn raise_open_files_limit() {
-    let before = rlimit::Resource::NOFILE.get().map_or(0, |(soft, _)| soft);
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(now) => tracing::debug!(before, now, "open files limit raised to the hard limit"),
-        Err(e) => tracing::debug!(before, error = %e, "cannot raise the open files limit"),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod exec;
 pub mod logging;
 pub mod loopback_http;
+pub mod open_files;
 pub mod pool;
 pub mod remote;
 pub mod serve;

@@ -205,6 +205,7 @@ fn main() -> ExitCode {
         }
     };
     cloudkon_worker::logging::init(args.log_format, "info");
+    cloudkon_worker::open_files::raise_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

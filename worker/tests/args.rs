@@ -64,3 +64,30 @@ fn a_fatal_error_is_written_as_the_termination_message() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(message, "");
 }
+
+/// A worker of many slots is not held back by a low soft limit of open
+/// files: it raises it to the hard one before anything else.
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -Sn 64 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_cloudkon-worker"))
+        // Stops at once, after the limit was raised.
+        .args(["--queue", "q", "--metrics-addr", "nowhere"])
+        .env_remove("CLOUDKON_CANCEL_CHECK")
+        .env("RUST_LOG", "cloudkon_worker=debug")
+        .output()
+        .expect("run cloudkon-worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("open files limit"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("raised") && line.contains("before=64"),
+        "{line}"
+    );
+    assert!(!line.contains("now=64"), "{line}");
+    // Not a terminal: no colour codes in the log.
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}

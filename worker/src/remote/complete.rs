@@ -407,6 +407,12 @@ async fn flush<Q, L, R>(
     for key in ended {
         let p = pending.remove(&key).expect("listed above");
         let ticket = p.unit.ticket.as_ref().expect("pending units have tickets");
+        if ctx.inflight.lost(&key) {
+            // Taken over (see `renew_leases`): what ran here was sent, and
+            // the claim and the message are the new holder's to finish.
+            ctx.inflight.remove(&key);
+            continue;
+        }
         if p.end != Some(true) || !p.unsent.is_empty() {
             give_back(ctx, ticket, false).await;
             continue;
@@ -544,6 +550,15 @@ where
     let Some(key) = &ticket.claim_key else {
         return;
     };
+    if ctx.inflight.lost(key) {
+        // Another worker took it over: its claim and its message are that
+        // worker's, and releasing them would hand the bundle to a third.
+        ctx.inflight.remove(key);
+        if return_room {
+            ctx.room.add_permits(1);
+        }
+        return;
+    }
     let progress = ctx.inflight.progress(key);
     // No renewal of it from here on (a round under way passes over it).
     ctx.inflight.completed(key);
@@ -571,14 +586,20 @@ pub fn renew_every(lease: Duration, visibility: Duration) -> Duration {
     (lease.min(visibility) / 3).max(Duration::from_millis(100))
 }
 
+/// Lease renewals under way at once: a slow or throttled ledger's calls
+/// overlap, so that a round over many bundles still ends well within its
+/// period, without a burst of one write per bundle held.
+pub(super) const RENEWALS_AT_ONCE: usize = 8;
+
 /// Heartbeats: every [`renew_every`], extends the message visibility of
 /// each bundle held, then its lease (recording its progress). The
 /// visibilities go first and all at once: a ledger that does not answer
 /// (each call then takes the SDK's timeouts and retries) must not let a
 /// held message become visible, be received elsewhere and use up a receive
-/// of its `maxReceives`; after one failed renewal, the rest of the round's
-/// wait for the next, which comes at a quarter of the period, and the
-/// fetcher claims nothing new until a round succeeds.
+/// of its `maxReceives`. Rounds of lease renewals start at a fixed cadence
+/// (see [`renew_round`]); after a failed or late one, the next comes at a
+/// quarter of the period, and the fetcher claims nothing new until a round
+/// succeeds in time.
 pub async fn renew_leases<Q, L, R>(ctx: Arc<Ctx<Q, L, R>>, done: CancellationToken)
 where
     Q: TaskQueue,
@@ -628,50 +649,92 @@ where
         let Some(ledger) = &ctx.ledger else {
             return;
         };
-        let mut wait = every;
+        let mut next = tokio::time::Instant::now() + every;
         loop {
             tokio::select! {
                 _ = ledger_done.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {},
+                _ = tokio::time::sleep_until(next) => {},
             }
-            let mut failed = false;
-            for held in ctx.inflight.snapshot() {
-                let key = &held.key;
-                let Some(owner) = &held.owner else { continue };
-                // Given back or completed since the snapshot: a renewal now
-                // would take it back for a lease.
-                if !ctx.inflight.needs_heartbeat(key) {
-                    continue;
-                }
-                match ledger
-                    .renew(key, owner, ctx.config.lease, &held.progress)
-                    .await
-                {
-                    Ok(true) => {}
-                    // Completed meanwhile (the snapshot is older than the completion).
-                    Ok(false) if !ctx.inflight.needs_heartbeat(key) => {}
-                    Ok(false) => {
-                        tracing::warn!(key, "lease lost: another worker took this bundle over")
-                    }
-                    Err(e) => {
-                        WorkerStats::add(&ctx.stats.backend_errors, 1);
-                        tracing::warn!(key, error = %e, "lease renewal failed; the others wait for the next round, and no new bundle is claimed until a round succeeds");
-                        failed = true;
-                        break;
-                    }
-                }
+            let started = tokio::time::Instant::now();
+            let mut failed = renew_round(&ctx, ledger.as_ref(), every).await;
+            let took = started.elapsed();
+            if !failed && took > every {
+                // Every call answered, but the last bundles went longer than
+                // a period unrenewed: with a few more bundles or a slower
+                // ledger, their leases run out while every call succeeds.
+                tracing::warn!(?took, period = ?every, "a round of lease renewals took longer than its period; no new bundle is claimed until one does not");
+                failed = true;
             }
             // Running work first: a throttled ledger's writes go to the
             // leases held, not to claims of more bundles, whose leases would
             // then run out as well and be taken over (their tasks run twice).
             ctx.renewals_failing
                 .send_if_modified(|failing| std::mem::replace(failing, failed) != failed);
-            // Sooner after a failed round: the leases are at stake, and
-            // claims wait for it.
-            wait = if failed { every / 4 } else { every };
+            // From the round's start, however long its calls took (a late
+            // round's successor starts at once); sooner after a failed
+            // round: the leases are at stake, and claims wait for it.
+            next = started + if failed { every / 4 } else { every };
         }
     };
     tokio::join!(visibility, leases);
+}
+
+/// One round of lease renewals, [`RENEWALS_AT_ONCE`] at a time, each call
+/// given `every` to answer. A lease found lost stops its bundle (see
+/// [`super::inflight::InFlight::lose`]). Returns whether a renewal failed
+/// or did not answer in time; the renewals not yet asked then wait for the
+/// next round, so that a throttled ledger is not asked more.
+async fn renew_round<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, every: Duration) -> bool
+where
+    L: DedupLedger,
+{
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let failed = AtomicBool::new(false);
+    let renewals = ctx
+        .inflight
+        .snapshot()
+        .into_iter()
+        .filter_map(|h| Some((h.key, h.owner?, h.progress)));
+    futures_util::stream::iter(renewals)
+        .for_each_concurrent(RENEWALS_AT_ONCE, |(key, owner, progress)| {
+            let failed = &failed;
+            async move {
+                // Given back or completed since the snapshot: a renewal now
+                // would take it back for a lease.
+                if failed.load(Ordering::Relaxed) || !ctx.inflight.needs_heartbeat(&key) {
+                    return;
+                }
+                let renewal = ledger.renew(&key, &owner, ctx.config.lease, &progress);
+                let error = match tokio::time::timeout(every, renewal).await {
+                    Ok(Ok(true)) => return,
+                    Ok(Ok(false)) => {
+                        // Unless completed meanwhile (the snapshot is older
+                        // than the completion): the lease ran out and
+                        // another worker took the bundle over, and runs its
+                        // tasks not reported. Those not started here are
+                        // left to it; those running finish and their results
+                        // are sent (the collectors keep each task id once,
+                        // and the new holder may die too).
+                        if ctx.inflight.lose(&key) {
+                            tracing::warn!(
+                                key,
+                                "lease lost: another worker took this bundle over; its tasks not started are left to it"
+                            );
+                        }
+                        return;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {every:?}"),
+                };
+                WorkerStats::add(&ctx.stats.backend_errors, 1);
+                tracing::warn!(key, error, "lease renewal failed; the others wait for the next round, and no new bundle is claimed until a round succeeds");
+                failed.store(true, Ordering::Relaxed);
+            }
+        })
+        .await;
+    failed.into_inner()
 }
 
 #[cfg(test)]

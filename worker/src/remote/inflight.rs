@@ -28,6 +28,8 @@ struct Held {
     /// Its completion is recorded: no more heartbeats (the ledger row is done,
     /// and a renewal would fail as if the lease were lost).
     completed: bool,
+    /// Another worker took it over (see [`InFlight::lose`]).
+    lost: bool,
     /// Positions whose results are sent (or were, by an earlier holder):
     /// written to the ledger at each renewal.
     progress: BundleProgress,
@@ -80,6 +82,7 @@ impl InFlight {
                 receipt,
                 owner,
                 completed: false,
+                lost: false,
                 progress,
                 control,
             },
@@ -99,6 +102,30 @@ impl InFlight {
         if let Some(entry) = self.held.lock().expect("inflight lock").get_mut(key) {
             entry.completed = true;
         }
+    }
+
+    /// Its lease was found lost (another worker took the bundle over): no
+    /// more heartbeats, and its tasks not started are left to the new holder,
+    /// which runs them. False if it is not held, or its completion was
+    /// recorded meanwhile (a renewal after it is refused the same way).
+    pub fn lose(&self, key: &str) -> bool {
+        let mut held = self.held.lock().expect("inflight lock");
+        let Some(entry) = held.get_mut(key).filter(|e| !e.completed) else {
+            return false;
+        };
+        entry.completed = true;
+        entry.lost = true;
+        entry.control.stop();
+        true
+    }
+
+    /// Its lease was lost: its claim and its message are the new holder's.
+    pub fn lost(&self, key: &str) -> bool {
+        self.held
+            .lock()
+            .expect("inflight lock")
+            .get(key)
+            .is_some_and(|e| e.lost)
     }
 
     /// Records positions whose results are sent.

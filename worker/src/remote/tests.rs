@@ -1811,3 +1811,371 @@ async fn renewals_fail_while_a_bundle_comes<Q: TaskQueue + 'static>(queue: Arc<Q
     stop.stop.cancel();
     worker.await.unwrap();
 }
+
+/// The in-memory ledger whose bundles another worker takes over once
+/// `taken_over` is set: renewals and completions then answer that the lease
+/// was lost. Counts those renewals, and the releases asked of it.
+#[derive(Default)]
+struct TakenOverLedger {
+    inner: MemoryLedger,
+    taken_over: std::sync::atomic::AtomicBool,
+    lost_renewals: std::sync::atomic::AtomicUsize,
+    releases: std::sync::atomic::AtomicUsize,
+}
+
+impl TakenOverLedger {
+    fn taken_over(&self) -> bool {
+        self.taken_over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lost_renewals(&self) -> usize {
+        self.lost_renewals
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl DedupLedger for TakenOverLedger {
+    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
+        self.inner.cancel_batch(batch).await
+    }
+
+    async fn batch_marks(&self, batch: &str) -> Result<BatchMarks, LedgerError> {
+        self.inner.batch_marks(batch).await
+    }
+
+    async fn mark_lane(&self, batch: &str, at_ms: u64) -> Result<(), LedgerError> {
+        self.inner.mark_lane(batch, at_ms).await
+    }
+
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        self.inner.claim(key, owner, lease).await
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        done: &BundleProgress,
+    ) -> Result<bool, LedgerError> {
+        if self.taken_over() {
+            self.lost_renewals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.inner.renew(key, owner, lease, done).await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        results: Vec<u8>,
+    ) -> Result<bool, LedgerError> {
+        if self.taken_over() {
+            return Ok(false);
+        }
+        self.inner.complete(key, owner, results).await
+    }
+
+    async fn release(
+        &self,
+        key: &str,
+        owner: &str,
+        done: &BundleProgress,
+    ) -> Result<(), LedgerError> {
+        self.releases
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.release(key, owner, done).await
+    }
+}
+
+// Paused time: the renewal rounds while the first task runs go by at once.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_lost_a_lease_starts_no_more_of_its_tasks_and_leaves_its_message() {
+    // One slot, a bundle of three tasks; while the first runs (until a gate
+    // opens), another worker takes the bundle over. The renewal that finds
+    // out stops the bundle: no more renewals or visibility extensions, the
+    // two tasks not started are left to the new holder, and the message
+    // and the claim stay its own (not released: a third worker would run
+    // the bundle too). The first task's result is sent (the collectors keep
+    // each task id once).
+    let dir = tempfile::tempdir().unwrap();
+    let (started, gate) = (dir.path().join("started"), dir.path().join("gate"));
+    let first = TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("touch {}; {}", started.display(), wait_for(&gate)),
+        ],
+        expected_ms: None,
+    };
+    let specs = vec![first, TaskSpec::Sleep { ms: 0 }, TaskSpec::Sleep { ms: 0 }];
+    let queue = Arc::new(ReceiptQueue::new(vec![bundle(0, specs)]));
+    let ledger = Arc::new(TakenOverLedger::default());
+    let router = Arc::new(MemoryRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let mut config = config();
+    config.pool.slots = 1;
+    config.lease = Duration::from_secs(3);
+    config.visibility = Duration::from_secs(3);
+    let every = renew_every(config.lease, config.visibility);
+    let stop = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(ledger.clone()),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config,
+        stop.clone(),
+        stats.clone(),
+    ));
+    until("the first task runs", || started.exists()).await;
+    ledger
+        .taken_over
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    until("a renewal finds the lease lost", || {
+        ledger.lost_renewals() >= 1
+    })
+    .await;
+    let extends = || {
+        queue.extends.load(std::sync::atomic::Ordering::Relaxed)
+            + queue.extend_alls.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let extended = extends();
+    // Ten rounds of heartbeats while the first task still runs.
+    tokio::time::sleep(every * 10).await;
+    assert_eq!(ledger.lost_renewals(), 1, "renewed after the loss");
+    assert_eq!(
+        extends(),
+        extended,
+        "its message kept hidden after the loss"
+    );
+    std::fs::write(&gate, "").unwrap();
+    until("the bundle is let go", || {
+        !router.results("resp").is_empty() && WorkerStats::get(&stats.held) == 0
+    })
+    .await;
+    let ids: Vec<u64> = router.results("resp").iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![0], "only the task running at the loss ran here");
+    assert_eq!(
+        queue.releases.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the new holder's message made visible"
+    );
+    assert_eq!(
+        queue.counts(),
+        (1, 0),
+        "the message stays with the new holder"
+    );
+    assert_eq!(
+        ledger.releases.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the new holder's claim released"
+    );
+    assert_eq!(WorkerStats::get(&stats.released), 0);
+    stop.stop.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
+}
+
+/// The in-memory ledger whose renewals each take `delay` (a throttled
+/// table, its SDK retrying), recording when each claim was made and each
+/// renewal answered.
+#[derive(Default)]
+struct SlowRenewalsLedger {
+    inner: MemoryLedger,
+    delay: Mutex<Duration>,
+    claims: Mutex<Vec<(String, tokio::time::Instant)>>,
+    renewed: Mutex<Vec<(String, tokio::time::Instant)>>,
+}
+
+impl SlowRenewalsLedger {
+    fn new(delay: Duration) -> Self {
+        Self {
+            delay: Mutex::new(delay),
+            ..Self::default()
+        }
+    }
+
+    fn claims(&self) -> Vec<(String, tokio::time::Instant)> {
+        self.claims.lock().unwrap().clone()
+    }
+
+    fn renewed(&self) -> Vec<(String, tokio::time::Instant)> {
+        self.renewed.lock().unwrap().clone()
+    }
+}
+
+impl DedupLedger for SlowRenewalsLedger {
+    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
+        self.inner.cancel_batch(batch).await
+    }
+
+    async fn batch_marks(&self, batch: &str) -> Result<BatchMarks, LedgerError> {
+        self.inner.batch_marks(batch).await
+    }
+
+    async fn mark_lane(&self, batch: &str, at_ms: u64) -> Result<(), LedgerError> {
+        self.inner.mark_lane(batch, at_ms).await
+    }
+
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        self.claims
+            .lock()
+            .unwrap()
+            .push((key.to_string(), tokio::time::Instant::now()));
+        self.inner.claim(key, owner, lease).await
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        done: &BundleProgress,
+    ) -> Result<bool, LedgerError> {
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let renewed = self.inner.renew(key, owner, lease, done).await;
+        self.renewed
+            .lock()
+            .unwrap()
+            .push((key.to_string(), tokio::time::Instant::now()));
+        renewed
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        results: Vec<u8>,
+    ) -> Result<bool, LedgerError> {
+        self.inner.complete(key, owner, results).await
+    }
+
+    async fn release(
+        &self,
+        key: &str,
+        owner: &str,
+        done: &BundleProgress,
+    ) -> Result<(), LedgerError> {
+        self.inner.release(key, owner, done).await
+    }
+}
+
+/// Bundles of one ten-minute task: they run for the whole of a test (the
+/// sleep task's timer is the wall clock's, not paused).
+fn long_bundles(first: u64, n: u64) -> Vec<Bundle> {
+    (first..first + n)
+        .map(|i| bundle(i, vec![TaskSpec::Sleep { ms: 600_000 }]))
+        .collect()
+}
+
+// Paused time: a renewal's delay is exact, and minutes go by at once.
+#[tokio::test(start_paused = true)]
+async fn slow_renewals_of_many_bundles_still_come_once_a_period() {
+    // A 60 s lease renewed every 20 s, 12 bundles held, and each renewal
+    // taking 3 s: one after another, a round takes 36 s, and each bundle
+    // went 56 s between renewals. A few at once, from each round's start,
+    // each bundle is renewed within a period and a renewal's time.
+    let delay = Duration::from_secs(3);
+    let ledger = Arc::new(SlowRenewalsLedger::new(delay));
+    let queue = Arc::new(MemoryQueue::bounded(12));
+    queue.send(long_bundles(0, 12)).await.unwrap();
+    let mut config = config();
+    config.pool.slots = 12;
+    config.lease = Duration::from_secs(60);
+    config.visibility = Duration::from_secs(60);
+    let every = renew_every(config.lease, config.visibility);
+    let (worker, stop) = start(
+        queue,
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        config,
+    );
+    tokio::time::sleep(every * 6).await;
+    let mut by_key: HashMap<String, Vec<tokio::time::Instant>> = HashMap::new();
+    for (key, at) in ledger.renewed() {
+        by_key.entry(key).or_default().push(at);
+    }
+    assert_eq!(by_key.len(), 12, "{by_key:?}");
+    for (key, times) in &by_key {
+        assert!(times.len() >= 4, "{key}: {times:?}");
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap <= every + delay,
+                "{key} went {gap:?} between renewals (period {every:?})"
+            );
+        }
+    }
+    stop.stop.cancel();
+    stop.abort.cancel();
+    worker.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_round_of_renewals_longer_than_its_period_holds_back_claims() {
+    // Each call answers within the period, but more bundles than are
+    // renewed at once make the round overrun it.
+    let held = complete::RENEWALS_AT_ONCE as u64 + 1;
+    slow_renewals_hold_back_claims(held, Duration::from_millis(600)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_does_not_answer_within_the_period_holds_back_claims() {
+    slow_renewals_hold_back_claims(1, Duration::from_secs(3_600)).await;
+}
+
+/// `held` bundles held under a 3 s lease (renewed every second), their
+/// renewals taking `delay`; a bundle that comes meanwhile, with a slot
+/// free for it, is claimed only once renewals keep to their period again.
+async fn slow_renewals_hold_back_claims(held: u64, delay: Duration) {
+    let ledger = Arc::new(SlowRenewalsLedger::new(delay));
+    let queue = Arc::new(MemoryQueue::bounded(held as usize + 1));
+    queue.send(long_bundles(0, held)).await.unwrap();
+    let mut config = config();
+    config.pool.slots = held as usize + 1;
+    config.lease = Duration::from_secs(3);
+    config.visibility = Duration::from_secs(3);
+    let every = renew_every(config.lease, config.visibility);
+    let (worker, stop) = start(
+        queue.clone(),
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        config,
+    );
+    // Past the first round, however it ends.
+    tokio::time::sleep(every * 3).await;
+    assert_eq!(ledger.claims().len(), held as usize);
+    let late = long_bundles(held, 1);
+    let late_key = claim_key(&late[0]);
+    queue.send(late).await.unwrap();
+    // Rounds go by, each late.
+    tokio::time::sleep(every * 5).await;
+    assert!(
+        ledger.claims().iter().all(|(key, _)| *key != late_key),
+        "claimed while renewals ran late: {:?}",
+        ledger.claims()
+    );
+    *ledger.delay.lock().unwrap() = Duration::ZERO;
+    let fast_from = tokio::time::Instant::now();
+    let deadline = fast_from + every * 10;
+    let claimed = loop {
+        if let Some((_, at)) = ledger.claims().into_iter().find(|(k, _)| *k == late_key) {
+            break at;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        ledger
+            .renewed()
+            .iter()
+            .any(|(_, at)| *at >= fast_from && *at <= claimed),
+        "claimed before a round kept to its period"
+    );
+    stop.stop.cancel();
+    stop.abort.cancel();
+    worker.await.unwrap();
+}

@@ -57,8 +57,10 @@ struct Args {
     #[arg(long, env = "CLOUDKON_NO_DEDUP")]
     no_dedup: bool,
 
-    /// A claim's lease; renewed every third of it while the bundle runs.
-    #[arg(long, env = "CLOUDKON_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
+    /// A claim's lease, and how long a received message stays hidden;
+    /// renewed every third of it while the bundle runs. 1s to 12h (SQS's
+    /// longest visibility timeout).
+    #[arg(long, env = "CLOUDKON_LEASE", default_value = "60s", value_parser = parse_lease)]
     lease: Duration,
 
     /// How long a finished task's result waits for others to leave with it
@@ -454,6 +456,18 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
     })
     .context("cannot handle SIGTERM, SIGHUP and SIGINT")?;
     Ok(())
+}
+
+/// `--lease`: a duration from 1s to 12h. It is also the messages'
+/// visibility timeout: at 0 a claim would expire as it is made and the
+/// message show at once to other workers; SQS cuts a visibility past 12h
+/// to 12h, which would leave a lease the queue does not keep.
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(12 * 3600) {
+        return Err(format!("{s} is outside 1s..12h"));
+    }
+    Ok(d)
 }
 
 /// `--cancel-check`: a duration from 100ms to an hour (zero would ask the

@@ -302,6 +302,14 @@ pub async fn run_pool_lanes(
     }
     dispatch(&units, first, &jobs_tx, &events, &shutdown.stop).await;
     drop(jobs_tx);
+    // Stopped: the slots take no more jobs, so the one waiting for a slot
+    // ends now, for its bundle to be given back at once rather than after
+    // the tasks running.
+    if shutdown.stop.is_cancelled() {
+        while let Ok(job) = jobs_rx.try_recv() {
+            end_unstarted(&job.unit, job.tasks.len(), &events).await;
+        }
+    }
     while let Some(joined) = slots.join_next().await {
         if let Err(e) = joined {
             tracing::error!(error = %e, "a worker slot panicked");

@@ -23,6 +23,44 @@ fn a_cancel_check_out_of_range_is_refused_with_the_flag_named() {
     }
 }
 
+#[test]
+fn a_lease_out_of_range_is_refused_from_the_flag_or_the_environment() {
+    let lease = |env: Option<&str>, flag: Option<&str>| {
+        let mut worker = Command::new(env!("CARGO_BIN_EXE_cloudkon-worker"));
+        // Past the flags, the worker stops at once on this (1).
+        worker
+            .args(["--queue", "q", "--metrics-addr", "nowhere"])
+            .env_remove("CLOUDKON_CANCEL_CHECK")
+            .env_remove("CLOUDKON_LEASE");
+        if let Some(env) = env {
+            worker.env("CLOUDKON_LEASE", env);
+        }
+        if let Some(flag) = flag {
+            worker.args(["--lease", flag]);
+        }
+        let out = worker.output().expect("run cloudkon-worker");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // 0 hid nothing and every claim expired as made; past 12h SQS cut the
+    // visibility short of the lease.
+    for bad in ["0s", "500ms", "13h", "12h 1s"] {
+        for (env, flag) in [(Some(bad), None), (None, Some(bad))] {
+            let (code, stderr) = lease(env, flag);
+            assert_eq!(code, Some(2), "{bad}: {stderr}");
+            assert!(stderr.contains("--lease"), "{bad}: {stderr}");
+            assert!(stderr.contains("outside 1s..12h"), "{bad}: {stderr}");
+        }
+    }
+    for good in ["1s", "12h"] {
+        let (code, stderr) = lease(None, Some(good));
+        assert_eq!(code, Some(1), "{good}: {stderr}");
+        assert!(stderr.contains("--metrics-addr"), "{good}: {stderr}");
+    }
+}
+
 /// In a pod, the worker's fatal error is its termination message: the pod's
 /// status, and the pool's WorkersFailing condition, then say why it stopped.
 #[test]

@@ -250,9 +250,11 @@ where
 }
 
 /// Claims `key`, waiting at most [`ADMIT_LEDGER_LIMIT`] for the answer. A
-/// claim not answered in time goes on: granted after all, it is given back
-/// at once (an owner token never used again held it for a whole lease, the
-/// next claim `Held`, then taken over as one attempt more).
+/// claim that fails may still have landed (an attempt whose answer was lost,
+/// the SDK's retries then throttled), and one not answered in time may land
+/// later: either is given back, or an owner token never used again held it
+/// for a whole lease (the next claim `Held`, then taken over as one attempt
+/// more, towards `max_claims` though no worker died).
 async fn claim_within<L: DedupLedger>(
     ledger: &Arc<L>,
     key: &str,
@@ -264,25 +266,53 @@ async fn claim_within<L: DedupLedger>(
         async move { ledger.claim(&key, &owner, lease).await }
     });
     match tokio::time::timeout(ADMIT_LEDGER_LIMIT, &mut claim).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => Err(cloudkon_core::ledger::LedgerError::Unavailable(format!(
-            "the claim stopped: {e}"
-        ))),
+        Ok(Ok(Ok(claim))) => Ok(claim),
+        Ok(Ok(Err(e))) => {
+            give_back_failed_claim(ledger, key, owner, async { true });
+            Err(e)
+        }
+        Ok(Err(e)) => {
+            give_back_failed_claim(ledger, key, owner, async { true });
+            Err(cloudkon_core::ledger::LedgerError::Unavailable(format!(
+                "the claim stopped: {e}"
+            )))
+        }
         Err(_) => {
-            let (ledger, key, owner) = (ledger.clone(), key.to_string(), owner.to_string());
-            tokio::spawn(async move {
-                if let Ok(Ok(Claim::Granted { .. })) = claim.await {
-                    tracing::debug!(key, "a claim answered late: given back");
-                    if let Err(e) = ledger.release(&key, &owner, &BundleProgress::new()).await {
-                        tracing::debug!(key, error = %e, "could not give back a claim answered late; it expires with its lease");
-                    }
-                }
-            });
+            // Whatever the late answer, but a refusal: an error may hide a
+            // grant too.
+            let landed = async move {
+                !matches!(claim.await, Ok(Ok(Claim::Held { .. } | Claim::Done { .. })))
+            };
+            give_back_failed_claim(ledger, key, owner, landed);
             Err(cloudkon_core::ledger::LedgerError::Unavailable(format!(
                 "no answer within {ADMIT_LEDGER_LIMIT:?}"
             )))
         }
     }
+}
+
+/// Once `landed` says the failed claim of `key` by `owner` may hold it,
+/// releases it, in the background (best effort). The release is
+/// conditional on `owner`, a token of this claim alone: a claim that never
+/// landed, or a bundle another worker holds, is left as it is.
+fn give_back_failed_claim<L: DedupLedger>(
+    ledger: &Arc<L>,
+    key: &str,
+    owner: &str,
+    landed: impl Future<Output = bool> + Send + 'static,
+) {
+    let (ledger, key, owner) = (ledger.clone(), key.to_string(), owner.to_string());
+    tokio::spawn(async move {
+        if !landed.await {
+            return;
+        }
+        match ledger.release(&key, &owner, &BundleProgress::new()).await {
+            Ok(()) => tracing::debug!(key, "a failed or late claim given back, if it landed"),
+            Err(e) => {
+                tracing::debug!(key, error = %e, "could not give back a failed or late claim; if it landed, it expires with its lease")
+            }
+        }
+    });
 }
 
 /// Takes up to `most` room permits that are free now (each one bundle's

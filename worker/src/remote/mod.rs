@@ -22,7 +22,9 @@
 //! last renewal, so at most the tasks finished within one renewal period (a
 //! third of the lease) plus those running run twice (their second results
 //! count once: the collectors keep each task id once). On live workers a task
-//! never runs twice, and no result is lost.
+//! runs twice only when a worker's renewals were late past its lease and the
+//! bundle was taken over: the tasks it was running then (it starts none of
+//! the rest). No result is lost.
 
 mod cancels;
 pub use cancels::batches_to_watch;
@@ -270,8 +272,16 @@ where
             abort.cancel();
         });
     }
+    // Stopped: the pool takes no more units, so those waiting go back now,
+    // not after the running tasks (hidden meanwhile from every other
+    // worker). After the grace began: the releases may be slow.
+    if shutdown.stop.is_cancelled() {
+        give_back_unstarted(&ctx, &first_rx).await;
+        give_back_unstarted(&ctx, &units_rx).await;
+    }
     let _ = pool.await;
-    // Units received but never started: give them back at once.
+    // Units received but never started (a stop after the queue was drained
+    // or the worker idled out).
     give_back_unstarted(&ctx, &first_rx).await;
     give_back_unstarted(&ctx, &units_rx).await;
     let _ = completer.await;
@@ -301,3 +311,5 @@ async fn give_back_unstarted<Q, L, R>(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_stop;

@@ -27,7 +27,7 @@ use crate::shares::PoolWork;
 use crate::status::{self, set_condition};
 use crate::status_patch;
 use crate::validate;
-use crate::worker_fleet::{ObservedWorkers, WorkerFleet};
+use crate::worker_fleet::{FleetError, ObservedWorkers, WorkerFleet};
 
 /// The pool reconciler's field manager for the WorkerPool's status.
 pub const POOL_RECONCILER: &str = "cloudkon-pool-reconciler";
@@ -296,17 +296,37 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     carry_out(pool, ctx, plan, Some(&mut memory)).await
 }
 
-/// The fleet could not be read or scaled: said in the status
-/// (`Available=False`, `FleetError`) and a warning Event, where it was only
-/// in the operator's log, and the error returned, so that the reconcile is
-/// retried with growing delays (EC2 out of capacity is not asked every poll).
+/// How soon a pool whose fleet failed for a while only is looked at again.
+const FLEET_RETRY_SOON: Duration = Duration::from_secs(5);
+
+/// When the fleet's error `e` passes by itself in seconds (a node group
+/// still updating, throttling, a timeout): how soon to try again, quietly.
+/// None: a failure, to be said and backed off from.
+fn retry_soon(e: &FleetError) -> Option<Duration> {
+    e.temporary.then_some(FLEET_RETRY_SOON)
+}
+
+/// The fleet could not be read or scaled. For a while only
+/// ([`retry_soon`]): tried again shortly, the conditions as they are, and
+/// only the log says it. Otherwise said in the status (`Available=False`,
+/// `FleetError`) and a warning Event, where it was only in the operator's
+/// log, and the error returned, so that the reconcile is retried with
+/// growing delays (EC2 out of capacity is not asked every poll).
 async fn fleet_failed(
     pool: &WorkerPool,
     ctx: &Context,
     memory: &mut PoolMemory,
     why: String,
-    e: Error,
+    e: FleetError,
 ) -> Result<Action, Error> {
+    if let Some(after) = retry_soon(&e) {
+        tracing::info!(
+            pool = %format!("{}/{}", pool.namespace().unwrap_or_default(), pool.name_any()),
+            retry_in = ?after,
+            "{why} (for a while only: trying again)"
+        );
+        return Ok(Action::requeue(after));
+    }
     let now = Time(Timestamp::now());
     let plan = pool_plan::decide(
         pool,
@@ -315,7 +335,7 @@ async fn fleet_failed(
         &now,
     );
     carry_out(pool, ctx, plan, Some(memory)).await?;
-    Err(e)
+    Err(e.error)
 }
 
 /// Heartbeats are read at most this often to tell whether a worker runs a
@@ -691,6 +711,23 @@ async fn sharing(
         .collect())
 }
 
+/// Which fleet (its [`fleet_identity`]) a pool being deleted releases: the
+/// EC2 fleet this run scaled (`known`), else the one its status records
+/// (`recorded`: the fleet it ran, after a restart or a failed release, which
+/// forgets the pool), and the spec's only when neither knows. Never the spec's
+/// over those: a spec moved to another fleet while workers remain is
+/// refused, and releasing it would leave the pool's workers running on a
+/// deleted queue and scale down a fleet that is not the pool's.
+fn fleet_to_release(
+    known: Option<String>,
+    recorded: Option<&str>,
+    spec: Option<&crate::crd::workerpool::Provider>,
+) -> String {
+    known
+        .or_else(|| recorded.map(str::to_string))
+        .unwrap_or_else(|| fleet_identity(spec))
+}
+
 async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
@@ -703,7 +740,6 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         Some(m) => m.lock().await.ec2.clone(),
         None => None,
     };
-    // The fleet as this run knew it, or as the spec says (after a restart).
     let spec_queue = pool.spec.queue.clone().unwrap_or_default();
     // The queue the pool has (a changed spec.queue.name is refused, and
     // never names the queue deleted here), else the spec's.
@@ -716,25 +752,11 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
             || build::queue_name(&ns, &name, spec_queue.name.as_deref()),
             str::to_string,
         );
-    let fleet = match known {
-        Some(fleet) => Some(fleet),
-        None => Ec2Provider::from_spec(
-            pool.spec.provider.as_ref(),
-            &ns,
-            &name,
-            &queue_name,
-            &[],
-            ctx.aws.sdk_config(),
-        )
-        .ok()
-        .flatten()
-        .map(Arc::new),
-    };
-    let identity = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.fleet.clone())
-        .unwrap_or_else(|| fleet_identity(pool.spec.provider.as_ref()));
+    let identity = fleet_to_release(
+        known.as_deref().map(Ec2Provider::identity),
+        pool.status.as_ref().and_then(|s| s.fleet.as_deref()),
+        pool.spec.provider.as_ref(),
+    );
     let sharers = sharing(pool, ctx, &queue_name, &identity, false).await?;
     if !sharers.is_empty() {
         ctx.event(
@@ -750,6 +772,12 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         ctx.metrics.forget_pool(&pool_labels(&ns, &name));
         return Ok(());
     }
+    let fleet = match known {
+        Some(fleet) if fleet.identity() == identity => Some(fleet),
+        _ => Ec2Provider::from_identity(&identity, &ns, &name, ctx.aws.sdk_config())
+            .map_err(|e| Error::Other(format!("cannot release the workers: {e}")))?
+            .map(Arc::new),
+    };
     if let Some(fleet) = fleet {
         match fleet.delete_all().await {
             Ok(()) => {}
@@ -843,6 +871,87 @@ mod tests {
             vec!["enqueuing", "moved", "running"]
         );
         assert!(batches_in_the_way("r", &batches).is_empty());
+    }
+
+    #[test]
+    fn a_deleted_pool_releases_the_fleet_it_ran_not_the_one_its_spec_names() {
+        use crate::crd::workerpool::{AutoScalingGroup, Provider, ProviderType};
+        let spec = |type_, group: Option<&str>| Provider {
+            type_,
+            instances: None,
+            auto_scaling_group: group.map(|g| AutoScalingGroup { name: g.into() }),
+            eks_nodegroup: None,
+        };
+        let deployment = spec(ProviderType::Deployment, None);
+        let other_group = spec(ProviderType::AutoScalingGroup, Some("theirs"));
+        // Instances, then a spec moved (refused) to a Deployment or another
+        // pool's group: after a restart only the status knows.
+        for moved in [&deployment, &other_group] {
+            assert_eq!(
+                fleet_to_release(None, Some("Instances"), Some(moved)),
+                "Instances"
+            );
+        }
+        assert_eq!(
+            fleet_to_release(None, Some("AutoScalingGroup/mine"), Some(&other_group)),
+            "AutoScalingGroup/mine"
+        );
+        assert_eq!(
+            fleet_to_release(None, Some("Deployment"), Some(&other_group)),
+            "Deployment"
+        );
+        // What this run scaled, first.
+        assert_eq!(
+            fleet_to_release(
+                Some("AutoScalingGroup/mine".into()),
+                Some("Instances"),
+                Some(&other_group)
+            ),
+            "AutoScalingGroup/mine"
+        );
+        // Nothing recorded (never written): the spec.
+        assert_eq!(
+            fleet_to_release(None, None, Some(&other_group)),
+            "AutoScalingGroup/theirs"
+        );
+        assert_eq!(fleet_to_release(None, None, None), "Deployment");
+    }
+
+    #[test]
+    fn a_fleet_error_that_passes_by_itself_is_tried_again_soon_not_reported() {
+        use crate::provider::ProviderError;
+        use cloudkon_core::aws::AwsError;
+        let pool: WorkerPool =
+            serde_yaml::from_str(include_str!("../../examples/workerpool.yaml")).unwrap();
+        let aws = |code: &str, kind| {
+            ProviderError::Aws(AwsError {
+                service: "EKS",
+                operation: "UpdateNodegroupConfig",
+                resource: "node group n of EKS cluster c".into(),
+                code: Some(code.into()),
+                kind,
+                message: "m".into(),
+            })
+        };
+        let fleet = |e| crate::worker_fleet::fleet_error(&pool, e);
+        for temporary in [
+            aws("ResourceInUseException", ErrorKind::Transient),
+            aws("ThrottlingException", ErrorKind::Transient),
+            aws("ScalingActivityInProgress", ErrorKind::Transient),
+        ] {
+            assert_eq!(retry_soon(&fleet(temporary)), Some(FLEET_RETRY_SOON));
+        }
+        for failure in [
+            // Short of capacity may last hours: the pool says so.
+            aws("InsufficientInstanceCapacity", ErrorKind::Transient),
+            aws("AccessDeniedException", ErrorKind::Permanent),
+            aws("ResourceNotFoundException", ErrorKind::NotFound),
+            ProviderError::UnknownFleet("x".into()),
+        ] {
+            assert_eq!(retry_soon(&fleet(failure)), None);
+        }
+        // A Deployment's errors are failures.
+        assert_eq!(retry_soon(&Error::Other("x".into()).into()), None);
     }
 
     #[test]

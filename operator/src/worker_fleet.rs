@@ -19,7 +19,7 @@ use crate::crd::WorkerPool;
 use crate::crd::workerpool::ProviderType;
 use crate::error::Error;
 use crate::pool_memory::PoolMemory;
-use crate::provider::Ec2Provider;
+use crate::provider::{Ec2Provider, ProviderError};
 
 /// The annotation the ReplicaSet controller reads to pick which pods go
 /// first on scale-down (lowest cost first).
@@ -56,6 +56,31 @@ pub struct ObservedWorkers {
     pub generation: Option<i64>,
     /// The fleet's own min and max (a group's), which it keeps to.
     pub bounds: Option<(i32, i32)>,
+}
+
+/// The fleet could not be read or scaled.
+#[derive(Debug)]
+pub struct FleetError {
+    pub error: Error,
+    /// It passes by itself in a few seconds (see
+    /// [`crate::provider::ProviderError::is_temporary`]): a node group
+    /// still updating, throttling, a timeout.
+    pub temporary: bool,
+}
+
+impl From<Error> for FleetError {
+    fn from(error: Error) -> Self {
+        FleetError {
+            error,
+            temporary: false,
+        }
+    }
+}
+
+impl std::fmt::Display for FleetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
 }
 
 impl WorkerFleet {
@@ -104,7 +129,7 @@ impl WorkerFleet {
         &self,
         pool: &WorkerPool,
         ctx: &Context,
-    ) -> Result<ObservedWorkers, Error> {
+    ) -> Result<ObservedWorkers, FleetError> {
         match self {
             WorkerFleet::Ec2(fleet) => {
                 let count = fleet.observe().await.map_err(|e| fleet_error(pool, e))?;
@@ -116,7 +141,7 @@ impl WorkerFleet {
                     bounds: count.bounds,
                 })
             }
-            WorkerFleet::Deployment => observe_deployment(pool, ctx).await,
+            WorkerFleet::Deployment => Ok(observe_deployment(pool, ctx).await?),
         }
     }
 
@@ -172,7 +197,7 @@ impl WorkerFleet {
         queue_url: &str,
         replicas: i32,
         workers: &ObservedWorkers,
-    ) -> Result<(), Error> {
+    ) -> Result<(), FleetError> {
         let change = replicas != workers.current;
         match self {
             WorkerFleet::Ec2(fleet) if change => fleet
@@ -202,12 +227,15 @@ impl WorkerFleet {
     }
 }
 
-fn fleet_error(pool: &WorkerPool, e: impl std::fmt::Display) -> Error {
-    Error::Other(format!(
-        "WorkerPool {}/{}: {e}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    ))
+pub(crate) fn fleet_error(pool: &WorkerPool, e: ProviderError) -> FleetError {
+    FleetError {
+        temporary: e.is_temporary(),
+        error: Error::Other(format!(
+            "WorkerPool {}/{}: {e}",
+            pool.namespace().unwrap_or_default(),
+            pool.name_any()
+        )),
+    }
 }
 
 async fn apply_deployment(

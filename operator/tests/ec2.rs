@@ -380,18 +380,44 @@ async fn instances_in_one_subnet_short_of_capacity_do_not_hold_back_the_other() 
     let short = subnets[0].clone();
     let (proxy, proxied) = refusing_launches(&sdk, move |r| r.body_contains(&short)).await;
     let p = provider(&instances_spec(&lt, subnets.clone()), &pool, &[], &proxied);
+    let running_in = |fleet: &[aws_sdk_ec2::types::Instance]| -> Vec<String> {
+        fleet
+            .iter()
+            .filter(|i| state(i) == InstanceStateName::Running)
+            .map(|i| i.subnet_id().unwrap_or_default().to_string())
+            .collect()
+    };
+
+    // The first subnet's share goes to the second, in the same scale_to:
+    // the pool has its four, and no error.
+    p.scale_to(4).await.unwrap();
+    assert!(proxy.refused() >= 1);
+    let fleet = pool_instances(&sdk, &pool).await;
+    assert_eq!(running_in(&fleet), [subnets[1].as_str(); 4]);
+    // And so on as it grows (the first subnet, the emptiest, is asked first).
+    let refused = proxy.refused();
+    p.scale_to(6).await.unwrap();
+    assert!(proxy.refused() > refused);
+    let fleet = pool_instances(&sdk, &pool).await;
+    assert_eq!(running_in(&fleet), [subnets[1].as_str(); 6]);
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run through scripts/test"]
+async fn instances_with_every_subnet_refusing_say_why() {
+    let sdk = sdk().await;
+    let subnets = two_subnets(&sdk, 79).await;
+    let lt = unique("lt-zones");
+    create_launch_template(&sdk, &lt).await;
+    let pool = unique("zones");
+    let (proxy, proxied) = refusing_launches(&sdk, |_| true).await;
+    let p = provider(&instances_spec(&lt, subnets.clone()), &pool, &[], &proxied);
 
     let err = p.scale_to(4).await.unwrap_err();
     assert!(err.to_string().contains("RunInstances"), "{err}");
-    assert!(proxy.refused() >= 1);
-    let fleet = pool_instances(&sdk, &pool).await;
-    let running: Vec<_> = fleet
-        .iter()
-        .filter(|i| state(i) == InstanceStateName::Running)
-        .map(|i| i.subnet_id().unwrap_or_default())
-        .collect();
-    // The second subnet got its two; the first, short, none.
-    assert_eq!(running, [subnets[1].as_str(); 2]);
+    // Each subnet asked once: a refusing one is not asked again.
+    assert_eq!(proxy.refused(), 2);
+    assert!(pool_instances(&sdk, &pool).await.is_empty());
 }
 
 #[tokio::test]
@@ -466,6 +492,56 @@ async fn instances_missing_launch_template_is_a_clear_error() {
     assert!(text.contains("NotFound"), "{text}");
     assert!(!err.is_retryable());
     assert!(pool_instances(&sdk, &pool).await.is_empty());
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run through scripts/test"]
+async fn a_fleet_made_from_its_identity_releases_the_pools_workers_alone() {
+    // A pool deleted after its spec moved (refused) to another pool's group:
+    // the fleet its status records is released, made from that alone.
+    let sdk = sdk().await;
+    let lt = unique("lt-release");
+    create_launch_template(&sdk, &lt).await;
+    let pool = unique("release");
+    provider(&instances_spec(&lt, vec![]), &pool, &[], &sdk)
+        .scale_to(3)
+        .await
+        .unwrap();
+    let theirs = unique("asg-theirs");
+    create_asg(&sdk, &theirs).await;
+    provider(&asg_spec(&theirs), &unique("their-pool"), &[], &sdk)
+        .scale_to(2)
+        .await
+        .unwrap();
+
+    let released = Ec2Provider::from_identity("Instances", "tests", &pool, &sdk)
+        .unwrap()
+        .expect("an EC2 fleet");
+    assert_eq!(released.observe().await.unwrap().current, 3);
+    released.delete_all().await.unwrap();
+    let fleet = pool_instances(&sdk, &pool).await;
+    assert_eq!(fleet.len(), 3);
+    assert!(fleet.iter().all(|i| matches!(
+        state(i),
+        InstanceStateName::Terminated | InstanceStateName::ShuttingDown
+    )));
+    assert_eq!(asg_desired(&sdk, &theirs).await, 2);
+
+    // A group, the same way.
+    let mine = unique("asg-mine");
+    create_asg(&sdk, &mine).await;
+    provider(&asg_spec(&mine), &pool, &[], &sdk)
+        .scale_to(3)
+        .await
+        .unwrap();
+    Ec2Provider::from_identity(&format!("AutoScalingGroup/{mine}"), "tests", &pool, &sdk)
+        .unwrap()
+        .expect("an EC2 fleet")
+        .delete_all()
+        .await
+        .unwrap();
+    assert_eq!(asg_desired(&sdk, &mine).await, 0);
+    assert_eq!(asg_desired(&sdk, &theirs).await, 2);
 }
 
 async fn create_asg(sdk: &SdkConfig, name: &str) {

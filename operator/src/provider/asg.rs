@@ -22,6 +22,11 @@ impl AsgProvider {
         }
     }
 
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// current = the group's instances that are not leaving it (terminating,
     /// terminated, detaching, detached); ready = the InService ones. Counted
     /// from the instances, not from DesiredCapacity, which says what the group

@@ -29,6 +29,14 @@ impl EksProvider {
         }
     }
 
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn nodegroup(&self) -> &str {
+        &self.nodegroup
+    }
+
     /// How many UpdateNodegroupConfig calls this provider has sent.
     pub fn updates_sent(&self) -> u64 {
         self.updates_sent.load(Ordering::Relaxed)

@@ -103,6 +103,19 @@ impl InstancesProvider {
         })
     }
 
+    /// The instances of pool `<pool_namespace>/<pool_name>`, found by their
+    /// tag, to observe and terminate (a deleted pool's, whatever its spec
+    /// says now): no launch template, so any launch fails.
+    pub fn to_release(client: aws_sdk_ec2::Client, pool_namespace: &str, pool_name: &str) -> Self {
+        let none = Ec2Instances {
+            launch_template: String::new(),
+            instance_type: None,
+            subnet_ids: vec![],
+        };
+        Self::new(client, &none, pool_namespace, pool_name, "", &[])
+            .expect("an empty worker environment fits in the user data")
+    }
+
     /// Read the fleet `n` instances per DescribeInstances page (5 to 1000)
     /// instead of 1000: for tests of the pagination.
     pub fn with_page_size(mut self, n: i32) -> Self {
@@ -153,9 +166,12 @@ impl InstancesProvider {
             / TOKEN_WINDOW_SECS;
         if self.subnet_ids.is_empty() {
             let token = client_token(&self.pool, None, missing, &fleet_ids, window);
-            return self.launch(None, missing, token).await;
+            return match self.launch(None, missing, token).await {
+                (_, Some(e)) => Err(e),
+                (_, None) => Ok(()),
+            };
         }
-        let in_subnet: Vec<usize> = self
+        let mut in_subnet: Vec<usize> = self
             .subnet_ids
             .iter()
             .map(|s| {
@@ -164,19 +180,51 @@ impl InstancesProvider {
                     .count()
             })
             .collect();
-        let spread = spread_over_subnets(&in_subnet, missing);
-        // A subnet (an Availability Zone) short of capacity does not keep the
-        // others from getting theirs: the first error is said after them all.
+        // A subnet (an Availability Zone) short of capacity, or refusing
+        // for any other reason, does not keep the others from getting
+        // theirs, nor the pool from its count: what it did not launch is
+        // spread again over the others, until they have it all or each has
+        // refused. The first error is said only when the fleet is still
+        // short.
+        let mut refused = vec![false; in_subnet.len()];
+        let mut left = missing;
         let mut first_error = None;
-        for (subnet, n) in self.subnet_ids.iter().zip(spread) {
-            if n > 0 {
+        for round in 0.. {
+            let open: Vec<usize> = (0..in_subnet.len()).filter(|&i| !refused[i]).collect();
+            if left == 0 || open.is_empty() {
+                break;
+            }
+            let live_in_open: Vec<usize> = open.iter().map(|&i| in_subnet[i]).collect();
+            let spread = spread_over_subnets(&live_in_open, left);
+            for (&i, n) in open.iter().zip(spread) {
+                if n == 0 {
+                    continue;
+                }
+                let subnet = &self.subnet_ids[i];
                 let token = client_token(&self.pool, Some(subnet), n, &fleet_ids, window);
-                if let Err(e) = self.launch(Some(subnet), n, token).await {
+                // A later round may ask a subnet for the same count again:
+                // a token of its own, or EC2 would answer with the first.
+                let token = if round == 0 {
+                    token
+                } else {
+                    format!("{token}-r{round}")
+                };
+                let (launched, error) = self.launch(Some(subnet), n, token).await;
+                in_subnet[i] += launched;
+                left -= launched.min(left);
+                if let Some(e) = error {
+                    tracing::warn!(pool = %self.pool, subnet = %subnet, launched, of = n, error = %e, "a subnet refused launches: the others are asked for the rest");
                     first_error.get_or_insert(e);
+                }
+                if launched < n {
+                    refused[i] = true;
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        match first_error {
+            Some(e) if left > 0 => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Terminates every instance of the pool that is not already going.
@@ -262,14 +310,15 @@ impl InstancesProvider {
     /// short of capacity (a spot pool, a busy zone) launched none at all,
     /// and the next poll asked for the same n again. A call that fails ends
     /// the launch; the next poll asks for what is still missing, under a new
-    /// token (the fleet then holds the instances launched).
+    /// token (the fleet then holds the instances launched). Returns how many
+    /// were launched, and the error that ended the launch short, if one did.
     async fn launch(
         &self,
         subnet: Option<&String>,
         n: usize,
         token: String,
-    ) -> Result<(), ProviderError> {
-        let mut left = n;
+    ) -> (usize, Option<ProviderError>) {
+        let mut launched = 0;
         for call in 0.. {
             // Each call a token of its own, the same for the same decision.
             let token = if call == 0 {
@@ -277,13 +326,16 @@ impl InstancesProvider {
             } else {
                 format!("{token}-{call}")
             };
-            let launched = self.launch_once(subnet, left, token).await?;
-            if launched == 0 || launched >= left {
+            match self.launch_once(subnet, n - launched, token).await {
+                Ok(0) => break,
+                Ok(more) => launched = (launched + more).min(n),
+                Err(e) => return (launched, Some(e)),
+            }
+            if launched >= n {
                 break;
             }
-            left -= launched;
         }
-        Ok(())
+        (launched, None)
     }
 
     /// One RunInstances call for 1 to `n` workers: how many it launched.

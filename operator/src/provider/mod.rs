@@ -59,6 +59,11 @@ pub enum ProviderError {
         name: String,
         operation: &'static str,
     },
+    #[error(
+        "status.fleet {0:?} names no fleet this operator knows (Deployment, Instances, \
+         AutoScalingGroup/<name> or EksNodegroup/<cluster>/<nodegroup>)"
+    )]
+    UnknownFleet(String),
     /// An AWS call failed: its service, operation, resource, code and message.
     #[error(transparent)]
     Aws(#[from] AwsError),
@@ -68,6 +73,14 @@ impl ProviderError {
     /// Whether the same call may succeed later (throttling, timeouts, 5xx).
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProviderError::Aws(e) if e.is_retryable())
+    }
+
+    /// Whether it passes by itself within seconds: retryable
+    /// ([`Self::is_retryable`]), but not EC2 short of capacity, which may
+    /// last hours and is the pool's to say.
+    pub fn is_temporary(&self) -> bool {
+        self.is_retryable()
+            && !matches!(self, ProviderError::Aws(e) if e.code.as_deref() == Some("InsufficientInstanceCapacity"))
     }
 
     /// Whether the group, node group or template does not exist (any more).
@@ -90,17 +103,24 @@ pub fn fleet_identity(provider: Option<&Provider>) -> String {
     match p.type_ {
         ProviderType::Deployment => "Deployment".into(),
         ProviderType::Instances => "Instances".into(),
-        ProviderType::AutoScalingGroup => format!(
-            "AutoScalingGroup/{}",
+        ProviderType::AutoScalingGroup => group_identity(
             p.auto_scaling_group
                 .as_ref()
-                .map_or("", |g| g.name.as_str())
+                .map_or("", |g| g.name.as_str()),
         ),
         ProviderType::EksNodegroup => p.eks_nodegroup.as_ref().map_or_else(
             || "EksNodegroup/".into(),
-            |g| format!("EksNodegroup/{}/{}", g.cluster, g.nodegroup),
+            |g| nodegroup_identity(&g.cluster, &g.nodegroup),
         ),
     }
+}
+
+fn group_identity(group: &str) -> String {
+    format!("AutoScalingGroup/{group}")
+}
+
+fn nodegroup_identity(cluster: &str, nodegroup: &str) -> String {
+    format!("EksNodegroup/{cluster}/{nodegroup}")
 }
 
 /// An EC2-backed worker fleet of one WorkerPool.
@@ -166,6 +186,58 @@ impl Ec2Provider {
                 ))
             }
         }))
+    }
+
+    /// The fleet `identity` ([`fleet_identity`]) names, made from that alone:
+    /// a deleted pool's workers are released where its status says it ran
+    /// them, whatever its spec says now. None for a Deployment. An
+    /// `Instances` fleet made so finds the pool's instances by their tag,
+    /// and terminates them, but has no launch template to launch more.
+    /// Makes no AWS call.
+    pub fn from_identity(
+        identity: &str,
+        pool_namespace: &str,
+        pool_name: &str,
+        sdk: &SdkConfig,
+    ) -> Result<Option<Ec2Provider>, ProviderError> {
+        let unknown = || ProviderError::UnknownFleet(identity.to_string());
+        Ok(Some(match identity.split_once('/') {
+            None if identity == "Deployment" => return Ok(None),
+            None if identity == "Instances" => {
+                Ec2Provider::Instances(InstancesProvider::to_release(
+                    aws_sdk_ec2::Client::new(sdk),
+                    pool_namespace,
+                    pool_name,
+                ))
+            }
+            // A group's name may hold a '/'; a cluster's or node group's not.
+            Some(("AutoScalingGroup", group)) if !group.is_empty() => {
+                Ec2Provider::AutoScalingGroup(AsgProvider::new(
+                    aws_sdk_autoscaling::Client::new(sdk),
+                    group,
+                ))
+            }
+            Some(("EksNodegroup", names)) => match names.split_once('/') {
+                Some((cluster, nodegroup)) if !cluster.is_empty() && !nodegroup.is_empty() => {
+                    Ec2Provider::EksNodegroup(EksProvider::new(
+                        aws_sdk_eks::Client::new(sdk),
+                        cluster,
+                        nodegroup,
+                    ))
+                }
+                _ => return Err(unknown()),
+            },
+            _ => return Err(unknown()),
+        }))
+    }
+
+    /// Which fleet this is, as [`fleet_identity`] names it.
+    pub fn identity(&self) -> String {
+        match self {
+            Ec2Provider::Instances(_) => "Instances".into(),
+            Ec2Provider::AutoScalingGroup(p) => group_identity(p.group()),
+            Ec2Provider::EksNodegroup(p) => nodegroup_identity(p.cluster(), p.nodegroup()),
+        }
     }
 
     pub async fn observe(&self) -> Result<WorkerCount, ProviderError> {
@@ -310,6 +382,39 @@ mod tests {
                 "EksNodegroup/c/n"
             ]
         );
+    }
+
+    #[test]
+    fn a_fleet_is_made_again_from_its_identity_alone() {
+        let made = |id: &str| Ec2Provider::from_identity(id, "ns", "pool", &sdk());
+        assert!(made("Deployment").unwrap().is_none());
+        for id in [
+            "Instances",
+            "AutoScalingGroup/g",
+            "AutoScalingGroup/a/b",
+            "EksNodegroup/c/n",
+        ] {
+            assert_eq!(made(id).unwrap().unwrap().identity(), id);
+        }
+        for id in [
+            "",
+            "Instances/x",
+            "AutoScalingGroup/",
+            "EksNodegroup/",
+            "EksNodegroup/c",
+            "EksNodegroup/c/",
+            "Pods",
+        ] {
+            assert!(
+                matches!(made(id), Err(ProviderError::UnknownFleet(ref f)) if f == id),
+                "{id:?}"
+            );
+        }
+        // The identity a spec gives makes the same fleet.
+        let mut asg = provider(ProviderType::AutoScalingGroup);
+        asg.auto_scaling_group = Some(AutoScalingGroup { name: "g".into() });
+        let from = from_spec(Some(&asg)).unwrap().unwrap();
+        assert_eq!(from.identity(), fleet_identity(Some(&asg)));
     }
 
     #[test]

@@ -368,7 +368,8 @@ fn describe(st: &TaskBatchStatus) -> String {
 }
 
 /// What holds a batch up, from its conditions: a spec or a pool or bucket
-/// refused or missing (`Accepted` false), or its pool's workers failing.
+/// refused or missing (`Accepted` false), its pool's workers failing, or
+/// its runner in the operator failing.
 fn holding(st: &TaskBatchStatus) -> Option<String> {
     let said = |type_: &str, status: &str| {
         st.conditions
@@ -376,7 +377,9 @@ fn holding(st: &TaskBatchStatus) -> Option<String> {
             .find(|c| c.type_ == type_ && c.status == status)
             .map(|c| format!("{}: {}", c.reason, c.message))
     };
-    said("Accepted", "False").or_else(|| said("WorkersFailing", "True"))
+    said("Accepted", "False")
+        .or_else(|| said("WorkersFailing", "True"))
+        .or_else(|| said("RunnerFailing", "True"))
 }
 
 /// How long `watch` waits for an operator to look at a batch before it
@@ -842,7 +845,17 @@ mod tests {
             Some("WorkersFailing: WorkerPool p: 0 ready")
         );
         let fixed = c("WorkersFailing", "False", "NotFailing", "NotFailing");
-        assert_eq!(holding(&st(serde_json::json!([fine, fixed]))), None);
+        assert_eq!(holding(&st(serde_json::json!([fine.clone(), fixed]))), None);
+        let runner = c(
+            "RunnerFailing",
+            "True",
+            "RunnerFailing",
+            "the batch's runner stopped on an error 2 times in a row",
+        );
+        assert_eq!(
+            holding(&st(serde_json::json!([fine, runner]))).as_deref(),
+            Some("RunnerFailing: the batch's runner stopped on an error 2 times in a row")
+        );
     }
 
     #[test]

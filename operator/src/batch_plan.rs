@@ -12,6 +12,7 @@ use kube::ResourceExt;
 
 use crate::crd::taskbatch::{Phase, TaskBatchStatus};
 use crate::crd::{TaskBatch, WorkerPool};
+use crate::runner_handle::RunnerFailing;
 use crate::status::{self, BatchConditionsInput, Missing, PhaseInput, set_condition};
 use crate::status_patch::{CountsPatch, StatusPatch};
 use crate::validate::Invalid;
@@ -43,6 +44,9 @@ pub struct Observed<'a> {
     pub file_invalid: bool,
     /// The pool's workers cannot start or keep crashing: what it says.
     pub workers_failing: Option<String>,
+    /// The batch's runners stopped on an error, in a row: why, and when the
+    /// next starts.
+    pub runner_failing: Option<RunnerFailing>,
     pub now: Time,
 }
 
@@ -257,6 +261,18 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             (Ok(()), Some(_)) if o.missing_bucket.is_some() => {
                 (Runner::Leave, false, Then::Requeue(Duration::from_secs(10)))
             }
+            // The last runner failed: the next waits its turn.
+            (Ok(()), Some(_))
+                if o.runner_failing
+                    .as_ref()
+                    .is_some_and(|f| !f.retry_in.is_zero()) =>
+            {
+                let wait = o
+                    .runner_failing
+                    .as_ref()
+                    .map_or(Duration::ZERO, |f| f.retry_in);
+                (Runner::Leave, false, Then::Requeue(wait))
+            }
             (Ok(()), Some(url)) => {
                 if let Some(r) = &o.results {
                     st.results = Some(r.to_string());
@@ -273,6 +289,14 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             }
         }
     };
+    let live = !phase.is_finished() && phase != Phase::Cancelled;
+    runner_condition(
+        batch,
+        &mut st,
+        o.runner_failing.as_ref().filter(|_| live),
+        &o.now,
+        &mut events,
+    );
     let part = reconciler_part(&st);
     Plan {
         status: (part != reconciler_part(&old)).then_some(part),
@@ -335,6 +359,46 @@ pub fn is_live(batch: &TaskBatch) -> bool {
 /// Every task is in the queue (the runner wrote Running).
 pub fn enqueue_done_in(status: &TaskBatchStatus) -> bool {
     matches!(status.phase, Some(Phase::Running))
+}
+
+/// The batch's `RunnerFailing` condition: true, with a Warning for each
+/// failure, while its runners stop on an error (each started again after a
+/// growing delay); false once one ran well, or the batch ended.
+fn runner_condition(
+    batch: &TaskBatch,
+    st: &mut TaskBatchStatus,
+    failing: Option<&RunnerFailing>,
+    now: &Time,
+    events: &mut Vec<Note>,
+) {
+    use status::batch_condition::RUNNER_FAILING;
+    let update = match failing {
+        Some(f) => status::ConditionUpdate::new(
+            RUNNER_FAILING,
+            true,
+            RUNNER_FAILING,
+            format!(
+                "the batch's runner stopped on an error {} time{} in a row; it is started again after a growing delay (at most {} s): {}",
+                f.count,
+                if f.count == 1 { "" } else { "s" },
+                crate::runner_handle::MAX_RETRY.as_secs(),
+                f.message
+            ),
+        ),
+        None if status::condition(&st.conditions, RUNNER_FAILING).is_some() => {
+            status::ConditionUpdate::new(RUNNER_FAILING, false, "NotFailing", "")
+        }
+        None => return,
+    };
+    let message = update.message.clone();
+    let failing_now = update.status;
+    if set_condition(&mut st.conditions, &update, batch.metadata.generation, now) && failing_now {
+        events.push(Note {
+            warning: true,
+            reason: RUNNER_FAILING.into(),
+            message,
+        });
+    }
 }
 
 /// What a batch waits on that is not its own doing.
@@ -439,6 +503,7 @@ mod tests {
             workload_unreadable: None,
             file_invalid: false,
             workers_failing: None,
+            runner_failing: None,
             now: at(NOW),
         }
     }
@@ -519,6 +584,61 @@ mod tests {
             },
             ..TaskBatchStatus::default()
         }
+    }
+
+    /// A runner that stops on an error each time it starts: the next waits
+    /// its delay (no runner, no reconcile before it), the batch says why
+    /// with a Warning per failure, and says it no more once one ran well.
+    #[test]
+    fn a_failing_runner_waits_its_delay_and_the_batch_says_why() {
+        let failing = |b: &TaskBatch, count: u32, retry_in: u64| {
+            decide(&Observed {
+                runner_failing: Some(RunnerFailing {
+                    count,
+                    message: "cannot write the collected ids: quota exceeded".into(),
+                    retry_in: Duration::from_secs(retry_in),
+                }),
+                ..observed(b)
+            })
+        };
+        let b = batch(json!({}), Some(ten_tasks(Phase::Running)));
+        let plan = failing(&b, 1, 5);
+        assert_eq!(plan.runner, Runner::Leave);
+        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(5)));
+        let part = plan.status.as_ref().unwrap();
+        assert_eq!(condition(part, "RunnerFailing"), ("True", "RunnerFailing"));
+        let said: Vec<_> = plan
+            .events
+            .iter()
+            .filter(|e| e.reason == "RunnerFailing")
+            .collect();
+        assert_eq!(said.len(), 1, "{:?}", plan.events);
+        assert!(said[0].warning && said[0].message.contains("quota exceeded"));
+
+        // Its delay over: started again; said already, so nothing new.
+        let b = batch(json!({}), Some(after(&plan, Phase::Running)));
+        let plan = failing(&b, 1, 0);
+        assert_eq!(
+            plan.runner,
+            Runner::Run {
+                queue_url: "http://q".into()
+            }
+        );
+        assert!(plan.events.is_empty(), "{:?}", plan.events);
+
+        // Failed again: a Warning again, a longer wait.
+        let plan = failing(&b, 2, 10);
+        assert_eq!(plan.then, Then::Requeue(Duration::from_secs(10)));
+        assert_eq!(plan.events.len(), 1, "{:?}", plan.events);
+
+        // One ran well: false, quietly.
+        let b = batch(json!({}), Some(after(&plan, Phase::Running)));
+        let plan = decide(&observed(&b));
+        assert_eq!(
+            condition(plan.status.as_ref().unwrap(), "RunnerFailing"),
+            ("False", "NotFailing")
+        );
+        assert!(plan.events.is_empty(), "{:?}", plan.events);
     }
 
     #[test]

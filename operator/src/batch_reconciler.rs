@@ -25,6 +25,7 @@ use crate::context::{Context, FINALIZER};
 use crate::crd::taskbatch::Phase;
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::error::Error;
+use crate::runner_handle::RunnerHandle;
 use crate::status::{self, set_condition};
 use crate::status_patch::{self, RECONCILER, RUNNER};
 use crate::validate::{self, Invalid};
@@ -107,9 +108,22 @@ async fn observe<'a>(
     let mut validation = validate::taskbatch(spec);
     let pool = batch_pool(ctx, &ns, batch_plan::pool_of(batch)).await?;
     let runner_alive = runner_alive(ctx, &uid(batch));
+    let runner_failing = runner_failing(ctx, &uid(batch));
+    // The pool has made its queue: a runner could start.
+    let pool_ready = pool
+        .as_ref()
+        .is_some_and(|p| p.status.as_ref().is_some_and(|s| s.queue_url.is_some()));
+    let runner_waits = runner_failing
+        .as_ref()
+        .is_some_and(|f| !f.retry_in.is_zero());
     // Tasks still to send: the workload is read (for a runner to start) and
-    // checked against what was sent.
-    let sending = batch_plan::is_live(batch) && !batch_plan::enqueue_done_in(&old);
+    // checked against what was sent; not while no runner could start (the
+    // pool or its queue missing, a failed runner's delay), which would read
+    // a file of up to the size limit at every look.
+    let sending = batch_plan::is_live(batch)
+        && !batch_plan::enqueue_done_in(&old)
+        && pool_ready
+        && !runner_waits;
     let mut source = Source::Spec;
     let mut waiting_for_memory = None;
     let mut workload_unreadable = None;
@@ -222,6 +236,7 @@ async fn observe<'a>(
         workload_unreadable,
         file_invalid,
         workers_failing: pool.as_ref().and_then(batch_plan::workers_failing),
+        runner_failing,
         now: Time(Timestamp::now()),
     };
     Ok((observed, pool, source))
@@ -239,10 +254,13 @@ fn run(
     let spec = &batch.spec;
     let mut runners = ctx.runners.lock().expect("runner lock");
     match runners.get(&uid(batch)) {
-        Some(r) if !r.task.is_finished() => {
+        Some(r) if r.alive() => {
             r.spec.send_replace(spec.clone());
         }
-        _ => {
+        old => {
+            // Those before it that failed, counted when the reconcile read
+            // the old one's end (`runner_failing`).
+            let failures = old.map(|r| r.failures.clone()).unwrap_or_default();
             let ns = batch.namespace().unwrap_or_default();
             let phase = batch.status.as_ref().and_then(|s| s.phase);
             if phase.is_none() || phase == Some(Phase::Pending) {
@@ -264,6 +282,7 @@ fn run(
                         |p| p.spec.ledger_table(),
                     ),
                 },
+                failures,
             );
             runners.insert(uid(batch), handle);
         }
@@ -280,19 +299,28 @@ async fn batch_pool(ctx: &Context, ns: &str, name: &str) -> Result<Option<Worker
         .map_err(Error::kube(format!("cannot read WorkerPool {ns}/{name}")))
 }
 
+/// What the batch says of its runners that stopped on an error: see
+/// [`crate::runner_handle::Failures::failing`].
+fn runner_failing(ctx: &Context, key: &str) -> Option<crate::runner_handle::RunnerFailing> {
+    ctx.runners
+        .lock()
+        .expect("runner lock")
+        .get_mut(key)?
+        .failing(std::time::Instant::now())
+}
+
 fn runner_alive(ctx: &Context, key: &str) -> bool {
     ctx.runners
         .lock()
         .expect("runner lock")
         .get(key)
-        .is_some_and(|r| !r.task.is_finished())
+        .is_some_and(RunnerHandle::alive)
 }
 
 async fn stop_runner(ctx: &Context, key: &str) {
     let handle = ctx.runners.lock().expect("runner lock").remove(key);
-    if let Some(h) = handle {
-        h.task.abort();
-        let _ = h.task.await;
+    if let Some(task) = handle.and_then(RunnerHandle::abort) {
+        let _ = task.await;
     }
 }
 

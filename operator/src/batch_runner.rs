@@ -50,7 +50,7 @@ use crate::enqueue;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pool_idle::PoolIdle;
-use crate::runner_handle::RunnerHandle;
+use crate::runner_handle::{Failures, RunnerHandle};
 use crate::shares::{self, ShareGuard, Shares};
 use crate::sizing::{self, SizingInput};
 use crate::status::{self, PhaseInput};
@@ -267,7 +267,8 @@ async fn kube_runner(
     })
 }
 
-pub fn spawn(ctx: Arc<Context>, args: RunnerArgs) -> RunnerHandle {
+/// Starts a batch's runner; `failures`: those of the runners before it.
+pub fn spawn(ctx: Arc<Context>, args: RunnerArgs, failures: Failures) -> RunnerHandle {
     let (spec_tx, spec_rx) = watch::channel(args.batch.spec.clone());
     let task = tokio::spawn(async move {
         let name = args.batch.name_any();
@@ -280,10 +281,7 @@ pub fn spawn(ctx: Arc<Context>, args: RunnerArgs) -> RunnerHandle {
         }
         result
     });
-    RunnerHandle {
-        task,
-        spec: spec_tx,
-    }
+    RunnerHandle::new(task, spec_tx, failures)
 }
 
 /// Shared between the enqueue and collect halves.

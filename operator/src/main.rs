@@ -123,7 +123,7 @@ struct RunArgs {
     lease_name: String,
 
     /// How long a leader's Lease lasts without renewal.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = |s: &str| at_least(s, Duration::from_secs(1)))]
     lease_duration: Duration,
 
     /// This replica's identity in the Lease and in Events (default: the
@@ -136,7 +136,7 @@ struct RunArgs {
     metrics_addr: String,
 
     /// How often a pool's queue is looked at between events.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = |s: &str| at_least(s, Duration::from_millis(100)))]
     poll: Duration,
 
     /// Results of batches that set no `results.s3Prefix` go under this
@@ -198,7 +198,7 @@ struct RunArgs {
     /// or its messages expired). Longer than a bundle's work, so that a worker
     /// still running a purged bundle reports first.
     #[arg(long, env = "CLOUDKON_MISSING_AFTER", default_value = "30m",
-          value_parser = humantime::parse_duration)]
+          value_parser = |s: &str| at_least(s, Duration::from_secs(1)))]
     missing_after: Duration,
 
     #[command(flatten)]
@@ -229,6 +229,19 @@ struct PriceArgs {
     #[arg(long, env = "CLOUDKON_PRICE_S3_READS", default_value_t = Prices::LIST.s3_reads,
           value_parser = non_negative_price)]
     price_s3_reads: f64,
+}
+
+/// A duration of at least `min`: 0 would make a lease that is never
+/// held, a poll that spins, or every running task lost at once.
+fn at_least(text: &str, min: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < min {
+        return Err(format!(
+            "{text:?} is too short: at least {}",
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
 }
 
 fn non_negative_price(text: &str) -> Result<f64, String> {

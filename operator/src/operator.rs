@@ -198,7 +198,7 @@ pub async fn stop_runners_gracefully(ctx: &Context, lost: impl Future) {
         .drain()
         .map(|(_, runner)| runner)
         .collect();
-    let mut stopping: Vec<_> = runners.into_iter().map(RunnerHandle::stop).collect();
+    let mut stopping: Vec<_> = runners.into_iter().filter_map(RunnerHandle::stop).collect();
     let all = async {
         for task in stopping.iter_mut() {
             let _ = task.await;
@@ -224,7 +224,7 @@ pub async fn stop_runners_gracefully(ctx: &Context, lost: impl Future) {
 /// next leader) and dead-letter reader.
 fn stop_runners(ctx: &Context) {
     for (_, runner) in ctx.runners.lock().expect("runner lock").drain() {
-        runner.task.abort();
+        let _ = runner.abort();
     }
     // With them the pools' dead-letter readers (see `dead_letters::Reader`).
     ctx.pools.lock().expect("pool memory lock").clear();

@@ -258,6 +258,10 @@ pub mod batch_condition {
     /// `Available` condition, reason `WorkersFailing`, repeated here while
     /// the batch runs): present once it was true.
     pub const WORKERS_FAILING: &str = "WorkersFailing";
+    /// Its runner (the operator's task that sends its tasks and collects
+    /// their results) stopped on an error, again and again: present once it
+    /// was true, with the last error.
+    pub const RUNNER_FAILING: &str = "RunnerFailing";
 }
 
 /// What a valid batch waits for before it sends anything.

@@ -1426,6 +1426,70 @@ fn a_worker_whose_slots_a_big_batch_fills_takes_a_newcomers_bundles_on_its_lane_
     );
 }
 
+/// A batch whose runner stops on an error each time it starts (its
+/// collected ids unreadable) says why in a `RunnerFailing` condition and a
+/// Warning, and its runners start again after growing delays (5 s, 10 s, …),
+/// not every 5 s; fixed, it runs to the end and the condition turns false.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_runner_failing_at_each_start_is_said_on_the_batch_and_retried_ever_later() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-runner-failing");
+    // The batch and its unreadable collected ids are there before the operator.
+    c.apply(&scaling_pool("p", 1, 300));
+    const TASKS: u32 = 20;
+    c.apply(&run_batch("b", "p", TASKS, "true"));
+    let uid = c.batch("b").metadata.uid.expect("a uid");
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: b-cloudkon-collected
+  ownerReferences: [{{apiVersion: cloudkon.io/v1alpha1, kind: TaskBatch, name: b, uid: {uid}}}]
+data: {{collected: "not base64!"}}
+"#
+    ));
+    c.operator("operator.log", &[]);
+    let (_, _, message) = c.wait_for("the runner failing said", Duration::from_secs(60), |c| {
+        condition(&c.batch("b"), "RunnerFailing").filter(|x| x.0 == "True")
+    });
+    assert!(message.contains("not base64"), "{message}");
+    // The third failure comes 5 s and 10 s after the first two; the fourth
+    // runner would start 20 s after it, so the log holds three stops.
+    c.wait_for("three failures in a row", Duration::from_secs(90), |c| {
+        condition(&c.batch("b"), "RunnerFailing")
+            .filter(|x| x.2.contains("3 times in a row"))
+            .map(|_| ())
+    });
+    let stops = c
+        .log("operator.log")
+        .matches("batch runner stopped")
+        .count();
+    assert_eq!(stops, 3, "{}", c.logs());
+    let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+    assert!(events.contains("RunnerFailing"), "{events}");
+
+    // Fixed: the next runner starts from nothing collected and runs it all.
+    c.ok(&["delete", "configmap", "b-cloudkon-collected"]);
+    let queue = c.queue_url("p");
+    let table = unique("e2e-ledger");
+    c.workers(&queue, &table, 1);
+    let s = c
+        .wait_finished("b", Duration::from_secs(120))
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.counts.succeeded),
+        (Some(Phase::Succeeded), i64::from(TASKS))
+    );
+
+    let (status, reason, _) = c.wait_for("the condition false", Duration::from_secs(30), |c| {
+        condition(&c.batch("b"), "RunnerFailing").filter(|x| x.0 == "False")
+    });
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NotFailing"));
+}
+
 #[test]
 #[ignore = "needs the local control plane and AWS servers: run scripts/test"]
 fn tasks_purged_from_a_pools_queue_are_reported_lost_not_waited_for() {

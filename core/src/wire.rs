@@ -719,7 +719,31 @@ pub fn encode_results_split(
         return Ok(vec![body]);
     }
     if msg.results.len() <= 1 {
-        return encode_results(msg, max_bytes).map(|body| vec![body]);
+        return match encode_results(msg, max_bytes) {
+            Ok(body) => Ok(vec![body]),
+            Err(WireError::TooLarge { bytes, .. }) if msg.results.len() == 1 => {
+                // Too large even without its output (a reason or an artifact
+                // URL of hundreds of KB): reported failed, saying why, where
+                // its bundle would be held unreported for ever.
+                let mut small = msg.results[0].clone();
+                small.outcome = Outcome::Failed {
+                    reason: format!(
+                        "its result was too large to report: {bytes} bytes without its output, where a message holds {max_bytes}"
+                    ),
+                };
+                small.stdout.clear();
+                small.stderr.clear();
+                small.truncated = true;
+                small.artifact = None;
+                small.artifact_url = None;
+                let msg = ResultsMessage {
+                    results: vec![small],
+                    ..msg.clone()
+                };
+                encode_results(&msg, max_bytes).map(|body| vec![body])
+            }
+            Err(e) => Err(e),
+        };
     }
     // Halves by count: results of one bundle are alike in size, so a few
     // levels suffice.
@@ -1314,5 +1338,35 @@ mod tests {
         let bodies = encode_results_split(&one, 5_000).unwrap();
         assert_eq!(bodies.len(), 1);
         assert!(decode_results(&bodies[0]).unwrap().results[0].truncated);
+    }
+
+    #[test]
+    fn a_result_too_large_without_its_output_is_reported_failed_saying_why() {
+        let mut huge = result(1, "out");
+        huge.outcome = Outcome::Failed {
+            reason: "r".repeat(20_000),
+        };
+        huge.artifact_url = Some(format!("https://example.invalid/{}", "a".repeat(20_000)));
+        let msg = ResultsMessage {
+            key: "b#0".into(),
+            ideal: Duration::from_secs(1),
+            results: vec![result(0, "fine"), huge],
+            usage: Default::default(),
+        };
+        let bodies = encode_results_split(&msg, 5_000).unwrap();
+        let results: Vec<TaskResult> = bodies
+            .iter()
+            .flat_map(|b| decode_results(b).unwrap().results)
+            .collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].stdout, "fine");
+        let Outcome::Failed { reason } = &results[1].outcome else {
+            panic!("{:?}", results[1].outcome);
+        };
+        assert!(
+            reason.starts_with("its result was too large to report"),
+            "{reason}"
+        );
+        assert!(results[1].truncated && results[1].artifact_url.is_none());
     }
 }

@@ -306,6 +306,27 @@ struct Progress {
 }
 
 impl Progress {
+    /// Where a runner starts from, as the status says: what was sent and
+    /// finished. Finished as the status counts it until the collector has
+    /// loaded its collected ids (the status is written after them, so it
+    /// never counts more): from 0, every task ever sent would count as
+    /// running meanwhile, in the pool's shares (a scale-up, other batches
+    /// held back) and in a checkpoint's status.
+    fn resumed(counts: &TaskCounts, enqueue_done: bool) -> Self {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let total = enqueue_done.then_some(count(counts.total));
+        Progress {
+            total: watch::channel(total).0,
+            enqueued: AtomicU64::new(count(counts.enqueued)),
+            finished: AtomicU64::new(count(counts.succeeded) + count(counts.failed)),
+            collected: Notify::new(),
+            planned: AtomicU64::new(total.unwrap_or(0)),
+            estimate: Mutex::new(Estimate::default()),
+            growing: AtomicBool::new(false),
+            eta: Mutex::default(),
+        }
+    }
+
     /// Enqueued and not finished.
     fn running(&self) -> u64 {
         self.enqueued
@@ -371,21 +392,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             .join(&pool_key, &batch.uid().unwrap_or_default(), weight);
 
         let enqueue_done = matches!(status.phase, Some(Phase::Running));
-        let (total_tx, _) = watch::channel(enqueue_done.then_some(status.counts.total as u64));
-        let progress = Progress {
-            total: total_tx,
-            enqueued: AtomicU64::new(status.counts.enqueued as u64),
-            finished: AtomicU64::new(0),
-            collected: Notify::new(),
-            planned: AtomicU64::new(if enqueue_done {
-                status.counts.total as u64
-            } else {
-                0
-            }),
-            estimate: Mutex::new(Estimate::default()),
-            growing: AtomicBool::new(false),
-            eta: Mutex::default(),
-        };
+        let progress = Progress::resumed(&status.counts, enqueue_done);
 
         let start_time = status
             .start_time
@@ -2685,6 +2692,23 @@ mod tests {
         assert_eq!(r.record.status().counts.succeeded, n as i64);
     }
 
+    #[test]
+    fn a_runner_resumed_mid_batch_counts_as_running_only_what_has_not_finished() {
+        let counts = TaskCounts {
+            total: 1_000,
+            enqueued: 600,
+            succeeded: 500,
+            failed: 90,
+            ..TaskCounts::default()
+        };
+        let p = Progress::resumed(&counts, false);
+        assert_eq!(p.running(), 10);
+        assert_eq!(*p.total.borrow(), None);
+        assert_eq!(p.planned.load(Ordering::Relaxed), 0);
+        let p = Progress::resumed(&counts, true);
+        assert_eq!(*p.total.borrow(), Some(1_000));
+        assert_eq!(p.planned.load(Ordering::Relaxed), 1_000);
+    }
     #[test]
     fn the_collector_pauses_after_a_round_that_met_a_trickle() {
         // (receives, messages got, results in them) -> pause before the

@@ -2003,12 +2003,17 @@ spec:
   tasks: {configMap: {name: work, key: bad.txt}}
 "#,
     );
-    c.apply(&scaling_pool("p", 2, 300));
-    let queue = c.queue_url("p");
-    let (_, reason, message) = c.wait_for("the bad file refused", Duration::from_secs(20), |c| {
+    // Read once its pool has a queue (not at every look while it has none).
+    let (_, reason, _) = c.wait_for("the pool missing", Duration::from_secs(20), |c| {
         condition(&c.batch("from-bad-file"), "Accepted").filter(|x| x.0 == "False")
     });
-    assert_eq!(reason, "InvalidSpec");
+    assert_eq!(reason, "WorkerPoolNotFound");
+    c.apply(&scaling_pool("p", 2, 300));
+    let queue = c.queue_url("p");
+    let (_, _, message) = c.wait_for("the bad file refused", Duration::from_secs(20), |c| {
+        condition(&c.batch("from-bad-file"), "Accepted")
+            .filter(|x| x.0 == "False" && x.1 == "InvalidSpec")
+    });
     assert!(
         message.contains("configmap/work/bad.txt:3"),
         "the message names the line: {message}"

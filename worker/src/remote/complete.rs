@@ -294,7 +294,8 @@ async fn flush<Q, L, R>(
                 });
             }
             Err(e) => {
-                // Cannot happen (a result alone is cut to fit); if it does, the
+                // Cannot happen (a result alone is cut to fit, or replaced by
+                // a small failure saying it was too large); if it does, the
                 // results stay unsent and the bundle is given back, not lost.
                 tracing::error!(key, error = %e, "cannot encode results");
                 if let Some(p) = pending.get_mut(&key) {

@@ -16,7 +16,7 @@ use cloudkon_core::{
 use super::*;
 
 #[derive(Default)]
-struct MemoryRouter {
+pub(super) struct MemoryRouter {
     sent: Mutex<HashMap<String, Vec<String>>>,
 }
 
@@ -42,7 +42,7 @@ impl MemoryRouter {
             .unwrap_or_default()
     }
 
-    fn results(&self, reply_to: &str) -> Vec<TaskResult> {
+    pub(super) fn results(&self, reply_to: &str) -> Vec<TaskResult> {
         self.bodies(reply_to)
             .iter()
             .flat_map(|b| decode_results(b).unwrap().results)
@@ -50,7 +50,7 @@ impl MemoryRouter {
     }
 }
 
-fn bundle(first: u64, specs: Vec<TaskSpec>) -> Bundle {
+pub(super) fn bundle(first: u64, specs: Vec<TaskSpec>) -> Bundle {
     Bundle {
         submitted: Timestamp::now(),
         tasks: specs
@@ -69,7 +69,7 @@ fn bundle(first: u64, specs: Vec<TaskSpec>) -> Bundle {
     }
 }
 
-fn config() -> RemoteConfig {
+pub(super) fn config() -> RemoteConfig {
     let mut config = RemoteConfig::new(PoolConfig::new(2, "w1"));
     config.receive_wait = Duration::from_millis(50);
     config.linger = Duration::from_millis(1);
@@ -147,7 +147,7 @@ fn wait_for(gate: &std::path::Path) -> String {
 }
 
 /// Waits until `done` holds; fails after 20 s, saying `what` never came.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
+pub(super) async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !done() {
         assert!(std::time::Instant::now() < deadline, "{what}");

@@ -1,66 +1,22 @@
 //! Claims and bundles a worker gives back: a claim that failed but may have
-//! landed, and on a stop the bundles received but not started. (Fixtures
-//! copied small from `tests`.)
+//! landed, and on a stop the bundles received but not started.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use cloudkon_core::TaskSpec;
 use cloudkon_core::ledger::{
     BatchMarks, BundleProgress, Claim, DedupLedger, LedgerError, MemoryLedger, claim_key,
 };
-use cloudkon_core::queue::{MemoryQueue, QueueError};
-use cloudkon_core::wire::decode_results;
-use cloudkon_core::{BatchId, Bundle, Task, TaskResult, TaskSpec, Timestamp};
+use cloudkon_core::queue::MemoryQueue;
 
+use super::tests::{self, MemoryRouter, bundle, until};
 use super::*;
 
 const LEASE: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
-struct MemoryRouter {
-    sent: std::sync::Mutex<Vec<String>>,
-}
-
-impl ResultRouter for MemoryRouter {
-    async fn send_results(&self, _reply_to: &str, bodies: Vec<String>) -> Result<(), QueueError> {
-        self.sent.lock().unwrap().extend(bodies);
-        Ok(())
-    }
-}
-
-impl MemoryRouter {
-    fn results(&self) -> Vec<TaskResult> {
-        self.sent
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|b| decode_results(b).unwrap().results)
-            .collect()
-    }
-}
-
-fn bundle(first: u64, specs: Vec<TaskSpec>) -> Bundle {
-    Bundle {
-        submitted: Timestamp::now(),
-        tasks: specs
-            .into_iter()
-            .enumerate()
-            .map(|(i, spec)| Task {
-                batch: BatchId::new("b"),
-                id: first + i as u64,
-                attempt: 1,
-                timeout: None,
-                spec,
-            })
-            .collect(),
-        reply_to: Some("resp".into()),
-        options: Default::default(),
-    }
-}
-
 fn config(slots: usize) -> RemoteConfig {
-    let mut config = RemoteConfig::new(PoolConfig::new(slots, "w1"));
-    config.receive_wait = Duration::from_millis(50);
-    config.linger = Duration::from_millis(1);
+    let mut config = tests::config();
+    config.pool.slots = slots;
     config
 }
 
@@ -83,15 +39,6 @@ fn start<L: DedupLedger>(
         stats,
     ));
     (worker, shutdown)
-}
-
-/// Waits until `done` holds; fails after 20 s, saying `what` never came.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// The in-memory ledger, whose first `lost_answers` claims land after
@@ -252,10 +199,13 @@ async fn a_stop_gives_the_bundles_not_started_back_before_the_running_ones_end()
         || WorkerStats::get(&stats.released) == 3,
     )
     .await;
-    assert!(router.results().is_empty(), "the running tasks still run");
+    assert!(
+        router.results("resp").is_empty(),
+        "the running tasks still run"
+    );
     std::fs::write(&release, "").unwrap();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
-    let mut ids: Vec<u64> = router.results().iter().map(|r| r.id).collect();
+    let mut ids: Vec<u64> = router.results("resp").iter().map(|r| r.id).collect();
     ids.sort_unstable();
     assert_eq!(ids, vec![0, 1, 2]);
     assert!(matches!(

@@ -54,19 +54,33 @@ fn uid(batch: &TaskBatch) -> String {
 /// the reconciler's in one write, the Events, then the runner started and
 /// the TTL.
 async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let api: Api<TaskBatch> =
+        Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
     let (observed, pool, source) = observe(&batch, ctx).await?;
     let plan = batch_plan::decide(&observed);
     let key = uid(&batch);
-    if plan.runner == Runner::Stop {
-        stop_runner(ctx, &key).await;
+    if plan.runner == Runner::Stop && stop_runner(ctx, &key).await {
+        // The runner's last writes may have landed since the look (a batch
+        // that succeeded as it was cancelled): the plan is made again on
+        // the status as it is now, else its counts would be overwritten
+        // with older ones and its phase with Cancelled. The second look
+        // finds no runner to stop.
+        let now = api
+            .get(&batch.name_any())
+            .await
+            .map_err(|source| Error::Kube {
+                what: "cannot read the batch again after its runner stopped".into(),
+                source,
+            })?;
+        if now.resource_version() != batch.resource_version() {
+            return Box::pin(apply(Arc::new(now), ctx)).await;
+        }
     }
     if plan.cancel_mark
         && let Some(pool) = &pool
     {
         write_cancel_mark(ctx, pool, &batch).await?;
     }
-    let api: Api<TaskBatch> =
-        Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
     if let Some(part) = &plan.runner_status {
         status_patch::apply(&api, &batch.name_any(), RUNNER, part).await?;
     }
@@ -317,11 +331,15 @@ fn runner_alive(ctx: &Context, key: &str) -> bool {
         .is_some_and(RunnerHandle::alive)
 }
 
-async fn stop_runner(ctx: &Context, key: &str) {
-    let handle = ctx.runners.lock().expect("runner lock").remove(key);
-    if let Some(task) = handle.and_then(RunnerHandle::abort) {
+/// Stops the batch's runner, if it has one; whether it had.
+async fn stop_runner(ctx: &Context, key: &str) -> bool {
+    let Some(handle) = ctx.runners.lock().expect("runner lock").remove(key) else {
+        return false;
+    };
+    if let Some(task) = handle.abort() {
         let _ = task.await;
     }
+    true
 }
 
 /// Where the spec's `results.s3Prefix` (or the operator's default) puts the

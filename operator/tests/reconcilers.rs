@@ -11,6 +11,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use cloudkon_core::aws::{Aws, AwsSettings};
 use cloudkon_operator::context::{Context, FINALIZER, Settings};
 use cloudkon_operator::crd::{TaskBatch, WorkerPool};
+use cloudkon_operator::runner_handle::{Failures, RunnerHandle};
 use cloudkon_operator::{batch_reconciler, pool_reconciler};
 use http::{Request, Response};
 use kube::Client;
@@ -225,6 +226,61 @@ async fn a_cancelled_batch_ends_cancelled_by_the_reconcilers_apply() {
     assert_eq!(status["phase"], "Cancelled");
     assert!(status["completionTime"].is_string(), "{status}");
     assert!(status.get("counts").is_none(), "the runner's: {status}");
+}
+
+#[tokio::test]
+async fn a_batch_that_succeeded_as_it_was_cancelled_keeps_what_its_runner_wrote() {
+    // The reconciler looked at the batch running; its runner's last write
+    // (Succeeded, every count) landed before the runner was stopped.
+    let looked_at = json!({"phase": "Running",
+                           "counts": {"total": 5, "enqueued": 5, "running": 2, "succeeded": 3}});
+    let mut b = batch(sleep_spec(json!({"cancel": true})), Some(looked_at));
+    b.metadata.resource_version = Some("1".into());
+    let mut now = b.clone();
+    now.metadata.resource_version = Some("2".into());
+    now.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Succeeded", "completionTime": "2026-12-04T10:00:00Z",
+            "counts": {"total": 5, "enqueued": 5, "running": 0, "succeeded": 5}}))
+        .unwrap(),
+    );
+    let now = serde_json::to_value(&now).unwrap();
+    let (client, log) = scripted(move |seen| {
+        if seen.method == "GET" && seen.uri.contains("/workerpools/pool") {
+            not_found()
+        } else if seen.uri.contains("/taskbatches/b") {
+            (200, now.clone())
+        } else {
+            (201, seen.body.clone())
+        }
+    });
+    let ctx = context(client);
+    let spec = b.spec.clone();
+    ctx.runners.lock().unwrap().insert(
+        "u-1".into(),
+        RunnerHandle::new(
+            tokio::spawn(std::future::pending()),
+            tokio::sync::watch::channel(spec).0,
+            Failures::default(),
+        ),
+    );
+    batch_reconciler::reconcile(Arc::new(b), ctx)
+        .await
+        .expect("a reconcile");
+    let seen = log.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "GET" && s.uri.contains("/taskbatches/b")),
+        "the batch read again once its runner stopped: {seen:#?}"
+    );
+    for write in status_writes(&seen) {
+        let status = &write.body["status"];
+        assert_ne!(status["phase"], "Cancelled", "{seen:#?}");
+        assert!(
+            status.get("counts").is_none(),
+            "the runner's counts kept: {status}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -97,6 +97,12 @@ impl Collector for WorkerCollector {
         )?;
         counter(
             e,
+            "cloudkon_worker_leases_lost",
+            "Bundles whose lease ran out here and another worker took over (renewals too slow or failing).",
+            &s.leases_lost,
+        )?;
+        counter(
+            e,
             "cloudkon_worker_released",
             "Bundles given back unfinished (shutdown, scale-down), with their progress.",
             &s.released,
@@ -270,6 +276,7 @@ mod tests {
         let stats = Arc::new(WorkerStats::default());
         WorkerStats::add(&stats.tasks_succeeded, 5);
         WorkerStats::add(&stats.duplicates, 2);
+        WorkerStats::add(&stats.leases_lost, 3);
         stats.charged.lock().unwrap().add(&cloudkon_core::Usage {
             sqs_requests: 3.5,
             s3_writes: 1.0,
@@ -291,6 +298,7 @@ mod tests {
         for line in [
             "cloudkon_worker_tasks_total{outcome=\"succeeded\"} 5",
             "cloudkon_worker_duplicates_total 2",
+            "cloudkon_worker_leases_lost_total 3",
             "cloudkon_worker_slots 4",
             "cloudkon_worker_charged_aws_requests_total 4.5",
             "cloudkon_worker_charged_seconds_total 12.25",

@@ -431,6 +431,7 @@ async fn flush<Q, L, R>(
                 Some(false) => {
                     // Lost the lease (a slow heartbeat): the new holder
                     // finishes it; our results were sent and count once.
+                    WorkerStats::add(&ctx.stats.leases_lost, 1);
                     tracing::warn!(
                         key,
                         "completion not recorded: another worker holds the bundle"
@@ -719,6 +720,7 @@ where
                         // are sent (the collectors keep each task id once,
                         // and the new holder may die too).
                         if ctx.inflight.lose(&key) {
+                            WorkerStats::add(&ctx.stats.leases_lost, 1);
                             tracing::warn!(
                                 key,
                                 "lease lost: another worker took this bundle over; its tasks not started are left to it"

@@ -18,6 +18,10 @@ pub struct WorkerStats {
     pub resent: AtomicU64,
     /// Bundles taken over from a worker whose lease expired.
     pub taken_over: AtomicU64,
+    /// Bundles this worker held whose lease ran out and another worker took
+    /// over (its renewals too slow or failing): their tasks not started
+    /// here are the new holder's.
+    pub leases_lost: AtomicU64,
     /// Bundles given back unfinished (shutdown).
     pub released: AtomicU64,
     /// Bundles of cancelled batches deleted without running.

@@ -1974,6 +1974,7 @@ async fn a_worker_that_lost_a_lease_starts_no_more_of_its_tasks_and_leaves_its_m
         "the new holder's claim released"
     );
     assert_eq!(WorkerStats::get(&stats.released), 0);
+    assert_eq!(WorkerStats::get(&stats.leases_lost), 1, "counted once");
     stop.stop.cancel();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }

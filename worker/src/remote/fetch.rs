@@ -358,11 +358,20 @@ where
     };
     ctx.room.add_permits(room - deliveries.len().min(room));
     WorkerStats::add(&ctx.stats.lane_marked, deliveries.len() as u64);
+    let mut ledger_down = false;
     for delivery in deliveries {
-        // The ledger down: the bundle is hidden to come back, and the main
+        // The ledger down: the bundle is hidden to come back, the others at
+        // once (their claims would wait as long to fail), and the main
         // loop finds out on its next claim.
-        if let Err(stop) = dispatch(ctx, delivery, first_units, results, shutdown).await {
-            return Some(stop);
+        if ledger_down && !shutdown.stop.is_cancelled() {
+            ctx.room.add_permits(1);
+            hide_unclaimed(ctx, delivery.receipt.as_ref(), delivery.receive_count).await;
+            continue;
+        }
+        match dispatch(ctx, delivery, first_units, results, shutdown).await {
+            Ok(Some(_)) => ledger_down = true,
+            Ok(None) => {}
+            Err(stop) => return Some(stop),
         }
     }
     None

@@ -1354,6 +1354,8 @@ struct CountingLedger {
     calls: Mutex<Vec<LedgerCall>>,
     /// The next claim answers after this long (a ledger that stalls).
     slow_claim: Mutex<Option<Duration>>,
+    /// Claims fail while set (a ledger down).
+    failing_claims: std::sync::atomic::AtomicBool,
 }
 
 impl CountingLedger {
@@ -1390,6 +1392,12 @@ impl DedupLedger for CountingLedger {
         let slow = self.slow_claim.lock().unwrap().take();
         if let Some(slow) = slow {
             tokio::time::sleep(slow).await;
+        }
+        if self
+            .failing_claims
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(LedgerError::Unavailable("connection refused".into()));
         }
         self.inner.claim(key, owner, lease).await
     }
@@ -1506,6 +1514,86 @@ async fn a_lane_mark_has_a_worker_whose_slots_are_taken_look_at_the_lane() {
         before <= 3,
         "n started after {before} of b's tasks: {order:?}"
     );
+    shutdown.stop.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
+}
+
+#[tokio::test]
+async fn a_look_at_the_lane_claims_no_more_once_the_ledger_is_down() {
+    // As above, a worker whose one slot is taken is told of the lane by a
+    // mark; the lane holds three bundles and the ledger is down by then.
+    // The first claim fails: the others taken are hidden without a claim
+    // each (which would wait as long to fail as well), as the main loop
+    // does.
+    let dir = tempfile::tempdir().unwrap();
+    let (started, release) = (dir.path().join("started"), dir.path().join("release"));
+    let first = TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("touch {}; {}", started.display(), wait_for(&release)),
+        ],
+        expected_ms: None,
+    };
+    let main = MemoryQueue::bounded(4);
+    let lane = MemoryQueue::bounded(4);
+    main.send(vec![bundle(0, vec![first, TaskSpec::Sleep { ms: 0 }])])
+        .await
+        .unwrap();
+    let ledger = Arc::new(CountingLedger::default());
+    let stats = Arc::new(WorkerStats::default());
+    let shutdown = Shutdown::new();
+    let mut config = config();
+    config.pool.slots = 1;
+    config.cancel_check = Duration::from_millis(100);
+    let worker = tokio::spawn(run_remote(
+        Arc::new(cloudkon_core::queue::Lanes::new(main, Some(lane.clone()))),
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config,
+        shutdown.clone(),
+        stats.clone(),
+    ));
+    until("the first task never started", || started.exists()).await;
+    let claims = || {
+        ledger
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, LedgerCall::Claim(_)))
+            .count()
+    };
+    let before = claims();
+    let errors = WorkerStats::get(&stats.backend_errors);
+    ledger
+        .failing_claims
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let newcomers = (0..3)
+        .map(|i| {
+            let mut b = bundle(100 + i, vec![TaskSpec::Sleep { ms: 0 }]);
+            b.tasks[0].batch = BatchId::new("n");
+            b
+        })
+        .collect();
+    lane.send(newcomers).await.unwrap();
+    ledger
+        .inner
+        .mark_lane("b", Timestamp::now().0 / 1000)
+        .await
+        .unwrap();
+    // As many taken as the worker has room for (two here), each hidden.
+    let taken = || WorkerStats::get(&stats.lane_marked);
+    until("the lane's bundles were never hidden", || {
+        taken() >= 2 && WorkerStats::get(&stats.backend_errors) >= errors + taken()
+    })
+    .await;
+    assert_eq!(
+        claims() - before,
+        1,
+        "one claim for the {} bundles taken",
+        taken()
+    );
+    std::fs::write(&release, "").unwrap();
     shutdown.stop.cancel();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }

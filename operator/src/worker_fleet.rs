@@ -19,7 +19,7 @@ use crate::crd::WorkerPool;
 use crate::crd::workerpool::ProviderType;
 use crate::error::Error;
 use crate::pool_memory::PoolMemory;
-use crate::provider::{Ec2Provider, ProviderError};
+use crate::provider::{BusyHosts, Ec2Provider, ProviderError};
 
 /// The annotation the ReplicaSet controller reads to pick which pods go
 /// first on scale-down (lowest cost first).
@@ -183,7 +183,13 @@ impl WorkerFleet {
     pub async fn busy_before_scale_down(&self, pool: &WorkerPool, ctx: &Context) -> Option<i32> {
         match self {
             WorkerFleet::Deployment => Some(mark_idle_pods(pool, ctx).await),
-            WorkerFleet::Ec2(_) => None,
+            WorkerFleet::Ec2(fleet) => {
+                let busy = busy_hosts(pool, ctx).await?;
+                fleet.busy(&busy).await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "cannot tell which workers are busy; scale-down picks by age");
+                    None
+                })
+            }
         }
     }
 
@@ -200,10 +206,18 @@ impl WorkerFleet {
     ) -> Result<(), FleetError> {
         let change = replicas != workers.current;
         match self {
-            WorkerFleet::Ec2(fleet) if change => fleet
-                .scale_to(replicas)
-                .await
-                .map_err(|e| fleet_error(pool, e)),
+            WorkerFleet::Ec2(fleet) if change => {
+                // Idle machines go first (see `BusyHosts`).
+                let busy = if replicas < workers.current {
+                    busy_hosts(pool, ctx).await.unwrap_or_default()
+                } else {
+                    BusyHosts::default()
+                };
+                fleet
+                    .scale_sparing(replicas, &busy)
+                    .await
+                    .map_err(|e| fleet_error(pool, e))
+            }
             WorkerFleet::Ec2(_) => Ok(()),
             WorkerFleet::Deployment => {
                 let generation = pool.metadata.generation;
@@ -309,6 +323,27 @@ pub async fn any_worker_busy(pool: &WorkerPool, ctx: &Context) -> bool {
         Err(e) => {
             tracing::debug!(error = %e, "no worker heartbeats: the pool's workers may be busy");
             true
+        }
+    }
+}
+
+/// The hosts of the pool's ledger table's workers that run tasks, per a
+/// fresh heartbeat; `None` when the rows cannot be read.
+async fn busy_hosts(pool: &WorkerPool, ctx: &Context) -> Option<BusyHosts> {
+    match ctx
+        .aws
+        .ledger(pool.spec.ledger_table())
+        .list_workers()
+        .await
+    {
+        Ok(rows) => Some(BusyHosts::from_rows(
+            &rows,
+            cloudkon_core::Timestamp::now(),
+            HEARTBEAT_FRESH,
+        )),
+        Err(e) => {
+            tracing::debug!(error = %e, "no worker heartbeats; scale-down picks machines by age");
+            None
         }
     }
 }

@@ -29,12 +29,12 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_eks::types::{NodegroupScalingConfig, VpcConfigRequest};
 use base64::Engine;
-use cloudkon_core::aws::Aws;
+use cloudkon_core::aws::{Aws, WorkerHeartbeat};
 use cloudkon_operator::crd::workerpool::{
     AutoScalingGroup, Ec2Instances, EksNodegroup, Provider, ProviderType,
 };
 use cloudkon_operator::provider::{
-    Ec2Provider, POOL_TAG, ProviderError, WorkerCount, worker_script,
+    BusyHosts, Ec2Provider, POOL_TAG, ProviderError, WorkerCount, worker_script,
 };
 use cloudkon_testkit::unique;
 
@@ -270,6 +270,87 @@ async fn instances_scale_down_terminates_the_newest() {
     )));
 }
 
+/// What the workers on `hosts` say in their heartbeat rows now: each runs
+/// a task.
+fn busy_on(hosts: &[&str]) -> BusyHosts {
+    let now = cloudkon_core::Timestamp::now();
+    let rows: Vec<WorkerHeartbeat> = hosts
+        .iter()
+        .map(|host| WorkerHeartbeat {
+            id: format!("{host}-4242"),
+            host: host.to_string(),
+            slots: 4,
+            busy: 1,
+            tasks_done: 0,
+            started_at: now,
+            last_seen: now,
+        })
+        .collect();
+    BusyHosts::from_rows(&rows, now, Duration::from_secs(60))
+}
+
+/// The host name of instance `id` (its private DNS name's first label), as
+/// its worker's heartbeat row would say it.
+async fn host_of(sdk: &SdkConfig, id: &str) -> String {
+    let out = aws_sdk_ec2::Client::new(sdk)
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    let dns = out.reservations()[0].instances()[0]
+        .private_dns_name()
+        .expect("a private DNS name")
+        .to_string();
+    assert!(!dns.is_empty(), "instance {id} has no private DNS name");
+    dns.split('.').next().unwrap().to_string()
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run through scripts/test"]
+async fn instances_scale_down_spares_the_workers_running_tasks() {
+    let sdk = sdk().await;
+    let lt = unique("tmpl-spare");
+    create_launch_template(&sdk, &lt).await;
+    let pool = unique("spare");
+    let p = provider(&instances_spec(&lt, vec![]), &pool, &[], &sdk);
+    // Three launch times a second apart: newest first would remove the
+    // last two.
+    for n in 1..=3 {
+        if n > 1 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        p.scale_to(n).await.unwrap();
+    }
+    let fleet = pool_instances(&sdk, &pool).await;
+    let mut by_age: Vec<_> = fleet
+        .iter()
+        .map(|i| {
+            (
+                *i.launch_time().unwrap(),
+                i.instance_id().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_age.sort();
+    let newest = by_age[2].1.clone();
+    let busy = busy_on(&[&host_of(&sdk, &newest).await]);
+    assert_eq!(p.busy(&busy).await.unwrap(), Some(1));
+    assert_eq!(p.busy(&BusyHosts::default()).await.unwrap(), Some(0));
+
+    p.scale_sparing(1, &busy).await.unwrap();
+    let fleet = pool_instances(&sdk, &pool).await;
+    assert_eq!(
+        ids_in(&fleet, InstanceStateName::Running),
+        vec![newest.clone()],
+        "the busy worker stays, though the newest"
+    );
+    // Busy ones go last, but go when there is no other.
+    let busy = busy_on(&[&host_of(&sdk, &newest).await, "ip-192-0-2-1"]);
+    p.scale_sparing(0, &busy).await.unwrap();
+    assert_eq!(p.observe().await.unwrap().current, 0);
+}
+
 #[tokio::test]
 #[ignore = "needs moto: run through scripts/test"]
 async fn instances_scale_to_twice_launches_once() {
@@ -461,7 +542,7 @@ async fn instances_observe_reads_every_page() {
     // reservation, as EC2 does).
     let p = p.with_page_size(5);
     for n in 1..=7 {
-        p.scale_to(n).await.unwrap();
+        p.scale_to(n, &BusyHosts::default()).await.unwrap();
     }
     assert_eq!(
         p.observe().await.unwrap(),
@@ -472,7 +553,7 @@ async fn instances_observe_reads_every_page() {
         }
     );
     // The listing scale_to reads is paged too: nothing more to launch.
-    p.scale_to(7).await.unwrap();
+    p.scale_to(7, &BusyHosts::default()).await.unwrap();
     assert_eq!(pool_instances(&sdk, &pool).await.len(), 7);
 }
 
@@ -621,6 +702,51 @@ async fn asg_scales_within_the_groups_bounds() {
     p.delete_all().await.unwrap();
     assert_eq!(asg_desired(&sdk, &group).await, 0);
     assert_eq!(p.observe().await.unwrap().current, 0);
+}
+
+/// The ids of the group's instances that are not leaving it.
+async fn asg_members(sdk: &SdkConfig, name: &str) -> Vec<String> {
+    let out = aws_sdk_autoscaling::Client::new(sdk)
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(name)
+        .send()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = out.auto_scaling_groups()[0]
+        .instances()
+        .iter()
+        .filter(|i| {
+            i.lifecycle_state() == Some(&aws_sdk_autoscaling::types::LifecycleState::InService)
+        })
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run through scripts/test"]
+async fn asg_scale_down_terminates_idle_instances_by_name() {
+    let sdk = sdk().await;
+    let group = unique("asg-spare");
+    create_asg(&sdk, &group).await;
+    let p = provider(&asg_spec(&group), &unique("asg-spare-pool"), &[], &sdk);
+    p.scale_to(4).await.unwrap();
+    let members = asg_members(&sdk, &group).await;
+    assert_eq!(members.len(), 4, "{members:?}");
+    // Two of the four run tasks.
+    let kept = vec![members[1].clone(), members[3].clone()];
+    let hosts = [host_of(&sdk, &kept[0]).await, host_of(&sdk, &kept[1]).await];
+    let busy = busy_on(&[&hosts[0], &hosts[1]]);
+    assert_eq!(p.busy(&busy).await.unwrap(), Some(2));
+
+    p.scale_sparing(2, &busy).await.unwrap();
+    assert_eq!(asg_desired(&sdk, &group).await, 2);
+    assert_eq!(asg_members(&sdk, &group).await, kept, "the idle ones went");
+    // No worker busy: the group's own policy picks, by its desired capacity.
+    p.scale_sparing(1, &BusyHosts::default()).await.unwrap();
+    assert_eq!(asg_desired(&sdk, &group).await, 1);
+    p.delete_all().await.unwrap();
 }
 
 #[tokio::test]

@@ -1,23 +1,33 @@
 //! `provider.type: AutoScalingGroup`: the desired capacity of an existing
 //! Auto Scaling group. The group, its launch template and its bounds belong
 //! to whoever made it: the pool only moves the desired capacity within them.
+//! On a scale-down while some of its workers run tasks, the pool names the
+//! idle instances to go (TerminateInstanceInAutoScalingGroup, the desired
+//! capacity decremented with each); otherwise the group's own termination
+//! policy picks them.
 
 use aws_sdk_autoscaling::types::{AutoScalingGroup, LifecycleState};
 
+use super::busy::{BusyHosts, Machine, surplus_idle_first};
 use super::{ProviderError, WorkerCount, aws_error, clamp};
 
 const SERVICE: &str = "Auto Scaling";
+/// DescribeInstances takes at most this many ids per call.
+const DESCRIBE_BATCH: usize = 1000;
 
 #[derive(Clone, Debug)]
 pub struct AsgProvider {
     client: aws_sdk_autoscaling::Client,
+    /// To read the group's instances' host names and launch times.
+    ec2: aws_sdk_ec2::Client,
     group: String,
 }
 
 impl AsgProvider {
-    pub fn new(client: aws_sdk_autoscaling::Client, group: &str) -> Self {
+    pub fn new(client: aws_sdk_autoscaling::Client, ec2: aws_sdk_ec2::Client, group: &str) -> Self {
         Self {
             client,
+            ec2,
             group: group.to_string(),
         }
     }
@@ -35,9 +45,18 @@ impl AsgProvider {
         Ok(count_workers(&self.describe().await?))
     }
 
+    /// How many of the group's instances run tasks, per `busy`.
+    pub async fn busy(&self, busy: &BusyHosts) -> Result<i32, ProviderError> {
+        let group = self.describe().await?;
+        let machines = self.machines(&group, busy).await?;
+        Ok(i32::try_from(machines.iter().filter(|m| m.tasks > 0).count()).unwrap_or(i32::MAX))
+    }
+
     /// Sets the desired capacity, moved into the group's [MinSize, MaxSize]:
     /// changing the bounds is the group owner's decision, not the pool's.
-    pub async fn scale_to(&self, desired: i32) -> Result<(), ProviderError> {
+    /// Going down while some instances run tasks (per `busy`), idle ones
+    /// are terminated by name first.
+    pub async fn scale_to(&self, desired: i32, busy: &BusyHosts) -> Result<(), ProviderError> {
         let group = self.describe().await?;
         let (min, max) = (group.min_size().unwrap_or(0), group.max_size().unwrap_or(0));
         let (target, clamped) = clamp(desired, min, max);
@@ -47,10 +66,129 @@ impl AsgProvider {
                 "desired workers outside the Auto Scaling group's bounds: clamped"
             );
         }
-        if group.desired_capacity() == Some(target) {
+        let Some(mut capacity) = group.desired_capacity() else {
+            return self.set_desired(None, target).await;
+        };
+        if capacity == target {
             return Ok(());
         }
-        tracing::info!(group = %self.group, from = ?group.desired_capacity(), to = target, "setting desired capacity");
+        if target < capacity && !busy.is_empty() {
+            match self
+                .terminate_idle_first(&group, busy, target, capacity)
+                .await
+            {
+                Ok(now) => capacity = now,
+                Err((now, e)) => {
+                    capacity = now;
+                    if e.is_retryable() {
+                        return Err(e);
+                    }
+                    // A policy without the permissions (or an instance
+                    // gone meanwhile): the group picks, as before.
+                    tracing::warn!(group = %self.group, error = %e, "cannot terminate idle workers by name: the group's termination policy picks");
+                }
+            }
+            if capacity == target {
+                return Ok(());
+            }
+        }
+        self.set_desired(Some(capacity), target).await
+    }
+
+    /// Terminates idle instances of the group by name, from `capacity`
+    /// towards `target` (never below: each takes one off the desired
+    /// capacity); the desired capacity then, with the error that stopped
+    /// it. Nothing when no instance is busy: the group's policy is as good.
+    async fn terminate_idle_first(
+        &self,
+        group: &AutoScalingGroup,
+        busy: &BusyHosts,
+        target: i32,
+        mut capacity: i32,
+    ) -> Result<i32, (i32, ProviderError)> {
+        let machines = self
+            .machines(group, busy)
+            .await
+            .map_err(|e| (capacity, e))?;
+        if machines.iter().all(|m| m.tasks == 0) {
+            return Ok(capacity);
+        }
+        let members = i32::try_from(machines.len()).unwrap_or(i32::MAX);
+        let n = (members - target).min(capacity - target).max(0);
+        for id in surplus_idle_first(&machines, usize::try_from(n).unwrap_or(0)) {
+            if machines.iter().any(|m| m.id == id && m.tasks > 0) {
+                break;
+            }
+            self.terminate_idle(&id).await.map_err(|e| (capacity, e))?;
+            capacity -= 1;
+        }
+        Ok(capacity)
+    }
+
+    /// Terminates an idle instance of the group, one off its desired
+    /// capacity.
+    async fn terminate_idle(&self, id: &str) -> Result<(), ProviderError> {
+        tracing::info!(group = %self.group, instance = id, "terminating an idle worker");
+        self.client
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .map_err(|e| {
+                aws_error(
+                    SERVICE,
+                    "TerminateInstanceInAutoScalingGroup",
+                    format!("instance {id} of {}", self.resource()),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// The group's instances that are not leaving it: id, tasks running on
+    /// it per `busy`, launch time.
+    async fn machines(
+        &self,
+        group: &AutoScalingGroup,
+        busy: &BusyHosts,
+    ) -> Result<Vec<Machine>, ProviderError> {
+        let ids: Vec<String> = group
+            .instances()
+            .iter()
+            .filter(|i| i.lifecycle_state().is_none_or(|s| !is_leaving(s)))
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect();
+        let mut machines = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(DESCRIBE_BATCH) {
+            let out = self
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(|e| {
+                    aws_error(
+                        "EC2",
+                        "DescribeInstances",
+                        format!("instances of {}", self.resource()),
+                        e,
+                    )
+                })?;
+            for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(id) = i.instance_id() else { continue };
+                machines.push(Machine {
+                    id: id.to_string(),
+                    tasks: busy.tasks_on(id, i.private_dns_name()),
+                    launched: i.launch_time().map(|t| (t.secs(), t.subsec_nanos())),
+                });
+            }
+        }
+        Ok(machines)
+    }
+
+    async fn set_desired(&self, from: Option<i32>, target: i32) -> Result<(), ProviderError> {
+        tracing::info!(group = %self.group, ?from, to = target, "setting desired capacity");
         self.client
             .set_desired_capacity()
             .auto_scaling_group_name(&self.group)
@@ -67,7 +205,7 @@ impl AsgProvider {
     /// Down to the group's MinSize: the group itself stays, it is not the
     /// pool's to delete.
     pub async fn delete_all(&self) -> Result<(), ProviderError> {
-        self.scale_to(0).await
+        self.scale_to(0, &BusyHosts::default()).await
     }
 
     async fn describe(&self) -> Result<AutoScalingGroup, ProviderError> {

@@ -13,6 +13,7 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use super::busy::{BusyHosts, Machine, surplus_idle_first};
 use super::{ProviderError, WorkerCount, aws_error};
 use crate::crd::workerpool::Ec2Instances;
 
@@ -35,6 +36,8 @@ struct Instance {
     state: InstanceStateName,
     launch_time: Option<DateTime>,
     subnet_id: Option<String>,
+    /// Its worker's host name (see [`BusyHosts`]).
+    private_dns: Option<String>,
 }
 
 impl Instance {
@@ -140,17 +143,38 @@ impl InstancesProvider {
         })
     }
 
-    /// Launches the missing workers or terminates the surplus, newest first.
-    /// Stopped instances (someone stopped them by hand) are neither workers
-    /// nor surplus: they are left as they are, until [`Self::delete_all`].
-    pub async fn scale_to(&self, desired: i32) -> Result<(), ProviderError> {
+    /// How many of the live instances run tasks, per `busy`.
+    pub async fn busy(&self, busy: &BusyHosts) -> Result<i32, ProviderError> {
+        let live = self
+            .list(&[InstanceStateName::Pending, InstanceStateName::Running])
+            .await?;
+        Ok(count(
+            live.iter()
+                .filter(|i| busy.tasks_on(&i.id, i.private_dns.as_deref()) > 0)
+                .count(),
+        ))
+    }
+
+    /// Launches the missing workers or terminates the surplus: idle ones
+    /// first (per `busy`), then the newest. Stopped instances (someone
+    /// stopped them by hand) are neither workers nor surplus: they are left
+    /// as they are, until [`Self::delete_all`].
+    pub async fn scale_to(&self, desired: i32, busy: &BusyHosts) -> Result<(), ProviderError> {
         let desired = usize::try_from(desired).unwrap_or(0);
         // Every state: the terminated instances still listed go into the
         // client token (see `client_token`).
         let fleet = self.list(&[]).await?;
         let live: Vec<&Instance> = fleet.iter().filter(|i| i.is_live()).collect();
         if live.len() > desired {
-            let surplus = surplus_newest_first(&live, live.len() - desired);
+            let machines: Vec<_> = live
+                .iter()
+                .map(|i| Machine {
+                    id: i.id.clone(),
+                    tasks: busy.tasks_on(&i.id, i.private_dns.as_deref()),
+                    launched: i.launch_time.map(|t| (t.secs(), t.subsec_nanos())),
+                })
+                .collect();
+            let surplus = surplus_idle_first(&machines, live.len() - desired);
             tracing::info!(pool = %self.pool, desired, live = live.len(), instances = ?surplus, "terminating surplus workers");
             return self.terminate(&surplus).await;
         }
@@ -291,6 +315,7 @@ impl InstancesProvider {
                     state: state.clone(),
                     launch_time: i.launch_time().copied(),
                     subnet_id: i.subnet_id().map(str::to_string),
+                    private_dns: i.private_dns_name().map(str::to_string),
                 });
             }
             // An empty token is the end too (some servers send "").
@@ -490,22 +515,6 @@ fn check_env(name: &str, value: &str) -> Result<(), ProviderError> {
 /// Single quotes keep every byte as is but the quote itself, written `'\''`.
 fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-/// The ids of the `n` newest instances (latest launch time first; an
-/// instance with no launch time yet counts as the newest; ties by id, for a
-/// stable choice): they have done the least work, and the pending ones among
-/// them none at all.
-fn surplus_newest_first(live: &[&Instance], n: usize) -> Vec<String> {
-    let mut by_age: Vec<&Instance> = live.to_vec();
-    by_age.sort_by(|a, b| {
-        let key = |i: &Instance| {
-            i.launch_time
-                .map_or((i64::MAX, u32::MAX), |t| (t.secs(), t.subsec_nanos()))
-        };
-        key(b).cmp(&key(a)).then_with(|| b.id.cmp(&a.id))
-    });
-    by_age.into_iter().take(n).map(|i| i.id.clone()).collect()
 }
 
 /// How many of `missing` new instances go to each subnet: one at a time to
@@ -723,44 +732,6 @@ mod tests {
         assert!(!is_launch_template_id("lt-0ABCDEF12"));
         assert!(!is_launch_template_id("lt-abc"));
         assert!(!is_launch_template_id("workers"));
-    }
-
-    fn instance(id: &str, launched: Option<i64>) -> Instance {
-        Instance {
-            id: id.into(),
-            state: InstanceStateName::Running,
-            launch_time: launched.map(DateTime::from_secs),
-            subnet_id: None,
-        }
-    }
-
-    #[test]
-    fn the_surplus_is_the_newest() {
-        let fleet = [
-            instance("i-old", Some(100)),
-            instance("i-new", Some(300)),
-            instance("i-mid", Some(200)),
-            instance("i-booting", None),
-        ];
-        let live: Vec<&Instance> = fleet.iter().collect();
-        assert_eq!(surplus_newest_first(&live, 0), Vec::<String>::new());
-        assert_eq!(surplus_newest_first(&live, 1), ["i-booting"]);
-        assert_eq!(
-            surplus_newest_first(&live, 3),
-            ["i-booting", "i-new", "i-mid"]
-        );
-        assert_eq!(surplus_newest_first(&live, 9).len(), 4);
-    }
-
-    #[test]
-    fn ties_in_launch_time_break_by_id() {
-        let fleet = [
-            instance("i-a", Some(100)),
-            instance("i-c", Some(100)),
-            instance("i-b", Some(100)),
-        ];
-        let live: Vec<&Instance> = fleet.iter().collect();
-        assert_eq!(surplus_newest_first(&live, 2), ["i-c", "i-b"]);
     }
 
     #[test]

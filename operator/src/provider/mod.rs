@@ -15,6 +15,7 @@
 //! the group's own min and max, which stay the owner's business.
 
 mod asg;
+mod busy;
 mod eks;
 mod instances;
 
@@ -26,6 +27,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use cloudkon_core::aws::{AwsError, ErrorKind};
 
 pub use asg::AsgProvider;
+pub use busy::BusyHosts;
 pub use eks::EksProvider;
 pub use instances::{InstancesProvider, POOL_TAG, USER_DATA_MAX_BYTES, worker_script};
 
@@ -171,6 +173,7 @@ impl Ec2Provider {
                     .ok_or(missing("autoScalingGroup"))?;
                 Ec2Provider::AutoScalingGroup(AsgProvider::new(
                     aws_sdk_autoscaling::Client::new(sdk),
+                    aws_sdk_ec2::Client::new(sdk),
                     &spec.name,
                 ))
             }
@@ -214,6 +217,7 @@ impl Ec2Provider {
             Some(("AutoScalingGroup", group)) if !group.is_empty() => {
                 Ec2Provider::AutoScalingGroup(AsgProvider::new(
                     aws_sdk_autoscaling::Client::new(sdk),
+                    aws_sdk_ec2::Client::new(sdk),
                     group,
                 ))
             }
@@ -250,10 +254,26 @@ impl Ec2Provider {
 
     /// Make the fleet `desired` workers. Idempotent.
     pub async fn scale_to(&self, desired: i32) -> Result<(), ProviderError> {
+        self.scale_sparing(desired, &BusyHosts::default()).await
+    }
+
+    /// Make the fleet `desired` workers, removing the machines `busy` says
+    /// run no task first (a node group's are EKS's choice).
+    pub async fn scale_sparing(&self, desired: i32, busy: &BusyHosts) -> Result<(), ProviderError> {
         match self {
-            Ec2Provider::Instances(p) => p.scale_to(desired).await,
-            Ec2Provider::AutoScalingGroup(p) => p.scale_to(desired).await,
+            Ec2Provider::Instances(p) => p.scale_to(desired, busy).await,
+            Ec2Provider::AutoScalingGroup(p) => p.scale_to(desired, busy).await,
             Ec2Provider::EksNodegroup(p) => p.scale_to(desired).await,
+        }
+    }
+
+    /// How many of the fleet's machines run tasks, per `busy`; `None` where
+    /// the pool cannot choose which go (a node group).
+    pub async fn busy(&self, busy: &BusyHosts) -> Result<Option<i32>, ProviderError> {
+        match self {
+            Ec2Provider::Instances(p) => p.busy(busy).await.map(Some),
+            Ec2Provider::AutoScalingGroup(p) => p.busy(busy).await.map(Some),
+            Ec2Provider::EksNodegroup(_) => Ok(None),
         }
     }
 

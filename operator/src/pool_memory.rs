@@ -47,6 +47,9 @@ pub struct PoolMemory {
     /// The priority lane was looked at for bundles no worker read, once in
     /// this run (see `pool_reconciler::move_lane_leftovers`).
     pub lane_looked: bool,
+    /// Since when the fleet has failed with errors that pass by themselves
+    /// (see `pool_reconciler::retry_soon`); `None` once it answers.
+    pub fleet_failing_since: Option<Instant>,
 }
 
 /// What a pool's queue was made with, from its spec.

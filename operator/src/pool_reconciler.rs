@@ -275,6 +275,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         );
         return fleet_failed(pool, ctx, &mut memory, why, e).await;
     }
+    memory.fleet_failing_since = None;
     let labels = pool_labels(&ns, &name);
     if plan.change != 0 {
         memory.scale.scaled(SystemTime::now(), plan.change);
@@ -299,11 +300,22 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
 /// How soon a pool whose fleet failed for a while only is looked at again.
 const FLEET_RETRY_SOON: Duration = Duration::from_secs(5);
 
+/// Errors that should pass by themselves but have lasted this long are
+/// said as failures (a node group stuck updating, throttling that never
+/// ends): retried quietly for ever, they reached neither the status nor an
+/// Event.
+const FLEET_QUIET_AT_MOST: Duration = Duration::from_secs(120);
+
 /// When the fleet's error `e` passes by itself in seconds (a node group
-/// still updating, throttling, a timeout): how soon to try again, quietly.
-/// None: a failure, to be said and backed off from.
-fn retry_soon(e: &FleetError) -> Option<Duration> {
-    e.temporary.then_some(FLEET_RETRY_SOON)
+/// still updating, throttling, a timeout) and such errors began less than
+/// [`FLEET_QUIET_AT_MOST`] ago (`since`, set at the first): how soon to try
+/// again, quietly. None: a failure, to be said and backed off from.
+fn retry_soon(e: &FleetError, since: &mut Option<Instant>, now: Instant) -> Option<Duration> {
+    if !e.temporary {
+        return None;
+    }
+    let since = *since.get_or_insert(now);
+    (now.saturating_duration_since(since) < FLEET_QUIET_AT_MOST).then_some(FLEET_RETRY_SOON)
 }
 
 /// The fleet could not be read or scaled. For a while only
@@ -319,7 +331,7 @@ async fn fleet_failed(
     why: String,
     e: FleetError,
 ) -> Result<Action, Error> {
-    if let Some(after) = retry_soon(&e) {
+    if let Some(after) = retry_soon(&e, &mut memory.fleet_failing_since, Instant::now()) {
         tracing::info!(
             pool = %format!("{}/{}", pool.namespace().unwrap_or_default(), pool.name_any()),
             retry_in = ?after,
@@ -939,7 +951,32 @@ mod tests {
             aws("ThrottlingException", ErrorKind::Transient),
             aws("ScalingActivityInProgress", ErrorKind::Transient),
         ] {
-            assert_eq!(retry_soon(&fleet(temporary)), Some(FLEET_RETRY_SOON));
+            let t0 = Instant::now();
+            let mut since = None;
+            assert_eq!(
+                retry_soon(&fleet(temporary), &mut since, t0),
+                Some(FLEET_RETRY_SOON)
+            );
+            assert_eq!(since, Some(t0));
+            let later = t0 + FLEET_QUIET_AT_MOST - Duration::from_secs(1);
+            assert_eq!(
+                retry_soon(
+                    &fleet(aws("ThrottlingException", ErrorKind::Transient)),
+                    &mut since,
+                    later
+                ),
+                Some(FLEET_RETRY_SOON),
+                "counted from the first"
+            );
+            // Lasting: said as a failure.
+            assert_eq!(
+                retry_soon(
+                    &fleet(aws("ThrottlingException", ErrorKind::Transient)),
+                    &mut since,
+                    t0 + FLEET_QUIET_AT_MOST
+                ),
+                None
+            );
         }
         for failure in [
             // Short of capacity may last hours: the pool says so.
@@ -948,10 +985,13 @@ mod tests {
             aws("ResourceNotFoundException", ErrorKind::NotFound),
             ProviderError::UnknownFleet("x".into()),
         ] {
-            assert_eq!(retry_soon(&fleet(failure)), None);
+            assert_eq!(retry_soon(&fleet(failure), &mut None, Instant::now()), None);
         }
         // A Deployment's errors are failures.
-        assert_eq!(retry_soon(&Error::Other("x".into()).into()), None);
+        assert_eq!(
+            retry_soon(&Error::Other("x".into()).into(), &mut None, Instant::now()),
+            None
+        );
     }
 
     #[test]

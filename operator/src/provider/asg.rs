@@ -37,10 +37,11 @@ impl AsgProvider {
         &self.group
     }
 
-    /// current = the group's instances that are not leaving it (terminating,
-    /// terminated, detaching, detached); ready = the InService ones. Counted
-    /// from the instances, not from DesiredCapacity, which says what the group
-    /// aims at, not what it has.
+    /// current = the desired capacity, as a Deployment's replicas: instances
+    /// still to launch count as capacity already asked for (counted from the
+    /// instances, a group that could not launch had the pool ask again at
+    /// each poll, each time a `ScaledUp` Event); ready = the InService
+    /// instances not leaving it.
     pub async fn observe(&self) -> Result<WorkerCount, ProviderError> {
         Ok(count_workers(&self.describe().await?))
     }
@@ -234,20 +235,16 @@ impl AsgProvider {
 }
 
 fn count_workers(group: &AutoScalingGroup) -> WorkerCount {
-    let mut count = WorkerCount {
+    let ready = group
+        .instances()
+        .iter()
+        .filter(|i| i.lifecycle_state() == Some(&LifecycleState::InService))
+        .count();
+    WorkerCount {
+        current: group.desired_capacity().unwrap_or(0),
+        ready: i32::try_from(ready).unwrap_or(i32::MAX),
         bounds: Some((group.min_size().unwrap_or(0), group.max_size().unwrap_or(0))),
-        ..WorkerCount::default()
-    };
-    for state in group.instances().iter().filter_map(|i| i.lifecycle_state()) {
-        if is_leaving(state) {
-            continue;
-        }
-        count.current += 1;
-        if *state == LifecycleState::InService {
-            count.ready += 1;
-        }
     }
-    count
 }
 
 fn is_leaving(state: &LifecycleState) -> bool {
@@ -270,7 +267,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leaving_instances_are_not_counted_and_only_in_service_ones_are_ready() {
+    fn the_desired_capacity_is_asked_for_and_only_in_service_instances_are_ready() {
         let states = [
             LifecycleState::InService,
             LifecycleState::InService,
@@ -282,7 +279,9 @@ mod tests {
             LifecycleState::Terminated,
             LifecycleState::Detaching,
         ];
-        let mut group = AutoScalingGroup::builder();
+        // Seven asked for: two in service, the others launching (or
+        // failing to), on standby or going.
+        let mut group = AutoScalingGroup::builder().desired_capacity(7);
         for (n, state) in states.into_iter().enumerate() {
             group = group.instances(
                 Instance::builder()
@@ -294,7 +293,7 @@ mod tests {
         assert_eq!(
             count_workers(&group.build()),
             WorkerCount {
-                current: 5,
+                current: 7,
                 ready: 2,
                 bounds: Some((0, 0)),
             }

@@ -46,7 +46,10 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error(
+        "{path}: {source} (a simulation config is a YAML mapping of pool, worker, aws and \
+         batches: see examples/simulations/)"
+    )]
     Parse {
         path: String,
         source: serde_yaml::Error,

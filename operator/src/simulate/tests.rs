@@ -700,6 +700,11 @@ fn configs_that_cannot_be_simulated_are_refused_naming_the_field() {
             ),
             "unknown field `meanSeconds`",
         ),
+        // Not a config at all (a workload file, say): what one is.
+        (
+            "sleep 10\nsleep 20\n".to_string(),
+            "a simulation config is a YAML mapping of pool, worker, aws and batches",
+        ),
     ];
     for (yaml, field) in cases {
         match SimConfig::parse(&yaml) {

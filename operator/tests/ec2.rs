@@ -198,9 +198,23 @@ async fn instances_launch_tagged_workers_that_start_on_the_queue() {
         assert!(script.contains(&format!("export CLOUDKON_QUEUE='{QUEUE}'\n")));
         assert!(script.contains("export CLOUDKON_THREADS='4'\n"));
         assert!(script.contains(r"export GREETING='it'\''s $HOME'"));
-        assert!(script.contains("exec setpriv --reuid=cloudkon-worker "));
-        assert!(script.ends_with(" cloudkon-worker\n"));
+        assert!(script.contains("\nsetpriv --reuid=cloudkon-worker "));
+        assert!(script.ends_with("\nexec shutdown -h now\n"));
         assert_eq!(script, worker_script(QUEUE, &worker_env).unwrap());
+        // That shutdown terminates the instance.
+        let behavior = ec2
+            .describe_instance_attribute()
+            .instance_id(i.instance_id().unwrap())
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            behavior
+                .instance_initiated_shutdown_behavior()
+                .and_then(|b| b.value()),
+            Some("terminate")
+        );
     }
     assert_eq!(
         p.observe().await.unwrap(),

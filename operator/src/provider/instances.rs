@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ec2::primitives::DateTime;
 use aws_sdk_ec2::types::{
-    Filter, InstanceStateName, InstanceType, LaunchTemplateSpecification, ResourceType, Tag,
-    TagSpecification,
+    Filter, InstanceStateName, InstanceType, LaunchTemplateSpecification, ResourceType,
+    ShutdownBehavior, Tag, TagSpecification,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -391,6 +391,8 @@ impl InstancesProvider {
             .min_count(1)
             .max_count(n)
             .user_data(&self.user_data)
+            // See `START_WORKER`.
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             .tag_specifications(tags)
             .client_token(token)
             .send()
@@ -453,12 +455,22 @@ const USER_SETUP: &str = "set -e\n\
 id -u cloudkon-worker >/dev/null 2>&1 || useradd --system --user-group --create-home \
 --home-dir /var/lib/cloudkon-worker --shell /usr/sbin/nologin cloudkon-worker\n";
 
-/// Becomes the worker as that user, with no way back to root: no
+/// Runs the worker as that user, with no way back to root: no
 /// capabilities, no setuid gains (`setpriv` is util-linux's, on every
-/// mainstream AMI; a missing one fails the script).
-const START_WORKER: &str = "exec setpriv --reuid=cloudkon-worker --regid=cloudkon-worker \
+/// mainstream AMI). Then the instance shuts down, which terminates it
+/// (launched with `InstanceInitiatedShutdownBehavior=terminate`): whatever
+/// ended the worker (its pool deleted with its queue, an idle timeout, a
+/// spot notice, a crash), no instance is left running, and billed, without
+/// one; one launched as its pool was deleted, too late to be listed, ends
+/// so. A worker that could not run a minute (missing on the AMI, a bad
+/// setting) holds its instance ten minutes first, or the pool would launch
+/// instance after instance.
+const START_WORKER: &str = "started=$(date +%s)\n\
+setpriv --reuid=cloudkon-worker --regid=cloudkon-worker \
 --init-groups --no-new-privs --inh-caps=-all --bounding-set=-all \
-env HOME=/var/lib/cloudkon-worker cloudkon-worker\n";
+env HOME=/var/lib/cloudkon-worker cloudkon-worker || echo \"cloudkon-worker exited with status $?\" >&2\n\
+[ $(($(date +%s) - started)) -ge 60 ] || sleep 600\n\
+exec shutdown -h now\n";
 
 /// The user data of a worker instance: a shell script that makes the
 /// worker's user, sets the worker's environment and becomes `cloudkon-worker`
@@ -605,8 +617,15 @@ mod tests {
     /// What `sh` makes of the script: the exported variables, read back by
     /// running it with stand-ins on its PATH: `id` says the user exists (so
     /// no user is made on this machine), `setpriv` prints its arguments and
-    /// runs `env` instead of the worker.
+    /// runs `env` instead of the worker; `date` says it is 1000 s past the
+    /// epoch (the worker ran no time), `sleep` and `shutdown` print their
+    /// arguments.
     fn run_script(script: &str) -> String {
+        run_script_with(script, "exec /usr/bin/env")
+    }
+
+    /// The same with `worker` (shell words) for the worker.
+    fn run_script_with(script: &str, worker: &str) -> String {
         let stubs = tempfile::tempdir().unwrap();
         let stub = |name: &str, body: &str| {
             let path = stubs.path().join(name);
@@ -616,7 +635,10 @@ mod tests {
         };
         stub("id", "exit 0");
         stub("useradd", "echo useradd ran; exit 1");
-        stub("setpriv", "echo \"setpriv $*\"; exec /usr/bin/env");
+        stub("setpriv", &format!("echo \"setpriv $*\"; {worker}"));
+        stub("date", "echo 1000");
+        stub("sleep", "echo \"sleep $*\"");
+        stub("shutdown", "echo \"shutdown $*\"");
         let out = Command::new("/bin/sh")
             .arg("-c")
             .arg(script)
@@ -673,7 +695,7 @@ mod tests {
         );
         assert!(!seen.contains("useradd ran"), "{seen}");
         assert!(
-            script.ends_with(START_WORKER) && script.matches("exec ").count() == 1,
+            script.ends_with(START_WORKER) && script.matches("setpriv ").count() == 1,
             "nothing else starts the worker: {script}"
         );
 
@@ -688,6 +710,28 @@ mod tests {
             .unwrap();
         assert!(!out.status.success());
         assert!(!String::from_utf8_lossy(&out.stdout).contains("setpriv"));
+    }
+
+    #[test]
+    fn the_instance_shuts_down_when_its_worker_ends_at_once_only_after_a_while() {
+        let script = worker_script("q", &[]).unwrap();
+        // Ended at once (the stand-in `date` does not move), failed or not:
+        // ten minutes, then the shutdown that terminates the instance.
+        for worker in ["exit 0", "exit 3"] {
+            let seen = run_script_with(&script, worker);
+            let after: Vec<&str> = seen.lines().skip(1).collect();
+            assert_eq!(after, ["sleep 600", "shutdown -h now"], "{worker}: {seen}");
+        }
+        // Ran over a minute: shut down at once.
+        let seen = run_script_with(
+            &script.replace("started=$(date +%s)", "started=900"),
+            "exit 0",
+        );
+        assert_eq!(
+            seen.lines().skip(1).collect::<Vec<_>>(),
+            ["shutdown -h now"],
+            "{seen}"
+        );
     }
 
     #[test]

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{
-    Filter, InstanceStateName, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
+    Filter, InstanceAttributeName, InstanceStateName, RequestLaunchTemplateData, ResourceType, Tag,
+    TagSpecification,
 };
 use aws_sdk_eks::types::{NodegroupScalingConfig, VpcConfigRequest};
 use base64::Engine;
@@ -155,6 +156,19 @@ fn tag<'a>(i: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
         .and_then(|t| t.value())
 }
 
+async fn attribute(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    name: InstanceAttributeName,
+) -> aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput {
+    ec2.describe_instance_attribute()
+        .instance_id(id)
+        .attribute(name)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 #[ignore = "needs moto: run through scripts/test"]
 async fn instances_launch_tagged_workers_that_start_on_the_queue() {
@@ -180,13 +194,8 @@ async fn instances_launch_tagged_workers_that_start_on_the_queue() {
         );
         // The override wins over the template's t3.micro.
         assert_eq!(i.instance_type().map(|t| t.as_str()), Some("t3.small"));
-        let attr = ec2
-            .describe_instance_attribute()
-            .instance_id(i.instance_id().unwrap())
-            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-            .send()
-            .await
-            .unwrap();
+        let id = i.instance_id().unwrap();
+        let attr = attribute(&ec2, id, InstanceAttributeName::UserData).await;
         let encoded = attr.user_data().and_then(|u| u.value()).unwrap();
         let script = String::from_utf8(
             base64::engine::general_purpose::STANDARD
@@ -202,13 +211,12 @@ async fn instances_launch_tagged_workers_that_start_on_the_queue() {
         assert!(script.ends_with("\nexec shutdown -h now\n"));
         assert_eq!(script, worker_script(QUEUE, &worker_env).unwrap());
         // That shutdown terminates the instance.
-        let behavior = ec2
-            .describe_instance_attribute()
-            .instance_id(i.instance_id().unwrap())
-            .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
-            .send()
-            .await
-            .unwrap();
+        let behavior = attribute(
+            &ec2,
+            id,
+            InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+        )
+        .await;
         assert_eq!(
             behavior
                 .instance_initiated_shutdown_behavior()

@@ -146,6 +146,18 @@ fn wait_for(gate: &std::path::Path) -> String {
     format!("while [ ! -e {} ]; do sleep 0.01; done", gate.display())
 }
 
+/// A task that makes the file `started`, then waits until `gate` exists.
+fn started_then_waits(started: &std::path::Path, gate: &std::path::Path) -> TaskSpec {
+    TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("touch {}; {}", started.display(), wait_for(gate)),
+        ],
+        expected_ms: None,
+    }
+}
+
 /// Waits until `done` holds; fails after 20 s, saying `what` never came.
 pub(super) async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -1527,14 +1539,7 @@ async fn a_look_at_the_lane_claims_no_more_once_the_ledger_is_down() {
     // does.
     let dir = tempfile::tempdir().unwrap();
     let (started, release) = (dir.path().join("started"), dir.path().join("release"));
-    let first = TaskSpec::Run {
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            format!("touch {}; {}", started.display(), wait_for(&release)),
-        ],
-        expected_ms: None,
-    };
+    let first = started_then_waits(&started, &release);
     let main = MemoryQueue::bounded(4);
     let lane = MemoryQueue::bounded(4);
     main.send(vec![bundle(0, vec![first, TaskSpec::Sleep { ms: 0 }])])
@@ -1990,14 +1995,7 @@ async fn a_worker_that_lost_a_lease_starts_no_more_of_its_tasks_and_leaves_its_m
     // each task id once).
     let dir = tempfile::tempdir().unwrap();
     let (started, gate) = (dir.path().join("started"), dir.path().join("gate"));
-    let first = TaskSpec::Run {
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            format!("touch {}; {}", started.display(), wait_for(&gate)),
-        ],
-        expected_ms: None,
-    };
+    let first = started_then_waits(&started, &gate);
     let specs = vec![first, TaskSpec::Sleep { ms: 0 }, TaskSpec::Sleep { ms: 0 }];
     let queue = Arc::new(ReceiptQueue::new(vec![bundle(0, specs)]));
     let ledger = Arc::new(TakenOverLedger::default());

@@ -232,7 +232,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
         && !busy(pool, ctx, &mut memory).await;
     ctx.pool_idle.saw(&key, idle);
     let config = ScaleConfig::from_spec(&pool.spec);
-    let decision = scale_decision(
+    let (decision, busy_hosts) = scale_decision(
         pool,
         ctx,
         &mut memory,
@@ -266,6 +266,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
             queue.url(),
             decision.replicas,
             &workers,
+            busy_hosts,
         )
         .await
     {
@@ -387,7 +388,8 @@ async fn busy(pool: &WorkerPool, ctx: &Context, memory: &mut PoolMemory) -> bool
 }
 
 /// The scaler's decision on what was read: idle workers go first on a
-/// scale-down, the busy ones stay.
+/// scale-down, the busy ones stay; with the hosts of an EC2 fleet's busy
+/// workers, read for a scale-down, for the fleet to spare.
 #[allow(clippy::too_many_arguments)] // what the scaler reads, named
 async fn scale_decision(
     pool: &WorkerPool,
@@ -398,7 +400,7 @@ async fn scale_decision(
     stats: &QueueStats,
     workers: &ObservedWorkers,
     work: &PoolWork,
-) -> Decision {
+) -> (Decision, Option<crate::provider::BusyHosts>) {
     let system_now = SystemTime::now();
     if stats.visible + stats.in_flight + stats.delayed > 0 {
         memory.last_active = Some(system_now);
@@ -424,12 +426,15 @@ async fn scale_decision(
         },
         system_now,
     );
-    if decision.scales_down(workers.current)
-        && let Some(busy) = fleet.busy_before_scale_down(pool, ctx).await
-    {
-        decision.keep_busy(busy, workers.current, stats.in_flight, config.max);
+    let mut busy_hosts = None;
+    if decision.scales_down(workers.current) {
+        let (busy, hosts) = fleet.busy_before_scale_down(pool, ctx).await;
+        if let Some(busy) = busy {
+            decision.keep_busy(busy, workers.current, stats.in_flight, config.max);
+        }
+        busy_hosts = hosts;
     }
-    decision
+    (decision, busy_hosts)
 }
 
 /// The plan's Events and its status: written when something a reader acts

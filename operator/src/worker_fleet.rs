@@ -179,22 +179,34 @@ impl WorkerFleet {
     }
 
     /// Before a scale-down: how many workers run tasks and should stay, when
-    /// the fleet can tell (`None`: it removes whichever it removes).
-    pub async fn busy_before_scale_down(&self, pool: &WorkerPool, ctx: &Context) -> Option<i32> {
+    /// the fleet can tell (`None`: it removes whichever it removes), and for
+    /// an EC2 fleet the hosts that run them, for [`Self::scale`] to spare
+    /// (read once per scale-down).
+    pub async fn busy_before_scale_down(
+        &self,
+        pool: &WorkerPool,
+        ctx: &Context,
+    ) -> (Option<i32>, Option<BusyHosts>) {
         match self {
-            WorkerFleet::Deployment => Some(mark_idle_pods(pool, ctx).await),
+            WorkerFleet::Deployment => (Some(mark_idle_pods(pool, ctx).await), None),
             WorkerFleet::Ec2(fleet) => {
-                let busy = busy_hosts(pool, ctx).await?;
-                fleet.busy(&busy).await.unwrap_or_else(|e| {
+                let Some(hosts) = busy_hosts(pool, ctx).await else {
+                    return (None, None);
+                };
+                let busy = fleet.busy(&hosts).await.unwrap_or_else(|e| {
                     tracing::debug!(error = %e, "cannot tell which workers are busy; scale-down picks by age");
                     None
-                })
+                });
+                (busy, Some(hosts))
             }
         }
     }
 
     /// Sizes the fleet to `replicas` from `workers` as observed; a Deployment
     /// is also applied again when the pool's spec changed or it is missing.
+    /// An EC2 fleet going down spares the machines of `busy` (from
+    /// [`Self::busy_before_scale_down`]; read here when not given).
+    #[allow(clippy::too_many_arguments)] // the pool, what was observed and decided, named
     pub async fn scale(
         &self,
         pool: &WorkerPool,
@@ -203,15 +215,18 @@ impl WorkerFleet {
         queue_url: &str,
         replicas: i32,
         workers: &ObservedWorkers,
+        busy: Option<BusyHosts>,
     ) -> Result<(), FleetError> {
         let change = replicas != workers.current;
         match self {
             WorkerFleet::Ec2(fleet) if change => {
                 // Idle machines go first (see `BusyHosts`).
-                let busy = if replicas < workers.current {
-                    busy_hosts(pool, ctx).await.unwrap_or_default()
-                } else {
-                    BusyHosts::default()
+                let busy = match busy {
+                    Some(busy) => busy,
+                    None if replicas < workers.current => {
+                        busy_hosts(pool, ctx).await.unwrap_or_default()
+                    }
+                    None => BusyHosts::default(),
                 };
                 fleet
                     .scale_sparing(replicas, &busy)

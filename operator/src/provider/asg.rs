@@ -116,11 +116,13 @@ impl AsgProvider {
         }
         let members = i32::try_from(machines.len()).unwrap_or(i32::MAX);
         let n = (members - target).min(capacity - target).max(0);
-        for id in surplus_idle_first(&machines, usize::try_from(n).unwrap_or(0)) {
-            if machines.iter().any(|m| m.id == id && m.tasks > 0) {
+        for m in surplus_idle_first(&machines, usize::try_from(n).unwrap_or(0)) {
+            if m.tasks > 0 {
                 break;
             }
-            self.terminate_idle(&id).await.map_err(|e| (capacity, e))?;
+            self.terminate_idle(&m.id)
+                .await
+                .map_err(|e| (capacity, e))?;
             capacity -= 1;
         }
         Ok(capacity)

@@ -61,10 +61,10 @@ pub struct Machine {
     pub launched: Option<(i64, u32)>,
 }
 
-/// The `n` of `machines` to remove: idle first, the fewest tasks next, then
-/// the newest (it has done the least work; a pending one none at all), ties
-/// by id for a stable choice.
-pub fn surplus_idle_first(machines: &[Machine], n: usize) -> Vec<String> {
+/// The `n` of `machines` to remove, in order: idle first, the fewest tasks
+/// next, then the newest (it has done the least work; a pending one none at
+/// all), ties by id for a stable choice.
+pub fn surplus_idle_first(machines: &[Machine], n: usize) -> Vec<&Machine> {
     let mut order: Vec<&Machine> = machines.iter().collect();
     let age = |m: &Machine| m.launched.unwrap_or((i64::MAX, u32::MAX));
     order.sort_by(|a, b| {
@@ -73,7 +73,8 @@ pub fn surplus_idle_first(machines: &[Machine], n: usize) -> Vec<String> {
             .then_with(|| age(b).cmp(&age(a)))
             .then_with(|| b.id.cmp(&a.id))
     });
-    order.into_iter().take(n).map(|m| m.id.clone()).collect()
+    order.truncate(n);
+    order
 }
 
 #[cfg(test)]
@@ -125,6 +126,10 @@ mod tests {
         }
     }
 
+    fn ids(machines: Vec<&Machine>) -> Vec<&str> {
+        machines.into_iter().map(|m| m.id.as_str()).collect()
+    }
+
     #[test]
     fn idle_machines_go_first_then_the_newest() {
         let machines = [
@@ -135,10 +140,10 @@ mod tests {
             machine("i-pending", 0, None),
         ];
         assert_eq!(
-            surplus_idle_first(&machines, 4),
+            ids(surplus_idle_first(&machines, 4)),
             ["i-pending", "i-new-idle", "i-old-idle", "i-new-busy"]
         );
-        assert_eq!(surplus_idle_first(&machines, 0), Vec::<String>::new());
+        assert!(surplus_idle_first(&machines, 0).is_empty());
         assert_eq!(surplus_idle_first(&machines, 9).len(), 5);
     }
 
@@ -149,6 +154,6 @@ mod tests {
             machine("i-c", 0, Some((100, 0))),
             machine("i-b", 0, Some((100, 0))),
         ];
-        assert_eq!(surplus_idle_first(&machines, 2), ["i-c", "i-b"]);
+        assert_eq!(ids(surplus_idle_first(&machines, 2)), ["i-c", "i-b"]);
     }
 }

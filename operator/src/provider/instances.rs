@@ -174,7 +174,10 @@ impl InstancesProvider {
                     launched: i.launch_time.map(|t| (t.secs(), t.subsec_nanos())),
                 })
                 .collect();
-            let surplus = surplus_idle_first(&machines, live.len() - desired);
+            let surplus: Vec<String> = surplus_idle_first(&machines, live.len() - desired)
+                .into_iter()
+                .map(|m| m.id.clone())
+                .collect();
             tracing::info!(pool = %self.pool, desired, live = live.len(), instances = ?surplus, "terminating surplus workers");
             return self.terminate(&surplus).await;
         }

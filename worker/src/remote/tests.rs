@@ -1451,6 +1451,34 @@ impl DedupLedger for CountingLedger {
     }
 }
 
+/// A worker of one slot on `main` and its priority `lane`, asking `ledger`
+/// about its batches (lane marks included) every 100 ms.
+fn one_slot_lane_worker<L: DedupLedger + Send + Sync + 'static>(
+    main: MemoryQueue,
+    lane: MemoryQueue,
+    ledger: Arc<L>,
+) -> (
+    tokio::task::JoinHandle<StopReason>,
+    Arc<WorkerStats>,
+    Shutdown,
+) {
+    let stats = Arc::new(WorkerStats::default());
+    let shutdown = Shutdown::new();
+    let mut config = config();
+    config.pool.slots = 1;
+    config.cancel_check = Duration::from_millis(100);
+    let worker = tokio::spawn(run_remote(
+        Arc::new(cloudkon_core::queue::Lanes::new(main, Some(lane))),
+        Some(ledger),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config,
+        shutdown.clone(),
+        stats.clone(),
+    ));
+    (worker, stats, shutdown)
+}
+
 #[tokio::test]
 async fn a_lane_mark_has_a_worker_whose_slots_are_taken_look_at_the_lane() {
     // One slot and a bundle of ten tasks of batch b: the worker holds
@@ -1482,20 +1510,7 @@ async fn a_lane_mark_has_a_worker_whose_slots_are_taken_look_at_the_lane() {
     let b_tasks = (0..10).map(|i| task(&format!("b{i}"))).collect();
     main.send(vec![bundle(0, b_tasks)]).await.unwrap();
     let ledger = Arc::new(MemoryLedger::new());
-    let stats = Arc::new(WorkerStats::default());
-    let shutdown = Shutdown::new();
-    let mut config = config();
-    config.pool.slots = 1;
-    config.cancel_check = Duration::from_millis(100);
-    let worker = tokio::spawn(run_remote(
-        Arc::new(cloudkon_core::queue::Lanes::new(main, Some(lane.clone()))),
-        Some(ledger.clone()),
-        Arc::new(MemoryRouter::default()),
-        Arc::new(Registry::new()),
-        config,
-        shutdown.clone(),
-        stats.clone(),
-    ));
+    let (worker, stats, shutdown) = one_slot_lane_worker(main, lane.clone(), ledger.clone());
     until("b0 never started", || started().contains(&"b0".to_string())).await;
     let mut newcomer = bundle(100, vec![task("n")]);
     newcomer.tasks[0].batch = BatchId::new("n");
@@ -1546,20 +1561,7 @@ async fn a_look_at_the_lane_claims_no_more_once_the_ledger_is_down() {
         .await
         .unwrap();
     let ledger = Arc::new(CountingLedger::default());
-    let stats = Arc::new(WorkerStats::default());
-    let shutdown = Shutdown::new();
-    let mut config = config();
-    config.pool.slots = 1;
-    config.cancel_check = Duration::from_millis(100);
-    let worker = tokio::spawn(run_remote(
-        Arc::new(cloudkon_core::queue::Lanes::new(main, Some(lane.clone()))),
-        Some(ledger.clone()),
-        Arc::new(MemoryRouter::default()),
-        Arc::new(Registry::new()),
-        config,
-        shutdown.clone(),
-        stats.clone(),
-    ));
+    let (worker, stats, shutdown) = one_slot_lane_worker(main, lane.clone(), ledger.clone());
     until("the first task never started", || started.exists()).await;
     let claims = || {
         ledger

@@ -151,12 +151,11 @@ fn sleep_spec(extra: Value) -> Value {
     spec
 }
 
-/// The API server of a namespace that holds the batch and not its pool:
-/// the pool's read is a 404, a write to the batch answers the batch (as it
-/// was: the reconciler reads nothing of the answer), an Event itself.
-async fn reconcile_batch(b: TaskBatch) -> (Action, Vec<Seen>) {
-    let object = serde_json::to_value(&b).unwrap();
-    let (client, log) = scripted(move |seen| {
+/// The API server of a namespace that holds the batch `b` as `object`
+/// and not its pool: the pool's read is a 404, a read of or a write to the
+/// batch answers `object`, an Event itself.
+fn batch_server(object: Value) -> (Client, Log) {
+    scripted(move |seen| {
         if seen.method == "GET" && seen.uri.contains("/workerpools/pool") {
             not_found()
         } else if seen.uri.contains("/taskbatches/b") {
@@ -164,7 +163,13 @@ async fn reconcile_batch(b: TaskBatch) -> (Action, Vec<Seen>) {
         } else {
             (201, seen.body.clone())
         }
-    });
+    })
+}
+
+/// Reconciles `b` on a [`batch_server`] holding it (a write answers the
+/// batch as it was: the reconciler reads nothing of the answer).
+async fn reconcile_batch(b: TaskBatch) -> (Action, Vec<Seen>) {
+    let (client, log) = batch_server(serde_json::to_value(&b).unwrap());
     let action = batch_reconciler::reconcile(Arc::new(b), context(client))
         .await
         .expect("a reconcile");
@@ -244,16 +249,7 @@ async fn a_batch_that_succeeded_as_it_was_cancelled_keeps_what_its_runner_wrote(
             "counts": {"total": 5, "enqueued": 5, "running": 0, "succeeded": 5}}))
         .unwrap(),
     );
-    let now = serde_json::to_value(&now).unwrap();
-    let (client, log) = scripted(move |seen| {
-        if seen.method == "GET" && seen.uri.contains("/workerpools/pool") {
-            not_found()
-        } else if seen.uri.contains("/taskbatches/b") {
-            (200, now.clone())
-        } else {
-            (201, seen.body.clone())
-        }
-    });
+    let (client, log) = batch_server(serde_json::to_value(&now).unwrap());
     let ctx = context(client);
     let spec = b.spec.clone();
     ctx.runners.lock().unwrap().insert(

@@ -676,7 +676,8 @@ fn asg_spec(name: &str) -> Provider {
     }
 }
 
-async fn asg_desired(sdk: &SdkConfig, name: &str) -> i32 {
+/// The group as Auto Scaling describes it.
+async fn asg_group(sdk: &SdkConfig, name: &str) -> aws_sdk_autoscaling::types::AutoScalingGroup {
     aws_sdk_autoscaling::Client::new(sdk)
         .describe_auto_scaling_groups()
         .auto_scaling_group_names(name)
@@ -684,8 +685,11 @@ async fn asg_desired(sdk: &SdkConfig, name: &str) -> i32 {
         .await
         .unwrap()
         .auto_scaling_groups()[0]
-        .desired_capacity()
-        .unwrap()
+        .clone()
+}
+
+async fn asg_desired(sdk: &SdkConfig, name: &str) -> i32 {
+    asg_group(sdk, name).await.desired_capacity().unwrap()
 }
 
 #[tokio::test]
@@ -728,13 +732,8 @@ async fn asg_scales_within_the_groups_bounds() {
 
 /// The ids of the group's instances that are not leaving it.
 async fn asg_members(sdk: &SdkConfig, name: &str) -> Vec<String> {
-    let out = aws_sdk_autoscaling::Client::new(sdk)
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(name)
-        .send()
+    let mut ids: Vec<String> = asg_group(sdk, name)
         .await
-        .unwrap();
-    let mut ids: Vec<String> = out.auto_scaling_groups()[0]
         .instances()
         .iter()
         .filter(|i| {

@@ -37,6 +37,7 @@ pub mod pool_idle;
 pub mod pool_memory;
 pub mod pool_plan;
 pub mod pool_reconciler;
+pub mod pool_sharing;
 pub mod provider;
 pub mod retry_delays;
 pub mod runner_handle;

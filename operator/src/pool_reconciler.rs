@@ -21,6 +21,7 @@ use crate::crd::workerpool::{DeletionPolicy, WorkerPoolStatus};
 use crate::error::Error;
 use crate::pool_memory::{PoolMemory, QueueMade};
 use crate::pool_plan::{self, Observed, Plan, Running};
+use crate::pool_sharing;
 use crate::provider::{Ec2Provider, fleet_identity};
 use crate::scale::{self, Decision, ScaleConfig};
 use crate::shares::PoolWork;
@@ -159,8 +160,11 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     // The queue: made once per operator run and spec, then remembered.
     let known = memory.queue.is_some();
     if !known {
-        let fleet = fleet_identity(pool.spec.provider.as_ref());
-        let taken = sharing(pool, ctx, &queue_name, &fleet, true).await?;
+        let uses = pool_sharing::Uses {
+            queue: queue_name.clone(),
+            fleet: fleet_identity(pool.spec.provider.as_ref()),
+        };
+        let taken = pool_sharing::taken_before(pool, &uses, &all_pools(pool, ctx).await?);
         if !taken.is_empty() {
             let problems = [validate::shared(&queue_name, &taken)];
             let plan =
@@ -671,22 +675,11 @@ async fn report_cleanup_failure(pool: &WorkerPool, ctx: &Context, message: &str)
     }
 }
 
-/// The other WorkerPools (`ns/name`, not being deleted) whose queue is
-/// `queue` or whose workers are the group `fleet` (an Auto Scaling group or
-/// node group: instances and Deployments are each pool's own); with
-/// `older`, only those made before this one, which keep what they hold.
-/// Two pools on one queue each scale a fleet for the same backlog, and the
-/// deletion of one deleted the other's queue, lane and dead-letter queue.
-async fn sharing(
-    pool: &WorkerPool,
-    ctx: &Context,
-    queue: &str,
-    fleet: &str,
-    older: bool,
-) -> Result<Vec<String>, Error> {
+/// Every WorkerPool the operator may see: in all namespaces (explicit queue
+/// names may meet across them), or in the pool's own where it may list only
+/// that one.
+async fn all_pools(pool: &WorkerPool, ctx: &Context) -> Result<Vec<WorkerPool>, Error> {
     let ns = pool.namespace().unwrap_or_default();
-    // All namespaces (explicit queue names may meet across them), or the
-    // operator's own where it may list only that one.
     let listed = match Api::<WorkerPool>::all(ctx.client.clone())
         .list(&Default::default())
         .await
@@ -697,35 +690,7 @@ async fn sharing(
             .await
             .map_err(Error::kube(format!("cannot list the WorkerPools of {ns}")))?,
     };
-    let group = fleet.starts_with("AutoScalingGroup/") || fleet.starts_with("EksNodegroup/");
-    let made = |p: &WorkerPool| {
-        (
-            p.metadata.creation_timestamp.clone().map(|t| t.0),
-            p.namespace().unwrap_or_default(),
-            p.name_any(),
-        )
-    };
-    Ok(listed
-        .items
-        .iter()
-        .filter(|other| other.uid() != pool.uid() && other.metadata.deletion_timestamp.is_none())
-        .filter(|other| !older || made(other) < made(pool))
-        .filter(|other| {
-            let st = other.status.as_ref();
-            let same_queue = st
-                .and_then(|s| s.queue_url.as_deref())
-                .is_some_and(|url| build::queue_name_in_url(url) == queue);
-            let same_group = group && st.and_then(|s| s.fleet.as_deref()) == Some(fleet);
-            same_queue || same_group
-        })
-        .map(|other| {
-            format!(
-                "{}/{}",
-                other.namespace().unwrap_or_default(),
-                other.name_any()
-            )
-        })
-        .collect())
+    Ok(listed.items)
 }
 
 /// Which fleet (its [`fleet_identity`]) a pool being deleted releases: the
@@ -774,7 +739,12 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         pool.status.as_ref().and_then(|s| s.fleet.as_deref()),
         pool.spec.provider.as_ref(),
     );
-    let sharers = sharing(pool, ctx, &queue_name, &identity, false).await?;
+    let uses = pool_sharing::Uses {
+        queue: queue_name.clone(),
+        fleet: identity.clone(),
+    };
+    let pools = all_pools(pool, ctx).await?;
+    let sharers = pool_sharing::in_use_by_others(pool, &uses, &pools);
     if !sharers.is_empty() {
         ctx.event(
             pool,
@@ -828,6 +798,11 @@ async fn release(pool: &WorkerPool, ctx: &Context) -> Result<(), Error> {
         .await;
     }
     ctx.metrics.forget_pool(&pool_labels(&ns, &name));
+    // Pools refused for naming what this one had wait on nothing else: no
+    // change of their own would wake them.
+    for waiting in pool_sharing::waiting_for(pool, &uses, &pools) {
+        let _ = ctx.wake_pool.send(waiting);
+    }
     // The Deployment goes with its owner (garbage collection).
     Ok(())
 }

@@ -1296,6 +1296,49 @@ fn a_pool_queue_takes_the_pools_settings_and_keeps_its_name() {
     assert_eq!(c.queue_url("p"), queue.url());
 }
 
+/// Two pools applied together on one queue: the first made keeps it and the
+/// other is refused, naming it (both ran on it when only statuses were
+/// compared); once the first is deleted, the other is woken and takes the
+/// queue, with nothing changed on it.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn of_two_pools_applied_together_on_one_queue_the_later_waits_for_the_first() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-share");
+    let _operator = c.operator("operator.log", &[]);
+    let queue = format!("cloudkon-{}_shared", c.ns);
+    let pool = |name: &str| {
+        format!(
+            r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: WorkerPool
+metadata: {{name: {name}}}
+spec:
+  workers: {{min: 0, max: 1}}
+  template: {{image: cloudkon/worker:test}}
+  queue: {{name: {queue}}}
+"#
+        )
+    };
+    // One apply: the same second, so the names decide ("a" first).
+    c.apply(&format!("{}---{}", pool("a"), pool("b")));
+    let url = c.queue_url("a");
+    let (_, reason, message) = c.wait_for("b refused", Duration::from_secs(30), |c| {
+        pool_condition(c, "b", "Accepted").filter(|x| x.0 == "False")
+    });
+    assert_eq!(reason, "InvalidSpec");
+    let a = format!("WorkerPool {}/a, made before this one", c.ns);
+    assert!(message.contains(&a), "{message}");
+    assert_eq!(c.pool("b").status.and_then(|s| s.queue_url), None);
+
+    c.ok(&["delete", "workerpool", "a", "--wait=false"]);
+    c.wait_for("a deleted", Duration::from_secs(60), |c| pool_gone(c, "a"));
+    c.wait_for("b accepted", Duration::from_secs(30), |c| {
+        pool_condition(c, "b", "Accepted").filter(|x| x.0 == "True")
+    });
+    assert_eq!(c.queue_url("b"), url);
+}
+
 /// Bundles left in a pool's priority lane (sent by a runner for workers
 /// older than the lane, which read only the queue) go to the queue when the
 /// operator looks: at its first reconcile of the pool, and 30 s after a

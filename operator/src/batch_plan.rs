@@ -261,6 +261,14 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             (Ok(()), Some(_)) if o.missing_bucket.is_some() => {
                 (Runner::Leave, false, Then::Requeue(Duration::from_secs(10)))
             }
+            // Created suspended: no runner until it is resumed. A runner
+            // records the batch's pool, tasks and cut as it starts, and
+            // those are fixed from then on: its spec stays free to edit
+            // while nothing was sent (a runner already running, suspended
+            // before it wrote its start, is left to wait itself).
+            (Ok(()), Some(_)) if spec.suspend == Some(true) && old.start_time.is_none() => {
+                (Runner::Leave, false, Then::AwaitChange)
+            }
             // The last runner failed: the next waits its turn.
             (Ok(()), Some(_))
                 if o.runner_failing
@@ -589,6 +597,29 @@ mod tests {
     /// A runner that stops on an error each time it starts: the next waits
     /// its delay (no runner, no reconcile before it), the batch says why
     /// with a Warning per failure, and says it no more once one ran well.
+    #[test]
+    fn a_batch_created_suspended_starts_no_runner_until_resumed() {
+        let b = batch(json!({"suspend": true}), None);
+        let plan = decide(&observed(&b));
+        assert_eq!(plan.runner, Runner::Leave);
+        assert_eq!(plan.then, Then::AwaitChange);
+        let part = plan.status.expect("a first status");
+        assert_eq!(part.phase, Some(Phase::Pending));
+        assert_eq!(condition(&part, "Accepted"), ("True", "Valid"));
+        assert_eq!(condition(&part, "Suspended"), ("True", "Suspended"));
+        // Resumed: its runner starts.
+        let b = batch(json!({"suspend": false}), None);
+        assert!(matches!(decide(&observed(&b)).runner, Runner::Run { .. }));
+        // Suspended once started: its runner runs on, and waits itself.
+        let started = TaskBatchStatus {
+            phase: Some(Phase::Enqueuing),
+            start_time: Some(at(NOW - 60)),
+            ..TaskBatchStatus::default()
+        };
+        let b = batch(json!({"suspend": true}), Some(started));
+        assert!(matches!(decide(&observed(&b)).runner, Runner::Run { .. }));
+    }
+
     #[test]
     fn a_failing_runner_waits_its_delay_and_the_batch_says_why() {
         let failing = |b: &TaskBatch, count: u32, retry_in: u64| {

@@ -2118,6 +2118,20 @@ spec:
     assert_eq!(status, "True");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(c.batch("later").status.unwrap().counts.enqueued, 0);
+    // Nothing sent yet: its tasks may still change (they were refused as
+    // if sent, when a runner started suspended recorded them).
+    c.apply(&format!(
+        "{}  suspend: true\n",
+        run_batch("later", "p", 6, "true")
+    ));
+    c.wait_for("the edit seen", Duration::from_secs(20), |c| {
+        let b = c.batch("later");
+        (b.status?.observed_generation == b.metadata.generation).then_some(())
+    });
+    assert_eq!(
+        condition(&c.batch("later"), "Accepted").map(|x| x.0),
+        Some("True".to_string())
+    );
     c.ok(&[
         "patch",
         "taskbatch",
@@ -2130,7 +2144,7 @@ spec:
         .wait_finished("later", Duration::from_secs(60))
         .status
         .unwrap();
-    assert_eq!(s.counts.succeeded, 4);
+    assert_eq!(s.counts.succeeded, 6);
 
     // Cancelled while suspended: Cancelled, with a Failed condition that says so.
     c.apply(&format!(

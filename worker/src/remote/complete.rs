@@ -510,10 +510,12 @@ fn mark_sent<Q, L, R>(ctx: &Ctx<Q, L, R>, pending: &mut HashMap<String, Pending>
 }
 
 /// Whether `batch` was cancelled or deleted (marked in the ledger): its
-/// results have nowhere to go. Asked afresh, not from the admission cache,
-/// which may predate the deletion's mark by `cancel_check`. Without a ledger
-/// (no dedup) or a batch, taken as ended, as a missing response queue always
-/// was; a ledger that does not answer, as not.
+/// results have nowhere to go. A cancel cached is for good; otherwise asked
+/// afresh, not from the admission cache, which may predate the deletion's
+/// mark by `cancel_check`. Without a ledger (no dedup) or a batch, taken as
+/// ended, as a missing response queue always was; a ledger that does not
+/// answer within [`ENDED_ASK_LIMIT`], as not (asked again at the queue's
+/// next try).
 async fn batch_ended<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: Option<&str>) -> bool
 where
     L: DedupLedger,
@@ -521,10 +523,19 @@ where
     let (Some(ledger), Some(batch)) = (&ctx.ledger, batch) else {
         return true;
     };
-    super::fetch::ask_cancelled(ctx, ledger.as_ref(), batch)
-        .await
-        .unwrap_or(false)
+    if super::fetch::cached_cancel(ctx, batch).is_some_and(|(cancelled, _)| cancelled) {
+        return true;
+    }
+    let asked = super::fetch::ask_cancelled(ctx, ledger.as_ref(), batch);
+    matches!(
+        tokio::time::timeout(ENDED_ASK_LIMIT, asked).await,
+        Ok(Ok(true))
+    )
 }
+
+/// How long the completer's round waits for [`batch_ended`]'s answer: the
+/// other batches' results wait with it.
+const ENDED_ASK_LIMIT: Duration = Duration::from_secs(1);
 
 /// Stops the worker for `reason`: no more receives, running tasks abandoned,
 /// and every held bundle given back with what was reported (the completer's

@@ -769,6 +769,48 @@ async fn a_missing_or_failing_response_queue_does_not_hold_back_other_batches_re
     assert_eq!(WorkerStats::get(&stats.tasks_succeeded), 2);
 }
 
+/// Whether a batch whose response queue is missing was cancelled is asked
+/// of the ledger in the completer's round: a ledger that does not answer
+/// holds that round (every batch's results) for 1 s at most, not for the
+/// claim's 10 s, each round again while the queue is missing.
+#[tokio::test]
+async fn a_stalled_cancel_question_does_not_hold_back_other_batches_results() {
+    let mut missing = bundle(0, vec![TaskSpec::Sleep { ms: 0 }]);
+    missing.reply_to = Some("gone".into());
+    for t in &mut missing.tasks {
+        t.batch = BatchId::new("old");
+    }
+    // Ends after the first round has asked about "old".
+    let live = bundle(
+        100,
+        vec![TaskSpec::Sleep { ms: 300 }, TaskSpec::Sleep { ms: 300 }],
+    );
+    let queue = Arc::new(MemoryQueue::bounded(2));
+    queue.send(vec![missing, live]).await.unwrap();
+    queue.close();
+    let ledger = Arc::new(CountingLedger::default());
+    // Its admission is answered; the completer's question never is.
+    *ledger.stalled_marks.lock().unwrap() = Some(("old".into(), 0));
+    let router = Arc::new(FlakyRouter::default());
+    let mut config = config();
+    config.pool.slots = 4;
+    config.response_queue_return = Duration::from_secs(600);
+    config.cancel_check = Duration::from_secs(600);
+    let (worker, shutdown) = start(queue, Some(ledger.clone()), router.clone(), config);
+    let started = std::time::Instant::now();
+    while router.inner.results("resp").len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the live batch's results wait behind the question on the other"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ledger.stalled_marks.lock().unwrap().as_ref().unwrap().1 >= 2);
+    shutdown.stop.cancel();
+    shutdown.abort.cancel();
+    worker.await.unwrap();
+}
+
 /// A policy on one batch's response queue refuses the worker's sends while
 /// its other batches' go through: past `give_up_after` the worker gives that
 /// batch's bundle back (for a worker that can send, or the dead-letter
@@ -1368,6 +1410,9 @@ struct CountingLedger {
     slow_claim: Mutex<Option<Duration>>,
     /// Claims fail while set (a ledger down).
     failing_claims: std::sync::atomic::AtomicBool,
+    /// Reads of this batch's marks after its first never answer (a ledger
+    /// that stalls on one item).
+    stalled_marks: Mutex<Option<(String, usize)>>,
 }
 
 impl CountingLedger {
@@ -1389,6 +1434,16 @@ impl DedupLedger for CountingLedger {
     async fn batch_marks(&self, batch: &str) -> Result<BatchMarks, LedgerError> {
         self.cancel_checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stall = match &mut *self.stalled_marks.lock().unwrap() {
+            Some((stalled, asked)) if stalled == batch => {
+                *asked += 1;
+                *asked > 1
+            }
+            _ => false,
+        };
+        if stall {
+            std::future::pending::<()>().await;
+        }
         self.inner.batch_marks(batch).await
     }
 

@@ -179,6 +179,10 @@ pub fn worker_deployment(
     let pod = PodSpec {
         containers: vec![container],
         service_account_name: template.service_account_name.clone(),
+        // Workers never call the Kubernetes API: a token mounted would hand
+        // whoever may create a WorkerPool the rights of any service account
+        // of its namespace. IRSA and EKS Pod Identity mount their own.
+        automount_service_account_token: Some(false),
         node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
         termination_grace_period_seconds: Some(WORKER_GRACE_SECONDS + 5),
         // What Pod Security's `restricted` level asks, with the container's
@@ -522,6 +526,8 @@ mod tests {
             pod.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)
         );
+        // No Kubernetes token: workers never call the API.
+        assert_eq!(pod.automount_service_account_token, Some(false));
         // A writable /tmp despite the read-only root, of bounded size.
         assert_eq!(c.volume_mounts.as_ref().unwrap()[0].mount_path, "/tmp");
         assert_eq!(c.volume_mounts.as_ref().unwrap()[0].name, "tmp");

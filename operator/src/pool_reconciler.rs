@@ -677,7 +677,9 @@ async fn report_cleanup_failure(pool: &WorkerPool, ctx: &Context, message: &str)
 
 /// Every WorkerPool the operator may see: in all namespaces (explicit queue
 /// names may meet across them), or in the pool's own where it may list only
-/// that one.
+/// that one (Forbidden: an operator of one namespace). Any other error is
+/// the reconcile's: a pool accepted, or a queue deleted, on a partial list
+/// could take or delete another namespace's queue.
 async fn all_pools(pool: &WorkerPool, ctx: &Context) -> Result<Vec<WorkerPool>, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let listed = match Api::<WorkerPool>::all(ctx.client.clone())
@@ -685,12 +687,21 @@ async fn all_pools(pool: &WorkerPool, ctx: &Context) -> Result<Vec<WorkerPool>, 
         .await
     {
         Ok(list) => list,
+        Err(e) if !is_forbidden(&e) => {
+            return Err(Error::kube(
+                "cannot list the WorkerPools of every namespace",
+            )(e));
+        }
         Err(_) => Api::<WorkerPool>::namespaced(ctx.client.clone(), &ns)
             .list(&Default::default())
             .await
             .map_err(Error::kube(format!("cannot list the WorkerPools of {ns}")))?,
     };
     Ok(listed.items)
+}
+
+fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403)
 }
 
 /// Which fleet (its [`fleet_identity`]) a pool being deleted releases: the

@@ -455,6 +455,59 @@ async fn a_pool_deleted_keeps_the_queue_another_pool_uses() {
 }
 
 #[tokio::test]
+async fn a_pool_deleted_while_the_pools_cannot_be_listed_keeps_its_queue_for_now() {
+    // The list of every namespace's pools fails (not Forbidden): the pool
+    // cannot tell whether another namespace's pool uses its queue.
+    let spec = json!({"workers": {"min": 0, "max": 5}, "template": {"image": "w:1"},
+                      "queue": {"name": "cloudkon-shared"}});
+    let status = json!({"queueUrl": "http://127.0.0.1:9/000000000000/cloudkon-shared",
+                        "fleet": "Deployment"});
+    let mut deleted = serde_json::to_value(pool(spec, Some(status))).unwrap();
+    deleted["metadata"]["deletionTimestamp"] = json!("2026-12-03T10:00:00Z");
+    let answer = deleted.clone();
+    let (client, log) = scripted(move |seen| {
+        if seen
+            .uri
+            .starts_with("/apis/cloudkon.io/v1alpha1/workerpools")
+        {
+            (
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "InternalError", "code": 500, "message": "etcd is down"}),
+            )
+        } else if seen.uri.contains("/taskbatches") {
+            (
+                200,
+                json!({"apiVersion": "cloudkon.io/v1alpha1", "kind": "TaskBatchList",
+                         "metadata": {}, "items": []}),
+            )
+        } else if seen.uri.contains("/workerpools/pool") {
+            (200, answer.clone())
+        } else {
+            (201, seen.body.clone())
+        }
+    });
+    let pool: WorkerPool = serde_json::from_value(deleted).unwrap();
+    let failed = pool_reconciler::reconcile(Arc::new(pool), context(client)).await;
+    let message = format!("{:?}", failed.expect_err("the cleanup waits for the list"));
+    assert!(message.contains("every namespace"), "{message}");
+    let seen = log.lock().unwrap().clone();
+    // Not looked up in its own namespace alone, and the finalizer stays.
+    assert!(
+        !seen.iter().any(|s| s
+            .uri
+            .starts_with("/apis/cloudkon.io/v1alpha1/namespaces/ns/workerpools?")),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == "PATCH" && s.uri.contains("/workerpools/pool?")),
+        "{seen:#?}"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_write_names_the_object_and_keeps_its_category() {
     let b = batch(sleep_spec(json!({})), None);
     let (client, _) = scripted(|seen| {

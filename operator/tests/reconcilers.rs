@@ -404,6 +404,29 @@ async fn a_pool_whose_provider_moves_off_its_running_workers_is_refused() {
     );
 }
 
+/// An API server for the deletion of pool "pool" (`deleted`): it lists
+/// every namespace's pools as `pools` answers, no TaskBatches.
+fn deletion_server(deleted: Value, pools: (u16, Value)) -> (Client, Log) {
+    scripted(move |seen| {
+        if seen
+            .uri
+            .starts_with("/apis/cloudkon.io/v1alpha1/workerpools")
+        {
+            pools.clone()
+        } else if seen.uri.contains("/taskbatches") {
+            (
+                200,
+                json!({"apiVersion": "cloudkon.io/v1alpha1", "kind": "TaskBatchList",
+                         "metadata": {}, "items": []}),
+            )
+        } else if seen.uri.contains("/workerpools/pool") {
+            (200, deleted.clone())
+        } else {
+            (201, seen.body.clone())
+        }
+    })
+}
+
 #[tokio::test]
 async fn a_pool_deleted_keeps_the_queue_another_pool_uses() {
     // Pool "pool" is deleted; pool "a" (made first) has the same queue.
@@ -418,25 +441,7 @@ async fn a_pool_deleted_keeps_the_queue_another_pool_uses() {
     other["metadata"]["uid"] = json!("a-1");
     let pools = json!({"apiVersion": "cloudkon.io/v1alpha1", "kind": "WorkerPoolList",
                        "metadata": {}, "items": [other, deleted.clone()]});
-    let answer = deleted.clone();
-    let (client, log) = scripted(move |seen| {
-        if seen
-            .uri
-            .starts_with("/apis/cloudkon.io/v1alpha1/workerpools")
-        {
-            (200, pools.clone())
-        } else if seen.uri.contains("/taskbatches") {
-            (
-                200,
-                json!({"apiVersion": "cloudkon.io/v1alpha1", "kind": "TaskBatchList",
-                         "metadata": {}, "items": []}),
-            )
-        } else if seen.uri.contains("/workerpools/pool") {
-            (200, answer.clone())
-        } else {
-            (201, seen.body.clone())
-        }
-    });
+    let (client, log) = deletion_server(deleted.clone(), (200, pools));
     let pool: WorkerPool = serde_json::from_value(deleted).unwrap();
     // Deleting the queues would go to a closed port and fail the cleanup.
     pool_reconciler::reconcile(Arc::new(pool), context(client))
@@ -464,29 +469,9 @@ async fn a_pool_deleted_while_the_pools_cannot_be_listed_keeps_its_queue_for_now
                         "fleet": "Deployment"});
     let mut deleted = serde_json::to_value(pool(spec, Some(status))).unwrap();
     deleted["metadata"]["deletionTimestamp"] = json!("2026-12-03T10:00:00Z");
-    let answer = deleted.clone();
-    let (client, log) = scripted(move |seen| {
-        if seen
-            .uri
-            .starts_with("/apis/cloudkon.io/v1alpha1/workerpools")
-        {
-            (
-                500,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                       "reason": "InternalError", "code": 500, "message": "etcd is down"}),
-            )
-        } else if seen.uri.contains("/taskbatches") {
-            (
-                200,
-                json!({"apiVersion": "cloudkon.io/v1alpha1", "kind": "TaskBatchList",
-                         "metadata": {}, "items": []}),
-            )
-        } else if seen.uri.contains("/workerpools/pool") {
-            (200, answer.clone())
-        } else {
-            (201, seen.body.clone())
-        }
-    });
+    let down = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                      "reason": "InternalError", "code": 500, "message": "etcd is down"});
+    let (client, log) = deletion_server(deleted.clone(), (500, down));
     let pool: WorkerPool = serde_json::from_value(deleted).unwrap();
     let failed = pool_reconciler::reconcile(Arc::new(pool), context(client)).await;
     let message = format!("{:?}", failed.expect_err("the cleanup waits for the list"));

@@ -23,6 +23,10 @@ RUN apt-get update \
     && useradd --uid 10001 --create-home cloudkon
 COPY --from=build /out/cloudkon-worker /usr/local/bin/
 USER 10001
+# `run` tasks start here: on pods the root is read-only and /tmp the one
+# writable place, so a task writing a relative path works as under
+# `cloudkon run`.
+WORKDIR /tmp
 ENV CLOUDKON_LOG_FORMAT=json CLOUDKON_METRICS_ADDR=0.0.0.0:9090
 EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/cloudkon-worker"]

@@ -298,7 +298,11 @@ fn mixed_workload(count: u32) -> String {
             0 => "sleep 0\n".to_string(),
             1 => "sleep 100\n".to_string(),
             2 => format!("run echo task {i}\n"),
-            _ => format!("run sh -c 'echo seed={i} square=$(({i} * {i}))'\n"),
+            // A relative path written: the pod's root is read-only, and
+            // the worker image starts tasks in its writable /tmp.
+            _ => format!(
+                "run sh -c 'echo seed={i} square=$(({i} * {i})) > out-{i} && cat out-{i} && rm out-{i}'\n"
+            ),
         };
     }
     lines

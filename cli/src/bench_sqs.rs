@@ -107,7 +107,7 @@ pub fn run(args: &SqsArgs) -> Result<()> {
     if std::env::var_os("AWS_ENDPOINT_URL_SQS").is_none()
         && std::env::var_os("AWS_ENDPOINT_URL").is_none()
     {
-        eprintln!(
+        say!(
             "note: no AWS_ENDPOINT_URL_SQS: this runs against real AWS in your default region, \
              and costs money. For local servers: source \"$(scripts/aws-servers up)\""
         );

@@ -69,11 +69,11 @@ pub fn run(command: QueueCommand) -> Result<ExitCode> {
                     .with_context(|| format!("cannot create queue `{name}`"))?;
                 println!("{}", queue.url());
                 if let Some(dlq) = queue.dead_letter_url() {
-                    eprintln!("dead-letter queue: {dlq}");
+                    say!("dead-letter queue: {dlq}");
                 } else if let Some(dlq) = kept_dead_letter_queue(&sqs, queue.url()).await? {
                     // SetQueueAttributes leaves a redrive policy it is not
                     // given: say so, or the user believes there is none.
-                    eprintln!(
+                    say!(
                         "dead-letter queue: {dlq} (kept from before: give --max-receives to change how many receives move a bundle there)"
                     );
                 }
@@ -81,12 +81,12 @@ pub fn run(command: QueueCommand) -> Result<ExitCode> {
             QueueCommand::Delete { queue } => {
                 let q = sqs.open(&queue).await.with_context(|| format!("cannot open queue `{queue}`"))?;
                 q.delete().await.with_context(|| format!("cannot delete queue `{queue}`"))?;
-                eprintln!("deleted {}", q.url());
+                say!("deleted {}", q.url());
             }
             QueueCommand::Purge { queue } => {
                 let q = sqs.open(&queue).await.with_context(|| format!("cannot open queue `{queue}`"))?;
                 q.purge().await.with_context(|| format!("cannot purge queue `{queue}`"))?;
-                eprintln!("purged {}", q.url());
+                say!("purged {}", q.url());
             }
             QueueCommand::Stats { queue, json } => {
                 let q = sqs.open(&queue).await.with_context(|| format!("cannot open queue `{queue}`"))?;

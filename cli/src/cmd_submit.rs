@@ -97,10 +97,10 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
             Err(e) => {
                 if let Ok(response) = sqs.open(&response_queue_name(&batch)).await {
                     match cancel(&aws, &args.ledger_table, &batch, &response).await {
-                        Ok(()) => eprintln!(
+                        Ok(()) => say!(
                             "cancelled: the workers leave the batch's tasks that have not started"
                         ),
-                        Err(c) => eprintln!("{c:#}: the batch's remaining tasks stay queued"),
+                        Err(c) => say!("{c:#}: the batch's remaining tasks stay queued"),
                     }
                 }
                 return Err(e);
@@ -117,19 +117,19 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
     summary.peak_rss_bytes = memory::peak_rss_bytes();
     outcome::print_summary(&summary, args.common.json)?;
     match cancelled {
-        Some(Ok(())) => eprintln!(
+        Some(Ok(())) => say!(
             "cancelled: the workers leave the batch's tasks that have not started (its mark is in \
              the ledger table `{}`), and drop the results of those still running",
             args.ledger_table
         ),
-        Some(Err(e)) => eprintln!(
+        Some(Err(e)) => say!(
             "{e:#}: the batch's remaining tasks stay queued; their results go to {response_url} \
              (delete it with `cloudkon queue delete {response_url}`)"
         ),
         None => {}
     }
     if let Err(e) = flushed {
-        eprintln!("error: cannot write results: {e}");
+        say!("error: cannot write results: {e}");
         return Ok(ExitCode::from(exit::ERROR));
     }
     Ok(outcome::finish(&summary))

@@ -54,7 +54,7 @@ pub fn run(command: WorkloadCommand) -> Result<ExitCode> {
         WorkloadCommand::Check { workload: path } => match workload::validate_file(&path) {
             // What `run` and `submit` refuse is not a valid workload either.
             Ok(stats) if stats.tasks == 0 => {
-                eprintln!("error: {}: no tasks in this workload", path.display());
+                say!("error: {}: no tasks in this workload", path.display());
                 Ok(ExitCode::from(exit::USAGE))
             }
             Ok(stats) => {
@@ -70,10 +70,10 @@ pub fn run(command: WorkloadCommand) -> Result<ExitCode> {
             }
             Err(errors) => {
                 for e in &errors {
-                    eprintln!("error: {e}");
+                    say!("error: {e}");
                 }
                 if errors.len() >= workload::MAX_REPORTED_ERRORS {
-                    eprintln!("(stopped after {} errors)", errors.len());
+                    say!("(stopped after {} errors)", errors.len());
                 }
                 Ok(ExitCode::from(exit::USAGE))
             }
@@ -103,7 +103,7 @@ fn write_to(
         return write_straight(file, write, &path.display().to_string(), false);
     }
     if let Some(message) = report::not_a_file("-o", &path) {
-        eprintln!("error: {message}");
+        say!("error: {message}");
         return Ok(ExitCode::from(exit::USAGE));
     }
     let mut out = BufWriter::new(report::temp_beside(&path)?);
@@ -144,8 +144,8 @@ fn write_straight(
 /// A workload the generator refuses to write (`run` with no program): bad usage.
 fn refused(e: &io::Error, path: Option<&Path>) -> Result<ExitCode> {
     match path {
-        Some(path) => eprintln!("error: {e}: nothing written to {}", path.display()),
-        None => eprintln!("error: {e}"),
+        Some(path) => say!("error: {e}: nothing written to {}", path.display()),
+        None => say!("error: {e}"),
     }
     Ok(ExitCode::from(exit::USAGE))
 }

@@ -1,5 +1,14 @@
 //! `cloudkon`: run many-task workloads on this machine, or (later) in the cloud.
 
+/// `eprintln!` that does not panic when stderr is closed (`2>&1 | head`): a
+/// message no one reads, rather than exit 101 in place of the command's own.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod batch_args;
 mod bench;
 mod bench_sqs;
@@ -15,10 +24,12 @@ mod report;
 mod results_file;
 mod same_file;
 mod signals;
+mod temp_outputs;
 mod workload_file;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use cloudkon_worker::logging::LogFormat;
 
@@ -82,7 +93,7 @@ enum Command {
     /// Simulate a pool and its batches in time-warped time with the
     /// operator's own decision code: runs `cloudkon-operator simulate` (next
     /// to this binary) with these arguments (`cloudkon simulate --help`
-    /// shows them), e.g.
+    /// shows them).
     ///
     ///   cloudkon simulate examples/simulations/shares-1-2-5.yaml --svg /tmp/sim
     #[command(disable_help_flag = true, verbatim_doc_comment)]
@@ -101,8 +112,12 @@ fn main() -> ExitCode {
         Command::Submit(args) => cmd_submit::run(args),
         Command::Queue(cmd) => cmd_queue::run(cmd),
         Command::Workers(args) => cmd_queue::workers(args),
-        Command::Workload(cmd) => cmd_workload::run(cmd),
-        Command::Report(args) => report::run(args),
+        Command::Workload(cmd) => temp_outputs::remove_on_signal()
+            .context("cannot watch for signals")
+            .and_then(|()| cmd_workload::run(cmd)),
+        Command::Report(args) => temp_outputs::remove_on_signal()
+            .context("cannot watch for signals")
+            .and_then(|()| report::run(args)),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Batch { args } => operator_exec::run("batch", &args),
         Command::Simulate { args } => operator_exec::run("simulate", &args),
@@ -110,7 +125,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             ExitCode::from(exit::ERROR)
         }
     }

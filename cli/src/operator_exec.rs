@@ -21,13 +21,13 @@ pub fn run(subcommand: &str, args: &[OsString]) -> Result<ExitCode> {
 /// own errors in `batch` and `simulate` are.
 fn run_at(operator: &Path, subcommand: &str, args: &[OsString]) -> ExitCode {
     if !operator.exists() {
-        eprintln!("error: {}", not_found(operator, subcommand));
+        say!("error: {}", not_found(operator, subcommand));
         return ExitCode::from(crate::exit::USAGE);
     }
     let status = match Command::new(operator).arg(subcommand).args(args).status() {
         Ok(status) => status,
         Err(e) => {
-            eprintln!("error: cannot run {}: {e}", operator.display());
+            say!("error: cannot run {}: {e}", operator.display());
             return ExitCode::from(crate::exit::USAGE);
         }
     };

@@ -40,9 +40,10 @@ pub fn exit_code(summary: &Summary) -> u8 {
 pub fn finish(summary: &Summary) -> ExitCode {
     let code = exit_code(summary);
     if code == exit::ERROR {
-        eprintln!(
+        say!(
             "error: {} of {} tasks were not run: the workload changed while it ran",
-            summary.not_run, summary.tasks
+            summary.not_run,
+            summary.tasks
         );
     }
     ExitCode::from(code)

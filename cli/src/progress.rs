@@ -1,13 +1,13 @@
 //! Progress display: a bar on a terminal, a plain line now and then otherwise
 //! (so that logs of CI jobs and `nohup` runs stay readable).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudkon_core::summary::format_rate;
 use cloudkon_worker::Progress;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 /// How often a plain progress line is printed when stderr is not a terminal.
@@ -41,9 +41,17 @@ async fn bar(total: u64, progress: Arc<Progress>, done: CancellationToken) {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(10));
     bar.set_style(
         ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} {per_sec} {msg}",
+            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} {rate} {msg}",
         )
         .expect("valid template")
+        // Three significant digits, as the summary says it (indicatif's
+        // `per_sec` shows four decimals).
+        .with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}/s", format_rate(state.per_sec()));
+            },
+        )
         .progress_chars("=> "),
     );
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -60,6 +68,9 @@ async fn bar(total: u64, progress: Arc<Progress>, done: CancellationToken) {
     }
     bar.set_position(progress.done());
     bar.abandon();
+    // The bar's line is left without an end: the summary that follows
+    // would start on it.
+    let _ = writeln!(std::io::stderr());
 }
 
 async fn plain(total: u64, progress: Arc<Progress>, done: CancellationToken) {
@@ -77,7 +88,7 @@ async fn plain(total: u64, progress: Arc<Progress>, done: CancellationToken) {
         } else {
             100.0
         };
-        eprintln!(
+        say!(
             "progress: {n}/{total} ({pct:.1}%), {} failed, {} tasks/s",
             progress.failed(),
             format_rate(rate)

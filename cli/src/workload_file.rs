@@ -27,13 +27,13 @@ pub fn validate(
     to: Destination,
 ) -> std::result::Result<WorkloadStats, ExitCode> {
     if let Err(message) = check_readable_twice(path, output) {
-        eprintln!("error: {message}");
-        eprintln!("nothing was run");
+        say!("error: {message}");
+        say!("nothing was run");
         return Err(ExitCode::from(exit::USAGE));
     }
     match workload::validate_file(path) {
         Ok(stats) if stats.tasks == 0 => {
-            eprintln!("error: {}: no tasks in this workload", path.display());
+            say!("error: {}: no tasks in this workload", path.display());
             Err(ExitCode::from(exit::USAGE))
         }
         Ok(stats) => match to {
@@ -42,12 +42,12 @@ pub fn validate(
         },
         Err(errors) => {
             for e in &errors {
-                eprintln!("error: {e}");
+                say!("error: {e}");
             }
             if errors.len() >= workload::MAX_REPORTED_ERRORS {
-                eprintln!("(stopped after {} errors)", errors.len());
+                say!("(stopped after {} errors)", errors.len());
             }
-            eprintln!("nothing was run: fix the workload and try again");
+            say!("nothing was run: fix the workload and try again");
             Err(ExitCode::from(exit::USAGE))
         }
     }
@@ -57,8 +57,8 @@ pub fn validate(
 /// SQS at each send, and its bundle's tasks never run.
 fn fits_messages(path: &Path) -> std::result::Result<(), ExitCode> {
     let refuse = |message: String| {
-        eprintln!("error: {message}");
-        eprintln!("nothing was sent");
+        say!("error: {message}");
+        say!("nothing was sent");
         Err(ExitCode::from(exit::USAGE))
     };
     let long = std::fs::File::open(path)
@@ -78,7 +78,7 @@ fn fits_messages(path: &Path) -> std::result::Result<(), ExitCode> {
         return Ok(());
     }
     for t in &too_large {
-        eprintln!("error: {}: {}", path.display(), t.message());
+        say!("error: {}: {}", path.display(), t.message());
     }
     refuse(format!(
         "{}: tasks too large for a queue message (`cloudkon run` runs them here)",

@@ -66,6 +66,81 @@ fn runs_the_shipped_sleep_workload_and_summarises_it() {
 }
 
 #[test]
+fn no_more_slots_than_tasks() {
+    // The most slots allowed, over 8 tasks: 8 slots, not 100,000 of them
+    // held in memory (2 GB) with nothing to run.
+    let out = cloudkon()
+        .args(["run", "--json", "--workers", "100000"])
+        .arg(example("mixed.txt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Summary = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((summary.tasks, summary.succeeded, summary.slots), (8, 8, 8));
+}
+
+/// `cloudkon run bad.txt 2>&1 | head`: the reader gone, the errors are not
+/// written, and the exit code is still the command's own (2, a bad
+/// workload), not a panic's 101.
+#[test]
+fn errors_on_a_closed_stderr_keep_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("bad.txt");
+    std::fs::write(&workload, "sleep ten\n".repeat(30)).unwrap();
+    let mut child = cloudkon()
+        .arg("run")
+        .arg(&workload)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(2));
+}
+
+/// `workload -o` (and `report`) write beside the output and rename it into
+/// place when whole: a signal before that leaves neither the output nor the
+/// hidden file it was being written in.
+#[test]
+fn an_interrupted_workload_output_leaves_no_hidden_file() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("w.txt");
+        let child = cloudkon()
+            .args([
+                "workload",
+                "sleep",
+                "--ms",
+                "0",
+                "--count",
+                "500000000",
+                "-o",
+            ])
+            .arg(&output)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(
+            &|| {
+                std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .any(|e| e.unwrap().metadata().is_ok_and(|m| m.len() > 1_000_000))
+            },
+            "the output being written",
+        );
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{signal}: {}", stderr(&out));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{signal}: left behind: {left:?}");
+    }
+}
+
+#[test]
 fn json_summary_and_results_file_cover_every_task() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results.jsonl");

@@ -369,6 +369,30 @@ async fn a_local_text_file_is_not_an_image() {
         reason(&out).starts_with(&format!("image {missing}: No such file or directory")),
         "{out:?}"
     );
+    // A FIFO no one writes: refused at once, where opening it waited for a
+    // writer, holding the slot past a timeout or Ctrl-C.
+    let fifo = dir.path().join("pipe.jpg");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let url = format!("file://{}", fifo.display());
+    // A writer after 20 s, so that a read that waits for one ends (and the
+    // assertion below fails) rather than hangs the test.
+    let writer = fifo.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = std::fs::OpenOptions::new().write(true).open(writer);
+    });
+    let out = s
+        .executor
+        .execute(&task(5, spec(vec![url.clone()])), LIMITS)
+        .await;
+    assert_eq!(
+        reason(&out),
+        format!("image {url}: not a regular file (a directory, a FIFO or a device)")
+    );
     s.assert_clean();
 }
 

@@ -65,7 +65,7 @@ pub struct ReportArgs {
 
 pub fn run(args: ReportArgs) -> Result<ExitCode> {
     if args.output.is_none() && args.trace.is_none() {
-        eprintln!(
+        say!(
             "error: nothing to write: give -o report.html, --trace trace.json, or both \
              (see `cloudkon report --help`)"
         );
@@ -77,7 +77,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         .into_iter()
         .find_map(|(flag, path)| not_a_file(flag, path.as_deref()?));
     if let Some(message) = not_files {
-        eprintln!("error: {message}");
+        say!("error: {message}");
         return Ok(ExitCode::from(exit::USAGE));
     }
     let began = Instant::now();
@@ -88,7 +88,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         .metadata()
         .with_context(|| format!("cannot read results file {source}"))?;
     if let Some(message) = output_is_input(&input, &args).or_else(|| page_is_trace(&args)) {
-        eprintln!("error: {message}");
+        say!("error: {message}");
         return Ok(ExitCode::from(exit::USAGE));
     }
     // Each output is written beside its final name and renamed when the
@@ -127,7 +127,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
         Ok(())
     })?;
     if let Some((line, e)) = cut_short {
-        eprintln!(
+        say!(
             "warning: {source}:{line}: skipped: the last line is cut short (no newline at \
              its end, as a run stopped or still writing leaves it): {e}"
         );
@@ -135,20 +135,20 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
 
     if error_count > 0 {
         for e in &errors {
-            eprintln!("error: {e}");
+            say!("error: {e}");
         }
         if error_count > errors.len() as u64 {
-            eprintln!(
+            say!(
                 "error: and {} more malformed lines",
                 error_count - errors.len() as u64
             );
         }
         let lines = if error_count == 1 { "line" } else { "lines" };
-        eprintln!("nothing was written: {error_count} malformed {lines} in {source}");
+        say!("nothing was written: {error_count} malformed {lines} in {source}");
         return Ok(ExitCode::from(exit::USAGE));
     }
     if collector.tasks() == 0 {
-        eprintln!("error: {source}: no results in this file");
+        say!("error: {source}: no results in this file");
         return Ok(ExitCode::from(exit::USAGE));
     }
     let tasks = collector.tasks();
@@ -326,10 +326,12 @@ pub(crate) fn temp_beside(path: &Path) -> Result<NamedTempFile> {
         _ => Path::new("."),
     };
     // Readable as any new file would be (the umask applies), not 0600.
-    tempfile::Builder::new()
+    let temp = tempfile::Builder::new()
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
-        .with_context(|| format!("cannot create {}", path.display()))
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    crate::temp_outputs::writing(temp.path());
+    Ok(temp)
 }
 
 /// Renames `temp`, written whole, over `path` (the file it names, if a link),
@@ -341,8 +343,10 @@ pub(crate) fn persist(temp: NamedTempFile, path: &Path) -> Result<()> {
             .set_permissions(meta.permissions())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    temp.persist(&target)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let written = temp.path().to_path_buf();
+    let persisted = temp.persist(&target);
+    crate::temp_outputs::done(&written);
+    persisted.with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

@@ -807,7 +807,7 @@ pub(crate) mod tests {
             failed.len()
         );
         let json = serde_json::to_string(&data).unwrap();
-        eprintln!("the data of the worst case: {} bytes", json.len());
+        say!("the data of the worst case: {} bytes", json.len());
         assert!(json.len() < 2 << 20, "{} bytes", json.len());
         assert_eq!(data.failures.rows.len(), FAILURES_SHOWN);
         assert_eq!(data.failures.reasons.len(), REASONS_SHOWN);

@@ -136,6 +136,33 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
             shown(bad)
         ));
     }
+    // A file:// URL names an absolute path (file:///dir/x.jpg); the
+    // executor reads no other.
+    if let Some(bad) = spec.urls.iter().find(|u| {
+        u.strip_prefix("file://")
+            .is_some_and(|rest| !rest.starts_with('/') && !rest.starts_with("localhost/"))
+    }) {
+        return Err(format!(
+            "animoto: `{}` names no absolute path: a file:// URL is file:///dir/image.jpg",
+            shown(bad)
+        ));
+    }
+    // Where the video goes: a directory, or s3://BUCKET/PREFIX (what the
+    // executor checks before its downloads, said here instead of by each
+    // task failing).
+    if let Some(output) = &spec.output {
+        let bad = if output.starts_with("s3://") {
+            crate::aws::S3Uri::parse(output).is_err()
+        } else {
+            output.trim().is_empty() || output.contains("://")
+        };
+        if bad {
+            return Err(format!(
+                "animoto: output `{}` is not a place for videos: give a local directory or s3://BUCKET/PREFIX",
+                shown(output)
+            ));
+        }
+    }
     // Bounds that fail here, not after every image is downloaded.
     if let Some(secs) = spec.seconds_per_image
         && !(1..=MAX_SECONDS_PER_IMAGE).contains(&secs)
@@ -368,6 +395,34 @@ mod tests {
             "animoto: seconds_per_image must be 1 to 3600, got 86400"
         );
         assert!(parse_line(r#"{"kind":"animoto","urls":["s3://b/k.png"],"resolution":"8192x4320","frame_rate":120,"seconds_per_image":3600}"#).is_ok());
+        assert_eq!(
+            err("animoto file://relative/img.jpg"),
+            "animoto: `file://relative/img.jpg` names no absolute path: a file:// URL is file:///dir/image.jpg"
+        );
+        ok("animoto file://localhost/tmp/a.jpg file:///tmp/b.jpg");
+        for output in [r#""""#, r#"" ""#, r#""ftp://x/y""#, r#""s3://""#] {
+            assert_eq!(
+                json(&format!(r#""output":{output}"#)),
+                format!(
+                    "animoto: output `{}` is not a place for videos: give a local directory or s3://BUCKET/PREFIX",
+                    output.trim_matches('"')
+                )
+            );
+        }
+        for output in [
+            r#""videos""#,
+            r#""/srv/v""#,
+            r#""s3://b""#,
+            r#""s3://b/p/""#,
+        ] {
+            assert!(
+                parse_line(&format!(
+                    r#"{{"kind":"animoto","urls":["s3://b/k.png"],"output":{output}}}"#
+                ))
+                .is_ok(),
+                "{output}"
+            );
+        }
     }
 
     #[test]

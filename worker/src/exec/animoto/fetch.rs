@@ -440,6 +440,15 @@ impl Fetcher<'_> {
             source,
         };
         let path = std::path::absolute(&path).map_err(local)?;
+        // Looked at before it is opened: opening a FIFO waits for a writer,
+        // holding the slot's thread past any timeout or interrupt.
+        let meta = std::fs::metadata(&path).map_err(local)?;
+        if !meta.is_file() {
+            return Err(local(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (a directory, a FIFO or a device)",
+            )));
+        }
         let mut file = File::open(&path).map_err(local)?;
         let size = file.metadata().map_err(local)?.len();
         if size > self.limits.max_bytes {

@@ -46,6 +46,8 @@ pub enum OutputError {
             ""
         })]
     Scheme(String),
+    #[error("`{0}` is a file, not a directory for videos")]
+    NotADirectory(String),
 }
 
 /// Checks an output location (at start-up, and each task's before its
@@ -55,8 +57,10 @@ pub enum OutputError {
 pub fn check_output(output: &str) -> Result<(), OutputError> {
     if output.starts_with("s3://") {
         S3Uri::parse(output)?;
-    } else if output.contains("://") {
+    } else if output.contains("://") || output.trim().is_empty() {
         return Err(OutputError::Scheme(output.to_string()));
+    } else if std::fs::metadata(output).is_ok_and(|m| !m.is_dir()) {
+        return Err(OutputError::NotADirectory(output.to_string()));
     }
     Ok(())
 }
@@ -228,6 +232,18 @@ mod tests {
         assert_eq!(check_output("videos/out"), Ok(()));
         assert_eq!(check_output("/srv/videos"), Ok(()));
         assert_eq!(check_output("s3://b/videos"), Ok(()));
+        assert!(
+            check_output("")
+                .unwrap_err()
+                .to_string()
+                .contains("is not a place for videos")
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        assert_eq!(
+            check_output(path).unwrap_err().to_string(),
+            format!("`{path}` is a file, not a directory for videos")
+        );
         assert_eq!(
             check_output("s3://").unwrap_err().to_string(),
             "`s3://` has no bucket name: expected s3://BUCKET/KEY"

@@ -525,7 +525,11 @@ async fn run_task(
             }
         };
         let finished = Timestamp::now();
-        if !output.outcome.is_success() && task.attempt < max_attempts && !stop.is_cancelled() {
+        if !output.outcome.is_success()
+            && !output.retry_futile
+            && task.attempt < max_attempts
+            && !stop.is_cancelled()
+        {
             tracing::debug!(task = task.id, attempt = task.attempt, outcome = ?output.outcome, "retrying");
             failed += 1;
             let retry = tokio::select! {
@@ -665,6 +669,26 @@ mod tests {
         };
         let ticket = unit.ticket.as_ref().unwrap();
         assert_eq!(ticket.claim_key.as_deref(), Some("b#0"));
+    }
+
+    #[tokio::test]
+    async fn a_program_that_is_not_there_is_not_retried() {
+        let mut config = PoolConfig::new(1, "w");
+        config.retry_backoff = Duration::from_millis(1);
+        config.max_attempts = 3;
+        let missing = TaskSpec::Run {
+            program: "/nonexistent/prog".into(),
+            args: vec![],
+            expected_ms: None,
+        };
+        let events = run(config, vec![unit(vec![missing])], Shutdown::new()).await;
+        let results = results(&events);
+        assert_eq!(results[0].attempt, 1);
+        assert!(
+            matches!(&results[0].outcome, Outcome::Failed { reason } if reason.contains("cannot start")),
+            "{:?}",
+            results[0].outcome
+        );
     }
 
     #[tokio::test]

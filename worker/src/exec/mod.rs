@@ -27,6 +27,9 @@ pub struct ExecOutput {
     pub artifact: Option<String>,
     /// A credential-free URL of the artifact (a presigned S3 GET).
     pub artifact_url: Option<String>,
+    /// A failure that another attempt on this worker cannot change (the
+    /// program is not there, or may not be run): not retried.
+    pub retry_futile: bool,
 }
 
 impl ExecOutput {
@@ -53,6 +56,7 @@ impl ExecOutput {
             truncated: false,
             artifact: None,
             artifact_url: None,
+            retry_futile: false,
         }
     }
 }

@@ -38,7 +38,14 @@ pub(crate) async fn run_command(
         .kill_on_drop(true);
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(e) => return ExecOutput::failed(format!("cannot start `{program}`: {e}")),
+        Err(e) => {
+            let mut failed = ExecOutput::failed(format!("cannot start `{program}`: {e}"));
+            failed.retry_futile = matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            );
+            return failed;
+        }
     };
     let mut group = GroupGuard(child.id());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
@@ -227,6 +234,7 @@ mod tests {
             reason.starts_with("cannot start `/nonexistent/prog`: No such file"),
             "{reason}"
         );
+        assert!(out.retry_futile);
     }
 
     /// Waits (bounded) until `pid` is gone or a zombie; false if it still runs.

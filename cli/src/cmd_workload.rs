@@ -59,9 +59,9 @@ pub fn run(command: WorkloadCommand) -> Result<ExitCode> {
             }
             Ok(stats) => {
                 println!(
-                    "{}: {} tasks ({} sleep, {} run, {} animoto)",
+                    "{}: {} ({} sleep, {} run, {} animoto)",
                     path.display(),
-                    stats.tasks,
+                    cloudkon_core::summary::counted(stats.tasks, "task"),
                     stats.sleep,
                     stats.run,
                     stats.animoto

@@ -170,14 +170,18 @@ impl fmt::Display for Summary {
         };
         writeln!(
             f,
-            "{head}: {} tasks, {} succeeded, {} failed, {} timed out, {} not run",
-            self.tasks, self.succeeded, self.failed, self.timed_out, self.not_run
+            "{head}: {}, {} succeeded, {} failed, {} timed out, {} not run",
+            counted(self.tasks, "task"),
+            self.succeeded,
+            self.failed,
+            self.timed_out,
+            self.not_run
         )?;
         writeln!(
             f,
-            "wall time {:.3} s on {} slots, throughput {} tasks/s, efficiency {:.1}%",
+            "wall time {:.3} s on {}, throughput {} tasks/s, efficiency {:.1}%",
             self.wall_seconds,
-            self.slots,
+            counted(self.slots as u64, "slot"),
             format_rate(self.throughput),
             self.efficiency * 100.0
         )?;
@@ -215,6 +219,15 @@ pub fn format_rate(rate: f64) -> String {
     // At most 9 digits after the point: a vanishing rate prints as 0.000000000.
     let decimals = (2 - exponent).clamp(0, 9) as usize;
     format!("{rate:.decimals$}")
+}
+
+/// `1 task`, `2 tasks`.
+pub fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +350,19 @@ mod tests {
             text.contains("on 2 slots, throughput 0.250 tasks/s, efficiency 100.0%"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn one_task_on_one_slot_is_said_in_the_singular() {
+        let mut stats = Stats::new();
+        stats.record(&result(Outcome::Succeeded, 0, 0, 1_000_000));
+        let text = stats
+            .summary(1, 1, Duration::from_secs(1), false)
+            .to_string();
+        assert!(text.starts_with("done: 1 task, 1 succeeded"), "{text}");
+        assert!(text.contains(" on 1 slot, "), "{text}");
+        assert_eq!(counted(2, "task"), "2 tasks");
+        assert_eq!(counted(0, "slot"), "0 slots");
     }
 
     #[test]

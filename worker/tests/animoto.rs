@@ -352,22 +352,19 @@ async fn a_local_text_file_is_not_an_image() {
     let path = dir.path().join("notes.png");
     std::fs::write(&path, "hello\n").unwrap();
     let url = format!("file://{}", path.display());
-    let out = s
-        .executor
-        .execute(&task(5, spec(vec![url.clone()])), LIMITS)
-        .await;
+    let fails = |url: String| async {
+        let out = s.executor.execute(&task(5, spec(vec![url])), LIMITS).await;
+        reason(&out).to_string()
+    };
     assert_eq!(
-        reason(&out),
+        fails(url.clone()).await,
         format!("image {url}: not an image (no known image format in its first bytes)")
     );
     let missing = format!("file://{}/nope.png", dir.path().display());
-    let out = s
-        .executor
-        .execute(&task(5, spec(vec![missing.clone()])), LIMITS)
-        .await;
+    let said = fails(missing.clone()).await;
     assert!(
-        reason(&out).starts_with(&format!("image {missing}: No such file or directory")),
-        "{out:?}"
+        said.starts_with(&format!("image {missing}: No such file or directory")),
+        "{said}"
     );
     // A FIFO no one writes: refused at once, where opening it waited for a
     // writer, holding the slot past a timeout or Ctrl-C.
@@ -385,12 +382,8 @@ async fn a_local_text_file_is_not_an_image() {
         std::thread::sleep(Duration::from_secs(20));
         let _ = std::fs::OpenOptions::new().write(true).open(writer);
     });
-    let out = s
-        .executor
-        .execute(&task(5, spec(vec![url.clone()])), LIMITS)
-        .await;
     assert_eq!(
-        reason(&out),
+        fails(url.clone()).await,
         format!("image {url}: not a regular file (a directory, a FIFO or a device)")
     );
     s.assert_clean();

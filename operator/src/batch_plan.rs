@@ -594,9 +594,6 @@ mod tests {
         }
     }
 
-    /// A runner that stops on an error each time it starts: the next waits
-    /// its delay (no runner, no reconcile before it), the batch says why
-    /// with a Warning per failure, and says it no more once one ran well.
     #[test]
     fn a_batch_created_suspended_starts_no_runner_until_resumed() {
         let b = batch(json!({"suspend": true}), None);
@@ -620,6 +617,9 @@ mod tests {
         assert!(matches!(decide(&observed(&b)).runner, Runner::Run { .. }));
     }
 
+    /// A runner that stops on an error each time it starts: the next waits
+    /// its delay (no runner, no reconcile before it), the batch says why
+    /// with a Warning per failure, and says it no more once one ran well.
     #[test]
     fn a_failing_runner_waits_its_delay_and_the_batch_says_why() {
         let failing = |b: &TaskBatch, count: u32, retry_in: u64| {

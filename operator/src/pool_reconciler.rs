@@ -160,10 +160,7 @@ async fn apply(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     // The queue: made once per operator run and spec, then remembered.
     let known = memory.queue.is_some();
     if !known {
-        let uses = pool_sharing::Uses {
-            queue: queue_name.clone(),
-            fleet: fleet_identity(pool.spec.provider.as_ref()),
-        };
+        let uses = pool_sharing::Uses::by_spec(pool);
         let taken = pool_sharing::taken_before(pool, &uses, &all_pools(pool, ctx).await?);
         if !taken.is_empty() {
             let problems = [validate::shared(&queue_name, &taken)];

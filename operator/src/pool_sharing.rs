@@ -58,6 +58,22 @@ fn key(p: &WorkerPool) -> String {
     format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
 }
 
+/// Whether `other` has, by its status, what `uses` names.
+fn holds(uses: &Uses, other: &WorkerPool) -> bool {
+    let st = other.status.as_ref();
+    uses.meets(
+        st.and_then(|s| s.queue_url.as_deref())
+            .map(build::queue_name_in_url),
+        st.and_then(|s| s.fleet.as_deref()),
+    )
+}
+
+/// Whether `other`'s spec names what `uses` names.
+fn names(uses: &Uses, other: &WorkerPool) -> bool {
+    let spec = Uses::by_spec(other);
+    uses.meets(Some(&spec.queue), Some(&spec.fleet))
+}
+
 fn alive<'a>(
     pool: &'a WorkerPool,
     listed: &'a [WorkerPool],
@@ -74,16 +90,7 @@ fn alive<'a>(
 pub fn taken_before(pool: &WorkerPool, uses: &Uses, listed: &[WorkerPool]) -> Vec<String> {
     alive(pool, listed)
         .filter(|o| made(o) < made(pool))
-        .filter(|o| {
-            let st = o.status.as_ref();
-            let has = uses.meets(
-                st.and_then(|s| s.queue_url.as_deref())
-                    .map(build::queue_name_in_url),
-                st.and_then(|s| s.fleet.as_deref()),
-            );
-            let spec = Uses::by_spec(o);
-            has || uses.meets(Some(&spec.queue), Some(&spec.fleet))
-        })
+        .filter(|o| holds(uses, o) || names(uses, o))
         .map(key)
         .collect()
 }
@@ -92,14 +99,7 @@ pub fn taken_before(pool: &WorkerPool, uses: &Uses, listed: &[WorkerPool]) -> Ve
 /// statuses): what a deleted pool must leave in place.
 pub fn in_use_by_others(pool: &WorkerPool, uses: &Uses, listed: &[WorkerPool]) -> Vec<String> {
     alive(pool, listed)
-        .filter(|o| {
-            let st = o.status.as_ref();
-            uses.meets(
-                st.and_then(|s| s.queue_url.as_deref())
-                    .map(build::queue_name_in_url),
-                st.and_then(|s| s.fleet.as_deref()),
-            )
-        })
+        .filter(|o| holds(uses, o))
         .map(key)
         .collect()
 }
@@ -112,10 +112,7 @@ pub fn waiting_for(
     listed: &[WorkerPool],
 ) -> Vec<ObjectRef<WorkerPool>> {
     alive(pool, listed)
-        .filter(|o| {
-            let spec = Uses::by_spec(o);
-            released.meets(Some(&spec.queue), Some(&spec.fleet))
-        })
+        .filter(|o| names(released, o))
         .map(ObjectRef::from_obj)
         .collect()
 }

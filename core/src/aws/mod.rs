@@ -16,7 +16,9 @@ pub use crate::usage::Prices;
 pub use config::{Aws, AwsSettings};
 pub use error::{AwsError, ErrorKind};
 pub use ledger::{DEFAULT_RESULT_TTL, DynamoLedger, WorkerHeartbeat};
-pub use s3::{Limited, ObjectReader, S3Store, S3Uri, S3UriError};
+pub use s3::{
+    Limited, ObjectReader, S3Store, S3Uri, S3UriError, VideoPlaceError, check_video_place,
+};
 pub use sqs::{
     PRIORITY_LANE_SUFFIX, QueueOptions, QueueStats, RawMessage, SqsClient, SqsQueue,
     bounded_queue_name, queue_name_chars,

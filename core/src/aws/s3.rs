@@ -52,6 +52,33 @@ pub enum S3UriError {
     NoKey(String),
 }
 
+/// A place for Animoto videos that is neither a directory nor an S3 URI.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VideoPlaceError {
+    #[error(transparent)]
+    S3(#[from] S3UriError),
+    #[error("`{0}` is not a place for videos: give a local directory or s3://BUCKET/PREFIX{hint}",
+        hint = if .0.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("s3://")) {
+            " (s3:// in lowercase)"
+        } else {
+            ""
+        })]
+    Scheme(String),
+}
+
+/// Checks how a place for videos is written (what a workload's line says,
+/// and what a worker checks before its downloads): `s3://` must name a
+/// bucket, and anything else empty or with a `://` is a typo or an
+/// unsupported scheme, not a directory to create (`S3://b` made `./S3:/b`).
+pub fn check_video_place(place: &str) -> Result<(), VideoPlaceError> {
+    if place.starts_with("s3://") {
+        S3Uri::parse(place)?;
+    } else if place.contains("://") || place.trim().is_empty() {
+        return Err(VideoPlaceError::Scheme(place.to_string()));
+    }
+    Ok(())
+}
+
 impl S3Uri {
     /// `s3://bucket`, `s3://bucket/` or `s3://bucket/prefix/key`.
     pub fn parse(uri: &str) -> Result<Self, S3UriError> {

@@ -150,18 +150,10 @@ fn animoto_spec(spec: AnimotoSpec) -> Result<TaskSpec, String> {
     // Where the video goes: a directory, or s3://BUCKET/PREFIX (what the
     // executor checks before its downloads, said here instead of by each
     // task failing).
-    if let Some(output) = &spec.output {
-        let bad = if output.starts_with("s3://") {
-            crate::aws::S3Uri::parse(output).is_err()
-        } else {
-            output.trim().is_empty() || output.contains("://")
-        };
-        if bad {
-            return Err(format!(
-                "animoto: output `{}` is not a place for videos: give a local directory or s3://BUCKET/PREFIX",
-                shown(output)
-            ));
-        }
+    if let Some(output) = &spec.output
+        && let Err(e) = crate::aws::check_video_place(output)
+    {
+        return Err(format!("animoto: output {}", shown(&e.to_string())));
     }
     // Bounds that fail here, not after every image is downloaded.
     if let Some(secs) = spec.seconds_per_image
@@ -400,7 +392,7 @@ mod tests {
             "animoto: `file://relative/img.jpg` names no absolute path: a file:// URL is file:///dir/image.jpg"
         );
         ok("animoto file://localhost/tmp/a.jpg file:///tmp/b.jpg");
-        for output in [r#""""#, r#"" ""#, r#""ftp://x/y""#, r#""s3://""#] {
+        for output in [r#""""#, r#"" ""#, r#""ftp://x/y""#] {
             assert_eq!(
                 json(&format!(r#""output":{output}"#)),
                 format!(
@@ -409,6 +401,10 @@ mod tests {
                 )
             );
         }
+        assert_eq!(
+            json(r#""output":"s3://""#),
+            "animoto: output `s3://` has no bucket name: expected s3://BUCKET/KEY"
+        );
         for output in [
             r#""videos""#,
             r#""/srv/v""#,

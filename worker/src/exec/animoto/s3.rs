@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cloudkon_core::aws::{Aws, AwsError, ErrorKind, S3Store, S3Uri, S3UriError};
+use cloudkon_core::aws::{
+    Aws, AwsError, ErrorKind, S3Store, S3Uri, S3UriError, VideoPlaceError, check_video_place,
+};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::OnceCell;
 
@@ -38,28 +40,17 @@ pub fn parse_presign_expiry(text: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OutputError {
     #[error(transparent)]
-    S3(#[from] S3UriError),
-    #[error("`{0}` is not a place for videos: give a local directory or s3://BUCKET/PREFIX{hint}",
-        hint = if .0.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("s3://")) {
-            " (s3:// in lowercase)"
-        } else {
-            ""
-        })]
-    Scheme(String),
+    Place(#[from] VideoPlaceError),
     #[error("`{0}` is a file, not a directory for videos")]
     NotADirectory(String),
 }
 
 /// Checks an output location (at start-up, and each task's before its
-/// downloads): `s3://` must name a bucket, and anything else with a `://` is a
-/// typo or an unsupported scheme, not a directory to create (`S3://b` made
-/// `./S3:/b`).
+/// downloads): written as a place for videos ([`check_video_place`]), and
+/// not a file where a directory would be made.
 pub fn check_output(output: &str) -> Result<(), OutputError> {
-    if output.starts_with("s3://") {
-        S3Uri::parse(output)?;
-    } else if output.contains("://") || output.trim().is_empty() {
-        return Err(OutputError::Scheme(output.to_string()));
-    } else if std::fs::metadata(output).is_ok_and(|m| !m.is_dir()) {
+    check_video_place(output)?;
+    if !output.starts_with("s3://") && std::fs::metadata(output).is_ok_and(|m| !m.is_dir()) {
         return Err(OutputError::NotADirectory(output.to_string()));
     }
     Ok(())

@@ -528,24 +528,32 @@ fn megapixels(pixels: u64) -> String {
     text.strip_suffix(".0").map_or(text.clone(), str::to_string)
 }
 
-/// `<batch>-<id>.mp4`, unique per task; characters that do not belong in a file
-/// name (the batch name is free-form) become `_`.
+/// `<batch>-<id>.mp4`, unique per task. A batch name (free-form) with
+/// characters that do not belong in a file name, or too long for one, gives
+/// `<start>~<hash>-<id>.mp4`: those characters become `_` in the start, and
+/// the SHA-256 of the whole name (16 hex) keeps `a/b` and `a_b` apart (no
+/// plain name holds a `~`).
 fn video_name(task: &Task) -> String {
-    let batch: String = task
-        .batch
-        .as_str()
+    let name = task.batch.as_str();
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.len() <= MAX_PLAIN_BATCH && !name.starts_with('.') && name.chars().all(safe) {
+        return format!("{name}-{}.mp4", task.id);
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let start: String = name
+        .trim_start_matches('.')
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if safe(c) { c } else { '_' })
+        .take(MAX_PLAIN_BATCH / 2)
         .collect();
-    let batch = batch.trim_start_matches('.');
-    format!("{batch}-{}.mp4", task.id)
+    format!("{start}~{hash}-{}.mp4", task.id)
 }
+
+/// The longest batch name used as it is in a video's name: file names end
+/// at 255 bytes, and the task's number and `.mp4` follow.
+const MAX_PLAIN_BATCH: usize = 200;
 
 #[cfg(test)]
 mod tests {
@@ -565,7 +573,14 @@ mod tests {
     #[test]
     fn video_names_are_unique_per_task_and_safe() {
         assert_eq!(video_name(&task("mixed-17", 3)), "mixed-17-3.mp4");
-        assert_eq!(video_name(&task("../a b/c", 0)), "_a_b_c-0.mp4");
+        let odd = video_name(&task("../a b/c", 0));
+        assert!(odd.starts_with("_a_b_c~") && odd.ends_with("-0.mp4"), "{odd}");
+        assert_ne!(video_name(&task("a/b", 1)), video_name(&task("a_b", 1)));
+        assert_eq!(video_name(&task("a_b", 1)), "a_b-1.mp4");
+        assert_ne!(video_name(&task(".a", 1)), video_name(&task("a", 1)));
+        let long = video_name(&task(&"x".repeat(300), 7));
+        assert!(long.len() < 255 && long.ends_with("-7.mp4"), "{long}");
+        assert_ne!(long, video_name(&task(&"x".repeat(301), 7)));
     }
 
     #[test]

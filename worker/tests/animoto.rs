@@ -386,6 +386,18 @@ async fn a_local_text_file_is_not_an_image() {
         fails(url.clone()).await,
         format!("image {url}: not a regular file (a directory, a FIFO or a device)")
     );
+    // A photo cut short: ffmpeg only warns, and made a video half grey.
+    let images = Images::make();
+    let jpeg = images.bytes("wide.jpg");
+    let cut = dir.path().join("cut.jpg");
+    std::fs::write(&cut, &jpeg[..jpeg.len() * 3 / 4]).unwrap();
+    let url = format!("file://{}", cut.display());
+    assert_eq!(
+        fails(url.clone()).await,
+        format!(
+            "image 1 ({url}): a JPEG cut short (no end-of-image marker); ffmpeg would fill the rest grey"
+        )
+    );
     s.assert_clean();
 }
 

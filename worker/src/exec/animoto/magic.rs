@@ -6,7 +6,7 @@
 //! marker where libjpeg (ffmpeg's decoder) skips them with a warning, so
 //! photos ffmpeg shows would be refused as unreadable.
 
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 
 /// Bytes needed to recognise every format below.
 pub const SNIFF_LEN: usize = 12;
@@ -157,13 +157,89 @@ fn webp_size(h: &[u8; 30]) -> Option<(u32, u32)> {
 }
 
 /// The size in the first start-of-frame segment, walking the segments from
-/// the start. Bytes that are not a marker where one is due are skipped to the
-/// next one, as decoders do (libjpeg warns of "extraneous bytes").
+/// the start ([`next_segment`]).
 fn jpeg_size(r: &mut BufReader<impl Read + Seek>) -> io::Result<Option<(u32, u32)>> {
-    let soi = read_array::<2>(r)?;
-    if soi != [0xFF, 0xD8] {
+    if read_array::<2>(r)? != [0xFF, 0xD8] {
         return Ok(None);
     }
+    loop {
+        match next_segment(r)? {
+            // SOS or EOI before any frame header: no size to be had.
+            None | Some(Segment::ScanStart | Segment::End) => return Ok(None),
+            // SOF0..SOF15, less DHT (C4), JPG (C8) and DAC (CC), which share the range.
+            Some(Segment::Other { code, .. })
+                if matches!(code, 0xC0..=0xCF) && !matches!(code, 0xC4 | 0xC8 | 0xCC) =>
+            {
+                let Some(sof) = read_array_opt::<5>(r)? else {
+                    return Ok(None);
+                };
+                return Ok(Some((be16(&sof[3..]).into(), be16(&sof[1..]).into())));
+            }
+            Some(Segment::Other { len, .. }) => r.seek_relative(i64::from(len) - 2)?,
+        }
+    }
+}
+
+/// Whether a JPEG holds its end-of-image marker after its first scan starts,
+/// i.e. was not cut short. ffmpeg only warns of a missing end ("EOI missing,
+/// emulating") and grey fills the rest: the video would be made and said to
+/// have succeeded. Reads two bytes when the file ends with the marker (most
+/// do), else the file from its first scan on: bytes may follow the end
+/// (phones append data, a motion photo a whole MP4), and the EXIF thumbnail
+/// before the scan holds an end marker of its own. Within a scan's data a
+/// 0xFF is always followed by 0x00 or a restart code, so 0xFF 0xD9 there is
+/// the end.
+pub fn jpeg_is_whole(file: impl Read + Seek) -> io::Result<bool> {
+    let mut r = BufReader::new(file);
+    if r.seek(SeekFrom::End(0))? >= 4 {
+        r.seek(SeekFrom::End(-2))?;
+        if read_array::<2>(&mut r)? == [0xFF, 0xD9] {
+            return Ok(true);
+        }
+    }
+    r.seek(SeekFrom::Start(0))?;
+    if read_array::<2>(&mut r)? != [0xFF, 0xD8] {
+        return Ok(false);
+    }
+    loop {
+        match next_segment(&mut r)? {
+            None | Some(Segment::End) => return Ok(false),
+            Some(Segment::ScanStart) => break,
+            Some(Segment::Other { len, .. }) => r.seek_relative(i64::from(len) - 2)?,
+        }
+    }
+    let mut after_ff = false;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        for &b in buf {
+            if after_ff && b == 0xD9 {
+                return Ok(true);
+            }
+            after_ff = b == 0xFF;
+        }
+        let n = buf.len();
+        r.consume(n);
+    }
+}
+
+/// A JPEG segment's marker, read up to by [`next_segment`].
+enum Segment {
+    /// SOS: the entropy-coded data follows its header.
+    ScanStart,
+    /// EOI.
+    End,
+    /// Any other segment with a length, read past its length bytes: `len`
+    /// counts those two.
+    Other { code: u8, len: u16 },
+}
+
+/// The next segment: bytes that are not a marker where one is due are skipped
+/// to the next one, as decoders do (libjpeg warns of "extraneous bytes").
+/// `None` at the end of the file or at a length below 2.
+fn next_segment(r: &mut impl Read) -> io::Result<Option<Segment>> {
     loop {
         // Up to a marker: 0xFF, any fill 0xFFs, then its code.
         let Some(mut code) = next_byte(r)? else {
@@ -181,25 +257,15 @@ fn jpeg_size(r: &mut BufReader<impl Read + Seek>) -> io::Result<Option<(u32, u32
         match code {
             // A stuffed zero, or markers without a length (TEM, RSTn).
             0x00 | 0x01 | 0xD0..=0xD7 => continue,
-            // SOS or EOI before any frame header: no size to be had.
-            0xD9 | 0xDA => return Ok(None),
+            0xD9 => return Ok(Some(Segment::End)),
+            0xDA => return Ok(Some(Segment::ScanStart)),
             _ => {}
         }
         let Some(len) = read_array_opt::<2>(r)? else {
             return Ok(None);
         };
         let len = be16(&len);
-        if len < 2 {
-            return Ok(None);
-        }
-        // SOF0..SOF15, less DHT (C4), JPG (C8) and DAC (CC), which share the range.
-        if matches!(code, 0xC0..=0xCF) && !matches!(code, 0xC4 | 0xC8 | 0xCC) {
-            let Some(sof) = read_array_opt::<5>(r)? else {
-                return Ok(None);
-            };
-            return Ok(Some((be16(&sof[3..]).into(), be16(&sof[1..]).into())));
-        }
-        r.seek_relative(i64::from(len) - 2)?;
+        return Ok((len >= 2).then_some(Segment::Other { code, len }));
     }
 }
 
@@ -353,6 +419,37 @@ mod tests {
         assert_eq!(size(&jpeg[..sof + 4]), None);
         assert_eq!(size(b"\xFF\xD8\xFF\xE0garbage"), None);
         assert_eq!(size(b"\xFF\xD8\xFF\xDA\x00\x08"), None);
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_told_from_a_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jpeg = Vec::new();
+        made(dir.path(), "a.jpg", "640x480", &[])
+            .read_to_end(&mut jpeg)
+            .unwrap();
+        let mut fine = Vec::new();
+        made(dir.path(), "fine.jpg", "640x480", &["-q:v", "1"])
+            .read_to_end(&mut fine)
+            .unwrap();
+        let whole = |bytes: &[u8]| jpeg_is_whole(io::Cursor::new(bytes)).unwrap();
+        assert!(whole(&jpeg));
+        // A thumbnail's own end marker, in an APP1 segment before the scan.
+        let mut thumb = jpeg[..2].to_vec();
+        thumb.extend([0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD8, 0xFF, 0xD9]);
+        thumb.extend(&jpeg[2..]);
+        assert!(whole(&thumb));
+        let mut trailing = jpeg.clone();
+        trailing.extend(b"\x00\x00ftypmp42 a motion photo's video");
+        assert!(whole(&trailing), "bytes after the end");
+        for cut in [jpeg.len() / 2, jpeg.len() - 1] {
+            assert!(!whole(&jpeg[..cut]), "cut at {cut} of {}", jpeg.len());
+            assert!(!whole(&thumb[..cut + 8]), "with a thumbnail, cut at {cut}");
+        }
+        assert!(whole(&fine));
+        assert!(!whole(&fine[..fine.len() * 2 / 3]));
+        assert!(!whole(b"\xFF\xD8"));
+        assert!(!whole(b""));
     }
 
     #[test]

@@ -178,6 +178,10 @@ pub enum AnimotoError {
         format: &'static str,
     },
     #[error(
+        "image {number} ({url}): a JPEG cut short (no end-of-image marker); ffmpeg would fill the rest grey"
+    )]
+    CutShort { number: usize, url: String },
+    #[error(
         "image {number} ({url}): {width}x{height} is {} megapixels, more than this worker's limit of {} per image (a decompression bomb?)",
         megapixels(u64::from(*.width) * u64::from(*.height)),
         megapixels(*.limit)
@@ -385,7 +389,8 @@ impl AnimotoExecutor {
     /// Refuses an image whose decoded size ffmpeg should not hold (the limit
     /// per image); returns the pixels of all, and which way up each goes.
     /// Reads only headers (a few KiB each; a JPEG's segments are skipped,
-    /// not read) and EXIF data.
+    /// not read), EXIF data and a JPEG's last two bytes (all from its first
+    /// scan on when they are not its end marker: [`magic::jpeg_is_whole`]).
     fn measure(
         &self,
         dir: &Path,
@@ -398,14 +403,15 @@ impl AnimotoExecutor {
         for (i, ((kind, name), url)) in kinds.iter().zip(names).zip(urls).enumerate() {
             let (number, url) = (i + 1, url.clone());
             let path = dir.join(name);
+            let unreadable = |source| {
+                AnimotoError::Fetch(FetchError::LocalFile {
+                    url: url.clone(),
+                    source,
+                })
+            };
             let size = std::fs::File::open(&path)
                 .and_then(|f| magic::dimensions(*kind, f))
-                .map_err(|source| {
-                    AnimotoError::Fetch(FetchError::LocalFile {
-                        url: url.clone(),
-                        source,
-                    })
-                })?;
+                .map_err(unreadable)?;
             let Some((width, height)) = size else {
                 return Err(AnimotoError::NoDimensions {
                     number,
@@ -413,6 +419,13 @@ impl AnimotoExecutor {
                     format: kind.name(),
                 });
             };
+            let whole = *kind != ImageKind::Jpeg
+                || std::fs::File::open(&path)
+                    .and_then(magic::jpeg_is_whole)
+                    .map_err(unreadable)?;
+            if !whole {
+                return Err(AnimotoError::CutShort { number, url });
+            }
             let pixels = u64::from(width) * u64::from(height);
             if pixels > self.config.max_image_pixels {
                 return Err(AnimotoError::ImageTooLarge {
@@ -574,7 +587,10 @@ mod tests {
     fn video_names_are_unique_per_task_and_safe() {
         assert_eq!(video_name(&task("mixed-17", 3)), "mixed-17-3.mp4");
         let odd = video_name(&task("../a b/c", 0));
-        assert!(odd.starts_with("_a_b_c~") && odd.ends_with("-0.mp4"), "{odd}");
+        assert!(
+            odd.starts_with("_a_b_c~") && odd.ends_with("-0.mp4"),
+            "{odd}"
+        );
         assert_ne!(video_name(&task("a/b", 1)), video_name(&task("a_b", 1)));
         assert_eq!(video_name(&task("a_b", 1)), "a_b-1.mp4");
         assert_ne!(video_name(&task(".a", 1)), video_name(&task("a", 1)));

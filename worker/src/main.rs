@@ -81,7 +81,9 @@ struct Args {
     /// Exit with an error when every receive (SQS), or every claim (the
     /// DynamoDB ledger), has failed for this long while the worker holds no
     /// bundle (running ones are finished first), or one send of results has
-    /// (its bundles are given back, for a worker that can): for Kubernetes, which
+    /// (its bundles are given back, for a worker that can), or every renewal
+    /// of its leases has (its bundles are given back, their running tasks
+    /// left to run again elsewhere): for Kubernetes, which
     /// restarts it and shows the error as its termination message (the
     /// operator's Deployments set 2m). Unset: retry for ever.
     #[arg(long, env = "CLOUDKON_GIVE_UP_AFTER", value_parser = humantime::parse_duration)]
@@ -229,6 +231,7 @@ fn main() -> ExitCode {
                 Unable::Receive => ("receive from the queue", "receive"),
                 Unable::Claim => ("claim bundles in the ledger", "claim"),
                 Unable::SendResults => ("send results to a batch's response queue", "send"),
+                Unable::Renew => ("renew its bundles' leases in the ledger", "renewal"),
             };
             let message = format!(
                 "error: cannot {what}: every {attempt} failed for {} s: {error}",

@@ -342,12 +342,14 @@ async fn flush<Q, L, R>(
                 WorkerStats::add(&ctx.stats.results_dropped, count as u64);
                 outbox.forget(&reply_to);
                 // Once per queue: its batch's remaining bundles all end here.
-                if ctx
-                    .gone
-                    .lock()
-                    .expect("gone lock")
-                    .insert(reply_to.to_string())
-                {
+                let first = {
+                    let mut gone = ctx.gone.lock().expect("gone lock");
+                    if gone.len() > super::REMEMBERED_BATCHES {
+                        gone.clear();
+                    }
+                    gone.insert(reply_to.to_string())
+                };
+                if first {
                     tracing::warn!(reply_to, error = %e, "response queue gone, its batch deleted or cancelled (or not made again in time): its results are dropped");
                 }
                 mark_sent(ctx, pending, &taken);
@@ -663,13 +665,40 @@ where
             return;
         };
         let mut next = tokio::time::Instant::now() + every;
+        // Since when every round had a renewal fail (a slow round is not one).
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = ledger_done.cancelled() => return,
                 _ = tokio::time::sleep_until(next) => {},
             }
             let started = tokio::time::Instant::now();
-            let mut failed = renew_round(&ctx, ledger.as_ref(), every).await;
+            let error = renew_round(&ctx, ledger.as_ref(), every).await;
+            let mut failed = error.is_some();
+            if let Some(error) = error {
+                // A ledger that refuses for good (its table gone, IAM) wedged
+                // the worker: completions retried, nothing claimed, healthy
+                // to its probe. Past `give_up_after` it stops, saying why,
+                // and gives its bundles back (their leases ran out long ago).
+                let failing_for = failing_since.get_or_insert(started).elapsed();
+                if ctx
+                    .config
+                    .give_up_after
+                    .is_some_and(|limit| failing_for >= limit)
+                {
+                    give_up(
+                        &ctx,
+                        StopReason::GaveUp {
+                            unable: Unable::Renew,
+                            failing_for,
+                            error,
+                        },
+                    );
+                    return;
+                }
+            } else {
+                failing_since = None;
+            }
             let took = started.elapsed();
             if !failed && took > every {
                 // Every call answered, but the last bundles went longer than
@@ -695,16 +724,15 @@ where
 /// One round of lease renewals, [`RENEWALS_AT_ONCE`] at a time, each call
 /// given `every` to answer. A lease found lost stops its bundle (see
 /// [`super::inflight::InFlight::lose`]). Returns whether a renewal failed
-/// or did not answer in time; the renewals not yet asked then wait for the
-/// next round, so that a throttled ledger is not asked more.
-async fn renew_round<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, every: Duration) -> bool
+/// or did not answer in time (the first error); the renewals not yet asked
+/// then wait for the next round, so that a throttled ledger is not asked more.
+async fn renew_round<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, every: Duration) -> Option<String>
 where
     L: DedupLedger,
 {
     use futures_util::StreamExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
-    let failed = AtomicBool::new(false);
+    let failed: std::sync::Mutex<Option<String>> = std::sync::Mutex::default();
     let renewals = ctx
         .inflight
         .snapshot()
@@ -716,7 +744,9 @@ where
             async move {
                 // Given back or completed since the snapshot: a renewal now
                 // would take it back for a lease.
-                if failed.load(Ordering::Relaxed) || !ctx.inflight.needs_heartbeat(&key) {
+                if failed.lock().expect("failed lock").is_some()
+                    || !ctx.inflight.needs_heartbeat(&key)
+                {
                     return;
                 }
                 let renewal = ledger.renew(&key, &owner, ctx.config.lease, &progress);
@@ -744,11 +774,11 @@ where
                 };
                 WorkerStats::add(&ctx.stats.backend_errors, 1);
                 tracing::warn!(key, error, "lease renewal failed; the others wait for the next round, and no new bundle is claimed until a round succeeds");
-                failed.store(true, Ordering::Relaxed);
+                failed.lock().expect("failed lock").get_or_insert(error);
             }
         })
         .await;
-    failed.into_inner()
+    failed.into_inner().expect("failed lock")
 }
 
 #[cfg(test)]

@@ -396,12 +396,14 @@ where
 {
     // Lease renewals began to fail while this receive waited (past the
     // fetcher's check of them): no claim until a round succeeds. A message
-    // with a receipt goes back at once, for a worker that can hold its
-    // lease; one from an in-process queue has nowhere else to go, and waits.
+    // with a receipt comes back later, as one whose claim failed: made
+    // visible at once, each flip of a throttled ledger's renewals would cost
+    // it a receive, and a few its way to the dead-letter queue unrun. One
+    // from an in-process queue has nowhere else to go, and waits.
     if *ctx.renewals_failing.borrow() && !shutdown.stop.is_cancelled() {
-        if let Some(receipt) = &delivery.receipt {
+        if delivery.receipt.is_some() {
             ctx.room.add_permits(1);
-            let _ = ctx.queue.release(receipt).await;
+            hide_unclaimed(ctx, delivery.receipt.as_ref(), delivery.receive_count).await;
             return Ok(None);
         }
         let mut renewals = ctx.renewals_failing.subscribe();
@@ -479,6 +481,20 @@ where
         }
         return Admitted::Skip;
     };
+    if bundle.options.dedup != Some(false) && ctx.inflight.holds(&key) {
+        // Held here already: a duplicate delivery, or one after another worker
+        // took the bundle over from this one and gave it back while a task of
+        // it still runs here. One claim per bundle here: this worker keeps
+        // its bundles by key, and a second claim's records would be taken
+        // for the first's. It comes back once the first is done, to
+        // whichever worker. (At-least-once batches run every delivery.)
+        WorkerStats::add(&ctx.stats.duplicates, 1);
+        if let Some(receipt) = &receipt {
+            let hide = ctx.config.lease.max(claim_retry_delay(receive_count));
+            let _ = ctx.queue.extend(receipt, hide).await;
+        }
+        return Admitted::Skip;
+    }
     let cancelled = match (&ctx.ledger, bundle.tasks.first().map(|t| t.batch.clone())) {
         (Some(ledger), Some(batch)) => {
             match is_cancelled(ctx, ledger.as_ref(), batch.as_str()).await {
@@ -698,8 +714,7 @@ fn note_lane_mark<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, at: Option<u64>) {
         tracing::debug!(batch, "the priority lane got bundles: looking at it");
         ctx.lane_nudge.notify_one();
     }
-    // Bounded as the cancel cache is.
-    if seen.len() > 10_000 {
+    if seen.len() > super::REMEMBERED_BATCHES {
         seen.clear();
     }
     seen.insert(batch.to_string(), at);
@@ -719,8 +734,7 @@ pub fn cached_cancel<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str) -> Option<(bool, 
 /// for good).
 fn remember_cancelled<Q, L, R>(ctx: &Ctx<Q, L, R>, batch: &str, cancelled: bool) {
     let mut cache = ctx.cancelled.lock().expect("cancel cache");
-    // Bounded: batches come and go over a worker's life.
-    if cache.len() > 10_000 {
+    if cache.len() > super::REMEMBERED_BATCHES {
         cache.clear();
     }
     cache.insert(batch.to_string(), (cancelled, std::time::Instant::now()));

@@ -147,6 +147,12 @@ impl InFlight {
             .unwrap_or_default()
     }
 
+    /// Held in any state: running, given back or lost but with tasks still
+    /// running.
+    pub fn holds(&self, key: &str) -> bool {
+        self.held.lock().expect("inflight lock").contains_key(key)
+    }
+
     /// Held and not completed: its lease must be kept.
     pub fn needs_heartbeat(&self, key: &str) -> bool {
         self.held

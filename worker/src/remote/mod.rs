@@ -136,7 +136,7 @@ pub enum StopReason {
     /// The queue is finite and drained (in-memory queues in tests).
     Drained,
     /// Every attempt at `unable` failed for `RemoteConfig::give_up_after`
-    /// (with nothing held, but for results).
+    /// (with nothing held, but for results and renewals).
     GaveUp {
         unable: Unable,
         failing_for: Duration,
@@ -156,7 +156,16 @@ pub enum Unable {
     /// `sqs:SendMessage` on `cloudkon-tb-*`, say. The worker gave its bundles
     /// back, their tasks not reported.
     SendResults,
+    /// Renew the leases of the bundles it holds (the ledger): the table
+    /// deleted, or IAM without `dynamodb:UpdateItem`, say. Its running tasks
+    /// are left, and run again elsewhere.
+    Renew,
 }
+
+/// The most batches a worker remembers something of (a cancel answer, a lane
+/// mark, a response queue found gone): batches come and go over a worker's
+/// life, and past this all are forgotten at once, to be asked again.
+const REMEMBERED_BATCHES: usize = 10_000;
 
 /// The parts every stage shares.
 struct Ctx<Q, L, R> {
@@ -174,7 +183,8 @@ struct Ctx<Q, L, R> {
     room: Arc<Semaphore>,
     /// Tasks finished or ended: the fetcher waits on it when it holds enough.
     tasks_done: tokio::sync::Notify,
-    /// Response queues found deleted (logged once each).
+    /// Response queues found deleted (logged once each; at most
+    /// [`REMEMBERED_BATCHES`], as the caches below).
     gone: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Batch → (cancelled, when looked up): the ledger is asked at most every
     /// `config.cancel_check` per batch.

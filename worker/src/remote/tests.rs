@@ -710,6 +710,103 @@ async fn a_worker_whose_results_cannot_be_sent_gives_up_and_gives_its_bundles_ba
     assert_given_back_untouched(&ledger, &key).await;
 }
 
+/// The in-memory ledger, but for renewals and completions, which it refuses
+/// (its table deleted, or IAM without `dynamodb:UpdateItem`).
+#[derive(Default)]
+struct NoUpdatesLedger {
+    inner: MemoryLedger,
+}
+
+impl DedupLedger for NoUpdatesLedger {
+    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
+        self.inner.cancel_batch(batch).await
+    }
+
+    async fn batch_marks(&self, batch: &str) -> Result<BatchMarks, LedgerError> {
+        self.inner.batch_marks(batch).await
+    }
+
+    async fn mark_lane(&self, batch: &str, at_ms: u64) -> Result<(), LedgerError> {
+        self.inner.mark_lane(batch, at_ms).await
+    }
+
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        self.inner.claim(key, owner, lease).await
+    }
+
+    async fn renew(
+        &self,
+        _key: &str,
+        _owner: &str,
+        _lease: Duration,
+        _done: &BundleProgress,
+    ) -> Result<bool, LedgerError> {
+        Err(LedgerError::Backend(
+            "AccessDeniedException: not allowed".into(),
+        ))
+    }
+
+    async fn complete(
+        &self,
+        _key: &str,
+        _owner: &str,
+        _results: Vec<u8>,
+    ) -> Result<bool, LedgerError> {
+        Err(LedgerError::Backend(
+            "AccessDeniedException: not allowed".into(),
+        ))
+    }
+
+    async fn release(
+        &self,
+        key: &str,
+        owner: &str,
+        done: &BundleProgress,
+    ) -> Result<(), LedgerError> {
+        self.inner.release(key, owner, done).await
+    }
+}
+
+/// A ledger that takes claims and refuses every renewal and completion: the
+/// worker retried the completion for ever, claimed nothing more, and stayed
+/// healthy to its probe, holding its bundle's message. Past
+/// `give_up_after` it stops, saying why, and gives the bundle back.
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_leases_cannot_be_renewed_gives_up_and_gives_its_bundles_back() {
+    let queue = Arc::new(ReceiptQueue::new(vec![bundle(0, sleeps(2))]));
+    let router = Arc::new(MemoryRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let mut config = config();
+    config.lease = Duration::from_secs(3);
+    config.visibility = Duration::from_secs(3);
+    config.give_up_after = Some(Duration::from_secs(30));
+    let worker = run_remote(
+        queue.clone(),
+        Some(Arc::new(NoUpdatesLedger::default())),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config,
+        Shutdown::new(),
+        stats.clone(),
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(600), worker)
+        .await
+        .expect("still running after 10 minutes");
+    let StopReason::GaveUp {
+        unable,
+        failing_for,
+        error,
+    } = reason
+    else {
+        panic!("did not give up: {reason:?}");
+    };
+    assert_eq!(unable, Unable::Renew);
+    assert!(failing_for >= Duration::from_secs(30), "{failing_for:?}");
+    assert!(error.contains("AccessDenied"), "{error}");
+    assert_eq!(router.results("resp").len(), 2, "its results were sent");
+    assert_eq!(queue.counts(), (0, 1), "its message given back");
+}
+
 /// A batch whose response queue is missing ("gone", its batch not
 /// cancelled: sent to again for `response_queue_return`) or failing
 /// ("down", for `give_up_after`) must not hold back another batch's results
@@ -1172,6 +1269,13 @@ struct ReceiptQueue {
     releases: std::sync::atomic::AtomicUsize,
     /// A send wakes a receive waiting on an empty queue, as a long poll.
     sent: tokio::sync::Notify,
+    /// Each single extension's timeout.
+    extended_by: Mutex<Vec<Duration>>,
+    /// Whether a message held comes back once its last single extension
+    /// ends (as SQS's do), and when each does; the other tests' messages
+    /// stay held until given back.
+    timed: bool,
+    visible_at: Mutex<std::collections::HashMap<usize, tokio::time::Instant>>,
 }
 
 impl ReceiptQueue {
@@ -1184,6 +1288,17 @@ impl ReceiptQueue {
             refused_acks: Default::default(),
             releases: Default::default(),
             sent: Default::default(),
+            extended_by: Default::default(),
+            timed: false,
+            visible_at: Default::default(),
+        }
+    }
+
+    /// A queue whose messages come back after a single extension, as SQS's.
+    fn timed() -> Self {
+        Self {
+            timed: true,
+            ..Self::new(Vec::new())
         }
     }
 
@@ -1197,6 +1312,14 @@ impl ReceiptQueue {
     /// Hides and hands out up to `max` visible messages.
     fn take(&self, max: usize) -> Vec<Delivery> {
         let mut messages = self.messages.lock().unwrap();
+        let now = tokio::time::Instant::now();
+        self.visible_at.lock().unwrap().retain(|&i, at| {
+            let back = *at <= now;
+            if back {
+                messages[i].1 = false;
+            }
+            !back
+        });
         messages
             .iter_mut()
             .enumerate()
@@ -1237,8 +1360,10 @@ impl TaskQueue for ReceiptQueue {
         if !got.is_empty() {
             return Ok(Some(got));
         }
+        let until = tokio::time::Instant::now() + wait;
+        let back = self.visible_at.lock().unwrap().values().min().copied();
         tokio::select! {
-            _ = tokio::time::sleep(wait) => Ok(Some(Vec::new())),
+            _ = tokio::time::sleep_until(back.map_or(until, |b| b.min(until))) => Ok(Some(self.take(max))),
             _ = sent => Ok(Some(self.take(max))),
         }
     }
@@ -1251,9 +1376,19 @@ impl TaskQueue for ReceiptQueue {
         ))
     }
 
-    async fn extend(&self, _receipt: &Receipt, _timeout: Duration) -> Result<(), QueueError> {
+    async fn extend(&self, receipt: &Receipt, timeout: Duration) -> Result<(), QueueError> {
         self.extends
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.extended_by.lock().unwrap().push(timeout);
+        if self.timed {
+            let i: usize = receipt.0.parse().unwrap();
+            self.visible_at
+                .lock()
+                .unwrap()
+                .insert(i, tokio::time::Instant::now() + timeout);
+            // A receive under way waits for it too.
+            self.sent.notify_waiters();
+        }
         Ok(())
     }
 
@@ -1885,12 +2020,21 @@ async fn a_worker_whose_renewals_fail_claims_nothing_new_until_they_succeed() {
 }
 
 #[tokio::test]
-async fn a_bundle_received_while_renewals_fail_goes_back_to_the_queue() {
-    let queue = Arc::new(ReceiptQueue::default());
+async fn a_bundle_received_while_renewals_fail_comes_back_later() {
+    // Not given back at once: each receive counts towards the queue's
+    // `maxReceives`, and a ledger whose renewals fail on and off (a
+    // throttled table) would send it to the dead-letter queue unrun.
+    let queue = Arc::new(ReceiptQueue::timed());
     renewals_fail_while_a_bundle_comes(queue.clone()).await;
+    assert_eq!(
+        queue.releases.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "received during the failures, it was made visible at once"
+    );
+    let hidden = queue.extended_by.lock().unwrap().clone();
     assert!(
-        queue.releases.load(std::sync::atomic::Ordering::Relaxed) >= 1,
-        "received during the failures, it was given back, not held"
+        hidden.contains(&fetch::claim_retry_delay(1)),
+        "not hidden for a claim's retry delay: {hidden:?}"
     );
 }
 
@@ -1971,6 +2115,8 @@ struct TakenOverLedger {
     taken_over: std::sync::atomic::AtomicBool,
     lost_renewals: std::sync::atomic::AtomicUsize,
     releases: std::sync::atomic::AtomicUsize,
+    /// Each claim asked for: its key and owner token.
+    claims: Mutex<Vec<(String, String)>>,
 }
 
 impl TakenOverLedger {
@@ -1998,6 +2144,10 @@ impl DedupLedger for TakenOverLedger {
     }
 
     async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
+        self.claims
+            .lock()
+            .unwrap()
+            .push((key.to_string(), owner.to_string()));
         self.inner.claim(key, owner, lease).await
     }
 
@@ -2118,6 +2268,86 @@ async fn a_worker_that_lost_a_lease_starts_no_more_of_its_tasks_and_leaves_its_m
     );
     assert_eq!(WorkerStats::get(&stats.released), 0);
     assert_eq!(WorkerStats::get(&stats.leases_lost), 1, "counted once");
+    stop.stop.cancel();
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
+}
+
+// Paused time, as above.
+#[tokio::test(start_paused = true)]
+async fn a_bundle_delivered_again_while_its_lost_claim_still_runs_here_waits_for_it() {
+    // Two slots. The bundle's first task runs here when another worker takes
+    // the bundle over, lets its lease run out and its message come back: the
+    // new delivery reaches this worker while that task still runs. Claimed
+    // and run here beside it, the two claims shared this worker's records of
+    // the bundle (kept by its key): the first's end was taken for the
+    // second's (its heartbeats stopped, its message given back, so a third
+    // run elsewhere), and the task started again here. It is left hidden
+    // instead, for after the first claim is done.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, gate) = (dir.path().join("log"), dir.path().join("gate"));
+    let first = TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("echo x >> {}; {}", log.display(), wait_for(&gate)),
+        ],
+        expected_ms: None,
+    };
+    let b = bundle(0, vec![first, TaskSpec::Sleep { ms: 0 }]);
+    let queue = Arc::new(ReceiptQueue::new(vec![b.clone()]));
+    let ledger = Arc::new(TakenOverLedger::default());
+    let router = Arc::new(MemoryRouter::default());
+    let stats = Arc::new(WorkerStats::default());
+    let mut config = config();
+    config.lease = Duration::from_secs(3);
+    config.visibility = Duration::from_secs(3);
+    let stop = Shutdown::new();
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(ledger.clone()),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config.clone(),
+        stop.clone(),
+        stats.clone(),
+    ));
+    let started = || std::fs::read_to_string(&log).map_or(0, |l| l.lines().count());
+    until("the first task runs", || started() == 1).await;
+    ledger
+        .taken_over
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    until("a renewal finds the lease lost", || {
+        ledger.lost_renewals() >= 1
+    })
+    .await;
+    // The other worker gives the bundle back; its message comes back.
+    ledger
+        .taken_over
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let (key, owner) = ledger.claims.lock().unwrap()[0].clone();
+    ledger
+        .inner
+        .release(&key, &owner, &BundleProgress::new())
+        .await
+        .unwrap();
+    queue.send(vec![b]).await.unwrap();
+    until("the second delivery is decided on", || {
+        WorkerStats::get(&stats.duplicates) + WorkerStats::get(&stats.bundles) >= 2
+    })
+    .await;
+    assert_eq!(WorkerStats::get(&stats.bundles), 1, "claimed again here");
+    std::fs::write(&gate, "").unwrap();
+    until("the first claim is let go", || {
+        WorkerStats::get(&stats.held) == 0
+    })
+    .await;
+    assert_eq!(
+        queue.releases.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a message given back by a claim that was not its own"
+    );
+    assert_eq!(started(), 1, "its task started again beside itself");
+    assert_eq!(queue.counts(), (2, 0), "both deliveries left hidden");
     stop.stop.cancel();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }

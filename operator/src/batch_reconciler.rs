@@ -267,40 +267,44 @@ fn run(
 ) {
     let spec = &batch.spec;
     let mut runners = ctx.runners.lock().expect("runner lock");
-    match runners.get(&uid(batch)) {
-        Some(r) if r.alive() => {
+    if let Some(r) = runners.get_mut(&uid(batch)) {
+        if r.alive() {
             r.spec.send_replace(spec.clone());
+            return;
         }
-        old => {
-            // Those before it that failed, counted when the reconcile read
-            // the old one's end (`runner_failing`).
-            let failures = old.map(|r| r.failures.clone()).unwrap_or_default();
-            let ns = batch.namespace().unwrap_or_default();
-            let phase = batch.status.as_ref().and_then(|s| s.phase);
-            if phase.is_none() || phase == Some(Phase::Pending) {
-                tracing::info!(batch = %format!("{ns}/{}", batch.name_any()), "starting");
-            }
-            let handle = batch_runner::spawn(
-                ctx.clone(),
-                RunnerArgs {
-                    batch: batch.clone(),
-                    pool_queue_url: queue_url,
-                    pool: ObjectRef::<WorkerPool>::new(batch_plan::pool_of(batch)).within(&ns),
-                    pool_slots: pool.map_or(1, |p| p.spec.max_slots()),
-                    pool_workers: pool.map_or(1, |p| p.spec.max_workers()),
-                    source,
-                    results,
-                    worker_hour_price: pool.and_then(|p| p.spec.price_per_worker_hour),
-                    ledger_table: pool.map_or_else(
-                        || crate::crd::workerpool::DEFAULT_LEDGER_TABLE.to_string(),
-                        |p| p.spec.ledger_table(),
-                    ),
-                },
-                failures,
-            );
-            runners.insert(uid(batch), handle);
+        // Finished since this object was read: its finish is seen next.
+        if r.ended_well() {
+            return;
         }
     }
+    let old = runners.get(&uid(batch));
+    // Those before it that failed, counted when the reconcile read
+    // the old one's end (`runner_failing`).
+    let failures = old.map(|r| r.failures.clone()).unwrap_or_default();
+    let ns = batch.namespace().unwrap_or_default();
+    let phase = batch.status.as_ref().and_then(|s| s.phase);
+    if phase.is_none() || phase == Some(Phase::Pending) {
+        tracing::info!(batch = %format!("{ns}/{}", batch.name_any()), "starting");
+    }
+    let handle = batch_runner::spawn(
+        ctx.clone(),
+        RunnerArgs {
+            batch: batch.clone(),
+            pool_queue_url: queue_url,
+            pool: ObjectRef::<WorkerPool>::new(batch_plan::pool_of(batch)).within(&ns),
+            pool_slots: pool.map_or(1, |p| p.spec.max_slots()),
+            pool_workers: pool.map_or(1, |p| p.spec.max_workers()),
+            source,
+            results,
+            worker_hour_price: pool.and_then(|p| p.spec.price_per_worker_hour),
+            ledger_table: pool.map_or_else(
+                || crate::crd::workerpool::DEFAULT_LEDGER_TABLE.to_string(),
+                |p| p.spec.ledger_table(),
+            ),
+        },
+        failures,
+    );
+    runners.insert(uid(batch), handle);
 }
 
 /// The batch's WorkerPool ([`batch_plan::pool_of`]), `None` when it does

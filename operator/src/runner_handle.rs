@@ -32,6 +32,9 @@ pub struct RunnerHandle {
     pub failures: Failures,
     /// The task's end was read into `failures` (a task's result is read once).
     ended: bool,
+    /// It ended with `Ok`: its batch finished or gave up (or it was told to
+    /// stop), its status written.
+    ended_well: bool,
 }
 
 /// Runners of a batch that stopped on an error, in a row.
@@ -107,7 +110,38 @@ impl RunnerHandle {
             started: Instant::now(),
             failures,
             ended: false,
+            ended_well: false,
         }
+    }
+
+    /// Whether its task ended with `Ok`: its batch finished or gave up. No
+    /// runner is to be started after it, though the object a reconcile read
+    /// says the batch runs: that object is older than the runner's last
+    /// write, and a runner started from it would write the batch back to
+    /// Running (its counts back too) before the finish was seen again.
+    pub fn ended_well(&mut self) -> bool {
+        self.read_end(Instant::now());
+        self.ended_well
+    }
+
+    /// Reads the task's end into `failures`, once, if it ended.
+    fn read_end(&mut self, now: Instant) {
+        if self.alive() || self.ended {
+            return;
+        }
+        self.ended = true;
+        let error = match (&mut self.task).now_or_never() {
+            Some(Ok(Ok(()))) => {
+                self.ended_well = true;
+                None
+            }
+            Some(Ok(Err(e))) => Some(error_chain(&e)),
+            Some(Err(e)) if e.is_panic() => Some("the batch's runner panicked".to_string()),
+            // Aborted (stopped by the reconciler): not a failure.
+            Some(Err(_)) | None => None,
+        };
+        let ran = now.saturating_duration_since(self.started);
+        self.failures = self.failures.after(ran, error, now);
     }
 
     /// Whether its task still runs.
@@ -125,18 +159,7 @@ impl RunnerHandle {
             }
             return self.failures.failing(Some(ran), now);
         }
-        if !self.ended {
-            self.ended = true;
-            let error = match (&mut self.task).now_or_never() {
-                Some(Ok(Ok(()))) => None,
-                Some(Ok(Err(e))) => Some(error_chain(&e)),
-                Some(Err(e)) if e.is_panic() => Some("the batch's runner panicked".to_string()),
-                // Aborted (stopped by the reconciler): not a failure.
-                Some(Err(_)) | None => None,
-            };
-            let ran = now.saturating_duration_since(self.started);
-            self.failures = self.failures.after(ran, error, now);
-        }
+        self.read_end(now);
         self.failures.failing(None, now)
     }
 
@@ -231,5 +254,35 @@ mod tests {
         // Its end was read: stopping it does not await it again (tokio
         // panics on a JoinHandle polled after completion).
         assert!(handle.abort().is_none());
+    }
+
+    /// A runner whose batch finished (`Ok`) is not followed by another: the
+    /// reconcile that saw it ended may hold an object older than its finish.
+    /// One that failed, or was aborted, is.
+    #[tokio::test]
+    async fn only_a_runner_that_ended_well_is_not_followed() {
+        let spec: TaskBatchSpec = serde_json::from_value(
+            serde_json::json!({"workerPool": "p", "tasks": {"inline": [{"kind": "sleep", "ms": 1}]}}),
+        )
+        .unwrap();
+        let ended = |task: JoinHandle<Result<(), Error>>| {
+            let (spec, _) = watch::channel(spec.clone());
+            RunnerHandle::new(task, spec, Failures::default())
+        };
+        let mut well = ended(tokio::spawn(async { Ok(()) }));
+        let mut failed = ended(tokio::spawn(async { Err(Error::Other("denied".into())) }));
+        let mut aborted = ended(tokio::spawn(std::future::pending()));
+        aborted.task.abort();
+        let mut running = ended(tokio::spawn(std::future::pending()));
+        while well.alive() || failed.alive() || aborted.alive() {
+            tokio::task::yield_now().await;
+        }
+        assert!(well.ended_well());
+        assert!(!failed.ended_well());
+        assert!(!aborted.ended_well());
+        assert!(!running.ended_well());
+        // Its end read once: still said after, and a failure still counted.
+        assert!(well.ended_well());
+        assert_eq!(failed.failing(Instant::now()).map(|f| f.count), Some(1));
     }
 }

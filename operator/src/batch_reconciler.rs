@@ -45,6 +45,10 @@ pub async fn reconcile(batch: Arc<TaskBatch>, ctx: Arc<Context>) -> Result<Actio
     .map_err(|e| Error::from_finalizer(&what, e))
 }
 
+/// Event reason: the ledger mark that has workers leave a cancelled (or
+/// given-up) batch's tasks could not be written yet.
+pub const CANCEL_NOT_MARKED: &str = "CancelNotMarked";
+
 fn uid(batch: &TaskBatch) -> String {
     batch.uid().unwrap_or_default()
 }
@@ -78,8 +82,16 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
     }
     if plan.cancel_mark
         && let Some(pool) = &pool
+        && let Err(e) = write_cancel_mark(ctx, pool, &batch).await
     {
-        write_cancel_mark(ctx, pool, &batch).await?;
+        // Written before the status that ends the batch, which would not
+        // ask again: the batch keeps its phase until then, and says why
+        // (its runner is stopped already, its counts still).
+        let message =
+            format!("the batch ends once its workers are told to leave its tasks, retried: {e}");
+        ctx.event(batch.as_ref(), true, CANCEL_NOT_MARKED, message)
+            .await;
+        return Err(e);
     }
     if let Some(part) = &plan.runner_status {
         status_patch::apply(&api, &batch.name_any(), RUNNER, part).await?;

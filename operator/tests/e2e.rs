@@ -2676,6 +2676,65 @@ spec:
     assert!(total < 120);
 }
 
+/// A cancel while DynamoDB is stopped: the mark that has workers leave the
+/// batch's tasks cannot be written, and the batch ends only once it is (the
+/// status that ends it would not ask again). Meanwhile it says why, with a
+/// Warning Event, where before only the operator's log did and the batch
+/// sat Running with no runner; once DynamoDB is back it is Cancelled.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_cancel_the_ledger_cannot_take_yet_says_why_and_ends_the_batch_once_it_can() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-cancelmark");
+    let table = unique("e2e-ledger");
+    c.operator("operator.log", &[]);
+    c.apply(&format!(
+        r#"
+apiVersion: cloudkon.io/v1alpha1
+kind: WorkerPool
+metadata: {{name: p}}
+spec:
+  workers: {{min: 0, max: 1}}
+  template: {{image: cloudkon/worker:test, ledgerTable: {table}}}
+"#
+    ));
+    // No workers: its tasks wait in the queue.
+    c.apply(&run_batch("held", "p", 50, "true"));
+    c.wait_for("the first tasks enqueued", Duration::from_secs(30), |c| {
+        (c.batch("held").status?.counts.enqueued > 0).then_some(())
+    });
+    let events = {
+        let _paused = StoppedServer::stop("CLOUDKON_DYNAMODB_PID");
+        c.ok(&[
+            "patch",
+            "taskbatch",
+            "held",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"cancel":true}}"#,
+        ]);
+        let events = c.wait_for("the CancelNotMarked Event", Duration::from_secs(120), |c| {
+            let events = c.ok(&["get", "events.events.k8s.io", "-o", "wide"]);
+            events.contains("CancelNotMarked").then_some(events)
+        });
+        let phase = c.batch("held").status.unwrap().phase;
+        assert_ne!(phase, Some(Phase::Cancelled), "ended before the mark");
+        events
+    };
+    let b = c.wait_finished("held", Duration::from_secs(300));
+    assert_eq!(b.status.unwrap().phase, Some(Phase::Cancelled));
+    let uid = c.batch("held").metadata.uid.unwrap();
+    let ledger = c.rt.block_on(Aws::load()).ledger(table.clone());
+    use cloudkon_core::ledger::DedupLedger;
+    let marks = c.rt.block_on(ledger.batch_marks(&uid)).unwrap();
+    assert!(marks.cancelled, "Cancelled without its mark");
+    let line = events
+        .lines()
+        .find(|l| l.contains("CancelNotMarked"))
+        .unwrap_or_default();
+    println!("cancel while DynamoDB was stopped: {line}");
+}
+
 /// Pool `p` for 2 host workers x 4 threads (8 slots) on ledger `table`.
 fn host_pool(table: &str) -> String {
     format!(

@@ -554,6 +554,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut horizon = resize_from;
         let mut woke_pool = false;
         let mut last_checkpoint = Instant::now();
+        // What the last checkpoint said (the status it resumed from, first).
+        let mut written = (enqueued, horizon);
         let mut turns = self.shares.subscribe();
         // The pool's priority lane, until a send finds it missing.
         let mut lane = self.priority_lane.as_ref();
@@ -577,6 +579,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 if let Some(next) = sizing::next_cost(&input) {
                     write_sizing(&self.record, enqueued, horizon, next, progress).await?;
                     last_checkpoint = Instant::now();
+                    written = (enqueued, horizon);
                     tracing::debug!(batch = %name, from = enqueued, task = ?next, "bundles cut for a learned task length");
                     learned = Some(next);
                     observed_at_change = observed;
@@ -637,9 +640,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 if share.take(next, cost, window) {
                     break (cost, window);
                 }
-                if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                // Only what was sent since the last one: each send of any
+                // other batch wakes this wait.
+                if last_checkpoint.elapsed() >= CHECKPOINT_EVERY && written != (enqueued, horizon) {
                     last_checkpoint = Instant::now();
                     write_checkpoint(&self.record, enqueued, horizon, progress).await?;
+                    written = (enqueued, horizon);
                 }
                 tokio::select! {
                     _ = progress.collected.notified() => {}
@@ -681,6 +687,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     horizon = next + sent.max(u64::try_from(window_tasks).unwrap_or(u64::MAX));
                     write_checkpoint(&self.record, enqueued, horizon, progress).await?;
                     last_checkpoint = Instant::now();
+                    written = (enqueued, horizon);
                 }
                 let group = std::mem::take(&mut group);
                 let priority = lane.filter(|_| share.priority(window));
@@ -727,6 +734,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 last_checkpoint = Instant::now();
                 write_checkpoint(&self.record, enqueued, horizon, progress).await?;
+                written = (enqueued, horizon);
             }
         }
         // Every task is in the queue: the total is final. (The results, and
@@ -2398,6 +2406,55 @@ mod tests {
         let sizes = |b: &[Vec<u64>]| b.iter().map(Vec::len).collect::<Vec<_>>();
         assert_ne!(sizes(&resent), sizes(&sent[half..]), "not cut otherwise");
         each_once(sent[..half].iter().chain(&resent), n);
+    }
+
+    /// A batch waiting for its turn behind a full window, woken each time
+    /// any other batch of the operator sends: it has nothing new to
+    /// checkpoint, and writes nothing. It wrote its status at each wake, 250
+    /// ms apart at the most: four writes a second while others sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_waiting_for_its_turn_writes_nothing_while_others_send() {
+        let spec = generator(json!({"kind": "sleep", "ms": 1000}), 1_000);
+        let (queue, responses) = (MemoryQueue::bounded(100_000), MemoryResponses::new());
+        let r = runner(&queue, &responses, MemoryRecord::default());
+        // Another batch on the pool holds far more than its window.
+        let other = r
+            .shares
+            .join(&crate::shares::pool_key("ns", "p"), "other", 1);
+        let cost = crate::task_cost::TaskCost::same(Duration::from_secs(1));
+        assert!(other.take(1_000_000, cost, Duration::from_secs(20)));
+        other.sent(1_000_000);
+        let b = batch(spec, None);
+        let (_tx, rx) = watch::channel(b.spec.clone());
+        let mut running = Box::pin(r.run(args(b, false), rx));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r.record.status().counts.enqueued == 0 {
+            tokio::select! {
+                res = &mut running => panic!("the batch ended: {res:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            assert!(Instant::now() < deadline, "its first bundle never went");
+        }
+        // Past its last checkpoint of what it sent.
+        let settle = tokio::time::sleep(Duration::from_millis(600));
+        tokio::select! {
+            res = &mut running => panic!("the batch ended: {res:?}"),
+            _ = settle => {}
+        }
+        let (before, enqueued) = (r.record.writes(), r.record.status().counts.enqueued);
+        // Two seconds of the other batch sending, every 50 ms.
+        let others_send = async {
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                other.sent(1_000_000);
+            }
+        };
+        tokio::select! {
+            res = &mut running => panic!("the batch ended: {res:?}"),
+            () = others_send => {}
+        }
+        assert_eq!(r.record.status().counts.enqueued, enqueued, "it sent");
+        assert_eq!(r.record.writes(), before, "writes while it waited");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

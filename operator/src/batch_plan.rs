@@ -265,7 +265,8 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             // records the batch's pool, tasks and cut as it starts, and
             // those are fixed from then on: its spec stays free to edit
             // while nothing was sent (a runner already running, suspended
-            // before it wrote its start, is left to wait itself).
+            // before it wrote its start, is left, and handed the spec: it
+            // waits itself).
             (Ok(()), Some(_)) if spec.suspend == Some(true) && old.start_time.is_none() => {
                 (Runner::Leave, false, Then::AwaitChange)
             }

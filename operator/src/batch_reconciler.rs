@@ -22,7 +22,7 @@ use crate::batch_plan::{self, Observed, Runner, Then};
 use crate::batch_runner::{self, RunnerArgs, Source};
 use crate::build;
 use crate::context::{Context, FINALIZER};
-use crate::crd::taskbatch::Phase;
+use crate::crd::taskbatch::{Phase, TaskBatchSpec};
 use crate::crd::{TaskBatch, WorkerPool};
 use crate::error::Error;
 use crate::runner_handle::RunnerHandle;
@@ -102,6 +102,9 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
     for note in plan.events {
         ctx.event(batch.as_ref(), note.warning, &note.reason, note.message)
             .await;
+    }
+    if plan.runner == Runner::Leave {
+        hand_spec(&ctx.runners, &key, &batch.spec);
     }
     if let Runner::Run { queue_url } = plan.runner {
         run(
@@ -266,6 +269,22 @@ async fn observe<'a>(
         now: Time(Timestamp::now()),
     };
     Ok((observed, pool, source))
+}
+
+/// Hands the batch's runner, if one runs, the spec: it reads `suspend`
+/// from it. A batch left as it is may still have one, started before a
+/// `suspend` set at once after creation, which it would not see otherwise
+/// (it sent a small batch whole while the batch said Suspended).
+fn hand_spec(
+    runners: &std::sync::Mutex<std::collections::HashMap<String, RunnerHandle>>,
+    key: &str,
+    spec: &TaskBatchSpec,
+) {
+    if let Some(r) = runners.lock().expect("runner lock").get(key)
+        && r.alive()
+    {
+        r.spec.send_replace(spec.clone());
+    }
 }
 
 /// Hands a running runner the spec, or starts one.
@@ -726,5 +745,31 @@ mod tests {
             "{}",
             said[5].message
         );
+    }
+
+    /// A runner left running gets the spec's `suspend`: suspended at once
+    /// after creation, before its start reached the reconciler, it never
+    /// learned of it.
+    #[tokio::test]
+    async fn a_runner_left_running_is_handed_the_spec() {
+        let spec: TaskBatchSpec = serde_json::from_value(
+            serde_json::json!({"workerPool": "p", "tasks": {"inline": [{"kind": "sleep", "ms": 1}]}}),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(spec.clone());
+        let handle =
+            RunnerHandle::new(tokio::spawn(std::future::pending()), tx, Default::default());
+        let runners = std::sync::Mutex::new(std::collections::HashMap::from([(
+            "uid".to_string(),
+            handle,
+        )]));
+        let suspended = TaskBatchSpec {
+            suspend: Some(true),
+            ..spec
+        };
+        hand_spec(&runners, "other", &suspended);
+        assert_eq!(rx.borrow().suspend, None, "another batch's runner");
+        hand_spec(&runners, "uid", &suspended);
+        assert_eq!(rx.borrow().suspend, Some(true));
     }
 }

@@ -82,8 +82,9 @@ struct Args {
     /// DynamoDB ledger), has failed for this long while the worker holds no
     /// bundle (running ones are finished first), or one send of results has
     /// (its bundles are given back, for a worker that can), or every renewal
-    /// of its leases has (its bundles are given back, their running tasks
-    /// left to run again elsewhere): for Kubernetes, which
+    /// of its leases was refused (a deleted table, IAM; not unanswered: its
+    /// bundles are given back, their running tasks left to run again
+    /// elsewhere): for Kubernetes, which
     /// restarts it and shows the error as its termination message (the
     /// operator's Deployments set 2m). Unset: retry for ever.
     #[arg(long, env = "CLOUDKON_GIVE_UP_AFTER", value_parser = humantime::parse_duration)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudkon_core::aws::StatsSnapshot;
-use cloudkon_core::ledger::DedupLedger;
+use cloudkon_core::ledger::{DedupLedger, LedgerError};
 use cloudkon_core::queue::{QueueError, Receipt, ResultRouter, TaskQueue};
 use cloudkon_core::wire::{ResultsMessage, SQS_MAX_MESSAGE_BYTES, encode_results_split};
 use cloudkon_core::{TaskResult, Usage};
@@ -675,11 +675,17 @@ where
             let started = tokio::time::Instant::now();
             let error = renew_round(&ctx, ledger.as_ref(), every).await;
             let mut failed = error.is_some();
-            if let Some(error) = error {
+            if let Some(RoundError {
+                message: error,
+                for_good: true,
+            }) = error
+            {
                 // A ledger that refuses for good (its table gone, IAM) wedged
                 // the worker: completions retried, nothing claimed, healthy
                 // to its probe. Past `give_up_after` it stops, saying why,
                 // and gives its bundles back (their leases ran out long ago).
+                // Not for an outage (timeouts, throttling): the tasks running
+                // go on, and their bundles once it ends.
                 let failing_for = failing_since.get_or_insert(started).elapsed();
                 if ctx
                     .config
@@ -726,13 +732,13 @@ where
 /// [`super::inflight::InFlight::lose`]). Returns whether a renewal failed
 /// or did not answer in time (the first error); the renewals not yet asked
 /// then wait for the next round, so that a throttled ledger is not asked more.
-async fn renew_round<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, every: Duration) -> Option<String>
+async fn renew_round<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, every: Duration) -> Option<RoundError>
 where
     L: DedupLedger,
 {
     use futures_util::StreamExt;
 
-    let failed: std::sync::Mutex<Option<String>> = std::sync::Mutex::default();
+    let failed: std::sync::Mutex<Option<RoundError>> = std::sync::Mutex::default();
     let renewals = ctx
         .inflight
         .snapshot()
@@ -769,16 +775,29 @@ where
                         }
                         return;
                     }
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no answer within {every:?}"),
+                    Ok(Err(e)) => RoundError {
+                        for_good: matches!(e, LedgerError::Backend(_)),
+                        message: e.to_string(),
+                    },
+                    Err(_) => RoundError {
+                        message: format!("no answer within {every:?}"),
+                        for_good: false,
+                    },
                 };
                 WorkerStats::add(&ctx.stats.backend_errors, 1);
-                tracing::warn!(key, error, "lease renewal failed; the others wait for the next round, and no new bundle is claimed until a round succeeds");
+                tracing::warn!(key, error = error.message, "lease renewal failed; the others wait for the next round, and no new bundle is claimed until a round succeeds");
                 failed.lock().expect("failed lock").get_or_insert(error);
             }
         })
         .await;
     failed.into_inner().expect("failed lock")
+}
+
+/// Why a round of renewals failed: the first error.
+struct RoundError {
+    message: String,
+    /// Refused for good (a deleted table, IAM), not unanswered or throttled.
+    for_good: bool,
 }
 
 #[cfg(test)]

@@ -711,10 +711,22 @@ async fn a_worker_whose_results_cannot_be_sent_gives_up_and_gives_its_bundles_ba
 }
 
 /// The in-memory ledger, but for renewals and completions, which it refuses
-/// (its table deleted, or IAM without `dynamodb:UpdateItem`).
+/// (its table deleted, or IAM without `dynamodb:UpdateItem`), or does not
+/// answer (`outage`: an error that may pass).
 #[derive(Default)]
 struct NoUpdatesLedger {
     inner: MemoryLedger,
+    outage: bool,
+}
+
+impl NoUpdatesLedger {
+    fn refusal(&self) -> LedgerError {
+        if self.outage {
+            LedgerError::Unavailable("dispatch failure: connection refused".into())
+        } else {
+            LedgerError::Backend("AccessDeniedException: not allowed".into())
+        }
+    }
 }
 
 impl DedupLedger for NoUpdatesLedger {
@@ -741,9 +753,7 @@ impl DedupLedger for NoUpdatesLedger {
         _lease: Duration,
         _done: &BundleProgress,
     ) -> Result<bool, LedgerError> {
-        Err(LedgerError::Backend(
-            "AccessDeniedException: not allowed".into(),
-        ))
+        Err(self.refusal())
     }
 
     async fn complete(
@@ -752,9 +762,7 @@ impl DedupLedger for NoUpdatesLedger {
         _owner: &str,
         _results: Vec<u8>,
     ) -> Result<bool, LedgerError> {
-        Err(LedgerError::Backend(
-            "AccessDeniedException: not allowed".into(),
-        ))
+        Err(self.refusal())
     }
 
     async fn release(
@@ -805,6 +813,37 @@ async fn a_worker_whose_leases_cannot_be_renewed_gives_up_and_gives_its_bundles_
     assert!(error.contains("AccessDenied"), "{error}");
     assert_eq!(router.results("resp").len(), 2, "its results were sent");
     assert_eq!(queue.counts(), (0, 1), "its message given back");
+}
+
+/// The same for an outage (renewals unanswered): the worker waits it out,
+/// its tasks going on, rather than stop them two minutes in.
+#[tokio::test(start_paused = true)]
+async fn a_worker_rides_out_a_ledger_outage_past_its_give_up_period() {
+    let queue = Arc::new(ReceiptQueue::new(vec![bundle(0, sleeps(2))]));
+    let mut config = config();
+    config.lease = Duration::from_secs(3);
+    config.visibility = Duration::from_secs(3);
+    config.give_up_after = Some(Duration::from_secs(30));
+    let stop = Shutdown::new();
+    let ledger = NoUpdatesLedger {
+        outage: true,
+        ..Default::default()
+    };
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(Arc::new(ledger)),
+        Arc::new(MemoryRouter::default()),
+        Arc::new(Registry::new()),
+        config,
+        stop.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(!worker.is_finished(), "{:?}", worker.await);
+    stop.abort.cancel();
+    stop.stop.cancel();
+    let reason = worker.await.unwrap();
+    assert_eq!(reason, StopReason::Shutdown);
 }
 
 /// A batch whose response queue is missing ("gone", its batch not

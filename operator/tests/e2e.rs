@@ -2688,16 +2688,7 @@ fn a_cancel_the_ledger_cannot_take_yet_says_why_and_ends_the_batch_once_it_can()
     let mut c = Cluster::new("e2e-cancelmark");
     let table = unique("e2e-ledger");
     c.operator("operator.log", &[]);
-    c.apply(&format!(
-        r#"
-apiVersion: cloudkon.io/v1alpha1
-kind: WorkerPool
-metadata: {{name: p}}
-spec:
-  workers: {{min: 0, max: 1}}
-  template: {{image: cloudkon/worker:test, ledgerTable: {table}}}
-"#
-    ));
+    c.apply(&host_pool(&table));
     // No workers: its tasks wait in the queue.
     c.apply(&run_batch("held", "p", 50, "true"));
     c.wait_for("the first tasks enqueued", Duration::from_secs(30), |c| {

@@ -693,14 +693,7 @@ async fn a_worker_whose_results_cannot_be_sent_gives_up_and_gives_its_bundles_ba
     let mut config = config();
     config.give_up_after = Some(Duration::from_millis(300));
     let reason = run_through(vec![b], Some(ledger.clone()), router, config, stats.clone()).await;
-    let StopReason::GaveUp {
-        unable,
-        failing_for,
-        error,
-    } = reason
-    else {
-        panic!("did not give up: {reason:?}");
-    };
+    let (unable, failing_for, error) = gave_up(reason);
     assert_eq!(unable, Unable::SendResults);
     assert!(failing_for >= Duration::from_millis(300), "{failing_for:?}");
     assert!(error.contains("connection refused"), "{error}");
@@ -710,96 +703,8 @@ async fn a_worker_whose_results_cannot_be_sent_gives_up_and_gives_its_bundles_ba
     assert_given_back_untouched(&ledger, &key).await;
 }
 
-/// The in-memory ledger, but for renewals and completions, which it refuses
-/// (its table deleted, or IAM without `dynamodb:UpdateItem`), or does not
-/// answer (`outage`: an error that may pass).
-#[derive(Default)]
-struct NoUpdatesLedger {
-    inner: MemoryLedger,
-    outage: bool,
-}
-
-impl NoUpdatesLedger {
-    fn refusal(&self) -> LedgerError {
-        if self.outage {
-            LedgerError::Unavailable("dispatch failure: connection refused".into())
-        } else {
-            LedgerError::Backend("AccessDeniedException: not allowed".into())
-        }
-    }
-}
-
-impl DedupLedger for NoUpdatesLedger {
-    async fn cancel_batch(&self, batch: &str) -> Result<(), LedgerError> {
-        self.inner.cancel_batch(batch).await
-    }
-
-    async fn batch_marks(&self, batch: &str) -> Result<BatchMarks, LedgerError> {
-        self.inner.batch_marks(batch).await
-    }
-
-    async fn mark_lane(&self, batch: &str, at_ms: u64) -> Result<(), LedgerError> {
-        self.inner.mark_lane(batch, at_ms).await
-    }
-
-    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, LedgerError> {
-        self.inner.claim(key, owner, lease).await
-    }
-
-    async fn renew(
-        &self,
-        _key: &str,
-        _owner: &str,
-        _lease: Duration,
-        _done: &BundleProgress,
-    ) -> Result<bool, LedgerError> {
-        Err(self.refusal())
-    }
-
-    async fn complete(
-        &self,
-        _key: &str,
-        _owner: &str,
-        _results: Vec<u8>,
-    ) -> Result<bool, LedgerError> {
-        Err(self.refusal())
-    }
-
-    async fn release(
-        &self,
-        key: &str,
-        owner: &str,
-        done: &BundleProgress,
-    ) -> Result<(), LedgerError> {
-        self.inner.release(key, owner, done).await
-    }
-}
-
-/// A ledger that takes claims and refuses every renewal and completion: the
-/// worker retried the completion for ever, claimed nothing more, and stayed
-/// healthy to its probe, holding its bundle's message. Past
-/// `give_up_after` it stops, saying why, and gives the bundle back.
-#[tokio::test(start_paused = true)]
-async fn a_worker_whose_leases_cannot_be_renewed_gives_up_and_gives_its_bundles_back() {
-    let queue = Arc::new(ReceiptQueue::new(vec![bundle(0, sleeps(2))]));
-    let router = Arc::new(MemoryRouter::default());
-    let stats = Arc::new(WorkerStats::default());
-    let mut config = config();
-    config.lease = Duration::from_secs(3);
-    config.visibility = Duration::from_secs(3);
-    config.give_up_after = Some(Duration::from_secs(30));
-    let worker = run_remote(
-        queue.clone(),
-        Some(Arc::new(NoUpdatesLedger::default())),
-        router.clone(),
-        Arc::new(Registry::new()),
-        config,
-        Shutdown::new(),
-        stats.clone(),
-    );
-    let reason = tokio::time::timeout(Duration::from_secs(600), worker)
-        .await
-        .expect("still running after 10 minutes");
+/// What a worker that gave up could not do, for how long, and its last error.
+fn gave_up(reason: StopReason) -> (Unable, Duration, String) {
     let StopReason::GaveUp {
         unable,
         failing_for,
@@ -808,6 +713,55 @@ async fn a_worker_whose_leases_cannot_be_renewed_gives_up_and_gives_its_bundles_
     else {
         panic!("did not give up: {reason:?}");
     };
+    (unable, failing_for, error)
+}
+
+/// A worker on a ledger that takes claims and refuses every renewal and
+/// completion as `refused` says, with a bundle of two tasks, a 3 s lease
+/// and a 30 s `give_up_after`.
+fn unrenewable(
+    refused: Refusal,
+) -> (
+    Arc<ReceiptQueue>,
+    Arc<MemoryRouter>,
+    Shutdown,
+    tokio::task::JoinHandle<StopReason>,
+) {
+    let queue = Arc::new(ReceiptQueue::new(vec![bundle(0, sleeps(2))]));
+    let router = Arc::new(MemoryRouter::default());
+    let mut config = config();
+    config.lease = Duration::from_secs(3);
+    config.visibility = Duration::from_secs(3);
+    config.give_up_after = Some(Duration::from_secs(30));
+    let stop = Shutdown::new();
+    let ledger = TakenOverLedger {
+        refused: Some(refused),
+        ..Default::default()
+    };
+    let worker = tokio::spawn(run_remote(
+        queue.clone(),
+        Some(Arc::new(ledger)),
+        router.clone(),
+        Arc::new(Registry::new()),
+        config,
+        stop.clone(),
+        Arc::new(WorkerStats::default()),
+    ));
+    (queue, router, stop, worker)
+}
+
+/// Renewals and completions refused for good: the worker retried the
+/// completion for ever, claimed nothing more, and stayed healthy to its
+/// probe, holding its bundle's message. Past `give_up_after` it stops,
+/// saying why, and gives the bundle back.
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_leases_cannot_be_renewed_gives_up_and_gives_its_bundles_back() {
+    let (queue, router, _stop, worker) = unrenewable(Refusal::ForGood);
+    let reason = tokio::time::timeout(Duration::from_secs(600), worker)
+        .await
+        .expect("still running after 10 minutes")
+        .unwrap();
+    let (unable, failing_for, error) = gave_up(reason);
     assert_eq!(unable, Unable::Renew);
     assert!(failing_for >= Duration::from_secs(30), "{failing_for:?}");
     assert!(error.contains("AccessDenied"), "{error}");
@@ -819,31 +773,12 @@ async fn a_worker_whose_leases_cannot_be_renewed_gives_up_and_gives_its_bundles_
 /// its tasks going on, rather than stop them two minutes in.
 #[tokio::test(start_paused = true)]
 async fn a_worker_rides_out_a_ledger_outage_past_its_give_up_period() {
-    let queue = Arc::new(ReceiptQueue::new(vec![bundle(0, sleeps(2))]));
-    let mut config = config();
-    config.lease = Duration::from_secs(3);
-    config.visibility = Duration::from_secs(3);
-    config.give_up_after = Some(Duration::from_secs(30));
-    let stop = Shutdown::new();
-    let ledger = NoUpdatesLedger {
-        outage: true,
-        ..Default::default()
-    };
-    let worker = tokio::spawn(run_remote(
-        queue.clone(),
-        Some(Arc::new(ledger)),
-        Arc::new(MemoryRouter::default()),
-        Arc::new(Registry::new()),
-        config,
-        stop.clone(),
-        Arc::new(WorkerStats::default()),
-    ));
+    let (_, _, stop, worker) = unrenewable(Refusal::Outage);
     tokio::time::sleep(Duration::from_secs(300)).await;
     assert!(!worker.is_finished(), "{:?}", worker.await);
     stop.abort.cancel();
     stop.stop.cancel();
-    let reason = worker.await.unwrap();
-    assert_eq!(reason, StopReason::Shutdown);
+    assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }
 
 /// A batch whose response queue is missing ("gone", its batch not
@@ -2147,7 +2082,8 @@ async fn renewals_fail_while_a_bundle_comes<Q: TaskQueue + 'static>(queue: Arc<Q
 
 /// The in-memory ledger whose bundles another worker takes over once
 /// `taken_over` is set: renewals and completions then answer that the lease
-/// was lost. Counts those renewals, and the releases asked of it.
+/// was lost. Counts those renewals, and the releases asked of it. Or one
+/// that refuses every renewal and completion (`refused`).
 #[derive(Default)]
 struct TakenOverLedger {
     inner: MemoryLedger,
@@ -2156,9 +2092,32 @@ struct TakenOverLedger {
     releases: std::sync::atomic::AtomicUsize,
     /// Each claim asked for: its key and owner token.
     claims: Mutex<Vec<(String, String)>>,
+    refused: Option<Refusal>,
+}
+
+/// How a ledger refuses renewals and completions.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// Its table deleted, or IAM without `dynamodb:UpdateItem`.
+    ForGood,
+    /// Unreachable: an error that may pass.
+    Outage,
 }
 
 impl TakenOverLedger {
+    /// The refusal, if it refuses.
+    fn refusal(&self) -> Result<(), LedgerError> {
+        match self.refused {
+            None => Ok(()),
+            Some(Refusal::ForGood) => Err(LedgerError::Backend(
+                "AccessDeniedException: not allowed".into(),
+            )),
+            Some(Refusal::Outage) => Err(LedgerError::Unavailable(
+                "dispatch failure: connection refused".into(),
+            )),
+        }
+    }
+
     fn taken_over(&self) -> bool {
         self.taken_over.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -2197,6 +2156,7 @@ impl DedupLedger for TakenOverLedger {
         lease: Duration,
         done: &BundleProgress,
     ) -> Result<bool, LedgerError> {
+        self.refusal()?;
         if self.taken_over() {
             self.lost_renewals
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -2211,6 +2171,7 @@ impl DedupLedger for TakenOverLedger {
         owner: &str,
         results: Vec<u8>,
     ) -> Result<bool, LedgerError> {
+        self.refusal()?;
         if self.taken_over() {
             return Ok(false);
         }

@@ -158,6 +158,19 @@ fn started_then_waits(started: &std::path::Path, gate: &std::path::Path) -> Task
     }
 }
 
+/// A task that adds a line to the file `log` (one per run), then waits
+/// until `gate` exists.
+fn logged_then_waits(log: &std::path::Path, gate: &std::path::Path) -> TaskSpec {
+    TaskSpec::Run {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("echo x >> {}; {}", log.display(), wait_for(gate)),
+        ],
+        expected_ms: None,
+    }
+}
+
 /// Waits until `done` holds; fails after 20 s, saying `what` never came.
 pub(super) async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -292,15 +305,7 @@ async fn a_second_delivery_to_the_same_worker_while_running_is_held() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let release = dir.path().join("release");
-    let spec = TaskSpec::Run {
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            format!("echo x >> {}; {}", log.display(), wait_for(&release)),
-        ],
-        expected_ms: None,
-    };
-    let b = bundle(0, vec![spec]);
+    let b = bundle(0, vec![logged_then_waits(&log, &release)]);
     let ledger = Arc::new(MemoryLedger::new());
     let router = Arc::new(MemoryRouter::default());
     let stats = Arc::new(WorkerStats::default());
@@ -2285,15 +2290,10 @@ async fn a_bundle_delivered_again_while_its_lost_claim_still_runs_here_waits_for
     // instead, for after the first claim is done.
     let dir = tempfile::tempdir().unwrap();
     let (log, gate) = (dir.path().join("log"), dir.path().join("gate"));
-    let first = TaskSpec::Run {
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            format!("echo x >> {}; {}", log.display(), wait_for(&gate)),
-        ],
-        expected_ms: None,
-    };
-    let b = bundle(0, vec![first, TaskSpec::Sleep { ms: 0 }]);
+    let b = bundle(
+        0,
+        vec![logged_then_waits(&log, &gate), TaskSpec::Sleep { ms: 0 }],
+    );
     let queue = Arc::new(ReceiptQueue::new(vec![b.clone()]));
     let ledger = Arc::new(TakenOverLedger::default());
     let router = Arc::new(MemoryRouter::default());

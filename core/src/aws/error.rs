@@ -2,8 +2,8 @@
 //! failed, the service's error code, and whether trying later may help.
 
 use std::error::Error as StdError;
-use std::fmt::Debug;
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
@@ -57,21 +57,29 @@ impl AwsError {
     /// From an SDK error: a service's answer as its code and message, a
     /// transport failure with its whole chain of causes. Public so that the
     /// operator's EC2 clients render their errors the same way.
-    pub fn sdk<E, R>(
+    pub fn sdk<E>(
         service: &'static str,
         operation: &'static str,
         resource: impl Into<String>,
-        err: SdkError<E, R>,
+        err: SdkError<E, HttpResponse>,
     ) -> Self
     where
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-        R: Debug,
     {
         let code = err.code().map(str::to_string);
+        // The server's trouble or a rate limit, whatever the code says (or
+        // when it says none: a proxy's or an endpoint's bare 503): an outage
+        // taken for a refusal would have workers give up and stop their tasks.
+        let busy = err
+            .raw_response()
+            .is_some_and(|r| r.status().is_server_error() || r.status().as_u16() == 429);
         let kind = match &err {
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ErrorKind::Transient,
             SdkError::ResponseError(_) => ErrorKind::Transient,
-            SdkError::ServiceError(_) => classify(code.as_deref()),
+            SdkError::ServiceError(_) => match classify(code.as_deref()) {
+                ErrorKind::Permanent if busy => ErrorKind::Transient,
+                kind => kind,
+            },
             _ => ErrorKind::Permanent,
         };
         // A service's answer is its code and message; the raw response would
@@ -122,8 +130,55 @@ fn classify(code: Option<&str>) -> ErrorKind {
         | "RequestLimitExceeded"
         | "InternalServerError"
         | "InternalError"
+        | "InternalFailure"
         | "ServiceUnavailable"
+        | "ServiceUnavailableException"
+        | "RequestTimeout"
+        | "RequestTimeoutException"
+        | "TooManyRequestsException"
         | "SlowDown" => ErrorKind::Transient,
         _ => ErrorKind::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    /// The kind of a DynamoDB answer with this HTTP status and error code.
+    fn kind_of(status: u16, code: Option<&str>) -> ErrorKind {
+        let mut meta = ErrorMetadata::builder();
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        let raw = HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+        let err = SdkError::service_error(UpdateItemError::generic(meta.build()), raw);
+        AwsError::sdk("DynamoDB", "UpdateItem", "t", err).kind
+    }
+
+    #[test]
+    fn a_servers_trouble_or_a_rate_limit_is_transient_whatever_its_code() {
+        assert_eq!(kind_of(500, None), ErrorKind::Transient);
+        assert_eq!(kind_of(503, Some("SomethingNew")), ErrorKind::Transient);
+        assert_eq!(kind_of(429, None), ErrorKind::Transient);
+        assert_eq!(kind_of(500, Some("InternalFailure")), ErrorKind::Transient);
+        assert_eq!(
+            kind_of(400, Some("ThrottlingException")),
+            ErrorKind::Transient
+        );
+        // Refusals stay refusals; a missing table is said as such.
+        assert_eq!(
+            kind_of(400, Some("AccessDeniedException")),
+            ErrorKind::Permanent
+        );
+        assert_eq!(kind_of(400, None), ErrorKind::Permanent);
+        assert_eq!(
+            kind_of(400, Some("ResourceNotFoundException")),
+            ErrorKind::NotFound
+        );
     }
 }

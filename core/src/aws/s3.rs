@@ -11,6 +11,7 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _};
 
@@ -267,14 +268,13 @@ fn uri(bucket: &str, key: &str) -> String {
     format!("s3://{bucket}/{key}")
 }
 
-fn err<E, R>(
+fn err<E>(
     operation: &'static str,
     resource: String,
-    e: aws_sdk_s3::error::SdkError<E, R>,
+    e: aws_sdk_s3::error::SdkError<E, HttpResponse>,
 ) -> AwsError
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     let mut e = AwsError::sdk(SERVICE, operation, resource, e);
     if e.kind == ErrorKind::NotFound {

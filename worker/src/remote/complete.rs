@@ -413,7 +413,7 @@ async fn flush<Q, L, R>(
         if ctx.inflight.lost(&key) {
             // Taken over (see `renew_leases`): what ran here was sent, and
             // the claim and the message are the new holder's to finish.
-            ctx.inflight.remove(&key);
+            let_go(ctx, &key).await;
             continue;
         }
         if p.end != Some(true) || !p.unsent.is_empty() {
@@ -438,7 +438,7 @@ async fn flush<Q, L, R>(
                         key,
                         "completion not recorded: another worker holds the bundle"
                     );
-                    ctx.inflight.remove(&key);
+                    let_go(ctx, &key).await;
                     continue;
                 }
                 None => {
@@ -473,7 +473,7 @@ async fn flush<Q, L, R>(
         .await;
     }
     for key in &finished {
-        ctx.inflight.remove(key);
+        let_go(ctx, key).await;
     }
     // A queue's failures count while results wait on it.
     let waiting: std::collections::HashSet<&str> = pending
@@ -552,6 +552,19 @@ fn give_up<Q, L, R>(ctx: &Ctx<Q, L, R>, reason: StopReason) {
     ctx.shutdown.abort.cancel();
 }
 
+/// Lets a bundle go: the deliveries of it parked meanwhile (see
+/// [`super::inflight::InFlight::park`]) are made visible, for any worker.
+async fn let_go<Q, L, R>(ctx: &Ctx<Q, L, R>, key: &str)
+where
+    Q: TaskQueue,
+{
+    for receipt in ctx.inflight.remove(key) {
+        if let Err(e) = ctx.queue.release(&receipt).await {
+            tracing::warn!(key, error = %e, "could not make a later delivery of a bundle let go visible; it returns after its visibility timeout");
+        }
+    }
+}
+
 /// Gives an unfinished bundle back with its progress: the claim released and
 /// the message visible again, so that another worker takes it at once and runs
 /// only what was not reported here. `return_room`: the bundle never reached
@@ -568,7 +581,7 @@ where
     if ctx.inflight.lost(key) {
         // Another worker took it over: its claim and its message are that
         // worker's, and releasing them would hand the bundle to a third.
-        ctx.inflight.remove(key);
+        let_go(ctx, key).await;
         if return_room {
             ctx.room.add_permits(1);
         }
@@ -588,7 +601,7 @@ where
         tracing::warn!(key, error = %e, "could not release the message; it returns after its visibility timeout");
     }
     WorkerStats::add(&ctx.stats.released, 1);
-    ctx.inflight.remove(key);
+    let_go(ctx, key).await;
     if return_room {
         ctx.room.add_permits(1);
     }
@@ -629,12 +642,13 @@ where
                 _ = visibility_done.cancelled() => return,
                 _ = tokio::time::sleep(every) => {},
             }
-            let held: Vec<(String, Receipt)> = ctx
+            let mut held: Vec<(String, Receipt)> = ctx
                 .inflight
                 .snapshot()
                 .into_iter()
                 .filter_map(|h| Some((h.key, h.receipt?)))
                 .collect();
+            held.extend(ctx.inflight.parked());
             if held.is_empty() {
                 continue;
             }
@@ -651,9 +665,11 @@ where
                 continue;
             }
             for (key, receipt) in &held {
-                if ctx.inflight.needs_heartbeat(key)
+                let kept =
+                    || ctx.inflight.needs_heartbeat(key) || ctx.inflight.is_parked(key, receipt);
+                if kept()
                     && let Err(e) = ctx.queue.extend(receipt, ctx.config.visibility).await
-                    && ctx.inflight.needs_heartbeat(key)
+                    && kept()
                 {
                     tracing::warn!(key = %key, error = %e, "visibility extension failed");
                 }

@@ -486,12 +486,18 @@ where
         // took the bundle over from this one and gave it back while a task of
         // it still runs here. One claim per bundle here: this worker keeps
         // its bundles by key, and a second claim's records would be taken
-        // for the first's. It comes back once the first is done, to
-        // whichever worker. (At-least-once batches run every delivery.)
+        // for the first's. It is parked on the first, and made visible once
+        // that one ends, for whichever worker. (At-least-once batches run
+        // every delivery.)
         WorkerStats::add(&ctx.stats.duplicates, 1);
-        if let Some(receipt) = &receipt {
-            let hide = ctx.config.lease.max(claim_retry_delay(receive_count));
-            let _ = ctx.queue.extend(receipt, hide).await;
+        if let Some(receipt) = receipt {
+            let hide = if ctx.inflight.park(&key, receipt.clone()) {
+                ctx.config.visibility
+            } else {
+                // Let go meanwhile: back soon.
+                claim_retry_delay(receive_count)
+            };
+            let _ = ctx.queue.extend(&receipt, hide).await;
         }
         return Admitted::Skip;
     }

@@ -36,6 +36,9 @@ struct Held {
     /// Stopped when its batch is cancelled (the tasks not started are
     /// left); how many have not started.
     control: Arc<UnitControl>,
+    /// Later deliveries of the same bundle, kept hidden until this claim
+    /// ends (see [`InFlight::park`]).
+    parked: Vec<Receipt>,
 }
 
 /// What a heartbeat renews.
@@ -85,15 +88,50 @@ impl InFlight {
                 lost: false,
                 progress,
                 control,
+                parked: Vec::new(),
             },
         );
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
     }
 
-    pub fn remove(&self, key: &str) {
+    /// Lets the bundle go; the deliveries parked on it, to be made visible.
+    pub fn remove(&self, key: &str) -> Vec<Receipt> {
         let mut held = self.held.lock().expect("inflight lock");
-        held.remove(key);
+        let parked = held.remove(key).map(|e| e.parked).unwrap_or_default();
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
+        parked
+    }
+
+    /// Keeps `receipt`, another delivery of the bundle `key` held here, until
+    /// this claim of it ends: one claim per bundle here, and hidden meanwhile
+    /// by the heartbeats rather than for a while, or every time it came back
+    /// here it cost a receive, on its way to the dead-letter queue unrun.
+    /// False if the bundle is no longer held.
+    pub fn park(&self, key: &str, receipt: Receipt) -> bool {
+        match self.held.lock().expect("inflight lock").get_mut(key) {
+            Some(entry) => {
+                entry.parked.push(receipt);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `receipt` is still parked on the bundle `key`.
+    pub fn is_parked(&self, key: &str, receipt: &Receipt) -> bool {
+        self.held
+            .lock()
+            .expect("inflight lock")
+            .get(key)
+            .is_some_and(|e| e.parked.contains(receipt))
+    }
+
+    /// The deliveries parked on the bundles held, with their bundles' keys.
+    pub fn parked(&self) -> Vec<(String, Receipt)> {
+        let held = self.held.lock().expect("inflight lock");
+        held.iter()
+            .flat_map(|(key, e)| e.parked.iter().map(move |r| (key.clone(), r.clone())))
+            .collect()
     }
 
     /// The bundle's completion is recorded, or it is being given back:

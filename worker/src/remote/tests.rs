@@ -1273,11 +1273,23 @@ impl ReceiptQueue {
         }
     }
 
-    /// A queue whose messages come back after a single extension, as SQS's.
-    fn timed() -> Self {
+    /// A queue whose messages come back once their last extension ends, as
+    /// SQS's do.
+    fn timed(bundles: Vec<Bundle>) -> Self {
         Self {
             timed: true,
-            ..Self::new(Vec::new())
+            ..Self::new(bundles)
+        }
+    }
+
+    /// Hides message `receipt` for `timeout` from now, if timed.
+    fn hide(&self, receipt: &Receipt, timeout: Duration) {
+        if self.timed {
+            let i: usize = receipt.0.parse().unwrap();
+            self.visible_at
+                .lock()
+                .unwrap()
+                .insert(i, tokio::time::Instant::now() + timeout);
         }
     }
 
@@ -1306,6 +1318,13 @@ impl ReceiptQueue {
             .take(max)
             .map(|(i, (bundle, held))| {
                 *held = true;
+                if self.timed {
+                    // The queue's own visibility timeout (SQS's default).
+                    self.visible_at
+                        .lock()
+                        .unwrap()
+                        .insert(i, now + Duration::from_secs(30));
+                }
                 Delivery {
                     bundle: bundle.clone(),
                     receipt: Some(Receipt(i.to_string())),
@@ -1359,13 +1378,10 @@ impl TaskQueue for ReceiptQueue {
         self.extends
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.extended_by.lock().unwrap().push(timeout);
+        self.hide(receipt, timeout);
         if self.timed {
-            let i: usize = receipt.0.parse().unwrap();
-            self.visible_at
-                .lock()
-                .unwrap()
-                .insert(i, tokio::time::Instant::now() + timeout);
-            // A receive under way waits for it too.
+            // A receive under way waits for it too (one message hidden for a
+            // while; the heartbeats' extensions of all need no look).
             self.sent.notify_waiters();
         }
         Ok(())
@@ -1374,11 +1390,14 @@ impl TaskQueue for ReceiptQueue {
     async fn extend_all(
         &self,
         receipts: Vec<Receipt>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<(), QueueError> {
         assert!(receipts.len() <= 10, "one request");
         self.extend_alls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for receipt in &receipts {
+            self.hide(receipt, timeout);
+        }
         Ok(())
     }
 
@@ -1387,6 +1406,8 @@ impl TaskQueue for ReceiptQueue {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let i: usize = receipt.0.parse().unwrap();
         self.messages.lock().unwrap()[i].1 = false;
+        self.visible_at.lock().unwrap().remove(&i);
+        self.sent.notify_waiters();
         Ok(())
     }
 }
@@ -2003,7 +2024,7 @@ async fn a_bundle_received_while_renewals_fail_comes_back_later() {
     // Not given back at once: each receive counts towards the queue's
     // `maxReceives`, and a ledger whose renewals fail on and off (a
     // throttled table) would send it to the dead-letter queue unrun.
-    let queue = Arc::new(ReceiptQueue::timed());
+    let queue = Arc::new(ReceiptQueue::timed(Vec::new()));
     renewals_fail_while_a_bundle_comes(queue.clone()).await;
     assert_eq!(
         queue.releases.load(std::sync::atomic::Ordering::Relaxed),
@@ -2281,24 +2302,26 @@ async fn a_worker_that_lost_a_lease_starts_no_more_of_its_tasks_and_leaves_its_m
 #[tokio::test(start_paused = true)]
 async fn a_bundle_delivered_again_while_its_lost_claim_still_runs_here_waits_for_it() {
     // Two slots. The bundle's first task runs here when another worker takes
-    // the bundle over, lets its lease run out and its message come back: the
-    // new delivery reaches this worker while that task still runs. Claimed
-    // and run here beside it, the two claims shared this worker's records of
-    // the bundle (kept by its key): the first's end was taken for the
-    // second's (its heartbeats stopped, its message given back, so a third
-    // run elsewhere), and the task started again here. It is left hidden
-    // instead, for after the first claim is done.
+    // the bundle over, then gives it back: its message comes back to this
+    // worker while that task still runs. Claimed and run here beside it, the
+    // two claims shared this worker's records of the bundle (kept by its
+    // key): the first's end was taken for the second's, and the task started
+    // again here. Hidden for a while instead, it came back here again and
+    // again, each time a receive towards the dead-letter queue. It is parked
+    // on the first claim, kept hidden by the heartbeats, and made visible
+    // when that claim ends.
     let dir = tempfile::tempdir().unwrap();
     let (log, gate) = (dir.path().join("log"), dir.path().join("gate"));
     let b = bundle(
         0,
         vec![logged_then_waits(&log, &gate), TaskSpec::Sleep { ms: 0 }],
     );
-    let queue = Arc::new(ReceiptQueue::new(vec![b.clone()]));
+    let queue = Arc::new(ReceiptQueue::timed(vec![b]));
     let ledger = Arc::new(TakenOverLedger::default());
     let router = Arc::new(MemoryRouter::default());
     let stats = Arc::new(WorkerStats::default());
     let mut config = config();
+    config.pool.slots = 4;
     config.lease = Duration::from_secs(3);
     config.visibility = Duration::from_secs(3);
     let stop = Shutdown::new();
@@ -2320,7 +2343,8 @@ async fn a_bundle_delivered_again_while_its_lost_claim_still_runs_here_waits_for
         ledger.lost_renewals() >= 1
     })
     .await;
-    // The other worker gives the bundle back; its message comes back.
+    // The other worker gives the bundle back; this one no longer hides its
+    // message, which comes back.
     ledger
         .taken_over
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -2330,24 +2354,28 @@ async fn a_bundle_delivered_again_while_its_lost_claim_still_runs_here_waits_for
         .release(&key, &owner, &BundleProgress::new())
         .await
         .unwrap();
-    queue.send(vec![b]).await.unwrap();
-    until("the second delivery is decided on", || {
-        WorkerStats::get(&stats.duplicates) + WorkerStats::get(&stats.bundles) >= 2
+    until("the message delivered again", || {
+        WorkerStats::get(&stats.duplicates) >= 1
     })
     .await;
+    tokio::time::sleep(config.visibility * 10).await;
     assert_eq!(WorkerStats::get(&stats.bundles), 1, "claimed again here");
-    std::fs::write(&gate, "").unwrap();
-    until("the first claim is let go", || {
-        WorkerStats::get(&stats.held) == 0
-    })
-    .await;
-    assert_eq!(
-        queue.releases.load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "a message given back by a claim that was not its own"
-    );
     assert_eq!(started(), 1, "its task started again beside itself");
-    assert_eq!(queue.counts(), (2, 0), "both deliveries left hidden");
+    assert_eq!(
+        WorkerStats::get(&stats.duplicates),
+        1,
+        "received again and again while the first claim ran"
+    );
+    std::fs::write(&gate, "").unwrap();
+    until(
+        "the bundle claimed again once the first claim ended",
+        || WorkerStats::get(&stats.bundles) == 2 && started() == 2,
+    )
+    .await;
+    assert!(
+        queue.releases.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the parked delivery made visible"
+    );
     stop.stop.cancel();
     assert_eq!(worker.await.unwrap(), StopReason::Shutdown);
 }

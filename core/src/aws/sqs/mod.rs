@@ -9,6 +9,8 @@ pub use admin::{QueueOptions, bounded_queue_name, queue_name_chars};
 
 use std::time::Duration;
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
 use super::config::AwsSettings;
 use super::error::AwsError;
 use super::stats::RequestStats;
@@ -74,14 +76,13 @@ impl SqsClient {
         &self.stats
     }
 
-    fn err<E, R>(
+    fn err<E>(
         operation: &'static str,
         resource: &str,
-        e: aws_sdk_sqs::error::SdkError<E, R>,
+        e: aws_sdk_sqs::error::SdkError<E, HttpResponse>,
     ) -> AwsError
     where
         E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
         AwsError::sdk(SERVICE, operation, resource, e)
     }

@@ -84,11 +84,12 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
         && let Some(pool) = &pool
         && let Err(e) = write_cancel_mark(ctx, pool, &batch).await
     {
-        // Written before the status that ends the batch, which would not
-        // ask again: the batch keeps its phase until then, and says why
-        // (its runner is stopped already, its counts still).
-        let message =
-            format!("the batch ends once its workers are told to leave its tasks, retried: {e}");
+        // Written before the status that ends the batch (or says its failure
+        // policy was acted on), which would not ask again: the status waits,
+        // and the batch says why (its runner is stopped already).
+        let message = format!(
+            "cannot yet tell the workers to leave this batch's queued tasks (its mark in the ledger), retried: {e}"
+        );
         ctx.event(batch.as_ref(), true, CANCEL_NOT_MARKED, message)
             .await;
         return Err(e);

@@ -558,7 +558,13 @@ async fn let_go<Q, L, R>(ctx: &Ctx<Q, L, R>, key: &str)
 where
     Q: TaskQueue,
 {
-    for receipt in ctx.inflight.remove(key) {
+    let parked = ctx.inflight.remove(key);
+    if parked.is_empty() {
+        return;
+    }
+    // After a round of extensions under way, which may hold them.
+    let _round = ctx.visibility_round.lock().await;
+    for receipt in parked {
         if let Err(e) = ctx.queue.release(&receipt).await {
             tracing::warn!(key, error = %e, "could not make a later delivery of a bundle let go visible; it returns after its visibility timeout");
         }
@@ -595,11 +601,15 @@ where
     {
         tracing::warn!(key, error = %e, "could not release the claim; it expires with its lease");
     }
+    // After a round of extensions under way, which may hold it (it is
+    // in no later round: completed above).
+    let round = ctx.visibility_round.lock().await;
     if let Some(receipt) = &ticket.receipt
         && let Err(e) = ctx.queue.release(receipt).await
     {
         tracing::warn!(key, error = %e, "could not release the message; it returns after its visibility timeout");
     }
+    drop(round);
     WorkerStats::add(&ctx.stats.released, 1);
     let_go(ctx, key).await;
     if return_room {
@@ -642,6 +652,8 @@ where
                 _ = visibility_done.cancelled() => return,
                 _ = tokio::time::sleep(every) => {},
             }
+            // Until its extensions land: see `visibility_round`.
+            let _round = ctx.visibility_round.lock().await;
             let mut held: Vec<(String, Receipt)> = ctx
                 .inflight
                 .snapshot()

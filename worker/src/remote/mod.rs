@@ -201,6 +201,10 @@ struct Ctx<Q, L, R> {
     /// The last round of lease renewals failed: the fetcher claims nothing
     /// new until one succeeds (see `complete::renew_leases`).
     renewals_failing: tokio::sync::watch::Sender<bool>,
+    /// Held while a round of visibility extensions runs: a message given
+    /// back waits for it, or an extension under way would hide it again
+    /// for a whole visibility timeout (see `complete::renew_leases`).
+    visibility_round: tokio::sync::Mutex<()>,
 }
 
 impl<Q, L, R> Ctx<Q, L, R> {
@@ -247,6 +251,7 @@ where
         lane_marks: Default::default(),
         lane_nudge: tokio::sync::Notify::new(),
         renewals_failing: tokio::sync::watch::channel(false).0,
+        visibility_round: tokio::sync::Mutex::new(()),
     });
     let (units_tx, units_rx) = async_channel::bounded(slots + ctx.config.prefetch);
     // The priority lane's bundles: dispatched before the others held.

@@ -1255,6 +1255,11 @@ struct ReceiptQueue {
     /// stay held until given back.
     timed: bool,
     visible_at: Mutex<std::collections::HashMap<usize, tokio::time::Instant>>,
+    /// While set, extensions of many at once wait (counted in `stalled`)
+    /// until it is cleared and `resumed` notified: a slow SQS.
+    stalling: std::sync::atomic::AtomicBool,
+    stalled: std::sync::atomic::AtomicUsize,
+    resumed: tokio::sync::Notify,
 }
 
 impl ReceiptQueue {
@@ -1270,7 +1275,17 @@ impl ReceiptQueue {
             extended_by: Default::default(),
             timed: false,
             visible_at: Default::default(),
+            stalling: Default::default(),
+            stalled: Default::default(),
+            resumed: Default::default(),
         }
+    }
+
+    /// Lets the extensions waiting (see `stalling`) go on.
+    fn resume(&self) {
+        self.stalling
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.resumed.notify_waiters();
     }
 
     /// A queue whose messages come back once their last extension ends, as
@@ -1282,10 +1297,12 @@ impl ReceiptQueue {
         }
     }
 
-    /// Hides message `receipt` for `timeout` from now, if timed.
+    /// Hides message `receipt` for `timeout` from now, if timed: visible
+    /// or not, as SQS does with a receipt not yet replaced by a newer one.
     fn hide(&self, receipt: &Receipt, timeout: Duration) {
         if self.timed {
             let i: usize = receipt.0.parse().unwrap();
+            self.messages.lock().unwrap()[i].1 = true;
             self.visible_at
                 .lock()
                 .unwrap()
@@ -1395,6 +1412,17 @@ impl TaskQueue for ReceiptQueue {
         assert!(receipts.len() <= 10, "one request");
         self.extend_alls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.stalling.load(std::sync::atomic::Ordering::SeqCst) {
+            self.stalled
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            loop {
+                let resumed = self.resumed.notified();
+                if !self.stalling.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                resumed.await;
+            }
+        }
         for receipt in &receipts {
             self.hide(receipt, timeout);
         }
@@ -2366,11 +2394,38 @@ async fn a_bundle_delivered_again_while_its_lost_claim_still_runs_here_waits_for
         1,
         "received again and again while the first claim ran"
     );
+    // The first claim ends while a round of extensions, which holds the
+    // parked delivery, waits on SQS: made visible meanwhile, the delivery
+    // was hidden again when the round went on, for a visibility timeout
+    // (unless a worker received it in between). It waits for the round.
+    queue
+        .stalling
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    until("a round of extensions waits", || {
+        queue.stalled.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
     std::fs::write(&gate, "").unwrap();
-    until(
-        "the bundle claimed again once the first claim ended",
-        || WorkerStats::get(&stats.bundles) == 2 && started() == 2,
-    )
+    until("the first claim's task ends", || {
+        router.results("resp").iter().any(|r| r.id == 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        WorkerStats::get(&stats.bundles),
+        1,
+        "made visible while a round of extensions held it"
+    );
+    queue.resume();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        WorkerStats::get(&stats.bundles),
+        2,
+        "not claimed again at once: hidden again by the round"
+    );
+    until("the bundle run again once the first claim ended", || {
+        started() == 2
+    })
     .await;
     assert!(
         queue.releases.load(std::sync::atomic::Ordering::Relaxed) >= 1,

@@ -699,9 +699,19 @@ async fn release(batch: &TaskBatch, ctx: &Context) -> Result<(), Error> {
     // duplicate bundle.
     // The pool it sent to, which a changed spec.workerPool may not name.
     let ns = batch.namespace().unwrap_or_default();
-    let pool = batch_pool(ctx, &ns, batch_plan::pool_of(batch)).await?;
-    if let Some(pool) = &pool {
-        write_cancel_mark(ctx, pool, batch).await?;
+    // A batch that never started sent nothing: no mark, so its deletion
+    // needs no ledger (nor makes its table). Asked of the batch as it is
+    // now, its runner stopped: it writes its start before it sends.
+    let api: Api<TaskBatch> = Api::namespaced(ctx.client.clone(), &ns);
+    let started = match api.get_opt(&batch.name_any()).await {
+        Ok(Some(now)) if now.uid() == batch.uid() => {
+            now.status.is_some_and(|s| s.start_time.is_some())
+        }
+        // Gone, or read from a cache that cannot say: marked, as before.
+        _ => true,
+    };
+    if started && let Some(pool) = batch_pool(ctx, &ns, batch_plan::pool_of(batch)).await? {
+        write_cancel_mark(ctx, &pool, batch).await?;
     }
     let queue = build::response_queue_name(&uid(batch));
     let deleted = match ctx.sqs.open(&queue).await {

@@ -2726,6 +2726,41 @@ fn a_cancel_the_ledger_cannot_take_yet_says_why_and_ends_the_batch_once_it_can()
     println!("cancel while DynamoDB was stopped: {line}");
 }
 
+/// A batch deleted before it started sent nothing: its deletion needs no
+/// ledger. It wrote a cancel mark all the same, making the pool's table to
+/// hold it, so a stopped DynamoDB (or IAM without it) held the deletion,
+/// and the namespace's with it.
+#[test]
+#[ignore = "needs the local control plane and AWS servers: run scripts/test"]
+fn a_batch_deleted_before_it_started_needs_no_ledger() {
+    let _serial = serial();
+    let mut c = Cluster::new("e2e-delpending");
+    let table = unique("e2e-ledger");
+    c.operator("operator.log", &[]);
+    c.apply(&host_pool(&table));
+    // Its results bucket does not exist: it waits, Pending, sending nothing.
+    c.apply(&format!(
+        "{}  results: {{s3Prefix: s3://no-such-bucket-delpending/x}}\n",
+        run_batch("waits", "p", 10, "true")
+    ));
+    c.wait_for("the missing bucket said", Duration::from_secs(30), |c| {
+        let s = c.batch("waits").status?;
+        (!s.conditions.is_empty() && s.start_time.is_none()).then_some(())
+    });
+    {
+        let _paused = StoppedServer::stop("CLOUDKON_DYNAMODB_PID");
+        c.ok(&["delete", "taskbatch", "waits", "--timeout=60s"]);
+    }
+    let ledger = aws().ledger(table.clone());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(ledger.claimed_bundles("x")).unwrap_err();
+    assert_eq!(
+        err.kind,
+        ErrorKind::NotFound,
+        "its ledger table made: {err}"
+    );
+}
+
 /// Pool `p` for 2 host workers x 4 threads (8 slots) on ledger `table`.
 fn host_pool(table: &str) -> String {
     format!(

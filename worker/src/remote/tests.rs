@@ -146,26 +146,14 @@ fn wait_for(gate: &std::path::Path) -> String {
     format!("while [ ! -e {} ]; do sleep 0.01; done", gate.display())
 }
 
-/// A task that makes the file `started`, then waits until `gate` exists.
+/// A task that adds a line to the file `started` (made by its first run:
+/// one line per run), then waits until `gate` exists.
 fn started_then_waits(started: &std::path::Path, gate: &std::path::Path) -> TaskSpec {
     TaskSpec::Run {
         program: "sh".into(),
         args: vec![
             "-c".into(),
-            format!("touch {}; {}", started.display(), wait_for(gate)),
-        ],
-        expected_ms: None,
-    }
-}
-
-/// A task that adds a line to the file `log` (one per run), then waits
-/// until `gate` exists.
-fn logged_then_waits(log: &std::path::Path, gate: &std::path::Path) -> TaskSpec {
-    TaskSpec::Run {
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            format!("echo x >> {}; {}", log.display(), wait_for(gate)),
+            format!("echo x >> {}; {}", started.display(), wait_for(gate)),
         ],
         expected_ms: None,
     }
@@ -305,7 +293,7 @@ async fn a_second_delivery_to_the_same_worker_while_running_is_held() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let release = dir.path().join("release");
-    let b = bundle(0, vec![logged_then_waits(&log, &release)]);
+    let b = bundle(0, vec![started_then_waits(&log, &release)]);
     let ledger = Arc::new(MemoryLedger::new());
     let router = Arc::new(MemoryRouter::default());
     let stats = Arc::new(WorkerStats::default());
@@ -2342,7 +2330,7 @@ async fn a_bundle_delivered_again_while_its_lost_claim_still_runs_here_waits_for
     let (log, gate) = (dir.path().join("log"), dir.path().join("gate"));
     let b = bundle(
         0,
-        vec![logged_then_waits(&log, &gate), TaskSpec::Sleep { ms: 0 }],
+        vec![started_then_waits(&log, &gate), TaskSpec::Sleep { ms: 0 }],
     );
     let queue = Arc::new(ReceiptQueue::timed(vec![b]));
     let ledger = Arc::new(TakenOverLedger::default());

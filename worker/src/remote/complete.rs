@@ -558,15 +558,23 @@ async fn let_go<Q, L, R>(ctx: &Ctx<Q, L, R>, key: &str)
 where
     Q: TaskQueue,
 {
-    let parked = ctx.inflight.remove(key);
-    if parked.is_empty() {
+    make_visible(ctx, key, ctx.inflight.remove(key)).await;
+}
+
+/// Makes the bundle `key`'s messages `receipts` visible again, after a round
+/// of extensions under way, which may hold them and would hide them again
+/// (a bundle let go is in no later round).
+async fn make_visible<Q, L, R>(ctx: &Ctx<Q, L, R>, key: &str, receipts: Vec<Receipt>)
+where
+    Q: TaskQueue,
+{
+    if receipts.is_empty() {
         return;
     }
-    // After a round of extensions under way, which may hold them.
     let _round = ctx.visibility_round.lock().await;
-    for receipt in parked {
+    for receipt in receipts {
         if let Err(e) = ctx.queue.release(&receipt).await {
-            tracing::warn!(key, error = %e, "could not make a later delivery of a bundle let go visible; it returns after its visibility timeout");
+            tracing::warn!(key, error = %e, "could not make a message visible again; it returns after its visibility timeout");
         }
     }
 }
@@ -601,17 +609,11 @@ where
     {
         tracing::warn!(key, error = %e, "could not release the claim; it expires with its lease");
     }
-    // After a round of extensions under way, which may hold it (it is
-    // in no later round: completed above).
-    let round = ctx.visibility_round.lock().await;
-    if let Some(receipt) = &ticket.receipt
-        && let Err(e) = ctx.queue.release(receipt).await
-    {
-        tracing::warn!(key, error = %e, "could not release the message; it returns after its visibility timeout");
-    }
-    drop(round);
+    // Its message, and any later delivery parked on it.
+    let mut receipts = ctx.inflight.remove(key);
+    receipts.extend(ticket.receipt.clone());
+    make_visible(ctx, key, receipts).await;
     WorkerStats::add(&ctx.stats.released, 1);
-    let_go(ctx, key).await;
     if return_room {
         ctx.room.add_permits(1);
     }

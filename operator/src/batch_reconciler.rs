@@ -105,7 +105,7 @@ async fn apply(batch: Arc<TaskBatch>, ctx: &Arc<Context>) -> Result<Action, Erro
             .await;
     }
     if plan.runner == Runner::Leave {
-        hand_spec(&ctx.runners, &key, &batch.spec);
+        hand_spec(&ctx.runners.lock().expect("runner lock"), &key, &batch.spec);
     }
     if let Runner::Run { queue_url } = plan.runner {
         run(
@@ -272,23 +272,23 @@ async fn observe<'a>(
     Ok((observed, pool, source))
 }
 
-/// Hands the batch's runner, if one runs, the spec: it reads `suspend`
-/// from it. A batch left as it is may still have one, started before a
-/// `suspend` set at once after creation, which it would not see otherwise
-/// (it sent a small batch whole while the batch said Suspended).
+/// Hands the batch's runner, if one runs (the answer), the spec: it reads
+/// `suspend` from it. A batch left as it is may still have one, started
+/// before a `suspend` set at once after creation, which it would not see
+/// otherwise (it sent a small batch whole while the batch said Suspended).
 fn hand_spec(
-    runners: &std::sync::Mutex<std::collections::HashMap<String, RunnerHandle>>,
+    runners: &std::collections::HashMap<String, RunnerHandle>,
     key: &str,
     spec: &TaskBatchSpec,
-) {
-    if let Some(r) = runners.lock().expect("runner lock").get(key)
-        && r.alive()
-    {
+) -> bool {
+    let running = runners.get(key).filter(|r| r.alive());
+    if let Some(r) = running {
         r.spec.send_replace(spec.clone());
     }
+    running.is_some()
 }
 
-/// Hands a running runner the spec, or starts one.
+/// Hands a running runner the spec ([`hand_spec`]), or starts one.
 fn run(
     ctx: &Arc<Context>,
     batch: &Arc<TaskBatch>,
@@ -297,17 +297,13 @@ fn run(
     source: Source,
     results: Option<S3Uri>,
 ) {
-    let spec = &batch.spec;
     let mut runners = ctx.runners.lock().expect("runner lock");
-    if let Some(r) = runners.get_mut(&uid(batch)) {
-        if r.alive() {
-            r.spec.send_replace(spec.clone());
-            return;
-        }
-        // Finished since this object was read: its finish is seen next.
-        if r.ended_well() {
-            return;
-        }
+    if hand_spec(&runners, &uid(batch), &batch.spec) {
+        return;
+    }
+    // Finished since this object was read: its finish is seen next.
+    if runners.get_mut(&uid(batch)).is_some_and(|r| r.ended_well()) {
+        return;
     }
     let old = runners.get(&uid(batch));
     // Those before it that failed, counted when the reconcile read
@@ -770,10 +766,7 @@ mod tests {
         let (tx, rx) = tokio::sync::watch::channel(spec.clone());
         let handle =
             RunnerHandle::new(tokio::spawn(std::future::pending()), tx, Default::default());
-        let runners = std::sync::Mutex::new(std::collections::HashMap::from([(
-            "uid".to_string(),
-            handle,
-        )]));
+        let runners = std::collections::HashMap::from([("uid".to_string(), handle)]);
         let suspended = TaskBatchSpec {
             suspend: Some(true),
             ..spec

@@ -553,9 +553,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let resize_from = last_horizon.max(checkpoint);
         let mut horizon = resize_from;
         let mut woke_pool = false;
-        let mut last_checkpoint = Instant::now();
-        // What the last checkpoint said (the status it resumed from, first).
-        let mut written = (enqueued, horizon);
+        // The last checkpoint (the status it resumed from, first).
+        let mut written = Written::now(enqueued, horizon);
         let mut turns = self.shares.subscribe();
         // The pool's priority lane, until a send finds it missing.
         let mut lane = self.priority_lane.as_ref();
@@ -578,8 +577,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 };
                 if let Some(next) = sizing::next_cost(&input) {
                     write_sizing(&self.record, enqueued, horizon, next, progress).await?;
-                    last_checkpoint = Instant::now();
-                    written = (enqueued, horizon);
+                    written = Written::now(enqueued, horizon);
                     tracing::debug!(batch = %name, from = enqueued, task = ?next, "bundles cut for a learned task length");
                     learned = Some(next);
                     observed_at_change = observed;
@@ -642,10 +640,9 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 }
                 // Only what was sent since the last one: each send of any
                 // other batch wakes this wait.
-                if last_checkpoint.elapsed() >= CHECKPOINT_EVERY && written != (enqueued, horizon) {
-                    last_checkpoint = Instant::now();
+                if written.at.elapsed() >= CHECKPOINT_EVERY && written.of != (enqueued, horizon) {
                     write_checkpoint(&self.record, enqueued, horizon, progress).await?;
-                    written = (enqueued, horizon);
+                    written = Written::now(enqueued, horizon);
                 }
                 tokio::select! {
                     _ = progress.collected.notified() => {}
@@ -686,8 +683,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     let window_tasks = window.as_nanos() / cost.window.as_nanos().max(1);
                     horizon = next + sent.max(u64::try_from(window_tasks).unwrap_or(u64::MAX));
                     write_checkpoint(&self.record, enqueued, horizon, progress).await?;
-                    last_checkpoint = Instant::now();
-                    written = (enqueued, horizon);
+                    written = Written::now(enqueued, horizon);
                 }
                 let group = std::mem::take(&mut group);
                 let priority = lane.filter(|_| share.priority(window));
@@ -731,10 +727,9 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             // what was sent since (the ledger runs it once: the bundles are cut
             // the same), and a sweep of a million bundles does not write its
             // status 100,000 times.
-            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                last_checkpoint = Instant::now();
+            if written.at.elapsed() >= CHECKPOINT_EVERY {
                 write_checkpoint(&self.record, enqueued, horizon, progress).await?;
-                written = (enqueued, horizon);
+                written = Written::now(enqueued, horizon);
             }
         }
         // Every task is in the queue: the total is final. (The results, and
@@ -868,6 +863,22 @@ async fn write_sizing(
 /// after them), and the horizon: the tasks before it may be in the queue too
 /// (reserved before they are sent), so a restarted runner that resends them
 /// keeps cutting them as they were cut.
+/// The enqueue checkpoint last written: when, and what it said (tasks
+/// enqueued, horizon).
+struct Written {
+    at: Instant,
+    of: (u64, u64),
+}
+
+impl Written {
+    fn now(enqueued: u64, horizon: u64) -> Self {
+        Written {
+            at: Instant::now(),
+            of: (enqueued, horizon),
+        }
+    }
+}
+
 async fn write_checkpoint(
     record: &impl BatchRecord,
     enqueued: u64,

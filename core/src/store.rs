@@ -18,6 +18,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         bytes: Vec<u8>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The keys of `bucket` under `prefix`, every one.
+    fn keys(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
 /// Objects in memory.
@@ -46,5 +53,13 @@ impl ObjectStore for MemoryStore {
             .expect("store lock")
             .insert((bucket.to_string(), key.to_string()), bytes);
         Ok(())
+    }
+
+    async fn keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list(bucket, prefix)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
 }

@@ -599,7 +599,7 @@ async fn results(args: ResultsArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot list {location}"))?;
     keys.retain(|k| k.ends_with(".jsonl"));
-    sort_parts(&mut keys);
+    crate::results_parts::sort(&mut keys);
     let output = &args.output;
     let partial = output.with_extension("partial");
     let mut file = std::io::BufWriter::new(
@@ -672,26 +672,6 @@ fn no_results(name: &str, st: &TaskBatchStatus) -> String {
          counted, not written); set spec.results.s3Prefix, or run the operator with \
          --results-prefix, for the next batches"
     )
-}
-
-/// A results part's number, from its key (`.../part-000042.jsonl`).
-fn part_number(key: &str) -> Option<u64> {
-    key.rsplit('/')
-        .next()?
-        .strip_prefix("part-")?
-        .strip_suffix(".jsonl")?
-        .parse()
-        .ok()
-}
-
-/// Parts in the order they were written: by number, which outgrows its
-/// six digits past part 999999 (as text, `part-1000000` would come before
-/// `part-100001`); any other file after them, by name.
-fn sort_parts(keys: &mut [String]) {
-    keys.sort_by_cached_key(|k| {
-        let n = part_number(k);
-        (n.is_none(), n, k.clone())
-    });
 }
 
 async fn cancel(args: NameArgs) -> Result<ExitCode> {
@@ -1038,30 +1018,6 @@ mod tests {
         ));
         let e = no_results("b", &started);
         assert!(e.contains("set spec.results.s3Prefix"), "{e}");
-    }
-
-    #[test]
-    fn parts_are_merged_in_the_order_of_their_numbers() {
-        let mut keys: Vec<String> = [
-            "r/part-1000000.jsonl",
-            "r/part-100001.jsonl",
-            "r/other.jsonl",
-            "r/part-000002.jsonl",
-            "r/part-999999.jsonl",
-        ]
-        .map(String::from)
-        .to_vec();
-        sort_parts(&mut keys);
-        assert_eq!(
-            keys,
-            [
-                "r/part-000002.jsonl",
-                "r/part-100001.jsonl",
-                "r/part-999999.jsonl",
-                "r/part-1000000.jsonl",
-                "r/other.jsonl",
-            ]
-        );
     }
 
     #[test]

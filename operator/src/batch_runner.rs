@@ -1060,6 +1060,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                 .map_err(|e| Error::Other(format!("the collected ids of TaskBatch {name}: {e}")))?,
             None => Collected::default(),
         };
+        self.blank_parts_left_behind(args, collected.result_parts)
+            .await;
         let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is valid");
         let mut pending = Pending {
             charged: self.requests.snapshot(),
@@ -1339,7 +1341,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             let lines = std::mem::take(&mut pending.lines);
             pending.results = 0;
             for part in split_parts(&lines, self.settings.results_part_bytes, PART_MAX_RESULTS) {
-                let key = format!("{}part-{:06}.jsonl", results.key, collected.result_parts);
+                let key = crate::results_parts::key(&results.key, collected.result_parts);
                 parts.push((key, part.to_vec()));
                 collected.result_parts += 1;
             }
@@ -1432,6 +1434,51 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
     /// step writes the same part numbers again), the collected ids (a crash
     /// after them finds the redelivered results already counted), the
     /// messages' deletes, the status.
+    /// Blanks the results parts past the `written` ones, which a stopped
+    /// write-out left (see [`crate::results_parts`]). Blanked, not deleted:
+    /// the operator may put and list, and needs no more.
+    async fn blank_parts_left_behind(&self, args: &RunnerArgs, written: u64) {
+        let Some(results) = &args.results else {
+            return;
+        };
+        let bucket = &results.bucket;
+        let left = match crate::results_parts::left_behind(
+            &self.store,
+            bucket,
+            &results.key,
+            written,
+        )
+        .await
+        {
+            Ok(left) => left,
+            Err(e) => {
+                // Rare harm (a stop mid write-out), so no reason to
+                // hold the batch's results: said, and gone on.
+                self.record
+                        .warn(
+                            "ResultsPartsUnchecked",
+                            format!("cannot list the batch's results parts to blank those a stopped write-out may have left ({e}): if one did, some results appear twice in the parts"),
+                        )
+                        .await;
+                return;
+            }
+        };
+        for key in left {
+            tracing::info!(batch = %args.batch.name_any(), part = %key, "blanking a results part a stopped write-out left: its results are written again");
+            retrying(
+                &self.record,
+                &format!("blanking s3://{bucket}/{key}"),
+                || async {
+                    self.store
+                        .put(bucket, &key, Vec::new())
+                        .await
+                        .map_err(|e| Error::Other(e.to_string()))
+                },
+            )
+            .await;
+        }
+    }
+
     async fn commit(&self, args: &RunnerArgs, flush: Flush) -> Result<(), Error> {
         if let Some(results) = &args.results {
             for (key, part) in flush.parts {
@@ -1800,6 +1847,8 @@ mod tests {
         shut: std::sync::atomic::AtomicBool,
         opened: tokio::sync::Notify,
         puts: std::sync::atomic::AtomicUsize,
+        /// Its listings fail, as without `s3:ListBucket`.
+        lists_refused: std::sync::atomic::AtomicBool,
         inner: MemoryStore,
     }
 
@@ -1834,6 +1883,19 @@ mod tests {
             }
             self.inner.put(bucket, key, bytes).await
         }
+
+        async fn keys(
+            &self,
+            bucket: &str,
+            prefix: &str,
+        ) -> Result<Vec<String>, cloudkon_core::store::StoreError> {
+            if self.lists_refused.load(Ordering::SeqCst) {
+                return Err(cloudkon_core::store::StoreError(format!(
+                    "{bucket}/{prefix}: AccessDenied"
+                )));
+            }
+            self.inner.keys(bucket, prefix).await
+        }
     }
 
     /// A batch of `n` `sleep 0` run by a worker, whose results store fails
@@ -1865,6 +1927,79 @@ mod tests {
         assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
         assert_eq!(stored_ids(&r.store.inner).len() as u64, n);
         r
+    }
+
+    /// A batch of `n` `sleep 0` run by a worker, written to `store`, which
+    /// holds what a write-out stopped before its record left: parts 0 to 99,
+    /// each with the result of task `part % n`, past the record's count
+    /// (none). The runner once the batch finished.
+    async fn run_after_a_stopped_write_out(
+        n: u64,
+        store: TestStore,
+    ) -> Runner<MemoryQueue, MemoryInbox, TestStore, MemoryRecord> {
+        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
+        let ledger = Arc::new(MemoryLedger::new());
+        let stop = Shutdown::new();
+        let w = worker(&queue, &ledger, &responses, "w1", &stop);
+        let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
+        let now = Timestamp::now();
+        for part in 0..100u64 {
+            let result = TaskResult::not_run_id(
+                &batch_id(&b),
+                part % n,
+                1,
+                "left by a stopped write-out".into(),
+                "w0".into(),
+                now,
+                now,
+            );
+            let line = format!("{}\n", serde_json::to_string(&result).unwrap());
+            let key = crate::results_parts::key("ns/b/", part);
+            store
+                .inner
+                .put("results", &key, line.into_bytes())
+                .await
+                .unwrap();
+        }
+        let r = with_store(runner(&queue, &responses, MemoryRecord::default()), store);
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
+            .await
+            .expect("the batch finishes")
+            .expect("the runner finishes the batch");
+        stop.stop.cancel();
+        w.await.unwrap();
+        assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
+        r
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_parts_a_stopped_write_out_left_are_blanked_so_no_result_comes_twice() {
+        let r = run_after_a_stopped_write_out(20, TestStore::default()).await;
+        // Each task once: the parts left (more than the batch writes) hold
+        // none.
+        assert_eq!(stored_ids(&r.store.inner).len(), 20);
+        let written = r.store.inner.list("results", "ns/b/");
+        assert!(written.len() >= 100, "{} parts", written.len());
+        assert!(
+            written.iter().any(|(_, bytes)| bytes.is_empty()),
+            "none blanked"
+        );
+        assert_eq!(r.record.warnings(), []);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parts_that_cannot_be_listed_are_said_and_do_not_hold_the_batch() {
+        let store = TestStore {
+            lists_refused: true.into(),
+            ..TestStore::default()
+        };
+        let r = run_after_a_stopped_write_out(20, store).await;
+        let warnings = r.record.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let (reason, message) = &warnings[0];
+        assert_eq!(reason, "ResultsPartsUnchecked");
+        assert!(message.contains("AccessDenied"), "{message}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

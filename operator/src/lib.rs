@@ -39,6 +39,7 @@ pub mod pool_plan;
 pub mod pool_reconciler;
 pub mod pool_sharing;
 pub mod provider;
+pub mod results_parts;
 pub mod retry_delays;
 pub mod runner_handle;
 pub mod scale;

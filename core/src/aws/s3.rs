@@ -298,6 +298,16 @@ impl crate::store::ObjectStore for S3Store {
             .await
             .map_err(|e| crate::store::StoreError(e.to_string()))
     }
+
+    async fn keys(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        self.list_keys(bucket, prefix)
+            .await
+            .map_err(|e| crate::store::StoreError(e.to_string()))
+    }
 }
 
 impl S3Store {

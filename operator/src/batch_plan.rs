@@ -179,8 +179,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         // Finished: conditions, the Event, then the TTL. Given up by its
         // failure policy (the runner ended it): its bundles still queued are
         // skipped, once, before the condition says so.
-        let gave_up = phase == Phase::Failed
-            && status::failure_policy_verdict(spec.failure_policy.as_ref(), &old.counts).is_some();
+        let gave_up = status::given_up(phase, &old.counts);
         let said = old.conditions.iter().any(|c| {
             c.type_ == status::batch_condition::FAILED
                 && c.reason == status::batch_condition::FAILURE_POLICY_REASON
@@ -440,9 +439,15 @@ fn set_conditions(
         missing: waits.missing,
         suspend: batch.spec.suspend == Some(true),
         counts: st.counts,
-        gave_up: (phase == Phase::Failed)
-            .then(|| status::failure_policy_verdict(batch.spec.failure_policy.as_ref(), &st.counts))
-            .flatten(),
+        gave_up: status::given_up(phase, &st.counts).then(|| {
+            // As said once: the policy may have been edited since.
+            status::condition(&st.conditions, status::batch_condition::FAILED)
+                .filter(|c| c.reason == status::batch_condition::FAILURE_POLICY_REASON)
+                .map(|c| c.message.clone())
+                .unwrap_or_else(|| {
+                    status::given_up_why(batch.spec.failure_policy.as_ref(), &st.counts)
+                })
+        }),
         workers_failing: waits.workers_failing,
         workers_failing_said,
     });
@@ -1071,6 +1076,70 @@ mod tests {
         // Said once: the next look marks nothing.
         st.conditions = part.conditions.unwrap();
         let b = batch(json!({"failurePolicy": {"maxFailedPercent": 20}}), Some(st));
+        assert!(!decide(&observed(&b)).cancel_mark);
+    }
+
+    #[test]
+    fn a_given_up_batch_is_marked_and_stays_so_though_its_policy_was_relaxed() {
+        let mut st = phase(Phase::Failed).unwrap();
+        st.counts = TaskCounts {
+            enqueued: 200,
+            succeeded: 10,
+            failed: 90,
+            ..TaskCounts::default()
+        };
+        for spec in [
+            json!({"failurePolicy": {"maxFailedPercent": 95}}),
+            json!({}),
+        ] {
+            let plan = decide(&observed(&batch(spec.clone(), Some(st.clone()))));
+            assert!(plan.cancel_mark, "{spec}");
+            let part = plan.status.unwrap();
+            assert_eq!(
+                condition(&part, "Failed"),
+                ("True", status::batch_condition::FAILURE_POLICY_REASON),
+                "{spec}"
+            );
+            // Said once, and not unsaid by the relaxed policy.
+            let mut said = st.clone();
+            said.conditions = part.conditions.unwrap();
+            let again = decide(&observed(&batch(spec.clone(), Some(said))));
+            assert!(!again.cancel_mark, "{spec}");
+            assert!(
+                again.events.iter().all(|e| e.reason != "TasksFailed"),
+                "{spec}: {:?}",
+                again.events
+            );
+        }
+        // A condition said under the first policy keeps its words.
+        let strict = json!({"failurePolicy": {"maxFailedPercent": 20}});
+        let part = decide(&observed(&batch(strict, Some(st.clone()))))
+            .status
+            .unwrap();
+        let mut said = st.clone();
+        said.conditions = part.conditions.unwrap();
+        let words = |s: &TaskBatchStatus| {
+            status::condition(&s.conditions, "Failed")
+                .map(|c| c.message.clone())
+                .unwrap()
+        };
+        let first = words(&said);
+        assert!(
+            first.contains("over spec.failurePolicy.maxFailedPercent (20 %)"),
+            "{first}"
+        );
+        let relaxed = decide(&observed(&batch(json!({}), Some(said))));
+        let mut after = st.clone();
+        after.conditions = relaxed.status.unwrap().conditions.unwrap();
+        assert_eq!(words(&after), first);
+        // Failed with every task finished ended by itself: never marked.
+        let mut done = ten_tasks(Phase::Failed);
+        done.counts.failed = 5;
+        done.counts.succeeded = 5;
+        let b = batch(
+            json!({"failurePolicy": {"maxFailedPercent": 0, "minTasksBeforeJudging": 1}}),
+            Some(done),
+        );
         assert!(!decide(&observed(&b)).cancel_mark);
     }
 

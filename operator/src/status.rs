@@ -75,6 +75,29 @@ pub fn phase_of(input: &PhaseInput) -> Phase {
 /// `spec.failurePolicy.minTasksBeforeJudging` by default.
 pub const MIN_TASKS_BEFORE_JUDGING: i64 = 100;
 
+/// Whether a Failed batch was given up by its failure policy, as its status
+/// tells: it failed before every task finished (one that ends by itself has
+/// finished them all). Told by the status, not the spec: the policy may
+/// have been edited since the runner judged by it, and a finished batch's
+/// story does not change.
+pub fn given_up(phase: Phase, counts: &TaskCounts) -> bool {
+    phase == Phase::Failed
+        && !(counts.total > 0 && counts.succeeded + counts.failed >= counts.total)
+}
+
+/// Why a batch [`given_up`] was: what its policy says of its counts, or,
+/// when the policy was relaxed since, what the counts say.
+pub fn given_up_why(policy: Option<&FailurePolicy>, counts: &TaskCounts) -> String {
+    failure_policy_verdict(policy, counts).unwrap_or_else(|| {
+        let finished = counts.succeeded + counts.failed;
+        format!(
+            "{} of {finished} finished tasks failed ({:.1} %), over spec.failurePolicy when the batch was judged (it was changed since): nothing more is enqueued and the batch's remaining tasks are skipped",
+            counts.failed,
+            100.0 * counts.failed as f64 / finished.max(1) as f64
+        )
+    })
+}
+
 /// Why the failure policy gives up on a batch, or `None`: more than
 /// `maxFailedPercent` of its finished tasks failed, with at least
 /// `minTasksBeforeJudging` finished. A batch whose every task finished
@@ -692,6 +715,24 @@ mod tests {
         assert_eq!(gave_up(Some(Enqueuing), true, true), Cancelled);
         assert_eq!(gave_up(Some(Enqueuing), false, false), Enqueuing);
         assert_eq!(gave_up(Some(Succeeded), true, false), Succeeded);
+    }
+
+    #[test]
+    fn a_batch_given_up_is_told_by_its_status_alone() {
+        // Failed mid-enqueue (no total yet), or before every task finished.
+        assert!(given_up(Phase::Failed, &counts(0, 200, 10, 90)));
+        assert!(given_up(Phase::Failed, &counts(300, 300, 10, 90)));
+        // Ended by itself, or not failed.
+        assert!(!given_up(Phase::Failed, &counts(100, 100, 10, 90)));
+        assert!(!given_up(Phase::Running, &counts(0, 200, 10, 90)));
+        assert!(!given_up(Phase::Cancelled, &counts(300, 300, 10, 90)));
+        let relaxed = given_up_why(None, &counts(0, 200, 10, 90));
+        assert!(
+            relaxed.starts_with(
+                "90 of 100 finished tasks failed (90.0 %), over spec.failurePolicy when"
+            ),
+            "{relaxed}"
+        );
     }
 
     #[test]

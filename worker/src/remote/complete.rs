@@ -761,7 +761,8 @@ where
 /// given `every` to answer. A lease found lost stops its bundle (see
 /// [`super::inflight::InFlight::lose`]). Returns whether a renewal failed
 /// or did not answer in time (the first error); the renewals not yet asked
-/// then wait for the next round, so that a throttled ledger is not asked more.
+/// then wait for the next round, so that a throttled ledger is not asked more,
+/// where they come first.
 async fn renew_round<Q, L, R>(ctx: &Ctx<Q, L, R>, ledger: &L, every: Duration) -> Option<RoundError>
 where
     L: DedupLedger,
@@ -785,9 +786,13 @@ where
                 {
                     return;
                 }
+                let asked = tokio::time::Instant::now();
                 let renewal = ledger.renew(&key, &owner, ctx.config.lease, &progress);
                 let error = match tokio::time::timeout(every, renewal).await {
-                    Ok(Ok(true)) => return,
+                    Ok(Ok(true)) => {
+                        ctx.inflight.renewed(&key, asked);
+                        return;
+                    }
                     Ok(Ok(false)) => {
                         // Unless completed meanwhile (the snapshot is older
                         // than the completion): the lease ran out and

@@ -39,6 +39,9 @@ struct Held {
     /// Later deliveries of the same bundle, kept hidden until this claim
     /// ends (see [`InFlight::park`]).
     parked: Vec<Receipt>,
+    /// About when its lease was last set: at its claim, then at each
+    /// renewal that succeeded (see [`InFlight::snapshot`]).
+    leased_at: tokio::time::Instant,
 }
 
 /// What a heartbeat renews.
@@ -89,6 +92,7 @@ impl InFlight {
                 progress,
                 control,
                 parked: Vec::new(),
+                leased_at: tokio::time::Instant::now(),
             },
         );
         self.stats.held.store(held.len() as u64, Ordering::Relaxed);
@@ -204,11 +208,16 @@ impl InFlight {
         self.held.lock().expect("inflight lock").len()
     }
 
-    /// The bundles whose leases need renewing.
+    /// The bundles whose leases need renewing, the lease that runs out first
+    /// first: a round of renewals stops at its first failure, and in the
+    /// map's order, which holds while the same bundles are held, a partly
+    /// throttled ledger left the same ones unrenewed round after round until
+    /// their leases ran out.
     pub fn snapshot(&self) -> Vec<Renewal> {
         let held = self.held.lock().expect("inflight lock");
-        held.iter()
-            .filter(|(_, e)| !e.completed)
+        let mut due: Vec<(&String, &Held)> = held.iter().filter(|(_, e)| !e.completed).collect();
+        due.sort_by_key(|(key, e)| (e.leased_at, *key));
+        due.into_iter()
             .map(|(key, e)| Renewal {
                 key: key.clone(),
                 receipt: e.receipt.clone(),
@@ -216,6 +225,13 @@ impl InFlight {
                 progress: e.progress.clone(),
             })
             .collect()
+    }
+
+    /// The lease of the bundle `key` was renewed by a request sent `at`.
+    pub fn renewed(&self, key: &str, at: tokio::time::Instant) {
+        if let Some(e) = self.held.lock().expect("inflight lock").get_mut(key) {
+            e.leased_at = e.leased_at.max(at);
+        }
     }
 
     /// The batches whose cancel is worth asking about: see

@@ -2439,6 +2439,10 @@ struct SlowRenewalsLedger {
     delay: Mutex<Duration>,
     claims: Mutex<Vec<(String, tokio::time::Instant)>>,
     renewed: Mutex<Vec<(String, tokio::time::Instant)>>,
+    /// Every this many renewals asked, one is throttled (a table partly
+    /// over its capacity); 0: none.
+    throttle_every: usize,
+    asked: std::sync::atomic::AtomicUsize,
 }
 
 impl SlowRenewalsLedger {
@@ -2487,7 +2491,13 @@ impl DedupLedger for SlowRenewalsLedger {
         done: &BundleProgress,
     ) -> Result<bool, LedgerError> {
         let delay = *self.delay.lock().unwrap();
+        let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         tokio::time::sleep(delay).await;
+        if self.throttle_every > 0 && asked.is_multiple_of(self.throttle_every) {
+            return Err(LedgerError::Unavailable(
+                "ProvisionedThroughputExceededException".into(),
+            ));
+        }
         let renewed = self.inner.renew(key, owner, lease, done).await;
         self.renewed
             .lock()
@@ -2560,6 +2570,54 @@ async fn slow_renewals_of_many_bundles_still_come_once_a_period() {
                 "{key} went {gap:?} between renewals (period {every:?})"
             );
         }
+    }
+    stop.stop.cancel();
+    stop.abort.cancel();
+    worker.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partly_throttled_ledger_still_renews_every_bundle_in_time() {
+    // Each round stops at its first failure, every sixth renewal is
+    // throttled, and 24 bundles are held: taken in the same order each
+    // round, the last ones were never renewed and their leases ran out.
+    let ledger = Arc::new(SlowRenewalsLedger {
+        throttle_every: 6,
+        ..SlowRenewalsLedger::new(Duration::from_millis(50))
+    });
+    let held = 24;
+    let queue = Arc::new(MemoryQueue::bounded(held));
+    queue.send(long_bundles(0, held as u64)).await.unwrap();
+    let mut config = config();
+    config.pool.slots = held;
+    config.lease = Duration::from_secs(3);
+    config.visibility = Duration::from_secs(3);
+    let (worker, stop) = start(
+        queue,
+        Some(ledger.clone()),
+        Arc::new(MemoryRouter::default()),
+        config.clone(),
+    );
+    tokio::time::sleep(config.lease * 8).await;
+    let end = tokio::time::Instant::now();
+    let claims = ledger.claims();
+    assert_eq!(claims.len(), held);
+    let renewed = ledger.renewed();
+    for (key, claimed) in claims {
+        let mut last = claimed;
+        for at in renewed.iter().filter(|(k, _)| *k == key).map(|(_, at)| *at) {
+            assert!(
+                at - last < config.lease,
+                "{key} went {:?} unrenewed, past its lease",
+                at - last
+            );
+            last = at;
+        }
+        assert!(
+            end - last < config.lease,
+            "{key} unrenewed for the last {:?}, past its lease",
+            end - last
+        );
     }
     stop.stop.cancel();
     stop.abort.cancel();

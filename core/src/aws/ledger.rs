@@ -349,6 +349,7 @@ impl DynamoLedger {
         for (placeholder, name) in [
             ("#attempt", "attempt"),
             ("#done", "done"),
+            ("#done_n", "done_n"),
             ("#results", "results"),
             ("#expires", "expires_at"),
         ] {
@@ -692,7 +693,9 @@ impl DedupLedger for DynamoLedger {
     }
 
     /// One conditional UpdateItem; the progress rides along (the holder's own
-    /// set only grows, so it replaces the stored one).
+    /// set only grows, so it replaces the stored one), with its size, so that
+    /// a renewal that lands after a later one (sent before it, it timed out
+    /// on the worker, or the SDK tried it again) takes none back.
     async fn renew(
         &self,
         key: &str,
@@ -706,24 +709,30 @@ impl DedupLedger for DynamoLedger {
             (":running", s("running")),
             (":until", n(until)),
         ];
-        let update = if done.is_empty() {
-            "SET #lease = :until"
+        let held = "#owner = :owner AND #state = :running";
+        let (update, condition) = if done.is_empty() {
+            ("SET #lease = :until", held.to_string())
         } else {
             values.push((":done", AttributeValue::B(Blob::new(done.as_bytes()))));
-            "SET #lease = :until, #done = :done"
+            values.push((":n", n(done.len())));
+            (
+                "SET #lease = :until, #done = :done, #done_n = :n",
+                format!("{held} AND (attribute_not_exists(#done_n) OR #done_n <= :n)"),
+            )
         };
         let answer = self
-            .conditional_update(
-                "UpdateItem(renew)",
-                key,
-                update,
-                "#owner = :owner AND #state = :running",
-                values,
-                false,
-            )
+            .conditional_update("UpdateItem(renew)", key, update, &condition, values, false)
             .await
             .map_err(ledger_error)?;
-        Ok(answer.is_ok())
+        Ok(match answer {
+            Ok(_) => true,
+            // Still its own: a later renewal of its landed first (more
+            // progress, a later lease), or its completion did.
+            Err(old) => {
+                get_s(&old, "owner") == Some(owner)
+                    && matches!(get_s(&old, "state"), Some("running" | "done"))
+            }
+        })
     }
 
     async fn complete(
@@ -741,10 +750,10 @@ impl DedupLedger for DynamoLedger {
         // No progress kept once done; results only when there is something to
         // send again (DynamoDB Local refuses empty binary values).
         let update = if results.is_empty() {
-            "SET #state = :done, #expires = :expires REMOVE #lease, #done"
+            "SET #state = :done, #expires = :expires REMOVE #lease, #done, #done_n"
         } else {
             values.push((":results", AttributeValue::B(Blob::new(results))));
-            "SET #state = :done, #results = :results, #expires = :expires REMOVE #lease, #done"
+            "SET #state = :done, #results = :results, #expires = :expires REMOVE #lease, #done, #done_n"
         };
         let answer = self
             .conditional_update(
@@ -786,7 +795,8 @@ impl DedupLedger for DynamoLedger {
             "SET #lease = :zero, #owner = :released ADD #attempt :minus"
         } else {
             values.push((":done", AttributeValue::B(Blob::new(done.as_bytes()))));
-            "SET #lease = :zero, #done = :done, #owner = :released ADD #attempt :minus"
+            values.push((":n", n(done.len())));
+            "SET #lease = :zero, #done = :done, #done_n = :n, #owner = :released ADD #attempt :minus"
         };
         let _released_or_not_ours = self
             .conditional_update(

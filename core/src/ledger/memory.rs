@@ -121,11 +121,16 @@ impl DedupLedger for MemoryLedger {
                 done,
                 ..
             }) if o == owner => {
-                *until = Instant::now() + lease;
-                // The holder's progress only grows: what it sends is all of it.
-                *done = progress.clone();
+                // The holder's progress only grows: what it sends is all of
+                // it, unless a later renewal landed first (this one was late),
+                // which holds more and a later lease.
+                if progress.len() >= done.len() {
+                    *until = Instant::now() + lease;
+                    *done = progress.clone();
+                }
                 Ok(true)
             }
+            Some(Entry::Done { owner: Some(o), .. }) => Ok(o == owner),
             _ => Ok(false),
         }
     }

@@ -169,7 +169,10 @@ pub trait DedupLedger: Send + Sync + 'static {
 
     /// Extends `owner`'s lease on `key` and records the bundle's progress (the
     /// tasks whose results are sent); `Ok(false)`: the lease was lost (it
-    /// expired and another worker took the bundle over).
+    /// expired and another worker took the bundle over, or it was given
+    /// back). `Ok(true)` and nothing changed when `owner` completed it (a
+    /// renewal racing its own completion) or a later renewal of its landed
+    /// first (the progress never goes back).
     fn renew(
         &self,
         key: &str,

@@ -73,10 +73,18 @@ pub async fn done_returns_the_stored_results<L: DedupLedger>(l: &L) {
     assert!(!l.complete("k", "b", results.clone()).await.unwrap());
     assert_eq!(
         l.claim("k", "b", LEASE).await.unwrap(),
+        Claim::Done {
+            results: results.clone()
+        }
+    );
+    // Done is final: a renewal racing its holder's completion is no lost
+    // lease, and changes nothing; another's is refused.
+    assert!(l.renew("k", "a", LEASE, &progress(&[3])).await.unwrap());
+    assert!(!l.renew("k", "b", LEASE, &none()).await.unwrap());
+    assert_eq!(
+        l.claim("k", "c", LEASE).await.unwrap(),
         Claim::Done { results }
     );
-    // Done is final: no renewal.
-    assert!(!l.renew("k", "a", LEASE, &none()).await.unwrap());
 }
 
 pub async fn release_lets_the_next_claim_in_at_once_as_the_same_attempt<L: DedupLedger>(l: &L) {
@@ -117,6 +125,42 @@ pub async fn a_renewal_after_a_release_takes_nothing_back<L: DedupLedger>(l: &L)
     l.release("k", "a", &progress(&[0, 2])).await.unwrap();
     assert!(!l.renew("k", "a", LEASE, &progress(&[0])).await.unwrap());
     assert_eq!(l.claim("k", "c", LEASE).await.unwrap(), granted(1, &[0, 2]));
+}
+
+pub async fn a_late_renewal_takes_no_progress_back<L: DedupLedger>(l: &L) {
+    // A renewal that timed out on the worker (or that the SDK sent again)
+    // lands after the next one: the holder keeps the bundle, and the
+    // ledger its progress, for the next holder to resume from.
+    l.claim("k", "a", LEASE).await.unwrap();
+    assert!(
+        l.renew("k", "a", Duration::ZERO, &progress(&[1, 2]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        l.renew("k", "a", Duration::ZERO, &progress(&[1]))
+            .await
+            .unwrap(),
+        "a late renewal is no lost lease"
+    );
+    past_a_zero_lease().await;
+    assert_eq!(l.claim("k", "b", LEASE).await.unwrap(), granted(2, &[1, 2]));
+    // Given back with more: the next holder's renewals go on from there.
+    l.release("k", "b", &progress(&[1, 2, 3])).await.unwrap();
+    assert_eq!(
+        l.claim("k", "c", LEASE).await.unwrap(),
+        granted(2, &[1, 2, 3])
+    );
+    assert!(
+        l.renew("k", "c", Duration::ZERO, &progress(&[1, 2, 3, 4]))
+            .await
+            .unwrap()
+    );
+    past_a_zero_lease().await;
+    assert_eq!(
+        l.claim("k", "d", LEASE).await.unwrap(),
+        granted(3, &[1, 2, 3, 4])
+    );
 }
 
 pub async fn a_take_over_resumes_from_the_last_renewal<L: DedupLedger>(l: &L) {
@@ -223,6 +267,7 @@ macro_rules! ledger_suite {
         ledger_suite!(@case $fresh, $done, [$($attr),*], release_lets_the_next_claim_in_at_once_as_the_same_attempt);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_renewal_after_a_release_takes_nothing_back);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_take_over_resumes_from_the_last_renewal);
+        ledger_suite!(@case $fresh, $done, [$($attr),*], a_late_renewal_takes_no_progress_back);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_cancel_mark_is_seen_and_is_no_claim);
         ledger_suite!(@case $fresh, $done, [$($attr),*], a_lane_mark_is_read_with_the_cancel_mark_and_cancels_nothing);
         #[tokio::test]

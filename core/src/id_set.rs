@@ -73,6 +73,30 @@ impl IdSet {
         self.len == 0
     }
 
+    /// Takes the `n` smallest ids out of the set (fewer when it holds
+    /// fewer), in order.
+    pub fn take_first(&mut self, n: u64) -> Vec<u64> {
+        let mut taken = Vec::new();
+        while (taken.len() as u64) < n {
+            let Some(mut entry) = self.pieces.first_entry() else {
+                break;
+            };
+            let key = *entry.key();
+            let want = n - taken.len() as u64;
+            let piece = entry.get_mut();
+            let low: Vec<u32> = piece.iter().take(want as usize).collect();
+            if let Some(&last) = low.last() {
+                piece.remove_range(..=last);
+            }
+            taken.extend(low.into_iter().map(|l| (key << PIECE_BITS) | u64::from(l)));
+            if piece.is_empty() {
+                entry.remove();
+            }
+        }
+        self.len -= taken.len() as u64;
+        taken
+    }
+
     /// Turns runs of ids into run containers where that is smaller (ids in
     /// order then take a few bytes, in memory too).
     pub fn optimize(&mut self) {
@@ -154,5 +178,21 @@ mod tests {
         let mut wide = RoaringBitmap::new();
         wide.insert(u32::MAX);
         assert_eq!(IdSet::new().push_piece(9, wide), Err(PieceError::Beyond(9)));
+    }
+
+    #[test]
+    fn the_first_ids_are_taken_in_order_across_pieces() {
+        let mut set = IdSet::new();
+        let edge = 1u64 << PIECE_BITS;
+        set.insert_range(edge - 3, edge + 2);
+        set.insert(5);
+        set.insert(3 * edge);
+        assert_eq!(set.take_first(2), [5, edge - 3]);
+        assert_eq!(set.len(), 5);
+        assert_eq!(set.take_first(3), [edge - 2, edge - 1, edge]);
+        assert!(!set.contains(edge) && set.contains(edge + 1));
+        assert_eq!(set.take_first(10), [edge + 1, 3 * edge]);
+        assert!(set.is_empty());
+        assert_eq!(set.take_first(1), Vec::<u64>::new());
     }
 }

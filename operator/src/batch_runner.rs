@@ -88,16 +88,18 @@ pub fn result_receives(receives: usize, got: usize) -> usize {
 pub(crate) const RESULTS_WAIT: Duration = Duration::from_secs(1);
 
 /// One collector round: `receives` results receives at once. Only the
-/// first long-polls; the others take what is there and return. The round
+/// first long-polls, for `wait` ([`RESULTS_WAIT`]); the others take what
+/// is there and return. The round
 /// ends with its last receive, and with every receive long-polling, the
 /// last messages of a busy stretch went to some while another waited out
 /// its second: a 1 M-task batch ended ~1 s late in most runs of the bench.
 pub async fn receive_round<I: ResultsInbox>(
     inbox: &I,
     receives: usize,
+    wait: Duration,
 ) -> Result<Vec<(cloudkon_core::wire::ResultsMessage, Receipt)>, QueueError> {
     let rounds = futures_util::future::try_join_all((0..receives.max(1)).map(|i| {
-        let wait = if i == 0 { RESULTS_WAIT } else { Duration::ZERO };
+        let wait = if i == 0 { wait } else { Duration::ZERO };
         inbox.receive_results(RECEIVE_RESULTS, wait)
     }))
     .await?;
@@ -1080,8 +1082,15 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         let mut writing: Option<Writing<'_>> = None;
         // Since when no result was new and no task sent (see `pool_idle`).
         let mut quiet = Quiet::new(progress.enqueued.load(Ordering::Relaxed));
+        let mut lost: Option<LostReport> = None;
         loop {
-            let round = receive_round(&self.inbox, receives);
+            // No long poll while lost tasks are being reported.
+            let wait = if lost.is_some() {
+                Duration::ZERO
+            } else {
+                RESULTS_WAIT
+            };
+            let round = receive_round(&self.inbox, receives, wait);
             let messages = match alongside(&mut writing, round).await? {
                 Ok(messages) => messages,
                 Err(QueueError::NotFound(e)) => {
@@ -1146,13 +1155,21 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             }
             let enqueued = progress.enqueued.load(Ordering::Relaxed);
             let missing_after = self.settings.missing_after;
-            if quiet.for_(enqueued) >= missing_after
+            if lost.is_none()
+                && quiet.for_(enqueued) >= missing_after
                 && enqueued > collected.finished() as u64
                 && self.pool_idle.idle_for(share.pool()) >= missing_after
             {
-                let lost = lost_results(args, send_order, enqueued, &collected.ids, missing_after);
-                tracing::warn!(batch = %name, lost = lost.len(), "tasks sent and found nowhere: reported failed");
-                for result in &lost {
+                let report =
+                    LostReport::of(args, send_order, enqueued, &collected.ids, missing_after);
+                tracing::warn!(batch = %name, lost = report.ids.len(), "tasks sent and found nowhere: reported failed");
+                lost = Some(report);
+            }
+            // A round's worth, written out before the next (below).
+            let mut reported_lost = false;
+            if let Some(report) = &mut lost {
+                for result in report.next(lost_per_round(self.settings.results_part_bytes)) {
+                    // A result may have come since.
                     if !collected.ids.insert(result.id) {
                         continue;
                     }
@@ -1160,10 +1177,14 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     collected.lost += 1;
                     pending.failed += 1;
                     if args.results.is_some() {
-                        pending.keep(result);
+                        pending.keep(&result);
                     }
                 }
+                reported_lost = true;
                 quiet.heard();
+                if report.ids.is_empty() {
+                    lost = None;
+                }
             }
             progress
                 .finished
@@ -1182,7 +1203,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             // Written out at least every part's worth, so that memory and parts
             // stay bounded whatever the batch's size.
             let full = pending.lines.len() >= self.settings.results_part_bytes
-                || pending.results >= PART_MAX_RESULTS;
+                || pending.results >= PART_MAX_RESULTS
+                || reported_lost;
             let must = done || gave_up.is_some() || full;
             let due = flush_due(
                 must,
@@ -1276,31 +1298,70 @@ impl Quiet {
     }
 }
 
-/// Failed results for the tasks among the first `enqueued` sent (in the
-/// batch's order) that have no result: they are nowhere (see `pool_idle`).
-/// None when the order cannot tell which tasks those are.
-fn lost_results(
-    args: &RunnerArgs,
-    send_order: TaskOrder,
-    enqueued: u64,
-    collected: &IdSet,
-    missing_after: Duration,
-) -> Vec<TaskResult> {
-    let (order, _) = order_tasks(args, send_order);
-    let Some(ids) = order.first_ids(enqueued) else {
-        tracing::warn!(batch = %args.batch.name_any(), "tasks seem lost, but the batch's order cannot tell which");
-        return Vec::new();
-    };
-    let reason = format!(
-        "lost: sent to the pool's queue, then found nowhere: for {} the queue held no message and none of its workers ran a task (the queue was purged or deleted, or its messages expired)",
-        humantime::format_duration(missing_after)
-    );
-    let batch = batch_id(&args.batch);
-    let worker: Arc<str> = LOST_WORKER.into();
-    let now = Timestamp::now();
-    ids.filter(|&id| !collected.contains(id))
-        .map(|id| TaskResult::not_run_id(&batch, id, 1, reason.clone(), worker.clone(), now, now))
-        .collect()
+/// The tasks found nowhere (see `pool_idle`), reported failed a part's
+/// worth a round: a purged queue of millions made them all at once, 350
+/// bytes each and their JSON as much again, past the operator's memory
+/// limit, and a restart did the same.
+struct LostReport {
+    ids: IdSet,
+    reason: String,
+    batch: BatchId,
+    worker: Arc<str>,
+    at: Timestamp,
+}
+
+impl LostReport {
+    /// The tasks among the first `enqueued` sent (in the batch's order)
+    /// that have no result; none when the order cannot tell which those are.
+    fn of(
+        args: &RunnerArgs,
+        send_order: TaskOrder,
+        enqueued: u64,
+        collected: &IdSet,
+        missing_after: Duration,
+    ) -> Self {
+        let (order, _) = order_tasks(args, send_order);
+        let mut ids = IdSet::new();
+        match order.first_ids(enqueued) {
+            Some(first) => first.filter(|&id| !collected.contains(id)).for_each(|id| {
+                ids.insert(id);
+            }),
+            None => {
+                tracing::warn!(batch = %args.batch.name_any(), "tasks seem lost, but the batch's order cannot tell which");
+            }
+        }
+        LostReport {
+            ids,
+            reason: format!(
+                "lost: sent to the pool's queue, then found nowhere: for {} the queue held no message and none of its workers ran a task (the queue was purged or deleted, or its messages expired)",
+                humantime::format_duration(missing_after)
+            ),
+            batch: batch_id(&args.batch),
+            worker: LOST_WORKER.into(),
+            at: Timestamp::now(),
+        }
+    }
+
+    /// The failed results of the next `n` tasks, taken out of the report.
+    fn next(&mut self, n: u64) -> impl Iterator<Item = TaskResult> + '_ {
+        self.ids.take_first(n).into_iter().map(|id| {
+            TaskResult::not_run_id(
+                &self.batch,
+                id,
+                1,
+                self.reason.clone(),
+                self.worker.clone(),
+                self.at,
+                self.at,
+            )
+        })
+    }
+}
+
+/// Lost tasks reported a round: about a results part's worth (a result
+/// of theirs is ~400 bytes as JSON), at most a part's count.
+fn lost_per_round(part_bytes: usize) -> u64 {
+    (part_bytes as u64 / 512).clamp(1, PART_MAX_RESULTS as u64)
 }
 
 /// The counts the status shows for `collected`, with the total once known.
@@ -1331,7 +1392,8 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             status::failure_policy_verdict(args.batch.spec.failure_policy.as_ref(), &counts)
                 .is_some();
         let ending = total.is_some_and(|t| collected.finished() as u64 == t) || gave_up;
-        if pending.receipts.is_empty() && !ending {
+        // Results with no message are those of lost tasks.
+        if pending.receipts.is_empty() && pending.lines.is_empty() && !ending {
             return None;
         }
         let mut parts = Vec::new();
@@ -2287,13 +2349,20 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tasks_found_nowhere_are_reported_failed_once_the_pool_is_idle_long_enough() {
+    /// A batch of `n` `sleep` tasks of `ms`, of whose first bundle
+    /// `answered` tasks run, the rest purged from the queue, with results
+    /// parts of `part_bytes`: the runner once it reported them, how many
+    /// were purged, and the record's writes before the report.
+    async fn report_purged(
+        (n, ms): (u64, u64),
+        answered: usize,
+        part_bytes: usize,
+    ) -> (Arc<MemoryRunner>, usize, u64) {
         let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
-        let n = 30;
-        let b = batch(generator(json!({"kind": "sleep", "ms": 1000}), n), None);
+        let b = batch(generator(json!({"kind": "sleep", "ms": ms}), n), None);
         let mut plain = runner(&queue, &responses, MemoryRecord::default());
         plain.settings.missing_after = Duration::from_millis(300);
+        plain.settings.results_part_bytes = part_bytes;
         let r = Arc::new(plain);
         let key = shares::pool_key("ns", "p");
         let (_tx, spec) = watch::channel(b.spec.clone());
@@ -2317,17 +2386,18 @@ mod tests {
                 .unwrap()
                 .unwrap_or_default()
             {
-                if ran == 0 {
-                    ran = d.bundle.tasks.len();
+                let len = d.bundle.tasks.len();
+                let run_here = if ran == 0 { len.min(answered) } else { 0 };
+                if run_here > 0 {
+                    ran = run_here;
                     answer(
                         &responses,
                         &[(d.bundle.tasks[0].id, ran)],
                         Duration::from_millis(1),
                     )
                     .await;
-                } else {
-                    purged += d.bundle.tasks.len();
                 }
+                purged += len - run_here;
             }
         }
         assert!(purged > 0);
@@ -2340,6 +2410,7 @@ mod tests {
         }
         assert!(!run.is_finished(), "reported while the pool was busy");
         assert_eq!(r.record.status().counts.failed, 0);
+        let writes = r.record.writes();
         // The pool idle: the purged tasks are reported failed, once.
         while !run.is_finished() {
             assert!(
@@ -2350,6 +2421,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         run.await.unwrap().unwrap();
+        (r, purged, writes)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_found_nowhere_are_reported_failed_once_the_pool_is_idle_long_enough() {
+        let (r, purged, _) = report_purged((30, 1000), usize::MAX, 256 << 10).await;
+        let ran = 30 - purged;
         let status = r.record.status();
         assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
         let c = status.counts;
@@ -2373,6 +2451,29 @@ mod tests {
             }
         }
         assert_eq!(lost, purged);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_lost_tasks_are_reported_a_part_at_a_time() {
+        // Parts of 16 KiB: 32 lost tasks a round, each round written out
+        // before the next is made (a purged queue of millions made them all
+        // at once, past the operator's memory).
+        // Short tasks: the window lets them all be sent, in a bundle or
+        // two, of which one task runs.
+        let (r, purged, before) = report_purged((3_000, 0), 1, 16 << 10).await;
+        let per_round = lost_per_round(16 << 10) as usize;
+        assert_eq!(per_round, 32);
+        assert!(purged > 20 * per_round, "{purged} purged");
+        let c = r.record.status().counts;
+        assert_eq!((c.failed, c.lost), (purged as i64, purged as i64));
+        // A status write and a collected-set write a round, at least.
+        let writes = r.record.writes() - before;
+        assert!(
+            writes >= 2 * (purged / per_round) as u64,
+            "{writes} writes for {purged} lost tasks"
+        );
+        // Every task once, run or lost.
+        assert_eq!(stored_ids(&r.store).len(), 3_000);
     }
 
     #[tokio::test(start_paused = true)]
@@ -2952,7 +3053,7 @@ mod tests {
         // all, and the others must not wait out a long poll for more.
         answer(&responses, &[(0, 1), (1, 1), (2, 1)], Duration::ZERO).await;
         let started = tokio::time::Instant::now();
-        let got = receive_round(&inbox, 4).await.unwrap();
+        let got = receive_round(&inbox, 4, RESULTS_WAIT).await.unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(started.elapsed(), Duration::ZERO, "the round waited");
         // An empty queue: the round long-polls, and returns with what comes.
@@ -2961,12 +3062,17 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             answer(&responses, &[(3, 1)], Duration::ZERO).await;
         };
-        let (got, ()) = tokio::join!(receive_round(&inbox, 4), late);
+        let (got, ()) = tokio::join!(receive_round(&inbox, 4, RESULTS_WAIT), late);
         assert_eq!(got.unwrap().len(), 1);
         assert_eq!(started.elapsed(), Duration::from_millis(300));
         // Nothing comes: one long poll.
         let started = tokio::time::Instant::now();
-        assert!(receive_round(&inbox, 2).await.unwrap().is_empty());
+        assert!(
+            receive_round(&inbox, 2, RESULTS_WAIT)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(started.elapsed(), RESULTS_WAIT);
     }
 

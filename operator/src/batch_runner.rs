@@ -1196,10 +1196,14 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
             // Past its failure policy the batch ends here: the enqueue half
             // stops with the runner, and the reconciler has the workers skip
             // what is still queued.
+            // Not while lost tasks are reported: the rest are neither
+            // finished nor to be skipped, but lost too (a batch whose every
+            // task finished is not judged).
             let gave_up = status::failure_policy_verdict(
                 batch.spec.failure_policy.as_ref(),
                 &counts_of(&collected, known_total),
-            );
+            )
+            .filter(|_| lost.is_none());
             // Written out at least every part's worth, so that memory and parts
             // stay bounded whatever the batch's size.
             let full = pending.lines.len() >= self.settings.results_part_bytes
@@ -1223,7 +1227,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
                     &mut collected,
                     &mut pending,
                     &latency,
-                    known_total,
+                    (known_total, gave_up.is_some()),
                     started,
                     progress,
                 );
@@ -1383,14 +1387,11 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         collected: &mut Collected,
         pending: &mut Pending,
         latency: &Histogram<u64>,
-        total: Option<u64>,
+        (total, gave_up): (Option<u64>, bool),
         started: JiffTimestamp,
         progress: &Progress,
     ) -> Option<Flush> {
         let counts = counts_of(collected, total);
-        let gave_up =
-            status::failure_policy_verdict(args.batch.spec.failure_policy.as_ref(), &counts)
-                .is_some();
         let ending = total.is_some_and(|t| collected.finished() as u64 == t) || gave_up;
         // Results with no message are those of lost tasks.
         if pending.receipts.is_empty() && pending.lines.is_empty() && !ending {
@@ -1491,11 +1492,6 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         })
     }
 
-    /// Writes a flush out, in the order that makes a crash anywhere lose and
-    /// count nothing twice: the results objects (a crash before the next
-    /// step writes the same part numbers again), the collected ids (a crash
-    /// after them finds the redelivered results already counted), the
-    /// messages' deletes, the status.
     /// Blanks the results parts past the `written` ones, which a stopped
     /// write-out left (see [`crate::results_parts`]). Blanked, not deleted:
     /// the operator may put and list, and needs no more.
@@ -1541,6 +1537,12 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         }
     }
 
+    /// Writes a flush out, in the order that makes a crash anywhere lose and
+    /// count nothing twice: the results objects (a crash before the next
+    /// step writes the same part numbers again, and the next runner blanks
+    /// those past them), the collected ids (a crash after them finds the
+    /// redelivered results already counted), the messages' deletes, the
+    /// status.
     async fn commit(&self, args: &RunnerArgs, flush: Flush) -> Result<(), Error> {
         if let Some(results) = &args.results {
             for (key, part) in flush.parts {
@@ -2351,15 +2353,21 @@ mod tests {
 
     /// A batch of `n` `sleep` tasks of `ms`, of whose first bundle
     /// `answered` tasks run, the rest purged from the queue, with results
-    /// parts of `part_bytes`: the runner once it reported them, how many
-    /// were purged, and the record's writes before the report.
+    /// parts of `part_bytes`, under `failure_policy`: the runner once it
+    /// reported them, how many were purged, and the record's writes before
+    /// the report.
     async fn report_purged(
         (n, ms): (u64, u64),
         answered: usize,
         part_bytes: usize,
+        failure_policy: Option<serde_json::Value>,
     ) -> (Arc<MemoryRunner>, usize, u64) {
         let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
-        let b = batch(generator(json!({"kind": "sleep", "ms": ms}), n), None);
+        let mut spec = generator(json!({"kind": "sleep", "ms": ms}), n);
+        if let Some(policy) = failure_policy {
+            spec["failurePolicy"] = policy;
+        }
+        let b = batch(spec, None);
         let mut plain = runner(&queue, &responses, MemoryRecord::default());
         plain.settings.missing_after = Duration::from_millis(300);
         plain.settings.results_part_bytes = part_bytes;
@@ -2426,7 +2434,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tasks_found_nowhere_are_reported_failed_once_the_pool_is_idle_long_enough() {
-        let (r, purged, _) = report_purged((30, 1000), usize::MAX, 256 << 10).await;
+        let (r, purged, _) = report_purged((30, 1000), usize::MAX, 256 << 10, None).await;
         let ran = 30 - purged;
         let status = r.record.status();
         assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
@@ -2459,13 +2467,18 @@ mod tests {
         // before the next is made (a purged queue of millions made them all
         // at once, past the operator's memory).
         // Short tasks: the window lets them all be sent, in a bundle or
-        // two, of which one task runs.
-        let (r, purged, before) = report_purged((3_000, 0), 1, 16 << 10).await;
+        // two, of which one task runs. A failure policy the lost tasks are
+        // over judges nothing until they are all reported.
+        let policy = json!({"maxFailedPercent": 10, "minTasksBeforeJudging": 1});
+        let (r, purged, before) = report_purged((3_000, 0), 1, 16 << 10, Some(policy)).await;
         let per_round = lost_per_round(16 << 10) as usize;
         assert_eq!(per_round, 32);
         assert!(purged > 20 * per_round, "{purged} purged");
-        let c = r.record.status().counts;
+        let status = r.record.status();
+        assert_eq!(status.phase, Some(Phase::Failed));
+        let c = status.counts;
         assert_eq!((c.failed, c.lost), (purged as i64, purged as i64));
+        assert_eq!(c.succeeded + c.failed, c.total, "every task finished");
         // A status write and a collected-set write a round, at least.
         let writes = r.record.writes() - before;
         assert!(

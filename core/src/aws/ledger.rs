@@ -86,6 +86,15 @@ fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
+/// Whether `expression` names `placeholder` as a whole word: `#done` is
+/// not in `#done_n`, and DynamoDB refuses a name declared and not used.
+fn uses(expression: &str, placeholder: &str) -> bool {
+    expression.match_indices(placeholder).any(|(at, _)| {
+        !expression[at + placeholder.len()..]
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
 fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
@@ -353,7 +362,7 @@ impl DynamoLedger {
             ("#results", "results"),
             ("#expires", "expires_at"),
         ] {
-            if update.contains(placeholder) || condition.contains(placeholder) {
+            if uses(update, placeholder) || uses(condition, placeholder) {
                 request = request.expression_attribute_names(placeholder, name);
             }
         }
@@ -816,6 +825,15 @@ impl DedupLedger for DynamoLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_placeholder_is_used_only_as_a_whole_word() {
+        let e = "SET #done_n = :n REMOVE #lease";
+        assert!(!uses(e, "#done"));
+        assert!(uses(e, "#done_n") && uses(e, "#lease"));
+        assert!(uses("SET #done = :done, #done_n = :n", "#done"));
+        assert!(uses("attribute_not_exists(#done)", "#done"));
+    }
 
     #[test]
     fn write_units_are_billed_per_started_kib() {

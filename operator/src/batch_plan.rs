@@ -1053,8 +1053,8 @@ mod tests {
         assert_eq!(condition(&part, "Complete"), ("True", "AllTasksSucceeded"));
     }
 
-    #[test]
-    fn a_batch_given_up_by_its_failure_policy_is_marked_once() {
+    /// A batch the runner failed mid-enqueue: 90 of 100 finished failed.
+    fn given_up() -> TaskBatchStatus {
         let mut st = phase(Phase::Failed).unwrap();
         st.counts = TaskCounts {
             enqueued: 200,
@@ -1062,6 +1062,12 @@ mod tests {
             failed: 90,
             ..TaskCounts::default()
         };
+        st
+    }
+
+    #[test]
+    fn a_batch_given_up_by_its_failure_policy_is_marked_once() {
+        let mut st = given_up();
         let b = batch(
             json!({"failurePolicy": {"maxFailedPercent": 20}}),
             Some(st.clone()),
@@ -1081,13 +1087,7 @@ mod tests {
 
     #[test]
     fn a_given_up_batch_is_marked_and_stays_so_though_its_policy_was_relaxed() {
-        let mut st = phase(Phase::Failed).unwrap();
-        st.counts = TaskCounts {
-            enqueued: 200,
-            succeeded: 10,
-            failed: 90,
-            ..TaskCounts::default()
-        };
+        let st = given_up();
         for spec in [
             json!({"failurePolicy": {"maxFailedPercent": 95}}),
             json!({}),

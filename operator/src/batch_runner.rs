@@ -1962,33 +1962,45 @@ mod tests {
         }
     }
 
+    /// A batch of `n` `sleep 0`.
+    fn sleeps(n: u64) -> Arc<TaskBatch> {
+        batch(generator(json!({"kind": "sleep", "ms": 0}), n), None)
+    }
+
+    /// `b` run by a worker, its results written to `store`: the runner once
+    /// the batch succeeded.
+    async fn run_on(
+        b: Arc<TaskBatch>,
+        store: TestStore,
+    ) -> Runner<MemoryQueue, MemoryInbox, TestStore, MemoryRecord> {
+        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
+        let ledger = Arc::new(MemoryLedger::new());
+        let stop = Shutdown::new();
+        let w = worker(&queue, &ledger, &responses, "w1", &stop);
+        let r = with_store(runner(&queue, &responses, MemoryRecord::default()), store);
+        let (_tx, spec) = watch::channel(b.spec.clone());
+        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
+            .await
+            .expect("the batch finishes")
+            .expect("the runner finishes the batch");
+        stop.stop.cancel();
+        w.await.unwrap();
+        assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
+        r
+    }
+
     /// A batch of `n` `sleep 0` run by a worker, whose results store fails
     /// its first `failures` writes; the runner once the batch finished.
     async fn run_with_failing_writes(
         n: u64,
         failures: u32,
     ) -> Runner<MemoryQueue, MemoryInbox, TestStore, MemoryRecord> {
-        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
-        let ledger = Arc::new(MemoryLedger::new());
-        let stop = Shutdown::new();
-        let w = worker(&queue, &ledger, &responses, "w1", &stop);
-        let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
-        let r = with_store(
-            runner(&queue, &responses, MemoryRecord::default()),
-            TestStore {
-                failures_left: failures.into(),
-                ..TestStore::default()
-            },
-        );
-        let (_tx, spec) = watch::channel(b.spec.clone());
-        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
-            .await
-            .expect("the batch finishes")
-            .expect("the runner rides out the failed writes");
-        stop.stop.cancel();
-        w.await.unwrap();
+        let store = TestStore {
+            failures_left: failures.into(),
+            ..TestStore::default()
+        };
+        let r = run_on(sleeps(n), store).await;
         assert_eq!(r.store.failures_left.load(Ordering::Relaxed), 0);
-        assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
         assert_eq!(stored_ids(&r.store.inner).len() as u64, n);
         r
     }
@@ -2001,11 +2013,7 @@ mod tests {
         n: u64,
         store: TestStore,
     ) -> Runner<MemoryQueue, MemoryInbox, TestStore, MemoryRecord> {
-        let (queue, responses) = (MemoryQueue::bounded(64), MemoryResponses::new());
-        let ledger = Arc::new(MemoryLedger::new());
-        let stop = Shutdown::new();
-        let w = worker(&queue, &ledger, &responses, "w1", &stop);
-        let b = batch(generator(json!({"kind": "sleep", "ms": 0}), n), None);
+        let b = sleeps(n);
         let now = Timestamp::now();
         for part in 0..100u64 {
             let result = TaskResult::not_run_id(
@@ -2025,16 +2033,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let r = with_store(runner(&queue, &responses, MemoryRecord::default()), store);
-        let (_tx, spec) = watch::channel(b.spec.clone());
-        tokio::time::timeout(Duration::from_secs(60), r.run(args(b, true), spec))
-            .await
-            .expect("the batch finishes")
-            .expect("the runner finishes the batch");
-        stop.stop.cancel();
-        w.await.unwrap();
-        assert_eq!(r.record.status().phase, Some(Phase::Succeeded));
-        r
+        run_on(b, store).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

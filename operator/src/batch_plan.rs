@@ -180,10 +180,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         // failure policy (the runner ended it): its bundles still queued are
         // skipped, once, before the condition says so.
         let gave_up = status::given_up(phase, &old.counts);
-        let said = old.conditions.iter().any(|c| {
-            c.type_ == status::batch_condition::FAILED
-                && c.reason == status::batch_condition::FAILURE_POLICY_REASON
-        });
+        let said = status::given_up_said(&old.conditions).is_some();
         let none = Waits::default();
         set_conditions(batch, &mut st, phase, &Ok(()), &none, &o.now, &mut events);
         // Cancelled by an older operator, or a runner's write that landed
@@ -441,8 +438,7 @@ fn set_conditions(
         counts: st.counts,
         gave_up: status::given_up(phase, &st.counts).then(|| {
             // As said once: the policy may have been edited since.
-            status::condition(&st.conditions, status::batch_condition::FAILED)
-                .filter(|c| c.reason == status::batch_condition::FAILURE_POLICY_REASON)
+            status::given_up_said(&st.conditions)
                 .map(|c| c.message.clone())
                 .unwrap_or_else(|| {
                     status::given_up_why(batch.spec.failure_policy.as_ref(), &st.counts)

@@ -1303,9 +1303,9 @@ impl Quiet {
 }
 
 /// The tasks found nowhere (see `pool_idle`), reported failed a part's
-/// worth a round: a purged queue of millions made them all at once, 350
-/// bytes each and their JSON as much again, past the operator's memory
-/// limit, and a restart did the same.
+/// worth a round: a purged queue of millions made them all at once, ~440
+/// bytes of JSON each and about as much held as results, past the
+/// operator's memory limit, and a restart did the same.
 struct LostReport {
     ids: IdSet,
     reason: String,
@@ -1362,8 +1362,8 @@ impl LostReport {
     }
 }
 
-/// Lost tasks reported a round: about a results part's worth (a result
-/// of theirs is ~400 bytes as JSON), at most a part's count.
+/// Lost tasks reported a round: within a results part (a result of
+/// theirs is ~440 bytes as JSON, counted as 512), at most a part's count.
 fn lost_per_round(part_bytes: usize) -> u64 {
     (part_bytes as u64 / 512).clamp(1, PART_MAX_RESULTS as u64)
 }
@@ -1523,18 +1523,24 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
         };
         for key in left {
             tracing::info!(batch = %args.batch.name_any(), part = %key, "blanking a results part a stopped write-out left: its results are written again");
-            retrying(
-                &self.record,
-                &format!("blanking s3://{bucket}/{key}"),
-                || async {
-                    self.store
-                        .put(bucket, &key, Vec::new())
-                        .await
-                        .map_err(|e| Error::Other(e.to_string()))
-                },
-            )
-            .await;
+            self.put_part("blanking", bucket, &key, Vec::new()).await;
         }
+    }
+
+    /// Puts a results part, retried until it lands (see [`retrying`]);
+    /// `doing` names the write in what is said of its failures.
+    async fn put_part(&self, doing: &str, bucket: &str, key: &str, bytes: Vec<u8>) {
+        retrying(
+            &self.record,
+            &format!("{doing} s3://{bucket}/{key}"),
+            || async {
+                self.store
+                    .put(bucket, key, bytes.clone())
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))
+            },
+        )
+        .await;
     }
 
     /// Writes a flush out, in the order that makes a crash anywhere lose and
@@ -1546,17 +1552,7 @@ impl<Q: TaskQueue, I: ResultsInbox, S: ObjectStore, B: BatchRecord> Runner<Q, I,
     async fn commit(&self, args: &RunnerArgs, flush: Flush) -> Result<(), Error> {
         if let Some(results) = &args.results {
             for (key, part) in flush.parts {
-                retrying(
-                    &self.record,
-                    &format!("writing s3://{}/{key}", results.bucket),
-                    || async {
-                        self.store
-                            .put(&results.bucket, &key, part.clone())
-                            .await
-                            .map_err(|e| Error::Other(e.to_string()))
-                    },
-                )
-                .await;
+                self.put_part("writing", &results.bucket, &key, part).await;
             }
         }
         self.record.store_collected(flush.collected_ids).await?;

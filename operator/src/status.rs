@@ -81,8 +81,18 @@ pub const MIN_TASKS_BEFORE_JUDGING: i64 = 100;
 /// have been edited since the runner judged by it, and a finished batch's
 /// story does not change.
 pub fn given_up(phase: Phase, counts: &TaskCounts) -> bool {
-    phase == Phase::Failed
-        && !(counts.total > 0 && counts.succeeded + counts.failed >= counts.total)
+    phase == Phase::Failed && !every_task_finished(counts)
+}
+
+/// Every task of the batch finished: its total is known and reached.
+fn every_task_finished(counts: &TaskCounts) -> bool {
+    counts.total > 0 && counts.succeeded + counts.failed >= counts.total
+}
+
+/// The Failed condition that says the failure policy gave up, if said.
+pub fn given_up_said(conditions: &[Condition]) -> Option<&Condition> {
+    condition(conditions, batch_condition::FAILED)
+        .filter(|c| c.reason == batch_condition::FAILURE_POLICY_REASON)
 }
 
 /// Why a batch [`given_up`] was: what its policy says of its counts, or,
@@ -112,7 +122,7 @@ pub fn failure_policy_verdict(
         .min_tasks_before_judging
         .unwrap_or(MIN_TASKS_BEFORE_JUDGING)
         .max(1);
-    if finished < min || (counts.total > 0 && finished >= counts.total) {
+    if finished < min || every_task_finished(counts) {
         return None;
     }
     // failed / finished > max / 100, in integers.
